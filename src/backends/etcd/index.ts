@@ -1,0 +1,7 @@
+import { InvalidArgumentError } from '../../errors.js';
+import type { CommonStoreOptions, Store } from '../../store/contract.js';
+
+// Placeholder until the etcd adapter lands.
+export function openUrl(_url: string, _options?: CommonStoreOptions): Promise<Store> {
+  return Promise.reject(new InvalidArgumentError('the etcd backend is not implemented yet'));
+}

@@ -1,0 +1,233 @@
+/**
+ * The keep-alive loop and local expiry shared by every backend's sessions.
+ *
+ * A backend supplies a SessionDriver (one keep-alive request, one revoke
+ * request); this class owns the schedule, the state machine and the
+ * self-fencing deadline, so those rules are written (and tested) once.
+ */
+import { SessionExpiredError, StoreUnavailableError } from '../errors.js';
+import type { Clock, Session, SessionEnd, SessionState, TimerHandle } from './contract.js';
+
+export interface SessionDriver {
+  /**
+   * Extend the session on the server. Resolve `alive` when the server
+   * acknowledged it (so the server's expiry is at least send time + TTL),
+   * `gone` when the server says the session no longer exists. Reject (or
+   * time out) on transport errors.
+   */
+  keepAlive(): Promise<'alive' | 'gone'>;
+  /** End the session on the server and delete its keys. */
+  revoke(): Promise<void>;
+}
+
+export interface ManagedSessionOptions {
+  readonly id: string;
+  /** TTL the server granted. */
+  readonly ttlMs: number;
+  readonly clock: Clock;
+  readonly maxClockDriftRate: number;
+  /** Clock time at which the request that created the session was sent. */
+  readonly createdSendAtMs: number;
+  readonly driver: SessionDriver;
+  /** Upper bound for one keep-alive request. */
+  readonly requestTimeoutMs: number;
+  /** Called once when the session ends (the backend drops its bookkeeping). */
+  readonly onEnd?: ((end: SessionEnd) => void) | undefined;
+}
+
+export class ManagedSession implements Session {
+  readonly id: string;
+  readonly ttlMs: number;
+  readonly ended: Promise<SessionEnd>;
+  #state: SessionState = 'live';
+  #safeUntilMs: number;
+  readonly #opts: ManagedSessionOptions;
+  readonly #listeners = new Set<(state: SessionState, cause?: unknown) => void>();
+  #resolveEnded!: (end: SessionEnd) => void;
+  #loopTimer: TimerHandle | undefined;
+  #deadlineTimer: TimerHandle | undefined;
+  #inFlight: Promise<void> | undefined;
+
+  constructor(opts: ManagedSessionOptions) {
+    this.#opts = opts;
+    this.id = opts.id;
+    this.ttlMs = opts.ttlMs;
+    this.#safeUntilMs = opts.createdSendAtMs + this.#usableTtlMs();
+    this.ended = new Promise((resolve) => {
+      this.#resolveEnded = resolve;
+    });
+    this.#armDeadline();
+    this.#schedule(this.#intervalMs());
+  }
+
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  get safeUntilMs(): number {
+    return this.#safeUntilMs;
+  }
+
+  /** True while the session may be used to attach keys. */
+  get usable(): boolean {
+    return this.#state === 'live' || this.#state === 'suspect';
+  }
+
+  /** Throw SessionExpiredError unless the session is usable. */
+  assertUsable(): void {
+    if (!this.usable) throw new SessionExpiredError(this.id, `session ${this.id} is ${this.#state}; open a new session`);
+  }
+
+  onStateChange(listener: (state: SessionState, cause?: unknown) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  keepAlive(): Promise<void> {
+    if (!this.usable) return Promise.reject(new SessionExpiredError(this.id));
+    this.#inFlight ??= this.#sendKeepAlive().finally(() => {
+      this.#inFlight = undefined;
+    });
+    return this.#inFlight;
+  }
+
+  async close(): Promise<void> {
+    if (this.#state === 'closed' || this.#state === 'expired') return;
+    this.#end('closed');
+    try {
+      await this.#opts.driver.revoke();
+    } catch {
+      // Best effort: the server expires the session after its TTL anyway.
+    }
+  }
+
+  /**
+   * Stop every timer without telling the server or any listener: the process
+   * "died" (simulator, tests). The server expires the session by its TTL.
+   */
+  abandon(): void {
+    this.#clearTimers();
+    this.#state = 'expired';
+  }
+
+  /** The backend learned (e.g. from a watch or an error) that the server dropped the session. */
+  markExpired(cause?: unknown): void {
+    if (this.usable) this.#end('expired', cause);
+  }
+
+  #usableTtlMs(): number {
+    return this.ttlMs * (1 - this.#opts.maxClockDriftRate);
+  }
+
+  #intervalMs(): number {
+    return Math.max(50, Math.floor(this.ttlMs / 3));
+  }
+
+  #retryMs(): number {
+    return Math.max(50, Math.floor(this.ttlMs / 10));
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#loopTimer !== undefined) this.#opts.clock.clearTimeout(this.#loopTimer);
+    this.#loopTimer = this.#opts.clock.setTimeout(() => {
+      this.#loopTimer = undefined;
+      if (!this.usable) return;
+      this.keepAlive().then(
+        () => this.#schedule(this.#intervalMs()),
+        () => {
+          if (this.usable) this.#schedule(this.#retryMs());
+        },
+      );
+    }, delayMs);
+  }
+
+  #armDeadline(): void {
+    const clock = this.#opts.clock;
+    if (this.#deadlineTimer !== undefined) clock.clearTimeout(this.#deadlineTimer);
+    this.#deadlineTimer = clock.setTimeout(() => {
+      this.#deadlineTimer = undefined;
+      if (!this.usable) return;
+      if (clock.now() >= this.#safeUntilMs) {
+        this.#end('expired', new SessionExpiredError(this.id,
+          `session ${this.id}: no keep-alive acknowledged within its TTL; treating it as expired`));
+      } else {
+        this.#armDeadline();
+      }
+    }, this.#safeUntilMs - clock.now());
+  }
+
+  async #sendKeepAlive(): Promise<void> {
+    const clock = this.#opts.clock;
+    const sentAt = clock.now();
+    let result: 'alive' | 'gone';
+    try {
+      result = await withTimeout(this.#opts.driver.keepAlive(), this.#opts.requestTimeoutMs, clock);
+    } catch (cause) {
+      if (this.#state === 'live') this.#setState('suspect', cause);
+      throw cause;
+    }
+    if (!this.usable) throw new SessionExpiredError(this.id);
+    if (result === 'gone') {
+      const err = new SessionExpiredError(this.id, `session ${this.id} no longer exists on the server`);
+      this.#end('expired', err);
+      throw err;
+    }
+    // Only a response that arrives before the current deadline may extend it:
+    // if we were already past it, the server may have expired us meanwhile and
+    // the session was ended locally above (usable is false).
+    const until = sentAt + this.#usableTtlMs();
+    if (until > this.#safeUntilMs) {
+      this.#safeUntilMs = until;
+      this.#armDeadline();
+    }
+    if (this.#state === 'suspect') this.#setState('live');
+  }
+
+  #clearTimers(): void {
+    const clock = this.#opts.clock;
+    if (this.#loopTimer !== undefined) clock.clearTimeout(this.#loopTimer);
+    if (this.#deadlineTimer !== undefined) clock.clearTimeout(this.#deadlineTimer);
+    this.#loopTimer = undefined;
+    this.#deadlineTimer = undefined;
+  }
+
+  #setState(state: SessionState, cause?: unknown): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    for (const l of [...this.#listeners]) {
+      try {
+        l(state, cause);
+      } catch {
+        // A throwing listener must not break the session.
+      }
+    }
+  }
+
+  #end(state: 'expired' | 'closed', cause?: unknown): void {
+    this.#clearTimers();
+    this.#setState(state, cause);
+    const end: SessionEnd = cause === undefined ? { state } : { state, cause };
+    this.#resolveEnded(end);
+    this.#opts.onEnd?.(end);
+  }
+}
+
+/** Reject with StoreUnavailableError (outcome unknown) if `p` takes longer than `ms`. */
+export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = clock.setTimeout(
+      () => reject(new StoreUnavailableError(`store request timed out after ${ms} ms`, { outcome: 'unknown' })),
+      ms,
+    );
+    p.then(
+      (v) => {
+        clock.clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clock.clearTimeout(t);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
