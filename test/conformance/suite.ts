@@ -272,7 +272,7 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
     it('rejects bad input with typed errors and writes nothing', async () => {
       const s = await open(freshNamespace());
       await put(s, 'keep', 'safe');
-      const bad: [() => Promise<unknown>, typeof RebalancerError][] = [
+      const bad: [() => Promise<unknown>, abstract new (...args: never[]) => RebalancerError][] = [
         [() => put(s, '', 'x'), InvalidArgumentError],
         [() => put(s, 'a\0b', 'x'), InvalidArgumentError],
         [() => put(s, 'lone\ud800', 'x'), InvalidArgumentError],
