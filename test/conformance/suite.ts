@@ -533,11 +533,12 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       // Within a few TTLs the client converges to one of the two honest answers.
       const decided = await eventually(
         async () => {
-          if (session.state === 'expired') return true;
+          const stateOf = (x: Session): string => x.state; // read afresh: it changes under us
+          if (stateOf(session) === 'expired') return true;
           try {
             await session.keepAlive();
           } catch {
-            return session.state === 'expired';
+            return stateOf(session) === 'expired';
           }
           const kv = await s.get('r/held').catch(() => undefined);
           return session.state === 'live' && kv?.sessionId === session.id;
