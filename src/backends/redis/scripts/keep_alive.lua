@@ -1,0 +1,24 @@
+--[[
+  keep_alive.lua: extend a live session to ttlMs after now (server clock).
+  KEYS: see lib.lua
+  ARGV[1] base "rb:{ns}:"
+  ARGV[2] session id
+  ARGV[3] ttlMs
+  Returns {"OK", 1} when extended, {"OK", 0} when the session no longer exists
+  (expired by the server clock, revoked, or lost with the server's data)
+          | {"SCHEMA", found} | {"CORRUPT", name, detail} | {"BADARG", detail}
+]]
+return run(function()
+  local sid = ARGV[2]
+  local ttl = parse_count(ARGV[3])
+  if ttl == nil then abort('BADARG', 'ttlMs must be a positive integer') end
+  prepare()
+  reap()
+  local score = redis.call('ZSCORE', K_SESS, sid)
+  if score == false or tonumber(score) <= NOW_MS then return { 'OK', 0 } end
+  local expiry = NOW_MS + ttl
+  -- Never shorten: a keep-alive that was delayed in transit must not undo a newer one.
+  if tonumber(score) > expiry then expiry = tonumber(score) end
+  redis.call('ZADD', K_SESS, fmt(expiry), sid)
+  return { 'OK', 1 }
+end)

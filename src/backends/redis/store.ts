@@ -1,0 +1,687 @@
+/**
+ * The Redis store client. Every operation is one Lua script (see ./scripts),
+ * so it is atomic and reads only the server's clock. Layout, guarantees and
+ * limits: docs/backends/redis.md.
+ */
+import { Redis, ReplyError, type RedisOptions } from 'ioredis';
+import {
+  ClosedError,
+  CorruptDataError,
+  IncompatibleSchemaError,
+  InvalidArgumentError,
+  RebalancerError,
+  SessionExpiredError,
+  StoreUnavailableError,
+} from '../../errors.js';
+import { systemClock } from '../../store/clock.js';
+import type {
+  Clock,
+  CommonStoreOptions,
+  KeyValue,
+  Op,
+  OpResult,
+  RangeResult,
+  Session,
+  SessionOptions,
+  Store,
+  StoreLimits,
+  TimerHandle,
+  Txn,
+  TxnResult,
+  WatchHint,
+  Watcher,
+} from '../../store/contract.js';
+import { ManagedSession, withTimeout } from '../../store/session.js';
+import {
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  STORE_LIMITS,
+  decodeUtf8,
+  validateDriftRate,
+  validateKey,
+  validateNamespace,
+  validatePrefix,
+  validateSessionOptions,
+  validateTimeout,
+  validateTxn,
+} from '../../store/validate.js';
+import { callScript, defineScripts, scriptSources, type ScriptArg, type ScriptName } from './scripts.js';
+import { parseRedisUrl, redact } from './url.js';
+
+/** Layout version this code reads and writes (key `rb:{<ns>}:schema`). */
+export const REDIS_SCHEMA_VERSION = 1;
+
+export const DEFAULT_MAINTENANCE_INTERVAL_MS = 250;
+
+export interface RedisStoreOptions extends CommonStoreOptions {
+  /** `redis://[[user][:password]@]host[:port][/db]`, or `rediss://` for TLS. Default: 127.0.0.1:6379. */
+  readonly url?: string | undefined;
+  /**
+   * ioredis connection options, passed through and applied over the URL:
+   * host, port, username, password, db, tls (a `tls.connect` options object:
+   * ca, cert, key, servername…), family, connectionName, sentinels… The
+   * options that decide whether a request can hang or be sent twice are
+   * fixed by the store (see docs/backends/redis.md); `keyPrefix` is refused
+   * (use `namespace`).
+   */
+  readonly redis?: RedisOptions | undefined;
+  /**
+   * How often this client reaps expired sessions and compares the namespace
+   * revision for its watchers (default 250 ms). It bounds how late after a
+   * session's expiry watchers hear of it.
+   */
+  readonly maintenanceIntervalMs?: number | undefined;
+}
+
+interface WatchEntry {
+  readonly prefix: string;
+  readonly onHint: (hint: WatchHint) => void;
+  open: boolean;
+}
+
+/** Reply codes that mean the server refused the command before running it. */
+const REFUSED_REPLIES = new Set([
+  'BUSY',
+  'LOADING',
+  'READONLY',
+  'OOM',
+  'NOAUTH',
+  'NOPERM',
+  'WRONGPASS',
+  'MASTERDOWN',
+  'CLUSTERDOWN',
+  'TRYAGAIN',
+  'MOVED',
+  'ASK',
+  'MISCONF',
+  'NOREPLICAS',
+  'NOSCRIPT',
+]);
+
+/** Options the store decides, because they decide whether requests hang or are sent twice. */
+const FIXED_OPTIONS = [
+  'lazyConnect',
+  'enableOfflineQueue',
+  'maxRetriesPerRequest',
+  'commandTimeout',
+  'autoResendUnfulfilledCommands',
+  'autoResubscribe',
+  'replyMapping',
+] as const;
+
+/** Connection options as the store uses them (reply shapes as in RESP2, which the parsers expect). */
+type ConnectionOptions = Omit<RedisOptions, 'replyMapping'> & { replyMapping: 'legacy' };
+
+const noop = (): void => undefined;
+
+function isReplyError(err: unknown): err is Error {
+  return err instanceof (ReplyError as new (...args: never[]) => Error);
+}
+
+function lossy(x: unknown): string {
+  if (Buffer.isBuffer(x)) return x.toString('utf8');
+  return String(x);
+}
+
+function asArray(x: unknown, what: string): unknown[] {
+  if (!Array.isArray(x)) throw new StoreUnavailableError(`unexpected reply from Redis to ${what}`, { outcome: 'unknown' });
+  return x as unknown[];
+}
+
+/** A safe non-negative integer from an integer reply or decimal text. */
+function toInt(x: unknown, what: string, key?: string): number {
+  let n: number | undefined;
+  if (typeof x === 'number') n = x;
+  else if (Buffer.isBuffer(x) || typeof x === 'string') {
+    const s = lossy(x);
+    if (/^\d{1,16}$/.test(s)) n = Number(s);
+  }
+  if (n === undefined || !Number.isSafeInteger(n) || n < 0) {
+    throw new CorruptDataError(
+      `${what} read from Redis is not a non-negative integer: ${JSON.stringify(lossy(x)).slice(0, 40)}`,
+      key === undefined ? {} : { key },
+    );
+  }
+  return n;
+}
+
+/** Parse one record of six fields (key, value, version, crev, mrev, sid) starting at `at`. */
+function parseKv(fields: readonly unknown[], at: number, knownKey?: string): KeyValue {
+  const rawKey = fields[at];
+  const key = knownKey ?? decodeUtf8(Buffer.isBuffer(rawKey) ? rawKey : Buffer.from(lossy(rawKey)), 'a key name', lossy(rawKey));
+  const raw = fields[at + 1];
+  if (!Buffer.isBuffer(raw)) throw new CorruptDataError(`key ${key} read from Redis has no value`, { key });
+  const value = decodeUtf8(raw, `value of key ${key}`, key);
+  const version = toInt(fields[at + 2], `version of key ${key}`, key);
+  const createRevision = toInt(fields[at + 3], `create revision of key ${key}`, key);
+  const modRevision = toInt(fields[at + 4], `mod revision of key ${key}`, key);
+  if (version < 1 || createRevision < 1 || modRevision < createRevision) {
+    throw new CorruptDataError(`metadata of key ${key} read from Redis is inconsistent`, { key });
+  }
+  const sid = fields[at + 5];
+  const sessionId = sid === undefined || sid === null || lossy(sid) === '' ? undefined : lossy(sid);
+  return { key, value, version, createRevision, modRevision, sessionId };
+}
+
+function parseRecords(x: unknown): KeyValue[] {
+  const fields = asArray(x, 'range');
+  const out: KeyValue[] = [];
+  for (let i = 0; i + 5 < fields.length; i += 6) out.push(parseKv(fields, i));
+  // Redis orders names by bytes; the contract orders keys as JavaScript strings.
+  out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  return out;
+}
+
+/** The ioredis options of one connection of the store. */
+function connectionOptions(options: RedisStoreOptions, timeoutMs: number): ConnectionOptions {
+  const fromUrl = options.url === undefined ? { host: '127.0.0.1', port: 6379 } : parseRedisUrl(options.url);
+  const { replyMapping: _ignored, ...user } = options.redis ?? {};
+  if (options.redis?.replyMapping !== undefined) {
+    throw new InvalidArgumentError('the redis option replyMapping is set by the store; remove it');
+  }
+  if (user.keyPrefix !== undefined && user.keyPrefix !== '') {
+    throw new InvalidArgumentError('the redis option keyPrefix is not supported: use the store option `namespace` instead');
+  }
+  for (const name of FIXED_OPTIONS) {
+    if (options.redis?.[name] !== undefined) {
+      throw new InvalidArgumentError(
+        `the redis option ${name} is set by the store (requests must fail fast and never be resent); remove it`,
+      );
+    }
+  }
+  return {
+    ...fromUrl,
+    ...user,
+    lazyConnect: true,
+    replyMapping: 'legacy',
+    // Fail fast while disconnected instead of queueing: the caller decides what to retry.
+    enableOfflineQueue: false,
+    // A request whose connection drops is failed (outcome unknown), never resent behind the caller's back.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    autoResubscribe: false,
+    commandTimeout: timeoutMs,
+    connectTimeout: user.connectTimeout ?? timeoutMs,
+    retryStrategy: user.retryStrategy ?? ((times: number) => Math.min(50 * 2 ** Math.min(times, 10), 1000)),
+  };
+}
+
+export class RedisStore implements Store {
+  readonly backend = 'redis';
+  readonly namespace: string;
+  readonly limits: StoreLimits = STORE_LIMITS;
+  readonly clock: Clock;
+
+  readonly #redis: Redis;
+  readonly #connection: ConnectionOptions;
+  readonly #driftRate: number;
+  readonly #timeoutMs: number;
+  readonly #intervalMs: number;
+  readonly #base: string;
+  readonly #keys: readonly string[];
+  readonly #channel: string;
+  readonly #sessions = new Set<ManagedSession>();
+  readonly #watchers = new Set<WatchEntry>();
+  #sub: Redis | undefined;
+  #subscribed = false;
+  #everSubscribed = false;
+  #subWaiters: (() => void)[] = [];
+  #lastRevision = 0;
+  #lagRevision: number | undefined;
+  #ticks = 0;
+  #timer: TimerHandle | undefined;
+  #notReadySince: Map<Redis, number> = new Map();
+  /** Set when close() starts: public calls fail, internal revokes still run. */
+  #closing = false;
+  #closed: Promise<void> | undefined;
+
+  /** Use createRedisStore(): the connection must be opened and the layout checked first. */
+  constructor(redis: Redis, connection: ConnectionOptions, options: RedisStoreOptions) {
+    this.namespace = validateNamespace(options.namespace);
+    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
+    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
+    this.#intervalMs = validateTimeout('maintenanceIntervalMs', options.maintenanceIntervalMs, DEFAULT_MAINTENANCE_INTERVAL_MS);
+    this.clock = options.clock ?? systemClock;
+    this.#redis = redis;
+    this.#connection = connection;
+    this.#base = `rb:{${this.namespace}}:`;
+    this.#keys = ['schema', 'rev', 'idx', 'sess', 'sseq'].map((k) => this.#base + k);
+    this.#channel = `${this.#base}events`;
+  }
+
+  /** Key names of this namespace's layout (for tools and tests). */
+  get layout(): { readonly base: string; readonly schema: string; readonly revision: string; readonly index: string; readonly sessions: string; readonly channel: string } {
+    return {
+      base: this.#base,
+      schema: this.#keys[0]!,
+      revision: this.#keys[1]!,
+      index: this.#keys[2]!,
+      sessions: this.#keys[3]!,
+      channel: this.#channel,
+    };
+  }
+
+  /** Check the layout and start the maintenance loop (called once by createRedisStore). */
+  async start(): Promise<void> {
+    const r = await this.#script('reap', [], 'open the store');
+    this.#lastRevision = toInt(r[1], 'namespace revision');
+    this.#schedule();
+  }
+
+  // ---- sessions ---------------------------------------------------------------
+
+  async openSession(options: SessionOptions): Promise<Session> {
+    const ttlMs = Math.ceil(validateSessionOptions(options));
+    this.#assertOpen();
+    const sentAt = this.clock.now();
+    const r = await this.#script('open_session', [String(ttlMs)], 'openSession');
+    const id = lossy(r[1]);
+    const granted = toInt(r[2], 'granted TTL');
+    const session: ManagedSession = new ManagedSession({
+      id,
+      ttlMs: granted,
+      clock: this.clock,
+      maxClockDriftRate: this.#driftRate,
+      createdSendAtMs: sentAt,
+      requestTimeoutMs: this.#timeoutMs,
+      driver: {
+        keepAlive: async () => {
+          const k = await this.#script('keep_alive', [id, String(granted)], 'keep-alive');
+          return toInt(k[1], 'keep-alive reply') === 1 ? 'alive' : 'gone';
+        },
+        revoke: async () => {
+          await this.#script('revoke', [id], 'revoke');
+        },
+      },
+      onEnd: () => this.#sessions.delete(session),
+    });
+    this.#sessions.add(session);
+    return session;
+  }
+
+  // ---- reads ------------------------------------------------------------------
+
+  async get(key: string): Promise<KeyValue | undefined> {
+    validateKey(key);
+    this.#assertOpen();
+    const r = await this.#script('get', [key], 'get');
+    if (toInt(r[2], 'get reply') === 0) return undefined;
+    return parseKv(asArray(r[3], 'get'), 0, key);
+  }
+
+  async range(prefix: string): Promise<RangeResult> {
+    validatePrefix(prefix);
+    this.#assertOpen();
+    const r = await this.#script('range', [prefix], 'range');
+    return { kvs: parseRecords(r[2]), revision: toInt(r[1], 'namespace revision'), snapshot: true };
+  }
+
+  // ---- transactions -------------------------------------------------------------
+
+  async txn(txn: Txn): Promise<TxnResult> {
+    validateTxn(txn);
+    this.#assertOpen();
+    const thenOps = txn.then;
+    const elseOps = txn.else ?? [];
+    let session: ManagedSession | undefined;
+    for (const op of [...thenOps, ...elseOps]) {
+      if (op.op === 'put' && op.session !== undefined) session = this.#ownSession(op.session);
+    }
+    session?.assertUsable();
+    const args: ScriptArg[] = [session?.id ?? '', String(txn.compare.length)];
+    for (const c of txn.compare) {
+      switch (c.target) {
+        case 'exists':
+          args.push(c.key, 'exists', '', c.exists ? '1' : '0');
+          break;
+        case 'value':
+          args.push(c.key, 'value', c.op, c.value);
+          break;
+        default:
+          args.push(c.key, c.target, c.op, String(c.value));
+      }
+    }
+    for (const branch of [thenOps, elseOps]) {
+      args.push(String(branch.length));
+      for (const op of branch) args.push(...encodeOp(op));
+    }
+    let r: unknown[];
+    try {
+      r = await this.#script('txn', args, 'txn');
+    } catch (err) {
+      if (err instanceof SessionExpiredError && session !== undefined) session.markExpired(err);
+      throw err;
+    }
+    const succeeded = toInt(r[1], 'txn reply') === 1;
+    const revision = toInt(r[2], 'namespace revision');
+    const ops = succeeded ? thenOps : elseOps;
+    const items = asArray(r[3], 'txn');
+    const results: OpResult[] = ops.map((op, i): OpResult => {
+      const item = asArray(items[i], 'txn');
+      switch (op.op) {
+        case 'put':
+          return { op: 'put', key: op.key };
+        case 'delete':
+          return { op: 'delete', key: op.key, deleted: toInt(item[2], 'delete count') };
+        case 'deletePrefix':
+          return { op: 'deletePrefix', prefix: op.prefix, deleted: toInt(item[2], 'delete count') };
+        case 'get':
+          return {
+            op: 'get',
+            key: op.key,
+            kv: toInt(item[2], 'get reply') === 0 ? undefined : parseKv(asArray(item[3], 'txn get'), 0, op.key),
+          };
+        case 'range':
+          return { op: 'range', prefix: op.prefix, kvs: parseRecords(item[2]) };
+      }
+    });
+    return { succeeded, revision, results };
+  }
+
+  // ---- watches ------------------------------------------------------------------
+
+  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
+    validatePrefix(prefix);
+    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
+    this.#assertOpen();
+    await this.#whenSubscribed();
+    this.#assertOpen();
+    const entry: WatchEntry = { prefix, onHint, open: true };
+    this.#watchers.add(entry);
+    return {
+      close: () => {
+        entry.open = false;
+        this.#watchers.delete(entry);
+        return Promise.resolve();
+      },
+    };
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------
+
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#closing = true;
+      if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
+      this.#timer = undefined;
+      for (const w of this.#watchers) w.open = false;
+      this.#watchers.clear();
+      // Revoke while the connection is still up (bounded by the request timeout each).
+      await Promise.all([...this.#sessions].map((s) => s.close()));
+      for (const w of this.#subWaiters) w();
+      this.#subWaiters = [];
+      this.#redis.disconnect();
+      this.#sub?.disconnect();
+    })();
+    return this.#closed;
+  }
+
+  // ---- internals ------------------------------------------------------------------
+
+  #assertOpen(): void {
+    if (this.#closing) throw new ClosedError('redis store');
+  }
+
+  #ownSession(session: Session): ManagedSession {
+    if (!(session instanceof ManagedSession) || !this.#sessions.has(session)) {
+      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
+      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
+    }
+    return session;
+  }
+
+  /** Run one script and turn its status reply into a result or a typed error. */
+  async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
+    let reply: unknown;
+    try {
+      reply = await withTimeout(callScript(this.#redis, name, [...this.#keys, this.#base, ...args]), this.#timeoutMs, this.clock);
+    } catch (err) {
+      throw this.#mapError(err, what);
+    }
+    const r = asArray(reply, what);
+    const status = lossy(r[0]);
+    if (status === 'OK') return r;
+    switch (status) {
+      case 'SCHEMA':
+        throw new IncompatibleSchemaError(Number(lossy(r[1])), REDIS_SCHEMA_VERSION, `Redis namespace ${this.namespace} (key ${this.#keys[0]!})`);
+      case 'CORRUPT': {
+        const name = lossy(r[1]);
+        const detail = lossy(r[2]);
+        const internal = name.startsWith(this.#base);
+        throw new CorruptDataError(
+          `${internal ? `Redis key ${name}` : `key ${name} of namespace ${this.namespace}`} ${detail}; it was not written by ` +
+            "Rebalancer. Nothing was changed. Inspect or delete it with redis-cli (the key's record is " +
+            `${internal ? name : `${this.#base}k:${name}`}).`,
+          { key: name },
+        );
+      }
+      case 'EXPIRED':
+        throw new SessionExpiredError(lossy(r[1]));
+      case 'BADARG':
+        throw new InvalidArgumentError(`the redis ${name} script refused its arguments: ${lossy(r[1])}`);
+      default:
+        throw new StoreUnavailableError(`unexpected status ${JSON.stringify(status)} from the redis ${name} script`, {
+          outcome: 'unknown',
+        });
+    }
+  }
+
+  #mapError(err: unknown, what: string): RebalancerError {
+    if (err instanceof RebalancerError) {
+      if (err instanceof StoreUnavailableError && err.outcome === 'unknown') this.#dropConnection(this.#redis);
+      return err;
+    }
+    const cause = err;
+    const message = err instanceof Error ? err.message : String(err);
+    if (isReplyError(err)) {
+      const code = message.split(' ', 1)[0] ?? '';
+      return new StoreUnavailableError(`Redis answered ${what} with an error: ${message}`, {
+        cause,
+        outcome: REFUSED_REPLIES.has(code) ? 'not-applied' : 'unknown',
+      });
+    }
+    if (/isn't writeable|Connection is closed|Stream connection ended|Connection isn't ready/i.test(message)) {
+      return new StoreUnavailableError(`Redis is not connected; ${what} was not sent`, { cause, outcome: 'not-applied' });
+    }
+    if (/timed out/i.test(message)) this.#dropConnection(this.#redis);
+    return new StoreUnavailableError(`${what} failed: ${message}`, { cause, outcome: 'unknown' });
+  }
+
+  /**
+   * After a timeout the connection may still deliver the late reply, or have
+   * lost bytes (a partition); a fresh connection is the only safe state.
+   */
+  #dropConnection(conn: Redis): void {
+    if (this.#closing) return;
+    if (conn.status === 'ready' || conn.status === 'connect') conn.disconnect(true);
+  }
+
+  // ---- maintenance: reaping, revision poll, connection watchdog ------------------
+
+  #schedule(): void {
+    if (this.#closing) return;
+    this.#timer = this.clock.setTimeout(() => {
+      this.#timer = undefined;
+      void this.#tick().finally(() => this.#schedule());
+    }, this.#intervalMs);
+  }
+
+  async #tick(): Promise<void> {
+    this.#ticks++;
+    this.#watchdog(this.#redis);
+    if (this.#sub !== undefined) {
+      this.#watchdog(this.#sub);
+      // A silently dead subscriber would lose every notification: probe it about once a second.
+      if (this.#subscribed && this.#ticks % Math.max(1, Math.round(1000 / this.#intervalMs)) === 0) {
+        const sub = this.#sub;
+        withTimeout(sub.ping(), this.#timeoutMs, this.clock).catch(() => this.#dropConnection(sub));
+      }
+    }
+    let revision: number;
+    try {
+      const r = await this.#script('reap', [], 'maintenance');
+      revision = toInt(r[1], 'namespace revision');
+    } catch {
+      return; // The next tick retries; the session loops report the outage.
+    }
+    this.#pollRevision(revision);
+  }
+
+  /**
+   * Pub/sub is at most once: a revision the poll saw that no notification
+   * reached within one more tick means one was lost; hint every watcher.
+   */
+  #pollRevision(revision: number): void {
+    if (this.#watchers.size === 0 || !this.#subscribed) {
+      this.#lagRevision = undefined;
+      this.#lastRevision = Math.max(this.#lastRevision, revision);
+      return;
+    }
+    if (this.#lagRevision !== undefined && this.#lastRevision < this.#lagRevision) {
+      this.#lastRevision = Math.max(this.#lastRevision, revision);
+      this.#lagRevision = undefined;
+      this.#broadcast({ revision, reason: 'change' });
+      return;
+    }
+    this.#lagRevision = revision > this.#lastRevision ? revision : undefined;
+  }
+
+  /** Reconnect a connection stuck in its handshake (e.g. a server that accepts TCP but does not answer). */
+  #watchdog(conn: Redis): void {
+    if (conn.status === 'ready' || conn.status === 'end' || conn.status === 'reconnecting' || conn.status === 'wait') {
+      this.#notReadySince.delete(conn);
+      return;
+    }
+    const since = this.#notReadySince.get(conn);
+    const now = this.clock.now();
+    if (since === undefined) this.#notReadySince.set(conn, now);
+    else if (now - since > this.#timeoutMs) {
+      this.#notReadySince.delete(conn);
+      conn.disconnect(true);
+    }
+  }
+
+  // ---- pub/sub ----------------------------------------------------------------------
+
+  #whenSubscribed(): Promise<void> {
+    if (this.#sub === undefined) this.#startSubscriber();
+    if (this.#subscribed) return Promise.resolve();
+    return withTimeout(
+      new Promise<void>((resolve) => this.#subWaiters.push(resolve)),
+      this.#timeoutMs,
+      this.clock,
+    ).catch((cause: unknown) => {
+      throw new StoreUnavailableError(`could not subscribe to Redis change notifications within ${this.#timeoutMs} ms`, {
+        cause,
+        outcome: 'not-applied',
+      });
+    });
+  }
+
+  #startSubscriber(): void {
+    const sub = new Redis(this.#connection);
+    this.#sub = sub;
+    sub.on('error', noop);
+    sub.on('messageBuffer', (_channel: Buffer, message: Buffer) => this.#onMessage(message));
+    sub.on('close', () => {
+      this.#subscribed = false;
+    });
+    sub.on('ready', () => void this.#subscribe(sub));
+    sub.connect().catch(noop);
+  }
+
+  async #subscribe(sub: Redis): Promise<void> {
+    try {
+      await sub.subscribe(this.#channel);
+    } catch {
+      this.#dropConnection(sub);
+      return;
+    }
+    if (this.#closing || sub.status !== 'ready') return;
+    this.#subscribed = true;
+    const waiters = this.#subWaiters;
+    this.#subWaiters = [];
+    for (const w of waiters) w();
+    // Changes made while unsubscribed were not heard: every watcher re-reads.
+    if (this.#everSubscribed) this.#broadcast({ revision: this.#lastRevision, reason: 'resync' });
+    this.#everSubscribed = true;
+  }
+
+  #onMessage(message: Buffer): void {
+    const text = message.toString('utf8');
+    const parts = text.split('\0');
+    const revision = Number(parts[0]);
+    if (!Number.isSafeInteger(revision)) return;
+    if (revision > this.#lastRevision) this.#lastRevision = revision;
+    const keys = parts.slice(1);
+    for (const w of this.#watchers) {
+      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix))) this.#deliver(w, { revision, reason: 'change' });
+    }
+  }
+
+  #broadcast(hint: WatchHint): void {
+    for (const w of this.#watchers) this.#deliver(w, hint);
+  }
+
+  /** Hints run one at a time (microtasks run in order), never after close, and a throwing consumer is contained. */
+  #deliver(w: WatchEntry, hint: WatchHint): void {
+    queueMicrotask(() => {
+      if (!w.open) return;
+      try {
+        w.onHint(hint);
+      } catch {
+        // A consumer bug must not break the store.
+      }
+    });
+  }
+}
+
+function encodeOp(op: Op): string[] {
+  switch (op.op) {
+    case 'put':
+      return ['put', op.key, op.value, op.session === undefined ? '0' : '1'];
+    case 'delete':
+      return ['delete', op.key, '', '0'];
+    case 'deletePrefix':
+      return ['deletePrefix', op.prefix, '', '0'];
+    case 'get':
+      return ['get', op.key, '', '0'];
+    case 'range':
+      return ['range', op.prefix, '', '0'];
+  }
+}
+
+/** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
+export async function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
+  if (options === null || typeof options !== 'object') throw new InvalidArgumentError('redis store options must be an object');
+  const timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
+  const connection = connectionOptions(options, timeoutMs);
+  const texts = await scriptSources();
+  const redis = new Redis(connection);
+  let lastError: unknown;
+  redis.on('error', (err: unknown) => {
+    lastError = err;
+  });
+  const clock = options.clock ?? systemClock;
+  const where = options.url === undefined ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}` : redact(options.url);
+  try {
+    await withTimeout(redis.connect(), timeoutMs, clock);
+  } catch (err) {
+    redis.disconnect();
+    const cause = lastError ?? err;
+    const message = cause instanceof Error ? cause.message : String(cause);
+    if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
+      throw new InvalidArgumentError(`Redis at ${where} refused the credentials: ${message}; check username and password`, { cause });
+    }
+    throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, { cause, outcome: 'not-applied' });
+  }
+  defineScripts(redis, texts);
+  let store: RedisStore;
+  try {
+    store = new RedisStore(redis, connection, options);
+    await store.start();
+  } catch (err) {
+    redis.disconnect();
+    throw err;
+  }
+  return store;
+}
