@@ -1,0 +1,313 @@
+/**
+ * Redis-specific behaviour: URL and option parsing, data Rebalancer did not
+ * write, layout versions, the reaping bound, lost data, failing fast.
+ */
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedisStore, openUrl, parseRedisUrl, type RedisStore } from '../../src/backends/redis/index.js';
+import {
+  CorruptDataError,
+  IncompatibleSchemaError,
+  InvalidArgumentError,
+  LimitExceededError,
+  SessionExpiredError,
+  StoreUnavailableError,
+} from '../../src/errors.js';
+import { openStore } from '../../src/store/open.js';
+import { STORE_LIMITS } from '../../src/store/validate.js';
+import { startPrivateRedis, type PrivateRedis } from './redis-private.js';
+
+const fresh = (): string => `t${randomBytes(5).toString('hex')}`;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const errorOf = (p: Promise<unknown>): Promise<unknown> => p.then(() => undefined, (e: unknown) => e);
+
+async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 25): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await probe()) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(stepMs);
+  }
+}
+
+describe('redis URLs and options', () => {
+  it('parses redis:// and rediss:// URLs', () => {
+    expect(parseRedisUrl('redis://127.0.0.1:6380')).toEqual({ host: '127.0.0.1', port: 6380 });
+    expect(parseRedisUrl('redis://localhost')).toEqual({ host: 'localhost', port: 6379 });
+    expect(parseRedisUrl('redis://:s%40cret@h:1/3')).toEqual({ host: 'h', port: 1, password: 's@cret', db: 3 });
+    expect(parseRedisUrl('redis://app:pw@h/')).toEqual({ host: 'h', port: 6379, username: 'app', password: 'pw' });
+    expect(parseRedisUrl('rediss://redis.example.com:6380')).toEqual({
+      host: 'redis.example.com',
+      port: 6380,
+      tls: { servername: 'redis.example.com' },
+    });
+    expect(parseRedisUrl('rediss://10.0.0.1')).toEqual({ host: '10.0.0.1', port: 6379, tls: {} });
+    expect(parseRedisUrl('redis://[::1]:7000')).toEqual({ host: '::1', port: 7000 });
+  });
+
+  it('rejects malformed URLs with an example of a valid one', () => {
+    for (const bad of ['', 'redis://', 'http://h:1', 'redis://h:1/x', 'redis://h:1/0?tls=1', 'redis://h:99999', 'redis:/h', 'not a url']) {
+      const err = (() => {
+        try {
+          parseRedisUrl(bad);
+          return undefined;
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err, bad).toBeInstanceOf(InvalidArgumentError);
+      expect((err as Error).message).toContain('redis://');
+    }
+    // Passwords never appear in messages.
+    const err = (() => {
+      try {
+        parseRedisUrl('redis://u:topsecret@h:1/x');
+        return undefined;
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    expect(err?.message).not.toContain('topsecret');
+  });
+
+  it('refuses options that would make requests hang, be resent, or escape the namespace', async () => {
+    for (const redis of [{ keyPrefix: 'x:' }, { enableOfflineQueue: true }, { maxRetriesPerRequest: null }, { commandTimeout: 1 }]) {
+      expect(await errorOf(createRedisStore({ redis }))).toBeInstanceOf(InvalidArgumentError);
+    }
+    expect(await errorOf(createRedisStore({ namespace: 'bad ns' }))).toBeInstanceOf(InvalidArgumentError);
+    expect(await errorOf(createRedisStore({ requestTimeoutMs: -1 }))).toBeInstanceOf(InvalidArgumentError);
+    expect(await errorOf(openStore('redis://h:1/x'))).toBeInstanceOf(InvalidArgumentError);
+  });
+});
+
+describe('redis store on a private server', () => {
+  let server: PrivateRedis;
+  let raw: Redis;
+  const stores: RedisStore[] = [];
+  const open = async (namespace: string, extra: Partial<Parameters<typeof createRedisStore>[0]> = {}): Promise<RedisStore> => {
+    const s = await createRedisStore({ url: server.url, namespace, ...extra });
+    stores.push(s);
+    return s;
+  };
+
+  beforeAll(async () => {
+    server = await startPrivateRedis();
+    raw = new Redis(server.port, '127.0.0.1', { lazyConnect: true });
+    await raw.connect();
+  });
+
+  afterAll(async () => {
+    for (const s of stores) await s.close().catch(() => undefined);
+    raw?.disconnect();
+    await server?.stop();
+  });
+
+  it('fails fast with StoreUnavailableError when nothing listens', async () => {
+    const started = Date.now();
+    const err = await errorOf(createRedisStore({ url: 'redis://127.0.0.1:1', requestTimeoutMs: 3000 }));
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as StoreUnavailableError).outcome).toBe('not-applied');
+    expect(Date.now() - started).toBeLessThan(3500);
+  });
+
+  it('opens from a URL through openStore', async () => {
+    const s = await openStore(server.url, { namespace: fresh() });
+    try {
+      expect(s.backend).toBe('redis');
+      await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+      expect((await s.get('k'))?.value).toBe('v');
+    } finally {
+      await s.close();
+      await s.close();
+    }
+    expect(await errorOf(s.get('k'))).toMatchObject({ code: 'CLOSED' });
+  });
+
+  it('keeps every key of a namespace under one hash tag', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const session = await s.openSession({ ttlMs: 5000 });
+    await s.txn({ compare: [], then: [{ op: 'put', key: 'a{b}c', value: '1', session }] });
+    const keys = await raw.keys(`*${ns}*`);
+    expect(keys.length).toBeGreaterThanOrEqual(5);
+    for (const k of keys) expect(k.startsWith(`rb:{${ns}}:`)).toBe(true);
+    await session.close();
+  });
+
+  it('reports a value that is not UTF-8 as CorruptDataError naming the key, and never overwrites it', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const base = `rb:{${ns}}:`;
+    await raw.hset(`${base}k:bad`, 'value', Buffer.from([0x61, 0xff, 0xfe]), 'version', '1', 'crev', '5', 'mrev', '5');
+    await raw.zadd(`${base}idx`, 0, 'bad');
+    const g = await errorOf(s.get('bad'));
+    expect(g).toBeInstanceOf(CorruptDataError);
+    expect((g as CorruptDataError).key).toBe('bad');
+    expect(await errorOf(s.range(''))).toBeInstanceOf(CorruptDataError);
+    for (const txn of [
+      { compare: [], then: [{ op: 'put' as const, key: 'bad', value: 'clean' }] },
+      { compare: [{ key: 'bad', target: 'exists' as const, exists: true }], then: [{ op: 'put' as const, key: 'other', value: '1' }] },
+      { compare: [], then: [{ op: 'deletePrefix' as const, prefix: 'b' }] },
+    ]) {
+      const e = await errorOf(s.txn(txn));
+      expect(e).toBeInstanceOf(CorruptDataError);
+      expect((e as CorruptDataError).key).toBe('bad');
+    }
+    expect((await raw.hgetBuffer(`${base}k:bad`, 'value'))?.equals(Buffer.from([0x61, 0xff, 0xfe]))).toBe(true);
+    expect(await raw.exists(`${base}k:other`)).toBe(0);
+  });
+
+  it('reports malformed metadata as CorruptDataError naming the key', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const base = `rb:{${ns}}:`;
+    await raw.hset(`${base}k:v`, 'value', 'x', 'version', 'abc', 'crev', '5', 'mrev', '5');
+    await raw.hset(`${base}k:nover`, 'value', 'x', 'crev', '5', 'mrev', '5');
+    await raw.hset(`${base}k:order`, 'value', 'x', 'version', '1', 'crev', '9', 'mrev', '5');
+    await raw.set(`${base}k:str`, 'not a hash');
+    await raw.hset(`${base}k:foreign`, 'color', 'blue');
+    for (const key of ['v', 'nover', 'order', 'str', 'foreign']) {
+      const e = await errorOf(s.get(key));
+      expect(e, key).toBeInstanceOf(CorruptDataError);
+      expect((e as CorruptDataError).key).toBe(key);
+      const t = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key, value: 'y' }] }));
+      expect(t, key).toBeInstanceOf(CorruptDataError);
+    }
+    expect(await raw.hget(`${base}k:v`, 'version')).toBe('abc');
+    expect(await raw.get(`${base}k:str`)).toBe('not a hash');
+    // An index entry without data.
+    await raw.zadd(`${base}idx`, 0, 'ghost');
+    expect(await errorOf(s.range('gh'))).toBeInstanceOf(CorruptDataError);
+    // A revision counter that is not a number.
+    const ns2 = fresh();
+    const s2 = await open(ns2);
+    await raw.set(`rb:{${ns2}}:rev`, 'twelve');
+    expect(await errorOf(s2.get('x'))).toBeInstanceOf(CorruptDataError);
+  });
+
+  it('refuses a namespace with an unknown layout version and changes nothing', async () => {
+    const ns = fresh();
+    const base = `rb:{${ns}}:`;
+    await raw.set(`${base}schema`, '2');
+    const e = await errorOf(createRedisStore({ url: server.url, namespace: ns }));
+    expect(e).toBeInstanceOf(IncompatibleSchemaError);
+    expect((e as IncompatibleSchemaError).found).toBe(2);
+    expect(await raw.keys(`${base}*`)).toEqual([`${base}schema`]);
+    // A store opened before the layout changed refuses too, on every call.
+    const ns2 = fresh();
+    const s = await open(ns2);
+    await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+    const before = await raw.get(`rb:{${ns2}}:rev`);
+    await raw.set(`rb:{${ns2}}:schema`, '7');
+    expect(await errorOf(s.get('k'))).toBeInstanceOf(IncompatibleSchemaError);
+    expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'w' }] }))).toBeInstanceOf(IncompatibleSchemaError);
+    expect(await errorOf(s.openSession({ ttlMs: 1000 }))).toBeInstanceOf(IncompatibleSchemaError);
+    expect(await raw.get(`rb:{${ns2}}:rev`)).toBe(before);
+    expect(await raw.hget(`rb:{${ns2}}:k:k`, 'value')).toBe('v');
+    await raw.set(`rb:{${ns2}}:schema`, 'one');
+    expect(await errorOf(s.get('k'))).toBeInstanceOf(CorruptDataError);
+  });
+
+  it('enforces the contract limits', async () => {
+    const s = await open(fresh());
+    expect(s.limits).toEqual(STORE_LIMITS);
+    expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v'.repeat(STORE_LIMITS.maxValueBytes + 1) }] }))).toBeInstanceOf(
+      LimitExceededError,
+    );
+    // A full-size transaction goes through in one script.
+    const then = Array.from({ length: STORE_LIMITS.maxTxnOps }, (_, i) => ({ op: 'put' as const, key: `k/${i}`, value: 'x'.repeat(1000) }));
+    const r = await s.txn({ compare: [], then });
+    expect(r.succeeded).toBe(true);
+    expect((await s.range('k/')).kvs).toHaveLength(STORE_LIMITS.maxTxnOps);
+  });
+
+  it('hides the keys of every expired session at once, even beyond one call\'s reaping bound', async () => {
+    const ns = fresh();
+    const s = await open(ns, { maintenanceIntervalMs: 60_000 });
+    const writer = await open(ns, { maintenanceIntervalMs: 60_000 });
+    const sessions = await Promise.all(Array.from({ length: 40 }, () => writer.openSession({ ttlMs: 1000 })));
+    for (const [i, session] of sessions.entries()) {
+      await writer.txn({ compare: [], then: [{ op: 'put', key: `s/${String(i).padStart(2, '0')}`, value: 'x', session }] });
+    }
+    expect((await s.range('s/')).kvs).toHaveLength(40);
+    // Stop keeping them alive without revoking (the process "died").
+    for (const session of sessions) (session as unknown as { abandon(): void }).abandon();
+    await sleep(1200);
+    // 40 sessions > 16 reaped per call: the reads must still show none of their keys.
+    expect((await s.range('s/')).kvs).toEqual([]);
+    expect(await s.get('s/39')).toBeUndefined();
+    // A put over a hidden key starts a new key.
+    const r = await s.txn({ compare: [{ key: 's/39', target: 'exists', exists: false }], then: [{ op: 'put', key: 's/39', value: 'new' }] });
+    expect(r.succeeded).toBe(true);
+    expect(await s.get('s/39')).toMatchObject({ value: 'new', version: 1, createRevision: r.revision, sessionId: undefined });
+    // Later calls finish the reaping, and the re-created key survives it.
+    for (let i = 0; i < 5; i++) await s.get('x');
+    expect(await raw.zcard(`rb:{${ns}}:sess`)).toBe(0);
+    expect((await s.range('s/')).kvs.map((kv) => kv.key)).toEqual(['s/39']);
+  });
+
+  it('tells a session it expired when its server lost the data, and keeps revisions growing', async () => {
+    const own = await startPrivateRedis();
+    try {
+      const ns = fresh();
+      const s = await createRedisStore({ url: own.url, namespace: ns, requestTimeoutMs: 1000 });
+      try {
+        const session = await s.openSession({ ttlMs: 2000 });
+        const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'held', value: 'x', session }] });
+        await own.restart();
+        expect(await eventually(() => session.state === 'expired', 5000)).toBe(true);
+        expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v', session }] }))).toBeInstanceOf(SessionExpiredError);
+        expect(await s.get('held')).toBeUndefined();
+        const after = await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+        expect(after.revision).toBeGreaterThan(before.revision);
+        const again = await s.openSession({ ttlMs: 2000 });
+        expect(Number(again.id)).toBeGreaterThan(Number(session.id));
+        await again.close();
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('fails fast while the server is down, then recovers', async () => {
+    const own = await startPrivateRedis();
+    try {
+      const s = await createRedisStore({ url: own.url, namespace: fresh(), requestTimeoutMs: 3000 });
+      try {
+        await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+        await own.kill();
+        await sleep(100);
+        const started = Date.now();
+        const err = await errorOf(s.get('k'));
+        expect(err).toBeInstanceOf(StoreUnavailableError);
+        expect((err as StoreUnavailableError).outcome).toBe('not-applied');
+        expect(Date.now() - started).toBeLessThan(1000);
+        await own.restart();
+        expect(await eventually(async () => (await s.get('k').catch(() => 'err')) === undefined, 10_000, 100)).toBe(true);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('authenticates with a password from the URL, and refuses wrong credentials clearly', async () => {
+    const ns = fresh();
+    await raw.config('SET', 'requirepass', 'p@ss word');
+    try {
+      const url = `redis://:${encodeURIComponent('p@ss word')}@127.0.0.1:${server.port}`;
+      const s = await openUrl(url, { namespace: ns });
+      await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+      await s.close();
+      const err = await errorOf(openUrl(`redis://:wrong@127.0.0.1:${server.port}`, { namespace: ns, requestTimeoutMs: 2000 }));
+      expect(err).toBeInstanceOf(InvalidArgumentError);
+      expect((err as Error).message).not.toContain('wrong');
+    } finally {
+      await raw.config('SET', 'requirepass', '');
+    }
+  });
+});
