@@ -108,3 +108,35 @@ export class VirtualClock implements Clock {
     this.#now = target;
   }
 }
+
+/**
+ * A view of another clock that runs at `rate` times its speed (rate 1.01 =
+ * 1 % fast). The simulator gives each node one, to model clock drift between
+ * nodes and the store within the stated bound.
+ */
+export class ScaledClock implements Clock {
+  readonly #base: Clock;
+  readonly #rate: number;
+  readonly #origin: number;
+  readonly #offset: number;
+
+  constructor(base: Clock, rate: number, offsetMs = 0) {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`clock rate must be positive, got ${rate}`);
+    this.#base = base;
+    this.#rate = rate;
+    this.#origin = base.now();
+    this.#offset = offsetMs;
+  }
+
+  now(): number {
+    return this.#offset + (this.#base.now() - this.#origin) * this.#rate;
+  }
+
+  setTimeout(fn: () => void, delayMs: number): TimerHandle {
+    return this.#base.setTimeout(fn, Math.max(0, delayMs) / this.#rate);
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    this.#base.clearTimeout(handle);
+  }
+}
