@@ -99,6 +99,21 @@ export class VirtualClock implements Clock {
     return true;
   }
 
+  /**
+   * Move time forward by `ms`, firing due timers in order and letting all
+   * promise callbacks run after each one (a macrotask turn), so async code
+   * driven by this clock makes the progress it would in real time.
+   */
+  async runFor(ms: number): Promise<void> {
+    const target = this.#now + ms;
+    for (;;) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (!this.fireNext(target)) break;
+    }
+    this.#now = Math.max(this.#now, target);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
   /** Move time forward by `ms`, firing due timers in order (not awaiting microtasks). */
   advance(ms: number): void {
     const target = this.#now + ms;
