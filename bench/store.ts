@@ -19,7 +19,6 @@ import {
   startRedis,
   startZookeeper,
   stopAllServers,
-  type ServerHandle,
 } from '../test/harness/servers.js';
 import { measure, round, table, type LatencyStats } from './stats.js';
 
