@@ -48,7 +48,12 @@ function errorReply(err: unknown): ClientReply {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Append `entry` to the comma-separated log at `logKey`, guarded by leadership. */
-export async function guardedAppend(store: Store, leadership: Leadership, logKey: string, entry: string): Promise<boolean> {
+export async function guardedAppend(
+  store: Store,
+  leadership: Leadership,
+  logKey: string,
+  entry: string,
+): Promise<boolean> {
   const cur = await store.get(logKey);
   const r = await store.txn({
     compare: [
@@ -90,7 +95,10 @@ export function createCommandHandler(store: Store): (c: ClientCommand) => Promis
           // Deliberately ignores what this process believes about its session:
           // the point is that the STORE refuses a stale leader.
           if (state.leadership === undefined) throw new Error('campaign first');
-          const r = await store.txn({ compare: [state.leadership.guard], then: [{ op: 'put', key: c.key, value: c.value }] });
+          const r = await store.txn({
+            compare: [state.leadership.guard],
+            then: [{ op: 'put', key: c.key, value: c.value }],
+          });
           return { ok: true, succeeded: r.succeeded };
         }
         case 'electionLoop':
@@ -110,10 +118,7 @@ export function createCommandHandler(store: Store): (c: ClientCommand) => Promis
  * the deadline. Leaders append `token` entries; the suite then checks the log
  * never shows a lower token after a higher one (two leaders acting).
  */
-async function electionLoop(
-  store: Store,
-  c: Extract<ClientCommand, { cmd: 'electionLoop' }>,
-): Promise<LoopStats> {
+async function electionLoop(store: Store, c: Extract<ClientCommand, { cmd: 'electionLoop' }>): Promise<LoopStats> {
   const stats: LoopStats = { terms: 0, writesOk: 0, writesRefused: 0, errors: 0 };
   const deadline = Date.now() + c.durationMs;
   const election = new Election(store, { prefix: c.prefix });
@@ -134,11 +139,10 @@ async function electionLoop(
       }
       await leadership.resign().catch(() => undefined);
       await sleep(Math.random() * 50);
-    } catch (err) {
+    } catch {
       if (Date.now() >= deadline) break;
       stats.errors++;
       await sleep(50); // never spin: a failing store may fail instantly
-
     }
   }
   return stats;

@@ -6,12 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Session, Store, WatchHint } from '../../src/store/contract.js';
-import {
-  InvalidArgumentError,
-  LimitExceededError,
-  RebalancerError,
-  SessionExpiredError,
-} from '../../src/errors.js';
+import { InvalidArgumentError, LimitExceededError, RebalancerError, SessionExpiredError } from '../../src/errors.js';
 import { Election } from '../../src/store/election.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
 import { spawnClient, type ClientProcess } from './clients.js';
@@ -37,7 +32,11 @@ export interface ConformanceTarget {
 }
 
 /** Poll `probe` until it returns true or `timeoutMs` passes. */
-export async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 25): Promise<boolean> {
+export async function eventually(
+  probe: () => Promise<boolean> | boolean,
+  timeoutMs: number,
+  stepMs = 25,
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await probe()) return true;
@@ -83,10 +82,7 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       return s;
     };
     const client = async (ns: string): Promise<ClientProcess> => {
-      const c =
-        target.client !== undefined
-          ? await target.client(ns)
-          : await spawnClient(target.url ?? '', ns);
+      const c = target.client !== undefined ? await target.client(ns) : await spawnClient(target.url ?? '', ns);
       clients.push(c);
       return c;
     };
@@ -103,11 +99,22 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const r1 = await put(s, 'a', 'one');
       expect(r1.succeeded).toBe(true);
       const kv1 = await s.get('a');
-      expect(kv1).toMatchObject({ key: 'a', value: 'one', version: 1, createRevision: r1.revision, modRevision: r1.revision });
+      expect(kv1).toMatchObject({
+        key: 'a',
+        value: 'one',
+        version: 1,
+        createRevision: r1.revision,
+        modRevision: r1.revision,
+      });
       expect(kv1?.sessionId).toBeUndefined();
       const r2 = await put(s, 'a', 'two');
       expect(r2.revision).toBeGreaterThan(r1.revision);
-      expect(await s.get('a')).toMatchObject({ value: 'two', version: 2, createRevision: r1.revision, modRevision: r2.revision });
+      expect(await s.get('a')).toMatchObject({
+        value: 'two',
+        version: 2,
+        createRevision: r1.revision,
+        modRevision: r2.revision,
+      });
       const d = await s.txn({ compare: [], then: [{ op: 'delete', key: 'a' }] });
       expect(d.results[0]).toEqual({ op: 'delete', key: 'a', deleted: 1 });
       expect(await s.get('a')).toBeUndefined();
@@ -199,15 +206,27 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
           { key: 'k', target: 'exists', exists: true },
           { key: 'k', target: 'version', op: '=', value: 99 },
         ],
-        then: [{ op: 'put', key: 't1', value: 'x' }, { op: 'put', key: 't2', value: 'x' }],
-        else: [{ op: 'put', key: 'e1', value: 'y' }, { op: 'put', key: 'e2', value: 'y' }],
+        then: [
+          { op: 'put', key: 't1', value: 'x' },
+          { op: 'put', key: 't2', value: 'x' },
+        ],
+        else: [
+          { op: 'put', key: 'e1', value: 'y' },
+          { op: 'put', key: 'e2', value: 'y' },
+        ],
       });
       expect(r.succeeded).toBe(false);
       expect(await s.get('t1')).toBeUndefined();
       expect(await s.get('t2')).toBeUndefined();
       expect((await s.get('e1'))?.modRevision).toBe(r.revision);
       expect((await s.get('e2'))?.modRevision).toBe(r.revision);
-      const g = await s.txn({ compare: [], then: [{ op: 'range', prefix: 'e' }, { op: 'put', key: 'z', value: '1' }] });
+      const g = await s.txn({
+        compare: [],
+        then: [
+          { op: 'range', prefix: 'e' },
+          { op: 'put', key: 'z', value: '1' },
+        ],
+      });
       expect(g.results[0]).toMatchObject({ op: 'range', prefix: 'e' });
       const rr = g.results[0];
       expect(rr?.op === 'range' ? rr.kvs.map((kv) => kv.key) : []).toEqual(['e1', 'e2']);
@@ -284,19 +303,56 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
           () =>
             s.txn({
               compare: [],
-              then: Array.from({ length: STORE_LIMITS.maxTxnOps + 1 }, (_, i) => ({ op: 'put' as const, key: `k${i}`, value: 'x' })),
+              then: Array.from({ length: STORE_LIMITS.maxTxnOps + 1 }, (_, i) => ({
+                op: 'put' as const,
+                key: `k${i}`,
+                value: 'x',
+              })),
             }),
           LimitExceededError,
         ],
-        [() => s.txn({ compare: [], then: [{ op: 'put', key: 'd', value: '1' }, { op: 'put', key: 'd', value: '2' }] }), InvalidArgumentError],
-        [() => s.txn({ compare: [], then: [{ op: 'put', key: 'p/x', value: '1' }, { op: 'deletePrefix', prefix: 'p/' }] }), InvalidArgumentError],
-        [() => s.txn({ compare: [], then: [{ op: 'put', key: 'r', value: '1' }, { op: 'get', key: 'r' }] }), InvalidArgumentError],
+        [
+          () =>
+            s.txn({
+              compare: [],
+              then: [
+                { op: 'put', key: 'd', value: '1' },
+                { op: 'put', key: 'd', value: '2' },
+              ],
+            }),
+          InvalidArgumentError,
+        ],
+        [
+          () =>
+            s.txn({
+              compare: [],
+              then: [
+                { op: 'put', key: 'p/x', value: '1' },
+                { op: 'deletePrefix', prefix: 'p/' },
+              ],
+            }),
+          InvalidArgumentError,
+        ],
+        [
+          () =>
+            s.txn({
+              compare: [],
+              then: [
+                { op: 'put', key: 'r', value: '1' },
+                { op: 'get', key: 'r' },
+              ],
+            }),
+          InvalidArgumentError,
+        ],
         [() => s.get(''), InvalidArgumentError],
         [() => s.openSession({ ttlMs: 10 }), InvalidArgumentError],
         [() => s.openSession({ ttlMs: Number.NaN }), InvalidArgumentError],
       ];
       for (const [call, type] of bad) {
-        const err = await call().then(() => undefined, (e: unknown) => e);
+        const err = await call().then(
+          () => undefined,
+          (e: unknown) => e,
+        );
         expect(err).toBeInstanceOf(type);
         expect((err as RebalancerError).message.length).toBeGreaterThan(10);
       }
@@ -345,8 +401,17 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const session = await s.openSession({ ttlMs: target.ttlMs });
       await session.close();
       const err = await s
-        .txn({ compare: [], then: [{ op: 'put', key: 'plain', value: '1' }, { op: 'put', key: 'bound', value: '1', session }] })
-        .then(() => undefined, (e: unknown) => e);
+        .txn({
+          compare: [],
+          then: [
+            { op: 'put', key: 'plain', value: '1' },
+            { op: 'put', key: 'bound', value: '1', session },
+          ],
+        })
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       expect(err).toBeInstanceOf(SessionExpiredError);
       expect(await s.get('plain')).toBeUndefined();
       expect(await s.get('bound')).toBeUndefined();
@@ -385,7 +450,11 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const pausedAt = Date.now();
       c.pause();
       try {
-        const vanished = await eventually(async () => (await observer.get('p/held')) === undefined, expiryWindowMs() + 5000, 50);
+        const vanished = await eventually(
+          async () => (await observer.get('p/held')) === undefined,
+          expiryWindowMs() + 5000,
+          50,
+        );
         const tookMs = Date.now() - pausedAt;
         expect(vanished).toBe(true);
         expect(tookMs).toBeLessThanOrEqual(expiryWindowMs());
@@ -395,10 +464,14 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       }
       // After resuming, the client must learn that its session is gone.
       expect(
-        await eventually(async () => {
-          const r = await c.request({ cmd: 'sessionState' });
-          return r.ok && r.state === 'expired';
-        }, 10_000, 100),
+        await eventually(
+          async () => {
+            const r = await c.request({ cmd: 'sessionState' });
+            return r.ok && r.state === 'expired';
+          },
+          10_000,
+          100,
+        ),
       ).toBe(true);
       const again = await c.request({ cmd: 'put', key: 'p/again', value: 'x', attach: true });
       expect(again).toMatchObject({ ok: false, code: 'SESSION_EXPIRED' });
@@ -414,7 +487,9 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       expect((await c.request({ cmd: 'put', key: 'k/held', value: 'x', attach: true })).ok).toBe(true);
       const killedAt = Date.now();
       c.kill();
-      expect(await eventually(async () => (await observer.get('k/held')) === undefined, expiryWindowMs() + 5000, 50)).toBe(true);
+      expect(
+        await eventually(async () => (await observer.get('k/held')) === undefined, expiryWindowMs() + 5000, 50),
+      ).toBe(true);
       expect(Date.now() - killedAt).toBeLessThanOrEqual(expiryWindowMs());
     });
 
@@ -462,7 +537,10 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const ta = await a.request({ cmd: 'campaign', prefix: 'lead/', value: 'a' });
       expect(ta.ok).toBe(true);
       const tokenA = ta.ok ? (ta.token ?? 0) : 0;
-      expect(await a.request({ cmd: 'guardedWrite', key: 'fenced', value: 'a1' })).toMatchObject({ ok: true, succeeded: true });
+      expect(await a.request({ cmd: 'guardedWrite', key: 'fenced', value: 'a1' })).toMatchObject({
+        ok: true,
+        succeeded: true,
+      });
       a.pause();
       try {
         const session = await s.openSession({ ttlMs: target.ttlMs });
@@ -488,7 +566,15 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const durationMs = Math.max(8000, target.ttlMs * 5);
       const loops = candidates.map((c, i) =>
         c.request(
-          { cmd: 'electionLoop', prefix: 'e/', logKey: 'log', name: `c${i}`, ttlMs: target.ttlMs, durationMs, writesPerTerm: 5 },
+          {
+            cmd: 'electionLoop',
+            prefix: 'e/',
+            logKey: 'log',
+            name: `c${i}`,
+            ttlMs: target.ttlMs,
+            durationMs,
+            writesPerTerm: 5,
+          },
           durationMs + 60_000,
         ),
       );
@@ -506,7 +592,10 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const replies = await Promise.all(loops);
       for (const r of replies) expect(r.ok).toBe(true);
       const log = (await s.get('log'))?.value ?? '';
-      const tokens = log.split(',').filter((t) => t !== '').map(Number);
+      const tokens = log
+        .split(',')
+        .filter((t) => t !== '')
+        .map(Number);
       // Once a newer leader has written, no older leader ever writes again.
       for (let i = 1; i < tokens.length; i++) expect(tokens[i]).toBeGreaterThanOrEqual(tokens[i - 1]!);
       expect(new Set(tokens).size).toBeGreaterThanOrEqual(2);
@@ -548,7 +637,13 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       );
       expect(decided).toBe(true);
       if (session.state === 'expired') {
-        expect(await eventually(async () => (await observer.get('r/held').catch(() => 'err')) === undefined, expiryWindowMs() + 10_000, 100)).toBe(true);
+        expect(
+          await eventually(
+            async () => (await observer.get('r/held').catch(() => 'err')) === undefined,
+            expiryWindowMs() + 10_000,
+            100,
+          ),
+        ).toBe(true);
       }
       // The watch survived the restart: new changes are heard.
       const r = await eventually(
