@@ -35,13 +35,33 @@ export async function startPrivateRedis(opts: { appendOnly?: boolean } = {}): Pr
   const port = await freePort();
   let proc: ChildProcess | undefined;
   const launch = async (): Promise<void> => {
-    const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', opts.appendOnly === true ? 'yes' : 'no', '--appendfsync', 'always'], { stdio: 'ignore' });
+    const p = spawn(
+      'redis-server',
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
+        dir,
+        '--save',
+        '',
+        '--appendonly',
+        opts.appendOnly === true ? 'yes' : 'no',
+        '--appendfsync',
+        'always',
+      ],
+      { stdio: 'ignore' },
+    );
     proc = p;
     const deadline = Date.now() + 10_000;
     for (;;) {
       const ok = await new Promise<boolean>((resolve) => {
         const s = require_net().connect(port, '127.0.0.1');
-        s.once('connect', () => { s.destroy(); resolve(true); });
+        s.once('connect', () => {
+          s.destroy();
+          resolve(true);
+        });
         s.once('error', () => resolve(false));
       });
       if (ok) return;
@@ -49,18 +69,41 @@ export async function startPrivateRedis(opts: { appendOnly?: boolean } = {}): Pr
       await new Promise((r) => setTimeout(r, 20));
     }
   };
-  const exited = (): Promise<void> => new Promise((r) => { if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) r(); else proc.once('exit', () => r()); });
+  const exited = (): Promise<void> =>
+    new Promise((r) => {
+      if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) r();
+      else proc.once('exit', () => r());
+    });
   await launch();
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
-    async kill() { proc?.kill('SIGKILL'); await exited(); },
-    async restart() { proc?.kill('SIGCONT'); proc?.kill('SIGKILL'); await exited(); await launch(); },
-    pause() { proc?.kill('SIGSTOP'); },
-    resume() { proc?.kill('SIGCONT'); },
-    async stop() { proc?.kill('SIGCONT'); proc?.kill('SIGKILL'); await exited(); rmSync(dir, { recursive: true, force: true }); },
+    async kill() {
+      proc?.kill('SIGKILL');
+      await exited();
+    },
+    async restart() {
+      proc?.kill('SIGCONT');
+      proc?.kill('SIGKILL');
+      await exited();
+      await launch();
+    },
+    pause() {
+      proc?.kill('SIGSTOP');
+    },
+    resume() {
+      proc?.kill('SIGCONT');
+    },
+    async stop() {
+      proc?.kill('SIGCONT');
+      proc?.kill('SIGKILL');
+      await exited();
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 
 import * as net from 'node:net';
-function require_net(): typeof net { return net; }
+function require_net(): typeof net {
+  return net;
+}

@@ -20,7 +20,11 @@ import { startPrivateRedis, type PrivateRedis } from './redis-private.js';
 
 const fresh = (): string => `t${randomBytes(5).toString('hex')}`;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const errorOf = (p: Promise<unknown>): Promise<unknown> => p.then(() => undefined, (e: unknown) => e);
+const errorOf = (p: Promise<unknown>): Promise<unknown> =>
+  p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
 
 async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 25): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -47,7 +51,16 @@ describe('redis URLs and options', () => {
   });
 
   it('rejects malformed URLs with an example of a valid one', () => {
-    for (const bad of ['', 'redis://', 'http://h:1', 'redis://h:1/x', 'redis://h:1/0?tls=1', 'redis://h:99999', 'redis:/h', 'not a url']) {
+    for (const bad of [
+      '',
+      'redis://',
+      'http://h:1',
+      'redis://h:1/x',
+      'redis://h:1/0?tls=1',
+      'redis://h:99999',
+      'redis:/h',
+      'not a url',
+    ]) {
       const err = (() => {
         try {
           parseRedisUrl(bad);
@@ -72,7 +85,12 @@ describe('redis URLs and options', () => {
   });
 
   it('refuses options that would make requests hang, be resent, or escape the namespace', async () => {
-    for (const redis of [{ keyPrefix: 'x:' }, { enableOfflineQueue: true }, { maxRetriesPerRequest: null }, { commandTimeout: 1 }]) {
+    for (const redis of [
+      { keyPrefix: 'x:' },
+      { enableOfflineQueue: true },
+      { maxRetriesPerRequest: null },
+      { commandTimeout: 1 },
+    ]) {
       expect(await errorOf(createRedisStore({ redis }))).toBeInstanceOf(InvalidArgumentError);
     }
     expect(await errorOf(createRedisStore({ namespace: 'bad ns' }))).toBeInstanceOf(InvalidArgumentError);
@@ -85,7 +103,10 @@ describe('redis store on a private server', () => {
   let server: PrivateRedis;
   let raw: Redis;
   const stores: RedisStore[] = [];
-  const open = async (namespace: string, extra: Partial<Parameters<typeof createRedisStore>[0]> = {}): Promise<RedisStore> => {
+  const open = async (
+    namespace: string,
+    extra: Partial<Parameters<typeof createRedisStore>[0]> = {},
+  ): Promise<RedisStore> => {
     const s = await createRedisStore({ url: server.url, namespace, ...extra });
     stores.push(s);
     return s;
@@ -147,7 +168,10 @@ describe('redis store on a private server', () => {
     expect(await errorOf(s.range(''))).toBeInstanceOf(CorruptDataError);
     for (const txn of [
       { compare: [], then: [{ op: 'put' as const, key: 'bad', value: 'clean' }] },
-      { compare: [{ key: 'bad', target: 'exists' as const, exists: true }], then: [{ op: 'put' as const, key: 'other', value: '1' }] },
+      {
+        compare: [{ key: 'bad', target: 'exists' as const, exists: true }],
+        then: [{ op: 'put' as const, key: 'other', value: '1' }],
+      },
       { compare: [], then: [{ op: 'deletePrefix' as const, prefix: 'b' }] },
     ]) {
       const e = await errorOf(s.txn(txn));
@@ -201,7 +225,9 @@ describe('redis store on a private server', () => {
     const before = await raw.get(`rb:{${ns2}}:rev`);
     await raw.set(`rb:{${ns2}}:schema`, '7');
     expect(await errorOf(s.get('k'))).toBeInstanceOf(IncompatibleSchemaError);
-    expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'w' }] }))).toBeInstanceOf(IncompatibleSchemaError);
+    expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'w' }] }))).toBeInstanceOf(
+      IncompatibleSchemaError,
+    );
     expect(await errorOf(s.openSession({ ttlMs: 1000 }))).toBeInstanceOf(IncompatibleSchemaError);
     expect(await raw.get(`rb:{${ns2}}:rev`)).toBe(before);
     expect(await raw.hget(`rb:{${ns2}}:k:k`, 'value')).toBe('v');
@@ -212,23 +238,32 @@ describe('redis store on a private server', () => {
   it('enforces the contract limits', async () => {
     const s = await open(fresh());
     expect(s.limits).toEqual(STORE_LIMITS);
-    expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v'.repeat(STORE_LIMITS.maxValueBytes + 1) }] }))).toBeInstanceOf(
-      LimitExceededError,
-    );
+    expect(
+      await errorOf(
+        s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v'.repeat(STORE_LIMITS.maxValueBytes + 1) }] }),
+      ),
+    ).toBeInstanceOf(LimitExceededError);
     // A full-size transaction goes through in one script.
-    const then = Array.from({ length: STORE_LIMITS.maxTxnOps }, (_, i) => ({ op: 'put' as const, key: `k/${i}`, value: 'x'.repeat(1000) }));
+    const then = Array.from({ length: STORE_LIMITS.maxTxnOps }, (_, i) => ({
+      op: 'put' as const,
+      key: `k/${i}`,
+      value: 'x'.repeat(1000),
+    }));
     const r = await s.txn({ compare: [], then });
     expect(r.succeeded).toBe(true);
     expect((await s.range('k/')).kvs).toHaveLength(STORE_LIMITS.maxTxnOps);
   });
 
-  it('hides the keys of every expired session at once, even beyond one call\'s reaping bound', async () => {
+  it("hides the keys of every expired session at once, even beyond one call's reaping bound", async () => {
     const ns = fresh();
     const s = await open(ns, { maintenanceIntervalMs: 60_000 });
     const writer = await open(ns, { maintenanceIntervalMs: 60_000 });
     const sessions = await Promise.all(Array.from({ length: 40 }, () => writer.openSession({ ttlMs: 1000 })));
     for (const [i, session] of sessions.entries()) {
-      await writer.txn({ compare: [], then: [{ op: 'put', key: `s/${String(i).padStart(2, '0')}`, value: 'x', session }] });
+      await writer.txn({
+        compare: [],
+        then: [{ op: 'put', key: `s/${String(i).padStart(2, '0')}`, value: 'x', session }],
+      });
     }
     expect((await s.range('s/')).kvs).toHaveLength(40);
     // Stop keeping them alive without revoking (the process "died").
@@ -238,9 +273,17 @@ describe('redis store on a private server', () => {
     expect((await s.range('s/')).kvs).toEqual([]);
     expect(await s.get('s/39')).toBeUndefined();
     // A put over a hidden key starts a new key.
-    const r = await s.txn({ compare: [{ key: 's/39', target: 'exists', exists: false }], then: [{ op: 'put', key: 's/39', value: 'new' }] });
+    const r = await s.txn({
+      compare: [{ key: 's/39', target: 'exists', exists: false }],
+      then: [{ op: 'put', key: 's/39', value: 'new' }],
+    });
     expect(r.succeeded).toBe(true);
-    expect(await s.get('s/39')).toMatchObject({ value: 'new', version: 1, createRevision: r.revision, sessionId: undefined });
+    expect(await s.get('s/39')).toMatchObject({
+      value: 'new',
+      version: 1,
+      createRevision: r.revision,
+      sessionId: undefined,
+    });
     // Later calls finish the reaping, and the re-created key survives it.
     for (let i = 0; i < 5; i++) await s.get('x');
     expect(await raw.zcard(`rb:{${ns}}:sess`)).toBe(0);
@@ -257,7 +300,9 @@ describe('redis store on a private server', () => {
         const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'held', value: 'x', session }] });
         await own.restart();
         expect(await eventually(() => session.state === 'expired', 5000)).toBe(true);
-        expect(await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v', session }] }))).toBeInstanceOf(SessionExpiredError);
+        expect(
+          await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v', session }] })),
+        ).toBeInstanceOf(SessionExpiredError);
         expect(await s.get('held')).toBeUndefined();
         const after = await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
         expect(after.revision).toBeGreaterThan(before.revision);
@@ -286,7 +331,9 @@ describe('redis store on a private server', () => {
         expect((err as StoreUnavailableError).outcome).toBe('not-applied');
         expect(Date.now() - started).toBeLessThan(1000);
         await own.restart();
-        expect(await eventually(async () => (await s.get('k').catch(() => 'err')) === undefined, 10_000, 100)).toBe(true);
+        expect(await eventually(async () => (await s.get('k').catch(() => 'err')) === undefined, 10_000, 100)).toBe(
+          true,
+        );
       } finally {
         await s.close();
       }
@@ -303,7 +350,9 @@ describe('redis store on a private server', () => {
       const s = await openUrl(url, { namespace: ns });
       await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
       await s.close();
-      const err = await errorOf(openUrl(`redis://:wrong@127.0.0.1:${server.port}`, { namespace: ns, requestTimeoutMs: 2000 }));
+      const err = await errorOf(
+        openUrl(`redis://:wrong@127.0.0.1:${server.port}`, { namespace: ns, requestTimeoutMs: 2000 }),
+      );
       expect(err).toBeInstanceOf(InvalidArgumentError);
       expect((err as Error).message).not.toContain('wrong');
     } finally {

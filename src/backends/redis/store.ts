@@ -123,7 +123,8 @@ function lossy(x: unknown): string {
 }
 
 function asArray(x: unknown, what: string): unknown[] {
-  if (!Array.isArray(x)) throw new StoreUnavailableError(`unexpected reply from Redis to ${what}`, { outcome: 'unknown' });
+  if (!Array.isArray(x))
+    throw new StoreUnavailableError(`unexpected reply from Redis to ${what}`, { outcome: 'unknown' });
   return x as unknown[];
 }
 
@@ -147,7 +148,8 @@ function toInt(x: unknown, what: string, key?: string): number {
 /** Parse one record of six fields (key, value, version, crev, mrev, sid) starting at `at`. */
 function parseKv(fields: readonly unknown[], at: number, knownKey?: string): KeyValue {
   const rawKey = fields[at];
-  const key = knownKey ?? decodeUtf8(Buffer.isBuffer(rawKey) ? rawKey : Buffer.from(lossy(rawKey)), 'a key name', lossy(rawKey));
+  const key =
+    knownKey ?? decodeUtf8(Buffer.isBuffer(rawKey) ? rawKey : Buffer.from(lossy(rawKey)), 'a key name', lossy(rawKey));
   const raw = fields[at + 1];
   if (!Buffer.isBuffer(raw)) throw new CorruptDataError(`key ${key} read from Redis has no value`, { key });
   const value = decodeUtf8(raw, `value of key ${key}`, key);
@@ -179,7 +181,9 @@ function connectionOptions(options: RedisStoreOptions, timeoutMs: number): Conne
     throw new InvalidArgumentError('the redis option replyMapping is set by the store; remove it');
   }
   if (user.keyPrefix !== undefined && user.keyPrefix !== '') {
-    throw new InvalidArgumentError('the redis option keyPrefix is not supported: use the store option `namespace` instead');
+    throw new InvalidArgumentError(
+      'the redis option keyPrefix is not supported: use the store option `namespace` instead',
+    );
   }
   for (const name of FIXED_OPTIONS) {
     if (options.redis?.[name] !== undefined) {
@@ -239,7 +243,11 @@ export class RedisStore implements Store {
     this.namespace = validateNamespace(options.namespace);
     this.#driftRate = validateDriftRate(options.maxClockDriftRate);
     this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#intervalMs = validateTimeout('maintenanceIntervalMs', options.maintenanceIntervalMs, DEFAULT_MAINTENANCE_INTERVAL_MS);
+    this.#intervalMs = validateTimeout(
+      'maintenanceIntervalMs',
+      options.maintenanceIntervalMs,
+      DEFAULT_MAINTENANCE_INTERVAL_MS,
+    );
     this.clock = options.clock ?? systemClock;
     this.#redis = redis;
     this.#connection = connection;
@@ -249,7 +257,14 @@ export class RedisStore implements Store {
   }
 
   /** Key names of this namespace's layout (for tools and tests). */
-  get layout(): { readonly base: string; readonly schema: string; readonly revision: string; readonly index: string; readonly sessions: string; readonly channel: string } {
+  get layout(): {
+    readonly base: string;
+    readonly schema: string;
+    readonly revision: string;
+    readonly index: string;
+    readonly sessions: string;
+    readonly channel: string;
+  } {
     return {
       base: this.#base,
       schema: this.#keys[0]!,
@@ -433,7 +448,11 @@ export class RedisStore implements Store {
   async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
     let reply: unknown;
     try {
-      reply = await withTimeout(callScript(this.#redis, name, [...this.#keys, this.#base, ...args]), this.#timeoutMs, this.clock);
+      reply = await withTimeout(
+        callScript(this.#redis, name, [...this.#keys, this.#base, ...args]),
+        this.#timeoutMs,
+        this.clock,
+      );
     } catch (err) {
       throw this.#mapError(err, what);
     }
@@ -442,7 +461,11 @@ export class RedisStore implements Store {
     if (status === 'OK') return r;
     switch (status) {
       case 'SCHEMA':
-        throw new IncompatibleSchemaError(Number(lossy(r[1])), REDIS_SCHEMA_VERSION, `Redis namespace ${this.namespace} (key ${this.#keys[0]!})`);
+        throw new IncompatibleSchemaError(
+          Number(lossy(r[1])),
+          REDIS_SCHEMA_VERSION,
+          `Redis namespace ${this.namespace} (key ${this.#keys[0]!})`,
+        );
       case 'CORRUPT': {
         const name = lossy(r[1]);
         const detail = lossy(r[2]);
@@ -480,7 +503,10 @@ export class RedisStore implements Store {
       });
     }
     if (/isn't writeable|Connection is closed|Stream connection ended|Connection isn't ready/i.test(message)) {
-      return new StoreUnavailableError(`Redis is not connected; ${what} was not sent`, { cause, outcome: 'not-applied' });
+      return new StoreUnavailableError(`Redis is not connected; ${what} was not sent`, {
+        cause,
+        outcome: 'not-applied',
+      });
     }
     if (/timed out/i.test(message)) this.#dropConnection(this.#redis);
     return new StoreUnavailableError(`${what} failed: ${message}`, { cause, outcome: 'unknown' });
@@ -570,10 +596,13 @@ export class RedisStore implements Store {
       this.#timeoutMs,
       this.clock,
     ).catch((cause: unknown) => {
-      throw new StoreUnavailableError(`could not subscribe to Redis change notifications within ${this.#timeoutMs} ms`, {
-        cause,
-        outcome: 'not-applied',
-      });
+      throw new StoreUnavailableError(
+        `could not subscribe to Redis change notifications within ${this.#timeoutMs} ms`,
+        {
+          cause,
+          outcome: 'not-applied',
+        },
+      );
     });
   }
 
@@ -614,7 +643,8 @@ export class RedisStore implements Store {
     if (revision > this.#lastRevision) this.#lastRevision = revision;
     const keys = parts.slice(1);
     for (const w of this.#watchers) {
-      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix))) this.#deliver(w, { revision, reason: 'change' });
+      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix)))
+        this.#deliver(w, { revision, reason: 'change' });
     }
   }
 
@@ -652,7 +682,8 @@ function encodeOp(op: Op): string[] {
 
 /** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
 export async function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
-  if (options === null || typeof options !== 'object') throw new InvalidArgumentError('redis store options must be an object');
+  if (options === null || typeof options !== 'object')
+    throw new InvalidArgumentError('redis store options must be an object');
   const timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
   const connection = connectionOptions(options, timeoutMs);
   const texts = await scriptSources();
@@ -662,7 +693,8 @@ export async function createRedisStore(options: RedisStoreOptions = {}): Promise
     lastError = err;
   });
   const clock = options.clock ?? systemClock;
-  const where = options.url === undefined ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}` : redact(options.url);
+  const where =
+    options.url === undefined ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}` : redact(options.url);
   try {
     await withTimeout(redis.connect(), timeoutMs, clock);
   } catch (err) {
@@ -670,9 +702,15 @@ export async function createRedisStore(options: RedisStoreOptions = {}): Promise
     const cause = lastError ?? err;
     const message = cause instanceof Error ? cause.message : String(cause);
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
-      throw new InvalidArgumentError(`Redis at ${where} refused the credentials: ${message}; check username and password`, { cause });
+      throw new InvalidArgumentError(
+        `Redis at ${where} refused the credentials: ${message}; check username and password`,
+        { cause },
+      );
     }
-    throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, { cause, outcome: 'not-applied' });
+    throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, {
+      cause,
+      outcome: 'not-applied',
+    });
   }
   defineScripts(redis, texts);
   let store: RedisStore;

@@ -10,7 +10,8 @@ const FORMS =
 
 /** Parse a Redis URL into ioredis options (host, port, username, password, db, tls). */
 export function parseRedisUrl(url: string): RedisOptions {
-  if (typeof url !== 'string' || url.length === 0) throw new InvalidArgumentError(`Redis URL must be a non-empty string: ${FORMS}`);
+  if (typeof url !== 'string' || url.length === 0)
+    throw new InvalidArgumentError(`Redis URL must be a non-empty string: ${FORMS}`);
   let u: URL;
   try {
     u = new URL(url);
@@ -25,7 +26,8 @@ export function parseRedisUrl(url: string): RedisOptions {
     new InvalidArgumentError(`invalid Redis URL ${JSON.stringify(redact(url))}: ${why}; ${FORMS}`);
   const host = u.hostname.startsWith('[') && u.hostname.endsWith(']') ? u.hostname.slice(1, -1) : u.hostname;
   if (host === '') throw bad('it names no host');
-  if (u.search !== '' || u.hash !== '') throw bad('query strings and fragments are not supported (pass options instead)');
+  if (u.search !== '' || u.hash !== '')
+    throw bad('query strings and fragments are not supported (pass options instead)');
   const options: { -readonly [K in keyof RedisOptions]: RedisOptions[K] } = { host };
   if (u.port !== '') {
     const port = Number(u.port);
@@ -44,7 +46,9 @@ export function parseRedisUrl(url: string): RedisOptions {
     if (u.username !== '') options.username = decodeURIComponent(u.username);
     if (u.password !== '') options.password = decodeURIComponent(u.password);
   } catch (cause) {
-    throw new InvalidArgumentError(`invalid Redis URL: the credentials are not valid percent-encoding; ${FORMS}`, { cause });
+    throw new InvalidArgumentError(`invalid Redis URL: the credentials are not valid percent-encoding; ${FORMS}`, {
+      cause,
+    });
   }
   if (scheme === 'rediss:') {
     // Verify the server's certificate against the host name (SNI too), unless it is an address.
