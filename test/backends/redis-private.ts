@@ -107,3 +107,47 @@ import * as net from 'node:net';
 function require_net(): typeof net {
   return net;
 }
+
+export interface TempProxy {
+  readonly port: number;
+  setMode(mode: 'pass' | 'blackhole'): void;
+  close(): Promise<void>;
+}
+
+/** TEMPORARY stand-in for test/harness/proxy.ts: blackhole drops bytes both ways, connections stay open. */
+export async function startTempProxy(target: { host: string; port: number }): Promise<TempProxy> {
+  let mode: 'pass' | 'blackhole' = 'pass';
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target.port, target.host);
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on('data', (d) => {
+      if (mode === 'pass') upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (mode === 'pass') client.write(d);
+    });
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const a = server.address();
+  const port = typeof a === 'object' && a !== null ? a.port : 0;
+  return {
+    port,
+    setMode(m) {
+      mode = m;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

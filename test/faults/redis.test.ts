@@ -1,0 +1,269 @@
+/**
+ * Faults of a private Redis: paused past the TTL, killed and restarted (with
+ * and without its data), and a client cut off silently (blackholed) past the
+ * TTL. Each asserts that sessions end up confirmed alive or expired — never
+ * silently dead —, that the client is told, that a stale holder's guarded
+ * write fails, and that everything works again afterwards, watches included.
+ */
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createRedisStore, type RedisStore } from '../../src/backends/redis/index.js';
+import { SessionExpiredError, StoreUnavailableError } from '../../src/errors.js';
+import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contract.js';
+import { Election, type Leadership } from '../../src/store/election.js';
+import { startPrivateRedis, startTempProxy, type PrivateRedis, type TempProxy } from '../backends/redis-private.js';
+
+const TTL_MS = 2000;
+const REQUEST_TIMEOUT_MS = 500;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const errorOf = (p: Promise<unknown>): Promise<unknown> =>
+  p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+
+async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await probe()) return true;
+    } catch {
+      // A failing store is "not yet".
+    }
+    if (Date.now() >= deadline) return false;
+    await sleep(stepMs);
+  }
+}
+
+/** Date.now() when the session ended (resolves then). */
+function endedAt(session: Session): Promise<number> {
+  return session.ended.then(() => Date.now());
+}
+
+class HintLog {
+  readonly hints: WatchHint[] = [];
+  readonly fn = (h: WatchHint): void => void this.hints.push(h);
+  since(n: number): WatchHint[] {
+    return this.hints.slice(n);
+  }
+}
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
+});
+
+async function server(opts: { appendOnly?: boolean } = {}): Promise<PrivateRedis> {
+  const s = await startPrivateRedis(opts);
+  cleanups.push(() => s.stop());
+  return s;
+}
+
+async function store(url: string, namespace: string): Promise<RedisStore> {
+  const s = await createRedisStore({ url, namespace, requestTimeoutMs: REQUEST_TIMEOUT_MS });
+  cleanups.push(() => s.close());
+  return s;
+}
+
+/** Retry a transaction through transient unavailability (reconnects); bounded. */
+async function settledTxn(s: Store, txn: Parameters<Store['txn']>[0], timeoutMs = 10_000): Promise<TxnResult> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await s.txn(txn);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError) || Date.now() >= deadline) throw err;
+      await sleep(100);
+    }
+  }
+}
+
+/** A leader with one guarded write done, and an observer watching the election. */
+async function leaderAndObserver(
+  holderUrl: string,
+  observerUrl: string,
+): Promise<{ a: RedisStore; b: RedisStore; session: Session; lead: Leadership; log: HintLog; ns: string }> {
+  const ns = `f${randomBytes(5).toString('hex')}`;
+  const a = await store(holderUrl, ns);
+  const b = await store(observerUrl, ns);
+  const session = await a.openSession({ ttlMs: TTL_MS });
+  const lead = await new Election(a, { prefix: 'lead/' }).campaign(session, 'a');
+  const w = await a.txn({ compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a1' }] });
+  expect(w.succeeded).toBe(true);
+  const log = new HintLog();
+  await b.watch('lead/', log.fn);
+  return { a, b, session, lead, log, ns };
+}
+
+/** After the fault: the store serves new sessions, elections, reads, transactions and watches. */
+async function worksAgain(s: Store, previousToken: number): Promise<void> {
+  const session = await s.openSession({ ttlMs: TTL_MS });
+  const lead = await new Election(s, { prefix: 'relead/' }).campaign(
+    session,
+    'again',
+    AbortSignal.timeout(TTL_MS * 3 + 5000),
+  );
+  expect(lead.token).toBeGreaterThan(previousToken);
+  const log = new HintLog();
+  const w = await s.watch('again/', log.fn);
+  const r = await s.txn({ compare: [lead.guard], then: [{ op: 'put', key: 'again/x', value: '1' }] });
+  expect(r.succeeded).toBe(true);
+  expect(await eventually(() => log.hints.some((h) => h.revision >= r.revision), 5000)).toBe(true);
+  expect((await s.range('again/')).kvs.map((kv) => kv.key)).toEqual(['again/x']);
+  await w.close();
+  await session.close();
+}
+
+describe('redis faults', () => {
+  it('server paused past the TTL: the holder stops, the server clock expires it, a late or stale guarded write fails', async () => {
+    const srv = await server();
+    const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
+    const n = log.hints.length;
+    const ended = endedAt(session);
+    srv.pause();
+    const pausedAt = Date.now();
+    let resumed = false;
+    try {
+      // A guarded write sent into the paused server: A cannot know whether it applied...
+      const during = await errorOf(
+        a.txn({
+          compare: [lead.guard],
+          then: [{ op: 'put', key: 'fenced', value: 'a-late' }],
+          else: [{ op: 'put', key: 'late-refused', value: '1' }],
+        }),
+      );
+      expect(during).toBeInstanceOf(StoreUnavailableError);
+      expect((during as StoreUnavailableError).outcome).toBe('unknown');
+      // ...and A stops on its own deadline, before the server can have expired it.
+      expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+      expect((await ended) - pausedAt).toBeLessThanOrEqual(TTL_MS);
+      await sleep(Math.max(0, pausedAt + TTL_MS + 1000 - Date.now()));
+      srv.resume();
+      resumed = true;
+    } finally {
+      if (!resumed) srv.resume();
+    }
+    // The server's clock passed the expiry: the first script to run reaps the session,
+    // before the late write (still buffered in the server's socket) is evaluated.
+    expect(await eventually(async () => (await b.get(lead.key)) === undefined, 10_000)).toBe(true);
+    expect((await b.get('fenced'))?.value).toBe('a1');
+    // The late write did run after the resume (its else branch left a mark), and its guard failed.
+    expect((await b.get('late-refused'))?.value).toBe('1');
+    const stale = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+    expect(stale.succeeded).toBe(false);
+    expect((await b.get('fenced'))?.value).toBe('a1');
+    const raw = new Redis(srv.port, '127.0.0.1');
+    try {
+      expect(await raw.zscore(b.layout.sessions, session.id)).toBeNull();
+    } finally {
+      raw.disconnect();
+    }
+    // The observer's watch was interrupted (its connections timed out): it re-established itself.
+    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    expect(log.since(n).length).toBeGreaterThan(0);
+    await worksAgain(a, lead.token);
+    await worksAgain(b, lead.token);
+  }, 60_000);
+
+  it('server killed and restarted with its data: a session within its TTL is confirmed alive', async () => {
+    const srv = await server({ appendOnly: true });
+    const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
+    const before = (await b.range('')).revision;
+    const n = log.hints.length;
+    await srv.restart();
+    // The keep-alive loop reaches the restarted server, which still holds the session.
+    expect(
+      await eventually(async () => {
+        await session.keepAlive();
+        return session.state === 'live';
+      }, TTL_MS),
+    ).toBe(true);
+    expect((await a.get(lead.key))?.sessionId).toBe(session.id);
+    const w = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+    expect(w.succeeded).toBe(true);
+    expect(w.revision).toBeGreaterThan(before);
+    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await worksAgain(b, lead.token);
+  }, 60_000);
+
+  it('server killed, down past the TTL, restarted with its data: the session is expired and reaped', async () => {
+    const srv = await server({ appendOnly: true });
+    const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
+    const before = (await b.range('')).revision;
+    const n = log.hints.length;
+    await srv.kill();
+    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+    await sleep(500);
+    await srv.restart();
+    expect(await eventually(async () => (await b.get(lead.key)) === undefined, 10_000)).toBe(true);
+    const stale = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+    expect(stale.succeeded).toBe(false);
+    expect((await b.get('fenced'))?.value).toBe('a1');
+    expect(stale.revision).toBeGreaterThan(before);
+    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await worksAgain(a, lead.token);
+  }, 60_000);
+
+  it('server killed and restarted without its data: the server says the session is gone, revisions still grow', async () => {
+    const srv = await server();
+    const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
+    const before = (await b.range('')).revision;
+    const n = log.hints.length;
+    await srv.restart();
+    // Well within the TTL: the local deadline has not passed, so it is the server that says so.
+    expect(await eventually(() => session.state === 'expired', TTL_MS)).toBe(true);
+    const end = await session.ended;
+    expect(end.cause).toBeInstanceOf(SessionExpiredError);
+    expect((end.cause as Error).message).toContain('no longer exists on the server');
+    expect(await b.get(lead.key)).toBeUndefined();
+    const stale = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+    expect(stale.succeeded).toBe(false);
+    const w = await settledTxn(b, { compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
+    expect(w.revision).toBeGreaterThan(before);
+    expect(w.revision).toBeGreaterThan(lead.token);
+    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    const again = await a.openSession({ ttlMs: TTL_MS });
+    expect(Number(again.id)).toBeGreaterThan(Number(session.id));
+    await again.close();
+    await worksAgain(a, lead.token);
+  }, 60_000);
+
+  it('client blackholed past the TTL: it stops on its own, the server expires it, and it recovers after healing', async () => {
+    const srv = await server();
+    const proxy: TempProxy = await startTempProxy({ host: '127.0.0.1', port: srv.port });
+    cleanups.push(() => proxy.close());
+    const { a, b, session, lead, log } = await leaderAndObserver(`redis://127.0.0.1:${proxy.port}`, srv.url);
+    const logA = new HintLog();
+    await a.watch('lead/', logA.fn);
+    const n = log.hints.length;
+    const ended = endedAt(session);
+    proxy.setMode('blackhole');
+    const cutAt = Date.now();
+    // The holder hears nothing and stops at its safety deadline (< TTL after its last acknowledged keep-alive).
+    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000, 20)).toBe(true);
+    expect((await ended) - cutAt).toBeLessThanOrEqual(TTL_MS);
+    // The server expires it by its own clock; the observer's reads and watch see it.
+    expect(await eventually(async () => (await b.get(lead.key)) === undefined, TTL_MS + 1000, 20)).toBe(true);
+    expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + 500);
+    expect(await eventually(() => log.since(n).some((h) => h.reason === 'change'), 1000)).toBe(true);
+    // A new leader takes over while the old one is still cut off.
+    const sb = await b.openSession({ ttlMs: TTL_MS });
+    const lb = await new Election(b, { prefix: 'lead/' }).campaign(sb, 'b', AbortSignal.timeout(10_000));
+    expect(lb.token).toBeGreaterThan(lead.token);
+    expect((await b.txn({ compare: [lb.guard], then: [{ op: 'put', key: 'fenced', value: 'b1' }] })).succeeded).toBe(
+      true,
+    );
+    const nA = logA.hints.length;
+    proxy.setMode('pass');
+    // The stale leader's guarded write is refused once it gets through.
+    const stale = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+    expect(stale.succeeded).toBe(false);
+    expect((await b.get('fenced'))?.value).toBe('b1');
+    // The cut-off client's watch re-established itself and said so.
+    expect(await eventually(() => logA.since(nA).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await sb.close();
+    await worksAgain(a, lb.token);
+  }, 60_000);
+});
