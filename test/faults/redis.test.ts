@@ -266,4 +266,47 @@ describe('redis faults', () => {
     await sb.close();
     await worksAgain(a, lb.token);
   }, 60_000);
+
+  it('a connection that lost bytes never hands one request the reply of another', async () => {
+    const srv = await server();
+    const proxy: TempProxy = await startTempProxy({ host: '127.0.0.1', port: srv.port });
+    cleanups.push(() => proxy.close());
+    const ns = `f${randomBytes(5).toString('hex')}`;
+    const s = await createRedisStore({ url: `redis://127.0.0.1:${proxy.port}`, namespace: ns, requestTimeoutMs: 2000 });
+    cleanups.push(() => s.close());
+    const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
+    await s.txn({ compare: [], then: keys.map((key) => ({ op: 'put' as const, key, value: `value of ${key}` })) });
+    let wrong = 0;
+    let ok = 0;
+    const pending: Promise<void>[] = [];
+    // Requests go out at a steady pace whatever happens to earlier ones, so after each
+    // heal new requests share the connection with requests whose bytes were lost.
+    const firing = setInterval(() => {
+      const key = keys[Math.floor(Math.random() * keys.length)]!;
+      pending.push(
+        s.get(key).then(
+          (kv) => {
+            if (kv?.value === `value of ${key}`) ok++;
+            else wrong++;
+          },
+          () => undefined,
+        ),
+      );
+    }, 5);
+    try {
+      for (let i = 0; i < 8; i++) {
+        await sleep(100);
+        // Drop bytes for less than the request timeout, then let traffic through again on the same connections.
+        proxy.setMode('blackhole');
+        await sleep(30 + Math.random() * 70);
+        proxy.setMode('pass');
+      }
+      await sleep(500);
+    } finally {
+      clearInterval(firing);
+    }
+    await Promise.all(pending);
+    expect(wrong).toBe(0);
+    expect(ok).toBeGreaterThan(0);
+  }, 60_000);
 });

@@ -3,6 +3,7 @@
  * so it is atomic and reads only the server's clock. Layout, guarantees and
  * limits: docs/backends/redis.md.
  */
+import { randomBytes } from 'node:crypto';
 import { Redis, ReplyError, type RedisOptions } from 'ioredis';
 import {
   ClosedError,
@@ -230,6 +231,8 @@ export class RedisStore implements Store {
   #everSubscribed = false;
   #subWaiters: (() => void)[] = [];
   #lastRevision = 0;
+  readonly #noncePrefix = randomBytes(4).toString('hex');
+  #calls = 0;
   #lagRevision: number | undefined;
   #ticks = 0;
   #timer: TimerHandle | undefined;
@@ -446,17 +449,26 @@ export class RedisStore implements Store {
 
   /** Run one script and turn its status reply into a result or a typed error. */
   async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
+    const nonce = `${this.#noncePrefix}${(++this.#calls).toString(36)}`;
     let reply: unknown;
     try {
       reply = await withTimeout(
-        callScript(this.#redis, name, [...this.#keys, this.#base, ...args]),
+        callScript(this.#redis, name, [...this.#keys, this.#base, nonce, ...args]),
         this.#timeoutMs,
         this.clock,
       );
     } catch (err) {
       throw this.#mapError(err, what);
     }
-    const r = asArray(reply, what);
+    const echoed = asArray(reply, what);
+    if (echoed[0] === undefined || lossy(echoed[0]) !== nonce) {
+      // The reply belongs to another request: the connection lost or reordered bytes. Nothing it says can be trusted.
+      this.#dropConnection(this.#redis, true);
+      throw new StoreUnavailableError(`Redis connection out of step: the reply to ${what} was for another request`, {
+        outcome: 'unknown',
+      });
+    }
+    const r = echoed.slice(1);
     const status = lossy(r[0]);
     if (status === 'OK') return r;
     switch (status) {
@@ -516,9 +528,9 @@ export class RedisStore implements Store {
    * After a timeout the connection may still deliver the late reply, or have
    * lost bytes (a partition); a fresh connection is the only safe state.
    */
-  #dropConnection(conn: Redis): void {
+  #dropConnection(conn: Redis, always = false): void {
     if (this.#closing) return;
-    if (conn.status === 'ready' || conn.status === 'connect') conn.disconnect(true);
+    if (always || conn.status === 'ready' || conn.status === 'connect') conn.disconnect(true);
   }
 
   // ---- maintenance: reaping, revision poll, connection watchdog ------------------

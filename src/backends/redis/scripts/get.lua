@@ -2,14 +2,15 @@
   get.lua: read one key.
   KEYS: see lib.lua
   ARGV[1] base "rb:{ns}:"
-  ARGV[2] key
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3] key
   Returns {"OK", revision, found, fields} where found is 1 or 0 and fields is
           {key, value, version, crev, mrev, sessionId or ""} (empty when not found)
           | {"SCHEMA", found} | {"CORRUPT", key, detail}
   The value's UTF-8 is checked by the client, which reports CorruptDataError.
 ]]
 return run(function()
-  local key = ARGV[2]
+  local key = ARGV[3]
   prepare()
   reap()
   local kv = load(key, false)

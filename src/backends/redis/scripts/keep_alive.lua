@@ -2,15 +2,16 @@
   keep_alive.lua: extend a live session to ttlMs after now (server clock).
   KEYS: see lib.lua
   ARGV[1] base "rb:{ns}:"
-  ARGV[2] session id
-  ARGV[3] ttlMs
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3] session id
+  ARGV[4] ttlMs
   Returns {"OK", 1} when extended, {"OK", 0} when the session no longer exists
   (expired by the server clock, revoked, or lost with the server's data)
           | {"SCHEMA", found} | {"CORRUPT", name, detail} | {"BADARG", detail}
 ]]
 return run(function()
-  local sid = ARGV[2]
-  local ttl = parse_count(ARGV[3])
+  local sid = ARGV[3]
+  local ttl = parse_count(ARGV[4])
   if ttl == nil then abort('BADARG', 'ttlMs must be a positive integer') end
   prepare()
   reap()

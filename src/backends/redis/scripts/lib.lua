@@ -12,6 +12,10 @@
                <base>k:<key>   hash of one key: value, version, crev, mrev[, sid]
                <base>s:<id>    set of the key names attached to session <id>
                <base>events    pub/sub channel (not a key)
+  ARGV[2]    a nonce chosen by the client for this call; every reply starts
+             with it, so a reply that reaches the wrong request (a connection
+             that lost bytes) is recognised instead of believed
+  ARGV[3..]  the script's own arguments (see its header)
 
   The per-key hashes and per-session sets cannot be declared in KEYS (a range
   or a reaped session touches names the client does not know). Every one of
@@ -19,8 +23,9 @@
   they live in the same slot as the declared keys, and a single server has no
   such rule at all.
 
-  Status replies: every script returns an array whose first element is a
-  status string. "OK" is followed by the script's own results; otherwise
+  Replies: every script returns {nonce, status, ...}: the nonce of ARGV[2],
+  then a status string (script headers show the part from the status on).
+  "OK" is followed by the script's own results; otherwise
   nothing was changed by the script's own operation (reaping of expired
   sessions may have happened, as the server's expiry would anyway):
     {"SCHEMA", found}          KEYS[1] holds a layout version this code does not know
@@ -38,6 +43,7 @@ redis.replicate_commands()
 local SCHEMA_VERSION = '1'
 local K_SCHEMA, K_REV, K_IDX, K_SESS, K_SSEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local BASE = ARGV[1]
+local NONCE = ARGV[2]
 local CHANNEL = BASE .. 'events'
 -- Bound the work one call spends on expired sessions so Redis is never blocked
 -- long; what is left is reaped by the next call (keys of ended sessions are
@@ -241,8 +247,11 @@ end
 -- Run a script body: aborts become status replies, anything else an error reply.
 local function run(body)
   local ok, res = pcall(body)
-  if ok then return res end
-  if type(res) == 'table' and res.rb ~= nil then return { res.rb, res.a or '', res.b or '' } end
+  if ok then
+    table.insert(res, 1, NONCE)
+    return res
+  end
+  if type(res) == 'table' and res.rb ~= nil then return { NONCE, res.rb, res.a or '', res.b or '' } end
   if is_err(res) then return res end
   return redis.error_reply(tostring(res))
 end

@@ -2,7 +2,8 @@
   open_session.lua: create a session that expires ttlMs after now (server clock).
   KEYS: see lib.lua (schema, rev, idx, sess, sseq)
   ARGV[1] base "rb:{ns}:"
-  ARGV[2] ttlMs (positive integer, validated by the client)
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3] ttlMs (positive integer, validated by the client)
   Returns {"OK", sessionId, ttlMs}
           | {"SCHEMA", found} | {"CORRUPT", name, detail} | {"BADARG", detail}
   Session ids come from KEYS[5] like revisions come from KEYS[2]: one more
@@ -10,7 +11,7 @@
   never handed out twice, even after Redis lost its data.
 ]]
 return run(function()
-  local ttl = parse_count(ARGV[2])
+  local ttl = parse_count(ARGV[3])
   if ttl == nil then abort('BADARG', 'ttlMs must be a positive integer') end
   prepare()
   reap()

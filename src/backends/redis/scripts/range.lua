@@ -2,14 +2,15 @@
   range.lua: read every key under a prefix, atomically (one snapshot).
   KEYS: see lib.lua
   ARGV[1] base "rb:{ns}:"
-  ARGV[2] prefix ("" for the whole namespace)
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3] prefix ("" for the whole namespace)
   Returns {"OK", revision, fields} where fields is the flat list
           key, value, version, crev, mrev, sessionId or "" for each key, in
           byte order (the client sorts them in JavaScript string order)
           | {"SCHEMA", found} | {"CORRUPT", key, detail}
 ]]
 return run(function()
-  local prefix = ARGV[2]
+  local prefix = ARGV[3]
   prepare()
   reap()
   local lo, hi = lex_bounds(prefix)

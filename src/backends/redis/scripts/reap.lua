@@ -5,6 +5,7 @@
   (watchers compare it, in case a notification was lost).
   KEYS: see lib.lua
   ARGV[1] base "rb:{ns}:"
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
   Returns {"OK", revision} | {"SCHEMA", found} | {"CORRUPT", name, detail}
 ]]
 return run(function()

@@ -2,7 +2,8 @@
   revoke.lua: end a session now and delete its keys.
   KEYS: see lib.lua
   ARGV[1] base "rb:{ns}:"
-  ARGV[2] session id
+  ARGV[2] request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3] session id
   Returns {"OK", revision}  (the namespace revision after the call)
           | {"SCHEMA", found} | {"CORRUPT", name, detail}
   The session's expiry is set to 0, which hides its keys at once and puts it
@@ -10,7 +11,7 @@
   (a session with more keys than one call may delete is finished by later calls).
 ]]
 return run(function()
-  local sid = ARGV[2]
+  local sid = ARGV[3]
   prepare()
   if redis.call('ZSCORE', K_SESS, sid) ~= false then
     redis.call('ZADD', K_SESS, 0, sid)

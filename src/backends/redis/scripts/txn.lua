@@ -2,8 +2,9 @@
   txn.lua: an atomic compare -> then / else transaction.
   KEYS: see lib.lua
   ARGV[1]  base "rb:{ns}:"
-  ARGV[2]  id of the session the transaction's puts attach keys to, or ""
-  ARGV[3]  number of compares C, then 4 arguments per compare:
+  ARGV[2]  request nonce, echoed first in the reply (see lib.lua)
+  ARGV[3]  id of the session the transaction's puts attach keys to, or ""
+  ARGV[4]  number of compares C, then 4 arguments per compare:
              key, target (exists | version | createRevision | modRevision | value),
              op (= | != | < | >), operand (exists: "1" or "0")
   then     number of `then` ops T, then 4 arguments per op:
@@ -30,7 +31,7 @@ local function parse_ops(at)
   for i = 0, n - 1 do
     local j = at + 1 + i * 4
     local attach = ARGV[j + 3] == '1'
-    if attach and ARGV[2] == '' then abort('BADARG', 'a put attaches a key but no session was given') end
+    if attach and ARGV[3] == '' then abort('BADARG', 'a put attaches a key but no session was given') end
     ops[#ops + 1] = { kind = ARGV[j], key = ARGV[j + 1], value = ARGV[j + 2], attach = attach }
   end
   return ops, at + 1 + n * 4
@@ -45,15 +46,15 @@ local function compare_num(actual, op, want)
 end
 
 return run(function()
-  local sid = ARGV[2]
-  local ncmp = tonumber(ARGV[3])
+  local sid = ARGV[3]
+  local ncmp = tonumber(ARGV[4])
   if ncmp == nil then abort('BADARG', 'compare count') end
   local compares = {}
   for i = 0, ncmp - 1 do
-    local j = 4 + i * 4
+    local j = 5 + i * 4
     compares[#compares + 1] = { key = ARGV[j], target = ARGV[j + 1], op = ARGV[j + 2], operand = ARGV[j + 3] }
   end
-  local then_ops, at = parse_ops(4 + ncmp * 4)
+  local then_ops, at = parse_ops(5 + ncmp * 4)
   local else_ops = parse_ops(at)
 
   prepare()
