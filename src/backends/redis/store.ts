@@ -637,6 +637,15 @@ export class RedisStore implements Store {
       this.#dropConnection(sub);
       return;
     }
+    // The baseline for the revision poll: changes up to here are not owed a
+    // notification (watchers registered from now on read after this point).
+    try {
+      const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.#timeoutMs, this.clock);
+      if (current !== null && /^\d{1,16}$/.test(current))
+        this.#lastRevision = Math.max(this.#lastRevision, Number(current));
+    } catch {
+      // Without a baseline the poll may send one spurious hint; harmless.
+    }
     if (this.#closing || sub.status !== 'ready') return;
     this.#subscribed = true;
     const waiters = this.#subWaiters;
