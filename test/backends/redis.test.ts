@@ -359,4 +359,23 @@ describe('redis store on a private server', () => {
       await raw.config('SET', 'requirepass', '');
     }
   });
+
+  it('works as a least-privilege ACL user confined to its namespace', async () => {
+    const ns = fresh();
+    const rules = `~rb:{${ns}}:* resetchannels &rb:{${ns}}:events +@scripting +@pubsub +@read +@write +@connection +info +time`;
+    await raw.call('ACL', 'SETUSER', `u${ns}`, 'on', '>pw', 'resetkeys', ...rules.split(' '));
+    const s = await open(ns, { url: `redis://u${ns}:pw@127.0.0.1:${server.port}` });
+    const session = await s.openSession({ ttlMs: 1000 });
+    const hints: number[] = [];
+    await s.watch('', (h) => hints.push(h.revision));
+    const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'a', value: '1', session }] });
+    expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['a']);
+    await session.close();
+    expect(await s.get('a')).toBeUndefined();
+    expect(await eventually(() => hints.some((h) => h > r.revision), 2000)).toBe(true);
+    // The same user cannot open another namespace.
+    expect(
+      await errorOf(createRedisStore({ url: `redis://u${ns}:pw@127.0.0.1:${server.port}`, namespace: fresh() })),
+    ).toBeInstanceOf(StoreUnavailableError);
+  });
 });
