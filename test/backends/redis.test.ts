@@ -182,6 +182,44 @@ describe('redis store on a private server', () => {
     expect(await raw.exists(`${base}k:other`)).toBe(0);
   });
 
+  it('checks UTF-8 in scripts exactly as strictly as the client decodes it', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const base = `rb:{${ns}}:`;
+    const decoder = new TextDecoder('utf-8', { fatal: true });
+    const interesting = [0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1];
+    interesting.push(0xec, 0xed, 0xee, 0xef, 0xf0, 0xf1, 0xf3, 0xf4, 0xf5, 0xff);
+    let seed = 42;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    let invalid = 0;
+    for (let i = 0; i < 400; i++) {
+      const parts: number[] = [];
+      for (let j = rand(6) + 1; j > 0; j--) {
+        if (rand(3) === 0) parts.push(...Buffer.from(['é', '€', '😀', 'a', '\uffff', '\ud7ff'][rand(6)]!));
+        else parts.push(interesting[rand(interesting.length)]!);
+      }
+      const bytes = Buffer.from(parts);
+      let valid = true;
+      try {
+        decoder.decode(bytes);
+      } catch {
+        valid = false;
+        invalid++;
+      }
+      await raw.hset(`${base}k:u`, 'value', bytes, 'version', '1', 'crev', '5', 'mrev', '5');
+      const e = await errorOf(s.txn({ compare: [{ key: 'u', target: 'exists', exists: true }], then: [] }));
+      expect({ bytes: bytes.toString('hex'), refused: e instanceof CorruptDataError }).toEqual({
+        bytes: bytes.toString('hex'),
+        refused: !valid,
+      });
+    }
+    expect(invalid).toBeGreaterThan(50);
+    expect(invalid).toBeLessThan(390);
+  });
+
   it('reports malformed metadata as CorruptDataError naming the key', async () => {
     const ns = fresh();
     const s = await open(ns);

@@ -38,7 +38,8 @@
   default since Redis 5; redis.replicate_commands() enables it on older ones).
 ]]
 
-redis.replicate_commands()
+-- Effects replication is the default (and the only mode) from Redis 7; the call is deprecated there.
+if redis.replicate_commands ~= nil then redis.replicate_commands() end
 
 local SCHEMA_VERSION = '1'
 local K_SCHEMA, K_REV, K_IDX, K_SESS, K_SSEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -151,30 +152,26 @@ local function session_live(sid)
   return c
 end
 
+-- Each well-formed multi-byte sequence, by lead byte (RFC 3629, no surrogates, no overlongs).
+local UTF8_SEQUENCES = {
+  '\240[\144-\191][\128-\191][\128-\191]',
+  '[\241-\243][\128-\191][\128-\191][\128-\191]',
+  '\244[\128-\143][\128-\191][\128-\191]',
+  '\224[\160-\191][\128-\191]',
+  '[\225-\236][\128-\191][\128-\191]',
+  '\237[\128-\159][\128-\191]',
+  '[\238\239][\128-\191][\128-\191]',
+  '[\194-\223][\128-\191]',
+}
+
+-- Strict UTF-8 check at C speed: replace every well-formed sequence by an
+-- ASCII byte; any byte >= 0x80 left over is ill-formed. (Replacing, not
+-- deleting, so that no pass can join the bytes around a sequence into a new
+-- one; a match always starts at a lead byte, which is never a continuation.)
 local function valid_utf8(s)
-  local i = 1
-  while true do
-    i = string.find(s, '[\128-\255]', i)
-    if i == nil then return true end
-    local c = string.byte(s, i)
-    local len, lo, hi
-    if c >= 0xC2 and c <= 0xDF then len, lo, hi = 2, 0x80, 0xBF
-    elseif c == 0xE0 then len, lo, hi = 3, 0xA0, 0xBF
-    elseif c >= 0xE1 and c <= 0xEC then len, lo, hi = 3, 0x80, 0xBF
-    elseif c == 0xED then len, lo, hi = 3, 0x80, 0x9F
-    elseif c == 0xEE or c == 0xEF then len, lo, hi = 3, 0x80, 0xBF
-    elseif c == 0xF0 then len, lo, hi = 4, 0x90, 0xBF
-    elseif c >= 0xF1 and c <= 0xF3 then len, lo, hi = 4, 0x80, 0xBF
-    elseif c == 0xF4 then len, lo, hi = 4, 0x80, 0x8F
-    else return false end
-    local b = string.byte(s, i + 1)
-    if b == nil or b < lo or b > hi then return false end
-    for j = i + 2, i + len - 1 do
-      b = string.byte(s, j)
-      if b == nil or b < 0x80 or b > 0xBF then return false end
-    end
-    i = i + len
-  end
+  if not string.find(s, '[\128-\255]') then return true end
+  for _, p in ipairs(UTF8_SEQUENCES) do s = string.gsub(s, p, '.') end
+  return not string.find(s, '[\128-\255]')
 end
 
 --[[
