@@ -16,7 +16,11 @@ const program = new Command()
   .name('rebalancer')
   .description('Share work among the live instances of a service, on the coordination store you already run.')
   .version(pkg.version)
-  .option('--store <url>', 'store URL: sqlite:PATH, postgres://…, redis://…, etcd://host:port, zk://host:port', 'sqlite:./rebalancer.db')
+  .option(
+    '--store <url>',
+    'store URL: sqlite:PATH, postgres://…, redis://…, etcd://host:port, zk://host:port',
+    'sqlite:./rebalancer.db',
+  )
   .option('--namespace <ns>', 'namespace (key prefix) shared by the group', 'rebalancer')
   .option('--json', 'machine-readable output')
   .exitOverride();
@@ -72,8 +76,12 @@ try {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? EXIT.ok : EXIT.usage);
   if (err instanceof RebalancerError) {
     process.stderr.write(`rebalancer: ${err.message}\n`);
-    process.exit(err.code === 'STORE_UNAVAILABLE' ? EXIT.unavailable : err.code === 'INVALID_ARGUMENT' ? EXIT.usage : EXIT.failed);
+    process.exit(
+      err.code === 'STORE_UNAVAILABLE' ? EXIT.unavailable : err.code === 'INVALID_ARGUMENT' ? EXIT.usage : EXIT.failed,
+    );
   }
-  process.stderr.write(`rebalancer: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(
+    `rebalancer: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   process.exit(EXIT.internal);
 }
