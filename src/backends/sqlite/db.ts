@@ -91,6 +91,10 @@ const KEY_COLUMNS =
   'typeof(key) AS kt, CAST(key AS BLOB) AS kb, typeof(value) AS vt, CAST(value AS BLOB) AS vb, ' +
   'version, create_rev, mod_rev, typeof(session_id) AS st, session_id';
 
+/** A key is visible while it has no session or its session is unexpired (alias k: rebalancer_keys). */
+const LIVE =
+  '(k.session_id IS NULL OR EXISTS (SELECT 1 FROM rebalancer_sessions s WHERE s.id = k.session_id AND s.expires_at_ms > ?))';
+
 export interface Change {
   readonly rev: number;
   readonly prefix: string;
@@ -263,14 +267,22 @@ export class Connection {
       getRevision: p<[string], unknown>('SELECT revision FROM rebalancer_namespaces WHERE ns = ?').pluck(),
       insertNamespace: p<[string, number]>('INSERT OR IGNORE INTO rebalancer_namespaces (ns, revision) VALUES (?, ?)'),
       setRevision: p<[number, string]>('UPDATE rebalancer_namespaces SET revision = ? WHERE ns = ?'),
-      getKey: p<[string, string], KeyRow>(`SELECT ${KEY_COLUMNS} FROM rebalancer_keys WHERE ns = ? AND key = ?`),
-      rangeAll: p<[string], KeyRow>(`SELECT ${KEY_COLUMNS} FROM rebalancer_keys WHERE ns = ? ORDER BY key`),
-      rangeFrom: p<[string, string], KeyRow>(
-        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys WHERE ns = ? AND key >= ? ORDER BY key`,
+      getKey: p<[string, string, number], KeyRow>(
+        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys k WHERE ns = ? AND key = ? AND ${LIVE}`,
       ),
-      rangeBetween: p<[string, string, string], KeyRow>(
-        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys WHERE ns = ? AND key >= ? AND key < ? ORDER BY key`,
+      rangeAll: p<[string, number], KeyRow>(
+        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys k WHERE ns = ? AND ${LIVE} ORDER BY key`,
       ),
+      rangeFrom: p<[string, string, number], KeyRow>(
+        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys k WHERE ns = ? AND key >= ? AND ${LIVE} ORDER BY key`,
+      ),
+      rangeBetween: p<[string, string, string, number], KeyRow>(
+        `SELECT ${KEY_COLUMNS} FROM rebalancer_keys k WHERE ns = ? AND key >= ? AND key < ? AND ${LIVE} ORDER BY key`,
+      ),
+      orphans: p<[], unknown>(
+        'SELECT DISTINCT session_id FROM rebalancer_keys k WHERE session_id IS NOT NULL AND ' +
+          'NOT EXISTS (SELECT 1 FROM rebalancer_sessions s WHERE s.id = k.session_id)',
+      ).pluck(),
       upsertKey: p<[string, string, string, number, number, number, string | null]>(
         'INSERT INTO rebalancer_keys (ns, key, value, version, create_rev, mod_rev, session_id) VALUES (?, ?, ?, ?, ?, ?, ?) ' +
           'ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version, ' +
@@ -412,23 +424,32 @@ export class Connection {
     return v;
   }
 
-  get(ns: string, key: string): KeyValue | undefined {
-    const row = this.#st.getKey.get(ns, key);
+  /**
+   * A key as of `nowMs` on the expiry clock. Keys of a session that is due
+   * but not reaped yet are already invisible, so a read never has to wait
+   * for the write lock to reap, and never returns an expired session's key.
+   */
+  get(ns: string, key: string, nowMs: number): KeyValue | undefined {
+    const row = this.#st.getKey.get(ns, key, nowMs);
     return row === undefined ? undefined : decodeKeyRow(row);
   }
 
-  range(ns: string, prefix: string): KeyValue[] {
+  /** Keys under `prefix` as of `nowMs` (see get). */
+  range(ns: string, prefix: string, nowMs: number): KeyValue[] {
     let rows: KeyRow[];
-    if (prefix === '') rows = this.#st.rangeAll.all(ns);
+    if (prefix === '') rows = this.#st.rangeAll.all(ns, nowMs);
     else {
       const upper = prefixUpperBound(prefix);
-      rows = upper === undefined ? this.#st.rangeFrom.all(ns, prefix) : this.#st.rangeBetween.all(ns, prefix, upper);
+      rows =
+        upper === undefined
+          ? this.#st.rangeFrom.all(ns, prefix, nowMs)
+          : this.#st.rangeBetween.all(ns, prefix, upper, nowMs);
     }
     // SQLite orders by code point, JS by UTF-16 code unit: they differ above U+FFFF.
     return rows.map(decodeKeyRow).sort(byKey);
   }
 
-  /** Any session due for expiry at `nowMs`? (An index probe: cheap enough for every read.) */
+  /** Any session due for expiry at `nowMs`? (An index probe: cheap enough for every poll.) */
   hasExpired(nowMs: number): boolean {
     return this.#st.anyExpired.get(nowMs) !== undefined;
   }
@@ -449,6 +470,16 @@ export class Connection {
   expireIfClockReset(nowMs: number): string[] {
     if (this.#st.renewedInFuture.get(nowMs + CLOCK_RESET_TOLERANCE_MS) === undefined) return [];
     const ids = this.#st.allSessions.all().map(String);
+    this.#endSessions(ids);
+    return ids;
+  }
+
+  /**
+   * Keys attached to sessions that do not exist (the session row was deleted
+   * by hand) are invisible to reads; delete them for good. Returns the ids.
+   */
+  deleteOrphans(): string[] {
+    const ids = this.#st.orphans.all().map(String);
     this.#endSessions(ids);
     return ids;
   }
@@ -480,14 +511,14 @@ export class Connection {
    * Apply a validated transaction. `sessionId` names the session its puts
    * attach to, which must still exist (the caller reaped first).
    */
-  applyTxn(ns: string, txn: Txn, sessionId: string | undefined): TxnResult {
+  applyTxn(ns: string, txn: Txn, sessionId: string | undefined, nowMs: number): TxnResult {
     if (sessionId !== undefined) {
       const s = this.#st.getSession.get(sessionId);
       if (s === undefined || s.ns !== ns) {
         throw new SessionExpiredError(sessionId, `session ${sessionId} has expired; the transaction was not applied`);
       }
     }
-    const succeeded = txn.compare.every((c) => evaluateCompare(c, this.get(ns, c.key)));
+    const succeeded = txn.compare.every((c) => evaluateCompare(c, this.get(ns, c.key, nowMs)));
     const branch = succeeded ? txn.then : (txn.else ?? []);
     const current = this.#writableRevision(ns);
     const rev = current + 1;
@@ -499,14 +530,14 @@ export class Connection {
     for (const op of branch) {
       switch (op.op) {
         case 'get':
-          results.push({ op: 'get', key: op.key, kv: this.get(ns, op.key) });
+          results.push({ op: 'get', key: op.key, kv: this.get(ns, op.key, nowMs) });
           break;
         case 'range':
-          results.push({ op: 'range', prefix: op.prefix, kvs: this.range(ns, op.prefix) });
+          results.push({ op: 'range', prefix: op.prefix, kvs: this.range(ns, op.prefix, nowMs) });
           break;
         case 'put': {
           // Reading the previous row in full also refuses to overwrite a corrupt one unseen.
-          const prev = this.get(ns, op.key);
+          const prev = this.get(ns, op.key, nowMs);
           this.#st.upsertKey.run(
             ns,
             op.key,

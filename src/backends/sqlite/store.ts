@@ -97,9 +97,6 @@ interface RequestContext {
   readonly ended: string[];
 }
 
-/** A read found a session due for expiry: redo it as a write that reaps first. */
-const NEEDS_REAP = Symbol('needs-reap');
-
 /** Stores of this process, by database file identity: own commits are announced to them at once. */
 const peers = new Map<string, Set<SqliteStore>>();
 
@@ -221,7 +218,7 @@ export class SqliteStore implements Store {
     try {
       await store.#request('open', 'write', (ctx) => {
         ctx.conn.ensureNamespace(store.namespace);
-        ctx.ended.push(...ctx.conn.expireIfClockReset(ctx.nowMs));
+        ctx.ended.push(...ctx.conn.expireIfClockReset(ctx.nowMs), ...ctx.conn.deleteOrphans());
       });
       store.#lastSeenRev = await store.#request('open', 'read', (ctx) => ctx.conn.revision(store.namespace));
     } catch (err) {
@@ -266,14 +263,14 @@ export class SqliteStore implements Store {
   async get(key: string): Promise<KeyValue | undefined> {
     validateKey(key);
     this.#assertOpen();
-    return this.#request('get', 'read', (ctx) => ctx.conn.get(this.namespace, key));
+    return this.#request('get', 'read', (ctx) => ctx.conn.get(this.namespace, key, ctx.nowMs));
   }
 
   async range(prefix: string): Promise<RangeResult> {
     validatePrefix(prefix);
     this.#assertOpen();
     return this.#request('range', 'read', (ctx) => ({
-      kvs: ctx.conn.range(this.namespace, prefix),
+      kvs: ctx.conn.range(this.namespace, prefix, ctx.nowMs),
       revision: ctx.conn.revision(this.namespace),
       snapshot: true,
     }));
@@ -292,7 +289,7 @@ export class SqliteStore implements Store {
     const writes = ops.some((op) => op.op === 'put' || op.op === 'delete' || op.op === 'deletePrefix');
     try {
       return await this.#request('txn', writes ? 'write' : 'read', (ctx) =>
-        ctx.conn.applyTxn(this.namespace, txn, session?.id),
+        ctx.conn.applyTxn(this.namespace, txn, session?.id, ctx.nowMs),
       );
     } catch (err) {
       if (err instanceof SessionExpiredError && session !== undefined) session.markExpired(err);
@@ -340,26 +337,23 @@ export class SqliteStore implements Store {
 
   /**
    * Run `fn` in one transaction. Reads run in a DEFERRED transaction (WAL
-   * readers never wait for the writer) and are redone as writes if a session
-   * is due for expiry, so that no read returns keys of an expired session.
-   * Writes run in BEGIN IMMEDIATE and reap expired sessions first. Lock
-   * contention is retried with asynchronous backoff until requestTimeoutMs.
+   * readers never wait for the writer); they hide keys of sessions due for
+   * expiry (see Connection.get). Writes run in BEGIN IMMEDIATE and reap
+   * expired sessions first. Lock contention is retried with asynchronous
+   * backoff until requestTimeoutMs.
    */
   async #request<T>(kind: string, mode: 'read' | 'write', fn: (ctx: RequestContext) => T): Promise<T> {
     const startedMs = performance.now();
     let backoffMs = 1;
-    let write = mode === 'write';
     for (;;) {
       if (this.#closed) throw new ClosedError('sqlite store');
       try {
         const conn = this.#connection();
-        if (!write) {
+        if (mode === 'read') {
           return conn.readTxn(() => {
             // The first read fixes the snapshot; expiry is judged at a time after it.
             conn.revision(this.namespace);
-            const nowMs = hostMonotonicMs();
-            if (conn.hasExpired(nowMs)) throw NEEDS_REAP;
-            return fn({ conn, nowMs, ended: [] });
+            return fn({ conn, nowMs: hostMonotonicMs(), ended: [] });
           });
         }
         const { value, bumped } = conn.writeTxn(() => {
@@ -370,10 +364,6 @@ export class SqliteStore implements Store {
         if (bumped || value.ended.length > 0) this.#afterCommit(conn, value.ended);
         return value.v;
       } catch (err) {
-        if (err === NEEDS_REAP) {
-          write = true;
-          continue;
-        }
         if (isBusy(err) && performance.now() - startedMs + backoffMs < this.#timeoutMs) {
           await new Promise((r) => setTimeout(r, backoffMs * (0.5 + Math.random())));
           backoffMs = Math.min(backoffMs * 2, 50);
