@@ -7,6 +7,7 @@
  *   cas <path> <ns> <count> <goFile>
  *                               once <goFile> exists (so that racers start together), perform
  *                               <count> compare-and-swap increments of key "counter"
+ *   open <path> <name> <goFile> once <goFile> exists, open the store (creating the file), put key <name>, close
  *   churn <path> <ns>           write, attach keys to sessions and delete, forever (to be killed -9)
  *
  * Every mode prints one JSON line when ready or done.
@@ -56,6 +57,16 @@ switch (mode) {
     }
     await store.close();
     say({ done: true, conflicts });
+    break;
+  }
+  case 'open': {
+    const [name, goFile] = rest;
+    say({ ready: true });
+    while (!existsSync(String(goFile))) await new Promise((r) => setTimeout(r, 1));
+    const store = await createSqliteStore({ path, namespace: 'opened' });
+    await store.txn({ compare: [], then: [{ op: 'put', key: String(name), value: 'x' }] });
+    await store.close();
+    say({ done: true });
     break;
   }
   case 'churn': {

@@ -258,6 +258,18 @@ describe('sqlite faults (child processes on one file)', () => {
     expect(stale).toBeInstanceOf(SessionExpiredError);
   });
 
+  it('processes creating a new database file at the same moment all succeed', async () => {
+    const fresh = join(dir, 'fresh.db');
+    const go = join(dir, 'fresh.go');
+    const openers = [0, 1, 2, 3].map((i) => child(['open', fresh, `p${i}`, go]));
+    await Promise.all(openers.map((c) => c.waitFor((m) => m['ready'] === true, 30_000)));
+    writeFileSync(go, '');
+    await Promise.all(openers.map((c) => c.waitFor((m) => m['done'] === true, 30_000)));
+    const s = await createSqliteStore({ path: fresh, namespace: 'opened' });
+    stores.push(s);
+    expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['p0', 'p1', 'p2', 'p3']);
+  });
+
   it('two processes hammering compare-and-swap increments lose no update', async () => {
     const ns = `cas${++nsSeq}`;
     const s = await open(ns);
