@@ -172,6 +172,48 @@ describe('sqlite prefix ranges', () => {
   });
 });
 
+describe('sqlite watches', () => {
+  it('hints only watchers whose prefix saw a change, including changes by other connections', async () => {
+    const path = freshPath();
+    const writer = await open(path);
+    const watcher = await open(path);
+    const a: WatchHint[] = [];
+    const b: WatchHint[] = [];
+    const all: WatchHint[] = [];
+    await watcher.watch('a/', (h) => a.push(h));
+    await watcher.watch('b/', (h) => b.push(h));
+    await watcher.watch('', (h) => all.push(h));
+    const w1 = await writer.txn({ compare: [], then: [{ op: 'put', key: 'a/1', value: 'x' }] });
+    expect(await eventually(() => a.length > 0 && all.length > 0, 2000)).toBe(true);
+    expect(a.at(-1)).toEqual({ reason: 'change', revision: w1.revision });
+    const w2 = await writer.txn({
+      compare: [],
+      then: [
+        { op: 'deletePrefix', prefix: 'a/' },
+        { op: 'put', key: 'b/1', value: 'y' },
+      ],
+    });
+    expect(await eventually(() => b.length > 0, 2000)).toBe(true);
+    expect(b.at(-1)?.revision).toBe(w2.revision);
+    const before = a.length;
+    await writer.txn({ compare: [], then: [{ op: 'put', key: 'b/2', value: 'z' }] });
+    await new Promise((r) => setTimeout(r, 150));
+    expect(a.length).toBe(before);
+  });
+
+  it('hints every watcher when it fell behind the change log', async () => {
+    const path = freshPath();
+    const watcher = await open(path);
+    const hints: WatchHint[] = [];
+    await watcher.watch('never/', (h) => hints.push(h));
+    const raw = new Database(path);
+    raw.exec("UPDATE rebalancer_namespaces SET revision = revision + 5000 WHERE ns = 'ns'");
+    raw.close();
+    expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
+    expect(hints[0]?.reason).toBe('change');
+  });
+});
+
 describe('sqlite data that Rebalancer did not write', () => {
   const corrupt = async (sql: string): Promise<{ s: SqliteStore; path: string }> => {
     const path = freshPath();

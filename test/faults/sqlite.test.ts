@@ -274,6 +274,9 @@ describe('sqlite faults (child processes on one file)', () => {
     const ns = `cas${++nsSeq}`;
     const s = await open(ns);
     await s.txn({ compare: [], then: [{ op: 'put', key: 'counter', value: '0' }] });
+    // This process only watches: every hint comes from polling the other processes' commits.
+    const hints: WatchHint[] = [];
+    await s.watch('counter', (h) => hints.push(h));
     const each = 200;
     const go = join(dir, `${ns}.go`);
     const workers = [child(['cas', path, ns, String(each), go]), child(['cas', path, ns, String(each), go])];
@@ -284,6 +287,8 @@ describe('sqlite faults (child processes on one file)', () => {
     const counter = await s.get('counter');
     expect(counter?.value).toBe(String(2 * each));
     expect(counter?.version).toBe(2 * each + 1);
+    const last = counter?.modRevision ?? 0;
+    expect(await eventually(() => hints.some((h) => h.revision >= last), 2000)).toBe(true);
     // Not a requirement, but the test is only meaningful if they actually raced.
     expect(results.reduce((n, r) => n + Number(r['conflicts']), 0)).toBeGreaterThan(0);
   }, 120_000);
