@@ -222,7 +222,8 @@ describe('sqlite faults (child processes on one file)', () => {
     await s.txn({ compare: [], then: [{ op: 'put', key: 'h/held', value: 'x', session }] });
     const hints: WatchHint[] = [];
     await observer.watch('h/', (h) => hints.push(h));
-    const holder = child(['hold', path, '200']);
+    // It holds the lock for 1.5 s of wall time, and is frozen (SIGSTOP) as soon as it has it.
+    const holder = child(['hold', path, '1500']);
     await holder.waitFor((m) => m['holding'] === true, 20_000);
     holder.proc.kill('SIGSTOP');
     const stoppedAt = Date.now();
