@@ -15,6 +15,7 @@ import {
   StoreUnavailableError,
 } from '../../src/errors.js';
 import { openStore } from '../../src/store/open.js';
+import type { WatchHint } from '../../src/store/contract.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
 import { startPrivateRedis, type PrivateRedis } from './redis-private.js';
 
@@ -415,5 +416,33 @@ describe('redis store on a private server', () => {
     expect(
       await errorOf(createRedisStore({ url: `redis://u${ns}:pw@127.0.0.1:${server.port}`, namespace: fresh() })),
     ).toBeInstanceOf(StoreUnavailableError);
+  });
+
+  it('makes up for a lost change notification with the revision poll', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const hints: WatchHint[] = [];
+    await s.watch('p/', (h) => hints.push(h));
+    await s.txn({ compare: [], then: [{ op: 'put', key: 'p/a', value: '1' }] });
+    expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
+    const n = hints.length;
+    // A change whose notification never arrives: the counter moves, nothing is published.
+    await raw.incr(`rb:{${ns}}:rev`);
+    const bumped = Number(await raw.get(`rb:{${ns}}:rev`));
+    expect(await eventually(() => hints.slice(n).some((h) => h.revision >= bumped), 2000)).toBe(true);
+    expect(hints.slice(n).every((h) => h.reason === 'change')).toBe(true);
+  });
+
+  it('re-subscribes after losing its subscriber connection, and says resync', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const hints: WatchHint[] = [];
+    await s.watch('', (h) => hints.push(h));
+    await raw.client('KILL', 'TYPE', 'pubsub');
+    expect(await eventually(() => hints.some((h) => h.reason === 'resync'), 5000)).toBe(true);
+    const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
+    expect(await eventually(() => hints.some((h) => h.reason === 'change' && h.revision >= r.revision), 2000)).toBe(
+      true,
+    );
   });
 });
