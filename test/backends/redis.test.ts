@@ -438,7 +438,7 @@ describe('redis store on a private server', () => {
     const s = await open(ns);
     const hints: WatchHint[] = [];
     await s.watch('', (h) => hints.push(h));
-    await raw.client('KILL', 'TYPE', 'pubsub');
+    await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
     expect(await eventually(() => hints.some((h) => h.reason === 'resync'), 5000)).toBe(true);
     const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
     expect(await eventually(() => hints.some((h) => h.reason === 'change' && h.revision >= r.revision), 2000)).toBe(
