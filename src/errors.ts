@@ -31,8 +31,7 @@ export class SessionExpiredError extends RebalancerError {
   constructor(sessionId: string, message?: string, options?: { cause?: unknown }) {
     super(
       'SESSION_EXPIRED',
-      message ??
-        `session ${sessionId} has expired; stop any work it guarded and open a new session`,
+      message ?? `session ${sessionId} has expired; stop any work it guarded and open a new session`,
       options,
     );
     this.sessionId = sessionId;

@@ -25,7 +25,7 @@ export type {
   Watcher,
 } from './store/contract.js';
 export { STORE_LIMITS } from './store/validate.js';
-export { systemClock, VirtualClock } from './store/clock.js';
+export { ScaledClock, systemClock, VirtualClock } from './store/clock.js';
 export {
   ClosedError,
   CorruptDataError,

@@ -99,6 +99,21 @@ export class VirtualClock implements Clock {
     return true;
   }
 
+  /**
+   * Move time forward by `ms`, firing due timers in order and letting all
+   * promise callbacks run after each one (a macrotask turn), so async code
+   * driven by this clock makes the progress it would in real time.
+   */
+  async runFor(ms: number): Promise<void> {
+    const target = this.#now + ms;
+    for (;;) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (!this.fireNext(target)) break;
+    }
+    this.#now = Math.max(this.#now, target);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
   /** Move time forward by `ms`, firing due timers in order (not awaiting microtasks). */
   advance(ms: number): void {
     const target = this.#now + ms;
@@ -106,5 +121,37 @@ export class VirtualClock implements Clock {
       /* keep firing */
     }
     this.#now = target;
+  }
+}
+
+/**
+ * A view of another clock that runs at `rate` times its speed (rate 1.01 =
+ * 1 % fast). The simulator gives each node one, to model clock drift between
+ * nodes and the store within the stated bound.
+ */
+export class ScaledClock implements Clock {
+  readonly #base: Clock;
+  readonly #rate: number;
+  readonly #origin: number;
+  readonly #offset: number;
+
+  constructor(base: Clock, rate: number, offsetMs = 0) {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`clock rate must be positive, got ${rate}`);
+    this.#base = base;
+    this.#rate = rate;
+    this.#origin = base.now();
+    this.#offset = offsetMs;
+  }
+
+  now(): number {
+    return this.#offset + (this.#base.now() - this.#origin) * this.#rate;
+  }
+
+  setTimeout(fn: () => void, delayMs: number): TimerHandle {
+    return this.#base.setTimeout(fn, Math.max(0, delayMs) / this.#rate);
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    this.#base.clearTimeout(handle);
   }
 }

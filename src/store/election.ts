@@ -135,6 +135,7 @@ export class Election {
       markLost = resolve;
     });
     let over = false;
+    let watcher: Watcher | undefined = undefined;
     const end = (): void => {
       if (over) return;
       over = true;
@@ -143,7 +144,6 @@ export class Election {
     };
     void session.ended.then(end);
     // Watch our own key: when it vanishes (expiry seen by the server), leadership is lost.
-    let watcher: Watcher | undefined;
     watcher = await store.watch(key, () => {
       void store.get(key).then(
         (kv) => {

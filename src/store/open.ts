@@ -28,14 +28,24 @@ const LOADERS: Record<string, { module: string; driver: string; load: () => Prom
   rediss: { module: 'rebalancer/redis', driver: 'ioredis', load: () => import('../backends/redis/index.js') },
   etcd: { module: 'rebalancer/etcd', driver: 'etcd3', load: () => import('../backends/etcd/index.js') },
   etcds: { module: 'rebalancer/etcd', driver: 'etcd3', load: () => import('../backends/etcd/index.js') },
-  zk: { module: 'rebalancer/zookeeper', driver: 'node-zookeeper-client', load: () => import('../backends/zookeeper/index.js') },
-  zookeeper: { module: 'rebalancer/zookeeper', driver: 'node-zookeeper-client', load: () => import('../backends/zookeeper/index.js') },
+  zk: {
+    module: 'rebalancer/zookeeper',
+    driver: 'node-zookeeper-client',
+    load: () => import('../backends/zookeeper/index.js'),
+  },
+  zookeeper: {
+    module: 'rebalancer/zookeeper',
+    driver: 'node-zookeeper-client',
+    load: () => import('../backends/zookeeper/index.js'),
+  },
 };
 
 /** The scheme of a store URL, validated. */
 export function storeScheme(url: string): string {
   if (typeof url !== 'string' || url.length === 0) {
-    throw new InvalidArgumentError('store URL must be a non-empty string such as sqlite:./rebalancer.db or redis://127.0.0.1:6379');
+    throw new InvalidArgumentError(
+      'store URL must be a non-empty string such as sqlite:./rebalancer.db or redis://127.0.0.1:6379',
+    );
   }
   const m = /^([a-z][a-z0-9+.-]*):/i.exec(url);
   const scheme = m?.[1]?.toLowerCase();

@@ -75,7 +75,8 @@ export class ManagedSession implements Session {
 
   /** Throw SessionExpiredError unless the session is usable. */
   assertUsable(): void {
-    if (!this.usable) throw new SessionExpiredError(this.id, `session ${this.id} is ${this.#state}; open a new session`);
+    if (!this.usable)
+      throw new SessionExpiredError(this.id, `session ${this.id} is ${this.#state}; open a new session`);
   }
 
   onStateChange(listener: (state: SessionState, cause?: unknown) => void): () => void {
@@ -148,8 +149,13 @@ export class ManagedSession implements Session {
       this.#deadlineTimer = undefined;
       if (!this.usable) return;
       if (clock.now() >= this.#safeUntilMs) {
-        this.#end('expired', new SessionExpiredError(this.id,
-          `session ${this.id}: no keep-alive acknowledged within its TTL; treating it as expired`));
+        this.#end(
+          'expired',
+          new SessionExpiredError(
+            this.id,
+            `session ${this.id}: no keep-alive acknowledged within its TTL; treating it as expired`,
+          ),
+        );
       } else {
         this.#armDeadline();
       }

@@ -49,7 +49,9 @@ export function validateDriftRate(rate: number | undefined): number {
 export function validateTimeout(name: string, ms: number | undefined, fallback: number): number {
   const v = ms ?? fallback;
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 3_600_000) {
-    throw new InvalidArgumentError(`${name} must be a positive number of milliseconds up to one hour, got ${String(v)}`);
+    throw new InvalidArgumentError(
+      `${name} must be a positive number of milliseconds up to one hour, got ${String(v)}`,
+    );
   }
   return v;
 }
@@ -68,7 +70,7 @@ export function decodeUtf8(bytes: Uint8Array, what: string, key?: string): strin
   } catch (cause) {
     throw new CorruptDataError(
       `${what} read from the store is not valid UTF-8; it was not written by Rebalancer. ` +
-        'Inspect or delete it with the store\'s own tools.',
+        "Inspect or delete it with the store's own tools.",
       key === undefined ? { cause } : { cause, key },
     );
   }
@@ -96,8 +98,12 @@ export function validateKey(key: string, what = 'key'): void {
   if (!isWellFormed(key)) throw new InvalidArgumentError(`${what} is not well-formed Unicode (lone surrogate)`);
   const n = utf8Length(key);
   if (n > STORE_LIMITS.maxKeyBytes) {
-    throw new LimitExceededError('key bytes', n, STORE_LIMITS.maxKeyBytes,
-      `${what} is ${n} UTF-8 bytes, above the limit of ${STORE_LIMITS.maxKeyBytes}; use a shorter name (or a hash of it)`);
+    throw new LimitExceededError(
+      'key bytes',
+      n,
+      STORE_LIMITS.maxKeyBytes,
+      `${what} is ${n} UTF-8 bytes, above the limit of ${STORE_LIMITS.maxKeyBytes}; use a shorter name (or a hash of it)`,
+    );
   }
 }
 
@@ -108,12 +114,18 @@ export function validatePrefix(prefix: string): void {
 }
 
 export function validateValue(value: string, key: string): number {
-  if (typeof value !== 'string') throw new InvalidArgumentError(`value of ${key} must be a string, got ${typeof value}`);
-  if (!isWellFormed(value)) throw new InvalidArgumentError(`value of ${key} is not well-formed Unicode (lone surrogate)`);
+  if (typeof value !== 'string')
+    throw new InvalidArgumentError(`value of ${key} must be a string, got ${typeof value}`);
+  if (!isWellFormed(value))
+    throw new InvalidArgumentError(`value of ${key} is not well-formed Unicode (lone surrogate)`);
   const n = utf8Length(value);
   if (n > STORE_LIMITS.maxValueBytes) {
-    throw new LimitExceededError('value bytes', n, STORE_LIMITS.maxValueBytes,
-      `value of ${key} is ${n} UTF-8 bytes, above the limit of ${STORE_LIMITS.maxValueBytes}; split it over several keys`);
+    throw new LimitExceededError(
+      'value bytes',
+      n,
+      STORE_LIMITS.maxValueBytes,
+      `value of ${key} is ${n} UTF-8 bytes, above the limit of ${STORE_LIMITS.maxValueBytes}; split it over several keys`,
+    );
   }
   return n;
 }
@@ -145,8 +157,12 @@ export function validateTxn(txn: Txn): void {
   }
   const count = compare.length + then.length + otherwise.length;
   if (count > STORE_LIMITS.maxTxnOps) {
-    throw new LimitExceededError('txn operations', count, STORE_LIMITS.maxTxnOps,
-      `transaction has ${count} compares and ops, above the limit of ${STORE_LIMITS.maxTxnOps}; split it`);
+    throw new LimitExceededError(
+      'txn operations',
+      count,
+      STORE_LIMITS.maxTxnOps,
+      `transaction has ${count} compares and ops, above the limit of ${STORE_LIMITS.maxTxnOps}; split it`,
+    );
   }
   let bytes = 0;
   for (const c of compare) {
@@ -156,15 +172,18 @@ export function validateTxn(txn: Txn): void {
         if (typeof c.exists !== 'boolean') throw new InvalidArgumentError(`compare exists on ${c.key} needs a boolean`);
         break;
       case 'value':
-        if (c.op !== '=' && c.op !== '!=') throw new InvalidArgumentError(`compare value on ${c.key}: op must be = or !=`);
+        if (c.op !== '=' && c.op !== '!=')
+          throw new InvalidArgumentError(`compare value on ${c.key}: op must be = or !=`);
         bytes += validateValue(c.value, c.key);
         break;
       default:
         if (!NUMERIC_TARGETS.has((c as { target: string }).target)) {
           throw new InvalidArgumentError(`unknown compare target ${JSON.stringify((c as { target: unknown }).target)}`);
         }
-        if (!NUMERIC_OPS.has(c.op)) throw new InvalidArgumentError(`compare on ${c.key}: unknown op ${JSON.stringify(c.op)}`);
-        if (!Number.isSafeInteger(c.value)) throw new InvalidArgumentError(`compare on ${c.key}: value must be a safe integer`);
+        if (!NUMERIC_OPS.has(c.op))
+          throw new InvalidArgumentError(`compare on ${c.key}: unknown op ${JSON.stringify(c.op)}`);
+        if (!Number.isSafeInteger(c.value))
+          throw new InvalidArgumentError(`compare on ${c.key}: value must be a safe integer`);
     }
   }
   validateBranch(then as readonly Op[]);
@@ -195,8 +214,12 @@ export function validateTxn(txn: Txn): void {
     }
   }
   if (bytes > MAX_TXN_BYTES) {
-    throw new LimitExceededError('txn bytes', bytes, MAX_TXN_BYTES,
-      `transaction carries ${bytes} bytes of keys and values, above the limit of ${MAX_TXN_BYTES}; split it`);
+    throw new LimitExceededError(
+      'txn bytes',
+      bytes,
+      MAX_TXN_BYTES,
+      `transaction carries ${bytes} bytes of keys and values, above the limit of ${MAX_TXN_BYTES}; split it`,
+    );
   }
 }
 

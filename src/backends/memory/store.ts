@@ -4,12 +4,7 @@
  * delay it, fail it before or after it applies, and every watch notification
  * through one that can drop, delay (and so reorder and coalesce) it.
  */
-import {
-  ClosedError,
-  InvalidArgumentError,
-  SessionExpiredError,
-  StoreUnavailableError,
-} from '../../errors.js';
+import { ClosedError, InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
 import type {
   Clock,
   CommonStoreOptions,
