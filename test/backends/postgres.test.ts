@@ -37,7 +37,10 @@ const freshSchema = (): string => {
   return s;
 };
 
-async function open(schema: string, extra: Partial<Parameters<typeof createPostgresStore>[0]> = {}): Promise<PostgresStore> {
+async function open(
+  schema: string,
+  extra: Partial<Parameters<typeof createPostgresStore>[0]> = {},
+): Promise<PostgresStore> {
   const s = await createPostgresStore({ connectionString: server.url, schema, namespace: 'ns', ...extra });
   stores.push(s);
   return s;
@@ -65,7 +68,9 @@ afterAll(async () => {
 
 describe('postgres URL and options', () => {
   it('parses URLs, keeping Rebalancer parameters out of the connection string', () => {
-    const p = parsePostgresUrl('postgres://u:p%40ss@db.example:6543/app?sslmode=require&schema=coord&listen=false&pollIntervalMs=250');
+    const p = parsePostgresUrl(
+      'postgres://u:p%40ss@db.example:6543/app?sslmode=require&schema=coord&listen=false&pollIntervalMs=250',
+    );
     expect(p).toEqual({
       connectionString: 'postgres://u:p%40ss@db.example:6543/app?sslmode=require',
       schema: 'coord',
@@ -77,7 +82,15 @@ describe('postgres URL and options', () => {
   });
 
   it('rejects bad URLs and options with errors that show a valid form', async () => {
-    for (const url of ['postgres:', 'postgres://', 'http://x/db', 'postgres://h:99999/db', 'postgres://h/db?listen=maybe', 'postgres://h/db?pollIntervalMs=x', 'postgres:db']) {
+    for (const url of [
+      'postgres:',
+      'postgres://',
+      'http://x/db',
+      'postgres://h:99999/db',
+      'postgres://h/db?listen=maybe',
+      'postgres://h/db?pollIntervalMs=x',
+      'postgres:db',
+    ]) {
       const err = await rejection(openUrl(url));
       expect(err, url).toBeInstanceOf(InvalidArgumentError);
       expect((err as Error).message).toMatch(/postgres/);
@@ -237,7 +250,8 @@ describe('postgres watches', () => {
     const w = await s.watch('p/', (h) => hints.push(h));
     const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'p/1', value: 'v' }] });
     const deadline = Date.now() + 3000;
-    while (!hints.some((h) => h.revision >= r.revision) && Date.now() < deadline) await new Promise((x) => setTimeout(x, 20));
+    while (!hints.some((h) => h.revision >= r.revision) && Date.now() < deadline)
+      await new Promise((x) => setTimeout(x, 20));
     expect(hints.some((h) => h.revision >= r.revision && h.reason === 'change')).toBe(true);
     await w.close();
   });

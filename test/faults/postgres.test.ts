@@ -69,14 +69,21 @@ async function holder(store: Store): Promise<{ session: Session; leadership: Lea
 
 /** After healing: a fresh session, a write attached to it, reads and a txn all work. */
 async function worksAgain(store: Store): Promise<boolean> {
-  return until(async () => {
-    const s = await store.openSession({ ttlMs: TTL_MS });
-    const key = `after/${randomBytes(3).toString('hex')}`;
-    const r = await store.txn({ compare: [{ key, target: 'exists', exists: false }], then: [{ op: 'put', key, value: 'v', session: s }] });
-    const kv = await store.get(key);
-    await s.close();
-    return r.succeeded && kv?.sessionId === s.id;
-  }, 15_000, 200);
+  return until(
+    async () => {
+      const s = await store.openSession({ ttlMs: TTL_MS });
+      const key = `after/${randomBytes(3).toString('hex')}`;
+      const r = await store.txn({
+        compare: [{ key, target: 'exists', exists: false }],
+        then: [{ op: 'put', key, value: 'v', session: s }],
+      });
+      const kv = await store.get(key);
+      await s.close();
+      return r.succeeded && kv?.sessionId === s.id;
+    },
+    15_000,
+    200,
+  );
 }
 
 beforeAll(async () => {
@@ -138,10 +145,14 @@ describe('postgres faults', () => {
 
     const kv = await (async () => {
       let got;
-      await until(async () => {
-        got = await a.get('durable');
-        return true;
-      }, 15_000, 200);
+      await until(
+        async () => {
+          got = await a.get('durable');
+          return true;
+        },
+        15_000,
+        200,
+      );
       return got as Awaited<ReturnType<Store['get']>>;
     })();
     expect(kv).toMatchObject({ value: 'kept', createRevision: durable.revision });
@@ -199,7 +210,9 @@ describe('postgres faults', () => {
           AbortSignal.timeout(TTL_MS + EXPIRY_BOUND_MS + 5000),
         );
         expect(bLead.token).toBeGreaterThan(leadership.token);
-        expect((await b.txn({ compare: [bLead.guard], then: [{ op: 'put', key: 'fenced', value: 'b' }] })).succeeded).toBe(true);
+        expect(
+          (await b.txn({ compare: [bLead.guard], then: [{ op: 'put', key: 'fenced', value: 'b' }] })).succeeded,
+        ).toBe(true);
         // Still cut off: requests fail within the request timeout instead of hanging.
         const err = await a.get('held/x').then(
           () => undefined,
@@ -210,10 +223,14 @@ describe('postgres faults', () => {
         proxy.setMode('pass');
       }
       // Healed: the stale holder's guarded write is refused by the store.
-      const stale = await until(async () => {
-        const r = await a.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'fenced', value: 'stale' }] });
-        return !r.succeeded;
-      }, 15_000, 200);
+      const stale = await until(
+        async () => {
+          const r = await a.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'fenced', value: 'stale' }] });
+          return !r.succeeded;
+        },
+        15_000,
+        200,
+      );
       expect(stale).toBe(true);
       expect((await b.get('fenced'))?.value).toBe('b');
       expect(await worksAgain(a)).toBe(true);

@@ -56,10 +56,10 @@ export function toStoreError(err: unknown, what: string, phase: Phase): Error {
   if (err instanceof RebalancerError) return err;
   const outcome = outcomeOf(phase, err);
   if (err instanceof pg.DatabaseError) {
-    return new StoreUnavailableError(
-      `postgres: ${what} failed: ${err.message} (SQLSTATE ${err.code ?? '?'})`,
-      { cause: err, outcome },
-    );
+    return new StoreUnavailableError(`postgres: ${what} failed: ${err.message} (SQLSTATE ${err.code ?? '?'})`, {
+      cause: err,
+      outcome,
+    });
   }
   const message = err instanceof Error ? err.message : String(err);
   return new StoreUnavailableError(`postgres: ${what} failed: ${message}; check that the server is reachable`, {

@@ -61,10 +61,14 @@ export function parsePostgresUrl(url: string): ParsedPostgresUrl {
   try {
     u = new URL(url);
   } catch (cause) {
-    throw new InvalidArgumentError(`postgres store URL ${JSON.stringify(url)} is not a valid URL: ${URL_HELP}`, { cause });
+    throw new InvalidArgumentError(`postgres store URL ${JSON.stringify(url)} is not a valid URL: ${URL_HELP}`, {
+      cause,
+    });
   }
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
-    throw new InvalidArgumentError(`postgres store URL must start with postgres:// or postgresql://, got ${JSON.stringify(url)}: ${URL_HELP}`);
+    throw new InvalidArgumentError(
+      `postgres store URL must start with postgres:// or postgresql://, got ${JSON.stringify(url)}: ${URL_HELP}`,
+    );
   }
   if (!url.slice(u.protocol.length).startsWith('//')) {
     throw new InvalidArgumentError(`postgres store URL ${JSON.stringify(url)} has no //host part: ${URL_HELP}`);
@@ -84,13 +88,18 @@ export function parsePostgresUrl(url: string): ParsedPostgresUrl {
   if (listen !== null) {
     if (listen === 'true' || listen === '1') out.listen = true;
     else if (listen === 'false' || listen === '0') out.listen = false;
-    else throw new InvalidArgumentError(`postgres store URL parameter listen must be true or false, got ${JSON.stringify(listen)}: ${URL_HELP}`);
+    else
+      throw new InvalidArgumentError(
+        `postgres store URL parameter listen must be true or false, got ${JSON.stringify(listen)}: ${URL_HELP}`,
+      );
   }
   const poll = u.searchParams.get('pollIntervalMs');
   if (poll !== null) {
     const n = Number(poll);
     if (poll.trim() === '' || !Number.isFinite(n)) {
-      throw new InvalidArgumentError(`postgres store URL parameter pollIntervalMs must be a number of milliseconds, got ${JSON.stringify(poll)}`);
+      throw new InvalidArgumentError(
+        `postgres store URL parameter pollIntervalMs must be a number of milliseconds, got ${JSON.stringify(poll)}`,
+      );
     }
     out.pollIntervalMs = n;
   }
@@ -102,7 +111,9 @@ export function parsePostgresUrl(url: string): ParsedPostgresUrl {
 export function validatePollInterval(ms: number | undefined): number {
   const v = ms ?? DEFAULT_POLL_INTERVAL_MS;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 10 || v > 60_000) {
-    throw new InvalidArgumentError(`pollIntervalMs must be a number of milliseconds between 10 and 60000, got ${String(v)}`);
+    throw new InvalidArgumentError(
+      `pollIntervalMs must be a number of milliseconds between 10 and 60000, got ${String(v)}`,
+    );
   }
   return v;
 }

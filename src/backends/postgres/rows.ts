@@ -26,7 +26,10 @@ export const KV_COLUMNS = 'k.key, k.value, k.version, k.create_rev, k.mod_rev, k
 export function parseBigint(raw: unknown, what: string, min: number, key?: string): number {
   const text = typeof raw === 'number' ? String(raw) : raw;
   if (typeof text !== 'string' || !/^-?\d{1,20}$/.test(text)) {
-    throw new CorruptDataError(`${what} read from PostgreSQL is not an integer: ${JSON.stringify(raw)}`, corruptOpts(key));
+    throw new CorruptDataError(
+      `${what} read from PostgreSQL is not an integer: ${JSON.stringify(raw)}`,
+      corruptOpts(key),
+    );
   }
   const n = Number(text);
   if (!Number.isSafeInteger(n)) {
@@ -37,7 +40,10 @@ export function parseBigint(raw: unknown, what: string, min: number, key?: strin
     );
   }
   if (n < min) {
-    throw new CorruptDataError(`${what} read from PostgreSQL is ${text}, below ${min}; it was not written by Rebalancer`, corruptOpts(key));
+    throw new CorruptDataError(
+      `${what} read from PostgreSQL is ${text}, below ${min}; it was not written by Rebalancer`,
+      corruptOpts(key),
+    );
   }
   return n;
 }

@@ -113,7 +113,12 @@ function readVersion(rows: readonly { schema_version: unknown }[], where: string
  * with IF NOT EXISTS; the loser rolls back and retries, then finds the
  * winner's schema.
  */
-export async function ensureSchema(client: pg.ClientBase, t: Tables, schemaName: string, timeoutMs: number): Promise<void> {
+export async function ensureSchema(
+  client: pg.ClientBase,
+  t: Tables,
+  schemaName: string,
+  timeoutMs: number,
+): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
       await client.query(beginSql(timeoutMs));
@@ -127,13 +132,18 @@ export async function ensureSchema(client: pg.ClientBase, t: Tables, schemaName:
         const r = await client.query<{ schema_version: unknown }>(`SELECT schema_version FROM ${t.meta}`);
         const found = readVersion(r.rows, t.meta);
         await client.query('ROLLBACK');
-        if (found !== SCHEMA_VERSION) throw new IncompatibleSchemaError(found, SCHEMA_VERSION, `postgres schema "${schemaName}"`);
+        if (found !== SCHEMA_VERSION)
+          throw new IncompatibleSchemaError(found, SCHEMA_VERSION, `postgres schema "${schemaName}"`);
         return;
       }
       if ((probe?.tables ?? 0) > 0) {
         await client.query('ROLLBACK');
         // Tables without our meta table: not ours (or from a release before versioning). Touch nothing.
-        throw new IncompatibleSchemaError(0, SCHEMA_VERSION, `postgres schema "${schemaName}" (tables without a Rebalancer meta table)`);
+        throw new IncompatibleSchemaError(
+          0,
+          SCHEMA_VERSION,
+          `postgres schema "${schemaName}" (tables without a Rebalancer meta table)`,
+        );
       }
       await client.query(`CREATE SCHEMA IF NOT EXISTS ${t.schema}`);
       await client.query(
@@ -162,11 +172,5 @@ export async function ensureSchema(client: pg.ClientBase, t: Tables, schemaName:
 /** unique_violation on a catalog index, duplicate schema/table/object, deadlock. */
 function isCreationRace(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code;
-  return (
-    isConflict(err) ||
-    code === '23505' ||
-    code === '42P06' ||
-    code === '42P07' ||
-    code === '42710'
-  );
+  return isConflict(err) || code === '23505' || code === '42P06' || code === '42P07' || code === '42710';
 }

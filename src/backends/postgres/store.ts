@@ -19,12 +19,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg';
-import {
-  ClosedError,
-  InvalidArgumentError,
-  SessionExpiredError,
-  StoreUnavailableError,
-} from '../../errors.js';
+import { ClosedError, InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
 import { systemClock } from '../../store/clock.js';
 import type {
   Clock,
@@ -160,7 +155,9 @@ export class PostgresStore implements Store {
       this.#listenConfig = { ...options.pool.options };
     } else {
       if (options.pool !== undefined && (options.pool === null || typeof options.pool !== 'object')) {
-        throw new InvalidArgumentError('pool must be a pg.Pool or a pg PoolConfig object (host, port, user, password, ssl, …)');
+        throw new InvalidArgumentError(
+          'pool must be a pg.Pool or a pg PoolConfig object (host, port, user, password, ssl, …)',
+        );
       }
       if (options.connectionString === undefined && options.pool === undefined) {
         throw new InvalidArgumentError(
@@ -214,13 +211,17 @@ export class PostgresStore implements Store {
     this.#assertOpen();
     const id = randomUUID();
     const sentAt = this.clock.now();
-    await this.#exec('open session', async (q) => {
-      await q(
-        `INSERT INTO ${this.#t.sessions} (ns, id, ttl_ms, expires_at)
+    await this.#exec(
+      'open session',
+      async (q) => {
+        await q(
+          `INSERT INTO ${this.#t.sessions} (ns, id, ttl_ms, expires_at)
          VALUES ($1, $2, $3::int, clock_timestamp() + $3::int * interval '1 millisecond')`,
-        [this.namespace, id, ttlMs],
-      );
-    }, 'sent');
+          [this.namespace, id, ttlMs],
+        );
+      },
+      'sent',
+    );
     const session: ManagedSession = new ManagedSession({
       id,
       ttlMs,
@@ -243,12 +244,16 @@ export class PostgresStore implements Store {
   async #keepAlive(id: string, ttlMs: number): Promise<'alive' | 'gone'> {
     // Only a session that has not expired may be extended: once its expiry
     // has passed on the server's clock it is dead, reaped or not.
-    const r = await this.#exec('keep-alive', (q) =>
-      q(
-        `UPDATE ${this.#t.sessions} SET expires_at = clock_timestamp() + ttl_ms * interval '1 millisecond'
+    const r = await this.#exec(
+      'keep-alive',
+      (q) =>
+        q(
+          `UPDATE ${this.#t.sessions} SET expires_at = clock_timestamp() + ttl_ms * interval '1 millisecond'
          WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
-        [this.namespace, id],
-      ), 'sent');
+          [this.namespace, id],
+        ),
+      'sent',
+    );
     if (r.rowCount === 1) {
       this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
       return 'alive';
@@ -323,7 +328,8 @@ export class PostgresStore implements Store {
       if (reaped) r = await run();
     }
     const first = r.rows[0];
-    const revision = first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
+    const revision =
+      first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
     const kvs: KeyValue[] = [];
     for (const row of r.rows) if (row.key !== null) kvs.push(decodeRow(row));
     kvs.sort(byKey);
@@ -351,7 +357,12 @@ export class PostgresStore implements Store {
     }
   }
 
-  async #applyTxn(q: Query, w: WriteContext, txn: Txn, sessionId: string | undefined): Promise<Omit<TxnResult, 'revision'>> {
+  async #applyTxn(
+    q: Query,
+    w: WriteContext,
+    txn: Txn,
+    sessionId: string | undefined,
+  ): Promise<Omit<TxnResult, 'revision'>> {
     if (sessionId !== undefined) {
       const s = await q(
         `SELECT 1 FROM ${this.#t.sessions} WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
@@ -359,7 +370,10 @@ export class PostgresStore implements Store {
       );
       if (s.rowCount !== 1) {
         // Commit the reap, apply nothing of the transaction.
-        w.failAfterCommit = new SessionExpiredError(sessionId, `session ${sessionId} has expired on the server; open a new session`);
+        w.failAfterCommit = new SessionExpiredError(
+          sessionId,
+          `session ${sessionId} has expired on the server; open a new session`,
+        );
         return { succeeded: false, results: [] };
       }
     }
@@ -367,7 +381,8 @@ export class PostgresStore implements Store {
     // under the namespace lock: nobody else can change them until we commit.
     const names = new Set<string>();
     for (const c of txn.compare) names.add(c.key);
-    for (const op of [...txn.then, ...(txn.else ?? [])]) if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+    for (const op of [...txn.then, ...(txn.else ?? [])])
+      if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
     const current = new Map<string, KvRow>();
     if (names.size > 0) {
       const r = await q<KvRow>(
@@ -463,17 +478,23 @@ export class PostgresStore implements Store {
       let lock = await this.#lockNamespace(q);
       if (lock === undefined) {
         // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock.
-        await q(`INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`, [
-          this.namespace,
-        ]);
+        await q(
+          `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
+          [this.namespace],
+        );
         lock = await this.#lockNamespace(q);
-        if (lock === undefined) throw new StoreUnavailableError('postgres: the namespace row vanished during a transaction', { outcome: 'not-applied' });
+        if (lock === undefined)
+          throw new StoreUnavailableError('postgres: the namespace row vanished during a transaction', {
+            outcome: 'not-applied',
+          });
       }
       // Revisions stay above the server's clock in microseconds, so they keep
       // growing even if the database is restored from a backup or recreated.
       const next = Math.max(lock.revision + 1, lock.nowUs);
       if (!Number.isSafeInteger(next)) {
-        throw new StoreUnavailableError(`postgres: the next revision ${next} would exceed 2^53`, { outcome: 'not-applied' });
+        throw new StoreUnavailableError(`postgres: the next revision ${next} would exceed 2^53`, {
+          outcome: 'not-applied',
+        });
       }
       w = new WriteContext(lock.revision, next);
       reaped = await this.#reapIn(q);
@@ -530,7 +551,9 @@ export class PostgresStore implements Store {
     for (const id of reaped.sessions) {
       this.#sessions
         .get(id)
-        ?.markExpired(new SessionExpiredError(id, `session ${id} expired on the server (no keep-alive within its TTL)`));
+        ?.markExpired(
+          new SessionExpiredError(id, `session ${id} expired on the server (no keep-alive within its TTL)`),
+        );
     }
   }
 
@@ -636,7 +659,10 @@ export class PostgresStore implements Store {
       lost();
       throw toStoreError(err, 'LISTEN for watch hints', 'connect');
     }
-    if (isLost) throw new StoreUnavailableError('postgres: the LISTEN session was lost while starting', { outcome: 'not-applied' });
+    if (isLost)
+      throw new StoreUnavailableError('postgres: the LISTEN session was lost while starting', {
+        outcome: 'not-applied',
+      });
     if (this.#closed) {
       lost();
       return;
@@ -684,11 +710,14 @@ export class PostgresStore implements Store {
       clearTimeout(this.#tickTimer);
     }
     this.#tickAtMs = at;
-    this.#tickTimer = setTimeout(() => {
-      this.#tickTimer = undefined;
-      this.#tickAtMs = Number.POSITIVE_INFINITY;
-      void this.#tick();
-    }, Math.max(0, delayMs));
+    this.#tickTimer = setTimeout(
+      () => {
+        this.#tickTimer = undefined;
+        this.#tickAtMs = Number.POSITIVE_INFINITY;
+        void this.#tick();
+      },
+      Math.max(0, delayMs),
+    );
     this.#tickTimer.unref();
   }
 
@@ -733,9 +762,11 @@ export class PostgresStore implements Store {
                 (SELECT extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000
                    FROM ${this.#t.sessions} WHERE ns = $1)::float8 AS next_expiry_ms`,
         [this.namespace],
-      ));
+      ),
+    );
     const row = r.rows[0];
-    const revision = row?.revision === null || row === undefined ? 0 : parseBigint(row.revision, 'namespace revision', 0);
+    const revision =
+      row?.revision === null || row === undefined ? 0 : parseBigint(row.revision, 'namespace revision', 0);
     const next = row?.next_expiry_ms;
     return { revision, nextExpiryMs: typeof next === 'number' ? next : undefined };
   }
@@ -748,15 +779,21 @@ export class PostgresStore implements Store {
    * in microseconds, so its revisions never repeat earlier ones.
    */
   #ensureReady(): Promise<void> {
-    this.#schemaReady ??= this.#exec('create or check the schema', async (q, attempt) => {
-      if (attempt.client === undefined) throw new Error('no connection');
-      attempt.phase = 'open';
-      await ensureSchema(attempt.client, this.#t, this.schema, this.#timeoutMs);
-      attempt.phase = 'connect';
-      await q(`INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`, [
-        this.namespace,
-      ]);
-    }, 'connect', true).catch((err: unknown) => {
+    this.#schemaReady ??= this.#exec(
+      'create or check the schema',
+      async (q, attempt) => {
+        if (attempt.client === undefined) throw new Error('no connection');
+        attempt.phase = 'open';
+        await ensureSchema(attempt.client, this.#t, this.schema, this.#timeoutMs);
+        attempt.phase = 'connect';
+        await q(
+          `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
+          [this.namespace],
+        );
+      },
+      'connect',
+      true,
+    ).catch((err: unknown) => {
       this.#schemaReady = undefined;
       throw err;
     });
@@ -784,7 +821,8 @@ export class PostgresStore implements Store {
         return await this.#attempt(what, body, sentPhase);
       } catch (err) {
         const cause = (err as { cause?: unknown }).cause;
-        if (tries < 3 && err instanceof StoreUnavailableError && err.outcome === 'not-applied' && isConflict(cause)) continue;
+        if (tries < 3 && err instanceof StoreUnavailableError && err.outcome === 'not-applied' && isConflict(cause))
+          continue;
         if (isMissingSchema(cause)) this.#schemaReady = undefined;
         throw err;
       }
@@ -825,7 +863,8 @@ export class PostgresStore implements Store {
         attempt.client = client;
         let ok = false;
         try {
-          if (attempt.abandoned) throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
+          if (attempt.abandoned)
+            throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
           const result = await body(q, attempt);
           ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
           return result;
@@ -879,7 +918,9 @@ export class PostgresStore implements Store {
     const l = this.#listener;
     this.#listener = undefined;
     if (l !== undefined) {
-      await deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(() => undefined);
+      await deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(
+        () => undefined,
+      );
       l.lost();
     }
     this.#poolEnded = true;
@@ -917,7 +958,8 @@ function destroyConnection(client: pg.ClientBase): void {
 function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const t = setTimeout(
-      () => reject(new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' })),
+      () =>
+        reject(new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' })),
       ms,
     );
     t.unref();
