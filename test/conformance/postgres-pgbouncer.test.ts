@@ -10,8 +10,9 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPostgresStore } from '../../src/backends/postgres/index.js';
+import type { Store, WatchHint } from '../../src/store/contract.js';
 import { startPostgres } from '../harness/servers.js';
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type ConformanceTarget, describeConformance } from './suite.js';
 
 const PGBOUNCER = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p));
@@ -101,6 +102,35 @@ if (PGBOUNCER === undefined) {
   });
 } else {
   describeConformance(NAME, setup);
+
+  describe('postgres via pgbouncer with a direct LISTEN session', () => {
+    it('hears changes at once through listenConnection while every query goes through the pooler', async () => {
+      const server = await startPostgres();
+      const bouncer = await startPgbouncer(server.port);
+      const stores: Store[] = [];
+      try {
+        const pooled = `postgres://postgres@127.0.0.1:${bouncer.port}/postgres`;
+        // A long poll interval: a hint within it can only have come from NOTIFY.
+        const options = { connectionString: pooled, listenConnection: server.url, pollIntervalMs: 60_000 };
+        const a = await createPostgresStore({ ...options, namespace: 'l' });
+        const b = await createPostgresStore({ ...options, namespace: 'l' });
+        stores.push(a, b);
+        const hints: WatchHint[] = [];
+        const w = await a.watch('k/', (h) => hints.push(h));
+        const r = await b.txn({ compare: [], then: [{ op: 'put', key: 'k/1', value: 'v' }] });
+        const deadline = Date.now() + 5000;
+        while (!hints.some((h) => h.revision >= r.revision) && Date.now() < deadline) {
+          await new Promise((x) => setTimeout(x, 20));
+        }
+        expect(hints.some((h) => h.revision >= r.revision && h.reason === 'change')).toBe(true);
+        await w.close();
+      } finally {
+        for (const s of stores) await s.close();
+        await bouncer.stop();
+        await server.stop();
+      }
+    });
+  });
 }
 
 async function setup(): Promise<ConformanceTarget> {

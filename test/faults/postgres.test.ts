@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type PostgresStore, createPostgresStore } from '../../src/backends/postgres/index.js';
+import { StoreUnavailableError } from '../../src/errors.js';
 import type { Session, Store, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
@@ -219,6 +220,13 @@ describe('postgres faults', () => {
           (e: unknown) => e,
         );
         expect((err as { code?: string } | undefined)?.code).toBe('STORE_UNAVAILABLE');
+        // A write that never got its COMMIT out is reported as not applied, and truly was not.
+        const cut = await a.txn({ compare: [], then: [{ op: 'put', key: 'cut', value: 'x' }] }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(cut).toBeInstanceOf(StoreUnavailableError);
+        expect((cut as StoreUnavailableError).outcome).toBe('not-applied');
       } finally {
         proxy.setMode('pass');
       }
@@ -233,6 +241,7 @@ describe('postgres faults', () => {
       );
       expect(stale).toBe(true);
       expect((await b.get('fenced'))?.value).toBe('b');
+      expect(await b.get('cut')).toBeUndefined();
       expect(await worksAgain(a)).toBe(true);
       expect(await until(() => aLog.resyncsAfter(an) > 0, 15_000)).toBe(true);
       // And A's watch hears changes again.
