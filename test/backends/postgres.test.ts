@@ -3,7 +3,10 @@
  * and versioning, data read back that Rebalancer did not write, revisions
  * across a lost schema, polling-only watches, and a caller-owned pool.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -24,6 +27,7 @@ import {
 import type { WatchHint } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
+import { startProxy } from '../harness/proxy.js';
 import { startPostgres, type ServerHandle } from '../harness/servers.js';
 
 let server: ServerHandle;
@@ -280,4 +284,44 @@ describe('postgres watches', () => {
     expect(low).toEqual(Buffer.from([0xc3, 0xa9]));
     expect(high).toEqual(Buffer.from([0xc3, 0xaa]));
   });
+});
+
+describe('postgres close', () => {
+  const FIXTURE = fileURLToPath(new URL('./fixtures/postgres-exit.ts', import.meta.url));
+
+  /** Run the fixture; `beforeClose` runs once it is ready. Resolves with its exit code and stdout lines. */
+  async function runFixture(url: string, beforeClose: () => void): Promise<{ code: number | null; lines: string[] }> {
+    const child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, url, freshSchema()], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const lines: string[] = [];
+    const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      lines.push(line);
+      if (line === 'ready') {
+        beforeClose();
+        child.stdin.end('close\n');
+      }
+    });
+    const code = await exited;
+    clearTimeout(killer);
+    return { code, lines };
+  }
+
+  it('leaves nothing that keeps the process alive', async () => {
+    const r = await runFixture(server.url, () => undefined);
+    expect(r).toEqual({ code: 0, lines: ['ready', 'closed'] });
+  }, 30_000);
+
+  it('closes and lets the process exit even when the server has gone silent', async () => {
+    const proxy = await startProxy({ host: '127.0.0.1', port: server.port });
+    try {
+      const url = server.url.replace(`:${server.port}/`, `:${proxy.port}/`);
+      const r = await runFixture(url, () => proxy.setMode('blackhole'));
+      expect(r).toEqual({ code: 0, lines: ['ready', 'closed'] });
+    } finally {
+      await proxy.close();
+    }
+  }, 30_000);
 });
