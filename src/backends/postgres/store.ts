@@ -838,7 +838,10 @@ export class PostgresStore implements Store {
       }
       if (attempt.phase === 'connect') attempt.phase = sentPhase;
       // Unnamed statements only: nothing survives on a pooled server connection.
-      return client.query({ text, values: values === undefined ? [] : [...values] });
+      // Without parameters pg uses the simple protocol, which also runs the multi-statement BEGIN string.
+      return values === undefined || values.length === 0
+        ? client.query(text)
+        : client.query({ text, values: [...values] });
     };
     return new Promise<T>((resolve, reject) => {
       let settled = false;
