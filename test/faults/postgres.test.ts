@@ -182,74 +182,87 @@ describe('postgres faults', () => {
       await proxy?.close();
     });
 
-    it('past the TTL, then healed: the holder expires itself, the server expires it, another leader is fenced in', async () => {
-      const ns = `b${randomBytes(4).toString('hex')}`;
-      const viaProxy = server.url.replace(`:${server.port}/`, `:${proxy.port}/`);
-      const a = await open(viaProxy, ns);
-      const b = await open(server.url, ns);
-      const { session, leadership } = await holder(a);
-      const aLog = new HintLog();
-      const aWatch = await a.watch('held/', aLog.fn);
-      const bLog = new HintLog();
-      const bWatch = await b.watch('held/', bLog.fn);
-      const an = aLog.hints.length;
-      const bn = bLog.hints.length;
+    // Healing with 'pass' alone keeps the connections (like a real partition, minus the bytes dropped meanwhile);
+    // with a reset every connection of the client is cut when the partition ends.
+    it.each([
+      ['connections kept', false],
+      ['connections reset', true],
+    ])(
+      'past the TTL, then healed (%s): the holder expires itself, the server expires it, another leader is fenced in',
+      async (_name, reset) => {
+        const ns = `b${randomBytes(4).toString('hex')}`;
+        const viaProxy = server.url.replace(`:${server.port}/`, `:${proxy.port}/`);
+        const a = await open(viaProxy, ns);
+        const b = await open(server.url, ns);
+        const { session, leadership } = await holder(a);
+        const aLog = new HintLog();
+        const aWatch = await a.watch('held/', aLog.fn);
+        const bLog = new HintLog();
+        const bWatch = await b.watch('held/', bLog.fn);
+        const an = aLog.hints.length;
+        const bn = bLog.hints.length;
 
-      const cutAt = Date.now();
-      proxy.setMode('blackhole');
-      try {
-        // A silent partition: no error, no reset. The holder's own deadline must end the session.
-        expect(await until(() => session.state === 'expired', TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
-        expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
-        // The server expires it by its clock; another client sees the keys vanish and hears it.
-        expect(await until(async () => (await b.get('held/x')) === undefined, TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
-        expect(await until(() => bLog.hints.length > bn, EXPIRY_BOUND_MS)).toBe(true);
-        const bSession = await b.openSession({ ttlMs: TTL_MS });
-        const bLead = await new Election(b, { prefix: 'lead/', recheckIntervalMs: 200 }).campaign(
-          bSession,
-          'b',
-          AbortSignal.timeout(TTL_MS + EXPIRY_BOUND_MS + 5000),
+        const cutAt = Date.now();
+        proxy.setMode('blackhole');
+        try {
+          // A silent partition: no error, no reset. The holder's own deadline must end the session.
+          expect(await until(() => session.state === 'expired', TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+          expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
+          // The server expires it by its clock; another client sees the keys vanish and hears it.
+          expect(await until(async () => (await b.get('held/x')) === undefined, TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+          expect(await until(() => bLog.hints.length > bn, EXPIRY_BOUND_MS)).toBe(true);
+          const bSession = await b.openSession({ ttlMs: TTL_MS });
+          const bLead = await new Election(b, { prefix: 'lead/', recheckIntervalMs: 200 }).campaign(
+            bSession,
+            'b',
+            AbortSignal.timeout(TTL_MS + EXPIRY_BOUND_MS + 5000),
+          );
+          expect(bLead.token).toBeGreaterThan(leadership.token);
+          expect(
+            (await b.txn({ compare: [bLead.guard], then: [{ op: 'put', key: 'fenced', value: 'b' }] })).succeeded,
+          ).toBe(true);
+          // Still cut off: requests fail within the request timeout instead of hanging.
+          const err = await a.get('held/x').then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect((err as { code?: string } | undefined)?.code).toBe('STORE_UNAVAILABLE');
+          // A write that never got its COMMIT out is reported as not applied, and truly was not.
+          const cut = await a.txn({ compare: [], then: [{ op: 'put', key: 'cut', value: 'x' }] }).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect(cut).toBeInstanceOf(StoreUnavailableError);
+          expect((cut as StoreUnavailableError).outcome).toBe('not-applied');
+        } finally {
+          proxy.setMode('pass');
+          if (reset) proxy.resetAll();
+        }
+        // Healed: the stale holder's guarded write is refused by the store.
+        const stale = await until(
+          async () => {
+            const r = await a.txn({
+              compare: [leadership.guard],
+              then: [{ op: 'put', key: 'fenced', value: 'stale' }],
+            });
+            return !r.succeeded;
+          },
+          15_000,
+          200,
         );
-        expect(bLead.token).toBeGreaterThan(leadership.token);
-        expect(
-          (await b.txn({ compare: [bLead.guard], then: [{ op: 'put', key: 'fenced', value: 'b' }] })).succeeded,
-        ).toBe(true);
-        // Still cut off: requests fail within the request timeout instead of hanging.
-        const err = await a.get('held/x').then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        expect((err as { code?: string } | undefined)?.code).toBe('STORE_UNAVAILABLE');
-        // A write that never got its COMMIT out is reported as not applied, and truly was not.
-        const cut = await a.txn({ compare: [], then: [{ op: 'put', key: 'cut', value: 'x' }] }).then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        expect(cut).toBeInstanceOf(StoreUnavailableError);
-        expect((cut as StoreUnavailableError).outcome).toBe('not-applied');
-      } finally {
-        proxy.setMode('pass');
-      }
-      // Healed: the stale holder's guarded write is refused by the store.
-      const stale = await until(
-        async () => {
-          const r = await a.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'fenced', value: 'stale' }] });
-          return !r.succeeded;
-        },
-        15_000,
-        200,
-      );
-      expect(stale).toBe(true);
-      expect((await b.get('fenced'))?.value).toBe('b');
-      expect(await b.get('cut')).toBeUndefined();
-      expect(await worksAgain(a)).toBe(true);
-      expect(await until(() => aLog.resyncsAfter(an) > 0, 15_000)).toBe(true);
-      // And A's watch hears changes again.
-      const seen = aLog.hints.length;
-      await b.txn({ compare: [], then: [{ op: 'put', key: 'held/y', value: 'y' }] });
-      expect(await until(() => aLog.hints.length > seen, 5000)).toBe(true);
-      await aWatch.close();
-      await bWatch.close();
-    }, 90_000);
+        expect(stale).toBe(true);
+        expect((await b.get('fenced'))?.value).toBe('b');
+        expect(await b.get('cut')).toBeUndefined();
+        expect(await worksAgain(a)).toBe(true);
+        expect(await until(() => aLog.resyncsAfter(an) > 0, 15_000)).toBe(true);
+        // And A's watch hears changes again.
+        const seen = aLog.hints.length;
+        await b.txn({ compare: [], then: [{ op: 'put', key: 'held/y', value: 'y' }] });
+        expect(await until(() => aLog.hints.length > seen, 5000)).toBe(true);
+        await aWatch.close();
+        await bWatch.close();
+      },
+      90_000,
+    );
   });
 });
