@@ -23,7 +23,7 @@ if ((${#missing[@]} == 0)); then
 fi
 
 cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"
-if [[ $(id -u) -ne 0 ]]; then
+if ((EUID != 0)); then
   echo "install-servers: missing ${missing[*]}; run as root: $cmd" >&2
   exit 1
 fi
