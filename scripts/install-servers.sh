@@ -10,6 +10,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have redis-server || missing+=(redis-server)
 # PostgreSQL binaries live in a versioned directory; any major version will do.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+# The postgres backend is also tested behind pgbouncer in transaction-pooling mode.
+{ [[ -x /usr/sbin/pgbouncer ]] || have pgbouncer; } || missing+=(pgbouncer)
 have etcd || missing+=(etcd-server)
 have etcdctl || missing+=(etcd-client)
 # ZooKeeper is run straight from its jar, which needs a JVM (the package pulls one in).
