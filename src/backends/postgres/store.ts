@@ -496,7 +496,7 @@ export class PostgresStore implements Store {
           outcome: 'not-applied',
         });
       }
-      w = new WriteContext(lock.revision, next);
+      w = new WriteContext(next);
       reaped = await this.#reapIn(q);
       w.changed.push(...reaped.keys);
       const result = await body(q, w);
@@ -942,8 +942,6 @@ class WriteContext {
   readonly changed: string[] = [];
   failAfterCommit: Error | undefined;
   constructor(
-    /** The namespace revision when the lock was taken. */
-    readonly revision: number,
     /** The revision this transaction's writes carry. */
     readonly nextRevision: number,
   ) {}
