@@ -1,0 +1,978 @@
+/**
+ * The PostgreSQL store client. See docs/backends/postgres.md for the layout
+ * and how each contract guarantee is met.
+ *
+ * Concurrency: every write runs in a READ COMMITTED transaction that first
+ * takes the namespace's row lock (`SELECT … FROM namespaces … FOR UPDATE`).
+ * Writers of one namespace are therefore serialised, every statement after
+ * the lock sees everything committed before it, and revisions are assigned in
+ * commit order. SERIALIZABLE would buy nothing here (every write updates the
+ * same counter row, so they would all conflict and retry) and would add retry
+ * storms under contention. Readers take no lock: a single statement is one
+ * MVCC snapshot.
+ *
+ * Pooler safety: nothing depends on session state. No advisory locks, no
+ * named prepared statements, no temp tables, no SET outside a transaction
+ * (only SET LOCAL). Only LISTEN needs a session, on a dedicated connection;
+ * the periodic revision poll makes a lost (or unavailable) LISTEN a delay.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import type { PoolClient, QueryResult, QueryResultRow } from 'pg';
+import { ClosedError, InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
+import { systemClock } from '../../store/clock.js';
+import type {
+  Clock,
+  Compare,
+  KeyValue,
+  Op,
+  OpResult,
+  RangeResult,
+  Session,
+  SessionOptions,
+  Store,
+  StoreLimits,
+  Txn,
+  TxnResult,
+  WatchHint,
+  Watcher,
+} from '../../store/contract.js';
+import { ManagedSession } from '../../store/session.js';
+import {
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  STORE_LIMITS,
+  evaluateCompare,
+  validateDriftRate,
+  validateKey,
+  validateNamespace,
+  validatePrefix,
+  validateSessionOptions,
+  validateTimeout,
+  validateTxn,
+} from '../../store/validate.js';
+import { isConflict, isMissingSchema, outcomeOf, toStoreError, type Phase } from './errors.js';
+import { decodeNotice, encodeNotice, noticeMatches } from './notify.js';
+import { isPool, type PostgresStoreOptions, validatePollInterval } from './options.js';
+import { KV_COLUMNS, type KvRow, byKey, decodeRow, lenientKey, parseBigint, prefixRange } from './rows.js';
+import { beginSql, ensureSchema, tablesOf, type Tables, validateSchemaName } from './schema.js';
+
+type Query = <R extends QueryResultRow>(text: string, values?: readonly unknown[]) => Promise<QueryResult<R>>;
+
+interface Attempt {
+  phase: Phase;
+  client: PoolClient | undefined;
+  /** Set when the deadline passed: the attempt's result is ignored and its connection destroyed. */
+  abandoned: boolean;
+}
+
+interface WatchEntry {
+  readonly prefix: string;
+  readonly onHint: (hint: WatchHint) => void;
+  open: boolean;
+}
+
+interface ReapResult {
+  readonly sessions: readonly string[];
+  readonly keys: readonly string[];
+}
+
+/** The server's clock in microseconds since the epoch, as bigint text. */
+const NOW_US = `(extract(epoch FROM clock_timestamp()) * 1000000)::bigint`;
+
+/** How long a revision seen by the poll waits for its NOTIFY before the poll assumes it was lost. */
+const LOST_NOTIFICATION_GRACE_MS = 100;
+
+/** Safety margin after a session's expiry before the reaper looks again. */
+const REAP_MARGIN_MS = 2;
+
+export class PostgresStore implements Store {
+  readonly backend = 'postgres';
+  readonly namespace: string;
+  readonly limits: StoreLimits = STORE_LIMITS;
+  readonly clock: Clock;
+  /** The schema holding the tables. */
+  readonly schema: string;
+
+  readonly #t: Tables;
+  readonly #pool: pg.Pool;
+  readonly #ownsPool: boolean;
+  readonly #listenEnabled: boolean;
+  readonly #listenConfig: pg.ClientConfig;
+  readonly #pollIntervalMs: number;
+  readonly #driftRate: number;
+  readonly #timeoutMs: number;
+  readonly #sessions = new Map<string, ManagedSession>();
+  readonly #watchers = new Set<WatchEntry>();
+  /** Every connection the owned pool opened, so that close() can cut them even when the server is unreachable. */
+  readonly #poolClients = new Set<pg.ClientBase>();
+  readonly #onPoolError = (): void => {
+    // An idle pooled connection died (server restart, network): the pool drops it; the next request reconnects.
+  };
+  #schemaReady: Promise<void> | undefined;
+  /** Set when close() starts: public calls fail from then on. */
+  #closed = false;
+  /** Set when close() releases the connections: every call fails from then on. */
+  #poolEnded = false;
+  #closing: Promise<void> | undefined;
+
+  // Reaper and revision poll.
+  #tickTimer: NodeJS.Timeout | undefined;
+  #tickAtMs = Number.POSITIVE_INFINITY;
+  #ticking = false;
+  #pollFailed = false;
+  /** Highest namespace revision this client has told its watchers about (or seen while it had none). */
+  #seenRevision: number | undefined;
+
+  // LISTEN session.
+  #listener: { client: pg.Client; lost: () => void } | undefined;
+  #listenerConnecting: Promise<void> | undefined;
+  #listenerHadSession = false;
+  #listenerRetry: NodeJS.Timeout | undefined;
+  #listenerBackoffMs = 100;
+
+  /** Use createPostgresStore(), which also creates the schema and checks its version. */
+  constructor(options: PostgresStoreOptions) {
+    this.namespace = validateNamespace(options.namespace);
+    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
+    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
+    this.#pollIntervalMs = validatePollInterval(options.pollIntervalMs);
+    this.schema = validateSchemaName(options.schema);
+    this.#t = tablesOf(this.schema);
+    this.clock = options.clock ?? systemClock;
+    if (options.listen !== undefined && typeof options.listen !== 'boolean') {
+      throw new InvalidArgumentError(`listen must be true or false, got ${String(options.listen)}`);
+    }
+    this.#listenEnabled = options.listen ?? true;
+    if (options.connectionString !== undefined && typeof options.connectionString !== 'string') {
+      throw new InvalidArgumentError('connectionString must be a string such as postgres://user@host:5432/database');
+    }
+    if (isPool(options.pool)) {
+      if (options.connectionString !== undefined) {
+        throw new InvalidArgumentError('pass either a pg.Pool as `pool` or a connectionString, not both');
+      }
+      this.#pool = options.pool;
+      this.#ownsPool = false;
+      this.#listenConfig = { ...options.pool.options };
+    } else {
+      if (options.pool !== undefined && (options.pool === null || typeof options.pool !== 'object')) {
+        throw new InvalidArgumentError(
+          'pool must be a pg.Pool or a pg PoolConfig object (host, port, user, password, ssl, …)',
+        );
+      }
+      if (options.connectionString === undefined && options.pool === undefined) {
+        throw new InvalidArgumentError(
+          'the postgres store needs a connectionString (postgres://user[:password]@host[:port]/database) or a pool / pool config',
+        );
+      }
+      const config: pg.PoolConfig = {
+        max: 4,
+        connectionTimeoutMillis: this.#timeoutMs,
+        idleTimeoutMillis: 10_000,
+        keepAlive: true,
+        allowExitOnIdle: true,
+        application_name: 'rebalancer',
+        ...options.pool,
+        ...(options.connectionString === undefined ? {} : { connectionString: options.connectionString }),
+      };
+      this.#pool = new pg.Pool(config);
+      this.#ownsPool = true;
+      this.#pool.on('connect', (c) => {
+        this.#poolClients.add(c);
+      });
+      this.#pool.on('remove', (c) => {
+        this.#poolClients.delete(c);
+      });
+      this.#listenConfig = config;
+    }
+    if (options.listenConnection !== undefined) {
+      this.#listenConfig =
+        typeof options.listenConnection === 'string'
+          ? { connectionString: options.listenConnection }
+          : { ...options.listenConnection };
+    }
+    this.#pool.on('error', this.#onPoolError);
+  }
+
+  /** Create the schema (or check its version) and the namespace's row; start the reaper. */
+  async init(): Promise<void> {
+    try {
+      await this.#ensureReady();
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    this.#scheduleTick(0);
+  }
+
+  // ---- sessions -------------------------------------------------------------
+
+  async openSession(options: SessionOptions): Promise<Session> {
+    const ttlMs = validateSessionOptions(options);
+    this.#assertOpen();
+    const id = randomUUID();
+    const sentAt = this.clock.now();
+    await this.#exec(
+      'open session',
+      async (q) => {
+        await q(
+          `INSERT INTO ${this.#t.sessions} (ns, id, ttl_ms, expires_at)
+         VALUES ($1, $2, $3::int, clock_timestamp() + $3::int * interval '1 millisecond')`,
+          [this.namespace, id, ttlMs],
+        );
+      },
+      'sent',
+    );
+    const session: ManagedSession = new ManagedSession({
+      id,
+      ttlMs,
+      clock: this.clock,
+      maxClockDriftRate: this.#driftRate,
+      createdSendAtMs: sentAt,
+      requestTimeoutMs: this.#timeoutMs,
+      driver: {
+        keepAlive: () => this.#keepAlive(id, ttlMs),
+        revoke: () => this.#revoke(id),
+      },
+      onEnd: () => this.#sessions.delete(id),
+    });
+    this.#sessions.set(id, session);
+    // Be there when it could expire, even if no other session of the namespace expires sooner.
+    this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
+    return session;
+  }
+
+  async #keepAlive(id: string, ttlMs: number): Promise<'alive' | 'gone'> {
+    // Only a session that has not expired may be extended: once its expiry
+    // has passed on the server's clock it is dead, reaped or not.
+    const r = await this.#exec(
+      'keep-alive',
+      (q) =>
+        q(
+          `UPDATE ${this.#t.sessions} SET expires_at = clock_timestamp() + ttl_ms * interval '1 millisecond'
+         WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
+          [this.namespace, id],
+        ),
+      'sent',
+    );
+    if (r.rowCount === 1) {
+      this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
+      return 'alive';
+    }
+    // Delete its keys now rather than at the next tick.
+    this.#reap().catch(() => undefined);
+    return 'gone';
+  }
+
+  async #revoke(id: string): Promise<void> {
+    await this.#writeTxn('revoke session', async (q, w) => {
+      const keys = await q<{ key: Buffer }>(
+        `DELETE FROM ${this.#t.kv} WHERE ns = $1 AND session_id = $2 RETURNING key`,
+        [this.namespace, id],
+      );
+      await q(`DELETE FROM ${this.#t.sessions} WHERE ns = $1 AND id = $2`, [this.namespace, id]);
+      for (const row of keys.rows) w.changed.push(lenientKey(row.key));
+    });
+  }
+
+  #ownSession(session: Session): ManagedSession {
+    const own = session instanceof ManagedSession ? this.#sessions.get(session.id) : undefined;
+    if (own === undefined || own !== session) {
+      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
+      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
+    }
+    return own;
+  }
+
+  // ---- reads ----------------------------------------------------------------
+
+  async get(key: string): Promise<KeyValue | undefined> {
+    validateKey(key);
+    const r = await this.#read('get', `k.key = $2`, [Buffer.from(key, 'utf8')]);
+    return r.kvs[0];
+  }
+
+  async range(prefix: string): Promise<RangeResult> {
+    validatePrefix(prefix);
+    const [low, high] = prefixRange(prefix);
+    const r = await this.#read('range', `k.key >= $2 AND ($3::bytea IS NULL OR k.key < $3)`, [low, high]);
+    return { kvs: r.kvs, revision: r.revision, snapshot: true };
+  }
+
+  /**
+   * One statement (one snapshot): the namespace revision, whether any of its
+   * sessions has expired without being reaped, and the matching keys, minus
+   * keys of sessions that have expired by the server's clock. If something
+   * awaits reaping, reap it and read again, so the revision covers the reap.
+   */
+  async #read(what: string, where: string, params: readonly unknown[]): Promise<{ kvs: KeyValue[]; revision: number }> {
+    this.#assertOpen();
+    const sql = `
+      WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now)
+      SELECT h.revision, h.expired, r.*
+      FROM (SELECT (SELECT n.revision FROM ${this.#t.namespaces} n WHERE n.name = $1) AS revision,
+                   EXISTS (SELECT 1 FROM ${this.#t.sessions} s, t WHERE s.ns = $1 AND s.expires_at <= t.now) AS expired) h
+      LEFT JOIN LATERAL (
+        SELECT ${KV_COLUMNS}
+        FROM ${this.#t.kv} k CROSS JOIN t
+        LEFT JOIN ${this.#t.sessions} s ON s.ns = k.ns AND s.id = k.session_id
+        WHERE k.ns = $1 AND ${where} AND (k.session_id IS NULL OR s.expires_at > t.now)
+      ) r ON true`;
+    const run = (): Promise<QueryResult<KvRow & { revision: unknown; expired: boolean }>> =>
+      this.#exec(what, (q) => q(sql, [this.namespace, ...params]));
+    let r = await run();
+    if (r.rows[0]?.expired === true) {
+      const reaped = await this.#reap().then(
+        () => true,
+        () => false,
+      );
+      if (reaped) r = await run();
+    }
+    const first = r.rows[0];
+    const revision =
+      first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
+    const kvs: KeyValue[] = [];
+    for (const row of r.rows) if (row.key !== null) kvs.push(decodeRow(row));
+    kvs.sort(byKey);
+    return { kvs, revision };
+  }
+
+  // ---- transactions ---------------------------------------------------------
+
+  async txn(txn: Txn): Promise<TxnResult> {
+    validateTxn(txn);
+    const ops = [...txn.then, ...(txn.else ?? [])];
+    const sessionOp = ops.find((op): op is Extract<Op, { op: 'put' }> => op.op === 'put' && op.session !== undefined);
+    let own: ManagedSession | undefined;
+    if (sessionOp?.session !== undefined) {
+      own = this.#ownSession(sessionOp.session);
+      own.assertUsable();
+    }
+    this.#assertOpen();
+    try {
+      const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#applyTxn(q, w, txn, own?.id));
+      return { succeeded: value.succeeded, revision, results: value.results };
+    } catch (err) {
+      if (err instanceof SessionExpiredError && own !== undefined) own.markExpired(err);
+      throw err;
+    }
+  }
+
+  async #applyTxn(
+    q: Query,
+    w: WriteContext,
+    txn: Txn,
+    sessionId: string | undefined,
+  ): Promise<Omit<TxnResult, 'revision'>> {
+    if (sessionId !== undefined) {
+      const s = await q(
+        `SELECT 1 FROM ${this.#t.sessions} WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
+        [this.namespace, sessionId],
+      );
+      if (s.rowCount !== 1) {
+        // Commit the reap, apply nothing of the transaction.
+        w.failAfterCommit = new SessionExpiredError(
+          sessionId,
+          `session ${sessionId} has expired on the server; open a new session`,
+        );
+        return { succeeded: false, results: [] };
+      }
+    }
+    // Current rows of every key the compares and either branch name, read
+    // under the namespace lock: nobody else can change them until we commit.
+    const names = new Set<string>();
+    for (const c of txn.compare) names.add(c.key);
+    for (const op of [...txn.then, ...(txn.else ?? [])])
+      if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+    const current = new Map<string, KvRow>();
+    if (names.size > 0) {
+      const r = await q<KvRow>(
+        `SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = $1 AND k.key = ANY($2::bytea[])`,
+        [this.namespace, [...names].map((n) => Buffer.from(n, 'utf8'))],
+      );
+      for (const row of r.rows) current.set(lenientKey(row.key), row);
+    }
+    const decoded = new Map<string, KeyValue | undefined>();
+    const kvOf = (key: string): KeyValue | undefined => {
+      if (!decoded.has(key)) {
+        const row = current.get(key);
+        decoded.set(key, row === undefined ? undefined : decodeRow(row));
+      }
+      return decoded.get(key);
+    };
+    const succeeded = txn.compare.every((c: Compare) => evaluateCompare(c, kvOf(c.key)));
+    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const results: OpResult[] = [];
+    for (const op of branch) {
+      switch (op.op) {
+        case 'get':
+          results.push({ op: 'get', key: op.key, kv: kvOf(op.key) });
+          break;
+        case 'range': {
+          const [low, high] = prefixRange(op.prefix);
+          const r = await q<KvRow>(
+            `SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = $1 AND k.key >= $2 AND ($3::bytea IS NULL OR k.key < $3)`,
+            [this.namespace, low, high],
+          );
+          results.push({ op: 'range', prefix: op.prefix, kvs: r.rows.map(decodeRow).sort(byKey) });
+          break;
+        }
+        case 'put': {
+          // A row that is not ours is reported, never overwritten.
+          kvOf(op.key);
+          await q(
+            `INSERT INTO ${this.#t.kv} AS k (ns, key, value, version, create_rev, mod_rev, session_id)
+             VALUES ($1, $2, $3, 1, $4, $4, $5)
+             ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = k.version + 1,
+               mod_rev = EXCLUDED.mod_rev, session_id = EXCLUDED.session_id`,
+            [
+              this.namespace,
+              Buffer.from(op.key, 'utf8'),
+              Buffer.from(op.value, 'utf8'),
+              String(w.nextRevision),
+              op.session === undefined ? null : sessionId,
+            ],
+          );
+          w.changed.push(op.key);
+          results.push({ op: 'put', key: op.key });
+          break;
+        }
+        case 'delete': {
+          const r = await q(`DELETE FROM ${this.#t.kv} WHERE ns = $1 AND key = $2`, [
+            this.namespace,
+            Buffer.from(op.key, 'utf8'),
+          ]);
+          const deleted = r.rowCount ?? 0;
+          if (deleted > 0) w.changed.push(op.key);
+          results.push({ op: 'delete', key: op.key, deleted });
+          break;
+        }
+        case 'deletePrefix': {
+          const [low, high] = prefixRange(op.prefix);
+          const r = await q<{ key: Buffer }>(
+            `DELETE FROM ${this.#t.kv} WHERE ns = $1 AND key >= $2 AND ($3::bytea IS NULL OR key < $3) RETURNING key`,
+            [this.namespace, low, high],
+          );
+          for (const row of r.rows) w.changed.push(lenientKey(row.key));
+          results.push({ op: 'deletePrefix', prefix: op.prefix, deleted: r.rows.length });
+          break;
+        }
+      }
+    }
+    return { succeeded, results };
+  }
+
+  /**
+   * The write transaction every mutation goes through: lock the namespace
+   * row, reap its expired sessions, run `body`, and if anything changed
+   * (the reap included) bump the revision and NOTIFY, all in one commit.
+   */
+  async #writeTxn<T>(
+    what: string,
+    body: (q: Query, w: WriteContext) => Promise<T>,
+  ): Promise<{ value: T; revision: number }> {
+    let reaped: ReapResult = { sessions: [], keys: [] };
+    let w: WriteContext | undefined;
+    const out = await this.#exec(what, async (q, attempt) => {
+      attempt.phase = 'open';
+      await q(beginSql(this.#timeoutMs));
+      let lock = await this.#lockNamespace(q);
+      if (lock === undefined) {
+        // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock.
+        await q(
+          `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
+          [this.namespace],
+        );
+        lock = await this.#lockNamespace(q);
+        if (lock === undefined)
+          throw new StoreUnavailableError('postgres: the namespace row vanished during a transaction', {
+            outcome: 'not-applied',
+          });
+      }
+      // Revisions stay above the server's clock in microseconds, so they keep
+      // growing even if the database is restored from a backup or recreated.
+      const next = Math.max(lock.revision + 1, lock.nowUs);
+      if (!Number.isSafeInteger(next)) {
+        throw new StoreUnavailableError(`postgres: the next revision ${next} would exceed 2^53`, {
+          outcome: 'not-applied',
+        });
+      }
+      w = new WriteContext(next);
+      reaped = await this.#reapIn(q);
+      w.changed.push(...reaped.keys);
+      const result = await body(q, w);
+      const changed = w.changed.length > 0;
+      if (changed) {
+        await q(
+          `WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = $2 WHERE name = $1 RETURNING 1)
+           SELECT pg_notify($3, $4) FROM bump`,
+          [this.namespace, String(next), this.#t.channel, encodeNotice(this.namespace, next, w.changed)],
+        );
+      }
+      attempt.phase = 'commit';
+      await q('COMMIT');
+      attempt.phase = 'connect';
+      return { value: result, revision: changed ? next : lock.revision };
+    });
+    this.#afterReap(reaped);
+    if (w?.failAfterCommit !== undefined) throw w.failAfterCommit;
+    return out;
+  }
+
+  async #lockNamespace(q: Query): Promise<{ revision: number; nowUs: number } | undefined> {
+    const r = await q<{ revision: unknown; now_us: unknown }>(
+      `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = $1 FOR UPDATE`,
+      [this.namespace],
+    );
+    const row = r.rows[0];
+    if (row === undefined) return undefined;
+    return {
+      revision: parseBigint(row.revision, `revision of namespace ${this.namespace}`, 0),
+      nowUs: parseBigint(row.now_us, 'server clock', 0),
+    };
+  }
+
+  /** Delete the namespace's expired sessions and their keys (under the namespace lock). */
+  async #reapIn(q: Query): Promise<ReapResult> {
+    const r = await q<{ sessions: string[]; keys: Buffer[] }>(
+      `WITH dead AS (
+         DELETE FROM ${this.#t.sessions} WHERE ns = $1 AND expires_at <= clock_timestamp() RETURNING id
+       ), gone AS (
+         DELETE FROM ${this.#t.kv} WHERE ns = $1 AND session_id IN (SELECT id FROM dead) RETURNING key
+       )
+       SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM dead) AS sessions,
+              (SELECT coalesce(array_agg(key), '{}') FROM gone) AS keys`,
+      [this.namespace],
+    );
+    const row = r.rows[0];
+    return { sessions: row?.sessions ?? [], keys: (row?.keys ?? []).map(lenientKey) };
+  }
+
+  #afterReap(reaped: ReapResult): void {
+    for (const id of reaped.sessions) {
+      this.#sessions
+        .get(id)
+        ?.markExpired(
+          new SessionExpiredError(id, `session ${id} expired on the server (no keep-alive within its TTL)`),
+        );
+    }
+  }
+
+  /** A write transaction that only reaps. */
+  async #reap(): Promise<void> {
+    await this.#writeTxn('reap expired sessions', async () => undefined);
+  }
+
+  // ---- watches --------------------------------------------------------------
+
+  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
+    validatePrefix(prefix);
+    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
+    this.#assertOpen();
+    if (this.#listenEnabled) await this.#ensureListener();
+    if (this.#seenRevision === undefined) {
+      const h = await this.#header();
+      this.#seenRevision ??= h.revision;
+    }
+    this.#assertOpen();
+    const entry: WatchEntry = { prefix, onHint, open: true };
+    this.#watchers.add(entry);
+    return {
+      close: async (): Promise<void> => {
+        entry.open = false;
+        this.#watchers.delete(entry);
+      },
+    };
+  }
+
+  #deliver(entry: WatchEntry, hint: WatchHint): void {
+    queueMicrotask(() => {
+      if (!entry.open || this.#closed) return;
+      try {
+        entry.onHint(hint);
+      } catch {
+        // A throwing consumer must not break the store.
+      }
+    });
+  }
+
+  #hintAll(hint: WatchHint): void {
+    for (const w of this.#watchers) this.#deliver(w, hint);
+  }
+
+  #onNotification(msg: pg.Notification): void {
+    if (msg.channel !== this.#t.channel) return;
+    const n = decodeNotice(msg.payload);
+    if (n === undefined || n.ns !== this.namespace) return;
+    if (this.#seenRevision === undefined || n.rev > this.#seenRevision) this.#seenRevision = n.rev;
+    const hint: WatchHint = { revision: n.rev, reason: 'change' };
+    for (const w of this.#watchers) if (noticeMatches(n, w.prefix)) this.#deliver(w, hint);
+  }
+
+  /** The poll found revision `rev`: hint every watcher if no notification covered it. */
+  #observeRevision(rev: number): void {
+    const seen = this.#seenRevision;
+    if (seen === undefined || this.#watchers.size === 0) {
+      if (seen === undefined || rev > seen) this.#seenRevision = rev;
+      return;
+    }
+    if (rev <= seen) return;
+    const fire = (): void => {
+      if (this.#closed || (this.#seenRevision ?? 0) >= rev) return;
+      this.#seenRevision = rev;
+      this.#hintAll({ revision: rev, reason: 'change' });
+    };
+    if (this.#listener === undefined) fire();
+    else setTimeout(fire, LOST_NOTIFICATION_GRACE_MS).unref();
+  }
+
+  #resyncAll(): void {
+    this.#hintAll({ revision: this.#seenRevision ?? 0, reason: 'resync' });
+  }
+
+  #ensureListener(): Promise<void> {
+    if (!this.#listenEnabled || this.#listener !== undefined) return Promise.resolve();
+    this.#listenerConnecting ??= this.#connectListener().finally(() => {
+      this.#listenerConnecting = undefined;
+    });
+    return this.#listenerConnecting;
+  }
+
+  async #connectListener(): Promise<void> {
+    const client = new pg.Client({ connectionTimeoutMillis: this.#timeoutMs, keepAlive: true, ...this.#listenConfig });
+    let isLost = false;
+    const lost = (): void => {
+      if (isLost) return;
+      isLost = true;
+      destroyConnection(client);
+      if (this.#listener?.client === client) {
+        this.#listener = undefined;
+        this.#scheduleListenerReconnect();
+      }
+    };
+    client.on('error', lost);
+    client.on('end', lost);
+    client.on('notification', (msg) => this.#onNotification(msg));
+    try {
+      await deadline(client.connect(), this.#timeoutMs, 'connecting the LISTEN session');
+      await deadline(client.query(`LISTEN ${pg.escapeIdentifier(this.#t.channel)}`), this.#timeoutMs, 'LISTEN');
+    } catch (err) {
+      lost();
+      throw toStoreError(err, 'LISTEN for watch hints', 'connect');
+    }
+    if (isLost)
+      throw new StoreUnavailableError('postgres: the LISTEN session was lost while starting', {
+        outcome: 'not-applied',
+      });
+    if (this.#closed) {
+      lost();
+      return;
+    }
+    this.#listener = { client, lost };
+    this.#listenerBackoffMs = 100;
+    // Notifications sent while no session listened are gone: watchers must re-read.
+    if (this.#listenerHadSession) this.#resyncAll();
+    this.#listenerHadSession = true;
+  }
+
+  #scheduleListenerReconnect(): void {
+    if (this.#closed || this.#watchers.size === 0 || this.#listenerRetry !== undefined) return;
+    const delayMs = this.#listenerBackoffMs;
+    this.#listenerBackoffMs = Math.min(2000, delayMs * 2);
+    this.#listenerRetry = setTimeout(() => {
+      this.#listenerRetry = undefined;
+      this.#ensureListener().catch(() => this.#scheduleListenerReconnect());
+    }, delayMs);
+    this.#listenerRetry.unref();
+  }
+
+  /** A silently dead LISTEN connection (blackholed) only shows when asked something. */
+  async #pingListener(): Promise<void> {
+    const l = this.#listener;
+    if (l === undefined) {
+      if (this.#listenEnabled && this.#watchers.size > 0) this.#scheduleListenerReconnect();
+      return;
+    }
+    try {
+      await deadline(l.client.query('SELECT 1'), this.#timeoutMs, 'LISTEN session ping');
+    } catch {
+      l.lost();
+    }
+  }
+
+  // ---- reaper and poll ------------------------------------------------------
+
+  /** Run the tick in `delayMs`, unless one is already due sooner. */
+  #scheduleTick(delayMs: number): void {
+    if (this.#closed) return;
+    const at = performance.now() + delayMs;
+    if (this.#tickTimer !== undefined) {
+      if (at >= this.#tickAtMs) return;
+      clearTimeout(this.#tickTimer);
+    }
+    this.#tickAtMs = at;
+    this.#tickTimer = setTimeout(
+      () => {
+        this.#tickTimer = undefined;
+        this.#tickAtMs = Number.POSITIVE_INFINITY;
+        void this.#tick();
+      },
+      Math.max(0, delayMs),
+    );
+    this.#tickTimer.unref();
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#ticking) {
+      this.#scheduleTick(REAP_MARGIN_MS * 5);
+      return;
+    }
+    this.#ticking = true;
+    let nextMs = this.#pollIntervalMs;
+    const ping = this.#listenEnabled && this.#watchers.size > 0 ? this.#pingListener() : Promise.resolve();
+    try {
+      const h = await this.#header();
+      if (this.#pollFailed) {
+        this.#pollFailed = false;
+        if (this.#listener === undefined) this.#resyncAll();
+      }
+      if (h.nextExpiryMs !== undefined) {
+        if (h.nextExpiryMs <= 0) {
+          await this.#reap();
+          nextMs = REAP_MARGIN_MS * 5;
+        } else {
+          nextMs = Math.min(nextMs, h.nextExpiryMs + REAP_MARGIN_MS);
+        }
+      }
+      this.#observeRevision(h.revision);
+    } catch {
+      this.#pollFailed = true;
+    } finally {
+      await ping;
+      this.#ticking = false;
+      this.#scheduleTick(nextMs);
+    }
+  }
+
+  /** The namespace revision and the time until its next session expiry, on the server's clock. */
+  async #header(): Promise<{ revision: number; nextExpiryMs: number | undefined }> {
+    const r = await this.#exec('poll', (q) =>
+      q<{ revision: unknown; next_expiry_ms: number | null }>(
+        `SELECT (SELECT revision FROM ${this.#t.namespaces} WHERE name = $1) AS revision,
+                (SELECT extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000
+                   FROM ${this.#t.sessions} WHERE ns = $1)::float8 AS next_expiry_ms`,
+        [this.namespace],
+      ),
+    );
+    const row = r.rows[0];
+    const revision =
+      row?.revision === null || row === undefined ? 0 : parseBigint(row.revision, 'namespace revision', 0);
+    const next = row?.next_expiry_ms;
+    return { revision, nextExpiryMs: typeof next === 'number' ? next : undefined };
+  }
+
+  // ---- requests -------------------------------------------------------------
+
+  /**
+   * Schema and namespace row, once per store (again after someone dropped
+   * the schema). A namespace row created anew starts from the server's clock
+   * in microseconds, so its revisions never repeat earlier ones.
+   */
+  #ensureReady(): Promise<void> {
+    this.#schemaReady ??= this.#exec(
+      'create or check the schema',
+      async (q, attempt) => {
+        if (attempt.client === undefined) throw new Error('no connection');
+        attempt.phase = 'open';
+        await ensureSchema(attempt.client, this.#t, this.schema, this.#timeoutMs);
+        attempt.phase = 'connect';
+        await q(
+          `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
+          [this.namespace],
+        );
+      },
+      'connect',
+      true,
+    ).catch((err: unknown) => {
+      this.#schemaReady = undefined;
+      throw err;
+    });
+    return this.#schemaReady;
+  }
+
+  /**
+   * Run `body` on a pooled connection within the request deadline. On
+   * timeout the connection is destroyed (so the server rolls back whatever
+   * was not committed) and the error's outcome follows the attempt's phase.
+   * `sentPhase` is the phase once a statement is on the wire: `sent` for an
+   * autocommit write, `connect` for reads (nothing to apply).
+   */
+  async #exec<T>(
+    what: string,
+    body: (q: Query, attempt: Attempt) => Promise<T>,
+    sentPhase: Phase = 'connect',
+    skipSchema = false,
+  ): Promise<T> {
+    // Internal requests (revoking sessions) still run while close() is under way.
+    if (this.#poolEnded) throw new ClosedError('postgres store');
+    if (!skipSchema) await this.#ensureReady();
+    for (let tries = 0; ; tries++) {
+      try {
+        return await this.#attempt(what, body, sentPhase);
+      } catch (err) {
+        const cause = (err as { cause?: unknown }).cause;
+        if (tries < 3 && err instanceof StoreUnavailableError && err.outcome === 'not-applied' && isConflict(cause))
+          continue;
+        if (isMissingSchema(cause)) this.#schemaReady = undefined;
+        throw err;
+      }
+    }
+  }
+
+  #attempt<T>(what: string, body: (q: Query, attempt: Attempt) => Promise<T>, sentPhase: Phase): Promise<T> {
+    const attempt: Attempt = { phase: 'connect', client: undefined, abandoned: false };
+    const q: Query = (text, values) => {
+      const client = attempt.client;
+      if (client === undefined || attempt.abandoned) {
+        return Promise.reject(new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' }));
+      }
+      if (attempt.phase === 'connect') attempt.phase = sentPhase;
+      // Unnamed statements only: nothing survives on a pooled server connection.
+      // Without parameters pg uses the simple protocol, which also runs the multi-statement BEGIN string.
+      return values === undefined || values.length === 0
+        ? client.query(text)
+        : client.query({ text, values: [...values] });
+    };
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        attempt.abandoned = true;
+        if (attempt.client !== undefined) destroyConnection(attempt.client);
+        reject(
+          new StoreUnavailableError(`postgres: ${what} did not complete within ${this.#timeoutMs} ms`, {
+            outcome: outcomeOf(attempt.phase),
+          }),
+        );
+      }, this.#timeoutMs);
+      timer.unref();
+      const run = async (): Promise<T> => {
+        const client = await this.#pool.connect();
+        const swallow = (): void => {
+          // Errors surface through the pending query; without a listener an 'error' event would crash the process.
+        };
+        client.on('error', swallow);
+        attempt.client = client;
+        let ok = false;
+        try {
+          if (attempt.abandoned)
+            throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
+          const result = await body(q, attempt);
+          ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
+          return result;
+        } finally {
+          client.removeListener('error', swallow);
+          if (ok && !attempt.abandoned) {
+            client.release();
+          } else {
+            // Mid-transaction or broken: never hand this connection to anyone else.
+            destroyConnection(client);
+            client.release(true);
+          }
+        }
+      };
+      run().then(
+        (v) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (err: unknown) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          reject(toStoreError(err, what, attempt.phase));
+        },
+      );
+    });
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new ClosedError('postgres store');
+  }
+
+  // ---- close ----------------------------------------------------------------
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#closed = true;
+    if (this.#tickTimer !== undefined) clearTimeout(this.#tickTimer);
+    if (this.#listenerRetry !== undefined) clearTimeout(this.#listenerRetry);
+    for (const w of this.#watchers) w.open = false;
+    this.#watchers.clear();
+    await Promise.all([...this.#sessions.values()].map((s) => s.close()));
+    await this.#listenerConnecting?.catch(() => undefined);
+    const l = this.#listener;
+    this.#listener = undefined;
+    if (l !== undefined) {
+      await deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(
+        () => undefined,
+      );
+      l.lost();
+    }
+    this.#poolEnded = true;
+    this.#pool.removeListener('error', this.#onPoolError);
+    if (this.#ownsPool) {
+      await deadline(this.#pool.end(), Math.min(1000, this.#timeoutMs), 'closing the pool').catch(() => undefined);
+      // A connection to an unreachable server never completes its goodbye; cut it.
+      for (const c of this.#poolClients) destroyConnection(c);
+      this.#poolClients.clear();
+    }
+  }
+}
+
+/** Per-transaction bookkeeping of #writeTxn. */
+class WriteContext {
+  readonly changed: string[] = [];
+  failAfterCommit: Error | undefined;
+  constructor(
+    /** The revision this transaction's writes carry. */
+    readonly nextRevision: number,
+  ) {}
+}
+
+function destroyConnection(client: pg.ClientBase): void {
+  try {
+    (client as pg.Client).connection.stream.destroy();
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Reject with StoreUnavailableError if `p` is not settled within `ms` (the caller cleans up `p`'s resources). */
+function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(
+      () =>
+        reject(new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' })),
+      ms,
+    );
+    t.unref();
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
