@@ -17,7 +17,7 @@ import {
 import { openStore } from '../../src/store/open.js';
 import type { WatchHint } from '../../src/store/contract.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
-import { startPrivateRedis, type PrivateRedis } from './redis-private.js';
+import { startRedis, type ServerHandle } from '../harness/servers.js';
 
 const fresh = (): string => `t${randomBytes(5).toString('hex')}`;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -101,7 +101,7 @@ describe('redis URLs and options', () => {
 });
 
 describe('redis store on a private server', () => {
-  let server: PrivateRedis;
+  let server: ServerHandle;
   let raw: Redis;
   const stores: RedisStore[] = [];
   const open = async (
@@ -114,7 +114,7 @@ describe('redis store on a private server', () => {
   };
 
   beforeAll(async () => {
-    server = await startPrivateRedis();
+    server = await startRedis();
     raw = new Redis(server.port, '127.0.0.1', { lazyConnect: true });
     await raw.connect();
   });
@@ -330,13 +330,14 @@ describe('redis store on a private server', () => {
   });
 
   it('tells a session it expired when its server lost the data, and keeps revisions growing', async () => {
-    const own = await startPrivateRedis();
+    const own = await startRedis();
     try {
       const ns = fresh();
       const s = await createRedisStore({ url: own.url, namespace: ns, requestTimeoutMs: 1000 });
       try {
         const session = await s.openSession({ ttlMs: 2000 });
         const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'held', value: 'x', session }] });
+        await own.kill();
         await own.restart();
         expect(await eventually(() => session.state === 'expired', 5000)).toBe(true);
         expect(
@@ -357,7 +358,7 @@ describe('redis store on a private server', () => {
   });
 
   it('fails fast while the server is down, then recovers', async () => {
-    const own = await startPrivateRedis();
+    const own = await startRedis();
     try {
       const s = await createRedisStore({ url: own.url, namespace: fresh(), requestTimeoutMs: 3000 });
       try {

@@ -1,9 +1,9 @@
 import { createRedisStore } from '../../src/backends/redis/index.js';
-import { startPrivateRedis } from '../backends/redis-private.js';
+import { startRedis } from '../harness/servers.js';
 import { describeConformance } from './suite.js';
 
 describeConformance('redis', async () => {
-  const server = await startPrivateRedis();
+  const server = await startRedis();
   return {
     backend: 'redis',
     url: server.url,

@@ -12,7 +12,8 @@ import { createRedisStore, type RedisStore } from '../../src/backends/redis/inde
 import { SessionExpiredError, StoreUnavailableError } from '../../src/errors.js';
 import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
-import { startPrivateRedis, startTempProxy, type PrivateRedis, type TempProxy } from '../backends/redis-private.js';
+import { startProxy, type TcpProxy } from '../harness/proxy.js';
+import { startRedis, type ServerHandle } from '../harness/servers.js';
 
 const TTL_MS = 2000;
 const REQUEST_TIMEOUT_MS = 500;
@@ -55,8 +56,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-async function server(opts: { appendOnly?: boolean } = {}): Promise<PrivateRedis> {
-  const s = await startPrivateRedis(opts);
+async function server(opts: { appendOnly?: boolean } = {}): Promise<ServerHandle> {
+  const s = await startRedis(opts);
   cleanups.push(() => s.stop());
   return s;
 }
@@ -172,6 +173,7 @@ describe('redis faults', () => {
     const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
     const before = (await b.range('')).revision;
     const n = log.hints.length;
+    await srv.kill();
     await srv.restart();
     // The keep-alive loop reaches the restarted server, which still holds the session.
     expect(
@@ -211,6 +213,7 @@ describe('redis faults', () => {
     const { a, b, session, lead, log } = await leaderAndObserver(srv.url, srv.url);
     const before = (await b.range('')).revision;
     const n = log.hints.length;
+    await srv.kill();
     await srv.restart();
     // Well within the TTL: the local deadline has not passed, so it is the server that says so.
     expect(await eventually(() => session.state === 'expired', TTL_MS)).toBe(true);
@@ -232,7 +235,7 @@ describe('redis faults', () => {
 
   it('client blackholed past the TTL: it stops on its own, the server expires it, and it recovers after healing', async () => {
     const srv = await server();
-    const proxy: TempProxy = await startTempProxy({ host: '127.0.0.1', port: srv.port });
+    const proxy: TcpProxy = await startProxy({ host: '127.0.0.1', port: srv.port });
     cleanups.push(() => proxy.close());
     const { a, b, session, lead, log } = await leaderAndObserver(`redis://127.0.0.1:${proxy.port}`, srv.url);
     const logA = new HintLog();
@@ -269,7 +272,7 @@ describe('redis faults', () => {
 
   it('a connection that lost bytes never hands one request the reply of another', async () => {
     const srv = await server();
-    const proxy: TempProxy = await startTempProxy({ host: '127.0.0.1', port: srv.port });
+    const proxy: TcpProxy = await startProxy({ host: '127.0.0.1', port: srv.port });
     cleanups.push(() => proxy.close());
     const ns = `f${randomBytes(5).toString('hex')}`;
     const s = await createRedisStore({ url: `redis://127.0.0.1:${proxy.port}`, namespace: ns, requestTimeoutMs: 2000 });
