@@ -19,6 +19,7 @@ export type {
   Store,
   StoreLimits,
   TimerHandle,
+  TimerOptions,
   Txn,
   TxnResult,
   WatchHint,

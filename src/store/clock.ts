@@ -1,18 +1,20 @@
-import type { Clock, TimerHandle } from './contract.js';
+import type { Clock, TimerHandle, TimerOptions } from './contract.js';
 
 interface RealTimer extends TimerHandle {
   readonly __timer: NodeJS.Timeout;
 }
 
 /**
- * The process's monotonic clock (performance.now), with Node timers. Timers
- * are unref'd so that a forgotten keep-alive loop never keeps a process alive.
+ * The process's monotonic clock (performance.now), with Node timers.
+ * Background timers are unref'd so that a forgotten keep-alive loop never
+ * keeps a process alive; request deadlines are not, so that a process
+ * awaiting a request does not exit while nothing else is pending.
  */
 export const systemClock: Clock = {
   now: () => performance.now(),
-  setTimeout(fn, delayMs) {
+  setTimeout(fn, delayMs, options?: TimerOptions) {
     const t = setTimeout(fn, Math.max(0, delayMs));
-    t.unref();
+    if (options?.background === true) t.unref();
     return { __timer: t } satisfies RealTimer;
   },
   clearTimeout(handle) {
@@ -147,8 +149,8 @@ export class ScaledClock implements Clock {
     return this.#offset + (this.#base.now() - this.#origin) * this.#rate;
   }
 
-  setTimeout(fn: () => void, delayMs: number): TimerHandle {
-    return this.#base.setTimeout(fn, Math.max(0, delayMs) / this.#rate);
+  setTimeout(fn: () => void, delayMs: number, options?: TimerOptions): TimerHandle {
+    return this.#base.setTimeout(fn, Math.max(0, delayMs) / this.#rate, options);
   }
 
   clearTimeout(handle: TimerHandle): void {

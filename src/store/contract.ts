@@ -188,8 +188,17 @@ export interface StoreLimits {
 export interface Clock {
   /** Monotonic milliseconds; never goes backwards. */
   now(): number;
-  setTimeout(fn: () => void, delayMs: number): TimerHandle;
+  /**
+   * Call `fn` after `delayMs`. A `background` timer (keep-alive loops, expiry
+   * checks) does not keep the process alive; any other timer does, so that a
+   * process awaiting a store request with a deadline does not exit early.
+   */
+  setTimeout(fn: () => void, delayMs: number, options?: TimerOptions): TimerHandle;
   clearTimeout(handle: TimerHandle): void;
+}
+
+export interface TimerOptions {
+  readonly background?: boolean | undefined;
 }
 
 export interface TimerHandle {

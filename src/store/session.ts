@@ -8,6 +8,9 @@
 import { SessionExpiredError, StoreUnavailableError } from '../errors.js';
 import type { Clock, Session, SessionEnd, SessionState, TimerHandle } from './contract.js';
 
+/** Keep-alive and deadline timers must not keep a process alive on their own. */
+const BACKGROUND = { background: true } as const;
+
 export interface SessionDriver {
   /**
    * Extend the session on the server. Resolve `alive` when the server
@@ -130,36 +133,44 @@ export class ManagedSession implements Session {
 
   #schedule(delayMs: number): void {
     if (this.#loopTimer !== undefined) this.#opts.clock.clearTimeout(this.#loopTimer);
-    this.#loopTimer = this.#opts.clock.setTimeout(() => {
-      this.#loopTimer = undefined;
-      if (!this.usable) return;
-      this.keepAlive().then(
-        () => this.#schedule(this.#intervalMs()),
-        () => {
-          if (this.usable) this.#schedule(this.#retryMs());
-        },
-      );
-    }, delayMs);
+    this.#loopTimer = this.#opts.clock.setTimeout(
+      () => {
+        this.#loopTimer = undefined;
+        if (!this.usable) return;
+        this.keepAlive().then(
+          () => this.#schedule(this.#intervalMs()),
+          () => {
+            if (this.usable) this.#schedule(this.#retryMs());
+          },
+        );
+      },
+      delayMs,
+      BACKGROUND,
+    );
   }
 
   #armDeadline(): void {
     const clock = this.#opts.clock;
     if (this.#deadlineTimer !== undefined) clock.clearTimeout(this.#deadlineTimer);
-    this.#deadlineTimer = clock.setTimeout(() => {
-      this.#deadlineTimer = undefined;
-      if (!this.usable) return;
-      if (clock.now() >= this.#safeUntilMs) {
-        this.#end(
-          'expired',
-          new SessionExpiredError(
-            this.id,
-            `session ${this.id}: no keep-alive acknowledged within its TTL; treating it as expired`,
-          ),
-        );
-      } else {
-        this.#armDeadline();
-      }
-    }, this.#safeUntilMs - clock.now());
+    this.#deadlineTimer = clock.setTimeout(
+      () => {
+        this.#deadlineTimer = undefined;
+        if (!this.usable) return;
+        if (clock.now() >= this.#safeUntilMs) {
+          this.#end(
+            'expired',
+            new SessionExpiredError(
+              this.id,
+              `session ${this.id}: no keep-alive acknowledged within its TTL; treating it as expired`,
+            ),
+          );
+        } else {
+          this.#armDeadline();
+        }
+      },
+      this.#safeUntilMs - clock.now(),
+      BACKGROUND,
+    );
   }
 
   async #sendKeepAlive(): Promise<void> {

@@ -124,12 +124,16 @@ export class MemoryServer {
   }
 
   #armExpiry(s: ServerSession): void {
-    s.timer = this.clock.setTimeout(() => {
-      s.timer = undefined;
-      if (!this.#sessions.has(s.id)) return;
-      if (this.clock.now() >= s.expiresAtMs) this.endSession(s.id);
-      else this.#armExpiry(s);
-    }, s.expiresAtMs - this.clock.now());
+    s.timer = this.clock.setTimeout(
+      () => {
+        s.timer = undefined;
+        if (!this.#sessions.has(s.id)) return;
+        if (this.clock.now() >= s.expiresAtMs) this.endSession(s.id);
+        else this.#armExpiry(s);
+      },
+      s.expiresAtMs - this.clock.now(),
+      { background: true },
+    );
   }
 
   // ---- key bookkeeping ------------------------------------------------------

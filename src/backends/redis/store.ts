@@ -561,6 +561,7 @@ export class RedisStore implements Store {
         });
       },
       fast ? this.#intervalMs : this.#intervalMs * IDLE_FACTOR,
+      { background: true },
     );
   }
 

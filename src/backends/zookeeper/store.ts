@@ -612,23 +612,27 @@ export class ZookeeperStore implements Store {
     if (this.#closed) return;
     const granted = this.#main?.sessionTimeoutMs ?? this.#connectionSessionTimeoutMs;
     const intervalMs = Math.max(100, Math.min(1000, Math.floor(granted / 3)));
-    this.#watchdog = this.clock.setTimeout(() => {
-      this.#watchdog = undefined;
-      const conn = this.#main;
-      if (this.#closed || conn === undefined || this.#mainReplacing !== undefined || conn.expired) {
-        this.#scheduleWatchdog();
-        return;
-      }
-      const probeMs = Math.max(100, Math.min(this.#timeoutMs, Math.floor((granted * 2) / 3)));
-      conn.exists(this.nsPath, undefined, probeMs).then(
-        () => this.#scheduleWatchdog(),
-        (err: unknown) => {
-          if (err instanceof ZkSessionExpired) this.#replaceMain(conn);
-          else conn.forceReconnect();
+    this.#watchdog = this.clock.setTimeout(
+      () => {
+        this.#watchdog = undefined;
+        const conn = this.#main;
+        if (this.#closed || conn === undefined || this.#mainReplacing !== undefined || conn.expired) {
           this.#scheduleWatchdog();
-        },
-      );
-    }, intervalMs);
+          return;
+        }
+        const probeMs = Math.max(100, Math.min(this.#timeoutMs, Math.floor((granted * 2) / 3)));
+        conn.exists(this.nsPath, undefined, probeMs).then(
+          () => this.#scheduleWatchdog(),
+          (err: unknown) => {
+            if (err instanceof ZkSessionExpired) this.#replaceMain(conn);
+            else conn.forceReconnect();
+            this.#scheduleWatchdog();
+          },
+        );
+      },
+      intervalMs,
+      { background: true },
+    );
   }
 
   // ---- layout -------------------------------------------------------------------
@@ -1215,10 +1219,14 @@ class PrefixWatcher {
 
   #scheduleRetry(): void {
     if (!this.#open || this.#retryTimer !== undefined) return;
-    this.#retryTimer = this.#store.clock.setTimeout(() => {
-      this.#retryTimer = undefined;
-      this.#request('resync');
-    }, 250);
+    this.#retryTimer = this.#store.clock.setTimeout(
+      () => {
+        this.#retryTimer = undefined;
+        this.#request('resync');
+      },
+      250,
+      { background: true },
+    );
   }
 
   /** Set the watches; returns the newest zxid seen on the watched znodes (at least that of the change that fired). */
