@@ -19,7 +19,11 @@ export function round(x: number, digits = 3): number {
 }
 
 /** Time `n` sequential runs of `fn` after `warmup` unmeasured ones. */
-export async function measure(fn: () => Promise<unknown>, n: number, warmup = Math.ceil(n / 10)): Promise<LatencyStats> {
+export async function measure(
+  fn: () => Promise<unknown>,
+  n: number,
+  warmup = Math.ceil(n / 10),
+): Promise<LatencyStats> {
   for (let i = 0; i < warmup; i++) await fn();
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -33,5 +37,7 @@ export async function measure(fn: () => Promise<unknown>, n: number, warmup = Ma
 /** Print a table of rows (first row = header). */
 export function table(rows: readonly (readonly string[])[]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '))
+    .join('\n');
 }

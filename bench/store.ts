@@ -13,13 +13,7 @@ import { join } from 'node:path';
 import type { Store } from '../src/store/contract.js';
 import { Election } from '../src/store/election.js';
 import { openStore } from '../src/store/open.js';
-import {
-  startEtcd,
-  startPostgres,
-  startRedis,
-  startZookeeper,
-  stopAllServers,
-} from '../test/harness/servers.js';
+import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
 import { measure, round, table, type LatencyStats } from './stats.js';
 
 interface Fixture {
@@ -35,7 +29,12 @@ const ALL = ['memory', 'sqlite', 'postgres', 'redis', 'etcd', 'zookeeper'] as co
 async function fixture(backend: string): Promise<Fixture> {
   switch (backend) {
     case 'memory':
-      return { url: 'memory:', rawName: 'resolved promise', raw: () => Promise.resolve(), close: async () => undefined };
+      return {
+        url: 'memory:',
+        rawName: 'resolved promise',
+        raw: () => Promise.resolve(),
+        close: async () => undefined,
+      };
     case 'sqlite': {
       const dir = mkdtempSync(join(tmpdir(), 'rebalancer-bench-'));
       const file = join(dir, 'bench.db');
@@ -107,7 +106,9 @@ async function fixture(backend: string): Promise<Fixture> {
         url: server.url,
         rawName: 'exists',
         raw: () =>
-          new Promise<void>((resolve, reject) => client.exists('/bench-missing', (err) => (err ? reject(err) : resolve()))),
+          new Promise<void>((resolve, reject) =>
+            client.exists('/bench-missing', (err) => (err ? reject(err) : resolve())),
+          ),
         close: async () => {
           client.close();
           await server.stop();
@@ -197,7 +198,7 @@ export async function run(args: string[]): Promise<void> {
     ]);
   }
   process.stdout.write(`${table(rows)}\n`);
-  process.stdout.write('ratios: each operation\'s median over the raw client round trip measured in the same run\n');
+  process.stdout.write("ratios: each operation's median over the raw client round trip measured in the same run\n");
   if (json) process.stdout.write(`${JSON.stringify({ bench: 'store', n, results })}\n`);
   if (Object.values(results).some((r) => 'error' in r)) process.exitCode = 1;
 }

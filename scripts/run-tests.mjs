@@ -71,7 +71,8 @@ if (checkConformance) {
     const row = perBackend.get(b);
     const ok = row !== undefined && row.passed > 0 && row.failed === 0 && row.skipped === 0;
     if (!ok) conformanceOk = false;
-    const detail = row === undefined ? 'DID NOT RUN' : `${row.passed} passed, ${row.failed} failed, ${row.skipped} skipped`;
+    const detail =
+      row === undefined ? 'DID NOT RUN' : `${row.passed} passed, ${row.failed} failed, ${row.skipped} skipped`;
     console.log(`  ${ok ? 'PASS' : 'FAIL'}  ${b.padEnd(10)} ${detail}`);
   }
 }

@@ -8,8 +8,8 @@ describeConformance('memory', async () => {
     backend: 'memory',
     url: undefined,
     ttlMs: 1000,
-    // The memory server expires a session exactly at its deadline.
-    expiryBoundMs: 200,
+    // The memory server expires a session exactly at its deadline; the rest is event-loop lag on a loaded machine.
+    expiryBoundMs: 500,
     open: (namespace) => Promise.resolve(new MemoryStore({ server, namespace })),
     client: (namespace) => {
       const store = new MemoryStore({ server, namespace });
