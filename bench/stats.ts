@@ -41,3 +41,30 @@ export function table(rows: readonly (readonly string[])[]): string {
     .map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '))
     .join('\n');
 }
+
+/**
+ * Measure several operations in interleaved rounds, so that drift in machine
+ * load affects each of them alike and their ratios stay meaningful.
+ */
+export async function measureInterleaved(
+  ops: Readonly<Record<string, () => Promise<unknown>>>,
+  n: number,
+  rounds = 5,
+): Promise<Record<string, LatencyStats>> {
+  const samples: Record<string, number[]> = {};
+  for (const name of Object.keys(ops)) samples[name] = [];
+  const per = Math.max(1, Math.ceil(n / rounds));
+  for (const fn of Object.values(ops)) for (let i = 0; i < Math.ceil(per / 5); i++) await fn(); // warm-up
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, fn] of Object.entries(ops)) {
+      for (let i = 0; i < per; i++) {
+        const t0 = performance.now();
+        await fn();
+        samples[name]!.push(performance.now() - t0);
+      }
+    }
+  }
+  const out: Record<string, LatencyStats> = {};
+  for (const [name, xs] of Object.entries(samples)) out[name] = stats(xs);
+  return out;
+}

@@ -14,7 +14,7 @@ import type { Store } from '../src/store/contract.js';
 import { Election } from '../src/store/election.js';
 import { openStore } from '../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
-import { measure, round, table, type LatencyStats } from './stats.js';
+import { measureInterleaved, round, table, type LatencyStats } from './stats.js';
 
 interface Fixture {
   url: string;
@@ -136,14 +136,21 @@ async function benchBackend(backend: string, n: number): Promise<BackendResult> 
     const session = await s.openSession({ ttlMs: 10_000 });
     const leadership = await new Election(s, { prefix: 'bench/leader/' }).campaign(session, 'bench');
     await s.txn({ compare: [], then: [{ op: 'put', key: 'bench/k', value: 'x'.repeat(64) }] });
-    const raw = await measure(fx.raw, n);
-    const get = await measure(() => s.get('bench/k'), n);
     let i = 0;
-    const guardedTxn = await measure(
-      () => s.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'bench/g', value: String(i++) }] }),
+    const m = await measureInterleaved(
+      {
+        raw: fx.raw,
+        get: () => s.get('bench/k'),
+        guardedTxn: () =>
+          s.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'bench/g', value: String(i++) }] }),
+        keepAlive: () => session.keepAlive(),
+      },
       n,
     );
-    const keepAlive = await measure(() => session.keepAlive(), n);
+    const raw = m['raw']!;
+    const get = m['get']!;
+    const guardedTxn = m['guardedTxn']!;
+    const keepAlive = m['keepAlive']!;
     await session.close();
     const ratio = (x: LatencyStats): number => round(x.p50Ms / Math.max(raw.p50Ms, 0.001), 2);
     return {
