@@ -35,9 +35,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Temp dirs of servers are `os.tmpdir()/rebalancer-test-<kind>-XXXXXX`. */
 export const TEMP_DIR_PREFIX = 'rebalancer-test-';
-/** Where records of live servers and port reservations are kept. */
-export const REGISTRY_DIR = join(tmpdir(), 'rebalancer-test-servers');
-const PORTS_DIR = join(REGISTRY_DIR, 'ports');
+const SHARED_DIR = join(tmpdir(), 'rebalancer-test-servers');
+/**
+ * Overrides where instance records are kept; only the harness's own tests set
+ * it, so that other harness processes' reapers stay out of their way.
+ */
+const REGISTRY_DIR_ENV = 'REBALANCER_TEST_REGISTRY_DIR';
+/** Where the records of live server instances are kept, one file each. */
+export const REGISTRY_DIR = process.env[REGISTRY_DIR_ENV] || SHARED_DIR;
+/** Port reservations are always machine-wide. */
+const PORTS_DIR = join(SHARED_DIR, 'ports');
 
 /**
  * Set to 1 only by the harness's own tests: lets them simulate a runner whose
@@ -175,7 +182,7 @@ function killRecordedSync(id: ProcessIdentity): void {
 
 /** Delete a temp dir, but only one that has the shape of ours. */
 function removeTempDirSync(dir: string): void {
-  if (dirname(dir) !== tmpdir() || !basename(dir).startsWith(TEMP_DIR_PREFIX) || dir === REGISTRY_DIR) {
+  if (dirname(dir) !== tmpdir() || !basename(dir).startsWith(TEMP_DIR_PREFIX) || dir === SHARED_DIR) {
     return;
   }
   // maxRetries: a process killed a moment ago may still be finishing a write.
@@ -233,12 +240,13 @@ function isOwnedRecord(value: unknown): value is OwnedRecord {
  * Kill and delete what harness processes that no longer exist left behind.
  * Runs synchronously at module load; exported for the harness's own tests.
  */
-export function reapLeftovers(): { readonly reapedInstances: number } {
+export function reapLeftovers(registryDir: string = REGISTRY_DIR): { readonly reapedInstances: number } {
   mkdirSync(PORTS_DIR, { recursive: true });
+  mkdirSync(registryDir, { recursive: true });
   let reapedInstances = 0;
-  for (const name of readdirSync(REGISTRY_DIR)) {
+  for (const name of readdirSync(registryDir)) {
     if (!name.endsWith('.json')) continue;
-    const path = join(REGISTRY_DIR, name);
+    const path = join(registryDir, name);
     const record = readJson(path);
     // A record being written right now by a live owner is never half-visible
     // (atomic rename), so an unreadable one is debris.
