@@ -6,8 +6,7 @@
  * concurrently: they are mostly waiting, and RabbitMQ alone takes seconds.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,10 +15,10 @@ import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
 import zookeeper from 'node-zookeeper-client';
 import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allocatePorts } from './ports.js';
 import { AMQP_PROTOCOL_HEADER } from './probes.js';
-import { descendantsOf, isProcessAlive, reapLeftovers, REGISTRY_DIR, releasePort } from './processes.js';
+import { descendantsOf, Instance, isProcessAlive, reapLeftovers, REGISTRY_DIR, releasePort } from './processes.js';
 import { startProxy } from './proxy.js';
 import {
   startEtcd,
@@ -44,7 +43,13 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
   // Rejections are observed later by the caller; this only measures timing.
   promise.catch(() => undefined);
   const timeout = sleep(ms).then(() => false);
-  return Promise.race([promise.then(() => true, () => true), timeout]);
+  return Promise.race([
+    promise.then(
+      () => true,
+      () => true,
+    ),
+    timeout,
+  ]);
 }
 
 async function expectRestartedOnSamePort(server: ServerHandle, oldPid: number | undefined): Promise<void> {
@@ -149,7 +154,9 @@ describe('servers', () => {
 
     // A server that cannot start fails fast, with its own words in the error.
     writeFileSync(join(server.dataDir, 'data', 'postgresql.auto.conf'), 'this is not = valid = config\n');
-    await expect(server.restart()).rejects.toThrow(/exited .*before it was ready[\s\S]*log tail[\s\S]*postgresql\.auto\.conf/);
+    await expect(server.restart()).rejects.toThrow(
+      /exited .*before it was ready[\s\S]*log tail[\s\S]*postgresql\.auto\.conf/,
+    );
     expect(server.running).toBe(false);
   });
 
@@ -269,9 +276,16 @@ describe('servers', () => {
 
   it('stopAllServers leaves no process, dir or record behind', async () => {
     expect(started.length).toBe(5);
-    const pids = started.flatMap((s) => (s.pid === undefined ? [] : [s.pid, ...descendantsOf(s.pid).map((d) => d.pid)]));
+    const pids = started.flatMap((s) =>
+      s.pid === undefined ? [] : [s.pid, ...descendantsOf(s.pid).map((d) => d.pid)],
+    );
     // All but the PostgreSQL server (left broken on purpose) are running.
-    expect(started.filter((s) => s.running).map((s) => s.kind).sort()).toEqual(['etcd', 'rabbitmq', 'redis', 'zookeeper']);
+    expect(
+      started
+        .filter((s) => s.running)
+        .map((s) => s.kind)
+        .sort(),
+    ).toEqual(['etcd', 'rabbitmq', 'redis', 'zookeeper']);
     const dirs = started.map((s) => s.dataDir);
     await stopAllServers();
     expect(pids.filter(isProcessAlive)).toEqual([]);
@@ -284,10 +298,17 @@ describe('servers', () => {
 
 describe('cleanup when the owner process ends', () => {
   const fixture = fileURLToPath(new URL('./fixtures/owner.ts', import.meta.url));
-  // The owners record their servers here, out of sight of the reapers of
-  // other harness processes, which would otherwise race these tests.
-  const privateRegistry = mkdtempSync(join(tmpdir(), 'rebalancer-harness-registry-'));
-  afterAll(() => rmSync(privateRegistry, { recursive: true, force: true }));
+  // The owners record their servers in a registry of their own, out of
+  // sight of the reapers of other harness processes, which would otherwise
+  // race these tests. A tracked scratch dir, so even an interrupted run
+  // leaves nothing behind.
+  let scratch: Instance;
+  let privateRegistry = '';
+  beforeAll(() => {
+    scratch = new Instance('registry');
+    privateRegistry = scratch.dir;
+  });
+  afterAll(() => scratch.dispose());
 
   /** Start the fixture; resolves once its Redis is up. */
   async function startOwner(mode: 'wait' | 'throw', pdeathsig: boolean) {

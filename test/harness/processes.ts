@@ -326,10 +326,10 @@ export class ManagedProcess {
     if (spec.user !== undefined) {
       wrapper.push(`--reuid=${spec.user}`, `--regid=${spec.user}`, '--init-groups');
     }
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    for (const [key, value] of Object.entries(spec.env ?? {})) {
-      if (value === undefined) delete env[key];
-      else env[key] = value;
+    const overrides = spec.env ?? {};
+    const env: NodeJS.ProcessEnv = {};
+    for (const [key, value] of Object.entries({ ...process.env, ...overrides })) {
+      if (value !== undefined) env[key] = value;
     }
     const logFd = openSync(spec.logPath, 'a');
     try {
