@@ -38,18 +38,16 @@ const started: ServerHandle[] = [];
 
 afterAll(stopAllServers);
 
-/** Whether `promise` settles within `ms`; it keeps running either way. */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  // Rejections are observed later by the caller; this only measures timing.
-  promise.catch(() => undefined);
-  const timeout = sleep(ms).then(() => false);
-  return Promise.race([
-    promise.then(
-      () => true,
-      () => true,
-    ),
-    timeout,
-  ]);
+/**
+ * What `promise` did within `ms`: 'pending', or how it settled (so a failed
+ * expectation says what came back instead). It keeps running either way.
+ */
+async function outcomeWithin(promise: Promise<unknown>, ms: number): Promise<string> {
+  const settled = promise.then(
+    (value) => `resolved: ${String(value)}`,
+    (err: unknown) => `rejected: ${String(err)}`,
+  );
+  return Promise.race([settled, sleep(ms).then(() => 'pending')]);
 }
 
 async function expectRestartedOnSamePort(server: ServerHandle, oldPid: number | undefined): Promise<void> {
@@ -106,7 +104,7 @@ describe('servers', () => {
 
     redis.pause();
     const whilePaused = client.get('harness');
-    expect(await settlesWithin(whilePaused, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(whilePaused, PAUSED_WINDOW_MS)).toBe('pending');
     redis.resume();
     await expect(whilePaused).resolves.toBe('before-crash');
 
@@ -138,7 +136,7 @@ describe('servers', () => {
     // group (it calls setsid); pause() must still reach it.
     server.pause();
     const whilePaused = client.query('SELECT v FROM harness');
-    expect(await settlesWithin(whilePaused, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(whilePaused, PAUSED_WINDOW_MS)).toBe('pending');
     server.resume();
     expect((await whilePaused).rows).toEqual([{ v: 'before-crash' }]);
 
@@ -169,7 +167,7 @@ describe('servers', () => {
 
     server.pause();
     const whilePaused = client.get('harness').string();
-    expect(await settlesWithin(whilePaused, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(whilePaused, PAUSED_WINDOW_MS)).toBe('pending');
     server.resume();
     await expect(whilePaused).resolves.toBe('before-crash');
 
@@ -206,7 +204,7 @@ describe('servers', () => {
 
     server.pause();
     const whilePaused = getData(client);
-    expect(await settlesWithin(whilePaused, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(whilePaused, PAUSED_WINDOW_MS)).toBe('pending');
     server.resume();
     await expect(whilePaused).resolves.toBe('before-crash');
 
@@ -215,7 +213,7 @@ describe('servers', () => {
     // queued across reconnects, so give it the window to send first.)
     server.pause();
     const inFlight = getData(client);
-    expect(await settlesWithin(inFlight, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(inFlight, PAUSED_WINDOW_MS)).toBe('pending');
     const pid = server.pid;
     await server.kill();
     await expect(inFlight).rejects.toThrow(/CONNECTION_LOSS/);
@@ -242,7 +240,7 @@ describe('servers', () => {
     server.pause();
     // The kernel still accepts the connection; nothing answers it.
     const whilePaused = amqpHello(server.port);
-    expect(await settlesWithin(whilePaused.reply, PAUSED_WINDOW_MS)).toBe(false);
+    expect(await outcomeWithin(whilePaused.reply, PAUSED_WINDOW_MS)).toBe('pending');
     server.resume();
     expect((await whilePaused.reply)[0]).toBe(1);
     whilePaused.socket.destroy();
@@ -318,7 +316,7 @@ describe('cleanup when the owner process ends', () => {
         REBALANCER_TEST_NO_PDEATHSIG: pdeathsig ? '0' : '1',
         REBALANCER_TEST_REGISTRY_DIR: privateRegistry,
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
     });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -353,6 +351,7 @@ describe('cleanup when the owner process ends', () => {
 
   it.concurrent('an uncaught exception in the owner kills its servers', async () => {
     const { child, server, exited } = await startOwner('throw', false);
+    child.stdin.write('throw\n');
     await exited;
     expect(child.exitCode).not.toBe(0);
     await expectGone(server);
@@ -415,12 +414,12 @@ describe('proxy', () => {
       await client.set('via-proxy', 'yes');
 
       proxy.setMode('blackhole');
-      expect(await settlesWithin(ping(socket), PAUSED_WINDOW_MS)).toBe(false);
-      expect(await settlesWithin(client.get('via-proxy'), PAUSED_WINDOW_MS)).toBe(false);
+      expect(await outcomeWithin(ping(socket), PAUSED_WINDOW_MS)).toBe('pending');
+      expect(await outcomeWithin(client.get('via-proxy'), PAUSED_WINDOW_MS)).toBe('pending');
       // New connections are accepted, and blackholed too.
       const late = await rawConnect(proxy.port);
       late.on('error', () => undefined);
-      expect(await settlesWithin(ping(late), PAUSED_WINDOW_MS)).toBe(false);
+      expect(await outcomeWithin(ping(late), PAUSED_WINDOW_MS)).toBe('pending');
       expect(proxy.connectionCount).toBe(3);
 
       const closed = new Promise<boolean>((resolve) => socket.once('close', (hadError) => resolve(hadError)));

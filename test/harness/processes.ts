@@ -140,6 +140,28 @@ function groupHasLiveMember(pgid: number): boolean {
   return scanProcesses().some((p) => p.pgrp === pgid && p.state !== 'Z');
 }
 
+const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4));
+
+/** Every thread of `pid` is stopped (or the process is gone). */
+function allThreadsStopped(pid: number): boolean {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return true;
+  }
+  return tids.every((tid) => {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      return true;
+    }
+    const state = text.slice(text.lastIndexOf(')') + 2, text.lastIndexOf(')') + 3);
+    return state === 'T' || state === 't' || state === 'Z' || state === 'X';
+  });
+}
+
 function killIfSame(id: ProcessIdentity): void {
   if (isSameProcessAlive(id)) signalQuietly(id.pid, 'SIGKILL');
 }
@@ -374,9 +396,31 @@ export class ManagedProcess {
    * leave the postmaster's group. The group goes first so that a SIGSTOP
    * freezes the parent before its children are listed (no fork can slip in).
    */
-  signalTree(signal: NodeJS.Signals): void {
+  signalTree(signal: NodeJS.Signals): number[] {
     signalQuietly(-this.pid, signal);
-    for (const id of descendantsOf(this.pid)) signalQuietly(id.pid, signal);
+    const descendants = descendantsOf(this.pid).map((id) => id.pid);
+    for (const pid of descendants) signalQuietly(pid, signal);
+    return [this.pid, ...descendants];
+  }
+
+  /**
+   * SIGSTOP the tree and return only once every thread of it has stopped.
+   * kill() returns before that: the kernel stops a multi-threaded process
+   * only when the thread picked to take the signal gets to run, and until
+   * then its other threads keep serving (seen here with ZooKeeper's JVM
+   * answering a request 'after' the pause on a loaded machine).
+   */
+  stopTreeSync(timeoutMs: number): void {
+    const pids = this.signalTree('SIGSTOP');
+    const deadline = Date.now() + timeoutMs;
+    while (!pids.every(allThreadsStopped)) {
+      if (Date.now() >= deadline) {
+        throw new Error(`process tree of ${this.pid} did not stop within ${timeoutMs} ms (a thread in D state?)`);
+      }
+      // A synchronous 1 ms sleep: pause() is synchronous, and usually this
+      // takes well under a millisecond.
+      Atomics.wait(SLEEP_CELL, 0, 0, 1);
+    }
   }
 
   /** SIGKILL the tree without waiting; safe inside a process 'exit' hook. */

@@ -45,7 +45,10 @@ export interface ServerHandle {
   stop(): Promise<void>;
   /** SIGKILL the process group and all descendants, and wait until they are gone. */
   kill(): Promise<void>;
-  /** SIGSTOP the server's process group and all its descendants: the port still accepts, nothing answers. */
+  /**
+   * SIGSTOP the server's process group and all its descendants; returns once
+   * every thread is stopped. The port still accepts, nothing answers.
+   */
   pause(): void;
   /** SIGCONT what pause() stopped. */
   resume(): void;
@@ -65,6 +68,8 @@ const HOST = '127.0.0.1';
 const PROBE_TIMEOUT_MS = 1000;
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
+/** Bound for every thread of a paused server to actually stop. */
+const PAUSE_TIMEOUT_MS = 5000;
 const LOG_TAIL_LINES = 40;
 /** Starting again with fresh ports after "address in use" (a port taken outside the harness). */
 const MAX_START_ATTEMPTS = 4;
@@ -222,7 +227,7 @@ class Server implements ServerHandle {
 
   pause(): void {
     if (this.#proc === undefined || !this.running) throw new Error(`${this.kind} is not running`);
-    this.#proc.signalTree('SIGSTOP');
+    this.#proc.stopTreeSync(PAUSE_TIMEOUT_MS);
   }
 
   resume(): void {
