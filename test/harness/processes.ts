@@ -35,9 +35,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Temp dirs of servers are `os.tmpdir()/rebalancer-test-<kind>-XXXXXX`. */
 export const TEMP_DIR_PREFIX = 'rebalancer-test-';
-/** Where records of live servers and port reservations are kept. */
-export const REGISTRY_DIR = join(tmpdir(), 'rebalancer-test-servers');
-const PORTS_DIR = join(REGISTRY_DIR, 'ports');
+const SHARED_DIR = join(tmpdir(), 'rebalancer-test-servers');
+/**
+ * Overrides where instance records are kept; only the harness's own tests set
+ * it, so that other harness processes' reapers stay out of their way.
+ */
+const REGISTRY_DIR_ENV = 'REBALANCER_TEST_REGISTRY_DIR';
+/** Where the records of live server instances are kept, one file each. */
+export const REGISTRY_DIR = process.env[REGISTRY_DIR_ENV] || SHARED_DIR;
+/** Port reservations are always machine-wide. */
+const PORTS_DIR = join(SHARED_DIR, 'ports');
 
 /**
  * Set to 1 only by the harness's own tests: lets them simulate a runner whose
@@ -133,6 +140,28 @@ function groupHasLiveMember(pgid: number): boolean {
   return scanProcesses().some((p) => p.pgrp === pgid && p.state !== 'Z');
 }
 
+const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4));
+
+/** Every thread of `pid` is stopped (or the process is gone). */
+function allThreadsStopped(pid: number): boolean {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return true;
+  }
+  return tids.every((tid) => {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      return true;
+    }
+    const state = text.slice(text.lastIndexOf(')') + 2, text.lastIndexOf(')') + 3);
+    return state === 'T' || state === 't' || state === 'Z' || state === 'X';
+  });
+}
+
 function killIfSame(id: ProcessIdentity): void {
   if (isSameProcessAlive(id)) signalQuietly(id.pid, 'SIGKILL');
 }
@@ -175,7 +204,7 @@ function killRecordedSync(id: ProcessIdentity): void {
 
 /** Delete a temp dir, but only one that has the shape of ours. */
 function removeTempDirSync(dir: string): void {
-  if (dirname(dir) !== tmpdir() || !basename(dir).startsWith(TEMP_DIR_PREFIX) || dir === REGISTRY_DIR) {
+  if (dirname(dir) !== tmpdir() || !basename(dir).startsWith(TEMP_DIR_PREFIX) || dir === SHARED_DIR) {
     return;
   }
   // maxRetries: a process killed a moment ago may still be finishing a write.
@@ -233,12 +262,13 @@ function isOwnedRecord(value: unknown): value is OwnedRecord {
  * Kill and delete what harness processes that no longer exist left behind.
  * Runs synchronously at module load; exported for the harness's own tests.
  */
-export function reapLeftovers(): { readonly reapedInstances: number } {
+export function reapLeftovers(registryDir: string = REGISTRY_DIR): { readonly reapedInstances: number } {
   mkdirSync(PORTS_DIR, { recursive: true });
+  mkdirSync(registryDir, { recursive: true });
   let reapedInstances = 0;
-  for (const name of readdirSync(REGISTRY_DIR)) {
+  for (const name of readdirSync(registryDir)) {
     if (!name.endsWith('.json')) continue;
-    const path = join(REGISTRY_DIR, name);
+    const path = join(registryDir, name);
     const record = readJson(path);
     // A record being written right now by a live owner is never half-visible
     // (atomic rename), so an unreadable one is debris.
@@ -318,10 +348,10 @@ export class ManagedProcess {
     if (spec.user !== undefined) {
       wrapper.push(`--reuid=${spec.user}`, `--regid=${spec.user}`, '--init-groups');
     }
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    for (const [key, value] of Object.entries(spec.env ?? {})) {
-      if (value === undefined) delete env[key];
-      else env[key] = value;
+    const overrides = spec.env ?? {};
+    const env: NodeJS.ProcessEnv = {};
+    for (const [key, value] of Object.entries({ ...process.env, ...overrides })) {
+      if (value !== undefined) env[key] = value;
     }
     const logFd = openSync(spec.logPath, 'a');
     try {
@@ -366,9 +396,31 @@ export class ManagedProcess {
    * leave the postmaster's group. The group goes first so that a SIGSTOP
    * freezes the parent before its children are listed (no fork can slip in).
    */
-  signalTree(signal: NodeJS.Signals): void {
+  signalTree(signal: NodeJS.Signals): number[] {
     signalQuietly(-this.pid, signal);
-    for (const id of descendantsOf(this.pid)) signalQuietly(id.pid, signal);
+    const descendants = descendantsOf(this.pid).map((id) => id.pid);
+    for (const pid of descendants) signalQuietly(pid, signal);
+    return [this.pid, ...descendants];
+  }
+
+  /**
+   * SIGSTOP the tree and return only once every thread of it has stopped.
+   * kill() returns before that: the kernel stops a multi-threaded process
+   * only when the thread picked to take the signal gets to run, and until
+   * then its other threads keep serving (seen here with ZooKeeper's JVM
+   * answering a request 'after' the pause on a loaded machine).
+   */
+  stopTreeSync(timeoutMs: number): void {
+    const pids = this.signalTree('SIGSTOP');
+    const deadline = Date.now() + timeoutMs;
+    while (!pids.every(allThreadsStopped)) {
+      if (Date.now() >= deadline) {
+        throw new Error(`process tree of ${this.pid} did not stop within ${timeoutMs} ms (a thread in D state?)`);
+      }
+      // A synchronous 1 ms sleep: pause() is synchronous, and usually this
+      // takes well under a millisecond.
+      Atomics.wait(SLEEP_CELL, 0, 0, 1);
+    }
   }
 
   /** SIGKILL the tree without waiting; safe inside a process 'exit' hook. */

@@ -66,10 +66,13 @@ class Lane {
       action();
       return;
     }
-    const timer = setTimeout(() => {
-      this.#timers.delete(timer);
-      action();
-    }, Math.max(0, this.#lastDeliveryAtMs - Date.now()));
+    const timer = setTimeout(
+      () => {
+        this.#timers.delete(timer);
+        action();
+      },
+      Math.max(0, this.#lastDeliveryAtMs - Date.now()),
+    );
     this.#timers.add(timer);
   }
 
@@ -151,7 +154,8 @@ class Connection {
       else if (clientGone) this.#toUpstream.afterPending(() => upstream.end());
     }
     if (this.#upstreamClosed === 'error') this.client.destroy();
-    else if (this.#upstreamEnded || this.#upstreamClosed === 'clean') this.#toClient.afterPending(() => this.client.end());
+    else if (this.#upstreamEnded || this.#upstreamClosed === 'clean')
+      this.#toClient.afterPending(() => this.client.end());
     if (this.#clientClosed !== 'no' && (upstream === undefined || this.#upstreamClosed !== 'no')) this.#finish();
   }
 

@@ -7,7 +7,17 @@
  * Every server runs in its own temp dir under os.tmpdir()/rebalancer-test-*
  * and its own process group; see processes.ts for how they are cleaned up.
  */
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync, chownSync, openSync, readSync, closeSync } from 'node:fs';
+import {
+  existsSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  chownSync,
+  openSync,
+  readSync,
+  closeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -35,7 +45,10 @@ export interface ServerHandle {
   stop(): Promise<void>;
   /** SIGKILL the process group and all descendants, and wait until they are gone. */
   kill(): Promise<void>;
-  /** SIGSTOP the server's process group and all its descendants: the port still accepts, nothing answers. */
+  /**
+   * SIGSTOP the server's process group and all its descendants; returns once
+   * every thread is stopped. The port still accepts, nothing answers.
+   */
   pause(): void;
   /** SIGCONT what pause() stopped. */
   resume(): void;
@@ -55,6 +68,8 @@ const HOST = '127.0.0.1';
 const PROBE_TIMEOUT_MS = 1000;
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
+/** Bound for every thread of a paused server to actually stop. */
+const PAUSE_TIMEOUT_MS = 5000;
 const LOG_TAIL_LINES = 40;
 /** Starting again with fresh ports after "address in use" (a port taken outside the harness). */
 const MAX_START_ATTEMPTS = 4;
@@ -160,7 +175,11 @@ class Server implements ServerHandle {
     const deadline = Date.now() + this.#def.readyTimeoutMs;
     for (;;) {
       if (proc.hasExited) {
-        throw await this.#startFailed(`exited (${proc.exitDescription ?? '?'}) before it was ready`, proc, logSinceStart);
+        throw await this.#startFailed(
+          `exited (${proc.exitDescription ?? '?'}) before it was ready`,
+          proc,
+          logSinceStart,
+        );
       }
       // Re-checked after the probe: another process on the port could answer
       // for a server that is dying of "address in use".
@@ -208,7 +227,7 @@ class Server implements ServerHandle {
 
   pause(): void {
     if (this.#proc === undefined || !this.running) throw new Error(`${this.kind} is not running`);
-    this.#proc.signalTree('SIGSTOP');
+    this.#proc.stopTreeSync(PAUSE_TIMEOUT_MS);
   }
 
   resume(): void {
@@ -285,6 +304,7 @@ export function startRedis(opts: { appendOnly?: boolean } = {}): Promise<ServerH
       launch: () => ({
         command: 'redis-server',
         // appendfsync always: every acknowledged write survives kill -9.
+        // prettier-ignore
         args: [
           '--port', String(port),
           '--bind', HOST,
@@ -315,7 +335,9 @@ function postgresBinDir(): string {
         .sort((a, b) => Number(b) - Number(a))
     : [];
   const newest = versions[0];
-  if (newest === undefined) throw new Error('PostgreSQL not found in /usr/lib/postgresql; run scripts/install-servers.sh');
+  if (newest === undefined) {
+    throw new Error('PostgreSQL not found in /usr/lib/postgresql; run scripts/install-servers.sh');
+  }
   return join(root, newest, 'bin');
 }
 
@@ -345,6 +367,7 @@ export function startPostgres(): Promise<ServerHandle> {
       stopGraceMs: STOP_GRACE_MS,
       launch: () => ({
         command: join(bin, 'postgres'),
+        // prettier-ignore
         args: [
           '-D', dataDir,
           '-p', String(port),
@@ -369,14 +392,24 @@ export function startPostgres(): Promise<ServerHandle> {
       const logPath = join(dir, 'initdb.log');
       const proc = instance.spawn({
         command: join(bin, 'initdb'),
-        args: ['-D', dataDir, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions'],
+        // prettier-ignore
+        args: [
+          '-D', dataDir,
+          '-U', 'postgres',
+          '-A', 'trust',
+          '-E', 'UTF8',
+          '--locale=C', '--no-sync', '--no-instructions',
+        ],
         user: 'postgres',
         logPath,
         cwd: dir,
       });
       if (!(await proc.waitExit(DEFAULT_READY_TIMEOUT_MS))) await proc.kill();
       if (proc.exitDescription !== 'exit code 0') {
-        throw new ServerStartError(`initdb failed (${proc.exitDescription ?? 'timed out'})`, lastLines(readFrom(logPath, 0), LOG_TAIL_LINES));
+        throw new ServerStartError(
+          `initdb failed (${proc.exitDescription ?? 'timed out'})`,
+          lastLines(readFrom(logPath, 0), LOG_TAIL_LINES),
+        );
       }
     };
     await startAll([server], initdb);
@@ -410,6 +443,7 @@ function etcdMember(member: EtcdMemberPorts, initialCluster: string, clusterToke
       command: 'etcd',
       // On restart the data dir already holds the membership; the --initial-*
       // flags are then ignored, so the same arguments serve both cases.
+      // prettier-ignore
       args: [
         '--name', name,
         '--data-dir', join(dir, 'data'),
@@ -524,7 +558,8 @@ export function startZookeeper(opts: { tickTimeMs?: number } = {}): Promise<Serv
           // No /tmp/hsperfdata_root/<pid> files left behind by kill -9.
           '-XX:-UsePerfData',
           '-Dorg.slf4j.simpleLogger.defaultLogLevel=info',
-          '-cp', classPath,
+          '-cp',
+          classPath,
           'org.apache.zookeeper.server.quorum.QuorumPeerMain',
           configPath,
         ],
