@@ -1,0 +1,239 @@
+/**
+ * Key layout and record codecs of the resource-group protocol
+ * (docs/protocol/groups.md). Everything read from the store is untrusted:
+ * decoders return a typed record or throw CorruptDataError naming the key.
+ */
+import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '../../errors.js';
+import { utf8Length } from '../../store/validate.js';
+
+export const GROUP_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+export const NODE_ID_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
+export const MAX_RESOURCE_BYTES = 256;
+export const PROTOCOL_VERSION = 1;
+
+export function validateGroupName(name: string): string {
+  if (typeof name !== 'string' || !GROUP_NAME_RE.test(name)) {
+    throw new InvalidArgumentError(
+      `group name ${JSON.stringify(name)} is invalid: use 1-64 characters of A-Z a-z 0-9 . _ -`,
+    );
+  }
+  return name;
+}
+
+export function validateNodeId(id: string): string {
+  if (typeof id !== 'string' || !NODE_ID_RE.test(id)) {
+    throw new InvalidArgumentError(
+      `node id ${JSON.stringify(id)} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ : @ - (e.g. a hostname or pod name)`,
+    );
+  }
+  return id;
+}
+
+/** Resource names: any well-formed Unicode except NUL and control characters, 1–256 UTF-8 bytes. */
+export function validateResourceName(name: string): string {
+  if (typeof name !== 'string' || name.length === 0) {
+    throw new InvalidArgumentError('resource name must be a non-empty string');
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(name)) {
+    throw new InvalidArgumentError(`resource name ${JSON.stringify(name)} contains control characters`);
+  }
+  if (!isWellFormed(name))
+    throw new InvalidArgumentError(`resource name ${JSON.stringify(name)} is not well-formed Unicode`);
+  const n = utf8Length(name);
+  if (n > MAX_RESOURCE_BYTES) {
+    throw new LimitExceededError(
+      'resource name bytes',
+      n,
+      MAX_RESOURCE_BYTES,
+      `resource name is ${n} UTF-8 bytes, above the limit of ${MAX_RESOURCE_BYTES}; use a shorter name or a hash of it`,
+    );
+  }
+  return name;
+}
+
+function isWellFormed(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (!(d >= 0xdc00 && d <= 0xdfff)) return false;
+      i++;
+    } else if (c >= 0xdc00 && c <= 0xdfff) return false;
+  }
+  return true;
+}
+
+/** The keys of one group. */
+export class GroupKeys {
+  readonly root: string;
+  readonly members: string;
+  readonly coordinator: string;
+  readonly resources: string;
+  readonly grants: string;
+  readonly held: string;
+  readonly acks: string;
+  readonly state: string;
+
+  constructor(group: string) {
+    validateGroupName(group);
+    this.root = `g/${group}/`;
+    this.members = `${this.root}members/`;
+    this.coordinator = `${this.root}coord/`;
+    this.resources = `${this.root}resources/`;
+    this.grants = `${this.root}grants/`;
+    this.held = `${this.root}held/`;
+    this.acks = `${this.root}acks/`;
+    this.state = `${this.root}state`;
+  }
+
+  member(nodeId: string): string {
+    return this.members + nodeId;
+  }
+  resource(name: string): string {
+    return this.resources + name;
+  }
+  grantsOf(nodeId: string): string {
+    return `${this.grants}${nodeId}/`;
+  }
+  grant(nodeId: string, name: string): string {
+    return `${this.grants}${nodeId}/${name}`;
+  }
+  heldKey(name: string): string {
+    return this.held + name;
+  }
+  ack(nodeId: string): string {
+    return this.acks + nodeId;
+  }
+  /** Split `grants/<node>/<name>` (relative to the grants prefix) into node and name. */
+  parseGrantKey(key: string): { nodeId: string; name: string } | undefined {
+    if (!key.startsWith(this.grants)) return undefined;
+    const rest = key.slice(this.grants.length);
+    const slash = rest.indexOf('/');
+    if (slash <= 0) return undefined;
+    return { nodeId: rest.slice(0, slash), name: rest.slice(slash + 1) };
+  }
+}
+
+// ---- records ------------------------------------------------------------------
+
+export type Protocol = 'resource-barrier' | 'global-barrier';
+export const PROTOCOLS: readonly Protocol[] = ['resource-barrier', 'global-barrier'];
+
+export interface MemberRecord {
+  readonly nodeId: string;
+  readonly zone: string;
+  readonly weight: number;
+  readonly sessionId: string;
+  /** Static membership: keep this node's grants for a grace period after it disappears. */
+  readonly static: boolean;
+}
+
+export interface StateRecord {
+  readonly generation: number;
+  readonly protocol: Protocol;
+  readonly phase: 'running' | 'stopping';
+  readonly coordinator: string;
+  /** The coordinator's fencing token when it wrote this. */
+  readonly token: number;
+}
+
+export interface GrantRecord {
+  readonly generation: number;
+}
+
+export interface HeldRecord {
+  readonly nodeId: string;
+  readonly generation: number;
+}
+
+export interface AckRecord {
+  readonly generation: number;
+}
+
+export function encode(record: object): string {
+  return JSON.stringify({ v: PROTOCOL_VERSION, ...record });
+}
+
+function parse(key: string, value: string): Record<string, unknown> {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(value);
+  } catch (cause) {
+    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer`, { key, cause });
+  }
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new CorruptDataError(`${key} does not hold a JSON object`, { key });
+  }
+  const rec = obj as Record<string, unknown>;
+  if (rec['v'] !== PROTOCOL_VERSION) {
+    throw new CorruptDataError(
+      `${key} has protocol version ${JSON.stringify(rec['v'])}; this Rebalancer speaks version ${PROTOCOL_VERSION}`,
+      { key },
+    );
+  }
+  return rec;
+}
+
+function int(key: string, rec: Record<string, unknown>, field: string, min = 0): number {
+  const v = rec[field];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    throw new CorruptDataError(`${key}: field ${field} must be an integer >= ${min}, got ${JSON.stringify(v)}`, {
+      key,
+    });
+  }
+  return v;
+}
+
+function str(key: string, rec: Record<string, unknown>, field: string): string {
+  const v = rec[field];
+  if (typeof v !== 'string') throw new CorruptDataError(`${key}: field ${field} must be a string`, { key });
+  return v;
+}
+
+export function decodeMember(key: string, value: string): MemberRecord {
+  const rec = parse(key, value);
+  const weight = rec['weight'];
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) {
+    throw new CorruptDataError(`${key}: weight must be a positive number`, { key });
+  }
+  return {
+    nodeId: str(key, rec, 'nodeId'),
+    zone: str(key, rec, 'zone'),
+    weight,
+    sessionId: str(key, rec, 'sessionId'),
+    static: rec['static'] === true,
+  };
+}
+
+export function decodeState(key: string, value: string): StateRecord {
+  const rec = parse(key, value);
+  const protocol = rec['protocol'];
+  const phase = rec['phase'];
+  if (protocol !== 'resource-barrier' && protocol !== 'global-barrier') {
+    throw new CorruptDataError(`${key}: unknown protocol ${JSON.stringify(protocol)}`, { key });
+  }
+  if (phase !== 'running' && phase !== 'stopping') {
+    throw new CorruptDataError(`${key}: unknown phase ${JSON.stringify(phase)}`, { key });
+  }
+  return {
+    generation: int(key, rec, 'generation'),
+    protocol,
+    phase,
+    coordinator: str(key, rec, 'coordinator'),
+    token: int(key, rec, 'token'),
+  };
+}
+
+export function decodeGrant(key: string, value: string): GrantRecord {
+  return { generation: int(key, parse(key, value), 'generation') };
+}
+
+export function decodeHeld(key: string, value: string): HeldRecord {
+  const rec = parse(key, value);
+  return { nodeId: str(key, rec, 'nodeId'), generation: int(key, rec, 'generation') };
+}
+
+export function decodeAck(key: string, value: string): AckRecord {
+  return { generation: int(key, parse(key, value), 'generation') };
+}

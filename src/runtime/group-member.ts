@@ -1,0 +1,831 @@
+/**
+ * The runtime of one node in a resource group: it drives the sans-IO cores
+ * (protocol/groups/member.ts and coordinator.ts) with the store, timers,
+ * handlers and AbortSignals, and enforces self-fencing.
+ *
+ * Concurrency: the member reconcile and the coordinator reconcile each run
+ * one at a time; a trigger during a run schedules exactly one more run. All
+ * time comes from the injected clock, all randomness from the injected
+ * `random`, so the simulator can run this code deterministically.
+ */
+import { CorruptDataError, RebalancerError, SessionExpiredError, StoreUnavailableError } from '../errors.js';
+import type { PlacementStrategy } from '../placement/index.js';
+import {
+  decideCoordinator,
+  newCoordinatorMemory,
+  type CoordinatorDecision,
+  type CoordinatorMemory,
+} from '../protocol/groups/coordinator.js';
+import {
+  acquire,
+  putAck,
+  readGroupView,
+  readMemberView,
+  release,
+  writeCoordinatorDecision,
+} from '../protocol/groups/io.js';
+import { GroupKeys, decodeMember, encode, type Protocol } from '../protocol/groups/keys.js';
+import { decideMember, type LocalResource, type MemberAction, type StopReason } from '../protocol/groups/member.js';
+import type { Clock, Session, Store, TimerHandle, Watcher } from '../store/contract.js';
+import { Election, type Leadership } from '../store/election.js';
+import { TypedEmitter } from './events.js';
+import { resolveOptions, type JoinOptions, type ResolvedOptions } from './options.js';
+
+export class NodeIdInUseError extends RebalancerError {
+  readonly nodeId: string;
+  constructor(nodeId: string, group: string) {
+    super(
+      'INVALID_ARGUMENT',
+      `node id ${nodeId} is already a live member of group ${group} (another process is using it); ` +
+        'give every process its own node id',
+    );
+    this.nodeId = nodeId;
+  }
+}
+
+export interface GroupEvents {
+  joined: { readonly nodeId: string; readonly sessionId: string };
+  coordinatorElected: { readonly nodeId: string; readonly token: number };
+  coordinatorLost: { readonly token: number };
+  rebalanceStarted: { readonly generation: number; readonly moves: number; readonly protocol: Protocol };
+  rebalanceCompleted: { readonly generation: number; readonly durationMs: number };
+  assigned: { readonly resource: string; readonly fencingToken: number };
+  revoked: { readonly resource: string; readonly reason: StopReason };
+  released: { readonly resource: string; readonly fencingToken: number };
+  fenced: { readonly safeUntilMs: number };
+  unfenced: Record<string, never>;
+  sessionLost: { readonly sessionId: string; readonly cause: unknown };
+  handlerFailed: { readonly resource: string; readonly error: unknown };
+  handlerStuck: { readonly resource: string; readonly stoppingForMs: number };
+  /** Background errors (store unavailable, corrupt data); the member keeps going. */
+  error: { readonly error: unknown; readonly context: string };
+  left: Record<string, never>;
+}
+
+export interface AssignedResource {
+  readonly resource: string;
+  readonly fencingToken: number | undefined;
+  readonly phase: LocalResource['phase'];
+}
+
+interface LocalEntry {
+  state: LocalResource;
+  controller: AbortController | undefined;
+  settled: Promise<void> | undefined;
+  failures: number;
+  stuckReported: boolean;
+}
+
+type RunState = 'joining' | 'active' | 'rejoining' | 'leaving' | 'left';
+
+/** Join a group: resolves once this node is a member (its resources start as they are granted). */
+export async function joinGroup(options: JoinOptions): Promise<GroupMember> {
+  const member = new GroupMember(resolveOptions(options));
+  await member.start();
+  return member;
+}
+
+export class GroupMember extends TypedEmitter<GroupEvents> {
+  readonly nodeId: string;
+  readonly group: string;
+  readonly #o: ResolvedOptions;
+  readonly #keys: GroupKeys;
+  readonly #store: Store;
+  readonly #clock: Clock;
+  readonly #local = new Map<string, LocalEntry>();
+  #run: RunState = 'joining';
+  #session: Session | undefined;
+  #memberRevision = 0;
+  #fenced = false;
+  #fenceTimer: TimerHandle | undefined;
+  #tickTimer: TimerHandle | undefined;
+  #memberWatch: Watcher | undefined;
+  #memberLoop = new Loop();
+  // Coordinator side.
+  #leadership: Leadership | undefined;
+  #campaignAbort: AbortController | undefined;
+  #coordWatch: Watcher | undefined;
+  #coordLoop = new Loop();
+  #coordMemory: CoordinatorMemory = newCoordinatorMemory();
+  #coordWake: TimerHandle | undefined;
+  #sourceTimer: TimerHandle | undefined;
+  #rebalance: { generation: number; startedAtMs: number } | undefined;
+  #lastGeneration = 0;
+
+  constructor(options: ResolvedOptions) {
+    super();
+    this.#o = options;
+    this.nodeId = options.nodeId;
+    this.group = options.group;
+    this.#keys = new GroupKeys(options.group);
+    this.#store = options.store;
+    this.#clock = options.clock;
+  }
+
+  /** True while this node is the group's coordinator. */
+  get isCoordinator(): boolean {
+    return this.#leadership !== undefined;
+  }
+
+  /** The resources this node deals with now. */
+  assignment(): AssignedResource[] {
+    return [...this.#local]
+      .map(([resource, e]) => ({
+        resource,
+        fencingToken: 'token' in e.state ? e.state.token : undefined,
+        phase: e.state.phase,
+      }))
+      .sort((a, b) => (a.resource < b.resource ? -1 : 1));
+  }
+
+  /** The current session's id (changes after a session loss and rejoin). */
+  get sessionId(): string | undefined {
+    return this.#session?.id;
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------
+
+  async start(): Promise<void> {
+    await this.#joinWithNewSession();
+    this.#run = 'active';
+    this.#scheduleTick();
+    this.#kickMember();
+  }
+
+  /**
+   * Leave gracefully: stop being a member (the coordinator moves this node's
+   * resources away), wait until every handler has stopped and every lock is
+   * released (bounded by drainTimeoutMs), then close the session.
+   */
+  async leave(): Promise<void> {
+    if (this.#run === 'left' || this.#run === 'leaving') return;
+    this.#run = 'leaving';
+    const session = this.#session;
+    try {
+      if (session !== undefined && session.state === 'live') {
+        await this.#store
+          .txn({
+            compare: [
+              { key: this.#keys.member(this.nodeId), target: 'createRevision', op: '=', value: this.#memberRevision },
+            ],
+            then: [{ op: 'delete', key: this.#keys.member(this.nodeId) }],
+          })
+          .catch((error: unknown) => this.emit('error', { error, context: 'leave: deleting the member key' }));
+      }
+      this.#kickMember();
+      const deadline = this.#clock.now() + this.#o.drainTimeoutMs;
+      // Wait for the coordinator (maybe us) to move our grants away and for our handlers to hand over.
+      while (this.#local.size > 0 && this.#clock.now() < deadline) {
+        await this.#sleep(Math.min(50, this.#o.reconcileIntervalMs));
+        this.#kickMember();
+      }
+      // Whatever is left (no coordinator, or a lone node): stop and release it ourselves.
+      for (const [resource, e] of this.#local)
+        if (e.state.phase === 'running' || e.state.phase === 'backoff') this.#stop(resource, 'leaving');
+      const settleBy = this.#clock.now() + this.#o.drainTimeoutMs;
+      while ([...this.#local.values()].some((e) => e.settled !== undefined) && this.#clock.now() < settleBy) {
+        await this.#sleep(20);
+      }
+      for (const [resource, e] of [...this.#local]) {
+        if ('token' in e.state && e.settled === undefined) {
+          await release(this.#store, this.#keys, resource, e.state.token).catch(() => false);
+          this.#local.delete(resource);
+          this.emit('released', { resource, fencingToken: e.state.token });
+        }
+      }
+    } finally {
+      await this.#stopCoordinating();
+      this.#clearTimers();
+      await this.#memberWatch?.close().catch(() => undefined);
+      // Closing the session deletes every key still attached to it (e.g. locks of stuck handlers, which
+      // then may be taken over: the handler was told to stop drainTimeoutMs ago).
+      await session?.close().catch(() => undefined);
+      this.#run = 'left';
+      this.emit('left', {});
+    }
+  }
+
+  // ---- joining ------------------------------------------------------------------
+
+  async #joinWithNewSession(): Promise<void> {
+    const session = await this.#store.openSession({ ttlMs: this.#o.sessionTtlMs });
+    try {
+      await this.#registerMember(session);
+    } catch (err) {
+      await session.close().catch(() => undefined);
+      throw err;
+    }
+    this.#session = session;
+    this.#fenced = false;
+    session.onStateChange((state, cause) => {
+      if (state === 'expired') this.#onSessionLost(session, cause);
+      this.#kickMember();
+    });
+    this.#armFence();
+    this.#memberWatch ??= await this.#watchMember();
+    this.emit('joined', { nodeId: this.nodeId, sessionId: session.id });
+    this.#startCampaign(session);
+  }
+
+  async #registerMember(session: Session): Promise<void> {
+    const key = this.#keys.member(this.nodeId);
+    const value = encode({
+      nodeId: this.nodeId,
+      zone: this.#o.zone,
+      weight: this.#o.weight,
+      sessionId: session.id,
+      static: this.#o.gracePeriodMs > 0,
+    });
+    const deadline = this.#clock.now() + this.#o.joinTimeoutMs;
+    for (;;) {
+      const r = await this.#store.txn({
+        compare: [{ key, target: 'exists', exists: false }],
+        then: [{ op: 'put', key, value, session }],
+        else: [{ op: 'get', key }],
+      });
+      if (r.succeeded) {
+        this.#memberRevision = r.revision;
+        return;
+      }
+      const existing = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+      if (existing !== undefined && existing.sessionId === session.id) {
+        this.#memberRevision = existing.createRevision;
+        return;
+      }
+      if (existing !== undefined && existing.sessionId === undefined) {
+        // A member key without a session can only be garbage (written by hand): it would never go away.
+        try {
+          decodeMember(key, existing.value);
+        } catch (cause) {
+          throw new CorruptDataError(`${key} holds data Rebalancer did not write; delete it`, { key, cause });
+        }
+      }
+      // Another session holds this node id: a previous process of ours that died (its session expires
+      // within its TTL), or a second live process with the same id (never merge: fail).
+      if (this.#clock.now() >= deadline) throw new NodeIdInUseError(this.nodeId, this.group);
+      await this.#sleep(Math.min(250, this.#o.sessionTtlMs / 4));
+    }
+  }
+
+  #onSessionLost(session: Session, cause: unknown): void {
+    if (this.#session !== session || this.#run === 'left') return;
+    this.#fenced = true;
+    this.emit('sessionLost', { sessionId: session.id, cause });
+    void this.#leadershipLost();
+    if (this.#run === 'leaving') return;
+    this.#run = 'rejoining';
+    this.#kickMember();
+    void this.#rejoin(session);
+  }
+
+  /** After a session loss: wait until every old handler has settled, then join again with a new session. */
+  async #rejoin(lost: Session): Promise<void> {
+    for (;;) {
+      if (this.#run !== 'rejoining') return;
+      // Locks of the lost session are gone on the server; our handlers must all have stopped before
+      // we may take any lock again (we could be granted the same resources).
+      const busy = [...this.#local.values()].some((e) => e.settled !== undefined);
+      if (!busy) break;
+      await this.#sleep(50);
+    }
+    this.#local.clear();
+    for (;;) {
+      if (this.#run !== 'rejoining') return;
+      try {
+        if (this.#session === lost) await this.#joinWithNewSession();
+        this.#run = 'active';
+        this.#kickMember();
+        return;
+      } catch (error) {
+        this.emit('error', { error, context: 'rejoining after session loss' });
+        if (error instanceof NodeIdInUseError) {
+          // Another process took our id while we were away: we must not merge with it.
+          await this.leave().catch(() => undefined);
+          return;
+        }
+        await this.#sleep(Math.min(1000, this.#o.sessionTtlMs / 4));
+      }
+    }
+  }
+
+  // ---- self-fencing ------------------------------------------------------------------
+
+  /** Deadline after which handlers must not act: the session's safety deadline minus the margin. */
+  #fenceAtMs(): number {
+    const s = this.#session;
+    return s === undefined ? Number.NEGATIVE_INFINITY : s.safeUntilMs - this.#o.selfFenceMarginMs;
+  }
+
+  #ownsNow(): boolean {
+    const s = this.#session;
+    return s !== undefined && (s.state === 'live' || s.state === 'suspect') && this.#clock.now() < this.#fenceAtMs();
+  }
+
+  #armFence(): void {
+    if (this.#fenceTimer !== undefined) this.#clock.clearTimeout(this.#fenceTimer);
+    this.#fenceTimer = this.#clock.setTimeout(
+      () => {
+        this.#fenceTimer = undefined;
+        if (this.#run === 'left') return;
+        const owns = this.#ownsNow();
+        if (!owns && !this.#fenced) {
+          this.#fenced = true;
+          this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
+          this.#kickMember();
+        } else if (owns && this.#fenced && this.#session?.state === 'live') {
+          this.#fenced = false;
+          this.emit('unfenced', {});
+          this.#kickMember();
+        }
+        this.#armFence();
+      },
+      // Re-check at the deadline, or soon when already past it (waiting for a keep-alive to extend it).
+      Math.max(this.#fenceAtMs() - this.#clock.now(), Math.min(100, this.#o.reconcileIntervalMs)),
+      { background: true },
+    );
+  }
+
+  // ---- member reconcile ------------------------------------------------------------------
+
+  async #watchMember(): Promise<Watcher> {
+    const k = this.#keys;
+    // One watch on the group root: grants, state and locks all concern members; hints are cheap and re-reads small.
+    return this.#store.watch(k.root, () => {
+      this.#kickMember();
+      if (this.#leadership !== undefined) this.#kickCoordinator();
+    });
+  }
+
+  #scheduleTick(): void {
+    this.#tickTimer = this.#clock.setTimeout(
+      () => {
+        if (this.#run === 'left') return;
+        this.#kickMember();
+        if (this.#leadership !== undefined) this.#kickCoordinator();
+        this.#scheduleTick();
+      },
+      this.#o.reconcileIntervalMs,
+      { background: true },
+    );
+  }
+
+  #kickMember(): void {
+    this.#memberLoop.kick(() => this.#reconcileMember());
+  }
+
+  async #reconcileMember(): Promise<void> {
+    if (this.#run === 'left') return;
+    const session = this.#session;
+    if (session === undefined) return;
+    if (!this.#ownsNow() && !this.#fenced) {
+      this.#fenced = true;
+      this.emit('fenced', { safeUntilMs: session.safeUntilMs });
+    }
+    this.#checkStuck();
+    const fenced = this.#fenced || this.#run === 'rejoining';
+    const local = new Map([...this.#local].map(([r, e]) => [r, e.state]));
+    if (fenced) {
+      // Stop everything without waiting for the store (it may be unreachable).
+      for (const a of decideMember(
+        { state: undefined, grants: new Map(), held: new Map(), ackedGeneration: undefined },
+        local,
+        {
+          nodeId: this.nodeId,
+          sessionId: session.id,
+          protocol: this.#o.protocol,
+          fenced: true,
+          leaving: this.#run === 'leaving',
+          nowMs: this.#clock.now(),
+        },
+      )) {
+        if (a.type === 'stop') this.#stop(a.resource, a.reason);
+      }
+      if (this.#run === 'rejoining' || session.state === 'expired' || session.state === 'closed') return;
+    }
+    let view;
+    try {
+      view = await readMemberView(this.#store, this.#keys, this.nodeId, this.#local.keys(), (error) =>
+        this.emit('error', { error, context: 'reading member view' }),
+      );
+    } catch (error) {
+      this.emit('error', { error, context: 'reading member view' });
+      return;
+    }
+    if (view.state !== undefined && view.state.generation > this.#lastGeneration)
+      this.#lastGeneration = view.state.generation;
+    const actions = decideMember(view, new Map([...this.#local].map(([r, e]) => [r, e.state])), {
+      nodeId: this.nodeId,
+      sessionId: session.id,
+      protocol: this.#o.protocol,
+      fenced: this.#fenced || this.#run === 'rejoining' || !this.#ownsNow(),
+      leaving: this.#run === 'leaving',
+      nowMs: this.#clock.now(),
+    });
+    await Promise.all(actions.map((a) => this.#act(a, session)));
+  }
+
+  async #act(a: MemberAction, session: Session): Promise<void> {
+    try {
+      switch (a.type) {
+        case 'stop':
+          this.#stop(a.resource, a.reason);
+          return;
+        case 'restart': {
+          const e = this.#local.get(a.resource);
+          if (e !== undefined) this.#startHandler(a.resource, e, a.token);
+          return;
+        }
+        case 'adopt': {
+          const e = this.#newEntry(a.resource);
+          this.#startHandler(a.resource, e, a.token);
+          return;
+        }
+        case 'acquire': {
+          const e = this.#newEntry(a.resource);
+          e.state = { phase: 'acquiring' };
+          let token: number | undefined;
+          try {
+            token = await acquire(this.#store, this.#keys, session, this.nodeId, a.resource, a.generation);
+          } catch (err) {
+            // Outcome unknown: forget it; if the lock is ours after all, the next reconcile adopts it.
+            this.#local.delete(a.resource);
+            throw err;
+          }
+          if (token === undefined || !this.#ownsNow() || this.#session !== session) {
+            this.#local.delete(a.resource);
+            // Taken after all, or we lost the lease meanwhile: if we did get it, release at once.
+            if (token !== undefined) await release(this.#store, this.#keys, a.resource, token).catch(() => false);
+            return;
+          }
+          this.#startHandler(a.resource, e, token);
+          return;
+        }
+        case 'release': {
+          const e = this.#local.get(a.resource);
+          if (e === undefined) return;
+          e.state = { phase: 'releasing', token: a.token };
+          try {
+            await release(this.#store, this.#keys, a.resource, a.token);
+            this.#local.delete(a.resource);
+            this.emit('released', { resource: a.resource, fencingToken: a.token });
+          } catch (err) {
+            e.state = { phase: 'stopped', token: a.token };
+            throw err;
+          }
+          this.#kickMember();
+          return;
+        }
+        case 'forget':
+          this.#local.delete(a.resource);
+          return;
+        case 'ack':
+          await putAck(this.#store, this.#keys, session, this.nodeId, a.generation);
+          return;
+      }
+    } catch (error) {
+      if (error instanceof SessionExpiredError || error instanceof StoreUnavailableError) {
+        this.emit('error', { error, context: `${a.type} ${'resource' in a ? a.resource : ''}`.trim() });
+      } else {
+        this.emit('error', { error, context: `${a.type} failed` });
+      }
+    }
+  }
+
+  #newEntry(resource: string): LocalEntry {
+    const e: LocalEntry = {
+      state: { phase: 'acquiring' },
+      controller: undefined,
+      settled: undefined,
+      failures: 0,
+      stuckReported: false,
+    };
+    this.#local.set(resource, e);
+    return e;
+  }
+
+  #startHandler(resource: string, e: LocalEntry, token: number): void {
+    const controller = new AbortController();
+    e.controller = controller;
+    e.state = { phase: 'running', token };
+    e.stuckReported = false;
+    const ctx = {
+      group: this.group,
+      nodeId: this.nodeId,
+      resource,
+      fencingToken: token,
+      signal: controller.signal,
+      stillOwner: (): boolean => !controller.signal.aborted && this.#ownsNow(),
+    };
+    this.emit('assigned', { resource, fencingToken: token });
+    let run: Promise<void>;
+    try {
+      run = Promise.resolve(this.#o.handler(ctx));
+    } catch (err) {
+      run = Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    e.settled = run.then(
+      () => this.#onHandlerSettled(resource, e, controller, undefined),
+      (error: unknown) => this.#onHandlerSettled(resource, e, controller, error ?? new Error('handler rejected')),
+    );
+  }
+
+  #onHandlerSettled(resource: string, e: LocalEntry, controller: AbortController, error: unknown): void {
+    if (e.controller !== controller) return;
+    e.settled = undefined;
+    e.controller = undefined;
+    const token = 'token' in e.state ? e.state.token : 0;
+    if (controller.signal.aborted) {
+      // Stopped on purpose: release the lock (the next reconcile does it).
+      e.state = { phase: 'stopped', token };
+    } else {
+      // Ended on its own while still ours: keep the lock, restart after a backoff.
+      if (error !== undefined) this.emit('handlerFailed', { resource, error });
+      e.failures++;
+      const base = Math.min(this.#o.restartMaxMs, this.#o.restartInitialMs * 2 ** Math.min(20, e.failures - 1));
+      const delay = base * (0.5 + this.#o.random() / 2);
+      e.state = { phase: 'backoff', token, restartAtMs: this.#clock.now() + delay };
+      this.#clock.setTimeout(() => this.#kickMember(), delay, { background: true });
+    }
+    this.#kickMember();
+  }
+
+  #stop(resource: string, reason: StopReason): void {
+    const e = this.#local.get(resource);
+    if (e === undefined) return;
+    if (e.state.phase === 'backoff') {
+      e.state = { phase: 'stopped', token: e.state.token };
+      this.emit('revoked', { resource, reason });
+      this.#kickMember();
+      return;
+    }
+    if (e.state.phase !== 'running') return;
+    e.state = { phase: 'stopping', token: e.state.token, sinceMs: this.#clock.now() };
+    this.emit('revoked', { resource, reason });
+    e.controller?.abort(new RevokedError(resource, reason));
+  }
+
+  #checkStuck(): void {
+    const now = this.#clock.now();
+    for (const [resource, e] of this.#local) {
+      if (e.state.phase !== 'stopping') continue;
+      const forMs = now - e.state.sinceMs;
+      if (forMs < this.#o.drainTimeoutMs) continue;
+      if (!e.stuckReported) {
+        e.stuckReported = true;
+        this.emit('handlerStuck', { resource, stoppingForMs: forMs });
+        if (this.#o.onStuckHandler === 'exit') {
+          // The lock stays held by our session until the process is gone; the OS then ends the work.
+          process.exitCode = 75;
+          setImmediate(() => process.exit(75));
+        }
+      }
+    }
+  }
+
+  // ---- coordinator ------------------------------------------------------------------
+
+  #startCampaign(session: Session): void {
+    this.#campaignAbort?.abort();
+    const abort = new AbortController();
+    this.#campaignAbort = abort;
+    const election = new Election(this.#store, {
+      prefix: this.#keys.coordinator,
+      recheckIntervalMs: this.#o.reconcileIntervalMs,
+    });
+    const loop = async (): Promise<void> => {
+      while (
+        !abort.signal.aborted &&
+        this.#session === session &&
+        session.state !== 'expired' &&
+        session.state !== 'closed'
+      ) {
+        try {
+          const leadership = await election.campaign(session, encode({ nodeId: this.nodeId }), abort.signal);
+          if (abort.signal.aborted || this.#run === 'left') {
+            await leadership.resign().catch(() => undefined);
+            return;
+          }
+          await this.#becomeCoordinator(leadership);
+          await leadership.lost;
+          await this.#leadershipLost();
+        } catch (error) {
+          if (abort.signal.aborted) return;
+          if (!(error instanceof SessionExpiredError)) this.emit('error', { error, context: 'coordinator election' });
+          await this.#sleep(Math.min(1000, this.#o.reconcileIntervalMs));
+        }
+      }
+    };
+    void loop();
+  }
+
+  async #becomeCoordinator(leadership: Leadership): Promise<void> {
+    this.#leadership = leadership;
+    this.#coordMemory = newCoordinatorMemory();
+    this.#rebalance = undefined;
+    this.emit('coordinatorElected', { nodeId: this.nodeId, token: leadership.token });
+    this.#coordWatch = await this.#store.watch(this.#keys.root, () => this.#kickCoordinator());
+    this.#scheduleResourceSource(leadership);
+    this.#kickCoordinator();
+  }
+
+  async #leadershipLost(): Promise<void> {
+    const l = this.#leadership;
+    if (l === undefined) return;
+    this.#leadership = undefined;
+    if (this.#coordWake !== undefined) this.#clock.clearTimeout(this.#coordWake);
+    if (this.#sourceTimer !== undefined) this.#clock.clearTimeout(this.#sourceTimer);
+    this.#coordWake = undefined;
+    this.#sourceTimer = undefined;
+    await this.#coordWatch?.close().catch(() => undefined);
+    this.#coordWatch = undefined;
+    this.emit('coordinatorLost', { token: l.token });
+  }
+
+  async #stopCoordinating(): Promise<void> {
+    this.#campaignAbort?.abort();
+    const l = this.#leadership;
+    await this.#leadershipLost();
+    await l?.resign().catch(() => undefined);
+  }
+
+  #kickCoordinator(): void {
+    this.#coordLoop.kick(() => this.#reconcileCoordinator());
+  }
+
+  async #reconcileCoordinator(): Promise<void> {
+    const leadership = this.#leadership;
+    if (leadership === undefined || this.#run === 'left') return;
+    // A coordinator that cannot trust its lease must not decide (its writes would fail anyway).
+    if (!this.#ownsNow()) return;
+    let view;
+    try {
+      view = await readGroupView(this.#store, this.#keys, (error) =>
+        this.emit('error', { error, context: 'reading group view' }),
+      );
+    } catch (error) {
+      this.emit('error', { error, context: 'coordinator: reading group view' });
+      return;
+    }
+    if (this.#leadership !== leadership) return;
+    const now = this.#clock.now();
+    let decision: CoordinatorDecision;
+    try {
+      decision = decideCoordinator(
+        view,
+        {
+          protocol: this.#o.protocol,
+          strategy: this.#o.strategy as PlacementStrategy,
+          gracePeriodMs: this.#o.gracePeriodMs,
+          drainTimeoutMs: this.#o.drainTimeoutMs,
+          rebalanceDebounceMs: this.#o.rebalanceDebounceMs,
+          minRebalanceIntervalMs: this.#o.minRebalanceIntervalMs,
+        },
+        this.#coordMemory,
+        now,
+        { nodeId: this.nodeId, token: leadership.token },
+      );
+    } catch (error) {
+      this.emit('error', { error, context: 'coordinator: placement' });
+      return;
+    }
+    const generation = decision.state?.generation ?? view.state?.generation ?? view.maxGeneration;
+    const startsRebalance =
+      decision.state !== undefined && decision.state.generation > (view.state?.generation ?? view.maxGeneration);
+    if (decision.changes.length > 0 || decision.state !== undefined) {
+      try {
+        const ok = await writeCoordinatorDecision(
+          this.#store,
+          this.#keys,
+          leadership.guard,
+          decision.changes,
+          generation,
+          decision.state,
+        );
+        if (!ok) {
+          // The guard failed: we are no longer the coordinator.
+          await this.#leadershipLost();
+          return;
+        }
+      } catch (error) {
+        this.emit('error', { error, context: 'coordinator: writing grants' });
+        this.#wakeCoordinatorAt(now + Math.min(1000, this.#o.reconcileIntervalMs));
+        return;
+      }
+      if (startsRebalance) {
+        this.#rebalance = { generation, startedAtMs: now };
+        this.emit('rebalanceStarted', { generation, moves: decision.moves, protocol: this.#o.protocol });
+      }
+    } else if (decision.settled && this.#rebalance !== undefined) {
+      const r = this.#rebalance;
+      this.#rebalance = undefined;
+      this.emit('rebalanceCompleted', { generation: r.generation, durationMs: now - r.startedAtMs });
+    }
+    if (decision.wakeAtMs !== undefined) this.#wakeCoordinatorAt(decision.wakeAtMs);
+  }
+
+  #wakeCoordinatorAt(atMs: number): void {
+    if (this.#coordWake !== undefined) this.#clock.clearTimeout(this.#coordWake);
+    this.#coordWake = this.#clock.setTimeout(
+      () => {
+        this.#coordWake = undefined;
+        this.#kickCoordinator();
+      },
+      Math.max(0, atMs - this.#clock.now()),
+      { background: true },
+    );
+  }
+
+  #scheduleResourceSource(leadership: Leadership): void {
+    const source = this.#o.resourceSource;
+    if (source === undefined) return;
+    const run = async (): Promise<void> => {
+      if (this.#leadership !== leadership) return;
+      try {
+        await this.#syncResources(leadership);
+      } catch (error) {
+        this.emit('error', { error, context: 'resource source' });
+      }
+      if (this.#leadership === leadership) {
+        this.#sourceTimer = this.#clock.setTimeout(() => void run(), this.#o.resourceSourceIntervalMs, {
+          background: true,
+        });
+      }
+    };
+    void run();
+  }
+
+  async #syncResources(leadership: Leadership): Promise<void> {
+    const source = this.#o.resourceSource!;
+    const abort = new AbortController();
+    const timer = this.#clock.setTimeout(
+      () => abort.abort(new Error('resource source timed out')),
+      this.#o.resourceSourceTimeoutMs,
+    );
+    let listed: Iterable<string>;
+    try {
+      listed = await Promise.race([
+        Promise.resolve(source.list(abort.signal)),
+        new Promise<never>((_, reject) =>
+          abort.signal.addEventListener('abort', () => reject(abort.signal.reason as Error)),
+        ),
+      ]);
+    } finally {
+      this.#clock.clearTimeout(timer);
+    }
+    const { syncRegistry } = await import('./registry.js');
+    await syncRegistry(this.#store, this.#keys, [...listed], leadership.guard);
+  }
+
+  // ---- utilities ------------------------------------------------------------------
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.#clock.setTimeout(resolve, ms));
+  }
+
+  #clearTimers(): void {
+    for (const t of [this.#fenceTimer, this.#tickTimer, this.#coordWake, this.#sourceTimer]) {
+      if (t !== undefined) this.#clock.clearTimeout(t);
+    }
+    this.#fenceTimer = this.#tickTimer = this.#coordWake = this.#sourceTimer = undefined;
+  }
+}
+
+/** The reason given to a handler's AbortSignal. */
+export class RevokedError extends Error {
+  readonly resource: string;
+  readonly reason: StopReason;
+  constructor(resource: string, reason: StopReason) {
+    super(`resource ${resource} was revoked (${reason})`);
+    this.name = 'RevokedError';
+    this.resource = resource;
+    this.reason = reason;
+  }
+}
+
+/** Runs an async task one at a time; a kick during a run schedules exactly one more. */
+class Loop {
+  #running = false;
+  #again = false;
+
+  kick(task: () => Promise<void>): void {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#running = true;
+    void (async () => {
+      try {
+        do {
+          this.#again = false;
+          try {
+            await task();
+          } catch {
+            // Tasks report their own errors; the loop must survive.
+          }
+        } while (this.#again);
+      } finally {
+        this.#running = false;
+      }
+    })();
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The resource registry of a group: add, remove and list resources. Used by
+ * operators (CLI), by applications, and by the coordinator's resource source.
+ */
+import { validateResourceName, GroupKeys } from '../protocol/groups/keys.js';
+import { encode } from '../protocol/groups/keys.js';
+import type { Compare, Op, Store } from '../store/contract.js';
+
+const BATCH = 120;
+
+async function writeBatches(store: Store, ops: readonly Op[], guard?: Compare): Promise<boolean> {
+  for (let i = 0; i < ops.length; i += BATCH) {
+    const r = await store.txn({ compare: guard === undefined ? [] : [guard], then: ops.slice(i, i + BATCH) });
+    if (!r.succeeded) return false;
+  }
+  return true;
+}
+
+export async function listResources(store: Store, keys: GroupKeys): Promise<string[]> {
+  const { kvs } = await store.range(keys.resources);
+  return kvs.map((kv) => kv.key.slice(keys.resources.length));
+}
+
+/** Bring the registry in step with `names` (the coordinator's resource source). */
+export async function syncRegistry(
+  store: Store,
+  keys: GroupKeys,
+  names: readonly string[],
+  guard?: Compare,
+): Promise<{ added: number; removed: number }> {
+  const wanted = new Set<string>();
+  for (const n of names) wanted.add(validateResourceName(n));
+  const existing = new Set(await listResources(store, keys));
+  const ops: Op[] = [];
+  let added = 0;
+  let removed = 0;
+  for (const n of wanted) {
+    if (!existing.has(n)) {
+      ops.push({ op: 'put', key: keys.resource(n), value: encode({}) });
+      added++;
+    }
+  }
+  for (const n of existing) {
+    if (!wanted.has(n)) {
+      ops.push({ op: 'delete', key: keys.resource(n) });
+      removed++;
+    }
+  }
+  await writeBatches(store, ops, guard);
+  return { added, removed };
+}
+
+/** Operate a group's resource registry. */
+export class GroupAdmin {
+  readonly group: string;
+  readonly #store: Store;
+  readonly #keys: GroupKeys;
+
+  constructor(store: Store, group: string) {
+    this.#keys = new GroupKeys(group);
+    this.group = group;
+    this.#store = store;
+  }
+
+  /** Register resources (validated first: on any invalid name nothing is written). Returns how many were new. */
+  async add(names: Iterable<string>): Promise<{ added: number; existing: number }> {
+    const list = [...new Set([...names].map((n) => validateResourceName(n)))];
+    const existing = new Set(await listResources(this.#store, this.#keys));
+    const fresh = list.filter((n) => !existing.has(n));
+    await writeBatches(
+      this.#store,
+      fresh.map((n) => ({ op: 'put', key: this.#keys.resource(n), value: encode({}) })),
+    );
+    return { added: fresh.length, existing: list.length - fresh.length };
+  }
+
+  /** Unregister resources; their owners stop them and release their locks. */
+  async remove(names: Iterable<string>): Promise<{ removed: number; missing: number }> {
+    const list = [...new Set([...names].map((n) => validateResourceName(n)))];
+    const existing = new Set(await listResources(this.#store, this.#keys));
+    const present = list.filter((n) => existing.has(n));
+    await writeBatches(
+      this.#store,
+      present.map((n) => ({ op: 'delete', key: this.#keys.resource(n) })),
+    );
+    return { removed: present.length, missing: list.length - present.length };
+  }
+
+  list(): Promise<string[]> {
+    return listResources(this.#store, this.#keys);
+  }
+}
