@@ -28,6 +28,7 @@ import { GroupKeys, decodeMember, encode, type Protocol } from '../protocol/grou
 import { decideMember, type LocalResource, type MemberAction, type StopReason } from '../protocol/groups/member.js';
 import type { Clock, Session, Store, TimerHandle, Watcher } from '../store/contract.js';
 import { Election, type Leadership } from '../store/election.js';
+import { activeMutants } from '../protocol/mutants.js';
 import { TypedEmitter } from './events.js';
 import { resolveOptions, type JoinOptions, type ResolvedOptions } from './options.js';
 
@@ -93,6 +94,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   readonly #store: Store;
   readonly #clock: Clock;
   readonly #local = new Map<string, LocalEntry>();
+  /** Resources whose acquire had an unknown outcome: we may hold their lock without knowing it. */
+  readonly #uncertain = new Set<string>();
   #run: RunState = 'joining';
   #session: Session | undefined;
   #memberRevision = 0;
@@ -110,7 +113,6 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #coordWake: TimerHandle | undefined;
   #sourceTimer: TimerHandle | undefined;
   #rebalance: { generation: number; startedAtMs: number } | undefined;
-  #lastGeneration = 0;
 
   constructor(options: ResolvedOptions) {
     super();
@@ -138,6 +140,15 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       .sort((a, b) => (a.resource < b.resource ? -1 : 1));
   }
 
+  /**
+   * Until when (on this node's clock) the node trusts its lease: its
+   * session's safety deadline minus the self-fencing margin. Handlers'
+   * stillOwner() turns false there.
+   */
+  get leaseDeadlineMs(): number {
+    return this.#fenceAtMs();
+  }
+
   /** The current session's id (changes after a session loss and rejoin). */
   get sessionId(): string | undefined {
     return this.#session?.id;
@@ -147,7 +158,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   async start(): Promise<void> {
     await this.#joinWithNewSession();
-    this.#run = 'active';
+    // The session may already have been lost while joining (then a rejoin is under way).
+    if (this.#run === 'joining') this.#run = 'active';
     this.#scheduleTick();
     this.#kickMember();
   }
@@ -217,9 +229,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
     this.#session = session;
     this.#fenced = false;
-    session.onStateChange((state, cause) => {
-      if (state === 'expired') this.#onSessionLost(session, cause);
-      this.#kickMember();
+    session.onStateChange(() => this.#kickMember());
+    // `ended` resolves even if the session already ended while we were registering.
+    void session.ended.then((end) => {
+      if (end.state === 'expired') this.#onSessionLost(session, end.cause);
     });
     this.#armFence();
     this.#memberWatch ??= await this.#watchMember();
@@ -293,7 +306,11 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (this.#run !== 'rejoining') return;
       try {
         if (this.#session === lost) await this.#joinWithNewSession();
-        this.#run = 'active';
+        if (this.#run === 'rejoining' && this.#session !== lost) {
+          // Unless the new session was lost at once too (then another rejoin has started).
+          const s = this.#session;
+          if (s !== undefined && (s.state === 'live' || s.state === 'suspect')) this.#run = 'active';
+        }
         this.#kickMember();
         return;
       } catch (error) {
@@ -318,6 +335,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   #ownsNow(): boolean {
     const s = this.#session;
+    if (activeMutants.has('no-self-fencing')) return s !== undefined;
     return s !== undefined && (s.state === 'live' || s.state === 'suspect') && this.#clock.now() < this.#fenceAtMs();
   }
 
@@ -328,7 +346,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
         this.#fenceTimer = undefined;
         if (this.#run === 'left') return;
         const owns = this.#ownsNow();
-        if (!owns && !this.#fenced) {
+        if (!owns && !this.#fenced && !activeMutants.has('no-self-fencing')) {
           this.#fenced = true;
           this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
           this.#kickMember();
@@ -339,8 +357,11 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
         }
         this.#armFence();
       },
-      // Re-check at the deadline, or soon when already past it (waiting for a keep-alive to extend it).
-      Math.max(this.#fenceAtMs() - this.#clock.now(), Math.min(100, this.#o.reconcileIntervalMs)),
+      // Re-check at the deadline (at least 1 ms: a zero delay would spin), or every little while when
+      // already past it (waiting for a keep-alive to extend it).
+      this.#fenceAtMs() > this.#clock.now()
+        ? Math.max(1, this.#fenceAtMs() - this.#clock.now())
+        : Math.min(100, this.#o.reconcileIntervalMs),
       { background: true },
     );
   }
@@ -377,7 +398,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     if (this.#run === 'left') return;
     const session = this.#session;
     if (session === undefined) return;
-    if (!this.#ownsNow() && !this.#fenced) {
+    if (!this.#ownsNow() && !this.#fenced && !activeMutants.has('no-self-fencing')) {
       this.#fenced = true;
       this.emit('fenced', { safeUntilMs: session.safeUntilMs });
     }
@@ -387,7 +408,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     if (fenced) {
       // Stop everything without waiting for the store (it may be unreachable).
       for (const a of decideMember(
-        { state: undefined, grants: new Map(), held: new Map(), ackedGeneration: undefined },
+        { state: undefined, stateRevision: 0, grants: new Map(), held: new Map(), ackedGeneration: undefined },
         local,
         {
           nodeId: this.nodeId,
@@ -404,15 +425,22 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
     let view;
     try {
-      view = await readMemberView(this.#store, this.#keys, this.nodeId, this.#local.keys(), (error) =>
-        this.emit('error', { error, context: 'reading member view' }),
+      view = await readMemberView(
+        this.#store,
+        this.#keys,
+        this.nodeId,
+        [...this.#local.keys(), ...this.#uncertain],
+        (error) => this.emit('error', { error, context: 'reading member view' }),
       );
     } catch (error) {
       this.emit('error', { error, context: 'reading member view' });
       return;
     }
-    if (view.state !== undefined && view.state.generation > this.#lastGeneration)
-      this.#lastGeneration = view.state.generation;
+    // An uncertain lock is resolved once we see it is not ours (the decision below handles it if it is).
+    for (const r of this.#uncertain) {
+      const h = view.held.get(r);
+      if (h === undefined || h.sessionId !== session.id) this.#uncertain.delete(r);
+    }
     const actions = decideMember(view, new Map([...this.#local].map(([r, e]) => [r, e.state])), {
       nodeId: this.nodeId,
       sessionId: session.id,
@@ -432,12 +460,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           return;
         case 'restart': {
           const e = this.#local.get(a.resource);
-          if (e !== undefined) this.#startHandler(a.resource, e, a.token);
+          if (e !== undefined) this.#startHandler(a.resource, e, a.token, a.generation);
           return;
         }
         case 'adopt': {
+          this.#uncertain.delete(a.resource);
           const e = this.#newEntry(a.resource);
-          this.#startHandler(a.resource, e, a.token);
+          this.#startHandler(a.resource, e, a.token, a.generation);
           return;
         }
         case 'acquire': {
@@ -445,10 +474,19 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           e.state = { phase: 'acquiring' };
           let token: number | undefined;
           try {
-            token = await acquire(this.#store, this.#keys, session, this.nodeId, a.resource, a.generation);
+            token = await acquire(
+              this.#store,
+              this.#keys,
+              session,
+              this.nodeId,
+              a.resource,
+              a.generation,
+              a.stateRevision,
+            );
           } catch (err) {
-            // Outcome unknown: forget it; if the lock is ours after all, the next reconcile adopts it.
+            // Outcome unknown: if the lock is ours after all, a later reconcile adopts or releases it.
             this.#local.delete(a.resource);
+            this.#uncertain.add(a.resource);
             throw err;
           }
           if (token === undefined || !this.#ownsNow() || this.#session !== session) {
@@ -457,12 +495,16 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
             if (token !== undefined) await release(this.#store, this.#keys, a.resource, token).catch(() => false);
             return;
           }
-          this.#startHandler(a.resource, e, token);
+          this.#startHandler(a.resource, e, token, a.stateGeneration);
           return;
         }
         case 'release': {
           const e = this.#local.get(a.resource);
-          if (e === undefined) return;
+          if (e === undefined) {
+            // A lock we hold without running it (see #uncertain).
+            if (await release(this.#store, this.#keys, a.resource, a.token)) this.#uncertain.delete(a.resource);
+            return;
+          }
           e.state = { phase: 'releasing', token: a.token };
           try {
             await release(this.#store, this.#keys, a.resource, a.token);
@@ -503,10 +545,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     return e;
   }
 
-  #startHandler(resource: string, e: LocalEntry, token: number): void {
+  #startHandler(resource: string, e: LocalEntry, token: number, generation: number): void {
     const controller = new AbortController();
     e.controller = controller;
-    e.state = { phase: 'running', token };
+    e.state = { phase: 'running', token, generation };
     e.stuckReported = false;
     const ctx = {
       group: this.group,
@@ -543,7 +585,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       e.failures++;
       const base = Math.min(this.#o.restartMaxMs, this.#o.restartInitialMs * 2 ** Math.min(20, e.failures - 1));
       const delay = base * (0.5 + this.#o.random() / 2);
-      e.state = { phase: 'backoff', token, restartAtMs: this.#clock.now() + delay };
+      const generation = 'generation' in e.state ? e.state.generation : 0;
+      e.state = { phase: 'backoff', token, generation, restartAtMs: this.#clock.now() + delay };
       this.#clock.setTimeout(() => this.#kickMember(), delay, { background: true });
     }
     this.#kickMember();
@@ -562,6 +605,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     e.state = { phase: 'stopping', token: e.state.token, sinceMs: this.#clock.now() };
     this.emit('revoked', { resource, reason });
     e.controller?.abort(new RevokedError(resource, reason));
+    if (activeMutants.has('release-before-stop')) e.state = { phase: 'stopped', token: e.state.token };
   }
 
   #checkStuck(): void {

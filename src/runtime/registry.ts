@@ -5,6 +5,7 @@
 import { validateResourceName, GroupKeys } from '../protocol/groups/keys.js';
 import { encode } from '../protocol/groups/keys.js';
 import type { Compare, Op, Store } from '../store/contract.js';
+import { activeMutants } from '../protocol/mutants.js';
 
 const BATCH = 120;
 
@@ -79,10 +80,11 @@ export class GroupAdmin {
     const list = [...new Set([...names].map((n) => validateResourceName(n)))];
     const existing = new Set(await listResources(this.#store, this.#keys));
     const present = list.filter((n) => existing.has(n));
-    await writeBatches(
-      this.#store,
-      present.map((n) => ({ op: 'delete', key: this.#keys.resource(n) })),
-    );
+    const ops: Op[] = present.map((n) => ({ op: 'delete', key: this.#keys.resource(n) }));
+    // Never delete a lock here: its holder may still be running (see docs/protocol/groups.md, "The re-added name").
+    if (activeMutants.has('delete-lock-on-remove'))
+      for (const n of present) ops.push({ op: 'delete', key: this.#keys.heldKey(n) });
+    await writeBatches(this.#store, ops);
     return { removed: present.length, missing: list.length - present.length };
   }
 

@@ -168,7 +168,8 @@ export class ManagedSession implements Session {
           this.#armDeadline();
         }
       },
-      this.#safeUntilMs - clock.now(),
+      // At least 1 ms: a scaled clock can fire a hair early, and a zero delay would spin.
+      Math.max(1, this.#safeUntilMs - clock.now()),
       BACKGROUND,
     );
   }

@@ -58,6 +58,11 @@ export interface MemoryFaults {
   notification?: (() => NotificationFate) | undefined;
   /** Assemble range reads key by key over a delay of this many ms (not a snapshot), like ZooKeeper. */
   nonSnapshotRangeDelayMs?: number | undefined;
+  /**
+   * While this returns a promise, responses and notifications wait for it:
+   * the client process is frozen (SIGSTOP), so none of its code may run.
+   */
+  hold?: (() => Promise<void> | undefined) | undefined;
 }
 
 export interface MemoryStoreOptions extends CommonStoreOptions {
@@ -157,6 +162,11 @@ export class MemoryStore implements Store {
     let pending: { revision: number; timer: ReturnType<Clock['setTimeout']> } | undefined;
     const deliver = (hint: WatchHint): void => {
       if (!open) return;
+      const held = this.faults.hold?.();
+      if (held !== undefined) {
+        void held.then(() => deliver(hint));
+        return;
+      }
       try {
         onHint(hint);
       } catch {
@@ -322,6 +332,11 @@ export class MemoryStore implements Store {
     return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
   }
 
+  /** Wait while the client is frozen (faults.hold). */
+  async #thaw(): Promise<void> {
+    for (let held = this.faults.hold?.(); held !== undefined; held = this.faults.hold?.()) await held;
+  }
+
   /** One request through the fault hook: half the latency, apply, the other half. */
   #call<T>(kind: MemoryRequestKind, apply: () => T): Promise<T> {
     this.#assertOpen();
@@ -330,10 +345,12 @@ export class MemoryStore implements Store {
     const run = async (): Promise<T> => {
       await this.#delay(half);
       if (fate.fail === 'before') {
+        await this.#thaw();
         throw new StoreUnavailableError(`memory store: injected failure of ${kind}`, { outcome: 'not-applied' });
       }
       const result = apply();
       await this.#delay(half);
+      await this.#thaw();
       if (fate.fail === 'after') {
         throw new StoreUnavailableError(`memory store: injected lost response of ${kind}`, { outcome: 'unknown' });
       }

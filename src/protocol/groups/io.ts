@@ -17,6 +17,7 @@ import {
   type StateRecord,
 } from './keys.js';
 import type { CoordinatorView, GrantRef } from './coordinator.js';
+import { activeMutants } from '../mutants.js';
 import type { HeldView, MemberView } from './member.js';
 
 /** Reads in one transaction when they fit (one snapshot on every backend that has them). */
@@ -85,7 +86,8 @@ export async function readMemberView(
     const g = tryDecode(() => decodeGrant(kv.key, kv.value), report);
     if (g !== undefined) grants.set(kv.key.slice(mine.length), g);
   }
-  const state = decodeStateKv(getResult(r.results[1]), report);
+  const stateKv = getResult(r.results[1]);
+  const state = decodeStateKv(stateKv, report);
   const ackKv = getResult(r.results[2]);
   const ack = ackKv === undefined ? undefined : tryDecode(() => decodeAck(ackKv.key, ackKv.value), report);
   const names = new Set<string>(grants.keys());
@@ -96,7 +98,7 @@ export async function readMemberView(
   );
   const held = new Map<string, HeldView>();
   for (const [key, kv] of heldKvs) held.set(key.slice(keys.held.length), heldView(kv, report));
-  return { state, grants, held, ackedGeneration: ack?.generation };
+  return { state, stateRevision: stateKv?.modRevision ?? 0, grants, held, ackedGeneration: ack?.generation };
 }
 
 export interface FullGroupView extends CoordinatorView {
@@ -172,11 +174,18 @@ export async function acquire(
   nodeId: string,
   resource: string,
   generation: number,
+  stateRevision?: number,
 ): Promise<number | undefined> {
   const heldKey = keys.heldKey(resource);
   const r = await store.txn({
     compare: [
-      { key: heldKey, target: 'exists', exists: false },
+      // Global barrier: only under the state we decided on (no start may slip past a new stop phase).
+      ...(stateRevision === undefined
+        ? []
+        : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
+      ...(activeMutants.has('acquire-without-lock')
+        ? []
+        : [{ key: heldKey, target: 'exists' as const, exists: false }]),
       { key: keys.grant(nodeId, resource), target: 'exists', exists: true },
     ],
     then: [{ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session }],
@@ -247,7 +256,7 @@ export async function writeCoordinatorDecision(
   }
   if (batch.length > 0) batches.push(batch);
   for (const ops of batches) {
-    const r = await store.txn({ compare: [guard], then: ops });
+    const r = await store.txn({ compare: activeMutants.has('unguarded-coordinator') ? [] : [guard], then: ops });
     if (!r.succeeded) return false;
   }
   return true;

@@ -9,6 +9,7 @@
  * - stop everything when fenced.
  */
 import type { GrantRecord, Protocol, StateRecord } from './keys.js';
+import { activeMutants } from '../mutants.js';
 
 /** The lock of one resource as read from the store. */
 export interface HeldView {
@@ -20,6 +21,8 @@ export interface HeldView {
 
 export interface MemberView {
   readonly state: StateRecord | undefined;
+  /** Mod revision of the state key (0 when absent): the global barrier's acquire compares it. */
+  readonly stateRevision: number;
   /** My grants: resource → grant. */
   readonly grants: ReadonlyMap<string, GrantRecord>;
   /** Locks of the resources I care about (my grants and my local resources). Absent = free. */
@@ -32,10 +35,10 @@ export interface MemberView {
 export type LocalResource =
   /** The acquire transaction is in flight. */
   | { readonly phase: 'acquiring' }
-  /** The handler runs. */
-  | { readonly phase: 'running'; readonly token: number }
+  /** The handler runs; `generation` is the group generation it started under. */
+  | { readonly phase: 'running'; readonly token: number; readonly generation: number }
   /** The handler ended on its own (returned or threw) while still granted; the lock is kept; restart at `restartAtMs`. */
-  | { readonly phase: 'backoff'; readonly token: number; readonly restartAtMs: number }
+  | { readonly phase: 'backoff'; readonly token: number; readonly generation: number; readonly restartAtMs: number }
   /** The handler was aborted; waiting for it to settle. */
   | { readonly phase: 'stopping'; readonly token: number; readonly sinceMs: number }
   /** The handler has settled; the lock must be released. */
@@ -57,11 +60,19 @@ export interface MemberSelf {
 export type StopReason = 'revoked' | 'barrier' | 'fenced' | 'leaving';
 
 export type MemberAction =
-  | { readonly type: 'acquire'; readonly resource: string; readonly generation: number }
+  | {
+      readonly type: 'acquire';
+      readonly resource: string;
+      readonly generation: number;
+      /** Global barrier: the acquire succeeds only if the state has not changed since it was read. */
+      readonly stateRevision: number | undefined;
+      /** The group generation the handler starts under. */
+      readonly stateGeneration: number;
+    }
   /** The lock is already ours (an acquire whose response was lost): run with its token. */
-  | { readonly type: 'adopt'; readonly resource: string; readonly token: number }
+  | { readonly type: 'adopt'; readonly resource: string; readonly token: number; readonly generation: number }
   | { readonly type: 'stop'; readonly resource: string; readonly reason: StopReason }
-  | { readonly type: 'restart'; readonly resource: string; readonly token: number }
+  | { readonly type: 'restart'; readonly resource: string; readonly token: number; readonly generation: number }
   | { readonly type: 'release'; readonly resource: string; readonly token: number }
   /** Forget a resource whose lock is already gone (e.g. the session that held it expired). */
   | { readonly type: 'forget'; readonly resource: string }
@@ -73,7 +84,9 @@ export function decideMember(
   self: MemberSelf,
 ): MemberAction[] {
   const actions: MemberAction[] = [];
-  const barrierStopping = self.protocol === 'global-barrier' && view.state?.phase === 'stopping';
+  const global = self.protocol === 'global-barrier';
+  const barrierStopping = global && view.state?.phase === 'stopping';
+  const generation = view.state?.generation ?? 0;
 
   for (const [resource, loc] of local) {
     const granted = view.grants.has(resource);
@@ -86,12 +99,13 @@ export function decideMember(
             ? self.leaving
               ? 'leaving'
               : 'revoked'
-            : barrierStopping
-              ? 'barrier'
+            : barrierStopping || (global && generation > loc.generation)
+              ? // Global barrier: every rebalance stops everything, even if this node missed the stop phase.
+                'barrier'
               : undefined;
         if (reason !== undefined) actions.push({ type: 'stop', resource, reason });
         else if (loc.phase === 'backoff' && self.nowMs >= loc.restartAtMs) {
-          actions.push({ type: 'restart', resource, token: loc.token });
+          actions.push({ type: 'restart', resource, token: loc.token, generation: loc.generation });
         }
         break;
       }
@@ -110,7 +124,7 @@ export function decideMember(
           mayStart(self.protocol, view.state, grant)
         ) {
           // Stopped only because we were fenced, and it is still ours: resume under the same lock.
-          actions.push({ type: 'restart', resource, token: loc.token });
+          actions.push({ type: 'restart', resource, token: loc.token, generation });
         } else {
           actions.push({ type: 'release', resource, token: loc.token });
         }
@@ -121,16 +135,33 @@ export function decideMember(
     }
   }
 
+  // Locks this session holds without knowing it (an acquire whose response was lost): run the resource if
+  // it is ours to run, otherwise release the lock — else it would block the resource until our session ends.
+  for (const [resource, h] of view.held) {
+    if (local.has(resource) || h.nodeId !== self.nodeId || h.sessionId !== self.sessionId || self.fenced) continue;
+    const grant = view.grants.get(resource);
+    if (grant !== undefined && !self.leaving && !barrierStopping && mayStart(self.protocol, view.state, grant)) {
+      actions.push({ type: 'adopt', resource, token: h.token, generation });
+    } else {
+      actions.push({ type: 'release', resource, token: h.token });
+    }
+  }
+
   if (!self.fenced && !self.leaving) {
     for (const [resource, grant] of view.grants) {
       if (local.has(resource)) continue;
       if (!mayStart(self.protocol, view.state, grant)) continue;
       const h = view.held.get(resource);
-      if (h === undefined) actions.push({ type: 'acquire', resource, generation: grant.generation });
-      else if (h.nodeId === self.nodeId && h.sessionId === self.sessionId) {
-        actions.push({ type: 'adopt', resource, token: h.token });
+      if (h === undefined || (activeMutants.has('acquire-without-lock') && h.nodeId !== self.nodeId)) {
+        actions.push({
+          type: 'acquire',
+          resource,
+          generation: grant.generation,
+          stateRevision: global ? view.stateRevision : undefined,
+          stateGeneration: generation,
+        });
       }
-      // else: someone else (or an earlier incarnation of this node) still holds it — wait.
+      // else: ours (handled above), or someone else's (or an earlier incarnation of this node's) — wait.
     }
   }
 
