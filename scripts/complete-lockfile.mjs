@@ -14,7 +14,10 @@ const packages = lock.packages;
 // Platform from a package name such as @rollup/rollup-linux-arm64-musl.
 function platform(name) {
   const tail = name.split('/').pop();
-  const m = /-(android|darwin|freebsd|linux|openbsd|openharmony|win32|sunos|aix|netbsd)-([a-z0-9]+)(?:-([a-z0-9]+))?$/.exec(tail);
+  const m =
+    /-(android|darwin|freebsd|linux|openbsd|openharmony|win32|sunos|aix|netbsd)-([a-z0-9]+)(?:-([a-z0-9]+))?$/.exec(
+      tail,
+    );
   if (!m) return undefined;
   const [, os, cpu, abi] = m;
   const out = { os: [os], cpu: [cpu] };
@@ -36,7 +39,9 @@ for (const [path, meta] of Object.entries(packages)) {
     added++;
   }
 }
-const sorted = Object.fromEntries(Object.entries(packages).sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : a < b ? -1 : a > b ? 1 : 0)));
+const sorted = Object.fromEntries(
+  Object.entries(packages).sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : a < b ? -1 : a > b ? 1 : 0)),
+);
 lock.packages = sorted;
 writeFileSync(lockPath, `${JSON.stringify(lock, null, 2)}\n`);
 console.log(`complete-lockfile: added ${added} platform-specific optional package entries`);
