@@ -31,7 +31,7 @@ export interface ConformanceTarget {
   teardown(): Promise<void>;
 }
 
-/** Poll `probe` until it returns true or `timeoutMs` passes. */
+/** Poll `probe` until it returns true or `timeoutMs` passes; a probe that throws counts as false. */
 export async function eventually(
   probe: () => Promise<boolean> | boolean,
   timeoutMs: number,
@@ -39,7 +39,11 @@ export async function eventually(
 ): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (await probe()) return true;
+    try {
+      if (await probe()) return true;
+    } catch {
+      // A probe that throws (the store is unavailable for a moment) means "not yet".
+    }
     if (Date.now() >= deadline) return false;
     await new Promise((r) => setTimeout(r, stepMs));
   }

@@ -119,7 +119,13 @@ describe('etcd faults (private three-member cluster)', () => {
     expect(refused).toBe(0);
     expect(session.state).toBe('live');
     expect(states).not.toContain('expired');
-    await session.keepAlive();
+    // The cluster may still be settling: a keep-alive can time out once, but must go through soon.
+    expect(
+      await eventually(async () => {
+        await session.keepAlive();
+        return true;
+      }, 10_000),
+    ).toBe(true);
     expect((await observer.get('lead'))?.sessionId).toBe(session.id);
     // Every acknowledged increment is there; "unknown" ones may or may not be.
     const final = Number((await observer.get('counter'))?.value ?? '0');

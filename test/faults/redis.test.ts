@@ -14,6 +14,7 @@ import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contr
 import { Election, type Leadership } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { eventually } from '../conformance/suite.js';
 
 const TTL_MS = 2000;
 const REQUEST_TIMEOUT_MS = 500;
@@ -24,19 +25,6 @@ const errorOf = (p: Promise<unknown>): Promise<unknown> =>
     () => undefined,
     (e: unknown) => e,
   );
-
-async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await probe()) return true;
-    } catch {
-      // A failing store is "not yet".
-    }
-    if (Date.now() >= deadline) return false;
-    await sleep(stepMs);
-  }
-}
 
 /** Date.now() when the session ended (resolves then). */
 function endedAt(session: Session): Promise<number> {

@@ -18,6 +18,7 @@ import type { WatchHint } from '../../src/store/contract.js';
 import { Election } from '../../src/store/election.js';
 import { SessionExpiredError, StoreUnavailableError } from '../../src/errors.js';
 import { spawnClient, type ClientProcess } from '../conformance/clients.js';
+import { eventually } from '../conformance/suite.js';
 
 const CHILD = fileURLToPath(new URL('./sqlite-child.ts', import.meta.url));
 const TTL_MS = 1000;
@@ -84,15 +85,6 @@ function spawnChild(args: string[]): Child {
       });
     },
   };
-}
-
-async function eventually(probe: () => boolean | Promise<boolean>, timeoutMs: number, stepMs = 20): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await probe()) return true;
-    if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

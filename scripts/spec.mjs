@@ -1,0 +1,346 @@
+// Checks the Quint specs of the resource-group protocol (spec/groups), offline:
+//
+//   1. `quint typecheck` on every .qnt file;
+//   2. `quint test` on every module with scenario tests (`run ...Test`);
+//   3. `quint run` random simulations: the correct protocols with every
+//      safety invariant (must hold), and the bug variants (must be caught).
+//
+// Only Quint's TypeScript backend is used: the default (Rust) backend and
+// `quint verify` (Apalache) download binaries, which fails offline.
+// Seeds are pinned, so a run is reproducible; each line prints its seed.
+//
+//   npm run spec                      everything (about 1-2 min on 2 cores)
+//   npm run spec -- --seed 0x2a       another seed for every check
+//   npm run spec -- --scale 0.2       fewer samples (quick look)
+//   npm run spec -- --jobs 1          run the checks one at a time
+//   npm run spec -- --verbose         print Quint's output of every check
+//
+// Exit status 1 if a spec does not typecheck, a test fails, an invariant of a
+// correct spec is violated, a bug variant is NOT caught, or Quint errs.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const specDir = join(root, 'spec', 'groups');
+const quint = createRequire(import.meta.url).resolve('@informalsystems/quint/dist/src/cli.js');
+
+const args = process.argv.slice(2);
+const option = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
+};
+const seedOption = option('--seed', undefined);
+const seed = seedOption ?? '0x5eed';
+const scale = Number(option('--scale', '1'));
+const jobs = Math.max(1, Number(option('--jobs', String(Math.min(2, availableParallelism())))));
+const verbose = args.includes('--verbose');
+if (!(scale > 0)) throw new Error('--scale must be positive');
+
+const LOCK_SAFETY = ['OneActiveHolder', 'ActiveHolderHoldsLock', 'TokensIncrease', 'ActiveHolderHasNewestToken'];
+const RB_WITNESSES = [
+  'Takeover',
+  'HandlerOutlivesSession',
+  'OldHandlerOverlapsNewHolder',
+  'ReaddedWhileLocked',
+  'StaleWriteRefused',
+  'LostAcquireAdopted',
+];
+const GB_WITNESSES = ['Takeover', 'HandlerOutlivesSession', 'BarrierCompleted', 'BarrierTimedOut', 'StaleWriteRefused'];
+const samples = (n) => Math.max(1, Math.round(n * scale));
+
+// What to check. `expect: 'violation'` means the check passes only if Quint
+// finds a counterexample to one of `invariants`.
+const RUNS = [
+  {
+    name: 'resource barrier',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrier',
+    invariants: LOCK_SAFETY,
+    witnesses: RB_WITNESSES,
+    samples: samples(450),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'resource barrier, coordinator writes unguarded',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrierUnguarded',
+    invariants: LOCK_SAFETY,
+    witnesses: ['Takeover', 'StaleWriteLanded', 'GrantedTwice'],
+    samples: samples(200),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'global barrier (as designed)',
+    file: 'globalBarrier.qnt',
+    main: 'globalBarrier',
+    invariants: LOCK_SAFETY,
+    witnesses: GB_WITNESSES,
+    samples: samples(250),
+    steps: 100,
+    expect: 'ok',
+  },
+  {
+    name: 'global barrier, proposed fix',
+    file: 'globalBarrier.qnt',
+    main: 'globalBarrierFixed',
+    invariants: [...LOCK_SAFETY, 'OneGenerationActive'],
+    witnesses: GB_WITNESSES,
+    samples: samples(300),
+    steps: 100,
+    expect: 'ok',
+  },
+  {
+    name: 'BUG reused name: remove deletes held/<r>',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrierReusedName',
+    // Any seed finds the bug; this one's counterexample is the textbook
+    // story (remove, re-add, the new grantee takes it while the old runs).
+    seed: '0x1',
+    invariants: ['OneActiveHolder'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 40,
+    expect: 'violation',
+  },
+  {
+    name: 'BUG release before the handler stopped',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrierEarlyRelease',
+    invariants: ['OneActiveHolder'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 40,
+    expect: 'violation',
+  },
+  {
+    name: 'BUG no self-fencing',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrierNoSelfFence',
+    invariants: ['OneActiveHolder'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 40,
+    expect: 'violation',
+  },
+  {
+    name: 'FINDING global barrier as designed: drain timeout',
+    file: 'globalBarrier.qnt',
+    main: 'globalBarrier',
+    invariants: ['OneGenerationActive'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 60,
+    expect: 'violation',
+  },
+  {
+    name: 'GAP stuck handler outlives its session',
+    file: 'resourceBarrier.qnt',
+    main: 'resourceBarrier',
+    invariants: ['NoOverlappingUnsettledHandlers'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 60,
+    expect: 'violation',
+  },
+];
+
+const TESTS = [
+  ['resourceBarrier.qnt', 'resourceBarrierTests'],
+  ['globalBarrier.qnt', 'globalBarrierTests'],
+];
+
+const files = readdirSync(specDir)
+  .filter((f) => f.endsWith('.qnt'))
+  .sort();
+
+function quintRun(argv, timeoutMs) {
+  return new Promise((resolve) => {
+    const started = performance.now();
+    const child = spawn(process.execPath, [quint, ...argv], { cwd: specDir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, out, argv, seconds: (performance.now() - started) / 1000 });
+    });
+  });
+}
+
+// --- ITF (Informal Trace Format) helpers, to print counterexamples briefly ---
+function decode(v) {
+  if (Array.isArray(v)) return v.map(decode);
+  if (v === null || typeof v !== 'object') return v;
+  if ('#bigint' in v) return Number(v['#bigint']);
+  if ('#map' in v) return new Map(v['#map'].map(([k, x]) => [JSON.stringify(decode(k)), decode(x)]));
+  if ('#set' in v) return v['#set'].map(decode);
+  if ('#tup' in v) return v['#tup'].map(decode);
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, decode(x)]));
+}
+const field = (state, name) => state[Object.keys(state).find((k) => k.endsWith(`::${name}`) || k === name)];
+const key = (s) => JSON.parse(s);
+
+function describeTrace(itfFile) {
+  const trace = JSON.parse(readFileSync(itfFile, 'utf8'));
+  const states = trace.states.map(decode);
+  const steps = states.slice(1).map((s) => {
+    const a = field(s, 'lastAction');
+    const argsText = [a.node, a.name].filter((x) => x !== '').join(',');
+    return `${a.kind}(${argsText})`;
+  });
+  const last = states[states.length - 1];
+  const nodes = field(last, 'nodes');
+  const store = field(last, 'store');
+  const running = [];
+  for (const [n, nd] of nodes) {
+    for (const [r, h] of nd.handlers) {
+      if (h.phase !== 'running' && h.phase !== 'draining') continue;
+      const owner = nd.up && h.session === nd.session && !nd.fenced;
+      running.push(
+        `${key(n)} ${h.phase} ${key(r)} (token ${h.token}, gen ${h.gen}, session ${h.session}${owner ? '' : ', fenced'})`,
+      );
+    }
+  }
+  const held = [...store.held].map(([r, k]) => `held/${key(r)}=${k.node}#${k.token}`);
+  return { steps, final: `handlers: ${running.join('; ') || 'none'} | locks: ${held.join(' ') || 'none'}` };
+}
+
+// --- the checks ---
+const tmp = mkdtempSync(join(tmpdir(), 'rebalancer-spec-'));
+const results = [];
+
+async function typecheck(file) {
+  const r = await quintRun(['typecheck', file], 120_000);
+  return { kind: 'typecheck', name: file, result: r.code === 0 ? 'ok' : 'FAILED', pass: r.code === 0, r };
+}
+
+async function test([file, main]) {
+  const r = await quintRun(['test', file, '--backend=typescript', `--main=${main}`, `--seed=${seed}`], 120_000);
+  const passed = [...r.out.matchAll(/ok (\w+) passed/g)].map((m) => m[1]);
+  const pass = r.code === 0 && passed.length > 0;
+  return {
+    kind: 'test',
+    name: `${main}`,
+    detail: passed.join(', '),
+    result: pass ? `ok (${passed.length} scenario${passed.length > 1 ? 's' : ''})` : 'FAILED',
+    pass,
+    r,
+  };
+}
+
+async function simulate(c, index) {
+  const itf = join(tmp, `trace-${index}.itf.json`);
+  const runSeed = seedOption ?? c.seed ?? seed;
+  const argv = [
+    'run',
+    c.file,
+    '--backend=typescript',
+    `--main=${c.main}`,
+    `--seed=${runSeed}`,
+    `--max-samples=${c.samples}`,
+    `--max-steps=${c.steps}`,
+    `--out-itf=${itf}`,
+    '--invariants',
+    ...c.invariants,
+    ...(c.witnesses ? ['--witnesses', ...c.witnesses] : []),
+  ];
+  const r = await quintRun(argv, 600_000);
+  const ok = r.code === 0 && /\[ok\] No violation found/.test(r.out);
+  const violation = r.code !== 0 && /\[violation\]/.test(r.out);
+  // Quint names the violated invariants only when it checks several.
+  const named = [...r.out.matchAll(/❌ (\w+)/g)].map((m) => m[1]);
+  const violated = named.length > 0 ? named : c.invariants.length === 1 ? c.invariants : ['?'];
+  const rate = r.out.match(/\((\d+)ms at (\d+) traces\/second\)/);
+  const explored = rate ? Math.max(1, Math.round((Number(rate[1]) * Number(rate[2])) / 1000)) : undefined;
+  const witnesses = [...r.out.matchAll(/^(\w+) was witnessed in (\d+) trace\(s\) out of (\d+)/gm)].map(
+    (m) => `${m[1]} ${m[2]}/${m[3]}`,
+  );
+  let result;
+  let pass;
+  if (c.expect === 'ok') {
+    pass = ok;
+    result = ok ? 'ok' : violation ? `VIOLATED ${violated.join(' ')}` : 'ERROR';
+  } else {
+    pass = violation;
+    result = violation ? `violation found as expected (${violated.join(' ')})` : ok ? 'NOT CAUGHT' : 'ERROR';
+  }
+  const trace = violation && existsSync(itf) ? describeTrace(itf) : undefined;
+  return {
+    kind: 'run',
+    name: c.name,
+    module: c.main,
+    invariants: c.invariants,
+    seed: runSeed,
+    samples: violation ? `~${explored ?? '?'} of ${c.samples}` : `${c.samples}`,
+    steps: c.steps,
+    result,
+    pass,
+    witnesses,
+    trace,
+    r,
+  };
+}
+
+const queue = [
+  ...RUNS.map((c, i) => () => simulate(c, i)),
+  ...TESTS.map((t) => () => test(t)),
+  ...files.map((f) => () => typecheck(f)),
+];
+
+const started = performance.now();
+console.log(
+  `Quint specs in ${relative(root, specDir)}: ${files.length} files, ${TESTS.length} test modules, ` +
+    `${RUNS.length} simulations; seed ${seed}, scale ${scale}, ${jobs} parallel job(s)`,
+);
+let next = 0;
+async function worker() {
+  while (next < queue.length) {
+    const job = queue[next++];
+    const res = await job();
+    results.push(res);
+    const mark = res.pass ? 'ok ' : 'ERR';
+    console.log(`  [${mark}] ${res.kind} ${res.name} (${res.r.seconds.toFixed(1)} s)`);
+    if (verbose) console.log(`  quint ${res.r.argv.join(' ')}`);
+    if (verbose || (!res.pass && res.kind !== 'run')) console.log(res.r.out);
+  }
+}
+await Promise.all(Array.from({ length: jobs }, worker));
+rmSync(tmp, { recursive: true, force: true });
+
+// --- summary ---
+const pad = (s, n) => String(s).padEnd(n);
+const byKind = (k) => results.filter((x) => x.kind === k);
+console.log('\nTypecheck and scenario tests');
+for (const x of [...byKind('typecheck'), ...byKind('test')]) {
+  console.log(`  ${pad(x.kind, 10)} ${pad(x.name, 30)} ${x.result}${x.detail ? `: ${x.detail}` : ''}`);
+}
+console.log('\nRandom simulation (quint run --backend=typescript)');
+const header = [pad('spec', 50), pad('module', 27), pad('seed', 7), pad('samples x steps', 17), 'result'];
+console.log(`  ${header.join(' ')}`);
+const runs = RUNS.map((c) => byKind('run').find((x) => x.name === c.name));
+for (const x of runs) {
+  const row = [pad(x.name, 50), pad(x.module, 27), pad(x.seed, 7), pad(`${x.samples} x ${x.steps}`, 17), x.result];
+  console.log(`  ${row.join(' ')}`);
+  console.log(`  ${pad('', 50)} invariants: ${x.invariants.join(', ')}`);
+  if (x.witnesses.length) console.log(`  ${pad('', 50)} reached in traces: ${x.witnesses.join(', ')}`);
+}
+console.log('\nCounterexamples found (actions in order; the last one breaks the invariant)');
+for (const x of runs.filter((y) => y.trace)) {
+  const cmd = x.r.argv.filter((a) => !a.startsWith('--out-itf'));
+  console.log(`  ${x.name}: ${x.trace.steps.length} steps  [cd spec/groups && npx quint ${cmd.join(' ')}]`);
+  console.log(`    ${x.trace.steps.join(' ')}`);
+  console.log(`    => ${x.trace.final}`);
+}
+const failed = results.filter((x) => !x.pass);
+for (const x of failed.filter((y) => y.kind === 'run' && !verbose)) {
+  // Quint prints whole states; keep its messages only (--verbose for all).
+  const messages = x.r.out.split('\n').filter((l) => /^[A-Za-z[]/.test(l) && !/^\[State/.test(l));
+  console.log(`\n--- quint output of failed check: ${x.name} ---\n${messages.join('\n')}`);
+}
+const seconds = ((performance.now() - started) / 1000).toFixed(0);
+console.log(
+  `\n${failed.length === 0 ? 'All spec checks passed' : `${failed.length} spec check(s) FAILED`} in ${seconds} s.`,
+);
+process.exit(failed.length === 0 ? 0 : 1);
