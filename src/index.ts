@@ -40,3 +40,24 @@ export {
 } from './errors.js';
 export { Election, type ElectionOptions, type Leadership } from './store/election.js';
 export { openStore } from './store/open.js';
+
+// Resource groups.
+export { joinGroup, GroupMember, NodeIdInUseError, RevokedError } from './runtime/group-member.js';
+export type { AssignedResource, GroupEvents } from './runtime/group-member.js';
+export type { JoinOptions, ResourceContext, ResourceHandler, ResourceSource } from './runtime/options.js';
+export { GroupAdmin } from './runtime/registry.js';
+export type { Protocol } from './protocol/groups/keys.js';
+export type { StopReason } from './protocol/groups/member.js';
+
+// Placement (pure functions).
+export {
+  place,
+  rankNodes,
+  countMoves,
+  shares,
+  PLACEMENT_STRATEGIES,
+  type Assignment,
+  type PlacementInput,
+  type PlacementNode,
+  type PlacementStrategy,
+} from './placement/index.js';

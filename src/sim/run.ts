@@ -1,0 +1,81 @@
+/**
+ * Run many simulation seeds, report failing ones with the command that
+ * replays each exactly, and summarise. Used by `rebalancer sim` and the tests.
+ */
+import type { PlacementStrategy } from '../placement/index.js';
+import type { Protocol } from '../protocol/groups/keys.js';
+import type { MutantName } from '../protocol/mutants.js';
+import { runGroupsSim, type GroupsSimResult, type Violation } from './groups.js';
+
+export interface SimRunOptions {
+  readonly scenario: 'groups';
+  readonly protocol: Protocol;
+  readonly seeds: number;
+  /** First seed (default 1); with `seeds: 1` this replays one seed. */
+  readonly seed?: number | undefined;
+  readonly nodes?: number | undefined;
+  readonly resources?: number | undefined;
+  readonly strategy?: PlacementStrategy | undefined;
+  readonly mutant?: MutantName | undefined;
+  /** Stop at the first failing seed (mutant hunting). */
+  readonly stopOnFailure?: boolean | undefined;
+  readonly onSeed?: ((result: GroupsSimResult, index: number) => void) | undefined;
+}
+
+export interface SimSummary {
+  readonly scenario: string;
+  readonly protocol: Protocol;
+  readonly mutant: MutantName | null;
+  readonly seeds: number;
+  readonly steps: number;
+  readonly violations: number;
+  readonly failingSeeds: readonly { readonly seed: number; readonly violation: Violation; readonly replay: string }[];
+  readonly firstFailingSeed: number | null;
+  readonly wallMs: number;
+}
+
+export function replayCommand(o: SimRunOptions, seed: number): string {
+  const parts = [`npx rebalancer sim --scenario ${o.scenario} --protocol ${o.protocol} --seed ${seed} --seeds 1`];
+  if (o.nodes !== undefined) parts.push(`--nodes ${o.nodes}`);
+  if (o.resources !== undefined) parts.push(`--resources ${o.resources}`);
+  if (o.strategy !== undefined) parts.push(`--strategy ${o.strategy}`);
+  if (o.mutant !== undefined) parts.push(`--mutant ${o.mutant}`);
+  return parts.join(' ');
+}
+
+export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
+  const started = performance.now();
+  const first = o.seed ?? 1;
+  let steps = 0;
+  let violations = 0;
+  let ran = 0;
+  const failing: { seed: number; violation: Violation; replay: string }[] = [];
+  for (let i = 0; i < o.seeds; i++) {
+    const seed = first + i;
+    const r = await runGroupsSim({
+      seed,
+      protocol: o.protocol,
+      mutant: o.mutant,
+      ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
+      ...(o.resources === undefined ? {} : { resources: o.resources }),
+      ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
+    });
+    ran++;
+    steps += r.steps;
+    violations += r.violations.length;
+    if (r.violations.length > 0) failing.push({ seed, violation: r.violations[0]!, replay: replayCommand(o, seed) });
+    o.onSeed?.(r, i);
+    if (o.stopOnFailure === true && failing.length > 0) break;
+  }
+  return {
+    scenario: o.scenario,
+    protocol: o.protocol,
+    mutant: o.mutant ?? null,
+    seeds: ran,
+    steps,
+    violations,
+    failingSeeds: failing,
+    firstFailingSeed: failing[0]?.seed ?? null,
+    wallMs: Math.round(performance.now() - started),
+  };
+}

@@ -1,0 +1,45 @@
+/**
+ * The deterministic simulator in CI: a few hundred seeds per protocol must
+ * find no violation, every mutant must be caught within 300 seeds, and a seed
+ * must replay exactly.
+ */
+import { describe, expect, it } from 'vitest';
+import { runGroupsSim } from '../../src/sim/groups.js';
+import { runSimulation } from '../../src/sim/run.js';
+import { MUTANTS, type MutantName } from '../../src/protocol/mutants.js';
+
+const SEEDS = Number(process.env['REBALANCER_SIM_SEEDS'] ?? 200);
+
+describe('group simulation', () => {
+  for (const protocol of ['resource-barrier', 'global-barrier'] as const) {
+    it(`${protocol}: ${SEEDS} seeds of crashes, pauses, partitions, store faults and churn without a violation`, async () => {
+      const s = await runSimulation({ scenario: 'groups', protocol, seeds: SEEDS });
+      expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
+      expect(s.seeds).toBe(SEEDS);
+      expect(s.steps).toBeGreaterThan(SEEDS * 1000);
+    }, 600_000);
+  }
+
+  for (const mutant of Object.keys(MUTANTS) as MutantName[]) {
+    it(`catches the mutant ${mutant} within 300 seeds`, async () => {
+      const s = await runSimulation({
+        scenario: 'groups',
+        protocol: 'resource-barrier',
+        seeds: 300,
+        mutant,
+        stopOnFailure: true,
+      });
+      expect(s.firstFailingSeed).not.toBeNull();
+    }, 600_000);
+  }
+
+  it('replays a seed exactly', async () => {
+    const a = await runGroupsSim({ seed: 42, protocol: 'resource-barrier' });
+    const b = await runGroupsSim({ seed: 42, protocol: 'resource-barrier' });
+    expect(b).toEqual(a);
+    const m1 = await runGroupsSim({ seed: 3, protocol: 'resource-barrier', mutant: 'acquire-without-lock' });
+    const m2 = await runGroupsSim({ seed: 3, protocol: 'resource-barrier', mutant: 'acquire-without-lock' });
+    expect(m2.violations).toEqual(m1.violations);
+    expect(m1.violations.length).toBeGreaterThan(0);
+  }, 120_000);
+});
