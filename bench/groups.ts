@@ -368,8 +368,8 @@ interface HandoffCase {
   resources: number;
   /** Initial convergence: all resources running. */
   setupMs: number;
-  join?: { ms: number; newNodeStartedMs: number; moved: number; trips: number; counts: Counts };
-  leave?: { ms: number; leaveReturnedMs: number; moved: number; trips: number; counts: Counts };
+  join?: { ms: number; newNodeStartedMs: number; moved: number; trips: number; counts: Counts; phases: Phases };
+  leave?: { ms: number; leaveReturnedMs: number; moved: number; trips: number; counts: Counts; phases: Phases };
   rawRoundTripMs?: number;
   error?: string;
 }
@@ -389,6 +389,9 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
     }
   };
   const events: { kind: string; node: string; generation: number }[] = [];
+  /** performance.now() of each assigned / revoked / released event, for the phase timeline. */
+  const timeline: { kind: 'assigned' | 'revoked' | 'released'; node: string; resource: string; at: number }[] = [];
+  let coordStartedAt = Number.NaN;
   const handler = async ({ signal }: { signal: AbortSignal }): Promise<void> => {
     await new Promise<void>((resolve) => {
       if (signal.aborted) resolve();
@@ -407,14 +410,22 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
       drainTimeoutMs: 30_000,
       handler,
     });
-    m.on('assigned', ({ resource }) => owner.set(resource, id));
+    m.on('assigned', ({ resource }) => {
+      owner.set(resource, id);
+      timeline.push({ kind: 'assigned', node: id, resource, at: performance.now() });
+    });
     m.on('released', ({ resource }) => {
       if (owner.get(resource) === id) owner.delete(resource);
+      timeline.push({ kind: 'released', node: id, resource, at: performance.now() });
     });
     m.on('revoked', ({ resource }) => {
       if (owner.get(resource) === id) owner.delete(resource);
+      timeline.push({ kind: 'revoked', node: id, resource, at: performance.now() });
     });
-    m.on('rebalanceStarted', ({ generation }) => events.push({ kind: 'started', node: id, generation }));
+    m.on('rebalanceStarted', ({ generation }) => {
+      events.push({ kind: 'started', node: id, generation });
+      coordStartedAt = performance.now();
+    });
     m.on('rebalanceCompleted', ({ generation }) => events.push({ kind: 'completed', node: id, generation }));
     members.set(id, m);
     return m;
@@ -452,6 +463,7 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
       const newId = 'zz-new';
       const before = sumCounts(stores);
       const evFrom = events.length;
+      const logFrom = timeline.length;
       const joinCall = addMember(newId);
       const m = await joinCall;
       const tJoined = performance.now();
@@ -482,6 +494,7 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
         moved: counts().get(newId) ?? 0,
         trips: trips(c),
         counts: c,
+        phases: phases(timeline, logFrom, tJoined, coordStartedAt),
       };
       void m;
       await sleep(1500);
@@ -492,6 +505,7 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
       const leaver = [...members.values()].find((m) => !m.isCoordinator && m.nodeId !== 'zz-new')!;
       const theirs = [...owner].filter(([, o]) => o === leaver.nodeId).map(([r]) => r);
       const before = sumCounts(stores);
+      const logFrom = timeline.length;
       const t0l = performance.now();
       let leaveReturned = Number.NaN;
       const leaving = leaver.leave().then(() => {
@@ -513,6 +527,7 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
         moved: theirs.length,
         trips: trips(c),
         counts: c,
+        phases: phases(timeline, logFrom, t0l, coordStartedAt),
       };
     }
   } catch (err) {
@@ -523,6 +538,35 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
     await admin.close();
   }
   return out;
+}
+
+/** Phase timeline of one step, ms after its start: grants written, first/last revoke, release and start. */
+interface Phases {
+  grantsWritten: number | undefined;
+  firstRevoked: number | undefined;
+  lastReleased: number | undefined;
+  firstStarted: number | undefined;
+  lastStarted: number | undefined;
+}
+
+function phases(
+  timeline: readonly { kind: string; at: number }[],
+  from: number,
+  t0: number,
+  grantsAt: number,
+): Phases {
+  const rel = (x: number): number | undefined => (Number.isFinite(x) ? round(x - t0, 1) : undefined);
+  const of = (k: string): number[] => timeline.slice(from).filter((e) => e.kind === k).map((e) => e.at);
+  const rv = of('revoked');
+  const rl = of('released');
+  const st = of('assigned');
+  return {
+    grantsWritten: grantsAt >= t0 ? rel(grantsAt) : undefined,
+    firstRevoked: rel(Math.min(...rv)),
+    lastReleased: rel(Math.max(...rl)),
+    firstStarted: rel(Math.min(...st)),
+    lastStarted: rel(Math.max(...st)),
+  };
 }
 
 // ---- 4. coordinator compute ------------------------------------------------------------------
@@ -707,6 +751,34 @@ export async function run(args: string[]): Promise<void> {
     }
   }
   out.push(table(h));
+  const ph: string[][] = [
+    ['backend', 'nodes×resources', 'step', 'grants written', '1st revoke', 'last release', '1st start', 'last start', 'watch hints'],
+  ];
+  const fmt = (x: number | undefined): string => (x === undefined ? '-' : `${x}`);
+  for (const [b, cs] of Object.entries(handoff)) {
+    for (const c of cs) {
+      for (const [step, x] of [
+        ['join', c.join],
+        ['leave', c.leave],
+      ] as const) {
+        if (x === undefined) continue;
+        const p = x.phases;
+        ph.push([
+          b,
+          `${c.nodes}×${c.resources}`,
+          step,
+          fmt(p.grantsWritten),
+          fmt(p.firstRevoked),
+          fmt(p.lastReleased),
+          fmt(p.firstStarted),
+          fmt(p.lastStarted),
+          String(x.counts.watchHints),
+        ]);
+      }
+    }
+  }
+  out.push('phases (ms after joinGroup resolved / leave() was called):');
+  out.push(table(ph));
   out.push(
     'round trips: txn + get + range + keep-alive calls of all members during the step (watch hints not counted); ' +
       'raw rt: one get on an idle client, so trips × raw rt / concurrency bounds what the store itself costs',
