@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N]`
+ * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N] [--sections failover,election,handoff,compute]
+ *   [--cases 10x1000,100x1000]`
  *
  * Resource groups, four sections, each figure as a ratio within this run:
  * 1. failover after kill -9 of a worker process, per backend, as a ratio to the session TTL;
@@ -15,7 +16,16 @@ import { createInterface } from 'node:readline';
 import { place, type Assignment } from '../src/placement/index.js';
 import { GroupAdmin } from '../src/runtime/registry.js';
 import { joinGroup, type GroupMember } from '../src/runtime/group-member.js';
-import type { RangeResult, Session, SessionOptions, Store, Txn, TxnResult, WatchHint, Watcher } from '../src/store/contract.js';
+import type {
+  RangeResult,
+  Session,
+  SessionOptions,
+  Store,
+  Txn,
+  TxnResult,
+  WatchHint,
+  Watcher,
+} from '../src/store/contract.js';
 import { openStore } from '../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
 import { round, table } from './stats.js';
@@ -126,7 +136,10 @@ async function backend(name: string): Promise<Backend> {
   switch (name) {
     case 'sqlite': {
       const dir = mkdtempSync(join(tmpdir(), 'rebalancer-gbench-'));
-      return { url: `sqlite:${join(dir, 'groups.db')}`, close: async () => rmSync(dir, { recursive: true, force: true }) };
+      return {
+        url: `sqlite:${join(dir, 'groups.db')}`,
+        close: async () => rmSync(dir, { recursive: true, force: true }),
+      };
     }
     case 'postgres': {
       const s = await startPostgres();
@@ -370,18 +383,30 @@ interface HandoffCase {
   setupMs: number;
   join?: { ms: number; newNodeStartedMs: number; moved: number; trips: number; counts: Counts; phases: Phases };
   leave?: { ms: number; leaveReturnedMs: number; moved: number; trips: number; counts: Counts; phases: Phases };
+  /** One get on the admin client before any member joined. */
+  idleRoundTripMs?: number;
+  /** The same, measured in the settled group (1.5 s after convergence): the bench process's own load shows here. */
   rawRoundTripMs?: number;
+  /** Round trips per second of all members in the settled group (nothing changing). */
+  settledTripsPerS?: number;
+  settledHintsPerS?: number;
   error?: string;
 }
 
-async function handoffCase(url: string, nodes: number, resources: number, budgetMs: number): Promise<HandoffCase> {
+async function handoffCase(
+  url: string,
+  nodes: number,
+  resources: number,
+  setupBudgetMs: number,
+  stepBudgetMs: number,
+): Promise<HandoffCase> {
   const namespace = `gh${nodes}x${resources}x${Date.now().toString(36)}`;
   const group = 'bench';
   const stores: CountingStore[] = [];
   const members = new Map<string, GroupMember>();
   const owner = new Map<string, string>();
   const out: HandoffCase = { nodes, resources, setupMs: Number.NaN };
-  const until = Date.now() + budgetMs;
+  let until = Date.now() + setupBudgetMs;
   const waitUntil = async (what: string, pred: () => boolean): Promise<void> => {
     while (!pred()) {
       if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
@@ -432,6 +457,11 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
   };
   const admin = await openStore(url, { namespace });
   try {
+    {
+      const r0 = performance.now();
+      for (let i = 0; i < 50; i++) await admin.get('bench/missing');
+      out.idleRoundTripMs = round((performance.now() - r0) / 50);
+    }
     const t0 = Date.now();
     await new GroupAdmin(admin, group).add(Array.from({ length: resources }, (_, i) => `res-${i}`));
     // Join in parallel batches (one process, each member with its own store client).
@@ -453,10 +483,18 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
     });
     out.setupMs = Date.now() - t0;
     await sleep(1500); // quiet down: trailing reconciles and rebalanceCompleted
-    // raw round trip: a get on the admin client
+    // raw round trip: a get on the admin client, and the load of the settled group over 2 s
+    const quiet0 = sumCounts(stores);
+    const q0 = performance.now();
     const r0 = performance.now();
     for (let i = 0; i < 50; i++) await admin.get('bench/missing');
     out.rawRoundTripMs = round((performance.now() - r0) / 50);
+    await sleep(Math.max(0, 2000 - (performance.now() - q0)));
+    const quiet = diff(sumCounts(stores), quiet0);
+    const quietS = (performance.now() - q0) / 1000;
+    out.settledTripsPerS = round(trips(quiet) / quietS, 1);
+    out.settledHintsPerS = round(quiet.watchHints / quietS, 1);
+    until = Date.now() + stepBudgetMs;
 
     // (a) join one node
     {
@@ -501,6 +539,7 @@ async function handoffCase(url: string, nodes: number, resources: number, budget
     }
 
     // (b) graceful leave of one node that is not the coordinator
+    until = Date.now() + stepBudgetMs;
     {
       const leaver = [...members.values()].find((m) => !m.isCoordinator && m.nodeId !== 'zz-new')!;
       const theirs = [...owner].filter(([, o]) => o === leaver.nodeId).map(([r]) => r);
@@ -549,14 +588,13 @@ interface Phases {
   lastStarted: number | undefined;
 }
 
-function phases(
-  timeline: readonly { kind: string; at: number }[],
-  from: number,
-  t0: number,
-  grantsAt: number,
-): Phases {
+function phases(timeline: readonly { kind: string; at: number }[], from: number, t0: number, grantsAt: number): Phases {
   const rel = (x: number): number | undefined => (Number.isFinite(x) ? round(x - t0, 1) : undefined);
-  const of = (k: string): number[] => timeline.slice(from).filter((e) => e.kind === k).map((e) => e.at);
+  const of = (k: string): number[] =>
+    timeline
+      .slice(from)
+      .filter((e) => e.kind === k)
+      .map((e) => e.at);
   const rv = of('revoked');
   const rl = of('released');
   const st = of('assigned');
@@ -619,6 +657,11 @@ export async function run(args: string[]): Promise<void> {
   const backends = bArg >= 0 ? (args[bArg + 1] ?? '').split(',') : [...ALL];
   const rArg = args.indexOf('--reps');
   const reps = rArg >= 0 ? Number(args[rArg + 1]) : quick ? 1 : 3;
+  const sArg = args.indexOf('--sections');
+  const sections = new Set(
+    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['failover', 'election', 'handoff', 'compute'],
+  );
+  const cArg = args.indexOf('--cases');
   const started = Date.now();
   const failovers: Record<string, FailoverResult | { error: string }> = {};
   let election: ElectionResult | { error: string } = { error: 'not run' };
@@ -630,11 +673,13 @@ export async function run(args: string[]): Promise<void> {
   process.once('SIGINT', onSignal);
   try {
     // 4 first: pure CPU, before the machine is busy with servers.
-    log('coordinator compute…');
-    compute = [computeCase(10_000, 100, 5, quick ? 5 : 9), computeCase(100_000, 1000, 50, quick ? 3 : 5)];
+    if (sections.has('compute')) {
+      log('coordinator compute…');
+      compute = [computeCase(10_000, 100, 5, quick ? 5 : 9), computeCase(100_000, 1000, 50, quick ? 3 : 5)];
+    }
 
     const deadline = started + (quick ? 40_000 : 150_000);
-    for (const b of backends) {
+    for (const b of sections.has('failover') ? backends : []) {
       log(`failover after kill -9: ${b}…`);
       try {
         failovers[b] = await failover(b, reps, deadline);
@@ -642,32 +687,37 @@ export async function run(args: string[]): Promise<void> {
         failovers[b] = { error: err instanceof Error ? err.message : String(err) };
       }
     }
-    log('etcd election peer…');
-    try {
-      election = await etcdElection(reps, deadline + 20_000);
-    } catch (err) {
-      election = { error: err instanceof Error ? err.message : String(err) };
+    if (sections.has('election')) {
+      log('etcd election peer…');
+      try {
+        election = await etcdElection(reps, deadline + 20_000);
+      } catch (err) {
+        election = { error: err instanceof Error ? err.message : String(err) };
+      }
     }
 
-    const cases: [number, number][] = quick
-      ? [
-          [10, 1000],
-          [100, 1000],
-        ]
-      : [
-          [10, 1000],
-          [100, 1000],
-          [10, 10_000],
-          [100, 10_000],
-        ];
+    const cases: [number, number][] =
+      cArg >= 0
+        ? (args[cArg + 1] ?? '').split(',').map((c) => c.split('x').map(Number) as [number, number])
+        : quick
+          ? [
+              [10, 1000],
+              [100, 1000],
+            ]
+          : [
+              [10, 1000],
+              [100, 1000],
+              [10, 10_000],
+              [100, 10_000],
+            ];
     const handoffBackends = quick ? ['redis', 'sqlite'] : ['redis'];
-    for (const hb of handoffBackends) {
+    for (const hb of sections.has('handoff') ? handoffBackends : []) {
       const be = await backend(hb);
       try {
         handoff[hb] = [];
         for (const [n, r] of cases) {
           log(`planned handoff on ${hb}: ${n} nodes × ${r} resources…`);
-          handoff[hb].push(await handoffCase(be.url, n, r, quick ? 30_000 : 90_000));
+          handoff[hb].push(await handoffCase(be.url, n, r, quick ? 30_000 : 90_000, quick ? 20_000 : 30_000));
         }
       } finally {
         await be.close();
@@ -682,7 +732,9 @@ export async function run(args: string[]): Promise<void> {
   // ---- report
   const out: string[] = [];
   out.push(`1. Failover after kill -9 (${WORKERS} worker processes, ${RESOURCES} resources, session TTL ${TTL_MS} ms)`);
-  const f: string[][] = [['backend', 'runs', 'first moved (median)', 'all moved (median)', 'ratio to TTL', 'runs (ms)']];
+  const f: string[][] = [
+    ['backend', 'runs', 'first moved (median)', 'all moved (median)', 'ratio to TTL', 'runs (ms)'],
+  ];
   for (const [b, r] of Object.entries(failovers)) {
     if ('error' in r) f.push([b, 'ERROR', r.error.slice(0, 70), '', '', '']);
     else
@@ -695,7 +747,9 @@ export async function run(args: string[]): Promise<void> {
         r.runs.map((x) => x.ms).join(', '),
       ]);
   }
-  if ('error' in election) f.push(['etcd election (peer)', 'ERROR', election.error.slice(0, 70), '', '', '']);
+  if (!sections.has('election')) {
+    // not run
+  } else if ('error' in election) f.push(['etcd election (peer)', 'ERROR', election.error.slice(0, 70), '', '', '']);
   else
     f.push([
       'etcd election (peer)',
@@ -727,7 +781,8 @@ export async function run(args: string[]): Promise<void> {
       'leave() returned',
       'moved',
       'round trips',
-      'raw rt',
+      'rt idle/settled',
+      'settled trips/s',
     ],
   ];
   for (const [b, cs] of Object.entries(handoff)) {
@@ -746,13 +801,24 @@ export async function run(args: string[]): Promise<void> {
         l ? `${l.leaveReturnedMs} ms` : '',
         l ? String(l.moved) : '',
         l ? `${l.trips} (${l.counts.txn} txn)` : '',
-        c.rawRoundTripMs !== undefined ? `${c.rawRoundTripMs} ms` : '',
+        `${c.idleRoundTripMs ?? '-'}/${c.rawRoundTripMs ?? '-'} ms`,
+        c.settledTripsPerS !== undefined ? `${c.settledTripsPerS} (${c.settledHintsPerS} hints/s)` : '',
       ]);
     }
   }
   out.push(table(h));
   const ph: string[][] = [
-    ['backend', 'nodes×resources', 'step', 'grants written', '1st revoke', 'last release', '1st start', 'last start', 'watch hints'],
+    [
+      'backend',
+      'nodes×resources',
+      'step',
+      'grants written',
+      '1st revoke',
+      'last release',
+      '1st start',
+      'last start',
+      'watch hints',
+    ],
   ];
   const fmt = (x: number | undefined): string => (x === undefined ? '-' : `${x}`);
   for (const [b, cs] of Object.entries(handoff)) {
@@ -781,7 +847,8 @@ export async function run(args: string[]): Promise<void> {
   out.push(table(ph));
   out.push(
     'round trips: txn + get + range + keep-alive calls of all members during the step (watch hints not counted); ' +
-      'raw rt: one get on an idle client, so trips × raw rt / concurrency bounds what the store itself costs',
+      'rt idle/settled: one get on a separate client before the members joined / in the settled group (the bench ' +
+      "process's own event-loop load shows in the second); settled trips/s: store calls of all members while nothing changes",
   );
   out.push('');
   out.push("3. Coordinator compute: place('sticky-balanced'), median");
@@ -806,7 +873,7 @@ export async function run(args: string[]): Promise<void> {
   }
   const anyError =
     Object.values(failovers).some((r) => 'error' in r) ||
-    'error' in election ||
+    (sections.has('election') && 'error' in election) ||
     Object.values(handoff).some((cs) => cs.some((x) => x.error !== undefined));
   if (anyError) process.exitCode = 1;
 }
