@@ -309,9 +309,11 @@ interface Counts {
   range: number;
   keepAlive: number;
   watchHints: number;
+  /** Transactions reading several whole prefixes (the coordinator's full group view). */
+  groupReads: number;
 }
 
-const zero = (): Counts => ({ txn: 0, get: 0, range: 0, keepAlive: 0, watchHints: 0 });
+const zero = (): Counts => ({ txn: 0, get: 0, range: 0, keepAlive: 0, watchHints: 0, groupReads: 0 });
 
 /** A Store that delegates everything and counts its round trips (and the watch hints it delivers). */
 class CountingStore implements Store {
@@ -351,6 +353,7 @@ class CountingStore implements Store {
   }
   txn(txn: Txn): Promise<TxnResult> {
     this.counts.txn++;
+    if (txn.then.filter((o) => o.op === 'range').length >= 3) this.counts.groupReads++;
     return this.inner.txn(txn);
   }
   watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
@@ -818,6 +821,7 @@ export async function run(args: string[]): Promise<void> {
       '1st start',
       'last start',
       'watch hints',
+      'full group reads',
     ],
   ];
   const fmt = (x: number | undefined): string => (x === undefined ? '-' : `${x}`);
@@ -839,6 +843,7 @@ export async function run(args: string[]): Promise<void> {
           fmt(p.firstStarted),
           fmt(p.lastStarted),
           String(x.counts.watchHints),
+          String(x.counts.groupReads),
         ]);
       }
     }
