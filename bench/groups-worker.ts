@@ -1,0 +1,67 @@
+/**
+ * Worker process of `npm run bench -- groups` (not a benchmark by itself).
+ *
+ *   node --import tsx bench/groups-worker.ts member <storeUrl> <namespace> <group> <nodeId> <ttlMs>
+ *   node --import tsx bench/groups-worker.ts election <etcdHostPort> <name> <id> <ttlSeconds>
+ *
+ * Reports on stdout, one JSON object per line, with `t` = Date.now() (all
+ * processes run on one host):
+ *   {"ev":"ready"}                       joined (member) / campaigning (election)
+ *   {"ev":"start","r":"…","t":…}         a resource's handler started
+ *   {"ev":"stop","r":"…","t":…}          a resource's handler stopped
+ *   {"ev":"elected","t":…}               this process won the etcd election
+ */
+import { joinGroup } from '../src/runtime/group-member.js';
+import { openStore } from '../src/store/open.js';
+
+function say(o: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify({ ...o, t: Date.now() })}\n`);
+}
+
+const [mode, ...rest] = process.argv.slice(2);
+
+if (mode === 'member') {
+  const [url, namespace, group, nodeId, ttl] = rest as [string, string, string, string, string];
+  const store = await openStore(url, { namespace });
+  const member = await joinGroup({
+    store,
+    group,
+    node: { id: nodeId },
+    sessionTtlMs: Number(ttl),
+    handler: async ({ resource, signal }) => {
+      say({ ev: 'start', r: resource });
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      say({ ev: 'stop', r: resource });
+    },
+  });
+  member.on('error', ({ context }) => process.stderr.write(`${nodeId}: error ${context}\n`));
+  say({ ev: 'ready' });
+  const bye = (): void => {
+    void member
+      .leave()
+      .finally(() => store.close())
+      .finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', bye);
+  process.on('SIGINT', bye);
+  setInterval(() => undefined, 60_000); // stay alive
+} else if (mode === 'election') {
+  const [hostPort, name, id, ttlSeconds] = rest as [string, string, string, string];
+  const { Etcd3 } = await import('etcd3');
+  const client = new Etcd3({ hosts: `http://${hostPort}` });
+  const campaign = client.election(name, Number(ttlSeconds)).campaign(id);
+  campaign.on('elected', () => say({ ev: 'elected' }));
+  campaign.on('error', (err: unknown) => say({ ev: 'error', error: String(err) }));
+  say({ ev: 'ready' });
+  process.on('SIGTERM', () => {
+    client.close();
+    process.exit(0);
+  });
+  setInterval(() => undefined, 60_000);
+} else {
+  process.stderr.write('usage: groups-worker.ts member|election …\n');
+  process.exit(2);
+}
