@@ -103,6 +103,9 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #fenceTimer: TimerHandle | undefined;
   #tickTimer: TimerHandle | undefined;
   #memberWatch: Watcher | undefined;
+  /** A watch on `held/`, open only while this node waits for a lock somebody else holds. */
+  #heldWatch: Watcher | undefined;
+  #heldWatchOpening = false;
   #memberLoop = new Loop();
   // Coordinator side.
   #leadership: Leadership | undefined;
@@ -209,6 +212,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       await this.#stopCoordinating();
       this.#clearTimers();
       await this.#memberWatch?.close().catch(() => undefined);
+      await this.#heldWatch?.close().catch(() => undefined);
       // Closing the session deletes every key still attached to it (e.g. locks of stuck handlers, which
       // then may be taken over: the handler was told to stop drainTimeoutMs ago).
       await session?.close().catch(() => undefined);
@@ -370,11 +374,40 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   async #watchMember(): Promise<Watcher> {
     const k = this.#keys;
-    // One watch on the group root: grants, state and locks all concern members; hints are cheap and re-reads small.
-    return this.#store.watch(k.root, () => {
-      this.#kickMember();
-      if (this.#leadership !== undefined) this.#kickCoordinator();
-    });
+    // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff in
+    // the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
+    const grants = await this.#store.watch(k.grantsOf(this.nodeId), () => this.#kickMember());
+    const state = await this.#store.watch(k.state, () => this.#kickMember());
+    return {
+      close: async () => {
+        await grants.close();
+        await state.close();
+      },
+    };
+  }
+
+  #watchLocksWhileWaiting(waiting: boolean): void {
+    if (waiting && this.#heldWatch === undefined && !this.#heldWatchOpening && this.#run !== 'left') {
+      this.#heldWatchOpening = true;
+      this.#store
+        .watch(this.#keys.held, () => this.#kickMember())
+        .then(
+          (w) => {
+            this.#heldWatchOpening = false;
+            if (this.#run === 'left') void w.close();
+            else this.#heldWatch = w;
+            this.#kickMember(); // a release may have happened while the watch was being opened
+          },
+          (error: unknown) => {
+            this.#heldWatchOpening = false;
+            this.emit('error', { error, context: 'watching locks' });
+          },
+        );
+    } else if (!waiting && this.#heldWatch !== undefined) {
+      const w = this.#heldWatch;
+      this.#heldWatch = undefined;
+      void w.close().catch(() => undefined);
+    }
   }
 
   #scheduleTick(): void {
@@ -449,6 +482,12 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       leaving: this.#run === 'leaving',
       nowMs: this.#clock.now(),
     });
+    // Waiting for somebody else's lock on a resource granted to us? Then we need to hear when it is released.
+    const waiting = [...view.grants.keys()].some((r) => {
+      const h = view.held.get(r);
+      return !this.#local.has(r) && h !== undefined && h.sessionId !== session.id;
+    });
+    this.#watchLocksWhileWaiting(waiting);
     await Promise.all(actions.map((a) => this.#act(a, session)));
   }
 
