@@ -418,8 +418,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
         if (this.#leadership !== undefined) this.#kickCoordinator();
         this.#scheduleTick();
       },
+      // Not a background timer: a process whose job is to be a member stays alive until leave().
       this.#o.reconcileIntervalMs,
-      { background: true },
     );
   }
 
