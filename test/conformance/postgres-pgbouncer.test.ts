@@ -96,9 +96,11 @@ async function startPgbouncer(pgPort: number): Promise<{ port: number; stop(): P
 const NAME = 'postgres via pgbouncer (transaction pooling, listen=false)';
 
 if (PGBOUNCER === undefined) {
-  // Not installed on this machine: say so loudly rather than pass silently.
+  // Not installed on this machine: fail loudly (scripts/install-servers.sh installs it) rather than pass silently.
   describe(`store conformance: ${NAME}`, () => {
-    it.skip('needs pgbouncer: apt-get install -y pgbouncer', () => undefined);
+    it('needs pgbouncer', () => {
+      throw new Error('pgbouncer is not installed: run bash scripts/install-servers.sh (apt-get install -y pgbouncer)');
+    });
   });
 } else {
   describeConformance(NAME, setup);
