@@ -31,6 +31,7 @@ import { Election, type Leadership } from '../store/election.js';
 import { activeMutants } from '../protocol/mutants.js';
 import { TypedEmitter } from './events.js';
 import { resolveOptions, type JoinOptions, type ResolvedOptions } from './options.js';
+import { syncRegistry } from './registry.js';
 
 export class NodeIdInUseError extends RebalancerError {
   readonly nodeId: string;
@@ -855,7 +856,6 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     } finally {
       this.#clock.clearTimeout(timer);
     }
-    const { syncRegistry } = await import('./registry.js');
     await syncRegistry(this.#store, this.#keys, [...listed], leadership.guard);
   }
 

@@ -77,7 +77,7 @@ export function decodeUtf8(bytes: Uint8Array, what: string, key?: string): strin
 }
 
 /** A JS string is valid UTF-16 (no lone surrogates) iff it survives a UTF-8 round trip. */
-function isWellFormed(s: string): boolean {
+export function isWellFormed(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c >= 0xd800 && c <= 0xdbff) {

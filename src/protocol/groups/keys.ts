@@ -4,7 +4,7 @@
  * decoders return a typed record or throw CorruptDataError naming the key.
  */
 import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '../../errors.js';
-import { utf8Length } from '../../store/validate.js';
+import { isWellFormed, utf8Length } from '../../store/validate.js';
 
 export const GROUP_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 export const NODE_ID_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
@@ -50,18 +50,6 @@ export function validateResourceName(name: string): string {
     );
   }
   return name;
-}
-
-function isWellFormed(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff) {
-      const d = s.charCodeAt(i + 1);
-      if (!(d >= 0xdc00 && d <= 0xdfff)) return false;
-      i++;
-    } else if (c >= 0xdc00 && c <= 0xdfff) return false;
-  }
-  return true;
 }
 
 /** The keys of one group. */
