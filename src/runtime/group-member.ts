@@ -100,6 +100,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #run: RunState = 'joining';
   #session: Session | undefined;
   #memberRevision = 0;
+  /** Ids of the sessions this member has registered with (a rejoin waits for its own old one to expire). */
+  readonly #pastSessionIds = new Set<string>();
   #fenced = false;
   #fenceTimer: TimerHandle | undefined;
   #tickTimer: TimerHandle | undefined;
@@ -226,6 +228,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   async #joinWithNewSession(): Promise<void> {
     const session = await this.#store.openSession({ ttlMs: this.#o.sessionTtlMs });
+    this.#pastSessionIds.add(session.id);
     try {
       await this.#registerMember(session);
     } catch (err) {
@@ -280,7 +283,9 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       }
       // Another session holds this node id: a previous process of ours that died (its session expires
       // within its TTL), or a second live process with the same id (never merge: fail).
-      if (this.#clock.now() >= deadline) throw new NodeIdInUseError(this.nodeId, this.group);
+      // Our own lost session (we are rejoining) is not another process: the server expires it within its TTL.
+      const ours = existing?.sessionId !== undefined && this.#pastSessionIds.has(existing.sessionId);
+      if (!ours && this.#clock.now() >= deadline) throw new NodeIdInUseError(this.nodeId, this.group);
       await this.#sleep(Math.min(250, this.#o.sessionTtlMs / 4));
     }
   }
@@ -288,6 +293,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #onSessionLost(session: Session, cause: unknown): void {
     if (this.#session !== session || this.#run === 'left') return;
     this.#fenced = true;
+    this.#stopAll('fenced');
     this.emit('sessionLost', { sessionId: session.id, cause });
     void this.#leadershipLost();
     if (this.#run === 'leaving') return;
@@ -354,6 +360,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
         if (!owns && !this.#fenced && !activeMutants.has('no-self-fencing')) {
           this.#fenced = true;
           this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
+          // Abort now, not on the next reconcile: that one may be blocked on an unreachable store.
+          this.#stopAll('fenced');
           this.#kickMember();
         } else if (owns && this.#fenced && this.#session?.state === 'live') {
           this.#fenced = false;
@@ -470,6 +478,12 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       this.emit('error', { error, context: 'reading member view' });
       return;
     }
+    // The read may have outlived the session it was made for (a blocked request, then a rejoin): its view
+    // says "held by my session" of a session that is no longer ours. Decide again from scratch.
+    if (this.#session !== session) {
+      this.#kickMember();
+      return;
+    }
     // An uncertain lock is resolved once we see it is not ours (the decision below handles it if it is).
     for (const r of this.#uncertain) {
       const h = view.held.get(r);
@@ -500,10 +514,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           return;
         case 'restart': {
           const e = this.#local.get(a.resource);
-          if (e !== undefined) this.#startHandler(a.resource, e, a.token, a.generation);
+          if (e !== undefined && this.#session === session && this.#ownsNow()) {
+            this.#startHandler(a.resource, e, a.token, a.generation);
+          }
           return;
         }
         case 'adopt': {
+          if (this.#session !== session || !this.#ownsNow()) return;
           this.#uncertain.delete(a.resource);
           const e = this.#newEntry(a.resource);
           this.#startHandler(a.resource, e, a.token, a.generation);
@@ -586,6 +603,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   }
 
   #startHandler(resource: string, e: LocalEntry, token: number, generation: number): void {
+    const session = this.#session;
     const controller = new AbortController();
     e.controller = controller;
     e.state = { phase: 'running', token, generation };
@@ -596,7 +614,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       resource,
       fencingToken: token,
       signal: controller.signal,
-      stillOwner: (): boolean => !controller.signal.aborted && this.#ownsNow(),
+      // Tied to the session the handler started under: a rejoin's new session does not make it an owner again.
+      stillOwner: (): boolean => !controller.signal.aborted && this.#session === session && this.#ownsNow(),
     };
     this.emit('assigned', { resource, fencingToken: token });
     let run: Promise<void>;
@@ -646,6 +665,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     this.emit('revoked', { resource, reason });
     e.controller?.abort(new RevokedError(resource, reason));
     if (activeMutants.has('release-before-stop')) e.state = { phase: 'stopped', token: e.state.token };
+  }
+
+  /** Abort every running handler at once (fenced or session lost); releases follow once they settle. */
+  #stopAll(reason: StopReason): void {
+    for (const [resource, e] of this.#local) {
+      if (e.state.phase === 'running' || e.state.phase === 'backoff') this.#stop(resource, reason);
+    }
   }
 
   #checkStuck(): void {

@@ -335,6 +335,10 @@ class GroupsSim {
             'unfenced',
             'joined',
             'coordinatorElected',
+            'assigned',
+            'revoked',
+            'released',
+            'handlerStuck',
           ] as const)
             m.on(ev, log(ev));
         }
