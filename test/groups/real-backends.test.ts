@@ -1,8 +1,4 @@
 /**
- * NOT YET IN `npm test`: it fails intermittently on a loaded machine because of a known runtime bug — after
- * self-fencing, a handler's signal is aborted only by the next member reconcile, which may be stuck on an
- * unreachable store for up to requestTimeoutMs (see the issue-3 note). Run it with `npm run test:groups-real`.
- *
  * Resource groups on real backends with real node processes (test/groups/worker.ts).
  *
  * Per backend: 3 workers start, 8 resources registered with GroupAdmin, session TTL 2000 ms; then a 4th worker
