@@ -19,7 +19,7 @@ import {
 import {
   acquire,
   putAck,
-  readGroupView,
+  CoordinatorReader,
   readMemberView,
   release,
   writeCoordinatorDecision,
@@ -87,6 +87,9 @@ export async function joinGroup(options: JoinOptions): Promise<GroupMember> {
   return member;
 }
 
+/** Above this many awaited locks, one watch on all of `held/` instead of one per lock. */
+const MAX_LOCK_WATCHES = 16;
+
 export class GroupMember extends TypedEmitter<GroupEvents> {
   readonly nodeId: string;
   readonly group: string;
@@ -106,9 +109,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #fenceTimer: TimerHandle | undefined;
   #tickTimer: TimerHandle | undefined;
   #memberWatch: Watcher | undefined;
-  /** A watch on `held/`, open only while this node waits for a lock somebody else holds. */
-  #heldWatch: Watcher | undefined;
-  #heldWatchOpening = false;
+  /** Watches on the locks this node waits for (prefix → watch; `watcher` unset while it is being opened). */
+  readonly #lockWatches = new Map<string, { watcher?: Watcher }>();
   #memberLoop = new Loop();
   // Coordinator side.
   #leadership: Leadership | undefined;
@@ -116,6 +118,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #coordWatch: Watcher | undefined;
   #coordLoop = new Loop();
   #coordMemory: CoordinatorMemory = newCoordinatorMemory();
+  #coordReader: CoordinatorReader | undefined;
   #coordWake: TimerHandle | undefined;
   #sourceTimer: TimerHandle | undefined;
   #rebalance: { generation: number; startedAtMs: number } | undefined;
@@ -215,7 +218,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       await this.#stopCoordinating();
       this.#clearTimers();
       await this.#memberWatch?.close().catch(() => undefined);
-      await this.#heldWatch?.close().catch(() => undefined);
+      await this.#closeLockWatches();
       // Closing the session deletes every key still attached to it (e.g. locks of stuck handlers, which
       // then may be taken over: the handler was told to stop drainTimeoutMs ago).
       await session?.close().catch(() => undefined);
@@ -395,28 +398,49 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     };
   }
 
-  #watchLocksWhileWaiting(waiting: boolean): void {
-    if (waiting && this.#heldWatch === undefined && !this.#heldWatchOpening && this.#run !== 'left') {
-      this.#heldWatchOpening = true;
+  /**
+   * Watch the locks we wait for. One watch per awaited lock (its key as the prefix) while they are few: a
+   * watch on all of `held/` would wake every waiting member on every handoff in the group, which in a large
+   * rebalance (every member waiting for one or two locks) is quadratic. Many at once: one prefix watch.
+   */
+  #watchLocksWhileWaiting(names: readonly string[]): void {
+    const wanted = new Set<string>(
+      this.#run === 'left' ? [] : names.length > MAX_LOCK_WATCHES ? [''] : names.map((n) => this.#keys.heldKey(n)),
+    );
+    if (wanted.has('')) {
+      wanted.delete('');
+      wanted.add(this.#keys.held);
+    }
+    for (const [prefix, entry] of this.#lockWatches) {
+      if (wanted.has(prefix)) continue;
+      this.#lockWatches.delete(prefix);
+      void entry.watcher?.close().catch(() => undefined);
+    }
+    for (const prefix of wanted) {
+      if (this.#lockWatches.has(prefix)) continue;
+      const entry: { watcher?: Watcher } = {};
+      this.#lockWatches.set(prefix, entry);
       this.#store
-        .watch(this.#keys.held, () => this.#kickMember())
+        .watch(prefix, () => this.#kickMember())
         .then(
           (w) => {
-            this.#heldWatchOpening = false;
-            if (this.#run === 'left') void w.close();
-            else this.#heldWatch = w;
+            // Closed meanwhile (no longer awaited, or left): drop it.
+            if (this.#lockWatches.get(prefix) !== entry) void w.close().catch(() => undefined);
+            else entry.watcher = w;
             this.#kickMember(); // a release may have happened while the watch was being opened
           },
           (error: unknown) => {
-            this.#heldWatchOpening = false;
+            if (this.#lockWatches.get(prefix) === entry) this.#lockWatches.delete(prefix);
             this.emit('error', { error, context: 'watching locks' });
           },
         );
-    } else if (!waiting && this.#heldWatch !== undefined) {
-      const w = this.#heldWatch;
-      this.#heldWatch = undefined;
-      void w.close().catch(() => undefined);
     }
+  }
+
+  async #closeLockWatches(): Promise<void> {
+    const entries = [...this.#lockWatches.values()];
+    this.#lockWatches.clear();
+    await Promise.all(entries.map((e) => e.watcher?.close().catch(() => undefined)));
   }
 
   #scheduleTick(): void {
@@ -446,12 +470,11 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
     this.#checkStuck();
     const fenced = this.#fenced || this.#run === 'rejoining';
-    const local = new Map([...this.#local].map(([r, e]) => [r, e.state]));
     if (fenced) {
       // Stop everything without waiting for the store (it may be unreachable).
       for (const a of decideMember(
         { state: undefined, stateRevision: 0, grants: new Map(), held: new Map(), ackedGeneration: undefined },
-        local,
+        new Map([...this.#local].map(([r, e]) => [r, e.state])),
         {
           nodeId: this.nodeId,
           sessionId: session.id,
@@ -466,13 +489,22 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (this.#run === 'rejoining' || session.state === 'expired' || session.state === 'closed') return;
     }
     let view;
+    const skipped = new Set<string>();
     try {
+      // Locks matter only for what is not running: grants to take, stopped handlers to release, uncertain
+      // acquires (decideMember reads no lock of a running, stopping or in-flight resource).
+      const interesting: string[] = [...this.#uncertain];
+      for (const [r, e] of this.#local) {
+        if (e.state.phase === 'stopped') interesting.push(r);
+        else skipped.add(r);
+      }
       view = await readMemberView(
         this.#store,
         this.#keys,
         this.nodeId,
-        [...this.#local.keys(), ...this.#uncertain],
+        interesting,
         (error) => this.emit('error', { error, context: 'reading member view' }),
+        skipped,
       );
     } catch (error) {
       this.emit('error', { error, context: 'reading member view' });
@@ -489,7 +521,18 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       const h = view.held.get(r);
       if (h === undefined || h.sessionId !== session.id) this.#uncertain.delete(r);
     }
-    const actions = decideMember(view, new Map([...this.#local].map(([r, e]) => [r, e.state])), {
+    // A handler that stopped while we were reading: its lock was not read (it was running), so this view cannot
+    // say whether to release it. Leave it to the next round, which reads it.
+    const local = new Map<string, LocalResource>();
+    let again = false;
+    for (const [r, e] of this.#local) {
+      if (e.state.phase === 'stopped' && skipped.has(r)) {
+        again = true;
+        local.set(r, { phase: 'stopping', token: e.state.token, sinceMs: this.#clock.now() });
+      } else local.set(r, e.state);
+    }
+    if (again) this.#kickMember();
+    const actions = decideMember(view, local, {
       nodeId: this.nodeId,
       sessionId: session.id,
       protocol: this.#o.protocol,
@@ -498,7 +541,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       nowMs: this.#clock.now(),
     });
     // Waiting for somebody else's lock on a resource granted to us? Then we need to hear when it is released.
-    const waiting = [...view.grants.keys()].some((r) => {
+    const waiting = [...view.grants.keys()].filter((r) => {
       const h = view.held.get(r);
       return !this.#local.has(r) && h !== undefined && h.sessionId !== session.id;
     });
@@ -731,6 +774,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   async #becomeCoordinator(leadership: Leadership): Promise<void> {
     this.#leadership = leadership;
     this.#coordMemory = newCoordinatorMemory();
+    this.#coordReader = new CoordinatorReader(
+      this.#store,
+      this.#keys,
+      (error) => this.emit('error', { error, context: 'reading group view' }),
+      // A full re-read now and then heals anything the caches could miss (keys changed by hand).
+      Math.max(30_000, 10 * this.#o.reconcileIntervalMs),
+    );
     this.#rebalance = undefined;
     this.emit('coordinatorElected', { nodeId: this.nodeId, token: leadership.token });
     this.#coordWatch = await this.#store.watch(this.#keys.root, () => this.#kickCoordinator());
@@ -767,11 +817,11 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     if (leadership === undefined || this.#run === 'left') return;
     // A coordinator that cannot trust its lease must not decide (its writes would fail anyway).
     if (!this.#ownsNow()) return;
+    const reader = this.#coordReader;
+    if (reader === undefined) return;
     let view;
     try {
-      view = await readGroupView(this.#store, this.#keys, (error) =>
-        this.emit('error', { error, context: 'reading group view' }),
-      );
+      view = await reader.read(this.#clock.now());
     } catch (error) {
       this.emit('error', { error, context: 'coordinator: reading group view' });
       return;
@@ -816,7 +866,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           await this.#leadershipLost();
           return;
         }
+        reader.applied(decision.changes, generation);
       } catch (error) {
+        // Some batches may have been applied: read the grants again.
+        reader.invalidate();
         this.emit('error', { error, context: 'coordinator: writing grants' });
         this.#wakeCoordinatorAt(now + Math.min(1000, this.#o.reconcileIntervalMs));
         return;

@@ -9,9 +9,14 @@ import { activeMutants } from '../protocol/mutants.js';
 
 const BATCH = 120;
 
-async function writeBatches(store: Store, ops: readonly Op[], guard?: Compare): Promise<boolean> {
+/**
+ * Write registry changes in batches; each batch also rewrites the group's catalog key, whose mod revision the
+ * coordinator compares instead of re-reading every resource name (see io.ts, CoordinatorReader).
+ */
+async function writeBatches(store: Store, keys: GroupKeys, ops: readonly Op[], guard?: Compare): Promise<boolean> {
   for (let i = 0; i < ops.length; i += BATCH) {
-    const r = await store.txn({ compare: guard === undefined ? [] : [guard], then: ops.slice(i, i + BATCH) });
+    const then: Op[] = [...ops.slice(i, i + BATCH), { op: 'put', key: keys.catalog, value: encode({}) }];
+    const r = await store.txn({ compare: guard === undefined ? [] : [guard], then });
     if (!r.succeeded) return false;
   }
   return true;
@@ -47,7 +52,7 @@ export async function syncRegistry(
       removed++;
     }
   }
-  await writeBatches(store, ops, guard);
+  await writeBatches(store, keys, ops, guard);
   return { added, removed };
 }
 
@@ -70,6 +75,7 @@ export class GroupAdmin {
     const fresh = list.filter((n) => !existing.has(n));
     await writeBatches(
       this.#store,
+      this.#keys,
       fresh.map((n) => ({ op: 'put', key: this.#keys.resource(n), value: encode({}) })),
     );
     return { added: fresh.length, existing: list.length - fresh.length };
@@ -84,7 +90,7 @@ export class GroupAdmin {
     // Never delete a lock here: its holder may still be running (see docs/protocol/groups.md, "The re-added name").
     if (activeMutants.has('delete-lock-on-remove'))
       for (const n of present) ops.push({ op: 'delete', key: this.#keys.heldKey(n) });
-    await writeBatches(this.#store, ops);
+    await writeBatches(this.#store, this.#keys, ops);
     return { removed: present.length, missing: list.length - present.length };
   }
 

@@ -24,6 +24,11 @@ export interface CoordinatorView {
   readonly state: StateRecord | undefined;
   /** Highest generation seen anywhere (state, grants), so generations never go back even if `state` is lost. */
   readonly maxGeneration: number;
+  /**
+   * Versions of `resources` and `grants` as the reader counts them (same version, same contents). When
+   * given, placement is not recomputed for a view whose nodes, resources and grants are unchanged.
+   */
+  readonly versions?: { readonly resources: number; readonly grants: number } | undefined;
 }
 
 export interface CoordinatorConfig {
@@ -51,6 +56,10 @@ export interface CoordinatorMemory {
   lastRebalanceAtMs: number;
   /** Global barrier: when the current stop phase began (by this coordinator's clock). */
   stoppingSinceMs: number | undefined;
+  /** Hash of the resource names by resources version (see CoordinatorView.versions). */
+  resourceHash?: { readonly version: number; readonly hash: string } | undefined;
+  /** The last placement and what it was computed from. */
+  lastPlacement?: { readonly key: string; readonly target: ReadonlyMap<string, string> } | undefined;
 }
 
 export function newCoordinatorMemory(): CoordinatorMemory {
@@ -99,13 +108,27 @@ export function decideCoordinator(
   for (const [r, owners] of view.grants) if (owners.length > 0) currentOwner.set(r, owners[0]!);
 
   // The fingerprint covers what placement depends on; a change restarts the debounce.
-  const fp = fingerprint(nodes, view.resources);
+  const v = view.versions;
+  let resourceHash: string;
+  if (v !== undefined && memory.resourceHash?.version === v.resources) resourceHash = memory.resourceHash.hash;
+  else {
+    resourceHash = hashResources(view.resources);
+    memory.resourceHash = v === undefined ? undefined : { version: v.resources, hash: resourceHash };
+  }
+  const fp = fingerprint(nodes, resourceHash);
   if (fp !== memory.fingerprint) {
     memory.fingerprint = fp;
     memory.changedAtMs = nowMs;
   }
 
-  const target = place(config.strategy, { nodes, resources: view.resources, current: currentOwner });
+  // Placement is a pure function of nodes, resources and current grants: reuse it when none changed.
+  const placementKey = v === undefined ? undefined : `${config.strategy}#${fp}#${v.grants}`;
+  let target: ReadonlyMap<string, string>;
+  if (placementKey !== undefined && memory.lastPlacement?.key === placementKey) target = memory.lastPlacement.target;
+  else {
+    target = place(config.strategy, { nodes, resources: view.resources, current: currentOwner });
+    memory.lastPlacement = placementKey === undefined ? undefined : { key: placementKey, target };
+  }
   const changes = diff(view.grants, target);
   const moves = changes.filter((c) => c.remove !== undefined && c.add !== undefined).length;
   const generation = Math.max(view.maxGeneration, view.state?.generation ?? 0);
@@ -267,16 +290,20 @@ function diff(
   return out;
 }
 
-function fingerprint(nodes: readonly PlacementNode[], resources: readonly string[]): string {
-  // Cheap and order-independent: sizes plus a sorted node list plus a hash of resource names.
-  const ns = nodes.map((n) => `${n.id}|${n.zone ?? ''}|${n.weight ?? 1}`).sort();
+/** Cheap and order-independent: the count and a sum of per-name FNV-1a hashes. */
+function hashResources(resources: readonly string[]): string {
   let h = 0;
   for (const r of resources) {
     let x = 0x811c9dc5;
     for (let i = 0; i < r.length; i++) x = Math.imul(x ^ r.charCodeAt(i), 0x01000193);
     h = (h + (x >>> 0)) % 4294967296;
   }
-  return `${ns.join(',')}#${resources.length}#${h}`;
+  return `${resources.length}#${h}`;
+}
+
+function fingerprint(nodes: readonly PlacementNode[], resourceHash: string): string {
+  const ns = nodes.map((n) => `${n.id}|${n.zone ?? ''}|${n.weight ?? 1}`).sort();
+  return `${ns.join(',')}#${resourceHash}`;
 }
 
 function min(a: number | undefined, b: number | undefined): number | undefined {

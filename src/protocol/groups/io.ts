@@ -71,6 +71,8 @@ export async function readMemberView(
   nodeId: string,
   interesting: Iterable<string>,
   report: CorruptionReporter,
+  /** Granted names whose lock the caller does not need (it runs them): not read, so a steady member reads little. */
+  skip: ReadonlySet<string> = new Set(),
 ): Promise<MemberView> {
   const mine = keys.grantsOf(nodeId);
   const r = await store.txn({
@@ -90,7 +92,8 @@ export async function readMemberView(
   const state = decodeStateKv(stateKv, report);
   const ackKv = getResult(r.results[2]);
   const ack = ackKv === undefined ? undefined : tryDecode(() => decodeAck(ackKv.key, ackKv.value), report);
-  const names = new Set<string>(grants.keys());
+  const names = new Set<string>();
+  for (const n of grants.keys()) if (!skip.has(n)) names.add(n);
   for (const n of interesting) names.add(n);
   const heldKvs = await getMany(
     store,
@@ -122,21 +125,251 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
       { op: 'get', key: keys.state },
     ],
   });
-  const members = new Map<string, MemberRecord>();
+  const memberKvList = rangeResult(r.results[0]);
+  const members = decodeMembers(keys, memberKvList, report);
   const memberKvs = new Map<string, KeyValue>();
-  for (const kv of rangeResult(r.results[0])) {
+  for (const kv of memberKvList) {
+    const id = kv.key.slice(keys.members.length);
+    if (members.has(id)) memberKvs.set(id, kv);
+  }
+  const resources = rangeResult(r.results[1]).map((kv) => kv.key.slice(keys.resources.length));
+  const decoded = decodeGrants(keys, rangeResult(r.results[2]), report);
+  const grants = decoded.grants;
+  let maxGeneration = decoded.maxGeneration;
+  const held = new Map<string, string>();
+  const locks = new Map<string, HeldView>();
+  for (const kv of rangeResult(r.results[3])) {
+    const name = kv.key.slice(keys.held.length);
+    const h = heldView(kv, report);
+    locks.set(name, h);
+    held.set(name, h.nodeId ?? '?');
+  }
+  const acks = decodeAcks(keys, rangeResult(r.results[4]), report);
+  const state = decodeStateKv(getResult(r.results[5]), report);
+  maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
+  return { members, memberKvs, resources, grants, held, locks, acks, state, maxGeneration, revision: r.revision };
+}
+
+/**
+ * The coordinator's view, read incrementally. A full read of a group with many
+ * resources costs three keys per resource (resource, grant, lock); doing it on
+ * every change would make the coordinator's cost — and the store's — grow with
+ * the group, not with the change. So it caches:
+ *  - the resource list, re-read only when the catalog key's mod revision moved
+ *    (every registry write rewrites it in the same transaction);
+ *  - the grants, which only the coordinator writes (guarded): after each
+ *    successful write it applies its own changes; after a write with an
+ *    unknown outcome it reads them all again;
+ *  - the locks: only those of resources whose handoff it has not yet seen
+ *    complete are re-read (`unconfirmed`), all of them during a global
+ *    barrier's stop phase (it waits for every lock to be free).
+ * Every `resyncIntervalMs` it reads everything again, so that nothing a cache
+ * could miss (a key changed by hand) survives long. Members, acks and the
+ * state are small and read every time. Safety never depends on this view
+ * (see coordinator.ts); a stale cache could only delay a rebalance.
+ */
+export class CoordinatorReader {
+  readonly #store: Store;
+  readonly #keys: GroupKeys;
+  readonly #report: CorruptionReporter;
+  readonly #resyncIntervalMs: number;
+  #resources: string[] | undefined;
+  #catalogRevision = -1;
+  #grants: Map<string, string[]> | undefined;
+  #maxGeneration = 0;
+  readonly #held = new Map<string, string>();
+  /** Resources whose lock may not be held by their grantee yet. */
+  readonly #unconfirmed = new Set<string>();
+  #lastFullAtMs = Number.NEGATIVE_INFINITY;
+  /** Bumped whenever the resources (or the grants) change, so the coordinator can skip an unchanged placement. */
+  #resourcesVersion = 0;
+  #grantsVersion = 0;
+
+  constructor(store: Store, keys: GroupKeys, report: CorruptionReporter, resyncIntervalMs: number) {
+    this.#store = store;
+    this.#keys = keys;
+    this.#report = report;
+    this.#resyncIntervalMs = resyncIntervalMs;
+  }
+
+  /** Something was written with an unknown outcome: read everything next time. */
+  invalidate(): void {
+    this.#grants = undefined;
+  }
+
+  async read(nowMs: number): Promise<CoordinatorView> {
+    const k = this.#keys;
+    if (
+      this.#grants === undefined ||
+      this.#resources === undefined ||
+      nowMs >= this.#lastFullAtMs + this.#resyncIntervalMs
+    ) {
+      return this.#readFull(nowMs);
+    }
+    const r = await this.#store.txn({
+      compare: [],
+      then: [
+        { op: 'range', prefix: k.members },
+        { op: 'range', prefix: k.acks },
+        { op: 'get', key: k.state },
+        { op: 'get', key: k.catalog },
+      ],
+    });
+    const members = decodeMembers(k, rangeResult(r.results[0]), this.#report);
+    const acks = decodeAcks(k, rangeResult(r.results[1]), this.#report);
+    const state = decodeStateKv(getResult(r.results[2]), this.#report);
+    const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
+    if (catalogRevision !== this.#catalogRevision) {
+      const rr = await this.#store.txn({
+        compare: [],
+        then: [
+          { op: 'get', key: k.catalog },
+          { op: 'range', prefix: k.resources },
+        ],
+      });
+      this.#catalogRevision = getResult(rr.results[0])?.modRevision ?? 0;
+      this.#resources = rangeResult(rr.results[1]).map((kv) => kv.key.slice(k.resources.length));
+      this.#resourcesVersion++;
+    }
+    // Locks of departed members go away with their sessions: look at them again.
+    for (const [name, node] of this.#held) if (!members.has(node)) this.#unconfirmed.add(name);
+    if (state?.phase === 'stopping' || this.#unconfirmed.size > 1000) {
+      const hr = await this.#store.range(k.held);
+      this.#setHeld(hr.kvs);
+    } else if (this.#unconfirmed.size > 0) {
+      const names = [...this.#unconfirmed];
+      const got = await getMany(
+        this.#store,
+        names.map((n) => k.heldKey(n)),
+      );
+      for (const n of names) {
+        const kv = got.get(k.heldKey(n));
+        if (kv === undefined) this.#held.delete(n);
+        else this.#held.set(n, heldView(kv, this.#report).nodeId ?? '?');
+      }
+      this.#confirm(names);
+    }
+    const maxGeneration = Math.max(this.#maxGeneration, state?.generation ?? 0);
+    return {
+      members,
+      resources: this.#resources,
+      grants: this.#grants,
+      held: this.#held,
+      acks,
+      state,
+      maxGeneration,
+      versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
+    };
+  }
+
+  /** The coordinator's own write succeeded: bring the cached grants in step. */
+  applied(
+    changes: readonly { readonly remove?: GrantRef | undefined; readonly add?: GrantRef | undefined }[],
+    generation: number,
+  ): void {
+    const grants = this.#grants;
+    if (grants === undefined) return;
+    for (const c of changes) {
+      if (c.remove !== undefined) {
+        const list = (grants.get(c.remove.name) ?? []).filter((n) => n !== c.remove!.nodeId);
+        if (list.length === 0) grants.delete(c.remove.name);
+        else grants.set(c.remove.name, list);
+        this.#unconfirmed.add(c.remove.name);
+      }
+      if (c.add !== undefined) {
+        const list = grants.get(c.add.name) ?? [];
+        if (!list.includes(c.add.nodeId)) list.push(c.add.nodeId);
+        grants.set(c.add.name, list);
+        this.#unconfirmed.add(c.add.name);
+      }
+    }
+    if (changes.length > 0) this.#grantsVersion++;
+    this.#maxGeneration = Math.max(this.#maxGeneration, generation);
+  }
+
+  async #readFull(nowMs: number): Promise<CoordinatorView> {
+    const k = this.#keys;
+    const r = await this.#store.txn({
+      compare: [],
+      then: [
+        { op: 'range', prefix: k.members },
+        { op: 'range', prefix: k.resources },
+        { op: 'range', prefix: k.grants },
+        { op: 'range', prefix: k.held },
+        { op: 'range', prefix: k.acks },
+        { op: 'get', key: k.state },
+        { op: 'get', key: k.catalog },
+      ],
+    });
+    const members = decodeMembers(k, rangeResult(r.results[0]), this.#report);
+    this.#resources = rangeResult(r.results[1]).map((kv) => kv.key.slice(k.resources.length));
+    const { grants, maxGeneration } = decodeGrants(k, rangeResult(r.results[2]), this.#report);
+    this.#grants = grants;
+    this.#setHeld(rangeResult(r.results[3]));
+    const acks = decodeAcks(k, rangeResult(r.results[4]), this.#report);
+    const state = decodeStateKv(getResult(r.results[5]), this.#report);
+    this.#catalogRevision = getResult(r.results[6])?.modRevision ?? 0;
+    this.#maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
+    this.#lastFullAtMs = nowMs;
+    this.#resourcesVersion++;
+    this.#grantsVersion++;
+    return {
+      members,
+      resources: this.#resources,
+      grants,
+      held: this.#held,
+      acks,
+      state,
+      maxGeneration: this.#maxGeneration,
+      versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
+    };
+  }
+
+  #setHeld(kvs: readonly KeyValue[]): void {
+    this.#held.clear();
+    for (const kv of kvs)
+      this.#held.set(kv.key.slice(this.#keys.held.length), heldView(kv, this.#report).nodeId ?? '?');
+    this.#unconfirmed.clear();
+    for (const [name, owners] of this.#grants ?? [])
+      if (this.#held.get(name) !== owners[0]) this.#unconfirmed.add(name);
+  }
+
+  /** A resource is confirmed once its lock is held by its (single) grantee, or it is neither granted nor held. */
+  #confirm(names: readonly string[]): void {
+    for (const n of names) {
+      const owners = this.#grants?.get(n);
+      const holder = this.#held.get(n);
+      if (owners === undefined ? holder === undefined : owners.length === 1 && holder === owners[0]) {
+        this.#unconfirmed.delete(n);
+      }
+    }
+  }
+}
+
+function decodeMembers(
+  keys: GroupKeys,
+  kvs: readonly KeyValue[],
+  report: CorruptionReporter,
+): Map<string, MemberRecord> {
+  const members = new Map<string, MemberRecord>();
+  for (const kv of kvs) {
     const id = kv.key.slice(keys.members.length);
     const m = tryDecode(() => decodeMember(kv.key, kv.value), report);
     // A record must describe the key it is stored under; anything else is not ours to trust.
-    if (m !== undefined && m.nodeId === id) {
-      members.set(id, m);
-      memberKvs.set(id, kv);
-    } else if (m !== undefined) report(new CorruptDataError(`${kv.key} names node ${m.nodeId}`, { key: kv.key }));
+    if (m !== undefined && m.nodeId === id) members.set(id, m);
+    else if (m !== undefined) report(new CorruptDataError(`${kv.key} names node ${m.nodeId}`, { key: kv.key }));
   }
-  const resources = rangeResult(r.results[1]).map((kv) => kv.key.slice(keys.resources.length));
+  return members;
+}
+
+function decodeGrants(
+  keys: GroupKeys,
+  kvs: readonly KeyValue[],
+  report: CorruptionReporter,
+): { grants: Map<string, string[]>; maxGeneration: number } {
   const grants = new Map<string, string[]>();
   let maxGeneration = 0;
-  for (const kv of rangeResult(r.results[2])) {
+  for (const kv of kvs) {
     const ref = keys.parseGrantKey(kv.key);
     if (ref === undefined) continue;
     const g = tryDecode(() => decodeGrant(kv.key, kv.value), report);
@@ -146,22 +379,16 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
     list.push(ref.nodeId);
     grants.set(ref.name, list);
   }
-  const held = new Map<string, string>();
-  const locks = new Map<string, HeldView>();
-  for (const kv of rangeResult(r.results[3])) {
-    const name = kv.key.slice(keys.held.length);
-    const h = heldView(kv, report);
-    locks.set(name, h);
-    held.set(name, h.nodeId ?? '?');
-  }
+  return { grants, maxGeneration };
+}
+
+function decodeAcks(keys: GroupKeys, kvs: readonly KeyValue[], report: CorruptionReporter): Map<string, number> {
   const acks = new Map<string, number>();
-  for (const kv of rangeResult(r.results[4])) {
+  for (const kv of kvs) {
     const a = tryDecode(() => decodeAck(kv.key, kv.value), report);
     if (a !== undefined) acks.set(kv.key.slice(keys.acks.length), a.generation);
   }
-  const state = decodeStateKv(getResult(r.results[5]), report);
-  maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
-  return { members, memberKvs, resources, grants, held, locks, acks, state, maxGeneration, revision: r.revision };
+  return acks;
 }
 
 // ---- writes ---------------------------------------------------------------------

@@ -62,6 +62,11 @@ export class GroupKeys {
   readonly held: string;
   readonly acks: string;
   readonly state: string;
+  /**
+   * Rewritten in every transaction that changes `resources/`: its mod revision tells the coordinator
+   * whether its cached resource list is still current without reading the whole list.
+   */
+  readonly catalog: string;
 
   constructor(group: string) {
     validateGroupName(group);
@@ -73,6 +78,7 @@ export class GroupKeys {
     this.held = `${this.root}held/`;
     this.acks = `${this.root}acks/`;
     this.state = `${this.root}state`;
+    this.catalog = `${this.root}catalog`;
   }
 
   member(nodeId: string): string {
