@@ -1,12 +1,15 @@
 /**
  * The `rebalancer` command line. Exit codes:
- *   0 success · 1 the check failed · 2 bad usage or invalid argument ·
+ *   0 success · 1 the check failed (or something asked for was not there) ·
+ *   2 bad usage, invalid argument or a limit exceeded (e.g. an oversized name) ·
  *   69 store unavailable · 70 internal error.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { InvalidArgumentError, RebalancerError } from '../errors.js';
 import { openStore } from '../store/open.js';
+import type { Store } from '../store/contract.js';
+import { GroupAdmin, listGroups } from '../runtime/registry.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -146,6 +149,90 @@ program
     if (mutant === undefined ? summary.violations > 0 : summary.violations === 0) process.exitCode = EXIT.failed;
   });
 
+type GlobalOptions = { store: string; namespace: string; json?: boolean };
+
+/** Open the store named by --store, run `fn`, close it. */
+async function withStore<T>(fn: (store: Store, opts: GlobalOptions) => Promise<T>): Promise<T> {
+  const opts = program.opts<GlobalOptions>();
+  const store = await openStore(opts.store, { namespace: opts.namespace });
+  try {
+    return await fn(store, opts);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Names from the arguments, or one per line from standard input when the only argument is `-`. */
+function namesFrom(args: readonly string[]): string[] {
+  if (args.length === 1 && args[0] === '-') {
+    return readFileSync(0, 'utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '');
+  }
+  return [...args];
+}
+
+const resources = program
+  .command('resources')
+  .description("operate a group's resource registry (what the coordinator assigns)");
+
+resources
+  .command('add')
+  .description('register resources (names as arguments, or - to read one per line from stdin)')
+  .requiredOption('--group <name>', 'group name')
+  .argument('<names...>')
+  .action(async (names: string[], o: { group: string }) => {
+    await withStore(async (store, opts) => {
+      const r = await new GroupAdmin(store, o.group).add(namesFrom(names));
+      if (opts.json === true) process.stdout.write(`${JSON.stringify({ group: o.group, ...r })}\n`);
+      else process.stdout.write(`group ${o.group}: ${r.added} added, ${r.existing} already registered\n`);
+    });
+  });
+
+resources
+  .command('remove')
+  .description('unregister resources; their owners stop them and release their locks')
+  .requiredOption('--group <name>', 'group name')
+  .argument('<names...>')
+  .action(async (names: string[], o: { group: string }) => {
+    await withStore(async (store, opts) => {
+      const r = await new GroupAdmin(store, o.group).remove(namesFrom(names));
+      if (opts.json === true) process.stdout.write(`${JSON.stringify({ group: o.group, ...r })}\n`);
+      else process.stdout.write(`group ${o.group}: ${r.removed} removed, ${r.missing} were not registered\n`);
+      if (r.missing > 0) process.exitCode = EXIT.failed;
+    });
+  });
+
+resources
+  .command('list')
+  .description("list a group's registered resources, one per line")
+  .requiredOption('--group <name>', 'group name')
+  .action(async (o: { group: string }) => {
+    await withStore(async (store, opts) => {
+      const list = await new GroupAdmin(store, o.group).list();
+      if (opts.json === true) process.stdout.write(`${JSON.stringify({ group: o.group, resources: list })}\n`);
+      else for (const r of list) process.stdout.write(`${r}\n`);
+    });
+  });
+
+program
+  .command('groups')
+  .description('groups in this namespace')
+  .command('list')
+  .description('list the groups that have members or resources, with their counts')
+  .action(async () => {
+    await withStore(async (store, opts) => {
+      const groups = await listGroups(store);
+      if (opts.json === true) process.stdout.write(`${JSON.stringify({ groups })}\n`);
+      else if (groups.length === 0) process.stdout.write(`no groups in namespace ${store.namespace}\n`);
+      else {
+        for (const g of groups)
+          process.stdout.write(`${g.group.padEnd(24)} ${g.members} members  ${g.resources} resources\n`);
+      }
+    });
+  });
+
 function round(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
@@ -157,7 +244,11 @@ try {
   if (err instanceof RebalancerError) {
     process.stderr.write(`rebalancer: ${err.message}\n`);
     process.exit(
-      err.code === 'STORE_UNAVAILABLE' ? EXIT.unavailable : err.code === 'INVALID_ARGUMENT' ? EXIT.usage : EXIT.failed,
+      err.code === 'STORE_UNAVAILABLE'
+        ? EXIT.unavailable
+        : err.code === 'INVALID_ARGUMENT' || err.code === 'LIMIT_EXCEEDED'
+          ? EXIT.usage
+          : EXIT.failed,
     );
   }
   process.stderr.write(

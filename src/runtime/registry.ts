@@ -98,3 +98,24 @@ export class GroupAdmin {
     return listResources(this.#store, this.#keys);
   }
 }
+
+/**
+ * The groups of a namespace with their member and resource counts. Reads the whole `g/` prefix: an operator's
+ * command, not something to call in a loop.
+ */
+export async function listGroups(store: Store): Promise<{ group: string; members: number; resources: number }[]> {
+  const { kvs } = await store.range('g/');
+  const out = new Map<string, { group: string; members: number; resources: number }>();
+  for (const kv of kvs) {
+    const rest = kv.key.slice(2);
+    const slash = rest.indexOf('/');
+    if (slash <= 0) continue;
+    const group = rest.slice(0, slash);
+    const kind = rest.slice(slash + 1).split('/')[0];
+    const g = out.get(group) ?? { group, members: 0, resources: 0 };
+    if (kind === 'members') g.members++;
+    else if (kind === 'resources') g.resources++;
+    out.set(group, g);
+  }
+  return [...out.values()].sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : 0));
+}
