@@ -88,7 +88,19 @@ async function leaderAndObserver(
 
 /** After the fault: the store serves new sessions, elections, reads, transactions and watches. */
 async function worksAgain(s: Store, previousToken: number): Promise<void> {
-  const session = await s.openSession({ ttlMs: TTL_MS });
+  // Each client reconnects on its own schedule after a restart: until then it answers "unavailable, not
+  // applied", which is the contract's way of saying "retry" (the reconnect itself is what is tested here).
+  let session: Session | undefined;
+  const until = Date.now() + 10_000;
+  while (session === undefined) {
+    try {
+      session = await s.openSession({ ttlMs: TTL_MS });
+    } catch (error) {
+      if (!(error instanceof StoreUnavailableError) || error.outcome !== 'not-applied' || Date.now() > until)
+        throw error;
+      await sleep(100);
+    }
+  }
   const lead = await new Election(s, { prefix: 'relead/' }).campaign(
     session,
     'again',
