@@ -23,6 +23,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GroupAdmin } from '../../src/runtime/registry.js';
 import type { Store } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
+import { eventually as pollUntil } from '../conformance/suite.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
@@ -32,18 +33,9 @@ const GROUP = 'workers';
 /** Bound for a step's convergence (session expiry + rejoin + rebalance, on a loaded 2-core machine). */
 const STEP_BOUND_MS = 15_000;
 
-async function eventually(probe: () => boolean | Promise<boolean>, timeoutMs: number, stepMs = 100): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await probe()) return true;
-    } catch {
-      // not yet
-    }
-    if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-}
+/** Poll every 100 ms (real processes: no need to spin faster). */
+const eventually = (probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> =>
+  pollUntil(probe, timeoutMs, 100);
 
 /** Retry an idempotent admin call while the store is briefly unavailable (e.g. reconnecting after a restart). */
 async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {

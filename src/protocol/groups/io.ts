@@ -109,6 +109,8 @@ export interface FullGroupView extends CoordinatorView {
   readonly memberKvs: ReadonlyMap<string, KeyValue>;
   /** resource → lock (with its token), for status and completion. */
   readonly locks: ReadonlyMap<string, HeldView>;
+  /** Mod revision of the catalog key (0 when absent), from the same snapshot. */
+  readonly catalogRevision: number;
   readonly revision: number;
 }
 
@@ -123,6 +125,7 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
       { op: 'range', prefix: keys.held },
       { op: 'range', prefix: keys.acks },
       { op: 'get', key: keys.state },
+      { op: 'get', key: keys.catalog },
     ],
   });
   const memberKvList = rangeResult(r.results[0]);
@@ -147,7 +150,20 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
   const acks = decodeAcks(keys, rangeResult(r.results[4]), report);
   const state = decodeStateKv(getResult(r.results[5]), report);
   maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
-  return { members, memberKvs, resources, grants, held, locks, acks, state, maxGeneration, revision: r.revision };
+  const catalogRevision = getResult(r.results[6])?.modRevision ?? 0;
+  return {
+    members,
+    memberKvs,
+    resources,
+    grants,
+    held,
+    locks,
+    acks,
+    state,
+    maxGeneration,
+    catalogRevision,
+    revision: r.revision,
+  };
 }
 
 /**
@@ -235,7 +251,9 @@ export class CoordinatorReader {
     for (const [name, node] of this.#held) if (!members.has(node)) this.#unconfirmed.add(name);
     if (state?.phase === 'stopping' || this.#unconfirmed.size > 1000) {
       const hr = await this.#store.range(k.held);
-      this.#setHeld(hr.kvs);
+      this.#setHeld(
+        new Map(hr.kvs.map((kv) => [kv.key.slice(k.held.length), heldView(kv, this.#report).nodeId ?? '?'])),
+      );
     } else if (this.#unconfirmed.size > 0) {
       const names = [...this.#unconfirmed];
       const got = await getMany(
@@ -288,47 +306,31 @@ export class CoordinatorReader {
   }
 
   async #readFull(nowMs: number): Promise<CoordinatorView> {
-    const k = this.#keys;
-    const r = await this.#store.txn({
-      compare: [],
-      then: [
-        { op: 'range', prefix: k.members },
-        { op: 'range', prefix: k.resources },
-        { op: 'range', prefix: k.grants },
-        { op: 'range', prefix: k.held },
-        { op: 'range', prefix: k.acks },
-        { op: 'get', key: k.state },
-        { op: 'get', key: k.catalog },
-      ],
-    });
-    const members = decodeMembers(k, rangeResult(r.results[0]), this.#report);
-    this.#resources = rangeResult(r.results[1]).map((kv) => kv.key.slice(k.resources.length));
-    const { grants, maxGeneration } = decodeGrants(k, rangeResult(r.results[2]), this.#report);
-    this.#grants = grants;
-    this.#setHeld(rangeResult(r.results[3]));
-    const acks = decodeAcks(k, rangeResult(r.results[4]), this.#report);
-    const state = decodeStateKv(getResult(r.results[5]), this.#report);
-    this.#catalogRevision = getResult(r.results[6])?.modRevision ?? 0;
-    this.#maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
+    const view = await readGroupView(this.#store, this.#keys, this.#report);
+    this.#resources = [...view.resources];
+    // A private copy: applied() edits it in place.
+    this.#grants = new Map([...view.grants].map(([r, nodes]) => [r, [...nodes]]));
+    this.#setHeld(view.held);
+    this.#catalogRevision = view.catalogRevision;
+    this.#maxGeneration = view.maxGeneration;
     this.#lastFullAtMs = nowMs;
     this.#resourcesVersion++;
     this.#grantsVersion++;
     return {
-      members,
+      members: view.members,
       resources: this.#resources,
-      grants,
+      grants: this.#grants,
       held: this.#held,
-      acks,
-      state,
+      acks: view.acks,
+      state: view.state,
       maxGeneration: this.#maxGeneration,
       versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
     };
   }
 
-  #setHeld(kvs: readonly KeyValue[]): void {
+  #setHeld(held: ReadonlyMap<string, string>): void {
     this.#held.clear();
-    for (const kv of kvs)
-      this.#held.set(kv.key.slice(this.#keys.held.length), heldView(kv, this.#report).nodeId ?? '?');
+    for (const [name, node] of held) this.#held.set(name, node);
     this.#unconfirmed.clear();
     for (const [name, owners] of this.#grants ?? [])
       if (this.#held.get(name) !== owners[0]) this.#unconfirmed.add(name);
