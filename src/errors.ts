@@ -10,7 +10,8 @@ export type ErrorCode =
   | 'LIMIT_EXCEEDED'
   | 'CORRUPT_DATA'
   | 'INCOMPATIBLE_SCHEMA'
-  | 'CLOSED';
+  | 'CLOSED'
+  | 'NOT_FOUND';
 
 export class RebalancerError extends Error {
   readonly code: ErrorCode;

@@ -46,6 +46,8 @@ export { joinGroup, GroupMember, NodeIdInUseError, RevokedError } from './runtim
 export type { AssignedResource, GroupEvents } from './runtime/group-member.js';
 export type { JoinOptions, ResourceContext, ResourceHandler, ResourceSource } from './runtime/options.js';
 export { GroupAdmin } from './runtime/registry.js';
+export { groupStatus, GroupNotFoundError } from './runtime/status.js';
+export type { GroupStatus, NodeStatus, ResourceState, ResourceStatus } from './runtime/status.js';
 export type { Protocol } from './protocol/groups/keys.js';
 export type { StopReason } from './protocol/groups/member.js';
 

@@ -1,5 +1,5 @@
 /** The registry commands of the CLI, as a user runs them (a child process on a SQLite file). */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -48,5 +48,49 @@ describe('rebalancer resources / groups', () => {
     const groups = (JSON.parse(cli(['--json', 'groups', 'list']).out) as { groups: { group: string }[] }).groups;
     expect(groups.map((g) => g.group)).not.toContain('no spaces');
     expect(cli(['resources', 'list', '--group', 'q']).out).not.toContain('xxxx');
+  }, 60_000);
+
+  it('status: unknown group exits 1 naming what to check; a registered group prints its resources', () => {
+    const unknown = cli(['status', '--group', 'nobody']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.err).toMatch(/group "nobody" has no members.*--namespace/);
+    const s = cli(['--json', 'status', '--group', 'q']);
+    expect(s.code).toBe(0);
+    const status = JSON.parse(s.out) as { nodes: unknown[]; coordinator?: unknown; counts: { unassigned: number } };
+    expect(status.nodes).toEqual([]);
+    expect(status.coordinator).toBeUndefined();
+    expect(status.counts.unassigned).toBe(3);
+    expect(cli(['status', '--group', 'q']).out).toMatch(/coordinator: none elected/);
+    expect(cli(['status', '--group', 'q', '--limit', 'x']).code).toBe(2);
+  }, 60_000);
+
+  it('status --watch prints a new snapshot on each change and stops on SIGTERM with exit 0', async () => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', '--store', store, '--json', 'status', '--group', 'w', '--watch'],
+      { cwd: REPO },
+    );
+    let outText = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (outText += d));
+    const lines = (): { found?: boolean; resources?: { name: string }[] }[] =>
+      outText
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as { found?: boolean; resources?: { name: string }[] });
+    const waitFor = async (pred: () => boolean): Promise<void> => {
+      const end = Date.now() + 30_000;
+      while (!pred()) {
+        if (Date.now() > end) throw new Error(`not seen; output so far: ${outText}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    await waitFor(() => lines().some((l) => l.found === false));
+    cli(['resources', 'add', '--group', 'w', 'one']);
+    await waitFor(() => lines().some((l) => l.resources?.length === 1));
+    cli(['resources', 'add', '--group', 'w', 'two']);
+    await waitFor(() => lines().some((l) => l.resources?.length === 2));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
   }, 60_000);
 });

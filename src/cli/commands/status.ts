@@ -1,0 +1,171 @@
+/**
+ * `rebalancer status --group G [--watch]`: one group's nodes, coordinator,
+ * generation and every resource's owner, fencing token and moves in flight,
+ * from one consistent snapshot of the store. `--watch` redraws on every
+ * change (a watch on the group's keys, plus a 1 s re-read in case a hint is
+ * lost) until Ctrl-C.
+ */
+import type { Command } from 'commander';
+import { InvalidArgumentError } from '../../errors.js';
+import { GroupKeys } from '../../protocol/groups/keys.js';
+import { GroupNotFoundError, groupStatus, type GroupStatus } from '../../runtime/status.js';
+import type { Store } from '../../store/contract.js';
+import { out, withStore } from '../context.js';
+
+export function register(program: Command): void {
+  program
+    .command('status')
+    .description("a group's nodes, coordinator, generation, and each resource's owner, fencing token and moves")
+    .requiredOption('--group <name>', 'group name')
+    .option('--watch', 'live view: redraw on every change until Ctrl-C')
+    .option('--limit <n>', 'resource lines to print (text output; --json prints all)', '40')
+    .action(async (o: { group: string; watch?: boolean; limit: string }) => {
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 0) throw new InvalidArgumentError('--limit must be an integer >= 0');
+      await withStore(program, async (store, opts) => {
+        const json = opts.json === true;
+        if (o.watch !== true) {
+          const s = await groupStatus(store, o.group);
+          if (json) out(JSON.stringify(s));
+          else out(renderStatus(s, { limit, where: `${opts.store} (namespace ${store.namespace})` }));
+          return;
+        }
+        await watchStatus(store, o.group, { json, limit, where: `${opts.store} (namespace ${store.namespace})` });
+      });
+    });
+}
+
+async function watchStatus(
+  store: Store,
+  group: string,
+  o: { json: boolean; limit: number; where: string },
+): Promise<void> {
+  const keys = new GroupKeys(group);
+  const tty = process.stdout.isTTY && !o.json;
+  let last = '';
+  let busy = false;
+  let again = false;
+  const refresh = async (): Promise<void> => {
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    try {
+      do {
+        again = false;
+        let text: string;
+        let s: GroupStatus | undefined;
+        try {
+          s = await groupStatus(store, group);
+          text = o.json ? JSON.stringify({ ...s, revision: undefined }) : renderStatus(s, o);
+        } catch (err) {
+          if (!(err instanceof GroupNotFoundError)) throw err;
+          text = o.json
+            ? JSON.stringify({ group, found: false })
+            : `group ${group} not found in ${o.where} yet; waiting (Ctrl-C to stop)`;
+        }
+        if (text === last) continue;
+        last = text;
+        if (o.json) out(s === undefined ? text : JSON.stringify({ ...s, at: new Date().toISOString() }));
+        else if (tty) process.stdout.write(`\x1b[H\x1b[2J${text}\n\n(live; Ctrl-C to stop)\n`);
+        else out(`--- ${new Date().toISOString()}\n${text}`);
+      } while (again);
+    } finally {
+      busy = false;
+    }
+  };
+  let failure: unknown;
+  let stop: () => void = () => undefined;
+  const stopped = new Promise<void>((resolve) => (stop = resolve));
+  const run = (): void => {
+    refresh().catch((err: unknown) => {
+      failure = err;
+      stop();
+    });
+  };
+  const watcher = await store.watch(keys.root, run);
+  // The coordinator key lives under the group root too; the timer covers lost hints and lease expiries.
+  const timer = setInterval(run, 1000);
+  const onSignal = (): void => stop();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  run();
+  try {
+    await stopped;
+  } finally {
+    clearInterval(timer);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await watcher.close();
+  }
+  if (failure !== undefined) throw failure;
+}
+
+/** The human-readable status: a header, one line per node, then resources (at most `limit` lines). */
+export function renderStatus(s: GroupStatus, o: { limit: number; where?: string }): string {
+  const lines: string[] = [];
+  lines.push(
+    `group ${s.group}${o.where === undefined ? '' : ` on ${o.where}`}` +
+      ` · generation ${s.generation}${s.protocol === undefined ? '' : ` · ${s.protocol}, ${s.phase ?? '?'}`}`,
+  );
+  lines.push(
+    s.coordinator === undefined
+      ? 'coordinator: none elected (no live member)'
+      : `coordinator: ${s.coordinator.nodeId} (token ${s.coordinator.token})`,
+  );
+  lines.push('');
+  const rows: string[][] = [['NODE', 'ZONE', 'WEIGHT', 'ASSIGNED', 'OWNED', '']];
+  for (const n of s.nodes) {
+    rows.push([
+      n.id,
+      n.zone === '' ? '-' : n.zone,
+      String(n.weight),
+      String(n.assigned),
+      String(n.owned),
+      [n.coordinator ? 'coordinator' : '', n.static ? 'static' : ''].filter((x) => x !== '').join(', '),
+    ]);
+  }
+  lines.push(...table(rows));
+  if (s.nodes.length === 0) lines.push('(no live nodes)');
+  lines.push('');
+  const c = s.counts;
+  lines.push(
+    `RESOURCES ${s.resources.length}: ${c.active} active · ${s.movesInFlight} moving ` +
+      `(${c.starting} starting, ${c.moving} handing over, ${c.stopping} stopping, ${c.removing} removing) · ` +
+      `${c.unassigned} unassigned`,
+  );
+  // Moves first: they are what an operator looks for.
+  const order: Record<string, number> = { moving: 0, starting: 1, stopping: 2, removing: 3, unassigned: 4, active: 5 };
+  const shown = [...s.resources].sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9)).slice(0, o.limit);
+  const rrows: string[][] = [];
+  for (const r of shown) {
+    const who =
+      r.assignedTo !== undefined && r.owner !== undefined
+        ? `${r.owner} → ${r.assignedTo}`
+        : r.assignedTo !== undefined
+          ? `→ ${r.assignedTo}`
+          : (r.owner ?? '-');
+    rrows.push([r.name, r.state, who, r.fencingToken === undefined ? '' : `token ${r.fencingToken}`]);
+  }
+  lines.push(...table(rrows).map((l) => `  ${l}`));
+  if (s.resources.length > shown.length) lines.push(`  … ${s.resources.length - shown.length} more (--limit)`);
+  if (s.corruptKeys.length > 0) {
+    lines.push(
+      '',
+      `WARNING: ${s.corruptKeys.length} key(s) could not be decoded: ${s.corruptKeys.slice(0, 5).join(', ')}`,
+    );
+  }
+  return lines.join('\n');
+}
+
+function table(rows: readonly string[][]): string[] {
+  const widths: number[] = [];
+  for (const r of rows) r.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, [...cell].length)));
+  return rows.map((r) =>
+    r
+      .map((cell, i) => (i === r.length - 1 ? cell : cell + ' '.repeat((widths[i] ?? 0) - [...cell].length)))
+      .join('  ')
+      .trimEnd(),
+  );
+}
