@@ -1,0 +1,72 @@
+/**
+ * `rebalancer demo` as a newcomer runs it (a child process, SQLite in a temp
+ * dir): it completes every step, and its oracle finds no double ownership —
+ * and does find it when the workers' handlers are deliberately broken
+ * (work left running in the background after the handler returned).
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const REPO = fileURLToPath(new URL('../..', import.meta.url));
+
+interface Summary {
+  violations: number;
+  violationList: { kind: string }[];
+  failoverMs: number;
+  joinMs: number;
+  leaveMs: number;
+  moves: number;
+  starts: number;
+  effects: number;
+  sessionTtlMs: number;
+  steps: { step: string }[];
+}
+
+function demo(env: Record<string, string> = {}): { code: number | null; summary: Summary; lines: string[] } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--json', 'demo'], {
+    cwd: REPO,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 120_000,
+  });
+  const lines = r.stdout.split('\n').filter((l) => l !== '');
+  if (lines.length === 0) throw new Error(`demo printed nothing (exit ${r.status}): ${r.stderr}`);
+  return { code: r.status, summary: JSON.parse(lines.at(-1)!) as Summary, lines };
+}
+
+describe('rebalancer demo', () => {
+  it('runs every step and its oracle finds no double ownership', () => {
+    const { code, summary, lines } = demo();
+    expect(code).toBe(0);
+    expect(summary.steps.map((s) => s.step)).toEqual([
+      'start',
+      'settled',
+      'kill',
+      'failover',
+      'add',
+      'joined',
+      'stop',
+      'left',
+      'shutdown',
+    ]);
+    // Every step was also printed as its own JSON line before the summary.
+    expect(lines).toHaveLength(summary.steps.length + 1);
+    expect(summary.violations).toBe(0);
+    // A killed worker's resources wait for its session to expire: not sooner than a fraction of the TTL
+    // (the last keep-alive may be up to a third of it old), and within a bound on a loaded machine.
+    expect(summary.failoverMs).toBeGreaterThan(summary.sessionTtlMs / 3);
+    expect(summary.failoverMs).toBeLessThan(summary.sessionTtlMs * 5);
+    // 12 resources on 3 workers: the victim's 4 move, the new worker takes 4, the leaver's 4 move.
+    expect(summary.moves).toBeGreaterThanOrEqual(12);
+    expect(summary.moves).toBeLessThanOrEqual(16);
+    expect(summary.effects).toBeGreaterThan(summary.starts);
+  }, 120_000);
+
+  it('catches work a broken handler leaves running after it returned', () => {
+    const { code, summary } = demo({ REBALANCER_DEMO_BROKEN: 'background-work' });
+    expect(summary.violations).toBeGreaterThan(0);
+    expect(summary.violationList.map((v) => v.kind)).toContain('late-effect');
+    expect(code).toBe(1);
+  }, 120_000);
+});
