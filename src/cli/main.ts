@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { RebalancerError } from '../errors.js';
 import { DEFAULT_STORE_URL, EXIT } from './context.js';
+import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
@@ -29,7 +30,7 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, resources, groups, ping, sim]) command.register(program);
+for (const command of [demo, status, resources, groups, ping, sim, bench]) command.register(program);
 
 try {
   await program.parseAsync(process.argv);
