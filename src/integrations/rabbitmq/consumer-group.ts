@@ -133,7 +133,11 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
     member.on('sessionLost', ({ sessionId }) => this.#lostSessions.add(sessionId));
   }
 
-  /** @internal Connect, then join: a node that cannot reach the broker should not take queues it cannot consume. */
+  /**
+   * Connect, then join (consumeGroup() does both; construct and start yourself to subscribe to events before
+   * anything happens). Connecting first: a node that cannot reach the broker should not take queues it cannot
+   * consume.
+   */
   async start(): Promise<void> {
     try {
       await this.#connections.first(this.#connectTimeoutMs);

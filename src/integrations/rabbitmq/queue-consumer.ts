@@ -212,7 +212,8 @@ class QueueSession {
         ch.on('error', (error: Error) => (this.#error ??= error));
         ch.on('close', () => {
           this.#channelClosed = true;
-          this.#finish('channel-closed');
+          // Closed before consume-ok: the broker refused the consumer (no such queue, exclusive use elsewhere).
+          this.#finish(this.#tag === undefined ? 'open-failed' : 'channel-closed');
         });
         if (this.#end === undefined) {
           await withTimeout(ch.prefetch(o.prefetch), o.operationTimeoutMs, clock, 'basic.qos');
