@@ -41,11 +41,12 @@ import { fileURLToPath } from 'node:url';
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventually as pollUntil } from '../conformance/suite.js';
-import { startPostgres, startRedis, type ServerHandle } from '../harness/servers.js';
+import { startPostgres, startRabbitmq, startRedis, type ServerHandle } from '../harness/servers.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
-const AMQP_URL = process.env['REBALANCER_TEST_AMQP_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
+/** The system broker (SERVERS.md); a private one is started when it is not there (see beforeAll). */
+let AMQP_URL = process.env['REBALANCER_TEST_AMQP_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
 const TTL_MS = 2000;
 const GROUP = 'consumers';
 /** Bound for one step's convergence (session expiry + rejoin + rebalance + consume, on a loaded 2-core machine). */
@@ -538,8 +539,16 @@ async function tearDown(env: Env | undefined, failed: boolean): Promise<void> {
   else console.error(`consumer logs and oracle kept in ${env.dir}`);
 }
 
+let privateBroker: ServerHandle | undefined;
+
 beforeAll(async () => {
-  amqp = await connect(AMQP_URL);
+  try {
+    amqp = await connect(AMQP_URL);
+  } catch {
+    privateBroker = await startRabbitmq();
+    AMQP_URL = privateBroker.url;
+    amqp = await connect(AMQP_URL);
+  }
   amqp.on('error', () => undefined);
   channel = await amqp.createConfirmChannel();
 });
@@ -547,6 +556,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const q of declared) await channel?.deleteQueue(q).catch(() => undefined);
   await amqp?.close().catch(() => undefined);
+  await privateBroker?.stop();
 });
 
 const STORES: { name: string; start: () => Promise<ServerHandle> }[] = [
