@@ -6,6 +6,7 @@
 export type ErrorCode =
   | 'SESSION_EXPIRED'
   | 'STORE_UNAVAILABLE'
+  | 'BROKER_UNAVAILABLE'
   | 'INVALID_ARGUMENT'
   | 'LIMIT_EXCEEDED'
   | 'CORRUPT_DATA'
@@ -49,6 +50,13 @@ export class StoreUnavailableError extends RebalancerError {
   constructor(message: string, options?: { cause?: unknown; outcome?: 'not-applied' | 'unknown' }) {
     super('STORE_UNAVAILABLE', message, { cause: options?.cause, retryable: true });
     this.outcome = options?.outcome ?? 'unknown';
+  }
+}
+
+/** A message broker (RabbitMQ) could not be reached or refused the connection. Retryable. */
+export class BrokerUnavailableError extends RebalancerError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('BROKER_UNAVAILABLE', message, { cause: options?.cause, retryable: true });
   }
 }
 

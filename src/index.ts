@@ -28,6 +28,7 @@ export type {
 export { STORE_LIMITS } from './store/validate.js';
 export { ScaledClock, systemClock, VirtualClock } from './store/clock.js';
 export {
+  BrokerUnavailableError,
   ClosedError,
   CorruptDataError,
   IncompatibleSchemaError,
