@@ -10,6 +10,7 @@ import { DEFAULT_STORE_URL, EXIT } from './context.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
 import * as resources from './commands/resources.js';
+import * as run from './commands/run.js';
 import * as sim from './commands/sim.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -27,7 +28,7 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [ping, resources, groups, sim]) command.register(program);
+for (const command of [ping, resources, groups, run, sim]) command.register(program);
 
 try {
   await program.parseAsync(process.argv);
