@@ -24,7 +24,10 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/backends/memory/index.js';
+import { GroupAdmin } from '../../src/runtime/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
+import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
 import { eventually as pollUntil } from '../conformance/suite.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -154,7 +157,7 @@ function aliveChild(c: Child): boolean {
 
 // ---------------------------------------------------------------- sidecars
 
-interface Sidecar {
+interface SidecarProc {
   readonly node: string;
   readonly proc: ChildProcess;
   readonly eventsPath: string;
@@ -176,12 +179,12 @@ interface Event {
   restart?: boolean;
 }
 
-const sidecars: Sidecar[] = [];
+const sidecars: SidecarProc[] = [];
 
 function startSidecar(
   node: string,
   o: { group: string; oracle: string; childMode?: string; drainMs?: number; mutant?: string },
-): Sidecar {
+): SidecarProc {
   const eventsPath = join(dir, `${node}.events`);
   const err = openSync(eventsPath, 'a');
   const out = openSync(join(dir, `${node}.out`), 'a');
@@ -198,7 +201,7 @@ function startSidecar(
   closeSync(err);
   closeSync(out);
   let resolve!: () => void;
-  const s: Sidecar = { node, proc, eventsPath, exit: undefined, exited: new Promise((r) => (resolve = r)) };
+  const s: SidecarProc = { node, proc, eventsPath, exit: undefined, exited: new Promise((r) => (resolve = r)) };
   proc.once('exit', (code, signal) => {
     s.exit = { code, signal };
     resolve();
@@ -207,7 +210,7 @@ function startSidecar(
   return s;
 }
 
-function events(s: Sidecar, name?: string): Event[] {
+function events(s: SidecarProc, name?: string): Event[] {
   if (!existsSync(s.eventsPath)) return [];
   return readFileSync(s.eventsPath, 'utf8')
     .split('\n')
@@ -238,7 +241,7 @@ function settled(oracle: string, resources: string[], perNode: Record<string, nu
   return Object.entries(perNode).every(([n, k]) => count[n] === k);
 }
 
-function describeState(oracle: string, ...nodes: Sidecar[]): string {
+function describeState(oracle: string, ...nodes: SidecarProc[]): string {
   const r = [...running(oracle)].map(([res, cs]) => `${res}: ${cs.map((c) => `${c.node}/${c.pid}`).join(',')}`);
   const tails = nodes.map((s) => `--- ${s.node} (exit ${JSON.stringify(s.exit)})\n${tail(s.eventsPath)}`);
   return `running: ${r.join('; ')}\n${tails.join('\n')}`;
@@ -248,7 +251,7 @@ function tail(path: string, n = 15): string {
   return existsSync(path) ? readFileSync(path, 'utf8').split('\n').slice(-n).join('\n') : '(none)';
 }
 
-async function terminate(s: Sidecar, timeoutMs = STEP_MS): Promise<void> {
+async function terminate(s: SidecarProc, timeoutMs = STEP_MS): Promise<void> {
   s.proc.kill('SIGTERM');
   const t = setTimeout(() => s.proc.kill('SIGKILL'), timeoutMs);
   await s.exited;
@@ -256,7 +259,7 @@ async function terminate(s: Sidecar, timeoutMs = STEP_MS): Promise<void> {
 }
 
 /** Every child the sidecar started (from its events) matches its oracle lines: resource, token, node, group. */
-function checkEnvironment(s: Sidecar, group: string, children: Child[]): void {
+function checkEnvironment(s: SidecarProc, group: string, children: Child[]): void {
   const started = events(s, 'childStarted');
   expect(started.length).toBeGreaterThan(0);
   for (const e of started) {
@@ -284,8 +287,8 @@ afterAll(async () => {
 describe('rebalancer run (sidecar)', () => {
   const oracle = join(dir, 'main.oracle');
   const R = ['r1', 'r2', 'r3', 'r4'];
-  let a: Sidecar;
-  let b: Sidecar;
+  let a: SidecarProc;
+  let b: SidecarProc;
 
   it('rejects bad input with exit code 2 and says what is wrong', () => {
     const cases: [string[], RegExp][] = [
@@ -497,4 +500,44 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     expect(killedAfterMs).toBeGreaterThanOrEqual(500);
     expect(child.groupAlive()).toBe(false);
   }, 30_000);
+});
+
+describe('Sidecar (src/sidecar/sidecar.ts) when its lease is in danger', () => {
+  it('SIGKILLs a child that ignores SIGTERM before the session can expire, however long the drain timeout', async () => {
+    const store = new MemoryStore({ namespace: 'sidecar' });
+    await new GroupAdmin(store, 'f').add(['f1']);
+    const sidecar = new SidecarModule({
+      store,
+      group: 'f',
+      nodeId: 'lonely',
+      command: `trap '' TERM; while :; do sleep 0.1; done`,
+      sessionTtlMs: 5000,
+      drainTimeoutMs: 60_000,
+      stdout: new Writable({ write: (_c, _e, done) => done() }),
+    });
+    const seen: { event: string; atMs: number; payload: Record<string, unknown> }[] = [];
+    for (const e of ['fenced', 'childStarted', 'childStopping', 'childKilled', 'childExited'] as const) {
+      sidecar.on(e, (payload) => seen.push({ event: e, atMs: store.clock.now(), payload: { ...payload } }));
+    }
+    await sidecar.start();
+    try {
+      expect(await eventually(() => seen.some((e) => e.event === 'childStarted'), 10_000)).toBe(true);
+      // The store becomes unreachable: no keep-alive gets through, so the node must stop before its lease ends.
+      store.faults = { request: () => ({ fail: 'before' }) };
+      expect(await eventually(() => seen.some((e) => e.event === 'childExited'), 15_000)).toBe(true);
+      const fenced = seen.find((e) => e.event === 'fenced')!;
+      const stopping = seen.find((e) => e.event === 'childStopping')!;
+      const exited = seen.find((e) => e.event === 'childExited')!;
+      expect(stopping.payload['reason']).toBe('fenced');
+      expect(exited.payload).toMatchObject({ signal: 'SIGKILL', killed: true, cause: 'fenced' });
+      // Gone before the session's safety deadline (the server expires it no earlier), not 60 s later.
+      const slackMs = (fenced.payload['safeUntilMs'] as number) - exited.atMs;
+      expect(slackMs, `exited ${Math.round(slackMs)} ms before the safety deadline`).toBeGreaterThan(0);
+    } finally {
+      store.faults = {};
+      sidecar.kill(); // (only matters when an assertion failed: do not wait 60 s for the drain)
+      await sidecar.stop();
+      await store.close();
+    }
+  }, 60_000);
 });
