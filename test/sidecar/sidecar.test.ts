@@ -274,7 +274,8 @@ afterAll(async () => {
   await Promise.all(sidecars.map((s) => s.exited));
   // The reapers stop any child of a killed sidecar; whatever our children are still alive (a mutant's): kill them.
   await new Promise((r) => setTimeout(r, 1000));
-  for (const oracle of [join(dir, 'main.oracle'), join(dir, 'mutant.oracle'), join(dir, 'reaper.oracle')]) {
+  for (const name of ['main', 'mutant', 'reaper', 'sigint']) {
+    const oracle = join(dir, `${name}.oracle`);
     for (const c of readOracle(oracle)) if (aliveChild(c)) process.kill(-c.pid, 'SIGKILL');
   }
   // REBALANCER_TEST_KEEP=1 keeps the oracle and event logs for a look.
@@ -414,6 +415,24 @@ describe('rebalancer run (sidecar)', () => {
     const children = readOracle(oracle);
     expect(violations(children)).toEqual([]);
     expect(children.filter(aliveChild)).toEqual([]);
+  }, 60_000);
+});
+
+describe('rebalancer run: SIGINT twice', () => {
+  it('the first SIGINT starts a graceful leave, the second SIGKILLs every child and exits 130', async () => {
+    const oracle = join(dir, 'sigint.oracle');
+    expect(cli(['resources', 'add', '--group', 'i', 'i1', 'i2']).code).toBe(0);
+    const s = startSidecar('i', { group: 'i', oracle, childMode: 'ignore-term', drainMs: 60_000 });
+    expect(await eventually(() => settled(oracle, ['i1', 'i2'], { i: 2 })), describeState(oracle, s)).toBe(true);
+    const mine = readOracle(oracle).filter(aliveChild);
+    s.proc.kill('SIGINT');
+    expect(await eventually(() => events(s, 'childStopping').length === 2), describeState(oracle, s)).toBe(true);
+    expect(mine.every(aliveChild)).toBe(true); // they ignore SIGTERM, and the drain timeout is 60 s
+    s.proc.kill('SIGINT');
+    await s.exited;
+    expect(s.exit).toEqual({ code: 130, signal: null });
+    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 10_000)).toBe(true);
+    expect(events(s).map((e) => e.event)).toEqual(expect.arrayContaining(['shutdown', 'forced']));
   }, 60_000);
 });
 
