@@ -12,6 +12,7 @@ import * as demo from './commands/demo.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
 import * as resources from './commands/resources.js';
+import * as run from './commands/run.js';
 import * as sim from './commands/sim.js';
 import * as status from './commands/status.js';
 
@@ -30,7 +31,7 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, resources, groups, ping, sim, bench]) command.register(program);
+for (const command of [demo, status, run, resources, groups, ping, sim, bench]) command.register(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,562 @@
+/**
+ * `rebalancer run` (the sidecar) as a user runs it: real sidecar processes on a SQLite file in a temp dir, each
+ * supervising a small shell child per assigned resource.
+ *
+ * The oracle lives outside the library: every child appends lines `EVENT RESOURCE TOKEN NODE GROUP PID MS` to a
+ * shared file (O_APPEND, one short write per line) — `start` when it starts, `tick` every 100 ms, `stop` when it
+ * gets SIGTERM (unless it ignores SIGTERM), `crash` before it exits with code 3 (resources named crash-*). The
+ * order of lines in the file is the order in time. From it the test checks:
+ *  - per resource, the children (one per token and pid) never overlap: every line of an earlier child comes before
+ *    the next child's `start` line — so a child that was told to stop, or was killed, was gone before the next one
+ *    started, on any node;
+ *  - fencing tokens never go down, and grow with every new owner (a restart keeps its token: same lock);
+ *  - each child's REBALANCER_* environment matches what its sidecar reported (--json events on stderr).
+ * Scenarios: two sidecars share four resources; SIGTERM of one moves its resources (its children got SIGTERM and
+ * exited before the other side's started) and it exits 0; kill -9 of a sidecar whose children ignore SIGTERM (its
+ * reaper SIGKILLs them); SIGTERM of a sidecar whose children ignore SIGTERM (SIGKILL after the drain timeout); a
+ * crashing child restarted with a growing backoff; and two deliberately broken sidecars (--mutant) that the checks
+ * must catch.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/backends/memory/index.js';
+import { GroupAdmin } from '../../src/runtime/registry.js';
+import { SupervisedChild } from '../../src/sidecar/child.js';
+import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
+import { eventually as pollUntil } from '../conformance/suite.js';
+
+const REPO = fileURLToPath(new URL('../..', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
+const STORE = `sqlite:${join(dir, 'sidecar.db')}`;
+const CHILD = join(dir, 'child.sh');
+const TTL_MS = 2000;
+/** Bound for one step to converge (process start, session expiry, rebalance) on a loaded 2-core machine. */
+const STEP_MS = 20_000;
+
+writeFileSync(
+  CHILD,
+  `# The test's child: logs to $ORACLE; CHILD_MODE=ignore-term ignores SIGTERM (and so do its sleeps).
+log() { echo "$1 $REBALANCER_RESOURCE $REBALANCER_FENCING_TOKEN $REBALANCER_NODE $REBALANCER_GROUP $$ $(date +%s%3N)" >> "$ORACLE"; }
+if [ "$CHILD_MODE" = ignore-term ]; then trap '' TERM; else trap 'log stop; exit 0' TERM; fi
+log start
+case $REBALANCER_RESOURCE in crash-*) sleep 0.3; log crash; exit 3 ;; esac
+while :; do log tick; sleep 0.1; done
+`,
+);
+
+const eventually = (probe: () => boolean, timeoutMs = STEP_MS): Promise<boolean> => pollUntil(probe, timeoutMs, 100);
+
+function cli(args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, ...args], {
+    cwd: REPO,
+    encoding: 'utf8',
+  });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+// ---------------------------------------------------------------- the oracle
+
+interface Child {
+  resource: string;
+  token: number;
+  node: string;
+  group: string;
+  pid: number;
+  /** Line numbers in the oracle file. */
+  start: number;
+  last: number;
+  stopped: boolean;
+  crashed: boolean;
+  startMs: number;
+}
+
+function readOracle(path: string): Child[] {
+  if (!existsSync(path)) return [];
+  const children = new Map<string, Child>();
+  const lines = readFileSync(path, 'utf8').split('\n');
+  // The last line may be half-written.
+  lines.pop();
+  lines.forEach((line, i) => {
+    const [event, resource, token, node, group, pid, ms] = line.split(' ');
+    if (resource === undefined || pid === undefined) throw new Error(`bad oracle line ${i}: ${line}`);
+    const key = `${resource}|${pid}`;
+    let c = children.get(key);
+    if (c === undefined) {
+      c = {
+        resource,
+        token: Number(token),
+        node: node ?? '',
+        group: group ?? '',
+        pid: Number(pid),
+        start: event === 'start' ? i : -1,
+        last: i,
+        stopped: false,
+        crashed: false,
+        startMs: Number(ms),
+      };
+      children.set(key, c);
+    }
+    c.last = i;
+    if (event === 'stop') c.stopped = true;
+    if (event === 'crash') c.crashed = true;
+  });
+  return [...children.values()];
+}
+
+/** Safety violations: overlapping children of one resource, tokens that go down, lines without a start. */
+function violations(children: Child[]): string[] {
+  const problems: string[] = [];
+  const byResource = new Map<string, Child[]>();
+  for (const c of children) {
+    if (c.start < 0) problems.push(`${c.resource}: pid ${c.pid} logged before its start line`);
+    byResource.set(c.resource, [...(byResource.get(c.resource) ?? []), c]);
+  }
+  for (const [resource, list] of byResource) {
+    list.sort((a, b) => a.start - b.start);
+    for (let i = 1; i < list.length; i++) {
+      const a = list[i - 1]!;
+      const b = list[i]!;
+      const show = (c: Child): string => `${c.node} pid ${c.pid} token ${c.token} lines ${c.start}..${c.last}`;
+      if (a.last > b.start) problems.push(`${resource}: two children at once: ${show(a)} and ${show(b)}`);
+      const restart = a.node === b.node && a.token === b.token;
+      if (!restart && b.token <= a.token) problems.push(`${resource}: token did not grow: ${show(a)}, ${show(b)}`);
+    }
+  }
+  return problems;
+}
+
+/** The process exists and is not a zombie (a zombie waits for PID 1 to reap it; it runs nothing). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return false;
+  }
+}
+
+/** The test's children that are still alive (checked against /proc, so that a reused pid is not counted). */
+function aliveChild(c: Child): boolean {
+  if (!alive(c.pid)) return false;
+  try {
+    return readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').includes(CHILD);
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- sidecars
+
+interface SidecarProc {
+  readonly node: string;
+  readonly proc: ChildProcess;
+  readonly eventsPath: string;
+  exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  readonly exited: Promise<void>;
+}
+
+interface Event {
+  t: number;
+  node: string;
+  event: string;
+  resource?: string;
+  fencingToken?: number;
+  pid?: number;
+  code?: number | null;
+  signal?: string | null;
+  cause?: string;
+  reason?: string;
+  restart?: boolean;
+}
+
+const sidecars: SidecarProc[] = [];
+
+function startSidecar(
+  node: string,
+  o: { group: string; oracle: string; childMode?: string; drainMs?: number; mutant?: string },
+): SidecarProc {
+  const eventsPath = join(dir, `${node}.events`);
+  const err = openSync(eventsPath, 'a');
+  const out = openSync(join(dir, `${node}.out`), 'a');
+  const args = ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, '--json', 'run', '--group', o.group];
+  args.push('--exec', `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
+  args.push('--drain-timeout-ms', String(o.drainMs ?? 1500), '--restart-delay-ms', '200');
+  args.push('--max-restart-delay-ms', '2000');
+  if (o.mutant !== undefined) args.push('--mutant', o.mutant);
+  const proc = spawn(process.execPath, args, {
+    cwd: REPO,
+    stdio: ['ignore', out, err],
+    env: { ...process.env, ORACLE: o.oracle, CHILD_MODE: o.childMode ?? 'normal' },
+  });
+  closeSync(err);
+  closeSync(out);
+  let resolve!: () => void;
+  const s: SidecarProc = { node, proc, eventsPath, exit: undefined, exited: new Promise((r) => (resolve = r)) };
+  proc.once('exit', (code, signal) => {
+    s.exit = { code, signal };
+    resolve();
+  });
+  sidecars.push(s);
+  return s;
+}
+
+function events(s: SidecarProc, name?: string): Event[] {
+  if (!existsSync(s.eventsPath)) return [];
+  return readFileSync(s.eventsPath, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Event)
+    .filter((e) => name === undefined || e.event === name);
+}
+
+/** Children that are running now (started, not stopped or crashed, process alive), by resource. */
+function running(oracle: string): Map<string, Child[]> {
+  const m = new Map<string, Child[]>();
+  for (const c of readOracle(oracle)) {
+    if (c.stopped || c.crashed || !aliveChild(c)) continue;
+    m.set(c.resource, [...(m.get(c.resource) ?? []), c]);
+  }
+  return m;
+}
+
+/** Each of `resources` has exactly one running child, and they are spread over `nodes` as `perNode` says. */
+function settled(oracle: string, resources: string[], perNode: Record<string, number>): boolean {
+  const r = running(oracle);
+  if (resources.some((name) => r.get(name)?.length !== 1)) return false;
+  const count: Record<string, number> = {};
+  for (const name of resources) {
+    const n = r.get(name)![0]!.node;
+    count[n] = (count[n] ?? 0) + 1;
+  }
+  return Object.entries(perNode).every(([n, k]) => count[n] === k);
+}
+
+function describeState(oracle: string, ...nodes: SidecarProc[]): string {
+  const r = [...running(oracle)].map(([res, cs]) => `${res}: ${cs.map((c) => `${c.node}/${c.pid}`).join(',')}`);
+  const tails = nodes.map((s) => `--- ${s.node} (exit ${JSON.stringify(s.exit)})\n${tail(s.eventsPath)}`);
+  return `running: ${r.join('; ')}\n${tails.join('\n')}`;
+}
+
+function tail(path: string, n = 15): string {
+  return existsSync(path) ? readFileSync(path, 'utf8').split('\n').slice(-n).join('\n') : '(none)';
+}
+
+async function terminate(s: SidecarProc, timeoutMs = STEP_MS): Promise<void> {
+  s.proc.kill('SIGTERM');
+  const t = setTimeout(() => s.proc.kill('SIGKILL'), timeoutMs);
+  await s.exited;
+  clearTimeout(t);
+}
+
+/** Every child the sidecar started (from its events) matches its oracle lines: resource, token, node, group. */
+function checkEnvironment(s: SidecarProc, group: string, children: Child[]): void {
+  const started = events(s, 'childStarted');
+  expect(started.length).toBeGreaterThan(0);
+  for (const e of started) {
+    const c = children.find((x) => x.pid === e.pid && x.resource === e.resource);
+    expect(c, `oracle has the child ${e.resource} pid ${e.pid} of ${s.node}`).toBeDefined();
+    expect({ token: c!.token, node: c!.node, group: c!.group }).toEqual({ token: e.fencingToken, node: s.node, group });
+  }
+}
+
+afterAll(async () => {
+  for (const s of sidecars) if (s.exit === undefined) s.proc.kill('SIGKILL');
+  await Promise.all(sidecars.map((s) => s.exited));
+  // The reapers stop any child of a killed sidecar; whatever our children are still alive (a mutant's): kill them.
+  await new Promise((r) => setTimeout(r, 1000));
+  for (const name of ['main', 'mutant', 'reaper', 'sigint']) {
+    const oracle = join(dir, `${name}.oracle`);
+    for (const c of readOracle(oracle)) if (aliveChild(c)) process.kill(-c.pid, 'SIGKILL');
+  }
+  // REBALANCER_TEST_KEEP=1 keeps the oracle and event logs for a look.
+  if (process.env['REBALANCER_TEST_KEEP'] === undefined) rmSync(dir, { recursive: true, force: true });
+  else process.stdout.write(`sidecar test files kept in ${dir}\n`);
+});
+
+// ---------------------------------------------------------------- scenarios
+
+describe('rebalancer run (sidecar)', () => {
+  const oracle = join(dir, 'main.oracle');
+  const R = ['r1', 'r2', 'r3', 'r4'];
+  let a: SidecarProc;
+  let b: SidecarProc;
+
+  it('rejects bad input with exit code 2 and says what is wrong', () => {
+    const cases: [string[], RegExp][] = [
+      [['--exec', '  '], /--exec must be a non-empty shell command/],
+      [['--exec', 'true', '--ttl-ms', 'soon'], /--ttl-ms must be a whole number from 1000 to 300000/],
+      [['--exec', 'true', '--ttl-ms', '5.5'], /--ttl-ms must be a whole number/],
+      [['--exec', 'true', '--drain-timeout-ms', '-1'], /--drain-timeout-ms must be a whole number/],
+      [['--exec', 'true', '--weight', '0'], /--weight must be a number > 0/],
+      [['--exec', 'true', '--node', 'has space'], /--node "has space" is invalid/],
+      [['--exec', 'true', '--protocol', 'chaos'], /--protocol must be/],
+      [[], /required option '--exec <command>' not specified/],
+    ];
+    for (const [args, message] of cases) {
+      const r = cli(['run', '--group', 'g', ...args]);
+      expect([r.code, r.err], args.join(' ')).toEqual([2, expect.stringMatching(message)]);
+    }
+  }, 60_000);
+
+  it('runs one child per resource, spread over two sidecars, with the right environment', async () => {
+    expect(cli(['resources', 'add', '--group', 'g', ...R]).code).toBe(0);
+    a = startSidecar('a', { group: 'g', oracle });
+    expect(await eventually(() => settled(oracle, R, { a: 4 })), describeState(oracle, a)).toBe(true);
+    b = startSidecar('b', { group: 'g', oracle });
+    expect(await eventually(() => settled(oracle, R, { a: 2, b: 2 })), describeState(oracle, a, b)).toBe(true);
+    const children = readOracle(oracle);
+    expect(violations(children)).toEqual([]);
+    checkEnvironment(a, 'g', children);
+    checkEnvironment(b, 'g', children);
+    // The two resources that moved from a to b: a's children got SIGTERM (their trap logged `stop`) and exited.
+    const moved = events(a, 'childExited');
+    expect(moved.map((e) => [e.cause, e.code, e.signal])).toEqual([
+      ['revoked', 0, null],
+      ['revoked', 0, null],
+    ]);
+    for (const e of moved) expect(children.find((c) => c.pid === e.pid)?.stopped).toBe(true);
+  }, 60_000);
+
+  it('SIGTERM: the sidecar hands its resources over (children stopped first) and exits 0', async () => {
+    const before = readOracle(oracle).filter((c) => c.node === 'a' && !c.stopped);
+    await terminate(a);
+    expect(a.exit).toEqual({ code: 0, signal: null });
+    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, a, b)).toBe(true);
+    const children = readOracle(oracle);
+    expect(violations(children)).toEqual([]);
+    for (const c of before) {
+      const now = children.find((x) => x.pid === c.pid)!;
+      expect(now.stopped, `a's child ${c.resource} got SIGTERM`).toBe(true);
+      expect(aliveChild(now)).toBe(false);
+      // b's child of that resource started after a's child logged its last line.
+      const next = children.find((x) => x.resource === c.resource && x.node === 'b' && x.start > c.start);
+      expect(next!.start).toBeGreaterThan(now.last);
+    }
+    // Stopped because their grants moved away (revoked) or, for what was left, because the node left (leaving).
+    const exits = events(a, 'childExited').filter((e) => before.some((c) => c.pid === e.pid));
+    expect(exits.length).toBe(before.length);
+    for (const e of exits)
+      expect([['revoked', 'leaving'].includes(e.cause!), e.code, e.signal]).toEqual([true, 0, null]);
+  }, 60_000);
+
+  it('kill -9 of a sidecar: its reaper SIGKILLs its children (they ignore SIGTERM) before the lease can expire', async () => {
+    const c = startSidecar('c', { group: 'g', oracle, childMode: 'ignore-term' });
+    expect(await eventually(() => settled(oracle, R, { b: 2, c: 2 })), describeState(oracle, b, c)).toBe(true);
+    const mine = readOracle(oracle).filter((x) => x.node === 'c' && aliveChild(x));
+    expect(mine.length).toBe(2);
+    const killedAt = Date.now();
+    c.proc.kill('SIGKILL');
+    await c.exited;
+    // Gone within the reaper's grace (min(drain, TTL/5) = 400 ms) plus scheduling slack: well before the TTL.
+    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 10_000)).toBe(true);
+    const goneAfterMs = Date.now() - killedAt;
+    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, b, c)).toBe(true);
+    const children = readOracle(oracle);
+    expect(violations(children)).toEqual([]);
+    for (const x of mine) expect(children.find((y) => y.pid === x.pid)?.stopped).toBe(false); // they ignored SIGTERM
+    expect(goneAfterMs).toBeLessThan(STEP_MS);
+  }, 60_000);
+
+  it('a child that ignores SIGTERM gets SIGKILL after the drain timeout; only then does the next one start', async () => {
+    const d = startSidecar('d', { group: 'g', oracle, childMode: 'ignore-term', drainMs: 1000 });
+    expect(await eventually(() => settled(oracle, R, { b: 2, d: 2 })), describeState(oracle, b, d)).toBe(true);
+    await terminate(d);
+    expect(d.exit).toEqual({ code: 0, signal: null });
+    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, b, d)).toBe(true);
+    expect(violations(readOracle(oracle))).toEqual([]);
+    const stopping = events(d, 'childStopping');
+    const exited = events(d, 'childExited');
+    expect(stopping.length).toBe(2);
+    expect(events(d, 'childKilled').length).toBe(2);
+    for (const s of stopping) {
+      const e = exited.find((x) => x.pid === s.pid)!;
+      expect(e.signal).toBe('SIGKILL');
+      expect(e.t - s.t).toBeGreaterThanOrEqual(1000);
+    }
+  }, 60_000);
+
+  it('a child that crashes is restarted with a growing backoff, under the same lock and token', async () => {
+    expect(cli(['resources', 'add', '--group', 'g', 'crash-1']).code).toBe(0);
+    const starts = (): Child[] => readOracle(oracle).filter((x) => x.resource === 'crash-1');
+    expect(await eventually(() => starts().length >= 4), describeState(oracle, b)).toBe(true);
+    const list = starts();
+    expect(new Set(list.map((x) => `${x.node} ${x.token}`)).size).toBe(1);
+    expect(list.every((x, i) => i === list.length - 1 || x.crashed)).toBe(true);
+    // The delays the sidecar waited between an exit and the next start: at least 0.5 × 200 × 2^k ms (jitter 0.5–1).
+    const ev = events(b);
+    const exits = ev.filter((e) => e.event === 'childExited' && e.resource === 'crash-1');
+    const restarts = ev.filter((e) => e.event === 'childStarted' && e.resource === 'crash-1');
+    expect(exits.slice(0, 3).map((e) => [e.code, e.cause, e.restart])).toEqual([
+      [3, 'exited', true],
+      [3, 'exited', true],
+      [3, 'exited', true],
+    ]);
+    expect(ev.filter((e) => e.event === 'handlerFailed').length).toBeGreaterThanOrEqual(3);
+    const delays = exits.slice(0, 3).map((e, i) => restarts[i + 1]!.t - e.t);
+    expect(delays[0]).toBeGreaterThanOrEqual(100);
+    expect(delays[1]).toBeGreaterThanOrEqual(200);
+    expect(delays[2]).toBeGreaterThanOrEqual(400);
+    expect(violations(readOracle(oracle))).toEqual([]);
+  }, 60_000);
+
+  it('the last sidecar leaves cleanly: every child stopped, nothing left running', async () => {
+    await terminate(b);
+    expect(b.exit).toEqual({ code: 0, signal: null });
+    const children = readOracle(oracle);
+    expect(violations(children)).toEqual([]);
+    expect(children.filter(aliveChild)).toEqual([]);
+  }, 60_000);
+});
+
+describe('rebalancer run: SIGINT twice', () => {
+  it('the first SIGINT starts a graceful leave, the second SIGKILLs every child and exits 130', async () => {
+    const oracle = join(dir, 'sigint.oracle');
+    expect(cli(['resources', 'add', '--group', 'i', 'i1', 'i2']).code).toBe(0);
+    const s = startSidecar('i', { group: 'i', oracle, childMode: 'ignore-term', drainMs: 60_000 });
+    expect(await eventually(() => settled(oracle, ['i1', 'i2'], { i: 2 })), describeState(oracle, s)).toBe(true);
+    const mine = readOracle(oracle).filter(aliveChild);
+    s.proc.kill('SIGINT');
+    expect(await eventually(() => events(s, 'childStopping').length === 2), describeState(oracle, s)).toBe(true);
+    expect(mine.every(aliveChild)).toBe(true); // they ignore SIGTERM, and the drain timeout is 60 s
+    s.proc.kill('SIGINT');
+    await s.exited;
+    expect(s.exit).toEqual({ code: 130, signal: null });
+    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 10_000)).toBe(true);
+    expect(events(s).map((e) => e.event)).toEqual(expect.arrayContaining(['shutdown', 'forced']));
+  }, 60_000);
+});
+
+describe('the checks catch broken sidecars', () => {
+  it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
+    const oracle = join(dir, 'mutant.oracle');
+    expect(cli(['resources', 'add', '--group', 'm', 'm1', 'm2']).code).toBe(0);
+    const m = startSidecar('m', {
+      group: 'm',
+      oracle,
+      childMode: 'ignore-term',
+      drainMs: 3000,
+      mutant: 'settle-before-exit',
+    });
+    expect(await eventually(() => settled(oracle, ['m1', 'm2'], { m: 2 })), describeState(oracle, m)).toBe(true);
+    const n = startSidecar('n', { group: 'm', oracle });
+    // n starts the moved resource while m's child (ignoring SIGTERM, SIGKILL only after 3 s) still runs.
+    expect(await eventually(() => violations(readOracle(oracle)).length > 0), describeState(oracle, m, n)).toBe(true);
+    expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
+    await Promise.all([terminate(m), terminate(n)]);
+  }, 60_000);
+
+  it('no-reaper: children of a kill -9 sidecar outlive it', async () => {
+    const oracle = join(dir, 'reaper.oracle');
+    expect(cli(['resources', 'add', '--group', 'k', 'k1']).code).toBe(0);
+    const k = startSidecar('k', { group: 'k', oracle, mutant: 'no-reaper' });
+    expect(await eventually(() => settled(oracle, ['k1'], { k: 1 })), describeState(oracle, k)).toBe(true);
+    const mine = readOracle(oracle).filter(aliveChild);
+    k.proc.kill('SIGKILL');
+    await k.exited;
+    // The same check as above (every child gone within 10 s) fails: the orphan keeps running.
+    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 3000)).toBe(false);
+  }, 60_000);
+});
+
+describe('SupervisedChild (src/sidecar/child.ts)', () => {
+  const collect = (): { stream: Writable; text: () => string } => {
+    let text = '';
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        text += chunk.toString('utf8');
+        done();
+      },
+    });
+    return { stream, text: () => text };
+  };
+
+  it('has exited only when its whole process group is empty: what it left behind is stopped', async () => {
+    const out = collect();
+    const child = await SupervisedChild.start({
+      command: 'sleep 30 & echo "left $!"; printf "no newline"',
+      env: process.env,
+      prefix: '[x] ',
+      stdout: out.stream,
+      stderr: out.stream,
+    });
+    let stopping = 0;
+    const exit = await child.waitExit(() => {
+      stopping++;
+      return { graceMs: 5000 };
+    });
+    expect(exit).toEqual({ code: 0, signal: null, killed: false });
+    expect(stopping).toBe(1);
+    const left = Number(/\[x\] left (\d+)\n/.exec(out.text())?.[1]);
+    expect(left).toBeGreaterThan(0);
+    expect(alive(left)).toBe(false);
+    expect(out.text()).toMatch(/\[x\] no newline\n$/);
+  }, 30_000);
+
+  it('stop(): SIGTERM to the group, SIGKILL after the grace period', async () => {
+    const out = collect();
+    const child = await SupervisedChild.start({
+      command: `trap '' TERM; echo ready; while :; do sleep 0.1; done`,
+      env: process.env,
+      prefix: '[y] ',
+      stdout: out.stream,
+      stderr: out.stream,
+    });
+    expect(await eventually(() => out.text().includes('ready'), 10_000)).toBe(true);
+    const t0 = Date.now();
+    let killedAfterMs = -1;
+    const exit = await child.stop({ graceMs: 500, onKill: () => (killedAfterMs = Date.now() - t0) });
+    expect(exit).toEqual({ code: null, signal: 'SIGKILL', killed: true });
+    expect(killedAfterMs).toBeGreaterThanOrEqual(500);
+    expect(child.groupAlive()).toBe(false);
+  }, 30_000);
+});
+
+describe('Sidecar (src/sidecar/sidecar.ts) when its lease is in danger', () => {
+  it('SIGKILLs a child that ignores SIGTERM before the session can expire, however long the drain timeout', async () => {
+    const store = new MemoryStore({ namespace: 'sidecar' });
+    await new GroupAdmin(store, 'f').add(['f1']);
+    const sidecar = new SidecarModule({
+      store,
+      group: 'f',
+      nodeId: 'lonely',
+      command: `trap '' TERM; while :; do sleep 0.1; done`,
+      sessionTtlMs: 5000,
+      drainTimeoutMs: 60_000,
+      stdout: new Writable({ write: (_c, _e, done) => done() }),
+    });
+    const seen: { event: string; atMs: number; payload: Record<string, unknown> }[] = [];
+    for (const e of ['fenced', 'childStarted', 'childStopping', 'childKilled', 'childExited'] as const) {
+      sidecar.on(e, (payload) => seen.push({ event: e, atMs: store.clock.now(), payload: { ...payload } }));
+    }
+    await sidecar.start();
+    try {
+      expect(await eventually(() => seen.some((e) => e.event === 'childStarted'), 10_000)).toBe(true);
+      // The store becomes unreachable: no keep-alive gets through, so the node must stop before its lease ends.
+      store.faults = { request: () => ({ fail: 'before' }) };
+      expect(await eventually(() => seen.some((e) => e.event === 'childExited'), 15_000)).toBe(true);
+      const fenced = seen.find((e) => e.event === 'fenced')!;
+      const stopping = seen.find((e) => e.event === 'childStopping')!;
+      const exited = seen.find((e) => e.event === 'childExited')!;
+      expect(stopping.payload['reason']).toBe('fenced');
+      expect(exited.payload).toMatchObject({ signal: 'SIGKILL', killed: true, cause: 'fenced' });
+      // Gone before the session's safety deadline (the server expires it no earlier), not 60 s later.
+      const slackMs = (fenced.payload['safeUntilMs'] as number) - exited.atMs;
+      expect(slackMs, `exited ${Math.round(slackMs)} ms before the safety deadline`).toBeGreaterThan(0);
+    } finally {
+      store.faults = {};
+      sidecar.kill(); // (only matters when an assertion failed: do not wait 60 s for the drain)
+      await sidecar.stop();
+      await store.close();
+    }
+  }, 60_000);
+});
