@@ -40,7 +40,7 @@ try {
   if (err instanceof RebalancerError) {
     process.stderr.write(`rebalancer: ${err.message}\n`);
     process.exit(
-      err.code === 'STORE_UNAVAILABLE'
+      err.code === 'STORE_UNAVAILABLE' || err.code === 'BROKER_UNAVAILABLE'
         ? EXIT.unavailable
         : err.code === 'INVALID_ARGUMENT' || err.code === 'LIMIT_EXCEEDED'
           ? EXIT.usage
