@@ -183,6 +183,10 @@ class Selector {
   readonly candZone: Int32Array;
   readonly champSite: Int32Array;
   readonly champScore: Float64Array;
+  /** SPREAD: best score seen in each zone during the current slot (valid where zoneStamp equals stamp). */
+  readonly zoneBest: Float64Array;
+  readonly zoneStamp: Int32Array;
+  stamp = 0;
   len = 0;
 
   constructor(
@@ -195,10 +199,13 @@ class Selector {
     this.candZone = new Int32Array(R);
     this.champSite = new Int32Array(mode === MIXED ? Z : 0);
     this.champScore = new Float64Array(mode === MIXED ? Z : 0);
+    this.zoneBest = new Float64Array(mode === SPREAD ? Z : 0);
+    this.zoneStamp = new Int32Array(mode === SPREAD ? Z : 0);
   }
 
   reset(): void {
     this.len = 0;
+    this.stamp++;
     if (this.mode === MIXED) {
       this.champScore.fill(-Infinity);
       this.champSite.fill(-1);
@@ -268,6 +275,8 @@ class Selector {
 function selectUniform(sel: Selector, h: number, siteMix: Int32Array, zoneOf: Int32Array, seed: number): void {
   sel.reset();
   let cut = seed;
+  const spread = sel.mode === SPREAD;
+  const { zoneBest, zoneStamp, stamp } = sel;
   const n = siteMix.length;
   for (let i = 0; i < n; i++) {
     let x = h ^ siteMix[i]!;
@@ -278,7 +287,14 @@ function selectUniform(sel: Selector, h: number, siteMix: Int32Array, zoneOf: In
     x ^= x >>> 16;
     const score = (x ^ 0x80000000) | 0;
     if (score <= cut) continue;
-    const c = sel.insert(i, zoneOf[i]!, score);
+    const z = zoneOf[i]!;
+    if (spread) {
+      // One candidate per zone: a site that does not beat its zone's best so far cannot be chosen.
+      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
+      zoneStamp[z] = stamp;
+      zoneBest[z] = score;
+    }
+    const c = sel.insert(i, z, score);
     if (c > cut) cut = c;
   }
 }
@@ -294,6 +310,8 @@ function selectWeighted(
 ): void {
   sel.reset();
   let cut = seed;
+  const spread = sel.mode === SPREAD;
+  const { zoneBest, zoneStamp, stamp } = sel;
   const n = siteMix.length;
   for (let i = 0; i < n; i++) {
     let x = h ^ siteMix[i]!;
@@ -307,7 +325,18 @@ function selectWeighted(
     const w = weight[i]!;
     // score = w / −ln(u) < w / (1 − u), since −ln(u) > 1 − u: skip the logarithm when even the bound is ≤ cut.
     if (w <= cut * (1 - u)) continue;
-    const c = sel.insert(i, zoneOf[i]!, -w / Math.log(u));
+    const z = zoneOf[i]!;
+    if (spread && zoneStamp[z] === stamp && w <= zoneBest[z]! * (1 - u)) continue;
+    const score = -w / Math.log(u);
+    // The bound let it through; the exact score must still beat the cut (which may be the seed: a site below
+    // it must not enter, or a pass that looks complete could hold the wrong sites).
+    if (score <= cut) continue;
+    if (spread) {
+      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
+      zoneStamp[z] = stamp;
+      zoneBest[z] = score;
+    }
+    const c = sel.insert(i, z, score);
     if (c > cut) cut = c;
   }
 }
@@ -363,7 +392,8 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
   }
   const Z = zoneIndex.size;
   const sel = new Selector(R, Z, Z === 1 ? PLAIN : Z >= R ? SPREAD : MIXED);
-  const expected = 4 * R;
+  // One candidate per zone needs R zones above the seed: aim higher there, or slots miss and run twice.
+  const expected = sel.mode === SPREAD ? 6 * R : 4 * R;
   let seed = uniform
     ? expected >= N
       ? -Infinity

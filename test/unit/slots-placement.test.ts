@@ -135,24 +135,56 @@ function maxOverMean(xs: readonly number[]): number {
 }
 
 describe('computeSlotPlacement', () => {
-  it('picks exactly the replica sets of rankNodes(String(slot), sites, R, { spreadZones: true })', () => {
-    fc.assert(
-      fc.property(
-        sitesArb({ zones: true, weights: true }),
-        fc.boolean(),
-        fc.integer({ min: 1, max: 5 }),
-        fc.integer({ min: 1, max: 64 }),
-        (ss, zoned, R, slotCount) => {
-          const input = zoned ? ss : ss.map((s) => ({ id: s.id, weight: s.weight }));
-          const p = computeSlotPlacement({ sites: input, slotCount, replicas: R });
-          for (let s = 0; s < slotCount; s++) {
-            const want = rankNodes(String(s), input, Math.min(R, input.length), { spreadZones: true }).map((n) => n.id);
-            expect(slotReplicas(p, s).sort()).toEqual(want.sort());
-          }
-        },
-      ),
-      { numRuns: 150 },
-    );
+  // Many sites for few replicas exercises the seeded cut-off (more than 4R sites) and its fallback.
+  it.each([
+    ['few sites', 12],
+    ['many sites', 80],
+  ])(
+    'picks exactly the replica sets of rankNodes(String(slot), sites, R, { spreadZones: true }) (%s)',
+    (_, maxSites) => {
+      fc.assert(
+        fc.property(
+          sitesArb({ zones: true, weights: true, maxSites }),
+          fc.boolean(),
+          fc.integer({ min: 1, max: 5 }),
+          fc.integer({ min: 1, max: 64 }),
+          (ss, zoned, R, slotCount) => {
+            const input = zoned ? ss : ss.map((s) => ({ id: s.id, weight: s.weight }));
+            const p = computeSlotPlacement({ sites: input, slotCount, replicas: R });
+            for (let s = 0; s < slotCount; s++) {
+              const want = rankNodes(String(s), input, Math.min(R, input.length), { spreadZones: true }).map(
+                (n) => n.id,
+              );
+              expect(slotReplicas(p, s).sort()).toEqual(want.sort());
+            }
+          },
+        ),
+        { numRuns: 200 },
+      );
+    },
+  );
+
+  it('matches rankNodes where a weighted score passes the cheap bound but not the seeded cut (regression)', () => {
+    // Found by the property above: slot 41 went to "4i" (score 0.98, below the seed) instead of " oB9" (1.25).
+    const ss: SlotSite[] = [' ', '&', '?', '_(', '@', 'Z', '!'].map((id) => ({ id, weight: 1 }));
+    ss.push({ id: '4i', weight: 3 }, { id: ' oB9', weight: 0.5 });
+    const p = computeSlotPlacement({ sites: ss, slotCount: 4096, replicas: 1 });
+    for (let s = 0; s < 4096; s++) expect(slotReplicas(p, s)).toEqual(rankNodes(String(s), ss, 1).map((n) => n.id));
+  });
+
+  it('matches rankNodes at scale: 2048 slots × 200 sites, weighted, 1, 2 and 3 zones, R=3', () => {
+    for (const zones of [1, 2, 3]) {
+      const ss: SlotSite[] = Array.from({ length: 200 }, (_, i) => ({
+        id: `site-${i}`,
+        zone: `z${i % zones}`,
+        weight: 1 + (i % 3),
+      }));
+      const p = computeSlotPlacement({ sites: ss, slotCount: 2048, replicas: 3 });
+      for (let s = 0; s < 2048; s++) {
+        const want = rankNodes(String(s), ss, 3, { spreadZones: true }).map((n) => n.id);
+        expect(slotReplicas(p, s).sort()).toEqual(want.sort());
+      }
+    }
   });
 
   it('is deterministic and independent of the order of the sites', () => {
