@@ -8,6 +8,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   store: () => import('./store.js'),
   groups: () => import('./groups.js'),
   rabbitmq: () => import('./rabbitmq.js'),
+  slots: () => import('./slots.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -64,3 +64,20 @@ export {
   type PlacementNode,
   type PlacementStrategy,
 } from './placement/index.js';
+
+// Slots (pure parts: key hash, placement, transition plan, routing table).
+export { slotForKey, keyHash16, crc16, DEFAULT_SLOT_COUNT, MAX_SLOT_COUNT } from './placement/slot-hash.js';
+export {
+  computeSlotPlacement,
+  planTransition,
+  siteLoads,
+  slotPrimary,
+  slotReplicas,
+  type SiteLoad,
+  type SlotChange,
+  type SlotPlacement,
+  type SlotPlacementInput,
+  type SlotSite,
+  type TransitionPlan,
+} from './placement/slots.js';
+export { RoutingTable, type SiteAddresses, type SiteRoute, type SlotRoute } from './placement/routing.js';
