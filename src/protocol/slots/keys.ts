@@ -1,0 +1,288 @@
+/**
+ * Key layout and record codecs of the slots protocol (docs/protocol/slots.md).
+ * Everything read from the store is untrusted: decoders return a typed
+ * record or throw CorruptDataError naming the key.
+ */
+import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
+import { checkSlotCount } from '../../placement/slot-hash.js';
+import { MAX_REPLICAS } from '../../placement/slots.js';
+import { validateGroupName, validateNodeId } from '../groups/keys.js';
+
+export const SLOTS_PROTOCOL_VERSION = 1;
+/** Slots per plan chunk: a chunk of 1024 slots with R = 3 is a few KB, far below the 256 KiB value limit. */
+export const PLAN_CHUNK_SLOTS = 1024;
+/** Site addresses are metadata for routing (host:port, URL), not a payload. */
+export const MAX_ADDRESS_BYTES = 512;
+
+export interface SlotsConfig {
+  readonly slotCount: number;
+  readonly replicas: number;
+  readonly minSites: number;
+}
+
+export function validateSlotsConfig(c: SlotsConfig): SlotsConfig {
+  checkSlotCount(c.slotCount);
+  if (!Number.isInteger(c.replicas) || c.replicas < 1 || c.replicas > MAX_REPLICAS) {
+    throw new InvalidArgumentError(`replicas must be an integer from 1 to ${MAX_REPLICAS}, got ${String(c.replicas)}`);
+  }
+  if (!Number.isInteger(c.minSites) || c.minSites < 1 || c.minSites > 65535) {
+    throw new InvalidArgumentError(`minSites must be an integer from 1 to 65535, got ${String(c.minSites)}`);
+  }
+  return c;
+}
+
+/** The keys of one slots cluster. */
+export class SlotKeys {
+  readonly root: string;
+  readonly config: string;
+  readonly sites: string;
+  readonly coordinator: string;
+  readonly plan: string;
+  readonly ready: string;
+  readonly primaries: string;
+
+  constructor(cluster: string) {
+    validateGroupName(cluster);
+    this.root = `s/${cluster}/`;
+    this.config = `${this.root}config`;
+    this.sites = `${this.root}sites/`;
+    this.coordinator = `${this.root}coord/`;
+    this.plan = `${this.root}plan/`;
+    this.ready = `${this.root}ready/`;
+    this.primaries = `${this.root}primary/`;
+  }
+
+  site(id: string): string {
+    return this.sites + validateNodeId(id);
+  }
+  readyOf(id: string): string {
+    return this.ready + id;
+  }
+  /** Fixed-width chunk numbers keep the keys in slot order in a range read. */
+  planChunk(chunk: number): string {
+    return `${this.plan}${String(chunk).padStart(3, '0')}`;
+  }
+  primary(slot: number): string {
+    return `${this.primaries}${String(slot).padStart(5, '0')}`;
+  }
+  slotOfPrimaryKey(key: string): number | undefined {
+    if (!key.startsWith(this.primaries)) return undefined;
+    const rest = key.slice(this.primaries.length);
+    if (!/^\d{5}$/.test(rest)) return undefined;
+    return Number(rest);
+  }
+  chunkOfPlanKey(key: string): number | undefined {
+    if (!key.startsWith(this.plan)) return undefined;
+    const rest = key.slice(this.plan.length);
+    if (!/^\d{3}$/.test(rest)) return undefined;
+    return Number(rest);
+  }
+}
+
+export function chunkCount(slotCount: number): number {
+  return Math.ceil(slotCount / PLAN_CHUNK_SLOTS);
+}
+
+// ---- records ------------------------------------------------------------------
+
+export interface SiteRecord {
+  readonly id: string;
+  readonly zone: string;
+  readonly weight: number;
+  readonly address: string | undefined;
+  readonly sessionId: string;
+}
+
+/** The plan of one slot: who should hold it now, and who should be primary. */
+export interface SlotAssignment {
+  /** Target replicas first (target primary first), then old replicas kept until the new ones are ready. */
+  readonly assigned: readonly string[];
+  readonly primary: string | undefined;
+}
+
+export interface PlanChunk {
+  readonly generation: number;
+  /** PLAN_CHUNK_SLOTS entries (fewer in the last chunk). */
+  readonly slots: readonly SlotAssignment[];
+}
+
+export interface PrimaryRecord {
+  readonly site: string;
+}
+
+function parse(key: string, value: string): Record<string, unknown> {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(value);
+  } catch (cause) {
+    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer`, { key, cause });
+  }
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new CorruptDataError(`${key} does not hold a JSON object`, { key });
+  }
+  const rec = obj as Record<string, unknown>;
+  if (rec['v'] !== SLOTS_PROTOCOL_VERSION) {
+    throw new CorruptDataError(
+      `${key} has slots protocol version ${JSON.stringify(rec['v'])}; this Rebalancer speaks version ${SLOTS_PROTOCOL_VERSION}`,
+      { key },
+    );
+  }
+  return rec;
+}
+
+function int(key: string, rec: Record<string, unknown>, field: string, min = 0): number {
+  const v = rec[field];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    throw new CorruptDataError(`${key}: field ${field} must be an integer >= ${min}, got ${JSON.stringify(v)}`, {
+      key,
+    });
+  }
+  return v;
+}
+
+function str(key: string, rec: Record<string, unknown>, field: string): string {
+  const v = rec[field];
+  if (typeof v !== 'string') throw new CorruptDataError(`${key}: field ${field} must be a string`, { key });
+  return v;
+}
+
+export function encodeConfig(c: SlotsConfig): string {
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, ...c });
+}
+
+export function decodeConfig(key: string, value: string): SlotsConfig {
+  const rec = parse(key, value);
+  const c = {
+    slotCount: int(key, rec, 'slotCount', 1),
+    replicas: int(key, rec, 'replicas', 1),
+    minSites: int(key, rec, 'minSites', 1),
+  };
+  try {
+    return validateSlotsConfig(c);
+  } catch (cause) {
+    throw new CorruptDataError(`${key}: invalid cluster configuration`, { key, cause });
+  }
+}
+
+export function encodeSite(r: Omit<SiteRecord, 'id'>): string {
+  return JSON.stringify({
+    v: SLOTS_PROTOCOL_VERSION,
+    zone: r.zone,
+    weight: r.weight,
+    address: r.address,
+    sessionId: r.sessionId,
+  });
+}
+
+export function decodeSite(key: string, id: string, value: string): SiteRecord {
+  const rec = parse(key, value);
+  const weight = rec['weight'];
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) {
+    throw new CorruptDataError(`${key}: weight must be a positive number`, { key });
+  }
+  const address = rec['address'];
+  if (address !== undefined && typeof address !== 'string') {
+    throw new CorruptDataError(`${key}: address must be a string`, { key });
+  }
+  return { id, zone: str(key, rec, 'zone'), weight, address, sessionId: str(key, rec, 'sessionId') };
+}
+
+/**
+ * A plan chunk as JSON: a site table and, per slot, indices into it —
+ * `a` the assigned lists, `p` the primary index (-1: none). Compact and still
+ * readable with jq.
+ */
+export function encodePlanChunk(generation: number, slots: readonly SlotAssignment[]): string {
+  const sites: string[] = [];
+  const index = new Map<string, number>();
+  const idx = (id: string): number => {
+    let i = index.get(id);
+    if (i === undefined) {
+      i = sites.length;
+      sites.push(id);
+      index.set(id, i);
+    }
+    return i;
+  };
+  const a = slots.map((s) => s.assigned.map(idx));
+  const p = slots.map((s) => (s.primary === undefined ? -1 : idx(s.primary)));
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, generation, sites, a, p });
+}
+
+export function decodePlanChunk(key: string, value: string, expectedSlots: number): PlanChunk {
+  const rec = parse(key, value);
+  const generation = int(key, rec, 'generation');
+  const sites = rec['sites'];
+  const a = rec['a'];
+  const p = rec['p'];
+  if (!Array.isArray(sites) || !sites.every((s) => typeof s === 'string')) {
+    throw new CorruptDataError(`${key}: sites must be a list of strings`, { key });
+  }
+  if (!Array.isArray(a) || !Array.isArray(p) || a.length !== expectedSlots || p.length !== expectedSlots) {
+    throw new CorruptDataError(`${key}: expected ${expectedSlots} slots`, { key });
+  }
+  const site = (i: unknown): string => {
+    if (typeof i !== 'number' || !Number.isInteger(i) || i < 0 || i >= sites.length) {
+      throw new CorruptDataError(`${key}: site index ${JSON.stringify(i)} out of range`, { key });
+    }
+    return sites[i] as string;
+  };
+  const slots: SlotAssignment[] = [];
+  for (let s = 0; s < expectedSlots; s++) {
+    const list = a[s] as unknown;
+    if (!Array.isArray(list)) throw new CorruptDataError(`${key}: slot ${s}: assigned must be a list`, { key });
+    const pi = p[s] as unknown;
+    slots.push({ assigned: list.map(site), primary: pi === -1 ? undefined : site(pi) });
+  }
+  return { generation, slots };
+}
+
+export function encodePrimary(site: string): string {
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, site });
+}
+
+export function decodePrimary(key: string, value: string): PrimaryRecord {
+  return { site: str(key, parse(key, value), 'site') };
+}
+
+// ---- ready bitmaps --------------------------------------------------------------
+
+/** Which slots a site has marked ready: one bit per slot. */
+export type ReadyBits = Uint8Array;
+
+export function emptyReady(slotCount: number): ReadyBits {
+  return new Uint8Array(Math.ceil(slotCount / 8));
+}
+export function hasReady(bits: ReadyBits | undefined, slot: number): boolean {
+  return bits !== undefined && ((bits[slot >> 3] ?? 0) & (1 << (slot & 7))) !== 0;
+}
+export function setReady(bits: ReadyBits, slot: number, on: boolean): void {
+  const i = slot >> 3;
+  const m = 1 << (slot & 7);
+  bits[i] = on ? bits[i]! | m : bits[i]! & ~m;
+}
+export function readyCount(bits: ReadyBits): number {
+  let n = 0;
+  for (const b of bits) {
+    let x = b;
+    while (x !== 0) {
+      x &= x - 1;
+      n++;
+    }
+  }
+  return n;
+}
+
+export function encodeReady(bits: ReadyBits): string {
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, bits: Buffer.from(bits).toString('base64') });
+}
+
+export function decodeReady(key: string, value: string, slotCount: number): ReadyBits {
+  const rec = parse(key, value);
+  const b = str(key, rec, 'bits');
+  const bytes = Buffer.from(b, 'base64');
+  if (bytes.length !== Math.ceil(slotCount / 8)) {
+    throw new CorruptDataError(`${key}: ready bitmap has ${bytes.length} bytes for ${slotCount} slots`, { key });
+  }
+  return new Uint8Array(bytes);
+}

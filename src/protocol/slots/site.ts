@@ -1,0 +1,100 @@
+/**
+ * A site's decision, pure: from the plan, the ready bitmaps, the primary
+ * locks and its own local state, what it must do next (docs/protocol/slots.md,
+ * "Site"). No clock, no IO; the runtime carries the decisions out and asks
+ * again when anything changes.
+ */
+import { hasReady, type ReadyBits, type SlotAssignment } from './keys.js';
+
+/** A slot this site works on: still migrating data in, or serving. */
+export type LocalSlotState = 'preparing' | 'ready';
+
+export interface SiteView {
+  readonly siteId: string;
+  readonly slotCount: number;
+  /** R as configured (the release rule uses min(R, other live sites)). */
+  readonly replicas: number;
+  /** Sites that may be given slots (`sites/` keys); a leaving site is not among them. */
+  readonly liveSites: ReadonlySet<string>;
+  readonly plan: readonly (SlotAssignment | undefined)[];
+  /**
+   * Ready bitmaps as last read: one per site whose session lives (the keys are attached to it). This site's own
+   * entry is ignored: `local` is the truth.
+   */
+  readonly ready: ReadonlyMap<string, ReadyBits>;
+  /** Holder of each slot's primary lock as last read (undefined: free). */
+  readonly primaryHolders: readonly (string | undefined)[];
+  readonly local: ReadonlyMap<number, LocalSlotState>;
+  /** Slots whose primary lock this site holds, with the epoch. */
+  readonly myPrimaries: ReadonlyMap<number, number>;
+  /** Slots reported failed and not prepared again yet: released without the ready-elsewhere check. */
+  readonly failed: ReadonlySet<number>;
+  /** The lease cannot be trusted (self-fenced): take no new primary role. */
+  readonly fenced: boolean;
+}
+
+export interface SiteDecision {
+  /** Assigned to this site, not yet worked on: ask the application to prepare them. */
+  readonly prepare: readonly number[];
+  /** Being prepared but no longer assigned: nothing was served, drop at once. */
+  readonly cancel: readonly number[];
+  /** Ready, no longer assigned, and enough ready replicas are assigned elsewhere: the application may release. */
+  readonly releasable: readonly number[];
+  /** Primary lock held but another site is planned primary (or the slot is gone from here): step down. */
+  readonly stepDown: readonly number[];
+  /** Planned primary, ready, lock free: take the lock. */
+  readonly takeOver: readonly number[];
+}
+
+/**
+ * How many other sites the plan assigns `slot` to that are ready for it; and how many are needed before this
+ * site may drop it: min(R, other sites that may hold slots). Only assigned sites count, so that two old replicas
+ * that are both leaving cannot each count the other.
+ */
+export function readyElsewhere(view: SiteView, slot: number): { ready: number; needed: number } {
+  let ready = 0;
+  for (const x of view.plan[slot]?.assigned ?? []) {
+    if (x !== view.siteId && hasReady(view.ready.get(x), slot)) ready++;
+  }
+  const others = view.liveSites.size - (view.liveSites.has(view.siteId) ? 1 : 0);
+  return { ready, needed: Math.min(view.replicas, others) };
+}
+
+export function mayRelease(view: SiteView, slot: number): boolean {
+  if (view.failed.has(slot)) return true;
+  const { ready, needed } = readyElsewhere(view, slot);
+  return ready >= needed;
+}
+
+export function decideSite(view: SiteView): SiteDecision {
+  const me = view.siteId;
+  const prepare: number[] = [];
+  const cancel: number[] = [];
+  const releasable: number[] = [];
+  const stepDown: number[] = [];
+  const takeOver: number[] = [];
+  for (let s = 0; s < view.slotCount; s++) {
+    const entry = view.plan[s];
+    const assignedHere = entry?.assigned.includes(me) ?? false;
+    const state = view.local.get(s);
+    const holding = view.myPrimaries.has(s);
+    if (holding && (entry?.primary !== me || state !== 'ready')) stepDown.push(s);
+    if (assignedHere) {
+      if (state === undefined) prepare.push(s);
+      else if (
+        state === 'ready' &&
+        !holding &&
+        !view.fenced &&
+        entry?.primary === me &&
+        view.primaryHolders[s] === undefined
+      ) {
+        takeOver.push(s);
+      }
+    } else if (state === 'preparing') {
+      cancel.push(s);
+    } else if (state === 'ready' && !holding && mayRelease(view, s)) {
+      releasable.push(s);
+    }
+  }
+  return { prepare, cancel, releasable, stepDown, takeOver };
+}
