@@ -1,0 +1,892 @@
+/**
+ * A site of a slots cluster (docs/protocol/slots.md): the runtime that drives
+ * the pure cores in src/protocol/slots/ with the store, timers and the
+ * application.
+ *
+ * The application is told which slots to prepare (`prepare`), which it may
+ * release (`releasable`), and exactly which slots it gained or lost as primary
+ * (`primaryGained` with the fencing epoch, `primaryLost` with the reason). It
+ * answers with `markReady(slot)`, `release(slot)` and `reportFailed(slot)`.
+ * Routing (`route`, `primary`, `slotForKey`) reads a local table kept current
+ * by a watch; no lookup calls the store.
+ *
+ * Concurrency: one reconcile at a time (site and coordinator parts in turn);
+ * every trigger (watch hint, timer, API call) just asks for another round.
+ */
+import {
+  ClosedError,
+  CorruptDataError,
+  InvalidArgumentError,
+  RebalancerError,
+  SessionExpiredError,
+} from '../errors.js';
+import { slotForKey as hashKey } from '../placement/slot-hash.js';
+import { decideSlotsPlan, type SlotsCoordinatorMemory } from '../protocol/slots/coordinator.js';
+import {
+  chunkCount,
+  decodeConfig,
+  decodePlanChunk,
+  decodePrimary,
+  decodeReady,
+  decodeSite,
+  emptyReady,
+  encodeConfig,
+  encodePlanChunk,
+  encodePrimary,
+  encodeReady,
+  encodeSite,
+  hasReady,
+  MAX_ADDRESS_BYTES,
+  PLAN_CHUNK_SLOTS,
+  setReady,
+  SlotKeys,
+  validateSlotsConfig,
+  type ReadyBits,
+  type SiteRecord,
+  type SlotAssignment,
+  type SlotsConfig,
+} from '../protocol/slots/keys.js';
+import { decideSite, readyElsewhere, type LocalSlotState, type SiteView } from '../protocol/slots/site.js';
+import { validateNodeId } from '../protocol/groups/keys.js';
+import type { Clock, Compare, KeyValue, Op, Session, Store, TimerHandle, Watcher } from '../store/contract.js';
+import { Election, type Leadership } from '../store/election.js';
+import { utf8Length } from '../store/validate.js';
+import { TypedEmitter } from './events.js';
+
+export interface SlotsOptions {
+  readonly store: Store;
+  /** Cluster name (like a group name): 1-64 of A-Z a-z 0-9 . _ - */
+  readonly cluster: string;
+  readonly site: {
+    readonly id: string;
+    readonly zone?: string | undefined;
+    readonly weight?: number | undefined;
+    /** Where clients reach this site (host:port, URL); published in the routing table. */
+    readonly address?: string | undefined;
+  };
+  /** Fixed for the cluster's life (default 16384); every site must agree. */
+  readonly slotCount?: number | undefined;
+  /** Replicas per slot, R (default 3); every site must agree. */
+  readonly replicas?: number | undefined;
+  /** No slot is placed while fewer sites are live (default 1); every site must agree. */
+  readonly minSites?: number | undefined;
+  /** Default 10 000 ms. */
+  readonly sessionTtlMs?: number | undefined;
+  /** Primary roles end this long before the session could expire (default TTL / 5). */
+  readonly selfFenceMarginMs?: number | undefined;
+  /** Re-read at least this often in case a notification was lost (default min(1000, TTL / 4)). */
+  readonly reconcileIntervalMs?: number | undefined;
+  /** How long leave() waits for the application to release its slots (default 60 000 ms). */
+  readonly leaveTimeoutMs?: number | undefined;
+  readonly clock?: Clock | undefined;
+}
+
+export type PrimaryLostReason = 'planned' | 'fenced' | 'failed' | 'sessionLost' | 'leaving';
+
+export interface SlotsEvents {
+  joined: { readonly siteId: string; readonly sessionId: string };
+  /** Migrate these slots' data in, then call markReady(slot) for each. */
+  prepare: { readonly slots: readonly number[] };
+  /** Slots this site was preparing that the plan no longer assigns it: stop migrating, drop what came in. */
+  cancelled: { readonly slots: readonly number[] };
+  /** Slots this site may now drop (enough ready replicas elsewhere): stop serving, then call release(slot). */
+  releasable: { readonly slots: readonly number[] };
+  /** This site is now the primary of these slots; pass `epoch` to what it writes so stale primaries are refused. */
+  primaryGained: { readonly slots: readonly { readonly slot: number; readonly epoch: number }[] };
+  /** This site is no longer primary of these slots (isPrimary() is already false when this fires). */
+  primaryLost: { readonly slots: readonly number[]; readonly reason: PrimaryLostReason };
+  /** Every slot this site held is gone from it (its session was lost): its copies are stale. */
+  slotsDropped: { readonly slots: readonly number[]; readonly reason: 'sessionLost' | 'leaving' };
+  /** The routing table changed. */
+  routingChanged: { readonly version: number };
+  coordinatorElected: { readonly siteId: string; readonly token: number };
+  planWritten: { readonly generation: number; readonly changedSlots: number };
+  fenced: { readonly safeUntilMs: number };
+  unfenced: Record<string, never>;
+  sessionLost: { readonly sessionId: string; readonly cause: unknown };
+  error: { readonly error: unknown; readonly context: string };
+  left: Record<string, never>;
+}
+
+/** release(slot) would leave fewer ready replicas than the cluster needs. Nothing was changed. */
+export class ReleaseRefusedError extends RebalancerError {
+  readonly slot: number;
+  constructor(slot: number, ready: number, needed: number) {
+    super(
+      'INVALID_ARGUMENT',
+      `slot ${slot} may not be released yet: ${ready} other assigned replica(s) are ready, ${needed} needed; ` +
+        'wait for the releasable event (or call reportFailed(slot) if this copy is broken)',
+    );
+    this.slot = slot;
+  }
+}
+
+/** A slot's route: who serves it now. */
+export interface SlotRoute {
+  readonly slot: number;
+  readonly primary: { readonly id: string; readonly address: string | undefined; readonly epoch: number } | undefined;
+  /** Ready replicas other than the primary. */
+  readonly secondaries: readonly { readonly id: string; readonly address: string | undefined }[];
+}
+
+interface FullView {
+  readonly config: SlotsConfig | undefined;
+  readonly sites: Map<string, SiteRecord>;
+  readonly plan: (SlotAssignment | undefined)[];
+  readonly planRevisions: Map<number, number>;
+  readonly generation: number;
+  readonly ready: Map<string, ReadyBits>;
+  readonly readyKvs: Map<string, KeyValue>;
+  readonly holders: ({ site: string; epoch: number } | undefined)[];
+  readonly revision: number;
+}
+
+const MAX_BATCH = 60;
+
+export async function joinSlots(options: SlotsOptions): Promise<SlotSite> {
+  const site = new SlotSite(options);
+  await site.start();
+  return site;
+}
+
+export class SlotSite extends TypedEmitter<SlotsEvents> {
+  readonly siteId: string;
+  readonly cluster: string;
+  readonly config: SlotsConfig;
+  readonly #store: Store;
+  readonly #clock: Clock;
+  readonly #keys: SlotKeys;
+  readonly #zone: string;
+  readonly #weight: number;
+  readonly #address: string | undefined;
+  readonly #ttlMs: number;
+  readonly #marginMs: number;
+  readonly #intervalMs: number;
+  readonly #leaveTimeoutMs: number;
+
+  #session: Session | undefined;
+  readonly #pastSessions = new Set<string>();
+  #fenced = false;
+  #state: 'new' | 'running' | 'leaving' | 'left' = 'new';
+  readonly #local = new Map<number, LocalSlotState>();
+  readonly #failed = new Set<number>();
+  /** slot → epoch of the primary lock this site holds and acts on. */
+  readonly #primaries = new Map<number, number>();
+  /** Locks still in the store that this site no longer acts on (after fencing): deleted when possible. */
+  readonly #stale = new Map<number, number>();
+  readonly #announcedReleasable = new Set<number>();
+  /** Serialises writes of this site's ready bitmap with the local state they encode (see #withReady). */
+  #readyChain: Promise<unknown> = Promise.resolve();
+  #watcher: Watcher | undefined;
+  #timer: TimerHandle | undefined;
+  #fenceTimer: TimerHandle | undefined;
+  #busy = false;
+  #opened = false;
+  #again = false;
+  #idle: Promise<void> = Promise.resolve();
+  #campaign: AbortController | undefined;
+  #leadership: Leadership | undefined;
+  readonly #memory: SlotsCoordinatorMemory = {};
+  #routes: SlotRoute[] = [];
+  #routingVersion = 0;
+
+  constructor(o: SlotsOptions) {
+    super();
+    this.#store = o.store;
+    this.#clock = o.clock ?? o.store.clock;
+    this.cluster = o.cluster;
+    this.#keys = new SlotKeys(o.cluster);
+    this.siteId = validateNodeId(o.site.id);
+    this.#zone = o.site.zone ?? '';
+    this.#weight = o.site.weight ?? 1;
+    if (!(this.#weight > 0) || !Number.isFinite(this.#weight)) {
+      throw new InvalidArgumentError(`site weight must be a positive number, got ${String(o.site.weight)}`);
+    }
+    this.#address = o.site.address;
+    if (this.#address !== undefined && utf8Length(this.#address) > MAX_ADDRESS_BYTES) {
+      throw new InvalidArgumentError(`site address is above ${MAX_ADDRESS_BYTES} UTF-8 bytes`);
+    }
+    this.config = validateSlotsConfig({
+      slotCount: o.slotCount ?? 16384,
+      replicas: o.replicas ?? 3,
+      minSites: o.minSites ?? 1,
+    });
+    this.#ttlMs = o.sessionTtlMs ?? 10_000;
+    this.#marginMs = o.selfFenceMarginMs ?? this.#ttlMs / 5;
+    if (!(this.#marginMs > 0 && this.#marginMs < this.#ttlMs / 2)) {
+      throw new InvalidArgumentError('selfFenceMarginMs must be > 0 and below half the session TTL');
+    }
+    this.#intervalMs = o.reconcileIntervalMs ?? Math.min(1000, this.#ttlMs / 4);
+    this.#leaveTimeoutMs = o.leaveTimeoutMs ?? 60_000;
+    this.#routes = Array.from({ length: this.config.slotCount }, (_, slot) => ({
+      slot,
+      primary: undefined,
+      secondaries: [],
+    }));
+  }
+
+  // ---- application API ------------------------------------------------------------
+
+  /** The migration of `slot` is done: this site serves it. */
+  async markReady(slot: number): Promise<void> {
+    this.#checkSlot(slot);
+    await this.#withReady(async () => {
+      if (this.#local.get(slot) !== 'preparing') {
+        throw new InvalidArgumentError(
+          `slot ${slot} is not being prepared on ${this.siteId}; wait for a prepare event`,
+        );
+      }
+      this.#local.set(slot, 'ready');
+      this.#failed.delete(slot);
+      await this.#writeReady();
+    });
+    this.#kick();
+  }
+
+  /**
+   * Drop `slot`: allowed while at least min(R, other sites) other assigned replicas are ready (checked again
+   * against the store, atomically), or when the slot was reported failed.
+   */
+  async release(slot: number): Promise<void> {
+    this.#checkSlot(slot);
+    if (this.#local.get(slot) !== 'ready') {
+      throw new InvalidArgumentError(`slot ${slot} is not held ready on ${this.siteId}`);
+    }
+    if (this.#primaries.has(slot)) {
+      throw new InvalidArgumentError(`slot ${slot}: ${this.siteId} is its primary; it must hand over first`);
+    }
+    await this.#withReady(() => this.#release(slot));
+    this.#kick();
+  }
+
+  async #release(slot: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.#local.get(slot) !== 'ready') return;
+      const view = await this.#readView();
+      const sv = this.#siteView(view);
+      const counted: string[] = [];
+      for (const x of view.plan[slot]?.assigned ?? []) {
+        if (x !== this.siteId && hasReady(view.ready.get(x), slot)) counted.push(x);
+      }
+      const { ready, needed } = readyElsewhere(sv, slot);
+      const failed = this.#failed.has(slot);
+      if (!failed && (ready < needed || (view.plan[slot]?.assigned.includes(this.siteId) ?? false))) {
+        throw new ReleaseRefusedError(slot, ready, needed);
+      }
+      // Compare the counted replicas' ready keys: if one of them released meanwhile, read again.
+      const compare: Compare[] = failed
+        ? []
+        : counted.map((x) => ({
+            key: this.#keys.readyOf(x),
+            target: 'modRevision' as const,
+            op: '=' as const,
+            value: view.readyKvs.get(x)?.modRevision ?? 0,
+          }));
+      const bits = this.#readyBits();
+      setReady(bits, slot, false);
+      const session = this.#liveSession();
+      const r = await this.#store.txn({
+        compare,
+        then: [{ op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(bits), session }],
+      });
+      if (r.succeeded) {
+        this.#local.delete(slot);
+        this.#failed.delete(slot);
+        this.#announcedReleasable.delete(slot);
+        return;
+      }
+      if (attempt >= 5) throw new ReleaseRefusedError(slot, ready, needed);
+    }
+  }
+
+  /** This site's copy of `slot` is broken: stop counting it as ready at once (and give up the primary role). */
+  async reportFailed(slot: number): Promise<void> {
+    this.#checkSlot(slot);
+    const wasPrimary = this.#primaries.get(slot);
+    if (wasPrimary !== undefined) {
+      this.#primaries.delete(slot);
+      this.#stale.set(slot, wasPrimary);
+      this.emit('primaryLost', { slots: [slot], reason: 'failed' });
+    }
+    await this.#withReady(async () => {
+      this.#local.delete(slot);
+      this.#failed.add(slot);
+      this.#announcedReleasable.delete(slot);
+      await this.#writeReady();
+    });
+    this.#kick();
+  }
+
+  isPrimary(slot: number): boolean {
+    return this.#primaries.has(slot) && !this.#fenced;
+  }
+  epoch(slot: number): number | undefined {
+    return this.isPrimary(slot) ? this.#primaries.get(slot) : undefined;
+  }
+  /** Slots this site works on, with their state. */
+  slots(): ReadonlyMap<number, LocalSlotState> {
+    return new Map(this.#local);
+  }
+  slotForKey(key: string): number {
+    return hashKey(key, this.config.slotCount);
+  }
+  route(slot: number): SlotRoute {
+    this.#checkSlot(slot);
+    return this.#routes[slot]!;
+  }
+  routeKey(key: string): SlotRoute {
+    return this.#routes[hashKey(key, this.config.slotCount)]!;
+  }
+  get routingVersion(): number {
+    return this.#routingVersion;
+  }
+  get isCoordinator(): boolean {
+    return this.#leadership !== undefined;
+  }
+
+  /**
+   * Leave gracefully: stop being a placement candidate, keep serving until the new replicas are ready and the
+   * application has released every slot (or leaveTimeoutMs passed), then end the session.
+   */
+  async leave(): Promise<void> {
+    if (this.#state !== 'running') return;
+    this.#state = 'leaving';
+    try {
+      await this.#store
+        .txn({ compare: [], then: [{ op: 'delete', key: this.#keys.site(this.siteId) }] })
+        .catch((error: unknown) => this.emit('error', { error, context: 'leave: deleting the site key' }));
+      await this.#resign();
+      this.#kick();
+      const deadline = this.#clock.now() + this.#leaveTimeoutMs;
+      while ((this.#local.size > 0 || this.#primaries.size > 0) && this.#clock.now() < deadline) {
+        await this.#sleep(Math.min(50, this.#intervalMs));
+        this.#kick();
+      }
+      if (this.#local.size > 0) {
+        this.emit('slotsDropped', { slots: [...this.#local.keys()], reason: 'leaving' });
+        this.#local.clear();
+      }
+    } finally {
+      this.#state = 'left';
+      await this.#idle.catch(() => undefined);
+      this.#clearTimers();
+      await this.#watcher?.close().catch(() => undefined);
+      await this.#session?.close().catch(() => undefined);
+      this.emit('left', {});
+    }
+  }
+
+  // ---- start, sessions, fencing --------------------------------------------------------
+
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new ClosedError(`slots site ${this.siteId}`);
+    await this.#ensureConfig();
+    // Running before the session opens: the campaign it starts runs only while the site is running.
+    this.#state = 'running';
+    try {
+      await this.#openSession();
+    } catch (err) {
+      this.#state = 'left';
+      throw err;
+    }
+    this.#watcher = await this.#store.watch(this.#keys.root, () => this.#kick());
+    // The first round runs after the caller of joinSlots() got the site and subscribed to its events: no
+    // `prepare` is emitted to nobody.
+    this.#clock.setTimeout(() => {
+      this.#opened = true;
+      this.#tick();
+      this.#kick();
+    }, 0);
+  }
+
+  async #ensureConfig(): Promise<void> {
+    const key = this.#keys.config;
+    const r = await this.#store.txn({
+      compare: [{ key, target: 'exists', exists: false }],
+      then: [{ op: 'put', key, value: encodeConfig(this.config) }],
+      else: [{ op: 'get', key }],
+    });
+    if (r.succeeded) return;
+    const kv = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+    if (kv === undefined) return this.#ensureConfig();
+    const found = decodeConfig(key, kv.value);
+    if (
+      found.slotCount !== this.config.slotCount ||
+      found.replicas !== this.config.replicas ||
+      found.minSites !== this.config.minSites
+    ) {
+      throw new InvalidArgumentError(
+        `cluster ${this.cluster} was created with slotCount ${found.slotCount}, replicas ${found.replicas}, ` +
+          `minSites ${found.minSites}; this site asked for ${this.config.slotCount}, ${this.config.replicas}, ` +
+          `${this.config.minSites}. Use the cluster's values (slots cannot be re-sharded in place)`,
+      );
+    }
+  }
+
+  async #openSession(): Promise<void> {
+    const session = await this.#store.openSession({ ttlMs: this.#ttlMs });
+    this.#pastSessions.add(session.id);
+    const key = this.#keys.site(this.siteId);
+    const value = encodeSite({ zone: this.#zone, weight: this.#weight, address: this.#address, sessionId: session.id });
+    const deadline = this.#clock.now() + 2 * this.#ttlMs;
+    for (;;) {
+      const r = await this.#store.txn({
+        compare: [{ key, target: 'exists', exists: false }],
+        then: [
+          { op: 'put', key, value, session },
+          { op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(this.#readyBits()), session },
+        ],
+        else: [{ op: 'get', key }],
+      });
+      if (r.succeeded) {
+        break;
+      }
+      const existing = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+      const ours = existing?.sessionId !== undefined && this.#pastSessions.has(existing.sessionId);
+      if (!ours && this.#clock.now() >= deadline) {
+        await session.close().catch(() => undefined);
+        throw new InvalidArgumentError(
+          `site id ${this.siteId} is in use by another live process in cluster ${this.cluster}; give each site its own id`,
+        );
+      }
+      await this.#sleep(Math.min(250, this.#ttlMs / 4));
+    }
+    this.#session = session;
+    this.#fenced = false;
+    session.onStateChange(() => this.#kick());
+    void session.ended.then((end) => {
+      if (end.state === 'expired') this.#onSessionLost(session, end.cause);
+    });
+    this.#armFence();
+    this.emit('joined', { siteId: this.siteId, sessionId: session.id });
+    this.#startCampaign(session);
+  }
+
+  #onSessionLost(session: Session, cause: unknown): void {
+    if (this.#session !== session || this.#state === 'left') return;
+    this.#fenced = true;
+    this.#dropPrimaries('sessionLost');
+    this.#stale.clear(); // the locks went with the session
+    if (this.#local.size > 0) {
+      // Our ready bits vanished with the session; while we were gone other copies took writes: ours are stale.
+      this.emit('slotsDropped', { slots: [...this.#local.keys()], reason: 'sessionLost' });
+      this.#local.clear();
+      this.#announcedReleasable.clear();
+    }
+    this.emit('sessionLost', { sessionId: session.id, cause });
+    void this.#resign();
+    if (this.#state !== 'running') return;
+    void (async () => {
+      for (;;) {
+        if (this.#state !== 'running') return;
+        try {
+          await this.#openSession();
+          this.#kick();
+          return;
+        } catch (error) {
+          this.emit('error', { error, context: 'rejoining with a new session' });
+          await this.#sleep(Math.min(1000, this.#ttlMs / 2));
+        }
+      }
+    })();
+  }
+
+  #fenceAtMs(): number {
+    const s = this.#session;
+    return s === undefined ? Number.NEGATIVE_INFINITY : s.safeUntilMs - this.#marginMs;
+  }
+
+  #ownsNow(): boolean {
+    const s = this.#session;
+    return s !== undefined && (s.state === 'live' || s.state === 'suspect') && this.#clock.now() < this.#fenceAtMs();
+  }
+
+  #armFence(): void {
+    if (this.#fenceTimer !== undefined) this.#clock.clearTimeout(this.#fenceTimer);
+    if (this.#state === 'left') return;
+    this.#fenceTimer = this.#clock.setTimeout(
+      () => {
+        this.#fenceTimer = undefined;
+        const owns = this.#ownsNow();
+        if (!owns && !this.#fenced) {
+          this.#fenced = true;
+          this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
+          this.#dropPrimaries('fenced');
+        } else if (owns && this.#fenced && this.#session?.state === 'live') {
+          this.#fenced = false;
+          this.emit('unfenced', {});
+          this.#kick();
+        }
+        this.#armFence();
+      },
+      this.#fenceAtMs() > this.#clock.now() ? Math.max(1, this.#fenceAtMs() - this.#clock.now()) : this.#intervalMs,
+      { background: true },
+    );
+  }
+
+  /** End every primary role locally at once; the locks are deleted later (or go with the session). */
+  #dropPrimaries(reason: PrimaryLostReason): void {
+    if (this.#primaries.size === 0) return;
+    const slots = [...this.#primaries.keys()];
+    for (const [slot, epoch] of this.#primaries) this.#stale.set(slot, epoch);
+    this.#primaries.clear();
+    this.emit('primaryLost', { slots, reason });
+  }
+
+  #startCampaign(session: Session): void {
+    this.#campaign?.abort();
+    const abort = new AbortController();
+    this.#campaign = abort;
+    const election = new Election(this.#store, { prefix: this.#keys.coordinator, recheckIntervalMs: this.#intervalMs });
+    void (async () => {
+      while (!abort.signal.aborted && this.#session === session && this.#state === 'running') {
+        try {
+          const l = await election.campaign(session, JSON.stringify({ v: 1, siteId: this.siteId }), abort.signal);
+          if (abort.signal.aborted || this.#state !== 'running') {
+            await l.resign().catch(() => undefined);
+            return;
+          }
+          this.#leadership = l;
+          this.emit('coordinatorElected', { siteId: this.siteId, token: l.token });
+          this.#kick();
+          await l.lost;
+          if (this.#leadership === l) this.#leadership = undefined;
+        } catch (error) {
+          if (abort.signal.aborted || error instanceof SessionExpiredError) return;
+          this.emit('error', { error, context: 'coordinator election' });
+          await this.#sleep(this.#intervalMs);
+        }
+      }
+    })();
+  }
+
+  async #resign(): Promise<void> {
+    this.#campaign?.abort();
+    const l = this.#leadership;
+    this.#leadership = undefined;
+    await l?.resign().catch(() => undefined);
+  }
+
+  // ---- the reconcile loop ----------------------------------------------------------
+
+  #kick(): void {
+    if (this.#state === 'left' || this.#state === 'new' || !this.#opened) return;
+    if (this.#busy) {
+      this.#again = true;
+      return;
+    }
+    this.#busy = true;
+    this.#idle = (async () => {
+      try {
+        do {
+          this.#again = false;
+          try {
+            await this.#reconcile();
+          } catch (error) {
+            if (!(error instanceof SessionExpiredError)) this.emit('error', { error, context: 'reconcile' });
+          }
+        } while (this.#again && this.#state !== 'left');
+      } finally {
+        this.#busy = false;
+      }
+    })();
+  }
+
+  #tick(): void {
+    this.#timer = this.#clock.setTimeout(
+      () => {
+        this.#kick();
+        if (this.#state !== 'left') this.#tick();
+      },
+      this.#intervalMs,
+      { background: true },
+    );
+  }
+
+  async #reconcile(): Promise<void> {
+    const session = this.#session;
+    if (session === undefined || session.state === 'expired' || session.state === 'closed') return;
+    let view = await this.#readView();
+    if (this.#session !== session) return; // outlived its session: decide nothing
+    if (this.#leadership !== undefined && this.#state === 'running') {
+      const wrote = await this.#coordinate(view, this.#leadership);
+      if (wrote) view = await this.#readView();
+    }
+    this.#publishRouting(view);
+    // Locks we stopped acting on (fenced, failed): delete them once we may write again.
+    if (this.#stale.size > 0 && this.#ownsNow()) await this.#deleteLocks(new Map(this.#stale), session);
+    if (this.#fenced || !this.#ownsNow()) return;
+
+    const d = decideSite(this.#siteView(view));
+    if (d.stepDown.length > 0) {
+      const locks = new Map<number, number>();
+      for (const s of d.stepDown) {
+        const e = this.#primaries.get(s);
+        if (e !== undefined) locks.set(s, e);
+        this.#primaries.delete(s);
+      }
+      this.emit('primaryLost', { slots: d.stepDown, reason: this.#state === 'leaving' ? 'leaving' : 'planned' });
+      await this.#deleteLocks(locks, session);
+    }
+    if (d.cancel.length > 0) {
+      for (const s of d.cancel) this.#local.delete(s);
+      this.emit('cancelled', { slots: d.cancel });
+    }
+    if (d.prepare.length > 0 && this.#state === 'running') {
+      for (const s of d.prepare) this.#local.set(s, 'preparing');
+      this.emit('prepare', { slots: d.prepare });
+    }
+    if (d.takeOver.length > 0 && this.#state === 'running') await this.#takeOver(d.takeOver, session);
+    const fresh = d.releasable.filter((s) => !this.#announcedReleasable.has(s));
+    for (const s of [...this.#announcedReleasable]) if (!d.releasable.includes(s)) this.#announcedReleasable.delete(s);
+    if (fresh.length > 0) {
+      for (const s of fresh) this.#announcedReleasable.add(s);
+      this.emit('releasable', { slots: fresh });
+    }
+  }
+
+  async #takeOver(slots: readonly number[], session: Session): Promise<void> {
+    const gained: { slot: number; epoch: number }[] = [];
+    const tryBatch = async (batch: readonly number[]): Promise<void> => {
+      if (batch.length === 0 || !this.#ownsNow()) return;
+      const r = await this.#store.txn({
+        compare: batch.map((s) => ({ key: this.#keys.primary(s), target: 'exists' as const, exists: false })),
+        then: batch.map((s) => ({
+          op: 'put' as const,
+          key: this.#keys.primary(s),
+          value: encodePrimary(this.siteId),
+          session,
+        })),
+      });
+      if (r.succeeded) {
+        for (const s of batch) gained.push({ slot: s, epoch: r.revision });
+      } else if (batch.length > 1) {
+        const mid = batch.length >> 1;
+        await tryBatch(batch.slice(0, mid));
+        await tryBatch(batch.slice(mid));
+      }
+    };
+    for (let i = 0; i < slots.length; i += MAX_BATCH) await tryBatch(slots.slice(i, i + MAX_BATCH));
+    if (gained.length === 0) return;
+    // A lease that ran out while we wrote: the locks go with the session; do not act on them.
+    if (this.#session !== session || !this.#ownsNow()) return;
+    for (const g of gained) this.#primaries.set(g.slot, g.epoch);
+    this.emit('primaryGained', { slots: gained });
+  }
+
+  async #deleteLocks(locks: ReadonlyMap<number, number>, session: Session): Promise<void> {
+    const entries = [...locks];
+    for (let i = 0; i < entries.length; i += MAX_BATCH) {
+      for (const [slot, epoch] of entries.slice(i, i + MAX_BATCH)) {
+        if (this.#session !== session) return;
+        const key = this.#keys.primary(slot);
+        await this.#store.txn({
+          compare: [{ key, target: 'createRevision', op: '=', value: epoch }],
+          then: [{ op: 'delete', key }],
+        });
+        this.#stale.delete(slot);
+      }
+    }
+  }
+
+  // ---- coordinator -----------------------------------------------------------------
+
+  async #coordinate(view: FullView, leadership: Leadership): Promise<boolean> {
+    const d = decideSlotsPlan(
+      this.config,
+      {
+        sites: view.sites,
+        plan: view.plan,
+        ready: view.ready,
+        primaries: view.holders.map((h) => h?.site),
+      },
+      this.#memory,
+    );
+    if (d === undefined || d.changed.length === 0) return false;
+    const generation = view.generation + 1;
+    const chunks = new Set(d.changed.map((s) => Math.floor(s / PLAN_CHUNK_SLOTS)));
+    const ops: Op[] = [];
+    for (const c of chunks) {
+      const from = c * PLAN_CHUNK_SLOTS;
+      const to = Math.min(this.config.slotCount, from + PLAN_CHUNK_SLOTS);
+      ops.push({ op: 'put', key: this.#keys.planChunk(c), value: encodePlanChunk(generation, d.plan.slice(from, to)) });
+    }
+    // One transaction for the whole change (16 chunks of a 16384-slot cluster fit): sites never see half a plan.
+    const r = await this.#store.txn({ compare: [leadership.guard], then: ops });
+    if (r.succeeded) this.emit('planWritten', { generation, changedSlots: d.changed.length });
+    return r.succeeded;
+  }
+
+  // ---- reading ------------------------------------------------------------------
+
+  async #readView(): Promise<FullView> {
+    const k = this.#keys;
+    const r = await this.#store.txn({
+      compare: [],
+      then: [
+        { op: 'get', key: k.config },
+        { op: 'range', prefix: k.sites },
+        { op: 'range', prefix: k.plan },
+        { op: 'range', prefix: k.ready },
+        { op: 'range', prefix: k.primaries },
+      ],
+    });
+    const res = r.results;
+    const report = (error: unknown): void => this.emit('error', { error, context: 'reading the cluster' });
+    const decode = <T>(f: () => T): T | undefined => {
+      try {
+        return f();
+      } catch (error) {
+        if (error instanceof CorruptDataError) {
+          report(error);
+          return undefined;
+        }
+        throw error;
+      }
+    };
+    const cfgKv = res[0]?.op === 'get' ? res[0].kv : undefined;
+    const config = cfgKv === undefined ? undefined : decode(() => decodeConfig(cfgKv.key, cfgKv.value));
+    const sites = new Map<string, SiteRecord>();
+    for (const kv of res[1]?.op === 'range' ? res[1].kvs : []) {
+      const id = kv.key.slice(k.sites.length);
+      const rec = decode(() => decodeSite(kv.key, id, kv.value));
+      if (rec !== undefined) sites.set(id, rec);
+    }
+    const slotCount = this.config.slotCount;
+    const plan = new Array<SlotAssignment | undefined>(slotCount).fill(undefined);
+    const planRevisions = new Map<number, number>();
+    let generation = 0;
+    for (const kv of res[2]?.op === 'range' ? res[2].kvs : []) {
+      const c = k.chunkOfPlanKey(kv.key);
+      if (c === undefined || c >= chunkCount(slotCount)) continue;
+      const from = c * PLAN_CHUNK_SLOTS;
+      const n = Math.min(slotCount, from + PLAN_CHUNK_SLOTS) - from;
+      const chunk = decode(() => decodePlanChunk(kv.key, kv.value, n));
+      if (chunk === undefined) continue;
+      generation = Math.max(generation, chunk.generation);
+      planRevisions.set(c, kv.modRevision);
+      chunk.slots.forEach((a, i) => (plan[from + i] = a));
+    }
+    const ready = new Map<string, ReadyBits>();
+    const readyKvs = new Map<string, KeyValue>();
+    for (const kv of res[3]?.op === 'range' ? res[3].kvs : []) {
+      const id = kv.key.slice(k.ready.length);
+      const bits = decode(() => decodeReady(kv.key, kv.value, slotCount));
+      if (bits === undefined) continue;
+      ready.set(id, bits);
+      readyKvs.set(id, kv);
+    }
+    const holders = new Array<{ site: string; epoch: number } | undefined>(slotCount).fill(undefined);
+    for (const kv of res[4]?.op === 'range' ? res[4].kvs : []) {
+      const slot = k.slotOfPrimaryKey(kv.key);
+      if (slot === undefined || slot >= slotCount) continue;
+      const rec = decode(() => decodePrimary(kv.key, kv.value));
+      if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision };
+    }
+    const view = { config, sites, plan, planRevisions, generation, ready, readyKvs, holders, revision: r.revision };
+    return view;
+  }
+
+  #siteView(view: FullView): SiteView {
+    return {
+      siteId: this.siteId,
+      slotCount: this.config.slotCount,
+      replicas: this.config.replicas,
+      liveSites: new Set(view.sites.keys()),
+      plan: view.plan,
+      ready: view.ready,
+      primaryHolders: view.holders.map((h) => h?.site),
+      local: this.#local,
+      myPrimaries: this.#primaries,
+      failed: this.#failed,
+      fenced: this.#fenced,
+    };
+  }
+
+  /** Rebuild the routes of the slots whose primary or ready replicas changed. */
+  #publishRouting(view: FullView): void {
+    let changed = false;
+    for (let s = 0; s < this.config.slotCount; s++) {
+      const h = view.holders[s];
+      const holderReady = h !== undefined && hasReady(view.ready.get(h.site), s);
+      const primary =
+        h === undefined || !holderReady
+          ? undefined
+          : { id: h.site, address: view.sites.get(h.site)?.address, epoch: h.epoch };
+      const secondaries: { id: string; address: string | undefined }[] = [];
+      for (const x of view.plan[s]?.assigned ?? []) {
+        if (x !== h?.site && hasReady(view.ready.get(x), s))
+          secondaries.push({ id: x, address: view.sites.get(x)?.address });
+      }
+      const old = this.#routes[s]!;
+      const same =
+        old.primary?.id === primary?.id &&
+        old.primary?.epoch === primary?.epoch &&
+        old.primary?.address === primary?.address &&
+        old.secondaries.length === secondaries.length &&
+        old.secondaries.every((x, i) => x.id === secondaries[i]!.id && x.address === secondaries[i]!.address);
+      if (same) continue;
+      changed = true;
+      this.#routes[s] = Object.freeze({
+        slot: s,
+        primary: primary && Object.freeze(primary),
+        secondaries: Object.freeze(secondaries),
+      });
+    }
+    if (changed) {
+      this.#routingVersion = view.revision;
+      this.emit('routingChanged', { version: view.revision });
+    }
+  }
+
+  // ---- helpers ------------------------------------------------------------------
+
+  #readyBits(): ReadyBits {
+    const bits = emptyReady(this.config.slotCount);
+    for (const [s, st] of this.#local) if (st === 'ready') setReady(bits, s, true);
+    return bits;
+  }
+
+  async #writeReady(): Promise<void> {
+    const session = this.#liveSession();
+    await this.#store.txn({
+      compare: [],
+      then: [{ op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(this.#readyBits()), session }],
+    });
+  }
+
+  /**
+   * Run `fn` alone among the writers of this site's ready bitmap: each write encodes the local state at that
+   * moment, so two interleaved writers could otherwise put back a bit another had just cleared.
+   */
+  #withReady<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#readyChain.then(fn, fn);
+    this.#readyChain = run.catch(() => undefined);
+    return run;
+  }
+
+  #liveSession(): Session {
+    const s = this.#session;
+    if (s === undefined || s.state === 'expired' || s.state === 'closed') {
+      throw new SessionExpiredError(s?.id ?? '-', `site ${this.siteId} has no live session right now; retry shortly`);
+    }
+    return s;
+  }
+
+  #checkSlot(slot: number): void {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.config.slotCount) {
+      throw new InvalidArgumentError(
+        `slot must be an integer from 0 to ${this.config.slotCount - 1}, got ${String(slot)}`,
+      );
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.#clock.setTimeout(resolve, ms));
+  }
+
+  #clearTimers(): void {
+    for (const t of [this.#timer, this.#fenceTimer]) if (t !== undefined) this.#clock.clearTimeout(t);
+    this.#timer = this.#fenceTimer = undefined;
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * The slots runtime (src/runtime/slots-site.ts) on the memory store with
+ * virtual time: sites join, a fourth joins, one leaves gracefully, one is
+ * "killed" (its client stops renewing); the application migrates with a
+ * delay. A monitor checks, after every virtual 10 ms: at most one site acts
+ * as primary of a slot, and once a slot had min(R, sites) ready replicas it
+ * never has fewer during planned moves; and at the end that every site's
+ * routing table is the same and matches the plan.
+ */
+import { describe, expect, it } from 'vitest';
+import { MemoryServer } from '../../src/backends/memory/server.js';
+import { MemoryStore } from '../../src/backends/memory/store.js';
+import { VirtualClock } from '../../src/store/clock.js';
+import { joinSlots, ReleaseRefusedError, SlotSite } from '../../src/runtime/slots-site.js';
+
+const SLOTS = 64;
+const R = 2;
+
+interface Harness {
+  readonly clock: VirtualClock;
+  readonly server: MemoryServer;
+  readonly sites: Map<string, { site: SlotSite; store: MemoryStore }>;
+  readonly violations: string[];
+  /** Per slot: the highest ready count reached while no crash happened. */
+  planned: boolean;
+}
+
+async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
+  let done = false;
+  const q = p.finally(() => (done = true));
+  q.catch(() => undefined);
+  while (!done) await clock.runFor(10);
+  return q;
+}
+
+async function addSite(h: Harness, id: string, migrateMs = 200): Promise<SlotSite> {
+  const store = new MemoryStore({ server: h.server, clock: h.clock });
+  // Constructed, subscribed, then started: no event is emitted before the listeners are there.
+  const site = new SlotSite({
+    store,
+    cluster: 'kv',
+    site: { id, zone: `z${id.charCodeAt(id.length - 1) % 2}`, address: `${id}:7000` },
+    slotCount: SLOTS,
+    replicas: R,
+    sessionTtlMs: 2000,
+    reconcileIntervalMs: 200,
+    clock: h.clock,
+  });
+  // The application: migrate each slot it is asked to prepare (takes migrateMs), release what it may.
+  site.on('prepare', ({ slots }) => {
+    for (const s of slots) {
+      h.clock.setTimeout(() => {
+        if (site.slots().get(s) === 'preparing') void site.markReady(s).catch(() => undefined);
+      }, migrateMs);
+    }
+  });
+  site.on('releasable', ({ slots }) => {
+    for (const s of slots) {
+      void site.release(s).catch((e: unknown) => {
+        if (!(e instanceof ReleaseRefusedError)) h.violations.push(`${id}: release(${s}) failed: ${String(e)}`);
+      });
+    }
+  });
+  await drive(h.clock, site.start());
+  h.sites.set(id, { site, store });
+  return site;
+}
+
+function monitor(h: Harness, reached: number[]): void {
+  const live = [...h.sites.values()];
+  for (let s = 0; s < SLOTS; s++) {
+    const primaries = live.filter((x) => x.site.isPrimary(s)).map((x) => x.site.siteId);
+    if (primaries.length > 1) h.violations.push(`slot ${s}: primaries ${primaries.join(', ')}`);
+    const ready = live.filter((x) => x.site.slots().get(s) === 'ready').length;
+    if (h.planned && ready < (reached[s] ?? 0)) {
+      h.violations.push(`slot ${s}: ${ready} ready replicas, had ${reached[s]}`);
+    }
+    const want = Math.min(R, live.length);
+    reached[s] = Math.min(want, Math.max(reached[s] ?? 0, ready));
+  }
+}
+
+async function runMonitored(h: Harness, ms: number, reached: number[]): Promise<void> {
+  for (let t = 0; t < ms; t += 10) {
+    await h.clock.runFor(10);
+    monitor(h, reached);
+  }
+}
+
+function converged(h: Harness): boolean {
+  const sites = [...h.sites.values()].map((x) => x.site);
+  // Every site has its share and nothing is in flight (right after a join the old layout also looks settled).
+  for (const x of sites) {
+    const states = [...x.slots().values()];
+    if (states.length === 0 || states.some((st) => st !== 'ready')) return false;
+  }
+  for (let s = 0; s < SLOTS; s++) {
+    const routes = sites.map((x) => x.route(s));
+    const first = JSON.stringify(routes[0]);
+    if (routes.some((r) => JSON.stringify(r) !== first)) return false;
+    const r = routes[0]!;
+    if (r.primary === undefined || r.secondaries.length !== Math.min(R, sites.length) - 1) return false;
+    const holders = sites.filter((x) => x.slots().get(s) === 'ready').length;
+    if (holders !== Math.min(R, sites.length)) return false;
+  }
+  return true;
+}
+
+async function untilConverged(h: Harness, reached: number[], maxMs = 20_000): Promise<void> {
+  for (let t = 0; t < maxMs; t += 100) {
+    await runMonitored(h, 100, reached);
+    if (converged(h)) return;
+  }
+  throw new Error('slots did not converge');
+}
+
+describe('slots site runtime (memory store, virtual time)', () => {
+  it('join, another join, graceful leave: one primary per slot, never below R ready, same routes everywhere', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const reached: number[] = [];
+    for (const id of ['a', 'b', 'c']) await addSite(h, id);
+    await untilConverged(h, reached);
+    const a = h.sites.get('a')!.site;
+    expect(a.routeKey('user:42').slot).toBe(a.slotForKey('user:42'));
+    // Every primary has an epoch; routing names it with its address.
+    const r0 = a.route(0);
+    expect(r0.primary?.address).toBe(`${r0.primary!.id}:7000`);
+    const primarySite = h.sites.get(r0.primary!.id)!.site;
+    expect(primarySite.epoch(0)).toBe(r0.primary!.epoch);
+
+    const gained: number[] = [];
+    const d = await addSite(h, 'd');
+    d.on('primaryGained', ({ slots }) => gained.push(...slots.map((x) => x.slot)));
+    await untilConverged(h, reached);
+    expect(gained.length).toBeGreaterThan(0);
+    expect([...d.slots().values()].every((st) => st === 'ready')).toBe(true);
+
+    // Graceful leave: b keeps serving until its slots are ready elsewhere.
+    const b = h.sites.get('b')!.site;
+    let done = false;
+    const left = b.leave().finally(() => (done = true));
+    while (!done) await runMonitored(h, 10, reached); // b counts until it has left: it serves while leaving
+    await left;
+    expect(b.slots().size).toBe(0); // it released everything (nothing dropped at the deadline)
+    h.sites.delete('b');
+    await untilConverged(h, reached);
+    expect(h.violations).toEqual([]);
+    for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
+
+  it('a release that would drop below R is refused', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const site = await addSite(h, 'a', 50);
+    const reached: number[] = [];
+    await runMonitored(h, 2_000, reached);
+    const mine = [...site.slots().keys()];
+    expect(mine.length).toBe(SLOTS); // alone: R clamps to 1, it holds everything
+    await expect(drive(clock, site.release(mine[0]!))).rejects.toThrow(/primary|may not be released/);
+    await drive(clock, site.leave());
+  }, 60_000);
+
+  it('refuses a site whose cluster settings differ from the cluster', async () => {
+    const clock = new VirtualClock(1_000);
+    const server = new MemoryServer({ clock });
+    const h: Harness = { clock, server, sites: new Map(), violations: [], planned: true };
+    const a = await addSite(h, 'a');
+    const store = new MemoryStore({ server, clock });
+    await expect(
+      drive(clock, joinSlots({ store, cluster: 'kv', site: { id: 'x' }, slotCount: 128, replicas: R, clock })),
+    ).rejects.toThrow(/created with slotCount 64/);
+    await drive(clock, a.leave());
+  }, 60_000);
+});
