@@ -16,8 +16,22 @@ export const MUTANTS = {
 
 export type MutantName = keyof typeof MUTANTS;
 
-export const activeMutants = new Set<MutantName>();
+/** Broken variants of the slots protocol (`rebalancer sim --scenario slots --mutant NAME`). */
+export const SLOTS_MUTANTS = {
+  'slots-release-without-check':
+    'a site releases a slot without checking that enough replicas elsewhere are ready (and the coordinator drops old replicas at once)',
+  'slots-primary-without-lock': "a site takes a slot's primary role without comparing that the lock is free",
+  'slots-no-self-fencing': 'a site whose lease ran out keeps acting as primary (isPrimary ignores the lease)',
+} as const;
+
+export type SlotsMutantName = keyof typeof SLOTS_MUTANTS;
+
+export const activeMutants = new Set<MutantName | SlotsMutantName>();
 
 export function isMutantName(name: string): name is MutantName {
   return Object.prototype.hasOwnProperty.call(MUTANTS, name);
+}
+
+export function isSlotsMutantName(name: string): name is SlotsMutantName {
+  return Object.prototype.hasOwnProperty.call(SLOTS_MUTANTS, name);
 }

@@ -48,6 +48,7 @@ import {
 } from '../protocol/slots/keys.js';
 import { decideSite, readyElsewhere, type LocalSlotState, type SiteView } from '../protocol/slots/site.js';
 import { validateNodeId } from '../protocol/groups/keys.js';
+import { activeMutants } from '../protocol/mutants.js';
 import type { Clock, Compare, KeyValue, Op, Session, Store, TimerHandle, Watcher } from '../store/contract.js';
 import { Election, type Leadership } from '../store/election.js';
 import { utf8Length } from '../store/validate.js';
@@ -95,6 +96,16 @@ export interface SlotsEvents {
   primaryGained: { readonly slots: readonly { readonly slot: number; readonly epoch: number }[] };
   /** This site is no longer primary of these slots (isPrimary() is already false when this fires). */
   primaryLost: { readonly slots: readonly number[]; readonly reason: PrimaryLostReason };
+  /**
+   * A slot was released: `readyElsewhere` are the other assigned sites whose readiness the release checked
+   * (atomically: their ready keys were unchanged when it committed), `needed` how many it required.
+   */
+  released: {
+    readonly slot: number;
+    readonly readyElsewhere: readonly string[];
+    readonly needed: number;
+    readonly failed: boolean;
+  };
   /** Every slot this site held is gone from it (its session was lost): its copies are stale. */
   slotsDropped: { readonly slots: readonly number[]; readonly reason: 'sessionLost' | 'leaving' };
   /** The routing table changed. */
@@ -137,7 +148,7 @@ interface FullView {
   readonly generation: number;
   readonly ready: Map<string, ReadyBits>;
   readonly readyKvs: Map<string, KeyValue>;
-  readonly holders: ({ site: string; epoch: number } | undefined)[];
+  readonly holders: ({ site: string; epoch: number; sessionId: string | undefined } | undefined)[];
   readonly revision: number;
 }
 
@@ -255,8 +266,15 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     if (this.#primaries.has(slot)) {
       throw new InvalidArgumentError(`slot ${slot}: ${this.siteId} is its primary; it must hand over first`);
     }
-    await this.#withReady(() => this.#release(slot));
-    this.#kick();
+    try {
+      await this.#withReady(() => this.#release(slot));
+    } catch (err) {
+      // Announce it again when it is (still, or again) releasable: the application may have given up on it.
+      this.#announcedReleasable.delete(slot);
+      throw err;
+    } finally {
+      this.#kick();
+    }
   }
 
   async #release(slot: number): Promise<void> {
@@ -270,7 +288,8 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       }
       const { ready, needed } = readyElsewhere(sv, slot);
       const failed = this.#failed.has(slot);
-      if (!failed && (ready < needed || (view.plan[slot]?.assigned.includes(this.siteId) ?? false))) {
+      const unchecked = activeMutants.has('slots-release-without-check');
+      if (!failed && !unchecked && (ready < needed || (view.plan[slot]?.assigned.includes(this.siteId) ?? false))) {
         throw new ReleaseRefusedError(slot, ready, needed);
       }
       // Compare the counted replicas' ready keys: if one of them released meanwhile, read again.
@@ -293,6 +312,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         this.#local.delete(slot);
         this.#failed.delete(slot);
         this.#announcedReleasable.delete(slot);
+        this.emit('released', { slot, readyElsewhere: counted, needed, failed });
         return;
       }
       if (attempt >= 5) throw new ReleaseRefusedError(slot, ready, needed);
@@ -317,8 +337,14 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     this.#kick();
   }
 
+  /**
+   * Cheap synchronous check to call before acting as the slot's primary: false once the role is lost or this
+   * site's lease can no longer be trusted (a monotonic-clock comparison: right even just after a process pause,
+   * before any timer has run).
+   */
   isPrimary(slot: number): boolean {
-    return this.#primaries.has(slot) && !this.#fenced;
+    if (activeMutants.has('slots-no-self-fencing')) return this.#primaries.has(slot);
+    return this.#primaries.has(slot) && !this.#fenced && this.#ownsNow();
   }
   epoch(slot: number): number | undefined {
     return this.isPrimary(slot) ? this.#primaries.get(slot) : undefined;
@@ -429,27 +455,12 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     const key = this.#keys.site(this.siteId);
     const value = encodeSite({ zone: this.#zone, weight: this.#weight, address: this.#address, sessionId: session.id });
     const deadline = this.#clock.now() + 2 * this.#ttlMs;
-    for (;;) {
-      const r = await this.#store.txn({
-        compare: [{ key, target: 'exists', exists: false }],
-        then: [
-          { op: 'put', key, value, session },
-          { op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(this.#readyBits()), session },
-        ],
-        else: [{ op: 'get', key }],
-      });
-      if (r.succeeded) {
-        break;
-      }
-      const existing = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
-      const ours = existing?.sessionId !== undefined && this.#pastSessions.has(existing.sessionId);
-      if (!ours && this.#clock.now() >= deadline) {
-        await session.close().catch(() => undefined);
-        throw new InvalidArgumentError(
-          `site id ${this.siteId} is in use by another live process in cluster ${this.cluster}; give each site its own id`,
-        );
-      }
-      await this.#sleep(Math.min(250, this.#ttlMs / 4));
+    try {
+      await this.#register(session, key, value, deadline);
+    } catch (err) {
+      // Never leave a session behind: it would keep a site key (and maybe its ready key) alive for nothing.
+      await session.close().catch(() => undefined);
+      throw err;
     }
     this.#session = session;
     this.#fenced = false;
@@ -460,6 +471,33 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     this.#armFence();
     this.emit('joined', { siteId: this.siteId, sessionId: session.id });
     this.#startCampaign(session);
+  }
+
+  async #register(session: Session, key: string, value: string, deadline: number): Promise<void> {
+    for (;;) {
+      const r = await this.#store.txn({
+        compare: [{ key, target: 'exists', exists: false }],
+        then: [
+          { op: 'put', key, value, session },
+          { op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(this.#readyBits()), session },
+        ],
+        else: [{ op: 'get', key }],
+      });
+      if (r.succeeded) {
+        return;
+      }
+      const existing = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+      // Our own earlier attempt went through (its answer was lost): registered.
+      if (existing?.sessionId === session.id) return;
+      // A past session of ours (we are rejoining): it expires on the server within its TTL; wait for it.
+      const ours = existing?.sessionId !== undefined && this.#pastSessions.has(existing.sessionId);
+      if (!ours && this.#clock.now() >= deadline) {
+        throw new InvalidArgumentError(
+          `site id ${this.siteId} is in use by another live process in cluster ${this.cluster}; give each site its own id`,
+        );
+      }
+      await this.#sleep(Math.min(250, this.#ttlMs / 4));
+    }
   }
 
   #onSessionLost(session: Session, cause: unknown): void {
@@ -508,7 +546,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       () => {
         this.#fenceTimer = undefined;
         const owns = this.#ownsNow();
-        if (!owns && !this.#fenced) {
+        if (!owns && !this.#fenced && !activeMutants.has('slots-no-self-fencing')) {
           this.#fenced = true;
           this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
           this.#dropPrimaries('fenced');
@@ -613,6 +651,15 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       if (wrote) view = await this.#readView();
     }
     this.#publishRouting(view);
+    // The local state is the truth about our readiness; a write whose answer was lost (or that failed) left the
+    // stored bitmap behind it: write it again.
+    const stored = view.ready.get(this.siteId);
+    const local = this.#readyBits();
+    if (stored === undefined || stored.some((b, i) => b !== local[i])) {
+      await this.#withReady(() => this.#writeReady());
+    }
+    // Before deleting anything this round, so that the view (read before) is still right about our locks.
+    this.#adoptOwnLocks(view, session);
     // Locks we stopped acting on (fenced, failed): delete them once we may write again.
     if (this.#stale.size > 0 && this.#ownsNow()) await this.#deleteLocks(new Map(this.#stale), session);
     if (this.#fenced || !this.#ownsNow()) return;
@@ -622,7 +669,11 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       const locks = new Map<number, number>();
       for (const s of d.stepDown) {
         const e = this.#primaries.get(s);
-        if (e !== undefined) locks.set(s, e);
+        if (e !== undefined) {
+          locks.set(s, e);
+          // Until the delete is acknowledged the lock is stale: a failed delete is retried next round.
+          this.#stale.set(s, e);
+        }
         this.#primaries.delete(s);
       }
       this.emit('primaryLost', { slots: d.stepDown, reason: this.#state === 'leaving' ? 'leaving' : 'planned' });
@@ -645,12 +696,35 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
   }
 
+  /**
+   * Locks of this session that this site does not know it holds: a take-over whose answer was lost. Adopt them
+   * if the plan still wants us as primary, else mark them for deletion — a forgotten lock would block the slot
+   * for as long as the session lives.
+   */
+  #adoptOwnLocks(view: FullView, session: Session): void {
+    const adopted: { slot: number; epoch: number }[] = [];
+    view.holders.forEach((h, slot) => {
+      if (h === undefined || h.site !== this.siteId || h.sessionId !== session.id) return;
+      if (this.#primaries.has(slot) || this.#stale.has(slot)) return;
+      const wanted = view.plan[slot]?.primary === this.siteId && this.#local.get(slot) === 'ready';
+      if (wanted && !this.#fenced && this.#ownsNow() && this.#state === 'running') {
+        this.#primaries.set(slot, h.epoch);
+        adopted.push({ slot, epoch: h.epoch });
+      } else {
+        this.#stale.set(slot, h.epoch);
+      }
+    });
+    if (adopted.length > 0) this.emit('primaryGained', { slots: adopted });
+  }
+
   async #takeOver(slots: readonly number[], session: Session): Promise<void> {
     const gained: { slot: number; epoch: number }[] = [];
     const tryBatch = async (batch: readonly number[]): Promise<void> => {
       if (batch.length === 0 || !this.#ownsNow()) return;
       const r = await this.#store.txn({
-        compare: batch.map((s) => ({ key: this.#keys.primary(s), target: 'exists' as const, exists: false })),
+        compare: activeMutants.has('slots-primary-without-lock')
+          ? []
+          : batch.map((s) => ({ key: this.#keys.primary(s), target: 'exists' as const, exists: false })),
         then: batch.map((s) => ({
           op: 'put' as const,
           key: this.#keys.primary(s),
@@ -776,12 +850,14 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       ready.set(id, bits);
       readyKvs.set(id, kv);
     }
-    const holders = new Array<{ site: string; epoch: number } | undefined>(slotCount).fill(undefined);
+    const holders = new Array<{ site: string; epoch: number; sessionId: string | undefined } | undefined>(
+      slotCount,
+    ).fill(undefined);
     for (const kv of res[4]?.op === 'range' ? res[4].kvs : []) {
       const slot = k.slotOfPrimaryKey(kv.key);
       if (slot === undefined || slot >= slotCount) continue;
       const rec = decode(() => decodePrimary(kv.key, kv.value));
-      if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision };
+      if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision, sessionId: kv.sessionId };
     }
     const view = { config, sites, plan, planRevisions, generation, ready, readyKvs, holders, revision: r.revision };
     return view;

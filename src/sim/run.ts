@@ -4,28 +4,43 @@
  */
 import type { PlacementStrategy } from '../placement/index.js';
 import type { Protocol } from '../protocol/groups/keys.js';
-import type { MutantName } from '../protocol/mutants.js';
-import { runGroupsSim, type GroupsSimResult, type Violation } from './groups.js';
+import type { MutantName, SlotsMutantName } from '../protocol/mutants.js';
+import { runGroupsSim } from './groups.js';
+import { runSlotsSim } from './slots.js';
+
+export type SimScenario = 'groups' | 'slots';
+
+/** What every scenario reports per seed. */
+export interface SeedResult {
+  readonly seed: number;
+  readonly steps: number;
+  readonly violations: readonly { readonly atMs: number; readonly kind: string; readonly detail: string }[];
+}
+
+type Violation = SeedResult['violations'][number];
 
 export interface SimRunOptions {
-  readonly scenario: 'groups';
+  readonly scenario: SimScenario;
+  /** groups only. */
   readonly protocol: Protocol;
   readonly seeds: number;
   /** First seed (default 1); with `seeds: 1` this replays one seed. */
   readonly seed?: number | undefined;
+  /** Nodes (groups) or sites (slots). */
   readonly nodes?: number | undefined;
+  /** Resources (groups) or slots (slots). */
   readonly resources?: number | undefined;
   readonly strategy?: PlacementStrategy | undefined;
-  readonly mutant?: MutantName | undefined;
+  readonly mutant?: MutantName | SlotsMutantName | undefined;
   /** Stop at the first failing seed (mutant hunting). */
   readonly stopOnFailure?: boolean | undefined;
-  readonly onSeed?: ((result: GroupsSimResult, index: number) => void) | undefined;
+  readonly onSeed?: ((result: SeedResult, index: number) => void) | undefined;
 }
 
 export interface SimSummary {
   readonly scenario: string;
-  readonly protocol: Protocol;
-  readonly mutant: MutantName | null;
+  readonly protocol: Protocol | null;
+  readonly mutant: MutantName | SlotsMutantName | null;
   readonly seeds: number;
   readonly steps: number;
   readonly violations: number;
@@ -35,7 +50,9 @@ export interface SimSummary {
 }
 
 export function replayCommand(o: SimRunOptions, seed: number): string {
-  const parts = [`npx rebalancer sim --scenario ${o.scenario} --protocol ${o.protocol} --seed ${seed} --seeds 1`];
+  const parts = [
+    `npx rebalancer sim --scenario ${o.scenario}${o.scenario === 'groups' ? ` --protocol ${o.protocol}` : ''} --seed ${seed} --seeds 1`,
+  ];
   if (o.nodes !== undefined) parts.push(`--nodes ${o.nodes}`);
   if (o.resources !== undefined) parts.push(`--resources ${o.resources}`);
   if (o.strategy !== undefined) parts.push(`--strategy ${o.strategy}`);
@@ -52,14 +69,22 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
   const failing: { seed: number; violation: Violation; replay: string }[] = [];
   for (let i = 0; i < o.seeds; i++) {
     const seed = first + i;
-    const r = await runGroupsSim({
-      seed,
-      protocol: o.protocol,
-      mutant: o.mutant,
-      ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
-      ...(o.resources === undefined ? {} : { resources: o.resources }),
-      ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
-    });
+    const r: SeedResult =
+      o.scenario === 'slots'
+        ? await runSlotsSim({
+            seed,
+            sites: o.nodes,
+            slots: o.resources,
+            mutant: o.mutant as SlotsMutantName | undefined,
+          })
+        : await runGroupsSim({
+            seed,
+            protocol: o.protocol,
+            mutant: o.mutant as MutantName | undefined,
+            ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
+            ...(o.resources === undefined ? {} : { resources: o.resources }),
+            ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
+          });
     ran++;
     steps += r.steps;
     violations += r.violations.length;
@@ -69,7 +94,7 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
   }
   return {
     scenario: o.scenario,
-    protocol: o.protocol,
+    protocol: o.scenario === 'groups' ? o.protocol : null,
     mutant: o.mutant ?? null,
     seeds: ran,
     steps,

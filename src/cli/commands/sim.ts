@@ -1,6 +1,7 @@
 /** `rebalancer sim`: the deterministic simulator. */
 import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
+import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
 import { EXIT, globalOptions } from '../context.js';
 
 export function register(program: Command): void {
@@ -9,21 +10,29 @@ export function register(program: Command): void {
     .description(
       'run the deterministic simulator: the real protocol code on virtual time, under faults drawn from seeds',
     )
-    .option('--scenario <name>', 'scenario: groups', 'groups')
-    .option('--protocol <name>', 'resource-barrier | global-barrier', 'resource-barrier')
+    .option('--scenario <name>', 'scenario: groups | slots', 'groups')
+    .option('--protocol <name>', 'groups: resource-barrier | global-barrier', 'resource-barrier')
     .option('--seeds <n>', 'how many seeds to run', '100')
     .option('--seed <s>', 'first seed (with --seeds 1: replay exactly this seed)', '1')
-    .option('--nodes <n>', 'simulated nodes (default 5)')
+    .option('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)')
+    .option('--sites <n>', 'slots: simulated sites (same as --nodes)')
+    .option('--slots <n>', 'slots: slot count (default 24)')
     .option('--resources <k>', 'resources at the start (default 12)')
     .option('--strategy <name>', 'placement: sticky-balanced | round-robin | rendezvous')
     .option('--mutant <name>', 'run a deliberately broken variant (see --list-mutants); the checker must catch it')
     .option('--list-mutants', 'print the mutant names and what each breaks')
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const json = globalOptions(program).json === true;
-      const { MUTANTS, isMutantName } = await import('../../protocol/mutants.js');
+      const { MUTANTS, SLOTS_MUTANTS, isMutantName, isSlotsMutantName } = await import('../../protocol/mutants.js');
       if (o['listMutants'] === true) {
-        if (json) process.stdout.write(`${JSON.stringify({ mutants: MUTANTS })}\n`);
-        else for (const [name, what] of Object.entries(MUTANTS)) process.stdout.write(`${name.padEnd(24)} ${what}\n`);
+        if (json) process.stdout.write(`${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS })}\n`);
+        else {
+          process.stdout.write('--scenario groups:\n');
+          for (const [name, what] of Object.entries(MUTANTS)) process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
+          process.stdout.write('--scenario slots:\n');
+          for (const [name, what] of Object.entries(SLOTS_MUTANTS))
+            process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
+        }
         return;
       }
       const int = (name: string, v: unknown, min: number, max: number): number | undefined => {
@@ -33,15 +42,25 @@ export function register(program: Command): void {
           throw new InvalidArgumentError(`--${name} must be an integer from ${min} to ${max}`);
         return n;
       };
-      if (o['scenario'] !== 'groups')
-        throw new InvalidArgumentError(`unknown --scenario ${String(o['scenario'])}: use groups`);
+      const scenario = o['scenario'];
+      if (scenario !== 'groups' && scenario !== 'slots')
+        throw new InvalidArgumentError(`unknown --scenario ${String(scenario)}: use groups or slots`);
       const protocol = o['protocol'];
       if (protocol !== 'resource-barrier' && protocol !== 'global-barrier') {
         throw new InvalidArgumentError('--protocol must be resource-barrier or global-barrier');
       }
-      const mutant = o['mutant'];
-      if (mutant !== undefined && (typeof mutant !== 'string' || !isMutantName(mutant))) {
-        throw new InvalidArgumentError(`unknown --mutant ${String(mutant)}; see rebalancer sim --list-mutants`);
+      const rawMutant = o['mutant'];
+      let mutant: MutantName | SlotsMutantName | undefined;
+      if (rawMutant !== undefined) {
+        if (typeof rawMutant === 'string' && scenario === 'slots' && isSlotsMutantName(rawMutant)) {
+          mutant = rawMutant;
+        } else if (typeof rawMutant === 'string' && scenario === 'groups' && isMutantName(rawMutant)) {
+          mutant = rawMutant;
+        } else {
+          throw new InvalidArgumentError(
+            `unknown --mutant ${String(rawMutant)} for --scenario ${scenario}; see rebalancer sim --list-mutants`,
+          );
+        }
       }
       const strategy = o['strategy'];
       if (
@@ -57,12 +76,12 @@ export function register(program: Command): void {
       const tty = process.stderr.isTTY && !json;
       let shown = 0;
       const summary = await runSimulation({
-        scenario: 'groups',
+        scenario,
         protocol,
         seeds,
         seed: int('seed', o['seed'], 0, 2 ** 32 - 1),
-        nodes: int('nodes', o['nodes'], 1, 50),
-        resources: int('resources', o['resources'], 0, 5000),
+        nodes: int('nodes', o['nodes'] ?? o['sites'], 1, 50),
+        resources: int('resources', o['resources'] ?? o['slots'], scenario === 'slots' ? 1 : 0, 5000),
         strategy,
         mutant,
         onSeed: (r, i) => {

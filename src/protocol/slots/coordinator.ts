@@ -8,6 +8,7 @@
  * (site.ts). A stale or wrong plan can only delay.
  */
 import { computeSlotPlacement, type SlotPlacement } from '../../placement/slots.js';
+import { activeMutants } from '../mutants.js';
 import { hasReady, type ReadyBits, type SiteRecord, type SlotAssignment, type SlotsConfig } from './keys.js';
 
 export interface SlotsCoordinatorView {
@@ -71,7 +72,7 @@ export function decideSlotsPlan(
     const current = view.plan[s];
     // Old replicas stay assigned, serving, until every target replica is ready (so a slot never has fewer
     // ready replicas than it had); one still preparing has nothing to serve and goes at once.
-    if (readyT < T.length) {
+    if (readyT < T.length && !activeMutants.has('slots-release-without-check')) {
       for (const x of current?.assigned ?? []) {
         if (!T.includes(x) && hasReady(view.ready.get(x), s)) assigned.push(x);
       }

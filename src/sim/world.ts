@@ -1,0 +1,153 @@
+/**
+ * What every simulated scenario shares: the virtual world clock and its step
+ * loop, and a node's faults (latency, errors, lost notifications, partitions,
+ * SIGSTOP). Scenarios (slots.ts; groups.ts keeps its own copy for now) add
+ * their processes and their oracle.
+ */
+import type { MemoryFaults } from '../backends/memory/index.js';
+import { ScaledClock, VirtualClock } from '../store/clock.js';
+import type { Clock } from '../store/contract.js';
+import { NodeClock } from './node-clock.js';
+import type { Random } from './random.js';
+
+export class SimWorld {
+  readonly clock = new VirtualClock(0);
+  steps = 0;
+
+  now(): number {
+    return this.clock.now();
+  }
+
+  /** Let promise callbacks run (the runtime's async code between timers). */
+  async flush(): Promise<void> {
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  at(atMs: number, fn: () => void): void {
+    this.clock.setTimeout(fn, Math.max(0, atMs - this.clock.now()));
+  }
+
+  /** Advance to `untilMs` one timer at a time; `check` runs after each step and may stop the run (returns false). */
+  async runUntil(untilMs: number, check: () => boolean): Promise<boolean> {
+    for (;;) {
+      await this.flush();
+      if (!check()) return false;
+      if (!this.clock.fireNext(untilMs)) break;
+      this.steps++;
+    }
+    this.clock.advance(Math.max(0, untilMs - this.clock.now()));
+    return true;
+  }
+
+  /** Await a promise while virtual time runs (up to a bound). */
+  async drive<T>(p: Promise<T>, boundMs = 60_000): Promise<T> {
+    let done = false;
+    let value: T | undefined;
+    let error: unknown;
+    p.then(
+      (v) => {
+        done = true;
+        value = v;
+      },
+      (e: unknown) => {
+        done = true;
+        error = e;
+      },
+    );
+    const until = this.clock.now() + boundMs;
+    while (!done && this.clock.now() < until) {
+      await this.flush();
+      if (done) break;
+      if (!this.clock.fireNext(until)) break;
+    }
+    if (!done) throw new Error('simulation: an operation did not finish in virtual time');
+    if (error !== undefined) throw error;
+    return value as T;
+  }
+}
+
+/** The fault knobs of one simulated process and its view of time. */
+export interface FaultyNode {
+  up: boolean;
+  paused: boolean;
+  partitioned: boolean;
+  drift: number;
+  clock: NodeClock;
+  time: Clock;
+  thaw: (() => void) | undefined;
+  frozen: Promise<void> | undefined;
+  latencyMs: number;
+  errorRate: number;
+  dropRate: number;
+  notifyDelayMs: number;
+}
+
+export function newFaultyNode(world: SimWorld, drift: number): FaultyNode {
+  const clock = new NodeClock(world.clock);
+  return {
+    up: false,
+    paused: false,
+    partitioned: false,
+    drift,
+    clock,
+    time: new ScaledClock(clock, drift),
+    thaw: undefined,
+    frozen: undefined,
+    latencyMs: 1,
+    errorRate: 0,
+    dropRate: 0,
+    notifyDelayMs: 0,
+  };
+}
+
+/** A fresh process: a new clock (the old one's timers never fire again). */
+export function rebootClock(world: SimWorld, node: FaultyNode): void {
+  node.clock = new NodeClock(world.clock);
+  node.time = new ScaledClock(node.clock, node.drift);
+}
+
+/** The memory store's fault hooks for one node's client. */
+export function nodeFaults(node: FaultyNode, rng: Random): MemoryFaults {
+  return {
+    request: () => {
+      if (node.partitioned) return { fail: 'before', latencyMs: 500 };
+      const latencyMs = node.latencyMs * (0.5 + rng.next());
+      if (node.errorRate > 0 && rng.chance(node.errorRate)) {
+        return { latencyMs, fail: rng.chance(0.5) ? 'before' : 'after' };
+      }
+      return { latencyMs };
+    },
+    notification: () => {
+      if (node.partitioned || (node.dropRate > 0 && rng.chance(node.dropRate))) return { drop: true };
+      return node.notifyDelayMs > 0 ? { delayMs: rng.range(0, node.notifyDelayMs) } : {};
+    },
+    hold: () => node.frozen,
+  };
+}
+
+/** SIGSTOP: timers stop, requests hold; the world's time goes on. */
+export function pauseNode(node: FaultyNode): void {
+  if (!node.up || node.paused) return;
+  node.paused = true;
+  node.clock.pause();
+  node.frozen = new Promise<void>((resolve) => (node.thaw = resolve));
+}
+
+export function resumeNode(node: FaultyNode): void {
+  if (!node.paused) return;
+  node.paused = false;
+  node.clock.resume();
+  const thaw = node.thaw;
+  node.thaw = undefined;
+  node.frozen = undefined;
+  thaw?.();
+}
+
+export function healNode(node: FaultyNode): void {
+  node.partitioned = false;
+  node.latencyMs = 1;
+  node.errorRate = 0;
+  node.dropRate = 0;
+  node.notifyDelayMs = 0;
+  resumeNode(node);
+}
