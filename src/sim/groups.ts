@@ -21,9 +21,15 @@ import { activeMutants, type MutantName } from '../protocol/mutants.js';
 import { GroupMember, joinGroup } from '../runtime/group-member.js';
 import type { ResourceContext } from '../runtime/options.js';
 import { GroupAdmin } from '../runtime/registry.js';
-import { ScaledClock, VirtualClock } from '../store/clock.js';
-import type { Clock } from '../store/contract.js';
-import { NodeClock } from './node-clock.js';
+import {
+  applyNodeFault,
+  healNode,
+  newFaultyNode,
+  nodeFaults,
+  rebootClock,
+  SimWorld,
+  type FaultyNode,
+} from './world.js';
 import { Random } from './random.js';
 
 export interface GroupsSimOptions {
@@ -74,24 +80,12 @@ interface ActiveHandler {
   settled: boolean;
 }
 
-interface SimNode {
+interface SimNode extends FaultyNode {
   readonly id: string;
   readonly index: number;
-  up: boolean;
-  paused: boolean;
-  partitioned: boolean;
-  drift: number;
-  clock: NodeClock;
-  time: Clock;
   store: MemoryStore | undefined;
   member: GroupMember | undefined;
   joining: boolean;
-  thaw: (() => void) | undefined;
-  frozen: Promise<void> | undefined;
-  latencyMs: number;
-  errorRate: number;
-  dropRate: number;
-  notifyDelayMs: number;
   handlerClass: HandlerClass;
 }
 
@@ -109,7 +103,8 @@ class GroupsSim {
   readonly #o: Required<Omit<GroupsSimOptions, 'mutant'>> & { mutant: MutantName | undefined };
   readonly #rng: Random;
   readonly #faultRng: Random;
-  readonly #world = new VirtualClock(0);
+  readonly #sim = new SimWorld();
+  readonly #world = this.#sim.clock;
   readonly #server: MemoryServer;
   readonly #keys: GroupKeys;
   readonly #admin: GroupAdmin;
@@ -122,7 +117,6 @@ class GroupsSim {
   #registered = new Set<string>();
   #removed: string[] = [];
   #nextResource = 0;
-  #steps = 0;
   #ops = 0;
   #maxStateToken = 0;
   #faultsOn = true;
@@ -184,7 +178,7 @@ class GroupsSim {
     for (const n of this.#nodes) this.#kill(n);
     return {
       seed: this.#o.seed,
-      steps: this.#steps,
+      steps: this.#sim.steps,
       virtualMs: Math.round(this.#world.now()),
       violations: this.#violations,
       faults: this.#faults,
@@ -195,97 +189,39 @@ class GroupsSim {
 
   // ---- the world loop ------------------------------------------------------------------
 
-  async #flush(): Promise<void> {
-    await new Promise<void>((resolve) => setImmediate(resolve));
-  }
-
   /** Advance virtual time to `untilMs`, one timer at a time, checking safety after each step. */
   async #runUntil(untilMs: number): Promise<void> {
-    for (;;) {
-      await this.#flush();
+    await this.#sim.runUntil(untilMs, () => {
       this.#check();
-      if (this.#unsafe()) return;
-      if (!this.#world.fireNext(untilMs)) break;
-      this.#steps++;
-    }
-    this.#world.advance(Math.max(0, untilMs - this.#world.now()));
+      return !this.#unsafe();
+    });
   }
 
   /** Await a promise while letting virtual time run (up to a bound). */
-  async #drive<T>(p: Promise<T>, boundMs = 60_000): Promise<T> {
-    let done = false;
-    let value: T | undefined;
-    let error: unknown;
-    p.then(
-      (v) => {
-        done = true;
-        value = v;
-      },
-      (e: unknown) => {
-        done = true;
-        error = e;
-      },
-    );
-    const until = this.#world.now() + boundMs;
-    while (!done && this.#world.now() < until) {
-      await this.#flush();
-      if (done) break;
-      if (!this.#world.fireNext(until)) break;
-    }
-    if (!done) throw new Error('simulation: an operation did not finish in virtual time');
-    if (error !== undefined) throw error;
-    return value as T;
+  #drive<T>(p: Promise<T>, boundMs = 60_000): Promise<T> {
+    return this.#sim.drive(p, boundMs);
   }
 
   // ---- nodes ------------------------------------------------------------------
 
   #newNode(index: number): SimNode {
-    const clock = new NodeClock(this.#world);
     const drift = 1 + this.#rng.range(-SIM.driftRate, SIM.driftRate);
-    return {
+    return Object.assign(newFaultyNode(this.#sim, drift), {
       id: `n${index}`,
       index,
-      up: false,
-      paused: false,
-      partitioned: false,
-      drift,
-      clock,
-      time: new ScaledClock(clock, drift),
       store: undefined,
       member: undefined,
       joining: false,
-      thaw: undefined,
-      frozen: undefined,
-      latencyMs: 1,
-      errorRate: 0,
-      dropRate: 0,
-      notifyDelayMs: 0,
       handlerClass: this.#rng.pick<HandlerClass>(['prompt', 'prompt', 'slow', 'slow', 'stuck']),
-    };
+    });
   }
 
   #faultsFor(node: SimNode): MemoryFaults {
-    const rng = this.#faultRng;
-    return {
-      request: () => {
-        if (node.partitioned) return { fail: 'before', latencyMs: 500 };
-        const latencyMs = node.latencyMs * (0.5 + rng.next());
-        if (node.errorRate > 0 && rng.chance(node.errorRate)) {
-          return { latencyMs, fail: rng.chance(0.5) ? 'before' : 'after' };
-        }
-        return { latencyMs };
-      },
-      notification: () => {
-        if (node.partitioned || (node.dropRate > 0 && rng.chance(node.dropRate))) return { drop: true };
-        return node.notifyDelayMs > 0 ? { delayMs: rng.range(0, node.notifyDelayMs) } : {};
-      },
-      hold: () => node.frozen,
-    };
+    return nodeFaults(node, this.#faultRng);
   }
 
   #startNode(node: SimNode): void {
-    node.clock = new NodeClock(this.#world);
-    node.time = new ScaledClock(node.clock, node.drift);
+    rebootClock(this.#sim, node);
     node.store = new MemoryStore({
       server: this.#server,
       namespace: 'sim',
@@ -372,23 +308,6 @@ class GroupsSim {
   #restart(node: SimNode): void {
     this.#kill(node);
     this.#startNode(node);
-  }
-
-  #pause(node: SimNode): void {
-    if (!node.up || node.paused) return;
-    node.paused = true;
-    node.clock.pause();
-    node.frozen = new Promise<void>((resolve) => (node.thaw = resolve));
-  }
-
-  #resume(node: SimNode): void {
-    if (!node.paused) return;
-    node.paused = false;
-    node.clock.resume();
-    const thaw = node.thaw;
-    node.thaw = undefined;
-    node.frozen = undefined;
-    thaw?.();
   }
 
   // ---- handlers and the oracle ------------------------------------------------------------------
@@ -529,37 +448,11 @@ class GroupsSim {
             this.#at(at + dur, () => this.#faultsOn && !node.up && this.#startNode(node));
             return;
           case 'pause':
-            if (!node.up || node.paused) return;
-            this.#count('pause');
-            this.#pause(node);
-            this.#at(at + dur, () => this.#resume(node));
-            return;
           case 'partition':
-            if (!node.up || node.partitioned) return;
-            this.#count('partition');
-            node.partitioned = true;
-            this.#at(at + dur, () => (node.partitioned = false));
-            return;
           case 'latency':
-            this.#count('latency');
-            // Mostly a slow store; sometimes so slow that requests arrive after the sender's TTL (a request
-            // stuck in a network buffer), which is what a coordinator's guard exists for.
-            node.latencyMs = rng.chance(0.3) ? rng.range(1000, 3000) : rng.range(5, 400);
-            this.#at(at + dur, () => (node.latencyMs = 1));
-            return;
           case 'errors':
-            this.#count('errors');
-            node.errorRate = rng.range(0.05, 0.5);
-            this.#at(at + dur, () => (node.errorRate = 0));
-            return;
           case 'notifications':
-            this.#count('notifications');
-            node.dropRate = rng.range(0.2, 1);
-            node.notifyDelayMs = rng.range(10, 500);
-            this.#at(at + dur, () => {
-              node.dropRate = 0;
-              node.notifyDelayMs = 0;
-            });
+            if (applyNodeFault(this.#sim, rng, kind, node, dur)) this.#count(kind);
             return;
           case 'churn': {
             this.#count('churn');
@@ -609,12 +502,7 @@ class GroupsSim {
 
   #healAll(): void {
     for (const n of this.#nodes) {
-      n.partitioned = false;
-      n.latencyMs = 1;
-      n.errorRate = 0;
-      n.dropRate = 0;
-      n.notifyDelayMs = 0;
-      this.#resume(n);
+      healNode(n);
       if (!n.up || (n.member === undefined && !n.joining)) this.#restart(n);
     }
     // Bring the registry in step with what the simulation believes is registered.

@@ -25,10 +25,10 @@ import { decodeReady, hasReady, SlotKeys } from '../protocol/slots/keys.js';
 import { ReleaseRefusedError, SlotSite } from '../runtime/slots-site.js';
 import { Random } from './random.js';
 import {
+  applyNodeFault,
   healNode,
   newFaultyNode,
   nodeFaults,
-  pauseNode,
   rebootClock,
   resumeNode,
   SimWorld,
@@ -402,35 +402,11 @@ class SlotsSim {
             this.#world.at(at + dur, () => this.#faultsOn && !node.up && this.#start(node));
             return;
           case 'pause':
-            if (!node.up || node.paused) return;
-            this.#count('pause');
-            pauseNode(node);
-            this.#world.at(at + dur, () => resumeNode(node));
-            return;
           case 'partition':
-            if (!node.up || node.partitioned) return;
-            this.#count('partition');
-            node.partitioned = true;
-            this.#world.at(at + dur, () => (node.partitioned = false));
-            return;
           case 'latency':
-            this.#count('latency');
-            node.latencyMs = rng.chance(0.3) ? rng.range(1000, 3000) : rng.range(5, 400);
-            this.#world.at(at + dur, () => (node.latencyMs = 1));
-            return;
           case 'errors':
-            this.#count('errors');
-            node.errorRate = rng.range(0.05, 0.5);
-            this.#world.at(at + dur, () => (node.errorRate = 0));
-            return;
           case 'notifications':
-            this.#count('notifications');
-            node.dropRate = rng.range(0.2, 1);
-            node.notifyDelayMs = rng.range(10, 500);
-            this.#world.at(at + dur, () => {
-              node.dropRate = 0;
-              node.notifyDelayMs = 0;
-            });
+            if (applyNodeFault(this.#world, rng, kind, node, dur)) this.#count(kind);
             return;
           case 'slow-migration':
             this.#count('slow-migration');

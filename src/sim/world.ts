@@ -1,8 +1,8 @@
 /**
  * What every simulated scenario shares: the virtual world clock and its step
  * loop, and a node's faults (latency, errors, lost notifications, partitions,
- * SIGSTOP). Scenarios (slots.ts; groups.ts keeps its own copy for now) add
- * their processes and their oracle.
+ * SIGSTOP). Scenarios (groups.ts, slots.ts) add their processes and their
+ * oracle.
  */
 import type { MemoryFaults } from '../backends/memory/index.js';
 import { ScaledClock, VirtualClock } from '../store/clock.js';
@@ -150,4 +150,51 @@ export function healNode(node: FaultyNode): void {
   node.dropRate = 0;
   node.notifyDelayMs = 0;
   resumeNode(node);
+}
+
+/** Faults that only change a node's knobs for a while. */
+export type NodeFaultKind = 'pause' | 'partition' | 'latency' | 'errors' | 'notifications';
+
+/**
+ * Start one node fault at the current time and schedule its end `durMs` later. Returns false when it does not
+ * apply (the node is down, or already in that fault), so the caller does not count it.
+ */
+export function applyNodeFault(
+  world: SimWorld,
+  rng: Random,
+  kind: NodeFaultKind,
+  node: FaultyNode,
+  durMs: number,
+): boolean {
+  const end = world.now() + durMs;
+  switch (kind) {
+    case 'pause':
+      if (!node.up || node.paused) return false;
+      pauseNode(node);
+      world.at(end, () => resumeNode(node));
+      return true;
+    case 'partition':
+      if (!node.up || node.partitioned) return false;
+      node.partitioned = true;
+      world.at(end, () => (node.partitioned = false));
+      return true;
+    case 'latency':
+      // Mostly a slow store; sometimes so slow that requests arrive after the sender's TTL (a request stuck in a
+      // network buffer), which is what a coordinator's guard exists for.
+      node.latencyMs = rng.chance(0.3) ? rng.range(1000, 3000) : rng.range(5, 400);
+      world.at(end, () => (node.latencyMs = 1));
+      return true;
+    case 'errors':
+      node.errorRate = rng.range(0.05, 0.5);
+      world.at(end, () => (node.errorRate = 0));
+      return true;
+    case 'notifications':
+      node.dropRate = rng.range(0.2, 1);
+      node.notifyDelayMs = rng.range(10, 500);
+      world.at(end, () => {
+        node.dropRate = 0;
+        node.notifyDelayMs = 0;
+      });
+      return true;
+  }
 }

@@ -3,6 +3,7 @@
  * (docs/protocol/groups.md). Everything read from the store is untrusted:
  * decoders return a typed record or throw CorruptDataError naming the key.
  */
+import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '../../errors.js';
 import { isWellFormed, utf8Length } from '../../store/validate.js';
 
@@ -150,40 +151,11 @@ export function encode(record: object): string {
 }
 
 function parse(key: string, value: string): Record<string, unknown> {
-  let obj: unknown;
-  try {
-    obj = JSON.parse(value);
-  } catch (cause) {
-    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer`, { key, cause });
-  }
-  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-    throw new CorruptDataError(`${key} does not hold a JSON object`, { key });
-  }
-  const rec = obj as Record<string, unknown>;
-  if (rec['v'] !== PROTOCOL_VERSION) {
-    throw new CorruptDataError(
-      `${key} has protocol version ${JSON.stringify(rec['v'])}; this Rebalancer speaks version ${PROTOCOL_VERSION}`,
-      { key },
-    );
-  }
-  return rec;
+  return parseRecord(key, value, PROTOCOL_VERSION, 'protocol');
 }
 
-function int(key: string, rec: Record<string, unknown>, field: string, min = 0): number {
-  const v = rec[field];
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw new CorruptDataError(`${key}: field ${field} must be an integer >= ${min}, got ${JSON.stringify(v)}`, {
-      key,
-    });
-  }
-  return v;
-}
-
-function str(key: string, rec: Record<string, unknown>, field: string): string {
-  const v = rec[field];
-  if (typeof v !== 'string') throw new CorruptDataError(`${key}: field ${field} must be a string`, { key });
-  return v;
-}
+const int = intField;
+const str = strField;
 
 export function decodeMember(key: string, value: string): MemberRecord {
   const rec = parse(key, value);

@@ -3,6 +3,7 @@
  * Everything read from the store is untrusted: decoders return a typed
  * record or throw CorruptDataError naming the key.
  */
+import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
 import { checkSlotCount } from '../../placement/slot-hash.js';
 import { MAX_REPLICAS } from '../../placement/slots.js';
@@ -111,40 +112,11 @@ export interface PrimaryRecord {
 }
 
 function parse(key: string, value: string): Record<string, unknown> {
-  let obj: unknown;
-  try {
-    obj = JSON.parse(value);
-  } catch (cause) {
-    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer`, { key, cause });
-  }
-  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-    throw new CorruptDataError(`${key} does not hold a JSON object`, { key });
-  }
-  const rec = obj as Record<string, unknown>;
-  if (rec['v'] !== SLOTS_PROTOCOL_VERSION) {
-    throw new CorruptDataError(
-      `${key} has slots protocol version ${JSON.stringify(rec['v'])}; this Rebalancer speaks version ${SLOTS_PROTOCOL_VERSION}`,
-      { key },
-    );
-  }
-  return rec;
+  return parseRecord(key, value, SLOTS_PROTOCOL_VERSION, 'slots protocol');
 }
 
-function int(key: string, rec: Record<string, unknown>, field: string, min = 0): number {
-  const v = rec[field];
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw new CorruptDataError(`${key}: field ${field} must be an integer >= ${min}, got ${JSON.stringify(v)}`, {
-      key,
-    });
-  }
-  return v;
-}
-
-function str(key: string, rec: Record<string, unknown>, field: string): string {
-  const v = rec[field];
-  if (typeof v !== 'string') throw new CorruptDataError(`${key}: field ${field} must be a string`, { key });
-  return v;
-}
+const int = intField;
+const str = strField;
 
 export function encodeConfig(c: SlotsConfig): string {
   return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, ...c });
