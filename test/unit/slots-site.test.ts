@@ -172,4 +172,29 @@ describe('slots site runtime (memory store, virtual time)', () => {
     ).rejects.toThrow(/created with slotCount 64/);
     await drive(clock, a.leave());
   }, 60_000);
+
+  it('reportFailed: the primary gives up the slot at once, a ready secondary takes over, the slot is prepared again', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: false };
+    const reached: number[] = [];
+    for (const id of ['a', 'b', 'c']) await addSite(h, id);
+    await untilConverged(h, reached);
+    const primaryId = h.sites.get('a')!.site.route(5).primary!.id;
+    const primary = h.sites.get(primaryId)!.site;
+    const oldEpoch = primary.epoch(5)!;
+    const lost: string[] = [];
+    primary.on('primaryLost', ({ slots, reason }) => lost.push(`${slots.join(',')}:${reason}`));
+    const prepared: number[] = [];
+    primary.on('prepare', ({ slots }) => prepared.push(...slots));
+    await drive(clock, primary.reportFailed(5));
+    expect(primary.isPrimary(5)).toBe(false);
+    expect(lost).toEqual(['5:failed']);
+    await untilConverged(h, reached);
+    const now = h.sites.get('a')!.site.route(5).primary!;
+    expect(now.epoch).toBeGreaterThan(oldEpoch);
+    // The failed copy was dropped and migrated in again (it is still one of the slot's replicas).
+    expect(prepared).toContain(5);
+    expect(h.violations).toEqual([]);
+    for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
 });
