@@ -259,7 +259,10 @@ async function terminate(s: SidecarProc, timeoutMs = STEP_MS): Promise<void> {
 }
 
 /** Every child the sidecar started (from its events) matches its oracle lines: resource, token, node, group. */
-function checkEnvironment(s: SidecarProc, group: string, children: Child[]): void {
+async function checkEnvironment(s: SidecarProc, group: string, children: Child[]): Promise<void> {
+  // A child's own oracle line can land before the sidecar's event line has been read from its stderr pipe.
+  const mine = children.filter((c) => c.node === s.node).length;
+  expect(await eventually(() => events(s, 'childStarted').length >= mine)).toBe(true);
   const started = events(s, 'childStarted');
   expect(started.length).toBeGreaterThan(0);
   for (const e of started) {
@@ -316,8 +319,8 @@ describe('rebalancer run (sidecar)', () => {
     expect(await eventually(() => settled(oracle, R, { a: 2, b: 2 })), describeState(oracle, a, b)).toBe(true);
     const children = readOracle(oracle);
     expect(violations(children)).toEqual([]);
-    checkEnvironment(a, 'g', children);
-    checkEnvironment(b, 'g', children);
+    await checkEnvironment(a, 'g', children);
+    await checkEnvironment(b, 'g', children);
     // The two resources that moved from a to b: a's children got SIGTERM (their trap logged `stop`) and exited.
     const moved = events(a, 'childExited');
     expect(moved.map((e) => [e.cause, e.code, e.signal])).toEqual([
