@@ -39,7 +39,7 @@ if (
 const SLOTS = Number(process.env['REBALANCER_TEST_SLOTS'] ?? 256);
 const R = Number(process.env['REBALANCER_TEST_R'] ?? 2);
 const TTL_MS = Number(process.env['REBALANCER_TEST_TTL_MS'] ?? 2000);
-const MIGRATE_MS = Number(process.env['REBALANCER_TEST_MIGRATE_MS'] ?? 100);
+const MIGRATE_MS = Number(process.env['REBALANCER_TEST_MIGRATE_MS'] ?? 50);
 const BROKEN = process.env['REBALANCER_TEST_BROKEN'] ?? '';
 const WRITE_EVERY_MS = 100;
 
