@@ -328,7 +328,8 @@ function settledness(
   const digests = new Set<string>();
   let slotsOk = 0;
   const states = sites.map((x) => x.slots());
-  for (const st of states) for (const v of st.values()) if (v !== 'ready') return { ok: false, slotsOk: 0 };
+  let preparing = false;
+  for (const st of states) for (const v of st.values()) if (v !== 'ready') preparing = true;
   for (const site of sites) {
     const h = createHash('sha1');
     for (let s = 0; s < slotCount; s++) {
@@ -343,7 +344,7 @@ function settledness(
     const holders = states.filter((st) => st.get(s) === 'ready').length;
     if (r.primary !== undefined && r.secondaries.length === want - 1 && holders === want) slotsOk++;
   }
-  return { ok: digests.size === 1 && slotsOk === slotCount, slotsOk };
+  return { ok: !preparing && digests.size === 1 && slotsOk === slotCount, slotsOk };
 }
 
 async function convergence(slotCounts: readonly number[]): Promise<ConvergenceCase[]> {
