@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- slots [--json] [--quick] [--sections compute,route,balance,movement,convergence]
- *   [--convergence-slots 1024,16384]`
+ *   [--convergence-slots 256,16384]` (default 256 and 16384; --quick: 256)
  *
  * The pure parts of slots, each figure as a ratio within this run or to a stated target:
  * 1. placement compute at 16384 slots × 200 sites × R=3 (median wall and CPU time), against the 20 ms target, the
@@ -469,8 +469,7 @@ export async function run(args: string[]): Promise<void> {
     sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['compute', 'route', 'balance', 'movement', 'convergence'],
   );
   const cArg = args.indexOf('--convergence-slots');
-  const convergenceSlots =
-    cArg >= 0 ? (args[cArg + 1] ?? '').split(',').map(Number) : quick ? [1024] : [1024, 4096, SLOTS];
+  const convergenceSlots = cArg >= 0 ? (args[cArg + 1] ?? '').split(',').map(Number) : quick ? [256] : [256, SLOTS];
   const started = Date.now();
   const result: Record<string, unknown> = { bench: 'slots', quick };
   const out: string[] = [];
