@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- slots [--json] [--quick] [--sections compute,route,balance,movement]`
+ * `npm run bench -- slots [--json] [--quick] [--sections compute,route,balance,movement,convergence]
+ *   [--convergence-slots 256,16384]` (default 256: a 16384-slot cluster does not converge within the 180 s bound yet)
  *
  * The pure parts of slots, each figure as a ratio within this run or to a stated target:
  * 1. placement compute at 16384 slots × 200 sites × R=3 (median wall and CPU time), against the 20 ms target, the
@@ -8,7 +9,11 @@
  * 2. route lookup `table.route(table.slotForKey(key))` in ns/op against the 200 ns target (no store calls: the
  *    table is in memory);
  * 3. balance: max/mean replicas and primaries per site;
- * 4. movement on a join and a leave: (slot, site) replicas gained and primaries changed against the ideal.
+ * 4. movement on a join and a leave: (slot, site) replicas gained and primaries changed against the ideal;
+ * 5. convergence on a private Redis (the runtime, not just the placement): 5 SlotSite instances in this process,
+ *    each with its own store client, R = 3, an application that marks a slot ready at once; the time from a site's
+ *    join (and from a graceful leave) until every site's routing table is the same and every slot has R ready
+ *    replicas and a primary, against the store's round trip and the session TTL; with the store calls made.
  *
  * Pure CPU: on a shared machine wall times vary with load, so each figure is a median of several runs and the CPU
  * time of the process is shown beside the wall time.
@@ -24,6 +29,11 @@ import {
   type SlotPlacement,
   type SlotSite,
 } from '../src/placement/slots.js';
+import { createHash } from 'node:crypto';
+import { SlotSite as RuntimeSite } from '../src/runtime/slots-site.js';
+import type { Store } from '../src/store/contract.js';
+import { openStore } from '../src/store/open.js';
+import { startRedis } from '../test/harness/servers.js';
 import { round, table } from './stats.js';
 
 const SLOTS = 16384;
@@ -270,13 +280,196 @@ function movement(): MovementCase[] {
   return out;
 }
 
+// ---- 5. convergence (runtime, private Redis) -----------------------------------------------
+
+interface ConvergenceCase {
+  slots: number;
+  sites: number;
+  replicas: number;
+  ttlMs: number;
+  rttMs: number;
+  /** Start of all sites together until settled (informational). */
+  startMs: number | undefined;
+  joinMs: number | undefined;
+  leaveMs: number | undefined;
+  joinRatioToRtt: number | undefined;
+  joinRatioToTtl: number | undefined;
+  leaveRatioToRtt: number | undefined;
+  leaveRatioToTtl: number | undefined;
+  joinStoreCalls: number | undefined;
+  leaveStoreCalls: number | undefined;
+  /** Why a phase did not settle within its bound, with how far it got. */
+  note: string | undefined;
+}
+
+/** Counts the calls each site's store client makes (txn, get, range): the round trips the protocol costs. */
+function counted(store: Store, counter: { calls: number }): Store {
+  return new Proxy(store, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if (typeof v !== 'function') return v;
+      const f = (v as (...a: unknown[]) => unknown).bind(target);
+      if (prop !== 'txn' && prop !== 'get' && prop !== 'range') return f;
+      return (...a: unknown[]) => {
+        counter.calls++;
+        return f(...a);
+      };
+    },
+  });
+}
+
+/** Settled: same routing table everywhere, every slot with a primary and R ready replicas, nothing preparing. */
+function settledness(
+  sites: readonly RuntimeSite[],
+  slotCount: number,
+  replicas: number,
+): { ok: boolean; slotsOk: number } {
+  const want = Math.min(replicas, sites.length);
+  const digests = new Set<string>();
+  let slotsOk = 0;
+  const states = sites.map((x) => x.slots());
+  let preparing = false;
+  for (const st of states) for (const v of st.values()) if (v !== 'ready') preparing = true;
+  for (const site of sites) {
+    const h = createHash('sha1');
+    for (let s = 0; s < slotCount; s++) {
+      const r = site.route(s);
+      h.update(`${r.primary?.id ?? '-'}@${r.primary?.epoch ?? 0}:${r.secondaries.map((x) => x.id).join(',')};`);
+    }
+    digests.add(h.digest('hex'));
+  }
+  const first = sites[0]!;
+  for (let s = 0; s < slotCount; s++) {
+    const r = first.route(s);
+    const holders = states.filter((st) => st.get(s) === 'ready').length;
+    if (r.primary !== undefined && r.secondaries.length === want - 1 && holders === want) slotsOk++;
+  }
+  return { ok: !preparing && digests.size === 1 && slotsOk === slotCount, slotsOk };
+}
+
+async function convergence(slotCounts: readonly number[]): Promise<ConvergenceCase[]> {
+  const server = await startRedis();
+  const out: ConvergenceCase[] = [];
+  const SITES = 5;
+  const TTL_MS = 5000;
+  const BOUND_MS = 180_000;
+  try {
+    const probe = await openStore(server.url, { namespace: 'bench-rtt' });
+    for (let i = 0; i < 20; i++) await probe.get('x');
+    const rtts: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      const t0 = performance.now();
+      await probe.get('x');
+      rtts.push(performance.now() - t0);
+    }
+    await probe.close();
+    const rttMs = round(median(rtts), 3);
+
+    for (const slotCount of slotCounts) {
+      log(`convergence: ${slotCount} slots × ${SITES} sites × R=${R}…`);
+      const namespace = `bench-conv-${slotCount}-${Date.now().toString(36)}`;
+      const counter = { calls: 0 };
+      const sites: RuntimeSite[] = [];
+      const stores: Store[] = [];
+      const c: ConvergenceCase = {
+        slots: slotCount,
+        sites: SITES,
+        replicas: R,
+        ttlMs: TTL_MS,
+        rttMs,
+        startMs: undefined,
+        joinMs: undefined,
+        leaveMs: undefined,
+        joinRatioToRtt: undefined,
+        joinRatioToTtl: undefined,
+        leaveRatioToRtt: undefined,
+        leaveRatioToTtl: undefined,
+        joinStoreCalls: undefined,
+        leaveStoreCalls: undefined,
+        note: undefined,
+      };
+      out.push(c);
+      const add = async (i: number): Promise<RuntimeSite> => {
+        const store = counted(await openStore(server.url, { namespace }), counter);
+        stores.push(store);
+        const site = new RuntimeSite({
+          store,
+          cluster: 'bench',
+          site: { id: `site-${i}`, zone: `zone-${i % 3}` },
+          slotCount,
+          replicas: R,
+          sessionTtlMs: TTL_MS,
+        });
+        // The application migrates nothing: ready at once, released at once. What is left is the protocol.
+        site.on('prepare', ({ slots }) => slots.forEach((s) => void site.markReady(s).catch(() => undefined)));
+        site.on('releasable', ({ slots }) => slots.forEach((s) => void site.release(s).catch(() => undefined)));
+        await site.start();
+        sites.push(site);
+        return site;
+      };
+      const waitSettled = async (phase: string, t0: number): Promise<number | undefined> => {
+        let last = 0;
+        while (performance.now() - t0 < BOUND_MS) {
+          const st = settledness(sites, slotCount, R);
+          if (st.ok) return round(performance.now() - t0, 1);
+          last = st.slotsOk;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        c.note =
+          `${phase}: not settled within ${BOUND_MS / 1000} s (${last} of ${slotCount} slots with R ready replicas ` +
+          `and a primary, the same on every site)`;
+        return undefined;
+      };
+      try {
+        let t0 = performance.now();
+        for (let i = 0; i < SITES - 1; i++) await add(i);
+        c.startMs = await waitSettled(`start of ${SITES - 1} sites`, t0);
+        if (c.startMs === undefined) continue;
+
+        counter.calls = 0;
+        t0 = performance.now();
+        await add(SITES - 1);
+        c.joinMs = await waitSettled('join', t0);
+        c.joinStoreCalls = counter.calls;
+        if (c.joinMs === undefined) continue;
+
+        counter.calls = 0;
+        const leaving = sites.shift()!;
+        t0 = performance.now();
+        const left = leaving.leave();
+        c.leaveMs = await waitSettled('graceful leave', t0);
+        await left;
+        c.leaveStoreCalls = counter.calls;
+        if (c.joinMs !== undefined) {
+          c.joinRatioToRtt = round(c.joinMs / rttMs, 0);
+          c.joinRatioToTtl = round(c.joinMs / TTL_MS, 3);
+        }
+        if (c.leaveMs !== undefined) {
+          c.leaveRatioToRtt = round(c.leaveMs / rttMs, 0);
+          c.leaveRatioToTtl = round(c.leaveMs / TTL_MS, 3);
+        }
+      } finally {
+        await Promise.all(sites.map((x) => x.leave().catch(() => undefined)));
+        await Promise.all(stores.map((x) => x.close().catch(() => undefined)));
+      }
+    }
+  } finally {
+    await server.stop();
+  }
+  return out;
+}
+
 // ---- main ------------------------------------------------------------------------------------
 
 export async function run(args: string[]): Promise<void> {
   const json = args.includes('--json');
   const quick = args.includes('--quick');
   const sArg = args.indexOf('--sections');
-  const sections = new Set(sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['compute', 'route', 'balance', 'movement']);
+  const sections = new Set(
+    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['compute', 'route', 'balance', 'movement', 'convergence'],
+  );
+  const cArg = args.indexOf('--convergence-slots');
+  const convergenceSlots = cArg >= 0 ? (args[cArg + 1] ?? '').split(',').map(Number) : [256];
   const started = Date.now();
   const result: Record<string, unknown> = { bench: 'slots', quick };
   const out: string[] = [];
@@ -359,6 +552,38 @@ export async function run(args: string[]): Promise<void> {
     }
     out.push(table(rows));
     out.push('ideal: slotCount × R / N replicas (N = sites after a join, before a leave), slotCount / N primaries');
+  }
+  if (sections.has('convergence')) {
+    const cs = await convergence(convergenceSlots);
+    result['convergence'] = cs;
+    out.push('');
+    out.push(
+      `5. Convergence on a private Redis: ${cs[0]?.sites ?? 5} SlotSite instances in one process (own store client ` +
+        `each), R=${R}, TTL ${cs[0]?.ttlMs ?? 0} ms, migration = 0 ms; store round trip (get) ${cs[0]?.rttMs ?? '?'} ms`,
+    );
+    const ms = (x: number | undefined): string => (x === undefined ? '—' : `${x} ms`);
+    const rows: string[][] = [
+      ['slots', 'start (4 sites)', 'join', '÷ RTT', '÷ TTL', 'store calls', 'leave', '÷ RTT', '÷ TTL', 'store calls'],
+    ];
+    for (const x of cs) {
+      rows.push([
+        String(x.slots),
+        ms(x.startMs),
+        ms(x.joinMs),
+        x.joinRatioToRtt === undefined ? '—' : `${x.joinRatioToRtt}×`,
+        x.joinRatioToTtl === undefined ? '—' : `${x.joinRatioToTtl}×`,
+        String(x.joinStoreCalls ?? '—'),
+        ms(x.leaveMs),
+        x.leaveRatioToRtt === undefined ? '—' : `${x.leaveRatioToRtt}×`,
+        x.leaveRatioToTtl === undefined ? '—' : `${x.leaveRatioToTtl}×`,
+        String(x.leaveStoreCalls ?? '—'),
+      ]);
+    }
+    out.push(table(rows));
+    for (const x of cs) if (x.note !== undefined) out.push(`${x.slots} slots: ${x.note}`);
+    out.push(
+      'settled: every site routes every slot the same, to a primary and R-1 ready secondaries (polled every 50 ms)',
+    );
   }
   process.stdout.write(`${out.join('\n')}\n`);
   result['totalMs'] = Date.now() - started;

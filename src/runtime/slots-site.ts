@@ -90,7 +90,10 @@ export interface SlotsEvents {
   prepare: { readonly slots: readonly number[] };
   /** Slots this site was preparing that the plan no longer assigns it: stop migrating, drop what came in. */
   cancelled: { readonly slots: readonly number[] };
-  /** Slots this site may now drop (enough ready replicas elsewhere): stop serving, then call release(slot). */
+  /**
+   * Slots this site may now drop (enough ready replicas elsewhere): stop serving, then call release(slot). A slot
+   * whose release() was refused or failed is announced again while it stays releasable.
+   */
   releasable: { readonly slots: readonly number[] };
   /** This site is now the primary of these slots; pass `epoch` to what it writes so stale primaries are refused. */
   primaryGained: { readonly slots: readonly { readonly slot: number; readonly epoch: number }[] };
@@ -122,11 +125,14 @@ export interface SlotsEvents {
 /** release(slot) would leave fewer ready replicas than the cluster needs. Nothing was changed. */
 export class ReleaseRefusedError extends RebalancerError {
   readonly slot: number;
-  constructor(slot: number, ready: number, needed: number) {
+  constructor(slot: number, ready: number, needed: number, why: 'tooFewReady' | 'contention' = 'tooFewReady') {
     super(
       'INVALID_ARGUMENT',
-      `slot ${slot} may not be released yet: ${ready} other assigned replica(s) are ready, ${needed} needed; ` +
-        'wait for the releasable event (or call reportFailed(slot) if this copy is broken)',
+      why === 'contention'
+        ? `slot ${slot} was not released: the ready bitmaps of the ${ready} other ready replica(s) kept changing ` +
+            'while it checked them; it will be announced releasable again'
+        : `slot ${slot} may not be released yet: ${ready} other assigned replica(s) are ready, ${needed} needed; ` +
+            'wait for the releasable event (or call reportFailed(slot) if this copy is broken)',
     );
     this.slot = slot;
   }
@@ -268,10 +274,10 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
     try {
       await this.#withReady(() => this.#release(slot));
-    } catch (err) {
-      // Announce it again when it is (still, or again) releasable: the application may have given up on it.
+    } catch (error) {
+      // Announce it again when it is (still) releasable: a refused or failed release must not strand the slot.
       this.#announcedReleasable.delete(slot);
-      throw err;
+      throw error;
     } finally {
       this.#kick();
     }
@@ -315,7 +321,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         this.emit('released', { slot, readyElsewhere: counted, needed, failed });
         return;
       }
-      if (attempt >= 5) throw new ReleaseRefusedError(slot, ready, needed);
+      if (attempt >= 5) throw new ReleaseRefusedError(slot, ready, needed, 'contention');
     }
   }
 
@@ -339,8 +345,8 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
 
   /**
    * Cheap synchronous check to call before acting as the slot's primary: false once the role is lost or this
-   * site's lease can no longer be trusted (a monotonic-clock comparison: right even just after a process pause,
-   * before any timer has run).
+   * site's lease can no longer be trusted — a monotonic-clock comparison, right even just after a process pause,
+   * before the fence timer ran (after a pause, overdue timers run in any order).
    */
   isPrimary(slot: number): boolean {
     if (activeMutants.has('slots-no-self-fencing')) return this.#primaries.has(slot);
@@ -679,17 +685,24 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       this.emit('primaryLost', { slots: d.stepDown, reason: this.#state === 'leaving' ? 'leaving' : 'planned' });
       await this.#deleteLocks(locks, session);
     }
-    if (d.cancel.length > 0) {
-      for (const s of d.cancel) this.#local.delete(s);
-      this.emit('cancelled', { slots: d.cancel });
+    // The decisions were taken before the awaits above; markReady and release may have run meanwhile. Apply each
+    // only if the slot is still in the state it was decided for (a slot marked ready meanwhile is not cancelled:
+    // that would drop a ready copy without the release check, its bit vanishing with the next bitmap write).
+    const cancel = d.cancel.filter((s) => this.#local.get(s) === 'preparing');
+    if (cancel.length > 0) {
+      for (const s of cancel) this.#local.delete(s);
+      this.emit('cancelled', { slots: cancel });
     }
-    if (d.prepare.length > 0 && this.#state === 'running') {
-      for (const s of d.prepare) this.#local.set(s, 'preparing');
-      this.emit('prepare', { slots: d.prepare });
+    const prepare = d.prepare.filter((s) => !this.#local.has(s));
+    if (prepare.length > 0 && this.#state === 'running') {
+      for (const s of prepare) this.#local.set(s, 'preparing');
+      this.emit('prepare', { slots: prepare });
     }
-    if (d.takeOver.length > 0 && this.#state === 'running') await this.#takeOver(d.takeOver, session);
-    const fresh = d.releasable.filter((s) => !this.#announcedReleasable.has(s));
-    for (const s of [...this.#announcedReleasable]) if (!d.releasable.includes(s)) this.#announcedReleasable.delete(s);
+    const takeOver = d.takeOver.filter((s) => this.#local.get(s) === 'ready' && !this.#primaries.has(s));
+    if (takeOver.length > 0 && this.#state === 'running') await this.#takeOver(takeOver, session);
+    const releasable = d.releasable.filter((s) => this.#local.get(s) === 'ready' && !this.#primaries.has(s));
+    const fresh = releasable.filter((s) => !this.#announcedReleasable.has(s));
+    for (const s of [...this.#announcedReleasable]) if (!releasable.includes(s)) this.#announcedReleasable.delete(s);
     if (fresh.length > 0) {
       for (const s of fresh) this.#announcedReleasable.add(s);
       this.emit('releasable', { slots: fresh });

@@ -12,6 +12,7 @@ import { MemoryServer } from '../../src/backends/memory/server.js';
 import { MemoryStore } from '../../src/backends/memory/store.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import { joinSlots, ReleaseRefusedError, SlotSite } from '../../src/runtime/slots-site.js';
+import type { Clock, Store, Txn } from '../../src/store/contract.js';
 
 const SLOTS = 64;
 const R = 2;
@@ -33,8 +34,14 @@ async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
   return q;
 }
 
-async function addSite(h: Harness, id: string, migrateMs = 200): Promise<SlotSite> {
-  const store = new MemoryStore({ server: h.server, clock: h.clock });
+async function addSite(
+  h: Harness,
+  id: string,
+  migrateMs = 200,
+  wrap: (s: MemoryStore) => Store = (s) => s,
+): Promise<SlotSite> {
+  const memory = new MemoryStore({ server: h.server, clock: h.clock });
+  const store = wrap(memory);
   // Constructed, subscribed, then started: no event is emitted before the listeners are there.
   const site = new SlotSite({
     store,
@@ -62,7 +69,7 @@ async function addSite(h: Harness, id: string, migrateMs = 200): Promise<SlotSit
     }
   });
   await drive(h.clock, site.start());
-  h.sites.set(id, { site, store });
+  h.sites.set(id, { site, store: memory });
   return site;
 }
 
@@ -144,6 +151,120 @@ describe('slots site runtime (memory store, virtual time)', () => {
     await left;
     expect(b.slots().size).toBe(0); // it released everything (nothing dropped at the deadline)
     h.sites.delete('b');
+    await untilConverged(h, reached);
+    expect(h.violations).toEqual([]);
+    for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
+
+  it('a slot whose release() failed is announced releasable again (regression: it stayed on the old site)', async () => {
+    // Seen on real Redis: release() gave up on ready-bitmap contention, and the slot, still marked announced,
+    // was never offered again, so the old replica kept it for good and the cluster never converged.
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const reached: number[] = [];
+    let failures = 0;
+    // Site a's store fails its first two guarded release transactions (compares on ready keys), as contention would.
+    const flaky = (s: MemoryStore): Store =>
+      new Proxy(s, {
+        get(target, prop) {
+          if (prop !== 'txn') {
+            const v = Reflect.get(target, prop, target) as unknown; // private fields: the target is the receiver
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          }
+          return (req: Txn) => {
+            const isRelease = req.compare.length > 0 && req.compare.every((c) => c.key.includes('/ready/'));
+            if (isRelease && failures < 2) {
+              failures++;
+              return Promise.reject(new Error('injected: release transaction failed'));
+            }
+            return target.txn(req);
+          };
+        },
+      });
+    await addSite(h, 'a', 200, flaky);
+    await addSite(h, 'b');
+    await untilConverged(h, reached);
+    await addSite(h, 'c'); // a and b must each release about a third of their slots
+    await untilConverged(h, reached);
+    expect(failures).toBe(2);
+    expect(h.violations.filter((v) => !v.includes('injected'))).toEqual([]);
+    for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
+
+  it('isPrimary() is false as soon as the lease deadline passed, before any timer ran (a resumed process)', async () => {
+    // Seen on real Redis with a SIGSTOPped site: on SIGCONT the application's overdue timer ran before the fence
+    // timer and isPrimary() still said true, so it wrote as primary after another site had taken the slot.
+    const vc = new VirtualClock(1_000);
+    let jumpMs = 0;
+    // The site's and its store client's view of time: jumps ahead without firing timers, as after SIGCONT.
+    const clock: Clock = {
+      now: () => vc.now() + jumpMs,
+      setTimeout: (fn, ms) => vc.setTimeout(fn, ms),
+      clearTimeout: (t) => vc.clearTimeout(t),
+    };
+    const store = new MemoryStore({ server: new MemoryServer({ clock: vc }), clock });
+    const site = new SlotSite({ store, cluster: 'kv', site: { id: 'a' }, slotCount: 8, replicas: 1, clock });
+    site.on('prepare', ({ slots }) => slots.forEach((s) => void site.markReady(s)));
+    await drive(vc, site.start());
+    await vc.runFor(2_000);
+    expect(site.isPrimary(0)).toBe(true);
+    expect(site.epoch(0)).toBeGreaterThan(0);
+    jumpMs = 10_000; // the process was stopped for the whole TTL; no timer has run since
+    expect(site.isPrimary(0)).toBe(false);
+    expect(site.epoch(0)).toBeUndefined();
+    await drive(vc, site.leave());
+  }, 60_000);
+
+  it('decisions a round took before its awaits apply only to slots still in that state (regression)', async () => {
+    // Seen on real Redis: a round decided to cancel a preparing slot, awaited the deletion of primary locks it
+    // stepped down from, and meanwhile markReady(slot) went through; the round then dropped the now ready slot
+    // from its local state without telling the application it had a ready copy, and the next bitmap write
+    // cleared its ready bit without the release check. The same staleness announced `releasable` for slots
+    // already released. Here lock deletions are slow, so rounds await long and the races happen.
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const reached: number[] = [];
+    const slowLockDeletes = (s: MemoryStore): Store =>
+      new Proxy(s, {
+        get(target, prop) {
+          if (prop !== 'txn') {
+            const v = Reflect.get(target, prop, target) as unknown;
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          }
+          return async (req: Txn) => {
+            const deletesLock = req.then.some((op) => op.op === 'delete' && op.key.includes('/primary/'));
+            if (deletesLock) await new Promise<void>((r) => h.clock.setTimeout(() => r(), 150));
+            return target.txn(req);
+          };
+        },
+      });
+    const readyDone = new Map<string, Set<number>>();
+    const track = (site: SlotSite): void => {
+      const done = new Set<number>();
+      readyDone.set(site.siteId, done);
+      const markReady = site.markReady.bind(site);
+      site.markReady = async (slot: number) => {
+        await markReady(slot);
+        done.add(slot);
+      };
+      site.on('cancelled', ({ slots }) => {
+        for (const s of slots) {
+          if (site.slots().get(s) === undefined && done.has(s)) {
+            h.violations.push(`${site.siteId}: slot ${s} cancelled after it was marked ready`);
+          }
+        }
+      });
+      site.on('releasable', ({ slots }) => slots.forEach((s) => done.delete(s)));
+    };
+    for (const [id, ms] of [
+      ['a', 140],
+      ['b', 150],
+      ['c', 160],
+      ['d', 145],
+    ] as const) {
+      track(await addSite(h, id, ms, slowLockDeletes));
+      await runMonitored(h, 300, reached);
+    }
     await untilConverged(h, reached);
     expect(h.violations).toEqual([]);
     for (const x of h.sites.values()) await drive(clock, x.site.leave());
