@@ -194,6 +194,10 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   readonly #announcedReleasable = new Set<number>();
   /** Serialises writes of this site's ready bitmap with the local state they encode (see #withReady). */
   #readyChain: Promise<unknown> = Promise.resolve();
+  /** A bitmap write queued behind the lock and not started yet: later markReady calls join it. */
+  #queuedWrite: Promise<void> | undefined;
+  /** release() calls waiting for the next batch. */
+  readonly #pendingReleases = new Map<number, { resolve: () => void; reject: (error: unknown) => void }[]>();
   #watcher: Watcher | undefined;
   #timer: TimerHandle | undefined;
   #fenceTimer: TimerHandle | undefined;
@@ -247,17 +251,26 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   /** The migration of `slot` is done: this site serves it. */
   async markReady(slot: number): Promise<void> {
     this.#checkSlot(slot);
-    await this.#withReady(async () => {
-      if (this.#local.get(slot) !== 'preparing') {
-        throw new InvalidArgumentError(
-          `slot ${slot} is not being prepared on ${this.siteId}; wait for a prepare event`,
-        );
-      }
-      this.#local.set(slot, 'ready');
-      this.#failed.delete(slot);
+    if (this.#local.get(slot) !== 'preparing') {
+      throw new InvalidArgumentError(`slot ${slot} is not being prepared on ${this.siteId}; wait for a prepare event`);
+    }
+    // Setting a bit never undoes a release (only preparing slots become ready), so this needs no lock; the write
+    // does, and many markReady calls in a row share one write of the bitmap.
+    this.#local.set(slot, 'ready');
+    this.#failed.delete(slot);
+    await this.#flushReady();
+    this.#kick();
+  }
+
+  /** Write the ready bitmap once for every change made before the write starts. */
+  #flushReady(): Promise<void> {
+    if (this.#queuedWrite !== undefined) return this.#queuedWrite;
+    const write = this.#withReady(async () => {
+      this.#queuedWrite = undefined;
       await this.#writeReady();
     });
-    this.#kick();
+    this.#queuedWrite = write;
+    return write;
   }
 
   /**
@@ -273,7 +286,12 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       throw new InvalidArgumentError(`slot ${slot}: ${this.siteId} is its primary; it must hand over first`);
     }
     try {
-      await this.#withReady(() => this.#release(slot));
+      await new Promise<void>((resolve, reject) => {
+        const waiting = this.#pendingReleases.get(slot) ?? [];
+        waiting.push({ resolve, reject });
+        this.#pendingReleases.set(slot, waiting);
+        void this.#withReady(() => this.#releasePending());
+      });
     } catch (error) {
       // Announce it again when it is (still) releasable: a refused or failed release must not strand the slot.
       this.#announcedReleasable.delete(slot);
@@ -283,45 +301,79 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
   }
 
-  async #release(slot: number): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      if (this.#local.get(slot) !== 'ready') return;
-      const view = await this.#readView();
-      const sv = this.#siteView(view);
-      const counted: string[] = [];
-      for (const x of view.plan[slot]?.assigned ?? []) {
-        if (x !== this.siteId && hasReady(view.ready.get(x), slot)) counted.push(x);
+  /**
+   * Release every slot whose release() is waiting, in one transaction where possible: one read of the cluster,
+   * one compare per counted replica's ready key, one write of our bitmap. Runs alone among the bitmap writers.
+   */
+  async #releasePending(): Promise<void> {
+    const batch = new Map(this.#pendingReleases);
+    this.#pendingReleases.clear();
+    if (batch.size === 0) return;
+    const settle = (slot: number, error?: unknown): void => {
+      for (const w of batch.get(slot) ?? []) {
+        if (error === undefined) w.resolve();
+        else w.reject(error);
       }
-      const { ready, needed } = readyElsewhere(sv, slot);
-      const failed = this.#failed.has(slot);
-      const unchecked = activeMutants.has('slots-release-without-check');
-      if (!failed && !unchecked && (ready < needed || (view.plan[slot]?.assigned.includes(this.siteId) ?? false))) {
-        throw new ReleaseRefusedError(slot, ready, needed);
+      batch.delete(slot);
+    };
+    const unchecked = activeMutants.has('slots-release-without-check');
+    let last = new Map<number, { ready: number; needed: number }>();
+    try {
+      for (let attempt = 0; attempt < 6 && batch.size > 0; attempt++) {
+        // Released meanwhile (an earlier batch): nothing left to do for those.
+        for (const slot of [...batch.keys()]) if (this.#local.get(slot) !== 'ready') settle(slot);
+        if (batch.size === 0) return;
+        const view = await this.#readView();
+        const sv = this.#siteView(view);
+        const go = new Map<number, { counted: string[]; needed: number; failed: boolean }>();
+        last = new Map();
+        for (const slot of [...batch.keys()]) {
+          const counted: string[] = [];
+          for (const x of view.plan[slot]?.assigned ?? []) {
+            if (x !== this.siteId && hasReady(view.ready.get(x), slot)) counted.push(x);
+          }
+          const { ready, needed } = readyElsewhere(sv, slot);
+          last.set(slot, { ready, needed });
+          const failed = this.#failed.has(slot);
+          const stillAssigned = view.plan[slot]?.assigned.includes(this.siteId) ?? false;
+          if (!failed && !unchecked && (ready < needed || stillAssigned)) {
+            settle(slot, new ReleaseRefusedError(slot, ready, needed));
+            continue;
+          }
+          go.set(slot, { counted: failed ? [] : counted, needed, failed });
+        }
+        if (go.size === 0) return;
+        // Compare the counted replicas' ready keys: if one of them changed meanwhile, read again.
+        const sites = new Set<string>();
+        for (const g of go.values()) for (const x of g.counted) sites.add(x);
+        const compare: Compare[] = [...sites].map((x) => ({
+          key: this.#keys.readyOf(x),
+          target: 'modRevision' as const,
+          op: '=' as const,
+          value: view.readyKvs.get(x)?.modRevision ?? 0,
+        }));
+        const bits = this.#readyBits();
+        for (const slot of go.keys()) setReady(bits, slot, false);
+        const session = this.#liveSession();
+        const r = await this.#store.txn({
+          compare,
+          then: [{ op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(bits), session }],
+        });
+        if (!r.succeeded) continue;
+        for (const [slot, g] of go) {
+          this.#local.delete(slot);
+          this.#failed.delete(slot);
+          this.#announcedReleasable.delete(slot);
+          this.emit('released', { slot, readyElsewhere: g.counted, needed: g.needed, failed: g.failed });
+          settle(slot);
+        }
       }
-      // Compare the counted replicas' ready keys: if one of them released meanwhile, read again.
-      const compare: Compare[] = failed
-        ? []
-        : counted.map((x) => ({
-            key: this.#keys.readyOf(x),
-            target: 'modRevision' as const,
-            op: '=' as const,
-            value: view.readyKvs.get(x)?.modRevision ?? 0,
-          }));
-      const bits = this.#readyBits();
-      setReady(bits, slot, false);
-      const session = this.#liveSession();
-      const r = await this.#store.txn({
-        compare,
-        then: [{ op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(bits), session }],
-      });
-      if (r.succeeded) {
-        this.#local.delete(slot);
-        this.#failed.delete(slot);
-        this.#announcedReleasable.delete(slot);
-        this.emit('released', { slot, readyElsewhere: counted, needed, failed });
-        return;
+      for (const slot of [...batch.keys()]) {
+        const l = last.get(slot) ?? { ready: 0, needed: 0 };
+        settle(slot, new ReleaseRefusedError(slot, l.ready, l.needed, 'contention'));
       }
-      if (attempt >= 5) throw new ReleaseRefusedError(slot, ready, needed, 'contention');
+    } catch (error) {
+      for (const slot of [...batch.keys()]) settle(slot, error);
     }
   }
 

@@ -339,11 +339,17 @@ class SlotsSim {
       if (hasReady(bits, e.slot)) elsewhere++;
       if (siteKeys.includes(id) && bits.some((b) => b !== 0)) established++;
     }
-    if (elsewhere < e.needed && elsewhere < Math.min(this.#R, established)) {
+    // A counted replica whose session expired between the commit and this moment (the answer travels with
+    // latency) is a crash, not a release below R; a counted replica that is alive but not ready is a broken check.
+    const brokenCount = e.readyElsewhere.some((x) => ready.has(x) && !hasReady(ready.get(x), e.slot));
+    const tooFew = e.readyElsewhere.length < e.needed && elsewhere < Math.min(this.#R, established);
+    if (brokenCount || tooFew) {
       this.#violations.push({
         atMs: this.#world.now(),
         kind: 'release-below-r',
-        detail: `${node.id} released slot ${e.slot} leaving ${elsewhere} ready replica(s) elsewhere (needed ${e.needed}, ${established} established sites)`,
+        detail:
+          `${node.id} released slot ${e.slot} leaving ${elsewhere} ready replica(s) elsewhere (needed ${e.needed}, ` +
+          `${established} established sites; it counted ${e.readyElsewhere.map((x) => `${x}:${ready.has(x) ? (hasReady(ready.get(x), e.slot) ? 'ready' : 'not ready') : 'gone'}`).join(', ')})`,
       });
     }
   }
