@@ -1,6 +1,9 @@
-// Checks the Quint specs of the resource-group protocol (spec/groups), offline:
+// Checks the Quint specs of the protocols, offline: spec/groups (the
+// resource-group protocols) and spec/slots (the slots migration handshake).
 //
-//   1. `quint typecheck` on every .qnt file;
+//   1. `quint typecheck` on every .qnt file that no check below loads (the
+//      parameterised machines; `quint run` and `quint test` typecheck the
+//      files they load, and fail on a type error);
 //   2. `quint test` on every module with scenario tests (`run ...Test`);
 //   3. `quint run` random simulations: the correct protocols with every
 //      safety invariant (must hold), and the bug variants (must be caught).
@@ -13,10 +16,15 @@
 //   npm run spec -- --seed 0x2a       another seed for every check
 //   npm run spec -- --scale 0.2       fewer samples (quick look)
 //   npm run spec -- --jobs 1          run the checks one at a time
+//   npm run spec -- --dir slots       only the specs of one directory under spec/
 //   npm run spec -- --verbose         print Quint's output of every check
 //
 // Exit status 1 if a spec does not typecheck, a test fails, an invariant of a
 // correct spec is violated, a bug variant is NOT caught, or Quint errs.
+//
+// Each check names its directory under spec/ (`dir`); to add a spec, add its
+// directory to SPEC_DIRS, its checks to RUNS and TESTS, and a line to
+// `describers` that summarises the last state of a counterexample.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -25,7 +33,8 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const specDir = join(root, 'spec', 'groups');
+const specRoot = join(root, 'spec');
+const SPEC_DIRS = ['groups', 'slots'];
 const quint = createRequire(import.meta.url).resolve('@informalsystems/quint/dist/src/cli.js');
 
 const args = process.argv.slice(2);
@@ -38,6 +47,9 @@ const seed = seedOption ?? '0x5eed';
 const scale = Number(option('--scale', '1'));
 const jobs = Math.max(1, Number(option('--jobs', String(Math.min(2, availableParallelism())))));
 const verbose = args.includes('--verbose');
+const onlyDir = option('--dir', undefined);
+if (onlyDir !== undefined && !SPEC_DIRS.includes(onlyDir))
+  throw new Error(`--dir must be one of ${SPEC_DIRS.join(', ')}`);
 if (!(scale > 0)) throw new Error('--scale must be positive');
 
 const LOCK_SAFETY = ['OneActiveHolder', 'ActiveHolderHoldsLock', 'TokensIncrease', 'ActiveHolderHasNewestToken'];
@@ -50,13 +62,21 @@ const RB_WITNESSES = [
   'LostAcquireAdopted',
 ];
 const GB_WITNESSES = ['Takeover', 'HandlerOutlivesSession', 'BarrierCompleted', 'BarrierTimedOut', 'StaleWriteRefused'];
+const PRIMARY_SAFETY = ['OnePrimary', 'ActivePrimaryHoldsLock', 'EpochsIncrease', 'ActivePrimaryHasNewestEpoch'];
+const SLOTS_PLANNED_WITNESSES = [
+  'PlannedHandoff',
+  'PlannedReleaseAtFloor',
+  'PlannedLeaveCompleted',
+  'StaleWriteRefused',
+];
 const samples = (n) => Math.max(1, Math.round(n * scale));
 
 // What to check. `expect: 'violation'` means the check passes only if Quint
 // finds a counterexample to one of `invariants`.
-const RUNS = [
+const ALL_RUNS = [
   {
     name: 'resource barrier',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrier',
     invariants: LOCK_SAFETY,
@@ -67,6 +87,7 @@ const RUNS = [
   },
   {
     name: 'resource barrier, coordinator writes unguarded',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrierUnguarded',
     invariants: LOCK_SAFETY,
@@ -77,6 +98,7 @@ const RUNS = [
   },
   {
     name: 'global barrier (as designed)',
+    dir: 'groups',
     file: 'globalBarrier.qnt',
     main: 'globalBarrier',
     invariants: LOCK_SAFETY,
@@ -87,6 +109,7 @@ const RUNS = [
   },
   {
     name: 'global barrier, proposed fix',
+    dir: 'groups',
     file: 'globalBarrier.qnt',
     main: 'globalBarrierFixed',
     invariants: [...LOCK_SAFETY, 'OneGenerationActive'],
@@ -97,6 +120,7 @@ const RUNS = [
   },
   {
     name: 'BUG reused name: remove deletes held/<r>',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrierReusedName',
     // Any seed finds the bug; this one's counterexample is the textbook
@@ -109,6 +133,7 @@ const RUNS = [
   },
   {
     name: 'BUG release before the handler stopped',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrierEarlyRelease',
     invariants: ['OneActiveHolder'],
@@ -118,6 +143,7 @@ const RUNS = [
   },
   {
     name: 'BUG no self-fencing',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrierNoSelfFence',
     invariants: ['OneActiveHolder'],
@@ -127,6 +153,7 @@ const RUNS = [
   },
   {
     name: 'FINDING global barrier as designed: drain timeout',
+    dir: 'groups',
     file: 'globalBarrier.qnt',
     main: 'globalBarrier',
     invariants: ['OneGenerationActive'],
@@ -136,6 +163,7 @@ const RUNS = [
   },
   {
     name: 'GAP stuck handler outlives its session',
+    dir: 'groups',
     file: 'resourceBarrier.qnt',
     main: 'resourceBarrier',
     invariants: ['NoOverlappingUnsettledHandlers'],
@@ -143,21 +171,129 @@ const RUNS = [
     steps: 60,
     expect: 'violation',
   },
+  // --- slots (spec/slots/handshake.qnt) ---
+  {
+    name: 'slots handshake, with faults',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshake',
+    invariants: PRIMARY_SAFETY,
+    witnesses: ['Handoff', 'FencedWhileLocked', 'StaleWriteRefused'],
+    samples: samples(150),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'slots, release fixed, planned moves',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeReleaseFixed',
+    invariants: [...PRIMARY_SAFETY, 'ReadyReplicasKept'],
+    witnesses: SLOTS_PLANNED_WITNESSES,
+    samples: samples(200),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'slots, release fixed, coordinator keeps no old',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeNoKeepOld',
+    invariants: [...PRIMARY_SAFETY, 'ReadyReplicasKept'],
+    witnesses: SLOTS_PLANNED_WITNESSES,
+    samples: samples(60),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'slots, coordinator writes unguarded',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeUnguarded',
+    invariants: PRIMARY_SAFETY,
+    witnesses: ['Handoff', 'StaleWriteLanded'],
+    samples: samples(60),
+    steps: 80,
+    expect: 'ok',
+  },
+  {
+    name: 'slots BUG release without the ready check',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeNoReadyCheck',
+    invariants: ['ReadyReplicasKept'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 50,
+    expect: 'violation',
+  },
+  {
+    name: 'slots BUG take over without compare-exists-false',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeBlindTakeOver',
+    invariants: ['OnePrimary'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 50,
+    expect: 'violation',
+  },
+  {
+    name: 'slots BUG step down deletes the lock early',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeEarlyLockDelete',
+    invariants: ['OnePrimary'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 50,
+    expect: 'violation',
+  },
+  {
+    name: 'slots BUG no self-fencing',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakeNoSelfFence',
+    // Any seed finds it (0x5eed after ~200 traces); this one within ~30.
+    seed: '0x1',
+    invariants: ['OnePrimary'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 60,
+    expect: 'violation',
+  },
+  {
+    name: 'FINDING slots as designed: release rule',
+    dir: 'slots',
+    file: 'handshake.qnt',
+    main: 'handshakePlanned',
+    invariants: ['ReadyReplicasKept'],
+    samples: 3000, // a cap: the run stops at the first violation
+    steps: 50,
+    expect: 'violation',
+  },
 ];
 
-const TESTS = [
-  ['resourceBarrier.qnt', 'resourceBarrierTests'],
-  ['globalBarrier.qnt', 'globalBarrierTests'],
+// [directory under spec/, file, module with `run ...Test` scenarios]
+const ALL_TESTS = [
+  ['groups', 'resourceBarrier.qnt', 'resourceBarrierTests'],
+  ['groups', 'globalBarrier.qnt', 'globalBarrierTests'],
+  ['slots', 'handshake.qnt', 'handshakeTests'],
 ];
 
-const files = readdirSync(specDir)
-  .filter((f) => f.endsWith('.qnt'))
-  .sort();
+const selected = (dir) => onlyDir === undefined || dir === onlyDir;
+const RUNS = ALL_RUNS.filter((c) => selected(c.dir));
+const TESTS = ALL_TESTS.filter(([dir]) => selected(dir));
+const files = SPEC_DIRS.filter(selected).flatMap((dir) =>
+  readdirSync(join(specRoot, dir))
+    .filter((f) => f.endsWith('.qnt'))
+    .sort()
+    .map((file) => ({ dir, file })),
+);
 
-function quintRun(argv, timeoutMs) {
+function quintRun(dir, argv, timeoutMs) {
   return new Promise((resolve) => {
     const started = performance.now();
-    const child = spawn(process.execPath, [quint, ...argv], { cwd: specDir, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [quint, ...argv], {
+      cwd: join(specRoot, dir),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
@@ -182,42 +318,75 @@ function decode(v) {
 const field = (state, name) => state[Object.keys(state).find((k) => k.endsWith(`::${name}`) || k === name)];
 const key = (s) => JSON.parse(s);
 
-function describeTrace(itfFile) {
+// Per spec directory: how to print one step and the last state.
+const describers = {
+  groups: {
+    step(a) {
+      const argsText = [a.node, a.name].filter((x) => x !== '').join(',');
+      return `${a.kind}(${argsText})`;
+    },
+    final(last) {
+      const nodes = field(last, 'nodes');
+      const store = field(last, 'store');
+      const running = [];
+      for (const [n, nd] of nodes) {
+        for (const [r, h] of nd.handlers) {
+          if (h.phase !== 'running' && h.phase !== 'draining') continue;
+          const owner = nd.up && h.session === nd.session && !nd.fenced;
+          running.push(
+            `${key(n)} ${h.phase} ${key(r)} (token ${h.token}, gen ${h.gen}, session ${h.session}${owner ? '' : ', fenced'})`,
+          );
+        }
+      }
+      const held = [...store.held].map(([r, k]) => `held/${key(r)}=${k.node}#${k.token}`);
+      return `handlers: ${running.join('; ') || 'none'} | locks: ${held.join(' ') || 'none'}`;
+    },
+  },
+  slots: {
+    step(a) {
+      // site ids start at 1 (0: none), slots at 0 (-1: none)
+      const argsText = [a.site > 0 ? `s${a.site}` : '', a.slot >= 0 ? `slot ${a.slot}` : ''].filter((x) => x).join(',');
+      return `${a.kind}(${argsText})`;
+    },
+    final(last) {
+      const sites = field(last, 'sites');
+      const store = field(last, 'store');
+      const primaries = [];
+      for (const [x, sd] of sites) {
+        if (!sd.up || sd.fenced) continue;
+        for (const [s, role] of sd.roles)
+          primaries.push(`${key(x)} of slot ${key(s)} (${role.phase}, epoch ${role.epoch})`);
+      }
+      const locks = [...store.locks].map(([s, k]) => `primary/${key(s)}=${k.site}#${k.epoch}`);
+      const ready = [...store.ready].map(([x, k]) => `ready/${key(x)}=[${k.slots.join(',')}]`);
+      const live = [...store.sites.keys()].map(key);
+      return (
+        `primaries: ${primaries.join('; ') || 'none'} | locks: ${locks.join(' ') || 'none'} | ` +
+        `${ready.join(' ') || 'no ready/'} | live sites: ${live.join(',') || 'none'}`
+      );
+    },
+  },
+};
+
+function describeTrace(dir, itfFile) {
   const trace = JSON.parse(readFileSync(itfFile, 'utf8'));
   const states = trace.states.map(decode);
-  const steps = states.slice(1).map((s) => {
-    const a = field(s, 'lastAction');
-    const argsText = [a.node, a.name].filter((x) => x !== '').join(',');
-    return `${a.kind}(${argsText})`;
-  });
-  const last = states[states.length - 1];
-  const nodes = field(last, 'nodes');
-  const store = field(last, 'store');
-  const running = [];
-  for (const [n, nd] of nodes) {
-    for (const [r, h] of nd.handlers) {
-      if (h.phase !== 'running' && h.phase !== 'draining') continue;
-      const owner = nd.up && h.session === nd.session && !nd.fenced;
-      running.push(
-        `${key(n)} ${h.phase} ${key(r)} (token ${h.token}, gen ${h.gen}, session ${h.session}${owner ? '' : ', fenced'})`,
-      );
-    }
-  }
-  const held = [...store.held].map(([r, k]) => `held/${key(r)}=${k.node}#${k.token}`);
-  return { steps, final: `handlers: ${running.join('; ') || 'none'} | locks: ${held.join(' ') || 'none'}` };
+  const describer = describers[dir];
+  const steps = states.slice(1).map((s) => describer.step(field(s, 'lastAction')));
+  return { steps, final: describer.final(states[states.length - 1]) };
 }
 
 // --- the checks ---
 const tmp = mkdtempSync(join(tmpdir(), 'rebalancer-spec-'));
 const results = [];
 
-async function typecheck(file) {
-  const r = await quintRun(['typecheck', file], 120_000);
-  return { kind: 'typecheck', name: file, result: r.code === 0 ? 'ok' : 'FAILED', pass: r.code === 0, r };
+async function typecheck({ dir, file }) {
+  const r = await quintRun(dir, ['typecheck', file], 120_000);
+  return { kind: 'typecheck', name: `${dir}/${file}`, result: r.code === 0 ? 'ok' : 'FAILED', pass: r.code === 0, r };
 }
 
-async function test([file, main]) {
-  const r = await quintRun(['test', file, '--backend=typescript', `--main=${main}`, `--seed=${seed}`], 120_000);
+async function test([dir, file, main]) {
+  const r = await quintRun(dir, ['test', file, '--backend=typescript', `--main=${main}`, `--seed=${seed}`], 120_000);
   const passed = [...r.out.matchAll(/ok (\w+) passed/g)].map((m) => m[1]);
   const pass = r.code === 0 && passed.length > 0;
   return {
@@ -246,7 +415,7 @@ async function simulate(c, index) {
     ...c.invariants,
     ...(c.witnesses ? ['--witnesses', ...c.witnesses] : []),
   ];
-  const r = await quintRun(argv, 600_000);
+  const r = await quintRun(c.dir, argv, 600_000);
   const ok = r.code === 0 && /\[ok\] No violation found/.test(r.out);
   const violation = r.code !== 0 && /\[violation\]/.test(r.out);
   // Quint names the violated invariants only when it checks several.
@@ -266,10 +435,11 @@ async function simulate(c, index) {
     pass = violation;
     result = violation ? `violation found as expected (${violated.join(' ')})` : ok ? 'NOT CAUGHT' : 'ERROR';
   }
-  const trace = violation && existsSync(itf) ? describeTrace(itf) : undefined;
+  const trace = violation && existsSync(itf) ? describeTrace(c.dir, itf) : undefined;
   return {
     kind: 'run',
     name: c.name,
+    dir: c.dir,
     module: c.main,
     invariants: c.invariants,
     seed: runSeed,
@@ -283,15 +453,18 @@ async function simulate(c, index) {
   };
 }
 
+const loaded = new Set([...RUNS.map((c) => `${c.dir}/${c.file}`), ...TESTS.map(([dir, file]) => `${dir}/${file}`)]);
 const queue = [
   ...RUNS.map((c, i) => () => simulate(c, i)),
   ...TESTS.map((t) => () => test(t)),
-  ...files.map((f) => () => typecheck(f)),
+  ...files.filter((f) => !loaded.has(`${f.dir}/${f.file}`)).map((f) => () => typecheck(f)),
 ];
 
 const started = performance.now();
 console.log(
-  `Quint specs in ${relative(root, specDir)}: ${files.length} files, ${TESTS.length} test modules, ` +
+  `Quint specs in ${SPEC_DIRS.filter(selected)
+    .map((d) => relative(root, join(specRoot, d)))
+    .join(', ')}: ${files.length} files, ${TESTS.length} test modules, ` +
     `${RUNS.length} simulations; seed ${seed}, scale ${scale}, ${jobs} parallel job(s)`,
 );
 let next = 0;
@@ -329,7 +502,7 @@ for (const x of runs) {
 console.log('\nCounterexamples found (actions in order; the last one breaks the invariant)');
 for (const x of runs.filter((y) => y.trace)) {
   const cmd = x.r.argv.filter((a) => !a.startsWith('--out-itf'));
-  console.log(`  ${x.name}: ${x.trace.steps.length} steps  [cd spec/groups && npx quint ${cmd.join(' ')}]`);
+  console.log(`  ${x.name}: ${x.trace.steps.length} steps  [cd spec/${x.dir} && npx quint ${cmd.join(' ')}]`);
   console.log(`    ${x.trace.steps.join(' ')}`);
   console.log(`    => ${x.trace.final}`);
 }
