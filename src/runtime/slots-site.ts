@@ -155,6 +155,8 @@ interface FullView {
   readonly ready: Map<string, ReadyBits>;
   readonly readyKvs: Map<string, KeyValue>;
   readonly holders: ({ site: string; epoch: number; sessionId: string | undefined } | undefined)[];
+  /** Mod revision of the joins key (0 when absent). */
+  readonly joinsRevision: number;
   readonly revision: number;
 }
 
@@ -352,6 +354,10 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
           op: '=' as const,
           value: view.readyKvs.get(x)?.modRevision ?? 0,
         }));
+        // A site that joined since the read raises the floor: read again (Quint finding S2).
+        if ([...go.values()].some((g) => !g.failed)) {
+          compare.push({ key: this.#keys.joins, target: 'modRevision', op: '=', value: view.joinsRevision });
+        }
         const bits = this.#readyBits();
         for (const slot of go.keys()) setReady(bits, slot, false);
         const session = this.#liveSession();
@@ -538,6 +544,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         then: [
           { op: 'put', key, value, session },
           { op: 'put', key: this.#keys.readyOf(this.siteId), value: encodeReady(this.#readyBits()), session },
+          { op: 'put', key: this.#keys.joins, value: JSON.stringify({ v: 1, site: this.siteId }) },
         ],
         else: [{ op: 'get', key }],
       });
@@ -864,6 +871,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       compare: [],
       then: [
         { op: 'get', key: k.config },
+        { op: 'get', key: k.joins },
         { op: 'range', prefix: k.sites },
         { op: 'range', prefix: k.plan },
         { op: 'range', prefix: k.ready },
@@ -886,7 +894,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     const cfgKv = res[0]?.op === 'get' ? res[0].kv : undefined;
     const config = cfgKv === undefined ? undefined : decode(() => decodeConfig(cfgKv.key, cfgKv.value));
     const sites = new Map<string, SiteRecord>();
-    for (const kv of res[1]?.op === 'range' ? res[1].kvs : []) {
+    for (const kv of res[2]?.op === 'range' ? res[2].kvs : []) {
       const id = kv.key.slice(k.sites.length);
       const rec = decode(() => decodeSite(kv.key, id, kv.value));
       if (rec !== undefined) sites.set(id, rec);
@@ -895,7 +903,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     const plan = new Array<SlotAssignment | undefined>(slotCount).fill(undefined);
     const planRevisions = new Map<number, number>();
     let generation = 0;
-    for (const kv of res[2]?.op === 'range' ? res[2].kvs : []) {
+    for (const kv of res[3]?.op === 'range' ? res[3].kvs : []) {
       const c = k.chunkOfPlanKey(kv.key);
       if (c === undefined || c >= chunkCount(slotCount)) continue;
       const from = c * PLAN_CHUNK_SLOTS;
@@ -908,7 +916,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
     const ready = new Map<string, ReadyBits>();
     const readyKvs = new Map<string, KeyValue>();
-    for (const kv of res[3]?.op === 'range' ? res[3].kvs : []) {
+    for (const kv of res[4]?.op === 'range' ? res[4].kvs : []) {
       const id = kv.key.slice(k.ready.length);
       const bits = decode(() => decodeReady(kv.key, kv.value, slotCount));
       if (bits === undefined) continue;
@@ -918,13 +926,25 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     const holders = new Array<{ site: string; epoch: number; sessionId: string | undefined } | undefined>(
       slotCount,
     ).fill(undefined);
-    for (const kv of res[4]?.op === 'range' ? res[4].kvs : []) {
+    for (const kv of res[5]?.op === 'range' ? res[5].kvs : []) {
       const slot = k.slotOfPrimaryKey(kv.key);
       if (slot === undefined || slot >= slotCount) continue;
       const rec = decode(() => decodePrimary(kv.key, kv.value));
       if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision, sessionId: kv.sessionId };
     }
-    const view = { config, sites, plan, planRevisions, generation, ready, readyKvs, holders, revision: r.revision };
+    const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
+    const view = {
+      config,
+      sites,
+      plan,
+      planRevisions,
+      generation,
+      ready,
+      readyKvs,
+      holders,
+      joinsRevision: joinsKv?.modRevision ?? 0,
+      revision: r.revision,
+    };
     return view;
   }
 

@@ -159,7 +159,8 @@ class Model {
   release(site: Site, slot: number): void {
     if (site.local.get(slot) !== 'ready' || site.primaries.has(slot)) return;
     if (!mayRelease(this.view(site), slot)) return;
-    const needed = Math.min(this.config.replicas, [...this.candidates().keys()].filter((x) => x !== site.id).length);
+    // After the release: min(R, sites that may hold slots) ready replicas, the releasing site counted while it stays.
+    const needed = Math.min(this.config.replicas, this.candidates().size);
     site.local.delete(slot);
     site.failed.delete(slot);
     if (this.readyCount(slot) < needed) {

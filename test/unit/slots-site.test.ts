@@ -163,7 +163,7 @@ describe('slots site runtime (memory store, virtual time)', () => {
     const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
     const reached: number[] = [];
     let failures = 0;
-    // Site a's store fails its first two guarded release transactions (compares on ready keys), as contention would.
+    // Site a's store fails its first two guarded release transactions (they compare ready keys), as contention would.
     const flaky = (s: MemoryStore): Store =>
       new Proxy(s, {
         get(target, prop) {
@@ -172,7 +172,7 @@ describe('slots site runtime (memory store, virtual time)', () => {
             return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
           }
           return (req: Txn) => {
-            const isRelease = req.compare.length > 0 && req.compare.every((c) => c.key.includes('/ready/'));
+            const isRelease = req.compare.some((c) => c.key.includes('/ready/'));
             if (isRelease && failures < 2) {
               failures++;
               return Promise.reject(new Error('injected: release transaction failed'));

@@ -41,6 +41,11 @@ export class SlotKeys {
   readonly plan: string;
   readonly ready: string;
   readonly primaries: string;
+  /**
+   * Rewritten by every site's registration: a release compares its mod revision, so that a site that joined
+   * after the release's check was read makes the release read again (Quint finding S2).
+   */
+  readonly joins: string;
 
   constructor(cluster: string) {
     validateGroupName(cluster);
@@ -51,6 +56,7 @@ export class SlotKeys {
     this.plan = `${this.root}plan/`;
     this.ready = `${this.root}ready/`;
     this.primaries = `${this.root}primary/`;
+    this.joins = `${this.root}joins`;
   }
 
   site(id: string): string {

@@ -49,16 +49,18 @@ export interface SiteDecision {
 
 /**
  * How many other sites the plan assigns `slot` to that are ready for it; and how many are needed before this
- * site may drop it: min(R, other sites that may hold slots). Only assigned sites count, so that two old replicas
- * that are both leaving cannot each count the other.
+ * site may drop it: min(R, sites that may hold slots), this site included while it is one of them (not leaving).
+ * After the release the slot must still have min(R, live sites) ready replicas — counting the releasing site
+ * among the live ones while it stays (Quint finding S1: "other live sites" was one short when it stays and there
+ * are at most R sites). Only assigned sites count, so that two old replicas that are both leaving cannot each
+ * count the other.
  */
 export function readyElsewhere(view: SiteView, slot: number): { ready: number; needed: number } {
   let ready = 0;
   for (const x of view.plan[slot]?.assigned ?? []) {
     if (x !== view.siteId && hasReady(view.ready.get(x), slot)) ready++;
   }
-  const others = view.liveSites.size - (view.liveSites.has(view.siteId) ? 1 : 0);
-  return { ready, needed: Math.min(view.replicas, others) };
+  return { ready, needed: Math.min(view.replicas, view.liveSites.size) };
 }
 
 export function mayRelease(view: SiteView, slot: number): boolean {
