@@ -199,6 +199,8 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   /** A bitmap write queued behind the lock and not started yet: later markReady calls join it. */
   #queuedWrite: Promise<void> | undefined;
   /** release() calls waiting for the next batch. */
+  /** Decoded plan chunks, bitmaps and locks of the last read, by key (see #readView). Never mutated. */
+  #decoded = new Map<string, { mod: number; create: number; value: unknown }>();
   readonly #pendingReleases = new Map<number, { resolve: () => void; reject: (error: unknown) => void }[]>();
   #watcher: Watcher | undefined;
   #timer: TimerHandle | undefined;
@@ -212,6 +214,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   readonly #memory: SlotsCoordinatorMemory = {};
   #routes: SlotRoute[] = [];
   #routingVersion = 0;
+  #routedRevision = -1;
 
   constructor(o: SlotsOptions) {
     super();
@@ -891,6 +894,21 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         throw error;
       }
     };
+    // Decoding every lock, chunk and bitmap on every round dominated a large cluster's CPU (profile at 2048 slots):
+    // a key whose revisions did not change decodes to what it decoded to last time.
+    const previous = this.#decoded;
+    const seen = new Map<string, { mod: number; create: number; value: unknown }>();
+    this.#decoded = seen;
+    const cached = <T>(kv: KeyValue, f: () => T): T | undefined => {
+      const hit = previous.get(kv.key);
+      if (hit !== undefined && hit.mod === kv.modRevision && hit.create === kv.createRevision) {
+        seen.set(kv.key, hit);
+        return hit.value as T;
+      }
+      const value = decode(f);
+      if (value !== undefined) seen.set(kv.key, { mod: kv.modRevision, create: kv.createRevision, value });
+      return value;
+    };
     const cfgKv = res[0]?.op === 'get' ? res[0].kv : undefined;
     const config = cfgKv === undefined ? undefined : decode(() => decodeConfig(cfgKv.key, cfgKv.value));
     const sites = new Map<string, SiteRecord>();
@@ -908,7 +926,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       if (c === undefined || c >= chunkCount(slotCount)) continue;
       const from = c * PLAN_CHUNK_SLOTS;
       const n = Math.min(slotCount, from + PLAN_CHUNK_SLOTS) - from;
-      const chunk = decode(() => decodePlanChunk(kv.key, kv.value, n));
+      const chunk = cached(kv, () => decodePlanChunk(kv.key, kv.value, n));
       if (chunk === undefined) continue;
       generation = Math.max(generation, chunk.generation);
       planRevisions.set(c, kv.modRevision);
@@ -918,7 +936,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     const readyKvs = new Map<string, KeyValue>();
     for (const kv of res[4]?.op === 'range' ? res[4].kvs : []) {
       const id = kv.key.slice(k.ready.length);
-      const bits = decode(() => decodeReady(kv.key, kv.value, slotCount));
+      const bits = cached(kv, () => decodeReady(kv.key, kv.value, slotCount));
       if (bits === undefined) continue;
       ready.set(id, bits);
       readyKvs.set(id, kv);
@@ -929,7 +947,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     for (const kv of res[5]?.op === 'range' ? res[5].kvs : []) {
       const slot = k.slotOfPrimaryKey(kv.key);
       if (slot === undefined || slot >= slotCount) continue;
-      const rec = decode(() => decodePrimary(kv.key, kv.value));
+      const rec = cached(kv, () => decodePrimary(kv.key, kv.value));
       if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision, sessionId: kv.sessionId };
     }
     const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
@@ -966,6 +984,9 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
 
   /** Rebuild the routes of the slots whose primary or ready replicas changed. */
   #publishRouting(view: FullView): void {
+    // The same snapshot as last time (a timer's round with no write anywhere since): nothing to rebuild.
+    if (view.revision === this.#routedRevision) return;
+    this.#routedRevision = view.revision;
     let changed = false;
     for (let s = 0; s < this.config.slotCount; s++) {
       const h = view.holders[s];
