@@ -26,11 +26,12 @@ import {
   chunkCount,
   decodeConfig,
   decodePlanChunk,
-  decodePrimary,
+  decodeHeld,
   decodeReady,
   decodeSite,
   emptyReady,
   encodeConfig,
+  encodeHeld,
   encodePlanChunk,
   encodePrimary,
   encodeReady,
@@ -53,6 +54,7 @@ import type { Clock, Compare, KeyValue, Op, Session, Store, TimerHandle, Watcher
 import { Election, type Leadership } from '../store/election.js';
 import { utf8Length } from '../store/validate.js';
 import { TypedEmitter } from './events.js';
+import { changedSlots, sameRevisions, type FullView, type Holder } from './slots-view.js';
 
 export interface SlotsOptions {
   readonly store: Store;
@@ -101,13 +103,15 @@ export interface SlotsEvents {
   primaryLost: { readonly slots: readonly number[]; readonly reason: PrimaryLostReason };
   /**
    * A slot was released: `readyElsewhere` are the other assigned sites whose readiness the release checked
-   * (atomically: their ready keys were unchanged when it committed), `needed` how many it required.
+   * (atomically: their ready keys were unchanged when it committed), `needed` how many it required, `revision`
+   * the store revision it committed at (a counted replica may release the slot itself after that).
    */
   released: {
     readonly slot: number;
     readonly readyElsewhere: readonly string[];
     readonly needed: number;
     readonly failed: boolean;
+    readonly revision: number;
   };
   /** Every slot this site held is gone from it (its session was lost): its copies are stale. */
   slotsDropped: { readonly slots: readonly number[]; readonly reason: 'sessionLost' | 'leaving' };
@@ -146,21 +150,8 @@ export interface SlotRoute {
   readonly secondaries: readonly { readonly id: string; readonly address: string | undefined }[];
 }
 
-interface FullView {
-  readonly config: SlotsConfig | undefined;
-  readonly sites: Map<string, SiteRecord>;
-  readonly plan: (SlotAssignment | undefined)[];
-  readonly planRevisions: Map<number, number>;
-  readonly generation: number;
-  readonly ready: Map<string, ReadyBits>;
-  readonly readyKvs: Map<string, KeyValue>;
-  readonly holders: ({ site: string; epoch: number; sessionId: string | undefined } | undefined)[];
-  /** Mod revision of the joins key (0 when absent). */
-  readonly joinsRevision: number;
-  readonly revision: number;
-}
-
-const MAX_BATCH = 60;
+/** Lock transactions of different chunks in flight at once (see #perChunk). */
+const MAX_CHUNKS_IN_FLIGHT = 8;
 
 export async function joinSlots(options: SlotsOptions): Promise<SlotSite> {
   const site = new SlotSite(options);
@@ -188,6 +179,21 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   #fenced = false;
   #state: 'new' | 'running' | 'leaving' | 'left' = 'new';
   readonly #local = new Map<number, LocalSlotState>();
+  /** The ready bitmap `#local` encodes, kept in step by #setLocal. */
+  #bits: ReadyBits;
+  /**
+   * Slots whose local state or primary role changed since the last round decided about them; the round also
+   * decides about every slot whose plan entry, ready bits or lock holder changed between the views it read.
+   * `#allDirty`: decide about every slot (first round, fencing, session changes, the periodic pass, errors).
+   */
+  readonly #dirty = new Set<number>();
+  #allDirty = true;
+  /** The last view read (by any caller): parts that did not change are shared with the next. */
+  #lastRead: FullView | undefined;
+  /** The view the last round decided on (to tell which slots changed since). */
+  #lastView: FullView | undefined;
+  /** Slots the last decisions found releasable (kept between rounds: only changed slots are decided again). */
+  readonly #releasableNow = new Set<number>();
   readonly #failed = new Set<number>();
   /** slot → epoch of the primary lock this site holds and acts on. */
   readonly #primaries = new Map<number, number>();
@@ -244,6 +250,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
     this.#intervalMs = o.reconcileIntervalMs ?? Math.min(1000, this.#ttlMs / 4);
     this.#leaveTimeoutMs = o.leaveTimeoutMs ?? 60_000;
+    this.#bits = emptyReady(this.config.slotCount);
     this.#routes = Array.from({ length: this.config.slotCount }, (_, slot) => ({
       slot,
       primary: undefined,
@@ -261,7 +268,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
     // Setting a bit never undoes a release (only preparing slots become ready), so this needs no lock; the write
     // does, and many markReady calls in a row share one write of the bitmap.
-    this.#local.set(slot, 'ready');
+    this.#setLocal(slot, 'ready');
     this.#failed.delete(slot);
     await this.#flushReady();
     this.#kick();
@@ -370,10 +377,16 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         });
         if (!r.succeeded) continue;
         for (const [slot, g] of go) {
-          this.#local.delete(slot);
+          this.#setLocal(slot, undefined);
           this.#failed.delete(slot);
           this.#announcedReleasable.delete(slot);
-          this.emit('released', { slot, readyElsewhere: g.counted, needed: g.needed, failed: g.failed });
+          this.emit('released', {
+            slot,
+            readyElsewhere: g.counted,
+            needed: g.needed,
+            failed: g.failed,
+            revision: r.revision,
+          });
           settle(slot);
         }
       }
@@ -396,7 +409,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       this.emit('primaryLost', { slots: [slot], reason: 'failed' });
     }
     await this.#withReady(async () => {
-      this.#local.delete(slot);
+      this.#setLocal(slot, undefined);
       this.#failed.add(slot);
       this.#announcedReleasable.delete(slot);
       await this.#writeReady();
@@ -444,6 +457,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   async leave(): Promise<void> {
     if (this.#state !== 'running') return;
     this.#state = 'leaving';
+    this.#allDirty = true;
     try {
       await this.#store
         .txn({ compare: [], then: [{ op: 'delete', key: this.#keys.site(this.siteId) }] })
@@ -457,7 +471,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       }
       if (this.#local.size > 0) {
         this.emit('slotsDropped', { slots: [...this.#local.keys()], reason: 'leaving' });
-        this.#local.clear();
+        this.#clearLocal();
       }
     } finally {
       this.#state = 'left';
@@ -531,6 +545,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     }
     this.#session = session;
     this.#fenced = false;
+    this.#allDirty = true;
     session.onStateChange(() => this.#kick());
     void session.ended.then((end) => {
       if (end.state === 'expired') this.#onSessionLost(session, end.cause);
@@ -571,12 +586,13 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   #onSessionLost(session: Session, cause: unknown): void {
     if (this.#session !== session || this.#state === 'left') return;
     this.#fenced = true;
+    this.#allDirty = true;
     this.#dropPrimaries('sessionLost');
     this.#stale.clear(); // the locks went with the session
     if (this.#local.size > 0) {
       // Our ready bits vanished with the session; while we were gone other copies took writes: ours are stale.
       this.emit('slotsDropped', { slots: [...this.#local.keys()], reason: 'sessionLost' });
-      this.#local.clear();
+      this.#clearLocal();
       this.#announcedReleasable.clear();
     }
     this.emit('sessionLost', { sessionId: session.id, cause });
@@ -616,10 +632,12 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         const owns = this.#ownsNow();
         if (!owns && !this.#fenced && !activeMutants.has('slots-no-self-fencing')) {
           this.#fenced = true;
+          this.#allDirty = true;
           this.emit('fenced', { safeUntilMs: this.#session?.safeUntilMs ?? 0 });
           this.#dropPrimaries('fenced');
         } else if (owns && this.#fenced && this.#session?.state === 'live') {
           this.#fenced = false;
+          this.#allDirty = true;
           this.emit('unfenced', {});
           this.#kick();
         }
@@ -634,7 +652,10 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   #dropPrimaries(reason: PrimaryLostReason): void {
     if (this.#primaries.size === 0) return;
     const slots = [...this.#primaries.keys()];
-    for (const [slot, epoch] of this.#primaries) this.#stale.set(slot, epoch);
+    for (const [slot, epoch] of this.#primaries) {
+      this.#stale.set(slot, epoch);
+      this.#dirty.add(slot);
+    }
     this.#primaries.clear();
     this.emit('primaryLost', { slots, reason });
   }
@@ -689,6 +710,8 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
           try {
             await this.#reconcile();
           } catch (error) {
+            // Decisions of the failed round may not have been carried out: decide about every slot again.
+            this.#allDirty = true;
             if (!(error instanceof SessionExpiredError)) this.emit('error', { error, context: 'reconcile' });
           }
         } while (this.#again && this.#state !== 'left');
@@ -701,6 +724,8 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   #tick(): void {
     this.#timer = this.#clock.setTimeout(
       () => {
+        // The periodic pass decides about every slot: a net under the change tracking.
+        this.#allDirty = true;
         this.#kick();
         if (this.#state !== 'left') this.#tick();
       },
@@ -718,21 +743,37 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       const wrote = await this.#coordinate(view, this.#leadership);
       if (wrote) view = await this.#readView();
     }
-    this.#publishRouting(view);
+    // Which slots to decide about: those whose inputs in the store changed since the last round's view, and those
+    // whose local state changed since. A large cluster's rounds were dominated by deciding about every slot.
+    const viewChanged = this.#lastView === undefined ? undefined : changedSlots(this.#lastView, view);
+    this.#lastView = view;
+    let slots: Set<number> | undefined;
+    if (this.#allDirty || viewChanged === undefined) {
+      this.#allDirty = false;
+      this.#dirty.clear();
+    } else {
+      slots = viewChanged;
+      for (const s of this.#dirty) slots.add(s);
+      this.#dirty.clear();
+    }
+    this.#publishRouting(view, viewChanged);
     // The local state is the truth about our readiness; a write whose answer was lost (or that failed) left the
     // stored bitmap behind it: write it again.
     const stored = view.ready.get(this.siteId);
-    const local = this.#readyBits();
+    const local = this.#bits;
     if (stored === undefined || stored.some((b, i) => b !== local[i])) {
       await this.#withReady(() => this.#writeReady());
     }
     // Before deleting anything this round, so that the view (read before) is still right about our locks.
-    this.#adoptOwnLocks(view, session);
+    this.#adoptOwnLocks(view, session, slots);
     // Locks we stopped acting on (fenced, failed): delete them once we may write again.
     if (this.#stale.size > 0 && this.#ownsNow()) await this.#deleteLocks(new Map(this.#stale), session);
-    if (this.#fenced || !this.#ownsNow()) return;
+    if (this.#fenced || !this.#ownsNow()) {
+      this.#allDirty = true; // nothing was decided: decide about everything once we may act again
+      return;
+    }
 
-    const d = decideSite(this.#siteView(view));
+    const d = decideSite(this.#siteView(view), slots);
     if (d.stepDown.length > 0) {
       const locks = new Map<number, number>();
       for (const s of d.stepDown) {
@@ -743,6 +784,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
           this.#stale.set(s, e);
         }
         this.#primaries.delete(s);
+        this.#dirty.add(s);
       }
       this.emit('primaryLost', { slots: d.stepDown, reason: this.#state === 'leaving' ? 'leaving' : 'planned' });
       await this.#deleteLocks(locks, session);
@@ -752,19 +794,25 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     // that would drop a ready copy without the release check, its bit vanishing with the next bitmap write).
     const cancel = d.cancel.filter((s) => this.#local.get(s) === 'preparing');
     if (cancel.length > 0) {
-      for (const s of cancel) this.#local.delete(s);
+      for (const s of cancel) this.#setLocal(s, undefined);
       this.emit('cancelled', { slots: cancel });
     }
     const prepare = d.prepare.filter((s) => !this.#local.has(s));
     if (prepare.length > 0 && this.#state === 'running') {
-      for (const s of prepare) this.#local.set(s, 'preparing');
+      for (const s of prepare) this.#setLocal(s, 'preparing');
       this.emit('prepare', { slots: prepare });
     }
     const takeOver = d.takeOver.filter((s) => this.#local.get(s) === 'ready' && !this.#primaries.has(s));
     if (takeOver.length > 0 && this.#state === 'running') await this.#takeOver(takeOver, session);
-    const releasable = d.releasable.filter((s) => this.#local.get(s) === 'ready' && !this.#primaries.has(s));
-    const fresh = releasable.filter((s) => !this.#announcedReleasable.has(s));
-    for (const s of [...this.#announcedReleasable]) if (!releasable.includes(s)) this.#announcedReleasable.delete(s);
+    if (slots === undefined) this.#releasableNow.clear();
+    else for (const s of slots) this.#releasableNow.delete(s);
+    for (const s of d.releasable) this.#releasableNow.add(s);
+    const fresh: number[] = [];
+    for (const s of this.#releasableNow) {
+      if (this.#local.get(s) !== 'ready' || this.#primaries.has(s)) this.#releasableNow.delete(s);
+      else if (!this.#announcedReleasable.has(s)) fresh.push(s);
+    }
+    for (const s of this.#announcedReleasable) if (!this.#releasableNow.has(s)) this.#announcedReleasable.delete(s);
     if (fresh.length > 0) {
       for (const s of fresh) this.#announcedReleasable.add(s);
       this.emit('releasable', { slots: fresh });
@@ -774,68 +822,156 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   /**
    * Locks of this session that this site does not know it holds: a take-over whose answer was lost. Adopt them
    * if the plan still wants us as primary, else mark them for deletion — a forgotten lock would block the slot
-   * for as long as the session lives.
+   * for as long as the session lives. Only `slots` can show a new one (undefined: every slot).
    */
-  #adoptOwnLocks(view: FullView, session: Session): void {
+  #adoptOwnLocks(view: FullView, session: Session, slots: Iterable<number> | undefined): void {
     const adopted: { slot: number; epoch: number }[] = [];
-    view.holders.forEach((h, slot) => {
+    const visit = (slot: number): void => {
+      const h = view.holders[slot];
       if (h === undefined || h.site !== this.siteId || h.sessionId !== session.id) return;
       if (this.#primaries.has(slot) || this.#stale.has(slot)) return;
       const wanted = view.plan[slot]?.primary === this.siteId && this.#local.get(slot) === 'ready';
+      this.#dirty.add(slot);
       if (wanted && !this.#fenced && this.#ownsNow() && this.#state === 'running') {
         this.#primaries.set(slot, h.epoch);
         adopted.push({ slot, epoch: h.epoch });
       } else {
         this.#stale.set(slot, h.epoch);
       }
-    });
+    };
+    if (slots === undefined) for (let s = 0; s < this.config.slotCount; s++) visit(s);
+    else for (const s of slots) visit(s);
     if (adopted.length > 0) this.emit('primaryGained', { slots: adopted });
   }
 
   async #takeOver(slots: readonly number[], session: Session): Promise<void> {
-    const gained: { slot: number; epoch: number }[] = [];
+    const gained = new Map<number, number>();
     const tryBatch = async (batch: readonly number[]): Promise<void> => {
       if (batch.length === 0 || !this.#ownsNow()) return;
       const r = await this.#store.txn({
         compare: activeMutants.has('slots-primary-without-lock')
           ? []
           : batch.map((s) => ({ key: this.#keys.primary(s), target: 'exists' as const, exists: false })),
-        then: batch.map((s) => ({
-          op: 'put' as const,
-          key: this.#keys.primary(s),
-          value: encodePrimary(this.siteId),
-          session,
-        })),
+        then: [
+          ...batch.map((s) => ({
+            op: 'put' as const,
+            key: this.#keys.primary(s),
+            value: encodePrimary(this.siteId),
+            session,
+          })),
+          // Epoch 0: "this transaction's revision" (see encodeHeld), which is the new locks' create revision.
+          ...this.#heldOps(batch, session, gained, new Map(batch.map((s) => [s, 0]))),
+        ],
       });
       if (r.succeeded) {
-        for (const s of batch) gained.push({ slot: s, epoch: r.revision });
+        for (const s of batch) gained.set(s, r.revision);
       } else if (batch.length > 1) {
         const mid = batch.length >> 1;
         await tryBatch(batch.slice(0, mid));
         await tryBatch(batch.slice(mid));
       }
     };
-    for (let i = 0; i < slots.length; i += MAX_BATCH) await tryBatch(slots.slice(i, i + MAX_BATCH));
-    if (gained.length === 0) return;
-    // A lease that ran out while we wrote: the locks go with the session; do not act on them.
-    if (this.#session !== session || !this.#ownsNow()) return;
-    for (const g of gained) this.#primaries.set(g.slot, g.epoch);
-    this.emit('primaryGained', { slots: gained });
+    await this.#perChunk(slots, tryBatch);
+    if (gained.size === 0 || this.#session !== session) return;
+    // A lease that ran out while we wrote: do not act on the new locks; delete them once we may write again.
+    if (!this.#ownsNow()) {
+      for (const [slot, epoch] of gained) this.#stale.set(slot, epoch);
+      return;
+    }
+    for (const [slot, epoch] of gained) {
+      this.#primaries.set(slot, epoch);
+      this.#dirty.add(slot);
+    }
+    this.emit('primaryGained', { slots: [...gained].map(([slot, epoch]) => ({ slot, epoch })) });
   }
 
+  /**
+   * Delete the locks of `locks` (slot → epoch) that are still the ones we took, many per transaction (one per slot
+   * made a hand-over of thousands of primaries take minutes while the other sites read). A batch whose compare
+   * fails (some lock is gone or was taken again) is split until the failing slot is alone; a lock that is no
+   * longer ours is forgotten, and dropped from our summary.
+   */
   async #deleteLocks(locks: ReadonlyMap<number, number>, session: Session): Promise<void> {
-    const entries = [...locks];
-    for (let i = 0; i < entries.length; i += MAX_BATCH) {
-      for (const [slot, epoch] of entries.slice(i, i + MAX_BATCH)) {
-        if (this.#session !== session) return;
-        const key = this.#keys.primary(slot);
-        await this.#store.txn({
-          compare: [{ key, target: 'createRevision', op: '=', value: epoch }],
-          then: [{ op: 'delete', key }],
-        });
-        this.#stale.delete(slot);
+    const deleteBatch = async (batch: readonly number[]): Promise<void> => {
+      if (batch.length === 0 || this.#session !== session) return;
+      const gone = new Set(batch);
+      const summary = this.#heldOps(batch, session, undefined, undefined, gone);
+      const r = await this.#store.txn({
+        compare: batch.map((slot) => ({
+          key: this.#keys.primary(slot),
+          target: 'createRevision' as const,
+          op: '=' as const,
+          value: locks.get(slot)!,
+        })),
+        then: [...batch.map((slot) => ({ op: 'delete' as const, key: this.#keys.primary(slot) })), ...summary],
+        // Alone and not ours any more: our summary must stop listing it.
+        else: batch.length === 1 ? summary : [],
+      });
+      if (r.succeeded || batch.length === 1) {
+        for (const slot of batch) if (this.#stale.get(slot) === locks.get(slot)) this.#stale.delete(slot);
+        return;
       }
+      const mid = batch.length >> 1;
+      await deleteBatch(batch.slice(0, mid));
+      await deleteBatch(batch.slice(mid));
+    };
+    await this.#perChunk([...locks.keys()], deleteBatch);
+  }
+
+  /**
+   * Run `fn` over `slots` in batches that fit one transaction (two ops per slot plus the chunk's summary): the
+   * batches of one chunk one after the other (each rewrites that chunk's summary from the local state, so two at
+   * once would lose each other's entries), different chunks concurrently (a start or a leave moves thousands of
+   * primaries; one transaction at a time took seconds).
+   */
+  async #perChunk(slots: readonly number[], fn: (batch: readonly number[]) => Promise<void>): Promise<void> {
+    const perBatch = Math.max(1, Math.floor((this.#store.limits.maxTxnOps - 1) / 2));
+    const byChunk = new Map<number, number[]>();
+    for (const slot of [...slots].sort((a, b) => a - b)) {
+      const c = Math.floor(slot / PLAN_CHUNK_SLOTS);
+      const list = byChunk.get(c);
+      if (list === undefined) byChunk.set(c, [slot]);
+      else list.push(slot);
     }
+    const queue = [...byChunk.values()];
+    const worker = async (): Promise<void> => {
+      for (let list = queue.shift(); list !== undefined; list = queue.shift()) {
+        for (let i = 0; i < list.length; i += perBatch) await fn(list.slice(i, i + perBatch));
+      }
+    };
+    // Every worker ends before this returns, even when one fails: none may still write when the next round runs.
+    const results = await Promise.allSettled(
+      Array.from({ length: Math.min(MAX_CHUNKS_IN_FLIGHT, queue.length) }, worker),
+    );
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /**
+   * The writes of this site's `held/` summary for the chunks of `slots`: every lock it holds there (acting or
+   * stale, plus `extra`, plus `adding` with their epochs) except `removing`. An empty chunk's key is deleted.
+   */
+  #heldOps(
+    slots: readonly number[],
+    session: Session,
+    extra?: ReadonlyMap<number, number>,
+    adding?: ReadonlyMap<number, number>,
+    removing?: ReadonlySet<number>,
+  ): Op[] {
+    const chunks = new Set(slots.map((s) => Math.floor(s / PLAN_CHUNK_SLOTS)));
+    const ops: Op[] = [];
+    for (const c of chunks) {
+      const from = c * PLAN_CHUNK_SLOTS;
+      const to = from + PLAN_CHUNK_SLOTS;
+      const held = new Map<number, number>();
+      for (const m of [this.#primaries, this.#stale, extra, adding]) {
+        for (const [slot, epoch] of m ?? []) {
+          if (slot >= from && slot < to && removing?.has(slot) !== true) held.set(slot - from, epoch);
+        }
+      }
+      const key = this.#keys.heldChunk(this.siteId, c);
+      ops.push(held.size === 0 ? { op: 'delete', key } : { op: 'put', key, value: encodeHeld(held), session });
+    }
+    return ops;
   }
 
   // ---- coordinator -----------------------------------------------------------------
@@ -847,7 +983,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         sites: view.sites,
         plan: view.plan,
         ready: view.ready,
-        primaries: view.holders.map((h) => h?.site),
+        primaries: view.holderSites,
       },
       this.#memory,
     );
@@ -878,7 +1014,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         { op: 'range', prefix: k.sites },
         { op: 'range', prefix: k.plan },
         { op: 'range', prefix: k.ready },
-        { op: 'range', prefix: k.primaries },
+        { op: 'range', prefix: k.held },
       ],
     });
     const res = r.results;
@@ -918,7 +1054,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       if (rec !== undefined) sites.set(id, rec);
     }
     const slotCount = this.config.slotCount;
-    const plan = new Array<SlotAssignment | undefined>(slotCount).fill(undefined);
+    const built = new Array<SlotAssignment | undefined>(slotCount).fill(undefined);
     const planRevisions = new Map<number, number>();
     let generation = 0;
     for (const kv of res[3]?.op === 'range' ? res[3].kvs : []) {
@@ -930,7 +1066,14 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       if (chunk === undefined) continue;
       generation = Math.max(generation, chunk.generation);
       planRevisions.set(c, kv.modRevision);
-      chunk.slots.forEach((a, i) => (plan[from + i] = a));
+      chunk.slots.forEach((a, i) => (built[from + i] = a));
+    }
+    let plan: readonly (SlotAssignment | undefined)[] = built;
+    const last = this.#lastRead;
+    if (last !== undefined && last.planRevisions.size === planRevisions.size) {
+      let same = true;
+      for (const [c, rev] of planRevisions) if (last.planRevisions.get(c) !== rev) same = false;
+      if (same) plan = last.plan;
     }
     const ready = new Map<string, ReadyBits>();
     const readyKvs = new Map<string, KeyValue>();
@@ -941,14 +1084,47 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       ready.set(id, bits);
       readyKvs.set(id, kv);
     }
-    const holders = new Array<{ site: string; epoch: number; sessionId: string | undefined } | undefined>(
-      slotCount,
-    ).fill(undefined);
+    const heldKvs = new Map<string, KeyValue>();
+    const heldLists: (readonly (readonly [number, Holder])[])[] = [];
     for (const kv of res[5]?.op === 'range' ? res[5].kvs : []) {
-      const slot = k.slotOfPrimaryKey(kv.key);
-      if (slot === undefined || slot >= slotCount) continue;
-      const rec = cached(kv, () => decodePrimary(kv.key, kv.value));
-      if (rec !== undefined) holders[slot] = { site: rec.site, epoch: kv.createRevision, sessionId: kv.sessionId };
+      const at = k.ofHeldKey(kv.key);
+      if (at === undefined || at.chunk >= chunkCount(slotCount)) continue;
+      const from = at.chunk * PLAN_CHUNK_SLOTS;
+      const n = Math.min(slotCount, from + PLAN_CHUNK_SLOTS) - from;
+      // Decoded once per revision into shared holder records: building 16384 of them per round was most of a
+      // large cluster's garbage.
+      const list = cached(kv, () =>
+        [...decodeHeld(kv.key, kv.value, n, kv.modRevision)].map(
+          ([offset, epoch]) =>
+            [from + offset, Object.freeze({ site: at.site, epoch, sessionId: kv.sessionId })] as const,
+        ),
+      );
+      if (list === undefined) continue;
+      heldKvs.set(kv.key, kv);
+      heldLists.push(list);
+    }
+    const before = this.#lastRead;
+    let holders: readonly (Holder | undefined)[];
+    let holderSites: readonly (string | undefined)[];
+    if (before !== undefined && sameRevisions(before.heldKvs, heldKvs)) {
+      // Views are never mutated: an unchanged part is shared with the last one.
+      holders = before.holders;
+      holderSites = before.holderSites;
+    } else {
+      const hs = new Array<Holder | undefined>(slotCount).fill(undefined);
+      const sites = new Array<string | undefined>(slotCount).fill(undefined);
+      for (const list of heldLists) {
+        for (const [slot, h] of list) {
+          const other = hs[slot];
+          // Two summaries name one slot only for a moment (a dead session's keys reaped in parts): the newer lock.
+          if (other === undefined || other.epoch < h.epoch) {
+            hs[slot] = h;
+            sites[slot] = h.site;
+          }
+        }
+      }
+      holders = hs;
+      holderSites = sites;
     }
     const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
     const view = {
@@ -960,9 +1136,12 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       ready,
       readyKvs,
       holders,
+      holderSites,
+      heldKvs,
       joinsRevision: joinsKv?.modRevision ?? 0,
       revision: r.revision,
     };
+    this.#lastRead = view;
     return view;
   }
 
@@ -974,7 +1153,7 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
       liveSites: new Set(view.sites.keys()),
       plan: view.plan,
       ready: view.ready,
-      primaryHolders: view.holders.map((h) => h?.site),
+      primaryHolders: view.holderSites,
       local: this.#local,
       myPrimaries: this.#primaries,
       failed: this.#failed,
@@ -982,13 +1161,13 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     };
   }
 
-  /** Rebuild the routes of the slots whose primary or ready replicas changed. */
-  #publishRouting(view: FullView): void {
+  /** Rebuild the routes of `slots` (undefined: every slot), those whose primary or ready replicas may have changed. */
+  #publishRouting(view: FullView, slots: Iterable<number> | undefined): void {
     // The same snapshot as last time (a timer's round with no write anywhere since): nothing to rebuild.
     if (view.revision === this.#routedRevision) return;
     this.#routedRevision = view.revision;
     let changed = false;
-    for (let s = 0; s < this.config.slotCount; s++) {
+    const visit = (s: number): void => {
       const h = view.holders[s];
       const holderReady = h !== undefined && hasReady(view.ready.get(h.site), s);
       const primary =
@@ -1007,14 +1186,16 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
         old.primary?.address === primary?.address &&
         old.secondaries.length === secondaries.length &&
         old.secondaries.every((x, i) => x.id === secondaries[i]!.id && x.address === secondaries[i]!.address);
-      if (same) continue;
+      if (same) return;
       changed = true;
       this.#routes[s] = Object.freeze({
         slot: s,
         primary: primary && Object.freeze(primary),
         secondaries: Object.freeze(secondaries),
       });
-    }
+    };
+    if (slots === undefined) for (let s = 0; s < this.config.slotCount; s++) visit(s);
+    else for (const s of slots) visit(s);
     if (changed) {
       this.#routingVersion = view.revision;
       this.emit('routingChanged', { version: view.revision });
@@ -1023,10 +1204,23 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
 
   // ---- helpers ------------------------------------------------------------------
 
+  /** A copy of the ready bitmap of the local state. */
   #readyBits(): ReadyBits {
-    const bits = emptyReady(this.config.slotCount);
-    for (const [s, st] of this.#local) if (st === 'ready') setReady(bits, s, true);
-    return bits;
+    return this.#bits.slice();
+  }
+
+  /** Every change of the local state goes through here: the bitmap follows it, the next round decides again. */
+  #setLocal(slot: number, state: LocalSlotState | undefined): void {
+    if (state === undefined) this.#local.delete(slot);
+    else this.#local.set(slot, state);
+    setReady(this.#bits, slot, state === 'ready');
+    this.#dirty.add(slot);
+  }
+
+  #clearLocal(): void {
+    this.#local.clear();
+    this.#bits = emptyReady(this.config.slotCount);
+    this.#allDirty = true;
   }
 
   async #writeReady(): Promise<void> {

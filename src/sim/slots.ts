@@ -303,13 +303,16 @@ class SlotsSim {
     this.#world.at(SLOTS_SIM.writeIntervalMs, tick);
   }
 
-  /** The store as it is right now (the server's own state, not any site's view). */
-  #serverReady(): Map<string, Uint8Array> {
-    const out = new Map<string, Uint8Array>();
+  /** The store as it is right now (the server's own state, not any site's view): bitmaps and their mod revisions. */
+  #serverReady(): Map<string, { bits: Uint8Array; modRevision: number }> {
+    const out = new Map<string, { bits: Uint8Array; modRevision: number }>();
     for (const [key, kv] of this.#server.namespace('sim').keys) {
       if (!key.startsWith(this.#keys.ready)) continue;
       try {
-        out.set(key.slice(this.#keys.ready.length), decodeReady(key, kv.value, this.#slots));
+        out.set(key.slice(this.#keys.ready.length), {
+          bits: decodeReady(key, kv.value, this.#slots),
+          modRevision: kv.modRevision,
+        });
       } catch {
         // not ours to judge
       }
@@ -324,6 +327,7 @@ class SlotsSim {
       readonly readyElsewhere: readonly string[];
       readonly needed: number;
       readonly failed: boolean;
+      readonly revision: number;
     },
   ): void {
     this.#releases++;
@@ -334,22 +338,32 @@ class SlotsSim {
       .map((k) => k.slice(this.#keys.sites.length));
     let elsewhere = 0;
     let established = 0;
-    for (const [id, bits] of ready) {
+    for (const [id, r] of ready) {
       if (id === node.id) continue;
-      if (hasReady(bits, e.slot)) elsewhere++;
-      if (siteKeys.includes(id) && bits.some((b) => b !== 0)) established++;
+      if (hasReady(r.bits, e.slot)) elsewhere++;
+      if (siteKeys.includes(id) && r.bits.some((b) => b !== 0)) established++;
     }
     // A counted replica whose session expired between the commit and this moment (the answer travels with
-    // latency) is a crash, not a release below R; a counted replica that is alive but not ready is a broken check.
-    const brokenCount = e.readyElsewhere.some((x) => ready.has(x) && !hasReady(ready.get(x), e.slot));
+    // latency) is a crash, and one whose bitmap changed after the commit may have released the slot itself
+    // meanwhile (checked by its own release); a counted replica whose bitmap is the one the release compared and
+    // that is not ready is a broken check.
+    const brokenCount = e.readyElsewhere.some((x) => {
+      const r = ready.get(x);
+      return r !== undefined && r.modRevision <= e.revision && !hasReady(r.bits, e.slot);
+    });
     const tooFew = e.readyElsewhere.length < e.needed && elsewhere < Math.min(this.#R, established);
     if (brokenCount || tooFew) {
+      const state = (x: string): string => {
+        const r = ready.get(x);
+        return r === undefined ? 'gone' : hasReady(r.bits, e.slot) ? 'ready' : `not ready since r${r.modRevision}`;
+      };
       this.#violations.push({
         atMs: this.#world.now(),
         kind: 'release-below-r',
         detail:
-          `${node.id} released slot ${e.slot} leaving ${elsewhere} ready replica(s) elsewhere (needed ${e.needed}, ` +
-          `${established} established sites; it counted ${e.readyElsewhere.map((x) => `${x}:${ready.has(x) ? (hasReady(ready.get(x), e.slot) ? 'ready' : 'not ready') : 'gone'}`).join(', ')})`,
+          `${node.id} released slot ${e.slot} at r${e.revision} leaving ${elsewhere} ready replica(s) elsewhere ` +
+          `(needed ${e.needed}, ${established} established sites; it counted ` +
+          `${e.readyElsewhere.map((x) => `${x}:${state(x)}`).join(', ')})`,
       });
     }
   }

@@ -42,6 +42,12 @@ export class SlotKeys {
   readonly ready: string;
   readonly primaries: string;
   /**
+   * `held/<site>/<chunk>`: which primary locks of the chunk the site holds, with their epochs, written in the same
+   * transaction as the locks themselves (so always in step with them) and attached to the same session. Sites read
+   * these summaries instead of every lock: at 16384 slots a range over the locks cost a Redis server ~250 ms.
+   */
+  readonly held: string;
+  /**
    * Rewritten by every site's registration: a release compares its mod revision, so that a site that joined
    * after the release's check was read makes the release read again (Quint finding S2).
    */
@@ -56,6 +62,7 @@ export class SlotKeys {
     this.plan = `${this.root}plan/`;
     this.ready = `${this.root}ready/`;
     this.primaries = `${this.root}primary/`;
+    this.held = `${this.root}held/`;
     this.joins = `${this.root}joins`;
   }
 
@@ -77,6 +84,15 @@ export class SlotKeys {
     const rest = key.slice(this.primaries.length);
     if (!/^\d{5}$/.test(rest)) return undefined;
     return Number(rest);
+  }
+  heldChunk(site: string, chunk: number): string {
+    return `${this.held}${site}/${String(chunk).padStart(3, '0')}`;
+  }
+  /** The site and chunk of a `held/` key, or undefined for a key that is not one. */
+  ofHeldKey(key: string): { site: string; chunk: number } | undefined {
+    if (!key.startsWith(this.held)) return undefined;
+    const m = /^([^/]{1,128})\/(\d{3})$/.exec(key.slice(this.held.length));
+    return m === null ? undefined : { site: m[1]!, chunk: Number(m[2]) };
   }
   chunkOfPlanKey(key: string): number | undefined {
     if (!key.startsWith(this.plan)) return undefined;
@@ -221,6 +237,51 @@ export function encodePrimary(site: string): string {
 
 export function decodePrimary(key: string, value: string): PrimaryRecord {
   return { site: str(key, parse(key, value), 'site') };
+}
+
+// ---- held summaries --------------------------------------------------------------
+
+/**
+ * One chunk of a site's held primary locks: offset in the chunk → epoch. Epoch 0 stands for "the mod revision of
+ * this summary key": a take-over writes the locks and the summary in one transaction, before it knows the
+ * revision, which is then both the locks' create revision (their epoch) and the summary's mod revision.
+ */
+export type HeldChunk = ReadonlyMap<number, number>;
+
+/** `{"v":1,"g":[[epoch, offset, offset, …], …]}`: offsets grouped by epoch (a take-over batch shares one). */
+export function encodeHeld(held: HeldChunk): string {
+  const groups = new Map<number, number[]>();
+  for (const [offset, epoch] of held) {
+    const g = groups.get(epoch);
+    if (g === undefined) groups.set(epoch, [offset]);
+    else g.push(offset);
+  }
+  const g = [...groups].map(([epoch, offsets]) => [epoch, ...offsets.sort((a, b) => a - b)]);
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, g });
+}
+
+/** Decode a summary; epoch 0 entries get `modRevision`. */
+export function decodeHeld(key: string, value: string, chunkSlots: number, modRevision: number): Map<number, number> {
+  const rec = parse(key, value);
+  const g = rec['g'];
+  if (!Array.isArray(g)) throw new CorruptDataError(`${key}: g must be a list of [epoch, offsets…] groups`, { key });
+  const out = new Map<number, number>();
+  for (const group of g as unknown[]) {
+    if (!Array.isArray(group) || group.length < 2) {
+      throw new CorruptDataError(`${key}: a group must be [epoch, offset, …]`, { key });
+    }
+    const [epoch, ...offsets] = group as unknown[];
+    if (typeof epoch !== 'number' || !Number.isSafeInteger(epoch) || epoch < 0) {
+      throw new CorruptDataError(`${key}: epoch ${JSON.stringify(epoch)} is not a revision`, { key });
+    }
+    for (const o of offsets) {
+      if (typeof o !== 'number' || !Number.isInteger(o) || o < 0 || o >= chunkSlots || out.has(o)) {
+        throw new CorruptDataError(`${key}: offset ${JSON.stringify(o)} is out of range or repeated`, { key });
+      }
+      out.set(o, epoch === 0 ? modRevision : epoch);
+    }
+  }
+  return out;
 }
 
 // ---- ready bitmaps --------------------------------------------------------------

@@ -69,14 +69,19 @@ export function mayRelease(view: SiteView, slot: number): boolean {
   return ready >= needed;
 }
 
-export function decideSite(view: SiteView): SiteDecision {
+/**
+ * Decide for every slot, or only for `slots`: a slot's decision depends on nothing but its own plan entry, ready
+ * bits, lock holder and local state (and the global `fenced`, `liveSites`), so a caller that knows which of these
+ * changed may ask only about those slots.
+ */
+export function decideSite(view: SiteView, slots?: Iterable<number>): SiteDecision {
   const me = view.siteId;
   const prepare: number[] = [];
   const cancel: number[] = [];
   const releasable: number[] = [];
   const stepDown: number[] = [];
   const takeOver: number[] = [];
-  for (let s = 0; s < view.slotCount; s++) {
+  const visit = (s: number): void => {
     const entry = view.plan[s];
     const assignedHere = entry?.assigned.includes(me) ?? false;
     const state = view.local.get(s);
@@ -98,6 +103,8 @@ export function decideSite(view: SiteView): SiteDecision {
     } else if (state === 'ready' && !holding && mayRelease(view, s)) {
       releasable.push(s);
     }
-  }
+  };
+  if (slots === undefined) for (let s = 0; s < view.slotCount; s++) visit(s);
+  else for (const s of slots) visit(s);
   return { prepare, cancel, releasable, stepDown, takeOver };
 }
