@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'coverage/', 'spec/**/*.js', '.tmp/'] },
+  { ignores: ['dist/', 'node_modules/', 'coverage/', 'spec/**/*.js', '.tmp/', '.scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.strict,
   {
