@@ -79,7 +79,10 @@ export interface SlotsOptions {
   readonly selfFenceMarginMs?: number | undefined;
   /** Re-read at least this often in case a notification was lost (default min(1000, TTL / 4)). */
   readonly reconcileIntervalMs?: number | undefined;
-  /** How long leave() waits for the application to release its slots (default 60 000 ms). */
+  /**
+   * How long leave() waits for the new replicas and the application's releases (default 60 000 ms); it stops
+   * waiting at once when no live site is left to take the slots (the whole cluster is shutting down).
+   */
   readonly leaveTimeoutMs?: number | undefined;
   readonly clock?: Clock | undefined;
 }
@@ -459,16 +462,22 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
     this.#state = 'leaving';
     this.#allDirty = true;
     try {
-      await this.#store
+      const gone = await this.#store
         .txn({ compare: [], then: [{ op: 'delete', key: this.#keys.site(this.siteId) }] })
         .catch((error: unknown) => this.emit('error', { error, context: 'leave: deleting the site key' }));
       await this.#resign();
       this.#kick();
       const deadline = this.#clock.now() + this.#leaveTimeoutMs;
       while ((this.#local.size > 0 || this.#primaries.size > 0) && this.#clock.now() < deadline) {
+        // No live site left to take the slots over (the whole cluster is shutting down): waiting cannot help.
+        const v = this.#lastView;
+        if (gone !== undefined && v !== undefined && v.revision >= gone.revision && v.sites.size === 0) break;
         await this.#sleep(Math.min(50, this.#intervalMs));
         this.#kick();
       }
+      // Whatever was not handed over ends here (timeout, or nowhere to go): tell the application before the
+      // session ends and takes the locks with it.
+      this.#dropPrimaries('leaving');
       if (this.#local.size > 0) {
         this.emit('slotsDropped', { slots: [...this.#local.keys()], reason: 'leaving' });
         this.#clearLocal();

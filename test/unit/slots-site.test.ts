@@ -39,6 +39,7 @@ async function addSite(
   id: string,
   migrateMs = 200,
   wrap: (s: MemoryStore) => Store = (s) => s,
+  leaveTimeoutMs?: number,
 ): Promise<SlotSite> {
   const memory = new MemoryStore({ server: h.server, clock: h.clock });
   const store = wrap(memory);
@@ -51,6 +52,7 @@ async function addSite(
     replicas: R,
     sessionTtlMs: 2000,
     reconcileIntervalMs: 200,
+    leaveTimeoutMs,
     clock: h.clock,
   });
   // The application: migrate each slot it is asked to prepare (takes migrateMs), release what it may.
@@ -317,5 +319,45 @@ describe('slots site runtime (memory store, virtual time)', () => {
     expect(prepared).toContain(5);
     expect(h.violations).toEqual([]);
     for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
+
+  it('leave() that cannot hand over in time ends its primary roles with primaryLost(leaving) and drops its slots', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: false };
+    const reached: number[] = [];
+    const a = await addSite(h, 'a', 50, undefined, 3_000);
+    await runMonitored(h, 2_000, reached);
+    expect(a.slots().size).toBe(SLOTS);
+    // b's application never finishes a migration: nothing a holds can be released.
+    await addSite(h, 'b', 1e9);
+    await runMonitored(h, 1_000, reached);
+    const lost: string[] = [];
+    const dropped: number[] = [];
+    a.on('primaryLost', ({ slots, reason }) => lost.push(`${slots.length}:${reason}`));
+    a.on('slotsDropped', ({ slots, reason }) => reason === 'leaving' && dropped.push(...slots));
+    const t0 = clock.now();
+    await drive(clock, a.leave());
+    expect(clock.now() - t0).toBeGreaterThanOrEqual(3_000);
+    expect(lost).toEqual([`${SLOTS}:leaving`]);
+    expect(dropped.length).toBe(SLOTS);
+    for (let s = 0; s < SLOTS; s++) expect(a.isPrimary(s)).toBe(false);
+    await drive(clock, h.sites.get('b')!.site.leave());
+  }, 60_000);
+
+  it('when the whole cluster leaves there is nowhere to drain to: leave() returns without waiting for its timeout', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: false };
+    const reached: number[] = [];
+    for (const id of ['a', 'b']) await addSite(h, id);
+    await untilConverged(h, reached);
+    const lost: string[] = [];
+    for (const { site } of h.sites.values()) {
+      site.on('primaryLost', ({ reason }) => lost.push(`${site.siteId}:${reason}`));
+    }
+    const t0 = clock.now();
+    await drive(clock, Promise.all([...h.sites.values()].map((x) => x.site.leave())));
+    // leaveTimeoutMs is 60 s by default; a couple of rounds is all it takes to see that no site is left.
+    expect(clock.now() - t0).toBeLessThan(2_000);
+    expect(lost.sort()).toEqual(['a:leaving', 'b:leaving']);
   }, 60_000);
 });
