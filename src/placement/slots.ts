@@ -299,7 +299,11 @@ function selectUniform(sel: Selector, h: number, siteMix: Int32Array, zoneOf: In
   }
 }
 
-/** Weighted scores, exactly as rendezvousScore computes them. */
+/**
+ * Weighted scores, exactly as rendezvousScore computes them. `gate[i]`: an integer lower bound on the (signed-order)
+ * hash site i needs to score above `seed` (see seedGates): most sites fail it with one integer comparison, before
+ * any floating-point work.
+ */
 function selectWeighted(
   sel: Selector,
   h: number,
@@ -307,6 +311,7 @@ function selectWeighted(
   weight: Float64Array,
   zoneOf: Int32Array,
   seed: number,
+  gate: Int32Array,
 ): void {
   sel.reset();
   let cut = seed;
@@ -320,6 +325,7 @@ function selectWeighted(
     x ^= x >>> 13;
     x = Math.imul(x, 0xc2b2ae35);
     x ^= x >>> 16;
+    if (((x ^ 0x80000000) | 0) < gate[i]!) continue;
     // (c + 0.5) / 2^32 as rendezvousScore has it; multiplying by 2^−32 is exact.
     const u = ((x >>> 0) + 0.5) * INV_TWO_32;
     const w = weight[i]!;
@@ -357,6 +363,22 @@ function weightedSeed(weight: Float64Array, expected: number): number {
     else hi = mid;
   }
   return lo;
+}
+
+/**
+ * Per site, the smallest signed-order hash (x ^ 2^31) that can score above `seed`: score = w / −ln(u) > seed ⇔
+ * u > e^(−w/seed), u = (x + 0.5) / 2^32. Rounded down with a margin far above the error of exp, so a site that
+ * could score above the seed always passes (the exact score is compared after); −2^31 (everything passes) without a
+ * seed.
+ */
+function seedGates(weight: Float64Array, seed: number): Int32Array {
+  const gate = new Int32Array(weight.length).fill(-2147483648);
+  if (!(seed > 0) || !Number.isFinite(seed)) return gate;
+  for (let i = 0; i < weight.length; i++) {
+    const x = Math.floor(4294967296 * Math.exp(-weight[i]! / seed) * (1 - 1e-9)) - 2;
+    gate[i] = Math.max(-2147483648, Math.min(2147483647, x - 2147483648));
+  }
+  return gate;
 }
 
 /**
@@ -401,15 +423,20 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
     : weightedSeed(weight, expected);
   const hashes = slotHashTable(slotCount);
   const order = new Int32Array(R);
+  const open = seedGates(weight, -Infinity);
+  let gate = uniform ? open : seedGates(weight, seed);
   let misses = 0;
   for (let s = 0; s < slotCount; s++) {
     const h = hashes[s]!;
     if (uniform) selectUniform(sel, h, siteMix, zoneOf, seed);
-    else selectWeighted(sel, h, siteMix, weight, zoneOf, seed);
+    else selectWeighted(sel, h, siteMix, weight, zoneOf, seed, gate);
     if (!sel.complete()) {
       if (uniform) selectUniform(sel, h, siteMix, zoneOf, -Infinity);
-      else selectWeighted(sel, h, siteMix, weight, zoneOf, -Infinity);
-      if (seed !== -Infinity && ++misses * 8 > s + 64) seed = -Infinity;
+      else selectWeighted(sel, h, siteMix, weight, zoneOf, -Infinity, open);
+      if (seed !== -Infinity && ++misses * 8 > s + 64) {
+        seed = -Infinity;
+        gate = open;
+      }
     }
     const row = s * R;
     const { candSite, candZone, champSite, champScore, len } = sel;
