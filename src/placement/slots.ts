@@ -38,6 +38,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import { hash32 } from './hash.js';
+import { SiteScanner } from './scan.js';
 import { checkSlotCount } from './slot-hash.js';
 
 /** A site that can hold slots. */
@@ -366,6 +367,71 @@ function weightedSeed(weight: Float64Array, expected: number): number {
 }
 
 /**
+ * selectUniform over the sites a SiteScanner let through (in site order, scores above the seed): the same
+ * decisions on the same sites, so the same result.
+ */
+function selectUniformFrom(
+  sel: Selector,
+  idx: Int32Array,
+  val: Int32Array,
+  count: number,
+  zoneOf: Int32Array,
+  seed: number,
+): void {
+  sel.reset();
+  let cut = seed;
+  const spread = sel.mode === SPREAD;
+  const { zoneBest, zoneStamp, stamp } = sel;
+  for (let k = 0; k < count; k++) {
+    const score = val[k]!;
+    if (score <= cut) continue;
+    const i = idx[k]!;
+    const z = zoneOf[i]!;
+    if (spread) {
+      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
+      zoneStamp[z] = stamp;
+      zoneBest[z] = score;
+    }
+    const c = sel.insert(i, z, score);
+    if (c > cut) cut = c;
+  }
+}
+
+/** selectWeighted over the sites a SiteScanner let through (their gates passed): see selectUniformFrom. */
+function selectWeightedFrom(
+  sel: Selector,
+  idx: Int32Array,
+  val: Int32Array,
+  count: number,
+  weight: Float64Array,
+  zoneOf: Int32Array,
+  seed: number,
+): void {
+  sel.reset();
+  let cut = seed;
+  const spread = sel.mode === SPREAD;
+  const { zoneBest, zoneStamp, stamp } = sel;
+  for (let k = 0; k < count; k++) {
+    const i = idx[k]!;
+    const x = (val[k]! ^ 0x80000000) >>> 0;
+    const u = (x + 0.5) * INV_TWO_32;
+    const w = weight[i]!;
+    if (w <= cut * (1 - u)) continue;
+    const z = zoneOf[i]!;
+    if (spread && zoneStamp[z] === stamp && w <= zoneBest[z]! * (1 - u)) continue;
+    const score = -w / Math.log(u);
+    if (score <= cut) continue;
+    if (spread) {
+      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
+      zoneStamp[z] = stamp;
+      zoneBest[z] = score;
+    }
+    const c = sel.insert(i, z, score);
+    if (c > cut) cut = c;
+  }
+}
+
+/**
  * Per site, the smallest signed-order hash (x ^ 2^31) that can score above `seed`: score = w / −ln(u) > seed ⇔
  * u > e^(−w/seed), u = (x + 0.5) / 2^32. Rounded down with a margin far above the error of exp, so a site that
  * could score above the seed always passes (the exact score is compared after); −2^31 (everything passes) without a
@@ -425,10 +491,26 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
   const order = new Int32Array(R);
   const open = seedGates(weight, -Infinity);
   let gate = uniform ? open : seedGates(weight, seed);
+  // With a seed, the hashing of every site runs in WebAssembly SIMD where available (scan.wat): the scanner's
+  // gates let through exactly the sites the JavaScript pass would look at (score above the seed: for equal weights
+  // `> seed`; weighted `≥ gate`, i.e. `> gate − 1`, which needs every gate above −2^31).
+  let scanner: SiteScanner | undefined;
+  if (seed !== -Infinity && N >= 16) {
+    if (uniform) scanner = SiteScanner.create(siteMix, new Int32Array(N).fill(seed));
+    else if (gate.every((g) => g > -2147483648))
+      scanner = SiteScanner.create(
+        siteMix,
+        gate.map((g) => g - 1),
+      );
+  }
   let misses = 0;
   for (let s = 0; s < slotCount; s++) {
     const h = hashes[s]!;
-    if (uniform) selectUniform(sel, h, siteMix, zoneOf, seed);
+    if (scanner !== undefined) {
+      const count = scanner.scan(h);
+      if (uniform) selectUniformFrom(sel, scanner.idx, scanner.val, count, zoneOf, seed);
+      else selectWeightedFrom(sel, scanner.idx, scanner.val, count, weight, zoneOf, seed);
+    } else if (uniform) selectUniform(sel, h, siteMix, zoneOf, seed);
     else selectWeighted(sel, h, siteMix, weight, zoneOf, seed, gate);
     if (!sel.complete()) {
       if (uniform) selectUniform(sel, h, siteMix, zoneOf, -Infinity);
@@ -436,6 +518,7 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
       if (seed !== -Infinity && ++misses * 8 > s + 64) {
         seed = -Infinity;
         gate = open;
+        scanner = undefined;
       }
     }
     const row = s * R;

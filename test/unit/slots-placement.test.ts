@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { rankNodes } from '../../src/placement/index.js';
 import { RoutingTable } from '../../src/placement/routing.js';
+import { setPlacementSimd, SiteScanner } from '../../src/placement/scan.js';
 import { crc16, keyHash16, slotForKey } from '../../src/placement/slot-hash.js';
 import {
   computeSlotPlacement,
@@ -185,6 +186,47 @@ describe('computeSlotPlacement', () => {
         expect(slotReplicas(p, s).sort()).toEqual(want.sort());
       }
     }
+  });
+
+  it('the SIMD scan (scan.wat) and the JavaScript path give the same placement, bit for bit', () => {
+    // Node 20 has WebAssembly SIMD: otherwise this would compare the JavaScript path with itself.
+    expect(SiteScanner.create(new Int32Array(8), new Int32Array(8))).toBeDefined();
+    const cases: [number, number, boolean, number][] = [
+      // sites, zones, weighted, R
+      [200, 0, false, 3],
+      [200, 3, false, 3],
+      [200, 3, true, 3],
+      [200, 0, true, 3],
+      [37, 2, true, 4],
+      [1000, 5, false, 2],
+      [17, 1, true, 1],
+    ];
+    for (const [n, zones, weighted, R] of cases) {
+      const ss: SlotSite[] = Array.from({ length: n }, (_, i) => ({
+        id: `site-${i}`,
+        ...(zones > 0 ? { zone: `z${(i * 7) % zones}` } : {}),
+        ...(weighted ? { weight: 0.5 + ((i * 13) % 5) } : {}),
+      }));
+      setPlacementSimd(false);
+      let js;
+      try {
+        js = computeSlotPlacement({ sites: ss, slotCount: 4096, replicas: R });
+      } finally {
+        setPlacementSimd(true);
+      }
+      const simd = computeSlotPlacement({ sites: ss, slotCount: 4096, replicas: R });
+      expect([...simd.table], `${n} sites, ${zones} zones, weighted ${weighted}, R ${R}`).toEqual([...js.table]);
+    }
+  });
+
+  it('the committed WebAssembly is what scan.wat compiles to', async () => {
+    // @ts-expect-error -- a build script in plain JavaScript, without type declarations
+    const { compileScan, render } = (await import('../../scripts/build-wasm.mjs')) as {
+      compileScan: () => Promise<string>;
+      render: (b: string) => string;
+    };
+    const committed = readFileSync(new URL('../../src/placement/scan-wasm.ts', import.meta.url), 'utf8');
+    expect(committed).toBe(render(await compileScan()));
   });
 
   it('is deterministic and independent of the order of the sites', () => {
