@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- slots [--json] [--quick] [--sections compute,route,balance,movement,convergence]
- *   [--convergence-slots 256,16384]` (default 256: a 16384-slot cluster does not converge within the 180 s bound yet)
+ *   [--convergence-slots 256,16384]` (default 1024 and 16384; `--quick`: 1024)
  *
  * The pure parts of slots, each figure as a ratio within this run or to a stated target:
  * 1. placement compute at 16384 slots × 200 sites × R=3 (median wall and CPU time), against the 20 ms target, the
@@ -469,7 +469,8 @@ export async function run(args: string[]): Promise<void> {
     sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['compute', 'route', 'balance', 'movement', 'convergence'],
   );
   const cArg = args.indexOf('--convergence-slots');
-  const convergenceSlots = cArg >= 0 ? (args[cArg + 1] ?? '').split(',').map(Number) : [256];
+  const convergenceSlots =
+    cArg >= 0 ? (args[cArg + 1] ?? '').split(',').map(Number) : args.includes('--quick') ? [1024] : [1024, 16384];
   const started = Date.now();
   const result: Record<string, unknown> = { bench: 'slots', quick };
   const out: string[] = [];
