@@ -439,10 +439,16 @@ export class SlotSite extends TypedEmitter<SlotsEvents> {
   slotForKey(key: string): number {
     return hashKey(key, this.config.slotCount);
   }
+  /** Who serves `slot` now, from the local table (no store call): the primary with its epoch, the ready secondaries. */
   route(slot: number): SlotRoute {
     this.#checkSlot(slot);
     return this.#routes[slot]!;
   }
+  /** The primary of `slot` from the local table (undefined while it has none, e.g. during a fail-over). */
+  primary(slot: number): SlotRoute['primary'] {
+    return this.route(slot).primary;
+  }
+  /** route(slotForKey(key)). */
   routeKey(key: string): SlotRoute {
     return this.#routes[hashKey(key, this.config.slotCount)]!;
   }

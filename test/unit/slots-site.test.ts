@@ -303,6 +303,7 @@ describe('slots site runtime (memory store, virtual time)', () => {
     for (const id of ['a', 'b', 'c']) await addSite(h, id);
     await untilConverged(h, reached);
     const primaryId = h.sites.get('a')!.site.route(5).primary!.id;
+    expect(h.sites.get('b')!.site.primary(5)).toEqual(h.sites.get('a')!.site.route(5).primary);
     const primary = h.sites.get(primaryId)!.site;
     const oldEpoch = primary.epoch(5)!;
     const lost: string[] = [];
