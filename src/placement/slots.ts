@@ -229,6 +229,20 @@ class Selector {
     return cut;
   }
 
+  /**
+   * Offer site `i` of zone `z` that scored above `cut`; returns the new cut. With one candidate per zone, a site
+   * that does not beat its zone's best so far cannot be chosen.
+   */
+  offer(i: number, z: number, score: number, cut: number): number {
+    if (this.mode === SPREAD) {
+      if (this.zoneStamp[z] === this.stamp && score <= this.zoneBest[z]!) return cut;
+      this.zoneStamp[z] = this.stamp;
+      this.zoneBest[z] = score;
+    }
+    const c = this.insert(i, z, score);
+    return c > cut ? c : cut;
+  }
+
   /** Consider site `i` of zone `z`; returns the new cut. */
   insert(i: number, z: number, score: number): number {
     const { R, candSite, candScore, candZone, mode } = this;
@@ -276,8 +290,6 @@ class Selector {
 function selectUniform(sel: Selector, h: number, siteMix: Int32Array, zoneOf: Int32Array, seed: number): void {
   sel.reset();
   let cut = seed;
-  const spread = sel.mode === SPREAD;
-  const { zoneBest, zoneStamp, stamp } = sel;
   const n = siteMix.length;
   for (let i = 0; i < n; i++) {
     let x = h ^ siteMix[i]!;
@@ -289,14 +301,7 @@ function selectUniform(sel: Selector, h: number, siteMix: Int32Array, zoneOf: In
     const score = (x ^ 0x80000000) | 0;
     if (score <= cut) continue;
     const z = zoneOf[i]!;
-    if (spread) {
-      // One candidate per zone: a site that does not beat its zone's best so far cannot be chosen.
-      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
-      zoneStamp[z] = stamp;
-      zoneBest[z] = score;
-    }
-    const c = sel.insert(i, z, score);
-    if (c > cut) cut = c;
+    cut = sel.offer(i, z, score, cut);
   }
 }
 
@@ -338,13 +343,7 @@ function selectWeighted(
     // The bound let it through; the exact score must still beat the cut (which may be the seed: a site below
     // it must not enter, or a pass that looks complete could hold the wrong sites).
     if (score <= cut) continue;
-    if (spread) {
-      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
-      zoneStamp[z] = stamp;
-      zoneBest[z] = score;
-    }
-    const c = sel.insert(i, z, score);
-    if (c > cut) cut = c;
+    cut = sel.offer(i, z, score, cut);
   }
 }
 
@@ -380,20 +379,12 @@ function selectUniformFrom(
 ): void {
   sel.reset();
   let cut = seed;
-  const spread = sel.mode === SPREAD;
-  const { zoneBest, zoneStamp, stamp } = sel;
   for (let k = 0; k < count; k++) {
     const score = val[k]!;
     if (score <= cut) continue;
     const i = idx[k]!;
     const z = zoneOf[i]!;
-    if (spread) {
-      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
-      zoneStamp[z] = stamp;
-      zoneBest[z] = score;
-    }
-    const c = sel.insert(i, z, score);
-    if (c > cut) cut = c;
+    cut = sel.offer(i, z, score, cut);
   }
 }
 
@@ -421,13 +412,7 @@ function selectWeightedFrom(
     if (spread && zoneStamp[z] === stamp && w <= zoneBest[z]! * (1 - u)) continue;
     const score = -w / Math.log(u);
     if (score <= cut) continue;
-    if (spread) {
-      if (zoneStamp[z] === stamp && score <= zoneBest[z]!) continue;
-      zoneStamp[z] = stamp;
-      zoneBest[z] = score;
-    }
-    const c = sel.insert(i, z, score);
-    if (c > cut) cut = c;
+    cut = sel.offer(i, z, score, cut);
   }
 }
 
