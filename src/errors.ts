@@ -1,29 +1,68 @@
 /**
- * Typed errors. Every error Rebalancer throws is a RebalancerError with a
- * stable `code`, a message that says what to do, and the underlying `cause`.
+ * Typed errors. Every error Rebalancer throws or reports is a RebalancerError
+ * with a stable `code`, a message that says what to do, the underlying
+ * `cause`, and `retryable`: whether the same call may succeed if made again
+ * later (the table below decides it per code, so callers can branch on the
+ * code or on the flag alone).
+ *
+ * Nothing in this file imports anything: every layer may use it.
  */
 
 export type ErrorCode =
+  /** The session ended on the server or passed its local safety deadline. Open a new one (runtimes rejoin). */
   | 'SESSION_EXPIRED'
+  /** The store did not answer in time or refused the connection. Retry later. */
   | 'STORE_UNAVAILABLE'
+  /** A message broker (RabbitMQ) could not be reached. Retry later. */
   | 'BROKER_UNAVAILABLE'
+  /** The call is wrong (bad option, URL, name, slot). Fix the call. */
   | 'INVALID_ARGUMENT'
+  /** A key, value or transaction is above the contract's limits. Make it smaller. */
   | 'LIMIT_EXCEEDED'
+  /** Data in the store is not what Rebalancer wrote. Repair or delete it. */
   | 'CORRUPT_DATA'
+  /** The store holds another schema version. Upgrade or use another namespace. */
   | 'INCOMPATIBLE_SCHEMA'
+  /** The object was closed or left. Create a new one. */
   | 'CLOSED'
-  | 'NOT_FOUND';
+  /** What was asked for does not exist (a group with no trace in the namespace). */
+  | 'NOT_FOUND'
+  /** Another live process holds the same identity (node or site id). Give each process its own. */
+  | 'CONFLICT'
+  /** A handler's work was revoked (the reason of its AbortSignal). Stop. */
+  | 'REVOKED'
+  /** A listener of an event threw; the protocol went on without it. Fix the listener. */
+  | 'LISTENER_FAILED'
+  /** An invariant that must never break did (a bug). The object stops; report it. */
+  | 'INVARIANT_VIOLATED';
+
+/** Whether retrying the same call later can help, per code. */
+export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
+  SESSION_EXPIRED: true,
+  STORE_UNAVAILABLE: true,
+  BROKER_UNAVAILABLE: true,
+  INVALID_ARGUMENT: false,
+  LIMIT_EXCEEDED: false,
+  CORRUPT_DATA: false,
+  INCOMPATIBLE_SCHEMA: false,
+  CLOSED: false,
+  NOT_FOUND: false,
+  CONFLICT: false,
+  REVOKED: false,
+  LISTENER_FAILED: false,
+  INVARIANT_VIOLATED: false,
+};
 
 export class RebalancerError extends Error {
   readonly code: ErrorCode;
-  /** True when the same call may succeed if retried later. */
+  /** True when the same call may succeed if made again later. */
   readonly retryable: boolean;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryable?: boolean }) {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
-    this.retryable = options?.retryable ?? false;
+    this.retryable = RETRYABLE[code];
   }
 }
 
@@ -48,7 +87,7 @@ export class SessionExpiredError extends RebalancerError {
 export class StoreUnavailableError extends RebalancerError {
   readonly outcome: 'not-applied' | 'unknown';
   constructor(message: string, options?: { cause?: unknown; outcome?: 'not-applied' | 'unknown' }) {
-    super('STORE_UNAVAILABLE', message, { cause: options?.cause, retryable: true });
+    super('STORE_UNAVAILABLE', message, { cause: options?.cause });
     this.outcome = options?.outcome ?? 'unknown';
   }
 }
@@ -56,7 +95,7 @@ export class StoreUnavailableError extends RebalancerError {
 /** A message broker (RabbitMQ) could not be reached or refused the connection. Retryable. */
 export class BrokerUnavailableError extends RebalancerError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('BROKER_UNAVAILABLE', message, { cause: options?.cause, retryable: true });
+    super('BROKER_UNAVAILABLE', message, { cause: options?.cause });
   }
 }
 
@@ -111,5 +150,84 @@ export class IncompatibleSchemaError extends RebalancerError {
 export class ClosedError extends RebalancerError {
   constructor(what: string) {
     super('CLOSED', `${what} is closed`);
+  }
+}
+
+/** The group has no members, no resources and no state in this namespace. */
+export class GroupNotFoundError extends RebalancerError {
+  readonly group: string;
+  constructor(group: string, namespace: string) {
+    super(
+      'NOT_FOUND',
+      `group ${JSON.stringify(group)} has no members, resources or state in namespace ${JSON.stringify(namespace)}; ` +
+        'check --store and --namespace (`rebalancer groups list` lists the groups there)',
+    );
+    this.group = group;
+  }
+}
+
+/**
+ * Another live process registered the same node (or site) id: two processes
+ * must never act as one member. Give every process its own id.
+ */
+export class NodeIdInUseError extends RebalancerError {
+  readonly nodeId: string;
+  constructor(nodeId: string, where: string) {
+    super(
+      'CONFLICT',
+      `id ${nodeId} is already a live member of ${where} (another process is using it); ` +
+        'give every process its own id',
+    );
+    this.nodeId = nodeId;
+  }
+}
+
+/** The reason given to a handler's AbortSignal: its resource was revoked. Stop the work. */
+export class RevokedError<Reason extends string = string> extends RebalancerError {
+  readonly resource: string;
+  readonly reason: Reason;
+  constructor(resource: string, reason: Reason) {
+    super('REVOKED', `resource ${resource} was revoked (${reason}); stop working on it`);
+    this.resource = resource;
+    this.reason = reason;
+  }
+}
+
+/** A listener of an event threw. The protocol went on without it; the listener's error is the cause. */
+export class ListenerError extends RebalancerError {
+  readonly event: string;
+  constructor(event: string, cause: unknown) {
+    super(
+      'LISTENER_FAILED',
+      `a listener of the "${event}" event threw: ${describe(cause)}; the protocol went on without it — ` +
+        'catch errors inside the listener (and, for a prepare, call reportFailed(slot) if the migration cannot start)',
+      { cause },
+    );
+    this.event = event;
+  }
+}
+
+/**
+ * An invariant that must never break did: a bug in Rebalancer (or a store
+ * that broke its contract). The object that found it stops acting; report it.
+ */
+export class InvariantError extends RebalancerError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INVARIANT_VIOLATED', `invariant violated: ${message}. This is a bug; please report it`, options);
+  }
+}
+
+/** Throw an InvariantError unless `condition` holds. */
+export function invariant(condition: unknown, message: string | (() => string)): asserts condition {
+  if (!condition) throw new InvariantError(typeof message === 'string' ? message : message());
+}
+
+/** A short description of anything thrown, for messages. */
+export function describe(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  try {
+    return String(error);
+  } catch {
+    return 'an unprintable value';
   }
 }

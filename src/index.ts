@@ -30,6 +30,11 @@ export { ScaledClock, systemClock, VirtualClock } from './store/clock.js';
 export {
   BrokerUnavailableError,
   ClosedError,
+  GroupNotFoundError,
+  InvariantError,
+  ListenerError,
+  NodeIdInUseError,
+  RevokedError,
   CorruptDataError,
   IncompatibleSchemaError,
   InvalidArgumentError,
@@ -43,11 +48,11 @@ export { Election, type ElectionOptions, type Leadership } from './store/electio
 export { openStore } from './store/open.js';
 
 // Resource groups.
-export { joinGroup, GroupMember, NodeIdInUseError, RevokedError } from './runtime/group-member.js';
+export { joinGroup, GroupMember } from './runtime/group-member.js';
 export type { AssignedResource, GroupEvents } from './runtime/group-member.js';
 export type { JoinOptions, ResourceContext, ResourceHandler, ResourceSource } from './runtime/options.js';
 export { GroupAdmin } from './runtime/registry.js';
-export { groupStatus, GroupNotFoundError } from './runtime/status.js';
+export { groupStatus } from './runtime/status.js';
 export type { GroupStatus, NodeStatus, ResourceState, ResourceStatus } from './runtime/status.js';
 export type { Protocol } from './protocol/groups/keys.js';
 export type { StopReason } from './protocol/groups/member.js';

@@ -8,7 +8,13 @@
  * time comes from the injected clock, all randomness from the injected
  * `random`, so the simulator can run this code deterministically.
  */
-import { CorruptDataError, RebalancerError, SessionExpiredError, StoreUnavailableError } from '../errors.js';
+import {
+  CorruptDataError,
+  NodeIdInUseError,
+  RevokedError,
+  SessionExpiredError,
+  StoreUnavailableError,
+} from '../errors.js';
 import type { PlacementStrategy } from '../placement/index.js';
 import {
   decideCoordinator,
@@ -32,18 +38,6 @@ import { activeMutants } from '../protocol/mutants.js';
 import { TypedEmitter } from './events.js';
 import { resolveOptions, type JoinOptions, type ResolvedOptions } from './options.js';
 import { syncRegistry } from './registry.js';
-
-export class NodeIdInUseError extends RebalancerError {
-  readonly nodeId: string;
-  constructor(nodeId: string, group: string) {
-    super(
-      'INVALID_ARGUMENT',
-      `node id ${nodeId} is already a live member of group ${group} (another process is using it); ` +
-        'give every process its own node id',
-    );
-    this.nodeId = nodeId;
-  }
-}
 
 export interface GroupEvents {
   joined: { readonly nodeId: string; readonly sessionId: string };
@@ -288,7 +282,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       // within its TTL), or a second live process with the same id (never merge: fail).
       // Our own lost session (we are rejoining) is not another process: the server expires it within its TTL.
       const ours = existing?.sessionId !== undefined && this.#pastSessionIds.has(existing.sessionId);
-      if (!ours && this.#clock.now() >= deadline) throw new NodeIdInUseError(this.nodeId, this.group);
+      if (!ours && this.#clock.now() >= deadline) throw new NodeIdInUseError(this.nodeId, `group ${this.group}`);
       await this.#sleep(Math.min(250, this.#o.sessionTtlMs / 4));
     }
   }
@@ -949,18 +943,6 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (t !== undefined) this.#clock.clearTimeout(t);
     }
     this.#fenceTimer = this.#tickTimer = this.#coordWake = this.#sourceTimer = undefined;
-  }
-}
-
-/** The reason given to a handler's AbortSignal. */
-export class RevokedError extends Error {
-  readonly resource: string;
-  readonly reason: StopReason;
-  constructor(resource: string, reason: StopReason) {
-    super(`resource ${resource} was revoked (${reason})`);
-    this.name = 'RevokedError';
-    this.resource = resource;
-    this.reason = reason;
   }
 }
 

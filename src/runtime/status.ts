@@ -5,7 +5,8 @@
  * consistent snapshot on every backend. For operators (`rebalancer status`),
  * dashboards and tests; it decides nothing.
  */
-import { CorruptDataError, RebalancerError } from '../errors.js';
+import { CorruptDataError, GroupNotFoundError } from '../errors.js';
+export { GroupNotFoundError };
 import { readGroupView } from '../protocol/groups/io.js';
 import { GroupKeys, type Protocol } from '../protocol/groups/keys.js';
 import type { Store } from '../store/contract.js';
@@ -58,19 +59,6 @@ export interface GroupStatus {
   readonly movesInFlight: number;
   /** Keys that could not be decoded (a problem to report; the rest of the status is still right). */
   readonly corruptKeys: readonly string[];
-}
-
-/** The group has no members, no resources and no state in this namespace. */
-export class GroupNotFoundError extends RebalancerError {
-  readonly group: string;
-  constructor(group: string, namespace: string) {
-    super(
-      'NOT_FOUND',
-      `group ${JSON.stringify(group)} has no members, resources or state in namespace ${JSON.stringify(namespace)}; ` +
-        'check --store and --namespace (`rebalancer groups list` lists the groups there)',
-    );
-    this.group = group;
-  }
 }
 
 const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);

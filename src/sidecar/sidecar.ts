@@ -16,7 +16,8 @@ import { InvalidArgumentError } from '../errors.js';
 import type { PlacementStrategy } from '../placement/index.js';
 import { NODE_ID_RE, type Protocol } from '../protocol/groups/keys.js';
 import type { StopReason } from '../protocol/groups/member.js';
-import { GroupMember, RevokedError, type GroupEvents } from '../runtime/group-member.js';
+import { RevokedError } from '../errors.js';
+import { GroupMember, type GroupEvents } from '../runtime/group-member.js';
 import { TypedEmitter } from '../runtime/events.js';
 import { resolveOptions, type ResourceContext } from '../runtime/options.js';
 import type { Store } from '../store/contract.js';
@@ -293,7 +294,8 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     });
     const first = await Promise.race([child.mainExited.then(() => 'exited' as const), aborted]);
     if (first === 'aborted') {
-      const reason = ctx.signal.reason instanceof RevokedError ? ctx.signal.reason.reason : 'revoked';
+      const reason =
+        ctx.signal.reason instanceof RevokedError ? (ctx.signal.reason as RevokedError<StopReason>).reason : 'revoked';
       const stopping = child.stop(stopOptions(reason)).then((exit) => finish(exit, reason));
       if (this.#o.mutant === 'settle-before-exit') return; // BROKEN on purpose: the lock is released now
       await stopping;
