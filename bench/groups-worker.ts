@@ -11,7 +11,7 @@
  *   {"ev":"stop","r":"…","t":…}          a resource's handler stopped
  *   {"ev":"elected","t":…}               this process won the etcd election
  */
-import { joinGroup } from '../src/runtime/group-member.js';
+import { joinGroup } from '../src/runtime/groups/member.js';
 import { openStore } from '../src/store/open.js';
 
 function say(o: Record<string, unknown>): void {

@@ -14,8 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { place, type Assignment } from '../src/placement/index.js';
-import { GroupAdmin } from '../src/runtime/registry.js';
-import { joinGroup, type GroupMember } from '../src/runtime/group-member.js';
+import { GroupAdmin } from '../src/runtime/groups/registry.js';
+import { joinGroup, type GroupMember } from '../src/runtime/groups/member.js';
 import type {
   RangeResult,
   Session,

@@ -11,7 +11,7 @@
  *   {"ev":"msg","t":…}   a message was consumed (and is acked)
  */
 import { connect } from 'amqplib';
-import { consumeGroup } from '../src/integrations/rabbitmq/index.js';
+import { joinConsumerGroup } from '../src/integrations/rabbitmq/index.js';
 import { openStore } from '../src/store/open.js';
 
 function say(o: Record<string, unknown>): void {
@@ -24,7 +24,7 @@ setInterval(() => undefined, 60_000); // stay alive until killed
 if (mode === 'group') {
   const [url, namespace, amqpUrl, queue, nodeId, ttl] = rest as [string, string, string, string, string, string];
   const store = await openStore(url, { namespace });
-  await consumeGroup({
+  await joinConsumerGroup({
     store,
     group: 'bench-sac',
     node: { id: nodeId },

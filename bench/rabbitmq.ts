@@ -14,7 +14,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
-import { consumeGroup } from '../src/integrations/rabbitmq/index.js';
+import { joinConsumerGroup } from '../src/integrations/rabbitmq/index.js';
 import { openStore } from '../src/store/open.js';
 import { startRedis, stopAllServers } from '../test/harness/servers.js';
 import { round, table } from './stats.js';
@@ -212,7 +212,7 @@ async function groupRound(amqpUrl: string, queues: readonly string[], total: num
   let t0 = 0;
   let done!: () => void;
   const finished = new Promise<void>((r) => (done = r));
-  const group = await consumeGroup({
+  const group = await joinConsumerGroup({
     store,
     group: 'bench-throughput',
     node: { id: 'n1' },

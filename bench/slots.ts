@@ -30,7 +30,7 @@ import {
   type SlotSite,
 } from '../src/placement/slots.js';
 import { createHash } from 'node:crypto';
-import { SlotSite as RuntimeSite } from '../src/runtime/slots-site.js';
+import { joinSlots, type SlotsMember as RuntimeSite } from '../src/runtime/slots/member.js';
 import type { Store } from '../src/store/contract.js';
 import { openStore } from '../src/store/open.js';
 import { startRedis } from '../test/harness/servers.js';
@@ -151,8 +151,9 @@ function lookups(quick: boolean): LookupResult {
   const ss = sites(200, 3);
   const placement = computeSlotPlacement({ sites: ss, slotCount: SLOTS, replicas: R });
   const addresses = new Map(ss.map((s, i) => [s.id, `10.0.${i >> 8}.${i & 255}:7000`]));
-  const build = time(() => new RoutingTable(placement, addresses, 1), quick ? 5 : 9);
-  const rt = new RoutingTable(placement, addresses, 1);
+  // The same class a slots member serves as its live table (here built from a placement, as a client would).
+  const build = time(() => RoutingTable.fromPlacement(placement, addresses, 1), quick ? 5 : 9);
+  const rt = RoutingTable.fromPlacement(placement, addresses, 1);
   // Realistic keys: ASCII ids, some with a hash tag; built before timing.
   const keys = Array.from({ length: 65536 }, (_, i) => (i % 4 === 0 ? `{user:${i >> 2}}:cart` : `user:${i}:profile`));
   const slots = Int32Array.from(keys, (k) => slotForKey(k, SLOTS));
@@ -169,9 +170,9 @@ function lookups(quick: boolean): LookupResult {
     }
     return round(median(per), 1);
   };
-  const routeKeyNs = measure((i) => rt.route(rt.slotForKey(keys[i]!)).primary!.index);
+  const routeKeyNs = measure((i) => rt.route(rt.slotForKey(keys[i]!)).primary!.epoch);
   const slotForKeyNs = measure((i) => rt.slotForKey(keys[i]!));
-  const routeSlotNs = measure((i) => rt.route(slots[i]!).primary!.index);
+  const routeSlotNs = measure((i) => rt.route(slots[i]!).primary!.epoch);
   // Allocation check: heap growth over a burst of lookups (GC may run in between, so this is a bound, not exact).
   const heap0 = process.memoryUsage().heapUsed;
   for (let i = 0; i < 1_000_000; i++) sink = (sink + rt.route(rt.slotForKey(keys[i & 65535]!)).slot) | 0;
@@ -392,10 +393,10 @@ async function convergence(slotCounts: readonly number[]): Promise<ConvergenceCa
       const add = async (i: number): Promise<RuntimeSite> => {
         const store = counted(await openStore(server.url, { namespace }), counter);
         stores.push(store);
-        const site = new RuntimeSite({
+        const site = await joinSlots({
           store,
           cluster: 'bench',
-          site: { id: `site-${i}`, zone: `zone-${i % 3}` },
+          node: { id: `site-${i}`, zone: `zone-${i % 3}` },
           slotCount,
           replicas: R,
           sessionTtlMs: TTL_MS,
@@ -403,7 +404,6 @@ async function convergence(slotCounts: readonly number[]): Promise<ConvergenceCa
         // The application migrates nothing: ready at once, released at once. What is left is the protocol.
         site.on('prepare', ({ slots }) => slots.forEach((s) => void site.markReady(s).catch(() => undefined)));
         site.on('releasable', ({ slots }) => slots.forEach((s) => void site.release(s).catch(() => undefined)));
-        await site.start();
         sites.push(site);
         return site;
       };

@@ -1,7 +1,9 @@
 /**
- * `rebalancer`: the public API. Backends live in subpath exports
- * (`rebalancer/sqlite`, `rebalancer/redis`, …) so that an application loads
- * only the driver it uses.
+ * `rebalancer`: what every capability shares — opening a store, the store
+ * contract, sessions and the election recipe, clocks, and every error.
+ * Capabilities and backends live in subpath exports (`rebalancer/groups`,
+ * `rebalancer/slots`, `rebalancer/sqlite`, …) so that an application loads only
+ * what it uses.
  */
 export type {
   Clock,
@@ -47,42 +49,5 @@ export {
 export { Election, type ElectionOptions, type Leadership } from './store/election.js';
 export { openStore } from './store/open.js';
 
-// Resource groups.
-export { joinGroup, GroupMember } from './runtime/group-member.js';
-export type { AssignedResource, GroupEvents } from './runtime/group-member.js';
-export type { JoinOptions, ResourceContext, ResourceHandler, ResourceSource } from './runtime/options.js';
-export { GroupAdmin } from './runtime/registry.js';
-export { groupStatus } from './runtime/status.js';
-export type { GroupStatus, NodeStatus, ResourceState, ResourceStatus } from './runtime/status.js';
-export type { Protocol } from './protocol/groups/keys.js';
-export type { StopReason } from './protocol/groups/member.js';
-
-// Placement (pure functions).
-export {
-  place,
-  rankNodes,
-  countMoves,
-  shares,
-  PLACEMENT_STRATEGIES,
-  type Assignment,
-  type PlacementInput,
-  type PlacementNode,
-  type PlacementStrategy,
-} from './placement/index.js';
-
-// Slots (pure parts: key hash, placement, transition plan, routing table).
-export { slotForKey, keyHash16, crc16, DEFAULT_SLOT_COUNT, MAX_SLOT_COUNT } from './placement/slot-hash.js';
-export {
-  computeSlotPlacement,
-  planTransition,
-  siteLoads,
-  slotPrimary,
-  slotReplicas,
-  type SiteLoad,
-  type SlotChange,
-  type SlotPlacement,
-  type SlotPlacementInput,
-  type SlotSite,
-  type TransitionPlan,
-} from './placement/slots.js';
-export { RoutingTable, type SiteAddresses, type SiteRoute, type SlotRoute } from './placement/routing.js';
+// Capabilities have entry points of their own: `rebalancer/groups`, `rebalancer/slots`, `rebalancer/placement`
+// (pure placement functions), `rebalancer/rabbitmq`; backends: `rebalancer/sqlite`, `rebalancer/redis`, …

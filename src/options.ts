@@ -56,6 +56,15 @@ export class OptionReader {
     return v as T;
   }
 
+  /** An optional value that passes `check` (which returns an error message, or undefined when fine). */
+  optional<T>(name: string, check: (v: unknown) => string | undefined): T | undefined {
+    const v = this.raw(name);
+    if (v === undefined) return undefined;
+    const problem = check(v);
+    if (problem !== undefined) throw new InvalidArgumentError(`${this.#name(name)} ${problem}`);
+    return v as T;
+  }
+
   /** Milliseconds: a finite number in [min, max] (default range 0 .. one day). */
   ms(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
     return this.number(name, fallback, { min: range.min ?? 0, max: range.max ?? DAY_MS, unit: 'milliseconds' });

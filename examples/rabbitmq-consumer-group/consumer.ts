@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { openStore } from '../../src/index.js';
-import { consumeGroup } from '../../src/integrations/rabbitmq/index.js';
+import { joinConsumerGroup } from '../../src/integrations/rabbitmq/index.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -21,7 +21,7 @@ const { values: args } = parseArgs({
 const queues = Array.from({ length: Number(args.queues) }, (_, i) => `orders-${i}`);
 
 const store = await openStore(args.store);
-const group = await consumeGroup({
+const group = await joinConsumerGroup({
   store,
   group: 'orders',
   node: { id: args.node },

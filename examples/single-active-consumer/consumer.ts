@@ -8,7 +8,7 @@
  */
 import { parseArgs } from 'node:util';
 import { openStore } from '../../src/index.js';
-import { consumeGroup } from '../../src/integrations/rabbitmq/index.js';
+import { joinConsumerGroup } from '../../src/integrations/rabbitmq/index.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -21,7 +21,7 @@ const { values: args } = parseArgs({
 });
 
 const store = await openStore(args.store);
-const group = await consumeGroup({
+const group = await joinConsumerGroup({
   store,
   group: 'sac-demo',
   node: { id: args.node },

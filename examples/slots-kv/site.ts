@@ -20,7 +20,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { openStore } from '../../src/index.js';
-import { ReleaseRefusedError, SlotSite } from '../../src/slots/index.js';
+import { joinSlots } from '../../src/slots/index.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -79,10 +79,11 @@ await new Promise<void>((resolve) => server.listen(Number(args.port), '127.0.0.1
 const address = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
 const store = await openStore(args.store);
-const site = new SlotSite({
+// Joined before the listeners below are added: events are held until this module has the member.
+const site = await joinSlots({
   store,
   cluster: 'kv',
-  site: { id: args.id, address },
+  node: { id: args.id, address },
   slotCount: Number(args.slots),
   replicas: Number(args.replicas),
   sessionTtlMs: Number(args.ttl),
@@ -101,7 +102,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     let primaries = 0;
     for (let s = 0; s < site.config.slotCount; s++) if (site.isPrimary(s)) primaries++;
     return send(res, 200, {
-      id: site.siteId,
+      id: site.nodeId,
       ready: states.filter((x) => x === 'ready').length,
       preparing: states.filter((x) => x === 'preparing').length,
       primaries,
@@ -208,7 +209,7 @@ async function migrateIn(slot: number): Promise<void> {
   for (let attempt = 0; site.slots().get(slot) === 'preparing'; attempt++) {
     const route = site.route(slot);
     const sources = [route.primary, ...route.secondaries].filter(
-      (s) => s?.address !== undefined && s.id !== site.siteId,
+      (s) => s?.address !== undefined && s.id !== site.nodeId,
     );
     if (sources.length === 0) break; // nobody holds it: a new slot, nothing to copy
     let pulled = false;
@@ -227,8 +228,9 @@ async function migrateIn(slot: number): Promise<void> {
     if (pulled && same?.id === route.primary?.id && same?.epoch === route.primary?.epoch) break;
     await new Promise((r) => setTimeout(r, Math.min(1000, 100 * (attempt + 1))));
   }
-  if (site.slots().get(slot) !== 'preparing') return void data.delete(slot); // cancelled meanwhile
-  await site.markReady(slot).catch(() => data.delete(slot));
+  // Cancelled meanwhile (a routine outcome, not an error): drop what came in.
+  const r = await site.markReady(slot).catch(() => ({ ready: false }));
+  if (!r.ready) data.delete(slot);
 }
 
 site.on('prepare', ({ slots }) => slots.forEach((s) => void migrateIn(s)));
@@ -236,13 +238,13 @@ site.on('cancelled', ({ slots }) => slots.forEach((s) => data.delete(s)));
 site.on('releasable', ({ slots }) => {
   for (const s of slots) {
     site.release(s).then(
-      () => {
+      (r) => {
+        // A refusal (the plan moved on, a replica elsewhere is not ready yet) is routine: it is announced again.
+        if (!r.released) return;
         data.delete(s);
         followers.delete(s);
       },
-      (error: unknown) => {
-        if (!(error instanceof ReleaseRefusedError) && site.slots().has(s)) log(`release ${s}: ${String(error)}`);
-      },
+      (error: unknown) => log(`release ${s}: ${String(error)}`),
     );
   }
 });
@@ -252,7 +254,6 @@ site.on('primaryGained', ({ slots }) => {
 });
 site.on('error', ({ error, context }) => log(`${context}: ${String(error)}`));
 
-await site.start();
 process.stdout.write(`${JSON.stringify({ listening: address, id: args.id })}\n`);
 
 let leaving = false;

@@ -15,8 +15,8 @@
  */
 import { appendFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { joinGroup, type GroupEvents } from '../runtime/group-member.js';
-import type { ResourceContext } from '../runtime/options.js';
+import { joinGroup, type GroupEvents } from '../runtime/groups/member.js';
+import type { ResourceContext } from '../runtime/groups/options.js';
 import { openStore } from '../store/open.js';
 
 const [url, namespace, group, nodeId, oracleFile, ttl] = process.argv.slice(2);

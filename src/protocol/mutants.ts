@@ -1,8 +1,10 @@
 /**
- * Deliberately broken variants of the protocol, switched on only by the
+ * Deliberately broken variants of the protocols, switched on only by the
  * simulator (`rebalancer sim --mutant NAME`) to show that its checker catches
- * each of them. Production code never sets them; each check is one Set
- * lookup at the exact place the mutant breaks.
+ * each of them. They are passed in explicitly — to the cores as an argument,
+ * to the runtimes through their internal options — never read from a global,
+ * so a core's output depends on its inputs alone. Each check is one Set lookup
+ * at the exact place the mutant breaks.
  */
 export const MUTANTS = {
   'acquire-without-lock':
@@ -26,7 +28,10 @@ export const SLOTS_MUTANTS = {
 
 export type SlotsMutantName = keyof typeof SLOTS_MUTANTS;
 
-export const activeMutants = new Set<MutantName | SlotsMutantName>();
+/** The mutants switched on for one run (empty in production). */
+export type Mutants = ReadonlySet<MutantName | SlotsMutantName>;
+
+export const NO_MUTANTS: Mutants = new Set();
 
 export function isMutantName(name: string): name is MutantName {
   return Object.prototype.hasOwnProperty.call(MUTANTS, name);

@@ -14,12 +14,13 @@ import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
 import { InvalidArgumentError } from '../errors.js';
 import type { PlacementStrategy } from '../placement/index.js';
-import { NODE_ID_RE, type Protocol } from '../protocol/groups/keys.js';
+import { type Protocol } from '../protocol/groups/keys.js';
+import { NODE_ID_RE } from '../protocol/names.js';
 import type { StopReason } from '../protocol/groups/member.js';
 import { RevokedError } from '../errors.js';
-import { GroupMember, type GroupEvents } from '../runtime/group-member.js';
+import { GroupMember, type GroupEvents } from '../runtime/groups/member.js';
 import { TypedEmitter } from '../runtime/events.js';
-import { resolveOptions, type ResourceContext } from '../runtime/options.js';
+import { resolveGroupOptions, type ResourceContext } from '../runtime/groups/options.js';
 import type { Store } from '../store/contract.js';
 import { STORE_LIMITS } from '../store/validate.js';
 import { SupervisedChild, type ChildExit, type StopOptions } from './child.js';
@@ -181,11 +182,11 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     // SIGKILL when the lease is in danger (see #killNow).
     this.#marginMs = Math.floor(ttlMs / 5);
     this.member = new GroupMember(
-      resolveOptions({
+      resolveGroupOptions({
         store: o.store,
         group: o.group,
         node: { id: nodeId, zone: o.zone, weight: o.weight },
-        handler: (ctx) => this.#run(ctx),
+        handler: (ctx: ResourceContext) => this.#run(ctx),
         protocol: o.protocol,
         strategy: o.strategy,
         sessionTtlMs: ttlMs,

@@ -14,13 +14,15 @@
  * backwards.
  */
 import { MemoryServer, MemoryStore, type MemoryFaults } from '../backends/memory/index.js';
+import { InvariantError } from '../errors.js';
 import type { PlacementStrategy } from '../placement/index.js';
 import { shares } from '../placement/index.js';
 import { GroupKeys, decodeState, type Protocol } from '../protocol/groups/keys.js';
-import { activeMutants, type MutantName } from '../protocol/mutants.js';
-import { GroupMember, joinGroup } from '../runtime/group-member.js';
-import type { ResourceContext } from '../runtime/options.js';
-import { GroupAdmin } from '../runtime/registry.js';
+import { NO_MUTANTS, type MutantName, type Mutants } from '../protocol/mutants.js';
+import { GroupMember, joinGroupWith } from '../runtime/groups/member.js';
+import { resolveGroupOptions } from '../runtime/groups/options.js';
+import type { ResourceContext } from '../runtime/groups/options.js';
+import { GroupAdmin } from '../runtime/groups/registry.js';
 import {
   applyNodeFault,
   healNode,
@@ -45,7 +47,7 @@ export interface GroupsSimOptions {
 
 export interface Violation {
   readonly atMs: number;
-  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'liveness';
+  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'liveness' | 'invariant';
   readonly detail: string;
 }
 
@@ -90,17 +92,12 @@ interface SimNode extends FaultyNode {
 }
 
 export async function runGroupsSim(options: GroupsSimOptions): Promise<GroupsSimResult> {
-  activeMutants.clear();
-  if (options.mutant !== undefined) activeMutants.add(options.mutant);
-  try {
-    return await new GroupsSim(options).run();
-  } finally {
-    activeMutants.clear();
-  }
+  return new GroupsSim(options).run();
 }
 
 class GroupsSim {
   readonly #o: Required<Omit<GroupsSimOptions, 'mutant'>> & { mutant: MutantName | undefined };
+  readonly #mutants: Mutants;
   readonly #rng: Random;
   readonly #faultRng: Random;
   readonly #sim = new SimWorld();
@@ -131,12 +128,13 @@ class GroupsSim {
       mutant: o.mutant,
       faultPhaseMs: o.faultPhaseMs ?? 30_000,
     };
+    this.#mutants = o.mutant === undefined ? NO_MUTANTS : new Set([o.mutant]);
     this.#rng = new Random(o.seed);
     this.#faultRng = this.#rng.fork();
     this.#server = new MemoryServer({ clock: this.#world });
     this.#keys = new GroupKeys('sim');
     this.#adminStore = new MemoryStore({ server: this.#server, namespace: 'sim', clock: this.#world });
-    this.#admin = new GroupAdmin(this.#adminStore, 'sim');
+    this.#admin = new GroupAdmin(this.#adminStore, 'sim', { mutants: this.#mutants });
   }
 
   async run(): Promise<GroupsSimResult> {
@@ -235,21 +233,24 @@ class GroupsSim {
     const rng = this.#rng.fork();
     const store = node.store;
     let member: GroupMember | undefined;
-    joinGroup({
-      store,
-      group: 'sim',
-      node: { id: node.id, zone: `z${node.index % 3}`, weight: 1 },
-      protocol: this.#o.protocol,
-      strategy: this.#o.strategy,
-      sessionTtlMs: SIM.ttlMs,
-      drainTimeoutMs: SIM.drainTimeoutMs,
-      reconcileIntervalMs: SIM.reconcileIntervalMs,
-      joinTimeoutMs: SIM.ttlMs * 3,
-      restartBackoff: { initialMs: 100, maxMs: 1000 },
-      clock: node.time,
-      random: () => rng.next(),
-      handler: (ctx) => this.#handler(node, () => member, ctx),
-    }).then(
+    joinGroupWith(
+      resolveGroupOptions({
+        store,
+        group: 'sim',
+        node: { id: node.id, zone: `z${node.index % 3}`, weight: 1 },
+        protocol: this.#o.protocol,
+        strategy: this.#o.strategy,
+        sessionTtlMs: SIM.ttlMs,
+        drainTimeoutMs: SIM.drainTimeoutMs,
+        reconcileIntervalMs: SIM.reconcileIntervalMs,
+        joinTimeoutMs: SIM.ttlMs * 3,
+        restartBackoff: { initialMs: 100, maxMs: 1000 },
+        clock: node.time,
+        random: () => rng.next(),
+        handler: (ctx: ResourceContext) => this.#handler(node, () => member, ctx),
+      }),
+      { mutants: this.#mutants },
+    ).then(
       (m) => {
         if (node.store !== store) {
           void m.leave();
@@ -258,6 +259,15 @@ class GroupsSim {
         member = m;
         node.member = m;
         node.joining = false;
+        // A broken invariant inside the library is a violation too (the runtime reports it and leaves).
+        m.on('error', ({ error, context }) => {
+          if (error instanceof InvariantError)
+            this.#violations.push({
+              atMs: this.#world.now(),
+              kind: 'invariant',
+              detail: `${node.id} ${context}: ${error.message}`,
+            });
+        });
         if (process.env['REBALANCER_SIM_TRACE'] !== undefined) {
           const log = (what: string) => (e: unknown) =>
             process.stderr.write(

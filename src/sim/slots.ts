@@ -20,9 +20,11 @@
  *    table is the same.
  */
 import { MemoryServer, MemoryStore } from '../backends/memory/index.js';
-import { activeMutants, type SlotsMutantName } from '../protocol/mutants.js';
+import { InvariantError } from '../errors.js';
+import { NO_MUTANTS, type Mutants, type SlotsMutantName } from '../protocol/mutants.js';
 import { decodeReady, hasReady, SlotKeys } from '../protocol/slots/keys.js';
-import { ReleaseRefusedError, SlotSite } from '../runtime/slots-site.js';
+import { joinSlotsWith, type SlotsMember } from '../runtime/slots/member.js';
+import { resolveSlotsOptions } from '../runtime/slots/options.js';
 import { Random } from './random.js';
 import {
   applyNodeFault,
@@ -46,7 +48,7 @@ export interface SlotsSimOptions {
 
 export interface SlotsViolation {
   readonly atMs: number;
-  readonly kind: 'double-primary' | 'stale-epoch' | 'release-below-r' | 'liveness';
+  readonly kind: 'double-primary' | 'stale-epoch' | 'release-below-r' | 'liveness' | 'invariant';
   readonly detail: string;
 }
 
@@ -73,20 +75,14 @@ interface SimSite extends FaultyNode {
   readonly id: string;
   readonly index: number;
   store: MemoryStore | undefined;
-  site: SlotSite | undefined;
+  site: SlotsMember | undefined;
   starting: boolean;
   /** How long this site's application takes to migrate a slot in. */
   migrateMs: number;
 }
 
 export async function runSlotsSim(options: SlotsSimOptions): Promise<SlotsSimResult> {
-  activeMutants.clear();
-  if (options.mutant !== undefined) activeMutants.add(options.mutant);
-  try {
-    return await new SlotsSim(options).run();
-  } finally {
-    activeMutants.clear();
-  }
+  return new SlotsSim(options).run();
 }
 
 class SlotsSim {
@@ -95,6 +91,7 @@ class SlotsSim {
   readonly #slots: number;
   readonly #R: number;
   readonly #faultPhaseMs: number;
+  readonly #mutants: Mutants;
   readonly #rng: Random;
   readonly #faultRng: Random;
   readonly #world = new SimWorld();
@@ -114,6 +111,7 @@ class SlotsSim {
     this.#slots = o.slots ?? 24;
     this.#R = o.replicas ?? 2;
     this.#faultPhaseMs = o.faultPhaseMs ?? 30_000;
+    this.#mutants = o.mutant === undefined ? NO_MUTANTS : new Set([o.mutant]);
     this.#rng = new Random(o.seed);
     this.#faultRng = this.#rng.fork();
     this.#server = new MemoryServer({ clock: this.#world.clock });
@@ -190,18 +188,45 @@ class SlotsSim {
     node.store = store;
     node.up = true;
     node.starting = true;
-    const site = new SlotSite({
+    const options = resolveSlotsOptions({
       store,
       cluster: 'sim',
-      site: { id: node.id, zone: `z${node.index % 2}`, address: `${node.id}:1` },
+      node: { id: node.id, zone: `z${node.index % 2}`, address: `${node.id}:1` },
       slotCount: this.#slots,
       replicas: this.#R,
-      minSites: 1,
+      minNodes: 1,
       sessionTtlMs: SLOTS_SIM.ttlMs,
       reconcileIntervalMs: SLOTS_SIM.reconcileIntervalMs,
       leaveTimeoutMs: 10_000,
       clock: node.time,
     });
+    joinSlotsWith(options, { mutants: this.#mutants }).then(
+      (site) => {
+        node.starting = false;
+        if (node.store !== store) {
+          void site.leave();
+          return;
+        }
+        node.site = site;
+        // Subscribed as soon as the member exists: its events are held until the next timer turn.
+        this.#subscribe(node, site);
+      },
+      (error: unknown) => {
+        node.starting = false;
+        if (process.env['REBALANCER_SIM_TRACE'] !== undefined) {
+          process.stderr.write(`${this.#world.now().toFixed(0)} ${node.id} startFailed ${String(error)}\n`);
+        }
+        if (node.store === store && node.up) {
+          this.#world.at(this.#world.now() + 500, () => {
+            if (node.store === store && node.up && node.site === undefined) this.#restart(node);
+          });
+        }
+      },
+    );
+  }
+
+  /** The simulated application: migrate in migrateMs, release what it may; the oracle hears every release. */
+  #subscribe(node: SimSite, site: SlotsMember): void {
     const time = node.time;
     site.on('prepare', ({ slots }) => {
       for (const s of slots) {
@@ -213,15 +238,22 @@ class SlotsSim {
     site.on('releasable', ({ slots }) => {
       for (const s of slots) {
         time.setTimeout(() => {
-          if (node.site === site) {
-            void site.release(s).catch((e: unknown) => {
-              if (!(e instanceof ReleaseRefusedError)) return; // store faults: the next releasable retries
-            });
-          }
+          // A refusal is a result; a store fault rejects: the next releasable announcement retries either way.
+          if (node.site === site) void site.release(s).catch(() => undefined);
         }, 1);
       }
     });
     site.on('released', (e) => this.#onReleased(node, e));
+    // A broken invariant inside the library is a violation too (the runtime reports it and leaves).
+    site.on('error', ({ error, context }) => {
+      if (error instanceof InvariantError) {
+        this.#violations.push({
+          atMs: this.#world.now(),
+          kind: 'invariant',
+          detail: `${node.id} ${context}: ${error.message}`,
+        });
+      }
+    });
     if (process.env['REBALANCER_SIM_TRACE'] !== undefined) {
       for (const ev of [
         'joined',
@@ -240,27 +272,6 @@ class SlotsSim {
         );
       }
     }
-    site.start().then(
-      () => {
-        node.starting = false;
-        if (node.store !== store) {
-          void site.leave();
-          return;
-        }
-        node.site = site;
-      },
-      (error: unknown) => {
-        node.starting = false;
-        if (process.env['REBALANCER_SIM_TRACE'] !== undefined) {
-          process.stderr.write(`${this.#world.now().toFixed(0)} ${node.id} startFailed ${String(error)}\n`);
-        }
-        if (node.store === store && node.up) {
-          this.#world.at(this.#world.now() + 500, () => {
-            if (node.store === store && node.up && node.site === undefined) this.#restart(node);
-          });
-        }
-      },
-    );
   }
 
   #kill(node: SimSite): void {

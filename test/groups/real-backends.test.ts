@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GroupAdmin } from '../../src/runtime/registry.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import type { Store } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
 import { eventually as pollUntil } from '../conformance/suite.js';

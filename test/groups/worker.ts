@@ -18,8 +18,8 @@
  */
 import { appendFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { joinGroup, type GroupEvents } from '../../src/runtime/group-member.js';
-import type { ResourceContext } from '../../src/runtime/options.js';
+import { joinGroup, type GroupEvents } from '../../src/runtime/groups/member.js';
+import type { ResourceContext } from '../../src/runtime/groups/options.js';
 import { openStore } from '../../src/store/open.js';
 
 const [url, namespace, nodeId, oracleFile] = process.argv.slice(2);

@@ -25,7 +25,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
-import { GroupAdmin } from '../../src/runtime/registry.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
 import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
 import { eventually as pollUntil } from '../conformance/suite.js';

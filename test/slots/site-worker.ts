@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { ReleaseRefusedError, SlotSite, type SlotsEvents } from '../../src/runtime/slots-site.js';
+import { joinSlots, type SlotsEvents } from '../../src/slots/index.js';
 import { openStore } from '../../src/store/open.js';
 
 const [url, namespace, siteId, oracleFile, stateDir] = process.argv.slice(2);
@@ -56,10 +56,11 @@ function replacer(_key: string, value: unknown): unknown {
 }
 
 const store = await openStore(url, { namespace });
-const site = new SlotSite({
+// The listeners below are added right after the join resolves: its events are held until then.
+const site = await joinSlots({
   store,
   cluster: 'kv',
-  site: { id: siteId, address: `${siteId}.test:7000` },
+  node: { id: siteId, address: `${siteId}.test:7000` },
   slotCount: SLOTS,
   replicas: R,
   sessionTtlMs: TTL_MS,
@@ -74,22 +75,29 @@ site.on('prepare', ({ slots }) => {
     setTimeout(() => {
       if (site.slots().get(slot) !== 'preparing') return; // cancelled meanwhile
       oracle({ k: 'ready', slot });
-      site.markReady(slot).catch((error: unknown) => {
-        oracle({ k: 'dropped', slot });
-        say('markReadyFailed', { slot, error });
-      });
+      site.markReady(slot).then(
+        (r) => {
+          if (r.ready) return;
+          oracle({ k: 'dropped', slot });
+          say('markReadyRefused', { slot, reason: r.reason });
+        },
+        (error: unknown) => {
+          oracle({ k: 'dropped', slot });
+          say('markReadyFailed', { slot, error });
+        },
+      );
     }, MIGRATE_MS);
   }
 });
 site.on('releasable', ({ slots }) => {
   for (const slot of slots) {
     site.release(slot).then(
-      () => oracle({ k: 'release', slot }),
-      (error: unknown) => {
-        // Refused: not yet (a later releasable says when). Not held: an earlier call released it already.
-        if (error instanceof ReleaseRefusedError) say('releaseRefused', { slot, error });
-        else if (site.slots().has(slot)) say('releaseFailed', { slot, error });
+      (r) => {
+        // Refused: not yet (a later releasable says when), or an earlier call released it already.
+        if (r.released) oracle({ k: 'release', slot });
+        else say('releaseRefused', { slot, reason: r.reason });
       },
+      (error: unknown) => say('releaseFailed', { slot, error }),
     );
   }
 });
@@ -165,7 +173,6 @@ process.on('SIGTERM', () => {
 });
 
 oracle({ k: 'hello' }); // the test signals (SIGUSR2) only sites that said hello: the handler is in place
-await site.start();
 say('started');
 
 // Event-loop stalls explain missed keep-alives: report any tick more than 500 ms late.

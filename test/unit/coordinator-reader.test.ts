@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/store.js';
 import { CoordinatorReader, readGroupView, writeCoordinatorDecision } from '../../src/protocol/groups/io.js';
 import { GroupKeys, encode } from '../../src/protocol/groups/keys.js';
-import { GroupAdmin } from '../../src/runtime/registry.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import type { CoordinatorView } from '../../src/protocol/groups/coordinator.js';
 
 const noReport = (): void => undefined;

@@ -218,6 +218,8 @@ describe('coordinator core', () => {
       ]),
     };
     const d1 = decideCoordinator(cview({ ...base, state: state(1, 'running', 'global-barrier') }), g, mem, 0, self);
+    // A decision never changes the memory it is given: it returns the next one.
+    expect(mem).toEqual(newCoordinatorMemory());
     expect(d1.changes).toEqual([]);
     expect(d1.state).toMatchObject({ phase: 'stopping', generation: 2 });
     const waiting = decideCoordinator(
@@ -228,7 +230,7 @@ describe('coordinator core', () => {
         held: new Map([['q1', 'a']]),
       }),
       g,
-      mem,
+      d1.memory,
       10,
       self,
     );
@@ -244,7 +246,7 @@ describe('coordinator core', () => {
         ]),
       }),
       g,
-      mem,
+      waiting.memory,
       20,
       self,
     );
@@ -259,7 +261,7 @@ describe('coordinator core', () => {
       ['q1', ['a']],
       ['q2', ['b']],
     ]);
-    decideCoordinator(
+    const first = decideCoordinator(
       cview({
         members: new Map([
           ['a', member('a', true)],
@@ -277,7 +279,7 @@ describe('coordinator core', () => {
     const during = decideCoordinator(
       cview({ members: new Map([['a', member('a', true)]]), resources: ['q1', 'q2'], grants, state: state(1) }),
       cfg,
-      mem,
+      first.memory,
       1000,
       self,
     );
@@ -286,7 +288,7 @@ describe('coordinator core', () => {
     const after = decideCoordinator(
       cview({ members: new Map([['a', member('a', true)]]), resources: ['q1', 'q2'], grants, state: state(1) }),
       cfg,
-      mem,
+      during.memory,
       6000,
       self,
     );
@@ -300,6 +302,6 @@ describe('coordinator core', () => {
     const d = decideCoordinator(v, cfg, mem, 100, self);
     expect(d.changes).toEqual([]);
     expect(d.wakeAtMs).toBe(600);
-    expect(decideCoordinator(v, cfg, mem, 600, self).changes).toEqual([{ add: { nodeId: 'a', name: 'q1' } }]);
+    expect(decideCoordinator(v, cfg, d.memory, 600, self).changes).toEqual([{ add: { nodeId: 'a', name: 'q1' } }]);
   });
 });

@@ -6,9 +6,9 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/store.js';
 import { VirtualClock } from '../../src/store/clock.js';
-import { joinGroup, type GroupMember } from '../../src/runtime/group-member.js';
-import { GroupAdmin } from '../../src/runtime/registry.js';
-import type { ResourceContext } from '../../src/runtime/options.js';
+import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
+import type { ResourceContext } from '../../src/runtime/groups/options.js';
 
 /** Await a promise while virtual time runs (store calls wait on the virtual clock). */
 async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {

@@ -1,10 +1,17 @@
 /** Option validation of `rebalancer/rabbitmq`: mistakes are typed errors before anything connects. */
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, LimitExceededError } from '../../src/errors.js';
-import { ConsumerGroup, type ConsumeGroupOptions } from '../../src/integrations/rabbitmq/index.js';
+import { MemoryStore } from '../../src/backends/memory/store.js';
+import { ConsumerGroup } from '../../src/integrations/rabbitmq/index.js';
 import { withHeartbeat } from '../../src/integrations/rabbitmq/connection.js';
-import { resolveConsumeOptions } from '../../src/integrations/rabbitmq/options.js';
+import { resolveConsumerGroupOptions } from '../../src/integrations/rabbitmq/options.js';
 import { openStore } from '../../src/store/open.js';
+
+const memory = new MemoryStore();
+/** The RabbitMQ half of the options, read by the same reader as the group's. */
+function resolveConsumeOptions(o: object) {
+  return resolveConsumerGroupOptions({ store: memory, group: 'g', node: { id: 'n' }, ...o }, () => undefined).rabbit;
+}
 
 const base = {
   connection: 'amqp://guest:guest@127.0.0.1:5672',
@@ -14,7 +21,7 @@ const base = {
 
 describe('rebalancer/rabbitmq options', () => {
   it('has defaults', () => {
-    const r = resolveConsumeOptions({ ...base } as unknown as ConsumeGroupOptions);
+    const r = resolveConsumeOptions({ ...base });
     expect(r).toMatchObject({ prefetch: 10, onError: 'requeue', exclusive: true, heartbeatS: 10 });
   });
 
@@ -30,16 +37,15 @@ describe('rebalancer/rabbitmq options', () => {
     ['a fractional prefetch', { prefetch: 1.5 }],
     ['an unknown onError', { onError: 'drop' }],
     ['reconnect.maxMs below initialMs', { reconnect: { initialMs: 500, maxMs: 100 } }],
+    ['a single queue name instead of a list', { queues: 'q1' }],
+    ['a misspelt option', { prefech: 5 }],
+    ['a misspelt group option', { sesionTtlMs: 5000 }],
   ])('rejects %s with InvalidArgumentError', (_what, patch) => {
-    expect(() => resolveConsumeOptions({ ...base, ...patch } as unknown as ConsumeGroupOptions)).toThrow(
-      InvalidArgumentError,
-    );
+    expect(() => resolveConsumeOptions({ ...base, ...patch })).toThrow(InvalidArgumentError);
   });
 
   it('rejects a queue name above 255 bytes with LimitExceededError', () => {
-    expect(() =>
-      resolveConsumeOptions({ ...base, queues: ['é'.repeat(128)] } as unknown as ConsumeGroupOptions),
-    ).toThrow(LimitExceededError);
+    expect(() => resolveConsumeOptions({ ...base, queues: ['é'.repeat(128)] })).toThrow(LimitExceededError);
   });
 
   it('validates the group options too, in the constructor (nothing connects)', async () => {

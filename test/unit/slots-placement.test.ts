@@ -490,21 +490,19 @@ describe('planTransition and movement', () => {
 describe('RoutingTable', () => {
   const placement = computeSlotPlacement({ sites: sites(5, { zones: 3 }), slotCount: 1024, replicas: 3 });
   const addresses = new Map(placement.siteIds.map((id, i) => [id, `10.0.0.${i + 1}:7000`]));
-  const table = new RoutingTable(placement, addresses, 7);
+  const table = RoutingTable.fromPlacement(placement, addresses, 7);
 
-  it('routes each slot to its replicas, primary first, with addresses', () => {
+  it('from a placement: routes each slot to its replicas, primary first (epoch 0: no lock behind it), with addresses', () => {
     expect(table.version).toBe(7);
     expect(table.slotCount).toBe(1024);
     for (let s = 0; s < 1024; s++) {
       const r = table.route(s);
       expect(r.slot).toBe(s);
-      expect(r.replicas.map((x) => x.id)).toEqual(slotReplicas(placement, s));
+      expect([r.primary!.id, ...r.secondaries.map((x) => x.id)]).toEqual(slotReplicas(placement, s));
       expect(r.primary?.id).toBe(slotPrimary(placement, s));
+      expect(r.primary?.epoch).toBe(0);
       expect(table.primary(s)).toBe(r.primary);
-      expect(r.secondaries).toEqual(r.replicas.slice(1));
-      expect(table.primaryIndex(s)).toBe(r.primary!.index);
-      expect(table.replicaIndex(s, 2)).toBe(r.replicas[2]!.index);
-      for (const x of r.replicas) expect(x.address).toBe(addresses.get(x.id));
+      for (const x of [r.primary!, ...r.secondaries]) expect(x.address).toBe(addresses.get(x.id));
     }
   });
 
@@ -517,19 +515,33 @@ describe('RoutingTable', () => {
     }
   });
 
+  it('with(): a new table with some routes replaced, sharing the others; the old table is unchanged', () => {
+    const route = { slot: 5, primary: { id: 'x', address: 'x:1', epoch: 42 }, secondaries: [] };
+    const next = table.with(new Map([[5, route]]), 8);
+    expect(next.version).toBe(8);
+    expect(next.route(5)).toBe(route);
+    expect(table.route(5).primary?.epoch).toBe(0);
+    expect(next.route(6)).toBe(table.route(6));
+    expect(() => table.with(new Map([[1024, { ...route, slot: 1024 }]]), 9)).toThrow(InvalidArgumentError);
+  });
+
   it('is immutable and validates its input', () => {
     expect(Object.isFrozen(table)).toBe(true);
-    expect(Object.isFrozen(table.route(0).replicas)).toBe(true);
+    expect(Object.isFrozen(table.route(0).secondaries)).toBe(true);
     expect(() => table.route(1024)).toThrow(InvalidArgumentError);
     expect(() => table.route(-1)).toThrow(InvalidArgumentError);
     expect(() => table.route(0.5)).toThrow(InvalidArgumentError);
-    expect(() => table.replicaIndex(0, 3)).toThrow(InvalidArgumentError);
-    expect(() => new RoutingTable(placement, addresses, -1)).toThrow(InvalidArgumentError);
-    const partial = new RoutingTable(placement, { [placement.siteIds[0]!]: 'a:1' }, 0);
-    expect(partial.site(placement.siteIds[0]!)?.address).toBe('a:1');
-    expect(partial.site(placement.siteIds[1]!)?.address).toBeUndefined();
-    const empty = new RoutingTable(computeSlotPlacement({ sites: [], slotCount: 8, replicas: 1 }), {}, 0);
+    expect(() => RoutingTable.fromPlacement(placement, addresses, -1)).toThrow(InvalidArgumentError);
+    expect(() => new RoutingTable([{ slot: 1, primary: undefined, secondaries: [] }], 0)).toThrow(InvalidArgumentError);
+    const partial = RoutingTable.fromPlacement(placement, { [placement.siteIds[0]!]: 'a:1' }, 0);
+    const first = placement.siteIds[0]!;
+    for (let s = 0; s < 1024; s++) {
+      for (const x of [partial.route(s).primary!, ...partial.route(s).secondaries]) {
+        expect(x.address).toBe(x.id === first ? 'a:1' : undefined);
+      }
+    }
+    const empty = RoutingTable.fromPlacement(computeSlotPlacement({ sites: [], slotCount: 8, replicas: 1 }), {}, 0);
     expect(empty.primary(3)).toBeUndefined();
-    expect(empty.primaryIndex(3)).toBe(-1);
+    expect(RoutingTable.empty(4).route(3)).toEqual({ slot: 3, primary: undefined, secondaries: [] });
   });
 });

@@ -24,7 +24,7 @@ import {
   type SlotAssignment,
   type SlotsConfig,
 } from '../../src/protocol/slots/keys.js';
-import { decideSite, mayRelease, type LocalSlotState, type SiteView } from '../../src/protocol/slots/site.js';
+import { checkRelease, decideSite, type LocalSlotState, type SiteView } from '../../src/protocol/slots/site.js';
 
 describe('slots keys and codecs', () => {
   it('round-trips plan chunks and ready bitmaps, and reports corrupt ones', () => {
@@ -67,7 +67,7 @@ class Model {
   readonly sites = new Map<string, Site>();
   plan: (SlotAssignment | undefined)[];
   readonly locks: ({ site: string; epoch: number } | undefined)[];
-  readonly memory: SlotsCoordinatorMemory = {};
+  memory: SlotsCoordinatorMemory = {};
   epoch = 0;
   nextSite = 0;
   readonly violations: string[] = [];
@@ -128,7 +128,10 @@ class Model {
       { sites: this.candidates(), plan: this.plan, ready: this.ready(), primaries: this.locks.map((l) => l?.site) },
       this.memory,
     );
-    if (d !== undefined) this.plan = [...d.plan];
+    if (d !== undefined) {
+      this.plan = [...d.plan];
+      this.memory = { target: d.target };
+    }
   }
 
   /** One site acts on its decision; `pick` chooses which slots (all when it returns true always). */
@@ -158,7 +161,7 @@ class Model {
   /** The application's release(slot): re-checked against the store as it is now (one guarded transaction). */
   release(site: Site, slot: number): void {
     if (site.local.get(slot) !== 'ready' || site.primaries.has(slot)) return;
-    if (!mayRelease(this.view(site), slot)) return;
+    if (!checkRelease(this.view(site), slot).allowed) return;
     // After the release: min(R, sites that may hold slots) ready replicas, the releasing site counted while it stays.
     const needed = Math.min(this.config.replicas, this.candidates().size);
     site.local.delete(slot);
@@ -263,12 +266,12 @@ describe('slots protocol cores (model run)', () => {
     c!.local.set(0, 'ready');
     m.plan = [{ assigned: ['s2'], primary: 's2' }];
     // a sees b ready, but b is not assigned: only c counts; min(2, 2 others) = 2 needed.
-    expect(mayRelease(m.view(a!), 0)).toBe(false);
+    expect(checkRelease(m.view(a!), 0).allowed).toBe(false);
     m.plan = [{ assigned: ['s1', 's2'], primary: 's2' }];
-    expect(mayRelease(m.view(a!), 0)).toBe(true);
+    expect(checkRelease(m.view(a!), 0).allowed).toBe(true);
     m.plan = [{ assigned: ['s2'], primary: 's2' }];
     a!.failed.add(0);
-    expect(mayRelease(m.view(a!), 0)).toBe(true);
+    expect(checkRelease(m.view(a!), 0).allowed).toBe(true);
   });
 
   it('random joins, leaves, crashes and slow migrations: no release below R, one primary, convergence', () => {

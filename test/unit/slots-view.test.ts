@@ -19,7 +19,7 @@ import {
   type ReadyBits,
   type SlotAssignment,
 } from '../../src/protocol/slots/keys.js';
-import { changedSlots, type FullView, type Holder } from '../../src/runtime/slots-view.js';
+import { changedSlots, type SlotsView as FullView, type Holder } from '../../src/protocol/slots/view.js';
 import type { KeyValue } from '../../src/store/contract.js';
 
 describe('held summaries', () => {

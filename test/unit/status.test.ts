@@ -6,9 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/store.js';
 import { VirtualClock } from '../../src/store/clock.js';
-import { joinGroup, type GroupMember } from '../../src/runtime/group-member.js';
-import { GroupAdmin } from '../../src/runtime/registry.js';
-import { GroupNotFoundError, groupStatus, type GroupStatus } from '../../src/runtime/status.js';
+import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
+import { GroupNotFoundError } from '../../src/errors.js';
+import { groupStatus, type GroupStatus } from '../../src/runtime/groups/status.js';
 import { renderStatus } from '../../src/cli/commands/status.js';
 
 async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {

@@ -1,6 +1,6 @@
 /** `rebalancer groups list`. */
 import type { Command } from 'commander';
-import { listGroups } from '../../runtime/registry.js';
+import { listGroups } from '../../runtime/groups/registry.js';
 import { withStore } from '../context.js';
 
 export function register(program: Command): void {

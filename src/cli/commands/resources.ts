@@ -1,6 +1,6 @@
 /** `rebalancer resources add|remove|list`: a group's resource registry. */
 import type { Command } from 'commander';
-import { GroupAdmin } from '../../runtime/registry.js';
+import { GroupAdmin } from '../../runtime/groups/registry.js';
 import { EXIT, namesFrom, withStore } from '../context.js';
 
 export function register(program: Command): void {

@@ -8,7 +8,8 @@
 import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
 import { GroupKeys } from '../../protocol/groups/keys.js';
-import { GroupNotFoundError, groupStatus, type GroupStatus } from '../../runtime/status.js';
+import { GroupNotFoundError } from '../../errors.js';
+import { groupStatus, type GroupStatus } from '../../runtime/groups/status.js';
 import type { Store } from '../../store/contract.js';
 import { out, withStore } from '../context.js';
 

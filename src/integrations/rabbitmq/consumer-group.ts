@@ -5,11 +5,12 @@
  * (locks, self-fencing, rebalancing) is the runtime's; this module only turns
  * "you own queue Q with token T" into a consumer on Q and back.
  */
-import { GroupMember, type AssignedResource, type GroupEvents } from '../../runtime/group-member.js';
+import { GroupMember, type AssignedResource, type GroupEvents } from '../../runtime/groups/member.js';
 import { TypedEmitter } from '../../runtime/events.js';
-import { resolveOptions, type ResourceContext } from '../../runtime/options.js';
+import type { ResourceContext } from '../../runtime/groups/options.js';
+import type { Clock } from '../../store/contract.js';
 import { ConnectionManager, connector } from './connection.js';
-import { resolveConsumeOptions, type ConsumeGroupOptions } from './options.js';
+import { resolveConsumerGroupOptions, type ConsumerGroupOptions } from './options.js';
 import { runQueue, type QueueEnv, type RabbitQueueEvents } from './queue-consumer.js';
 
 export interface ConsumerGroupEvents extends GroupEvents, RabbitQueueEvents {
@@ -52,7 +53,7 @@ const GROUP_EVENTS: Record<keyof GroupEvents, true> = {
  * LimitExceededError); no broker within `connectTimeoutMs` is a
  * BrokerUnavailableError.
  */
-export async function consumeGroup(options: ConsumeGroupOptions): Promise<ConsumerGroup> {
+export async function joinConsumerGroup(options: ConsumerGroupOptions): Promise<ConsumerGroup> {
   const group = new ConsumerGroup(options);
   await group.start();
   return group;
@@ -66,31 +67,30 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
   readonly #connections: ConnectionManager;
   readonly #env: QueueEnv;
   readonly #connectTimeoutMs: number;
+  readonly #clock: Clock;
   /** `queue|token` of queues whose consumer the broker has confirmed. */
   readonly #consuming = new Set<string>();
   /** Sessions the member has lost: a lock taken under one of them is gone even before the member rejoins. */
   readonly #lostSessions = new Set<string>();
   #left = false;
 
-  /** Validates the options; use consumeGroup(), which also connects and joins. */
-  constructor(options: ConsumeGroupOptions) {
-    super();
-    const rabbit = resolveConsumeOptions(options);
-    const resolved = resolveOptions({
-      ...options,
-      resourceSource: rabbit.queues,
-      handler: (ctx: ResourceContext) => runQueue(ctx, this.#env),
-    });
+  /** Validates the options; use joinConsumerGroup(), which also connects and joins. */
+  constructor(options: ConsumerGroupOptions) {
+    super({ held: true });
+    const { group: resolved, rabbit } = resolveConsumerGroupOptions(options, (ctx: ResourceContext) =>
+      runQueue(ctx, this.#env),
+    );
     this.member = new GroupMember(resolved);
     this.group = resolved.group;
-    this.nodeId = resolved.nodeId;
+    this.nodeId = resolved.node.id;
     this.#connectTimeoutMs = rabbit.connectTimeoutMs;
     const clock = resolved.clock;
+    this.#clock = clock;
     this.#connections = new ConnectionManager(
       connector(
         rabbit.connection,
         rabbit.heartbeatS,
-        `rebalancer ${resolved.group}/${resolved.nodeId}`,
+        `rebalancer ${resolved.group}/${resolved.node.id}`,
         rabbit.operationTimeoutMs,
       ),
       {
@@ -111,7 +111,7 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
       clock,
       random: resolved.random,
       group: resolved.group,
-      nodeId: resolved.nodeId,
+      nodeId: resolved.node.id,
       options: rabbit,
       connections: this.#connections,
       sessionId: () => member.sessionId,
@@ -134,9 +134,8 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
   }
 
   /**
-   * Connect, then join (consumeGroup() does both; construct and start yourself to subscribe to events before
-   * anything happens). Connecting first: a node that cannot reach the broker should not take queues it cannot
-   * consume.
+   * Connect, then join; use joinConsumerGroup(), which calls this (events are held until the caller has the
+   * group). Connecting first: a node that cannot reach the broker should not take queues it cannot consume.
    */
   async start(): Promise<void> {
     try {
@@ -146,6 +145,7 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
       await this.#connections.close();
       throw error;
     }
+    this.#openAt(0);
   }
 
   /** The queues this node deals with now, with their fencing tokens and whether the broker confirmed the consumer. */
@@ -155,6 +155,10 @@ export class ConsumerGroup extends TypedEmitter<ConsumerGroupEvents> {
       queue: a.resource,
       consuming: a.fencingToken !== undefined && this.#consuming.has(`${a.resource}|${a.fencingToken}`),
     }));
+  }
+
+  #openAt(delayMs: number): void {
+    this.#clock.setTimeout(() => this.openEvents(), delayMs);
   }
 
   /** True while a broker connection is up. */

@@ -7,13 +7,13 @@
  * optional peer dependency `amqplib` (2.x). Guarantees and what they assume:
  * docs/rabbitmq.md.
  */
-export { consumeGroup, ConsumerGroup, type ConsumerGroupEvents, type QueueAssignment } from './consumer-group.js';
+export { joinConsumerGroup, ConsumerGroup, type ConsumerGroupEvents, type QueueAssignment } from './consumer-group.js';
 export type { RabbitQueueEvents, SessionEndReason } from './queue-consumer.js';
 export {
   MAX_QUEUE_NAME_BYTES,
   validateQueueName,
   type ConnectionSource,
-  type ConsumeGroupOptions,
+  type ConsumerGroupOptions,
   type MessageContext,
   type MessageHandler,
 } from './options.js';

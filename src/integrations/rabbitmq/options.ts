@@ -1,11 +1,18 @@
 /**
- * Options of a RabbitMQ consumer group, validated up front (the group-member
- * options are validated by the runtime's own resolveOptions, called with them).
+ * Options of a RabbitMQ consumer group, validated up front together with the
+ * group-member options they extend (one reader, one unknown-option check).
  */
 import type { ChannelModel, ConsumeMessage } from 'amqplib';
 import { InvalidArgumentError, LimitExceededError } from '../../errors.js';
+import { stringList, type OptionReader } from '../../options.js';
 import { validateResourceName } from '../../protocol/groups/keys.js';
-import type { JoinOptions, ResourceSource } from '../../runtime/options.js';
+import {
+  resolveGroupOptions,
+  type JoinGroupOptions,
+  type ResolvedGroupOptions,
+  type ResourceHandler,
+  type ResourceSource,
+} from '../../runtime/groups/options.js';
 
 /** What the message handler gets with each delivery. */
 export interface MessageContext {
@@ -39,7 +46,7 @@ export type MessageHandler = (message: ConsumeMessage, ctx: MessageContext) => P
  */
 export type ConnectionSource = string | (() => Promise<ChannelModel>);
 
-export interface ConsumeGroupOptions extends Omit<JoinOptions, 'handler' | 'resourceSource'> {
+export interface ConsumerGroupOptions extends Omit<JoinGroupOptions, 'handler' | 'resourceSource'> {
   readonly connection: ConnectionSource;
   /**
    * The queues to share. A list: the coordinator registers exactly these as
@@ -80,7 +87,7 @@ export interface ConsumeGroupOptions extends Omit<JoinOptions, 'handler' | 'reso
   readonly heartbeatS?: number | undefined;
   /** Bound on each broker operation (connect, open channel, consume, cancel, close; default 10 000 ms). */
   readonly operationTimeoutMs?: number | undefined;
-  /** How long consumeGroup waits for the first broker connection before it fails (default 30 000 ms). */
+  /** How long joinConsumerGroup waits for the first broker connection before it fails (default 30 000 ms). */
   readonly connectTimeoutMs?: number | undefined;
 }
 
@@ -116,74 +123,69 @@ export function validateQueueName(name: string): string {
   return name;
 }
 
-function num(name: string, v: number | undefined, fallback: number, min: number, max: number, int = false): number {
-  const x = v ?? fallback;
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max || (int && !Number.isInteger(x))) {
-    throw new InvalidArgumentError(
-      `${name} must be ${int ? 'an integer' : 'a number'} between ${min} and ${max}, got ${String(x)}`,
-    );
-  }
-  return x;
-}
-
-/** Validate the RabbitMQ-specific options; throws InvalidArgumentError / LimitExceededError. */
-export function resolveConsumeOptions(o: ConsumeGroupOptions): ResolvedConsumeOptions {
-  if (o === null || typeof o !== 'object') throw new InvalidArgumentError('consumeGroup needs an options object');
-  const connection = o.connection;
-  if (typeof connection === 'string') {
+/**
+ * Read and check the RabbitMQ options from the reader joinConsumerGroup's options are read with (so one
+ * unknown-option check covers the group's options and these); throws InvalidArgumentError / LimitExceededError.
+ */
+export function readConsumeOptions(r: OptionReader): ResolvedConsumeOptions {
+  const connection = r.required<ConnectionSource>('connection', (v) => {
+    if (typeof v === 'function') return undefined;
+    if (typeof v !== 'string') return 'must be an amqp:// URL or a function returning a connected amqplib ChannelModel';
     let url: URL;
     try {
-      url = new URL(connection);
-    } catch (cause) {
-      throw new InvalidArgumentError('connection must be an amqp:// or amqps:// URL (or a function)', { cause });
+      url = new URL(v);
+    } catch {
+      return 'must be an amqp:// or amqps:// URL (or a function)';
     }
-    if (url.protocol !== 'amqp:' && url.protocol !== 'amqps:') {
-      throw new InvalidArgumentError(`connection URL must use amqp:// or amqps://, got ${url.protocol}//`);
-    }
-  } else if (typeof connection !== 'function') {
-    throw new InvalidArgumentError(
-      'connection must be an amqp:// URL or a function returning a connected amqplib ChannelModel',
-    );
-  }
-  if (typeof o.onMessage !== 'function') {
-    throw new InvalidArgumentError('onMessage must be a function (message, ctx) => Promise<void>');
-  }
+    return url.protocol === 'amqp:' || url.protocol === 'amqps:'
+      ? undefined
+      : `must use amqp:// or amqps://, got ${url.protocol}//`;
+  });
+  const onMessage = r.fn<MessageHandler>('onMessage');
   let queues: ResourceSource | undefined;
-  const q = o.queues;
+  const q = r.raw('queues');
   if (q === undefined) {
     queues = undefined;
-  } else if (Array.isArray(q)) {
-    const list = [...new Set((q as readonly string[]).map((n) => validateQueueName(n)))];
+  } else if (typeof q === 'string' || (typeof q === 'object' && q !== null && Symbol.iterator in q)) {
+    const list = [...new Set(stringList(q, 'joinConsumerGroup options.queues').map((n) => validateQueueName(n)))];
     if (list.length === 0) throw new InvalidArgumentError('queues must not be an empty list');
     // A fixed list needs syncing only when a coordinator takes over; re-checking now and then is cheap.
     queues = { list: () => list, intervalMs: 30_000 };
   } else if (q !== null && typeof q === 'object' && typeof (q as ResourceSource).list === 'function') {
-    const source = q as ResourceSource;
     // Names from the source are validated by the registry sync (a bad one fails that sync, changing nothing).
-    queues = source;
+    queues = q as ResourceSource;
   } else {
     throw new InvalidArgumentError('queues must be a list of queue names or { list(signal), intervalMs?, timeoutMs? }');
   }
-  const onError = o.onError ?? 'requeue';
-  if (onError !== 'requeue' && onError !== 'reject') {
-    throw new InvalidArgumentError(`onError must be 'requeue' or 'reject', got ${JSON.stringify(onError)}`);
-  }
-  const exclusive = o.exclusive ?? true;
-  if (typeof exclusive !== 'boolean') throw new InvalidArgumentError('exclusive must be a boolean');
-  const reconnectInitialMs = num('reconnect.initialMs', o.reconnect?.initialMs, 200, 1, 600_000);
-  const reconnectMaxMs = num('reconnect.maxMs', o.reconnect?.maxMs, 5000, reconnectInitialMs, 3_600_000);
+  const reconnect = r.object('reconnect');
+  const reconnectInitialMs = reconnect?.ms('initialMs', 200, { min: 1, max: 600_000 }) ?? 200;
+  const reconnectMaxMs = reconnect?.ms('maxMs', 5000, { min: reconnectInitialMs, max: 3_600_000 }) ?? 5000;
+  reconnect?.done();
   return {
     connection,
     queues,
-    onMessage: o.onMessage,
-    prefetch: num('prefetch', o.prefetch, 10, 1, 65_535, true),
-    onError,
-    errorBackoffMs: num('errorBackoffMs', o.errorBackoffMs, 1000, 0, 3_600_000),
-    exclusive,
+    onMessage,
+    prefetch: r.integer('prefetch', 10, { min: 1, max: 65_535 }),
+    onError: r.oneOf('onError', ['requeue', 'reject'] as const, 'requeue'),
+    errorBackoffMs: r.ms('errorBackoffMs', 1000, { max: 3_600_000 }),
+    exclusive: r.boolean('exclusive', true),
     reconnectInitialMs,
     reconnectMaxMs,
-    heartbeatS: num('heartbeatS', o.heartbeatS, 10, 0, 3600, true),
-    operationTimeoutMs: num('operationTimeoutMs', o.operationTimeoutMs, 10_000, 1, 600_000),
-    connectTimeoutMs: num('connectTimeoutMs', o.connectTimeoutMs, 30_000, 1, 3_600_000),
+    heartbeatS: r.integer('heartbeatS', 10, { min: 0, max: 3600 }),
+    operationTimeoutMs: r.ms('operationTimeoutMs', 10_000, { min: 1, max: 600_000 }),
+    connectTimeoutMs: r.ms('connectTimeoutMs', 30_000, { min: 1, max: 3_600_000 }),
   };
+}
+
+/** Both halves of joinConsumerGroup's options, read and checked by one reader. */
+export function resolveConsumerGroupOptions(
+  options: unknown,
+  handler: ResourceHandler,
+): { readonly group: ResolvedGroupOptions; readonly rabbit: ResolvedConsumeOptions } {
+  let rabbit: ResolvedConsumeOptions | undefined;
+  const group = resolveGroupOptions(options, 'joinConsumerGroup options', (r) => {
+    rabbit = readConsumeOptions(r);
+    return { handler, resourceSource: rabbit.queues };
+  });
+  return { group, rabbit: rabbit! };
 }

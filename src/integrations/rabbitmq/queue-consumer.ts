@@ -18,7 +18,7 @@
  */
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { ClosedError } from '../../errors.js';
-import type { ResourceContext } from '../../runtime/options.js';
+import type { ResourceContext } from '../../runtime/groups/options.js';
 import type { Clock } from '../../store/contract.js';
 import { backoffMs, pause, withTimeout, type ConnectionManager } from './connection.js';
 import { activeRabbitMutants } from './mutants.js';

@@ -44,23 +44,31 @@ export interface CoordinatorConfig {
   readonly minRebalanceIntervalMs: number;
 }
 
-/** What the coordinator remembers between decisions (lost on failover; that only delays). */
+/**
+ * What the coordinator remembers between decisions (lost on failover; that only delays). A decision never
+ * changes the memory it is given: it returns the next one (`CoordinatorDecision.memory`).
+ */
 export interface CoordinatorMemory {
   /** Static members that disappeared, with when and what they were. */
-  readonly departed: Map<string, { readonly atMs: number; readonly record: MemberRecord }>;
+  readonly departed: ReadonlyMap<string, { readonly atMs: number; readonly record: MemberRecord }>;
   /** Members seen in the previous view. */
-  previousMembers: ReadonlyMap<string, MemberRecord> | undefined;
+  readonly previousMembers: ReadonlyMap<string, MemberRecord> | undefined;
   /** Fingerprint of the membership and resource set, and when it last changed. */
-  fingerprint: string | undefined;
-  changedAtMs: number;
-  lastRebalanceAtMs: number;
+  readonly fingerprint: string | undefined;
+  readonly changedAtMs: number;
+  readonly lastRebalanceAtMs: number;
   /** Global barrier: when the current stop phase began (by this coordinator's clock). */
-  stoppingSinceMs: number | undefined;
+  readonly stoppingSinceMs: number | undefined;
   /** Hash of the resource names by resources version (see CoordinatorView.versions). */
-  resourceHash?: { readonly version: number; readonly hash: string } | undefined;
+  readonly resourceHash?: { readonly version: number; readonly hash: string } | undefined;
   /** The last placement and what it was computed from. */
-  lastPlacement?: { readonly key: string; readonly target: ReadonlyMap<string, string> } | undefined;
+  readonly lastPlacement?: { readonly key: string; readonly target: ReadonlyMap<string, string> } | undefined;
 }
+
+/** The decision's own working copy of the memory (the caller's is never changed). */
+type WorkingMemory = {
+  -readonly [K in keyof CoordinatorMemory]: CoordinatorMemory[K];
+} & { departed: Map<string, { readonly atMs: number; readonly record: MemberRecord }> };
 
 export function newCoordinatorMemory(): CoordinatorMemory {
   return {
@@ -93,15 +101,29 @@ export interface CoordinatorDecision {
   readonly moves: number;
   /** Global barrier: what the stop phase is waiting for. */
   readonly waitingFor?: { readonly acks: readonly string[]; readonly held: readonly string[] } | undefined;
+  /** The memory to pass to the next decision. */
+  readonly memory: CoordinatorMemory;
 }
 
 export function decideCoordinator(
   view: CoordinatorView,
   config: CoordinatorConfig,
-  memory: CoordinatorMemory,
+  previous: CoordinatorMemory,
   nowMs: number,
   self: { readonly nodeId: string; readonly token: number },
 ): CoordinatorDecision {
+  const memory: WorkingMemory = { ...previous, departed: new Map(previous.departed) };
+  const decision = decide(view, config, memory, nowMs, self);
+  return { ...decision, memory };
+}
+
+function decide(
+  view: CoordinatorView,
+  config: CoordinatorConfig,
+  memory: WorkingMemory,
+  nowMs: number,
+  self: { readonly nodeId: string; readonly token: number },
+): Omit<CoordinatorDecision, 'memory'> {
   trackDepartures(view, config, memory, nowMs);
   const nodes = effectiveNodes(view, config, memory, nowMs);
   const currentOwner = new Map<string, string>();
@@ -222,12 +244,7 @@ export function decideCoordinator(
   };
 }
 
-function trackDepartures(
-  view: CoordinatorView,
-  config: CoordinatorConfig,
-  memory: CoordinatorMemory,
-  nowMs: number,
-): void {
+function trackDepartures(view: CoordinatorView, config: CoordinatorConfig, memory: WorkingMemory, nowMs: number): void {
   if (memory.previousMembers !== undefined && config.gracePeriodMs > 0) {
     for (const [id, rec] of memory.previousMembers) {
       if (!view.members.has(id) && rec.static && !memory.departed.has(id))

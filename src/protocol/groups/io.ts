@@ -17,7 +17,7 @@ import {
   type StateRecord,
 } from './keys.js';
 import type { CoordinatorView, GrantRef } from './coordinator.js';
-import { activeMutants } from '../mutants.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import type { HeldView, MemberView } from './member.js';
 
 /** Reads in one transaction when they fit (one snapshot on every backend that has them). */
@@ -183,6 +183,9 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
  * could miss (a key changed by hand) survives long. Members, acks and the
  * state are small and read every time. Safety never depends on this view
  * (see coordinator.ts); a stale cache could only delay a rebalance.
+ *
+ * The maps a read hands out are never changed afterwards: an update builds a
+ * new map (copy on write), so a caller may keep a view as long as it likes.
  */
 export class CoordinatorReader {
   readonly #store: Store;
@@ -191,9 +194,9 @@ export class CoordinatorReader {
   readonly #resyncIntervalMs: number;
   #resources: string[] | undefined;
   #catalogRevision = -1;
-  #grants: Map<string, string[]> | undefined;
+  #grants: ReadonlyMap<string, readonly string[]> | undefined;
   #maxGeneration = 0;
-  readonly #held = new Map<string, string>();
+  #held: ReadonlyMap<string, string> = new Map();
   /** Resources whose lock may not be held by their grantee yet. */
   readonly #unconfirmed = new Set<string>();
   #lastFullAtMs = Number.NEGATIVE_INFINITY;
@@ -260,11 +263,13 @@ export class CoordinatorReader {
         this.#store,
         names.map((n) => k.heldKey(n)),
       );
+      const held = new Map(this.#held);
       for (const n of names) {
         const kv = got.get(k.heldKey(n));
-        if (kv === undefined) this.#held.delete(n);
-        else this.#held.set(n, heldView(kv, this.#report).nodeId ?? '?');
+        if (kv === undefined) held.delete(n);
+        else held.set(n, heldView(kv, this.#report).nodeId ?? '?');
       }
+      this.#held = held;
       this.#confirm(names);
     }
     const maxGeneration = Math.max(this.#maxGeneration, state?.generation ?? 0);
@@ -285,8 +290,8 @@ export class CoordinatorReader {
     changes: readonly { readonly remove?: GrantRef | undefined; readonly add?: GrantRef | undefined }[],
     generation: number,
   ): void {
-    const grants = this.#grants;
-    if (grants === undefined) return;
+    if (this.#grants === undefined || changes.length === 0) return;
+    const grants = new Map(this.#grants);
     for (const c of changes) {
       if (c.remove !== undefined) {
         const list = (grants.get(c.remove.name) ?? []).filter((n) => n !== c.remove!.nodeId);
@@ -296,20 +301,19 @@ export class CoordinatorReader {
       }
       if (c.add !== undefined) {
         const list = grants.get(c.add.name) ?? [];
-        if (!list.includes(c.add.nodeId)) list.push(c.add.nodeId);
-        grants.set(c.add.name, list);
+        if (!list.includes(c.add.nodeId)) grants.set(c.add.name, [...list, c.add.nodeId]);
         this.#unconfirmed.add(c.add.name);
       }
     }
-    if (changes.length > 0) this.#grantsVersion++;
+    this.#grants = grants;
+    this.#grantsVersion++;
     this.#maxGeneration = Math.max(this.#maxGeneration, generation);
   }
 
   async #readFull(nowMs: number): Promise<CoordinatorView> {
     const view = await readGroupView(this.#store, this.#keys, this.#report);
     this.#resources = [...view.resources];
-    // A private copy: applied() edits it in place.
-    this.#grants = new Map([...view.grants].map(([r, nodes]) => [r, [...nodes]]));
+    this.#grants = view.grants;
     this.#setHeld(view.held);
     this.#catalogRevision = view.catalogRevision;
     this.#maxGeneration = view.maxGeneration;
@@ -329,8 +333,7 @@ export class CoordinatorReader {
   }
 
   #setHeld(held: ReadonlyMap<string, string>): void {
-    this.#held.clear();
-    for (const [name, node] of held) this.#held.set(name, node);
+    this.#held = held;
     this.#unconfirmed.clear();
     for (const [name, owners] of this.#grants ?? [])
       if (this.#held.get(name) !== owners[0]) this.#unconfirmed.add(name);
@@ -403,7 +406,8 @@ export async function acquire(
   nodeId: string,
   resource: string,
   generation: number,
-  stateRevision?: number,
+  stateRevision: number | undefined,
+  mutants: Mutants = NO_MUTANTS,
 ): Promise<number | undefined> {
   const heldKey = keys.heldKey(resource);
   const r = await store.txn({
@@ -412,9 +416,7 @@ export async function acquire(
       ...(stateRevision === undefined
         ? []
         : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
-      ...(activeMutants.has('acquire-without-lock')
-        ? []
-        : [{ key: heldKey, target: 'exists' as const, exists: false }]),
+      ...(mutants.has('acquire-without-lock') ? [] : [{ key: heldKey, target: 'exists' as const, exists: false }]),
       { key: keys.grant(nodeId, resource), target: 'exists', exists: true },
     ],
     then: [{ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session }],
@@ -457,6 +459,7 @@ export async function writeCoordinatorDecision(
   changes: readonly { readonly remove?: GrantRef | undefined; readonly add?: GrantRef | undefined }[],
   generation: number,
   state: StateRecord | undefined,
+  mutants: Mutants = NO_MUTANTS,
 ): Promise<boolean> {
   const batches: Op[][] = [];
   let batch: Op[] = [];
@@ -485,7 +488,7 @@ export async function writeCoordinatorDecision(
   }
   if (batch.length > 0) batches.push(batch);
   for (const ops of batches) {
-    const r = await store.txn({ compare: activeMutants.has('unguarded-coordinator') ? [] : [guard], then: ops });
+    const r = await store.txn({ compare: mutants.has('unguarded-coordinator') ? [] : [guard], then: ops });
     if (!r.succeeded) return false;
   }
   return true;

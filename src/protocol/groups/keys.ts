@@ -6,28 +6,15 @@
 import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '../../errors.js';
 import { isWellFormed, utf8Length } from '../../store/validate.js';
+import { validateName, validateNodeId } from '../names.js';
 
-export const GROUP_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
-export const NODE_ID_RE = /^[A-Za-z0-9._:@-]{1,128}$/;
+export { validateNodeId };
+
 export const MAX_RESOURCE_BYTES = 256;
 export const PROTOCOL_VERSION = 1;
 
 export function validateGroupName(name: string): string {
-  if (typeof name !== 'string' || !GROUP_NAME_RE.test(name)) {
-    throw new InvalidArgumentError(
-      `group name ${JSON.stringify(name)} is invalid: use 1-64 characters of A-Z a-z 0-9 . _ -`,
-    );
-  }
-  return name;
-}
-
-export function validateNodeId(id: string): string {
-  if (typeof id !== 'string' || !NODE_ID_RE.test(id)) {
-    throw new InvalidArgumentError(
-      `node id ${JSON.stringify(id)} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ : @ - (e.g. a hostname or pod name)`,
-    );
-  }
-  return id;
+  return validateName(name, 'group name');
 }
 
 /** Resource names: any well-formed Unicode except NUL and control characters, 1–256 UTF-8 bytes. */

@@ -9,7 +9,7 @@
  * - stop everything when fenced.
  */
 import type { GrantRecord, Protocol, StateRecord } from './keys.js';
-import { activeMutants } from '../mutants.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 
 /** The lock of one resource as read from the store. */
 export interface HeldView {
@@ -82,6 +82,7 @@ export function decideMember(
   view: MemberView,
   local: ReadonlyMap<string, LocalResource>,
   self: MemberSelf,
+  mutants: Mutants = NO_MUTANTS,
 ): MemberAction[] {
   const actions: MemberAction[] = [];
   const global = self.protocol === 'global-barrier';
@@ -152,7 +153,7 @@ export function decideMember(
       if (local.has(resource)) continue;
       if (!mayStart(self.protocol, view.state, grant)) continue;
       const h = view.held.get(resource);
-      if (h === undefined || (activeMutants.has('acquire-without-lock') && h.nodeId !== self.nodeId)) {
+      if (h === undefined || (mutants.has('acquire-without-lock') && h.nodeId !== self.nodeId)) {
         actions.push({
           type: 'acquire',
           resource,

@@ -8,7 +8,7 @@
  * (site.ts). A stale or wrong plan can only delay.
  */
 import { computeSlotPlacement, type SlotPlacement } from '../../placement/slots.js';
-import { activeMutants } from '../mutants.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import { hasReady, type ReadyBits, type SiteRecord, type SlotAssignment, type SlotsConfig } from './keys.js';
 
 export interface SlotsCoordinatorView {
@@ -25,9 +25,12 @@ export interface SlotsCoordinatorView {
   readonly primaries: readonly (string | undefined)[];
 }
 
-/** What the coordinator keeps between decisions (lost on failover: that only changes which primaries stay put). */
+/**
+ * What the coordinator keeps between decisions (lost on failover: that only changes which primaries stay put). A
+ * decision returns the next memory (`SlotsDecision.target`); it never changes the one it is given.
+ */
 export interface SlotsCoordinatorMemory {
-  target?: SlotPlacement | undefined;
+  readonly target?: SlotPlacement | undefined;
 }
 
 export interface SlotsDecision {
@@ -49,6 +52,7 @@ export function decideSlotsPlan(
   config: SlotsConfig,
   view: SlotsCoordinatorView,
   memory: SlotsCoordinatorMemory,
+  mutants: Mutants = NO_MUTANTS,
 ): SlotsDecision | undefined {
   const live = view.sites;
   if (live.size < config.minSites || live.size === 0) return undefined;
@@ -58,7 +62,6 @@ export function decideSlotsPlan(
     replicas: config.replicas,
     previous: memory.target?.slotCount === config.slotCount ? memory.target : undefined,
   });
-  memory.target = target;
   const R = target.replicas;
   const ids = target.siteIds;
   const plan: SlotAssignment[] = new Array<SlotAssignment>(config.slotCount);
@@ -72,7 +75,7 @@ export function decideSlotsPlan(
     const current = view.plan[s];
     // Old replicas stay assigned, serving, until every target replica is ready (so a slot never has fewer
     // ready replicas than it had); one still preparing has nothing to serve and goes at once.
-    if (readyT < T.length && !activeMutants.has('slots-release-without-check')) {
+    if (readyT < T.length && !mutants.has('slots-release-without-check')) {
       for (const x of current?.assigned ?? []) {
         if (!T.includes(x) && hasReady(view.ready.get(x), s)) assigned.push(x);
       }

@@ -7,7 +7,7 @@ import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
 import { checkSlotCount } from '../../placement/slot-hash.js';
 import { MAX_REPLICAS } from '../../placement/slots.js';
-import { validateGroupName, validateNodeId } from '../groups/keys.js';
+import { validateName, validateNodeId } from '../names.js';
 
 export const SLOTS_PROTOCOL_VERSION = 1;
 /** Slots per plan chunk: a chunk of 1024 slots with R = 3 is a few KB, far below the 256 KiB value limit. */
@@ -54,7 +54,7 @@ export class SlotKeys {
   readonly joins: string;
 
   constructor(cluster: string) {
-    validateGroupName(cluster);
+    validateName(cluster, 'cluster name');
     this.root = `s/${cluster}/`;
     this.config = `${this.root}config`;
     this.sites = `${this.root}sites/`;

@@ -4,7 +4,7 @@
  * "Site"). No clock, no IO; the runtime carries the decisions out and asks
  * again when anything changes.
  */
-import { activeMutants } from '../mutants.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import { hasReady, type ReadyBits, type SlotAssignment } from './keys.js';
 
 /** A slot this site works on: still migrating data in, or serving. */
@@ -63,10 +63,39 @@ export function readyElsewhere(view: SiteView, slot: number): { ready: number; n
   return { ready, needed: Math.min(view.replicas, view.liveSites.size) };
 }
 
-export function mayRelease(view: SiteView, slot: number): boolean {
-  if (view.failed.has(slot) || activeMutants.has('slots-release-without-check')) return true;
+/** Why a release is refused (see checkRelease). */
+export type ReleaseRefusal = 'still-assigned' | 'not-enough-ready';
+
+export interface ReleaseCheck {
+  readonly allowed: boolean;
+  readonly refusal: ReleaseRefusal | undefined;
+  /** The other assigned sites whose readiness the release counts (their ready keys must be unchanged at commit). */
+  readonly counted: readonly string[];
+  readonly ready: number;
+  readonly needed: number;
+}
+
+/**
+ * The release rule, the most safety-critical check of the slots protocol, in one place: may this site drop its
+ * ready copy of `slot`? Only when the plan no longer assigns the slot here and at least min(R, live sites) other
+ * assigned sites are ready (see readyElsewhere), or when this copy was reported failed (it is worthless). Used by
+ * the decisions (which slots to announce releasable) and by the release itself, which re-reads the cluster and
+ * commits only while the counted sites' ready keys are unchanged.
+ */
+export function checkRelease(view: SiteView, slot: number, mutants: Mutants = NO_MUTANTS): ReleaseCheck {
+  const counted: string[] = [];
+  for (const x of view.plan[slot]?.assigned ?? []) {
+    if (x !== view.siteId && hasReady(view.ready.get(x), slot)) counted.push(x);
+  }
   const { ready, needed } = readyElsewhere(view, slot);
-  return ready >= needed;
+  if (view.failed.has(slot)) return { allowed: true, refusal: undefined, counted: [], ready, needed };
+  if (mutants.has('slots-release-without-check')) return { allowed: true, refusal: undefined, counted, ready, needed };
+  const refusal: ReleaseRefusal | undefined = view.plan[slot]?.assigned.includes(view.siteId)
+    ? 'still-assigned'
+    : ready < needed
+      ? 'not-enough-ready'
+      : undefined;
+  return { allowed: refusal === undefined, refusal, counted, ready, needed };
 }
 
 /**
@@ -74,7 +103,7 @@ export function mayRelease(view: SiteView, slot: number): boolean {
  * bits, lock holder and local state (and the global `fenced`, `liveSites`), so a caller that knows which of these
  * changed may ask only about those slots.
  */
-export function decideSite(view: SiteView, slots?: Iterable<number>): SiteDecision {
+export function decideSite(view: SiteView, slots?: Iterable<number>, mutants: Mutants = NO_MUTANTS): SiteDecision {
   const me = view.siteId;
   const prepare: number[] = [];
   const cancel: number[] = [];
@@ -100,7 +129,7 @@ export function decideSite(view: SiteView, slots?: Iterable<number>): SiteDecisi
       }
     } else if (state === 'preparing') {
       cancel.push(s);
-    } else if (state === 'ready' && !holding && mayRelease(view, s)) {
+    } else if (state === 'ready' && !holding && checkRelease(view, s, mutants).allowed) {
       releasable.push(s);
     }
   };

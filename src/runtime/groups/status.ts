@@ -5,11 +5,10 @@
  * consistent snapshot on every backend. For operators (`rebalancer status`),
  * dashboards and tests; it decides nothing.
  */
-import { CorruptDataError, GroupNotFoundError } from '../errors.js';
-export { GroupNotFoundError };
-import { readGroupView } from '../protocol/groups/io.js';
-import { GroupKeys, type Protocol } from '../protocol/groups/keys.js';
-import type { Store } from '../store/contract.js';
+import { CorruptDataError, GroupNotFoundError } from '../../errors.js';
+import { readGroupView } from '../../protocol/groups/io.js';
+import { GroupKeys, type Protocol } from '../../protocol/groups/keys.js';
+import type { Store } from '../../store/contract.js';
 
 /**
  * - `active`: granted to a node that holds its lock (running there).

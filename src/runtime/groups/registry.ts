@@ -2,10 +2,10 @@
  * The resource registry of a group: add, remove and list resources. Used by
  * operators (CLI), by applications, and by the coordinator's resource source.
  */
-import { validateResourceName, GroupKeys } from '../protocol/groups/keys.js';
-import { encode } from '../protocol/groups/keys.js';
-import type { Compare, Op, Store } from '../store/contract.js';
-import { activeMutants } from '../protocol/mutants.js';
+import { stringList } from '../../options.js';
+import { encode, GroupKeys, validateResourceName } from '../../protocol/groups/keys.js';
+import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
+import type { Compare, Op, Store } from '../../store/contract.js';
 
 const BATCH = 120;
 
@@ -27,15 +27,15 @@ export async function listResources(store: Store, keys: GroupKeys): Promise<stri
   return kvs.map((kv) => kv.key.slice(keys.resources.length));
 }
 
-/** Bring the registry in step with `names` (the coordinator's resource source). */
+/** Bring the registry in step with `names` (the coordinator's resource source; a bad list changes nothing). */
 export async function syncRegistry(
   store: Store,
   keys: GroupKeys,
-  names: readonly string[],
+  names: unknown,
   guard?: Compare,
 ): Promise<{ added: number; removed: number }> {
   const wanted = new Set<string>();
-  for (const n of names) wanted.add(validateResourceName(n));
+  for (const n of stringList(names, "the resource source's list")) wanted.add(validateResourceName(n));
   const existing = new Set(await listResources(store, keys));
   const ops: Op[] = [];
   let added = 0;
@@ -61,16 +61,22 @@ export class GroupAdmin {
   readonly group: string;
   readonly #store: Store;
   readonly #keys: GroupKeys;
+  readonly #mutants: Mutants;
 
-  constructor(store: Store, group: string) {
+  /** `internals` is for the simulator only. */
+  constructor(store: Store, group: string, internals: { readonly mutants?: Mutants } = {}) {
     this.#keys = new GroupKeys(group);
     this.group = group;
     this.#store = store;
+    this.#mutants = internals.mutants ?? NO_MUTANTS;
   }
 
-  /** Register resources (validated first: on any invalid name nothing is written). Returns how many were new. */
+  /**
+   * Register resources (validated first: on any invalid name nothing is written). Returns how many were new. A
+   * single string is refused: pass a list (`add(['queue-1'])`).
+   */
   async add(names: Iterable<string>): Promise<{ added: number; existing: number }> {
-    const list = [...new Set([...names].map((n) => validateResourceName(n)))];
+    const list = [...new Set(stringList(names, 'GroupAdmin.add(names)').map((n) => validateResourceName(n)))];
     const existing = new Set(await listResources(this.#store, this.#keys));
     const fresh = list.filter((n) => !existing.has(n));
     await writeBatches(
@@ -83,12 +89,12 @@ export class GroupAdmin {
 
   /** Unregister resources; their owners stop them and release their locks. */
   async remove(names: Iterable<string>): Promise<{ removed: number; missing: number }> {
-    const list = [...new Set([...names].map((n) => validateResourceName(n)))];
+    const list = [...new Set(stringList(names, 'GroupAdmin.remove(names)').map((n) => validateResourceName(n)))];
     const existing = new Set(await listResources(this.#store, this.#keys));
     const present = list.filter((n) => existing.has(n));
     const ops: Op[] = present.map((n) => ({ op: 'delete', key: this.#keys.resource(n) }));
     // Never delete a lock here: its holder may still be running (see docs/protocol/groups.md, "The re-added name").
-    if (activeMutants.has('delete-lock-on-remove'))
+    if (this.#mutants.has('delete-lock-on-remove'))
       for (const n of present) ops.push({ op: 'delete', key: this.#keys.heldKey(n) });
     await writeBatches(this.#store, this.#keys, ops);
     return { removed: present.length, missing: list.length - present.length };
