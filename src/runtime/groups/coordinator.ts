@@ -18,9 +18,10 @@ import {
 import { CoordinatorReader, writeCoordinatorDecision } from '../../protocol/groups/io.js';
 import type { GroupKeys, Protocol } from '../../protocol/groups/keys.js';
 import type { Mutants } from '../../protocol/mutants.js';
-import type { Store, TimerHandle, Watcher } from '../../store/contract.js';
+import type { Store, TimerHandle } from '../../store/contract.js';
 import type { Leadership } from '../../store/election.js';
 import { Loop } from '../loop.js';
+import { Watches } from '../watches.js';
 import type { ResolvedGroupOptions } from './options.js';
 import { syncRegistry } from './registry.js';
 
@@ -43,7 +44,7 @@ export class GroupCoordinator {
   readonly #reader: CoordinatorReader;
   readonly #loop: Loop;
   #memory: CoordinatorMemory = newCoordinatorMemory();
-  #watch: Watcher | undefined;
+  readonly #watches: Watches;
   #wake: TimerHandle | undefined;
   #sourceTimer: TimerHandle | undefined;
   #rebalance: { generation: number; startedAtMs: number } | undefined;
@@ -77,6 +78,11 @@ export class GroupCoordinator {
       () => this.#round(),
       (error) => this.#events.error(error, 'coordinator round'),
     );
+    this.#watches = new Watches(
+      this.#store,
+      () => this.kick(),
+      (error) => this.#events.error(error, 'coordinator: watching'),
+    );
   }
 
   get token(): number {
@@ -84,12 +90,8 @@ export class GroupCoordinator {
   }
 
   async start(): Promise<void> {
-    const watch = await this.#store.watch(this.#keys.root, () => this.kick());
-    if (this.#stopped) {
-      await watch.close().catch(() => undefined);
-      return;
-    }
-    this.#watch = watch;
+    await this.#watches.set([this.#keys.root]);
+    if (this.#stopped) return;
     this.#scheduleResourceSource();
     this.kick();
   }
@@ -104,8 +106,7 @@ export class GroupCoordinator {
     if (this.#wake !== undefined) clock.clearTimeout(this.#wake);
     if (this.#sourceTimer !== undefined) clock.clearTimeout(this.#sourceTimer);
     this.#wake = this.#sourceTimer = undefined;
-    await this.#watch?.close().catch(() => undefined);
-    this.#watch = undefined;
+    await this.#watches.close();
   }
 
   async #round(): Promise<void> {

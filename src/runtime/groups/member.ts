@@ -17,38 +17,22 @@
 import { CorruptDataError, invariant, InvariantError } from '../../errors.js';
 import { acquire, putAck, readMemberView, release } from '../../protocol/groups/io.js';
 import { GroupKeys, decodeMember, encode } from '../../protocol/groups/keys.js';
-import { decideMember, type LocalResource, type MemberAction, type StopReason } from '../../protocol/groups/member.js';
+import { decideMember, type LocalResource, type MemberAction } from '../../protocol/groups/member.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
-import type { Protocol } from '../../protocol/groups/keys.js';
-import type { Session, Store, Watcher } from '../../store/contract.js';
+import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
-import { TypedEmitter, type ErrorEvent } from '../events.js';
+import { TypedEmitter } from '../events.js';
+import type { GroupEvents } from './events.js';
 import { Loop } from '../loop.js';
 import { Membership } from '../membership.js';
+import { Watches } from '../watches.js';
 import { GroupCoordinator } from './coordinator.js';
 import { HandlerSupervisor, type AssignedResource } from './handlers.js';
 import { resolveGroupOptions, type JoinGroupOptions, type ResolvedGroupOptions } from './options.js';
 
 export type { AssignedResource };
 
-export interface GroupEvents {
-  joined: { readonly nodeId: string; readonly sessionId: string };
-  coordinatorElected: { readonly nodeId: string; readonly token: number };
-  coordinatorLost: { readonly token: number };
-  rebalanceStarted: { readonly generation: number; readonly moves: number; readonly protocol: Protocol };
-  rebalanceCompleted: { readonly generation: number; readonly durationMs: number };
-  assigned: { readonly resource: string; readonly fencingToken: number };
-  revoked: { readonly resource: string; readonly reason: StopReason };
-  released: { readonly resource: string; readonly fencingToken: number };
-  fenced: { readonly safeUntilMs: number };
-  unfenced: Record<string, never>;
-  sessionLost: { readonly sessionId: string; readonly cause: unknown };
-  handlerFailed: { readonly resource: string; readonly error: unknown };
-  handlerStuck: { readonly resource: string; readonly stoppingForMs: number };
-  /** Background errors (store unavailable, corrupt data, a throwing listener); the member keeps going. */
-  error: ErrorEvent;
-  left: Record<string, never>;
-}
+export type { GroupEvents } from './events.js';
 
 /** Join a group: resolves once this node is a member (its resources start as they are granted). */
 export function joinGroup(options: JoinGroupOptions): Promise<GroupMember> {
@@ -77,9 +61,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   readonly #loop: Loop;
   /** Resources whose acquire had an unknown outcome: we may hold their lock without knowing it. */
   readonly #uncertain = new Set<string>();
-  #memberWatch: Watcher | undefined;
-  /** Watches on the locks this node waits for (prefix → watch; `watcher` unset while it is being opened). */
-  readonly #lockWatches = new Map<string, { watcher?: Watcher }>();
+  /** Its grants and the group state: what concerns this node. */
+  readonly #memberWatches: Watches;
+  /** The locks this node waits for (see #watchLocksWhileWaiting). */
+  readonly #lockWatches: Watches;
   #coordinator: GroupCoordinator | undefined;
 
   /** Use joinGroup(). */
@@ -94,6 +79,16 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     this.#loop = new Loop(
       () => this.#round(),
       (error) => this.#reportOrFail(error, 'member round'),
+    );
+    this.#memberWatches = new Watches(
+      this.#store,
+      () => this.#kick(),
+      (error) => this.reportError(error, 'watching'),
+    );
+    this.#lockWatches = new Watches(
+      this.#store,
+      () => this.#kick(),
+      (error) => this.reportError(error, 'watching locks'),
     );
     this.#membership = new Membership(
       {
@@ -131,7 +126,9 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       },
       {
         joined: async (session) => {
-          this.#memberWatch ??= await this.#watchMember();
+          // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff
+          // in the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
+          await this.#memberWatches.set([this.#keys.grantsOf(this.nodeId), this.#keys.state]);
           this.emit('joined', { nodeId: this.nodeId, sessionId: session.id });
         },
         fenced: (safeUntilMs) => {
@@ -275,8 +272,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       }
     } finally {
       await this.#coordinator?.stop();
-      await this.#memberWatch?.close().catch(() => undefined);
-      await this.#closeLockWatches();
+      await this.#memberWatches.close();
+      await this.#lockWatches.close();
       // Closing the session deletes every key still attached to it (e.g. locks of stuck handlers, which then may
       // be taken over: the handler was told to stop drainTimeoutMs ago).
       await m.close();
@@ -288,20 +285,6 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   #kick(): void {
     if (this.#membership.state !== 'left') this.#loop.kick();
-  }
-
-  async #watchMember(): Promise<Watcher> {
-    const k = this.#keys;
-    // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff in
-    // the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
-    const grants = await this.#store.watch(k.grantsOf(this.nodeId), () => this.#kick());
-    const state = await this.#store.watch(k.state, () => this.#kick());
-    return {
-      close: async () => {
-        await grants.close();
-        await state.close();
-      },
-    };
   }
 
   async #round(): Promise<void> {
@@ -496,40 +479,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
    * (every member waiting for one or two locks) is quadratic. Many at once: one prefix watch.
    */
   #watchLocksWhileWaiting(names: readonly string[]): void {
-    const left = this.#membership.state === 'left';
-    const wanted = new Set<string>(
-      left ? [] : names.length > MAX_LOCK_WATCHES ? [this.#keys.held] : names.map((n) => this.#keys.heldKey(n)),
-    );
-    for (const [prefix, entry] of this.#lockWatches) {
-      if (wanted.has(prefix)) continue;
-      this.#lockWatches.delete(prefix);
-      void entry.watcher?.close().catch(() => undefined);
-    }
-    for (const prefix of wanted) {
-      if (this.#lockWatches.has(prefix)) continue;
-      const entry: { watcher?: Watcher } = {};
-      this.#lockWatches.set(prefix, entry);
-      this.#store
-        .watch(prefix, () => this.#kick())
-        .then(
-          (w) => {
-            // Closed meanwhile (no longer awaited, or left): drop it.
-            if (this.#lockWatches.get(prefix) !== entry) void w.close().catch(() => undefined);
-            else entry.watcher = w;
-            this.#kick(); // a release may have happened while the watch was being opened
-          },
-          (error: unknown) => {
-            if (this.#lockWatches.get(prefix) === entry) this.#lockWatches.delete(prefix);
-            this.reportError(error, 'watching locks');
-          },
-        );
-    }
-  }
-
-  async #closeLockWatches(): Promise<void> {
-    const entries = [...this.#lockWatches.values()];
-    this.#lockWatches.clear();
-    await Promise.all(entries.map((e) => e.watcher?.close().catch(() => undefined)));
+    const k = this.#keys;
+    void this.#lockWatches.set(names.length > MAX_LOCK_WATCHES ? [k.held] : names.map((n) => k.heldKey(n)));
   }
 
   #sleep(ms: number): Promise<void> {

@@ -25,64 +25,24 @@ import { ClosedError, InvalidArgumentError, InvariantError, SessionExpiredError 
 import type { PrimaryRoute, RoutingTable, SlotRoute } from '../../placement/routing.js';
 import { slotForKey as hashKey } from '../../placement/slot-hash.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
-import { decideSlotsPlan, type SlotsCoordinatorMemory } from '../../protocol/slots/coordinator.js';
-import { ensureConfig, registrationOps, writePlan } from '../../protocol/slots/io.js';
+import { ensureConfig, registrationOps } from '../../protocol/slots/io.js';
 import { encodeSite, SlotKeys, type SlotsConfig } from '../../protocol/slots/keys.js';
 import { decideSite, type LocalSlotState, type SiteView } from '../../protocol/slots/site.js';
 import { changedSlots, SlotsReader, type SlotsView } from '../../protocol/slots/view.js';
-import type { Session, Store, Watcher } from '../../store/contract.js';
-import type { Leadership } from '../../store/election.js';
+import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
-import { TypedEmitter, type ErrorEvent } from '../events.js';
+import { TypedEmitter } from '../events.js';
+import type { PrimaryLostReason, SlotsEvents } from './events.js';
 import { Loop } from '../loop.js';
 import { Membership } from '../membership.js';
+import { Watches } from '../watches.js';
 import { resolveSlotsOptions, type JoinSlotsOptions, type ResolvedSlotsOptions } from './options.js';
 import { PrimaryLocks } from './primaries.js';
-import { ReadyWriter, SlotsLocal, type MarkReadyResult, type ReleaseResult } from './ready.js';
+import { ReadyWriter, Releasables, SlotsLocal, type MarkReadyResult, type ReleaseResult } from './ready.js';
 import { LiveRouting } from './routing.js';
+import { SlotsCoordinator } from './coordinator.js';
 
-export type PrimaryLostReason = 'planned' | 'fenced' | 'failed' | 'sessionLost' | 'leaving';
-
-export interface SlotsEvents {
-  joined: { readonly nodeId: string; readonly sessionId: string };
-  /** Migrate these slots' data in, then call markReady(slot) for each. */
-  prepare: { readonly slots: readonly number[] };
-  /** Slots this node was preparing that the plan no longer assigns it: stop migrating, drop what came in. */
-  cancelled: { readonly slots: readonly number[] };
-  /**
-   * Slots this node may now drop (enough ready replicas elsewhere): stop serving, then call release(slot). A slot
-   * whose release was refused or failed is announced again while it stays releasable.
-   */
-  releasable: { readonly slots: readonly number[] };
-  /** This node is now the primary of these slots; pass `epoch` to what it writes so stale primaries are refused. */
-  primaryGained: { readonly slots: readonly { readonly slot: number; readonly epoch: number }[] };
-  /** This node is no longer primary of these slots (isPrimary() is already false when this fires). */
-  primaryLost: { readonly slots: readonly number[]; readonly reason: PrimaryLostReason };
-  /**
-   * A slot was released: `readyElsewhere` are the other assigned nodes whose readiness the release checked
-   * (atomically: their ready keys were unchanged when it committed), `needed` how many it required, `revision`
-   * the store revision it committed at (a counted replica may release the slot itself after that).
-   */
-  released: {
-    readonly slot: number;
-    readonly readyElsewhere: readonly string[];
-    readonly needed: number;
-    readonly failed: boolean;
-    readonly revision: number;
-  };
-  /** Every slot this node held is gone from it (its session was lost, or it left): its copies are stale. */
-  slotsDropped: { readonly slots: readonly number[]; readonly reason: 'sessionLost' | 'leaving' };
-  /** The routing table changed (`version` is the new table's). */
-  routingChanged: { readonly version: number };
-  coordinatorElected: { readonly nodeId: string; readonly token: number };
-  planWritten: { readonly generation: number; readonly changedSlots: number };
-  fenced: { readonly safeUntilMs: number };
-  unfenced: Record<string, never>;
-  sessionLost: { readonly sessionId: string; readonly cause: unknown };
-  /** Background errors (store unavailable, corrupt data, a throwing listener); the member keeps going. */
-  error: ErrorEvent;
-  left: Record<string, never>;
-}
+export type { PrimaryLostReason, SlotsEvents } from './events.js';
 
 /** Join a slots cluster: resolves once this node is a member (its first round runs at once; events follow). */
 export function joinSlots(options: JoinSlotsOptions): Promise<SlotsMember> {
@@ -115,11 +75,9 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
   #allDirty = true;
   /** The view the last round decided on (to tell which slots changed since). */
   #lastView: SlotsView | undefined;
-  /** Slots the last decisions found releasable (kept between rounds: only changed slots are decided again). */
-  readonly #releasableNow = new Set<number>();
-  readonly #announcedReleasable = new Set<number>();
-  #coordinatorMemory: SlotsCoordinatorMemory = {};
-  #watcher: Watcher | undefined;
+  readonly #releasable = new Releasables();
+  readonly #coordinator: SlotsCoordinator;
+  readonly #watches: Watches;
   /** leave() is closing: no more rounds. */
   #closing = false;
 
@@ -135,8 +93,14 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     this.#keys = new SlotKeys(options.cluster);
     this.#local = new SlotsLocal(options.config.slotCount);
     this.#routing = new LiveRouting(options.config.slotCount);
+    this.#coordinator = new SlotsCoordinator(this.#store, this.#keys, options.config, this.#mutants);
     this.#reader = new SlotsReader(this.#store, this.#keys, options.config.slotCount, (error) =>
       this.reportError(error, 'reading the cluster'),
+    );
+    this.#watches = new Watches(
+      this.#store,
+      () => this.#kick(),
+      (error) => this.reportError(error, 'watching'),
     );
     this.#loop = new Loop(
       () => this.#round(),
@@ -193,7 +157,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
             // Our ready bits vanished with the session; while we were gone other copies took writes: ours are stale.
             this.emit('slotsDropped', { slots: [...this.#local.states.keys()], reason: 'sessionLost' });
             this.#local.clear();
-            this.#announcedReleasable.clear();
+            this.#releasable.clear();
           }
           this.emit('sessionLost', { sessionId: session.id, cause });
         },
@@ -233,7 +197,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
       read: () => this.#reader.read(),
       siteView: (view) => this.#siteView(view),
       released: (slot, readyElsewhere, needed, failed, revision) => {
-        this.#announcedReleasable.delete(slot);
+        this.#releasable.announceAgain(slot);
         this.emit('released', { slot, readyElsewhere, needed, failed, revision });
       },
     });
@@ -261,11 +225,11 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     this.#checkSlot(slot);
     try {
       const r = await this.#ready.release(slot);
-      if (!r.released) this.#announcedReleasable.delete(slot);
+      if (!r.released) this.#releasable.announceAgain(slot);
       return r;
     } catch (error) {
       // Announce it again when it is (still) releasable: a failed release must not strand the slot.
-      this.#announcedReleasable.delete(slot);
+      this.#releasable.announceAgain(slot);
       throw error;
     } finally {
       this.#kick();
@@ -279,7 +243,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
       this.#local.dirty.add(slot);
       this.emit('primaryLost', { slots: [slot], reason: 'failed' });
     }
-    this.#announcedReleasable.delete(slot);
+    this.#releasable.announceAgain(slot);
     await this.#ready.reportFailed(slot);
     this.#kick();
   }
@@ -343,7 +307,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     if (this.#membership.state !== 'new') throw new ClosedError(`slots member ${this.nodeId}`);
     await ensureConfig(this.#store, this.#keys, this.config, this.cluster);
     await this.#membership.join();
-    this.#watcher = await this.#store.watch(this.#keys.root, () => this.#kick());
+    await this.#watches.set([this.#keys.root]);
     this.#kick();
     this.#o.clock.setTimeout(() => this.openEvents(), 0);
   }
@@ -380,7 +344,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     } finally {
       this.#closing = true;
       await this.#loop.idle().catch(() => undefined);
-      await this.#watcher?.close().catch(() => undefined);
+      await this.#watches.close();
       await m.close();
       this.emit('left', {});
     }
@@ -409,7 +373,13 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     if (m.session !== session) return; // outlived its session: decide nothing
     const leadership = m.leadership;
     if (leadership !== undefined && m.state === 'active') {
-      if (await this.#coordinate(view, leadership)) view = await this.#reader.read();
+      const plan = await this.#coordinator.round(view, leadership);
+      if (plan.written) {
+        this.emit('planWritten', { generation: plan.generation, changedSlots: plan.changedSlots });
+        view = await this.#reader.read();
+      } else if (plan.deposed) {
+        m.leadershipLost(leadership);
+      }
     }
     // Which slots to decide about: those whose inputs in the store changed since the last round's view, and those
     // whose local state changed since. A large cluster's rounds were dominated by deciding about every slot.
@@ -477,7 +447,12 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     }
     const takeOver = d.takeOver.filter((s) => this.#local.get(s) === 'ready' && !this.#locks.acting.has(s));
     if (takeOver.length > 0 && m.state === 'active') await this.#takeOver(takeOver, session);
-    this.#announceReleasable(d.releasable, slots);
+    const fresh = this.#releasable.update(
+      d.releasable,
+      slots,
+      (s) => this.#local.get(s) === 'ready' && !this.#locks.acting.has(s),
+    );
+    if (fresh.length > 0) this.emit('releasable', { slots: fresh });
   }
 
   async #takeOver(slots: readonly number[], session: Session): Promise<void> {
@@ -494,54 +469,12 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     this.emit('primaryGained', { slots: [...gained].map(([slot, epoch]) => ({ slot, epoch })) });
   }
 
-  #announceReleasable(releasable: readonly number[], decided: ReadonlySet<number> | undefined): void {
-    if (decided === undefined) this.#releasableNow.clear();
-    else for (const s of decided) this.#releasableNow.delete(s);
-    for (const s of releasable) this.#releasableNow.add(s);
-    const fresh: number[] = [];
-    for (const s of this.#releasableNow) {
-      if (this.#local.get(s) !== 'ready' || this.#locks.acting.has(s)) this.#releasableNow.delete(s);
-      else if (!this.#announcedReleasable.has(s)) fresh.push(s);
-    }
-    for (const s of this.#announcedReleasable) if (!this.#releasableNow.has(s)) this.#announcedReleasable.delete(s);
-    if (fresh.length > 0) {
-      for (const s of fresh) this.#announcedReleasable.add(s);
-      this.emit('releasable', { slots: fresh });
-    }
-  }
-
   /** End every primary role locally at once; the locks are deleted later (or go with the session). */
   #dropPrimaries(reason: PrimaryLostReason): void {
     const slots = this.#locks.dropAll();
     if (slots.length === 0) return;
     for (const s of slots) this.#local.dirty.add(s);
     this.emit('primaryLost', { slots, reason });
-  }
-
-  /** Write the next plan if it changed (this node coordinates). True when a plan was written. */
-  async #coordinate(view: SlotsView, leadership: Leadership): Promise<boolean> {
-    const d = decideSlotsPlan(
-      this.config,
-      { sites: view.sites, plan: view.plan, ready: view.ready, primaries: view.holderSites },
-      this.#coordinatorMemory,
-      this.#mutants,
-    );
-    if (d === undefined) return false;
-    this.#coordinatorMemory = { target: d.target };
-    if (d.changed.length === 0) return false;
-    const generation = view.generation + 1;
-    const ok = await writePlan(
-      this.#store,
-      this.#keys,
-      leadership.guard,
-      generation,
-      d.plan,
-      d.changed,
-      this.config.slotCount,
-    );
-    if (ok) this.emit('planWritten', { generation, changedSlots: d.changed.length });
-    else this.#membership.leadershipLost(leadership);
-    return ok;
   }
 
   #siteView(view: SlotsView): SiteView {

@@ -260,3 +260,45 @@ export class ReadyWriter {
     }
   }
 }
+
+/**
+ * Which slots are releasable and which of them the application was told about. A slot is announced once while it
+ * stays releasable, and again after a refused or failed release (a release that did not happen must not strand it).
+ */
+export class Releasables {
+  /** Slots the last decisions found releasable (kept between rounds: only changed slots are decided again). */
+  readonly #now = new Set<number>();
+  readonly #announced = new Set<number>();
+
+  /** Announce `slot` again when it is (still) releasable. */
+  announceAgain(slot: number): void {
+    this.#announced.delete(slot);
+  }
+
+  clear(): void {
+    this.#now.clear();
+    this.#announced.clear();
+  }
+
+  /**
+   * Take a round's decisions (`releasable` among the `decided` slots; undefined: every slot was decided) and return
+   * the slots to announce now. `holdable(slot)`: still ready here and not primary.
+   */
+  update(
+    releasable: readonly number[],
+    decided: ReadonlySet<number> | undefined,
+    holdable: (slot: number) => boolean,
+  ): number[] {
+    if (decided === undefined) this.#now.clear();
+    else for (const s of decided) this.#now.delete(s);
+    for (const s of releasable) this.#now.add(s);
+    const fresh: number[] = [];
+    for (const s of this.#now) {
+      if (!holdable(s)) this.#now.delete(s);
+      else if (!this.#announced.has(s)) fresh.push(s);
+    }
+    for (const s of this.#announced) if (!this.#now.has(s)) this.#announced.delete(s);
+    for (const s of fresh) this.#announced.add(s);
+    return fresh;
+  }
+}
