@@ -33,6 +33,15 @@ export class OptionReader {
     this.#where = where;
   }
 
+  /** Refuse an option under its former name, saying what it is called now (0.x renames). */
+  renamed(former: string, now: string): void {
+    if (this.#o[former] !== undefined) {
+      throw new InvalidArgumentError(
+        `${this.#where}: the option ${JSON.stringify(former)} is now called ${JSON.stringify(now)}`,
+      );
+    }
+  }
+
   /** The raw value (marks the key as known). */
   raw(name: string): unknown {
     this.#read.add(name);

@@ -35,7 +35,7 @@ export type { AssignedResource };
 export type { GroupEvents } from './events.js';
 
 /** Join a group: resolves once this node is a member (its resources start as they are granted). */
-export function joinGroup(options: JoinGroupOptions): Promise<GroupMember> {
+export async function joinGroup(options: JoinGroupOptions): Promise<GroupMember> {
   return joinGroupWith(resolveGroupOptions(options), {});
 }
 

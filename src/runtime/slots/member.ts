@@ -45,7 +45,7 @@ import { SlotsCoordinator } from './coordinator.js';
 export type { PrimaryLostReason, SlotsEvents } from './events.js';
 
 /** Join a slots cluster: resolves once this node is a member (its first round runs at once; events follow). */
-export function joinSlots(options: JoinSlotsOptions): Promise<SlotsMember> {
+export async function joinSlots(options: JoinSlotsOptions): Promise<SlotsMember> {
   return joinSlotsWith(resolveSlotsOptions(options), {});
 }
 

@@ -47,6 +47,8 @@ export interface ResolvedSlotsOptions extends LeaseSettings {
 
 export function resolveSlotsOptions(options: unknown): ResolvedSlotsOptions {
   const r = new OptionReader(options, 'joinSlots options');
+  r.renamed('site', 'node');
+  r.renamed('minSites', 'minNodes');
   const store = readStore(r);
   const cluster = validateName(r.raw('cluster'), 'cluster name');
   const node = readNode(r);

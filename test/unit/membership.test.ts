@@ -1,0 +1,171 @@
+/**
+ * The lease/membership/election module every runtime shares (src/runtime/membership.ts), on the memory store
+ * with virtual time: registration, a second process with the same id, self-fencing at the deadline and trust
+ * regained, session loss and rejoin (waiting for the runtime's old work), the campaign, and a leave that fences
+ * nothing.
+ */
+import { describe, expect, it } from 'vitest';
+import { MemoryServer } from '../../src/backends/memory/server.js';
+import { MemoryStore } from '../../src/backends/memory/store.js';
+import { NodeIdInUseError } from '../../src/errors.js';
+import { Membership, type MembershipHooks } from '../../src/runtime/membership.js';
+import { VirtualClock } from '../../src/store/clock.js';
+
+async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
+  let done = false;
+  const q = p.finally(() => (done = true));
+  q.catch(() => undefined);
+  while (!done) await clock.runFor(10);
+  return q;
+}
+
+async function until(clock: VirtualClock, pred: () => boolean, what: string, maxMs = 20_000): Promise<void> {
+  const end = clock.now() + maxMs;
+  while (!pred()) {
+    if (clock.now() > end) throw new Error(`not reached in ${maxMs} ms of virtual time: ${what}`);
+    await clock.runFor(10);
+  }
+}
+
+interface Node {
+  readonly m: Membership;
+  readonly store: MemoryStore;
+  readonly log: string[];
+  /** The runtime's old work after a session loss: the rejoin waits until this resolves. */
+  stopWork: Promise<void>;
+}
+
+function node(
+  server: MemoryServer,
+  clock: VirtualClock,
+  id: string,
+  options: { joinTimeoutMs?: number; selfFenceMarginMs?: number } = {},
+): Node {
+  const store = new MemoryStore({ server, clock, requestTimeoutMs: 500 });
+  const log: string[] = [];
+  const n: Node = { store, log, stopWork: Promise.resolve(), m: undefined as unknown as Membership };
+  const hooks: MembershipHooks = {
+    joined: (s) => void log.push(`joined ${s.id}`),
+    fenced: () => void log.push('fenced'),
+    unfenced: () => void log.push('unfenced'),
+    sessionLost: () => {
+      log.push('sessionLost');
+      return n.stopWork;
+    },
+    elected: (l) => void log.push(`elected ${l.token}`),
+    leadershipLost: (l) => void log.push(`leadershipLost ${l.token}`),
+    kick: () => undefined,
+    tick: () => undefined,
+    error: (e, context) => void log.push(`error ${context}: ${String(e)}`),
+    idTaken: () => void log.push('idTaken'),
+  };
+  (n as { m: Membership }).m = new Membership(
+    {
+      store,
+      clock,
+      scope: 'test group',
+      nodeId: id,
+      memberKey: `members/${id}`,
+      electionPrefix: 'coord/',
+      electionValue: id,
+      sessionTtlMs: 2000,
+      selfFenceMarginMs: options.selfFenceMarginMs ?? 400,
+      reconcileIntervalMs: 100,
+      joinTimeoutMs: options.joinTimeoutMs ?? 3000,
+      selfFencing: true,
+      record: (s) => ({ value: JSON.stringify({ id, session: s.id }) }),
+    },
+    hooks,
+  );
+  return n;
+}
+
+describe('membership (the lease module every runtime shares)', () => {
+  it('registers, leads alone, and a second process with the same id is refused with a CONFLICT error', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const a = node(server, clock, 'n1');
+    await drive(clock, a.m.join());
+    expect(a.m.state).toBe('active');
+    expect(a.m.ownsNow()).toBe(true);
+    await until(clock, () => a.m.leadership !== undefined, 'a leads');
+    expect((await a.store.get('members/n1'))?.sessionId).toBe(a.m.session!.id);
+
+    const twin = node(server, clock, 'n1', { joinTimeoutMs: 1000 });
+    const err = await drive(clock, twin.m.join()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NodeIdInUseError);
+    expect((err as NodeIdInUseError).code).toBe('CONFLICT');
+    expect((err as NodeIdInUseError).retryable).toBe(false);
+    expect(twin.m.state).toBe('left');
+    // The refused twin left no session (and so no key) behind.
+    expect((await a.store.get('members/n1'))?.sessionId).toBe(a.m.session!.id);
+    await drive(clock, a.m.close());
+  });
+
+  it('fences at the lease deadline while the store hangs, and is unfenced when a keep-alive gets through in time', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    // A wide margin: room for a keep-alive to get through between the fence and the session's own deadline.
+    const a = node(server, clock, 'n1', { selfFenceMarginMs: 1000 });
+    await drive(clock, a.m.join());
+    const deadline = a.m.leaseDeadlineMs;
+    // Keep-alives time out (500 ms) but the server keeps the session: a slow store, not a dead one.
+    a.store.faults = { request: () => ({ latencyMs: 800 }) };
+    await until(clock, () => a.log.includes('fenced'), 'fenced');
+    expect(a.m.ownsNow()).toBe(false);
+    expect(a.m.fenced).toBe(true);
+    expect(clock.now()).toBeLessThanOrEqual(deadline + 2000);
+    a.store.faults = {};
+    await until(clock, () => a.log.includes('unfenced'), 'unfenced');
+    expect(a.m.ownsNow()).toBe(true);
+    await drive(clock, a.m.close());
+  });
+
+  it('after a session loss: tells the runtime, waits for its old work to stop, then rejoins with a new session', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const a = node(server, clock, 'n1');
+    await drive(clock, a.m.join());
+    await until(clock, () => a.m.leadership !== undefined, 'a leads');
+    const first = a.m.session!.id;
+    let finishWork!: () => void;
+    a.stopWork = new Promise((r) => (finishWork = r));
+    // Partitioned past the TTL: the server expires the session.
+    a.store.faults = { request: () => ({ fail: 'before' }) };
+    await until(clock, () => a.log.includes('sessionLost'), 'sessionLost');
+    expect(a.m.fenced).toBe(true);
+    expect(a.log.some((l) => l.startsWith('leadershipLost'))).toBe(true);
+    a.store.faults = {};
+    await clock.runFor(3000);
+    // The old work has not stopped: no new session yet.
+    expect(a.m.state).toBe('rejoining');
+    expect(a.log.filter((l) => l.startsWith('joined'))).toHaveLength(1);
+    finishWork();
+    await until(clock, () => a.m.state === 'active', 'rejoined');
+    expect(a.m.session!.id).not.toBe(first);
+    expect(a.m.fenced).toBe(false);
+    await until(clock, () => a.m.leadership !== undefined, 'a leads again');
+    await drive(clock, a.m.close());
+  });
+
+  it('a graceful leave deregisters, fences nothing, and the next candidate leads', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const a = node(server, clock, 'n1');
+    const b = node(server, clock, 'n2');
+    await drive(clock, a.m.join());
+    await until(clock, () => a.m.leadership !== undefined, 'a leads');
+    await drive(clock, b.m.join());
+    await clock.runFor(500);
+    expect(b.m.leadership).toBeUndefined();
+    const r = await drive(clock, a.m.deregister());
+    expect(r?.succeeded).toBe(true);
+    expect(await a.store.get('members/n1')).toBeUndefined();
+    await drive(clock, a.m.close());
+    await clock.runFor(3000);
+    expect(a.log).not.toContain('fenced');
+    expect(a.m.state).toBe('left');
+    await until(clock, () => b.m.leadership !== undefined, 'b leads');
+    await drive(clock, b.m.close());
+  });
+});
