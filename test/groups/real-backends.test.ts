@@ -23,8 +23,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GroupAdmin } from '../../src/runtime/registry.js';
 import type { Store } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
-import { eventually as pollUntil } from '../conformance/suite.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -34,8 +34,7 @@ const GROUP = 'workers';
 const STEP_BOUND_MS = 15_000;
 
 /** Poll every 100 ms (real processes: no need to spin faster). */
-const eventually = (probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> =>
-  pollUntil(probe, timeoutMs, 100);
+const POLL_MS = 100;
 
 /** Retry an idempotent admin call while the store is briefly unavailable (e.g. reconnecting after a restart). */
 async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
@@ -45,12 +44,10 @@ async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000):
       return await fn();
     } catch (error) {
       if (Date.now() >= deadline) throw new Error(`${what} kept failing for ${timeoutMs} ms`, { cause: error });
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- oracle
 
@@ -363,7 +360,14 @@ class Cluster {
     this.steps.push(step);
     const t0 = Date.now();
     let okSince: number | undefined;
-    const ok = await eventually(() => {
+    const waiting = {
+      what: `step "${step}" to converge`,
+      timeoutMs: STEP_BOUND_MS + stableMs,
+      intervalMs: POLL_MS,
+      context: () => this.where(),
+    };
+    // A safety violation is the failure to report, also when it is what kept the step from converging.
+    await eventually(() => {
       this.checkSafety();
       if (!this.converged(expected, extra)) {
         okSince = undefined;
@@ -371,9 +375,7 @@ class Cluster {
       }
       okSince ??= Date.now();
       return Date.now() - okSince >= stableMs;
-    }, STEP_BOUND_MS + stableMs);
-    this.checkSafety();
-    if (!ok) throw new Error(`step "${step}" did not converge within ${STEP_BOUND_MS} ms\n${this.where()}`);
+    }, waiting).finally(() => this.checkSafety());
     return Date.now() - t0;
   }
 }
@@ -500,9 +502,12 @@ for (const backend of BACKENDS) {
       await sleep(TTL_MS * 2.5);
       // While w3 is frozen its resources already run elsewhere (nothing it held may stay unowned).
       c.steps.push('w3 frozen 2.5 TTL');
-      const takenOver = await eventually(() => c.converged(INITIAL), 3000);
-      c.checkSafety();
-      expect(takenOver, `while w3 is frozen: ${c.where()}`).toBe(true);
+      await eventually(() => c.converged(INITIAL), {
+        what: "w3's resources to run elsewhere while it is frozen",
+        timeoutMs: 3000,
+        intervalMs: POLL_MS,
+        context: () => c.where(),
+      }).finally(() => c.checkSafety());
       c.resume(w3!);
       await step('w3 resumed (SIGCONT)', INITIAL, (o) => perNode(o).size === 3);
       // Give it time to run into whatever revoked work it had, then check it did nothing with it.

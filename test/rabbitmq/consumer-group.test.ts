@@ -40,8 +40,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually as pollUntil } from '../conformance/suite.js';
 import { startPostgres, startRabbitmq, startRedis, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -54,9 +54,8 @@ const STEP_BOUND_MS = 20_000;
 /** One message per queue per tick. */
 const PUBLISH_EVERY_MS = 40;
 
-const eventually = (probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> =>
-  pollUntil(probe, timeoutMs, 100);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Poll every 100 ms (real processes: no need to spin faster). */
+const POLL_MS = 100;
 
 // ---------------------------------------------------------------- oracle
 
@@ -255,8 +254,11 @@ class Cluster {
   /** SIGSTOP; the oracle line is written once every thread of it has stopped. */
   async pause(w: Worker): Promise<void> {
     w.proc.kill('SIGSTOP');
-    const stopped = await eventually(() => procState(w.proc.pid) === 'T', 5000);
-    if (!stopped) throw new Error(`${w.node} did not stop`);
+    await eventually(() => procState(w.proc.pid) === 'T', {
+      what: `${w.node} to stop`,
+      timeoutMs: 5000,
+      intervalMs: POLL_MS,
+    });
     w.paused = true;
     this.oracle.note('paused', w.node);
   }
@@ -376,7 +378,14 @@ class Cluster {
     this.steps.push(step);
     const t0 = Date.now();
     let since: number | undefined;
-    const ok = await eventually(() => {
+    const waiting = {
+      what: `step "${step}" to converge`,
+      timeoutMs: STEP_BOUND_MS + stableMs,
+      intervalMs: POLL_MS,
+      context: () => this.where(),
+    };
+    // A safety violation is the failure to report, also when it is what kept the step from converging.
+    await eventually(() => {
       this.checkSafety();
       if (!this.converged(extra)) {
         since = undefined;
@@ -384,9 +393,7 @@ class Cluster {
       }
       since ??= Date.now();
       return Date.now() - since >= stableMs;
-    }, STEP_BOUND_MS + stableMs);
-    this.checkSafety();
-    if (!ok) throw new Error(`step "${step}" did not converge within ${STEP_BOUND_MS} ms\n${this.where()}`);
+    }, waiting).finally(() => this.checkSafety());
     return Date.now() - t0;
   }
 
@@ -605,12 +612,10 @@ for (const store of STORES) {
       const before = c.oracle.lines.length;
       w4.proc.kill('SIGUSR2');
       c.steps.push('w4 connection dropped');
-      expect(
-        await eventually(
-          () => (c.oracle.refresh(), c.oracle.find(w4.node, ['connectionLost'], before - 1, Infinity) !== undefined),
-          5000,
-        ),
-      ).toBe(true);
+      await eventually(
+        () => (c.oracle.refresh(), c.oracle.find(w4.node, ['connectionLost'], before - 1, Infinity) !== undefined),
+        { what: 'w4 to report its lost connection', timeoutMs: 5000, intervalMs: POLL_MS },
+      );
       await step('w4 reconnected', (n) => n.size === 3 && n.has(w4.node), 500);
 
       await c.terminate(w2!);
@@ -619,18 +624,22 @@ for (const store of STORES) {
       // w3 holds queues now (two workers left, the placement balances them).
       await c.pause(w3!);
       // Its locks expire and move to w4, which waits: the broker still has w3's exclusive consumers.
-      const moved = await eventually(
+      await eventually(
         () => {
           c.checkSafety();
           const owners = c.owners();
           return c.queues.every((q) => owners.get(q)?.length === 1 && owners.get(q)![0]!.node === w4.node);
         },
-        // Past w3's TTL, plus time for w4 itself to rejoin if a slow store (a loaded 2-core CI machine: postgres
-        // took over 5 s for one transaction) cost it its session meanwhile.
-        TTL_MS * 2.5 + 15_000,
+        {
+          what: "w3's queues to move to w4",
+          // Past w3's TTL, plus time for w4 itself to rejoin if a slow store (a loaded 2-core CI machine: postgres
+          // took over 5 s for one transaction) cost it its session meanwhile.
+          timeoutMs: TTL_MS * 2.5 + 15_000,
+          intervalMs: POLL_MS,
+          context: () => c.where(),
+        },
       );
       c.steps.push('w3 frozen, its locks moved to w4');
-      expect(moved, c.where()).toBe(true);
       await sleep(TTL_MS);
       c.checkSafety();
       c.resume(w3!);
@@ -639,14 +648,18 @@ for (const store of STORES) {
       await producer.stop();
       c.steps.push('producer stopped');
       let final = c.finalProblems(producer.published);
-      const drained = await eventually(() => {
+      const draining = {
+        what: 'every published message to be processed',
+        timeoutMs: STEP_BOUND_MS,
+        intervalMs: POLL_MS,
+        context: () => `${final.problems.slice(0, 20).join('\n')}\n${c.where()}`,
+      };
+      await eventually(() => {
         c.checkSafety();
         final = c.finalProblems(producer.published);
         return final.problems.length === 0;
-      }, STEP_BOUND_MS);
-      c.checkSafety();
+      }, draining).finally(() => c.checkSafety());
       expect(final.problems, `${final.problems.slice(0, 20).join('\n')}\n${c.where()}`).toEqual([]);
-      expect(drained).toBe(true);
 
       await Promise.all(c.live().map((w) => c.terminate(w)));
       c.checkSafety();
@@ -687,11 +700,16 @@ describe('RabbitMQ consumer group: the checker catches a broken consumer', () =>
     c.spawnWorker(broken);
     c.steps.push('w2 joins');
     let problems: string[] = [];
-    const caught = await eventually(() => {
+    const reporting = {
+      what: 'the checker to report the broken consumer',
+      timeoutMs: STEP_BOUND_MS,
+      intervalMs: POLL_MS,
+      context: () => `no violation reported\n${c.where()}`,
+    };
+    await eventually(() => {
       problems = c.safetyProblems();
       return problems.length > 0;
-    }, STEP_BOUND_MS);
-    expect(caught, `no violation reported\n${c.where()}`).toBe(true);
+    }, reporting);
     expect(problems.join('\n')).toMatch(/two owners at once|after .* started|outside its interval/);
     console.log(`[broken] reported as expected: ${problems.slice(0, 3).join(' | ')}`);
     failed = false;

@@ -43,6 +43,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodePlanChunk, decodeReady, hasReady, PLAN_CHUNK_SLOTS, SlotKeys } from '../../src/protocol/slots/keys.js';
 import { openStore } from '../../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
+import { sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./site-worker.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -51,8 +52,6 @@ const R = 2;
 const TTL_MS = 2000;
 /** Bound for a step's convergence (session expiry + rejoin + migrations, on a loaded 2-core machine). */
 const STEP_BOUND_MS = 30_000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- oracle
 
