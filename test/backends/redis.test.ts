@@ -18,23 +18,14 @@ import { openStore } from '../../src/store/open.js';
 import type { WatchHint } from '../../src/store/contract.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const fresh = (): string => `t${randomBytes(5).toString('hex')}`;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const errorOf = (p: Promise<unknown>): Promise<unknown> =>
   p.then(
     () => undefined,
     (e: unknown) => e,
   );
-
-async function eventually(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 25): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await probe()) return true;
-    if (Date.now() >= deadline) return false;
-    await sleep(stepMs);
-  }
-}
 
 describe('redis URLs and options', () => {
   it('parses redis:// and rediss:// URLs', () => {
@@ -339,7 +330,10 @@ describe('redis store on a private server', () => {
         const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'held', value: 'x', session }] });
         await own.kill();
         await own.restart();
-        expect(await eventually(() => session.state === 'expired', 5000)).toBe(true);
+        await eventually(() => session.state === 'expired', {
+          what: 'the session to be reported expired',
+          timeoutMs: 5000,
+        });
         expect(
           await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v', session }] })),
         ).toBeInstanceOf(SessionExpiredError);
@@ -371,9 +365,11 @@ describe('redis store on a private server', () => {
         expect((err as StoreUnavailableError).outcome).toBe('not-applied');
         expect(Date.now() - started).toBeLessThan(1000);
         await own.restart();
-        expect(await eventually(async () => (await s.get('k').catch(() => 'err')) === undefined, 10_000, 100)).toBe(
-          true,
-        );
+        await eventually(async () => (await s.get('k').catch(() => 'err')) === undefined, {
+          what: 'reads to work again after the restart',
+          timeoutMs: 10_000,
+          intervalMs: 100,
+        });
       } finally {
         await s.close();
       }
@@ -412,7 +408,7 @@ describe('redis store on a private server', () => {
     expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['a']);
     await session.close();
     expect(await s.get('a')).toBeUndefined();
-    expect(await eventually(() => hints.some((h) => h > r.revision), 2000)).toBe(true);
+    await eventually(() => hints.some((h) => h > r.revision), { what: 'a hint of the session close', timeoutMs: 2000 });
     // The same user cannot open another namespace.
     expect(
       await errorOf(createRedisStore({ url: `redis://u${ns}:pw@127.0.0.1:${server.port}`, namespace: fresh() })),
@@ -425,12 +421,15 @@ describe('redis store on a private server', () => {
     const hints: WatchHint[] = [];
     await s.watch('p/', (h) => hints.push(h));
     await s.txn({ compare: [], then: [{ op: 'put', key: 'p/a', value: '1' }] });
-    expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
+    await eventually(() => hints.length > 0, { what: 'a hint of the put', timeoutMs: 2000 });
     const n = hints.length;
     // A change whose notification never arrives: the counter moves, nothing is published.
     await raw.incr(`rb:{${ns}}:rev`);
     const bumped = Number(await raw.get(`rb:{${ns}}:rev`));
-    expect(await eventually(() => hints.slice(n).some((h) => h.revision >= bumped), 2000)).toBe(true);
+    await eventually(() => hints.slice(n).some((h) => h.revision >= bumped), {
+      what: 'a hint from the revision poll',
+      timeoutMs: 2000,
+    });
     expect(hints.slice(n).every((h) => h.reason === 'change')).toBe(true);
   });
 
@@ -440,10 +439,11 @@ describe('redis store on a private server', () => {
     const hints: WatchHint[] = [];
     await s.watch('', (h) => hints.push(h));
     await raw.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
-    expect(await eventually(() => hints.some((h) => h.reason === 'resync'), 5000)).toBe(true);
+    await eventually(() => hints.some((h) => h.reason === 'resync'), { what: 'a resync hint', timeoutMs: 5000 });
     const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
-    expect(await eventually(() => hints.some((h) => h.reason === 'change' && h.revision >= r.revision), 2000)).toBe(
-      true,
-    );
+    await eventually(() => hints.some((h) => h.reason === 'change' && h.revision >= r.revision), {
+      what: 'a change hint after re-subscribing',
+      timeoutMs: 2000,
+    });
   });
 });

@@ -20,6 +20,7 @@ import {
 } from '../../src/errors.js';
 import { openStore } from '../../src/store/open.js';
 import type { Store, WatchHint } from '../../src/store/contract.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const root = mkdtempSync(join(tmpdir(), 'rebalancer-sqlite-unit-'));
 let seq = 0;
@@ -37,15 +38,6 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
     () => undefined,
     (e: unknown) => e,
   );
-}
-
-async function eventually(probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await probe()) return true;
-    if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 afterEach(async () => {
@@ -184,7 +176,7 @@ describe('sqlite watches', () => {
     await watcher.watch('b/', (h) => b.push(h));
     await watcher.watch('', (h) => all.push(h));
     const w1 = await writer.txn({ compare: [], then: [{ op: 'put', key: 'a/1', value: 'x' }] });
-    expect(await eventually(() => a.length > 0 && all.length > 0, 2000)).toBe(true);
+    await eventually(() => a.length > 0 && all.length > 0, { what: 'hints on a/ and on everything', timeoutMs: 2000 });
     expect(a.at(-1)).toEqual({ reason: 'change', revision: w1.revision });
     const w2 = await writer.txn({
       compare: [],
@@ -193,11 +185,11 @@ describe('sqlite watches', () => {
         { op: 'put', key: 'b/1', value: 'y' },
       ],
     });
-    expect(await eventually(() => b.length > 0, 2000)).toBe(true);
+    await eventually(() => b.length > 0, { what: 'a hint on b/', timeoutMs: 2000 });
     expect(b.at(-1)?.revision).toBe(w2.revision);
     const before = a.length;
     await writer.txn({ compare: [], then: [{ op: 'put', key: 'b/2', value: 'z' }] });
-    await new Promise((r) => setTimeout(r, 150));
+    await sleep(150);
     expect(a.length).toBe(before);
   });
 
@@ -209,7 +201,7 @@ describe('sqlite watches', () => {
     const raw = new Database(path);
     raw.exec("UPDATE rebalancer_namespaces SET revision = revision + 5000 WHERE ns = 'ns'");
     raw.close();
-    expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
+    await eventually(() => hints.length > 0, { what: 'a hint after the jump of the revision', timeoutMs: 2000 });
     expect(hints[0]?.reason).toBe('change');
   });
 });
@@ -374,7 +366,10 @@ describe('sqlite revisions and expiry', () => {
     // The owner "dies": its keep-alives stop, nothing is revoked.
     (session as unknown as { abandon(): void }).abandon();
     const start = Date.now();
-    expect(await eventually(() => hints.length > 0, 3000)).toBe(true);
+    await eventually(() => hints.length > 0, {
+      what: "a hint that the abandoned session's key vanished",
+      timeoutMs: 3000,
+    });
     const heardAfterMs = Date.now() - start;
     expect(heardAfterMs).toBeGreaterThan(500);
     expect(await observer.get('w/held')).toBeUndefined();
@@ -392,7 +387,7 @@ describe('sqlite revisions and expiry', () => {
     const end = await Promise.race([session.ended, new Promise((r) => setTimeout(() => r('timeout'), 3000))]);
     expect(end).toMatchObject({ state: 'expired' });
     expect((end as { cause: unknown }).cause).toBeInstanceOf(SessionExpiredError);
-    expect(await eventually(() => hints.some((h) => h.reason === 'resync'), 3000)).toBe(true);
+    await eventually(() => hints.some((h) => h.reason === 'resync'), { what: 'a resync hint', timeoutMs: 3000 });
     // A new file: empty, and revisions do not repeat (seeded from the wall clock).
     expect(await s.get('k')).toBeUndefined();
     const w = await s.txn({ compare: [], then: [{ op: 'put', key: 'k2', value: 'v' }] });

@@ -6,6 +6,7 @@
 import { Election, type Leadership } from '../../src/store/election.js';
 import type { Session, Store } from '../../src/store/contract.js';
 import { RebalancerError } from '../../src/errors.js';
+import { sleep } from '../harness/wait.js';
 
 export type ClientCommand =
   | { cmd: 'open'; ttlMs: number }
@@ -44,8 +45,6 @@ function errorReply(err: unknown): ClientReply {
   if (err instanceof RebalancerError) return { ok: false, code: err.code, message: err.message };
   return { ok: false, code: 'ERROR', message: err instanceof Error ? err.message : String(err) };
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Append `entry` to the comma-separated log at `logKey`, guarded by leadership. */
 export async function guardedAppend(

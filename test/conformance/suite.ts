@@ -9,6 +9,7 @@ import type { Session, Store, WatchHint } from '../../src/store/contract.js';
 import { InvalidArgumentError, LimitExceededError, RebalancerError, SessionExpiredError } from '../../src/errors.js';
 import { Election } from '../../src/store/election.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
+import { eventually, sleep } from '../harness/wait.js';
 import { spawnClient, type ClientProcess } from './clients.js';
 
 export interface ConformanceTarget {
@@ -30,26 +31,6 @@ export interface ConformanceTarget {
   restartServer?(): Promise<void>;
   teardown(): Promise<void>;
 }
-
-/** Poll `probe` until it returns true or `timeoutMs` passes; a probe that throws counts as false. */
-export async function eventually(
-  probe: () => Promise<boolean> | boolean,
-  timeoutMs: number,
-  stepMs = 25,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await probe()) return true;
-    } catch {
-      // A probe that throws (the store is unavailable for a moment) means "not yet".
-    }
-    if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Collects hints of one watch. */
 class HintLog {
@@ -434,7 +415,10 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const w = await observer.watch('m/', log.fn);
       const n = log.hints.length;
       await s1.close();
-      expect(await eventually(() => log.countAfter(n) > 0, 5000)).toBe(true);
+      await eventually(() => log.countAfter(n) > 0, {
+        what: "a hint that the closed session's key vanished",
+        timeoutMs: 5000,
+      });
       expect((await observer.range('m/')).kvs.map((kv) => kv.key)).toEqual(['m/2']);
       expect(s2.state).toBe('live');
       await w.close();
@@ -454,29 +438,28 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const pausedAt = Date.now();
       c.pause();
       try {
-        const vanished = await eventually(
-          async () => (await observer.get('p/held')) === undefined,
-          expiryWindowMs() + 5000,
-          50,
-        );
+        await eventually(async () => (await observer.get('p/held')) === undefined, {
+          what: "the paused client's key to vanish",
+          timeoutMs: expiryWindowMs() + 5000,
+          intervalMs: 50,
+        });
         const tookMs = Date.now() - pausedAt;
-        expect(vanished).toBe(true);
         expect(tookMs).toBeLessThanOrEqual(expiryWindowMs());
-        expect(await eventually(() => log.countAfter(n) > 0, target.expiryBoundMs + 1000)).toBe(true);
+        await eventually(() => log.countAfter(n) > 0, {
+          what: "a hint that the paused client's key vanished",
+          timeoutMs: target.expiryBoundMs + 1000,
+        });
       } finally {
         c.resume();
       }
       // After resuming, the client must learn that its session is gone.
-      expect(
-        await eventually(
-          async () => {
-            const r = await c.request({ cmd: 'sessionState' });
-            return r.ok && r.state === 'expired';
-          },
-          10_000,
-          100,
-        ),
-      ).toBe(true);
+      await eventually(
+        async () => {
+          const r = await c.request({ cmd: 'sessionState' });
+          return r.ok && r.state === 'expired';
+        },
+        { what: 'the resumed client to learn that its session expired', timeoutMs: 10_000, intervalMs: 100 },
+      );
       const again = await c.request({ cmd: 'put', key: 'p/again', value: 'x', attach: true });
       expect(again).toMatchObject({ ok: false, code: 'SESSION_EXPIRED' });
       expect(await observer.get('p/again')).toBeUndefined();
@@ -491,9 +474,11 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       expect((await c.request({ cmd: 'put', key: 'k/held', value: 'x', attach: true })).ok).toBe(true);
       const killedAt = Date.now();
       c.kill();
-      expect(
-        await eventually(async () => (await observer.get('k/held')) === undefined, expiryWindowMs() + 5000, 50),
-      ).toBe(true);
+      await eventually(async () => (await observer.get('k/held')) === undefined, {
+        what: "the killed client's key to vanish",
+        timeoutMs: expiryWindowMs() + 5000,
+        intervalMs: 50,
+      });
       expect(Date.now() - killedAt).toBeLessThanOrEqual(expiryWindowMs());
     });
 
@@ -510,16 +495,22 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
         throw new Error('a consumer bug must not break the store');
       });
       const r1 = await put(s, 'w/a', '1');
-      expect(await eventually(() => log.maxRevision() >= r1.revision, 5000)).toBe(true);
+      await eventually(() => log.maxRevision() >= r1.revision, { what: 'a hint of the put', timeoutMs: 5000 });
       const r2 = await s.txn({ compare: [], then: [{ op: 'delete', key: 'w/a' }] });
-      expect(await eventually(() => log.maxRevision() >= r2.revision, 5000)).toBe(true);
+      await eventually(() => log.maxRevision() >= r2.revision, { what: 'a hint of the delete', timeoutMs: 5000 });
       await put(s, 'w/b', '1');
       const r3 = await s.txn({ compare: [], then: [{ op: 'deletePrefix', prefix: 'w/' }] });
-      expect(await eventually(() => log.maxRevision() >= r3.revision, 5000)).toBe(true);
+      await eventually(() => log.maxRevision() >= r3.revision, {
+        what: 'a hint of the prefix delete',
+        timeoutMs: 5000,
+      });
       // Another client's change is heard too.
       const other = await open(ns);
       const r4 = await put(other, 'w/c', '1');
-      expect(await eventually(() => log.maxRevision() >= r4.revision, 5000)).toBe(true);
+      await eventually(() => log.maxRevision() >= r4.revision, {
+        what: "a hint of another client's put",
+        timeoutMs: 5000,
+      });
       expect(throwing).toBeGreaterThan(0);
       for (const h of log.hints) expect(['change', 'resync']).toContain(h.reason);
       await w.close();
@@ -624,7 +615,7 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const w = await observer.watch('r/', log.fn);
       await target.restartServer();
       // Within a few TTLs the client converges to one of the two honest answers.
-      const decided = await eventually(
+      await eventually(
         async () => {
           const stateOf = (x: Session): string => x.state; // read afresh: it changes under us
           if (stateOf(session) === 'expired') return true;
@@ -636,33 +627,34 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
           const kv = await s.get('r/held').catch(() => undefined);
           return session.state === 'live' && kv?.sessionId === session.id;
         },
-        expiryWindowMs() * 3 + 15_000,
-        100,
+        {
+          what: 'the session to be either confirmed alive with its key, or expired',
+          timeoutMs: expiryWindowMs() * 3 + 15_000,
+          intervalMs: 100,
+        },
       );
-      expect(decided).toBe(true);
       if (session.state === 'expired') {
-        expect(
-          await eventually(
-            async () => (await observer.get('r/held').catch(() => 'err')) === undefined,
-            expiryWindowMs() + 10_000,
-            100,
-          ),
-        ).toBe(true);
+        await eventually(async () => (await observer.get('r/held').catch(() => 'err')) === undefined, {
+          what: "the expired session's key to vanish",
+          timeoutMs: expiryWindowMs() + 10_000,
+          intervalMs: 100,
+        });
       }
       // The watch survived the restart: new changes are heard.
-      const r = await eventually(
+      await eventually(
         async () => {
           try {
             const res = await put(observer, 'r/after', String(Date.now()));
-            return eventually(() => log.maxRevision() >= res.revision, 2000);
+            return eventually(() => log.maxRevision() >= res.revision, {
+              what: 'the watch to hear the put',
+              timeoutMs: 2000,
+            });
           } catch {
             return false;
           }
         },
-        20_000,
-        200,
+        { what: 'the watch to hear a change after the restart', timeoutMs: 20_000, intervalMs: 200 },
       );
-      expect(r).toBe(true);
       await w.close();
     }, 120_000);
   });

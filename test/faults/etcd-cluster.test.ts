@@ -10,10 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEtcdStore, type EtcdStore } from '../../src/backends/etcd/index.js';
 import { StoreUnavailableError } from '../../src/errors.js';
 import type { WatchHint } from '../../src/store/contract.js';
-import { eventually } from '../conformance/suite.js';
 import { startEtcdCluster, type EtcdCluster, type ServerHandle } from '../harness/servers.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+import { eventually, sleep } from '../harness/wait.js';
 
 /** The member that leads Raft, asked through etcd's JSON gateway (`leader` is a member id). */
 async function raftLeader(cluster: EtcdCluster): Promise<ServerHandle> {
@@ -109,7 +107,11 @@ describe('etcd faults (private three-member cluster)', () => {
     await victim.kill();
     const killedAt = Date.now();
     // Writes resume once the survivors elect a new leader.
-    expect(await eventually(() => acknowledged > before + 20 && lastOkAt > killedAt + 500, 15_000, 50)).toBe(true);
+    await eventually(() => acknowledged > before + 20 && lastOkAt > killedAt + 500, {
+      what: 'writes to resume after the raft leader was killed',
+      timeoutMs: 15_000,
+      intervalMs: 50,
+    });
     stop = true;
     await writer;
 
@@ -121,12 +123,13 @@ describe('etcd faults (private three-member cluster)', () => {
     // expired), but one must go through soon and make the session live again.
     expect(['live', 'suspect']).toContain(session.state);
     expect(states).not.toContain('expired');
-    expect(
-      await eventually(async () => {
+    await eventually(
+      async () => {
         await session.keepAlive();
         return true;
-      }, 10_000),
-    ).toBe(true);
+      },
+      { what: 'a keep-alive to go through', timeoutMs: 10_000 },
+    );
     expect(session.state).toBe('live');
     expect((await observer.get('lead'))?.sessionId).toBe(session.id);
     // Every acknowledged increment is there; "unknown" ones may or may not be.
@@ -135,7 +138,10 @@ describe('etcd faults (private three-member cluster)', () => {
     expect(final).toBeLessThanOrEqual(acknowledged + unknown);
     // The observer's watch kept (or re-established itself and kept) hearing changes.
     const w = await store.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
-    expect(await eventually(() => hints.some((h) => h.revision >= w.revision), 10_000)).toBe(true);
+    await eventually(() => hints.some((h) => h.revision >= w.revision), {
+      what: 'the observer to hear the write',
+      timeoutMs: 10_000,
+    });
     console.log(
       `leader kill: longest write gap ${longestGapMs} ms; ${acknowledged} acknowledged, ${unknown} unknown, ${notApplied} not applied`,
     );

@@ -11,9 +11,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createEtcdStore, type EtcdStore } from '../../src/backends/etcd/index.js';
 import { CorruptDataError, SessionExpiredError, StoreUnavailableError } from '../../src/errors.js';
 import type { Session, SessionState, WatchHint } from '../../src/store/contract.js';
-import { eventually } from '../conformance/suite.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startEtcd, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const TTL_MS = 2000;
 /** Keys vanish at most this long after TTL (etcd's 500 ms expiry scan, then a Raft commit). */
@@ -22,7 +22,6 @@ const REQUEST_TIMEOUT_MS = 1500;
 /** etcd's default election timeout: a new leader extends every lease by it. */
 const ELECTION_TIMEOUT_MS = 1000;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const ns = (): string => `f${randomBytes(5).toString('hex')}`;
 
 class Hints {
@@ -79,7 +78,10 @@ describe('etcd faults (private one-node server)', () => {
     const w = await s.watch('after/', hints.fn);
     const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'after/x', value: '1', session }] });
     expect((await s.get('after/x'))?.sessionId).toBe(session.id);
-    expect(await eventually(() => hints.list.some((h) => h.revision >= r.revision), 5000)).toBe(true);
+    await eventually(() => hints.list.some((h) => h.revision >= r.revision), {
+      what: 'a hint of the write after healing',
+      timeoutMs: 5000,
+    });
     await w.close();
     await session.close();
   }
@@ -98,7 +100,10 @@ describe('etcd faults (private one-node server)', () => {
     const pausedAt = Date.now();
     server.pause();
     // While etcd is frozen nothing can be confirmed: the holder must give up on its own within the TTL.
-    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS + 1000,
+    });
     // (Bounded loosely: the local deadline is TTL × 0.99 after the last acknowledged send; timers may run late.)
     expect(states.get('expired')! - pausedAt).toBeLessThanOrEqual(TTL_MS + 1000);
     await expect(
@@ -110,17 +115,16 @@ describe('etcd faults (private one-node server)', () => {
     server.resume();
 
     // etcd's clock kept running while it was stopped: the lease is overdue, and is revoked on resume.
-    expect(
-      await eventually(
-        async () => (await observer.get('lead/h').catch(() => 'err')) === undefined,
-        TTL_MS + EXPIRY_BOUND_MS,
-      ),
-    ).toBe(true);
+    await eventually(async () => (await observer.get('lead/h').catch(() => 'err')) === undefined, {
+      what: "the overdue lease's key to vanish after the resume",
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+    });
     // The watch went silent during the pause, was re-established, and said so.
-    expect(await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), REQUEST_TIMEOUT_MS * 3)).toBe(
-      true,
-    );
-    expect(await eventually(() => hints.list.length > n0, 5000)).toBe(true);
+    await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint after the resume',
+      timeoutMs: REQUEST_TIMEOUT_MS * 3,
+    });
+    await eventually(() => hints.list.length > n0, { what: 'a hint after the resume', timeoutMs: 5000 });
     expect(Date.now() - resumedAt).toBeLessThan(15_000);
     // The stale holder's guarded write is refused.
     expect(await guardedWrite(holder, 'lead/h', token, 'stale')).toBe(false);
@@ -140,21 +144,21 @@ describe('etcd faults (private one-node server)', () => {
     await server.kill();
     await server.restart();
     // etcd persists leases and, on becoming leader again, gives each its full TTL back.
-    expect(
-      await eventually(
-        async () => {
-          await session.keepAlive().catch(() => undefined);
-          return (
-            session.state === 'live' && (await observer.get('lead/h').catch(() => undefined))?.sessionId === session.id
-          );
-        },
-        10_000,
-        100,
-      ),
-    ).toBe(true);
+    await eventually(
+      async () => {
+        await session.keepAlive().catch(() => undefined);
+        return (
+          session.state === 'live' && (await observer.get('lead/h').catch(() => undefined))?.sessionId === session.id
+        );
+      },
+      { what: 'the restarted server to confirm the session alive, with its key', timeoutMs: 10_000, intervalMs: 100 },
+    );
     expect(session.state).toBe('live');
     expect(await guardedWrite(holder, 'lead/h', put.revision, 'still-leader')).toBe(true);
-    expect(await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     await session.close();
     expect(await observer.get('lead/h')).toBeUndefined();
     await worksAgain(n);
@@ -170,7 +174,10 @@ describe('etcd faults (private one-node server)', () => {
     await observer.watch('lead/', hints.fn);
     const n0 = hints.list.length;
     await server.kill();
-    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS + 1000,
+    });
     await server.restart();
     const restartedAt = Date.now();
     // The restored lease gets a fresh TTL, plus one election timeout (1 s by
@@ -178,11 +185,16 @@ describe('etcd faults (private one-node server)', () => {
     // it ends then — unless the holder's best-effort revoke, sent when it gave
     // up on the session, reached the server first.
     const boundMs = TTL_MS + ELECTION_TIMEOUT_MS + EXPIRY_BOUND_MS;
-    expect(
-      await eventually(async () => (await observer.get('lead/h').catch(() => 'err')) === undefined, boundMs + 2000, 50),
-    ).toBe(true);
+    await eventually(async () => (await observer.get('lead/h').catch(() => 'err')) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: boundMs + 2000,
+      intervalMs: 50,
+    });
     expect(Date.now() - restartedAt).toBeLessThanOrEqual(boundMs);
-    expect(await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => hints.since(n0).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     expect(await guardedWrite(holder, 'lead/h', put.revision, 'stale')).toBe(false);
     await expect(session.keepAlive()).rejects.toBeInstanceOf(SessionExpiredError);
     await worksAgain(n);
@@ -233,25 +245,28 @@ describe('etcd faults (private one-node server)', () => {
       const cutAt = Date.now();
       let vanishedAt = 0;
       let vanishedAtClockMs = 0;
-      expect(
-        await eventually(
-          async () => {
-            if ((await observer.get('lead/h')) !== undefined) return false;
-            vanishedAt = Date.now();
-            vanishedAtClockMs = holder.clock.now();
-            return true;
-          },
-          TTL_MS + EXPIRY_BOUND_MS + 2000,
-          20,
-        ),
-      ).toBe(true);
+      await eventually(
+        async () => {
+          if ((await observer.get('lead/h')) !== undefined) return false;
+          vanishedAt = Date.now();
+          vanishedAtClockMs = holder.clock.now();
+          return true;
+        },
+        { what: "the cut-off holder's key to vanish", timeoutMs: TTL_MS + EXPIRY_BOUND_MS + 2000, intervalMs: 20 },
+      );
       expect(vanishedAt - cutAt).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
       // Self-fencing: etcd dropped the keys only after the holder's own safety
       // deadline, so the holder stopped before anyone else could take over.
       expect(vanishedAtClockMs).toBeGreaterThanOrEqual(session.safeUntilMs);
-      expect(await eventually(() => session.state === 'expired', 1000)).toBe(true);
+      await eventually(() => session.state === 'expired', {
+        what: "the holder's session to be reported expired",
+        timeoutMs: 1000,
+      });
       expect(states.get('expired')! - cutAt).toBeLessThanOrEqual(TTL_MS + 1000);
-      expect(await eventually(() => observerHints.list.length > 0, EXPIRY_BOUND_MS)).toBe(true);
+      await eventually(() => observerHints.list.length > 0, {
+        what: 'a hint to the observer that the key vanished',
+        timeoutMs: EXPIRY_BOUND_MS,
+      });
 
       // A new leader takes over and writes.
       const next = await observer.openSession({ ttlMs: TTL_MS });
@@ -272,20 +287,20 @@ describe('etcd faults (private one-node server)', () => {
       const n0 = holderHints.list.length;
       proxy.setMode('pass');
       // After healing: the holder's watch resyncs, and its fenced write is refused.
-      expect(await eventually(() => holderHints.since(n0).some((h) => h.reason === 'resync'), 15_000)).toBe(true);
-      expect(
-        await eventually(
-          async () => {
-            try {
-              return (await guardedWrite(holder, 'lead/h', put.revision, 'stale')) === false;
-            } catch {
-              return false;
-            }
-          },
-          15_000,
-          200,
-        ),
-      ).toBe(true);
+      await eventually(() => holderHints.since(n0).some((h) => h.reason === 'resync'), {
+        what: "a resync hint of the holder's watch after healing",
+        timeoutMs: 15_000,
+      });
+      await eventually(
+        async () => {
+          try {
+            return (await guardedWrite(holder, 'lead/h', put.revision, 'stale')) === false;
+          } catch {
+            return false;
+          }
+        },
+        { what: "the stale holder's guarded write to be refused", timeoutMs: 15_000, intervalMs: 200 },
+      );
       expect(await observer.get('fenced')).toBeUndefined();
       // The healed client works again, through the same proxy.
       const fresh = await holder.openSession({ ttlMs: TTL_MS });

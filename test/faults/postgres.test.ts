@@ -14,27 +14,13 @@ import type { Session, Store, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startPostgres, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const TTL_MS = 1000;
 /** Keep requests short so that a stalled server is noticed well within the test's bounds. */
 const REQUEST_TIMEOUT_MS = 800;
 /** How long after the TTL a session's keys may linger (reaper tick + a request), generously. */
 const EXPIRY_BOUND_MS = 2000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function until(probe: () => Promise<boolean> | boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await probe()) return true;
-    } catch {
-      // The server may still be unreachable: keep polling until the deadline.
-    }
-    if (Date.now() >= deadline) return false;
-    await sleep(stepMs);
-  }
-}
 
 class HintLog {
   readonly hints: WatchHint[] = [];
@@ -69,8 +55,8 @@ async function holder(store: Store): Promise<{ session: Session; leadership: Lea
 }
 
 /** After healing: a fresh session, a write attached to it, reads and a txn all work. */
-async function worksAgain(store: Store): Promise<boolean> {
-  return until(
+async function worksAgain(store: Store): Promise<void> {
+  await eventually(
     async () => {
       const s = await store.openSession({ ttlMs: TTL_MS });
       const key = `after/${randomBytes(3).toString('hex')}`;
@@ -82,8 +68,7 @@ async function worksAgain(store: Store): Promise<boolean> {
       await s.close();
       return r.succeeded && kv?.sessionId === s.id;
     },
-    15_000,
-    200,
+    { what: 'a fresh session, an attached write and a read to work again', timeoutMs: 15_000, intervalMs: 200 },
   );
 }
 
@@ -112,20 +97,29 @@ describe('postgres faults', () => {
     server.pause();
     try {
       // The client cannot reach the server: its own deadline expires the session (it never trusts a dead one).
-      expect(await until(() => session.state === 'expired', TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+      await eventually(() => session.state === 'expired', {
+        what: 'the session to be reported expired',
+        timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+      });
       await sleep(TTL_MS);
     } finally {
       server.resume();
     }
     // The server's clock ran on while it was stopped: the session is expired there too.
     const observer = await open(server.url, ns);
-    expect(await until(async () => (await observer.get('held/x')) === undefined, TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
-    expect(await until(async () => (await observer.get(leadership.key)) === undefined, EXPIRY_BOUND_MS)).toBe(true);
+    await eventually(async () => (await observer.get('held/x')) === undefined, {
+      what: 'the held key to vanish',
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+    });
+    await eventually(async () => (await observer.get(leadership.key)) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: EXPIRY_BOUND_MS,
+    });
     const stale = await a.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'fenced', value: 'stale' }] });
     expect(stale.succeeded).toBe(false);
     expect(await observer.get('fenced')).toBeUndefined();
-    expect(await worksAgain(a)).toBe(true);
-    expect(await until(() => log.resyncsAfter(n) > 0, 10_000)).toBe(true);
+    await worksAgain(a);
+    await eventually(() => log.resyncsAfter(n) > 0, { what: 'a resync hint', timeoutMs: 10_000 });
     await w.close();
   }, 60_000);
 
@@ -140,25 +134,24 @@ describe('postgres faults', () => {
 
     await server.kill();
     // Down for longer than the TTL.
-    expect(await until(() => session.state === 'expired', TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+    });
     await sleep(TTL_MS);
     await server.restart();
 
-    const kv = await (async () => {
-      let got;
-      await until(
-        async () => {
-          got = await a.get('durable');
-          return true;
-        },
-        15_000,
-        200,
-      );
-      return got as Awaited<ReturnType<Store['get']>>;
-    })();
+    const kv = await eventually(() => a.get('durable'), {
+      what: 'reads to work after the restart',
+      timeoutMs: 15_000,
+      intervalMs: 200,
+    });
     expect(kv).toMatchObject({ value: 'kept', createRevision: durable.revision });
     // The server expired the session by its own clock: its keys go, and a stale guarded write is refused.
-    expect(await until(async () => (await a.get('held/x')) === undefined, TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+    await eventually(async () => (await a.get('held/x')) === undefined, {
+      what: 'the held key to vanish',
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+    });
     expect(await a.get(leadership.key)).toBeUndefined();
     const stale = await a.txn({ compare: [leadership.guard], then: [{ op: 'put', key: 'fenced', value: 'stale' }] });
     expect(stale.succeeded).toBe(false);
@@ -166,8 +159,8 @@ describe('postgres faults', () => {
     const next = await a.txn({ compare: [], then: [{ op: 'put', key: 'durable', value: 'again' }] });
     expect(next.revision).toBeGreaterThan(stale.revision);
     expect(next.revision).toBeGreaterThan(leadership.token);
-    expect(await worksAgain(a)).toBe(true);
-    expect(await until(() => log.resyncsAfter(n) > 0, 10_000)).toBe(true);
+    await worksAgain(a);
+    await eventually(() => log.resyncsAfter(n) > 0, { what: 'a resync hint', timeoutMs: 10_000 });
     await w.close();
   }, 90_000);
 
@@ -206,11 +199,20 @@ describe('postgres faults', () => {
         proxy.setMode('blackhole');
         try {
           // A silent partition: no error, no reset. The holder's own deadline must end the session.
-          expect(await until(() => session.state === 'expired', TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
+          await eventually(() => session.state === 'expired', {
+            what: 'the session to be reported expired',
+            timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+          });
           expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
           // The server expires it by its clock; another client sees the keys vanish and hears it.
-          expect(await until(async () => (await b.get('held/x')) === undefined, TTL_MS + EXPIRY_BOUND_MS)).toBe(true);
-          expect(await until(() => bLog.hints.length > bn, EXPIRY_BOUND_MS)).toBe(true);
+          await eventually(async () => (await b.get('held/x')) === undefined, {
+            what: 'the held key to vanish',
+            timeoutMs: TTL_MS + EXPIRY_BOUND_MS,
+          });
+          await eventually(() => bLog.hints.length > bn, {
+            what: 'a hint to B that the key vanished',
+            timeoutMs: EXPIRY_BOUND_MS,
+          });
           const bSession = await b.openSession({ ttlMs: TTL_MS });
           const bLead = await new Election(b, { prefix: 'lead/', recheckIntervalMs: 200 }).campaign(
             bSession,
@@ -239,7 +241,7 @@ describe('postgres faults', () => {
           if (reset) proxy.resetAll();
         }
         // Healed: the stale holder's guarded write is refused by the store.
-        const stale = await until(
+        await eventually(
           async () => {
             const r = await a.txn({
               compare: [leadership.guard],
@@ -247,18 +249,16 @@ describe('postgres faults', () => {
             });
             return !r.succeeded;
           },
-          15_000,
-          200,
+          { what: "the stale holder's guarded write to be refused", timeoutMs: 15_000, intervalMs: 200 },
         );
-        expect(stale).toBe(true);
         expect((await b.get('fenced'))?.value).toBe('b');
         expect(await b.get('cut')).toBeUndefined();
-        expect(await worksAgain(a)).toBe(true);
-        expect(await until(() => aLog.resyncsAfter(an) > 0, 15_000)).toBe(true);
+        await worksAgain(a);
+        await eventually(() => aLog.resyncsAfter(an) > 0, { what: "a resync hint of A's watch", timeoutMs: 15_000 });
         // And A's watch hears changes again.
         const seen = aLog.hints.length;
         await b.txn({ compare: [], then: [{ op: 'put', key: 'held/y', value: 'y' }] });
-        expect(await until(() => aLog.hints.length > seen, 5000)).toBe(true);
+        await eventually(() => aLog.hints.length > seen, { what: "A's watch to hear B's write", timeoutMs: 5000 });
         await aWatch.close();
         await bWatch.close();
       },

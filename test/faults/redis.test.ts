@@ -14,12 +14,11 @@ import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contr
 import { Election, type Leadership } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
-import { eventually } from '../conformance/suite.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const TTL_MS = 2000;
 const REQUEST_TIMEOUT_MS = 500;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const errorOf = (p: Promise<unknown>): Promise<unknown> =>
   p.then(
     () => undefined,
@@ -111,7 +110,10 @@ async function worksAgain(s: Store, previousToken: number): Promise<void> {
   const w = await s.watch('again/', log.fn);
   const r = await s.txn({ compare: [lead.guard], then: [{ op: 'put', key: 'again/x', value: '1' }] });
   expect(r.succeeded).toBe(true);
-  expect(await eventually(() => log.hints.some((h) => h.revision >= r.revision), 5000)).toBe(true);
+  await eventually(() => log.hints.some((h) => h.revision >= r.revision), {
+    what: 'a hint of the write after healing',
+    timeoutMs: 5000,
+  });
   expect((await s.range('again/')).kvs.map((kv) => kv.key)).toEqual(['again/x']);
   await w.close();
   await session.close();
@@ -138,7 +140,10 @@ describe('redis faults', () => {
       expect(during).toBeInstanceOf(StoreUnavailableError);
       expect((during as StoreUnavailableError).outcome).toBe('unknown');
       // ...and A stops on its own deadline, before the server can have expired it.
-      expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+      await eventually(() => session.state === 'expired', {
+        what: 'the session to be reported expired',
+        timeoutMs: TTL_MS + 1000,
+      });
       expect((await ended) - pausedAt).toBeLessThanOrEqual(TTL_MS);
       await sleep(Math.max(0, pausedAt + TTL_MS + 1000 - Date.now()));
       srv.resume();
@@ -148,7 +153,10 @@ describe('redis faults', () => {
     }
     // The server's clock passed the expiry: the first script to run reaps the session,
     // before the late write (still buffered in the server's socket) is evaluated.
-    expect(await eventually(async () => (await b.get(lead.key)) === undefined, 10_000)).toBe(true);
+    await eventually(async () => (await b.get(lead.key)) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: 10_000,
+    });
     expect((await b.get('fenced'))?.value).toBe('a1');
     // The late write did run after the resume (its else branch left a mark), and its guard failed.
     expect((await b.get('late-refused'))?.value).toBe('1');
@@ -162,7 +170,10 @@ describe('redis faults', () => {
       raw.disconnect();
     }
     // The observer's watch was interrupted (its connections timed out): it re-established itself.
-    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => log.since(n).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     expect(log.since(n).length).toBeGreaterThan(0);
     await worksAgain(a, lead.token);
     await worksAgain(b, lead.token);
@@ -176,17 +187,21 @@ describe('redis faults', () => {
     await srv.kill();
     await srv.restart();
     // The keep-alive loop reaches the restarted server, which still holds the session.
-    expect(
-      await eventually(async () => {
+    await eventually(
+      async () => {
         await session.keepAlive();
         return session.state === 'live';
-      }, TTL_MS),
-    ).toBe(true);
+      },
+      { what: 'the restarted server to confirm the session alive', timeoutMs: TTL_MS },
+    );
     expect((await a.get(lead.key))?.sessionId).toBe(session.id);
     const w = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
     expect(w.succeeded).toBe(true);
     expect(w.revision).toBeGreaterThan(before);
-    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => log.since(n).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     await worksAgain(b, lead.token);
   }, 60_000);
 
@@ -196,15 +211,24 @@ describe('redis faults', () => {
     const before = (await b.range('')).revision;
     const n = log.hints.length;
     await srv.kill();
-    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS + 1000,
+    });
     await sleep(500);
     await srv.restart();
-    expect(await eventually(async () => (await b.get(lead.key)) === undefined, 10_000)).toBe(true);
+    await eventually(async () => (await b.get(lead.key)) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: 10_000,
+    });
     const stale = await settledTxn(a, { compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
     expect(stale.succeeded).toBe(false);
     expect((await b.get('fenced'))?.value).toBe('a1');
     expect(stale.revision).toBeGreaterThan(before);
-    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => log.since(n).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     await worksAgain(a, lead.token);
   }, 60_000);
 
@@ -216,7 +240,10 @@ describe('redis faults', () => {
     await srv.kill();
     await srv.restart();
     // Well within the TTL: the local deadline has not passed, so it is the server that says so.
-    expect(await eventually(() => session.state === 'expired', TTL_MS)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS,
+    });
     const end = await session.ended;
     expect(end.cause).toBeInstanceOf(SessionExpiredError);
     expect((end.cause as Error).message).toContain('no longer exists on the server');
@@ -226,7 +253,10 @@ describe('redis faults', () => {
     const w = await settledTxn(b, { compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
     expect(w.revision).toBeGreaterThan(before);
     expect(w.revision).toBeGreaterThan(lead.token);
-    expect(await eventually(() => log.since(n).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => log.since(n).some((h) => h.reason === 'resync'), {
+      what: 'a resync hint',
+      timeoutMs: 10_000,
+    });
     const again = await a.openSession({ ttlMs: TTL_MS });
     expect(Number(again.id)).toBeGreaterThan(Number(session.id));
     await again.close();
@@ -245,12 +275,23 @@ describe('redis faults', () => {
     proxy.setMode('blackhole');
     const cutAt = Date.now();
     // The holder hears nothing and stops at its safety deadline (< TTL after its last acknowledged keep-alive).
-    expect(await eventually(() => session.state === 'expired', TTL_MS + 1000, 20)).toBe(true);
+    await eventually(() => session.state === 'expired', {
+      what: 'the session to be reported expired',
+      timeoutMs: TTL_MS + 1000,
+      intervalMs: 20,
+    });
     expect((await ended) - cutAt).toBeLessThanOrEqual(TTL_MS);
     // The server expires it by its own clock; the observer's reads and watch see it.
-    expect(await eventually(async () => (await b.get(lead.key)) === undefined, TTL_MS + 1000, 20)).toBe(true);
+    await eventually(async () => (await b.get(lead.key)) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: TTL_MS + 1000,
+      intervalMs: 20,
+    });
     expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + 500);
-    expect(await eventually(() => log.since(n).some((h) => h.reason === 'change'), 1000)).toBe(true);
+    await eventually(() => log.since(n).some((h) => h.reason === 'change'), {
+      what: 'a change hint of the vanished key',
+      timeoutMs: 1000,
+    });
     // A new leader takes over while the old one is still cut off.
     const sb = await b.openSession({ ttlMs: TTL_MS });
     const lb = await new Election(b, { prefix: 'lead/' }).campaign(sb, 'b', AbortSignal.timeout(10_000));
@@ -265,7 +306,10 @@ describe('redis faults', () => {
     expect(stale.succeeded).toBe(false);
     expect((await b.get('fenced'))?.value).toBe('b1');
     // The cut-off client's watch re-established itself and said so.
-    expect(await eventually(() => logA.since(nA).some((h) => h.reason === 'resync'), 10_000)).toBe(true);
+    await eventually(() => logA.since(nA).some((h) => h.reason === 'resync'), {
+      what: "a resync hint of A's watch",
+      timeoutMs: 10_000,
+    });
     await sb.close();
     await worksAgain(a, lb.token);
   }, 60_000);

@@ -18,7 +18,7 @@ import type { WatchHint } from '../../src/store/contract.js';
 import { Election } from '../../src/store/election.js';
 import { SessionExpiredError, StoreUnavailableError } from '../../src/errors.js';
 import { spawnClient, type ClientProcess } from '../conformance/clients.js';
-import { eventually } from '../conformance/suite.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const CHILD = fileURLToPath(new URL('./sqlite-child.ts', import.meta.url));
 const TTL_MS = 1000;
@@ -87,8 +87,6 @@ function spawnChild(args: string[]): Child {
   };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 describe('sqlite faults (child processes on one file)', () => {
   let dir: string;
   let path: string;
@@ -153,9 +151,12 @@ describe('sqlite faults (child processes on one file)', () => {
     c.pause();
     let goneAfterMs: number;
     try {
-      expect(await eventually(async () => (await observer.range('lead/')).kvs.length === 0, TTL_MS + 5000)).toBe(true);
+      await eventually(async () => (await observer.range('lead/')).kvs.length === 0, {
+        what: "the paused holder's leadership key to vanish",
+        timeoutMs: TTL_MS + 5000,
+      });
       goneAfterMs = Date.now() - pausedAt;
-      expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
+      await eventually(() => hints.length > 0, { what: 'a hint that the key vanished', timeoutMs: 2000 });
       // A new leader, while the old one is still frozen.
       const session = await observer.openSession({ ttlMs: TTL_MS });
       const b = await new Election(observer, { prefix: 'lead/' }).campaign(session, 'b', AbortSignal.timeout(5000));
@@ -168,12 +169,13 @@ describe('sqlite faults (child processes on one file)', () => {
     }
     expect(goneAfterMs).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
     // Resumed: it learns its session is gone, and its stale guarded write is refused by the store.
-    expect(
-      await eventually(async () => {
+    await eventually(
+      async () => {
         const r = await c.request({ cmd: 'sessionState' });
         return r.ok && r.state === 'expired';
-      }, 5000),
-    ).toBe(true);
+      },
+      { what: 'the resumed client to report its session expired', timeoutMs: 5000 },
+    );
     const stale = await c.request({ cmd: 'guardedWrite', key: 'fenced', value: 'a2' });
     expect(stale).toMatchObject({ ok: true, succeeded: false });
     expect((await observer.get('fenced'))?.value).toBe('b1');
@@ -231,15 +233,21 @@ describe('sqlite faults (child processes on one file)', () => {
       expect(err).toBeInstanceOf(StoreUnavailableError);
       // Nobody can reap while the lock is held, but reads do not wait for it, and
       // already hide the keys of a session past its expiry.
-      expect(await eventually(async () => (await observer.get('h/held')) === undefined, 1000)).toBe(true);
+      await eventually(async () => (await observer.get('h/held')) === undefined, {
+        what: 'the held key to vanish',
+        timeoutMs: 1000,
+      });
       expect(Date.now() - stoppedAt).toBeLessThanOrEqual(TTL_MS + EXPIRY_BOUND_MS);
     } finally {
       holder.proc.kill('SIGCONT');
     }
     expect(await holder.exited(10_000)).toBe(true);
     // The lock is free again: the expired session is reaped, the watcher hears, new sessions work.
-    expect(await eventually(async () => (await observer.get('h/held')) === undefined, 3000)).toBe(true);
-    expect(await eventually(() => hints.length > 0, 3000)).toBe(true);
+    await eventually(async () => (await observer.get('h/held')) === undefined, {
+      what: 'the held key to vanish',
+      timeoutMs: 3000,
+    });
+    await eventually(() => hints.length > 0, { what: 'a hint that the key vanished', timeoutMs: 3000 });
     const again = await s.openSession({ ttlMs: TTL_MS });
     expect(
       (await s.txn({ compare: [], then: [{ op: 'put', key: 'h/new', value: '1', session: again }] })).succeeded,
@@ -281,7 +289,10 @@ describe('sqlite faults (child processes on one file)', () => {
     expect(counter?.value).toBe(String(2 * each));
     expect(counter?.version).toBe(2 * each + 1);
     const last = counter?.modRevision ?? 0;
-    expect(await eventually(() => hints.some((h) => h.revision >= last), 2000)).toBe(true);
+    await eventually(() => hints.some((h) => h.revision >= last), {
+      what: 'a hint of the last write',
+      timeoutMs: 2000,
+    });
     // Not a requirement, but the test is only meaningful if they actually raced.
     expect(results.reduce((n, r) => n + Number(r['conflicts']), 0)).toBeGreaterThan(0);
   }, 120_000);
@@ -300,12 +311,10 @@ describe('sqlite faults (child processes on one file)', () => {
       expect(integrityOk()).toBe(true);
     }
     // Every killed client's session expires and its keys vanish.
-    expect(
-      await eventually(
-        async () => (await s.range('churn/')).kvs.every((kv) => kv.sessionId === undefined),
-        TTL_MS + EXPIRY_BOUND_MS + 2000,
-      ),
-    ).toBe(true);
+    await eventually(async () => (await s.range('churn/')).kvs.every((kv) => kv.sessionId === undefined), {
+      what: "the killed clients' keys to vanish",
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS + 2000,
+    });
     expect((await s.range('round/')).kvs).toHaveLength(3);
   }, 60_000);
 });

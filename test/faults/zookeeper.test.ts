@@ -15,13 +15,11 @@ import type { Session, Store, WatchHint } from '../../src/store/contract.js';
 import { Election } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startZookeeper, type ServerHandle } from '../harness/servers.js';
-import { eventually } from '../conformance/suite.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const TTL_MS = 2000;
 /** Server expiry granularity (tickTime 500 ms) plus processing and polling. */
 const EXPIRY_BOUND_MS = 1000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 class HintLog {
   readonly hints: (WatchHint & { atMs: number })[] = [];
@@ -58,15 +56,25 @@ describe('zookeeper faults', () => {
 
   /** A fresh store proves the server works again; then the survivor's own calls must work too. */
   async function assertWorksAgain(s: Store, observer: Store, log: HintLog, healedAtMs: number): Promise<void> {
-    expect(await eventually(async () => (await s.range('')).revision > 0, 15_000, 200)).toBe(true);
+    await eventually(async () => (await s.range('')).revision > 0, {
+      what: 'reads to work again after healing',
+      timeoutMs: 15_000,
+      intervalMs: 200,
+    });
     const fresh = await s.openSession({ ttlMs: TTL_MS });
     expect(fresh.state).toBe('live');
     const r = await s.txn({ compare: [], then: [{ op: 'put', key: 'after/x', value: '1', session: fresh }] });
     expect((await observer.get('after/x'))?.sessionId).toBe(fresh.id);
     // The watch came back on its own and says so.
-    expect(await eventually(() => log.since(healedAtMs - 1000, 'resync') > 0, 15_000)).toBe(true);
+    await eventually(() => log.since(healedAtMs - 1000, 'resync') > 0, {
+      what: 'a resync hint after healing',
+      timeoutMs: 15_000,
+    });
     const w = await observer.txn({ compare: [], then: [{ op: 'put', key: 'lead/zz-after', value: '1' }] });
-    expect(await eventually(() => log.hints.some((h) => h.revision >= w.revision), 5000)).toBe(true);
+    await eventually(() => log.hints.some((h) => h.revision >= w.revision), {
+      what: 'a hint of the write after healing',
+      timeoutMs: 5000,
+    });
     expect(r.revision).toBeGreaterThan(0);
     await fresh.close();
   }
@@ -93,9 +101,10 @@ describe('zookeeper faults', () => {
     server.resume();
     const resumedAt = Date.now();
 
-    expect(await eventually(async () => (await b.get(lead.key)) === undefined, TTL_MS + EXPIRY_BOUND_MS + 5000)).toBe(
-      true,
-    );
+    await eventually(async () => (await b.get(lead.key)) === undefined, {
+      what: 'the leadership key to vanish',
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS + 5000,
+    });
     // Right after the resume the client may still be reconnecting: retry "unavailable" answers, but the
     // stale write must never succeed.
     let stale: { succeeded: boolean } | undefined;
@@ -129,16 +138,19 @@ describe('zookeeper faults', () => {
     const restartedAt = Date.now();
 
     // Converges to one honest answer: kept (the server confirms it) or expired (and the key goes).
-    const decided = await eventually(async () => {
-      if (session.state === 'expired') return true;
-      await session.keepAlive();
-      return session.state === 'live' && (await b.get('lead/held'))?.sessionId === session.id;
-    }, 20_000);
-    expect(decided).toBe(true);
+    await eventually(
+      async () => {
+        if (session.state === 'expired') return true;
+        await session.keepAlive();
+        return session.state === 'live' && (await b.get('lead/held'))?.sessionId === session.id;
+      },
+      { what: 'the session to be either confirmed alive with its key, or expired', timeoutMs: 20_000 },
+    );
     if (session.state === 'expired') {
-      expect(
-        await eventually(async () => (await b.get('lead/held')) === undefined, 8000 + EXPIRY_BOUND_MS + 5000),
-      ).toBe(true);
+      await eventually(async () => (await b.get('lead/held')) === undefined, {
+        what: "the expired session's key to vanish",
+        timeoutMs: 8000 + EXPIRY_BOUND_MS + 5000,
+      });
     } else {
       // ZooKeeper persists sessions: this one survived the restart, with its key.
       expect((await b.get('lead/held'))?.sessionId).toBe(session.id);
@@ -162,9 +174,10 @@ describe('zookeeper faults', () => {
     await server.restart();
     const restartedAt = Date.now();
     // The server restores the session from its log with a fresh timeout, then expires it.
-    expect(
-      await eventually(async () => (await b.get('lead/held')) === undefined, TTL_MS + EXPIRY_BOUND_MS + 10_000),
-    ).toBe(true);
+    await eventually(async () => (await b.get('lead/held')) === undefined, {
+      what: "the restored session's key to vanish",
+      timeoutMs: TTL_MS + EXPIRY_BOUND_MS + 10_000,
+    });
     await assertWorksAgain(a, b, log, restartedAt);
   }, 60_000);
 
@@ -202,14 +215,22 @@ describe('zookeeper faults', () => {
         proxy.setMode('blackhole');
         const cutAt = Date.now();
         // The holder stops by its own deadline, within the TTL.
-        expect(await eventually(() => session.state === 'expired', TTL_MS + 500, 20)).toBe(true);
+        await eventually(() => session.state === 'expired', {
+          what: 'the session to be reported expired',
+          timeoutMs: TTL_MS + 500,
+          intervalMs: 20,
+        });
         expect(Date.now() - cutAt).toBeLessThanOrEqual(TTL_MS + 500);
         // The server expires it too: the key goes and other clients hear of it.
-        expect(
-          await eventually(async () => (await b.get(lead.key)) === undefined, TTL_MS + EXPIRY_BOUND_MS + 2000),
-        ).toBe(true);
+        await eventually(async () => (await b.get(lead.key)) === undefined, {
+          what: 'the leadership key to vanish',
+          timeoutMs: TTL_MS + EXPIRY_BOUND_MS + 2000,
+        });
         // The hint follows the deletion by a re-arm round trip.
-        expect(await eventually(() => observerLog.since(cutAt) > 0, EXPIRY_BOUND_MS)).toBe(true);
+        await eventually(() => observerLog.since(cutAt) > 0, {
+          what: 'a hint to the observer after the cut',
+          timeoutMs: EXPIRY_BOUND_MS,
+        });
         // A new leader takes over with a larger token and writes.
         const sb = await b.openSession({ ttlMs: TTL_MS });
         const leadB = await new Election(b, { prefix: 'lead/' }).campaign(sb, 'b', AbortSignal.timeout(10_000));
@@ -231,11 +252,13 @@ describe('zookeeper faults', () => {
         if (reset) proxy.resetAll();
         const healedAt = Date.now();
         // The stale holder's guarded write fails after healing.
-        const stale = await eventually(async () => {
-          const r = await a.txn({ compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
-          return !r.succeeded;
-        }, 15_000);
-        expect(stale).toBe(true);
+        await eventually(
+          async () => {
+            const r = await a.txn({ compare: [lead.guard], then: [{ op: 'put', key: 'fenced', value: 'a2' }] });
+            return !r.succeeded;
+          },
+          { what: "the stale holder's guarded write to be refused", timeoutMs: 15_000 },
+        );
         expect((await b.get('fenced'))?.value).toBe('b1');
         expect((await a.get('fenced'))?.value).toBe('b1');
         await assertWorksAgain(a, b, log, healedAt);

@@ -14,8 +14,7 @@
  *  - the fencing tokens of successive owners strictly increase;
  * and, within a bound, that every registered resource runs on exactly one live worker and removed ones on none.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,19 +22,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import type { Store } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
-import { eventually as pollUntil } from '../conformance/suite.js';
+import { Fleet, LineTail, type FleetWorker } from '../harness/fleet.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const TTL_MS = 2000;
 const GROUP = 'workers';
 /** Bound for a step's convergence (session expiry + rejoin + rebalance, on a loaded 2-core machine). */
 const STEP_BOUND_MS = 15_000;
 
 /** Poll every 100 ms (real processes: no need to spin faster). */
-const eventually = (probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> =>
-  pollUntil(probe, timeoutMs, 100);
+const POLL_MS = 100;
 
 /** Retry an idempotent admin call while the store is briefly unavailable (e.g. reconnecting after a restart). */
 async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
@@ -45,12 +43,10 @@ async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000):
       return await fn();
     } catch (error) {
       if (Date.now() >= deadline) throw new Error(`${what} kept failing for ${timeoutMs} ms`, { cause: error });
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- oracle
 
@@ -76,29 +72,15 @@ interface Interval {
 /** Reads the shared oracle file incrementally (only whole lines). */
 class Oracle {
   readonly intervals = new Map<string, Interval>();
-  #offset = 0;
-  #rest = '';
+  readonly #tail: LineTail;
   lines = 0;
   constructor(readonly path: string) {
     writeFileSync(path, '');
+    this.#tail = new LineTail(path);
   }
 
   refresh(): void {
-    const fd = openSync(this.path, 'r');
-    try {
-      const buf = Buffer.alloc(1 << 20);
-      for (;;) {
-        const n = readSync(fd, buf, 0, buf.length, this.#offset);
-        if (n === 0) break;
-        this.#offset += n;
-        const text = this.#rest + buf.subarray(0, n).toString('utf8');
-        const cut = text.lastIndexOf('\n');
-        this.#rest = text.slice(cut + 1);
-        for (const raw of text.slice(0, cut + 1).split('\n')) if (raw !== '') this.#add(JSON.parse(raw) as Line);
-      }
-    } finally {
-      closeSync(fd);
-    }
+    for (const raw of this.#tail.read()) this.#add(JSON.parse(raw) as Line);
   }
 
   #add(l: Line): void {
@@ -156,21 +138,19 @@ class Oracle {
 
 interface Worker {
   readonly node: string;
-  readonly proc: ChildProcess;
-  readonly logPath: string;
-  exited: boolean;
-  exitStatus: string | undefined;
+  /** The process: its log, exit, signals. */
+  readonly proc: FleetWorker;
   /** The test sent SIGTERM. */
   terminated: boolean;
   killedAt: number | undefined;
   /** SIGSTOP..SIGCONT periods. */
   readonly pauses: { from: number; to: number }[];
-  readonly exit: Promise<void>;
 }
 
 class Cluster {
   readonly workers = new Map<string, Worker>();
   readonly oracle: Oracle;
+  readonly fleet: Fleet;
   #next = 1;
   readonly steps: string[] = [];
 
@@ -180,76 +160,50 @@ class Cluster {
     readonly dir: string,
   ) {
     this.oracle = new Oracle(join(dir, 'oracle.jsonl'));
+    this.fleet = new Fleet(dir);
   }
 
   spawnWorker(): Worker {
     const node = `w${this.#next++}`;
-    const logPath = join(this.dir, `${node}.log`);
-    const fd = openSync(logPath, 'a');
-    const proc = spawn(
-      process.execPath,
-      ['--import', 'tsx', WORKER, this.url, this.namespace, node, this.oracle.path],
-      { cwd: REPO, stdio: ['ignore', fd, fd], env: { ...process.env, REBALANCER_TEST_GROUP: GROUP } },
-    );
-    closeSync(fd);
-    let resolveExit!: () => void;
-    const exit = new Promise<void>((r) => (resolveExit = r));
-    const w: Worker = {
-      node,
-      proc,
-      logPath,
-      exited: false,
-      exitStatus: undefined,
-      terminated: false,
-      killedAt: undefined,
-      pauses: [],
-      exit,
-    };
-    proc.once('exit', (code, signal) => {
-      w.exited = true;
-      w.exitStatus = signal ?? `code ${String(code)}`;
-      resolveExit();
+    const proc = this.fleet.spawn({
+      name: node,
+      script: WORKER,
+      args: [this.url, this.namespace, node, this.oracle.path],
+      env: { REBALANCER_TEST_GROUP: GROUP },
     });
+    const w: Worker = { node, proc, terminated: false, killedAt: undefined, pauses: [] };
     this.workers.set(node, w);
     return w;
   }
 
   live(): Worker[] {
-    return [...this.workers.values()].filter((w) => !w.exited && w.killedAt === undefined);
+    return [...this.workers.values()].filter((w) => !w.proc.exited && w.killedAt === undefined);
   }
 
   async terminate(w: Worker): Promise<void> {
     w.terminated = true;
-    w.proc.kill('SIGTERM');
-    const t = setTimeout(() => this.kill(w), 15_000);
-    await w.exit;
-    clearTimeout(t);
+    await w.proc.terminate(15_000, () => this.kill(w));
   }
 
   kill(w: Worker): void {
-    if (w.exited) return;
+    if (w.proc.exited) return;
     w.killedAt = Date.now();
-    w.proc.kill('SIGKILL');
+    w.proc.kill();
   }
 
   pause(w: Worker): void {
     w.pauses.push({ from: Date.now(), to: Infinity });
-    w.proc.kill('SIGSTOP');
+    w.proc.pause();
   }
 
   resume(w: Worker): void {
-    w.proc.kill('SIGCONT');
+    w.proc.resume();
     const p = w.pauses[w.pauses.length - 1];
     if (p !== undefined) p.to = Date.now();
   }
 
   async killAll(): Promise<void> {
-    for (const w of this.workers.values()) {
-      if (w.exited) continue;
-      w.proc.kill('SIGCONT');
-      this.kill(w);
-    }
-    await Promise.all([...this.workers.values()].map((w) => w.exit));
+    await this.fleet.killAll();
   }
 
   // ---- checks
@@ -261,7 +215,7 @@ class Cluster {
     if (pausedWhileRunning) return Math.max(iv.start, iv.lastEffect ?? iv.start);
     if (iv.stop !== undefined) return iv.stop;
     if (w?.killedAt !== undefined) return w.killedAt;
-    if (w?.exited === true) return Math.max(iv.start, iv.lastEffect ?? iv.start); // exited (after leave)
+    if (w?.proc.exited === true) return Math.max(iv.start, iv.lastEffect ?? iv.start); // exited (after leave)
     return Infinity;
   }
 
@@ -270,8 +224,8 @@ class Cluster {
     this.oracle.refresh();
     const problems: string[] = [];
     for (const w of this.workers.values()) {
-      if (w.exited && !w.terminated && w.killedAt === undefined)
-        problems.push(`${w.node} exited on its own (${w.exitStatus ?? '?'}); see ${w.logPath}`);
+      if (w.proc.exited && !w.terminated && w.killedAt === undefined)
+        problems.push(`${w.node} exited on its own (${w.proc.exitStatus ?? '?'}); see ${w.proc.logPath}`);
     }
     for (const [resource, list] of this.oracle.byResource()) {
       for (let i = 0; i < list.length; i++) {
@@ -316,7 +270,7 @@ class Cluster {
     for (const iv of this.oracle.intervals.values()) {
       if (iv.stop !== undefined) continue;
       const w = this.workers.get(iv.node);
-      if (w === undefined || w.exited || w.killedAt !== undefined) continue;
+      if (w === undefined || w.proc.exited || w.killedAt !== undefined) continue;
       if (w.pauses.some((p) => p.to === Infinity)) continue;
       // Running: it logged a side effect recently (a fenced handler does not).
       if (iv.lastEffect === undefined || now - iv.lastEffect > 1000) continue;
@@ -347,7 +301,7 @@ class Cluster {
     const procs = [...this.workers.values()]
       .map(
         (w) =>
-          `${w.node}(pid ${w.proc.pid ?? '?'}): ${w.exited ? `exited (${w.exitStatus ?? '?'})` : w.killedAt !== undefined ? 'killed' : procState(w.proc.pid)}`,
+          `${w.node}(pid ${w.proc.pid}): ${w.proc.exited ? `exited (${w.proc.exitStatus ?? '?'})` : w.killedAt !== undefined ? 'killed' : w.proc.procState()}`,
       )
       .join(', ');
     return `steps: ${this.steps.join(' → ')}\nowners now: ${this.describeOwners()}\nworkers: ${procs}\nlogs: ${this.dir}`;
@@ -363,7 +317,14 @@ class Cluster {
     this.steps.push(step);
     const t0 = Date.now();
     let okSince: number | undefined;
-    const ok = await eventually(() => {
+    const waiting = {
+      what: `step "${step}" to converge`,
+      timeoutMs: STEP_BOUND_MS + stableMs,
+      intervalMs: POLL_MS,
+      context: () => this.where(),
+    };
+    // A safety violation is the failure to report, also when it is what kept the step from converging.
+    await eventually(() => {
       this.checkSafety();
       if (!this.converged(expected, extra)) {
         okSince = undefined;
@@ -371,22 +332,8 @@ class Cluster {
       }
       okSince ??= Date.now();
       return Date.now() - okSince >= stableMs;
-    }, STEP_BOUND_MS + stableMs);
-    this.checkSafety();
-    if (!ok) throw new Error(`step "${step}" did not converge within ${STEP_BOUND_MS} ms\n${this.where()}`);
+    }, waiting).finally(() => this.checkSafety());
     return Date.now() - t0;
-  }
-}
-
-/** Linux process state and CPU ticks, for diagnosing a worker that stopped logging. */
-function procState(pid: number | undefined): string {
-  if (pid === undefined) return 'no pid';
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return `state ${f[0]} utime ${f[11]} stime ${f[12]}`;
-  } catch {
-    return 'gone';
   }
 }
 
@@ -500,9 +447,12 @@ for (const backend of BACKENDS) {
       await sleep(TTL_MS * 2.5);
       // While w3 is frozen its resources already run elsewhere (nothing it held may stay unowned).
       c.steps.push('w3 frozen 2.5 TTL');
-      const takenOver = await eventually(() => c.converged(INITIAL), 3000);
-      c.checkSafety();
-      expect(takenOver, `while w3 is frozen: ${c.where()}`).toBe(true);
+      await eventually(() => c.converged(INITIAL), {
+        what: "w3's resources to run elsewhere while it is frozen",
+        timeoutMs: 3000,
+        intervalMs: POLL_MS,
+        context: () => c.where(),
+      }).finally(() => c.checkSafety());
       c.resume(w3!);
       await step('w3 resumed (SIGCONT)', INITIAL, (o) => perNode(o).size === 3);
       // Give it time to run into whatever revoked work it had, then check it did nothing with it.

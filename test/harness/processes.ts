@@ -48,9 +48,10 @@ const PORTS_DIR = join(SHARED_DIR, 'ports');
 
 /**
  * Set to 1 only by the harness's own tests: lets them simulate a runner whose
- * servers outlive it, to prove the reaper works.
+ * servers (or fleet workers, fleet.ts) outlive it, to prove the reaper (or the
+ * exit hook) works.
  */
-const NO_PDEATHSIG_ENV = 'REBALANCER_TEST_NO_PDEATHSIG';
+export const NO_PDEATHSIG_ENV = 'REBALANCER_TEST_NO_PDEATHSIG';
 
 interface ProcStat {
   readonly state: string;
@@ -143,7 +144,7 @@ function groupHasLiveMember(pgid: number): boolean {
 const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4));
 
 /** Every thread of `pid` is stopped (or the process is gone). */
-function allThreadsStopped(pid: number): boolean {
+export function allThreadsStopped(pid: number): boolean {
   let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);

@@ -23,28 +23,17 @@
  * A last scenario runs the adapter's deliberately broken variant (keeps consuming after a revoke) and requires
  * the checker to report it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import {
-  appendFileSync,
-  closeSync,
-  existsSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  readSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually as pollUntil } from '../conformance/suite.js';
+import { Fleet, LineTail, type FleetWorker } from '../harness/fleet.js';
 import { startPostgres, startRabbitmq, startRedis, type ServerHandle } from '../harness/servers.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 /** The system broker (SERVERS.md); a private one is started when it is not there (see beforeAll). */
 let AMQP_URL = process.env['REBALANCER_TEST_AMQP_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
 const TTL_MS = 2000;
@@ -54,9 +43,8 @@ const STEP_BOUND_MS = 20_000;
 /** One message per queue per tick. */
 const PUBLISH_EVERY_MS = 40;
 
-const eventually = (probe: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> =>
-  pollUntil(probe, timeoutMs, 100);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Poll every 100 ms (real processes: no need to spin faster). */
+const POLL_MS = 100;
 
 // ---------------------------------------------------------------- oracle
 
@@ -84,11 +72,11 @@ interface Interval {
 class Oracle {
   readonly lines: Line[] = [];
   readonly intervals = new Map<string, Interval>();
-  #offset = 0;
-  #rest = '';
+  readonly #tail: LineTail;
 
   constructor(readonly path: string) {
     writeFileSync(path, '');
+    this.#tail = new LineTail(path);
   }
 
   /** The test's own lines (what it did to a worker), appended after the fact. */
@@ -97,25 +85,10 @@ class Oracle {
   }
 
   refresh(): void {
-    const fd = openSync(this.path, 'r');
-    try {
-      const buf = Buffer.alloc(1 << 20);
-      for (;;) {
-        const n = readSync(fd, buf, 0, buf.length, this.#offset);
-        if (n === 0) break;
-        this.#offset += n;
-        const text = this.#rest + buf.subarray(0, n).toString('utf8');
-        const cut = text.lastIndexOf('\n');
-        this.#rest = text.slice(cut + 1);
-        for (const raw of text.slice(0, cut + 1).split('\n')) {
-          if (raw === '') continue;
-          const l = { ...(JSON.parse(raw) as Omit<Line, 'i'>), i: this.lines.length } as Line;
-          this.lines.push(l);
-          this.#index(l);
-        }
-      }
-    } finally {
-      closeSync(fd);
+    for (const raw of this.#tail.read()) {
+      const l = { ...(JSON.parse(raw) as Omit<Line, 'i'>), i: this.lines.length } as Line;
+      this.lines.push(l);
+      this.#index(l);
     }
   }
 
@@ -158,19 +131,17 @@ class Oracle {
 
 interface Worker {
   readonly node: string;
-  readonly proc: ChildProcess;
-  readonly logPath: string;
-  exited: boolean;
-  exitStatus: string | undefined;
+  /** The process: its log, exit, signals. */
+  readonly proc: FleetWorker;
   terminated: boolean;
   killed: boolean;
   paused: boolean;
-  readonly exit: Promise<void>;
 }
 
 class Cluster {
   readonly workers = new Map<string, Worker>();
   readonly oracle: Oracle;
+  readonly fleet: Fleet;
   readonly steps: string[] = [];
   #next = 1;
 
@@ -181,82 +152,45 @@ class Cluster {
     readonly queues: readonly string[],
   ) {
     this.oracle = new Oracle(join(dir, 'oracle.jsonl'));
+    this.fleet = new Fleet(dir);
   }
 
   spawnWorker(env: Record<string, string> = {}): Worker {
     const node = `w${this.#next++}`;
-    const logPath = join(this.dir, `${node}.log`);
-    const fd = openSync(logPath, 'a');
-    const proc = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        WORKER,
-        this.storeUrl,
-        this.namespace,
-        node,
-        this.oracle.path,
-        AMQP_URL,
-        this.queues.join(','),
-      ],
-      {
-        cwd: REPO,
-        stdio: ['ignore', fd, fd],
-        env: { ...process.env, REBALANCER_TEST_GROUP: GROUP, REBALANCER_TEST_TTL_MS: String(TTL_MS), ...env },
-      },
-    );
-    closeSync(fd);
-    let resolveExit!: () => void;
-    const exit = new Promise<void>((r) => (resolveExit = r));
-    const w: Worker = {
-      node,
-      proc,
-      logPath,
-      exited: false,
-      exitStatus: undefined,
-      terminated: false,
-      killed: false,
-      paused: false,
-      exit,
-    };
-    proc.once('exit', (code, signal) => {
-      w.exited = true;
-      w.exitStatus = signal ?? `code ${String(code)}`;
-      resolveExit();
+    const proc = this.fleet.spawn({
+      name: node,
+      script: WORKER,
+      args: [this.storeUrl, this.namespace, node, this.oracle.path, AMQP_URL, this.queues.join(',')],
+      env: { REBALANCER_TEST_GROUP: GROUP, REBALANCER_TEST_TTL_MS: String(TTL_MS), ...env },
     });
+    const w: Worker = { node, proc, terminated: false, killed: false, paused: false };
     this.workers.set(node, w);
     return w;
   }
 
   live(): Worker[] {
-    return [...this.workers.values()].filter((w) => !w.exited);
+    return [...this.workers.values()].filter((w) => !w.proc.exited);
   }
 
   /** kill -9; the oracle line is written once the process is gone, so that all its own lines precede it. */
   async kill(w: Worker): Promise<void> {
-    if (w.exited) return;
+    if (w.proc.exited) return;
     w.killed = true;
-    w.proc.kill('SIGCONT');
-    w.proc.kill('SIGKILL');
-    await w.exit;
+    w.proc.kill();
+    await w.proc.exit;
     this.oracle.note('killed', w.node);
   }
 
   async terminate(w: Worker): Promise<void> {
     w.terminated = true;
     this.oracle.note('sigterm', w.node);
-    w.proc.kill('SIGTERM');
-    const t = setTimeout(() => void this.kill(w), 20_000);
-    await w.exit;
-    clearTimeout(t);
+    await w.proc.terminate(20_000, () => void this.kill(w));
   }
 
   /** SIGSTOP; the oracle line is written once every thread of it has stopped. */
   async pause(w: Worker): Promise<void> {
-    w.proc.kill('SIGSTOP');
-    const stopped = await eventually(() => procState(w.proc.pid) === 'T', 5000);
-    if (!stopped) throw new Error(`${w.node} did not stop`);
+    w.proc.pause();
+    await w.proc.waitStopped(5000);
     w.paused = true;
     this.oracle.note('paused', w.node);
   }
@@ -264,7 +198,7 @@ class Cluster {
   resume(w: Worker): void {
     this.oracle.note('resumed', w.node);
     w.paused = false;
-    w.proc.kill('SIGCONT');
+    w.proc.resume();
   }
 
   async killAll(): Promise<void> {
@@ -279,10 +213,10 @@ class Cluster {
     o.refresh();
     const problems: string[] = [];
     for (const w of this.workers.values()) {
-      if (w.exited && !w.terminated && !w.killed)
-        problems.push(`${w.node} exited on its own (${w.exitStatus ?? '?'}); see ${w.logPath}`);
-      if (w.terminated && w.exited && !w.killed && w.exitStatus !== 'code 0')
-        problems.push(`${w.node} did not leave cleanly (${w.exitStatus ?? '?'}); see ${w.logPath}`);
+      if (w.proc.exited && !w.terminated && !w.killed)
+        problems.push(`${w.node} exited on its own (${w.proc.exitStatus ?? '?'}); see ${w.proc.logPath}`);
+      if (w.terminated && w.proc.exited && !w.killed && w.proc.exitStatus !== 'code 0')
+        problems.push(`${w.node} did not leave cleanly (${w.proc.exitStatus ?? '?'}); see ${w.proc.logPath}`);
     }
     const byQueue = new Map<string, Interval[]>();
     for (const iv of o.intervals.values()) {
@@ -353,7 +287,7 @@ class Cluster {
     for (const iv of this.oracle.intervals.values()) {
       if (iv.stop !== undefined) continue;
       const w = this.workers.get(iv.node);
-      if (w === undefined || w.exited || w.killed || w.paused) continue;
+      if (w === undefined || w.proc.exited || w.killed || w.paused) continue;
       m.set(iv.q, [...(m.get(iv.q) ?? []), { node: iv.node, consuming: iv.consuming !== undefined }]);
     }
     return m;
@@ -376,7 +310,14 @@ class Cluster {
     this.steps.push(step);
     const t0 = Date.now();
     let since: number | undefined;
-    const ok = await eventually(() => {
+    const waiting = {
+      what: `step "${step}" to converge`,
+      timeoutMs: STEP_BOUND_MS + stableMs,
+      intervalMs: POLL_MS,
+      context: () => this.where(),
+    };
+    // A safety violation is the failure to report, also when it is what kept the step from converging.
+    await eventually(() => {
       this.checkSafety();
       if (!this.converged(extra)) {
         since = undefined;
@@ -384,9 +325,7 @@ class Cluster {
       }
       since ??= Date.now();
       return Date.now() - since >= stableMs;
-    }, STEP_BOUND_MS + stableMs);
-    this.checkSafety();
-    if (!ok) throw new Error(`step "${step}" did not converge within ${STEP_BOUND_MS} ms\n${this.where()}`);
+    }, waiting).finally(() => this.checkSafety());
     return Date.now() - t0;
   }
 
@@ -396,7 +335,9 @@ class Cluster {
       .sort()
       .join(' ');
     const procs = [...this.workers.values()]
-      .map((w) => `${w.node}(${w.exited ? `exited ${w.exitStatus ?? '?'}` : w.paused ? 'paused' : 'running'})`)
+      .map(
+        (w) => `${w.node}(${w.proc.exited ? `exited ${w.proc.exitStatus ?? '?'}` : w.paused ? 'paused' : 'running'})`,
+      )
       .join(', ');
     return `steps: ${this.steps.join(' → ')}\nowners now: ${c}\nworkers: ${procs}\nlogs: ${this.dir}`;
   }
@@ -450,16 +391,6 @@ class Cluster {
       maxSeen.set(l.q, Math.max(max, l.seq));
     }
     return { problems, duplicates };
-  }
-}
-
-function procState(pid: number | undefined): string {
-  if (pid === undefined) return '?';
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? '?';
-  } catch {
-    return 'gone';
   }
 }
 
@@ -603,14 +534,12 @@ for (const store of STORES) {
 
       // The broker connection of w4 drops: its consumers stop (unacked messages go back) and resume on a new one.
       const before = c.oracle.lines.length;
-      w4.proc.kill('SIGUSR2');
+      w4.proc.signal('SIGUSR2');
       c.steps.push('w4 connection dropped');
-      expect(
-        await eventually(
-          () => (c.oracle.refresh(), c.oracle.find(w4.node, ['connectionLost'], before - 1, Infinity) !== undefined),
-          5000,
-        ),
-      ).toBe(true);
+      await eventually(
+        () => (c.oracle.refresh(), c.oracle.find(w4.node, ['connectionLost'], before - 1, Infinity) !== undefined),
+        { what: 'w4 to report its lost connection', timeoutMs: 5000, intervalMs: POLL_MS },
+      );
       await step('w4 reconnected', (n) => n.size === 3 && n.has(w4.node), 500);
 
       await c.terminate(w2!);
@@ -619,18 +548,22 @@ for (const store of STORES) {
       // w3 holds queues now (two workers left, the placement balances them).
       await c.pause(w3!);
       // Its locks expire and move to w4, which waits: the broker still has w3's exclusive consumers.
-      const moved = await eventually(
+      await eventually(
         () => {
           c.checkSafety();
           const owners = c.owners();
           return c.queues.every((q) => owners.get(q)?.length === 1 && owners.get(q)![0]!.node === w4.node);
         },
-        // Past w3's TTL, plus time for w4 itself to rejoin if a slow store (a loaded 2-core CI machine: postgres
-        // took over 5 s for one transaction) cost it its session meanwhile.
-        TTL_MS * 2.5 + 15_000,
+        {
+          what: "w3's queues to move to w4",
+          // Past w3's TTL, plus time for w4 itself to rejoin if a slow store (a loaded 2-core CI machine: postgres
+          // took over 5 s for one transaction) cost it its session meanwhile.
+          timeoutMs: TTL_MS * 2.5 + 15_000,
+          intervalMs: POLL_MS,
+          context: () => c.where(),
+        },
       );
       c.steps.push('w3 frozen, its locks moved to w4');
-      expect(moved, c.where()).toBe(true);
       await sleep(TTL_MS);
       c.checkSafety();
       c.resume(w3!);
@@ -639,14 +572,18 @@ for (const store of STORES) {
       await producer.stop();
       c.steps.push('producer stopped');
       let final = c.finalProblems(producer.published);
-      const drained = await eventually(() => {
+      const draining = {
+        what: 'every published message to be processed',
+        timeoutMs: STEP_BOUND_MS,
+        intervalMs: POLL_MS,
+        context: () => `${final.problems.slice(0, 20).join('\n')}\n${c.where()}`,
+      };
+      await eventually(() => {
         c.checkSafety();
         final = c.finalProblems(producer.published);
         return final.problems.length === 0;
-      }, STEP_BOUND_MS);
-      c.checkSafety();
+      }, draining).finally(() => c.checkSafety());
       expect(final.problems, `${final.problems.slice(0, 20).join('\n')}\n${c.where()}`).toEqual([]);
-      expect(drained).toBe(true);
 
       await Promise.all(c.live().map((w) => c.terminate(w)));
       c.checkSafety();
@@ -687,11 +624,16 @@ describe('RabbitMQ consumer group: the checker catches a broken consumer', () =>
     c.spawnWorker(broken);
     c.steps.push('w2 joins');
     let problems: string[] = [];
-    const caught = await eventually(() => {
+    const reporting = {
+      what: 'the checker to report the broken consumer',
+      timeoutMs: STEP_BOUND_MS,
+      intervalMs: POLL_MS,
+      context: () => `no violation reported\n${c.where()}`,
+    };
+    await eventually(() => {
       problems = c.safetyProblems();
       return problems.length > 0;
-    }, STEP_BOUND_MS);
-    expect(caught, `no violation reported\n${c.where()}`).toBe(true);
+    }, reporting);
     expect(problems.join('\n')).toMatch(/two owners at once|after .* started|outside its interval/);
     console.log(`[broken] reported as expected: ${problems.slice(0, 3).join(' | ')}`);
     failed = false;

@@ -28,7 +28,7 @@ import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
 import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
-import { eventually as pollUntil } from '../conformance/suite.js';
+import { eventually, sleep } from '../harness/wait.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
@@ -49,7 +49,8 @@ while :; do log tick; sleep 0.1; done
 `,
 );
 
-const eventually = (probe: () => boolean, timeoutMs = STEP_MS): Promise<boolean> => pollUntil(probe, timeoutMs, 100);
+/** How the steps are awaited: within STEP_MS, polling every 100 ms (real processes: no need to spin faster). */
+const STEP = { timeoutMs: STEP_MS, intervalMs: 100 } as const;
 
 function cli(args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, ...args], {
@@ -262,7 +263,10 @@ async function terminate(s: SidecarProc, timeoutMs = STEP_MS): Promise<void> {
 async function checkEnvironment(s: SidecarProc, group: string, children: Child[]): Promise<void> {
   // A child's own oracle line can land before the sidecar's event line has been read from its stderr pipe.
   const mine = children.filter((c) => c.node === s.node).length;
-  expect(await eventually(() => events(s, 'childStarted').length >= mine)).toBe(true);
+  await eventually(() => events(s, 'childStarted').length >= mine, {
+    ...STEP,
+    what: `the sidecar's childStarted events for its ${mine} children`,
+  });
   const started = events(s, 'childStarted');
   expect(started.length).toBeGreaterThan(0);
   for (const e of started) {
@@ -276,7 +280,7 @@ afterAll(async () => {
   for (const s of sidecars) if (s.exit === undefined) s.proc.kill('SIGKILL');
   await Promise.all(sidecars.map((s) => s.exited));
   // The reapers stop any child of a killed sidecar; whatever our children are still alive (a mutant's): kill them.
-  await new Promise((r) => setTimeout(r, 1000));
+  await sleep(1000);
   for (const name of ['main', 'mutant', 'reaper', 'sigint']) {
     const oracle = join(dir, `${name}.oracle`);
     for (const c of readOracle(oracle)) if (aliveChild(c)) process.kill(-c.pid, 'SIGKILL');
@@ -314,9 +318,17 @@ describe('rebalancer run (sidecar)', () => {
   it('runs one child per resource, spread over two sidecars, with the right environment', async () => {
     expect(cli(['resources', 'add', '--group', 'g', ...R]).code).toBe(0);
     a = startSidecar('a', { group: 'g', oracle });
-    expect(await eventually(() => settled(oracle, R, { a: 4 })), describeState(oracle, a)).toBe(true);
+    await eventually(() => settled(oracle, R, { a: 4 }), {
+      ...STEP,
+      what: 'R to settle as { a: 4 }',
+      context: () => describeState(oracle, a),
+    });
     b = startSidecar('b', { group: 'g', oracle });
-    expect(await eventually(() => settled(oracle, R, { a: 2, b: 2 })), describeState(oracle, a, b)).toBe(true);
+    await eventually(() => settled(oracle, R, { a: 2, b: 2 }), {
+      ...STEP,
+      what: 'R to settle as { a: 2, b: 2 }',
+      context: () => describeState(oracle, a, b),
+    });
     const children = readOracle(oracle);
     expect(violations(children)).toEqual([]);
     await checkEnvironment(a, 'g', children);
@@ -334,7 +346,11 @@ describe('rebalancer run (sidecar)', () => {
     const before = readOracle(oracle).filter((c) => c.node === 'a' && !c.stopped);
     await terminate(a);
     expect(a.exit).toEqual({ code: 0, signal: null });
-    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, a, b)).toBe(true);
+    await eventually(() => settled(oracle, R, { b: 4 }), {
+      ...STEP,
+      what: 'R to settle as { b: 4 }',
+      context: () => describeState(oracle, a, b),
+    });
     const children = readOracle(oracle);
     expect(violations(children)).toEqual([]);
     for (const c of before) {
@@ -354,16 +370,28 @@ describe('rebalancer run (sidecar)', () => {
 
   it('kill -9 of a sidecar: its reaper SIGKILLs its children (they ignore SIGTERM) before the lease can expire', async () => {
     const c = startSidecar('c', { group: 'g', oracle, childMode: 'ignore-term' });
-    expect(await eventually(() => settled(oracle, R, { b: 2, c: 2 })), describeState(oracle, b, c)).toBe(true);
+    await eventually(() => settled(oracle, R, { b: 2, c: 2 }), {
+      ...STEP,
+      what: 'R to settle as { b: 2, c: 2 }',
+      context: () => describeState(oracle, b, c),
+    });
     const mine = readOracle(oracle).filter((x) => x.node === 'c' && aliveChild(x));
     expect(mine.length).toBe(2);
     const killedAt = Date.now();
     c.proc.kill('SIGKILL');
     await c.exited;
     // Gone within the reaper's grace (min(drain, TTL/5) = 400 ms) plus scheduling slack: well before the TTL.
-    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 10_000)).toBe(true);
+    await eventually(() => mine.every((x) => !aliveChild(x)), {
+      ...STEP,
+      what: 'every child of the sidecar to be gone',
+      timeoutMs: 10_000,
+    });
     const goneAfterMs = Date.now() - killedAt;
-    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, b, c)).toBe(true);
+    await eventually(() => settled(oracle, R, { b: 4 }), {
+      ...STEP,
+      what: 'R to settle as { b: 4 }',
+      context: () => describeState(oracle, b, c),
+    });
     const children = readOracle(oracle);
     expect(violations(children)).toEqual([]);
     for (const x of mine) expect(children.find((y) => y.pid === x.pid)?.stopped).toBe(false); // they ignored SIGTERM
@@ -372,10 +400,18 @@ describe('rebalancer run (sidecar)', () => {
 
   it('a child that ignores SIGTERM gets SIGKILL after the drain timeout; only then does the next one start', async () => {
     const d = startSidecar('d', { group: 'g', oracle, childMode: 'ignore-term', drainMs: 1000 });
-    expect(await eventually(() => settled(oracle, R, { b: 2, d: 2 })), describeState(oracle, b, d)).toBe(true);
+    await eventually(() => settled(oracle, R, { b: 2, d: 2 }), {
+      ...STEP,
+      what: 'R to settle as { b: 2, d: 2 }',
+      context: () => describeState(oracle, b, d),
+    });
     await terminate(d);
     expect(d.exit).toEqual({ code: 0, signal: null });
-    expect(await eventually(() => settled(oracle, R, { b: 4 })), describeState(oracle, b, d)).toBe(true);
+    await eventually(() => settled(oracle, R, { b: 4 }), {
+      ...STEP,
+      what: 'R to settle as { b: 4 }',
+      context: () => describeState(oracle, b, d),
+    });
     expect(violations(readOracle(oracle))).toEqual([]);
     const stopping = events(d, 'childStopping');
     const exited = events(d, 'childExited');
@@ -391,7 +427,11 @@ describe('rebalancer run (sidecar)', () => {
   it('a child that crashes is restarted with a growing backoff, under the same lock and token', async () => {
     expect(cli(['resources', 'add', '--group', 'g', 'crash-1']).code).toBe(0);
     const starts = (): Child[] => readOracle(oracle).filter((x) => x.resource === 'crash-1');
-    expect(await eventually(() => starts().length >= 4), describeState(oracle, b)).toBe(true);
+    await eventually(() => starts().length >= 4, {
+      ...STEP,
+      what: 'crash-1 to be started four times',
+      context: () => describeState(oracle, b),
+    });
     const list = starts();
     expect(new Set(list.map((x) => `${x.node} ${x.token}`)).size).toBe(1);
     expect(list.every((x, i) => i === list.length - 1 || x.crashed)).toBe(true);
@@ -426,15 +466,27 @@ describe('rebalancer run: SIGINT twice', () => {
     const oracle = join(dir, 'sigint.oracle');
     expect(cli(['resources', 'add', '--group', 'i', 'i1', 'i2']).code).toBe(0);
     const s = startSidecar('i', { group: 'i', oracle, childMode: 'ignore-term', drainMs: 60_000 });
-    expect(await eventually(() => settled(oracle, ['i1', 'i2'], { i: 2 })), describeState(oracle, s)).toBe(true);
+    await eventually(() => settled(oracle, ['i1', 'i2'], { i: 2 }), {
+      ...STEP,
+      what: '[i1, i2] to settle as { i: 2 }',
+      context: () => describeState(oracle, s),
+    });
     const mine = readOracle(oracle).filter(aliveChild);
     s.proc.kill('SIGINT');
-    expect(await eventually(() => events(s, 'childStopping').length === 2), describeState(oracle, s)).toBe(true);
+    await eventually(() => events(s, 'childStopping').length === 2, {
+      ...STEP,
+      what: 'both children to be sent SIGTERM',
+      context: () => describeState(oracle, s),
+    });
     expect(mine.every(aliveChild)).toBe(true); // they ignore SIGTERM, and the drain timeout is 60 s
     s.proc.kill('SIGINT');
     await s.exited;
     expect(s.exit).toEqual({ code: 130, signal: null });
-    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 10_000)).toBe(true);
+    await eventually(() => mine.every((x) => !aliveChild(x)), {
+      ...STEP,
+      what: 'every child of the sidecar to be gone',
+      timeoutMs: 10_000,
+    });
     expect(events(s).map((e) => e.event)).toEqual(expect.arrayContaining(['shutdown', 'forced']));
   }, 60_000);
 });
@@ -450,10 +502,18 @@ describe('the checks catch broken sidecars', () => {
       drainMs: 3000,
       mutant: 'settle-before-exit',
     });
-    expect(await eventually(() => settled(oracle, ['m1', 'm2'], { m: 2 })), describeState(oracle, m)).toBe(true);
+    await eventually(() => settled(oracle, ['m1', 'm2'], { m: 2 }), {
+      ...STEP,
+      what: '[m1, m2] to settle as { m: 2 }',
+      context: () => describeState(oracle, m),
+    });
     const n = startSidecar('n', { group: 'm', oracle });
     // n starts the moved resource while m's child (ignoring SIGTERM, SIGKILL only after 3 s) still runs.
-    expect(await eventually(() => violations(readOracle(oracle)).length > 0), describeState(oracle, m, n)).toBe(true);
+    await eventually(() => violations(readOracle(oracle)).length > 0, {
+      ...STEP,
+      what: 'the oracle to report the broken sidecar',
+      context: () => describeState(oracle, m, n),
+    });
     expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
     await Promise.all([terminate(m), terminate(n)]);
   }, 60_000);
@@ -462,12 +522,18 @@ describe('the checks catch broken sidecars', () => {
     const oracle = join(dir, 'reaper.oracle');
     expect(cli(['resources', 'add', '--group', 'k', 'k1']).code).toBe(0);
     const k = startSidecar('k', { group: 'k', oracle, mutant: 'no-reaper' });
-    expect(await eventually(() => settled(oracle, ['k1'], { k: 1 })), describeState(oracle, k)).toBe(true);
+    await eventually(() => settled(oracle, ['k1'], { k: 1 }), {
+      ...STEP,
+      what: '[k1] to settle as { k: 1 }',
+      context: () => describeState(oracle, k),
+    });
     const mine = readOracle(oracle).filter(aliveChild);
     k.proc.kill('SIGKILL');
     await k.exited;
     // The same check as above (every child gone within 10 s) fails: the orphan keeps running.
-    expect(await eventually(() => mine.every((x) => !aliveChild(x)), 3000)).toBe(false);
+    await expect(
+      eventually(() => mine.every((x) => !aliveChild(x)), { ...STEP, what: 'every child to be gone', timeoutMs: 3000 }),
+    ).rejects.toThrow(/timed out waiting for every child to be gone/);
   }, 60_000);
 });
 
@@ -514,7 +580,11 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
       stdout: out.stream,
       stderr: out.stream,
     });
-    expect(await eventually(() => out.text().includes('ready'), 10_000)).toBe(true);
+    await eventually(() => out.text().includes('ready'), {
+      ...STEP,
+      what: 'the child to print ready',
+      timeoutMs: 10_000,
+    });
     const t0 = Date.now();
     let killedAfterMs = -1;
     const exit = await child.stop({ graceMs: 500, onKill: () => (killedAfterMs = Date.now() - t0) });
@@ -543,10 +613,18 @@ describe('Sidecar (src/sidecar/sidecar.ts) when its lease is in danger', () => {
     }
     await sidecar.start();
     try {
-      expect(await eventually(() => seen.some((e) => e.event === 'childStarted'), 10_000)).toBe(true);
+      await eventually(() => seen.some((e) => e.event === 'childStarted'), {
+        ...STEP,
+        what: 'the child to start',
+        timeoutMs: 10_000,
+      });
       // The store becomes unreachable: no keep-alive gets through, so the node must stop before its lease ends.
       store.faults = { request: () => ({ fail: 'before' }) };
-      expect(await eventually(() => seen.some((e) => e.event === 'childExited'), 15_000)).toBe(true);
+      await eventually(() => seen.some((e) => e.event === 'childExited'), {
+        ...STEP,
+        what: 'the child to exit',
+        timeoutMs: 15_000,
+      });
       const fenced = seen.find((e) => e.event === 'fenced')!;
       const stopping = seen.find((e) => e.event === 'childStopping')!;
       const exited = seen.find((e) => e.event === 'childExited')!;

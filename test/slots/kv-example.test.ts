@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { sleep } from '../harness/wait.js';
 
 const SITE = fileURLToPath(new URL('../../examples/slots-kv/site.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -20,8 +21,6 @@ const SLOTS = 128;
 const R = 2;
 const KEYS = 150;
 const BOUND_MS = 30_000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Site {
   readonly id: string;

@@ -23,36 +23,23 @@
  * A last part runs a deliberately broken application (REBALANCER_TEST_BROKEN=keep-writing: it goes on writing to
  * slots after primaryLost) and requires the checks to report it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import {
-  appendFileSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  readSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodePlanChunk, decodeReady, hasReady, PLAN_CHUNK_SLOTS, SlotKeys } from '../../src/protocol/slots/keys.js';
 import { openStore } from '../../src/store/open.js';
+import { Fleet, LineTail, type FleetWorker } from '../harness/fleet.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
+import { sleep } from '../harness/wait.js';
 
 const WORKER = fileURLToPath(new URL('./site-worker.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const SLOTS = 128;
 const R = 2;
 const TTL_MS = 2000;
 /** Bound for a step's convergence (session expiry + rejoin + migrations, on a loaded 2-core machine). */
 const STEP_BOUND_MS = 30_000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- oracle
 
@@ -107,11 +94,11 @@ class Oracle {
   planned = false;
   lines = 0;
   writes = 0;
-  #offset = 0;
-  #rest = '';
+  readonly #tail: LineTail;
 
   constructor(readonly path: string) {
     writeFileSync(path, '');
+    this.#tail = new LineTail(path);
   }
 
   mark(what: string, site?: string): void {
@@ -119,21 +106,7 @@ class Oracle {
   }
 
   refresh(): void {
-    const fd = openSync(this.path, 'r');
-    try {
-      const buf = Buffer.alloc(1 << 20);
-      for (;;) {
-        const n = readSync(fd, buf, 0, buf.length, this.#offset);
-        if (n === 0) break;
-        this.#offset += n;
-        const text = this.#rest + buf.subarray(0, n).toString('utf8');
-        const cut = text.lastIndexOf('\n');
-        this.#rest = text.slice(cut + 1);
-        for (const raw of text.slice(0, cut + 1).split('\n')) if (raw !== '') this.#add(JSON.parse(raw) as Line);
-      }
-    } finally {
-      closeSync(fd);
-    }
+    for (const raw of this.#tail.read()) this.#add(JSON.parse(raw) as Line);
   }
 
   site(id: string): SiteInfo {
@@ -308,13 +281,10 @@ class Oracle {
 
 interface Worker {
   readonly id: string;
-  readonly proc: ChildProcess;
-  readonly logPath: string;
-  exited: boolean;
-  exitStatus: string | undefined;
+  /** The process: its log, exit, signals. */
+  readonly proc: FleetWorker;
   terminated: boolean;
   killed: boolean;
-  readonly exit: Promise<void>;
 }
 
 interface RoutingState {
@@ -329,6 +299,7 @@ interface RoutingState {
 class Cluster {
   readonly workers = new Map<string, Worker>();
   readonly oracle: Oracle;
+  readonly fleet: Fleet;
   readonly stateDir: string;
   readonly steps: string[] = [];
   #next = 1;
@@ -339,89 +310,63 @@ class Cluster {
     readonly dir: string,
   ) {
     this.oracle = new Oracle(join(dir, 'oracle.jsonl'));
+    this.fleet = new Fleet(dir);
     this.stateDir = join(dir, 'state');
     mkdirSync(this.stateDir);
   }
 
   spawnSite(env: Record<string, string> = {}): Worker {
     const id = `s${this.#next++}`;
-    const logPath = join(this.dir, `${id}.log`);
-    const fd = openSync(logPath, 'a');
-    const proc = spawn(
-      process.execPath,
-      ['--import', 'tsx', WORKER, this.url, this.namespace, id, this.oracle.path, this.stateDir],
-      {
-        cwd: REPO,
-        stdio: ['ignore', fd, fd],
-        env: {
-          ...process.env,
-          REBALANCER_TEST_SLOTS: String(SLOTS),
-          REBALANCER_TEST_R: String(R),
-          REBALANCER_TEST_TTL_MS: String(TTL_MS),
-          ...env,
-        },
+    const proc = this.fleet.spawn({
+      name: id,
+      script: WORKER,
+      args: [this.url, this.namespace, id, this.oracle.path, this.stateDir],
+      env: {
+        REBALANCER_TEST_SLOTS: String(SLOTS),
+        REBALANCER_TEST_R: String(R),
+        REBALANCER_TEST_TTL_MS: String(TTL_MS),
+        ...env,
       },
-    );
-    closeSync(fd);
-    let resolveExit!: () => void;
-    const exit = new Promise<void>((r) => (resolveExit = r));
-    const w: Worker = {
-      id,
-      proc,
-      logPath,
-      exited: false,
-      exitStatus: undefined,
-      terminated: false,
-      killed: false,
-      exit,
-    };
-    proc.once('exit', (code, signal) => {
-      w.exited = true;
-      w.exitStatus = signal ?? `code ${String(code)}`;
+    });
+    const w: Worker = { id, proc, terminated: false, killed: false };
+    // Marked as the exit is seen (before whoever awaits it goes on).
+    void proc.exit.then(() => {
       if (w.terminated && !w.killed) this.oracle.mark('exited', id);
-      resolveExit();
     });
     this.workers.set(id, w);
     return w;
   }
 
   live(): Worker[] {
-    return [...this.workers.values()].filter((w) => !w.exited && !w.killed && !w.terminated);
+    return [...this.workers.values()].filter((w) => !w.proc.exited && !w.killed && !w.terminated);
   }
 
   async terminate(w: Worker): Promise<void> {
     w.terminated = true;
     this.oracle.mark('leaving', w.id);
-    w.proc.kill('SIGTERM');
-    const t = setTimeout(() => this.kill(w), 40_000);
-    await w.exit;
-    clearTimeout(t);
+    await w.proc.terminate(40_000, () => this.kill(w));
   }
 
   kill(w: Worker): void {
-    if (w.exited) return;
+    if (w.proc.exited) return;
     w.killed = true;
-    w.proc.kill('SIGKILL');
+    w.proc.kill();
     this.oracle.mark('killed', w.id);
   }
 
   pause(w: Worker): void {
     this.oracle.mark('paused', w.id);
-    w.proc.kill('SIGSTOP');
+    w.proc.pause();
   }
 
   resume(w: Worker): void {
-    w.proc.kill('SIGCONT');
+    w.proc.resume();
     this.oracle.mark('resumed', w.id);
   }
 
   async killAll(): Promise<void> {
-    for (const w of this.workers.values()) {
-      if (w.exited) continue;
-      w.proc.kill('SIGCONT');
-      this.kill(w);
-    }
-    await Promise.all([...this.workers.values()].map((w) => w.exit));
+    for (const w of this.workers.values()) this.kill(w);
+    await this.fleet.killAll();
   }
 
   /** Throws (with details) on any violation seen so far. */
@@ -429,9 +374,11 @@ class Cluster {
     this.oracle.refresh();
     const problems = [...this.oracle.violations];
     for (const w of this.workers.values()) {
-      if (w.exited && !w.terminated && !w.killed) problems.push(`${w.id} exited on its own (${w.exitStatus ?? '?'})`);
-      if (w.exited && w.terminated && !w.killed && w.exitStatus !== 'code 0') {
-        problems.push(`${w.id} did not leave cleanly (${w.exitStatus ?? '?'})`);
+      if (w.proc.exited && !w.terminated && !w.killed) {
+        problems.push(`${w.id} exited on its own (${w.proc.exitStatus ?? '?'})`);
+      }
+      if (w.proc.exited && w.terminated && !w.killed && w.proc.exitStatus !== 'code 0') {
+        problems.push(`${w.id} did not leave cleanly (${w.proc.exitStatus ?? '?'})`);
       }
     }
     if (problems.length > 0) {
@@ -443,7 +390,7 @@ class Cluster {
   async routingStates(timeoutMs = 5000): Promise<RoutingState[] | undefined> {
     const live = this.live();
     const asked = Date.now();
-    for (const w of live) w.proc.kill('SIGUSR2');
+    for (const w of live) w.proc.signal('SIGUSR2');
     const deadline = asked + timeoutMs;
     for (;;) {
       const states: RoutingState[] = [];
@@ -555,7 +502,7 @@ class Cluster {
     const procs = [...this.workers.values()]
       .map(
         (w) =>
-          `${w.id}(pid ${w.proc.pid ?? '?'}): ${w.exited ? `exited (${w.exitStatus ?? '?'})` : w.killed ? 'killed' : 'running'}`,
+          `${w.id}(pid ${w.proc.pid}): ${w.proc.exited ? `exited (${w.proc.exitStatus ?? '?'})` : w.killed ? 'killed' : 'running'}`,
       )
       .join(', ');
     return `steps: ${this.steps.join(' → ')}\nsites: ${procs}\nlogs: ${this.dir}`;

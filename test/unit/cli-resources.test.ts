@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { eventually } from '../harness/wait.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-'));
@@ -77,18 +78,13 @@ describe('rebalancer resources / groups', () => {
         .split('\n')
         .filter((l) => l !== '')
         .map((l) => JSON.parse(l) as { found?: boolean; resources?: { name: string }[] });
-    const waitFor = async (pred: () => boolean): Promise<void> => {
-      const end = Date.now() + 30_000;
-      while (!pred()) {
-        if (Date.now() > end) throw new Error(`not seen; output so far: ${outText}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
-    await waitFor(() => lines().some((l) => l.found === false));
+    const waitFor = (what: string, pred: () => boolean): Promise<true> =>
+      eventually(pred, { what, timeoutMs: 30_000, intervalMs: 50, context: () => `output so far: ${outText}` });
+    await waitFor('a status of the group not found', () => lines().some((l) => l.found === false));
     cli(['resources', 'add', '--group', 'w', 'one']);
-    await waitFor(() => lines().some((l) => l.resources?.length === 1));
+    await waitFor('a status with one resource', () => lines().some((l) => l.resources?.length === 1));
     cli(['resources', 'add', '--group', 'w', 'two']);
-    await waitFor(() => lines().some((l) => l.resources?.length === 2));
+    await waitFor('a status with two resources', () => lines().some((l) => l.resources?.length === 2));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
