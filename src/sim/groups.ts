@@ -24,8 +24,9 @@ import { resolveGroupOptions } from '../runtime/groups/options.js';
 import type { ResourceContext } from '../runtime/groups/options.js';
 import { GroupAdmin } from '../runtime/groups/registry.js';
 import {
-  applyNodeFault,
   healNode,
+  COMMON_FAULTS,
+  scheduleFaults,
   newFaultyNode,
   nodeFaults,
   rebootClock,
@@ -152,20 +153,19 @@ class GroupsSim {
     // Liveness phase: heal everything, then every resource must settle on exactly one node.
     this.#faultsOn = false;
     this.#healAll();
-    const healedAt = this.#world.now();
-    let settledAt: number | undefined;
-    while (this.#world.now() < healedAt + SIM.settleBoundMs) {
-      await this.#runUntil(this.#world.now() + 250);
-      if (this.#unsafe()) return this.#result(undefined);
-      if (this.#settled()) {
-        settledAt = this.#world.now();
-        break;
-      }
-    }
-    if (settledAt === undefined) {
+    const settledAfter = await this.#sim.settle(
+      SIM.settleBoundMs,
+      () => {
+        this.#check();
+        return !this.#unsafe();
+      },
+      () => this.#settled(),
+    );
+    if (settledAfter === 'unsafe') return this.#result(undefined);
+    if (settledAfter === undefined) {
       this.#violations.push({ atMs: this.#world.now(), kind: 'liveness', detail: this.#livenessDetail() });
     }
-    return this.#result(settledAt === undefined ? undefined : settledAt - healedAt);
+    return this.#result(settledAfter);
   }
 
   #unsafe(): boolean {
@@ -427,43 +427,19 @@ class GroupsSim {
 
   #scheduleFaults(): void {
     const rng = this.#faultRng;
-    const ttl = SIM.ttlMs;
-    let t = 500;
-    while (t < this.#o.faultPhaseMs - 500) {
-      t += rng.exp(400);
-      const at = t;
-      const kind = rng.pick([
-        'crash',
-        'pause',
-        'pause',
-        'partition',
-        'latency',
-        'errors',
-        'notifications',
-        'churn',
-        'churn',
-        'readd',
-        'leave',
-      ] as const);
-      const node = this.#nodes[rng.int(0, this.#nodes.length - 1)]!;
-      const dur = rng.range(0.2, 3) * ttl;
-      this.#at(at, () => {
-        if (!this.#faultsOn) return;
-        const upCount = this.#nodes.filter((n) => n.up).length;
+    scheduleFaults(this.#sim, rng, {
+      firstMs: 500,
+      meanGapMs: 400,
+      untilMs: this.#o.faultPhaseMs,
+      ttlMs: SIM.ttlMs,
+      kinds: [...COMMON_FAULTS, 'churn', 'churn', 'readd', 'leave'] as const,
+      nodes: this.#nodes,
+      on: () => this.#faultsOn,
+      count: (kind) => this.#count(kind),
+      kill: (node) => this.#kill(node),
+      start: (node) => this.#startNode(node),
+      other: (kind, node, dur, at, upCount) => {
         switch (kind) {
-          case 'crash':
-            if (!node.up || upCount <= 1) return;
-            this.#count('crash');
-            this.#kill(node);
-            this.#at(at + dur, () => this.#faultsOn && !node.up && this.#startNode(node));
-            return;
-          case 'pause':
-          case 'partition':
-          case 'latency':
-          case 'errors':
-          case 'notifications':
-            if (applyNodeFault(this.#sim, rng, kind, node, dur)) this.#count(kind);
-            return;
           case 'churn': {
             this.#count('churn');
             const names = [...this.#registered];
@@ -506,8 +482,8 @@ class GroupsSim {
             return;
           }
         }
-      });
-    }
+      },
+    });
   }
 
   #healAll(): void {

@@ -27,8 +27,9 @@ import { joinSlotsWith, type SlotsMember } from '../runtime/slots/member.js';
 import { resolveSlotsOptions } from '../runtime/slots/options.js';
 import { Random } from './random.js';
 import {
-  applyNodeFault,
   healNode,
+  COMMON_FAULTS,
+  scheduleFaults,
   newFaultyNode,
   nodeFaults,
   rebootClock,
@@ -132,19 +133,16 @@ class SlotsSim {
       healNode(s);
       if (!s.up || (s.site === undefined && !s.starting)) this.#restart(s);
     }
-    const healedAt = this.#world.now();
-    let settledAt: number | undefined;
-    while (this.#world.now() < healedAt + SLOTS_SIM.settleBoundMs) {
-      if (!(await this.#world.runUntil(this.#world.now() + 250, () => this.#check()))) return this.#result(undefined);
-      if (this.#settled()) {
-        settledAt = this.#world.now();
-        break;
-      }
-    }
-    if (settledAt === undefined) {
+    const settledAfter = await this.#world.settle(
+      SLOTS_SIM.settleBoundMs,
+      () => this.#check(),
+      () => this.#settled(),
+    );
+    if (settledAfter === 'unsafe') return this.#result(undefined);
+    if (settledAfter === undefined) {
       this.#violations.push({ atMs: this.#world.now(), kind: 'liveness', detail: this.#livenessDetail() });
     }
-    return this.#result(settledAt === undefined ? undefined : settledAt - healedAt);
+    return this.#result(settledAfter);
   }
 
   #result(settledAfterMs: number | undefined): SlotsSimResult {
@@ -403,42 +401,19 @@ class SlotsSim {
 
   #scheduleFaults(): void {
     const rng = this.#faultRng;
-    const ttl = SLOTS_SIM.ttlMs;
-    let t = 1000;
-    while (t < this.#faultPhaseMs - 500) {
-      t += rng.exp(600);
-      const at = t;
-      const kind = rng.pick([
-        'crash',
-        'pause',
-        'pause',
-        'partition',
-        'latency',
-        'errors',
-        'notifications',
-        'leave',
-        'leave',
-        'slow-migration',
-      ] as const);
-      const node = this.#sites[rng.int(0, this.#sites.length - 1)]!;
-      const dur = rng.range(0.2, 3) * ttl;
-      this.#world.at(at, () => {
-        if (!this.#faultsOn) return;
-        const upCount = this.#sites.filter((n) => n.up).length;
+    scheduleFaults(this.#world, rng, {
+      firstMs: 1000,
+      meanGapMs: 600,
+      untilMs: this.#faultPhaseMs,
+      ttlMs: SLOTS_SIM.ttlMs,
+      kinds: [...COMMON_FAULTS, 'leave', 'leave', 'slow-migration'] as const,
+      nodes: this.#sites,
+      on: () => this.#faultsOn,
+      count: (kind) => this.#count(kind),
+      kill: (node) => this.#kill(node),
+      start: (node) => this.#start(node),
+      other: (kind, node, dur, _at, upCount) => {
         switch (kind) {
-          case 'crash':
-            if (!node.up || upCount <= 1) return;
-            this.#count('crash');
-            this.#kill(node);
-            this.#world.at(at + dur, () => this.#faultsOn && !node.up && this.#start(node));
-            return;
-          case 'pause':
-          case 'partition':
-          case 'latency':
-          case 'errors':
-          case 'notifications':
-            if (applyNodeFault(this.#world, rng, kind, node, dur)) this.#count(kind);
-            return;
           case 'slow-migration':
             this.#count('slow-migration');
             node.migrateMs = rng.pick([5, 50, 300, 1500, 4000]);
@@ -458,8 +433,8 @@ class SlotsSim {
             return;
           }
         }
-      });
-    }
+      },
+    });
   }
 
   // ---- liveness ------------------------------------------------------------------

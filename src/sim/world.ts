@@ -39,6 +39,19 @@ export class SimWorld {
     return true;
   }
 
+  /**
+   * The liveness phase: run in 250 ms steps until `settled()` holds — resolves how long that took — or `boundMs`
+   * passed (undefined), or `check` stopped the run ('unsafe').
+   */
+  async settle(boundMs: number, check: () => boolean, settled: () => boolean): Promise<number | undefined | 'unsafe'> {
+    const from = this.clock.now();
+    while (this.clock.now() < from + boundMs) {
+      if (!(await this.runUntil(this.clock.now() + 250, check))) return 'unsafe';
+      if (settled()) return this.clock.now() - from;
+    }
+    return undefined;
+  }
+
   /** Await a promise while virtual time runs (up to a bound). */
   async drive<T>(p: Promise<T>, boundMs = 60_000): Promise<T> {
     let done = false;
@@ -196,5 +209,68 @@ export function applyNodeFault(
         node.notifyDelayMs = 0;
       });
       return true;
+  }
+}
+
+/** How a scenario's fault phase is drawn (see scheduleFaults). */
+export interface FaultSchedule<K extends string, N extends FaultyNode> {
+  /** The first fault comes after `firstMs` plus one gap. */
+  readonly firstMs: number;
+  /** Mean gap between faults (exponential). */
+  readonly meanGapMs: number;
+  /** No fault starts after `untilMs − 500`. */
+  readonly untilMs: number;
+  /** Fault durations are 0.2–3 TTLs. */
+  readonly ttlMs: number;
+  /** The kinds to draw from (repeat one to make it likelier). */
+  readonly kinds: readonly K[];
+  readonly nodes: readonly N[];
+  /** False once the fault phase is over: scheduled faults that come later do nothing. */
+  readonly on: () => boolean;
+  readonly count: (kind: string) => void;
+  /** kill -9 of a node, and its restart. */
+  readonly kill: (node: N) => void;
+  readonly start: (node: N) => void;
+  /** The scenario's own kinds (everything but a crash and the node faults). */
+  readonly other: (kind: K, node: N, durMs: number, atMs: number, upCount: number) => void;
+}
+
+const NODE_FAULTS: readonly string[] = ['pause', 'partition', 'latency', 'errors', 'notifications'];
+
+/** The faults every scenario draws (a pause twice as often), before its own kinds. */
+export const COMMON_FAULTS = ['crash', 'pause', 'pause', 'partition', 'latency', 'errors', 'notifications'] as const;
+
+/**
+ * Draw a scenario's faults from `rng` and schedule them. The draws per fault, in order: the gap, the kind, the node,
+ * the duration — the same for every scenario, so a seed replays exactly.
+ */
+export function scheduleFaults<K extends string, N extends FaultyNode>(
+  world: SimWorld,
+  rng: Random,
+  plan: FaultSchedule<K, N>,
+): void {
+  let t = plan.firstMs;
+  while (t < plan.untilMs - 500) {
+    t += rng.exp(plan.meanGapMs);
+    const at = t;
+    const kind = rng.pick(plan.kinds);
+    const node = plan.nodes[rng.int(0, plan.nodes.length - 1)]!;
+    const dur = rng.range(0.2, 3) * plan.ttlMs;
+    world.at(at, () => {
+      if (!plan.on()) return;
+      const upCount = plan.nodes.filter((n) => n.up).length;
+      if (kind === 'crash') {
+        if (!node.up || upCount <= 1) return;
+        plan.count('crash');
+        plan.kill(node);
+        world.at(at + dur, () => {
+          if (plan.on() && !node.up) plan.start(node);
+        });
+      } else if (NODE_FAULTS.includes(kind)) {
+        if (applyNodeFault(world, rng, kind as NodeFaultKind, node, dur)) plan.count(kind);
+      } else {
+        plan.other(kind, node, dur, at, upCount);
+      }
+    });
   }
 }
