@@ -54,6 +54,24 @@ export interface LeaseSettings {
   readonly clock: Clock;
 }
 
+/** What every join…() takes: the store, this node, the lease. */
+export interface MemberOptions extends LeaseOptions {
+  readonly store: Store;
+  readonly node: NodeOptions;
+}
+
+export interface ResolvedMemberOptions extends LeaseSettings {
+  readonly store: Store;
+  readonly node: NodeIdentity;
+}
+
+/** Read the options every runtime shares (the caller reads its own, then calls `r.done()`). */
+export function readMember(r: OptionReader): ResolvedMemberOptions {
+  const store = readStore(r);
+  const node = readNode(r);
+  return { store, node, ...readLease(r, store) };
+}
+
 /** Knobs only the simulator and the tests use; not part of any public options type. */
 export interface RuntimeInternals {
   /** Deliberately broken variants to switch on (see src/protocol/mutants.ts). */

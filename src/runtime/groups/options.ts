@@ -8,16 +8,7 @@ import { OptionReader } from '../../options.js';
 import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
 import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import { validateName } from '../../protocol/names.js';
-import type { Store } from '../../store/contract.js';
-import {
-  readLease,
-  readNode,
-  readStore,
-  type LeaseOptions,
-  type LeaseSettings,
-  type NodeIdentity,
-  type NodeOptions,
-} from '../common-options.js';
+import { readMember, type MemberOptions, type ResolvedMemberOptions } from '../common-options.js';
 
 /** What a handler gets for one assigned resource. */
 export interface ResourceContext {
@@ -52,11 +43,9 @@ export interface ResourceSource {
   readonly timeoutMs?: number | undefined;
 }
 
-export interface JoinGroupOptions extends LeaseOptions {
-  readonly store: Store;
+export interface JoinGroupOptions extends MemberOptions {
   /** 1–64 of A-Z a-z 0-9 . _ - */
   readonly group: string;
-  readonly node: NodeOptions;
   readonly handler: ResourceHandler;
   /** `resource-barrier` (default): only moving resources stop. `global-barrier`: all stop, reassign, all start. */
   readonly protocol?: Protocol | undefined;
@@ -81,10 +70,8 @@ export interface JoinGroupOptions extends LeaseOptions {
   readonly random?: (() => number) | undefined;
 }
 
-export interface ResolvedGroupOptions extends LeaseSettings {
-  readonly store: Store;
+export interface ResolvedGroupOptions extends ResolvedMemberOptions {
   readonly group: string;
-  readonly node: NodeIdentity;
   readonly handler: ResourceHandler;
   readonly protocol: Protocol;
   readonly strategy: PlacementStrategy;
@@ -117,13 +104,11 @@ export function resolveGroupOptions(
 ): ResolvedGroupOptions {
   const r = new OptionReader(options, where);
   const supplied = wrapper?.(r) ?? {};
-  const store = readStore(r);
+  const member = readMember(r);
   const group = validateName(r.raw('group'), 'group name');
-  const node = readNode(r);
   const handler = supplied.handler ?? r.fn<ResourceHandler>('handler');
   const protocol = r.oneOf('protocol', PROTOCOLS, 'resource-barrier');
   const strategy = r.oneOf('strategy', PLACEMENT_STRATEGIES, 'sticky-balanced');
-  const lease = readLease(r, store);
   const onStuckHandler = r.oneOf('onStuckHandler', ['wait', 'exit'] as const, 'wait');
   const sourceR = supplied.resourceSource === undefined ? r.object('resourceSource') : undefined;
   let resourceSource = supplied.resourceSource;
@@ -148,13 +133,11 @@ export function resolveGroupOptions(
   backoffR?.done();
   const drainTimeoutMs = r.ms('drainTimeoutMs', 30_000, { min: 1 });
   const resolved: ResolvedGroupOptions = {
-    store,
+    ...member,
     group,
-    node,
     handler,
     protocol,
     strategy,
-    ...lease,
     drainTimeoutMs,
     leaveTimeoutMs: r.ms('leaveTimeoutMs', 30_000, { min: 0 }),
     onStuckHandler,

@@ -7,23 +7,12 @@ import { OptionReader } from '../../options.js';
 import { DEFAULT_SLOT_COUNT } from '../../placement/slot-hash.js';
 import { validateSlotsConfig, type SlotsConfig } from '../../protocol/slots/keys.js';
 import { validateName } from '../../protocol/names.js';
-import type { Store } from '../../store/contract.js';
-import {
-  readLease,
-  readNode,
-  readStore,
-  type LeaseOptions,
-  type LeaseSettings,
-  type NodeIdentity,
-  type NodeOptions,
-} from '../common-options.js';
+import { readMember, type MemberOptions, type ResolvedMemberOptions } from '../common-options.js';
 
-export interface JoinSlotsOptions extends LeaseOptions {
-  readonly store: Store;
+/** `node.address` is what the routing table publishes for this node. */
+export interface JoinSlotsOptions extends MemberOptions {
   /** Cluster name (like a group name): 1–64 of A-Z a-z 0-9 . _ - */
   readonly cluster: string;
-  /** This node; `address` is what the routing table publishes for it. */
-  readonly node: NodeOptions;
   /** Fixed for the cluster's life (default 16384, at most 65536); every node must agree. */
   readonly slotCount?: number | undefined;
   /** Replicas per slot, R (default 3); every node must agree. */
@@ -37,10 +26,8 @@ export interface JoinSlotsOptions extends LeaseOptions {
   readonly leaveTimeoutMs?: number | undefined;
 }
 
-export interface ResolvedSlotsOptions extends LeaseSettings {
-  readonly store: Store;
+export interface ResolvedSlotsOptions extends ResolvedMemberOptions {
   readonly cluster: string;
-  readonly node: NodeIdentity;
   readonly config: SlotsConfig;
   readonly leaveTimeoutMs: number;
 }
@@ -49,16 +36,14 @@ export function resolveSlotsOptions(options: unknown): ResolvedSlotsOptions {
   const r = new OptionReader(options, 'joinSlots options');
   r.renamed('site', 'node');
   r.renamed('minSites', 'minNodes');
-  const store = readStore(r);
+  const member = readMember(r);
   const cluster = validateName(r.raw('cluster'), 'cluster name');
-  const node = readNode(r);
   const config = validateSlotsConfig({
     slotCount: r.integer('slotCount', DEFAULT_SLOT_COUNT, { min: 1, max: 65_536 }),
     replicas: r.integer('replicas', 3, { min: 1 }),
     minSites: r.integer('minNodes', 1, { min: 1, max: 65_535 }),
   });
-  const lease = readLease(r, store);
   const leaveTimeoutMs = r.ms('leaveTimeoutMs', 60_000);
   r.done();
-  return { store, cluster, node, config, leaveTimeoutMs, ...lease };
+  return { ...member, cluster, config, leaveTimeoutMs };
 }
