@@ -10,7 +10,7 @@
  *    table is in memory);
  * 3. balance: max/mean replicas and primaries per site;
  * 4. movement on a join and a leave: (slot, site) replicas gained and primaries changed against the ideal;
- * 5. convergence on a private Redis (the runtime, not just the placement): 5 SlotSite instances in this process,
+ * 5. convergence on a private Redis (the runtime, not just the placement): 5 PlacementNode instances in this process,
  *    each with its own store client, R = 3, an application that marks a slot ready at once; the time from a site's
  *    join (and from a graceful leave) until every site's routing table is the same and every slot has R ready
  *    replicas and a primary, against the store's round trip and the session TTL; with the store calls made.
@@ -20,6 +20,7 @@
  */
 import { rankNodes } from '../src/placement/index.js';
 import { RoutingTable } from '../src/placement/routing.js';
+import type { PlacementNode } from '../src/placement/index.js';
 import { slotForKey } from '../src/placement/slot-hash.js';
 import {
   computeSlotPlacement,
@@ -27,7 +28,6 @@ import {
   siteLoads,
   slotReplicas,
   type SlotPlacement,
-  type SlotSite,
 } from '../src/placement/slots.js';
 import { createHash } from 'node:crypto';
 import { joinSlots, type SlotsMember as RuntimeSite } from '../src/runtime/slots/member.js';
@@ -53,7 +53,7 @@ function median(xs: readonly number[]): number {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-function sites(n: number, zones: number, weighted = false, prefix = 'site'): SlotSite[] {
+function sites(n: number, zones: number, weighted = false, prefix = 'site'): PlacementNode[] {
   return Array.from({ length: n }, (_, i) => ({
     id: `${prefix}-${String(i).padStart(4, '0')}`,
     ...(zones > 0 ? { zone: `zone-${i % zones}` } : {}),
@@ -91,7 +91,7 @@ interface ComputeCase {
 }
 
 /** The straightforward way, for a ratio measured in this run: score and sort all sites per slot. */
-function naivePlacement(ss: readonly SlotSite[], slotCount: number, replicas: number): string[][] {
+function naivePlacement(ss: readonly PlacementNode[], slotCount: number, replicas: number): string[][] {
   const out: string[][] = [];
   for (let s = 0; s < slotCount; s++) {
     out.push(rankNodes(String(s), ss, replicas, { spreadZones: true }).map((n) => n.id));
@@ -101,7 +101,7 @@ function naivePlacement(ss: readonly SlotSite[], slotCount: number, replicas: nu
 
 function computeCases(quick: boolean): { cases: ComputeCase[]; naiveMs: number; naiveRatio: number } {
   const runs = quick ? 7 : 15;
-  const defs: [string, SlotSite[]][] = [
+  const defs: [string, PlacementNode[]][] = [
     ['equal weights, no zones', sites(200, 0)],
     ['equal weights, 3 zones', sites(200, 3)],
     ['weights 1–3, 3 zones', sites(200, 3, true)],
@@ -209,7 +209,7 @@ function spread(xs: readonly number[]): { max: number; min: number } {
 }
 
 function balance(): BalanceCase[] {
-  const defs: [string, SlotSite[]][] = [
+  const defs: [string, PlacementNode[]][] = [
     ['16384 × 20, R=3, no zones', sites(20, 0)],
     ['16384 × 20, R=3, 4 zones', sites(20, 4)],
     ['16384 × 200, R=3, no zones', sites(200, 0)],
@@ -256,7 +256,7 @@ function movement(): MovementCase[] {
   for (const n of [20, 200]) {
     const base = sites(n, 3);
     const before = computeSlotPlacement({ sites: base, slotCount: SLOTS, replicas: R });
-    const cases: [string, SlotSite[], number][] = [
+    const cases: [string, PlacementNode[], number][] = [
       [`join ${n} → ${n + 1}`, [...base, { id: 'site-new', zone: 'zone-0' }], n + 1],
       [`leave ${n} → ${n - 1}`, base.slice(1), n],
     ];
@@ -559,7 +559,7 @@ export async function run(args: string[]): Promise<void> {
     result['convergence'] = cs;
     out.push('');
     out.push(
-      `5. Convergence on a private Redis: ${cs[0]?.sites ?? 5} SlotSite instances in one process (own store client ` +
+      `5. Convergence on a private Redis: ${cs[0]?.sites ?? 5} PlacementNode instances in one process (own store client ` +
         `each), R=${R}, TTL ${cs[0]?.ttlMs ?? 0} ms, migration = 0 ms; store round trip (get) ${cs[0]?.rttMs ?? '?'} ms`,
     );
     const ms = (x: number | undefined): string => (x === undefined ? '—' : `${x} ms`);

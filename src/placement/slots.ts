@@ -37,21 +37,15 @@
  *    the result is a function of the input only.
  */
 import { InvalidArgumentError } from '../errors.js';
+import type { PlacementNode } from './index.js';
 import { hash32 } from './hash.js';
 import { SiteScanner } from './scan.js';
 import { checkSlotCount } from './slot-hash.js';
 
 /** A site that can hold slots. */
-export interface SlotSite {
-  readonly id: string;
-  /** Failure domain (rack, availability zone). Sites without one share the zone `''`. */
-  readonly zone?: string | undefined;
-  /** Relative capacity, > 0. Default 1. */
-  readonly weight?: number | undefined;
-}
 
 export interface SlotPlacementInput {
-  readonly sites: readonly SlotSite[];
+  readonly sites: readonly PlacementNode[];
   /** 1 to 65536 (see slotForKey). */
   readonly slotCount: number;
   /** Replicas per slot, R ≥ 1; fewer are placed while there are fewer sites. */
@@ -92,7 +86,7 @@ interface Site {
   readonly weight: number;
 }
 
-function normaliseSites(sites: readonly SlotSite[]): Site[] {
+function normaliseSites(sites: readonly PlacementNode[]): Site[] {
   if (!Array.isArray(sites)) throw new InvalidArgumentError('slot placement: sites must be an array');
   if (sites.length > MAX_SITES) {
     throw new InvalidArgumentError(`slot placement: ${sites.length} sites; at most ${MAX_SITES} are supported`);

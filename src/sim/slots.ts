@@ -1,5 +1,5 @@
 /**
- * Deterministic simulation of a slots cluster: the real SlotSite runtime and
+ * Deterministic simulation of a slots cluster: the real SlotsMember runtime and
  * protocol cores on the memory store and virtual time, with faults drawn from
  * a seed (crashes, SIGSTOP past the TTL, partitions, slow and failing
  * requests, lost notifications, graceful leaves, joins). The application of

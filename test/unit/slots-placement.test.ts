@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { rankNodes } from '../../src/placement/index.js';
 import { RoutingTable } from '../../src/placement/routing.js';
+import type { PlacementNode } from '../../src/placement/index.js';
 import { setPlacementSimd, SiteScanner } from '../../src/placement/scan.js';
 import { crc16, keyHash16, slotForKey } from '../../src/placement/slot-hash.js';
 import {
@@ -18,7 +19,6 @@ import {
   slotPrimary,
   slotReplicas,
   type SlotPlacement,
-  type SlotSite,
 } from '../../src/placement/slots.js';
 
 // ---- key → slot ------------------------------------------------------------------------------
@@ -102,7 +102,9 @@ describe('slotForKey', () => {
 
 // ---- placement -------------------------------------------------------------------------------
 
-const sitesArb = (opts: { maxSites?: number; zones?: boolean; weights?: boolean } = {}): fc.Arbitrary<SlotSite[]> =>
+const sitesArb = (
+  opts: { maxSites?: number; zones?: boolean; weights?: boolean } = {},
+): fc.Arbitrary<PlacementNode[]> =>
   fc
     .uniqueArray(fc.string({ minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: opts.maxSites ?? 12 })
     .chain((ids) =>
@@ -113,14 +115,14 @@ const sitesArb = (opts: { maxSites?: number; zones?: boolean; weights?: boolean 
       ),
     )
     .map(([ids, zones, weights]) =>
-      ids.map((id, i): SlotSite => ({
+      ids.map((id, i): PlacementNode => ({
         id,
         ...(opts.zones === true ? { zone: zones[i]! } : {}),
         ...(opts.weights === true ? { weight: weights[i]! } : {}),
       })),
     );
 
-function sites(n: number, opts: { zones?: number; prefix?: string } = {}): SlotSite[] {
+function sites(n: number, opts: { zones?: number; prefix?: string } = {}): PlacementNode[] {
   return Array.from({ length: n }, (_, i) => ({
     id: `${opts.prefix ?? 'site'}-${i}`,
     ...(opts.zones === undefined ? {} : { zone: `zone-${i % opts.zones}` }),
@@ -167,7 +169,7 @@ describe('computeSlotPlacement', () => {
 
   it('matches rankNodes where a weighted score passes the cheap bound but not the seeded cut (regression)', () => {
     // Found by the property above: slot 41 went to "4i" (score 0.98, below the seed) instead of " oB9" (1.25).
-    const ss: SlotSite[] = [' ', '&', '?', '_(', '@', 'Z', '!'].map((id) => ({ id, weight: 1 }));
+    const ss: PlacementNode[] = [' ', '&', '?', '_(', '@', 'Z', '!'].map((id) => ({ id, weight: 1 }));
     ss.push({ id: '4i', weight: 3 }, { id: ' oB9', weight: 0.5 });
     const p = computeSlotPlacement({ sites: ss, slotCount: 4096, replicas: 1 });
     for (let s = 0; s < 4096; s++) expect(slotReplicas(p, s)).toEqual(rankNodes(String(s), ss, 1).map((n) => n.id));
@@ -175,7 +177,7 @@ describe('computeSlotPlacement', () => {
 
   it('matches rankNodes at scale: 2048 slots × 200 sites, weighted, 1, 2 and 3 zones, R=3', () => {
     for (const zones of [1, 2, 3]) {
-      const ss: SlotSite[] = Array.from({ length: 200 }, (_, i) => ({
+      const ss: PlacementNode[] = Array.from({ length: 200 }, (_, i) => ({
         id: `site-${i}`,
         zone: `z${i % zones}`,
         weight: 1 + (i % 3),
@@ -202,7 +204,7 @@ describe('computeSlotPlacement', () => {
       [17, 1, true, 1],
     ];
     for (const [n, zones, weighted, R] of cases) {
-      const ss: SlotSite[] = Array.from({ length: n }, (_, i) => ({
+      const ss: PlacementNode[] = Array.from({ length: n }, (_, i) => ({
         id: `site-${i}`,
         ...(zones > 0 ? { zone: `z${(i * 7) % zones}` } : {}),
         ...(weighted ? { weight: 0.5 + ((i * 13) % 5) } : {}),
@@ -333,7 +335,7 @@ describe('computeSlotPlacement', () => {
   });
 
   it('gives weighted sites their weighted share of primaries', () => {
-    const ss: SlotSite[] = Array.from({ length: 12 }, (_, i) => ({ id: `w-${i}`, weight: 1 + (i % 3) }));
+    const ss: PlacementNode[] = Array.from({ length: 12 }, (_, i) => ({ id: `w-${i}`, weight: 1 + (i % 3) }));
     const p = computeSlotPlacement({ sites: ss, slotCount: 16384, replicas: 3 });
     for (const l of siteLoads(p)) {
       expect(Math.abs(l.primaries - l.primaryShare)).toBeLessThan(1);
