@@ -10,7 +10,7 @@
  *    table is in memory);
  * 3. balance: max/mean replicas and primaries per site;
  * 4. movement on a join and a leave: (slot, site) replicas gained and primaries changed against the ideal;
- * 5. convergence on a private Redis (the runtime, not just the placement): 5 PlacementNode instances in this process,
+ * 5. convergence on a private Redis (the runtime, not just the placement): 5 SlotsMember instances in this process,
  *    each with its own store client, R = 3, an application that marks a slot ready at once; the time from a site's
  *    join (and from a graceful leave) until every site's routing table is the same and every slot has R ready
  *    replicas and a primary, against the store's round trip and the session TTL; with the store calls made.
@@ -559,7 +559,7 @@ export async function run(args: string[]): Promise<void> {
     result['convergence'] = cs;
     out.push('');
     out.push(
-      `5. Convergence on a private Redis: ${cs[0]?.sites ?? 5} PlacementNode instances in one process (own store client ` +
+      `5. Convergence on a private Redis: ${cs[0]?.sites ?? 5} SlotsMember instances in one process (own store client ` +
         `each), R=${R}, TTL ${cs[0]?.ttlMs ?? 0} ms, migration = 0 ms; store round trip (get) ${cs[0]?.rttMs ?? '?'} ms`,
     );
     const ms = (x: number | undefined): string => (x === undefined ? '—' : `${x} ms`);
