@@ -47,11 +47,17 @@ describe('CoordinatorReader', () => {
     await admin.remove(['r1']);
     await same(1);
     // Own writes are applied to the cache, not re-read.
+    const before = await reader.read(1);
+    const beforeGrants = JSON.stringify([...before.grants]);
+    const beforeHeld = JSON.stringify([...before.held]);
     const changes = [{ add: { nodeId: 'a', name: 'r2' } }, { add: { nodeId: 'a', name: 'r3' } }];
     const guard = { key: keys.state, target: 'version' as const, op: '=' as const, value: 0 };
     expect(await writeCoordinatorDecision(store, keys, guard, changes, 1, undefined)).toBe(true);
     reader.applied(changes, 1);
     await same(2);
+    // A view handed out earlier is never changed afterwards (copy on write).
+    expect(JSON.stringify([...before.grants])).toBe(beforeGrants);
+    expect(JSON.stringify([...before.held])).toBe(beforeHeld);
     // Locks taken by the grantee are seen (they were unconfirmed), then released.
     await store.txn({
       compare: [],

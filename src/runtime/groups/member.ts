@@ -470,7 +470,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (token !== undefined) await release(this.#store, this.#keys, a.resource, token).catch(() => false);
       return;
     }
-    this.#handlers.start(a.resource, e, token, a.stateGeneration, session);
+    try {
+      this.#handlers.start(a.resource, e, token, a.stateGeneration, session);
+    } catch (error) {
+      // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
+      this.#handlers.delete(a.resource);
+      throw error;
+    }
   }
 
   /**
