@@ -300,7 +300,7 @@ describe('rebalancer run (sidecar)', () => {
       [['--exec', 'true', '--ttl-ms', 'soon'], /--ttl-ms must be a whole number from 1000 to 300000/],
       [['--exec', 'true', '--ttl-ms', '5.5'], /--ttl-ms must be a whole number/],
       [['--exec', 'true', '--drain-timeout-ms', '-1'], /--drain-timeout-ms must be a whole number/],
-      [['--exec', 'true', '--weight', '0'], /--weight must be a number > 0/],
+      [['--exec', 'true', '--weight', '0'], /--weight must be a number above 0 and at most 1000000 .*, got "0"/],
       [['--exec', 'true', '--node', 'has space'], /--node "has space" is invalid/],
       [['--exec', 'true', '--protocol', 'chaos'], /--protocol must be/],
       [[], /required option '--exec <command>' not specified/],

@@ -20,6 +20,7 @@ import {
 import { openStore } from '../../store/open.js';
 import { STORE_LIMITS } from '../../store/validate.js';
 import { EXIT, globalOptions } from '../context.js';
+import { decimalOption, integerOption } from '../input.js';
 
 interface RunOptions {
   group: string;
@@ -60,16 +61,6 @@ const EVENTS: readonly (keyof SidecarEvents)[] = [
   'childFailedToStart',
   'reaperError',
 ];
-
-function int(name: string, raw: string, min: number, max: number): number {
-  const n = Number(raw);
-  if (raw.trim() === '' || !Number.isInteger(n) || n < min || n > max) {
-    throw new InvalidArgumentError(
-      `--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`,
-    );
-  }
-  return n;
-}
 
 function replacer(_key: string, value: unknown): unknown {
   if (value instanceof Error) return { name: value.name, message: value.message };
@@ -115,13 +106,21 @@ export function register(program: Command): void {
     .requiredOption('--exec <command>', 'shell command to run per assigned resource (through /bin/sh -c)')
     .option('--node <id>', 'node id (default: host name and pid)')
     .option('--zone <zone>', 'failure domain, for placements that spread')
-    .option('--weight <w>', 'relative capacity (> 0, default 1)')
-    .option('--ttl-ms <n>', 'session TTL: how long after this process dies its resources stay unowned', '10000')
-    .option('--drain-timeout-ms <n>', 'time between SIGTERM and SIGKILL when a child is stopped', '10000')
+    .option('--weight <w>', 'relative capacity (above 0, at most 1000000, default 1)')
+    .option(
+      '--ttl-ms <n>',
+      'session TTL: how long after this process dies its resources stay unowned (1000-300000)',
+      '10000',
+    )
+    .option('--drain-timeout-ms <n>', 'time between SIGTERM and SIGKILL when a child is stopped (1-3600000)', '10000')
     .option('--protocol <name>', PROTOCOLS.join(' | '), 'resource-barrier')
     .option('--strategy <name>', `placement: ${PLACEMENT_STRATEGIES.join(' | ')}`)
-    .option('--restart-delay-ms <n>', 'first restart delay of a child that exits by itself (doubles each time)', '1000')
-    .option('--max-restart-delay-ms <n>', 'longest restart delay', '30000')
+    .option(
+      '--restart-delay-ms <n>',
+      'first restart delay of a child that exits by itself (doubles each time; 1-3600000)',
+      '1000',
+    )
+    .option('--max-restart-delay-ms <n>', 'longest restart delay (1-3600000)', '30000')
     .option('--no-prefix', "pass the children's output through untouched (default: each line prefixed [resource])")
     .addOption(new Option('--mutant <name>', 'deliberately broken variant, for tests only').hideHelp())
     .action(async (o: RunOptions) => {
@@ -134,19 +133,14 @@ export function register(program: Command): void {
       if (strategy !== undefined && !PLACEMENT_STRATEGIES.includes(strategy)) {
         throw new InvalidArgumentError(`--strategy must be one of ${PLACEMENT_STRATEGIES.join(', ')}`);
       }
-      let weight: number | undefined;
-      if (o.weight !== undefined) {
-        weight = Number(o.weight);
-        if (o.weight.trim() === '' || !Number.isFinite(weight) || weight <= 0 || weight > 1_000_000) {
-          throw new InvalidArgumentError(
-            `--weight must be a number > 0 and <= 1000000, got ${JSON.stringify(o.weight)}`,
-          );
-        }
-      }
-      const ttlMs = int('ttl-ms', o.ttlMs, STORE_LIMITS.minSessionTtlMs, STORE_LIMITS.maxSessionTtlMs);
-      const drainTimeoutMs = int('drain-timeout-ms', o.drainTimeoutMs, 1, 3_600_000);
-      const initialMs = int('restart-delay-ms', o.restartDelayMs, 1, 3_600_000);
-      const maxMs = int('max-restart-delay-ms', o.maxRestartDelayMs, 1, 3_600_000);
+      const weight = decimalOption('--weight', o.weight, { min: 0, aboveMin: true, max: 1_000_000 });
+      const ttlMs = integerOption('--ttl-ms', o.ttlMs, {
+        min: STORE_LIMITS.minSessionTtlMs,
+        max: STORE_LIMITS.maxSessionTtlMs,
+      });
+      const drainTimeoutMs = integerOption('--drain-timeout-ms', o.drainTimeoutMs, { min: 1, max: 3_600_000 });
+      const initialMs = integerOption('--restart-delay-ms', o.restartDelayMs, { min: 1, max: 3_600_000 });
+      const maxMs = integerOption('--max-restart-delay-ms', o.maxRestartDelayMs, { min: 1, max: 3_600_000 });
       if (o.mutant !== undefined && !isSidecarMutant(o.mutant)) {
         throw new InvalidArgumentError(`unknown --mutant; one of ${Object.keys(SIDECAR_MUTANTS).join(', ')}`);
       }

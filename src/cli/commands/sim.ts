@@ -1,8 +1,27 @@
 /** `rebalancer sim`: the deterministic simulator. */
 import type { Command } from 'commander';
-import { InvalidArgumentError } from '../../errors.js';
+import { PLACEMENT_STRATEGIES } from '../../placement/index.js';
+import { PROTOCOLS } from '../../protocol/groups/keys.js';
 import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
+import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
+import { choiceOption, integerOption } from '../input.js';
+
+const SCENARIOS: readonly SimScenario[] = ['groups', 'slots'];
+
+interface SimFlags {
+  scenario: string;
+  protocol: string;
+  seeds: string;
+  seed: string;
+  nodes?: string;
+  sites?: string;
+  slots?: string;
+  resources?: string;
+  strategy?: string;
+  mutant?: string;
+  listMutants?: boolean;
+}
 
 export function register(program: Command): void {
   program
@@ -12,19 +31,19 @@ export function register(program: Command): void {
     )
     .option('--scenario <name>', 'scenario: groups | slots', 'groups')
     .option('--protocol <name>', 'groups: resource-barrier | global-barrier', 'resource-barrier')
-    .option('--seeds <n>', 'how many seeds to run', '100')
-    .option('--seed <s>', 'first seed (with --seeds 1: replay exactly this seed)', '1')
-    .option('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)')
+    .option('--seeds <n>', 'how many seeds to run (1-1000000)', '100')
+    .option('--seed <s>', 'first seed, 0-4294967295 (with --seeds 1: replay exactly this seed)', '1')
+    .option('--nodes <n>', 'simulated nodes, 1-50 (default 5; slots: sites, default 4)')
     .option('--sites <n>', 'slots: simulated sites (same as --nodes)')
-    .option('--slots <n>', 'slots: slot count (default 24)')
-    .option('--resources <k>', 'resources at the start (default 12)')
+    .option('--slots <n>', 'slots: slot count, 1-5000 (default 24)')
+    .option('--resources <k>', 'resources at the start, 0-5000 (default 12)')
     .option('--strategy <name>', 'placement: sticky-balanced | round-robin | rendezvous')
     .option('--mutant <name>', 'run a deliberately broken variant (see --list-mutants); the checker must catch it')
     .option('--list-mutants', 'print the mutant names and what each breaks')
-    .action(async (o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: SimFlags) => {
       const json = globalOptions(program).json === true;
-      const { MUTANTS, SLOTS_MUTANTS, isMutantName, isSlotsMutantName } = await import('../../protocol/mutants.js');
-      if (o['listMutants'] === true) {
+      const { MUTANTS, SLOTS_MUTANTS } = await import('../../protocol/mutants.js');
+      if (o.listMutants === true) {
         if (json) process.stdout.write(`${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS })}\n`);
         else {
           process.stdout.write('--scenario groups:\n');
@@ -35,53 +54,35 @@ export function register(program: Command): void {
         }
         return;
       }
-      const int = (name: string, v: unknown, min: number, max: number): number | undefined => {
-        if (v === undefined) return undefined;
-        const n = Number(v);
-        if (!Number.isInteger(n) || n < min || n > max)
-          throw new InvalidArgumentError(`--${name} must be an integer from ${min} to ${max}`);
-        return n;
-      };
-      const scenario = o['scenario'];
-      if (scenario !== 'groups' && scenario !== 'slots')
-        throw new InvalidArgumentError(`unknown --scenario ${String(scenario)}: use groups or slots`);
-      const protocol = o['protocol'];
-      if (protocol !== 'resource-barrier' && protocol !== 'global-barrier') {
-        throw new InvalidArgumentError('--protocol must be resource-barrier or global-barrier');
-      }
-      const rawMutant = o['mutant'];
-      let mutant: MutantName | SlotsMutantName | undefined;
-      if (rawMutant !== undefined) {
-        if (typeof rawMutant === 'string' && scenario === 'slots' && isSlotsMutantName(rawMutant)) {
-          mutant = rawMutant;
-        } else if (typeof rawMutant === 'string' && scenario === 'groups' && isMutantName(rawMutant)) {
-          mutant = rawMutant;
-        } else {
-          throw new InvalidArgumentError(
-            `unknown --mutant ${String(rawMutant)} for --scenario ${scenario}; see rebalancer sim --list-mutants`,
-          );
-        }
-      }
-      const strategy = o['strategy'];
-      if (
-        strategy !== undefined &&
-        strategy !== 'sticky-balanced' &&
-        strategy !== 'round-robin' &&
-        strategy !== 'rendezvous'
-      ) {
-        throw new InvalidArgumentError('--strategy must be sticky-balanced, round-robin or rendezvous');
-      }
+      const scenario = choiceOption('--scenario', o.scenario, SCENARIOS);
+      const protocol = choiceOption('--protocol', o.protocol, PROTOCOLS);
+      const strategy = choiceOption('--strategy', o.strategy, PLACEMENT_STRATEGIES);
+      // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
+      const mutantNames = Object.keys(scenario === 'slots' ? SLOTS_MUTANTS : MUTANTS) as (
+        MutantName | SlotsMutantName
+      )[];
+      const mutant = choiceOption('--mutant', o.mutant, mutantNames);
+      const seeds = integerOption('--seeds', o.seeds, { min: 1, max: 1_000_000 });
+      const seed = integerOption('--seed', o.seed, { min: 0, max: 2 ** 32 - 1 });
+      // --sites and --slots are the slots scenario's names for --nodes and --resources.
+      const nodes = integerOption(o.nodes === undefined ? '--sites' : '--nodes', o.nodes ?? o.sites, {
+        min: 1,
+        max: 50,
+      });
+      const resources = integerOption(o.resources === undefined ? '--slots' : '--resources', o.resources ?? o.slots, {
+        min: scenario === 'slots' ? 1 : 0,
+        max: 5000,
+      });
       const { runSimulation } = await import('../../sim/run.js');
-      const seeds = int('seeds', o['seeds'], 1, 1_000_000)!;
       const tty = process.stderr.isTTY && !json;
       let shown = 0;
       const summary = await runSimulation({
         scenario,
         protocol,
         seeds,
-        seed: int('seed', o['seed'], 0, 2 ** 32 - 1),
-        nodes: int('nodes', o['nodes'] ?? o['sites'], 1, 50),
-        resources: int('resources', o['resources'] ?? o['slots'], scenario === 'slots' ? 1 : 0, 5000),
+        seed,
+        nodes,
+        resources,
         strategy,
         mutant,
         onSeed: (r, i) => {

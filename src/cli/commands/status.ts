@@ -6,11 +6,11 @@
  * lost) until Ctrl-C.
  */
 import type { Command } from 'commander';
-import { InvalidArgumentError } from '../../errors.js';
 import { GroupKeys } from '../../protocol/groups/keys.js';
 import { GroupNotFoundError, groupStatus, type GroupStatus } from '../../runtime/status.js';
 import type { Store } from '../../store/contract.js';
 import { out, withStore } from '../context.js';
+import { integerOption } from '../input.js';
 
 export function register(program: Command): void {
   program
@@ -18,10 +18,9 @@ export function register(program: Command): void {
     .description("a group's nodes, coordinator, generation, and each resource's owner, fencing token and moves")
     .requiredOption('--group <name>', 'group name')
     .option('--watch', 'live view: redraw on every change until Ctrl-C')
-    .option('--limit <n>', 'resource lines to print (text output; --json prints all)', '40')
+    .option('--limit <n>', 'resource lines to print, 0 to 1000000 (text output; --json prints all)', '40')
     .action(async (o: { group: string; watch?: boolean; limit: string }) => {
-      const limit = Number(o.limit);
-      if (!Number.isInteger(limit) || limit < 0) throw new InvalidArgumentError('--limit must be an integer >= 0');
+      const limit = integerOption('--limit', o.limit, { min: 0, max: 1_000_000 });
       await withStore(program, async (store, opts) => {
         const json = opts.json === true;
         if (o.watch !== true) {
