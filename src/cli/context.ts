@@ -4,7 +4,6 @@
  * exports a `register(program)` function; main.ts wires them and maps errors
  * to exit codes.
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/contract.js';
@@ -40,17 +39,6 @@ export async function withStore<T>(
   } finally {
     await store.close();
   }
-}
-
-/** Names from the arguments, or one per line from standard input when the only argument is `-`. */
-export function namesFrom(args: readonly string[]): string[] {
-  if (args.length === 1 && args[0] === '-') {
-    return readFileSync(0, 'utf8')
-      .split('\n')
-      .map((l) => l.trim())
-      .filter((l) => l !== '');
-  }
-  return [...args];
 }
 
 export function round(ms: number): number {

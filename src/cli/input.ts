@@ -6,6 +6,7 @@
  * something else. (`Number()` alone reads "1e4", " 3000", "0x10" and "" as
  * numbers, so a typo could start a sidecar with a TTL nobody asked for.)
  */
+import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
 import { suggestion } from '../options.js';
 
@@ -86,4 +87,38 @@ export function checkedOption(
   const problem = check(raw);
   if (problem !== undefined) throw new InvalidArgumentError(`${flag} ${problem}`);
   return raw;
+}
+
+/**
+ * Resource names: the arguments, or one per line from standard input when the only argument is `-`. One rule for
+ * both sources, so that a name means the same typed or piped: white space around a name is trimmed (a trailing
+ * space or a CRLF line end is never part of it), and a name that is empty after trimming is refused rather than
+ * skipped — `""`, `"  "` or a blank line usually means an empty variable upstream, and skipping it would hide that.
+ * The final newline of the input ends its last line; it does not start an empty one. The other rules (length,
+ * control characters) are the registry's, checked before anything is written.
+ */
+export function resourceNames(
+  args: readonly string[],
+  readStdin: () => string = () => readFileSync(0, 'utf8'),
+): string[] {
+  if (args.length === 1 && args[0] === '-') {
+    const text = readStdin();
+    if (text === '') return [];
+    const lines = (text.endsWith('\n') ? text.slice(0, -1) : text).split('\n');
+    return lines.map((line, i) => resourceName(line, `on line ${i + 1} of standard input`));
+  }
+  if (args.includes('-')) {
+    throw new InvalidArgumentError('"-" (read the names from standard input) must be the only name given');
+  }
+  return args.map((arg, i) => resourceName(arg, `in argument ${i + 1}`));
+}
+
+function resourceName(raw: string, where: string): string {
+  const name = raw.trim();
+  if (name === '') {
+    throw new InvalidArgumentError(
+      `the resource name ${where} is empty${raw === '' ? '' : ' after trimming white space'}; give a name or leave it out`,
+    );
+  }
+  return name;
 }

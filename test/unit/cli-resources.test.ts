@@ -24,7 +24,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('rebalancer resources / groups', () => {
   it('adds (from arguments and stdin), removes, lists, and lists groups', () => {
     expect(cli(['resources', 'add', '--group', 'q', 'a', 'b', 'c']).out).toContain('3 added');
-    expect(cli(['resources', 'add', '--group', 'q', '-'], 'c\nd\n\n').out).toContain('1 added, 1 already registered');
+    expect(cli(['resources', 'add', '--group', 'q', '-'], 'c\r\n  d \r\n').out).toContain(
+      '1 added, 1 already registered',
+    );
     const removed = cli(['--json', 'resources', 'remove', '--group', 'q', 'a', 'zz']);
     expect(JSON.parse(removed.out)).toEqual({ group: 'q', removed: 1, missing: 1 });
     expect(removed.code).toBe(1); // something asked for was not there
@@ -49,6 +51,41 @@ describe('rebalancer resources / groups', () => {
     expect(groups.map((g) => g.group)).not.toContain('no spaces');
     expect(cli(['resources', 'list', '--group', 'q']).out).not.toContain('xxxx');
   }, 60_000);
+
+  it('one rule for names from arguments and from stdin: trimmed, and refused when empty after trimming', () => {
+    // Arguments are trimmed like stdin lines: " e " typed is the same resource as "e" piped.
+    expect(cli(['--json', 'resources', 'add', '--group', 't', ' e ', '\tf']).out).toBe(
+      '{"group":"t","added":2,"existing":0}\n',
+    );
+    expect(cli(['--json', 'resources', 'add', '--group', 't', '-'], ' e\nf \n').out).toBe(
+      '{"group":"t","added":0,"existing":2}\n',
+    );
+    expect(JSON.parse(cli(['--json', 'resources', 'list', '--group', 't']).out)).toEqual({
+      group: 't',
+      resources: ['e', 'f'],
+    });
+    const refused: [string[], string | undefined, string][] = [
+      [['g', ''], undefined, 'the resource name in argument 2 is empty; give a name or leave it out'],
+      [['  '], undefined, 'the resource name in argument 1 is empty after trimming white space'],
+      [['-'], 'g\n\nh\n', 'the resource name on line 2 of standard input is empty'],
+      [['-'], 'g\n \t \n', 'the resource name on line 2 of standard input is empty after trimming white space'],
+      [['g', '-'], 'h\n', '"-" (read the names from standard input) must be the only name given'],
+    ];
+    for (const [names, input, message] of refused) {
+      for (const command of ['add', 'remove']) {
+        const r = cli(['resources', command, '--group', 't', ...names], input);
+        expect([r.code, r.err], `${command} ${JSON.stringify(names)} ${JSON.stringify(input)}`).toEqual([
+          2,
+          expect.stringContaining(`rebalancer: ${message}`),
+        ]);
+      }
+    }
+    // Nothing was written by the refused calls (g and h are valid names; they came with an empty one).
+    expect(JSON.parse(cli(['--json', 'resources', 'list', '--group', 't']).out)).toEqual({
+      group: 't',
+      resources: ['e', 'f'],
+    });
+  }, 120_000);
 
   it('status: unknown group exits 1 naming what to check; a registered group prints its resources', () => {
     const unknown = cli(['status', '--group', 'nobody']);
