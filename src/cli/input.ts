@@ -5,8 +5,14 @@
  * option, the value and what is allowed — never rounded, trimmed or read as
  * something else. (`Number()` alone reads "1e4", " 3000", "0x10" and "" as
  * numbers, so a typo could start a sidecar with a TTL nobody asked for.)
+ *
+ * Commands declare such options with the `…Flag` functions: the range, the
+ * choices and the default are written once and serve the help text and the
+ * parsing both (commander calls the parser while it reads the command line,
+ * so a bad value is refused before the command's action starts).
  */
 import { readFileSync } from 'node:fs';
+import { Option } from 'commander';
 import { InvalidArgumentError } from '../errors.js';
 import { suggestion } from '../options.js';
 
@@ -22,71 +28,80 @@ const WHOLE = /^[0-9]+$/;
 /** Digits with an optional fraction (`1`, `0.5`); nothing else. */
 const DECIMAL = /^[0-9]+(\.[0-9]+)?$/;
 
-/** A whole number written as plain decimal digits, within the option's range. */
-export function integerOption(flag: string, raw: string, range: NumberRange): number;
-export function integerOption(flag: string, raw: string | undefined, range: NumberRange): number | undefined;
-export function integerOption(flag: string, raw: string | undefined, range: NumberRange): number | undefined {
-  return raw === undefined ? undefined : parseNumber(flag, raw, range, 'whole');
-}
-
-/** A number written as decimal digits with an optional fraction (e.g. a weight of 0.5), within the range. */
-export function decimalOption(flag: string, raw: string, range: NumberRange): number;
-export function decimalOption(flag: string, raw: string | undefined, range: NumberRange): number | undefined;
-export function decimalOption(flag: string, raw: string | undefined, range: NumberRange): number | undefined {
-  return raw === undefined ? undefined : parseNumber(flag, raw, range, 'decimal');
-}
-
-function parseNumber(flag: string, raw: string, range: NumberRange, kind: 'whole' | 'decimal'): number {
+/** The one number parser of the CLI: plain digits (with a fraction when `decimal`), within the range. */
+export function parseNumber(flag: string, raw: string, range: NumberRange, kind: 'whole' | 'decimal'): number {
   const n = (kind === 'whole' ? WHOLE : DECIMAL).test(raw) ? Number(raw) : Number.NaN;
-  const inRange = (range.aboveMin === true ? n > range.min : n >= range.min) && n <= range.max;
-  if (!inRange) {
-    const what =
-      kind === 'whole'
-        ? `a whole number from ${range.min} to ${range.max} (decimal digits only)`
-        : `a number ${range.aboveMin === true ? 'above' : 'from'} ${range.min} ${range.aboveMin === true ? 'and at most' : 'to'} ${range.max} (decimal digits, optionally with a fraction such as 1.5)`;
-    throw new InvalidArgumentError(`${flag} must be ${what}, got ${JSON.stringify(raw)}`);
-  }
-  return n;
+  // NaN fails both comparisons.
+  if ((range.aboveMin === true ? n > range.min : n >= range.min) && n <= range.max) return n;
+  const what =
+    kind === 'whole'
+      ? `a whole number from ${range.min} to ${range.max} (decimal digits only)`
+      : `a number ${span(range)} (decimal digits, optionally with a fraction such as 1.5)`;
+  throw new InvalidArgumentError(`${flag} must be ${what}, got ${JSON.stringify(raw)}`);
+}
+
+function span(range: NumberRange): string {
+  return range.aboveMin === true ? `above ${range.min} and at most ${range.max}` : `from ${range.min} to ${range.max}`;
 }
 
 /** One of `choices`, with the closest one suggested for a typo. */
-export function choiceOption<T extends string>(flag: string, raw: string, choices: readonly T[]): T;
-export function choiceOption<T extends string>(
-  flag: string,
-  raw: string | undefined,
-  choices: readonly T[],
-): T | undefined;
-export function choiceOption<T extends string>(
-  flag: string,
-  raw: string | undefined,
-  choices: readonly T[],
-): T | undefined {
-  if (raw === undefined) return undefined;
+export function parseChoice<T extends string>(flag: string, raw: string, choices: readonly T[]): T {
   if ((choices as readonly string[]).includes(raw)) return raw as T;
   throw new InvalidArgumentError(
     `${flag} must be one of ${choices.join(', ')}, got ${JSON.stringify(raw)}${suggestion(raw, choices)}`,
   );
 }
 
+/** `--flag <n>`: a whole number in `range`; the help shows the range (and the default). */
+export function integerFlag(flags: string, description: string, range: NumberRange, fallback?: number): Option {
+  return flag(flags, `${description} (${range.min}-${range.max})`, fallback, (name, raw) =>
+    parseNumber(name, raw, range, 'whole'),
+  );
+}
+
+/** `--flag <x>`: a decimal number in `range` (a weight). */
+export function decimalFlag(flags: string, description: string, range: NumberRange, fallback?: number): Option {
+  return flag(flags, `${description} (${span(range)})`, fallback, (name, raw) =>
+    parseNumber(name, raw, range, 'decimal'),
+  );
+}
+
+/** `--flag <name>`: one of `choices`, listed in the help. */
+export function choiceFlag<T extends string>(
+  flags: string,
+  description: string,
+  choices: readonly T[],
+  fallback?: T,
+): Option {
+  return flag(flags, `${description}: ${choices.join(' | ')}`, fallback, (name, raw) =>
+    parseChoice(name, raw, choices),
+  );
+}
+
 /**
- * A value checked by a library's own check (which returns what is wrong, or undefined), reported under the flag's
- * name: the rule lives once, in the library, and the message names what the user typed.
+ * `--flag <x>`: a string that passes a library's own check (which returns what is wrong, or undefined). The rule
+ * lives once, in the library; the message names the flag the user typed.
  */
-export function checkedOption(flag: string, raw: string, check: (v: unknown) => string | undefined): string;
-export function checkedOption(
-  flag: string,
-  raw: string | undefined,
-  check: (v: unknown) => string | undefined,
-): string | undefined;
-export function checkedOption(
-  flag: string,
-  raw: string | undefined,
-  check: (v: unknown) => string | undefined,
-): string | undefined {
-  if (raw === undefined) return undefined;
-  const problem = check(raw);
-  if (problem !== undefined) throw new InvalidArgumentError(`${flag} ${problem}`);
-  return raw;
+export function checkedFlag(flags: string, description: string, check: (v: unknown) => string | undefined): Option {
+  return flag(flags, description, undefined, (name, raw) => {
+    const problem = check(raw);
+    if (problem !== undefined) throw new InvalidArgumentError(`${name} ${problem}`);
+    return raw;
+  });
+}
+
+function flag<T>(
+  flags: string,
+  description: string,
+  fallback: T | undefined,
+  parse: (name: string, raw: string) => T,
+): Option {
+  const option = new Option(flags, description);
+  // Errors name the long flag (`--ttl-ms`), as the user typed it.
+  const name = option.long ?? flags;
+  option.argParser((raw: string) => parse(name, raw));
+  // commander does not pass a default through the parser: it is given parsed.
+  return fallback === undefined ? option : option.default(fallback);
 }
 
 /**

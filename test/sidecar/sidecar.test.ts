@@ -27,7 +27,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
-import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
+import { InvalidArgumentError } from '../../src/errors.js';
+import { Sidecar as SidecarModule, type SidecarOptions } from '../../src/sidecar/sidecar.js';
 import { eventually as pollUntil } from '../conformance/suite.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -303,6 +304,8 @@ describe('rebalancer run (sidecar)', () => {
       [['--exec', 'true', '--weight', '0'], /--weight must be a number above 0 and at most 1000000 .*, got "0"/],
       [['--exec', 'true', '--node', 'has space'], /--node "has space" is invalid/],
       [['--exec', 'true', '--protocol', 'chaos'], /--protocol must be/],
+      [['--exec', 'true', '--strategy', 'rendevous'], /--strategy must be one of .*\(did you mean "rendezvous"\?\)/],
+      [['--exec', 'true', '--restart-delay-ms', '1e3'], /--restart-delay-ms must be a whole number from 1 to 86400000/],
       [[], /required option '--exec <command>' not specified/],
     ];
     for (const [args, message] of cases) {
@@ -562,4 +565,63 @@ describe('Sidecar (src/sidecar/sidecar.ts) when its lease is in danger', () => {
       await store.close();
     }
   }, 60_000);
+});
+
+describe('Sidecar options (src/sidecar/sidecar.ts): read by the one option reader', () => {
+  it('refuses unknown options by name, values of the wrong type and values out of range, before anything starts', async () => {
+    const store = new MemoryStore({ namespace: 'sidecar-options' });
+    const base = { store, group: 'o', command: 'true' };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ sessionTtl: 5000 }, /^sidecar options has an unknown option "sessionTtl" \(did you mean "sessionTtlMs"\?\)/],
+      [
+        { restartBackoff: { initalMs: 5 } },
+        /^sidecar options.restartBackoff has an unknown option "initalMs" \(did you mean "initialMs"\?\)/,
+      ],
+      [{ restartBackoff: 1000 }, /^sidecar options.restartBackoff must be an object, got number/],
+      [
+        { restartBackoff: { maxMs: 0 } },
+        /^sidecar options.restartBackoff.maxMs must be a number of milliseconds from 1 to 86400000, got 0/,
+      ],
+      [{ prefixOutput: 'no' }, /^sidecar options.prefixOutput must be true or false, got "no"/],
+      [
+        { drainTimeoutMs: '5000' },
+        /^sidecar options.drainTimeoutMs must be a whole number from 1 to 3600000, got "5000"/,
+      ],
+      [
+        { sessionTtlMs: 5000.5 },
+        /^sidecar options.sessionTtlMs must be a whole number from 1000 to 300000, got 5000.5/,
+      ],
+      [{ stdout: 'out.log' }, /^sidecar options.stdout must be a writable stream/],
+      [{ env: 'PATH=/bin' }, /^sidecar options.env must be an object of variables/],
+      [{ nodeId: 'has space' }, /^sidecar options.nodeId "has space" is invalid: use 1-128 characters/],
+      [{ command: '  ' }, /^sidecar options.command must be a non-empty shell command/],
+      [{ command: undefined }, /^sidecar options.command is required/],
+      [{ weight: 0 }, /^sidecar options.weight must be a number above 0 and at most 1000000, got 0/],
+      [
+        { protocol: 'chaos' },
+        /^sidecar options.protocol must be one of "resource-barrier", "global-barrier", got "chaos"/,
+      ],
+      [
+        { strategy: 'rendevous' },
+        /^sidecar options.strategy must be one of .*, got "rendevous" \(did you mean "rendezvous"\?\)/,
+      ],
+      [{ mutant: 'bogus' }, /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", got "bogus"/],
+      [{ store: {} }, /^sidecar options.store must be a Store/],
+      [{ group: 7 }, /^sidecar options.group must be a string/],
+      [{ nodeId: 7 }, /^sidecar options.nodeId must be a string of 1-128 characters/],
+    ];
+    for (const [extra, message] of cases) {
+      const make = (): SidecarModule => new SidecarModule({ ...base, ...extra } as SidecarOptions);
+      expect(make, JSON.stringify(extra)).toThrow(InvalidArgumentError);
+      expect(make, JSON.stringify(extra)).toThrow(message);
+    }
+    expect(() => new SidecarModule(null as unknown as SidecarOptions)).toThrow(
+      /^sidecar options must be an object, got null/,
+    );
+    // An option explicitly undefined is "not set" (how TypeScript callers pass optional values through).
+    const s = new SidecarModule({ ...base, nodeId: undefined, zone: undefined, mutant: undefined });
+    expect(s.nodeId).toMatch(/-\d+$/);
+    await s.stop();
+    await store.close();
+  });
 });

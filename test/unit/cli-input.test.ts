@@ -67,8 +67,8 @@ const INTEGER_OPTIONS: readonly { prefix: string[]; flag: string; min: number; m
   { prefix: ['sim', '--scenario', 'slots'], flag: '--slots', min: 1, max: 5000 },
   { prefix: RUN, flag: '--ttl-ms', min: 1000, max: 300_000 },
   { prefix: RUN, flag: '--drain-timeout-ms', min: 1, max: 3_600_000 },
-  { prefix: RUN, flag: '--restart-delay-ms', min: 1, max: 3_600_000 },
-  { prefix: RUN, flag: '--max-restart-delay-ms', min: 1, max: 3_600_000 },
+  { prefix: RUN, flag: '--restart-delay-ms', min: 1, max: 86_400_000 },
+  { prefix: RUN, flag: '--max-restart-delay-ms', min: 1, max: 86_400_000 },
 ];
 
 /** Values `Number()` would take as whole numbers (most of them inside every range above), and other near misses. */

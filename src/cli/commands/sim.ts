@@ -1,27 +1,31 @@
 /** `rebalancer sim`: the deterministic simulator. */
 import type { Command } from 'commander';
-import { PLACEMENT_STRATEGIES } from '../../placement/index.js';
-import { PROTOCOLS } from '../../protocol/groups/keys.js';
+import { InvalidArgumentError } from '../../errors.js';
+import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
+import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
 import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
-import { choiceOption, integerOption } from '../input.js';
+import { choiceFlag, integerFlag, parseChoice } from '../input.js';
 
 const SCENARIOS: readonly SimScenario[] = ['groups', 'slots'];
 
 interface SimFlags {
-  scenario: string;
-  protocol: string;
-  seeds: string;
-  seed: string;
-  nodes?: string;
-  sites?: string;
-  slots?: string;
-  resources?: string;
-  strategy?: string;
+  scenario: SimScenario;
+  protocol: Protocol;
+  seeds: number;
+  seed: number;
+  nodes?: number;
+  sites?: number;
+  slots?: number;
+  resources?: number;
+  strategy?: PlacementStrategy;
   mutant?: string;
   listMutants?: boolean;
 }
+
+const NODES = { min: 1, max: 50 };
+const RESOURCES = { min: 0, max: 5000 };
 
 export function register(program: Command): void {
   program
@@ -29,15 +33,22 @@ export function register(program: Command): void {
     .description(
       'run the deterministic simulator: the real protocol code on virtual time, under faults drawn from seeds',
     )
-    .option('--scenario <name>', 'scenario: groups | slots', 'groups')
-    .option('--protocol <name>', 'groups: resource-barrier | global-barrier', 'resource-barrier')
-    .option('--seeds <n>', 'how many seeds to run (1-1000000)', '100')
-    .option('--seed <s>', 'first seed, 0-4294967295 (with --seeds 1: replay exactly this seed)', '1')
-    .option('--nodes <n>', 'simulated nodes, 1-50 (default 5; slots: sites, default 4)')
-    .option('--sites <n>', 'slots: simulated sites (same as --nodes)')
-    .option('--slots <n>', 'slots: slot count, 1-5000 (default 24)')
-    .option('--resources <k>', 'resources at the start, 0-5000 (default 12)')
-    .option('--strategy <name>', 'placement: sticky-balanced | round-robin | rendezvous')
+    .addOption(choiceFlag('--scenario <name>', 'scenario', SCENARIOS, 'groups'))
+    .addOption(choiceFlag('--protocol <name>', 'groups: protocol', PROTOCOLS, 'resource-barrier'))
+    .addOption(integerFlag('--seeds <n>', 'how many seeds to run', { min: 1, max: 1_000_000 }, 100))
+    .addOption(
+      integerFlag(
+        '--seed <s>',
+        'first seed (with --seeds 1: replay exactly this seed)',
+        { min: 0, max: 2 ** 32 - 1 },
+        1,
+      ),
+    )
+    .addOption(integerFlag('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)', NODES))
+    .addOption(integerFlag('--sites <n>', 'slots: simulated sites (same as --nodes)', NODES))
+    .addOption(integerFlag('--slots <n>', 'slots: slot count (default 24)', { ...RESOURCES, min: 1 }))
+    .addOption(integerFlag('--resources <k>', 'resources at the start (default 12)', RESOURCES))
+    .addOption(choiceFlag('--strategy <name>', 'placement', PLACEMENT_STRATEGIES))
     .option('--mutant <name>', 'run a deliberately broken variant (see --list-mutants); the checker must catch it')
     .option('--list-mutants', 'print the mutant names and what each breaks')
     .action(async (o: SimFlags) => {
@@ -54,25 +65,18 @@ export function register(program: Command): void {
         }
         return;
       }
-      const scenario = choiceOption('--scenario', o.scenario, SCENARIOS);
-      const protocol = choiceOption('--protocol', o.protocol, PROTOCOLS);
-      const strategy = choiceOption('--strategy', o.strategy, PLACEMENT_STRATEGIES);
+      const { scenario, protocol, strategy, seeds, seed } = o;
       // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
       const mutantNames = Object.keys(scenario === 'slots' ? SLOTS_MUTANTS : MUTANTS) as (
         MutantName | SlotsMutantName
       )[];
-      const mutant = choiceOption('--mutant', o.mutant, mutantNames);
-      const seeds = integerOption('--seeds', o.seeds, { min: 1, max: 1_000_000 });
-      const seed = integerOption('--seed', o.seed, { min: 0, max: 2 ** 32 - 1 });
+      const mutant = o.mutant === undefined ? undefined : parseChoice('--mutant', o.mutant, mutantNames);
       // --sites and --slots are the slots scenario's names for --nodes and --resources.
-      const nodes = integerOption(o.nodes === undefined ? '--sites' : '--nodes', o.nodes ?? o.sites, {
-        min: 1,
-        max: 50,
-      });
-      const resources = integerOption(o.resources === undefined ? '--slots' : '--resources', o.resources ?? o.slots, {
-        min: scenario === 'slots' ? 1 : 0,
-        max: 5000,
-      });
+      const nodes = o.nodes ?? o.sites;
+      const resources = o.resources ?? o.slots;
+      if (scenario === 'slots' && resources === 0) {
+        throw new InvalidArgumentError('--resources is the slot count with --scenario slots: from 1 to 5000, got "0"');
+      }
       const { runSimulation } = await import('../../sim/run.js');
       const tty = process.stderr.isTTY && !json;
       let shown = 0;
