@@ -1,8 +1,8 @@
 /**
  * What every `rebalancer` command shares: exit codes, the global options and
  * opening the store they name. Each command lives in commands/<name>.ts and
- * exports a `register(program)` function; main.ts wires them and maps errors
- * to exit codes.
+ * exports a `register(program)` function; main.ts wires them and reports an
+ * error that ends a command (errors.ts); input.ts reads what users type.
  */
 import type { Command } from 'commander';
 import { openStore } from '../store/open.js';
@@ -10,8 +10,8 @@ import type { Store } from '../store/contract.js';
 
 /**
  * Exit codes: 0 success · 1 the check failed (or something asked for was not there) ·
- * 2 bad usage, invalid argument or a limit exceeded (e.g. an oversized name) ·
- * 69 store unavailable · 70 internal error.
+ * 2 bad usage or input · 69 store or broker unavailable · 70 internal error.
+ * Which error code gets which: EXIT_BY_CODE in errors.ts.
  */
 export const EXIT = { ok: 0, failed: 1, usage: 2, unavailable: 69, internal: 70 } as const;
 

@@ -442,6 +442,23 @@ describe('rebalancer run: SIGINT twice', () => {
   }, 60_000);
 });
 
+describe('rebalancer run: a node id another live sidecar uses', () => {
+  it('is refused with exit 2 (CONFLICT: fix the invocation), naming the id; the live one goes on', async () => {
+    const live = startSidecar('dup', { group: 'd', oracle: join(dir, 'dup.oracle') });
+    expect(await eventually(() => events(live, 'joined').length === 1), describeState('', live)).toBe(true);
+    // It waits up to 1.5 TTL + 1 s for the id's previous process to go, then gives up: this one is alive.
+    const r = cli(['run', '--group', 'd', '--exec', 'true', '--node', 'dup', '--ttl-ms', String(TTL_MS)]);
+    expect([r.code, r.err.split('\n')[0]]).toEqual([
+      2,
+      'rebalancer: id dup is already a live member of group d (another process is using it); give every process its own id',
+    ]);
+    expect(live.exit).toBeUndefined();
+    expect(events(live, 'left')).toEqual([]);
+    await terminate(live);
+    expect(live.exit).toEqual({ code: 0, signal: null });
+  }, 60_000);
+});
+
 describe('the checks catch broken sidecars', () => {
   it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
     const oracle = join(dir, 'mutant.oracle');

@@ -20,7 +20,9 @@ import {
   type SidecarMutant,
 } from '../../sidecar/sidecar.js';
 import { openStore } from '../../store/open.js';
+import { RebalancerError } from '../../errors.js';
 import { EXIT, globalOptions } from '../context.js';
+import { exitCodeOf } from '../errors.js';
 import { checkedFlag, choiceFlag, decimalFlag, integerFlag } from '../input.js';
 
 /** The flags, parsed: each by the sidecar's own check or range (see register). */
@@ -207,11 +209,16 @@ export function register(program: Command): void {
       };
       const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
       for (const s of signals) process.on(s, onSignal);
-      // The member gave up by itself (e.g. another process took its node id while it rejoined).
+      // The member gives up by itself when another process took its node id while it rejoined: the same CONFLICT
+      // as at the start, so the same exit code (2); anything else that ends it is a failure (1).
+      let conflict: RebalancerError | undefined;
+      sidecar.on('error', ({ error }) => {
+        if (error instanceof RebalancerError && error.code === 'CONFLICT') conflict = error;
+      });
       sidecar.on('left', () => {
         if (stopRequested) return;
         stopRequested = true;
-        exitCode = EXIT.failed;
+        exitCode = conflict === undefined ? EXIT.failed : exitCodeOf(conflict);
         stop();
       });
 
