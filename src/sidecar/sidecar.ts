@@ -19,7 +19,7 @@ import { NODE_ID_RE, PROTOCOLS, type Protocol } from '../protocol/groups/keys.js
 import type { StopReason } from '../protocol/groups/member.js';
 import { GroupMember, type GroupEvents } from '../runtime/group-member.js';
 import { TypedEmitter } from '../runtime/events.js';
-import { resolveOptions, type ResourceContext } from '../runtime/options.js';
+import { resolveOptions, type JoinOptions, type ResourceContext } from '../runtime/options.js';
 import type { Store } from '../store/contract.js';
 import { STORE_LIMITS } from '../store/validate.js';
 import { SupervisedChild, type ChildExit, type StopOptions } from './child.js';
@@ -37,25 +37,23 @@ export const SIDECAR_MUTANTS = {
 export type SidecarMutant = keyof typeof SIDECAR_MUTANTS;
 export const SIDECAR_MUTANT_NAMES = Object.keys(SIDECAR_MUTANTS) as SidecarMutant[];
 
-export interface SidecarOptions {
-  readonly store: Store;
-  readonly group: string;
+/**
+ * The sidecar's options. Those it passes to its group member mean what they mean for `joinGroup` (JoinOptions:
+ * store, group, zone, weight, protocol, strategy, sessionTtlMs, restartBackoff — a restart is a child that exited
+ * by itself while still assigned); ranges and defaults are in SIDECAR_RANGES.
+ */
+export interface SidecarOptions extends Pick<
+  JoinOptions,
+  'store' | 'group' | 'protocol' | 'strategy' | 'sessionTtlMs' | 'restartBackoff'
+> {
   /** Default: defaultNodeId() (host name and pid). */
   readonly nodeId?: string | undefined;
-  readonly zone?: string | undefined;
-  /** Relative capacity: above 0, at most 1 000 000 (default 1). */
-  readonly weight?: number | undefined;
+  readonly zone?: JoinOptions['node']['zone'];
+  readonly weight?: JoinOptions['node']['weight'];
   /** Run through `/bin/sh -c` for each assigned resource. */
   readonly command: string;
-  /** Session TTL, a whole number of ms (default 10 000; range in SIDECAR_RANGES). */
-  readonly sessionTtlMs?: number | undefined;
-  /** Time between SIGTERM and SIGKILL when a child is stopped, a whole number of ms (default 10 000). */
+  /** Time between SIGTERM and SIGKILL when a child is stopped, whole ms (not the member's drainTimeoutMs). */
   readonly drainTimeoutMs?: number | undefined;
-  readonly protocol?: Protocol | undefined;
-  readonly strategy?: PlacementStrategy | undefined;
-  /** Restart backoff of a child that exits by itself while still assigned (default 1 000 → 30 000 ms). */
-  readonly restartBackoff?:
-    { readonly initialMs?: number | undefined; readonly maxMs?: number | undefined } | undefined;
   /** Prefix each line of a child's output with `[resource] ` (default true); false: pass it through untouched. */
   readonly prefixOutput?: boolean | undefined;
   readonly stdout?: Writable | undefined;

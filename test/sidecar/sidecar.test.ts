@@ -17,12 +17,11 @@
  * crashing child restarted with a growing backoff; and two deliberately broken sidecars (--mutant) that the checks
  * must catch.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/registry.js';
@@ -30,8 +29,8 @@ import { SupervisedChild } from '../../src/sidecar/child.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { Sidecar as SidecarModule, type SidecarOptions } from '../../src/sidecar/sidecar.js';
 import { eventually as pollUntil } from '../conformance/suite.js';
+import { CLI, cli as runCli, REPO, type CliResult } from '../unit/cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
 const STORE = `sqlite:${join(dir, 'sidecar.db')}`;
 const CHILD = join(dir, 'child.sh');
@@ -52,12 +51,8 @@ while :; do log tick; sleep 0.1; done
 
 const eventually = (probe: () => boolean, timeoutMs = STEP_MS): Promise<boolean> => pollUntil(probe, timeoutMs, 100);
 
-function cli(args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-  });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+function cli(args: string[]): CliResult {
+  return runCli(['--store', STORE, ...args]);
 }
 
 // ---------------------------------------------------------------- the oracle
@@ -189,7 +184,7 @@ function startSidecar(
   const eventsPath = join(dir, `${node}.events`);
   const err = openSync(eventsPath, 'a');
   const out = openSync(join(dir, `${node}.out`), 'a');
-  const args = ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, '--json', 'run', '--group', o.group];
+  const args = [...CLI, '--store', STORE, '--json', 'run', '--group', o.group];
   args.push('--exec', `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
   args.push('--drain-timeout-ms', String(o.drainMs ?? 1500), '--restart-delay-ms', '200');
   args.push('--max-restart-delay-ms', '2000');

@@ -4,11 +4,9 @@
  * object on stderr with the code and the retryable flag. The CLI runs as a user runs it (a child process): on a
  * SQLite file, and against an etcd URL where nothing listens (the etcd driver's gRPC text is the case in point).
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { EXIT } from '../../src/cli/context.js';
 import { EXIT_BY_CODE, reportError } from '../../src/cli/errors.js';
@@ -19,21 +17,12 @@ import {
   StoreUnavailableError,
   type ErrorCode,
 } from '../../src/errors.js';
+import { cli } from './cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-errors-'));
 const SQLITE = `sqlite:${join(dir, 'cli.db')}`;
 /** Nothing listens on port 1: the driver's connection is refused at once. */
 const NO_ETCD = 'etcd://127.0.0.1:1';
-
-function cli(args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-    timeout: 60_000,
-  });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

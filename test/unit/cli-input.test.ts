@@ -4,47 +4,23 @@
  * each of those must be refused with exit code 2 and a message naming the option, the value and the range —
  * before anything starts (no demo, no sidecar, no simulation).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { cliAsync, type CliResult } from './cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-input-'));
 const store = `sqlite:${join(dir, 'cli.db')}`;
 
-interface Result {
-  readonly code: number | null;
-  readonly out: string;
-  readonly err: string;
-}
-
-/** The CLI as a child process; killed after `timeoutMs` (a value wrongly accepted would start a demo or a sidecar). */
-function cli(args: readonly string[], timeoutMs = 30_000): Promise<Result> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', store, ...args], {
-      cwd: REPO,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, out, err });
-    });
-  });
-}
-
 /** Run many CLI calls, a few at a time (each is a Node process start). */
-async function all(calls: readonly (readonly string[])[]): Promise<Result[]> {
-  const results: Result[] = [];
-  for (let i = 0; i < calls.length; i += 4)
-    results.push(...(await Promise.all(calls.slice(i, i + 4).map((a) => cli(a)))));
+async function all(calls: readonly (readonly string[])[]): Promise<CliResult[]> {
+  const results: CliResult[] = [];
+  for (let i = 0; i < calls.length; i += 4) {
+    // Killed after 30 s: a value wrongly accepted would start a demo or a sidecar.
+    const batch = calls.slice(i, i + 4).map((a) => cliAsync(['--store', store, ...a], { timeoutMs: 30_000 }));
+    results.push(...(await Promise.all(batch)));
+  }
   return results;
 }
 

@@ -1,22 +1,16 @@
 /** The registry commands of the CLI, as a user runs them (a child process on a SQLite file). */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { CLI, cli as runCli, REPO, type CliResult } from './cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-'));
 const store = `sqlite:${join(dir, 'cli.db')}`;
 
-function cli(args: string[], input?: string): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', store, ...args], {
-    cwd: REPO,
-    input,
-    encoding: 'utf8',
-  });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+function cli(args: string[], input?: string): CliResult {
+  return runCli(['--store', store, ...args], { input });
 }
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -102,11 +96,9 @@ describe('rebalancer resources / groups', () => {
   }, 60_000);
 
   it('status --watch prints a new snapshot on each change and stops on SIGTERM with exit 0', async () => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'src/cli/main.ts', '--store', store, '--json', 'status', '--group', 'w', '--watch'],
-      { cwd: REPO },
-    );
+    const child = spawn(process.execPath, [...CLI, '--store', store, '--json', 'status', '--group', 'w', '--watch'], {
+      cwd: REPO,
+    });
     let outText = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (outText += d));
     const lines = (): { found?: boolean; resources?: { name: string }[] }[] =>
