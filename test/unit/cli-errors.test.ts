@@ -23,6 +23,10 @@ const dir = mkdtempSync(join(tmpdir(), 'rb-cli-errors-'));
 const SQLITE = `sqlite:${join(dir, 'cli.db')}`;
 /** Nothing listens on port 1: the driver's connection is refused at once. */
 const NO_ETCD = 'etcd://127.0.0.1:1';
+/** The start of a gRPC status text, e.g. `14 UNAVAILABLE: No connection established…`. */
+const GRPC_STATUS = /^\d+ [A-Z_]+: /;
+/** The same anywhere in a line. */
+const GRPC_STATUS_IN = /\b\d+ [A-Z_]{4,}: /;
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -31,10 +35,12 @@ describe('errors printed by the CLI', () => {
     const r = cli(['--store', NO_ETCD, 'status', '--group', 'g']);
     expect(r.code).toBe(69);
     const lines = r.err.trimEnd().split('\n');
-    expect(lines[0]).toBe('rebalancer: etcd check the layout version failed');
+    // (Under load the driver may report a deadline instead of the refused connection: either is a gRPC status.)
+    expect(lines[0]).toMatch(/^rebalancer: etcd check the layout version failed( \(the write may .*\))?$/);
+    expect(lines[0]).not.toMatch(GRPC_STATUS_IN);
     expect(lines.slice(1).every((l) => l.startsWith('  '))).toBe(true);
     expect(lines).toContain('  the store did not answer: check that it runs and that --store names it, then try again');
-    expect(lines.find((l) => l.startsWith('  cause: '))).toMatch(/^ {2}cause: 14 UNAVAILABLE: .*ECONNREFUSED/);
+    expect(lines.find((l) => l.startsWith('  cause: '))?.slice('  cause: '.length)).toMatch(GRPC_STATUS);
   }, 60_000);
 
   it('store unavailable with --json: one JSON object on stderr with code, retryable flag, exit code and cause', () => {
@@ -45,12 +51,13 @@ describe('errors printed by the CLI', () => {
     expect(JSON.parse(r.err)).toEqual({
       error: {
         code: 'STORE_UNAVAILABLE',
-        message: 'etcd check the layout version failed',
+        message: expect.stringMatching(/^etcd check the layout version failed/),
         retryable: true,
         exitCode: 69,
-        causes: [expect.stringMatching(/^14 UNAVAILABLE: /)],
+        causes: [expect.stringMatching(GRPC_STATUS)],
       },
     });
+    expect((JSON.parse(r.err) as { error: { message: string } }).error.message).not.toMatch(GRPC_STATUS_IN);
   }, 60_000);
 
   it('--json: not found (exit 1) and bad input (exit 2) as JSON too', () => {
