@@ -1,18 +1,17 @@
 /**
  * What every `rebalancer` command shares: exit codes, the global options and
  * opening the store they name. Each command lives in commands/<name>.ts and
- * exports a `register(program)` function; main.ts wires them and maps errors
- * to exit codes.
+ * exports a `register(program)` function; main.ts wires them and reports an
+ * error that ends a command (errors.ts); input.ts reads what users type.
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/contract.js';
 
 /**
  * Exit codes: 0 success · 1 the check failed (or something asked for was not there) ·
- * 2 bad usage, invalid argument or a limit exceeded (e.g. an oversized name) ·
- * 69 store unavailable · 70 internal error.
+ * 2 bad usage or input · 69 store or broker unavailable · 70 internal error.
+ * Which error code gets which: EXIT_BY_CODE in errors.ts.
  */
 export const EXIT = { ok: 0, failed: 1, usage: 2, unavailable: 69, internal: 70 } as const;
 
@@ -40,17 +39,6 @@ export async function withStore<T>(
   } finally {
     await store.close();
   }
-}
-
-/** Names from the arguments, or one per line from standard input when the only argument is `-`. */
-export function namesFrom(args: readonly string[]): string[] {
-  if (args.length === 1 && args[0] === '-') {
-    return readFileSync(0, 'utf8')
-      .split('\n')
-      .map((l) => l.trim())
-      .filter((l) => l !== '');
-  }
-  return [...args];
 }
 
 export function round(ms: number): number {

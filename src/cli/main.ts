@@ -1,12 +1,12 @@
 /**
  * The `rebalancer` command line: global options, the commands (one module
- * each under commands/), and the mapping from errors to exit codes
- * (see EXIT in context.ts).
+ * each under commands/), and the report of an error that ends a command
+ * (errors.ts: its exit code and what is printed).
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { RebalancerError } from '../errors.js';
 import { DEFAULT_STORE_URL, EXIT } from './context.js';
+import { reportError } from './errors.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as groups from './commands/groups.js';
@@ -36,19 +36,7 @@ for (const command of [demo, status, run, resources, groups, ping, sim, bench]) 
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
+  // commander has printed its own message (unknown option, missing argument) or the help.
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? EXIT.ok : EXIT.usage);
-  if (err instanceof RebalancerError) {
-    process.stderr.write(`rebalancer: ${err.message}\n`);
-    process.exit(
-      err.code === 'STORE_UNAVAILABLE' || err.code === 'BROKER_UNAVAILABLE'
-        ? EXIT.unavailable
-        : err.code === 'INVALID_ARGUMENT' || err.code === 'LIMIT_EXCEEDED'
-          ? EXIT.usage
-          : EXIT.failed,
-    );
-  }
-  process.stderr.write(
-    `rebalancer: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
-  );
-  process.exit(EXIT.internal);
+  process.exit(reportError(err, { json: program.opts<{ json?: boolean }>().json === true }));
 }

@@ -12,15 +12,15 @@
  */
 import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
-import { InvalidArgumentError } from '../errors.js';
-import type { PlacementStrategy } from '../placement/index.js';
-import { type Protocol } from '../protocol/groups/keys.js';
+import { RevokedError } from '../errors.js';
+import { OptionReader } from '../options.js';
+import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../placement/index.js';
+import { PROTOCOLS, type Protocol } from '../protocol/groups/keys.js';
 import { NODE_ID_RE } from '../protocol/names.js';
 import type { StopReason } from '../protocol/groups/member.js';
-import { RevokedError } from '../errors.js';
 import { GroupMember, type GroupEvents } from '../runtime/groups/member.js';
 import { TypedEmitter } from '../runtime/events.js';
-import { resolveGroupOptions, type ResourceContext } from '../runtime/groups/options.js';
+import { resolveGroupOptions, type JoinGroupOptions, type ResourceContext } from '../runtime/groups/options.js';
 import type { Store } from '../store/contract.js';
 import { STORE_LIMITS } from '../store/validate.js';
 import { SupervisedChild, type ChildExit, type StopOptions } from './child.js';
@@ -36,29 +36,25 @@ export const SIDECAR_MUTANTS = {
   'no-reaper': 'children are not registered with the reaper, so they outlive a kill -9 of the sidecar',
 } as const;
 export type SidecarMutant = keyof typeof SIDECAR_MUTANTS;
+export const SIDECAR_MUTANT_NAMES = Object.keys(SIDECAR_MUTANTS) as SidecarMutant[];
 
-export function isSidecarMutant(name: string): name is SidecarMutant {
-  return Object.prototype.hasOwnProperty.call(SIDECAR_MUTANTS, name);
-}
-
-export interface SidecarOptions {
-  readonly store: Store;
-  readonly group: string;
+/**
+ * The sidecar's options. Those it passes to its group member mean what they mean for `joinGroup` (JoinGroupOptions:
+ * store, group, zone, weight, protocol, strategy, sessionTtlMs, restartBackoff — a restart is a child that exited
+ * by itself while still assigned); ranges and defaults are in SIDECAR_RANGES.
+ */
+export interface SidecarOptions extends Pick<
+  JoinGroupOptions,
+  'store' | 'group' | 'protocol' | 'strategy' | 'sessionTtlMs' | 'restartBackoff'
+> {
   /** Default: defaultNodeId() (host name and pid). */
   readonly nodeId?: string | undefined;
-  readonly zone?: string | undefined;
-  readonly weight?: number | undefined;
+  readonly zone?: JoinGroupOptions['node']['zone'];
+  readonly weight?: JoinGroupOptions['node']['weight'];
   /** Run through `/bin/sh -c` for each assigned resource. */
   readonly command: string;
-  /** Session TTL (default 10 000 ms). */
-  readonly sessionTtlMs?: number | undefined;
-  /** Time between SIGTERM and SIGKILL when a child is stopped (default 10 000 ms). */
+  /** Time between SIGTERM and SIGKILL when a child is stopped, whole ms (not the member's drainTimeoutMs). */
   readonly drainTimeoutMs?: number | undefined;
-  readonly protocol?: Protocol | undefined;
-  readonly strategy?: PlacementStrategy | undefined;
-  /** Restart backoff of a child that exits by itself while still assigned (default 1 000 → 30 000 ms). */
-  readonly restartBackoff?:
-    { readonly initialMs?: number | undefined; readonly maxMs?: number | undefined } | undefined;
   /** Prefix each line of a child's output with `[resource] ` (default true); false: pass it through untouched. */
   readonly prefixOutput?: boolean | undefined;
   readonly stdout?: Writable | undefined;
@@ -106,23 +102,37 @@ export class ChildFailedError extends Error {
   }
 }
 
-const MEMBER_EVENTS: readonly (keyof GroupEvents)[] = [
-  'joined',
-  'coordinatorElected',
-  'coordinatorLost',
-  'rebalanceStarted',
-  'rebalanceCompleted',
-  'assigned',
-  'revoked',
-  'released',
-  'fenced',
-  'unfenced',
-  'sessionLost',
-  'handlerFailed',
-  'handlerStuck',
-  'error',
-  'left',
-];
+/**
+ * Every event a Sidecar emits, and whose it is: the group member's (forwarded as they are) or the sidecar's own.
+ * A Record, so that an event added to either cannot be left out here (nor in what `rebalancer run` prints).
+ */
+const EVENT_SOURCES: Record<keyof SidecarEvents, 'member' | 'sidecar'> = {
+  joined: 'member',
+  coordinatorElected: 'member',
+  coordinatorLost: 'member',
+  rebalanceStarted: 'member',
+  rebalanceCompleted: 'member',
+  assigned: 'member',
+  revoked: 'member',
+  released: 'member',
+  fenced: 'member',
+  unfenced: 'member',
+  sessionLost: 'member',
+  handlerFailed: 'member',
+  handlerStuck: 'member',
+  error: 'member',
+  left: 'member',
+  childStarted: 'sidecar',
+  childStopping: 'sidecar',
+  childKilled: 'sidecar',
+  childExited: 'sidecar',
+  childFailedToStart: 'sidecar',
+  reaperError: 'sidecar',
+};
+
+/** The names of every event a Sidecar emits. */
+export const SIDECAR_EVENTS = Object.keys(EVENT_SOURCES) as (keyof SidecarEvents)[];
+const MEMBER_EVENTS = SIDECAR_EVENTS.filter((e): e is keyof GroupEvents => EVENT_SOURCES[e] === 'member');
 
 /** A node id from the host name and the pid, cut to the allowed characters. */
 export function defaultNodeId(): string {
@@ -133,72 +143,161 @@ export function defaultNodeId(): string {
   return `${host}-${process.pid}`;
 }
 
-function positiveMs(name: string, v: number | undefined, fallback: number, min: number, max: number): number {
-  const x = v ?? fallback;
-  if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) {
-    throw new InvalidArgumentError(`${name} must be a whole number of milliseconds from ${min} to ${max}`);
-  }
-  return x;
+/**
+ * Ranges and defaults of the sidecar's numbers: one table for the library (its option reader) and for
+ * `rebalancer run` (its flags are parsed against the same bounds). The library takes whole milliseconds for the
+ * TTL and the drain timeout, any number of milliseconds for the restart delays (as the group member does); the
+ * command line takes whole numbers only.
+ */
+export const SIDECAR_RANGES = {
+  sessionTtlMs: { min: STORE_LIMITS.minSessionTtlMs, max: STORE_LIMITS.maxSessionTtlMs, fallback: 10_000 },
+  drainTimeoutMs: { min: 1, max: 3_600_000, fallback: 10_000 },
+  restartInitialMs: { min: 1, max: 86_400_000, fallback: 1_000 },
+  restartMaxMs: { min: 1, max: 86_400_000, fallback: 30_000 },
+  /** Above the minimum, not at it: a node of weight 0 would take nothing. */
+  weight: { min: 0, aboveMin: true, max: 1_000_000, fallback: 1 },
+} as const;
+
+/**
+ * Checks of the sidecar's string options, shared by the library's option reader and `rebalancer run` (which
+ * reports them under its flag names): each returns what is wrong, or undefined.
+ */
+export const SIDECAR_CHECKS = {
+  command: (v: unknown): string | undefined => {
+    if (typeof v !== 'string' || v.trim() === '') {
+      return 'must be a non-empty shell command (run through /bin/sh -c), e.g. "./consume.sh"';
+    }
+    return v.includes('\0') ? 'must not contain a NUL character' : undefined;
+  },
+  nodeId: (v: unknown): string | undefined => {
+    const rule = '1-128 characters of A-Z a-z 0-9 . _ : @ -';
+    if (typeof v !== 'string') return `must be a string of ${rule}`;
+    return NODE_ID_RE.test(v) ? undefined : `${JSON.stringify(v)} is invalid: use ${rule}`;
+  },
+};
+
+/** The options, checked (InvalidArgumentError naming the option) and with their defaults. */
+interface SidecarConfig {
+  readonly store: Store;
+  readonly group: string;
+  readonly nodeId: string;
+  readonly zone: string | undefined;
+  readonly weight: number;
+  readonly command: string;
+  readonly sessionTtlMs: number;
+  readonly drainTimeoutMs: number;
+  readonly protocol: Protocol;
+  readonly strategy: PlacementStrategy | undefined;
+  readonly restartInitialMs: number;
+  readonly restartMaxMs: number;
+  readonly prefixOutput: boolean;
+  readonly stdout: Writable;
+  readonly stderr: Writable;
+  readonly env: NodeJS.ProcessEnv | undefined;
+  readonly mutant: SidecarMutant | undefined;
 }
 
-export function validateCommand(command: unknown): string {
-  if (typeof command !== 'string' || command.trim() === '') {
-    throw new InvalidArgumentError('--exec must be a non-empty shell command, e.g. --exec "./consume.sh"');
-  }
-  if (command.includes('\0')) throw new InvalidArgumentError('--exec must not contain a NUL character');
-  return command;
+/**
+ * Read the options with the one option reader: a misspelt option is refused with the closest name, a value of the
+ * wrong type or out of range is refused with what is allowed. What the group member checks itself (the group name,
+ * the zone's length) is left to it, so that each rule lives in one place.
+ */
+function readOptions(options: SidecarOptions): SidecarConfig {
+  const r = new OptionReader(options, 'sidecar options');
+  const R = SIDECAR_RANGES;
+  const config: SidecarConfig = {
+    store: r.required<Store>('store', (v) =>
+      typeof v === 'object' && v !== null && typeof (v as Partial<Store>).txn === 'function'
+        ? undefined
+        : 'must be a Store (see openStore(url) or a backend module)',
+    ),
+    group: r.required<string>('group', (v) => (typeof v === 'string' ? undefined : 'must be a string')),
+    nodeId: r.has('nodeId') ? r.required<string>('nodeId', SIDECAR_CHECKS.nodeId) : defaultNodeId(),
+    zone: r.string('zone', undefined),
+    weight: r.has('weight')
+      ? r.required<number>('weight', (v) =>
+          typeof v === 'number' && v > R.weight.min && v <= R.weight.max
+            ? undefined
+            : `must be a number above ${R.weight.min} and at most ${R.weight.max}, got ${String(v)}`,
+        )
+      : R.weight.fallback,
+    command: r.required<string>('command', SIDECAR_CHECKS.command),
+    sessionTtlMs: r.integer('sessionTtlMs', R.sessionTtlMs.fallback, R.sessionTtlMs),
+    drainTimeoutMs: r.integer('drainTimeoutMs', R.drainTimeoutMs.fallback, R.drainTimeoutMs),
+    protocol: r.oneOf('protocol', PROTOCOLS, 'resource-barrier'),
+    strategy: r.has('strategy') ? r.oneOf('strategy', PLACEMENT_STRATEGIES, 'sticky-balanced') : undefined,
+    ...readBackoff(r.object('restartBackoff')),
+    prefixOutput: r.boolean('prefixOutput', true),
+    stdout: r.has('stdout') ? r.required<Writable>('stdout', writable) : process.stdout,
+    stderr: r.has('stderr') ? r.required<Writable>('stderr', writable) : process.stderr,
+    env: r.has('env')
+      ? r.required<NodeJS.ProcessEnv>('env', (v) =>
+          typeof v === 'object' && v !== null && !Array.isArray(v)
+            ? undefined
+            : 'must be an object of variables (like process.env)',
+        )
+      : undefined,
+    // Read only when set (no mutant is the default), so oneOf's fallback is never used.
+    mutant: r.has('mutant') ? r.oneOf('mutant', SIDECAR_MUTANT_NAMES, SIDECAR_MUTANT_NAMES[0]!) : undefined,
+  };
+  r.done();
+  return config;
+}
+
+/** `restartBackoff`: any number of milliseconds, as the group member takes it (the command line takes whole ones). */
+function readBackoff(r: OptionReader | undefined): { restartInitialMs: number; restartMaxMs: number } {
+  const { restartInitialMs: initial, restartMaxMs: max } = SIDECAR_RANGES;
+  if (r === undefined) return { restartInitialMs: initial.fallback, restartMaxMs: max.fallback };
+  const backoff = {
+    restartInitialMs: r.ms('initialMs', initial.fallback, initial),
+    restartMaxMs: r.ms('maxMs', max.fallback, max),
+  };
+  r.done();
+  return backoff;
+}
+
+function writable(v: unknown): string | undefined {
+  return typeof v === 'object' && v !== null && typeof (v as Partial<Writable>).write === 'function'
+    ? undefined
+    : 'must be a writable stream';
 }
 
 export class Sidecar extends TypedEmitter<SidecarEvents> {
   readonly member: GroupMember;
-  readonly #o: SidecarOptions;
-  readonly #command: string;
-  readonly #drainMs: number;
+  readonly #o: SidecarConfig;
   readonly #marginMs: number;
   readonly #reaper: Reaper;
   readonly #children = new Map<string, { child: SupervisedChild; info: ChildInfo }>();
   #stopping: Promise<void> | undefined;
 
   /** Validates the options (throws InvalidArgumentError); `start()` joins the group. */
-  constructor(o: SidecarOptions) {
+  constructor(options: SidecarOptions) {
     super();
+    const o = readOptions(options);
     this.#o = o;
-    this.#command = validateCommand(o.command);
-    const nodeId = o.nodeId ?? defaultNodeId();
-    if (!NODE_ID_RE.test(nodeId)) {
-      throw new InvalidArgumentError(
-        `--node ${JSON.stringify(nodeId)} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ : @ -`,
-      );
-    }
-    const ttlMs = positiveMs(
-      '--ttl-ms',
-      o.sessionTtlMs,
-      10_000,
-      STORE_LIMITS.minSessionTtlMs,
-      STORE_LIMITS.maxSessionTtlMs,
-    );
-    this.#drainMs = positiveMs('--drain-timeout-ms', o.drainTimeoutMs, 10_000, 1, 3_600_000);
     // Children are stopped this long before the session could expire; they get half of it between SIGTERM and
     // SIGKILL when the lease is in danger (see #killNow).
-    this.#marginMs = Math.floor(ttlMs / 5);
+    this.#marginMs = Math.floor(o.sessionTtlMs / 5);
     this.member = new GroupMember(
       resolveGroupOptions({
         store: o.store,
         group: o.group,
-        node: { id: nodeId, zone: o.zone, weight: o.weight },
+        node: { id: o.nodeId, zone: o.zone, weight: o.weight },
         handler: (ctx: ResourceContext) => this.#run(ctx),
         protocol: o.protocol,
         strategy: o.strategy,
-        sessionTtlMs: ttlMs,
+        sessionTtlMs: o.sessionTtlMs,
         selfFenceMarginMs: this.#marginMs,
         // A child that outlives SIGKILL by 2 s is reported stuck (its lock stays held while the session lives).
-        drainTimeoutMs: this.#drainMs + 2000,
-        restartBackoff: o.restartBackoff,
+        drainTimeoutMs: o.drainTimeoutMs + 2000,
+        restartBackoff: { initialMs: o.restartInitialMs, maxMs: o.restartMaxMs },
       }),
     );
     for (const e of MEMBER_EVENTS) this.member.on(e, (payload) => this.emit(e, payload as never));
     // Once the sidecar is gone, its children get at most the self-fencing margin: its session may expire soon after.
-    this.#reaper = new Reaper(Math.min(this.#drainMs, this.#marginMs), (error) => this.emit('reaperError', { error }));
+    this.#reaper = new Reaper(Math.min(o.drainTimeoutMs, this.#marginMs), (error) =>
+      this.emit('reaperError', { error }),
+    );
   }
 
   /** Join the group; children start as resources are assigned. */
@@ -248,7 +347,7 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     let child: SupervisedChild;
     try {
       child = await SupervisedChild.start({
-        command: this.#command,
+        command: this.#o.command,
         env: {
           ...(this.#o.env ?? process.env),
           REBALANCER_RESOURCE: resource,
@@ -256,9 +355,9 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
           REBALANCER_GROUP: ctx.group,
           REBALANCER_NODE: ctx.nodeId,
         },
-        prefix: this.#o.prefixOutput === false ? undefined : `[${resource}] `,
-        stdout: this.#o.stdout ?? process.stdout,
-        stderr: this.#o.stderr ?? process.stderr,
+        prefix: this.#o.prefixOutput ? `[${resource}] ` : undefined,
+        stdout: this.#o.stdout,
+        stderr: this.#o.stderr,
       });
     } catch (error) {
       this.emit('childFailedToStart', { resource, error });
@@ -269,10 +368,10 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     if (this.#o.mutant !== 'no-reaper') this.#reaper.add(child.pid);
     this.emit('childStarted', info);
     const stopOptions = (cause: ChildStopCause): StopOptions => {
-      this.emit('childStopping', { ...info, reason: cause, graceMs: this.#drainMs });
+      this.emit('childStopping', { ...info, reason: cause, graceMs: this.#o.drainTimeoutMs });
       const t0 = performance.now();
       return {
-        graceMs: this.#drainMs,
+        graceMs: this.#o.drainTimeoutMs,
         killNow: () => this.#killNow(),
         onKill: () => this.emit('childKilled', { ...info, afterMs: Math.round(performance.now() - t0) }),
       };

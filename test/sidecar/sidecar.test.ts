@@ -17,20 +17,20 @@
  * crashing child restarted with a growing backoff; and two deliberately broken sidecars (--mutant) that the checks
  * must catch.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
-import { Sidecar as SidecarModule } from '../../src/sidecar/sidecar.js';
+import { InvalidArgumentError } from '../../src/errors.js';
+import { Sidecar as SidecarModule, type SidecarOptions } from '../../src/sidecar/sidecar.js';
 import { eventually, sleep } from '../harness/wait.js';
+import { CLI, cli as runCli, REPO, type CliResult } from '../unit/cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
 const STORE = `sqlite:${join(dir, 'sidecar.db')}`;
 const CHILD = join(dir, 'child.sh');
@@ -52,12 +52,8 @@ while :; do log tick; sleep 0.1; done
 /** How the steps are awaited: within STEP_MS, polling every 100 ms (real processes: no need to spin faster). */
 const STEP = { timeoutMs: STEP_MS, intervalMs: 100 } as const;
 
-function cli(args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-  });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+function cli(args: string[]): CliResult {
+  return runCli(['--store', STORE, ...args]);
 }
 
 // ---------------------------------------------------------------- the oracle
@@ -189,7 +185,7 @@ function startSidecar(
   const eventsPath = join(dir, `${node}.events`);
   const err = openSync(eventsPath, 'a');
   const out = openSync(join(dir, `${node}.out`), 'a');
-  const args = ['--import', 'tsx', 'src/cli/main.ts', '--store', STORE, '--json', 'run', '--group', o.group];
+  const args = [...CLI, '--store', STORE, '--json', 'run', '--group', o.group];
   args.push('--exec', `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
   args.push('--drain-timeout-ms', String(o.drainMs ?? 1500), '--restart-delay-ms', '200');
   args.push('--max-restart-delay-ms', '2000');
@@ -304,9 +300,11 @@ describe('rebalancer run (sidecar)', () => {
       [['--exec', 'true', '--ttl-ms', 'soon'], /--ttl-ms must be a whole number from 1000 to 300000/],
       [['--exec', 'true', '--ttl-ms', '5.5'], /--ttl-ms must be a whole number/],
       [['--exec', 'true', '--drain-timeout-ms', '-1'], /--drain-timeout-ms must be a whole number/],
-      [['--exec', 'true', '--weight', '0'], /--weight must be a number > 0/],
+      [['--exec', 'true', '--weight', '0'], /--weight must be a number above 0 and at most 1000000 .*, got "0"/],
       [['--exec', 'true', '--node', 'has space'], /--node "has space" is invalid/],
       [['--exec', 'true', '--protocol', 'chaos'], /--protocol must be/],
+      [['--exec', 'true', '--strategy', 'rendevous'], /--strategy must be one of .*\(did you mean "rendezvous"\?\)/],
+      [['--exec', 'true', '--restart-delay-ms', '1e3'], /--restart-delay-ms must be a whole number from 1 to 86400000/],
       [[], /required option '--exec <command>' not specified/],
     ];
     for (const [args, message] of cases) {
@@ -491,6 +489,27 @@ describe('rebalancer run: SIGINT twice', () => {
   }, 60_000);
 });
 
+describe('rebalancer run: a node id another live sidecar uses', () => {
+  it('is refused with exit 2 (CONFLICT: fix the invocation), naming the id; the live one goes on', async () => {
+    const live = startSidecar('dup', { group: 'd', oracle: join(dir, 'dup.oracle') });
+    await eventually(() => events(live, 'joined').length === 1, {
+      ...STEP,
+      what: 'the live sidecar to join',
+      context: () => describeState('', live),
+    });
+    // It waits up to 1.5 TTL + 1 s for the id's previous process to go, then gives up: this one is alive.
+    const r = cli(['run', '--group', 'd', '--exec', 'true', '--node', 'dup', '--ttl-ms', String(TTL_MS)]);
+    expect([r.code, r.err.split('\n')[0]]).toEqual([
+      2,
+      'rebalancer: id dup is already a live member of group d (another process is using it); give every process its own id',
+    ]);
+    expect(live.exit).toBeUndefined();
+    expect(events(live, 'left')).toEqual([]);
+    await terminate(live);
+    expect(live.exit).toEqual({ code: 0, signal: null });
+  }, 60_000);
+});
+
 describe('the checks catch broken sidecars', () => {
   it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
     const oracle = join(dir, 'mutant.oracle');
@@ -640,4 +659,63 @@ describe('Sidecar (src/sidecar/sidecar.ts) when its lease is in danger', () => {
       await store.close();
     }
   }, 60_000);
+});
+
+describe('Sidecar options (src/sidecar/sidecar.ts): read by the one option reader', () => {
+  it('refuses unknown options by name, values of the wrong type and values out of range, before anything starts', async () => {
+    const store = new MemoryStore({ namespace: 'sidecar-options' });
+    const base = { store, group: 'o', command: 'true' };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ sessionTtl: 5000 }, /^sidecar options has an unknown option "sessionTtl" \(did you mean "sessionTtlMs"\?\)/],
+      [
+        { restartBackoff: { initalMs: 5 } },
+        /^sidecar options.restartBackoff has an unknown option "initalMs" \(did you mean "initialMs"\?\)/,
+      ],
+      [{ restartBackoff: 1000 }, /^sidecar options.restartBackoff must be an object, got number/],
+      [
+        { restartBackoff: { maxMs: 0 } },
+        /^sidecar options.restartBackoff.maxMs must be a number of milliseconds from 1 to 86400000, got 0/,
+      ],
+      [{ prefixOutput: 'no' }, /^sidecar options.prefixOutput must be true or false, got "no"/],
+      [
+        { drainTimeoutMs: '5000' },
+        /^sidecar options.drainTimeoutMs must be a whole number from 1 to 3600000, got "5000"/,
+      ],
+      [
+        { sessionTtlMs: 5000.5 },
+        /^sidecar options.sessionTtlMs must be a whole number from 1000 to 300000, got 5000.5/,
+      ],
+      [{ stdout: 'out.log' }, /^sidecar options.stdout must be a writable stream/],
+      [{ env: 'PATH=/bin' }, /^sidecar options.env must be an object of variables/],
+      [{ nodeId: 'has space' }, /^sidecar options.nodeId "has space" is invalid: use 1-128 characters/],
+      [{ command: '  ' }, /^sidecar options.command must be a non-empty shell command/],
+      [{ command: undefined }, /^sidecar options.command is required/],
+      [{ weight: 0 }, /^sidecar options.weight must be a number above 0 and at most 1000000, got 0/],
+      [
+        { protocol: 'chaos' },
+        /^sidecar options.protocol must be one of "resource-barrier", "global-barrier", got "chaos"/,
+      ],
+      [
+        { strategy: 'rendevous' },
+        /^sidecar options.strategy must be one of .*, got "rendevous" \(did you mean "rendezvous"\?\)/,
+      ],
+      [{ mutant: 'bogus' }, /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", got "bogus"/],
+      [{ store: {} }, /^sidecar options.store must be a Store/],
+      [{ group: 7 }, /^sidecar options.group must be a string/],
+      [{ nodeId: 7 }, /^sidecar options.nodeId must be a string of 1-128 characters/],
+    ];
+    for (const [extra, message] of cases) {
+      const make = (): SidecarModule => new SidecarModule({ ...base, ...extra } as SidecarOptions);
+      expect(make, JSON.stringify(extra)).toThrow(InvalidArgumentError);
+      expect(make, JSON.stringify(extra)).toThrow(message);
+    }
+    expect(() => new SidecarModule(null as unknown as SidecarOptions)).toThrow(
+      /^sidecar options must be an object, got null/,
+    );
+    // An option explicitly undefined is "not set" (how TypeScript callers pass optional values through).
+    const s = new SidecarModule({ ...base, nodeId: undefined, zone: undefined, mutant: undefined });
+    expect(s.nodeId).toMatch(/-\d+$/);
+    await s.stop();
+    await store.close();
+  });
 });

@@ -4,11 +4,8 @@
  * and does find it when the workers' handlers are deliberately broken
  * (work left running in the background after the handler returned).
  */
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
+import { cli } from './cli-process.js';
 
 interface Summary {
   violations: number;
@@ -24,15 +21,10 @@ interface Summary {
 }
 
 function demo(env: Record<string, string> = {}): { code: number | null; summary: Summary; lines: string[] } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--json', 'demo'], {
-    cwd: REPO,
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-    timeout: 120_000,
-  });
-  const lines = r.stdout.split('\n').filter((l) => l !== '');
-  if (lines.length === 0) throw new Error(`demo printed nothing (exit ${r.status}): ${r.stderr}`);
-  return { code: r.status, summary: JSON.parse(lines.at(-1)!) as Summary, lines };
+  const r = cli(['--json', 'demo'], { env: { ...process.env, ...env }, timeoutMs: 120_000 });
+  const lines = r.out.split('\n').filter((l) => l !== '');
+  if (lines.length === 0) throw new Error(`demo printed nothing (exit ${r.code}): ${r.err}`);
+  return { code: r.code, summary: JSON.parse(lines.at(-1)!) as Summary, lines };
 }
 
 describe('rebalancer demo', () => {

@@ -1,23 +1,17 @@
 /** The registry commands of the CLI, as a user runs them (a child process on a SQLite file). */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { eventually } from '../harness/wait.js';
+import { CLI, cli as runCli, REPO, type CliResult } from './cli-process.js';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-'));
 const store = `sqlite:${join(dir, 'cli.db')}`;
 
-function cli(args: string[], input?: string): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--store', store, ...args], {
-    cwd: REPO,
-    input,
-    encoding: 'utf8',
-  });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+function cli(args: string[], input?: string): CliResult {
+  return runCli(['--store', store, ...args], { input });
 }
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -25,7 +19,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('rebalancer resources / groups', () => {
   it('adds (from arguments and stdin), removes, lists, and lists groups', () => {
     expect(cli(['resources', 'add', '--group', 'q', 'a', 'b', 'c']).out).toContain('3 added');
-    expect(cli(['resources', 'add', '--group', 'q', '-'], 'c\nd\n\n').out).toContain('1 added, 1 already registered');
+    expect(cli(['resources', 'add', '--group', 'q', '-'], 'c\r\n  d \r\n').out).toContain(
+      '1 added, 1 already registered',
+    );
     const removed = cli(['--json', 'resources', 'remove', '--group', 'q', 'a', 'zz']);
     expect(JSON.parse(removed.out)).toEqual({ group: 'q', removed: 1, missing: 1 });
     expect(removed.code).toBe(1); // something asked for was not there
@@ -51,6 +47,41 @@ describe('rebalancer resources / groups', () => {
     expect(cli(['resources', 'list', '--group', 'q']).out).not.toContain('xxxx');
   }, 60_000);
 
+  it('one rule for names from arguments and from stdin: trimmed, and refused when empty after trimming', () => {
+    // Arguments are trimmed like stdin lines: " e " typed is the same resource as "e" piped.
+    expect(cli(['--json', 'resources', 'add', '--group', 't', ' e ', '\tf']).out).toBe(
+      '{"group":"t","added":2,"existing":0}\n',
+    );
+    expect(cli(['--json', 'resources', 'add', '--group', 't', '-'], ' e\nf \n').out).toBe(
+      '{"group":"t","added":0,"existing":2}\n',
+    );
+    expect(JSON.parse(cli(['--json', 'resources', 'list', '--group', 't']).out)).toEqual({
+      group: 't',
+      resources: ['e', 'f'],
+    });
+    const refused: [string[], string | undefined, string][] = [
+      [['g', ''], undefined, 'the resource name in argument 2 is empty; give a name or leave it out'],
+      [['  '], undefined, 'the resource name in argument 1 is empty after trimming white space'],
+      [['-'], 'g\n\nh\n', 'the resource name on line 2 of standard input is empty'],
+      [['-'], 'g\n \t \n', 'the resource name on line 2 of standard input is empty after trimming white space'],
+      [['g', '-'], 'h\n', '"-" (read the names from standard input) must be the only name given'],
+    ];
+    for (const [names, input, message] of refused) {
+      for (const command of ['add', 'remove']) {
+        const r = cli(['resources', command, '--group', 't', ...names], input);
+        expect([r.code, r.err], `${command} ${JSON.stringify(names)} ${JSON.stringify(input)}`).toEqual([
+          2,
+          expect.stringContaining(`rebalancer: ${message}`),
+        ]);
+      }
+    }
+    // Nothing was written by the refused calls (g and h are valid names; they came with an empty one).
+    expect(JSON.parse(cli(['--json', 'resources', 'list', '--group', 't']).out)).toEqual({
+      group: 't',
+      resources: ['e', 'f'],
+    });
+  }, 120_000);
+
   it('status: unknown group exits 1 naming what to check; a registered group prints its resources', () => {
     const unknown = cli(['status', '--group', 'nobody']);
     expect(unknown.code).toBe(1);
@@ -66,11 +97,9 @@ describe('rebalancer resources / groups', () => {
   }, 60_000);
 
   it('status --watch prints a new snapshot on each change and stops on SIGTERM with exit 0', async () => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'src/cli/main.ts', '--store', store, '--json', 'status', '--group', 'w', '--watch'],
-      { cwd: REPO },
-    );
+    const child = spawn(process.execPath, [...CLI, '--store', store, '--json', 'status', '--group', 'w', '--watch'], {
+      cwd: REPO,
+    });
     let outText = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (outText += d));
     const lines = (): { found?: boolean; resources?: { name: string }[] }[] =>

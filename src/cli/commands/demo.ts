@@ -7,9 +7,10 @@
  * --json (the last line is the summary).
  */
 import type { Command } from 'commander';
-import { InvalidArgumentError } from '../../errors.js';
 import { DemoFailedError, runDemo, type DemoStep, type DemoView } from '../../demo/run.js';
+import { STORE_LIMITS } from '../../store/validate.js';
 import { EXIT, globalOptions, out } from '../context.js';
+import { integerFlag } from '../input.js';
 
 export function register(program: Command): void {
   program
@@ -17,34 +18,39 @@ export function register(program: Command): void {
     .description(
       'watch worker processes share resources: kill -9 one, add one, stop one; timings and an ownership check',
     )
-    .option('--workers <n>', 'worker processes at the start', '3')
-    .option('--resources <k>', 'resources to share', '12')
-    .option('--ttl-ms <ms>', 'session TTL: how long a killed worker keeps its resources', '2000')
+    .addOption(integerFlag('--workers <n>', 'worker processes at the start', { min: 2, max: 20 }, 3))
+    .addOption(integerFlag('--resources <k>', 'resources to share', { min: 1, max: 1000 }, 12))
+    .addOption(
+      integerFlag(
+        '--ttl-ms <ms>',
+        'session TTL: how long a killed worker keeps its resources',
+        // The workers' sessions cannot be shorter than any store allows (below it they could not join).
+        { min: STORE_LIMITS.minSessionTtlMs, max: 60_000 },
+        2000,
+      ),
+    )
     .option('--no-tty', 'plain lines instead of the live view')
-    .option('--pace-ms <ms>', 'pause after each step (default: 1500 in the live view, else 0)')
+    .addOption(
+      integerFlag('--pace-ms <ms>', 'pause after each step (default: 1500 in the live view, else 0)', {
+        min: 0,
+        max: 60_000,
+      }),
+    )
     .option('--keep', 'keep the temp dir (store, oracle file, worker logs)')
     .action(
       async (o: {
-        workers: string;
-        resources: string;
-        ttlMs: string;
+        workers: number;
+        resources: number;
+        ttlMs: number;
         tty: boolean;
         keep?: boolean;
-        paceMs?: string;
+        paceMs?: number;
       }) => {
         const g = globalOptions(program);
-        const int = (name: string, v: string, min: number, max: number): number => {
-          const n = Number(v);
-          if (!Number.isInteger(n) || n < min || n > max)
-            throw new InvalidArgumentError(`--${name} must be an integer from ${min} to ${max}`);
-          return n;
-        };
-        const workers = int('workers', o.workers, 2, 20);
-        const resources = int('resources', o.resources, 1, 1000);
-        const sessionTtlMs = int('ttl-ms', o.ttlMs, 500, 60_000);
+        const { workers, resources, ttlMs: sessionTtlMs } = o;
         const json = g.json === true;
         const live = !json && o.tty && process.stdout.isTTY;
-        const paceMs = o.paceMs === undefined ? (live ? 1500 : 0) : int('pace-ms', o.paceMs, 0, 60_000);
+        const paceMs = o.paceMs ?? (live ? 1500 : 0);
         // Only an explicit --store replaces the demo's own temp-dir SQLite file.
         const explicitStore = program.getOptionValueSource('store') === 'cli';
         const explicitNs = program.getOptionValueSource('namespace') === 'cli';

@@ -1,39 +1,54 @@
 /** `rebalancer resources add|remove|list`: a group's resource registry. */
 import type { Command } from 'commander';
 import { GroupAdmin } from '../../runtime/groups/registry.js';
-import { EXIT, namesFrom, withStore } from '../context.js';
+import { EXIT, out, withStore } from '../context.js';
+import { resourceNames } from '../input.js';
 
 export function register(program: Command): void {
   const resources = program
     .command('resources')
     .description("operate a group's resource registry (what the coordinator assigns)");
 
-  resources
-    .command('add')
-    .description('register resources (names as arguments, or - to read one per line from stdin)')
-    .requiredOption('--group <name>', 'group name')
-    .argument('<names...>')
-    .action(async (names: string[], o: { group: string }) => {
-      await withStore(program, async (store, opts) => {
-        const r = await new GroupAdmin(store, o.group).add(namesFrom(names));
-        if (opts.json === true) process.stdout.write(`${JSON.stringify({ group: o.group, ...r })}\n`);
-        else process.stdout.write(`group ${o.group}: ${r.added} added, ${r.existing} already registered\n`);
+  /** `add` and `remove`: names from the arguments or stdin, one registry call, one line of result. */
+  const change = <R extends object>(
+    name: 'add' | 'remove',
+    description: string,
+    apply: (admin: GroupAdmin, names: string[]) => Promise<R>,
+    result: (r: R) => { text: string; failed: boolean },
+  ): void => {
+    resources
+      .command(name)
+      .description(description)
+      .requiredOption('--group <name>', 'group name')
+      .argument(
+        '<names...>',
+        'resource names (white space around each is trimmed), or - to read one per line from stdin',
+      )
+      .action(async (args: string[], o: { group: string }) => {
+        // The names are read and checked before the store is opened: bad input changes nothing.
+        const names = resourceNames(args);
+        await withStore(program, async (store, opts) => {
+          const r = await apply(new GroupAdmin(store, o.group), names);
+          const { text, failed } = result(r);
+          out(opts.json === true ? JSON.stringify({ group: o.group, ...r }) : `group ${o.group}: ${text}`);
+          if (failed) process.exitCode = EXIT.failed;
+        });
       });
-    });
+  };
 
-  resources
-    .command('remove')
-    .description('unregister resources; their owners stop them and release their locks')
-    .requiredOption('--group <name>', 'group name')
-    .argument('<names...>')
-    .action(async (names: string[], o: { group: string }) => {
-      await withStore(program, async (store, opts) => {
-        const r = await new GroupAdmin(store, o.group).remove(namesFrom(names));
-        if (opts.json === true) process.stdout.write(`${JSON.stringify({ group: o.group, ...r })}\n`);
-        else process.stdout.write(`group ${o.group}: ${r.removed} removed, ${r.missing} were not registered\n`);
-        if (r.missing > 0) process.exitCode = EXIT.failed;
-      });
-    });
+  change(
+    'add',
+    'register resources (names as arguments, or - to read one per line from stdin)',
+    (admin, names) => admin.add(names),
+    (r) => ({ text: `${r.added} added, ${r.existing} already registered`, failed: false }),
+  );
+  change(
+    'remove',
+    'unregister resources; their owners stop them and release their locks',
+    (admin, names) => admin.remove(names),
+    // A name that was not registered is something asked for that was not there.
+    (r) => ({ text: `${r.removed} removed, ${r.missing} were not registered`, failed: r.missing > 0 }),
+  );
 
   resources
     .command('list')

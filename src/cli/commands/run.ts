@@ -6,69 +6,40 @@
  * with `[resource] ` (unless --no-prefix); the sidecar's own events go to
  * stderr, as text or (--json) as JSON lines.
  */
-import { Option, type Command } from 'commander';
-import { InvalidArgumentError } from '../../errors.js';
+import type { Command } from 'commander';
 import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
 import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import {
-  isSidecarMutant,
   Sidecar,
+  SIDECAR_CHECKS,
+  SIDECAR_EVENTS,
+  SIDECAR_MUTANT_NAMES,
   SIDECAR_MUTANTS,
-  validateCommand,
+  SIDECAR_RANGES,
   type SidecarEvents,
+  type SidecarMutant,
 } from '../../sidecar/sidecar.js';
 import { openStore } from '../../store/open.js';
-import { STORE_LIMITS } from '../../store/validate.js';
+import { RebalancerError } from '../../errors.js';
 import { EXIT, globalOptions } from '../context.js';
+import { exitCodeOf } from '../errors.js';
+import { checkedFlag, choiceFlag, decimalFlag, integerFlag } from '../input.js';
 
-interface RunOptions {
+/** The flags, parsed: each by the sidecar's own check or range (see register). */
+interface RunFlags {
   group: string;
   exec: string;
   node?: string;
   zone?: string;
-  weight?: string;
-  ttlMs: string;
-  drainTimeoutMs: string;
-  protocol: string;
-  strategy?: string;
-  restartDelayMs: string;
-  maxRestartDelayMs: string;
+  weight: number;
+  ttlMs: number;
+  drainTimeoutMs: number;
+  protocol: Protocol;
+  strategy?: PlacementStrategy;
+  restartDelayMs: number;
+  maxRestartDelayMs: number;
   prefix: boolean;
-  mutant?: string;
-}
-
-const EVENTS: readonly (keyof SidecarEvents)[] = [
-  'joined',
-  'coordinatorElected',
-  'coordinatorLost',
-  'rebalanceStarted',
-  'rebalanceCompleted',
-  'assigned',
-  'revoked',
-  'released',
-  'fenced',
-  'unfenced',
-  'sessionLost',
-  'handlerFailed',
-  'handlerStuck',
-  'error',
-  'left',
-  'childStarted',
-  'childStopping',
-  'childKilled',
-  'childExited',
-  'childFailedToStart',
-  'reaperError',
-];
-
-function int(name: string, raw: string, min: number, max: number): number {
-  const n = Number(raw);
-  if (raw.trim() === '' || !Number.isInteger(n) || n < min || n > max) {
-    throw new InvalidArgumentError(
-      `--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`,
-    );
-  }
-  return n;
+  mutant?: SidecarMutant;
 }
 
 function replacer(_key: string, value: unknown): unknown {
@@ -105,6 +76,10 @@ function describe(event: keyof SidecarEvents, p: Record<string, unknown>): strin
 }
 
 export function register(program: Command): void {
+  // Every flag is read under its own name against the sidecar's own checks and ranges (SIDECAR_CHECKS,
+  // SIDECAR_RANGES: one rule for the library and the command line), before the store is opened; the Sidecar then
+  // reads the result with its option reader like any caller's options.
+  const R = SIDECAR_RANGES;
   program
     .command('run')
     .description(
@@ -112,61 +87,68 @@ export function register(program: Command): void {
         '(environment: REBALANCER_RESOURCE, REBALANCER_FENCING_TOKEN, REBALANCER_GROUP, REBALANCER_NODE)',
     )
     .requiredOption('--group <name>', 'group to join')
-    .requiredOption('--exec <command>', 'shell command to run per assigned resource (through /bin/sh -c)')
-    .option('--node <id>', 'node id (default: host name and pid)')
+    .addOption(
+      checkedFlag(
+        '--exec <command>',
+        'shell command to run per assigned resource (through /bin/sh -c)',
+        SIDECAR_CHECKS.command,
+      ).makeOptionMandatory(),
+    )
+    .addOption(checkedFlag('--node <id>', 'node id (default: host name and pid)', SIDECAR_CHECKS.nodeId))
     .option('--zone <zone>', 'failure domain, for placements that spread')
-    .option('--weight <w>', 'relative capacity (> 0, default 1)')
-    .option('--ttl-ms <n>', 'session TTL: how long after this process dies its resources stay unowned', '10000')
-    .option('--drain-timeout-ms <n>', 'time between SIGTERM and SIGKILL when a child is stopped', '10000')
-    .option('--protocol <name>', PROTOCOLS.join(' | '), 'resource-barrier')
-    .option('--strategy <name>', `placement: ${PLACEMENT_STRATEGIES.join(' | ')}`)
-    .option('--restart-delay-ms <n>', 'first restart delay of a child that exits by itself (doubles each time)', '1000')
-    .option('--max-restart-delay-ms <n>', 'longest restart delay', '30000')
+    .addOption(decimalFlag('--weight <w>', 'relative capacity', R.weight, R.weight.fallback))
+    .addOption(
+      integerFlag(
+        '--ttl-ms <n>',
+        'session TTL: how long after this process dies its resources stay unowned',
+        R.sessionTtlMs,
+        R.sessionTtlMs.fallback,
+      ),
+    )
+    .addOption(
+      integerFlag(
+        '--drain-timeout-ms <n>',
+        'time between SIGTERM and SIGKILL when a child is stopped',
+        R.drainTimeoutMs,
+        R.drainTimeoutMs.fallback,
+      ),
+    )
+    .addOption(choiceFlag('--protocol <name>', 'protocol', PROTOCOLS, 'resource-barrier'))
+    .addOption(choiceFlag('--strategy <name>', 'placement', PLACEMENT_STRATEGIES))
+    .addOption(
+      integerFlag(
+        '--restart-delay-ms <n>',
+        'first restart delay of a child that exits by itself (doubles each time)',
+        R.restartInitialMs,
+        R.restartInitialMs.fallback,
+      ),
+    )
+    .addOption(
+      integerFlag('--max-restart-delay-ms <n>', 'longest restart delay', R.restartMaxMs, R.restartMaxMs.fallback),
+    )
     .option('--no-prefix', "pass the children's output through untouched (default: each line prefixed [resource])")
-    .addOption(new Option('--mutant <name>', 'deliberately broken variant, for tests only').hideHelp())
-    .action(async (o: RunOptions) => {
+    .addOption(
+      choiceFlag('--mutant <name>', 'deliberately broken variant, for tests only', SIDECAR_MUTANT_NAMES).hideHelp(),
+    )
+    .action(async (o: RunFlags) => {
       const g = globalOptions(program);
       const json = g.json === true;
-      const command = validateCommand(o.exec);
-      const protocol = o.protocol as Protocol;
-      if (!PROTOCOLS.includes(protocol)) throw new InvalidArgumentError(`--protocol must be ${PROTOCOLS.join(' or ')}`);
-      const strategy = o.strategy as PlacementStrategy | undefined;
-      if (strategy !== undefined && !PLACEMENT_STRATEGIES.includes(strategy)) {
-        throw new InvalidArgumentError(`--strategy must be one of ${PLACEMENT_STRATEGIES.join(', ')}`);
-      }
-      let weight: number | undefined;
-      if (o.weight !== undefined) {
-        weight = Number(o.weight);
-        if (o.weight.trim() === '' || !Number.isFinite(weight) || weight <= 0 || weight > 1_000_000) {
-          throw new InvalidArgumentError(
-            `--weight must be a number > 0 and <= 1000000, got ${JSON.stringify(o.weight)}`,
-          );
-        }
-      }
-      const ttlMs = int('ttl-ms', o.ttlMs, STORE_LIMITS.minSessionTtlMs, STORE_LIMITS.maxSessionTtlMs);
-      const drainTimeoutMs = int('drain-timeout-ms', o.drainTimeoutMs, 1, 3_600_000);
-      const initialMs = int('restart-delay-ms', o.restartDelayMs, 1, 3_600_000);
-      const maxMs = int('max-restart-delay-ms', o.maxRestartDelayMs, 1, 3_600_000);
-      if (o.mutant !== undefined && !isSidecarMutant(o.mutant)) {
-        throw new InvalidArgumentError(`unknown --mutant; one of ${Object.keys(SIDECAR_MUTANTS).join(', ')}`);
-      }
       const mutant = o.mutant;
-
       const store = await openStore(g.store, { namespace: g.namespace });
       let sidecar: Sidecar;
       try {
         sidecar = new Sidecar({
           store,
           group: o.group,
+          command: o.exec,
           nodeId: o.node,
           zone: o.zone,
-          weight,
-          command,
-          sessionTtlMs: ttlMs,
-          drainTimeoutMs,
-          protocol,
-          strategy,
-          restartBackoff: { initialMs, maxMs },
+          weight: o.weight,
+          sessionTtlMs: o.ttlMs,
+          drainTimeoutMs: o.drainTimeoutMs,
+          protocol: o.protocol,
+          strategy: o.strategy,
+          restartBackoff: { initialMs: o.restartDelayMs, maxMs: o.maxRestartDelayMs },
           prefixOutput: o.prefix,
           mutant,
         });
@@ -186,7 +168,7 @@ export function register(program: Command): void {
             : `rebalancer run [${nodeId}]: ${describe(event, p)}\n`,
         );
       };
-      for (const e of EVENTS) sidecar.on(e, (p) => say(e, p));
+      for (const e of SIDECAR_EVENTS) sidecar.on(e, (p) => say(e, p));
       if (mutant !== undefined)
         say('error', { error: `BROKEN ON PURPOSE: --mutant ${mutant}: ${SIDECAR_MUTANTS[mutant]}` });
 
@@ -227,11 +209,16 @@ export function register(program: Command): void {
       };
       const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
       for (const s of signals) process.on(s, onSignal);
-      // The member gave up by itself (e.g. another process took its node id while it rejoined).
+      // The member gives up by itself when another process took its node id while it rejoined: the same CONFLICT
+      // as at the start, so the same exit code (2); anything else that ends it is a failure (1).
+      let conflict: RebalancerError | undefined;
+      sidecar.on('error', ({ error }) => {
+        if (error instanceof RebalancerError && error.code === 'CONFLICT') conflict = error;
+      });
       sidecar.on('left', () => {
         if (stopRequested) return;
         stopRequested = true;
-        exitCode = EXIT.failed;
+        exitCode = conflict === undefined ? EXIT.failed : exitCodeOf(conflict);
         stop();
       });
 

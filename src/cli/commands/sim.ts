@@ -1,8 +1,31 @@
 /** `rebalancer sim`: the deterministic simulator. */
 import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
+import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
+import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
+import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
+import { choiceFlag, integerFlag, parseChoice } from '../input.js';
+
+const SCENARIOS: readonly SimScenario[] = ['groups', 'slots'];
+
+interface SimFlags {
+  scenario: SimScenario;
+  protocol: Protocol;
+  seeds: number;
+  seed: number;
+  nodes?: number;
+  sites?: number;
+  slots?: number;
+  resources?: number;
+  strategy?: PlacementStrategy;
+  mutant?: string;
+  listMutants?: boolean;
+}
+
+const NODES = { min: 1, max: 50 };
+const RESOURCES = { min: 0, max: 5000 };
 
 export function register(program: Command): void {
   program
@@ -10,21 +33,28 @@ export function register(program: Command): void {
     .description(
       'run the deterministic simulator: the real protocol code on virtual time, under faults drawn from seeds',
     )
-    .option('--scenario <name>', 'scenario: groups | slots', 'groups')
-    .option('--protocol <name>', 'groups: resource-barrier | global-barrier', 'resource-barrier')
-    .option('--seeds <n>', 'how many seeds to run', '100')
-    .option('--seed <s>', 'first seed (with --seeds 1: replay exactly this seed)', '1')
-    .option('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)')
-    .option('--sites <n>', 'slots: simulated sites (same as --nodes)')
-    .option('--slots <n>', 'slots: slot count (default 24)')
-    .option('--resources <k>', 'resources at the start (default 12)')
-    .option('--strategy <name>', 'placement: sticky-balanced | round-robin | rendezvous')
+    .addOption(choiceFlag('--scenario <name>', 'scenario', SCENARIOS, 'groups'))
+    .addOption(choiceFlag('--protocol <name>', 'groups: protocol', PROTOCOLS, 'resource-barrier'))
+    .addOption(integerFlag('--seeds <n>', 'how many seeds to run', { min: 1, max: 1_000_000 }, 100))
+    .addOption(
+      integerFlag(
+        '--seed <s>',
+        'first seed (with --seeds 1: replay exactly this seed)',
+        { min: 0, max: 2 ** 32 - 1 },
+        1,
+      ),
+    )
+    .addOption(integerFlag('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)', NODES))
+    .addOption(integerFlag('--sites <n>', 'slots: simulated sites (same as --nodes)', NODES))
+    .addOption(integerFlag('--slots <n>', 'slots: slot count (default 24)', { ...RESOURCES, min: 1 }))
+    .addOption(integerFlag('--resources <k>', 'resources at the start (default 12)', RESOURCES))
+    .addOption(choiceFlag('--strategy <name>', 'placement', PLACEMENT_STRATEGIES))
     .option('--mutant <name>', 'run a deliberately broken variant (see --list-mutants); the checker must catch it')
     .option('--list-mutants', 'print the mutant names and what each breaks')
-    .action(async (o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: SimFlags) => {
       const json = globalOptions(program).json === true;
-      const { MUTANTS, SLOTS_MUTANTS, isMutantName, isSlotsMutantName } = await import('../../protocol/mutants.js');
-      if (o['listMutants'] === true) {
+      const { MUTANTS, SLOTS_MUTANTS } = await import('../../protocol/mutants.js');
+      if (o.listMutants === true) {
         if (json) process.stdout.write(`${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS })}\n`);
         else {
           process.stdout.write('--scenario groups:\n');
@@ -35,53 +65,28 @@ export function register(program: Command): void {
         }
         return;
       }
-      const int = (name: string, v: unknown, min: number, max: number): number | undefined => {
-        if (v === undefined) return undefined;
-        const n = Number(v);
-        if (!Number.isInteger(n) || n < min || n > max)
-          throw new InvalidArgumentError(`--${name} must be an integer from ${min} to ${max}`);
-        return n;
-      };
-      const scenario = o['scenario'];
-      if (scenario !== 'groups' && scenario !== 'slots')
-        throw new InvalidArgumentError(`unknown --scenario ${String(scenario)}: use groups or slots`);
-      const protocol = o['protocol'];
-      if (protocol !== 'resource-barrier' && protocol !== 'global-barrier') {
-        throw new InvalidArgumentError('--protocol must be resource-barrier or global-barrier');
-      }
-      const rawMutant = o['mutant'];
-      let mutant: MutantName | SlotsMutantName | undefined;
-      if (rawMutant !== undefined) {
-        if (typeof rawMutant === 'string' && scenario === 'slots' && isSlotsMutantName(rawMutant)) {
-          mutant = rawMutant;
-        } else if (typeof rawMutant === 'string' && scenario === 'groups' && isMutantName(rawMutant)) {
-          mutant = rawMutant;
-        } else {
-          throw new InvalidArgumentError(
-            `unknown --mutant ${String(rawMutant)} for --scenario ${scenario}; see rebalancer sim --list-mutants`,
-          );
-        }
-      }
-      const strategy = o['strategy'];
-      if (
-        strategy !== undefined &&
-        strategy !== 'sticky-balanced' &&
-        strategy !== 'round-robin' &&
-        strategy !== 'rendezvous'
-      ) {
-        throw new InvalidArgumentError('--strategy must be sticky-balanced, round-robin or rendezvous');
+      const { scenario, protocol, strategy, seeds, seed } = o;
+      // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
+      const mutantNames = Object.keys(scenario === 'slots' ? SLOTS_MUTANTS : MUTANTS) as (
+        MutantName | SlotsMutantName
+      )[];
+      const mutant = o.mutant === undefined ? undefined : parseChoice('--mutant', o.mutant, mutantNames);
+      // --sites and --slots are the slots scenario's names for --nodes and --resources.
+      const nodes = o.nodes ?? o.sites;
+      const resources = o.resources ?? o.slots;
+      if (scenario === 'slots' && resources === 0) {
+        throw new InvalidArgumentError('--resources is the slot count with --scenario slots: from 1 to 5000, got "0"');
       }
       const { runSimulation } = await import('../../sim/run.js');
-      const seeds = int('seeds', o['seeds'], 1, 1_000_000)!;
       const tty = process.stderr.isTTY && !json;
       let shown = 0;
       const summary = await runSimulation({
         scenario,
         protocol,
         seeds,
-        seed: int('seed', o['seed'], 0, 2 ** 32 - 1),
-        nodes: int('nodes', o['nodes'] ?? o['sites'], 1, 50),
-        resources: int('resources', o['resources'] ?? o['slots'], scenario === 'slots' ? 1 : 0, 5000),
+        seed,
+        nodes,
+        resources,
         strategy,
         mutant,
         onSeed: (r, i) => {

@@ -6,12 +6,12 @@
  * lost) until Ctrl-C.
  */
 import type { Command } from 'commander';
-import { InvalidArgumentError } from '../../errors.js';
 import { GroupKeys } from '../../protocol/groups/keys.js';
 import { GroupNotFoundError } from '../../errors.js';
 import { groupStatus, type GroupStatus } from '../../runtime/groups/status.js';
 import type { Store } from '../../store/contract.js';
 import { out, withStore } from '../context.js';
+import { integerFlag } from '../input.js';
 
 export function register(program: Command): void {
   program
@@ -19,19 +19,24 @@ export function register(program: Command): void {
     .description("a group's nodes, coordinator, generation, and each resource's owner, fencing token and moves")
     .requiredOption('--group <name>', 'group name')
     .option('--watch', 'live view: redraw on every change until Ctrl-C')
-    .option('--limit <n>', 'resource lines to print (text output; --json prints all)', '40')
-    .action(async (o: { group: string; watch?: boolean; limit: string }) => {
-      const limit = Number(o.limit);
-      if (!Number.isInteger(limit) || limit < 0) throw new InvalidArgumentError('--limit must be an integer >= 0');
+    .addOption(
+      integerFlag(
+        '--limit <n>',
+        'resource lines to print (text output; --json prints all)',
+        { min: 0, max: 1_000_000 },
+        40,
+      ),
+    )
+    .action(async ({ group, watch, limit }: { group: string; watch?: boolean; limit: number }) => {
       await withStore(program, async (store, opts) => {
         const json = opts.json === true;
-        if (o.watch !== true) {
-          const s = await groupStatus(store, o.group);
+        if (watch !== true) {
+          const s = await groupStatus(store, group);
           if (json) out(JSON.stringify(s));
           else out(renderStatus(s, { limit, where: `${opts.store} (namespace ${store.namespace})` }));
           return;
         }
-        await watchStatus(store, o.group, { json, limit, where: `${opts.store} (namespace ${store.namespace})` });
+        await watchStatus(store, group, { json, limit, where: `${opts.store} (namespace ${store.namespace})` });
       });
     });
 }
