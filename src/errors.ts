@@ -31,6 +31,8 @@ export type ErrorCode =
   | 'CONFLICT'
   /** A handler's work was revoked (the reason of its AbortSignal). Stop. */
   | 'REVOKED'
+  /** A handler (or a sidecar's child) ended by itself with a failure; it is restarted after a backoff. */
+  | 'HANDLER_FAILED'
   /** A listener of an event threw; the protocol went on without it. Fix the listener. */
   | 'LISTENER_FAILED'
   /** An invariant that must never break did (a bug). The object stops; report it. */
@@ -49,6 +51,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   NOT_FOUND: false,
   CONFLICT: false,
   REVOKED: false,
+  HANDLER_FAILED: true,
   LISTENER_FAILED: false,
   INVARIANT_VIOLATED: false,
 };
@@ -190,6 +193,23 @@ export class RevokedError<Reason extends string = string> extends RebalancerErro
     super('REVOKED', `resource ${resource} was revoked (${reason}); stop working on it`);
     this.resource = resource;
     this.reason = reason;
+  }
+}
+
+/** A sidecar's child exited by itself with a non-zero status (reported as `handlerFailed`, then restarted). */
+export class ChildFailedError extends RebalancerError {
+  readonly resource: string;
+  readonly exitCode: number | null;
+  readonly exitSignal: string | null;
+  constructor(resource: string, exitCode: number | null, exitSignal: string | null) {
+    super(
+      'HANDLER_FAILED',
+      `the child of ${resource} exited by itself with ${exitSignal === null ? `code ${exitCode}` : `signal ${exitSignal}`}; ` +
+        'it is restarted after a backoff (see its output for why it failed)',
+    );
+    this.resource = resource;
+    this.exitCode = exitCode;
+    this.exitSignal = exitSignal;
   }
 }
 

@@ -31,6 +31,7 @@ export { STORE_LIMITS } from './store/validate.js';
 export { ScaledClock, systemClock, VirtualClock } from './store/clock.js';
 export {
   BrokerUnavailableError,
+  ChildFailedError,
   ClosedError,
   GroupNotFoundError,
   InvariantError,

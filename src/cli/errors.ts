@@ -40,6 +40,8 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   CLOSED: EXIT.internal,
   REVOKED: EXIT.internal,
   LISTENER_FAILED: EXIT.internal,
+  // A handler's failure is reported as an event and the handler restarted; it never ends a command.
+  HANDLER_FAILED: EXIT.internal,
   INVARIANT_VIOLATED: EXIT.internal,
 };
 

@@ -12,7 +12,9 @@
  */
 import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
-import { RevokedError } from '../errors.js';
+import { ChildFailedError, RevokedError } from '../errors.js';
+
+export { ChildFailedError };
 import { OptionReader } from '../options.js';
 import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../placement/index.js';
 import { PROTOCOLS, type Protocol } from '../protocol/groups/keys.js';
@@ -85,22 +87,6 @@ export type SidecarEvents = GroupEvents & {
   childFailedToStart: { readonly resource: string; readonly error: unknown };
   reaperError: { readonly error: unknown };
 };
-
-/** A child that exited by itself with a non-zero status (reported as `handlerFailed`, then restarted). */
-export class ChildFailedError extends Error {
-  readonly resource: string;
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  constructor(resource: string, exit: ChildExit) {
-    super(
-      `the child of ${resource} exited by itself with ${exit.signal === null ? `code ${exit.code}` : `signal ${exit.signal}`}`,
-    );
-    this.name = 'ChildFailedError';
-    this.resource = resource;
-    this.code = exit.code;
-    this.signal = exit.signal;
-  }
-}
 
 /**
  * Every event a Sidecar emits, and whose it is: the group member's (forwarded as they are) or the sidecar's own.
@@ -404,6 +390,6 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     const exit = await child.waitExit(() => stopOptions('exited'));
     finish(exit, 'exited');
     // Still assigned: settle so that the member restarts the child after its backoff (same lock, same token).
-    if (exit.code !== 0) throw new ChildFailedError(resource, exit);
+    if (exit.code !== 0) throw new ChildFailedError(resource, exit.code, exit.signal);
   }
 }
