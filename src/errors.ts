@@ -31,7 +31,7 @@ export type ErrorCode =
   | 'CONFLICT'
   /** A handler's work was revoked (the reason of its AbortSignal). Stop. */
   | 'REVOKED'
-  /** A handler (or a sidecar's child) ended by itself with a failure; it is restarted after a backoff. */
+  /** A handler (or a sidecar's child) ended by itself with a failure. Reported only: the member restarts it itself. */
   | 'HANDLER_FAILED'
   /** A listener of an event threw; the protocol went on without it. Fix the listener. */
   | 'LISTENER_FAILED'
@@ -51,7 +51,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   NOT_FOUND: false,
   CONFLICT: false,
   REVOKED: false,
-  HANDLER_FAILED: true,
+  HANDLER_FAILED: false,
   LISTENER_FAILED: false,
   INVARIANT_VIOLATED: false,
 };

@@ -99,6 +99,7 @@ describe('exit codes (docs/cli.md)', () => {
       CLOSED: 70,
       REVOKED: 70,
       LISTENER_FAILED: 70,
+      HANDLER_FAILED: 70,
       INVARIANT_VIOLATED: 70,
     };
     expect(EXIT_BY_CODE).toEqual(expected);
