@@ -42,7 +42,8 @@ import type {
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession, withTimeout } from '../../store/session.js';
+import { ManagedSession } from '../../store/session.js';
+import { withTimeout } from '../../store/timeout.js';
 import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   STORE_LIMITS,

@@ -14,7 +14,7 @@
 import { castGrpcError, type IDuplexStream, type IWatchRequest, type IWatchResponse, type WatchClient } from 'etcd3';
 import { ClosedError, StoreUnavailableError } from '../../errors.js';
 import type { Clock, TimerHandle, WatchHint, Watcher } from '../../store/contract.js';
-import { withTimeout } from '../../store/session.js';
+import { withTimeout } from '../../store/timeout.js';
 
 type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
 

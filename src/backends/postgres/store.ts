@@ -38,6 +38,7 @@ import type {
   Watcher,
 } from '../../store/contract.js';
 import { ManagedSession } from '../../store/session.js';
+import { withTimeout } from '../../store/timeout.js';
 import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   STORE_LIMITS,
@@ -653,8 +654,8 @@ export class PostgresStore implements Store {
     client.on('end', lost);
     client.on('notification', (msg) => this.#onNotification(msg));
     try {
-      await deadline(client.connect(), this.#timeoutMs, 'connecting the LISTEN session');
-      await deadline(client.query(`LISTEN ${pg.escapeIdentifier(this.#t.channel)}`), this.#timeoutMs, 'LISTEN');
+      await this.#deadline(client.connect(), this.#timeoutMs, 'connecting the LISTEN session');
+      await this.#deadline(client.query(`LISTEN ${pg.escapeIdentifier(this.#t.channel)}`), this.#timeoutMs, 'LISTEN');
     } catch (err) {
       lost();
       throw toStoreError(err, 'LISTEN for watch hints', 'connect');
@@ -693,7 +694,7 @@ export class PostgresStore implements Store {
       return;
     }
     try {
-      await deadline(l.client.query('SELECT 1'), this.#timeoutMs, 'LISTEN session ping');
+      await this.#deadline(l.client.query('SELECT 1'), this.#timeoutMs, 'LISTEN session ping');
     } catch {
       l.lost();
     }
@@ -843,59 +844,51 @@ export class PostgresStore implements Store {
         ? client.query(text)
         : client.query({ text, values: [...values] });
     };
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const timer = setTimeout(() => {
-        if (settled) return;
-        settled = true;
+    const run = async (): Promise<T> => {
+      const client = await this.#pool.connect();
+      const swallow = (): void => {
+        // Errors surface through the pending query; without a listener an 'error' event would crash the process.
+      };
+      client.on('error', swallow);
+      attempt.client = client;
+      let ok = false;
+      try {
+        if (attempt.abandoned)
+          throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
+        const result = await body(q, attempt);
+        ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
+        return result;
+      } finally {
+        client.removeListener('error', swallow);
+        if (ok && !attempt.abandoned) {
+          client.release();
+        } else {
+          // Mid-transaction or broken: never hand this connection to anyone else.
+          destroyConnection(client);
+          client.release(true);
+        }
+      }
+    };
+    return withTimeout(run(), this.#timeoutMs, this.clock, {
+      onTimeout: () => {
+        // Abandon the attempt: its result is ignored, and destroying its
+        // connection makes the server roll back whatever was not committed.
         attempt.abandoned = true;
         if (attempt.client !== undefined) destroyConnection(attempt.client);
-        reject(
-          new StoreUnavailableError(`postgres: ${what} did not complete within ${this.#timeoutMs} ms`, {
-            outcome: outcomeOf(attempt.phase),
-          }),
-        );
-      }, this.#timeoutMs);
-      timer.unref();
-      const run = async (): Promise<T> => {
-        const client = await this.#pool.connect();
-        const swallow = (): void => {
-          // Errors surface through the pending query; without a listener an 'error' event would crash the process.
-        };
-        client.on('error', swallow);
-        attempt.client = client;
-        let ok = false;
-        try {
-          if (attempt.abandoned)
-            throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
-          const result = await body(q, attempt);
-          ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
-          return result;
-        } finally {
-          client.removeListener('error', swallow);
-          if (ok && !attempt.abandoned) {
-            client.release();
-          } else {
-            // Mid-transaction or broken: never hand this connection to anyone else.
-            destroyConnection(client);
-            client.release(true);
-          }
-        }
-      };
-      run().then(
-        (v) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          resolve(v);
-        },
-        (err: unknown) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          reject(toStoreError(err, what, attempt.phase));
-        },
-      );
+        return new StoreUnavailableError(`postgres: ${what} did not complete within ${this.#timeoutMs} ms`, {
+          outcome: outcomeOf(attempt.phase),
+        });
+      },
+    }).catch((err: unknown) => {
+      throw toStoreError(err, what, attempt.phase);
+    });
+  }
+
+  /** Reject with StoreUnavailableError if `p` is not settled within `ms` (the caller cleans up `p`'s resources). */
+  #deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+    return withTimeout(p, ms, this.clock, {
+      onTimeout: () =>
+        new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' }),
     });
   }
 
@@ -921,7 +914,7 @@ export class PostgresStore implements Store {
     const l = this.#listener;
     this.#listener = undefined;
     if (l !== undefined) {
-      await deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(
+      await this.#deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(
         () => undefined,
       );
       l.lost();
@@ -929,7 +922,9 @@ export class PostgresStore implements Store {
     this.#poolEnded = true;
     this.#pool.removeListener('error', this.#onPoolError);
     if (this.#ownsPool) {
-      await deadline(this.#pool.end(), Math.min(1000, this.#timeoutMs), 'closing the pool').catch(() => undefined);
+      await this.#deadline(this.#pool.end(), Math.min(1000, this.#timeoutMs), 'closing the pool').catch(
+        () => undefined,
+      );
       // A connection to an unreachable server never completes its goodbye; cut it.
       for (const c of this.#poolClients) destroyConnection(c);
       this.#poolClients.clear();
@@ -953,26 +948,4 @@ function destroyConnection(client: pg.ClientBase): void {
   } catch {
     // Already gone.
   }
-}
-
-/** Reject with StoreUnavailableError if `p` is not settled within `ms` (the caller cleans up `p`'s resources). */
-function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(
-      () =>
-        reject(new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' })),
-      ms,
-    );
-    t.unref();
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }

@@ -17,7 +17,8 @@
 import zookeeper from 'node-zookeeper-client';
 import type { ACL, Client, Event, Exception, Stat } from 'node-zookeeper-client';
 import { StoreUnavailableError } from '../../errors.js';
-import type { Clock, TimerHandle } from '../../store/contract.js';
+import type { Clock } from '../../store/contract.js';
+import { withTimeout } from '../../store/timeout.js';
 
 /** ZooKeeper op codes used in multi (protocol constants, stable since 3.4). */
 export const OP = { create: 1, delete: 2, setData: 5, check: 13 } as const;
@@ -151,13 +152,8 @@ export class Connection {
   /** Open a connection (and so a ZooKeeper session); rejects after the request timeout. */
   static async open(opts: ConnectionOptions): Promise<Connection> {
     const conn = new Connection(opts);
-    const { clock } = opts;
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = (): void => {
-        clock.clearTimeout(timer);
-        conn.client.removeListener('connected', onConnected);
-        conn.client.removeListener('authenticationFailed', onAuthFailed);
-      };
+    let cleanup = (): void => undefined;
+    const connected = new Promise<void>((resolve, reject) => {
       const onConnected = (): void => {
         cleanup();
         resolve();
@@ -169,19 +165,23 @@ export class Connection {
           new StoreUnavailableError('ZooKeeper rejected the authentication credentials', { outcome: 'not-applied' }),
         );
       };
-      const timer: TimerHandle = clock.setTimeout(() => {
-        cleanup();
-        void conn.close();
-        reject(
-          new StoreUnavailableError(
-            `could not connect to ZooKeeper at ${opts.connectString} within ${opts.requestTimeoutMs} ms`,
-            { outcome: 'unknown' },
-          ),
-        );
-      }, opts.requestTimeoutMs);
+      cleanup = () => {
+        conn.client.removeListener('connected', onConnected);
+        conn.client.removeListener('authenticationFailed', onAuthFailed);
+      };
       conn.client.on('connected', onConnected);
       conn.client.on('authenticationFailed', onAuthFailed);
       conn.client.connect();
+    });
+    await withTimeout(connected, opts.requestTimeoutMs, opts.clock, {
+      onTimeout: () => {
+        cleanup();
+        void conn.close();
+        return new StoreUnavailableError(
+          `could not connect to ZooKeeper at ${opts.connectString} within ${opts.requestTimeoutMs} ms`,
+          { outcome: 'unknown' },
+        );
+      },
     });
     return conn;
   }
@@ -334,33 +334,14 @@ export class Connection {
    * out before it left the driver's queue is withdrawn: `not-applied`.
    */
   multi(ops: readonly MultiOp[], timeoutMs = this.#opts.requestTimeoutMs): Promise<MultiResult[]> {
-    const { clock } = this.#opts;
     const tx = this.client.transaction() as unknown as RawTransaction;
     tx.ops = [...ops];
     const queue = (this.client as unknown as DriverInternals).connectionManager?.packetQueue?.queue;
-    return new Promise<MultiResult[]>((resolve, reject) => {
-      let settled = false;
+    let packet: unknown;
+    const committed = new Promise<MultiResult[]>((resolve, reject) => {
       const before = Array.isArray(queue) ? queue.length : 0;
-      const timer = clock.setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        // Still in the driver's send queue: it never reached the server, and
-        // removing it guarantees it never will.
-        let outcome: 'not-applied' | 'unknown' = 'unknown';
-        if (packet !== undefined && Array.isArray(queue)) {
-          const i = queue.indexOf(packet);
-          if (i >= 0) {
-            queue.splice(i, 1);
-            outcome = 'not-applied';
-          }
-        }
-        reject(new StoreUnavailableError(`ZooKeeper transaction timed out after ${timeoutMs} ms`, { outcome }));
-      }, timeoutMs);
       try {
         tx.commit((error, results) => {
-          if (settled) return;
-          settled = true;
-          clock.clearTimeout(timer);
           if (error === null || error === undefined) {
             resolve(results ?? []);
             return;
@@ -374,12 +355,25 @@ export class Connection {
           reject(this.#mapError(error, 'ZooKeeper transaction'));
         });
       } catch (cause) {
-        settled = true;
-        clock.clearTimeout(timer);
         reject(new StoreUnavailableError('ZooKeeper transaction could not be sent', { cause, outcome: 'not-applied' }));
         return;
       }
-      const packet = Array.isArray(queue) && queue.length > before ? queue[queue.length - 1] : undefined;
+      packet = Array.isArray(queue) && queue.length > before ? queue[queue.length - 1] : undefined;
+    });
+    return withTimeout(committed, timeoutMs, this.#opts.clock, {
+      onTimeout: () => {
+        // Still in the driver's send queue: it never reached the server, and
+        // removing it guarantees it never will.
+        let outcome: 'not-applied' | 'unknown' = 'unknown';
+        if (packet !== undefined && Array.isArray(queue)) {
+          const i = queue.indexOf(packet);
+          if (i >= 0) {
+            queue.splice(i, 1);
+            outcome = 'not-applied';
+          }
+        }
+        return new StoreUnavailableError(`ZooKeeper transaction timed out after ${timeoutMs} ms`, { outcome });
+      },
     });
   }
 
@@ -388,30 +382,20 @@ export class Connection {
     timeoutMs: number | undefined,
     start: (cb: (error: Error | Exception | null, value: T) => void) => void,
   ): Promise<T> {
-    const { clock } = this.#opts;
     const requestTimeoutMs = timeoutMs ?? this.#opts.requestTimeoutMs;
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const timer = clock.setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        reject(
-          new StoreUnavailableError(`ZooKeeper ${what} timed out after ${requestTimeoutMs} ms`, { outcome: 'unknown' }),
-        );
-      }, requestTimeoutMs);
+    const answered = new Promise<T>((resolve, reject) => {
       try {
         start((error, value) => {
-          if (settled) return;
-          settled = true;
-          clock.clearTimeout(timer);
           if (error === null || error === undefined) resolve(value);
           else reject(this.#mapError(error, `ZooKeeper ${what}`));
         });
       } catch (cause) {
-        settled = true;
-        clock.clearTimeout(timer);
         reject(new StoreUnavailableError(`ZooKeeper ${what} could not be sent`, { cause, outcome: 'not-applied' }));
       }
+    });
+    return withTimeout(answered, requestTimeoutMs, this.#opts.clock, {
+      onTimeout: () =>
+        new StoreUnavailableError(`ZooKeeper ${what} timed out after ${requestTimeoutMs} ms`, { outcome: 'unknown' }),
     });
   }
 

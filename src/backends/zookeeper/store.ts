@@ -49,6 +49,7 @@ import type {
   Watcher,
 } from '../../store/contract.js';
 import { ManagedSession } from '../../store/session.js';
+import { withTimeout } from '../../store/timeout.js';
 import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   STORE_LIMITS,
@@ -549,27 +550,11 @@ export class ZookeeperStore implements Store {
   async #mainConnection(): Promise<Connection> {
     this.#assertOpen();
     if (this.#mainReplacing !== undefined) {
-      const replacing = this.#mainReplacing;
-      return new Promise<Connection>((resolve, reject) => {
-        const timer = this.clock.setTimeout(
-          () =>
-            reject(
-              new StoreUnavailableError('ZooKeeper: reconnecting after the store connection expired', {
-                outcome: 'not-applied',
-              }),
-            ),
-          this.#timeoutMs,
-        );
-        replacing.then(
-          (c) => {
-            this.clock.clearTimeout(timer);
-            resolve(c);
-          },
-          (e: unknown) => {
-            this.clock.clearTimeout(timer);
-            reject(e instanceof Error ? e : new Error(String(e)));
-          },
-        );
+      return withTimeout(this.#mainReplacing, this.#timeoutMs, this.clock, {
+        onTimeout: () =>
+          new StoreUnavailableError('ZooKeeper: reconnecting after the store connection expired', {
+            outcome: 'not-applied',
+          }),
       });
     }
     const conn = this.#main;
