@@ -1,12 +1,23 @@
 /**
  * What every backend shares from src/store: the one request deadline
- * (withTimeout), on virtual time.
+ * (withTimeout), on virtual time, and the checking of options (every entry
+ * point refuses an unknown or mistyped option by name before it connects).
  */
-import { describe, expect, it } from 'vitest';
-import { BrokerUnavailableError, StoreUnavailableError } from '../../src/errors.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createEtcdStore } from '../../src/backends/etcd/index.js';
+import { createMemoryStore } from '../../src/backends/memory/index.js';
+import { createPostgresStore } from '../../src/backends/postgres/index.js';
+import { createRedisStore } from '../../src/backends/redis/index.js';
+import { createSqliteStore } from '../../src/backends/sqlite/index.js';
+import { createZookeeperStore } from '../../src/backends/zookeeper/index.js';
+import { BrokerUnavailableError, InvalidArgumentError, StoreUnavailableError } from '../../src/errors.js';
 import { withTimeout as brokerWithTimeout } from '../../src/integrations/rabbitmq/connection.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import type { Clock, TimerHandle, TimerOptions } from '../../src/store/contract.js';
+import { openStore } from '../../src/store/open.js';
 import { withTimeout } from '../../src/store/timeout.js';
 
 const settle = (p: Promise<unknown>): Promise<{ value?: unknown; error?: unknown }> =>
@@ -100,5 +111,68 @@ describe('withTimeout', () => {
     const { error } = await pending;
     expect(error).toBeInstanceOf(BrokerUnavailableError);
     expect((error as Error).message).toContain('open channel did not answer within 300 ms');
+  });
+});
+
+describe('options of openStore and of every backend', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rebalancer-options-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** Options are checked before anything connects: these addresses are never dialled. */
+  const factories: [string, (extra: Record<string, unknown>) => Promise<unknown>][] = [
+    ['openStore', (extra) => openStore('memory:', extra)],
+    ['openStore', (extra) => openStore('redis://127.0.0.1:1', extra)],
+    ['MemoryStore', async (extra) => createMemoryStore(extra)],
+    ['createSqliteStore', (extra) => createSqliteStore({ path: join(dir, 'x.db'), ...extra })],
+    ['createPostgresStore', (extra) => createPostgresStore({ connectionString: 'postgres://127.0.0.1:1/x', ...extra })],
+    ['createRedisStore', (extra) => createRedisStore({ url: 'redis://127.0.0.1:1', ...extra })],
+    ['createEtcdStore', (extra) => createEtcdStore({ url: 'etcd://127.0.0.1:1', ...extra })],
+    ['createZookeeperStore', (extra) => createZookeeperStore({ connectString: '127.0.0.1:1', ...extra })],
+  ];
+
+  it.each(factories)('%s refuses a misspelt option by name, with the closest known one', async (where, create) => {
+    const { error } = await settle(create({ namespac: 'orders' }));
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    const message = (error as Error).message;
+    expect(message).toContain(`${where} options has an unknown option "namespac" (did you mean "namespace"?)`);
+    expect(message).toContain('known options:');
+  });
+
+  it.each(factories)('%s refuses a value of the wrong type, naming the option', async (where, create) => {
+    for (const [name, value] of [
+      ['requestTimeoutMs', '500'],
+      ['namespace', 7],
+      ['maxClockDriftRate', 0.5],
+      ['clock', { now: () => 0 }],
+    ] as const) {
+      const { error } = await settle(create({ [name]: value }));
+      expect(error, name).toBeInstanceOf(InvalidArgumentError);
+      expect((error as Error).message, name).toContain(name);
+    }
+    // "Not set" spelt out is fine.
+    const { error } = await settle(create({ namespace: undefined, requestTimeoutMs: 'x' }));
+    expect((error as Error).message).toContain(`${where} options.requestTimeoutMs must be a number`);
+  });
+
+  it('refuses the backends’ own misspelt or mistyped options', async () => {
+    const cases: [Promise<unknown>, string][] = [
+      [createRedisStore({ url: 'redis://127.0.0.1:1', maintenanceInterval: 100 } as never), '"maintenanceIntervalMs"'],
+      [createSqliteStore({ path: join(dir, 'y.db'), pollInterval: 10 } as never), '"pollIntervalMs"'],
+      [createSqliteStore({ path: join(dir, 'y.db'), driver: { verbos: true } } as never), '"verbose"'],
+      [
+        createPostgresStore({ connectionString: 'postgres://127.0.0.1:1/x', listen: 'no' } as never),
+        'options.listen must be true or false',
+      ],
+      [createPostgresStore({ connectionString: 'postgres://127.0.0.1:1/x', shema: 'x' } as never), '"schema"'],
+      [createEtcdStore({ url: 'etcd://127.0.0.1:1', etcd: { auht: {} } } as never), '"auth"'],
+      [createEtcdStore({ hosts: 'http://a:1,http://b:1' }), 'http://host:port'],
+      [createZookeeperStore({ connectString: '127.0.0.1:1', spinDelay: 5 } as never), '"spinDelayMs"'],
+      [createZookeeperStore({ connectString: '127.0.0.1:1', revRolloverVersion: 1.5 }), 'revRolloverVersion'],
+    ];
+    for (const [p, expected] of cases) {
+      const { error } = await settle(p);
+      expect(error, expected).toBeInstanceOf(InvalidArgumentError);
+      expect((error as Error).message).toContain(expected);
+    }
   });
 });

@@ -6,7 +6,6 @@
 import { randomBytes } from 'node:crypto';
 import { Redis, ReplyError, type RedisOptions } from 'ioredis';
 import {
-  ClosedError,
   CorruptDataError,
   IncompatibleSchemaError,
   InvalidArgumentError,
@@ -14,38 +13,25 @@ import {
   SessionExpiredError,
   StoreUnavailableError,
 } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { OptionReader } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
   Op,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
   TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession } from '../../store/session.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
 import { withTimeout } from '../../store/timeout.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  decodeUtf8,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
+import { WatcherSet } from '../../store/watchers.js';
 import { callScript, defineScripts, scriptSources, type ScriptArg, type ScriptName } from './scripts.js';
 import { parseRedisUrl, redact } from './url.js';
 
@@ -75,12 +61,6 @@ export interface RedisStoreOptions extends CommonStoreOptions {
    * hear of it.
    */
   readonly maintenanceIntervalMs?: number | undefined;
-}
-
-interface WatchEntry {
-  readonly prefix: string;
-  readonly onHint: (hint: WatchHint) => void;
-  open: boolean;
 }
 
 /** Reply codes that mean the server refused the command before running it. */
@@ -178,8 +158,32 @@ function parseRecords(x: unknown): KeyValue[] {
   return out;
 }
 
+/** RedisStoreOptions, checked. */
+interface RedisSettings extends StoreSettings {
+  readonly url: string | undefined;
+  readonly redis: RedisOptions | undefined;
+  readonly maintenanceIntervalMs: number;
+}
+
+function readRedisOptions(options: RedisStoreOptions): RedisSettings {
+  const r = new OptionReader(options, 'createRedisStore options');
+  const settings = readStoreOptions(r);
+  const url = r.string('url', undefined, 4096);
+  const redis = r.raw('redis');
+  if (redis !== undefined && (redis === null || typeof redis !== 'object' || Array.isArray(redis))) {
+    throw new InvalidArgumentError('createRedisStore options.redis must be an object of ioredis connection options');
+  }
+  const maintenanceIntervalMs = r.ms('maintenanceIntervalMs', DEFAULT_MAINTENANCE_INTERVAL_MS, {
+    min: 1,
+    max: 3_600_000,
+  });
+  r.done();
+  return { ...settings, url, redis: redis as RedisOptions | undefined, maintenanceIntervalMs };
+}
+
 /** The ioredis options of one connection of the store. */
-function connectionOptions(options: RedisStoreOptions, timeoutMs: number): ConnectionOptions {
+function connectionOptions(options: RedisSettings): ConnectionOptions {
+  const timeoutMs = options.requestTimeoutMs;
   const fromUrl = options.url === undefined ? { host: '127.0.0.1', port: 6379 } : parseRedisUrl(options.url);
   const { replyMapping: _ignored, ...user } = options.redis ?? {};
   if (options.redis?.replyMapping !== undefined) {
@@ -214,22 +218,16 @@ function connectionOptions(options: RedisStoreOptions, timeoutMs: number): Conne
   };
 }
 
-export class RedisStore implements Store {
+export class RedisStore extends StoreBase {
   readonly backend = 'redis';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
 
   readonly #redis: Redis;
   readonly #connection: ConnectionOptions;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
   readonly #intervalMs: number;
   readonly #base: string;
   readonly #keys: readonly string[];
   readonly #channel: string;
-  readonly #sessions = new Set<ManagedSession>();
-  readonly #watchers = new Set<WatchEntry>();
+  readonly #watchers = new WatcherSet();
   #sub: Redis | undefined;
   #subscribed = false;
   #everSubscribed = false;
@@ -243,21 +241,11 @@ export class RedisStore implements Store {
   #timerFast = false;
   #tickRunning = false;
   #notReadySince: Map<Redis, number> = new Map();
-  /** Set when close() starts: public calls fail, internal revokes still run. */
-  #closing = false;
-  #closed: Promise<void> | undefined;
 
   /** Use createRedisStore(): the connection must be opened and the layout checked first. */
-  constructor(redis: Redis, connection: ConnectionOptions, options: RedisStoreOptions) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#intervalMs = validateTimeout(
-      'maintenanceIntervalMs',
-      options.maintenanceIntervalMs,
-      DEFAULT_MAINTENANCE_INTERVAL_MS,
-    );
-    this.clock = options.clock ?? systemClock;
+  private constructor(redis: Redis, connection: ConnectionOptions, settings: RedisSettings) {
+    super(settings);
+    this.#intervalMs = settings.maintenanceIntervalMs;
     this.#redis = redis;
     this.#connection = connection;
     this.#base = `rb:{${this.namespace}}:`;
@@ -284,8 +272,50 @@ export class RedisStore implements Store {
     };
   }
 
-  /** Check the layout and start the maintenance loop (called once by createRedisStore). */
-  async start(): Promise<void> {
+  /** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
+  static async create(options: RedisStoreOptions = {}): Promise<RedisStore> {
+    const settings = readRedisOptions(options);
+    const connection = connectionOptions(settings);
+    const texts = await scriptSources();
+    const redis = new Redis(connection);
+    let lastError: unknown;
+    redis.on('error', (err: unknown) => {
+      lastError = err;
+    });
+    const where =
+      settings.url === undefined
+        ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}`
+        : redact(settings.url);
+    try {
+      await withTimeout(redis.connect(), settings.requestTimeoutMs, settings.clock);
+    } catch (err) {
+      redis.disconnect();
+      const cause = lastError ?? err;
+      const message = cause instanceof Error ? cause.message : String(cause);
+      if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
+        throw new InvalidArgumentError(
+          `Redis at ${where} refused the credentials: ${message}; check username and password`,
+          { cause },
+        );
+      }
+      throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, {
+        cause,
+        outcome: 'not-applied',
+      });
+    }
+    defineScripts(redis, texts);
+    const store = new RedisStore(redis, connection, settings);
+    try {
+      await store.#start();
+    } catch (err) {
+      redis.disconnect();
+      throw err;
+    }
+    return store;
+  }
+
+  /** Check the layout and start the maintenance loop. */
+  async #start(): Promise<void> {
     const r = await this.#script('reap', [], 'open the store');
     this.#lastRevision = toInt(r[1], 'namespace revision');
     this.#schedule();
@@ -293,20 +323,14 @@ export class RedisStore implements Store {
 
   // ---- sessions ---------------------------------------------------------------
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = Math.ceil(validateSessionOptions(options));
-    this.#assertOpen();
-    const sentAt = this.clock.now();
-    const r = await this.#script('open_session', [String(ttlMs)], 'openSession');
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {
+    const r = await this.#script('open_session', [String(Math.ceil(ttlMs))], 'openSession');
     const id = lossy(r[1]);
     const granted = toInt(r[2], 'granted TTL');
-    const session: ManagedSession = new ManagedSession({
+    return {
       id,
       ttlMs: granted,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: undefined,
       driver: {
         keepAlive: async () => {
           const k = await this.#script('keep_alive', [id, String(granted)], 'keep-alive');
@@ -316,41 +340,27 @@ export class RedisStore implements Store {
           await this.#script('revoke', [id], 'revoke');
         },
       },
-      onEnd: () => this.#sessions.delete(session),
-    });
-    this.#sessions.add(session);
-    return session;
+    };
   }
 
   // ---- reads ------------------------------------------------------------------
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
-    this.#assertOpen();
+  protected async readKey(key: string): Promise<KeyValue | undefined> {
     const r = await this.#script('get', [key], 'get');
     if (toInt(r[2], 'get reply') === 0) return undefined;
     return parseKv(asArray(r[3], 'get'), 0, key);
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected async readRange(prefix: string): Promise<RangeResult> {
     const r = await this.#script('range', [prefix], 'range');
     return { kvs: parseRecords(r[2]), revision: toInt(r[1], 'namespace revision'), snapshot: true };
   }
 
   // ---- transactions -------------------------------------------------------------
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    this.#assertOpen();
+  protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
     const thenOps = txn.then;
     const elseOps = txn.else ?? [];
-    let session: ManagedSession | undefined;
-    for (const op of [...thenOps, ...elseOps]) {
-      if (op.op === 'put' && op.session !== undefined) session = this.#ownSession(op.session);
-    }
-    session?.assertUsable();
     const args: ScriptArg[] = [session?.id ?? '', String(txn.compare.length)];
     for (const c of txn.compare) {
       switch (c.target) {
@@ -368,13 +378,7 @@ export class RedisStore implements Store {
       args.push(String(branch.length));
       for (const op of branch) args.push(...encodeOp(op));
     }
-    let r: unknown[];
-    try {
-      r = await this.#script('txn', args, 'txn');
-    } catch (err) {
-      if (err instanceof SessionExpiredError && session !== undefined) session.markExpired(err);
-      throw err;
-    }
+    const r = await this.#script('txn', args, 'txn');
     const succeeded = toInt(r[1], 'txn reply') === 1;
     const revision = toInt(r[2], 'namespace revision');
     const ops = succeeded ? thenOps : elseOps;
@@ -403,56 +407,29 @@ export class RedisStore implements Store {
 
   // ---- watches ------------------------------------------------------------------
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     await this.#whenSubscribed();
-    this.#assertOpen();
-    const entry: WatchEntry = { prefix, onHint, open: true };
-    this.#watchers.add(entry);
+    this.assertOpen();
+    const watcher = this.#watchers.add(prefix, onHint);
     if (!this.#timerFast) this.#schedule();
-    return {
-      close: () => {
-        entry.open = false;
-        this.#watchers.delete(entry);
-        return Promise.resolve();
-      },
-    };
+    return watcher;
   }
 
   // ---- lifecycle ------------------------------------------------------------------
 
-  close(): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#closing = true;
-      if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
-      this.#timer = undefined;
-      for (const w of this.#watchers) w.open = false;
-      this.#watchers.clear();
-      // Revoke while the connection is still up (bounded by the request timeout each).
-      await Promise.all([...this.#sessions].map((s) => s.close()));
-      for (const w of this.#subWaiters) w();
-      this.#subWaiters = [];
-      this.#redis.disconnect();
-      this.#sub?.disconnect();
-    })();
-    return this.#closed;
+  protected async closeStore(): Promise<void> {
+    if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#watchers.closeAll();
+    // Revoke while the connection is still up (bounded by the request timeout each).
+    await this.sessions.closeAll();
+    for (const w of this.#subWaiters) w();
+    this.#subWaiters = [];
+    this.#redis.disconnect();
+    this.#sub?.disconnect();
   }
 
   // ---- internals ------------------------------------------------------------------
-
-  #assertOpen(): void {
-    if (this.#closing) throw new ClosedError('redis store');
-  }
-
-  #ownSession(session: Session): ManagedSession {
-    if (!(session instanceof ManagedSession) || !this.#sessions.has(session)) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return session;
-  }
 
   /** Run one script and turn its status reply into a result or a typed error. */
   async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
@@ -461,7 +438,7 @@ export class RedisStore implements Store {
     try {
       reply = await withTimeout(
         callScript(this.#redis, name, [...this.#keys, this.#base, nonce, ...args]),
-        this.#timeoutMs,
+        this.requestTimeoutMs,
         this.clock,
       );
     } catch (err) {
@@ -536,7 +513,7 @@ export class RedisStore implements Store {
    * lost bytes (a partition); a fresh connection is the only safe state.
    */
   #dropConnection(conn: Redis, always = false): void {
-    if (this.#closing) return;
+    if (this.closed) return;
     if (always || conn.status === 'ready' || conn.status === 'connect') conn.disconnect(true);
   }
 
@@ -548,7 +525,7 @@ export class RedisStore implements Store {
    * never show keys of expired sessions anyway, and every call reaps first.
    */
   #schedule(): void {
-    if (this.#closing || this.#tickRunning) return;
+    if (this.closed || this.#tickRunning) return;
     if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
     const fast = this.#watchers.size > 0;
     this.#timerFast = fast;
@@ -574,7 +551,7 @@ export class RedisStore implements Store {
       // A silently dead subscriber would lose every notification: probe it about once a second.
       if (this.#subscribed && this.#ticks % Math.max(1, Math.round(1000 / this.#intervalMs)) === 0) {
         const sub = this.#sub;
-        withTimeout(sub.ping(), this.#timeoutMs, this.clock).catch(() => this.#dropConnection(sub));
+        withTimeout(sub.ping(), this.requestTimeoutMs, this.clock).catch(() => this.#dropConnection(sub));
       }
     }
     let revision: number;
@@ -600,7 +577,7 @@ export class RedisStore implements Store {
     if (this.#lagRevision !== undefined && this.#lastRevision < this.#lagRevision) {
       this.#lastRevision = Math.max(this.#lastRevision, revision);
       this.#lagRevision = undefined;
-      this.#broadcast({ revision, reason: 'change' });
+      this.#watchers.notifyAll({ revision, reason: 'change' });
       return;
     }
     this.#lagRevision = revision > this.#lastRevision ? revision : undefined;
@@ -615,7 +592,7 @@ export class RedisStore implements Store {
     const since = this.#notReadySince.get(conn);
     const now = this.clock.now();
     if (since === undefined) this.#notReadySince.set(conn, now);
-    else if (now - since > this.#timeoutMs) {
+    else if (now - since > this.requestTimeoutMs) {
       this.#notReadySince.delete(conn);
       conn.disconnect(true);
     }
@@ -628,11 +605,11 @@ export class RedisStore implements Store {
     if (this.#subscribed) return Promise.resolve();
     return withTimeout(
       new Promise<void>((resolve) => this.#subWaiters.push(resolve)),
-      this.#timeoutMs,
+      this.requestTimeoutMs,
       this.clock,
     ).catch((cause: unknown) => {
       throw new StoreUnavailableError(
-        `could not subscribe to Redis change notifications within ${this.#timeoutMs} ms`,
+        `could not subscribe to Redis change notifications within ${this.requestTimeoutMs} ms`,
         {
           cause,
           outcome: 'not-applied',
@@ -663,19 +640,19 @@ export class RedisStore implements Store {
     // The baseline for the revision poll: changes up to here are not owed a
     // notification (watchers registered from now on read after this point).
     try {
-      const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.#timeoutMs, this.clock);
+      const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.requestTimeoutMs, this.clock);
       if (current !== null && /^\d{1,16}$/.test(current))
         this.#lastRevision = Math.max(this.#lastRevision, Number(current));
     } catch {
       // Without a baseline the poll may send one spurious hint; harmless.
     }
-    if (this.#closing || sub.status !== 'ready') return;
+    if (this.closed || sub.status !== 'ready') return;
     this.#subscribed = true;
     const waiters = this.#subWaiters;
     this.#subWaiters = [];
     for (const w of waiters) w();
     // Changes made while unsubscribed were not heard: every watcher re-reads.
-    if (this.#everSubscribed) this.#broadcast({ revision: this.#lastRevision, reason: 'resync' });
+    if (this.#everSubscribed) this.#watchers.notifyAll({ revision: this.#lastRevision, reason: 'resync' });
     this.#everSubscribed = true;
   }
 
@@ -687,25 +664,8 @@ export class RedisStore implements Store {
     if (revision > this.#lastRevision) this.#lastRevision = revision;
     const keys = parts.slice(1);
     for (const w of this.#watchers) {
-      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix)))
-        this.#deliver(w, { revision, reason: 'change' });
+      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix))) w.notify({ revision, reason: 'change' });
     }
-  }
-
-  #broadcast(hint: WatchHint): void {
-    for (const w of this.#watchers) this.#deliver(w, hint);
-  }
-
-  /** Hints run one at a time (microtasks run in order), never after close, and a throwing consumer is contained. */
-  #deliver(w: WatchEntry, hint: WatchHint): void {
-    queueMicrotask(() => {
-      if (!w.open) return;
-      try {
-        w.onHint(hint);
-      } catch {
-        // A consumer bug must not break the store.
-      }
-    });
   }
 }
 
@@ -725,45 +685,6 @@ function encodeOp(op: Op): string[] {
 }
 
 /** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
-export async function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
-  if (options === null || typeof options !== 'object')
-    throw new InvalidArgumentError('redis store options must be an object');
-  const timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-  const connection = connectionOptions(options, timeoutMs);
-  const texts = await scriptSources();
-  const redis = new Redis(connection);
-  let lastError: unknown;
-  redis.on('error', (err: unknown) => {
-    lastError = err;
-  });
-  const clock = options.clock ?? systemClock;
-  const where =
-    options.url === undefined ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}` : redact(options.url);
-  try {
-    await withTimeout(redis.connect(), timeoutMs, clock);
-  } catch (err) {
-    redis.disconnect();
-    const cause = lastError ?? err;
-    const message = cause instanceof Error ? cause.message : String(cause);
-    if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
-      throw new InvalidArgumentError(
-        `Redis at ${where} refused the credentials: ${message}; check username and password`,
-        { cause },
-      );
-    }
-    throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, {
-      cause,
-      outcome: 'not-applied',
-    });
-  }
-  defineScripts(redis, texts);
-  let store: RedisStore;
-  try {
-    store = new RedisStore(redis, connection, options);
-    await store.start();
-  } catch (err) {
-    redis.disconnect();
-    throw err;
-  }
-  return store;
+export function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
+  return RedisStore.create(options);
 }

@@ -16,7 +16,7 @@ import { statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { CorruptDataError, IncompatibleSchemaError, InvalidArgumentError, SessionExpiredError } from '../../errors.js';
 import type { KeyValue, OpResult, Txn, TxnResult } from '../../store/contract.js';
-import { decodeUtf8, evaluateCompare } from '../../store/validate.js';
+import { decodeUtf8, chooseBranch } from '../../store/validate.js';
 
 export const SCHEMA_VERSION = 1;
 
@@ -518,8 +518,7 @@ export class Connection {
         throw new SessionExpiredError(sessionId, `session ${sessionId} has expired; the transaction was not applied`);
       }
     }
-    const succeeded = txn.compare.every((c) => evaluateCompare(c, this.get(ns, c.key, nowMs)));
-    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const { succeeded, branch } = chooseBranch(txn, (key) => this.get(ns, key, nowMs));
     const current = this.#writableRevision(ns);
     const rev = current + 1;
     let changed: string | undefined;
