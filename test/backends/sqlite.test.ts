@@ -11,6 +11,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createSqliteStore, parseSqliteUrl, type SqliteStore } from '../../src/backends/sqlite/index.js';
 import { prefixUpperBound, commonPrefix } from '../../src/backends/sqlite/db.js';
 import { hostMonotonicMs } from '../../src/backends/sqlite/clock.js';
+import { VirtualClock } from '../../src/store/clock.js';
 import {
   ClosedError,
   CorruptDataError,
@@ -211,6 +212,24 @@ describe('sqlite watches', () => {
     raw.close();
     expect(await eventually(() => hints.length > 0, 2000)).toBe(true);
     expect(hints[0]?.reason).toBe('change');
+  });
+});
+
+describe('sqlite timers', () => {
+  it('runs its poll and the announcement of other stores’ commits on the injected clock', async () => {
+    const path = freshPath();
+    const clock = new VirtualClock();
+    const watched = await createSqliteStore({ path, namespace: 'ns', clock, pollIntervalMs: 25 });
+    opened.push(watched);
+    const writer = await open(path);
+    const hints: WatchHint[] = [];
+    await watched.watch('', (h) => hints.push(h));
+    const w = await writer.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+    // Real time passes, the store's clock does not: nothing of it may run.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(hints).toEqual([]);
+    await clock.runFor(25);
+    expect(hints).toEqual([{ reason: 'change', revision: w.revision }]);
   });
 });
 
