@@ -3,7 +3,7 @@
  * Rebalancer did not write, schema versions, the key-range arithmetic behind
  * prefix reads, clock-reset detection and a deleted database file.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
@@ -121,16 +121,44 @@ describe('sqlite URLs and options', () => {
     expect(readFileSync(path).equals(before)).toBe(true);
   });
 
-  it('shares a file with an application’s own tables', async () => {
+  it('refuses a file that holds another application’s tables, and leaves it alone', async () => {
+    for (const ddl of [
+      "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')",
+      // Even next to Rebalancer's own tables (a file it shared before this was refused).
+      'CREATE TABLE rebalancer_meta (name TEXT PRIMARY KEY, value ANY NOT NULL); CREATE VIEW report AS SELECT 1',
+    ]) {
+      const path = freshPath();
+      const raw = new Database(path);
+      raw.exec(ddl);
+      raw.close();
+      const before = readFileSync(path);
+      const err = await rejection(createSqliteStore({ path }));
+      expect(err, ddl).toBeInstanceOf(InvalidArgumentError);
+      const message = (err as Error).message;
+      expect(message).toContain(path);
+      expect(message).toMatch(/"users"|"report"/);
+      expect(message).toContain('a database file of its own');
+      expect(message).toContain('Nothing was changed');
+      // Not even switched to WAL mode.
+      expect(readFileSync(path).equals(before), ddl).toBe(true);
+      expect(existsSync(`${path}-wal`)).toBe(false);
+    }
+    // Through a URL too.
     const path = freshPath();
     const raw = new Database(path);
-    raw.exec("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')");
+    raw.exec('CREATE TABLE orders (id INTEGER)');
     raw.close();
+    expect(await rejection(openStore(`sqlite:${path}`))).toBeInstanceOf(InvalidArgumentError);
+  });
+
+  it('opens an empty file, and a file with only its own tables', async () => {
+    const path = freshPath();
+    writeFileSync(path, '');
     const s = await open(path);
     await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
-    const raw2 = new Database(path, { readonly: true });
-    expect(raw2.prepare('SELECT name FROM users').pluck().all()).toEqual(['ada']);
-    raw2.close();
+    await s.close();
+    const again = await open(path);
+    expect((await again.get('k'))?.value).toBe('v');
   });
 });
 
