@@ -33,7 +33,7 @@ import { withTimeout } from '../../store/timeout.js';
 import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
 import { callScript, defineScripts, scriptSources, type ScriptArg, type ScriptName } from './scripts.js';
-import { parseRedisUrl, redact } from './url.js';
+import { parseRedisUrl } from './url.js';
 
 /** Layout version this code reads and writes (key `rb:{<ns>}:schema`). */
 export const REDIS_SCHEMA_VERSION = 1;
@@ -241,6 +241,12 @@ export class RedisStore extends StoreBase {
   #timerFast = false;
   #tickRunning = false;
   #notReadySince: Map<Redis, number> = new Map();
+  /** `host:port` of the server, for messages. */
+  readonly #where: string;
+  /** The database the URL or options select. */
+  readonly #db: number;
+  /** The check that the current connection really uses #db (pending or passed); reset by every reconnect. */
+  #dbChecked: Promise<void> | undefined;
 
   /** Use createRedisStore(): the connection must be opened and the layout checked first. */
   private constructor(redis: Redis, connection: ConnectionOptions, settings: RedisSettings) {
@@ -248,6 +254,14 @@ export class RedisStore extends StoreBase {
     this.#intervalMs = settings.maintenanceIntervalMs;
     this.#redis = redis;
     this.#connection = connection;
+    this.#where = serverAddress(connection);
+    this.#db = connection.db ?? 0;
+    // Every new connection selects the database again in its handshake, and
+    // ioredis reports a refused SELECT only as an 'error' event while the
+    // connection goes on, in database 0. So each one is checked before use.
+    redis.on('ready', () => {
+      this.#dbChecked = undefined;
+    });
     this.#base = `rb:{${this.namespace}}:`;
     this.#keys = ['schema', 'rev', 'idx', 'sess', 'sseq'].map((k) => this.#base + k);
     this.#channel = `${this.#base}events`;
@@ -282,10 +296,7 @@ export class RedisStore extends StoreBase {
     redis.on('error', (err: unknown) => {
       lastError = err;
     });
-    const where =
-      settings.url === undefined
-        ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}`
-        : redact(settings.url);
+    const where = serverAddress(connection);
     try {
       await withTimeout(redis.connect(), settings.requestTimeoutMs, settings.clock);
     } catch (err) {
@@ -306,6 +317,7 @@ export class RedisStore extends StoreBase {
     defineScripts(redis, texts);
     const store = new RedisStore(redis, connection, settings);
     try {
+      await store.#useDatabase(true);
       await store.#start();
     } catch (err) {
       redis.disconnect();
@@ -434,6 +446,7 @@ export class RedisStore extends StoreBase {
   /** Run one script and turn its status reply into a result or a typed error. */
   async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
     const nonce = `${this.#noncePrefix}${(++this.#calls).toString(36)}`;
+    await this.#useDatabase();
     let reply: unknown;
     try {
       reply = await withTimeout(
@@ -482,6 +495,81 @@ export class RedisStore extends StoreBase {
           outcome: 'unknown',
         });
     }
+  }
+
+  /**
+   * Make sure the current connection is in the selected database before a
+   * request is sent on it: a connection left in database 0 would read and
+   * write another tenant's keys. Once per connection; database 0 needs no check.
+   */
+  #useDatabase(atOpen = false): Promise<void> {
+    if (this.#db === 0) return Promise.resolve();
+    this.#dbChecked ??= this.#checkDatabase(atOpen).catch((err: unknown) => {
+      this.#dbChecked = undefined;
+      throw err;
+    });
+    return this.#dbChecked;
+  }
+
+  /**
+   * At open a database the server does not have is a wrong URL
+   * (InvalidArgumentError); later, after a reconnect, the server changed
+   * under us (StoreUnavailableError, nothing sent).
+   */
+  async #checkDatabase(atOpen: boolean): Promise<void> {
+    const refused = (message: string, cause?: unknown): Error =>
+      atOpen
+        ? new InvalidArgumentError(message, { cause })
+        : new StoreUnavailableError(message, { cause, outcome: 'not-applied' });
+    const db = this.#db;
+    const conn = this.#redis;
+    try {
+      await withTimeout(conn.select(db), this.requestTimeoutMs, this.clock);
+    } catch (err) {
+      if (!isReplyError(err)) throw this.#mapError(err, `select database ${db}`);
+      const message = await this.#databaseRefusal(conn, err);
+      // Never leave a connection in another database: the next one tries again.
+      this.#dropConnection(conn, true);
+      throw refused(message, err);
+    }
+    // What the connection itself reports, where the server can say (CLIENT INFO: Redis 6.2+).
+    const info = await withTimeout(conn.call('CLIENT', 'INFO'), this.requestTimeoutMs, this.clock).catch(
+      () => undefined,
+    );
+    const reported = /(?:^|\s)db=(\d+)(?:\s|$)/.exec(info === undefined ? '' : lossy(info))?.[1];
+    if (reported !== undefined && Number(reported) !== db) {
+      this.#dropConnection(conn, true);
+      throw refused(
+        `Redis at ${this.#where} accepted SELECT ${db} but the connection reports database ${reported} ` +
+          '(a proxy in between that ignores SELECT?); connect to the server directly, or use database 0',
+      );
+    }
+  }
+
+  /** Why the server refused SELECT, in plain words, with its number of databases when it tells. */
+  async #databaseRefusal(conn: Redis, err: Error): Promise<string> {
+    const db = this.#db;
+    const code = err.message.split(' ', 1)[0] ?? '';
+    if (code === 'NOPERM') {
+      return `Redis at ${this.#where} does not let this user select database ${db}; grant the user +select in its ACL, or use database 0`;
+    }
+    if (/cluster mode/i.test(err.message)) {
+      return `Redis at ${this.#where} is a cluster node, which has only database 0; remove /${db} from the URL`;
+    }
+    const reply = await withTimeout(conn.call('CONFIG', 'GET', 'databases'), this.requestTimeoutMs, this.clock).catch(
+      () => undefined,
+    );
+    const count = Array.isArray(reply) && reply.length >= 2 ? Number(lossy(reply[1])) : Number.NaN;
+    if (Number.isSafeInteger(count) && count > 0) {
+      return (
+        `Redis at ${this.#where} has ${count} databases (0 to ${count - 1}), so database ${db} does not exist; ` +
+        `use a database number below ${count}, or raise "databases" in the server's configuration`
+      );
+    }
+    return (
+      `Redis at ${this.#where} refused to select database ${db}: it has fewer databases than that ` +
+      `("databases" in its configuration); use a database the server has, e.g. 0`
+    );
   }
 
   #mapError(err: unknown, what: string): RebalancerError {
@@ -640,6 +728,7 @@ export class RedisStore extends StoreBase {
     // The baseline for the revision poll: changes up to here are not owed a
     // notification (watchers registered from now on read after this point).
     try {
+      await this.#useDatabase();
       const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.requestTimeoutMs, this.clock);
       if (current !== null && /^\d{1,16}$/.test(current))
         this.#lastRevision = Math.max(this.#lastRevision, Number(current));
@@ -667,6 +756,12 @@ export class RedisStore extends StoreBase {
       if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix))) w.notify({ revision, reason: 'change' });
     }
   }
+}
+
+/** `host:port` of the server a connection dials, for messages. */
+function serverAddress(connection: ConnectionOptions): string {
+  const host = connection.host ?? '127.0.0.1';
+  return `${host.includes(':') ? `[${host}]` : host}:${connection.port ?? 6379}`;
 }
 
 function encodeOp(op: Op): string[] {
