@@ -318,6 +318,37 @@ describe('sqlite data that Rebalancer did not write', () => {
   });
 });
 
+describe('sqlite errors', () => {
+  it('reports a damaged file in words that name it and say what to do, with SQLite’s error as the cause', async () => {
+    const path = freshPath();
+    const s = await open(path);
+    // Enough rows for the keys table to span many pages.
+    for (let i = 0; i < 20; i++) {
+      await s.txn({
+        compare: [],
+        then: Array.from({ length: 50 }, (_, j) => ({ op: 'put' as const, key: `k${i}/${j}`, value: 'v'.repeat(200) })),
+      });
+    }
+    await s.close();
+    // Scribble over everything after the first page (the schema), as a failing disk would.
+    const bytes = readFileSync(path);
+    bytes.fill(0xa5, 4096 * 2);
+    writeFileSync(path, bytes);
+    const err = await rejection(
+      (async () => {
+        const again = await open(path);
+        await again.range('');
+      })(),
+    );
+    expect(err).toBeInstanceOf(CorruptDataError);
+    const message = (err as Error).message;
+    expect(message).toContain(`the database file ${path} is damaged`);
+    expect(message).toContain('restore it from a backup or delete it');
+    expect(message).not.toMatch(/SQLITE_|database disk image is malformed/);
+    expect((err as Error).cause).toMatchObject({ code: expect.stringMatching(/^SQLITE_(CORRUPT|NOTADB)/) });
+  });
+});
+
 describe('sqlite schema versions', () => {
   it('refuses a newer schema version and changes nothing', async () => {
     const path = freshPath();

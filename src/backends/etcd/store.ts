@@ -39,10 +39,11 @@ import type {
 } from '../../store/contract.js';
 import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { KeySpace, LAYOUT_VERSION, leaseToSessionId } from './codec.js';
-import { isLeaseNotFound, isNotApplied, isTransient, toStoreError, type RequestKind } from './errors.js';
+import { clusterName, isLeaseNotFound, isNotApplied, isTransient, toStoreError, type RequestKind } from './errors.js';
 import { parseEtcdUrl } from './url.js';
 import { networkClock } from './timers.js';
 import { EtcdWatch } from './watch.js';
@@ -151,6 +152,8 @@ export class EtcdStore extends StoreBase<string> {
   readonly backend = 'etcd';
   /** Endpoints this store talks to. */
   readonly hosts: readonly string[];
+  /** "etcd at host:port…", for messages. */
+  readonly #where: string;
   readonly #keys: KeySpace;
   readonly #client: Etcd3;
   readonly #watchers = new Set<EtcdWatch>();
@@ -163,6 +166,7 @@ export class EtcdStore extends StoreBase<string> {
     super(settings);
     this.#keys = new KeySpace(this.namespace);
     this.hosts = settings.hosts;
+    this.#where = clusterName(settings.hosts);
     const timeoutMs = this.requestTimeoutMs;
     const clientOptions: IOptions = {
       hosts: [...settings.hosts],
@@ -195,7 +199,10 @@ export class EtcdStore extends StoreBase<string> {
     try {
       this.#client = new Etcd3(clientOptions);
     } catch (cause) {
-      throw new InvalidArgumentError(`etcd client options are invalid: ${(cause as Error).message}`, { cause });
+      throw new InvalidArgumentError(
+        'the etcd client refused its options (TLS credentials or gRPC options); check them (the cause says which)',
+        { cause },
+      );
     }
   }
 
@@ -233,9 +240,11 @@ export class EtcdStore extends StoreBase<string> {
     );
     const grantedS = Number(grant.TTL);
     if (grant.error !== '' || !(grantedS > 0)) {
-      throw new StoreUnavailableError(`etcd refused the lease: ${grant.error || `granted TTL ${grant.TTL}`}`, {
-        outcome: 'not-applied',
-      });
+      throw new StoreUnavailableError(
+        `${this.#where} refused to grant a lease of ${Math.ceil(ttlMs / 1000)} s (it granted ${grant.TTL} s); retry, ` +
+          "or check the server's lease limits",
+        { cause: grant.error === '' ? undefined : new Error(grant.error), outcome: 'not-applied' },
+      );
     }
     const lease = grant.ID;
     // One keep-alive stuck on a dead connection must not use up the whole
@@ -325,6 +334,7 @@ export class EtcdStore extends StoreBase<string> {
       client: this.#client.watchClient,
       clock: networkClock,
       requestTimeoutMs: this.requestTimeoutMs,
+      where: this.#where,
       range: this.#keys.range(prefix),
       onHint,
       onClose: (x) => this.#watchers.delete(x),
@@ -379,14 +389,23 @@ export class EtcdStore extends StoreBase<string> {
     for (;;) {
       const remainingMs = Math.max(1, deadlineAt - clock.now());
       try {
-        return await withTimeout(call({ deadline: Date.now() + remainingMs }), remainingMs, clock);
+        return await withTimeout(call({ deadline: Date.now() + remainingMs }), remainingMs, clock, {
+          onTimeout: () =>
+            new StoreUnavailableError(
+              `${this.#where} did not answer ${what} within ${timeoutMs} ms; ${OUTCOME_UNKNOWN}`,
+              {
+                outcome: 'unknown',
+              },
+            ),
+        });
       } catch (err) {
         if (isLeaseNotFound(err))
-          throw new SessionExpiredError('(unknown)', `etcd: the session's lease is gone (${(err as Error).message})`, {
+          throw new SessionExpiredError('(unknown)', `${this.#where} no longer has the session's lease`, {
             cause: err,
           });
         const retry = kind === 'write' ? isNotApplied(err) : isTransient(err);
-        if (!retry || this.closed || clock.now() + backoffMs >= deadlineAt) throw toStoreError(err, what, kind);
+        if (!retry || this.closed || clock.now() + backoffMs >= deadlineAt)
+          throw toStoreError(err, what, kind, this.#where);
         await new Promise<void>((r) => clock.setTimeout(r, backoffMs));
         backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
       }
@@ -418,7 +437,7 @@ export class EtcdStore extends StoreBase<string> {
             if (settled) return;
             settled = true;
             reject(
-              new StoreUnavailableError('etcd lease keep-alive stream ended without an answer', {
+              new StoreUnavailableError(`${this.#where} closed the lease keep-alive stream without an answer`, {
                 outcome: 'not-applied',
               }),
             );

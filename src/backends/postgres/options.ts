@@ -174,3 +174,21 @@ export function isPool(p: pg.Pool | pg.PoolConfig | undefined): p is pg.Pool {
     typeof (p as { end?: unknown }).end === 'function'
   );
 }
+
+/** "PostgreSQL at host:port" (or at the socket directory) for messages; never the password. */
+export function serverName(config: pg.ClientConfig): string {
+  let host: string | undefined;
+  let port: string | number | undefined;
+  if (typeof config.connectionString === 'string') {
+    try {
+      const u = new URL(config.connectionString);
+      host = u.hostname === '' ? (u.searchParams.get('host') ?? undefined) : u.hostname;
+      port = u.port === '' ? (u.searchParams.get('port') ?? undefined) : u.port;
+    } catch {
+      // Not a URL (a libpq key=value string): fall back to the fields and the environment.
+    }
+  }
+  host ??= config.host ?? process.env['PGHOST'] ?? 'localhost';
+  port ??= config.port ?? process.env['PGPORT'] ?? 5432;
+  return `PostgreSQL at ${host.startsWith('/') ? `${host} (socket)` : `${host}:${port}`}`;
+}

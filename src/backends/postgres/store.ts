@@ -33,12 +33,13 @@ import type {
 } from '../../store/contract.js';
 import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 import { chooseBranch } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
 import { isConflict, isMissingSchema, outcomeOf, toStoreError, type Phase } from './errors.js';
 import { decodeNotice, encodeNotice, noticeMatches } from './notify.js';
-import { isPool, readPostgresOptions, type PostgresStoreOptions } from './options.js';
+import { isPool, readPostgresOptions, serverName, type PostgresStoreOptions } from './options.js';
 import { KV_COLUMNS, type KvRow, byKey, decodeRow, lenientKey, parseBigint, prefixRange } from './rows.js';
 import { beginSql, ensureSchema, tablesOf, type Tables } from './schema.js';
 
@@ -91,6 +92,8 @@ export class PostgresStore extends StoreBase {
   #schemaReady: Promise<void> | undefined;
   /** Set when close() releases the connections: every call fails from then on. */
   #poolEnded = false;
+  /** "PostgreSQL at host:port", for messages. */
+  readonly #where: string;
 
   // Reaper and revision poll.
   #tickTimer: TimerHandle | undefined;
@@ -147,6 +150,7 @@ export class PostgresStore extends StoreBase {
           : { ...settings.listenConnection };
     }
     this.#pool.on('error', this.#onPoolError);
+    this.#where = serverName(isPool(settings.pool) ? settings.pool.options : this.#listenConfig);
   }
 
   /** Create the schema (or check its version) and the namespace's row; start the reaper. */
@@ -560,7 +564,7 @@ export class PostgresStore extends StoreBase {
       );
     } catch (err) {
       lost();
-      throw toStoreError(err, 'LISTEN for watch hints', 'connect');
+      throw toStoreError(err, 'LISTEN for watch hints', 'connect', serverName(this.#listenConfig));
     }
     if (isLost)
       throw new StoreUnavailableError('postgres: the LISTEN session was lost while starting', {
@@ -780,12 +784,15 @@ export class PostgresStore extends StoreBase {
         // connection makes the server roll back whatever was not committed.
         attempt.abandoned = true;
         if (attempt.client !== undefined) destroyConnection(attempt.client);
-        return new StoreUnavailableError(`postgres: ${what} did not complete within ${this.requestTimeoutMs} ms`, {
-          outcome: outcomeOf(attempt.phase),
-        });
+        const outcome = outcomeOf(attempt.phase);
+        return new StoreUnavailableError(
+          `${this.#where} did not answer ${what} within ${this.requestTimeoutMs} ms; ` +
+            (outcome === 'unknown' ? OUTCOME_UNKNOWN : 'check that the server runs and is reachable'),
+          { outcome },
+        );
       },
     }).catch((err: unknown) => {
-      throw toStoreError(err, what, attempt.phase);
+      throw toStoreError(err, what, attempt.phase, this.#where);
     });
   }
 
@@ -793,7 +800,7 @@ export class PostgresStore extends StoreBase {
   #deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     return withTimeout(p, ms, this.clock, {
       onTimeout: () =>
-        new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' }),
+        new StoreUnavailableError(`${this.#where} did not answer ${what} within ${ms} ms`, { outcome: 'unknown' }),
     });
   }
 

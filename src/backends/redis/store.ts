@@ -29,6 +29,7 @@ import type {
 } from '../../store/contract.js';
 import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
+import { networkProblem, notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
@@ -63,24 +64,27 @@ export interface RedisStoreOptions extends CommonStoreOptions {
   readonly maintenanceIntervalMs?: number | undefined;
 }
 
-/** Reply codes that mean the server refused the command before running it. */
-const REFUSED_REPLIES = new Set([
-  'BUSY',
-  'LOADING',
-  'READONLY',
-  'OOM',
-  'NOAUTH',
-  'NOPERM',
-  'WRONGPASS',
-  'MASTERDOWN',
-  'CLUSTERDOWN',
-  'TRYAGAIN',
-  'MOVED',
-  'ASK',
-  'MISCONF',
-  'NOREPLICAS',
-  'NOSCRIPT',
-]);
+/**
+ * Reply codes that mean the server refused the command before running it
+ * (so nothing was applied), and what each says about the server, in words.
+ */
+const REFUSED_REPLIES: Readonly<Record<string, string>> = {
+  BUSY: 'is busy running a long script; retry shortly',
+  LOADING: 'is still loading its data after a restart; retry shortly',
+  READONLY: 'is a read-only replica; point the URL at the primary',
+  OOM: 'is out of memory (maxmemory reached); free memory or raise maxmemory',
+  NOAUTH: 'wants a password; put the credentials in the URL',
+  NOPERM: "does not let this user run the store's commands; grant what docs/backends/redis.md lists",
+  WRONGPASS: 'refused the user name or password; check the credentials',
+  MASTERDOWN: 'is a replica that lost its primary; point the URL at the primary',
+  CLUSTERDOWN: 'belongs to a cluster that is down; retry once it is up',
+  TRYAGAIN: 'is moving keys between cluster nodes; retry shortly',
+  MOVED: 'is a cluster node that does not hold this namespace; point the URL at a single primary',
+  ASK: 'is a cluster node that does not hold this namespace; point the URL at a single primary',
+  MISCONF: "refuses writes because it cannot save its data to disk; fix the server's disk or persistence settings",
+  NOREPLICAS: 'has too few replicas in sync to accept writes (min-replicas-to-write); retry once they catch up',
+  NOSCRIPT: "lost the store's scripts (SCRIPT FLUSH or a restart); retry, they are loaded again",
+};
 
 /** Options the store decides, because they decide whether requests hang or are sent twice. */
 const FIXED_OPTIONS = [
@@ -247,6 +251,8 @@ export class RedisStore extends StoreBase {
   readonly #db: number;
   /** The check that the current connection really uses #db (pending or passed); reset by every reconnect. */
   #dbChecked: Promise<void> | undefined;
+  /** What the last connection error said, in words, until the connection is ready again. */
+  #lastProblem: string | undefined;
 
   /** Use createRedisStore(): the connection must be opened and the layout checked first. */
   private constructor(redis: Redis, connection: ConnectionOptions, settings: RedisSettings) {
@@ -256,11 +262,16 @@ export class RedisStore extends StoreBase {
     this.#connection = connection;
     this.#where = serverAddress(connection);
     this.#db = connection.db ?? 0;
+    // Why the connection is down, for the messages of the requests that fail meanwhile.
+    redis.on('error', (err: unknown) => {
+      this.#lastProblem = networkProblem(err) ?? this.#lastProblem;
+    });
     // Every new connection selects the database again in its handshake, and
     // ioredis reports a refused SELECT only as an 'error' event while the
     // connection goes on, in database 0. So each one is checked before use.
     redis.on('ready', () => {
       this.#dbChecked = undefined;
+      this.#lastProblem = undefined;
     });
     this.#base = `rb:{${this.namespace}}:`;
     this.#keys = ['schema', 'rev', 'idx', 'sess', 'sseq'].map((k) => this.#base + k);
@@ -296,23 +307,23 @@ export class RedisStore extends StoreBase {
     redis.on('error', (err: unknown) => {
       lastError = err;
     });
-    const where = serverAddress(connection);
+    const where = `Redis at ${serverAddress(connection)}`;
     try {
       await withTimeout(redis.connect(), settings.requestTimeoutMs, settings.clock);
     } catch (err) {
       redis.disconnect();
       const cause = lastError ?? err;
       const message = cause instanceof Error ? cause.message : String(cause);
-      if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
+      if (/WRONGPASS|NOAUTH|invalid password|invalid username/i.test(message)) {
         throw new InvalidArgumentError(
-          `Redis at ${where} refused the credentials: ${message}; check username and password`,
+          `${where} refused the user name or password; check the credentials in the URL or the redis options`,
           { cause },
         );
       }
-      throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, {
-        cause,
-        outcome: 'not-applied',
-      });
+      const problem =
+        networkProblem(cause) ??
+        (err instanceof StoreUnavailableError ? `no answer within ${settings.requestTimeoutMs} ms` : 'no connection');
+      throw new StoreUnavailableError(notAnswering(where, problem), { cause, outcome: 'not-applied' });
     }
     defineScripts(redis, texts);
     const store = new RedisStore(redis, connection, settings);
@@ -453,6 +464,7 @@ export class RedisStore extends StoreBase {
         callScript(this.#redis, name, [...this.#keys, this.#base, nonce, ...args]),
         this.requestTimeoutMs,
         this.clock,
+        { onTimeout: () => this.#timedOut(what) },
       );
     } catch (err) {
       throw this.#mapError(err, what);
@@ -572,28 +584,60 @@ export class RedisStore extends StoreBase {
     );
   }
 
+  /** Driver and server errors in our words; the driver's error is the cause. */
   #mapError(err: unknown, what: string): RebalancerError {
     if (err instanceof RebalancerError) {
       if (err instanceof StoreUnavailableError && err.outcome === 'unknown') this.#dropConnection(this.#redis);
       return err;
     }
     const cause = err;
+    const where = `Redis at ${this.#where}`;
     const message = err instanceof Error ? err.message : String(err);
     if (isReplyError(err)) {
       const code = message.split(' ', 1)[0] ?? '';
-      return new StoreUnavailableError(`Redis answered ${what} with an error: ${message}`, {
+      const words = REFUSED_REPLIES[code];
+      if (words !== undefined) {
+        return new StoreUnavailableError(`${where} ${words}; ${what} was not applied`, {
+          cause,
+          outcome: 'not-applied',
+        });
+      }
+      return new StoreUnavailableError(`${where} refused ${what}, answering "${message}"; ${OUTCOME_UNKNOWN}`, {
         cause,
-        outcome: REFUSED_REPLIES.has(code) ? 'not-applied' : 'unknown',
+        outcome: 'unknown',
       });
     }
     if (/isn't writeable|Connection is closed|Stream connection ended|Connection isn't ready/i.test(message)) {
-      return new StoreUnavailableError(`Redis is not connected; ${what} was not sent`, {
-        cause,
-        outcome: 'not-applied',
-      });
+      // Requests are never queued while disconnected: this one was not sent.
+      return new StoreUnavailableError(
+        `${notAnswering(where, this.#lastProblem ?? 'not connected, reconnecting')}; ${what} was not sent`,
+        { cause, outcome: 'not-applied' },
+      );
     }
-    if (/timed out/i.test(message)) this.#dropConnection(this.#redis);
-    return new StoreUnavailableError(`${what} failed: ${message}`, { cause, outcome: 'unknown' });
+    if (/timed out/i.test(message)) {
+      this.#dropConnection(this.#redis);
+      return this.#timedOut(what, cause);
+    }
+    if ((err as { name?: unknown } | null)?.name === 'MaxRetriesPerRequestError' || /max retries/i.test(message)) {
+      // With maxRetriesPerRequest 0, ioredis fails the requests in flight when their connection drops.
+      return new StoreUnavailableError(
+        `the connection to ${where} dropped while ${what} was in flight (${this.#lastProblem ?? 'connection lost'}); ` +
+          OUTCOME_UNKNOWN,
+        { cause, outcome: 'unknown' },
+      );
+    }
+    return new StoreUnavailableError(
+      `${what} failed on ${where} (${networkProblem(err) ?? 'an unexpected error: see the cause'}); ${OUTCOME_UNKNOWN}`,
+      { cause, outcome: 'unknown' },
+    );
+  }
+
+  /** A request went unanswered for requestTimeoutMs (the caller drops its connection): its outcome is unknown. */
+  #timedOut(what: string, cause?: unknown): StoreUnavailableError {
+    return new StoreUnavailableError(
+      `Redis at ${this.#where} did not answer ${what} within ${this.requestTimeoutMs} ms; ${OUTCOME_UNKNOWN}`,
+      { cause, outcome: 'unknown' },
+    );
   }
 
   /**
@@ -697,7 +741,8 @@ export class RedisStore extends StoreBase {
       this.clock,
     ).catch((cause: unknown) => {
       throw new StoreUnavailableError(
-        `could not subscribe to Redis change notifications within ${this.requestTimeoutMs} ms`,
+        `could not subscribe to change notifications of Redis at ${this.#where} within ${this.requestTimeoutMs} ms; ` +
+          'check that the server runs and allows SUBSCRIBE',
         {
           cause,
           outcome: 'not-applied',

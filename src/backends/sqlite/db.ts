@@ -112,6 +112,34 @@ export function isSqliteError(err: unknown): err is Error & { code: string } {
   return err instanceof Database.SqliteError;
 }
 
+/**
+ * What a SQLite error code says about the database file, in words, with what
+ * to do (SQLite's own text names an internal condition, not the remedy).
+ */
+export function sqliteProblem(code: string, path: string): string {
+  if (code.startsWith('SQLITE_READONLY')) {
+    return `the database file ${path} is read-only for this process; give it write access to the file and its directory (for the -wal and -shm files)`;
+  }
+  if (code.startsWith('SQLITE_CANTOPEN')) {
+    return `the database file ${path} cannot be opened; check that its directory exists and that this process may write there`;
+  }
+  if (code === 'SQLITE_FULL') return `the disk holding ${path} is full; free some space`;
+  if (code.startsWith('SQLITE_IOERR')) {
+    return `reading or writing ${path} failed (an I/O error of the disk or file system); check the disk`;
+  }
+  if (code === 'SQLITE_PERM' || code === 'SQLITE_AUTH') {
+    return `the operating system refused access to ${path}; check its permissions`;
+  }
+  if (code === 'SQLITE_PROTOCOL') {
+    return `the locks of ${path} failed (is it on a network file system?); use a file on a local disk`;
+  }
+  if (code === 'SQLITE_NOMEM') return 'SQLite ran out of memory';
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+    return `the database file ${path} is damaged (SQLite found it malformed); restore it from a backup or delete it (all sessions then end); Rebalancer will not repair it`;
+  }
+  return `SQLite failed on ${path} (error ${code})`;
+}
+
 /** Thrown by a commit that failed: whether it applied is unknown. */
 export class CommitError extends Error {
   constructor(cause: unknown) {

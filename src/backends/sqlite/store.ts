@@ -36,6 +36,7 @@ import type {
 } from '../../store/contract.js';
 import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
 import { readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet, type HintQueue } from '../../store/watchers.js';
 import { hostMonotonicMs } from './clock.js';
@@ -45,6 +46,7 @@ import {
   Connection,
   isBusy,
   isSqliteError,
+  sqliteProblem,
   type ConnectionOptions,
   type SqliteDriverOptions,
 } from './db.js';
@@ -278,15 +280,13 @@ export class SqliteStore extends StoreBase {
     }
   }
 
+  /** SQLite's errors in words, with what to do; the driver's error is the cause. */
   #mapError(err: unknown, kind: string): unknown {
     if (err instanceof RebalancerError) return err;
     if (err instanceof CommitError) {
       const cause = err.cause;
-      return new StoreUnavailableError(
-        `sqlite ${kind}: COMMIT failed (${cause instanceof Error ? cause.message : String(cause)}); ` +
-          'the change may or may not have been applied: re-read before retrying',
-        { cause, outcome: 'unknown' },
-      );
+      const problem = isSqliteError(cause) ? sqliteProblem(cause.code, this.path) : `committing to ${this.path} failed`;
+      return new StoreUnavailableError(`sqlite ${kind}: ${problem}; ${OUTCOME_UNKNOWN}`, { cause, outcome: 'unknown' });
     }
     if (isSqliteError(err)) {
       if (isBusy(err)) {
@@ -297,13 +297,9 @@ export class SqliteStore extends StoreBase {
         );
       }
       if (err.code.startsWith('SQLITE_CORRUPT') || err.code === 'SQLITE_NOTADB') {
-        return new CorruptDataError(
-          `sqlite ${kind}: the database file ${this.path} is damaged (${err.code}: ${err.message}); ` +
-            'restore it or delete it (all sessions then end) — Rebalancer will not repair it',
-          { cause: err },
-        );
+        return new CorruptDataError(`sqlite ${kind}: ${sqliteProblem(err.code, this.path)}`, { cause: err });
       }
-      return new StoreUnavailableError(`sqlite ${kind} failed (${err.code}: ${err.message}); nothing was applied`, {
+      return new StoreUnavailableError(`sqlite ${kind}: ${sqliteProblem(err.code, this.path)}; nothing was applied`, {
         cause: err,
         outcome: 'not-applied',
       });
@@ -321,10 +317,17 @@ export class SqliteStore extends StoreBase {
     } catch (err) {
       if (isBusy(err) || err instanceof RebalancerError) throw err;
       if (first && isSqliteError(err)) {
+        if (err.code === 'SQLITE_NOTADB') {
+          throw new InvalidArgumentError(
+            `${this.path} is not a SQLite database; give Rebalancer a file of its own (a new one is created)`,
+            { cause: err },
+          );
+        }
+        if (err.code.startsWith('SQLITE_CORRUPT')) {
+          throw new CorruptDataError(`sqlite open: ${sqliteProblem(err.code, this.path)}`, { cause: err });
+        }
         throw new InvalidArgumentError(
-          err.code === 'SQLITE_NOTADB'
-            ? `${this.path} is not a SQLite database`
-            : `cannot open the sqlite database ${this.path} for writing (${err.code}: ${err.message})`,
+          `cannot open the sqlite database ${this.path} for writing: ${sqliteProblem(err.code, this.path)}`,
           { cause: err },
         );
       }

@@ -16,8 +16,9 @@
  */
 import zookeeper from 'node-zookeeper-client';
 import type { ACL, Client, Event, Exception, Stat } from 'node-zookeeper-client';
-import { StoreUnavailableError } from '../../errors.js';
+import { InvalidArgumentError, StoreUnavailableError } from '../../errors.js';
 import type { Clock } from '../../store/contract.js';
+import { notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 
 /** ZooKeeper op codes used in multi (protocol constants, stable since 3.4). */
@@ -65,6 +66,12 @@ export const ZK = {
   SESSION_EXPIRED: -112,
   AUTH_FAILED: -115,
 } as const;
+
+/** The name of a ZooKeeper error code (NO_NODE, CONNECTION_LOSS…), for messages. */
+export function zkCodeName(code: number): string {
+  for (const [name, value] of Object.entries(zookeeper.Exception)) if (value === code) return name;
+  return String(code);
+}
 
 export function zkCode(err: unknown): number | undefined {
   if (err instanceof MultiError) return err.code;
@@ -162,7 +169,9 @@ export class Connection {
         cleanup();
         void conn.close();
         reject(
-          new StoreUnavailableError('ZooKeeper rejected the authentication credentials', { outcome: 'not-applied' }),
+          new InvalidArgumentError(
+            `${conn.where} refused the authentication; check the user and password in the URL or the auth option`,
+          ),
         );
       };
       cleanup = () => {
@@ -177,13 +186,17 @@ export class Connection {
       onTimeout: () => {
         cleanup();
         void conn.close();
-        return new StoreUnavailableError(
-          `could not connect to ZooKeeper at ${opts.connectString} within ${opts.requestTimeoutMs} ms`,
-          { outcome: 'unknown' },
-        );
+        return new StoreUnavailableError(notAnswering(conn.where, `no session within ${opts.requestTimeoutMs} ms`), {
+          outcome: 'unknown',
+        });
       },
     });
     return conn;
+  }
+
+  /** "ZooKeeper at host:port[,host:port…]", for messages. */
+  get where(): string {
+    return `ZooKeeper at ${this.#opts.connectString}`;
   }
 
   /** The ZooKeeper session id of this connection. */
@@ -352,10 +365,15 @@ export class Connection {
             reject(new MultiError(code, index));
             return;
           }
-          reject(this.#mapError(error, 'ZooKeeper transaction'));
+          reject(this.#mapError(error, 'the transaction'));
         });
       } catch (cause) {
-        reject(new StoreUnavailableError('ZooKeeper transaction could not be sent', { cause, outcome: 'not-applied' }));
+        reject(
+          new StoreUnavailableError(`the transaction could not be sent to ${this.where}; retry`, {
+            cause,
+            outcome: 'not-applied',
+          }),
+        );
         return;
       }
       packet = Array.isArray(queue) && queue.length > before ? queue[queue.length - 1] : undefined;
@@ -372,7 +390,11 @@ export class Connection {
             outcome = 'not-applied';
           }
         }
-        return new StoreUnavailableError(`ZooKeeper transaction timed out after ${timeoutMs} ms`, { outcome });
+        return new StoreUnavailableError(
+          `${this.where} did not answer the transaction within ${timeoutMs} ms; ` +
+            (outcome === 'unknown' ? OUTCOME_UNKNOWN : 'it was withdrawn before it was sent'),
+          { outcome },
+        );
       },
     });
   }
@@ -387,38 +409,55 @@ export class Connection {
       try {
         start((error, value) => {
           if (error === null || error === undefined) resolve(value);
-          else reject(this.#mapError(error, `ZooKeeper ${what}`));
+          else reject(this.#mapError(error, what));
         });
       } catch (cause) {
-        reject(new StoreUnavailableError(`ZooKeeper ${what} could not be sent`, { cause, outcome: 'not-applied' }));
+        reject(
+          new StoreUnavailableError(`${what} could not be sent to ${this.where}; retry`, {
+            cause,
+            outcome: 'not-applied',
+          }),
+        );
       }
     });
     return withTimeout(answered, requestTimeoutMs, this.#opts.clock, {
       onTimeout: () =>
-        new StoreUnavailableError(`ZooKeeper ${what} timed out after ${requestTimeoutMs} ms`, { outcome: 'unknown' }),
+        new StoreUnavailableError(
+          `${this.where} did not answer ${what} within ${requestTimeoutMs} ms; check that the server runs and is reachable`,
+          { outcome: 'unknown' },
+        ),
     });
   }
 
-  /** Driver errors keep their ZooKeeper code (`zkCode`) as the cause; callers map session expiry. */
+  /**
+   * Driver errors in our words, the driver's error (with its ZooKeeper code,
+   * see `zkCode`) as the cause; callers map session expiry.
+   */
   #mapError(error: Error | Exception, what: string): Error {
     const code = zkCode(error);
-    if (code === ZK.SESSION_EXPIRED) return new ZkSessionExpired(what, error);
+    if (code === ZK.SESSION_EXPIRED) return new ZkSessionExpired(`${what} on ${this.where}`, error);
     if (code === ZK.NO_AUTH || code === ZK.AUTH_FAILED) {
-      return new StoreUnavailableError(`${what}: permission denied by ZooKeeper (check the auth and ACL options)`, {
-        cause: error,
-        outcome: 'not-applied',
-      });
+      return new StoreUnavailableError(
+        `${this.where} refused ${what}: permission denied; check the auth and acls options`,
+        { cause: error, outcome: 'not-applied' },
+      );
     }
-    return new StoreUnavailableError(`${what} failed: ${String(error)}`, {
-      cause: error,
-      outcome: code === undefined || code === ZK.CONNECTION_LOSS ? 'unknown' : 'not-applied',
-    });
+    if (code === undefined || code === ZK.CONNECTION_LOSS) {
+      return new StoreUnavailableError(
+        `the connection to ${this.where} dropped while ${what} was in flight; ${OUTCOME_UNKNOWN}`,
+        { cause: error, outcome: 'unknown' },
+      );
+    }
+    return new StoreUnavailableError(
+      `${this.where} refused ${what} (ZooKeeper error ${zkCodeName(code)}); nothing was applied`,
+      { cause: error, outcome: 'not-applied' },
+    );
   }
 }
 
 /** The server said this connection's session is gone. */
 export class ZkSessionExpired extends Error {
   constructor(what: string, cause: unknown) {
-    super(`${what}: ZooKeeper session expired`, { cause });
+    super(`${what}: the ZooKeeper session expired`, { cause });
   }
 }

@@ -49,7 +49,16 @@ import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
 import { withTimeout } from '../../store/timeout.js';
 import { chooseBranch, readStoreOptions } from '../../store/validate.js';
-import { Connection, MultiError, OP, ZK, ZkSessionExpired, type MultiOp, type MultiResult } from './connection.js';
+import {
+  Connection,
+  MultiError,
+  OP,
+  ZK,
+  ZkSessionExpired,
+  zkCodeName,
+  type MultiOp,
+  type MultiResult,
+} from './connection.js';
 import {
   LAYOUT_VERSION,
   decodeEnvelope,
@@ -360,10 +369,7 @@ export class ZookeeperStore extends StoreBase<Connection> {
           }
           this.#replaceMain(conn);
           if (this.clock.now() < deadline) continue;
-          throw new StoreUnavailableError('ZooKeeper connection session expired; reconnecting', {
-            cause: err,
-            outcome: 'not-applied',
-          });
+          throw this.#sessionLost(err);
         }
         throw err;
       }
@@ -506,9 +512,12 @@ export class ZookeeperStore extends StoreBase<Connection> {
     if (this.#mainReplacing !== undefined) {
       return withTimeout(this.#mainReplacing, this.requestTimeoutMs, this.clock, {
         onTimeout: () =>
-          new StoreUnavailableError('ZooKeeper: reconnecting after the store connection expired', {
-            outcome: 'not-applied',
-          }),
+          new StoreUnavailableError(
+            `the store is still reconnecting to ${this.#where} after its session expired; retry shortly`,
+            {
+              outcome: 'not-applied',
+            },
+          ),
       });
     }
     const conn = this.#main;
@@ -532,10 +541,7 @@ export class ZookeeperStore extends StoreBase<Connection> {
         return await fn(await this.#mainConnection());
       } catch (err2) {
         if (err2 instanceof ZkSessionExpired) {
-          throw new StoreUnavailableError('ZooKeeper connection session expired; reconnecting', {
-            cause: err2,
-            outcome: 'not-applied',
-          });
+          throw this.#sessionLost(err2);
         }
         throw err2;
       }
@@ -875,10 +881,14 @@ export class ZookeeperStore extends StoreBase<Connection> {
         ) {
           return undefined;
         }
-        throw new StoreUnavailableError(`ZooKeeper refused the transaction (code ${err.code} at op ${err.index})`, {
-          cause: err,
-          outcome: 'not-applied',
-        });
+        throw new StoreUnavailableError(
+          `${this.#where} refused the transaction (ZooKeeper error ` +
+            `${zkCodeName(err.code)} at operation ${err.index}); nothing was applied`,
+          {
+            cause: err,
+            outcome: 'not-applied',
+          },
+        );
       }
       throw err;
     }
@@ -1048,13 +1058,30 @@ export class ZookeeperStore extends StoreBase<Connection> {
       const z = conn.lastZxid;
       if (z === undefined || z >= this.#highWater) return;
       if (this.clock.now() >= deadline) {
-        throw new StoreUnavailableError('ZooKeeper server lags behind writes this store has seen', {
-          outcome: 'not-applied',
-        });
+        throw new StoreUnavailableError(
+          `the server of ${this.#where} that this store reads from lags behind writes the store has already ` +
+            'seen; retry shortly',
+          {
+            outcome: 'not-applied',
+          },
+        );
       }
       if (i > 0) await this.#sleep(Math.min(50, 2 ** i));
       await conn.exists(this.#revPath);
     }
+  }
+
+  /** "ZooKeeper at host:port[,host:port…]", for messages. */
+  get #where(): string {
+    return `ZooKeeper at ${this.#connOpts.connectString}`;
+  }
+
+  /** The store's own ZooKeeper session expired (a long partition): it reconnects; callers retry. */
+  #sessionLost(cause: unknown): StoreUnavailableError {
+    return new StoreUnavailableError(
+      `the store's own session with ${this.#where} expired (a long partition?); it is reconnecting, retry shortly`,
+      { cause, outcome: 'not-applied' },
+    );
   }
 
   #sleep(ms: number): Promise<void> {
