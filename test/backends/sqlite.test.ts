@@ -70,7 +70,9 @@ describe('sqlite URLs and options', () => {
   });
 
   it('rejects URLs it cannot serve, saying what a valid one looks like', () => {
+    writeFileSync(join(root, 'plain-file'), '');
     const cases: [string, RegExp][] = [
+      [`sqlite:${root}/plain-file/x/y.db`, /\(a part of the path is not a directory\); use a path/],
       ['sqlite:', /sqlite:PATH/],
       ['sqlite::memory:', /other processes/],
       ['sqlite:file:x.db?mode=memory', /other processes/],
