@@ -6,6 +6,7 @@
  * did not answer, why, and what to check. The driver's error stays the
  * `cause` of ours.
  */
+import { StoreUnavailableError } from '../errors.js';
 
 /** Node's system error codes, as an operator would say them. */
 const PROBLEMS: Readonly<Record<string, string>> = {
@@ -73,3 +74,23 @@ export function notAnswering(server: string, problem: string): string {
 
 /** What to add when a write's outcome is unknown. */
 export const OUTCOME_UNKNOWN = 'it may or may not have been applied: re-read before retrying';
+
+/**
+ * The error of a request that failed below the server's answer: "<server> is
+ * not answering (<problem>); check…" when the network `problem` is known,
+ * else "<what> failed on <server> (an unexpected error: see the cause)"; with
+ * the advice for a write whose outcome is unknown.
+ */
+export function requestFailed(
+  server: string,
+  what: string,
+  problem: string | undefined,
+  cause: unknown,
+  outcome: 'not-applied' | 'unknown',
+): StoreUnavailableError {
+  const text =
+    problem === undefined
+      ? `${what} failed on ${server} (an unexpected error: see the cause)`
+      : notAnswering(server, problem);
+  return new StoreUnavailableError(outcome === 'unknown' ? `${text}; ${OUTCOME_UNKNOWN}` : text, { cause, outcome });
+}

@@ -9,7 +9,7 @@
  */
 import { ClientClosedError, EtcdLeaseInvalidError, isRecoverableError } from 'etcd3';
 import { ClosedError, InvalidArgumentError, RebalancerError, StoreUnavailableError } from '../../errors.js';
-import { networkProblem, notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
+import { networkProblem, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 
 /**
  * `read`: changes nothing (reads, keep-alive), so never "applied".
@@ -129,16 +129,10 @@ export function toStoreError(err: unknown, what: string, kind: RequestKind, wher
   if (state !== undefined) return new StoreUnavailableError(`${where} ${state}${after}`, { cause: err, outcome });
   const problem =
     networkProblem(err) ??
-    (/No connection established|UNAVAILABLE|Channel closed|Name resolution failed/i.test(m)
-      ? /Name resolution failed/i.test(m)
-        ? 'host name not found'
-        : 'no connection'
-      : undefined);
-  if (problem !== undefined) {
-    return new StoreUnavailableError(`${notAnswering(where, problem)}${after}`, { cause: err, outcome });
-  }
-  return new StoreUnavailableError(`${what} failed on ${where} (an unexpected error: see the cause)${after}`, {
-    cause: err,
-    outcome,
-  });
+    (/Name resolution failed/i.test(m)
+      ? 'host name not found'
+      : /No connection established|UNAVAILABLE|Channel closed/i.test(m)
+        ? 'no connection'
+        : undefined);
+  return requestFailed(where, what, problem, err, outcome);
 }

@@ -11,7 +11,7 @@
  */
 import pg from 'pg';
 import { InvalidArgumentError, RebalancerError, StoreUnavailableError } from '../../errors.js';
-import { networkProblem, notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
+import { networkProblem, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 
 export type Phase = 'connect' | 'open' | 'commit' | 'sent';
 
@@ -114,11 +114,5 @@ export function toStoreError(err: unknown, what: string, phase: Phase, where: st
       : /terminated|ended|closed|not queryable|connection error/i.test(message)
         ? 'the connection was closed'
         : undefined);
-  if (problem !== undefined) {
-    return new StoreUnavailableError(`${notAnswering(where, problem)}${after}`, { cause: err, outcome });
-  }
-  return new StoreUnavailableError(`${what} failed on ${where} (an unexpected error: see the cause)${after}`, {
-    cause: err,
-    outcome,
-  });
+  return requestFailed(where, what, problem, err, outcome);
 }

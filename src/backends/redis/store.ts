@@ -29,7 +29,7 @@ import type {
 } from '../../store/contract.js';
 import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
-import { networkProblem, notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
+import { networkProblem, notAnswering, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
@@ -626,10 +626,7 @@ export class RedisStore extends StoreBase {
         { cause, outcome: 'unknown' },
       );
     }
-    return new StoreUnavailableError(
-      `${what} failed on ${where} (${networkProblem(err) ?? 'an unexpected error: see the cause'}); ${OUTCOME_UNKNOWN}`,
-      { cause, outcome: 'unknown' },
-    );
+    return requestFailed(where, what, networkProblem(err), cause, 'unknown');
   }
 
   /** A request went unanswered for requestTimeoutMs (the caller drops its connection): its outcome is unknown. */
