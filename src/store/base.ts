@@ -3,9 +3,10 @@
  * checking the arguments of every call (the same bad input gets the same
  * typed error everywhere), refusing calls once close() has begun, the
  * sessions' bookkeeping (a session handed back must be this store's and
- * usable; one that ends on the server is marked expired; one whose creation
- * raced close() is closed), and an idempotent close(). A backend supplies
- * only the requests themselves (the protected abstract methods).
+ * usable; one that ends on the server is marked expired), closing a
+ * session or a watch whose creation raced close(), and an idempotent close().
+ * A backend supplies only the requests themselves (the protected abstract
+ * methods).
  */
 import { ClosedError, InvalidArgumentError, SessionExpiredError } from '../errors.js';
 import type {
@@ -116,7 +117,13 @@ export abstract class StoreBase<D = undefined> implements Store {
     validatePrefix(prefix);
     if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
     this.assertOpen();
-    return this.startWatch(prefix, onHint);
+    const watcher = await this.startWatch(prefix, onHint);
+    if (this.#closed) {
+      // close() began while the watch was being set up and may not have seen it.
+      await watcher.close();
+      throw new ClosedError(`${this.backend} store`);
+    }
+    return watcher;
   }
 
   close(): Promise<void> {

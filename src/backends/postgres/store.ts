@@ -494,7 +494,6 @@ export class PostgresStore extends StoreBase {
       const h = await this.#header();
       this.#seenRevision ??= h.revision;
     }
-    this.assertOpen();
     return this.#watchers.add(prefix, onHint);
   }
 

@@ -432,7 +432,6 @@ export class RedisStore extends StoreBase {
 
   protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     await this.#whenSubscribed();
-    this.assertOpen();
     const watcher = this.#watchers.add(prefix, onHint);
     if (!this.#timerFast) this.#schedule();
     return watcher;

@@ -226,7 +226,6 @@ export class SqliteStore extends StoreBase {
       // Without watchers the poller does not follow the change log; start from now.
       const rev = await this.#request('watch', 'read', (ctx) => ctx.conn.revision(this.namespace));
       if (this.#watchers.size === 0) this.#lastSeenRev = rev;
-      this.assertOpen();
     }
     return this.#watchers.add(prefix, onHint);
   }
