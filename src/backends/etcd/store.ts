@@ -26,6 +26,7 @@ import {
 } from '../../errors.js';
 import { OptionReader, stringList } from '../../options.js';
 import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
   CommonStoreOptions,
   KeyValue,
@@ -406,7 +407,7 @@ export class EtcdStore extends StoreBase<string> {
         const retry = kind === 'write' ? isNotApplied(err) : isTransient(err);
         if (!retry || this.closed || clock.now() + backoffMs >= deadlineAt)
           throw toStoreError(err, what, kind, this.#where);
-        await new Promise<void>((r) => clock.setTimeout(r, backoffMs));
+        await sleep(clock, backoffMs);
         backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
       }
     }

@@ -15,6 +15,7 @@ import { castGrpcError, type IDuplexStream, type IWatchRequest, type IWatchRespo
 import { ClosedError, StoreUnavailableError } from '../../errors.js';
 import type { Clock, TimerHandle, WatchHint, Watcher } from '../../store/contract.js';
 import { networkProblem, notAnswering } from '../../store/network.js';
+import { sleep } from '../../store/clock.js';
 import { withTimeout } from '../../store/timeout.js';
 
 type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
@@ -85,7 +86,7 @@ export class EtcdWatch implements Watcher {
         lastError = err;
         const waitMs = Math.min(this.#retryMs, deadline - clock.now());
         this.#retryMs = Math.min(this.#retryMs * 2, MAX_RETRY_MS);
-        if (waitMs > 0) await new Promise<void>((r) => clock.setTimeout(r, waitMs));
+        if (waitMs > 0) await sleep(clock, waitMs);
       }
     }
     await this.close();

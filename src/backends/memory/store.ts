@@ -7,6 +7,7 @@
 import { InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
 import { OptionReader } from '../../options.js';
 import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
   CommonStoreOptions,
   KeyValue,
@@ -285,7 +286,7 @@ export class MemoryStore extends StoreBase {
 
   #delay(ms: number): Promise<void> {
     if (ms <= 0) return Promise.resolve();
-    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
+    return sleep(this.clock, ms);
   }
 
   /** Wait while the client is frozen (faults.hold). */
