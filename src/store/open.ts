@@ -12,7 +12,9 @@
  *   zk://host:port[,host:port…][/chroot]
  */
 import { InvalidArgumentError } from '../errors.js';
+import { OptionReader } from '../options.js';
 import type { CommonStoreOptions, Store } from './contract.js';
+import { readStoreOptions } from './validate.js';
 
 /** What each backend module exports for URL-based opening. */
 export interface BackendModule {
@@ -57,8 +59,17 @@ export function storeScheme(url: string): string {
   return scheme;
 }
 
+/**
+ * Open the store a URL names. `options` are the ones every backend accepts
+ * (CommonStoreOptions); they are checked before the backend is loaded, so a
+ * misspelt or mistyped option is refused by name at once. A backend's own
+ * options go to its create function (createRedisStore, …).
+ */
 export async function openStore(url: string, options: CommonStoreOptions = {}): Promise<Store> {
   const scheme = storeScheme(url);
+  const r = new OptionReader(options, 'openStore options');
+  readStoreOptions(r);
+  r.done();
   const loader = LOADERS[scheme];
   if (loader === undefined) throw new InvalidArgumentError(`unsupported store URL scheme ${scheme}`);
   let mod: BackendModule;

@@ -5,8 +5,9 @@
  * request); this class owns the schedule, the state machine and the
  * self-fencing deadline, so those rules are written (and tested) once.
  */
-import { SessionExpiredError, StoreUnavailableError } from '../errors.js';
+import { SessionExpiredError } from '../errors.js';
 import type { Clock, Session, SessionEnd, SessionState, TimerHandle } from './contract.js';
+import { withTimeout } from './timeout.js';
 
 /** Keep-alive and deadline timers must not keep a process alive on their own. */
 const BACKGROUND = { background: true } as const;
@@ -228,24 +229,4 @@ export class ManagedSession implements Session {
     this.#resolveEnded(end);
     this.#opts.onEnd?.(end);
   }
-}
-
-/** Reject with StoreUnavailableError (outcome unknown) if `p` takes longer than `ms`. */
-export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = clock.setTimeout(
-      () => reject(new StoreUnavailableError(`store request timed out after ${ms} ms`, { outcome: 'unknown' })),
-      ms,
-    );
-    p.then(
-      (v) => {
-        clock.clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clock.clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }

@@ -4,7 +4,9 @@
  * the same way.
  */
 import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '../errors.js';
-import type { Compare, KeyValue, Op, SessionOptions, StoreLimits, Txn } from './contract.js';
+import type { OptionReader } from '../options.js';
+import { systemClock } from './clock.js';
+import type { Clock, Compare, KeyValue, Op, SessionOptions, StoreLimits, Txn } from './contract.js';
 
 /**
  * Limits of the contract. They are the same on every backend so that code
@@ -38,22 +40,35 @@ export function validateNamespace(namespace: string | undefined): string {
   return ns;
 }
 
-export function validateDriftRate(rate: number | undefined): number {
-  const r = rate ?? DEFAULT_MAX_CLOCK_DRIFT_RATE;
-  if (typeof r !== 'number' || !Number.isFinite(r) || r < 0 || r >= 0.5) {
-    throw new InvalidArgumentError(`maxClockDriftRate must be a number in [0, 0.5), got ${String(r)}`);
-  }
-  return r;
+/** The options every backend accepts (CommonStoreOptions), checked, with their defaults. */
+export interface StoreSettings {
+  readonly namespace: string;
+  readonly maxClockDriftRate: number;
+  readonly clock: Clock;
+  readonly requestTimeoutMs: number;
 }
 
-export function validateTimeout(name: string, ms: number | undefined, fallback: number): number {
-  const v = ms ?? fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 3_600_000) {
-    throw new InvalidArgumentError(
-      `${name} must be a positive number of milliseconds up to one hour, got ${String(v)}`,
-    );
+/**
+ * Read CommonStoreOptions with `r` (the caller reads its backend's own
+ * options with the same reader, then calls `r.done()`, which refuses the
+ * keys nobody read). `clock` defaults to `defaultClock`.
+ */
+export function readStoreOptions(r: OptionReader, defaultClock: Clock = systemClock): StoreSettings {
+  const namespace = validateNamespace(r.string('namespace', DEFAULT_NAMESPACE, 64));
+  // A rate near 0.5 would leave a session half its TTL or less to use: that is a broken clock, not drift.
+  const maxClockDriftRate = r.number('maxClockDriftRate', DEFAULT_MAX_CLOCK_DRIFT_RATE, { min: 0, max: 0.49 });
+  const requestTimeoutMs = r.ms('requestTimeoutMs', DEFAULT_REQUEST_TIMEOUT_MS, { min: 1, max: 3_600_000 });
+  let clock = defaultClock;
+  const c = r.object('clock');
+  if (c !== undefined) {
+    // Any object with these three will do (systemClock, a VirtualClock, the simulator's world…);
+    // its other members are its own business, so they are not refused.
+    c.fn('now');
+    c.fn('setTimeout');
+    c.fn('clearTimeout');
+    clock = r.raw('clock') as Clock;
   }
-  return v;
+  return { namespace, maxClockDriftRate, clock, requestTimeoutMs };
 }
 
 const encoder = new TextEncoder();
@@ -277,6 +292,19 @@ export function evaluateCompare(c: Compare, kv: KeyValue | undefined): boolean {
       }
     }
   }
+}
+
+/**
+ * Evaluate a transaction's compares against the current state of their keys
+ * (`current` returns undefined for a missing key) and pick the branch that
+ * runs. Shared by the backends that compare in JavaScript rather than on the server.
+ */
+export function chooseBranch(
+  txn: Txn,
+  current: (key: string) => KeyValue | undefined,
+): { readonly succeeded: boolean; readonly branch: readonly Op[] } {
+  const succeeded = txn.compare.every((c) => evaluateCompare(c, current(c.key)));
+  return { succeeded, branch: succeeded ? txn.then : (txn.else ?? []) };
 }
 
 /** Keys the transaction's branches write, for backends that must lock or watch them. */

@@ -23,7 +23,9 @@ import {
   IncompatibleSchemaError,
   InvalidArgumentError,
   LimitExceededError,
+  StoreUnavailableError,
 } from '../../src/errors.js';
+import { VirtualClock } from '../../src/store/clock.js';
 import type { WatchHint } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
@@ -283,6 +285,33 @@ describe('postgres watches', () => {
     const [low, high] = prefixRange('é');
     expect(low).toEqual(Buffer.from([0xc3, 0xa9]));
     expect(high).toEqual(Buffer.from([0xc3, 0xaa]));
+  });
+});
+
+describe('postgres timers', () => {
+  it('times a request out when the injected clock says so, not by real time', async () => {
+    const proxy = await startProxy({ host: '127.0.0.1', port: server.port });
+    const clock = new VirtualClock();
+    const s = await open(freshSchema(), {
+      connectionString: server.url.replace(`:${server.port}/`, `:${proxy.port}/`),
+      clock,
+      requestTimeoutMs: 300,
+      listen: false,
+    });
+    try {
+      proxy.setMode('blackhole');
+      const outcome = rejection(s.get('k'));
+      let settled = false;
+      void outcome.then(() => (settled = true));
+      await new Promise((r) => setTimeout(r, 800));
+      expect(settled).toBe(false);
+      await clock.runFor(300);
+      expect(await outcome).toBeInstanceOf(StoreUnavailableError);
+    } finally {
+      proxy.setMode('pass');
+      proxy.resetAll();
+      await proxy.close();
+    }
   });
 });
 

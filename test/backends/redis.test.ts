@@ -124,6 +124,67 @@ describe('redis store on a private server', () => {
     expect(Date.now() - started).toBeLessThan(3500);
   });
 
+  describe('the database a URL selects', () => {
+    it('refuses a database the server does not have, naming it and the server’s count, and writes nothing', async () => {
+      const ns = fresh();
+      for (const open of [
+        () => createRedisStore({ url: `${server.url}/99`, namespace: ns }),
+        () => openStore(`${server.url}/16`, { namespace: ns }),
+        () => createRedisStore({ url: server.url, namespace: ns, redis: { db: 40 } }),
+      ]) {
+        const err = await errorOf(open());
+        expect(err).toBeInstanceOf(InvalidArgumentError);
+        const message = (err as Error).message;
+        expect(message).toContain(`Redis at 127.0.0.1:${server.port} has 16 databases (0 to 15)`);
+        expect(message).toMatch(/database (99|16|40) does not exist; use a database number below 16/);
+      }
+      // Nothing landed in database 0 (another tenant's) either.
+      expect(await raw.keys(`*${ns}*`)).toEqual([]);
+    });
+
+    it('reads and writes only the selected database', async () => {
+      const ns = fresh();
+      const s = await open(ns, { url: `${server.url}/3` });
+      await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+      expect(await raw.keys(`*${ns}*`)).toEqual([]);
+      const db3 = new Redis(server.port, '127.0.0.1', { db: 3, lazyConnect: true });
+      await db3.connect();
+      try {
+        expect((await db3.keys(`*${ns}*`)).length).toBeGreaterThan(0);
+      } finally {
+        db3.disconnect();
+      }
+    });
+
+    it('never uses a reconnected connection that could not select the database again', async () => {
+      // A user that may select databases, then may not: every reconnect's SELECT now fails.
+      const user = `u${fresh()}`;
+      await raw.call('ACL', 'SETUSER', user, 'on', '>pw', '~*', '&*', '+@all');
+      const ns = fresh();
+      const s = await open(ns, { url: `redis://${user}:pw@127.0.0.1:${server.port}/5`, requestTimeoutMs: 1000 });
+      await s.txn({ compare: [], then: [{ op: 'put', key: 'before', value: '1' }] });
+      await raw.call('ACL', 'SETUSER', user, '-select');
+      await raw.call('CLIENT', 'KILL', 'USER', user);
+      const refused = await eventually(async () => {
+        const err = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'during', value: '1' }] }));
+        return err instanceof StoreUnavailableError && err.message.includes('does not let this user select database 5');
+      }, 10_000);
+      expect(refused).toBe(true);
+      // Not one request ran in database 0.
+      expect(await raw.keys(`*${ns}*`)).toEqual([]);
+      await raw.call('ACL', 'SETUSER', user, '+select');
+      expect(
+        await eventually(async () => {
+          const err = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] }));
+          return err === undefined;
+        }, 10_000),
+      ).toBe(true);
+      expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['after', 'before']);
+      expect(await raw.keys(`*${ns}*`)).toEqual([]);
+      await raw.call('ACL', 'DELUSER', user);
+    });
+  });
+
   it('opens from a URL through openStore', async () => {
     const s = await openStore(server.url, { namespace: fresh() });
     try {

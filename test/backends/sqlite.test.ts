@@ -3,7 +3,7 @@
  * Rebalancer did not write, schema versions, the key-range arithmetic behind
  * prefix reads, clock-reset detection and a deleted database file.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
@@ -11,6 +11,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createSqliteStore, parseSqliteUrl, type SqliteStore } from '../../src/backends/sqlite/index.js';
 import { prefixUpperBound, commonPrefix } from '../../src/backends/sqlite/db.js';
 import { hostMonotonicMs } from '../../src/backends/sqlite/clock.js';
+import { VirtualClock } from '../../src/store/clock.js';
 import {
   ClosedError,
   CorruptDataError,
@@ -61,7 +62,9 @@ describe('sqlite URLs and options', () => {
   });
 
   it('rejects URLs it cannot serve, saying what a valid one looks like', () => {
+    writeFileSync(join(root, 'plain-file'), '');
     const cases: [string, RegExp][] = [
+      [`sqlite:${root}/plain-file/x/y.db`, /\(a part of the path is not a directory\); use a path/],
       ['sqlite:', /sqlite:PATH/],
       ['sqlite::memory:', /other processes/],
       ['sqlite:file:x.db?mode=memory', /other processes/],
@@ -112,16 +115,44 @@ describe('sqlite URLs and options', () => {
     expect(readFileSync(path).equals(before)).toBe(true);
   });
 
-  it('shares a file with an application’s own tables', async () => {
+  it('refuses a file that holds another application’s tables, and leaves it alone', async () => {
+    for (const ddl of [
+      "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')",
+      // Even next to Rebalancer's own tables (a file it shared before this was refused).
+      'CREATE TABLE rebalancer_meta (name TEXT PRIMARY KEY, value ANY NOT NULL); CREATE VIEW report AS SELECT 1',
+    ]) {
+      const path = freshPath();
+      const raw = new Database(path);
+      raw.exec(ddl);
+      raw.close();
+      const before = readFileSync(path);
+      const err = await rejection(createSqliteStore({ path }));
+      expect(err, ddl).toBeInstanceOf(InvalidArgumentError);
+      const message = (err as Error).message;
+      expect(message).toContain(path);
+      expect(message).toMatch(/"users"|"report"/);
+      expect(message).toContain('a database file of its own');
+      expect(message).toContain('Nothing was changed');
+      // Not even switched to WAL mode.
+      expect(readFileSync(path).equals(before), ddl).toBe(true);
+      expect(existsSync(`${path}-wal`)).toBe(false);
+    }
+    // Through a URL too.
     const path = freshPath();
     const raw = new Database(path);
-    raw.exec("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')");
+    raw.exec('CREATE TABLE orders (id INTEGER)');
     raw.close();
+    expect(await rejection(openStore(`sqlite:${path}`))).toBeInstanceOf(InvalidArgumentError);
+  });
+
+  it('opens an empty file, and a file with only its own tables', async () => {
+    const path = freshPath();
+    writeFileSync(path, '');
     const s = await open(path);
     await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
-    const raw2 = new Database(path, { readonly: true });
-    expect(raw2.prepare('SELECT name FROM users').pluck().all()).toEqual(['ada']);
-    raw2.close();
+    await s.close();
+    const again = await open(path);
+    expect((await again.get('k'))?.value).toBe('v');
   });
 });
 
@@ -206,6 +237,24 @@ describe('sqlite watches', () => {
   });
 });
 
+describe('sqlite timers', () => {
+  it('runs its poll and the announcement of other stores’ commits on the injected clock', async () => {
+    const path = freshPath();
+    const clock = new VirtualClock();
+    const watched = await createSqliteStore({ path, namespace: 'ns', clock, pollIntervalMs: 25 });
+    opened.push(watched);
+    const writer = await open(path);
+    const hints: WatchHint[] = [];
+    await watched.watch('', (h) => hints.push(h));
+    const w = await writer.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
+    // Real time passes, the store's clock does not: nothing of it may run.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(hints).toEqual([]);
+    await clock.runFor(25);
+    expect(hints).toEqual([{ reason: 'change', revision: w.revision }]);
+  });
+});
+
 describe('sqlite data that Rebalancer did not write', () => {
   const corrupt = async (sql: string): Promise<{ s: SqliteStore; path: string }> => {
     const path = freshPath();
@@ -260,6 +309,37 @@ describe('sqlite data that Rebalancer did not write', () => {
     expect(err).toBeInstanceOf(CorruptDataError);
     await expectCorrupt(s.get('meta'), 'meta');
     expect((await s.get('ok'))?.value).toBe('fine');
+  });
+});
+
+describe('sqlite errors', () => {
+  it('reports a damaged file in words that name it and say what to do, with SQLite’s error as the cause', async () => {
+    const path = freshPath();
+    const s = await open(path);
+    // Enough rows for the keys table to span many pages.
+    for (let i = 0; i < 20; i++) {
+      await s.txn({
+        compare: [],
+        then: Array.from({ length: 50 }, (_, j) => ({ op: 'put' as const, key: `k${i}/${j}`, value: 'v'.repeat(200) })),
+      });
+    }
+    await s.close();
+    // Scribble over everything after the first page (the schema), as a failing disk would.
+    const bytes = readFileSync(path);
+    bytes.fill(0xa5, 4096 * 2);
+    writeFileSync(path, bytes);
+    const err = await rejection(
+      (async () => {
+        const again = await open(path);
+        await again.range('');
+      })(),
+    );
+    expect(err).toBeInstanceOf(CorruptDataError);
+    const message = (err as Error).message;
+    expect(message).toContain(`the database file ${path} is damaged`);
+    expect(message).toContain('restore it from a backup or delete it');
+    expect(message).not.toMatch(/SQLITE_|database disk image is malformed/);
+    expect((err as Error).cause).toMatchObject({ code: expect.stringMatching(/^SQLITE_(CORRUPT|NOTADB)/) });
   });
 });
 

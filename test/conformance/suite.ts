@@ -402,6 +402,53 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       expect(await s.get('bound')).toBeUndefined();
     });
 
+    it('attaches keys only through the store that opened the session', async () => {
+      const ns = freshNamespace();
+      const a = await open(ns);
+      const b = await open(ns);
+      const session = await a.openSession({ ttlMs: target.ttlMs });
+      const notASession = { ...session, id: session.id } as Session;
+      for (const foreign of [session, notASession]) {
+        const err = await put(b, 'k', 'v', foreign).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(InvalidArgumentError);
+        expect((err as Error).message).toContain('was not opened by this store');
+      }
+      expect(await b.get('k')).toBeUndefined();
+      expect(session.state).toBe('live');
+      // A watch without a function to call is refused the same way everywhere.
+      const noHint = await b.watch('', 'not a function' as unknown as (h: WatchHint) => void).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(noHint).toBeInstanceOf(InvalidArgumentError);
+      await session.close();
+    });
+
+    it('never leaves a session alive that was opened while the store closed', async () => {
+      const s = await open(freshNamespace());
+      const opening = s.openSession({ ttlMs: target.ttlMs }).then(
+        (session) => session,
+        (e: unknown) => e,
+      );
+      await s.close();
+      const result = await opening;
+      if (result instanceof Error) {
+        expect(result).toBeInstanceOf(RebalancerError);
+      } else {
+        // Whatever the store returned has ended: nothing keeps it alive or lets keys be attached to it.
+        expect(['closed', 'expired']).toContain((result as Session).state);
+      }
+      expect(
+        await s.get('k').then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+      ).toBeInstanceOf(RebalancerError);
+    });
+
     it('ends sessions independently, and tells watchers when keys vanish', async () => {
       const ns = freshNamespace();
       const s = await open(ns);

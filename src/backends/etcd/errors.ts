@@ -9,6 +9,7 @@
  */
 import { ClientClosedError, EtcdLeaseInvalidError, isRecoverableError } from 'etcd3';
 import { ClosedError, InvalidArgumentError, RebalancerError, StoreUnavailableError } from '../../errors.js';
+import { networkProblem, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 
 /**
  * `read`: changes nothing (reads, keep-alive), so never "applied".
@@ -65,31 +66,73 @@ export function isLeaseNotFound(err: unknown): boolean {
   return err instanceof EtcdLeaseInvalidError || /requested lease not found/.test(messageOf(err));
 }
 
-/** Map anything thrown by etcd3 to a RebalancerError (SessionExpiredError is the caller's business: it knows the session). */
-export function toStoreError(err: unknown, what: string, kind: RequestKind): RebalancerError {
+/** etcd's own conditions an operator can act on, in words. */
+const CLUSTER_STATES: readonly (readonly [RegExp, string])[] = [
+  [/etcdserver: no leader/, 'has no leader (a majority of its members is down or cut off); retry once it has one'],
+  [/etcdserver: too many requests/, 'is overloaded (too many requests); retry later'],
+  [/etcdserver: not capable/, 'runs a version that cannot serve this request; upgrade etcd'],
+  [/etcdserver: server stopped/, 'is stopping; retry once it is back'],
+  [/etcdserver: leader changed/, 'changed leader while the request was in flight'],
+  [/etcdserver: request timed out/, 'did not commit the request in time (a slow disk or a lost quorum?)'],
+  [/etcdserver: request cancelled/, 'cancelled the request'],
+  [/etcdserver: unhealthy cluster/, 'is unhealthy (members down); retry once it recovers'],
+  [/etcdserver: too many learner/, 'is reconfiguring (too many learners); retry shortly'],
+  [/DEADLINE_EXCEEDED|deadline exceeded/i, 'did not answer within requestTimeoutMs'],
+];
+
+/** "etcd at host:port[, host:port…]" for messages, from the endpoints (`http://h:p`). */
+export function clusterName(hosts: readonly string[]): string {
+  return `etcd at ${hosts.map((h) => h.replace(/^[a-z]+:\/\//i, '')).join(', ')}`;
+}
+
+/**
+ * Map anything thrown by etcd3 to a RebalancerError whose message says in
+ * words what happened at `where` ("etcd at host:port") and what to do; the
+ * gRPC error is the cause. (SessionExpiredError is the caller's business: it
+ * knows the session.)
+ */
+export function toStoreError(err: unknown, what: string, kind: RequestKind, where: string): RebalancerError {
   if (err instanceof RebalancerError) {
     // A timeout raised by our own deadline: a write may still be in flight.
     if (err instanceof StoreUnavailableError && kind === 'read' && err.outcome === 'unknown') {
-      return new StoreUnavailableError(`etcd ${what}: ${err.message}`, { cause: err, outcome: 'not-applied' });
+      return new StoreUnavailableError(err.message.replace(OUTCOME_UNKNOWN, `${what} changed nothing`), {
+        cause: err,
+        outcome: 'not-applied',
+      });
     }
     return err;
   }
   const m = messageOf(err);
   if (err instanceof ClientClosedError) return new ClosedError('etcd store');
+  if (/authentication failed|invalid auth token|user name is empty/i.test(m)) {
+    return new InvalidArgumentError(
+      `${where} refused the user name or password (authentication failed); check the credentials in the URL or the auth option`,
+      { cause: err },
+    );
+  }
   if (PERMISSION.some((re) => re.test(m))) {
     return new InvalidArgumentError(
-      `etcd refused ${what}: ${m}. Check the auth options (user, password, TLS client certificate) and that the ` +
-        "user's role grants read-write on the prefix rebalancer/",
+      `${where} refused ${what}: permission denied. Check the auth options (user, password, TLS client certificate) and ` +
+        "that the user's role grants read-write on the prefix rebalancer/",
       { cause: err },
     );
   }
   if (/request is too large|too many operations in txn|message larger than max/i.test(m)) {
-    return new InvalidArgumentError(`etcd rejected ${what} as too large: ${m}`, { cause: err });
+    return new InvalidArgumentError(
+      `${where} refused ${what} as too large; raise etcd's --max-request-bytes / --max-txn-ops, or make it smaller`,
+      { cause: err },
+    );
   }
   const outcome = kind === 'read' || isNotApplied(err) ? 'not-applied' : 'unknown';
-  return new StoreUnavailableError(
-    `etcd ${what} failed: ${m}` +
-      (outcome === 'unknown' ? ' (the write may or may not have been applied: re-read before retrying)' : ''),
-    { cause: err, outcome },
-  );
+  const after = outcome === 'unknown' ? `; ${OUTCOME_UNKNOWN}` : '';
+  const state = CLUSTER_STATES.find(([re]) => re.test(m))?.[1];
+  if (state !== undefined) return new StoreUnavailableError(`${where} ${state}${after}`, { cause: err, outcome });
+  const problem =
+    networkProblem(err) ??
+    (/Name resolution failed/i.test(m)
+      ? 'host name not found'
+      : /No connection established|UNAVAILABLE|Channel closed/i.test(m)
+        ? 'no connection'
+        : undefined);
+  return requestFailed(where, what, problem, err, outcome);
 }

@@ -18,45 +18,33 @@
  */
 import { Etcd3, type IOptions, type IResponseHeader, type ITxnResponse } from 'etcd3';
 import {
-  ClosedError,
   CorruptDataError,
   IncompatibleSchemaError,
   InvalidArgumentError,
   SessionExpiredError,
   StoreUnavailableError,
 } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { OptionReader, stringList } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
   Op,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession, withTimeout } from '../../store/session.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  decodeUtf8,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
+import { withTimeout } from '../../store/timeout.js';
+import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { KeySpace, LAYOUT_VERSION, leaseToSessionId } from './codec.js';
-import { isLeaseNotFound, isNotApplied, isTransient, toStoreError, type RequestKind } from './errors.js';
+import { clusterName, isLeaseNotFound, isNotApplied, isTransient, toStoreError, type RequestKind } from './errors.js';
 import { parseEtcdUrl } from './url.js';
 import { networkClock } from './timers.js';
 import { EtcdWatch } from './watch.js';
@@ -101,45 +89,88 @@ interface CallOptions {
   readonly deadline: number;
 }
 
-interface OwnedSession {
-  readonly session: ManagedSession;
-  /** etcd lease id (signed decimal, as the driver wants it). */
-  readonly lease: string;
+/** EtcdStoreOptions, checked. */
+interface EtcdSettings extends StoreSettings {
+  readonly hosts: readonly string[];
+  readonly auth: { readonly username: string; readonly password: string } | undefined;
+  readonly credentials: EtcdClientOptions['credentials'];
+  readonly grpcOptions: Readonly<Record<string, string | number>>;
+}
+
+function readEtcdOptions(options: EtcdStoreOptions): EtcdSettings {
+  const r = new OptionReader(options, 'createEtcdStore options');
+  const settings = readStoreOptions(r);
+  const url = r.string('url', undefined, 4096);
+  const hosts = r.raw('hosts');
+  const e = r.object('etcd');
+  let credentials: EtcdClientOptions['credentials'];
+  let auth: EtcdSettings['auth'];
+  let grpcOptions: Record<string, string | number> = {};
+  if (e !== undefined) {
+    const c = e.object('credentials');
+    if (c !== undefined) {
+      const buffer = (name: string, required: boolean): Buffer | undefined => {
+        const v = c.raw(name);
+        if (v === undefined && !required) return undefined;
+        if (!Buffer.isBuffer(v)) {
+          throw new InvalidArgumentError(`createEtcdStore options.etcd.credentials.${name} must be a Buffer (PEM)`);
+        }
+        return v;
+      };
+      const rootCertificate = buffer('rootCertificate', true) as Buffer;
+      const privateKey = buffer('privateKey', false);
+      const certChain = buffer('certChain', false);
+      c.done();
+      credentials = { rootCertificate, privateKey, certChain };
+    }
+    const a = e.object('auth');
+    if (a !== undefined) {
+      const username = a.required<string>('username', (v) => (typeof v === 'string' ? undefined : 'must be a string'));
+      const password = a.required<string>('password', (v) => (typeof v === 'string' ? undefined : 'must be a string'));
+      a.done();
+      auth = { username, password };
+    }
+    const g = e.raw('grpcOptions');
+    if (g !== undefined) {
+      if (g === null || typeof g !== 'object' || Array.isArray(g)) {
+        throw new InvalidArgumentError(
+          'createEtcdStore options.etcd.grpcOptions must be an object of gRPC channel options',
+        );
+      }
+      grpcOptions = g as Record<string, string | number>;
+    }
+    e.done();
+  }
+  r.done();
+  const endpoints = resolveEndpoints(url, hosts);
+  return { ...settings, hosts: endpoints.hosts, auth: auth ?? endpoints.auth, credentials, grpcOptions };
 }
 
 const MAX_BACKOFF_MS = 400;
 
-export class EtcdStore implements Store {
+/** Each session's etcd lease id (signed decimal, as the driver wants it). */
+export class EtcdStore extends StoreBase<string> {
   readonly backend = 'etcd';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
   /** Endpoints this store talks to. */
   readonly hosts: readonly string[];
+  /** "etcd at host:port…", for messages. */
+  readonly #where: string;
   readonly #keys: KeySpace;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
   readonly #client: Etcd3;
-  readonly #sessions = new Map<string, OwnedSession>();
   readonly #watchers = new Set<EtcdWatch>();
   /** Highest revision seen in a KV response; a later request answered below it means the cluster lost its data. */
   #maxRevision = 0;
-  #closed = false;
-  #closing: Promise<void> | undefined;
 
   /** Use createEtcdStore: it also checks the namespace's layout version. */
   constructor(options: EtcdStoreOptions) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.clock = options.clock ?? systemClock;
+    const settings = readEtcdOptions(options);
+    super(settings);
     this.#keys = new KeySpace(this.namespace);
-    const { hosts, auth } = resolveEndpoints(options);
-    this.hosts = hosts;
-    const etcd = options.etcd ?? {};
-    const timeoutMs = this.#timeoutMs;
+    this.hosts = settings.hosts;
+    this.#where = clusterName(settings.hosts);
+    const timeoutMs = this.requestTimeoutMs;
     const clientOptions: IOptions = {
-      hosts: [...hosts],
+      hosts: [...settings.hosts],
       grpcOptions: {
         // Each store owns its connections (the contract), and a restarted
         // server is re-dialled quickly rather than after gRPC's 2-minute max backoff.
@@ -150,26 +181,29 @@ export class EtcdStore implements Store {
         'grpc.keepalive_time_ms': 10_000,
         'grpc.keepalive_timeout_ms': Math.min(timeoutMs, 10_000),
         'grpc.max_receive_message_length': -1,
-        ...etcd.grpcOptions,
+        ...settings.grpcOptions,
       },
       faultHandling: { host: () => passThrough, global: passThrough },
       // Bounds calls made inside the driver (the auth token exchange); ours pass their own deadline.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
     };
-    if (etcd.credentials !== undefined) {
-      const c = etcd.credentials;
+    const c = settings.credentials;
+    if (c !== undefined) {
       clientOptions.credentials = {
         rootCertificate: c.rootCertificate,
         ...(c.privateKey === undefined ? {} : { privateKey: c.privateKey }),
         ...(c.certChain === undefined ? {} : { certChain: c.certChain }),
       };
     }
-    const user = etcd.auth ?? auth;
+    const user = settings.auth;
     if (user !== undefined) clientOptions.auth = { username: user.username, password: user.password };
     try {
       this.#client = new Etcd3(clientOptions);
     } catch (cause) {
-      throw new InvalidArgumentError(`etcd client options are invalid: ${(cause as Error).message}`, { cause });
+      throw new InvalidArgumentError(
+        'the etcd client refused its options (TLS credentials or gRPC options); check them (the cause says which)',
+        { cause },
+      );
     }
   }
 
@@ -201,55 +235,41 @@ export class EtcdStore implements Store {
     if (found !== LAYOUT_VERSION) throw new IncompatibleSchemaError(found, LAYOUT_VERSION, where);
   }
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
-    this.#assertOpen();
-    const sentAt = this.clock.now();
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<string>> {
     const grant = await this.#request('lease grant', 'write', (opts) =>
       this.#client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000) }, opts),
     );
     const grantedS = Number(grant.TTL);
     if (grant.error !== '' || !(grantedS > 0)) {
-      throw new StoreUnavailableError(`etcd refused the lease: ${grant.error || `granted TTL ${grant.TTL}`}`, {
-        outcome: 'not-applied',
-      });
+      throw new StoreUnavailableError(
+        `${this.#where} refused to grant a lease of ${Math.ceil(ttlMs / 1000)} s (it granted ${grant.TTL} s); retry, ` +
+          "or check the server's lease limits",
+        { cause: grant.error === '' ? undefined : new Error(grant.error), outcome: 'not-applied' },
+      );
     }
     const lease = grant.ID;
-    const id = leaseToSessionId(lease);
     // One keep-alive stuck on a dead connection must not use up the whole
     // TTL: give each at most a beat (TTL/3), so the next one, on a fresh
     // connection, still has time.
-    const keepAliveTimeoutMs = Math.min(this.#timeoutMs, Math.max(500, Math.floor((grantedS * 1000) / 3)));
-    const session: ManagedSession = new ManagedSession({
-      id,
+    const keepAliveTimeoutMs = Math.min(this.requestTimeoutMs, Math.max(500, Math.floor((grantedS * 1000) / 3)));
+    return {
+      id: leaseToSessionId(lease),
       ttlMs: grantedS * 1000,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: lease,
       driver: {
         keepAlive: () => this.#keepAlive(lease, keepAliveTimeoutMs),
         revoke: () => this.#revoke(lease),
       },
-      onEnd: (end) => {
-        this.#sessions.delete(id);
+      onEnd: (_session, end) => {
         // Expired locally (no acknowledgement in time): the lease may still be
         // alive on the server with our keys. Nobody will keep it alive, but
         // revoking it ends it now rather than a TTL later. Best effort.
-        if (end.state === 'expired' && !this.#closed) void this.#revoke(lease).catch(() => undefined);
+        if (end.state === 'expired' && !this.closed) void this.#revoke(lease).catch(() => undefined);
       },
-    });
-    if (this.#closed) {
-      await session.close();
-      throw new ClosedError('etcd store');
-    }
-    this.#sessions.set(id, { session, lease });
-    return session;
+    };
   }
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
-    this.#assertOpen();
+  protected async readKey(key: string): Promise<KeyValue | undefined> {
     const floor = this.#maxRevision;
     const res = await this.#request('get', 'read', (opts) => this.#client.kv.range({ key: this.#keys.key(key) }, opts));
     this.#observe(res.header, floor);
@@ -257,9 +277,7 @@ export class EtcdStore implements Store {
     return kv === undefined ? undefined : this.#keys.toKeyValue(kv);
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected async readRange(prefix: string): Promise<RangeResult> {
     const floor = this.#maxRevision;
     const res = await this.#request('range', 'read', (opts) => this.#client.kv.range(this.#keys.range(prefix), opts));
     const revision = this.#observe(res.header, floor);
@@ -267,20 +285,10 @@ export class EtcdStore implements Store {
     return { kvs: this.#keys.toKeyValues(res.kvs), revision, snapshot: true };
   }
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    this.#assertOpen();
+  protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
     const otherwise = txn.else ?? [];
-    const sessionOp = [...txn.then, ...otherwise].find(
-      (op): op is Extract<Op, { op: 'put' }> => op.op === 'put' && op.session !== undefined,
-    );
-    let owned: OwnedSession | undefined;
-    if (sessionOp?.session !== undefined) {
-      owned = this.#ownSession(sessionOp.session);
-      owned.session.assertUsable();
-    }
-    const leaseOf = (op: Op): string | undefined =>
-      op.op === 'put' && op.session !== undefined ? owned?.lease : undefined;
+    const lease = session === undefined ? undefined : this.sessions.dataOf(session);
+    const leaseOf = (op: Op): string | undefined => (op.op === 'put' && op.session !== undefined ? lease : undefined);
     const request = {
       compare: txn.compare.map((c) => this.#keys.compare(c)),
       success: txn.then.map((op) => this.#keys.op(op, leaseOf(op))),
@@ -291,17 +299,12 @@ export class EtcdStore implements Store {
     try {
       res = await this.#request('txn', 'write', (opts) => this.#client.kv.txn(request, opts));
     } catch (err) {
-      if (owned !== undefined && err instanceof SessionExpiredError) {
-        const id = owned.session.id;
-        const expired = new SessionExpiredError(
-          id,
-          `session ${id} has expired on the server (etcd: lease not found); nothing was written`,
-          {
-            cause: err,
-          },
+      if (session !== undefined && err instanceof SessionExpiredError) {
+        throw new SessionExpiredError(
+          session.id,
+          `session ${session.id} has expired on the server (etcd: lease not found); nothing was written`,
+          { cause: err },
         );
-        owned.session.markExpired(expired);
-        throw expired;
       }
       throw err;
     }
@@ -327,14 +330,12 @@ export class EtcdStore implements Store {
     return { succeeded: res.succeeded, revision, results };
   }
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     const w = new EtcdWatch({
       client: this.#client.watchClient,
       clock: networkClock,
-      requestTimeoutMs: this.#timeoutMs,
+      requestTimeoutMs: this.requestTimeoutMs,
+      where: this.#where,
       range: this.#keys.range(prefix),
       onHint,
       onClose: (x) => this.#watchers.delete(x),
@@ -344,34 +345,14 @@ export class EtcdStore implements Store {
     return w;
   }
 
-  close(): Promise<void> {
-    this.#closing ??= this.#close();
-    return this.#closing;
-  }
-
-  async #close(): Promise<void> {
-    this.#closed = true;
+  protected async closeStore(): Promise<void> {
     for (const w of [...this.#watchers]) await w.close();
     // Revoke leases in parallel: each is bounded by requestTimeoutMs.
-    await Promise.all([...this.#sessions.values()].map((s) => s.session.close()));
-    this.#sessions.clear();
+    await this.sessions.closeAll();
     this.#client.close();
   }
 
   // ---- internals ------------------------------------------------------------
-
-  #assertOpen(): void {
-    if (this.#closed) throw new ClosedError('etcd store');
-  }
-
-  #ownSession(session: Session): OwnedSession {
-    const owned = this.#sessions.get(session?.id);
-    if (owned === undefined || owned.session !== session) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return owned;
-  }
 
   /**
    * Record a response's revision. Linearizable requests sent after another
@@ -385,7 +366,7 @@ export class EtcdStore implements Store {
         `etcd revision went backwards (${revision} after ${floor}): the cluster lost its data or was replaced. ` +
           'Revisions and fencing tokens may repeat; every session is treated as expired. Restore the cluster or use a new namespace.',
       );
-      for (const s of this.#sessions.values()) s.session.markExpired(err);
+      this.sessions.expireAll(err);
       throw err;
     }
     if (revision > this.#maxRevision) this.#maxRevision = revision;
@@ -401,7 +382,7 @@ export class EtcdStore implements Store {
     what: string,
     kind: RequestKind,
     call: (opts: CallOptions) => Promise<T>,
-    timeoutMs = this.#timeoutMs,
+    timeoutMs = this.requestTimeoutMs,
   ): Promise<T> {
     const clock = networkClock;
     const deadlineAt = clock.now() + timeoutMs;
@@ -409,15 +390,24 @@ export class EtcdStore implements Store {
     for (;;) {
       const remainingMs = Math.max(1, deadlineAt - clock.now());
       try {
-        return await withTimeout(call({ deadline: Date.now() + remainingMs }), remainingMs, clock);
+        return await withTimeout(call({ deadline: Date.now() + remainingMs }), remainingMs, clock, {
+          onTimeout: () =>
+            new StoreUnavailableError(
+              `${this.#where} did not answer ${what} within ${timeoutMs} ms; ${OUTCOME_UNKNOWN}`,
+              {
+                outcome: 'unknown',
+              },
+            ),
+        });
       } catch (err) {
         if (isLeaseNotFound(err))
-          throw new SessionExpiredError('(unknown)', `etcd: the session's lease is gone (${(err as Error).message})`, {
+          throw new SessionExpiredError('(unknown)', `${this.#where} no longer has the session's lease`, {
             cause: err,
           });
         const retry = kind === 'write' ? isNotApplied(err) : isTransient(err);
-        if (!retry || this.#closed || clock.now() + backoffMs >= deadlineAt) throw toStoreError(err, what, kind);
-        await new Promise<void>((r) => clock.setTimeout(r, backoffMs));
+        if (!retry || this.closed || clock.now() + backoffMs >= deadlineAt)
+          throw toStoreError(err, what, kind, this.#where);
+        await sleep(clock, backoffMs);
         backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
       }
     }
@@ -448,7 +438,7 @@ export class EtcdStore implements Store {
             if (settled) return;
             settled = true;
             reject(
-              new StoreUnavailableError('etcd lease keep-alive stream ended without an answer', {
+              new StoreUnavailableError(`${this.#where} closed the lease keep-alive stream without an answer`, {
                 outcome: 'not-applied',
               }),
             );
@@ -474,18 +464,21 @@ export class EtcdStore implements Store {
   }
 }
 
-function resolveEndpoints(options: EtcdStoreOptions): {
+function resolveEndpoints(
+  url: string | undefined,
+  raw: unknown,
+): {
   hosts: string[];
   auth: { username: string; password: string } | undefined;
 } {
-  if (options.url !== undefined) {
-    if (options.hosts !== undefined)
-      throw new InvalidArgumentError('give either url or hosts for the etcd store, not both');
-    const parsed = parseEtcdUrl(options.url);
+  if (url !== undefined) {
+    if (raw !== undefined) throw new InvalidArgumentError('give either url or hosts for the etcd store, not both');
+    const parsed = parseEtcdUrl(url);
     return { hosts: [...parsed.hosts], auth: parsed.auth };
   }
-  const raw = options.hosts;
-  const list = typeof raw === 'string' ? [raw] : raw === undefined ? [] : [...raw];
+  // One endpoint may be given as a plain string.
+  const list =
+    typeof raw === 'string' ? [raw] : raw === undefined ? [] : stringList(raw, 'createEtcdStore options.hosts');
   if (list.length === 0) {
     throw new InvalidArgumentError(
       "the etcd store needs url (e.g. 'etcd://127.0.0.1:2379') or hosts (e.g. ['http://127.0.0.1:2379'])",
@@ -493,7 +486,7 @@ function resolveEndpoints(options: EtcdStoreOptions): {
   }
   const schemes = new Set<string>();
   for (const h of list) {
-    const m = typeof h === 'string' ? /^(https?):\/\/[^/?#\s]+$/.exec(h) : null;
+    const m = /^(https?):\/\/[^/?#\s]+$/.exec(h);
     if (m === null) {
       throw new InvalidArgumentError(
         `etcd host ${JSON.stringify(h)} is invalid: use http://host:port or https://host:port`,

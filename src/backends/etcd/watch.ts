@@ -14,7 +14,9 @@
 import { castGrpcError, type IDuplexStream, type IWatchRequest, type IWatchResponse, type WatchClient } from 'etcd3';
 import { ClosedError, StoreUnavailableError } from '../../errors.js';
 import type { Clock, TimerHandle, WatchHint, Watcher } from '../../store/contract.js';
-import { withTimeout } from '../../store/session.js';
+import { networkProblem, notAnswering } from '../../store/network.js';
+import { sleep } from '../../store/clock.js';
+import { withTimeout } from '../../store/timeout.js';
 
 type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
 
@@ -22,6 +24,8 @@ export interface EtcdWatchOptions {
   readonly client: WatchClient;
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
+  /** "etcd at host:port…", for messages. */
+  readonly where: string;
   readonly range: { readonly key: Buffer; readonly range_end: Buffer };
   readonly onHint: (hint: WatchHint) => void;
   /** Called once when the watcher is closed (the store drops its bookkeeping). */
@@ -82,15 +86,13 @@ export class EtcdWatch implements Watcher {
         lastError = err;
         const waitMs = Math.min(this.#retryMs, deadline - clock.now());
         this.#retryMs = Math.min(this.#retryMs * 2, MAX_RETRY_MS);
-        if (waitMs > 0) await new Promise<void>((r) => clock.setTimeout(r, waitMs));
+        if (waitMs > 0) await sleep(clock, waitMs);
       }
     }
     await this.close();
     if (lastError instanceof ClosedError) throw lastError;
-    throw new StoreUnavailableError(`etcd watch could not be established within ${this.#o.requestTimeoutMs} ms`, {
-      cause: lastError,
-      outcome: 'not-applied',
-    });
+    const problem = networkProblem(lastError) ?? `no watch within ${this.#o.requestTimeoutMs} ms`;
+    throw new StoreUnavailableError(notAnswering(this.#o.where, problem), { cause: lastError, outcome: 'not-applied' });
   }
 
   async close(): Promise<void> {

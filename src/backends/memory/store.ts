@@ -4,36 +4,24 @@
  * delay it, fail it before or after it applies, and every watch notification
  * through one that can drop, delay (and so reorder and coalesce) it.
  */
-import { ClosedError, InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
+import { InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
+import { OptionReader } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
-  Op,
+  TimerHandle,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession, withTimeout } from '../../store/session.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  evaluateCompare,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { withTimeout } from '../../store/timeout.js';
+import { chooseBranch, readStoreOptions } from '../../store/validate.js';
 import { MemoryServer, type ServerWatcher } from './server.js';
 
 /** What happens to one request. */
@@ -71,60 +59,56 @@ export interface MemoryStoreOptions extends CommonStoreOptions {
   readonly faults?: MemoryFaults | undefined;
 }
 
-export class MemoryStore implements Store {
+export class MemoryStore extends StoreBase {
   readonly backend = 'memory';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
   readonly server: MemoryServer;
   /** Fault hooks; may be replaced at any time. */
   faults: MemoryFaults;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
-  readonly #sessions = new Set<ManagedSession>();
   readonly #watchers = new Set<ServerWatcher & { close(): Promise<void> }>();
-  #closed = false;
 
   constructor(options: MemoryStoreOptions = {}) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.server = options.server ?? new MemoryServer(options.clock === undefined ? {} : { clock: options.clock });
-    this.clock = options.clock ?? this.server.clock;
-    this.faults = options.faults ?? {};
+    const r = new OptionReader(options, 'MemoryStore options');
+    const server = r.raw('server');
+    if (server !== undefined && !(server instanceof MemoryServer)) {
+      throw new InvalidArgumentError('MemoryStore options.server must be a MemoryServer (from rebalancer/memory)');
+    }
+    const faults = r.raw('faults') ?? {};
+    if (faults === null || typeof faults !== 'object') {
+      throw new InvalidArgumentError('MemoryStore options.faults must be an object of fault hooks');
+    }
+    // The store runs on the shared server's clock unless given one of its own.
+    const settings = readStoreOptions(r, server?.clock);
+    r.done();
+    super(settings);
+    this.server = server ?? new MemoryServer({ clock: settings.clock });
+    this.faults = faults as MemoryFaults;
   }
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
-    const sentAt = this.clock.now();
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {
     const s = await this.#call('openSession', () => this.server.createSession(this.namespace, ttlMs));
-    const session: ManagedSession = new ManagedSession({
+    return {
       id: s.id,
       ttlMs,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: undefined,
       driver: {
         keepAlive: () => this.#call('keepAlive', () => (this.server.keepAlive(s.id) ? 'alive' : 'gone')),
-        revoke: () => this.#call('revoke', () => this.server.endSession(s.id)),
+        // A closing client revokes directly: it is going away, faults no longer apply.
+        revoke: () =>
+          this.closed
+            ? Promise.resolve(this.server.endSession(s.id))
+            : this.#call('revoke', () => this.server.endSession(s.id)),
       },
-      onEnd: () => this.#sessions.delete(session),
-    });
-    this.#sessions.add(session);
-    return session;
+    };
   }
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
+  protected readKey(key: string): Promise<KeyValue | undefined> {
     return this.#call('get', () => {
       const k = this.server.namespace(this.namespace).keys.get(key);
       return k === undefined ? undefined : this.server.toKeyValue(key, k);
     });
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
+  protected async readRange(prefix: string): Promise<RangeResult> {
     const delayMs = this.faults.nonSnapshotRangeDelayMs;
     if (delayMs === undefined) {
       return this.#call('range', () => {
@@ -145,21 +129,14 @@ export class MemoryStore implements Store {
     return { kvs, revision: ns.revision, snapshot: false };
   }
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    const sessionOp = [...txn.then, ...(txn.else ?? [])].find(
-      (op): op is Extract<Op, { op: 'put' }> => op.op === 'put' && op.session !== undefined,
-    );
-    if (sessionOp?.session !== undefined) this.#ownSession(sessionOp.session).assertUsable();
-    return this.#call('txn', () => this.#applyTxn(txn));
+  protected applyTxn(txn: Txn): Promise<TxnResult> {
+    return this.#call('txn', () => this.#apply(txn));
   }
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     await this.#call('watch', () => undefined);
     let open = true;
-    let pending: { revision: number; timer: ReturnType<Clock['setTimeout']> } | undefined;
+    let pending: { revision: number; timer: TimerHandle } | undefined;
     const deliver = (hint: WatchHint): void => {
       if (!open) return;
       const held = this.faults.hold?.();
@@ -210,15 +187,9 @@ export class MemoryStore implements Store {
     return { close: watcher.close };
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+  protected async closeStore(): Promise<void> {
     for (const w of [...this.#watchers]) await w.close();
-    for (const s of [...this.#sessions]) {
-      // Revoke directly: the client is going away, faults no longer apply.
-      this.server.endSession(s.id);
-      await s.close();
-    }
+    await this.sessions.closeAll();
   }
 
   /**
@@ -227,10 +198,9 @@ export class MemoryStore implements Store {
    * nothing is revoked.
    */
   crash(): void {
-    this.#closed = true;
+    this.markClosed();
     for (const w of [...this.#watchers]) void w.close();
-    for (const s of [...this.#sessions]) s.abandon();
-    this.#sessions.clear();
+    this.sessions.abandonAll();
   }
 
   // ---- internals ------------------------------------------------------------
@@ -244,7 +214,7 @@ export class MemoryStore implements Store {
     return out;
   }
 
-  #applyTxn(txn: Txn): TxnResult {
+  #apply(txn: Txn): TxnResult {
     const ns = this.server.namespace(this.namespace);
     const ops = [...txn.then, ...(txn.else ?? [])];
     for (const op of ops) {
@@ -256,8 +226,7 @@ export class MemoryStore implements Store {
       const k = ns.keys.get(key);
       return k === undefined ? undefined : this.server.toKeyValue(key, k);
     };
-    const succeeded = txn.compare.every((c) => evaluateCompare(c, current(c.key)));
-    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const { succeeded, branch } = chooseBranch(txn, current);
     const revision = ns.revision + 1;
     const changed: string[] = [];
     const results: OpResult[] = [];
@@ -315,21 +284,9 @@ export class MemoryStore implements Store {
     return { succeeded, revision: ns.revision, results };
   }
 
-  #ownSession(session: Session): ManagedSession {
-    if (!(session instanceof ManagedSession) || !this.#sessions.has(session)) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return session;
-  }
-
-  #assertOpen(): void {
-    if (this.#closed) throw new ClosedError('memory store');
-  }
-
   #delay(ms: number): Promise<void> {
     if (ms <= 0) return Promise.resolve();
-    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
+    return sleep(this.clock, ms);
   }
 
   /** Wait while the client is frozen (faults.hold). */
@@ -339,7 +296,7 @@ export class MemoryStore implements Store {
 
   /** One request through the fault hook: half the latency, apply, the other half. */
   #call<T>(kind: MemoryRequestKind, apply: () => T): Promise<T> {
-    this.#assertOpen();
+    this.assertOpen();
     const fate = this.faults.request?.(kind) ?? {};
     const half = (fate.latencyMs ?? 0) / 2;
     const run = async (): Promise<T> => {
@@ -356,6 +313,6 @@ export class MemoryStore implements Store {
       }
       return result;
     };
-    return half * 2 >= this.#timeoutMs ? withTimeout(run(), this.#timeoutMs, this.clock) : run();
+    return half * 2 >= this.requestTimeoutMs ? withTimeout(run(), this.requestTimeoutMs, this.clock) : run();
   }
 }

@@ -10,7 +10,8 @@
  *   response means it may or may not have applied.
  */
 import pg from 'pg';
-import { RebalancerError, StoreUnavailableError } from '../../errors.js';
+import { InvalidArgumentError, RebalancerError, StoreUnavailableError } from '../../errors.js';
+import { networkProblem, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 
 export type Phase = 'connect' | 'open' | 'commit' | 'sent';
 
@@ -51,19 +52,67 @@ export function outcomeOf(phase: Phase, err?: unknown): 'not-applied' | 'unknown
   return 'unknown';
 }
 
-/** Turn anything thrown while talking to PostgreSQL into a typed error. */
-export function toStoreError(err: unknown, what: string, phase: Phase): Error {
+/**
+ * SQLSTATEs (or their class, the first two characters) an operator can act
+ * on, in words: what the server's state is and what to do.
+ */
+const SERVER_STATES: Readonly<Record<string, string>> = {
+  '53300': 'has no free connection slots (max_connections reached); retry later, or raise max_connections',
+  '53100': 'is out of disk space; free some',
+  '53200': 'is out of memory',
+  '57P01': 'is shutting down; retry once it is back',
+  '57P02': 'is shutting down; retry once it is back',
+  '57P03': 'is starting up; retry shortly',
+  '57014': 'cancelled the statement: it ran longer than requestTimeoutMs (statement_timeout)',
+  '55P03':
+    'gave up waiting for the namespace lock within requestTimeoutMs: another client holds it (a stopped process?)',
+  '25P03': 'ended a transaction left idle longer than requestTimeoutMs',
+  '40001': 'aborted the transaction to serialise it with another one; retry',
+  '40P01': 'aborted the transaction to break a deadlock; retry',
+  '25006': 'is a read-only replica; point the connection string at the primary',
+  '08': 'lost the connection',
+};
+
+/** SQLSTATEs that mean the connection settings are wrong: retrying will not help. */
+const CONFIG_STATES: Readonly<Record<string, string>> = {
+  '28P01': 'refused the user name or password; check the credentials in the connection string',
+  '28000': 'refused the connection for this user (pg_hba.conf); check the user, database and TLS settings',
+  '3D000': 'has no such database; create it, or fix the database name in the connection string',
+  '42501': "refused a privilege the store needs; grant the user CREATE on the database (or the schema's tables)",
+};
+
+/**
+ * Turn anything thrown while talking to PostgreSQL into a typed error whose
+ * message says, in words, what happened at `where` ("PostgreSQL at
+ * host:port") and what to do; the driver's error is the cause.
+ */
+export function toStoreError(err: unknown, what: string, phase: Phase, where: string): Error {
   if (err instanceof RebalancerError) return err;
   const outcome = outcomeOf(phase, err);
+  // A request that failed before COMMIT applied nothing; the caller reads that from `outcome`.
+  const after = outcome === 'unknown' ? `; ${OUTCOME_UNKNOWN}` : '';
   if (err instanceof pg.DatabaseError) {
-    return new StoreUnavailableError(`postgres: ${what} failed: ${err.message} (SQLSTATE ${err.code ?? '?'})`, {
-      cause: err,
-      outcome,
-    });
+    const code = err.code ?? '';
+    const config = CONFIG_STATES[code];
+    if (config !== undefined) return new InvalidArgumentError(`${where} ${config}`, { cause: err });
+    const state = SERVER_STATES[code] ?? SERVER_STATES[code.slice(0, 2)];
+    if (state !== undefined) return new StoreUnavailableError(`${where} ${state}${after}`, { cause: err, outcome });
+    // Anything else: the server's own words, quoted, are the best description there is.
+    return new StoreUnavailableError(
+      `${where} refused ${what}, answering "${err.message}" (SQLSTATE ${code})${after}`,
+      {
+        cause: err,
+        outcome,
+      },
+    );
   }
   const message = err instanceof Error ? err.message : String(err);
-  return new StoreUnavailableError(`postgres: ${what} failed: ${message}; check that the server is reachable`, {
-    cause: err,
-    outcome,
-  });
+  const problem =
+    networkProblem(err) ??
+    (/timeout/i.test(message)
+      ? 'no connection within requestTimeoutMs'
+      : /terminated|ended|closed|not queryable|connection error/i.test(message)
+        ? 'the connection was closed'
+        : undefined);
+  return requestFailed(where, what, problem, err, outcome);
 }

@@ -3,7 +3,10 @@
  */
 import type pg from 'pg';
 import { InvalidArgumentError } from '../../errors.js';
+import { OptionReader } from '../../options.js';
 import type { CommonStoreOptions } from '../../store/contract.js';
+import { readStoreOptions, type StoreSettings } from '../../store/validate.js';
+import { validateSchemaName } from './schema.js';
 
 export interface PostgresStoreOptions extends CommonStoreOptions {
   /**
@@ -108,14 +111,58 @@ export function parsePostgresUrl(url: string): ParsedPostgresUrl {
   return out;
 }
 
-export function validatePollInterval(ms: number | undefined): number {
-  const v = ms ?? DEFAULT_POLL_INTERVAL_MS;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 10 || v > 60_000) {
+/** PostgresStoreOptions, checked. */
+export interface PostgresSettings extends StoreSettings {
+  readonly connectionString: string | undefined;
+  readonly pool: pg.Pool | pg.PoolConfig | undefined;
+  readonly schema: string;
+  readonly listen: boolean;
+  readonly listenConnection: string | pg.ClientConfig | undefined;
+  readonly pollIntervalMs: number;
+}
+
+export function readPostgresOptions(options: PostgresStoreOptions): PostgresSettings {
+  const r = new OptionReader(options, 'createPostgresStore options');
+  const settings = readStoreOptions(r);
+  const connectionString = r.string('connectionString', undefined, 8192);
+  const pool = r.raw('pool');
+  if (pool !== undefined && (pool === null || typeof pool !== 'object')) {
     throw new InvalidArgumentError(
-      `pollIntervalMs must be a number of milliseconds between 10 and 60000, got ${String(v)}`,
+      'createPostgresStore options.pool must be a pg.Pool or a pg PoolConfig object (host, port, user, password, ssl, …)',
     );
   }
-  return v;
+  const schema = validateSchemaName(r.string('schema', 'rebalancer', 64));
+  const listen = r.boolean('listen', true);
+  const listenConnection = r.raw('listenConnection');
+  if (
+    listenConnection !== undefined &&
+    typeof listenConnection !== 'string' &&
+    (listenConnection === null || typeof listenConnection !== 'object')
+  ) {
+    throw new InvalidArgumentError(
+      'createPostgresStore options.listenConnection must be a connection string or a pg ClientConfig object',
+    );
+  }
+  const pollIntervalMs = r.ms('pollIntervalMs', DEFAULT_POLL_INTERVAL_MS, { min: 10, max: 60_000 });
+  r.done();
+  const poolOrConfig = pool as pg.Pool | pg.PoolConfig | undefined;
+  if (isPool(poolOrConfig) && connectionString !== undefined) {
+    throw new InvalidArgumentError('pass either a pg.Pool as `pool` or a connectionString, not both');
+  }
+  if (connectionString === undefined && pool === undefined) {
+    throw new InvalidArgumentError(
+      'the postgres store needs a connectionString (postgres://user[:password]@host[:port]/database) or a pool / pool config',
+    );
+  }
+  return {
+    ...settings,
+    connectionString,
+    pool: poolOrConfig,
+    schema,
+    listen,
+    listenConnection: listenConnection as string | pg.ClientConfig | undefined,
+    pollIntervalMs,
+  };
 }
 
 /** A pg.Pool instance (duck-typed, so that a second copy of pg works too), as opposed to a PoolConfig. */
@@ -126,4 +173,22 @@ export function isPool(p: pg.Pool | pg.PoolConfig | undefined): p is pg.Pool {
     typeof (p as { query?: unknown }).query === 'function' &&
     typeof (p as { end?: unknown }).end === 'function'
   );
+}
+
+/** "PostgreSQL at host:port" (or at the socket directory) for messages; never the password. */
+export function serverName(config: pg.ClientConfig): string {
+  let host: string | undefined;
+  let port: string | number | undefined;
+  if (typeof config.connectionString === 'string') {
+    try {
+      const u = new URL(config.connectionString);
+      host = u.hostname === '' ? (u.searchParams.get('host') ?? undefined) : u.hostname;
+      port = u.port === '' ? (u.searchParams.get('port') ?? undefined) : u.port;
+    } catch {
+      // Not a URL (a libpq key=value string): fall back to the fields and the environment.
+    }
+  }
+  host ??= config.host ?? process.env['PGHOST'] ?? 'localhost';
+  port ??= config.port ?? process.env['PGPORT'] ?? 5432;
+  return `PostgreSQL at ${host.startsWith('/') ? `${host} (socket)` : `${host}:${port}`}`;
 }

@@ -17,6 +17,8 @@
  */
 import type pg from 'pg';
 import { CorruptDataError, IncompatibleSchemaError, InvalidArgumentError } from '../../errors.js';
+import { sleep } from '../../store/clock.js';
+import type { Clock } from '../../store/contract.js';
 import { isConflict } from './errors.js';
 
 export const SCHEMA_VERSION = 1;
@@ -118,6 +120,7 @@ export async function ensureSchema(
   t: Tables,
   schemaName: string,
   timeoutMs: number,
+  clock: Clock,
 ): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
@@ -161,7 +164,7 @@ export async function ensureSchema(
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       if (attempt < 8 && isCreationRace(err)) {
-        await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 20 * (attempt + 1)));
+        await sleep(clock, 5 + Math.random() * 20 * (attempt + 1));
         continue;
       }
       throw err;

@@ -19,42 +19,29 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg';
-import { ClosedError, InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { ClosedError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
+import { StoreBase } from '../../store/base.js';
 import type {
-  Clock,
-  Compare,
   KeyValue,
-  Op,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
+  TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession } from '../../store/session.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  evaluateCompare,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
+import { withTimeout } from '../../store/timeout.js';
+import { chooseBranch } from '../../store/validate.js';
+import { WatcherSet } from '../../store/watchers.js';
 import { isConflict, isMissingSchema, outcomeOf, toStoreError, type Phase } from './errors.js';
 import { decodeNotice, encodeNotice, noticeMatches } from './notify.js';
-import { isPool, type PostgresStoreOptions, validatePollInterval } from './options.js';
+import { isPool, readPostgresOptions, serverName, type PostgresStoreOptions } from './options.js';
 import { KV_COLUMNS, type KvRow, byKey, decodeRow, lenientKey, parseBigint, prefixRange } from './rows.js';
-import { beginSql, ensureSchema, tablesOf, type Tables, validateSchemaName } from './schema.js';
+import { beginSql, ensureSchema, tablesOf, type Tables } from './schema.js';
 
 type Query = <R extends QueryResultRow>(text: string, values?: readonly unknown[]) => Promise<QueryResult<R>>;
 
@@ -63,12 +50,6 @@ interface Attempt {
   client: PoolClient | undefined;
   /** Set when the deadline passed: the attempt's result is ignored and its connection destroyed. */
   abandoned: boolean;
-}
-
-interface WatchEntry {
-  readonly prefix: string;
-  readonly onHint: (hint: WatchHint) => void;
-  open: boolean;
 }
 
 interface ReapResult {
@@ -85,11 +66,14 @@ const LOST_NOTIFICATION_GRACE_MS = 100;
 /** Safety margin after a session's expiry before the reaper looks again. */
 const REAP_MARGIN_MS = 2;
 
-export class PostgresStore implements Store {
+/**
+ * The reaper, the revision poll and the LISTEN session's upkeep must not keep
+ * a process alive on their own; request deadlines do (see Clock).
+ */
+const BACKGROUND = { background: true } as const;
+
+export class PostgresStore extends StoreBase {
   readonly backend = 'postgres';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
   /** The schema holding the tables. */
   readonly schema: string;
 
@@ -99,24 +83,20 @@ export class PostgresStore implements Store {
   readonly #listenEnabled: boolean;
   readonly #listenConfig: pg.ClientConfig;
   readonly #pollIntervalMs: number;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
-  readonly #sessions = new Map<string, ManagedSession>();
-  readonly #watchers = new Set<WatchEntry>();
+  readonly #watchers = new WatcherSet();
   /** Every connection the owned pool opened, so that close() can cut them even when the server is unreachable. */
   readonly #poolClients = new Set<pg.ClientBase>();
   readonly #onPoolError = (): void => {
     // An idle pooled connection died (server restart, network): the pool drops it; the next request reconnects.
   };
   #schemaReady: Promise<void> | undefined;
-  /** Set when close() starts: public calls fail from then on. */
-  #closed = false;
   /** Set when close() releases the connections: every call fails from then on. */
   #poolEnded = false;
-  #closing: Promise<void> | undefined;
+  /** "PostgreSQL at host:port", for messages. */
+  readonly #where: string;
 
   // Reaper and revision poll.
-  #tickTimer: NodeJS.Timeout | undefined;
+  #tickTimer: TimerHandle | undefined;
   #tickAtMs = Number.POSITIVE_INFINITY;
   #ticking = false;
   #pollFailed = false;
@@ -127,52 +107,31 @@ export class PostgresStore implements Store {
   #listener: { client: pg.Client; lost: () => void } | undefined;
   #listenerConnecting: Promise<void> | undefined;
   #listenerHadSession = false;
-  #listenerRetry: NodeJS.Timeout | undefined;
+  #listenerRetry: TimerHandle | undefined;
   #listenerBackoffMs = 100;
 
   /** Use createPostgresStore(), which also creates the schema and checks its version. */
   constructor(options: PostgresStoreOptions) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#pollIntervalMs = validatePollInterval(options.pollIntervalMs);
-    this.schema = validateSchemaName(options.schema);
+    const settings = readPostgresOptions(options);
+    super(settings);
+    this.#pollIntervalMs = settings.pollIntervalMs;
+    this.schema = settings.schema;
     this.#t = tablesOf(this.schema);
-    this.clock = options.clock ?? systemClock;
-    if (options.listen !== undefined && typeof options.listen !== 'boolean') {
-      throw new InvalidArgumentError(`listen must be true or false, got ${String(options.listen)}`);
-    }
-    this.#listenEnabled = options.listen ?? true;
-    if (options.connectionString !== undefined && typeof options.connectionString !== 'string') {
-      throw new InvalidArgumentError('connectionString must be a string such as postgres://user@host:5432/database');
-    }
-    if (isPool(options.pool)) {
-      if (options.connectionString !== undefined) {
-        throw new InvalidArgumentError('pass either a pg.Pool as `pool` or a connectionString, not both');
-      }
-      this.#pool = options.pool;
+    this.#listenEnabled = settings.listen;
+    if (isPool(settings.pool)) {
+      this.#pool = settings.pool;
       this.#ownsPool = false;
-      this.#listenConfig = { ...options.pool.options };
+      this.#listenConfig = { ...settings.pool.options };
     } else {
-      if (options.pool !== undefined && (options.pool === null || typeof options.pool !== 'object')) {
-        throw new InvalidArgumentError(
-          'pool must be a pg.Pool or a pg PoolConfig object (host, port, user, password, ssl, …)',
-        );
-      }
-      if (options.connectionString === undefined && options.pool === undefined) {
-        throw new InvalidArgumentError(
-          'the postgres store needs a connectionString (postgres://user[:password]@host[:port]/database) or a pool / pool config',
-        );
-      }
       const config: pg.PoolConfig = {
         max: 4,
-        connectionTimeoutMillis: this.#timeoutMs,
+        connectionTimeoutMillis: this.requestTimeoutMs,
         idleTimeoutMillis: 10_000,
         keepAlive: true,
         allowExitOnIdle: true,
         application_name: 'rebalancer',
-        ...options.pool,
-        ...(options.connectionString === undefined ? {} : { connectionString: options.connectionString }),
+        ...settings.pool,
+        ...(settings.connectionString === undefined ? {} : { connectionString: settings.connectionString }),
       };
       this.#pool = new pg.Pool(config);
       this.#ownsPool = true;
@@ -184,13 +143,14 @@ export class PostgresStore implements Store {
       });
       this.#listenConfig = config;
     }
-    if (options.listenConnection !== undefined) {
+    if (settings.listenConnection !== undefined) {
       this.#listenConfig =
-        typeof options.listenConnection === 'string'
-          ? { connectionString: options.listenConnection }
-          : { ...options.listenConnection };
+        typeof settings.listenConnection === 'string'
+          ? { connectionString: settings.listenConnection }
+          : { ...settings.listenConnection };
     }
     this.#pool.on('error', this.#onPoolError);
+    this.#where = serverName(isPool(settings.pool) ? settings.pool.options : this.#listenConfig);
   }
 
   /** Create the schema (or check its version) and the namespace's row; start the reaper. */
@@ -206,11 +166,8 @@ export class PostgresStore implements Store {
 
   // ---- sessions -------------------------------------------------------------
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
-    this.#assertOpen();
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {
     const id = randomUUID();
-    const sentAt = this.clock.now();
     await this.#exec(
       'open session',
       async (q) => {
@@ -222,23 +179,17 @@ export class PostgresStore implements Store {
       },
       'sent',
     );
-    const session: ManagedSession = new ManagedSession({
+    // Be there when it could expire, even if no other session of the namespace expires sooner.
+    this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
+    return {
       id,
       ttlMs,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: undefined,
       driver: {
         keepAlive: () => this.#keepAlive(id, ttlMs),
         revoke: () => this.#revoke(id),
       },
-      onEnd: () => this.#sessions.delete(id),
-    });
-    this.#sessions.set(id, session);
-    // Be there when it could expire, even if no other session of the namespace expires sooner.
-    this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
-    return session;
+    };
   }
 
   async #keepAlive(id: string, ttlMs: number): Promise<'alive' | 'gone'> {
@@ -274,25 +225,14 @@ export class PostgresStore implements Store {
     });
   }
 
-  #ownSession(session: Session): ManagedSession {
-    const own = session instanceof ManagedSession ? this.#sessions.get(session.id) : undefined;
-    if (own === undefined || own !== session) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return own;
-  }
-
   // ---- reads ----------------------------------------------------------------
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
+  protected async readKey(key: string): Promise<KeyValue | undefined> {
     const r = await this.#read('get', `k.key = $2`, [Buffer.from(key, 'utf8')]);
     return r.kvs[0];
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
+  protected async readRange(prefix: string): Promise<RangeResult> {
     const [low, high] = prefixRange(prefix);
     const r = await this.#read('range', `k.key >= $2 AND ($3::bytea IS NULL OR k.key < $3)`, [low, high]);
     return { kvs: r.kvs, revision: r.revision, snapshot: true };
@@ -305,7 +245,6 @@ export class PostgresStore implements Store {
    * awaits reaping, reap it and read again, so the revision covers the reap.
    */
   async #read(what: string, where: string, params: readonly unknown[]): Promise<{ kvs: KeyValue[]; revision: number }> {
-    this.#assertOpen();
     const sql = `
       WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now)
       SELECT h.revision, h.expired, r.*
@@ -338,26 +277,12 @@ export class PostgresStore implements Store {
 
   // ---- transactions ---------------------------------------------------------
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    const ops = [...txn.then, ...(txn.else ?? [])];
-    const sessionOp = ops.find((op): op is Extract<Op, { op: 'put' }> => op.op === 'put' && op.session !== undefined);
-    let own: ManagedSession | undefined;
-    if (sessionOp?.session !== undefined) {
-      own = this.#ownSession(sessionOp.session);
-      own.assertUsable();
-    }
-    this.#assertOpen();
-    try {
-      const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#applyTxn(q, w, txn, own?.id));
-      return { succeeded: value.succeeded, revision, results: value.results };
-    } catch (err) {
-      if (err instanceof SessionExpiredError && own !== undefined) own.markExpired(err);
-      throw err;
-    }
+  protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
+    const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#runTxn(q, w, txn, session?.id));
+    return { succeeded: value.succeeded, revision, results: value.results };
   }
 
-  async #applyTxn(
+  async #runTxn(
     q: Query,
     w: WriteContext,
     txn: Txn,
@@ -399,8 +324,7 @@ export class PostgresStore implements Store {
       }
       return decoded.get(key);
     };
-    const succeeded = txn.compare.every((c: Compare) => evaluateCompare(c, kvOf(c.key)));
-    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const { succeeded, branch } = chooseBranch(txn, kvOf);
     const results: OpResult[] = [];
     for (const op of branch) {
       switch (op.op) {
@@ -474,7 +398,7 @@ export class PostgresStore implements Store {
     let w: WriteContext | undefined;
     const out = await this.#exec(what, async (q, attempt) => {
       attempt.phase = 'open';
-      await q(beginSql(this.#timeoutMs));
+      await q(beginSql(this.requestTimeoutMs));
       let lock = await this.#lockNamespace(q);
       if (lock === undefined) {
         // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock.
@@ -549,7 +473,7 @@ export class PostgresStore implements Store {
 
   #afterReap(reaped: ReapResult): void {
     for (const id of reaped.sessions) {
-      this.#sessions
+      this.sessions
         .get(id)
         ?.markExpired(
           new SessionExpiredError(id, `session ${id} expired on the server (no keep-alive within its TTL)`),
@@ -564,39 +488,13 @@ export class PostgresStore implements Store {
 
   // ---- watches --------------------------------------------------------------
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     if (this.#listenEnabled) await this.#ensureListener();
     if (this.#seenRevision === undefined) {
       const h = await this.#header();
       this.#seenRevision ??= h.revision;
     }
-    this.#assertOpen();
-    const entry: WatchEntry = { prefix, onHint, open: true };
-    this.#watchers.add(entry);
-    return {
-      close: async (): Promise<void> => {
-        entry.open = false;
-        this.#watchers.delete(entry);
-      },
-    };
-  }
-
-  #deliver(entry: WatchEntry, hint: WatchHint): void {
-    queueMicrotask(() => {
-      if (!entry.open || this.#closed) return;
-      try {
-        entry.onHint(hint);
-      } catch {
-        // A throwing consumer must not break the store.
-      }
-    });
-  }
-
-  #hintAll(hint: WatchHint): void {
-    for (const w of this.#watchers) this.#deliver(w, hint);
+    return this.#watchers.add(prefix, onHint);
   }
 
   #onNotification(msg: pg.Notification): void {
@@ -605,7 +503,7 @@ export class PostgresStore implements Store {
     if (n === undefined || n.ns !== this.namespace) return;
     if (this.#seenRevision === undefined || n.rev > this.#seenRevision) this.#seenRevision = n.rev;
     const hint: WatchHint = { revision: n.rev, reason: 'change' };
-    for (const w of this.#watchers) if (noticeMatches(n, w.prefix)) this.#deliver(w, hint);
+    for (const w of this.#watchers) if (noticeMatches(n, w.prefix)) w.notify(hint);
   }
 
   /** The poll found revision `rev`: hint every watcher if no notification covered it. */
@@ -617,16 +515,16 @@ export class PostgresStore implements Store {
     }
     if (rev <= seen) return;
     const fire = (): void => {
-      if (this.#closed || (this.#seenRevision ?? 0) >= rev) return;
+      if (this.closed || (this.#seenRevision ?? 0) >= rev) return;
       this.#seenRevision = rev;
-      this.#hintAll({ revision: rev, reason: 'change' });
+      this.#watchers.notifyAll({ revision: rev, reason: 'change' });
     };
     if (this.#listener === undefined) fire();
-    else setTimeout(fire, LOST_NOTIFICATION_GRACE_MS).unref();
+    else this.clock.setTimeout(fire, LOST_NOTIFICATION_GRACE_MS, BACKGROUND);
   }
 
   #resyncAll(): void {
-    this.#hintAll({ revision: this.#seenRevision ?? 0, reason: 'resync' });
+    this.#watchers.notifyAll({ revision: this.#seenRevision ?? 0, reason: 'resync' });
   }
 
   #ensureListener(): Promise<void> {
@@ -638,7 +536,11 @@ export class PostgresStore implements Store {
   }
 
   async #connectListener(): Promise<void> {
-    const client = new pg.Client({ connectionTimeoutMillis: this.#timeoutMs, keepAlive: true, ...this.#listenConfig });
+    const client = new pg.Client({
+      connectionTimeoutMillis: this.requestTimeoutMs,
+      keepAlive: true,
+      ...this.#listenConfig,
+    });
     let isLost = false;
     const lost = (): void => {
       if (isLost) return;
@@ -653,17 +555,21 @@ export class PostgresStore implements Store {
     client.on('end', lost);
     client.on('notification', (msg) => this.#onNotification(msg));
     try {
-      await deadline(client.connect(), this.#timeoutMs, 'connecting the LISTEN session');
-      await deadline(client.query(`LISTEN ${pg.escapeIdentifier(this.#t.channel)}`), this.#timeoutMs, 'LISTEN');
+      await this.#deadline(client.connect(), this.requestTimeoutMs, 'connecting the LISTEN session');
+      await this.#deadline(
+        client.query(`LISTEN ${pg.escapeIdentifier(this.#t.channel)}`),
+        this.requestTimeoutMs,
+        'LISTEN',
+      );
     } catch (err) {
       lost();
-      throw toStoreError(err, 'LISTEN for watch hints', 'connect');
+      throw toStoreError(err, 'LISTEN for watch hints', 'connect', serverName(this.#listenConfig));
     }
     if (isLost)
       throw new StoreUnavailableError('postgres: the LISTEN session was lost while starting', {
         outcome: 'not-applied',
       });
-    if (this.#closed) {
+    if (this.closed) {
       lost();
       return;
     }
@@ -675,14 +581,17 @@ export class PostgresStore implements Store {
   }
 
   #scheduleListenerReconnect(): void {
-    if (this.#closed || this.#watchers.size === 0 || this.#listenerRetry !== undefined) return;
+    if (this.closed || this.#watchers.size === 0 || this.#listenerRetry !== undefined) return;
     const delayMs = this.#listenerBackoffMs;
     this.#listenerBackoffMs = Math.min(2000, delayMs * 2);
-    this.#listenerRetry = setTimeout(() => {
-      this.#listenerRetry = undefined;
-      this.#ensureListener().catch(() => this.#scheduleListenerReconnect());
-    }, delayMs);
-    this.#listenerRetry.unref();
+    this.#listenerRetry = this.clock.setTimeout(
+      () => {
+        this.#listenerRetry = undefined;
+        this.#ensureListener().catch(() => this.#scheduleListenerReconnect());
+      },
+      delayMs,
+      BACKGROUND,
+    );
   }
 
   /** A silently dead LISTEN connection (blackholed) only shows when asked something. */
@@ -693,7 +602,7 @@ export class PostgresStore implements Store {
       return;
     }
     try {
-      await deadline(l.client.query('SELECT 1'), this.#timeoutMs, 'LISTEN session ping');
+      await this.#deadline(l.client.query('SELECT 1'), this.requestTimeoutMs, 'LISTEN session ping');
     } catch {
       l.lost();
     }
@@ -703,26 +612,26 @@ export class PostgresStore implements Store {
 
   /** Run the tick in `delayMs`, unless one is already due sooner. */
   #scheduleTick(delayMs: number): void {
-    if (this.#closed) return;
-    const at = performance.now() + delayMs;
+    if (this.closed) return;
+    const at = this.clock.now() + delayMs;
     if (this.#tickTimer !== undefined) {
       if (at >= this.#tickAtMs) return;
-      clearTimeout(this.#tickTimer);
+      this.clock.clearTimeout(this.#tickTimer);
     }
     this.#tickAtMs = at;
-    this.#tickTimer = setTimeout(
+    this.#tickTimer = this.clock.setTimeout(
       () => {
         this.#tickTimer = undefined;
         this.#tickAtMs = Number.POSITIVE_INFINITY;
         void this.#tick();
       },
       Math.max(0, delayMs),
+      BACKGROUND,
     );
-    this.#tickTimer.unref();
   }
 
   async #tick(): Promise<void> {
-    if (this.#closed) return;
+    if (this.closed) return;
     if (this.#ticking) {
       this.#scheduleTick(REAP_MARGIN_MS * 5);
       return;
@@ -784,7 +693,7 @@ export class PostgresStore implements Store {
       async (q, attempt) => {
         if (attempt.client === undefined) throw new Error('no connection');
         attempt.phase = 'open';
-        await ensureSchema(attempt.client, this.#t, this.schema, this.#timeoutMs);
+        await ensureSchema(attempt.client, this.#t, this.schema, this.requestTimeoutMs, this.clock);
         attempt.phase = 'connect';
         await q(
           `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
@@ -843,85 +752,69 @@ export class PostgresStore implements Store {
         ? client.query(text)
         : client.query({ text, values: [...values] });
     };
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const timer = setTimeout(() => {
-        if (settled) return;
-        settled = true;
+    const run = async (): Promise<T> => {
+      const client = await this.#pool.connect();
+      const swallow = (): void => {
+        // Errors surface through the pending query; without a listener an 'error' event would crash the process.
+      };
+      client.on('error', swallow);
+      attempt.client = client;
+      let ok = false;
+      try {
+        if (attempt.abandoned)
+          throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
+        const result = await body(q, attempt);
+        ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
+        return result;
+      } finally {
+        client.removeListener('error', swallow);
+        if (ok && !attempt.abandoned) {
+          client.release();
+        } else {
+          // Mid-transaction or broken: never hand this connection to anyone else.
+          destroyConnection(client);
+          client.release(true);
+        }
+      }
+    };
+    return withTimeout(run(), this.requestTimeoutMs, this.clock, {
+      onTimeout: () => {
+        // Abandon the attempt: its result is ignored, and destroying its
+        // connection makes the server roll back whatever was not committed.
         attempt.abandoned = true;
         if (attempt.client !== undefined) destroyConnection(attempt.client);
-        reject(
-          new StoreUnavailableError(`postgres: ${what} did not complete within ${this.#timeoutMs} ms`, {
-            outcome: outcomeOf(attempt.phase),
-          }),
+        const outcome = outcomeOf(attempt.phase);
+        return new StoreUnavailableError(
+          `${this.#where} did not answer ${what} within ${this.requestTimeoutMs} ms; ` +
+            (outcome === 'unknown' ? OUTCOME_UNKNOWN : 'check that the server runs and is reachable'),
+          { outcome },
         );
-      }, this.#timeoutMs);
-      timer.unref();
-      const run = async (): Promise<T> => {
-        const client = await this.#pool.connect();
-        const swallow = (): void => {
-          // Errors surface through the pending query; without a listener an 'error' event would crash the process.
-        };
-        client.on('error', swallow);
-        attempt.client = client;
-        let ok = false;
-        try {
-          if (attempt.abandoned)
-            throw new StoreUnavailableError(`postgres: ${what} was abandoned`, { outcome: 'not-applied' });
-          const result = await body(q, attempt);
-          ok = attempt.phase === 'connect' || attempt.phase === sentPhase;
-          return result;
-        } finally {
-          client.removeListener('error', swallow);
-          if (ok && !attempt.abandoned) {
-            client.release();
-          } else {
-            // Mid-transaction or broken: never hand this connection to anyone else.
-            destroyConnection(client);
-            client.release(true);
-          }
-        }
-      };
-      run().then(
-        (v) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          resolve(v);
-        },
-        (err: unknown) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          reject(toStoreError(err, what, attempt.phase));
-        },
-      );
+      },
+    }).catch((err: unknown) => {
+      throw toStoreError(err, what, attempt.phase, this.#where);
     });
   }
 
-  #assertOpen(): void {
-    if (this.#closed) throw new ClosedError('postgres store');
+  /** Reject with StoreUnavailableError if `p` is not settled within `ms` (the caller cleans up `p`'s resources). */
+  #deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+    return withTimeout(p, ms, this.clock, {
+      onTimeout: () =>
+        new StoreUnavailableError(`${this.#where} did not answer ${what} within ${ms} ms`, { outcome: 'unknown' }),
+    });
   }
 
   // ---- close ----------------------------------------------------------------
 
-  close(): Promise<void> {
-    this.#closing ??= this.#close();
-    return this.#closing;
-  }
-
-  async #close(): Promise<void> {
-    this.#closed = true;
-    if (this.#tickTimer !== undefined) clearTimeout(this.#tickTimer);
-    if (this.#listenerRetry !== undefined) clearTimeout(this.#listenerRetry);
-    for (const w of this.#watchers) w.open = false;
-    this.#watchers.clear();
-    await Promise.all([...this.#sessions.values()].map((s) => s.close()));
+  protected async closeStore(): Promise<void> {
+    if (this.#tickTimer !== undefined) this.clock.clearTimeout(this.#tickTimer);
+    if (this.#listenerRetry !== undefined) this.clock.clearTimeout(this.#listenerRetry);
+    this.#watchers.closeAll();
+    await this.sessions.closeAll();
     await this.#listenerConnecting?.catch(() => undefined);
     const l = this.#listener;
     this.#listener = undefined;
     if (l !== undefined) {
-      await deadline(l.client.end(), Math.min(1000, this.#timeoutMs), 'closing the LISTEN session').catch(
+      await this.#deadline(l.client.end(), Math.min(1000, this.requestTimeoutMs), 'closing the LISTEN session').catch(
         () => undefined,
       );
       l.lost();
@@ -929,7 +822,9 @@ export class PostgresStore implements Store {
     this.#poolEnded = true;
     this.#pool.removeListener('error', this.#onPoolError);
     if (this.#ownsPool) {
-      await deadline(this.#pool.end(), Math.min(1000, this.#timeoutMs), 'closing the pool').catch(() => undefined);
+      await this.#deadline(this.#pool.end(), Math.min(1000, this.requestTimeoutMs), 'closing the pool').catch(
+        () => undefined,
+      );
       // A connection to an unreachable server never completes its goodbye; cut it.
       for (const c of this.#poolClients) destroyConnection(c);
       this.#poolClients.clear();
@@ -953,26 +848,4 @@ function destroyConnection(client: pg.ClientBase): void {
   } catch {
     // Already gone.
   }
-}
-
-/** Reject with StoreUnavailableError if `p` is not settled within `ms` (the caller cleans up `p`'s resources). */
-function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(
-      () =>
-        reject(new StoreUnavailableError(`postgres: ${what} did not complete within ${ms} ms`, { outcome: 'unknown' })),
-      ms,
-    );
-    t.unref();
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }

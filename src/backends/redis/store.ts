@@ -6,7 +6,6 @@
 import { randomBytes } from 'node:crypto';
 import { Redis, ReplyError, type RedisOptions } from 'ioredis';
 import {
-  ClosedError,
   CorruptDataError,
   IncompatibleSchemaError,
   InvalidArgumentError,
@@ -14,39 +13,28 @@ import {
   SessionExpiredError,
   StoreUnavailableError,
 } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { OptionReader } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
   Op,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
   TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession, withTimeout } from '../../store/session.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  decodeUtf8,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { networkProblem, notAnswering, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
+import { withTimeout } from '../../store/timeout.js';
+import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
+import { WatcherSet } from '../../store/watchers.js';
 import { callScript, defineScripts, scriptSources, type ScriptArg, type ScriptName } from './scripts.js';
-import { parseRedisUrl, redact } from './url.js';
+import { parseRedisUrl } from './url.js';
 
 /** Layout version this code reads and writes (key `rb:{<ns>}:schema`). */
 export const REDIS_SCHEMA_VERSION = 1;
@@ -76,30 +64,27 @@ export interface RedisStoreOptions extends CommonStoreOptions {
   readonly maintenanceIntervalMs?: number | undefined;
 }
 
-interface WatchEntry {
-  readonly prefix: string;
-  readonly onHint: (hint: WatchHint) => void;
-  open: boolean;
-}
-
-/** Reply codes that mean the server refused the command before running it. */
-const REFUSED_REPLIES = new Set([
-  'BUSY',
-  'LOADING',
-  'READONLY',
-  'OOM',
-  'NOAUTH',
-  'NOPERM',
-  'WRONGPASS',
-  'MASTERDOWN',
-  'CLUSTERDOWN',
-  'TRYAGAIN',
-  'MOVED',
-  'ASK',
-  'MISCONF',
-  'NOREPLICAS',
-  'NOSCRIPT',
-]);
+/**
+ * Reply codes that mean the server refused the command before running it
+ * (so nothing was applied), and what each says about the server, in words.
+ */
+const REFUSED_REPLIES: Readonly<Record<string, string>> = {
+  BUSY: 'is busy running a long script; retry shortly',
+  LOADING: 'is still loading its data after a restart; retry shortly',
+  READONLY: 'is a read-only replica; point the URL at the primary',
+  OOM: 'is out of memory (maxmemory reached); free memory or raise maxmemory',
+  NOAUTH: 'wants a password; put the credentials in the URL',
+  NOPERM: "does not let this user run the store's commands; grant what docs/backends/redis.md lists",
+  WRONGPASS: 'refused the user name or password; check the credentials',
+  MASTERDOWN: 'is a replica that lost its primary; point the URL at the primary',
+  CLUSTERDOWN: 'belongs to a cluster that is down; retry once it is up',
+  TRYAGAIN: 'is moving keys between cluster nodes; retry shortly',
+  MOVED: 'is a cluster node that does not hold this namespace; point the URL at a single primary',
+  ASK: 'is a cluster node that does not hold this namespace; point the URL at a single primary',
+  MISCONF: "refuses writes because it cannot save its data to disk; fix the server's disk or persistence settings",
+  NOREPLICAS: 'has too few replicas in sync to accept writes (min-replicas-to-write); retry once they catch up',
+  NOSCRIPT: "lost the store's scripts (SCRIPT FLUSH or a restart); retry, they are loaded again",
+};
 
 /** Options the store decides, because they decide whether requests hang or are sent twice. */
 const FIXED_OPTIONS = [
@@ -177,8 +162,32 @@ function parseRecords(x: unknown): KeyValue[] {
   return out;
 }
 
+/** RedisStoreOptions, checked. */
+interface RedisSettings extends StoreSettings {
+  readonly url: string | undefined;
+  readonly redis: RedisOptions | undefined;
+  readonly maintenanceIntervalMs: number;
+}
+
+function readRedisOptions(options: RedisStoreOptions): RedisSettings {
+  const r = new OptionReader(options, 'createRedisStore options');
+  const settings = readStoreOptions(r);
+  const url = r.string('url', undefined, 4096);
+  const redis = r.raw('redis');
+  if (redis !== undefined && (redis === null || typeof redis !== 'object' || Array.isArray(redis))) {
+    throw new InvalidArgumentError('createRedisStore options.redis must be an object of ioredis connection options');
+  }
+  const maintenanceIntervalMs = r.ms('maintenanceIntervalMs', DEFAULT_MAINTENANCE_INTERVAL_MS, {
+    min: 1,
+    max: 3_600_000,
+  });
+  r.done();
+  return { ...settings, url, redis: redis as RedisOptions | undefined, maintenanceIntervalMs };
+}
+
 /** The ioredis options of one connection of the store. */
-function connectionOptions(options: RedisStoreOptions, timeoutMs: number): ConnectionOptions {
+function connectionOptions(options: RedisSettings): ConnectionOptions {
+  const timeoutMs = options.requestTimeoutMs;
   const fromUrl = options.url === undefined ? { host: '127.0.0.1', port: 6379 } : parseRedisUrl(options.url);
   const { replyMapping: _ignored, ...user } = options.redis ?? {};
   if (options.redis?.replyMapping !== undefined) {
@@ -213,22 +222,16 @@ function connectionOptions(options: RedisStoreOptions, timeoutMs: number): Conne
   };
 }
 
-export class RedisStore implements Store {
+export class RedisStore extends StoreBase {
   readonly backend = 'redis';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
 
   readonly #redis: Redis;
   readonly #connection: ConnectionOptions;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
   readonly #intervalMs: number;
   readonly #base: string;
   readonly #keys: readonly string[];
   readonly #channel: string;
-  readonly #sessions = new Set<ManagedSession>();
-  readonly #watchers = new Set<WatchEntry>();
+  readonly #watchers = new WatcherSet();
   #sub: Redis | undefined;
   #subscribed = false;
   #everSubscribed = false;
@@ -242,23 +245,34 @@ export class RedisStore implements Store {
   #timerFast = false;
   #tickRunning = false;
   #notReadySince: Map<Redis, number> = new Map();
-  /** Set when close() starts: public calls fail, internal revokes still run. */
-  #closing = false;
-  #closed: Promise<void> | undefined;
+  /** `host:port` of the server, for messages. */
+  readonly #where: string;
+  /** The database the URL or options select. */
+  readonly #db: number;
+  /** The check that the current connection really uses #db (pending or passed); reset by every reconnect. */
+  #dbChecked: Promise<void> | undefined;
+  /** What the last connection error said, in words, until the connection is ready again. */
+  #lastProblem: string | undefined;
 
   /** Use createRedisStore(): the connection must be opened and the layout checked first. */
-  constructor(redis: Redis, connection: ConnectionOptions, options: RedisStoreOptions) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#intervalMs = validateTimeout(
-      'maintenanceIntervalMs',
-      options.maintenanceIntervalMs,
-      DEFAULT_MAINTENANCE_INTERVAL_MS,
-    );
-    this.clock = options.clock ?? systemClock;
+  private constructor(redis: Redis, connection: ConnectionOptions, settings: RedisSettings) {
+    super(settings);
+    this.#intervalMs = settings.maintenanceIntervalMs;
     this.#redis = redis;
     this.#connection = connection;
+    this.#where = serverAddress(connection);
+    this.#db = connection.db ?? 0;
+    // Why the connection is down, for the messages of the requests that fail meanwhile.
+    redis.on('error', (err: unknown) => {
+      this.#lastProblem = networkProblem(err) ?? this.#lastProblem;
+    });
+    // Every new connection selects the database again in its handshake, and
+    // ioredis reports a refused SELECT only as an 'error' event while the
+    // connection goes on, in database 0. So each one is checked before use.
+    redis.on('ready', () => {
+      this.#dbChecked = undefined;
+      this.#lastProblem = undefined;
+    });
     this.#base = `rb:{${this.namespace}}:`;
     this.#keys = ['schema', 'rev', 'idx', 'sess', 'sseq'].map((k) => this.#base + k);
     this.#channel = `${this.#base}events`;
@@ -283,8 +297,48 @@ export class RedisStore implements Store {
     };
   }
 
-  /** Check the layout and start the maintenance loop (called once by createRedisStore). */
-  async start(): Promise<void> {
+  /** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
+  static async create(options: RedisStoreOptions = {}): Promise<RedisStore> {
+    const settings = readRedisOptions(options);
+    const connection = connectionOptions(settings);
+    const texts = await scriptSources();
+    const redis = new Redis(connection);
+    let lastError: unknown;
+    redis.on('error', (err: unknown) => {
+      lastError = err;
+    });
+    const where = `Redis at ${serverAddress(connection)}`;
+    try {
+      await withTimeout(redis.connect(), settings.requestTimeoutMs, settings.clock);
+    } catch (err) {
+      redis.disconnect();
+      const cause = lastError ?? err;
+      const message = cause instanceof Error ? cause.message : String(cause);
+      if (/WRONGPASS|NOAUTH|invalid password|invalid username/i.test(message)) {
+        throw new InvalidArgumentError(
+          `${where} refused the user name or password; check the credentials in the URL or the redis options`,
+          { cause },
+        );
+      }
+      const problem =
+        networkProblem(cause) ??
+        (err instanceof StoreUnavailableError ? `no answer within ${settings.requestTimeoutMs} ms` : 'no connection');
+      throw new StoreUnavailableError(notAnswering(where, problem), { cause, outcome: 'not-applied' });
+    }
+    defineScripts(redis, texts);
+    const store = new RedisStore(redis, connection, settings);
+    try {
+      await store.#useDatabase(true);
+      await store.#start();
+    } catch (err) {
+      redis.disconnect();
+      throw err;
+    }
+    return store;
+  }
+
+  /** Check the layout and start the maintenance loop. */
+  async #start(): Promise<void> {
     const r = await this.#script('reap', [], 'open the store');
     this.#lastRevision = toInt(r[1], 'namespace revision');
     this.#schedule();
@@ -292,20 +346,14 @@ export class RedisStore implements Store {
 
   // ---- sessions ---------------------------------------------------------------
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = Math.ceil(validateSessionOptions(options));
-    this.#assertOpen();
-    const sentAt = this.clock.now();
-    const r = await this.#script('open_session', [String(ttlMs)], 'openSession');
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {
+    const r = await this.#script('open_session', [String(Math.ceil(ttlMs))], 'openSession');
     const id = lossy(r[1]);
     const granted = toInt(r[2], 'granted TTL');
-    const session: ManagedSession = new ManagedSession({
+    return {
       id,
       ttlMs: granted,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: undefined,
       driver: {
         keepAlive: async () => {
           const k = await this.#script('keep_alive', [id, String(granted)], 'keep-alive');
@@ -315,41 +363,27 @@ export class RedisStore implements Store {
           await this.#script('revoke', [id], 'revoke');
         },
       },
-      onEnd: () => this.#sessions.delete(session),
-    });
-    this.#sessions.add(session);
-    return session;
+    };
   }
 
   // ---- reads ------------------------------------------------------------------
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
-    this.#assertOpen();
+  protected async readKey(key: string): Promise<KeyValue | undefined> {
     const r = await this.#script('get', [key], 'get');
     if (toInt(r[2], 'get reply') === 0) return undefined;
     return parseKv(asArray(r[3], 'get'), 0, key);
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected async readRange(prefix: string): Promise<RangeResult> {
     const r = await this.#script('range', [prefix], 'range');
     return { kvs: parseRecords(r[2]), revision: toInt(r[1], 'namespace revision'), snapshot: true };
   }
 
   // ---- transactions -------------------------------------------------------------
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    this.#assertOpen();
+  protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
     const thenOps = txn.then;
     const elseOps = txn.else ?? [];
-    let session: ManagedSession | undefined;
-    for (const op of [...thenOps, ...elseOps]) {
-      if (op.op === 'put' && op.session !== undefined) session = this.#ownSession(op.session);
-    }
-    session?.assertUsable();
     const args: ScriptArg[] = [session?.id ?? '', String(txn.compare.length)];
     for (const c of txn.compare) {
       switch (c.target) {
@@ -367,13 +401,7 @@ export class RedisStore implements Store {
       args.push(String(branch.length));
       for (const op of branch) args.push(...encodeOp(op));
     }
-    let r: unknown[];
-    try {
-      r = await this.#script('txn', args, 'txn');
-    } catch (err) {
-      if (err instanceof SessionExpiredError && session !== undefined) session.markExpired(err);
-      throw err;
-    }
+    const r = await this.#script('txn', args, 'txn');
     const succeeded = toInt(r[1], 'txn reply') === 1;
     const revision = toInt(r[2], 'namespace revision');
     const ops = succeeded ? thenOps : elseOps;
@@ -402,66 +430,40 @@ export class RedisStore implements Store {
 
   // ---- watches ------------------------------------------------------------------
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     await this.#whenSubscribed();
-    this.#assertOpen();
-    const entry: WatchEntry = { prefix, onHint, open: true };
-    this.#watchers.add(entry);
+    const watcher = this.#watchers.add(prefix, onHint);
     if (!this.#timerFast) this.#schedule();
-    return {
-      close: () => {
-        entry.open = false;
-        this.#watchers.delete(entry);
-        return Promise.resolve();
-      },
-    };
+    return watcher;
   }
 
   // ---- lifecycle ------------------------------------------------------------------
 
-  close(): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#closing = true;
-      if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
-      this.#timer = undefined;
-      for (const w of this.#watchers) w.open = false;
-      this.#watchers.clear();
-      // Revoke while the connection is still up (bounded by the request timeout each).
-      await Promise.all([...this.#sessions].map((s) => s.close()));
-      for (const w of this.#subWaiters) w();
-      this.#subWaiters = [];
-      this.#redis.disconnect();
-      this.#sub?.disconnect();
-    })();
-    return this.#closed;
+  protected async closeStore(): Promise<void> {
+    if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#watchers.closeAll();
+    // Revoke while the connection is still up (bounded by the request timeout each).
+    await this.sessions.closeAll();
+    for (const w of this.#subWaiters) w();
+    this.#subWaiters = [];
+    this.#redis.disconnect();
+    this.#sub?.disconnect();
   }
 
   // ---- internals ------------------------------------------------------------------
 
-  #assertOpen(): void {
-    if (this.#closing) throw new ClosedError('redis store');
-  }
-
-  #ownSession(session: Session): ManagedSession {
-    if (!(session instanceof ManagedSession) || !this.#sessions.has(session)) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return session;
-  }
-
   /** Run one script and turn its status reply into a result or a typed error. */
   async #script(name: ScriptName, args: readonly ScriptArg[], what: string): Promise<unknown[]> {
     const nonce = `${this.#noncePrefix}${(++this.#calls).toString(36)}`;
+    await this.#useDatabase();
     let reply: unknown;
     try {
       reply = await withTimeout(
         callScript(this.#redis, name, [...this.#keys, this.#base, nonce, ...args]),
-        this.#timeoutMs,
+        this.requestTimeoutMs,
         this.clock,
+        { onTimeout: () => this.#timedOut(what) },
       );
     } catch (err) {
       throw this.#mapError(err, what);
@@ -506,28 +508,132 @@ export class RedisStore implements Store {
     }
   }
 
+  /**
+   * Make sure the current connection is in the selected database before a
+   * request is sent on it: a connection left in database 0 would read and
+   * write another tenant's keys. Once per connection; database 0 needs no check.
+   */
+  #useDatabase(atOpen = false): Promise<void> {
+    if (this.#db === 0) return Promise.resolve();
+    this.#dbChecked ??= this.#checkDatabase(atOpen).catch((err: unknown) => {
+      this.#dbChecked = undefined;
+      throw err;
+    });
+    return this.#dbChecked;
+  }
+
+  /**
+   * At open a database the server does not have is a wrong URL
+   * (InvalidArgumentError); later, after a reconnect, the server changed
+   * under us (StoreUnavailableError, nothing sent).
+   */
+  async #checkDatabase(atOpen: boolean): Promise<void> {
+    const refused = (message: string, cause?: unknown): Error =>
+      atOpen
+        ? new InvalidArgumentError(message, { cause })
+        : new StoreUnavailableError(message, { cause, outcome: 'not-applied' });
+    const db = this.#db;
+    const conn = this.#redis;
+    try {
+      await withTimeout(conn.select(db), this.requestTimeoutMs, this.clock);
+    } catch (err) {
+      if (!isReplyError(err)) throw this.#mapError(err, `select database ${db}`);
+      const message = await this.#databaseRefusal(conn, err);
+      // Never leave a connection in another database: the next one tries again.
+      this.#dropConnection(conn, true);
+      throw refused(message, err);
+    }
+    // What the connection itself reports, where the server can say (CLIENT INFO: Redis 6.2+).
+    const info = await withTimeout(conn.call('CLIENT', 'INFO'), this.requestTimeoutMs, this.clock).catch(
+      () => undefined,
+    );
+    const reported = /(?:^|\s)db=(\d+)(?:\s|$)/.exec(info === undefined ? '' : lossy(info))?.[1];
+    if (reported !== undefined && Number(reported) !== db) {
+      this.#dropConnection(conn, true);
+      throw refused(
+        `Redis at ${this.#where} accepted SELECT ${db} but the connection reports database ${reported} ` +
+          '(a proxy in between that ignores SELECT?); connect to the server directly, or use database 0',
+      );
+    }
+  }
+
+  /** Why the server refused SELECT, in plain words, with its number of databases when it tells. */
+  async #databaseRefusal(conn: Redis, err: Error): Promise<string> {
+    const db = this.#db;
+    const code = err.message.split(' ', 1)[0] ?? '';
+    if (code === 'NOPERM') {
+      return `Redis at ${this.#where} does not let this user select database ${db}; grant the user +select in its ACL, or use database 0`;
+    }
+    if (/cluster mode/i.test(err.message)) {
+      return `Redis at ${this.#where} is a cluster node, which has only database 0; remove /${db} from the URL`;
+    }
+    const reply = await withTimeout(conn.call('CONFIG', 'GET', 'databases'), this.requestTimeoutMs, this.clock).catch(
+      () => undefined,
+    );
+    const count = Array.isArray(reply) && reply.length >= 2 ? Number(lossy(reply[1])) : Number.NaN;
+    if (Number.isSafeInteger(count) && count > 0) {
+      return (
+        `Redis at ${this.#where} has ${count} databases (0 to ${count - 1}), so database ${db} does not exist; ` +
+        `use a database number below ${count}, or raise "databases" in the server's configuration`
+      );
+    }
+    return (
+      `Redis at ${this.#where} refused to select database ${db}: it has fewer databases than that ` +
+      `("databases" in its configuration); use a database the server has, e.g. 0`
+    );
+  }
+
+  /** Driver and server errors in our words; the driver's error is the cause. */
   #mapError(err: unknown, what: string): RebalancerError {
     if (err instanceof RebalancerError) {
       if (err instanceof StoreUnavailableError && err.outcome === 'unknown') this.#dropConnection(this.#redis);
       return err;
     }
     const cause = err;
+    const where = `Redis at ${this.#where}`;
     const message = err instanceof Error ? err.message : String(err);
     if (isReplyError(err)) {
       const code = message.split(' ', 1)[0] ?? '';
-      return new StoreUnavailableError(`Redis answered ${what} with an error: ${message}`, {
+      const words = REFUSED_REPLIES[code];
+      if (words !== undefined) {
+        return new StoreUnavailableError(`${where} ${words}; ${what} was not applied`, {
+          cause,
+          outcome: 'not-applied',
+        });
+      }
+      return new StoreUnavailableError(`${where} refused ${what}, answering "${message}"; ${OUTCOME_UNKNOWN}`, {
         cause,
-        outcome: REFUSED_REPLIES.has(code) ? 'not-applied' : 'unknown',
+        outcome: 'unknown',
       });
     }
     if (/isn't writeable|Connection is closed|Stream connection ended|Connection isn't ready/i.test(message)) {
-      return new StoreUnavailableError(`Redis is not connected; ${what} was not sent`, {
-        cause,
-        outcome: 'not-applied',
-      });
+      // Requests are never queued while disconnected: this one was not sent.
+      return new StoreUnavailableError(
+        `${notAnswering(where, this.#lastProblem ?? 'not connected, reconnecting')}; ${what} was not sent`,
+        { cause, outcome: 'not-applied' },
+      );
     }
-    if (/timed out/i.test(message)) this.#dropConnection(this.#redis);
-    return new StoreUnavailableError(`${what} failed: ${message}`, { cause, outcome: 'unknown' });
+    if (/timed out/i.test(message)) {
+      this.#dropConnection(this.#redis);
+      return this.#timedOut(what, cause);
+    }
+    if ((err as { name?: unknown } | null)?.name === 'MaxRetriesPerRequestError' || /max retries/i.test(message)) {
+      // With maxRetriesPerRequest 0, ioredis fails the requests in flight when their connection drops.
+      return new StoreUnavailableError(
+        `the connection to ${where} dropped while ${what} was in flight (${this.#lastProblem ?? 'connection lost'}); ` +
+          OUTCOME_UNKNOWN,
+        { cause, outcome: 'unknown' },
+      );
+    }
+    return requestFailed(where, what, networkProblem(err), cause, 'unknown');
+  }
+
+  /** A request went unanswered for requestTimeoutMs (the caller drops its connection): its outcome is unknown. */
+  #timedOut(what: string, cause?: unknown): StoreUnavailableError {
+    return new StoreUnavailableError(
+      `Redis at ${this.#where} did not answer ${what} within ${this.requestTimeoutMs} ms; ${OUTCOME_UNKNOWN}`,
+      { cause, outcome: 'unknown' },
+    );
   }
 
   /**
@@ -535,7 +641,7 @@ export class RedisStore implements Store {
    * lost bytes (a partition); a fresh connection is the only safe state.
    */
   #dropConnection(conn: Redis, always = false): void {
-    if (this.#closing) return;
+    if (this.closed) return;
     if (always || conn.status === 'ready' || conn.status === 'connect') conn.disconnect(true);
   }
 
@@ -547,7 +653,7 @@ export class RedisStore implements Store {
    * never show keys of expired sessions anyway, and every call reaps first.
    */
   #schedule(): void {
-    if (this.#closing || this.#tickRunning) return;
+    if (this.closed || this.#tickRunning) return;
     if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer);
     const fast = this.#watchers.size > 0;
     this.#timerFast = fast;
@@ -573,7 +679,7 @@ export class RedisStore implements Store {
       // A silently dead subscriber would lose every notification: probe it about once a second.
       if (this.#subscribed && this.#ticks % Math.max(1, Math.round(1000 / this.#intervalMs)) === 0) {
         const sub = this.#sub;
-        withTimeout(sub.ping(), this.#timeoutMs, this.clock).catch(() => this.#dropConnection(sub));
+        withTimeout(sub.ping(), this.requestTimeoutMs, this.clock).catch(() => this.#dropConnection(sub));
       }
     }
     let revision: number;
@@ -599,7 +705,7 @@ export class RedisStore implements Store {
     if (this.#lagRevision !== undefined && this.#lastRevision < this.#lagRevision) {
       this.#lastRevision = Math.max(this.#lastRevision, revision);
       this.#lagRevision = undefined;
-      this.#broadcast({ revision, reason: 'change' });
+      this.#watchers.notifyAll({ revision, reason: 'change' });
       return;
     }
     this.#lagRevision = revision > this.#lastRevision ? revision : undefined;
@@ -614,7 +720,7 @@ export class RedisStore implements Store {
     const since = this.#notReadySince.get(conn);
     const now = this.clock.now();
     if (since === undefined) this.#notReadySince.set(conn, now);
-    else if (now - since > this.#timeoutMs) {
+    else if (now - since > this.requestTimeoutMs) {
       this.#notReadySince.delete(conn);
       conn.disconnect(true);
     }
@@ -627,11 +733,12 @@ export class RedisStore implements Store {
     if (this.#subscribed) return Promise.resolve();
     return withTimeout(
       new Promise<void>((resolve) => this.#subWaiters.push(resolve)),
-      this.#timeoutMs,
+      this.requestTimeoutMs,
       this.clock,
     ).catch((cause: unknown) => {
       throw new StoreUnavailableError(
-        `could not subscribe to Redis change notifications within ${this.#timeoutMs} ms`,
+        `could not subscribe to change notifications of Redis at ${this.#where} within ${this.requestTimeoutMs} ms; ` +
+          'check that the server runs and allows SUBSCRIBE',
         {
           cause,
           outcome: 'not-applied',
@@ -662,19 +769,20 @@ export class RedisStore implements Store {
     // The baseline for the revision poll: changes up to here are not owed a
     // notification (watchers registered from now on read after this point).
     try {
-      const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.#timeoutMs, this.clock);
+      await this.#useDatabase();
+      const current = await withTimeout(this.#redis.get(this.#keys[1]!), this.requestTimeoutMs, this.clock);
       if (current !== null && /^\d{1,16}$/.test(current))
         this.#lastRevision = Math.max(this.#lastRevision, Number(current));
     } catch {
       // Without a baseline the poll may send one spurious hint; harmless.
     }
-    if (this.#closing || sub.status !== 'ready') return;
+    if (this.closed || sub.status !== 'ready') return;
     this.#subscribed = true;
     const waiters = this.#subWaiters;
     this.#subWaiters = [];
     for (const w of waiters) w();
     // Changes made while unsubscribed were not heard: every watcher re-reads.
-    if (this.#everSubscribed) this.#broadcast({ revision: this.#lastRevision, reason: 'resync' });
+    if (this.#everSubscribed) this.#watchers.notifyAll({ revision: this.#lastRevision, reason: 'resync' });
     this.#everSubscribed = true;
   }
 
@@ -686,26 +794,15 @@ export class RedisStore implements Store {
     if (revision > this.#lastRevision) this.#lastRevision = revision;
     const keys = parts.slice(1);
     for (const w of this.#watchers) {
-      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix)))
-        this.#deliver(w, { revision, reason: 'change' });
+      if (keys.length === 0 || keys.some((k) => k.startsWith(w.prefix))) w.notify({ revision, reason: 'change' });
     }
   }
+}
 
-  #broadcast(hint: WatchHint): void {
-    for (const w of this.#watchers) this.#deliver(w, hint);
-  }
-
-  /** Hints run one at a time (microtasks run in order), never after close, and a throwing consumer is contained. */
-  #deliver(w: WatchEntry, hint: WatchHint): void {
-    queueMicrotask(() => {
-      if (!w.open) return;
-      try {
-        w.onHint(hint);
-      } catch {
-        // A consumer bug must not break the store.
-      }
-    });
-  }
+/** `host:port` of the server a connection dials, for messages. */
+function serverAddress(connection: ConnectionOptions): string {
+  const host = connection.host ?? '127.0.0.1';
+  return `${host.includes(':') ? `[${host}]` : host}:${connection.port ?? 6379}`;
 }
 
 function encodeOp(op: Op): string[] {
@@ -724,45 +821,6 @@ function encodeOp(op: Op): string[] {
 }
 
 /** Open a Redis store: connect, load the scripts, check the namespace's layout version. */
-export async function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
-  if (options === null || typeof options !== 'object')
-    throw new InvalidArgumentError('redis store options must be an object');
-  const timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-  const connection = connectionOptions(options, timeoutMs);
-  const texts = await scriptSources();
-  const redis = new Redis(connection);
-  let lastError: unknown;
-  redis.on('error', (err: unknown) => {
-    lastError = err;
-  });
-  const clock = options.clock ?? systemClock;
-  const where =
-    options.url === undefined ? `${connection.host ?? '127.0.0.1'}:${connection.port ?? 6379}` : redact(options.url);
-  try {
-    await withTimeout(redis.connect(), timeoutMs, clock);
-  } catch (err) {
-    redis.disconnect();
-    const cause = lastError ?? err;
-    const message = cause instanceof Error ? cause.message : String(cause);
-    if (/WRONGPASS|NOAUTH|NOPERM|invalid password|invalid username/i.test(message)) {
-      throw new InvalidArgumentError(
-        `Redis at ${where} refused the credentials: ${message}; check username and password`,
-        { cause },
-      );
-    }
-    throw new StoreUnavailableError(`could not connect to Redis at ${where}: ${message}`, {
-      cause,
-      outcome: 'not-applied',
-    });
-  }
-  defineScripts(redis, texts);
-  let store: RedisStore;
-  try {
-    store = new RedisStore(redis, connection, options);
-    await store.start();
-  } catch (err) {
-    redis.disconnect();
-    throw err;
-  }
-  return store;
+export function createRedisStore(options: RedisStoreOptions = {}): Promise<RedisStore> {
+  return RedisStore.create(options);
 }

@@ -3,8 +3,9 @@
  * the synchronous operations the store runs inside one SQLite transaction.
  * Nothing here waits or retries; `store.ts` owns that.
  *
- * Layout (schema version 1), all tables prefixed `rebalancer_` so that the
- * file may be shared with an application's own tables:
+ * Layout (schema version 1), all tables prefixed `rebalancer_`. The file
+ * holds nothing else: a file with tables we did not create is refused (see
+ * `refuseForeignSchema`).
  *   rebalancer_meta(name, value)             schema_version = 1
  *   rebalancer_namespaces(ns, revision)      one revision counter per namespace
  *   rebalancer_keys(ns, key, value, version, create_rev, mod_rev, session_id)
@@ -13,10 +14,11 @@
  *                                            (the last CHANGE_LOG_KEEP revisions; feeds watches)
  */
 import { statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CorruptDataError, IncompatibleSchemaError, InvalidArgumentError, SessionExpiredError } from '../../errors.js';
 import type { KeyValue, OpResult, Txn, TxnResult } from '../../store/contract.js';
-import { decodeUtf8, evaluateCompare } from '../../store/validate.js';
+import { decodeUtf8, chooseBranch } from '../../store/validate.js';
 
 export const SCHEMA_VERSION = 1;
 
@@ -110,6 +112,34 @@ export function isSqliteError(err: unknown): err is Error & { code: string } {
   return err instanceof Database.SqliteError;
 }
 
+/**
+ * What a SQLite error code says about the database file, in words, with what
+ * to do (SQLite's own text names an internal condition, not the remedy).
+ */
+export function sqliteProblem(code: string, path: string): string {
+  if (code.startsWith('SQLITE_READONLY')) {
+    return `the database file ${path} is read-only for this process; give it write access to the file and its directory (for the -wal and -shm files)`;
+  }
+  if (code.startsWith('SQLITE_CANTOPEN')) {
+    return `the database file ${path} cannot be opened; check that its directory exists and that this process may write there`;
+  }
+  if (code === 'SQLITE_FULL') return `the disk holding ${path} is full; free some space`;
+  if (code.startsWith('SQLITE_IOERR')) {
+    return `reading or writing ${path} failed (an I/O error of the disk or file system); check the disk`;
+  }
+  if (code === 'SQLITE_PERM' || code === 'SQLITE_AUTH') {
+    return `the operating system refused access to ${path}; check its permissions`;
+  }
+  if (code === 'SQLITE_PROTOCOL') {
+    return `the locks of ${path} failed (is it on a network file system?); use a file on a local disk`;
+  }
+  if (code === 'SQLITE_NOMEM') return 'SQLite ran out of memory';
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+    return `the database file ${path} is damaged (SQLite found it malformed); restore it from a backup or delete it (all sessions then end); Rebalancer will not repair it`;
+  }
+  return `SQLite failed on ${path} (error ${code})`;
+}
+
 /** Thrown by a commit that failed: whether it applied is unknown. */
 export class CommitError extends Error {
   constructor(cause: unknown) {
@@ -195,6 +225,47 @@ function decodeKeyRow(row: KeyRow): KeyValue {
   return { key, value, version: row.version, createRevision: row.create_rev, modRevision: row.mod_rev, sessionId };
 }
 
+/** The tables the schema creates (their indexes follow them; it creates no views or triggers). */
+const OWN_OBJECTS = new Set([
+  'rebalancer_meta',
+  'rebalancer_namespaces',
+  'rebalancer_sessions',
+  'rebalancer_keys',
+  'rebalancer_changes',
+]);
+
+/**
+ * Refuse a file that holds tables, views or triggers Rebalancer did not
+ * create: it belongs to another application, and adding our tables (and WAL
+ * mode) to it would mix two programs' data in one file, share its locks and
+ * fsyncs with ours, and let a restore or a deletion of either take the other
+ * with it. SQLite's own internal objects (`sqlite_…`) are ignored.
+ */
+function refuseForeignSchema(db: Database.Database, path: string): void {
+  const foreign = db
+    .prepare<[], string>(
+      "SELECT name FROM sqlite_master WHERE type IN ('table', 'view', 'trigger') " +
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    )
+    .pluck()
+    .all()
+    .filter((name) => !OWN_OBJECTS.has(name));
+  if (foreign.length === 0) return;
+  const shown = foreign.slice(0, 5).map((n) => JSON.stringify(n));
+  throw new InvalidArgumentError(
+    `SQLite database ${path} holds tables Rebalancer did not create (${shown.join(', ')}` +
+      `${foreign.length > shown.length ? `, and ${foreign.length - shown.length} more` : ''}): it belongs to another ` +
+      'application, and Rebalancer does not add its tables to it. Give Rebalancer a database file of its own, e.g. ' +
+      `${ownFileNear(path)}. Nothing was changed.`,
+  );
+}
+
+/** A file name next to `path` to suggest instead of it. */
+function ownFileNear(path: string): string {
+  const suggested = join(dirname(path), 'rebalancer.db');
+  return suggested === path ? join(dirname(path), 'rebalancer-coordination.db') : suggested;
+}
+
 /**
  * Create the schema in an empty file or check the existing one; runs in its
  * own IMMEDIATE transaction and changes nothing unless the file has no
@@ -203,6 +274,8 @@ function decodeKeyRow(row: KeyRow): KeyValue {
 function initSchema(db: Database.Database, path: string): void {
   db.exec('BEGIN IMMEDIATE');
   try {
+    // Again under the write lock: another process may have created tables since the first look.
+    refuseForeignSchema(db, path);
     const tables = db
       .prepare<[], string>(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'rebalancer\\_%' ESCAPE '\\'",
@@ -328,6 +401,8 @@ export class Connection {
   static open(path: string, options: ConnectionOptions): Connection {
     const db = new Database(path, { ...options.driver, timeout: options.busyTimeoutMs });
     try {
+      // Before anything writes to the file, not even the switch to WAL mode.
+      refuseForeignSchema(db, path);
       const mode = db.pragma('journal_mode = WAL', { simple: true });
       if (String(mode).toLowerCase() !== 'wal') {
         throw new InvalidArgumentError(
@@ -518,8 +593,7 @@ export class Connection {
         throw new SessionExpiredError(sessionId, `session ${sessionId} has expired; the transaction was not applied`);
       }
     }
-    const succeeded = txn.compare.every((c) => evaluateCompare(c, this.get(ns, c.key, nowMs)));
-    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const { succeeded, branch } = chooseBranch(txn, (key) => this.get(ns, key, nowMs));
     const current = this.#writableRevision(ns);
     const rev = current + 1;
     let changed: string | undefined;

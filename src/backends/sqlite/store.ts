@@ -21,34 +21,24 @@ import {
   SessionExpiredError,
   StoreUnavailableError,
 } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { OptionReader } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
-  Op,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
+  TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession } from '../../store/session.js';
-import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { OUTCOME_UNKNOWN } from '../../store/network.js';
+import { readStoreOptions, type StoreSettings } from '../../store/validate.js';
+import { WatcherSet, type HintQueue } from '../../store/watchers.js';
 import { hostMonotonicMs } from './clock.js';
 import {
   CHANGE_LOG_KEEP,
@@ -56,6 +46,7 @@ import {
   Connection,
   isBusy,
   isSqliteError,
+  sqliteProblem,
   type ConnectionOptions,
   type SqliteDriverOptions,
 } from './db.js';
@@ -100,121 +91,85 @@ interface RequestContext {
 /** Stores of this process, by database file identity: own commits are announced to them at once. */
 const peers = new Map<string, Set<SqliteStore>>();
 
-class WatchEntry {
-  readonly prefix: string;
-  readonly #onHint: (hint: WatchHint) => void;
-  #open = true;
-  #queue: WatchHint[] = [];
-  #scheduled = false;
-
-  constructor(prefix: string, onHint: (hint: WatchHint) => void) {
-    this.prefix = prefix;
-    this.#onHint = onHint;
-  }
-
-  /** Keys under `changed` (a common prefix of the changed keys) may be under this watch's prefix. */
-  overlaps(changed: string): boolean {
-    return changed.startsWith(this.prefix) || this.prefix.startsWith(changed);
-  }
-
-  notify(hint: WatchHint): void {
-    if (!this.#open) return;
-    const last = this.#queue[this.#queue.length - 1];
-    if (last !== undefined && last.reason === hint.reason) {
-      // Coalesce: consumers re-read anyway; keep the newest revision.
-      this.#queue[this.#queue.length - 1] = { reason: hint.reason, revision: Math.max(last.revision, hint.revision) };
-    } else {
-      this.#queue.push(hint);
-    }
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    queueMicrotask(() => this.#drain());
-  }
-
-  close(): void {
-    this.#open = false;
-    this.#queue = [];
-  }
-
-  #drain(): void {
-    this.#scheduled = false;
-    const hints = this.#queue;
-    this.#queue = [];
-    for (const hint of hints) {
-      if (!this.#open) return;
-      try {
-        this.#onHint(hint);
-      } catch {
-        // A throwing consumer must not break the store.
-      }
-    }
-  }
+/** Keys under `changed` (a common prefix of the changed keys) may be under the watcher's prefix. */
+function overlaps(w: HintQueue, changed: string): boolean {
+  return changed.startsWith(w.prefix) || w.prefix.startsWith(changed);
 }
 
-function checkInterval(name: string, v: number | undefined, fallback: number, min: number, max: number): number {
-  const x = v ?? fallback;
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max) {
-    throw new InvalidArgumentError(`${name} must be a number of milliseconds in [${min}, ${max}], got ${String(x)}`);
-  }
-  return x;
+/**
+ * The poll and the announcement of this process's own commits must not keep
+ * a process alive on their own; waiting out a lock inside a request does (see Clock).
+ */
+const BACKGROUND = { background: true } as const;
+
+/** SqliteStoreOptions, checked. */
+interface SqliteSettings extends StoreSettings {
+  readonly path: string;
+  readonly pollIntervalMs: number;
+  readonly connection: ConnectionOptions;
 }
 
-export class SqliteStore implements Store {
+function readSqliteOptions(options: SqliteStoreOptions): SqliteSettings {
+  if (options === null || typeof options !== 'object') {
+    throw new InvalidArgumentError('createSqliteStore needs options such as { path: "./rebalancer.db" }');
+  }
+  const r = new OptionReader(options, 'createSqliteStore options');
+  const settings = readStoreOptions(r);
+  const path = validateDatabasePath(r.string('path', '', 4096));
+  const pollIntervalMs = r.ms('pollIntervalMs', DEFAULT_POLL_INTERVAL_MS, { min: 1, max: 60_000 });
+  const busyTimeoutMs = r.ms('busyTimeoutMs', DEFAULT_BUSY_TIMEOUT_MS, { min: 0, max: 1000 });
+  const synchronous = r.oneOf('synchronous', ['full', 'normal'] as const, 'full');
+  const d = r.object('driver');
+  const driver: SqliteDriverOptions = {};
+  if (d !== undefined) {
+    const nativeBinding = d.string('nativeBinding', undefined, 4096);
+    const verbose = d.raw('verbose');
+    if (verbose !== undefined && typeof verbose !== 'function') {
+      throw new InvalidArgumentError('createSqliteStore options.driver.verbose must be a function');
+    }
+    const fileMustExist = d.has('fileMustExist') ? d.boolean('fileMustExist', false) : undefined;
+    d.done();
+    Object.assign(driver, {
+      ...(nativeBinding === undefined ? {} : { nativeBinding }),
+      ...(verbose === undefined ? {} : { verbose }),
+      ...(fileMustExist === undefined ? {} : { fileMustExist }),
+    });
+  }
+  r.done();
+  return { ...settings, path, pollIntervalMs, connection: { busyTimeoutMs, synchronous, driver } };
+}
+
+export class SqliteStore extends StoreBase {
   readonly backend = 'sqlite';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
   /** Absolute path of the database file. */
   readonly path: string;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
   readonly #pollMs: number;
   readonly #connOptions: ConnectionOptions;
-  readonly #sessions = new Map<string, ManagedSession>();
-  readonly #watchers = new Set<WatchEntry>();
+  readonly #watchers = new WatcherSet();
   #conn: Connection | undefined;
-  #closing = false;
-  #closed = false;
-  #closePromise: Promise<void> | undefined;
-  #tickTimer: NodeJS.Timeout | undefined;
-  #pokeScheduled: NodeJS.Immediate | undefined;
+  /** Set once the connection is released: every call, internal ones included, fails from then on. */
+  #shut = false;
+  #tickTimer: TimerHandle | undefined;
+  #pokeTimer: TimerHandle | undefined;
   /** `PRAGMA data_version` at the last successful poll. */
   #lastDataVersion = -1;
   /** Namespace revision up to which watchers have been hinted. */
   #lastSeenRev = 0;
   /** Watchers must get a resync hint after the next successful poll. */
   #interrupted = false;
-  /** Monotonic time since which polls have been failing with SQLITE_BUSY. */
+  /** Clock time since which polls have been failing with SQLITE_BUSY. */
   #busySinceMs: number | undefined;
 
-  private constructor(options: SqliteStoreOptions) {
-    if (options === null || typeof options !== 'object') {
-      throw new InvalidArgumentError('createSqliteStore needs options such as { path: "./rebalancer.db" }');
-    }
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#pollMs = checkInterval('pollIntervalMs', options.pollIntervalMs, DEFAULT_POLL_INTERVAL_MS, 1, 60_000);
-    const busyTimeoutMs = checkInterval('busyTimeoutMs', options.busyTimeoutMs, DEFAULT_BUSY_TIMEOUT_MS, 0, 1000);
-    const synchronous = options.synchronous ?? 'full';
-    if (synchronous !== 'full' && synchronous !== 'normal') {
-      throw new InvalidArgumentError(`synchronous must be 'full' or 'normal', got ${String(synchronous)}`);
-    }
-    const d = options.driver ?? {};
-    if (d === null || typeof d !== 'object') throw new InvalidArgumentError('driver options must be an object');
-    const driver: SqliteDriverOptions = {
-      ...(d.nativeBinding === undefined ? {} : { nativeBinding: d.nativeBinding }),
-      ...(d.verbose === undefined ? {} : { verbose: d.verbose }),
-      ...(d.fileMustExist === undefined ? {} : { fileMustExist: d.fileMustExist }),
-    };
-    this.path = validateDatabasePath(options.path);
-    this.clock = options.clock ?? systemClock;
-    this.#connOptions = { busyTimeoutMs, synchronous, driver };
+  private constructor(settings: SqliteSettings) {
+    super(settings);
+    this.path = settings.path;
+    this.#pollMs = settings.pollIntervalMs;
+    this.#connOptions = settings.connection;
   }
 
   /** Open (creating the file and schema if needed). Prefer `createSqliteStore`. */
   static async create(options: SqliteStoreOptions): Promise<SqliteStore> {
-    const store = new SqliteStore(options);
+    const store = new SqliteStore(readSqliteOptions(options));
     try {
       await store.#request('open', 'write', (ctx) => {
         ctx.conn.ensureNamespace(store.namespace);
@@ -231,44 +186,26 @@ export class SqliteStore implements Store {
 
   // ---- Store ----------------------------------------------------------------
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
-    this.#assertOpen();
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {
     const id = randomUUID();
-    const sentAt = this.clock.now();
     await this.#request('openSession', 'write', (ctx) => ctx.conn.createSession(id, this.namespace, ttlMs, ctx.nowMs));
-    const session: ManagedSession = new ManagedSession({
+    return {
       id,
       ttlMs,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: undefined,
       driver: {
         keepAlive: () =>
           this.#request('keepAlive', 'write', (ctx) => (ctx.conn.touchSession(id, ctx.nowMs) ? 'alive' : 'gone')),
         revoke: () => this.#request('revoke', 'write', (ctx) => ctx.conn.deleteSession(id)),
       },
-      onEnd: () => this.#sessions.delete(id),
-    });
-    this.#sessions.set(id, session);
-    if (this.#closing) {
-      // close() began while this session was being created and did not see it.
-      await session.close();
-      throw new ClosedError('sqlite store');
-    }
-    return session;
+    };
   }
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
-    this.#assertOpen();
+  protected readKey(key: string): Promise<KeyValue | undefined> {
     return this.#request('get', 'read', (ctx) => ctx.conn.get(this.namespace, key, ctx.nowMs));
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected readRange(prefix: string): Promise<RangeResult> {
     return this.#request('range', 'read', (ctx) => ({
       kvs: ctx.conn.range(this.namespace, prefix, ctx.nowMs),
       revision: ctx.conn.revision(this.namespace),
@@ -276,60 +213,28 @@ export class SqliteStore implements Store {
     }));
   }
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    this.#assertOpen();
+  protected applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
     const ops = [...txn.then, ...(txn.else ?? [])];
-    const sessionOp = ops.find((op): op is Extract<Op, { op: 'put' }> => op.op === 'put' && op.session !== undefined);
-    let session: ManagedSession | undefined;
-    if (sessionOp?.session !== undefined) {
-      session = this.#ownSession(sessionOp.session);
-      session.assertUsable();
-    }
     const writes = ops.some((op) => op.op === 'put' || op.op === 'delete' || op.op === 'deletePrefix');
-    try {
-      return await this.#request('txn', writes ? 'write' : 'read', (ctx) =>
-        ctx.conn.applyTxn(this.namespace, txn, session?.id, ctx.nowMs),
-      );
-    } catch (err) {
-      if (err instanceof SessionExpiredError && session !== undefined) session.markExpired(err);
-      throw err;
-    }
+    return this.#request('txn', writes ? 'write' : 'read', (ctx) =>
+      ctx.conn.applyTxn(this.namespace, txn, session?.id, ctx.nowMs),
+    );
   }
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    if (typeof onHint !== 'function') throw new InvalidArgumentError('watch needs an onHint function');
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     if (this.#watchers.size === 0) {
       // Without watchers the poller does not follow the change log; start from now.
       const rev = await this.#request('watch', 'read', (ctx) => ctx.conn.revision(this.namespace));
       if (this.#watchers.size === 0) this.#lastSeenRev = rev;
-      this.#assertOpen();
     }
-    const entry = new WatchEntry(prefix, onHint);
-    this.#watchers.add(entry);
-    return {
-      close: () => {
-        entry.close();
-        this.#watchers.delete(entry);
-        return Promise.resolve();
-      },
-    };
+    return this.#watchers.add(prefix, onHint);
   }
 
-  close(): Promise<void> {
-    this.#closePromise ??= this.#close();
-    return this.#closePromise;
-  }
-
-  async #close(): Promise<void> {
-    this.#closing = true;
+  protected async closeStore(): Promise<void> {
     this.#stopTimers();
-    for (const w of this.#watchers) w.close();
-    this.#watchers.clear();
+    this.#watchers.closeAll();
     // Revoke while the connection is still open: their keys vanish now, not after the TTL.
-    for (const s of [...this.#sessions.values()]) await s.close();
+    await this.sessions.closeAll();
     this.#shutdown();
   }
 
@@ -343,10 +248,10 @@ export class SqliteStore implements Store {
    * backoff until requestTimeoutMs.
    */
   async #request<T>(kind: string, mode: 'read' | 'write', fn: (ctx: RequestContext) => T): Promise<T> {
-    const startedMs = performance.now();
+    const startedMs = this.clock.now();
     let backoffMs = 1;
     for (;;) {
-      if (this.#closed) throw new ClosedError('sqlite store');
+      if (this.#shut) throw new ClosedError('sqlite store');
       try {
         const conn = this.#connection();
         if (mode === 'read') {
@@ -364,8 +269,8 @@ export class SqliteStore implements Store {
         if (bumped || value.ended.length > 0) this.#afterCommit(conn, value.ended);
         return value.v;
       } catch (err) {
-        if (isBusy(err) && performance.now() - startedMs + backoffMs < this.#timeoutMs) {
-          await new Promise((r) => setTimeout(r, backoffMs * (0.5 + Math.random())));
+        if (isBusy(err) && this.clock.now() - startedMs + backoffMs < this.requestTimeoutMs) {
+          await sleep(this.clock, backoffMs * (0.5 + Math.random()));
           backoffMs = Math.min(backoffMs * 2, 50);
           continue;
         }
@@ -374,32 +279,26 @@ export class SqliteStore implements Store {
     }
   }
 
+  /** SQLite's errors in words, with what to do; the driver's error is the cause. */
   #mapError(err: unknown, kind: string): unknown {
     if (err instanceof RebalancerError) return err;
     if (err instanceof CommitError) {
       const cause = err.cause;
-      return new StoreUnavailableError(
-        `sqlite ${kind}: COMMIT failed (${cause instanceof Error ? cause.message : String(cause)}); ` +
-          'the change may or may not have been applied: re-read before retrying',
-        { cause, outcome: 'unknown' },
-      );
+      const problem = isSqliteError(cause) ? sqliteProblem(cause.code, this.path) : `committing to ${this.path} failed`;
+      return new StoreUnavailableError(`sqlite ${kind}: ${problem}; ${OUTCOME_UNKNOWN}`, { cause, outcome: 'unknown' });
     }
     if (isSqliteError(err)) {
       if (isBusy(err)) {
         return new StoreUnavailableError(
           `sqlite ${kind}: the database ${this.path} stayed locked by another connection for requestTimeoutMs ` +
-            `(${this.#timeoutMs} ms); nothing was applied. A process holding a write transaction may be stopped or stuck.`,
+            `(${this.requestTimeoutMs} ms); nothing was applied. A process holding a write transaction may be stopped or stuck.`,
           { cause: err, outcome: 'not-applied' },
         );
       }
       if (err.code.startsWith('SQLITE_CORRUPT') || err.code === 'SQLITE_NOTADB') {
-        return new CorruptDataError(
-          `sqlite ${kind}: the database file ${this.path} is damaged (${err.code}: ${err.message}); ` +
-            'restore it or delete it (all sessions then end) — Rebalancer will not repair it',
-          { cause: err },
-        );
+        return new CorruptDataError(`sqlite ${kind}: ${sqliteProblem(err.code, this.path)}`, { cause: err });
       }
-      return new StoreUnavailableError(`sqlite ${kind} failed (${err.code}: ${err.message}); nothing was applied`, {
+      return new StoreUnavailableError(`sqlite ${kind}: ${sqliteProblem(err.code, this.path)}; nothing was applied`, {
         cause: err,
         outcome: 'not-applied',
       });
@@ -417,10 +316,17 @@ export class SqliteStore implements Store {
     } catch (err) {
       if (isBusy(err) || err instanceof RebalancerError) throw err;
       if (first && isSqliteError(err)) {
+        if (err.code === 'SQLITE_NOTADB') {
+          throw new InvalidArgumentError(
+            `${this.path} is not a SQLite database; give Rebalancer a file of its own (a new one is created)`,
+            { cause: err },
+          );
+        }
+        if (err.code.startsWith('SQLITE_CORRUPT')) {
+          throw new CorruptDataError(`sqlite open: ${sqliteProblem(err.code, this.path)}`, { cause: err });
+        }
         throw new InvalidArgumentError(
-          err.code === 'SQLITE_NOTADB'
-            ? `${this.path} is not a SQLite database`
-            : `cannot open the sqlite database ${this.path} for writing (${err.code}: ${err.message})`,
+          `cannot open the sqlite database ${this.path} for writing: ${sqliteProblem(err.code, this.path)}`,
           { cause: err },
         );
       }
@@ -442,9 +348,10 @@ export class SqliteStore implements Store {
 
   /** After a commit that changed something: tell this process's stores at once (other processes poll). */
   #afterCommit(conn: Connection, reaped: readonly string[]): void {
-    for (const store of peers.get(conn.identity) ?? [this]) {
+    const stores: Iterable<SqliteStore> = peers.get(conn.identity) ?? [this];
+    for (const store of stores) {
       for (const id of reaped) {
-        store.#sessions
+        store.sessions
           .get(id)
           ?.markExpired(new SessionExpiredError(id, `session ${id} expired: it was not kept alive within its TTL`));
       }
@@ -455,29 +362,36 @@ export class SqliteStore implements Store {
   // ---- polling: watches, expiry, lost files -------------------------------------
 
   #scheduleTick(): void {
-    if (this.#closing) return;
-    this.#tickTimer = setTimeout(() => {
-      this.#tickTimer = undefined;
-      this.#poll(false);
-      this.#scheduleTick();
-    }, this.#pollMs);
-    this.#tickTimer.unref();
+    if (this.closed) return;
+    this.#tickTimer = this.clock.setTimeout(
+      () => {
+        this.#tickTimer = undefined;
+        this.#poll(false);
+        this.#scheduleTick();
+      },
+      this.#pollMs,
+      BACKGROUND,
+    );
   }
 
+  /** Poll soon (another store of this process committed): its watchers hear at once, not at the next tick. */
   #poke(): void {
-    if (this.#closing || this.#pokeScheduled !== undefined) return;
-    this.#pokeScheduled = setImmediate(() => {
-      this.#pokeScheduled = undefined;
-      this.#poll(true);
-    });
-    this.#pokeScheduled.unref();
+    if (this.closed || this.#pokeTimer !== undefined) return;
+    this.#pokeTimer = this.clock.setTimeout(
+      () => {
+        this.#pokeTimer = undefined;
+        this.#poll(true);
+      },
+      0,
+      BACKGROUND,
+    );
   }
 
   #stopTimers(): void {
-    if (this.#tickTimer !== undefined) clearTimeout(this.#tickTimer);
-    if (this.#pokeScheduled !== undefined) clearImmediate(this.#pokeScheduled);
+    if (this.#tickTimer !== undefined) this.clock.clearTimeout(this.#tickTimer);
+    if (this.#pokeTimer !== undefined) this.clock.clearTimeout(this.#pokeTimer);
     this.#tickTimer = undefined;
-    this.#pokeScheduled = undefined;
+    this.#pokeTimer = undefined;
   }
 
   /**
@@ -487,7 +401,7 @@ export class SqliteStore implements Store {
    * hear of it even if no client of theirs is alive). Never throws.
    */
   #poll(force: boolean): void {
-    if (this.#closing) return;
+    if (this.closed) return;
     try {
       let conn = this.#conn;
       if (conn !== undefined && !conn.stillAtPath()) {
@@ -515,10 +429,10 @@ export class SqliteStore implements Store {
     } catch (err) {
       // Retried at the next tick. A lasting or non-lock failure may lose
       // changes from the watchers' view: they get a resync hint once polls work again.
-      const now = performance.now();
+      const now = this.clock.now();
       if (isBusy(err)) {
         this.#busySinceMs ??= now;
-        if (now - this.#busySinceMs > this.#timeoutMs) this.#interrupted = true;
+        if (now - this.#busySinceMs > this.requestTimeoutMs) this.#interrupted = true;
       } else {
         this.#interrupted = true;
       }
@@ -544,7 +458,7 @@ export class SqliteStore implements Store {
       for (const w of this.#watchers) {
         let rev = 0;
         if (!complete) rev = revision;
-        else for (const c of changes) if (w.overlaps(c.prefix)) rev = c.rev;
+        else for (const c of changes) if (overlaps(w, c.prefix)) rev = c.rev;
         if (rev > 0) w.notify({ revision: rev, reason: 'change' });
       }
     }
@@ -554,11 +468,11 @@ export class SqliteStore implements Store {
 
   /** Sessions of this store that another process reaped (or that vanished) are expired. */
   #checkSessions(conn: Connection): void {
-    if (this.#sessions.size === 0) return;
-    const ids = [...this.#sessions.keys()];
+    if (this.sessions.size === 0) return;
+    const ids = this.sessions.ids();
     const gone = conn.readTxn(() => ids.filter((id) => !conn.sessionExists(id)));
     for (const id of gone) {
-      this.#sessions
+      this.sessions
         .get(id)
         ?.markExpired(new SessionExpiredError(id, `session ${id} expired: it no longer exists in the database`));
     }
@@ -574,16 +488,19 @@ export class SqliteStore implements Store {
     conn.close();
     this.#conn = undefined;
     this.#interrupted = true;
-    for (const [id, s] of this.#sessions) {
+    for (const s of this.sessions.sessions()) {
       s.markExpired(
-        new SessionExpiredError(id, `the database file ${this.path} was deleted or replaced; session ${id} is gone`),
+        new SessionExpiredError(
+          s.id,
+          `the database file ${this.path} was deleted or replaced; session ${s.id} is gone`,
+        ),
       );
     }
   }
 
   #shutdown(): void {
-    this.#closing = true;
-    this.#closed = true;
+    this.markClosed();
+    this.#shut = true;
     this.#stopTimers();
     const conn = this.#conn;
     this.#conn = undefined;
@@ -593,18 +510,5 @@ export class SqliteStore implements Store {
       if (group?.size === 0) peers.delete(conn.identity);
       conn.close();
     }
-  }
-
-  #ownSession(session: Session): ManagedSession {
-    const own = this.#sessions.get(session?.id);
-    if (own === undefined || own !== session) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return own;
-  }
-
-  #assertOpen(): void {
-    if (this.#closing) throw new ClosedError('sqlite store');
   }
 }

@@ -76,8 +76,18 @@ function statOrThrow(path: string, shownAs: string): ReturnType<typeof statSync>
     return statSync(path, { throwIfNoEntry: false });
   } catch (cause) {
     throw new InvalidArgumentError(
-      `sqlite database path ${JSON.stringify(shownAs)}: cannot access ${path} (${(cause as Error).message})`,
+      `sqlite database path ${JSON.stringify(shownAs)}: cannot access ${path} (${FS_PROBLEMS[(cause as { code?: string }).code ?? ''] ?? 'see the cause'}); ` +
+        'use a path this process may read and write',
       { cause },
     );
   }
 }
+
+/** Why a path cannot be looked at, in words. */
+const FS_PROBLEMS: Readonly<Record<string, string>> = {
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  ENOTDIR: 'a part of the path is not a directory',
+  ELOOP: 'too many symbolic links',
+  ENAMETOOLONG: 'the path is too long',
+};

@@ -16,8 +16,10 @@
  */
 import zookeeper from 'node-zookeeper-client';
 import type { ACL, Client, Event, Exception, Stat } from 'node-zookeeper-client';
-import { StoreUnavailableError } from '../../errors.js';
-import type { Clock, TimerHandle } from '../../store/contract.js';
+import { InvalidArgumentError, StoreUnavailableError } from '../../errors.js';
+import type { Clock } from '../../store/contract.js';
+import { notAnswering, OUTCOME_UNKNOWN } from '../../store/network.js';
+import { withTimeout } from '../../store/timeout.js';
 
 /** ZooKeeper op codes used in multi (protocol constants, stable since 3.4). */
 export const OP = { create: 1, delete: 2, setData: 5, check: 13 } as const;
@@ -64,6 +66,12 @@ export const ZK = {
   SESSION_EXPIRED: -112,
   AUTH_FAILED: -115,
 } as const;
+
+/** The name of a ZooKeeper error code (NO_NODE, CONNECTION_LOSS…), for messages. */
+export function zkCodeName(code: number): string {
+  for (const [name, value] of Object.entries(zookeeper.Exception)) if (value === code) return name;
+  return String(code);
+}
 
 export function zkCode(err: unknown): number | undefined {
   if (err instanceof MultiError) return err.code;
@@ -151,13 +159,8 @@ export class Connection {
   /** Open a connection (and so a ZooKeeper session); rejects after the request timeout. */
   static async open(opts: ConnectionOptions): Promise<Connection> {
     const conn = new Connection(opts);
-    const { clock } = opts;
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = (): void => {
-        clock.clearTimeout(timer);
-        conn.client.removeListener('connected', onConnected);
-        conn.client.removeListener('authenticationFailed', onAuthFailed);
-      };
+    let cleanup = (): void => undefined;
+    const connected = new Promise<void>((resolve, reject) => {
       const onConnected = (): void => {
         cleanup();
         resolve();
@@ -166,24 +169,34 @@ export class Connection {
         cleanup();
         void conn.close();
         reject(
-          new StoreUnavailableError('ZooKeeper rejected the authentication credentials', { outcome: 'not-applied' }),
-        );
-      };
-      const timer: TimerHandle = clock.setTimeout(() => {
-        cleanup();
-        void conn.close();
-        reject(
-          new StoreUnavailableError(
-            `could not connect to ZooKeeper at ${opts.connectString} within ${opts.requestTimeoutMs} ms`,
-            { outcome: 'unknown' },
+          new InvalidArgumentError(
+            `${conn.where} refused the authentication; check the user and password in the URL or the auth option`,
           ),
         );
-      }, opts.requestTimeoutMs);
+      };
+      cleanup = () => {
+        conn.client.removeListener('connected', onConnected);
+        conn.client.removeListener('authenticationFailed', onAuthFailed);
+      };
       conn.client.on('connected', onConnected);
       conn.client.on('authenticationFailed', onAuthFailed);
       conn.client.connect();
     });
+    await withTimeout(connected, opts.requestTimeoutMs, opts.clock, {
+      onTimeout: () => {
+        cleanup();
+        void conn.close();
+        return new StoreUnavailableError(notAnswering(conn.where, `no session within ${opts.requestTimeoutMs} ms`), {
+          outcome: 'unknown',
+        });
+      },
+    });
     return conn;
+  }
+
+  /** "ZooKeeper at host:port[,host:port…]", for messages. */
+  get where(): string {
+    return `ZooKeeper at ${this.#opts.connectString}`;
   }
 
   /** The ZooKeeper session id of this connection. */
@@ -334,33 +347,14 @@ export class Connection {
    * out before it left the driver's queue is withdrawn: `not-applied`.
    */
   multi(ops: readonly MultiOp[], timeoutMs = this.#opts.requestTimeoutMs): Promise<MultiResult[]> {
-    const { clock } = this.#opts;
     const tx = this.client.transaction() as unknown as RawTransaction;
     tx.ops = [...ops];
     const queue = (this.client as unknown as DriverInternals).connectionManager?.packetQueue?.queue;
-    return new Promise<MultiResult[]>((resolve, reject) => {
-      let settled = false;
+    let packet: unknown;
+    const committed = new Promise<MultiResult[]>((resolve, reject) => {
       const before = Array.isArray(queue) ? queue.length : 0;
-      const timer = clock.setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        // Still in the driver's send queue: it never reached the server, and
-        // removing it guarantees it never will.
-        let outcome: 'not-applied' | 'unknown' = 'unknown';
-        if (packet !== undefined && Array.isArray(queue)) {
-          const i = queue.indexOf(packet);
-          if (i >= 0) {
-            queue.splice(i, 1);
-            outcome = 'not-applied';
-          }
-        }
-        reject(new StoreUnavailableError(`ZooKeeper transaction timed out after ${timeoutMs} ms`, { outcome }));
-      }, timeoutMs);
       try {
         tx.commit((error, results) => {
-          if (settled) return;
-          settled = true;
-          clock.clearTimeout(timer);
           if (error === null || error === undefined) {
             resolve(results ?? []);
             return;
@@ -371,15 +365,37 @@ export class Connection {
             reject(new MultiError(code, index));
             return;
           }
-          reject(this.#mapError(error, 'ZooKeeper transaction'));
+          reject(this.#mapError(error, 'the transaction'));
         });
       } catch (cause) {
-        settled = true;
-        clock.clearTimeout(timer);
-        reject(new StoreUnavailableError('ZooKeeper transaction could not be sent', { cause, outcome: 'not-applied' }));
+        reject(
+          new StoreUnavailableError(`the transaction could not be sent to ${this.where}; retry`, {
+            cause,
+            outcome: 'not-applied',
+          }),
+        );
         return;
       }
-      const packet = Array.isArray(queue) && queue.length > before ? queue[queue.length - 1] : undefined;
+      packet = Array.isArray(queue) && queue.length > before ? queue[queue.length - 1] : undefined;
+    });
+    return withTimeout(committed, timeoutMs, this.#opts.clock, {
+      onTimeout: () => {
+        // Still in the driver's send queue: it never reached the server, and
+        // removing it guarantees it never will.
+        let outcome: 'not-applied' | 'unknown' = 'unknown';
+        if (packet !== undefined && Array.isArray(queue)) {
+          const i = queue.indexOf(packet);
+          if (i >= 0) {
+            queue.splice(i, 1);
+            outcome = 'not-applied';
+          }
+        }
+        return new StoreUnavailableError(
+          `${this.where} did not answer the transaction within ${timeoutMs} ms; ` +
+            (outcome === 'unknown' ? OUTCOME_UNKNOWN : 'it was withdrawn before it was sent'),
+          { outcome },
+        );
+      },
     });
   }
 
@@ -388,53 +404,60 @@ export class Connection {
     timeoutMs: number | undefined,
     start: (cb: (error: Error | Exception | null, value: T) => void) => void,
   ): Promise<T> {
-    const { clock } = this.#opts;
     const requestTimeoutMs = timeoutMs ?? this.#opts.requestTimeoutMs;
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const timer = clock.setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        reject(
-          new StoreUnavailableError(`ZooKeeper ${what} timed out after ${requestTimeoutMs} ms`, { outcome: 'unknown' }),
-        );
-      }, requestTimeoutMs);
+    const answered = new Promise<T>((resolve, reject) => {
       try {
         start((error, value) => {
-          if (settled) return;
-          settled = true;
-          clock.clearTimeout(timer);
           if (error === null || error === undefined) resolve(value);
-          else reject(this.#mapError(error, `ZooKeeper ${what}`));
+          else reject(this.#mapError(error, what));
         });
       } catch (cause) {
-        settled = true;
-        clock.clearTimeout(timer);
-        reject(new StoreUnavailableError(`ZooKeeper ${what} could not be sent`, { cause, outcome: 'not-applied' }));
+        reject(
+          new StoreUnavailableError(`${what} could not be sent to ${this.where}; retry`, {
+            cause,
+            outcome: 'not-applied',
+          }),
+        );
       }
+    });
+    return withTimeout(answered, requestTimeoutMs, this.#opts.clock, {
+      onTimeout: () =>
+        new StoreUnavailableError(
+          `${this.where} did not answer ${what} within ${requestTimeoutMs} ms; check that the server runs and is reachable`,
+          { outcome: 'unknown' },
+        ),
     });
   }
 
-  /** Driver errors keep their ZooKeeper code (`zkCode`) as the cause; callers map session expiry. */
+  /**
+   * Driver errors in our words, the driver's error (with its ZooKeeper code,
+   * see `zkCode`) as the cause; callers map session expiry.
+   */
   #mapError(error: Error | Exception, what: string): Error {
     const code = zkCode(error);
-    if (code === ZK.SESSION_EXPIRED) return new ZkSessionExpired(what, error);
+    if (code === ZK.SESSION_EXPIRED) return new ZkSessionExpired(`${what} on ${this.where}`, error);
     if (code === ZK.NO_AUTH || code === ZK.AUTH_FAILED) {
-      return new StoreUnavailableError(`${what}: permission denied by ZooKeeper (check the auth and ACL options)`, {
-        cause: error,
-        outcome: 'not-applied',
-      });
+      return new StoreUnavailableError(
+        `${this.where} refused ${what}: permission denied; check the auth and acls options`,
+        { cause: error, outcome: 'not-applied' },
+      );
     }
-    return new StoreUnavailableError(`${what} failed: ${String(error)}`, {
-      cause: error,
-      outcome: code === undefined || code === ZK.CONNECTION_LOSS ? 'unknown' : 'not-applied',
-    });
+    if (code === undefined || code === ZK.CONNECTION_LOSS) {
+      return new StoreUnavailableError(
+        `the connection to ${this.where} dropped while ${what} was in flight; ${OUTCOME_UNKNOWN}`,
+        { cause: error, outcome: 'unknown' },
+      );
+    }
+    return new StoreUnavailableError(
+      `${this.where} refused ${what} (ZooKeeper error ${zkCodeName(code)}); nothing was applied`,
+      { cause: error, outcome: 'not-applied' },
+    );
   }
 }
 
 /** The server said this connection's session is gone. */
 export class ZkSessionExpired extends Error {
   constructor(what: string, cause: unknown) {
-    super(`${what}: ZooKeeper session expired`, { cause });
+    super(`${what}: the ZooKeeper session expired`, { cause });
   }
 }

@@ -30,38 +30,35 @@ import {
   SessionExpiredError,
   StoreUnavailableError,
 } from '../../errors.js';
-import { systemClock } from '../../store/clock.js';
+import { OptionReader } from '../../options.js';
+import { StoreBase } from '../../store/base.js';
+import { sleep } from '../../store/clock.js';
 import type {
-  Clock,
   CommonStoreOptions,
   KeyValue,
   Op,
   OpResult,
   RangeResult,
-  Session,
-  SessionOptions,
-  Store,
-  StoreLimits,
   TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from '../../store/contract.js';
-import { ManagedSession } from '../../store/session.js';
+import type { ManagedSession } from '../../store/session.js';
+import type { GrantedSession } from '../../store/sessions.js';
+import { withTimeout } from '../../store/timeout.js';
+import { chooseBranch, readStoreOptions } from '../../store/validate.js';
 import {
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  STORE_LIMITS,
-  evaluateCompare,
-  validateDriftRate,
-  validateKey,
-  validateNamespace,
-  validatePrefix,
-  validateSessionOptions,
-  validateTimeout,
-  validateTxn,
-} from '../../store/validate.js';
-import { Connection, MultiError, OP, ZK, ZkSessionExpired, type MultiOp, type MultiResult } from './connection.js';
+  Connection,
+  MultiError,
+  OP,
+  ZK,
+  ZkSessionExpired,
+  zkCodeName,
+  type MultiOp,
+  type MultiResult,
+} from './connection.js';
 import {
   LAYOUT_VERSION,
   decodeEnvelope,
@@ -158,8 +155,6 @@ interface ReadSet {
   revision: number;
 }
 
-type PutOp = Extract<Op, { op: 'put' }>;
-
 function maxZxid(current: number, ...stats: (Stat | undefined)[]): number {
   let r = current;
   for (const s of stats) {
@@ -173,17 +168,15 @@ function toBuffer(auth: string | Uint8Array): Buffer {
   return typeof auth === 'string' ? Buffer.from(auth, 'utf8') : Buffer.from(auth);
 }
 
-export class ZookeeperStore implements Store {
+const CONNECT_STRING_RE = /^[A-Za-z0-9.-]+(:[0-9]{1,5})?(,[A-Za-z0-9.-]+(:[0-9]{1,5})?)*$/;
+
+/** Each session's own ZooKeeper connection. */
+export class ZookeeperStore extends StoreBase<Connection> {
   readonly backend = 'zookeeper';
-  readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
-  readonly clock: Clock;
   /** Znode path of this namespace. */
   readonly nsPath: string;
   readonly #revPath: string;
   readonly #dPath: string;
-  readonly #driftRate: number;
-  readonly #timeoutMs: number;
   readonly #acls: ACL[];
   /** Encoded size of #acls in a create request. */
   readonly #aclBytes: number;
@@ -197,35 +190,35 @@ export class ZookeeperStore implements Store {
   #main: Connection | undefined;
   #mainReplacing: Promise<Connection> | undefined;
   #unsubscribeMain: (() => void) | undefined;
-  readonly #sessions = new Map<ManagedSession, Connection>();
   readonly #watchers = new Set<PrefixWatcher>();
   #watchdog: TimerHandle | undefined;
-  #closed = false;
   /** Newest zxid this store wrote or read: reads on any of its connections must not see older state. */
   #highWater = 0;
 
   /** Use createZookeeperStore (it connects and checks the layout). */
   constructor(options: ZookeeperStoreOptions) {
-    this.namespace = validateNamespace(options.namespace);
-    this.#driftRate = validateDriftRate(options.maxClockDriftRate);
-    this.#timeoutMs = validateTimeout('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS);
-    this.#connectionSessionTimeoutMs = validateTimeout(
-      'connectionSessionTimeoutMs',
-      options.connectionSessionTimeoutMs,
-      DEFAULT_CONNECTION_SESSION_TIMEOUT_MS,
+    const r = new OptionReader(options, 'createZookeeperStore options');
+    const settings = readStoreOptions(r);
+    const connectString = r.required<string>('connectString', (v) =>
+      typeof v === 'string' && CONNECT_STRING_RE.test(v)
+        ? undefined
+        : `must be host:port[,host:port…] (no chroot: use the chroot option), got ${JSON.stringify(v)}`,
     );
-    const spinDelayMs = validateTimeout('spinDelayMs', options.spinDelayMs, 200);
-    this.clock = options.clock ?? systemClock;
-    if (
-      typeof options.connectString !== 'string' ||
-      !/^[A-Za-z0-9.-]+(:[0-9]{1,5})?(,[A-Za-z0-9.-]+(:[0-9]{1,5})?)*$/.test(options.connectString)
-    ) {
-      throw new InvalidArgumentError(
-        `connectString must be host:port[,host:port…] (no chroot: use the chroot option), got ${JSON.stringify(options.connectString)}`,
-      );
-    }
-    const chroot = options.chroot === undefined ? '' : validateZnodePath(options.chroot, 'chroot');
-    const root = validateZnodePath(options.rootPath ?? '/rebalancer', 'rootPath');
+    const chrootOption = r.string('chroot', undefined, 1024);
+    const rootPath = r.string('rootPath', '/rebalancer', 1024);
+    const authOption = r.raw('auth') ?? [];
+    const aclsOption = r.raw('acls');
+    const connectionSessionTimeoutMs = r.ms('connectionSessionTimeoutMs', DEFAULT_CONNECTION_SESSION_TIMEOUT_MS, {
+      min: 1,
+      max: 3_600_000,
+    });
+    const spinDelayMs = r.ms('spinDelayMs', 200, { min: 1, max: 3_600_000 });
+    const rollover = r.integer('revRolloverVersion', REV_ROLLOVER_VERSION, { min: 1, max: REV_ROLLOVER_VERSION });
+    r.done();
+    super(settings);
+    this.#connectionSessionTimeoutMs = connectionSessionTimeoutMs;
+    const chroot = chrootOption === undefined ? '' : validateZnodePath(chrootOption, 'chroot');
+    const root = validateZnodePath(rootPath, 'rootPath');
     const base = chroot + root;
     if (base === '') {
       throw new InvalidArgumentError(
@@ -237,15 +230,20 @@ export class ZookeeperStore implements Store {
     this.nsPath = `${base}/${nsName}`;
     this.#revPath = `${this.nsPath}/rev`;
     this.#dPath = `${this.nsPath}/d`;
-    if (options.acls !== undefined && (!Array.isArray(options.acls) || options.acls.length === 0)) {
+    if (aclsOption !== undefined && (!Array.isArray(aclsOption) || aclsOption.length === 0)) {
       throw new InvalidArgumentError('acls must be a non-empty array of node-zookeeper-client ACL objects');
     }
     this.#acls = [
-      ...(options.acls ?? [new zookeeper.ACL(zookeeper.Permission.ALL, new zookeeper.Id('world', 'anyone'))]),
+      ...((aclsOption as ACL[] | undefined) ?? [
+        new zookeeper.ACL(zookeeper.Permission.ALL, new zookeeper.Id('world', 'anyone')),
+      ]),
     ];
     this.#aclBytes =
       4 + this.#acls.reduce((n, a) => n + 4 + 8 + Buffer.byteLength(a.id.scheme) + Buffer.byteLength(a.id.id), 0);
-    const auth = (options.auth ?? []).map((a) => {
+    if (!Array.isArray(authOption)) {
+      throw new InvalidArgumentError('auth must be an array of { scheme, auth } entries');
+    }
+    const auth = (authOption as ZookeeperAuth[]).map((a) => {
       if (
         typeof a?.scheme !== 'string' ||
         a.scheme === '' ||
@@ -257,11 +255,7 @@ export class ZookeeperStore implements Store {
       }
       return { scheme: a.scheme, auth: toBuffer(a.auth) };
     });
-    this.#connOpts = { connectString: options.connectString, spinDelayMs, auth };
-    const rollover = options.revRolloverVersion ?? REV_ROLLOVER_VERSION;
-    if (!Number.isSafeInteger(rollover) || rollover < 1 || rollover > REV_ROLLOVER_VERSION) {
-      throw new InvalidArgumentError(`revRolloverVersion must be an integer in [1, ${REV_ROLLOVER_VERSION}]`);
-    }
+    this.#connOpts = { connectString, spinDelayMs, auth };
     this.#revRollover = rollover;
   }
 
@@ -280,26 +274,16 @@ export class ZookeeperStore implements Store {
 
   // ---- Store ------------------------------------------------------------------
 
-  async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
-    this.#assertOpen();
-    const sentAt = this.clock.now();
+  protected async grantSession(ttlMs: number): Promise<GrantedSession<Connection>> {
     const conn = await this.#openConnection(ttlMs);
-    if (this.#closed) {
-      await conn.close();
-      throw new ClosedError('zookeeper store');
-    }
     const id = sessionIdHex(conn.sessionId);
     const granted = conn.sessionTimeoutMs;
     // Probe faster than the TTL so a dead socket is replaced while the session may still be saved.
-    const probeTimeoutMs = Math.max(100, Math.min(this.#timeoutMs, Math.floor((granted * 2) / 3)));
-    const session: ManagedSession = new ManagedSession({
+    const probeTimeoutMs = Math.max(100, Math.min(this.requestTimeoutMs, Math.floor((granted * 2) / 3)));
+    return {
       id,
       ttlMs: granted,
-      clock: this.clock,
-      maxClockDriftRate: this.#driftRate,
-      createdSendAtMs: sentAt,
-      requestTimeoutMs: this.#timeoutMs,
+      data: conn,
       driver: {
         keepAlive: async () => {
           if (conn.expired) return 'gone';
@@ -315,26 +299,26 @@ export class ZookeeperStore implements Store {
         },
         revoke: () => conn.close(),
       },
+      onOpen: (session) => {
+        conn.on((event) => {
+          if (event === 'expired') {
+            session.markExpired(
+              new SessionExpiredError(id, `ZooKeeper session ${id} expired (reported by the server)`),
+            );
+          } else if (event === 'reconnected' && session.usable) {
+            session.keepAlive().catch(() => undefined);
+          }
+        });
+      },
       onEnd: () => {
-        this.#sessions.delete(session);
         // Locally expired (deadline) but maybe alive on the server: end it there
         // too, so its keys go now rather than when the server times it out.
         void conn.close();
       },
-    });
-    conn.on((event) => {
-      if (event === 'expired') {
-        session.markExpired(new SessionExpiredError(id, `ZooKeeper session ${id} expired (reported by the server)`));
-      } else if (event === 'reconnected' && session.usable) {
-        session.keepAlive().catch(() => undefined);
-      }
-    });
-    this.#sessions.set(session, conn);
-    return session;
+    };
   }
 
-  async get(key: string): Promise<KeyValue | undefined> {
-    validateKey(key);
+  protected readKey(key: string): Promise<KeyValue | undefined> {
     return this.#withMain(async (conn) => {
       await this.#sync(conn);
       const kv = (await this.#readKey(conn, key))?.kv;
@@ -343,8 +327,7 @@ export class ZookeeperStore implements Store {
     });
   }
 
-  async range(prefix: string): Promise<RangeResult> {
-    validatePrefix(prefix);
+  protected readRange(prefix: string): Promise<RangeResult> {
     return this.#withMain(async (conn) => {
       // Two passes: if nothing that could change the listing changed between
       // them, the first pass is a snapshot (see #verify); else try again.
@@ -362,23 +345,12 @@ export class ZookeeperStore implements Store {
     });
   }
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
-    this.#assertOpen();
-    const sessionOp = [...txn.then, ...(txn.else ?? [])].find(
-      (op): op is PutOp => op.op === 'put' && op.session !== undefined,
-    );
-    let session: ManagedSession | undefined;
-    let sessionConn: Connection | undefined;
-    if (sessionOp?.session !== undefined) {
-      session = this.#ownSession(sessionOp.session);
-      session.assertUsable();
-      sessionConn = this.#sessions.get(session);
-      if (sessionConn === undefined || sessionConn.expired) throw new SessionExpiredError(session.id);
-    }
-    const deadline = this.clock.now() + this.#timeoutMs;
+  protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
+    const sessionConn = session === undefined ? undefined : this.sessions.dataOf(session);
+    if (session !== undefined && sessionConn?.expired === true) throw new SessionExpiredError(session.id);
+    const deadline = this.clock.now() + this.requestTimeoutMs;
     for (let attempt = 0; ; attempt++) {
-      this.#assertOpen();
+      this.assertOpen();
       if (session !== undefined && !session.usable) throw new SessionExpiredError(session.id);
       const conn = sessionConn ?? (await this.#mainConnection());
       try {
@@ -397,10 +369,7 @@ export class ZookeeperStore implements Store {
           }
           this.#replaceMain(conn);
           if (this.clock.now() < deadline) continue;
-          throw new StoreUnavailableError('ZooKeeper connection session expired; reconnecting', {
-            cause: err,
-            outcome: 'not-applied',
-          });
+          throw this.#sessionLost(err);
         }
         throw err;
       }
@@ -408,7 +377,7 @@ export class ZookeeperStore implements Store {
       // between our reads and our multi, which therefore did not apply.
       if (this.clock.now() >= deadline) {
         throw new StoreUnavailableError(
-          `ZooKeeper transaction kept conflicting with other writers for ${this.#timeoutMs} ms; nothing was applied`,
+          `ZooKeeper transaction kept conflicting with other writers for ${this.requestTimeoutMs} ms; nothing was applied`,
           { outcome: 'not-applied' },
         );
       }
@@ -416,9 +385,7 @@ export class ZookeeperStore implements Store {
     }
   }
 
-  async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
-    validatePrefix(prefix);
-    this.#assertOpen();
+  protected async startWatch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
     const w = new PrefixWatcher(this, prefix, onHint);
     this.#watchers.add(w);
     try {
@@ -431,13 +398,11 @@ export class ZookeeperStore implements Store {
     return { close: () => w.close() };
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+  protected async closeStore(): Promise<void> {
     if (this.#watchdog !== undefined) this.clock.clearTimeout(this.#watchdog);
     this.#watchdog = undefined;
     for (const w of [...this.#watchers]) await w.close();
-    await Promise.all([...this.#sessions.keys()].map((s) => s.close()));
+    await this.sessions.closeAll();
     this.#unsubscribeMain?.();
     await Promise.all([
       this.#main?.close(),
@@ -449,10 +414,6 @@ export class ZookeeperStore implements Store {
   }
 
   // ---- internals used by PrefixWatcher ----------------------------------------
-
-  get closed(): boolean {
-    return this.#closed;
-  }
 
   /** @internal */
   removeWatcher(w: PrefixWatcher): void {
@@ -496,7 +457,7 @@ export class ZookeeperStore implements Store {
       auth: this.#connOpts.auth,
       sessionTimeoutMs,
       clock: this.clock,
-      requestTimeoutMs: this.#timeoutMs,
+      requestTimeoutMs: this.requestTimeoutMs,
     });
   }
 
@@ -515,11 +476,11 @@ export class ZookeeperStore implements Store {
    * the store closes, then re-arm every watcher with a resync hint.
    */
   #replaceMain(old: Connection): void {
-    if (this.#closed || this.#main !== old || this.#mainReplacing !== undefined) return;
+    if (this.closed || this.#main !== old || this.#mainReplacing !== undefined) return;
     void old.close();
     const replacing = (async (): Promise<Connection> => {
       for (let delayMs = 100; ; delayMs = Math.min(2000, delayMs * 2)) {
-        if (this.#closed) throw new ClosedError('zookeeper store');
+        if (this.closed) throw new ClosedError('zookeeper store');
         try {
           return await this.#openConnection(this.#connectionSessionTimeoutMs);
         } catch {
@@ -531,7 +492,7 @@ export class ZookeeperStore implements Store {
     replacing.then(
       (conn) => {
         this.#mainReplacing = undefined;
-        if (this.#closed) {
+        if (this.closed) {
           void conn.close();
           return;
         }
@@ -547,29 +508,16 @@ export class ZookeeperStore implements Store {
   }
 
   async #mainConnection(): Promise<Connection> {
-    this.#assertOpen();
+    this.assertOpen();
     if (this.#mainReplacing !== undefined) {
-      const replacing = this.#mainReplacing;
-      return new Promise<Connection>((resolve, reject) => {
-        const timer = this.clock.setTimeout(
-          () =>
-            reject(
-              new StoreUnavailableError('ZooKeeper: reconnecting after the store connection expired', {
-                outcome: 'not-applied',
-              }),
-            ),
-          this.#timeoutMs,
-        );
-        replacing.then(
-          (c) => {
-            this.clock.clearTimeout(timer);
-            resolve(c);
-          },
-          (e: unknown) => {
-            this.clock.clearTimeout(timer);
-            reject(e instanceof Error ? e : new Error(String(e)));
-          },
-        );
+      return withTimeout(this.#mainReplacing, this.requestTimeoutMs, this.clock, {
+        onTimeout: () =>
+          new StoreUnavailableError(
+            `the store is still reconnecting to ${this.#where} after its session expired; retry shortly`,
+            {
+              outcome: 'not-applied',
+            },
+          ),
       });
     }
     const conn = this.#main;
@@ -593,10 +541,7 @@ export class ZookeeperStore implements Store {
         return await fn(await this.#mainConnection());
       } catch (err2) {
         if (err2 instanceof ZkSessionExpired) {
-          throw new StoreUnavailableError('ZooKeeper connection session expired; reconnecting', {
-            cause: err2,
-            outcome: 'not-applied',
-          });
+          throw this.#sessionLost(err2);
         }
         throw err2;
       }
@@ -609,18 +554,18 @@ export class ZookeeperStore implements Store {
    * reads, writes and watches recover (or learn the session expired).
    */
   #scheduleWatchdog(): void {
-    if (this.#closed) return;
+    if (this.closed) return;
     const granted = this.#main?.sessionTimeoutMs ?? this.#connectionSessionTimeoutMs;
     const intervalMs = Math.max(100, Math.min(1000, Math.floor(granted / 3)));
     this.#watchdog = this.clock.setTimeout(
       () => {
         this.#watchdog = undefined;
         const conn = this.#main;
-        if (this.#closed || conn === undefined || this.#mainReplacing !== undefined || conn.expired) {
+        if (this.closed || conn === undefined || this.#mainReplacing !== undefined || conn.expired) {
           this.#scheduleWatchdog();
           return;
         }
-        const probeMs = Math.max(100, Math.min(this.#timeoutMs, Math.floor((granted * 2) / 3)));
+        const probeMs = Math.max(100, Math.min(this.requestTimeoutMs, Math.floor((granted * 2) / 3)));
         conn.exists(this.nsPath, undefined, probeMs).then(
           () => this.#scheduleWatchdog(),
           (err: unknown) => {
@@ -861,8 +806,7 @@ export class ZookeeperStore implements Store {
     const [revStat] = await Promise.all([this.#revStat(conn), this.#readKeys(conn, pointKeys, rs)]);
     this.#setRevStat(rs, revStat);
     const current = (key: string): KeyValue | undefined => rs.keys.get(key)?.kv;
-    const succeeded = txn.compare.every((c) => evaluateCompare(c, current(c.key)));
-    const branch = succeeded ? txn.then : (txn.else ?? []);
+    const { succeeded, branch } = chooseBranch(txn, current);
 
     // Reads of the branch (they precede its writes, so they see the compared state).
     const results: OpResult[] = [];
@@ -937,10 +881,14 @@ export class ZookeeperStore implements Store {
         ) {
           return undefined;
         }
-        throw new StoreUnavailableError(`ZooKeeper refused the transaction (code ${err.code} at op ${err.index})`, {
-          cause: err,
-          outcome: 'not-applied',
-        });
+        throw new StoreUnavailableError(
+          `${this.#where} refused the transaction (ZooKeeper error ` +
+            `${zkCodeName(err.code)} at operation ${err.index}); nothing was applied`,
+          {
+            cause: err,
+            outcome: 'not-applied',
+          },
+        );
       }
       throw err;
     }
@@ -1105,34 +1053,39 @@ export class ZookeeperStore implements Store {
    * seen, ask again (ZooKeeper's own sync() is missing from the driver).
    */
   async #sync(conn: Connection): Promise<void> {
-    const deadline = this.clock.now() + this.#timeoutMs;
+    const deadline = this.clock.now() + this.requestTimeoutMs;
     for (let i = 0; ; i++) {
       const z = conn.lastZxid;
       if (z === undefined || z >= this.#highWater) return;
       if (this.clock.now() >= deadline) {
-        throw new StoreUnavailableError('ZooKeeper server lags behind writes this store has seen', {
-          outcome: 'not-applied',
-        });
+        throw new StoreUnavailableError(
+          `the server of ${this.#where} that this store reads from lags behind writes the store has already ` +
+            'seen; retry shortly',
+          {
+            outcome: 'not-applied',
+          },
+        );
       }
       if (i > 0) await this.#sleep(Math.min(50, 2 ** i));
       await conn.exists(this.#revPath);
     }
   }
 
-  #ownSession(session: Session): ManagedSession {
-    if (!(session instanceof ManagedSession) || !this.#sessions.has(session)) {
-      if (session instanceof ManagedSession && !session.usable) throw new SessionExpiredError(session.id);
-      throw new InvalidArgumentError(`session ${String(session?.id)} was not opened by this store`);
-    }
-    return session;
+  /** "ZooKeeper at host:port[,host:port…]", for messages. */
+  get #where(): string {
+    return `ZooKeeper at ${this.#connOpts.connectString}`;
   }
 
-  #assertOpen(): void {
-    if (this.#closed) throw new ClosedError('zookeeper store');
+  /** The store's own ZooKeeper session expired (a long partition): it reconnects; callers retry. */
+  #sessionLost(cause: unknown): StoreUnavailableError {
+    return new StoreUnavailableError(
+      `the store's own session with ${this.#where} expired (a long partition?); it is reconnecting, retry shortly`,
+      { cause, outcome: 'not-applied' },
+    );
   }
 
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
+    return sleep(this.clock, ms);
   }
 }
 

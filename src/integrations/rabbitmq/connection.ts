@@ -8,6 +8,7 @@ import type { ChannelModel } from 'amqplib';
 import type * as Amqp from 'amqplib';
 import { BrokerUnavailableError, ClosedError, InvalidArgumentError } from '../../errors.js';
 import type { Clock } from '../../store/contract.js';
+import { withTimeout as storeWithTimeout } from '../../store/timeout.js';
 import type { ConnectionSource } from './options.js';
 
 export interface ConnectionEvents {
@@ -18,22 +19,9 @@ export interface ConnectionEvents {
 
 /** Resolve `p`, or reject after `ms` (the operation itself is not cancelled: callers treat it as failed). */
 export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = clock.setTimeout(
-      () => reject(new BrokerUnavailableError(`RabbitMQ: ${what} did not answer within ${ms} ms`)),
-      ms,
-      { background: true },
-    );
-    p.then(
-      (v) => {
-        clock.clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clock.clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
+  return storeWithTimeout(p, ms, clock, {
+    onTimeout: () => new BrokerUnavailableError(`RabbitMQ: ${what} did not answer within ${ms} ms`),
+    background: true,
   });
 }
 
