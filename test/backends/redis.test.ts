@@ -165,20 +165,25 @@ describe('redis store on a private server', () => {
       await s.txn({ compare: [], then: [{ op: 'put', key: 'before', value: '1' }] });
       await raw.call('ACL', 'SETUSER', user, '-select');
       await raw.call('CLIENT', 'KILL', 'USER', user);
-      const refused = await eventually(async () => {
-        const err = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'during', value: '1' }] }));
-        return err instanceof StoreUnavailableError && err.message.includes('does not let this user select database 5');
-      }, 10_000);
-      expect(refused).toBe(true);
+      await eventually(
+        async () => {
+          const err = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'during', value: '1' }] }));
+          return (
+            err instanceof StoreUnavailableError && err.message.includes('does not let this user select database 5')
+          );
+        },
+        { what: 'requests refused once the user may not select database 5', timeoutMs: 10_000 },
+      );
       // Not one request ran in database 0.
       expect(await raw.keys(`*${ns}*`)).toEqual([]);
       await raw.call('ACL', 'SETUSER', user, '+select');
-      expect(
-        await eventually(async () => {
+      await eventually(
+        async () => {
           const err = await errorOf(s.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] }));
           return err === undefined;
-        }, 10_000),
-      ).toBe(true);
+        },
+        { what: 'requests served again once the user may select database 5', timeoutMs: 10_000 },
+      );
       expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['after', 'before']);
       expect(await raw.keys(`*${ns}*`)).toEqual([]);
       await raw.call('ACL', 'DELUSER', user);
