@@ -89,7 +89,8 @@ export function reportError(err: unknown, o: { json: boolean }): ExitCode {
     return code;
   }
   const lines = [`rebalancer: ${first}`];
-  const hint = err instanceof RebalancerError ? HINTS[err.code] : undefined;
+  // Only where the message does not already say what to do (the backends' own messages mostly do).
+  const hint = err instanceof RebalancerError && !/\bcheck\b/.test(err.message) ? HINTS[err.code] : undefined;
   if (hint !== undefined) lines.push(`  ${hint}`);
   if (stack !== undefined) lines.push(...stack.split('\n').map((l) => `  ${l.trim()}`));
   lines.push(...causes.map((c) => `  cause: ${c}`));
