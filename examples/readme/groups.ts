@@ -5,13 +5,14 @@
  *   npx tsx examples/readme/groups.ts                  # from the repository root; run it in two or three terminals
  *   HOSTNAME=node-2 npx tsx examples/readme/groups.ts  # node ids must differ between live processes
  *
+ * REBALANCER_STORE=redis://… (or postgres://…, etcd://…, zk://…) shares the queues between hosts.
  * SIGTERM (or Ctrl-C) leaves the group: the queues move to the other processes, then the process exits.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { openStore } from 'rebalancer';
 import { GroupAdmin, joinGroup } from 'rebalancer/groups';
 
-const store = await openStore('sqlite:./rebalancer.db');
+const store = await openStore(process.env['REBALANCER_STORE'] ?? 'sqlite:./rebalancer.db');
 await new GroupAdmin(store, 'orders').add(['queue-1', 'queue-2', 'queue-3']);
 
 const member = await joinGroup({

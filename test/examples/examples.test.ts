@@ -365,16 +365,23 @@ describe('the docs show the examples', () => {
 // ---------------------------------------------------------------- the examples
 
 describe.concurrent('examples run against real stores and shut down cleanly', () => {
-  runs(['examples/readme/groups.ts'], 'README, resource groups (SQLite)', async (expect_) => {
-    const p = new Example('examples/readme/groups.ts');
-    for (const q of ['queue-1', 'queue-2', 'queue-3']) await p.waitFor(new RegExp(`^running ${q} \\d+$`));
-    expectClean(expect_, p, await p.stop());
-    // leave() stopped the handlers before the process ended (a lone node hands its resources to nobody).
-    expect_(
-      p.lines.filter((l) => /^stopped queue-\d leaving$/.test(l)),
-      p.output,
-    ).toHaveLength(3);
-  });
+  // On SQLite and on Redis: an open Redis store keeps the process alive, so this catches a shutdown without close().
+  for (const [backend, storeUrl] of [
+    ['SQLite', async () => undefined],
+    ['Redis', async () => (await redis()).url],
+  ] as const) {
+    runs(['examples/readme/groups.ts'], `README, resource groups (${backend})`, async (expect_) => {
+      const url = await storeUrl();
+      const p = new Example('examples/readme/groups.ts', url === undefined ? {} : { env: { REBALANCER_STORE: url } });
+      for (const q of ['queue-1', 'queue-2', 'queue-3']) await p.waitFor(new RegExp(`^running ${q} \\d+$`));
+      expectClean(expect_, p, await p.stop());
+      // leave() stopped the handlers before the process ended (a lone node hands its resources to nobody).
+      expect_(
+        p.lines.filter((l) => /^stopped queue-\d leaving$/.test(l)),
+        p.output,
+      ).toHaveLength(3);
+    });
+  }
 
   runs(
     ['examples/readme/slots.ts'],
