@@ -36,7 +36,7 @@ const group = await joinConsumerGroup({
   },
 });
 group.on('consuming', ({ queue, fencingToken }) => console.log('consuming', queue, fencingToken));
-group.on('error', ({ error, context }) => console.error(context, error));
+group.on('error', ({ error, context }) => console.error(`${context}: ${String(error)}`));
 process.once('SIGTERM', () => {
   group
     .leave() // cancels the consumers, settles the messages in hand, hands the queues over

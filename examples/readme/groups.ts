@@ -29,7 +29,7 @@ const member = await joinGroup({
 // Events are held until joinGroup() resolves: listeners added right after it miss nothing.
 member.on('assigned', ({ resource, fencingToken }) => console.log('running', resource, fencingToken));
 member.on('revoked', ({ resource, reason }) => console.log('stopped', resource, reason));
-member.on('error', ({ error, context }) => console.error(context, error));
+member.on('error', ({ error, context }) => console.error(`${context}: ${String(error)}`));
 
 function shutdown(): void {
   member

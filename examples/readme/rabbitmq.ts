@@ -24,7 +24,7 @@ const group = await joinConsumerGroup({
   },
 });
 group.on('consuming', ({ queue, fencingToken }) => console.log('consuming', queue, fencingToken));
-group.on('error', ({ error, context }) => console.error(context, error));
+group.on('error', ({ error, context }) => console.error(`${context}: ${String(error)}`));
 
 function shutdown(): void {
   group

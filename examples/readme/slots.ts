@@ -1,5 +1,5 @@
 /**
- * README, "Slots: sharding with replicas and routing": one node of a 16384-slot cluster with three replicas per
+ * README, "Slots: sharding with replicas and routing": one node of a 1024-slot cluster with three replicas per
  * slot. Run it in several terminals with different node ids: slots are copied in, marked ready, released where
  * they are no longer needed, and each slot has one primary, balanced over the nodes.
  *
@@ -16,7 +16,7 @@ const member = await joinSlots({
   store,
   cluster: 'kv',
   node: { id: process.env['NODE_ID'] ?? 'kv-1', zone: 'a', address: '10.0.0.1:7000' },
-  slotCount: 16384,
+  slotCount: 1024, // fixed for the cluster's life (default 16384, as in Redis Cluster)
   replicas: 3,
 });
 // markReady() and release() reject only when the store fails; a refusal is a result. Catch every rejection.
@@ -27,7 +27,7 @@ member.on('prepare', ({ slots }) => {
       .then((r) => {
         if (!r.ready) dropData(slot); // cancelled while it was copied in: routine
       })
-      .catch((error: unknown) => console.error(`prepare ${slot}`, error));
+      .catch((error: unknown) => console.error(`prepare ${slot}: ${String(error)}`));
   }
 });
 member.on('releasable', ({ slots }) => {
@@ -37,13 +37,13 @@ member.on('releasable', ({ slots }) => {
       .then((r) => {
         if (r.released) dropData(slot); // a refusal is routine: keep the data, the slot is announced again
       })
-      .catch((error: unknown) => console.error(`release ${slot}`, error));
+      .catch((error: unknown) => console.error(`release ${slot}: ${String(error)}`));
   }
 });
 member.on('primaryGained', ({ slots }) => slots.forEach(({ slot, epoch }) => serveWrites(slot, epoch)));
 member.on('primaryLost', ({ slots }) => slots.forEach((slot) => stopWrites(slot))); // isPrimary(slot) is false now
 member.on('slotsDropped', ({ slots }) => slots.forEach((slot) => dropData(slot))); // session lost or left: stale
-member.on('error', ({ error, context }) => console.error(context, error));
+member.on('error', ({ error, context }) => console.error(`${context}: ${String(error)}`));
 member.routeKey('user:42'); // { slot, primary: { id, address, epoch }, secondaries } from a local table: no store call
 
 function shutdown(): void {

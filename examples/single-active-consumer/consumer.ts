@@ -34,6 +34,7 @@ const group = await joinConsumerGroup({
 });
 group.on('consuming', () => console.log(`[${args.node}] ACTIVE`));
 group.on('queueStopped', () => console.log(`[${args.node}] standing by`));
+group.on('error', ({ error, context }) => console.error(`[${args.node}] ${context}: ${String(error)}`));
 console.log(`[${args.node}] standing by`);
 const leave = (): void => {
   group

@@ -1,5 +1,5 @@
 /**
- * docs/protocol/slots.md, "Using it": one node of a 16384-slot cluster with three replicas per slot that places
+ * docs/protocol/slots.md, "Using it": one node of a 1024-slot cluster with three replicas per slot that places
  * nothing until three nodes are live. Run it three times with different node ids (from the repository root):
  *
  *   NODE_ID=kv-1 npx tsx examples/docs/protocol/slots.ts
@@ -16,7 +16,7 @@ const member = await joinSlots({
   store,
   cluster: 'kv',
   node: { id: process.env['NODE_ID'] ?? 'kv-1', zone: 'a', address: '10.0.0.1:7000' },
-  slotCount: 16384,
+  slotCount: 1024, // fixed for the cluster's life (default 16384, as in Redis Cluster)
   replicas: 3,
   minNodes: 3,
 });
@@ -28,7 +28,7 @@ member.on('prepare', ({ slots }) => {
       .then((r) => {
         if (!r.ready) dropData(slot); // { ready: false, reason: 'not-preparing' }: cancelled meanwhile
       })
-      .catch((error: unknown) => console.error(`prepare ${slot}`, error)); // only a store failure rejects
+      .catch((error: unknown) => console.error(`prepare ${slot}: ${String(error)}`)); // only a store failure rejects
   }
 });
 member.on('releasable', ({ slots }) => {
@@ -38,14 +38,14 @@ member.on('releasable', ({ slots }) => {
       .then((r) => {
         if (r.released) dropData(slot); // else { released: false, reason }: announced again when releasable
       })
-      .catch((error: unknown) => console.error(`release ${slot}`, error)); // only a store failure rejects
+      .catch((error: unknown) => console.error(`release ${slot}: ${String(error)}`)); // only a store failure rejects
   }
 });
 member.on('cancelled', ({ slots }) => slots.forEach((slot) => dropData(slot)));
 member.on('primaryGained', ({ slots }) => slots.forEach(({ slot, epoch }) => serveWrites(slot, epoch)));
 member.on('primaryLost', ({ slots }) => slots.forEach((slot) => stopWrites(slot))); // isPrimary(slot) is false now
 member.on('slotsDropped', ({ slots }) => slots.forEach((slot) => dropData(slot))); // session lost or left: stale
-member.on('error', ({ error, context }) => console.error(context, error));
+member.on('error', ({ error, context }) => console.error(`${context}: ${String(error)}`));
 const route = member.routeKey('user:42'); // { slot, primary: { id, address, epoch }, secondaries }: no store call
 member.primary(route.slot); // { id, address, epoch } or undefined (during a fail-over); member.routingVersion
 
