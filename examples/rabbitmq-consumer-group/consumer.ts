@@ -2,13 +2,11 @@
  * A consumer of the `orders` consumer group: run several of these, each gets a share of the queues.
  *
  *   npx tsx examples/rabbitmq-consumer-group/consumer.ts [--node ID] [--store URL] [--amqp URL] [--queues N]
- *
- * In an application, import from 'rebalancer' and 'rebalancer/rabbitmq' instead of ../../src.
  */
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { openStore } from '../../src/index.js';
-import { joinConsumerGroup } from '../../src/integrations/rabbitmq/index.js';
+import { openStore } from 'rebalancer';
+import { joinConsumerGroup } from 'rebalancer/rabbitmq';
 
 const { values: args } = parseArgs({
   options: {
@@ -47,10 +45,13 @@ const leave = (): void => {
   if (leaving) return;
   leaving = true;
   console.log('leaving: handing the queues over…');
-  void group
+  group
     .leave()
-    .then(() => store.close())
-    .then(() => process.exit(0));
+    .finally(() => store.close()) // leave() does not close the store; an open store keeps the process alive
+    .catch((error: unknown) => {
+      console.error('leaving failed', error);
+      process.exitCode = 1;
+    });
 };
 process.on('SIGINT', leave);
 process.on('SIGTERM', leave);

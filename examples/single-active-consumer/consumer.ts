@@ -3,12 +3,10 @@
  * others stand by and take over when it leaves or dies.
  *
  *   npx tsx examples/single-active-consumer/consumer.ts --node ID [--store URL] [--amqp URL] [--queue NAME] [--ttl MS]
- *
- * In an application, import from 'rebalancer' and 'rebalancer/rabbitmq' instead of ../../src.
  */
 import { parseArgs } from 'node:util';
-import { openStore } from '../../src/index.js';
-import { joinConsumerGroup } from '../../src/integrations/rabbitmq/index.js';
+import { openStore } from 'rebalancer';
+import { joinConsumerGroup } from 'rebalancer/rabbitmq';
 
 const { values: args } = parseArgs({
   options: {
@@ -36,7 +34,16 @@ const group = await joinConsumerGroup({
 });
 group.on('consuming', () => console.log(`[${args.node}] ACTIVE`));
 group.on('queueStopped', () => console.log(`[${args.node}] standing by`));
+group.on('error', ({ error, context }) => console.error(`[${args.node}] ${context}: ${String(error)}`));
 console.log(`[${args.node}] standing by`);
-const leave = (): void => void group.leave().then(() => process.exit(0));
-process.on('SIGINT', leave);
-process.on('SIGTERM', leave);
+const leave = (): void => {
+  group
+    .leave() // the standby takes over once this returns
+    .finally(() => store.close()) // leave() does not close the store; an open store keeps the process alive
+    .catch((error: unknown) => {
+      console.error(`[${args.node}] leaving failed`, error);
+      process.exitCode = 1;
+    });
+};
+process.once('SIGINT', leave);
+process.once('SIGTERM', leave);

@@ -14,13 +14,12 @@
  * On `releasable` it releases the slot, then drops its data.
  *
  * Prints one JSON line `{"listening": "http://127.0.0.1:PORT"}` when it serves. SIGTERM: leave gracefully.
- * In an application, import from 'rebalancer' and 'rebalancer/slots' instead of ../../src.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import { openStore } from '../../src/index.js';
-import { joinSlots } from '../../src/slots/index.js';
+import { openStore } from 'rebalancer';
+import { joinSlots } from 'rebalancer/slots';
 
 const { values: args } = parseArgs({
   options: {
@@ -256,14 +255,14 @@ site.on('error', ({ error, context }) => log(`${context}: ${String(error)}`));
 
 process.stdout.write(`${JSON.stringify({ listening: address, id: args.id })}\n`);
 
-let leaving = false;
-process.on('SIGTERM', () => {
-  if (leaving) return;
-  leaving = true;
-  void (async () => {
-    await site.leave(); // serves until its slots are ready elsewhere, then releases them
-    await store.close();
-    server.close();
-    process.exit(0);
-  })();
+process.once('SIGTERM', () => {
+  site
+    .leave() // serves until its slots are ready elsewhere, then releases them
+    .finally(() => store.close()) // leave() does not close the store
+    .catch((error: unknown) => {
+      log(`leaving failed: ${String(error)}`);
+      process.exitCode = 1;
+    })
+    // Now, rather than once the keep-alive connections to and from the other sites have timed out.
+    .finally(() => process.exit());
 });
