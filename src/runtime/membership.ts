@@ -312,7 +312,9 @@ export class Membership {
       while (runs()) {
         try {
           const leadership = await election.campaign(session, this.#c.electionValue, abort.signal);
-          if (abort.signal.aborted || !this.active) {
+          // A leaving node may still lead (a group's coordinator moves its own resources away); one that has
+          // left, or stopped campaigning (resign()), may not.
+          if (abort.signal.aborted || this.#state === 'left') {
             await leadership.resign().catch(() => undefined);
             return;
           }
