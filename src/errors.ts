@@ -15,6 +15,16 @@ export type ErrorCode =
   | 'STORE_UNAVAILABLE'
   /** A message broker (RabbitMQ) could not be reached. Retry later. */
   | 'BROKER_UNAVAILABLE'
+  /**
+   * The store lost the data of the namespace (a restart without persistence, a wiped data directory): every lock
+   * and every record is gone. Work stopped at once; re-register what was registered.
+   */
+  | 'DATA_LOST'
+  /**
+   * The namespace's data is new and the store cannot prove that no lease from before is still running elsewhere:
+   * no session is granted until the longest one could have ended (`retryAfterMs`). Retry then.
+   */
+  | 'STORE_RECOVERING'
   /** The call is wrong (bad option, URL, name, slot). Fix the call. */
   | 'INVALID_ARGUMENT'
   /** A key, value or transaction is above the contract's limits. Make it smaller. */
@@ -43,6 +53,8 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   SESSION_EXPIRED: true,
   STORE_UNAVAILABLE: true,
   BROKER_UNAVAILABLE: true,
+  DATA_LOST: false,
+  STORE_RECOVERING: true,
   INVALID_ARGUMENT: false,
   LIMIT_EXCEEDED: false,
   CORRUPT_DATA: false,
@@ -92,6 +104,43 @@ export class StoreUnavailableError extends RebalancerError {
   constructor(message: string, options?: { cause?: unknown; outcome?: 'not-applied' | 'unknown' }) {
     super('STORE_UNAVAILABLE', message, { cause: options?.cause });
     this.outcome = options?.outcome ?? 'unknown';
+  }
+}
+
+/**
+ * The store lost the data of the namespace — its incarnation record is gone or was replaced (a restart without
+ * persistence, a wiped data directory, a recreated file or schema). Every session of the store ends with this as
+ * its cause: every lock went with the data. Runtimes stop their work at once, report this, and rejoin once the
+ * store grants sessions again; resources registered by hand (GroupAdmin.add) must be registered again.
+ */
+export class StoreDataLostError extends RebalancerError {
+  readonly namespace: string;
+  constructor(backend: string, namespace: string, detail: string) {
+    super(
+      'DATA_LOST',
+      `the ${backend} store lost the data of namespace ${JSON.stringify(namespace)} (${detail}): every lock and every ` +
+        'registered resource is gone. Work stopped at once; members rejoin once no lease from before can still be ' +
+        'running. Register the resources again (GroupAdmin.add or `rebalancer resources add`) unless a resource ' +
+        'source does it, and give the store persistence (see docs/backends/<backend>.md)',
+    );
+    this.namespace = namespace;
+  }
+}
+
+/**
+ * No session is granted yet: the namespace's data is new and a lease from before it could still be running
+ * elsewhere (after a store restart without persistence). Retry after `retryAfterMs`.
+ */
+export class StoreRecoveringError extends RebalancerError {
+  readonly retryAfterMs: number;
+  constructor(namespace: string, retryAfterMs: number) {
+    super(
+      'STORE_RECOVERING',
+      `namespace ${JSON.stringify(namespace)} was (re)created within the longest session TTL: a lease from before ` +
+        `could still be running elsewhere, so no session is granted for another ${Math.ceil(retryAfterMs)} ms; ` +
+        'retry then (runtimes wait by themselves)',
+    );
+    this.retryAfterMs = retryAfterMs;
   }
 }
 

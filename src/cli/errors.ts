@@ -35,6 +35,9 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   STORE_UNAVAILABLE: EXIT.unavailable,
   BROKER_UNAVAILABLE: EXIT.unavailable,
   SESSION_EXPIRED: EXIT.unavailable,
+  STORE_RECOVERING: EXIT.unavailable,
+  // The data is gone: retrying does not bring it back; the message says what to do.
+  DATA_LOST: EXIT.failed,
   // None of these can reach the top of a command unless the CLI itself is wrong: a closed object used, an abort
   // reason or a listener's error escaping, an invariant broken.
   CLOSED: EXIT.internal,

@@ -14,6 +14,8 @@ export const MUTANTS = {
   'delete-lock-on-remove': "removing a resource also deletes its lock (the original Rebalanser's reused-name bug)",
   'unguarded-coordinator':
     "coordinator writes do not compare the coordinator's election key, so a stale coordinator can write",
+  'no-delayed-restart':
+    'after the store lost its data, sessions (and so locks) are granted at once, while a paused holder of a lost lock may still act',
 } as const;
 
 export type MutantName = keyof typeof MUTANTS;
@@ -24,6 +26,8 @@ export const SLOTS_MUTANTS = {
     'a site releases a slot without checking that enough replicas elsewhere are ready (and the coordinator drops old replicas at once)',
   'slots-primary-without-lock': "a site takes a slot's primary role without comparing that the lock is free",
   'slots-no-self-fencing': 'a site whose lease ran out keeps acting as primary (isPrimary ignores the lease)',
+  'slots-no-delayed-restart':
+    'after the store lost its data, sessions (and so primary locks) are granted at once, while a paused primary may still act',
 } as const;
 
 export type SlotsMutantName = keyof typeof SLOTS_MUTANTS;

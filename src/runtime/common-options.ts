@@ -105,9 +105,16 @@ export function readNode(r: OptionReader): NodeIdentity {
 }
 
 export function readLease(r: OptionReader, store: Store): LeaseSettings {
-  const sessionTtlMs = r.ms('sessionTtlMs', 10_000, {
+  const maxTtlMs = store.limits?.maxSessionTtlMs ?? STORE_LIMITS.maxSessionTtlMs;
+  if (r.has('sessionTtlMs') && (r.raw('sessionTtlMs') as number) > maxTtlMs) {
+    throw new InvalidArgumentError(
+      `sessionTtlMs ${String(r.raw('sessionTtlMs'))} is above the store's maxSessionTtlMs (${maxTtlMs}); raise ` +
+        'maxSessionTtlMs in the store options of every client of the namespace, or use a shorter TTL',
+    );
+  }
+  const sessionTtlMs = r.ms('sessionTtlMs', Math.min(10_000, maxTtlMs), {
     min: STORE_LIMITS.minSessionTtlMs,
-    max: STORE_LIMITS.maxSessionTtlMs,
+    max: maxTtlMs,
   });
   const selfFenceMarginMs = r.ms('selfFenceMarginMs', Math.floor(sessionTtlMs / 5), { min: 1 });
   // Keep-alives go out every TTL/3, so in normal operation the deadline is at least ~2/3 TTL away; a margin above

@@ -25,7 +25,13 @@
  * Time comes only from the injected clock, so the simulator runs this code
  * deterministically.
  */
-import { invariant, NodeIdInUseError, SessionExpiredError } from '../errors.js';
+import {
+  invariant,
+  NodeIdInUseError,
+  SessionExpiredError,
+  StoreDataLostError,
+  StoreRecoveringError,
+} from '../errors.js';
 import type { Clock, KeyValue, Op, Session, Store, TimerHandle, TxnResult } from '../store/contract.js';
 import { Election, type Leadership } from '../store/election.js';
 
@@ -162,7 +168,7 @@ export class Membership {
   }
 
   async #joinWithNewSession(): Promise<void> {
-    const session = await this.#c.store.openSession({ ttlMs: this.#c.sessionTtlMs });
+    const session = await this.#openSession();
     this.#pastSessionIds.add(session.id);
     try {
       await this.#register(session);
@@ -181,6 +187,28 @@ export class Membership {
     this.#armFence();
     await this.#h.joined(session);
     this.#startCampaign(session);
+  }
+
+  /**
+   * A new session. While the store refuses sessions because its data is new and a lease from before could still be
+   * running elsewhere (StoreRecoveringError), wait as long as it says — reported once per wait — and try again.
+   */
+  async #openSession(): Promise<Session> {
+    for (let reported = false; ;) {
+      try {
+        return await this.#c.store.openSession({ ttlMs: this.#c.sessionTtlMs });
+      } catch (error) {
+        if (error instanceof StoreDataLostError && this.active) {
+          // Found while opening (the old session had already ended otherwise): say it, then wait like anyone.
+          this.#h.error(error, 'the store lost its data');
+          continue;
+        }
+        if (!(error instanceof StoreRecoveringError) || !this.active) throw error;
+        if (!reported) this.#h.error(error, 'waiting for the store to grant sessions again');
+        reported = true;
+        await this.#sleep(Math.max(10, Math.min(error.retryAfterMs, this.#c.sessionTtlMs)));
+      }
+    }
   }
 
   async #register(session: Session): Promise<void> {
@@ -218,6 +246,8 @@ export class Membership {
   #onSessionLost(session: Session, cause: unknown): void {
     if (this.#session !== session || this.#state === 'left') return;
     this.#fenced = true;
+    // Said loudly: the data (registered resources, plans) is gone too, not only this node's locks.
+    if (cause instanceof StoreDataLostError) this.#h.error(cause, 'the store lost its data');
     const settled = Promise.resolve(this.#h.sessionLost(session, cause)).catch((error: unknown) =>
       this.#h.error(error, 'stopping work after the session was lost'),
     );

@@ -134,7 +134,12 @@ class GroupsSim {
     this.#faultRng = this.#rng.fork();
     this.#server = new MemoryServer({ clock: this.#world });
     this.#keys = new GroupKeys('sim');
-    this.#adminStore = new MemoryStore({ server: this.#server, namespace: 'sim', clock: this.#world });
+    this.#adminStore = new MemoryStore({
+      server: this.#server,
+      namespace: 'sim',
+      clock: this.#world,
+      maxSessionTtlMs: SIM.ttlMs,
+    });
     this.#admin = new GroupAdmin(this.#adminStore, 'sim', { mutants: this.#mutants });
   }
 
@@ -215,7 +220,7 @@ class GroupsSim {
   }
 
   #faultsFor(node: SimNode): MemoryFaults {
-    return nodeFaults(node, this.#faultRng);
+    return { ...nodeFaults(node, this.#faultRng), skipDelayedRestart: this.#mutants.has('no-delayed-restart') };
   }
 
   #startNode(node: SimNode): void {
@@ -225,6 +230,7 @@ class GroupsSim {
       namespace: 'sim',
       clock: node.time,
       maxClockDriftRate: SIM.driftRate,
+      maxSessionTtlMs: SIM.ttlMs,
       requestTimeoutMs: 2000,
       faults: this.#faultsFor(node),
     });
@@ -434,6 +440,7 @@ class GroupsSim {
       ttlMs: SIM.ttlMs,
       kinds: [...COMMON_FAULTS, 'churn', 'churn', 'readd', 'leave'] as const,
       nodes: this.#nodes,
+      server: this.#server,
       on: () => this.#faultsOn,
       count: (kind) => this.#count(kind),
       kill: (node) => this.#kill(node),

@@ -181,7 +181,11 @@ class SlotsSim {
       clock: node.time,
       maxClockDriftRate: SLOTS_SIM.driftRate,
       requestTimeoutMs: 2000,
-      faults: nodeFaults(node, this.#faultRng),
+      maxSessionTtlMs: SLOTS_SIM.ttlMs,
+      faults: {
+        ...nodeFaults(node, this.#faultRng),
+        skipDelayedRestart: this.#mutants.has('slots-no-delayed-restart'),
+      },
     });
     node.store = store;
     node.up = true;
@@ -408,6 +412,7 @@ class SlotsSim {
       ttlMs: SLOTS_SIM.ttlMs,
       kinds: [...COMMON_FAULTS, 'leave', 'leave', 'slow-migration'] as const,
       nodes: this.#sites,
+      server: this.#server,
       on: () => this.#faultsOn,
       count: (kind) => this.#count(kind),
       kill: (node) => this.#kill(node),

@@ -4,7 +4,7 @@
  * SIGSTOP). Scenarios (groups.ts, slots.ts) add their processes and their
  * oracle.
  */
-import type { MemoryFaults } from '../backends/memory/index.js';
+import type { MemoryFaults, MemoryServer } from '../backends/memory/index.js';
 import { ScaledClock, VirtualClock } from '../store/clock.js';
 import type { Clock } from '../store/contract.js';
 import { NodeClock } from './node-clock.js';
@@ -228,6 +228,8 @@ export interface FaultSchedule<K extends string, N extends FaultyNode> {
   /** False once the fault phase is over: scheduled faults that come later do nothing. */
   readonly on: () => boolean;
   readonly count: (kind: string) => void;
+  /** The store server everything runs on (its data-loss fault). */
+  readonly server: MemoryServer;
   /** kill -9 of a node, and its restart. */
   readonly kill: (node: N) => void;
   readonly start: (node: N) => void;
@@ -237,8 +239,21 @@ export interface FaultSchedule<K extends string, N extends FaultyNode> {
 
 const NODE_FAULTS: readonly string[] = ['pause', 'partition', 'latency', 'errors', 'notifications'];
 
-/** The faults every scenario draws (a pause twice as often), before its own kinds. */
-export const COMMON_FAULTS = ['crash', 'pause', 'pause', 'partition', 'latency', 'errors', 'notifications'] as const;
+/**
+ * The faults every scenario draws (a pause twice as often), before its own kinds. `data-loss`: the store server
+ * restarts without persistence — every key and session gone at once — while the drawn node is paused for part of
+ * a TTL (the case where a lock vanishes before its holder's deadline).
+ */
+export const COMMON_FAULTS = [
+  'crash',
+  'pause',
+  'pause',
+  'partition',
+  'latency',
+  'errors',
+  'notifications',
+  'data-loss',
+] as const;
 
 /**
  * Draw a scenario's faults from `rng` and schedule them. The draws per fault, in order: the gap, the kind, the node,
@@ -266,6 +281,13 @@ export function scheduleFaults<K extends string, N extends FaultyNode>(
         world.at(at + dur, () => {
           if (plan.on() && !node.up) plan.start(node);
         });
+      } else if (kind === 'data-loss') {
+        // Not when a node is already paused (its own pause would be cut short) or too few nodes run.
+        if (!node.up || node.paused || upCount <= 1) return;
+        plan.count('data-loss');
+        pauseNode(node);
+        world.at(at + Math.min(dur, 0.8 * plan.ttlMs), () => resumeNode(node));
+        plan.server.loseData();
       } else if (NODE_FAULTS.includes(kind)) {
         if (applyNodeFault(world, rng, kind as NodeFaultKind, node, dur)) plan.count(kind);
       } else {

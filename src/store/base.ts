@@ -8,6 +8,7 @@
  * A backend supplies only the requests themselves (the protected abstract
  * methods).
  */
+import { randomUUID } from 'node:crypto';
 import { ClosedError, InvalidArgumentError, SessionExpiredError } from '../errors.js';
 import type {
   Clock,
@@ -17,11 +18,13 @@ import type {
   SessionOptions,
   Store,
   StoreLimits,
+  TimerHandle,
   Txn,
   TxnResult,
   WatchHint,
   Watcher,
 } from './contract.js';
+import { Incarnation, INCARNATION_KEY, RESERVED_PREFIX, type ServerIdentity } from './incarnation.js';
 import type { ManagedSession } from './session.js';
 import { SessionRegistry, type GrantedSession } from './sessions.js';
 import {
@@ -37,11 +40,17 @@ import {
 export abstract class StoreBase<D = undefined> implements Store {
   abstract readonly backend: string;
   readonly namespace: string;
-  readonly limits: StoreLimits = STORE_LIMITS;
+  /** The contract's limits, with this namespace's maxSessionTtlMs. */
+  readonly limits: StoreLimits;
   readonly clock: Clock;
   /** Bound of one request to the server. */
   protected readonly requestTimeoutMs: number;
   protected readonly sessions: SessionRegistry<D>;
+  /** The longest session TTL any client of the namespace may use. */
+  readonly maxSessionTtlMs: number;
+  readonly #settings: StoreSettings;
+  #incarnation: Incarnation | undefined;
+  #checkTimer: TimerHandle | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -49,7 +58,60 @@ export abstract class StoreBase<D = undefined> implements Store {
     this.namespace = settings.namespace;
     this.clock = settings.clock;
     this.requestTimeoutMs = settings.requestTimeoutMs;
+    this.maxSessionTtlMs = settings.maxSessionTtlMs;
+    this.limits = Object.freeze({ ...STORE_LIMITS, maxSessionTtlMs: settings.maxSessionTtlMs });
+    this.#settings = settings;
     this.sessions = new SessionRegistry<D>(settings);
+  }
+
+  /** The namespace's incarnation as this client knows it (see incarnation.ts); created on first use. */
+  protected get incarnation(): Incarnation {
+    this.#incarnation ??= new Incarnation({
+      backend: this.backend,
+      namespace: this.namespace,
+      clock: this.clock,
+      maxSessionTtlMs: this.#settings.maxSessionTtlMs,
+      maxClockDriftRate: this.#settings.maxClockDriftRate,
+      read: () => this.readKey(INCARNATION_KEY),
+      txn: (txn) => this.applyTxn(txn, undefined),
+      server: () => this.serverIdentity(this.incarnation.fullWaitMs),
+      newId: () => randomUUID(),
+      delayedRestart: () => !this.skipsDelayedRestart(),
+    });
+    return this.#incarnation;
+  }
+
+  /**
+   * The server's identity (src/store/incarnation.ts, ServerIdentity), for backends whose server can restart
+   * without its data: a new id after every restart or failover, what is left of `fullWaitMs` (the longest TTL,
+   * stretched by the drift bound) since it started, and whether it persists its data. The default, undefined, is
+   * for stores that lose data only when an operator destroys it (docs/backends/*: stop the members before you do).
+   */
+  protected serverIdentity(_fullWaitMs: number): Promise<ServerIdentity | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  /**
+   * The periodic check's second question, for backends whose server can lose recent writes without losing the
+   * namespace (a Redis restart with `appendfsync everysec`, a failover to a replica that lagged): a sentence
+   * saying why the data this client worked in may be gone (the server restarted or was replaced), or undefined.
+   */
+  protected serverChanged(): Promise<string | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  /** True only in the simulator's broken variant (MemoryFaults.skipDelayedRestart). */
+  protected skipsDelayedRestart(): boolean {
+    return false;
+  }
+
+  /**
+   * The backend noticed by itself that the data behind the namespace is not what this client worked in (a
+   * revision that went backwards, a replaced file): every session ends at once with a StoreDataLostError, and
+   * the next one waits out the delayed restart.
+   */
+  protected dataLost(detail: string): void {
+    this.sessions.expireAll(this.incarnation.lost(detail));
   }
 
   /** True once close() has begun: public calls fail with ClosedError from then on. */
@@ -76,8 +138,13 @@ export abstract class StoreBase<D = undefined> implements Store {
   // ---- Store ----------------------------------------------------------------------
 
   async openSession(options: SessionOptions): Promise<Session> {
-    const ttlMs = validateSessionOptions(options);
+    const ttlMs = validateSessionOptions(options, this.maxSessionTtlMs);
     this.assertOpen();
+    // A server that restarted (or was replaced) since this client last looked may have lost recent writes.
+    const changed = await this.serverChanged();
+    if (changed !== undefined) this.dataLost(changed);
+    // No session in data that is new while a lease from before may still run elsewhere (StoreRecoveringError).
+    await this.incarnation.admit((lost) => this.sessions.expireAll(lost));
     const sentAtMs = this.clock.now();
     const granted = await this.grantSession(ttlMs);
     const session = this.sessions.open(granted, sentAtMs);
@@ -86,7 +153,48 @@ export abstract class StoreBase<D = undefined> implements Store {
       await session.close();
       throw new ClosedError(`${this.backend} store`);
     }
+    try {
+      // Granted in the data admit() checked, not in data that replaced it meanwhile.
+      await this.incarnation.confirm((lost) => this.sessions.expireAll(lost));
+    } catch (error) {
+      await session.close().catch(() => undefined);
+      throw error;
+    }
+    this.#scheduleCheck();
     return session;
+  }
+
+  /**
+   * While this client has sessions, re-read the incarnation every third of the shortest TTL: data lost under
+   * them ends every session at once (their locks went with it).
+   */
+  #scheduleCheck(): void {
+    if (this.#checkTimer !== undefined || this.#closed) return;
+    const live = this.sessions.sessions();
+    if (live.length === 0) return;
+    const everyMs = Math.max(50, Math.floor(Math.min(...live.map((x) => x.ttlMs)) / 3));
+    this.#checkTimer = this.clock.setTimeout(
+      () => {
+        this.#checkTimer = undefined;
+        if (this.#closed || this.sessions.size === 0) return;
+        Promise.all([this.incarnation.check(), this.serverChanged()]).then(
+          ([lost, changed]) => {
+            if (lost !== undefined) this.sessions.expireAll(lost);
+            else if (changed !== undefined) this.dataLost(changed);
+            this.#scheduleCheck();
+          },
+          // Unreachable or garbage: the keep-alives decide about the sessions; look again next time.
+          () => this.#scheduleCheck(),
+        );
+      },
+      everyMs,
+      { background: true },
+    );
+  }
+
+  #stopCheck(): void {
+    if (this.#checkTimer !== undefined) this.clock.clearTimeout(this.#checkTimer);
+    this.#checkTimer = undefined;
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
@@ -98,19 +206,35 @@ export abstract class StoreBase<D = undefined> implements Store {
   async range(prefix: string): Promise<RangeResult> {
     validatePrefix(prefix);
     this.assertOpen();
-    return this.readRange(prefix);
+    const r = await this.readRange(prefix);
+    return hidesReserved(prefix) ? { ...r, kvs: r.kvs.filter((kv) => !kv.key.startsWith(RESERVED_PREFIX)) } : r;
   }
 
   async txn(txn: Txn): Promise<TxnResult> {
     validateTxn(txn);
+    for (const op of [...txn.then, ...(txn.else ?? [])]) {
+      if ((op.op === 'put' || op.op === 'delete') && op.key.startsWith(RESERVED_PREFIX)) {
+        throw new InvalidArgumentError(`keys under ${RESERVED_PREFIX} are reserved for Rebalancer's own records`);
+      }
+    }
     this.assertOpen();
     const session = this.sessions.ofTxn(txn);
+    let r: TxnResult;
     try {
-      return await this.applyTxn(txn, session);
+      r = await this.applyTxn(txn, session);
     } catch (err) {
       if (err instanceof SessionExpiredError) session?.markExpired(err);
       throw err;
     }
+    if (!r.results.some((x) => x.op === 'range' && hidesReserved(x.prefix))) return r;
+    return {
+      ...r,
+      results: r.results.map((x) =>
+        x.op === 'range' && hidesReserved(x.prefix)
+          ? { ...x, kvs: x.kvs.filter((kv) => !kv.key.startsWith(RESERVED_PREFIX)) }
+          : x,
+      ),
+    };
   }
 
   async watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher> {
@@ -128,6 +252,7 @@ export abstract class StoreBase<D = undefined> implements Store {
 
   close(): Promise<void> {
     this.#closed = true;
+    this.#stopCheck();
     this.#closing ??= this.closeStore();
     return this.#closing;
   }
@@ -142,5 +267,11 @@ export abstract class StoreBase<D = undefined> implements Store {
   /** Stop accepting calls without closing anything (a simulated crash). */
   protected markClosed(): void {
     this.#closed = true;
+    this.#stopCheck();
   }
+}
+
+/** A read of `prefix` could include the reserved records, and is not a read of them on purpose. */
+function hidesReserved(prefix: string): boolean {
+  return RESERVED_PREFIX.startsWith(prefix) && !prefix.startsWith(RESERVED_PREFIX);
 }

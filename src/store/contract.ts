@@ -181,6 +181,7 @@ export interface StoreLimits {
   /** Compares + ops in one transaction (etcd's default max-txn-ops is 128). */
   readonly maxTxnOps: number;
   readonly minSessionTtlMs: number;
+  /** The longest TTL sessions of this store may have: the namespace's `maxSessionTtlMs` (CommonStoreOptions). */
   readonly maxSessionTtlMs: number;
 }
 
@@ -249,4 +250,10 @@ export interface CommonStoreOptions {
   readonly clock?: Clock | undefined;
   /** Timeout for one store request (default 5000 ms). */
   readonly requestTimeoutMs?: number | undefined;
+  /**
+   * The longest session TTL any client of the namespace may use (default 30 000 ms; every client of a namespace
+   * must use the same value). After the store lost its data, no session is granted for this long, so that no
+   * lease from before can still be running when a new holder starts (docs/adr/0009).
+   */
+  readonly maxSessionTtlMs?: number | undefined;
 }

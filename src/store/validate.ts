@@ -46,7 +46,15 @@ export interface StoreSettings {
   readonly maxClockDriftRate: number;
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
+  /** The longest session TTL any client of the namespace may use (see src/store/incarnation.ts). */
+  readonly maxSessionTtlMs: number;
 }
+
+/**
+ * Default of `maxSessionTtlMs`: three times the runtimes' default TTL. It is also how long a namespace waits before
+ * granting sessions again after the store lost its data (unless the backend proves that no lease can be left).
+ */
+export const DEFAULT_MAX_SESSION_TTL_MS = 30_000;
 
 /**
  * Read CommonStoreOptions with `r` (the caller reads its backend's own
@@ -58,6 +66,10 @@ export function readStoreOptions(r: OptionReader, defaultClock: Clock = systemCl
   // A rate near 0.5 would leave a session half its TTL or less to use: that is a broken clock, not drift.
   const maxClockDriftRate = r.number('maxClockDriftRate', DEFAULT_MAX_CLOCK_DRIFT_RATE, { min: 0, max: 0.49 });
   const requestTimeoutMs = r.ms('requestTimeoutMs', DEFAULT_REQUEST_TIMEOUT_MS, { min: 1, max: 3_600_000 });
+  const maxSessionTtlMs = r.ms('maxSessionTtlMs', DEFAULT_MAX_SESSION_TTL_MS, {
+    min: STORE_LIMITS.minSessionTtlMs,
+    max: STORE_LIMITS.maxSessionTtlMs,
+  });
   let clock = defaultClock;
   const c = r.object('clock');
   if (c !== undefined) {
@@ -68,7 +80,7 @@ export function readStoreOptions(r: OptionReader, defaultClock: Clock = systemCl
     c.fn('clearTimeout');
     clock = r.raw('clock') as Clock;
   }
-  return { namespace, maxClockDriftRate, clock, requestTimeoutMs };
+  return { namespace, maxClockDriftRate, clock, requestTimeoutMs, maxSessionTtlMs };
 }
 
 const encoder = new TextEncoder();
@@ -145,7 +157,7 @@ export function validateValue(value: string, key: string): number {
   return n;
 }
 
-export function validateSessionOptions(options: SessionOptions): number {
+export function validateSessionOptions(options: SessionOptions, maxTtlMs = STORE_LIMITS.maxSessionTtlMs): number {
   const ttl = options?.ttlMs;
   if (typeof ttl !== 'number' || !Number.isFinite(ttl)) {
     throw new InvalidArgumentError(`session ttlMs must be a number, got ${String(ttl)}`);
@@ -153,6 +165,12 @@ export function validateSessionOptions(options: SessionOptions): number {
   if (ttl < STORE_LIMITS.minSessionTtlMs || ttl > STORE_LIMITS.maxSessionTtlMs) {
     throw new InvalidArgumentError(
       `session ttlMs must be between ${STORE_LIMITS.minSessionTtlMs} and ${STORE_LIMITS.maxSessionTtlMs}, got ${ttl}`,
+    );
+  }
+  if (ttl > maxTtlMs) {
+    throw new InvalidArgumentError(
+      `session ttlMs ${ttl} is above the store's maxSessionTtlMs (${maxTtlMs}); raise maxSessionTtlMs in the store ` +
+        'options of every client of the namespace, or use a shorter TTL',
     );
   }
   return ttl;

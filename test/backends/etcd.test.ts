@@ -117,7 +117,12 @@ describe('etcd backend on a private server', () => {
     expect((await rawGet(`rebalancer/${n}/k/a/b`))?.toString()).toBe('é');
     // The session id is the lease id in hex, as etcdctl prints it.
     const keys = await raw.getAll().prefix(`rebalancer/${n}/`).keys();
-    expect(keys.sort()).toEqual([`rebalancer/${n}/k/a/b`, `rebalancer/${n}/layout`]);
+    // …and the namespace's incarnation record (docs/adr/0009), a key of the contract like any other.
+    expect(keys.sort()).toEqual([
+      `rebalancer/${n}/k/.rebalancer/incarnation`,
+      `rebalancer/${n}/k/a/b`,
+      `rebalancer/${n}/layout`,
+    ]);
     const leaseHex = (await s.get('a/b'))?.sessionId;
     expect(leaseHex).toBe(session.id);
     const ttl = await raw.leaseClient.leaseTimeToLive({
@@ -138,7 +143,7 @@ describe('etcd backend on a private server', () => {
     expect(b.ttlMs).toBe(3000);
     expect(b.safeUntilMs).toBeLessThanOrEqual(s.clock.now() + 3000);
     expect(b.safeUntilMs).toBeGreaterThan(s.clock.now() + 2500);
-    expect(s.limits).toEqual(STORE_LIMITS);
+    expect(s.limits).toEqual({ ...STORE_LIMITS, maxSessionTtlMs: 30_000 });
     await a.close();
     await b.close();
   });

@@ -15,7 +15,7 @@ import {
   StoreUnavailableError,
 } from '../../src/errors.js';
 import { openStore } from '../../src/store/open.js';
-import type { WatchHint } from '../../src/store/contract.js';
+import type { Session, WatchHint } from '../../src/store/contract.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -333,7 +333,8 @@ describe('redis store on a private server', () => {
 
   it('enforces the contract limits', async () => {
     const s = await open(fresh());
-    expect(s.limits).toEqual(STORE_LIMITS);
+    // The contract's limits, with this namespace's longest session TTL (docs/adr/0009).
+    expect(s.limits).toEqual({ ...STORE_LIMITS, maxSessionTtlMs: 30_000 });
     expect(
       await errorOf(
         s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v'.repeat(STORE_LIMITS.maxValueBytes + 1) }] }),
@@ -387,12 +388,20 @@ describe('redis store on a private server', () => {
   });
 
   it('tells a session it expired when its server lost the data, and keeps revisions growing', async () => {
-    const own = await startRedis();
+    const own = await startRedis({ appendOnly: false });
     try {
       const ns = fresh();
-      const s = await createRedisStore({ url: own.url, namespace: ns, requestTimeoutMs: 1000 });
+      const s = await createRedisStore({ url: own.url, namespace: ns, requestTimeoutMs: 1000, maxSessionTtlMs: 2000 });
       try {
-        const session = await s.openSession({ ttlMs: 2000 });
+        // A server that keeps no data and started moments ago may have just lost some: the first session waits out
+        // the delayed restart too (docs/adr/0009).
+        const granted = (): Promise<Session> =>
+          eventually(() => s.openSession({ ttlMs: 2000 }).catch(() => false as const), {
+            what: 'a session once the delayed restart is over',
+            timeoutMs: 5000,
+            intervalMs: 100,
+          });
+        const session = await granted();
         const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'held', value: 'x', session }] });
         await own.kill();
         await own.restart();
@@ -406,7 +415,11 @@ describe('redis store on a private server', () => {
         expect(await s.get('held')).toBeUndefined();
         const after = await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: 'v' }] });
         expect(after.revision).toBeGreaterThan(before.revision);
-        const again = await s.openSession({ ttlMs: 2000 });
+        // No session until every lease from before has surely ended (docs/adr/0009): the store says so, typed.
+        expect(await errorOf(s.openSession({ ttlMs: 2000 }))).toMatchObject({
+          code: expect.stringMatching(/^(DATA_LOST|STORE_RECOVERING)$/),
+        });
+        const again = await granted();
         expect(Number(again.id)).toBeGreaterThan(Number(session.id));
         await again.close();
       } finally {
@@ -418,7 +431,7 @@ describe('redis store on a private server', () => {
   });
 
   it('fails fast while the server is down, then recovers', async () => {
-    const own = await startRedis();
+    const own = await startRedis({ appendOnly: false });
     try {
       const s = await createRedisStore({ url: own.url, namespace: fresh(), requestTimeoutMs: 3000 });
       try {

@@ -17,7 +17,7 @@ import {
   CorruptDataError,
   IncompatibleSchemaError,
   InvalidArgumentError,
-  SessionExpiredError,
+  StoreDataLostError,
 } from '../../src/errors.js';
 import { openStore } from '../../src/store/open.js';
 import type { Store, WatchHint } from '../../src/store/contract.js';
@@ -466,7 +466,8 @@ describe('sqlite revisions and expiry', () => {
     unlinkSync(path);
     const end = await Promise.race([session.ended, new Promise((r) => setTimeout(() => r('timeout'), 3000))]);
     expect(end).toMatchObject({ state: 'expired' });
-    expect((end as { cause: unknown }).cause).toBeInstanceOf(SessionExpiredError);
+    // Every lock lived in the deleted file: the data this client worked in is gone (docs/adr/0009).
+    expect((end as { cause: unknown }).cause).toBeInstanceOf(StoreDataLostError);
     await eventually(() => hints.some((h) => h.reason === 'resync'), { what: 'a resync hint', timeoutMs: 3000 });
     // A new file: empty, and revisions do not repeat (seeded from the wall clock).
     expect(await s.get('k')).toBeUndefined();

@@ -468,6 +468,29 @@ for (const backend of BACKENDS) {
         await step('after server restart', INITIAL, undefined, 1500);
       }
 
+      // 6b. Redis restarts WITHOUT its data while a worker is paused for less than a TTL (a GC pause): every lock
+      // is gone at once, up to a TTL before its holder's deadline. The members must notice (DATA_LOST), stop, and
+      // grant nothing until the paused one's lease has surely ended; the registry went with the data, so it is
+      // registered again, as the error event tells an operator to.
+      if (backend.name === 'redis' && env!.server !== undefined) {
+        c.steps.push('server loses its data while a worker is paused');
+        const victim = c.live()[0]!;
+        c.pause(victim);
+        await env!.server.kill();
+        rmSync(join(env!.server.dataDir, 'appendonlydir'), { recursive: true, force: true });
+        await env!.server.restart();
+        await sleep(TTL_MS * 0.6);
+        c.resume(victim);
+        await sleep(TTL_MS * 0.5);
+        c.checkSafety();
+        await retry('register again after the data loss', () => admin!.add(INITIAL));
+        await step('after the data loss', INITIAL, undefined, 1500);
+        const told = c
+          .live()
+          .filter((w) => w.proc.lines().some((l) => l.includes('"what":"error"') && l.includes('StoreDataLostError')));
+        expect(told.length, `every live worker reports DATA_LOST; ${c.where()}`).toBe(c.live().length);
+      }
+
       // 7. Churn: remove two, add one, re-add a removed name while its old owner may still be stopping.
       await retry('remove r6 r7', () => admin!.remove(['r6', 'r7']));
       await retry('add r8', () => admin!.add(['r8']));

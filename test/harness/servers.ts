@@ -287,8 +287,14 @@ function logIn(dir: string): string {
 
 // ---------------------------------------------------------------- Redis
 
+/**
+ * A private Redis. `appendOnly`: true = AOF with `appendfsync always` (every acknowledged write survives kill -9),
+ * false = no persistence at all (a restart loses everything), default = AOF with `everysec` — what a production
+ * server runs, and what makes a fresh namespace on a freshly started server a first start rather than possibly
+ * lost data (docs/adr/0009).
+ */
 export function startRedis(opts: { appendOnly?: boolean } = {}): Promise<ServerHandle> {
-  const appendOnly = opts.appendOnly ?? false;
+  const persistence = opts.appendOnly === undefined ? 'everysec' : opts.appendOnly ? 'always' : 'none';
   return withPortRetry(async () => {
     const { instance, ports } = await newInstance('redis', 1);
     const [port] = ports as [number];
@@ -303,15 +309,14 @@ export function startRedis(opts: { appendOnly?: boolean } = {}): Promise<ServerH
       stopGraceMs: STOP_GRACE_MS,
       launch: () => ({
         command: 'redis-server',
-        // appendfsync always: every acknowledged write survives kill -9.
         // prettier-ignore
         args: [
           '--port', String(port),
           '--bind', HOST,
           '--dir', dir,
           '--save', '',
-          '--appendonly', appendOnly ? 'yes' : 'no',
-          ...(appendOnly ? ['--appendfsync', 'always'] : []),
+          '--appendonly', persistence === 'none' ? 'no' : 'yes',
+          ...(persistence === 'none' ? [] : ['--appendfsync', persistence]),
           '--daemonize', 'no',
           '--logfile', '',
         ],

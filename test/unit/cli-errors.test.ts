@@ -97,6 +97,8 @@ describe('exit codes (docs/cli.md)', () => {
       STORE_UNAVAILABLE: 69,
       BROKER_UNAVAILABLE: 69,
       SESSION_EXPIRED: 69,
+      STORE_RECOVERING: 69,
+      DATA_LOST: 1,
       CLOSED: 70,
       REVOKED: 70,
       LISTENER_FAILED: 70,

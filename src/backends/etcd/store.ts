@@ -366,7 +366,10 @@ export class EtcdStore extends StoreBase<string> {
         `etcd revision went backwards (${revision} after ${floor}): the cluster lost its data or was replaced. ` +
           'Revisions and fencing tokens may repeat; every session is treated as expired. Restore the cluster or use a new namespace.',
       );
-      this.sessions.expireAll(err);
+      // Every lock may have gone with the data: end every session as lost (the next waits out the delayed restart).
+      this.dataLost(
+        `its revision went backwards (${revision} after ${floor}): the cluster lost its data or was replaced`,
+      );
       throw err;
     }
     if (revision > this.#maxRevision) this.#maxRevision = revision;

@@ -41,6 +41,8 @@ export class MemoryServer {
   readonly #sessions = new Map<string, ServerSession>();
   readonly #watchers = new Set<ServerWatcher>();
   #sessionSeq = 0;
+  /** When the server last lost its data (see loseData), on its clock. */
+  lostDataAtMs: number | undefined;
 
   constructor(options?: { clock?: Clock }) {
     this.clock = options?.clock ?? systemClock;
@@ -116,6 +118,22 @@ export class MemoryServer {
       ns.revision = revision;
       this.publish(s.namespace, changed, revision);
     }
+  }
+
+  /**
+   * A restart without persistence (the simulator's data-loss fault): every key and every session of every
+   * namespace is gone at once. Revisions go on from where they were (as Redis's do: they never repeat), and every
+   * watcher is told to re-read.
+   */
+  loseData(): void {
+    this.lostDataAtMs = this.clock.now();
+    for (const s of this.#sessions.values()) if (s.timer !== undefined) this.clock.clearTimeout(s.timer);
+    this.#sessions.clear();
+    for (const ns of this.#namespaces.values()) {
+      ns.keys.clear();
+      ns.revision++;
+    }
+    for (const w of [...this.#watchers]) w.notify({ revision: this.namespace(w.namespace).revision, reason: 'resync' });
   }
 
   /** Ids of live sessions (for tests and the simulator's oracle). */

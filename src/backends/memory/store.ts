@@ -6,6 +6,7 @@
  */
 import { InvalidArgumentError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
 import { OptionReader } from '../../options.js';
+import type { ServerIdentity } from '../../store/incarnation.js';
 import { StoreBase } from '../../store/base.js';
 import { sleep } from '../../store/clock.js';
 import type {
@@ -51,6 +52,11 @@ export interface MemoryFaults {
    * the client process is frozen (SIGSTOP), so none of its code may run.
    */
   hold?: (() => Promise<void> | undefined) | undefined;
+  /**
+   * A deliberately broken variant for the simulator (the mutant `no-delayed-restart`): after the server lost its
+   * data, a new namespace is granted sessions at once instead of after the longest TTL.
+   */
+  skipDelayedRestart?: boolean | undefined;
 }
 
 export interface MemoryStoreOptions extends CommonStoreOptions {
@@ -82,6 +88,20 @@ export class MemoryStore extends StoreBase {
     super(settings);
     this.server = server ?? new MemoryServer({ clock: settings.clock });
     this.faults = faults as MemoryFaults;
+  }
+
+  protected override skipsDelayedRestart(): boolean {
+    return this.faults.skipDelayedRestart === true;
+  }
+
+  /** Like a Redis server that does not persist: a new identity after each loss, young for the rest of the TTL. */
+  protected override serverIdentity(fullWaitMs: number): Promise<ServerIdentity | undefined> {
+    const lostAt = this.server.lostDataAtMs;
+    return Promise.resolve({
+      id: `memory-${lostAt ?? 'first'}`,
+      youngForMs: lostAt === undefined ? 0 : Math.max(0, fullWaitMs - (this.server.clock.now() - lostAt)),
+      persists: false,
+    });
   }
 
   protected async grantSession(ttlMs: number): Promise<GrantedSession<undefined>> {

@@ -31,6 +31,7 @@ import type { ManagedSession } from '../../store/session.js';
 import type { GrantedSession } from '../../store/sessions.js';
 import { networkProblem, notAnswering, OUTCOME_UNKNOWN, requestFailed } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
+import type { ServerIdentity } from '../../store/incarnation.js';
 import { decodeUtf8, readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
 import { callScript, defineScripts, scriptSources, type ScriptArg, type ScriptName } from './scripts.js';
@@ -242,6 +243,8 @@ export class RedisStore extends StoreBase {
   #lagRevision: number | undefined;
   #ticks = 0;
   #timer: TimerHandle | undefined;
+  /** The server's run id as first seen (a new one: it restarted or failed over; see serverChanged). */
+  #runId: string | undefined;
   #timerFast = false;
   #tickRunning = false;
   #notReadySince: Map<Redis, number> = new Map();
@@ -329,6 +332,8 @@ export class RedisStore extends StoreBase {
     const store = new RedisStore(redis, connection, settings);
     try {
       await store.#useDatabase(true);
+      // The server this client starts with: a later run id means it restarted or was replaced (serverChanged).
+      store.#runId = (await store.#serverInfo())?.runId;
       await store.#start();
     } catch (err) {
       redis.disconnect();
@@ -364,6 +369,65 @@ export class RedisStore extends StoreBase {
         },
       },
     };
+  }
+
+  // ---- data loss (src/store/incarnation.ts) ------------------------------------------
+
+  /** INFO: the server's run id (new after every restart or failover), its uptime, and whether it keeps an AOF. */
+  async #serverInfo(): Promise<{ runId: string; uptimeS: number; aof: boolean; lossless: boolean } | undefined> {
+    try {
+      const info = await withTimeout(this.#redis.info(), this.requestTimeoutMs, this.clock);
+      const runId = /^run_id:(\w+)/m.exec(info)?.[1];
+      const uptime = /^uptime_in_seconds:(\d+)/m.exec(info)?.[1];
+      const aof = /^aof_enabled:1/m.test(info);
+      if (runId === undefined || uptime === undefined) return undefined;
+      // `appendfsync always`: every acknowledged write was on disk, so a restart loses none. CONFIG may be refused
+      // (managed Redis): then assume it may lose the last second.
+      let lossless = false;
+      if (aof) {
+        const policy = await withTimeout(
+          this.#redis.config('GET', 'appendfsync') as Promise<unknown>,
+          this.requestTimeoutMs,
+          this.clock,
+        ).catch(() => undefined);
+        lossless = Array.isArray(policy) && policy[1] === 'always';
+      }
+      return { runId, uptimeS: Number(uptime), aof, lossless };
+    } catch {
+      return undefined; // refused (an ACL without INFO) or unreachable: the callers assume the worst
+    }
+  }
+
+  /**
+   * Who serves this client now (ADR 0009): a server that started less than the longest TTL ago may have dropped
+   * live locks in that restart — all of them if it keeps no AOF (RDB snapshots are minutes apart), the last second's
+   * with `appendfsync everysec` — so namespaces it serves stay young for what is left of that TTL. Unknown (INFO
+   * refused): assume the worst.
+   */
+  protected override async serverIdentity(fullWaitMs: number): Promise<ServerIdentity | undefined> {
+    const info = await this.#serverInfo();
+    if (info === undefined) return { id: 'unknown', youngForMs: fullWaitMs, persists: false };
+    this.#runId ??= info.runId;
+    // Whole seconds: the one the server may be into does not count. A server that loses nothing acknowledged in a
+    // restart (AOF with `appendfsync always`) dropped no lock in it.
+    const youngForMs = info.lossless ? 0 : Math.max(0, fullWaitMs - Math.max(0, info.uptimeS - 1) * 1000);
+    return { id: info.runId, youngForMs, persists: info.aof };
+  }
+
+  /**
+   * A new run id: the server restarted or another one took over. Writes since its last persistence (or not yet
+   * replicated) may be gone, a lock among them, even when the namespace survived: treat it as data loss.
+   */
+  protected override async serverChanged(): Promise<string | undefined> {
+    const info = await this.#serverInfo();
+    if (info === undefined) return undefined;
+    const before = this.#runId;
+    this.#runId = info.runId;
+    // With `appendfsync always` a restart lost nothing acknowledged; a failover to a replica still may have (writes
+    // are acknowledged by the primary alone), but a replica promoted here has a run id of its own as well, and the
+    // record check catches a replica that lacks the namespace. Accepted: documented in docs/backends/redis.md.
+    if (before === undefined || before === info.runId || info.lossless) return undefined;
+    return 'the Redis server restarted or was replaced (its run id changed): writes since its last persistence may be gone';
   }
 
   // ---- reads ------------------------------------------------------------------

@@ -451,8 +451,9 @@ export class SqliteStore extends StoreBase {
       };
     });
     if (revision < since) {
-      // The counter went backwards: the file was restored or replaced under us.
+      // The counter went backwards: the file was restored or replaced under us, and our locks with it.
       this.#interrupted = true;
+      this.dataLost(`its revision went backwards (${revision} after ${since}): the file was restored or replaced`);
     } else if (revision > since) {
       const complete = changes.length === revision - since && changes[0]?.rev === since + 1;
       for (const w of this.#watchers) {
@@ -488,14 +489,8 @@ export class SqliteStore extends StoreBase {
     conn.close();
     this.#conn = undefined;
     this.#interrupted = true;
-    for (const s of this.sessions.sessions()) {
-      s.markExpired(
-        new SessionExpiredError(
-          s.id,
-          `the database file ${this.path} was deleted or replaced; session ${s.id} is gone`,
-        ),
-      );
-    }
+    // Every lock lived only in the old file: the data this client worked in is gone (delayed restart next).
+    this.dataLost(`the database file ${this.path} was deleted or replaced`);
   }
 
   #shutdown(): void {

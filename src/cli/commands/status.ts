@@ -156,6 +156,19 @@ export function renderStatus(s: GroupStatus, o: { limit: number; where?: string 
   }
   lines.push(...table(rrows).map((l) => `  ${l}`));
   if (s.resources.length > shown.length) lines.push(`  … ${s.resources.length - shown.length} more (--limit)`);
+  if (s.data === 'recovering') {
+    lines.push(
+      '',
+      "NOTE: the namespace's data is new and the store may have lost what it held (a restart without persistence?):",
+      '      no session is granted until every lease from before has ended (maxSessionTtlMs), then members rejoin.',
+      '      Resources registered by hand went with the data: register them again (rebalancer resources add).',
+    );
+  } else if (s.resources.length === 0 && s.nodes.length > 0) {
+    lines.push(
+      '',
+      'NOTE: no resources are registered (rebalancer resources add); if there were, the store lost its data.',
+    );
+  }
   if (s.corruptKeys.length > 0) {
     lines.push(
       '',

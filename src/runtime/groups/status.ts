@@ -9,6 +9,7 @@ import { CorruptDataError, GroupNotFoundError } from '../../errors.js';
 import { readGroupView } from '../../protocol/groups/io.js';
 import { GroupKeys, type Protocol } from '../../protocol/groups/keys.js';
 import type { Store } from '../../store/contract.js';
+import { decodeIncarnation, INCARNATION_KEY } from '../../store/incarnation.js';
 
 /**
  * - `active`: granted to a node that holds its lock (running there).
@@ -58,6 +59,11 @@ export interface GroupStatus {
   readonly movesInFlight: number;
   /** Keys that could not be decoded (a problem to report; the rest of the status is still right). */
   readonly corruptKeys: readonly string[];
+  /**
+   * The namespace's data (see docs/adr/0009): `recovering` while it is new after the store lost its data and no
+   * session is granted yet; `unknown` when no client has opened a session in it yet.
+   */
+  readonly data: 'ok' | 'recovering' | 'unknown';
 }
 
 const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
@@ -67,10 +73,22 @@ export async function groupStatus(store: Store, group: string): Promise<GroupSta
   const keys = new GroupKeys(group);
   const corruptKeys: string[] = [];
   const report = (e: CorruptDataError): void => void corruptKeys.push(e.key ?? '?');
-  const [view, coordKvs] = await Promise.all([readGroupView(store, keys, report), store.range(keys.coordinator)]);
-  if (view.members.size === 0 && view.resources.length === 0 && view.state === undefined && view.locks.size === 0) {
-    throw new GroupNotFoundError(group, store.namespace);
+  const [view, coordKvs, incarnation] = await Promise.all([
+    readGroupView(store, keys, report),
+    store.range(keys.coordinator),
+    store.get(INCARNATION_KEY),
+  ]);
+  let data: GroupStatus['data'] = 'unknown';
+  if (incarnation !== undefined) {
+    try {
+      data = decodeIncarnation(incarnation.value).state === 'young' ? 'recovering' : 'ok';
+    } catch {
+      corruptKeys.push(INCARNATION_KEY);
+    }
   }
+  // Nothing of the group, and nothing lost to explain it: a wrong name or namespace.
+  const empty = view.members.size === 0 && view.resources.length === 0 && view.state === undefined;
+  if (empty && view.locks.size === 0 && data !== 'recovering') throw new GroupNotFoundError(group, store.namespace);
 
   // The elected coordinator: the lowest create revision under coord/ (see store/election.ts).
   let coordinator: { nodeId: string; token: number } | undefined;
@@ -147,5 +165,6 @@ export async function groupStatus(store: Store, group: string): Promise<GroupSta
     counts,
     movesInFlight: counts.starting + counts.moving + counts.stopping + counts.removing,
     corruptKeys,
+    data,
   };
 }
