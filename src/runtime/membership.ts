@@ -261,6 +261,7 @@ export class Membership {
   /** After a session loss: wait until the runtime's old work has stopped, then join again with a new session. */
   async #rejoin(lost: Session, settled: Promise<void>): Promise<void> {
     await settled;
+    void this.#endLostSession(lost);
     for (;;) {
       if (this.#state !== 'rejoining') return;
       try {
@@ -285,6 +286,28 @@ export class Membership {
         }
         await this.#sleep(Math.min(1000, this.#c.sessionTtlMs / 4));
       }
+    }
+  }
+
+  /**
+   * After a session loss, once the old work has stopped. A session whose deadline passed here while the store did
+   * not answer may still be alive on the server, holding this node's member key and locks until the server expires
+   * it — for etcd and ZooKeeper a whole TTL after the store is back, since a new leader restarts every lease's
+   * clock; the rejoin would wait for it all that time. End it on the server as soon as the store answers: tried
+   * until the server confirms, the node has rejoined (its old member key, and with it the old session, is gone),
+   * or it leaves. Safe because the runtime's work under the old session has stopped (`settled`): only the lease
+   * ends earlier than the server would have ended it.
+   */
+  async #endLostSession(lost: Session): Promise<void> {
+    const maxDelayMs = Math.min(1000, this.#c.sessionTtlMs / 4);
+    for (let delayMs = Math.min(100, maxDelayMs); ; delayMs = Math.min(maxDelayMs, delayMs * 2)) {
+      if (this.#state === 'left' || (this.#state === 'active' && this.#session !== lost)) return;
+      if (await lost.endOnServer()) {
+        // The rejoin may be waiting for the old member key: it is gone now.
+        this.#h.kick();
+        return;
+      }
+      await this.#sleep(delayMs);
     }
   }
 

@@ -160,6 +160,17 @@ export interface Session {
   keepAlive(): Promise<void>;
   /** End the session on the server and delete its keys. Idempotent. */
   close(): Promise<void>;
+  /**
+   * End on the server a session that has already ended here. A session whose local deadline passed while the
+   * store did not answer may still be alive on the server, with its keys, until the server expires it by itself —
+   * and a store that comes back from an outage may restart that clock (a new etcd or ZooKeeper leader gives every
+   * lease its full TTL again). Resolves true once the server has confirmed that it no longer holds the session
+   * (ended now, or earlier), false when that could not be confirmed (the server did not answer: call again
+   * later); never rejects. A session that is still live or suspect is left alone (false): `close()` is for those.
+   * Only the session's owner should call it, once all work done under the session has stopped: it may end the
+   * lease before the server would have.
+   */
+  endOnServer(): Promise<boolean>;
 }
 
 export interface SessionEnd {

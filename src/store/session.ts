@@ -20,7 +20,11 @@ export interface SessionDriver {
    * time out) on transport errors.
    */
   keepAlive(): Promise<'alive' | 'gone'>;
-  /** End the session on the server and delete its keys. */
+  /**
+   * End the session on the server and delete its keys. Resolve once the server has ended it, or said that it no
+   * longer has it; reject when that is not certain (no answer). Called again after a failure, and after the
+   * session ended locally (`endOnServer`), so it must be safe to repeat.
+   */
   revoke(): Promise<void>;
 }
 
@@ -51,6 +55,9 @@ export class ManagedSession implements Session {
   #loopTimer: TimerHandle | undefined;
   #deadlineTimer: TimerHandle | undefined;
   #inFlight: Promise<void> | undefined;
+  /** The server said it no longer has the session (a keep-alive answered "gone", or a revoke went through). */
+  #goneOnServer = false;
+  #ending: Promise<boolean> | undefined;
 
   constructor(opts: ManagedSessionOptions) {
     this.#opts = opts;
@@ -101,9 +108,32 @@ export class ManagedSession implements Session {
     this.#end('closed');
     try {
       await this.#opts.driver.revoke();
+      this.#goneOnServer = true;
     } catch {
-      // Best effort: the server expires the session after its TTL anyway.
+      // Best effort: the server expires the session after its TTL anyway (and endOnServer() may try again).
     }
+  }
+
+  endOnServer(): Promise<boolean> {
+    if (this.usable) return Promise.resolve(false);
+    if (this.#goneOnServer) return Promise.resolve(true);
+    // One attempt at a time; each is bounded by the request timeout.
+    this.#ending ??= withTimeout(
+      Promise.resolve().then(() => this.#opts.driver.revoke()),
+      this.#opts.requestTimeoutMs,
+      this.#opts.clock,
+    )
+      .then(
+        () => {
+          this.#goneOnServer = true;
+          return true;
+        },
+        () => false,
+      )
+      .finally(() => {
+        this.#ending = undefined;
+      });
+    return this.#ending;
   }
 
   /**
@@ -187,6 +217,7 @@ export class ManagedSession implements Session {
     }
     if (!this.usable) throw new SessionExpiredError(this.id);
     if (result === 'gone') {
+      this.#goneOnServer = true;
       const err = new SessionExpiredError(this.id, `session ${this.id} no longer exists on the server`);
       this.#end('expired', err);
       throw err;

@@ -148,6 +148,34 @@ describe('membership (the lease module every runtime shares)', () => {
     await drive(clock, a.m.close());
   });
 
+  it('after a session loss the old session is ended on the server at once: the rejoin does not wait out its lease', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const a = node(server, clock, 'n1');
+    await drive(clock, a.m.join());
+    const first = a.m.session!.id;
+    // Keep-alives reach the server but their answers are lost: the server keeps extending the lease while this node
+    // cannot know it, so its deadline passes here (session lost) with the lease alive there for up to a TTL more —
+    // like a store back from an outage that gave every lease a fresh TTL.
+    let finishWork!: () => void;
+    a.stopWork = new Promise((r) => (finishWork = r));
+    a.store.faults = { request: (kind) => (kind === 'keepAlive' ? { fail: 'after' } : {}) };
+    await until(clock, () => a.log.includes('sessionLost'), 'sessionLost');
+    await clock.runFor(300);
+    // Nothing is ended before the runtime's old work has stopped. Still alive on the server (this extends it once
+    // more: a full TTL from now).
+    expect(server.keepAlive(first)).toBe(true);
+    finishWork();
+    const stoppedAt = clock.now();
+    await until(clock, () => a.m.state === 'active', 'rejoined');
+    // Well within the TTL (2 s) the old lease still had on the server.
+    expect(clock.now() - stoppedAt).toBeLessThan(1000);
+    expect(a.m.session!.id).not.toBe(first);
+    expect((await a.store.get('members/n1'))?.sessionId).toBe(a.m.session!.id);
+    expect(server.keepAlive(first)).toBe(false); // ended on the server
+    await drive(clock, a.m.close());
+  });
+
   it('a graceful leave deregisters, fences nothing, and the next candidate leads', async () => {
     const clock = new VirtualClock(1000);
     const server = new MemoryServer({ clock });

@@ -86,6 +86,8 @@ export interface ConnectionOptions {
   readonly auth: readonly { readonly scheme: string; readonly auth: Buffer }[];
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
+  /** Attach to this existing session instead of creating one (`Connection.endSession`). */
+  readonly resume?: { readonly sessionId: Buffer; readonly password: Buffer } | undefined;
 }
 
 export type ConnectionEvent = 'reconnected' | 'disconnected' | 'expired';
@@ -114,6 +116,7 @@ export class Connection {
   #expired = false;
   #closed = false;
   #sessionId: Buffer | undefined;
+  #password: Buffer | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(opts: ConnectionOptions) {
@@ -122,6 +125,7 @@ export class Connection {
       sessionTimeout: opts.sessionTimeoutMs,
       spinDelay: opts.spinDelayMs,
       retries: 0,
+      ...(opts.resume === undefined ? {} : { sessionId: opts.resume.sessionId, sessionPassword: opts.resume.password }),
     });
     for (const a of opts.auth) this.client.addAuthInfo(a.scheme, a.auth);
     // The driver keeps the unparsed tail of a frame across reconnects: a
@@ -138,6 +142,7 @@ export class Connection {
     }
     this.client.on('connected', () => {
       this.#sessionId ??= this.client.getSessionId();
+      this.#password ??= this.client.getSessionPassword();
       const first = !this.#connectedOnce;
       this.#connectedOnce = true;
       if (!first && this.#wasDisconnected) {
@@ -194,6 +199,48 @@ export class Connection {
     return conn;
   }
 
+  /**
+   * End a session whose connection is gone (closed here, e.g. after its local deadline passed during an outage)
+   * but which the server may still hold, with its ephemeral znodes, until it times it out — a whole timeout after
+   * the ensemble is back, since a new leader restarts every session's clock. Attach to it by id and password,
+   * close it, and attach once more to see the server refuse it. Resolves only once the server has said it no
+   * longer has the session; rejects (StoreUnavailableError) when that could not be confirmed within two rounds.
+   */
+  static async endSession(
+    opts: Omit<ConnectionOptions, 'resume'>,
+    sessionId: Buffer,
+    password: Buffer,
+    what: string,
+  ): Promise<void> {
+    for (let round = 0; round < 2; round++) {
+      const conn = new Connection({ ...opts, resume: { sessionId, password } });
+      const answer = await new Promise<'connected' | 'expired' | 'timeout'>((resolve) => {
+        const timer = opts.clock.setTimeout(() => finish('timeout'), opts.requestTimeoutMs);
+        const onConnected = (): void => finish('connected');
+        const onExpired = (): void => finish('expired');
+        function finish(a: 'connected' | 'expired' | 'timeout'): void {
+          opts.clock.clearTimeout(timer);
+          conn.client.removeListener('connected', onConnected);
+          conn.client.removeListener('expired', onExpired);
+          resolve(a);
+        }
+        conn.client.on('connected', onConnected);
+        conn.client.on('expired', onExpired);
+        conn.client.connect();
+      });
+      // Connected: the session was still there and is ours again; closing it ends it (the server deletes its
+      // ephemeral znodes). Then look once more: only the server refusing the id is proof.
+      await conn.close();
+      if (answer === 'expired') return;
+      if (answer === 'timeout') break;
+    }
+    throw new StoreUnavailableError(
+      `${what}: could not confirm with ZooKeeper at ${opts.connectString} that the session ended; ` +
+        'it ends by itself at the latest one session timeout after the ensemble answers again',
+      { outcome: 'unknown' },
+    );
+  }
+
   /** "ZooKeeper at host:port[,host:port…]", for messages. */
   get where(): string {
     return `ZooKeeper at ${this.#opts.connectString}`;
@@ -202,6 +249,11 @@ export class Connection {
   /** The ZooKeeper session id of this connection. */
   get sessionId(): Buffer {
     return this.#sessionId ?? this.client.getSessionId();
+  }
+
+  /** The session's password (to attach to it from another connection: `Connection.endSession`). */
+  get sessionPassword(): Buffer {
+    return this.#password ?? this.client.getSessionPassword();
   }
 
   /** The session timeout the server granted. */

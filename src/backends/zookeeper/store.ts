@@ -297,7 +297,26 @@ export class ZookeeperStore extends StoreBase<Connection> {
             throw err;
           }
         },
-        revoke: () => conn.close(),
+        revoke: async () => {
+          // The server said so: nothing left to end.
+          if (conn.expired) return;
+          // The session's own connection is still open: closing it ends the session (closeSession).
+          if (!conn.closed) return conn.close();
+          // Closed here already (the session ended locally), maybe still held by the server: attach and end it.
+          await Connection.endSession(
+            {
+              connectString: this.#connOpts.connectString,
+              spinDelayMs: this.#connOpts.spinDelayMs,
+              auth: this.#connOpts.auth,
+              sessionTimeoutMs: granted,
+              clock: this.clock,
+              requestTimeoutMs: this.requestTimeoutMs,
+            },
+            conn.sessionId,
+            conn.sessionPassword,
+            `ending session ${id}`,
+          );
+        },
       },
       onOpen: (session) => {
         conn.on((event) => {
@@ -310,10 +329,11 @@ export class ZookeeperStore extends StoreBase<Connection> {
           }
         });
       },
-      onEnd: () => {
+      onEnd: (_session, end) => {
         // Locally expired (deadline) but maybe alive on the server: end it there
-        // too, so its keys go now rather than when the server times it out.
-        void conn.close();
+        // too, so its keys go now rather than when the server times it out
+        // (a close() revokes by itself, on this connection).
+        if (end.state === 'expired') void conn.close();
       },
     };
   }
