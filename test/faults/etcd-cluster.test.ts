@@ -4,11 +4,18 @@
  * the election (about a second), then continue; the session, with a TTL well
  * above the election time, survives and the server confirms it; a watch
  * keeps hearing changes. Nothing is asserted about speed beyond "bounded".
+ *
+ * Quorum loss: a group whose members all lost their sessions during the
+ * outage runs again soon after the cluster is back, not a whole TTL later
+ * (the new Raft leader gives every old lease a fresh TTL; the members end
+ * their old sessions themselves once the cluster answers).
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEtcdStore, type EtcdStore } from '../../src/backends/etcd/index.js';
 import { StoreUnavailableError } from '../../src/errors.js';
+import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
+import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import type { WatchHint } from '../../src/store/contract.js';
 import { startEtcdCluster, type EtcdCluster, type ServerHandle } from '../harness/servers.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -150,4 +157,69 @@ describe('etcd faults (private three-member cluster)', () => {
     await session.close();
     expect(await observer.get('lead')).toBeUndefined();
   }, 60_000);
+
+  it('quorum lost past the TTL: once the cluster is back the group runs again at once, not a TTL later', async () => {
+    const TTL_MS = 10_000;
+    const namespace = `q${randomBytes(5).toString('hex')}`;
+    const resources = ['r0', 'r1', 'r2', 'r3', 'r4', 'r5'];
+    const admin = await createEtcdStore({ url: cluster.url, namespace, requestTimeoutMs: 2000 });
+    stores.push(admin);
+    await new GroupAdmin(admin, 'g').add(resources);
+    /** resource → the node whose handler runs it now. */
+    const running = new Map<string, string>();
+    let overlaps = 0;
+    const members: GroupMember[] = [];
+    const lost = new Set<string>();
+    for (const id of ['a', 'b']) {
+      const store = await createEtcdStore({ url: cluster.url, namespace, requestTimeoutMs: 2000 });
+      stores.push(store);
+      const m = await joinGroup({
+        store,
+        group: 'g',
+        node: { id },
+        sessionTtlMs: TTL_MS,
+        handler: async ({ resource, signal }) => {
+          if (running.has(resource)) overlaps++;
+          running.set(resource, id);
+          await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+          if (running.get(resource) === id) running.delete(resource);
+        },
+      });
+      m.on('error', () => undefined); // the store is unavailable for a while: expected
+      m.on('sessionLost', () => lost.add(id));
+      members.push(m);
+    }
+    try {
+      await eventually(() => running.size === resources.length, {
+        what: 'every resource to run',
+        timeoutMs: 20_000,
+      });
+      // Quorum lost: two of three members down, longer than the members' leases.
+      const [m1, m2] = cluster.members as [ServerHandle, ServerHandle, ServerHandle];
+      await Promise.all([m1.kill(), m2.kill()]);
+      await eventually(() => lost.size === 2 && running.size === 0, {
+        what: 'both members to lose their sessions and stop every handler',
+        timeoutMs: TTL_MS + 10_000,
+      });
+      // The quorum comes back. The old leases get a fresh TTL from the new Raft leader; without the members
+      // ending them, the rejoin would wait for them (TTL + 1–3 s).
+      const restartAt = Date.now();
+      await Promise.all([m1.restart(), m2.restart()]);
+      const backAt = Date.now();
+      await eventually(() => running.size === resources.length, {
+        what: 'every resource to run again',
+        timeoutMs: 3 * TTL_MS,
+        intervalMs: 50,
+      });
+      const recoveredMs = Date.now() - backAt;
+      console.log(
+        `quorum loss: every resource ran again ${recoveredMs} ms after the cluster was back ` +
+          `(${backAt - restartAt} ms to restart two members; TTL ${TTL_MS} ms)`,
+      );
+      expect(recoveredMs).toBeLessThan(6000);
+      expect(overlaps).toBe(0);
+    } finally {
+      await Promise.all(members.map((m) => m.leave().catch(() => undefined)));
+    }
+  }, 120_000);
 });
