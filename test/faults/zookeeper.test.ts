@@ -181,6 +181,29 @@ describe('zookeeper faults', () => {
     await assertWorksAgain(a, b, log, restartedAt);
   }, 60_000);
 
+  it('server down past a long TTL: the holder ends its restored session at once when the server is back', async () => {
+    const ttlMs = 6000;
+    const name = ns();
+    const a = await open(name);
+    const b = await open(name);
+    const session: Session = await a.openSession({ ttlMs });
+    await a.txn({ compare: [], then: [{ op: 'put', key: 'lead/held', value: 'x', session }] });
+    // Not before the session ended here: ending a live session is close()'s business.
+    expect(await session.endOnServer()).toBe(false);
+
+    await server.kill();
+    await eventually(() => session.state === 'expired', { what: 'the session to expire locally', timeoutMs: 10_000 });
+    // The server is down: nothing can be confirmed.
+    expect(await session.endOnServer()).toBe(false);
+    await server.restart();
+    const restartedAt = Date.now();
+    // The server restores the session with a fresh timeout (6 s); its holder ends it on the server instead.
+    await eventually(() => session.endOnServer(), { what: 'the server to confirm the end', timeoutMs: 10_000 });
+    expect(await b.get('lead/held')).toBeUndefined();
+    expect(Date.now() - restartedAt).toBeLessThan(ttlMs / 2);
+    expect(await session.endOnServer()).toBe(true);
+  }, 60_000);
+
   describe('silent partition', () => {
     let proxy: TcpProxy;
     beforeAll(async () => {
