@@ -1,7 +1,8 @@
 /**
  * ZooKeeper-specific behaviour: URL parsing, the znode layout and its
  * escaping, data written by someone else (corrupt envelopes, foreign znodes,
- * unknown layout versions), the rev znode's rollover, and clean shutdown.
+ * unknown layout versions), the rev znode's rollover, session timeouts
+ * against the server's tickTime, and clean shutdown.
  */
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
@@ -419,6 +420,48 @@ describe('zookeeper backend on a private server', () => {
       if (value === undefined) await new Promise((r) => setTimeout(r, 100));
     }
     expect(value).toBe('v');
+  });
+
+  it('asks for one tickTime less than the TTL, so that the server expires a session within its TTL', async () => {
+    // The harness's server: tickTime 500, so minSessionTimeout 1000.
+    const s = await open(ns());
+    expect(s.tickTimeMs).toBe(500);
+    const session = await s.openSession({ ttlMs: 2000 });
+    // The server expires it at most a tick after the timeout it granted: within the 2000 ms asked.
+    expect(session.ttlMs).toBe(1500);
+    expect(s.expiryBoundMs(2000)).toBe(2000);
+    // The holder's deadline follows what was granted, not what was asked (the safety direction).
+    expect(session.safeUntilMs).toBeLessThanOrEqual(s.clock.now() + 1500);
+    await session.close();
+    // Told the tick: trusted as is.
+    const told = await open(ns(), { tickTimeMs: 200 });
+    expect(told.tickTimeMs).toBe(200);
+    const s2 = await told.openSession({ ttlMs: 2000 });
+    expect(s2.ttlMs).toBe(1800);
+    await s2.close();
+  });
+
+  it('warns, naming the setting to change, when the server cannot expire sessions within their TTL', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const s = await open(ns());
+      // 1000 − one tick (500) is below the server's minimum session timeout (1000 ms): granted 1000, expired up to
+      // 1500 ms after the client was last heard.
+      const session = await s.openSession({ ttlMs: 1000 });
+      expect(session.ttlMs).toBe(1000);
+      expect(s.expiryBoundMs(1000)).toBe(1500);
+      const again = await s.openSession({ ttlMs: 1000 });
+      await new Promise((r) => setImmediate(r));
+      const ours = warnings.filter((w) => (w as { code?: string }).code === 'ZOOKEEPER_TICK_TOO_COARSE');
+      expect(ours).toHaveLength(1); // once per TTL
+      expect(ours[0]!.name).toBe('RebalancerWarning');
+      expect(ours[0]!.message).toMatch(/tickTime to at most TTL\/10 \(here 100 ms\)/);
+      await Promise.all([session.close(), again.close()]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('closes without leaving sockets or timers behind', async () => {

@@ -86,6 +86,8 @@ export interface ConnectionOptions {
   readonly auth: readonly { readonly scheme: string; readonly auth: Buffer }[];
   readonly clock: Clock;
   readonly requestTimeoutMs: number;
+  /** TCP connect timeout per server; default the driver's: the session timeout over the number of servers. */
+  readonly connectTimeoutMs?: number | undefined;
   /** Attach to this existing session instead of creating one (`Connection.endSession`). */
   readonly resume?: { readonly sessionId: Buffer; readonly password: Buffer } | undefined;
 }
@@ -94,6 +96,7 @@ export type ConnectionEvent = 'reconnected' | 'disconnected' | 'expired';
 
 interface DriverInternals {
   connectionManager?: {
+    connectTimeout?: unknown;
     zxid?: unknown;
     pendingBuffer?: unknown;
     connect?: () => void;
@@ -133,6 +136,9 @@ export class Connection {
     // frame that corrupts the next connection's stream and throws inside the
     // driver's socket handler. Start every connection with an empty buffer.
     const cm = (this.client as unknown as DriverInternals).connectionManager;
+    if (cm !== undefined && opts.connectTimeoutMs !== undefined && typeof cm.connectTimeout === 'number') {
+      cm.connectTimeout = opts.connectTimeoutMs;
+    }
     const connect = cm?.connect;
     if (cm !== undefined && typeof connect === 'function') {
       cm.connect = function (this: NonNullable<DriverInternals['connectionManager']>): void {

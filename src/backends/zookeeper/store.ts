@@ -52,6 +52,7 @@ import { chooseBranch, readStoreOptions } from '../../store/validate.js';
 import {
   Connection,
   MultiError,
+  type ConnectionOptions,
   OP,
   ZK,
   ZkSessionExpired,
@@ -101,6 +102,13 @@ export interface ZookeeperStoreOptions extends CommonStoreOptions {
   readonly connectionSessionTimeoutMs?: number | undefined;
   /** Driver's delay between reconnect attempts over the whole server list. Default 200 ms. */
   readonly spinDelayMs?: number | undefined;
+  /**
+   * The servers' `tickTime`. ZooKeeper expires a session up to one tick after its timeout, so each session asks
+   * for one tick less than its TTL. Default: half the shortest session timeout the server grants (ZooKeeper's
+   * default `minSessionTimeout` is 2 × tickTime), found at open with a probe session. Give it when the servers
+   * set `minSessionTimeout` to something else.
+   */
+  readonly tickTimeMs?: number | undefined;
   /**
    * @internal Tests only: roll the `rev` znode over (delete + create) once its
    * version reaches this, instead of at 2^31 − 2.
@@ -187,6 +195,11 @@ export class ZookeeperStore extends StoreBase<Connection> {
   };
   readonly #connectionSessionTimeoutMs: number;
   readonly #revRollover: number;
+  #tickTimeMs: number | undefined;
+  /** The shortest session timeout the server granted (when probed). */
+  #minSessionTimeoutMs: number | undefined;
+  /** TTLs already warned about (the server cannot expire such sessions within them). */
+  readonly #warnedTtls = new Set<number>();
   #main: Connection | undefined;
   #mainReplacing: Promise<Connection> | undefined;
   #unsubscribeMain: (() => void) | undefined;
@@ -213,10 +226,12 @@ export class ZookeeperStore extends StoreBase<Connection> {
       max: 3_600_000,
     });
     const spinDelayMs = r.ms('spinDelayMs', 200, { min: 1, max: 3_600_000 });
+    const tickTimeMs = r.has('tickTimeMs') ? r.ms('tickTimeMs', 0, { min: 1, max: 3_600_000 }) : undefined;
     const rollover = r.integer('revRolloverVersion', REV_ROLLOVER_VERSION, { min: 1, max: REV_ROLLOVER_VERSION });
     r.done();
     super(settings);
     this.#connectionSessionTimeoutMs = connectionSessionTimeoutMs;
+    this.#tickTimeMs = tickTimeMs;
     const chroot = chrootOption === undefined ? '' : validateZnodePath(chrootOption, 'chroot');
     const root = validateZnodePath(rootPath, 'rootPath');
     const base = chroot + root;
@@ -265,6 +280,13 @@ export class ZookeeperStore extends StoreBase<Connection> {
     this.#setMain(conn);
     try {
       await this.#ensureLayout(conn);
+      if (this.#tickTimeMs === undefined) {
+        // Ask for a 1 ms session: the server grants its minimum, by default 2 × tickTime.
+        const probe = await Connection.open({ ...this.#connectionOptions(1), connectTimeoutMs: this.requestTimeoutMs });
+        this.#minSessionTimeoutMs = probe.sessionTimeoutMs;
+        await probe.close();
+        this.#tickTimeMs = Math.max(1, Math.floor(this.#minSessionTimeoutMs / 2));
+      }
     } catch (err) {
       await this.close();
       throw err;
@@ -272,12 +294,40 @@ export class ZookeeperStore extends StoreBase<Connection> {
     this.#scheduleWatchdog();
   }
 
+  /**
+   * The servers' tickTime as this store assumes it (the `tickTimeMs` option, or half the minimum session timeout
+   * the server granted at open). A session is expired at most its timeout plus one tick after its client was last
+   * heard.
+   */
+  get tickTimeMs(): number {
+    return this.#tickTimeMs ?? 0;
+  }
+
+  /**
+   * How long after its client was last heard a session asked for `ttlMs` can outlive it on the server: the
+   * timeout the server grants for `ttlMs − tickTimeMs`, plus one tick. At most `ttlMs` unless the server's
+   * minimum session timeout is longer than `ttlMs − tickTimeMs` (tickTime above about TTL/3).
+   */
+  expiryBoundMs(ttlMs: number): number {
+    const ask = this.#askFor(ttlMs);
+    const granted = Math.max(ask, this.#minSessionTimeoutMs ?? 0);
+    return granted + this.tickTimeMs;
+  }
+
+  #askFor(ttlMs: number): number {
+    return Math.max(1, ttlMs - this.tickTimeMs);
+  }
+
   // ---- Store ------------------------------------------------------------------
 
   protected async grantSession(ttlMs: number): Promise<GrantedSession<Connection>> {
-    const conn = await this.#openConnection(ttlMs);
+    // The server expires a session up to one tick after its timeout (it expires them in tickTime buckets): ask
+    // for a tick less, so that it is gone within the TTL asked, as on the other backends. Safe as it is: the
+    // session's ttlMs, and so its self-fencing deadline, is the timeout the server granted, which it never cuts.
+    const conn = await this.#openConnection(this.#askFor(ttlMs));
     const id = sessionIdHex(conn.sessionId);
     const granted = conn.sessionTimeoutMs;
+    if (granted + this.tickTimeMs > ttlMs) this.#warnCoarseTick(ttlMs, granted);
     // Probe faster than the TTL so a dead socket is replaced while the session may still be saved.
     const probeTimeoutMs = Math.max(100, Math.min(this.requestTimeoutMs, Math.floor((granted * 2) / 3)));
     return {
@@ -304,14 +354,7 @@ export class ZookeeperStore extends StoreBase<Connection> {
           if (!conn.closed) return conn.close();
           // Closed here already (the session ended locally), maybe still held by the server: attach and end it.
           await Connection.endSession(
-            {
-              connectString: this.#connOpts.connectString,
-              spinDelayMs: this.#connOpts.spinDelayMs,
-              auth: this.#connOpts.auth,
-              sessionTimeoutMs: granted,
-              clock: this.clock,
-              requestTimeoutMs: this.requestTimeoutMs,
-            },
+            this.#connectionOptions(granted),
             conn.sessionId,
             conn.sessionPassword,
             `ending session ${id}`,
@@ -468,17 +511,35 @@ export class ZookeeperStore extends StoreBase<Connection> {
     return `${this.#dPath}/${dirName(dirPart)}`;
   }
 
+  /** Said once per TTL: the server expires such sessions later than their TTL (safe, but failover is slower). */
+  #warnCoarseTick(ttlMs: number, granted: number): void {
+    if (this.#warnedTtls.has(ttlMs)) return;
+    this.#warnedTtls.add(ttlMs);
+    const tick = this.tickTimeMs;
+    process.emitWarning(
+      `${this.#where} granted ${granted} ms for a session of ${ttlMs} ms and expires sessions up to a tickTime ` +
+        `(${tick} ms) late: a dead member's work moves only up to ${granted + tick} ms after it was last heard, ` +
+        `not within the TTL. Set tickTime to at most TTL/10 (here ${Math.floor(ttlMs / 10)} ms) in zoo.cfg ` +
+        `(minSessionTimeout follows it), or use a session TTL of at least ${3 * tick} ms`,
+      { type: 'RebalancerWarning', code: 'ZOOKEEPER_TICK_TOO_COARSE' },
+    );
+  }
+
   // ---- connections --------------------------------------------------------------
 
   #openConnection(sessionTimeoutMs: number): Promise<Connection> {
-    return Connection.open({
+    return Connection.open(this.#connectionOptions(sessionTimeoutMs));
+  }
+
+  #connectionOptions(sessionTimeoutMs: number): ConnectionOptions {
+    return {
       connectString: this.#connOpts.connectString,
       spinDelayMs: this.#connOpts.spinDelayMs,
       auth: this.#connOpts.auth,
       sessionTimeoutMs,
       clock: this.clock,
       requestTimeoutMs: this.requestTimeoutMs,
-    });
+    };
   }
 
   #setMain(conn: Connection): void {
