@@ -1,7 +1,7 @@
 /**
  * The deterministic simulator in CI: a few hundred seeds per protocol must
- * find no violation, every mutant must be caught within 300 seeds, and a seed
- * must replay exactly.
+ * find no violation, every mutant must be caught within its seed budget (300,
+ * 800 for the rare stale-coordinator write), and a seed must replay exactly.
  */
 import { describe, expect, it } from 'vitest';
 import { runGroupsSim } from '../../src/sim/groups.js';
@@ -20,12 +20,19 @@ describe('group simulation', () => {
     }, 600_000);
   }
 
+  /**
+   * Seeds each mutant gets. A stale coordinator's write needs a rare coincidence (a write held in flight across a
+   * leadership change): measured about 0.6–0.8 % of seeds, before and after members began ending their lost
+   * sessions on the server (seeds 1–800: first caught at 23 before, at 432 after; 3 and 4 catches in 301–800).
+   */
+  const budget = (mutant: MutantName): number => (mutant === 'unguarded-coordinator' ? 800 : 300);
+
   for (const mutant of Object.keys(MUTANTS) as MutantName[]) {
-    it(`catches the mutant ${mutant} within 300 seeds`, async () => {
+    it(`catches the mutant ${mutant} within ${budget(mutant)} seeds`, async () => {
       const s = await runSimulation({
         scenario: 'groups',
         protocol: 'resource-barrier',
-        seeds: 300,
+        seeds: budget(mutant),
         mutant,
         stopOnFailure: true,
       });
