@@ -82,6 +82,30 @@ describe('session keep-alive and self-fencing', () => {
     await expect(session.keepAlive()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
   });
 
+  it('endOnServer: leaves a live session alone, and ends a lost one only once the server confirms', async () => {
+    const clock = new VirtualClock();
+    const server = new MemoryServer({ clock });
+    const store = new MemoryStore({ server });
+    const session = await open(clock, store, 2000);
+    expect(await session.endOnServer()).toBe(false);
+    expect(server.liveSessionIds()).toContain(session.id);
+    // Keep-alives reach the server, their answers do not: the deadline passes here, the lease lives on there.
+    store.faults = { request: (kind) => (kind === 'keepAlive' ? { fail: 'after' } : { fail: 'before' }) };
+    await runUntil(clock, clock.now() + 2500, () => undefined);
+    expect(session.state).toBe('expired');
+    expect(server.liveSessionIds()).toContain(session.id);
+    // The server does not answer the revoke either: not confirmed.
+    const first = session.endOnServer();
+    await runUntil(clock, clock.now() + 100, () => undefined);
+    expect(await first).toBe(false);
+    store.faults = {};
+    const second = session.endOnServer();
+    await runUntil(clock, clock.now() + 100, () => undefined);
+    expect(await second).toBe(true);
+    expect(server.liveSessionIds()).not.toContain(session.id);
+    expect(await session.endOnServer()).toBe(true);
+  });
+
   it('never believes it is safe after the server expired it (random faults and drift)', async () => {
     const driftRate = 0.01;
     await fc.assert(
