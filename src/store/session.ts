@@ -51,17 +51,22 @@ export class ManagedSession implements Session {
   #loopTimer: TimerHandle | undefined;
   #deadlineTimer: TimerHandle | undefined;
   #inFlight: Promise<void> | undefined;
+  /** Send time of the last acknowledged keep-alive (the deadline counts from it). */
+  #lastAckedSendAtMs: number;
+  /** Failed keep-alives in a row: the retry backoff grows with it, and is reset by an acknowledgement. */
+  #failures = 0;
 
   constructor(opts: ManagedSessionOptions) {
     this.#opts = opts;
     this.id = opts.id;
     this.ttlMs = opts.ttlMs;
     this.#safeUntilMs = opts.createdSendAtMs + this.#usableTtlMs();
+    this.#lastAckedSendAtMs = opts.createdSendAtMs;
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve;
     });
     this.#armDeadline();
-    this.#schedule(this.#intervalMs());
+    this.#scheduleNext();
   }
 
   get state(): SessionState {
@@ -124,12 +129,37 @@ export class ManagedSession implements Session {
     return this.ttlMs * (1 - this.#opts.maxClockDriftRate);
   }
 
+  /** The beat: a keep-alive goes out this long after the send time of the last acknowledged one. */
   #intervalMs(): number {
     return Math.max(50, Math.floor(this.ttlMs / 3));
   }
 
-  #retryMs(): number {
-    return Math.max(50, Math.floor(this.ttlMs / 10));
+  /**
+   * The next keep-alive, scheduled from the deadline rather than from the last reply: due one beat after the send
+   * time of the last acknowledged keep-alive (the time the deadline counts from), so a reply that came late is
+   * followed by the next keep-alive at once instead of a full beat later. While keep-alives fail, retry soon with a
+   * short backoff that doubles up to TTL/10. Never more than one in flight (`keepAlive()` joins the one running).
+   */
+  #scheduleNext(): void {
+    const clock = this.#opts.clock;
+    let delayMs: number;
+    if (this.#failures > 0) {
+      const first = Math.max(10, Math.floor(this.ttlMs / 50));
+      delayMs = Math.min(Math.max(first, Math.floor(this.ttlMs / 10)), first * 2 ** (this.#failures - 1));
+    } else {
+      // A gap of at least TTL/100 between keep-alives: a store slower than a beat is asked back to back, not in a spin.
+      const minGapMs = Math.max(1, Math.floor(this.ttlMs / 100));
+      delayMs = Math.max(minGapMs, this.#lastAckedSendAtMs + this.#intervalMs() - clock.now());
+    }
+    this.#schedule(delayMs);
+  }
+
+  /**
+   * Upper bound for one keep-alive: a beat (or the request timeout if shorter). A keep-alive lost on a dead
+   * connection must not hold the loop for longer: the next one, sent later, extends the deadline further.
+   */
+  #keepAliveTimeoutMs(): number {
+    return Math.min(this.#opts.requestTimeoutMs, this.#intervalMs());
   }
 
   #schedule(delayMs: number): void {
@@ -139,9 +169,11 @@ export class ManagedSession implements Session {
         this.#loopTimer = undefined;
         if (!this.usable) return;
         this.keepAlive().then(
-          () => this.#schedule(this.#intervalMs()),
           () => {
-            if (this.usable) this.#schedule(this.#retryMs());
+            if (this.usable) this.#scheduleNext();
+          },
+          () => {
+            if (this.usable) this.#scheduleNext();
           },
         );
       },
@@ -180,8 +212,9 @@ export class ManagedSession implements Session {
     const sentAt = clock.now();
     let result: 'alive' | 'gone';
     try {
-      result = await withTimeout(this.#opts.driver.keepAlive(), this.#opts.requestTimeoutMs, clock);
+      result = await withTimeout(this.#opts.driver.keepAlive(), this.#keepAliveTimeoutMs(), clock);
     } catch (cause) {
+      this.#failures++;
       if (this.#state === 'live') this.#setState('suspect', cause);
       throw cause;
     }
@@ -194,6 +227,8 @@ export class ManagedSession implements Session {
     // Only a response that arrives before the current deadline may extend it:
     // if we were already past it, the server may have expired us meanwhile and
     // the session was ended locally above (usable is false).
+    this.#failures = 0;
+    if (sentAt > this.#lastAckedSendAtMs) this.#lastAckedSendAtMs = sentAt;
     const until = sentAt + this.#usableTtlMs();
     if (until > this.#safeUntilMs) {
       this.#safeUntilMs = until;
