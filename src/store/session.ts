@@ -6,20 +6,29 @@
  * self-fencing deadline, so those rules are written (and tested) once.
  */
 import { SessionExpiredError } from '../errors.js';
+import type { ServerClockSample } from './clock-rate.js';
 import type { Clock, Session, SessionEnd, SessionState, TimerHandle } from './contract.js';
 import { withTimeout } from './timeout.js';
 
 /** Keep-alive and deadline timers must not keep a process alive on their own. */
 const BACKGROUND = { background: true } as const;
 
+/** An acknowledged keep-alive that also tells the server's clock as it processed it (wall-clock milliseconds). */
+export interface AliveAt {
+  readonly alive: true;
+  readonly serverTimeMs: number;
+}
+
 export interface SessionDriver {
   /**
    * Extend the session on the server. Resolve `alive` when the server
    * acknowledged it (so the server's expiry is at least send time + TTL),
    * `gone` when the server says the session no longer exists. Reject (or
-   * time out) on transport errors.
+   * time out) on transport errors. A backend whose server tells its time
+   * resolves `{ alive: true, serverTimeMs }` instead of `alive`: the store
+   * checks the client clock's rate with it (src/store/clock-rate.ts).
    */
-  keepAlive(): Promise<'alive' | 'gone'>;
+  keepAlive(): Promise<'alive' | 'gone' | AliveAt>;
   /** End the session on the server and delete its keys. */
   revoke(): Promise<void>;
 }
@@ -37,6 +46,8 @@ export interface ManagedSessionOptions {
   readonly requestTimeoutMs: number;
   /** Called once when the session ends (the backend drops its bookkeeping). */
   readonly onEnd?: ((end: SessionEnd) => void) | undefined;
+  /** Called with the server's clock reading of each acknowledged keep-alive that carried one. */
+  readonly onServerTime?: ((sample: ServerClockSample) => void) | undefined;
 }
 
 export class ManagedSession implements Session {
@@ -210,7 +221,7 @@ export class ManagedSession implements Session {
   async #sendKeepAlive(): Promise<void> {
     const clock = this.#opts.clock;
     const sentAt = clock.now();
-    let result: 'alive' | 'gone';
+    let result: 'alive' | 'gone' | AliveAt;
     try {
       result = await withTimeout(this.#opts.driver.keepAlive(), this.#keepAliveTimeoutMs(), clock);
     } catch (cause) {
@@ -219,6 +230,11 @@ export class ManagedSession implements Session {
       throw cause;
     }
     if (!this.usable) throw new SessionExpiredError(this.id);
+    if (typeof result === 'object') {
+      this.#opts.onServerTime?.({ sentAtMs: sentAt, receivedAtMs: clock.now(), serverMs: result.serverTimeMs });
+      // The reading may have ended the session (the clock rate left its bound).
+      if (!this.usable) throw new SessionExpiredError(this.id);
+    }
     if (result === 'gone') {
       const err = new SessionExpiredError(this.id, `session ${this.id} no longer exists on the server`);
       this.#end('expired', err);
