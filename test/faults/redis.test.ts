@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createRedisStore, type RedisStore } from '../../src/backends/redis/index.js';
 import {
+  ClockRateError,
   SessionExpiredError,
   StoreDataLostError,
   StoreRecoveringError,
@@ -18,6 +19,7 @@ import {
 import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
 import { Membership } from '../../src/runtime/membership.js';
+import { ScaledClock, systemClock } from '../../src/store/clock.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -483,4 +485,28 @@ describe('redis paused for less than the TTL (issue 12 item 3)', () => {
     expect(session()).toBe(s);
     expect(s.state).toBe('live');
   }, 20_000);
+});
+
+describe("this host's clock runs slow against the Redis server's (issue 12 item 5)", () => {
+  it('at 0.75: every session ends with CLOCK_RATE and none is granted while it stays so; at 1: nothing happens', async () => {
+    const srv = await server();
+    const ns = `rate-${randomBytes(4).toString('hex')}`;
+    const slow = await createRedisStore({ url: srv.url, namespace: ns, clock: new ScaledClock(systemClock, 0.75) });
+    const right = await createRedisStore({ url: srv.url, namespace: ns });
+    cleanups.push(
+      () => slow.close(),
+      () => right.close(),
+    );
+    expect(slow.clockRateCheck).toBe('server');
+    const s = await slow.openSession({ ttlMs: 1000 });
+    const ok = await right.openSession({ ttlMs: 1000 });
+    const end = await Promise.race([s.ended, sleep(10_000).then(() => undefined)]);
+    expect(end?.state).toBe('expired');
+    expect(end?.cause).toBeInstanceOf(ClockRateError);
+    expect((end?.cause as ClockRateError).rateHigh).toBeLessThan(0.99);
+    expect(await errorOf(slow.openSession({ ttlMs: 1000 }))).toMatchObject({ code: 'CLOCK_RATE', retryable: true });
+    // The store client with a right clock saw the same server all along: no false alarm.
+    expect(ok.state).toBe('live');
+    await ok.close();
+  }, 30_000);
 });

@@ -11,7 +11,7 @@ import { MemoryStore } from '../../src/backends/memory/store.js';
 import { ClockRateError } from '../../src/errors.js';
 import { Membership } from '../../src/runtime/membership.js';
 import { ClockRateEstimator, type ServerClockSample } from '../../src/store/clock-rate.js';
-import type { Clock, TimerHandle, TimerOptions } from '../../src/store/contract.js';
+import type { Clock, TimerHandle } from '../../src/store/contract.js';
 import { VirtualClock } from '../../src/store/clock.js';
 
 const BOUND = 0.01;
@@ -117,8 +117,8 @@ class RateClock implements Clock {
   now(): number {
     return this.#originMs + (this.base.now() - this.#originBase) * this.#rate;
   }
-  setTimeout(fn: () => void, delayMs: number, options?: TimerOptions): TimerHandle {
-    return this.base.setTimeout(fn, Math.max(0, delayMs) / this.#rate, options);
+  setTimeout(fn: () => void, delayMs: number): TimerHandle {
+    return this.base.setTimeout(fn, Math.max(0, delayMs) / this.#rate);
   }
   clearTimeout(handle: TimerHandle): void {
     this.base.clearTimeout(handle);
