@@ -165,14 +165,6 @@ export class ManagedSession implements Session {
     this.#schedule(delayMs);
   }
 
-  /**
-   * Upper bound for one keep-alive: a beat (or the request timeout if shorter). A keep-alive lost on a dead
-   * connection must not hold the loop for longer: the next one, sent later, extends the deadline further.
-   */
-  #keepAliveTimeoutMs(): number {
-    return Math.min(this.#opts.requestTimeoutMs, this.#intervalMs());
-  }
-
   #schedule(delayMs: number): void {
     if (this.#loopTimer !== undefined) this.#opts.clock.clearTimeout(this.#loopTimer);
     this.#loopTimer = this.#opts.clock.setTimeout(
@@ -223,7 +215,7 @@ export class ManagedSession implements Session {
     const sentAt = clock.now();
     let result: 'alive' | 'gone' | AliveAt;
     try {
-      result = await withTimeout(this.#opts.driver.keepAlive(), this.#keepAliveTimeoutMs(), clock);
+      result = await withTimeout(this.#opts.driver.keepAlive(), this.#opts.requestTimeoutMs, clock);
     } catch (cause) {
       this.#failures++;
       if (this.#state === 'live') this.#setState('suspect', cause);
