@@ -39,10 +39,11 @@ import {
 } from './validate.js';
 
 /**
- * A clock-rate verdict spans at least this many TTLs of readings (one every TTL/3): long enough that round-trip
- * jitter is small against it, short enough that a bad clock is caught before a partition is likely to test it.
+ * The shortest span of readings (one every TTL/3) a clock-rate verdict looks at, in TTLs: a clock gone badly wrong
+ * (0.75) is caught about one TTL after it went wrong. Longer spans, up to eight times this, catch smaller errors;
+ * round-trip jitter never causes an alarm whatever the span (src/store/clock-rate.ts).
  */
-export const CLOCK_RATE_WINDOW_TTLS = 3;
+export const CLOCK_RATE_WINDOW_TTLS = 1;
 
 /** `D`: what the backend keeps with each of its sessions (a lease id, a connection). */
 export abstract class StoreBase<D = undefined> implements Store {
@@ -65,7 +66,7 @@ export abstract class StoreBase<D = undefined> implements Store {
   readonly #clockRate: ClockRateEstimator;
   /** Set while the rate is out of the bound: every session was ended with it, and new ones are refused. */
   #clockRateFault: ClockRateError | undefined;
-  /** The window a rate verdict needs: CLOCK_RATE_WINDOW_TTLS × the TTL of the newest session. */
+  /** The shortest span a rate verdict looks at: CLOCK_RATE_WINDOW_TTLS × the TTL of the newest session. */
   #clockWindowMs: number;
 
   /**

@@ -51,8 +51,9 @@ function side(r: { low: number; high: number }, maxDriftRate: number): 'slow' | 
 }
 
 /**
- * A sliding window of samples. `minSpanMs` (local time between the first and the last sample) is what a verdict
- * needs; samples older than `2 × minSpanMs` before the newest are dropped (one is kept to span it).
+ * A sliding window of samples. A verdict looks back from the newest sample over spans of `minSpanMs`, twice that, four
+ * times… up to the oldest sample kept (`MAX_SPANS` × `minSpanMs`): the short span catches a clock gone badly wrong
+ * quickly (its old, good samples do not dilute it), the long ones catch a small error that only shows over time.
  */
 export class ClockRateEstimator {
   readonly #samples: ServerClockSample[] = [];
@@ -78,20 +79,34 @@ export class ClockRateEstimator {
       this.#samples.length = 0;
     }
     this.#samples.push(sample);
-    // Keep the newest sample that is at least 2 × minSpanMs old, and everything after it.
-    const horizon = sample.receivedAtMs - 2 * minSpanMs;
+    // Keep the newest sample at least MAX_SPANS × minSpanMs old, and everything after it.
+    const horizon = sample.receivedAtMs - MAX_SPANS * minSpanMs;
     while (this.#samples.length > 2 && this.#samples[1]!.receivedAtMs <= horizon) this.#samples.shift();
   }
 
-  /** The verdict over the newest `minSpanMs` or more of samples. */
+  /** The verdict: `out` if any span (see the class comment) is provably out of the bound, else `ok` or `unknown`. */
   verdict(minSpanMs: number): ClockRateVerdict {
+    const s = this.#samples;
+    let best: ClockRateVerdict = { kind: 'unknown' };
+    for (let span = minSpanMs; span <= MAX_SPANS * minSpanMs; span *= 2) {
+      const v = this.#verdictOver(span);
+      if (v.kind === 'out') return v;
+      if (v.kind === 'ok') best = v;
+      else break; // not enough samples for this span: none for the longer ones either
+      if (s[0]!.receivedAtMs > s.at(-1)!.sentAtMs - 2 * span) break; // the longest span available was just used
+    }
+    return best;
+  }
+
+  /** Over the newest samples spanning at least `spanMs` (or all of them, if they span less than twice that). */
+  #verdictOver(spanMs: number): ClockRateVerdict {
     const s = this.#samples;
     const last = s.at(-1);
     if (last === undefined) return { kind: 'unknown' };
-    // The newest sample at least minSpanMs before the last one: the window's start.
+    // The newest sample at least spanMs before the last one: the window's start.
     let i = -1;
     for (let k = s.length - 2; k >= 0; k--) {
-      if (last.sentAtMs - s[k]!.receivedAtMs >= minSpanMs) {
+      if (last.sentAtMs - s[k]!.receivedAtMs >= spanMs) {
         i = k;
         break;
       }
@@ -112,8 +127,12 @@ export class ClockRateEstimator {
     const a = rateBetween(first, s[mid]!);
     const b = rateBetween(s[mid]!, last);
     if (a === undefined || b === undefined) return { kind: 'ok', ...whole };
-    if (side(a, this.#maxDriftRate) === verdict && side(b, this.#maxDriftRate) === verdict)
+    if (side(a, this.#maxDriftRate) === verdict && side(b, this.#maxDriftRate) === verdict) {
       return { kind: 'out', ...whole };
+    }
     return { kind: 'ok', ...whole };
   }
 }
+
+/** The longest span a verdict looks at, in `minSpanMs`. */
+const MAX_SPANS = 8;

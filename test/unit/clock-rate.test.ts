@@ -16,7 +16,8 @@ import { VirtualClock } from '../../src/store/clock.js';
 
 const BOUND = 0.01;
 const TTL = 2000;
-const WINDOW = 3 * TTL;
+/** The shortest span a verdict looks at (the store uses one TTL). */
+const WINDOW = TTL;
 const BEAT = TTL / 3;
 
 /**
@@ -56,10 +57,10 @@ describe('clock rate estimator', () => {
       fc.property(
         fc.double({ min: 1 - BOUND, max: 1 + BOUND, noNaN: true }),
         fc.array(fc.tuple(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 0, max: 200 })), {
-          minLength: 40,
-          maxLength: 40,
+          minLength: 60,
+          maxLength: 60,
         }),
-        (rate, legs) => firstAlarm(samples(40, rate, (i) => legs[i] as [number, number])) === undefined,
+        (rate, legs) => firstAlarm(samples(60, rate, (i) => legs[i] as [number, number])) === undefined,
       ),
       { numRuns: 300 },
     );
@@ -81,6 +82,27 @@ describe('clock rate estimator', () => {
       ),
       { numRuns: 300 },
     );
+  });
+
+  it('a clock that went wrong after a long good time is caught within about one window; 3 % slow is caught too', () => {
+    const good = samples(30, 1, () => [1, 1]);
+    const slow = samples(30, 0.75, () => [1, 1]);
+    // The slow part goes on from where the good part ended, on both clocks.
+    const serverShift = good.at(-1)!.serverMs + BEAT - slow[0]!.serverMs;
+    const localShift = good.at(-1)!.receivedAtMs + 0.75 * BEAT - slow[0]!.receivedAtMs;
+    const xs = [
+      ...good,
+      ...slow.map((x) => ({
+        sentAtMs: x.sentAtMs + localShift,
+        receivedAtMs: x.receivedAtMs + localShift,
+        serverMs: x.serverMs + serverShift,
+      })),
+    ];
+    const at = firstAlarm(xs);
+    expect(at).toBeDefined();
+    expect(at! - 30).toBeLessThanOrEqual(Math.ceil(WINDOW / 0.75 / BEAT) + 2);
+    expect(firstAlarm(samples(60, 0.97, () => [1, 1]))).toBeDefined();
+    expect(firstAlarm(samples(60, 1.03, () => [1, 1]))).toBeDefined();
   });
 
   it('a single step of the server wall clock (NTP) is no alarm; a server clock that goes back restarts the window', () => {
