@@ -57,6 +57,11 @@ export interface MemoryFaults {
    * data, a new namespace is granted sessions at once instead of after the longest TTL.
    */
   skipDelayedRestart?: boolean | undefined;
+  /**
+   * The simulator's baseline without the clock-rate check (`clockRateCheck: false`): keep-alives do not carry the
+   * server's clock, as on etcd or ZooKeeper.
+   */
+  skipClockRateCheck?: boolean | undefined;
 }
 
 export interface MemoryStoreOptions extends CommonStoreOptions {
@@ -115,7 +120,11 @@ export class MemoryStore extends StoreBase {
       driver: {
         keepAlive: () =>
           this.#call('keepAlive', () =>
-            this.server.keepAlive(s.id) ? { alive: true as const, serverTimeMs: this.server.clock.now() } : 'gone',
+            this.server.keepAlive(s.id)
+              ? this.faults.skipClockRateCheck === true
+                ? 'alive'
+                : { alive: true as const, serverTimeMs: this.server.clock.now() }
+              : 'gone',
           ),
         // A closing client revokes directly: it is going away, faults no longer apply.
         revoke: () =>
