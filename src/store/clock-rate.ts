@@ -123,10 +123,11 @@ export class ClockRateEstimator {
     for (let k = i + 1; k < s.length - 1; k++) {
       if (Math.abs(s[k]!.receivedAtMs - midAt) < Math.abs(s[mid]!.receivedAtMs - midAt)) mid = k;
     }
-    if (mid >= s.length - 1) return { kind: 'ok', ...whole };
+    // Out over the whole, but no sample in between to check both halves with: not yet decided either way.
+    if (mid >= s.length - 1) return { kind: 'unknown' };
     const a = rateBetween(first, s[mid]!);
     const b = rateBetween(s[mid]!, last);
-    if (a === undefined || b === undefined) return { kind: 'ok', ...whole };
+    if (a === undefined || b === undefined) return { kind: 'unknown' };
     if (side(a, this.#maxDriftRate) === verdict && side(b, this.#maxDriftRate) === verdict) {
       return { kind: 'out', ...whole };
     }

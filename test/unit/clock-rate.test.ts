@@ -16,7 +16,7 @@ import { VirtualClock } from '../../src/store/clock.js';
 
 const BOUND = 0.01;
 const TTL = 2000;
-/** The shortest span a verdict looks at (the store uses one TTL). */
+/** The shortest span a verdict looks at here (the store uses half a TTL). */
 const WINDOW = TTL;
 const BEAT = TTL / 3;
 
