@@ -33,7 +33,9 @@ export interface StallPhaseResult {
   readonly fencedRatio: number | undefined;
   /** What the schedule promises for this phase, over the TTL (the round trip not counted). */
   readonly boundRatio: number;
-  readonly trials: readonly { ratio: number; fenced: boolean; lost: boolean }[];
+  readonly trials: readonly { ratio: number; fenced: boolean; lost: boolean; fencedAfter: boolean }[];
+  /** Trials in which the member fenced (again) after the store had answered: what keep-alives from the deadline end. */
+  readonly fencedAfterResume: number;
 }
 
 export interface StallResult {
@@ -92,6 +94,7 @@ async function staller(name: string, dir: string): Promise<Staller> {
 
 class Watched {
   fences = 0;
+  lastFenceAt = 0;
   losses = 0;
   readonly m: Membership;
 
@@ -118,7 +121,10 @@ class Watched {
       },
       {
         joined: () => undefined,
-        fenced: () => void this.fences++,
+        fenced: () => {
+          this.fences++;
+          this.lastFenceAt = performance.now();
+        },
         unfenced: () => undefined,
         sessionLost: () => void this.losses++,
         elected: () => undefined,
@@ -164,7 +170,7 @@ async function trial(
   st: Staller,
   phase: 'afterAck' | 'catches',
   ratio: number,
-): Promise<{ fenced: boolean; lost: boolean }> {
+): Promise<{ fenced: boolean; lost: boolean; fencedAfter: boolean }> {
   const TTL = w.ttlMs;
   await w.settled();
   const sentAt = await w.nextAck();
@@ -173,10 +179,16 @@ async function trial(
   const fences = w.fences;
   const losses = w.losses;
   await st.stall(ratio * TTL);
+  const resumedAt = performance.now();
   // A fence caused by the stall comes at the latest a beat plus the margin after it (a keep-alive caught in it
   // extends the deadline from its send, before the stall).
   await sleep(0.7 * TTL);
-  return { fenced: w.fences > fences, lost: w.losses > losses };
+  return {
+    fenced: w.fences > fences,
+    lost: w.losses > losses,
+    // 20 ms for the first answer after the resume to arrive.
+    fencedAfter: w.fences > fences && w.lastFenceAt > resumedAt + 20,
+  };
 }
 
 async function bisect(
@@ -190,7 +202,7 @@ async function bisect(
   let hi = 1.0;
   let survived = 0;
   let fencedAt: number | undefined;
-  const trials: { ratio: number; fenced: boolean; lost: boolean }[] = [];
+  const trials: { ratio: number; fenced: boolean; lost: boolean; fencedAfter: boolean }[] = [];
   // Start at the bound: one step tells whether the promise holds, the rest refine.
   let ratio = round(boundRatio - 0.03, 3);
   for (let i = 0; i < steps; i++) {
@@ -205,7 +217,13 @@ async function bisect(
     }
     ratio = round((lo + hi) / 2, 3);
   }
-  return { survivedRatio: survived, fencedRatio: fencedAt, boundRatio: round(boundRatio, 3), trials };
+  return {
+    survivedRatio: survived,
+    fencedRatio: fencedAt,
+    boundRatio: round(boundRatio, 3),
+    trials,
+    fencedAfterResume: trials.filter((t) => t.fencedAfter).length,
+  };
 }
 
 export async function stallSection(name: string, dir: string, steps: number): Promise<StallResult> {

@@ -892,11 +892,20 @@ export async function run(args: string[]): Promise<void> {
         'SQLite: write lock held by another connection)',
     );
     const st: string[][] = [
-      ['backend', 'phase', 'survived', 'fenced at', 'promised', 'trials (ratio: ok/FENCED/LOST)', 'time'],
+      [
+        'backend',
+        'phase',
+        'survived',
+        'fenced at',
+        'promised',
+        'fenced after the answer',
+        'trials (ratio: ok/FENCED/LOST)',
+        'time',
+      ],
     ];
     for (const [b, r] of Object.entries(stalls)) {
       if ('error' in r) {
-        st.push([b, 'ERROR', r.error.slice(0, 70), '', '', '', '']);
+        st.push([b, 'ERROR', r.error.slice(0, 70), '', '', '', '', '']);
         continue;
       }
       for (const [phase, x] of [
@@ -909,6 +918,7 @@ export async function run(args: string[]): Promise<void> {
           `${x.survivedRatio}×`,
           x.fencedRatio === undefined ? '-' : `${x.fencedRatio}×`,
           `${x.boundRatio}×`,
+          `${x.fencedAfterResume}/${x.trials.length}`,
           x.trials.map((t) => `${t.ratio}:${t.lost ? 'LOST' : t.fenced ? 'FENCED' : 'ok'}`).join(' '),
           phase === 'after an ack' ? `${Math.round(r.totalMs / 1000)} s (TTL ${r.ttlMs} ms)` : '',
         ]);
@@ -919,7 +929,9 @@ export async function run(args: string[]): Promise<void> {
       'survived: the longest stall (over the TTL) after which the member had not fenced, from the stall until 0.7 TTL ' +
         'after it; fenced at: the shortest that fenced or lost the session. promised: TTL × 0.99 − margin (after an ' +
         'ack), one beat (TTL/3) less when the stall catches a keep-alive in flight; a round trip less in both. A bisection ' +
-        'of a few steps: ± one step',
+        'of a few steps: ± one step. fenced after the answer: trials in which the member fenced once the store had ' +
+        'answered again (before keep-alives were scheduled from the deadline: 5 of the 6 trials that fenced on Redis, ' +
+        'about TTL/2 after the answer; after: 0)',
     );
   }
   process.stdout.write(`${out.join('\n')}\n`);
