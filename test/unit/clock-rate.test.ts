@@ -4,10 +4,14 @@
  * is no alarm), and a member on the memory store whose host clock runs at 0.75 of the server's: it stops at once
  * with a typed CLOCK_RATE error and does not rejoin while the rate stays out, then rejoins once it is back.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MemoryServer } from '../../src/backends/memory/server.js';
 import { MemoryStore } from '../../src/backends/memory/store.js';
+import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { ClockRateError } from '../../src/errors.js';
 import { Membership } from '../../src/runtime/membership.js';
 import { ClockRateEstimator, type ServerClockSample } from '../../src/store/clock-rate.js';
@@ -232,5 +236,19 @@ describe('a member whose host clock runs slow', () => {
     expect(m.ownsNow()).toBe(true);
     expect(log.filter((l) => l.startsWith('joined')).length).toBe(joins + 1);
     await drive(world, m.close());
+  });
+});
+
+describe('which stores check the clock rate', () => {
+  it('memory checks it against its server; SQLite has one clock for client and server', async () => {
+    expect(new MemoryStore().clockRateCheck).toBe('server');
+    const dir = mkdtempSync(join(tmpdir(), 'rebalancer-rate-'));
+    try {
+      const s = await createSqliteStore({ path: join(dir, 'x.db') });
+      expect(s.clockRateCheck).toBe('same-host');
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
