@@ -1,12 +1,14 @@
 /**
- * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N] [--sections failover,election,handoff,compute]
- *   [--cases 10x1000,100x1000]`
+ * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N]
+ *   [--sections failover,election,handoff,compute,stall] [--cases 10x1000,100x1000]`
  *
- * Resource groups, four sections, each figure as a ratio within this run:
+ * Resource groups, five sections, each figure as a ratio within this run:
  * 1. failover after kill -9 of a worker process, per backend, as a ratio to the session TTL;
  * 2. the same for etcd's own election (the etcd3 client's `election().campaign()`), the peer baseline;
  * 3. planned handoff (join, graceful leave) with many in-process members, with store round trips counted;
- * 4. the coordinator's placement compute against its targets.
+ * 4. the coordinator's placement compute against its targets;
+ * 5. the longest store stall a member rides out without fencing, per backend, as a ratio to the TTL
+ *    (`groups-stall.ts`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -28,6 +30,7 @@ import type {
 } from '../src/store/contract.js';
 import { openStore } from '../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
+import { stallSection, STALL_TTL_MS, type StallResult } from './groups-stall.js';
 import { round, table } from './stats.js';
 
 const TTL_MS = 2000;
@@ -662,8 +665,9 @@ export async function run(args: string[]): Promise<void> {
   const reps = rArg >= 0 ? Number(args[rArg + 1]) : quick ? 1 : 3;
   const sArg = args.indexOf('--sections');
   const sections = new Set(
-    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['failover', 'election', 'handoff', 'compute'],
+    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['failover', 'election', 'handoff', 'compute', 'stall'],
   );
+  const stalls: Record<string, StallResult | { error: string }> = {};
   const cArg = args.indexOf('--cases');
   const started = Date.now();
   const failovers: Record<string, FailoverResult | { error: string }> = {};
@@ -724,6 +728,17 @@ export async function run(args: string[]): Promise<void> {
         }
       } finally {
         await be.close();
+      }
+    }
+    for (const b of sections.has('stall') ? backends : []) {
+      log(`longest stall survived: ${b}…`);
+      const dir = mkdtempSync(join(tmpdir(), 'rebalancer-gstall-'));
+      try {
+        stalls[b] = await stallSection(b, dir, quick ? 3 : 4);
+      } catch (err) {
+        stalls[b] = { error: err instanceof Error ? err.message : String(err) };
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
     }
   } finally {
@@ -870,15 +885,65 @@ export async function run(args: string[]): Promise<void> {
   }
   out.push(table(c));
   out.push('ratio to target: the slower of the two placements over the target (≤ 1× meets it)');
+  if (sections.has('stall')) {
+    out.push('');
+    out.push(
+      `4. Longest store stall survived without fencing (session TTL ${STALL_TTL_MS} ms, etcd 2000 ms; margin TTL/5; server SIGSTOPped, ` +
+        'SQLite: write lock held by another connection)',
+    );
+    const st: string[][] = [
+      [
+        'backend',
+        'phase',
+        'survived',
+        'fenced at',
+        'promised',
+        'fenced after the answer',
+        'trials (ratio: ok/FENCED/LOST)',
+        'time',
+      ],
+    ];
+    for (const [b, r] of Object.entries(stalls)) {
+      if ('error' in r) {
+        st.push([b, 'ERROR', r.error.slice(0, 70), '', '', '', '', '']);
+        continue;
+      }
+      for (const [phase, x] of [
+        ['after an ack', r.afterAck],
+        ['catches a keep-alive', r.catchesKeepAlive],
+      ] as const) {
+        st.push([
+          b,
+          phase,
+          `${x.survivedRatio}×`,
+          x.fencedRatio === undefined ? '-' : `${x.fencedRatio}×`,
+          `${x.boundRatio}×`,
+          `${x.fencedAfterResume}/${x.trials.length}`,
+          x.trials.map((t) => `${t.ratio}:${t.lost ? 'LOST' : t.fenced ? 'FENCED' : 'ok'}`).join(' '),
+          phase === 'after an ack' ? `${Math.round(r.totalMs / 1000)} s (TTL ${r.ttlMs} ms)` : '',
+        ]);
+      }
+    }
+    out.push(table(st));
+    out.push(
+      'survived: the longest stall (over the TTL) after which the member had not fenced, from the stall until 0.7 TTL ' +
+        'after it; fenced at: the shortest that fenced or lost the session. promised: TTL × 0.99 − margin (after an ' +
+        'ack), one beat (TTL/3) less when the stall catches a keep-alive in flight; a round trip less in both. A bisection ' +
+        'of a few steps: ± one step. fenced after the answer: trials in which the member fenced once the store had ' +
+        'answered again (before keep-alives were scheduled from the deadline: 5 of the 6 trials that fenced on Redis, ' +
+        'about TTL/2 after the answer; after: 0)',
+    );
+  }
   process.stdout.write(`${out.join('\n')}\n`);
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, totalMs: Date.now() - started })}\n`,
+      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, stall: stalls, totalMs: Date.now() - started })}\n`,
     );
   }
   const anyError =
     Object.values(failovers).some((r) => 'error' in r) ||
     (sections.has('election') && 'error' in election) ||
-    Object.values(handoff).some((cs) => cs.some((x) => x.error !== undefined));
+    Object.values(handoff).some((cs) => cs.some((x) => x.error !== undefined)) ||
+    Object.values(stalls).some((r) => 'error' in r);
   if (anyError) process.exitCode = 1;
 }

@@ -25,6 +25,12 @@ export type ErrorCode =
    * no session is granted until the longest one could have ended (`retryAfterMs`). Retry then.
    */
   | 'STORE_RECOVERING'
+  /**
+   * This host's clock runs faster or slower than the store server's by more than `maxClockDriftRate`, measured on
+   * keep-alives: leases are not safe with it. Work stopped at once and no session is granted until the rate is back
+   * within the bound (runtimes wait by themselves). Fix the host's clock (NTP, the VM, libfaketime).
+   */
+  | 'CLOCK_RATE'
   /** The call is wrong (bad option, URL, name, slot). Fix the call. */
   | 'INVALID_ARGUMENT'
   /** A key, value or transaction is above the contract's limits. Make it smaller. */
@@ -55,6 +61,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   BROKER_UNAVAILABLE: true,
   DATA_LOST: false,
   STORE_RECOVERING: true,
+  CLOCK_RATE: true,
   INVALID_ARGUMENT: false,
   LIMIT_EXCEEDED: false,
   CORRUPT_DATA: false,
@@ -140,6 +147,32 @@ export class StoreRecoveringError extends RebalancerError {
         `could still be running elsewhere, so no session is granted for another ${Math.ceil(retryAfterMs)} ms; ` +
         'retry then (runtimes wait by themselves)',
     );
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/**
+ * This host's clock rate left the bound the leases assume (`maxClockDriftRate`), measured against the store server's
+ * clock on keep-alives. Every session of the store client ended at once; none is granted until the rate is measured
+ * within the bound again over a full window. Retryable: runtimes wait by themselves (retry after `retryAfterMs`).
+ */
+export class ClockRateError extends RebalancerError {
+  /** The local clock's rate relative to the server's, as measured: between `rateLow` and `rateHigh` (1 = equal). */
+  readonly rateLow: number;
+  readonly rateHigh: number;
+  readonly maxClockDriftRate: number;
+  readonly retryAfterMs: number;
+  constructor(rate: { low: number; high: number }, maxClockDriftRate: number, retryAfterMs: number) {
+    const pct = (x: number): string => `${(x * 100).toFixed(1)} %`;
+    super(
+      'CLOCK_RATE',
+      `this host's clock runs at ${pct(rate.low)} to ${pct(rate.high)} of the store server's rate, beyond the ` +
+        `±${(maxClockDriftRate * 100).toFixed(1)} % (maxClockDriftRate) that lease safety assumes: work stopped and ` +
+        'no session is granted until the rate is back within the bound; fix the clock (NTP, the VM, libfaketime)',
+    );
+    this.rateLow = rate.low;
+    this.rateHigh = rate.high;
+    this.maxClockDriftRate = maxClockDriftRate;
     this.retryAfterMs = retryAfterMs;
   }
 }

@@ -7,6 +7,7 @@
  */
 export type {
   Clock,
+  ClockRateCheck,
   CommonStoreOptions,
   Compare,
   CompareOp,
@@ -32,6 +33,7 @@ export { ScaledClock, systemClock, VirtualClock } from './store/clock.js';
 export {
   BrokerUnavailableError,
   ChildFailedError,
+  ClockRateError,
   ClosedError,
   GroupNotFoundError,
   InvariantError,
@@ -44,6 +46,8 @@ export {
   LimitExceededError,
   RebalancerError,
   SessionExpiredError,
+  StoreDataLostError,
+  StoreRecoveringError,
   StoreUnavailableError,
   type ErrorCode,
 } from './errors.js';

@@ -36,6 +36,8 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   BROKER_UNAVAILABLE: EXIT.unavailable,
   SESSION_EXPIRED: EXIT.unavailable,
   STORE_RECOVERING: EXIT.unavailable,
+  // The host's clock rate is out of the bound: the runtime waits by itself; a command may be tried again later.
+  CLOCK_RATE: EXIT.unavailable,
   // The data is gone: retrying does not bring it back; the message says what to do.
   DATA_LOST: EXIT.failed,
   // None of these can reach the top of a command unless the CLI itself is wrong: a closed object used, an abort

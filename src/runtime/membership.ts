@@ -26,6 +26,7 @@
  * deterministically.
  */
 import {
+  ClockRateError,
   invariant,
   NodeIdInUseError,
   SessionExpiredError,
@@ -101,6 +102,8 @@ export class Membership {
   #tickTimer: TimerHandle | undefined;
   #campaign: AbortController | undefined;
   #leadership: Leadership | undefined;
+  /** The ClockRateError the session was lost with: not reported a second time when the rejoin is refused with it. */
+  #reportedClockRate: ClockRateError | undefined;
 
   constructor(config: MembershipConfig, hooks: MembershipHooks) {
     this.#c = config;
@@ -203,8 +206,16 @@ export class Membership {
           this.#h.error(error, 'the store lost its data');
           continue;
         }
-        if (!(error instanceof StoreRecoveringError) || !this.active) throw error;
-        if (!reported) this.#h.error(error, 'waiting for the store to grant sessions again');
+        const waits = error instanceof StoreRecoveringError || error instanceof ClockRateError;
+        if (!waits || !this.active) throw error;
+        if (!reported && error !== this.#reportedClockRate) {
+          this.#h.error(
+            error,
+            error instanceof ClockRateError
+              ? "waiting for this host's clock rate to be back within the bound"
+              : 'waiting for the store to grant sessions again',
+          );
+        }
         reported = true;
         await this.#sleep(Math.max(10, Math.min(error.retryAfterMs, this.#c.sessionTtlMs)));
       }
@@ -248,6 +259,11 @@ export class Membership {
     this.#fenced = true;
     // Said loudly: the data (registered resources, plans) is gone too, not only this node's locks.
     if (cause instanceof StoreDataLostError) this.#h.error(cause, 'the store lost its data');
+    // Said loudly too: nothing else went wrong, this host's clock is not fit for leases.
+    if (cause instanceof ClockRateError) {
+      this.#reportedClockRate = cause;
+      this.#h.error(cause, "this host's clock rate left the bound");
+    }
     const settled = Promise.resolve(this.#h.sessionLost(session, cause)).catch((error: unknown) =>
       this.#h.error(error, 'stopping work after the session was lost'),
     );

@@ -25,6 +25,7 @@ import type { ResourceContext } from '../runtime/groups/options.js';
 import { GroupAdmin } from '../runtime/groups/registry.js';
 import {
   healNode,
+  applyClockRateFault,
   COMMON_FAULTS,
   scheduleFaults,
   newFaultyNode,
@@ -44,6 +45,10 @@ export interface GroupsSimOptions {
   readonly mutant?: MutantName | undefined;
   /** Virtual time with faults. */
   readonly faultPhaseMs?: number;
+  /** Also draw the clock-rate fault (a node's clock at 0.5, 0.75 or 1.25 of its rate for a while). Off by default. */
+  readonly clockFaults?: boolean;
+  /** False: the store does not check the clock rate (the baseline the check is measured against). Default true. */
+  readonly clockRateCheck?: boolean;
 }
 
 export interface Violation {
@@ -128,6 +133,8 @@ class GroupsSim {
       strategy: o.strategy ?? 'sticky-balanced',
       mutant: o.mutant,
       faultPhaseMs: o.faultPhaseMs ?? 30_000,
+      clockFaults: o.clockFaults ?? false,
+      clockRateCheck: o.clockRateCheck ?? true,
     };
     this.#mutants = o.mutant === undefined ? NO_MUTANTS : new Set([o.mutant]);
     this.#rng = new Random(o.seed);
@@ -220,7 +227,11 @@ class GroupsSim {
   }
 
   #faultsFor(node: SimNode): MemoryFaults {
-    return { ...nodeFaults(node, this.#faultRng), skipDelayedRestart: this.#mutants.has('no-delayed-restart') };
+    return {
+      ...nodeFaults(node, this.#faultRng),
+      skipDelayedRestart: this.#mutants.has('no-delayed-restart'),
+      skipClockRateCheck: !this.#o.clockRateCheck,
+    };
   }
 
   #startNode(node: SimNode): void {
@@ -438,7 +449,14 @@ class GroupsSim {
       meanGapMs: 400,
       untilMs: this.#o.faultPhaseMs,
       ttlMs: SIM.ttlMs,
-      kinds: [...COMMON_FAULTS, 'churn', 'churn', 'readd', 'leave'] as const,
+      kinds: [
+        ...COMMON_FAULTS,
+        'churn',
+        'churn',
+        'readd',
+        'leave',
+        ...(this.#o.clockFaults === true ? (['clock-rate'] as const) : []),
+      ] as const,
       nodes: this.#nodes,
       server: this.#server,
       on: () => this.#faultsOn,
@@ -447,6 +465,17 @@ class GroupsSim {
       start: (node) => this.#startNode(node),
       other: (kind, node, dur, at, upCount) => {
         switch (kind) {
+          case 'clock-rate': {
+            const factor = rng.pick([0.5, 0.75, 1.25]);
+            if (applyClockRateFault(this.#sim, node, factor, dur * 3)) {
+              this.#count('clock-rate');
+              if (process.env['REBALANCER_SIM_TRACE'] !== undefined)
+                process.stderr.write(
+                  `${this.#world.now().toFixed(0)} ${node.id} clock-rate ${factor} for ${(dur * 3).toFixed(0)}\n`,
+                );
+            }
+            return;
+          }
           case 'churn': {
             this.#count('churn');
             const names = [...this.#registered];

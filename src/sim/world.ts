@@ -85,6 +85,8 @@ export interface FaultyNode {
   paused: boolean;
   partitioned: boolean;
   drift: number;
+  /** The clock-rate fault's factor on top of `drift` (1: none). */
+  clockFactor: number;
   clock: NodeClock;
   time: Clock;
   thaw: (() => void) | undefined;
@@ -102,6 +104,7 @@ export function newFaultyNode(world: SimWorld, drift: number): FaultyNode {
     paused: false,
     partitioned: false,
     drift,
+    clockFactor: 1,
     clock,
     time: new ScaledClock(clock, drift),
     thaw: undefined,
@@ -116,6 +119,7 @@ export function newFaultyNode(world: SimWorld, drift: number): FaultyNode {
 /** A fresh process: a new clock (the old one's timers never fire again). */
 export function rebootClock(world: SimWorld, node: FaultyNode): void {
   node.clock = new NodeClock(world.clock);
+  node.clockFactor = 1;
   node.time = new ScaledClock(node.clock, node.drift);
 }
 
@@ -163,6 +167,24 @@ export function healNode(node: FaultyNode): void {
   node.dropRate = 0;
   node.notifyDelayMs = 0;
   resumeNode(node);
+}
+
+/**
+ * The clock-rate fault (opt-in, `clockFaults`): the node's clock runs at `factor` times its usual rate (libfaketime,
+ * a starved VM) for `durMs`, or until the process restarts. Stores that check the rate against the server's end the
+ * node's sessions with CLOCK_RATE; the oracle must still hold.
+ */
+export function applyClockRateFault(world: SimWorld, node: FaultyNode, factor: number, durMs: number): boolean {
+  const time = node.time;
+  if (!node.up || !(time instanceof ScaledClock) || node.clockFactor !== 1) return false;
+  node.clockFactor = factor;
+  time.setRate(node.drift * factor);
+  world.at(world.now() + durMs, () => {
+    if (node.time !== time) return; // restarted meanwhile: a new clock at the usual rate
+    node.clockFactor = 1;
+    time.setRate(node.drift);
+  });
+  return true;
 }
 
 /** Faults that only change a node's knobs for a while. */

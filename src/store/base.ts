@@ -9,9 +9,11 @@
  * methods).
  */
 import { randomUUID } from 'node:crypto';
-import { ClosedError, InvalidArgumentError, SessionExpiredError } from '../errors.js';
+import { ClockRateError, ClosedError, InvalidArgumentError, SessionExpiredError } from '../errors.js';
+import { ClockRateEstimator, type ServerClockSample } from './clock-rate.js';
 import type {
   Clock,
+  ClockRateCheck,
   KeyValue,
   RangeResult,
   Session,
@@ -36,6 +38,15 @@ import {
   type StoreSettings,
 } from './validate.js';
 
+/**
+ * The shortest span of readings (one every TTL/3, so three readings) a clock-rate verdict looks at, in TTLs: a clock
+ * gone badly wrong (0.75) is caught within about a TTL. Longer spans, up to eight times this, catch smaller errors;
+ * round-trip jitter never causes an alarm whatever the span, nor does a single step of the server's clock
+ * (src/store/clock-rate.ts). Shorter is safer: in the simulator's clock-rate fault, 5 of 40 seeds violated with half
+ * a TTL, 7 with one TTL, 9 without the check.
+ */
+export const CLOCK_RATE_WINDOW_TTLS = 1 / 2;
+
 /** `D`: what the backend keeps with each of its sessions (a lease id, a connection). */
 export abstract class StoreBase<D = undefined> implements Store {
   abstract readonly backend: string;
@@ -53,6 +64,18 @@ export abstract class StoreBase<D = undefined> implements Store {
   #checkTimer: TimerHandle | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** Server clock readings (keep-alives, and probes while refusing sessions): the client clock's rate. */
+  readonly #clockRate: ClockRateEstimator;
+  /** Set while the rate is out of the bound: every session was ended with it, and new ones are refused. */
+  #clockRateFault: ClockRateError | undefined;
+  /** The shortest span a rate verdict looks at: CLOCK_RATE_WINDOW_TTLS × the TTL of the newest session. */
+  #clockWindowMs: number;
+
+  /**
+   * Whether the client clock's rate is checked against the server's (the store contract's ClockRateCheck):
+   * `server` for backends whose keep-alives carry the server's time (they also override readServerTimeMs).
+   */
+  readonly clockRateCheck: ClockRateCheck = 'none';
 
   protected constructor(settings: StoreSettings) {
     this.namespace = settings.namespace;
@@ -61,7 +84,50 @@ export abstract class StoreBase<D = undefined> implements Store {
     this.maxSessionTtlMs = settings.maxSessionTtlMs;
     this.limits = Object.freeze({ ...STORE_LIMITS, maxSessionTtlMs: settings.maxSessionTtlMs });
     this.#settings = settings;
-    this.sessions = new SessionRegistry<D>(settings);
+    this.#clockRate = new ClockRateEstimator(settings.maxClockDriftRate);
+    this.#clockWindowMs = CLOCK_RATE_WINDOW_TTLS * Math.min(settings.maxSessionTtlMs, 10_000);
+    this.sessions = new SessionRegistry<D>({
+      ...settings,
+      onServerTime: (sample, ttlMs) => this.#clockSample(sample, ttlMs),
+    });
+  }
+
+  /**
+   * One reading of the server's clock now (`server` backends), for the rate check while sessions are refused
+   * (ClockRateError): wall-clock milliseconds as the server processed the request.
+   */
+  protected readServerTimeMs(): Promise<number> | undefined {
+    return undefined;
+  }
+
+  /** A reading from a keep-alive (or a probe): end every session at once if the rate is provably out of bounds. */
+  #clockSample(sample: ServerClockSample, ttlMs: number): void {
+    this.#clockWindowMs = CLOCK_RATE_WINDOW_TTLS * ttlMs;
+    this.#clockRate.add(sample, this.#clockWindowMs);
+    const v = this.#clockRate.verdict(this.#clockWindowMs);
+    if (v.kind === 'out') {
+      // Start afresh: sessions come back only after a full window measured within the bound.
+      this.#clockRate.reset();
+      this.#clockRateFault = new ClockRateError(v, this.#settings.maxClockDriftRate, Math.max(50, ttlMs / 2));
+      this.sessions.expireAll(this.#clockRateFault);
+    } else if (v.kind === 'ok' && this.#clockRateFault !== undefined) {
+      this.#clockRateFault = undefined;
+    }
+  }
+
+  /** Refuse a session while the clock rate is out of bounds; each refusal takes one more reading to decide again. */
+  async #admitClockRate(): Promise<void> {
+    if (this.#clockRateFault === undefined) return;
+    const sentAtMs = this.clock.now();
+    const reading = this.readServerTimeMs();
+    if (reading !== undefined) {
+      const serverMs = await reading;
+      this.#clockSample(
+        { sentAtMs, receivedAtMs: this.clock.now(), serverMs },
+        this.#clockWindowMs / CLOCK_RATE_WINDOW_TTLS,
+      );
+    }
+    if (this.#clockRateFault !== undefined) throw this.#clockRateFault;
   }
 
   /** The namespace's incarnation as this client knows it (see incarnation.ts); created on first use. */
@@ -145,6 +211,8 @@ export abstract class StoreBase<D = undefined> implements Store {
     if (changed !== undefined) this.dataLost(changed);
     // No session in data that is new while a lease from before may still run elsewhere (StoreRecoveringError).
     await this.incarnation.admit((lost) => this.sessions.expireAll(lost));
+    // None while this host's clock runs too fast or too slow (ClockRateError).
+    await this.#admitClockRate();
     const sentAtMs = this.clock.now();
     const granted = await this.grantSession(ttlMs);
     const session = this.sessions.open(granted, sentAtMs);

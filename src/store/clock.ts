@@ -133,9 +133,9 @@ export class VirtualClock implements Clock {
  */
 export class ScaledClock implements Clock {
   readonly #base: Clock;
-  readonly #rate: number;
-  readonly #origin: number;
-  readonly #offset: number;
+  #rate: number;
+  #origin: number;
+  #offset: number;
 
   constructor(base: Clock, rate: number, offsetMs = 0) {
     if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`clock rate must be positive, got ${rate}`);
@@ -147,6 +147,14 @@ export class ScaledClock implements Clock {
 
   now(): number {
     return this.#offset + (this.#base.now() - this.#origin) * this.#rate;
+  }
+
+  /** Run at `rate` from now on (the simulator's clock-rate fault); time goes on from where it is. */
+  setRate(rate: number): void {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`clock rate must be positive, got ${rate}`);
+    this.#offset = this.now();
+    this.#origin = this.#base.now();
+    this.#rate = rate;
   }
 
   setTimeout(fn: () => void, delayMs: number, options?: TimerOptions): TimerHandle {

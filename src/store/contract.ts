@@ -219,6 +219,15 @@ export interface TimerHandle {
 }
 
 /**
+ * How a store checks that this host's clock runs at the server's rate (within `maxClockDriftRate`), which lease
+ * safety assumes. `server`: keep-alives carry the server's time and the rate is measured over a window of a few
+ * TTLs; out of the bound, every session ends at once with ClockRateError and none is granted until it is back.
+ * `same-host`: the server's clock is this host's (SQLite): nothing to compare. `none`: the server does not tell its
+ * time cheaply (etcd, ZooKeeper): unchecked, the bound is an assumption (docs/store-contract.md).
+ */
+export type ClockRateCheck = 'server' | 'same-host' | 'none';
+
+/**
  * A connection to a coordination store, scoped to one namespace. Owns its
  * driver connections; `close()` releases them and ends its sessions.
  */
@@ -230,6 +239,8 @@ export interface Store {
   readonly limits: StoreLimits;
   /** The clock `safeUntilMs` is expressed in. */
   readonly clock: Clock;
+  /** Whether this host's clock rate is checked against the server's (see ClockRateCheck); absent: `none`. */
+  readonly clockRateCheck?: ClockRateCheck | undefined;
 
   openSession(options: SessionOptions): Promise<Session>;
   get(key: string): Promise<KeyValue | undefined>;

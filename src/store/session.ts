@@ -6,20 +6,29 @@
  * self-fencing deadline, so those rules are written (and tested) once.
  */
 import { SessionExpiredError } from '../errors.js';
+import type { ServerClockSample } from './clock-rate.js';
 import type { Clock, Session, SessionEnd, SessionState, TimerHandle } from './contract.js';
 import { withTimeout } from './timeout.js';
 
 /** Keep-alive and deadline timers must not keep a process alive on their own. */
 const BACKGROUND = { background: true } as const;
 
+/** An acknowledged keep-alive that also tells the server's clock as it processed it (wall-clock milliseconds). */
+export interface AliveAt {
+  readonly alive: true;
+  readonly serverTimeMs: number;
+}
+
 export interface SessionDriver {
   /**
    * Extend the session on the server. Resolve `alive` when the server
    * acknowledged it (so the server's expiry is at least send time + TTL),
    * `gone` when the server says the session no longer exists. Reject (or
-   * time out) on transport errors.
+   * time out) on transport errors. A backend whose server tells its time
+   * resolves `{ alive: true, serverTimeMs }` instead of `alive`: the store
+   * checks the client clock's rate with it (src/store/clock-rate.ts).
    */
-  keepAlive(): Promise<'alive' | 'gone'>;
+  keepAlive(): Promise<'alive' | 'gone' | AliveAt>;
   /**
    * End the session on the server and delete its keys. Resolve once the server has ended it, or said that it no
    * longer has it; reject when that is not certain (no answer). Called again after a failure, and after the
@@ -41,6 +50,8 @@ export interface ManagedSessionOptions {
   readonly requestTimeoutMs: number;
   /** Called once when the session ends (the backend drops its bookkeeping). */
   readonly onEnd?: ((end: SessionEnd) => void) | undefined;
+  /** Called with the server's clock reading of each acknowledged keep-alive that carried one. */
+  readonly onServerTime?: ((sample: ServerClockSample) => void) | undefined;
 }
 
 export class ManagedSession implements Session {
@@ -58,17 +69,22 @@ export class ManagedSession implements Session {
   /** The server said it no longer has the session (a keep-alive answered "gone", or a revoke went through). */
   #goneOnServer = false;
   #ending: Promise<boolean> | undefined;
+  /** Send time of the last acknowledged keep-alive (the deadline counts from it). */
+  #lastAckedSendAtMs: number;
+  /** Failed keep-alives in a row: the retry backoff grows with it, and is reset by an acknowledgement. */
+  #failures = 0;
 
   constructor(opts: ManagedSessionOptions) {
     this.#opts = opts;
     this.id = opts.id;
     this.ttlMs = opts.ttlMs;
     this.#safeUntilMs = opts.createdSendAtMs + this.#usableTtlMs();
+    this.#lastAckedSendAtMs = opts.createdSendAtMs;
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve;
     });
     this.#armDeadline();
-    this.#schedule(this.#intervalMs());
+    this.#scheduleNext();
   }
 
   get state(): SessionState {
@@ -154,12 +170,29 @@ export class ManagedSession implements Session {
     return this.ttlMs * (1 - this.#opts.maxClockDriftRate);
   }
 
+  /** The beat: a keep-alive goes out this long after the send time of the last acknowledged one. */
   #intervalMs(): number {
     return Math.max(50, Math.floor(this.ttlMs / 3));
   }
 
-  #retryMs(): number {
-    return Math.max(50, Math.floor(this.ttlMs / 10));
+  /**
+   * The next keep-alive, scheduled from the deadline rather than from the last reply: due one beat after the send
+   * time of the last acknowledged keep-alive (the time the deadline counts from), so a reply that came late is
+   * followed by the next keep-alive at once instead of a full beat later. While keep-alives fail, retry soon with a
+   * short backoff that doubles up to TTL/10. Never more than one in flight (`keepAlive()` joins the one running).
+   */
+  #scheduleNext(): void {
+    const clock = this.#opts.clock;
+    let delayMs: number;
+    if (this.#failures > 0) {
+      const first = Math.max(10, Math.floor(this.ttlMs / 50));
+      delayMs = Math.min(Math.max(first, Math.floor(this.ttlMs / 10)), first * 2 ** (this.#failures - 1));
+    } else {
+      // A gap of at least TTL/100 between keep-alives: a store slower than a beat is asked back to back, not in a spin.
+      const minGapMs = Math.max(1, Math.floor(this.ttlMs / 100));
+      delayMs = Math.max(minGapMs, this.#lastAckedSendAtMs + this.#intervalMs() - clock.now());
+    }
+    this.#schedule(delayMs);
   }
 
   #schedule(delayMs: number): void {
@@ -169,9 +202,11 @@ export class ManagedSession implements Session {
         this.#loopTimer = undefined;
         if (!this.usable) return;
         this.keepAlive().then(
-          () => this.#schedule(this.#intervalMs()),
           () => {
-            if (this.usable) this.#schedule(this.#retryMs());
+            if (this.usable) this.#scheduleNext();
+          },
+          () => {
+            if (this.usable) this.#scheduleNext();
           },
         );
       },
@@ -208,14 +243,20 @@ export class ManagedSession implements Session {
   async #sendKeepAlive(): Promise<void> {
     const clock = this.#opts.clock;
     const sentAt = clock.now();
-    let result: 'alive' | 'gone';
+    let result: 'alive' | 'gone' | AliveAt;
     try {
       result = await withTimeout(this.#opts.driver.keepAlive(), this.#opts.requestTimeoutMs, clock);
     } catch (cause) {
+      this.#failures++;
       if (this.#state === 'live') this.#setState('suspect', cause);
       throw cause;
     }
     if (!this.usable) throw new SessionExpiredError(this.id);
+    if (typeof result === 'object') {
+      this.#opts.onServerTime?.({ sentAtMs: sentAt, receivedAtMs: clock.now(), serverMs: result.serverTimeMs });
+      // The reading may have ended the session (the clock rate left its bound).
+      if (!this.usable) throw new SessionExpiredError(this.id);
+    }
     if (result === 'gone') {
       this.#goneOnServer = true;
       const err = new SessionExpiredError(this.id, `session ${this.id} no longer exists on the server`);
@@ -225,6 +266,8 @@ export class ManagedSession implements Session {
     // Only a response that arrives before the current deadline may extend it:
     // if we were already past it, the server may have expired us meanwhile and
     // the session was ended locally above (usable is false).
+    this.#failures = 0;
+    if (sentAt > this.#lastAckedSendAtMs) this.#lastAckedSendAtMs = sentAt;
     const until = sentAt + this.#usableTtlMs();
     if (until > this.#safeUntilMs) {
       this.#safeUntilMs = until;

@@ -6,6 +6,7 @@
  * all six backends refuse the same things with the same errors.
  */
 import { InvalidArgumentError, SessionExpiredError } from '../errors.js';
+import type { ServerClockSample } from './clock-rate.js';
 import type { Clock, Session, SessionEnd, Txn } from './contract.js';
 import { ManagedSession, type SessionDriver } from './session.js';
 
@@ -15,6 +16,8 @@ export interface SessionSettings {
   readonly maxClockDriftRate: number;
   /** Upper bound of one keep-alive request. */
   readonly requestTimeoutMs: number;
+  /** Every server clock reading a keep-alive brought back (the store checks the clock rate with them). */
+  readonly onServerTime?: ((sample: ServerClockSample, ttlMs: number) => void) | undefined;
 }
 
 /** A session the server has just granted, as the backend describes it. */
@@ -51,7 +54,7 @@ export class SessionRegistry<D = undefined> {
    * which the request that created it was sent.
    */
   open(granted: GrantedSession<D>, createdSendAtMs: number): ManagedSession {
-    const { clock, maxClockDriftRate, requestTimeoutMs } = this.#settings;
+    const { clock, maxClockDriftRate, requestTimeoutMs, onServerTime } = this.#settings;
     const session: ManagedSession = new ManagedSession({
       id: granted.id,
       ttlMs: granted.ttlMs,
@@ -60,6 +63,7 @@ export class SessionRegistry<D = undefined> {
       createdSendAtMs,
       requestTimeoutMs,
       driver: granted.driver,
+      onServerTime: onServerTime === undefined ? undefined : (sample) => onServerTime(sample, granted.ttlMs),
       onEnd: (end) => {
         if (this.#entries.get(granted.id)?.session === session) this.#entries.delete(granted.id);
         granted.onEnd?.(session, end);

@@ -9,7 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type PostgresStore, createPostgresStore } from '../../src/backends/postgres/index.js';
-import { StoreUnavailableError } from '../../src/errors.js';
+import { ClockRateError, StoreUnavailableError } from '../../src/errors.js';
+import { ScaledClock, systemClock } from '../../src/store/clock.js';
 import type { Session, Store, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
@@ -265,4 +266,31 @@ describe('postgres faults', () => {
       90_000,
     );
   });
+});
+
+describe("this host's clock runs slow against the PostgreSQL server's (issue 12 item 5)", () => {
+  it('at 0.75: every session ends with CLOCK_RATE and none is granted while it stays so; at 1: nothing happens', async () => {
+    const ns = `rate${randomBytes(4).toString('hex')}`;
+    const slow = await createPostgresStore({
+      connectionString: server.url,
+      schema: 'faults',
+      namespace: ns,
+      clock: new ScaledClock(systemClock, 0.75),
+    });
+    stores.push(slow);
+    const right = await open(server.url, ns);
+    expect(slow.clockRateCheck).toBe('server');
+    const s = await slow.openSession({ ttlMs: TTL_MS });
+    const ok = await right.openSession({ ttlMs: TTL_MS });
+    const end = await Promise.race([s.ended, sleep(10_000).then(() => undefined)]);
+    expect(end?.state).toBe('expired');
+    expect(end?.cause).toBeInstanceOf(ClockRateError);
+    const refused = await slow.openSession({ ttlMs: TTL_MS }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(refused).toMatchObject({ code: 'CLOCK_RATE', retryable: true });
+    expect(ok.state).toBe('live');
+    await ok.close();
+  }, 30_000);
 });

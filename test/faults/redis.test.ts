@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createRedisStore, type RedisStore } from '../../src/backends/redis/index.js';
 import {
+  ClockRateError,
   SessionExpiredError,
   StoreDataLostError,
   StoreRecoveringError,
@@ -17,6 +18,8 @@ import {
 } from '../../src/errors.js';
 import type { Session, Store, TxnResult, WatchHint } from '../../src/store/contract.js';
 import { Election, type Leadership } from '../../src/store/election.js';
+import { Membership } from '../../src/runtime/membership.js';
+import { ScaledClock, systemClock } from '../../src/store/clock.js';
 import { startProxy, type TcpProxy } from '../harness/proxy.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -383,4 +386,127 @@ describe('redis faults', () => {
     expect(wrong).toBe(0);
     expect(ok).toBeGreaterThan(0);
   }, 60_000);
+});
+
+describe('redis paused for less than the TTL (issue 12 item 3)', () => {
+  /** A member on its own store (the default 5 s request timeout: nothing times out during these pauses). */
+  async function member(
+    url: string,
+  ): Promise<{ m: Membership; session: () => Session; fences: number[]; store: RedisStore }> {
+    const s = await createRedisStore({
+      url,
+      namespace: `stall-${randomBytes(4).toString('hex')}`,
+      maxSessionTtlMs: TTL_MS,
+    });
+    cleanups.push(() => s.close());
+    const fences: number[] = [];
+    const m = new Membership(
+      {
+        store: s,
+        clock: s.clock,
+        scope: 'test group',
+        nodeId: 'n1',
+        memberKey: 'members/n1',
+        electionPrefix: undefined,
+        electionValue: 'n1',
+        sessionTtlMs: TTL_MS,
+        selfFenceMarginMs: TTL_MS / 5,
+        reconcileIntervalMs: 500,
+        joinTimeoutMs: 3000,
+        selfFencing: true,
+        record: () => ({ value: '{}' }),
+      },
+      {
+        joined: () => undefined,
+        fenced: () => void fences.push(Date.now()),
+        unfenced: () => undefined,
+        sessionLost: () => undefined,
+        elected: () => undefined,
+        leadershipLost: () => undefined,
+        kick: () => undefined,
+        tick: () => undefined,
+        error: () => undefined,
+        idTaken: () => undefined,
+      },
+    );
+    cleanups.push(() => m.close());
+    await m.join();
+    return { m, session: () => m.session!, fences, store: s };
+  }
+
+  /** Resolves just after the next acknowledged keep-alive; returns its send time on the store's clock. */
+  async function nextAck(session: Session): Promise<number> {
+    const before = session.safeUntilMs;
+    await eventually(() => session.safeUntilMs > before, {
+      what: 'a keep-alive to be acknowledged',
+      timeoutMs: TTL_MS,
+    });
+    return session.safeUntilMs - TTL_MS * 0.99;
+  }
+
+  it('a pause of TTL/2 right after a keep-alive: the member never fences', async () => {
+    const srv = await server();
+    const { m, session, fences } = await member(srv.url);
+    await nextAck(session());
+    srv.pause();
+    try {
+      await sleep(TTL_MS / 2);
+    } finally {
+      srv.resume();
+    }
+    await sleep(2 * TTL_MS);
+    expect(fences).toEqual([]);
+    expect(m.ownsNow()).toBe(true);
+    expect(session().state).toBe('live');
+  }, 20_000);
+
+  it('a pause that catches a keep-alive: fenced at most during the pause, never again after the server answers', async () => {
+    const srv = await server();
+    const { m, session, fences, store: st } = await member(srv.url);
+    const s = session();
+    const sentAt = await nextAck(s);
+    // Pause before the next keep-alive is due (a beat after `sentAt`), for long enough that it is caught in the
+    // pause and its answer comes after the deadline of the previous one: a fence during the pause cannot be avoided.
+    await sleep(Math.max(0, sentAt + TTL_MS / 4 - st.clock.now()));
+    srv.pause();
+    let resumedAt = 0;
+    try {
+      await sleep(TTL_MS * 0.62);
+    } finally {
+      srv.resume();
+      resumedAt = Date.now();
+    }
+    await sleep(2 * TTL_MS);
+    // Before the fix the next keep-alive went out a beat after the late answer, while the deadline counted from the
+    // caught keep-alive's send: a second fence about half a second after the resume.
+    expect(fences.filter((t) => t > resumedAt + 50)).toEqual([]);
+    expect(fences.length).toBeLessThanOrEqual(1);
+    expect(m.ownsNow()).toBe(true);
+    expect(session()).toBe(s);
+    expect(s.state).toBe('live');
+  }, 20_000);
+});
+
+describe("this host's clock runs slow against the Redis server's (issue 12 item 5)", () => {
+  it('at 0.75: every session ends with CLOCK_RATE and none is granted while it stays so; at 1: nothing happens', async () => {
+    const srv = await server();
+    const ns = `rate-${randomBytes(4).toString('hex')}`;
+    const slow = await createRedisStore({ url: srv.url, namespace: ns, clock: new ScaledClock(systemClock, 0.75) });
+    const right = await createRedisStore({ url: srv.url, namespace: ns });
+    cleanups.push(
+      () => slow.close(),
+      () => right.close(),
+    );
+    expect(slow.clockRateCheck).toBe('server');
+    const s = await slow.openSession({ ttlMs: 1000 });
+    const ok = await right.openSession({ ttlMs: 1000 });
+    const end = await Promise.race([s.ended, sleep(10_000).then(() => undefined)]);
+    expect(end?.state).toBe('expired');
+    expect(end?.cause).toBeInstanceOf(ClockRateError);
+    expect((end?.cause as ClockRateError).rateHigh).toBeLessThan(0.99);
+    expect(await errorOf(slow.openSession({ ttlMs: 1000 }))).toMatchObject({ code: 'CLOCK_RATE', retryable: true });
+    // The store client with a right clock saw the same server all along: no false alarm.
+    expect(ok.state).toBe('live');
+    await ok.close();
+  }, 30_000);
 });

@@ -98,6 +98,7 @@ describe('exit codes (docs/cli.md)', () => {
       BROKER_UNAVAILABLE: 69,
       SESSION_EXPIRED: 69,
       STORE_RECOVERING: 69,
+      CLOCK_RATE: 69,
       DATA_LOST: 1,
       CLOSED: 70,
       REVOKED: 70,

@@ -39,9 +39,9 @@ function node(
   server: MemoryServer,
   clock: VirtualClock,
   id: string,
-  options: { joinTimeoutMs?: number; selfFenceMarginMs?: number } = {},
+  options: { joinTimeoutMs?: number; selfFenceMarginMs?: number; requestTimeoutMs?: number } = {},
 ): Node {
-  const store = new MemoryStore({ server, clock, requestTimeoutMs: 500 });
+  const store = new MemoryStore({ server, clock, requestTimeoutMs: options.requestTimeoutMs ?? 500 });
   const log: string[] = [];
   const n: Node = { store, log, stopWork: Promise.resolve(), m: undefined as unknown as Membership };
   const hooks: MembershipHooks = {
@@ -195,5 +195,94 @@ describe('membership (the lease module every runtime shares)', () => {
     expect(a.m.state).toBe('left');
     await until(clock, () => b.m.leadership !== undefined, 'b leads');
     await drive(clock, b.m.close());
+  });
+});
+
+describe('membership through a store that stalls (issue 12 item 3)', () => {
+  const TTL = 2000;
+  const MARGIN = 400;
+  const BEAT = Math.floor(TTL / 3);
+  const USABLE = TTL * 0.99;
+
+  /**
+   * Join, settle, then stall the store from `startMs` after the settle for `stallMs`: every request sent during the
+   * stall is answered when it ends (a paused server answers its queued requests on resume). Returns when the member
+   * was fenced, relative to the start of the stall.
+   */
+  async function stallRun(phaseMs: number, stallMs: number): Promise<{ fencedAt: number[] }> {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    // A real client's request timeout (5 s) is longer than any stall here: nothing times out.
+    const a = node(server, clock, 'n1', { selfFenceMarginMs: MARGIN, requestTimeoutMs: 5000 });
+    await drive(clock, a.m.join());
+    await clock.runFor(3 * TTL + phaseMs);
+    const start = clock.now();
+    const end = start + stallMs;
+    a.store.faults = {
+      request: () => {
+        const left = end - clock.now();
+        return left > 0 ? { latencyMs: left } : {};
+      },
+    };
+    const fencedAt: number[] = [];
+    const wasFenced = { v: false };
+    const stopAt = end + 2 * TTL;
+    while (clock.now() < stopAt) {
+      await clock.runFor(5);
+      if (a.m.fenced && !wasFenced.v) fencedAt.push(clock.now() - start);
+      wasFenced.v = a.m.fenced;
+    }
+    expect(a.m.session?.state, 'the session survives every stall shorter than its TTL').toBe('live');
+    expect(a.m.ownsNow()).toBe(true);
+    await drive(clock, a.m.close());
+    return { fencedAt };
+  }
+
+  it('a member never fences again after the store answers: the next keep-alive follows a late reply at once', async () => {
+    // A keep-alive is caught by a stall of 0.55 TTL: the deadline counts from the previous keep-alive, so the
+    // member fences during the stall, and is trusted again on the reply. Before the fix the next keep-alive went
+    // out a full beat after that late reply, while the new deadline counted from its (early) send: a second fence.
+    for (const stallMs of [0.5 * TTL, 0.55 * TTL, 0.6 * TTL, 0.7 * TTL]) {
+      for (let phaseMs = 0; phaseMs < BEAT; phaseMs += 37) {
+        const { fencedAt } = await stallRun(phaseMs, stallMs);
+        const after = fencedAt.filter((t) => t >= stallMs);
+        expect(after, `stall ${stallMs} ms at phase ${phaseMs} ms: fenced after the store answered`).toEqual([]);
+        expect(fencedAt.length).toBeLessThanOrEqual(1);
+      }
+    }
+  });
+
+  it('a stall shorter than TTL × 0.99 − margin − one beat never fences, whatever its phase', async () => {
+    const survivable = USABLE - MARGIN - BEAT;
+    for (const stallMs of [0.2 * TTL, 0.4 * TTL, survivable - 20]) {
+      for (let phaseMs = 0; phaseMs < BEAT; phaseMs += 53) {
+        const { fencedAt } = await stallRun(phaseMs, stallMs);
+        expect(fencedAt, `stall ${stallMs} ms at phase ${phaseMs} ms`).toEqual([]);
+      }
+    }
+  });
+
+  it('a stall that starts just after an acknowledged keep-alive is ridden out up to TTL × 0.99 − margin', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const a = node(server, clock, 'n1', { selfFenceMarginMs: MARGIN, requestTimeoutMs: 5000 });
+    await drive(clock, a.m.join());
+    await clock.runFor(3 * TTL);
+    const s = a.m.session!;
+    const before = s.safeUntilMs;
+    // Wait for the next acknowledged keep-alive, then stall for just under what is left of the lease.
+    await until(clock, () => s.safeUntilMs > before, 'a keep-alive is acknowledged');
+    const stallMs = a.m.leaseDeadlineMs - clock.now() - 20;
+    expect(stallMs).toBeGreaterThan(0.75 * TTL);
+    const end = clock.now() + stallMs;
+    a.store.faults = { request: () => ({ latencyMs: Math.max(0, end - clock.now()) }) };
+    let fenced = false;
+    while (clock.now() < end + 2 * TTL) {
+      await clock.runFor(5);
+      fenced ||= a.m.fenced;
+    }
+    expect(fenced).toBe(false);
+    expect(a.log).not.toContain('fenced');
+    await drive(clock, a.m.close());
   });
 });

@@ -40,7 +40,7 @@ export interface NotificationFate {
   readonly delayMs?: number;
 }
 
-export type MemoryRequestKind = 'openSession' | 'keepAlive' | 'revoke' | 'get' | 'range' | 'txn' | 'watch';
+export type MemoryRequestKind = 'openSession' | 'keepAlive' | 'revoke' | 'get' | 'range' | 'txn' | 'watch' | 'time';
 
 export interface MemoryFaults {
   request?: ((kind: MemoryRequestKind) => RequestFate) | undefined;
@@ -57,6 +57,11 @@ export interface MemoryFaults {
    * data, a new namespace is granted sessions at once instead of after the longest TTL.
    */
   skipDelayedRestart?: boolean | undefined;
+  /**
+   * The simulator's baseline without the clock-rate check (`clockRateCheck: false`): keep-alives do not carry the
+   * server's clock, as on etcd or ZooKeeper.
+   */
+  skipClockRateCheck?: boolean | undefined;
 }
 
 export interface MemoryStoreOptions extends CommonStoreOptions {
@@ -67,6 +72,8 @@ export interface MemoryStoreOptions extends CommonStoreOptions {
 
 export class MemoryStore extends StoreBase {
   readonly backend = 'memory';
+  /** Keep-alives carry the server's clock (the simulator's world clock): a client clock-rate fault is caught. */
+  override readonly clockRateCheck = 'server' as const;
   readonly server: MemoryServer;
   /** Fault hooks; may be replaced at any time. */
   faults: MemoryFaults;
@@ -111,7 +118,14 @@ export class MemoryStore extends StoreBase {
       ttlMs,
       data: undefined,
       driver: {
-        keepAlive: () => this.#call('keepAlive', () => (this.server.keepAlive(s.id) ? 'alive' : 'gone')),
+        keepAlive: () =>
+          this.#call('keepAlive', () =>
+            this.server.keepAlive(s.id)
+              ? this.faults.skipClockRateCheck === true
+                ? 'alive'
+                : { alive: true as const, serverTimeMs: this.server.clock.now() }
+              : 'gone',
+          ),
         // A closing client revokes directly: it is going away, faults no longer apply.
         revoke: () =>
           this.closed
@@ -119,6 +133,10 @@ export class MemoryStore extends StoreBase {
             : this.#call('revoke', () => this.server.endSession(s.id)),
       },
     };
+  }
+
+  protected override readServerTimeMs(): Promise<number> {
+    return this.#call('time', () => this.server.clock.now());
   }
 
   protected readKey(key: string): Promise<KeyValue | undefined> {

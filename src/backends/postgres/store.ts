@@ -74,6 +74,8 @@ const BACKGROUND = { background: true } as const;
 
 export class PostgresStore extends StoreBase {
   readonly backend = 'postgres';
+  /** Keep-alives return clock_timestamp(): this host's clock rate is checked against it. */
+  override readonly clockRateCheck = 'server' as const;
   /** The schema holding the tables. */
   readonly schema: string;
 
@@ -192,22 +194,35 @@ export class PostgresStore extends StoreBase {
     };
   }
 
-  async #keepAlive(id: string, ttlMs: number): Promise<'alive' | 'gone'> {
+  /** clock_timestamp(): the server's clock, for the clock-rate check while sessions are refused. */
+  protected override async readServerTimeMs(): Promise<number> {
+    const r = await this.#exec(
+      'read the server clock',
+      (q) => q('SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms', []),
+      'sent',
+    );
+    return Number((r.rows[0] as { now_ms?: unknown } | undefined)?.now_ms);
+  }
+
+  async #keepAlive(id: string, ttlMs: number): Promise<'alive' | 'gone' | { alive: true; serverTimeMs: number }> {
     // Only a session that has not expired may be extended: once its expiry
-    // has passed on the server's clock it is dead, reaped or not.
+    // has passed on the server's clock it is dead, reaped or not. The server's
+    // clock comes back with it: the store checks this host's clock rate with it.
     const r = await this.#exec(
       'keep-alive',
       (q) =>
         q(
           `UPDATE ${this.#t.sessions} SET expires_at = clock_timestamp() + ttl_ms * interval '1 millisecond'
-         WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
+         WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()
+         RETURNING (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
           [this.namespace, id],
         ),
       'sent',
     );
     if (r.rowCount === 1) {
       this.#scheduleTick(ttlMs + REAP_MARGIN_MS);
-      return 'alive';
+      const nowMs = Number((r.rows[0] as { now_ms?: unknown } | undefined)?.now_ms);
+      return Number.isFinite(nowMs) ? { alive: true, serverTimeMs: nowMs } : 'alive';
     }
     // Delete its keys now rather than at the next tick.
     this.#reap().catch(() => undefined);

@@ -225,6 +225,8 @@ function connectionOptions(options: RedisSettings): ConnectionOptions {
 
 export class RedisStore extends StoreBase {
   readonly backend = 'redis';
+  /** Keep-alives return the server's TIME: this host's clock rate is checked against it. */
+  override readonly clockRateCheck = 'server' as const;
 
   readonly #redis: Redis;
   readonly #connection: ConnectionOptions;
@@ -362,13 +364,26 @@ export class RedisStore extends StoreBase {
       driver: {
         keepAlive: async () => {
           const k = await this.#script('keep_alive', [id, String(granted)], 'keep-alive');
-          return toInt(k[1], 'keep-alive reply') === 1 ? 'alive' : 'gone';
+          if (toInt(k[1], 'keep-alive reply') !== 1) return 'gone';
+          // The server's TIME as the script ran: the store checks this host's clock rate with it.
+          return { alive: true as const, serverTimeMs: toInt(k[2], 'keep-alive server time') };
         },
         revoke: async () => {
           await this.#script('revoke', [id], 'revoke');
         },
       },
     };
+  }
+
+  /** TIME: the server's clock, for the clock-rate check while sessions are refused. */
+  protected override async readServerTimeMs(): Promise<number> {
+    let t: unknown[];
+    try {
+      t = await withTimeout(this.#redis.time() as Promise<unknown[]>, this.requestTimeoutMs, this.clock);
+    } catch (err) {
+      throw this.#mapError(err, 'TIME');
+    }
+    return Number(t[0]) * 1000 + Math.floor(Number(t[1]) / 1000);
   }
 
   // ---- data loss (src/store/incarnation.ts) ------------------------------------------

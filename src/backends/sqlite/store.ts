@@ -141,6 +141,8 @@ function readSqliteOptions(options: SqliteStoreOptions): SqliteSettings {
 
 export class SqliteStore extends StoreBase {
   readonly backend = 'sqlite';
+  /** The "server's" clock is this host's monotonic clock: client and server rates cannot differ. */
+  override readonly clockRateCheck = 'same-host' as const;
   /** Absolute path of the database file. */
   readonly path: string;
   readonly #pollMs: number;

@@ -5,8 +5,10 @@
   ARGV[2] request nonce, echoed first in the reply (see lib.lua)
   ARGV[3] session id
   ARGV[4] ttlMs
-  Returns {"OK", 1} when extended, {"OK", 0} when the session no longer exists
-  (expired by the server clock, revoked, or lost with the server's data)
+  Returns {"OK", 1, nowMs} when extended, {"OK", 0, nowMs} when the session no longer
+  exists (expired by the server clock, revoked, or lost with the server's data);
+  nowMs is the server's clock (TIME) as the script ran: the client checks its
+  clock's rate with it
           | {"SCHEMA", found} | {"CORRUPT", name, detail} | {"BADARG", detail}
 ]]
 return run(function()
@@ -16,10 +18,10 @@ return run(function()
   prepare()
   reap()
   local score = redis.call('ZSCORE', K_SESS, sid)
-  if score == false or tonumber(score) <= NOW_MS then return { 'OK', 0 } end
+  if score == false or tonumber(score) <= NOW_MS then return { 'OK', 0, fmt(NOW_MS) } end
   local expiry = NOW_MS + ttl
   -- Never shorten: a keep-alive that was delayed in transit must not undo a newer one.
   if tonumber(score) > expiry then expiry = tonumber(score) end
   redis.call('ZADD', K_SESS, fmt(expiry), sid)
-  return { 'OK', 1 }
+  return { 'OK', 1, fmt(NOW_MS) }
 end)
