@@ -19,6 +19,7 @@ import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { CorruptDataError } from '../../src/errors.js';
 import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
+import { repairGroup } from '../../src/runtime/groups/repair.js';
 import { groupStatus } from '../../src/runtime/groups/status.js';
 import type { Store } from '../../src/store/contract.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
@@ -77,6 +78,7 @@ async function startGroup(store: Store): Promise<Fixture> {
       sessionTtlMs: TTL_MS,
       reconcileIntervalMs: 100,
       rebalanceDebounceMs: 0,
+      leaveTimeoutMs: 3000,
       handler: async (ctx) => {
         running.start(id, ctx.resource);
         changes++;
@@ -160,8 +162,50 @@ async function junkStateScenario(store: Store): Promise<void> {
     expect(s.problems.some((p) => p.key === STATE_KEY && /delete/.test(p.repair))).toBe(true);
   });
   await expectRepaired(f, async () => {
-    await store.txn({ compare: [], then: [{ op: 'delete', key: STATE_KEY }] });
+    // The repair tool: first it only says what it would do, then it deletes exactly the unreadable key.
+    const dry = await repairGroup(store, GROUP, { delete: false });
+    expect(dry.map((x) => [x.key, x.action])).toEqual([[STATE_KEY, 'would-delete']]);
+    expect(await raw(store, STATE_KEY)).toBe(JUNK);
+    const done = await repairGroup(store, GROUP, { delete: true });
+    expect(done.map((x) => [x.key, x.action])).toEqual([[STATE_KEY, 'deleted']]);
   });
+}
+
+/**
+ * Junk in a grant. The coordinator reads grants in full only now and then (it is their only writer), so the junk is
+ * seen by its grantee at once and by the next coordinator's first read: here the coordinator leaves (its last
+ * moves come from its cache) and its successor finds it. The grantee keeps running the resource, the successor
+ * neither deletes nor replaces the grant, and after the repair everything runs on the remaining member.
+ */
+async function junkGrantScenario(store: Store): Promise<void> {
+  const f = await startGroup(store);
+  const leaver = f.members.find((m) => m.isCoordinator)!;
+  const stayer = f.members.find((m) => m !== leaver)!;
+  const mine = stayer.assignment().map((a) => a.resource);
+  const grant = `g/${GROUP}/grants/${stayer.nodeId}/${mine[0]}`;
+  f.mark();
+  await store.txn({ compare: [], then: [{ op: 'put', key: grant, value: JUNK }] });
+  await eventually(() => f.errors.get(stayer.nodeId)!.some((e) => e.key === grant), {
+    what: 'the grantee reporting its unreadable grant',
+    timeoutMs: 10_000,
+  });
+  await leaver.leave();
+  await eventually(
+    () => f.errors.get(stayer.nodeId)!.some((e) => e.key === grant && /stopped coordinating/.test(e.message)),
+    { what: 'the new coordinator reporting that it stopped coordinating', timeoutMs: 10_000 },
+  );
+  await sleep(1500);
+  expect(await raw(store, grant)).toBe(JUNK);
+  // The stayer still runs what it ran, the unreadable grant's resource included, under the same locks.
+  for (const r of mine) expect([...(f.running.owners.get(r) ?? [])]).toEqual([stayer.nodeId]);
+  expect(f.running.doubles).toBe(0);
+  expect((await groupStatus(store, GROUP)).problems.map((p) => p.key)).toEqual([grant]);
+  expect((await repairGroup(store, GROUP, { delete: true })).map((x) => x.action)).toEqual(['deleted']);
+  await eventually(() => stayer.assignment().length === RESOURCES.length && f.running.each(RESOURCES), {
+    what: 'every resource on the remaining member after the repair',
+    timeoutMs: 15_000,
+  });
+  expect(f.running.doubles).toBe(0);
 }
 
 describe('junk in a group state key', () => {
@@ -169,6 +213,12 @@ describe('junk in a group state key', () => {
     const store = new MemoryStore();
     cleanups.push(() => store.close());
     await junkStateScenario(store);
+  }, 60_000);
+
+  it('memory store: junk in a grant is not replaced; the group waits for the repair', async () => {
+    const store = new MemoryStore();
+    cleanups.push(() => store.close());
+    await junkGrantScenario(store);
   }, 60_000);
 
   it('SQLite file: the same', async () => {

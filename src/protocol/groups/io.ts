@@ -128,9 +128,11 @@ export async function readMemberView(
     report,
   );
   const grants = new Map<string, { generation: number }>();
+  const unreadableGrants = new Set<string>();
   for (const kv of rangeResult(r.results[0])) {
     const g = tryDecode(() => decodeGrant(kv.key, kv.value), report);
     if (g !== undefined) grants.set(kv.key.slice(mine.length), g);
+    else unreadableGrants.add(kv.key.slice(mine.length));
   }
   const stateKv = getResult(r.results[1]);
   const { state } = stateOf(stateKv, keys.state, r.unreadable, report);
@@ -145,7 +147,14 @@ export async function readMemberView(
   );
   const held = new Map<string, HeldView>();
   for (const [key, kv] of heldKvs) held.set(key.slice(keys.held.length), heldView(kv, report));
-  return { state, stateRevision: stateKv?.modRevision ?? 0, grants, held, ackedGeneration: ack?.generation };
+  return {
+    state,
+    stateRevision: stateKv?.modRevision ?? 0,
+    grants,
+    held,
+    ackedGeneration: ack?.generation,
+    unreadableGrants,
+  };
 }
 
 export interface FullGroupView extends CoordinatorView {
