@@ -23,6 +23,7 @@ import { repairGroup } from '../../src/runtime/groups/repair.js';
 import { groupStatus } from '../../src/runtime/groups/status.js';
 import type { Store } from '../../src/store/contract.js';
 import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { cliAsync } from '../unit/cli-process.js';
 import { eventually, sleep } from '../harness/wait.js';
 
 const GROUP = 'cg';
@@ -293,9 +294,14 @@ describe('Redis: wrong types and a junk revision counter', () => {
       );
       expect(err).toBeInstanceOf(CorruptDataError);
       expect((err as CorruptDataError).key).toBe(rev);
+      expect((err as CorruptDataError).message).toContain('rebalancer store repair-revision');
     });
     await expectRepaired(f, async () => {
-      await store.repairRevision();
+      const r = await cliAsync(['--store', server.url, '--namespace', store.namespace, 'store', 'repair-revision']);
+      expect(r.err).toBe('');
+      expect(r.out).toMatch(/revision counter of namespace \S+ repaired: it held "junk", now \d+/);
+      // A second run leaves a readable counter alone.
+      expect((await store.repairRevision()).repaired).toBe(false);
     });
     expect(Number(await admin.get(rev))).toBeGreaterThan(0);
   }, 60_000);

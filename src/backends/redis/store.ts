@@ -361,8 +361,14 @@ export class RedisStore extends StoreBase {
 
   /** Check the layout and start the maintenance loop. */
   async #start(): Promise<void> {
-    const r = await this.#script('reap', [], 'open the store');
-    this.#lastRevision = toInt(r[1], 'namespace revision');
+    try {
+      const r = await this.#script('reap', [], 'open the store');
+      this.#lastRevision = toInt(r[1], 'namespace revision');
+    } catch (err) {
+      // A junk revision counter does not keep the store from opening: every call reports it (naming the key and
+      // the repair), and the keep-alive and repairRevision() work — an operator's tool must be able to open it.
+      if (!(err instanceof CorruptDataError && err.key === this.#keys[1])) throw err;
+    }
     this.#schedule();
   }
 
