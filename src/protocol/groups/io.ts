@@ -316,13 +316,14 @@ export class CoordinatorReader {
     }
     const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
     if (catalogRevision !== this.#catalogRevision) {
-      const rr = await this.#store.txn({
-        compare: [],
-        then: [
+      const rr = await readAround(
+        this.#store,
+        [
           { op: 'get', key: k.catalog },
           { op: 'range', prefix: k.resources },
         ],
-      });
+        this.#report,
+      );
       this.#catalogRevision = getResult(rr.results[0])?.modRevision ?? 0;
       this.#resources = rangeResult(rr.results[1]).map((kv) => kv.key.slice(k.resources.length));
       this.#resourcesVersion++;
