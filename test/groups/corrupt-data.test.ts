@@ -1,5 +1,6 @@
 /**
- * Corrupt data in a group's keys, on the memory store, a SQLite file and a private Redis (issue 12 item 8).
+ * Corrupt data in a group's keys, on the memory store, a SQLite file and private Redis, PostgreSQL, etcd and
+ * ZooKeeper servers (issue 12 item 8).
  *
  * Two members run six resources; then junk is planted where the protocol keeps its state: a `state` value that
  * is not Rebalancer's JSON (every backend), the same key with the wrong Redis type (SET / LPUSH on its hash), and
@@ -22,7 +23,10 @@ import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { repairGroup } from '../../src/runtime/groups/repair.js';
 import { groupStatus } from '../../src/runtime/groups/status.js';
 import type { Store } from '../../src/store/contract.js';
-import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { createEtcdStore } from '../../src/backends/etcd/index.js';
+import { createPostgresStore } from '../../src/backends/postgres/index.js';
+import { createZookeeperStore } from '../../src/backends/zookeeper/index.js';
+import { startEtcd, startPostgres, startRedis, startZookeeper, type ServerHandle } from '../harness/servers.js';
 import { cliAsync } from '../unit/cli-process.js';
 import { eventually, sleep } from '../harness/wait.js';
 
@@ -229,6 +233,43 @@ describe('junk in a group state key', () => {
     cleanups.push(() => store.close());
     await junkStateScenario(store);
   }, 60_000);
+});
+
+describe('junk in a group state key on PostgreSQL, etcd and ZooKeeper (private servers)', () => {
+  const servers: ServerHandle[] = [];
+  afterAll(async () => {
+    for (const s of servers) await s.stop().catch(() => undefined);
+  });
+  const server = async (start: () => Promise<ServerHandle>): Promise<ServerHandle> => {
+    const s = await start();
+    servers.push(s);
+    return s;
+  };
+
+  it('PostgreSQL', async () => {
+    const s = await server(startPostgres);
+    const store = await createPostgresStore({ connectionString: s.url, namespace: 'corrupt', maxSessionTtlMs: TTL_MS });
+    cleanups.push(() => store.close());
+    await junkStateScenario(store);
+  }, 90_000);
+
+  it('etcd', async () => {
+    const s = await server(startEtcd);
+    const store = await createEtcdStore({ url: s.url, namespace: 'corrupt', maxSessionTtlMs: TTL_MS });
+    cleanups.push(() => store.close());
+    await junkStateScenario(store);
+  }, 90_000);
+
+  it('ZooKeeper', async () => {
+    const s = await server(() => startZookeeper({ tickTimeMs: 500 }));
+    const store = await createZookeeperStore({
+      connectString: `127.0.0.1:${s.port}`,
+      namespace: 'corrupt',
+      maxSessionTtlMs: TTL_MS,
+    });
+    cleanups.push(() => store.close());
+    await junkStateScenario(store);
+  }, 90_000);
 });
 
 describe('Redis: wrong types and a junk revision counter', () => {
