@@ -48,7 +48,7 @@ export interface GroupsSimOptions {
 
 export interface Violation {
   readonly atMs: number;
-  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'liveness' | 'invariant';
+  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'overwrite' | 'liveness' | 'invariant';
   readonly detail: string;
 }
 
@@ -118,6 +118,10 @@ class GroupsSim {
   #ops = 0;
   #maxStateToken = 0;
   #faultsOn = true;
+  /** Junk planted in the state key by a `corrupt` fault, until it is repaired (or lost with the data). */
+  #junk: { readonly value: string; readonly sinceMs: number } | undefined;
+  /** The junk being planted (its put not yet answered). */
+  #junkPending: string | undefined;
 
   constructor(o: GroupsSimOptions) {
     this.#o = {
@@ -404,6 +408,16 @@ class GroupsSim {
     }
     // Coordinator fencing: the state's coordinator token never goes backwards.
     const st = this.#server.namespace('sim').keys.get(this.#keys.state);
+    // What could not be read is never overwritten: planted junk stays until the repair (or a data loss takes it).
+    const junk = this.#junk;
+    if (junk !== undefined && st === undefined) this.#junk = undefined;
+    else if (junk !== undefined && st !== undefined && st.value !== junk.value) {
+      this.#violations.push({
+        atMs: this.#world.now(),
+        kind: 'overwrite',
+        detail: `the unreadable state planted at ${Math.round(junk.sinceMs)} ms was overwritten with ${st.value}`,
+      });
+    }
     if (st !== undefined) {
       try {
         const s = decodeState(this.#keys.state, st.value);
@@ -438,7 +452,7 @@ class GroupsSim {
       meanGapMs: 400,
       untilMs: this.#o.faultPhaseMs,
       ttlMs: SIM.ttlMs,
-      kinds: [...COMMON_FAULTS, 'churn', 'churn', 'readd', 'leave'] as const,
+      kinds: [...COMMON_FAULTS, 'churn', 'churn', 'readd', 'leave', 'corrupt'] as const,
       nodes: this.#nodes,
       server: this.#server,
       on: () => this.#faultsOn,
@@ -476,6 +490,27 @@ class GroupsSim {
             });
             return;
           }
+          case 'corrupt': {
+            // Junk in the state key (written by something that is not Rebalancer), repaired after `dur`.
+            if (this.#junk !== undefined || this.#junkPending !== undefined) return;
+            this.#count('corrupt');
+            const value = `not Rebalancer's state ${Math.round(at)}`;
+            this.#junkPending = value;
+            void this.#adminStore
+              .txn({ compare: [], then: [{ op: 'put', key: this.#keys.state, value }] })
+              .then(
+                () => {
+                  // Checked from the step after the put on (a value seen before it is no overwrite).
+                  if (this.#junkPending === value) this.#junk = { value, sinceMs: at };
+                },
+                () => undefined,
+              )
+              .finally(() => {
+                if (this.#junkPending === value) this.#junkPending = undefined;
+              });
+            this.#at(at + dur, () => this.#repairJunk(value));
+            return;
+          }
           case 'leave': {
             const m = node.member;
             if (m === undefined || upCount <= 1 || node.paused) return;
@@ -493,7 +528,21 @@ class GroupsSim {
     });
   }
 
+  /** The operator's repair: delete the junk (only if it is still the junk). */
+  #repairJunk(value: string | undefined = this.#junk?.value ?? this.#junkPending): void {
+    if (value === undefined) return;
+    if (this.#junk?.value === value) this.#junk = undefined;
+    if (this.#junkPending === value) this.#junkPending = undefined;
+    void this.#adminStore
+      .txn({
+        compare: [{ key: this.#keys.state, target: 'value', op: '=', value }],
+        then: [{ op: 'delete', key: this.#keys.state }],
+      })
+      .catch(() => undefined);
+  }
+
   #healAll(): void {
+    this.#repairJunk();
     for (const n of this.#nodes) {
       healNode(n);
       if (!n.up || (n.member === undefined && !n.joining)) this.#restart(n);

@@ -35,6 +35,11 @@ export interface CoordinatorView {
    * any is listed it decides nothing (docs/protocol/groups.md, "Corrupt data").
    */
   readonly unreadable?: readonly string[] | undefined;
+  /**
+   * Mod revision of the `state` key in this view (0: absent). The coordinator's writes compare it, so a state that
+   * changed after the read — junk written meanwhile — is never overwritten by a decision made without it.
+   */
+  readonly stateRevision?: number | undefined;
 }
 
 export interface CoordinatorConfig {

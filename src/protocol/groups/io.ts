@@ -204,7 +204,8 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
     held.set(name, h.nodeId ?? '?');
   }
   const acks = decodeAcks(keys, rangeResult(r.results[4]), report);
-  const st = stateOf(getResult(r.results[5]), keys.state, r.unreadable, report);
+  const stateKv = getResult(r.results[5]);
+  const st = stateOf(stateKv, keys.state, r.unreadable, report);
   const state = st.state;
   maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
   const catalogRevision = getResult(r.results[6])?.modRevision ?? 0;
@@ -222,6 +223,7 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
     catalogRevision,
     revision: r.revision,
     unreadable,
+    stateRevision: stateKv?.modRevision ?? 0,
   };
 }
 
@@ -299,7 +301,8 @@ export class CoordinatorReader {
     );
     const members = decodeMembers(k, rangeResult(r.results[0]), this.#report);
     const acks = decodeAcks(k, rangeResult(r.results[1]), this.#report);
-    const st = stateOf(getResult(r.results[2]), k.state, r.unreadable, this.#report);
+    const stateKv = getResult(r.results[2]);
+    const st = stateOf(stateKv, k.state, r.unreadable, this.#report);
     const state = st.state;
     if (st.unreadable) {
       this.#unreadableSeen = true;
@@ -360,6 +363,7 @@ export class CoordinatorReader {
       state,
       maxGeneration,
       versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
+      stateRevision: stateKv?.modRevision ?? 0,
     };
   }
 
@@ -409,6 +413,7 @@ export class CoordinatorReader {
       maxGeneration: this.#maxGeneration,
       versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
       unreadable: view.unreadable,
+      stateRevision: view.stateRevision,
     };
   }
 
@@ -537,8 +542,13 @@ export async function putAck(
 
 /**
  * Apply grant changes and a new state with guarded transactions (≤ 128 ops
- * each). A moved resource's delete and put stay in one transaction. Returns
- * false as soon as the guard fails (this node is no longer the coordinator).
+ * each). A moved resource's delete and put stay in one transaction. Each
+ * transaction compares the leadership guard and, when `stateRevision` is
+ * given, that the state key is still the one the decision was made from
+ * (never overwrite a state that changed since — e.g. junk written meanwhile —
+ * unread). Returns `written`; `deposed` as soon as the guard fails (this node
+ * is no longer the coordinator); `stale` when only the state changed (read
+ * again and decide again).
  */
 export async function writeCoordinatorDecision(
   store: Store,
@@ -548,7 +558,8 @@ export async function writeCoordinatorDecision(
   generation: number,
   state: StateRecord | undefined,
   mutants: Mutants = NO_MUTANTS,
-): Promise<boolean> {
+  stateRevision?: number,
+): Promise<'written' | 'deposed' | 'stale'> {
   const batches: Op[][] = [];
   let batch: Op[] = [];
   const written = new Set<string>();
@@ -575,9 +586,26 @@ export async function writeCoordinatorDecision(
     batch.push({ op: 'put', key: keys.state, value: encode(state) });
   }
   if (batch.length > 0) batches.push(batch);
+  const compare: Compare[] = mutants.has('unguarded-coordinator')
+    ? []
+    : [
+        guard,
+        ...(stateRevision === undefined
+          ? []
+          : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
+      ];
   for (const ops of batches) {
-    const r = await store.txn({ compare: mutants.has('unguarded-coordinator') ? [] : [guard], then: ops });
-    if (!r.succeeded) return false;
+    const r = await store.txn({ compare, then: ops, else: [{ op: 'get', key: guard.key }] });
+    if (!r.succeeded) {
+      const leader = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+      return compare.length > 1 && leader !== undefined && holds(guard, leader) ? 'stale' : 'deposed';
+    }
   }
-  return true;
+  return 'written';
+}
+
+/** Whether a compare on a key holds for its current record (the leadership guard: createRevision = token). */
+function holds(c: Compare, kv: KeyValue): boolean {
+  if (c.target !== 'createRevision' || c.op !== '=') return false;
+  return kv.createRevision === c.value;
 }

@@ -131,7 +131,7 @@ export class GroupCoordinator {
     let decision: CoordinatorDecision;
     try {
       decision = decideCoordinator(
-        view,
+        this.#mutants.has('overwrite-unreadable') ? { ...view, unreadable: undefined } : view,
         {
           protocol: this.#o.protocol,
           strategy: this.#o.strategy as PlacementStrategy,
@@ -155,7 +155,7 @@ export class GroupCoordinator {
       decision.state !== undefined && decision.state.generation > (view.state?.generation ?? view.maxGeneration);
     if (decision.changes.length > 0 || decision.state !== undefined) {
       try {
-        const ok = await writeCoordinatorDecision(
+        const outcome = await writeCoordinatorDecision(
           this.#store,
           this.#keys,
           this.#leadership.guard,
@@ -163,10 +163,17 @@ export class GroupCoordinator {
           generation,
           decision.state,
           this.#mutants,
+          view.stateRevision,
         );
-        if (!ok) {
+        if (outcome === 'deposed') {
           // The guard failed: we are no longer the coordinator.
           this.#onDeposed();
+          return;
+        }
+        if (outcome === 'stale') {
+          // The state changed after our read (earlier batches may have been applied): read everything, decide again.
+          this.#reader.invalidate();
+          this.kick();
           return;
         }
         this.#reader.applied(decision.changes, generation);
