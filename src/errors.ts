@@ -204,12 +204,19 @@ export class LimitExceededError extends RebalancerError {
   }
 }
 
-/** Data read back from the store is not what Rebalancer wrote (not UTF-8, malformed metadata). */
+/**
+ * Data read back from the store is not what Rebalancer wrote (not its JSON record, not UTF-8, malformed metadata,
+ * a Redis key of the wrong type, a junk revision counter). `key` names it (a key of the namespace, or a backend's
+ * own name such as `rb:{ns}:rev`); `expected` says what should be there. Nothing that could not be read is
+ * overwritten: repair it (the message says how; see docs/store-contract.md, "Corrupt data").
+ */
 export class CorruptDataError extends RebalancerError {
   readonly key: string | undefined;
-  constructor(message: string, options?: { cause?: unknown; key?: string }) {
+  readonly expected: string | undefined;
+  constructor(message: string, options?: { cause?: unknown; key?: string; expected?: string }) {
     super('CORRUPT_DATA', message, options);
     this.key = options?.key;
+    this.expected = options?.expected;
   }
 }
 

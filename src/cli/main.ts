@@ -15,6 +15,7 @@ import * as resources from './commands/resources.js';
 import * as run from './commands/run.js';
 import * as sim from './commands/sim.js';
 import * as status from './commands/status.js';
+import * as storeCommands from './commands/store.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -31,7 +32,8 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, run, resources, groups, ping, sim, bench]) command.register(program);
+for (const command of [demo, status, run, resources, groups, storeCommands, ping, sim, bench])
+  command.register(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -11,7 +11,14 @@ export type { NodeOptions, LeaseOptions } from '../runtime/common-options.js';
 export type { ErrorEvent } from '../runtime/events.js';
 export { GroupAdmin, listGroups } from '../runtime/groups/registry.js';
 export { groupStatus } from '../runtime/groups/status.js';
-export type { GroupStatus, NodeStatus, ResourceState, ResourceStatus } from '../runtime/groups/status.js';
+export type {
+  CorruptionProblem,
+  GroupStatus,
+  NodeStatus,
+  ResourceState,
+  ResourceStatus,
+} from '../runtime/groups/status.js';
+export { repairGroup, type RepairStep } from '../runtime/groups/repair.js';
 export type { Protocol } from '../protocol/groups/keys.js';
 export type { StopReason } from '../protocol/groups/member.js';
-export { GroupNotFoundError, NodeIdInUseError, RevokedError } from '../errors.js';
+export { CorruptDataError, GroupNotFoundError, NodeIdInUseError, RevokedError } from '../errors.js';

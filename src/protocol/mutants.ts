@@ -16,6 +16,8 @@ export const MUTANTS = {
     "coordinator writes do not compare the coordinator's election key, so a stale coordinator can write",
   'no-delayed-restart':
     'after the store lost its data, sessions (and so locks) are granted at once, while a paused holder of a lost lock may still act',
+  'overwrite-unreadable':
+    'the coordinator treats a group state it cannot read as absent and claims it, overwriting what it could not read',
 } as const;
 
 export type MutantName = keyof typeof MUTANTS;

@@ -7,20 +7,27 @@ import { CorruptDataError } from '../errors.js';
 
 /** Parse a record written with `{ v: version, … }`; `what` names the protocol in the message. */
 export function parseRecord(key: string, value: string, version: number, what: string): Record<string, unknown> {
+  const expected = `a JSON object {"v": ${version}, …} written by Rebalancer's ${what}`;
+  // Nothing reads past this: a record that is not ours is reported and left as it is, never overwritten.
+  const repair = 'nothing overwrites it; look at it, then delete it (`rebalancer groups repair` for a group key)';
   let obj: unknown;
   try {
     obj = JSON.parse(value);
   } catch (cause) {
-    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer`, { key, cause });
+    throw new CorruptDataError(`${key} does not hold valid JSON; it was not written by Rebalancer: ${repair}`, {
+      key,
+      cause,
+      expected,
+    });
   }
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-    throw new CorruptDataError(`${key} does not hold a JSON object`, { key });
+    throw new CorruptDataError(`${key} does not hold a JSON object: ${repair}`, { key, expected });
   }
   const rec = obj as Record<string, unknown>;
   if (rec['v'] !== version) {
     throw new CorruptDataError(
       `${key} has ${what} version ${JSON.stringify(rec['v'])}; this Rebalancer speaks version ${version}`,
-      { key },
+      { key, expected },
     );
   }
   return rec;

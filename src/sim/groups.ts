@@ -53,7 +53,7 @@ export interface GroupsSimOptions {
 
 export interface Violation {
   readonly atMs: number;
-  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'liveness' | 'invariant';
+  readonly kind: 'double-owner' | 'stale-token' | 'stale-coordinator' | 'overwrite' | 'liveness' | 'invariant';
   readonly detail: string;
 }
 
@@ -123,6 +123,10 @@ class GroupsSim {
   #ops = 0;
   #maxStateToken = 0;
   #faultsOn = true;
+  /** Junk planted in the state key by a `corrupt` fault, until it is repaired (or lost with the data). */
+  #junk: { readonly value: string; readonly sinceMs: number } | undefined;
+  /** The junk being planted (its put not yet answered). */
+  #junkPending: string | undefined;
 
   constructor(o: GroupsSimOptions) {
     this.#o = {
@@ -415,6 +419,16 @@ class GroupsSim {
     }
     // Coordinator fencing: the state's coordinator token never goes backwards.
     const st = this.#server.namespace('sim').keys.get(this.#keys.state);
+    // What could not be read is never overwritten: planted junk stays until the repair (or a data loss takes it).
+    const junk = this.#junk;
+    if (junk !== undefined && st === undefined) this.#junk = undefined;
+    else if (junk !== undefined && st !== undefined && st.value !== junk.value) {
+      this.#violations.push({
+        atMs: this.#world.now(),
+        kind: 'overwrite',
+        detail: `the unreadable state planted at ${Math.round(junk.sinceMs)} ms was overwritten with ${st.value}`,
+      });
+    }
     if (st !== undefined) {
       try {
         const s = decodeState(this.#keys.state, st.value);
@@ -455,6 +469,7 @@ class GroupsSim {
         'churn',
         'readd',
         'leave',
+        'corrupt',
         ...(this.#o.clockFaults === true ? (['clock-rate'] as const) : []),
       ] as const,
       nodes: this.#nodes,
@@ -505,6 +520,27 @@ class GroupsSim {
             });
             return;
           }
+          case 'corrupt': {
+            // Junk in the state key (written by something that is not Rebalancer), repaired after `dur`.
+            if (this.#junk !== undefined || this.#junkPending !== undefined) return;
+            this.#count('corrupt');
+            const value = `not Rebalancer's state ${Math.round(at)}`;
+            this.#junkPending = value;
+            void this.#adminStore
+              .txn({ compare: [], then: [{ op: 'put', key: this.#keys.state, value }] })
+              .then(
+                () => {
+                  // Checked from the step after the put on (a value seen before it is no overwrite).
+                  if (this.#junkPending === value) this.#junk = { value, sinceMs: at };
+                },
+                () => undefined,
+              )
+              .finally(() => {
+                if (this.#junkPending === value) this.#junkPending = undefined;
+              });
+            this.#at(at + dur, () => this.#repairJunk(value));
+            return;
+          }
           case 'leave': {
             const m = node.member;
             if (m === undefined || upCount <= 1 || node.paused) return;
@@ -522,7 +558,21 @@ class GroupsSim {
     });
   }
 
+  /** The operator's repair: delete the junk (only if it is still the junk). */
+  #repairJunk(value: string | undefined = this.#junk?.value ?? this.#junkPending): void {
+    if (value === undefined) return;
+    if (this.#junk?.value === value) this.#junk = undefined;
+    if (this.#junkPending === value) this.#junkPending = undefined;
+    void this.#adminStore
+      .txn({
+        compare: [{ key: this.#keys.state, target: 'value', op: '=', value }],
+        then: [{ op: 'delete', key: this.#keys.state }],
+      })
+      .catch(() => undefined);
+  }
+
   #healAll(): void {
+    this.#repairJunk();
     for (const n of this.#nodes) {
       healNode(n);
       if (!n.up || (n.member === undefined && !n.joining)) this.#restart(n);

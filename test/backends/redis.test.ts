@@ -306,6 +306,40 @@ describe('redis store on a private server', () => {
     expect(await errorOf(s2.get('x'))).toBeInstanceOf(CorruptDataError);
   });
 
+  it('a junk revision counter: sessions are kept, every other call names it, repairRevision() sets it above all', async () => {
+    const ns = fresh();
+    const s = await open(ns);
+    const session = await s.openSession({ ttlMs: 1000 });
+    const w = await s.txn({ compare: [], then: [{ op: 'put', key: 'lock', value: 'mine', session }] });
+    const rev = s.layout.revision;
+    await raw.set(rev, 'junk');
+    // Past the TTL: the keep-alive needs no revision, so the session and its key are still there.
+    await sleep(2500);
+    expect(session.state === 'live' || session.state === 'suspect').toBe(true);
+    const e = await errorOf(s.get('lock'));
+    expect(e).toBeInstanceOf(CorruptDataError);
+    expect((e as CorruptDataError).key).toBe(rev);
+    expect((e as CorruptDataError).message).toMatch(/rebalancer store repair-revision/);
+    expect(await raw.get(rev)).toBe('junk');
+    // A new client opens anyway (an operator's tool must), and repairs it.
+    const s2 = await open(ns);
+    const fixed = await s2.repairRevision();
+    expect(fixed).toMatchObject({ repaired: true, previous: 'junk' });
+    expect(fixed.revision).toBeGreaterThan(w.revision);
+    expect((await s.get('lock'))?.sessionId).toBe(session.id);
+    const w2 = await s.txn({ compare: [], then: [{ op: 'put', key: 'other', value: 'x' }] });
+    expect(w2.revision).toBeGreaterThan(fixed.revision);
+    expect(await s2.repairRevision()).toEqual({ repaired: false, revision: w2.revision });
+    // Another Redis type in its place: the same.
+    await raw.del(rev);
+    await raw.lpush(rev, '1');
+    expect((await errorOf(s.get('lock'))) as CorruptDataError).toMatchObject({ key: rev });
+    const again = await s2.repairRevision();
+    expect(again).toMatchObject({ repaired: true, previous: '<list>' });
+    expect(again.revision).toBeGreaterThan(w2.revision);
+    await session.close();
+  });
+
   it('refuses a namespace with an unknown layout version and changes nothing', async () => {
     const ns = fresh();
     const base = `rb:{${ns}}:`;

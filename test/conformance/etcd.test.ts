@@ -1,3 +1,4 @@
+import { Etcd3 } from 'etcd3';
 import { createEtcdStore } from '../../src/backends/etcd/index.js';
 import { startEtcd } from '../harness/servers.js';
 import { describeConformance } from './suite.js';
@@ -14,6 +15,16 @@ describeConformance('etcd', async () => {
     // TTL + 0.1–0.5 s after the last acknowledged keep-alive.
     expiryBoundMs: 1000,
     open: (namespace) => createEtcdStore({ url: server.url, namespace }),
+    putOverUnreadable: 'replaced',
+    // A value that is not UTF-8, put with etcd's own client.
+    corruptRecord: async (namespace, key) => {
+      const raw = new Etcd3({ hosts: `http://127.0.0.1:${server.port}` });
+      try {
+        await raw.put(`rebalancer/${namespace}/k/${key}`).value(Buffer.from([0x61, 0xc3, 0x28]));
+      } finally {
+        raw.close();
+      }
+    },
     restartServer: () => server.restart(),
     teardown: () => server.stop(),
   };

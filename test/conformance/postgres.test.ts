@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { createPostgresStore } from '../../src/backends/postgres/index.js';
 import { startPostgres } from '../harness/servers.js';
 import { describeConformance } from './suite.js';
@@ -13,6 +14,18 @@ describeConformance('postgres', async () => {
     // expiry it knows); at worst one poll interval later. See docs/backends/postgres.md.
     expiryBoundMs: pollIntervalMs + 500,
     open: (namespace) => createPostgresStore({ connectionString: server.url, namespace, pollIntervalMs }),
+    corruptRecord: async (namespace, key) => {
+      const admin = new pg.Client(server.url);
+      await admin.connect();
+      try {
+        await admin.query(
+          `UPDATE rebalancer.kv SET value = '\\xc328'::bytea WHERE ns = $1 AND key = convert_to($2, 'UTF8')`,
+          [namespace, key],
+        );
+      } finally {
+        await admin.end();
+      }
+    },
     restartServer: () => server.restart(),
     teardown: () => server.stop(),
   };

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { describeConformance } from './suite.js';
 
@@ -16,6 +17,15 @@ describeConformance('sqlite', () => {
     // every read reaps first; the rest is slack for a loaded 2-core machine.
     expiryBoundMs: 300,
     open: (namespace) => createSqliteStore({ path, namespace }),
+    corruptRecord: (namespace, key) => {
+      const raw = new Database(path);
+      try {
+        raw.prepare("UPDATE rebalancer_keys SET value = X'00FF10' WHERE ns = ? AND key = ?").run(namespace, key);
+      } finally {
+        raw.close();
+      }
+      return Promise.resolve();
+    },
     teardown: () => {
       rmSync(dir, { recursive: true, force: true });
       return Promise.resolve();

@@ -6,7 +6,13 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Session, Store, WatchHint } from '../../src/store/contract.js';
-import { InvalidArgumentError, LimitExceededError, RebalancerError, SessionExpiredError } from '../../src/errors.js';
+import {
+  CorruptDataError,
+  InvalidArgumentError,
+  LimitExceededError,
+  RebalancerError,
+  SessionExpiredError,
+} from '../../src/errors.js';
 import { Election } from '../../src/store/election.js';
 import { STORE_LIMITS } from '../../src/store/validate.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -32,6 +38,17 @@ export interface ConformanceTarget {
   open(namespace: string): Promise<Store>;
   /** In-process stand-in for spawnClient (memory backend only). */
   client?(namespace: string): Promise<ClientProcess>;
+  /**
+   * Make the stored record of an existing `key` of `namespace` one this backend cannot read, by the backend's own
+   * means (a value that is not UTF-8; Redis: the key's hash replaced by another type). Absent for the memory
+   * backend, which holds JavaScript values: nothing can be planted there.
+   */
+  corruptRecord?(namespace: string, key: string): Promise<void>;
+  /**
+   * What a put does over such a record: `refused` (CorruptDataError, nothing written: the default) or `replaced`
+   * (etcd: its transactions cannot compare a value's encoding, so a put is blind — see docs/backends/etcd.md).
+   */
+  readonly putOverUnreadable?: 'refused' | 'replaced';
   /** Restart the server (same data). Absent for embedded backends. */
   restartServer?(): Promise<void>;
   teardown(): Promise<void>;
@@ -353,6 +370,46 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       const all = (await s.range('')).kvs.map((kv) => kv.key);
       expect(all).toEqual([bigKey, 'keep'].sort());
       expect((await s.get('keep'))?.value).toBe('safe');
+    });
+
+    // ---- data the backend cannot read ------------------------------------------
+
+    it('a record the backend cannot read: CorruptDataError naming the key, never overwritten; the rest readable', async () => {
+      if (target.corruptRecord === undefined) return; // memory: nothing can be planted (see ConformanceTarget)
+      const ns = freshNamespace();
+      const s = await open(ns);
+      await s.txn({
+        compare: [],
+        then: [
+          { op: 'put', key: 'cd/ok', value: 'fine' },
+          { op: 'put', key: 'cd/bad', value: 'soon unreadable' },
+        ],
+      });
+      await target.corruptRecord(ns, 'cd/bad');
+      const named = async (p: Promise<unknown>, what: string): Promise<void> => {
+        const e = await p.then(
+          () => undefined,
+          (x: unknown) => x,
+        );
+        expect(e, what).toBeInstanceOf(CorruptDataError);
+        expect((e as CorruptDataError).key, what).toBe('cd/bad');
+      };
+      await named(s.get('cd/bad'), 'get');
+      await named(s.range('cd/'), 'range');
+      await named(s.txn({ compare: [], then: [{ op: 'get', key: 'cd/bad' }] }), 'txn get');
+      // The rest of the namespace stays readable (a read that leaves the key out).
+      expect((await s.get('cd/ok'))?.value).toBe('fine');
+      const r = await s.txn({ compare: [], then: [{ op: 'get', key: 'cd/ok' }] });
+      expect(r.results[0]).toMatchObject({ op: 'get', kv: { value: 'fine' } });
+      const put = s.txn({ compare: [], then: [{ op: 'put', key: 'cd/bad', value: 'overwritten' }] });
+      if (target.putOverUnreadable === 'replaced') {
+        await put;
+        expect((await s.get('cd/bad'))?.value).toBe('overwritten');
+      } else {
+        await named(put, 'txn put');
+        // The put was refused, not applied: the record is still the unreadable one.
+        await named(s.get('cd/bad'), 'get after the refused put');
+      }
     });
 
     // ---- sessions ------------------------------------------------------------

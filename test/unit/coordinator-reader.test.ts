@@ -20,6 +20,46 @@ function sorted(v: CoordinatorView): unknown {
   };
 }
 
+describe('writeCoordinatorDecision', () => {
+  it('never overwrites a state that changed after the read: stale when only the state moved, deposed on the guard', async () => {
+    const store = new MemoryStore();
+    const keys = new GroupKeys('g');
+    const leader = await store.txn({ compare: [], then: [{ op: 'put', key: `${keys.coordinator}x`, value: 'me' }] });
+    const guard = {
+      key: `${keys.coordinator}x`,
+      target: 'createRevision' as const,
+      op: '=' as const,
+      value: leader.revision,
+    };
+    const state = {
+      generation: 1,
+      protocol: 'resource-barrier' as const,
+      phase: 'running' as const,
+      coordinator: 'x',
+      token: leader.revision,
+    };
+    const read = await readGroupView(store, keys, noReport);
+    expect(read.stateRevision).toBe(0);
+    // Junk lands between the read and the write: the write is refused, the junk stays.
+    await store.txn({ compare: [], then: [{ op: 'put', key: keys.state, value: 'junk' }] });
+    const change = [{ add: { nodeId: 'a', name: 'r1' } }];
+    expect(await writeCoordinatorDecision(store, keys, guard, change, 1, state, undefined, read.stateRevision)).toBe(
+      'stale',
+    );
+    expect((await store.get(keys.state))?.value).toBe('junk');
+    expect(await store.get(keys.grant('a', 'r1'))).toBeUndefined();
+    // Read again: written.
+    await store.txn({ compare: [], then: [{ op: 'delete', key: keys.state }] });
+    const again = await readGroupView(store, keys, noReport);
+    expect(await writeCoordinatorDecision(store, keys, guard, change, 1, state, undefined, again.stateRevision)).toBe(
+      'written',
+    );
+    // Another leader: deposed, whatever the state.
+    await store.txn({ compare: [], then: [{ op: 'delete', key: `${keys.coordinator}x` }] });
+    expect(await writeCoordinatorDecision(store, keys, guard, [], 2, state, undefined, 0)).toBe('deposed');
+  });
+});
+
 describe('CoordinatorReader', () => {
   it('stays equal to a full read through registry changes, own grant writes and lock changes', async () => {
     const store = new MemoryStore();
@@ -52,7 +92,7 @@ describe('CoordinatorReader', () => {
     const beforeHeld = JSON.stringify([...before.held]);
     const changes = [{ add: { nodeId: 'a', name: 'r2' } }, { add: { nodeId: 'a', name: 'r3' } }];
     const guard = { key: keys.state, target: 'version' as const, op: '=' as const, value: 0 };
-    expect(await writeCoordinatorDecision(store, keys, guard, changes, 1, undefined)).toBe(true);
+    expect(await writeCoordinatorDecision(store, keys, guard, changes, 1, undefined)).toBe('written');
     reader.applied(changes, 1);
     await same(2);
     // A view handed out earlier is never changed afterwards (copy on write).

@@ -178,6 +178,32 @@ describe('coordinator core', () => {
     expect(d.state).toMatchObject({ generation: 4, phase: 'running', token: 7 });
   });
 
+  it('writes nothing while a state or grant it would write is unreadable (never overwrites it), then resumes', () => {
+    const members = new Map([
+      ['a', member('a')],
+      ['b', member('b')],
+    ]);
+    const resources = ['q1', 'q2', 'q3', 'q4'];
+    const grants = new Map(resources.map((r) => [r, ['a']]));
+    for (const unreadable of [['g/x/state'], ['g/x/grants/a/q1'], ['g/x/state', 'g/x/grants/a/q2']]) {
+      // The state unreadable reads as absent: without the list the core would claim it (an overwrite).
+      const d = decideCoordinator(
+        cview({ members, resources, grants, unreadable }),
+        config,
+        newCoordinatorMemory(),
+        0,
+        self,
+      );
+      expect(d.changes).toEqual([]);
+      expect(d.state).toBeUndefined();
+      expect(d.halted).toEqual([...unreadable].sort());
+    }
+    const healed = decideCoordinator(cview({ members, resources, grants }), config, newCoordinatorMemory(), 0, self);
+    expect(healed.halted).toBeUndefined();
+    expect(healed.state).toMatchObject({ generation: 1, token: 7 });
+    expect(healed.moves).toBe(2);
+  });
+
   it('removes grants of removed resources and duplicate grants', () => {
     const members = new Map([
       ['a', member('a')],

@@ -13,6 +13,8 @@ import { MemoryStore } from '../../src/backends/memory/store.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import { joinSlots, type SlotsMember } from '../../src/runtime/slots/member.js';
 import type { Clock, Store, Txn } from '../../src/store/contract.js';
+import { CorruptDataError } from '../../src/errors.js';
+import { SlotKeys } from '../../src/protocol/slots/keys.js';
 
 const SLOTS = 64;
 const R = 2;
@@ -162,6 +164,37 @@ describe('slots member runtime (memory store, virtual time)', () => {
     expect(b.slots().size).toBe(0); // it released everything (nothing dropped at the deadline)
     h.sites.delete('b');
     await untilConverged(h, reached);
+    expect(h.violations).toEqual([]);
+    for (const x of h.sites.values()) await drive(clock, x.site.leave());
+  }, 60_000);
+
+  it('junk in a plan chunk: reported, never overwritten, sites keep serving; planning resumes once it is deleted', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const reached: number[] = [];
+    for (const id of ['a', 'b', 'c']) await addSite(h, id);
+    await untilConverged(h, reached);
+    const errors: CorruptDataError[] = [];
+    for (const x of h.sites.values())
+      x.site.on('error', ({ error }) => void (error instanceof CorruptDataError && errors.push(error)));
+    const before = new Map([...h.sites].map(([id, x]) => [id, [...x.site.slots()]]));
+    const chunk = new SlotKeys('kv').planChunk(0);
+    const store = h.sites.get('a')!.store;
+    const put = (value: string) => store.txn({ compare: [], then: [{ op: 'put', key: chunk, value }] });
+    await drive(clock, put('{"v":1,"generation":"junk'));
+    // A new site would make the coordinator re-plan (and, before, rewrite the chunk it could not read).
+    await addSite(h, 'd');
+    await runMonitored(h, 3_000, reached);
+    expect((await drive(clock, store.get(chunk)))?.value).toBe('{"v":1,"generation":"junk');
+    expect(errors.some((e) => e.key === chunk)).toBe(true);
+    expect(errors.some((e) => e.key === chunk && /writes no plan/.test(e.message))).toBe(true);
+    // Reported once while it stays unreadable, not once per round.
+    expect(errors.filter((e) => e.key === chunk).length).toBeLessThanOrEqual(2 * h.sites.size);
+    for (const [id, slots] of before) expect([...h.sites.get(id)!.site.slots()]).toEqual(slots);
+    expect(h.sites.get('d')!.site.slots().size).toBe(0);
+    await drive(clock, store.txn({ compare: [], then: [{ op: 'delete', key: chunk }] }));
+    await untilConverged(h, reached);
+    expect(h.sites.get('d')!.site.slots().size).toBeGreaterThan(0);
     expect(h.violations).toEqual([]);
     for (const x of h.sites.values()) await drive(clock, x.site.leave());
   }, 60_000);

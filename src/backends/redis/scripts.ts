@@ -8,7 +8,16 @@
 import { readFile } from 'node:fs/promises';
 import type { Redis } from 'ioredis';
 
-export const SCRIPT_NAMES = ['open_session', 'keep_alive', 'revoke', 'reap', 'get', 'range', 'txn'] as const;
+export const SCRIPT_NAMES = [
+  'open_session',
+  'keep_alive',
+  'revoke',
+  'reap',
+  'get',
+  'range',
+  'txn',
+  'repair_rev',
+] as const;
 export type ScriptName = (typeof SCRIPT_NAMES)[number];
 
 /** Number of KEYS every script declares (see lib.lua). */

@@ -283,6 +283,23 @@ export class RedisStore extends StoreBase {
     this.#channel = `${this.#base}events`;
   }
 
+  /**
+   * Replace a revision counter (`layout.revision`) that is not a positive integer — junk text or another Redis type,
+   * which every call but the keep-alive refuses with CorruptDataError — by a value above every revision the
+   * namespace holds and not below the server time in microseconds (so no fencing token repeats). A readable
+   * counter is left as it is. For operators: `rebalancer store repair-revision`.
+   */
+  async repairRevision(): Promise<{
+    readonly repaired: boolean;
+    readonly revision: number;
+    readonly previous?: string;
+  }> {
+    const r = await this.#script('repair_rev', [], 'repair the revision counter');
+    const repaired = lossy(r[1]) === 'repaired';
+    const revision = lossy(r[2]) === '' ? 0 : toInt(r[2], 'namespace revision');
+    return repaired ? { repaired, revision, previous: lossy(r[3]) } : { repaired, revision };
+  }
+
   /** Key names of this namespace's layout (for tools and tests). */
   get layout(): {
     readonly base: string;
@@ -346,8 +363,14 @@ export class RedisStore extends StoreBase {
 
   /** Check the layout and start the maintenance loop. */
   async #start(): Promise<void> {
-    const r = await this.#script('reap', [], 'open the store');
-    this.#lastRevision = toInt(r[1], 'namespace revision');
+    try {
+      const r = await this.#script('reap', [], 'open the store');
+      this.#lastRevision = toInt(r[1], 'namespace revision');
+    } catch (err) {
+      // A junk revision counter does not keep the store from opening: every call reports it (naming the key and
+      // the repair), and the keep-alive and repairRevision() work — an operator's tool must be able to open it.
+      if (!(err instanceof CorruptDataError && err.key === this.#keys[1])) throw err;
+    }
     this.#schedule();
   }
 
@@ -568,12 +591,25 @@ export class RedisStore extends StoreBase {
       case 'CORRUPT': {
         const name = lossy(r[1]);
         const detail = lossy(r[2]);
+        if (name === this.#keys[1]) {
+          throw new CorruptDataError(
+            `Redis key ${name}, the revision counter of namespace ${this.namespace}, ${detail}; it was not written by ` +
+              'Rebalancer. Nothing was changed: every read and write of the namespace is refused until it is repaired, ' +
+              'while sessions are kept alive (members keep what they hold). Repair it with `rebalancer store ' +
+              `repair-revision --store <url> --namespace ${this.namespace}\` (or RedisStore.repairRevision()), which ` +
+              'sets it above every revision the namespace holds.',
+            { key: name, expected: 'a positive decimal integer' },
+          );
+        }
         const internal = name.startsWith(this.#base);
         throw new CorruptDataError(
           `${internal ? `Redis key ${name}` : `key ${name} of namespace ${this.namespace}`} ${detail}; it was not written by ` +
             "Rebalancer. Nothing was changed. Inspect or delete it with redis-cli (the key's record is " +
             `${internal ? name : `${this.#base}k:${name}`}).`,
-          { key: name },
+          {
+            key: name,
+            expected: internal ? 'what Rebalancer keeps there' : 'a hash with fields value, version, crev, mrev',
+          },
         );
       }
       case 'EXPIRED':

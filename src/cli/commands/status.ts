@@ -169,11 +169,17 @@ export function renderStatus(s: GroupStatus, o: { limit: number; where?: string 
       'NOTE: no resources are registered (rebalancer resources add); if there were, the store lost its data.',
     );
   }
-  if (s.corruptKeys.length > 0) {
-    lines.push(
-      '',
-      `WARNING: ${s.corruptKeys.length} key(s) could not be decoded: ${s.corruptKeys.slice(0, 5).join(', ')}`,
-    );
+  if (s.problems.length > 0) {
+    const halts = s.problems.some((p) => p.key === `g/${s.group}/state` || p.key.startsWith(`g/${s.group}/grants/`));
+    lines.push('', `WARNING: ${s.problems.length} key(s) hold data Rebalancer cannot read:`);
+    for (const p of s.problems.slice(0, 5))
+      lines.push(`  ${p.key}`, `    problem: ${p.problem}`, `    repair:  ${p.repair}`);
+    if (s.problems.length > 5) lines.push(`  … ${s.problems.length - 5} more (--json lists all)`);
+    if (halts)
+      lines.push(
+        '  The coordinator stopped coordinating (it never overwrites what it could not read): members keep what they',
+        '  run while their lease holds, nothing moves or starts until the key is repaired.',
+      );
   }
   return lines.join('\n');
 }

@@ -29,6 +29,17 @@ export interface CoordinatorView {
    * given, placement is not recomputed for a view whose nodes, resources and grants are unchanged.
    */
   readonly versions?: { readonly resources: number; readonly grants: number } | undefined;
+  /**
+   * Keys the coordinator writes (the state, grants) that are present but could not be read (not Rebalancer's
+   * record, or not readable from the store at all). The coordinator never overwrites what it could not read: while
+   * any is listed it decides nothing (docs/protocol/groups.md, "Corrupt data").
+   */
+  readonly unreadable?: readonly string[] | undefined;
+  /**
+   * Mod revision of the `state` key in this view (0: absent). The coordinator's writes compare it, so a state that
+   * changed after the read — junk written meanwhile — is never overwritten by a decision made without it.
+   */
+  readonly stateRevision?: number | undefined;
 }
 
 export interface CoordinatorConfig {
@@ -101,6 +112,11 @@ export interface CoordinatorDecision {
   readonly moves: number;
   /** Global barrier: what the stop phase is waiting for. */
   readonly waitingFor?: { readonly acks: readonly string[]; readonly held: readonly string[] } | undefined;
+  /**
+   * The coordinator stopped coordinating: these keys it would write could not be read (CoordinatorView.unreadable).
+   * Nothing is written until they are repaired (deleted, or rewritten as Rebalancer's records).
+   */
+  readonly halted?: readonly string[] | undefined;
   /** The memory to pass to the next decision. */
   readonly memory: CoordinatorMemory;
 }
@@ -113,6 +129,20 @@ export function decideCoordinator(
   self: { readonly nodeId: string; readonly token: number },
 ): CoordinatorDecision {
   const memory: WorkingMemory = { ...previous, departed: new Map(previous.departed) };
+  if (view.unreadable !== undefined && view.unreadable.length > 0) {
+    // Never overwrite what could not be read: no grant, no state. The members keep what they hold (their locks
+    // carry safety). The memory is kept as it was.
+    return {
+      changes: [],
+      state: undefined,
+      wakeAtMs: undefined,
+      target: new Map(),
+      settled: false,
+      moves: 0,
+      halted: [...view.unreadable].sort(),
+      memory,
+    };
+  }
   const decision = decide(view, config, memory, nowMs, self);
   return { ...decision, memory };
 }

@@ -49,6 +49,49 @@ export function decodeStateKv(kv: KeyValue | undefined, report: CorruptionReport
   return kv === undefined ? undefined : tryDecode(() => decodeState(kv.key, kv.value), report);
 }
 
+type ReadOp = Extract<Op, { op: 'get' } | { op: 'range' }>;
+
+/**
+ * Reads in one transaction, where a key the store itself cannot read (a Redis record of the wrong type: the whole
+ * transaction fails with CorruptDataError naming it) does not hide the others: its `get` is reported and left out,
+ * and the rest is read again (still one snapshot). A key under a `range` cannot be left out: that error is thrown.
+ * Returns the results in the order of `ops` (undefined for a get left out) and the keys left out.
+ */
+async function readAround(
+  store: Store,
+  ops: readonly ReadOp[],
+  report: CorruptionReporter,
+): Promise<{ results: (OpResult | undefined)[]; revision: number; unreadable: string[] }> {
+  const unreadable: string[] = [];
+  for (;;) {
+    const live = ops.filter((o) => !(o.op === 'get' && unreadable.includes(o.key)));
+    try {
+      const r = await store.txn({ compare: [], then: live });
+      let i = 0;
+      const results = ops.map((o) => (live.includes(o) ? r.results[i++] : undefined));
+      return { results, revision: r.revision, unreadable };
+    } catch (err) {
+      const key = err instanceof CorruptDataError ? err.key : undefined;
+      if (key === undefined || unreadable.includes(key) || !live.some((o) => o.op === 'get' && o.key === key))
+        throw err;
+      report(err as CorruptDataError);
+      unreadable.push(key);
+    }
+  }
+}
+
+/** The state, and whether its key is present but unreadable (then the coordinator must not overwrite it). */
+function stateOf(
+  kv: KeyValue | undefined,
+  key: string,
+  skipped: readonly string[],
+  report: CorruptionReporter,
+): { state: StateRecord | undefined; unreadable: boolean } {
+  if (skipped.includes(key)) return { state: undefined, unreadable: true };
+  const state = decodeStateKv(kv, report);
+  return { state, unreadable: kv !== undefined && state === undefined };
+}
+
 function heldView(kv: KeyValue, report: CorruptionReporter): HeldView {
   const rec = tryDecode(() => decodeHeld(kv.key, kv.value), report);
   return { nodeId: rec?.nodeId, sessionId: kv.sessionId, token: kv.createRevision };
@@ -75,21 +118,24 @@ export async function readMemberView(
   skip: ReadonlySet<string> = new Set(),
 ): Promise<MemberView> {
   const mine = keys.grantsOf(nodeId);
-  const r = await store.txn({
-    compare: [],
-    then: [
+  const r = await readAround(
+    store,
+    [
       { op: 'range', prefix: mine },
       { op: 'get', key: keys.state },
       { op: 'get', key: keys.ack(nodeId) },
     ],
-  });
+    report,
+  );
   const grants = new Map<string, { generation: number }>();
+  const unreadableGrants = new Set<string>();
   for (const kv of rangeResult(r.results[0])) {
     const g = tryDecode(() => decodeGrant(kv.key, kv.value), report);
     if (g !== undefined) grants.set(kv.key.slice(mine.length), g);
+    else unreadableGrants.add(kv.key.slice(mine.length));
   }
   const stateKv = getResult(r.results[1]);
-  const state = decodeStateKv(stateKv, report);
+  const { state } = stateOf(stateKv, keys.state, r.unreadable, report);
   const ackKv = getResult(r.results[2]);
   const ack = ackKv === undefined ? undefined : tryDecode(() => decodeAck(ackKv.key, ackKv.value), report);
   const names = new Set<string>();
@@ -101,7 +147,14 @@ export async function readMemberView(
   );
   const held = new Map<string, HeldView>();
   for (const [key, kv] of heldKvs) held.set(key.slice(keys.held.length), heldView(kv, report));
-  return { state, stateRevision: stateKv?.modRevision ?? 0, grants, held, ackedGeneration: ack?.generation };
+  return {
+    state,
+    stateRevision: stateKv?.modRevision ?? 0,
+    grants,
+    held,
+    ackedGeneration: ack?.generation,
+    unreadableGrants,
+  };
 }
 
 export interface FullGroupView extends CoordinatorView {
@@ -112,13 +165,15 @@ export interface FullGroupView extends CoordinatorView {
   /** Mod revision of the catalog key (0 when absent), from the same snapshot. */
   readonly catalogRevision: number;
   readonly revision: number;
+  /** Keys of the coordinator's (state, grants) present but unreadable (see CoordinatorView.unreadable). */
+  readonly unreadable: readonly string[];
 }
 
 /** Everything the coordinator (and `status`) needs, in one transaction. */
 export async function readGroupView(store: Store, keys: GroupKeys, report: CorruptionReporter): Promise<FullGroupView> {
-  const r = await store.txn({
-    compare: [],
-    then: [
+  const r = await readAround(
+    store,
+    [
       { op: 'range', prefix: keys.members },
       { op: 'range', prefix: keys.resources },
       { op: 'range', prefix: keys.grants },
@@ -127,7 +182,8 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
       { op: 'get', key: keys.state },
       { op: 'get', key: keys.catalog },
     ],
-  });
+    report,
+  );
   const memberKvList = rangeResult(r.results[0]);
   const members = decodeMembers(keys, memberKvList, report);
   const memberKvs = new Map<string, KeyValue>();
@@ -148,9 +204,12 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
     held.set(name, h.nodeId ?? '?');
   }
   const acks = decodeAcks(keys, rangeResult(r.results[4]), report);
-  const state = decodeStateKv(getResult(r.results[5]), report);
+  const stateKv = getResult(r.results[5]);
+  const st = stateOf(stateKv, keys.state, r.unreadable, report);
+  const state = st.state;
   maxGeneration = Math.max(maxGeneration, state?.generation ?? 0);
   const catalogRevision = getResult(r.results[6])?.modRevision ?? 0;
+  const unreadable = [...decoded.unreadable, ...(st.unreadable ? [keys.state] : [])];
   return {
     members,
     memberKvs,
@@ -163,6 +222,8 @@ export async function readGroupView(store: Store, keys: GroupKeys, report: Corru
     maxGeneration,
     catalogRevision,
     revision: r.revision,
+    unreadable,
+    stateRevision: stateKv?.modRevision ?? 0,
   };
 }
 
@@ -200,6 +261,8 @@ export class CoordinatorReader {
   /** Resources whose lock may not be held by their grantee yet. */
   readonly #unconfirmed = new Set<string>();
   #lastFullAtMs = Number.NEGATIVE_INFINITY;
+  /** The last view listed unreadable keys: read everything again until they are repaired. */
+  #unreadableSeen = false;
   /** Bumped whenever the resources (or the grants) change, so the coordinator can skip an unchanged placement. */
   #resourcesVersion = 0;
   #grantsVersion = 0;
@@ -221,31 +284,49 @@ export class CoordinatorReader {
     if (
       this.#grants === undefined ||
       this.#resources === undefined ||
+      this.#unreadableSeen ||
       nowMs >= this.#lastFullAtMs + this.#resyncIntervalMs
     ) {
       return this.#readFull(nowMs);
     }
-    const r = await this.#store.txn({
-      compare: [],
-      then: [
+    const r = await readAround(
+      this.#store,
+      [
         { op: 'range', prefix: k.members },
         { op: 'range', prefix: k.acks },
         { op: 'get', key: k.state },
         { op: 'get', key: k.catalog },
       ],
-    });
+      this.#report,
+    );
     const members = decodeMembers(k, rangeResult(r.results[0]), this.#report);
     const acks = decodeAcks(k, rangeResult(r.results[1]), this.#report);
-    const state = decodeStateKv(getResult(r.results[2]), this.#report);
+    const stateKv = getResult(r.results[2]);
+    const st = stateOf(stateKv, k.state, r.unreadable, this.#report);
+    const state = st.state;
+    if (st.unreadable) {
+      this.#unreadableSeen = true;
+      return {
+        members,
+        resources: this.#resources,
+        grants: this.#grants,
+        held: this.#held,
+        acks,
+        state,
+        maxGeneration: this.#maxGeneration,
+        unreadable: [k.state],
+      };
+    }
     const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
     if (catalogRevision !== this.#catalogRevision) {
-      const rr = await this.#store.txn({
-        compare: [],
-        then: [
+      const rr = await readAround(
+        this.#store,
+        [
           { op: 'get', key: k.catalog },
           { op: 'range', prefix: k.resources },
         ],
-      });
+        this.#report,
+      );
       this.#catalogRevision = getResult(rr.results[0])?.modRevision ?? 0;
       this.#resources = rangeResult(rr.results[1]).map((kv) => kv.key.slice(k.resources.length));
       this.#resourcesVersion++;
@@ -282,6 +363,7 @@ export class CoordinatorReader {
       state,
       maxGeneration,
       versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
+      stateRevision: stateKv?.modRevision ?? 0,
     };
   }
 
@@ -312,6 +394,7 @@ export class CoordinatorReader {
 
   async #readFull(nowMs: number): Promise<CoordinatorView> {
     const view = await readGroupView(this.#store, this.#keys, this.#report);
+    this.#unreadableSeen = view.unreadable.length > 0;
     this.#resources = [...view.resources];
     this.#grants = view.grants;
     this.#setHeld(view.held);
@@ -329,6 +412,8 @@ export class CoordinatorReader {
       state: view.state,
       maxGeneration: this.#maxGeneration,
       versions: { resources: this.#resourcesVersion, grants: this.#grantsVersion },
+      unreadable: view.unreadable,
+      stateRevision: view.stateRevision,
     };
   }
 
@@ -371,20 +456,28 @@ function decodeGrants(
   keys: GroupKeys,
   kvs: readonly KeyValue[],
   report: CorruptionReporter,
-): { grants: Map<string, string[]>; maxGeneration: number } {
+): { grants: Map<string, string[]>; maxGeneration: number; unreadable: string[] } {
   const grants = new Map<string, string[]>();
+  const unreadable: string[] = [];
   let maxGeneration = 0;
   for (const kv of kvs) {
     const ref = keys.parseGrantKey(kv.key);
-    if (ref === undefined) continue;
+    if (ref === undefined) {
+      // Not a name the coordinator writes (so never overwritten either): reported only.
+      report(
+        new CorruptDataError(`${kv.key} is not a grant key (grants/<node>/<resource>); delete it`, { key: kv.key }),
+      );
+      continue;
+    }
     const g = tryDecode(() => decodeGrant(kv.key, kv.value), report);
     if (g !== undefined) maxGeneration = Math.max(maxGeneration, g.generation);
-    // Even an unreadable grant is listed, so that the coordinator replaces it.
+    // An unreadable grant is still listed (status shows it); the coordinator does not overwrite it.
+    else unreadable.push(kv.key);
     const list = grants.get(ref.name) ?? [];
     list.push(ref.nodeId);
     grants.set(ref.name, list);
   }
-  return { grants, maxGeneration };
+  return { grants, maxGeneration, unreadable };
 }
 
 function decodeAcks(keys: GroupKeys, kvs: readonly KeyValue[], report: CorruptionReporter): Map<string, number> {
@@ -449,8 +542,13 @@ export async function putAck(
 
 /**
  * Apply grant changes and a new state with guarded transactions (≤ 128 ops
- * each). A moved resource's delete and put stay in one transaction. Returns
- * false as soon as the guard fails (this node is no longer the coordinator).
+ * each). A moved resource's delete and put stay in one transaction. Each
+ * transaction compares the leadership guard and, when `stateRevision` is
+ * given, that the state key is still the one the decision was made from
+ * (never overwrite a state that changed since — e.g. junk written meanwhile —
+ * unread). Returns `written`; `deposed` as soon as the guard fails (this node
+ * is no longer the coordinator); `stale` when only the state changed (read
+ * again and decide again).
  */
 export async function writeCoordinatorDecision(
   store: Store,
@@ -460,7 +558,8 @@ export async function writeCoordinatorDecision(
   generation: number,
   state: StateRecord | undefined,
   mutants: Mutants = NO_MUTANTS,
-): Promise<boolean> {
+  stateRevision?: number,
+): Promise<'written' | 'deposed' | 'stale'> {
   const batches: Op[][] = [];
   let batch: Op[] = [];
   const written = new Set<string>();
@@ -487,9 +586,26 @@ export async function writeCoordinatorDecision(
     batch.push({ op: 'put', key: keys.state, value: encode(state) });
   }
   if (batch.length > 0) batches.push(batch);
+  const compare: Compare[] = mutants.has('unguarded-coordinator')
+    ? []
+    : [
+        guard,
+        ...(stateRevision === undefined
+          ? []
+          : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
+      ];
   for (const ops of batches) {
-    const r = await store.txn({ compare: mutants.has('unguarded-coordinator') ? [] : [guard], then: ops });
-    if (!r.succeeded) return false;
+    const r = await store.txn({ compare, then: ops, else: [{ op: 'get', key: guard.key }] });
+    if (!r.succeeded) {
+      const leader = r.results[0]?.op === 'get' ? r.results[0].kv : undefined;
+      return compare.length > 1 && leader !== undefined && holds(guard, leader) ? 'stale' : 'deposed';
+    }
   }
-  return true;
+  return 'written';
+}
+
+/** Whether a compare on a key holds for its current record (the leadership guard: createRevision = token). */
+function holds(c: Compare, kv: KeyValue): boolean {
+  if (c.target !== 'createRevision' || c.op !== '=') return false;
+  return kv.createRevision === c.value;
 }

@@ -29,6 +29,12 @@ export interface MemberView {
   readonly held: ReadonlyMap<string, HeldView>;
   /** Generation of my current barrier acknowledgement, if any. */
   readonly ackedGeneration: number | undefined;
+  /**
+   * My grants whose key is present but unreadable (reported as corrupt): what runs under one keeps running (its
+   * lock is ours; the coordinator neither overwrites nor moves it meanwhile), but nothing is acquired or restarted
+   * on it.
+   */
+  readonly unreadableGrants?: ReadonlySet<string> | undefined;
 }
 
 /** What a member's runtime knows about one resource it deals with. */
@@ -90,7 +96,7 @@ export function decideMember(
   const generation = view.state?.generation ?? 0;
 
   for (const [resource, loc] of local) {
-    const granted = view.grants.has(resource);
+    const granted = view.grants.has(resource) || view.unreadableGrants?.has(resource) === true;
     switch (loc.phase) {
       case 'running':
       case 'backoff': {

@@ -56,6 +56,11 @@ export interface SlotsView {
   /** Mod revision of the joins key (0 when absent). */
   readonly joinsRevision: number;
   readonly revision: number;
+  /**
+   * Plan chunks present but unreadable (reported as CorruptDataError): the coordinator writes no plan while any is
+   * listed — it never overwrites what it could not read — and their slots keep the plan of the last view.
+   */
+  readonly unreadable?: readonly string[] | undefined;
 }
 
 /**
@@ -193,6 +198,8 @@ export class SlotsReader {
     const slotCount = this.#slotCount;
     const built = new Array<SlotAssignment | undefined>(slotCount).fill(undefined);
     const planRevisions = new Map<number, number>();
+    const unreadable: string[] = [];
+    const last = this.#last;
     let generation = 0;
     for (const kv of res[3]?.op === 'range' ? res[3].kvs : []) {
       const c = k.chunkOfPlanKey(kv.key);
@@ -200,12 +207,17 @@ export class SlotsReader {
       const from = c * PLAN_CHUNK_SLOTS;
       const n = Math.min(slotCount, from + PLAN_CHUNK_SLOTS) - from;
       const chunk = cached(kv, () => decodePlanChunk(kv.key, kv.value, n));
-      if (chunk === undefined) continue;
+      if (chunk === undefined) {
+        // Unreadable (reported): the coordinator must not overwrite it, and the sites keep the last plan they read
+        // for these slots rather than treat them as unplanned.
+        unreadable.push(kv.key);
+        if (last !== undefined) for (let i = 0; i < n; i++) built[from + i] = last.plan[from + i];
+        continue;
+      }
       generation = Math.max(generation, chunk.generation);
       planRevisions.set(c, kv.modRevision);
       chunk.slots.forEach((a, i) => (built[from + i] = a));
     }
-    const last = this.#last;
     let plan: readonly (SlotAssignment | undefined)[] = built;
     if (last !== undefined && last.planRevisions.size === planRevisions.size) {
       let same = true;
@@ -275,6 +287,7 @@ export class SlotsReader {
       heldKvs,
       joinsRevision: joinsKv?.modRevision ?? 0,
       revision: r.revision,
+      unreadable,
     };
     this.#last = view;
     return view;

@@ -8,6 +8,7 @@
  * A coordinator is only ever an optimiser: every write is guarded, so a stale
  * one is refused by the store, and safety rests on the per-resource locks.
  */
+import { CorruptDataError } from '../../errors.js';
 import type { PlacementStrategy } from '../../placement/index.js';
 import {
   decideCoordinator,
@@ -20,6 +21,7 @@ import type { GroupKeys, Protocol } from '../../protocol/groups/keys.js';
 import type { Mutants } from '../../protocol/mutants.js';
 import type { Store, TimerHandle } from '../../store/contract.js';
 import type { Leadership } from '../../store/election.js';
+import { CorruptionReports } from '../corruption.js';
 import { Loop } from '../loop.js';
 import { Watches } from '../watches.js';
 import type { ResolvedGroupOptions } from './options.js';
@@ -49,6 +51,9 @@ export class GroupCoordinator {
   #sourceTimer: TimerHandle | undefined;
   #rebalance: { generation: number; startedAtMs: number } | undefined;
   #stopped = false;
+  readonly #corruption: CorruptionReports;
+  /** The keys the coordinator stopped for (see CoordinatorDecision.halted), as reported last. */
+  #halted = '';
 
   constructor(args: {
     options: ResolvedGroupOptions;
@@ -67,10 +72,11 @@ export class GroupCoordinator {
     this.#ownsNow = args.ownsNow;
     this.#onDeposed = args.onDeposed;
     this.#events = args.events;
+    this.#corruption = new CorruptionReports((error) => this.#events.error(error, 'coordinator: reading group view'));
     this.#reader = new CoordinatorReader(
       this.#store,
       this.#keys,
-      (error) => this.#events.error(error, 'reading group view'),
+      this.#corruption.report,
       // A full re-read now and then heals anything the caches could miss (keys changed by hand).
       Math.max(30_000, 10 * this.#o.reconcileIntervalMs),
     );
@@ -120,11 +126,12 @@ export class GroupCoordinator {
       return;
     }
     if (this.#stopped) return;
+    this.#corruption.endRound();
     const now = this.#o.clock.now();
     let decision: CoordinatorDecision;
     try {
       decision = decideCoordinator(
-        view,
+        this.#mutants.has('overwrite-unreadable') ? { ...view, unreadable: undefined } : view,
         {
           protocol: this.#o.protocol,
           strategy: this.#o.strategy as PlacementStrategy,
@@ -142,12 +149,13 @@ export class GroupCoordinator {
       return;
     }
     this.#memory = decision.memory;
+    if (this.#reportHalt(decision.halted)) return;
     const generation = decision.state?.generation ?? view.state?.generation ?? view.maxGeneration;
     const startsRebalance =
       decision.state !== undefined && decision.state.generation > (view.state?.generation ?? view.maxGeneration);
     if (decision.changes.length > 0 || decision.state !== undefined) {
       try {
-        const ok = await writeCoordinatorDecision(
+        const outcome = await writeCoordinatorDecision(
           this.#store,
           this.#keys,
           this.#leadership.guard,
@@ -155,10 +163,17 @@ export class GroupCoordinator {
           generation,
           decision.state,
           this.#mutants,
+          view.stateRevision,
         );
-        if (!ok) {
+        if (outcome === 'deposed') {
           // The guard failed: we are no longer the coordinator.
           this.#onDeposed();
+          return;
+        }
+        if (outcome === 'stale') {
+          // The state changed after our read (earlier batches may have been applied): read everything, decide again.
+          this.#reader.invalidate();
+          this.kick();
           return;
         }
         this.#reader.applied(decision.changes, generation);
@@ -179,6 +194,31 @@ export class GroupCoordinator {
       this.#events.rebalanceCompleted(r.generation, now - r.startedAtMs);
     }
     if (decision.wakeAtMs !== undefined) this.#wakeAt(decision.wakeAtMs);
+  }
+
+  /**
+   * Keys the coordinator would write could not be read: it writes nothing (never overwrites them) and says so once
+   * per set of keys. Members keep what they hold; the next round after the repair (a watch hint, or the tick)
+   * coordinates again. Returns true while halted.
+   */
+  #reportHalt(halted: readonly string[] | undefined): boolean {
+    const id = (halted ?? []).join('\u0000');
+    if (id !== this.#halted && halted !== undefined && halted.length > 0) {
+      const g = this.#o.group;
+      const shown = halted.slice(0, 5).join(', ') + (halted.length > 5 ? ` and ${halted.length - 5} more` : '');
+      this.#events.error(
+        new CorruptDataError(
+          `the coordinator of group ${g} stopped coordinating: ${shown} could not be read, and it never overwrites ` +
+            'what it could not read. Members keep running what they hold while their lease holds; nothing is ' +
+            `moved or started until the key is repaired: \`rebalancer groups repair --group ${g}\` lists the ` +
+            "unreadable keys and deletes them with --delete (the coordinator then rewrites the group's state)",
+          { key: halted[0]!, expected: "Rebalancer's record (see docs/protocol/groups.md)" },
+        ),
+        'coordinator halted',
+      );
+    }
+    this.#halted = id;
+    return id !== '';
   }
 
   #wakeAt(atMs: number): void {

@@ -23,6 +23,7 @@ import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
 import { TypedEmitter } from '../events.js';
 import type { GroupEvents } from './events.js';
+import { CorruptionReports } from '../corruption.js';
 import { Loop } from '../loop.js';
 import { Membership } from '../membership.js';
 import { Watches } from '../watches.js';
@@ -66,6 +67,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   /** The locks this node waits for (see #watchLocksWhileWaiting). */
   readonly #lockWatches: Watches;
   #coordinator: GroupCoordinator | undefined;
+  /** Unreadable keys seen by the member's rounds, each reported once while it stays unreadable. */
+  readonly #corruption = new CorruptionReports((error) => this.reportError(error, 'reading member view'));
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -316,18 +319,13 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
     let view;
     try {
-      view = await readMemberView(
-        this.#store,
-        this.#keys,
-        this.nodeId,
-        interesting,
-        (error) => this.reportError(error, 'reading member view'),
-        skipped,
-      );
+      view = await readMemberView(this.#store, this.#keys, this.nodeId, interesting, this.#corruption.report, skipped);
     } catch (error) {
-      this.reportError(error, 'reading member view');
+      if (error instanceof CorruptDataError) this.#corruption.report(error);
+      else this.reportError(error, 'reading member view');
       return;
     }
+    this.#corruption.endRound();
     // The read may have outlived the session it was made for (a blocked request, then a rejoin): its view says
     // "held by my session" of a session that is no longer ours. Decide again from scratch.
     if (m.session !== session) {

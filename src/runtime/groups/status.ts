@@ -60,10 +60,36 @@ export interface GroupStatus {
   /** Keys that could not be decoded (a problem to report; the rest of the status is still right). */
   readonly corruptKeys: readonly string[];
   /**
+   * What is wrong with each of `corruptKeys` and how to repair it. While the group's state or a grant is listed here
+   * the coordinator stops coordinating (it never overwrites what it could not read; members keep what they hold).
+   */
+  readonly problems: readonly CorruptionProblem[];
+  /**
    * The namespace's data (see docs/adr/0009): `recovering` while it is new after the store lost its data and no
    * session is granted yet; `unknown` when no client has opened a session in it yet.
    */
   readonly data: 'ok' | 'recovering' | 'unknown';
+}
+
+export interface CorruptionProblem {
+  readonly key: string;
+  /** The error's message (what is wrong). */
+  readonly problem: string;
+  /** What to do about it. */
+  readonly repair: string;
+}
+
+/** How to repair an unreadable key of group `group` (see `rebalancer groups repair`). */
+export function repairAdvice(keys: GroupKeys, group: string, key: string): string {
+  const cmd = `rebalancer groups repair --group ${group} --delete`;
+  if (key === keys.state)
+    return `delete it (${cmd}); the coordinator writes a new state and coordinates again — nothing else is lost`;
+  if (key.startsWith(keys.grants)) return `delete it (${cmd}); the coordinator grants the resource again`;
+  if (key.startsWith(keys.members)) return `delete it (${cmd}); a live member registers itself again when it rejoins`;
+  if (key.startsWith(keys.held))
+    return `if no live session holds it, delete it (${cmd} deletes only such locks); otherwise it goes with its session`;
+  if (key.startsWith(keys.acks) || key.startsWith(keys.coordinator)) return `delete it (${cmd})`;
+  return "see the problem above; the key is not one of the group's records";
 }
 
 const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
@@ -72,7 +98,13 @@ const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 export async function groupStatus(store: Store, group: string): Promise<GroupStatus> {
   const keys = new GroupKeys(group);
   const corruptKeys: string[] = [];
-  const report = (e: CorruptDataError): void => void corruptKeys.push(e.key ?? '?');
+  const problems: CorruptionProblem[] = [];
+  const report = (e: CorruptDataError): void => {
+    const key = e.key ?? '?';
+    if (corruptKeys.includes(key)) return;
+    corruptKeys.push(key);
+    problems.push({ key, problem: e.message, repair: repairAdvice(keys, group, key) });
+  };
   const [view, coordKvs, incarnation] = await Promise.all([
     readGroupView(store, keys, report),
     store.range(keys.coordinator),
@@ -82,8 +114,13 @@ export async function groupStatus(store: Store, group: string): Promise<GroupSta
   if (incarnation !== undefined) {
     try {
       data = decodeIncarnation(incarnation.value).state === 'young' ? 'recovering' : 'ok';
-    } catch {
-      corruptKeys.push(INCARNATION_KEY);
+    } catch (cause) {
+      report(
+        new CorruptDataError(`${INCARNATION_KEY} is not the namespace's incarnation record`, {
+          key: INCARNATION_KEY,
+          cause,
+        }),
+      );
     }
   }
   // Nothing of the group, and nothing lost to explain it: a wrong name or namespace.
@@ -98,9 +135,9 @@ export async function groupStatus(store: Store, group: string): Promise<GroupSta
     try {
       const v = JSON.parse(lowest.value) as { nodeId?: unknown };
       if (typeof v.nodeId === 'string') nodeId = v.nodeId;
-      else corruptKeys.push(lowest.key);
-    } catch {
-      corruptKeys.push(lowest.key);
+      else report(new CorruptDataError(`${lowest.key}: field nodeId must be a string`, { key: lowest.key }));
+    } catch (cause) {
+      report(new CorruptDataError(`${lowest.key} does not hold valid JSON`, { key: lowest.key, cause }));
     }
     coordinator = { nodeId, token: lowest.createRevision };
   }
@@ -165,6 +202,7 @@ export async function groupStatus(store: Store, group: string): Promise<GroupSta
     counts,
     movesInFlight: counts.starting + counts.moving + counts.stopping + counts.removing,
     corruptKeys,
+    problems,
     data,
   };
 }

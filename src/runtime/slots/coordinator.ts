@@ -14,7 +14,8 @@ import type { Store } from '../../store/contract.js';
 import type { Leadership } from '../../store/election.js';
 
 export type PlanOutcome =
-  | { readonly written: false; readonly deposed: boolean }
+  /** `halted`: plan chunks that could not be read, so no plan was written (see SlotsView.unreadable). */
+  | { readonly written: false; readonly deposed: boolean; readonly halted?: readonly string[] }
   | { readonly written: true; readonly generation: number; readonly changedSlots: number };
 
 export class SlotsCoordinator {
@@ -34,6 +35,9 @@ export class SlotsCoordinator {
 
   /** Write the next plan if it differs from the one in `view`. `deposed`: the guard failed (no longer leading). */
   async round(view: SlotsView, leadership: Leadership): Promise<PlanOutcome> {
+    // Never overwrite what could not be read: no plan while a chunk is unreadable.
+    if (view.unreadable !== undefined && view.unreadable.length > 0)
+      return { written: false, deposed: false, halted: view.unreadable };
     const d = decideSlotsPlan(
       this.#config,
       { sites: view.sites, plan: view.plan, ready: view.ready, primaries: view.holderSites },

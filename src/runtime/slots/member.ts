@@ -21,7 +21,13 @@
  * Concurrency: one round at a time; every trigger (watch hint, timer, API call)
  * just asks for another round.
  */
-import { ClosedError, InvalidArgumentError, InvariantError, SessionExpiredError } from '../../errors.js';
+import {
+  ClosedError,
+  CorruptDataError,
+  InvalidArgumentError,
+  InvariantError,
+  SessionExpiredError,
+} from '../../errors.js';
 import type { PrimaryRoute, RoutingTable, SlotRoute } from '../../placement/routing.js';
 import { slotForKey as hashKey } from '../../placement/slot-hash.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
@@ -33,6 +39,7 @@ import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
 import { TypedEmitter } from '../events.js';
 import type { PrimaryLostReason, SlotsEvents } from './events.js';
+import { CorruptionReports } from '../corruption.js';
 import { Loop } from '../loop.js';
 import { Membership } from '../membership.js';
 import { Watches } from '../watches.js';
@@ -80,6 +87,10 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
   readonly #watches: Watches;
   /** leave() is closing: no more rounds. */
   #closing = false;
+  /** Unreadable keys, each reported once while it stays unreadable. */
+  readonly #corruption = new CorruptionReports((error) => this.reportError(error, 'reading the cluster'));
+  /** The plan chunks the coordinator stopped for, as reported last. */
+  #halted = '';
 
   /** Use joinSlots(). */
   constructor(options: ResolvedSlotsOptions, internals: RuntimeInternals = {}) {
@@ -94,9 +105,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     this.#local = new SlotsLocal(options.config.slotCount);
     this.#routing = new LiveRouting(options.config.slotCount);
     this.#coordinator = new SlotsCoordinator(this.#store, this.#keys, options.config, this.#mutants);
-    this.#reader = new SlotsReader(this.#store, this.#keys, options.config.slotCount, (error) =>
-      this.reportError(error, 'reading the cluster'),
-    );
+    this.#reader = new SlotsReader(this.#store, this.#keys, options.config.slotCount, this.#corruption.report);
     this.#watches = new Watches(
       this.#store,
       () => this.#kick(),
@@ -356,6 +365,23 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     if (!this.#closing && this.#membership.state !== 'left' && this.#membership.state !== 'new') this.#loop.kick();
   }
 
+  /** The coordinator wrote no plan because chunks could not be read: say so once per set of chunks. */
+  #reportHalt(halted: readonly string[] | undefined): void {
+    const id = (halted ?? []).join('\u0000');
+    if (id !== this.#halted && halted !== undefined && halted.length > 0) {
+      this.reportError(
+        new CorruptDataError(
+          `the coordinator of slots cluster ${this.cluster} writes no plan: ${halted.slice(0, 5).join(', ')} could ` +
+            'not be read, and it never overwrites what it could not read. Sites keep the last plan they read; ' +
+            'delete the key to let the coordinator plan those slots again',
+          { key: halted[0]!, expected: "Rebalancer's plan chunk (docs/protocol/slots.md)" },
+        ),
+        'coordinator halted',
+      );
+    }
+    this.#halted = id;
+  }
+
   #reportOrFail(error: unknown, context: string): void {
     this.reportError(error, context);
     if (error instanceof InvariantError && this.#membership.active) {
@@ -370,10 +396,12 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     if (session === undefined || session.state === 'expired' || session.state === 'closed') return;
     m.checkFence();
     let view = await this.#reader.read();
+    this.#corruption.endRound();
     if (m.session !== session) return; // outlived its session: decide nothing
     const leadership = m.leadership;
     if (leadership !== undefined && m.state === 'active') {
       const plan = await this.#coordinator.round(view, leadership);
+      this.#reportHalt(plan.written ? undefined : plan.halted);
       if (plan.written) {
         this.emit('planWritten', { generation: plan.generation, changedSlots: plan.changedSlots });
         view = await this.#reader.read();

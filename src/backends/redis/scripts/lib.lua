@@ -29,7 +29,9 @@
   nothing was changed by the script's own operation (reaping of expired
   sessions may have happened, as the server's expiry would anyway):
     {"SCHEMA", found}          KEYS[1] holds a layout version this code does not know
-    {"CORRUPT", name, detail}  a key or internal record is not what Rebalancer writes
+    {"CORRUPT", name, detail}  a key or internal record is not what Rebalancer writes (a
+                               junk revision counter is reported by every script but
+                               keep_alive, which neither reads nor needs it)
     {"EXPIRED", sessionId}     the transaction names a session that has ended
     {"BADARG", detail}         malformed arguments (a client bug)
 
@@ -86,13 +88,26 @@ local function safe_get(name)
   return v
 end
 
--- Schema check, then seeding. Nothing is written before the checks pass.
-local function prepare()
+local function check_schema()
   local schema = safe_get(K_SCHEMA)
   if schema ~= false and schema ~= SCHEMA_VERSION then
     if string.match(schema, '^%d+$') and #schema < 10 then abort('SCHEMA', schema) end
     abort('CORRUPT', K_SCHEMA, 'layout version is not a number')
   end
+  return schema
+end
+
+-- Whether the revision counter can be used: absent (seeded by prepare) or a positive integer. Anything else (junk
+-- text, another Redis type) is never overwritten by a script: repair_rev.lua does that when an operator asks.
+local function rev_readable()
+  local rev = redis.pcall('GET', K_REV)
+  if is_err(rev) then return false end
+  return rev == false or parse_count(rev) ~= nil
+end
+
+-- Schema check, then seeding. Nothing is written before the checks pass.
+local function prepare()
+  local schema = check_schema()
   local rev = safe_get(K_REV)
   if rev ~= false and parse_count(rev) == nil then abort('CORRUPT', K_REV, 'revision counter is not a positive integer') end
   if schema == false then redis.call('SET', K_SCHEMA, SCHEMA_VERSION) end
