@@ -66,6 +66,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   /** The locks this node waits for (see #watchLocksWhileWaiting). */
   readonly #lockWatches: Watches;
   #coordinator: GroupCoordinator | undefined;
+  /** When this node registered with its current session (the injected clock). */
+  #joinedAtMs: number | undefined;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -126,6 +128,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       },
       {
         joined: async (session) => {
+          // A coordinator that joined only now waits a little for the nodes that held grants (a store restart).
+          this.#joinedAtMs = options.clock.now();
           // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff
           // in the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
           await this.#memberWatches.set([this.#keys.grantsOf(this.nodeId), this.#keys.state]);
@@ -158,6 +162,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
             leadership,
             mutants: this.#mutants,
             ownsNow: () => this.#membership.ownsNow(),
+            joinedAtMs: this.#joinedAtMs,
             onDeposed: () => this.#membership.leadershipLost(leadership),
             events: {
               rebalanceStarted: (generation, moves, protocol) =>
