@@ -15,6 +15,7 @@ import {
   decodeConfig,
   decodeHeld,
   decodePlanChunk,
+  decodeProbe,
   decodeReady,
   decodeSite,
   PLAN_CHUNK_SLOTS,
@@ -55,6 +56,8 @@ export interface SlotsView {
   readonly heldKvs: Map<string, KeyValue>;
   /** Mod revision of the joins key (0 when absent). */
   readonly joinsRevision: number;
+  /** The last release probe (see SlotKeys.probe): its mod revision and whom it asks. */
+  readonly probe: { readonly revision: number; readonly ask: ReadonlySet<string> } | undefined;
   readonly revision: number;
 }
 
@@ -155,6 +158,7 @@ export class SlotsReader {
         { op: 'range', prefix: k.plan },
         { op: 'range', prefix: k.ready },
         { op: 'range', prefix: k.held },
+        { op: 'get', key: k.probe },
       ],
     });
     const res = r.results;
@@ -262,6 +266,12 @@ export class SlotsReader {
       holderSites = ss;
     }
     const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
+    const probeKv = res[6]?.op === 'get' ? res[6].kv : undefined;
+    const probeRec = probeKv === undefined ? undefined : cached(probeKv, () => decodeProbe(probeKv.key, probeKv.value));
+    const probe =
+      probeKv === undefined || probeRec === undefined
+        ? undefined
+        : { revision: probeKv.modRevision, ask: new Set(probeRec.ask) };
     const view: SlotsView = {
       config,
       sites,
@@ -274,6 +284,7 @@ export class SlotsReader {
       holderSites,
       heldKvs,
       joinsRevision: joinsKv?.modRevision ?? 0,
+      probe,
       revision: r.revision,
     };
     this.#last = view;
