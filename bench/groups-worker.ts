@@ -2,7 +2,7 @@
  * Worker process of `npm run bench -- groups` (not a benchmark by itself).
  *
  *   node --import tsx bench/groups-worker.ts member <storeUrl> <namespace> <group> <nodeId> <ttlMs>
- *     [<rebalanceDebounceMs> <initialRebalanceDelayMs>]   (default: the library's defaults)
+ *     [<rebalanceDebounceMs> <rejoinGracePeriodMs>]   (default: the library's defaults)
  *   node --import tsx bench/groups-worker.ts election <etcdHostPort> <name> <id> <ttlSeconds>
  *
  * Reports on stdout, one JSON object per line, with `t` = Date.now() (all
@@ -38,7 +38,7 @@ if (mode === 'member') {
     node: { id: nodeId },
     sessionTtlMs: Number(ttl),
     ...(debounce === undefined ? {} : { rebalanceDebounceMs: Number(debounce) }),
-    ...(initialDelay === undefined ? {} : { initialRebalanceDelayMs: Number(initialDelay) }),
+    ...(initialDelay === undefined ? {} : { rejoinGracePeriodMs: Number(initialDelay) }),
     handler: async ({ resource, signal }) => {
       say({ ev: 'start', r: resource });
       await new Promise<void>((resolve) => {

@@ -8,7 +8,7 @@
  * 3. planned handoff (join, graceful leave) with many in-process members, with store round trips counted;
  * 4. the coordinator's placement compute against its targets;
  * 5. a store outage past the TTL (every session lost; Redis paused): starts per resource until stable, against the
- *    ideal 1.0, with the defaults of before (no debounce, no initial delay) and of now.
+ *    ideal 1.0, with the defaults of before (no debounce, no rejoin grace period) and of now.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -745,7 +745,7 @@ async function storms(reps: number): Promise<StormResult[]> {
   try {
     const out: StormResult[] = [];
     for (const [config, settings] of [
-      ['before: debounce 0, no initial delay', ['0', '0']],
+      ['before: debounce 0, no rejoin grace', ['0', '0']],
       ['now: the defaults', []],
     ] as const) {
       const runs: StormRun[] = [];

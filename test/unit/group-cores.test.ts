@@ -333,16 +333,19 @@ describe('coordinator core', () => {
       ]),
       state: state(1),
     });
-    const d = decideCoordinator(failed, { ...cfg, initialRebalanceDelayMs: 2000 }, newCoordinatorMemory(), 100, {
+    const d = decideCoordinator(failed, { ...cfg, rejoinGracePeriodMs: 2000 }, newCoordinatorMemory(), 100, {
       ...self,
-      joinedAtMs: -5000,
+      rejoinedAtMs: -5000,
     });
     expect(d.changes).toEqual([{ remove: { nodeId: 'b', name: 'q2' }, add: { nodeId: 'a', name: 'q2' } }]);
+    // A coordinator on its first join (a process that just started) does not wait either.
+    const first = decideCoordinator(failed, { ...cfg, rejoinGracePeriodMs: 2000 }, newCoordinatorMemory(), 100, self);
+    expect(first.changes).toEqual(d.changes);
   });
 
-  it('a coordinator that has just joined waits for the nodes that hold grants, until they are back or the delay ends', () => {
-    const cfg = { ...config, rebalanceDebounceMs: 500, initialRebalanceDelayMs: 2000 };
-    const young = { ...self, joinedAtMs: 1000 };
+  it('a coordinator that has just rejoined waits for the nodes that hold grants, until they are back or the grace period ends', () => {
+    const cfg = { ...config, rebalanceDebounceMs: 500, rejoinGracePeriodMs: 2000 };
+    const young = { ...self, rejoinedAtMs: 1000 };
     const grants = new Map([
       ['q1', ['a']],
       ['q2', ['b']],

@@ -115,7 +115,7 @@ describe('rebalance storms', () => {
   /**
    * Every session is lost at once (the store unreachable past the TTL, like a store restart), then the members
    * come back one by one. The first one back becomes coordinator; if it gave the others' resources away at once,
-   * each rejoin would move them again. With the initial rebalance delay each resource starts once: on its owner.
+   * each rejoin would move them again. With the rejoin grace period each resource starts once: on its owner.
    */
   async function storm(extra: Record<string, unknown>): Promise<Map<string, number>> {
     const clock = new VirtualClock(1_000);

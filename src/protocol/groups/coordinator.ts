@@ -44,12 +44,13 @@ export interface CoordinatorConfig {
    */
   readonly rebalanceDebounceMs: number;
   /**
-   * A coordinator that joined less than this long ago (a cold start, or every session lost at once by a store
-   * restart) leaves the grants of nodes that are not members (yet) where they are, until they are all back or
-   * this long after its join has passed: the nodes that held them are expected back and take their own
-   * resources again, so nothing moves twice (docs/groups.md, "Rebalance storms"). 0: off. Optional: absent = 0.
+   * A coordinator that rejoined less than this long ago after losing its session (every session lost at once: a
+   * store restart or outage past the TTL) leaves the grants of nodes that are not members (yet) where they are,
+   * until they are all back or this long after its rejoin has passed: the nodes that held them lost their sessions
+   * too and take their own resources again when they rejoin, so nothing moves twice (docs/groups.md, "Rebalance
+   * storms"). 0: off. Optional: absent = 0.
    */
-  readonly initialRebalanceDelayMs?: number | undefined;
+  readonly rejoinGracePeriodMs?: number | undefined;
   /** Never start two rebalances closer together than this. */
   readonly minRebalanceIntervalMs: number;
 }
@@ -119,8 +120,11 @@ export interface CoordinatorDecision {
 export interface CoordinatorSelf {
   readonly nodeId: string;
   readonly token: number;
-  /** When this node registered with its current session (its clock); undefined: long ago (no initial delay). */
-  readonly joinedAtMs?: number | undefined;
+  /**
+   * When this node registered again after losing its session (its clock); undefined after a first join, which
+   * never waits (a crash soon after a process started must fail over as fast as any other).
+   */
+  readonly rejoinedAtMs?: number | undefined;
 }
 
 export function decideCoordinator(
@@ -185,11 +189,11 @@ function decide(
 
   // Debounce and rate limit: hold back changes, but say when to look again. Work nobody runs (a failed node's,
   // a new resource) does not wait for the debounce — only balance does — except just after this coordinator
-  // joined, while nodes that hold grants are not back yet: a storm after a store restart (see CoordinatorConfig).
+  // rejoined, while nodes that hold grants are not back yet: a storm after a store restart (see CoordinatorConfig).
   // (Computed only when there is something to change: it looks at every resource.)
   const readyAt = (): number => {
     const { orphans, awaited } = orphanedWork(view, nodes);
-    const delayUntil = (self.joinedAtMs ?? Number.NEGATIVE_INFINITY) + (config.initialRebalanceDelayMs ?? 0);
+    const delayUntil = (self.rejoinedAtMs ?? Number.NEGATIVE_INFINITY) + (config.rejoinGracePeriodMs ?? 0);
     const hold =
       awaited && nowMs < delayUntil
         ? delayUntil

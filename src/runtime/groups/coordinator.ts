@@ -38,7 +38,7 @@ export class GroupCoordinator {
   readonly #leadership: Leadership;
   readonly #mutants: Mutants;
   readonly #ownsNow: () => boolean;
-  readonly #joinedAtMs: number | undefined;
+  readonly #rejoinedAtMs: number | undefined;
   /** The guard failed: this node no longer leads. */
   readonly #onDeposed: () => void;
   readonly #events: CoordinatorEvents;
@@ -57,12 +57,12 @@ export class GroupCoordinator {
     leadership: Leadership;
     mutants: Mutants;
     ownsNow: () => boolean;
-    /** When this node registered with its current session (undefined: unknown, no initial delay). */
-    joinedAtMs: number | undefined;
+    /** When this node registered again after losing its session (undefined: its first join). */
+    rejoinedAtMs: number | undefined;
     onDeposed: () => void;
     events: CoordinatorEvents;
   }) {
-    this.#joinedAtMs = args.joinedAtMs;
+    this.#rejoinedAtMs = args.rejoinedAtMs;
     this.#o = args.options;
     this.#store = args.options.store;
     this.#keys = args.keys;
@@ -135,12 +135,12 @@ export class GroupCoordinator {
           gracePeriodMs: this.#o.gracePeriodMs,
           drainTimeoutMs: this.#o.drainTimeoutMs,
           rebalanceDebounceMs: this.#o.rebalanceDebounceMs,
-          initialRebalanceDelayMs: this.#o.initialRebalanceDelayMs,
+          rejoinGracePeriodMs: this.#o.rejoinGracePeriodMs,
           minRebalanceIntervalMs: this.#o.minRebalanceIntervalMs,
         },
         this.#memory,
         now,
-        { nodeId: this.#o.node.id, token: this.#leadership.token, joinedAtMs: this.#joinedAtMs },
+        { nodeId: this.#o.node.id, token: this.#leadership.token, rejoinedAtMs: this.#rejoinedAtMs },
       );
     } catch (error) {
       this.#events.error(error, 'coordinator: placement');

@@ -66,8 +66,9 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   /** The locks this node waits for (see #watchLocksWhileWaiting). */
   readonly #lockWatches: Watches;
   #coordinator: GroupCoordinator | undefined;
-  /** When this node registered with its current session (the injected clock). */
-  #joinedAtMs: number | undefined;
+  /** When this node registered again after losing its session (the injected clock); undefined after its first join. */
+  #rejoinedAtMs: number | undefined;
+  #joinedBefore = false;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -128,8 +129,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       },
       {
         joined: async (session) => {
-          // A coordinator that joined only now waits a little for the nodes that held grants (a store restart).
-          this.#joinedAtMs = options.clock.now();
+          // A coordinator that has just rejoined after losing its session waits a little for the nodes that held
+          // grants (they lost theirs too: a store restart). A first join never waits.
+          this.#rejoinedAtMs = this.#joinedBefore ? options.clock.now() : undefined;
+          this.#joinedBefore = true;
           // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff
           // in the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
           await this.#memberWatches.set([this.#keys.grantsOf(this.nodeId), this.#keys.state]);
@@ -162,7 +165,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
             leadership,
             mutants: this.#mutants,
             ownsNow: () => this.#membership.ownsNow(),
-            joinedAtMs: this.#joinedAtMs,
+            rejoinedAtMs: this.#rejoinedAtMs,
             onDeposed: () => this.#membership.leadershipLost(leadership),
             events: {
               rebalanceStarted: (generation, moves, protocol) =>

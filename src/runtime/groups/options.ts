@@ -66,12 +66,13 @@ export interface JoinGroupOptions extends MemberOptions {
    */
   readonly rebalanceDebounceMs?: number | undefined;
   /**
-   * A coordinator that joined less than this long ago — a cold start, or every member's session lost at once by a
-   * store restart — does not give away the resources of nodes that are not back yet: they are expected to rejoin
-   * and take their own resources again, so nothing moves twice. It stops waiting as soon as they are all back, and
-   * at the latest this long after it joined (default: sessionTtlMs). 0 turns it off. See docs/groups.md.
+   * When every session is lost at once (a store restart or outage past the TTL), the members rejoin one by one. A
+   * coordinator that rejoined less than this long ago does not give away the resources of nodes that are not back
+   * yet: they take their own resources again when they rejoin, so nothing moves twice. It stops waiting as soon as
+   * they are all back, and at the latest this long after its rejoin (default: sessionTtlMs). A first join never
+   * waits. 0 turns it off. See docs/groups.md.
    */
-  readonly initialRebalanceDelayMs?: number | undefined;
+  readonly rejoinGracePeriodMs?: number | undefined;
   /** At most one rebalance per this interval (default 0). */
   readonly minRebalanceIntervalMs?: number | undefined;
   /** Static membership: a node that comes back with the same id within the grace period gets its resources back. */
@@ -93,7 +94,7 @@ export interface ResolvedGroupOptions extends ResolvedMemberOptions {
   readonly leaveTimeoutMs: number;
   readonly onStuckHandler: 'wait' | 'exit';
   readonly rebalanceDebounceMs: number;
-  readonly initialRebalanceDelayMs: number;
+  readonly rejoinGracePeriodMs: number;
   readonly minRebalanceIntervalMs: number;
   readonly gracePeriodMs: number;
   readonly resourceSource: ResourceSource | undefined;
@@ -157,7 +158,7 @@ export function resolveGroupOptions(
     leaveTimeoutMs: r.ms('leaveTimeoutMs', 30_000, { min: 0 }),
     onStuckHandler,
     rebalanceDebounceMs: r.ms('rebalanceDebounceMs', DEFAULT_REBALANCE_DEBOUNCE_MS),
-    initialRebalanceDelayMs: r.ms('initialRebalanceDelayMs', member.sessionTtlMs),
+    rejoinGracePeriodMs: r.ms('rejoinGracePeriodMs', member.sessionTtlMs),
     minRebalanceIntervalMs: r.ms('minRebalanceIntervalMs', 0),
     gracePeriodMs,
     resourceSource,
