@@ -127,7 +127,7 @@ function view(m: Model, prev: FullView | undefined, bump: Set<string>): FullView
     generation: 1,
     ready: new Map([...m.ready].map(([id, bits]) => [id, bits.slice()])),
     readyKvs,
-    probe: undefined,
+    probes: [],
     holders: [...m.holders],
     holderSites: m.holders.map((h) => h?.site),
     heldKvs,

@@ -84,10 +84,13 @@ export async function writeProbe(
   keys: SlotKeys,
   siteId: string,
   ask: readonly string[],
+  session: Session,
 ): Promise<number> {
   const r = await store.txn({
     compare: [],
-    then: [{ op: 'put', key: keys.probe, value: encodeProbe({ site: siteId, ask: [...ask].sort() }) }],
+    then: [
+      { op: 'put', key: keys.probeOf(siteId), value: encodeProbe({ site: siteId, ask: [...ask].sort() }), session },
+    ],
   });
   return r.revision;
 }

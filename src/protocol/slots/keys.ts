@@ -58,7 +58,7 @@ export class SlotKeys {
    * release then counts only the replicas that answered — not a site that crashed and whose session has not expired
    * yet (issue 12 item 10).
    */
-  readonly probe: string;
+  readonly probes: string;
 
   constructor(cluster: string) {
     validateName(cluster, 'cluster name');
@@ -71,11 +71,15 @@ export class SlotKeys {
     this.primaries = `${this.root}primary/`;
     this.held = `${this.root}held/`;
     this.joins = `${this.root}joins`;
-    this.probe = `${this.root}probe`;
+    this.probes = `${this.root}probe/`;
   }
 
   site(id: string): string {
     return this.sites + validateNodeId(id);
+  }
+  /** One probe key per releasing site: concurrent releases do not overwrite each other's questions. */
+  probeOf(id: string): string {
+    return this.probes + id;
   }
   readyOf(id: string): string {
     return this.ready + id;
@@ -320,7 +324,7 @@ export function readyCount(bits: ReadyBits): number {
   return n;
 }
 
-/** A release's liveness probe (see SlotKeys.probe). */
+/** A release's liveness probe (see SlotKeys.probes). */
 export interface ProbeRecord {
   readonly site: string;
   readonly ask: readonly string[];

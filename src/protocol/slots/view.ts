@@ -56,8 +56,8 @@ export interface SlotsView {
   readonly heldKvs: Map<string, KeyValue>;
   /** Mod revision of the joins key (0 when absent). */
   readonly joinsRevision: number;
-  /** The last release probe (see SlotKeys.probe): its mod revision and whom it asks. */
-  readonly probe: { readonly revision: number; readonly ask: ReadonlySet<string> } | undefined;
+  /** The release probes (see SlotKeys.probes), one per releasing site: its mod revision and whom it asks. */
+  readonly probes: readonly { readonly revision: number; readonly ask: ReadonlySet<string> }[];
   readonly revision: number;
 }
 
@@ -158,7 +158,7 @@ export class SlotsReader {
         { op: 'range', prefix: k.plan },
         { op: 'range', prefix: k.ready },
         { op: 'range', prefix: k.held },
-        { op: 'get', key: k.probe },
+        { op: 'range', prefix: k.probes },
       ],
     });
     const res = r.results;
@@ -266,12 +266,11 @@ export class SlotsReader {
       holderSites = ss;
     }
     const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
-    const probeKv = res[6]?.op === 'get' ? res[6].kv : undefined;
-    const probeRec = probeKv === undefined ? undefined : cached(probeKv, () => decodeProbe(probeKv.key, probeKv.value));
-    const probe =
-      probeKv === undefined || probeRec === undefined
-        ? undefined
-        : { revision: probeKv.modRevision, ask: new Set(probeRec.ask) };
+    const probes: { revision: number; ask: ReadonlySet<string> }[] = [];
+    for (const kv of res[6]?.op === 'range' ? res[6].kvs : []) {
+      const rec = cached(kv, () => decodeProbe(kv.key, kv.value));
+      if (rec !== undefined) probes.push({ revision: kv.modRevision, ask: new Set(rec.ask) });
+    }
     const view: SlotsView = {
       config,
       sites,
@@ -284,7 +283,7 @@ export class SlotsReader {
       holderSites,
       heldKvs,
       joinsRevision: joinsKv?.modRevision ?? 0,
-      probe,
+      probes,
       revision: r.revision,
     };
     this.#last = view;

@@ -200,7 +200,7 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
         this.#releasable.announceAgain(slot);
         this.emit('released', { slot, readyElsewhere, needed, failed, revision });
       },
-      probe: (ask) => writeProbe(this.#store, this.#keys, this.nodeId, ask),
+      probe: (ask, session) => writeProbe(this.#store, this.#keys, this.nodeId, ask, session),
       now: () => options.clock.now(),
       sleep: (ms) => new Promise((resolve) => options.clock.setTimeout(resolve, ms)),
       // A running site answers within a round; its periodic round comes every reconcileIntervalMs even if the
@@ -409,11 +409,8 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     const local = this.#local.bits;
     // A releasing site asks the replicas it would count to answer its probe: rewriting our bitmap is the answer
     // (only a running site gives it; a crashed one whose session lives on does not, so it is not counted).
-    const probe = view.probe;
-    const asked =
-      probe !== undefined &&
-      probe.ask.has(this.nodeId) &&
-      (view.readyKvs.get(this.nodeId)?.modRevision ?? 0) <= probe.revision;
+    const mine = view.readyKvs.get(this.nodeId)?.modRevision ?? 0;
+    const asked = view.probes.some((p) => p.ask.has(this.nodeId) && mine <= p.revision);
     if (stored === undefined || asked || stored.some((b, i) => b !== local[i])) await this.#ready.write();
     // Before deleting anything this round, so that the view (read before) is still right about our locks.
     const running = m.state === 'active';

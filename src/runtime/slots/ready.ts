@@ -115,7 +115,7 @@ export interface ReadyWriterConfig {
     revision: number,
   ) => void;
   /** Write a release probe asking `ask` to answer (io.ts writeProbe); returns its revision. */
-  readonly probe: (ask: readonly string[]) => Promise<number>;
+  readonly probe: (ask: readonly string[], session: Session) => Promise<number>;
   /** The injected clock's time and sleep. */
   readonly now: () => number;
   readonly sleep: (ms: number) => Promise<void>;
@@ -242,7 +242,7 @@ export class ReadyWriter {
       // counted unconfirmed (the release is then refused and announced again).
       let after = Number.POSITIVE_INFINITY;
       if (ask.size > 0 && !this.#mutants.has('slots-release-unconfirmed')) {
-        after = await this.#c.probe([...ask]);
+        after = await this.#c.probe([...ask], this.#session());
         const deadline = this.#c.now() + this.#c.confirmWaitMs;
         for (;;) {
           const v = await this.#c.read();
