@@ -2,6 +2,7 @@
  * Worker process of `npm run bench -- groups` (not a benchmark by itself).
  *
  *   node --import tsx bench/groups-worker.ts member <storeUrl> <namespace> <group> <nodeId> <ttlMs>
+ *     [<rebalanceDebounceMs> <rejoinGracePeriodMs>]   (default: the library's defaults)
  *   node --import tsx bench/groups-worker.ts election <etcdHostPort> <name> <id> <ttlSeconds>
  *
  * Reports on stdout, one JSON object per line, with `t` = Date.now() (all
@@ -21,13 +22,23 @@ function say(o: Record<string, unknown>): void {
 const [mode, ...rest] = process.argv.slice(2);
 
 if (mode === 'member') {
-  const [url, namespace, group, nodeId, ttl] = rest as [string, string, string, string, string];
+  const [url, namespace, group, nodeId, ttl, debounce, initialDelay] = rest as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string | undefined,
+    string | undefined,
+  ];
   const store = await openStore(url, { namespace });
   const member = await joinGroup({
     store,
     group,
     node: { id: nodeId },
     sessionTtlMs: Number(ttl),
+    ...(debounce === undefined ? {} : { rebalanceDebounceMs: Number(debounce) }),
+    ...(initialDelay === undefined ? {} : { rejoinGracePeriodMs: Number(initialDelay) }),
     handler: async ({ resource, signal }) => {
       say({ ev: 'start', r: resource });
       await new Promise<void>((resolve) => {

@@ -1,14 +1,16 @@
 /**
  * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N]
- *   [--sections failover,election,handoff,compute,stall] [--cases 10x1000,100x1000]`
+ *   [--sections failover,election,handoff,compute,stall,restart] [--cases 10x1000,100x1000]`
  *
- * Resource groups, five sections, each figure as a ratio within this run:
+ * Resource groups, six sections, each figure as a ratio within this run:
  * 1. failover after kill -9 of a worker process, per backend, as a ratio to the session TTL;
  * 2. the same for etcd's own election (the etcd3 client's `election().campaign()`), the peer baseline;
  * 3. planned handoff (join, graceful leave) with many in-process members, with store round trips counted;
  * 4. the coordinator's placement compute against its targets;
  * 5. the longest store stall a member rides out without fencing, per backend, as a ratio to the TTL
  *    (`groups-stall.ts`).
+ * 6. a store outage past the TTL (every session lost; Redis paused): starts per resource until stable, against the
+ *    ideal 1.0, with the defaults of before (no debounce, no rejoin grace period) and of now.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -439,6 +441,8 @@ async function handoffCase(
       sessionTtlMs: TTL_MS * 5,
       reconcileIntervalMs: 1000,
       drainTimeoutMs: 30_000,
+      // The handoff's own cost, without the debounce that holds a join's moves back (500 ms by default).
+      rebalanceDebounceMs: 0,
       handler,
     });
     m.on('assigned', ({ resource }) => {
@@ -654,6 +658,117 @@ function computeCase(resources: number, nodes: number, targetMs: number, runs: n
   };
 }
 
+// ---- 5. store outage past the TTL ------------------------------------------------------------------
+
+const STORM_WORKERS = 5;
+const STORM_RESOURCES = 20;
+
+interface StormRun {
+  /** Handler starts per resource from the store's return until stable (ideal 1.0: each starts once, somewhere). */
+  movesPerResource: number;
+  maxMoves: number;
+  /** From the store's return until the last start. */
+  stableMs: number;
+}
+
+interface StormResult {
+  config: string;
+  runs: StormRun[];
+  medianMovesPerResource: number;
+  medianStableMs: number;
+}
+
+/**
+ * N worker processes share M resources on a private Redis; Redis is paused (SIGSTOP) for 2.5 × TTL, so every
+ * session expires on it (the data stays: grants and resources are kept) and every worker stops its handlers; then
+ * it resumes. Count handler starts per resource until nothing has started for 2 × TTL and every resource runs.
+ */
+async function stormOnce(
+  server: { url: string; pause(): void; resume(): void },
+  rep: number,
+  settings: readonly string[],
+): Promise<StormRun> {
+  const namespace = `gs${rep}x${Date.now().toString(36)}`;
+  const group = 'bench';
+  const names = Array.from({ length: STORM_RESOURCES }, (_, i) => `r${i}`);
+  const admin = await openStore(server.url, { namespace });
+  try {
+    await new GroupAdmin(admin, group).add(names);
+  } finally {
+    await admin.close();
+  }
+  const owner = new Map<string, string>();
+  const starts: { r: string; t: number }[] = [];
+  const workers: Worker[] = [];
+  try {
+    for (let i = 0; i < STORM_WORKERS; i++) {
+      const w = worker(`s${i}`, ['member', server.url, namespace, group, `s${i}`, String(TTL_MS), ...settings]);
+      w.on((e) => {
+        if (e.ev === 'start' && e.r !== undefined) {
+          owner.set(e.r, w.name);
+          starts.push({ r: e.r, t: e.t });
+        }
+        if (e.ev === 'stop' && e.r !== undefined && owner.get(e.r) === w.name) owner.delete(e.r);
+      });
+      workers.push(w);
+    }
+    await Promise.all(workers.map((w) => w.waitFor((e) => e.ev === 'ready', 30_000)));
+    const stable = async (what: string): Promise<void> => {
+      const by = Date.now() + 60_000;
+      for (;;) {
+        const last = starts.at(-1)?.t ?? 0;
+        if (owner.size === STORM_RESOURCES && Date.now() - last >= 2 * TTL_MS) return;
+        if (Date.now() > by) throw new Error(`${what}: not stable within 60 s (${owner.size}/${STORM_RESOURCES} run)`);
+        await sleep(50);
+      }
+    };
+    await stable('before the outage');
+    server.pause();
+    await sleep(2.5 * TTL_MS);
+    const before = starts.length;
+    const t0 = Date.now();
+    server.resume();
+    await stable('after the outage');
+    const after = starts.slice(before);
+    const per = new Map<string, number>();
+    for (const s of after) per.set(s.r, (per.get(s.r) ?? 0) + 1);
+    return {
+      movesPerResource: round(after.length / STORM_RESOURCES, 2),
+      maxMoves: Math.max(0, ...per.values()),
+      stableMs: Math.max(0, (after.at(-1)?.t ?? t0) - t0),
+    };
+  } finally {
+    server.resume();
+    await Promise.all(workers.map((w) => w.kill('SIGKILL')));
+  }
+}
+
+async function storms(reps: number): Promise<StormResult[]> {
+  const server = await startRedis();
+  try {
+    const out: StormResult[] = [];
+    for (const [config, settings] of [
+      ['before: debounce 0, no rejoin grace', ['0', '0']],
+      ['now: the defaults', []],
+    ] as const) {
+      const runs: StormRun[] = [];
+      for (let i = 0; i < reps; i++) {
+        runs.push(await stormOnce(server, i, settings));
+        log(`  outage, ${config} #${i + 1}: ${JSON.stringify(runs.at(-1))}`);
+      }
+      out.push({
+        config,
+        runs,
+        medianMovesPerResource: median(runs.map((r) => r.movesPerResource)),
+        medianStableMs: median(runs.map((r) => r.stableMs)),
+      });
+    }
+    return out;
+  } finally {
+    await server.stop();
+  }
+}
+
 // ---- main ------------------------------------------------------------------
 
 export async function run(args: string[]): Promise<void> {
@@ -665,7 +780,7 @@ export async function run(args: string[]): Promise<void> {
   const reps = rArg >= 0 ? Number(args[rArg + 1]) : quick ? 1 : 3;
   const sArg = args.indexOf('--sections');
   const sections = new Set(
-    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['failover', 'election', 'handoff', 'compute', 'stall'],
+    sArg >= 0 ? (args[sArg + 1] ?? '').split(',') : ['failover', 'election', 'handoff', 'compute', 'stall', 'restart'],
   );
   const stalls: Record<string, StallResult | { error: string }> = {};
   const cArg = args.indexOf('--cases');
@@ -674,6 +789,7 @@ export async function run(args: string[]): Promise<void> {
   let election: ElectionResult | { error: string } = { error: 'not run' };
   const handoff: Record<string, HandoffCase[]> = {};
   let compute: ComputeCase[] = [];
+  let restart: StormResult[] | { error: string } = [];
   const onSignal = (): void => {
     void killAllWorkers().finally(() => stopAllServers().finally(() => process.exit(130)));
   };
@@ -739,6 +855,14 @@ export async function run(args: string[]): Promise<void> {
         stalls[b] = { error: err instanceof Error ? err.message : String(err) };
       } finally {
         rmSync(dir, { recursive: true, force: true });
+      }
+    }
+    if (sections.has('restart')) {
+      log('store outage past the TTL (Redis paused)…');
+      try {
+        restart = await storms(quick ? 1 : reps);
+      } catch (err) {
+        restart = { error: err instanceof Error ? err.message : String(err) };
       }
     }
   } finally {
@@ -934,16 +1058,45 @@ export async function run(args: string[]): Promise<void> {
         'about TTL/2 after the answer; after: 0)',
     );
   }
+  if (sections.has('restart')) {
+    out.push('');
+    out.push(
+      `5. Store outage past the TTL (Redis paused ${2.5 * TTL_MS} ms: every session lost, data kept; ` +
+        `${STORM_WORKERS} worker processes, ${STORM_RESOURCES} resources, TTL ${TTL_MS} ms)`,
+    );
+    const st: string[][] = [
+      ['settings', 'runs', 'starts per resource (median)', 'ratio to ideal', 'max', 'stable after (median)', 'runs'],
+    ];
+    if ('error' in restart) st.push(['ERROR', restart.error.slice(0, 70), '', '', '', '', '']);
+    else
+      for (const x of restart)
+        st.push([
+          x.config,
+          String(x.runs.length),
+          String(x.medianMovesPerResource),
+          `${round(x.medianMovesPerResource / 1, 2)}×`,
+          String(Math.max(...x.runs.map((r) => r.maxMoves))),
+          `${x.medianStableMs} ms`,
+          x.runs.map((r) => `${r.movesPerResource}/${r.stableMs} ms`).join(', '),
+        ]);
+    out.push(table(st));
+    out.push(
+      'starts per resource: handler starts from the resume until stable (every resource runs, nothing started for ' +
+        '2 × TTL), over the resources; ideal 1.0 (every handler stopped during the outage starts once, somewhere); ' +
+        'stable after: from the resume to the last start',
+    );
+  }
   process.stdout.write(`${out.join('\n')}\n`);
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, stall: stalls, totalMs: Date.now() - started })}\n`,
+      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, stall: stalls, restart, totalMs: Date.now() - started })}\n`,
     );
   }
   const anyError =
     Object.values(failovers).some((r) => 'error' in r) ||
     (sections.has('election') && 'error' in election) ||
     Object.values(handoff).some((cs) => cs.some((x) => x.error !== undefined)) ||
-    Object.values(stalls).some((r) => 'error' in r);
+    Object.values(stalls).some((r) => 'error' in r) ||
+    'error' in restart;
   if (anyError) process.exitCode = 1;
 }

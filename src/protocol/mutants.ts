@@ -28,6 +28,8 @@ export const SLOTS_MUTANTS = {
     'a site releases a slot without checking that enough replicas elsewhere are ready (and the coordinator drops old replicas at once)',
   'slots-primary-without-lock': "a site takes a slot's primary role without comparing that the lock is free",
   'slots-no-self-fencing': 'a site whose lease ran out keeps acting as primary (isPrimary ignores the lease)',
+  'slots-release-unconfirmed':
+    'a release counts ready replicas that did not answer its probe (a site that crashed within a TTL still counts)',
   'slots-no-delayed-restart':
     'after the store lost its data, sessions (and so primary locks) are granted at once, while a paused primary may still act',
 } as const;

@@ -8,7 +8,8 @@ import type { MutantName, SlotsMutantName } from '../protocol/mutants.js';
 import { runGroupsSim } from './groups.js';
 import { runSlotsSim } from './slots.js';
 
-export type SimScenario = 'groups' | 'slots';
+/** `slots-crash-and-leave`: the slots simulator's one fixed scenario instead of random faults (runSlotsSim). */
+export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave';
 
 /** What every scenario reports per seed. */
 export interface SeedResult {
@@ -70,12 +71,13 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
   for (let i = 0; i < o.seeds; i++) {
     const seed = first + i;
     const r: SeedResult =
-      o.scenario === 'slots'
+      o.scenario !== 'groups'
         ? await runSlotsSim({
             seed,
             sites: o.nodes,
             slots: o.resources,
             mutant: o.mutant as SlotsMutantName | undefined,
+            crashAndLeave: o.scenario === 'slots-crash-and-leave',
           })
         : await runGroupsSim({
             seed,

@@ -14,7 +14,9 @@
  *  - releases: when a release commits, the other live sites whose ready bit
  *    the store holds for the slot are at least as many as the release
  *    required, or at least min(R, other established sites) — so a release
- *    that did not check (or whose check raced) is caught;
+ *    that did not check (or whose check raced) is caught; and no release
+ *    counts a site whose process had been killed before the release was asked
+ *    for (its keys live on until its session expires; issue 12 item 10);
  *  - liveness: after the faults stop, within a bound, every slot has exactly
  *    min(R, sites) ready replicas and one primary, and every site's routing
  *    table is the same.
@@ -45,11 +47,18 @@ export interface SlotsSimOptions {
   readonly replicas?: number | undefined;
   readonly mutant?: SlotsMutantName | undefined;
   readonly faultPhaseMs?: number | undefined;
+  /**
+   * Instead of random faults, one scenario (issue 12 item 10): once the cluster has settled, a site that is not the
+   * coordinator crashes and at once another one leaves gracefully, with quick migrations — so the leave's releases
+   * run while the crashed site's session (and its ready bits) still live.
+   */
+  readonly crashAndLeave?: boolean | undefined;
 }
 
 export interface SlotsViolation {
   readonly atMs: number;
-  readonly kind: 'double-primary' | 'stale-epoch' | 'release-below-r' | 'liveness' | 'invariant';
+  readonly kind:
+    'double-primary' | 'stale-epoch' | 'release-below-r' | 'release-counted-crashed' | 'liveness' | 'invariant';
   readonly detail: string;
 }
 
@@ -80,6 +89,8 @@ interface SimSite extends FaultyNode {
   starting: boolean;
   /** How long this site's application takes to migrate a slot in. */
   migrateMs: number;
+  /** When its process was last killed, until a new process registered (its old keys may live on for a TTL). */
+  killedAtMs: number | undefined;
 }
 
 export async function runSlotsSim(options: SlotsSimOptions): Promise<SlotsSimResult> {
@@ -92,6 +103,7 @@ class SlotsSim {
   readonly #slots: number;
   readonly #R: number;
   readonly #faultPhaseMs: number;
+  readonly #crashAndLeave: boolean;
   readonly #mutants: Mutants;
   readonly #rng: Random;
   readonly #faultRng: Random;
@@ -111,7 +123,8 @@ class SlotsSim {
     this.#siteCount = o.sites ?? 4;
     this.#slots = o.slots ?? 24;
     this.#R = o.replicas ?? 2;
-    this.#faultPhaseMs = o.faultPhaseMs ?? 30_000;
+    this.#crashAndLeave = o.crashAndLeave === true;
+    this.#faultPhaseMs = o.faultPhaseMs ?? (this.#crashAndLeave ? 10_000 : 30_000);
     this.#mutants = o.mutant === undefined ? NO_MUTANTS : new Set([o.mutant]);
     this.#rng = new Random(o.seed);
     this.#faultRng = this.#rng.fork();
@@ -125,7 +138,8 @@ class SlotsSim {
       this.#sites.push(s);
       this.#start(s);
     }
-    this.#scheduleFaults();
+    if (this.#crashAndLeave) this.#scheduleCrashAndLeave();
+    else this.#scheduleFaults();
     this.#scheduleWrites();
     if (!(await this.#world.runUntil(this.#faultPhaseMs, () => this.#check()))) return this.#result(undefined);
     this.#faultsOn = false;
@@ -170,6 +184,7 @@ class SlotsSim {
       site: undefined,
       starting: false,
       migrateMs: this.#rng.pick([5, 50, 300, 1500]),
+      killedAtMs: undefined,
     });
   }
 
@@ -210,6 +225,7 @@ class SlotsSim {
           return;
         }
         node.site = site;
+        node.killedAtMs = undefined;
         // Subscribed as soon as the member exists: its events are held until the next timer turn.
         this.#subscribe(node, site);
       },
@@ -241,7 +257,27 @@ class SlotsSim {
       for (const s of slots) {
         time.setTimeout(() => {
           // A refusal is a result; a store fault rejects: the next releasable announcement retries either way.
-          if (node.site === site) void site.release(s).catch(() => undefined);
+          if (node.site !== site) return;
+          // Sites whose process was dead when the release was asked for: it must not count them.
+          const dead = new Map(this.#sites.filter((n) => n.killedAtMs !== undefined).map((n) => [n.id, n]));
+          const askedAtMs = this.#world.now();
+          void site.release(s).then(
+            (r) => {
+              if (!r.released) return;
+              const counted = r.readyElsewhere.filter((x) => {
+                const n = dead.get(x);
+                return n?.killedAtMs !== undefined && n.killedAtMs <= askedAtMs;
+              });
+              if (counted.length > 0) {
+                this.#violations.push({
+                  atMs: this.#world.now(),
+                  kind: 'release-counted-crashed',
+                  detail: `${node.id} released slot ${s} counting ${counted.join(', ')} as ready, crashed before the release was asked for`,
+                });
+              }
+            },
+            () => undefined,
+          );
         }, 1);
       }
     });
@@ -277,6 +313,7 @@ class SlotsSim {
   }
 
   #kill(node: SimSite): void {
+    if (node.up) node.killedAtMs = this.#world.now();
     node.up = false;
     node.clock.kill();
     node.store?.crash();
@@ -424,22 +461,52 @@ class SlotsSim {
             node.migrateMs = rng.pick([5, 50, 300, 1500, 4000]);
             return;
           case 'leave': {
-            const site = node.site;
-            if (site === undefined || upCount <= 1 || node.paused) return;
-            this.#count('leave');
-            void site.leave().finally(() => {
-              if (node.site === site) node.site = undefined;
-              // It comes back after a while — at once if the faults have stopped meanwhile (the heal phase
-              // brings every site back).
-              this.#world.at(this.#world.now() + (this.#faultsOn ? dur : 0), () => {
-                if (node.up && node.site === undefined && !node.starting) this.#restart(node);
-              });
-            });
+            if (upCount <= 1) return;
+            if (this.#leave(node, dur)) this.#count('leave');
             return;
           }
         }
       },
     });
+  }
+
+  #scheduleCrashAndLeave(): void {
+    const tryAt = (t: number): void =>
+      this.#world.at(t, () => {
+        const running = this.#sites.filter((n) => n.up && n.site !== undefined);
+        // Neither is the coordinator: a crashed coordinator (or one whose next in line is the crashed site) plans
+        // nothing until the session expires, and then the crashed site no longer counts anyway.
+        const others = running.filter((n) => n.site?.isCoordinator !== true);
+        if (running.length < this.#sites.length || others.length < 2 || !this.#settled()) {
+          tryAt(t + 100);
+          return;
+        }
+        const crashed = others[this.#seed % others.length]!;
+        const leaver = others[(this.#seed + 1) % others.length]!;
+        this.#count('crash-and-leave');
+        if (process.env['REBALANCER_SIM_TRACE'] !== undefined) {
+          process.stderr.write(`${this.#world.now().toFixed(0)} crash ${crashed.id}, leave ${leaver.id}\n`);
+        }
+        for (const n of running) n.migrateMs = 5;
+        this.#kill(crashed);
+        this.#leave(leaver, 0);
+      });
+    tryAt(1000);
+  }
+
+  /** A graceful leave; the site comes back after `dur` (at once once the faults have stopped). */
+  #leave(node: SimSite, dur: number): boolean {
+    const site = node.site;
+    if (site === undefined || node.paused) return false;
+    void site.leave().finally(() => {
+      if (node.site === site) node.site = undefined;
+      // It comes back after a while — at once if the faults have stopped meanwhile (the heal phase
+      // brings every site back).
+      this.#world.at(this.#world.now() + (this.#faultsOn ? dur : 0), () => {
+        if (node.up && node.site === undefined && !node.starting) this.#restart(node);
+      });
+    });
+    return true;
   }
 
   // ---- liveness ------------------------------------------------------------------

@@ -9,7 +9,13 @@
  * methods).
  */
 import { randomUUID } from 'node:crypto';
-import { ClockRateError, ClosedError, InvalidArgumentError, SessionExpiredError } from '../errors.js';
+import {
+  ClockRateError,
+  ClosedError,
+  InvalidArgumentError,
+  SessionExpiredError,
+  type StoreDataLostError,
+} from '../errors.js';
 import { ClockRateEstimator, type ServerClockSample } from './clock-rate.js';
 import type {
   Clock,
@@ -61,6 +67,8 @@ export abstract class StoreBase<D = undefined> implements Store {
   readonly maxSessionTtlMs: number;
   readonly #settings: StoreSettings;
   #incarnation: Incarnation | undefined;
+  /** A data loss found while no session was left to end with it: the next openSession() throws it (once). */
+  #unheardLoss: StoreDataLostError | undefined;
   #checkTimer: TimerHandle | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -176,8 +184,19 @@ export abstract class StoreBase<D = undefined> implements Store {
    * revision that went backwards, a replaced file): every session ends at once with a StoreDataLostError, and
    * the next one waits out the delayed restart.
    */
-  protected dataLost(detail: string): void {
-    this.sessions.expireAll(this.incarnation.lost(detail));
+  protected dataLost(detail: string): StoreDataLostError {
+    const lost = this.incarnation.lost(detail);
+    this.#endAll(lost);
+    return lost;
+  }
+
+  /**
+   * End every session with the loss. When none is left to hear it (a keep-alive had just found them gone and ended
+   * them as plainly expired), the next openSession() says it instead: whoever held them must learn why.
+   */
+  #endAll(lost: StoreDataLostError): void {
+    if (this.sessions.size === 0) this.#unheardLoss = lost;
+    this.sessions.expireAll(lost);
   }
 
   /** True once close() has begun: public calls fail with ClosedError from then on. */
@@ -208,7 +227,16 @@ export abstract class StoreBase<D = undefined> implements Store {
     this.assertOpen();
     // A server that restarted (or was replaced) since this client last looked may have lost recent writes.
     const changed = await this.serverChanged();
-    if (changed !== undefined) this.dataLost(changed);
+    // Said to the caller too, as admit() does: its sessions may have ended already for another reason (a keep-alive
+    // that found them gone before the periodic check ran) and it must hear why; the next call waits out the
+    // delayed restart.
+    if (changed !== undefined) {
+      this.#unheardLoss = undefined;
+      throw this.dataLost(changed);
+    }
+    const unheard = this.#unheardLoss;
+    this.#unheardLoss = undefined;
+    if (unheard !== undefined) throw unheard;
     // No session in data that is new while a lease from before may still run elsewhere (StoreRecoveringError).
     await this.incarnation.admit((lost) => this.sessions.expireAll(lost));
     // None while this host's clock runs too fast or too slow (ClockRateError).
@@ -247,7 +275,7 @@ export abstract class StoreBase<D = undefined> implements Store {
         if (this.#closed || this.sessions.size === 0) return;
         Promise.all([this.incarnation.check(), this.serverChanged()]).then(
           ([lost, changed]) => {
-            if (lost !== undefined) this.sessions.expireAll(lost);
+            if (lost !== undefined) this.#endAll(lost);
             else if (changed !== undefined) this.dataLost(changed);
             this.#scheduleCheck();
           },

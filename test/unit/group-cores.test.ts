@@ -321,13 +321,84 @@ describe('coordinator core', () => {
     expect(after.changes).toEqual([{ remove: { nodeId: 'b', name: 'q2' }, add: { nodeId: 'a', name: 'q2' } }]);
   });
 
-  it('debounces: waits until membership has been stable', () => {
+  it('debounces balance: running resources move only once membership has been stable', () => {
     const cfg = { ...config, rebalanceDebounceMs: 500 };
     const mem = newCoordinatorMemory();
-    const v = cview({ members: new Map([['a', member('a')]]), resources: ['q1'], state: state(1) });
+    const members = new Map([
+      ['a', member('a')],
+      ['b', member('b')],
+    ]);
+    const v = cview({
+      members,
+      resources: ['q1', 'q2'],
+      grants: new Map([
+        ['q1', ['a']],
+        ['q2', ['a']],
+      ]),
+      state: state(1),
+    });
     const d = decideCoordinator(v, cfg, mem, 100, self);
     expect(d.changes).toEqual([]);
     expect(d.wakeAtMs).toBe(600);
-    expect(decideCoordinator(v, cfg, d.memory, 600, self).changes).toEqual([{ add: { nodeId: 'a', name: 'q1' } }]);
+    expect(decideCoordinator(v, cfg, d.memory, 600, self).moves).toBe(1);
+  });
+
+  it('work nobody runs does not wait for the debounce: new resources, a failed node', () => {
+    const cfg = { ...config, rebalanceDebounceMs: 500 };
+    const fresh = cview({ members: new Map([['a', member('a')]]), resources: ['q1'], state: state(1) });
+    expect(decideCoordinator(fresh, cfg, newCoordinatorMemory(), 100, self).changes).toEqual([
+      { add: { nodeId: 'a', name: 'q1' } },
+    ]);
+    // b failed: its grant is on a node that is no member; the coordinator joined long ago.
+    const failed = cview({
+      members: new Map([['a', member('a')]]),
+      resources: ['q1', 'q2'],
+      grants: new Map([
+        ['q1', ['a']],
+        ['q2', ['b']],
+      ]),
+      state: state(1),
+    });
+    const d = decideCoordinator(failed, { ...cfg, rejoinGracePeriodMs: 2000 }, newCoordinatorMemory(), 100, {
+      ...self,
+      rejoinedAtMs: -5000,
+    });
+    expect(d.changes).toEqual([{ remove: { nodeId: 'b', name: 'q2' }, add: { nodeId: 'a', name: 'q2' } }]);
+    // A coordinator on its first join (a process that just started) does not wait either.
+    const first = decideCoordinator(failed, { ...cfg, rejoinGracePeriodMs: 2000 }, newCoordinatorMemory(), 100, self);
+    expect(first.changes).toEqual(d.changes);
+  });
+
+  it('a coordinator that has just rejoined waits for the nodes that hold grants, until they are back or the grace period ends', () => {
+    const cfg = { ...config, rebalanceDebounceMs: 500, rejoinGracePeriodMs: 2000 };
+    const young = { ...self, rejoinedAtMs: 1000 };
+    const grants = new Map([
+      ['q1', ['a']],
+      ['q2', ['b']],
+      ['q3', ['c']],
+    ]);
+    const resources = ['q1', 'q2', 'q3'];
+    const alone = cview({ members: new Map([['a', member('a')]]), resources, grants, state: state(1) });
+    const d1 = decideCoordinator(alone, cfg, newCoordinatorMemory(), 1100, young);
+    expect(d1.changes).toEqual([]);
+    expect(d1.wakeAtMs).toBe(3000);
+    // b and c are back (they take their own resources again): nothing to move.
+    const back = cview({
+      members: new Map(['a', 'b', 'c'].map((id) => [id, member(id)])),
+      resources,
+      grants,
+      state: state(1),
+    });
+    expect(decideCoordinator(back, cfg, d1.memory, 1500, young).changes).toEqual([]);
+    // c never comes back: its resource moves when the delay ends, not before.
+    const twoBack = cview({
+      members: new Map(['a', 'b'].map((id) => [id, member(id)])),
+      resources,
+      grants,
+      state: state(1),
+    });
+    const d2 = decideCoordinator(twoBack, cfg, d1.memory, 2999, young);
+    expect(d2.changes).toEqual([]);
+    expect(decideCoordinator(twoBack, cfg, d2.memory, 3000, young).moves).toBe(1);
   });
 });

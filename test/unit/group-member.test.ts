@@ -4,6 +4,7 @@
  * covers only statistically.
  */
 import { describe, expect, it } from 'vitest';
+import { MemoryServer } from '../../src/backends/memory/server.js';
 import { MemoryStore } from '../../src/backends/memory/store.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
@@ -107,5 +108,79 @@ describe('group member runtime', () => {
     expect(contexts[1]!.fencingToken).toBeGreaterThan(contexts[0]!.fencingToken);
     await drive(clock, member.leave());
     await drive(clock, store.close());
+  });
+});
+
+describe('rebalance storms', () => {
+  /**
+   * Every session is lost at once (the store unreachable past the TTL, like a store restart), then the members
+   * come back one by one. The first one back becomes coordinator; if it gave the others' resources away at once,
+   * each rejoin would move them again. With the rejoin grace period each resource starts once: on its owner.
+   */
+  async function storm(extra: Record<string, unknown>): Promise<Map<string, number>> {
+    const clock = new VirtualClock(1_000);
+    const server = new MemoryServer({ clock });
+    const resources = Array.from({ length: 20 }, (_, i) => `r${i}`);
+    const admin = new MemoryStore({ clock, server });
+    await drive(clock, new GroupAdmin(admin, 'g').add(resources));
+    const running = new Map<string, string>();
+    let starts = new Map<string, number>();
+    const stores: MemoryStore[] = [];
+    const members: GroupMember[] = [];
+    for (let i = 0; i < 5; i++) {
+      const store = new MemoryStore({ clock, server });
+      stores.push(store);
+      const id = `n${i}`;
+      members.push(
+        await drive(
+          clock,
+          joinGroup({
+            store,
+            group: 'g',
+            node: { id },
+            sessionTtlMs: 2_000,
+            reconcileIntervalMs: 100,
+            clock,
+            ...extra,
+            handler: async (c) => {
+              running.set(c.resource, id);
+              starts.set(c.resource, (starts.get(c.resource) ?? 0) + 1);
+              await new Promise<void>((resolve) => c.signal.addEventListener('abort', () => resolve()));
+              if (running.get(c.resource) === id) running.delete(c.resource);
+            },
+          }),
+        ),
+      );
+    }
+    const balanced = (): boolean => {
+      if (running.size !== resources.length) return false;
+      const counts = new Map<string, number>();
+      for (const n of running.values()) counts.set(n, (counts.get(n) ?? 0) + 1);
+      return counts.size === 5 && [...counts.values()].every((c) => c === 4);
+    };
+    await until(clock, balanced, 20_000);
+    // The store is gone for twice the TTL: every session expires on the server, every handler stops.
+    for (const s of stores) s.faults = { request: () => ({ fail: 'before' }) };
+    await clock.runFor(4_000);
+    expect(running.size).toBe(0);
+    starts = new Map();
+    // The members find it again one by one, 150 ms apart (their keep-alives are not in step).
+    for (const i of [3, 0, 4, 1, 2]) {
+      stores[i]!.faults = {};
+      await clock.runFor(150);
+    }
+    await until(clock, balanced, 20_000);
+    await clock.runFor(3_000); // nothing more moves afterwards
+    expect(balanced()).toBe(true);
+    const result = new Map(starts);
+    for (const m of members) await drive(clock, m.leave());
+    for (const s of [...stores, admin]) await drive(clock, s.close());
+    return result;
+  }
+
+  it('after every session was lost, members that come back one by one move each resource once', async () => {
+    const starts = await storm({});
+    expect([...starts.keys()].sort()).toEqual(Array.from({ length: 20 }, (_, i) => `r${i}`).sort());
+    expect(Math.max(...starts.values())).toBe(1);
   });
 });

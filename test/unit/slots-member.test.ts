@@ -318,6 +318,34 @@ describe('slots member runtime (memory store, virtual time)', () => {
     for (const x of h.sites.values()) await drive(clock, x.site.leave());
   }, 60_000);
 
+  it('a graceful leave within a TTL of an undetected crash does not count the crashed node as a ready replica', async () => {
+    const clock = new VirtualClock(1_000);
+    const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };
+    const reached: number[] = [];
+    for (const id of ['a', 'b', 'c']) await addSite(h, id);
+    await untilConverged(h, reached);
+    // The coordinator stays; of the two others, one crashes and the other leaves.
+    const [coordinator, crashed, leaver] = [...h.sites.keys()].sort(
+      (x, y) => Number(h.sites.get(y)!.site.isCoordinator) - Number(h.sites.get(x)!.site.isCoordinator),
+    ) as [string, string, string];
+    const a = h.sites.get(leaver)!.site;
+    const counted: string[][] = [];
+    a.on('released', ({ readyElsewhere }) => counted.push([...readyElsewhere]));
+    // The crash: the process is gone, its session (and so its sites/ and ready/ keys) lives on for up to a TTL.
+    h.sites.get(crashed)!.store.faults = { request: () => ({ fail: 'before' }) };
+    h.sites.delete(crashed);
+    const crashedAtMs = clock.now();
+    // The leave starts at once: its slots move to the two others (the crashed one still counts as live).
+    await drive(clock, a.leave());
+    expect(counted.length).toBeGreaterThan(0);
+    // No release counted the crashed node: it could not answer the probe. The leave waited for its session to end
+    // instead (then the coordinator's node alone was enough).
+    expect(counted.filter((c) => c.includes(crashed))).toEqual([]);
+    expect(clock.now() - crashedAtMs).toBeGreaterThan(1000);
+    expect(h.violations).toEqual([]);
+    await drive(clock, h.sites.get(coordinator)!.site.leave());
+  });
+
   it('a release that would drop below R is refused', async () => {
     const clock = new VirtualClock(1_000);
     const h: Harness = { clock, server: new MemoryServer({ clock }), sites: new Map(), violations: [], planned: true };

@@ -127,6 +127,7 @@ function view(m: Model, prev: FullView | undefined, bump: Set<string>): FullView
     generation: 1,
     ready: new Map([...m.ready].map(([id, bits]) => [id, bits.slice()])),
     readyKvs,
+    probes: [],
     holders: [...m.holders],
     holderSites: m.holders.map((h) => h?.site),
     heldKvs,

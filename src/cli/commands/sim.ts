@@ -8,7 +8,7 @@ import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
 import { choiceFlag, integerFlag, parseChoice } from '../input.js';
 
-const SCENARIOS: readonly SimScenario[] = ['groups', 'slots'];
+const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave'];
 
 interface SimFlags {
   scenario: SimScenario;
@@ -59,7 +59,7 @@ export function register(program: Command): void {
         else {
           process.stdout.write('--scenario groups:\n');
           for (const [name, what] of Object.entries(MUTANTS)) process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
-          process.stdout.write('--scenario slots:\n');
+          process.stdout.write('--scenario slots, slots-crash-and-leave:\n');
           for (const [name, what] of Object.entries(SLOTS_MUTANTS))
             process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
         }
@@ -67,14 +67,14 @@ export function register(program: Command): void {
       }
       const { scenario, protocol, strategy, seeds, seed } = o;
       // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
-      const mutantNames = Object.keys(scenario === 'slots' ? SLOTS_MUTANTS : MUTANTS) as (
+      const mutantNames = Object.keys(scenario === 'groups' ? MUTANTS : SLOTS_MUTANTS) as (
         MutantName | SlotsMutantName
       )[];
       const mutant = o.mutant === undefined ? undefined : parseChoice('--mutant', o.mutant, mutantNames);
       // --sites and --slots are the slots scenario's names for --nodes and --resources.
       const nodes = o.nodes ?? o.sites;
       const resources = o.resources ?? o.slots;
-      if (scenario === 'slots' && resources === 0) {
+      if (scenario !== 'groups' && resources === 0) {
         throw new InvalidArgumentError('--resources is the slot count with --scenario slots: from 1 to 5000, got "0"');
       }
       const { runSimulation } = await import('../../sim/run.js');

@@ -49,8 +49,19 @@ export interface CoordinatorConfig {
   readonly gracePeriodMs: number;
   /** Global barrier: how long to wait for everyone to stop before proceeding anyway. */
   readonly drainTimeoutMs: number;
-  /** Wait until membership and resources have been stable this long before rebalancing. */
+  /**
+   * Wait until membership and resources have been stable this long before moving running resources (balance).
+   * Resources that nobody live holds a grant for (a node failed, a resource was added) never wait for it.
+   */
   readonly rebalanceDebounceMs: number;
+  /**
+   * A coordinator that rejoined less than this long ago after losing its session (every session lost at once: a
+   * store restart or outage past the TTL) leaves the grants of nodes that are not members (yet) where they are,
+   * until they are all back or this long after its rejoin has passed: the nodes that held them lost their sessions
+   * too and take their own resources again when they rejoin, so nothing moves twice (docs/groups.md, "Rebalance
+   * storms"). 0: off. Optional: absent = 0.
+   */
+  readonly rejoinGracePeriodMs?: number | undefined;
   /** Never start two rebalances closer together than this. */
   readonly minRebalanceIntervalMs: number;
 }
@@ -121,12 +132,23 @@ export interface CoordinatorDecision {
   readonly memory: CoordinatorMemory;
 }
 
+/** Who decides: the coordinator's node, its fencing token and when it (re)joined with its current session. */
+export interface CoordinatorSelf {
+  readonly nodeId: string;
+  readonly token: number;
+  /**
+   * When this node registered again after losing its session (its clock); undefined after a first join, which
+   * never waits (a crash soon after a process started must fail over as fast as any other).
+   */
+  readonly rejoinedAtMs?: number | undefined;
+}
+
 export function decideCoordinator(
   view: CoordinatorView,
   config: CoordinatorConfig,
   previous: CoordinatorMemory,
   nowMs: number,
-  self: { readonly nodeId: string; readonly token: number },
+  self: CoordinatorSelf,
 ): CoordinatorDecision {
   const memory: WorkingMemory = { ...previous, departed: new Map(previous.departed) };
   if (view.unreadable !== undefined && view.unreadable.length > 0) {
@@ -152,7 +174,7 @@ function decide(
   config: CoordinatorConfig,
   memory: WorkingMemory,
   nowMs: number,
-  self: { readonly nodeId: string; readonly token: number },
+  self: CoordinatorSelf,
 ): Omit<CoordinatorDecision, 'memory'> {
   trackDepartures(view, config, memory, nowMs);
   const nodes = effectiveNodes(view, config, memory, nowMs);
@@ -195,11 +217,21 @@ function decide(
     view.state === undefined || view.state.token !== self.token || view.state.protocol !== config.protocol;
   const grace = nextGraceExpiry(memory, config, nowMs);
 
-  // Debounce and rate limit: hold back changes, but say when to look again.
-  const readyAt = Math.max(
-    memory.changedAtMs + config.rebalanceDebounceMs,
-    memory.lastRebalanceAtMs + config.minRebalanceIntervalMs,
-  );
+  // Debounce and rate limit: hold back changes, but say when to look again. Work nobody runs (a failed node's,
+  // a new resource) does not wait for the debounce — only balance does — except just after this coordinator
+  // rejoined, while nodes that hold grants are not back yet: a storm after a store restart (see CoordinatorConfig).
+  // (Computed only when there is something to change: it looks at every resource.)
+  const readyAt = (): number => {
+    const { orphans, awaited } = orphanedWork(view, nodes);
+    const delayUntil = (self.rejoinedAtMs ?? Number.NEGATIVE_INFINITY) + (config.rejoinGracePeriodMs ?? 0);
+    const hold =
+      awaited && nowMs < delayUntil
+        ? delayUntil
+        : orphans
+          ? Number.NEGATIVE_INFINITY
+          : memory.changedAtMs + config.rebalanceDebounceMs;
+    return Math.max(hold, memory.lastRebalanceAtMs + config.minRebalanceIntervalMs);
+  };
   const held = (r: string, n: string): boolean => view.held.get(r) === n;
   const settledTarget = changes.length === 0 && [...target].every(([r, n]) => held(r, n));
 
@@ -215,11 +247,12 @@ function decide(
         moves: 0,
       };
     }
-    if (nowMs < readyAt) {
+    const at = readyAt();
+    if (nowMs < at) {
       return {
         changes: [],
         state: needsClaim ? stateNow(view.state?.phase ?? 'running', generation) : undefined,
-        wakeAtMs: min(readyAt, grace),
+        wakeAtMs: min(at, grace),
         target,
         settled: false,
         moves: 0,
@@ -272,6 +305,25 @@ function decide(
     moves,
     waitingFor: timedOut && !drained ? { acks: missingAcks, held: stillHeld } : undefined,
   };
+}
+
+/**
+ * Whether some registered resource has no grant on a live node (`orphans`: nobody will run it without a new grant),
+ * and whether some of those are granted to a node that is not a member (`awaited`: that node may be coming back).
+ */
+function orphanedWork(
+  view: CoordinatorView,
+  nodes: readonly PlacementNode[],
+): { readonly orphans: boolean; readonly awaited: boolean } {
+  const live = new Set(nodes.map((n) => n.id));
+  let orphans = false;
+  for (const r of view.resources) {
+    const owners = view.grants.get(r) ?? [];
+    if (owners.some((n) => live.has(n))) continue;
+    orphans = true;
+    if (owners.length > 0) return { orphans, awaited: true };
+  }
+  return { orphans, awaited: false };
 }
 
 function trackDepartures(view: CoordinatorView, config: CoordinatorConfig, memory: WorkingMemory, nowMs: number): void {

@@ -14,6 +14,7 @@ import {
   encodeHeld,
   encodePlanChunk,
   encodePrimary,
+  encodeProbe,
   encodeReady,
   PLAN_CHUNK_SLOTS,
   type ReadyBits,
@@ -72,6 +73,26 @@ export async function writeReady(
     compare: [],
     then: [{ op: 'put', key: keys.readyOf(siteId), value: encodeReady(bits), session }],
   });
+}
+
+/**
+ * A release's liveness probe: ask the replicas it would count to answer (each rewrites its ready key). Returns the
+ * probe's revision: only ready keys written after it count for the release (SiteView.confirmed).
+ */
+export async function writeProbe(
+  store: Store,
+  keys: SlotKeys,
+  siteId: string,
+  ask: readonly string[],
+  session: Session,
+): Promise<number> {
+  const r = await store.txn({
+    compare: [],
+    then: [
+      { op: 'put', key: keys.probeOf(siteId), value: encodeProbe({ site: siteId, ask: [...ask].sort() }), session },
+    ],
+  });
+  return r.revision;
 }
 
 /**

@@ -52,6 +52,13 @@ export class SlotKeys {
    * after the release's check was read makes the release read again (Quint finding S2).
    */
   readonly joins: string;
+  /**
+   * Written by a site about to release: `ask` names the replicas its release would count. Each of them answers by
+   * rewriting its ready key (so that key's mod revision passes the probe's), which only a running site does; the
+   * release then counts only the replicas that answered — not a site that crashed and whose session has not expired
+   * yet (issue 12 item 10).
+   */
+  readonly probes: string;
 
   constructor(cluster: string) {
     validateName(cluster, 'cluster name');
@@ -64,10 +71,15 @@ export class SlotKeys {
     this.primaries = `${this.root}primary/`;
     this.held = `${this.root}held/`;
     this.joins = `${this.root}joins`;
+    this.probes = `${this.root}probe/`;
   }
 
   site(id: string): string {
     return this.sites + validateNodeId(id);
+  }
+  /** One probe key per releasing site: concurrent releases do not overwrite each other's questions. */
+  probeOf(id: string): string {
+    return this.probes + id;
   }
   readyOf(id: string): string {
     return this.ready + id;
@@ -310,6 +322,25 @@ export function readyCount(bits: ReadyBits): number {
     }
   }
   return n;
+}
+
+/** A release's liveness probe (see SlotKeys.probes). */
+export interface ProbeRecord {
+  readonly site: string;
+  readonly ask: readonly string[];
+}
+
+export function encodeProbe(r: ProbeRecord): string {
+  return JSON.stringify({ v: SLOTS_PROTOCOL_VERSION, site: r.site, ask: r.ask });
+}
+
+export function decodeProbe(key: string, value: string): ProbeRecord {
+  const rec = parse(key, value);
+  const ask = rec['ask'];
+  if (!Array.isArray(ask) || ask.some((x) => typeof x !== 'string')) {
+    throw new CorruptDataError(`${key}: ask must be a list of node ids`, { key });
+  }
+  return { site: str(key, rec, 'site'), ask: ask as string[] };
 }
 
 export function encodeReady(bits: ReadyBits): string {

@@ -32,6 +32,14 @@ export interface SiteView {
   readonly failed: ReadonlySet<number>;
   /** The lease cannot be trusted (self-fenced): take no new primary role. */
   readonly fenced: boolean;
+  /**
+   * A release's liveness check (SlotKeys.probe): count only the replicas whose ready key was rewritten after the
+   * release's probe (`readyRevisions[site] > afterRevision`), so a site that crashed and whose session has not
+   * expired yet is not counted. Undefined: every ready bit counts (deciding what to announce; the release itself
+   * always checks with it).
+   */
+  readonly confirmed?:
+    { readonly afterRevision: number; readonly readyRevisions: ReadonlyMap<string, number> } | undefined;
 }
 
 export interface SiteDecision {
@@ -55,12 +63,19 @@ export interface SiteDecision {
  * are at most R sites). Only assigned sites count, so that two old replicas that are both leaving cannot each
  * count the other.
  */
-export function readyElsewhere(view: SiteView, slot: number): { ready: number; needed: number } {
-  let ready = 0;
+export function readyElsewhere(
+  view: SiteView,
+  slot: number,
+  mutants: Mutants = NO_MUTANTS,
+): { ready: number; needed: number; counted: string[] } {
+  const counted: string[] = [];
+  const c = mutants.has('slots-release-unconfirmed') ? undefined : view.confirmed;
   for (const x of view.plan[slot]?.assigned ?? []) {
-    if (x !== view.siteId && hasReady(view.ready.get(x), slot)) ready++;
+    if (x === view.siteId || !hasReady(view.ready.get(x), slot)) continue;
+    if (c !== undefined && !((c.readyRevisions.get(x) ?? 0) > c.afterRevision)) continue;
+    counted.push(x);
   }
-  return { ready, needed: Math.min(view.replicas, view.liveSites.size) };
+  return { ready: counted.length, needed: Math.min(view.replicas, view.liveSites.size), counted };
 }
 
 /** Why a release is refused (see checkRelease). */
@@ -78,16 +93,13 @@ export interface ReleaseCheck {
 /**
  * The release rule, the most safety-critical check of the slots protocol, in one place: may this site drop its
  * ready copy of `slot`? Only when the plan no longer assigns the slot here and at least min(R, live sites) other
- * assigned sites are ready (see readyElsewhere), or when this copy was reported failed (it is worthless). Used by
+ * assigned sites are ready (see readyElsewhere) — and, for the release itself, have answered its probe (`confirmed`:
+ * a crashed site whose session lives on is not counted) — or when this copy was reported failed (it is worthless). Used by
  * the decisions (which slots to announce releasable) and by the release itself, which re-reads the cluster and
  * commits only while the counted sites' ready keys are unchanged.
  */
 export function checkRelease(view: SiteView, slot: number, mutants: Mutants = NO_MUTANTS): ReleaseCheck {
-  const counted: string[] = [];
-  for (const x of view.plan[slot]?.assigned ?? []) {
-    if (x !== view.siteId && hasReady(view.ready.get(x), slot)) counted.push(x);
-  }
-  const { ready, needed } = readyElsewhere(view, slot);
+  const { ready, needed, counted } = readyElsewhere(view, slot, mutants);
   if (view.failed.has(slot)) return { allowed: true, refusal: undefined, counted: [], ready, needed };
   if (mutants.has('slots-release-without-check')) return { allowed: true, refusal: undefined, counted, ready, needed };
   const refusal: ReleaseRefusal | undefined = view.plan[slot]?.assigned.includes(view.siteId)

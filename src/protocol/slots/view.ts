@@ -15,6 +15,7 @@ import {
   decodeConfig,
   decodeHeld,
   decodePlanChunk,
+  decodeProbe,
   decodeReady,
   decodeSite,
   PLAN_CHUNK_SLOTS,
@@ -55,6 +56,8 @@ export interface SlotsView {
   readonly heldKvs: Map<string, KeyValue>;
   /** Mod revision of the joins key (0 when absent). */
   readonly joinsRevision: number;
+  /** The release probes (see SlotKeys.probes), one per releasing site: its mod revision and whom it asks. */
+  readonly probes: readonly { readonly revision: number; readonly ask: ReadonlySet<string> }[];
   readonly revision: number;
   /**
    * Plan chunks present but unreadable (reported as CorruptDataError): the coordinator writes no plan while any is
@@ -160,6 +163,7 @@ export class SlotsReader {
         { op: 'range', prefix: k.plan },
         { op: 'range', prefix: k.ready },
         { op: 'range', prefix: k.held },
+        { op: 'range', prefix: k.probes },
       ],
     });
     const res = r.results;
@@ -274,6 +278,11 @@ export class SlotsReader {
       holderSites = ss;
     }
     const joinsKv = res[1]?.op === 'get' ? res[1].kv : undefined;
+    const probes: { revision: number; ask: ReadonlySet<string> }[] = [];
+    for (const kv of res[6]?.op === 'range' ? res[6].kvs : []) {
+      const rec = cached(kv, () => decodeProbe(kv.key, kv.value));
+      if (rec !== undefined) probes.push({ revision: kv.modRevision, ask: new Set(rec.ask) });
+    }
     const view: SlotsView = {
       config,
       sites,
@@ -286,6 +295,7 @@ export class SlotsReader {
       holderSites,
       heldKvs,
       joinsRevision: joinsKv?.modRevision ?? 0,
+      probes,
       revision: r.revision,
       unreadable,
     };

@@ -40,6 +40,7 @@ export class GroupCoordinator {
   readonly #leadership: Leadership;
   readonly #mutants: Mutants;
   readonly #ownsNow: () => boolean;
+  readonly #rejoinedAtMs: number | undefined;
   /** The guard failed: this node no longer leads. */
   readonly #onDeposed: () => void;
   readonly #events: CoordinatorEvents;
@@ -61,9 +62,12 @@ export class GroupCoordinator {
     leadership: Leadership;
     mutants: Mutants;
     ownsNow: () => boolean;
+    /** When this node registered again after losing its session (undefined: its first join). */
+    rejoinedAtMs: number | undefined;
     onDeposed: () => void;
     events: CoordinatorEvents;
   }) {
+    this.#rejoinedAtMs = args.rejoinedAtMs;
     this.#o = args.options;
     this.#store = args.options.store;
     this.#keys = args.keys;
@@ -138,11 +142,12 @@ export class GroupCoordinator {
           gracePeriodMs: this.#o.gracePeriodMs,
           drainTimeoutMs: this.#o.drainTimeoutMs,
           rebalanceDebounceMs: this.#o.rebalanceDebounceMs,
+          rejoinGracePeriodMs: this.#o.rejoinGracePeriodMs,
           minRebalanceIntervalMs: this.#o.minRebalanceIntervalMs,
         },
         this.#memory,
         now,
-        { nodeId: this.#o.node.id, token: this.#leadership.token },
+        { nodeId: this.#o.node.id, token: this.#leadership.token, rejoinedAtMs: this.#rejoinedAtMs },
       );
     } catch (error) {
       this.#events.error(error, 'coordinator: placement');

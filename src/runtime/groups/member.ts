@@ -69,6 +69,9 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #coordinator: GroupCoordinator | undefined;
   /** Unreadable keys seen by the member's rounds, each reported once while it stays unreadable. */
   readonly #corruption = new CorruptionReports((error) => this.reportError(error, 'reading member view'));
+  /** When this node registered again after losing its session (the injected clock); undefined after its first join. */
+  #rejoinedAtMs: number | undefined;
+  #joinedBefore = false;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -129,6 +132,10 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       },
       {
         joined: async (session) => {
+          // A coordinator that has just rejoined after losing its session waits a little for the nodes that held
+          // grants (they lost theirs too: a store restart). A first join never waits.
+          this.#rejoinedAtMs = this.#joinedBefore ? options.clock.now() : undefined;
+          this.#joinedBefore = true;
           // Only what concerns this node: its grants and the group state. Locks (`held/`) change with every handoff
           // in the group, so that watch is opened only while we wait for one (#watchLocksWhileWaiting).
           await this.#memberWatches.set([this.#keys.grantsOf(this.nodeId), this.#keys.state]);
@@ -161,6 +168,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
             leadership,
             mutants: this.#mutants,
             ownsNow: () => this.#membership.ownsNow(),
+            rejoinedAtMs: this.#rejoinedAtMs,
             onDeposed: () => this.#membership.leadershipLost(leadership),
             events: {
               rebalanceStarted: (generation, moves, protocol) =>

@@ -10,6 +10,9 @@ import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import { validateName } from '../../protocol/names.js';
 import { readMember, type MemberOptions, type ResolvedMemberOptions } from '../common-options.js';
 
+/** Joins that arrive within this long of each other cause one rebalance (docs/groups.md, "Rebalance storms"). */
+export const DEFAULT_REBALANCE_DEBOUNCE_MS = 500;
+
 /** What a handler gets for one assigned resource. */
 export interface ResourceContext {
   readonly group: string;
@@ -56,8 +59,20 @@ export interface JoinGroupOptions extends MemberOptions {
   readonly leaveTimeoutMs?: number | undefined;
   /** What to do when a handler is stuck: keep its lock and keep reporting (`wait`, default) or end the process (`exit`). */
   readonly onStuckHandler?: 'wait' | 'exit' | undefined;
-  /** Rebalance only after membership/resources have been stable this long (default 0). */
+  /**
+   * Move running resources (to balance, e.g. onto a node that joined) only after membership and resources have
+   * been stable this long (default 500 ms), so that nodes joining together cause one rebalance. Resources nobody
+   * runs (a failed node's, new ones) never wait for it.
+   */
   readonly rebalanceDebounceMs?: number | undefined;
+  /**
+   * When every session is lost at once (a store restart or outage past the TTL), the members rejoin one by one. A
+   * coordinator that rejoined less than this long ago does not give away the resources of nodes that are not back
+   * yet: they take their own resources again when they rejoin, so nothing moves twice. It stops waiting as soon as
+   * they are all back, and at the latest this long after its rejoin (default: sessionTtlMs). A first join never
+   * waits. 0 turns it off. See docs/groups.md.
+   */
+  readonly rejoinGracePeriodMs?: number | undefined;
   /** At most one rebalance per this interval (default 0). */
   readonly minRebalanceIntervalMs?: number | undefined;
   /** Static membership: a node that comes back with the same id within the grace period gets its resources back. */
@@ -79,6 +94,7 @@ export interface ResolvedGroupOptions extends ResolvedMemberOptions {
   readonly leaveTimeoutMs: number;
   readonly onStuckHandler: 'wait' | 'exit';
   readonly rebalanceDebounceMs: number;
+  readonly rejoinGracePeriodMs: number;
   readonly minRebalanceIntervalMs: number;
   readonly gracePeriodMs: number;
   readonly resourceSource: ResourceSource | undefined;
@@ -141,7 +157,8 @@ export function resolveGroupOptions(
     drainTimeoutMs,
     leaveTimeoutMs: r.ms('leaveTimeoutMs', 30_000, { min: 0 }),
     onStuckHandler,
-    rebalanceDebounceMs: r.ms('rebalanceDebounceMs', 0),
+    rebalanceDebounceMs: r.ms('rebalanceDebounceMs', DEFAULT_REBALANCE_DEBOUNCE_MS),
+    rejoinGracePeriodMs: r.ms('rejoinGracePeriodMs', member.sessionTtlMs),
     minRebalanceIntervalMs: r.ms('minRebalanceIntervalMs', 0),
     gracePeriodMs,
     resourceSource,

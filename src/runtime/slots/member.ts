@@ -31,7 +31,7 @@ import {
 import type { PrimaryRoute, RoutingTable, SlotRoute } from '../../placement/routing.js';
 import { slotForKey as hashKey } from '../../placement/slot-hash.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
-import { ensureConfig, registrationOps } from '../../protocol/slots/io.js';
+import { ensureConfig, registrationOps, writeProbe } from '../../protocol/slots/io.js';
 import { encodeSite, SlotKeys, type SlotsConfig } from '../../protocol/slots/keys.js';
 import { decideSite, type LocalSlotState, type SiteView } from '../../protocol/slots/site.js';
 import { changedSlots, SlotsReader, type SlotsView } from '../../protocol/slots/view.js';
@@ -209,6 +209,14 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
         this.#releasable.announceAgain(slot);
         this.emit('released', { slot, readyElsewhere, needed, failed, revision });
       },
+      probe: (ask, session) => writeProbe(this.#store, this.#keys, this.nodeId, ask, session),
+      now: () => options.clock.now(),
+      sleep: (ms) => new Promise((resolve) => options.clock.setTimeout(resolve, ms)),
+      // A running site answers within a round; its periodic round comes every reconcileIntervalMs even if the
+      // probe's notification was lost. Waiting longer than half a TTL is no use: by then a crashed site's session
+      // is about to expire (and the release is retried when the slot is announced releasable again).
+      confirmWaitMs: Math.min(options.sessionTtlMs / 2, Math.max(250, 2 * options.reconcileIntervalMs)),
+      confirmPollMs: Math.min(50, options.reconcileIntervalMs),
     });
   }
 
@@ -427,7 +435,11 @@ export class SlotsMember extends TypedEmitter<SlotsEvents> {
     // stored bitmap behind it: write it again.
     const stored = view.ready.get(this.nodeId);
     const local = this.#local.bits;
-    if (stored === undefined || stored.some((b, i) => b !== local[i])) await this.#ready.write();
+    // A releasing site asks the replicas it would count to answer its probe: rewriting our bitmap is the answer
+    // (only a running site gives it; a crashed one whose session lives on does not, so it is not counted).
+    const mine = view.readyKvs.get(this.nodeId)?.modRevision ?? 0;
+    const asked = view.probes.some((p) => p.ask.has(this.nodeId) && mine <= p.revision);
+    if (stored === undefined || asked || stored.some((b, i) => b !== local[i])) await this.#ready.write();
     // Before deleting anything this round, so that the view (read before) is still right about our locks.
     const running = m.state === 'active';
     const adopted = this.#locks.adopt(view, session, slots, (slot) => {

@@ -114,6 +114,14 @@ export interface ReadyWriterConfig {
     failed: boolean,
     revision: number,
   ) => void;
+  /** Write a release probe asking `ask` to answer (io.ts writeProbe); returns its revision. */
+  readonly probe: (ask: readonly string[], session: Session) => Promise<number>;
+  /** The injected clock's time and sleep. */
+  readonly now: () => number;
+  readonly sleep: (ms: number) => Promise<void>;
+  /** How long a release waits for the replicas it would count to answer its probe; how often it looks. */
+  readonly confirmWaitMs: number;
+  readonly confirmPollMs: number;
 }
 
 export class ReadyWriter {
@@ -123,7 +131,9 @@ export class ReadyWriter {
   /** A bitmap write queued behind the chain and not started yet: later markReady calls join it. */
   #queued: Promise<void> | undefined;
   /** release() calls waiting for the next batch. */
-  readonly #pending = new Map<number, ((r: ReleaseResult | Error) => void)[]>();
+  readonly #pending: Waiters = new Map();
+  /** A batch of releases is being confirmed and committed (one batch at a time; the next takes what piled up). */
+  #releasing = false;
 
   constructor(config: ReadyWriterConfig) {
     this.#c = config;
@@ -184,31 +194,81 @@ export class ReadyWriter {
       const waiting = this.#pending.get(slot) ?? [];
       waiting.push(resolve);
       this.#pending.set(slot, waiting);
-      void this.serialised(() => this.#releasePending());
+      void this.#releaseBatches();
     });
     if (outcome instanceof Error) throw outcome;
     return outcome;
   }
 
+  /** Take the waiting release() calls batch by batch, one batch at a time. */
+  async #releaseBatches(): Promise<void> {
+    if (this.#releasing) return; // the running loop takes this one too
+    this.#releasing = true;
+    try {
+      while (this.#pending.size > 0) {
+        const batch = new Map(this.#pending);
+        this.#pending.clear();
+        await this.#confirmAndRelease(batch);
+      }
+    } finally {
+      this.#releasing = false;
+    }
+  }
+
   /**
-   * Release every slot whose release() is waiting, in one transaction where possible: one read of the cluster, one
-   * compare per counted replica's ready key, one write of our bitmap. Runs alone among the bitmap writers.
+   * Release a batch: read which replicas the release would count, ask them to answer (a probe; only a running site
+   * answers), wait for their answers outside the bitmap writers' queue (our own answers to others' probes go
+   * through it), then commit with only the answered replicas counted (#commitReleases).
    */
-  async #releasePending(): Promise<void> {
-    const batch = new Map(this.#pending);
-    this.#pending.clear();
+  async #confirmAndRelease(batch: Waiters): Promise<void> {
+    const { settle, refuse } = settlers(batch);
+    const local = this.#c.local;
+    try {
+      for (const slot of [...batch.keys()]) {
+        if (local.get(slot) !== 'ready') refuse(slot, 'not-ready-here');
+        else if (this.#c.isPrimaryHolder(slot)) refuse(slot, 'primary');
+      }
+      if (batch.size === 0) return;
+      const view = await this.#c.read();
+      const sv = this.#c.siteView(view);
+      const ask = new Set<string>();
+      for (const slot of [...batch.keys()]) {
+        const check = checkRelease(sv, slot, this.#mutants);
+        if (!check.allowed) refuse(slot, check.refusal!, check.ready, check.needed);
+        else if (!local.failed.has(slot)) for (const x of check.counted) ask.add(x);
+      }
+      if (batch.size === 0) return;
+      // No replica to confirm: nothing written after "never" counts, so a replica that turns up meanwhile is not
+      // counted unconfirmed (the release is then refused and announced again).
+      let after = Number.POSITIVE_INFINITY;
+      if (ask.size > 0 && !this.#mutants.has('slots-release-unconfirmed')) {
+        after = await this.#c.probe([...ask], this.#session());
+        const deadline = this.#c.now() + this.#c.confirmWaitMs;
+        for (;;) {
+          const v = await this.#c.read();
+          const unanswered = [...ask].filter((x) => {
+            const kv = v.readyKvs.get(x);
+            return kv !== undefined && kv.modRevision <= after;
+          });
+          if (unanswered.length === 0 || this.#c.now() >= deadline) break;
+          await this.#c.sleep(this.#c.confirmPollMs);
+        }
+      }
+      await this.serialised(() => this.#commitReleases(batch, after));
+    } catch (error) {
+      for (const slot of [...batch.keys()]) settle(slot, error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+
+  /**
+   * Release every slot of the batch that the rule allows, counting only replicas that answered the probe at
+   * `after`, in one transaction where possible: one read of the cluster, one compare per counted replica's ready
+   * key, one write of our bitmap. Runs alone among the bitmap writers.
+   */
+  async #commitReleases(batch: Waiters, after: number): Promise<void> {
     if (batch.size === 0) return;
     const local = this.#c.local;
-    const settle = (slot: number, r: ReleaseResult | Error): void => {
-      for (const w of batch.get(slot) ?? []) w(r);
-      batch.delete(slot);
-    };
-    const refuse = (
-      slot: number,
-      reason: Extract<ReleaseResult, { released: false }>['reason'],
-      ready = 0,
-      needed = 0,
-    ): void => settle(slot, { released: false, reason, ready, needed });
+    const { settle, refuse } = settlers(batch);
     let last = new Map<number, { ready: number; needed: number }>();
     try {
       for (let attempt = 0; attempt < RELEASE_ATTEMPTS && batch.size > 0; attempt++) {
@@ -218,7 +278,9 @@ export class ReadyWriter {
         }
         if (batch.size === 0) return;
         const view = await this.#c.read();
-        const sv = this.#c.siteView(view);
+        const readyRevisions = new Map<string, number>();
+        for (const [x, kv] of view.readyKvs) readyRevisions.set(x, kv.modRevision);
+        const sv: SiteView = { ...this.#c.siteView(view), confirmed: { afterRevision: after, readyRevisions } };
         const go = new Map<number, { counted: readonly string[]; needed: number; failed: boolean }>();
         last = new Map();
         for (const slot of [...batch.keys()]) {
@@ -259,6 +321,28 @@ export class ReadyWriter {
       for (const slot of [...batch.keys()]) settle(slot, error instanceof Error ? error : new Error(String(error)));
     }
   }
+}
+
+type Waiters = Map<number, ((r: ReleaseResult | Error) => void)[]>;
+
+/** Answer the release() calls of a batch (and take the slot out of it). */
+function settlers(batch: Waiters): {
+  settle: (slot: number, r: ReleaseResult | Error) => void;
+  refuse: (
+    slot: number,
+    reason: Extract<ReleaseResult, { released: false }>['reason'],
+    ready?: number,
+    needed?: number,
+  ) => void;
+} {
+  const settle = (slot: number, r: ReleaseResult | Error): void => {
+    for (const w of batch.get(slot) ?? []) w(r);
+    batch.delete(slot);
+  };
+  return {
+    settle,
+    refuse: (slot, reason, ready = 0, needed = 0) => settle(slot, { released: false, reason, ready, needed }),
+  };
 }
 
 /**
