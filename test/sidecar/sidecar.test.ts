@@ -49,6 +49,17 @@ while :; do log tick; sleep 0.1; done
 `,
 );
 
+const DRAIN_CHILD = join(dir, 'drain-child.sh');
+writeFileSync(
+  DRAIN_CHILD,
+  `# A bash child that writes to stdout and stderr while it drains (after SIGTERM), and logs to $ORACLE.
+log() { echo "$1 $REBALANCER_RESOURCE $REBALANCER_FENCING_TOKEN $REBALANCER_NODE $REBALANCER_GROUP $$ $(date +%s%3N)" >> "$ORACLE"; }
+trap 'echo "draining $REBALANCER_RESOURCE"; log stop; sleep 0.3; echo "drained $REBALANCER_RESOURCE" >&2; log drained; exit 0' TERM
+log start
+while :; do echo "tick $REBALANCER_RESOURCE"; log tick; sleep 0.1; done
+`,
+);
+
 /** How the steps are awaited: within STEP_MS, polling every 100 ms (real processes: no need to spin faster). */
 const STEP = { timeoutMs: STEP_MS, intervalMs: 100 } as const;
 
@@ -146,7 +157,7 @@ function alive(pid: number): boolean {
 function aliveChild(c: Child): boolean {
   if (!alive(c.pid)) return false;
   try {
-    return readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').includes(CHILD);
+    return readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').includes(dir); // child.sh or drain-child.sh
   } catch {
     return false;
   }
@@ -180,13 +191,20 @@ const sidecars: SidecarProc[] = [];
 
 function startSidecar(
   node: string,
-  o: { group: string; oracle: string; childMode?: string; drainMs?: number; mutant?: string },
+  o: {
+    group: string;
+    oracle: string;
+    childMode?: string;
+    drainMs?: number;
+    mutant?: string | undefined;
+    exec?: string;
+  },
 ): SidecarProc {
   const eventsPath = join(dir, `${node}.events`);
   const err = openSync(eventsPath, 'a');
   const out = openSync(join(dir, `${node}.out`), 'a');
   const args = [...CLI, '--store', STORE, '--json', 'run', '--group', o.group];
-  args.push('--exec', `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
+  args.push('--exec', o.exec ?? `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
   args.push('--drain-timeout-ms', String(o.drainMs ?? 1500), '--restart-delay-ms', '200');
   args.push('--max-restart-delay-ms', '2000');
   if (o.mutant !== undefined) args.push('--mutant', o.mutant);
@@ -277,7 +295,7 @@ afterAll(async () => {
   await Promise.all(sidecars.map((s) => s.exited));
   // The reapers stop any child of a killed sidecar; whatever our children are still alive (a mutant's): kill them.
   await sleep(1000);
-  for (const name of ['main', 'mutant', 'reaper', 'sigint']) {
+  for (const name of ['main', 'mutant', 'reaper', 'sigint', 'freeze', 'freeze-mutant', 'pipe']) {
     const oracle = join(dir, `${name}.oracle`);
     for (const c of readOracle(oracle)) if (aliveChild(c)) process.kill(-c.pid, 'SIGKILL');
   }
@@ -378,7 +396,8 @@ describe('rebalancer run (sidecar)', () => {
     const killedAt = Date.now();
     c.proc.kill('SIGKILL');
     await c.exited;
-    // Gone within the reaper's grace (min(drain, TTL/5) = 400 ms) plus scheduling slack: well before the TTL.
+    // Gone within the reaper's grace (the drain timeout, 1.5 s, cut at the lease's kill time: TTL/10 before the
+    // session's safety deadline) plus scheduling slack.
     await eventually(() => mine.every((x) => !aliveChild(x)), {
       ...STEP,
       what: 'every child of the sidecar to be gone',
@@ -510,6 +529,116 @@ describe('rebalancer run: a node id another live sidecar uses', () => {
   }, 60_000);
 });
 
+/**
+ * Two sidecars share two resources; one is frozen (SIGSTOP) with a child running. Returns once the other one has
+ * started the frozen one's resource (its session expired) and half a second more has passed, in which a child of
+ * the frozen sidecar that still ran would have logged ticks after the new child's start.
+ */
+async function freezeOne(
+  group: string,
+  oracle: string,
+  mutant?: string,
+): Promise<{ a: SidecarProc; b: SidecarProc; frozen: Child; resources: string[] }> {
+  const resources = [`${group}1`, `${group}2`];
+  expect(cli(['resources', 'add', '--group', group, ...resources]).code).toBe(0);
+  const a = startSidecar(`${group}-a`, { group, oracle, mutant });
+  await eventually(() => settled(oracle, resources, { [a.node]: 2 }), {
+    ...STEP,
+    what: `${resources.join(',')} to settle on ${a.node}`,
+    context: () => describeState(oracle, a),
+  });
+  const b = startSidecar(`${group}-b`, { group, oracle });
+  await eventually(() => settled(oracle, resources, { [a.node]: 1, [b.node]: 1 }), {
+    ...STEP,
+    what: `${resources.join(',')} to settle one per sidecar`,
+    context: () => describeState(oracle, a, b),
+  });
+  const frozen = readOracle(oracle).find((c) => c.node === a.node && aliveChild(c))!;
+  a.proc.kill('SIGSTOP');
+  await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
+    ...STEP,
+    what: `${b.node} to start ${frozen.resource} once the frozen ${a.node}'s session has expired`,
+    context: () => describeState(oracle, a, b),
+  });
+  await sleep(500);
+  return { a, b, frozen, resources };
+}
+
+describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP)', () => {
+  it("its reaper stops its children before another node's child starts; resumed, it rejoins", async () => {
+    const oracle = join(dir, 'freeze.oracle');
+    const { a, b, frozen, resources } = await freezeOne('z', oracle);
+    try {
+      // The oracle: no line of the frozen sidecar's child after the start of the new owner's child.
+      expect(violations(readOracle(oracle))).toEqual([]);
+      expect(aliveChild(frozen)).toBe(false);
+      expect(readOracle(oracle).find((c) => c.pid === frozen.pid)?.stopped, 'it got SIGTERM first').toBe(true);
+    } finally {
+      a.proc.kill('SIGCONT');
+    }
+    // Resumed: it finds its session lost, as after a self-fence: reports what the reaper did, rejoins, and gets a
+    // share again.
+    await eventually(() => events(a, 'joined').length >= 2, {
+      ...STEP,
+      what: `${a.node} to rejoin`,
+      context: () => describeState(oracle, a, b),
+    });
+    const signalled = events(a, 'reaperSignalled').filter((e) => e.pid === frozen.pid);
+    expect(signalled.map((e) => e.signal)[0]).toBe('SIGTERM');
+    expect(events(a, 'childExited').find((e) => e.pid === frozen.pid)).toMatchObject({
+      cause: 'fenced',
+      restart: false,
+    });
+    expect(events(a, 'sessionLost').length).toBe(1);
+    await eventually(() => settled(oracle, resources, { [a.node]: 1, [b.node]: 1 }), {
+      ...STEP,
+      what: `${resources.join(',')} to settle one per sidecar again`,
+      context: () => describeState(oracle, a, b),
+    });
+    expect(violations(readOracle(oracle))).toEqual([]);
+    await Promise.all([terminate(a), terminate(b)]);
+    expect([a.exit, b.exit]).toEqual([
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+    ]);
+  }, 90_000);
+});
+
+describe('rebalancer run: kill -9 of a sidecar whose children write while they drain', () => {
+  it('the children still have somewhere to write: they drain, and their last lines reach the output', async () => {
+    const oracle = join(dir, 'pipe.oracle');
+    expect(cli(['resources', 'add', '--group', 'p', 'p1']).code).toBe(0);
+    const s = startSidecar('p', { group: 'p', oracle, exec: `exec bash ${DRAIN_CHILD}`, drainMs: 5000 });
+    const outPath = join(dir, 'p.out');
+    // childStarted: the reaper has been handed the child's group and pipes.
+    const started = (): boolean => events(s, 'childStarted').length === 1;
+    await eventually(() => started() && readFileSync(outPath, 'utf8').includes('[p1] tick'), {
+      ...STEP,
+      what: 'p1 to run and print',
+      context: () => describeState(oracle, s),
+    });
+    const mine = readOracle(oracle).filter(aliveChild);
+    s.proc.kill('SIGKILL');
+    await s.exited;
+    await eventually(() => mine.every((x) => !aliveChild(x)), {
+      ...STEP,
+      what: 'the child to be gone',
+      timeoutMs: 10_000,
+    });
+    // Its SIGTERM trap ran to the end (a child that dies of SIGPIPE on its first write logs neither line)…
+    const child = readOracle(oracle).find((c) => c.pid === mine[0]!.pid)!;
+    expect(child.stopped).toBe(true);
+    expect(readFileSync(oracle, 'utf8')).toMatch(new RegExp(`^drained p1 .* ${child.pid} \\d+$`, 'm'));
+    // …and what it wrote while draining reached the sidecar's stdout and stderr (passed on by the reaper), prefixed.
+    await eventually(() => readFileSync(s.eventsPath, 'utf8').includes('[p1] drained p1\n'), {
+      ...STEP,
+      what: 'the last line on stderr',
+      timeoutMs: 5000,
+    });
+    expect(readFileSync(outPath, 'utf8')).toMatch(/^\[p1\] draining p1$/m);
+  }, 60_000);
+});
+
 describe('the checks catch broken sidecars', () => {
   it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
     const oracle = join(dir, 'mutant.oracle');
@@ -536,6 +665,17 @@ describe('the checks catch broken sidecars', () => {
     expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
     await Promise.all([terminate(m), terminate(n)]);
   }, 60_000);
+
+  it('no-lease-deadline: the children of a frozen sidecar run on after another node started theirs', async () => {
+    const oracle = join(dir, 'freeze-mutant.oracle');
+    const { a, b } = await freezeOne('y', oracle, 'no-lease-deadline');
+    try {
+      expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
+    } finally {
+      a.proc.kill('SIGCONT');
+    }
+    await Promise.all([terminate(a), terminate(b)]);
+  }, 90_000);
 
   it('no-reaper: children of a kill -9 sidecar outlive it', async () => {
     const oracle = join(dir, 'reaper.oracle');
@@ -699,7 +839,10 @@ describe('Sidecar options (src/sidecar/sidecar.ts): read by the one option reade
         { strategy: 'rendevous' },
         /^sidecar options.strategy must be one of .*, got "rendevous" \(did you mean "rendezvous"\?\)/,
       ],
-      [{ mutant: 'bogus' }, /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", got "bogus"/],
+      [
+        { mutant: 'bogus' },
+        /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", "no-lease-deadline", got "bogus"/,
+      ],
       [{ store: {} }, /^sidecar options.store must be a Store/],
       [{ group: 7 }, /^sidecar options.group must be a string/],
       [{ nodeId: 7 }, /^sidecar options.nodeId must be a string of 1-128 characters/],
