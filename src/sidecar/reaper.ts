@@ -11,7 +11,8 @@
  * the sidecar's group, a terminal's Ctrl-C or Ctrl-Z, does not reach it),
  * connected to the sidecar by an IPC channel. The sidecar tells it:
  *
- *  - `add` / `remove`: a child's process group started / is empty;
+ *  - `add` / `stopping` / `remove`: a child's process group started / is being
+ *    stopped by the sidecar itself / is empty;
  *  - `output`: the read end of a child's stdout or stderr pipe (the file
  *    descriptor itself, passed over the channel). The reaper holds it without
  *    reading while the sidecar lives, so the pipe always has a reader;
@@ -163,6 +164,12 @@ process.on('message', (m, handle) => {
       g.outputs.push({ handle, fd: m.fd, prefix: m.prefix });
       break;
     }
+    case 'stopping': {
+      // The sidecar is stopping this group itself: no SIGTERM from us too, but still SIGKILL by the lease.
+      const g = groups.get(m.pgid);
+      if (g !== undefined) g.termed = true;
+      break;
+    }
     case 'remove': {
       const g = groups.get(m.pgid);
       if (g !== undefined) { closeOutputs(g); groups.delete(m.pgid); }
@@ -254,6 +261,11 @@ export class Reaper {
     const listed: Listed = { outputs, prefix };
     this.#groups.set(pgid, listed);
     return this.#tell(pgid, listed);
+  }
+
+  /** The sidecar is stopping this group itself (SIGTERM sent): the reaper sends no SIGTERM, only SIGKILL by the lease. */
+  stopping(pgid: number): void {
+    if (this.#groups.has(pgid)) void this.#send({ op: 'stopping', pgid });
   }
 
   /** A child's process group is empty (never call this before: its id could be reused). */

@@ -423,6 +423,7 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     this.emit('childStarted', info);
     const stopOptions = (cause: ChildStopCause): StopOptions => {
       this.emit('childStopping', { ...info, reason: cause, graceMs: this.#o.drainTimeoutMs });
+      this.#reaper.stopping(child.pid);
       const t0 = performance.now();
       return {
         graceMs: this.#o.drainTimeoutMs,
