@@ -26,6 +26,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
+import { Reaper, type ReaperSignal } from '../../src/sidecar/reaper.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { Sidecar as SidecarModule, type SidecarOptions } from '../../src/sidecar/sidecar.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -750,6 +751,62 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     expect(exit).toEqual({ code: null, signal: 'SIGKILL', killed: true });
     expect(killedAfterMs).toBeGreaterThanOrEqual(500);
     expect(child.groupAlive()).toBe(false);
+  }, 30_000);
+});
+
+describe('Reaper (src/sidecar/reaper.ts): the lease', () => {
+  it('leaves the children alone while the lease is renewed; once it runs out, SIGTERM then SIGKILL, reported', async () => {
+    const signals: ReaperSignal[] = [];
+    const errors: unknown[] = [];
+    const reaper = new Reaper({
+      drainTimeoutMs: 60_000,
+      fallbackGraceMs: 60_000,
+      onError: (error) => errors.push(error),
+      onSignal: (s) => signals.push(s),
+    });
+    const sink = new Writable({ write: (_c, _e, done) => done() });
+    const start = (): Promise<SupervisedChild> =>
+      SupervisedChild.start({
+        command: `trap '' TERM; while :; do sleep 0.1; done`,
+        env: process.env,
+        prefix: '[r] ',
+        stdout: sink,
+        stderr: sink,
+      });
+    const [a, b] = [await start(), await start()];
+    const clock = { now: () => performance.now() };
+    const renew = (): void => reaper.setLease({ termAtMs: clock.now() + 1000, killAtMs: clock.now() + 1500 }, clock);
+    try {
+      renew();
+      await reaper.add(a.pid, () => a.outputHandles(), '[a] ');
+      await reaper.add(b.pid, () => b.outputHandles(), '[b] ');
+      reaper.stopping(b.pid); // the sidecar is stopping b itself: the reaper only SIGKILLs it, by the lease
+      for (let i = 0; i < 20; i++) {
+        await sleep(100);
+        renew();
+      }
+      expect(signals).toEqual([]);
+      expect([a.groupAlive(), b.groupAlive()]).toEqual([true, true]);
+      // No more renewals (the sidecar is frozen): SIGTERM 1 s after the last one (ignored), SIGKILL 0.5 s later.
+      await eventually(() => !a.groupAlive() && !b.groupAlive(), {
+        ...STEP,
+        what: 'both children to be stopped by the reaper',
+        timeoutMs: 10_000,
+      });
+      expect(signals.map((s) => [s.pgid, s.signal])).toEqual([
+        [a.pid, 'SIGTERM'],
+        [a.pid, 'SIGKILL'],
+        [b.pid, 'SIGKILL'],
+      ]);
+      expect((await a.mainExited).signal).toBe('SIGKILL');
+      expect(errors).toEqual([]);
+    } finally {
+      a.kill();
+      b.kill();
+      reaper.close();
+    }
+    // Closed with nothing left to stop: it exits.
+    await eventually(() => !alive(reaper.pid!), { ...STEP, what: 'the reaper to exit', timeoutMs: 10_000 });
   }, 30_000);
 });
 
