@@ -47,6 +47,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 const PROGRAM = String.raw`'use strict';
 // rebalancer sidecar reaper: see src/sidecar/reaper.ts in the rebalancer package.
 process.title = 'rebalancer-reaper';
+const fs = require('node:fs');
 const net = require('node:net');
 const { StringDecoder } = require('node:string_decoder');
 for (const s of ['SIGINT', 'SIGHUP', 'SIGTERM', 'SIGTSTP']) process.on(s, () => {});
@@ -68,8 +69,19 @@ let forwarding = 0;
 function signal(pgid, sig) {
   try { process.kill(-pgid, sig); } catch {}
 }
+/** A process of the group runs (on Linux zombies do not count: a frozen sidecar cannot reap its children). */
 function alive(pgid) {
-  try { process.kill(-pgid, 0); return true; } catch (e) { return e.code === 'EPERM'; }
+  try { process.kill(-pgid, 0); } catch (e) { return e.code === 'EPERM'; }
+  let pids;
+  try { pids = fs.readdirSync('/proc'); } catch { return true; }
+  for (const pid of pids) {
+    if (!/^[0-9]+$/.test(pid)) continue;
+    let stat;
+    try { stat = fs.readFileSync('/proc/' + pid + '/stat', 'utf8'); } catch { continue; }
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid && f[0] !== 'Z' && f[0] !== 'X') return true;
+  }
+  return false;
 }
 function tell(message) {
   if (process.connected) try { process.send(message); } catch {}
@@ -84,6 +96,8 @@ function check() {
   const t = now();
   for (const [pgid, g] of groups) {
     if (orphaned && !alive(pgid)) { groups.delete(pgid); continue; }
+    const due = (!g.killed && t >= killAt) || (!g.termed && t >= termAt);
+    if (due && !orphaned && !alive(pgid)) { g.termed = g.killed = true; continue; } // gone: nothing to do
     if (!g.killed && t >= killAt) {
       g.killed = true;
       signal(pgid, 'SIGKILL');
