@@ -9,7 +9,9 @@
  * sidecar dies, and Node cannot set PR_SET_PDEATHSIG. So the sidecar starts
  * one Node process, in a process group and session of its own (a signal to
  * the sidecar's group, a terminal's Ctrl-C or Ctrl-Z, does not reach it),
- * connected to the sidecar by an IPC channel. The sidecar tells it:
+ * whose stdin is a pipe from the sidecar (control messages, one JSON line
+ * each: written at once, never queued) and which has an IPC channel to it
+ * (for file descriptors, and the reaper's reports). The sidecar tells it:
  *
  *  - `add` / `stopping` / `remove`: a child's process group started / is being
  *    stopped by the sidecar itself / is empty;
@@ -25,8 +27,9 @@
  * (the sidecar is frozen: it would have renewed or stopped them itself) and
  * SIGKILLs what is left at the lease's kill time, which comes before the
  * session can expire on the server; it reports what it did over the channel,
- * which the sidecar reads when it runs again. When the channel closes (the
- * kernel closes it when the sidecar exits, however it exits), the reaper
+ * which the sidecar reads when it runs again. When the pipe and the channel
+ * have closed (the kernel closes them when the sidecar exits, however it
+ * exits), the reaper
  * starts reading the held pipes — prefixing lines and writing them to its own
  * stdout/stderr, which are the sidecar's — so that a child that writes while
  * it drains does not die of SIGPIPE, SIGTERMs every listed group, SIGKILLs
@@ -59,6 +62,9 @@ const MAX_LINE = 64 * 1024;
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 /** pgid -> { outputs: [{ handle, fd, prefix }], termed, killed } */
 const groups = new Map();
+/** Pipes that came before their group's 'add' (pgid -> outputs); groups removed before their pipes came. */
+const early = new Map();
+const removed = new Set();
 let termAt = Infinity;
 let killAt = Infinity;
 let leaseKillAt = Infinity;
@@ -161,23 +167,18 @@ function forward(o) {
     if (finishing && forwarding === 0) process.exit(0);
   });
 }
-process.on('message', (m, handle) => {
-  if (orphaned || m === null || typeof m !== 'object') return;
+/** Control messages: one JSON object per line on stdin, so that none waits behind a file descriptor's transfer. */
+function control(m) {
   switch (m.op) {
     case 'lease':
       termAt = m.termAtMs;
       killAt = leaseKillAt = m.killAtMs;
       break;
     case 'add':
-      groups.set(m.pgid, { outputs: [], termed: false, killed: false });
+      groups.set(m.pgid, { outputs: early.get(m.pgid) ?? [], termed: false, killed: false });
+      early.delete(m.pgid);
+      removed.delete(m.pgid);
       break;
-    case 'output': {
-      const g = groups.get(m.pgid);
-      if (handle === undefined) break;
-      if (g === undefined) { try { handle.close(); } catch {} break; }
-      g.outputs.push({ handle, fd: m.fd, prefix: m.prefix });
-      break;
-    }
     case 'stopping': {
       // The sidecar is stopping this group itself: no SIGTERM from us too, but still SIGKILL by the lease.
       const g = groups.get(m.pgid);
@@ -187,19 +188,56 @@ process.on('message', (m, handle) => {
     case 'remove': {
       const g = groups.get(m.pgid);
       if (g !== undefined) { closeOutputs(g); groups.delete(m.pgid); }
+      removed.add(m.pgid);
+      if (removed.size > 10000) removed.delete(removed.values().next().value); // only the latest matter
       break;
     }
   }
   check();
+}
+let input = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  input += chunk;
+  let cut;
+  while ((cut = input.indexOf('\n')) >= 0) {
+    const line = input.slice(0, cut);
+    input = input.slice(cut + 1);
+    let m;
+    try { m = JSON.parse(line); } catch { continue; }
+    if (m !== null && typeof m === 'object') control(m);
+  }
 });
-process.on('disconnect', () => {
+process.stdin.on('error', () => {});
+/** The read end of a child's pipe, over the IPC channel. */
+process.on('message', (m, handle) => {
+  if (m === null || typeof m !== 'object' || m.op !== 'output' || handle === undefined) return;
+  const o = { handle, fd: m.fd, prefix: m.prefix };
+  const g = groups.get(m.pgid);
+  if (g === undefined) {
+    // The two channels are read independently: its 'add' may not have been read yet, or its 'remove' already.
+    if (removed.has(m.pgid)) { try { handle.close(); } catch {} return; }
+    early.set(m.pgid, [...(early.get(m.pgid) ?? []), o]);
+    return;
+  }
+  if (orphaned) forward(o);
+  else g.outputs.push(o);
+});
+// The sidecar is gone once both its stdin pipe and its channel are closed (the kernel closes both when it exits,
+// and each ends only after what was sent on it has been read).
+let inputEnded = false;
+let channelClosed = false;
+process.stdin.on('end', () => { inputEnded = true; orphan(); });
+process.on('disconnect', () => { channelClosed = true; orphan(); });
+function orphan() {
+  if (!inputEnded || !channelClosed || orphaned) return;
   orphaned = true;
   const t = now();
   for (const g of groups.values()) { for (const o of g.outputs) forward(o); g.outputs = []; }
   termAt = t;
   killAt = Math.min(t + drainMs, leaseKillAt === Infinity ? t + fallbackGraceMs : leaseKillAt);
   check();
-});
+}
 `;
 
 /** When the reaper must act if the sidecar says nothing more (times of the clock given with it). */
@@ -279,28 +317,39 @@ export class Reaper {
 
   /** The sidecar is stopping this group itself (SIGTERM sent): the reaper sends no SIGTERM, only SIGKILL by the lease. */
   stopping(pgid: number): void {
-    if (this.#groups.has(pgid)) void this.#send({ op: 'stopping', pgid });
+    if (this.#groups.has(pgid)) this.#control({ op: 'stopping', pgid });
   }
 
   /** A child's process group is empty (never call this before: its id could be reused). */
   remove(pgid: number): void {
-    if (this.#groups.delete(pgid)) void this.#send({ op: 'remove', pgid });
+    if (this.#groups.delete(pgid)) this.#control({ op: 'remove', pgid });
   }
 
-  /** The sidecar ends normally: close the channel (the reaper exits, stopping anything still listed). */
+  /** The sidecar ends normally: close the pipe and the channel (the reaper exits, stopping anything still listed). */
   close(): void {
     this.#closed = true;
     const proc = this.#proc;
+    proc?.stdin?.end();
     if (proc?.connected === true) proc.disconnect();
   }
 
-  /** Resolves once every message is on its way (in the kernel's buffer: a death of this process loses nothing). */
+  /**
+   * The group at once (a line on the reaper's stdin: in the kernel's buffer as soon as written, so a kill -9 of this
+   * process right after loses nothing), then its pipes over the channel; resolves once they are on their way too.
+   */
   #tell(pgid: number, listed: Listed): Promise<void> {
-    const sent = [this.#send({ op: 'add', pgid })];
-    for (const o of listed.outputs()) {
-      sent.push(this.#send({ op: 'output', pgid, fd: o.fd, prefix: listed.prefix }, o.handle));
-    }
+    this.#control({ op: 'add', pgid });
+    const sent = listed
+      .outputs()
+      .map((o) => this.#send({ op: 'output', pgid, fd: o.fd, prefix: listed.prefix }, o.handle));
     return Promise.all(sent).then(() => undefined);
+  }
+
+  /** A control message: one JSON line on the reaper's stdin (never queued behind a file descriptor's transfer). */
+  #control(message: object): void {
+    const stdin = this.#proc?.stdin;
+    if (stdin === undefined || stdin === null || stdin.destroyed) return;
+    stdin.write(`${JSON.stringify(message)}\n`);
   }
 
   #sendLease(): void {
@@ -310,7 +359,7 @@ export class Reaper {
     // between the two readings, or in the channel, makes the reaper act sooner, not later).
     const hostNowMs = Number(process.hrtime.bigint()) / 1e6;
     const nowMs = clock.now();
-    void this.#send({
+    this.#control({
       op: 'lease',
       termAtMs: hostNowMs + (l.termAtMs - nowMs),
       killAtMs: hostNowMs + (l.killAtMs - nowMs),
@@ -342,13 +391,14 @@ export class Reaper {
       ['-e', PROGRAM, String(this.#o.drainTimeoutMs), String(this.#o.fallbackGraceMs)],
       {
         detached: true, // its own process group and session: a terminal's Ctrl-C/Ctrl-Z or a group kill does not reach it
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        stdio: ['pipe', 'inherit', 'inherit', 'ipc'],
         env,
       },
     );
     this.#proc = proc;
     proc.unref();
     proc.channel?.unref();
+    proc.stdin?.on('error', () => undefined); // EPIPE if it died: handled by 'exit'
     proc.on('error', (error) => this.#o.onError(error));
     proc.on('message', (m: unknown) => {
       const s = m as Partial<ReaperSignal> & { op?: string };
