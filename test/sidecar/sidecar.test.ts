@@ -199,6 +199,8 @@ function startSidecar(
     drainMs?: number;
     mutant?: string | undefined;
     exec?: string;
+    /** In a process group of its own, as a shell starts a job (so that the test can stop the whole group). */
+    ownGroup?: boolean;
   },
 ): SidecarProc {
   const eventsPath = join(dir, `${node}.events`);
@@ -213,6 +215,7 @@ function startSidecar(
     cwd: REPO,
     stdio: ['ignore', out, err],
     env: { ...process.env, ORACLE: o.oracle, CHILD_MODE: o.childMode ?? 'normal' },
+    detached: o.ownGroup === true,
   });
   closeSync(err);
   closeSync(out);
@@ -531,7 +534,9 @@ describe('rebalancer run: a node id another live sidecar uses', () => {
 });
 
 /**
- * Two sidecars share two resources; one is frozen (SIGSTOP) with a child running. Returns once the other one has
+ * Two sidecars share two resources; one is frozen with a child running: SIGSTOP to its whole process group, as
+ * Ctrl-Z in a terminal stops a job (the group holds only the sidecar: the reaper and the children have groups of
+ * their own; the test resumes it with `resume`). Returns once the other one has
  * started the frozen one's resource (its session expired) and half a second more has passed, in which a child of
  * the frozen sidecar that still ran would have logged ticks after the new child's start.
  */
@@ -539,10 +544,10 @@ async function freezeOne(
   group: string,
   oracle: string,
   mutant?: string,
-): Promise<{ a: SidecarProc; b: SidecarProc; frozen: Child; resources: string[] }> {
+): Promise<{ a: SidecarProc; b: SidecarProc; frozen: Child; resources: string[]; resume: () => void }> {
   const resources = [`${group}1`, `${group}2`];
   expect(cli(['resources', 'add', '--group', group, ...resources]).code).toBe(0);
-  const a = startSidecar(`${group}-a`, { group, oracle, mutant });
+  const a = startSidecar(`${group}-a`, { group, oracle, mutant, ownGroup: true });
   await eventually(() => settled(oracle, resources, { [a.node]: 2 }), {
     ...STEP,
     what: `${resources.join(',')} to settle on ${a.node}`,
@@ -555,27 +560,27 @@ async function freezeOne(
     context: () => describeState(oracle, a, b),
   });
   const frozen = readOracle(oracle).find((c) => c.node === a.node && aliveChild(c))!;
-  a.proc.kill('SIGSTOP');
+  process.kill(-a.proc.pid!, 'SIGSTOP');
   await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
     ...STEP,
     what: `${b.node} to start ${frozen.resource} once the frozen ${a.node}'s session has expired`,
     context: () => describeState(oracle, a, b),
   });
   await sleep(500);
-  return { a, b, frozen, resources };
+  return { a, b, frozen, resources, resume: () => process.kill(-a.proc.pid!, 'SIGCONT') };
 }
 
-describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP)', () => {
+describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP to its process group, like Ctrl-Z)', () => {
   it("its reaper stops its children before another node's child starts; resumed, it rejoins", async () => {
     const oracle = join(dir, 'freeze.oracle');
-    const { a, b, frozen, resources } = await freezeOne('z', oracle);
+    const { a, b, frozen, resources, resume } = await freezeOne('z', oracle);
     try {
       // The oracle: no line of the frozen sidecar's child after the start of the new owner's child.
       expect(violations(readOracle(oracle))).toEqual([]);
       expect(aliveChild(frozen)).toBe(false);
       expect(readOracle(oracle).find((c) => c.pid === frozen.pid)?.stopped, 'it got SIGTERM first').toBe(true);
     } finally {
-      a.proc.kill('SIGCONT');
+      resume();
     }
     // Resumed: it finds its session lost, as after a self-fence: reports what the reaper did, rejoins, and gets a
     // share again.
@@ -669,11 +674,11 @@ describe('the checks catch broken sidecars', () => {
 
   it('no-lease-deadline: the children of a frozen sidecar run on after another node started theirs', async () => {
     const oracle = join(dir, 'freeze-mutant.oracle');
-    const { a, b } = await freezeOne('y', oracle, 'no-lease-deadline');
+    const { a, b, resume } = await freezeOne('y', oracle, 'no-lease-deadline');
     try {
       expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
     } finally {
-      a.proc.kill('SIGCONT');
+      resume();
     }
     await Promise.all([terminate(a), terminate(b)]);
   }, 90_000);
