@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';
 import type { Readable, Writable } from 'node:stream';
+import type { OutputHandle } from './reaper.js';
 
 export interface ChildSpec {
   readonly command: string;
@@ -143,6 +144,22 @@ export class SupervisedChild {
     await this.#mainExit;
     if (this.groupAlive()) return this.stop(leftovers());
     return this.#result();
+  }
+
+  /**
+   * The read ends of the child's stdout and stderr pipes that are still open (none with --no-prefix: the child then
+   * writes to our own stdout/stderr). Node's internal handles (`_handle`): the only way to hand a pipe's file
+   * descriptor to another process over an IPC channel without that process starting to read it.
+   */
+  outputHandles(): OutputHandle[] {
+    const out: OutputHandle[] = [];
+    const add = (fd: 1 | 2, stream: Readable | null): void => {
+      const handle = (stream as unknown as { _handle?: unknown } | null)?._handle;
+      if (handle !== undefined && handle !== null) out.push({ fd, handle });
+    };
+    add(1, this.#proc.stdout);
+    add(2, this.#proc.stderr);
+    return out;
   }
 
   /** SIGKILL at once (forced shutdown). */

@@ -26,7 +26,7 @@ import { resolveGroupOptions, type JoinGroupOptions, type ResourceContext } from
 import type { Store } from '../store/contract.js';
 import { STORE_LIMITS } from '../store/validate.js';
 import { SupervisedChild, type ChildExit, type StopOptions } from './child.js';
-import { Reaper } from './reaper.js';
+import { Reaper, type ReaperSignal } from './reaper.js';
 
 /**
  * Deliberately broken variants, for showing that the sidecar's tests can fail
@@ -36,6 +36,8 @@ export const SIDECAR_MUTANTS = {
   'settle-before-exit':
     'the handler settles (so the lock is released) as soon as SIGTERM is sent, without waiting for the child to exit',
   'no-reaper': 'children are not registered with the reaper, so they outlive a kill -9 of the sidecar',
+  'no-lease-deadline':
+    'the reaper is not told the lease deadline, so the children of a frozen sidecar run on after its session expired',
 } as const;
 export type SidecarMutant = keyof typeof SIDECAR_MUTANTS;
 export const SIDECAR_MUTANT_NAMES = Object.keys(SIDECAR_MUTANTS) as SidecarMutant[];
@@ -86,6 +88,11 @@ export type SidecarEvents = GroupEvents & {
     ChildExit & { readonly cause: ChildStopCause; readonly ranForMs: number; readonly restart: boolean };
   childFailedToStart: { readonly resource: string; readonly error: unknown };
   reaperError: { readonly error: unknown };
+  /**
+   * The reaper signalled a child by itself: the lease deadline passed with no word from this process (it was
+   * frozen). Reported when this process runs again; `lateMs`: how late after its deadline the reaper acted.
+   */
+  reaperSignalled: ChildInfo & { readonly signal: 'SIGTERM' | 'SIGKILL'; readonly lateMs: number };
 };
 
 /**
@@ -114,6 +121,7 @@ const EVENT_SOURCES: Record<keyof SidecarEvents, 'member' | 'sidecar'> = {
   childExited: 'sidecar',
   childFailedToStart: 'sidecar',
   reaperError: 'sidecar',
+  reaperSignalled: 'sidecar',
 };
 
 /** The names of every event a Sidecar emits. */
@@ -254,6 +262,11 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
   readonly #marginMs: number;
   readonly #reaper: Reaper;
   readonly #children = new Map<string, { child: SupervisedChild; info: ChildInfo }>();
+  /** Process groups the reaper signalled by itself (the lease ran out while this process was frozen). */
+  readonly #reaped = new Set<number>();
+  /** The lease deadline last sent to the reaper, and the timer that watches it. */
+  #leaseSentMs = Number.NEGATIVE_INFINITY;
+  #leaseTimer: ReturnType<typeof setInterval> | undefined;
   #stopping: Promise<void> | undefined;
 
   /** Validates the options (throws InvalidArgumentError); `start()` joins the group. */
@@ -280,10 +293,14 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
       }),
     );
     for (const e of MEMBER_EVENTS) this.member.on(e, (payload) => this.emit(e, payload as never));
-    // Once the sidecar is gone, its children get at most the self-fencing margin: its session may expire soon after.
-    this.#reaper = new Reaper(Math.min(o.drainTimeoutMs, this.#marginMs), (error) =>
-      this.emit('reaperError', { error }),
-    );
+    // Once the sidecar is gone, its children get the drain timeout, but are SIGKILLed by the lease's kill time (see
+    // #sendLease); if no lease was ever sent, by the self-fencing margin: the session may expire soon after.
+    this.#reaper = new Reaper({
+      drainTimeoutMs: o.drainTimeoutMs,
+      fallbackGraceMs: Math.min(o.drainTimeoutMs, this.#marginMs),
+      onError: (error) => this.emit('reaperError', { error }),
+      onSignal: (s) => this.#onReaperSignal(s),
+    });
   }
 
   /** Join the group; children start as resources are assigned. */
@@ -294,6 +311,9 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
       this.#reaper.close();
       throw err;
     }
+    // The reaper's view of the lease lags by at most this (it acts that much after this process would: #sendLease).
+    this.#leaseTimer = setInterval(() => this.#sendLease(false), this.#leasePeriodMs());
+    this.#leaseTimer.unref();
   }
 
   get nodeId(): string {
@@ -311,6 +331,7 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
       try {
         await this.member.leave();
       } finally {
+        clearInterval(this.#leaseTimer);
         this.#reaper.close();
       }
     })();
@@ -320,6 +341,38 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
   /** Forced shutdown: SIGKILL every child's group now (their locks expire with the session). */
   kill(): void {
     for (const { child } of this.#children.values()) child.kill();
+  }
+
+  /**
+   * Tell the reaper when to stop the children by itself if it hears nothing newer: what this process does itself
+   * when the lease runs out (SIGTERM at the lease deadline, SIGKILL at the latest half the self-fencing margin
+   * later, see #killNow), one period of the lease timer later — the longest a renewal may take to reach the reaper,
+   * and what lets this process's own stop come first when it runs. So the reaper's SIGKILL lands 3/8 of the margin
+   * (TTL × 0.075) before the session's safety deadline, before the session can expire on the server and another
+   * node start the resource. Sent when the deadline moves (a renewal, a new session), and before a child is
+   * registered.
+   */
+  #sendLease(force: boolean): void {
+    if (this.#o.mutant === 'no-lease-deadline') return; // BROKEN on purpose: the reaper does not know the deadline
+    const deadlineMs = this.member.leaseDeadlineMs;
+    if (!Number.isFinite(deadlineMs) || (!force && deadlineMs === this.#leaseSentMs)) return;
+    this.#leaseSentMs = deadlineMs;
+    const lagMs = this.#leasePeriodMs();
+    const termAtMs = deadlineMs + lagMs;
+    const killAtMs = Math.min(termAtMs + this.#o.drainTimeoutMs, deadlineMs + this.#marginMs / 2 + lagMs);
+    this.#reaper.setLease({ termAtMs, killAtMs }, this.#o.store.clock);
+  }
+
+  /** How often the lease deadline is compared with what the reaper was told: an eighth of the margin (TTL/40). */
+  #leasePeriodMs(): number {
+    return this.#marginMs / 8;
+  }
+
+  #onReaperSignal(s: ReaperSignal): void {
+    this.#reaped.add(s.pgid);
+    const found = [...this.#children.values()].find((c) => c.info.pid === s.pgid);
+    if (found === undefined) return; // gone meanwhile
+    this.emit('reaperSignalled', { ...found.info, signal: s.signal, lateMs: s.lateMs });
   }
 
   /** SIGKILL before the grace period is over: the session could expire before it ends. */
@@ -351,10 +404,26 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     }
     const info: ChildInfo = { resource, fencingToken, pid: child.pid };
     this.#children.set(resource, { child, info });
-    if (this.#o.mutant !== 'no-reaper') this.#reaper.add(child.pid);
+    const aborted = new Promise<'aborted'>((resolve) => {
+      if (ctx.signal.aborted) resolve('aborted');
+      else ctx.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
+    });
+    if (this.#o.mutant !== 'no-reaper') {
+      this.#sendLease(true);
+      // childStarted says the reaper knows the child (its group and its pipes), unless that takes more than a
+      // second (a stalled reaper) or the resource is revoked meanwhile.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#reaper.add(child.pid, () => child.outputHandles(), `[${resource}] `),
+        aborted,
+        new Promise((r) => (timer = setTimeout(r, 1000))),
+      ]);
+      clearTimeout(timer);
+    }
     this.emit('childStarted', info);
     const stopOptions = (cause: ChildStopCause): StopOptions => {
       this.emit('childStopping', { ...info, reason: cause, graceMs: this.#o.drainTimeoutMs });
+      this.#reaper.stopping(child.pid);
       const t0 = performance.now();
       return {
         graceMs: this.#o.drainTimeoutMs,
@@ -364,6 +433,7 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     };
     const finish = (exit: ChildExit, cause: ChildStopCause): void => {
       this.#reaper.remove(child.pid);
+      this.#reaped.delete(child.pid);
       if (this.#children.get(resource)?.child === child) this.#children.delete(resource);
       this.emit('childExited', {
         ...info,
@@ -374,10 +444,6 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
       });
     };
 
-    const aborted = new Promise<'aborted'>((resolve) => {
-      if (ctx.signal.aborted) resolve('aborted');
-      else ctx.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
-    });
     const first = await Promise.race([child.mainExited.then(() => 'exited' as const), aborted]);
     if (first === 'aborted') {
       const reason =
@@ -388,6 +454,12 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
       return;
     }
     const exit = await child.waitExit(() => stopOptions('exited'));
+    // Stopped by the reaper while this process was frozen, or exited once the lease had run out anyway: the
+    // resource is lost as after a self-fence; the member stops, then rejoins or resumes (no failure, no restart).
+    if (this.#reaped.has(child.pid) || (!ctx.signal.aborted && !ctx.stillOwner())) {
+      finish(exit, 'fenced');
+      return;
+    }
     finish(exit, 'exited');
     // Still assigned: settle so that the member restarts the child after its backoff (same lock, same token).
     if (exit.code !== 0) throw new ChildFailedError(resource, exit.code, exit.signal);

@@ -26,6 +26,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { SupervisedChild } from '../../src/sidecar/child.js';
+import { Reaper, type ReaperSignal } from '../../src/sidecar/reaper.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { Sidecar as SidecarModule, type SidecarOptions } from '../../src/sidecar/sidecar.js';
 import { eventually, sleep } from '../harness/wait.js';
@@ -46,6 +47,17 @@ if [ "$CHILD_MODE" = ignore-term ]; then trap '' TERM; else trap 'log stop; exit
 log start
 case $REBALANCER_RESOURCE in crash-*) sleep 0.3; log crash; exit 3 ;; esac
 while :; do log tick; sleep 0.1; done
+`,
+);
+
+const DRAIN_CHILD = join(dir, 'drain-child.sh');
+writeFileSync(
+  DRAIN_CHILD,
+  `# A bash child that writes to stdout and stderr while it drains (after SIGTERM), and logs to $ORACLE.
+log() { echo "$1 $REBALANCER_RESOURCE $REBALANCER_FENCING_TOKEN $REBALANCER_NODE $REBALANCER_GROUP $$ $(date +%s%3N)" >> "$ORACLE"; }
+trap 'echo "draining $REBALANCER_RESOURCE"; log stop; sleep 0.3; echo "drained $REBALANCER_RESOURCE" >&2; log drained; exit 0' TERM
+log start
+while :; do echo "tick $REBALANCER_RESOURCE"; log tick; sleep 0.1; done
 `,
 );
 
@@ -146,7 +158,7 @@ function alive(pid: number): boolean {
 function aliveChild(c: Child): boolean {
   if (!alive(c.pid)) return false;
   try {
-    return readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').includes(CHILD);
+    return readFileSync(`/proc/${c.pid}/cmdline`, 'utf8').includes(dir); // child.sh or drain-child.sh
   } catch {
     return false;
   }
@@ -180,13 +192,22 @@ const sidecars: SidecarProc[] = [];
 
 function startSidecar(
   node: string,
-  o: { group: string; oracle: string; childMode?: string; drainMs?: number; mutant?: string },
+  o: {
+    group: string;
+    oracle: string;
+    childMode?: string;
+    drainMs?: number;
+    mutant?: string | undefined;
+    exec?: string;
+    /** In a process group of its own, as a shell starts a job (so that the test can stop the whole group). */
+    ownGroup?: boolean;
+  },
 ): SidecarProc {
   const eventsPath = join(dir, `${node}.events`);
   const err = openSync(eventsPath, 'a');
   const out = openSync(join(dir, `${node}.out`), 'a');
   const args = [...CLI, '--store', STORE, '--json', 'run', '--group', o.group];
-  args.push('--exec', `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
+  args.push('--exec', o.exec ?? `exec sh ${CHILD}`, '--node', node, '--ttl-ms', String(TTL_MS));
   args.push('--drain-timeout-ms', String(o.drainMs ?? 1500), '--restart-delay-ms', '200');
   args.push('--max-restart-delay-ms', '2000');
   if (o.mutant !== undefined) args.push('--mutant', o.mutant);
@@ -194,6 +215,7 @@ function startSidecar(
     cwd: REPO,
     stdio: ['ignore', out, err],
     env: { ...process.env, ORACLE: o.oracle, CHILD_MODE: o.childMode ?? 'normal' },
+    detached: o.ownGroup === true,
   });
   closeSync(err);
   closeSync(out);
@@ -277,7 +299,7 @@ afterAll(async () => {
   await Promise.all(sidecars.map((s) => s.exited));
   // The reapers stop any child of a killed sidecar; whatever our children are still alive (a mutant's): kill them.
   await sleep(1000);
-  for (const name of ['main', 'mutant', 'reaper', 'sigint']) {
+  for (const name of ['main', 'mutant', 'reaper', 'sigint', 'freeze', 'freeze-mutant', 'pipe']) {
     const oracle = join(dir, `${name}.oracle`);
     for (const c of readOracle(oracle)) if (aliveChild(c)) process.kill(-c.pid, 'SIGKILL');
   }
@@ -378,7 +400,8 @@ describe('rebalancer run (sidecar)', () => {
     const killedAt = Date.now();
     c.proc.kill('SIGKILL');
     await c.exited;
-    // Gone within the reaper's grace (min(drain, TTL/5) = 400 ms) plus scheduling slack: well before the TTL.
+    // Gone within the reaper's grace (the drain timeout, 1.5 s, cut at the lease's kill time: TTL/10 before the
+    // session's safety deadline) plus scheduling slack.
     await eventually(() => mine.every((x) => !aliveChild(x)), {
       ...STEP,
       what: 'every child of the sidecar to be gone',
@@ -510,6 +533,118 @@ describe('rebalancer run: a node id another live sidecar uses', () => {
   }, 60_000);
 });
 
+/**
+ * Two sidecars share two resources; one is frozen with a child running: SIGSTOP to its whole process group, as
+ * Ctrl-Z in a terminal stops a job (the group holds only the sidecar: the reaper and the children have groups of
+ * their own; the test resumes it with `resume`). Returns once the other one has
+ * started the frozen one's resource (its session expired) and half a second more has passed, in which a child of
+ * the frozen sidecar that still ran would have logged ticks after the new child's start.
+ */
+async function freezeOne(
+  group: string,
+  oracle: string,
+  mutant?: string,
+): Promise<{ a: SidecarProc; b: SidecarProc; frozen: Child; resources: string[]; resume: () => void }> {
+  const resources = [`${group}1`, `${group}2`];
+  expect(cli(['resources', 'add', '--group', group, ...resources]).code).toBe(0);
+  const a = startSidecar(`${group}-a`, { group, oracle, mutant, ownGroup: true });
+  await eventually(() => settled(oracle, resources, { [a.node]: 2 }), {
+    ...STEP,
+    what: `${resources.join(',')} to settle on ${a.node}`,
+    context: () => describeState(oracle, a),
+  });
+  const b = startSidecar(`${group}-b`, { group, oracle });
+  await eventually(() => settled(oracle, resources, { [a.node]: 1, [b.node]: 1 }), {
+    ...STEP,
+    what: `${resources.join(',')} to settle one per sidecar`,
+    context: () => describeState(oracle, a, b),
+  });
+  const frozen = readOracle(oracle).find((c) => c.node === a.node && aliveChild(c))!;
+  process.kill(-a.proc.pid!, 'SIGSTOP');
+  await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
+    ...STEP,
+    what: `${b.node} to start ${frozen.resource} once the frozen ${a.node}'s session has expired`,
+    context: () => describeState(oracle, a, b),
+  });
+  await sleep(500);
+  return { a, b, frozen, resources, resume: () => process.kill(-a.proc.pid!, 'SIGCONT') };
+}
+
+describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP to its process group, like Ctrl-Z)', () => {
+  it("its reaper stops its children before another node's child starts; resumed, it rejoins", async () => {
+    const oracle = join(dir, 'freeze.oracle');
+    const { a, b, frozen, resources, resume } = await freezeOne('z', oracle);
+    try {
+      // The oracle: no line of the frozen sidecar's child after the start of the new owner's child.
+      expect(violations(readOracle(oracle))).toEqual([]);
+      expect(aliveChild(frozen)).toBe(false);
+      expect(readOracle(oracle).find((c) => c.pid === frozen.pid)?.stopped, 'it got SIGTERM first').toBe(true);
+    } finally {
+      resume();
+    }
+    // Resumed: it finds its session lost, as after a self-fence: reports what the reaper did, rejoins, and gets a
+    // share again.
+    await eventually(() => events(a, 'joined').length >= 2, {
+      ...STEP,
+      what: `${a.node} to rejoin`,
+      context: () => describeState(oracle, a, b),
+    });
+    const signalled = events(a, 'reaperSignalled').filter((e) => e.pid === frozen.pid);
+    expect(signalled.map((e) => e.signal)[0]).toBe('SIGTERM');
+    expect(events(a, 'childExited').find((e) => e.pid === frozen.pid)).toMatchObject({
+      cause: 'fenced',
+      restart: false,
+    });
+    expect(events(a, 'sessionLost').length).toBe(1);
+    await eventually(() => settled(oracle, resources, { [a.node]: 1, [b.node]: 1 }), {
+      ...STEP,
+      what: `${resources.join(',')} to settle one per sidecar again`,
+      context: () => describeState(oracle, a, b),
+    });
+    expect(violations(readOracle(oracle))).toEqual([]);
+    await Promise.all([terminate(a), terminate(b)]);
+    expect([a.exit, b.exit]).toEqual([
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+    ]);
+  }, 90_000);
+});
+
+describe('rebalancer run: kill -9 of a sidecar whose children write while they drain', () => {
+  it('the children still have somewhere to write: they drain, and their last lines reach the output', async () => {
+    const oracle = join(dir, 'pipe.oracle');
+    expect(cli(['resources', 'add', '--group', 'p', 'p1']).code).toBe(0);
+    const s = startSidecar('p', { group: 'p', oracle, exec: `exec bash ${DRAIN_CHILD}`, drainMs: 5000 });
+    const outPath = join(dir, 'p.out');
+    // childStarted: the reaper has been handed the child's group and pipes.
+    const started = (): boolean => events(s, 'childStarted').length === 1;
+    await eventually(() => started() && readFileSync(outPath, 'utf8').includes('[p1] tick'), {
+      ...STEP,
+      what: 'p1 to run and print',
+      context: () => describeState(oracle, s),
+    });
+    const mine = readOracle(oracle).filter(aliveChild);
+    s.proc.kill('SIGKILL');
+    await s.exited;
+    await eventually(() => mine.every((x) => !aliveChild(x)), {
+      ...STEP,
+      what: 'the child to be gone',
+      timeoutMs: 10_000,
+    });
+    // Its SIGTERM trap ran to the end (a child that dies of SIGPIPE on its first write logs neither line)…
+    const child = readOracle(oracle).find((c) => c.pid === mine[0]!.pid)!;
+    expect(child.stopped).toBe(true);
+    expect(readFileSync(oracle, 'utf8')).toMatch(new RegExp(`^drained p1 .* ${child.pid} \\d+$`, 'm'));
+    // …and what it wrote while draining reached the sidecar's stdout and stderr (passed on by the reaper), prefixed.
+    await eventually(() => readFileSync(s.eventsPath, 'utf8').includes('[p1] drained p1\n'), {
+      ...STEP,
+      what: 'the last line on stderr',
+      timeoutMs: 5000,
+    });
+    expect(readFileSync(outPath, 'utf8')).toMatch(/^\[p1\] draining p1$/m);
+  }, 60_000);
+});
+
 describe('the checks catch broken sidecars', () => {
   it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
     const oracle = join(dir, 'mutant.oracle');
@@ -536,6 +671,17 @@ describe('the checks catch broken sidecars', () => {
     expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
     await Promise.all([terminate(m), terminate(n)]);
   }, 60_000);
+
+  it('no-lease-deadline: the children of a frozen sidecar run on after another node started theirs', async () => {
+    const oracle = join(dir, 'freeze-mutant.oracle');
+    const { a, b, resume } = await freezeOne('y', oracle, 'no-lease-deadline');
+    try {
+      expect(violations(readOracle(oracle))[0]).toMatch(/two children at once/);
+    } finally {
+      resume();
+    }
+    await Promise.all([terminate(a), terminate(b)]);
+  }, 90_000);
 
   it('no-reaper: children of a kill -9 sidecar outlive it', async () => {
     const oracle = join(dir, 'reaper.oracle');
@@ -610,6 +756,62 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     expect(exit).toEqual({ code: null, signal: 'SIGKILL', killed: true });
     expect(killedAfterMs).toBeGreaterThanOrEqual(500);
     expect(child.groupAlive()).toBe(false);
+  }, 30_000);
+});
+
+describe('Reaper (src/sidecar/reaper.ts): the lease', () => {
+  it('leaves the children alone while the lease is renewed; once it runs out, SIGTERM then SIGKILL, reported', async () => {
+    const signals: ReaperSignal[] = [];
+    const errors: unknown[] = [];
+    const reaper = new Reaper({
+      drainTimeoutMs: 60_000,
+      fallbackGraceMs: 60_000,
+      onError: (error) => errors.push(error),
+      onSignal: (s) => signals.push(s),
+    });
+    const sink = new Writable({ write: (_c, _e, done) => done() });
+    const start = (): Promise<SupervisedChild> =>
+      SupervisedChild.start({
+        command: `trap '' TERM; while :; do sleep 0.1; done`,
+        env: process.env,
+        prefix: '[r] ',
+        stdout: sink,
+        stderr: sink,
+      });
+    const [a, b] = [await start(), await start()];
+    const clock = { now: () => performance.now() };
+    const renew = (): void => reaper.setLease({ termAtMs: clock.now() + 1000, killAtMs: clock.now() + 1500 }, clock);
+    try {
+      renew();
+      await reaper.add(a.pid, () => a.outputHandles(), '[a] ');
+      await reaper.add(b.pid, () => b.outputHandles(), '[b] ');
+      reaper.stopping(b.pid); // the sidecar is stopping b itself: the reaper only SIGKILLs it, by the lease
+      for (let i = 0; i < 20; i++) {
+        await sleep(100);
+        renew();
+      }
+      expect(signals).toEqual([]);
+      expect([a.groupAlive(), b.groupAlive()]).toEqual([true, true]);
+      // No more renewals (the sidecar is frozen): SIGTERM 1 s after the last one (ignored), SIGKILL 0.5 s later.
+      await eventually(() => !a.groupAlive() && !b.groupAlive(), {
+        ...STEP,
+        what: 'both children to be stopped by the reaper',
+        timeoutMs: 10_000,
+      });
+      expect(signals.map((s) => [s.pgid, s.signal])).toEqual([
+        [a.pid, 'SIGTERM'],
+        [a.pid, 'SIGKILL'],
+        [b.pid, 'SIGKILL'],
+      ]);
+      expect((await a.mainExited).signal).toBe('SIGKILL');
+      expect(errors).toEqual([]);
+    } finally {
+      a.kill();
+      b.kill();
+      reaper.close();
+    }
+    // Closed with nothing left to stop: it exits.
+    await eventually(() => !alive(reaper.pid!), { ...STEP, what: 'the reaper to exit', timeoutMs: 10_000 });
   }, 30_000);
 });
 
@@ -699,7 +901,10 @@ describe('Sidecar options (src/sidecar/sidecar.ts): read by the one option reade
         { strategy: 'rendevous' },
         /^sidecar options.strategy must be one of .*, got "rendevous" \(did you mean "rendezvous"\?\)/,
       ],
-      [{ mutant: 'bogus' }, /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", got "bogus"/],
+      [
+        { mutant: 'bogus' },
+        /^sidecar options.mutant must be one of "settle-before-exit", "no-reaper", "no-lease-deadline", got "bogus"/,
+      ],
       [{ store: {} }, /^sidecar options.store must be a Store/],
       [{ group: 7 }, /^sidecar options.group must be a string/],
       [{ nodeId: 7 }, /^sidecar options.nodeId must be a string of 1-128 characters/],
