@@ -81,7 +81,8 @@ export interface Model<S, I, O> {
 export interface CheckOptions {
   /**
    * The most search steps (one step: one entry of the history visited) in one partition; when a partition needs
-   * more, the answer is `unknown`. Default 10 000 000 (a few seconds at worst). Deterministic: use it in simulations.
+   * more, the answer is `unknown`. Default 2 000 000 (about 1–4 s of an exhaustive search on this machine kind, see
+   * `npm run bench -- linearizability`). Deterministic: use it in simulations.
    */
   readonly maxStepsPerPartition?: number | undefined;
   /** Wall-clock limit for the whole check, in milliseconds; default none. When it passes, the answer is `unknown`. */
@@ -140,7 +141,7 @@ export type CheckResult<I, O> =
       readonly message: string;
     };
 
-const DEFAULT_MAX_STEPS = 10_000_000;
+const DEFAULT_MAX_STEPS = 2_000_000;
 const DEFAULT_MAX_CACHE_ENTRIES = 1_000_000;
 /** How many steps between two looks at the wall clock. */
 const CLOCK_EVERY_STEPS = 1024;
