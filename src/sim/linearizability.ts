@@ -88,11 +88,13 @@ export interface CheckOptions {
   /** Wall-clock limit for the whole check, in milliseconds; default none. When it passes, the answer is `unknown`. */
   readonly timeLimitMs?: number | undefined;
   /**
-   * The most (linearized set, state) pairs kept in a partition's cache; default 1 000 000. Each costs about
-   * ops/8 + 80 bytes plus the model's state. When full, the search goes on without remembering more (correct,
-   * possibly slower).
+   * A bound on the memory of a partition's cache of (linearized set, state) pairs, in bytes; default 256 MiB. An
+   * entry is counted as ⌈ops/32⌉ × 4 + 96 bytes (its set and bookkeeping); the model's states are not counted (the
+   * ready models' states are strings, mostly shared with the history). When full, the search goes on without
+   * remembering more pairs: still correct, possibly slower (the step budget still bounds it). The cache is dropped
+   * after each partition.
    */
-  readonly maxCacheEntries?: number | undefined;
+  readonly maxCacheBytes?: number | undefined;
   /** The clock for `timeLimitMs`; default `performance.now`. */
   readonly now?: (() => number) | undefined;
 }
@@ -142,7 +144,9 @@ export type CheckResult<I, O> =
     };
 
 const DEFAULT_MAX_STEPS = 2_000_000;
-const DEFAULT_MAX_CACHE_ENTRIES = 1_000_000;
+const DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024;
+/** Bookkeeping per cache entry besides its bit set (object, array slot, typed-array header), in bytes. */
+const CACHE_ENTRY_OVERHEAD_BYTES = 96;
 /** How many steps between two looks at the wall clock. */
 const CLOCK_EVERY_STEPS = 1024;
 /** At most this many operations listed per section of a failure message. */
@@ -159,7 +163,7 @@ export function checkOperations<S, I, O>(
   const timeLimitMs = r.optional<number>('timeLimitMs', (v) =>
     typeof v === 'number' && v >= 0 && !Number.isNaN(v) ? undefined : `must be a number of milliseconds ≥ 0`,
   );
-  const maxCache = r.integer('maxCacheEntries', DEFAULT_MAX_CACHE_ENTRIES, { min: 0 });
+  const maxCacheBytes = r.integer('maxCacheBytes', DEFAULT_MAX_CACHE_BYTES, { min: 0 });
   const now = r.fn<() => number>('now', () => performance.now());
   r.done();
   if (!Array.isArray(history)) throw new InvalidArgumentError('checkOperations: the history must be an array');
@@ -185,7 +189,7 @@ export function checkOperations<S, I, O>(
       continue;
     }
     const ops = model.simplify === undefined ? partitions[p]! : model.simplify(partitions[p]!);
-    const out = searchPartition(model, ops, p, { maxSteps, maxCache, deadline, now });
+    const out = searchPartition(model, ops, p, { maxSteps, maxCacheBytes, deadline, now });
     steps += out.steps;
     maxCacheSeen = Math.max(maxCacheSeen, out.cacheEntries);
     if (out.kind === 'ok') {
@@ -339,7 +343,7 @@ function validateOperation(op: Operation<unknown, unknown>, i: number): void {
 
 interface Limits {
   readonly maxSteps: number;
-  readonly maxCache: number;
+  readonly maxCacheBytes: number;
   readonly deadline: number;
   readonly now: () => number;
 }
@@ -441,7 +445,7 @@ function searchPartition<S, I, O>(
   let bitsHash = 0;
   const hashState = model.hash === undefined ? (): number => 0 : model.hash.bind(model);
   const equal = model.equal === undefined ? Object.is : model.equal.bind(model);
-  const cache = new Cache<S>(equal, limits.maxCache);
+  const cache = new Cache<S>(equal, Math.floor(limits.maxCacheBytes / (bits.length * 4 + CACHE_ENTRY_OVERHEAD_BYTES)));
 
   const lift = (call: number): void => {
     const ret = returnOf[opOf[call]!]!;

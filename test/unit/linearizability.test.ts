@@ -396,9 +396,13 @@ describe('linearizability checker: budget', () => {
   });
 
   it('a bounded cache still decides (slower), and memoisation is what keeps it fast', () => {
-    const noCache = checkOperations(reg, hard(8), { maxCacheEntries: 0, maxStepsPerPartition: 1e8 });
+    const noCache = checkOperations(reg, hard(8), { maxCacheBytes: 0, maxStepsPerPartition: 1e8 });
     const cached = checkOperations(reg, hard(8));
     expectResult(noCache, 'illegal');
     expect(noCache.stats.steps).toBeGreaterThan(cached.stats.steps * 10);
+    // hard(8): 9 operations, one 32-bit word per set: 100 bytes an entry.
+    const small = checkOperations(reg, hard(8), { maxCacheBytes: 100 * 100, maxStepsPerPartition: 1e8 });
+    expectResult(small, 'illegal');
+    expect(small.stats.maxCacheEntries).toBe(100);
   });
 });
