@@ -65,6 +65,7 @@ export function kvModel(): Model<string | null, KvInput, KvOutput> {
     hash: (s) => (s === null ? 0 : hashString(s) | 1),
     describeOperation: (input, output) => describeKv(input, output),
     describeState: (s) => (s === null ? '(absent)' : JSON.stringify(s)),
+    describePartition: (ops) => (ops[0] === undefined ? 'no key' : `key ${JSON.stringify(ops[0].input.key)}`),
   };
 }
 

@@ -76,6 +76,8 @@ export interface Model<S, I, O> {
   /** How an operation reads in a failure message; default JSON. */
   describeOperation?(input: I, output: O | Unknown): string;
   describeState?(state: S): string;
+  /** What a partition is, for a failure message (e.g. `key "x"`); default its number. */
+  describePartition?(ops: readonly Operation<I, O>[]): string;
 }
 
 export interface CheckOptions {
@@ -113,6 +115,8 @@ export interface CheckStats {
 /** Why a history is not linearizable, as far as the search got in the partition that failed. */
 export interface IllegalExplanation<I, O> {
   readonly partitionIndex: number;
+  /** The partition as the model describes it (`key "x", partition i of n`), or `partition i of n`. */
+  readonly partitionName: string;
   /** The failing partition's operations (after `Model.simplify`). */
   readonly partition: readonly Operation<I, O>[];
   /** The longest sequence of operations the search could linearize (in linearization order). */
@@ -183,7 +187,7 @@ export function checkOperations<S, I, O>(
     maxCacheEntries: maxCacheSeen,
   });
   for (let p = 0; p < partitions.length; p++) {
-    if (reason === 'time-limit' || now() > deadline) {
+    if (reason === 'time-limit' || (timeLimitMs !== undefined && now() > deadline)) {
       reason = 'time-limit';
       undecided.push(p);
       continue;
@@ -196,12 +200,12 @@ export function checkOperations<S, I, O>(
       checked++;
     } else if (out.kind === 'illegal') {
       checked++;
-      return {
-        result: 'illegal',
-        stats: stats(),
-        explanation: out.explanation,
-        message: explain(model, out.explanation, partitions.length),
+      const where = `partition ${p + 1} of ${partitions.length}`;
+      const explanation: IllegalExplanation<I, O> = {
+        ...out.explanation,
+        partitionName: model.describePartition === undefined ? where : `${model.describePartition(ops)}, ${where}`,
       };
+      return { result: 'illegal', stats: stats(), explanation, message: explain(model, explanation) };
     } else {
       reason = out.kind;
       undecided.push(p);
@@ -350,7 +354,12 @@ interface Limits {
 
 type PartitionOutcome<I, O> =
   | { kind: 'ok'; steps: number; cacheEntries: number }
-  | { kind: 'illegal'; steps: number; cacheEntries: number; explanation: IllegalExplanation<I, O> }
+  | {
+      kind: 'illegal';
+      steps: number;
+      cacheEntries: number;
+      explanation: Omit<IllegalExplanation<I, O>, 'partitionName'>;
+    }
   | { kind: 'step-budget' | 'time-limit'; steps: number; cacheEntries: number };
 
 /** The (linearized set, state) pairs already explored, bucketed by a hash of both. */
@@ -474,7 +483,7 @@ function searchPartition<S, I, O>(
   while (knownRemaining > 0) {
     steps++;
     if (steps > limits.maxSteps) return { kind: 'step-budget', steps: steps - 1, cacheEntries: cache.size };
-    if (steps % CLOCK_EVERY_STEPS === 0 && limits.now() > limits.deadline) {
+    if (steps % CLOCK_EVERY_STEPS === 0 && limits.deadline < Infinity && limits.now() > limits.deadline) {
       return { kind: 'time-limit', steps, cacheEntries: cache.size };
     }
     if (entry === TAIL) {
@@ -570,7 +579,7 @@ function json(v: unknown): string {
   }
 }
 
-function explain<S, I, O>(model: Model<S, I, O>, x: IllegalExplanation<I, O>, partitions: number): string {
+function explain<S, I, O>(model: Model<S, I, O>, x: IllegalExplanation<I, O>): string {
   const list = (ops: readonly Operation<I, O>[], numbered: boolean): string[] => {
     const shown = ops.length > MESSAGE_OPS ? ops.slice(ops.length - MESSAGE_OPS) : ops;
     const first = ops.length - shown.length;
@@ -579,7 +588,7 @@ function explain<S, I, O>(model: Model<S, I, O>, x: IllegalExplanation<I, O>, pa
     return lines;
   };
   return [
-    `not linearizable: partition ${x.partitionIndex + 1} of ${partitions} (${x.partition.length} operations)`,
+    `not linearizable: ${x.partitionName} (${x.partition.length} operations)`,
     `  longest linearizable prefix found (${x.linearized.length} operations):`,
     ...(x.linearized.length === 0 ? ['    (none)'] : list(x.linearized, true)),
     `  state after it: ${x.state}`,

@@ -112,6 +112,7 @@ describe('linearizability checker: planted bugs are caught', () => {
     expect(r.explanation.blocked.input).toEqual(get('x'));
     expect(r.explanation.linearized.map((o) => o.input)).toEqual([put('x', 'a'), put('x', 'b')]);
     expect(r.explanation.state).toBe('"b"');
+    expect(r.message).toContain('not linearizable: key "x", partition 1 of 2 (3 operations)');
     expect(r.message).toContain('get("x") → "a"');
     expect(r.message).toContain('longest linearizable prefix found (2 operations)');
     expect(r.message).toContain('client 2, 4–5');
