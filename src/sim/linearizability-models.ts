@@ -70,32 +70,80 @@ export function kvModel(): Model<string | null, KvInput, KvOutput> {
 }
 
 /**
- * Drop, from one key's history, the unknown-outcome operations that cannot matter: reads, and puts and appends whose
- * value nobody observed — no read returned a value containing it, no cas expected a value containing it — when no
- * cas on the key is known to have failed. Why that is sound: in any linearization with such a write, the state it
- * leaves is overwritten before any operation that could tell (a read would observe it; a cas that succeeded would
- * expect it; one that failed is excluded), so leaving it out (it never happened) is a linearization too.
+ * Simplify one key's history before the search, soundly, so that operations of unknown outcome cost less:
+ *
+ *  1. an unknown read is dropped (it constrains nothing);
+ *  2. an unknown put whose value is written by no other operation, on a key with no appends, and which some read
+ *     returned (or some cas that succeeded expected), certainly took effect, and before the earliest return of
+ *     those: it becomes an operation that returned then (its output is not used). Only it can have produced that
+ *     value, and a read's point lies before its return;
+ *  3. an unknown put or append whose value nobody observed — no read returned a value containing it, no cas expected
+ *     a value containing it — is dropped unless a cas that is known to have failed could tell: one that returned
+ *     after the write was called and expected null or a value some operation writes (with appends on the key: any
+ *     failed cas; without, a cas expecting a value nobody writes fails whatever happened). In any linearization with
+ *     the write, the state it leaves is overwritten before any operation that could tell (a read would observe it;
+ *     a cas that succeeded would expect it; one that failed could not tell), so leaving it out (it never happened)
+ *     is a linearization too.
+ *
+ * What the search shows in a failure message is the partition after this (rule 2 gives a return time).
  */
 function simplifyKv(ops: readonly KvOperation[]): readonly KvOperation[] {
-  const unknownOnes = ops.filter((o) => o.returnTime === undefined);
-  if (unknownOnes.length === 0) return ops;
+  if (ops.every((o) => o.returnTime !== undefined)) return ops;
   const seen: string[] = [];
-  let failedCas = false;
-  for (const o of ops) {
-    if (o.input.op === 'get' && o.returnTime !== undefined && typeof o.output === 'string') seen.push(o.output);
-    if (o.input.op === 'cas') {
-      if (o.input.expected !== null) seen.push(o.input.expected);
-      if (o.returnTime !== undefined && o.output === false) failedCas = true;
-    }
-  }
-  const harmless = (o: KvOperation): boolean => {
-    if (o.returnTime !== undefined) return false;
-    if (o.input.op === 'get') return true;
-    if (failedCas || (o.input.op !== 'put' && o.input.op !== 'append')) return false;
-    const v = o.input.value;
-    return v !== '' && !seen.some((s) => s.includes(v));
+  let appends = false;
+  const writers = new Map<string, number>();
+  const observedBy = new Map<string, number>();
+  const observe = (value: string, at: number): void => {
+    const before = observedBy.get(value);
+    if (before === undefined || at < before) observedBy.set(value, at);
   };
-  return ops.filter((o) => !harmless(o));
+  for (const o of ops) {
+    const i = o.input;
+    if (i.op === 'get' && o.returnTime !== undefined && typeof o.output === 'string') {
+      seen.push(o.output);
+      observe(o.output, o.returnTime);
+    }
+    if (i.op === 'cas') {
+      if (i.expected !== null) seen.push(i.expected);
+      if (o.returnTime !== undefined && o.output === true && i.expected !== null) observe(i.expected, o.returnTime);
+    }
+    if (i.op === 'append') appends = true;
+    if (i.op === 'put' || i.op === 'cas' || i.op === 'append') writers.set(i.value, (writers.get(i.value) ?? 0) + 1);
+  }
+  // The last return of a failed cas that could tell whether an unobserved write happened.
+  let lastTellingCas = Number.NEGATIVE_INFINITY;
+  for (const o of ops) {
+    const i = o.input;
+    if (i.op !== 'cas' || o.returnTime === undefined || o.output !== false) continue;
+    if (appends || i.expected === null || writers.has(i.expected))
+      lastTellingCas = Math.max(lastTellingCas, o.returnTime);
+  }
+  const out: KvOperation[] = [];
+  for (const o of ops) {
+    if (o.returnTime !== undefined) {
+      out.push(o);
+      continue;
+    }
+    const i = o.input;
+    if (i.op === 'get') continue;
+    if (i.op === 'put' && !appends && writers.get(i.value) === 1) {
+      const by = observedBy.get(i.value);
+      if (by !== undefined && by >= o.callTime) {
+        out.push({ ...o, returnTime: by, output: null });
+        continue;
+      }
+    }
+    if (
+      (i.op === 'put' || i.op === 'append') &&
+      lastTellingCas < o.callTime &&
+      i.value !== '' &&
+      !seen.some((v) => v.includes(i.value))
+    ) {
+      continue;
+    }
+    out.push(o);
+  }
+  return out;
 }
 
 function describeKv(input: KvInput, output: KvOutput | Unknown): string {

@@ -16,6 +16,8 @@ export interface KvHistoryOptions {
   readonly unknownRate?: number;
   /** Probability that an unknown operation did NOT take effect (sent, lost before applying). */
   readonly neverAppliedRate?: number;
+  /** Leave appends out (put, get, cas and delete only: a register per key, as a replicated map serves). */
+  readonly noAppends?: boolean;
 }
 
 export function kvHistory(seed: number, o: KvHistoryOptions): KvOperation[] {
@@ -46,9 +48,9 @@ export function kvHistory(seed: number, o: KvHistoryOptions): KvOperation[] {
       output = current;
     } else if (kind < 0.75) {
       input = { op: 'put', key, value };
-    } else if (kind < 0.88) {
+    } else if (kind < 0.88 && o.noAppends !== true) {
       input = { op: 'append', key, value };
-    } else if (kind < 0.97) {
+    } else if (kind < 0.97 || (kind < 0.88 && o.noAppends === true)) {
       const expected = rnd.chance(0.6) ? current : `v${rnd.int(0, i)}`;
       input = { op: 'cas', key, expected, value };
       output = expected === current;
