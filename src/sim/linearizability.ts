@@ -222,7 +222,16 @@ export function checkOperations<S, I, O>(
       (reason === 'time-limit'
         ? `within the time limit`
         : `within ${maxSteps} steps each (raise maxStepsPerPartition, or record shorter histories with fewer ` +
-          `concurrent operations)`),
+          `concurrent operations)`) +
+      `: ${undecided
+        .slice(0, MESSAGE_OPS)
+        .map((i) => {
+          const ops = partitions[i]!;
+          const name = model.describePartition === undefined ? `partition ${i + 1}` : model.describePartition(ops);
+          const unknown = ops.filter((o) => o.returnTime === undefined).length;
+          return `${name} (${ops.length} operations, ${unknown} of unknown outcome)`;
+        })
+        .join(', ')}${undecided.length > MESSAGE_OPS ? ', …' : ''}`,
   };
 }
 

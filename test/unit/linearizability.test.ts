@@ -465,6 +465,9 @@ describe('linearizability checker: budget', () => {
     const bad = [...hardKv, op(1, 0, 1, put('b', '1')), op(2, 2, 3, get('b'), null)];
     const r2 = checkOperations(kv, bad, { maxStepsPerPartition: 10_000 });
     expectResult(r2, 'illegal');
+    const r3 = checkOperations(kv, hardKv, { maxStepsPerPartition: 10_000 });
+    expectResult(r3, 'unknown');
+    expect(r3.result === 'unknown' && r3.message).toContain('key "h" (41 operations, 0 of unknown outcome)');
   });
 
   it('a bounded cache still decides (slower), and memoisation is what keeps it fast', () => {
