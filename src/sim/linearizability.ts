@@ -244,13 +244,17 @@ export function checkEvents<S, I, O>(
   return checkOperations(model, operationsFromEvents(events), options);
 }
 
-/** Pair call and return events into operations, in call order. */
+/**
+ * Pair call and return events (by id) into operations, in the order of the calls. The events may come in any order
+ * (e.g. one process's events after another's); times order them.
+ */
 export function operationsFromEvents<I, O>(events: readonly HistoryEvent<I, O>[]): Operation<I, O>[] {
   if (!Array.isArray(events)) throw new InvalidArgumentError('the history events must be an array');
   const calls = new Map<string | number, { ev: HistoryEvent<I, O> & { type: 'call' }; ret?: HistoryEvent<I, O> }>();
+  const returns: [number, HistoryEvent<I, O> & { type: 'return' }][] = [];
   for (const [i, ev] of events.entries()) {
     if (ev === null || typeof ev !== 'object') throw new InvalidArgumentError(`history event ${i} is not an object`);
-    if (!Number.isFinite(ev.time)) {
+    if (typeof ev.time !== 'number' || !Number.isFinite(ev.time)) {
       throw new InvalidArgumentError(`history event ${i} (id ${String(ev.id)}) has no finite time: ${String(ev.time)}`);
     }
     if (ev.type === 'call') {
@@ -261,31 +265,33 @@ export function operationsFromEvents<I, O>(events: readonly HistoryEvent<I, O>[]
       }
       calls.set(ev.id, { ev });
     } else if (ev.type === 'return') {
-      const c = calls.get(ev.id);
-      if (c === undefined) {
-        throw new InvalidArgumentError(
-          `history event ${i}: a return for id ${String(ev.id)} comes before (or without) its call`,
-        );
-      }
-      if (c.ret !== undefined) throw new InvalidArgumentError(`history event ${i}: id ${String(ev.id)} returns twice`);
-      if (ev.time < c.ev.time) {
-        throw new InvalidArgumentError(
-          `history event ${i}: id ${String(ev.id)} returns at ${ev.time}, before its call at ${c.ev.time}`,
-        );
-      }
-      c.ret = ev;
+      returns.push([i, ev]);
     } else {
       throw new InvalidArgumentError(
         `history event ${i} has type ${JSON.stringify((ev as { type: unknown }).type)}; expected "call" or "return"`,
       );
     }
   }
-  return [...calls.values()].map(({ ev, ret }) => ({
-    ...(ev.client === undefined ? {} : { client: ev.client }),
-    input: ev.input,
-    callTime: ev.time,
-    ...(ret !== undefined && ret.type === 'return' ? { returnTime: ret.time, output: ret.output } : {}),
-  }));
+  for (const [i, ev] of returns) {
+    const c = calls.get(ev.id);
+    if (c === undefined)
+      throw new InvalidArgumentError(`history event ${i}: a return for id ${String(ev.id)} has no call`);
+    if (c.ret !== undefined) throw new InvalidArgumentError(`history event ${i}: id ${String(ev.id)} returns twice`);
+    if (ev.time < c.ev.time) {
+      throw new InvalidArgumentError(
+        `history event ${i}: id ${String(ev.id)} returns at ${ev.time}, before its call at ${c.ev.time}`,
+      );
+    }
+    c.ret = ev;
+  }
+  return [...calls.values()]
+    .sort((a, b) => a.ev.time - b.ev.time)
+    .map(({ ev, ret }) => ({
+      ...(ev.client === undefined ? {} : { client: ev.client }),
+      input: ev.input,
+      callTime: ev.time,
+      ...(ret !== undefined && ret.type === 'return' ? { returnTime: ret.time, output: ret.output } : {}),
+    }));
 }
 
 /**
