@@ -9,6 +9,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   groups: () => import('./groups.js'),
   rabbitmq: () => import('./rabbitmq.js'),
   slots: () => import('./slots.js'),
+  linearizability: () => import('./linearizability.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);
