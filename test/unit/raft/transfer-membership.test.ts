@@ -1,0 +1,163 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryStorage } from '../../../src/raft/index.js';
+import { bytes, Net } from './network.js';
+
+const ABC = ['a', 'b', 'c'];
+
+describe('raft leadership transfer', () => {
+  it('hands leadership to an up-to-date follower at once, without waiting for a timeout', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    const term = net.core('a').term;
+    net.core('a').transferLeadership('b');
+    net.stabilize();
+    expect(net.core('b').role).toBe('leader');
+    expect(net.core('b').term).toBe(term + 1);
+    expect(net.core('a').role).toBe('follower');
+  });
+
+  it('brings a lagging follower up to date first, then hands over', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.isolate('c');
+    for (const x of ['1', '2', '3']) net.propose('a', x);
+    net.stabilize();
+    net.heal();
+    net.core('a').transferLeadership('c');
+    expect(net.core('a').propose(bytes('during'))).toMatchObject({ ok: false, reason: 'transferring' });
+    net.stabilize();
+    expect(net.core('c').role).toBe('leader');
+    expect(net.stateOf('c')).toEqual(['1', '2', '3']);
+  });
+
+  it('is aborted after an election timeout when the target does not take over', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.isolate('c');
+    net.core('a').transferLeadership('c');
+    net.stabilize();
+    expect(net.core('a').status().transferringTo).toBe('c');
+    net.tick(10, ['a', 'b']);
+    expect(net.core('a').role).toBe('leader');
+    expect(net.core('a').status().transferringTo).toBe('');
+    net.propose('a', 'after');
+    net.stabilize();
+    expect(net.stateOf('b')).toEqual(['after']);
+  });
+
+  it('can be asked on a follower (forwarded to the leader)', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.core('b').transferLeadership('c');
+    net.stabilize();
+    expect(net.core('c').role).toBe('leader');
+  });
+});
+
+describe('raft membership changes', () => {
+  it('adds a learner that receives the log without voting, then promotes it to voter', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.propose('a', 'x');
+    net.stabilize();
+    net.add('d', new MemoryStorage());
+    expect(net.core('a').changeMembership({ type: 'addLearner', node: 'd' })).toEqual({ ok: true });
+    net.stabilize();
+    expect(net.core('a').membership()).toEqual({ voters: ABC, learners: ['d'] });
+    net.tick(2);
+    expect(net.stateOf('d')).toEqual(['x']);
+    expect(net.core('d').membership()).toEqual({ voters: ABC, learners: ['d'] });
+    // A learner never campaigns.
+    net.isolate('d');
+    net.tick(50, ['d']);
+    expect(net.core('d').role).toBe('follower');
+    net.heal();
+    expect(net.core('a').changeMembership({ type: 'addVoter', node: 'd' })).toEqual({ ok: true });
+    net.stabilize();
+    expect(net.core('a').membership()).toEqual({ voters: ['a', 'b', 'c', 'd'], learners: [] });
+    // Now d counts: with b and c down, a and d are not a majority of four.
+    net.isolate('b');
+    net.isolate('c');
+    net.propose('a', 'y');
+    net.stabilize();
+    expect(net.stateOf('d')).toEqual(['x']);
+  });
+
+  it('accepts one change at a time: the next only once the previous is applied', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.add('d', new MemoryStorage());
+    net.add('e', new MemoryStorage());
+    const a = net.core('a');
+    expect(a.changeMembership({ type: 'addLearner', node: 'd' })).toEqual({ ok: true });
+    expect(a.changeMembership({ type: 'addLearner', node: 'e' })).toMatchObject({
+      ok: false,
+      reason: 'membership-pending',
+    });
+    net.stabilize();
+    expect(a.changeMembership({ type: 'addLearner', node: 'e' })).toEqual({ ok: true });
+    expect(a.changeMembership({ type: 'addLearner', node: 'e' })).toMatchObject({ ok: false });
+    expect(a.changeMembership({ type: 'remove', node: 'zz' })).toMatchObject({ reason: 'invalid-membership-change' });
+  });
+
+  it('a new leader changes membership only after committing an entry of its term', () => {
+    const net = new Net(ABC);
+    net.filter = (m) => m.type !== 'appendResponse';
+    net.elect('a');
+    expect(net.core('a').role).toBe('leader');
+    expect(net.core('a').changeMembership({ type: 'remove', node: 'c' })).toMatchObject({
+      ok: false,
+      reason: 'membership-pending',
+    });
+    net.filter = () => true;
+    net.tick(1);
+    expect(net.core('a').changeMembership({ type: 'remove', node: 'c' })).toEqual({ ok: true });
+  });
+
+  it('removes a voter: the rest commit without it', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.core('a').changeMembership({ type: 'remove', node: 'c' });
+    net.stabilize();
+    expect(net.core('a').membership().voters).toEqual(['a', 'b']);
+    net.isolate('c');
+    net.propose('a', 'x');
+    net.stabilize();
+    expect(net.stateOf('b')).toEqual(['x']);
+    // The removed replica, cut off, never disturbs the group: it is not a voter in its own eyes either.
+    net.tick(50, ['c']);
+    expect(net.core('c').role).toBe('follower');
+  });
+
+  it('removing the leader: it steps down once the change is applied, and the rest elect a new one', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.core('a').changeMembership({ type: 'remove', node: 'a' });
+    net.stabilize();
+    expect(net.core('a').role).toBe('follower');
+    net.isolate('a');
+    net.tick(30, ['b', 'c']);
+    const leaders = net.leaders();
+    expect(leaders).toHaveLength(1);
+    expect(leaders[0]!.id).not.toBe('a');
+    net.propose(leaders[0]!.id, 'x');
+    net.stabilize();
+    expect(net.stateOf('b')).toEqual(['x']);
+    expect(net.stateOf('c')).toEqual(['x']);
+  });
+
+  it('a new voter added while behind catches up, and the group keeps a majority throughout', () => {
+    const net = new Net(['a']);
+    net.elect('a');
+    for (const x of ['1', '2']) net.propose('a', x);
+    net.stabilize();
+    net.add('b', new MemoryStorage());
+    net.core('a').changeMembership({ type: 'addVoter', node: 'b' });
+    net.stabilize();
+    net.add('c', new MemoryStorage());
+    net.core('a').changeMembership({ type: 'addVoter', node: 'c' });
+    net.stabilize();
+    for (const id of ABC) expect(net.core(id).membership()).toEqual({ voters: ABC, learners: [] });
+    expect(net.stateOf('c')).toEqual(['1', '2']);
+  });
+});
