@@ -174,6 +174,34 @@ describe('raft election', () => {
     expect(net.leaders()[0]!.id).not.toBe('a');
   });
 
+  it('a vote survives a crash: after a restart the replica refuses a second candidate of the same term', () => {
+    const net = new Net(ABC, { preVote: false });
+    const vote = (from: string) =>
+      net.core('c').step({ type: 'vote', from, to: 'c', term: 1, index: 0, logTerm: 0, transfer: false });
+    vote('a');
+    net.flushReadies();
+    net.restart('c');
+    vote('b');
+    net.flushReadies();
+    const grants = net.sent.filter((m) => m.type === 'voteResponse' && !m.reject).map((m) => m.to);
+    expect(grants).toEqual(['a']);
+  });
+
+  it('a vote is not sent before it is durable: a crash before the disk write loses both', () => {
+    const net = new Net(ABC, { preVote: false });
+    const vote = (from: string) =>
+      net.core('c').step({ type: 'vote', from, to: 'c', term: 1, index: 0, logTerm: 0, transfer: false });
+    vote('a');
+    const rd = net.core('c').ready();
+    // The host may send rd.messages before persisting, then crashes before the write.
+    const early = rd.messages;
+    net.restart('c');
+    vote('b');
+    net.flushReadies();
+    const grants = [...early, ...net.sent].filter((m) => m.type === 'voteResponse' && !m.reject).map((m) => m.to);
+    expect(grants).toEqual(['b']); // never both a and b
+  });
+
   it('illegal calls fail loudly', () => {
     const net = new Net(ABC);
     const a = net.core('a');

@@ -92,10 +92,12 @@ export class Net {
     return this.get(id).core;
   }
 
-  /** A crash and restart: the core is rebuilt from what its storage holds (every handled Ready is durable). */
+  /**
+   * A crash and restart: the core is rebuilt from what its storage holds (every handled Ready is durable).
+   * Messages already on the wire, to or from it, may still arrive.
+   */
   restart(id: NodeId, opts: CoreOverrides = {}): Replica {
     const old = this.get(id);
-    this.queue = this.queue.filter((m) => m.to !== id && m.from !== id);
     const r = this.add(id, old.storage, opts);
     // Re-applying from the snapshot: the applied history restarts at the snapshot (tests compare prefixes).
     r.applied = old.applied.filter((e) => e.index <= old.storage.snapshot().meta.index);
@@ -149,18 +151,21 @@ export class Net {
     r.core.advance();
   }
 
+  /** Deliver one message now (unless cut or filtered); false when it was dropped. */
+  deliver(m: Message): boolean {
+    if (this.#cut.has(`${m.from}>${m.to}`) || !this.filter(m)) return false;
+    const r = this.replicas.get(m.to);
+    if (!r) return false;
+    r.core.step(m);
+    return true;
+  }
+
   /** Deliver the queued messages once (new ones wait for the next call). */
   deliverOnce(): number {
     const batch = this.queue;
     this.queue = [];
     let n = 0;
-    for (const m of batch) {
-      if (this.#cut.has(`${m.from}>${m.to}`) || !this.filter(m)) continue;
-      const r = this.replicas.get(m.to);
-      if (!r) continue;
-      r.core.step(m);
-      n++;
-    }
+    for (const m of batch) if (this.deliver(m)) n++;
     return n;
   }
 
