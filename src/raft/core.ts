@@ -492,10 +492,10 @@ export class Core {
     else this.#campaign('vote', transfer);
   }
 
+  /** A membership entry is committed and not yet applied: the membership we would campaign with may be stale. */
   #hasUnappliedMembership(): boolean {
-    const lo = Math.max(this.log.applied + 1, this.log.firstIndex());
-    if (lo > this.log.committed) return false;
-    return this.log.slice(lo, this.log.committed + 1, Infinity).some((e) => e.type === 'membership');
+    const i = this.log.lastMembershipIndex;
+    return i > this.log.applied && i <= this.log.committed;
   }
 
   #campaign(kind: 'preVote' | 'vote', transfer: boolean): void {

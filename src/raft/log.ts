@@ -39,6 +39,8 @@ export class RaftLog {
   /** Entries not yet persisted; unstableEntries[i].index === unstableOffset + i. */
   unstableEntries: Entry[];
   unstableOffset: number;
+  /** The highest index at which a membership entry was seen (0 when none): no campaign until it is applied. */
+  lastMembershipIndex = 0;
 
   constructor(storage: Storage, committed: number, applied: number) {
     this.storage = storage;
@@ -50,6 +52,12 @@ export class RaftLog {
     this.applied = Math.max(applied, storage.firstIndex() - 1);
     if (this.committed < this.applied) this.committed = this.applied;
     invariant(this.committed <= this.lastIndex(), () => `committed ${committed} is beyond the last index`);
+    // Once at start: a membership entry committed but not yet applied (bounded by what the host left unapplied).
+    for (let lo = this.applied + 1; lo <= this.committed;) {
+      const batch = this.slice(lo, this.committed + 1, 1 << 20);
+      for (const e of batch) if (e.type === 'membership') this.lastMembershipIndex = e.index;
+      lo += batch.length;
+    }
   }
 
   firstIndex(): number {
@@ -107,13 +115,20 @@ export class RaftLog {
    * entries count as agreeing (they are committed).
    */
   findConflictByTerm(index: number, term: number): { index: number; term: number } {
-    let i = Math.min(index, this.lastIndex());
-    for (;;) {
-      const t = this.term(i);
-      if (t === undefined) return { index: i, term: 0 };
-      if (t <= term) return { index: i, term: t };
-      i--;
+    // Terms never decrease along a log: binary search, so that a long run of a stale term costs log(n) lookups.
+    let hi = Math.min(index, this.lastIndex());
+    const t = this.term(hi);
+    if (t === undefined || t <= term) return { index: hi, term: t ?? 0 };
+    let lo = this.firstIndex() - 1; // the snapshot's index: its term is known
+    const loTerm = this.term(lo);
+    if (loTerm === undefined || loTerm > term) return { index: lo, term: 0 };
+    // Invariant: term(lo) <= term < term(hi).
+    while (hi - lo > 1) {
+      const mid = lo + Math.floor((hi - lo) / 2);
+      if (this.term(mid)! <= term) lo = mid;
+      else hi = mid;
     }
+    return { index: lo, term: this.term(lo)! };
   }
 
   /**
@@ -136,6 +151,7 @@ export class RaftLog {
   append(entries: readonly Entry[]): void {
     if (entries.length === 0) return;
     const after = entries[0]!.index;
+    for (const e of entries) if (e.type === 'membership') this.lastMembershipIndex = e.index;
     invariant(after > this.committed, () => `append at ${after} would overwrite committed ${this.committed}`);
     invariant(after <= this.lastIndex() + 1, () => `append at ${after} leaves a gap after ${this.lastIndex()}`);
     const end = this.unstableOffset + this.unstableEntries.length;
