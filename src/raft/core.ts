@@ -125,6 +125,11 @@ export class Core {
   /** Ticks since this core was created: the leader's clock for lease reads. */
   now = 0;
   quiesced = false;
+  /**
+   * Lease reads: just started, we may have answered a leader's heartbeat before a crash that we no longer
+   * remember. Refuse votes for one election timeout, as if we had heard from a leader (docs/raft.md).
+   */
+  #startLease = false;
   #msgs: Message[] = [];
   #msgsAfterPersist: Message[] = [];
   readStates: ReadState[] = [];
@@ -145,6 +150,7 @@ export class Core {
     this.vote = hardState.vote;
     this.#prevHardState = hardState;
     this.#becomeFollower(this.term, '');
+    this.#startLease = this.opts.readMode === 'lease';
   }
 
   // ---- the API -------------------------------------------------------------------------------------------
@@ -182,7 +188,10 @@ export class Core {
     }
     if (m.term > this.term) {
       if (m.type === 'vote' || m.type === 'preVote') {
-        const inLease = this.opts.checkQuorum && this.lead !== '' && this.electionElapsed < this.opts.electionTicks;
+        const inLease =
+          this.opts.checkQuorum &&
+          (this.lead !== '' || this.#startLease) &&
+          this.electionElapsed < this.opts.electionTicks;
         if (inLease && !m.transfer) return; // we heard from a live leader recently: do not help depose it
       }
       if (m.type === 'preVote' || (m.type === 'preVoteResponse' && !m.reject)) {
@@ -452,6 +461,7 @@ export class Core {
     this.#votes.clear();
     this.leader = undefined;
     this.quiesced = false;
+    this.#startLease = false;
   }
 
   #becomeFollower(term: number, lead: NodeId): void {

@@ -73,38 +73,59 @@ describe('raft ReadIndex and lease reads', () => {
     expect(lone.core('b').readIndex('r')).toMatchObject({ ok: false, reason: 'no-leader' });
   });
 
+  /** Lease mode: replicas refuse votes for an election timeout after start, so let the election happen by ticks. */
+  function leaseNet(preVote = true): { net: Net; lead: string; f1: string; f2: string } {
+    const net = new Net(ABC, { readMode: 'lease', leaseTicks: 5, preVote });
+    net.tick(30);
+    const lead = net.leaders()[0]!.id;
+    const [f1, f2] = ABC.filter((id) => id !== lead) as [string, string];
+    return { net, lead, f1, f2 };
+  }
+
   it('lease reads: answered at once while a majority answered within leaseTicks, by ReadIndex after', () => {
-    const net = new Net(ABC, { readMode: 'lease', leaseTicks: 5 });
-    net.elect('a');
+    const { net, lead } = leaseNet();
     net.tick(1); // a heartbeat round answered by both followers
-    const a = net.get('a');
+    const a = net.get(lead);
     const before = net.sent.length;
     a.core.readIndex('lease');
     net.flushReadies();
     expect(a.readStates.map((r) => r.ctx)).toEqual(['lease']);
     expect(net.sent.length).toBe(before); // no round needed
     // Cut off from the followers, the lease runs out after leaseTicks.
-    net.isolate('a');
-    net.tick(5, ['a']);
+    net.isolate(lead);
+    net.tick(5, [lead]);
     a.core.readIndex('late');
     net.flushReadies();
     expect(a.readStates.map((r) => r.ctx)).toEqual(['lease']);
   });
 
   it('lease reads stop for good in a term where leadership was handed over', () => {
-    const net = new Net(ABC, { readMode: 'lease', leaseTicks: 5 });
-    net.elect('a');
+    const { net, lead, f1 } = leaseNet();
     net.tick(1);
-    net.filter = (m) => m.type !== 'timeoutNow'; // the transfer message is lost: a stays leader
-    net.core('a').transferLeadership('b');
+    net.filter = (m) => m.type !== 'timeoutNow'; // the transfer message is lost: the leader stays
+    net.core(lead).transferLeadership(f1);
     net.stabilize();
-    net.tick(12); // the transfer is aborted; a leads on
-    expect(net.core('a').role).toBe('leader');
-    expect(net.core('a').status().transferringTo).toBe('');
-    const a = net.get('a');
-    net.isolate('a');
+    net.tick(12); // the transfer is aborted; it leads on
+    expect(net.core(lead).role).toBe('leader');
+    expect(net.core(lead).status().transferringTo).toBe('');
+    const a = net.get(lead);
+    net.isolate(lead);
     a.core.readIndex('after-transfer');
     net.flushReadies();
     expect(a.readStates).toEqual([]); // not from the lease: a heartbeat round is needed, and it cannot be had
+  });
+
+  it('lease reads: a replica restarted after answering a heartbeat refuses votes for an election timeout', () => {
+    const { net, lead, f1, f2 } = leaseNet(false);
+    net.tick(1);
+    net.restart(f1); // it answered the leader's round, then crashed and came back at once
+    net.isolate(lead);
+    const b = net.core(f1);
+    const term = b.term + 5;
+    b.step({ type: 'vote', from: f2, to: f1, term, index: 99, logTerm: 99, transfer: false });
+    expect(b.term).not.toBe(term); // ignored while the leader's lease may still run
+    for (let i = 0; i < 10; i++) b.tick();
+    b.step({ type: 'vote', from: f2, to: f1, term, index: 99, logTerm: 99, transfer: false });
+    expect(b.term).toBe(term);
   });
 });

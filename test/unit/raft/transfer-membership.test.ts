@@ -160,4 +160,26 @@ describe('raft membership changes', () => {
     for (const id of ABC) expect(net.core(id).membership()).toEqual({ voters: ABC, learners: [] });
     expect(net.stateOf('c')).toEqual(['1', '2']);
   });
+
+  it('a learner that does not yet know it was promoted still votes (else the new majority could be stuck)', () => {
+    const net = new Net(['a', 'b']);
+    net.elect('a');
+    net.add('c', new MemoryStorage());
+    net.core('a').changeMembership({ type: 'addLearner', node: 'c' });
+    net.stabilize();
+    net.tick(2);
+    // Promote c, but c never hears of it.
+    net.cut('a', 'c');
+    net.core('a').changeMembership({ type: 'addVoter', node: 'c' });
+    net.stabilize();
+    net.tick(1);
+    expect(net.core('b').membership().voters).toEqual(['a', 'b', 'c']);
+    expect(net.core('c').membership().learners).toEqual(['c']);
+    // a dies; b needs c's vote to make a majority of {a, b, c}.
+    net.isolate('a');
+    net.tick(40, ['b', 'c']);
+    expect(net.core('b').role).toBe('leader');
+    net.tick(2, ['b', 'c']);
+    expect(net.core('c').membership().voters).toEqual(['a', 'b', 'c']);
+  });
 });
