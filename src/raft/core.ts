@@ -30,74 +30,10 @@ import {
 import { readCoreOptions, type CoreOptions, type ResolvedOptions } from './options.js';
 import { Leader } from './leader.js';
 import { voteResult } from './quorum.js';
+import { SEND_AT_ONCE, type Outcome, type Ready, type Role, type Status } from './ready.js';
+import { SnapshotReceiver } from './snapshot.js';
 
-export type Role = 'follower' | 'preCandidate' | 'candidate' | 'leader';
-
-/** Why a proposal, read or transfer was not taken (the caller retries, elsewhere or later). */
-export type DropReason =
-  | 'no-leader'
-  | 'transferring'
-  | 'too-large'
-  | 'uncommitted-limit'
-  | 'membership-pending'
-  | 'invalid-membership-change'
-  | 'not-a-member';
-
-export type Outcome =
-  { readonly ok: true } | { readonly ok: false; readonly reason: DropReason; readonly detail: string };
-
-export interface Ready {
-  readonly role: Role;
-  readonly lead: NodeId;
-  readonly term: number;
-  /** Persist first (with the entries and snapshot) when present: it changed since the last Ready. */
-  readonly hardState: HardState | undefined;
-  /** A snapshot from the leader: persist it (it replaces the whole log) and load it into the state machine. */
-  readonly snapshot: Snapshot | undefined;
-  /** Append to the durable log; the first entry's index truncates whatever the log held from there on. */
-  readonly entries: readonly Entry[];
-  /** Apply in order, after persisting this Ready. */
-  readonly committedEntries: readonly Entry[];
-  /** May be sent at once, before or while persisting (a leader's replication, pre-votes, forwards). */
-  readonly messages: readonly Message[];
-  /** Send only after hardState, snapshot and entries of this Ready are durable (votes, acknowledgements). */
-  readonly messagesAfterPersist: readonly Message[];
-  /** Answers to readIndex(): serve each once the state machine has applied its index. */
-  readonly readStates: readonly ReadState[];
-  /** Whether persisting needs an fsync (hard state or entries changed). */
-  readonly mustSync: boolean;
-  /** The membership, when it changed since the last Ready. */
-  readonly membership: Membership | undefined;
-}
-
-export interface Status {
-  readonly id: NodeId;
-  readonly role: Role;
-  readonly term: number;
-  readonly vote: NodeId;
-  readonly lead: NodeId;
-  readonly committed: number;
-  readonly applied: number;
-  readonly lastIndex: number;
-  readonly membership: Membership;
-  readonly quiesced: boolean;
-  readonly transferringTo: NodeId;
-}
-
-/** Messages that depend on nothing persisted in their Ready: they may leave before it is durable. */
-const SEND_AT_ONCE: ReadonlySet<Message['type']> = new Set<Message['type']>([
-  'append',
-  'heartbeat',
-  'snapshot',
-  'timeoutNow',
-  'readIndexResponse',
-  'preVote',
-  'preVoteResponse',
-  'propose',
-  'readIndex',
-  'transfer',
-  'snapshotResponse',
-]);
+export type { DropReason, Outcome, Ready, Role, Status } from './ready.js';
 
 interface Outstanding {
   readonly lastEntry: { index: number; term: number } | undefined;
@@ -137,7 +73,7 @@ export class Core {
   #outstanding: Outstanding | undefined;
   #stallTicks = 0;
   /** A snapshot being received in chunks. */
-  #receiving: { meta: SnapshotMessage['meta']; from: NodeId; parts: Uint8Array[]; received: number } | undefined;
+  readonly #receiving = new SnapshotReceiver();
 
   constructor(options: CoreOptions) {
     this.opts = readCoreOptions(options);
@@ -628,47 +564,25 @@ export class Core {
   }
 
   #handleSnapshot(m: SnapshotMessage): void {
-    const reply = (offset: number, reject: boolean): void =>
+    if (m.meta.index <= this.log.committed) {
+      this.#receiving.reset();
+      this.#ack(m.from, this.log.committed); // we have it all already
+      return;
+    }
+    const got = this.#receiving.receive(m);
+    if (got.snapshot === undefined) {
       this.send({
         type: 'snapshotResponse',
         from: this.id,
         to: m.from,
         term: this.term,
         index: m.meta.index,
-        offset,
-        reject,
+        offset: got.offset,
+        reject: false,
       });
-    if (m.meta.index <= this.log.committed) {
-      this.#receiving = undefined;
-      this.#ack(m.from, this.log.committed);
       return;
     }
-    if (m.offset === 0) this.#receiving = { meta: m.meta, from: m.from, parts: [], received: 0 };
-    const r = this.#receiving;
-    if (r === undefined || r.meta.index !== m.meta.index || r.meta.term !== m.meta.term || r.from !== m.from) {
-      this.#receiving = undefined;
-      reply(0, false);
-      return;
-    }
-    if (r.received !== m.offset) {
-      reply(r.received, false); // a lost or repeated chunk: say where to resume
-      return;
-    }
-    r.parts.push(m.data);
-    r.received += m.data.byteLength;
-    invariant(r.received <= m.totalBytes, 'a snapshot chunk runs past the snapshot');
-    if (r.received < m.totalBytes) {
-      reply(r.received, false);
-      return;
-    }
-    this.#receiving = undefined;
-    const data = new Uint8Array(r.received);
-    let at = 0;
-    for (const p of r.parts) {
-      data.set(p, at);
-      at += p.byteLength;
-    }
-    this.#restore({ meta: r.meta, data });
+    this.#restore(got.snapshot);
     this.#ack(m.from, this.log.lastIndex());
   }
 

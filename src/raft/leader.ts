@@ -4,7 +4,8 @@
  * term a replica leads; it is dropped when the replica steps down.
  */
 import { invariant } from '../errors.js';
-import type { Core, Outcome } from './core.js';
+import type { Core } from './core.js';
+import type { Outcome } from './ready.js';
 import {
   applyChange,
   encodeMembershipEntry,
