@@ -71,7 +71,9 @@ export class MemoryStorage implements Storage {
     const first = entries[0]!.index;
     invariant(first >= this.firstIndex(), () => `append at ${first} is below the snapshot`);
     invariant(first <= this.lastIndex() + 1, () => `append at ${first} leaves a gap after ${this.lastIndex()}`);
-    this.#entries = [...this.#entries.slice(0, first - this.#offset()), ...entries];
+    const keep = first - this.#offset();
+    if (keep < this.#entries.length) this.#entries.length = keep; // a replaced suffix
+    for (const e of entries) this.#entries.push(e);
   }
 
   /** Persist a snapshot from a Ready: it replaces the whole log. */
