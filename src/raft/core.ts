@@ -66,6 +66,8 @@ export class Core {
    * remember. Refuse votes for one election timeout, as if we had heard from a leader (docs/raft.md).
    */
   #startLease = false;
+  /** The term in which a timeoutNow arrived while a committed membership entry was not applied yet (-1: none). */
+  #transferAfterApply = -1;
   #msgs: Message[] = [];
   #msgsAfterPersist: Message[] = [];
   readStates: ReadState[] = [];
@@ -179,7 +181,8 @@ export class Core {
         this.#handleVoteResponse(m.type, m.from, m.reject);
         return;
       case 'timeoutNow':
-        if (this.isVoter()) this.#hup(true);
+        if (this.#hasUnappliedMembership()) this.#transferAfterApply = this.term;
+        else if (this.isVoter()) this.#hup(true);
         return;
       case 'readIndexResponse':
         this.readStates.push({ ctx: m.ctx, index: m.index });
@@ -337,7 +340,7 @@ export class Core {
       hardState: hs,
     };
     this.#stallTicks = 0;
-    this.leader?.handedOut(committedEntries);
+    this.leader?.handedOut(committedEntries); // also: the messages left with this Ready
     return rd;
   }
 
@@ -359,6 +362,11 @@ export class Core {
     const lastApplied = o.committedEntries[o.committedEntries.length - 1];
     if (lastApplied) this.log.appliedTo(lastApplied.index);
     this.leader?.persisted(this.persistedIndex());
+    if (this.#transferAfterApply === this.term && !this.#hasUnappliedMembership()) {
+      // Asked to take over while a membership entry was committed but not applied: now we know our membership.
+      this.#transferAfterApply = -1;
+      if (this.isVoter() && this.role === 'follower') this.#hup(true);
+    }
   }
 
   /** The last index of our log that is durable (and agrees with the in-memory log). */

@@ -34,6 +34,8 @@ export class Leader {
   #transferElapsed = 0;
   /** A timeoutNow went out this term: lease reads are off until the term ends (see docs/raft.md). */
   #transferStarted = false;
+  /** The membership no longer has us as a voter: leadership is being handed over. */
+  #leaving = false;
   #heartbeatElapsed = 0;
   /** The index of the last membership entry proposed; no other until it is applied. */
   #pendingMembershipIndex: number;
@@ -41,6 +43,11 @@ export class Leader {
   #uncommittedBytes = 0;
   /** Heartbeat rounds: the last one broadcast, and when (core.now) each still useful one left. */
   #round = 0;
+  /**
+   * A round broadcast since the last Ready was taken: its heartbeats have not left yet, so a read arriving now can
+   * join it (they will leave after the read arrived). Many reads per Ready cost one round.
+   */
+  #unsentRound = 0;
   readonly #roundSentAt = new Map<number, number>();
   readonly #reads = new ReadQueue();
 
@@ -77,7 +84,10 @@ export class Leader {
     const core = this.#core;
     this.#heartbeatElapsed++;
     core.electionElapsed++;
-    if (this.transferee !== '' && ++this.#transferElapsed >= core.opts.electionTicks) this.#abortTransfer();
+    if (this.transferee !== '' && ++this.#transferElapsed >= core.opts.electionTicks) {
+      this.#abortTransfer();
+      if (this.#leaving) this.#handOver();
+    }
     if (core.electionElapsed >= core.opts.electionTicks) {
       core.electionElapsed = 0;
       if (core.opts.checkQuorum) {
@@ -168,6 +178,7 @@ export class Leader {
 
   /** Committed entries went to the host to apply: they no longer count as uncommitted. */
   handedOut(entries: readonly Entry[]): void {
+    this.#unsentRound = 0;
     for (const e of entries) if (e.term === this.#core.term) this.#uncommittedBytes -= e.data.byteLength;
     if (this.#uncommittedBytes < 0) this.#uncommittedBytes = 0;
   }
@@ -329,7 +340,7 @@ export class Leader {
       this.#answerRead(from, ctx, log.committed);
       return;
     }
-    const round = this.broadcastHeartbeat(false);
+    const round = this.#unsentRound || this.broadcastHeartbeat(false);
     this.#reads.add({ ctx, from, index: log.committed, round });
   }
 
@@ -355,6 +366,7 @@ export class Leader {
   broadcastHeartbeat(quiesce: boolean): number {
     const core = this.#core;
     const round = ++this.#round;
+    this.#unsentRound = round;
     this.#roundSentAt.set(round, core.now);
     for (const [id, pr] of this.progress) {
       if (id === core.id) continue;
@@ -392,10 +404,6 @@ export class Leader {
   membershipApplied(_index: number): void {
     const core = this.#core;
     const m = core.membership();
-    if (!m.voters.includes(core.id)) {
-      core.stepDown(); // removed or demoted: let the voters elect one of themselves
-      return;
-    }
     const members = new Set([...m.voters, ...m.learners]);
     for (const id of [...this.progress.keys()]) if (!members.has(id)) this.progress.delete(id);
     for (const id of members) {
@@ -409,6 +417,29 @@ export class Leader {
     }
     if (this.transferee !== '' && !m.voters.includes(this.transferee)) this.#abortTransfer();
     this.#maybeCommit();
+    if (!m.voters.includes(core.id)) this.#handOver();
+  }
+
+  /**
+   * Removed or demoted: hand leadership to the most up-to-date voter rather than just stepping down. The others
+   * may not know yet that the change is committed, and still count us: only a voter whose log is at least ours
+   * could win their votes, and the transfer brings one up to our log first. Until it happens we lead on,
+   * refusing proposals; an aborted transfer is tried again.
+   */
+  #handOver(): void {
+    const core = this.#core;
+    let best: NodeId = '';
+    let bestMatch = -1;
+    for (const id of core.membership().voters) {
+      const match = this.progress.get(id)?.match ?? -1;
+      if (id !== core.id && match > bestMatch) {
+        best = id;
+        bestMatch = match;
+      }
+    }
+    this.#leaving = true;
+    if (best === '') core.stepDown();
+    else this.transfer(best);
   }
 
   /** Idle: everything committed, persisted and held by every member, nothing pending. */

@@ -17,6 +17,17 @@ describe('raft ReadIndex and lease reads', () => {
     expect(a.readStates).toEqual([{ ctx: 'r1', index: a.core.log.committed }]);
   });
 
+  it('reads asked before the Ready is taken share one heartbeat round', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    const a = net.get('a');
+    const before = net.sent.length;
+    for (let i = 0; i < 10; i++) a.core.readIndex(`r${i}`);
+    net.stabilize();
+    expect(a.readStates).toHaveLength(10);
+    expect(net.sent.slice(before).filter((m) => m.type === 'heartbeat')).toHaveLength(2); // one per follower
+  });
+
   it('one answer from a majority is enough (a cut-off minority does not block reads)', () => {
     const net = new Net(ABC);
     net.elect('a');
