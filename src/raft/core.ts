@@ -12,7 +12,6 @@ import { RaftLog } from './log.js';
 import {
   applyChange,
   checkMembership,
-  decodeMembershipEntry,
   type AppendMessage,
   type Entry,
   type EntryType,
@@ -50,8 +49,8 @@ export class Core {
   vote: NodeId = '';
   lead: NodeId = '';
   role: Role = 'follower';
-  #membership: Membership;
-  #membershipChanged = false;
+  /** The membership the last Ready reported. */
+  #reportedMembership: Membership;
   /** Ticks since the last election timeout reset (leader: since the last check-quorum). */
   electionElapsed = 0;
   #randomizedTimeout = 0;
@@ -66,8 +65,6 @@ export class Core {
    * remember. Refuse votes for one election timeout, as if we had heard from a leader (docs/raft.md).
    */
   #startLease = false;
-  /** The term in which a timeoutNow arrived while a committed membership entry was not applied yet (-1: none). */
-  #transferAfterApply = -1;
   #msgs: Message[] = [];
   #msgsAfterPersist: Message[] = [];
   readStates: ReadState[] = [];
@@ -82,8 +79,8 @@ export class Core {
     this.id = this.opts.id;
     const { hardState, membership } = this.opts.storage.initialState();
     checkMembership(membership, 'storage.initialState().membership');
-    this.#membership = membership;
-    this.log = new RaftLog(this.opts.storage, hardState.commit, this.opts.applied);
+    this.log = new RaftLog(this.opts.storage, hardState.commit, this.opts.applied, membership);
+    this.#reportedMembership = membership;
     this.term = hardState.term;
     this.vote = hardState.vote;
     this.#prevHardState = hardState;
@@ -110,7 +107,7 @@ export class Core {
       return;
     }
     this.electionElapsed++;
-    if (this.isVoter() && this.electionElapsed >= this.#randomizedTimeout) {
+    if (this.#mayCampaign() && this.electionElapsed >= this.#randomizedTimeout) {
       this.electionElapsed = 0;
       this.#hup(false);
     }
@@ -181,8 +178,7 @@ export class Core {
         this.#handleVoteResponse(m.type, m.from, m.reject);
         return;
       case 'timeoutNow':
-        if (this.#hasUnappliedMembership()) this.#transferAfterApply = this.term;
-        else if (this.isVoter()) this.#hup(true);
+        if (this.isVoter()) this.#hup(true);
         return;
       case 'readIndexResponse':
         this.readStates.push({ ctx: m.ctx, index: m.index });
@@ -198,10 +194,13 @@ export class Core {
     return this.#propose('normal', data);
   }
 
-  /** Propose one membership change; the next is accepted only once this one is applied. */
+  /**
+   * Propose one membership change. It takes effect on each replica as soon as the entry is in its log; the next is
+   * accepted only once this one is committed.
+   */
   changeMembership(change: MembershipChange): Outcome {
     this.quiesced = false;
-    const why = applyChange(this.#membership, change);
+    const why = applyChange(this.membership(), change);
     if (typeof why === 'string') return { ok: false, reason: 'invalid-membership-change', detail: why };
     return this.#propose('membership', new TextEncoder().encode(JSON.stringify(change)));
   }
@@ -221,7 +220,7 @@ export class Core {
   /** Hand leadership to `target` (a voter). Aborted if it has not happened within an election timeout. */
   transferLeadership(target: NodeId): Outcome {
     this.quiesced = false;
-    if (!this.#membership.voters.includes(target)) {
+    if (!this.membership().voters.includes(target)) {
       throw new InvalidArgumentError(`cannot transfer leadership to ${target}: it is not a voter of the group`);
     }
     if (this.role === 'leader') {
@@ -254,15 +253,30 @@ export class Core {
 
   /** Campaign now (tests and hosts that bootstrap a leader); the election timeout does the same. */
   campaign(): void {
-    if (this.role !== 'leader' && this.isVoter()) this.#hup(false);
+    if (this.role !== 'leader' && this.#mayCampaign()) this.#hup(false);
   }
 
+  /** The membership in effect: the last one in the log (committed or not). */
   membership(): Membership {
-    return this.#membership;
+    return this.log.membership();
+  }
+
+  /** The membership after entry `index`: what a host's snapshot taken at its applied index must record. */
+  membershipAt(index: number): Membership {
+    return this.log.membershipAt(index);
+  }
+
+  /**
+   * A voter campaigns; so does a replica that the latest membership in its log removed or demoted while that
+   * membership is not known to be committed: it may still be needed to elect a leader that has the change (the
+   * dissertation, §4.2.2). It does not count its own vote then.
+   */
+  #mayCampaign(): boolean {
+    return this.isVoter() || this.log.membershipIndex() > this.log.committed;
   }
 
   isVoter(): boolean {
-    return this.#membership.voters.includes(this.id);
+    return this.membership().voters.includes(this.id);
   }
 
   status(): Status {
@@ -275,7 +289,7 @@ export class Core {
       committed: this.log.committed,
       applied: this.log.applied,
       lastIndex: this.log.lastIndex(),
-      membership: this.#membership,
+      membership: this.membership(),
       quiesced: this.quiesced,
       transferringTo: this.leader?.transferee ?? '',
     };
@@ -298,7 +312,7 @@ export class Core {
       this.log.unstableEntries.length > 0 ||
       this.log.unstableSnapshot !== undefined ||
       this.log.committed > this.log.applied ||
-      this.#membershipChanged ||
+      this.membership() !== this.#reportedMembership ||
       hs.term !== prev.term ||
       hs.vote !== prev.vote ||
       hs.commit !== prev.commit
@@ -310,7 +324,8 @@ export class Core {
     invariant(this.#outstanding === undefined, 'ready() called again before advance()');
     const hs = this.#hardState();
     const prev = this.#prevHardState;
-    const hsChanged = hs.term !== prev.term || hs.vote !== prev.vote || hs.commit !== prev.commit;
+    const termOrVoteChanged = hs.term !== prev.term || hs.vote !== prev.vote;
+    const hsChanged = termOrVoteChanged || hs.commit !== prev.commit;
     const entries = this.log.unstableEntries;
     const last = entries[entries.length - 1];
     const snapshot = this.log.unstableSnapshot;
@@ -323,16 +338,18 @@ export class Core {
       snapshot,
       entries: [...entries],
       committedEntries,
-      messages: this.#msgs,
-      messagesAfterPersist: this.#msgsAfterPersist,
+      // A term or vote not yet durable: nothing leaves before it is (a single voter elects itself in one step, and
+      // its appends must not precede its vote: a crash would let it vote again in the same term).
+      messages: termOrVoteChanged ? [] : this.#msgs,
+      messagesAfterPersist: termOrVoteChanged ? [...this.#msgs, ...this.#msgsAfterPersist] : this.#msgsAfterPersist,
       readStates: this.readStates,
       mustSync: hs.term !== prev.term || hs.vote !== prev.vote || entries.length > 0 || snapshot !== undefined,
-      membership: this.#membershipChanged ? this.#membership : undefined,
+      membership: this.membership() !== this.#reportedMembership ? this.membership() : undefined,
     };
     this.#msgs = [];
     this.#msgsAfterPersist = [];
     this.readStates = [];
-    this.#membershipChanged = false;
+    this.#reportedMembership = this.membership();
     this.#outstanding = {
       lastEntry: last ? { index: last.index, term: last.term } : undefined,
       snapshotIndex: snapshot?.meta.index ?? 0,
@@ -356,17 +373,9 @@ export class Core {
       if (o.snapshotIndex > this.log.applied) this.log.appliedTo(o.snapshotIndex);
     }
     if (o.lastEntry) this.log.stableTo(o.lastEntry.index, o.lastEntry.term);
-    for (const e of o.committedEntries) {
-      if (e.type === 'membership') this.#applyMembership(decodeMembershipEntry(e.data).membership, e.index);
-    }
     const lastApplied = o.committedEntries[o.committedEntries.length - 1];
     if (lastApplied) this.log.appliedTo(lastApplied.index);
     this.leader?.persisted(this.persistedIndex());
-    if (this.#transferAfterApply === this.term && !this.#hasUnappliedMembership()) {
-      // Asked to take over while a membership entry was committed but not applied: now we know our membership.
-      this.#transferAfterApply = -1;
-      if (this.isVoter() && this.role === 'follower') this.#hup(true);
-    }
   }
 
   /** The last index of our log that is durable (and agrees with the in-memory log). */
@@ -441,15 +450,8 @@ export class Core {
 
   #hup(transfer: boolean): void {
     if (this.role === 'leader') return;
-    if (this.#hasUnappliedMembership()) return; // the membership we would campaign with may be stale
     if (this.opts.preVote && !transfer) this.#campaign('preVote', false);
     else this.#campaign('vote', transfer);
-  }
-
-  /** A membership entry is committed and not yet applied: the membership we would campaign with may be stale. */
-  #hasUnappliedMembership(): boolean {
-    const i = this.log.lastMembershipIndex;
-    return i > this.log.applied && i <= this.log.committed;
   }
 
   #campaign(kind: 'preVote' | 'vote', transfer: boolean): void {
@@ -457,12 +459,12 @@ export class Core {
     else this.#becomeCandidate();
     const term = kind === 'preVote' ? this.term + 1 : this.term;
     this.#votes.set(this.id, true);
-    if (voteResult(this.#membership.voters, this.#votes) === 'won') {
+    if (voteResult(this.membership().voters, this.#votes) === 'won') {
       if (kind === 'preVote') this.#campaign('vote', false);
       else this.#becomeLeader();
       return;
     }
-    for (const to of this.#membership.voters) {
+    for (const to of this.membership().voters) {
       if (to === this.id) continue;
       this.send({
         type: kind,
@@ -495,7 +497,7 @@ export class Core {
     const expected = this.role === 'preCandidate' ? 'preVoteResponse' : this.role === 'candidate' ? 'voteResponse' : '';
     if (type !== expected) return;
     this.#votes.set(from, !reject);
-    const result = voteResult(this.#membership.voters, this.#votes);
+    const result = voteResult(this.membership().voters, this.#votes);
     if (result === 'won') {
       if (this.role === 'preCandidate') this.#campaign('vote', false);
       else this.#becomeLeader();
@@ -603,13 +605,5 @@ export class Core {
     }
     checkMembership(snapshot.meta.membership, 'snapshot membership');
     this.log.restore(snapshot);
-    this.#membership = snapshot.meta.membership;
-    this.#membershipChanged = true;
-  }
-
-  #applyMembership(m: Membership, index: number): void {
-    this.#membership = m;
-    this.#membershipChanged = true;
-    if (this.role === 'leader') this.leader!.membershipApplied(index);
   }
 }

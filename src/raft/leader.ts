@@ -152,8 +152,12 @@ export class Leader {
         continue;
       }
       const log = core.log;
-      if (this.#pendingMembershipIndex > log.applied) {
-        return { ok: false, reason: 'membership-pending', detail: 'a membership change is not applied yet' };
+      if (this.#pendingMembershipIndex > log.committed) {
+        return {
+          ok: false,
+          reason: 'membership-pending',
+          detail: 'the previous membership change is not committed yet',
+        };
       }
       if (log.term(log.committed) !== core.term) {
         return { ok: false, reason: 'membership-pending', detail: 'the new leader has not committed its first entry' };
@@ -173,6 +177,7 @@ export class Leader {
     const core = this.#core;
     const first = core.log.lastIndex() + 1;
     core.log.append(entries.map((e, i): Entry => ({ term: core.term, index: first + i, type: e.type, data: e.data })));
+    if (entries.some((e) => e.type === 'membership')) this.#followMembership();
     this.#broadcastAppend();
   }
 
@@ -196,6 +201,10 @@ export class Leader {
     if (!core.log.maybeCommit(index, core.term)) return;
     for (const r of this.#reads.takeWaiting()) this.readIndex(r.from, r.ctx);
     this.#broadcastAppend();
+    if (core.log.committed >= core.log.membershipIndex()) {
+      this.#dropRemoved();
+      if (!this.#leaving && !core.membership().voters.includes(core.id)) this.#handOver();
+    }
   }
 
   // ---- replication -----------------------------------------------------------------------------------------
@@ -400,31 +409,31 @@ export class Leader {
     this.#transferElapsed = 0;
   }
 
-  /** A membership entry was applied: follow it (new replicas get a progress, removed ones lose it). */
-  membershipApplied(_index: number): void {
+  /** A membership entry was appended: follow it at once (new replicas get a progress, removed ones lose it). */
+  #followMembership(): void {
     const core = this.#core;
     const m = core.membership();
-    const members = new Set([...m.voters, ...m.learners]);
-    for (const id of [...this.progress.keys()]) if (!members.has(id)) this.progress.delete(id);
-    for (const id of members) {
+    // A removed replica keeps receiving the log until its removal commits (so that it learns of it and stays
+    // quiet); it counts for nothing meanwhile (majorities are over the voters only).
+    for (const id of [...m.voters, ...m.learners]) {
       const pr = this.progress.get(id);
-      if (pr === undefined) {
-        this.#addProgress(id, m.learners.includes(id));
-        this.#sendAppend(id, true);
-      } else {
-        pr.isLearner = m.learners.includes(id);
-      }
+      if (pr === undefined) this.#addProgress(id, m.learners.includes(id));
+      else pr.isLearner = m.learners.includes(id);
     }
     if (this.transferee !== '' && !m.voters.includes(this.transferee)) this.#abortTransfer();
-    this.#maybeCommit();
-    if (!m.voters.includes(core.id)) this.#handOver();
+  }
+
+  /** The membership in effect is committed: forget the replicas it removed. */
+  #dropRemoved(): void {
+    const m = this.#core.membership();
+    const members = new Set([...m.voters, ...m.learners]);
+    for (const id of [...this.progress.keys()]) if (!members.has(id)) this.progress.delete(id);
   }
 
   /**
-   * Removed or demoted: hand leadership to the most up-to-date voter rather than just stepping down. The others
-   * may not know yet that the change is committed, and still count us: only a voter whose log is at least ours
-   * could win their votes, and the transfer brings one up to our log first. Until it happens we lead on,
-   * refusing proposals; an aborted transfer is tried again.
+   * Removed or demoted, and the change is committed: hand leadership to the most up-to-date voter rather than just
+   * stepping down (the transfer brings it up to our log first, so no election timeout is lost). Until it happens
+   * we lead on, refusing proposals; an aborted transfer is tried again.
    */
   #handOver(): void {
     const core = this.#core;

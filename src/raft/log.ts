@@ -6,7 +6,7 @@
  * Indexes start at 1. Index 0 (term 0) is the empty prefix every log shares.
  */
 import { invariant } from '../errors.js';
-import type { Entry, HardState, Membership, Snapshot } from './messages.js';
+import { decodeMembershipEntry, type Entry, type HardState, type Membership, type Snapshot } from './messages.js';
 
 /**
  * The durable state the host keeps (its write-ahead log and last snapshot). Read-only for the core: the host
@@ -39,10 +39,18 @@ export class RaftLog {
   /** Entries not yet persisted; unstableEntries[i].index === unstableOffset + i. */
   unstableEntries: Entry[];
   unstableOffset: number;
-  /** The highest index at which a membership entry was seen (0 when none): no campaign until it is applied. */
-  lastMembershipIndex = 0;
+  /**
+   * The memberships the log holds, in index order: the snapshot's (at its index), then one per membership entry.
+   * The last one is in effect, committed or not (the dissertation's rule); a truncated entry takes its with it.
+   */
+  #memberships: { index: number; membership: Membership }[];
 
-  constructor(storage: Storage, committed: number, applied: number) {
+  constructor(
+    storage: Storage,
+    committed: number,
+    applied: number,
+    membership: Membership = storage.initialState().membership,
+  ) {
     this.storage = storage;
     this.unstableSnapshot = undefined;
     this.unstableEntries = [];
@@ -52,12 +60,38 @@ export class RaftLog {
     this.applied = Math.max(applied, storage.firstIndex() - 1);
     if (this.committed < this.applied) this.committed = this.applied;
     invariant(this.committed <= this.lastIndex(), () => `committed ${committed} is beyond the last index`);
-    // Once at start: a membership entry committed but not yet applied (bounded by what the host left unapplied).
-    for (let lo = this.applied + 1; lo <= this.committed;) {
-      const batch = this.slice(lo, this.committed + 1, 1 << 20);
-      for (const e of batch) if (e.type === 'membership') this.lastMembershipIndex = e.index;
+    this.#memberships = [{ index: storage.firstIndex() - 1, membership }];
+    // Once at start: the membership entries of the stored log (read in bounded batches).
+    for (let lo = storage.firstIndex(); lo <= storage.lastIndex();) {
+      const batch = storage.entries(lo, storage.lastIndex() + 1, 1 << 20);
+      this.#noteMemberships(batch);
       lo += batch.length;
     }
+  }
+
+  #noteMemberships(entries: readonly Entry[]): void {
+    for (const e of entries) {
+      if (e.type === 'membership') {
+        this.#memberships.push({ index: e.index, membership: decodeMembershipEntry(e.data).membership });
+      }
+    }
+  }
+
+  /** The membership in effect: the last one in the log, committed or not. */
+  membership(): Membership {
+    return this.#memberships[this.#memberships.length - 1]!.membership;
+  }
+
+  /** The index of the entry that set the membership in effect (the snapshot's index when none since). */
+  membershipIndex(): number {
+    return this.#memberships[this.#memberships.length - 1]!.index;
+  }
+
+  /** The membership in effect after entry `index` (for the host's snapshots: pass the applied index). */
+  membershipAt(index: number): Membership {
+    let m = this.#memberships[0]!.membership;
+    for (const c of this.#memberships) if (c.index <= index) m = c.membership;
+    return m;
   }
 
   firstIndex(): number {
@@ -151,7 +185,6 @@ export class RaftLog {
   append(entries: readonly Entry[]): void {
     if (entries.length === 0) return;
     const after = entries[0]!.index;
-    for (const e of entries) if (e.type === 'membership') this.lastMembershipIndex = e.index;
     invariant(after > this.committed, () => `append at ${after} would overwrite committed ${this.committed}`);
     invariant(after <= this.lastIndex() + 1, () => `append at ${after} leaves a gap after ${this.lastIndex()}`);
     const end = this.unstableOffset + this.unstableEntries.length;
@@ -164,6 +197,11 @@ export class RaftLog {
     } else {
       this.unstableEntries = [...this.unstableEntries.slice(0, after - this.unstableOffset), ...entries];
     }
+    // A replaced suffix takes its memberships with it (never the base one: it is at or below the commit index).
+    while (this.#memberships.length > 1 && this.#memberships[this.#memberships.length - 1]!.index >= after) {
+      this.#memberships.pop();
+    }
+    this.#noteMemberships(entries);
   }
 
   /** Entries [lo, hi) with at most `maxBytes` of payload (at least one entry). */
@@ -241,5 +279,6 @@ export class RaftLog {
     this.unstableSnapshot = snapshot;
     this.unstableOffset = snapshot.meta.index + 1;
     this.unstableEntries = [];
+    this.#memberships = [{ index: snapshot.meta.index, membership: snapshot.meta.membership }];
   }
 }

@@ -7,7 +7,7 @@ const ABC = ['a', 'b', 'c'];
 /** The host takes a snapshot of its state machine at what it applied, and compacts its log. */
 function snapshotNow(net: Net, id: string): void {
   const r = net.get(id);
-  r.storage.createSnapshot(r.core.log.applied, r.core.membership(), bytes(JSON.stringify(r.state)));
+  r.storage.createSnapshot(r.core.log.applied, r.core.membershipAt(r.core.log.applied), bytes(JSON.stringify(r.state)));
 }
 
 const appendsTo = (msgs: readonly Message[], to: string): number =>
