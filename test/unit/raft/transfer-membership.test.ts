@@ -199,4 +199,45 @@ describe('raft membership changes', () => {
     net.tick(2, ['b', 'c']);
     expect(net.core('c').membership().voters).toEqual(['a', 'b', 'c']);
   });
+
+  it('a replica removed by an entry not known to be committed may still campaign: it may hold the longest log', () => {
+    const net = new Net(['a', 'b'], { preVote: false });
+    net.elect('a');
+    net.propose('a', 'x');
+    net.stabilize();
+    // a removes itself; the entry stays on a alone (its appends to b are lost).
+    net.filter = (m) => !(m.type === 'append' && m.to === 'b');
+    net.core('a').changeMembership({ type: 'remove', node: 'a' });
+    net.stabilize();
+    expect(net.core('a').membership().voters).toEqual(['b']);
+    expect(net.core('b').membership().voters).toEqual(['a', 'b']);
+    // a loses its leadership to b's campaigns, but b needs a's vote, and a's log is longer.
+    net.isolate('a');
+    net.tick(30, ['b']);
+    net.heal();
+    net.filter = () => true;
+    net.tick(60);
+    // a campaigned (not counting itself), won b's vote, committed its removal, and handed over to b.
+    expect(net.core('b').role).toBe('leader');
+    expect(net.core('b').membership().voters).toEqual(['b']);
+    net.propose('b', 'y');
+    net.stabilize();
+    expect(net.stateOf('b')).toEqual(['x', 'y']);
+  });
+
+  it('a Ready that changes the term or vote sends nothing before it is durable (a single voter elects itself)', () => {
+    const net = new Net(['a']);
+    net.add('l', new MemoryStorage());
+    net.elect('a');
+    net.core('a').changeMembership({ type: 'addLearner', node: 'l' });
+    net.stabilize();
+    net.restart('a'); // it campaigns again: a single voter wins in one step
+    const c = net.core('a');
+    c.campaign();
+    expect(c.role).toBe('leader');
+    const rd = c.ready();
+    expect(rd.hardState?.vote).toBe('a');
+    expect(rd.messages).toEqual([]);
+    expect(rd.messagesAfterPersist.some((m) => m.type === 'append' && m.to === 'l')).toBe(true);
+  });
 });
