@@ -60,6 +60,49 @@ describe('raft snapshots', () => {
     // The leader ticks (heartbeats) while the snapshot streams: one chunk per answer, never the whole snapshot.
   });
 
+  it('a newer snapshot taken during a stream restarts the stream with it', () => {
+    const net = new Net(ABC, { snapshotChunkBytes: 16 });
+    net.elect('a');
+    net.isolate('c');
+    for (let i = 0; i < 10; i++) net.propose('a', `first-${i}`);
+    net.stabilize();
+    snapshotNow(net, 'a');
+    const first = net.get('a').storage.snapshot().meta.index;
+    net.heal();
+    net.filter = (m) => !(m.type === 'snapshot' && m.offset > 0); // only first chunks get through for now
+    net.tick(2);
+    expect(net.sent.some((m) => m.type === 'snapshot' && m.meta.index === first)).toBe(true);
+    expect(net.stateOf('c')).toEqual([]); // the first stream has not finished
+    net.isolate('c');
+    for (let i = 0; i < 5; i++) net.propose('a', `second-${i}`);
+    net.stabilize();
+    snapshotNow(net, 'a');
+    const second = net.get('a').storage.snapshot().meta.index;
+    expect(second).toBeGreaterThan(first);
+    net.heal();
+    net.filter = () => true;
+    net.tick(3);
+    expect(net.sent.some((m) => m.type === 'snapshot' && m.meta.index === second && m.offset === 0)).toBe(true);
+    expect(net.stateOf('c')).toEqual(net.stateOf('a'));
+  });
+
+  it("a follower that already holds the snapshot's last entry only moves its commit index", () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.filter = (m) => !(m.type === 'heartbeat' || (m.type === 'append' && m.to === 'c' && m.entries.length === 0));
+    for (let i = 0; i < 3; i++) net.propose('a', `v${i}`);
+    net.stabilize();
+    const c = net.core('c');
+    const last = c.log.lastIndex();
+    expect(c.log.committed).toBeLessThan(last);
+    const meta = { index: last, term: c.log.term(last)!, membership: c.membership() };
+    c.step({ type: 'snapshot', from: 'a', to: 'c', term: c.term, meta, offset: 0, data: bytes('[]'), totalBytes: 2 });
+    expect(c.log.committed).toBe(last);
+    const rd = c.ready();
+    expect(rd.snapshot).toBeUndefined(); // nothing to install: the entries are applied as usual
+    expect(rd.committedEntries.at(-1)?.index).toBe(last);
+  });
+
   it('a replica restarts from its snapshot and the entries after it', () => {
     const net = new Net(ABC);
     net.elect('a');
