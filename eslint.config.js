@@ -37,6 +37,7 @@ export default tseslint.config(
   // what a folder may NOT import (the folders above it); the table in ARCHITECTURE.md says the same in prose.
   ...layer(['src/errors.ts'], ['**/*.js'], 'errors.ts imports nothing: every layer uses it'),
   ...layer(['src/options.ts'], [...above('options'), '**/store/**'], 'options.ts imports only errors.ts'),
+  ...layer(['src/raft/**'], above('options'), 'the Raft core is pure: it imports only errors.ts and options.ts'),
   ...layer(['src/placement/**'], [...above('placement'), '**/store/**', '**/protocol/**'], 'placement is pure'),
   ...layer(['src/store/**'], [...above('store'), '**/placement/**', '**/protocol/**'], 'the store contract'),
   ...layer(['src/backends/**'], [...above('backends'), '**/placement/**', '**/protocol/**'], 'a backend'),
