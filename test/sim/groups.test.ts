@@ -43,7 +43,7 @@ describe('group simulation', () => {
   it('clock-rate faults (opt-in): the clock-rate check leaves fewer violating seeds than none, but not none', async () => {
     // A node's clock runs at 0.5, 0.75 or 1.25 of its rate for a while, among all the other faults. The check
     // (keep-alives carry the server's clock) ends the node's sessions within about a TTL after its clock went wrong; a
-    // partition or pause inside that TTL still lets it outlive its lease on the server (docs/adr/0010).
+    // partition or pause inside that TTL still lets it outlive its lease on the server (docs/adr/0011).
     const violating = async (clockRateCheck: boolean): Promise<number> => {
       let n = 0;
       for (let seed = 1; seed <= 40; seed++) {
