@@ -6,7 +6,8 @@
  * 1. failover after kill -9 of a worker process, per backend, as a ratio to the session TTL;
  * 2. the same for etcd's own election (the etcd3 client's `election().campaign()`), the peer baseline;
  * 3. planned handoff (join, graceful leave) with many in-process members, with store round trips counted;
- * 4. the coordinator's placement compute against its targets.
+ * 4. the coordinator's placement compute against its targets;
+ * 5. (only when named: `--sections scale`) many resources on many member processes, see groups-scale.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -28,6 +29,7 @@ import type {
 } from '../src/store/contract.js';
 import { openStore } from '../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
+import { runScale, scaleReport, type ScaleCase } from './groups-scale.js';
 import { round, table } from './stats.js';
 
 const TTL_MS = 2000;
@@ -670,6 +672,7 @@ export async function run(args: string[]): Promise<void> {
   let election: ElectionResult | { error: string } = { error: 'not run' };
   const handoff: Record<string, HandoffCase[]> = {};
   let compute: ComputeCase[] = [];
+  let scale: ScaleCase[] = [];
   const onSignal = (): void => {
     void killAllWorkers().finally(() => stopAllServers().finally(() => process.exit(130)));
   };
@@ -726,10 +729,30 @@ export async function run(args: string[]): Promise<void> {
         await be.close();
       }
     }
+    if (sections.has('scale')) {
+      const arg = (name: string): string | undefined => {
+        const i = args.indexOf(name);
+        return i >= 0 ? args[i + 1] : undefined;
+      };
+      const sizes = (arg('--scale') ?? (quick ? '10000' : '10000,30000,100000')).split(',').map(Number);
+      scale = await runScale(
+        bArg >= 0 ? backends : ['sqlite', 'redis'],
+        sizes,
+        Number(arg('--scale-nodes') ?? 10),
+        Number(arg('--scale-timeout-s') ?? 120) * 1000,
+        log,
+      );
+    }
   } finally {
     process.off('SIGINT', onSignal);
     await killAllWorkers();
     await stopAllServers();
+  }
+  if (sections.size === 1 && sections.has('scale')) {
+    process.stdout.write(`${scaleReport(scale)}\n`);
+    if (json) process.stdout.write(`${JSON.stringify({ bench: 'groups', scale, totalMs: Date.now() - started })}\n`);
+    if (scale.some((c) => c.error !== undefined || c.convergedMs === undefined)) process.exitCode = 1;
+    return;
   }
 
   // ---- report
@@ -870,10 +893,14 @@ export async function run(args: string[]): Promise<void> {
   }
   out.push(table(c));
   out.push('ratio to target: the slower of the two placements over the target (≤ 1× meets it)');
+  if (sections.has('scale')) {
+    out.push('');
+    out.push(`5. ${scaleReport(scale)}`);
+  }
   process.stdout.write(`${out.join('\n')}\n`);
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, totalMs: Date.now() - started })}\n`,
+      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, scale, totalMs: Date.now() - started })}\n`,
     );
   }
   const anyError =
