@@ -123,9 +123,9 @@ async function scaleCase(url: string, backend: string, nodes: number, resources:
     for (let i = 0; i < nodes; i++) {
       workers.push(new ScaleWorker(`w${i}`, [url, namespace, group, `w${i}`, String(TTL_MS)]));
     }
-    const readyBy = Date.now() + 60_000;
+    const readyBy = Date.now() + 120_000;
     while (!workers.every((w) => w.ready && w.last !== undefined)) {
-      if (Date.now() > readyBy) throw new Error('members did not join within 60 s');
+      if (Date.now() > readyBy) throw new Error('members did not join within 120 s');
       await sleep(50);
     }
     observe();

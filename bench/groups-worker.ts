@@ -80,7 +80,8 @@ if (mode === 'member') {
   });
   member.on('error', ({ error, context }) => {
     errors++;
-    if (firstErrors.length < 3) firstErrors.push(`${context}: ${error instanceof Error ? error.message : String(error)}`);
+    if (firstErrors.length < 3)
+      firstErrors.push(`${context}: ${error instanceof Error ? error.message : String(error)}`);
   });
   member.on('sessionLost', () => lost++);
   say({ ev: 'ready' });

@@ -409,29 +409,103 @@ export async function acquire(
   stateRevision: number | undefined,
   mutants: Mutants = NO_MUTANTS,
 ): Promise<number | undefined> {
-  const heldKey = keys.heldKey(resource);
-  const r = await store.txn({
-    compare: [
+  const got = await acquireMany(store, keys, session, nodeId, [{ resource, generation }], stateRevision, mutants);
+  return got.get(resource);
+}
+
+/** Locks taken in one transaction at most (three compares and ops each, one more for the state's revision). */
+export const ACQUIRE_BATCH = 40;
+/** Locks released in one transaction at most (a compare and a delete each). */
+export const RELEASE_BATCH = 60;
+
+/**
+ * Take several locks, a batch per transaction: each lock only if it is free and still granted to `nodeId`
+ * (exactly the single acquire's compares, so a batch never takes what one acquire could not). A batch whose
+ * compares fail (one of its locks was taken meanwhile) is split in halves and tried again, down to single locks,
+ * so a race costs a few more transactions and never a lock that was free. Resolves to each lock taken with its
+ * fencing token (the create revision of its transaction: it still grows with every acquisition of that lock).
+ * Throws on a request failure (outcome unknown for the batch in flight; `done` says which locks were taken
+ * before it).
+ */
+export async function acquireMany(
+  store: Store,
+  keys: GroupKeys,
+  session: Session,
+  nodeId: string,
+  items: readonly { readonly resource: string; readonly generation: number }[],
+  stateRevision: number | undefined,
+  mutants: Mutants = NO_MUTANTS,
+  done: Map<string, number> = new Map(),
+): Promise<Map<string, number>> {
+  const attempt = async (batch: readonly { readonly resource: string; readonly generation: number }[]) => {
+    const compare: Compare[] =
       // Global barrier: only under the state we decided on (no start may slip past a new stop phase).
-      ...(stateRevision === undefined
-        ? []
-        : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
-      ...(mutants.has('acquire-without-lock') ? [] : [{ key: heldKey, target: 'exists' as const, exists: false }]),
-      { key: keys.grant(nodeId, resource), target: 'exists', exists: true },
-    ],
-    then: [{ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session }],
-  });
-  return r.succeeded ? r.revision : undefined;
+      stateRevision === undefined ? [] : [{ key: keys.state, target: 'modRevision', op: '=', value: stateRevision }];
+    const then: Op[] = [];
+    for (const { resource, generation } of batch) {
+      const heldKey = keys.heldKey(resource);
+      if (!mutants.has('acquire-without-lock')) compare.push({ key: heldKey, target: 'exists', exists: false });
+      compare.push({ key: keys.grant(nodeId, resource), target: 'exists', exists: true });
+      then.push({ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session });
+    }
+    const r = await store.txn({
+      compare,
+      then,
+      else: stateRevision === undefined ? [] : [{ op: 'get', key: keys.state }],
+    });
+    if (r.succeeded) for (const { resource } of batch) done.set(resource, r.revision);
+    // A new state fails every smaller batch too: stop here.
+    else if (stateRevision !== undefined && (getResult(r.results[0])?.modRevision ?? 0) !== stateRevision) stale = true;
+    return r.succeeded;
+  };
+  let stale = false;
+  const split = async (batch: readonly { readonly resource: string; readonly generation: number }[]) => {
+    if (await attempt(batch)) return;
+    if (batch.length === 1 || stale) return;
+    const half = Math.ceil(batch.length / 2);
+    await split(batch.slice(0, half));
+    await split(batch.slice(half));
+  };
+  for (let i = 0; i < items.length && !stale; i += ACQUIRE_BATCH) await split(items.slice(i, i + ACQUIRE_BATCH));
+  return done;
 }
 
 /** Release a lock we hold (only if it is still the one we took). */
 export async function release(store: Store, keys: GroupKeys, resource: string, token: number): Promise<boolean> {
-  const heldKey = keys.heldKey(resource);
-  const r = await store.txn({
-    compare: [{ key: heldKey, target: 'createRevision', op: '=', value: token }],
-    then: [{ op: 'delete', key: heldKey }],
-  });
-  return r.succeeded;
+  const released = await releaseMany(store, keys, [{ resource, token }]);
+  return released.has(resource);
+}
+
+/**
+ * Release several locks, a batch per transaction, each only if it is still the one taken with its token. A batch
+ * whose compares fail is split down to single locks (a lock that is gone, or somebody else's now, is simply not
+ * released). Resolves to the names released; `done` collects them as they go (for a caller whose request failed).
+ */
+export async function releaseMany(
+  store: Store,
+  keys: GroupKeys,
+  items: readonly { readonly resource: string; readonly token: number }[],
+  done: Set<string> = new Set(),
+): Promise<Set<string>> {
+  const split = async (batch: readonly { readonly resource: string; readonly token: number }[]): Promise<void> => {
+    const r = await store.txn({
+      compare: batch.map(({ resource, token }) => ({
+        key: keys.heldKey(resource),
+        target: 'createRevision' as const,
+        op: '=' as const,
+        value: token,
+      })),
+      then: batch.map(({ resource }) => ({ op: 'delete' as const, key: keys.heldKey(resource) })),
+    });
+    if (r.succeeded) for (const { resource } of batch) done.add(resource);
+    else if (batch.length > 1) {
+      const half = Math.ceil(batch.length / 2);
+      await split(batch.slice(0, half));
+      await split(batch.slice(half));
+    }
+  };
+  for (let i = 0; i < items.length; i += RELEASE_BATCH) await split(items.slice(i, i + RELEASE_BATCH));
+  return done;
 }
 
 export async function putAck(
