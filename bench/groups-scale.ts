@@ -62,7 +62,10 @@ class ScaleWorker {
   ready = false;
   last: Stats | undefined;
   constructor(name: string, args: string[]) {
-    this.proc = spawn(process.execPath, ['--import', 'tsx', 'bench/groups-worker.ts', 'scale', ...args], {
+    // SCALE_CPU_PROF=<dir>: every member writes a CPU profile there (node --cpu-prof) when it is told to stop.
+    const prof = process.env['SCALE_CPU_PROF'];
+    const flags = prof === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', prof];
+    this.proc = spawn(process.execPath, [...flags, '--import', 'tsx', 'bench/groups-worker.ts', 'scale', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.exited = new Promise((resolve) => this.proc.once('exit', () => resolve()));
@@ -80,6 +83,8 @@ class ScaleWorker {
     });
   }
   async kill(): Promise<void> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM');
+    await Promise.race([this.exited, sleep(5000)]);
     if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL');
     await this.exited;
   }

@@ -84,6 +84,8 @@ if (mode === 'member') {
       firstErrors.push(`${context}: ${error instanceof Error ? error.message : String(error)}`);
   });
   member.on('sessionLost', () => lost++);
+  // From here on: loading modules and joining are not what is measured.
+  stall.reset();
   say({ ev: 'ready' });
   setInterval(() => {
     peakRss = Math.max(peakRss, process.memoryUsage.rss());

@@ -114,20 +114,38 @@ export interface FullGroupView extends CoordinatorView {
   readonly revision: number;
 }
 
-/** Everything the coordinator (and `status`) needs, in one transaction. */
+/**
+ * Everything the coordinator (and `status`) needs. The small parts (members, acks, state, catalog) in one
+ * transaction; then each large prefix (resources, grants, locks) in a read of its own, in that order. Each read
+ * is a snapshot but together they are not; nothing depends on that: the catalog's revision is read before the
+ * resources (a change in between only makes the next read look again), and a coordinator's view never decides
+ * safety (coordinator.ts). Separate reads let a backend that pages a long read (SQLite) keep its event loop turning.
+ */
 export async function readGroupView(store: Store, keys: GroupKeys, report: CorruptionReporter): Promise<FullGroupView> {
-  const r = await store.txn({
+  const small = await store.txn({
     compare: [],
     then: [
       { op: 'range', prefix: keys.members },
-      { op: 'range', prefix: keys.resources },
-      { op: 'range', prefix: keys.grants },
-      { op: 'range', prefix: keys.held },
       { op: 'range', prefix: keys.acks },
       { op: 'get', key: keys.state },
       { op: 'get', key: keys.catalog },
     ],
   });
+  const resourcesRead = await store.range(keys.resources);
+  const grantsRead = await store.range(keys.grants);
+  const heldRead = await store.range(keys.held);
+  const r = {
+    revision: Math.max(small.revision, resourcesRead.revision, grantsRead.revision, heldRead.revision),
+    results: [
+      small.results[0],
+      { op: 'range', prefix: keys.resources, kvs: resourcesRead.kvs },
+      { op: 'range', prefix: keys.grants, kvs: grantsRead.kvs },
+      { op: 'range', prefix: keys.held, kvs: heldRead.kvs },
+      small.results[1],
+      small.results[2],
+      small.results[3],
+    ] as (OpResult | undefined)[],
+  };
   const memberKvList = rangeResult(r.results[0]);
   const members = decodeMembers(keys, memberKvList, report);
   const memberKvs = new Map<string, KeyValue>();
@@ -239,15 +257,10 @@ export class CoordinatorReader {
     const state = decodeStateKv(getResult(r.results[2]), this.#report);
     const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
     if (catalogRevision !== this.#catalogRevision) {
-      const rr = await this.#store.txn({
-        compare: [],
-        then: [
-          { op: 'get', key: k.catalog },
-          { op: 'range', prefix: k.resources },
-        ],
-      });
-      this.#catalogRevision = getResult(rr.results[0])?.modRevision ?? 0;
-      this.#resources = rangeResult(rr.results[1]).map((kv) => kv.key.slice(k.resources.length));
+      // The catalog's revision was read before the resources: a change in between only makes the next read look again.
+      const rr = await this.#store.range(k.resources);
+      this.#catalogRevision = catalogRevision;
+      this.#resources = rr.kvs.map((kv) => kv.key.slice(k.resources.length));
       this.#resourcesVersion++;
     }
     // Locks of departed members go away with their sessions: look at them again.

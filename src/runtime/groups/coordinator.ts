@@ -52,12 +52,8 @@ export class GroupCoordinator {
   #sourceTimer: TimerHandle | undefined;
   #rebalance: { generation: number; startedAtMs: number } | undefined;
   #stopped = false;
-  /** A round is running: a kick now asks for one more after it. */
-  #inRound = false;
-  #kickedDuringRound = false;
-  /** No round before this time (see kick()). */
-  #nextRoundAtMs = Number.NEGATIVE_INFINITY;
-  #gate: TimerHandle | undefined;
+  /** What the last round's read and decision cost (ms): the loop's pace. */
+  #lastCostMs = 0;
 
   constructor(args: {
     options: ResolvedGroupOptions;
@@ -83,9 +79,13 @@ export class GroupCoordinator {
       // A full re-read now and then heals anything the caches could miss (keys changed by hand).
       Math.max(30_000, 10 * this.#o.reconcileIntervalMs),
     );
+    // Rounds are spaced by twice what the last one's read and decision cost (at most MAX_ROUND_SPACING_MS): in a
+    // group of 100 000 resources every handoff wakes the coordinator and a round reads many locks; this way it
+    // spends at most a third of its time there and leaves the rest to its process (keep-alives, handlers).
     this.#loop = new Loop(
-      () => this.#spacedRound(),
+      () => this.#round(),
       (error) => this.#events.error(error, 'coordinator round'),
+      { clock: this.#o.clock, spacingMs: () => Math.min(MAX_ROUND_SPACING_MS, 2 * this.#lastCostMs) },
     );
     this.#watches = new Watches(
       this.#store,
@@ -105,30 +105,8 @@ export class GroupCoordinator {
     this.kick();
   }
 
-  /**
-   * Ask for a round. Rounds are spaced by twice the last one's duration (at most MAX_ROUND_SPACING_MS): in a
-   * small group that is nothing, while in a group of 100 000 resources, where every handoff wakes the coordinator
-   * and a round reads many locks, the coordinator spends at most a third of its time in rounds and lets the rest
-   * of its process (keep-alives, handlers) run.
-   */
   kick(): void {
-    if (this.#stopped) return;
-    if (this.#inRound) {
-      this.#kickedDuringRound = true;
-      return;
-    }
-    const clock = this.#o.clock;
-    const waitMs = this.#nextRoundAtMs - clock.now();
-    if (waitMs <= 0) this.#loop.kick();
-    else
-      this.#gate ??= clock.setTimeout(
-        () => {
-          this.#gate = undefined;
-          if (!this.#stopped) this.#loop.kick();
-        },
-        waitMs,
-        { background: true },
-      );
+    if (!this.#stopped) this.#loop.kick();
   }
 
   async stop(): Promise<void> {
@@ -136,31 +114,15 @@ export class GroupCoordinator {
     const clock = this.#o.clock;
     if (this.#wake !== undefined) clock.clearTimeout(this.#wake);
     if (this.#sourceTimer !== undefined) clock.clearTimeout(this.#sourceTimer);
-    if (this.#gate !== undefined) clock.clearTimeout(this.#gate);
-    this.#wake = this.#sourceTimer = this.#gate = undefined;
+    this.#wake = this.#sourceTimer = undefined;
+    this.#loop.cancel();
     await this.#watches.close();
-  }
-
-  async #spacedRound(): Promise<void> {
-    const clock = this.#o.clock;
-    const startedAtMs = clock.now();
-    this.#inRound = true;
-    try {
-      await this.#round();
-    } finally {
-      this.#inRound = false;
-      const endedAtMs = clock.now();
-      this.#nextRoundAtMs = endedAtMs + Math.min(MAX_ROUND_SPACING_MS, 2 * (endedAtMs - startedAtMs));
-      if (this.#kickedDuringRound) {
-        this.#kickedDuringRound = false;
-        this.kick();
-      }
-    }
   }
 
   async #round(): Promise<void> {
     // A coordinator that cannot trust its lease must not decide (its writes would fail anyway).
     if (this.#stopped || !this.#ownsNow()) return;
+    const startedAtMs = this.#o.clock.now();
     let view;
     try {
       view = await this.#reader.read(this.#o.clock.now());
@@ -191,6 +153,7 @@ export class GroupCoordinator {
       return;
     }
     this.#memory = decision.memory;
+    this.#lastCostMs = now - startedAtMs + (this.#o.clock.now() - now);
     const generation = decision.state?.generation ?? view.state?.generation ?? view.maxGeneration;
     const startsRebalance =
       decision.state !== undefined && decision.state.generation > (view.state?.generation ?? view.maxGeneration);

@@ -54,6 +54,9 @@ export async function joinGroupWith(options: ResolvedGroupOptions, internals: Ru
   return member;
 }
 
+/** The longest pause between two member rounds the pace imposes. */
+const MAX_ROUND_SPACING_MS = 500;
+
 /** Above this many awaited locks, one watch on all of `held/` instead of one per lock. */
 const MAX_LOCK_WATCHES = 16;
 
@@ -74,6 +77,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   /** The locks this node waits for (see #watchLocksWhileWaiting). */
   readonly #lockWatches: Watches;
   #coordinator: GroupCoordinator | undefined;
+  /** What the last round's read and decision cost (ms): the loop's pace. */
+  #lastCostMs = 0;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -84,9 +89,12 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     this.group = options.group;
     this.#keys = new GroupKeys(options.group);
     this.#store = options.store;
+    // Paced like the coordinator's (see coordinator.ts): with thousands of grants a round's read and decision cost
+    // tens of milliseconds, and while work moves, watch hints would otherwise run rounds back to back.
     this.#loop = new Loop(
       () => this.#round(),
       (error) => this.#reportOrFail(error, 'member round'),
+      { clock: options.clock, spacingMs: () => Math.min(MAX_ROUND_SPACING_MS, 2 * this.#lastCostMs) },
     );
     this.#memberWatches = new Watches(
       this.#store,
@@ -322,6 +330,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (e.state.phase === 'stopped') interesting.push(r);
       else skipped.add(r);
     }
+    const startedAtMs = this.#o.clock.now();
     let view;
     try {
       view = await readMemberView(
@@ -360,6 +369,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     if (again) this.#kick();
     const fenced = m.fenced || (m.state as string) === 'rejoining' || !m.ownsNow();
     const actions = decideMember(view, local, this.#self(session, fenced, m.state === 'leaving'), this.#mutants);
+    this.#lastCostMs = this.#o.clock.now() - startedAtMs;
     // Waiting for somebody else's lock on a resource granted to us? Then we need to hear when it is released.
     const waiting = [...view.grants.keys()].filter((r) => {
       const h = view.held.get(r);
