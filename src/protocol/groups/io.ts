@@ -218,6 +218,9 @@ export class CoordinatorReader {
   /** Resources whose lock may not be held by their grantee yet. */
   readonly #unconfirmed = new Set<string>();
   #lastFullAtMs = Number.NEGATIVE_INFINITY;
+  /** When every lock was last read, and what that cost (see read()). */
+  #heldReadAtMs = Number.NEGATIVE_INFINITY;
+  #heldReadCostMs = 0;
   /** Bumped whenever the resources (or the grants) change, so the coordinator can skip an unchanged placement. */
   #resourcesVersion = 0;
   #grantsVersion = 0;
@@ -232,6 +235,10 @@ export class CoordinatorReader {
   /** Something was written with an unknown outcome: read everything next time. */
   invalidate(): void {
     this.#grants = undefined;
+  }
+
+  #clockNow(): number {
+    return this.#store.clock.now();
   }
 
   async read(nowMs: number): Promise<CoordinatorView> {
@@ -265,11 +272,22 @@ export class CoordinatorReader {
     }
     // Locks of departed members go away with their sessions: look at them again.
     for (const [name, node] of this.#held) if (!members.has(node)) this.#unconfirmed.add(name);
-    if (state?.phase === 'stopping' || this.#unconfirmed.size > 1000) {
+    if (
+      state?.phase === 'stopping' ||
+      // Many handoffs at once: one read of every lock, but in the running phase (where locks only tell when a
+      // rebalance has completed) not more often than every tenth of the time, so that a group of 100 000
+      // resources does not spend its coordinator's process on re-reading them while they move.
+      (this.#unconfirmed.size > 1000 && nowMs >= this.#heldReadAtMs + 10 * this.#heldReadCostMs)
+    ) {
+      const startedAtMs = this.#clockNow();
       const hr = await this.#store.range(k.held);
       this.#setHeld(
         new Map(hr.kvs.map((kv) => [kv.key.slice(k.held.length), heldView(kv, this.#report).nodeId ?? '?'])),
       );
+      this.#heldReadAtMs = nowMs;
+      this.#heldReadCostMs = this.#clockNow() - startedAtMs;
+    } else if (this.#unconfirmed.size > 1000) {
+      // Read all of them again soon (above).
     } else if (this.#unconfirmed.size > 0) {
       const names = [...this.#unconfirmed];
       const got = await getMany(
