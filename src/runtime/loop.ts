@@ -50,12 +50,15 @@ export class Loop {
     }
     const pace = this.#pace;
     if (pace !== undefined) {
+      if (this.#timer !== undefined) return;
       const waitMs = this.#nextAtMs - pace.clock.now();
-      if (waitMs > 0) {
-        this.#timer ??= pace.clock.setTimeout(
+      // Whole milliseconds: a clock that scales time (the simulator's drifting clocks) may wake a hair early, and
+      // a timer that looked again would then wait for nothing, forever.
+      if (waitMs >= 1) {
+        this.#timer = pace.clock.setTimeout(
           () => {
             this.#timer = undefined;
-            this.kick();
+            this.#run();
           },
           waitMs,
           { background: true },
@@ -63,6 +66,15 @@ export class Loop {
         return;
       }
     }
+    this.#run();
+  }
+
+  #run(): void {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    const pace = this.#pace;
     this.#running = true;
     this.#idle = (async () => {
       let deferred = false;
@@ -77,7 +89,7 @@ export class Loop {
           if (pace !== undefined) {
             this.#nextAtMs = pace.clock.now() + pace.spacingMs();
             // The next round waits for its turn: kick() schedules it once this one is over.
-            if (this.#again && this.#nextAtMs > pace.clock.now()) deferred = true;
+            if (this.#again && this.#nextAtMs - pace.clock.now() >= 1) deferred = true;
           }
         } while (this.#again && !deferred);
       } finally {

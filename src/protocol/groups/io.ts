@@ -218,6 +218,9 @@ export class CoordinatorReader {
   /** Resources whose lock may not be held by their grantee yet. */
   readonly #unconfirmed = new Set<string>();
   #lastFullAtMs = Number.NEGATIVE_INFINITY;
+  /** When the resource list was last read, and what that cost (see read()). */
+  #resourcesReadAtMs = Number.NEGATIVE_INFINITY;
+  #resourcesReadCostMs = 0;
   /** When every lock was last read, and what that cost (see read()). */
   #heldReadAtMs = Number.NEGATIVE_INFINITY;
   #heldReadCostMs = 0;
@@ -263,12 +266,20 @@ export class CoordinatorReader {
     const acks = decodeAcks(k, rangeResult(r.results[1]), this.#report);
     const state = decodeStateKv(getResult(r.results[2]), this.#report);
     const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
-    if (catalogRevision !== this.#catalogRevision) {
+    if (
+      catalogRevision !== this.#catalogRevision &&
+      // While the registry is being written (100 000 names are 834 transactions, each moving the catalog), read the
+      // list at most a tenth of the time: every read of it is as long as the list.
+      nowMs >= this.#resourcesReadAtMs + 10 * this.#resourcesReadCostMs
+    ) {
       // The catalog's revision was read before the resources: a change in between only makes the next read look again.
+      const startedAtMs = this.#clockNow();
       const rr = await this.#store.range(k.resources);
       this.#catalogRevision = catalogRevision;
       this.#resources = rr.kvs.map((kv) => kv.key.slice(k.resources.length));
       this.#resourcesVersion++;
+      this.#resourcesReadAtMs = nowMs;
+      this.#resourcesReadCostMs = this.#clockNow() - startedAtMs;
     }
     // Locks of departed members go away with their sessions: look at them again.
     for (const [name, node] of this.#held) if (!members.has(node)) this.#unconfirmed.add(name);

@@ -54,6 +54,9 @@ export async function joinGroupWith(options: ResolvedGroupOptions, internals: Ru
   return member;
 }
 
+/** Acquire batches in flight at once. */
+const ACQUIRE_LANES = 4;
+
 /** The longest pause between two member rounds the pace imposes. */
 const MAX_ROUND_SPACING_MS = 500;
 
@@ -482,61 +485,76 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
    * handler as soon as its batch has its lock.
    */
   async #acquireAll(actions: readonly Extract<MemberAction, { type: 'acquire' }>[], session: Session): Promise<void> {
-    for (let i = 0; i < actions.length; i += ACQUIRE_BATCH) {
-      // Lost the lease or the session meanwhile, or leaving: the next round decides again.
-      const state = this.#membership.state;
-      if (!this.#mayStart(session) || state === 'leaving' || state === 'left') return;
-      const batch = actions.slice(i, i + ACQUIRE_BATCH).filter((a) => !this.#handlers.has(a.resource));
-      if (batch.length === 0) continue;
-      const entries = batch.map((a) => this.#handlers.newEntry(a.resource));
-      const got = new Map<string, number>();
-      let failure: unknown;
-      try {
-        await acquireMany(
-          this.#store,
-          this.#keys,
-          session,
-          this.nodeId,
-          batch.map((a) => ({ resource: a.resource, generation: a.generation })),
-          batch[0]!.stateRevision,
-          this.#mutants,
-          got,
-        );
-      } catch (err) {
-        failure = err;
+    const batches: Extract<MemberAction, { type: 'acquire' }>[][] = [];
+    for (let i = 0; i < actions.length; i += ACQUIRE_BATCH) batches.push(actions.slice(i, i + ACQUIRE_BATCH));
+    // A few batches in flight at once (the latency of one round trip is not paid 250 times), never all of them.
+    const lanes = Array.from({ length: Math.min(ACQUIRE_LANES, batches.length) }, async () => {
+      for (let b = batches.shift(); b !== undefined; b = batches.shift()) {
+        if (!(await this.#acquireBatch(b, session))) return;
       }
-      const mayStart = this.#mayStart(session);
-      const toRelease: { resource: string; token: number }[] = [];
-      let broken: unknown;
-      batch.forEach((a, j) => {
-        const token = got.get(a.resource);
-        if (token === undefined) {
-          this.#handlers.delete(a.resource);
-          // Outcome unknown: if the lock is ours after all, a later round adopts or releases it.
-          if (failure !== undefined) this.#uncertain.add(a.resource);
-          return;
-        }
-        if (!mayStart) {
-          // We lost the lease meanwhile: release at once.
-          this.#handlers.delete(a.resource);
-          toRelease.push({ resource: a.resource, token });
-          return;
-        }
-        try {
-          this.#handlers.start(a.resource, entries[j]!, token, a.stateGeneration, session);
-        } catch (error) {
-          // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
-          this.#handlers.delete(a.resource);
-          broken ??= error;
-        }
-      });
-      if (toRelease.length > 0) await releaseMany(this.#store, this.#keys, toRelease).catch(() => undefined);
-      if (broken !== undefined) this.#reportOrFail(broken, 'acquire');
-      if (failure !== undefined) {
-        this.#reportOrFail(failure, `acquire ${batch.length === 1 ? batch[0]!.resource : `${batch.length} resources`}`);
+    });
+    await Promise.all(lanes);
+  }
+
+  /** One batch of #acquireAll; false when no further batch should be tried. */
+  async #acquireBatch(
+    actions: readonly Extract<MemberAction, { type: 'acquire' }>[],
+    session: Session,
+  ): Promise<boolean> {
+    // Lost the lease or the session meanwhile, or leaving: the next round decides again.
+    const state = this.#membership.state;
+    if (!this.#mayStart(session) || state === 'leaving' || state === 'left') return false;
+    const batch = actions.filter((a) => !this.#handlers.has(a.resource));
+    if (batch.length === 0) return true;
+    const entries = batch.map((a) => this.#handlers.newEntry(a.resource));
+    const got = new Map<string, number>();
+    let failure: unknown;
+    try {
+      await acquireMany(
+        this.#store,
+        this.#keys,
+        session,
+        this.nodeId,
+        batch.map((a) => ({ resource: a.resource, generation: a.generation })),
+        batch[0]!.stateRevision,
+        this.#mutants,
+        got,
+      );
+    } catch (err) {
+      failure = err;
+    }
+    const mayStart = this.#mayStart(session);
+    const toRelease: { resource: string; token: number }[] = [];
+    let broken: unknown;
+    batch.forEach((a, j) => {
+      const token = got.get(a.resource);
+      if (token === undefined) {
+        this.#handlers.delete(a.resource);
+        // Outcome unknown: if the lock is ours after all, a later round adopts or releases it.
+        if (failure !== undefined) this.#uncertain.add(a.resource);
         return;
       }
+      if (!mayStart) {
+        // We lost the lease meanwhile: release at once.
+        this.#handlers.delete(a.resource);
+        toRelease.push({ resource: a.resource, token });
+        return;
+      }
+      try {
+        this.#handlers.start(a.resource, entries[j]!, token, a.stateGeneration, session);
+      } catch (error) {
+        // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
+        this.#handlers.delete(a.resource);
+        broken ??= error;
+      }
+    });
+    if (toRelease.length > 0) await releaseMany(this.#store, this.#keys, toRelease).catch(() => undefined);
+    if (broken !== undefined) this.#reportOrFail(broken, 'acquire');
+    if (failure !== undefined) {
+      this.#reportOrFail(failure, `acquire ${batch.length === 1 ? batch[0]!.resource : `${batch.length} resources`}`);
+      return false;
     }
+    return true;
   }
 
   /** Release the locks of settled handlers, a batch per transaction. */
