@@ -4,6 +4,7 @@
  *   node --import tsx bench/groups-worker.ts member <storeUrl> <namespace> <group> <nodeId> <ttlMs>
  *     [<rebalanceDebounceMs> <rejoinGracePeriodMs>]   (default: the library's defaults)
  *   node --import tsx bench/groups-worker.ts election <etcdHostPort> <name> <id> <ttlSeconds>
+ *   node --import tsx bench/groups-worker.ts scale <storeUrl> <namespace> <group> <nodeId> <ttlMs>
  *
  * Reports on stdout, one JSON object per line, with `t` = Date.now() (all
  * processes run on one host):
@@ -11,7 +12,12 @@
  *   {"ev":"start","r":"…","t":…}         a resource's handler started
  *   {"ev":"stop","r":"…","t":…}          a resource's handler stopped
  *   {"ev":"elected","t":…}               this process won the etcd election
+ *   {"ev":"stats","running":…,"stallMs":…,"rssMb":…,"errors":…,"lost":…,"coord":…,"t":…}
+ *                                        scale mode, every 250 ms instead of per-resource lines: handlers running,
+ *                                        the longest event-loop stall so far, resident memory, error events,
+ *                                        sessions lost, whether this process coordinates
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { joinGroup } from '../src/runtime/groups/member.js';
 import { openStore } from '../src/store/open.js';
 
@@ -59,6 +65,53 @@ if (mode === 'member') {
   process.on('SIGTERM', bye);
   process.on('SIGINT', bye);
   setInterval(() => undefined, 60_000); // stay alive
+} else if (mode === 'scale') {
+  const [url, namespace, group, nodeId, ttl] = rest as [string, string, string, string, string];
+  const stall = monitorEventLoopDelay({ resolution: 10 });
+  stall.enable();
+  const store = await openStore(url, { namespace });
+  let running = 0;
+  let errors = 0;
+  let lost = 0;
+  let peakRss = 0;
+  const firstErrors: string[] = [];
+  const member = await joinGroup({
+    store,
+    group,
+    node: { id: nodeId },
+    sessionTtlMs: Number(ttl),
+    handler: async ({ signal }) => {
+      running++;
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      running--;
+    },
+  });
+  member.on('error', ({ error, context }) => {
+    errors++;
+    if (firstErrors.length < 3)
+      firstErrors.push(`${context}: ${error instanceof Error ? error.message : String(error)}`);
+  });
+  member.on('sessionLost', () => lost++);
+  // From here on: loading modules and joining are not what is measured.
+  stall.reset();
+  say({ ev: 'ready' });
+  setInterval(() => {
+    peakRss = Math.max(peakRss, process.memoryUsage.rss());
+    say({
+      ev: 'stats',
+      running,
+      stallMs: Math.round(stall.max / 1e6),
+      rssMb: Math.round(peakRss / 1e6),
+      errors,
+      lost,
+      coord: member.isCoordinator,
+      firstErrors,
+    });
+  }, 250);
+  process.on('SIGTERM', () => process.exit(0));
 } else if (mode === 'election') {
   const [hostPort, name, id, ttlSeconds] = rest as [string, string, string, string];
   const { Etcd3 } = await import('etcd3');

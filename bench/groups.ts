@@ -2,7 +2,7 @@
  * `npm run bench -- groups [--json] [--quick] [--backends a,b] [--reps N]
  *   [--sections failover,election,handoff,compute,stall,restart] [--cases 10x1000,100x1000]`
  *
- * Resource groups, six sections, each figure as a ratio within this run:
+ * Resource groups, seven sections, each figure as a ratio within this run:
  * 1. failover after kill -9 of a worker process, per backend, as a ratio to the session TTL;
  * 2. the same for etcd's own election (the etcd3 client's `election().campaign()`), the peer baseline;
  * 3. planned handoff (join, graceful leave) with many in-process members, with store round trips counted;
@@ -11,6 +11,7 @@
  *    (`groups-stall.ts`).
  * 6. a store outage past the TTL (every session lost; Redis paused): starts per resource until stable, against the
  *    ideal 1.0, with the defaults of before (no debounce, no rejoin grace period) and of now.
+ * 7. (only when named: `--sections scale`) many resources on many member processes, see groups-scale.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -33,6 +34,7 @@ import type {
 import { openStore } from '../src/store/open.js';
 import { startEtcd, startPostgres, startRedis, startZookeeper, stopAllServers } from '../test/harness/servers.js';
 import { stallSection, STALL_TTL_MS, type StallResult } from './groups-stall.js';
+import { runScale, scaleReport, type ScaleCase } from './groups-scale.js';
 import { round, table } from './stats.js';
 
 const TTL_MS = 2000;
@@ -790,6 +792,7 @@ export async function run(args: string[]): Promise<void> {
   const handoff: Record<string, HandoffCase[]> = {};
   let compute: ComputeCase[] = [];
   let restart: StormResult[] | { error: string } = [];
+  let scale: ScaleCase[] = [];
   const onSignal = (): void => {
     void killAllWorkers().finally(() => stopAllServers().finally(() => process.exit(130)));
   };
@@ -865,10 +868,30 @@ export async function run(args: string[]): Promise<void> {
         restart = { error: err instanceof Error ? err.message : String(err) };
       }
     }
+    if (sections.has('scale')) {
+      const arg = (name: string): string | undefined => {
+        const i = args.indexOf(name);
+        return i >= 0 ? args[i + 1] : undefined;
+      };
+      const sizes = (arg('--scale') ?? (quick ? '10000' : '10000,30000,100000')).split(',').map(Number);
+      scale = await runScale(
+        bArg >= 0 ? backends : ['sqlite', 'redis'],
+        sizes,
+        Number(arg('--scale-nodes') ?? 10),
+        Number(arg('--scale-timeout-s') ?? 120) * 1000,
+        log,
+      );
+    }
   } finally {
     process.off('SIGINT', onSignal);
     await killAllWorkers();
     await stopAllServers();
+  }
+  if (sections.size === 1 && sections.has('scale')) {
+    process.stdout.write(`${scaleReport(scale)}\n`);
+    if (json) process.stdout.write(`${JSON.stringify({ bench: 'groups', scale, totalMs: Date.now() - started })}\n`);
+    if (scale.some((c) => c.error !== undefined || c.convergedMs === undefined)) process.exitCode = 1;
+    return;
   }
 
   // ---- report
@@ -1086,10 +1109,14 @@ export async function run(args: string[]): Promise<void> {
         'stable after: from the resume to the last start',
     );
   }
+  if (sections.has('scale')) {
+    out.push('');
+    out.push(`6. ${scaleReport(scale)}`);
+  }
   process.stdout.write(`${out.join('\n')}\n`);
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, stall: stalls, restart, totalMs: Date.now() - started })}\n`,
+      `${JSON.stringify({ bench: 'groups', quick, ttlMs: TTL_MS, failover: failovers, etcdElection: election, handoff, compute, stall: stalls, restart, scale, totalMs: Date.now() - started })}\n`,
     );
   }
   const anyError =

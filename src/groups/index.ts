@@ -9,7 +9,7 @@ export { joinGroup, GroupMember, type AssignedResource, type GroupEvents } from 
 export type { JoinGroupOptions, ResourceContext, ResourceHandler, ResourceSource } from '../runtime/groups/options.js';
 export type { NodeOptions, LeaseOptions } from '../runtime/common-options.js';
 export type { ErrorEvent } from '../runtime/events.js';
-export { GroupAdmin, listGroups } from '../runtime/groups/registry.js';
+export { GroupAdmin, listGroups, type RegistryChangeOptions } from '../runtime/groups/registry.js';
 export { groupStatus } from '../runtime/groups/status.js';
 export type {
   CorruptionProblem,
@@ -19,6 +19,6 @@ export type {
   ResourceStatus,
 } from '../runtime/groups/status.js';
 export { repairGroup, type RepairStep } from '../runtime/groups/repair.js';
-export type { Protocol } from '../protocol/groups/keys.js';
+export { MAX_GROUP_RESOURCES, type Protocol } from '../protocol/groups/keys.js';
 export type { StopReason } from '../protocol/groups/member.js';
 export { CorruptDataError, GroupNotFoundError, NodeIdInUseError, RevokedError } from '../errors.js';

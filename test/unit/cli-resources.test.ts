@@ -118,4 +118,24 @@ describe('rebalancer resources / groups', () => {
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
   }, 60_000);
+  it('adds 100 000 names with progress on stderr, and refuses a group above 100 000 resources saying what to do', () => {
+    const many = Array.from({ length: 100_000 }, (_, i) => `r-${i}`);
+    const added = cli(['resources', 'add', '--group', 'big', '-'], `${many.join('\n')}\n`);
+    expect(added.code).toBe(0);
+    expect(added.out).toContain('100000 added');
+    // Progress while it writes, and the end.
+    expect(added.err).toMatch(/group big: \d+ of 100000 registered \(\d+ %\)/);
+    expect(added.err).toContain('group big: 100000 of 100000 registered (100 %)');
+    // One more is over the limit: refused (usage error), nothing written.
+    const over = cli(['resources', 'add', '--group', 'big', 'one-more']);
+    expect(over.code).toBe(2);
+    expect(over.err).toMatch(/group big would have 100001 resources, above the limit of 100000 per group/);
+    expect(over.err).toMatch(/Split the resources over several groups/);
+    const groups = (
+      JSON.parse(cli(['--json', 'groups', 'list']).out) as { groups: { group: string; resources: number }[] }
+    ).groups;
+    expect(groups.find((g) => g.group === 'big')?.resources).toBe(100_000);
+    // A few names: no progress lines.
+    expect(cli(['resources', 'add', '--group', 'small', 'a', 'b']).err).toBe('');
+  }, 120_000);
 });

@@ -180,7 +180,7 @@ export function commonPrefix(a: string, b: string): string {
 }
 
 /** JS string order (UTF-16 code units), which the contract's sorted ranges use. */
-function byKey(a: KeyValue, b: KeyValue): number {
+export function byKey(a: KeyValue, b: KeyValue): number {
   return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
 }
 
@@ -188,21 +188,37 @@ function isCount(v: unknown, min: number): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
 }
 
-function decodeKeyRow(row: KeyRow): KeyValue {
-  const shown = row.kb === null ? String(row.kb) : Buffer.from(row.kb).toString('utf8');
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+export function decodeKeyRow(row: KeyRow): KeyValue {
+  // The words of an error are built only for a bad row: a range of 100 000 keys decodes each one.
+  const shown = (): string => (row.kb === null ? String(row.kb) : Buffer.from(row.kb).toString('utf8'));
   const fix = 'Rebalancer did not write it; inspect or delete the row with the sqlite3 tool.';
   if (row.kt !== 'text' || row.kb === null) {
-    throw new CorruptDataError(`a key in rebalancer_keys is a ${row.kt}, not text (${JSON.stringify(shown)}). ${fix}`, {
-      key: shown,
-    });
+    throw new CorruptDataError(
+      `a key in rebalancer_keys is a ${row.kt}, not text (${JSON.stringify(shown())}). ${fix}`,
+      {
+        key: shown(),
+      },
+    );
   }
-  const key = decodeUtf8(row.kb, `key ${JSON.stringify(shown)}`, shown);
+  let key: string;
+  try {
+    key = strictUtf8.decode(row.kb);
+  } catch {
+    key = decodeUtf8(row.kb, `key ${JSON.stringify(shown())}`, shown());
+  }
   if (row.vt !== 'text' || row.vb === null) {
     throw new CorruptDataError(`the value of key ${JSON.stringify(key)} is a ${row.vt}, not UTF-8 text. ${fix}`, {
       key,
     });
   }
-  const value = decodeUtf8(row.vb, `the value of key ${JSON.stringify(key)}`, key);
+  let value: string;
+  try {
+    value = strictUtf8.decode(row.vb);
+  } catch {
+    value = decodeUtf8(row.vb, `the value of key ${JSON.stringify(key)}`, key);
+  }
   if (
     !isCount(row.version, 1) ||
     !isCount(row.create_rev, 0) ||
@@ -507,6 +523,32 @@ export class Connection {
   get(ns: string, key: string, nowMs: number): KeyValue | undefined {
     const row = this.#st.getKey.get(ns, key, nowMs);
     return row === undefined ? undefined : decodeKeyRow(row);
+  }
+
+  /**
+   * Open a read transaction that stays open until endRead(): for a reader that pauses between pages of a long
+   * range (rangeRows) on a connection of its own, in one snapshot.
+   */
+  beginRead(): void {
+    this.#st.begin.run();
+  }
+
+  endRead(): void {
+    if (!this.db.inTransaction) return;
+    try {
+      this.#st.commit.run();
+    } finally {
+      if (this.db.inTransaction) this.#st.rollback.run();
+    }
+  }
+
+  /** The raw rows of range(), one at a time (decodeKeyRow each; sort with byKey). */
+  rangeRows(ns: string, prefix: string, nowMs: number): IterableIterator<KeyRow> {
+    if (prefix === '') return this.#st.rangeAll.iterate(ns, nowMs);
+    const upper = prefixUpperBound(prefix);
+    return upper === undefined
+      ? this.#st.rangeFrom.iterate(ns, prefix, nowMs)
+      : this.#st.rangeBetween.iterate(ns, prefix, upper, nowMs);
   }
 
   /** Keys under `prefix` as of `nowMs` (see get). */

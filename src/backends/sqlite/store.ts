@@ -7,7 +7,8 @@
  * guaranteed.
  *
  * better-sqlite3 is synchronous. Every request is one short transaction run
- * to completion on the event loop; lock waits are never long synchronous
+ * to completion on the event loop, after a turn of the loop (so that a chain of
+ * requests never holds it for longer than one of them); lock waits are never long synchronous
  * sleeps: SQLite's own busy handler waits at most `busyTimeoutMs` (a few ms),
  * then the request backs off asynchronously and retries until
  * `requestTimeoutMs`.
@@ -41,8 +42,10 @@ import { readStoreOptions, type StoreSettings } from '../../store/validate.js';
 import { WatcherSet, type HintQueue } from '../../store/watchers.js';
 import { hostMonotonicMs } from './clock.js';
 import {
+  byKey,
   CHANGE_LOG_KEEP,
   CommitError,
+  decodeKeyRow,
   Connection,
   isBusy,
   isSqliteError,
@@ -55,6 +58,8 @@ import { validateDatabasePath } from './url.js';
 export type { SqliteDriverOptions } from './db.js';
 
 export const DEFAULT_POLL_INTERVAL_MS = 25;
+/** Rows a prefix read decodes between two turns of the event loop (see #pagedRange). */
+const RANGE_PAGE_ROWS = 2000;
 export const DEFAULT_BUSY_TIMEOUT_MS = 5;
 
 export interface SqliteStoreOptions extends CommonStoreOptions {
@@ -161,6 +166,9 @@ export class SqliteStore extends StoreBase {
   #interrupted = false;
   /** Clock time since which polls have been failing with SQLITE_BUSY. */
   #busySinceMs: number | undefined;
+  /** A second connection for prefix reads taken in pages (#pagedRange), one at a time. */
+  #reader: Connection | undefined;
+  #readerQueue: Promise<void> = Promise.resolve();
 
   private constructor(settings: SqliteSettings) {
     super(settings);
@@ -207,12 +215,93 @@ export class SqliteStore extends StoreBase {
     return this.#request('get', 'read', (ctx) => ctx.conn.get(this.namespace, key, ctx.nowMs));
   }
 
-  protected readRange(prefix: string): Promise<RangeResult> {
+  protected async readRange(prefix: string): Promise<RangeResult> {
+    try {
+      const r = await this.#pagedRange(prefix);
+      if (r !== undefined) return r;
+    } catch (err) {
+      if (!isBusy(err) && !(err instanceof CommitError)) throw this.#mapError(err, 'range');
+    }
+    // Busy (a checkpoint or recovery), or the reader could not be opened: the ordinary way, with its retries.
     return this.#request('range', 'read', (ctx) => ({
       kvs: ctx.conn.range(this.namespace, prefix, ctx.nowMs),
       revision: ctx.conn.revision(this.namespace),
       snapshot: true,
     }));
+  }
+
+  /**
+   * A prefix read in pages: one read transaction (one snapshot, as the contract says) on a connection of its own,
+   * decoding RANGE_PAGE_ROWS rows between two turns of the event loop. better-sqlite3 is synchronous: read in one
+   * go, 100 000 keys hold this process's event loop for about a second, longer on a loaded host — long enough to
+   * miss keep-alives. The transaction stays open meanwhile; in WAL mode that delays no writer (it only holds
+   * back checkpoints). Resolves to undefined when the reader connection cannot be used (then the caller reads the
+   * ordinary way).
+   */
+  async #pagedRange(prefix: string): Promise<RangeResult | undefined> {
+    const previous = this.#readerQueue;
+    let done!: () => void;
+    this.#readerQueue = new Promise<void>((resolve) => (done = resolve));
+    await previous;
+    try {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (this.#shut) throw new ClosedError('sqlite store');
+      if (this.#conn === undefined) return undefined;
+      if (this.#reader !== undefined && this.#reader.identity !== this.#conn.identity) this.#closeReader();
+      let reader = this.#reader;
+      if (reader === undefined) {
+        try {
+          reader = Connection.open(this.path, this.#connOptions);
+        } catch {
+          return undefined;
+        }
+        if (reader.identity !== this.#conn.identity) {
+          reader.close();
+          return undefined;
+        }
+        this.#reader = reader;
+      }
+      reader.beginRead();
+      try {
+        const revision = reader.revision(this.namespace);
+        const rows = reader.rangeRows(this.namespace, prefix, hostMonotonicMs());
+        const kvs = [];
+        try {
+          let n = 0;
+          for (const row of rows) {
+            kvs.push(decodeKeyRow(row));
+            if (++n % RANGE_PAGE_ROWS === 0) {
+              await new Promise<void>((resolve) => setImmediate(resolve));
+              if (this.#shut) throw new ClosedError('sqlite store');
+            }
+          }
+        } finally {
+          rows.return?.();
+        }
+        reader.endRead();
+        // Rows come in SQLite's byte order; the contract's is JavaScript's (they differ only above U+FFFF).
+        return { kvs: kvs.sort(byKey), revision, snapshot: true };
+      } finally {
+        try {
+          reader.endRead();
+        } catch {
+          this.#closeReader();
+        }
+      }
+    } finally {
+      if (this.#shut) this.#closeReader();
+      done();
+    }
+  }
+
+  #closeReader(): void {
+    const r = this.#reader;
+    this.#reader = undefined;
+    try {
+      r?.close();
+    } catch {
+      // an open statement: it is closed with the process
+    }
   }
 
   protected applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
@@ -250,6 +339,10 @@ export class SqliteStore extends StoreBase {
    * backoff until requestTimeoutMs.
    */
   async #request<T>(kind: string, mode: 'read' | 'write', fn: (ctx: RequestContext) => T): Promise<T> {
+    // Every request runs synchronously: without a turn of the event loop first, a caller that awaits hundreds of
+    // them in a row (a large group's reads and writes) would hold the loop for all of them at once, and timers,
+    // keep-alives and I/O would wait behind.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     const startedMs = this.clock.now();
     let backoffMs = 1;
     for (;;) {
@@ -490,6 +583,7 @@ export class SqliteStore extends StoreBase {
     peers.get(conn.identity)?.delete(this);
     conn.close();
     this.#conn = undefined;
+    this.#closeReader();
     this.#interrupted = true;
     // Every lock lived only in the old file: the data this client worked in is gone (delayed restart next).
     this.dataLost(`the database file ${this.path} was deleted or replaced`);
@@ -499,6 +593,8 @@ export class SqliteStore extends StoreBase {
     this.markClosed();
     this.#shut = true;
     this.#stopTimers();
+    // A paged read in progress closes the reader itself when it sees #shut.
+    void this.#readerQueue.then(() => this.#closeReader());
     const conn = this.#conn;
     this.#conn = undefined;
     if (conn !== undefined) {

@@ -373,13 +373,15 @@ function diff(
   for (const [name, owners] of grants) {
     const want = target.get(name);
     let kept = false;
+    let added = false;
     for (const nodeId of owners) {
       if (nodeId === want && !kept) {
         kept = true;
         continue;
       }
       // A move pairs the removal with the new grant (same transaction); extra grants are just removed.
-      const add = !kept && want !== undefined && !owners.includes(want) && !out.some((c) => c.add?.name === name);
+      const add = !kept && !added && want !== undefined && !owners.includes(want);
+      if (add) added = true;
       out.push(add ? { remove: { nodeId, name }, add: { nodeId: want, name } } : { remove: { nodeId, name } });
     }
   }

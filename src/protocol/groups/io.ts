@@ -169,21 +169,40 @@ export interface FullGroupView extends CoordinatorView {
   readonly unreadable: readonly string[];
 }
 
-/** Everything the coordinator (and `status`) needs, in one transaction. */
+/**
+ * Everything the coordinator (and `status`) needs. The small parts (members, acks, state, catalog) in one
+ * transaction; then each large prefix (resources, grants, locks) in a read of its own, in that order. Each read
+ * is a snapshot but together they are not; nothing depends on that: the catalog's revision is read before the
+ * resources (a change in between only makes the next read look again), and a coordinator's view never decides
+ * safety (coordinator.ts). Separate reads let a backend that pages a long read (SQLite) keep its event loop turning.
+ */
 export async function readGroupView(store: Store, keys: GroupKeys, report: CorruptionReporter): Promise<FullGroupView> {
-  const r = await readAround(
+  const small = await readAround(
     store,
     [
       { op: 'range', prefix: keys.members },
-      { op: 'range', prefix: keys.resources },
-      { op: 'range', prefix: keys.grants },
-      { op: 'range', prefix: keys.held },
       { op: 'range', prefix: keys.acks },
       { op: 'get', key: keys.state },
       { op: 'get', key: keys.catalog },
     ],
     report,
   );
+  const resourcesRead = await store.range(keys.resources);
+  const grantsRead = await store.range(keys.grants);
+  const heldRead = await store.range(keys.held);
+  const r = {
+    revision: Math.max(small.revision, resourcesRead.revision, grantsRead.revision, heldRead.revision),
+    unreadable: small.unreadable,
+    results: [
+      small.results[0],
+      { op: 'range', prefix: keys.resources, kvs: resourcesRead.kvs },
+      { op: 'range', prefix: keys.grants, kvs: grantsRead.kvs },
+      { op: 'range', prefix: keys.held, kvs: heldRead.kvs },
+      small.results[1],
+      small.results[2],
+      small.results[3],
+    ] as (OpResult | undefined)[],
+  };
   const memberKvList = rangeResult(r.results[0]);
   const members = decodeMembers(keys, memberKvList, report);
   const memberKvs = new Map<string, KeyValue>();
@@ -263,6 +282,12 @@ export class CoordinatorReader {
   #lastFullAtMs = Number.NEGATIVE_INFINITY;
   /** The last view listed unreadable keys: read everything again until they are repaired. */
   #unreadableSeen = false;
+  /** When the resource list was last read, and what that cost (see read()). */
+  #resourcesReadAtMs = Number.NEGATIVE_INFINITY;
+  #resourcesReadCostMs = 0;
+  /** When every lock was last read, and what that cost (see read()). */
+  #heldReadAtMs = Number.NEGATIVE_INFINITY;
+  #heldReadCostMs = 0;
   /** Bumped whenever the resources (or the grants) change, so the coordinator can skip an unchanged placement. */
   #resourcesVersion = 0;
   #grantsVersion = 0;
@@ -277,6 +302,10 @@ export class CoordinatorReader {
   /** Something was written with an unknown outcome: read everything next time. */
   invalidate(): void {
     this.#grants = undefined;
+  }
+
+  #clockNow(): number {
+    return this.#store.clock.now();
   }
 
   async read(nowMs: number): Promise<CoordinatorView> {
@@ -318,26 +347,39 @@ export class CoordinatorReader {
       };
     }
     const catalogRevision = getResult(r.results[3])?.modRevision ?? 0;
-    if (catalogRevision !== this.#catalogRevision) {
-      const rr = await readAround(
-        this.#store,
-        [
-          { op: 'get', key: k.catalog },
-          { op: 'range', prefix: k.resources },
-        ],
-        this.#report,
-      );
-      this.#catalogRevision = getResult(rr.results[0])?.modRevision ?? 0;
-      this.#resources = rangeResult(rr.results[1]).map((kv) => kv.key.slice(k.resources.length));
+    if (
+      catalogRevision !== this.#catalogRevision &&
+      // While the registry is being written (100 000 names are 834 transactions, each moving the catalog), read the
+      // list at most a tenth of the time: every read of it is as long as the list.
+      nowMs >= this.#resourcesReadAtMs + 10 * this.#resourcesReadCostMs
+    ) {
+      // The catalog's revision was read before the resources: a change in between only makes the next read look again.
+      const startedAtMs = this.#clockNow();
+      const rr = await this.#store.range(k.resources);
+      this.#catalogRevision = catalogRevision;
+      this.#resources = rr.kvs.map((kv) => kv.key.slice(k.resources.length));
       this.#resourcesVersion++;
+      this.#resourcesReadAtMs = nowMs;
+      this.#resourcesReadCostMs = this.#clockNow() - startedAtMs;
     }
     // Locks of departed members go away with their sessions: look at them again.
     for (const [name, node] of this.#held) if (!members.has(node)) this.#unconfirmed.add(name);
-    if (state?.phase === 'stopping' || this.#unconfirmed.size > 1000) {
+    if (
+      state?.phase === 'stopping' ||
+      // Many handoffs at once: one read of every lock, but in the running phase (where locks only tell when a
+      // rebalance has completed) not more often than every tenth of the time, so that a group of 100 000
+      // resources does not spend its coordinator's process on re-reading them while they move.
+      (this.#unconfirmed.size > 1000 && nowMs >= this.#heldReadAtMs + 10 * this.#heldReadCostMs)
+    ) {
+      const startedAtMs = this.#clockNow();
       const hr = await this.#store.range(k.held);
       this.#setHeld(
         new Map(hr.kvs.map((kv) => [kv.key.slice(k.held.length), heldView(kv, this.#report).nodeId ?? '?'])),
       );
+      this.#heldReadAtMs = nowMs;
+      this.#heldReadCostMs = this.#clockNow() - startedAtMs;
+    } else if (this.#unconfirmed.size > 1000) {
+      // Read all of them again soon (above).
     } else if (this.#unconfirmed.size > 0) {
       const names = [...this.#unconfirmed];
       const got = await getMany(
@@ -502,29 +544,103 @@ export async function acquire(
   stateRevision: number | undefined,
   mutants: Mutants = NO_MUTANTS,
 ): Promise<number | undefined> {
-  const heldKey = keys.heldKey(resource);
-  const r = await store.txn({
-    compare: [
+  const got = await acquireMany(store, keys, session, nodeId, [{ resource, generation }], stateRevision, mutants);
+  return got.get(resource);
+}
+
+/** Locks taken in one transaction at most (three compares and ops each, one more for the state's revision). */
+export const ACQUIRE_BATCH = 40;
+/** Locks released in one transaction at most (a compare and a delete each). */
+export const RELEASE_BATCH = 60;
+
+/**
+ * Take several locks, a batch per transaction: each lock only if it is free and still granted to `nodeId`
+ * (exactly the single acquire's compares, so a batch never takes what one acquire could not). A batch whose
+ * compares fail (one of its locks was taken meanwhile) is split in halves and tried again, down to single locks,
+ * so a race costs a few more transactions and never a lock that was free. Resolves to each lock taken with its
+ * fencing token (the create revision of its transaction: it still grows with every acquisition of that lock).
+ * Throws on a request failure (outcome unknown for the batch in flight; `done` says which locks were taken
+ * before it).
+ */
+export async function acquireMany(
+  store: Store,
+  keys: GroupKeys,
+  session: Session,
+  nodeId: string,
+  items: readonly { readonly resource: string; readonly generation: number }[],
+  stateRevision: number | undefined,
+  mutants: Mutants = NO_MUTANTS,
+  done: Map<string, number> = new Map(),
+): Promise<Map<string, number>> {
+  const attempt = async (batch: readonly { readonly resource: string; readonly generation: number }[]) => {
+    const compare: Compare[] =
       // Global barrier: only under the state we decided on (no start may slip past a new stop phase).
-      ...(stateRevision === undefined
-        ? []
-        : [{ key: keys.state, target: 'modRevision' as const, op: '=' as const, value: stateRevision }]),
-      ...(mutants.has('acquire-without-lock') ? [] : [{ key: heldKey, target: 'exists' as const, exists: false }]),
-      { key: keys.grant(nodeId, resource), target: 'exists', exists: true },
-    ],
-    then: [{ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session }],
-  });
-  return r.succeeded ? r.revision : undefined;
+      stateRevision === undefined ? [] : [{ key: keys.state, target: 'modRevision', op: '=', value: stateRevision }];
+    const then: Op[] = [];
+    for (const { resource, generation } of batch) {
+      const heldKey = keys.heldKey(resource);
+      if (!mutants.has('acquire-without-lock')) compare.push({ key: heldKey, target: 'exists', exists: false });
+      compare.push({ key: keys.grant(nodeId, resource), target: 'exists', exists: true });
+      then.push({ op: 'put', key: heldKey, value: encode({ nodeId, generation }), session });
+    }
+    const r = await store.txn({
+      compare,
+      then,
+      else: stateRevision === undefined ? [] : [{ op: 'get', key: keys.state }],
+    });
+    if (r.succeeded) for (const { resource } of batch) done.set(resource, r.revision);
+    // A new state fails every smaller batch too: stop here.
+    else if (stateRevision !== undefined && (getResult(r.results[0])?.modRevision ?? 0) !== stateRevision) stale = true;
+    return r.succeeded;
+  };
+  let stale = false;
+  const split = async (batch: readonly { readonly resource: string; readonly generation: number }[]) => {
+    if (await attempt(batch)) return;
+    if (batch.length === 1 || stale) return;
+    const half = Math.ceil(batch.length / 2);
+    await split(batch.slice(0, half));
+    await split(batch.slice(half));
+  };
+  for (let i = 0; i < items.length && !stale; i += ACQUIRE_BATCH) await split(items.slice(i, i + ACQUIRE_BATCH));
+  return done;
 }
 
 /** Release a lock we hold (only if it is still the one we took). */
 export async function release(store: Store, keys: GroupKeys, resource: string, token: number): Promise<boolean> {
-  const heldKey = keys.heldKey(resource);
-  const r = await store.txn({
-    compare: [{ key: heldKey, target: 'createRevision', op: '=', value: token }],
-    then: [{ op: 'delete', key: heldKey }],
-  });
-  return r.succeeded;
+  const released = await releaseMany(store, keys, [{ resource, token }]);
+  return released.has(resource);
+}
+
+/**
+ * Release several locks, a batch per transaction, each only if it is still the one taken with its token. A batch
+ * whose compares fail is split down to single locks (a lock that is gone, or somebody else's now, is simply not
+ * released). Resolves to the names released; `done` collects them as they go (for a caller whose request failed).
+ */
+export async function releaseMany(
+  store: Store,
+  keys: GroupKeys,
+  items: readonly { readonly resource: string; readonly token: number }[],
+  done: Set<string> = new Set(),
+): Promise<Set<string>> {
+  const split = async (batch: readonly { readonly resource: string; readonly token: number }[]): Promise<void> => {
+    const r = await store.txn({
+      compare: batch.map(({ resource, token }) => ({
+        key: keys.heldKey(resource),
+        target: 'createRevision' as const,
+        op: '=' as const,
+        value: token,
+      })),
+      then: batch.map(({ resource }) => ({ op: 'delete' as const, key: keys.heldKey(resource) })),
+    });
+    if (r.succeeded) for (const { resource } of batch) done.add(resource);
+    else if (batch.length > 1) {
+      const half = Math.ceil(batch.length / 2);
+      await split(batch.slice(0, half));
+      await split(batch.slice(half));
+    }
+  };
+  for (let i = 0; i < items.length; i += RELEASE_BATCH) await split(items.slice(i, i + RELEASE_BATCH));
+  return done;
 }
 
 export async function putAck(

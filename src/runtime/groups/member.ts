@@ -15,7 +15,15 @@
  * deterministically.
  */
 import { CorruptDataError, invariant, InvariantError } from '../../errors.js';
-import { acquire, putAck, readMemberView, release } from '../../protocol/groups/io.js';
+import {
+  ACQUIRE_BATCH,
+  acquireMany,
+  putAck,
+  readMemberView,
+  release,
+  releaseMany,
+  RELEASE_BATCH,
+} from '../../protocol/groups/io.js';
 import { GroupKeys, decodeMember, encode } from '../../protocol/groups/keys.js';
 import { decideMember, type LocalResource, type MemberAction } from '../../protocol/groups/member.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
@@ -47,6 +55,12 @@ export async function joinGroupWith(options: ResolvedGroupOptions, internals: Ru
   return member;
 }
 
+/** Acquire batches in flight at once. */
+const ACQUIRE_LANES = 4;
+
+/** The longest pause between two member rounds the pace imposes. */
+const MAX_ROUND_SPACING_MS = 500;
+
 /** Above this many awaited locks, one watch on all of `held/` instead of one per lock. */
 const MAX_LOCK_WATCHES = 16;
 
@@ -72,6 +86,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   /** When this node registered again after losing its session (the injected clock); undefined after its first join. */
   #rejoinedAtMs: number | undefined;
   #joinedBefore = false;
+  /** What the last round's read and decision cost (ms): the loop's pace. */
+  #lastCostMs = 0;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -82,9 +98,12 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     this.group = options.group;
     this.#keys = new GroupKeys(options.group);
     this.#store = options.store;
+    // Paced like the coordinator's (see coordinator.ts): with thousands of grants a round's read and decision cost
+    // tens of milliseconds, and while work moves, watch hints would otherwise run rounds back to back.
     this.#loop = new Loop(
       () => this.#round(),
       (error) => this.#reportOrFail(error, 'member round'),
+      { clock: options.clock, spacingMs: () => Math.min(MAX_ROUND_SPACING_MS, 2 * this.#lastCostMs) },
     );
     this.#memberWatches = new Watches(
       this.#store,
@@ -325,6 +344,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       if (e.state.phase === 'stopped') interesting.push(r);
       else skipped.add(r);
     }
+    const startedAtMs = this.#o.clock.now();
     let view;
     try {
       view = await readMemberView(this.#store, this.#keys, this.nodeId, interesting, this.#corruption.report, skipped);
@@ -358,13 +378,28 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     if (again) this.#kick();
     const fenced = m.fenced || (m.state as string) === 'rejoining' || !m.ownsNow();
     const actions = decideMember(view, local, this.#self(session, fenced, m.state === 'leaving'), this.#mutants);
+    this.#lastCostMs = this.#o.clock.now() - startedAtMs;
     // Waiting for somebody else's lock on a resource granted to us? Then we need to hear when it is released.
     const waiting = [...view.grants.keys()].filter((r) => {
       const h = view.held.get(r);
       return !this.#handlers.has(r) && h !== undefined && h.sessionId !== session.id;
     });
     this.#watchLocksWhileWaiting(waiting);
-    await Promise.all(actions.map((a) => this.#act(a, session)));
+    // Acquires and releases go in batches (a transaction per batch, not per resource): with thousands of
+    // resources per node, one request per resource would flood the store and this process's event loop.
+    const acquires: Extract<MemberAction, { type: 'acquire' }>[] = [];
+    const releases: Extract<MemberAction, { type: 'release' }>[] = [];
+    const others: MemberAction[] = [];
+    for (const a of actions) {
+      if (a.type === 'acquire') acquires.push(a);
+      else if (a.type === 'release' && this.#handlers.has(a.resource)) releases.push(a);
+      else others.push(a);
+    }
+    await Promise.all([
+      ...others.map((a) => this.#act(a, session)),
+      this.#acquireAll(acquires, session),
+      this.#releaseAll(releases),
+    ]);
   }
 
   #self(session: Session, fenced: boolean, leaving: boolean) {
@@ -403,7 +438,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           return;
         }
         case 'acquire':
-          return await this.#acquire(a, session);
+          return await this.#acquireAll([a], session);
         case 'release': {
           const e = this.#handlers.get(a.resource);
           if (e === undefined) {
@@ -450,39 +485,125 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
   }
 
-  async #acquire(a: Extract<MemberAction, { type: 'acquire' }>, session: Session): Promise<void> {
-    const e = this.#handlers.newEntry(a.resource);
-    let token: number | undefined;
+  /**
+   * Take the locks of granted resources, a batch per transaction, one batch after the other (so that a node with
+   * thousands of grants neither floods the store nor holds thousands of requests in flight), and start each
+   * handler as soon as its batch has its lock.
+   */
+  async #acquireAll(actions: readonly Extract<MemberAction, { type: 'acquire' }>[], session: Session): Promise<void> {
+    const batches: Extract<MemberAction, { type: 'acquire' }>[][] = [];
+    for (let i = 0; i < actions.length; i += ACQUIRE_BATCH) batches.push(actions.slice(i, i + ACQUIRE_BATCH));
+    // A few batches in flight at once (the latency of one round trip is not paid 250 times), never all of them.
+    const lanes = Array.from({ length: Math.min(ACQUIRE_LANES, batches.length) }, async () => {
+      for (let b = batches.shift(); b !== undefined; b = batches.shift()) {
+        if (!(await this.#acquireBatch(b, session))) return;
+      }
+    });
+    await Promise.all(lanes);
+  }
+
+  /** One batch of #acquireAll; false when no further batch should be tried. */
+  async #acquireBatch(
+    actions: readonly Extract<MemberAction, { type: 'acquire' }>[],
+    session: Session,
+  ): Promise<boolean> {
+    // Lost the lease or the session meanwhile, or leaving: the next round decides again.
+    const state = this.#membership.state;
+    if (!this.#mayStart(session) || state === 'leaving' || state === 'left') return false;
+    const batch = actions.filter((a) => !this.#handlers.has(a.resource));
+    if (batch.length === 0) return true;
+    const entries = batch.map((a) => this.#handlers.newEntry(a.resource));
+    const got = new Map<string, number>();
+    let failure: unknown;
     try {
-      token = await acquire(
+      await acquireMany(
         this.#store,
         this.#keys,
         session,
         this.nodeId,
-        a.resource,
-        a.generation,
-        a.stateRevision,
+        batch.map((a) => ({ resource: a.resource, generation: a.generation })),
+        batch[0]!.stateRevision,
         this.#mutants,
+        got,
       );
     } catch (err) {
-      // Outcome unknown: if the lock is ours after all, a later round adopts or releases it.
-      this.#handlers.delete(a.resource);
-      this.#uncertain.add(a.resource);
-      throw err;
+      failure = err;
     }
-    if (token === undefined || !this.#mayStart(session)) {
-      this.#handlers.delete(a.resource);
-      // Taken after all, or we lost the lease meanwhile: if we did get it, release at once.
-      if (token !== undefined) await release(this.#store, this.#keys, a.resource, token).catch(() => false);
-      return;
+    const mayStart = this.#mayStart(session);
+    const toRelease: { resource: string; token: number }[] = [];
+    let broken: unknown;
+    batch.forEach((a, j) => {
+      const token = got.get(a.resource);
+      if (token === undefined) {
+        this.#handlers.delete(a.resource);
+        // Outcome unknown: if the lock is ours after all, a later round adopts or releases it.
+        if (failure !== undefined) this.#uncertain.add(a.resource);
+        return;
+      }
+      if (!mayStart) {
+        // We lost the lease meanwhile: release at once.
+        this.#handlers.delete(a.resource);
+        toRelease.push({ resource: a.resource, token });
+        return;
+      }
+      try {
+        this.#handlers.start(a.resource, entries[j]!, token, a.stateGeneration, session);
+      } catch (error) {
+        // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
+        this.#handlers.delete(a.resource);
+        broken ??= error;
+      }
+    });
+    if (toRelease.length > 0) await releaseMany(this.#store, this.#keys, toRelease).catch(() => undefined);
+    if (broken !== undefined) this.#reportOrFail(broken, 'acquire');
+    if (failure !== undefined) {
+      this.#reportOrFail(failure, `acquire ${batch.length === 1 ? batch[0]!.resource : `${batch.length} resources`}`);
+      return false;
     }
+    return true;
+  }
+
+  /** Release the locks of settled handlers, a batch per transaction. */
+  async #releaseAll(actions: readonly Extract<MemberAction, { type: 'release' }>[]): Promise<void> {
+    if (actions.length === 0) return;
+    const items: { resource: string; token: number }[] = [];
+    for (const a of actions) {
+      const e = this.#handlers.get(a.resource);
+      if (e === undefined) continue;
+      try {
+        // The mutant removes the wait for the handler and this guard with it (the simulator must catch it).
+        if (!this.#mutants.has('release-before-stop'))
+          invariant(e.settled === undefined, () => `releasing ${a.resource} while its handler runs`);
+      } catch (error) {
+        this.#reportOrFail(error, `release ${a.resource}`);
+        continue;
+      }
+      e.state = { phase: 'releasing', token: a.token };
+      items.push({ resource: a.resource, token: a.token });
+    }
+    const done = new Set<string>();
+    let failure: unknown;
     try {
-      this.#handlers.start(a.resource, e, token, a.stateGeneration, session);
+      // A lock that is no longer the one we took (our session expired, somebody else holds it now) is not ours to
+      // release: it is forgotten all the same.
+      for (let i = 0; i < items.length; i += RELEASE_BATCH) {
+        const batch = items.slice(i, i + RELEASE_BATCH);
+        await releaseMany(this.#store, this.#keys, batch);
+        for (const it of batch) done.add(it.resource);
+      }
     } catch (error) {
-      // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
-      this.#handlers.delete(a.resource);
-      throw error;
+      failure = error;
     }
+    for (const it of items) {
+      const e = this.#handlers.get(it.resource);
+      if (e === undefined) continue;
+      if (done.has(it.resource)) {
+        this.#handlers.delete(it.resource);
+        this.emit('released', { resource: it.resource, fencingToken: it.token });
+      } else e.state = { phase: 'stopped', token: it.token };
+    }
+    if (failure !== undefined) this.#reportOrFail(failure, `release ${items.length} resources`);
+    this.#kick();
   }
 
   /**
