@@ -324,8 +324,10 @@ export class ListenerError extends RebalancerError {
  * frame's end). The stream cannot be resynchronised: the connection is closed (the peer may reconnect).
  */
 export class TransportFrameError extends RebalancerError {
-  /** The peer's node id, when known. */
+  /** The peer's node id (or address, before it authenticated), when known. */
   readonly peer: string | undefined;
+  /** What was wrong with the frame. */
+  readonly reason: string;
   constructor(message: string, options?: { cause?: unknown; peer?: string }) {
     super(
       'CORRUPT_DATA',
@@ -335,6 +337,7 @@ export class TransportFrameError extends RebalancerError {
       options,
     );
     this.peer = options?.peer;
+    this.reason = message;
   }
 }
 

@@ -500,7 +500,7 @@ export function decodeBatch(body: Uint8Array): Envelope[] {
  * be resynchronised); the decoder then refuses every further chunk.
  */
 export class FrameDecoder {
-  readonly #maxFrameBytes: number;
+  #maxFrameBytes: number;
   #chunks: Buffer[] = [];
   #buffered = 0;
   #failed: TransportFrameError | undefined;
@@ -509,38 +509,53 @@ export class FrameDecoder {
     this.#maxFrameBytes = maxFrameBytes;
   }
 
+  /** Change the largest frame accepted from now on (small during a handshake, the configured one after). */
+  set maxFrameBytes(n: number) {
+    this.#maxFrameBytes = n;
+  }
+
   /** Bytes held waiting for the rest of a frame. */
   get buffered(): number {
     return this.#buffered;
   }
 
+  /** Every whole frame the stream holds once `chunk` is added. */
   push(chunk: Uint8Array): Frame[] {
-    if (this.#failed) throw this.#failed;
-    if (chunk.byteLength > 0) {
-      this.#chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-      this.#buffered += chunk.byteLength;
-    }
+    this.write(chunk);
     const frames: Frame[] = [];
+    for (let f = this.next(); f; f = this.next()) frames.push(f);
+    return frames;
+  }
+
+  /** Add bytes received; take the frames with next() (one at a time: a frame may change the size limit). */
+  write(chunk: Uint8Array): void {
+    if (this.#failed) throw this.#failed;
+    if (chunk.byteLength === 0) return;
+    this.#chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    this.#buffered += chunk.byteLength;
+  }
+
+  /** The next whole frame, or undefined until more bytes come. */
+  next(): Frame | undefined {
+    if (this.#failed) throw this.#failed;
+    if (this.#buffered < FRAME_HEADER_BYTES) return undefined;
     try {
-      while (this.#buffered >= FRAME_HEADER_BYTES) {
-        const head = this.#peek(FRAME_HEADER_BYTES);
-        const len = head.readUInt32BE(0);
-        if (len < 1 || len + 4 > this.#maxFrameBytes) {
-          throw new TransportFrameError(`a frame announces ${len} bytes (at most ${this.#maxFrameBytes - 4} allowed)`);
-        }
-        const type = head[4]!;
-        if (!KNOWN_FRAME_TYPES.has(type)) throw new TransportFrameError(`unknown frame type ${type}`);
-        if (this.#buffered < 4 + len) break;
-        const whole = this.#take(4 + len);
-        frames.push({ type: type as FrameTypeCode, body: whole.subarray(FRAME_HEADER_BYTES) });
+      const head = this.#peek(FRAME_HEADER_BYTES);
+      const len = head.readUInt32BE(0);
+      if (len < 1 || len + 4 > this.#maxFrameBytes) {
+        throw new TransportFrameError(`a frame announces ${len} bytes (at most ${this.#maxFrameBytes - 4} allowed)`);
       }
+      const type = head[4]!;
+      if (!KNOWN_FRAME_TYPES.has(type)) throw new TransportFrameError(`unknown frame type ${type}`);
+      if (this.#buffered < 4 + len) return undefined;
+      const whole = this.#take(4 + len);
+      return { type: type as FrameTypeCode, body: whole.subarray(FRAME_HEADER_BYTES) };
     } catch (e) {
       this.#failed = e as TransportFrameError;
       this.#chunks = [];
       this.#buffered = 0;
       throw e;
     }
-    return frames;
   }
 
   /** The first n buffered bytes, without consuming them. */

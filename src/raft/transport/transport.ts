@@ -95,6 +95,8 @@ export interface PeerStats extends PeerQueueStats {
   readonly connected: boolean;
   readonly sentMessages: number;
   readonly sentFrames: number;
+  /** Snapshot chunks written (they go at a lower priority than every other message). */
+  readonly sentSnapshotChunks: number;
   readonly receivedMessages: number;
   /** Connections (dialed or accepted) that authenticated. */
   readonly connections: number;
@@ -267,6 +269,9 @@ export function tlsNetwork(o: TlsOptions): Network {
   };
 }
 
+/** The largest frame accepted before a connection is authenticated (handshake frames are ~100 bytes). */
+const HANDSHAKE_MAX_FRAME_BYTES = 4096;
+
 type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'ready' | 'closed';
 
 /** One connection: the handshake, then frames both ways. */
@@ -288,7 +293,8 @@ class Link {
     this.conn = conn;
     this.peer = dialTo;
     this.#label = label;
-    this.#decoder = new FrameDecoder(t.options.maxFrameBytes);
+    // A stranger may not make this node buffer more than a handshake frame.
+    this.#decoder = new FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES);
     this.state = dialTo === undefined ? 'awaitHello' : 'awaitHelloAck';
     this.#timer = setTimeout(
       () => this.fail(new PeerAuthError(this.peer ?? label, 'no handshake within handshakeTimeoutMs')),
@@ -328,6 +334,9 @@ class Link {
 
   #onClose(): void {
     const was = this.state;
+    if (was === 'awaitAuth') {
+      this.#t.report(this.peer!, new PeerAuthError(this.peer!, 'it left before proving it knows the secret'));
+    }
     this.state = 'closed';
     clearTimeout(this.#timer);
     this.#t.linkClosed(this, was === 'ready');
@@ -335,24 +344,20 @@ class Link {
 
   #onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
-    let frames: Frame[];
     try {
-      frames = this.#decoder.push(chunk);
-    } catch (e) {
-      const err = e instanceof TransportFrameError ? e : new TransportFrameError(describe(e), { cause: e });
-      // Before authentication the peer is a stranger: say so rather than blame a node id it merely claimed.
-      this.fail(new TransportFrameError(err.message, { cause: err, peer: this.peer ?? this.#label }));
-      return;
-    }
-    for (const f of frames) {
-      if ((this.state as ConnState) === 'closed') return;
-      try {
+      this.#decoder.write(chunk);
+      for (;;) {
+        if ((this.state as ConnState) === 'closed') return;
+        const f = this.#decoder.next();
+        if (!f) return;
         this.#onFrame(f);
-      } catch (e) {
-        if (e instanceof PeerAuthError) this.fail(e);
-        else this.fail(new TransportFrameError(describe(e), { cause: e, peer: this.peer ?? this.#label }));
-        return;
       }
+    } catch (e) {
+      if (e instanceof PeerAuthError) return this.fail(e);
+      // Before authentication the peer is a stranger: name its address, not a node id it merely claimed.
+      const who = this.state === 'ready' ? this.peer! : this.#label;
+      const why = e instanceof TransportFrameError ? e.reason : describe(e);
+      this.fail(new TransportFrameError(why, { cause: e, peer: who }));
     }
   }
 
@@ -442,6 +447,7 @@ class Link {
 
   #ready(): void {
     clearTimeout(this.#timer);
+    this.#decoder.maxFrameBytes = this.#t.options.maxFrameBytes;
     this.state = 'ready';
     this.#t.linkReady(this);
   }
@@ -459,6 +465,7 @@ interface Peer {
   timer: ReturnType<typeof setTimeout> | undefined;
   sentMessages: number;
   sentFrames: number;
+  sentSnapshotChunks: number;
   receivedMessages: number;
   connections: number;
 }
@@ -489,6 +496,7 @@ export class Transport {
         timer: undefined,
         sentMessages: 0,
         sentFrames: 0,
+        sentSnapshotChunks: 0,
         receivedMessages: 0,
         connections: 0,
       });
@@ -530,6 +538,7 @@ export class Transport {
       connected: p.link?.state === 'ready',
       sentMessages: p.sentMessages,
       sentFrames: p.sentFrames,
+      sentSnapshotChunks: p.sentSnapshotChunks,
       receivedMessages: p.receivedMessages,
       connections: p.connections,
     };
@@ -670,6 +679,7 @@ export class Transport {
       link.conn.uncork();
       p.sentFrames++;
       p.sentMessages += batch.parts.length;
+      if (batch.bulk) p.sentSnapshotChunks++;
       if (!ok) {
         link.waitingDrain = true;
         return;
