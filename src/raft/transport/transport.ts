@@ -9,7 +9,14 @@
  */
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { InvalidArgumentError, PeerAuthError, RebalancerError, TransportFrameError, describe } from '../../errors.js';
+import {
+  InvalidArgumentError,
+  ListenerError,
+  PeerAuthError,
+  RebalancerError,
+  TransportFrameError,
+  describe,
+} from '../../errors.js';
 import { OptionReader } from '../../options.js';
 import type { Message } from '../messages.js';
 import { MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, nonce, proof, proofMatches } from './auth.js';
@@ -572,11 +579,7 @@ export class Transport {
       try {
         this.options.onMessage(from, e.groupId, e.message);
       } catch (err) {
-        this.options.onError(
-          new InvalidArgumentError(`raft transport: onMessage threw on a message from ${from}: ${describe(err)}`, {
-            cause: err,
-          }),
-        );
+        this.options.onError(new ListenerError('raft transport onMessage', err));
       }
     }
   }
