@@ -3,6 +3,7 @@ export * from './codec.js';
 export { PeerQueue, type PeerQueueLimits, type PeerQueueStats } from './peer-queue.js';
 export {
   Transport,
+  reconnectDelayMs,
   tcpNetwork,
   tlsNetwork,
   type Conn,

@@ -279,6 +279,15 @@ export function tlsNetwork(o: TlsOptions): Network {
 /** The largest frame accepted before a connection is authenticated (handshake frames are ~100 bytes). */
 const HANDSHAKE_MAX_FRAME_BYTES = 4096;
 
+/**
+ * The wait before redialing after `failures` failures in a row: min(maxMs, baseMs × 2^failures), its second half
+ * jittered by `random()` (in [0, 1)), so nodes restarting together do not redial in step.
+ */
+export function reconnectDelayMs(failures: number, baseMs: number, maxMs: number, random: () => number): number {
+  const backoff = Math.min(maxMs, baseMs * 2 ** Math.min(failures, 30));
+  return backoff / 2 + random() * (backoff / 2);
+}
+
 type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'ready' | 'closed';
 
 /** One connection: the handshake, then frames both ways. */
@@ -641,9 +650,8 @@ export class Transport {
   #redial(p: Peer): void {
     if (this.#closed || p.timer !== undefined) return;
     const o = this.options;
-    const backoff = Math.min(o.reconnectMaxMs, o.reconnectBaseMs * 2 ** Math.min(p.failures, 30));
+    const delay = reconnectDelayMs(p.failures, o.reconnectBaseMs, o.reconnectMaxMs, o.random);
     p.failures++;
-    const delay = backoff / 2 + o.random() * (backoff / 2);
     p.timer = setTimeout(() => {
       p.timer = undefined;
       this.#dial(p);

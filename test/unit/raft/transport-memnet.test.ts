@@ -5,7 +5,13 @@
 import { EventEmitter } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Message } from '../../../src/raft/messages.js';
-import { Transport, type Conn, type Network, type PeerAddress } from '../../../src/raft/transport/index.js';
+import {
+  Transport,
+  reconnectDelayMs,
+  type Conn,
+  type Network,
+  type PeerAddress,
+} from '../../../src/raft/transport/index.js';
 import { SECRET, heartbeat, waitFor } from './transport-helpers.js';
 
 class MemConn extends EventEmitter implements Conn {
@@ -106,5 +112,12 @@ describe('raft transport on an in-memory network', () => {
     expect(got.map((m) => (m as { round: number }).round)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     // All nine left in one batch once drained.
     expect(a.stats('b').sentFrames).toBe(2);
+  });
+
+  it('redials with exponential backoff, jittered from the injected source, bounded by reconnectMaxMs', () => {
+    const at = (r: number) => Array.from({ length: 12 }, (_, f) => reconnectDelayMs(f, 50, 5000, () => r));
+    expect(at(0)).toEqual([25, 50, 100, 200, 400, 800, 1600, 2500, 2500, 2500, 2500, 2500]);
+    expect(at(0.999999).map(Math.round)).toEqual([50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000, 5000]);
+    expect(reconnectDelayMs(1e9, 50, 5000, () => 0.5)).toBe(3750);
   });
 });
