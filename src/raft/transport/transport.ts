@@ -288,6 +288,9 @@ export function reconnectDelayMs(failures: number, baseMs: number, maxMs: number
   return backoff / 2 + random() * (backoff / 2);
 }
 
+/** Distinct (peer, error code) pairs remembered as reported. */
+const MAX_REPORTED = 10_000;
+
 type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'ready' | 'closed';
 
 /** One connection: the handshake, then frames both ways. */
@@ -574,9 +577,15 @@ export class Transport {
 
   // ---- internals used by Link ----
 
+  /**
+   * Report an error once per peer and code (until that peer authenticates again). A stranger (not a known node id)
+   * counts by its address without the port, and at most MAX_REPORTED keys are kept: a flood of connections cannot
+   * flood the log or grow this set.
+   */
   report(peer: string, error: RebalancerError): void {
-    const key = `${peer}\u0000${error.code}`;
-    if (this.#reported.has(key)) return;
+    const who = this.#peers.has(peer) ? peer : `stranger ${peer.replace(/:\d+$/, '')}`;
+    const key = `${who}\u0000${error.code}`;
+    if (this.#reported.has(key) || this.#reported.size >= MAX_REPORTED) return;
     this.#reported.add(key);
     this.options.onError(error);
   }

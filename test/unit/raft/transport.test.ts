@@ -142,6 +142,15 @@ describe('raft transport on loopback', () => {
     const closed2 = new Promise((r) => raw2.once('close', r));
     raw2.write(encodeFrame(FrameType.hello, new Uint8Array(100_000)).subarray(0, 10));
     await closed2;
+    // Many garbage connections from one host: reported once, not once per connection.
+    for (let i = 0; i < 5; i++) {
+      const g = connect(b.t.port, '127.0.0.1');
+      await new Promise((r) => g.once('connect', r));
+      const closedG = new Promise((r) => g.once('close', r));
+      g.write(Buffer.from([0, 0, 0, 0, 4]));
+      await closedG;
+    }
+    expect(b.errors.filter((e) => e instanceof TransportFrameError)).toHaveLength(1);
     a.t.send('b', 'g', heartbeat('a', 'b', 1));
     await waitFor(() => b.got.length === 1, 'the real peer');
   });
