@@ -2,6 +2,8 @@
 import type { RebalancerError } from '../../../src/errors.js';
 import type { Message } from '../../../src/raft/messages.js';
 import { Transport, type TransportOptions } from '../../../src/raft/transport/index.js';
+import { allocatePorts } from '../../harness/ports.js';
+import { releasePort } from '../../harness/processes.js';
 
 export const SECRET = 'a shared secret of enough bytes';
 
@@ -18,6 +20,13 @@ export interface Node {
   errors: RebalancerError[];
 }
 
+const reserved: number[] = [];
+
+/** Release the ports startCluster reserved (call once the transports are closed). */
+export function releasePorts(): void {
+  for (const p of reserved.splice(0)) releasePort(p);
+}
+
 export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!cond()) {
@@ -31,13 +40,10 @@ export async function startCluster(
   ids: readonly string[],
   extra: Partial<TransportOptions> | ((id: string) => Partial<TransportOptions>) = {},
 ): Promise<Node[]> {
-  // Listen first with no peers to learn the ports, then restart each with the full peer list on its port.
-  const ports = new Map<string, number>();
-  for (const id of ids) {
-    const probe = await Transport.start({ id, clusterId: 'c', secret: SECRET, peers: {}, onMessage: () => undefined });
-    ports.set(id, probe.port);
-    await probe.close();
-  }
+  // Ports from the harness's reservation scheme (safe against other test processes), released by releasePorts().
+  const allocated = await allocatePorts(ids.length);
+  reserved.push(...allocated);
+  const ports = new Map<string, number>(ids.map((id, i) => [id, allocated[i]!]));
   const nodes: Node[] = [];
   for (const id of ids) nodes.push(await startNode(id, ports, typeof extra === 'function' ? extra(id) : extra));
   return nodes;

@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Core, MemoryStorage, type Message } from '../../../src/raft/index.js';
 import { seeded, text, bytes } from './network.js';
-import { startCluster, waitFor, type Node } from './transport-helpers.js';
+import { startCluster, waitFor, type Node, releasePorts } from './transport-helpers.js';
 
 const IDS = ['n1', 'n2', 'n3'];
 const GROUPS = ['g1', 'g2'];
@@ -69,6 +69,7 @@ afterEach(async () => {
   clearInterval(timer);
   for (const n of nodes) await n.t.close();
   nodes = [];
+  releasePorts();
 });
 
 describe('raft cores on the transport', () => {

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { heartbeat, startCluster, startNode, waitFor, type Node } from './transport-helpers.js';
+import { heartbeat, startCluster, startNode, waitFor, type Node, releasePorts } from './transport-helpers.js';
 
 function hasOpenssl(): boolean {
   try {
@@ -63,6 +63,7 @@ let nodes: Node[] = [];
 afterEach(async () => {
   for (const n of nodes) await n.t.close();
   nodes = [];
+  releasePorts();
 });
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });

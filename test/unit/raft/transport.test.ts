@@ -3,12 +3,13 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PeerAuthError, TransportFrameError } from '../../../src/errors.js';
 import type { Message } from '../../../src/raft/messages.js';
 import { FrameType, encodeBatch, encodeFrame } from '../../../src/raft/transport/codec.js';
-import { heartbeat, startCluster, startNode, waitFor, type Node } from './transport-helpers.js';
+import { heartbeat, startCluster, startNode, waitFor, type Node, releasePorts } from './transport-helpers.js';
 
 let nodes: Node[] = [];
 afterEach(async () => {
   for (const n of nodes) await n.t.close();
   nodes = [];
+  releasePorts();
 });
 
 describe('raft transport on loopback', () => {
