@@ -5,7 +5,9 @@
  * batch frame is `u32 count` followed by `count` envelopes; an envelope is a group id and one core message, written
  * field by field in a fixed order per message type (a schema codec: smaller and faster than a self-describing one,
  * and what the decoder accepts is exactly what the encoder writes). Entry payloads and snapshot bytes are carried
- * as raw bytes (a varint length, then the bytes); the decoder hands them back as views of the received frame.
+ * as raw bytes (a varint length, then the bytes). The decoder copies entry payloads out of the frame (a log keeps
+ * them; a view would pin the whole socket read buffer it came in) and hands snapshot chunks back as views (the
+ * frame is about the chunk's size, and the core copies the chunks once assembled).
  */
 import { InvalidArgumentError, LimitExceededError, TransportFrameError } from '../../errors.js';
 import type { Entry, EntryType, Membership, Message, MessageType, SnapshotMeta } from '../messages.js';
@@ -354,7 +356,7 @@ export function readEnvelope(r: Reader): Envelope {
         const eTerm = r.uint();
         const eIndex = r.uint();
         const eType = readEntryType(r);
-        entries.push({ term: eTerm, index: eIndex, type: eType, data: r.bytes() });
+        entries.push({ term: eTerm, index: eIndex, type: eType, data: r.bytes().slice() });
       }
       message = { type, ...base, index, logTerm, commit, entries };
       break;
@@ -405,7 +407,7 @@ export function readEnvelope(r: Reader): Envelope {
       const entries: { type: EntryType; data: Uint8Array }[] = [];
       for (let i = 0; i < n; i++) {
         const eType = readEntryType(r);
-        entries.push({ type: eType, data: r.bytes() });
+        entries.push({ type: eType, data: r.bytes().slice() });
       }
       message = { type, ...base, entries };
       break;
