@@ -51,6 +51,8 @@ export type ErrorCode =
   | 'HANDLER_FAILED'
   /** A listener of an event threw; the protocol went on without it. Fix the listener. */
   | 'LISTENER_FAILED'
+  /** A peer failed to prove it knows the cluster's secret (or its certificate): it gets nothing. Check its config. */
+  | 'UNAUTHENTICATED'
   /** An invariant that must never break did (a bug). The object stops; report it. */
   | 'INVARIANT_VIOLATED';
 
@@ -72,6 +74,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   REVOKED: false,
   HANDLER_FAILED: false,
   LISTENER_FAILED: false,
+  UNAUTHENTICATED: false,
   INVARIANT_VIOLATED: false,
 };
 
@@ -313,6 +316,45 @@ export class ListenerError extends RebalancerError {
       { cause },
     );
     this.event = event;
+  }
+}
+
+/**
+ * A Raft transport peer sent bytes that are not a frame of ours (a bad length, an unknown type, a field past its
+ * frame's end). The stream cannot be resynchronised: the connection is closed (the peer may reconnect).
+ */
+export class TransportFrameError extends RebalancerError {
+  /** The peer's node id (or address, before it authenticated), when known. */
+  readonly peer: string | undefined;
+  /** What was wrong with the frame. */
+  readonly reason: string;
+  constructor(message: string, options?: { cause?: unknown; peer?: string }) {
+    super(
+      'CORRUPT_DATA',
+      `raft transport: ${options?.peer === undefined ? 'a peer' : `peer ${options.peer}`} sent an invalid frame ` +
+        `(${message}); the connection was closed. Check that every node runs the same Rebalancer version and that ` +
+        'nothing else connects to the raft port',
+      options,
+    );
+    this.peer = options?.peer;
+    this.reason = message;
+  }
+}
+
+/**
+ * A Raft transport peer did not authenticate: a wrong shared secret or cluster id, an unexpected node id, or no
+ * answer within the handshake timeout. It was sent nothing and its frames were ignored.
+ */
+export class PeerAuthError extends RebalancerError {
+  readonly peer: string;
+  constructor(peer: string, why: string, options?: { cause?: unknown }) {
+    super(
+      'UNAUTHENTICATED',
+      `raft transport: peer ${peer} did not authenticate (${why}); it was sent nothing. Give every node the same ` +
+        'clusterId and secret (and, with TLS, certificates signed by the same CA)',
+      options,
+    );
+    this.peer = peer;
   }
 }
 

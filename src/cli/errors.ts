@@ -40,6 +40,8 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   CLOCK_RATE: EXIT.unavailable,
   // The data is gone: retrying does not bring it back; the message says what to do.
   DATA_LOST: EXIT.failed,
+  // A raft peer that did not authenticate: the configuration is wrong; retrying as is will not help.
+  UNAUTHENTICATED: EXIT.failed,
   // None of these can reach the top of a command unless the CLI itself is wrong: a closed object used, an abort
   // reason or a listener's error escaping, an invariant broken.
   CLOSED: EXIT.internal,

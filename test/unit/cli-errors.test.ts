@@ -100,6 +100,7 @@ describe('exit codes (docs/cli.md)', () => {
       STORE_RECOVERING: 69,
       CLOCK_RATE: 69,
       DATA_LOST: 1,
+      UNAUTHENTICATED: 1,
       CLOSED: 70,
       REVOKED: 70,
       LISTENER_FAILED: 70,

@@ -1,0 +1,713 @@
+/**
+ * The Raft transport (docs/raft.md, "Transport"): one authenticated connection per pair of nodes, carrying every
+ * group's messages in batch frames. The node with the lower id dials; the other accepts. Per peer: a bounded
+ * two-level queue (peer-queue.ts), one write per event-loop turn, socket backpressure respected, reconnection with
+ * exponential backoff and jitter from an injected random source.
+ *
+ * The sockets sit behind `Network` (TCP or TLS by default), so a simulated network can replace them; the codec and
+ * the queues are pure.
+ */
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import {
+  InvalidArgumentError,
+  ListenerError,
+  PeerAuthError,
+  RebalancerError,
+  TransportFrameError,
+  describe,
+} from '../../errors.js';
+import { OptionReader } from '../../options.js';
+import type { Message } from '../messages.js';
+import { MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, nonce, proof, proofMatches } from './auth.js';
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  FrameDecoder,
+  FrameType,
+  Reader,
+  Writer,
+  batchBodyParts,
+  decodeBatch,
+  encodeEnvelope,
+  encodeFrame,
+  frameHeader,
+  type Frame,
+} from './codec.js';
+import { PeerQueue, type PeerQueueStats } from './peer-queue.js';
+
+/** A byte stream to a peer (a net.Socket or tls.TLSSocket satisfies it; a simulated network may provide its own). */
+export interface Conn {
+  write(chunk: Uint8Array): boolean;
+  cork(): void;
+  uncork(): void;
+  destroy(): void;
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  on(event: 'drain' | 'close', listener: () => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+}
+
+export interface PeerAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** How the transport reaches peers and accepts them. */
+export interface Network {
+  listen(address: PeerAddress, onConn: (conn: Conn, remote: string) => void): Promise<{ port: number; close(): void }>;
+  connect(address: PeerAddress): Promise<Conn>;
+}
+
+export interface TlsOptions {
+  /** PEM: this node's private key, its certificate, and the CA that signs every node's certificate. */
+  readonly key: string | Buffer;
+  readonly cert: string | Buffer;
+  readonly ca: string | Buffer;
+}
+
+export interface TransportOptions {
+  /** This node's id (unique in the cluster). */
+  readonly id: string;
+  /** Bound into every proof: nodes of two clusters sharing a secret do not talk. */
+  readonly clusterId: string;
+  /** The shared secret (at least 16 bytes; a string is taken as UTF-8). */
+  readonly secret: string | Uint8Array;
+  /** Where to listen (port 0: any). Default 127.0.0.1:0. */
+  readonly listen?: PeerAddress;
+  /** Every other node: id → address. */
+  readonly peers: Readonly<Record<string, PeerAddress>>;
+  /** Called for every message received from an authenticated peer. */
+  readonly onMessage: (from: string, groupId: string, message: Message) => void;
+  /** Errors: an unauthenticated peer (once per peer until it authenticates), a peer's bad frame, a throwing onMessage. */
+  readonly onError?: (error: RebalancerError) => void;
+  /** Reconnection jitter: a number in [0, 1) (default Math.random). */
+  readonly random?: () => number;
+  /** Mutual TLS (node:tls, requestCert + rejectUnauthorized) under the secret's handshake; default plain TCP. */
+  readonly tls?: TlsOptions;
+  /** A replacement for TCP/TLS (a simulated network). */
+  readonly network?: Network;
+  /** Largest frame sent or accepted (default 16 MiB). */
+  readonly maxFrameBytes?: number;
+  /** Per peer: messages queued before new ones are dropped (default 65 536). */
+  readonly maxQueuedMessages?: number;
+  /** Per peer: encoded bytes queued before new ones are dropped (default 64 MiB). */
+  readonly maxQueuedBytes?: number;
+  /** A connection that has not authenticated within this is closed (default 5000 ms). */
+  readonly handshakeTimeoutMs?: number;
+  /** First reconnection delay (default 50 ms), doubled per failure up to reconnectMaxMs (default 5000 ms). */
+  readonly reconnectBaseMs?: number;
+  readonly reconnectMaxMs?: number;
+}
+
+export interface PeerStats extends PeerQueueStats {
+  readonly connected: boolean;
+  readonly sentMessages: number;
+  readonly sentFrames: number;
+  /** Snapshot chunks written (they go at a lower priority than every other message). */
+  readonly sentSnapshotChunks: number;
+  readonly receivedMessages: number;
+  /** Connections (dialed or accepted) that authenticated. */
+  readonly connections: number;
+}
+
+interface Resolved {
+  id: string;
+  clusterId: string;
+  secret: Uint8Array;
+  listen: PeerAddress;
+  peers: ReadonlyMap<string, PeerAddress>;
+  onMessage: TransportOptions['onMessage'];
+  onError: (error: RebalancerError) => void;
+  random: () => number;
+  network: Network;
+  maxFrameBytes: number;
+  maxQueuedMessages: number;
+  maxQueuedBytes: number;
+  handshakeTimeoutMs: number;
+  reconnectBaseMs: number;
+  reconnectMaxMs: number;
+}
+
+function checkAddress(v: unknown): string | undefined {
+  const a = v as PeerAddress;
+  return a !== null &&
+    typeof a === 'object' &&
+    typeof a.host === 'string' &&
+    Number.isInteger(a.port) &&
+    a.port >= 0 &&
+    a.port < 65536
+    ? undefined
+    : 'must be { host: string, port: integer 0–65535 }';
+}
+
+function readOptions(options: TransportOptions): Resolved {
+  const r = new OptionReader(options, 'raft transport options');
+  const id = r.string('id', '', 256);
+  if (id === '') throw new InvalidArgumentError('raft transport options.id must be a non-empty string');
+  const clusterId = r.string('clusterId', '', 256);
+  if (clusterId === '') throw new InvalidArgumentError('raft transport options.clusterId must be a non-empty string');
+  const rawSecret = r.required<string | Uint8Array>('secret', (v) =>
+    typeof v === 'string' || v instanceof Uint8Array ? undefined : 'must be a string or bytes',
+  );
+  const secret = typeof rawSecret === 'string' ? Buffer.from(rawSecret, 'utf8') : rawSecret;
+  if (secret.byteLength < 16) {
+    throw new InvalidArgumentError(
+      `raft transport options.secret has ${secret.byteLength} bytes; use at least 16 random bytes (e.g. 32 from ` +
+        '`openssl rand -hex 32`), the same on every node',
+    );
+  }
+  const listen = r.optional<PeerAddress>('listen', checkAddress) ?? { host: '127.0.0.1', port: 0 };
+  const rawPeers = r.required<Record<string, PeerAddress>>('peers', (v) =>
+    v !== null && typeof v === 'object' ? undefined : 'must be an object: node id → { host, port }',
+  );
+  const peers = new Map<string, PeerAddress>();
+  for (const [peer, addr] of Object.entries(rawPeers)) {
+    const bad = checkAddress(addr);
+    if (bad !== undefined) throw new InvalidArgumentError(`raft transport options.peers.${peer} ${bad}`);
+    if (peer === '' || peer === id) {
+      throw new InvalidArgumentError(`raft transport options.peers must not list this node (${id}) or an empty id`);
+    }
+    peers.set(peer, addr);
+  }
+  const onMessage = r.fn<TransportOptions['onMessage']>('onMessage');
+  const onError = r.fn<(error: RebalancerError) => void>('onError', () => undefined);
+  const random = r.fn<() => number>('random', Math.random);
+  const tlsOptions = r.optional<TlsOptions>('tls', (v) =>
+    v !== null && typeof v === 'object' && 'key' in v && 'cert' in v && 'ca' in v
+      ? undefined
+      : 'must be { key, cert, ca } (PEM)',
+  );
+  const network = r.optional<Network>('network', (v) =>
+    v !== null && typeof v === 'object' && typeof (v as Network).connect === 'function'
+      ? undefined
+      : 'must implement Network',
+  );
+  const maxFrameBytes = r.integer('maxFrameBytes', DEFAULT_MAX_FRAME_BYTES, { min: 4096, max: 2 ** 31 });
+  const maxQueuedMessages = r.integer('maxQueuedMessages', 65_536, { min: 1 });
+  const maxQueuedBytes = r.integer('maxQueuedBytes', 64 * 1024 * 1024, { min: 1 });
+  const handshakeTimeoutMs = r.ms('handshakeTimeoutMs', 5000, { min: 1 });
+  const reconnectBaseMs = r.ms('reconnectBaseMs', 50, { min: 1 });
+  const reconnectMaxMs = r.ms('reconnectMaxMs', 5000, { min: reconnectBaseMs });
+  r.done();
+  return {
+    id,
+    clusterId,
+    secret,
+    listen,
+    peers,
+    onMessage,
+    onError,
+    random,
+    network: network ?? (tlsOptions ? tlsNetwork(tlsOptions) : tcpNetwork()),
+    maxFrameBytes,
+    maxQueuedMessages,
+    maxQueuedBytes,
+    handshakeTimeoutMs,
+    reconnectBaseMs,
+    reconnectMaxMs,
+  };
+}
+
+/** Plain TCP (no encryption: the handshake authenticates, but the bytes can be read on the wire). */
+export function tcpNetwork(): Network {
+  return {
+    listen: (address, onConn) =>
+      new Promise((resolve, reject) => {
+        const server = net.createServer((s) => {
+          s.setNoDelay(true);
+          onConn(s, `${s.remoteAddress}:${s.remotePort}`);
+        });
+        server.once('error', reject);
+        server.listen(address.port, address.host, () => {
+          server.off('error', reject);
+          server.on('error', () => undefined);
+          resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() });
+        });
+      }),
+    connect: (address) =>
+      new Promise((resolve, reject) => {
+        const s = net.connect(address.port, address.host);
+        s.once('error', reject);
+        s.once('connect', () => {
+          s.off('error', reject);
+          s.setNoDelay(true);
+          resolve(s);
+        });
+      }),
+  };
+}
+
+/** Mutual TLS: both sides present a certificate signed by `ca`, or the connection fails before any frame. */
+export function tlsNetwork(o: TlsOptions): Network {
+  return {
+    listen: (address, onConn) =>
+      new Promise((resolve, reject) => {
+        const server = tls.createServer(
+          { key: o.key, cert: o.cert, ca: o.ca, requestCert: true, rejectUnauthorized: true },
+          (s) => {
+            s.setNoDelay(true);
+            onConn(s, `${s.remoteAddress}:${s.remotePort}`);
+          },
+        );
+        server.on('tlsClientError', () => undefined);
+        server.once('error', reject);
+        server.listen(address.port, address.host, () => {
+          server.off('error', reject);
+          server.on('error', () => undefined);
+          resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() });
+        });
+      }),
+    connect: (address) =>
+      new Promise((resolve, reject) => {
+        const s = tls.connect({
+          host: address.host,
+          port: address.port,
+          key: o.key,
+          cert: o.cert,
+          ca: o.ca,
+          rejectUnauthorized: true,
+        });
+        s.once('error', reject);
+        s.once('secureConnect', () => {
+          s.off('error', reject);
+          s.setNoDelay(true);
+          resolve(s);
+        });
+      }),
+  };
+}
+
+/** The largest frame accepted before a connection is authenticated (handshake frames are ~100 bytes). */
+const HANDSHAKE_MAX_FRAME_BYTES = 4096;
+
+/**
+ * The wait before redialing after `failures` failures in a row: min(maxMs, baseMs × 2^failures), its second half
+ * jittered by `random()` (in [0, 1)), so nodes restarting together do not redial in step.
+ */
+export function reconnectDelayMs(failures: number, baseMs: number, maxMs: number, random: () => number): number {
+  const backoff = Math.min(maxMs, baseMs * 2 ** Math.min(failures, 30));
+  return backoff / 2 + random() * (backoff / 2);
+}
+
+/** Distinct (peer, error code) pairs remembered as reported. */
+const MAX_REPORTED = 10_000;
+
+type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'ready' | 'closed';
+
+/** One connection: the handshake, then frames both ways. */
+class Link {
+  state: ConnState;
+  /** The peer's id once it said it (for an accepted connection) — authenticated only once `ready`. */
+  peer: string | undefined;
+  waitingDrain = false;
+  readonly #t: Transport;
+  readonly conn: Conn;
+  readonly #decoder: FrameDecoder;
+  readonly #label: string;
+  readonly #myNonce = nonce();
+  #peerNonce: Uint8Array | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(t: Transport, conn: Conn, dialTo: string | undefined, label: string) {
+    this.#t = t;
+    this.conn = conn;
+    this.peer = dialTo;
+    this.#label = label;
+    // A stranger may not make this node buffer more than a handshake frame.
+    this.#decoder = new FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES);
+    this.state = dialTo === undefined ? 'awaitHello' : 'awaitHelloAck';
+    this.#timer = setTimeout(
+      () => this.fail(new PeerAuthError(this.peer ?? label, 'no handshake within handshakeTimeoutMs')),
+      t.options.handshakeTimeoutMs,
+    );
+    conn.on('data', (chunk) => this.#onData(chunk));
+    conn.on('drain', () => {
+      this.waitingDrain = false;
+      if (this.state === 'ready' && this.peer !== undefined) t.flushPeer(this.peer);
+    });
+    conn.on('error', () => undefined);
+    conn.on('close', () => this.#onClose());
+    if (dialTo !== undefined) {
+      const o = t.options;
+      const w = new Writer();
+      w.u8(PROTOCOL_VERSION);
+      w.str(o.clusterId);
+      w.str(o.id);
+      w.str(dialTo);
+      w.bytes(this.#myNonce);
+      this.conn.write(encodeFrame(FrameType.hello, w.view()));
+    }
+  }
+
+  fail(error: RebalancerError): void {
+    if (this.state === 'closed') return;
+    this.#t.report(this.peer ?? this.#label, error);
+    this.close();
+  }
+
+  close(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    clearTimeout(this.#timer);
+    this.conn.destroy();
+  }
+
+  #onClose(): void {
+    const was = this.state;
+    if (was === 'awaitAuth') {
+      this.#t.report(this.peer!, new PeerAuthError(this.peer!, 'it left before proving it knows the secret'));
+    }
+    this.state = 'closed';
+    clearTimeout(this.#timer);
+    this.#t.linkClosed(this, was === 'ready');
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.state === 'closed') return;
+    try {
+      this.#decoder.write(chunk);
+      for (;;) {
+        if ((this.state as ConnState) === 'closed') return;
+        const f = this.#decoder.next();
+        if (!f) return;
+        this.#onFrame(f);
+      }
+    } catch (e) {
+      if (e instanceof PeerAuthError) return this.fail(e);
+      // Before authentication the peer is a stranger: name its address, not a node id it merely claimed.
+      const who = this.state === 'ready' ? this.peer! : this.#label;
+      const why = e instanceof TransportFrameError ? e.reason : describe(e);
+      this.fail(new TransportFrameError(why, { cause: e, peer: who }));
+    }
+  }
+
+  #onFrame(f: Frame): void {
+    const o = this.#t.options;
+    if (this.state === 'ready') {
+      if (f.type !== FrameType.batch)
+        throw new TransportFrameError(`a handshake frame (${f.type}) after the handshake`);
+      const envs = decodeBatch(f.body);
+      this.#t.deliver(this.peer!, envs);
+      return;
+    }
+    // Until authenticated: handshake frames only; anything else is ignored (the peer gets nothing either).
+    if (this.state === 'awaitHello' && f.type === FrameType.hello) {
+      const r = new Reader(f.body);
+      const version = r.u8();
+      const clusterId = r.str();
+      const from = r.str();
+      const to = r.str();
+      const peerNonce = r.bytes();
+      r.end();
+      const who = o.peers.has(from) ? from : this.#label;
+      if (version !== PROTOCOL_VERSION) throw new PeerAuthError(who, `protocol version ${version}, expected 1`);
+      if (clusterId !== o.clusterId) throw new PeerAuthError(who, `cluster id ${JSON.stringify(clusterId)}`);
+      if (to !== o.id) throw new PeerAuthError(who, `it dialed node ${JSON.stringify(to)}, this is ${o.id}`);
+      if (!o.peers.has(from)) throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
+      if (peerNonce.byteLength !== NONCE_BYTES) throw new PeerAuthError(who, 'a bad nonce');
+      this.peer = from;
+      this.#peerNonce = new Uint8Array(peerNonce);
+      const w = new Writer();
+      w.bytes(this.#myNonce);
+      w.bytes(proof(o.secret, 'acceptor', this.#fields()));
+      this.conn.write(encodeFrame(FrameType.helloAck, w.view()));
+      this.state = 'awaitAuth';
+      return;
+    }
+    if (this.state === 'awaitHelloAck' && f.type === FrameType.helloAck) {
+      const r = new Reader(f.body);
+      const peerNonce = r.bytes();
+      const mac = r.bytes();
+      r.end();
+      if (peerNonce.byteLength !== NONCE_BYTES || mac.byteLength !== MAC_BYTES) {
+        throw new PeerAuthError(this.peer!, 'a malformed answer');
+      }
+      this.#peerNonce = new Uint8Array(peerNonce);
+      if (!proofMatches(mac, proof(o.secret, 'acceptor', this.#fields()))) {
+        throw new PeerAuthError(this.peer!, 'its proof does not match this node’s secret and cluster id');
+      }
+      const w = new Writer();
+      w.bytes(proof(o.secret, 'dialer', this.#fields()));
+      this.conn.write(encodeFrame(FrameType.auth, w.view()));
+      this.#ready();
+      return;
+    }
+    if (this.state === 'awaitAuth' && f.type === FrameType.auth) {
+      const r = new Reader(f.body);
+      const mac = r.bytes();
+      r.end();
+      if (!proofMatches(mac, proof(o.secret, 'dialer', this.#fields()))) {
+        throw new PeerAuthError(this.peer!, 'its proof does not match this node’s secret and cluster id');
+      }
+      this.#ready();
+      return;
+    }
+    // A frame out of turn before authentication: ignored.
+    this.#t.ignoredFrames++;
+  }
+
+  /** The proof's fields: the dialer's id and nonce first, whichever side this is. */
+  #fields(): {
+    clusterId: string;
+    dialer: string;
+    acceptor: string;
+    dialerNonce: Uint8Array;
+    acceptorNonce: Uint8Array;
+  } {
+    const o = this.#t.options;
+    const dialing = this.state === 'awaitHelloAck';
+    return {
+      clusterId: o.clusterId,
+      dialer: dialing ? o.id : this.peer!,
+      acceptor: dialing ? this.peer! : o.id,
+      dialerNonce: dialing ? this.#myNonce : this.#peerNonce!,
+      acceptorNonce: dialing ? this.#peerNonce! : this.#myNonce,
+    };
+  }
+
+  #ready(): void {
+    clearTimeout(this.#timer);
+    this.#decoder.maxFrameBytes = this.#t.options.maxFrameBytes;
+    this.state = 'ready';
+    this.#t.linkReady(this);
+  }
+}
+
+interface Peer {
+  readonly id: string;
+  readonly address: PeerAddress;
+  readonly queue: PeerQueue;
+  /** Whether this node dials the peer (the lower id dials). */
+  readonly dialer: boolean;
+  link: Link | undefined;
+  dialing: boolean;
+  failures: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  sentMessages: number;
+  sentFrames: number;
+  sentSnapshotChunks: number;
+  receivedMessages: number;
+  connections: number;
+}
+
+export class Transport {
+  readonly options: Resolved;
+  /** Frames received before authentication (ignored). */
+  ignoredFrames = 0;
+  readonly #peers = new Map<string, Peer>();
+  readonly #links = new Set<Link>();
+  readonly #dirty = new Set<Peer>();
+  readonly #reported = new Set<string>();
+  #flushScheduled = false;
+  #server: { port: number; close(): void } | undefined;
+  #closed = false;
+
+  private constructor(options: Resolved) {
+    this.options = options;
+    for (const [id, address] of options.peers) {
+      this.#peers.set(id, {
+        id,
+        address,
+        queue: new PeerQueue(options),
+        dialer: options.id < id,
+        link: undefined,
+        dialing: false,
+        failures: 0,
+        timer: undefined,
+        sentMessages: 0,
+        sentFrames: 0,
+        sentSnapshotChunks: 0,
+        receivedMessages: 0,
+        connections: 0,
+      });
+    }
+  }
+
+  /** Listen, then dial every peer with a higher id (and keep redialing them). */
+  static async start(options: TransportOptions): Promise<Transport> {
+    const t = new Transport(readOptions(options));
+    t.#server = await t.options.network.listen(t.options.listen, (conn, remote) => t.#accept(conn, remote));
+    for (const p of t.#peers.values()) if (p.dialer) t.#dial(p);
+    return t;
+  }
+
+  /** The port listened on. */
+  get port(): number {
+    return this.#server?.port ?? 0;
+  }
+
+  /**
+   * Queue `message` of `groupId` for `peer`; it leaves with everything else queued for that peer in this event-loop
+   * turn. False when it was dropped (queue full or too large for a frame): Raft retransmits.
+   */
+  send(peer: string, groupId: string, message: Message): boolean {
+    if (this.#closed) return false;
+    const p = this.#peers.get(peer);
+    if (!p)
+      throw new InvalidArgumentError(`raft transport: unknown peer ${JSON.stringify(peer)} (not in options.peers)`);
+    const ok = p.queue.push(encodeEnvelope({ groupId, message }), message.type === 'snapshot');
+    if (ok) this.#markDirty(p);
+    return ok;
+  }
+
+  stats(peer: string): PeerStats {
+    const p = this.#peers.get(peer);
+    if (!p) throw new InvalidArgumentError(`raft transport: unknown peer ${JSON.stringify(peer)}`);
+    return {
+      ...p.queue.stats(),
+      connected: p.link?.state === 'ready',
+      sentMessages: p.sentMessages,
+      sentFrames: p.sentFrames,
+      sentSnapshotChunks: p.sentSnapshotChunks,
+      receivedMessages: p.receivedMessages,
+      connections: p.connections,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server?.close();
+    for (const p of this.#peers.values()) {
+      clearTimeout(p.timer);
+      p.queue.clear();
+    }
+    for (const l of this.#links) l.close();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  // ---- internals used by Link ----
+
+  /**
+   * Report an error once per peer and code (until that peer authenticates again). A stranger (not a known node id)
+   * counts by its address without the port, and at most MAX_REPORTED keys are kept: a flood of connections cannot
+   * flood the log or grow this set.
+   */
+  report(peer: string, error: RebalancerError): void {
+    const who = this.#peers.has(peer) ? peer : `stranger ${peer.replace(/:\d+$/, '')}`;
+    const key = `${who}\u0000${error.code}`;
+    if (this.#reported.has(key) || this.#reported.size >= MAX_REPORTED) return;
+    this.#reported.add(key);
+    this.options.onError(error);
+  }
+
+  deliver(from: string, envs: readonly { groupId: string; message: Message }[]): void {
+    const p = this.#peers.get(from)!;
+    p.receivedMessages += envs.length;
+    for (const e of envs) {
+      try {
+        this.options.onMessage(from, e.groupId, e.message);
+      } catch (err) {
+        this.options.onError(new ListenerError('raft transport onMessage', err));
+      }
+    }
+  }
+
+  linkReady(link: Link): void {
+    const p = this.#peers.get(link.peer!)!;
+    if (this.#closed) return link.close();
+    // A newer authenticated connection replaces an older one (a peer that restarted, a half-open socket).
+    if (p.link && p.link !== link) p.link.close();
+    p.link = link;
+    p.failures = 0;
+    p.connections++;
+    for (const key of this.#reported) if (key.startsWith(`${p.id}\u0000`)) this.#reported.delete(key);
+    this.#markDirty(p);
+  }
+
+  linkClosed(link: Link, _wasReady: boolean): void {
+    this.#links.delete(link);
+    const p = link.peer === undefined ? undefined : this.#peers.get(link.peer);
+    if (!p || p.link !== link) {
+      if (p && p.dialer && !p.link && !p.dialing) this.#redial(p);
+      return;
+    }
+    p.link = undefined;
+    if (p.dialer) this.#redial(p);
+  }
+
+  flushPeer(id: string): void {
+    const p = this.#peers.get(id);
+    if (p) this.#markDirty(p);
+  }
+
+  // ---- connections ----
+
+  #accept(conn: Conn, remote: string): void {
+    if (this.#closed) return conn.destroy();
+    const link = new Link(this, conn, undefined, remote);
+    this.#links.add(link);
+  }
+
+  #dial(p: Peer): void {
+    if (this.#closed || p.dialing || p.link) return;
+    p.dialing = true;
+    this.options.network.connect(p.address).then(
+      (conn) => {
+        p.dialing = false;
+        if (this.#closed) return conn.destroy();
+        const link = new Link(this, conn, p.id, `${p.address.host}:${p.address.port}`);
+        this.#links.add(link);
+      },
+      () => {
+        p.dialing = false;
+        this.#redial(p);
+      },
+    );
+  }
+
+  /** Dial again after min(reconnectMaxMs, reconnectBaseMs × 2^failures), half of it jittered. */
+  #redial(p: Peer): void {
+    if (this.#closed || p.timer !== undefined) return;
+    const o = this.options;
+    const delay = reconnectDelayMs(p.failures, o.reconnectBaseMs, o.reconnectMaxMs, o.random);
+    p.failures++;
+    p.timer = setTimeout(() => {
+      p.timer = undefined;
+      this.#dial(p);
+    }, delay);
+  }
+
+  // ---- sending ----
+
+  #markDirty(p: Peer): void {
+    this.#dirty.add(p);
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      const peers = [...this.#dirty];
+      this.#dirty.clear();
+      for (const q of peers) this.#flush(q);
+    });
+  }
+
+  /**
+   * Write batches to the peer while the socket takes them. A batch holding a snapshot chunk ends the turn: small
+   * messages queued meanwhile go first in the next one.
+   */
+  #flush(p: Peer): void {
+    const link = p.link;
+    if (!link || link.state !== 'ready' || link.waitingDrain) return;
+    for (;;) {
+      const batch = p.queue.nextBatch();
+      if (!batch) return;
+      const parts = batchBodyParts(batch.parts);
+      const header = frameHeader(FrameType.batch, 4 + batch.bytes, this.options.maxFrameBytes);
+      link.conn.cork();
+      let ok = link.conn.write(header);
+      for (const part of parts) ok = link.conn.write(part) && ok;
+      link.conn.uncork();
+      p.sentFrames++;
+      p.sentMessages += batch.parts.length;
+      if (batch.bulk) p.sentSnapshotChunks++;
+      if (!ok) {
+        link.waitingDrain = true;
+        return;
+      }
+      if (batch.bulk) {
+        if (p.queue.size > 0) this.#markDirty(p);
+        return;
+      }
+    }
+  }
+}
