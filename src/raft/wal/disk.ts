@@ -61,6 +61,7 @@ export class SimDisk implements Disk {
   /** When true, sync() waits for release() (a slow disk: a crash can then land between a write and its sync). */
   holdSyncs = false;
   #held: (() => void)[] = [];
+  #generation = 0;
 
   constructor(random: () => number = Math.random) {
     this.#random = random;
@@ -154,6 +155,7 @@ export class SimDisk implements Disk {
    */
   crash(): void {
     this.#held = [];
+    this.#generation++;
     this.#dir = new Map(this.#durableDir);
     for (const f of new Set(this.#dir.values())) {
       const kept = Math.floor(this.#random() * (f.unsynced.length + 1));
@@ -165,6 +167,36 @@ export class SimDisk implements Disk {
       f.synced = concat([f.synced, ...parts]);
       f.unsynced = [];
     }
+  }
+
+  /**
+   * This disk as one process sees it: once crash() is called, every call through the view fails (the process that
+   * held it is gone), so a log left over from before the crash cannot write into the rebooted disk.
+   */
+  view(): Disk {
+    const generation = this.#generation;
+    const alive = (): void => {
+      if (this.#generation !== generation) throw new Error('the process using this disk crashed');
+    };
+    const call =
+      <A extends unknown[], R>(f: (...args: A) => Promise<R>) =>
+      async (...args: A): Promise<R> => {
+        alive();
+        const r = await f(...args);
+        alive();
+        return r;
+      };
+    return {
+      list: call(() => this.list()),
+      read: call((name: string) => this.read(name)),
+      append: call((name: string, data: Uint8Array) => this.append(name, data)),
+      sync: call((name: string) => this.sync(name)),
+      truncate: call((name: string, size: number) => this.truncate(name, size)),
+      rename: call((from: string, to: string) => this.rename(from, to)),
+      unlink: call((name: string) => this.unlink(name)),
+      syncDir: call(() => this.syncDir()),
+      close: call(() => this.close()),
+    };
   }
 
   /** Flip one bit of a file at `offset` (a test planting corruption). */
