@@ -10,6 +10,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   rabbitmq: () => import('./rabbitmq.js'),
   slots: () => import('./slots.js'),
   linearizability: () => import('./linearizability.js'),
+  'raft-log': () => import('./raft-log.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);
