@@ -106,6 +106,11 @@ export class Wal {
   #flushing = false;
   #deleting = false;
   #failed: DiskFailedError | undefined;
+  /**
+   * The newest segment whose first records (every group's hard state) are durable, directory entry included:
+   * only segments older than it may be deleted.
+   */
+  #durableSeq = 0;
   #closed = false;
   readonly stats: WalStats = { batches: 0, persists: 0, records: 0, bytes: 0, segmentsCreated: 0, segmentsDeleted: 0 };
   /** What recovery cut from the tail of the last segment (a torn or corrupt write), if anything. */
@@ -241,7 +246,10 @@ export class Wal {
       await this.#disk.append(active.name, bytes);
       active.bytes += bytes.byteLength;
       await this.#disk.sync(active.name);
-      if (rolled) await this.#disk.syncDir();
+      if (rolled) {
+        await this.#disk.syncDir();
+        this.#durableSeq = active.seq;
+      }
       this.stats.batches++;
       this.stats.records += records.length;
       this.stats.bytes += bytes.byteLength;
@@ -317,7 +325,11 @@ export class Wal {
           await this.#disk.unlink(f.name);
         }
       }
-      while (this.#segments.length > 1 && this.#covered(this.#segments[0]!)) {
+      while (
+        this.#segments[0] !== undefined &&
+        this.#segments[0].seq < this.#durableSeq &&
+        this.#covered(this.#segments[0])
+      ) {
         const s = this.#segments.shift()!;
         await this.#disk.unlink(s.name);
         this.stats.segmentsDeleted++;
@@ -474,6 +486,7 @@ export class Wal {
       );
       this.#segments.push(seg);
     }
+    this.#durableSeq = this.#segments.at(-1)?.seq ?? 0;
     for (const [id, r] of recovered) {
       // An installed snapshot whose record never reached the log (a crash after its rename): it still replaced
       // the log, and nothing can have been written after it.
