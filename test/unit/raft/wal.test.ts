@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { CorruptLogError, DiskFailedError } from '../../../src/errors.js';
 import type { Entry, HardState } from '../../../src/raft/index.js';
 import { crc32Table, zlib32 } from '../../../src/raft/wal/crc.js';
-import { SimDisk, Wal } from '../../../src/raft/wal/index.js';
+import { SimDisk, Wal, type Disk } from '../../../src/raft/wal/index.js';
 import { seeded } from './network.js';
 
 const enc = new TextEncoder();
@@ -213,5 +213,44 @@ describe('raft write-ahead log', () => {
     expect((err as Error).message).toMatch(/ENOSPC.*Free space/);
     expect(g.lastIndex()).toBe(1);
     await expect(g.persist({ entries: entries(2, 1, 1) })).rejects.toBeInstanceOf(DiskFailedError);
+  });
+
+  it('old segments stay until a newer segment’s hard-state checkpoint is durable', async () => {
+    const sim = new SimDisk(() => 0); // a crash keeps none of the unsynced writes
+    let gate: Promise<void> | undefined = undefined;
+    let open = (): void => undefined;
+    const disk: Disk = {
+      ...sim.view(),
+      sync: async (name) => {
+        if (name.endsWith('.wal') && gate !== undefined) await gate;
+        return sim.sync(name);
+      },
+    };
+    const wal = await Wal.open(disk, { segmentBytes: 4096 });
+    const a = wal.group('a', voters);
+    const c = wal.group('c', voters);
+    await c.persist({ entries: entries(1, 1, 1), hardState: hs(1, 'c', 1) });
+    // Every batch fills a segment: the next one starts a new segment with every group's hard state.
+    for (let i = 1; i <= 3; i++) {
+      const big = [{ index: i, term: 5, type: 'normal' as const, data: new Uint8Array(5000) }];
+      await a.persist({ entries: big, hardState: hs(5, 'x', i) });
+    }
+    expect(wal.segmentNames()).toHaveLength(3);
+    // A batch that starts a segment, its fdatasync slow.
+    gate = new Promise((r) => (open = r));
+    void wal
+      .group('b', voters)
+      .persist({ entries: entries(1, 1, 1) })
+      .catch(() => undefined);
+    while (wal.segmentNames().length < 4) await new Promise((r) => setImmediate(r));
+    // Compactions meanwhile: every segment is covered, and each snapshot fsyncs the directory.
+    await a.compact(3, voters, enc.encode('a3'));
+    await c.compact(1, voters, enc.encode('c1'));
+    await sim.syncDir(); // the file system commits its journal by itself, deletions included
+    sim.crash();
+    open();
+    const again = await Wal.open(sim.view(), { segmentBytes: 4096 });
+    expect(again.group('a', voters).hardState()).toEqual(hs(5, 'x', 3));
+    expect(again.group('c', voters).hardState()).toEqual(hs(1, 'c', 1));
   });
 });
