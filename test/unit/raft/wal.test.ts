@@ -253,4 +253,24 @@ describe('raft write-ahead log', () => {
     expect(again.group('a', voters).hardState()).toEqual(hs(5, 'x', 3));
     expect(again.group('c', voters).hardState()).toEqual(hs(1, 'c', 1));
   });
+
+  it('recovery takes the newest snapshot file that checks, and falls back to the one before', async () => {
+    const disk = new SimDisk(seeded(12));
+    const wal = await Wal.open(disk);
+    const g = wal.group('g', voters);
+    await g.persist({ entries: entries(1, 10, 1), hardState: hs(1, 'a', 10) });
+    await g.compact(4, voters, enc.encode('s4'));
+    await g.compact(8, voters, enc.encode('s8'));
+    await wal.close();
+    const newest = (await disk.list())
+      .filter((n) => n.endsWith('.snap'))
+      .sort()
+      .at(-1)!;
+    expect(newest).toMatch(/0{19}8\.snap$/);
+    disk.corrupt(newest, 20);
+    const r = (await Wal.open(disk)).group('g', voters);
+    expect(r.snapshot().meta.index).toBe(4);
+    expect(new TextDecoder().decode(r.snapshot().data)).toBe('s4');
+    expect(r.entries(5, 11, Infinity)).toEqual(entries(5, 6, 1));
+  });
 });
