@@ -253,8 +253,15 @@ export class Wal {
       this.stats.batches++;
       this.stats.records += records.length;
       this.stats.bytes += bytes.byteLength;
-      for (const apply of batch.apply) apply();
-      for (const w of batch.waiters) w.resolve();
+      // Durable: show it in each group's Storage (a bug there fails that persist alone, as an InvariantError).
+      batch.apply.forEach((apply, i) => {
+        try {
+          apply();
+          batch.waiters[i]!.resolve();
+        } catch (e) {
+          batch.waiters[i]!.reject(e);
+        }
+      });
     } catch (e) {
       this.#failed ??=
         e instanceof DiskFailedError
