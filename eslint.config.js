@@ -37,7 +37,12 @@ export default tseslint.config(
   // what a folder may NOT import (the folders above it); the table in ARCHITECTURE.md says the same in prose.
   ...layer(['src/errors.ts'], ['**/*.js'], 'errors.ts imports nothing: every layer uses it'),
   ...layer(['src/options.ts'], [...above('options'), '**/store/**'], 'options.ts imports only errors.ts'),
-  ...layer(['src/raft/**'], above('options'), 'the Raft core is pure: it imports only errors.ts and options.ts'),
+  ...layer(
+    ['src/raft/*.ts'],
+    [...above('options'), 'node:*', '**/wal/**'],
+    'the Raft core is pure: it imports only errors.ts and options.ts',
+  ),
+  ...layer(['src/raft/wal/**'], above('options'), 'the Raft log: the core, errors.ts, options.ts and node:'),
   ...layer(['src/placement/**'], [...above('placement'), '**/store/**', '**/protocol/**'], 'placement is pure'),
   ...layer(['src/store/**'], [...above('store'), '**/placement/**', '**/protocol/**'], 'the store contract'),
   ...layer(['src/backends/**'], [...above('backends'), '**/placement/**', '**/protocol/**'], 'a backend'),

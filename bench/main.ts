@@ -11,6 +11,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   slots: () => import('./slots.js'),
   linearizability: () => import('./linearizability.js'),
   'raft-transport': () => import('./raft-transport.js'),
+  'raft-log': () => import('./raft-log.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

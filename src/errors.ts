@@ -39,6 +39,11 @@ export type ErrorCode =
   | 'CORRUPT_DATA'
   /** The store holds another schema version. Upgrade or use another namespace. */
   | 'INCOMPATIBLE_SCHEMA'
+  /**
+   * A node's disk refused a write or an fsync (full, failing, read-only): the node stops acknowledging anything
+   * that needs it. Free space or replace the disk, then restart the node (it recovers what was synced).
+   */
+  | 'DISK_FAILED'
   /** The object was closed or left. Create a new one. */
   | 'CLOSED'
   /** What was asked for does not exist (a group with no trace in the namespace). */
@@ -68,6 +73,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   LIMIT_EXCEEDED: false,
   CORRUPT_DATA: false,
   INCOMPATIBLE_SCHEMA: false,
+  DISK_FAILED: false,
   CLOSED: false,
   NOT_FOUND: false,
   CONFLICT: false,
@@ -220,6 +226,27 @@ export class CorruptDataError extends RebalancerError {
     super('CORRUPT_DATA', message, options);
     this.key = options?.key;
     this.expected = options?.expected;
+  }
+}
+
+/**
+ * A Raft write-ahead log segment or snapshot file holds bytes that fail their checksum where a torn write cannot
+ * explain them (not at the tail of the last segment). Nothing was applied from it.
+ */
+export class CorruptLogError extends RebalancerError {
+  readonly file: string;
+  readonly offset: number;
+  constructor(file: string, offset: number, message: string, options?: { cause?: unknown }) {
+    super('CORRUPT_DATA', message, options);
+    this.file = file;
+    this.offset = offset;
+  }
+}
+
+/** A write or fsync of the Raft log failed: nothing written since the last successful sync is acknowledged. */
+export class DiskFailedError extends RebalancerError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('DISK_FAILED', message, options);
   }
 }
 

@@ -30,6 +30,8 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   NOT_FOUND: EXIT.failed,
   CORRUPT_DATA: EXIT.failed,
   INCOMPATIBLE_SCHEMA: EXIT.failed,
+  // A Raft node's disk refused a write or an fsync: retrying does not help until someone frees or replaces it.
+  DISK_FAILED: EXIT.failed,
   // The store (or broker) did not answer: retrying later may help. A command's own session expires only when the
   // store did not answer its keep-alives.
   STORE_UNAVAILABLE: EXIT.unavailable,

@@ -94,6 +94,7 @@ describe('exit codes (docs/cli.md)', () => {
       NOT_FOUND: 1,
       CORRUPT_DATA: 1,
       INCOMPATIBLE_SCHEMA: 1,
+      DISK_FAILED: 1,
       STORE_UNAVAILABLE: 69,
       BROKER_UNAVAILABLE: 69,
       SESSION_EXPIRED: 69,
