@@ -9,7 +9,7 @@
  *  - `after ack`: the stall starts right after a keep-alive was acknowledged (the most it can ride out:
  *    TTL × (1 − drift) − margin − one round trip);
  *  - `catches a keep-alive`: the stall starts just before the next keep-alive is due, so that one is caught in it
- *    (the least: one beat, TTL/3, less).
+ *    (the least: one beat, TTL/5, less).
  * Each is a short bisection over the stall length, so the figure is ± one step.
  */
 import Database from 'better-sqlite3';
@@ -175,7 +175,7 @@ async function trial(
   await w.settled();
   const sentAt = await w.nextAck();
   // Just before the next keep-alive is due (a beat after the last acknowledged send).
-  if (phase === 'catches') await sleep(Math.max(0, sentAt + TTL / 3 - 30 - w.store.clock.now()));
+  if (phase === 'catches') await sleep(Math.max(0, sentAt + TTL / 5 - 30 - w.store.clock.now()));
   const fences = w.fences;
   const losses = w.losses;
   await st.stall(ratio * TTL);
@@ -239,7 +239,7 @@ export async function stallSection(name: string, dir: string, steps: number): Pr
       if (granted !== TTL) throw new Error(`${name} granted a TTL of ${granted} ms instead of ${TTL} ms`);
       const usable = 1 - DRIFT - 1 / 5;
       const afterAck = await bisect(w, st, 'afterAck', steps, usable);
-      const catchesKeepAlive = await bisect(w, st, 'catches', steps, usable - 1 / 3);
+      const catchesKeepAlive = await bisect(w, st, 'catches', steps, usable - 1 / 5);
       return { ttlMs: TTL, afterAck, catchesKeepAlive, totalMs: Date.now() - t0 };
     } finally {
       await w.m.close().catch(() => undefined);

@@ -927,8 +927,8 @@ export async function run(args: string[]): Promise<void> {
   out.push(table(f));
   out.push(
     'ratio to TTL: time from SIGKILL until every resource of the killed worker (or, for the peer, the new leader) ' +
-      'has started elsewhere, over the session TTL. Keep-alives go out every TTL/3, so the server expires a killed ' +
-      "process's session between 0.67× and 1.0× TTL after the kill: that window is the floor for any lease-based failover; " +
+      'has started elsewhere, over the session TTL. Keep-alives go out every TTL/5, so the server expires a killed ' +
+      "process's session between 0.8× and 1.0× TTL after the kill: that window is the floor for any lease-based failover; " +
       'what lies above it is detection (watch/poll) and the acquire path',
   );
   out.push('');
@@ -1075,7 +1075,7 @@ export async function run(args: string[]): Promise<void> {
     out.push(
       'survived: the longest stall (over the TTL) after which the member had not fenced, from the stall until 0.7 TTL ' +
         'after it; fenced at: the shortest that fenced or lost the session. promised: TTL × 0.99 − margin (after an ' +
-        'ack), one beat (TTL/3) less when the stall catches a keep-alive in flight; a round trip less in both. A bisection ' +
+        'ack), one beat (TTL/5) less when the stall catches a keep-alive in flight; a round trip less in both. A bisection ' +
         'of a few steps: ± one step. fenced after the answer: trials in which the member fenced once the store had ' +
         'answered again (before keep-alives were scheduled from the deadline: 5 of the 6 trials that fenced on Redis, ' +
         'about TTL/2 after the answer; after: 0)',

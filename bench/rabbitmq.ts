@@ -328,7 +328,7 @@ export async function run(args: string[]): Promise<void> {
     }
     out.push(table(rows));
     out.push(
-      "Keep-alives go out every TTL/3, so the store expires a killed process's session 0.67-1.0 × TTL after the kill: " +
+      "Keep-alives go out every TTL/5, so the store expires a killed process's session 0.8-1.0 × TTL after the kill: " +
         'the floor for a lease. The broker switches as soon as the killed socket closes (kill -9), but a hung or ' +
         'cut-off consumer keeps the queue until the heartbeat timeout, and nothing stops it from acting meanwhile.',
     );

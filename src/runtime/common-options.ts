@@ -117,7 +117,7 @@ export function readLease(r: OptionReader, store: Store): LeaseSettings {
     max: maxTtlMs,
   });
   const selfFenceMarginMs = r.ms('selfFenceMarginMs', Math.floor(sessionTtlMs / 5), { min: 1 });
-  // Keep-alives go out every TTL/3, so in normal operation the deadline is at least ~2/3 TTL away; a margin above
+  // Keep-alives go out every TTL/5, so in normal operation the deadline is at least ~4/5 TTL away; a margin above
   // half the TTL would fence healthy nodes.
   if (selfFenceMarginMs > sessionTtlMs / 2) {
     throw new InvalidArgumentError(

@@ -45,7 +45,7 @@ import {
 } from './validate.js';
 
 /**
- * The shortest span of readings (one every TTL/3, so three readings) a clock-rate verdict looks at, in TTLs: a clock
+ * The shortest span of readings (one every TTL/5, so about three readings) a clock-rate verdict looks at, in TTLs: a clock
  * gone badly wrong (0.75) is caught within about a TTL. Longer spans, up to eight times this, catch smaller errors;
  * round-trip jitter never causes an alarm whatever the span, nor does a single step of the server's clock
  * (src/store/clock-rate.ts). Shorter is safer: in the simulator's clock-rate fault, 5 of 40 seeds violated with half

@@ -172,7 +172,7 @@ export class ManagedSession implements Session {
 
   /** The beat: a keep-alive goes out this long after the send time of the last acknowledged one. */
   #intervalMs(): number {
-    return Math.max(50, Math.floor(this.ttlMs / 3));
+    return Math.max(50, Math.floor(this.ttlMs / 5));
   }
 
   /**

@@ -63,7 +63,7 @@ describe('group member runtime', () => {
     store.faults = { request: () => ({ latencyMs: 60_000 }) };
     expect(member.leaseDeadlineMs).toBeGreaterThan(cutAtMs);
     await until(clock, () => abortedAtMs !== undefined, 5_000);
-    // The last acknowledged keep-alive went out at most TTL/3 before the cut, so the fencing deadline
+    // The last acknowledged keep-alive went out at most TTL/5 before the cut, so the fencing deadline
     // (send time + TTL×(1−drift) − margin) lies before cut + TTL − margin; the server expires no earlier
     // than send time + TTL. The abort must come at the deadline, not after the hanging read.
     expect(abortedAtMs!).toBeLessThanOrEqual(cutAtMs + 3_000 - 600 + 1);

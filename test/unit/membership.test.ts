@@ -201,7 +201,7 @@ describe('membership (the lease module every runtime shares)', () => {
 describe('membership through a store that stalls (issue 12 item 3)', () => {
   const TTL = 2000;
   const MARGIN = 400;
-  const BEAT = Math.floor(TTL / 3);
+  const BEAT = Math.floor(TTL / 5);
   const USABLE = TTL * 0.99;
 
   /**
@@ -245,7 +245,7 @@ describe('membership through a store that stalls (issue 12 item 3)', () => {
     for (const stallMs of [0.5 * TTL, 0.55 * TTL, 0.6 * TTL, 0.7 * TTL]) {
       for (let phaseMs = 0; phaseMs < BEAT; phaseMs += 37) {
         const { fencedAt } = await stallRun(phaseMs, stallMs);
-        const after = fencedAt.filter((t) => t >= stallMs);
+        const after = fencedAt.filter((t) => t > stallMs);
         expect(after, `stall ${stallMs} ms at phase ${phaseMs} ms: fenced after the store answered`).toEqual([]);
         expect(fencedAt.length).toBeLessThanOrEqual(1);
       }

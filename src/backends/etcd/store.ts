@@ -249,7 +249,7 @@ export class EtcdStore extends StoreBase<string> {
     }
     const lease = grant.ID;
     // One keep-alive stuck on a dead connection must not use up the whole
-    // TTL: give each at most a beat (TTL/3), so the next one, on a fresh
+    // TTL: give each at most a third of the TTL, so the next one, on a fresh
     // connection, still has time.
     const keepAliveTimeoutMs = Math.min(this.requestTimeoutMs, Math.max(500, Math.floor((grantedS * 1000) / 3)));
     return {
