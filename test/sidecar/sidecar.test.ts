@@ -448,9 +448,12 @@ describe('rebalancer run (sidecar)', () => {
   it('a child that crashes is restarted with a growing backoff, under the same lock and token', async () => {
     expect(cli(['resources', 'add', '--group', 'g', 'crash-1']).code).toBe(0);
     const starts = (): Child[] => readOracle(oracle).filter((x) => x.resource === 'crash-1');
-    await eventually(() => starts().length >= 4, {
+    // The oracle line is the child's own; the sidecar's childStarted event may come a moment later (it is emitted
+    // once the reaper has the child's pipes), so wait for both.
+    const startedEvents = () => events(b).filter((e) => e.event === 'childStarted' && e.resource === 'crash-1').length;
+    await eventually(() => starts().length >= 4 && startedEvents() >= 4, {
       ...STEP,
-      what: 'crash-1 to be started four times',
+      what: 'crash-1 to be started four times (oracle and childStarted events)',
       context: () => describeState(oracle, b),
     });
     const list = starts();

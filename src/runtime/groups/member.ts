@@ -88,6 +88,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   #joinedBefore = false;
   /** What the last round's read and decision cost (ms): the loop's pace. */
   #lastCostMs = 0;
+  /** An invariant broke: the member is leaving and starts nothing more (see #reportOrFail). */
+  #broken = false;
 
   /** Use joinGroup(). */
   constructor(options: ResolvedGroupOptions, internals: RuntimeInternals = {}) {
@@ -415,7 +417,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
 
   /** Still the session `session`, and the lease holds: the only condition under which a handler may start. */
   #mayStart(session: Session): boolean {
-    return this.#membership.session === session && this.#membership.ownsNow();
+    return !this.#broken && this.#membership.session === session && this.#membership.ownsNow();
   }
 
   async #act(a: MemberAction, session: Session): Promise<void> {
@@ -479,6 +481,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
    */
   #reportOrFail(error: unknown, context: string): void {
     this.reportError(error, context);
+    // From here on nothing starts: a round that runs before the leave takes effect must not adopt or start anything.
+    if (error instanceof InvariantError) this.#broken = true;
     if (error instanceof InvariantError && this.#membership.active) {
       this.#handlers.stopAll('fenced');
       void this.leave().catch(() => undefined);
