@@ -15,15 +15,7 @@
  * deterministically.
  */
 import { CorruptDataError, invariant, InvariantError } from '../../errors.js';
-import {
-  ACQUIRE_BATCH,
-  acquireMany,
-  putAck,
-  readMemberView,
-  release,
-  releaseMany,
-  RELEASE_BATCH,
-} from '../../protocol/groups/io.js';
+import { putAck, readMemberView, release } from '../../protocol/groups/io.js';
 import { GroupKeys, decodeMember, encode } from '../../protocol/groups/keys.js';
 import { decideMember, type LocalResource, type MemberAction } from '../../protocol/groups/member.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
@@ -37,6 +29,7 @@ import { Membership } from '../membership.js';
 import { Watches } from '../watches.js';
 import { GroupCoordinator } from './coordinator.js';
 import { HandlerSupervisor, type AssignedResource } from './handlers.js';
+import { LockBatches } from './locks.js';
 import { resolveGroupOptions, type JoinGroupOptions, type ResolvedGroupOptions } from './options.js';
 
 export type { AssignedResource };
@@ -55,9 +48,6 @@ export async function joinGroupWith(options: ResolvedGroupOptions, internals: Ru
   return member;
 }
 
-/** Acquire batches in flight at once. */
-const ACQUIRE_LANES = 4;
-
 /** The longest pause between two member rounds the pace imposes. */
 const MAX_ROUND_SPACING_MS = 500;
 
@@ -73,6 +63,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
   readonly #store: Store;
   readonly #membership: Membership;
   readonly #handlers: HandlerSupervisor;
+  readonly #locks: LockBatches;
   readonly #loop: Loop;
   /** Resources whose acquire had an unknown outcome: we may hold their lock without knowing it. */
   readonly #uncertain = new Set<string>();
@@ -240,6 +231,19 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
         handlerStuck: (resource, stoppingForMs) => this.emit('handlerStuck', { resource, stoppingForMs }),
       },
     });
+    this.#locks = new LockBatches({
+      store: this.#store,
+      keys: this.#keys,
+      nodeId: this.nodeId,
+      mutants: this.#mutants,
+      handlers: this.#handlers,
+      uncertain: this.#uncertain,
+      membershipState: () => this.#membership.state,
+      mayStart: (session) => this.#mayStart(session),
+      reportOrFail: (error, context) => this.#reportOrFail(error, context),
+      released: (event) => this.emit('released', event),
+      kick: () => this.#kick(),
+    });
   }
 
   /** True while this node is the group's coordinator. */
@@ -399,8 +403,8 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
     }
     await Promise.all([
       ...others.map((a) => this.#act(a, session)),
-      this.#acquireAll(acquires, session),
-      this.#releaseAll(releases),
+      this.#locks.acquireAll(acquires, session),
+      this.#locks.releaseAll(releases),
     ]);
   }
 
@@ -440,7 +444,7 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
           return;
         }
         case 'acquire':
-          return await this.#acquireAll([a], session);
+          return await this.#locks.acquireAll([a], session);
         case 'release': {
           const e = this.#handlers.get(a.resource);
           if (e === undefined) {
@@ -487,127 +491,6 @@ export class GroupMember extends TypedEmitter<GroupEvents> {
       this.#handlers.stopAll('fenced');
       void this.leave().catch(() => undefined);
     }
-  }
-
-  /**
-   * Take the locks of granted resources, a batch per transaction, one batch after the other (so that a node with
-   * thousands of grants neither floods the store nor holds thousands of requests in flight), and start each
-   * handler as soon as its batch has its lock.
-   */
-  async #acquireAll(actions: readonly Extract<MemberAction, { type: 'acquire' }>[], session: Session): Promise<void> {
-    const batches: Extract<MemberAction, { type: 'acquire' }>[][] = [];
-    for (let i = 0; i < actions.length; i += ACQUIRE_BATCH) batches.push(actions.slice(i, i + ACQUIRE_BATCH));
-    // A few batches in flight at once (the latency of one round trip is not paid 250 times), never all of them.
-    const lanes = Array.from({ length: Math.min(ACQUIRE_LANES, batches.length) }, async () => {
-      for (let b = batches.shift(); b !== undefined; b = batches.shift()) {
-        if (!(await this.#acquireBatch(b, session))) return;
-      }
-    });
-    await Promise.all(lanes);
-  }
-
-  /** One batch of #acquireAll; false when no further batch should be tried. */
-  async #acquireBatch(
-    actions: readonly Extract<MemberAction, { type: 'acquire' }>[],
-    session: Session,
-  ): Promise<boolean> {
-    // Lost the lease or the session meanwhile, or leaving: the next round decides again.
-    const state = this.#membership.state;
-    if (!this.#mayStart(session) || state === 'leaving' || state === 'left') return false;
-    const batch = actions.filter((a) => !this.#handlers.has(a.resource));
-    if (batch.length === 0) return true;
-    const entries = batch.map((a) => this.#handlers.newEntry(a.resource));
-    const got = new Map<string, number>();
-    let failure: unknown;
-    try {
-      await acquireMany(
-        this.#store,
-        this.#keys,
-        session,
-        this.nodeId,
-        batch.map((a) => ({ resource: a.resource, generation: a.generation })),
-        batch[0]!.stateRevision,
-        this.#mutants,
-        got,
-      );
-    } catch (err) {
-      failure = err;
-    }
-    const mayStart = this.#mayStart(session);
-    const toRelease: { resource: string; token: number }[] = [];
-    let broken: unknown;
-    batch.forEach((a, j) => {
-      const token = got.get(a.resource);
-      if (token === undefined) {
-        this.#handlers.delete(a.resource);
-        // Outcome unknown: if the lock is ours after all, a later round adopts or releases it.
-        if (failure !== undefined) this.#uncertain.add(a.resource);
-        return;
-      }
-      if (!mayStart) {
-        // We lost the lease meanwhile: release at once.
-        this.#handlers.delete(a.resource);
-        toRelease.push({ resource: a.resource, token });
-        return;
-      }
-      try {
-        this.#handlers.start(a.resource, entries[j]!, token, a.stateGeneration, session);
-      } catch (error) {
-        // Not started (a broken invariant): forget it; the lock goes with the session when the member leaves.
-        this.#handlers.delete(a.resource);
-        broken ??= error;
-      }
-    });
-    if (toRelease.length > 0) await releaseMany(this.#store, this.#keys, toRelease).catch(() => undefined);
-    if (broken !== undefined) this.#reportOrFail(broken, 'acquire');
-    if (failure !== undefined) {
-      this.#reportOrFail(failure, `acquire ${batch.length === 1 ? batch[0]!.resource : `${batch.length} resources`}`);
-      return false;
-    }
-    return true;
-  }
-
-  /** Release the locks of settled handlers, a batch per transaction. */
-  async #releaseAll(actions: readonly Extract<MemberAction, { type: 'release' }>[]): Promise<void> {
-    if (actions.length === 0) return;
-    const items: { resource: string; token: number }[] = [];
-    for (const a of actions) {
-      const e = this.#handlers.get(a.resource);
-      if (e === undefined) continue;
-      try {
-        // The mutant removes the wait for the handler and this guard with it (the simulator must catch it).
-        if (!this.#mutants.has('release-before-stop'))
-          invariant(e.settled === undefined, () => `releasing ${a.resource} while its handler runs`);
-      } catch (error) {
-        this.#reportOrFail(error, `release ${a.resource}`);
-        continue;
-      }
-      e.state = { phase: 'releasing', token: a.token };
-      items.push({ resource: a.resource, token: a.token });
-    }
-    const done = new Set<string>();
-    let failure: unknown;
-    try {
-      // A lock that is no longer the one we took (our session expired, somebody else holds it now) is not ours to
-      // release: it is forgotten all the same.
-      for (let i = 0; i < items.length; i += RELEASE_BATCH) {
-        const batch = items.slice(i, i + RELEASE_BATCH);
-        await releaseMany(this.#store, this.#keys, batch);
-        for (const it of batch) done.add(it.resource);
-      }
-    } catch (error) {
-      failure = error;
-    }
-    for (const it of items) {
-      const e = this.#handlers.get(it.resource);
-      if (e === undefined) continue;
-      if (done.has(it.resource)) {
-        this.#handlers.delete(it.resource);
-        this.emit('released', { resource: it.resource, fencingToken: it.token });
-      } else e.state = { phase: 'stopped', token: it.token };
-    }
-    if (failure !== undefined) this.#reportOrFail(failure, `release ${items.length} resources`);
-    this.#kick();
   }
 
   /**
