@@ -18,6 +18,8 @@ have etcdctl || missing+=(etcd-client)
 { [[ -f /usr/share/java/zookeeper.jar ]] && have java; } || missing+=(zookeeper)
 # The /usr/sbin wrapper switches user; the harness runs the real script directly.
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
+# The raft transport's mutual-TLS test makes a throwaway CA with openssl.
+have openssl || missing+=(openssl)
 
 if ((${#missing[@]} == 0)); then
   echo "install-servers: all test servers present"
