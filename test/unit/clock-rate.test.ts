@@ -17,6 +17,7 @@ import { Membership } from '../../src/runtime/membership.js';
 import { ClockRateEstimator, type ServerClockSample } from '../../src/store/clock-rate.js';
 import type { Clock, TimerHandle } from '../../src/store/contract.js';
 import { VirtualClock } from '../../src/store/clock.js';
+import { drive } from '../harness/virtual-time.js';
 
 const BOUND = 0.01;
 const TTL = 2000;
@@ -149,14 +150,6 @@ class RateClock implements Clock {
   clearTimeout(handle: TimerHandle): void {
     this.base.clearTimeout(handle);
   }
-}
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
 }
 
 describe('a member whose host clock runs slow', () => {

@@ -18,22 +18,7 @@ import {
 import { GroupAdmin, joinGroup, type ResourceContext } from '../../src/groups/index.js';
 import { joinSlots } from '../../src/slots/index.js';
 import { VirtualClock } from '../../src/store/clock.js';
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
-}
-
-async function until(clock: VirtualClock, pred: () => boolean, what: string, maxMs = 20_000): Promise<void> {
-  const end = clock.now() + maxMs;
-  while (!pred()) {
-    if (clock.now() > end) throw new Error(`not reached in ${maxMs} ms of virtual time: ${what}`);
-    await clock.runFor(10);
-  }
-}
+import { drive, until } from '../harness/virtual-time.js';
 
 const waitForever = (c: ResourceContext): Promise<void> =>
   new Promise((resolve) => c.signal.addEventListener('abort', () => resolve()));

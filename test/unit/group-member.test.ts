@@ -10,14 +10,9 @@ import { VirtualClock } from '../../src/store/clock.js';
 import { joinGroup, type GroupMember } from '../../src/runtime/groups/member.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import type { ResourceContext } from '../../src/runtime/groups/options.js';
+import { drive } from '../harness/virtual-time.js';
 
 /** Await a promise while virtual time runs (store calls wait on the virtual clock). */
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  while (!done) await clock.runFor(10);
-  return q;
-}
 
 async function until(clock: VirtualClock, pred: () => boolean, maxMs = 10_000): Promise<void> {
   const end = clock.now() + maxMs;

@@ -8,14 +8,7 @@ import { invariant, InvariantError, RebalancerError } from '../../src/errors.js'
 import { GroupAdmin, joinGroup } from '../../src/groups/index.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import type { Store, Txn } from '../../src/store/contract.js';
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
-}
+import { drive } from '../harness/virtual-time.js';
 
 describe('invariants', () => {
   it('invariant() throws a non-retryable InvariantError that says it is a bug', () => {

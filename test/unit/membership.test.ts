@@ -10,22 +10,7 @@ import { MemoryStore } from '../../src/backends/memory/store.js';
 import { NodeIdInUseError } from '../../src/errors.js';
 import { Membership, type MembershipHooks } from '../../src/runtime/membership.js';
 import { VirtualClock } from '../../src/store/clock.js';
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
-}
-
-async function until(clock: VirtualClock, pred: () => boolean, what: string, maxMs = 20_000): Promise<void> {
-  const end = clock.now() + maxMs;
-  while (!pred()) {
-    if (clock.now() > end) throw new Error(`not reached in ${maxMs} ms of virtual time: ${what}`);
-    await clock.runFor(10);
-  }
-}
+import { drive, until } from '../harness/virtual-time.js';
 
 interface Node {
   readonly m: Membership;

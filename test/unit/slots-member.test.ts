@@ -15,6 +15,7 @@ import { joinSlots, type SlotsMember } from '../../src/runtime/slots/member.js';
 import type { Clock, Store, Txn } from '../../src/store/contract.js';
 import { CorruptDataError } from '../../src/errors.js';
 import { SlotKeys } from '../../src/protocol/slots/keys.js';
+import { drive } from '../harness/virtual-time.js';
 
 const SLOTS = 64;
 const R = 2;
@@ -26,14 +27,6 @@ interface Harness {
   readonly violations: string[];
   /** Per slot: the highest ready count reached while no crash happened. */
   planned: boolean;
-}
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
 }
 
 /** The application: migrate each slot it is asked to prepare (takes migrateMs), release what it may. */

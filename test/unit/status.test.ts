@@ -11,14 +11,7 @@ import { GroupAdmin } from '../../src/runtime/groups/registry.js';
 import { GroupNotFoundError } from '../../src/errors.js';
 import { groupStatus, type GroupStatus } from '../../src/runtime/groups/status.js';
 import { renderStatus } from '../../src/cli/commands/status.js';
-
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined); // observed by the caller once time has run
-  while (!done) await clock.runFor(10);
-  return q;
-}
+import { drive } from '../harness/virtual-time.js';
 
 async function untilStatus(
   clock: VirtualClock,

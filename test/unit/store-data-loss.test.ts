@@ -12,22 +12,11 @@ import { GroupAdmin, joinGroup } from '../../src/groups/index.js';
 import { VirtualClock } from '../../src/store/clock.js';
 import type { Session } from '../../src/store/contract.js';
 import { INCARNATION_KEY } from '../../src/store/incarnation.js';
+import { drive, until as untilWithin } from '../harness/virtual-time.js';
 
-async function drive<T>(clock: VirtualClock, p: Promise<T>): Promise<T> {
-  let done = false;
-  const q = p.finally(() => (done = true));
-  q.catch(() => undefined);
-  while (!done) await clock.runFor(10);
-  return q;
-}
-
-async function until(clock: VirtualClock, pred: () => boolean, what: string, maxMs = 30_000): Promise<void> {
-  const end = clock.now() + maxMs;
-  while (!pred()) {
-    if (clock.now() > end) throw new Error(`not reached in ${maxMs} ms of virtual time: ${what}`);
-    await clock.runFor(10);
-  }
-}
+/** The delayed restart waits out maxSessionTtlMs (30 s here): allow that much virtual time by default. */
+const until = (clock: VirtualClock, pred: () => boolean, what: string, maxMs = 30_000): Promise<void> =>
+  untilWithin(clock, pred, what, maxMs);
 
 const MAX_TTL = 3000;
 
