@@ -207,22 +207,35 @@ function readOptions(options: TransportOptions): Resolved {
   };
 }
 
+/** An accepted socket: no Nagle delay (heartbeats are small), named by its remote address. */
+function accepted(s: net.Socket, onConn: (socket: net.Socket, remote: string) => void): void {
+  s.setNoDelay(true);
+  onConn(s, `${s.remoteAddress}:${s.remotePort}`);
+}
+
+/** Listen on `address`; a failure to bind rejects, later server errors are the sockets' business. */
+function listenOn(
+  server: net.Server,
+  address: { readonly host: string; readonly port: number },
+): Promise<{ port: number; close: () => void }> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(address.port, address.host, () => {
+      server.off('error', reject);
+      server.on('error', () => undefined);
+      resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() });
+    });
+  });
+}
+
 /** Plain TCP (no encryption: the handshake authenticates, but the bytes can be read on the wire). */
 export function tcpNetwork(): Network {
   return {
     listen: (address, onConn) =>
-      new Promise((resolve, reject) => {
-        const server = net.createServer((s) => {
-          s.setNoDelay(true);
-          onConn(s, `${s.remoteAddress}:${s.remotePort}`);
-        });
-        server.once('error', reject);
-        server.listen(address.port, address.host, () => {
-          server.off('error', reject);
-          server.on('error', () => undefined);
-          resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() });
-        });
-      }),
+      listenOn(
+        net.createServer((s) => accepted(s, onConn)),
+        address,
+      ),
     connect: (address) =>
       new Promise((resolve, reject) => {
         const s = net.connect(address.port, address.host);
@@ -239,23 +252,14 @@ export function tcpNetwork(): Network {
 /** Mutual TLS: both sides present a certificate signed by `ca`, or the connection fails before any frame. */
 export function tlsNetwork(o: TlsOptions): Network {
   return {
-    listen: (address, onConn) =>
-      new Promise((resolve, reject) => {
-        const server = tls.createServer(
-          { key: o.key, cert: o.cert, ca: o.ca, requestCert: true, rejectUnauthorized: true },
-          (s) => {
-            s.setNoDelay(true);
-            onConn(s, `${s.remoteAddress}:${s.remotePort}`);
-          },
-        );
-        server.on('tlsClientError', () => undefined);
-        server.once('error', reject);
-        server.listen(address.port, address.host, () => {
-          server.off('error', reject);
-          server.on('error', () => undefined);
-          resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() });
-        });
-      }),
+    listen: (address, onConn) => {
+      const server = tls.createServer(
+        { key: o.key, cert: o.cert, ca: o.ca, requestCert: true, rejectUnauthorized: true },
+        (s) => accepted(s, onConn),
+      );
+      server.on('tlsClientError', () => undefined);
+      return listenOn(server, address);
+    },
     connect: (address) =>
       new Promise((resolve, reject) => {
         const s = tls.connect({
