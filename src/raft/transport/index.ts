@@ -12,4 +12,6 @@ export {
   type PeerStats,
   type TlsOptions,
   type TransportOptions,
+  type Timers,
+  type TimerHandle,
 } from './transport.js';

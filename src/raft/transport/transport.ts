@@ -64,6 +64,20 @@ export interface TlsOptions {
   readonly ca: string | Buffer;
 }
 
+/** Timers the transport schedules on (a virtual clock in the simulator). */
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle | undefined): void;
+}
+
+/** Opaque: whatever the Timers implementation returns. */
+export type TimerHandle = unknown;
+
+const GLOBAL_TIMERS: Timers = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout> | undefined),
+};
+
 export interface TransportOptions {
   /** This node's id (unique in the cluster). */
   readonly id: string;
@@ -81,6 +95,8 @@ export interface TransportOptions {
   readonly onError?: (error: RebalancerError) => void;
   /** Reconnection jitter: a number in [0, 1) (default Math.random). */
   readonly random?: () => number;
+  /** The handshake timeout and the redial delays run on these (default the global timers; a simulator passes its own). */
+  readonly timers?: Timers;
   /** Mutual TLS (node:tls, requestCert + rejectUnauthorized) under the secret's handshake; default plain TCP. */
   readonly tls?: TlsOptions;
   /** A replacement for TCP/TLS (a simulated network). */
@@ -118,6 +134,7 @@ interface Resolved {
   onMessage: TransportOptions['onMessage'];
   onError: (error: RebalancerError) => void;
   random: () => number;
+  timers: Timers;
   network: Network;
   maxFrameBytes: number;
   maxQueuedMessages: number;
@@ -181,6 +198,15 @@ function readOptions(options: TransportOptions): Resolved {
       ? undefined
       : 'must implement Network',
   );
+  const timers =
+    r.optional<Timers>('timers', (v) =>
+      v !== null &&
+      typeof v === 'object' &&
+      typeof (v as Timers).setTimeout === 'function' &&
+      typeof (v as Timers).clearTimeout === 'function'
+        ? undefined
+        : 'must be { setTimeout(fn, ms), clearTimeout(handle) }',
+    ) ?? GLOBAL_TIMERS;
   const maxFrameBytes = r.integer('maxFrameBytes', DEFAULT_MAX_FRAME_BYTES, { min: 4096, max: 2 ** 31 });
   const maxQueuedMessages = r.integer('maxQueuedMessages', 65_536, { min: 1 });
   const maxQueuedBytes = r.integer('maxQueuedBytes', 64 * 1024 * 1024, { min: 1 });
@@ -197,6 +223,7 @@ function readOptions(options: TransportOptions): Resolved {
     onMessage,
     onError,
     random,
+    timers,
     network: network ?? (tlsOptions ? tlsNetwork(tlsOptions) : tcpNetwork()),
     maxFrameBytes,
     maxQueuedMessages,
@@ -309,7 +336,7 @@ class Link {
   readonly #label: string;
   readonly #myNonce = nonce();
   #peerNonce: Uint8Array | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: TimerHandle | undefined;
 
   constructor(t: Transport, conn: Conn, dialTo: string | undefined, label: string) {
     this.#t = t;
@@ -319,7 +346,7 @@ class Link {
     // A stranger may not make this node buffer more than a handshake frame.
     this.#decoder = new FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES);
     this.state = dialTo === undefined ? 'awaitHello' : 'awaitHelloAck';
-    this.#timer = setTimeout(
+    this.#timer = t.options.timers.setTimeout(
       () => this.fail(new PeerAuthError(this.peer ?? label, 'no handshake within handshakeTimeoutMs')),
       t.options.handshakeTimeoutMs,
     );
@@ -351,7 +378,7 @@ class Link {
   close(): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    clearTimeout(this.#timer);
+    this.#t.options.timers.clearTimeout(this.#timer);
     this.conn.destroy();
   }
 
@@ -361,7 +388,7 @@ class Link {
       this.#t.report(this.peer!, new PeerAuthError(this.peer!, 'it left before proving it knows the secret'));
     }
     this.state = 'closed';
-    clearTimeout(this.#timer);
+    this.#t.options.timers.clearTimeout(this.#timer);
     this.#t.linkClosed(this, was === 'ready');
   }
 
@@ -469,7 +496,7 @@ class Link {
   }
 
   #ready(): void {
-    clearTimeout(this.#timer);
+    this.#t.options.timers.clearTimeout(this.#timer);
     this.#decoder.maxFrameBytes = this.#t.options.maxFrameBytes;
     this.state = 'ready';
     this.#t.linkReady(this);
@@ -485,7 +512,7 @@ interface Peer {
   link: Link | undefined;
   dialing: boolean;
   failures: number;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  timer: TimerHandle | undefined;
   sentMessages: number;
   sentFrames: number;
   sentSnapshotChunks: number;
@@ -572,7 +599,7 @@ export class Transport {
     this.#closed = true;
     this.#server?.close();
     for (const p of this.#peers.values()) {
-      clearTimeout(p.timer);
+      this.options.timers.clearTimeout(p.timer);
       p.queue.clear();
     }
     for (const l of this.#links) l.close();
@@ -665,7 +692,7 @@ export class Transport {
     const o = this.options;
     const delay = reconnectDelayMs(p.failures, o.reconnectBaseMs, o.reconnectMaxMs, o.random);
     p.failures++;
-    p.timer = setTimeout(() => {
+    p.timer = o.timers.setTimeout(() => {
       p.timer = undefined;
       this.#dial(p);
     }, delay);

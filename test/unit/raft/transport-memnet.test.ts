@@ -11,6 +11,7 @@ import {
   type Conn,
   type Network,
   type PeerAddress,
+  type Timers,
 } from '../../../src/raft/transport/index.js';
 import { SECRET, heartbeat, waitFor } from './transport-helpers.js';
 
@@ -112,6 +113,45 @@ describe('raft transport on an in-memory network', () => {
     expect(got.map((m) => (m as { round: number }).round)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     // All nine left in one batch once drained.
     expect(a.stats('b').sentFrames).toBe(2);
+  });
+
+  it('schedules its handshake timeout and its redials on the injected timers only (a simulator drives them)', async () => {
+    const network = new MemNetwork();
+    const scheduled: number[] = [];
+    const pending = new Map<number, () => void>();
+    let next = 0;
+    const timers: Timers = {
+      setTimeout: (fn, ms) => {
+        scheduled.push(ms);
+        pending.set(++next, fn);
+        return next;
+      },
+      clearTimeout: (h) => void pending.delete(h as number),
+    };
+    // Nobody listens on port 9: the dial fails and a redial is scheduled, on the injected timers.
+    const a = await Transport.start({
+      id: 'a',
+      clusterId: 'c',
+      secret: SECRET,
+      listen: { host: 'mem', port: 1 },
+      peers: { b: { host: 'mem', port: 9 } },
+      network,
+      timers,
+      random: () => 0,
+      reconnectBaseMs: 40,
+      onMessage: () => undefined,
+    });
+    ts = [a];
+    await waitFor(() => scheduled.length >= 1, 'a redial scheduled');
+    expect(scheduled[0]).toBe(20);
+    // A stranger that connects and says nothing: the handshake timeout is scheduled on the same timers and, fired
+    // by hand, closes the connection.
+    const stranger = await network.connect({ host: 'mem', port: 1 });
+    await waitFor(() => scheduled.length >= 2, 'a handshake timeout scheduled');
+    let closed = false;
+    (stranger as MemConn).other!.on('close', () => (closed = true));
+    for (const [h, fn] of [...pending]) if (h === next) fn();
+    await waitFor(() => closed, 'the silent connection closed');
   });
 
   it('redials with exponential backoff, jittered from the injected source, bounded by reconnectMaxMs', () => {
