@@ -59,7 +59,15 @@ export type ErrorCode =
   /** A peer failed to prove it knows the cluster's secret (or its certificate): it gets nothing. Check its config. */
   | 'UNAUTHENTICATED'
   /** An invariant that must never break did (a bug). The object stops; report it. */
-  | 'INVARIANT_VIOLATED';
+  | 'INVARIANT_VIOLATED'
+  /** A Raft request went to a replica that cannot serve it (not the leader): send it to `leaderHint`. */
+  | 'NOT_LEADER'
+  /** A Raft group has no leader (a majority of its replicas is down or cut off). Retry later. */
+  | 'NO_QUORUM'
+  /** A Raft request did not complete in time; a command's outcome is unknown (it may still apply). */
+  | 'TIMEOUT'
+  /** A Raft group's state machine threw while applying: this replica stopped applying. Fix the state machine. */
+  | 'STATE_MACHINE_FAILED';
 
 /** Whether retrying the same call later can help, per code. */
 export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
@@ -82,6 +90,10 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   LISTENER_FAILED: false,
   UNAUTHENTICATED: false,
   INVARIANT_VIOLATED: false,
+  NOT_LEADER: true,
+  NO_QUORUM: true,
+  TIMEOUT: true,
+  STATE_MACHINE_FAILED: false,
 };
 
 export class RebalancerError extends Error {
@@ -396,6 +408,81 @@ export class InvariantError extends RebalancerError {
 }
 
 /** Throw an InvariantError unless `condition` holds. */
+/** Where a Raft group's leader is believed to be, as far as the replica that answered knows. */
+export interface LeaderHint {
+  readonly id: string;
+  /** Its transport address (host:port), when known. */
+  readonly address: string | undefined;
+}
+
+/** The request needs the group's leader and this replica is not it. `leaderHint`: where to go (when known). */
+export class NotLeaderError extends RebalancerError {
+  readonly group: string;
+  readonly leaderHint: LeaderHint | undefined;
+  constructor(group: string, leaderHint: LeaderHint | undefined, what: string) {
+    super(
+      'NOT_LEADER',
+      `raft group ${group}: ${what} needs the leader, and this replica is not it; ` +
+        (leaderHint
+          ? `send it to node ${leaderHint.id}${leaderHint.address ? ` at ${leaderHint.address}` : ''}`
+          : 'no leader is known yet: retry shortly'),
+    );
+    this.group = group;
+    this.leaderHint = leaderHint;
+  }
+}
+
+/** No leader could be found for a Raft group within the request's time: a majority may be down or partitioned. */
+export class NoQuorumError extends RebalancerError {
+  readonly group: string;
+  constructor(group: string, waitedMs: number) {
+    super(
+      'NO_QUORUM',
+      `raft group ${group}: no leader within ${waitedMs} ms — a majority of its replicas is down or cut off from ` +
+        'this one; the request was not applied. Retry later; check that the other nodes run and can reach each other',
+    );
+    this.group = group;
+  }
+}
+
+/**
+ * A Raft request did not complete within its time. For a command, `outcome` is 'unknown': it may have been applied
+ * (or be applied later). Re-read before retrying a command that is not idempotent.
+ */
+export class TimeoutError extends RebalancerError {
+  readonly group: string;
+  readonly outcome: 'unknown' | 'not-applied';
+  constructor(group: string, what: string, waitedMs: number, outcome: 'unknown' | 'not-applied') {
+    super(
+      'TIMEOUT',
+      `raft group ${group}: ${what} did not complete within ${waitedMs} ms` +
+        (outcome === 'unknown' ? '; its outcome is unknown (it may still be applied): re-read before retrying' : ''),
+    );
+    this.group = group;
+    this.outcome = outcome;
+  }
+}
+
+/**
+ * A Raft group's state machine threw while applying an entry (or restoring a snapshot). The replica stopped
+ * applying (it does not diverge from the others by skipping the entry); pending requests fail with this error.
+ */
+export class StateMachineError extends RebalancerError {
+  readonly group: string;
+  readonly index: number;
+  constructor(group: string, index: number, what: string, options?: { cause?: unknown }) {
+    super(
+      'STATE_MACHINE_FAILED',
+      `raft group ${group}: the state machine threw while ${what} (entry ${index}); this replica stopped applying ` +
+        `the group. A state machine must be deterministic and must not throw: return a result that says "refused" ` +
+        `instead. Fix it and restart the node (it replays the log): ${describe(options?.cause)}`,
+      options,
+    );
+    this.group = group;
+    this.index = index;
+  }
+}
+
 export function invariant(condition: unknown, message: string | (() => string)): asserts condition {
   if (!condition) throw new InvariantError(typeof message === 'string' ? message : message());
 }

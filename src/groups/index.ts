@@ -8,7 +8,7 @@
 export { joinGroup, GroupMember, type AssignedResource, type GroupEvents } from '../runtime/groups/member.js';
 export type { JoinGroupOptions, ResourceContext, ResourceHandler, ResourceSource } from '../runtime/groups/options.js';
 export type { NodeOptions, LeaseOptions } from '../runtime/common-options.js';
-export type { ErrorEvent } from '../runtime/events.js';
+export type { ErrorEvent } from '../events.js';
 export { GroupAdmin, listGroups, type RegistryChangeOptions } from '../runtime/groups/registry.js';
 export { groupStatus } from '../runtime/groups/status.js';
 export type {

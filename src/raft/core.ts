@@ -205,11 +205,15 @@ export class Core {
     return this.#propose('membership', new TextEncoder().encode(JSON.stringify(change)));
   }
 
-  /** Ask for a linearizable read index; the answer comes as a Ready.readStates entry carrying `ctx`. */
-  readIndex(ctx: string): Outcome {
+  /**
+   * Ask for a linearizable read index; the answer comes as a Ready.readStates entry carrying `ctx`. `lease`: a
+   * leader with readMode 'lease' may answer from its lease, without a heartbeat round (followers always forward a
+   * ReadIndex request, confirmed by a round).
+   */
+  readIndex(ctx: string, lease = false): Outcome {
     this.quiesced = false;
     if (this.role === 'leader') {
-      this.leader!.readIndex(this.id, ctx);
+      this.leader!.readIndex(this.id, ctx, lease);
       return { ok: true };
     }
     if (this.lead === '') return { ok: false, reason: 'no-leader', detail: 'no leader is known; retry later' };

@@ -332,7 +332,8 @@ export class Leader {
 
   // ---- reads -----------------------------------------------------------------------------------------------
 
-  readIndex(from: NodeId, ctx: string): void {
+  /** `lease`: the asker accepts a lease read (only this replica's own requests; forwarded ones are confirmed). */
+  readIndex(from: NodeId, ctx: string, lease = false): void {
     const core = this.#core;
     const log = core.log;
     if (log.term(log.committed) !== core.term) {
@@ -345,7 +346,7 @@ export class Leader {
       this.#answerRead(from, ctx, log.committed);
       return;
     }
-    if (this.#leaseValid()) {
+    if (lease && this.#leaseValid()) {
       this.#answerRead(from, ctx, log.committed);
       return;
     }

@@ -21,7 +21,7 @@ import { PROTOCOLS, type Protocol } from '../protocol/groups/keys.js';
 import { NODE_ID_RE } from '../protocol/names.js';
 import type { StopReason } from '../protocol/groups/member.js';
 import { GroupMember, type GroupEvents } from '../runtime/groups/member.js';
-import { TypedEmitter } from '../runtime/events.js';
+import { TypedEmitter } from '../events.js';
 import { resolveGroupOptions, type JoinGroupOptions, type ResourceContext } from '../runtime/groups/options.js';
 import type { Store } from '../store/contract.js';
 import { STORE_LIMITS } from '../store/validate.js';

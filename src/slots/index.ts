@@ -10,7 +10,7 @@ export { joinSlots, SlotsMember, type PrimaryLostReason, type SlotsEvents } from
 export type { JoinSlotsOptions } from '../runtime/slots/options.js';
 export type { MarkReadyResult, ReleaseResult } from '../runtime/slots/ready.js';
 export type { NodeOptions, LeaseOptions } from '../runtime/common-options.js';
-export type { ErrorEvent } from '../runtime/events.js';
+export type { ErrorEvent } from '../events.js';
 export type { LocalSlotState, ReleaseRefusal } from '../protocol/slots/site.js';
 export { slotForKey, keyHash16, crc16, DEFAULT_SLOT_COUNT, MAX_SLOT_COUNT } from '../placement/slot-hash.js';
 export {

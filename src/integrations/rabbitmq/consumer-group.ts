@@ -6,7 +6,7 @@
  * "you own queue Q with token T" into a consumer on Q and back.
  */
 import { GroupMember, type AssignedResource, type GroupEvents } from '../../runtime/groups/member.js';
-import { TypedEmitter } from '../../runtime/events.js';
+import { TypedEmitter } from '../../events.js';
 import type { ResourceContext } from '../../runtime/groups/options.js';
 import type { Clock } from '../../store/contract.js';
 import { ConnectionManager, connector } from './connection.js';

@@ -4,7 +4,7 @@
  */
 import type { Protocol } from '../../protocol/groups/keys.js';
 import type { StopReason } from '../../protocol/groups/member.js';
-import type { ErrorEvent } from '../events.js';
+import type { ErrorEvent } from '../../events.js';
 
 export interface GroupEvents {
   joined: { readonly nodeId: string; readonly sessionId: string };

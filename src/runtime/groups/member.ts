@@ -21,7 +21,7 @@ import { decideMember, type LocalResource, type MemberAction } from '../../proto
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
-import { TypedEmitter } from '../events.js';
+import { TypedEmitter } from '../../events.js';
 import type { GroupEvents } from './events.js';
 import { CorruptionReports } from '../corruption.js';
 import { Loop } from '../loop.js';

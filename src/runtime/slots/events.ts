@@ -2,7 +2,7 @@
  * The events of a slots member: what the application must do (prepare, release), what it gained or lost (primary
  * roles with their fencing epochs), and what happened to the member (joined, fenced, sessionLost, error, left).
  */
-import type { ErrorEvent } from '../events.js';
+import type { ErrorEvent } from '../../events.js';
 
 export type PrimaryLostReason = 'planned' | 'fenced' | 'failed' | 'sessionLost' | 'leaving';
 

@@ -37,7 +37,7 @@ import { decideSite, type LocalSlotState, type SiteView } from '../../protocol/s
 import { changedSlots, SlotsReader, type SlotsView } from '../../protocol/slots/view.js';
 import type { Session, Store } from '../../store/contract.js';
 import type { RuntimeInternals } from '../common-options.js';
-import { TypedEmitter } from '../events.js';
+import { TypedEmitter } from '../../events.js';
 import type { PrimaryLostReason, SlotsEvents } from './events.js';
 import { CorruptionReports } from '../corruption.js';
 import { Loop } from '../loop.js';

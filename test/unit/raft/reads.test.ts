@@ -98,14 +98,14 @@ describe('raft ReadIndex and lease reads', () => {
     net.tick(1); // a heartbeat round answered by both followers
     const a = net.get(lead);
     const before = net.sent.length;
-    a.core.readIndex('lease');
+    a.core.readIndex('lease', true);
     net.flushReadies();
     expect(a.readStates.map((r) => r.ctx)).toEqual(['lease']);
     expect(net.sent.length).toBe(before); // no round needed
     // Cut off from the followers, the lease runs out after leaseTicks.
     net.isolate(lead);
     net.tick(5, [lead]);
-    a.core.readIndex('late');
+    a.core.readIndex('late', true);
     net.flushReadies();
     expect(a.readStates.map((r) => r.ctx)).toEqual(['lease']);
   });
@@ -121,7 +121,7 @@ describe('raft ReadIndex and lease reads', () => {
     expect(net.core(lead).status().transferringTo).toBe('');
     const a = net.get(lead);
     net.isolate(lead);
-    a.core.readIndex('after-transfer');
+    a.core.readIndex('after-transfer', true);
     net.flushReadies();
     expect(a.readStates).toEqual([]); // not from the lease: a heartbeat round is needed, and it cannot be had
   });

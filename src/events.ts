@@ -12,7 +12,7 @@
  *    that nothing emitted while joining (`joined`, the first assignments) is
  *    emitted to nobody.
  */
-import { describe, ListenerError } from '../errors.js';
+import { describe, ListenerError } from './errors.js';
 
 /** The payload of `error` events, the same for every runtime. */
 export interface ErrorEvent {
