@@ -40,6 +40,12 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   STORE_RECOVERING: EXIT.unavailable,
   // The host's clock rate is out of the bound: the runtime waits by itself; a command may be tried again later.
   CLOCK_RATE: EXIT.unavailable,
+  // A Raft group without a leader here, or a request that ran out of time: another replica, or later, may serve it.
+  NOT_LEADER: EXIT.unavailable,
+  NO_QUORUM: EXIT.unavailable,
+  TIMEOUT: EXIT.unavailable,
+  // A Raft state machine that throws: retrying does not help until it is fixed.
+  STATE_MACHINE_FAILED: EXIT.failed,
   // The data is gone: retrying does not bring it back; the message says what to do.
   DATA_LOST: EXIT.failed,
   // A raft peer that did not authenticate: the configuration is wrong; retrying as is will not help.

@@ -93,6 +93,8 @@ export interface TransportOptions {
   readonly onMessage: (from: string, groupId: string, message: Message) => void;
   /** Errors: an unauthenticated peer (once per peer until it authenticates), a peer's bad frame, a throwing onMessage. */
   readonly onError?: (error: RebalancerError) => void;
+  /** A peer's authenticated connection came up (true) or went down (false): hosts wake quiesced groups on it. */
+  readonly onPeerState?: (peer: string, connected: boolean) => void;
   /** Reconnection jitter: a number in [0, 1) (default Math.random). */
   readonly random?: () => number;
   /** The handshake timeout and the redial delays run on these (default the global timers; a simulator passes its own). */
@@ -133,6 +135,7 @@ interface Resolved {
   peers: ReadonlyMap<string, PeerAddress>;
   onMessage: TransportOptions['onMessage'];
   onError: (error: RebalancerError) => void;
+  onPeerState: (peer: string, connected: boolean) => void;
   random: () => number;
   timers: Timers;
   network: Network;
@@ -187,6 +190,7 @@ function readOptions(options: TransportOptions): Resolved {
   }
   const onMessage = r.fn<TransportOptions['onMessage']>('onMessage');
   const onError = r.fn<(error: RebalancerError) => void>('onError', () => undefined);
+  const onPeerState = r.fn<(peer: string, connected: boolean) => void>('onPeerState', () => undefined);
   const random = r.fn<() => number>('random', Math.random);
   const tlsOptions = r.optional<TlsOptions>('tls', (v) =>
     v !== null && typeof v === 'object' && 'key' in v && 'cert' in v && 'ca' in v
@@ -222,6 +226,7 @@ function readOptions(options: TransportOptions): Resolved {
     peers,
     onMessage,
     onError,
+    onPeerState,
     random,
     timers,
     network: network ?? (tlsOptions ? tlsNetwork(tlsOptions) : tcpNetwork()),
@@ -643,6 +648,15 @@ export class Transport {
     p.connections++;
     for (const key of this.#reported) if (key.startsWith(`${p.id}\u0000`)) this.#reported.delete(key);
     this.#markDirty(p);
+    this.#peerState(p.id, true);
+  }
+
+  #peerState(peer: string, connected: boolean): void {
+    try {
+      this.options.onPeerState(peer, connected);
+    } catch (err) {
+      this.options.onError(new ListenerError('raft transport onPeerState', err));
+    }
   }
 
   linkClosed(link: Link, _wasReady: boolean): void {
@@ -654,6 +668,7 @@ export class Transport {
     }
     p.link = undefined;
     if (p.dialer) this.#redial(p);
+    this.#peerState(p.id, false);
   }
 
   flushPeer(id: string): void {

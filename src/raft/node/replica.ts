@@ -1,0 +1,334 @@
+/**
+ * One replica of one group on this node: the host side of the core's Ready/advance contract (docs/raft.md), with
+ * the group's state machine. It persists through the node's shared write-ahead log (group commit: every group's
+ * Ready of one turn shares one fdatasync), sends through the node's transport, applies committed entries in order,
+ * and wakes the requests waiting for them.
+ *
+ * Order per Ready: `messages` leave at once; the snapshot, entries and hard state are made durable; only then do
+ * `messagesAfterPersist` (votes, acknowledgements) leave, committed entries apply, and the core is advanced. A
+ * replica whose disk fails or whose state machine throws stops for good (`failed`): it never advances past what it
+ * could not persist or apply, so it can neither acknowledge what is not on disk nor diverge.
+ */
+import { DiskFailedError, RebalancerError, SessionExpiredError, StateMachineError, invariant } from '../../errors.js';
+import { Core, type Ready, type Role } from '../core.js';
+import type { CoreOptions } from '../options.js';
+import type { Entry, Message, NodeId, ReadState, Snapshot } from '../messages.js';
+import type { GroupStorage } from '../wal/wal.js';
+import { Applier, type Applied, type Codec, type StateMachine } from './state-machine.js';
+
+export interface ReplicaOptions {
+  readonly nodeId: NodeId;
+  readonly groupId: string;
+  readonly storage: GroupStorage;
+  readonly stateMachine: StateMachine<unknown, unknown, unknown, unknown>;
+  readonly codec: Codec;
+  readonly maxSessions: number;
+  /** Compact the log once this many entries were applied since the last snapshot. */
+  readonly snapshotEntries: number;
+  /** The core's options except id, storage and applied. */
+  readonly core: Omit<CoreOptions, 'id' | 'storage' | 'applied'>;
+  readonly send: (m: Message) => void;
+  /** A leader or role change, a failure: the node turns these into events. */
+  readonly onChange: (r: Replica) => void;
+  readonly onError: (error: RebalancerError, context: string) => void;
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+export class Replica {
+  readonly groupId: string;
+  readonly core: Core;
+  readonly #o: ReplicaOptions;
+  readonly #applier: Applier<unknown>;
+  /** A persist is on its way to disk: the next Ready waits. */
+  #busy = false;
+  #compacting = false;
+  #closed = false;
+  /** Why this replica stopped for good (disk or state machine), if it did. */
+  failed: RebalancerError | undefined;
+  #role: Role = 'follower';
+  #lead: NodeId = '';
+  /** Ticks since the last proposal or read here (a leader quiesces an idle group). */
+  idleTicks = 0;
+  readonly #commands = new Map<string, Waiter<unknown>>();
+  readonly #registers = new Map<string, Waiter<number>>();
+  readonly #reads = new Map<string, Waiter<number>>();
+  /** Waiting for the applied index to reach `index`, in no particular order (few at a time). */
+  #appliedWaiters: { index: number; w: Waiter<void> }[] = [];
+  /** Called on every leader change (clients retry then). */
+  readonly #leaderListeners = new Set<() => void>();
+  /** Counts, for status and benchmarks. */
+  readonly counts = { applied: 0, persists: 0, snapshotsTaken: 0, snapshotsInstalled: 0 };
+
+  constructor(o: ReplicaOptions) {
+    this.#o = o;
+    this.groupId = o.groupId;
+    this.#applier = new Applier(o.stateMachine, o.codec, o.maxSessions);
+    const snap = o.storage.snapshot();
+    this.#restore(snap);
+    this.core = new Core({ ...o.core, id: o.nodeId, storage: o.storage, applied: snap.meta.index });
+  }
+
+  get role(): Role {
+    return this.#role;
+  }
+  get lead(): NodeId {
+    return this.#lead;
+  }
+  get applied(): number {
+    return this.#applier.index;
+  }
+  get sessions(): number {
+    return this.#applier.sessionCount;
+  }
+
+  // ---- driven by the node ----
+
+  tick(): void {
+    if (this.#stopped()) return;
+    this.idleTicks++;
+    this.core.tick();
+    this.process();
+  }
+
+  step(m: Message): void {
+    if (this.#stopped()) return;
+    this.core.step(m);
+    this.process();
+  }
+
+  #stopped(): boolean {
+    return this.#closed || this.failed !== undefined;
+  }
+
+  /** Handle every Ready the core has; a persist in flight defers the rest to its completion. */
+  process(): void {
+    while (!this.#busy && !this.#stopped() && this.core.hasReady()) {
+      const rd = this.core.ready();
+      for (const m of rd.messages) this.#o.send(m);
+      const durable = rd.snapshot !== undefined || rd.entries.length > 0 || (rd.hardState !== undefined && rd.mustSync);
+      if (!durable) {
+        // A commit index alone need not be durable (it is learned again from the leader after a restart).
+        this.#finish(rd);
+        continue;
+      }
+      this.#busy = true;
+      this.#o.storage.persist({ hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot }).then(
+        () => {
+          this.#busy = false;
+          this.counts.persists++;
+          if (this.#stopped()) return;
+          this.#finish(rd);
+          this.process();
+        },
+        (err: unknown) => {
+          this.#busy = false;
+          this.#fail(
+            err instanceof RebalancerError
+              ? err
+              : new DiskFailedError(`raft group ${this.groupId}: persisting failed; the node stops acknowledging`, {
+                  cause: err,
+                }),
+          );
+        },
+      );
+      return;
+    }
+  }
+
+  #finish(rd: Ready): void {
+    if (rd.snapshot !== undefined) {
+      if (!this.#guard(rd.snapshot.meta.index, 'restoring a snapshot', () => this.#restore(rd.snapshot!))) return;
+      this.counts.snapshotsInstalled++;
+    }
+    for (const m of rd.messagesAfterPersist) this.#o.send(m);
+    for (const e of rd.committedEntries) {
+      if (e.index <= this.#applier.index) continue; // covered by a snapshot installed in this Ready
+      if (!this.#guard(e.index, 'applying a command', () => this.#apply(e))) return;
+    }
+    for (const rs of rd.readStates) this.#readState(rs);
+    this.core.advance();
+    this.#wakeApplied();
+    if (rd.role !== this.#role || rd.lead !== this.#lead) {
+      this.#role = rd.role;
+      this.#lead = rd.lead;
+      for (const fn of [...this.#leaderListeners]) fn();
+      this.#o.onChange(this);
+    }
+    this.#maybeCompact();
+  }
+
+  /** Run `fn`; a throw stops the replica (the entry is never skipped: replicas must not diverge). */
+  #guard(index: number, what: string, fn: () => void): boolean {
+    try {
+      fn();
+      return true;
+    } catch (err) {
+      this.#fail(new StateMachineError(this.groupId, index, what, { cause: err }));
+      return false;
+    }
+  }
+
+  #restore(snap: Snapshot): void {
+    this.#applier.restore(snap.meta.index, snap.data, `raft group ${this.groupId}`);
+  }
+
+  #apply(e: Entry): void {
+    if (e.type !== 'normal') {
+      this.#applier.skip(e.index, `raft group ${this.groupId}`);
+    } else {
+      this.#dispatch(this.#applier.apply(e.index, e.data, `raft group ${this.groupId}`));
+    }
+    this.counts.applied++;
+  }
+
+  #dispatch(a: Applied): void {
+    switch (a.kind) {
+      case 'registered': {
+        const w = this.#registers.get(a.nonce);
+        this.#registers.delete(a.nonce);
+        w?.resolve(a.session);
+        return;
+      }
+      case 'result': {
+        const key = commandKey(a.session, a.seq);
+        const w = this.#commands.get(key);
+        this.#commands.delete(key);
+        w?.resolve(a.result);
+        return;
+      }
+      case 'expired': {
+        const key = commandKey(a.session, a.seq);
+        const w = this.#commands.get(key);
+        this.#commands.delete(key);
+        w?.reject(
+          new SessionExpiredError(
+            String(a.session),
+            `raft group ${this.groupId}: client session ${a.session} was evicted (more than maxSessions clients ` +
+              'since it was last used); the command was not applied. Retry it: a new session is opened',
+          ),
+        );
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  #readState(rs: ReadState): void {
+    const w = this.#reads.get(rs.ctx);
+    this.#reads.delete(rs.ctx);
+    w?.resolve(rs.index);
+  }
+
+  #wakeApplied(): void {
+    if (this.#appliedWaiters.length === 0) return;
+    const applied = this.#applier.index;
+    const keep: { index: number; w: Waiter<void> }[] = [];
+    for (const x of this.#appliedWaiters) {
+      if (x.index <= applied) x.w.resolve();
+      else keep.push(x);
+    }
+    this.#appliedWaiters = keep;
+  }
+
+  #maybeCompact(): void {
+    const applied = this.#applier.index;
+    if (this.#compacting || applied - this.#o.storage.snapshot().meta.index < this.#o.snapshotEntries) return;
+    this.#compacting = true;
+    const data = this.#applier.snapshot();
+    this.#o.storage.compact(applied, this.core.membershipAt(applied), data).then(
+      () => {
+        this.#compacting = false;
+        this.counts.snapshotsTaken++;
+      },
+      (err: unknown) => {
+        this.#compacting = false;
+        if (err instanceof DiskFailedError) this.#fail(err);
+        else this.#o.onError(err as RebalancerError, `raft group ${this.groupId}: compacting the log`);
+      },
+    );
+  }
+
+  #fail(error: RebalancerError): void {
+    if (this.failed !== undefined) return;
+    this.failed = error;
+    this.#o.onError(error, `raft group ${this.groupId}`);
+    this.#rejectAll(error);
+    this.#o.onChange(this);
+  }
+
+  #rejectAll(error: unknown): void {
+    for (const w of this.#commands.values()) w.reject(error);
+    for (const w of this.#registers.values()) w.reject(error);
+    for (const w of this.#reads.values()) w.reject(error);
+    for (const x of this.#appliedWaiters) x.w.reject(error);
+    this.#commands.clear();
+    this.#registers.clear();
+    this.#reads.clear();
+    this.#appliedWaiters = [];
+    for (const fn of [...this.#leaderListeners]) fn();
+  }
+
+  close(error: unknown): void {
+    this.#closed = true;
+    this.#rejectAll(error);
+  }
+
+  // ---- used by the group's client side ----
+
+  /** Throws the reason this replica cannot serve (closed or failed). */
+  check(closedError: () => unknown): void {
+    if (this.failed !== undefined) throw this.failed;
+    if (this.#closed) throw closedError();
+  }
+
+  /** Wait for the result of (session, seq); the caller proposes (and re-proposes) the entry. */
+  waitCommand(session: number, seq: number): Promise<unknown> {
+    const key = commandKey(session, seq);
+    invariant(!this.#commands.has(key), () => `command ${key} is awaited twice`);
+    return new Promise((resolve, reject) => this.#commands.set(key, { resolve, reject }));
+  }
+
+  /** Stop waiting for (session, seq) (the caller timed out). */
+  forgetCommand(session: number, seq: number): void {
+    this.#commands.delete(commandKey(session, seq));
+  }
+
+  waitRegister(nonce: string): Promise<number> {
+    return new Promise((resolve, reject) => this.#registers.set(nonce, { resolve, reject }));
+  }
+
+  forgetRegister(nonce: string): void {
+    this.#registers.delete(nonce);
+  }
+
+  waitRead(ctx: string): Promise<number> {
+    return new Promise((resolve, reject) => this.#reads.set(ctx, { resolve, reject }));
+  }
+
+  forgetRead(ctx: string): void {
+    this.#reads.delete(ctx);
+  }
+
+  waitApplied(index: number): Promise<void> {
+    if (index <= this.#applier.index) return Promise.resolve();
+    return new Promise((resolve, reject) => this.#appliedWaiters.push({ index, w: { resolve, reject } }));
+  }
+
+  /** Call `fn` on every leader (or role) change, and when the replica stops; returns the unsubscribe. */
+  onLeaderChange(fn: () => void): () => void {
+    this.#leaderListeners.add(fn);
+    return () => this.#leaderListeners.delete(fn);
+  }
+
+  /** Run a query on the local state (already known to be fresh enough by the caller). */
+  query(q: unknown): unknown {
+    return this.#applier.query(q);
+  }
+}
+
+const commandKey = (session: number, seq: number): string => `${session}:${seq}`;
