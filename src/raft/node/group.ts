@@ -1,0 +1,379 @@
+/**
+ * A Raft group as its user sees it on one node: commands, queries at three consistency levels, readiness, status.
+ * Any replica serves: a follower forwards proposals and ReadIndex requests to the leader and answers its caller
+ * once it has applied the entry itself (every replica computes every result).
+ *
+ * Commands apply exactly once (state-machine.ts): each handle is a client with its own session; a command keeps its
+ * sequence number across the retries made inside one call (after a lost forward, a leader change, a timeout of the
+ * retry interval), so a retry never applies twice. When a call's time runs out the outcome is unknown
+ * (TimeoutError.outcome 'unknown') unless the command was never handed to any leader.
+ */
+import {
+  ClosedError,
+  InvalidArgumentError,
+  LimitExceededError,
+  NoQuorumError,
+  NotLeaderError,
+  RebalancerError,
+  SessionExpiredError,
+  TimeoutError,
+} from '../../errors.js';
+import type { Outcome } from '../core.js';
+import type { Membership, MembershipChange, NodeId } from '../messages.js';
+import type { Timers } from '../transport/transport.js';
+import type { Replica } from './replica.js';
+import { commandOverheadBytes, encodeCommand, encodeRegister, NONCE_BYTES, type Codec } from './state-machine.js';
+
+export type Consistency = 'linearizable' | 'lease' | 'stale';
+
+export interface RequestOptions {
+  /** How long this call may take, from now (default: the group's requestTimeoutMs). */
+  readonly timeoutMs?: number;
+}
+
+export interface QueryOptions extends RequestOptions {
+  /**
+   * 'linearizable' (default): confirmed by a ReadIndex round; sees every command acknowledged before the call.
+   * 'lease': served by the leader from its lease without a round (leaseReads on the group; otherwise a round);
+   * on another replica: NotLeaderError with the leader's address. 'stale': this replica's state, at once, however
+   * far behind it is.
+   */
+  readonly consistency?: Consistency;
+}
+
+export interface GroupStatus {
+  readonly group: string;
+  readonly node: NodeId;
+  readonly role: 'follower' | 'preCandidate' | 'candidate' | 'leader';
+  readonly leader: NodeId | undefined;
+  readonly term: number;
+  readonly committed: number;
+  readonly applied: number;
+  readonly lastIndex: number;
+  readonly membership: Membership;
+  readonly quiesced: boolean;
+  readonly sessions: number;
+  /** Why this replica stopped (disk or state machine), if it did. */
+  readonly failed: RebalancerError | undefined;
+}
+
+/** What the node hands a group handle. */
+export interface GroupContext {
+  readonly replica: Replica;
+  readonly nodeId: NodeId;
+  readonly codec: Codec;
+  readonly timers: Timers;
+  readonly now: () => number;
+  readonly random: () => number;
+  readonly tickMs: number;
+  readonly electionTicks: number;
+  readonly requestTimeoutMs: number;
+  readonly maxCommandBytes: number;
+  readonly addressOf: (node: NodeId) => string | undefined;
+}
+
+export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
+  readonly name: string;
+  readonly #c: GroupContext;
+  #session: number | undefined;
+  #registering: Promise<number> | undefined;
+  #seq = 0;
+  readonly #outstanding = new Set<number>();
+  #reads = 0;
+
+  constructor(name: string, context: GroupContext) {
+    this.name = name;
+    this.#c = context;
+  }
+
+  /** Apply `command` once; resolves with the state machine's result. */
+  async command(command: C, options: RequestOptions = {}): Promise<R> {
+    const start = this.#c.now();
+    const deadline = start + this.#timeout(options);
+    const payload = this.#c.codec.encode(command);
+    const bytes = payload.byteLength + commandOverheadBytes;
+    if (bytes > this.#c.maxCommandBytes) {
+      throw new LimitExceededError(
+        'command bytes',
+        bytes,
+        this.#c.maxCommandBytes,
+        `raft group ${this.name}: a command of ${bytes} bytes (encoded) is above maxCommandBytes ` +
+          `(${this.#c.maxCommandBytes}); split it, or raise maxCommandBytes on every node`,
+      );
+    }
+    for (let attempt = 0; ; attempt++) {
+      const session = await this.#ensureSession(start, deadline);
+      try {
+        return (await this.#commandOnce(session, payload, start, deadline)) as R;
+      } catch (err) {
+        // Evicted session: the command was not applied; open a new session and go on (once).
+        if (err instanceof SessionExpiredError && attempt === 0) {
+          if (this.#session === session) this.#session = undefined;
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  async #commandOnce(session: number, payload: Uint8Array, start: number, deadline: number): Promise<unknown> {
+    const replica = this.#c.replica;
+    const seq = ++this.#seq;
+    this.#outstanding.add(seq);
+    const done = replica.waitCommand(session, seq);
+    try {
+      return await this.#drive('a command', start, deadline, done, 'unknown', () => {
+        let lowest = seq;
+        for (const s of this.#outstanding) if (s < lowest) lowest = s;
+        return replica.core.propose(encodeCommand(session, seq, lowest, payload));
+      });
+    } finally {
+      this.#outstanding.delete(seq);
+      replica.forgetCommand(session, seq);
+    }
+  }
+
+  /** Read the state machine with `query`. */
+  async query(query: Q, options: QueryOptions = {}): Promise<A> {
+    const consistency = options.consistency ?? 'linearizable';
+    if (!['linearizable', 'lease', 'stale'].includes(consistency)) {
+      throw new InvalidArgumentError(
+        `raft group ${this.name}: consistency must be 'linearizable', 'lease' or 'stale', got ${JSON.stringify(consistency)}`,
+      );
+    }
+    const replica = this.#c.replica;
+    this.#check();
+    if (consistency !== 'stale') {
+      if (consistency === 'lease' && replica.core.role !== 'leader') {
+        const lead = replica.core.lead;
+        throw new NotLeaderError(
+          this.name,
+          lead === '' ? undefined : { id: lead, address: this.#c.addressOf(lead) },
+          'a lease read',
+        );
+      }
+      await this.#barrier(options, consistency === 'lease');
+    }
+    return replica.query(query) as A;
+  }
+
+  /**
+   * Resolves once this replica can serve a linearizable read: a leader is elected and this replica has applied
+   * every entry committed before the call. Throws NoQuorumError or TimeoutError when that does not happen in time.
+   */
+  async ready(options: RequestOptions = {}): Promise<GroupStatus> {
+    await this.#barrier(options, false);
+    return this.status();
+  }
+
+  async #barrier(options: RequestOptions, lease: boolean): Promise<void> {
+    const start = this.#c.now();
+    const deadline = start + this.#timeout(options);
+    const replica = this.#c.replica;
+    const ctx = `${this.#c.nodeId}/${this.name}/${++this.#reads}/${Math.floor(this.#c.random() * 2 ** 32)}`;
+    const read = replica.waitRead(ctx);
+    let index: number;
+    try {
+      index = await this.#drive('a read', start, deadline, read, 'not-applied', () => replica.core.readIndex(ctx, lease));
+    } finally {
+      replica.forgetRead(ctx);
+    }
+    await this.#race(replica.waitApplied(index), deadline, () => {
+      throw new TimeoutError(this.name, `catching up to index ${index} for a read`, deadline - start, 'not-applied');
+    });
+  }
+
+  /** Propose one membership change and wait until it is applied here (one change at a time per group). */
+  async changeMembership(change: MembershipChange, options: RequestOptions = {}): Promise<Membership> {
+    const start = this.#c.now();
+    const deadline = start + this.#timeout(options);
+    const replica = this.#c.replica;
+    let index = 0;
+    const took = (): boolean => {
+      const m = replica.core.membership();
+      const voter = m.voters.includes(change.node);
+      const learner = m.learners.includes(change.node);
+      const shape = change.type === 'addVoter' ? voter : change.type === 'addLearner' ? learner : !voter && !learner;
+      return shape && index > 0 && replica.applied >= index;
+    };
+    await this.#drive('a membership change', start, deadline, waitFor(replica, took), 'unknown', () => {
+      const out = replica.core.changeMembership(change);
+      if (out.ok) index = Math.max(index, replica.core.log.lastIndex());
+      return out;
+    });
+    return replica.core.membership();
+  }
+
+  /** Ask the leader to hand leadership to `node` (returns when asked; watch status() for the change). */
+  transferLeadership(node: NodeId): void {
+    this.#check();
+    const out = this.#c.replica.core.transferLeadership(node);
+    this.#c.replica.process();
+    if (!out.ok) throw new NotLeaderError(this.name, undefined, 'a leadership transfer');
+  }
+
+  status(): GroupStatus {
+    const r = this.#c.replica;
+    const s = r.core.status();
+    return {
+      group: this.name,
+      node: this.#c.nodeId,
+      role: s.role,
+      leader: s.lead === '' ? undefined : s.lead,
+      term: s.term,
+      committed: s.committed,
+      applied: r.applied,
+      lastIndex: s.lastIndex,
+      membership: s.membership,
+      quiesced: s.quiesced,
+      sessions: r.sessions,
+      failed: r.failed,
+    };
+  }
+
+  // ---- internals ----
+
+  #timeout(options: RequestOptions): number {
+    const t = options.timeoutMs ?? this.#c.requestTimeoutMs;
+    if (!Number.isFinite(t) || t <= 0) {
+      throw new InvalidArgumentError(`raft group ${this.name}: timeoutMs must be a positive number of ms, got ${t}`);
+    }
+    return t;
+  }
+
+  #check(): void {
+    this.#c.replica.check(() => new ClosedError(`raft group ${this.name} on node ${this.#c.nodeId}`));
+  }
+
+  async #ensureSession(start: number, deadline: number): Promise<number> {
+    if (this.#session !== undefined) return this.#session;
+    if (this.#registering === undefined) {
+      this.#registering = this.#register(start, deadline).finally(() => {
+        this.#registering = undefined;
+      });
+    }
+    const id = await this.#registering;
+    this.#session = id;
+    return id;
+  }
+
+  async #register(start: number, deadline: number): Promise<number> {
+    const replica = this.#c.replica;
+    const nonce = new Uint8Array(NONCE_BYTES);
+    for (let i = 0; i < NONCE_BYTES; i++) nonce[i] = Math.floor(this.#c.random() * 256);
+    const key = Buffer.from(nonce).toString('hex');
+    const done = replica.waitRegister(key);
+    try {
+      return await this.#drive('opening a client session', start, deadline, done, 'not-applied', () =>
+        replica.core.propose(encodeRegister(nonce)),
+      );
+    } finally {
+      replica.forgetRegister(key);
+    }
+  }
+
+  /**
+   * Make `attempt` (a proposal or a read request) until `done` resolves: again after each leader change, after a
+   * retry interval (a forward may have been lost), or each tick while no leader is known. At the deadline:
+   * NoQuorumError when no leader was ever known during the call, else TimeoutError (`outcome` once something was
+   * handed to a leader: a command may still apply).
+   */
+  async #drive<T>(
+    what: string,
+    start: number,
+    deadline: number,
+    done: Promise<T>,
+    outcomeOnceSent: 'unknown' | 'not-applied',
+    attempt: () => Outcome,
+  ): Promise<T> {
+    const replica = this.#c.replica;
+    const c = this.#c;
+    let sent = false;
+    let sawLeader = false;
+    let settled = false;
+    let value: T | undefined;
+    let failure: unknown;
+    let wake: (() => void) | undefined;
+    done.then(
+      (v) => {
+        settled = true;
+        value = v;
+        wake?.();
+      },
+      (e: unknown) => {
+        settled = true;
+        failure = e;
+        wake?.();
+      },
+    );
+    const off = replica.onLeaderChange(() => wake?.());
+    try {
+      for (;;) {
+        if (settled) break;
+        this.#check();
+        replica.idleTicks = 0;
+        const out = attempt();
+        replica.process();
+        if (replica.core.lead !== '') sawLeader = true;
+        if (out.ok) sent = true;
+        else if (out.reason === 'too-large') {
+          throw new LimitExceededError('command bytes', 0, 0, `raft group ${this.name}: ${out.detail}`);
+        } else if (out.reason === 'invalid-membership-change') {
+          throw new InvalidArgumentError(`raft group ${this.name}: ${out.detail}`);
+        }
+        // Wait for the answer, a leader change, or the time to try again.
+        const retryMs = out.ok ? c.tickMs * c.electionTicks : c.tickMs;
+        const waitMs = Math.min(retryMs, deadline - c.now());
+        if (waitMs <= 0) break;
+        await new Promise<void>((resolve) => {
+          const timer = c.timers.setTimeout(() => {
+            wake = undefined;
+            resolve();
+          }, waitMs);
+          wake = () => {
+            wake = undefined;
+            c.timers.clearTimeout(timer);
+            resolve();
+          };
+        });
+        if (!settled && c.now() >= deadline) break;
+      }
+    } finally {
+      off();
+      wake = undefined;
+    }
+    if (settled) {
+      if (failure !== undefined) throw failure;
+      return value as T;
+    }
+    if (!sawLeader && replica.core.lead === '') throw new NoQuorumError(this.name, c.now() - start);
+    throw new TimeoutError(this.name, what, c.now() - start, sent ? outcomeOnceSent : 'not-applied');
+  }
+
+  async #race<T>(p: Promise<T>, deadline: number, onTimeout: () => never): Promise<T> {
+    const waitMs = deadline - this.#c.now();
+    if (waitMs <= 0) onTimeout();
+    let timer: unknown;
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = this.#c.timers.setTimeout(() => resolve('timeout'), waitMs);
+    });
+    try {
+      const r = await Promise.race([p, timeout]);
+      if (r === 'timeout') onTimeout();
+      return r as T;
+    } finally {
+      this.#c.timers.clearTimeout(timer);
+    }
+  }
+}
+
+/** A promise that resolves once `cond()` holds, checked at each leader change and apply (via the replica). */
+function waitFor(replica: Replica, cond: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = (): void => {
+      if (cond()) resolve();
+      else void replica.waitApplied(replica.applied + 1).then(check, () => resolve());
+    };
+    check();
+  });
+}

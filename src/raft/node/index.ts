@@ -1,0 +1,11 @@
+/** A Raft node and its groups (docs/raft.md, "Groups and state machines"). */
+export { RaftGroup, type Consistency, type GroupStatus, type QueryOptions, type RequestOptions } from './group.js';
+export {
+  RaftNode,
+  startRaftNode,
+  type GroupOptions,
+  type RaftNodeEvents,
+  type RaftNodeIo,
+  type RaftNodeOptions,
+} from './node.js';
+export { jsonCodec, type Codec, type StateMachine } from './state-machine.js';

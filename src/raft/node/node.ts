@@ -1,0 +1,387 @@
+/**
+ * A Raft node: one process's share of a Raft cluster. It owns one write-ahead log (every group's entries and hard
+ * state, group commit: one fdatasync per batch for all of them), one transport (one authenticated connection per
+ * peer node, carrying every group's messages), one ticker, and the replicas of the groups opened on it.
+ *
+ * Everything with a clock, a disk, a network or randomness is injected through `io` (real ones by default), so the
+ * simulator runs this very code on virtual time, a simulated disk and a simulated network (src/sim/raft.ts).
+ *
+ * Idle groups cost little: a leader whose group has been idle for `quiesceAfterTicks` stops heartbeating it
+ * (followers stop their election timers), and any request, message or a peer connection going down or up wakes it.
+ */
+import { ClosedError, InvalidArgumentError, invariant } from '../../errors.js';
+import { TypedEmitter, type ErrorEvent } from '../../events.js';
+import { OptionReader } from '../../options.js';
+import type { CoreOptions } from '../options.js';
+import type { Message, NodeId } from '../messages.js';
+import { Transport, tcpNetwork, type Network, type PeerAddress, type Timers, type TlsOptions } from '../transport/transport.js';
+import type { Disk } from '../wal/disk.js';
+import { FsDisk } from '../wal/fs-disk.js';
+import { Wal, type WalOptions } from '../wal/wal.js';
+import { RaftGroup } from './group.js';
+import { Replica } from './replica.js';
+import { jsonCodec, type Codec, type StateMachine } from './state-machine.js';
+
+/** What the simulator (or a test) injects instead of the real clock, disk, network and randomness. */
+export interface RaftNodeIo {
+  readonly disk?: Disk;
+  readonly network?: Network;
+  readonly timers?: Timers;
+  /** Monotonic milliseconds. */
+  readonly clock?: () => number;
+  readonly random?: () => number;
+  /** Every outgoing message goes through it (the simulator's message faults); `deliver` hands it to the transport. */
+  readonly send?: (to: NodeId, groupId: string, message: Message, deliver: () => void) => void;
+}
+
+export interface RaftNodeOptions {
+  /** This node's id: stable across restarts, the same in every other node's `peers`. */
+  readonly id: string;
+  /** Where this node's write-ahead log and snapshots live (created when missing). One process per directory. */
+  readonly dataDir?: string;
+  /** The address to listen on for peers, `host:port` (port 0: any free port). */
+  readonly listen: string;
+  /** Every other node of the cluster: id → `host:port`. */
+  readonly peers: Readonly<Record<string, string>>;
+  /** The cluster's shared secret (at least 16 bytes, the same on every node): peers prove they know it. */
+  readonly secret: string | Uint8Array;
+  /** The cluster's name (default 'rebalancer'): nodes of another cluster are refused even with the same secret. */
+  readonly cluster?: string;
+  /** Mutual TLS between nodes (PEM key, certificate and CA). */
+  readonly tls?: TlsOptions;
+  /** The Raft tick (default 100 ms). Election timeouts are electionTicks..2×electionTicks ticks. */
+  readonly tickMs?: number;
+  /** Default 10 (1–2 s with the default tick). */
+  readonly electionTicks?: number;
+  /** Default 1. */
+  readonly heartbeatTicks?: number;
+  /** A group idle for this many ticks stops heartbeating (default 2 × electionTicks). */
+  readonly quiesceAfterTicks?: number;
+  /** Default time of a command or query (default 5000 ms). */
+  readonly requestTimeoutMs?: number;
+  readonly wal?: WalOptions;
+  readonly io?: RaftNodeIo;
+}
+
+export interface GroupOptions<S, C, Q, R, A> {
+  /** The node ids of the group's voters when it is created (ignored once the group has state on this node). */
+  readonly members: readonly string[];
+  readonly stateMachine: StateMachine<S, C, Q, R, A>;
+  /** How commands, results and the session table become bytes (default JSON). */
+  readonly codec?: Codec;
+  /** Let the leader serve `consistency: 'lease'` reads from its lease (default false; see docs/raft.md). */
+  readonly leaseReads?: boolean;
+  /** Snapshot the state machine and compact the log every this many applied entries (default 10 000). */
+  readonly snapshotEntries?: number;
+  /** Client sessions remembered for exactly-once commands (default 10 000; least recently used go first). */
+  readonly maxSessions?: number;
+  /** The largest command, encoded (default 1 MiB). */
+  readonly maxCommandBytes?: number;
+  /** Default time of a command or query on this group (default: the node's). */
+  readonly requestTimeoutMs?: number;
+  /** Flow-control limits of the core (maxInflightMessages, maxUncommittedBytes, …; see src/raft/options.ts). */
+  readonly core?: Pick<
+    CoreOptions,
+    'maxMessageBytes' | 'maxInflightMessages' | 'maxInflightBytes' | 'maxUncommittedBytes' | 'maxApplyBytes' | 'snapshotChunkBytes'
+  >;
+}
+
+export interface RaftNodeEvents {
+  error: ErrorEvent;
+  /** A group's leader (as this node knows it) changed; `leader` undefined while none is known. */
+  leader: { readonly group: string; readonly leader: NodeId | undefined; readonly term: number };
+}
+
+const realTimers: Timers = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout> | undefined),
+};
+
+export function parseAddress(value: string, where: string): PeerAddress {
+  const m = /^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) {
+    throw new InvalidArgumentError(`${where} must be host:port (e.g. 127.0.0.1:7001), got ${JSON.stringify(value)}`);
+  }
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+interface Timing {
+  readonly tickMs: number;
+  readonly electionTicks: number;
+  readonly heartbeatTicks: number;
+  readonly quiesceAfterTicks: number;
+  readonly requestTimeoutMs: number;
+}
+
+const GROUP_NAME = /^[A-Za-z0-9._:/-]{1,100}$/;
+
+export class RaftNode extends TypedEmitter<RaftNodeEvents> {
+  readonly id: string;
+  readonly #wal: Wal;
+  readonly #transport: Transport;
+  readonly #timers: Timers;
+  readonly #clock: () => number;
+  readonly #random: () => number;
+  readonly #send: RaftNodeIo['send'];
+  readonly #peers: ReadonlyMap<string, string>;
+  readonly #replicas = new Map<string, Replica>();
+  readonly #o: Timing;
+  #ticker: unknown;
+  #closed = false;
+  /** Messages for groups not open here (yet), dropped: Raft retransmits. */
+  droppedMessages = 0;
+
+  private constructor(
+    id: string,
+    wal: Wal,
+    transport: Transport,
+    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send'>> & { send: RaftNodeIo['send'] | undefined },
+    peers: ReadonlyMap<string, string>,
+    o: Timing,
+  ) {
+    super();
+    this.id = id;
+    this.#wal = wal;
+    this.#transport = transport;
+    this.#timers = io.timers;
+    this.#clock = io.clock;
+    this.#random = io.random;
+    this.#send = io.send;
+    this.#peers = peers;
+    this.#o = o;
+  }
+
+  /** Open the log in `dataDir` (recovering it), listen for peers and start ticking. */
+  static async start(options: RaftNodeOptions): Promise<RaftNode> {
+    const r = new OptionReader(options, 'startRaftNode options');
+    const id = r.string('id', '', 256);
+    if (id === '') throw new InvalidArgumentError('startRaftNode options.id must be a non-empty string (this node)');
+    const dataDir = r.string('dataDir', undefined, 4096);
+    const listen = parseAddress(r.string('listen', '127.0.0.1:0'), 'startRaftNode options.listen');
+    const rawPeers = r.required<Record<string, string>>('peers', (v) =>
+      v !== null && typeof v === 'object' && !Array.isArray(v) ? undefined : "must be an object: node id → 'host:port'",
+    );
+    const secret = r.required<string | Uint8Array>('secret', (v) =>
+      typeof v === 'string' || v instanceof Uint8Array ? undefined : 'must be a string or bytes',
+    );
+    const cluster = r.string('cluster', 'rebalancer', 256);
+    const tls = r.optional<TlsOptions>('tls', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be { key, cert, ca }'));
+    const tickMs = r.integer('tickMs', 100, { min: 1, max: 60_000 });
+    const electionTicks = r.integer('electionTicks', 10, { min: 3, max: 10_000 });
+    const heartbeatTicks = r.integer('heartbeatTicks', 1, { min: 1, max: electionTicks - 1 });
+    const quiesceAfterTicks = r.integer('quiesceAfterTicks', 2 * electionTicks, { min: 1 });
+    const requestTimeoutMs = r.integer('requestTimeoutMs', 5000, { min: 1 });
+    const walOptions = r.optional<WalOptions>('wal', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be an object'));
+    const io = r.optional<RaftNodeIo>('io', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be an object')) ?? {};
+    r.done();
+    const peers = new Map<string, string>();
+    const peerAddresses: Record<string, PeerAddress> = {};
+    for (const [peer, addr] of Object.entries(rawPeers)) {
+      if (typeof addr !== 'string') {
+        throw new InvalidArgumentError(`startRaftNode options.peers.${peer} must be 'host:port', got ${typeof addr}`);
+      }
+      peerAddresses[peer] = parseAddress(addr, `startRaftNode options.peers.${peer}`);
+      peers.set(peer, addr);
+    }
+    if (io.disk === undefined && dataDir === undefined) {
+      throw new InvalidArgumentError('startRaftNode options.dataDir is required: the directory of this node\'s log');
+    }
+    const disk = io.disk ?? (await FsDisk.open(dataDir!));
+    const wal = await Wal.open(disk, walOptions ?? {});
+    const timers = io.timers ?? realTimers;
+    const random = io.random ?? Math.random;
+    const clock = io.clock ?? (() => performance.now());
+    let node: RaftNode | undefined;
+    let transport: Transport;
+    try {
+      transport = await Transport.start({
+        id,
+        clusterId: cluster,
+        secret,
+        listen,
+        peers: peerAddresses,
+        onMessage: (from, groupId, m) => {
+          if (node !== undefined) node.#receive(from, groupId, m);
+        },
+        onError: (e) => node?.reportError(e, 'raft transport'),
+        onPeerState: (peer) => {
+          if (node !== undefined) node.#wakeLedBy(peer);
+        },
+        random,
+        timers,
+        ...(tls !== undefined ? { tls } : {}),
+        network: io.network ?? tcpNetwork(),
+      });
+    } catch (err) {
+      await wal.close();
+      throw err;
+    }
+    node = new RaftNode(id, wal, transport, { timers, clock, random, send: io.send }, peers, {
+      tickMs,
+      electionTicks,
+      heartbeatTicks,
+      quiesceAfterTicks,
+      requestTimeoutMs,
+    });
+    node.#schedule();
+    return node;
+  }
+
+  /** The port peers reach this node on (useful with listen port 0). */
+  get port(): number {
+    return this.#transport.port;
+  }
+
+  /** The groups this node has state for in its log (open them again after a restart). */
+  storedGroups(): string[] {
+    return this.#wal.groups();
+  }
+
+  /**
+   * Open (create, or recover from the log) this node's replica of group `name`. Open it on every member node with
+   * the same `members` and an equivalent state machine.
+   */
+  openGroup<S, C, Q, R, A>(name: string, options: GroupOptions<S, C, Q, R, A>): RaftGroup<C, Q, R, A> {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (typeof name !== 'string' || !GROUP_NAME.test(name)) {
+      throw new InvalidArgumentError(
+        `a raft group name must be 1–100 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
+      );
+    }
+    if (this.#replicas.has(name)) throw new InvalidArgumentError(`raft group ${name} is already open on ${this.id}`);
+    const r = new OptionReader(options, `openGroup(${name}) options`);
+    const members = r.stringList('members', []);
+    if (members.length === 0) throw new InvalidArgumentError(`openGroup(${name}) options.members must list the voters`);
+    for (const m of members) {
+      if (m !== this.id && !this.#peers.has(m)) {
+        throw new InvalidArgumentError(`openGroup(${name}): member ${m} is neither this node nor one of its peers`);
+      }
+    }
+    const stateMachine = r.required<StateMachine<S, C, Q, R, A>>('stateMachine', (v) =>
+      v !== null &&
+      typeof v === 'object' &&
+      ['initial', 'command', 'query', 'snapshot', 'restore'].every((k) => typeof (v as Record<string, unknown>)[k] === 'function')
+        ? undefined
+        : 'must be { initial, command, query, snapshot, restore } (functions)',
+    );
+    const codec = r.optional<Codec>('codec', (v) =>
+      v !== null && typeof v === 'object' && typeof (v as Codec).encode === 'function' && typeof (v as Codec).decode === 'function'
+        ? undefined
+        : 'must be { encode, decode }',
+    ) ?? jsonCodec;
+    const leaseReads = r.boolean('leaseReads', false);
+    const snapshotEntries = r.integer('snapshotEntries', 10_000, { min: 1 });
+    const maxSessions = r.integer('maxSessions', 10_000, { min: 1 });
+    const maxCommandBytes = r.integer('maxCommandBytes', 1 << 20, { min: 64, max: 64 << 20 });
+    const requestTimeoutMs = r.integer('requestTimeoutMs', this.#o.requestTimeoutMs, { min: 1 });
+    const core = r.optional<GroupOptions<S, C, Q, R, A>['core']>('core', (v) =>
+      v !== null && typeof v === 'object' ? undefined : 'must be an object',
+    );
+    r.done();
+    const storage = this.#wal.group(name, { voters: [...new Set(members)], learners: [] });
+    const replica = new Replica({
+      nodeId: this.id,
+      groupId: name,
+      storage,
+      stateMachine: stateMachine as StateMachine<unknown, unknown, unknown, unknown>,
+      codec,
+      maxSessions,
+      snapshotEntries,
+      core: {
+        ...(core ?? {}),
+        random: this.#random,
+        electionTicks: this.#o.electionTicks,
+        heartbeatTicks: this.#o.heartbeatTicks,
+        readMode: leaseReads ? 'lease' : 'safe',
+        maxProposalBytes: maxCommandBytes,
+      },
+      send: (m) => this.#sendOut(name, m),
+      onChange: (rep) => this.#changed(rep),
+      onError: (error, context) => this.reportError(error, context),
+    });
+    this.#replicas.set(name, replica);
+    replica.process();
+    return new RaftGroup<C, Q, R, A>(name, {
+      replica,
+      nodeId: this.id,
+      codec,
+      timers: this.#timers,
+      now: this.#clock,
+      random: this.#random,
+      tickMs: this.#o.tickMs,
+      electionTicks: this.#o.electionTicks,
+      requestTimeoutMs,
+      maxCommandBytes,
+      addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
+    });
+  }
+
+  /** Stop ticking, fail pending requests with ClosedError, close the transport and the log. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#timers.clearTimeout(this.#ticker);
+    for (const r of this.#replicas.values()) r.close(new ClosedError(`raft node ${this.id}`));
+    await this.#transport.close();
+    await this.#wal.close();
+  }
+
+  // ---- internals ----
+
+  #schedule(): void {
+    this.#ticker = this.#timers.setTimeout(() => {
+      if (this.#closed) return;
+      this.#tick();
+      this.#schedule();
+    }, this.#o.tickMs);
+  }
+
+  #tick(): void {
+    for (const r of this.#replicas.values()) {
+      r.tick();
+      if (r.core.role === 'leader' && !r.core.quiesced && r.idleTicks >= this.#o.quiesceAfterTicks && r.core.quiesce()) {
+        r.process();
+      }
+    }
+  }
+
+  #receive(from: string, groupId: string, m: Message): void {
+    if (this.#closed) return;
+    const r = this.#replicas.get(groupId);
+    if (r === undefined || m.to !== this.id || m.from !== from) {
+      this.droppedMessages++;
+      return;
+    }
+    r.step(m);
+  }
+
+  #sendOut(groupId: string, m: Message): void {
+    invariant(m.from === this.id, () => `node ${this.id} sending a message from ${m.from}`);
+    if (this.#closed) return;
+    const deliver = (): void => {
+      if (!this.#closed) this.#transport.send(m.to, groupId, m);
+    };
+    if (this.#send !== undefined) this.#send(m.to, groupId, m, deliver);
+    else deliver();
+  }
+
+  /** A peer's connection went down or came (back) up: quiesced groups it led must watch their leader again. */
+  #wakeLedBy(peer: string): void {
+    for (const r of this.#replicas.values()) {
+      if (r.core.quiesced && r.core.lead === peer) {
+        r.core.wake();
+        r.process();
+      }
+    }
+  }
+
+  #changed(r: Replica): void {
+    this.emit('leader', { group: r.groupId, leader: r.lead === '' ? undefined : r.lead, term: r.core.term });
+  }
+}
+
+/** Start a Raft node (see RaftNodeOptions): `const node = await startRaftNode({ id, dataDir, listen, peers, secret })`. */
+export function startRaftNode(options: RaftNodeOptions): Promise<RaftNode> {
+  return RaftNode.start(options);
+}
