@@ -182,7 +182,9 @@ export class Wal {
       if (entries.length > 0) records.push({ type: RecordType.Entries, group: g.id, entries });
       if (p.hardState !== undefined) {
         // Mutant: the vote never reaches the disk (the in-memory Storage still shows it until a restart).
-        const hardState = this.#opts.mutants.has('raft-vote-not-persisted') ? { ...p.hardState, vote: '' } : p.hardState;
+        const hardState = this.#opts.mutants.has('raft-vote-not-persisted')
+          ? { ...p.hardState, vote: '' }
+          : p.hardState;
         records.push({ type: RecordType.HardState, group: g.id, hardState });
       }
       if (records.length === 0) return;
