@@ -360,19 +360,21 @@ export class ListenerError extends RebalancerError {
 
 /**
  * A Raft transport peer sent bytes that are not a frame of ours (a bad length, an unknown type, a field past its
- * frame's end). The stream cannot be resynchronised: the connection is closed (the peer may reconnect).
+ * frame's end). The stream cannot be resynchronised: the connection is closed (the peer may reconnect). With
+ * `dropped`, a well-formed frame carried a message the peer may not send (one whose `from` is not the
+ * authenticated peer, or whose `to` is not this node): that message was dropped and the connection stays up.
  */
 export class TransportFrameError extends RebalancerError {
   /** The peer's node id (or address, before it authenticated), when known. */
   readonly peer: string | undefined;
   /** What was wrong with the frame. */
   readonly reason: string;
-  constructor(message: string, options?: { cause?: unknown; peer?: string }) {
+  constructor(message: string, options?: { cause?: unknown; peer?: string; dropped?: boolean }) {
     super(
       'CORRUPT_DATA',
       `raft transport: ${options?.peer === undefined ? 'a peer' : `peer ${options.peer}`} sent an invalid frame ` +
-        `(${message}); the connection was closed. Check that every node runs the same Rebalancer version and that ` +
-        'nothing else connects to the raft port',
+        `(${message}); ${options?.dropped === true ? 'the message was dropped' : 'the connection was closed'}. ` +
+        'Check that every node runs the same Rebalancer version and that nothing else connects to the raft port',
       options,
     );
     this.peer = options?.peer;

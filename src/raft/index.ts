@@ -7,3 +7,4 @@ export { RaftLog, type Storage } from './log.js';
 export { MemoryStorage } from './memory-storage.js';
 export type { CoreOptions } from './options.js';
 export * from './messages.js';
+export { NO_RAFT_MUTANTS, RAFT_MUTANTS, isRaftMutantName, type RaftMutantName, type RaftMutants } from './mutants.js';

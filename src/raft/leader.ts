@@ -152,7 +152,8 @@ export class Leader {
         continue;
       }
       const log = core.log;
-      if (this.#pendingMembershipIndex > log.committed) {
+      // Mutant: a second change while the first is uncommitted (two changes apart: disjoint majorities).
+      if (this.#pendingMembershipIndex > log.committed && !core.opts.mutants.has('raft-membership-before-safe')) {
         return {
           ok: false,
           reason: 'membership-pending',
@@ -198,7 +199,9 @@ export class Leader {
     const core = this.#core;
     const index = quorumIndex(core.membership().voters, (id) => this.progress.get(id)?.match ?? 0);
     // Only an entry of the current term is committed by counting replicas; earlier ones follow it (§5.4.2).
-    if (!core.log.maybeCommit(index, core.term)) return;
+    // Mutant: any entry a majority holds is committed (figure 8 of the Raft paper: it can then be overwritten).
+    const term = core.opts.mutants.has('raft-commit-by-counting') ? (core.log.term(index) ?? core.term) : core.term;
+    if (!core.log.maybeCommit(index, term)) return;
     for (const r of this.#reads.takeWaiting()) this.readIndex(r.from, r.ctx);
     this.#broadcastAppend();
     if (core.log.committed >= core.log.membershipIndex()) {
@@ -346,7 +349,8 @@ export class Leader {
       this.#answerRead(from, ctx, log.committed);
       return;
     }
-    if (lease && this.#leaseValid()) {
+    // Mutant: answered at once, as if leadership were confirmed (a deposed leader serves stale reads).
+    if ((lease && this.#leaseValid()) || core.opts.mutants.has('raft-read-without-readindex')) {
       this.#answerRead(from, ctx, log.committed);
       return;
     }

@@ -3,6 +3,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { OptionReader } from '../options.js';
 import type { Storage } from './log.js';
 import type { NodeId } from './messages.js';
+import { NO_RAFT_MUTANTS, checkRaftMutants, type RaftMutants } from './mutants.js';
 
 export interface CoreOptions {
   /** This replica's id in the group. */
@@ -51,6 +52,8 @@ export interface CoreOptions {
    * not keep a group's leadership (default electionTicks).
    */
   readonly persistStallTicks?: number;
+  /** Deliberately broken variants, for the simulator and its tests only (mutants.ts; default none). */
+  readonly mutants?: RaftMutants;
 }
 
 export interface ResolvedOptions {
@@ -72,6 +75,7 @@ export interface ResolvedOptions {
   readonly maxApplyBytes: number;
   readonly snapshotChunkBytes: number;
   readonly persistStallTicks: number;
+  readonly mutants: RaftMutants;
 }
 
 const MIB = 1024 * 1024;
@@ -107,6 +111,7 @@ export function readCoreOptions(options: CoreOptions): ResolvedOptions {
   const maxApplyBytes = r.integer('maxApplyBytes', 16 * MIB, { min: 1 });
   const snapshotChunkBytes = r.integer('snapshotChunkBytes', MIB, { min: 1 });
   const persistStallTicks = r.integer('persistStallTicks', electionTicks, { min: 1 });
+  const mutants = r.optional<RaftMutants>('mutants', checkRaftMutants) ?? NO_RAFT_MUTANTS;
   r.done();
   return {
     id,
@@ -127,5 +132,6 @@ export function readCoreOptions(options: CoreOptions): ResolvedOptions {
     maxApplyBytes,
     snapshotChunkBytes,
     persistStallTicks,
+    mutants,
   };
 }

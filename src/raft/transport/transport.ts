@@ -123,6 +123,8 @@ export interface PeerStats extends PeerQueueStats {
   /** Snapshot chunks written (they go at a lower priority than every other message). */
   readonly sentSnapshotChunks: number;
   readonly receivedMessages: number;
+  /** Messages received whose `from` was not the peer or whose `to` was not this node (dropped, not delivered). */
+  readonly droppedMisaddressed: number;
   /** Connections (dialed or accepted) that authenticated. */
   readonly connections: number;
 }
@@ -522,6 +524,7 @@ interface Peer {
   sentFrames: number;
   sentSnapshotChunks: number;
   receivedMessages: number;
+  droppedMisaddressed: number;
   connections: number;
 }
 
@@ -553,6 +556,7 @@ export class Transport {
         sentFrames: 0,
         sentSnapshotChunks: 0,
         receivedMessages: 0,
+        droppedMisaddressed: 0,
         connections: 0,
       });
     }
@@ -595,6 +599,7 @@ export class Transport {
       sentFrames: p.sentFrames,
       sentSnapshotChunks: p.sentSnapshotChunks,
       receivedMessages: p.receivedMessages,
+      droppedMisaddressed: p.droppedMisaddressed,
       connections: p.connections,
     };
   }
@@ -630,6 +635,21 @@ export class Transport {
     const p = this.#peers.get(from)!;
     p.receivedMessages += envs.length;
     for (const e of envs) {
+      const { from: claimed, to } = e.message;
+      if (claimed !== from || to !== this.options.id) {
+        // An authenticated peer speaks for itself only, to us only: a message it claims another node sent (a vote
+        // in that node's name) or meant for another node must not reach a core. Dropped; reported once per peer.
+        p.droppedMisaddressed++;
+        const why = claimed !== from ? `from ${JSON.stringify(claimed)}` : `to ${JSON.stringify(to)}`;
+        this.report(
+          from,
+          new TransportFrameError(`a message ${why} on the connection of ${from} to ${this.options.id}`, {
+            peer: from,
+            dropped: true,
+          }),
+        );
+        continue;
+      }
       try {
         this.options.onMessage(from, e.groupId, e.message);
       } catch (err) {

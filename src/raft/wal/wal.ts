@@ -21,6 +21,7 @@ import { OptionReader } from '../../options.js';
 import type { Storage } from '../log.js';
 import { MemoryStorage } from '../memory-storage.js';
 import type { Entry, HardState, Membership, Snapshot } from '../messages.js';
+import { NO_RAFT_MUTANTS, checkRaftMutants, type RaftMutants } from '../mutants.js';
 import type { Disk } from './disk.js';
 import { encodeRecords, RecordType, scanSegment, type Record } from './format.js';
 import { decodeSnapshotFile, encodeSnapshotFile, type SnapshotKind } from './snapshot-file.js';
@@ -30,6 +31,11 @@ export interface WalOptions {
   readonly segmentBytes?: number;
   /** How many snapshot files to keep per group (default 2: the newest, and the one before in case). */
   readonly keepSnapshots?: number;
+  /**
+   * Deliberately broken variants, for the simulator and its tests only (src/raft/mutants.ts; default none). The log
+   * acts on 'raft-ack-before-fsync' and 'raft-vote-not-persisted'; the others are the core's.
+   */
+  readonly mutants?: RaftMutants;
 }
 
 /** What one Ready asks to make durable, for one group. */
@@ -88,8 +94,9 @@ function readOptions(options: WalOptions): Required<WalOptions> {
   const r = new OptionReader(options, 'raft log options');
   const segmentBytes = r.integer('segmentBytes', 64 << 20, { min: 4096, max: 2 ** 31 });
   const keepSnapshots = r.integer('keepSnapshots', 2, { min: 1, max: 100 });
+  const mutants = r.optional<RaftMutants>('mutants', checkRaftMutants) ?? NO_RAFT_MUTANTS;
   r.done();
-  return { segmentBytes, keepSnapshots };
+  return { segmentBytes, keepSnapshots, mutants };
 }
 
 function emptyBatch(): Batch {
@@ -173,7 +180,13 @@ export class Wal {
         records.push({ type: RecordType.Install, group: g.id, index: snap.meta.index, term: snap.meta.term });
       const entries = p.entries ?? [];
       if (entries.length > 0) records.push({ type: RecordType.Entries, group: g.id, entries });
-      if (p.hardState !== undefined) records.push({ type: RecordType.HardState, group: g.id, hardState: p.hardState });
+      if (p.hardState !== undefined) {
+        // Mutant: the vote never reaches the disk (the in-memory Storage still shows it until a restart).
+        const hardState = this.#opts.mutants.has('raft-vote-not-persisted')
+          ? { ...p.hardState, vote: '' }
+          : p.hardState;
+        records.push({ type: RecordType.HardState, group: g.id, hardState });
+      }
       if (records.length === 0) return;
       const hs = p.hardState;
       await this.#enqueue(records, () => {
@@ -245,6 +258,9 @@ export class Wal {
       note(active, records);
       await this.#disk.append(active.name, bytes);
       active.bytes += bytes.byteLength;
+      // Mutant: acknowledged while the batch is only in the page cache (a power loss now loses acked writes).
+      const early = this.#opts.mutants.has('raft-ack-before-fsync');
+      if (early) acknowledge(batch);
       await this.#disk.sync(active.name);
       if (rolled) {
         await this.#disk.syncDir();
@@ -253,15 +269,7 @@ export class Wal {
       this.stats.batches++;
       this.stats.records += records.length;
       this.stats.bytes += bytes.byteLength;
-      // Durable: show it in each group's Storage (a bug there fails that persist alone, as an InvariantError).
-      batch.apply.forEach((apply, i) => {
-        try {
-          apply();
-          batch.waiters[i]!.resolve();
-        } catch (e) {
-          batch.waiters[i]!.reject(e);
-        }
-      });
+      if (!early) acknowledge(batch);
     } catch (e) {
       this.#failed ??=
         e instanceof DiskFailedError
@@ -284,7 +292,9 @@ export class Wal {
   #checkpoint(): Record[] {
     const out: Record[] = [];
     for (const g of this.#groups.values()) {
-      const hs = g.mem.hardState();
+      const durable = g.mem.hardState();
+      // Mutant: as in persist(), the vote stays off the disk.
+      const hs = this.#opts.mutants.has('raft-vote-not-persisted') ? { ...durable, vote: '' } : durable;
       if (hs.term > 0 || hs.commit > 0 || hs.vote !== '')
         out.push({ type: RecordType.HardState, group: g.id, hardState: hs });
     }
@@ -508,6 +518,18 @@ export class Wal {
       this.#groups.set(id, { id, mem, opened: undefined, kind: r.kind, files, busy: false });
     }
   }
+}
+
+/** A batch is durable: show it in each group's Storage (a bug there fails that persist alone, as an InvariantError). */
+function acknowledge(batch: Batch): void {
+  batch.apply.forEach((apply, i) => {
+    try {
+      apply();
+      batch.waiters[i]!.resolve();
+    } catch (e) {
+      batch.waiters[i]!.reject(e);
+    }
+  });
 }
 
 /** Record in a segment's summary what `records` hold (for deleting it once snapshots cover it). */

@@ -156,6 +156,27 @@ describe('raft transport on loopback', () => {
     await waitFor(() => b.got.length === 1, 'the real peer');
   });
 
+  it('drops a message whose from is not the authenticated peer, or whose to is not this node, reported once', async () => {
+    nodes = await startCluster(['a', 'b']);
+    const [a, b] = nodes as [Node, Node];
+    a.t.send('b', 'g', heartbeat('c', 'b', 1)); // a speaks in c's name (a forged vote would look the same)
+    a.t.send('b', 'g', heartbeat('a', 'c', 2)); // meant for another node
+    a.t.send('b', 'g', { type: 'vote', from: 'c', to: 'b', term: 9, index: 0, logTerm: 0, transfer: false });
+    a.t.send('b', 'g', heartbeat('a', 'b', 3)); // well addressed: delivered
+    await waitFor(() => b.got.length === 1, 'the well-addressed message');
+    await new Promise((r) => setTimeout(r, 50)); // nothing else arrives
+    expect(b.got.map((r) => (r.message as { round: number }).round)).toEqual([3]);
+    expect(b.t.stats('a')).toMatchObject({ droppedMisaddressed: 3, receivedMessages: 4, connections: 1 });
+    expect(b.errors).toHaveLength(1);
+    expect(b.errors[0]).toBeInstanceOf(TransportFrameError);
+    expect((b.errors[0] as TransportFrameError).peer).toBe('a');
+    expect(b.errors[0]!.message).toMatch(/a message from "c" on the connection of a to b\); the message was dropped/);
+    // The connection stays up.
+    a.t.send('b', 'g', heartbeat('a', 'b', 4));
+    await waitFor(() => b.got.length === 2, 'a later message');
+    expect(b.t.stats('a').connections).toBe(1);
+  });
+
   it('drops messages when a peer queue is full, counts them, and never grows past the bound', async () => {
     // b is never started: a's queue to it fills.
     nodes = [
