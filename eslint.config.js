@@ -39,9 +39,13 @@ export default tseslint.config(
   ...layer(['src/options.ts'], [...above('options'), '**/store/**'], 'options.ts imports only errors.ts'),
   ...layer(
     ['src/raft/*.ts'],
-    [...above('options'), 'node:*', '**/wal/**'],
+    [...above('options'), 'node:*', '**/wal/**', '**/transport/**', '**/node/**'],
     'the Raft core is pure: it imports only errors.ts and options.ts',
   ),
+  // The public entry rebalancer/raft re-exports the node: it is the one file of src/raft/ above the core.
+  ...layer(['src/raft/api.ts'], above('options'), 'the rebalancer/raft entry'),
+  ...layer(['src/raft/transport/**'], [...above('options'), '**/wal/**', '**/node/**'], 'the Raft transport'),
+  ...layer(['src/raft/node/**'], above('options'), 'the Raft node: core, log, transport, errors, options, events'),
   ...layer(['src/raft/wal/**'], above('options'), 'the Raft log: the core, errors.ts, options.ts and node:'),
   ...layer(['src/placement/**'], [...above('placement'), '**/store/**', '**/protocol/**'], 'placement is pure'),
   ...layer(['src/store/**'], [...above('store'), '**/placement/**', '**/protocol/**'], 'the store contract'),

@@ -13,6 +13,7 @@ import { ClosedError, InvalidArgumentError, invariant } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import type { CoreOptions } from '../options.js';
+import { NO_RAFT_MUTANTS, type RaftMutants } from '../mutants.js';
 import type { Message, NodeId } from '../messages.js';
 import { Transport, tcpNetwork, type Network, type PeerAddress, type Timers, type TlsOptions } from '../transport/transport.js';
 import type { Disk } from '../wal/disk.js';
@@ -32,6 +33,8 @@ export interface RaftNodeIo {
   readonly random?: () => number;
   /** Every outgoing message goes through it (the simulator's message faults); `deliver` hands it to the transport. */
   readonly send?: (to: NodeId, groupId: string, message: Message, deliver: () => void) => void;
+  /** Deliberately broken variants (the simulator's `--mutant`); never in production. */
+  readonly mutants?: RaftMutants;
 }
 
 export interface RaftNodeOptions {
@@ -124,6 +127,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #clock: () => number;
   readonly #random: () => number;
   readonly #send: RaftNodeIo['send'];
+  readonly #mutants: RaftMutants;
   readonly #peers: ReadonlyMap<string, string>;
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
@@ -136,7 +140,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     id: string,
     wal: Wal,
     transport: Transport,
-    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send'>> & { send: RaftNodeIo['send'] | undefined },
+    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send' | 'mutants'>> & { send: RaftNodeIo['send'] | undefined },
+    mutants: RaftMutants,
     peers: ReadonlyMap<string, string>,
     o: Timing,
   ) {
@@ -148,6 +153,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#clock = io.clock;
     this.#random = io.random;
     this.#send = io.send;
+    this.#mutants = mutants;
     this.#peers = peers;
     this.#o = o;
   }
@@ -188,11 +194,13 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       throw new InvalidArgumentError('startRaftNode options.dataDir is required: the directory of this node\'s log');
     }
     const disk = io.disk ?? (await FsDisk.open(dataDir!));
-    const wal = await Wal.open(disk, walOptions ?? {});
+    const mutants = io.mutants ?? NO_RAFT_MUTANTS;
+    const wal = await Wal.open(disk, { ...(walOptions ?? {}), ...(mutants.size > 0 ? { mutants } : {}) });
     const timers = io.timers ?? realTimers;
     const random = io.random ?? Math.random;
     const clock = io.clock ?? (() => performance.now());
-    let node: RaftNode | undefined;
+    // The transport starts before the node exists: its callbacks reach the node through this holder.
+    const holder: { node?: RaftNode } = {};
     let transport: Transport;
     try {
       transport = await Transport.start({
@@ -202,11 +210,11 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         listen,
         peers: peerAddresses,
         onMessage: (from, groupId, m) => {
-          if (node !== undefined) node.#receive(from, groupId, m);
+          if (holder.node !== undefined) holder.node.#receive(from, groupId, m);
         },
-        onError: (e) => node?.reportError(e, 'raft transport'),
+        onError: (e) => holder.node?.reportError(e, 'raft transport'),
         onPeerState: (peer) => {
-          if (node !== undefined) node.#wakeLedBy(peer);
+          if (holder.node !== undefined) holder.node.#wakeLedBy(peer);
         },
         random,
         timers,
@@ -217,13 +225,14 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       await wal.close();
       throw err;
     }
-    node = new RaftNode(id, wal, transport, { timers, clock, random, send: io.send }, peers, {
+    const node = new RaftNode(id, wal, transport, { timers, clock, random, send: io.send }, mutants, peers, {
       tickMs,
       electionTicks,
       heartbeatTicks,
       quiesceAfterTicks,
       requestTimeoutMs,
     });
+    holder.node = node;
     node.#schedule();
     return node;
   }
@@ -295,6 +304,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         heartbeatTicks: this.#o.heartbeatTicks,
         readMode: leaseReads ? 'lease' : 'safe',
         maxProposalBytes: maxCommandBytes,
+        ...(this.#mutants.size > 0 ? { mutants: this.#mutants } : {}),
       },
       send: (m) => this.#sendOut(name, m),
       onChange: (rep) => this.#changed(rep),

@@ -1,0 +1,163 @@
+/**
+ * Three Raft nodes in this process, over loopback TCP, each with its own data directory: commands apply once on
+ * every replica, any replica serves, reads at each consistency, restarts recover from disk, bad input is refused.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  InvalidArgumentError,
+  LimitExceededError,
+  NoQuorumError,
+  NotLeaderError,
+  StateMachineError,
+  startRaftNode,
+  type RaftGroup,
+  type RaftNode,
+} from '../../src/raft/api.js';
+import { allocatePorts } from '../harness/ports.js';
+import { releasePort } from '../harness/processes.js';
+import { kvStateMachine, type KvCommand, type KvQuery } from './kv.js';
+
+const SECRET = 'a test secret of enough bytes';
+const IDS = ['n1', 'n2', 'n3'];
+type Kv = RaftGroup<KvCommand, KvQuery, string | null, string | null>;
+
+interface Cluster {
+  dirs: Record<string, string>;
+  ports: Record<string, number>;
+  nodes: Map<string, RaftNode>;
+}
+
+let clusters: Cluster[] = [];
+afterEach(async () => {
+  for (const c of clusters) {
+    for (const n of c.nodes.values()) await n.close();
+    for (const d of Object.values(c.dirs)) await rm(d, { recursive: true, force: true });
+    for (const p of Object.values(c.ports)) releasePort(p);
+  }
+  clusters = [];
+});
+
+async function cluster(): Promise<Cluster> {
+  const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
+  const ports = await allocatePorts(IDS.length);
+  for (const [i, id] of IDS.entries()) {
+    c.dirs[id] = await mkdtemp(join(tmpdir(), `raft-${id}-`));
+    c.ports[id] = ports[i]!;
+  }
+  clusters.push(c);
+  await Promise.all(IDS.map((id) => start(c, id)));
+  return c;
+}
+
+async function start(c: Cluster, id: string): Promise<RaftNode> {
+  const node = await startRaftNode({
+    id,
+    dataDir: c.dirs[id]!,
+    listen: `127.0.0.1:${c.ports[id]}`,
+    peers: Object.fromEntries(IDS.filter((p) => p !== id).map((p) => [p, `127.0.0.1:${c.ports[p]}`])),
+    secret: SECRET,
+    tickMs: 20,
+    electionTicks: 10,
+  });
+  c.nodes.set(id, node);
+  return node;
+}
+
+function open(node: RaftNode, opts: { snapshotEntries?: number } = {}): Kv {
+  return node.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), ...opts });
+}
+
+describe('raft nodes on loopback', () => {
+  it('elect a leader; commands from every node apply once everywhere; reads see them', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await Promise.all(groups.map((g) => g.ready({ timeoutMs: 10_000 })));
+    const leaders = groups.map((g) => g.status().leader);
+    expect(new Set(leaders).size).toBe(1);
+    for (let i = 0; i < 30; i++) {
+      const g = groups[i % 3]!;
+      await g.command({ op: 'append', key: 'k', value: String(i % 10) });
+    }
+    const expected = Array.from({ length: 30 }, (_, i) => String(i % 10)).join('');
+    for (const g of groups) expect(await g.query({ op: 'get', key: 'k' })).toBe(expected);
+    // Stale reads on a follower are served from its own state at once.
+    const follower = groups.find((g) => g.status().role !== 'leader')!;
+    await expect(follower.query({ op: 'get', key: 'missing' }, { consistency: 'stale' })).resolves.toBeNull();
+    // Lease reads need the leader: a follower says where it is.
+    const err = await follower.query({ op: 'get', key: 'k' }, { consistency: 'lease' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NotLeaderError);
+    expect((err as NotLeaderError).leaderHint?.id).toBe(leaders[0]);
+    expect((err as NotLeaderError).leaderHint?.address).toBe(`127.0.0.1:${c.ports[leaders[0]!]}`);
+    const leader = groups.find((g) => g.status().role === 'leader')!;
+    expect(await leader.query({ op: 'get', key: 'k' }, { consistency: 'lease' })).toBe(expected);
+  }, 30_000);
+
+  it('in flight together, 200 commands apply exactly once each; a restarted node recovers them from disk', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!, { snapshotEntries: 50 }));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await Promise.all(
+      Array.from({ length: 200 }, (_, i) => groups[i % 3]!.command({ op: 'append', key: `k${i % 7}`, value: 'x' })),
+    );
+    const lengths = async (g: Kv): Promise<number[]> =>
+      Promise.all(Array.from({ length: 7 }, async (_, k) => (await g.query({ op: 'get', key: `k${k}` }))!.length));
+    const want = Array.from({ length: 7 }, (_, k) => Math.floor(200 / 7) + (k < 200 % 7 ? 1 : 0));
+    expect(await lengths(groups[1]!)).toEqual(want);
+    // Restart n2 from its data directory: it replays snapshot + log and serves the same state.
+    await c.nodes.get('n2')!.close();
+    const n2 = await start(c, 'n2');
+    expect(n2.storedGroups()).toEqual(['kv']);
+    const again = open(n2, { snapshotEntries: 50 });
+    await again.ready({ timeoutMs: 10_000 });
+    expect(await lengths(again)).toEqual(want);
+  }, 30_000);
+
+  it('a group without a majority: NoQuorumError, nothing applied', async () => {
+    const c = await cluster();
+    const g1 = open(c.nodes.get('n1')!);
+    // Only n1 opened the group: no peer answers for it.
+    const err = await g1.command({ op: 'put', key: 'a', value: '1' }, { timeoutMs: 800 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NoQuorumError);
+    expect(g1.status().applied).toBe(0);
+  }, 30_000);
+
+  it('bad input: oversized commands, bad options, a throwing state machine stops the replica', async () => {
+    const c = await cluster();
+    const n1 = c.nodes.get('n1')!;
+    expect(() => n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never)).toThrow(
+      /did you mean "snapshotEntries"/,
+    );
+    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(InvalidArgumentError);
+    expect(() => n1.openGroup('kv2', { members: ['n9'], stateMachine: kvStateMachine() })).toThrow(/neither this node/);
+    const groups = IDS.map((id) =>
+      c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), maxCommandBytes: 1024 }),
+    );
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await expect(groups[0]!.command({ op: 'put', key: 'a', value: 'x'.repeat(2000) })).rejects.toBeInstanceOf(
+      LimitExceededError,
+    );
+    const bomb = IDS.map((id) =>
+      c.nodes.get(id)!.openGroup('bomb', {
+        members: IDS,
+        stateMachine: {
+          ...kvStateMachine(),
+          command: (s: Map<string, string>, cmd: KvCommand) => {
+            if (cmd.value === 'boom') throw new Error('the state machine refuses');
+            s.set(cmd.key, cmd.value);
+            return { state: s, result: null };
+          },
+        },
+      }),
+    );
+    await bomb[0]!.ready({ timeoutMs: 10_000 });
+    await bomb[0]!.command({ op: 'put', key: 'a', value: 'fine' });
+    const err = await bomb[0]!.command({ op: 'put', key: 'a', value: 'boom' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StateMachineError);
+    expect(bomb[0]!.status().failed).toBeInstanceOf(StateMachineError);
+    // The kv group on the same nodes goes on.
+    await expect(groups[1]!.command({ op: 'put', key: 'b', value: '1' })).resolves.toBeNull();
+  }, 30_000);
+});
