@@ -40,6 +40,8 @@ export interface LoadResult {
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly maxMs: number;
+  /** CPU (user + system) of the whole client process during the measured window, per successful put. */
+  readonly clientCpuUsPerOp: number;
 }
 
 export const DEFAULT_KEYS = 10_000;
@@ -128,6 +130,12 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const measureFrom = t0 + Math.max(0, warmupMs);
   const measureUntil = measureFrom + durationMs;
 
+  // CPU of the client over the measured window (sampled by timers at its edges; the process does nothing else).
+  let cpuFrom: NodeJS.CpuUsage | undefined;
+  let cpuUsed: NodeJS.CpuUsage | undefined;
+  const fromTimer = setTimeout(() => (cpuFrom = process.cpuUsage()), Math.max(0, warmupMs));
+  const untilTimer = setTimeout(() => (cpuUsed = process.cpuUsage(cpuFrom)), Math.max(0, warmupMs) + durationMs);
+
   const loop = async (): Promise<void> => {
     while (performance.now() < measureUntil) {
       const key = nextKey();
@@ -152,7 +160,15 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       await new Promise((r) => setTimeout(r, ERROR_PAUSE_MS));
     }
   };
-  await Promise.all(Array.from({ length: inFlight }, loop));
+  try {
+    await Promise.all(Array.from({ length: inFlight }, loop));
+  } finally {
+    clearTimeout(fromTimer);
+    clearTimeout(untilTimer);
+  }
+  // The loops may all end a moment before the timer at the window's end fires.
+  if (cpuFrom !== undefined) cpuUsed ??= process.cpuUsage(cpuFrom);
+  const cpuUs = cpuUsed === undefined ? Number.NaN : cpuUsed.user + cpuUsed.system;
 
   const seconds = durationMs / 1000;
   return {
@@ -165,5 +181,6 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     p50Ms: round(hist.quantileMs(0.5), 3),
     p99Ms: round(hist.quantileMs(0.99), 3),
     maxMs: round(hist.maxMs, 3),
+    clientCpuUsPerOp: hist.count === 0 ? Number.NaN : round(cpuUs / hist.count, 1),
   };
 }

@@ -31,7 +31,29 @@ export interface BenchTarget {
   /** Restart what killLeader() killed, on its data; resolves once all three members are back and caught up. */
   restart(): Promise<void>;
   stop(): Promise<void>;
+  /**
+   * CPU time (user + system, ms) used so far by all the target's server processes, summed; the bench takes the
+   * difference over a measured window for the servers' cost per put. Optional: without it the column shows —.
+   */
+  cpuMs?(): number;
 }
+
+/** CPU time (user + system, ms) that a live process has used, from /proc/<pid>/stat; undefined if it is gone. */
+export function processCpuMs(pid: number): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // Fields after the last ')' (comm may contain anything): utime and stime are fields 14 and 15, in clock ticks.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(rest[11]) + Number(rest[12]);
+  return Number.isFinite(ticks) ? (ticks * 1000) / CLOCK_TICKS_PER_SECOND : undefined;
+}
+
+/** USER_HZ: 100 on every Linux architecture Node runs on (the kernel reports ticks in it whatever its own HZ). */
+const CLOCK_TICKS_PER_SECOND = 100;
 
 export interface KilledLeader {
   readonly member: string;
@@ -123,6 +145,12 @@ export class EtcdTarget implements BenchTarget {
     this.#clients.clear();
     await this.#cluster?.stop();
     this.#cluster = undefined;
+  }
+
+  cpuMs(): number {
+    let sum = 0;
+    for (const m of this.#members()) sum += (m.pid === undefined ? undefined : processCpuMs(m.pid)) ?? 0;
+    return sum;
   }
 
   #members(): readonly ServerHandle[] {

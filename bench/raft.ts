@@ -238,8 +238,32 @@ interface Live {
   readonly worker: LoadWorker;
 }
 
-/** Per target, per in-flight level: one LoadResult per round (or the error of that round). */
-type ThroughputRuns = Record<string, Record<number, (LoadResult | { error: string })[]>>;
+/** One measured run: the worker's figures and the servers' CPU per put over the same window. */
+interface RunRecord extends LoadResult {
+  readonly serverCpuUsPerOp: number;
+}
+
+/** Per target, per in-flight level: one record per round (or the error of that round). */
+type ThroughputRuns = Record<string, Record<number, (RunRecord | { error: string })[]>>;
+
+/**
+ * Sample the target's server CPU at the edges of the worker's measured window (timers from the moment the run is
+ * sent; the worker starts its clock on receipt, an IPC hop later). Returns the CPU ms used in between.
+ */
+function serverCpuOver(target: BenchTarget, warmupMs: number, durationMs: number): () => number {
+  if (target.cpuMs === undefined) return () => Number.NaN;
+  const read = (): number => target.cpuMs!();
+  let from: number | undefined;
+  let to: number | undefined;
+  const a = setTimeout(() => (from = read()), warmupMs);
+  const b = setTimeout(() => (to = read()), warmupMs + durationMs);
+  return () => {
+    clearTimeout(a);
+    clearTimeout(b);
+    to ??= read();
+    return from === undefined ? Number.NaN : to - from;
+  };
+}
 
 interface FailoverRun {
   readonly round: number;
@@ -268,7 +292,18 @@ async function throughput(live: readonly Live[], o: Options): Promise<Throughput
       for (const l of orderFor(live, r)) {
         log(`throughput round ${r + 1}/${o.rounds}, ${n} in flight: ${l.target.name}…`);
         try {
-          const res = await l.worker.run({ inFlight: n, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
+          const cpu = serverCpuOver(l.target, o.warmupMs, o.durationMs);
+          let load: LoadResult;
+          let serverCpuMs: number;
+          try {
+            load = await l.worker.run({ inFlight: n, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
+          } finally {
+            serverCpuMs = cpu();
+          }
+          const res: RunRecord = {
+            ...load,
+            serverCpuUsPerOp: load.ops === 0 ? Number.NaN : round((serverCpuMs * 1000) / load.ops, 1),
+          };
           runs[l.target.name]![n]!.push(res);
           log(
             `  ${l.target.name}: ${res.opsPerSecond} ops/s, p50 ${res.p50Ms} ms, p99 ${res.p99Ms} ms` +
@@ -331,18 +366,22 @@ interface Summary {
   readonly p99Ms: number;
   readonly maxMs: number;
   readonly errors: number;
+  readonly clientCpuUsPerOp: number;
+  readonly serverCpuUsPerOp: number;
   readonly rounds: number;
   readonly failedRounds: number;
 }
 
-function summarize(runs: readonly (LoadResult | { error: string })[]): Summary {
-  const ok = runs.filter((r): r is LoadResult => !('error' in r));
+function summarize(runs: readonly (RunRecord | { error: string })[]): Summary {
+  const ok = runs.filter((r): r is RunRecord => !('error' in r));
   return {
     opsPerSecond: Math.round(median(ok.map((r) => r.opsPerSecond))),
     p50Ms: round(median(ok.map((r) => r.p50Ms)), 3),
     p99Ms: round(median(ok.map((r) => r.p99Ms)), 3),
     maxMs: ok.length === 0 ? Number.NaN : round(Math.max(...ok.map((r) => r.maxMs)), 1),
     errors: ok.reduce((a, r) => a + r.errors, 0),
+    clientCpuUsPerOp: round(median(ok.map((r) => r.clientCpuUsPerOp)), 1),
+    serverCpuUsPerOp: round(median(ok.map((r) => r.serverCpuUsPerOp)), 1),
     rounds: ok.length,
     failedRounds: runs.length - ok.length,
   };
@@ -453,29 +492,44 @@ export async function run(args: string[]): Promise<void> {
     out.push(
       '',
       `1. Throughput: puts of ${DEFAULT_VALUE_BYTES}-byte values over ${DEFAULT_KEYS} keys, closed loop, ` +
-        `${o.rounds} round(s) of ${o.durationMs} ms (after ${o.warmupMs} ms warm-up), medians over rounds; ` +
-        'ratio = rebalancer / etcd',
+        `${o.rounds} round(s) of ${o.durationMs} ms (after ${o.warmupMs} ms warm-up), medians over rounds ` +
+        '(max: over rounds).',
+      'CPU/put: user + system time of the load worker process, and of all three server processes, per put.',
     );
-    const rows: string[][] = [['in flight', ...names.flatMap((n) => [`${n} ops/s`, 'p50', 'p99', 'max', 'errors'])]];
-    rows[0]!.push('ops/s ratio', 'p50 ratio', 'p99 ratio');
+    const rows: string[][] = [
+      ['in flight', 'target', 'ops/s', 'p50', 'p99', 'max', 'errors', 'client CPU/put', 'servers CPU/put'],
+    ];
     for (const n of o.inFlight) {
-      const row = [String(n)];
       for (const name of names) {
         const s = summaries[name]?.[n];
-        if (s === undefined) row.push('—', '', '', '', '');
-        else
-          row.push(
-            fmt(s.opsPerSecond),
-            fmt(s.p50Ms, ' ms'),
-            fmt(s.p99Ms, ' ms'),
-            fmt(s.maxMs, ' ms'),
-            s.failedRounds > 0 ? `${s.errors} (+${s.failedRounds} failed rounds)` : String(s.errors),
-          );
+        if (s === undefined) continue;
+        rows.push([
+          String(n),
+          name,
+          fmt(s.opsPerSecond),
+          fmt(s.p50Ms, ' ms'),
+          fmt(s.p99Ms, ' ms'),
+          fmt(s.maxMs, ' ms'),
+          s.failedRounds > 0 ? `${s.errors} (+${s.failedRounds} failed rounds)` : String(s.errors),
+          fmt(s.clientCpuUsPerOp, ' µs'),
+          fmt(s.serverCpuUsPerOp, ' µs'),
+        ]);
       }
       const sa = summaries[a]?.[n];
       const sb = summaries[b]?.[n];
-      row.push(ratio(sa?.opsPerSecond, sb?.opsPerSecond), ratio(sa?.p50Ms, sb?.p50Ms), ratio(sa?.p99Ms, sb?.p99Ms));
-      rows.push(row);
+      if (sa !== undefined && sb !== undefined) {
+        rows.push([
+          String(n),
+          `${a} / ${b}`,
+          ratio(sa.opsPerSecond, sb.opsPerSecond),
+          ratio(sa.p50Ms, sb.p50Ms),
+          ratio(sa.p99Ms, sb.p99Ms),
+          ratio(sa.maxMs, sb.maxMs),
+          '',
+          ratio(sa.clientCpuUsPerOp, sb.clientCpuUsPerOp),
+          ratio(sa.serverCpuUsPerOp, sb.serverCpuUsPerOp),
+        ]);
+      }
     }
     out.push(table(rows));
   }
