@@ -28,7 +28,10 @@ export interface BenchTarget {
    * was sent (ms since the epoch, taken right before kill(2): finding the leader is not part of the failover).
    */
   killLeader(): Promise<KilledLeader>;
-  /** Restart what killLeader() killed, on its data; resolves once all three members are back and caught up. */
+  /**
+   * Restart what killLeader() killed, on its data; resolves once all three members are back and caught up. A no-op
+   * when nothing was killed (the bench calls it after every failover round, also one that failed).
+   */
   restart(): Promise<void>;
   stop(): Promise<void>;
   /**

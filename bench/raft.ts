@@ -29,7 +29,7 @@ import type {
   WorkerInit,
   WorkerMessage,
 } from './raft-protocol.js';
-import { TARGETS, type BenchTarget } from './raft-targets.js';
+import { TARGETS, type BenchTarget, type KilledLeader } from './raft-targets.js';
 import { round, table } from './stats.js';
 
 const SECTIONS = ['throughput', 'failover', 'groups'] as const;
@@ -157,6 +157,10 @@ class LoadWorker {
         resolve();
       }),
     );
+    // Without a listener, a send() racing the worker's exit would throw from an 'error' event and end the bench.
+    this.#proc.on('error', (err) => {
+      this.#exitReason ??= `load worker of ${name}: ${err.message}`;
+    });
     this.#proc.on('message', (m: WorkerMessage) => {
       if ('ready' in m || !('id' in m) || m.id === undefined) {
         this.#onReady?.(m);
@@ -205,7 +209,9 @@ class LoadWorker {
     timeoutMs: number,
     expect: K,
   ): Promise<Reply<K>> {
-    if (this.#exitReason !== undefined) throw new Error(this.#exitReason);
+    if (this.#exitReason !== undefined || !this.#proc.connected) {
+      throw new Error(this.#exitReason ?? `load worker of ${this.name} is gone`);
+    }
     const id = this.#nextId++;
     const answer = await this.#await<WorkerMessage>(timeoutMs, Object.keys(body)[0]!, (resolve) => {
       this.#waiting.set(id, resolve);
@@ -328,9 +334,10 @@ async function failover(live: readonly Live[], o: Options): Promise<Record<strin
       log(`failover round ${r + 1}/${o.rounds}: ${name}, kill -9 of the leader…`);
       try {
         await l.worker.arm();
-        const killed = await l.target.killLeader();
+        let killed: KilledLeader;
         let res: FailoverResult;
         try {
+          killed = await l.target.killLeader();
           res = await l.worker.failover({
             sinceEpochMs: killed.killedAtEpochMs,
             intervalMs: PROBE_INTERVAL_MS,
@@ -338,7 +345,9 @@ async function failover(live: readonly Live[], o: Options): Promise<Record<strin
             maxMs: FAILOVER_MAX_MS,
           });
         } finally {
-          log(`  ${name}: restarting the killed member (${killed.member})…`);
+          // Also after a failed kill or probe: the next round needs all three members (restart() is a no-op
+          // when nothing was killed).
+          log(`  ${name}: restarting the killed member…`);
           await l.target.restart();
         }
         runs[name]!.push({
@@ -348,7 +357,9 @@ async function failover(live: readonly Live[], o: Options): Promise<Record<strin
           attempts: res.attempts,
           failures: res.failures,
         });
-        log(`  ${name}: a put succeeded again ${res.ms} ms after the kill (${res.attempts} attempts)`);
+        log(
+          `  ${name}: a put succeeded again ${res.ms} ms after the kill of ${killed.member} (${res.attempts} attempts)`,
+        );
       } catch (err) {
         runs[name]!.push({ round: r + 1, error: message(err) });
         log(`  ${name}: ERROR ${message(err)}`);
@@ -454,7 +465,7 @@ export async function run(args: string[]): Promise<void> {
   }
   const failoverMedian: Record<string, number> = {};
   for (const [name, runs] of Object.entries(fo)) {
-    failoverMedian[name] = median(runs.flatMap((r) => (r.ms === undefined ? [] : [r.ms])));
+    failoverMedian[name] = Math.round(median(runs.flatMap((r) => (r.ms === undefined ? [] : [r.ms]))));
   }
   const failed =
     Object.keys(startErrors).length > 0 ||
