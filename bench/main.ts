@@ -12,6 +12,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   linearizability: () => import('./linearizability.js'),
   'raft-transport': () => import('./raft-transport.js'),
   'raft-log': () => import('./raft-log.js'),
+  raft: () => import('./raft.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);
