@@ -16,13 +16,14 @@ import {
   type RaftGroup,
   type RaftNode,
 } from '../../src/raft/api.js';
+import type { KvOutput } from '../../src/sim/linearizability-models.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
-import { kvStateMachine, type KvCommand, type KvQuery } from './kv.js';
+import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
 
 const SECRET = 'a test secret of enough bytes';
 const IDS = ['n1', 'n2', 'n3'];
-type Kv = RaftGroup<KvCommand, KvQuery, string | null, string | null>;
+type Kv = RaftGroup<KvCommand, KvQuery, KvOutput, string | null>;
 
 interface Cluster {
   dirs: Record<string, string>;
@@ -145,8 +146,8 @@ describe('raft nodes on loopback', () => {
         stateMachine: {
           ...kvStateMachine(),
           command: (s: Map<string, string>, cmd: KvCommand) => {
-            if (cmd.value === 'boom') throw new Error('the state machine refuses');
-            s.set(cmd.key, cmd.value);
+            if (cmd.op === 'put' && cmd.value === 'boom') throw new Error('the state machine refuses');
+            if (cmd.op === 'put') s.set(cmd.key, cmd.value);
             return { state: s, result: null };
           },
         },
