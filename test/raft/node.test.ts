@@ -21,6 +21,11 @@ import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
 
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
+}
+
 const SECRET = 'a test secret of enough bytes';
 const IDS = ['n1', 'n2', 'n3'];
 type Kv = RaftGroup<KvCommand, KvQuery, KvOutput, string | null>;
@@ -140,6 +145,8 @@ describe('raft nodes on loopback', () => {
     await expect(groups[0]!.command({ op: 'put', key: 'a', value: 'x'.repeat(2000) })).rejects.toBeInstanceOf(
       LimitExceededError,
     );
+    const reported: unknown[] = [];
+    for (const n of c.nodes.values()) n.on('error', (e) => reported.push(e.error));
     const bomb = IDS.map((id) =>
       c.nodes.get(id)!.openGroup('bomb', {
         members: IDS,
@@ -158,6 +165,10 @@ describe('raft nodes on loopback', () => {
     const err = await bomb[0]!.command({ op: 'put', key: 'a', value: 'boom' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StateMachineError);
     expect(bomb[0]!.status().failed).toBeInstanceOf(StateMachineError);
+    // Every replica stops at the same entry and says so; none skips it.
+    await until(() => reported.length === 3, 'all three replicas to report the failure');
+    expect(reported.every((e) => e instanceof StateMachineError && e.index === 4)).toBe(true);
+    expect(bomb.map((g) => g.status().applied)).toEqual([3, 3, 3]);
     // The kv group on the same nodes goes on.
     await expect(groups[1]!.command({ op: 'put', key: 'b', value: '1' })).resolves.toBeNull();
   }, 30_000);

@@ -174,7 +174,9 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     const read = replica.waitRead(ctx);
     let index: number;
     try {
-      index = await this.#drive('a read', start, deadline, read, 'not-applied', () => replica.core.readIndex(ctx, lease));
+      index = await this.#drive('a read', start, deadline, read, 'not-applied', () =>
+        replica.core.readIndex(ctx, lease),
+      );
     } finally {
       replica.forgetRead(ctx);
     }

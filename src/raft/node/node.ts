@@ -15,7 +15,14 @@ import { OptionReader } from '../../options.js';
 import type { CoreOptions } from '../options.js';
 import { NO_RAFT_MUTANTS, type RaftMutants } from '../mutants.js';
 import type { Message, NodeId } from '../messages.js';
-import { Transport, tcpNetwork, type Network, type PeerAddress, type Timers, type TlsOptions } from '../transport/transport.js';
+import {
+  Transport,
+  tcpNetwork,
+  type Network,
+  type PeerAddress,
+  type Timers,
+  type TlsOptions,
+} from '../transport/transport.js';
 import type { Disk } from '../wal/disk.js';
 import { FsDisk } from '../wal/fs-disk.js';
 import { Wal, type WalOptions } from '../wal/wal.js';
@@ -85,7 +92,12 @@ export interface GroupOptions<S, C, Q, R, A> {
   /** Flow-control limits of the core (maxInflightMessages, maxUncommittedBytes, …; see src/raft/options.ts). */
   readonly core?: Pick<
     CoreOptions,
-    'maxMessageBytes' | 'maxInflightMessages' | 'maxInflightBytes' | 'maxUncommittedBytes' | 'maxApplyBytes' | 'snapshotChunkBytes'
+    | 'maxMessageBytes'
+    | 'maxInflightMessages'
+    | 'maxInflightBytes'
+    | 'maxUncommittedBytes'
+    | 'maxApplyBytes'
+    | 'snapshotChunkBytes'
   >;
 }
 
@@ -172,14 +184,20 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       typeof v === 'string' || v instanceof Uint8Array ? undefined : 'must be a string or bytes',
     );
     const cluster = r.string('cluster', 'rebalancer', 256);
-    const tls = r.optional<TlsOptions>('tls', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be { key, cert, ca }'));
+    const tls = r.optional<TlsOptions>('tls', (v) =>
+      v !== null && typeof v === 'object' ? undefined : 'must be { key, cert, ca }',
+    );
     const tickMs = r.integer('tickMs', 100, { min: 1, max: 60_000 });
     const electionTicks = r.integer('electionTicks', 10, { min: 3, max: 10_000 });
     const heartbeatTicks = r.integer('heartbeatTicks', 1, { min: 1, max: electionTicks - 1 });
     const quiesceAfterTicks = r.integer('quiesceAfterTicks', 2 * electionTicks, { min: 1 });
     const requestTimeoutMs = r.integer('requestTimeoutMs', 5000, { min: 1 });
-    const walOptions = r.optional<WalOptions>('wal', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be an object'));
-    const io = r.optional<RaftNodeIo>('io', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be an object')) ?? {};
+    const walOptions = r.optional<WalOptions>('wal', (v) =>
+      v !== null && typeof v === 'object' ? undefined : 'must be an object',
+    );
+    const io =
+      r.optional<RaftNodeIo>('io', (v) => (v !== null && typeof v === 'object' ? undefined : 'must be an object')) ??
+      {};
     r.done();
     const peers = new Map<string, string>();
     const peerAddresses: Record<string, PeerAddress> = {};
@@ -191,7 +209,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       peers.set(peer, addr);
     }
     if (io.disk === undefined && dataDir === undefined) {
-      throw new InvalidArgumentError('startRaftNode options.dataDir is required: the directory of this node\'s log');
+      throw new InvalidArgumentError("startRaftNode options.dataDir is required: the directory of this node's log");
     }
     const disk = io.disk ?? (await FsDisk.open(dataDir!));
     const mutants = io.mutants ?? NO_RAFT_MUTANTS;
@@ -270,15 +288,21 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     const stateMachine = r.required<StateMachine<S, C, Q, R, A>>('stateMachine', (v) =>
       v !== null &&
       typeof v === 'object' &&
-      ['initial', 'command', 'query', 'snapshot', 'restore'].every((k) => typeof (v as Record<string, unknown>)[k] === 'function')
+      ['initial', 'command', 'query', 'snapshot', 'restore'].every(
+        (k) => typeof (v as Record<string, unknown>)[k] === 'function',
+      )
         ? undefined
         : 'must be { initial, command, query, snapshot, restore } (functions)',
     );
-    const codec = r.optional<Codec>('codec', (v) =>
-      v !== null && typeof v === 'object' && typeof (v as Codec).encode === 'function' && typeof (v as Codec).decode === 'function'
-        ? undefined
-        : 'must be { encode, decode }',
-    ) ?? jsonCodec;
+    const codec =
+      r.optional<Codec>('codec', (v) =>
+        v !== null &&
+        typeof v === 'object' &&
+        typeof (v as Codec).encode === 'function' &&
+        typeof (v as Codec).decode === 'function'
+          ? undefined
+          : 'must be { encode, decode }',
+      ) ?? jsonCodec;
     const leaseReads = r.boolean('leaseReads', false);
     const snapshotEntries = r.integer('snapshotEntries', 10_000, { min: 1 });
     const maxSessions = r.integer('maxSessions', 10_000, { min: 1 });
@@ -332,7 +356,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#timers.clearTimeout(this.#ticker);
-    for (const r of this.#replicas.values()) r.close(new ClosedError(`raft node ${this.id}`));
+    await Promise.all([...this.#replicas.values()].map((r) => r.close(new ClosedError(`raft node ${this.id}`))));
     await this.#transport.close();
     await this.#wal.close();
   }
@@ -350,7 +374,12 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #tick(): void {
     for (const r of this.#replicas.values()) {
       r.tick();
-      if (r.core.role === 'leader' && !r.core.quiesced && r.idleTicks >= this.#o.quiesceAfterTicks && r.core.quiesce()) {
+      if (
+        r.core.role === 'leader' &&
+        !r.core.quiesced &&
+        r.idleTicks >= this.#o.quiesceAfterTicks &&
+        r.core.quiesce()
+      ) {
         r.process();
       }
     }

@@ -60,6 +60,8 @@ export class Replica {
   #appliedWaiters: { index: number; w: Waiter<void> }[] = [];
   /** Called on every leader change (clients retry then). */
   readonly #leaderListeners = new Set<() => void>();
+  /** Disk writes on their way (a persist, a compaction): close() waits for them before the log closes. */
+  readonly #inflight = new Set<Promise<unknown>>();
   /** Counts, for status and benchmarks. */
   readonly counts = { applied: 0, persists: 0, snapshotsTaken: 0, snapshotsInstalled: 0 };
 
@@ -116,24 +118,27 @@ export class Replica {
         continue;
       }
       this.#busy = true;
-      this.#o.storage.persist({ hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot }).then(
-        () => {
-          this.#busy = false;
-          this.counts.persists++;
-          if (this.#stopped()) return;
-          this.#finish(rd);
-          this.process();
-        },
-        (err: unknown) => {
-          this.#busy = false;
-          this.#fail(
-            err instanceof RebalancerError
-              ? err
-              : new DiskFailedError(`raft group ${this.groupId}: persisting failed; the node stops acknowledging`, {
-                  cause: err,
-                }),
-          );
-        },
+      this.#track(
+        this.#o.storage.persist({ hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot }).then(
+          () => {
+            this.#busy = false;
+            this.counts.persists++;
+            if (this.#stopped()) return;
+            this.#finish(rd);
+            this.process();
+          },
+          (err: unknown) => {
+            this.#busy = false;
+            if (this.#closed) return;
+            this.#fail(
+              err instanceof RebalancerError
+                ? err
+                : new DiskFailedError(`raft group ${this.groupId}: persisting failed; the node stops acknowledging`, {
+                    cause: err,
+                  }),
+            );
+          },
+        ),
       );
       return;
     }
@@ -240,23 +245,26 @@ export class Replica {
     if (this.#compacting || applied - this.#o.storage.snapshot().meta.index < this.#o.snapshotEntries) return;
     this.#compacting = true;
     const data = this.#applier.snapshot();
-    this.#o.storage.compact(applied, this.core.membershipAt(applied), data).then(
-      () => {
-        this.#compacting = false;
-        this.counts.snapshotsTaken++;
-      },
-      (err: unknown) => {
-        this.#compacting = false;
-        if (err instanceof DiskFailedError) this.#fail(err);
-        else this.#o.onError(err as RebalancerError, `raft group ${this.groupId}: compacting the log`);
-      },
+    this.#track(
+      this.#o.storage.compact(applied, this.core.membershipAt(applied), data).then(
+        () => {
+          this.#compacting = false;
+          this.counts.snapshotsTaken++;
+        },
+        (err: unknown) => {
+          this.#compacting = false;
+          if (this.#closed) return;
+          if (err instanceof DiskFailedError) this.#fail(err);
+          else this.#o.onError(err as RebalancerError, `raft group ${this.groupId}: compacting the log`);
+        },
+      ),
     );
   }
 
   #fail(error: RebalancerError): void {
     if (this.failed !== undefined) return;
     this.failed = error;
-    this.#o.onError(error, `raft group ${this.groupId}`);
+    this.#o.onError(error, `raft group ${this.groupId} stopped`);
     this.#rejectAll(error);
     this.#o.onChange(this);
   }
@@ -273,9 +281,16 @@ export class Replica {
     for (const fn of [...this.#leaderListeners]) fn();
   }
 
-  close(error: unknown): void {
+  #track(p: Promise<unknown>): void {
+    this.#inflight.add(p);
+    void p.finally(() => this.#inflight.delete(p));
+  }
+
+  /** Stop: pending requests fail with `error`; resolves once no disk write of this replica is on its way. */
+  async close(error: unknown): Promise<void> {
     this.#closed = true;
     this.#rejectAll(error);
+    await Promise.allSettled([...this.#inflight]);
   }
 
   // ---- used by the group's client side ----

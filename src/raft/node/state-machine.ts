@@ -159,7 +159,13 @@ export class Applier<S> {
   /** Apply the entry at `index` (normal entries only; the caller skips membership entries but reports them here). */
   apply(index: number, data: Uint8Array | undefined, where: string): Applied {
     invariant(index === this.index + 1, () => `${where}: applying entry ${index} after ${this.index}`);
+    const applied = this.#apply(index, data, where);
+    // Only once it applied: a command that threw leaves the index where it was (the replica stops there).
     this.index = index;
+    return applied;
+  }
+
+  #apply(index: number, data: Uint8Array | undefined, where: string): Applied {
     if (data === undefined) return { kind: 'noop' };
     const e = decodeEntry(data, where);
     switch (e.kind) {
