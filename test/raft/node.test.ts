@@ -17,6 +17,8 @@ import {
   type RaftNode,
 } from '../../src/raft/api.js';
 import type { KvOutput } from '../../src/sim/linearizability-models.js';
+import { DiskFailedError } from '../../src/errors.js';
+import { SimDisk } from '../../src/raft/wal/index.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
@@ -46,7 +48,7 @@ afterEach(async () => {
   clusters = [];
 });
 
-async function cluster(): Promise<Cluster> {
+async function cluster(disks: Record<string, SimDisk> = {}): Promise<Cluster> {
   const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
   const ports = await allocatePorts(IDS.length);
   for (const [i, id] of IDS.entries()) {
@@ -54,14 +56,14 @@ async function cluster(): Promise<Cluster> {
     c.ports[id] = ports[i]!;
   }
   clusters.push(c);
-  await Promise.all(IDS.map((id) => start(c, id)));
+  await Promise.all(IDS.map((id) => start(c, id, disks[id])));
   return c;
 }
 
-async function start(c: Cluster, id: string): Promise<RaftNode> {
+async function start(c: Cluster, id: string, disk?: SimDisk): Promise<RaftNode> {
   const node = await startRaftNode({
     id,
-    dataDir: c.dirs[id]!,
+    ...(disk ? { io: { disk } } : { dataDir: c.dirs[id]! }),
     listen: `127.0.0.1:${c.ports[id]}`,
     peers: Object.fromEntries(IDS.filter((p) => p !== id).map((p) => [p, `127.0.0.1:${c.ports[p]}`])),
     secret: SECRET,
@@ -121,6 +123,39 @@ describe('raft nodes on loopback', () => {
     expect(await lengths(again)).toEqual(want);
   }, 30_000);
 
+  it('commands in flight across a leadership transfer apply exactly once', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    const leader = groups[0]!.status().leader!;
+    const target = IDS.find((id) => id !== leader)!;
+    const writes = Array.from({ length: 60 }, (_, i) => groups[i % 3]!.command({ op: 'append', key: 'k', value: 'x' }));
+    groups[IDS.indexOf(leader)]!.transferLeadership(target);
+    await Promise.all(writes);
+    await until(() => groups[0]!.status().leader === target, 'the transfer');
+    for (const g of groups) expect(await g.query({ op: 'get', key: 'k' })).toBe('x'.repeat(60));
+  }, 30_000);
+
+  it('a full disk: that node stops acknowledging and says so; the others go on', async () => {
+    const disk = new SimDisk();
+    const c = await cluster({ n1: disk });
+    const reported: unknown[] = [];
+    c.nodes.get('n1')!.on('error', (e) => reported.push(e.error));
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    disk.failNext = Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+    const onFull = await groups[0]!
+      .command({ op: 'put', key: 'a', value: '2' }, { timeoutMs: 3000 })
+      .catch((e: unknown) => e);
+    expect(onFull).toBeInstanceOf(DiskFailedError);
+    expect(reported.some((e) => e instanceof DiskFailedError)).toBe(true);
+    expect(groups[0]!.status().failed).toBeInstanceOf(DiskFailedError);
+    // n2 and n3 still form a majority (electing a new leader if n1 led).
+    await groups[1]!.command({ op: 'put', key: 'b', value: '1' }, { timeoutMs: 10_000 });
+    expect(await groups[2]!.query({ op: 'get', key: 'b' })).toBe('1');
+  }, 30_000);
+
   it('a group without a majority: NoQuorumError, nothing applied', async () => {
     const c = await cluster();
     const g1 = open(c.nodes.get('n1')!);
@@ -133,10 +168,12 @@ describe('raft nodes on loopback', () => {
   it('bad input: oversized commands, bad options, a throwing state machine stops the replica', async () => {
     const c = await cluster();
     const n1 = c.nodes.get('n1')!;
-    expect(() => n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never)).toThrow(
-      /did you mean "snapshotEntries"/,
+    expect(() =>
+      n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never),
+    ).toThrow(/did you mean "snapshotEntries"/);
+    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(
+      InvalidArgumentError,
     );
-    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(InvalidArgumentError);
     expect(() => n1.openGroup('kv2', { members: ['n9'], stateMachine: kvStateMachine() })).toThrow(/neither this node/);
     const groups = IDS.map((id) =>
       c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), maxCommandBytes: 1024 }),
