@@ -70,6 +70,8 @@ export interface GroupContext {
   readonly requestTimeoutMs: number;
   readonly maxCommandBytes: number;
   readonly addressOf: (node: NodeId) => string | undefined;
+  /** Run the ticks due by the clock (after a pause) before deciding anything. */
+  readonly catchUp: () => void;
 }
 
 export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
@@ -143,6 +145,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     }
     const replica = this.#c.replica;
     this.#check();
+    this.#c.catchUp();
     if (consistency !== 'stale') {
       if (consistency === 'lease' && replica.core.role !== 'leader') {
         const lead = replica.core.lead;
@@ -313,6 +316,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       for (;;) {
         if (settled) break;
         this.#check();
+        c.catchUp();
         replica.idleTicks = 0;
         const out = attempt();
         replica.process();

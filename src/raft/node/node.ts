@@ -144,6 +144,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
   #ticker: unknown;
+  /** When the last tick was due (monotonic ms): ticks follow elapsed time, see catchUp(). */
+  #lastTickAt: number;
   #closed = false;
   /** Messages for groups not open here (yet), dropped: Raft retransmits. */
   droppedMessages = 0;
@@ -168,6 +170,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#mutants = mutants;
     this.#peers = peers;
     this.#o = o;
+    this.#lastTickAt = io.clock();
   }
 
   /** Open the log in `dataDir` (recovering it), listen for peers and start ticking. */
@@ -348,6 +351,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       requestTimeoutMs,
       maxCommandBytes,
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
+      catchUp: () => this.catchUp(),
     });
   }
 
@@ -366,9 +370,26 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #schedule(): void {
     this.#ticker = this.#timers.setTimeout(() => {
       if (this.#closed) return;
-      this.#tick();
+      this.catchUp();
       this.#schedule();
     }, this.#o.tickMs);
+  }
+
+  /**
+   * Tick once per tick interval elapsed on the monotonic clock since the last tick, not once per timer callback: a
+   * process that was paused (SIGSTOP, a long GC, a blocked event loop) must age its leases and timers by the time
+   * that really passed before it steps a message or serves a read (docs/raft.md, "Lease reads"). Called by the
+   * timer, before every received message and before every read. Bounded: beyond a few election timeouts more ticks
+   * change nothing.
+   */
+  catchUp(): void {
+    if (this.#closed) return;
+    const now = this.#clock();
+    const due = Math.floor((now - this.#lastTickAt) / this.#o.tickMs);
+    if (due <= 0) return;
+    const cap = 4 * this.#o.electionTicks;
+    this.#lastTickAt = due > cap ? now : this.#lastTickAt + due * this.#o.tickMs;
+    for (let i = Math.min(due, cap); i > 0; i--) this.#tick();
   }
 
   #tick(): void {
@@ -387,6 +408,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
 
   #receive(from: string, groupId: string, m: Message): void {
     if (this.#closed) return;
+    this.catchUp();
     const r = this.#replicas.get(groupId);
     if (r === undefined || m.to !== this.id || m.from !== from) {
       this.droppedMessages++;
