@@ -2,7 +2,7 @@
  * Three Raft nodes in this process, over loopback TCP, each with its own data directory: commands apply once on
  * every replica, any replica serves, reads at each consistency, restarts recover from disk, bad input is refused.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -154,6 +154,38 @@ describe('raft nodes on loopback', () => {
     // n2 and n3 still form a majority (electing a new leader if n1 led).
     await groups[1]!.command({ op: 'put', key: 'b', value: '1' }, { timeoutMs: 10_000 });
     expect(await groups[2]!.query({ op: 'get', key: 'b' })).toBe('1');
+  }, 30_000);
+
+  it('a torn log tail: the node recovers the valid prefix and catches up from the others', async () => {
+    const c = await cluster();
+    let groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    for (let i = 0; i < 20; i++) await groups[i % 3]!.command({ op: 'append', key: 'k', value: 'x' });
+    await c.nodes.get('n3')!.close();
+    const segments = (await readdir(c.dirs['n3']!)).filter((f) => f.endsWith('.wal')).sort();
+    const last = join(c.dirs['n3']!, segments.at(-1)!);
+    await truncate(last, (await stat(last)).size - 7); // a write torn by a power loss
+    const n3 = await start(c, 'n3');
+    groups = [groups[0]!, groups[1]!, open(n3)];
+    await groups[2]!.ready({ timeoutMs: 10_000 });
+    expect(await groups[2]!.query({ op: 'get', key: 'k' })).toBe('x'.repeat(20));
+  }, 30_000);
+
+  it('membership: remove a voter, add it back as a learner, promote it', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    expect((await groups[0]!.changeMembership({ type: 'remove', node: 'n3' })).voters).toEqual(['n1', 'n2']);
+    await groups[1]!.command({ op: 'put', key: 'a', value: '2' }); // two voters commit alone
+    expect((await groups[0]!.changeMembership({ type: 'addLearner', node: 'n3' })).learners).toEqual(['n3']);
+    const m = await groups[1]!.changeMembership({ type: 'addVoter', node: 'n3' });
+    expect([...m.voters].sort()).toEqual(IDS);
+    await until(() => groups[2]!.status().applied >= groups[0]!.status().applied, 'n3 to catch up');
+    expect(await groups[2]!.query({ op: 'get', key: 'a' })).toBe('2');
+    await expect(groups[0]!.changeMembership({ type: 'remove', node: 'n9' })).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
   }, 30_000);
 
   it('a group without a majority: NoQuorumError, nothing applied', async () => {
