@@ -122,7 +122,9 @@ export class SimNetwork implements Network {
   cut(a: PeerAddress | string, b: PeerAddress | string): number {
     const x = addressKey(a);
     const y = addressKey(b);
-    return this.#sever((p) => (p.dialer.local === x && p.dialer.remote === y) || (p.dialer.local === y && p.dialer.remote === x));
+    return this.#sever(
+      (p) => (p.dialer.local === x && p.dialer.remote === y) || (p.dialer.local === y && p.dialer.remote === x),
+    );
   }
 
   /**
