@@ -10,8 +10,7 @@
  *   by induction, on every entry before it, without comparing whole logs;
  * - **leader completeness**: an entry committed in term t is in the log of every leader of a term > t. Each commit
  *   is recorded with the term of the replica that saw it (≥ the term it was committed in: no false alarm), and a
- *   leader is checked when it first shows up, at the highest such entry (log matching covers the rest). An entry
- *   at a committed index that differs from the committed one (a follower overwriting it) is reported too;
+ *   leader is checked when it first shows up, at the highest such entry (log matching covers the rest);
  * - **state-machine safety**: no two replicas apply different entries at one index (nor one other than the
  *   committed entry), and each incarnation of a replica applies indexes in order, without gaps or repeats, from the
  *   snapshot it started from; a snapshot is never loaded below what was applied.
@@ -78,7 +77,7 @@ interface Replica {
 interface Group {
   readonly id: string;
   readonly leaders: Map<number, string>;
-  /** Above the commit index: (index → term → fact). At or below: the committed entry (cTerm/cHash/cBy). */
+  /** (index → term → fact), but for committed entries: those are in cTerm/cHash/cBy. */
   readonly facts: Map<number, Map<number, Fact>>;
   readonly cTerm: number[];
   readonly cHash: number[];
@@ -345,15 +344,11 @@ export class RaftInvariants {
   }
 
   #checkEntry(g: Group, r: Replica, i: number, term: number, hash: number, prevTerm: number): void {
+    // At a committed index, another term is no violation: a replica that missed the commit may still hold, or even
+    // take from a deposed leader, an older entry there (it may not count it committed, apply it, or lead with it).
     const ct = g.cTerm[i];
-    if (ct !== undefined) {
-      if (ct !== term) {
-        this.#violate(
-          'leader-completeness',
-          `group ${g.id}: ${r.id} replaced the committed entry ${fmt(i, ct)} with ${fmt(i, term)}: the leader of ` +
-            `term ${term} lacked a committed entry`,
-        );
-      } else if (g.cHash[i] !== hash) {
+    if (ct === term) {
+      if (g.cHash[i] !== hash) {
         this.#violate(
           'log-matching',
           `group ${g.id}: ${r.id} holds ${fmt(i, term)} with other data than the committed entry (from ${g.cBy[i]})`,
@@ -418,7 +413,12 @@ export class RaftInvariants {
         g.cHash[j] = r.hashes[j - r.base - 1]!;
         g.cBy[j] = r.id;
       }
-      for (let j = before + 1; j <= c; j++) g.facts.delete(j);
+      // The committed entry's fact now lives in cTerm/cHash; other terms' stay (stale entries are still checked).
+      for (let j = before + 1; j <= c; j++) {
+        const byTerm = g.facts.get(j);
+        byTerm?.delete(g.cTerm[j]!);
+        if (byTerm?.size === 0) g.facts.delete(j);
+      }
       const runs = g.commitRuns;
       while (runs.length > 0 && runs[runs.length - 1]!.term >= term) runs.pop();
       runs.push({ last: c, term });
