@@ -388,7 +388,7 @@ export class RaftInvariants {
     if (c <= r.committed) return;
     if (c > this.#last(r)) {
       this.#violate(
-        'log-matching',
+        'state-machine-safety',
         `group ${g.id}: ${r.id} counts ${c} committed but its log ends at ${this.#last(r)}`,
       );
       c = this.#last(r);

@@ -1,11 +1,14 @@
 /**
  * The network the Raft simulation runs on (issue 13, item 5): the real transport's `Network` and `Timers` on
- * virtual time, with no sockets. Message-level faults are in raft-faults.ts, slow and hung disks in raft-disk.ts.
+ * virtual time, with no sockets.
  *
  * A node is named by its listen address (`host:port`); `node(address, clock)` is that node's view of the network,
  * which the node's `Transport` gets as its `network`. Every event a node sees (an accepted connection, data, a
  * close, a connect settling) runs on the node's own clock, so that a paused node (NodeClock.pause) sees nothing
  * until it resumes and a killed one never again — as with a real process under SIGSTOP or kill -9.
+ *
+ * Message faults (MessageFaults) are in raft-faults.ts and slow or hung disks (SlowDisk) in raft-disk.ts; both are
+ * re-exported here.
  *
  * Like TCP, bytes on one connection arrive in order (each write after a latency drawn from the seeded random, never
  * before an earlier write); connections are independent of each other.
@@ -13,6 +16,15 @@
 import type { Conn, Network, PeerAddress, Timers } from '../raft/transport/transport.js';
 import type { Clock, TimerHandle } from '../store/contract.js';
 import type { Random } from './random.js';
+
+export {
+  MessageFaults,
+  NO_FAULTS,
+  type MessageFaultRates,
+  type MessageFaultStats,
+  type SendFn,
+} from './raft-faults.js';
+export { SlowDisk, type SlowDiskOptions, type SlowDiskStats } from './raft-disk.js';
 
 /** The transport's `Timers` on a clock of the simulation (the world's VirtualClock or a node's NodeClock). */
 export function virtualTimers(clock: Pick<Clock, 'setTimeout' | 'clearTimeout'>): Timers {
@@ -87,6 +99,8 @@ export class SimNetwork implements Network {
   readonly #pipes = new Set<Pipe>();
   /** `from>to`: connects from `from` to `to` fail. */
   readonly #blocked = new Set<string>();
+  /** Nodes whose process is dead (down() until they listen again): their connects in flight go nowhere. */
+  readonly #down = new Set<string>();
   #nextPort = 20_000;
   #strangers = 0;
 
@@ -157,6 +171,7 @@ export class SimNetwork implements Network {
   down(address: PeerAddress | string): void {
     const x = addressKey(address);
     this.#listeners.delete(x);
+    this.#down.add(x);
     this.#sever((p) => p.dialer.local === x || p.acceptor.local === x, x);
   }
 
@@ -180,6 +195,7 @@ export class SimNetwork implements Network {
     if (this.#listeners.has(key)) return Promise.reject(new Error(`simulated network: ${key} is already in use`));
     const entry = { onConn, clock };
     this.#listeners.set(key, entry);
+    this.#down.delete(key);
     return Promise.resolve({
       port,
       close: () => {
@@ -196,6 +212,7 @@ export class SimNetwork implements Network {
     const to = addressKey(address);
     return new Promise<Conn>((resolve, reject) => {
       this.clock.setTimeout(() => {
+        if (this.#down.has(from)) return; // dialed by a process that died since: nobody answers it
         const listener = this.#listeners.get(to);
         const back = this.latency();
         if (listener === undefined || this.#blocked.has(`${from}>${to}`)) {
