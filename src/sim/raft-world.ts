@@ -13,9 +13,14 @@
  * Like TCP, bytes on one connection arrive in order (each write after a latency drawn from the seeded random, never
  * before an earlier write); connections are independent of each other.
  */
+import type { Message } from '../raft/messages.js';
 import type { Conn, Network, PeerAddress, Timers } from '../raft/transport/transport.js';
+import type { Disk } from '../raft/wal/disk.js';
 import type { Clock, TimerHandle } from '../store/contract.js';
+import { NodeClock } from './node-clock.js';
 import { SimConn, type NetEvent, type Pipe, type Wire } from './raft-conn.js';
+import { SlowDisk } from './raft-disk.js';
+import type { MessageFaults } from './raft-faults.js';
 import type { Random } from './random.js';
 
 export {
@@ -237,4 +242,63 @@ export class SimNetwork implements Network, Wire {
     }
     return n;
   }
+}
+
+/** What a simulated node process runs on: its clock and the pieces of the node runtime's `io` (RaftNodeIo). */
+export interface SimNodeProcess {
+  /** The process's clock (pause() for SIGSTOP); its events and timers run on it. */
+  readonly clock: NodeClock;
+  readonly disk: SlowDisk;
+  readonly io: {
+    readonly disk: SlowDisk;
+    readonly network: Network;
+    readonly timers: Timers;
+    readonly clock: () => number;
+    readonly random: () => number;
+    readonly send: (to: string, groupId: string, message: Message, deliver: () => void) => void;
+  };
+  /** kill -9: its timers never fire again, its address stops listening, its connections break. */
+  kill(): void;
+}
+
+/**
+ * One incarnation of a node process at `address` in the world: a fresh NodeClock, a SlowDisk over `disk` (a
+ * `SimDisk.view()`, so that the process's writes fail once the disk crashed), its view of the network, its timers,
+ * a generator forked from `random`, and its send path through `faults`. A power loss is `kill()` then
+ * `simDisk.crash()`; a restart is another `simNodeProcess` over the same SimDisk.
+ */
+export function simNodeProcess(o: {
+  readonly world: Clock;
+  readonly net: SimNetwork;
+  readonly faults: MessageFaults;
+  /** The node's id (MessageFaults' partitions name ids) and its listen address (the network's name for it). */
+  readonly id: string;
+  readonly address: string;
+  readonly disk: Disk;
+  readonly random: Random;
+  readonly syncMs?: { readonly min: number; readonly max: number };
+}): SimNodeProcess {
+  const clock = new NodeClock(o.world);
+  const r = o.random.fork();
+  const disk = new SlowDisk(o.disk, {
+    clock,
+    random: r.fork(),
+    ...(o.syncMs === undefined ? {} : { syncMs: o.syncMs }),
+  });
+  return {
+    clock,
+    disk,
+    io: {
+      disk,
+      network: o.net.node(o.address, clock),
+      timers: virtualTimers(clock),
+      clock: () => clock.now(),
+      random: () => r.next(),
+      send: o.faults.ioSend(o.id, clock),
+    },
+    kill: () => {
+      clock.kill();
+      o.net.down(o.address);
+    },
+  };
 }

@@ -8,11 +8,9 @@ import { describe, expect, it } from 'vitest';
 import { Core, type Message } from '../../src/raft/index.js';
 import { Transport, type PeerAddress } from '../../src/raft/transport/index.js';
 import { SimDisk, Wal, type GroupStorage } from '../../src/raft/wal/index.js';
-import { NodeClock } from '../../src/sim/node-clock.js';
-import { SlowDisk } from '../../src/sim/raft-disk.js';
 import { MessageFaults, type SendFn } from '../../src/sim/raft-faults.js';
 import { RaftInvariants } from '../../src/sim/raft-invariants.js';
-import { SimNetwork, virtualTimers } from '../../src/sim/raft-world.js';
+import { SimNetwork, simNodeProcess, type SimNodeProcess } from '../../src/sim/raft-world.js';
 import { Random } from '../../src/sim/random.js';
 import { SimWorld } from '../../src/sim/world.js';
 
@@ -29,8 +27,7 @@ interface Node {
   up: boolean;
   /** Bumped by a crash: continuations of the previous process do nothing. */
   epoch: number;
-  clock: NodeClock;
-  slow: SlowDisk;
+  proc: SimNodeProcess;
   storage: GroupStorage;
   core: Core;
   transport: Transport;
@@ -82,15 +79,23 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
   };
 
   const start = async (id: string, disk: SimDisk, epoch: number): Promise<void> => {
-    const clock = new NodeClock(world.clock);
-    const r = rng.fork();
-    const slow = new SlowDisk(disk.view(), { clock, random: r.fork(), syncMs: { min: 0.5, max: 25 } });
-    const wal = await Wal.open(slow, { segmentBytes: 8192 });
+    const proc = simNodeProcess({
+      world: world.clock,
+      net,
+      faults,
+      id,
+      address: `${ADDR[id]!.host}:${ADDR[id]!.port}`,
+      disk: disk.view(),
+      random: rng,
+      syncMs: { min: 0.5, max: 25 },
+    });
+    const { clock, io } = proc;
+    const wal = await Wal.open(io.disk, { segmentBytes: 8192 });
     const storage = wal.group('g', MEMBERSHIP);
     const core = new Core({
       id,
       storage,
-      random: () => r.next(),
+      random: io.random,
       electionTicks: 10,
       heartbeatTicks: 1,
       preVote: true,
@@ -104,8 +109,7 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
       disk,
       up: true,
       epoch,
-      clock,
-      slow,
+      proc,
       storage,
       core,
       transport: undefined as unknown as Transport,
@@ -121,9 +125,9 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
       secret: 'a shared secret of enough bytes',
       listen: ADDR[id]!,
       peers,
-      network: net.node(ADDR[id]!, clock),
-      timers: virtualTimers(clock),
-      random: () => r.next(),
+      network: io.network,
+      timers: io.timers,
+      random: io.random,
       reconnectBaseMs: 20,
       reconnectMaxMs: 200,
       onMessage: (_from, _g, m: Message) => {
@@ -132,7 +136,10 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
         pump(n);
       },
     });
-    n.send = faults.sender(id, (p, g, m) => n.transport.send(p, g, m), clock);
+    n.send = (to, g, m) => {
+      io.send(to, g, m, () => n.transport.send(to, g, m));
+      return true;
+    };
     const tick = (): void => {
       n.core.tick();
       pump(n);
@@ -144,8 +151,7 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
   const crash = (n: Node): void => {
     n.up = false;
     n.epoch++;
-    n.clock.kill();
-    net.down(ADDR[n.id]!);
+    n.proc.kill();
     n.disk.crash();
     trace.push(`${world.now().toFixed(3)} crash ${n.id}`);
   };
@@ -186,7 +192,7 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
           net.unblock(ADDR[b]!, ADDR[a]!);
         });
       } else if (x < 0.85) {
-        if (n.up) n.slow.stallFor(dur);
+        if (n.up) n.proc.disk.stallFor(dur);
       } else {
         net.cut(ADDR[a]!, ADDR[b]!);
       }
@@ -195,7 +201,7 @@ export async function simulate(seed: number, ackBeforeFsync = false): Promise<Ou
   world.at(FAULTS_UNTIL, () => {
     faults.heal();
     net.heal();
-    for (const n of nodes.values()) if (n.up && n.slow.stalled) n.slow.unstall();
+    for (const n of nodes.values()) if (n.up && n.proc.disk.stalled) n.proc.disk.unstall();
   });
   const propose = (): void => {
     for (const n of nodes.values()) if (n.up && n.core.role === 'leader') n.core.propose(enc.encode(`cmd-${cmd++}`));
