@@ -297,7 +297,7 @@ function summarize(runs: readonly (RunRecord | { error: string })[]): Summary {
 
 /** Client + servers per put; a load run in-process in the servers has no separate client figure (NaN). */
 const totalCpu = (s: Summary): number =>
-  (Number.isFinite(s.clientCpuUsPerOp) ? s.clientCpuUsPerOp : 0) + s.serverCpuUsPerOp;
+  round((Number.isFinite(s.clientCpuUsPerOp) ? s.clientCpuUsPerOp : 0) + s.serverCpuUsPerOp, 1);
 const fmt = (x: number, unit = ''): string => (Number.isFinite(x) ? `${x}${unit}` : '—');
 /** rebalancer / etcd, as the issue's targets are stated. */
 const ratio = (a: number | undefined, b: number | undefined): string =>
