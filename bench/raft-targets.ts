@@ -373,6 +373,12 @@ export class RebalancerTarget implements BenchTarget {
     const shares = live.map(() => 0);
     const start = req.seed % live.length;
     for (let j = 0; j < req.inFlight; j++) shares[(start + j) % live.length]! += 1;
+    // Which role carries the loops matters at low concurrency (a follower's put takes the forwarding hop): say it.
+    const roles = await this.statuses().catch(() => []);
+    const roleOf = (id: string): string => roles.find((r) => r.id === id)?.status.first.role ?? '?';
+    process.stderr.write(
+      `raft bench:   rebalancer loops per node: ${live.map((n, i) => `${n.init.id} (${roleOf(n.init.id)}) ${shares[i]}`).join(', ')}\n`,
+    );
     const parts = await Promise.all(
       live.flatMap((n, i) =>
         shares[i] === 0
