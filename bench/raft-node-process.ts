@@ -4,7 +4,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { NodeInit, NodeReply, NodeRequest } from './raft-node-protocol.js';
-import { processCpuMs } from './raft-targets.js';
+import { processCpuMs } from './raft-cpu.js';
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 10_000;
