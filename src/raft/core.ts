@@ -297,6 +297,15 @@ export class Core {
     if (this.role !== 'follower') this.#becomeFollower(this.term, '');
   }
 
+  /**
+   * Replica `peer` lost its durable state (the host learnt it: its node came back with another incarnation). A
+   * leader forgets what it knew of that replica's log and replicates to it from the start; other roles have nothing
+   * to forget.
+   */
+  peerLostData(peer: NodeId): void {
+    this.leader?.forgetLog(peer);
+  }
+
   /** End a `released` hold (a `leader-seen` hold is unaffected: it ends by itself). */
   releaseVotes(): void {
     this.#holdUntilReleased = false;

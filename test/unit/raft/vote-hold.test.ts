@@ -131,3 +131,22 @@ describe('raft vote hold after data loss', () => {
     expect(net.leaders()).toHaveLength(1);
   });
 });
+
+describe('raft leader and a follower that lost its data', () => {
+  it('catches the wiped follower up once told (peerLostData); without it, it would probe above its empty log', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    net.propose('a', 'x');
+    net.stabilize();
+    const c = net.add('c', new MemoryStorage({ voters: ABC, learners: [] }));
+    c.core.holdVotes('leader-seen');
+    net.core('a').peerLostData('c');
+    net.core('b').peerLostData('c'); // a follower has nothing to forget
+    net.propose('a', 'y');
+    net.tick(5);
+    expect(net.stateOf('c')).toEqual(['x', 'y']);
+    expect(net.core('a').leader!.progress.get('c')!.match).toBe(net.core('a').log.lastIndex());
+    net.tick(2 * 10);
+    expect(c.core.votesHeld()).toBeUndefined();
+  });
+});
