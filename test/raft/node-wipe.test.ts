@@ -156,4 +156,30 @@ describe('a raft node restarted with its data directory deleted', () => {
     await again.group.ready({ timeoutMs: 10_000 });
     expect(again.errors.filter((e) => e instanceof RaftDataLostError)).toEqual([]);
   }, 60_000);
+
+  it('with the leader up all along, the leader replicates to the wiped follower from the start', async () => {
+    const allocated = await allocatePorts(IDS.length);
+    for (const [i, id] of IDS.entries()) {
+      dirs[id] = await mkdtemp(join(tmpdir(), `raft-wipe-${id}-`));
+      ports[id] = allocated[i]!;
+    }
+    const first = await Promise.all(IDS.map((id) => start(id)));
+    await first[0]!.group.ready({ timeoutMs: 10_000 });
+    for (let i = 0; i < 5; i++) await first[0]!.group.command({ op: 'append', key: 'k', value: String(i) });
+    const leader = first[0]!.group.status().leader!;
+    const wiped = IDS.find((id) => id !== leader)!;
+    await stop(wiped);
+    await rm(dirs[wiped]!, { recursive: true, force: true });
+    await mkdir(dirs[wiped]!);
+    const sent: Sent[] = [];
+    const w = await start(wiped, sent);
+    await until(() => w.errors.some((e) => e instanceof RaftDataLostError), 'the data loss to be reported');
+    // The group goes on meanwhile, and the leader (which still believed the follower had its log) catches it up.
+    await groups.get(leader)!.command({ op: 'append', key: 'k', value: 'x' });
+    await until(() => w.group.status().applied >= groups.get(leader)!.status().committed, 'the wiped node to catch up');
+    expect(await w.group.query({ op: 'get', key: 'k' }, { consistency: 'stale' })).toBe('01234x');
+    await until(() => w.group.status().votesHeld === undefined, 'the hold to end');
+    expect(voted(sent).filter((s) => s.held !== undefined)).toEqual([]);
+    expect(groups.get(leader)!.status().role).toBe('leader');
+  }, 60_000);
 });

@@ -238,6 +238,9 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         identity,
         peers: [...peers.keys()],
         report: (e, context) => holder.node?.reportError(e, context),
+        peerLostData: (peer) => {
+          if (holder.node !== undefined) holder.node.#peerLostData(peer);
+        },
       });
       transport = await Transport.start({
         incarnation: identity.incarnation,
@@ -444,6 +447,14 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         r.core.wake();
         r.process();
       }
+    }
+  }
+
+  /** `peer` came back with another incarnation: the groups this node leads replicate to it from the start. */
+  #peerLostData(peer: string): void {
+    for (const r of this.#replicas.values()) {
+      r.core.peerLostData(peer);
+      r.process();
     }
   }
 

@@ -10,6 +10,8 @@
  *   (Core.holdVotes('leader-seen')). Every group, not only those it holds no state for: a group's state it holds
  *   now was rebuilt after the loss and says nothing about the votes it gave before. This state is durable (the
  *   identity file's `rejoining`) until every open replica is past its hold: a crash meanwhile does not end it.
+ * - A peer that comes back under another incarnation lost its data: the leaders here forget what they knew of its
+ *   logs (Core.peerLostData), or they would probe above its empty logs forever.
  */
 import { DiskFailedError, RaftDataLostError, describe, type RebalancerError } from '../../errors.js';
 import type { Core } from '../core.js';
@@ -21,6 +23,8 @@ export interface VoteGuardOptions {
   readonly identity: NodeIdentity;
   readonly peers: readonly string[];
   readonly report: (error: RebalancerError, context: string) => void;
+  /** A peer came back with another incarnation: its replicas lost their logs (leaders here must forget them). */
+  readonly peerLostData: (peer: string) => void;
 }
 
 export class VoteGuard {
@@ -77,7 +81,9 @@ export class VoteGuard {
       this.#o.report(new RaftDataLostError(this.#o.nodeId, peer), 'raft node');
       await this.#o.identity.setRejoining(true);
     }
+    const known = this.#o.identity.known(peer);
     await this.#o.identity.recordPeer(peer, identity.incarnation);
+    if (known !== undefined && Buffer.compare(known, identity.incarnation) !== 0) this.#o.peerLostData(peer);
     if (!this.#heard.has(peer)) {
       this.#heard.add(peer);
       if (this.#o.identity.created && this.#heard.size === this.peersNeeded) {

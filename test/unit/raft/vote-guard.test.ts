@@ -53,12 +53,19 @@ describe('raft vote guard', () => {
   async function guard(peers: string[], b = 1, disk = new SimDisk(seeded(1))) {
     const identity = await NodeIdentity.open(disk.view(), random(b));
     const reports: RebalancerError[] = [];
-    const g = new VoteGuard({ nodeId: 'me', identity, peers, report: (e) => reports.push(e) });
-    return { g, identity, reports, disk };
+    const lostPeers: string[] = [];
+    const g = new VoteGuard({
+      nodeId: 'me',
+      identity,
+      peers,
+      report: (e) => reports.push(e),
+      peerLostData: (p) => lostPeers.push(p),
+    });
+    return { g, identity, reports, disk, lostPeers };
   }
 
   it('new data: votes held until a majority of the peers answered (3 of 4), all saying "never seen"', async () => {
-    const { g, reports } = await guard(['p1', 'p2', 'p3', 'p4']);
+    const { g, reports, lostPeers } = await guard(['p1', 'p2', 'p3', 'p4']);
     const c = core();
     g.attach(c);
     expect(g.peersNeeded).toBe(3);
@@ -70,6 +77,11 @@ describe('raft vote guard', () => {
     await g.onPeerIdentity('p3', { incarnation: inc(13), knewMeAs: undefined });
     expect(c.votesHeld()).toBeUndefined();
     expect(reports).toEqual([]);
+    expect(lostPeers).toEqual([]);
+    // p2 comes back under another incarnation: it lost its data (our leaders must forget its logs).
+    await g.onPeerIdentity('p2', { incarnation: inc(22), knewMeAs: undefined });
+    expect(lostPeers).toEqual(['p2']);
+    expect(c.votesHeld()).toBeUndefined();
     // A group opened later is not held.
     const later = core();
     g.attach(later);
