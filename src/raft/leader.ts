@@ -399,8 +399,12 @@ export class Leader {
   forgetLog(id: NodeId): void {
     const pr = this.progress.get(id);
     if (pr === undefined || id === this.#core.id) return;
+    // Probe where we believed it was: a replica that still holds that much accepts at once (no snapshot is sent
+    // for a mere reconnect); one that lost it rejects with a hint, and with match forgotten the probe may go below.
+    const believed = pr.match;
     pr.match = 0;
     pr.becomeProbe();
+    pr.next = Math.max(1, believed + 1);
     this.#sendAppend(id, true);
   }
 

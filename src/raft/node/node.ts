@@ -258,8 +258,12 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
           if (holder.node !== undefined) holder.node.#receive(from, groupId, m);
         },
         onError: (e) => holder.node?.reportError(e, 'raft transport'),
-        onPeerState: (peer) => {
-          if (holder.node !== undefined) holder.node.#wakeLedBy(peer);
+        onPeerState: (peer, connected) => {
+          if (holder.node === undefined) return;
+          holder.node.#wakeLedBy(peer);
+          // A peer (re)connected may have restarted and recovered less than it acknowledged (a torn tail on a disk
+          // that lied about fsync): re-probe its log rather than trust the match recorded before.
+          if (connected) holder.node.#peerLostData(peer);
         },
         random,
         timers,
