@@ -36,7 +36,12 @@ const SCRIPT = fileURLToPath(new URL('./raft-node.ts', import.meta.url));
 /** A request's answer; `EXITED`: the process died (or was killed) before answering — the outcome is unknown. */
 export type Answer =
   | { readonly ok: true; readonly result: unknown }
-  | { readonly ok: false; readonly code: string; readonly message: string; readonly outcome?: 'unknown' | 'not-applied' };
+  | {
+      readonly ok: false;
+      readonly code: string;
+      readonly message: string;
+      readonly outcome?: 'unknown' | 'not-applied';
+    };
 
 type Body = NodeRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
 
@@ -152,7 +157,12 @@ export class NodeProcess {
    */
   request(body: Body, parentTimeoutMs = 30_000): Promise<Answer> {
     if (this.#exited) {
-      return Promise.resolve({ ok: false, code: 'EXITED', message: `node ${this.id} is not running`, outcome: 'unknown' });
+      return Promise.resolve({
+        ok: false,
+        code: 'EXITED',
+        message: `node ${this.id} is not running`,
+        outcome: 'unknown',
+      });
     }
     const id = this.#nextId++;
     return new Promise<Answer>((resolve) => {

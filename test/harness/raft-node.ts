@@ -152,7 +152,10 @@ async function main(): Promise<void> {
         return { id: m.id, ok: true, result };
       }
       case 'query': {
-        const options = { consistency: m.consistency, ...(m.timeoutMs === undefined ? {} : { timeoutMs: m.timeoutMs }) };
+        const options = {
+          consistency: m.consistency,
+          ...(m.timeoutMs === undefined ? {} : { timeoutMs: m.timeoutMs }),
+        };
         return { id: m.id, ok: true, result: await kv.query(m.query, options) };
       }
       case 'status': {
@@ -180,7 +183,9 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`raft-node failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(
+    `raft-node failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   send({ event: 'failed', message: err instanceof Error ? err.message : String(err) });
   process.exit(1);
 });

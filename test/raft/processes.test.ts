@@ -33,7 +33,12 @@ afterEach(async () => {
 });
 
 async function cluster(options: RaftClusterOptions = {}): Promise<RaftCluster> {
-  const c = await RaftCluster.start({ tickMs: TICK_MS, electionTicks: ELECTION_TICKS, requestTimeoutMs: 2000, ...options });
+  const c = await RaftCluster.start({
+    tickMs: TICK_MS,
+    electionTicks: ELECTION_TICKS,
+    requestTimeoutMs: 2000,
+    ...options,
+  });
   clusters.push(c);
   return c;
 }
@@ -84,7 +89,12 @@ class Workload {
   }
 
   /** Send one request to `node` and record it; returns the answer. */
-  async run(client: string, node: string, input: KvInput, consistency: 'linearizable' | 'lease' = 'linearizable'): Promise<Answer> {
+  async run(
+    client: string,
+    node: string,
+    input: KvInput,
+    consistency: 'linearizable' | 'lease' = 'linearizable',
+  ): Promise<Answer> {
     const proc = this.#c.node(node);
     if (input.op === 'append') {
       let set = this.sent.get(input.key);
@@ -272,7 +282,10 @@ describe('raft on real processes under faults', () => {
     await acksSince(w, 0, 10, 'before the pause');
     expect(await w.run('probe', old, { op: 'put', key: 'probe', value: 'before' })).toMatchObject({ ok: true });
     // Lease reads work while it leads undisturbed.
-    expect(await w.run('probe', old, { op: 'get', key: 'probe' }, 'lease')).toMatchObject({ ok: true, result: 'before' });
+    expect(await w.run('probe', old, { op: 'get', key: 'probe' }, 'lease')).toMatchObject({
+      ok: true,
+      result: 'before',
+    });
     await c.node(old).pause();
     const pausedAt = now();
     // Cut off at once (before the others elect a new leader, whose messages would wait in its socket buffers):
