@@ -46,7 +46,7 @@ afterEach(async () => {
   clusters = [];
 });
 
-async function cluster(): Promise<Cluster> {
+async function cluster(clocks: Record<string, () => number> = {}): Promise<Cluster> {
   const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
   const ports = await allocatePorts(IDS.length);
   for (const [i, id] of IDS.entries()) {
@@ -54,12 +54,13 @@ async function cluster(): Promise<Cluster> {
     c.ports[id] = ports[i]!;
   }
   clusters.push(c);
-  await Promise.all(IDS.map((id) => start(c, id)));
+  await Promise.all(IDS.map((id) => start(c, id, clocks[id])));
   return c;
 }
 
-async function start(c: Cluster, id: string): Promise<RaftNode> {
+async function start(c: Cluster, id: string, clock?: () => number): Promise<RaftNode> {
   const node = await startRaftNode({
+    ...(clock === undefined ? {} : { io: { clock } }),
     id,
     dataDir: c.dirs[id]!,
     listen: `127.0.0.1:${c.ports[id]}`,
@@ -121,6 +122,27 @@ describe('raft nodes on loopback', () => {
     expect(await lengths(again)).toEqual(want);
   }, 30_000);
 
+  it('ticks follow elapsed time: a leader whose clock moved past its lease in one step serves no lease read', async () => {
+    // As after a SIGSTOP or a long pause: the clock has moved on, and no tick callback has run yet.
+    const offsets: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    const clocks = Object.fromEntries(IDS.map((id) => [id, () => performance.now() + offsets[id]!]));
+    const c = await cluster(clocks);
+    const groups = IDS.map((id) =>
+      c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), leaseReads: true }),
+    );
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    const leader = groups.find((g) => g.status().role === 'leader')!;
+    expect(await leader.query({ op: 'get', key: 'a' }, { consistency: 'lease' })).toBe('1');
+    offsets[leader.status().node] = 60_000;
+    const read = leader
+      .query({ op: 'get', key: 'a' }, { consistency: 'lease', timeoutMs: 1000 })
+      .catch((e: unknown) => e);
+    // Before answering it counted the ticks of that minute: check-quorum deposed it (it heard from nobody in them).
+    expect(leader.status().role).not.toBe('leader');
+    await read;
+  }, 30_000);
+
   it('a group without a majority: NoQuorumError, nothing applied', async () => {
     const c = await cluster();
     const g1 = open(c.nodes.get('n1')!);
@@ -133,10 +155,12 @@ describe('raft nodes on loopback', () => {
   it('bad input: oversized commands, bad options, a throwing state machine stops the replica', async () => {
     const c = await cluster();
     const n1 = c.nodes.get('n1')!;
-    expect(() => n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never)).toThrow(
-      /did you mean "snapshotEntries"/,
+    expect(() =>
+      n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never),
+    ).toThrow(/did you mean "snapshotEntries"/);
+    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(
+      InvalidArgumentError,
     );
-    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(InvalidArgumentError);
     expect(() => n1.openGroup('kv2', { members: ['n9'], stateMachine: kvStateMachine() })).toThrow(/neither this node/);
     const groups = IDS.map((id) =>
       c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), maxCommandBytes: 1024 }),

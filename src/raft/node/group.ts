@@ -70,6 +70,8 @@ export interface GroupContext {
   readonly requestTimeoutMs: number;
   readonly maxCommandBytes: number;
   readonly addressOf: (node: NodeId) => string | undefined;
+  /** Count the ticks that elapsed time owes the cores (after a pause), before a read is served. */
+  readonly catchUp: () => void;
 }
 
 export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
@@ -174,9 +176,11 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     const read = replica.waitRead(ctx);
     let index: number;
     try {
-      index = await this.#drive('a read', start, deadline, read, 'not-applied', () =>
-        replica.core.readIndex(ctx, lease),
-      );
+      index = await this.#drive('a read', start, deadline, read, 'not-applied', () => {
+        // A leader paused past its lease must learn so from its clock before it answers from that lease.
+        this.#c.catchUp();
+        return replica.core.readIndex(ctx, lease);
+      });
     } finally {
       replica.forgetRead(ctx);
     }

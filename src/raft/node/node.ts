@@ -144,6 +144,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
   #ticker: unknown;
+  /** The clock reading the last counted tick stands for: ticks are counted by elapsed time, not by callbacks. */
+  #tickedAt = 0;
   #closed = false;
   /** Messages for groups not open here (yet), dropped: Raft retransmits. */
   droppedMessages = 0;
@@ -251,6 +253,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       requestTimeoutMs,
     });
     holder.node = node;
+    node.#tickedAt = clock();
     node.#schedule();
     return node;
   }
@@ -348,6 +351,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       requestTimeoutMs,
       maxCommandBytes,
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
+      catchUp: () => this.#catchUp(),
     });
   }
 
@@ -366,9 +370,27 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #schedule(): void {
     this.#ticker = this.#timers.setTimeout(() => {
       if (this.#closed) return;
-      this.#tick();
+      this.#catchUp();
       this.#schedule();
     }, this.#o.tickMs);
+  }
+
+  /**
+   * Count every tick interval that has passed since the last one counted. The core's lease and timers assume its
+   * ticks follow elapsed time (docs/raft.md, "Lease reads"): after a pause (SIGSTOP, a long GC, a blocked event
+   * loop) one timer callback stands for many intervals, and counting it as one would let a leader whose lease ran
+   * out while it was paused serve a stale lease read. Called before the node steps a message or serves a read too,
+   * since after a pause those may be handled before the ticker's callback runs.
+   */
+  #catchUp(): void {
+    if (this.#closed) return;
+    const due = Math.floor((this.#clock() - this.#tickedAt) / this.#o.tickMs);
+    if (due <= 0) return;
+    this.#tickedAt += due * this.#o.tickMs;
+    // Past a few election timeouts more ticks change nothing (every timer and lease of the core has run out), and
+    // a pause of hours must not become millions of ticks.
+    const ticks = Math.min(due, 4 * this.#o.electionTicks + 1);
+    for (let i = 0; i < ticks; i++) this.#tick();
   }
 
   #tick(): void {
@@ -392,6 +414,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       this.droppedMessages++;
       return;
     }
+    this.#catchUp();
     r.step(m);
   }
 
