@@ -188,6 +188,11 @@ class Workload {
       if (items.length > 0) problems.push(`${what} (${items.length}): ${items.slice(0, 10).join(', ')}`);
     };
     list('unexpected answers', this.unexpected);
+    // A node that lost its data directory says so (DATA_LOST); anything else a node reports is a finding.
+    list(
+      'errors the nodes reported',
+      c.nodeErrors.filter((e) => !/^n\d+: DATA_LOST:/.test(e)),
+    );
     list('election safety: two leaders in one term', c.electionSafetyViolations());
     const lost: string[] = [];
     const twice: string[] = [];
