@@ -335,6 +335,18 @@ describe('raft on real processes under faults', () => {
     await w.finalChecks();
   }, 40_000);
 
+  it('a follower restarted with its data directory deleted, the others up: it catches up from the leader', async () => {
+    const c = await cluster();
+    const leader = await c.waitLeader();
+    const follower = c.ids.find((id) => id !== leader)!;
+    const w = new Workload(c);
+    await acksSince(w, 0, 20, 'at the start');
+    await c.restart(follower, { wipe: true });
+    await caughtUp(c, follower, leader);
+    await acksSince(w, now(), 10, `after ${follower} caught up`);
+    await w.finalChecks();
+  }, 40_000);
+
   it('a node restarted with its data directory deleted does not elect a leader that lacks acknowledged writes', async () => {
     const c = await cluster();
     const leader = await c.waitLeader();
