@@ -52,6 +52,11 @@ export interface GroupStatus {
   readonly lastIndex: number;
   readonly membership: Membership;
   readonly quiesced: boolean;
+  /**
+   * Why this replica may not vote yet, if so: `released` while a node with a new data directory waits for its peers
+   * to say whether they knew it, `leader-seen` while one that lost its data catches up (docs/raft.md).
+   */
+  readonly votesHeld: 'released' | 'leader-seen' | undefined;
   readonly sessions: number;
   /** Why this replica stopped (disk or state machine), if it did. */
   readonly failed: RebalancerError | undefined;
@@ -232,6 +237,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       lastIndex: s.lastIndex,
       membership: s.membership,
       quiesced: s.quiesced,
+      votesHeld: s.votesHeld,
       sessions: r.sessions,
       failed: r.failed,
     };

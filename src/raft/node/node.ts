@@ -28,6 +28,9 @@ import { FsDisk } from '../wal/fs-disk.js';
 import { Wal, type WalOptions } from '../wal/wal.js';
 import { RaftGroup } from './group.js';
 import { Replica } from './replica.js';
+import { NodeIdentity } from './identity.js';
+import { VoteGuard } from './vote-guard.js';
+import { newIncarnation } from '../transport/auth.js';
 import { jsonCodec, type Codec, type StateMachine } from './state-machine.js';
 
 /** What the simulator (or a test) injects instead of the real clock, disk, network and randomness. */
@@ -135,6 +138,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly id: string;
   readonly #wal: Wal;
   readonly #transport: Transport;
+  /** Holds the replicas' votes while this node cannot know whether it voted before (vote-guard.ts). */
+  readonly #guard: VoteGuard;
   readonly #timers: Timers;
   readonly #clock: () => number;
   readonly #random: () => number;
@@ -158,11 +163,13 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     mutants: RaftMutants,
     peers: ReadonlyMap<string, string>,
     o: Timing,
+    guard: VoteGuard,
   ) {
     super();
     this.id = id;
     this.#wal = wal;
     this.#transport = transport;
+    this.#guard = guard;
     this.#timers = io.timers;
     this.#clock = io.clock;
     this.#random = io.random;
@@ -222,8 +229,25 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     // The transport starts before the node exists: its callbacks reach the node through this holder.
     const holder: { node?: RaftNode } = {};
     let transport: Transport;
+    let guard: VoteGuard;
     try {
+      // The incarnation of this data directory: from the injected randomness when there is one (the simulator).
+      const identity = await NodeIdentity.open(disk, () =>
+        io.random === undefined ? newIncarnation() : Uint8Array.from({ length: 16 }, () => (random() * 256) | 0),
+      );
+      guard = new VoteGuard({
+        nodeId: id,
+        identity,
+        peers: [...peers.keys()],
+        report: (e, context) => holder.node?.reportError(e, context),
+        peerLostData: (peer) => {
+          if (holder.node !== undefined) holder.node.#peerLostData(peer);
+        },
+      });
       transport = await Transport.start({
+        incarnation: identity.incarnation,
+        knownIncarnation: (peer) => identity.known(peer),
+        onPeerIdentity: (peer, identity) => guard.onPeerIdentity(peer, identity),
         id,
         clusterId: cluster,
         secret,
@@ -245,13 +269,22 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       await wal.close();
       throw err;
     }
-    const node = new RaftNode(id, wal, transport, { timers, clock, random, send: io.send }, mutants, peers, {
-      tickMs,
-      electionTicks,
-      heartbeatTicks,
-      quiesceAfterTicks,
-      requestTimeoutMs,
-    });
+    const node = new RaftNode(
+      id,
+      wal,
+      transport,
+      { timers, clock, random, send: io.send },
+      mutants,
+      peers,
+      {
+        tickMs,
+        electionTicks,
+        heartbeatTicks,
+        quiesceAfterTicks,
+        requestTimeoutMs,
+      },
+      guard,
+    );
     holder.node = node;
     node.#tickedAt = clock();
     node.#schedule();
@@ -338,6 +371,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       onError: (error, context) => this.reportError(error, context),
     });
     this.#replicas.set(name, replica);
+    this.#guard.attach(replica.core);
     replica.process();
     return new RaftGroup<C, Q, R, A>(name, {
       replica,
@@ -394,6 +428,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   }
 
   #tick(): void {
+    this.#guard.tick();
     for (const r of this.#replicas.values()) {
       r.tick();
       if (
@@ -435,6 +470,14 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         r.core.wake();
         r.process();
       }
+    }
+  }
+
+  /** `peer` came back with another incarnation: the groups this node leads replicate to it from the start. */
+  #peerLostData(peer: string): void {
+    for (const r of this.#replicas.values()) {
+      r.core.peerLostData(peer);
+      r.process();
     }
   }
 
