@@ -48,7 +48,9 @@ afterEach(async () => {
   clusters = [];
 });
 
-async function cluster(disks: Record<string, SimDisk> = {}): Promise<Cluster> {
+async function cluster(
+  o: { disks?: Record<string, SimDisk>; clocks?: Record<string, () => number> } = {},
+): Promise<Cluster> {
   const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
   const ports = await allocatePorts(IDS.length);
   for (const [i, id] of IDS.entries()) {
@@ -56,14 +58,15 @@ async function cluster(disks: Record<string, SimDisk> = {}): Promise<Cluster> {
     c.ports[id] = ports[i]!;
   }
   clusters.push(c);
-  await Promise.all(IDS.map((id) => start(c, id, disks[id])));
+  await Promise.all(IDS.map((id) => start(c, id, o.disks?.[id], o.clocks?.[id])));
   return c;
 }
 
-async function start(c: Cluster, id: string, disk?: SimDisk): Promise<RaftNode> {
+async function start(c: Cluster, id: string, disk?: SimDisk, clock?: () => number): Promise<RaftNode> {
   const node = await startRaftNode({
     id,
-    ...(disk ? { io: { disk } } : { dataDir: c.dirs[id]! }),
+    ...(disk ? {} : { dataDir: c.dirs[id]! }),
+    io: { ...(disk ? { disk } : {}), ...(clock ? { clock } : {}) },
     listen: `127.0.0.1:${c.ports[id]}`,
     peers: Object.fromEntries(IDS.filter((p) => p !== id).map((p) => [p, `127.0.0.1:${c.ports[p]}`])),
     secret: SECRET,
@@ -123,6 +126,27 @@ describe('raft nodes on loopback', () => {
     expect(await lengths(again)).toEqual(want);
   }, 30_000);
 
+  it('ticks follow elapsed time: a leader whose clock moved past its lease in one step serves no lease read', async () => {
+    // As after a SIGSTOP or a long pause: the clock has moved on, and no tick callback has run yet.
+    const offsets: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    const clocks = Object.fromEntries(IDS.map((id) => [id, () => performance.now() + offsets[id]!]));
+    const c = await cluster({ clocks });
+    const groups = IDS.map((id) =>
+      c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), leaseReads: true }),
+    );
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    const leader = groups.find((g) => g.status().role === 'leader')!;
+    expect(await leader.query({ op: 'get', key: 'a' }, { consistency: 'lease' })).toBe('1');
+    offsets[leader.status().node] = 60_000;
+    const read = leader
+      .query({ op: 'get', key: 'a' }, { consistency: 'lease', timeoutMs: 1000 })
+      .catch((e: unknown) => e);
+    // Before answering it counted the ticks of that minute: check-quorum deposed it (it heard from nobody in them).
+    expect(leader.status().role).not.toBe('leader');
+    await read;
+  }, 30_000);
+
   it('commands in flight across a leadership transfer apply exactly once', async () => {
     const c = await cluster();
     const groups = IDS.map((id) => open(c.nodes.get(id)!));
@@ -138,7 +162,7 @@ describe('raft nodes on loopback', () => {
 
   it('a full disk: that node stops acknowledging and says so; the others go on', async () => {
     const disk = new SimDisk();
-    const c = await cluster({ n1: disk });
+    const c = await cluster({ disks: { n1: disk } });
     const reported: unknown[] = [];
     c.nodes.get('n1')!.on('error', (e) => reported.push(e.error));
     const groups = IDS.map((id) => open(c.nodes.get(id)!));

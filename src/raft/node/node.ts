@@ -389,7 +389,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       requestTimeoutMs,
       maxCommandBytes,
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
-      catchUp: () => this.catchUp(),
+      catchUp: () => this.#catchUp(),
     });
   }
 
@@ -408,7 +408,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #schedule(): void {
     this.#ticker = this.#timers.setTimeout(() => {
       if (this.#closed) return;
-      this.catchUp();
+      this.#catchUp();
       this.#schedule();
     }, this.#o.tickMs);
   }
@@ -420,7 +420,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
    * timer, before every received message and before every read. Bounded: beyond a few election timeouts more ticks
    * change nothing.
    */
-  catchUp(): void {
+  #catchUp(): void {
     if (this.#closed) return;
     const now = this.#clock();
     const due = Math.floor((now - this.#lastTickAt) / this.#o.tickMs);
@@ -447,7 +447,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
 
   #receive(from: string, groupId: string, m: Message): void {
     if (this.#closed) return;
-    this.catchUp();
+    this.#catchUp();
     const r = this.#replicas.get(groupId);
     if (r === undefined || m.to !== this.id || m.from !== from) {
       this.droppedMessages++;
