@@ -40,7 +40,8 @@ const node = await startRaftNode({
   secret: process.env['RAFT_SECRET'] ?? 'use 32 random bytes, the same on every node',
 });
 const group = node.openGroup('counter', { members: ids, stateMachine: counter });
-await group.ready({ timeoutMs: 60_000 }); // a leader is elected once two of the three nodes run
+// The first time, all three must run (new nodes check with their peers that none lost its data); then any two.
+await group.ready({ timeoutMs: 60_000 });
 console.log(`${id} ready, leader ${group.status().leader}`);
 
 let stopping = false;
