@@ -38,6 +38,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { PlacementNode } from './index.js';
+import { balanceLeaders, leaderBounds, uniformRows } from './balance.js';
 import { hash32 } from './hash.js';
 import { SiteScanner } from './scan.js';
 import { checkSlotCount } from './slot-hash.js';
@@ -80,33 +81,35 @@ export const MAX_REPLICAS = 64;
 /** Most sites: indices are stored as 16-bit numbers. */
 export const MAX_SITES = 65535;
 
-interface Site {
+export interface Site {
   readonly id: string;
   readonly zone: string;
   readonly weight: number;
 }
 
-function normaliseSites(sites: readonly PlacementNode[]): Site[] {
-  if (!Array.isArray(sites)) throw new InvalidArgumentError('slot placement: sites must be an array');
+/**
+ * Validated sites sorted by id. `what` and `noun` name the caller in messages ('fleet placement', 'node'): the fleet
+ * validates its nodes with the same rules.
+ */
+export function normaliseSites(sites: readonly PlacementNode[], what = 'slot placement', noun = 'site'): Site[] {
+  if (!Array.isArray(sites)) throw new InvalidArgumentError(`${what}: ${noun}s must be an array`);
   if (sites.length > MAX_SITES) {
-    throw new InvalidArgumentError(`slot placement: ${sites.length} sites; at most ${MAX_SITES} are supported`);
+    throw new InvalidArgumentError(`${what}: ${sites.length} ${noun}s; at most ${MAX_SITES} are supported`);
   }
   const seen = new Set<string>();
   const out: Site[] = [];
   for (const s of sites) {
     if (typeof s?.id !== 'string' || s.id.length === 0) {
-      throw new InvalidArgumentError('slot placement: site id must be a non-empty string');
+      throw new InvalidArgumentError(`${what}: ${noun} id must be a non-empty string`);
     }
-    if (seen.has(s.id)) throw new InvalidArgumentError(`slot placement: duplicate site id ${JSON.stringify(s.id)}`);
+    if (seen.has(s.id)) throw new InvalidArgumentError(`${what}: duplicate ${noun} id ${JSON.stringify(s.id)}`);
     seen.add(s.id);
     const weight = s.weight ?? 1;
     if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) {
-      throw new InvalidArgumentError(
-        `slot placement: site ${s.id} has weight ${String(weight)}; use a finite number > 0`,
-      );
+      throw new InvalidArgumentError(`${what}: ${noun} ${s.id} has weight ${String(weight)}; use a finite number > 0`);
     }
     const zone = s.zone ?? '';
-    if (typeof zone !== 'string') throw new InvalidArgumentError(`slot placement: site ${s.id} has a non-string zone`);
+    if (typeof zone !== 'string') throw new InvalidArgumentError(`${what}: ${noun} ${s.id} has a non-string zone`);
     out.push({ id: s.id, zone, weight });
   }
   // Sorted by id (UTF-16 code unit order, as JavaScript compares strings): input order never matters.
@@ -114,7 +117,7 @@ function normaliseSites(sites: readonly PlacementNode[]): Site[] {
   return out;
 }
 
-function checkReplicas(replicas: number): void {
+export function checkReplicas(replicas: number): void {
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
     throw new InvalidArgumentError(`replicas is ${String(replicas)}; use an integer from 1 to ${MAX_REPLICAS}`);
   }
@@ -427,8 +430,9 @@ function seedGates(weight: Float64Array, seed: number): Int32Array {
 }
 
 /**
- * Fill `rank` (slotCount × R) with each slot's replicas in zone-spread rendezvous order. The result equals
- * `rankNodes(String(s), sites, R, { spreadZones: true })` for every slot (a unit test checks it).
+ * Fill `rank` (keyCount × R) with each key's replicas in zone-spread rendezvous order; key `s` is `hashes[s]`
+ * (`hash32` of its name: `hash32(String(slot))` for slots, the group name for the fleet). The result equals
+ * `rankNodes(name, sites, R, { spreadZones: true })` for every key (unit tests check it).
  *
  * This loop is the whole cost of a placement (slotCount × sites hashes), so it is written for speed: no
  * allocation; each slot keeps only its few best candidates; a site scoring at or below a cut is dropped before
@@ -437,7 +441,13 @@ function seedGates(weight: Float64Array, seed: number): Int32Array {
  * champion) is simply redone without the seed, so the seed changes the speed, never the result. Where the seed
  * misses often (very uneven zones), it is switched off.
  */
-function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank: Uint16Array): void {
+export function rankReplicas(
+  sites: readonly Site[],
+  hashes: Uint32Array,
+  keyCount: number,
+  R: number,
+  rank: Uint16Array,
+): void {
   const N = sites.length;
   // combine32(a, b) = fmix32(a ^ imul(b, 0x9e3779b1)): the site half is fixed per site.
   const siteMix = new Int32Array(N);
@@ -466,7 +476,6 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
       ? -Infinity
       : Math.floor(4294967296 * (1 - expected / N)) - 2147483648
     : weightedSeed(weight, expected);
-  const hashes = slotHashTable(slotCount);
   const order = new Int32Array(R);
   const open = seedGates(weight, -Infinity);
   let gate = uniform ? open : seedGates(weight, seed);
@@ -483,7 +492,7 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
       );
   }
   let misses = 0;
-  for (let s = 0; s < slotCount; s++) {
+  for (let s = 0; s < keyCount; s++) {
     const h = hashes[s]!;
     if (scanner !== undefined) {
       const count = scanner.scan(h);
@@ -528,140 +537,6 @@ function rankReplicas(sites: readonly Site[], slotCount: number, R: number, rank
   }
 }
 
-const EPS = 1e-9;
-
-/**
- * Primary bounds: each site's weighted share of slotCount, rounded down (`lo`) and up (`hi`). Shares sum to
- * slotCount, so a choice with every site within its bounds exists whenever the replica sets allow one.
- */
-function primaryBounds(sites: readonly Site[], slotCount: number): { lo: Int32Array; hi: Int32Array } {
-  const N = sites.length;
-  const total = sites.reduce((a, s) => a + s.weight, 0);
-  const lo = new Int32Array(N);
-  const hi = new Int32Array(N);
-  for (let i = 0; i < N; i++) {
-    const share = (slotCount * sites[i]!.weight) / total;
-    // EPS: a share that is an integer up to rounding (819.9999999) counts as that integer.
-    lo[i] = Math.floor(share + EPS);
-    hi[i] = Math.max(lo[i]!, Math.ceil(share - EPS));
-  }
-  return { lo, hi };
-}
-
-/**
- * Choose one primary per slot among its replicas so that every site's count is within [lo, hi] where the replica
- * sets allow it. `primary[s]` holds the starting choice and receives the result. Two phases of augmenting paths
- * (shortest chains of primary hand-overs, by breadth-first search):
- *  A. a site above `hi` hands a slot down a chain that ends at a site below `hi`;
- *  B. a site below `lo` takes a slot up a chain that starts at a site above `lo`.
- * Each applied chain changes only its two ends' counts. Within a phase, a site for which no chain exists stays
- * without one: a later chain runs through sites it cannot reach (else it could have used that chain's end).
- */
-function balancePrimaries(
-  N: number,
-  slotCount: number,
-  R: number,
-  rank: Uint16Array,
-  primary: Int32Array,
-  lo: Int32Array,
-  hi: Int32Array,
-): void {
-  const count = new Int32Array(N);
-  // lists[a]: slots whose primary is a (swap-remove with pos[]); holds[a]: slots a is a replica of (fixed).
-  const lists: number[][] = Array.from({ length: N }, () => []);
-  const pos = new Int32Array(slotCount);
-  const holdStart = new Int32Array(N + 1);
-  for (let k = 0; k < rank.length; k++) holdStart[rank[k]! + 1]!++;
-  for (let i = 0; i < N; i++) holdStart[i + 1]! += holdStart[i]!;
-  const holds = new Int32Array(rank.length);
-  const fill = holdStart.slice(0, N);
-  for (let s = 0; s < slotCount; s++) {
-    for (let r = 0; r < R; r++) holds[fill[rank[s * R + r]!]!++] = s;
-    const p = primary[s]!;
-    count[p]!++;
-    pos[s] = lists[p]!.length;
-    lists[p]!.push(s);
-  }
-  const move = (s: number, from: number, to: number): void => {
-    const list = lists[from]!;
-    const at = pos[s]!;
-    const last = list.pop()!;
-    if (last !== s) {
-      list[at] = last;
-      pos[last] = at;
-    }
-    pos[s] = lists[to]!.length;
-    lists[to]!.push(s);
-    primary[s] = to;
-  };
-  const seen = new Int32Array(N);
-  let stamp = 0;
-  const queue = new Int32Array(N);
-  const viaSlot = new Int32Array(N);
-  const viaSite = new Int32Array(N);
-
-  // A: from x (above hi) to the nearest site below hi, through slots x (then each next site) is primary of.
-  const pushDown = (x: number): boolean => {
-    seen[x] = ++stamp;
-    queue[0] = x;
-    for (let head = 0, tail = 1; head < tail;) {
-      const a = queue[head++]!;
-      const list = lists[a]!;
-      for (let k = 0; k < list.length; k++) {
-        const s = list[k]!;
-        for (let r = 0; r < R; r++) {
-          const b = rank[s * R + r]!;
-          if (seen[b] === stamp) continue;
-          seen[b] = stamp;
-          viaSlot[b] = s;
-          viaSite[b] = a;
-          if (count[b]! < hi[b]!) {
-            count[b]!++;
-            count[x]!--;
-            for (let y = b; y !== x; y = viaSite[y]!) move(viaSlot[y]!, viaSite[y]!, y);
-            return true;
-          }
-          queue[tail++] = b;
-        }
-      }
-    }
-    return false;
-  };
-
-  // B: to x (below lo) from the nearest site above lo, through slots x (then each next site) is a replica of.
-  const pullUp = (x: number): boolean => {
-    seen[x] = ++stamp;
-    queue[0] = x;
-    for (let head = 0, tail = 1; head < tail;) {
-      const a = queue[head++]!;
-      for (let k = holdStart[a]!; k < holdStart[a + 1]!; k++) {
-        const s = holds[k]!;
-        const b = primary[s]!;
-        if (seen[b] === stamp) continue;
-        seen[b] = stamp;
-        viaSlot[b] = s;
-        viaSite[b] = a;
-        if (count[b]! > lo[b]!) {
-          count[b]!--;
-          count[x]!++;
-          for (let y = b; y !== x; y = viaSite[y]!) move(viaSlot[y]!, y, viaSite[y]!);
-          return true;
-        }
-        queue[tail++] = b;
-      }
-    }
-    return false;
-  };
-
-  // A lowers the total excess above hi, B the total shortfall below lo, and neither raises the other's; a B chain
-  // can free room below hi for a site A gave up on, so alternate until neither moves anything.
-  for (let progress = true; progress;) {
-    progress = false;
-    for (let x = 0; x < N; x++) while (count[x]! > hi[x]! && pushDown(x)) progress = true;
-    for (let x = 0; x < N; x++) while (count[x]! < lo[x]! && pullUp(x)) progress = true;
-  }
-}
-
 /** Place `slotCount` slots on `sites` with `replicas` replicas each. Deterministic; see the module comment. */
 export function computeSlotPlacement(input: SlotPlacementInput): SlotPlacement {
   const { slotCount, replicas: requested, previous } = input;
@@ -686,7 +561,7 @@ export function computeSlotPlacement(input: SlotPlacementInput): SlotPlacement {
   if (R === 0) return Object.freeze({ ...base, table: new Uint16Array(0) });
 
   const rank = new Uint16Array(slotCount * R);
-  rankReplicas(sites, slotCount, R, rank);
+  rankReplicas(sites, slotHashTable(slotCount), slotCount, R, rank);
 
   // Start each slot from its previous primary while it is still a replica, else from its top-ranked replica.
   const primary = new Int32Array(slotCount);
@@ -711,8 +586,8 @@ export function computeSlotPlacement(input: SlotPlacementInput): SlotPlacement {
     }
     primary[s] = p;
   }
-  const { lo, hi } = primaryBounds(sites, slotCount);
-  balancePrimaries(N, slotCount, R, rank, primary, lo, hi);
+  const { lo, hi } = leaderBounds(base.siteWeights, slotCount);
+  balanceLeaders(N, slotCount, uniformRows(slotCount, R), rank, primary, lo, hi);
 
   // Rows: the primary first, then the other replicas in rank order.
   const table = new Uint16Array(slotCount * R);
