@@ -243,3 +243,16 @@ export function rankNodes<N extends PlacementNode>(
   }
   return out;
 }
+
+// Fleet placement (many Raft groups over nodes): members and balanced desired leaders; see fleet.ts.
+export {
+  countFleetMoves,
+  fleetLoads,
+  placeGroups,
+  type FleetGroupSpec,
+  type FleetMoves,
+  type FleetNodeLoad,
+  type FleetPlacement,
+  type FleetPlacementInput,
+  type GroupPlacement,
+} from './fleet.js';
