@@ -19,7 +19,7 @@
  *    list, and a join or leave moves only the slots whose top R it changes
  *    (about slotCount × R / N).
  *
- * 2. Primaries — a balancing pass, not "the top-ranked replica" (which, like
+ * 2. Primaries — a balancing pass (balance.ts, shared with fleet placement), not "the top-ranked replica" (which, like
  *    "the oldest replica", lets primaries pile up): each site may be primary
  *    for between the floor and the ceiling of its weighted share of
  *    slotCount. Each slot starts with its previous primary if that site is
