@@ -76,7 +76,9 @@ function normaliseGroups(groups: readonly FleetGroupSpec[]): FleetGroupSpec[] {
       throw new InvalidArgumentError('fleet placement: a group name must be a non-empty string');
     }
     if (seen.has(g.name)) {
-      throw new InvalidArgumentError(`fleet placement: group ${JSON.stringify(g.name)} is listed twice; names are unique`);
+      throw new InvalidArgumentError(
+        `fleet placement: group ${JSON.stringify(g.name)} is listed twice; names are unique`,
+      );
     }
     seen.add(g.name);
     const r = g.replicas;

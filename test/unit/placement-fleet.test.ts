@@ -60,7 +60,11 @@ describe('placeGroups: members', () => {
         const b = placeGroups({ nodes: rot(nodes), groups: rot(groups) });
         expect(b).toEqual(a);
         const c = placeGroups({ nodes: rot(nodes), groups, previous: a });
-        const d = placeGroups({ nodes, groups: rot(groups), previous: JSON.parse(JSON.stringify(a)) as FleetPlacement });
+        const d = placeGroups({
+          nodes,
+          groups: rot(groups),
+          previous: JSON.parse(JSON.stringify(a)) as FleetPlacement,
+        });
         expect(d).toEqual(c);
       }),
       { numRuns: 150 },
@@ -71,7 +75,9 @@ describe('placeGroups: members', () => {
     fc.assert(
       fc.property(nodeArb, groupArb, (nodes, groups) => {
         const p = placeGroups({ nodes, groups });
-        expect(p.groups.map((g) => g.name)).toEqual(groups.map((g) => g.name).sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)));
+        expect(p.groups.map((g) => g.name)).toEqual(
+          groups.map((g) => g.name).sort((x, y) => (x < y ? -1 : x > y ? 1 : 0)),
+        );
         const want = new Map(groups.map((g) => [g.name, g.replicas]));
         for (const g of p.groups) {
           const R = Math.min(want.get(g.name)!, nodes.length);
