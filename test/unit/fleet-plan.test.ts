@@ -151,6 +151,7 @@ describe('fleet plan: one rule at a time', () => {
     const c = { voters: ['a', 'b', 'c'], desired: ['a', 'b', 'c'], desiredLeader: 'b', leader: 'a' };
     expect(plan(c)).toEqual({ type: 'transferLeader', node: 'b' });
     expect(plan({ ...c, lagging: ['b'] })).toMatchObject({ type: 'none', reason: 'catching-up' });
+    expect(plan({ ...c, dead: ['b'] })).toMatchObject({ type: 'none', reason: 'waiting-for-node' });
     expect(plan({ ...c, leader: 'b' })).toMatchObject({ type: 'none', reason: 'converged' });
     // Not before the members are right.
     expect(plan({ ...c, desired: ['a', 'b', 'c', 'd'] })).toEqual({ type: 'addLearner', node: 'd' });

@@ -35,7 +35,7 @@
  *     be safe) → `transferLeader` to the desired leader if it is a healthy voter, else to the first healthy desired
  *     voter by id; the new leader removes the old one by rule 5. The leader never removes itself.
  *  9. The voters are exactly the desired members and the leader is not the desired one → `transferLeader` to it
- *     once it is healthy; `none` (`catching-up`) until then.
+ *     once it is healthy; until then `none` (`waiting-for-node` while it is not live, else `catching-up`).
  * 10. Otherwise `none`: `converged` when voters = desired members, no learners and the desired leader leads;
  *     `waiting-for-node` when a desired member is not live; `catching-up` otherwise (a learner or voter behind).
  *
@@ -173,7 +173,8 @@ export function nextStep(input: PlanInput): PlanStep {
   const sameVoters = voters.length === wanted.size && voters.every((n) => wanted.has(n));
   if (sameVoters && leader !== desired.leader) {
     if (healthy(desired.leader)) return { type: 'transferLeader', node: desired.leader };
-    return none('catching-up', `the desired leader ${desired.leader} is not live and caught up yet`);
+    if (!live.has(desired.leader)) return none('waiting-for-node', `the desired leader ${desired.leader} is not live`);
+    return none('catching-up', `the desired leader ${desired.leader} has not caught up yet`);
   }
   // 10.
   if (sameVoters && learners.length === 0) return none('converged', 'the group has its desired members and leader');
