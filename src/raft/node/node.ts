@@ -27,7 +27,7 @@ import type { Disk } from '../wal/disk.js';
 import { FsDisk } from '../wal/fs-disk.js';
 import { Wal, type WalOptions } from '../wal/wal.js';
 import { RaftGroup } from './group.js';
-import { Replica } from './replica.js';
+import { Replica, type ReplicaObserver } from './replica.js';
 import { jsonCodec, type Codec, type StateMachine } from './state-machine.js';
 
 /** What the simulator (or a test) injects instead of the real clock, disk, network and randomness. */
@@ -42,6 +42,8 @@ export interface RaftNodeIo {
   readonly send?: (to: NodeId, groupId: string, message: Message, deliver: () => void) => void;
   /** Deliberately broken variants (the simulator's `--mutant`); never in production. */
   readonly mutants?: RaftMutants;
+  /** @internal The simulator's invariant checker: sees every replica's Readies, applies and restores. */
+  readonly observer?: ReplicaObserver;
 }
 
 export interface RaftNodeOptions {
@@ -140,6 +142,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #random: () => number;
   readonly #send: RaftNodeIo['send'];
   readonly #mutants: RaftMutants;
+  readonly #observer: ReplicaObserver | undefined;
   readonly #peers: ReadonlyMap<string, string>;
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
@@ -152,7 +155,10 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     id: string,
     wal: Wal,
     transport: Transport,
-    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send' | 'mutants'>> & { send: RaftNodeIo['send'] | undefined },
+    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send' | 'mutants' | 'observer'>> & {
+      send: RaftNodeIo['send'] | undefined;
+      observer: ReplicaObserver | undefined;
+    },
     mutants: RaftMutants,
     peers: ReadonlyMap<string, string>,
     o: Timing,
@@ -165,6 +171,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#clock = io.clock;
     this.#random = io.random;
     this.#send = io.send;
+    this.#observer = io.observer;
     this.#mutants = mutants;
     this.#peers = peers;
     this.#o = o;
@@ -243,13 +250,21 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       await wal.close();
       throw err;
     }
-    const node = new RaftNode(id, wal, transport, { timers, clock, random, send: io.send }, mutants, peers, {
-      tickMs,
-      electionTicks,
-      heartbeatTicks,
-      quiesceAfterTicks,
-      requestTimeoutMs,
-    });
+    const node = new RaftNode(
+      id,
+      wal,
+      transport,
+      { timers, clock, random, send: io.send, observer: io.observer },
+      mutants,
+      peers,
+      {
+        tickMs,
+        electionTicks,
+        heartbeatTicks,
+        quiesceAfterTicks,
+        requestTimeoutMs,
+      },
+    );
     holder.node = node;
     node.#schedule();
     return node;
@@ -333,6 +348,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       send: (m) => this.#sendOut(name, m),
       onChange: (rep) => this.#changed(rep),
       onError: (error, context) => this.reportError(error, context),
+      observer: this.#observer,
     });
     this.#replicas.set(name, replica);
     replica.process();
