@@ -347,6 +347,10 @@ export class RaftInvariants {
   #checkEntry(g: Group, r: Replica, i: number, term: number, hash: number, prevTerm: number): void {
     const ct = g.cTerm[i];
     if (ct !== undefined) {
+      // An entry of a term below the one its index was known committed in is a deposed leader's (its own
+      // proposals, or what a crash brought back of an unacknowledged suffix): stale, not a violation. A leader of
+      // that term or a later one cannot lack the committed entry.
+      if (ct !== term && term < this.#committedInTerm(g, i)) return;
       if (ct !== term) {
         this.#violate(
           'leader-completeness',
@@ -432,6 +436,19 @@ export class RaftInvariants {
       r.hashes.splice(0, c - r.base);
       r.base = c;
     }
+  }
+
+  /** The lowest term in which index `i` was seen committed (commitRuns: increasing `last`, increasing term). */
+  #committedInTerm(g: Group, i: number): number {
+    const runs = g.commitRuns;
+    let lo = 0;
+    let hi = runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (runs[mid]!.last < i) lo = mid + 1;
+      else hi = mid;
+    }
+    return runs[lo]?.term ?? Infinity;
   }
 
   /** A leader of `term` must hold every entry committed in an earlier term. */
