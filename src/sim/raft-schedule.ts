@@ -1,0 +1,284 @@
+/**
+ * The Raft simulation's fault schedule (issue 13, item 5): drawn from the seed before the run (never from what the
+ * run does, and never from the mutant: a seed is the same schedule with or without one), then applied at its times.
+ * A target named 'leader' is resolved when the fault fires (the leader then, as the scheduler would see it).
+ *
+ * Faults: message loss/duplication/delay rates; partitions (one node cut off both ways, one direction between two
+ * nodes, the leader's outgoing messages); crash + restart of one node; a power loss of every node at once (what a
+ * write acknowledged before its fsync does not survive); a paused process (SIGSTOP); a slow or hung disk; and a
+ * membership episode — two voters demoted to learners at once by the leader, whose outgoing messages are cut at
+ * that moment, then both promoted back.
+ *
+ * Lease reads assume bounded clock drift, which a paused process breaks (its ticks stop, its lease does not end):
+ * a seed either issues lease reads or pauses processes, never both.
+ */
+import type { MessageFaults } from './raft-faults.js';
+import type { SimCluster, SimNode } from './raft-cluster.js';
+import type { SimNetwork } from './raft-world.js';
+import type { Random } from './random.js';
+import type { SimWorld } from './world.js';
+
+type Target = number | 'leader';
+
+export type Fault = { readonly atMs: number } & (
+  | {
+      readonly kind: 'rates';
+      readonly loss: number;
+      readonly duplicate: number;
+      readonly delay: number;
+      readonly maxDelayMs: number;
+    }
+  | { readonly kind: 'isolate'; readonly target: Target; readonly forMs: number }
+  | { readonly kind: 'one-way'; readonly from: Target; readonly to: number; readonly forMs: number }
+  | { readonly kind: 'crash'; readonly target: Target; readonly downMs: number }
+  | { readonly kind: 'power-loss'; readonly downMs: number }
+  | { readonly kind: 'pause'; readonly target: Target; readonly forMs: number }
+  | {
+      readonly kind: 'disk';
+      readonly target: Target;
+      readonly hang: boolean;
+      readonly forMs: number;
+      readonly syncMaxMs: number;
+    }
+  | { readonly kind: 'membership'; readonly order: number; readonly cutMs: number }
+);
+
+export interface Schedule {
+  readonly leaseReads: boolean;
+  readonly faults: readonly Fault[];
+}
+
+const WEIGHTS: readonly [Fault['kind'], number][] = [
+  ['rates', 10],
+  ['isolate', 14],
+  ['one-way', 10],
+  ['crash', 14],
+  ['power-loss', 4],
+  ['pause', 10],
+  ['disk', 10],
+  ['membership', 8],
+];
+
+export function drawSchedule(rng: Random, nodes: number, faultMs: number): Schedule {
+  const leaseReads = rng.chance(0.4);
+  const faults: Fault[] = [];
+  const total = WEIGHTS.reduce((s, [, w]) => s + w, 0);
+  const target = (): Target => (rng.chance(0.5) ? 'leader' : rng.int(0, nodes - 1));
+  // The first leader is elected within ~300 ms; faults come every ~120 ms on average after that.
+  for (let t = 300 + rng.exp(100); t < faultMs - 100; t += rng.exp(120)) {
+    let pick = rng.next() * total;
+    let kind: Fault['kind'] = 'rates';
+    for (const [k, w] of WEIGHTS) {
+      if ((pick -= w) < 0) {
+        kind = k;
+        break;
+      }
+    }
+    const atMs = t;
+    switch (kind) {
+      case 'rates':
+        faults.push({
+          atMs,
+          kind,
+          loss: rng.range(0, 0.2),
+          duplicate: rng.range(0, 0.1),
+          delay: rng.range(0, 0.3),
+          maxDelayMs: rng.range(1, 80),
+        });
+        break;
+      case 'isolate':
+        faults.push({ atMs, kind, target: target(), forMs: rng.range(50, 500) });
+        break;
+      case 'one-way':
+        faults.push({ atMs, kind, from: target(), to: rng.int(0, nodes - 1), forMs: rng.range(50, 600) });
+        break;
+      case 'crash':
+        faults.push({ atMs, kind, target: target(), downMs: rng.range(5, 300) });
+        break;
+      case 'power-loss':
+        faults.push({ atMs, kind, downMs: rng.range(5, 100) });
+        break;
+      case 'pause':
+        if (!leaseReads) faults.push({ atMs, kind, target: target(), forMs: rng.range(30, 400) });
+        break;
+      case 'disk':
+        faults.push({
+          atMs,
+          kind,
+          target: target(),
+          hang: rng.chance(0.4),
+          forMs: rng.range(50, 600),
+          syncMaxMs: rng.range(2, 40),
+        });
+        break;
+      case 'membership':
+        faults.push({ atMs, kind, order: rng.int(0, 1_000_000), cutMs: rng.chance(0.7) ? rng.range(100, 400) : 0 });
+        break;
+    }
+  }
+  return { leaseReads, faults };
+}
+
+export interface ScheduleContext {
+  readonly world: SimWorld;
+  readonly cluster: SimCluster;
+  readonly faults: MessageFaults;
+  readonly net: SimNetwork;
+  readonly trace: (line: string) => void;
+  /** Membership episodes under way (the liveness phase waits for them). */
+  readonly episodes: Promise<unknown>[];
+}
+
+function resolve(ctx: ScheduleContext, t: Target): SimNode | undefined {
+  if (t === 'leader') return ctx.cluster.leader();
+  return ctx.cluster.nodes[t];
+}
+
+/** Cut everything `n` sends, for `ms` (one way: it still hears the others). */
+function cutOutgoing(ctx: ScheduleContext, n: SimNode, ms: number): void {
+  for (const p of ctx.cluster.nodes) if (p !== n) ctx.faults.partition(n.id, p.id);
+  ctx.world.at(ctx.world.now() + ms, () => {
+    for (const p of ctx.cluster.nodes) if (p !== n) ctx.faults.heal(n.id, p.id);
+  });
+}
+
+function restartLater(ctx: ScheduleContext, n: SimNode, ms: number): void {
+  ctx.world.at(ctx.world.now() + ms, () => {
+    if (!n.up) void ctx.cluster.start(n);
+  });
+}
+
+export function applyFault(ctx: ScheduleContext, f: Fault): void {
+  const { world, cluster, faults } = ctx;
+  const later = (ms: number, fn: () => void): void => world.at(world.now() + ms, fn);
+  switch (f.kind) {
+    case 'rates':
+      faults.set({ loss: f.loss, duplicate: f.duplicate, delay: f.delay, maxDelayMs: f.maxDelayMs });
+      ctx.trace(
+        `rates loss ${f.loss.toFixed(2)} dup ${f.duplicate.toFixed(2)} delay ${f.delay.toFixed(2)}/${f.maxDelayMs.toFixed(0)}ms`,
+      );
+      return;
+    case 'isolate': {
+      const n = resolve(ctx, f.target);
+      if (n === undefined) return;
+      ctx.trace(`isolate ${n.id} ${f.forMs.toFixed(0)}ms`);
+      for (const p of cluster.nodes) {
+        if (p === n) continue;
+        faults.partition(n.id, p.id);
+        faults.partition(p.id, n.id);
+      }
+      later(f.forMs, () => {
+        for (const p of cluster.nodes) {
+          faults.heal(n.id, p.id);
+          faults.heal(p.id, n.id);
+        }
+      });
+      return;
+    }
+    case 'one-way': {
+      const a = resolve(ctx, f.from);
+      const b = cluster.nodes[f.to];
+      if (a === undefined || b === undefined || a === b) return;
+      ctx.trace(`one-way ${a.id}>${b.id} ${f.forMs.toFixed(0)}ms`);
+      faults.partition(a.id, b.id);
+      later(f.forMs, () => faults.heal(a.id, b.id));
+      return;
+    }
+    case 'crash': {
+      const n = resolve(ctx, f.target);
+      if (n === undefined || !n.up) return;
+      cluster.crash(n);
+      restartLater(ctx, n, f.downMs);
+      return;
+    }
+    case 'power-loss':
+      ctx.trace('power loss');
+      for (const n of cluster.nodes) {
+        cluster.crash(n);
+        restartLater(ctx, n, f.downMs);
+      }
+      return;
+    case 'pause': {
+      const n = resolve(ctx, f.target);
+      if (n === undefined || !n.up) return;
+      ctx.trace(`pause ${n.id} ${f.forMs.toFixed(0)}ms`);
+      cluster.pause(n);
+      later(f.forMs, () => cluster.resume(n));
+      return;
+    }
+    case 'disk': {
+      const n = resolve(ctx, f.target);
+      if (n === undefined || !n.up) return;
+      const slow = n.current.slow;
+      ctx.trace(`disk ${n.id} ${f.hang ? 'hangs' : `slow ≤${f.syncMaxMs.toFixed(0)}ms`} ${f.forMs.toFixed(0)}ms`);
+      if (f.hang) slow.stallFor(f.forMs);
+      else {
+        slow.setSyncMs({ min: 1, max: f.syncMaxMs });
+        later(f.forMs, () => slow.setSyncMs({ min: 0.2, max: 3 }));
+      }
+      return;
+    }
+    case 'membership':
+      ctx.episodes.push(membershipEpisode(ctx, f.order, f.cutMs));
+      return;
+  }
+}
+
+/**
+ * The leader demotes two other voters to learners at once (the second change is proposed while the first is in
+ * flight: the runtime must hold it back until the first commits), its outgoing messages cut at that moment for
+ * `cutMs`; then both are promoted back.
+ */
+async function membershipEpisode(ctx: ScheduleContext, order: number, cutMs: number): Promise<void> {
+  const leader = ctx.cluster.leader();
+  const group = leader?.current.group;
+  if (leader === undefined || group === undefined) return;
+  const voters = group.status().membership.voters.filter((v) => v !== leader.id);
+  if (voters.length < 2) return;
+  const x = voters[order % voters.length]!;
+  const y = voters[(order + 1) % voters.length]!;
+  ctx.trace(`membership: ${leader.id} demotes ${x} and ${y}${cutMs > 0 ? `, cut ${cutMs.toFixed(0)}ms` : ''}`);
+  if (cutMs > 0) cutOutgoing(ctx, leader, cutMs);
+  const dead = leader.current.dead;
+  const changes = [x, y].map((node) =>
+    group.changeMembership({ type: 'addLearner', node }, { timeoutMs: 600 }).catch(() => undefined),
+  );
+  await Promise.race([Promise.all(changes), dead]);
+  await restoreVoters(ctx, 5);
+}
+
+/** Promote every node back to voter, through whoever leads; true once all are voters. */
+export async function restoreVoters(ctx: ScheduleContext, attempts: number): Promise<boolean> {
+  const all = ctx.cluster.nodes.map((n) => n.id);
+  for (let i = 0; i < attempts; i++) {
+    const leader = ctx.cluster.leader();
+    const inc = leader?.current;
+    const group = inc?.group;
+    if (leader === undefined || inc === undefined || group === undefined) {
+      await new Promise<void>((r) => ctx.world.clock.setTimeout(r, 100));
+      continue;
+    }
+    const voters = group.status().membership.voters;
+    const missing = all.find((id) => !voters.includes(id));
+    if (missing === undefined) return true;
+    const change = group
+      .changeMembership({ type: 'addVoter', node: missing }, { timeoutMs: 600 })
+      .catch(() => undefined);
+    await Promise.race([change, inc.dead]);
+  }
+  return false;
+}
+
+/** End every fault: rates, partitions, blocks, pauses, slow and hung disks; restart every node that is down. */
+export async function healAll(ctx: ScheduleContext): Promise<void> {
+  ctx.faults.heal();
+  ctx.net.heal();
+  const starts: Promise<void>[] = [];
+  for (const n of ctx.cluster.nodes) {
+    ctx.cluster.resume(n);
+    n.current.slow.unstall();
+    n.current.slow.setSyncMs({ min: 0.2, max: 3 });
+    if (!n.up) starts.push(ctx.cluster.start(n));
+  }
+  await Promise.all(starts);
+}
