@@ -431,6 +431,10 @@ export class Core {
     invariant(this.role !== 'leader', 'a leader cannot become a pre-candidate');
     // Neither the term nor the vote change: a pre-vote that fails leaves no trace.
     this.#votes.clear();
+    // The lease a restarted replica grants an unknown leader lasts one election timeout, which has passed when it
+    // campaigns. Kept, it would drop every pre-vote after each of its own (its timer restarts at each round): the
+    // simulator found three replicas restarted together pre-voting in step, never answering each other.
+    this.#startLease = false;
     this.role = 'preCandidate';
     this.lead = '';
     this.leader = undefined;
