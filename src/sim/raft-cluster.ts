@@ -156,7 +156,7 @@ export class SimCluster {
       leaseReads: o.leaseReads,
       // Small enough that snapshots, compaction and snapshot installs happen within a seed.
       snapshotEntries: 40,
-      core: { maxMessageBytes: 256 },
+      core: { maxMessageBytes: 64 },
     });
     o.trace(`start ${n.id}#${inc.n}`);
   }

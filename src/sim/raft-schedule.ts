@@ -41,6 +41,7 @@ export type Fault = { readonly atMs: number } & (
       readonly syncMaxMs: number;
     }
   | { readonly kind: 'membership'; readonly order: number; readonly cutMs: number }
+  | { readonly kind: 'figure-8'; readonly cutAfterMs: number }
 );
 
 export interface Schedule {
@@ -57,6 +58,7 @@ const WEIGHTS: readonly [Fault['kind'], number][] = [
   ['pause', 10],
   ['disk', 10],
   ['membership', 8],
+  ['figure-8', 6],
 ];
 
 export function drawSchedule(rng: Random, nodes: number, faultMs: number): Schedule {
@@ -113,6 +115,9 @@ export function drawSchedule(rng: Random, nodes: number, faultMs: number): Sched
         break;
       case 'membership':
         faults.push({ atMs, kind, order: rng.int(0, 1_000_000), cutMs: rng.chance(0.7) ? rng.range(100, 400) : 0 });
+        break;
+      case 'figure-8':
+        faults.push({ atMs, kind, cutAfterMs: rng.range(0, 8) });
         break;
     }
   }
@@ -221,7 +226,79 @@ export function applyFault(ctx: ScheduleContext, f: Fault): void {
     case 'membership':
       ctx.episodes.push(membershipEpisode(ctx, f.order, f.cutMs));
       return;
+    case 'figure-8':
+      ctx.episodes.push(figure8(ctx, f.cutAfterMs));
+      return;
   }
+}
+
+/** Poll `cond` every `stepMs` of world time for at most `maxMs`; its value, or undefined. */
+async function poll<T>(
+  ctx: ScheduleContext,
+  cond: () => T | undefined,
+  maxMs: number,
+  stepMs = 2,
+): Promise<T | undefined> {
+  for (let waited = 0; waited <= maxMs; waited += stepMs) {
+    const v = cond();
+    if (v !== undefined) return v;
+    await new Promise<void>((r) => ctx.world.clock.setTimeout(r, stepMs));
+  }
+  return undefined;
+}
+
+/** Cut (true) or restore (false) everything `n` sends. */
+function setOutgoing(ctx: ScheduleContext, n: SimNode, cut: boolean): void {
+  for (const p of ctx.cluster.nodes) {
+    if (p === n) continue;
+    if (cut) ctx.faults.partition(n.id, p.id);
+    else ctx.faults.heal(n.id, p.id);
+  }
+}
+
+/**
+ * Figure 8 of the Raft paper, steered: the leader L1 is cut off (its outgoing messages) while its clients' entries
+ * pile up in its log; once another leader L2 is elected, L2 is cut off at once (its first entry stays its own) and
+ * L1 may talk again; when a leader of a later term (L1 again, most often) is elected, it is cut off `cutAfterMs`
+ * later — part of its old-term entries reached a majority, its own term's entry not — and L2 may talk again. A
+ * leader that commits an old-term entry by counting replicas has then committed what L2 overwrites.
+ */
+async function figure8(ctx: ScheduleContext, cutAfterMs: number): Promise<void> {
+  const { cluster } = ctx;
+  const l1 = cluster.leader();
+  if (l1 === undefined) return;
+  const t1 = l1.current.core?.term ?? 0;
+  ctx.trace(`figure-8: cut ${l1.id} (term ${t1})`);
+  setOutgoing(ctx, l1, true);
+  const l2 = await poll(
+    ctx,
+    () => {
+      const l = cluster.leader();
+      return l !== undefined && l !== l1 && (l.current.core?.term ?? 0) > t1 ? l : undefined;
+    },
+    1000,
+  );
+  if (l2 === undefined) return setOutgoing(ctx, l1, false);
+  const t2 = l2.current.core?.term ?? 0;
+  setOutgoing(ctx, l2, true);
+  setOutgoing(ctx, l1, false);
+  ctx.trace(`figure-8: cut ${l2.id} (term ${t2}), ${l1.id} talks`);
+  const l3 = await poll(
+    ctx,
+    () => {
+      const l = cluster.leader();
+      return l !== undefined && l !== l2 && (l.current.core?.term ?? 0) > t2 ? l : undefined;
+    },
+    1000,
+  );
+  if (l3 !== undefined) {
+    await new Promise<void>((r) => ctx.world.clock.setTimeout(r, cutAfterMs));
+    setOutgoing(ctx, l3, true);
+    ctx.trace(`figure-8: cut ${l3.id} (term ${l3.current.core?.term ?? 0})`);
+  }
+  setOutgoing(ctx, l2, false);
+  await new Promise<void>((r) => ctx.world.clock.setTimeout(r, 500));
+  if (l3 !== undefined) setOutgoing(ctx, l3, false);
 }
 
 /**
