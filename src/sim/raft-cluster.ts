@@ -72,6 +72,7 @@ export interface ClusterOptions {
   readonly mutants: RaftMutants;
   readonly timing: ClusterTiming;
   readonly leaseReads: boolean;
+  readonly maxInflightMessages: number;
   readonly trace: (line: string) => void;
 }
 
@@ -81,6 +82,10 @@ const PORT = 7000;
 export class SimCluster {
   readonly nodes: SimNode[];
   readonly #o: ClusterOptions;
+  /** Nodes that could not start (a finding, like an invariant violation). */
+  readonly failures: { atMs: number; kind: string; detail: string }[] = [];
+  /** Message types a node's sends drop (a steered fault: a leader's replication cut, its votes not). */
+  readonly muted = new Map<string, ReadonlySet<string>>();
   /** Node errors other than the expected ones of a crash (a replica's disk failing under a killed process). */
   readonly errors: string[] = [];
 
@@ -107,8 +112,24 @@ export class SimCluster {
     return n;
   }
 
-  /** Start (or restart) a node's process; resolves once its group is open (whoever awaits it runs virtual time). */
+  /**
+   * Start (or restart) a node's process; resolves once its group is open (whoever awaits it runs virtual time). A
+   * node that cannot start — its log refuses to open, an assertion fails on what it recovered — is a finding: it
+   * goes to `failures`, never thrown.
+   */
   async start(n: SimNode): Promise<void> {
+    try {
+      await this.#start(n);
+    } catch (err) {
+      this.failures.push({
+        atMs: this.#o.world.now(),
+        kind: 'node-failed',
+        detail: `${n.id} could not start: ${err instanceof Error ? err.message : String(err)}`,
+      });
+    }
+  }
+
+  async #start(n: SimNode): Promise<void> {
     const o = this.#o;
     // The first start uses the incarnation made with the node; a restart is a new process.
     const fresh = n.current.alive && n.current.node === undefined;
@@ -123,6 +144,7 @@ export class SimCluster {
       message: Parameters<ReturnType<MessageFaults['sender']>>[2],
       deliver: () => void,
     ): void => {
+      if (this.muted.get(n.id)?.has(message.type) === true) return;
       o.faults.sender(n.id, () => (deliver(), true), inc.clock)(to, groupId, message);
     };
     const node = await RaftNode.start({
@@ -156,7 +178,9 @@ export class SimCluster {
       leaseReads: o.leaseReads,
       // Small enough that snapshots, compaction and snapshot installs happen within a seed.
       snapshotEntries: 40,
-      core: { maxMessageBytes: 64 },
+      // One entry per append message (and, with maxInflightMessages 1, one per round trip): a leader's entries
+      // reach a follower one by one, so a crash or cut can land between any two of them.
+      core: { maxMessageBytes: 64, maxInflightMessages: o.maxInflightMessages },
     });
     o.trace(`start ${n.id}#${inc.n}`);
   }

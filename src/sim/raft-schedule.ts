@@ -46,6 +46,8 @@ export type Fault = { readonly atMs: number } & (
 
 export interface Schedule {
   readonly leaseReads: boolean;
+  /** The core's maxInflightMessages: 1 (one append per round trip: figure 8's window is wide) or 8 (pipelined). */
+  readonly maxInflightMessages: number;
   readonly faults: readonly Fault[];
 }
 
@@ -63,6 +65,7 @@ const WEIGHTS: readonly [Fault['kind'], number][] = [
 
 export function drawSchedule(rng: Random, nodes: number, faultMs: number): Schedule {
   const leaseReads = rng.chance(0.4);
+  const maxInflightMessages = rng.chance(0.5) ? 1 : 8;
   const faults: Fault[] = [];
   const total = WEIGHTS.reduce((s, [, w]) => s + w, 0);
   const target = (): Target => (rng.chance(0.5) ? 'leader' : rng.int(0, nodes - 1));
@@ -121,7 +124,7 @@ export function drawSchedule(rng: Random, nodes: number, faultMs: number): Sched
         break;
     }
   }
-  return { leaseReads, faults };
+  return { leaseReads, maxInflightMessages, faults };
 }
 
 export interface ScheduleContext {
@@ -130,8 +133,10 @@ export interface ScheduleContext {
   readonly faults: MessageFaults;
   readonly net: SimNetwork;
   readonly trace: (line: string) => void;
-  /** Membership episodes under way (the liveness phase waits for them). */
+  /** Membership and figure-8 episodes under way (the liveness phase waits for them). */
   readonly episodes: Promise<unknown>[];
+  /** The figure-8 episode under way. */
+  figure8?: Promise<void> | undefined;
 }
 
 function resolve(ctx: ScheduleContext, t: Target): SimNode | undefined {
@@ -227,7 +232,11 @@ export function applyFault(ctx: ScheduleContext, f: Fault): void {
       ctx.episodes.push(membershipEpisode(ctx, f.order, f.cutMs));
       return;
     case 'figure-8':
-      ctx.episodes.push(figure8(ctx, f.cutAfterMs));
+      // One at a time: two would cut each other's leaders.
+      if (ctx.figure8 === undefined) {
+        ctx.figure8 = figure8(ctx, f.cutAfterMs).finally(() => (ctx.figure8 = undefined));
+        ctx.episodes.push(ctx.figure8);
+      }
       return;
   }
 }
@@ -256,47 +265,43 @@ function setOutgoing(ctx: ScheduleContext, n: SimNode, cut: boolean): void {
   }
 }
 
+/** A leader's traffic: what a node that wins an election must not get out in a figure-8 episode. */
+const LEADER_TRAFFIC: ReadonlySet<string> = new Set(['append', 'heartbeat', 'snapshot']);
+
 /**
- * Figure 8 of the Raft paper, steered: the leader L1 is cut off (its outgoing messages) while its clients' entries
- * pile up in its log; once another leader L2 is elected, L2 is cut off at once (its first entry stays its own) and
- * L1 may talk again; when a leader of a later term (L1 again, most often) is elected, it is cut off `cutAfterMs`
- * later — part of its old-term entries reached a majority, its own term's entry not — and L2 may talk again. A
- * leader that commits an old-term entry by counting replicas has then committed what L2 overwrites.
+ * Figure 8 of the Raft paper, steered. The leader L1 is cut off (everything it sends) while entries of its term
+ * pile up in its log, and the others may elect but not replicate: the winner L2's first entry stays its own. Then
+ * L1 talks again and L2 stays mute; when a leader of a later term L3 (L1, most often: its log is the longest) is
+ * elected, it is cut off `cutAfterMs` later — part of its old-term entries reached a majority, its own term's
+ * entry not — and L2 may replicate again. A leader that commits an old-term entry by counting replicas has then
+ * committed what L2 overwrites.
  */
 async function figure8(ctx: ScheduleContext, cutAfterMs: number): Promise<void> {
   const { cluster } = ctx;
   const l1 = cluster.leader();
   if (l1 === undefined) return;
-  const t1 = l1.current.core?.term ?? 0;
-  ctx.trace(`figure-8: cut ${l1.id} (term ${t1})`);
+  const termOf = (n: SimNode): number => n.current.core?.term ?? 0;
+  const t1 = termOf(l1);
+  ctx.trace(`figure-8: cut ${l1.id} (term ${t1}), the others mute`);
   setOutgoing(ctx, l1, true);
-  const l2 = await poll(
-    ctx,
-    () => {
-      const l = cluster.leader();
-      return l !== undefined && l !== l1 && (l.current.core?.term ?? 0) > t1 ? l : undefined;
-    },
-    1000,
-  );
-  if (l2 === undefined) return setOutgoing(ctx, l1, false);
-  const t2 = l2.current.core?.term ?? 0;
-  setOutgoing(ctx, l2, true);
+  for (const n of cluster.nodes) if (n !== l1) cluster.muted.set(n.id, LEADER_TRAFFIC);
+  const newLeader = (not: SimNode, above: number) => (): SimNode | undefined => {
+    const l = cluster.leader();
+    return l !== undefined && l !== not && termOf(l) > above ? l : undefined;
+  };
+  const l2 = await poll(ctx, newLeader(l1, t1), 1000);
+  for (const n of cluster.nodes) if (n !== l2) cluster.muted.delete(n.id);
   setOutgoing(ctx, l1, false);
-  ctx.trace(`figure-8: cut ${l2.id} (term ${t2}), ${l1.id} talks`);
-  const l3 = await poll(
-    ctx,
-    () => {
-      const l = cluster.leader();
-      return l !== undefined && l !== l2 && (l.current.core?.term ?? 0) > t2 ? l : undefined;
-    },
-    1000,
-  );
+  if (l2 === undefined) return;
+  const t2 = termOf(l2);
+  ctx.trace(`figure-8: ${l2.id} leads term ${t2}, mute; ${l1.id} talks`);
+  const l3 = await poll(ctx, newLeader(l2, t2), 1000);
   if (l3 !== undefined) {
     await new Promise<void>((r) => ctx.world.clock.setTimeout(r, cutAfterMs));
     setOutgoing(ctx, l3, true);
-    ctx.trace(`figure-8: cut ${l3.id} (term ${l3.current.core?.term ?? 0})`);
+    ctx.trace(`figure-8: cut ${l3.id} (term ${termOf(l3)}); ${l2.id} talks`);
   }
-  setOutgoing(ctx, l2, false);
+  cluster.muted.delete(l2.id);
   await new Promise<void>((r) => ctx.world.clock.setTimeout(r, 500));
   if (l3 !== undefined) setOutgoing(ctx, l3, false);
 }
@@ -350,6 +355,7 @@ export async function restoreVoters(ctx: ScheduleContext, attempts: number): Pro
 export async function healAll(ctx: ScheduleContext): Promise<void> {
   ctx.faults.heal();
   ctx.net.heal();
+  ctx.cluster.muted.clear();
   const starts: Promise<void>[] = [];
   for (const n of ctx.cluster.nodes) {
     ctx.cluster.resume(n);

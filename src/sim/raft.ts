@@ -90,6 +90,7 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
     mutants: new Set(o.mutant === undefined ? [] : [o.mutant]),
     timing: TIMING,
     leaseReads: schedule.leaseReads,
+    maxInflightMessages: schedule.maxInflightMessages,
     trace,
   });
   const history = new HistoryRecorder<KvInput, KvOutput>(() => world.now());
@@ -103,7 +104,7 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
     return {
       seed: o.seed,
       steps: world.steps,
-      violations: [...invariants.violations, ...violations],
+      violations: [...invariants.violations, ...cluster.failures, ...violations],
       traceHash: (hash >>> 0).toString(16).padStart(8, '0'),
       virtualMs: Math.round(world.now()),
       ops: clients.stats,
@@ -113,7 +114,7 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
   // The invariants are checked as each observation arrives (every durable Ready, apply and restore of every
   // replica): after every step that changed anything. Leaders are judged from durable Readies, not from a core's
   // status: a leadership no disk ever recorded, which a crash erased before anything of it left, never existed.
-  const check = (): boolean => !stopEarly || invariants.ok;
+  const check = (): boolean => !stopEarly || (invariants.ok && cluster.failures.length === 0);
   /** Run virtual time until `p` settles (true), the bound passes (false), or a violation stops the run. */
   const until = async (p: Promise<unknown>, boundMs: number): Promise<boolean | 'unsafe'> => {
     let done = false;
