@@ -42,6 +42,7 @@ export type Fault = { readonly atMs: number } & (
     }
   | { readonly kind: 'membership'; readonly order: number; readonly cutMs: number }
   | { readonly kind: 'figure-8'; readonly cutAfterMs: number }
+  | { readonly kind: 'vote-twice'; readonly order: number; readonly downMs: number }
 );
 
 export interface Schedule {
@@ -61,6 +62,7 @@ const WEIGHTS: readonly [Fault['kind'], number][] = [
   ['disk', 10],
   ['membership', 8],
   ['figure-8', 6],
+  ['vote-twice', 6],
 ];
 
 export function drawSchedule(rng: Random, nodes: number, faultMs: number): Schedule {
@@ -122,6 +124,9 @@ export function drawSchedule(rng: Random, nodes: number, faultMs: number): Sched
       case 'figure-8':
         faults.push({ atMs, kind, cutAfterMs: rng.range(0, 8) });
         break;
+      case 'vote-twice':
+        faults.push({ atMs, kind, order: rng.int(0, 1), downMs: rng.range(1, 10) });
+        break;
     }
   }
   return { leaseReads, maxInflightMessages, faults };
@@ -135,8 +140,8 @@ export interface ScheduleContext {
   readonly trace: (line: string) => void;
   /** Membership and figure-8 episodes under way (the liveness phase waits for them). */
   readonly episodes: Promise<unknown>[];
-  /** The figure-8 episode under way. */
-  figure8?: Promise<void> | undefined;
+  /** The steered episode (figure-8, vote-twice) under way. */
+  steered?: Promise<void> | undefined;
 }
 
 function resolve(ctx: ScheduleContext, t: Target): SimNode | undefined {
@@ -232,10 +237,12 @@ export function applyFault(ctx: ScheduleContext, f: Fault): void {
       ctx.episodes.push(membershipEpisode(ctx, f.order, f.cutMs));
       return;
     case 'figure-8':
-      // One at a time: two would cut each other's leaders.
-      if (ctx.figure8 === undefined) {
-        ctx.figure8 = figure8(ctx, f.cutAfterMs).finally(() => (ctx.figure8 = undefined));
-        ctx.episodes.push(ctx.figure8);
+    case 'vote-twice':
+      // One steered episode at a time: two would cut each other's leaders.
+      if (ctx.steered === undefined) {
+        const run = f.kind === 'figure-8' ? figure8(ctx, f.cutAfterMs) : voteTwice(ctx, f.order, f.downMs);
+        ctx.steered = run.finally(() => (ctx.steered = undefined));
+        ctx.episodes.push(ctx.steered);
       }
       return;
   }
@@ -349,6 +356,52 @@ export async function restoreVoters(ctx: ScheduleContext, attempts: number): Pro
     await Promise.race([change, inc.dead]);
   }
   return false;
+}
+
+/**
+ * A vote that must survive a crash, steered (3 nodes). The leader L is cut off from everyone and the other two,
+ * A and B, may elect but not replicate; once one of them, Y, leads a new term, the other, X, has voted for it: X
+ * crashes and restarts `downMs` later, Y's messages to X are cut, and L (whose log is as long as X's) may reach X
+ * again, not Y. L campaigns in Y's term; X must refuse (it voted in that term), or two leaders share the term.
+ */
+async function voteTwice(ctx: ScheduleContext, order: number, downMs: number): Promise<void> {
+  const { cluster, faults } = ctx;
+  const l = cluster.leader();
+  if (l === undefined || cluster.nodes.length !== 3) return;
+  const others = cluster.nodes.filter((n) => n !== l);
+  const [a, b] = order === 0 ? [others[0]!, others[1]!] : [others[1]!, others[0]!];
+  const termOf = (n: SimNode): number => n.current.core?.term ?? 0;
+  const tl = termOf(l);
+  ctx.trace(`vote-twice: cut ${l.id} (term ${tl}), ${a.id} and ${b.id} mute`);
+  setOutgoing(ctx, l, true);
+  for (const n of [a, b]) {
+    faults.partition(n.id, l.id);
+    cluster.muted.set(n.id, LEADER_TRAFFIC);
+  }
+  const y = await poll(
+    ctx,
+    () => {
+      const x = cluster.leader();
+      return x !== undefined && x !== l && termOf(x) > tl ? x : undefined;
+    },
+    1000,
+  );
+  if (y !== undefined) {
+    const x = y === a ? b : a;
+    ctx.trace(`vote-twice: ${y.id} leads term ${termOf(y)}; ${x.id} restarts, talks with ${l.id} only`);
+    faults.partition(y.id, x.id);
+    cluster.crash(x);
+    restartLater(ctx, x, downMs);
+    faults.heal(l.id, x.id);
+    faults.heal(x.id, l.id);
+    await new Promise<void>((r) => ctx.world.clock.setTimeout(r, 400));
+    faults.heal(y.id, x.id);
+  }
+  setOutgoing(ctx, l, false);
+  for (const n of [a, b]) {
+    faults.heal(n.id, l.id);
+    cluster.muted.delete(n.id);
+  }
 }
 
 /** End every fault: rates, partitions, blocks, pauses, slow and hung disks; restart every node that is down. */
