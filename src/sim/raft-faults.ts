@@ -89,39 +89,58 @@ export class MessageFaults {
    * duplicated messages wait on it. Returns true for a message lost here (lost on the wire: the sender cannot know).
    */
   sender(from: string, send: SendFn, clock: Pick<Clock, 'setTimeout'>): SendFn {
-    return (peer, groupId, message) => {
-      this.stats.sent++;
-      const r = this.#rates;
-      const lose = this.#random.next() < r.loss;
-      const twice = this.#random.next() < r.duplicate;
-      const late = this.#random.next() < r.delay;
-      const delayMs = this.#random.next() * r.maxDelayMs;
-      if (this.#cut.has(`${from}>${peer}`)) {
-        this.stats.partitioned++;
+    return (peer, groupId, message) => this.#route(from, peer, clock, () => send(peer, groupId, message));
+  }
+
+  /**
+   * The same in the shape of the node runtime's `io.send` (RaftNodeIo): `deliver` hands the message to the node's
+   * transport, and is called zero, one or two times, now or later.
+   */
+  ioSend(
+    from: string,
+    clock: Pick<Clock, 'setTimeout'>,
+  ): (to: string, groupId: string, message: Message, deliver: () => void) => void {
+    return (to, _groupId, _message, deliver) => {
+      this.#route(from, to, clock, () => {
+        deliver();
         return true;
-      }
-      if (lose) {
-        this.stats.lost++;
-        return true;
-      }
-      if (twice) {
-        this.stats.duplicated++;
-        // The copy's delay: a fraction of the first one's draw, so the copy may overtake it or trail it.
-        clock.setTimeout(() => this.#late(from, peer, groupId, message, send), delayMs / 2);
-      }
-      if (!late) return send(peer, groupId, message);
-      this.stats.delayed++;
-      clock.setTimeout(() => this.#late(from, peer, groupId, message, send), delayMs);
-      return true;
+      });
     };
   }
 
+  /** One message's fate: always four draws, then lost, or sent (now or late), maybe once more later. */
+  #route(from: string, to: string, clock: Pick<Clock, 'setTimeout'>, go: () => boolean): boolean {
+    this.stats.sent++;
+    const r = this.#rates;
+    const lose = this.#random.next() < r.loss;
+    const twice = this.#random.next() < r.duplicate;
+    const late = this.#random.next() < r.delay;
+    const delayMs = this.#random.next() * r.maxDelayMs;
+    if (this.#cut.has(`${from}>${to}`)) {
+      this.stats.partitioned++;
+      return true;
+    }
+    if (lose) {
+      this.stats.lost++;
+      return true;
+    }
+    if (twice) {
+      this.stats.duplicated++;
+      // The copy's delay: a fraction of the first one's draw, so the copy may overtake it or trail it.
+      clock.setTimeout(() => this.#late(from, to, go), delayMs / 2);
+    }
+    if (!late) return go();
+    this.stats.delayed++;
+    clock.setTimeout(() => this.#late(from, to, go), delayMs);
+    return true;
+  }
+
   /** A held-back message leaves now, unless a partition came up meanwhile. */
-  #late(from: string, peer: string, groupId: string, message: Message, send: SendFn): void {
-    if (this.#cut.has(`${from}>${peer}`)) {
+  #late(from: string, to: string, go: () => boolean): void {
+    if (this.#cut.has(`${from}>${to}`)) {
       this.stats.partitioned++;
       return;
     }
-    send(peer, groupId, message);
+    go();
   }
 }

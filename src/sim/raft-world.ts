@@ -1,18 +1,37 @@
 /**
  * The network the Raft simulation runs on (issue 13, item 5): the real transport's `Network` and `Timers` on
- * virtual time, with no sockets. Message-level faults are in raft-faults.ts, slow and hung disks in raft-disk.ts.
+ * virtual time, with no sockets.
  *
  * A node is named by its listen address (`host:port`); `node(address, clock)` is that node's view of the network,
  * which the node's `Transport` gets as its `network`. Every event a node sees (an accepted connection, data, a
  * close, a connect settling) runs on the node's own clock, so that a paused node (NodeClock.pause) sees nothing
  * until it resumes and a killed one never again — as with a real process under SIGSTOP or kill -9.
  *
+ * Message faults (MessageFaults) are in raft-faults.ts and slow or hung disks (SlowDisk) in raft-disk.ts; both are
+ * re-exported here.
+ *
  * Like TCP, bytes on one connection arrive in order (each write after a latency drawn from the seeded random, never
  * before an earlier write); connections are independent of each other.
  */
+import type { Message } from '../raft/messages.js';
 import type { Conn, Network, PeerAddress, Timers } from '../raft/transport/transport.js';
+import type { Disk } from '../raft/wal/disk.js';
 import type { Clock, TimerHandle } from '../store/contract.js';
+import { NodeClock } from './node-clock.js';
+import { SimConn, type NetEvent, type Pipe, type Wire } from './raft-conn.js';
+import { SlowDisk } from './raft-disk.js';
+import type { MessageFaults } from './raft-faults.js';
 import type { Random } from './random.js';
+
+export {
+  MessageFaults,
+  NO_FAULTS,
+  type MessageFaultRates,
+  type MessageFaultStats,
+  type SendFn,
+} from './raft-faults.js';
+export type { NetEvent } from './raft-conn.js';
+export { SlowDisk, type SlowDiskOptions, type SlowDiskStats } from './raft-disk.js';
 
 /** The transport's `Timers` on a clock of the simulation (the world's VirtualClock or a node's NodeClock). */
 export function virtualTimers(clock: Pick<Clock, 'setTimeout' | 'clearTimeout'>): Timers {
@@ -43,15 +62,6 @@ export interface SimNetworkOptions {
   readonly trace?: (event: NetEvent) => void;
 }
 
-export interface NetEvent {
-  readonly atMs: number;
-  readonly kind: 'connect' | 'refused' | 'data' | 'close' | 'cut';
-  /** The dialing node's address (the writer's, for data). */
-  readonly from: string;
-  readonly to: string;
-  readonly bytes?: number;
-}
-
 export interface SimNetworkStats {
   /** Connections established, refused (nobody listening, or blocked), and currently open. */
   connects: number;
@@ -65,18 +75,11 @@ export interface SimNetworkStats {
 
 type Listener = (conn: Conn, remote: string) => void;
 
-/** A connection between two endpoints: both ends, and whether the network broke it (in-flight bytes are lost). */
-interface Pipe {
-  readonly dialer: SimConn;
-  readonly acceptor: SimConn;
-  severed: boolean;
-}
-
 /**
  * An in-memory network on virtual time. It is itself a `Network` for an anonymous client (a stranger dialing a
  * node, named `stranger:N`); nodes use `node(address, clock)`.
  */
-export class SimNetwork implements Network {
+export class SimNetwork implements Network, Wire {
   readonly stats: SimNetworkStats = { connects: 0, refused: 0, open: 0, deliveries: 0, bytes: 0, lost: 0 };
   readonly clock: Clock;
   readonly #random: Random;
@@ -87,6 +90,8 @@ export class SimNetwork implements Network {
   readonly #pipes = new Set<Pipe>();
   /** `from>to`: connects from `from` to `to` fail. */
   readonly #blocked = new Set<string>();
+  /** Nodes whose process is dead (down() until they listen again): their connects in flight go nowhere. */
+  readonly #down = new Set<string>();
   #nextPort = 20_000;
   #strangers = 0;
 
@@ -157,6 +162,7 @@ export class SimNetwork implements Network {
   down(address: PeerAddress | string): void {
     const x = addressKey(address);
     this.#listeners.delete(x);
+    this.#down.add(x);
     this.#sever((p) => p.dialer.local === x || p.acceptor.local === x, x);
   }
 
@@ -180,6 +186,7 @@ export class SimNetwork implements Network {
     if (this.#listeners.has(key)) return Promise.reject(new Error(`simulated network: ${key} is already in use`));
     const entry = { onConn, clock };
     this.#listeners.set(key, entry);
+    this.#down.delete(key);
     return Promise.resolve({
       port,
       close: () => {
@@ -196,6 +203,7 @@ export class SimNetwork implements Network {
     const to = addressKey(address);
     return new Promise<Conn>((resolve, reject) => {
       this.clock.setTimeout(() => {
+        if (this.#down.has(from)) return; // dialed by a process that died since: nobody answers it
         const listener = this.#listeners.get(to);
         const back = this.latency();
         if (listener === undefined || this.#blocked.has(`${from}>${to}`)) {
@@ -236,176 +244,61 @@ export class SimNetwork implements Network {
   }
 }
 
-type Events = {
-  data: ((chunk: Buffer) => void)[];
-  drain: (() => void)[];
-  close: (() => void)[];
-  error: ((err: Error) => void)[];
-};
+/** What a simulated node process runs on: its clock and the pieces of the node runtime's `io` (RaftNodeIo). */
+export interface SimNodeProcess {
+  /** The process's clock (pause() for SIGSTOP); its events and timers run on it. */
+  readonly clock: NodeClock;
+  readonly disk: SlowDisk;
+  readonly io: {
+    readonly disk: SlowDisk;
+    readonly network: Network;
+    readonly timers: Timers;
+    readonly clock: () => number;
+    readonly random: () => number;
+    readonly send: (to: string, groupId: string, message: Message, deliver: () => void) => void;
+  };
+  /** kill -9: its timers never fire again, its address stops listening, its connections break. */
+  kill(): void;
+}
 
-/** One end of a simulated connection. */
-class SimConn implements Conn {
-  readonly local: string;
-  readonly remote: string;
-  readonly #net: SimNetwork;
-  /** The owner's clock: every event of this end runs on it. */
-  readonly #clock: Clock;
-  #peer: SimConn | undefined;
-  #pipe: Pipe | undefined;
-  readonly #on: Events = { data: [], drain: [], close: [], error: [] };
-  /** Data that arrived before anyone listened (the dialer learns of the connection a latency after the acceptor). */
-  #early: Buffer[] = [];
-  #destroyed = false;
-  /** 'close' was delivered to the owner, or must never be (a dead owner). */
-  #closeEmitted = false;
-  /** 'close' is due but nobody listened yet (a connection cut before the dialer took it): sent on on('close'). */
-  #closeDeferred = false;
-  #corked: Buffer[] | undefined;
-  /** Bytes written and not yet arrived, and the arrival time of the last write (in-order delivery). */
-  #inFlight = 0;
-  #lastArrivalMs = 0;
-  #wantDrain = false;
-
-  constructor(net: SimNetwork, local: string, remote: string, clock: Clock) {
-    this.#net = net;
-    this.local = local;
-    this.remote = remote;
-    this.#clock = clock;
-  }
-
-  attach(peer: SimConn, pipe: Pipe): void {
-    this.#peer = peer;
-    this.#pipe = pipe;
-  }
-
-  write(chunk: Uint8Array): boolean {
-    if (this.#destroyed) return false;
-    // A copy: the writer may reuse its buffer, as it may with a socket once write() returned.
-    const copy = Buffer.from(chunk);
-    if (this.#corked !== undefined) this.#corked.push(copy);
-    else this.#send(copy);
-    if (this.#inFlight + this.#corkedBytes() > this.#net.bufferBytes) {
-      this.#wantDrain = true;
-      return false;
-    }
-    return true;
-  }
-
-  /** Writes between cork() and uncork() leave as one segment. */
-  cork(): void {
-    this.#corked ??= [];
-  }
-
-  uncork(): void {
-    const parts = this.#corked;
-    this.#corked = undefined;
-    if (parts !== undefined && parts.length > 0 && !this.#destroyed) this.#send(Buffer.concat(parts));
-  }
-
-  destroy(): void {
-    if (this.#destroyed) return;
-    this.#destroyed = true;
-    this.#corked = undefined;
-    this.#emitClose();
-    const peer = this.#peer;
-    const pipe = this.#pipe;
-    if (peer === undefined || pipe === undefined) return;
-    // FIN: after every byte already written, like TCP's orderly close.
-    const at = Math.max(this.#net.clock.now() + this.#net.latency(), this.#lastArrivalMs);
-    this.#lastArrivalMs = at;
-    this.#net.clock.setTimeout(() => {
-      if (pipe.severed) return;
-      this.#net.event('close', this.local, this.remote);
-      peer.broken(false);
-      this.#net.closed(pipe);
-    }, at - this.#net.clock.now());
-  }
-
-  on(event: 'data', listener: (chunk: Buffer) => void): this;
-  on(event: 'drain' | 'close', listener: () => void): this;
-  on(event: 'error', listener: (err: Error) => void): this;
-  on(event: keyof Events, listener: (arg: never) => void): this {
-    (this.#on[event] as ((arg: never) => void)[]).push(listener);
-    if (event === 'close' && this.#closeDeferred) {
-      this.#closeDeferred = false;
-      this.#emitClose();
-    }
-    if (event === 'data' && this.#early.length > 0) {
-      const early = this.#early;
-      this.#early = [];
-      this.#clock.setTimeout(() => {
-        for (const chunk of early) this.#emitData(chunk);
-      }, 0);
-    }
-    return this;
-  }
-
-  /** The connection ended under this end (cut, or the peer closed): it sees 'close' unless `silent` (dead). */
-  broken(silent: boolean): void {
-    const was = this.#destroyed;
-    this.#destroyed = true;
-    this.#corked = undefined;
-    if (!silent && !was) this.#emitClose();
-    if (silent) this.#closeEmitted = true;
-  }
-
-  #corkedBytes(): number {
-    let n = 0;
-    for (const c of this.#corked ?? []) n += c.byteLength;
-    return n;
-  }
-
-  #send(bytes: Buffer): void {
-    const net = this.#net;
-    const peer = this.#peer!;
-    const pipe = this.#pipe!;
-    const now = net.clock.now();
-    const at = Math.max(now + net.latency(), this.#lastArrivalMs);
-    this.#lastArrivalMs = at;
-    this.#inFlight += bytes.byteLength;
-    net.clock.setTimeout(() => {
-      this.#inFlight -= bytes.byteLength;
-      if (pipe.severed) {
-        net.stats.lost++;
-        return;
-      }
-      net.stats.deliveries++;
-      net.stats.bytes += bytes.byteLength;
-      net.event('data', this.local, this.remote, bytes.byteLength);
-      peer.#arrive(bytes);
-      if (this.#wantDrain && this.#inFlight <= net.bufferBytes / 2 && !this.#destroyed) {
-        this.#wantDrain = false;
-        this.#clock.setTimeout(() => {
-          for (const l of this.#on.drain) l();
-        }, 0);
-      }
-    }, at - now);
-  }
-
-  #arrive(bytes: Buffer): void {
-    // Bytes reach a socket its owner closed: dropped (a real kernel answers RST).
-    if (this.#destroyed) return;
-    this.#clock.setTimeout(() => this.#emitData(bytes), 0);
-  }
-
-  #emitData(bytes: Buffer): void {
-    if (this.#closeEmitted) return;
-    if (this.#on.data.length === 0) {
-      this.#early.push(bytes);
-      return;
-    }
-    for (const l of this.#on.data) l(bytes);
-  }
-
-  #emitClose(): void {
-    this.#clock.setTimeout(() => {
-      if (this.#closeEmitted) return;
-      if (this.#on.close.length === 0) {
-        this.#closeDeferred = true;
-        return;
-      }
-      this.#closeEmitted = true;
-      for (const l of this.#on.close) l();
-    }, 0);
-  }
+/**
+ * One incarnation of a node process at `address` in the world: a fresh NodeClock, a SlowDisk over `disk` (a
+ * `SimDisk.view()`, so that the process's writes fail once the disk crashed), its view of the network, its timers,
+ * a generator forked from `random`, and its send path through `faults`. A power loss is `kill()` then
+ * `simDisk.crash()`; a restart is another `simNodeProcess` over the same SimDisk.
+ */
+export function simNodeProcess(o: {
+  readonly world: Clock;
+  readonly net: SimNetwork;
+  readonly faults: MessageFaults;
+  /** The node's id (MessageFaults' partitions name ids) and its listen address (the network's name for it). */
+  readonly id: string;
+  readonly address: string;
+  readonly disk: Disk;
+  readonly random: Random;
+  readonly syncMs?: { readonly min: number; readonly max: number };
+}): SimNodeProcess {
+  const clock = new NodeClock(o.world);
+  const r = o.random.fork();
+  const disk = new SlowDisk(o.disk, {
+    clock,
+    random: r.fork(),
+    ...(o.syncMs === undefined ? {} : { syncMs: o.syncMs }),
+  });
+  return {
+    clock,
+    disk,
+    io: {
+      disk,
+      network: o.net.node(o.address, clock),
+      timers: virtualTimers(clock),
+      clock: () => clock.now(),
+      random: () => r.next(),
+      send: o.faults.ioSend(o.id, clock),
+    },
+    kill: () => {
+      clock.kill();
+      o.net.down(o.address);
+    },
+  };
 }

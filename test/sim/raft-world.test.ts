@@ -203,6 +203,26 @@ describe('MessageFaults', () => {
     fromA('b', 'g', msg(4));
     expect(got).toEqual(['b>a', 'a>c', 'a>b']);
   });
+
+  it('ioSend is the node runtime’s io.send: deliver() zero, one or two times, now or later, as sender() sends', async () => {
+    const world = new SimWorld();
+    const runs: number[][] = [];
+    for (const shape of ['sender', 'io'] as const) {
+      const faults = new MessageFaults(new Random(3), { loss: 0.3, duplicate: 0.3, delay: 0.3, maxDelayMs: 20 });
+      const got: number[] = [];
+      const sendA = faults.sender('a', (_p, _g, m) => got.push((m as { round: number }).round) > 0, world.clock);
+      const ioA = faults.ioSend('a', world.clock);
+      for (let i = 0; i < 100; i++) {
+        if (shape === 'sender') sendA('b', 'g', msg(i));
+        else ioA('b', 'g', msg(i), () => got.push(i));
+        await run(world, 1);
+      }
+      await run(world, 50);
+      runs.push(got);
+    }
+    expect(runs[1]).toEqual(runs[0]);
+    expect(runs[0]!.length).not.toBe(100);
+  });
 });
 
 describe('SlowDisk', () => {
