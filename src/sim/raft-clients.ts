@@ -26,6 +26,8 @@ export interface ClientStats {
   failed: number;
   /** Errors of another type (traced). */
   other: number;
+  /** Reads answered with consistency 'lease' (among `ok`). */
+  leaseReads: number;
 }
 
 interface Client {
@@ -49,7 +51,7 @@ export interface ClientsOptions {
 type Result = { ok: true; output: KvOutput } | { ok: false; error: unknown } | 'dead';
 
 export class SimClients {
-  readonly stats: ClientStats = { ok: 0, unknown: 0, failed: 0, other: 0 };
+  readonly stats: ClientStats = { ok: 0, unknown: 0, failed: 0, other: 0, leaseReads: 0 };
   /** Every append value issued to APPEND_ONLY_KEY, and those acknowledged. */
   readonly appendsIssued = new Set<string>();
   readonly appendsAcked = new Set<string>();
@@ -145,6 +147,7 @@ export class SimClients {
       this.stats.ok++;
       rec.ok(r.output);
       if (input.op === 'get') c.seen.set(input.key, r.output as string | null);
+      if (consistency === 'lease') this.stats.leaseReads++;
       if (input.op === 'append' && input.key === APPEND_ONLY_KEY) this.appendsAcked.add(input.value);
       return r;
     }
