@@ -37,7 +37,8 @@ export interface ReplicaOptions {
 
 /**
  * @internal What the simulator's invariant checker sees of a replica (src/sim/raft.ts): the core once it is built
- * (its log as recovered), every Ready before it is handled, every entry applied, every snapshot loaded.
+ * (its log as recovered), every Ready once it is durable (before its entries apply), every entry applied, every
+ * snapshot loaded.
  */
 export interface ReplicaObserver {
   opened(groupId: string, core: Core): void;
@@ -63,8 +64,6 @@ export class Replica {
   /** Why this replica stopped for good (disk or state machine), if it did. */
   failed: RebalancerError | undefined;
   #role: Role = 'follower';
-  /** The term on disk (messages of a later term wait until it is). */
-  #durableTerm: number;
   #lead: NodeId = '';
   /** Ticks since the last proposal or read here (a leader quiesces an idle group). */
   idleTicks = 0;
@@ -87,7 +86,6 @@ export class Replica {
     const snap = o.storage.snapshot();
     this.#restore(snap);
     this.core = new Core({ ...o.core, id: o.nodeId, storage: o.storage, applied: snap.meta.index });
-    this.#durableTerm = o.storage.initialState().hardState.term;
     o.observer?.opened(o.groupId, this.core);
     if (snap.meta.index > 0) o.observer?.restored(o.groupId, o.nodeId, snap.meta, 'restart');
   }
@@ -128,12 +126,7 @@ export class Replica {
   process(): void {
     while (!this.#busy && !this.#stopped() && this.core.hasReady()) {
       const rd = this.core.ready();
-      // Nothing of a term leaves before that term is durable. A candidate that wins alone (a single voter) leads
-      // in the Ready that first records its term and vote, and a leader's appends may otherwise leave at once: if it
-      // then crashed, it could forget the term, vote for another candidate in it, and two leaders of one term would
-      // have sent entries (the simulator found this: seed 22, before this change).
-      const newTerm = rd.hardState !== undefined && rd.hardState.term > this.#durableTerm;
-      if (!newTerm) for (const m of rd.messages) this.#o.send(m);
+      for (const m of rd.messages) this.#o.send(m);
       const durable = rd.snapshot !== undefined || rd.entries.length > 0 || (rd.hardState !== undefined && rd.mustSync);
       if (!durable) {
         // A commit index alone need not be durable (it is learned again from the leader after a restart).
@@ -147,10 +140,6 @@ export class Replica {
             this.#busy = false;
             this.counts.persists++;
             if (this.#stopped()) return;
-            if (newTerm) {
-              this.#durableTerm = rd.hardState!.term;
-              for (const m of rd.messages) this.#o.send(m);
-            }
             this.#finish(rd);
             this.process();
           },
