@@ -12,7 +12,7 @@ import { RAFT_MUTANTS, type RaftMutantName } from '../../src/raft/mutants.js';
 import { runRaftSim } from '../../src/sim/raft.js';
 import { runSimulation } from '../../src/sim/run.js';
 
-const SEEDS = Number(process.env['REBALANCER_RAFT_SIM_SEEDS'] ?? 24);
+const SEEDS = Number(process.env['REBALANCER_RAFT_SIM_SEEDS'] ?? 100);
 
 /** The first seed (from 1) at which each mutant is caught; each must be ≤ 300. */
 const FIRST_FAILING: Record<RaftMutantName, number> = {
@@ -29,6 +29,12 @@ describe('raft simulation', () => {
     expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
     expect(s.seeds).toBe(SEEDS);
     expect(s.steps).toBeGreaterThan(SEEDS * 2000);
+  }, 300_000);
+
+  it('five nodes: 20 seeds without a violation', async () => {
+    const s = await runSimulation({ scenario: 'raft', protocol: 'resource-barrier', seeds: 20, nodes: 5 });
+    expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
+    expect(s.steps).toBeGreaterThan(20 * 5000);
   }, 300_000);
 
   it('a seed replays identically: same trace, same history, same result', async () => {
