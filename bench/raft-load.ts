@@ -44,6 +44,18 @@ export interface LoadResult {
   readonly clientCpuUsPerOp: number;
 }
 
+/** A LatencyHistogram as plain data. */
+export interface HistogramData {
+  readonly counts: readonly number[];
+  readonly maxUs: number;
+}
+
+/** One process's share of a load: what mergeLoads needs to report the whole as if one client had run it. */
+export interface LoadPart {
+  readonly result: LoadResult;
+  readonly histogram: HistogramData;
+}
+
 export const DEFAULT_KEYS = 10_000;
 export const DEFAULT_VALUE_BYTES = 16;
 /** Pause of one loop after a failed put. */
@@ -72,6 +84,23 @@ export class LatencyHistogram {
 
   get count(): number {
     return this.#n;
+  }
+
+  /** The counts as plain data, to send over IPC (bench/raft-node.ts runs its share of a load in each node). */
+  toData(): HistogramData {
+    return { counts: [...this.#counts], maxUs: this.#maxUs };
+  }
+
+  /** Add another histogram's counts (same bucket layout): the latencies of loads run in several processes. */
+  add(data: HistogramData): void {
+    if (data.counts.length !== this.#counts.length) {
+      throw new RangeError(`histogram of ${data.counts.length} buckets, expected ${this.#counts.length}`);
+    }
+    for (let i = 0; i < this.#counts.length; i++) {
+      this.#counts[i]! += data.counts[i]!;
+      this.#n += data.counts[i]!;
+    }
+    this.#maxUs = Math.max(this.#maxUs, data.maxUs);
   }
 
   get maxMs(): number {
@@ -104,6 +133,51 @@ function keyName(prefix: string, i: number): string {
 
 /** Run the closed loop; resolves after the measured window, once every put still in flight has settled. */
 export async function runLoad(options: LoadOptions): Promise<LoadResult> {
+  return (await runLoadPart(options)).result;
+}
+
+/**
+ * Merge the shares of one load run at the same time in several processes (each over the same window): ops add up,
+ * quantiles come from the summed histograms. Client CPU is NaN: each share measured its whole process, which for
+ * an embedded library is also the server (the caller reports the processes' CPU instead).
+ */
+export function mergeLoads(parts: readonly LoadPart[], inFlight: number, durationMs: number): LoadResult {
+  const hist = new LatencyHistogram();
+  let errors = 0;
+  let firstError: string | undefined;
+  for (const p of parts) {
+    hist.add(p.histogram);
+    errors += p.result.errors;
+    firstError ??= p.result.firstError;
+  }
+  return summary(hist, inFlight, durationMs, errors, firstError, Number.NaN);
+}
+
+function summary(
+  hist: LatencyHistogram,
+  inFlight: number,
+  durationMs: number,
+  errors: number,
+  firstError: string | undefined,
+  cpuUs: number,
+): LoadResult {
+  const seconds = durationMs / 1000;
+  return {
+    inFlight,
+    ops: hist.count,
+    errors,
+    ...(firstError === undefined ? {} : { firstError }),
+    seconds: round(seconds, 3),
+    opsPerSecond: Math.round(hist.count / seconds),
+    p50Ms: round(hist.quantileMs(0.5), 3),
+    p99Ms: round(hist.quantileMs(0.99), 3),
+    maxMs: round(hist.maxMs, 3),
+    clientCpuUsPerOp: hist.count === 0 ? Number.NaN : round(cpuUs / hist.count, 1),
+  };
+}
+
+/** runLoad, also returning the latency histogram (for mergeLoads). */
+export async function runLoadPart(options: LoadOptions): Promise<LoadPart> {
   const { put, inFlight, durationMs, warmupMs, seed } = options;
   const keys = options.keys ?? DEFAULT_KEYS;
   const valueBytes = options.valueBytes ?? DEFAULT_VALUE_BYTES;
@@ -170,17 +244,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   if (cpuFrom !== undefined) cpuUsed ??= process.cpuUsage(cpuFrom);
   const cpuUs = cpuUsed === undefined ? Number.NaN : cpuUsed.user + cpuUsed.system;
 
-  const seconds = durationMs / 1000;
   return {
-    inFlight,
-    ops: hist.count,
-    errors,
-    ...(firstError === undefined ? {} : { firstError }),
-    seconds: round(seconds, 3),
-    opsPerSecond: Math.round(hist.count / seconds),
-    p50Ms: round(hist.quantileMs(0.5), 3),
-    p99Ms: round(hist.quantileMs(0.99), 3),
-    maxMs: round(hist.maxMs, 3),
-    clientCpuUsPerOp: hist.count === 0 ? Number.NaN : round(cpuUs / hist.count, 1),
+    result: summary(hist, inFlight, durationMs, errors, firstError, cpuUs),
+    histogram: hist.toData(),
   };
 }

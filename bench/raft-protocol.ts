@@ -12,10 +12,7 @@
 import type { LoadResult } from './raft-load.js';
 
 /** How the worker reaches a target. One entry per target kind of bench/raft-worker.ts's client table. */
-export type WorkerInit =
-  | { readonly kind: 'etcd'; readonly endpoints: readonly string[] }
-  /** Filled in by the Rebalancer target (bench/raft-targets.ts): whatever its client needs (addresses, secret…). */
-  | { readonly kind: 'rebalancer'; readonly [field: string]: unknown };
+export type WorkerInit = { readonly kind: 'etcd'; readonly endpoints: readonly string[] };
 
 export type WorkerKind = WorkerInit['kind'];
 

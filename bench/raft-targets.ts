@@ -1,13 +1,23 @@
 /**
  * The systems `npm run bench -- raft` compares: each a three-member replicated log started privately on loopback,
- * driven through a BenchTarget. The bench process only starts, kills and restarts members; the load itself runs in
- * a worker process (bench/raft-worker.ts) that opens its client from `workerInit`.
+ * driven through a BenchTarget. The bench process only starts, kills and restarts members; the load runs where a
+ * user's application would: for etcd in a client process (bench/raft-worker.ts, through etcd3), for Rebalancer —
+ * a library embedded in the application — inside the three node processes themselves (bench/raft-node.ts).
  */
 import { readFileSync, statfsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3, type IStatusResponse } from 'etcd3';
+import { allocatePorts } from '../test/harness/ports.js';
+import { releasePort } from '../test/harness/processes.js';
 import { startEtcdCluster, type EtcdCluster, type ServerHandle } from '../test/harness/servers.js';
-import type { WorkerInit } from './raft-protocol.js';
+import { processCpuMs } from './raft-cpu.js';
+import { mergeLoads, type LoadResult } from './raft-load.js';
+import type { NodeInit, NodeStatus } from './raft-node-protocol.js';
+import { NodeProcess } from './raft-node-process.js';
+import type { FailoverRequest, FailoverResult, RunRequest } from './raft-protocol.js';
+import { LoadWorker, WORKER_SLACK_MS, type LoadRunner } from './raft-runner.js';
 
 /**
  * One system under test. Lifecycle: start() once, then any number of killLeader()/restart() pairs, then stop().
@@ -16,8 +26,11 @@ import type { WorkerInit } from './raft-protocol.js';
 export interface BenchTarget {
   /** Column name in the report: 'etcd', 'rebalancer'. */
   readonly name: string;
-  /** Start three members, fsync on; resolves once the group has a leader and accepts writes. */
-  start(): Promise<{ readonly workerInit: WorkerInit }>;
+  /**
+   * Start three members, fsync on; resolves once the group has a leader and accepts writes, with the runner of
+   * its load (closed by the bench before stop()).
+   */
+  start(): Promise<{ readonly load: LoadRunner }>;
   /**
    * Facts to print beside the figures so that the comparison can be judged: election and heartbeat timing,
    * fsync, file system. Call after start().
@@ -40,23 +53,6 @@ export interface BenchTarget {
    */
   cpuMs?(): number;
 }
-
-/** CPU time (user + system, ms) that a live process has used, from /proc/<pid>/stat; undefined if it is gone. */
-export function processCpuMs(pid: number): number | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Fields after the last ')' (comm may contain anything): utime and stime are fields 14 and 15, in clock ticks.
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(rest[11]) + Number(rest[12]);
-  return Number.isFinite(ticks) ? (ticks * 1000) / CLOCK_TICKS_PER_SECOND : undefined;
-}
-
-/** USER_HZ: 100 on every Linux architecture Node runs on (the kernel reports ticks in it whatever its own HZ). */
-const CLOCK_TICKS_PER_SECOND = 100;
 
 export interface KilledLeader {
   readonly member: string;
@@ -96,15 +92,20 @@ export class EtcdTarget implements BenchTarget {
   #clients = new Map<ServerHandle, Etcd3>();
   #killed: ServerHandle | undefined;
 
-  async start(): Promise<{ readonly workerInit: WorkerInit }> {
+  async start(): Promise<{ readonly load: LoadRunner }> {
     this.#cluster = await startEtcdCluster();
     for (const m of this.#cluster.members) {
       this.#clients.set(m, new Etcd3({ hosts: `http://${m.host}:${m.port}` }));
     }
     await this.#settled();
-    return {
-      workerInit: { kind: 'etcd', endpoints: this.#cluster.members.map((m) => `http://${m.host}:${m.port}`) },
-    };
+    const worker = new LoadWorker(this.name);
+    try {
+      await worker.init({ kind: 'etcd', endpoints: this.#cluster.members.map((m) => `http://${m.host}:${m.port}`) });
+    } catch (err) {
+      await worker.close();
+      throw err;
+    }
+    return { load: worker };
   }
 
   settings(): Readonly<Record<string, string>> {
@@ -207,27 +208,223 @@ export class EtcdTarget implements BenchTarget {
 
 // ---- Rebalancer ------------------------------------------------------------
 
+/** Election timing matched to etcd's defaults (heartbeat 100 ms, election timeout 1000 ms). */
+const RB_TICK_MS = 100;
+const RB_ELECTION_TICKS = 10;
+const RB_IDS = ['n1', 'n2', 'n3'] as const;
+const RB_SETTLE_TIMEOUT_MS = 60_000;
+const RB_STATUS_TIMEOUT_MS = 10_000;
+/** The shared secret of the bench's private cluster (loopback only, never reused). */
+const RB_SECRET = 'raft bench secret, loopback only';
+
+export interface RebalancerTargetOptions {
+  /** How many groups each node opens (every group on all three nodes); default 1 (the group 'kv'). */
+  readonly groups?: number;
+}
+
 /**
- * Our Raft (src/raft/node/): three node processes on loopback, fsync on, election timing comparable to etcd's
- * (report it in settings()). To be written with the node runtime: start() returns the `workerInit` that
- * bench/raft-worker.ts's `rebalancer` client factory needs.
+ * Our Raft (src/raft/node/): three node processes (bench/raft-node.ts) on loopback, fsync on, election timing
+ * comparable to etcd's. The load runs inside the three node processes, as an embedding application's would: each
+ * node takes its share of the in-flight loops and calls `group.command()`; a follower forwards to the leader.
  */
 export class RebalancerTarget implements BenchTarget {
   readonly name = 'rebalancer';
+  /** The groups each node opens; the first is the one the load, the probe and killLeader() use. */
+  readonly groupNames: readonly string[];
+  #root: string | undefined;
+  #ports: number[] = [];
+  readonly #nodes = new Map<string, NodeProcess>();
+  #killed: NodeInit | undefined;
 
-  async start(): Promise<{ readonly workerInit: WorkerInit }> {
-    throw new Error('the rebalancer target of the raft bench is not built yet (bench/raft-targets.ts)');
+  constructor(options: RebalancerTargetOptions = {}) {
+    const n = options.groups ?? 1;
+    this.groupNames = n === 1 ? ['kv'] : Array.from({ length: n }, (_, i) => `g${String(i).padStart(4, '0')}`);
   }
+
+  async start(): Promise<{ readonly load: LoadRunner }> {
+    await this.startNodes();
+    await this.settled();
+    return { load: this.#runner() };
+  }
+
+  /**
+   * Start the three processes: resolves once each listens and has opened its groups, not once they have leaders
+   * (the groups section measures how long that takes).
+   */
+  async startNodes(): Promise<void> {
+    // Under the same temp root as etcd's data dirs (test/harness/servers.ts): the same file system.
+    this.#root = await mkdtemp(join(tmpdir(), 'rebalancer-bench-raft-'));
+    this.#ports = await allocatePorts(RB_IDS.length);
+    const addr = (i: number): string => `127.0.0.1:${this.#ports[i]}`;
+    const inits = RB_IDS.map((id, i): NodeInit => ({
+      id,
+      dataDir: join(this.#root!, id),
+      listen: addr(i),
+      peers: Object.fromEntries(RB_IDS.flatMap((p, j) => (j === i ? [] : [[p, addr(j)]]))),
+      secret: RB_SECRET,
+      tickMs: RB_TICK_MS,
+      electionTicks: RB_ELECTION_TICKS,
+      groups: this.groupNames,
+    }));
+    const started = await Promise.allSettled(inits.map((i) => NodeProcess.start(i)));
+    for (const r of started) if (r.status === 'fulfilled') this.#nodes.set(r.value.init.id, r.value);
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+  }
+
   settings(): Readonly<Record<string, string>> {
-    return {};
+    return {
+      version: 'rebalancer (src/raft, this checkout)',
+      heartbeat: `${RB_TICK_MS}ms`,
+      'election timeout': `${RB_TICK_MS * RB_ELECTION_TICKS}ms, randomized in [${RB_TICK_MS * RB_ELECTION_TICKS}, ${
+        2 * RB_TICK_MS * RB_ELECTION_TICKS
+      }) ms per election (etcd-io/raft randomizes the same way)`,
+      'pre-vote': 'true (check-quorum true)',
+      fsync: 'on (FsDisk: one fdatasync per group commit of the shared log)',
+      'file system': this.#root === undefined ? 'unknown' : fileSystemOf(this.#root),
+      'data dir': this.#root ?? '?',
+      'snapshot count': '10000 (entries per group)',
+    };
   }
+
+  /** Every live node's status (in RB_IDS order). */
+  async statuses(): Promise<{ readonly id: string; readonly status: NodeStatus }[]> {
+    const live = [...this.#nodes.values()].filter((n) => n.alive);
+    return Promise.all(
+      live.map(async (n) => ({
+        id: n.init.id,
+        status: (await n.request({ status: true }, RB_STATUS_TIMEOUT_MS, 'status')).status,
+      })),
+    );
+  }
+
+  /** The live processes, by id. */
+  nodes(): readonly NodeProcess[] {
+    return [...this.#nodes.values()].filter((n) => n.alive);
+  }
+
   async killLeader(): Promise<KilledLeader> {
-    throw new Error('not built yet');
+    const deadline = Date.now() + RB_SETTLE_TIMEOUT_MS;
+    for (;;) {
+      const all = await this.statuses();
+      const leader = all
+        .filter((s) => s.status.first.role === 'leader')
+        .sort((a, b) => b.status.first.term - a.status.first.term)[0];
+      if (leader !== undefined) {
+        const node = this.#nodes.get(leader.id)!;
+        this.#killed = node.init;
+        const killedAtEpochMs = Date.now();
+        await node.kill();
+        return { member: leader.id, killedAtEpochMs };
+      }
+      if (Date.now() > deadline) throw new Error(`rebalancer: no leader within ${RB_SETTLE_TIMEOUT_MS} ms`);
+      await sleep(50);
+    }
   }
+
   async restart(): Promise<void> {
-    throw new Error('not built yet');
+    const init = this.#killed;
+    if (init === undefined) return;
+    // Same id, port and data dir: the node recovers its log and catches up from the leader.
+    this.#nodes.set(init.id, await NodeProcess.start(init));
+    this.#killed = undefined;
+    await this.settled();
   }
-  async stop(): Promise<void> {}
+
+  async stop(): Promise<void> {
+    await Promise.allSettled([...this.#nodes.values()].map((n) => n.stop()));
+    this.#nodes.clear();
+    for (const p of this.#ports) releasePort(p);
+    this.#ports = [];
+    if (this.#root !== undefined) await rm(this.#root, { recursive: true, force: true });
+    this.#root = undefined;
+  }
+
+  cpuMs(): number {
+    let sum = 0;
+    for (const n of this.#nodes.values()) sum += n.cpuMs() ?? 0;
+    return sum;
+  }
+
+  /**
+   * Run one closed-loop load over `groups` inside the node processes: loop j runs on node (start + j) mod 3, the
+   * start rotating with the seed (at 1 in flight the single loop is on a follower in some rounds, on the leader in
+   * others, as etcd3 spreads calls over members). Each node draws its own keys (seed per node).
+   */
+  async runLoad(req: RunRequest, groups: readonly string[] = [this.groupNames[0]!]): Promise<LoadResult> {
+    const live = this.nodes();
+    if (live.length !== RB_IDS.length) throw new Error(`rebalancer: ${live.length} of 3 nodes running`);
+    const shares = live.map(() => 0);
+    const start = req.seed % live.length;
+    for (let j = 0; j < req.inFlight; j++) shares[(start + j) % live.length]! += 1;
+    // Which role carries the loops matters at low concurrency (a follower's put takes the forwarding hop): say it.
+    const roles = await this.statuses().catch(() => []);
+    const roleOf = (id: string): string => roles.find((r) => r.id === id)?.status.first.role ?? '?';
+    process.stderr.write(
+      `raft bench:   rebalancer loops per node: ${live.map((n, i) => `${n.init.id} (${roleOf(n.init.id)}) ${shares[i]}`).join(', ')}\n`,
+    );
+    const parts = await Promise.all(
+      live.flatMap((n, i) =>
+        shares[i] === 0
+          ? []
+          : [
+              n
+                .request(
+                  { run: { ...req, inFlight: shares[i]!, seed: req.seed * 31 + i, groups } },
+                  req.warmupMs + req.durationMs + WORKER_SLACK_MS,
+                  'part',
+                )
+                .then((r) => r.part),
+            ],
+      ),
+    );
+    return mergeLoads(parts, req.inFlight, req.durationMs);
+  }
+
+  /** Until all three answer, name one leader of the first group, and have applied what it committed. */
+  async settled(): Promise<void> {
+    const deadline = Date.now() + RB_SETTLE_TIMEOUT_MS;
+    let last = 'no answer';
+    while (Date.now() < deadline) {
+      try {
+        const all = await this.statuses();
+        const leaders = new Set(all.map((s) => s.status.first.leader));
+        const leader = all.find((s) => s.status.first.role === 'leader');
+        if (all.length === RB_IDS.length && leaders.size === 1 && leader !== undefined) {
+          const target = leader.status.first.committed;
+          if (all.every((s) => s.status.first.applied >= target)) return;
+          last = `applied ${all.map((s) => s.status.first.applied).join('/')} of ${target}`;
+        } else {
+          last = `${all.length}/3 answer, leaders ${[...leaders].join(',')}`;
+        }
+      } catch (err) {
+        last = err instanceof Error ? err.message : String(err);
+      }
+      await sleep(50);
+    }
+    throw new Error(`rebalancer: group not settled within ${RB_SETTLE_TIMEOUT_MS} ms (${last})`);
+  }
+
+  #runner(): LoadRunner {
+    return {
+      where:
+        'in-process in the three node processes (embedded library: group.command, followers forward to the ' +
+        'leader; no client process, the client cost is in the servers’ CPU)',
+      run: (req) => this.runLoad(req),
+      arm: async (callTimeoutMs) => {
+        await Promise.all(
+          this.nodes().map((n) => n.request({ arm: { callTimeoutMs } }, callTimeoutMs + WORKER_SLACK_MS, 'armed')),
+        );
+      },
+      failover: async (req: FailoverRequest): Promise<FailoverResult> => {
+        // From a surviving node: the first one alive (a follower of the dead leader until the election).
+        const n = this.nodes()[0];
+        if (n === undefined) throw new Error('rebalancer: no node alive to probe from');
+        return (await n.request({ failover: req }, req.maxMs + WORKER_SLACK_MS, 'recovered')).recovered;
+      },
+      close: async () => {},
+    };
+  }
 }
 
 export const TARGETS: Readonly<Record<string, () => BenchTarget>> = {

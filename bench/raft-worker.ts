@@ -3,13 +3,15 @@
  * so that the client load never competes with the measuring process for its event loop. Protocol in
  * bench/raft-protocol.ts.
  *
- * A target plugs in through CLIENTS, a table keyed by WorkerInit['kind']: given the init message, open a client
- * whose `put` resolves once the target acknowledged the write. The load loop, the failover probe and the protocol
- * are the same for every target, so both are measured by one yardstick.
+ * A client-server target plugs in through CLIENTS, a table keyed by WorkerInit['kind']: given the init message, open
+ * a client whose `put` resolves once the target acknowledged the write. The load loop (bench/raft-load.ts) and the
+ * failover probe (bench/raft-probe.ts) are shared with the Rebalancer target, whose load runs inside its node
+ * processes instead (bench/raft-node.ts): an embedded library has no client process.
  */
 import { Etcd3, type IOptions } from 'etcd3';
-import type { FailoverRequest, FailoverResult, ParentMessage, WorkerInit, WorkerMessage } from './raft-protocol.js';
+import type { ParentMessage, WorkerInit, WorkerMessage } from './raft-protocol.js';
 import { runLoad } from './raft-load.js';
+import { probeUntilRecovered } from './raft-probe.js';
 
 /** A target's client, as the worker uses it. */
 export interface BenchClient {
@@ -59,19 +61,12 @@ const CLIENTS: { readonly [K in WorkerInit['kind']]: ClientFactory<K> } = {
       close: async () => client.close(),
     };
   },
-  // The lead's Raft runtime (src/raft/node/) plugs in here: open a client of the three-node group described by
-  // `init` (the fields that the rebalancer target's start() put in its workerInit), and return its put.
-  rebalancer: async () => {
-    throw new Error('the rebalancer target of the raft bench is not built yet (bench/raft-worker.ts CLIENTS)');
-  },
 };
 
 async function openClient(init: WorkerInit, purpose: ClientPurpose): Promise<BenchClient> {
   switch (init.kind) {
     case 'etcd':
       return CLIENTS.etcd(init, purpose);
-    case 'rebalancer':
-      return CLIENTS.rebalancer(init, purpose);
   }
 }
 
@@ -80,49 +75,6 @@ function send(m: WorkerMessage): void {
 }
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/**
- * Start a put every intervalMs (each bounded by callTimeoutMs, several may overlap) until one succeeds: the
- * recovery time is then known to within intervalMs, however long a failing attempt takes to fail.
- */
-async function probeUntilRecovered(probe: BenchClient, req: FailoverRequest): Promise<FailoverResult> {
-  const value = new Uint8Array(16);
-  let attempts = 0;
-  let failures = 0;
-  let firstFailure: string | undefined;
-  let recovered: number | undefined;
-  const pending = new Set<Promise<void>>();
-  while (recovered === undefined && Date.now() - req.sinceEpochMs < req.maxMs) {
-    const n = attempts++;
-    const p = probe.put(`bench/failover/${n % 100}`, value, req.callTimeoutMs).then(
-      () => {
-        recovered ??= Date.now();
-      },
-      (err: unknown) => {
-        failures++;
-        firstFailure ??= message(err);
-      },
-    );
-    pending.add(p);
-    void p.finally(() => pending.delete(p));
-    await sleep(req.intervalMs);
-  }
-  // Let the stragglers settle (each is bounded by callTimeoutMs), so that none outlives this probe.
-  await Promise.all(pending);
-  if (recovered === undefined) {
-    throw new Error(
-      `no put succeeded within ${req.maxMs} ms of the kill (${attempts} attempts; first failure: ${firstFailure})`,
-    );
-  }
-  return {
-    recoveredEpochMs: recovered,
-    ms: recovered - req.sinceEpochMs,
-    attempts,
-    failures,
-    ...(firstFailure === undefined ? {} : { firstFailure }),
-  };
-}
 
 let load: BenchClient | undefined;
 let probe: BenchClient | undefined;
@@ -144,7 +96,8 @@ async function handle(m: ParentMessage): Promise<void> {
       send({ id: m.id, armed: true });
     } else if ('failover' in m) {
       if (probe === undefined) throw new Error('failover before arm');
-      send({ id: m.id, recovered: await probeUntilRecovered(probe, m.failover) });
+      const p = probe;
+      send({ id: m.id, recovered: await probeUntilRecovered((k, v, t) => p.put(k, v, t), m.failover) });
     }
   } catch (err) {
     send({ id: m.id, error: message(err) });

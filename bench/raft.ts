@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- raft [--json] [--targets etcd,rebalancer] [--rounds N] [--duration-ms MS] [--warmup-ms MS]
- *   [--in-flight 1,16,128] [--sections throughput,failover]`
+ *   [--in-flight 1,16,128] [--sections throughput,failover,groups] [--groups N] [--idle-ms MS]`
  *
  * One Raft group of three members, fsync on, against a private three-member etcd as the peer, both started here on
  * loopback and measured in the same run, interleaved, reported as ratios (issue 13, item 7):
@@ -10,38 +10,32 @@
  * 2. failover: kill -9 of the leader, then the time until a put succeeds again, measured by a client that starts
  *    an attempt every 10 ms, each bounded by 200 ms. The killed member is restarted on its data and caught up
  *    before the next round.
- * 3. groups (1000 groups × 3 replicas on 3 processes): a section switch, to be written with the node runtime.
+ * 3. groups (`--sections groups`, Rebalancer only; bench/raft-groups.ts): 1000 groups × 3 replicas on 3 processes —
+ *    time until all have leaders, idle CPU and memory per process, writes/s spread over 48 groups at 128 in flight.
+ *    `--groups N` and `--idle-ms MS` change its size and idle window.
  *
- * The load runs in a worker process per target (bench/raft-worker.ts) so that the measuring process — which also
- * supervises the servers — never competes with the client. Progress on stderr, the table on stdout (or JSON).
+ * Where the load runs (bench/raft-runner.ts): for etcd in a worker process (bench/raft-worker.ts, through etcd3), so
+ * that the measuring process — which also supervises the servers — never competes with the client; for Rebalancer,
+ * an embedded library, inside its three node processes (bench/raft-node.ts), each running a third of the loops.
+ * Progress on stderr, the table on stdout (or JSON).
  */
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError } from '../src/errors.js';
 import { stopAllServers } from '../test/harness/servers.js';
+import { formatGroups, groupsSection, type GroupsResult } from './raft-groups.js';
 import type { LoadResult } from './raft-load.js';
 import { DEFAULT_KEYS, DEFAULT_VALUE_BYTES } from './raft-load.js';
-import type {
-  FailoverRequest,
-  FailoverResult,
-  ParentMessage,
-  RunRequest,
-  WorkerInit,
-  WorkerMessage,
-} from './raft-protocol.js';
+import type { FailoverResult } from './raft-protocol.js';
+import type { LoadRunner } from './raft-runner.js';
 import { TARGETS, type BenchTarget, type KilledLeader } from './raft-targets.js';
 import { round, table } from './stats.js';
 
 const SECTIONS = ['throughput', 'failover', 'groups'] as const;
 type Section = (typeof SECTIONS)[number];
 
-/** The failover probe (see bench/raft-worker.ts). */
+/** The failover probe (see bench/raft-probe.ts). */
 const PROBE_INTERVAL_MS = 10;
 const PROBE_CALL_TIMEOUT_MS = 200;
 const FAILOVER_MAX_MS = 30_000;
-/** Beyond a run's own duration: time for the worker to answer before it is declared stuck. */
-const WORKER_SLACK_MS = 60_000;
-const WORKER_START_TIMEOUT_MS = 30_000;
 
 function log(msg: string): void {
   process.stderr.write(`raft bench: ${msg}\n`);
@@ -66,7 +60,14 @@ interface Options {
   readonly warmupMs: number;
   readonly inFlight: readonly number[];
   readonly sections: ReadonlySet<Section>;
+  /** The groups section: how many groups, and how long the idle CPU is measured. */
+  readonly groups: number;
+  readonly idleMs: number;
 }
+
+/** The groups section's write load: spread over this many groups, this many in flight in total (issue 13). */
+const GROUPS_LOADED = 48;
+const GROUPS_IN_FLIGHT = 128;
 
 function parseArgs(args: readonly string[]): Options {
   const known = new Set([
@@ -77,6 +78,8 @@ function parseArgs(args: readonly string[]): Options {
     '--warmup-ms',
     '--in-flight',
     '--sections',
+    '--groups',
+    '--idle-ms',
   ]);
   for (const a of args) {
     if (a.startsWith('--') && !known.has(a)) {
@@ -126,122 +129,16 @@ function parseArgs(args: readonly string[]): Options {
     warmupMs: int('--warmup-ms', 1000, 0),
     inFlight,
     sections: new Set(sections as Section[]),
+    groups: int('--groups', 1000, 1),
+    idleMs: int('--idle-ms', 10_000, 100),
   };
-}
-
-// ---- worker process ----------------------------------------------------------
-
-type Reply<K extends string> = Extract<WorkerMessage, Record<K, unknown>>;
-
-/** One forked bench/raft-worker.ts: requests one at a time, answered by id. */
-class LoadWorker {
-  readonly #proc: ChildProcess;
-  readonly #exited: Promise<void>;
-  #nextId = 1;
-  #waiting = new Map<number, (m: WorkerMessage) => void>();
-  #onReady: ((m: WorkerMessage) => void) | undefined;
-  #exitReason: string | undefined;
-
-  constructor(readonly name: string) {
-    this.#proc = fork(fileURLToPath(new URL('./raft-worker.ts', import.meta.url)), [], {
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    this.#exited = new Promise((resolve) =>
-      this.#proc.once('exit', (code, signal) => {
-        this.#exitReason = `load worker of ${name} exited (${signal ?? `code ${code}`})`;
-        const err = { error: this.#exitReason };
-        this.#onReady?.(err);
-        for (const w of this.#waiting.values()) w({ id: 0, ...err });
-        this.#waiting.clear();
-        resolve();
-      }),
-    );
-    // Without a listener, a send() racing the worker's exit would throw from an 'error' event and end the bench.
-    this.#proc.on('error', (err) => {
-      this.#exitReason ??= `load worker of ${name}: ${err.message}`;
-    });
-    this.#proc.on('message', (m: WorkerMessage) => {
-      if ('ready' in m || !('id' in m) || m.id === undefined) {
-        this.#onReady?.(m);
-        return;
-      }
-      const w = this.#waiting.get(m.id);
-      this.#waiting.delete(m.id);
-      w?.(m);
-    });
-  }
-
-  /** Send the target's init; resolves once the worker opened its client. */
-  async init(init: WorkerInit): Promise<void> {
-    const answer = await this.#await<WorkerMessage>(WORKER_START_TIMEOUT_MS, 'start', (resolve) => {
-      this.#onReady = resolve;
-      this.#proc.send(init);
-    });
-    this.#onReady = undefined;
-    if ('error' in answer) throw new Error(`${this.name} worker: ${answer.error}`);
-  }
-
-  async run(req: RunRequest): Promise<LoadResult> {
-    return (await this.#request({ run: req }, req.warmupMs + req.durationMs + WORKER_SLACK_MS, 'result')).result;
-  }
-
-  async arm(): Promise<void> {
-    await this.#request({ arm: { callTimeoutMs: PROBE_CALL_TIMEOUT_MS * 10 } }, WORKER_SLACK_MS, 'armed');
-  }
-
-  async failover(req: FailoverRequest): Promise<FailoverResult> {
-    return (await this.#request({ failover: req }, req.maxMs + WORKER_SLACK_MS, 'recovered')).recovered;
-  }
-
-  async close(): Promise<void> {
-    if (this.#exitReason === undefined && this.#proc.connected) {
-      const m: ParentMessage = { id: this.#nextId++, close: true };
-      this.#proc.send(m);
-    }
-    const t = setTimeout(() => this.#proc.kill('SIGKILL'), 5000);
-    await this.#exited;
-    clearTimeout(t);
-  }
-
-  async #request<K extends 'result' | 'armed' | 'recovered'>(
-    body: { run: RunRequest } | { arm: { callTimeoutMs: number } } | { failover: FailoverRequest },
-    timeoutMs: number,
-    expect: K,
-  ): Promise<Reply<K>> {
-    if (this.#exitReason !== undefined || !this.#proc.connected) {
-      throw new Error(this.#exitReason ?? `load worker of ${this.name} is gone`);
-    }
-    const id = this.#nextId++;
-    const answer = await this.#await<WorkerMessage>(timeoutMs, Object.keys(body)[0]!, (resolve) => {
-      this.#waiting.set(id, resolve);
-      this.#proc.send({ id, ...body } as ParentMessage);
-    });
-    if ('error' in answer) throw new Error(`${this.name}: ${answer.error}`);
-    if (!(expect in answer)) throw new Error(`${this.name} worker: unexpected answer ${JSON.stringify(answer)}`);
-    return answer as Reply<K>;
-  }
-
-  #await<T>(timeoutMs: number, what: string, start: (resolve: (m: T) => void) => void): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`${this.name} worker: no answer to ${what} within ${timeoutMs} ms`));
-        // A stuck worker would keep loading the machine for the next measurements.
-        this.#proc.kill('SIGKILL');
-      }, timeoutMs);
-      start((m) => {
-        clearTimeout(timer);
-        resolve(m);
-      });
-    });
-  }
 }
 
 // ---- sections ------------------------------------------------------------------
 
 interface Live {
   readonly target: BenchTarget;
-  readonly worker: LoadWorker;
+  readonly load: LoadRunner;
 }
 
 /** One measured run: the worker's figures and the servers' CPU per put over the same window. */
@@ -302,7 +199,7 @@ async function throughput(live: readonly Live[], o: Options): Promise<Throughput
           let load: LoadResult;
           let serverCpuMs: number;
           try {
-            load = await l.worker.run({ inFlight: n, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
+            load = await l.load.run({ inFlight: n, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
           } finally {
             serverCpuMs = cpu();
           }
@@ -333,12 +230,12 @@ async function failover(live: readonly Live[], o: Options): Promise<Record<strin
       const name = l.target.name;
       log(`failover round ${r + 1}/${o.rounds}: ${name}, kill -9 of the leader…`);
       try {
-        await l.worker.arm();
+        await l.load.arm(PROBE_CALL_TIMEOUT_MS * 10);
         let killed: KilledLeader;
         let res: FailoverResult;
         try {
           killed = await l.target.killLeader();
-          res = await l.worker.failover({
+          res = await l.load.failover({
             sinceEpochMs: killed.killedAtEpochMs,
             intervalMs: PROBE_INTERVAL_MS,
             callTimeoutMs: PROBE_CALL_TIMEOUT_MS,
@@ -398,6 +295,9 @@ function summarize(runs: readonly (RunRecord | { error: string })[]): Summary {
   };
 }
 
+/** Client + servers per put; a load run in-process in the servers has no separate client figure (NaN). */
+const totalCpu = (s: Summary): number =>
+  round((Number.isFinite(s.clientCpuUsPerOp) ? s.clientCpuUsPerOp : 0) + s.serverCpuUsPerOp, 1);
 const fmt = (x: number, unit = ''): string => (Number.isFinite(x) ? `${x}${unit}` : '—');
 /** rebalancer / etcd, as the issue's targets are stated. */
 const ratio = (a: number | undefined, b: number | undefined): string =>
@@ -412,26 +312,26 @@ export async function run(args: string[]): Promise<void> {
   const settings: Record<string, Readonly<Record<string, string>>> = {};
   let tp: ThroughputRuns = {};
   let fo: Record<string, FailoverRun[]> = {};
+  let groups: GroupsResult | undefined;
   const begun: BenchTarget[] = [];
-  const workers: LoadWorker[] = [];
+  const loads: LoadRunner[] = [];
   const onSignal = (): void => {
-    void Promise.allSettled(workers.map((w) => w.close()))
+    void Promise.allSettled(loads.map((w) => w.close()))
       .then(() => Promise.allSettled(begun.map((t) => t.stop())))
       .finally(() => stopAllServers().finally(() => process.exit(130)));
   };
   process.once('SIGINT', onSignal);
   try {
-    for (const name of o.targets) {
+    const single = o.sections.has('throughput') || o.sections.has('failover');
+    for (const name of single ? o.targets : []) {
       const target = TARGETS[name]!();
       begun.push(target);
       log(`starting ${name} (three members)…`);
       try {
-        const { workerInit } = await target.start();
-        settings[name] = target.settings();
-        const worker = new LoadWorker(name);
-        workers.push(worker);
-        await worker.init(workerInit);
-        live.push({ target, worker });
+        const { load } = await target.start();
+        loads.push(load);
+        settings[name] = { ...target.settings(), 'load runs': load.where };
+        live.push({ target, load });
         log(
           `  ${name}: ${Object.entries(settings[name])
             .map(([k, v]) => `${k} ${v}`)
@@ -444,15 +344,32 @@ export async function run(args: string[]): Promise<void> {
     }
     if (o.sections.has('throughput') && live.length > 0) tp = await throughput(live, o);
     if (o.sections.has('failover') && live.length > 0) fo = await failover(live, o);
+    // The single-group targets stop first: the groups section has the machine to itself.
+    await Promise.allSettled(loads.map((w) => w.close()));
+    await Promise.allSettled(begun.map((t) => t.stop()));
+    begun.length = 0;
+    loads.length = 0;
     if (o.sections.has('groups')) {
-      // The lead's section: 1000 groups × 3 replicas on 3 processes (idle CPU and memory per process, writes/s over
-      // 48 groups). It needs only the rebalancer target's node processes, not the load worker.
-      sectionErrors['groups'] = 'not built yet (1000 groups × 3 replicas on 3 processes)';
-      log(`groups: ${sectionErrors['groups']}`);
+      try {
+        groups = await groupsSection(
+          {
+            groups: o.groups,
+            idleMs: o.idleMs,
+            loadGroups: Math.min(GROUPS_LOADED, o.groups),
+            inFlight: GROUPS_IN_FLIGHT,
+            durationMs: o.durationMs,
+            warmupMs: o.warmupMs,
+          },
+          log,
+        );
+      } catch (err) {
+        sectionErrors['groups'] = message(err);
+        log(`groups: ERROR ${message(err)}`);
+      }
     }
   } finally {
     process.off('SIGINT', onSignal);
-    await Promise.allSettled(workers.map((w) => w.close()));
+    await Promise.allSettled(loads.map((w) => w.close()));
     await Promise.allSettled(begun.map((t) => t.stop()));
     await stopAllServers();
   }
@@ -486,6 +403,7 @@ export async function run(args: string[]): Promise<void> {
         sectionErrors,
         throughput: { summaries, runs: tp },
         failover: { medianMs: failoverMedian, runs: fo },
+        groups: groups ?? null,
         totalMs: Date.now() - started,
       })}\n`,
     );
@@ -510,10 +428,24 @@ export async function run(args: string[]): Promise<void> {
       `1. Throughput: puts of ${DEFAULT_VALUE_BYTES}-byte values over ${DEFAULT_KEYS} keys, closed loop, ` +
         `${o.rounds} round(s) of ${o.durationMs} ms (after ${o.warmupMs} ms warm-up), medians over rounds ` +
         '(max: over rounds).',
-      'CPU/put: user + system time of the load worker process, and of all three server processes, per put.',
+      'CPU/put: user + system time per put of the client process (etcd: the load worker running etcd3) and of the',
+      'three server processes; total = both. Rebalancer is embedded: its load runs in-process in the three node',
+      'processes (group.command, followers forward to the leader), so it has no client column — its client cost is',
+      'in its servers’ CPU. Compare the totals.',
     );
     const rows: string[][] = [
-      ['in flight', 'target', 'ops/s', 'p50', 'p99', 'max', 'errors', 'client CPU/put', 'servers CPU/put'],
+      [
+        'in flight',
+        'target',
+        'ops/s',
+        'p50',
+        'p99',
+        'max',
+        'errors',
+        'client CPU/put',
+        'servers CPU/put',
+        'total CPU/put',
+      ],
     ];
     for (const n of o.inFlight) {
       for (const name of names) {
@@ -529,6 +461,7 @@ export async function run(args: string[]): Promise<void> {
           s.failedRounds > 0 ? `${s.errors} (+${s.failedRounds} failed rounds)` : String(s.errors),
           fmt(s.clientCpuUsPerOp, ' µs'),
           fmt(s.serverCpuUsPerOp, ' µs'),
+          fmt(totalCpu(s), ' µs'),
         ]);
       }
       const sa = summaries[a]?.[n];
@@ -544,6 +477,7 @@ export async function run(args: string[]): Promise<void> {
           '',
           ratio(sa.clientCpuUsPerOp, sb.clientCpuUsPerOp),
           ratio(sa.serverCpuUsPerOp, sb.serverCpuUsPerOp),
+          ratio(totalCpu(sa), totalCpu(sb)),
         ]);
       }
     }
@@ -571,6 +505,7 @@ export async function run(args: string[]): Promise<void> {
     out.push(table(rows));
   }
   if (sectionErrors['groups'] !== undefined) out.push('', `3. Groups: NOT RUN — ${sectionErrors['groups']}`);
+  if (groups !== undefined) out.push('', ...formatGroups(groups));
   out.push('', `total ${round((Date.now() - started) / 1000, 1)} s`);
   process.stdout.write(`${out.join('\n')}\n`);
 }

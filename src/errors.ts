@@ -485,6 +485,27 @@ export class StateMachineError extends RebalancerError {
   }
 }
 
+/**
+ * A Raft node's data directory was lost: a peer knew it under another incarnation (docs/raft.md, "A node that lost
+ * its data"). Reported, not thrown: the node keeps running, but none of its replicas votes or campaigns until each
+ * has caught up with a leader of its group and one more maximum election timeout has passed.
+ */
+export class RaftDataLostError extends RebalancerError {
+  readonly node: string;
+  readonly peer: string;
+  constructor(node: string, peer: string) {
+    super(
+      'DATA_LOST',
+      `raft node ${node} lost its data: peer ${peer} knew it under another incarnation (its data directory was ` +
+        'deleted, replaced or restored from a backup). It may have voted in terms it no longer remembers, so it ' +
+        'rejoins without voting: each of its replicas votes again only once it has caught up with a leader of its ' +
+        'group. Nothing to do if that was intended; otherwise check what happened to the data directory',
+    );
+    this.node = node;
+    this.peer = peer;
+  }
+}
+
 export function invariant(condition: unknown, message: string | (() => string)): asserts condition {
   if (!condition) throw new InvariantError(typeof message === 'string' ? message : message());
 }

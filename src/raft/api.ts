@@ -34,6 +34,7 @@ export {
   NoQuorumError,
   NotLeaderError,
   PeerAuthError,
+  RaftDataLostError,
   RebalancerError,
   SessionExpiredError,
   StateMachineError,

@@ -34,6 +34,24 @@ import { SnapshotReceiver } from './snapshot.js';
 
 export type { DropReason, Outcome, Ready, Role, Status } from './ready.js';
 
+/**
+ * Why this replica may not vote, pre-vote-grant nor campaign (docs/raft.md, "A node that lost its data"):
+ * - `released`: until the host calls releaseVotes() (a fresh node that has not yet heard from enough peers whether
+ *   they knew it before);
+ * - `leader-seen`: its durable state was lost, so it may have voted in a term it no longer remembers. It waits
+ *   for a leader of the group, for its log to hold everything that leader had committed, for that and the
+ *   leader's term to be durable, and then for one more maximum election timeout (2 × electionTicks ticks): any
+ *   election it took part in before has ended by then, and a leader of a higher term it may have helped elect
+ *   would have reached it. Until caught up, its empty log would also let a candidate missing committed entries win.
+ */
+export type VoteHold = 'released' | 'leader-seen';
+
+/** Where a `leader-seen` hold is: waiting for a leader, for persistence, or counting ticks down. */
+type LeaderHold =
+  | { readonly phase: 'leader' }
+  | { readonly phase: 'persist'; readonly term: number; readonly index: number }
+  | { phase: 'wait'; ticksLeft: number };
+
 interface Outstanding {
   readonly lastEntry: { index: number; term: number } | undefined;
   readonly snapshotIndex: number;
@@ -60,6 +78,10 @@ export class Core {
   /** Ticks since this core was created: the leader's clock for lease reads. */
   now = 0;
   quiesced = false;
+  /** A hold on votes until releaseVotes() (VoteHold 'released'). */
+  #holdUntilReleased = false;
+  /** A hold on votes until caught up with a leader (VoteHold 'leader-seen'). */
+  #leaderHold: LeaderHold | undefined;
   /**
    * Lease reads: just started, we may have answered a leader's heartbeat before a crash that we no longer
    * remember. Refuse votes for one election timeout, as if we had heard from a leader (docs/raft.md).
@@ -101,13 +123,17 @@ export class Core {
         return;
       }
     }
+    const h = this.#leaderHold;
+    if (h?.phase === 'wait' && --h.ticksLeft <= 0) this.#leaderHold = undefined;
     if (this.quiesced) return;
     if (this.role === 'leader') {
       this.leader!.tick();
       return;
     }
     this.electionElapsed++;
-    if (this.#mayCampaign() && this.electionElapsed >= this.#randomizedTimeout) {
+    if (this.votesHeld() !== undefined) {
+      // Held: no campaign. The timer keeps running, so that a release lets an overdue election start at once.
+    } else if (this.#mayCampaign() && this.electionElapsed >= this.#randomizedTimeout) {
       this.electionElapsed = 0;
       this.#hup(false);
     }
@@ -172,13 +198,14 @@ export class Core {
         if (m.type === 'append') this.#handleAppend(m);
         else if (m.type === 'heartbeat') this.#handleHeartbeat(m);
         else this.#handleSnapshot(m);
+        if (m.type !== 'heartbeat') this.#maybeCaughtUp(m.type === 'append' ? m.commit : m.meta.index);
         return;
       case 'voteResponse':
       case 'preVoteResponse':
         this.#handleVoteResponse(m.type, m.from, m.reject);
         return;
       case 'timeoutNow':
-        if (this.isVoter()) this.#hup(true);
+        if (this.isVoter() && this.votesHeld() === undefined) this.#hup(true);
         return;
       case 'readIndexResponse':
         this.readStates.push({ ctx: m.ctx, index: m.index });
@@ -257,7 +284,54 @@ export class Core {
 
   /** Campaign now (tests and hosts that bootstrap a leader); the election timeout does the same. */
   campaign(): void {
-    if (this.role !== 'leader' && this.#mayCampaign()) this.#hup(false);
+    if (this.role !== 'leader' && this.#mayCampaign() && this.votesHeld() === undefined) this.#hup(false);
+  }
+
+  /**
+   * Hold this replica's votes (see VoteHold): it grants no vote or pre-vote and does not campaign until the hold
+   * ends. A leader or candidate steps down first. Holding `leader-seen` again restarts that hold from the start.
+   */
+  holdVotes(until: VoteHold): void {
+    if (until === 'released') this.#holdUntilReleased = true;
+    else this.#leaderHold = { phase: 'leader' };
+    if (this.role !== 'follower') this.#becomeFollower(this.term, '');
+  }
+
+  /**
+   * Replica `peer` lost its durable state (the host learnt it: its node came back with another incarnation). A
+   * leader forgets what it knew of that replica's log and replicates to it from the start; other roles have nothing
+   * to forget.
+   */
+  peerLostData(peer: NodeId): void {
+    this.leader?.forgetLog(peer);
+  }
+
+  /** End a `released` hold (a `leader-seen` hold is unaffected: it ends by itself). */
+  releaseVotes(): void {
+    this.#holdUntilReleased = false;
+  }
+
+  /** The hold on this replica's votes, if any (`leader-seen` first: it is the longer one). */
+  votesHeld(): VoteHold | undefined {
+    if (this.#leaderHold !== undefined) return 'leader-seen';
+    return this.#holdUntilReleased ? 'released' : undefined;
+  }
+
+  /**
+   * A leader told us its commit index `leaderCommit` (in an append, or a snapshot's index): once our log has
+   * committed that far, wait for it (and the term) to be durable.
+   */
+  #maybeCaughtUp(leaderCommit: number): void {
+    if (this.#leaderHold?.phase !== 'leader' || this.log.committed < leaderCommit) return;
+    this.#leaderHold = { phase: 'persist', term: this.term, index: this.log.committed };
+    this.#maybeDurable();
+  }
+
+  /** Caught up and what we got is durable (term and log): the last maximum election timeout starts. */
+  #maybeDurable(): void {
+    const h = this.#leaderHold;
+    if (h?.phase !== 'persist' || this.#prevHardState.term < h.term || this.persistedIndex() < h.index) return;
+    this.#leaderHold = { phase: 'wait', ticksLeft: 2 * this.opts.electionTicks };
   }
 
   /** The membership in effect: the last one in the log (committed or not). */
@@ -295,6 +369,7 @@ export class Core {
       lastIndex: this.log.lastIndex(),
       membership: this.membership(),
       quiesced: this.quiesced,
+      votesHeld: this.votesHeld(),
       transferringTo: this.leader?.transferee ?? '',
     };
   }
@@ -380,6 +455,7 @@ export class Core {
     const lastApplied = o.committedEntries[o.committedEntries.length - 1];
     if (lastApplied) this.log.appliedTo(lastApplied.index);
     this.leader?.persisted(this.persistedIndex());
+    this.#maybeDurable();
   }
 
   /** The last index of our log that is durable (and agrees with the in-memory log). */
@@ -488,7 +564,8 @@ export class Core {
 
   #handleVoteRequest(m: VoteMessage): void {
     const canVote =
-      this.vote === m.from || (this.vote === '' && this.lead === '') || (m.type === 'preVote' && m.term > this.term);
+      this.votesHeld() === undefined &&
+      (this.vote === m.from || (this.vote === '' && this.lead === '') || (m.type === 'preVote' && m.term > this.term));
     const respType = m.type === 'vote' ? 'voteResponse' : 'preVoteResponse';
     if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
       this.send({ type: respType, from: this.id, to: m.from, term: m.term, reject: false });

@@ -390,6 +390,24 @@ export class Leader {
     return round;
   }
 
+  /**
+   * Replica `id` lost its log (its node's data directory was lost): what we knew of it is wrong, and since a
+   * follower's acknowledged index can otherwise only grow, it would be probed above its empty log forever. Forget
+   * it and probe from the start (the replica's rejections and the snapshot path take it from there). Lowering a
+   * match can only delay commits, never advance one.
+   */
+  forgetLog(id: NodeId): void {
+    const pr = this.progress.get(id);
+    if (pr === undefined || id === this.#core.id) return;
+    // Probe where we believed it was: a replica that still holds that much accepts at once (no snapshot is sent
+    // for a mere reconnect); one that lost it rejects with a hint, and with match forgotten the probe may go below.
+    const believed = pr.match;
+    pr.match = 0;
+    pr.becomeProbe();
+    pr.next = Math.max(1, believed + 1);
+    this.#sendAppend(id, true);
+  }
+
   // ---- transfer, membership, quiescence --------------------------------------------------------------------
 
   transfer(target: NodeId): void {

@@ -46,6 +46,8 @@ export interface Status {
   readonly membership: Membership;
   readonly quiesced: boolean;
   readonly transferringTo: NodeId;
+  /** Votes held after a loss of durable state, or until the host releases them (Core.holdVotes). */
+  readonly votesHeld: 'released' | 'leader-seen' | undefined;
 }
 
 /** Messages that depend on nothing persisted in their Ready: they may leave before it is durable. */

@@ -23,7 +23,15 @@ import { connect, type Channel, type ChannelModel } from 'amqplib';
 import pg from 'pg';
 import ts from 'typescript';
 import { afterAll, describe, expect, it, type ExpectStatic } from 'vitest';
+import { allocatePorts } from '../harness/ports.js';
+import { releasePort } from '../harness/processes.js';
 import { startPostgres, startRabbitmq, startRedis, type ServerHandle } from '../harness/servers.js';
+
+/** Ports reserved for examples that listen (released after all). */
+const portsToRelease: number[] = [];
+afterAll(() => {
+  for (const p of portsToRelease) releasePort(p);
+});
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const TSCONFIG = join(REPO, 'tsconfig.json');
@@ -408,6 +416,25 @@ describe.concurrent('examples run against real stores and shut down cleanly', ()
       expectClean(expect_, b, await b.stop());
     },
   );
+
+  runs(['examples/readme/raft.ts'], 'README, Raft groups: three nodes, a replicated counter', async (expect_) => {
+    const cwd = tempDir();
+    const ports = await allocatePorts(3);
+    portsToRelease.push(...ports);
+    const env = (id: string): Record<string, string> => ({
+      NODE_ID: id,
+      PORTS: ports.join(','),
+      RAFT_SECRET: 'x'.repeat(32),
+    });
+    const nodes = ['n1', 'n2', 'n3'].map((id) => new Example('examples/readme/raft.ts', { cwd, env: env(id) }));
+    // Three nodes each add 1 a second: every total is seen by one node, and totals reach 9 within a few seconds.
+    for (const [i, n] of nodes.entries()) await n.waitFor(new RegExp(`^n${i + 1} added 1: total (9|[1-9]\\d+)$`));
+    const results = await Promise.all(nodes.map((n) => n.stop()));
+    nodes.forEach((n, i) => expectClean(expect_, n, results[i]!));
+    const totals = nodes.flatMap((n) => n.lines.map((l) => /added 1: total (\d+)$/.exec(l)?.[1])).filter((t) => t);
+    // Exactly once: no total is handed to two commands.
+    expect_(new Set(totals).size, nodes.map((n) => n.output).join('\n')).toBe(totals.length);
+  });
 
   runs(
     ['examples/docs/protocol/slots.ts'],

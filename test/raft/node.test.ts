@@ -2,7 +2,7 @@
  * Three Raft nodes in this process, over loopback TCP, each with its own data directory: commands apply once on
  * every replica, any replica serves, reads at each consistency, restarts recover from disk, bad input is refused.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -17,6 +17,8 @@ import {
   type RaftNode,
 } from '../../src/raft/api.js';
 import type { KvOutput } from '../../src/sim/linearizability-models.js';
+import { DiskFailedError } from '../../src/errors.js';
+import { SimDisk } from '../../src/raft/wal/index.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
@@ -46,7 +48,9 @@ afterEach(async () => {
   clusters = [];
 });
 
-async function cluster(): Promise<Cluster> {
+async function cluster(
+  o: { disks?: Record<string, SimDisk>; clocks?: Record<string, () => number> } = {},
+): Promise<Cluster> {
   const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
   const ports = await allocatePorts(IDS.length);
   for (const [i, id] of IDS.entries()) {
@@ -54,14 +58,15 @@ async function cluster(): Promise<Cluster> {
     c.ports[id] = ports[i]!;
   }
   clusters.push(c);
-  await Promise.all(IDS.map((id) => start(c, id)));
+  await Promise.all(IDS.map((id) => start(c, id, o.disks?.[id], o.clocks?.[id])));
   return c;
 }
 
-async function start(c: Cluster, id: string): Promise<RaftNode> {
+async function start(c: Cluster, id: string, disk?: SimDisk, clock?: () => number): Promise<RaftNode> {
   const node = await startRaftNode({
     id,
-    dataDir: c.dirs[id]!,
+    ...(disk ? {} : { dataDir: c.dirs[id]! }),
+    io: { ...(disk ? { disk } : {}), ...(clock ? { clock } : {}) },
     listen: `127.0.0.1:${c.ports[id]}`,
     peers: Object.fromEntries(IDS.filter((p) => p !== id).map((p) => [p, `127.0.0.1:${c.ports[p]}`])),
     secret: SECRET,
@@ -121,6 +126,92 @@ describe('raft nodes on loopback', () => {
     expect(await lengths(again)).toEqual(want);
   }, 30_000);
 
+  it('ticks follow elapsed time: a leader whose clock moved past its lease in one step serves no lease read', async () => {
+    // As after a SIGSTOP or a long pause: the clock has moved on, and no tick callback has run yet.
+    const offsets: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    const clocks = Object.fromEntries(IDS.map((id) => [id, () => performance.now() + offsets[id]!]));
+    const c = await cluster({ clocks });
+    const groups = IDS.map((id) =>
+      c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), leaseReads: true }),
+    );
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    const leader = groups.find((g) => g.status().role === 'leader')!;
+    expect(await leader.query({ op: 'get', key: 'a' }, { consistency: 'lease' })).toBe('1');
+    offsets[leader.status().node] = 60_000;
+    const read = leader
+      .query({ op: 'get', key: 'a' }, { consistency: 'lease', timeoutMs: 1000 })
+      .catch((e: unknown) => e);
+    // Before answering it counted the ticks of that minute: check-quorum deposed it (it heard from nobody in them).
+    expect(leader.status().role).not.toBe('leader');
+    await read;
+  }, 30_000);
+
+  it('commands in flight across a leadership transfer apply exactly once', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    const leader = groups[0]!.status().leader!;
+    const target = IDS.find((id) => id !== leader)!;
+    const writes = Array.from({ length: 60 }, (_, i) => groups[i % 3]!.command({ op: 'append', key: 'k', value: 'x' }));
+    groups[IDS.indexOf(leader)]!.transferLeadership(target);
+    await Promise.all(writes);
+    await until(() => groups[0]!.status().leader === target, 'the transfer');
+    for (const g of groups) expect(await g.query({ op: 'get', key: 'k' })).toBe('x'.repeat(60));
+  }, 30_000);
+
+  it('a full disk: that node stops acknowledging and says so; the others go on', async () => {
+    const disk = new SimDisk();
+    const c = await cluster({ disks: { n1: disk } });
+    const reported: unknown[] = [];
+    c.nodes.get('n1')!.on('error', (e) => reported.push(e.error));
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    disk.failNext = Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+    const onFull = await groups[0]!
+      .command({ op: 'put', key: 'a', value: '2' }, { timeoutMs: 3000 })
+      .catch((e: unknown) => e);
+    expect(onFull).toBeInstanceOf(DiskFailedError);
+    expect(reported.some((e) => e instanceof DiskFailedError)).toBe(true);
+    expect(groups[0]!.status().failed).toBeInstanceOf(DiskFailedError);
+    // n2 and n3 still form a majority (electing a new leader if n1 led).
+    await groups[1]!.command({ op: 'put', key: 'b', value: '1' }, { timeoutMs: 10_000 });
+    expect(await groups[2]!.query({ op: 'get', key: 'b' })).toBe('1');
+  }, 30_000);
+
+  it('a torn log tail: the node recovers the valid prefix and catches up from the others', async () => {
+    const c = await cluster();
+    let groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    for (let i = 0; i < 20; i++) await groups[i % 3]!.command({ op: 'append', key: 'k', value: 'x' });
+    await c.nodes.get('n3')!.close();
+    const segments = (await readdir(c.dirs['n3']!)).filter((f) => f.endsWith('.wal')).sort();
+    const last = join(c.dirs['n3']!, segments.at(-1)!);
+    await truncate(last, (await stat(last)).size - 7); // a write torn by a power loss
+    const n3 = await start(c, 'n3');
+    groups = [groups[0]!, groups[1]!, open(n3)];
+    await groups[2]!.ready({ timeoutMs: 10_000 });
+    expect(await groups[2]!.query({ op: 'get', key: 'k' })).toBe('x'.repeat(20));
+  }, 30_000);
+
+  it('membership: remove a voter, add it back as a learner, promote it', async () => {
+    const c = await cluster();
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    expect((await groups[0]!.changeMembership({ type: 'remove', node: 'n3' })).voters).toEqual(['n1', 'n2']);
+    await groups[1]!.command({ op: 'put', key: 'a', value: '2' }); // two voters commit alone
+    expect((await groups[0]!.changeMembership({ type: 'addLearner', node: 'n3' })).learners).toEqual(['n3']);
+    const m = await groups[1]!.changeMembership({ type: 'addVoter', node: 'n3' });
+    expect([...m.voters].sort()).toEqual(IDS);
+    await until(() => groups[2]!.status().applied >= groups[0]!.status().applied, 'n3 to catch up');
+    expect(await groups[2]!.query({ op: 'get', key: 'a' })).toBe('2');
+    await expect(groups[0]!.changeMembership({ type: 'remove', node: 'n9' })).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
+  }, 30_000);
+
   it('a group without a majority: NoQuorumError, nothing applied', async () => {
     const c = await cluster();
     const g1 = open(c.nodes.get('n1')!);
@@ -133,10 +224,12 @@ describe('raft nodes on loopback', () => {
   it('bad input: oversized commands, bad options, a throwing state machine stops the replica', async () => {
     const c = await cluster();
     const n1 = c.nodes.get('n1')!;
-    expect(() => n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never)).toThrow(
-      /did you mean "snapshotEntries"/,
+    expect(() =>
+      n1.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), snapshotEntrys: 5 } as never),
+    ).toThrow(/did you mean "snapshotEntries"/);
+    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(
+      InvalidArgumentError,
     );
-    expect(() => n1.openGroup('bad name!', { members: IDS, stateMachine: kvStateMachine() })).toThrow(InvalidArgumentError);
     expect(() => n1.openGroup('kv2', { members: ['n9'], stateMachine: kvStateMachine() })).toThrow(/neither this node/);
     const groups = IDS.map((id) =>
       c.nodes.get(id)!.openGroup('kv', { members: IDS, stateMachine: kvStateMachine(), maxCommandBytes: 1024 }),

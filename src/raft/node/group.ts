@@ -52,6 +52,11 @@ export interface GroupStatus {
   readonly lastIndex: number;
   readonly membership: Membership;
   readonly quiesced: boolean;
+  /**
+   * Why this replica may not vote yet, if so: `released` while a node with a new data directory waits for its peers
+   * to say whether they knew it, `leader-seen` while one that lost its data catches up (docs/raft.md).
+   */
+  readonly votesHeld: 'released' | 'leader-seen' | undefined;
   readonly sessions: number;
   /** Why this replica stopped (disk or state machine), if it did. */
   readonly failed: RebalancerError | undefined;
@@ -70,6 +75,8 @@ export interface GroupContext {
   readonly requestTimeoutMs: number;
   readonly maxCommandBytes: number;
   readonly addressOf: (node: NodeId) => string | undefined;
+  /** Run the ticks due by the clock (after a pause) before deciding anything. */
+  readonly catchUp: () => void;
 }
 
 export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
@@ -143,6 +150,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     }
     const replica = this.#c.replica;
     this.#check();
+    this.#c.catchUp();
     if (consistency !== 'stale') {
       if (consistency === 'lease' && replica.core.role !== 'leader') {
         const lead = replica.core.lead;
@@ -228,6 +236,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       lastIndex: s.lastIndex,
       membership: s.membership,
       quiesced: s.quiesced,
+      votesHeld: s.votesHeld,
       sessions: r.sessions,
       failed: r.failed,
     };
@@ -313,6 +322,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       for (;;) {
         if (settled) break;
         this.#check();
+        c.catchUp();
         replica.idleTicks = 0;
         const out = attempt();
         replica.process();

@@ -28,6 +28,9 @@ import { FsDisk } from '../wal/fs-disk.js';
 import { Wal, type WalOptions } from '../wal/wal.js';
 import { RaftGroup } from './group.js';
 import { Replica, type ReplicaObserver } from './replica.js';
+import { NodeIdentity } from './identity.js';
+import { VoteGuard } from './vote-guard.js';
+import { newIncarnation } from '../transport/auth.js';
 import { jsonCodec, type Codec, type StateMachine } from './state-machine.js';
 
 /** What the simulator (or a test) injects instead of the real clock, disk, network and randomness. */
@@ -137,6 +140,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly id: string;
   readonly #wal: Wal;
   readonly #transport: Transport;
+  /** Holds the replicas' votes while this node cannot know whether it voted before (vote-guard.ts). */
+  readonly #guard: VoteGuard;
   readonly #timers: Timers;
   readonly #clock: () => number;
   readonly #random: () => number;
@@ -147,6 +152,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
   #ticker: unknown;
+  /** When the last tick was due (monotonic ms): ticks follow elapsed time, see catchUp(). */
+  #lastTickAt: number;
   #closed = false;
   /** Messages for groups not open here (yet), dropped: Raft retransmits. */
   droppedMessages = 0;
@@ -162,11 +169,13 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     mutants: RaftMutants,
     peers: ReadonlyMap<string, string>,
     o: Timing,
+    guard: VoteGuard,
   ) {
     super();
     this.id = id;
     this.#wal = wal;
     this.#transport = transport;
+    this.#guard = guard;
     this.#timers = io.timers;
     this.#clock = io.clock;
     this.#random = io.random;
@@ -175,6 +184,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#mutants = mutants;
     this.#peers = peers;
     this.#o = o;
+    this.#lastTickAt = io.clock();
   }
 
   /** Open the log in `dataDir` (recovering it), listen for peers and start ticking. */
@@ -227,8 +237,25 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     // The transport starts before the node exists: its callbacks reach the node through this holder.
     const holder: { node?: RaftNode } = {};
     let transport: Transport;
+    let guard: VoteGuard;
     try {
+      // The incarnation of this data directory: from the injected randomness when there is one (the simulator).
+      const identity = await NodeIdentity.open(disk, () =>
+        io.random === undefined ? newIncarnation() : Uint8Array.from({ length: 16 }, () => (random() * 256) | 0),
+      );
+      guard = new VoteGuard({
+        nodeId: id,
+        identity,
+        peers: [...peers.keys()],
+        report: (e, context) => holder.node?.reportError(e, context),
+        peerLostData: (peer) => {
+          if (holder.node !== undefined) holder.node.#peerLostData(peer);
+        },
+      });
       transport = await Transport.start({
+        incarnation: identity.incarnation,
+        knownIncarnation: (peer) => identity.known(peer),
+        onPeerIdentity: (peer, identity) => guard.onPeerIdentity(peer, identity),
         id,
         clusterId: cluster,
         secret,
@@ -238,8 +265,12 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
           if (holder.node !== undefined) holder.node.#receive(from, groupId, m);
         },
         onError: (e) => holder.node?.reportError(e, 'raft transport'),
-        onPeerState: (peer) => {
-          if (holder.node !== undefined) holder.node.#wakeLedBy(peer);
+        onPeerState: (peer, connected) => {
+          if (holder.node === undefined) return;
+          holder.node.#wakeLedBy(peer);
+          // A peer (re)connected may have restarted and recovered less than it acknowledged (a torn tail on a disk
+          // that lied about fsync): re-probe its log rather than trust the match recorded before.
+          if (connected) holder.node.#peerLostData(peer);
         },
         random,
         timers,
@@ -264,6 +295,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         quiesceAfterTicks,
         requestTimeoutMs,
       },
+      guard,
     );
     holder.node = node;
     node.#schedule();
@@ -351,6 +383,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       observer: this.#observer,
     });
     this.#replicas.set(name, replica);
+    this.#guard.attach(replica.core);
     replica.process();
     return new RaftGroup<C, Q, R, A>(name, {
       replica,
@@ -364,6 +397,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       requestTimeoutMs,
       maxCommandBytes,
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
+      catchUp: () => this.#catchUp(),
     });
   }
 
@@ -382,12 +416,30 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #schedule(): void {
     this.#ticker = this.#timers.setTimeout(() => {
       if (this.#closed) return;
-      this.#tick();
+      this.#catchUp();
       this.#schedule();
     }, this.#o.tickMs);
   }
 
+  /**
+   * Tick once per tick interval elapsed on the monotonic clock since the last tick, not once per timer callback: a
+   * process that was paused (SIGSTOP, a long GC, a blocked event loop) must age its leases and timers by the time
+   * that really passed before it steps a message or serves a read (docs/raft.md, "Lease reads"). Called by the
+   * timer, before every received message and before every read. Bounded: beyond a few election timeouts more ticks
+   * change nothing.
+   */
+  #catchUp(): void {
+    if (this.#closed) return;
+    const now = this.#clock();
+    const due = Math.floor((now - this.#lastTickAt) / this.#o.tickMs);
+    if (due <= 0) return;
+    const cap = 4 * this.#o.electionTicks;
+    this.#lastTickAt = due > cap ? now : this.#lastTickAt + due * this.#o.tickMs;
+    for (let i = Math.min(due, cap); i > 0; i--) this.#tick();
+  }
+
   #tick(): void {
+    this.#guard.tick();
     for (const r of this.#replicas.values()) {
       r.tick();
       if (
@@ -403,6 +455,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
 
   #receive(from: string, groupId: string, m: Message): void {
     if (this.#closed) return;
+    this.#catchUp();
     const r = this.#replicas.get(groupId);
     if (r === undefined || m.to !== this.id || m.from !== from) {
       this.droppedMessages++;
@@ -428,6 +481,14 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         r.core.wake();
         r.process();
       }
+    }
+  }
+
+  /** `peer` came back with another incarnation: the groups this node leads replicate to it from the start. */
+  #peerLostData(peer: string): void {
+    for (const r of this.#replicas.values()) {
+      r.core.peerLostData(peer);
+      r.process();
     }
   }
 

@@ -1,5 +1,6 @@
 /** The Raft transport (docs/raft.md, "Transport"): codec and queues (pure), and the TCP/TLS transport. */
 export * from './codec.js';
+export * from './handshake.js';
 export { PeerQueue, type PeerQueueLimits, type PeerQueueStats } from './peer-queue.js';
 export {
   Transport,
@@ -9,6 +10,7 @@ export {
   type Conn,
   type Network,
   type PeerAddress,
+  type PeerIdentity,
   type PeerStats,
   type TlsOptions,
   type TransportOptions,

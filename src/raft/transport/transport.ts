@@ -19,13 +19,11 @@ import {
 } from '../../errors.js';
 import { OptionReader } from '../../options.js';
 import type { Message } from '../messages.js';
-import { MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, nonce, proof, proofMatches } from './auth.js';
+import { newIncarnation, nonce, proof, proofMatches, type ProofFields } from './auth.js';
 import {
   DEFAULT_MAX_FRAME_BYTES,
   FrameDecoder,
   FrameType,
-  Reader,
-  Writer,
   batchBodyParts,
   decodeBatch,
   encodeEnvelope,
@@ -33,6 +31,15 @@ import {
   frameHeader,
   type Frame,
 } from './codec.js';
+import {
+  INCARNATION_BYTES,
+  decodeAuth,
+  decodeHello,
+  decodeHelloAck,
+  encodeAuth,
+  encodeHello,
+  encodeHelloAck,
+} from './handshake.js';
 import { PeerQueue, type PeerQueueStats } from './peer-queue.js';
 
 /** A byte stream to a peer (a net.Socket or tls.TLSSocket satisfies it; a simulated network may provide its own). */
@@ -73,6 +80,14 @@ export interface Timers {
 /** Opaque: whatever the Timers implementation returns. */
 export type TimerHandle = unknown;
 
+/** What an authenticated peer said of itself and of this node in the handshake. */
+export interface PeerIdentity {
+  /** The peer's incarnation (16 bytes). */
+  readonly incarnation: Uint8Array;
+  /** The incarnation under which the peer last knew this node; undefined when it never saw it. */
+  readonly knewMeAs: Uint8Array | undefined;
+}
+
 const GLOBAL_TIMERS: Timers = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout> | undefined),
@@ -95,6 +110,19 @@ export interface TransportOptions {
   readonly onError?: (error: RebalancerError) => void;
   /** A peer's authenticated connection came up (true) or went down (false): hosts wake quiesced groups on it. */
   readonly onPeerState?: (peer: string, connected: boolean) => void;
+  /**
+   * This node's incarnation: 16 random bytes made with its data directory, sent (authenticated) in every
+   * handshake. Default: a new one per start (a transport without a data directory is a new node every time).
+   */
+  readonly incarnation?: Uint8Array;
+  /** The incarnation this node last knew of `peer` (undefined: never seen), told to the peer in the handshake. */
+  readonly knownIncarnation?: (peer: string) => Uint8Array | undefined;
+  /**
+   * A peer authenticated: its incarnation and what it knew of this node. No message of the connection is delivered
+   * (nor sent) before the returned promise resolves (a node records the peer's incarnation durably first); a
+   * rejection closes the connection.
+   */
+  readonly onPeerIdentity?: (peer: string, identity: PeerIdentity) => void | Promise<void>;
   /** Reconnection jitter: a number in [0, 1) (default Math.random). */
   readonly random?: () => number;
   /** The handshake timeout and the redial delays run on these (default the global timers; a simulator passes its own). */
@@ -138,6 +166,9 @@ interface Resolved {
   onMessage: TransportOptions['onMessage'];
   onError: (error: RebalancerError) => void;
   onPeerState: (peer: string, connected: boolean) => void;
+  incarnation: Uint8Array;
+  knownIncarnation: (peer: string) => Uint8Array | undefined;
+  onPeerIdentity: (peer: string, identity: PeerIdentity) => void | Promise<void>;
   random: () => number;
   timers: Timers;
   network: Network;
@@ -193,6 +224,15 @@ function readOptions(options: TransportOptions): Resolved {
   const onMessage = r.fn<TransportOptions['onMessage']>('onMessage');
   const onError = r.fn<(error: RebalancerError) => void>('onError', () => undefined);
   const onPeerState = r.fn<(peer: string, connected: boolean) => void>('onPeerState', () => undefined);
+  const incarnation =
+    r.optional<Uint8Array>('incarnation', (v) =>
+      v instanceof Uint8Array && v.byteLength === INCARNATION_BYTES ? undefined : `must be ${INCARNATION_BYTES} bytes`,
+    ) ?? newIncarnation();
+  const knownIncarnation = r.fn<(peer: string) => Uint8Array | undefined>('knownIncarnation', () => undefined);
+  const onPeerIdentity = r.fn<(peer: string, identity: PeerIdentity) => void | Promise<void>>(
+    'onPeerIdentity',
+    () => undefined,
+  );
   const random = r.fn<() => number>('random', Math.random);
   const tlsOptions = r.optional<TlsOptions>('tls', (v) =>
     v !== null && typeof v === 'object' && 'key' in v && 'cert' in v && 'ca' in v
@@ -229,6 +269,9 @@ function readOptions(options: TransportOptions): Resolved {
     onMessage,
     onError,
     onPeerState,
+    incarnation,
+    knownIncarnation,
+    onPeerIdentity,
     random,
     timers,
     network: network ?? (tlsOptions ? tlsNetwork(tlsOptions) : tcpNetwork()),
@@ -329,7 +372,8 @@ export function reconnectDelayMs(failures: number, baseMs: number, maxMs: number
 /** Distinct (peer, error code) pairs remembered as reported. */
 const MAX_REPORTED = 10_000;
 
-type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'ready' | 'closed';
+/** `identified`: authenticated, waiting for onPeerIdentity (frames stay buffered meanwhile). */
+type ConnState = 'awaitHello' | 'awaitHelloAck' | 'awaitAuth' | 'identified' | 'ready' | 'closed';
 
 /** One connection: the handshake, then frames both ways. */
 class Link {
@@ -343,6 +387,12 @@ class Link {
   readonly #label: string;
   readonly #myNonce = nonce();
   #peerNonce: Uint8Array | undefined;
+  #peerIncarnation: Uint8Array | undefined;
+  /** What the peer said it knew of us, and what we told it we knew of it. */
+  #peerKnew: Uint8Array | undefined;
+  #iKnew: Uint8Array | undefined;
+  /** Whether this side dialed (fixed: the proof's field order depends on it). */
+  readonly #dialing: boolean;
   #timer: TimerHandle | undefined;
 
   constructor(t: Transport, conn: Conn, dialTo: string | undefined, label: string) {
@@ -350,6 +400,8 @@ class Link {
     this.conn = conn;
     this.peer = dialTo;
     this.#label = label;
+    this.#dialing = dialTo !== undefined;
+    this.#iKnew = dialTo === undefined ? undefined : t.options.knownIncarnation(dialTo);
     // A stranger may not make this node buffer more than a handshake frame.
     this.#decoder = new FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES);
     this.state = dialTo === undefined ? 'awaitHello' : 'awaitHelloAck';
@@ -366,13 +418,15 @@ class Link {
     conn.on('close', () => this.#onClose());
     if (dialTo !== undefined) {
       const o = t.options;
-      const w = new Writer();
-      w.u8(PROTOCOL_VERSION);
-      w.str(o.clusterId);
-      w.str(o.id);
-      w.str(dialTo);
-      w.bytes(this.#myNonce);
-      this.conn.write(encodeFrame(FrameType.hello, w.view()));
+      const hello = encodeHello({
+        clusterId: o.clusterId,
+        from: o.id,
+        to: dialTo,
+        nonce: this.#myNonce,
+        incarnation: o.incarnation,
+        knownIncarnation: this.#iKnew,
+      });
+      this.conn.write(encodeFrame(FrameType.hello, hello));
     }
   }
 
@@ -404,7 +458,8 @@ class Link {
     try {
       this.#decoder.write(chunk);
       for (;;) {
-        if ((this.state as ConnState) === 'closed') return;
+        // Closed, or waiting for onPeerIdentity: bytes stay in the decoder until it is done.
+        if ((this.state as ConnState) === 'closed' || (this.state as ConnState) === 'identified') return;
         const f = this.#decoder.next();
         if (!f) return;
         this.#onFrame(f);
@@ -429,84 +484,103 @@ class Link {
     }
     // Until authenticated: handshake frames only; anything else is ignored (the peer gets nothing either).
     if (this.state === 'awaitHello' && f.type === FrameType.hello) {
-      const r = new Reader(f.body);
-      const version = r.u8();
-      const clusterId = r.str();
-      const from = r.str();
-      const to = r.str();
-      const peerNonce = r.bytes();
-      r.end();
+      const h = decodeHello(f.body, this.#label);
+      const from = h.from;
       const who = o.peers.has(from) ? from : this.#label;
-      if (version !== PROTOCOL_VERSION) throw new PeerAuthError(who, `protocol version ${version}, expected 1`);
-      if (clusterId !== o.clusterId) throw new PeerAuthError(who, `cluster id ${JSON.stringify(clusterId)}`);
-      if (to !== o.id) throw new PeerAuthError(who, `it dialed node ${JSON.stringify(to)}, this is ${o.id}`);
+      if (h.clusterId !== o.clusterId) throw new PeerAuthError(who, `cluster id ${JSON.stringify(h.clusterId)}`);
+      if (h.to !== o.id) throw new PeerAuthError(who, `it dialed node ${JSON.stringify(h.to)}, this is ${o.id}`);
       if (!o.peers.has(from)) throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
-      if (peerNonce.byteLength !== NONCE_BYTES) throw new PeerAuthError(who, 'a bad nonce');
       this.peer = from;
-      this.#peerNonce = new Uint8Array(peerNonce);
-      const w = new Writer();
-      w.bytes(this.#myNonce);
-      w.bytes(proof(o.secret, 'acceptor', this.#fields()));
-      this.conn.write(encodeFrame(FrameType.helloAck, w.view()));
+      this.#peerNonce = h.nonce;
+      this.#peerIncarnation = h.incarnation;
+      this.#peerKnew = h.knownIncarnation;
+      // Not authenticated yet, but our answer is covered by our proof, and an impostor learns only an id it could
+      // not use without the secret.
+      this.#iKnew = o.knownIncarnation(from);
+      const ack = encodeHelloAck({
+        nonce: this.#myNonce,
+        incarnation: o.incarnation,
+        knownIncarnation: this.#iKnew,
+        mac: proof(o.secret, 'acceptor', this.#fields()),
+      });
+      this.conn.write(encodeFrame(FrameType.helloAck, ack));
       this.state = 'awaitAuth';
       return;
     }
     if (this.state === 'awaitHelloAck' && f.type === FrameType.helloAck) {
-      const r = new Reader(f.body);
-      const peerNonce = r.bytes();
-      const mac = r.bytes();
-      r.end();
-      if (peerNonce.byteLength !== NONCE_BYTES || mac.byteLength !== MAC_BYTES) {
-        throw new PeerAuthError(this.peer!, 'a malformed answer');
+      let ack;
+      try {
+        ack = decodeHelloAck(f.body);
+      } catch (e) {
+        throw new PeerAuthError(this.peer!, `a malformed answer (${describe(e)})`, { cause: e });
       }
-      this.#peerNonce = new Uint8Array(peerNonce);
-      if (!proofMatches(mac, proof(o.secret, 'acceptor', this.#fields()))) {
+      this.#peerNonce = ack.nonce;
+      this.#peerIncarnation = ack.incarnation;
+      this.#peerKnew = ack.knownIncarnation;
+      if (!proofMatches(ack.mac, proof(o.secret, 'acceptor', this.#fields()))) {
         throw new PeerAuthError(this.peer!, 'its proof does not match this node’s secret and cluster id');
       }
-      const w = new Writer();
-      w.bytes(proof(o.secret, 'dialer', this.#fields()));
-      this.conn.write(encodeFrame(FrameType.auth, w.view()));
-      this.#ready();
+      this.conn.write(encodeFrame(FrameType.auth, encodeAuth(proof(o.secret, 'dialer', this.#fields()))));
+      this.#identified();
       return;
     }
     if (this.state === 'awaitAuth' && f.type === FrameType.auth) {
-      const r = new Reader(f.body);
-      const mac = r.bytes();
-      r.end();
+      const mac = decodeAuth(f.body);
       if (!proofMatches(mac, proof(o.secret, 'dialer', this.#fields()))) {
         throw new PeerAuthError(this.peer!, 'its proof does not match this node’s secret and cluster id');
       }
-      this.#ready();
+      this.#identified();
       return;
     }
     // A frame out of turn before authentication: ignored.
     this.#t.ignoredFrames++;
   }
 
-  /** The proof's fields: the dialer's id and nonce first, whichever side this is. */
-  #fields(): {
-    clusterId: string;
-    dialer: string;
-    acceptor: string;
-    dialerNonce: Uint8Array;
-    acceptorNonce: Uint8Array;
-  } {
+  /** The proof's fields: the dialer's first, whichever side this is. */
+  #fields(): ProofFields {
     const o = this.#t.options;
-    const dialing = this.state === 'awaitHelloAck';
+    const dialing = this.#dialing;
+    const mine = { nonce: this.#myNonce, incarnation: o.incarnation, knew: this.#iKnew };
+    const theirs = { nonce: this.#peerNonce!, incarnation: this.#peerIncarnation!, knew: this.#peerKnew };
+    const [d, a] = dialing ? [mine, theirs] : [theirs, mine];
     return {
       clusterId: o.clusterId,
       dialer: dialing ? o.id : this.peer!,
       acceptor: dialing ? this.peer! : o.id,
-      dialerNonce: dialing ? this.#myNonce : this.#peerNonce!,
-      acceptorNonce: dialing ? this.#peerNonce! : this.#myNonce,
+      dialerNonce: d.nonce,
+      acceptorNonce: a.nonce,
+      dialerIncarnation: d.incarnation,
+      acceptorIncarnation: a.incarnation,
+      dialerKnew: d.knew,
+      acceptorKnew: a.knew,
     };
   }
 
-  #ready(): void {
+  /** Authenticated: let the host learn the peer's identity (and record it) before any message flows. */
+  #identified(): void {
     this.#t.options.timers.clearTimeout(this.#timer);
     this.#decoder.maxFrameBytes = this.#t.options.maxFrameBytes;
+    this.state = 'identified';
+    const peer = this.peer!;
+    let done: void | Promise<void>;
+    try {
+      done = this.#t.options.onPeerIdentity(peer, { incarnation: this.#peerIncarnation!, knewMeAs: this.#peerKnew });
+    } catch (err) {
+      return this.fail(new ListenerError('raft transport onPeerIdentity', err));
+    }
+    if (done === undefined) return this.#ready();
+    done.then(
+      () => this.#ready(),
+      (err: unknown) => this.fail(new ListenerError('raft transport onPeerIdentity', err)),
+    );
+  }
+
+  #ready(): void {
+    if (this.state !== 'identified') return; // closed meanwhile
     this.state = 'ready';
     this.#t.linkReady(this);
+    // Frames that came while the identity was being recorded.
+    this.#onData(Buffer.alloc(0));
   }
 }
 

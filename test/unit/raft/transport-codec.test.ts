@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { LimitExceededError, TransportFrameError } from '../../../src/errors.js';
+import { LimitExceededError, PeerAuthError, TransportFrameError } from '../../../src/errors.js';
 import type { Message } from '../../../src/raft/messages.js';
 import {
   FrameDecoder,
@@ -11,6 +11,15 @@ import {
   encodeFrame,
   type Envelope,
 } from '../../../src/raft/transport/codec.js';
+import {
+  PROTOCOL_VERSION,
+  decodeAuth,
+  decodeHello,
+  decodeHelloAck,
+  encodeAuth,
+  encodeHello,
+  encodeHelloAck,
+} from '../../../src/raft/transport/handshake.js';
 import { PeerQueue } from '../../../src/raft/transport/peer-queue.js';
 
 const id = fc.string({ minLength: 1, maxLength: 12 });
@@ -225,5 +234,54 @@ describe('raft transport per-peer queue', () => {
     expect(smallCount).toBe(300);
     expect(batches.filter((b) => b.bulk)).toHaveLength(5);
     expect(q.stats()).toMatchObject({ queuedMessages: 0, queuedBytes: 0 });
+  });
+});
+
+describe('raft transport handshake frames (version 2: incarnations)', () => {
+  const nonce32 = fc.uint8Array({ minLength: 32, maxLength: 32 });
+  const inc = fc.uint8Array({ minLength: 16, maxLength: 16 });
+  const known = fc.option(inc, { nil: undefined });
+
+  it('hello and helloAck round-trip, with or without a known incarnation', () => {
+    fc.assert(
+      fc.property(id, id, id, nonce32, inc, known, (clusterId, from, to, nonce, incarnation, knownIncarnation) => {
+        const h = { clusterId, from, to, nonce, incarnation, knownIncarnation };
+        expect(decodeHello(encodeHello(h), 'x')).toEqual(h);
+      }),
+    );
+    fc.assert(
+      fc.property(nonce32, inc, known, nonce32, (nonce, incarnation, knownIncarnation, mac) => {
+        const a = { nonce, incarnation, knownIncarnation, mac };
+        expect(decodeHelloAck(encodeHelloAck(a))).toEqual(a);
+      }),
+    );
+    const mac = new Uint8Array(32).fill(7);
+    expect(decodeAuth(encodeAuth(mac))).toEqual(mac);
+  });
+
+  it('is strict: another version, a wrong-sized field, a byte left over are refused', () => {
+    const h = {
+      clusterId: 'c',
+      from: 'a',
+      to: 'b',
+      nonce: new Uint8Array(32),
+      incarnation: new Uint8Array(16).fill(1),
+      knownIncarnation: undefined,
+    };
+    const good = Buffer.from(encodeHello(h));
+    expect(good[0]).toBe(PROTOCOL_VERSION);
+    const v1 = Buffer.from(good);
+    v1[0] = 1;
+    expect(() => decodeHello(v1, 'peer a')).toThrow(PeerAuthError);
+    expect(() => decodeHello(v1, 'peer a')).toThrow(/handshake version 1, this node 2/);
+    expect(() => decodeHello(Buffer.concat([good, Buffer.from([0])]), 'a')).toThrow(TransportFrameError);
+    expect(() => decodeHello(good.subarray(0, good.length - 1), 'a')).toThrow(TransportFrameError);
+    expect(() => decodeHello(encodeHello({ ...h, incarnation: new Uint8Array(15) }), 'a')).toThrow(/incarnation/);
+    expect(() => decodeHello(encodeHello({ ...h, knownIncarnation: new Uint8Array(8) }), 'a')).toThrow(
+      /known incarnation of 8 bytes/,
+    );
+    const ack = { nonce: new Uint8Array(32), incarnation: new Uint8Array(16), knownIncarnation: undefined };
+    expect(() => decodeHelloAck(encodeHelloAck({ ...ack, mac: new Uint8Array(31) }))).toThrow(/a proof of 31 bytes/);
+    expect(() => decodeAuth(new Uint8Array(0))).toThrow(TransportFrameError);
   });
 });
