@@ -678,7 +678,9 @@ export class Core {
       return;
     }
     this.#restore(got.snapshot);
-    this.#ack(m.from, this.log.lastIndex());
+    // Only what the snapshot vouches for: entries we hold after its index were never checked against the leader's
+    // log (a stale suffix of an old term), and the leader would count them as matching and commit them here.
+    this.#ack(m.from, got.snapshot.meta.index);
   }
 
   #restore(snapshot: Snapshot): void {
