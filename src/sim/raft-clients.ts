@@ -57,6 +57,8 @@ export class SimClients {
   readonly appendsAcked = new Set<string>();
   readonly #o: ClientsOptions;
   readonly #clients: Client[];
+  /** The client of writeThenRead (its own name and sequence). */
+  readonly #prober: Client = { name: 'probe', home: 0, seq: 0, seen: new Map() };
 
   constructor(o: ClientsOptions, count: number) {
     this.#o = o;
@@ -93,6 +95,19 @@ export class SimClients {
       }),
     );
     return failures;
+  }
+
+  /**
+   * One client writes `x` through `writer`, then, once acknowledged, reads it through `reader` (both recorded): a
+   * reader that serves from a leadership it lost returns the value before the write.
+   */
+  async writeThenRead(writer: SimNode, reader: SimNode): Promise<void> {
+    const c = this.#prober;
+    const w = await this.#issue(c, writer, { op: 'put', key: 'x', value: `${c.name}.${++c.seq}` }, 300, 'linearizable');
+    if (w === 'dead' || !w.ok) return;
+    // A moment later: operations at the same instant count as concurrent (the read could be ordered first).
+    await new Promise<void>((resolve) => this.#o.world.clock.setTimeout(resolve, 0.01));
+    await this.#issue(c, reader, { op: 'get', key: 'x' }, 300, 'linearizable');
   }
 
   /** A linearizable read of every key on `n` (recorded): the final state. */

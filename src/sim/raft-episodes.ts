@@ -17,8 +17,10 @@ export interface ScheduleContext {
   readonly trace: (line: string) => void;
   /** Membership and figure-8 episodes under way (the liveness phase waits for them). */
   readonly episodes: Promise<unknown>[];
-  /** The steered episode (figure-8, vote-twice) under way. */
+  /** The steered episode (figure-8, vote-twice, stale-read) under way. */
   steered?: Promise<void> | undefined;
+  /** A write through one node, then a read through another (SimClients.writeThenRead). */
+  readonly writeThenRead: (writer: SimNode, reader: SimNode) => Promise<void>;
 }
 
 /** Cut everything `n` sends, for `ms` (one way: it still hears the others). */
@@ -189,5 +191,43 @@ export async function voteTwice(ctx: ScheduleContext, order: number, downMs: num
   for (const n of [a, b]) {
     faults.heal(n.id, l.id);
     cluster.muted.delete(n.id);
+  }
+}
+
+/**
+ * A deposed leader must not answer reads, steered. The leader L is cut off both ways; as soon as another leader is
+ * elected while L still believes it leads (its check-quorum has not run out yet), a client writes through the new
+ * leader and, once acknowledged, reads through L: L must confirm its leadership first (ReadIndex) and so fail, or
+ * the read misses the write.
+ */
+export async function staleRead(ctx: ScheduleContext, cutMs: number): Promise<void> {
+  const { cluster, faults } = ctx;
+  const l = cluster.leader();
+  if (l === undefined) return;
+  const tl = l.current.core?.term ?? 0;
+  ctx.trace(`stale-read: isolate ${l.id} (term ${tl}) ${cutMs.toFixed(0)}ms`);
+  const pairs = cluster.nodes.filter((n) => n !== l);
+  for (const p of pairs) {
+    faults.partition(l.id, p.id);
+    faults.partition(p.id, l.id);
+  }
+  const l2 = await poll(
+    ctx,
+    () => {
+      for (const n of pairs) {
+        const c = n.current.core;
+        if (n.up && c !== undefined && c.role === 'leader' && c.term > tl) return n;
+      }
+      return undefined;
+    },
+    cutMs,
+  );
+  if (l2 !== undefined && l.up && l.current.core?.role === 'leader') {
+    ctx.trace(`stale-read: ${l2.id} leads, ${l.id} still believes it does`);
+    await ctx.writeThenRead(l2, l);
+  }
+  for (const p of pairs) {
+    faults.heal(l.id, p.id);
+    faults.heal(p.id, l.id);
   }
 }

@@ -13,7 +13,14 @@
  * a seed either issues lease reads or pauses processes, never both.
  */
 import type { SimNode } from './raft-cluster.js';
-import { figure8, membershipEpisode, restartLater, voteTwice, type ScheduleContext } from './raft-episodes.js';
+import {
+  figure8,
+  membershipEpisode,
+  restartLater,
+  staleRead,
+  voteTwice,
+  type ScheduleContext,
+} from './raft-episodes.js';
 import type { Random } from './random.js';
 
 export { restoreVoters, type ScheduleContext } from './raft-episodes.js';
@@ -43,6 +50,7 @@ export type Fault = { readonly atMs: number } & (
   | { readonly kind: 'membership'; readonly order: number; readonly cutMs: number }
   | { readonly kind: 'figure-8'; readonly cutAfterMs: number }
   | { readonly kind: 'vote-twice'; readonly order: number; readonly downMs: number }
+  | { readonly kind: 'stale-read'; readonly cutMs: number }
 );
 
 export interface Schedule {
@@ -63,6 +71,7 @@ const WEIGHTS: readonly [Fault['kind'], number][] = [
   ['membership', 8],
   ['figure-8', 6],
   ['vote-twice', 6],
+  ['stale-read', 6],
 ];
 
 export function drawSchedule(rng: Random, nodes: number, faultMs: number): Schedule {
@@ -126,6 +135,9 @@ export function drawSchedule(rng: Random, nodes: number, faultMs: number): Sched
         break;
       case 'vote-twice':
         faults.push({ atMs, kind, order: rng.int(0, 1), downMs: rng.range(1, 10) });
+        break;
+      case 'stale-read':
+        faults.push({ atMs, kind, cutMs: rng.range(250, 500) });
         break;
     }
   }
@@ -214,9 +226,15 @@ export function applyFault(ctx: ScheduleContext, f: Fault): void {
       return;
     case 'figure-8':
     case 'vote-twice':
+    case 'stale-read':
       // One steered episode at a time: two would cut each other's leaders.
       if (ctx.steered === undefined) {
-        const run = f.kind === 'figure-8' ? figure8(ctx, f.cutAfterMs) : voteTwice(ctx, f.order, f.downMs);
+        const run =
+          f.kind === 'figure-8'
+            ? figure8(ctx, f.cutAfterMs)
+            : f.kind === 'vote-twice'
+              ? voteTwice(ctx, f.order, f.downMs)
+              : staleRead(ctx, f.cutMs);
         ctx.steered = run.finally(() => (ctx.steered = undefined));
         ctx.episodes.push(ctx.steered);
       }

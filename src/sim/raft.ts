@@ -54,11 +54,37 @@ const TIMING = { tickMs: 10, electionTicks: 10, requestTimeoutMs: 400, syncMs: {
 const LIVENESS_BOUND_MS = 20_000;
 
 export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
+  // An assertion of the Raft code that fails inside a promise callback (an illegal transition: a core's
+  // InvariantError while a Ready is handled) surfaces as an unhandled rejection, which would kill the process: in
+  // the simulator it is a finding of this seed, like a violated invariant.
+  const assertions: { atMs: number; kind: string; detail: string }[] = [];
+  let nowMs = (): number => 0;
+  const onUnhandled = (reason: unknown): void => {
+    assertions.push({
+      atMs: nowMs(),
+      kind: 'assertion',
+      detail: reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason),
+    });
+  };
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    return await runSeed(o, assertions, (f) => (nowMs = f));
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+}
+
+async function runSeed(
+  o: RaftSimOptions,
+  assertions: readonly { atMs: number; kind: string; detail: string }[],
+  setNow: (now: () => number) => void,
+): Promise<RaftSeedResult> {
   const nodeCount = o.nodes ?? 3;
   if (nodeCount !== 3 && nodeCount !== 5) throw new RangeError(`the raft scenario runs 3 or 5 nodes, got ${nodeCount}`);
   const faultMs = o.faultMs ?? 2500;
   const stopEarly = o.stopAtFirstViolation ?? true;
   const world = new SimWorld();
+  setNow(() => world.now());
   const rng = new Random(o.seed);
   let hash = 0x811c9dc5;
   const mix = (s: string): void => {
@@ -104,7 +130,7 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
     return {
       seed: o.seed,
       steps: world.steps,
-      violations: [...invariants.violations, ...cluster.failures, ...violations],
+      violations: [...invariants.violations, ...cluster.failures, ...assertions, ...violations],
       traceHash: (hash >>> 0).toString(16).padStart(8, '0'),
       virtualMs: Math.round(world.now()),
       ops: clients.stats,
@@ -114,7 +140,8 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
   // The invariants are checked as each observation arrives (every durable Ready, apply and restore of every
   // replica): after every step that changed anything. Leaders are judged from durable Readies, not from a core's
   // status: a leadership no disk ever recorded, which a crash erased before anything of it left, never existed.
-  const check = (): boolean => !stopEarly || (invariants.ok && cluster.failures.length === 0);
+  const check = (): boolean =>
+    !stopEarly || (invariants.ok && cluster.failures.length === 0 && assertions.length === 0);
   /** Run virtual time until `p` settles (true), the bound passes (false), or a violation stops the run. */
   const until = async (p: Promise<unknown>, boundMs: number): Promise<boolean | 'unsafe'> => {
     let done = false;
@@ -137,7 +164,15 @@ export async function runRaftSim(o: RaftSimOptions): Promise<RaftSeedResult> {
     violations.push({ atMs: world.now(), kind: 'liveness', detail: 'the nodes did not start' });
     return result('skipped');
   }
-  const ctx: ScheduleContext = { world, cluster, faults, net, trace, episodes: [] };
+  const ctx: ScheduleContext = {
+    world,
+    cluster,
+    faults,
+    net,
+    trace,
+    episodes: [],
+    writeThenRead: (w, r) => clients.writeThenRead(w, r),
+  };
   for (const f of schedule.faults) world.at(f.atMs, () => applyFault(ctx, f));
   trace(`schedule ${schedule.faults.length} faults, lease reads ${schedule.leaseReads}`);
   const load = clients.run(faultMs);
