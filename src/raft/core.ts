@@ -507,6 +507,10 @@ export class Core {
     invariant(this.role !== 'leader', 'a leader cannot become a pre-candidate');
     // Neither the term nor the vote change: a pre-vote that fails leaves no trace.
     this.#votes.clear();
+    // The lease a restarted replica grants an unknown leader lasts one election timeout, which has passed when it
+    // campaigns. Kept, it would drop every pre-vote after each of its own (its timer restarts at each round): the
+    // simulator found three replicas restarted together pre-voting in step, never answering each other.
+    this.#startLease = false;
     this.role = 'preCandidate';
     this.lead = '';
     this.leader = undefined;
@@ -674,7 +678,9 @@ export class Core {
       return;
     }
     this.#restore(got.snapshot);
-    this.#ack(m.from, this.log.lastIndex());
+    // Only what the snapshot vouches for: entries we hold after its index were never checked against the leader's
+    // log (a stale suffix of an old term), and the leader would count them as matching and commit them here.
+    this.#ack(m.from, got.snapshot.meta.index);
   }
 
   #restore(snapshot: Snapshot): void {

@@ -5,11 +5,16 @@
 import type { PlacementStrategy } from '../placement/index.js';
 import type { Protocol } from '../protocol/groups/keys.js';
 import type { MutantName, SlotsMutantName } from '../protocol/mutants.js';
+import type { RaftMutantName } from '../raft/mutants.js';
 import { runGroupsSim } from './groups.js';
+import { runRaftSim } from './raft.js';
 import { runSlotsSim } from './slots.js';
 
-/** `slots-crash-and-leave`: the slots simulator's one fixed scenario instead of random faults (runSlotsSim). */
-export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave';
+/**
+ * `slots-crash-and-leave`: the slots simulator's one fixed scenario instead of random faults (runSlotsSim).
+ * `raft`: one Raft group of real nodes on a simulated network and disks (runRaftSim).
+ */
+export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave' | 'raft';
 
 /** What every scenario reports per seed. */
 export interface SeedResult {
@@ -32,7 +37,7 @@ export interface SimRunOptions {
   /** Resources (groups) or slots (slots). */
   readonly resources?: number | undefined;
   readonly strategy?: PlacementStrategy | undefined;
-  readonly mutant?: MutantName | SlotsMutantName | undefined;
+  readonly mutant?: MutantName | SlotsMutantName | RaftMutantName | undefined;
   /** Stop at the first failing seed (mutant hunting). */
   readonly stopOnFailure?: boolean | undefined;
   readonly onSeed?: ((result: SeedResult, index: number) => void) | undefined;
@@ -41,7 +46,7 @@ export interface SimRunOptions {
 export interface SimSummary {
   readonly scenario: string;
   readonly protocol: Protocol | null;
-  readonly mutant: MutantName | SlotsMutantName | null;
+  readonly mutant: MutantName | SlotsMutantName | RaftMutantName | null;
   readonly seeds: number;
   readonly steps: number;
   readonly violations: number;
@@ -71,22 +76,24 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
   for (let i = 0; i < o.seeds; i++) {
     const seed = first + i;
     const r: SeedResult =
-      o.scenario !== 'groups'
-        ? await runSlotsSim({
-            seed,
-            sites: o.nodes,
-            slots: o.resources,
-            mutant: o.mutant as SlotsMutantName | undefined,
-            crashAndLeave: o.scenario === 'slots-crash-and-leave',
-          })
-        : await runGroupsSim({
-            seed,
-            protocol: o.protocol,
-            mutant: o.mutant as MutantName | undefined,
-            ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
-            ...(o.resources === undefined ? {} : { resources: o.resources }),
-            ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
-          });
+      o.scenario === 'raft'
+        ? await runRaftSim({ seed, nodes: o.nodes, mutant: o.mutant as RaftMutantName | undefined })
+        : o.scenario !== 'groups'
+          ? await runSlotsSim({
+              seed,
+              sites: o.nodes,
+              slots: o.resources,
+              mutant: o.mutant as SlotsMutantName | undefined,
+              crashAndLeave: o.scenario === 'slots-crash-and-leave',
+            })
+          : await runGroupsSim({
+              seed,
+              protocol: o.protocol,
+              mutant: o.mutant as MutantName | undefined,
+              ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
+              ...(o.resources === undefined ? {} : { resources: o.resources }),
+              ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
+            });
     ran++;
     steps += r.steps;
     violations += r.violations.length;

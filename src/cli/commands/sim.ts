@@ -4,11 +4,12 @@ import { InvalidArgumentError } from '../../errors.js';
 import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
 import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
 import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
+import type { RaftMutantName } from '../../raft/mutants.js';
 import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
 import { choiceFlag, integerFlag, parseChoice } from '../input.js';
 
-const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave'];
+const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave', 'raft'];
 
 interface SimFlags {
   scenario: SimScenario;
@@ -44,7 +45,13 @@ export function register(program: Command): void {
         1,
       ),
     )
-    .addOption(integerFlag('--nodes <n>', 'simulated nodes (default 5; slots: sites, default 4)', NODES))
+    .addOption(
+      integerFlag(
+        '--nodes <n>',
+        'simulated nodes (default 5; slots: sites, default 4; raft: 3 or 5, default 3)',
+        NODES,
+      ),
+    )
     .addOption(integerFlag('--sites <n>', 'slots: simulated sites (same as --nodes)', NODES))
     .addOption(integerFlag('--slots <n>', 'slots: slot count (default 24)', { ...RESOURCES, min: 1 }))
     .addOption(integerFlag('--resources <k>', 'resources at the start (default 12)', RESOURCES))
@@ -54,27 +61,37 @@ export function register(program: Command): void {
     .action(async (o: SimFlags) => {
       const json = globalOptions(program).json === true;
       const { MUTANTS, SLOTS_MUTANTS } = await import('../../protocol/mutants.js');
+      const { RAFT_MUTANTS } = await import('../../raft/mutants.js');
       if (o.listMutants === true) {
-        if (json) process.stdout.write(`${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS })}\n`);
-        else {
+        if (json) {
+          process.stdout.write(
+            `${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS, raftMutants: RAFT_MUTANTS })}\n`,
+          );
+        } else {
           process.stdout.write('--scenario groups:\n');
           for (const [name, what] of Object.entries(MUTANTS)) process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
           process.stdout.write('--scenario slots, slots-crash-and-leave:\n');
           for (const [name, what] of Object.entries(SLOTS_MUTANTS))
+            process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
+          process.stdout.write('--scenario raft:\n');
+          for (const [name, what] of Object.entries(RAFT_MUTANTS))
             process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
         }
         return;
       }
       const { scenario, protocol, strategy, seeds, seed } = o;
       // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
-      const mutantNames = Object.keys(scenario === 'groups' ? MUTANTS : SLOTS_MUTANTS) as (
-        MutantName | SlotsMutantName
-      )[];
+      const mutantNames = Object.keys(
+        scenario === 'groups' ? MUTANTS : scenario === 'raft' ? RAFT_MUTANTS : SLOTS_MUTANTS,
+      ) as (MutantName | SlotsMutantName | RaftMutantName)[];
       const mutant = o.mutant === undefined ? undefined : parseChoice('--mutant', o.mutant, mutantNames);
       // --sites and --slots are the slots scenario's names for --nodes and --resources.
       const nodes = o.nodes ?? o.sites;
       const resources = o.resources ?? o.slots;
-      if (scenario !== 'groups' && resources === 0) {
+      if (scenario === 'raft' && nodes !== undefined && nodes !== 3 && nodes !== 5) {
+        throw new InvalidArgumentError(`--nodes with --scenario raft must be 3 or 5, got "${nodes}"`);
+      }
+      if (scenario !== 'groups' && scenario !== 'raft' && resources === 0) {
         throw new InvalidArgumentError('--resources is the slot count with --scenario slots: from 1 to 5000, got "0"');
       }
       const { runSimulation } = await import('../../sim/run.js');

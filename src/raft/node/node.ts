@@ -27,7 +27,7 @@ import type { Disk } from '../wal/disk.js';
 import { FsDisk } from '../wal/fs-disk.js';
 import { Wal, type WalOptions } from '../wal/wal.js';
 import { RaftGroup } from './group.js';
-import { Replica } from './replica.js';
+import { Replica, type ReplicaObserver } from './replica.js';
 import { NodeIdentity } from './identity.js';
 import { VoteGuard } from './vote-guard.js';
 import { newIncarnation } from '../transport/auth.js';
@@ -45,6 +45,8 @@ export interface RaftNodeIo {
   readonly send?: (to: NodeId, groupId: string, message: Message, deliver: () => void) => void;
   /** Deliberately broken variants (the simulator's `--mutant`); never in production. */
   readonly mutants?: RaftMutants;
+  /** @internal The simulator's invariant checker: sees every replica's Readies, applies and restores. */
+  readonly observer?: ReplicaObserver;
 }
 
 export interface RaftNodeOptions {
@@ -145,6 +147,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #random: () => number;
   readonly #send: RaftNodeIo['send'];
   readonly #mutants: RaftMutants;
+  readonly #observer: ReplicaObserver | undefined;
   readonly #peers: ReadonlyMap<string, string>;
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
@@ -159,7 +162,10 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     id: string,
     wal: Wal,
     transport: Transport,
-    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send' | 'mutants'>> & { send: RaftNodeIo['send'] | undefined },
+    io: Required<Omit<RaftNodeIo, 'disk' | 'network' | 'send' | 'mutants' | 'observer'>> & {
+      send: RaftNodeIo['send'] | undefined;
+      observer: ReplicaObserver | undefined;
+    },
     mutants: RaftMutants,
     peers: ReadonlyMap<string, string>,
     o: Timing,
@@ -174,6 +180,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#clock = io.clock;
     this.#random = io.random;
     this.#send = io.send;
+    this.#observer = io.observer;
     this.#mutants = mutants;
     this.#peers = peers;
     this.#o = o;
@@ -278,7 +285,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       id,
       wal,
       transport,
-      { timers, clock, random, send: io.send },
+      { timers, clock, random, send: io.send, observer: io.observer },
       mutants,
       peers,
       {
@@ -373,6 +380,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       send: (m) => this.#sendOut(name, m),
       onChange: (rep) => this.#changed(rep),
       onError: (error, context) => this.reportError(error, context),
+      observer: this.#observer,
     });
     this.#replicas.set(name, replica);
     this.#guard.attach(replica.core);

@@ -12,7 +12,7 @@
 import { DiskFailedError, RebalancerError, SessionExpiredError, StateMachineError, invariant } from '../../errors.js';
 import { Core, type Ready, type Role } from '../core.js';
 import type { CoreOptions } from '../options.js';
-import type { Entry, Message, NodeId, ReadState, Snapshot } from '../messages.js';
+import type { Entry, Message, NodeId, ReadState, Snapshot, SnapshotMeta } from '../messages.js';
 import type { GroupStorage } from '../wal/wal.js';
 import { Applier, type Applied, type Codec, type StateMachine } from './state-machine.js';
 
@@ -31,6 +31,20 @@ export interface ReplicaOptions {
   /** A leader or role change, a failure: the node turns these into events. */
   readonly onChange: (r: Replica) => void;
   readonly onError: (error: RebalancerError, context: string) => void;
+  /** @internal The simulator's invariant checker (RaftNodeIo.observer); never set in production. */
+  readonly observer?: ReplicaObserver | undefined;
+}
+
+/**
+ * @internal What the simulator's invariant checker sees of a replica (src/sim/raft.ts): the core once it is built
+ * (its log as recovered), every Ready once it is durable (before its entries apply), every entry applied, every
+ * snapshot loaded.
+ */
+export interface ReplicaObserver {
+  opened(groupId: string, core: Core): void;
+  ready(groupId: string, nodeId: NodeId, rd: Ready): void;
+  applied(groupId: string, nodeId: NodeId, entry: Entry): void;
+  restored(groupId: string, nodeId: NodeId, meta: SnapshotMeta, how: 'restart' | 'install'): void;
 }
 
 interface Waiter<T> {
@@ -72,6 +86,8 @@ export class Replica {
     const snap = o.storage.snapshot();
     this.#restore(snap);
     this.core = new Core({ ...o.core, id: o.nodeId, storage: o.storage, applied: snap.meta.index });
+    o.observer?.opened(o.groupId, this.core);
+    if (snap.meta.index > 0) o.observer?.restored(o.groupId, o.nodeId, snap.meta, 'restart');
   }
 
   get role(): Role {
@@ -145,8 +161,11 @@ export class Replica {
   }
 
   #finish(rd: Ready): void {
+    // The checker sees a Ready once it is durable: a leadership or entries a crash erased before then never were.
+    this.#o.observer?.ready(this.groupId, this.#o.nodeId, rd);
     if (rd.snapshot !== undefined) {
       if (!this.#guard(rd.snapshot.meta.index, 'restoring a snapshot', () => this.#restore(rd.snapshot!))) return;
+      this.#o.observer?.restored(this.groupId, this.#o.nodeId, rd.snapshot.meta, 'install');
       this.counts.snapshotsInstalled++;
     }
     for (const m of rd.messagesAfterPersist) this.#o.send(m);
@@ -182,6 +201,7 @@ export class Replica {
   }
 
   #apply(e: Entry): void {
+    this.#o.observer?.applied(this.groupId, this.#o.nodeId, e);
     if (e.type !== 'normal') {
       this.#applier.skip(e.index, `raft group ${this.groupId}`);
     } else {

@@ -504,10 +504,15 @@ export class Wal {
       this.#segments.push(seg);
     }
     this.#durableSeq = this.#segments.at(-1)?.seq ?? 0;
+    const unrecorded: Record[] = [];
     for (const [id, r] of recovered) {
       // An installed snapshot whose record never reached the log (a crash after its rename): it still replaced
-      // the log, and nothing can have been written after it.
-      if (r.kind === 'install' && !r.installSeen && r.snap !== undefined) r.entries = [];
+      // the log, and nothing can have been written after it. Its record is written now: the next recovery must not
+      // empty the log again, of the entries written after this one (found by the Raft simulation, 5 nodes, seed 182).
+      if (r.kind === 'install' && !r.installSeen && r.snap !== undefined) {
+        r.entries = [];
+        unrecorded.push({ type: RecordType.Install, group: id, index: r.snap.meta.index, term: r.snap.meta.term });
+      }
       const mem = new MemoryStorage(r.snap?.meta.membership ?? { voters: [], learners: [] });
       if (r.snap !== undefined && r.snap.meta.index > 0) mem.applySnapshot(r.snap);
       mem.append(r.entries);
@@ -517,6 +522,7 @@ export class Wal {
       const files = (byGroup.get(id) ?? []).filter((f) => f.index <= snapIndex);
       this.#groups.set(id, { id, mem, opened: undefined, kind: r.kind, files, busy: false });
     }
+    if (unrecorded.length > 0) await this.#enqueue(unrecorded, () => undefined);
   }
 }
 

@@ -47,6 +47,22 @@ describe('raft election', () => {
     expect(last).toMatchObject({ type: 'voteResponse', to: 'a', reject: false });
   });
 
+  it('with lease reads, replicas restarted together and pre-voting in step still elect a leader', () => {
+    // A restarted replica ignores votes for one election timeout (a leader it does not know may hold a lease); that
+    // must end once it campaigns itself, or pre-candidates whose timers run in step never answer each other.
+    // Every replica draws the same first election timeout (12 ticks): their timers run in step from the start.
+    let draws = 0;
+    const random = (): number => (++draws <= ABC.length ? 0.2 : (draws * 0.377) % 1);
+    const net = new Net(ABC, { readMode: 'lease', leaseTicks: 5, random });
+    net.tick(12);
+    net.stabilize();
+    for (let i = 0; i < 30 && net.leaders().length === 0; i++) {
+      net.tick(1);
+      net.stabilize();
+    }
+    expect(net.leaders()).toHaveLength(1);
+  });
+
   it('a candidate whose log is behind loses (the election restriction)', () => {
     const net = new Net([]);
     net.add('a', storageWith(ABC, [1], 1));

@@ -103,6 +103,25 @@ describe('raft snapshots', () => {
     expect(rd.committedEntries.at(-1)?.index).toBe(last);
   });
 
+  it("a follower holding the snapshot's last entry and more acknowledges the snapshot index, not its last index", () => {
+    // Found by the Raft simulation (5 nodes, seed 140): a former leader restarted with a stale suffix of its own
+    // term; acknowledging its last index made the leader count that suffix as matching and commit it there.
+    const net = new Net(ABC);
+    net.elect('a');
+    net.filter = (m) => !(m.type === 'heartbeat' || (m.type === 'append' && m.to === 'c' && m.entries.length === 0));
+    for (let i = 0; i < 3; i++) net.propose('a', `v${i}`);
+    net.stabilize();
+    const c = net.core('c');
+    const last = c.log.lastIndex();
+    const at = last - 2;
+    const meta = { index: at, term: c.log.term(at)!, membership: c.membership() };
+    c.step({ type: 'snapshot', from: 'a', to: 'c', term: c.term, meta, offset: 0, data: bytes('[]'), totalBytes: 2 });
+    const rd = c.ready();
+    const out = [...rd.messages, ...rd.messagesAfterPersist].filter((m) => m.type === 'appendResponse');
+    expect(out.length).toBeGreaterThan(0);
+    for (const m of out) expect(m.type === 'appendResponse' && m.index).toBe(at);
+  });
+
   it('a replica restarts from its snapshot and the entries after it', () => {
     const net = new Net(ABC);
     net.elect('a');
