@@ -282,6 +282,26 @@ export class Core {
     this.electionElapsed = 0;
   }
 
+  /**
+   * The host lost its connection to `peer` (a process that died closes its sockets at once). A follower led by it
+   * stops waiting a whole election timeout: it forgets the leader and campaigns within a few ticks (with pre-vote,
+   * so a live leader that the other followers still hear is not deposed: they refuse). Not with lease reads: there
+   * a follower's vote refusal for an election timeout is what keeps a leader's lease safe, and a broken connection
+   * does not prove the leader dead.
+   */
+  leaderUnreachable(peer: NodeId): void {
+    if (this.role !== 'follower' || this.lead !== peer || peer === '' || this.opts.readMode === 'lease') return;
+    this.lead = '';
+    this.quiesced = false;
+    // Not in step (a split vote would cost a whole election timeout): the voters left take turns by id, two ticks
+    // apart — the first campaigns at the next tick; one whose log is behind is refused and the next one wins.
+    const others = this.membership()
+      .voters.filter((v) => v !== peer)
+      .sort();
+    const turn = Math.max(0, others.indexOf(this.id));
+    this.electionElapsed = Math.max(this.electionElapsed, this.#randomizedTimeout - 1 - 2 * turn);
+  }
+
   /** Campaign now (tests and hosts that bootstrap a leader); the election timeout does the same. */
   campaign(): void {
     if (this.role !== 'leader' && this.#mayCampaign() && this.votesHeld() === undefined) this.#hup(false);

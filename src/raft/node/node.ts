@@ -268,6 +268,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         onPeerState: (peer, connected) => {
           if (holder.node === undefined) return;
           holder.node.#wakeLedBy(peer);
+          if (!connected) holder.node.#leaderUnreachable(peer);
           // A peer (re)connected may have restarted and recovered less than it acknowledged (a torn tail on a disk
           // that lied about fsync): re-probe its log rather than trust the match recorded before.
           if (connected) holder.node.#peerLostData(peer);
@@ -481,6 +482,15 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         r.core.wake();
         r.process();
       }
+    }
+  }
+
+  /** The connection to `peer` went down: groups it led elect another leader soon (Core.leaderUnreachable). */
+  #leaderUnreachable(peer: string): void {
+    for (const r of this.#replicas.values()) {
+      if (r.core.lead !== peer) continue;
+      r.core.leaderUnreachable(peer);
+      r.process();
     }
   }
 

@@ -237,4 +237,36 @@ describe('raft election', () => {
       () => new Core({ id: 'a', storage: new MemoryStorage(), random: Math.random, electionTick: 3 } as never),
     ).toThrow(/electionTicks/);
   });
+
+  it('leader unreachable: followers that lost the leader elect another within a few ticks, not an election timeout', () => {
+    const net = new Net(ABC);
+    net.tick(25);
+    const old = net.leaders()[0]!;
+    const followers = ABC.filter((id) => id !== old.id);
+    net.isolate(old.id);
+    for (const id of followers) net.core(id).leaderUnreachable(old.id);
+    net.tick(6, followers); // an election timeout is 10–19 ticks
+    const now = net.leaders().filter((l) => l.id !== old.id);
+    expect(now).toHaveLength(1);
+    expect(now[0]!.term).toBeGreaterThan(old.term);
+  });
+
+  it('leader unreachable from one follower only: the live leader is not deposed (pre-vote refused)', () => {
+    const net = new Net(ABC);
+    net.tick(25);
+    const leader = net.leaders()[0]!;
+    const [f1] = ABC.filter((id) => id !== leader.id) as [string];
+    net.core(f1).leaderUnreachable(leader.id);
+    net.tick(6);
+    expect(net.leaders().map((l) => [l.id, l.term])).toEqual([[leader.id, leader.term]]);
+  });
+
+  it('leader unreachable changes nothing with lease reads (their safety rests on the vote refusal)', () => {
+    const net = new Net(ABC, { readMode: 'lease' });
+    net.tick(25);
+    const leader = net.leaders()[0]!;
+    const [f1] = ABC.filter((id) => id !== leader.id) as [string];
+    net.core(f1).leaderUnreachable(leader.id);
+    expect(net.core(f1).lead).toBe(leader.id);
+  });
 });
