@@ -2,7 +2,7 @@
  * Raft on real processes under faults (issue 13, item 6): three node processes on loopback (raft-cluster.ts),
  * several concurrent clients on different nodes, and a fault: kill -9 of the leader, SIGSTOP of the leader past the
  * election timeout, a partition of the leader, an asymmetric partition (the leader cannot reach one follower, which
- * still reaches it), SIGSTOP of a follower, a node restarted with its data directory deleted. Every test ends
+ * still reaches it; or a follower that hears the leader but that nobody hears), SIGSTOP of a follower, a node restarted with its data directory deleted. Every test ends
  * with the same checks:
  *
  *  - the client history (times from this process's monotonic clock, taken before a request leaves and after its
@@ -363,6 +363,34 @@ describe('raft on real processes under faults', () => {
     const next = await c.waitLeader();
     await caughtUp(c, f, next);
     await caughtUp(c, next === g ? leader : g, next);
+    await acksSince(w, now(), 10, 'after the heal');
+    await w.finalChecks();
+  }, 40_000);
+
+  it('an asymmetric partition: a follower hears the leader but nobody hears it; heal, it catches up', async () => {
+    const c = await cluster();
+    const leader = await c.waitLeader();
+    const [f, g] = c.ids.filter((id) => id !== leader) as [string, string];
+    const w = new Workload(c);
+    await acksSince(w, 0, 20, 'before the cut');
+    // f receives appends and heartbeats but its acknowledgements, votes and forwarded requests are lost: it never
+    // campaigns (it hears a leader), the leader cannot commit with it and goes on with g; requests made on f time
+    // out. The leader keeps sending to f without answers: it must neither step down nor stall the others.
+    const termBefore = (await c.status(leader))!.term;
+    const cutAt = now();
+    c.cutOneWay(f, leader);
+    c.cutOneWay(f, g);
+    // The cut is real: a write made on f cannot be acknowledged (its forward never arrives; it times out).
+    const fromF = w.run('probe', f, { op: 'put', key: 'probe', value: 'from-f' });
+    await acksSince(w, cutAt, 20, `while nobody hears ${f}`);
+    await sleep(Math.max(0, cutAt + 3 * MAX_ELECTION_MS - now()));
+    await acksSince(w, now(), 10, `while nobody hears ${f}, later`);
+    expect((await c.status(leader))!).toMatchObject({ role: 'leader', term: termBefore });
+    expect(await fromF).toMatchObject({ ok: false });
+    c.mend(f, leader);
+    c.mend(f, g);
+    const next = await c.waitLeader();
+    await caughtUp(c, f, next);
     await acksSince(w, now(), 10, 'after the heal');
     await w.finalChecks();
   }, 40_000);
