@@ -4,7 +4,21 @@
  */
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 
-export type ProxyMode = 'pass' | 'blackhole';
+/**
+ * 'blackhole-to-server' / 'blackhole-to-client': drop the bytes of one direction only (client → server, or
+ * server → client); the other direction passes. One TCP connection often carries both directions of a link (the
+ * Raft transport keeps one per pair of nodes), so a one-way network loss is a one-way blackhole on the stream.
+ */
+export type ProxyMode = 'pass' | 'blackhole' | 'blackhole-to-server' | 'blackhole-to-client';
+
+type Direction = 'toServer' | 'toClient';
+
+/** Whether `mode` drops the bytes going `direction`. */
+function drops(mode: ProxyMode, direction: Direction): boolean {
+  if (mode === 'pass') return false;
+  if (mode === 'blackhole') return true;
+  return mode === (direction === 'toServer' ? 'blackhole-to-server' : 'blackhole-to-client');
+}
 
 export interface TcpProxy {
   readonly host: string;
@@ -19,6 +33,12 @@ export interface TcpProxy {
    * are garbage, so heal with resetAll() unless the test means otherwise.
    * A close by either side during a blackhole is withheld from the other
    * side until the mode is 'pass' again.
+   *
+   * The one-way modes drop one direction's bytes (and withhold its ends and
+   * closes) and pass the other's. In a real one-way loss TCP would stall the
+   * dropped direction (unacknowledged segments retransmitted until the
+   * kernel gives up) while the other keeps flowing; here the bytes are gone
+   * and the sender does not notice: heal with resetAll() as well.
    */
   setMode(mode: ProxyMode): void;
   /** Extra one-way delay per chunk in ms (0 = none). */
@@ -39,11 +59,17 @@ class Lane {
 
   constructor(
     private readonly proxy: ProxyState,
+    private readonly direction: Direction,
     private readonly to: () => Socket | undefined,
   ) {}
 
+  /** Whether this direction's bytes are dropped now. */
+  get blocked(): boolean {
+    return drops(this.proxy.mode, this.direction);
+  }
+
   forward(chunk: Buffer): void {
-    if (this.proxy.mode === 'blackhole') return;
+    if (this.blocked) return;
     const delayMs = this.proxy.delayMs;
     if (delayMs <= 0 && this.#timers.size === 0) {
       this.to()?.write(chunk);
@@ -55,7 +81,7 @@ class Lane {
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       // A blackhole that began while the chunk was in flight swallows it too.
-      if (this.proxy.mode === 'pass') this.to()?.write(chunk);
+      if (!this.blocked) this.to()?.write(chunk);
     }, deliverAtMs - Date.now());
     this.#timers.add(timer);
   }
@@ -106,8 +132,8 @@ class Connection {
     private readonly target: { host: string; port: number },
     private readonly onGone: (conn: Connection) => void,
   ) {
-    this.#toUpstream = new Lane(state, () => this.upstream);
-    this.#toClient = new Lane(state, () => this.client);
+    this.#toUpstream = new Lane(state, 'toServer', () => this.upstream);
+    this.#toClient = new Lane(state, 'toClient', () => this.client);
     client.setNoDelay(true);
     client.on('data', (chunk: Buffer) => this.#toUpstream.forward(chunk));
     client.on('end', () => {
@@ -140,22 +166,25 @@ class Connection {
   }
 
   /**
-   * Bring the connection in line with the mode. Only in 'pass': connect
-   * upstream (late for a connection accepted during a blackhole) and pass on
-   * ends and closes (withheld during a blackhole, as a partition would).
+   * Bring the connection in line with the mode. Unless in a full blackhole:
+   * connect upstream (late for a connection accepted during a blackhole).
+   * Ends and closes pass only in a direction that is not dropped (withheld,
+   * as a partition would, until that direction passes again).
    */
   sync(): void {
-    if (this.state.mode !== 'pass') return;
+    if (this.state.mode === 'blackhole') return;
     const clientGone = this.#clientEnded || this.#clientClosed !== 'no';
     if (this.upstream === undefined && !clientGone) this.#connectUpstream();
     const upstream = this.upstream;
-    if (upstream !== undefined) {
+    if (upstream !== undefined && !this.#toUpstream.blocked) {
       if (this.#clientClosed === 'error') upstream.destroy();
       else if (clientGone) this.#toUpstream.afterPending(() => upstream.end());
     }
-    if (this.#upstreamClosed === 'error') this.client.destroy();
-    else if (this.#upstreamEnded || this.#upstreamClosed === 'clean')
-      this.#toClient.afterPending(() => this.client.end());
+    if (!this.#toClient.blocked) {
+      if (this.#upstreamClosed === 'error') this.client.destroy();
+      else if (this.#upstreamEnded || this.#upstreamClosed === 'clean')
+        this.#toClient.afterPending(() => this.client.end());
+    }
     if (this.#clientClosed !== 'no' && (upstream === undefined || this.#upstreamClosed !== 'no')) this.#finish();
   }
 

@@ -8,7 +8,7 @@
  * `a>b`, which forwards to b's listen port. The transport keeps one connection per pair (the lower id dials), so a
  * proxy in front of each node's port would carry two nodes' links at once, and cutting one node off would cut
  * others too; one proxy per pair cuts exactly the links asked for. `isolate(id)` blackholes every proxy to or
- * from `id`; `heal()` lets everything pass again and resets the connections (bytes dropped by a blackhole are gone:
+ * from `id`; `cutOneWay(from, to)` drops one direction of a link (an asymmetric partition); `heal()` lets everything pass again and resets the connections (bytes dropped by a blackhole are gone:
  * the streams must start over, and the transport redials).
  *
  * Election safety from the outside: every node reports its (term, role) when it changes (an IPC event) and a poller
@@ -340,6 +340,17 @@ export class RaftCluster {
   cut(a: string, b: string): void {
     this.#proxies.get(`${a}>${b}`)!.setMode('blackhole');
     this.#proxies.get(`${b}>${a}`)!.setMode('blackhole');
+  }
+
+  /**
+   * Drop what `from` sends to `to`, and only that: `to` still reaches `from`. The pair's one connection runs
+   * through `from>to` when `from` dials (its bytes go client → server there) or through `to>from` when `to` dials
+   * (they go server → client): both proxies get the one-way blackhole, whichever side dials now or after a redial.
+   * `mend(from, to)` undoes it.
+   */
+  cutOneWay(from: string, to: string): void {
+    this.#proxies.get(`${from}>${to}`)!.setMode('blackhole-to-server');
+    this.#proxies.get(`${to}>${from}`)!.setMode('blackhole-to-client');
   }
 
   /** Let the link between a and b pass again; its connections start over. */

@@ -1,7 +1,8 @@
 /**
  * Raft on real processes under faults (issue 13, item 6): three node processes on loopback (raft-cluster.ts),
  * several concurrent clients on different nodes, and a fault: kill -9 of the leader, SIGSTOP of the leader past the
- * election timeout, a partition of the leader, a node restarted with its data directory deleted. Every test ends
+ * election timeout, a partition of the leader, an asymmetric partition (the leader cannot reach one follower, which
+ * still reaches it; or a follower that hears the leader but that nobody hears), SIGSTOP of a follower, a node restarted with its data directory deleted. Every test ends
  * with the same checks:
  *
  *  - the client history (times from this process's monotonic clock, taken before a request leaves and after its
@@ -332,6 +333,103 @@ describe('raft on real processes under faults', () => {
     c.heal();
     await caughtUp(c, leader, next);
     await acksSince(w, now(), 10, 'after the heal');
+    await w.finalChecks();
+  }, 40_000);
+
+  it('an asymmetric partition: the leader cannot reach one follower, which still reaches it; heal, all converge', async () => {
+    const c = await cluster();
+    const leader = await c.waitLeader();
+    const [f, g] = c.ids.filter((id) => id !== leader) as [string, string];
+    const w = new Workload(c);
+    await acksSince(w, 0, 20, 'before the cut');
+    // f hears nothing from the leader (no appends, no heartbeats) while the leader and g still hear f: f's
+    // election timer fires, and its (pre-)votes reach both. They must not unseat a leader that a majority follows,
+    // nor elect f, whose log falls behind; the leader and g go on, and f's clients' requests (forwarded to the
+    // leader, whose answers are lost) fail or stay unknown.
+    const termBefore = (await c.status(leader))!.term;
+    const cutAt = now();
+    c.cutOneWay(leader, f);
+    await acksSince(w, cutAt, 20, `while ${leader} cannot reach ${f}`);
+    // Well past f's longest election timeout, so that its campaigns have run while the others hear it.
+    await sleep(Math.max(0, cutAt + 3 * MAX_ELECTION_MS - now()));
+    const during = await c.waitLeader({ among: [leader, g] });
+    // Pre-vote keeps f from disrupting: it never gets a majority for a new term (g hears the leader, and f's log
+    // is behind), so the leader and its term stay. And the cut is real: f has applied less than the leader.
+    const [ls, fs] = [await c.status(leader), await c.status(f)];
+    expect({ during, term: ls?.term }).toEqual({ during: leader, term: termBefore });
+    expect(fs!.applied).toBeLessThan(ls!.committed);
+    await acksSince(w, now(), 10, `with ${during} leading, ${f} cut off one way`);
+    c.mend(leader, f);
+    const next = await c.waitLeader();
+    await caughtUp(c, f, next);
+    await caughtUp(c, next === g ? leader : g, next);
+    await acksSince(w, now(), 10, 'after the heal');
+    await w.finalChecks();
+  }, 40_000);
+
+  it('an asymmetric partition: a follower hears the leader but nobody hears it; heal, it catches up', async () => {
+    const c = await cluster();
+    const leader = await c.waitLeader();
+    const [f, g] = c.ids.filter((id) => id !== leader) as [string, string];
+    const w = new Workload(c);
+    await acksSince(w, 0, 20, 'before the cut');
+    // f receives appends and heartbeats but its acknowledgements, votes and forwarded requests are lost: it never
+    // campaigns (it hears a leader), the leader cannot commit with it and goes on with g; requests made on f time
+    // out. The leader keeps sending to f without answers: it must neither step down nor stall the others.
+    const termBefore = (await c.status(leader))!.term;
+    const cutAt = now();
+    c.cutOneWay(f, leader);
+    c.cutOneWay(f, g);
+    // The cut is real: a write made on f cannot be acknowledged (its forward never arrives; it times out).
+    const fromF = w.run('probe', f, { op: 'put', key: 'probe', value: 'from-f' });
+    await acksSince(w, cutAt, 20, `while nobody hears ${f}`);
+    await sleep(Math.max(0, cutAt + 3 * MAX_ELECTION_MS - now()));
+    await acksSince(w, now(), 10, `while nobody hears ${f}, later`);
+    expect((await c.status(leader))!).toMatchObject({ role: 'leader', term: termBefore });
+    expect(await fromF).toMatchObject({ ok: false });
+    c.mend(f, leader);
+    c.mend(f, g);
+    const next = await c.waitLeader();
+    await caughtUp(c, f, next);
+    await acksSince(w, now(), 10, 'after the heal');
+    await w.finalChecks();
+  }, 40_000);
+
+  it('SIGSTOP of a follower past the election timeout, then SIGCONT: the others go on, it catches up, no stale read', async () => {
+    const c = await cluster();
+    const leader = await c.waitLeader();
+    const f = c.ids.find((id) => id !== leader)!;
+    const w = new Workload(c);
+    await acksSince(w, 0, 20, 'before the pause');
+    expect(await w.run('probe', leader, { op: 'put', key: 'probe', value: 'before' })).toMatchObject({ ok: true });
+    // f has applied 'before' (a linearizable read on f waits for it): what it would answer if it answered stale.
+    await caughtUp(c, f, leader);
+    await c.node(f).pause();
+    const pausedAt = now();
+    // The clients bound to f have requests stuck in it; the two others go on.
+    expect(await w.run('probe', leader, { op: 'put', key: 'probe', value: 'after' })).toMatchObject({ ok: true });
+    await acksSince(w, pausedAt, 20, `while ${f} is stopped`);
+    await sleep(Math.max(0, pausedAt + 2 * MAX_ELECTION_MS - now()));
+    // Queued for the stopped follower: it handles them on resume, before it has heard from the leader again.
+    const queued = [
+      w.run('probe-queued', f, { op: 'get', key: 'probe' }),
+      w.run('probe-write', f, { op: 'append', key: 'k0', value: token('probe', 1) }),
+    ];
+    c.node(f).resume();
+    const resumedAt = now();
+    // Issued after SIGCONT: a linearizable read on f must see 'after' (or be refused), never f's stale 'before'.
+    const fresh = await w.run('probe-fresh', f, { op: 'get', key: 'probe' });
+    const [queuedRead] = await Promise.all(queued);
+    if (queuedRead!.ok) expect(queuedRead!.result).toBe('after');
+    if (fresh.ok) expect(fresh.result).toBe('after');
+    const next = await c.waitLeader();
+    await caughtUp(c, f, next);
+    // Served by f now that it has caught up: must succeed, and be fresh.
+    expect(await w.run('probe-caught-up', f, { op: 'get', key: 'probe' })).toMatchObject({
+      ok: true,
+      result: 'after',
+    });
+    await acksSince(w, resumedAt, 10, `after ${f} resumed`);
     await w.finalChecks();
   }, 40_000);
 
