@@ -27,7 +27,7 @@ import {
   MAX_ADDRESS_BYTES,
   MAX_FLEET_GROUPS,
   MAX_ZONE_CHARS,
-  validateFleetGroupName,
+  REPAIR_ADVICE,
   validateMachineName,
   validateNodeId,
   validateReplicas,
@@ -490,7 +490,7 @@ export async function reportObserved(
     // The reader's checks, on the way in: a report nobody could read back is the caller's bug.
     decodeObserved(keys, key, value);
   } catch (cause) {
-    throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message}`, { cause });
+    throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message.replace(REPAIR_ADVICE, '')}`, { cause });
   }
   for (;;) {
     const r = await store.txn({

@@ -208,8 +208,11 @@ function parse(key: string, value: string): Record<string, unknown> {
   return parseRecord(key, value, FLEET_PROTOCOL_VERSION, 'fleet control plane');
 }
 
+/** The repair advice every decoder's message ends with (writers that check their own input strip it). */
+export const REPAIR_ADVICE = '; nothing overwrites it: look at it, then delete it if it is junk';
+
 function corrupt(key: string, what: string): CorruptDataError {
-  return new CorruptDataError(`${key}: ${what}; nothing overwrites it: look at it, then delete it if it is junk`, {
+  return new CorruptDataError(`${key}: ${what}${REPAIR_ADVICE}`, {
     key,
     expected: `a fleet control-plane record (docs/fleet.md, "Control-plane records")`,
   });
