@@ -19,7 +19,9 @@ import {
 } from '../../src/errors.js';
 import {
   addGroup,
+  deregisterNode,
   fleetElection,
+  placementInputOf,
   readFleetView,
   registerNode,
   removeGroup,
@@ -37,6 +39,7 @@ import {
   type ObservedRecord,
 } from '../../src/protocol/fleet/keys.js';
 import type { Store } from '../../src/store/contract.js';
+import { placeGroups } from '../../src/placement/fleet.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-fleet-io-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -360,6 +363,45 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       expect(rev2).toBeGreaterThan(rev1);
       expect((await view(store, keys)).nodes.get('n1')).toMatchObject({ incarnation: 'second', sessionId: s2.id });
       await expect(registerNode(store, keys, s2, { ...node, weight: 0 })).rejects.toThrow(InvalidArgumentError);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('places from the view and writes the placement back (a coordinator round)', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f8');
+      const sessions = await Promise.all([0, 1, 2, 3].map(() => store.openSession(TTL)));
+      const revs: number[] = [];
+      for (const [i, s] of sessions.entries()) {
+        revs.push(
+          await registerNode(store, keys, s, {
+            id: `n${i}`,
+            zone: `z${i % 2}`,
+            address: `127.0.0.1:${7000 + i}`,
+            incarnation: `i${i}`,
+            state: i === 3 ? 'deactivating' : 'active',
+          }),
+        );
+      }
+      for (let g = 0; g < 12; g++) await addGroup(store, keys, `g${g}`, { replicas: 3, machine: 'kv' });
+      const lead = await fleetElection(store, keys).campaign(sessions[0]!, 'n0');
+      const v = await view(store, keys);
+      const input = placementInputOf(v);
+      expect(input.nodes.map((n) => n.id)).toEqual(['n0', 'n1', 'n2']); // the deactivating node gets nothing
+      const placement = placeGroups(input);
+      const entries = placement.groups.map((g) => ({ name: g.name, members: g.members, leader: g.leader! }));
+      expect((await writeDesired(store, keys, lead.guard, v, entries)).outcome).toBe('written');
+      const after = await view(store, keys);
+      for (const g of placement.groups) expect(after.groups.get(g.name)!.desired?.members).toEqual(g.members);
+      // Placing again from what was written changes nothing: the previous leaders are read back.
+      expect(placeGroups(placementInputOf(after))).toEqual(placement);
+
+      // A drained node leaves without ending its session; a stale registration revision deletes nothing.
+      expect(await deregisterNode(store, keys, 'n3', revs[3]! + 1000)).toBe(false);
+      expect(await deregisterNode(store, keys, 'n3', revs[3]!)).toBe(true);
+      expect((await view(store, keys)).nodes.has('n3')).toBe(false);
     } finally {
       await store.close();
     }

@@ -15,6 +15,7 @@ import {
 } from '../../errors.js';
 import type { Compare, KeyValue, Op, OpResult, Session, Store } from '../../store/contract.js';
 import { Election } from '../../store/election.js';
+import type { FleetPlacementInput, GroupPlacement } from '../../placement/fleet.js';
 import { readAround, type CorruptionReporter } from '../groups/io.js';
 import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import {
@@ -518,4 +519,44 @@ export async function reportObserved(
     });
     if (w.succeeded) return 'written';
   }
+}
+
+// ---- leaving and placing ---------------------------------------------------------------
+
+/**
+ * Delete this node's record without ending its session (it has drained and leaves the fleet), only if it is still
+ * the registration made at `registeredRevision` (registerNode's result): never a later process's record under the
+ * same id. Resolves whether it deleted it.
+ */
+export async function deregisterNode(
+  store: Store,
+  keys: FleetKeys,
+  nodeId: string,
+  registeredRevision: number,
+): Promise<boolean> {
+  const key = keys.node(nodeId);
+  const r = await store.txn({
+    compare: [{ key, target: 'createRevision', op: '=', value: registeredRevision }],
+    then: [{ op: 'delete', key }],
+  });
+  return r.succeeded;
+}
+
+/**
+ * The placement input of `view` (src/placement/fleet.ts): the active nodes (a deactivating node holds no desired
+ * member, so its replicas move elsewhere before it leaves), every live group, and the desired placements in force as
+ * `previous` (so desired leaders stay where balance allows).
+ */
+export function placementInputOf(view: FleetView): FleetPlacementInput {
+  const nodes = [...view.nodes.values()]
+    .filter((n) => n.state === 'active')
+    .map((n) => ({ id: n.id, zone: n.zone, weight: n.weight }));
+  const groups = [...view.groups.values()].map((g) => ({ name: g.name, replicas: g.replicas }));
+  const previous: GroupPlacement[] = [];
+  for (const g of view.groups.values()) {
+    if (g.desired !== undefined) {
+      previous.push({ name: g.name, replicas: g.replicas, members: g.desired.members, leader: g.desired.leader });
+    }
+  }
+  return { nodes, groups, previous: { nodes: [], groups: previous } };
 }
