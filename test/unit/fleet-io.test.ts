@@ -280,6 +280,11 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
           keys.node('ghost'),
           encodeRecord({ id: 'other', zone: '', weight: 1, address: 'h:1', state: 'active', incarnation: 'i' }),
         ],
+        // Well-formed, but attached to no session: no node wrote it, so it proves no node is alive.
+        [
+          keys.node('nosession'),
+          encodeRecord({ id: 'nosession', zone: '', weight: 1, address: 'h:1', state: 'active', incarnation: 'i' }),
+        ],
       ];
       for (const [key, value] of junk) await store.txn({ compare: [], then: [{ op: 'put', key, value }] });
       const lead = await fleetElection(store, keys).campaign(s, 'c');

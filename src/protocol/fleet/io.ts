@@ -140,7 +140,11 @@ export async function readFleetView(store: Store, keys: FleetKeys, report: Corru
 
   const nodes = new Map<string, NodeView>();
   for (const kv of rangeKvs(small.results[0])) {
-    const n = decode(kv, () => decodeNode(keys, kv.key, kv.value));
+    const n = decode(kv, () => {
+      // Liveness is the session: a record attached to none was not written by a node and proves nothing.
+      if (kv.sessionId === undefined) throw noSession(kv.key);
+      return decodeNode(keys, kv.key, kv.value);
+    });
     if (n !== undefined) nodes.set(n.id, { ...n, sessionId: kv.sessionId, registeredRevision: kv.createRevision });
   }
   let coordinator: FleetView['coordinator'];
@@ -195,6 +199,14 @@ export async function readFleetView(store: Store, keys: FleetKeys, report: Corru
 }
 
 // ---- nodes ------------------------------------------------------------------------
+
+function noSession(key: string): CorruptDataError {
+  return new CorruptDataError(
+    `${key} holds a node record attached to no session, which no node writes; nothing overwrites it: look at it, ` +
+      'then delete it',
+    { key, expected: 'a node record attached to the session of the node that registered it' },
+  );
+}
 
 export interface NodeRegistration {
   readonly id: string;
@@ -254,13 +266,7 @@ export async function registerNode(
     if (r.succeeded) return r.revision;
     const kv = getKv(r.results[0]);
     if (kv === undefined) continue; // its session ended between the compare and the get
-    if (kv.sessionId === undefined) {
-      throw new CorruptDataError(
-        `${key} holds a node record attached to no session, which no node writes; nothing overwrites it: look at ` +
-          'it, then delete it',
-        { key, expected: 'a node record attached to the session of the node that registered it' },
-      );
-    }
+    if (kv.sessionId === undefined) throw noSession(key);
     if (kv.sessionId !== session.id) throw new NodeIdInUseError(rec.id, `fleet ${keys.fleet}`);
     // Our own record: rewrite it as long as it is still the one we read (its session is ours, so its content is).
     const u = await store.txn({
