@@ -89,6 +89,7 @@ describe('fleet names and raft group ids', () => {
     expect(parseRaftGroupId(id)).toEqual({ name: 'orders:2', generation: 17 });
     expect(parseRaftGroupId('orders')).toBeUndefined();
     expect(parseRaftGroupId('orders:0')).toBeUndefined();
+    expect(() => raftGroupId('orders', 0)).toThrow(InvalidArgumentError);
     // Every id a valid name makes is a valid Raft group name (1–100 of [A-Za-z0-9._:/-]).
     expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER)).toMatch(/^[A-Za-z0-9._:/-]{1,100}$/);
   });

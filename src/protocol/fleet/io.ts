@@ -113,7 +113,8 @@ export interface FleetView {
 /**
  * The whole fleet in a bounded number of reads: nodes, meta and the election in one transaction; then groups,
  * desired and observed records in a range read each (a backend that pages a long read, SQLite, keeps its event
- * loop turning), at most MAX_FLEET_GROUPS records each plus leftovers. The reads are not one snapshot and nothing
+ * loop turning): four reads whatever the fleet's size, of at most MAX_FLEET_GROUPS records each (addGroup keeps
+ * the fleet within it) plus any leftovers written by hand. The reads are not one snapshot and nothing
  * depends on it: a desired or observed record is matched to its group by generation, and every write compares the
  * revisions it decided from.
  */

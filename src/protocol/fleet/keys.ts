@@ -89,6 +89,10 @@ export function validateMachineName(machine: unknown): string {
  * generation, so a replica of the old group (on a node that was down through the removal) can never join the new one.
  */
 export function raftGroupId(name: string, generation: number): string {
+  validateFleetGroupName(name);
+  if (!Number.isSafeInteger(generation) || generation < 1) {
+    throw new InvalidArgumentError(`a fleet group generation is an integer >= 1, got ${String(generation)}`);
+  }
   return `${name}:${generation}`;
 }
 
