@@ -300,6 +300,34 @@ export class GroupNotFoundError extends RebalancerError {
   }
 }
 
+/** A fleet already has a live group of this name (a removed name may be added again: it gets a new generation). */
+export class FleetGroupExistsError extends RebalancerError {
+  readonly group: string;
+  readonly generation: number;
+  constructor(group: string, fleet: string, generation: number) {
+    super(
+      'CONFLICT',
+      `fleet ${JSON.stringify(fleet)} already has a group ${JSON.stringify(group)} (generation ${generation}); ` +
+        'use another name, or remove that group first (its data is then gone for good)',
+    );
+    this.group = group;
+    this.generation = generation;
+  }
+}
+
+/** The fleet has no live group of this name (never added, or removed). */
+export class FleetGroupNotFoundError extends RebalancerError {
+  readonly group: string;
+  constructor(group: string, fleet: string) {
+    super(
+      'NOT_FOUND',
+      `fleet ${JSON.stringify(fleet)} has no group ${JSON.stringify(group)}; ` +
+        '`rebalancer fleet status` lists its groups (check --store, --namespace and the fleet name)',
+    );
+    this.group = group;
+  }
+}
+
 /**
  * Another live process registered the same node (or site) id: two processes
  * must never act as one member. Give every process its own id.

@@ -57,7 +57,7 @@ type ReadOp = Extract<Op, { op: 'get' } | { op: 'range' }>;
  * and the rest is read again (still one snapshot). A key under a `range` cannot be left out: that error is thrown.
  * Returns the results in the order of `ops` (undefined for a get left out) and the keys left out.
  */
-async function readAround(
+export async function readAround(
   store: Store,
   ops: readonly ReadOp[],
   report: CorruptionReporter,

@@ -1,0 +1,569 @@
+/**
+ * Reading and writing the fleet's control-plane records through the store contract (layout in keys.ts). These
+ * functions translate between keys and views and enforce the rules every writer must keep whatever the caller
+ * decided: a record that could not be read is never overwritten (ADR 0012), the coordinator writes only under its
+ * election guard, a generation is never handed out twice, and nothing is written for a group that was removed
+ * (or removed and added again) since the caller read it.
+ */
+import {
+  CorruptDataError,
+  FleetGroupExistsError,
+  FleetGroupNotFoundError,
+  InvalidArgumentError,
+  LimitExceededError,
+  NodeIdInUseError,
+} from '../../errors.js';
+import type { Compare, KeyValue, Op, OpResult, Session, Store } from '../../store/contract.js';
+import { Election } from '../../store/election.js';
+import type { FleetPlacementInput, GroupPlacement } from '../../placement/fleet.js';
+import { readAround, type CorruptionReporter } from '../groups/io.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
+import {
+  decodeDesired,
+  decodeGroup,
+  decodeMeta,
+  decodeNode,
+  decodeObserved,
+  encodeRecord,
+  MAX_ADDRESS_BYTES,
+  MAX_FLEET_GROUPS,
+  MAX_ZONE_CHARS,
+  REPAIR_ADVICE,
+  validateMachineName,
+  validateNodeId,
+  validateReplicas,
+  type DesiredRecord,
+  type FleetKeys,
+  type GroupRecord,
+  type MetaRecord,
+  type NodeRecord,
+  type ObservedRecord,
+} from './keys.js';
+import { utf8Length } from '../../store/validate.js';
+
+export type { CorruptionReporter };
+
+function tryDecode<T>(decode: () => T, report: CorruptionReporter): T | undefined {
+  try {
+    return decode();
+  } catch (err) {
+    if (err instanceof CorruptDataError) {
+      report(err);
+      return undefined;
+    }
+    throw err;
+  }
+}
+
+function rangeKvs(r: OpResult | undefined): readonly KeyValue[] {
+  return r?.op === 'range' ? r.kvs : [];
+}
+
+function getKv(r: OpResult | undefined): KeyValue | undefined {
+  return r?.op === 'get' ? r.kv : undefined;
+}
+
+/** The coordinator election of a fleet: src/store/election.ts under `coord/` (its guard fences writeDesired). */
+export function fleetElection(store: Store, keys: FleetKeys, recheckIntervalMs?: number): Election {
+  return new Election(store, { prefix: keys.coordinator, recheckIntervalMs });
+}
+
+// ---- reading ------------------------------------------------------------------------
+
+export interface NodeView extends NodeRecord {
+  readonly sessionId: string | undefined;
+  /** Create revision of the node's key: a new one each time the node registers after its session ended. */
+  readonly registeredRevision: number;
+}
+
+export interface FleetGroupView extends GroupRecord {
+  /** Mod revision of the group's key (never rewritten: also its create revision). Writers compare it. */
+  readonly revision: number;
+  /** The desired placement of this generation, if the coordinator wrote one. */
+  readonly desired: DesiredRecord | undefined;
+  /** Mod revision of the desired key as read (0: absent), whatever its generation: writeDesired compares it. */
+  readonly desiredRevision: number;
+  /** The leader's last report for this generation. */
+  readonly observed: ObservedRecord | undefined;
+  /** Mod revision of that report: how recent it is, in store revisions (0: none). */
+  readonly observedRevision: number;
+}
+
+export interface FleetView {
+  /** Live nodes (their sessions hold their keys), by id. */
+  readonly nodes: ReadonlyMap<string, NodeView>;
+  /** Live groups, by name. */
+  readonly groups: ReadonlyMap<string, FleetGroupView>;
+  /** The fleet's counters; undefined before the first group was added (or when unreadable: see `unreadable`). */
+  readonly meta: MetaRecord | undefined;
+  readonly metaRevision: number;
+  /** The coordinator (the lowest election key), if any. */
+  readonly coordinator: { readonly key: string; readonly token: number; readonly value: string } | undefined;
+  /**
+   * Keys present but unreadable (each reported once through `report`). None of them is overwritten by the
+   * functions below; a group whose record is unreadable is missing from `groups`.
+   */
+  readonly unreadable: readonly string[];
+  /** Desired or observed records of a group that is gone or of an older generation: leftovers, never trusted. */
+  readonly stale: readonly string[];
+  /** A revision at least as new as every read (the reads are several snapshots; see readFleetView). */
+  readonly revision: number;
+}
+
+/**
+ * The whole fleet in a bounded number of reads: nodes, meta and the election in one transaction; then groups,
+ * desired and observed records in a range read each (a backend that pages a long read, SQLite, keeps its event
+ * loop turning): four reads whatever the fleet's size, of at most MAX_FLEET_GROUPS records each (addGroup keeps
+ * the fleet within it) plus any leftovers written by hand. The reads are not one snapshot and nothing
+ * depends on it: a desired or observed record is matched to its group by generation, and every write compares the
+ * revisions it decided from.
+ */
+export async function readFleetView(store: Store, keys: FleetKeys, report: CorruptionReporter): Promise<FleetView> {
+  const small = await readAround(
+    store,
+    [
+      { op: 'range', prefix: keys.nodes },
+      { op: 'range', prefix: keys.coordinator },
+      { op: 'get', key: keys.meta },
+    ],
+    report,
+  );
+  const groupsRead = await store.range(keys.groups);
+  const desiredRead = await store.range(keys.desired);
+  const observedRead = await store.range(keys.observed);
+  const unreadable: string[] = [...small.unreadable];
+  const stale: string[] = [];
+  const decode = <T>(kv: KeyValue, fn: () => T): T | undefined => {
+    const r = tryDecode(fn, report);
+    if (r === undefined) unreadable.push(kv.key);
+    return r;
+  };
+
+  const nodes = new Map<string, NodeView>();
+  for (const kv of rangeKvs(small.results[0])) {
+    const n = decode(kv, () => {
+      // Liveness is the session: a record attached to none was not written by a node and proves nothing.
+      if (kv.sessionId === undefined) throw noSession(kv.key);
+      return decodeNode(keys, kv.key, kv.value);
+    });
+    if (n !== undefined) nodes.set(n.id, { ...n, sessionId: kv.sessionId, registeredRevision: kv.createRevision });
+  }
+  let coordinator: FleetView['coordinator'];
+  for (const kv of rangeKvs(small.results[1])) {
+    if (coordinator === undefined || kv.createRevision < coordinator.token) {
+      coordinator = { key: kv.key, token: kv.createRevision, value: kv.value };
+    }
+  }
+  const metaKv = getKv(small.results[2]);
+  const meta = metaKv === undefined ? undefined : decode(metaKv, () => decodeMeta(metaKv.key, metaKv.value));
+
+  const desired = new Map<string, { rec: DesiredRecord | undefined; kv: KeyValue }>();
+  for (const kv of desiredRead.kvs) {
+    desired.set(kv.key.slice(keys.desired.length), {
+      rec: decode(kv, () => decodeDesired(keys, kv.key, kv.value)),
+      kv,
+    });
+  }
+  const observed = new Map<string, { rec: ObservedRecord | undefined; kv: KeyValue }>();
+  for (const kv of observedRead.kvs) {
+    const rec = decode(kv, () => decodeObserved(keys, kv.key, kv.value));
+    observed.set(kv.key.slice(keys.observed.length), { rec, kv });
+  }
+  const groups = new Map<string, FleetGroupView>();
+  for (const kv of groupsRead.kvs) {
+    const g = decode(kv, () => decodeGroup(keys, kv.key, kv.value));
+    if (g === undefined) continue;
+    const d = desired.get(g.name);
+    const o = observed.get(g.name);
+    groups.set(g.name, {
+      ...g,
+      revision: kv.modRevision,
+      desired: d?.rec?.generation === g.generation ? d.rec : undefined,
+      desiredRevision: d?.kv.modRevision ?? 0,
+      observed: o?.rec?.generation === g.generation ? o.rec : undefined,
+      observedRevision: o?.rec?.generation === g.generation ? o.kv.modRevision : 0,
+    });
+  }
+  for (const [name, { rec, kv }] of [...desired, ...observed]) {
+    if (rec !== undefined && groups.get(name)?.generation !== rec.generation) stale.push(kv.key);
+  }
+  return {
+    nodes,
+    groups,
+    meta,
+    metaRevision: metaKv?.modRevision ?? 0,
+    coordinator,
+    unreadable,
+    stale,
+    revision: Math.max(small.revision, groupsRead.revision, desiredRead.revision, observedRead.revision),
+  };
+}
+
+// ---- nodes ------------------------------------------------------------------------
+
+function noSession(key: string): CorruptDataError {
+  return new CorruptDataError(
+    `${key} holds a node record attached to no session, which no node writes; nothing overwrites it: look at it, ` +
+      'then delete it',
+    { key, expected: 'a node record attached to the session of the node that registered it' },
+  );
+}
+
+export interface NodeRegistration {
+  readonly id: string;
+  readonly zone?: string | undefined;
+  readonly weight?: number | undefined;
+  readonly address: string;
+  readonly state?: 'active' | 'deactivating' | undefined;
+  readonly incarnation: string;
+}
+
+function checkNode(n: NodeRegistration): NodeRecord {
+  validateNodeId(n.id);
+  const zone = n.zone ?? '';
+  if (typeof zone !== 'string' || zone.length > MAX_ZONE_CHARS) {
+    throw new InvalidArgumentError(`node ${n.id}: zone must be a string of at most ${MAX_ZONE_CHARS} characters`);
+  }
+  const weight = n.weight ?? 1;
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) {
+    throw new InvalidArgumentError(`node ${n.id}: weight must be a positive number, got ${String(weight)}`);
+  }
+  if (typeof n.address !== 'string' || n.address.length === 0 || utf8Length(n.address) > MAX_ADDRESS_BYTES) {
+    throw new InvalidArgumentError(
+      `node ${n.id}: address must be a non-empty string of at most ${MAX_ADDRESS_BYTES} bytes (host:port)`,
+    );
+  }
+  const state = n.state ?? 'active';
+  if (state !== 'active' && state !== 'deactivating') {
+    throw new InvalidArgumentError(`node ${n.id}: state must be 'active' or 'deactivating'`);
+  }
+  if (typeof n.incarnation !== 'string' || n.incarnation.length === 0 || n.incarnation.length > 128) {
+    throw new InvalidArgumentError(`node ${n.id}: incarnation must be a string of 1-128 characters`);
+  }
+  return { id: n.id, zone, weight, address: n.address, state, incarnation: n.incarnation };
+}
+
+/**
+ * Register this node (or update its own record: `state: 'deactivating'` when it drains), attached to `session` so
+ * that it vanishes when the node dies. Refused with NodeIdInUseError while another live session holds the id, and
+ * with CorruptDataError for a record under the id that is attached to no session (not written by a node: never
+ * overwritten). Resolves to the key's create revision (new after each registration on a new session).
+ */
+export async function registerNode(
+  store: Store,
+  keys: FleetKeys,
+  session: Session,
+  registration: NodeRegistration,
+): Promise<number> {
+  const rec = checkNode(registration);
+  const key = keys.node(rec.id);
+  const value = encodeRecord(rec);
+  for (;;) {
+    const r = await store.txn({
+      compare: [{ key, target: 'exists', exists: false }],
+      then: [{ op: 'put', key, value, session }],
+      else: [{ op: 'get', key }],
+    });
+    if (r.succeeded) return r.revision;
+    const kv = getKv(r.results[0]);
+    if (kv === undefined) continue; // its session ended between the compare and the get
+    if (kv.sessionId === undefined) throw noSession(key);
+    if (kv.sessionId !== session.id) throw new NodeIdInUseError(rec.id, `fleet ${keys.fleet}`);
+    // Our own record: rewrite it as long as it is still the one we read (its session is ours, so its content is).
+    const u = await store.txn({
+      compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+      then: [{ op: 'put', key, value, session }],
+    });
+    if (u.succeeded) return kv.createRevision;
+  }
+}
+
+// ---- groups ------------------------------------------------------------------------
+
+export interface AddGroupOptions {
+  readonly replicas: number;
+  readonly machine: string;
+}
+
+function metaOf(kv: KeyValue | undefined): MetaRecord {
+  // Throws CorruptDataError naming the key: an add or remove never overwrites meta it cannot read.
+  return kv === undefined ? { lastGeneration: 0, groups: 0 } : decodeMeta(kv.key, kv.value);
+}
+
+/**
+ * Add a group under a generation never handed out before (the meta record's counter, updated in the same
+ * transaction). Refused with FleetGroupExistsError while a group of that name is live, LimitExceededError at
+ * MAX_FLEET_GROUPS, CorruptDataError when the group's key or the meta record is present but unreadable.
+ * After a request whose outcome is unknown (StoreUnavailableError), read the fleet before adding again: the add
+ * may have been applied, and a second one is refused as a duplicate.
+ */
+export async function addGroup(
+  store: Store,
+  keys: FleetKeys,
+  name: string,
+  options: AddGroupOptions,
+): Promise<GroupRecord> {
+  const key = keys.group(name);
+  const replicas = validateReplicas(options?.replicas);
+  const machine = validateMachineName(options?.machine);
+  for (;;) {
+    const r = await store.txn({
+      compare: [],
+      then: [
+        { op: 'get', key },
+        { op: 'get', key: keys.meta },
+      ],
+    });
+    const existing = getKv(r.results[0]);
+    if (existing !== undefined) {
+      const g = decodeGroup(keys, existing.key, existing.value);
+      throw new FleetGroupExistsError(name, keys.fleet, g.generation);
+    }
+    const metaKv = getKv(r.results[1]);
+    const meta = metaOf(metaKv);
+    if (meta.groups >= MAX_FLEET_GROUPS) {
+      throw new LimitExceededError(
+        'groups per fleet',
+        meta.groups + 1,
+        MAX_FLEET_GROUPS,
+        `fleet ${keys.fleet} has ${meta.groups} groups, the limit; ${name} was not added. Remove groups, or ` +
+          'start another fleet',
+      );
+    }
+    const group: GroupRecord = { name, replicas, machine, generation: meta.lastGeneration + 1 };
+    const w = await store.txn({
+      compare: [
+        { key, target: 'exists', exists: false },
+        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+      ],
+      then: [
+        { op: 'put', key, value: encodeRecord(group) },
+        {
+          op: 'put',
+          key: keys.meta,
+          value: encodeRecord({ ...meta, lastGeneration: group.generation, groups: meta.groups + 1 }),
+        },
+      ],
+    });
+    if (w.succeeded) return group;
+    // Another add or remove came first: read again (the name may be taken now).
+  }
+}
+
+/**
+ * Remove a live group: its record, desired placement and observed state go in one transaction (its members see it
+ * gone and stop; the generation is never handed out again). Refused with FleetGroupNotFoundError when there is no
+ * such group, CorruptDataError when its record or the meta record is unreadable. Resolves to the removed record.
+ */
+export async function removeGroup(store: Store, keys: FleetKeys, name: string): Promise<GroupRecord> {
+  const key = keys.group(name);
+  for (;;) {
+    const r = await store.txn({
+      compare: [],
+      then: [
+        { op: 'get', key },
+        { op: 'get', key: keys.meta },
+      ],
+    });
+    const kv = getKv(r.results[0]);
+    if (kv === undefined) throw new FleetGroupNotFoundError(name, keys.fleet);
+    const group = decodeGroup(keys, kv.key, kv.value);
+    const metaKv = getKv(r.results[1]);
+    const meta = metaOf(metaKv);
+    const w = await store.txn({
+      compare: [
+        { key, target: 'modRevision', op: '=', value: kv.modRevision },
+        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+      ],
+      then: [
+        { op: 'delete', key },
+        { op: 'delete', key: keys.desiredOf(name) },
+        { op: 'delete', key: keys.observedOf(name) },
+        { op: 'put', key: keys.meta, value: encodeRecord({ ...meta, groups: Math.max(0, meta.groups - 1) }) },
+      ],
+    });
+    if (w.succeeded) return group;
+  }
+}
+
+// ---- desired placement ----------------------------------------------------------------
+
+export interface DesiredEntry {
+  readonly name: string;
+  readonly members: readonly string[];
+  readonly leader: string;
+}
+
+export interface DesiredWriteResult {
+  /**
+   * `written`: every entry. `deposed`: the guard failed (this node no longer leads; stop). `stale`: the guard held
+   * but a group or desired record changed since `view` was read (read again and decide again). Entries of the
+   * batches before the failing one are written either way.
+   */
+  readonly outcome: 'written' | 'deposed' | 'stale';
+  readonly written: number;
+}
+
+/**
+ * Write desired placements decided from `view`, under the coordinator's election guard, in batches that fit one
+ * transaction. Each entry's transaction also compares its group's record (still the generation decided for) and its
+ * desired key (still the revision read: junk that landed since is not overwritten unread). An entry whose desired
+ * key was unreadable in `view` is refused before anything is written (CorruptDataError naming it): leave such
+ * groups out until the key is repaired. `mutants` is for the simulator only.
+ */
+export async function writeDesired(
+  store: Store,
+  keys: FleetKeys,
+  guard: Compare,
+  view: FleetView,
+  entries: readonly DesiredEntry[],
+  mutants: Mutants = NO_MUTANTS,
+): Promise<DesiredWriteResult> {
+  if (guard.target !== 'createRevision') {
+    throw new InvalidArgumentError('writeDesired: guard must be a Leadership.guard (a createRevision compare)');
+  }
+  const unreadable = new Set(view.unreadable);
+  const perEntry: { compare: Compare[]; op: Op }[] = [];
+  for (const e of entries) {
+    const group = view.groups.get(e.name);
+    if (group === undefined) {
+      throw new InvalidArgumentError(`writeDesired: group ${JSON.stringify(e.name)} is not a live group of the view`);
+    }
+    const key = keys.desiredOf(e.name);
+    if (unreadable.has(key)) {
+      throw new CorruptDataError(
+        `${key} could not be read, so its desired placement is not overwritten; look at it, then delete it`,
+        { key },
+      );
+    }
+    if (e.members.length === 0 || !e.members.includes(e.leader) || new Set(e.members).size !== e.members.length) {
+      throw new InvalidArgumentError(
+        `writeDesired: group ${e.name} needs distinct, non-empty members that include the leader ${e.leader}`,
+      );
+    }
+    const members = [e.leader, ...e.members.filter((m) => m !== e.leader)];
+    const rec: DesiredRecord = {
+      name: e.name,
+      generation: group.generation,
+      members,
+      leader: e.leader,
+      token: guard.value,
+    };
+    perEntry.push({
+      compare: [
+        { key: keys.group(e.name), target: 'modRevision', op: '=', value: group.revision },
+        { key, target: 'modRevision', op: '=', value: group.desiredRevision },
+      ],
+      op: { op: 'put', key, value: encodeRecord(rec) },
+    });
+  }
+  // A guard compare and an else-get per transaction, then three (two compares and a put) per entry.
+  const perBatch = Math.max(1, Math.floor((store.limits.maxTxnOps - 2) / 3));
+  const unguarded = mutants.has('unguarded-coordinator');
+  let written = 0;
+  for (let i = 0; i < perEntry.length; i += perBatch) {
+    const batch = perEntry.slice(i, i + perBatch);
+    const r = await store.txn({
+      compare: [...(unguarded ? [] : [guard]), ...batch.flatMap((b) => b.compare)],
+      then: batch.map((b) => b.op),
+      else: [{ op: 'get', key: guard.key }],
+    });
+    if (!r.succeeded) {
+      const leader = getKv(r.results[0]);
+      const holds = leader !== undefined && leader.createRevision === guard.value;
+      return { outcome: holds ? 'stale' : 'deposed', written };
+    }
+    written += batch.length;
+  }
+  return { outcome: 'written', written };
+}
+
+// ---- observed state ------------------------------------------------------------------
+
+/**
+ * Report a group's observed state (called by its leader). Written only while the group is live with the record's
+ * generation, and not over a report of the same generation with a higher term (a deposed leader's late report).
+ * Resolves `written`, `stale` (a newer term is there) or `gone` (the group was removed or re-added). A report that
+ * is present but unreadable is not overwritten: CorruptDataError naming it.
+ */
+export async function reportObserved(
+  store: Store,
+  keys: FleetKeys,
+  record: ObservedRecord,
+): Promise<'written' | 'stale' | 'gone'> {
+  const groupKey = keys.group(record.name);
+  const key = keys.observedOf(record.name);
+  const value = encodeRecord(record);
+  try {
+    // The reader's checks, on the way in: a report nobody could read back is the caller's bug.
+    decodeObserved(keys, key, value);
+  } catch (cause) {
+    throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message.replace(REPAIR_ADVICE, '')}`, { cause });
+  }
+  for (;;) {
+    const r = await store.txn({
+      compare: [],
+      then: [
+        { op: 'get', key: groupKey },
+        { op: 'get', key },
+      ],
+    });
+    const gkv = getKv(r.results[0]);
+    if (gkv === undefined) return 'gone';
+    const group = decodeGroup(keys, gkv.key, gkv.value);
+    if (group.generation !== record.generation) return 'gone';
+    const okv = getKv(r.results[1]);
+    if (okv !== undefined) {
+      const prev = decodeObserved(keys, okv.key, okv.value);
+      if (prev.generation === record.generation && prev.term > record.term) return 'stale';
+    }
+    const w = await store.txn({
+      compare: [
+        { key: groupKey, target: 'modRevision', op: '=', value: gkv.modRevision },
+        { key, target: 'modRevision', op: '=', value: okv?.modRevision ?? 0 },
+      ],
+      then: [{ op: 'put', key, value }],
+    });
+    if (w.succeeded) return 'written';
+  }
+}
+
+// ---- leaving and placing ---------------------------------------------------------------
+
+/**
+ * Delete this node's record without ending its session (it has drained and leaves the fleet), only if it is still
+ * the registration made at `registeredRevision` (registerNode's result): never a later process's record under the
+ * same id. Resolves whether it deleted it.
+ */
+export async function deregisterNode(
+  store: Store,
+  keys: FleetKeys,
+  nodeId: string,
+  registeredRevision: number,
+): Promise<boolean> {
+  const key = keys.node(nodeId);
+  const r = await store.txn({
+    compare: [{ key, target: 'createRevision', op: '=', value: registeredRevision }],
+    then: [{ op: 'delete', key }],
+  });
+  return r.succeeded;
+}
+
+/**
+ * The placement input of `view` (src/placement/fleet.ts): the active nodes (a deactivating node holds no desired
+ * member, so its replicas move elsewhere before it leaves), every live group, and the desired placements in force as
+ * `previous` (so desired leaders stay where balance allows).
+ */
+export function placementInputOf(view: FleetView): FleetPlacementInput {
+  const nodes = [...view.nodes.values()]
+    .filter((n) => n.state === 'active')
+    .map((n) => ({ id: n.id, zone: n.zone, weight: n.weight }));
+  const groups = [...view.groups.values()].map((g) => ({ name: g.name, replicas: g.replicas }));
+  const previous: GroupPlacement[] = [];
+  for (const g of view.groups.values()) {
+    if (g.desired !== undefined) {
+      previous.push({ name: g.name, replicas: g.replicas, members: g.desired.members, leader: g.desired.leader });
+    }
+  }
+  return { nodes, groups, previous: { nodes: [], groups: previous } };
+}

@@ -1,0 +1,329 @@
+/**
+ * Key layout and record codecs of the fleet's control plane (docs/fleet.md, "Control-plane records"). Everything
+ * read from the store is untrusted: decoders return a typed record or throw CorruptDataError naming the key, and
+ * a record must describe the key it is stored under (a node record under another node's key is refused too).
+ *
+ * Layout, under `f/<fleet>/`:
+ *   nodes/<nodeId>     node record, attached to the node's session (vanishes when the node dies)
+ *   meta               the fleet's counters: the last group generation handed out and the number of groups
+ *   groups/<name>      group record: replicas, state machine name, generation
+ *   desired/<name>     desired members and leader, written by the coordinator under its election guard
+ *   observed/<name>    what the group's leader reports: membership, leader, term, lag, stuck
+ *   coord/             the coordinator election (src/store/election.ts)
+ */
+import { intField, parseRecord, strField } from '../records.js';
+import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
+import { MAX_REPLICAS } from '../../placement/slots.js';
+import { isWellFormed, utf8Length } from '../../store/validate.js';
+import { validateName, validateNodeId } from '../names.js';
+
+export { validateNodeId };
+
+export const FLEET_PROTOCOL_VERSION = 1;
+/**
+ * Groups one fleet may hold. The coordinator reads every group record and places them all in one pass; the
+ * placement of 10 000 groups takes milliseconds, and 100 000 keeps a full read of the fleet's records in the tens of
+ * megabytes. Above it, run several fleets.
+ */
+export const MAX_FLEET_GROUPS = 100_000;
+/**
+ * Group names share the Raft group name alphabet ([A-Za-z0-9._:/-]); the Raft group id is `<name>:<generation>`
+ * and Raft allows 100 characters, so a name keeps 20 for the generation (a safe integer has at most 16 digits).
+ */
+export const MAX_FLEET_GROUP_NAME_CHARS = 80;
+const GROUP_NAME_RE = /^[A-Za-z0-9._:/-]+$/;
+/** State machine names are routing metadata (a key of the node's `machines` map), not a payload. */
+export const MAX_MACHINE_NAME_CHARS = 100;
+/** Node addresses are metadata for routing (host:port, URL), not a payload. */
+export const MAX_ADDRESS_BYTES = 512;
+export const MAX_ZONE_CHARS = 64;
+
+export function validateFleetName(name: string): string {
+  return validateName(name, 'fleet name');
+}
+
+/** A fleet group name: 1–80 characters of A-Z a-z 0-9 . _ : / - (it becomes part of a Raft group id). */
+export function validateFleetGroupName(name: unknown): string {
+  if (typeof name !== 'string' || name.length === 0 || name.length > MAX_FLEET_GROUP_NAME_CHARS) {
+    throw new InvalidArgumentError(
+      `fleet group name ${JSON.stringify(name)} is invalid: use 1-${MAX_FLEET_GROUP_NAME_CHARS} characters of ` +
+        'A-Z a-z 0-9 . _ : / -',
+    );
+  }
+  if (!GROUP_NAME_RE.test(name)) {
+    throw new InvalidArgumentError(
+      `fleet group name ${JSON.stringify(name)} is invalid: use only the characters A-Z a-z 0-9 . _ : / -`,
+    );
+  }
+  return name;
+}
+
+export function validateReplicas(replicas: unknown): number {
+  if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new InvalidArgumentError(
+      `replicas must be an integer from 1 to ${MAX_REPLICAS}, got ${String(replicas)}; 3 or 5 is usual for Raft`,
+    );
+  }
+  return replicas;
+}
+
+export function validateMachineName(machine: unknown): string {
+  if (
+    typeof machine !== 'string' ||
+    machine.length === 0 ||
+    machine.length > MAX_MACHINE_NAME_CHARS ||
+    // eslint-disable-next-line no-control-regex
+    /[\u0000-\u001f\u007f]/.test(machine) ||
+    !isWellFormed(machine)
+  ) {
+    throw new InvalidArgumentError(
+      `state machine name ${JSON.stringify(machine)} is invalid: use 1-${MAX_MACHINE_NAME_CHARS} printable ` +
+        "characters, the key of the nodes' `machines` option",
+    );
+  }
+  return machine;
+}
+
+/**
+ * The Raft group id the members of one generation of a group use. A removed group's name added again gets a new
+ * generation, so a replica of the old group (on a node that was down through the removal) can never join the new one.
+ */
+export function raftGroupId(name: string, generation: number): string {
+  validateFleetGroupName(name);
+  if (!Number.isSafeInteger(generation) || generation < 1) {
+    throw new InvalidArgumentError(`a fleet group generation is an integer >= 1, got ${String(generation)}`);
+  }
+  return `${name}:${generation}`;
+}
+
+/** The inverse of raftGroupId; undefined for an id that is not one (the generation is after the last `:`). */
+export function parseRaftGroupId(id: string): { name: string; generation: number } | undefined {
+  const colon = id.lastIndexOf(':');
+  if (colon <= 0) return undefined;
+  const gen = id.slice(colon + 1);
+  if (!/^[1-9][0-9]{0,15}$/.test(gen)) return undefined;
+  const generation = Number(gen);
+  if (!Number.isSafeInteger(generation)) return undefined;
+  return { name: id.slice(0, colon), generation };
+}
+
+/** The keys of one fleet. */
+export class FleetKeys {
+  readonly fleet: string;
+  readonly root: string;
+  readonly nodes: string;
+  readonly meta: string;
+  readonly groups: string;
+  readonly desired: string;
+  readonly observed: string;
+  readonly coordinator: string;
+
+  constructor(fleet: string) {
+    this.fleet = validateFleetName(fleet);
+    this.root = `f/${fleet}/`;
+    this.nodes = `${this.root}nodes/`;
+    this.meta = `${this.root}meta`;
+    this.groups = `${this.root}groups/`;
+    this.desired = `${this.root}desired/`;
+    this.observed = `${this.root}observed/`;
+    this.coordinator = `${this.root}coord/`;
+  }
+
+  node(id: string): string {
+    return this.nodes + validateNodeId(id);
+  }
+  group(name: string): string {
+    return this.groups + validateFleetGroupName(name);
+  }
+  desiredOf(name: string): string {
+    return this.desired + validateFleetGroupName(name);
+  }
+  observedOf(name: string): string {
+    return this.observed + validateFleetGroupName(name);
+  }
+}
+
+// ---- records ------------------------------------------------------------------
+
+export type NodeState = 'active' | 'deactivating';
+
+export interface NodeRecord {
+  readonly id: string;
+  readonly zone: string;
+  readonly weight: number;
+  /** Where the node's Raft transport listens (host:port or URL). */
+  readonly address: string;
+  readonly state: NodeState;
+  /**
+   * Chosen by the node process when it starts (for example its Raft data directory's incarnation), so that a
+   * restarted node is told from its previous life even when it reuses its id.
+   */
+  readonly incarnation: string;
+}
+
+export interface MetaRecord {
+  /** The last generation handed out; never decreases, so a generation is never reused. */
+  readonly lastGeneration: number;
+  /** Live group records (kept in step with `groups/` by every add and remove). */
+  readonly groups: number;
+}
+
+export interface GroupRecord {
+  readonly name: string;
+  readonly replicas: number;
+  /** The state machine's name: a key of every node's `machines`. */
+  readonly machine: string;
+  readonly generation: number;
+}
+
+export interface DesiredRecord {
+  readonly name: string;
+  /** The generation of the group it was placed for: a record of an older generation is stale. */
+  readonly generation: number;
+  /** Desired members, the desired leader first. */
+  readonly members: readonly string[];
+  readonly leader: string;
+  /** The coordinator's fencing token when it wrote this. */
+  readonly token: number;
+}
+
+export interface ObservedRecord {
+  readonly name: string;
+  readonly generation: number;
+  /** The node that reported it: the group's leader. */
+  readonly reporter: string;
+  readonly term: number;
+  readonly leader: string;
+  readonly voters: readonly string[];
+  readonly learners: readonly string[];
+  /** Entries each other member is behind the leader (members the leader has no progress of are left out). */
+  readonly lag: Readonly<Record<string, number>>;
+  /** The planner's verdict: `stuck` when a majority of the voters is lost (nothing is tried then). */
+  readonly status: 'converged' | 'moving' | 'stuck';
+  /** Human-readable: why it waits or is stuck. */
+  readonly detail: string;
+}
+
+export function encodeRecord(record: object): string {
+  return JSON.stringify({ v: FLEET_PROTOCOL_VERSION, ...record });
+}
+
+function parse(key: string, value: string): Record<string, unknown> {
+  return parseRecord(key, value, FLEET_PROTOCOL_VERSION, 'fleet control plane');
+}
+
+/** The repair advice every decoder's message ends with (writers that check their own input strip it). */
+export const REPAIR_ADVICE = '; nothing overwrites it: look at it, then delete it if it is junk';
+
+function corrupt(key: string, what: string): CorruptDataError {
+  return new CorruptDataError(`${key}: ${what}${REPAIR_ADVICE}`, {
+    key,
+    expected: `a fleet control-plane record (docs/fleet.md, "Control-plane records")`,
+  });
+}
+
+/** The name after `prefix` in `key`, checked to be the one the record names. */
+function expectName(key: string, prefix: string, named: string, what: string): void {
+  if (key.slice(prefix.length) !== named) throw corrupt(key, `the record names ${what} ${JSON.stringify(named)}`);
+}
+
+function nodeList(key: string, rec: Record<string, unknown>, field: string): string[] {
+  const v = rec[field];
+  if (!Array.isArray(v) || !v.every((n) => typeof n === 'string' && n.length > 0)) {
+    throw corrupt(key, `field ${field} must be an array of node ids`);
+  }
+  const list = v as string[];
+  if (new Set(list).size !== list.length) throw corrupt(key, `field ${field} lists a node twice`);
+  return list;
+}
+
+export function decodeNode(keys: FleetKeys, key: string, value: string): NodeRecord {
+  const rec = parse(key, value);
+  const id = strField(key, rec, 'id');
+  expectName(key, keys.nodes, id, 'node');
+  const weight = rec['weight'];
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) {
+    throw corrupt(key, 'weight must be a positive number');
+  }
+  const state = rec['state'];
+  if (state !== 'active' && state !== 'deactivating') throw corrupt(key, `unknown state ${JSON.stringify(state)}`);
+  const address = strField(key, rec, 'address');
+  if (utf8Length(address) > MAX_ADDRESS_BYTES) throw corrupt(key, 'address is too long');
+  return {
+    id,
+    zone: strField(key, rec, 'zone'),
+    weight,
+    address,
+    state,
+    incarnation: strField(key, rec, 'incarnation'),
+  };
+}
+
+export function decodeMeta(key: string, value: string): MetaRecord {
+  const rec = parse(key, value);
+  const lastGeneration = intField(key, rec, 'lastGeneration');
+  const groups = intField(key, rec, 'groups');
+  if (groups > MAX_FLEET_GROUPS) throw corrupt(key, `groups ${groups} is above the limit of ${MAX_FLEET_GROUPS}`);
+  return { lastGeneration, groups };
+}
+
+export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {
+  const rec = parse(key, value);
+  const name = strField(key, rec, 'name');
+  expectName(key, keys.groups, name, 'group');
+  const replicas = rec['replicas'];
+  if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
+  }
+  return { name, replicas, machine: strField(key, rec, 'machine'), generation: intField(key, rec, 'generation', 1) };
+}
+
+export function decodeDesired(keys: FleetKeys, key: string, value: string): DesiredRecord {
+  const rec = parse(key, value);
+  const name = strField(key, rec, 'name');
+  expectName(key, keys.desired, name, 'group');
+  const members = nodeList(key, rec, 'members');
+  const leader = strField(key, rec, 'leader');
+  if (members.length === 0 || !members.includes(leader)) {
+    throw corrupt(key, 'the desired leader must be one of the (non-empty) desired members');
+  }
+  return {
+    name,
+    generation: intField(key, rec, 'generation', 1),
+    members,
+    leader,
+    token: intField(key, rec, 'token'),
+  };
+}
+
+export function decodeObserved(keys: FleetKeys, key: string, value: string): ObservedRecord {
+  const rec = parse(key, value);
+  const name = strField(key, rec, 'name');
+  expectName(key, keys.observed, name, 'group');
+  const status = rec['status'];
+  if (status !== 'converged' && status !== 'moving' && status !== 'stuck') {
+    throw corrupt(key, `unknown status ${JSON.stringify(status)}`);
+  }
+  const lagRaw = rec['lag'];
+  if (lagRaw === null || typeof lagRaw !== 'object' || Array.isArray(lagRaw))
+    throw corrupt(key, 'lag must be an object');
+  const lag: Record<string, number> = {};
+  for (const [node, n] of Object.entries(lagRaw as Record<string, unknown>)) {
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+      throw corrupt(key, `lag of ${JSON.stringify(node)} must be an integer >= 0`);
+    }
+    lag[node] = n;
+  }
+  return {
+    name,
+    generation: intField(key, rec, 'generation', 1),
+    reporter: strField(key, rec, 'reporter'),
+    term: intField(key, rec, 'term'),
+    leader: strField(key, rec, 'leader'),
+    voters: nodeList(key, rec, 'voters'),
+    learners: nodeList(key, rec, 'learners'),
+    lag,
+    status,
+    detail: strField(key, rec, 'detail'),
+  };
+}

@@ -1,0 +1,415 @@
+/**
+ * The fleet's control-plane records on the store contract (src/protocol/fleet/keys.ts, io.ts), on the memory and
+ * SQLite backends: round trips, corrupt records refused and never overwritten, the coordinator's guard, generations
+ * never reused, node records tied to their sessions.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createMemoryStore } from '../../src/backends/memory/index.js';
+import { createSqliteStore } from '../../src/backends/sqlite/index.js';
+import {
+  CorruptDataError,
+  FleetGroupExistsError,
+  FleetGroupNotFoundError,
+  InvalidArgumentError,
+  LimitExceededError,
+  NodeIdInUseError,
+} from '../../src/errors.js';
+import {
+  addGroup,
+  deregisterNode,
+  fleetElection,
+  placementInputOf,
+  readFleetView,
+  registerNode,
+  removeGroup,
+  reportObserved,
+  writeDesired,
+  type FleetView,
+} from '../../src/protocol/fleet/io.js';
+import {
+  encodeRecord,
+  FleetKeys,
+  MAX_FLEET_GROUPS,
+  parseRaftGroupId,
+  raftGroupId,
+  validateFleetGroupName,
+  type ObservedRecord,
+} from '../../src/protocol/fleet/keys.js';
+import type { Store } from '../../src/store/contract.js';
+import { placeGroups } from '../../src/placement/fleet.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rb-fleet-io-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let dbs = 0;
+
+const backends: [string, () => Promise<Store>][] = [
+  ['memory', () => Promise.resolve(createMemoryStore())],
+  ['sqlite', () => createSqliteStore({ path: join(dir, `fleet-${++dbs}.db`) })],
+];
+
+const TTL = { ttlMs: 5000 };
+
+function collect(): { errors: CorruptDataError[]; report: (e: CorruptDataError) => void } {
+  const errors: CorruptDataError[] = [];
+  return { errors, report: (e) => errors.push(e) };
+}
+
+async function view(store: Store, keys: FleetKeys): Promise<FleetView & { errors: CorruptDataError[] }> {
+  const c = collect();
+  const v = await readFleetView(store, keys, c.report);
+  return { ...v, errors: c.errors };
+}
+
+function observed(name: string, generation: number, term: number): ObservedRecord {
+  return {
+    name,
+    generation,
+    reporter: 'n1',
+    term,
+    leader: 'n1',
+    voters: ['n1', 'n2', 'n3'],
+    learners: [],
+    lag: { n2: 0, n3: 4 },
+    status: 'moving',
+    detail: 'catching up',
+  };
+}
+
+describe('fleet names and raft group ids', () => {
+  it('validates group names and round-trips raft group ids', () => {
+    expect(validateFleetGroupName('orders/eu:1.a_b-c')).toBe('orders/eu:1.a_b-c');
+    for (const bad of ['', 'a b', 'a#1', 'x'.repeat(81), 7]) {
+      expect(() => validateFleetGroupName(bad)).toThrow(InvalidArgumentError);
+    }
+    const id = raftGroupId('orders:2', 17);
+    expect(id).toBe('orders:2:17');
+    expect(parseRaftGroupId(id)).toEqual({ name: 'orders:2', generation: 17 });
+    expect(parseRaftGroupId('orders')).toBeUndefined();
+    expect(parseRaftGroupId('orders:0')).toBeUndefined();
+    expect(() => raftGroupId('orders', 0)).toThrow(InvalidArgumentError);
+    // Every id a valid name makes is a valid Raft group name (1–100 of [A-Za-z0-9._:/-]).
+    expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER)).toMatch(/^[A-Za-z0-9._:/-]{1,100}$/);
+  });
+});
+
+describe.each(backends)('fleet control plane on %s', (_name, open) => {
+  it('round-trips nodes, groups, desired placement and observed state', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f1');
+      const s1 = await store.openSession(TTL);
+      const s2 = await store.openSession(TTL);
+      await registerNode(store, keys, s1, {
+        id: 'n1',
+        zone: 'a',
+        weight: 2,
+        address: '127.0.0.1:7001',
+        incarnation: 'i1',
+      });
+      await registerNode(store, keys, s2, { id: 'n2', zone: 'b', address: '127.0.0.1:7002', incarnation: 'i2' });
+      const g1 = await addGroup(store, keys, 'orders', { replicas: 3, machine: 'kv' });
+      const g2 = await addGroup(store, keys, 'users/eu', { replicas: 5, machine: 'counter' });
+      expect(g2.generation).toBeGreaterThan(g1.generation);
+
+      const lead = await fleetElection(store, keys).campaign(s1, 'n1');
+      let v = await view(store, keys);
+      expect(v.coordinator?.token).toBe(lead.token);
+      const w = await writeDesired(store, keys, lead.guard, v, [
+        { name: 'orders', members: ['n2', 'n1'], leader: 'n1' },
+        { name: 'users/eu', members: ['n2'], leader: 'n2' },
+      ]);
+      expect(w).toEqual({ outcome: 'written', written: 2 });
+      expect(await reportObserved(store, keys, observed('orders', g1.generation, 3))).toBe('written');
+
+      v = await view(store, keys);
+      expect(v.errors).toEqual([]);
+      expect(v.unreadable).toEqual([]);
+      expect(v.stale).toEqual([]);
+      expect(v.meta).toEqual({ lastGeneration: g2.generation, groups: 2 });
+      expect(v.nodes.get('n1')).toMatchObject({
+        id: 'n1',
+        zone: 'a',
+        weight: 2,
+        address: '127.0.0.1:7001',
+        state: 'active',
+        incarnation: 'i1',
+        sessionId: s1.id,
+      });
+      expect(v.nodes.get('n2')).toMatchObject({ zone: 'b', weight: 1 });
+      const orders = v.groups.get('orders')!;
+      expect(orders).toMatchObject({ name: 'orders', replicas: 3, machine: 'kv', generation: g1.generation });
+      expect(orders.desired).toEqual({
+        name: 'orders',
+        generation: g1.generation,
+        members: ['n1', 'n2'],
+        leader: 'n1',
+        token: lead.token,
+      });
+      expect(orders.observed).toEqual(observed('orders', g1.generation, 3));
+      expect(orders.observedRevision).toBeGreaterThan(0);
+      expect(v.groups.get('users/eu')!.desired?.members).toEqual(['n2']);
+      expect(v.groups.get('users/eu')!.observed).toBeUndefined();
+
+      // A late report from an older term does not replace a newer one; a newer term does.
+      expect(await reportObserved(store, keys, observed('orders', g1.generation, 2))).toBe('stale');
+      expect(await reportObserved(store, keys, observed('orders', g1.generation, 4))).toBe('written');
+      expect((await view(store, keys)).groups.get('orders')!.observed?.term).toBe(4);
+      // Bad input is refused before anything is written.
+      await expect(
+        reportObserved(store, keys, { ...observed('orders', g1.generation, 5), status: 'odd' as 'stuck' }),
+      ).rejects.toThrow(InvalidArgumentError);
+      await expect(
+        writeDesired(store, keys, lead.guard, v, [{ name: 'orders', members: ['n2'], leader: 'n1' }]),
+      ).rejects.toThrow(InvalidArgumentError);
+      await expect(
+        writeDesired(store, keys, lead.guard, v, [{ name: 'nope', members: ['n2'], leader: 'n2' }]),
+      ).rejects.toThrow(InvalidArgumentError);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses a duplicate live group; a removed name added again gets a new generation', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f2');
+      const s = await store.openSession(TTL);
+      const first = await addGroup(store, keys, 'orders', { replicas: 3, machine: 'kv' });
+      await expect(addGroup(store, keys, 'orders', { replicas: 3, machine: 'kv' })).rejects.toThrow(
+        FleetGroupExistsError,
+      );
+      await expect(addGroup(store, keys, 'other', { replicas: 0, machine: 'kv' })).rejects.toThrow(
+        InvalidArgumentError,
+      );
+      const lead = await fleetElection(store, keys).campaign(s, 'n1');
+      const before = await view(store, keys);
+      await writeDesired(store, keys, lead.guard, before, [{ name: 'orders', members: ['n1'], leader: 'n1' }]);
+      await reportObserved(store, keys, observed('orders', first.generation, 1));
+
+      expect(await removeGroup(store, keys, 'orders')).toEqual(first);
+      await expect(removeGroup(store, keys, 'orders')).rejects.toThrow(FleetGroupNotFoundError);
+      const again = await addGroup(store, keys, 'orders', { replicas: 5, machine: 'kv2' });
+      expect(again.generation).toBeGreaterThan(first.generation);
+      expect(raftGroupId('orders', again.generation)).not.toBe(raftGroupId('orders', first.generation));
+
+      const v = await view(store, keys);
+      const g = v.groups.get('orders')!;
+      expect(g).toMatchObject({ generation: again.generation, replicas: 5, machine: 'kv2' });
+      // The old generation's desired placement and observed state went with it, and cannot come back.
+      expect(g.desired).toBeUndefined();
+      expect(g.observed).toBeUndefined();
+      expect(await reportObserved(store, keys, observed('orders', first.generation, 9))).toBe('gone');
+      expect(
+        (await writeDesired(store, keys, lead.guard, before, [{ name: 'orders', members: ['n1'], leader: 'n1' }]))
+          .outcome,
+      ).toBe('stale');
+      expect((await view(store, keys)).groups.get('orders')!.desired).toBeUndefined();
+      expect(v.meta).toEqual({ lastGeneration: again.generation, groups: 1 });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses guarded writes from a stale coordinator (and the unguarded mutant does not)', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f3');
+      await addGroup(store, keys, 'g', { replicas: 1, machine: 'kv' });
+      const sa = await store.openSession(TTL);
+      const sb = await store.openSession(TTL);
+      const election = fleetElection(store, keys);
+      const a = await election.campaign(sa, 'a');
+      const v = await view(store, keys);
+      await sa.close();
+      const b = await election.campaign(sb, 'b');
+      expect(b.token).toBeGreaterThan(a.token);
+
+      const entry = [{ name: 'g', members: ['n1'], leader: 'n1' }];
+      expect(await writeDesired(store, keys, a.guard, v, entry)).toEqual({ outcome: 'deposed', written: 0 });
+      expect((await view(store, keys)).groups.get('g')!.desired).toBeUndefined();
+      // The mutant the simulator must catch: without the guard, the stale coordinator's write lands.
+      const mutant = await writeDesired(store, keys, a.guard, v, entry, new Set(['unguarded-coordinator']));
+      expect(mutant.outcome).toBe('written');
+      expect((await view(store, keys)).groups.get('g')!.desired?.token).toBe(a.token);
+
+      const v2 = await view(store, keys);
+      expect(await writeDesired(store, keys, b.guard, v2, [{ name: 'g', members: ['n2'], leader: 'n2' }])).toEqual({
+        outcome: 'written',
+        written: 1,
+      });
+      expect((await view(store, keys)).groups.get('g')!.desired).toMatchObject({ members: ['n2'], token: b.token });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('writes many desired placements in batches that fit a transaction', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f4');
+      const names = Array.from({ length: 150 }, (_, i) => `g${i}`);
+      for (const n of names) await addGroup(store, keys, n, { replicas: 3, machine: 'kv' });
+      const s = await store.openSession(TTL);
+      const lead = await fleetElection(store, keys).campaign(s, 'c');
+      const v = await view(store, keys);
+      const entries = names.map((name, i) => ({ name, members: ['a', 'b', 'c'], leader: ['a', 'b', 'c'][i % 3]! }));
+      expect(await writeDesired(store, keys, lead.guard, v, entries)).toEqual({ outcome: 'written', written: 150 });
+      const after = await view(store, keys);
+      expect([...after.groups.values()].filter((g) => g.desired !== undefined)).toHaveLength(150);
+      expect(after.groups.get('g4')!.desired?.members[0]).toBe('b');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('reports corrupt records by key and never overwrites them', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f5');
+      const s = await store.openSession(TTL);
+      await addGroup(store, keys, 'ok', { replicas: 3, machine: 'kv' });
+      await addGroup(store, keys, 'd', { replicas: 3, machine: 'kv' });
+      await addGroup(store, keys, 'o', { replicas: 3, machine: 'kv' });
+      const junk: [string, string][] = [
+        [keys.group('bad'), 'not json'],
+        [keys.desiredOf('d'), encodeRecord({ name: 'd', generation: 2, members: ['x'], leader: 'y', token: 1 })],
+        [keys.observedOf('o'), '{"v":1}'],
+        [
+          keys.node('ghost'),
+          encodeRecord({ id: 'other', zone: '', weight: 1, address: 'h:1', state: 'active', incarnation: 'i' }),
+        ],
+        // Well-formed, but attached to no session: no node wrote it, so it proves no node is alive.
+        [
+          keys.node('nosession'),
+          encodeRecord({ id: 'nosession', zone: '', weight: 1, address: 'h:1', state: 'active', incarnation: 'i' }),
+        ],
+      ];
+      for (const [key, value] of junk) await store.txn({ compare: [], then: [{ op: 'put', key, value }] });
+      const lead = await fleetElection(store, keys).campaign(s, 'c');
+      const v = await view(store, keys);
+      expect(new Set(v.errors.map((e) => e.key))).toEqual(new Set(junk.map(([k]) => k)));
+      expect(new Set(v.unreadable)).toEqual(new Set(junk.map(([k]) => k)));
+      expect(v.errors.every((e) => e instanceof CorruptDataError && e.message.includes(e.key!))).toBe(true);
+      expect([...v.groups.keys()].sort()).toEqual(['d', 'o', 'ok']);
+      expect(v.nodes.size).toBe(0);
+
+      await expect(addGroup(store, keys, 'bad', { replicas: 3, machine: 'kv' })).rejects.toThrow(CorruptDataError);
+      await expect(removeGroup(store, keys, 'bad')).rejects.toThrow(CorruptDataError);
+      await expect(
+        writeDesired(store, keys, lead.guard, v, [
+          { name: 'ok', members: ['n1'], leader: 'n1' },
+          { name: 'd', members: ['n1'], leader: 'n1' },
+        ]),
+      ).rejects.toThrow(CorruptDataError);
+      await expect(reportObserved(store, keys, observed('o', v.groups.get('o')!.generation, 1))).rejects.toThrow(
+        CorruptDataError,
+      );
+      await expect(registerNode(store, keys, s, { id: 'ghost', address: 'h:2', incarnation: 'i' })).rejects.toThrow(
+        CorruptDataError,
+      );
+      for (const [key, value] of junk) expect((await store.get(key))?.value).toBe(value);
+      // Nothing of a refused batch was written either.
+      expect((await view(store, keys)).groups.get('ok')!.desired).toBeUndefined();
+
+      // Junk landing between the read and the write is not overwritten unread.
+      const fresh = await view(store, keys);
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.desiredOf('ok'), value: '[]' }] });
+      const w = await writeDesired(store, keys, lead.guard, fresh, [{ name: 'ok', members: ['n1'], leader: 'n1' }]);
+      expect(w.outcome).toBe('stale');
+      expect((await store.get(keys.desiredOf('ok')))?.value).toBe('[]');
+
+      // An unreadable meta record stops adds and removes (it holds the generation counter).
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.meta, value: '{"v":1,"lastGeneration":-1}' }] });
+      await expect(addGroup(store, keys, 'new', { replicas: 3, machine: 'kv' })).rejects.toThrow(CorruptDataError);
+      await expect(removeGroup(store, keys, 'ok')).rejects.toThrow(CorruptDataError);
+      expect((await view(store, keys)).unreadable).toContain(keys.meta);
+      expect((await store.get(keys.meta))?.value).toBe('{"v":1,"lastGeneration":-1}');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('caps the groups of a fleet', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f6');
+      const full = encodeRecord({ lastGeneration: 7, groups: MAX_FLEET_GROUPS });
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.meta, value: full }] });
+      await expect(addGroup(store, keys, 'one-more', { replicas: 3, machine: 'kv' })).rejects.toThrow(
+        LimitExceededError,
+      );
+      expect(await store.get(keys.group('one-more'))).toBeUndefined();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('ties node records to their sessions: one live process per id, gone when it dies', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f7');
+      const s1 = await store.openSession(TTL);
+      const s2 = await store.openSession(TTL);
+      const node = { id: 'n1', zone: 'a', address: '127.0.0.1:7001', incarnation: 'first' };
+      const rev1 = await registerNode(store, keys, s1, node);
+      await expect(registerNode(store, keys, s2, { ...node, incarnation: 'second' })).rejects.toThrow(NodeIdInUseError);
+      // The node updates its own record (draining), same registration.
+      expect(await registerNode(store, keys, s1, { ...node, state: 'deactivating' })).toBe(rev1);
+      expect((await view(store, keys)).nodes.get('n1')).toMatchObject({
+        state: 'deactivating',
+        registeredRevision: rev1,
+      });
+
+      await s1.close(); // the node dies: its session ends and its record goes with it
+      expect((await view(store, keys)).nodes.has('n1')).toBe(false);
+      const rev2 = await registerNode(store, keys, s2, { ...node, incarnation: 'second' });
+      expect(rev2).toBeGreaterThan(rev1);
+      expect((await view(store, keys)).nodes.get('n1')).toMatchObject({ incarnation: 'second', sessionId: s2.id });
+      await expect(registerNode(store, keys, s2, { ...node, weight: 0 })).rejects.toThrow(InvalidArgumentError);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('places from the view and writes the placement back (a coordinator round)', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f8');
+      const sessions = await Promise.all([0, 1, 2, 3].map(() => store.openSession(TTL)));
+      const revs: number[] = [];
+      for (const [i, s] of sessions.entries()) {
+        revs.push(
+          await registerNode(store, keys, s, {
+            id: `n${i}`,
+            zone: `z${i % 2}`,
+            address: `127.0.0.1:${7000 + i}`,
+            incarnation: `i${i}`,
+            state: i === 3 ? 'deactivating' : 'active',
+          }),
+        );
+      }
+      for (let g = 0; g < 12; g++) await addGroup(store, keys, `g${g}`, { replicas: 3, machine: 'kv' });
+      const lead = await fleetElection(store, keys).campaign(sessions[0]!, 'n0');
+      const v = await view(store, keys);
+      const input = placementInputOf(v);
+      expect(input.nodes.map((n) => n.id)).toEqual(['n0', 'n1', 'n2']); // the deactivating node gets nothing
+      const placement = placeGroups(input);
+      const entries = placement.groups.map((g) => ({ name: g.name, members: g.members, leader: g.leader! }));
+      expect((await writeDesired(store, keys, lead.guard, v, entries)).outcome).toBe('written');
+      const after = await view(store, keys);
+      for (const g of placement.groups) expect(after.groups.get(g.name)!.desired?.members).toEqual(g.members);
+      // Placing again from what was written changes nothing: the previous leaders are read back.
+      expect(placeGroups(placementInputOf(after))).toEqual(placement);
+
+      // A drained node leaves without ending its session; a stale registration revision deletes nothing.
+      expect(await deregisterNode(store, keys, 'n3', revs[3]! + 1000)).toBe(false);
+      expect(await deregisterNode(store, keys, 'n3', revs[3]!)).toBe(true);
+      expect((await view(store, keys)).nodes.has('n3')).toBe(false);
+    } finally {
+      await store.close();
+    }
+  });
+});
