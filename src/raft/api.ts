@@ -24,6 +24,7 @@ export {
   type StateMachine,
 } from './node/index.js';
 export type { Membership, MembershipChange } from './messages.js';
+export { DataDirInUseError } from './node/data-dir-lock.js';
 export type { TlsOptions } from './transport/transport.js';
 export {
   ClosedError,

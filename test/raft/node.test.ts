@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  DataDirInUseError,
   InvalidArgumentError,
   LimitExceededError,
   NoQuorumError,
@@ -210,6 +211,16 @@ describe('raft nodes on loopback', () => {
     await expect(groups[0]!.changeMembership({ type: 'remove', node: 'n9' })).rejects.toBeInstanceOf(
       InvalidArgumentError,
     );
+  }, 30_000);
+
+  it('one node per data directory: a second start on it is refused until the first closes', async () => {
+    const c = await cluster();
+    const err = await start(c, 'n1').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DataDirInUseError);
+    expect((err as DataDirInUseError).message).toMatch(/in use by process \d+ \(this one\)/);
+    await c.nodes.get('n1')!.close();
+    const again = await start(c, 'n1');
+    expect(again.storedGroups()).toEqual([]);
   }, 30_000);
 
   it('a group without a majority: NoQuorumError, nothing applied', async () => {

@@ -25,6 +25,8 @@ import {
 } from '../transport/transport.js';
 import type { Disk } from '../wal/disk.js';
 import { FsDisk } from '../wal/fs-disk.js';
+import { lockDataDir } from './data-dir-lock.js';
+import { mkdir } from 'node:fs/promises';
 import { Wal, type WalOptions } from '../wal/wal.js';
 import { RaftGroup } from './group.js';
 import { Replica, type ReplicaObserver } from './replica.js';
@@ -152,6 +154,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #replicas = new Map<string, Replica>();
   readonly #o: Timing;
   #ticker: unknown;
+  /** Releases the data directory's lock (real disks only). */
+  #unlock: (() => Promise<void>) | undefined;
   /** When the last tick was due (monotonic ms): ticks follow elapsed time, see catchUp(). */
   #lastTickAt: number;
   #closed = false;
@@ -228,9 +232,20 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     if (io.disk === undefined && dataDir === undefined) {
       throw new InvalidArgumentError("startRaftNode options.dataDir is required: the directory of this node's log");
     }
+    let unlock: (() => Promise<void>) | undefined;
+    if (io.disk === undefined) {
+      await mkdir(dataDir!, { recursive: true });
+      unlock = await lockDataDir(dataDir!);
+    }
     const disk = io.disk ?? (await FsDisk.open(dataDir!));
     const mutants = io.mutants ?? NO_RAFT_MUTANTS;
-    const wal = await Wal.open(disk, { ...(walOptions ?? {}), ...(mutants.size > 0 ? { mutants } : {}) });
+    let wal: Wal;
+    try {
+      wal = await Wal.open(disk, { ...(walOptions ?? {}), ...(mutants.size > 0 ? { mutants } : {}) });
+    } catch (err) {
+      await unlock?.();
+      throw err;
+    }
     const timers = io.timers ?? realTimers;
     const random = io.random ?? Math.random;
     const clock = io.clock ?? (() => performance.now());
@@ -280,6 +295,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       });
     } catch (err) {
       await wal.close();
+      await unlock?.();
       throw err;
     }
     const node = new RaftNode(
@@ -299,6 +315,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       guard,
     );
     holder.node = node;
+    node.#unlock = unlock;
     node.#schedule();
     return node;
   }
@@ -410,6 +427,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     await Promise.all([...this.#replicas.values()].map((r) => r.close(new ClosedError(`raft node ${this.id}`))));
     await this.#transport.close();
     await this.#wal.close();
+    await this.#unlock?.();
   }
 
   // ---- internals ----
