@@ -188,9 +188,14 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     } finally {
       replica.forgetRead(ctx);
     }
-    await this.#race(replica.waitApplied(index), deadline, () => {
-      throw new TimeoutError(this.name, `catching up to index ${index} for a read`, deadline - start, 'not-applied');
-    });
+    const applied = replica.waitApplied(index);
+    try {
+      await this.#race(applied.promise, deadline, () => {
+        throw new TimeoutError(this.name, `catching up to index ${index} for a read`, deadline - start, 'not-applied');
+      });
+    } finally {
+      applied.cancel();
+    }
   }
 
   /** Propose one membership change and wait until it is applied here (one change at a time per group). */
@@ -384,7 +389,7 @@ function waitFor(replica: Replica, cond: () => boolean): Promise<void> {
   return new Promise((resolve) => {
     const check = (): void => {
       if (cond()) resolve();
-      else void replica.waitApplied(replica.applied + 1).then(check, () => resolve());
+      else void replica.waitApplied(replica.applied + 1).promise.then(check, () => resolve());
     };
     check();
   });

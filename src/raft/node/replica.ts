@@ -349,9 +349,23 @@ export class Replica {
     this.#reads.delete(ctx);
   }
 
-  waitApplied(index: number): Promise<void> {
-    if (index <= this.#applier.index) return Promise.resolve();
-    return new Promise((resolve, reject) => this.#appliedWaiters.push({ index, w: { resolve, reject } }));
+  /**
+   * Resolves once the applied index reaches `index`. A caller that stops waiting (its deadline) calls the returned
+   * `cancel`, so that a replica that never catches up does not collect waiters.
+   */
+  waitApplied(index: number): { readonly promise: Promise<void>; cancel(): void } {
+    if (index <= this.#applier.index) return { promise: Promise.resolve(), cancel: () => undefined };
+    let entry: { index: number; w: Waiter<void> } | undefined;
+    const promise = new Promise<void>((resolve, reject) => {
+      entry = { index, w: { resolve, reject } };
+      this.#appliedWaiters.push(entry);
+    });
+    return {
+      promise,
+      cancel: () => {
+        this.#appliedWaiters = this.#appliedWaiters.filter((x) => x !== entry);
+      },
+    };
   }
 
   /** Call `fn` on every leader (or role) change, and when the replica stops; returns the unsubscribe. */
