@@ -180,6 +180,33 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await closeAll(w);
   });
 
+  it('when the coordinator node itself dies, the new coordinator gives its groups the grace period too', async () => {
+    const w = world();
+    for (let i = 0; i < 4; i++) await startNode(w, `n${i}`, ZONES[i % 3]!, { gracePeriodMs: 3000 });
+    await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
+    const names = groupNames(20);
+    await addGroups(w, names);
+    const before = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const victim = coordinators(w)[0]!;
+    const affected = names.filter((n) => before.get(n)!.rec.members.includes(victim));
+    expect(affected.length).toBeGreaterThan(0);
+    await drive(w.clock, w.nodes.get(victim)!.close());
+    w.nodes.delete(victim);
+    await until(w.clock, () => coordinators(w).length === 1, 'a new coordinator');
+    await w.clock.runFor(2000);
+    const during = await drive(w.clock, desired(w));
+    for (const n of affected) expect(during.get(n)!.rev).toBe(before.get(n)!.rev);
+    const after = await untilDesired(
+      w,
+      (m) => names.every((n) => !m.get(n)!.rec.members.includes(victim)),
+      `no group on ${victim}`,
+    );
+    for (const n of affected) {
+      expect(after.get(n)!.rec.members.filter((m) => !before.get(n)!.rec.members.includes(m))).toHaveLength(1);
+    }
+    await closeAll(w);
+  });
+
   it('a stale coordinator writes nothing (deposed, and it stops); the new one writes under its own token', async () => {
     const clock = new VirtualClock(1000);
     const server = new MemoryServer({ clock });
@@ -408,6 +435,26 @@ describe('decideFleetRound (pure)', () => {
     const r4 = decideFleetRound(viewOf(three, placed), k, s, r3.memory, 10);
     expect(r4.writes.length).toBe(r3.writes.length);
     expect(r4.wakeAtMs).toBeUndefined();
+  });
+
+  it('a new coordinator holds the groups of a desired member it never saw live until a grace period ends', () => {
+    const s = { ...settings, gracePeriodMs: 1000 };
+    const k = (n: string): string => keys.desiredOf(n);
+    const view = viewOf(three, [
+      { name: 'g1', desired: { members: ['a', 'b', 'x'], leader: 'a' } },
+      { name: 'g2', desired: { members: ['a', 'b', 'c'], leader: 'b' } },
+      { name: 'g3' },
+    ]);
+    const r0 = decideFleetRound(view, k, s, newFleetCoordinatorMemory(), 500);
+    expect(r0.writes.map((e) => e.name)).not.toContain('g1');
+    expect(r0.writes.map((e) => e.name)).toContain('g3');
+    expect(r0.held).toBe(1);
+    expect(r0.wakeAtMs).toBe(1500);
+    const r1 = decideFleetRound(view, k, s, r0.memory, 1500);
+    expect(r1.held).toBe(0);
+    expect(r1.writes.find((e) => e.name === 'g1')?.members).toEqual(expect.arrayContaining(['a', 'b', 'c']));
+    // Later rounds never seed again: an id that is in no record of a live node stays unknown only from round one.
+    expect(decideFleetRound(view, k, s, r1.memory, 1600).held).toBe(0);
   });
 
   it('skips a group whose desired key is unreadable, and does not place without nodes', () => {

@@ -10,7 +10,10 @@
  * - Only groups whose desired member set or leader changed are written (the order of the non-leader members is not
  *   a change: it means nothing to the Raft side), so a join or leave rewrites only the groups it affects.
  * - A node that vanished (its session ended) while `active` stays in the placement for `gracePeriodMs`: a fast
- *   restart moves nothing. A node last seen `deactivating` gets no grace: it drained on purpose.
+ *   restart moves nothing. A node last seen `deactivating` gets no grace: it drained on purpose. A coordinator just
+ *   elected does not know who vanished when (often the old coordinator's own node): on its first round, a desired
+ *   member that is not live gets a grace period from then, and since its zone and weight are gone with its record,
+ *   the groups naming it are held (not rewritten) until that grace ends, instead of being placed with it.
  * - A group whose desired record could not be read is skipped (never overwritten unread, ADR 0012) and listed in
  *   `skipped`; the others go on.
  * - At most `maxWritesPerRound` groups per round, most urgent first: groups with no desired record, then groups
@@ -33,10 +36,12 @@ export interface FleetCoordinatorMemory {
   readonly departed: ReadonlyMap<string, { readonly node: PlacementNode; readonly goneAtMs: number }>;
   /** The active nodes of the last round (to notice who vanished). */
   readonly lastActive: ReadonlyMap<string, PlacementNode>;
+  /** Desired members not live at this coordinator's first round, by when their grace ends; undefined before it. */
+  readonly unknown: ReadonlyMap<string, number> | undefined;
 }
 
 export function newFleetCoordinatorMemory(): FleetCoordinatorMemory {
-  return { departed: new Map(), lastActive: new Map() };
+  return { departed: new Map(), lastActive: new Map(), unknown: undefined };
 }
 
 export interface FleetRoundDecision {
@@ -48,6 +53,8 @@ export interface FleetRoundDecision {
   readonly skipped: readonly { readonly name: string; readonly key: string }[];
   /** Groups left as they are because no node is placeable (no active node). */
   readonly unplaced: number;
+  /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
+  readonly held: number;
   /** The full placement computed this round. */
   readonly placement: FleetPlacement;
   readonly memory: FleetCoordinatorMemory;
@@ -85,6 +92,18 @@ export function decideFleetRound(
     else wakeAtMs = Math.min(wakeAtMs ?? endsAtMs, endsAtMs);
   }
   const nodes = [...base.nodes, ...[...departed.values()].map((d) => d.node)];
+  let unknown = memory.unknown;
+  if (unknown === undefined) {
+    const seeded = new Map<string, number>();
+    for (const g of view.groups.values()) {
+      for (const m of g.desired?.members ?? []) {
+        if (!view.nodes.has(m)) seeded.set(m, nowMs + settings.gracePeriodMs);
+      }
+    }
+    unknown = seeded;
+  }
+  unknown = new Map([...unknown].filter(([id, endsAtMs]) => !view.nodes.has(id) && endsAtMs > nowMs));
+  for (const endsAtMs of unknown.values()) wakeAtMs = Math.min(wakeAtMs ?? endsAtMs, endsAtMs);
   const placement = placeGroups({ ...base, nodes });
 
   const placeable = new Set(nodes.map((n) => n.id));
@@ -92,6 +111,7 @@ export function decideFleetRound(
   const skipped: { name: string; key: string }[] = [];
   const urgent: DesiredEntry[][] = [[], [], []];
   let unplaced = 0;
+  let held = 0;
   for (const p of placement.groups) {
     const group = view.groups.get(p.name);
     if (group === undefined) continue;
@@ -102,6 +122,10 @@ export function decideFleetRound(
     }
     const d = group.desired;
     if (d !== undefined && d.leader === p.leader && sameSet(d.members, p.members)) continue;
+    if (d !== undefined && d.members.some((m) => unknown.has(m))) {
+      held++;
+      continue;
+    }
     if (unreadable.has(key)) {
       skipped.push({ name: p.name, key });
       continue;
@@ -119,8 +143,9 @@ export function decideFleetRound(
     pending: Math.max(0, all.length - max),
     skipped,
     unplaced,
+    held,
     placement,
-    memory: { departed, lastActive: active },
+    memory: { departed, lastActive: active, unknown },
     wakeAtMs,
   };
 }
