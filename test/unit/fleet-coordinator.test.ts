@@ -15,7 +15,7 @@ import {
   type FleetCoordinatorSettings,
 } from '../../src/protocol/fleet/coordinator.js';
 import { addGroup, registerNode, type FleetView } from '../../src/protocol/fleet/io.js';
-import { decodeDesired, FleetKeys, type DesiredRecord } from '../../src/protocol/fleet/keys.js';
+import { decodeDesired, encodeRecord, FleetKeys, type DesiredRecord } from '../../src/protocol/fleet/keys.js';
 import { FleetCoordinator } from '../../src/runtime/fleet/coordinator.js';
 import { FleetControl, resolveFleetControlOptions } from '../../src/runtime/fleet/member.js';
 import { VirtualClock } from '../../src/store/clock.js';
@@ -246,6 +246,54 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     const kv = await drive(clock, store.get(keys.desiredOf('g1')));
     expect(decodeDesired(keys, kv!.key, kv!.value)).toMatchObject({ members: ['n1'], leader: 'n1', token: lb.token });
     await drive(clock, fresh.stop());
+  });
+
+  it('a stale write (a desired record changed after the read) is refused, and the next round reads again and writes', async () => {
+    const clock = new VirtualClock(1000);
+    const server = new MemoryServer({ clock });
+    const store = new MemoryStore({ server, clock });
+    const node = await drive(clock, store.openSession({ ttlMs: 2000 }));
+    await drive(clock, registerNode(store, keys, node, { id: 'n1', address: 'h:1', incarnation: 'i' }));
+    await drive(clock, addGroup(store, keys, 'g1', { replicas: 1, machine: 'kv' }));
+    const s = await drive(clock, store.openSession({ ttlMs: 2000 }));
+    const leadership = await drive(clock, new Election(store, { prefix: keys.coordinator }).campaign(s, 'c'));
+    // The first desired write races with another write of the same key (landing just before it).
+    let raced = false;
+    let refused = 0;
+    const racing = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop !== 'txn') {
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        }
+        return async (txn: Parameters<MemoryStore['txn']>[0]) => {
+          if (!raced && txn.then.some((op) => op.op === 'put' && op.key === keys.desiredOf('g1'))) {
+            raced = true;
+            const other = encodeRecord({ name: 'g1', generation: 1, members: ['n9'], leader: 'n9', token: 1 });
+            await target.txn({ compare: [], then: [{ op: 'put', key: keys.desiredOf('g1'), value: other }] });
+          }
+          const r = await target.txn(txn);
+          if (!r.succeeded) refused++;
+          return r;
+        };
+      },
+    });
+    const c = new FleetCoordinator({
+      store: racing,
+      keys,
+      clock,
+      leadership,
+      settings: { gracePeriodMs: 0, maxWritesPerRound: 100 },
+      ownsNow: () => true,
+      onDeposed: () => expect.fail('not deposed: the guard holds'),
+      events: { placed: () => undefined, error: (e) => expect.fail(String(e)) },
+    });
+    await drive(clock, c.start());
+    await until(clock, () => raced && c.lastRound.outcome === 'written', 'written after the race');
+    expect(refused).toBe(1);
+    const kv = await drive(clock, store.get(keys.desiredOf('g1')));
+    expect(decodeDesired(keys, kv!.key, kv!.value)).toMatchObject({ members: ['n1'], token: leadership.token });
+    await drive(clock, c.stop());
   });
 
   it('a group added later is placed by the next round, and nothing else changes members', async () => {
