@@ -207,6 +207,30 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await closeAll(w);
   });
 
+  it('a draining node (deactivating) loses its desired members at once, and its leaving then moves nothing', async () => {
+    const w = world();
+    for (let i = 0; i < 4; i++) await startNode(w, `n${i}`, ZONES[i % 3]!, { gracePeriodMs: 5000 });
+    await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
+    const names = groupNames(16);
+    await addGroups(w, names);
+    await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const victim = [...w.nodes.keys()].find((id) => !w.nodes.get(id)!.isCoordinator)!;
+    const startedAtMs = w.clock.now();
+    await drive(w.clock, w.nodes.get(victim)!.markDeactivating());
+    const drained = await untilDesired(
+      w,
+      (m) => names.every((n) => !m.get(n)!.rec.members.includes(victim)),
+      `no group on ${victim}`,
+    );
+    expect(w.clock.now() - startedAtMs).toBeLessThan(5000);
+    await drive(w.clock, w.nodes.get(victim)!.close());
+    w.nodes.delete(victim);
+    await w.clock.runFor(6000);
+    const after = await drive(w.clock, desired(w));
+    for (const n of names) expect(after.get(n)!.rev).toBe(drained.get(n)!.rev);
+    await closeAll(w);
+  });
+
   it('a stale coordinator writes nothing (deposed, and it stops); the new one writes under its own token', async () => {
     const clock = new VirtualClock(1000);
     const server = new MemoryServer({ clock });

@@ -12,6 +12,7 @@
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
+import { registerNode } from '../../protocol/fleet/io.js';
 import { decodeNode, encodeRecord, FleetKeys, type NodeRecord } from '../../protocol/fleet/keys.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { Store } from '../../store/contract.js';
@@ -101,6 +102,7 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
   readonly #mutants: Mutants;
   readonly #membership: Membership;
   #coordinator: FleetCoordinator | undefined;
+  #record: NodeRecord;
 
   /** Use startFleetControl(). */
   constructor(options: ResolvedFleetControlOptions, internals: RuntimeInternals = {}) {
@@ -110,7 +112,7 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
     this.#mutants = internals.mutants ?? NO_MUTANTS;
     this.nodeId = options.node.id;
     this.keys = new FleetKeys(options.fleet);
-    const record: NodeRecord = {
+    this.#record = {
       id: options.node.id,
       zone: options.node.zone,
       weight: options.node.weight,
@@ -133,7 +135,8 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
         joinTimeoutMs: options.joinTimeoutMs,
         selfFencing: !this.#mutants.has('no-self-fencing'),
         // The node record (keys.ts), attached to the session by the membership module.
-        record: () => ({ value: encodeRecord(record) }),
+        // After a rejoin the record says what it said last (a draining node stays draining).
+        record: () => ({ value: encodeRecord(this.#record) }),
         checkOrphanRecord: (kv) => {
           let what = 'holds a node record attached to no session, which no node writes';
           try {
@@ -210,6 +213,20 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
   async start(): Promise<void> {
     await this.#membership.join();
     this.#o.clock.setTimeout(() => this.openEvents(), 0);
+  }
+
+  /**
+   * Say this node drains: its record turns `deactivating` (on the same session), so the coordinator places no
+   * desired member on it any more and its groups move elsewhere at once; when it then leaves, no grace period holds
+   * anything for it. Waiting until its replicas have moved is the fleet node's job (the Raft half).
+   */
+  async markDeactivating(): Promise<void> {
+    const session = this.#membership.session;
+    if (session === undefined || !this.#membership.active) {
+      throw new InvalidArgumentError(`fleet ${this.#o.fleet}: node ${this.nodeId} is not registered; nothing to drain`);
+    }
+    this.#record = { ...this.#record, state: 'deactivating' };
+    await registerNode(this.#store, this.keys, session, this.#record);
   }
 
   /**
