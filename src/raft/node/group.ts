@@ -204,14 +204,18 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     const deadline = start + this.#timeout(options);
     const replica = this.#c.replica;
     let index = 0;
-    const took = (): boolean => {
+    const shaped = (): boolean => {
       const m = replica.core.membership();
       const voter = m.voters.includes(change.node);
       const learner = m.learners.includes(change.node);
-      const shape = change.type === 'addVoter' ? voter : change.type === 'addLearner' ? learner : !voter && !learner;
-      return shape && index > 0 && replica.applied >= index;
+      return change.type === 'addVoter' ? voter : change.type === 'addLearner' ? learner : !voter && !learner;
     };
+    // Applied here, the entry that made the membership so included (not merely in the log: that may be undone).
+    const took = (): boolean =>
+      shaped() && index > 0 && replica.applied >= Math.max(index, replica.core.log.membershipIndex());
     await this.#drive('a membership change', start, deadline, waitFor(replica, took), 'unknown', () => {
+      // A retry after our first proposal got into the log would be refused as a change already made: wait instead.
+      if (index > 0 && shaped()) return { ok: true };
       const out = replica.core.changeMembership(change);
       if (out.ok) index = Math.max(index, replica.core.log.lastIndex());
       return out;
