@@ -114,6 +114,8 @@ export class Replica {
 
   step(m: Message): void {
     if (this.#stopped()) return;
+    // A request forwarded by a follower is activity too: a leader does not quiesce under forwarded load.
+    if (m.type === 'propose' || m.type === 'readIndex') this.idleTicks = 0;
     this.core.step(m);
     this.process();
   }
