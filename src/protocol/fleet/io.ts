@@ -291,6 +291,26 @@ function metaOf(kv: KeyValue | undefined): MetaRecord {
 }
 
 /**
+ * A group's record and the fleet's meta record, read together (one round trip): adds and removes compare both, so
+ * that they go one at a time per fleet. The meta record is decoded (CorruptDataError when unreadable).
+ */
+async function readGroupWithMeta(
+  store: Store,
+  keys: FleetKeys,
+  key: string,
+): Promise<{ kv: ReturnType<typeof getKv>; metaKv: ReturnType<typeof getKv>; meta: ReturnType<typeof metaOf> }> {
+  const r = await store.txn({
+    compare: [],
+    then: [
+      { op: 'get', key },
+      { op: 'get', key: keys.meta },
+    ],
+  });
+  const metaKv = getKv(r.results[1]);
+  return { kv: getKv(r.results[0]), metaKv, meta: metaOf(metaKv) };
+}
+
+/**
  * Add a group under a generation never handed out before (the meta record's counter, updated in the same
  * transaction). Refused with FleetGroupExistsError while a group of that name is live, LimitExceededError at
  * MAX_FLEET_GROUPS, CorruptDataError when the group's key or the meta record is present but unreadable.
@@ -307,20 +327,11 @@ export async function addGroup(
   const replicas = validateReplicas(options?.replicas);
   const machine = validateMachineName(options?.machine);
   for (;;) {
-    const r = await store.txn({
-      compare: [],
-      then: [
-        { op: 'get', key },
-        { op: 'get', key: keys.meta },
-      ],
-    });
-    const existing = getKv(r.results[0]);
+    const { kv: existing, metaKv, meta } = await readGroupWithMeta(store, keys, key);
     if (existing !== undefined) {
       const g = decodeGroup(keys, existing.key, existing.value);
       throw new FleetGroupExistsError(name, keys.fleet, g.generation);
     }
-    const metaKv = getKv(r.results[1]);
-    const meta = metaOf(metaKv);
     if (meta.groups >= MAX_FLEET_GROUPS) {
       throw new LimitExceededError(
         'groups per fleet',
@@ -358,18 +369,9 @@ export async function addGroup(
 export async function removeGroup(store: Store, keys: FleetKeys, name: string): Promise<GroupRecord> {
   const key = keys.group(name);
   for (;;) {
-    const r = await store.txn({
-      compare: [],
-      then: [
-        { op: 'get', key },
-        { op: 'get', key: keys.meta },
-      ],
-    });
-    const kv = getKv(r.results[0]);
+    const { kv, metaKv, meta } = await readGroupWithMeta(store, keys, key);
     if (kv === undefined) throw new FleetGroupNotFoundError(name, keys.fleet);
     const group = decodeGroup(keys, kv.key, kv.value);
-    const metaKv = getKv(r.results[1]);
-    const meta = metaOf(metaKv);
     const w = await store.txn({
       compare: [
         { key, target: 'modRevision', op: '=', value: kv.modRevision },
