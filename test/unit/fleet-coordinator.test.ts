@@ -293,7 +293,15 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
         return async (txn: Parameters<MemoryStore['txn']>[0]) => {
           if (!raced && txn.then.some((op) => op.op === 'put' && op.key === keys.desiredOf('g1'))) {
             raced = true;
-            const other = encodeRecord({ name: 'g1', generation: 1, members: ['n9'], leader: 'n9', token: 1 });
+            const other = encodeRecord({
+              name: 'g1',
+              generation: 1,
+              members: ['n9'],
+              leader: 'n9',
+              token: 1,
+              initial: ['n9'],
+              version: 1,
+            });
             await target.txn({ compare: [], then: [{ op: 'put', key: keys.desiredOf('g1'), value: other }] });
           }
           const r = await target.txn(txn);
@@ -408,7 +416,10 @@ function viewOf(
           machine: 'kv',
           generation: i + 1,
           revision: i + 1,
-          desired: g.desired === undefined ? undefined : { name: g.name, generation: i + 1, token: 1, ...g.desired },
+          desired:
+            g.desired === undefined
+              ? undefined
+              : { name: g.name, generation: i + 1, token: 1, initial: g.desired.members, version: 1, ...g.desired },
           desiredRevision: g.desired === undefined ? 0 : 100 + i,
           observed: undefined,
           observedRevision: 0,
@@ -543,5 +554,22 @@ describe('decideFleetRound (pure)', () => {
     const none = decideFleetRound(viewOf([], [{ name: 'g1' }]), k, settings, newFleetCoordinatorMemory(), 0);
     expect(none.writes).toEqual([]);
     expect(none.unplaced).toBe(1);
+  });
+
+  it('places a new group only once minNodes nodes are active; placed groups are never held by it', () => {
+    const k = (n: string): string => keys.desiredOf(n);
+    const s = { ...settings, minNodes: 3 };
+    const placed = { name: 'old', desired: { members: ['a', 'x'], leader: 'a' } };
+    const two = decideFleetRound(
+      viewOf(three.slice(0, 2), [{ name: 'new' }, placed]),
+      k,
+      s,
+      newFleetCoordinatorMemory(),
+      0,
+    );
+    expect(two.writes.map((e) => e.name)).toEqual(['old']);
+    expect(two.unplaced).toBe(1);
+    const all = decideFleetRound(viewOf(three, [{ name: 'new' }]), k, s, newFleetCoordinatorMemory(), 0);
+    expect(all.writes.map((e) => e.name)).toEqual(['new']);
   });
 });

@@ -72,6 +72,8 @@ function observed(name: string, generation: number, term: number): ObservedRecor
     leader: 'n1',
     voters: ['n1', 'n2', 'n3'],
     learners: [],
+    membershipIndex: 1,
+    committed: 10,
     lag: { n2: 0, n3: 4 },
     status: 'moving',
     detail: 'catching up',
@@ -147,6 +149,8 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
         members: ['n1', 'n2'],
         leader: 'n1',
         token: lead.token,
+        initial: ['n1', 'n2'],
+        version: 1,
       });
       expect(orders.observed).toEqual(observed('orders', g1.generation, 3));
       expect(orders.observedRevision).toBeGreaterThan(0);

@@ -29,6 +29,12 @@ export interface FleetCoordinatorSettings {
   readonly maxWritesPerRound: number;
   /** How long a node whose session ended while active keeps its place (0: replaced at once). */
   readonly gracePeriodMs: number;
+  /**
+   * A group with no desired record yet is placed only once at least this many nodes are active (default 1): a
+   * fleet started on several nodes at once does not put every group on the first node elected and move them all
+   * a moment later. Groups already placed are never held by it.
+   */
+  readonly minNodes?: number | undefined;
 }
 
 /** What the coordinator remembers between rounds: nodes that vanished while active, within their grace period. */
@@ -51,7 +57,7 @@ export interface FleetRoundDecision {
   readonly pending: number;
   /** Groups not written because their desired record is unreadable (repair the key; nothing overwrites it). */
   readonly skipped: readonly { readonly name: string; readonly key: string }[];
-  /** Groups left as they are because no node is placeable (no active node). */
+  /** Groups left as they are because no node is placeable (no active node, or fewer than minNodes for a new group). */
   readonly unplaced: number;
   /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
   readonly held: number;
@@ -107,6 +113,7 @@ export function decideFleetRound(
   const placement = placeGroups({ ...base, nodes });
 
   const placeable = new Set(nodes.map((n) => n.id));
+  const minNodes = settings.minNodes ?? 1;
   const unreadable = new Set(view.unreadable);
   const skipped: { name: string; key: string }[] = [];
   const urgent: DesiredEntry[][] = [[], [], []];
@@ -116,11 +123,11 @@ export function decideFleetRound(
     const group = view.groups.get(p.name);
     if (group === undefined) continue;
     const key = keysDesiredOf(p.name);
-    if (p.leader === undefined || p.members.length === 0) {
+    const d = group.desired;
+    if (p.leader === undefined || p.members.length === 0 || (d === undefined && active.size < minNodes)) {
       unplaced++;
       continue;
     }
-    const d = group.desired;
     if (d !== undefined && d.leader === p.leader && sameSet(d.members, p.members)) continue;
     if (d !== undefined && d.members.some((m) => unknown.has(m))) {
       held++;

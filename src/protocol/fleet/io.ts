@@ -444,12 +444,16 @@ export async function writeDesired(
       );
     }
     const members = [e.leader, ...e.members.filter((m) => m !== e.leader)];
+    const prev = group.desired;
     const rec: DesiredRecord = {
       name: e.name,
       generation: group.generation,
       members,
       leader: e.leader,
       token: guard.value,
+      // The bootstrap voters are fixed by the generation's first record (keys.ts, DesiredRecord.initial).
+      initial: prev?.initial ?? members,
+      version: (prev?.version ?? 0) + 1,
     };
     perEntry.push({
       compare: [

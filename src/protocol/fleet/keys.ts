@@ -185,7 +185,17 @@ export interface DesiredRecord {
   readonly leader: string;
   /** The coordinator's fencing token when it wrote this. */
   readonly token: number;
+  /**
+   * The members of this generation's first desired record, never changed after: the voters a replica starts with
+   * when it creates the group (bootstraps). Only while `version` is 1 may a node bootstrap; once the record was
+   * rewritten a new replica always joins empty and is brought in by the leader (docs/fleet.md, "Creating a group").
+   */
+  readonly initial: readonly string[];
+  /** 1 for the first record of the generation, one more at each rewrite. */
+  readonly version: number;
 }
+
+export type ObservedStatus = 'converged' | 'moving' | 'stuck';
 
 export interface ObservedRecord {
   readonly name: string;
@@ -196,10 +206,17 @@ export interface ObservedRecord {
   readonly leader: string;
   readonly voters: readonly string[];
   readonly learners: readonly string[];
+  /**
+   * The log index of the membership entry that made `voters` and `learners`: a replica that knows a membership at
+   * a lower index and is not in this one was removed, and may delete its data (docs/fleet.md, "Leaving a group").
+   */
+  readonly membershipIndex: number;
+  /** The leader's commit index when it reported (the lag's reference). */
+  readonly committed: number;
   /** Entries each other member is behind the leader (members the leader has no progress of are left out). */
   readonly lag: Readonly<Record<string, number>>;
   /** The planner's verdict: `stuck` when a majority of the voters is lost (nothing is tried then). */
-  readonly status: 'converged' | 'moving' | 'stuck';
+  readonly status: ObservedStatus;
   /** Human-readable: why it waits or is stuck. */
   readonly detail: string;
 }
@@ -287,12 +304,16 @@ export function decodeDesired(keys: FleetKeys, key: string, value: string): Desi
   if (members.length === 0 || !members.includes(leader)) {
     throw corrupt(key, 'the desired leader must be one of the (non-empty) desired members');
   }
+  const initial = nodeList(key, rec, 'initial');
+  if (initial.length === 0) throw corrupt(key, 'the initial members must not be empty');
   return {
     name,
     generation: intField(key, rec, 'generation', 1),
     members,
     leader,
     token: intField(key, rec, 'token'),
+    initial,
+    version: intField(key, rec, 'version', 1),
   };
 }
 
@@ -322,6 +343,8 @@ export function decodeObserved(keys: FleetKeys, key: string, value: string): Obs
     leader: strField(key, rec, 'leader'),
     voters: nodeList(key, rec, 'voters'),
     learners: nodeList(key, rec, 'learners'),
+    membershipIndex: intField(key, rec, 'membershipIndex'),
+    committed: intField(key, rec, 'committed'),
     lag,
     status,
     detail: strField(key, rec, 'detail'),

@@ -51,6 +51,13 @@ export interface GroupStatus {
   readonly applied: number;
   readonly lastIndex: number;
   readonly membership: Membership;
+  /** The log index of the entry that made `membership` (0: the membership the replica started with). */
+  readonly membershipIndex: number;
+  /**
+   * On the leader: what it knows of each other member's log — `match` (the highest index known to be there) and
+   * whether it heard from it within the last election timeout. Empty on other replicas.
+   */
+  readonly progress: ReadonlyMap<NodeId, { readonly match: number; readonly recentActive: boolean }>;
   readonly quiesced: boolean;
   /**
    * Why this replica may not vote yet, if so: `released` while a node with a new data directory waits for its peers
@@ -231,6 +238,19 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     if (!out.ok) throw new NotLeaderError(this.name, undefined, 'a leadership transfer');
   }
 
+  /**
+   * A quiesced group (idle: no heartbeats) starts heartbeating again, so that its leader learns afresh which
+   * replicas answer (the fleet does this before it plans a membership change).
+   */
+  wake(): void {
+    this.#check();
+    const replica = this.#c.replica;
+    replica.idleTicks = 0;
+    if (!replica.core.quiesced) return;
+    replica.core.wake();
+    replica.process();
+  }
+
   status(): GroupStatus {
     const r = this.#c.replica;
     const s = r.core.status();
@@ -244,6 +264,8 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       applied: r.applied,
       lastIndex: s.lastIndex,
       membership: s.membership,
+      membershipIndex: r.core.log.membershipIndex(),
+      progress: progressOf(r),
       quiesced: s.quiesced,
       votesHeld: s.votesHeld,
       sessions: r.sessions,
@@ -386,6 +408,16 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       this.#c.timers.clearTimeout(timer);
     }
   }
+}
+
+function progressOf(r: Replica): Map<NodeId, { match: number; recentActive: boolean }> {
+  const out = new Map<NodeId, { match: number; recentActive: boolean }>();
+  const leader = r.core.role === 'leader' ? r.core.leader : undefined;
+  if (leader === undefined) return out;
+  for (const [id, p] of leader.progress) {
+    if (id !== r.core.id) out.set(id, { match: p.match, recentActive: p.recentActive });
+  }
+  return out;
 }
 
 /** A promise that resolves once `cond()` holds, checked at each leader change and apply (via the replica). */

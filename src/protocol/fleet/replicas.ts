@@ -1,0 +1,162 @@
+/**
+ * Which Raft replicas one fleet node should hold, sans IO: the fleet's records (as last read) and this node's open
+ * replicas in, the replicas to open and to drop out. The fleet node (src/runtime/fleet/node.ts) runs it after every
+ * read of the control plane and carries the actions out; the rules live here so that they can be checked on plain
+ * data, and the simulator runs the same function.
+ *
+ * Rules (docs/fleet.md, "Replicas on a node"):
+ * - Open: a group whose desired record names this node and that has no replica here. A replica the node's log
+ *   already holds is recovered. Otherwise the replica is created: it **bootstraps** (starts as a voter of the
+ *   generation's `initial` members) only while the desired record is the generation's first (`version` 1) and
+ *   `initial` names this node; in every other case it **joins** empty and the group's leader brings it in (learner,
+ *   caught up, promoted). So two sets of replicas can never both believe they are the group: only one membership
+ *   is ever bootstrapped per generation, and only before the coordinator changed anything.
+ * - Drop (close the replica and delete its data): a replica of a generation that is no longer live (the group was
+ *   removed, or removed and added again); or one whose desired record no longer names this node and that is no
+ *   longer a member of the group: its own membership does not name it (it was never added, or it applied its own
+ *   removal), or the leader's report excludes it at a membership index at least as recent as the one it knows.
+ *   A replica still counted as a member stays until the leader has removed it — dropping a voter's data would
+ *   silently weaken the group.
+ * - A group whose state machine is not one of this node's `machines` is not opened (reported, nothing else
+ *   happens: the coordinator keeps the placement, the group runs on its other members).
+ */
+import { parseRaftGroupId, raftGroupId, type DesiredRecord, type ObservedRecord } from './keys.js';
+
+/** One replica open on this node, as the node sees it. */
+export interface OpenReplica {
+  /** The Raft group id, `<name>:<generation>`. */
+  readonly id: string;
+  readonly voters: readonly string[];
+  readonly learners: readonly string[];
+  /** The log index of the membership entry it knows (0: the bootstrap membership, or none when joined empty). */
+  readonly membershipIndex: number;
+}
+
+/** What the node knows of one live group. */
+export interface GroupFacts {
+  readonly name: string;
+  readonly generation: number;
+  readonly machine: string;
+  readonly desired: DesiredRecord | undefined;
+  readonly observed: ObservedRecord | undefined;
+}
+
+export interface ReplicaInput {
+  readonly nodeId: string;
+  readonly groups: ReadonlyMap<string, GroupFacts>;
+  /** Replicas open here, by Raft group id. */
+  readonly open: ReadonlyMap<string, OpenReplica>;
+  /** Raft group ids the node's log holds but that are not open (after a restart). */
+  readonly stored: ReadonlySet<string>;
+  /** This node's state machine names. */
+  readonly machines: ReadonlySet<string>;
+  /** Nodes whose transport address is known (this node's peers). Bootstrap voters must all be reachable by id. */
+  readonly addressable: (node: string) => boolean;
+}
+
+export type ReplicaAction =
+  | {
+      readonly type: 'open';
+      readonly id: string;
+      readonly name: string;
+      readonly machine: string;
+      /** recover: the log holds it; bootstrap: start as a voter of `members`; join: start empty. */
+      readonly mode: 'recover' | 'bootstrap' | 'join';
+      readonly members: readonly string[];
+    }
+  | { readonly type: 'drop'; readonly id: string; readonly reason: 'group-removed' | 'moved-away' };
+
+export interface ReplicaWait {
+  readonly name: string;
+  readonly reason: 'unknown-machine' | 'unknown-address';
+  readonly detail: string;
+}
+
+export interface ReplicaDecision {
+  readonly actions: readonly ReplicaAction[];
+  /** Groups this node should hold but cannot yet (the node reports them; nothing else happens). */
+  readonly waits: readonly ReplicaWait[];
+}
+
+export function decideReplicas(input: ReplicaInput): ReplicaDecision {
+  const { nodeId, groups, open, stored, machines } = input;
+  const actions: ReplicaAction[] = [];
+  const waits: ReplicaWait[] = [];
+
+  // Replicas held here (open or stored) of a generation that is no longer live: drop.
+  const held = new Set([...open.keys(), ...stored]);
+  for (const id of held) {
+    const parsed = parseRaftGroupId(id);
+    const g = parsed === undefined ? undefined : groups.get(parsed.name);
+    if (parsed === undefined || g === undefined || g.generation !== parsed.generation) {
+      actions.push({ type: 'drop', id, reason: 'group-removed' });
+    }
+  }
+
+  for (const g of [...groups.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const id = raftGroupId(g.name, g.generation);
+    const d = g.desired;
+    const wanted = d !== undefined && d.generation === g.generation && d.members.includes(nodeId);
+    const replica = open.get(id);
+    if (replica !== undefined) {
+      if (!wanted && d !== undefined && removedFrom(nodeId, replica, g.observed, g.generation)) {
+        actions.push({ type: 'drop', id, reason: 'moved-away' });
+      }
+      continue;
+    }
+    if (stored.has(id)) {
+      // Recover it whatever the desired record says: whether it may be dropped depends on its own membership.
+      if (!machines.has(g.machine)) waits.push(unknownMachine(g));
+      else actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'recover', members: [] });
+      continue;
+    }
+    if (!wanted) continue;
+    if (!machines.has(g.machine)) {
+      waits.push(unknownMachine(g));
+      continue;
+    }
+    if (d.version === 1 && d.initial.includes(nodeId)) {
+      const unknown = d.initial.filter((m) => m !== nodeId && !input.addressable(m));
+      if (unknown.length > 0) {
+        waits.push({
+          name: g.name,
+          reason: 'unknown-address',
+          detail: `waiting for the address of ${unknown.join(', ')} (not live in the fleet) to create the group`,
+        });
+        continue;
+      }
+      actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'bootstrap', members: d.initial });
+    } else {
+      actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'join', members: [] });
+    }
+  }
+  return { actions, waits };
+}
+
+/** The replica is no longer a member of its group (see the rules above). */
+function removedFrom(
+  nodeId: string,
+  replica: OpenReplica,
+  observed: ObservedRecord | undefined,
+  generation: number,
+): boolean {
+  const member = (voters: readonly string[], learners: readonly string[]): boolean =>
+    voters.includes(nodeId) || learners.includes(nodeId);
+  if (!member(replica.voters, replica.learners)) return true;
+  return (
+    observed !== undefined &&
+    observed.generation === generation &&
+    observed.membershipIndex >= replica.membershipIndex &&
+    !member(observed.voters, observed.learners)
+  );
+}
+
+function unknownMachine(g: GroupFacts): ReplicaWait {
+  return {
+    name: g.name,
+    reason: 'unknown-machine',
+    detail:
+      `group ${g.name} uses state machine ${JSON.stringify(g.machine)}, which is not in this node's machines; ` +
+      'start the node with it (every node needs every machine of the fleet)',
+  };
+}
