@@ -39,6 +39,11 @@ export interface FleetControlOptions extends MemberOptions {
   readonly gracePeriodMs?: number | undefined;
   /** Desired records the coordinator writes per round at most (default 500); the rest in the next rounds. */
   readonly maxDesiredWritesPerRound?: number | undefined;
+  /**
+   * New groups are placed only once this many nodes are active (default 1). Set it to the number of nodes you
+   * start together, so the first node elected does not take every group and hand them on a moment later.
+   */
+  readonly minNodes?: number | undefined;
 }
 
 export interface ResolvedFleetControlOptions extends ResolvedMemberOptions {
@@ -47,30 +52,44 @@ export interface ResolvedFleetControlOptions extends ResolvedMemberOptions {
   readonly address: string;
   readonly gracePeriodMs: number;
   readonly maxDesiredWritesPerRound: number;
+  readonly minNodes: number;
 }
 
 export function resolveFleetControlOptions(options: FleetControlOptions): ResolvedFleetControlOptions {
   const r = new OptionReader(options, 'fleet options');
+  const resolved = readFleetControl(r, r.required<string>('incarnation', checkIncarnation));
+  r.done();
+  return resolved;
+}
+
+function checkIncarnation(v: unknown): string | undefined {
+  return typeof v === 'string' && v.length > 0 && v.length <= 128 ? undefined : 'must be a string of 1-128 characters';
+}
+
+/**
+ * Read the control-plane options from `r` (joinFleet reads its own from the same reader, then calls `r.done()`).
+ * `incarnation` comes from the caller: joinFleet takes it from its Raft data directory.
+ */
+export function readFleetControl(r: OptionReader, incarnation: string): ResolvedFleetControlOptions {
   const member = readMember(r);
   const fleet = new FleetKeys(
     r.required<string>('fleet', (v) => (typeof v === 'string' ? undefined : 'must be a string')),
   ).fleet;
-  const incarnation = r.required<string>('incarnation', (v) =>
-    typeof v === 'string' && v.length > 0 && v.length <= 128 ? undefined : 'must be a string of 1-128 characters',
-  );
+  const bad = checkIncarnation(incarnation);
+  if (bad !== undefined) throw new InvalidArgumentError(`fleet options: incarnation ${bad}`);
   const gracePeriodMs = r.ms('gracePeriodMs', DEFAULT_FLEET_GRACE_PERIOD_MS, { min: 0, max: 3_600_000 });
   const maxDesiredWritesPerRound = r.integer('maxDesiredWritesPerRound', DEFAULT_MAX_DESIRED_WRITES_PER_ROUND, {
     min: 1,
     max: 100_000,
   });
-  r.done();
+  const minNodes = r.integer('minNodes', 1, { min: 1, max: 10_000 });
   const address = member.node.address;
   if (address === undefined || address.length === 0) {
     throw new InvalidArgumentError(
       'fleet options: node.address is required: where the Raft transport of this node listens (host:port)',
     );
   }
-  return { ...member, fleet, incarnation, address, gracePeriodMs, maxDesiredWritesPerRound };
+  return { ...member, fleet, incarnation, address, gracePeriodMs, maxDesiredWritesPerRound, minNodes };
 }
 
 export interface FleetControlEvents {
@@ -168,6 +187,7 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
             settings: {
               gracePeriodMs: options.gracePeriodMs,
               maxWritesPerRound: options.maxDesiredWritesPerRound,
+              minNodes: options.minNodes,
             },
             ownsNow: () => this.#membership.ownsNow(),
             onDeposed: () => this.#membership.leadershipLost(leadership),

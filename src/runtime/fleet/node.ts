@@ -1,0 +1,851 @@
+/**
+ * A fleet node: one process's share of a fleet (docs/fleet.md). It joins the control plane (FleetControl: its node
+ * record on a store session, the coordinator election, the coordinator while elected) and runs a Raft node holding
+ * the replicas the coordinator's desired records give it. Three loops, none of which blocks another:
+ *
+ * 1. The round (on every watch hint under the fleet's prefix and the tick, paced by its cost): read the fleet's
+ *    records, learn peers' addresses, and open or drop replicas as `decideReplicas` says
+ *    (src/protocol/fleet/replicas.ts).
+ * 2. The steps (after every round, every membership change, every leader change, and each `stepIntervalMs` while a
+ *    group it leads has not converged): for each group this node leads, one membership change or leadership
+ *    transfer toward the desired record, chosen by `nextStep` (src/protocol/fleet/plan.ts), carried out through
+ *    Raft itself, at most `maxConcurrentChanges` at once on this node.
+ * 3. The reports: each group's leader writes what it sees (`observed/<name>`) when it changes shape, and its lag at
+ *    most every `REPORT_LAG_EVERY_MS`, through a bounded queue.
+ *
+ * Safety never depends on the control plane: Raft decides membership, one change at a time, and `nextStep` never
+ * takes a group below a quorum of caught-up voters. The control plane only says where replicas should be; a store
+ * that is down stops moves, never a group.
+ */
+import { rm, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  ClosedError,
+  FleetGroupNotFoundError,
+  InvalidArgumentError,
+  NoQuorumError,
+  NotLeaderError,
+  RebalancerError,
+  TimeoutError,
+} from '../../errors.js';
+import { TypedEmitter, type ErrorEvent } from '../../events.js';
+import { OptionReader } from '../../options.js';
+import { addGroup, readFleetView, removeGroup, reportObserved, type FleetView } from '../../protocol/fleet/io.js';
+import {
+  raftGroupId,
+  validateFleetGroupName,
+  validateMachineName,
+  type GroupRecord,
+  type ObservedRecord,
+  type ObservedStatus,
+} from '../../protocol/fleet/keys.js';
+import { membershipChangeOf, nextStep, type PlanStep } from '../../protocol/fleet/plan.js';
+import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
+import type { MembershipChange } from '../../raft/messages.js';
+import { startRaftNode, type RaftNode } from '../../raft/node/node.js';
+import type { Consistency, GroupStatus, RaftGroup } from '../../raft/node/group.js';
+import { jsonCodec, type Codec, type StateMachine } from '../../raft/node/state-machine.js';
+import type { TlsOptions } from '../../raft/transport/transport.js';
+import type { TimerHandle } from '../../store/contract.js';
+import type { MemberOptions, RuntimeInternals } from '../common-options.js';
+import { CorruptionReports } from '../corruption.js';
+import { Loop } from '../loop.js';
+import { Watches } from '../watches.js';
+import { FleetControl, readFleetControl, type ResolvedFleetControlOptions } from './member.js';
+
+/** A state machine and how this fleet runs it (the same on every node). */
+export interface FleetMachine<S = any, C = any, Q = any, R = any, A = any> {
+  readonly stateMachine: StateMachine<S, C, Q, R, A>;
+  /** How commands, queries and results become bytes (default JSON). */
+  readonly codec?: Codec;
+  /** Let leaders serve `consistency: 'lease'` reads from their lease (default false). */
+  readonly leaseReads?: boolean;
+  /** Snapshot and compact every this many applied entries (default 10 000). */
+  readonly snapshotEntries?: number;
+  /** Client sessions remembered for exactly-once commands (default 10 000). */
+  readonly maxSessions?: number;
+  /** The largest command, encoded (default 1 MiB). */
+  readonly maxCommandBytes?: number;
+}
+
+export interface JoinFleetOptions extends MemberOptions {
+  /** The fleet's name (1–64 of A-Z a-z 0-9 . _ -). Every node of the fleet uses the same store and name. */
+  readonly fleet: string;
+  /** This node's data directory (its Raft log and snapshots). One node per directory; keep it across restarts. */
+  readonly dataDir: string;
+  /** The fleet's shared secret for node-to-node connections (at least 16 bytes, the same on every node). */
+  readonly secret: string | Uint8Array;
+  /**
+   * The state machines groups can run, by name (`addGroup(name, { machine })` names one). Every node needs every
+   * machine of the fleet. A value is a StateMachine or a FleetMachine (with its codec and settings).
+   */
+  readonly machines: Readonly<Record<string, StateMachine<any, any, any, any, any> | FleetMachine>>;
+  /** Where the Raft transport listens (default: node.address). */
+  readonly listen?: string;
+  /** Mutual TLS between nodes. */
+  readonly tls?: TlsOptions;
+  /** The Raft tick (default 100 ms); election timeouts are electionTicks..2×electionTicks ticks. */
+  readonly tickMs?: number;
+  /** Default 10. */
+  readonly electionTicks?: number;
+  /** Default time of command() and query() (default 5000 ms). */
+  readonly requestTimeoutMs?: number;
+  /** How long a node whose session ended keeps its members before they are placed elsewhere (default 5000 ms). */
+  readonly gracePeriodMs?: number;
+  /** Desired records the coordinator writes per round at most (default 500). */
+  readonly maxDesiredWritesPerRound?: number;
+  /** New groups are placed only once this many nodes are active (default 1). */
+  readonly minNodes?: number;
+  /** Membership changes this node runs at once, over all the groups it leads (default 16). */
+  readonly maxConcurrentChanges?: number;
+  /** A replica within this many entries of the leader counts as caught up (default 256). */
+  readonly catchUpLagEntries?: number;
+}
+
+export interface FleetNodeEvents {
+  /** A replica of `group` was opened here (created, joined, or recovered from the log). */
+  groupGained: { readonly group: string; readonly mode: 'recover' | 'bootstrap' | 'join' };
+  /** This node's replica of `group` was closed and its data deleted (removed from the group, or the group removed). */
+  groupLost: { readonly group: string; readonly reason: 'group-removed' | 'moved-away' };
+  /** This node became the leader of `group`. */
+  led: { readonly group: string; readonly term: number };
+  /** A membership change this node (as leader) made in `group` took effect. */
+  moved: { readonly group: string; readonly change: MembershipChange };
+  /** `group` lost a majority of its voters: nothing is changed until they come back (docs/fleet.md). */
+  stuck: { readonly group: string; readonly detail: string };
+  error: ErrorEvent;
+  left: Record<string, never>;
+}
+
+export interface FleetGroupInfo {
+  readonly name: string;
+  readonly replicas: number;
+  readonly machine: string;
+  readonly generation: number;
+  /** What the coordinator wants, once placed. */
+  readonly desired: { readonly members: readonly string[]; readonly leader: string } | undefined;
+  /** What the group's leader last reported. */
+  readonly observed: ObservedRecord | undefined;
+}
+
+export interface FleetRequestOptions {
+  /** The whole call's time, from now (default: requestTimeoutMs). */
+  readonly timeoutMs?: number;
+}
+
+export interface FleetQueryOptions extends FleetRequestOptions {
+  readonly consistency?: Consistency;
+}
+
+const DEFAULT_MAX_CONCURRENT_CHANGES = 16;
+const DEFAULT_CATCH_UP_LAG_ENTRIES = 256;
+/** A leader reports a group whose shape did not change (only its lag) at most this often. */
+const REPORT_LAG_EVERY_MS = 10_000;
+/** Reports written at once (each is two transactions). */
+const REPORT_CONCURRENCY = 4;
+const IDENTITY_FILE = 'fleet.json';
+
+interface Resolved {
+  readonly control: ResolvedFleetControlOptions;
+  readonly dataDir: string;
+  readonly secret: string | Uint8Array;
+  readonly machines: ReadonlyMap<string, Required<Pick<FleetMachine, 'stateMachine' | 'codec'>> & FleetMachine>;
+  readonly listen: string;
+  readonly tls: TlsOptions | undefined;
+  readonly tickMs: number;
+  readonly electionTicks: number;
+  readonly requestTimeoutMs: number;
+  readonly maxConcurrentChanges: number;
+  readonly catchUpLagEntries: number;
+}
+
+/** One replica open on this node. */
+interface Held {
+  readonly id: string;
+  readonly name: string;
+  readonly generation: number;
+  readonly machine: string;
+  readonly group: RaftGroup<unknown, unknown, unknown, unknown>;
+  changing: boolean;
+  /** When a leadership transfer was last asked (not again within two election timeouts). */
+  transferAtMs: number;
+  /** Since when the planner has said `stuck` (reported once it lasts two election timeouts). */
+  stuckSinceMs: number | undefined;
+  stuckReported: boolean;
+  wasLeader: boolean;
+  /** The shape of the last report written (JSON of everything but the lag), and when. */
+  reportedShape: string;
+  reportedAtMs: number;
+}
+
+function isStateMachine(v: unknown): v is StateMachine<unknown, unknown, unknown, unknown> {
+  return (
+    v !== null &&
+    typeof v === 'object' &&
+    ['initial', 'command', 'query', 'snapshot', 'restore'].every(
+      (k) => typeof (v as Record<string, unknown>)[k] === 'function',
+    )
+  );
+}
+
+function readMachines(r: OptionReader): Resolved['machines'] {
+  const raw = r.required<Record<string, unknown>>('machines', (v) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length > 0
+      ? undefined
+      : 'must be an object: state machine name → state machine ({ initial, command, query, snapshot, restore })',
+  );
+  const out = new Map<string, Required<Pick<FleetMachine, 'stateMachine' | 'codec'>> & FleetMachine>();
+  for (const [name, value] of Object.entries(raw)) {
+    validateMachineName(name);
+    if (isStateMachine(value)) {
+      out.set(name, { stateMachine: value, codec: jsonCodec });
+      continue;
+    }
+    const m = new OptionReader(value, `machines.${name}`);
+    const stateMachine = m.required<StateMachine<unknown, unknown, unknown, unknown>>('stateMachine', (v) =>
+      isStateMachine(v) ? undefined : 'must be { initial, command, query, snapshot, restore } (functions)',
+    );
+    const codec =
+      m.optional<Codec>('codec', (v) =>
+        v !== null &&
+        typeof v === 'object' &&
+        typeof (v as Codec).encode === 'function' &&
+        typeof (v as Codec).decode === 'function'
+          ? undefined
+          : 'must be { encode, decode }',
+      ) ?? jsonCodec;
+    const leaseReads = m.boolean('leaseReads', false);
+    const snapshotEntries = m.integer('snapshotEntries', 10_000, { min: 1 });
+    const maxSessions = m.integer('maxSessions', 10_000, { min: 1 });
+    const maxCommandBytes = m.integer('maxCommandBytes', 1 << 20, { min: 64, max: 64 << 20 });
+    m.done();
+    out.set(name, { stateMachine, codec, leaseReads, snapshotEntries, maxSessions, maxCommandBytes });
+  }
+  return out;
+}
+
+/**
+ * Join a fleet: start this node's Raft node on `dataDir`, register in the fleet's control plane and serve the
+ * replicas placed here. Resolves once registered; replicas open as the coordinator places them (`groupGained`).
+ */
+export async function joinFleet(options: JoinFleetOptions, internals: RuntimeInternals = {}): Promise<FleetNode> {
+  // Read and check every option before touching the disk or the network.
+  const r = new OptionReader(options, 'joinFleet options');
+  const dataDir = r.string('dataDir', undefined, 4096);
+  if (dataDir === undefined || dataDir === '') {
+    throw new InvalidArgumentError("joinFleet options.dataDir is required: the directory of this node's Raft log");
+  }
+  const secret = r.required<string | Uint8Array>('secret', (v) =>
+    typeof v === 'string' || v instanceof Uint8Array ? undefined : 'must be a string or bytes (at least 16 bytes)',
+  );
+  const machines = readMachines(r);
+  const tls = r.optional<TlsOptions>('tls', (v) =>
+    v !== null && typeof v === 'object' ? undefined : 'must be { key, cert, ca }',
+  );
+  const tickMs = r.integer('tickMs', 100, { min: 1, max: 60_000 });
+  const electionTicks = r.integer('electionTicks', 10, { min: 3, max: 10_000 });
+  const requestTimeoutMs = r.integer('requestTimeoutMs', 5000, { min: 1, max: 3_600_000 });
+  const maxConcurrentChanges = r.integer('maxConcurrentChanges', DEFAULT_MAX_CONCURRENT_CHANGES, {
+    min: 1,
+    max: 10_000,
+  });
+  const catchUpLagEntries = r.integer('catchUpLagEntries', DEFAULT_CATCH_UP_LAG_ENTRIES, { min: 0 });
+  const listenOption = r.string('listen', undefined, 512);
+  // The incarnation comes from the Raft data directory, opened below; the control options are checked now.
+  const control = readFleetControl(r, 'pending');
+  r.done();
+  const resolved: Resolved = {
+    control,
+    dataDir,
+    secret,
+    machines,
+    listen: listenOption ?? control.address,
+    tls,
+    tickMs,
+    electionTicks,
+    requestTimeoutMs,
+    maxConcurrentChanges,
+    catchUpLagEntries,
+  };
+  await checkDataDirIdentity(dataDir, control.fleet, control.node.id);
+  const raft = await startRaftNode({
+    id: control.node.id,
+    dataDir: join(dataDir, 'raft'),
+    listen: resolved.listen,
+    peers: {},
+    secret,
+    // Nodes of another fleet are refused even with the same secret.
+    cluster: `fleet:${control.fleet}`,
+    tickMs,
+    electionTicks,
+    requestTimeoutMs,
+    ...(tls !== undefined ? { tls } : {}),
+  });
+  let node: FleetNode | undefined;
+  try {
+    await writeDataDirIdentity(dataDir, control.fleet, control.node.id);
+    node = new FleetNode(resolved, raft, { ...control, incarnation: raft.incarnation }, internals);
+    await node.start();
+    return node;
+  } catch (err) {
+    if (node !== undefined) await node.close().catch(() => undefined);
+    else await raft.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** A data directory belongs to one node of one fleet: refuse another's (its replicas are not this node's). */
+async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: string): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  let id: { fleet?: unknown; node?: unknown };
+  try {
+    id = JSON.parse(text) as { fleet?: unknown; node?: unknown };
+  } catch {
+    id = {};
+  }
+  if (id.fleet !== fleet || id.node !== nodeId) {
+    throw new InvalidArgumentError(
+      `joinFleet: data directory ${dataDir} belongs to node ${JSON.stringify(id.node)} of fleet ` +
+        `${JSON.stringify(id.fleet)}, not to node ${nodeId} of fleet ${fleet}. Give each node its own directory ` +
+        '(keep it across restarts); delete it only if that node is gone for good',
+    );
+  }
+}
+
+async function writeDataDirIdentity(dataDir: string, fleet: string, nodeId: string): Promise<void> {
+  await mkdir(dataDir, { recursive: true });
+  const file = join(dataDir, IDENTITY_FILE);
+  const tmp = `${file}.tmp`;
+  await writeFile(tmp, JSON.stringify({ fleet, node: nodeId }) + '\n');
+  await rename(tmp, file);
+  await rm(tmp, { force: true });
+}
+
+export class FleetNode extends TypedEmitter<FleetNodeEvents> {
+  readonly nodeId: string;
+  readonly fleet: string;
+  readonly #o: Resolved;
+  readonly #raft: RaftNode;
+  readonly #control: FleetControl;
+  readonly #loop: Loop;
+  readonly #watches: Watches;
+  readonly #corruption: CorruptionReports;
+  readonly #held = new Map<string, Held>();
+  /** The last address seen for each other node (kept after it vanishes: it may come back). */
+  readonly #addresses = new Map<string, string>();
+  /** Reports waiting to be written, by group name (only the newest of a group is kept). */
+  readonly #reports = new Map<string, ObservedRecord>();
+  #reporting = 0;
+  #changes = 0;
+  #view: FleetView | undefined;
+  #stepTimer: TimerHandle | undefined;
+  #waitsReported = '';
+  #lastCostMs = 0;
+  #closed = false;
+  #deactivating = false;
+  readonly #drained = new Set<() => void>();
+
+  /** Use joinFleet(). */
+  constructor(o: Resolved, raft: RaftNode, control: ResolvedFleetControlOptions, internals: RuntimeInternals) {
+    super({ held: true });
+    this.#o = o;
+    this.#raft = raft;
+    this.nodeId = control.node.id;
+    this.fleet = control.fleet;
+    this.#control = new FleetControl(control, internals);
+    this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
+    this.#loop = new Loop(
+      () => this.#round(),
+      (error) => this.reportError(error, 'fleet node round'),
+      { clock: control.clock, spacingMs: () => Math.min(1000, 2 * this.#lastCostMs) },
+    );
+    this.#watches = new Watches(
+      control.store,
+      () => this.#loop.kick(),
+      (error) => this.reportError(error, 'fleet node: watching'),
+    );
+    this.#control.on('error', (e) => this.emit('error', e));
+    this.#raft.on('error', (e) => this.emit('error', e));
+    this.#raft.on('leader', (e) => {
+      const held = this.#held.get(e.group);
+      if (held === undefined) return;
+      if (e.leader === this.nodeId && !held.wasLeader) {
+        held.wasLeader = true;
+        this.emit('led', { group: held.name, term: e.term });
+      } else if (e.leader !== this.nodeId) held.wasLeader = false;
+      this.#stepSoon();
+    });
+  }
+
+  /** The store's fleet keys (for tools). */
+  get keys(): FleetControl['keys'] {
+    return this.#control.keys;
+  }
+
+  /** Whether this node is the fleet's coordinator now. */
+  get isCoordinator(): boolean {
+    return this.#control.isCoordinator;
+  }
+
+  /** Whether deactivate() was called (the node drains). */
+  get deactivating(): boolean {
+    return this.#deactivating;
+  }
+
+  /** The Raft port this node listens on (useful with port 0). */
+  get port(): number {
+    return this.#raft.port;
+  }
+
+  /** Use joinFleet(), which calls this. */
+  async start(): Promise<void> {
+    await this.#control.start();
+    const k = this.#control.keys;
+    await this.#watches.set([k.nodes, k.groups, k.desired, k.observed]);
+    this.#loop.kick();
+    this.#scheduleStep();
+    this.#o.control.clock.setTimeout(() => this.openEvents(), 0);
+  }
+
+  // ---- the API ----
+
+  /** Add a group running state machine `machine` (one of this node's `machines`) with `replicas` members. */
+  async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
+    this.#check();
+    validateFleetGroupName(name);
+    const machine = validateMachineName(options?.machine);
+    if (!this.#o.machines.has(machine)) {
+      throw new InvalidArgumentError(
+        `addGroup(${name}): state machine ${JSON.stringify(machine)} is not in this node's machines ` +
+          `(${[...this.#o.machines.keys()].join(', ')}); every node of the fleet needs it`,
+      );
+    }
+    const g = await addGroup(this.#o.control.store, this.#control.keys, name, options);
+    this.#loop.kick();
+    return g;
+  }
+
+  /** Remove a group: its replicas stop and delete their data on every node. Its name may be added again later. */
+  async removeGroup(name: string): Promise<GroupRecord> {
+    this.#check();
+    const g = await removeGroup(this.#o.control.store, this.#control.keys, validateFleetGroupName(name));
+    this.#loop.kick();
+    return g;
+  }
+
+  /** Every group of the fleet, read from the store now. */
+  async groups(): Promise<FleetGroupInfo[]> {
+    this.#check();
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    return [...view.groups.values()]
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((g) => ({
+        name: g.name,
+        replicas: g.replicas,
+        machine: g.machine,
+        generation: g.generation,
+        desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
+        observed: g.observed,
+      }));
+  }
+
+  /** This node's replicas and their Raft status. */
+  replicas(): { readonly group: string; readonly status: GroupStatus }[] {
+    return [...this.#held.values()].map((h) => ({ group: h.name, status: h.group.status() }));
+  }
+
+  /** Apply `command` to group `name` exactly once, from any node; resolves with the state machine's result. */
+  async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
+    this.#check();
+    const held = await this.#local(name);
+    if (held !== undefined) return (await held.group.command(command, this.#timeout(options))) as R;
+    throw this.#noReplica(name);
+  }
+
+  /** Read group `name` with its state machine's `query`, from any node. */
+  async query<A = unknown>(name: string, query: unknown, options: FleetQueryOptions = {}): Promise<A> {
+    this.#check();
+    const held = await this.#local(name);
+    if (held !== undefined) {
+      return (await held.group.query(query, {
+        ...this.#timeout(options),
+        ...(options.consistency !== undefined ? { consistency: options.consistency } : {}),
+      })) as A;
+    }
+    throw this.#noReplica(name);
+  }
+
+  /**
+   * Drain and leave: this node's record turns `deactivating`, the coordinator places its members elsewhere, the
+   * groups it leads hand leadership over, and each group's leader removes it; once it holds no replica it leaves
+   * the fleet. Rejects with TimeoutError after `timeoutMs` (default 120 s) and stays up, still draining: call it
+   * again, or close() to leave anyway (its replicas are then replaced after the grace period).
+   */
+  async deactivate(options: { readonly timeoutMs?: number } = {}): Promise<void> {
+    this.#check();
+    const timeoutMs = options.timeoutMs ?? 120_000;
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      throw new InvalidArgumentError(`deactivate: timeoutMs must be a positive number of ms, got ${timeoutMs}`);
+    }
+    this.#deactivating = true;
+    await this.#control.markDeactivating();
+    this.#loop.kick();
+    const clock = this.#o.control.clock;
+    const start = clock.now();
+    await new Promise<void>((resolve, reject) => {
+      let timer: TimerHandle | undefined;
+      const done = (): void => {
+        if (this.#held.size > 0 && !this.#closed) return;
+        this.#drained.delete(done);
+        if (timer !== undefined) clock.clearTimeout(timer);
+        resolve();
+      };
+      timer = clock.setTimeout(() => {
+        this.#drained.delete(done);
+        reject(
+          new TimeoutError(
+            `fleet ${this.fleet}`,
+            `draining node ${this.nodeId} (${this.#held.size} replica(s) left: ${[...this.#held.values()]
+              .slice(0, 5)
+              .map((h) => h.name)
+              .join(', ')})`,
+            clock.now() - start,
+            'not-applied',
+          ),
+        );
+      }, timeoutMs);
+      this.#drained.add(done);
+      done();
+    });
+    await this.close();
+  }
+
+  /** Leave at once (no draining): stop every replica and the Raft node, end the session. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#stepTimer !== undefined) this.#o.control.clock.clearTimeout(this.#stepTimer);
+    this.#loop.cancel();
+    await this.#watches.close();
+    await this.#control.close().catch((e: unknown) => this.reportError(e, 'fleet node: leaving the control plane'));
+    await this.#raft.close();
+    for (const d of [...this.#drained]) d();
+    this.emit('left', {});
+  }
+
+  // ---- the round: records in, replicas opened and dropped ----
+
+  async #round(): Promise<void> {
+    if (this.#closed) return;
+    const clock = this.#o.control.clock;
+    const startedAtMs = clock.now();
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    this.#corruption.endRound();
+    if (this.#closed) return;
+    this.#view = view;
+    this.#syncPeers(view);
+    const open = new Map<string, OpenReplica>();
+    for (const h of this.#held.values()) {
+      const s = h.group.status();
+      open.set(h.id, {
+        id: h.id,
+        voters: s.membership.voters,
+        learners: s.membership.learners,
+        membershipIndex: s.membershipIndex,
+      });
+    }
+    const decision = decideReplicas({
+      nodeId: this.nodeId,
+      groups: view.groups,
+      open,
+      stored: new Set(this.#raft.storedGroups().filter((id) => !this.#held.has(id))),
+      machines: new Set(this.#o.machines.keys()),
+      addressable: (n) => this.#addresses.has(n),
+    });
+    this.#lastCostMs = clock.now() - startedAtMs;
+    for (const a of decision.actions) {
+      if (this.#closed) return;
+      try {
+        await this.#act(a);
+      } catch (error) {
+        this.reportError(error, `fleet node: ${a.type} ${a.id}`);
+      }
+    }
+    const waits = decision.waits.map((w) => w.detail).join('\n');
+    if (waits !== this.#waitsReported && waits !== '') {
+      this.reportError(
+        new InvalidArgumentError(
+          `fleet ${this.fleet}, node ${this.nodeId}: ${decision.waits.length} group(s) wait: ${waits}`,
+        ),
+        'fleet node: groups waiting',
+      );
+    }
+    this.#waitsReported = waits;
+    this.#stepAll();
+  }
+
+  /** Tell the Raft node every live node's address (kept after a node vanishes: Raft still needs to reach it). */
+  #syncPeers(view: FleetView): void {
+    for (const n of view.nodes.values()) {
+      if (n.id === this.nodeId || this.#addresses.get(n.id) === n.address) continue;
+      this.#addresses.set(n.id, n.address);
+      try {
+        this.#raft.setPeer(n.id, n.address);
+      } catch (error) {
+        this.reportError(error, `fleet node: the address of node ${n.id}`);
+      }
+    }
+  }
+
+  async #act(a: ReplicaAction): Promise<void> {
+    if (a.type === 'drop') {
+      const held = this.#held.get(a.id);
+      this.#held.delete(a.id);
+      this.#reports.delete(held?.name ?? '');
+      await this.#raft.dropGroup(a.id);
+      if (held !== undefined) this.emit('groupLost', { group: held.name, reason: a.reason });
+      if (this.#held.size === 0) for (const d of [...this.#drained]) d();
+      return;
+    }
+    const m = this.#o.machines.get(a.machine)!;
+    const settings = {
+      stateMachine: m.stateMachine,
+      codec: m.codec,
+      ...(m.leaseReads !== undefined ? { leaseReads: m.leaseReads } : {}),
+      ...(m.snapshotEntries !== undefined ? { snapshotEntries: m.snapshotEntries } : {}),
+      ...(m.maxSessions !== undefined ? { maxSessions: m.maxSessions } : {}),
+      ...(m.maxCommandBytes !== undefined ? { maxCommandBytes: m.maxCommandBytes } : {}),
+    };
+    const group =
+      a.mode === 'bootstrap'
+        ? this.#raft.openGroup(a.id, { ...settings, members: a.members })
+        : this.#raft.openGroup(a.id, { ...settings, join: true });
+    const generation = Number(a.id.slice(a.name.length + 1));
+    this.#held.set(a.id, {
+      id: a.id,
+      name: a.name,
+      generation,
+      machine: a.machine,
+      group,
+      changing: false,
+      transferAtMs: Number.NEGATIVE_INFINITY,
+      stuckSinceMs: undefined,
+      stuckReported: false,
+      wasLeader: false,
+      reportedShape: '',
+      reportedAtMs: Number.NEGATIVE_INFINITY,
+    });
+    this.emit('groupGained', { group: a.name, mode: a.mode });
+  }
+
+  // ---- the steps: each led group one change closer to its desired record ----
+
+  #electionTimeoutMs(): number {
+    return this.#o.tickMs * this.#o.electionTicks;
+  }
+
+  #stepSoon(): void {
+    if (this.#closed) return;
+    this.#o.control.clock.setTimeout(() => this.#stepAll(), 0, { background: true });
+  }
+
+  #scheduleStep(): void {
+    if (this.#closed) return;
+    // Five ticks: a learner's catch-up and a transfer are noticed within half a second, and an idle fleet costs a
+    // pass over its held replicas (no store access) twice a second.
+    this.#stepTimer = this.#o.control.clock.setTimeout(
+      () => {
+        this.#stepAll();
+        this.#scheduleStep();
+      },
+      this.#o.tickMs * 5,
+      { background: true },
+    );
+  }
+
+  #stepAll(): void {
+    if (this.#closed || this.#view === undefined) return;
+    for (const h of this.#held.values()) {
+      try {
+        this.#step(h, this.#view);
+      } catch (error) {
+        this.reportError(error, `fleet node: stepping group ${h.name}`);
+      }
+    }
+  }
+
+  #step(h: Held, view: FleetView): void {
+    const s = h.group.status();
+    if (s.role !== 'leader' || s.failed !== undefined) return;
+    const g = view.groups.get(h.name);
+    const d = g?.desired;
+    if (g === undefined || g.generation !== h.generation || d === undefined) return;
+    const now = this.#o.control.clock.now();
+    const voters = s.membership.voters;
+    const converged =
+      voters.length === d.members.length &&
+      d.members.every((m) => voters.includes(m)) &&
+      s.membership.learners.length === 0 &&
+      d.leader === this.nodeId;
+    if (converged) {
+      h.stuckSinceMs = undefined;
+      this.#report(h, s, 'converged', 'the group has its desired members and leader', now);
+      return;
+    }
+    if (h.changing) return;
+    // Plan only from a committed membership (nextStep's contract) and with fresh progress.
+    if (s.membershipIndex > s.committed) return;
+    if (s.quiesced) {
+      h.group.wake();
+      return;
+    }
+    const live = new Set(view.nodes.keys());
+    const step: PlanStep = nextStep({
+      membership: s.membership,
+      desired: { members: d.members, leader: d.leader },
+      leader: this.nodeId,
+      progress: s.progress,
+      lastIndex: s.lastIndex,
+      live,
+      catchUpLagEntries: this.#o.catchUpLagEntries,
+    });
+    if (step.type === 'stuck') {
+      // A new leader has not heard from anyone yet: only a loss that lasts is reported.
+      h.stuckSinceMs ??= now;
+      const lasting = now - h.stuckSinceMs >= 2 * this.#electionTimeoutMs();
+      if (lasting && !h.stuckReported) {
+        h.stuckReported = true;
+        this.emit('stuck', { group: h.name, detail: step.detail });
+      }
+      this.#report(h, s, lasting ? 'stuck' : 'moving', step.detail, now);
+      return;
+    }
+    h.stuckSinceMs = undefined;
+    h.stuckReported = false;
+    if (step.type === 'none') {
+      this.#report(h, s, step.reason === 'converged' ? 'converged' : 'moving', step.detail, now);
+      return;
+    }
+    this.#report(h, s, 'moving', `next: ${step.type} ${step.node}`, now);
+    if (step.type === 'transferLeader') {
+      if (now - h.transferAtMs < 2 * this.#electionTimeoutMs()) return;
+      h.transferAtMs = now;
+      try {
+        h.group.transferLeadership(step.node);
+      } catch (error) {
+        if (!(error instanceof NotLeaderError)) throw error;
+      }
+      return;
+    }
+    const change = membershipChangeOf(step)!;
+    if (this.#changes >= this.#o.maxConcurrentChanges) return; // the next pass, once one finishes
+    h.changing = true;
+    this.#changes++;
+    h.group
+      .changeMembership(change, { timeoutMs: 3 * this.#electionTimeoutMs() })
+      .then(
+        () => this.emit('moved', { group: h.name, change }),
+        (error: unknown) => {
+          // Leadership moved, a quorum is briefly missing, or the node closes: the next pass decides again.
+          if (
+            error instanceof NotLeaderError ||
+            error instanceof NoQuorumError ||
+            error instanceof TimeoutError ||
+            error instanceof ClosedError
+          ) {
+            return;
+          }
+          this.reportError(error, `fleet node: ${change.type} ${change.node} in group ${h.name}`);
+        },
+      )
+      .finally(() => {
+        h.changing = false;
+        this.#changes--;
+        this.#stepSoon();
+      });
+  }
+
+  // ---- reports ----
+
+  #report(h: Held, s: GroupStatus, status: ObservedStatus, detail: string, nowMs: number): void {
+    const lag: Record<string, number> = {};
+    for (const [id, p] of s.progress) lag[id] = Math.max(0, s.lastIndex - p.match);
+    const shape = {
+      name: h.name,
+      generation: h.generation,
+      reporter: this.nodeId,
+      term: s.term,
+      leader: this.nodeId,
+      voters: [...s.membership.voters].sort(),
+      learners: [...s.membership.learners].sort(),
+      membershipIndex: s.membershipIndex,
+      status,
+      detail,
+    };
+    const key = JSON.stringify(shape);
+    if (key === h.reportedShape && nowMs - h.reportedAtMs < REPORT_LAG_EVERY_MS) return;
+    h.reportedShape = key;
+    h.reportedAtMs = nowMs;
+    this.#reports.set(h.name, { ...shape, committed: s.committed, lag });
+    this.#drainReports();
+  }
+
+  #drainReports(): void {
+    while (this.#reporting < REPORT_CONCURRENCY && this.#reports.size > 0 && !this.#closed) {
+      const [name, rec] = this.#reports.entries().next().value as [string, ObservedRecord];
+      this.#reports.delete(name);
+      this.#reporting++;
+      reportObserved(this.#o.control.store, this.#control.keys, rec)
+        .catch((error: unknown) => {
+          // Written again at the next change or lag report; say why it was not now.
+          const h = [...this.#held.values()].find((x) => x.name === name);
+          if (h !== undefined) h.reportedShape = '';
+          this.reportError(error, `fleet node: reporting group ${name}`);
+        })
+        .finally(() => {
+          this.#reporting--;
+          this.#drainReports();
+        });
+    }
+  }
+
+  // ---- routing ----
+
+  #timeout(options: FleetRequestOptions): { timeoutMs: number } {
+    const t = options.timeoutMs ?? this.#o.requestTimeoutMs;
+    if (!Number.isFinite(t) || t <= 0) {
+      throw new InvalidArgumentError(`fleet ${this.fleet}: timeoutMs must be a positive number of ms, got ${t}`);
+    }
+    return { timeoutMs: t };
+  }
+
+  /** This node's replica of group `name`, if it is open and a member (one that joined empty waits to be added). */
+  async #local(name: string): Promise<Held | undefined> {
+    validateFleetGroupName(name);
+    let g = this.#view?.groups.get(name);
+    if (g === undefined) {
+      // Perhaps added since the last round: read once more before saying it does not exist.
+      this.#view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+      g = this.#view.groups.get(name);
+      if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+    }
+    const held = this.#held.get(raftGroupId(name, g.generation));
+    if (held === undefined) return undefined;
+    const m = held.group.status().membership;
+    return m.voters.includes(this.nodeId) || m.learners.includes(this.nodeId) ? held : undefined;
+  }
+
+  #noReplica(name: string): RebalancerError {
+    return new InvalidArgumentError(`fleet ${this.fleet}: node ${this.nodeId} holds no replica of group ${name}`);
+  }
+
+  #check(): void {
+    if (this.#closed) throw new ClosedError(`fleet node ${this.nodeId}`);
+  }
+}

@@ -1,0 +1,130 @@
+import { describe, expect, it } from 'vitest';
+import type { DesiredRecord, ObservedRecord } from '../../src/protocol/fleet/keys.js';
+import {
+  decideReplicas,
+  type GroupFacts,
+  type OpenReplica,
+  type ReplicaInput,
+} from '../../src/protocol/fleet/replicas.js';
+
+function desired(name: string, members: string[], version = 1, initial = members): DesiredRecord {
+  return { name, generation: 1, members, leader: members[0]!, token: 1, initial, version };
+}
+
+function observed(name: string, voters: string[], membershipIndex: number, learners: string[] = []): ObservedRecord {
+  return {
+    name,
+    generation: 1,
+    reporter: voters[0]!,
+    term: 2,
+    leader: voters[0]!,
+    voters,
+    learners,
+    membershipIndex,
+    committed: 10,
+    lag: {},
+    status: 'moving',
+    detail: '',
+  };
+}
+
+function input(
+  groups: GroupFacts[],
+  open: OpenReplica[] = [],
+  stored: string[] = [],
+  extra: Partial<ReplicaInput> = {},
+): ReplicaInput {
+  return {
+    nodeId: 'a',
+    groups: new Map(groups.map((g) => [g.name, g])),
+    open: new Map(open.map((o) => [o.id, o])),
+    stored: new Set(stored),
+    machines: new Set(['kv']),
+    addressable: () => true,
+    ...extra,
+  };
+}
+
+const g = (name: string, d: DesiredRecord | undefined, o?: ObservedRecord, generation = 1): GroupFacts => ({
+  name,
+  generation,
+  machine: 'kv',
+  desired: d,
+  observed: o,
+});
+
+describe('decideReplicas', () => {
+  it('bootstraps only from the first desired record and only its initial members; joins otherwise', () => {
+    const d = decideReplicas(
+      input([
+        g('first', desired('first', ['a', 'b', 'c'])),
+        g('rewritten', desired('rewritten', ['a', 'b', 'c'], 2, ['b', 'c', 'd'])),
+        g('not-initial', desired('not-initial', ['a', 'b'], 1, ['b', 'c'])),
+        g('elsewhere', desired('elsewhere', ['b', 'c'])),
+        g('unplaced', undefined),
+      ]),
+    );
+    expect(d.actions).toEqual([
+      { type: 'open', id: 'first:1', name: 'first', machine: 'kv', mode: 'bootstrap', members: ['a', 'b', 'c'] },
+      { type: 'open', id: 'not-initial:1', name: 'not-initial', machine: 'kv', mode: 'join', members: [] },
+      { type: 'open', id: 'rewritten:1', name: 'rewritten', machine: 'kv', mode: 'join', members: [] },
+    ]);
+  });
+
+  it('waits for the addresses of bootstrap members, and for a state machine it does not have', () => {
+    const d = decideReplicas(
+      input([g('x', desired('x', ['a', 'b', 'c'])), { ...g('y', desired('y', ['a'])), machine: 'other' }], [], [], {
+        addressable: (n) => n !== 'c',
+      }),
+    );
+    expect(d.actions).toEqual([]);
+    expect(d.waits.map((w) => [w.name, w.reason])).toEqual([
+      ['x', 'unknown-address'],
+      ['y', 'unknown-machine'],
+    ]);
+  });
+
+  it('recovers stored replicas of live generations and drops those of removed or re-added groups', () => {
+    const d = decideReplicas(
+      input(
+        [
+          g('kept', desired('kept', ['b', 'c'])),
+          g('readded', { ...desired('readded', ['a']), generation: 2 }, undefined, 2),
+        ],
+        [],
+        ['kept:1', 'gone:1', 'readded:1', 'not-a-raft-id'],
+      ),
+    );
+    expect(d.actions).toEqual([
+      { type: 'drop', id: 'gone:1', reason: 'group-removed' },
+      { type: 'drop', id: 'readded:1', reason: 'group-removed' },
+      { type: 'drop', id: 'not-a-raft-id', reason: 'group-removed' },
+      { type: 'open', id: 'kept:1', name: 'kept', machine: 'kv', mode: 'recover', members: [] },
+      { type: 'open', id: 'readded:2', name: 'readded', machine: 'kv', mode: 'bootstrap', members: ['a'] },
+    ]);
+  });
+
+  it('drops a replica no longer desired only once it is no longer a member', () => {
+    const member: OpenReplica = { id: 'x:1', voters: ['a', 'b', 'c'], learners: [], membershipIndex: 5 };
+    const notDesired = desired('x', ['b', 'c', 'd'], 3);
+    // Still a voter, and no report says otherwise: stays (its leader removes it first).
+    expect(decideReplicas(input([g('x', notDesired)], [member])).actions).toEqual([]);
+    // A report from before the membership it knows does not count.
+    expect(decideReplicas(input([g('x', notDesired, observed('x', ['b', 'c', 'd'], 4))], [member])).actions).toEqual(
+      [],
+    );
+    // A report at least as recent that excludes it: removed, drop.
+    expect(decideReplicas(input([g('x', notDesired, observed('x', ['b', 'c', 'd'], 9))], [member])).actions).toEqual([
+      { type: 'drop', id: 'x:1', reason: 'moved-away' },
+    ]);
+    // Still desired: never dropped, whatever a report says.
+    expect(
+      decideReplicas(input([g('x', desired('x', ['a', 'b'], 2), observed('x', ['b', 'c'], 9))], [member])).actions,
+    ).toEqual([]);
+    // Its own membership no longer names it (it applied its removal, or was never added): drop.
+    const out: OpenReplica = { id: 'x:1', voters: ['b', 'c'], learners: [], membershipIndex: 7 };
+    expect(decideReplicas(input([g('x', notDesired)], [out])).actions).toEqual([
+      { type: 'drop', id: 'x:1', reason: 'moved-away' },
+    ]);
+  });
+});
