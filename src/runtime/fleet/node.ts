@@ -40,6 +40,7 @@ import {
   type ObservedStatus,
 } from '../../protocol/fleet/keys.js';
 import { membershipChangeOf, nextStep, type PlanStep } from '../../protocol/fleet/plan.js';
+import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import type { MembershipChange } from '../../raft/messages.js';
 import { startRaftNode, type RaftNode } from '../../raft/node/node.js';
@@ -453,6 +454,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
         observed: g.observed,
       }));
+  }
+
+  /** The fleet as the store says now: nodes, groups, their health (src/protocol/fleet/status.ts). */
+  async status(): Promise<FleetStatus> {
+    this.#check();
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    return fleetStatus(this.fleet, view);
   }
 
   /** This node's replicas and their Raft status. */

@@ -1,0 +1,195 @@
+/**
+ * Fleet nodes in this process: real Raft nodes over loopback TCP, each with its own data directory, and one SQLite
+ * control store. Groups are created where the coordinator places them, converge to their desired members and
+ * leaders through Raft (learner → caught up → voter → extra member removed), keep every acknowledged command through
+ * a node joining, draining and dying, and answer from any node.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createSqliteStore } from '../../src/backends/sqlite/index.js';
+import { FleetGroupExistsError, FleetGroupNotFoundError, InvalidArgumentError } from '../../src/errors.js';
+import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
+import type { StateMachine } from '../../src/raft/node/state-machine.js';
+import type { Store } from '../../src/store/contract.js';
+import { allocatePorts } from '../harness/ports.js';
+import { releasePort } from '../harness/processes.js';
+import { eventually } from '../harness/wait.js';
+
+interface Counter {
+  readonly total: number;
+}
+const counter: StateMachine<Counter, { add: number }, 'total', number, number> = {
+  initial: () => ({ total: 0 }),
+  command: (state, c) => ({ state: { total: state.total + c.add }, result: state.total + c.add }),
+  query: (state) => state.total,
+  snapshot: (state) => new TextEncoder().encode(JSON.stringify(state)),
+  restore: (bytes) => JSON.parse(new TextDecoder().decode(bytes)) as Counter,
+};
+
+const SECRET = 'a fleet test secret of enough bytes';
+
+interface Env {
+  dir: string;
+  store: Store;
+  ports: number[];
+  nodes: Map<string, FleetNode>;
+}
+let envs: Env[] = [];
+afterEach(async () => {
+  for (const e of envs) {
+    for (const n of e.nodes.values()) await n.close().catch(() => undefined);
+    await e.store.close();
+    await rm(e.dir, { recursive: true, force: true });
+    for (const p of e.ports) releasePort(p);
+  }
+  envs = [];
+});
+
+async function env(): Promise<Env> {
+  const dir = await mkdtemp(join(tmpdir(), 'fleet-'));
+  const store = await createSqliteStore({ path: join(dir, 'control.db'), namespace: 'fleet-test' });
+  const e: Env = { dir, store, ports: await allocatePorts(8), nodes: new Map() };
+  envs.push(e);
+  return e;
+}
+
+async function start(e: Env, id: string, zone: string, extra: Record<string, unknown> = {}): Promise<FleetNode> {
+  const i = Number(id.slice(1)) - 1;
+  const node = await joinFleet({
+    store: e.store,
+    fleet: 'test',
+    node: { id, zone, address: `127.0.0.1:${e.ports[i]}` },
+    dataDir: join(e.dir, id),
+    secret: SECRET,
+    machines: { counter },
+    sessionTtlMs: 2000,
+    gracePeriodMs: 1000,
+    tickMs: 50,
+    ...extra,
+  });
+  node.on('error', (err) => console.error(`${id}: ${err.context}: ${String(err.error)}`));
+  e.nodes.set(id, node);
+  return node;
+}
+
+/** Every group has its desired members as voters, no learners, its desired leader leading (as reported). */
+async function converged(n: FleetNode, what: string, timeoutMs = 30_000): Promise<void> {
+  await eventually(
+    async () => {
+      const gs = await n.groups();
+      for (const g of gs) {
+        expect(g.desired, `${g.name} placed`).toBeDefined();
+        const o = g.observed;
+        expect(o?.status, `${g.name}: ${o?.detail}`).toBe('converged');
+        expect([...o!.voters].sort()).toEqual([...g.desired!.members].sort());
+        expect(o!.leader).toBe(g.desired!.leader);
+      }
+      return true;
+    },
+    { what, timeoutMs, intervalMs: 100 },
+  );
+}
+
+describe('fleet (in-process nodes, SQLite control store)', () => {
+  it('places groups over zones, moves them as nodes join and drain, and loses no acknowledged command', async () => {
+    const e = await env();
+    const n1 = await start(e, 'n1', 'z1', { minNodes: 3 });
+    await start(e, 'n2', 'z2', { minNodes: 3 });
+    await start(e, 'n3', 'z3', { minNodes: 3 });
+    const names = ['g1', 'g2', 'g3', 'g4', 'g5', 'g6'];
+    for (const g of names) await n1.addGroup(g, { replicas: 3, machine: 'counter' });
+    await converged(n1, 'six groups on three nodes');
+
+    let acked = new Map(names.map((g) => [g, 0]));
+    const addAll = async (via: FleetNode): Promise<void> => {
+      for (const g of names) {
+        await via.command(g, { add: 1 });
+        acked.set(g, acked.get(g)! + 1);
+      }
+    };
+    for (const n of e.nodes.values()) await addAll(n);
+
+    // A fourth node in zone z1: members move to it (one change at a time), and nothing acknowledged is lost.
+    const n4 = await start(e, 'n4', 'z1');
+    await converged(n1, 'after n4 joined');
+    const gained = n4.replicas().length;
+    expect(gained).toBeGreaterThan(0);
+    await addAll(n4);
+    // Draining n4: its replicas move away, then it leaves.
+    await n4.deactivate({ timeoutMs: 30_000 });
+    e.nodes.delete('n4');
+    await converged(n1, 'after n4 drained');
+    for (const g of names) {
+      expect(await n1.query(g, 'total', { consistency: 'linearizable' }).catch(() => undefined)).toSatisfy(
+        (v: unknown) => v === undefined || v === acked.get(g),
+      );
+    }
+    for (const n of e.nodes.values()) await addAll(n);
+    for (const [id, n] of e.nodes) {
+      for (const g of names) {
+        expect(await n.query(g, 'total'), `${g} via ${id}`).toBe(acked.get(g));
+      }
+    }
+    acked = new Map(acked);
+  });
+
+  it('re-replicates the groups of a node that died after the grace period', async () => {
+    const e = await env();
+    const nodes = [await start(e, 'n1', 'z1'), await start(e, 'n2', 'z2'), await start(e, 'n3', 'z1')];
+    await start(e, 'n4', 'z2');
+    for (const g of ['a', 'b', 'c', 'd']) await nodes[0]!.addGroup(g, { replicas: 3, machine: 'counter' });
+    await converged(nodes[0]!, 'four groups on four nodes');
+    for (const g of ['a', 'b', 'c', 'd']) await nodes[0]!.command(g, { add: 5 });
+    // n4 dies without draining: its session ends, and after the grace period its members are placed elsewhere.
+    await e.nodes.get('n4')!.close();
+    e.nodes.delete('n4');
+    await converged(nodes[0]!, 'after n4 died');
+    for (const gi of await nodes[0]!.groups()) expect(gi.desired!.members).not.toContain('n4');
+    for (const g of ['a', 'b', 'c', 'd']) expect(await nodes[0]!.query(g, 'total')).toBe(5);
+  });
+
+  it('refuses bad input with typed errors', async () => {
+    const e = await env();
+    const n1 = await start(e, 'n1', 'z1');
+    await n1.addGroup('x', { replicas: 1, machine: 'counter' });
+    await expect(n1.addGroup('x', { replicas: 1, machine: 'counter' })).rejects.toBeInstanceOf(FleetGroupExistsError);
+    await expect(n1.addGroup('y', { replicas: 1, machine: 'nope' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(n1.addGroup('bad name', { replicas: 1, machine: 'counter' })).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
+    await expect(n1.command('missing', { add: 1 })).rejects.toBeInstanceOf(FleetGroupNotFoundError);
+    await expect(n1.removeGroup('missing')).rejects.toBeInstanceOf(FleetGroupNotFoundError);
+    await expect(
+      joinFleet({
+        store: e.store,
+        fleet: 'test',
+        node: { id: 'n2', address: `127.0.0.1:${e.ports[1]}` },
+        dataDir: join(e.dir, 'n1'),
+        secret: SECRET,
+        machines: { counter },
+      }),
+    ).rejects.toThrow(/data directory|in use|LOCK/i);
+    await expect(
+      joinFleet({
+        store: e.store,
+        fleet: 'test',
+        node: { id: 'n5', address: `127.0.0.1:${e.ports[4]}` },
+        dataDir: join(e.dir, 'n5'),
+        secret: SECRET,
+        machines: { counter },
+        gracePeriodMS: 10,
+      } as never),
+    ).rejects.toThrow(/gracePeriodMs/);
+    // A removed group's replicas go; its name can be used again, as a new group.
+    expect(await n1.command('x', { add: 2 })).toBe(2);
+    await n1.removeGroup('x');
+    await eventually(() => n1.replicas().length === 0, { what: 'x dropped', timeoutMs: 10_000 });
+    await n1.addGroup('x', { replicas: 1, machine: 'counter' });
+    await eventually(async () => (await n1.command('x', { add: 1 })) === 1, {
+      what: 'the new x starts from zero',
+      timeoutMs: 10_000,
+    });
+  });
+});
