@@ -58,7 +58,10 @@ export interface RaftNodeOptions {
   readonly dataDir?: string;
   /** The address to listen on for peers, `host:port` (port 0: any free port). */
   readonly listen: string;
-  /** Every other node of the cluster: id → `host:port`. */
+  /**
+   * The other nodes known at start: id → `host:port` (may be `{}`). More are added, moved or removed while the node
+   * runs with `setPeer` and `removePeer`.
+   */
   readonly peers: Readonly<Record<string, string>>;
   /** The cluster's shared secret (at least 16 bytes, the same on every node): peers prove they know it. */
   readonly secret: string | Uint8Array;
@@ -81,8 +84,17 @@ export interface RaftNodeOptions {
 }
 
 export interface GroupOptions<S, C, Q, R, A> {
-  /** The node ids of the group's voters when it is created (ignored once the group has state on this node). */
-  readonly members: readonly string[];
+  /**
+   * The node ids of the group's voters when it is created (ignored once the group has state on this node). Each is
+   * this node or one of its peers. Exclusive with `join`.
+   */
+  readonly members?: readonly string[];
+  /**
+   * Join an existing group as an empty replica (instead of `members`): it starts with no membership, never
+   * campaigns, and waits for the group's leader to add it (`changeMembership` addLearner, then addVoter) and send it
+   * the log or a snapshot. A group with state on this node is recovered as usual.
+   */
+  readonly join?: boolean;
   readonly stateMachine: StateMachine<S, C, Q, R, A>;
   /** How commands, results and the session table become bytes (default JSON). */
   readonly codec?: Codec;
@@ -150,8 +162,11 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly #send: RaftNodeIo['send'];
   readonly #mutants: RaftMutants;
   readonly #observer: ReplicaObserver | undefined;
-  readonly #peers: ReadonlyMap<string, string>;
+  readonly #peers: Map<string, string>;
+  readonly #incarnation: string;
   readonly #replicas = new Map<string, Replica>();
+  /** Groups whose dropGroup is on its way: openGroup refuses them meanwhile. */
+  readonly #dropping = new Set<string>();
   readonly #o: Timing;
   #ticker: unknown;
   /** Releases the data directory's lock (real disks only). */
@@ -171,9 +186,10 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       observer: ReplicaObserver | undefined;
     },
     mutants: RaftMutants,
-    peers: ReadonlyMap<string, string>,
+    peers: Map<string, string>,
     o: Timing,
     guard: VoteGuard,
+    incarnation: string,
   ) {
     super();
     this.id = id;
@@ -187,6 +203,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#observer = io.observer;
     this.#mutants = mutants;
     this.#peers = peers;
+    this.#incarnation = incarnation;
     this.#o = o;
     this.#lastTickAt = io.clock();
   }
@@ -223,6 +240,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     const peers = new Map<string, string>();
     const peerAddresses: Record<string, PeerAddress> = {};
     for (const [peer, addr] of Object.entries(rawPeers)) {
+      if (peer === id) throw new InvalidArgumentError(`startRaftNode options.peers must not list this node (${id})`);
       if (typeof addr !== 'string') {
         throw new InvalidArgumentError(`startRaftNode options.peers.${peer} must be 'host:port', got ${typeof addr}`);
       }
@@ -253,11 +271,13 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     const holder: { node?: RaftNode } = {};
     let transport: Transport;
     let guard: VoteGuard;
+    let incarnation = '';
     try {
       // The incarnation of this data directory: from the injected randomness when there is one (the simulator).
       const identity = await NodeIdentity.open(disk, () =>
         io.random === undefined ? newIncarnation() : Uint8Array.from({ length: 16 }, () => (random() * 256) | 0),
       );
+      incarnation = Buffer.from(identity.incarnation).toString('hex');
       guard = new VoteGuard({
         nodeId: id,
         identity,
@@ -313,6 +333,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         requestTimeoutMs,
       },
       guard,
+      incarnation,
     );
     holder.node = node;
     node.#unlock = unlock;
@@ -323,6 +344,49 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   /** The port peers reach this node on (useful with listen port 0). */
   get port(): number {
     return this.#transport.port;
+  }
+
+  /**
+   * The incarnation of this node's data directory (32 hex digits): made with the directory, the same across
+   * restarts, new after the directory is wiped (docs/raft.md, "A node that lost its data").
+   */
+  get incarnation(): string {
+    return this.#incarnation;
+  }
+
+  /** The peers known now: id → `host:port`. */
+  peers(): Record<string, string> {
+    return Object.fromEntries(this.#peers);
+  }
+
+  /**
+   * Add peer `id` at `address` (`host:port`), or move it there: a changed address closes its connection, which is
+   * dialed again at the new one. Both nodes must know each other before they connect; the order does not matter
+   * (the one that dials retries with its backoff until the other knows it).
+   */
+  setPeer(id: string, address: string): void {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (typeof id !== 'string' || id === '' || id.length > 256 || id === this.id) {
+      throw new InvalidArgumentError(
+        `setPeer: the id must be another node's non-empty id (at most 256 characters), got ${JSON.stringify(id)}`,
+      );
+    }
+    const parsed = parseAddress(address, `setPeer(${id}) address`);
+    this.#transport.setPeer(id, parsed);
+    this.#peers.set(id, address);
+    this.#guard.addPeer(id);
+  }
+
+  /**
+   * Forget peer `id`: its connection closes and messages to it are dropped. Replicas of groups it is a member of
+   * keep working (remove it from their memberships first when it is gone for good). Unknown ids are a no-op.
+   */
+  removePeer(id: string): void {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (!this.#peers.has(id)) return;
+    this.#peers.delete(id);
+    this.#transport.removePeer(id);
+    this.#guard.removePeer(id);
   }
 
   /** The groups this node has state for in its log (open them again after a restart). */
@@ -342,9 +406,26 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       );
     }
     if (this.#replicas.has(name)) throw new InvalidArgumentError(`raft group ${name} is already open on ${this.id}`);
+    if (this.#dropping.has(name)) {
+      throw new InvalidArgumentError(
+        `raft group ${name} is being dropped on ${this.id}: await dropGroup, then open it`,
+      );
+    }
     const r = new OptionReader(options, `openGroup(${name}) options`);
+    const hasMembers = (options as { members?: unknown } | null)?.members !== undefined;
     const members = r.stringList('members', []);
-    if (members.length === 0) throw new InvalidArgumentError(`openGroup(${name}) options.members must list the voters`);
+    const join = r.boolean('join', false);
+    if (join && hasMembers) {
+      throw new InvalidArgumentError(
+        `openGroup(${name}) options.members and options.join are exclusive: give members to create the group, or ` +
+          'join: true to be added to it by its leader',
+      );
+    }
+    if (!join && members.length === 0) {
+      throw new InvalidArgumentError(
+        `openGroup(${name}) options.members must list the voters (or set join: true to join an existing group)`,
+      );
+    }
     for (const m of members) {
       if (m !== this.id && !this.#peers.has(m)) {
         throw new InvalidArgumentError(`openGroup(${name}): member ${m} is neither this node nor one of its peers`);
@@ -377,7 +458,9 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       v !== null && typeof v === 'object' ? undefined : 'must be an object',
     );
     r.done();
-    const storage = this.#wal.group(name, { voters: [...new Set(members)], learners: [] });
+    // A joining replica starts with no membership: it is no voter, so it never campaigns, and learns the group's
+    // membership from the leader's entries or snapshot.
+    const storage = this.#wal.group(name, { voters: join ? [] : [...new Set(members)], learners: [] });
     const replica = new Replica({
       nodeId: this.id,
       groupId: name,
@@ -417,6 +500,39 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
       catchUp: () => this.#catchUp(),
     });
+  }
+
+  /**
+   * Close this node's replica of group `name` without deleting anything: pending calls on it fail with
+   * ClosedError; `openGroup` recovers it later. Not open: a no-op.
+   */
+  async closeGroup(name: string): Promise<void> {
+    const r = this.#replicas.get(name);
+    if (r === undefined) return;
+    this.#replicas.delete(name);
+    this.#guard.detach(r.core);
+    await r.close(new ClosedError(`raft group ${name} on node ${this.id}`));
+  }
+
+  /**
+   * Close this node's replica of group `name` (as closeGroup) and delete its state durably: a drop record in the
+   * log, so that no recovery brings it back, then its snapshot files. It is no longer in `storedGroups()`; an
+   * `openGroup` of the name afterwards starts a new, empty replica. Remove this node from the group's membership
+   * first: a replica dropped while still a member is, to the others, a member that lost its log.
+   */
+  async dropGroup(name: string): Promise<void> {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (this.#dropping.has(name)) {
+      throw new InvalidArgumentError(`raft group ${name} is already being dropped on ${this.id}`);
+    }
+    this.#dropping.add(name);
+    try {
+      await this.closeGroup(name);
+      if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+      await this.#wal.drop(name);
+    } finally {
+      this.#dropping.delete(name);
+    }
   }
 
   /** Stop ticking, fail pending requests with ClosedError, close the transport and the log. */

@@ -265,10 +265,15 @@ export class Replica {
   #maybeCompact(): void {
     const applied = this.#applier.index;
     if (this.#compacting || applied - this.#o.storage.snapshot().meta.index < this.#o.snapshotEntries) return;
+    const membership = this.core.membershipAt(applied);
+    // No voters: a replica that joined empty and has applied entries from before the first membership entry it
+    // received. Their real membership was the group's bootstrap, which this replica never knew: a snapshot must not
+    // record (and hand on) an empty one. It compacts once a membership entry is applied.
+    if (membership.voters.length === 0) return;
     this.#compacting = true;
     const data = this.#applier.snapshot();
     this.#track(
-      this.#o.storage.compact(applied, this.core.membershipAt(applied), data).then(
+      this.#o.storage.compact(applied, membership, data).then(
         () => {
           this.#compacting = false;
           this.counts.snapshotsTaken++;

@@ -4,7 +4,10 @@
  * tell, in the transport's handshake, under which incarnation they knew this node.
  *
  * - A node whose data directory is new (its incarnation made at this start) grants no vote and does not campaign
- *   until a majority of its peers have answered; at a cluster's first start they all say "never seen you".
+ *   until a majority of its peers have answered; at a cluster's first start they all say "never seen you". Peers
+ *   come and go (RaftNode.setPeer/removePeer): the majority is of the peers known when it is counted (at every
+ *   replica opened, answer, peer added or removed); once reached, votes stay released for this run. A node that
+ *   has never had a peer in this run needs no answer; one that had peers and has none now waits for one.
  * - A node that a peer knew under another incarnation lost its data. Every replica it opens holds its votes until
  *   it has caught up with a leader of its group, made that durable, and waited one more maximum election timeout
  *   (Core.holdVotes('leader-seen')). Every group, not only those it holds no state for: a group's state it holds
@@ -21,6 +24,7 @@ import type { NodeIdentity } from './identity.js';
 export interface VoteGuardOptions {
   readonly nodeId: string;
   readonly identity: NodeIdentity;
+  /** The peers known at start (more come with addPeer). */
   readonly peers: readonly string[];
   readonly report: (error: RebalancerError, context: string) => void;
   /** A peer came back with another incarnation: its replicas lost their logs (leaders here must forget them). */
@@ -32,6 +36,10 @@ export class VoteGuard {
   readonly #cores = new Set<Core>();
   /** Peers that answered the handshake in this run. */
   readonly #heard = new Set<string>();
+  readonly #peers: Set<string>;
+  #hadPeers: boolean;
+  /** New data only: whether a majority of the peers answered at some point of this run (then votes stay free). */
+  #released: boolean;
   /** Replicas opened from now on hold votes until caught up with a leader. */
   #lost: boolean;
   /** Whether the loss was reported in this run (reported once; later peers saying the same add nothing). */
@@ -41,17 +49,49 @@ export class VoteGuard {
   constructor(o: VoteGuardOptions) {
     this.#o = o;
     this.#lost = o.identity.rejoining;
+    this.#peers = new Set(o.peers);
+    this.#hadPeers = this.#peers.size > 0;
+    this.#released = !o.identity.created;
   }
 
-  /** Answers needed before a node with new data may vote: a majority of its peers (none without peers). */
+  /**
+   * Answers needed before a node with new data may vote: a majority of the peers known now; none for a node that
+   * never had a peer in this run, one for a node whose peers were all removed.
+   */
   get peersNeeded(): number {
-    const n = this.#o.peers.length;
+    const n = this.#peers.size;
+    if (n === 0) return this.#hadPeers ? 1 : 0;
     return Math.min(n, Math.floor(n / 2) + 1);
   }
 
   /** Whether votes still wait for the peers' answers (new data only). */
   get awaitingPeers(): boolean {
-    return this.#o.identity.created && this.#heard.size < this.peersNeeded;
+    return !this.#released && this.#heardKnown() < this.peersNeeded;
+  }
+
+  #heardKnown(): number {
+    let n = 0;
+    for (const p of this.#heard) if (this.#peers.has(p)) n++;
+    return n;
+  }
+
+  /** A peer was added (RaftNode.setPeer): until votes are released, its answer counts and is needed. */
+  addPeer(peer: string): void {
+    this.#peers.add(peer);
+    this.#hadPeers = true;
+  }
+
+  /** A peer was removed: a majority of those left may now suffice. */
+  removePeer(peer: string): void {
+    this.#peers.delete(peer);
+    this.#maybeRelease();
+  }
+
+  /** Latch the release once a majority of the peers known now have answered (see the class comment). */
+  #maybeRelease(): void {
+    if (this.#released || this.#heardKnown() < this.peersNeeded) return;
+    this.#released = true;
+    for (const core of this.#cores) core.releaseVotes();
   }
 
   /** Whether the node is rejoining after a loss of its data (some replica may still hold its votes). */
@@ -62,6 +102,7 @@ export class VoteGuard {
   /** A replica opened: it holds its votes as the node's state requires. */
   attach(core: Core): void {
     this.#cores.add(core);
+    this.#maybeRelease();
     if (this.awaitingPeers) core.holdVotes('released');
     if (this.#lost) core.holdVotes('leader-seen');
   }
@@ -84,12 +125,13 @@ export class VoteGuard {
     const known = this.#o.identity.known(peer);
     await this.#o.identity.recordPeer(peer, identity.incarnation);
     if (known !== undefined && Buffer.compare(known, identity.incarnation) !== 0) this.#o.peerLostData(peer);
-    if (!this.#heard.has(peer)) {
-      this.#heard.add(peer);
-      if (this.#o.identity.created && this.#heard.size === this.peersNeeded) {
-        for (const core of this.#cores) core.releaseVotes();
-      }
-    }
+    this.#heard.add(peer);
+    this.#maybeRelease();
+  }
+
+  /** A replica closed or dropped: it no longer counts for the hold. */
+  detach(core: Core): void {
+    this.#cores.delete(core);
   }
 
   /** Once every open replica is past its hold, the node is no longer rejoining (durably). */

@@ -381,6 +381,8 @@ class Link {
   /** The peer's id once it said it (for an accepted connection) — authenticated only once `ready`. */
   peer: string | undefined;
   waitingDrain = false;
+  /** Whether the host was told the peer is up through this connection. */
+  announced = false;
   readonly #t: Transport;
   readonly conn: Conn;
   readonly #decoder: FrameDecoder;
@@ -393,10 +395,13 @@ class Link {
   #iKnew: Uint8Array | undefined;
   /** Whether this side dialed (fixed: the proof's field order depends on it). */
   readonly #dialing: boolean;
+  /** The address dialed (the peer's address object then: a peer moved since is not connected through it). */
+  readonly dialedTo: PeerAddress | undefined;
   #timer: TimerHandle | undefined;
 
-  constructor(t: Transport, conn: Conn, dialTo: string | undefined, label: string) {
+  constructor(t: Transport, conn: Conn, dialTo: string | undefined, label: string, dialedTo?: PeerAddress) {
     this.#t = t;
+    this.dialedTo = dialedTo;
     this.conn = conn;
     this.peer = dialTo;
     this.#label = label;
@@ -486,10 +491,11 @@ class Link {
     if (this.state === 'awaitHello' && f.type === FrameType.hello) {
       const h = decodeHello(f.body, this.#label);
       const from = h.from;
-      const who = o.peers.has(from) ? from : this.#label;
+      const who = this.#t.knows(from) ? from : this.#label;
       if (h.clusterId !== o.clusterId) throw new PeerAuthError(who, `cluster id ${JSON.stringify(h.clusterId)}`);
       if (h.to !== o.id) throw new PeerAuthError(who, `it dialed node ${JSON.stringify(h.to)}, this is ${o.id}`);
-      if (!o.peers.has(from)) throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
+      // A node we do not know (yet) is refused; it redials by its own backoff, so a peer added here later connects.
+      if (!this.#t.knows(from)) throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
       this.peer = from;
       this.#peerNonce = h.nonce;
       this.#peerIncarnation = h.incarnation;
@@ -586,7 +592,7 @@ class Link {
 
 interface Peer {
   readonly id: string;
-  readonly address: PeerAddress;
+  address: PeerAddress;
   readonly queue: PeerQueue;
   /** Whether this node dials the peer (the lower id dials). */
   readonly dialer: boolean;
@@ -616,24 +622,89 @@ export class Transport {
 
   private constructor(options: Resolved) {
     this.options = options;
-    for (const [id, address] of options.peers) {
-      this.#peers.set(id, {
-        id,
-        address,
-        queue: new PeerQueue(options),
-        dialer: options.id < id,
-        link: undefined,
-        dialing: false,
-        failures: 0,
-        timer: undefined,
-        sentMessages: 0,
-        sentFrames: 0,
-        sentSnapshotChunks: 0,
-        receivedMessages: 0,
-        droppedMisaddressed: 0,
-        connections: 0,
-      });
+    for (const [id, address] of options.peers) this.#peers.set(id, this.#newPeer(id, address));
+  }
+
+  #newPeer(id: string, address: PeerAddress): Peer {
+    return {
+      id,
+      address,
+      queue: new PeerQueue(this.options),
+      dialer: this.options.id < id,
+      link: undefined,
+      dialing: false,
+      failures: 0,
+      timer: undefined,
+      sentMessages: 0,
+      sentFrames: 0,
+      sentSnapshotChunks: 0,
+      receivedMessages: 0,
+      droppedMisaddressed: 0,
+      connections: 0,
+    };
+  }
+
+  /** Whether `peer` is one of this node's peers now (the handshake refuses the others). */
+  knows(peer: string): boolean {
+    return this.#peers.has(peer);
+  }
+
+  /** The peers known now. */
+  peerIds(): string[] {
+    return [...this.#peers.keys()];
+  }
+
+  /**
+   * Add `peer` at `address`, or move it there. A new peer with a higher id is dialed at once; a moved one has its
+   * connection closed and is dialed again at the new address (by whichever side dials). The same address changes
+   * nothing.
+   */
+  setPeer(peer: string, address: PeerAddress): void {
+    if (this.#closed) return;
+    const bad = checkAddress(address);
+    if (bad !== undefined) throw new InvalidArgumentError(`raft transport setPeer(${peer}): the address ${bad}`);
+    if (typeof peer !== 'string' || peer === '' || peer === this.options.id) {
+      throw new InvalidArgumentError(
+        `raft transport setPeer: the peer must be another node's non-empty id, got ${JSON.stringify(peer)}`,
+      );
     }
+    const p = this.#peers.get(peer);
+    if (p === undefined) {
+      const q = this.#newPeer(peer, { host: address.host, port: address.port });
+      this.#peers.set(peer, q);
+      if (q.dialer) this.#dial(q);
+      return;
+    }
+    if (p.address.host === address.host && p.address.port === address.port) return;
+    p.address = { host: address.host, port: address.port };
+    this.options.timers.clearTimeout(p.timer);
+    p.timer = undefined;
+    p.failures = 0;
+    const link = p.link;
+    p.link = undefined;
+    // Every connection of the peer goes, those still in their handshake too (they may lead to the old address).
+    for (const l of [...this.#links]) if (l.peer === peer) l.close();
+    // linkClosed no longer finds the link as the peer's: report the peer down here.
+    if (link?.announced) this.#peerState(peer, false);
+    if (p.dialer && !p.dialing) this.#dial(p);
+  }
+
+  /**
+   * Forget `peer`: its connection is closed, what was queued for it dropped, and later messages to it are refused
+   * (`send` returns false). A connection it opens again is refused in the handshake as from an unknown node.
+   */
+  removePeer(peer: string): void {
+    const p = this.#peers.get(peer);
+    if (p === undefined) return;
+    this.#peers.delete(peer);
+    this.options.timers.clearTimeout(p.timer);
+    p.timer = undefined;
+    p.queue.clear();
+    this.#dirty.delete(p);
+    const link = p.link;
+    p.link = undefined;
+    for (const l of [...this.#links]) if (l.peer === peer) l.close();
+    if (link?.announced) this.#peerState(peer, false);
   }
 
   /** Listen, then dial every peer with a higher id (and keep redialing them). */
@@ -656,8 +727,8 @@ export class Transport {
   send(peer: string, groupId: string, message: Message): boolean {
     if (this.#closed) return false;
     const p = this.#peers.get(peer);
-    if (!p)
-      throw new InvalidArgumentError(`raft transport: unknown peer ${JSON.stringify(peer)} (not in options.peers)`);
+    // A peer removed (or not yet added) gets nothing: Raft retransmits once it is known again.
+    if (!p) return false;
     const ok = p.queue.push(encodeEnvelope({ groupId, message }), message.type === 'snapshot');
     if (ok) this.#markDirty(p);
     return ok;
@@ -706,7 +777,8 @@ export class Transport {
   }
 
   deliver(from: string, envs: readonly { groupId: string; message: Message }[]): void {
-    const p = this.#peers.get(from)!;
+    const p = this.#peers.get(from);
+    if (p === undefined) return; // removed while this frame was on its way
     p.receivedMessages += envs.length;
     for (const e of envs) {
       const { from: claimed, to } = e.message;
@@ -733,11 +805,15 @@ export class Transport {
   }
 
   linkReady(link: Link): void {
-    const p = this.#peers.get(link.peer!)!;
-    if (this.#closed) return link.close();
+    const p = this.#peers.get(link.peer!);
+    // Closed, or the peer removed (or moved: a dialed link to its old address) while the handshake went on.
+    if (this.#closed || p === undefined || (link.dialedTo !== undefined && link.dialedTo !== p.address)) {
+      return link.close();
+    }
     // A newer authenticated connection replaces an older one (a peer that restarted, a half-open socket).
     if (p.link && p.link !== link) p.link.close();
     p.link = link;
+    link.announced = true;
     p.failures = 0;
     p.connections++;
     for (const key of this.#reported) if (key.startsWith(`${p.id}\u0000`)) this.#reported.delete(key);
@@ -781,23 +857,29 @@ export class Transport {
   #dial(p: Peer): void {
     if (this.#closed || p.dialing || p.link) return;
     p.dialing = true;
-    this.options.network.connect(p.address).then(
+    const address = p.address;
+    this.options.network.connect(address).then(
       (conn) => {
         p.dialing = false;
-        if (this.#closed) return conn.destroy();
-        const link = new Link(this, conn, p.id, `${p.address.host}:${p.address.port}`);
+        // Closed, removed or moved meanwhile: this connection goes to a peer or an address we no longer want.
+        if (this.#closed || this.#peers.get(p.id) !== p || p.address !== address) {
+          conn.destroy();
+          if (!this.#closed && this.#peers.get(p.id) === p && !p.link) this.#dial(p);
+          return;
+        }
+        const link = new Link(this, conn, p.id, `${p.address.host}:${p.address.port}`, address);
         this.#links.add(link);
       },
       () => {
         p.dialing = false;
-        this.#redial(p);
+        if (this.#peers.get(p.id) === p) this.#redial(p);
       },
     );
   }
 
   /** Dial again after min(reconnectMaxMs, reconnectBaseMs × 2^failures), half of it jittered. */
   #redial(p: Peer): void {
-    if (this.#closed || p.timer !== undefined) return;
+    if (this.#closed || p.timer !== undefined || this.#peers.get(p.id) !== p) return;
     const o = this.options;
     const delay = reconnectDelayMs(p.failures, o.reconnectBaseMs, o.reconnectMaxMs, o.random);
     p.failures++;

@@ -9,6 +9,9 @@
  * - HARD_STATE (2): `u64 term · u64 commit · u16 voteLength · vote (UTF-8)`.
  * - INSTALL (3): `u64 index · u64 term`: the group's log was replaced by the snapshot at (index, term), whose
  *   file was durable before this record was written.
+ * - DROP (4): no payload. The group was dropped: nothing before this record belongs to it any more (its snapshot
+ *   files are deleted after this record is durable; recovery deletes those left by a crash). Records after it are a
+ *   new group of the same name. Added after the first release: logs without it read as before.
  */
 import { zlib32 } from './crc.js';
 import type { Entry, HardState } from '../messages.js';
@@ -19,12 +22,14 @@ export const enum RecordType {
   Entries = 1,
   HardState = 2,
   Install = 3,
+  Drop = 4,
 }
 
 export type Record =
   | { readonly type: RecordType.Entries; readonly group: string; readonly entries: readonly Entry[] }
   | { readonly type: RecordType.HardState; readonly group: string; readonly hardState: HardState }
-  | { readonly type: RecordType.Install; readonly group: string; readonly index: number; readonly term: number };
+  | { readonly type: RecordType.Install; readonly group: string; readonly index: number; readonly term: number }
+  | { readonly type: RecordType.Drop; readonly group: string };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -52,6 +57,8 @@ export function recordBytes(r: Record, groupBytes: number): number {
       return base + 16 + 2 + encoder.encode(r.hardState.vote).byteLength;
     case RecordType.Install:
       return base + 16;
+    case RecordType.Drop:
+      return base;
   }
 }
 
@@ -91,6 +98,8 @@ export function encodeRecord(r: Record, out: Uint8Array, at: number): number {
       setU64(v, p, r.index);
       setU64(v, p + 8, r.term);
       p += 16;
+      break;
+    case RecordType.Drop:
       break;
   }
   const bodyStart = start + RECORD_HEADER_BYTES;
@@ -183,6 +192,9 @@ function decodeBody(body: Uint8Array): Record {
     case RecordType.Install:
       need(16);
       return { type, group, index: getU64(v, p), term: getU64(v, p + 8) };
+    case RecordType.Drop:
+      if (p !== body.byteLength) throw new RangeError('a drop record with a payload');
+      return { type, group };
     default:
       throw new RangeError(`record type ${type}`);
   }

@@ -23,7 +23,7 @@ import { MemoryStorage } from '../memory-storage.js';
 import type { Entry, HardState, Membership, Snapshot } from '../messages.js';
 import { NO_RAFT_MUTANTS, checkRaftMutants, type RaftMutants } from '../mutants.js';
 import type { Disk } from './disk.js';
-import { encodeRecords, RecordType, scanSegment, type Record } from './format.js';
+import { encodeRecords, RecordType, scanSegment, type Record, type Scan } from './format.js';
 import { decodeSnapshotFile, encodeSnapshotFile, type SnapshotKind } from './snapshot-file.js';
 
 export interface WalOptions {
@@ -119,6 +119,8 @@ export class Wal {
    */
   #durableSeq = 0;
   #closed = false;
+  /** Groups whose drop is on its way (group() refuses them meanwhile). */
+  readonly #dropping = new Set<string>();
   readonly stats: WalStats = { batches: 0, persists: 0, records: 0, bytes: 0, segmentsCreated: 0, segmentsDeleted: 0 };
   /** What recovery cut from the tail of the last segment (a torn or corrupt write), if anything. */
   readonly recovery: { cutBytes: number; problem: string | undefined } = { cutBytes: 0, problem: undefined };
@@ -147,6 +149,9 @@ export class Wal {
   group(id: string, bootstrap: Membership = { voters: [], learners: [] }): GroupStorage {
     if (typeof id !== 'string' || id === '' || Buffer.byteLength(id) > 1024) {
       throw new InvalidArgumentError('a raft group id must be a non-empty string of at most 1024 bytes');
+    }
+    if (this.#dropping.has(id)) {
+      throw new InvalidArgumentError(`raft group ${id} is being dropped: wait for the drop to finish, then open it`);
     }
     let g = this.#groups.get(id);
     if (g === undefined) {
@@ -219,6 +224,49 @@ export class Wal {
     }
     await this.#collect();
     return g.mem.snapshot();
+  }
+
+  /**
+   * Delete group `id` durably: a drop record (once it is durable, recovery never brings the group back, even from
+   * older records or leftover files), then its snapshot files. The caller has stopped using the group's storage
+   * (no persist or compaction on its way). Resolves once the files are gone, durably; `group(id)` then starts a new,
+   * empty group. A group the log holds nothing for is a no-op.
+   */
+  async drop(id: string): Promise<void> {
+    this.#check();
+    const g = this.#groups.get(id);
+    if (g === undefined || this.#dropping.has(id)) return;
+    invariant(!g.busy, () => `group ${id}: drop() called while a persist is on its way`);
+    this.#dropping.add(id);
+    // No segment is deleted meanwhile: until the files' deletion is durable, the drop record must stay, or a crash
+    // could bring an undeleted snapshot file back as the group.
+    while (this.#deleting) await new Promise((r) => setImmediate(r));
+    this.#deleting = true;
+    try {
+      await this.#enqueue([{ type: RecordType.Drop, group: id }], () => {
+        // Durable: the group's older records are disowned; segments no longer wait for its snapshot to cover them.
+        this.#groups.delete(id);
+        for (const s of this.#segments) {
+          s.maxEntry.delete(id);
+          s.maxInstall.delete(id);
+        }
+      });
+      try {
+        for (const f of g.files) await this.#disk.unlink(f.name);
+        await this.#disk.syncDir();
+      } catch (e) {
+        this.#failed ??= new DiskFailedError(
+          `deleting the snapshot files of dropped raft group ${id} failed (${describe(e)}). Free space or replace ` +
+            'the disk, then restart the node: recovery finishes the deletion',
+          { cause: e },
+        );
+        throw this.#failed;
+      }
+      g.files = [];
+    } finally {
+      this.#deleting = false;
+      this.#dropping.delete(id);
+    }
   }
 
   #enqueue(records: Record[], apply: () => void): Promise<void> {
@@ -431,12 +479,14 @@ export class Wal {
         break;
       }
     }
-    // Segments, oldest first: replay every record over the snapshots.
+    // Segments, oldest first: read (cutting a torn tail of the last one), then replay every record over the
+    // snapshots, except what a group's last drop record disowns.
     const segs = names
       .map((name) => ({ name, m: SEGMENT.exec(name) }))
       .filter((s) => s.m !== null)
       .map((s) => ({ name: s.name, seq: Number(s.m![1]) }))
       .sort((a, b) => a.seq - b.seq);
+    const scans: { name: string; seq: number; scan: Scan }[] = [];
     for (let i = 0; i < segs.length; i++) {
       const { name, seq } = segs[i]!;
       const bytes = await this.#disk.read(name);
@@ -456,8 +506,42 @@ export class Wal {
         this.recovery.cutBytes = bytes.byteLength - scan.goodBytes;
         this.recovery.problem = scan.problem;
       }
+      scans.push({ name, seq, scan });
+    }
+    // Per group, where its last drop record is (segment, record), and whether anything of it follows.
+    const lastDrop = new Map<string, { seg: number; rec: number; followed: boolean }>();
+    scans.forEach(({ scan }, si) =>
+      scan.records.forEach(({ record }, ri) => {
+        if (record.type === RecordType.Drop) lastDrop.set(record.group, { seg: si, rec: ri, followed: false });
+        else {
+          const d = lastDrop.get(record.group);
+          if (d !== undefined) d.followed = true;
+        }
+      }),
+    );
+    const disowned = (group: string, si: number, ri: number): boolean => {
+      const d = lastDrop.get(group);
+      return d !== undefined && (si < d.seg || (si === d.seg && ri <= d.rec));
+    };
+    // A group whose last record is its drop is gone: its snapshot files are what a crash left before they were
+    // deleted. Deleted now, durably, before anything could collect the drop record.
+    let unlinked = false;
+    for (const [group, d] of lastDrop) {
+      if (d.followed) continue;
+      recovered.delete(group);
+      for (const f of byGroup.get(group) ?? []) {
+        await this.#disk.unlink(f.name);
+        unlinked = true;
+      }
+      byGroup.delete(group);
+    }
+    if (unlinked) await this.#disk.syncDir();
+    for (const [si, { name, seq, scan }] of scans.entries()) {
       const seg: Segment = { seq, name, bytes: scan.goodBytes, maxEntry: new Map(), maxInstall: new Map() };
-      for (const { record, offset } of scan.records) {
+      const live: Record[] = [];
+      for (const [ri, { record, offset }] of scan.records.entries()) {
+        if (disowned(record.group, si, ri)) continue;
+        live.push(record);
         const r = state(record.group);
         const snapIndex = r.snap?.meta.index ?? 0;
         switch (record.type) {
@@ -495,12 +579,11 @@ export class Wal {
             r.entries = [];
             if (record.index === snapIndex) r.installSeen = true;
             break;
+          case RecordType.Drop:
+            break; // never live: a drop disowns itself
         }
       }
-      note(
-        seg,
-        scan.records.map((x) => x.record),
-      );
+      note(seg, live);
       this.#segments.push(seg);
     }
     this.#durableSeq = this.#segments.at(-1)?.seq ?? 0;
