@@ -25,7 +25,6 @@ import {
   InvalidArgumentError,
   NoQuorumError,
   NotLeaderError,
-  RebalancerError,
   TimeoutError,
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
@@ -43,6 +42,7 @@ import { membershipChangeOf, nextStep, type PlanStep } from '../../protocol/flee
 import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import type { MembershipChange } from '../../raft/messages.js';
+import { RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
 import { startRaftNode, type RaftNode } from '../../raft/node/node.js';
 import type { Consistency, GroupStatus, RaftGroup } from '../../raft/node/group.js';
 import { jsonCodec, type Codec, type StateMachine } from '../../raft/node/state-machine.js';
@@ -145,6 +145,13 @@ const REPORT_LAG_EVERY_MS = 10_000;
 /** Reports written at once (each is two transactions). */
 const REPORT_CONCURRENCY = 4;
 const IDENTITY_FILE = 'fleet.json';
+/** Remote clients kept (one per group this node sends requests to without holding it). */
+const MAX_REMOTE_CLIENTS = 10_000;
+
+function isMember(held: Held, nodeId: string): boolean {
+  const m = held.group.status().membership;
+  return m.voters.includes(nodeId) || m.learners.includes(nodeId);
+}
 
 interface Resolved {
   readonly control: ResolvedFleetControlOptions;
@@ -343,6 +350,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** Reports waiting to be written, by group name (only the newest of a group is kept). */
   readonly #reports = new Map<string, ObservedRecord>();
   #reporting = 0;
+  /** Remote clients of groups this node holds no member replica of, by Raft group id (bounded). */
+  readonly #clients = new Map<string, RemoteGroupClient>();
+  /** The leader a remote answer named, by Raft group id. */
+  readonly #leaderHints = new Map<string, string>();
   #changes = 0;
   #view: FleetView | undefined;
   #stepTimer: TimerHandle | undefined;
@@ -406,6 +417,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   /** Use joinFleet(), which calls this. */
   async start(): Promise<void> {
+    this.#raft.handleRequests((_from, payload) => this.#serve(payload));
     await this.#control.start();
     const k = this.#control.keys;
     await this.#watches.set([k.nodes, k.groups, k.desired, k.observed]);
@@ -468,25 +480,30 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return [...this.#held.values()].map((h) => ({ group: h.name, status: h.group.status() }));
   }
 
-  /** Apply `command` to group `name` exactly once, from any node; resolves with the state machine's result. */
+  /**
+   * Apply `command` to group `name` exactly once, from any node; resolves with the state machine's result. On a node
+   * holding a member replica it goes through that replica; elsewhere it is sent to a node that holds one (the
+   * group's leader first, from the last report, then the other members), retried on the next with the same
+   * command id, within `timeoutMs` in all. Errors: FleetGroupNotFoundError, NoQuorumError (no leader during the
+   * call: not applied), TimeoutError (`outcome` 'unknown' once it may have been handed over), LimitExceededError,
+   * StateMachineError.
+   */
   async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
     this.#check();
-    const held = await this.#local(name);
-    if (held !== undefined) return (await held.group.command(command, this.#timeout(options))) as R;
-    throw this.#noReplica(name);
+    const { timeoutMs } = this.#timeout(options);
+    const target = await this.#target(name);
+    if (target.local !== undefined) return (await target.local.group.command(command, { timeoutMs })) as R;
+    return (await target.remote.command(command, { timeoutMs })) as R;
   }
 
-  /** Read group `name` with its state machine's `query`, from any node. */
+  /** Read group `name` with its state machine's `query`, from any node (routed as command() is). */
   async query<A = unknown>(name: string, query: unknown, options: FleetQueryOptions = {}): Promise<A> {
     this.#check();
-    const held = await this.#local(name);
-    if (held !== undefined) {
-      return (await held.group.query(query, {
-        ...this.#timeout(options),
-        ...(options.consistency !== undefined ? { consistency: options.consistency } : {}),
-      })) as A;
-    }
-    throw this.#noReplica(name);
+    const { timeoutMs } = this.#timeout(options);
+    const consistency = options.consistency ?? 'linearizable';
+    const target = await this.#target(name);
+    if (target.local !== undefined) return (await target.local.group.query(query, { timeoutMs, consistency })) as A;
+    return (await target.remote.query(query, { timeoutMs, consistency })) as A;
   }
 
   /**
@@ -833,8 +850,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return { timeoutMs: t };
   }
 
-  /** This node's replica of group `name`, if it is open and a member (one that joined empty waits to be added). */
-  async #local(name: string): Promise<Held | undefined> {
+  /**
+   * Where a request for group `name` goes: this node's replica when it is open and a member (one that joined empty
+   * is not until its leader added it), else a remote client of the group's current generation.
+   */
+  async #target(
+    name: string,
+  ): Promise<{ local: Held; remote?: undefined } | { local?: undefined; remote: RemoteGroupClient }> {
     validateFleetGroupName(name);
     let g = this.#view?.groups.get(name);
     if (g === undefined) {
@@ -843,14 +865,59 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       g = this.#view.groups.get(name);
       if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
     }
-    const held = this.#held.get(raftGroupId(name, g.generation));
-    if (held === undefined) return undefined;
-    const m = held.group.status().membership;
-    return m.voters.includes(this.nodeId) || m.learners.includes(this.nodeId) ? held : undefined;
+    const id = raftGroupId(name, g.generation);
+    const held = this.#held.get(id);
+    if (held !== undefined && isMember(held, this.nodeId)) return { local: held };
+    let client = this.#clients.get(id);
+    if (client === undefined) {
+      const codec = this.#o.machines.get(g.machine)?.codec ?? jsonCodec;
+      client = new RemoteGroupClient({
+        group: id,
+        codec,
+        request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
+        candidates: () => this.#candidates(name, id),
+        onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
+        clock: () => this.#o.control.clock.now(),
+        timers: {
+          setTimeout: (fn, ms) => this.#o.control.clock.setTimeout(fn, ms),
+          clearTimeout: (h) => this.#o.control.clock.clearTimeout(h as TimerHandle),
+        },
+        timeoutMs: this.#o.requestTimeoutMs,
+      });
+      // Bounded: the least recently created client goes first (its session is simply registered again if needed).
+      if (this.#clients.size >= MAX_REMOTE_CLIENTS) {
+        const oldest = this.#clients.keys().next().value as string;
+        this.#clients.delete(oldest);
+        this.#leaderHints.delete(oldest);
+      }
+      this.#clients.set(id, client);
+    }
+    return { remote: client };
   }
 
-  #noReplica(name: string): RebalancerError {
-    return new InvalidArgumentError(`fleet ${this.fleet}: node ${this.nodeId} holds no replica of group ${name}`);
+  /** Nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
+  #candidates(name: string, id: string): string[] {
+    const g = this.#view?.groups.get(name);
+    const out: string[] = [];
+    const add = (n: string | undefined): void => {
+      if (n !== undefined && n !== this.nodeId && !out.includes(n) && this.#addresses.has(n)) out.push(n);
+    };
+    add(this.#leaderHints.get(id));
+    if (g !== undefined && raftGroupId(name, g.generation) === id) {
+      add(g.observed?.leader);
+      add(g.desired?.leader);
+      for (const n of g.observed?.voters ?? []) add(n);
+      for (const n of g.desired?.members ?? []) add(n);
+    }
+    return out;
+  }
+
+  /** Answer a remote client's request with this node's member replica of the group, if it holds one. */
+  #serve(payload: Uint8Array): Promise<Uint8Array> {
+    return serveGroupRequest((id) => {
+      const held = this.#held.get(id);
+      return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
+    }, payload);
   }
 
   #check(): void {
