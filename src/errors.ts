@@ -67,7 +67,14 @@ export type ErrorCode =
   /** A Raft request did not complete in time; a command's outcome is unknown (it may still apply). */
   | 'TIMEOUT'
   /** A Raft group's state machine threw while applying: this replica stopped applying. Fix the state machine. */
-  | 'STATE_MACHINE_FAILED';
+  | 'STATE_MACHINE_FAILED'
+  /**
+   * A request to another Raft node could not be served there: no connection, the connection dropped, or the peer
+   * serves no requests (yet, or an older release). Retry, on another node or later.
+   */
+  | 'PEER_UNAVAILABLE'
+  /** Another Raft node's request handler threw; its code and message are carried over. */
+  | 'REMOTE_FAILED';
 
 /** Whether retrying the same call later can help, per code. */
 export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
@@ -94,6 +101,8 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   NO_QUORUM: true,
   TIMEOUT: true,
   STATE_MACHINE_FAILED: false,
+  PEER_UNAVAILABLE: true,
+  REMOTE_FAILED: false,
 };
 
 export class RebalancerError extends Error {
@@ -482,14 +491,62 @@ export class NoQuorumError extends RebalancerError {
 export class TimeoutError extends RebalancerError {
   readonly group: string;
   readonly outcome: 'unknown' | 'not-applied';
-  constructor(group: string, what: string, waitedMs: number, outcome: 'unknown' | 'not-applied') {
+  /** `subject` replaces "raft group <group>" at the start of the message (a request to a node, not to a group). */
+  constructor(
+    group: string,
+    what: string,
+    waitedMs: number,
+    outcome: 'unknown' | 'not-applied',
+    options?: { subject?: string },
+  ) {
     super(
       'TIMEOUT',
-      `raft group ${group}: ${what} did not complete within ${waitedMs} ms` +
+      `${options?.subject ?? `raft group ${group}`}: ${what} did not complete within ${waitedMs} ms` +
         (outcome === 'unknown' ? '; its outcome is unknown (it may still be applied): re-read before retrying' : ''),
     );
     this.group = group;
     this.outcome = outcome;
+  }
+}
+
+/**
+ * A request to another Raft node (RaftNode.request) was not served there. `reason`: `not-connected` (no
+ * authenticated connection to it when asked: nothing was sent), `disconnected` (the connection dropped, or this node
+ * closed, with the request in flight: it may have run), `no-handler` (the peer set no request handler yet), or
+ * `unsupported` (the peer runs an older release that has no requests). `outcome` says whether it may have run there.
+ */
+export class PeerUnavailableError extends RebalancerError {
+  readonly peer: string;
+  readonly reason: 'not-connected' | 'disconnected' | 'no-handler' | 'unsupported';
+  readonly outcome: 'unknown' | 'not-applied';
+  constructor(peer: string, reason: PeerUnavailableError['reason'], outcome: 'unknown' | 'not-applied') {
+    const why = {
+      'not-connected': 'this node has no connection to it now; nothing was sent',
+      disconnected: 'the connection dropped with the request in flight; it may have run there',
+      'no-handler': 'it has no request handler (it may still be starting)',
+      unsupported: 'it runs an older Rebalancer release without node-to-node requests; upgrade it',
+    }[reason];
+    super('PEER_UNAVAILABLE', `raft node ${peer} did not serve a request: ${why}. Retry on another node or later`);
+    this.peer = peer;
+    this.reason = reason;
+    this.outcome = outcome;
+  }
+}
+
+/** Another Raft node's request handler threw. `remoteCode`: the thrown error's code there (when it had one). */
+export class RemoteFailedError extends RebalancerError {
+  readonly peer: string;
+  readonly remoteCode: string;
+  readonly remoteMessage: string;
+  constructor(peer: string, remoteCode: string, remoteMessage: string) {
+    super(
+      'REMOTE_FAILED',
+      `raft node ${peer}'s request handler failed (${remoteCode}): ${remoteMessage} — see that node's logs; the ` +
+        'request may have had effects there',
+    );
+    this.peer = peer;
+    this.remoteCode = remoteCode;
+    this.remoteMessage = remoteMessage;
   }
 }
 

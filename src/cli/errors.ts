@@ -44,8 +44,12 @@ export const EXIT_BY_CODE: Readonly<Record<ErrorCode, ExitCode>> = {
   NOT_LEADER: EXIT.unavailable,
   NO_QUORUM: EXIT.unavailable,
   TIMEOUT: EXIT.unavailable,
+  // Another raft node could not serve a request (no connection, dropped, no handler yet): another node, or later.
+  PEER_UNAVAILABLE: EXIT.unavailable,
   // A Raft state machine that throws: retrying does not help until it is fixed.
   STATE_MACHINE_FAILED: EXIT.failed,
+  // Another raft node's request handler threw: its message says why; the same request would fail the same way.
+  REMOTE_FAILED: EXIT.failed,
   // The data is gone: retrying does not bring it back; the message says what to do.
   DATA_LOST: EXIT.failed,
   // A raft peer that did not authenticate: the configuration is wrong; retrying as is will not help.

@@ -35,6 +35,8 @@ export {
   NoQuorumError,
   NotLeaderError,
   PeerAuthError,
+  PeerUnavailableError,
+  RemoteFailedError,
   RaftDataLostError,
   RebalancerError,
   SessionExpiredError,

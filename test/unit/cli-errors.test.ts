@@ -104,6 +104,8 @@ describe('exit codes (docs/cli.md)', () => {
       NO_QUORUM: 69,
       TIMEOUT: 69,
       STATE_MACHINE_FAILED: 1,
+      PEER_UNAVAILABLE: 69,
+      REMOTE_FAILED: 1,
       DATA_LOST: 1,
       UNAUTHENTICATED: 1,
       CLOSED: 70,

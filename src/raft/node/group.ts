@@ -69,6 +69,32 @@ export interface GroupStatus {
   readonly failed: RebalancerError | undefined;
 }
 
+/**
+ * @internal What a node serves remote clients with (remote-client.ts, serveGroupRequest): a client that holds no
+ * replica owns a session of the group and numbers its commands itself, so that its retries — on this replica or any
+ * other — carry the same (session, seq) and apply once. Bytes in and out, in the group's codec.
+ */
+export interface RemoteGroupSurface {
+  /** Propose a register entry; resolves with the new session's id once applied here. */
+  registerSession(options?: RequestOptions): Promise<number>;
+  /**
+   * Propose command `payload` (codec bytes) as (session, seq) with the lowest seq the client still waits for, wait
+   * until it applies here, and resolve with the result in codec bytes. A retry of the same (session, seq) returns
+   * the same result and never applies twice. SessionExpiredError when the session was evicted (not applied).
+   */
+  command(
+    session: number,
+    seq: number,
+    lowestOutstanding: number,
+    payload: Uint8Array,
+    options?: RequestOptions,
+  ): Promise<Uint8Array>;
+  /** `query` on the decoded `payload` at `consistency`; the answer in codec bytes. */
+  query(payload: Uint8Array, consistency: Consistency, options?: RequestOptions): Promise<Uint8Array>;
+  /** The leader as this replica knows it, if any. */
+  leader(): NodeId | undefined;
+}
+
 /** What the node hands a group handle. */
 export interface GroupContext {
   readonly replica: Replica;
@@ -94,10 +120,36 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
   #seq = 0;
   readonly #outstanding = new Set<number>();
   #reads = 0;
+  /** @internal For serving clients on other nodes (RemoteGroupSurface). */
+  readonly remote: RemoteGroupSurface;
 
   constructor(name: string, context: GroupContext) {
     this.name = name;
     this.#c = context;
+    this.remote = {
+      registerSession: (options = {}) => {
+        const start = this.#c.now();
+        return this.#register(start, start + this.#timeout(options));
+      },
+      command: (session, seq, lowest, payload, options = {}) =>
+        this.#remoteCommand(session, seq, lowest, payload, options),
+      query: async (payload, consistency, options = {}) => {
+        let q: unknown;
+        try {
+          q = this.#c.codec.decode(payload);
+        } catch (err) {
+          throw new InvalidArgumentError(`raft group ${this.name}: a remote query does not decode with the codec`, {
+            cause: err,
+          });
+        }
+        const answer = await this.query(q as Q, { ...options, consistency });
+        return this.#c.codec.encode(answer);
+      },
+      leader: () => {
+        const lead = this.#c.replica.core.lead;
+        return lead === '' ? undefined : lead;
+      },
+    };
   }
 
   /** Apply `command` once; resolves with the state machine's result. */
@@ -105,16 +157,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     const start = this.#c.now();
     const deadline = start + this.#timeout(options);
     const payload = this.#c.codec.encode(command);
-    const bytes = payload.byteLength + commandOverheadBytes;
-    if (bytes > this.#c.maxCommandBytes) {
-      throw new LimitExceededError(
-        'command bytes',
-        bytes,
-        this.#c.maxCommandBytes,
-        `raft group ${this.name}: a command of ${bytes} bytes (encoded) is above maxCommandBytes ` +
-          `(${this.#c.maxCommandBytes}); split it, or raise maxCommandBytes on every node`,
-      );
-    }
+    this.#checkSize(payload);
     for (let attempt = 0; ; attempt++) {
       const session = await this.#ensureSession(start, deadline);
       try {
@@ -130,20 +173,71 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     }
   }
 
+  #checkSize(payload: Uint8Array): void {
+    const bytes = payload.byteLength + commandOverheadBytes;
+    if (bytes > this.#c.maxCommandBytes) {
+      throw new LimitExceededError(
+        'command bytes',
+        bytes,
+        this.#c.maxCommandBytes,
+        `raft group ${this.name}: a command of ${bytes} bytes (encoded) is above maxCommandBytes ` +
+          `(${this.#c.maxCommandBytes}); split it, or raise maxCommandBytes on every node`,
+      );
+    }
+  }
+
   async #commandOnce(session: number, payload: Uint8Array, start: number, deadline: number): Promise<unknown> {
     const replica = this.#c.replica;
     const seq = ++this.#seq;
     this.#outstanding.add(seq);
     const done = replica.waitCommand(session, seq);
     try {
-      return await this.#drive('a command', start, deadline, done, 'unknown', () => {
+      return await this.#drive('a command', start, deadline, done.promise, 'unknown', () => {
         let lowest = seq;
         for (const s of this.#outstanding) if (s < lowest) lowest = s;
         return replica.core.propose(encodeCommand(session, seq, lowest, payload));
       });
     } finally {
       this.#outstanding.delete(seq);
-      replica.forgetCommand(session, seq);
+      done.cancel();
+    }
+  }
+
+  /** A remote client's command: its own (session, seq, lowest), proposed and re-proposed by the same #drive. */
+  async #remoteCommand(
+    session: number,
+    seq: number,
+    lowest: number,
+    payload: Uint8Array,
+    options: RequestOptions,
+  ): Promise<Uint8Array> {
+    const start = this.#c.now();
+    const deadline = start + this.#timeout(options);
+    for (const [name, v] of [
+      ['session', session],
+      ['seq', seq],
+      ['lowestOutstanding', lowest],
+    ] as const) {
+      if (!Number.isSafeInteger(v) || v < 0) {
+        throw new InvalidArgumentError(`raft group ${this.name}: a remote command's ${name} must be an integer ≥ 0`);
+      }
+    }
+    if (lowest > seq) {
+      throw new InvalidArgumentError(
+        `raft group ${this.name}: a remote command's lowestOutstanding (${lowest}) is above its seq (${seq}): ` +
+          'the command itself is outstanding',
+      );
+    }
+    this.#checkSize(payload);
+    const replica = this.#c.replica;
+    const done = replica.waitCommand(session, seq);
+    try {
+      const result = await this.#drive('a command', start, deadline, done.promise, 'unknown', () =>
+        replica.core.propose(encodeCommand(session, seq, lowest, payload)),
+      );
+      return this.#c.codec.encode(result);
+    } finally {
+      done.cancel();
     }
   }
 

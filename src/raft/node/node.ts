@@ -79,6 +79,11 @@ export interface RaftNodeOptions {
   readonly quiesceAfterTicks?: number;
   /** Default time of a command or query (default 5000 ms). */
   readonly requestTimeoutMs?: number;
+  /**
+   * Node-to-node requests (request/handleRequests), per peer: requests waiting for an answer from it, and its
+   * requests run here at a time (default 1024).
+   */
+  readonly maxRequestsInFlight?: number;
   readonly wal?: WalOptions;
   readonly io?: RaftNodeIo;
 }
@@ -174,6 +179,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   /** When the last tick was due (monotonic ms): ticks follow elapsed time, see catchUp(). */
   #lastTickAt: number;
   #closed = false;
+  #requestHandler: ((from: string, payload: Uint8Array) => Promise<Uint8Array>) | undefined;
   /** Messages for groups not open here (yet), dropped: Raft retransmits. */
   droppedMessages = 0;
 
@@ -230,6 +236,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     const heartbeatTicks = r.integer('heartbeatTicks', 1, { min: 1, max: electionTicks - 1 });
     const quiesceAfterTicks = r.integer('quiesceAfterTicks', 2 * electionTicks, { min: 1 });
     const requestTimeoutMs = r.integer('requestTimeoutMs', 5000, { min: 1 });
+    const maxRequestsInFlight = r.integer('maxRequestsInFlight', 1024, { min: 1, max: 1_000_000 });
     const walOptions = r.optional<WalOptions>('wal', (v) =>
       v !== null && typeof v === 'object' ? undefined : 'must be an object',
     );
@@ -300,6 +307,9 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
           if (holder.node !== undefined) holder.node.#receive(from, groupId, m);
         },
         onError: (e) => holder.node?.reportError(e, 'raft transport'),
+        onRequest: (from, payload) =>
+          holder.node === undefined ? undefined : holder.node.#serveRequest(from, payload),
+        maxRequestsInFlight,
         onPeerState: (peer, connected) => {
           if (holder.node === undefined) return;
           holder.node.#wakeLedBy(peer);
@@ -535,6 +545,40 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     }
   }
 
+  /**
+   * Serve other nodes' `request()`s with `handler` (one handler per node; a second call replaces the first). What it
+   * resolves with goes back to the caller; a throw or rejection reaches the caller as RemoteFailedError with its
+   * code and message. Until a handler is set, callers get PeerUnavailableError (reason 'no-handler').
+   */
+  handleRequests(handler: (from: string, payload: Uint8Array) => Promise<Uint8Array>): void {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (typeof handler !== 'function') {
+      throw new InvalidArgumentError('handleRequests(handler): handler must be a function (from, payload) => bytes');
+    }
+    this.#requestHandler = handler;
+  }
+
+  /**
+   * Send `payload` to `peer`'s request handler over the cluster's authenticated connection and resolve with its
+   * answer. Never retried here (the caller picks where to go next). Rejects with PeerUnavailableError (no
+   * connection now: nothing sent; the connection dropped: `outcome` 'unknown'; no handler there; an older release
+   * there), RemoteFailedError (its handler threw), TimeoutError after `timeoutMs` (default requestTimeoutMs; outcome
+   * 'unknown'), LimitExceededError (maxRequestsInFlight to that peer, or a payload or answer above a frame), or
+   * ClosedError when this node closes.
+   */
+  request(peer: string, payload: Uint8Array, options: { readonly timeoutMs?: number } = {}): Promise<Uint8Array> {
+    if (this.#closed) return Promise.reject(new ClosedError(`raft node ${this.id}`));
+    if (!this.#peers.has(peer)) {
+      return Promise.reject(
+        new InvalidArgumentError(`raft node ${this.id}: request to ${JSON.stringify(peer)}, which is not a peer`),
+      );
+    }
+    if (!(payload instanceof Uint8Array)) {
+      return Promise.reject(new InvalidArgumentError('raft node request: payload must be a Uint8Array'));
+    }
+    return this.#transport.request(peer, payload, options.timeoutMs ?? this.#o.requestTimeoutMs);
+  }
+
   /** Stop ticking, fail pending requests with ClosedError, close the transport and the log. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -547,6 +591,12 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   }
 
   // ---- internals ----
+
+  #serveRequest(from: string, payload: Uint8Array): Promise<Uint8Array> | undefined {
+    const handler = this.#requestHandler;
+    if (handler === undefined || this.#closed) return undefined;
+    return handler(from, payload);
+  }
 
   #schedule(): void {
     this.#ticker = this.#timers.setTimeout(() => {

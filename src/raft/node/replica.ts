@@ -9,7 +9,7 @@
  * replica whose disk fails or whose state machine throws stops for good (`failed`): it never advances past what it
  * could not persist or apply, so it can neither acknowledge what is not on disk nor diverge.
  */
-import { DiskFailedError, RebalancerError, SessionExpiredError, StateMachineError, invariant } from '../../errors.js';
+import { DiskFailedError, RebalancerError, SessionExpiredError, StateMachineError } from '../../errors.js';
 import { Core, type Ready, type Role } from '../core.js';
 import type { CoreOptions } from '../options.js';
 import type { Entry, Message, NodeId, ReadState, Snapshot, SnapshotMeta } from '../messages.js';
@@ -67,7 +67,8 @@ export class Replica {
   #lead: NodeId = '';
   /** Ticks since the last proposal or read here (a leader quiesces an idle group). */
   idleTicks = 0;
-  readonly #commands = new Map<string, Waiter<unknown>>();
+  /** Several waiters per (session, seq): a remote client's retry may reach this replica while its first try waits. */
+  readonly #commands = new Map<string, Waiter<unknown>[]>();
   readonly #registers = new Map<string, Waiter<number>>();
   readonly #reads = new Map<string, Waiter<number>>();
   /** Waiting for the applied index to reach `index`, in no particular order (few at a time). */
@@ -222,22 +223,23 @@ export class Replica {
       }
       case 'result': {
         const key = commandKey(a.session, a.seq);
-        const w = this.#commands.get(key);
+        const ws = this.#commands.get(key);
         this.#commands.delete(key);
-        w?.resolve(a.result);
+        for (const w of ws ?? []) w.resolve(a.result);
         return;
       }
       case 'expired': {
         const key = commandKey(a.session, a.seq);
-        const w = this.#commands.get(key);
+        const ws = this.#commands.get(key);
         this.#commands.delete(key);
-        w?.reject(
-          new SessionExpiredError(
-            String(a.session),
-            `raft group ${this.groupId}: client session ${a.session} was evicted (more than maxSessions clients ` +
-              'since it was last used); the command was not applied. Retry it: a new session is opened',
-          ),
-        );
+        for (const w of ws ?? [])
+          w.reject(
+            new SessionExpiredError(
+              String(a.session),
+              `raft group ${this.groupId}: client session ${a.session} was evicted (more than maxSessions clients ` +
+                'since it was last used); the command was not applied. Retry it: a new session is opened',
+            ),
+          );
         return;
       }
       default:
@@ -297,7 +299,7 @@ export class Replica {
   }
 
   #rejectAll(error: unknown): void {
-    for (const w of this.#commands.values()) w.reject(error);
+    for (const ws of this.#commands.values()) for (const w of ws) w.reject(error);
     for (const w of this.#registers.values()) w.reject(error);
     for (const w of this.#reads.values()) w.reject(error);
     for (const x of this.#appliedWaiters) x.w.reject(error);
@@ -328,16 +330,29 @@ export class Replica {
     if (this.#closed) throw closedError();
   }
 
-  /** Wait for the result of (session, seq); the caller proposes (and re-proposes) the entry. */
-  waitCommand(session: number, seq: number): Promise<unknown> {
+  /**
+   * Wait for the result of (session, seq); the caller proposes (and re-proposes) the entry, and calls `cancel` when
+   * it stops waiting (its deadline). Several callers may wait for the same command (a remote client's retries).
+   */
+  waitCommand(session: number, seq: number): { readonly promise: Promise<unknown>; cancel(): void } {
     const key = commandKey(session, seq);
-    invariant(!this.#commands.has(key), () => `command ${key} is awaited twice`);
-    return new Promise((resolve, reject) => this.#commands.set(key, { resolve, reject }));
-  }
-
-  /** Stop waiting for (session, seq) (the caller timed out). */
-  forgetCommand(session: number, seq: number): void {
-    this.#commands.delete(commandKey(session, seq));
+    let waiter: Waiter<unknown> | undefined;
+    const promise = new Promise<unknown>((resolve, reject) => {
+      waiter = { resolve, reject };
+      const ws = this.#commands.get(key);
+      if (ws === undefined) this.#commands.set(key, [waiter]);
+      else ws.push(waiter);
+    });
+    return {
+      promise,
+      cancel: () => {
+        const ws = this.#commands.get(key);
+        if (ws === undefined) return;
+        const rest = ws.filter((w) => w !== waiter);
+        if (rest.length === 0) this.#commands.delete(key);
+        else this.#commands.set(key, rest);
+      },
+    };
   }
 
   waitRegister(nonce: string): Promise<number> {

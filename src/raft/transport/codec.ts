@@ -21,6 +21,10 @@ export const FrameType = {
   auth: 3,
   /** Messages, once authenticated. */
   batch: 4,
+  /** A node-to-node request (RaftNode.request): its id and opaque payload bytes. Sent only to a peer that announced it. */
+  request: 5,
+  /** The answer to a request: its id, then the payload bytes or an error status with a code and a message. */
+  response: 6,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 const KNOWN_FRAME_TYPES = new Set<number>(Object.values(FrameType));
@@ -29,6 +33,16 @@ const KNOWN_FRAME_TYPES = new Set<number>(Object.values(FrameType));
 export const FRAME_HEADER_BYTES = 5;
 /** Default largest frame accepted or sent (header included). */
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The reserved group id of the features announcement: the first envelope of the first batch frame a node sends on a
+ * connection, a `heartbeatResponse` whose `round` holds feature bits. Not a valid group name, so no group can have
+ * it; a node of an older release delivers it to no group and drops it silently, and its first batch lacks it, which
+ * tells this node that the peer serves no request frames (an unknown frame type closes an older node's connection).
+ */
+export const FEATURES_GROUP_ID = '\u0000features';
+/** Feature bit: the node understands request and response frames. */
+export const FEATURE_REQUESTS = 1;
 
 /** One message of one group, as the transport carries it. */
 export interface Envelope {
@@ -585,4 +599,74 @@ export class FrameDecoder {
     this.#buffered -= n;
     return out;
   }
+}
+
+// ---- requests between nodes --------------------------------------------------------------------------------------
+
+/** Bytes of a request frame besides its payload (header, id and payload length varints, at most). */
+export const REQUEST_OVERHEAD_BYTES = FRAME_HEADER_BYTES + 8 + 8;
+
+/** How a request ended at the peer. */
+export const ResponseStatus = {
+  ok: 0,
+  /** The handler threw: a code and a message follow. */
+  failed: 1,
+  /** The peer has no request handler (yet). */
+  noHandler: 2,
+  /** The peer already runs as many of this node's requests as it allows. */
+  busy: 3,
+  /** The handler's answer did not fit in a frame. */
+  tooLarge: 4,
+} as const;
+export type ResponseStatusCode = (typeof ResponseStatus)[keyof typeof ResponseStatus];
+
+export type Response =
+  | { readonly id: number; readonly status: typeof ResponseStatus.ok; readonly payload: Uint8Array }
+  | {
+      readonly id: number;
+      readonly status: Exclude<ResponseStatusCode, typeof ResponseStatus.ok>;
+      readonly code: string;
+      readonly message: string;
+    };
+
+export function encodeRequestBody(id: number, payload: Uint8Array): Uint8Array {
+  const w = new Writer(16 + payload.byteLength);
+  w.uint(id);
+  w.bytes(payload);
+  return new Uint8Array(w.view());
+}
+
+/** A request frame's body; the payload is copied out (the handler may keep it past the read buffer's life). */
+export function decodeRequestBody(body: Uint8Array): { readonly id: number; readonly payload: Uint8Array } {
+  const r = new Reader(body);
+  const id = r.uint();
+  const payload = r.bytes().slice();
+  r.end();
+  return { id, payload };
+}
+
+export function encodeResponseBody(res: Response): Uint8Array {
+  const w = new Writer(res.status === ResponseStatus.ok ? 16 + res.payload.byteLength : 256);
+  w.uint(res.id);
+  w.u8(res.status);
+  if (res.status === ResponseStatus.ok) w.bytes(res.payload);
+  else {
+    w.str(res.code);
+    w.str(res.message);
+  }
+  return new Uint8Array(w.view());
+}
+
+export function decodeResponseBody(body: Uint8Array): Response {
+  const r = new Reader(body);
+  const id = r.uint();
+  const status = r.u8();
+  let res: Response;
+  if (status === ResponseStatus.ok) res = { id, status, payload: r.bytes().slice() };
+  else if (status >= ResponseStatus.failed && status <= ResponseStatus.tooLarge) {
+    const code = r.str();
+    res = { id, status: status as Exclude<ResponseStatusCode, 0>, code, message: r.str() };
+  } else throw new TransportFrameError(`unknown response status ${status}`);
+  r.end();
+  return res;
 }

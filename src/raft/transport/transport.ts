@@ -10,10 +10,15 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import {
+  ClosedError,
   InvalidArgumentError,
+  LimitExceededError,
   ListenerError,
   PeerAuthError,
+  PeerUnavailableError,
   RebalancerError,
+  RemoteFailedError,
+  TimeoutError,
   TransportFrameError,
   describe,
 } from '../../errors.js';
@@ -22,14 +27,26 @@ import type { Message } from '../messages.js';
 import { newIncarnation, nonce, proof, proofMatches, type ProofFields } from './auth.js';
 import {
   DEFAULT_MAX_FRAME_BYTES,
+  FEATURES_GROUP_ID,
+  FRAME_HEADER_BYTES,
+  FEATURE_REQUESTS,
   FrameDecoder,
   FrameType,
+  REQUEST_OVERHEAD_BYTES,
+  ResponseStatus,
   batchBodyParts,
   decodeBatch,
+  decodeRequestBody,
+  decodeResponseBody,
+  encodeBatch,
   encodeEnvelope,
   encodeFrame,
+  encodeRequestBody,
+  encodeResponseBody,
   frameHeader,
+  type Envelope,
   type Frame,
+  type Response,
 } from './codec.js';
 import {
   INCARNATION_BYTES,
@@ -106,6 +123,18 @@ export interface TransportOptions {
   readonly peers: Readonly<Record<string, PeerAddress>>;
   /** Called for every message received from an authenticated peer. */
   readonly onMessage: (from: string, groupId: string, message: Message) => void;
+  /**
+   * Serve a request of an authenticated peer (Transport.request on its side): resolve with the answer's bytes.
+   * Returning undefined says "no handler here"; a throw or a rejection goes back to the caller as RemoteFailedError.
+   */
+  readonly onRequest?: (from: string, payload: Uint8Array) => Promise<Uint8Array> | undefined;
+  /**
+   * Per peer: requests this node waits for (beyond: LimitExceededError at once), and requests of that peer it runs
+   * at a time (beyond: the peer gets LimitExceededError). Default 1024.
+   */
+  readonly maxRequestsInFlight?: number;
+  /** Per peer: payload bytes of the requests this node waits for (beyond: LimitExceededError). Default 64 MiB. */
+  readonly maxRequestBytesInFlight?: number;
   /** Errors: an unauthenticated peer (once per peer until it authenticates), a peer's bad frame, a throwing onMessage. */
   readonly onError?: (error: RebalancerError) => void;
   /** A peer's authenticated connection came up (true) or went down (false): hosts wake quiesced groups on it. */
@@ -164,6 +193,9 @@ interface Resolved {
   listen: PeerAddress;
   peers: ReadonlyMap<string, PeerAddress>;
   onMessage: TransportOptions['onMessage'];
+  onRequest: (from: string, payload: Uint8Array) => Promise<Uint8Array> | undefined;
+  maxRequestsInFlight: number;
+  maxRequestBytesInFlight: number;
   onError: (error: RebalancerError) => void;
   onPeerState: (peer: string, connected: boolean) => void;
   incarnation: Uint8Array;
@@ -222,6 +254,10 @@ function readOptions(options: TransportOptions): Resolved {
     peers.set(peer, addr);
   }
   const onMessage = r.fn<TransportOptions['onMessage']>('onMessage');
+  const onRequest = r.fn<(from: string, payload: Uint8Array) => Promise<Uint8Array> | undefined>(
+    'onRequest',
+    () => undefined,
+  );
   const onError = r.fn<(error: RebalancerError) => void>('onError', () => undefined);
   const onPeerState = r.fn<(peer: string, connected: boolean) => void>('onPeerState', () => undefined);
   const incarnation =
@@ -256,6 +292,8 @@ function readOptions(options: TransportOptions): Resolved {
   const maxFrameBytes = r.integer('maxFrameBytes', DEFAULT_MAX_FRAME_BYTES, { min: 4096, max: 2 ** 31 });
   const maxQueuedMessages = r.integer('maxQueuedMessages', 65_536, { min: 1 });
   const maxQueuedBytes = r.integer('maxQueuedBytes', 64 * 1024 * 1024, { min: 1 });
+  const maxRequestsInFlight = r.integer('maxRequestsInFlight', 1024, { min: 1 });
+  const maxRequestBytesInFlight = r.integer('maxRequestBytesInFlight', 64 * 1024 * 1024, { min: 1 });
   const handshakeTimeoutMs = r.ms('handshakeTimeoutMs', 5000, { min: 1 });
   const reconnectBaseMs = r.ms('reconnectBaseMs', 50, { min: 1 });
   const reconnectMaxMs = r.ms('reconnectMaxMs', 5000, { min: reconnectBaseMs });
@@ -267,6 +305,9 @@ function readOptions(options: TransportOptions): Resolved {
     listen,
     peers,
     onMessage,
+    onRequest,
+    maxRequestsInFlight,
+    maxRequestBytesInFlight,
     onError,
     onPeerState,
     incarnation,
@@ -383,6 +424,11 @@ class Link {
   waitingDrain = false;
   /** Whether the host was told the peer is up through this connection. */
   announced = false;
+  /**
+   * The peer's feature bits, from the first batch frame it sent on this connection (0: an older release that sent
+   * none); undefined until that frame came.
+   */
+  features: number | undefined;
   readonly #t: Transport;
   readonly conn: Conn;
   readonly #decoder: FrameDecoder;
@@ -481,9 +527,25 @@ class Link {
   #onFrame(f: Frame): void {
     const o = this.#t.options;
     if (this.state === 'ready') {
+      if (f.type === FrameType.request) {
+        const req = decodeRequestBody(f.body);
+        this.#t.serveRequest(this, req.id, req.payload);
+        return;
+      }
+      if (f.type === FrameType.response) {
+        this.#t.answered(this, decodeResponseBody(f.body));
+        return;
+      }
       if (f.type !== FrameType.batch)
         throw new TransportFrameError(`a handshake frame (${f.type}) after the handshake`);
-      const envs = decodeBatch(f.body);
+      let envs: Envelope[] = decodeBatch(f.body);
+      if (this.features === undefined) {
+        const first = envs[0];
+        const announced = first?.groupId === FEATURES_GROUP_ID && first.message.type === 'heartbeatResponse';
+        this.features = announced ? first.message.round : 0;
+        if (announced) envs = envs.slice(1);
+        this.#t.featuresKnown(this);
+      }
       this.#t.deliver(this.peer!, envs);
       return;
     }
@@ -606,6 +668,22 @@ interface Peer {
   receivedMessages: number;
   droppedMisaddressed: number;
   connections: number;
+  /** Requests this node waits for from the peer, by id. */
+  readonly pending: Map<number, PendingRequest>;
+  /** Their payload bytes. */
+  pendingBytes: number;
+  /** Requests of the peer this node is running now. */
+  serving: number;
+}
+
+/** A request sent (or about to be: `link` undefined while the peer's features are not known yet). */
+interface PendingRequest {
+  readonly frame: Buffer;
+  readonly bytes: number;
+  link: Link | undefined;
+  readonly timer: TimerHandle;
+  resolve(payload: Uint8Array): void;
+  reject(error: unknown): void;
 }
 
 export class Transport {
@@ -619,6 +697,7 @@ export class Transport {
   #flushScheduled = false;
   #server: { port: number; close(): void } | undefined;
   #closed = false;
+  #nextRequestId = 0;
 
   private constructor(options: Resolved) {
     this.options = options;
@@ -641,6 +720,9 @@ export class Transport {
       receivedMessages: 0,
       droppedMisaddressed: 0,
       connections: 0,
+      pending: new Map(),
+      pendingBytes: 0,
+      serving: 0,
     };
   }
 
@@ -749,6 +831,77 @@ export class Transport {
     };
   }
 
+  /**
+   * Send `payload` to `peer`'s request handler (its `onRequest`) and resolve with its answer. Rejects with
+   * PeerUnavailableError (no connection now; the connection dropped; no handler there; an older release there),
+   * RemoteFailedError (the handler threw), TimeoutError after `timeoutMs` (outcome 'unknown': it may have run),
+   * LimitExceededError (too many requests or bytes in flight to the peer, a payload or an answer above a frame), or
+   * ClosedError once this transport closes. Never retried here: the caller decides where to go next.
+   */
+  request(peer: string, payload: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    if (this.#closed) return Promise.reject(new ClosedError('raft transport'));
+    const p = this.#peers.get(peer);
+    if (!p) {
+      return Promise.reject(
+        new InvalidArgumentError(`raft transport: unknown peer ${JSON.stringify(peer)} (not in options.peers)`),
+      );
+    }
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      return Promise.reject(new InvalidArgumentError(`raft request timeoutMs must be above 0, got ${timeoutMs}`));
+    }
+    const o = this.options;
+    const frameBytes = REQUEST_OVERHEAD_BYTES + payload.byteLength;
+    if (frameBytes > o.maxFrameBytes) {
+      return Promise.reject(
+        new LimitExceededError(
+          'raft request bytes',
+          payload.byteLength,
+          o.maxFrameBytes - REQUEST_OVERHEAD_BYTES,
+          `a raft request of ${payload.byteLength} bytes does not fit in a transport frame (maxFrameBytes ` +
+            `${o.maxFrameBytes}): send less per request`,
+        ),
+      );
+    }
+    if (p.pending.size >= o.maxRequestsInFlight || p.pendingBytes + payload.byteLength > o.maxRequestBytesInFlight) {
+      const byCount = p.pending.size >= o.maxRequestsInFlight;
+      return Promise.reject(
+        new LimitExceededError(
+          byCount ? 'raft requests in flight' : 'raft request bytes in flight',
+          byCount ? p.pending.size + 1 : p.pendingBytes + payload.byteLength,
+          byCount ? o.maxRequestsInFlight : o.maxRequestBytesInFlight,
+          `raft node ${peer} already has ${p.pending.size} requests (${p.pendingBytes} bytes) of this node in flight ` +
+            `(at most ${o.maxRequestsInFlight} and ${o.maxRequestBytesInFlight} bytes): wait for some to finish, or ` +
+            'send to another node',
+        ),
+      );
+    }
+    const link = p.link;
+    if (link === undefined || link.state !== 'ready') {
+      return Promise.reject(new PeerUnavailableError(peer, 'not-connected', 'not-applied'));
+    }
+    if (link.features !== undefined && (link.features & FEATURE_REQUESTS) === 0) {
+      return Promise.reject(new PeerUnavailableError(peer, 'unsupported', 'not-applied'));
+    }
+    const id = ++this.#nextRequestId;
+    const frame = encodeFrame(FrameType.request, encodeRequestBody(id, payload), o.maxFrameBytes);
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const timer = o.timers.setTimeout(() => {
+        const req = this.#settle(p, id);
+        if (req === undefined) return;
+        const sent = req.link !== undefined;
+        req.reject(
+          new TimeoutError('', 'a request', timeoutMs, sent ? 'unknown' : 'not-applied', {
+            subject: `raft request to node ${peer}`,
+          }),
+        );
+      }, timeoutMs);
+      p.pending.set(id, { frame, bytes: payload.byteLength, link: undefined, timer, resolve, reject });
+      p.pendingBytes += payload.byteLength;
+      // Known to serve requests: send now. Features not known yet (a connection just up): sent once they are.
+      if (link.features !== undefined) this.#sendRequest(link, p.pending.get(id)!);
+    });
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -756,6 +909,7 @@ export class Transport {
     for (const p of this.#peers.values()) {
       this.options.timers.clearTimeout(p.timer);
       p.queue.clear();
+      this.#failPending(p, undefined, () => new ClosedError('raft transport'));
     }
     for (const l of this.#links) l.close();
     await new Promise((resolve) => setImmediate(resolve));
@@ -814,6 +968,12 @@ export class Transport {
     if (p.link && p.link !== link) p.link.close();
     p.link = link;
     link.announced = true;
+    // The first frame on the connection: the features announcement (see FEATURES_GROUP_ID).
+    const announce: Envelope = {
+      groupId: FEATURES_GROUP_ID,
+      message: { type: 'heartbeatResponse', from: this.options.id, to: p.id, term: 0, round: FEATURE_REQUESTS },
+    };
+    link.conn.write(encodeBatch([announce], this.options.maxFrameBytes));
     p.failures = 0;
     p.connections++;
     for (const key of this.#reported) if (key.startsWith(`${p.id}\u0000`)) this.#reported.delete(key);
@@ -832,13 +992,145 @@ export class Transport {
   linkClosed(link: Link, _wasReady: boolean): void {
     this.#links.delete(link);
     const p = link.peer === undefined ? undefined : this.#peers.get(link.peer);
+    if (p && p.link !== link) {
+      // An older connection replaced by a newer one: what was sent on it alone is lost.
+      for (const [id, req] of [...p.pending]) {
+        if (req.link === link) this.#settle(p, id)?.reject(new PeerUnavailableError(p.id, 'disconnected', 'unknown'));
+      }
+    }
     if (!p || p.link !== link) {
       if (p && p.dialer && !p.link && !p.dialing) this.#redial(p);
       return;
     }
     p.link = undefined;
+    // Requests sent on it may have run there; those not sent yet were not.
+    this.#failPending(
+      p,
+      link,
+      (sent) =>
+        new PeerUnavailableError(p.id, sent ? 'disconnected' : 'not-connected', sent ? 'unknown' : 'not-applied'),
+    );
     if (p.dialer) this.#redial(p);
     this.#peerState(p.id, false);
+  }
+
+  /** The peer's first batch on `link` said what it supports: send the requests waiting for that, or fail them. */
+  featuresKnown(link: Link): void {
+    const p = this.#peers.get(link.peer!);
+    if (p === undefined || p.link !== link) return;
+    const supported = ((link.features ?? 0) & FEATURE_REQUESTS) !== 0;
+    for (const [id, req] of [...p.pending]) {
+      if (req.link !== undefined) continue;
+      if (supported) this.#sendRequest(link, req);
+      else this.#settle(p, id)?.reject(new PeerUnavailableError(p.id, 'unsupported', 'not-applied'));
+    }
+  }
+
+  #sendRequest(link: Link, req: PendingRequest): void {
+    req.link = link;
+    link.conn.write(req.frame);
+  }
+
+  /** Take request `id` out of the peer's pending table (undefined when already settled). */
+  #settle(p: Peer, id: number): PendingRequest | undefined {
+    const req = p.pending.get(id);
+    if (req === undefined) return undefined;
+    p.pending.delete(id);
+    p.pendingBytes -= req.bytes;
+    this.options.timers.clearTimeout(req.timer);
+    return req;
+  }
+
+  /** Fail the peer's pending requests (those sent on `link`, or not sent yet; every one when `link` is undefined). */
+  #failPending(p: Peer, link: Link | undefined, error: (sent: boolean) => unknown): void {
+    for (const [id, req] of [...p.pending]) {
+      if (link !== undefined && req.link !== undefined && req.link !== link) continue;
+      this.#settle(p, id)?.reject(error(req.link !== undefined));
+    }
+  }
+
+  /** An answer came on `link`. One for a request this node no longer waits for (timed out) is ignored. */
+  answered(link: Link, res: Response): void {
+    const p = this.#peers.get(link.peer!)!;
+    const req = this.#settle(p, res.id);
+    if (req === undefined) return;
+    switch (res.status) {
+      case ResponseStatus.ok:
+        return req.resolve(res.payload);
+      case ResponseStatus.failed:
+        return req.reject(new RemoteFailedError(p.id, res.code, res.message));
+      case ResponseStatus.noHandler:
+        return req.reject(new PeerUnavailableError(p.id, 'no-handler', 'not-applied'));
+      case ResponseStatus.busy:
+        return req.reject(
+          new LimitExceededError(
+            'raft requests in flight',
+            0,
+            this.options.maxRequestsInFlight,
+            `raft node ${p.id} is running as many requests of this node as it allows (${res.message}): retry later or ` +
+              'elsewhere',
+          ),
+        );
+      case ResponseStatus.tooLarge:
+        return req.reject(
+          new LimitExceededError(
+            'raft response bytes',
+            0,
+            this.options.maxFrameBytes,
+            `raft node ${p.id} ran the request, but its answer does not fit in a transport frame (${res.message})`,
+          ),
+        );
+    }
+  }
+
+  /** Run a peer's request and send back the answer on the same connection (dropped if that one is gone). */
+  serveRequest(link: Link, id: number, payload: Uint8Array): void {
+    const p = this.#peers.get(link.peer!)!;
+    const o = this.options;
+    const reply = (res: Response): void => {
+      if (link.state !== 'ready' || this.#closed) return;
+      let body = encodeResponseBody(res);
+      if (FRAME_HEADER_BYTES + body.byteLength > o.maxFrameBytes) {
+        body = encodeResponseBody({
+          id,
+          status: ResponseStatus.tooLarge,
+          code: 'LIMIT_EXCEEDED',
+          message: `an answer of ${body.byteLength} bytes, above maxFrameBytes ${o.maxFrameBytes}`,
+        });
+      }
+      link.conn.write(encodeFrame(FrameType.response, body, o.maxFrameBytes));
+    };
+    if (p.serving >= o.maxRequestsInFlight) {
+      return reply({ id, status: ResponseStatus.busy, code: 'LIMIT_EXCEEDED', message: `${p.serving} running` });
+    }
+    let answer: Promise<Uint8Array> | undefined;
+    try {
+      answer = o.onRequest(p.id, payload);
+    } catch (err) {
+      answer = Promise.reject(err);
+    }
+    if (answer === undefined) {
+      return reply({ id, status: ResponseStatus.noHandler, code: 'PEER_UNAVAILABLE', message: 'no handler' });
+    }
+    p.serving++;
+    answer.then(
+      (bytes) => {
+        p.serving--;
+        if (!(bytes instanceof Uint8Array)) {
+          reply({
+            id,
+            status: ResponseStatus.failed,
+            code: 'INVALID_ARGUMENT',
+            message: 'the handler did not resolve with bytes',
+          });
+        } else reply({ id, status: ResponseStatus.ok, payload: bytes });
+      },
+      (err: unknown) => {
+        p.serving--;
+        const code = err instanceof RebalancerError ? err.code : 'ERROR';
+        reply({ id, status: ResponseStatus.failed, code, message: describe(err) });
+      },
+    );
   }
 
   flushPeer(id: string): void {
