@@ -66,8 +66,8 @@ describe('decideReplicas', () => {
     );
     expect(d.actions).toEqual([
       { type: 'open', id: 'first:1', name: 'first', machine: 'kv', mode: 'bootstrap', members: ['a', 'b', 'c'] },
-      { type: 'open', id: 'not-initial:1', name: 'not-initial', machine: 'kv', mode: 'join', members: [] },
-      { type: 'open', id: 'rewritten:1', name: 'rewritten', machine: 'kv', mode: 'join', members: [] },
+      { type: 'open', id: 'not-initial:1', name: 'not-initial', machine: 'kv', mode: 'join', members: ['b', 'c'] },
+      { type: 'open', id: 'rewritten:1', name: 'rewritten', machine: 'kv', mode: 'join', members: ['b', 'c', 'd'] },
     ]);
   });
 
@@ -99,7 +99,7 @@ describe('decideReplicas', () => {
       { type: 'drop', id: 'gone:1', reason: 'group-removed' },
       { type: 'drop', id: 'readded:1', reason: 'group-removed' },
       { type: 'drop', id: 'not-a-raft-id', reason: 'group-removed' },
-      { type: 'open', id: 'kept:1', name: 'kept', machine: 'kv', mode: 'recover', members: [] },
+      { type: 'open', id: 'kept:1', name: 'kept', machine: 'kv', mode: 'recover', members: ['b', 'c'] },
       { type: 'open', id: 'readded:2', name: 'readded', machine: 'kv', mode: 'bootstrap', members: ['a'] },
     ]);
   });

@@ -9,8 +9,10 @@
  *   already holds is recovered. Otherwise the replica is created: it **bootstraps** (starts as a voter of the
  *   generation's `initial` members) only while the desired record is the generation's first (`version` 1) and
  *   `initial` names this node; in every other case it **joins** empty and the group's leader brings it in (learner,
- *   caught up, promoted). So two sets of replicas can never both believe they are the group: only one membership
- *   is ever bootstrapped per generation, and only before the coordinator changed anything.
+ *   caught up, promoted). Every replica starts from the same founding membership (`initial`: Raft's log begins after
+ *   it), but a joining one holds its votes until it has caught up with a leader (RaftNode.openGroup `join`). So two
+ *   sets of replicas can never both believe they are the group: only the founding members of a generation may
+ *   elect a leader from an empty log, and only before the coordinator changed anything.
  * - Drop (close the replica and delete its data): a replica of a generation that is no longer live (the group was
  *   removed, or removed and added again); or one whose desired record no longer names this node and that is no
  *   longer a member of the group: its own membership does not name it (it was never added, or it applied its own
@@ -60,7 +62,10 @@ export type ReplicaAction =
       readonly id: string;
       readonly name: string;
       readonly machine: string;
-      /** recover: the log holds it; bootstrap: start as a voter of `members`; join: start empty. */
+      /**
+       * recover: the log holds it; bootstrap: a founding voter; join: new to the running group (votes held until
+       * caught up). `members`: the founding voters.
+       */
       readonly mode: 'recover' | 'bootstrap' | 'join';
       readonly members: readonly string[];
     }
@@ -106,8 +111,11 @@ export function decideReplicas(input: ReplicaInput): ReplicaDecision {
     }
     if (stored.has(id)) {
       // Recover it whatever the desired record says: whether it may be dropped depends on its own membership.
+      // (The founding members go with it: a replica recovered without a snapshot rebuilds its base from them.)
       if (!machines.has(g.machine)) waits.push(unknownMachine(g));
-      else actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'recover', members: [] });
+      else if (d !== undefined && d.generation === g.generation) {
+        actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'recover', members: d.initial });
+      }
       continue;
     }
     if (!wanted) continue;
@@ -127,7 +135,7 @@ export function decideReplicas(input: ReplicaInput): ReplicaDecision {
       }
       actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'bootstrap', members: d.initial });
     } else {
-      actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'join', members: [] });
+      actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'join', members: d.initial });
     }
   }
   return { actions, waits };

@@ -90,14 +90,17 @@ export interface RaftNodeOptions {
 
 export interface GroupOptions<S, C, Q, R, A> {
   /**
-   * The node ids of the group's voters when it is created (ignored once the group has state on this node). Each is
-   * this node or one of its peers. Exclusive with `join`.
+   * The node ids of the group's founding voters, the same on every replica of the group, whenever it is opened
+   * (ignored once the group has state on this node). Without `join`, each is this node or one of its peers.
    */
-  readonly members?: readonly string[];
+  readonly members: readonly string[];
   /**
-   * Join an existing group as an empty replica (instead of `members`): it starts with no membership, never
-   * campaigns, and waits for the group's leader to add it (`changeMembership` addLearner, then addVoter) and send it
-   * the log or a snapshot. A group with state on this node is recovered as usual.
+   * This replica is new to a group that already runs: it starts from the founding membership (`members`) like every
+   * replica, but holds its votes (grants none, never campaigns) until it has heard from a leader and caught up with
+   * it (VoteHold 'leader-seen', docs/raft.md), and waits for that leader to add it (`changeMembership` addLearner,
+   * then addVoter) and send it the log or a snapshot. Without the hold, new replicas started from the founding
+   * membership could elect one of themselves with an empty log. A group with state on this node is recovered as
+   * usual (no hold).
    */
   readonly join?: boolean;
   readonly stateMachine: StateMachine<S, C, Q, R, A>;
@@ -422,23 +425,22 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       );
     }
     const r = new OptionReader(options, `openGroup(${name}) options`);
-    const hasMembers = (options as { members?: unknown } | null)?.members !== undefined;
     const members = r.stringList('members', []);
     const join = r.boolean('join', false);
-    if (join && hasMembers) {
+    if (members.length === 0) {
       throw new InvalidArgumentError(
-        `openGroup(${name}) options.members and options.join are exclusive: give members to create the group, or ` +
-          'join: true to be added to it by its leader',
+        `openGroup(${name}) options.members must list the group's founding voters (the same on every replica${
+          join ? ', also when joining' : ''
+        })`,
       );
     }
-    if (!join && members.length === 0) {
-      throw new InvalidArgumentError(
-        `openGroup(${name}) options.members must list the voters (or set join: true to join an existing group)`,
-      );
-    }
-    for (const m of members) {
-      if (m !== this.id && !this.#peers.has(m)) {
-        throw new InvalidArgumentError(`openGroup(${name}): member ${m} is neither this node nor one of its peers`);
+    // A joining replica's founding members may be long gone: it never sends to them (it holds its votes), and the
+    // log it receives tells it the membership in force.
+    if (!join) {
+      for (const m of members) {
+        if (m !== this.id && !this.#peers.has(m)) {
+          throw new InvalidArgumentError(`openGroup(${name}): member ${m} is neither this node nor one of its peers`);
+        }
       }
     }
     const stateMachine = r.required<StateMachine<S, C, Q, R, A>>('stateMachine', (v) =>
@@ -468,9 +470,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       v !== null && typeof v === 'object' ? undefined : 'must be an object',
     );
     r.done();
-    // A joining replica starts with no membership: it is no voter, so it never campaigns, and learns the group's
-    // membership from the leader's entries or snapshot.
-    const storage = this.#wal.group(name, { voters: join ? [] : [...new Set(members)], learners: [] });
+    const fresh = !this.#wal.groups().includes(name);
+    const storage = this.#wal.group(name, { voters: [...new Set(members)], learners: [] });
     const replica = new Replica({
       nodeId: this.id,
       groupId: name,
@@ -495,6 +496,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     });
     this.#replicas.set(name, replica);
     this.#guard.attach(replica.core);
+    if (join && fresh) replica.core.holdVotes('leader-seen');
     replica.process();
     return new RaftGroup<C, Q, R, A>(name, {
       replica,

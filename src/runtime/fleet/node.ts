@@ -31,6 +31,7 @@ import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import { addGroup, readFleetView, removeGroup, reportObserved, type FleetView } from '../../protocol/fleet/io.js';
 import {
+  parseRaftGroupId,
   raftGroupId,
   validateFleetGroupName,
   validateMachineName,
@@ -491,9 +492,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
     this.#check();
     const { timeoutMs } = this.#timeout(options);
-    const target = await this.#target(name);
-    if (target.local !== undefined) return (await target.local.group.command(command, { timeoutMs })) as R;
-    return (await target.remote.command(command, { timeoutMs })) as R;
+    const t = await this.#target(name, timeoutMs);
+    if (t.local !== undefined) return (await t.local.group.command(command, { timeoutMs: t.remainingMs })) as R;
+    return (await t.remote.command(command, { timeoutMs: t.remainingMs })) as R;
   }
 
   /** Read group `name` with its state machine's `query`, from any node (routed as command() is). */
@@ -501,9 +502,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#check();
     const { timeoutMs } = this.#timeout(options);
     const consistency = options.consistency ?? 'linearizable';
-    const target = await this.#target(name);
-    if (target.local !== undefined) return (await target.local.group.query(query, { timeoutMs, consistency })) as A;
-    return (await target.remote.query(query, { timeoutMs, consistency })) as A;
+    const t = await this.#target(name, timeoutMs);
+    if (t.local !== undefined) {
+      return (await t.local.group.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
+    }
+    return (await t.remote.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
   }
 
   /**
@@ -650,7 +653,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const group =
       a.mode === 'bootstrap'
         ? this.#raft.openGroup(a.id, { ...settings, members: a.members })
-        : this.#raft.openGroup(a.id, { ...settings, join: true });
+        : this.#raft.openGroup(a.id, { ...settings, members: a.members, join: true });
     const generation = Number(a.id.slice(a.name.length + 1));
     this.#held.set(a.id, {
       id: a.id,
@@ -851,48 +854,66 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * Where a request for group `name` goes: this node's replica when it is open and a member (one that joined empty
-   * is not until its leader added it), else a remote client of the group's current generation.
+   * Where a request for group `name` goes: this node's replica when it is open and a member (one that joined is
+   * not until its leader added it); else a remote client of the group's current generation, once some other node
+   * is known to hold it. While neither (the group is being placed, or this node's replica is being opened), wait,
+   * within `timeoutMs`: NoQuorumError when the time runs out.
    */
   async #target(
     name: string,
-  ): Promise<{ local: Held; remote?: undefined } | { local?: undefined; remote: RemoteGroupClient }> {
+    timeoutMs: number,
+  ): Promise<
+    | { local: Held; remote?: undefined; remainingMs: number }
+    | { local?: undefined; remote: RemoteGroupClient; remainingMs: number }
+  > {
     validateFleetGroupName(name);
-    let g = this.#view?.groups.get(name);
-    if (g === undefined) {
-      // Perhaps added since the last round: read once more before saying it does not exist.
-      this.#view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
-      g = this.#view.groups.get(name);
-      if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
-    }
-    const id = raftGroupId(name, g.generation);
-    const held = this.#held.get(id);
-    if (held !== undefined && isMember(held, this.nodeId)) return { local: held };
-    let client = this.#clients.get(id);
-    if (client === undefined) {
-      const codec = this.#o.machines.get(g.machine)?.codec ?? jsonCodec;
-      client = new RemoteGroupClient({
-        group: id,
-        codec,
-        request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
-        candidates: () => this.#candidates(name, id),
-        onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
-        clock: () => this.#o.control.clock.now(),
-        timers: {
-          setTimeout: (fn, ms) => this.#o.control.clock.setTimeout(fn, ms),
-          clearTimeout: (h) => this.#o.control.clock.clearTimeout(h as TimerHandle),
-        },
-        timeoutMs: this.#o.requestTimeoutMs,
-      });
-      // Bounded: the least recently created client goes first (its session is simply registered again if needed).
-      if (this.#clients.size >= MAX_REMOTE_CLIENTS) {
-        const oldest = this.#clients.keys().next().value as string;
-        this.#clients.delete(oldest);
-        this.#leaderHints.delete(oldest);
+    const clock = this.#o.control.clock;
+    const start = clock.now();
+    for (let attempt = 0; ; attempt++) {
+      let g = this.#view?.groups.get(name);
+      if (g === undefined || attempt > 0) {
+        // Perhaps added since the last round: read again before saying it does not exist.
+        this.#view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+        g = this.#view.groups.get(name);
+        if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
       }
-      this.#clients.set(id, client);
+      const remainingMs = timeoutMs - (clock.now() - start);
+      const id = raftGroupId(name, g.generation);
+      const held = this.#held.get(id);
+      if (held !== undefined && isMember(held, this.nodeId)) return { local: held, remainingMs };
+      const mine = g.desired?.members.includes(this.nodeId) === true && held === undefined;
+      if (!mine && this.#candidates(name, id).length > 0) return { remote: this.#client(id, g.machine), remainingMs };
+      if (remainingMs <= 0) throw new NoQuorumError(id, clock.now() - start);
+      this.#loop.kick();
+      await new Promise<void>((resolve) => clock.setTimeout(resolve, Math.min(50, remainingMs)));
+      this.#check();
     }
-    return { remote: client };
+  }
+
+  #client(id: string, machine: string): RemoteGroupClient {
+    let client = this.#clients.get(id);
+    if (client !== undefined) return client;
+    client = new RemoteGroupClient({
+      group: id,
+      codec: this.#o.machines.get(machine)?.codec ?? jsonCodec,
+      request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
+      candidates: () => this.#candidates(parseRaftGroupId(id)!.name, id),
+      onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
+      clock: () => this.#o.control.clock.now(),
+      timers: {
+        setTimeout: (fn, ms) => this.#o.control.clock.setTimeout(fn, ms),
+        clearTimeout: (h) => this.#o.control.clock.clearTimeout(h as TimerHandle),
+      },
+      timeoutMs: this.#o.requestTimeoutMs,
+    });
+    // Bounded: the oldest client goes first (its session is simply registered again if it is needed again).
+    if (this.#clients.size >= MAX_REMOTE_CLIENTS) {
+      const oldest = this.#clients.keys().next().value as string;
+      this.#clients.delete(oldest);
+      this.#leaderHints.delete(oldest);
+    }
+    this.#clients.set(id, client);
+    return client;
   }
 
   /** Nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
