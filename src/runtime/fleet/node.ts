@@ -25,6 +25,7 @@ import {
   InvalidArgumentError,
   NoQuorumError,
   NotLeaderError,
+  PeerAuthError,
   TimeoutError,
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
@@ -384,7 +385,20 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       (error) => this.reportError(error, 'fleet node: watching'),
     );
     this.#control.on('error', (e) => this.emit('error', e));
-    this.#raft.on('error', (e) => this.emit('error', e));
+    this.#raft.on('error', (e) => {
+      // Nodes learn each other's addresses from the store at slightly different times: a node that dials this one
+      // first is refused once as unknown and redials. Not worth an error when it is a node of this fleet.
+      // Said only if the id is still no live node of the fleet a few seconds later.
+      const unknown = e.error instanceof PeerAuthError ? /unknown node id "([^"]+)"/.exec(e.error.message) : null;
+      if (unknown === null) return this.emit('error', e);
+      this.#o.control.clock.setTimeout(
+        () => {
+          if (!this.#closed && this.#view?.nodes.has(unknown[1]!) !== true) this.emit('error', e);
+        },
+        3000,
+        { background: true },
+      );
+    });
     this.#raft.on('leader', (e) => {
       const held = this.#held.get(e.group);
       if (held === undefined) return;
