@@ -376,7 +376,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
     this.#loop = new Loop(
       () => this.#round(),
-      (error) => this.reportError(error, 'fleet node round'),
+      (error) => {
+        if (!this.#closed) this.reportError(error, 'fleet node round');
+      },
       { clock: control.clock, spacingMs: () => Math.min(1000, 2 * this.#lastCostMs) },
     );
     this.#watches = new Watches(
