@@ -50,6 +50,8 @@ export interface GroupStatus {
   readonly committed: number;
   readonly applied: number;
   readonly lastIndex: number;
+  /** The index of this replica's newest snapshot (0: none): what it compacted, or installed from the leader. */
+  readonly snapshotIndex: number;
   readonly membership: Membership;
   readonly quiesced: boolean;
   /**
@@ -243,6 +245,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       committed: s.committed,
       applied: r.applied,
       lastIndex: s.lastIndex,
+      snapshotIndex: r.snapshotIndex,
       membership: s.membership,
       quiesced: s.quiesced,
       votesHeld: s.votesHeld,
