@@ -138,7 +138,8 @@ describe('raft node: joining a group as an empty replica', () => {
     for (let i = 0; i < 60; i++) await gs[i % 3]!.command({ op: 'append', key: 'k', value: String(i % 10) });
     // The log has been compacted: the joiner can only start from a snapshot.
     await until(() => ns.every((n) => n.storedGroups().includes('kv')), 'groups stored');
-    const n4 = await node('n4', await newDir('n4'));
+    const dir4 = await newDir('n4');
+    const n4 = await node('n4', dir4);
     for (const n of ns) {
       n.setPeer('n4', addr(n4));
       n4.setPeer(n.id, addr(n));
@@ -163,6 +164,16 @@ describe('raft node: joining a group as an empty replica', () => {
     const final = want + 'x'.repeat(30);
     for (const g of live) expect(await g.query({ op: 'get', key: 'k' })).toBe(final);
     expect([...g4.status().membership.voters].sort()).toEqual(['n2', 'n3', 'n4']);
+    // n4 restarts (on another port): `join` recovers what it holds, as a voter, and it serves again.
+    await stop(n4);
+    const again = await node('n4', dir4, { n2: addr(ns[1]!), n3: addr(ns[2]!) });
+    ns[1]!.setPeer('n4', addr(again));
+    ns[2]!.setPeer('n4', addr(again));
+    expect(again.storedGroups()).toEqual(['kv']);
+    const g4again: Kv = again.openGroup('kv', { join: true, stateMachine: kvStateMachine(), snapshotEntries: 20 });
+    expect([...g4again.status().membership.voters].sort()).toEqual(['n2', 'n3', 'n4']);
+    await g4again.command({ op: 'append', key: 'k', value: 'y' }, { timeoutMs: 15_000 });
+    expect(await g4again.query({ op: 'get', key: 'k' })).toBe(final + 'y');
     // n1 can now drop its replica for good.
     await ns[0]!.dropGroup('kv');
     expect(ns[0]!.storedGroups()).toEqual([]);
