@@ -206,11 +206,17 @@ describe('raft node: closing and dropping groups', () => {
     // Applied before the close, or failed with ClosedError: never another error, never left hanging.
     expect(err instanceof ClosedError || !(err instanceof Error)).toBe(true);
     await expect(g.query({ op: 'get', key: 'k' }, { consistency: 'stale' })).rejects.toBeInstanceOf(ClosedError);
+    // A group that cannot commit (its other voter never answers): its pending command fails with ClosedError.
+    n.setPeer('ghost', '127.0.0.1:1');
+    const stuck: Kv = n.openGroup('stuck', { members: ['solo', 'ghost'], stateMachine: kvStateMachine() });
+    const waiting = stuck.command({ op: 'put', key: 's', value: '1' }, { timeoutMs: 60_000 }).catch((e: unknown) => e);
+    await n.dropGroup('stuck');
+    expect(await waiting).toBeInstanceOf(ClosedError);
     expect(n.storedGroups()).toEqual(['other']);
     expect((await readdir(dir)).some((f) => f.startsWith(`snap-${hexName}-`))).toBe(false);
     await stop(n);
     n = await node('solo', dir);
-    expect(n.storedGroups()).toEqual(['other']);
+    expect(n.storedGroups()).toEqual(['other']); // neither kv nor stuck
     // Opened again, the name is a new group: empty.
     const fresh: Kv = n.openGroup('kv', { members: ['solo'], stateMachine: kvStateMachine() });
     await fresh.ready({ timeoutMs: 10_000 });
