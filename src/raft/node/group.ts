@@ -50,6 +50,8 @@ export interface GroupStatus {
   readonly committed: number;
   readonly applied: number;
   readonly lastIndex: number;
+  /** The index of this replica's newest snapshot (0: none): what it compacted, or installed from the leader. */
+  readonly snapshotIndex: number;
   readonly membership: Membership;
   /** The log index of the entry that made `membership` (0: the membership the replica started with). */
   readonly membershipIndex: number;
@@ -357,6 +359,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       committed: s.committed,
       applied: r.applied,
       lastIndex: s.lastIndex,
+      snapshotIndex: r.snapshotIndex,
       membership: s.membership,
       membershipIndex: r.core.log.membershipIndex(),
       progress: progressOf(r),

@@ -100,6 +100,9 @@ export class Replica {
   get applied(): number {
     return this.#applier.index;
   }
+  get snapshotIndex(): number {
+    return this.#o.storage.snapshot().meta.index;
+  }
   get sessions(): number {
     return this.#applier.sessionCount;
   }

@@ -88,6 +88,49 @@ describe('raft vote guard', () => {
     expect(later.votesHeld()).toBeUndefined();
   });
 
+  it('dynamic peers, new data: the majority is of the peers known when counted; once reached it stays', async () => {
+    const { g } = await guard(['p1']);
+    const c = core();
+    g.attach(c);
+    expect(c.votesHeld()).toBe('released');
+    // Peers added before the majority is reached raise it: 2 of 3.
+    g.addPeer('p2');
+    g.addPeer('p3');
+    await g.onPeerIdentity('p1', { incarnation: inc(11), knewMeAs: undefined });
+    expect(g.peersNeeded).toBe(2);
+    expect(c.votesHeld()).toBe('released');
+    // Removed peers lower it again: {p1, p2} needs both, {p1} only p1.
+    g.removePeer('p3');
+    expect(c.votesHeld()).toBe('released');
+    g.removePeer('p2');
+    expect(c.votesHeld()).toBeUndefined();
+    // Released for this run: a peer added now holds nothing, nor does a replica opened later.
+    g.addPeer('p4');
+    g.addPeer('p5');
+    expect(g.awaitingPeers).toBe(false);
+    const later = core();
+    g.attach(later);
+    expect(later.votesHeld()).toBeUndefined();
+  });
+
+  it('dynamic peers, new data: no peers ever votes at once; peers all removed before answering wait for one', async () => {
+    const lonely = await guard([]);
+    const c = core();
+    lonely.g.attach(c);
+    expect(c.votesHeld()).toBeUndefined();
+    const { g } = await guard([], 2);
+    g.addPeer('p1');
+    const held = core();
+    g.attach(held);
+    expect(held.votesHeld()).toBe('released');
+    g.removePeer('p1');
+    expect(g.peersNeeded).toBe(1);
+    expect(held.votesHeld()).toBe('released');
+    g.addPeer('p2');
+    await g.onPeerIdentity('p2', { incarnation: inc(12), knewMeAs: undefined });
+    expect(held.votesHeld()).toBeUndefined();
+  });
+
   it('a peer that knew another incarnation: reported once, every replica held, durable until all are past it', async () => {
     const { g, identity, reports, disk } = await guard(['p1', 'p2']);
     const c = core();
