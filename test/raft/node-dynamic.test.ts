@@ -144,11 +144,18 @@ describe('raft node: joining a group as an empty replica', () => {
       n.setPeer('n4', addr(n4));
       n4.setPeer(n.id, addr(n));
     }
-    expect(() => n4.openGroup('kv', { members: ids, join: true, stateMachine: kvStateMachine() } as never)).toThrow(
-      /members and options.join are exclusive/,
+    expect(() => n4.openGroup('kv', { join: true, stateMachine: kvStateMachine() } as never)).toThrow(
+      /founding voters/,
     );
-    const g4: Kv = n4.openGroup('kv', { join: true, stateMachine: kvStateMachine(), snapshotEntries: 20 });
-    expect(g4.status().membership).toEqual({ voters: [], learners: [] });
+    // It starts from the founding membership, like every replica, with its votes held until it caught up.
+    const g4: Kv = n4.openGroup('kv', {
+      members: ids,
+      join: true,
+      stateMachine: kvStateMachine(),
+      snapshotEntries: 20,
+    });
+    expect(g4.status().membership).toEqual({ voters: ids, learners: [] });
+    expect(g4.status().votesHeld).toBe('leader-seen');
     expect((await gs[0]!.changeMembership({ type: 'addLearner', node: 'n4' }, { timeoutMs: 15_000 })).learners).toEqual(
       ['n4'],
     );
@@ -170,7 +177,14 @@ describe('raft node: joining a group as an empty replica', () => {
     ns[1]!.setPeer('n4', addr(again));
     ns[2]!.setPeer('n4', addr(again));
     expect(again.storedGroups()).toEqual(['kv']);
-    const g4again: Kv = again.openGroup('kv', { join: true, stateMachine: kvStateMachine(), snapshotEntries: 20 });
+    const g4again: Kv = again.openGroup('kv', {
+      members: ids,
+      join: true,
+      stateMachine: kvStateMachine(),
+      snapshotEntries: 20,
+    });
+    // Recovered, not new: no hold.
+    expect(g4again.status().votesHeld).toBeUndefined();
     expect([...g4again.status().membership.voters].sort()).toEqual(['n2', 'n3', 'n4']);
     await g4again.command({ op: 'append', key: 'k', value: 'y' }, { timeoutMs: 15_000 });
     expect(await g4again.query({ op: 'get', key: 'k' })).toBe(final + 'y');

@@ -14,8 +14,14 @@ import {
   newFleetCoordinatorMemory,
   type FleetCoordinatorSettings,
 } from '../../src/protocol/fleet/coordinator.js';
-import { addGroup, registerNode, type FleetView } from '../../src/protocol/fleet/io.js';
-import { decodeDesired, encodeRecord, FleetKeys, type DesiredRecord } from '../../src/protocol/fleet/keys.js';
+import { addGroup, registerNode, reportObserved, type FleetView } from '../../src/protocol/fleet/io.js';
+import {
+  decodeDesired,
+  encodeRecord,
+  FleetKeys,
+  type DesiredRecord,
+  type ObservedRecord,
+} from '../../src/protocol/fleet/keys.js';
 import { FleetCoordinator } from '../../src/runtime/fleet/coordinator.js';
 import { FleetControl, resolveFleetControlOptions } from '../../src/runtime/fleet/member.js';
 import { VirtualClock } from '../../src/store/clock.js';
@@ -70,14 +76,36 @@ async function startNode(
 
 async function desired(w: World): Promise<Map<string, { rec: DesiredRecord; rev: number }>> {
   const out = new Map<string, { rec: DesiredRecord; rev: number }>();
+  const reported = new Set((await w.admin.range(keys.observed)).kvs.map((kv) => kv.key.slice(keys.observed.length)));
   for (const kv of (await w.admin.range(keys.desired)).kvs) {
     try {
-      out.set(kv.key.slice(keys.desired.length), { rec: decodeDesired(keys, kv.key, kv.value), rev: kv.modRevision });
-    } catch {
-      // junk planted by a test: not a placement
+      const rec = decodeDesired(keys, kv.key, kv.value);
+      out.set(kv.key.slice(keys.desired.length), { rec, rev: kv.modRevision });
+      // No Raft here: play each new group's first leader report, which ends its creation (the coordinator keeps
+      // a group's first desired record until then).
+      if (!reported.has(rec.name)) await reportObserved(w.admin, keys, createdReport(rec));
+    } catch (err) {
+      if (!(err instanceof CorruptDataError)) throw err; // junk planted by a test: not a placement
     }
   }
   return out;
+}
+
+function createdReport(d: DesiredRecord): ObservedRecord {
+  return {
+    name: d.name,
+    generation: d.generation,
+    reporter: d.leader,
+    term: 1,
+    leader: d.leader,
+    voters: [...d.initial],
+    learners: [],
+    membershipIndex: 0,
+    committed: 1,
+    lag: {},
+    status: 'converged',
+    detail: 'created',
+  };
 }
 
 /** Poll the store (as a test sees it) until `pred` holds on the desired records. */
@@ -108,6 +136,13 @@ async function closeAll(w: World): Promise<void> {
   for (const c of w.nodes.values()) await drive(w.clock, c.close());
 }
 
+/** Every node is the desired leader of `each` groups (groups placed one by one are rebalanced once created). */
+function balanced(m: Map<string, { rec: DesiredRecord }>, each: number): boolean {
+  const leaders = new Map<string, number>();
+  for (const { rec } of m.values()) leaders.set(rec.leader, (leaders.get(rec.leader) ?? 0) + 1);
+  return [...leaders.values()].every((n) => n === each);
+}
+
 function coordinators(w: World): string[] {
   return [...w.nodes].filter(([, c]) => c.isCoordinator).map(([id]) => id);
 }
@@ -119,7 +154,7 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
     const names = groupNames(30);
     await addGroups(w, names);
-    const d = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const d = await untilDesired(w, (m) => names.every((n) => m.has(n)) && balanced(m, 5), 'every group placed');
     const zoneOf = (id: string): string => ZONES[Number(id.slice(1)) % 3]!;
     const leaders = new Map<string, number>();
     for (const n of names) {
@@ -142,7 +177,11 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
     const names = groupNames(30);
     await addGroups(w, names);
-    const before = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const before = await untilDesired(
+      w,
+      (m) => names.every((n) => m.has(n)) && balanced(m, 5),
+      'every group placed, leaders balanced',
+    );
     // Leave with a node that is not the coordinator (so the coordinator's own grace memory is exercised).
     const victim = [...w.nodes.keys()].find((id) => !w.nodes.get(id)!.isCoordinator)!;
     await drive(w.clock, w.nodes.get(victim)!.close());
@@ -300,7 +339,7 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
               leader: 'n9',
               token: 1,
               initial: ['n9'],
-              version: 1,
+              version: 2, // created long ago (a version-1 record without a report would be kept: being created)
             });
             await target.txn({ compare: [], then: [{ op: 'put', key: keys.desiredOf('g1'), value: other }] });
           }
@@ -419,7 +458,7 @@ function viewOf(
           desired:
             g.desired === undefined
               ? undefined
-              : { name: g.name, generation: i + 1, token: 1, initial: g.desired.members, version: 1, ...g.desired },
+              : { name: g.name, generation: i + 1, token: 1, initial: g.desired.members, version: 2, ...g.desired },
           desiredRevision: g.desired === undefined ? 0 : 100 + i,
           observed: undefined,
           observedRevision: 0,
@@ -571,5 +610,20 @@ describe('decideFleetRound (pure)', () => {
     expect(two.unplaced).toBe(1);
     const all = decideFleetRound(viewOf(three, [{ name: 'new' }]), k, s, newFleetCoordinatorMemory(), 0);
     expect(all.writes.map((e) => e.name)).toEqual(['new']);
+  });
+
+  it('keeps the first desired record of a group being created until its first leader report', () => {
+    const k = (n: string): string => keys.desiredOf(n);
+    // Placed on a, b, x; x is gone. Version 2 (created long ago): moved. Version 1, no report: kept.
+    const view = viewOf(three, [{ name: 'g', desired: { members: ['a', 'b', 'x'], leader: 'a' } }]);
+    expect(decideFleetRound(view, k, settings, newFleetCoordinatorMemory(), 0).writes).toHaveLength(1);
+    const g = view.groups.get('g')!;
+    const creating: FleetView = {
+      ...view,
+      groups: new Map([['g', { ...g, desired: { ...g.desired!, version: 1 } }]]),
+    };
+    const d = decideFleetRound(creating, k, settings, newFleetCoordinatorMemory(), 0);
+    expect(d.writes).toEqual([]);
+    expect(d.creating).toBe(1);
   });
 });

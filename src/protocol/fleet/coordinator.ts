@@ -14,6 +14,8 @@
  *   elected does not know who vanished when (often the old coordinator's own node): on its first round, a desired
  *   member that is not live gets a grace period from then, and since its zone and weight are gone with its record,
  *   the groups naming it are held (not rewritten) until that grace ends, instead of being placed with it.
+ * - A group being created (its first desired record, no leader report yet) keeps that record until it reports: its
+ *   founders bootstrap only from it (src/protocol/fleet/replicas.ts).
  * - A group whose desired record could not be read is skipped (never overwritten unread, ADR 0012) and listed in
  *   `skipped`; the others go on.
  * - At most `maxWritesPerRound` groups per round, most urgent first: groups with no desired record, then groups
@@ -61,6 +63,8 @@ export interface FleetRoundDecision {
   readonly unplaced: number;
   /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
   readonly held: number;
+  /** Groups left as they are until their first leader report (still being created by their founders). */
+  readonly creating: number;
   /** The full placement computed this round. */
   readonly placement: FleetPlacement;
   readonly memory: FleetCoordinatorMemory;
@@ -119,6 +123,7 @@ export function decideFleetRound(
   const urgent: DesiredEntry[][] = [[], [], []];
   let unplaced = 0;
   let held = 0;
+  let creating = 0;
   for (const p of placement.groups) {
     const group = view.groups.get(p.name);
     if (group === undefined) continue;
@@ -131,6 +136,13 @@ export function decideFleetRound(
     if (d !== undefined && d.leader === p.leader && sameSet(d.members, p.members)) continue;
     if (d !== undefined && d.members.some((m) => unknown.has(m))) {
       held++;
+      continue;
+    }
+    // Being created: its founders bootstrap only from the generation's first desired record, so that record stays
+    // until the group has a leader (its first report). Rewriting it earlier would make founders that have not
+    // opened yet join with their votes held, and a group whose founders hold their votes never elects a leader.
+    if (d !== undefined && d.version === 1 && group.observed === undefined) {
+      creating++;
       continue;
     }
     if (unreadable.has(key)) {
@@ -151,6 +163,7 @@ export function decideFleetRound(
     skipped,
     unplaced,
     held,
+    creating,
     placement,
     memory: { departed, lastActive: active, unknown },
     wakeAtMs,

@@ -32,6 +32,7 @@ import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import { addGroup, readFleetView, removeGroup, reportObserved, type FleetView } from '../../protocol/fleet/io.js';
 import {
+  decodeDesired,
   parseRaftGroupId,
   raftGroupId,
   validateFleetGroupName,
@@ -657,6 +658,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       if (this.#held.size === 0) for (const d of [...this.#drained]) d();
       return;
     }
+    if (a.mode === 'bootstrap' && !(await this.#stillFounding(a))) return; // the next round decides again
     const m = this.#o.machines.get(a.machine)!;
     const settings = {
       stateMachine: m.stateMachine,
@@ -686,6 +688,17 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
     this.emit('groupGained', { group: a.name, mode: a.mode });
+  }
+
+  /**
+   * A founder bootstraps only from the generation's first desired record: read it again just before, so that a
+   * round that read it long ago (a slow store, a paused process) cannot bootstrap from a record rewritten since.
+   */
+  async #stillFounding(a: ReplicaAction & { type: 'open' }): Promise<boolean> {
+    const kv = await this.#o.control.store.get(this.#control.keys.desiredOf(a.name));
+    if (kv === undefined) return false;
+    const d = decodeDesired(this.#control.keys, kv.key, kv.value);
+    return d.version === 1 && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId);
   }
 
   // ---- the steps: each led group one change closer to its desired record ----
