@@ -434,7 +434,8 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
   ): Promise<{ kind: 'answer'; answer: GroupAnswer } | { kind: 'expired'; handed: boolean }> {
     const o = this.#o;
     let handed = false;
-    let allNoQuorum = true;
+    let attempts = 0;
+    let noQuorumAnswers = 0;
     let hint: string | undefined;
     for (let round = 0; ; round++) {
       const tried = new Set<string>();
@@ -458,14 +459,16 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
         }
         if (a.expired) return { kind: 'expired', handed };
         handed ||= a.handed;
-        allNoQuorum &&= a.noQuorum;
+        attempts++;
+        if (a.noQuorum) noQuorumAnswers++;
         hint = a.hint;
         if (hint !== undefined) o.onLeaderHint?.(hint);
       }
       const remaining = deadline - o.clock();
       if (remaining <= 0) {
         const waited = o.clock() - start;
-        if (allNoQuorum && !handed && round > 0) throw new NoQuorumError(this.group, waited);
+        // Every replica asked said it knows no leader: the group has lost its majority (or is electing, slowly).
+        if (attempts > 0 && noQuorumAnswers === attempts && !handed) throw new NoQuorumError(this.group, waited);
         throw new TimeoutError(this.group, what, waited, handed ? 'unknown' : 'not-applied');
       }
       const pause = Math.min(remaining, o.retryBaseMs * 2 ** Math.min(round, 20), o.retryMaxMs);

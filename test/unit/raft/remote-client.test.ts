@@ -293,6 +293,27 @@ describe('RemoteGroupClient (virtual time)', () => {
     expect(w.log).toEqual(['warm']);
   });
 
+  it('no candidate at all: asked again each round, then TimeoutError not-applied (not NoQuorumError)', async () => {
+    const w = new World();
+    let asked = 0;
+    const c = new RemoteGroupClient({
+      group: 'g',
+      request: w.request,
+      candidates: () => {
+        asked++;
+        return [];
+      },
+      clock: () => w.clock.now(),
+      timers: w.clock,
+      timeoutMs: 1000,
+    });
+    const err = await drive(w.clock, c.query(null)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as TimeoutError).outcome).toBe('not-applied');
+    expect(asked).toBeGreaterThan(3);
+    expect(w.sent).toEqual([]);
+  });
+
   it('a refusal (invalid command) is thrown at once, without trying other nodes', async () => {
     const w = new World();
     const c = w.client();
