@@ -38,6 +38,8 @@ import type { Consistency, RaftGroup } from './group.js';
 import { jsonCodec, type Codec } from './state-machine.js';
 
 export const GROUP_REQUEST_VERSION = 1;
+/** The longest a replica works on one remote request, whatever the client asked: a bounded wait per request. */
+export const MAX_SERVE_MS = 60_000;
 
 export type GroupRequest =
   | { readonly kind: 'register'; readonly group: string; readonly timeoutMs: number }
@@ -203,7 +205,7 @@ export async function serveGroupRequest(
   }
   const group = lookupGroup(req.group);
   if (group === undefined) return encodeGroupAnswer({ kind: 'no-replica', leader: undefined });
-  const options = { timeoutMs: req.timeoutMs };
+  const options = { timeoutMs: Math.min(req.timeoutMs, MAX_SERVE_MS) };
   try {
     switch (req.kind) {
       case 'register': {
