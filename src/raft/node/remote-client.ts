@@ -38,6 +38,8 @@ import type { Consistency, RaftGroup } from './group.js';
 import { jsonCodec, type Codec } from './state-machine.js';
 
 export const GROUP_REQUEST_VERSION = 1;
+/** The longest a replica works on one remote request, whatever the client asked: a bounded wait per request. */
+export const MAX_SERVE_MS = 60_000;
 
 export type GroupRequest =
   | { readonly kind: 'register'; readonly group: string; readonly timeoutMs: number }
@@ -203,7 +205,7 @@ export async function serveGroupRequest(
   }
   const group = lookupGroup(req.group);
   if (group === undefined) return encodeGroupAnswer({ kind: 'no-replica', leader: undefined });
-  const options = { timeoutMs: req.timeoutMs };
+  const options = { timeoutMs: Math.min(req.timeoutMs, MAX_SERVE_MS) };
   try {
     switch (req.kind) {
       case 'register': {
@@ -434,7 +436,8 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
   ): Promise<{ kind: 'answer'; answer: GroupAnswer } | { kind: 'expired'; handed: boolean }> {
     const o = this.#o;
     let handed = false;
-    let allNoQuorum = true;
+    let attempts = 0;
+    let noQuorumAnswers = 0;
     let hint: string | undefined;
     for (let round = 0; ; round++) {
       const tried = new Set<string>();
@@ -458,14 +461,16 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
         }
         if (a.expired) return { kind: 'expired', handed };
         handed ||= a.handed;
-        allNoQuorum &&= a.noQuorum;
+        attempts++;
+        if (a.noQuorum) noQuorumAnswers++;
         hint = a.hint;
         if (hint !== undefined) o.onLeaderHint?.(hint);
       }
       const remaining = deadline - o.clock();
       if (remaining <= 0) {
         const waited = o.clock() - start;
-        if (allNoQuorum && !handed && round > 0) throw new NoQuorumError(this.group, waited);
+        // Every replica asked said it knows no leader: the group has lost its majority (or is electing, slowly).
+        if (attempts > 0 && noQuorumAnswers === attempts && !handed) throw new NoQuorumError(this.group, waited);
         throw new TimeoutError(this.group, what, waited, handed ? 'unknown' : 'not-applied');
       }
       const pause = Math.min(remaining, o.retryBaseMs * 2 ** Math.min(round, 20), o.retryMaxMs);

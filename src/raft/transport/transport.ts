@@ -135,6 +135,11 @@ export interface TransportOptions {
   readonly maxRequestsInFlight?: number;
   /** Per peer: payload bytes of the requests this node waits for (beyond: LimitExceededError). Default 64 MiB. */
   readonly maxRequestBytesInFlight?: number;
+  /**
+   * @internal Tests only: behave as the release before requests — announce no features, deliver an announcement
+   * like any message, and close the connection on a request frame (an unknown frame type there).
+   */
+  readonly legacyWithoutRequests?: boolean;
   /** Errors: an unauthenticated peer (once per peer until it authenticates), a peer's bad frame, a throwing onMessage. */
   readonly onError?: (error: RebalancerError) => void;
   /** A peer's authenticated connection came up (true) or went down (false): hosts wake quiesced groups on it. */
@@ -196,6 +201,7 @@ interface Resolved {
   onRequest: (from: string, payload: Uint8Array) => Promise<Uint8Array> | undefined;
   maxRequestsInFlight: number;
   maxRequestBytesInFlight: number;
+  legacyWithoutRequests: boolean;
   onError: (error: RebalancerError) => void;
   onPeerState: (peer: string, connected: boolean) => void;
   incarnation: Uint8Array;
@@ -294,6 +300,7 @@ function readOptions(options: TransportOptions): Resolved {
   const maxQueuedBytes = r.integer('maxQueuedBytes', 64 * 1024 * 1024, { min: 1 });
   const maxRequestsInFlight = r.integer('maxRequestsInFlight', 1024, { min: 1 });
   const maxRequestBytesInFlight = r.integer('maxRequestBytesInFlight', 64 * 1024 * 1024, { min: 1 });
+  const legacyWithoutRequests = r.boolean('legacyWithoutRequests', false);
   const handshakeTimeoutMs = r.ms('handshakeTimeoutMs', 5000, { min: 1 });
   const reconnectBaseMs = r.ms('reconnectBaseMs', 50, { min: 1 });
   const reconnectMaxMs = r.ms('reconnectMaxMs', 5000, { min: reconnectBaseMs });
@@ -308,6 +315,7 @@ function readOptions(options: TransportOptions): Resolved {
     onRequest,
     maxRequestsInFlight,
     maxRequestBytesInFlight,
+    legacyWithoutRequests,
     onError,
     onPeerState,
     incarnation,
@@ -527,6 +535,10 @@ class Link {
   #onFrame(f: Frame): void {
     const o = this.#t.options;
     if (this.state === 'ready') {
+      if (o.legacyWithoutRequests && f.type !== FrameType.batch) {
+        throw new TransportFrameError(`unknown frame type ${f.type}`);
+      }
+      if (o.legacyWithoutRequests) return this.#t.deliver(this.peer!, decodeBatch(f.body));
       if (f.type === FrameType.request) {
         const req = decodeRequestBody(f.body);
         this.#t.serveRequest(this, req.id, req.payload);
@@ -969,16 +981,20 @@ export class Transport {
     p.link = link;
     link.announced = true;
     // The first frame on the connection: the features announcement (see FEATURES_GROUP_ID).
-    const announce: Envelope = {
-      groupId: FEATURES_GROUP_ID,
-      message: { type: 'heartbeatResponse', from: this.options.id, to: p.id, term: 0, round: FEATURE_REQUESTS },
-    };
-    link.conn.write(encodeBatch([announce], this.options.maxFrameBytes));
+    if (!this.options.legacyWithoutRequests) this.#announce(link, p);
     p.failures = 0;
     p.connections++;
     for (const key of this.#reported) if (key.startsWith(`${p.id}\u0000`)) this.#reported.delete(key);
     this.#markDirty(p);
     this.#peerState(p.id, true);
+  }
+
+  #announce(link: Link, p: Peer): void {
+    const announce: Envelope = {
+      groupId: FEATURES_GROUP_ID,
+      message: { type: 'heartbeatResponse', from: this.options.id, to: p.id, term: 0, round: FEATURE_REQUESTS },
+    };
+    link.conn.write(encodeBatch([announce], this.options.maxFrameBytes));
   }
 
   #peerState(peer: string, connected: boolean): void {
