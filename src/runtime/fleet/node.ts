@@ -58,7 +58,7 @@ import { Watches } from '../watches.js';
 import { FleetControl, readFleetControl, type ResolvedFleetControlOptions } from './member.js';
 
 /** A state machine and how this fleet runs it (the same on every node). */
-export interface FleetMachine<S = any, C = any, Q = any, R = any, A = any> {
+export interface FleetMachine<S = unknown, C = unknown, Q = unknown, R = unknown, A = unknown> {
   readonly stateMachine: StateMachine<S, C, Q, R, A>;
   /** How commands, queries and results become bytes (default JSON). */
   readonly codec?: Codec;
@@ -83,7 +83,7 @@ export interface JoinFleetOptions extends MemberOptions {
    * The state machines groups can run, by name (`addGroup(name, { machine })` names one). Every node needs every
    * machine of the fleet. A value is a StateMachine or a FleetMachine (with its codec and settings).
    */
-  readonly machines: Readonly<Record<string, StateMachine<any, any, any, any, any> | FleetMachine>>;
+  readonly machines: Readonly<Record<string, StateMachine<unknown, unknown, unknown, unknown, unknown> | FleetMachine>>;
   /** Where the Raft transport listens (default: node.address). */
   readonly listen?: string;
   /** Mutual TLS between nodes. */
@@ -544,14 +544,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const clock = this.#o.control.clock;
     const start = clock.now();
     await new Promise<void>((resolve, reject) => {
-      let timer: TimerHandle | undefined;
       const done = (): void => {
         if (this.#held.size > 0 && !this.#closed) return;
         this.#drained.delete(done);
-        if (timer !== undefined) clock.clearTimeout(timer);
+        clock.clearTimeout(timer);
         resolve();
       };
-      timer = clock.setTimeout(() => {
+      const timer: TimerHandle = clock.setTimeout(() => {
         this.#drained.delete(done);
         reject(
           new TimeoutError(
