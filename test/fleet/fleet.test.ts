@@ -9,7 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
-import { FleetGroupExistsError, FleetGroupNotFoundError, InvalidArgumentError } from '../../src/errors.js';
+import {
+  FleetGroupExistsError,
+  FleetGroupNotFoundError,
+  InvalidArgumentError,
+  NodeIdInUseError,
+} from '../../src/errors.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { StateMachine } from '../../src/raft/node/state-machine.js';
 import type { Store } from '../../src/store/contract.js';
@@ -219,5 +224,50 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
       what: 'the new x starts from zero',
       timeoutMs: 10_000,
     });
+  });
+
+  it('refuses a node id live in another process, a data directory of another fleet, and reports a missing machine', async () => {
+    const e = await env();
+    const n1 = await start(e, 'n1', 'z1');
+    // The same id from a second process (here: a second node object with its own directory): refused, typed.
+    await expect(
+      joinFleet({
+        store: e.store,
+        fleet: 'test',
+        node: { id: 'n1', address: `127.0.0.1:${e.ports[5]}` },
+        dataDir: join(e.dir, 'n1-again'),
+        secret: SECRET,
+        machines: { counter },
+        sessionTtlMs: 2000,
+        joinTimeoutMs: 500,
+      }),
+    ).rejects.toBeInstanceOf(NodeIdInUseError);
+    // n1's data directory belongs to fleet 'test': another fleet may not use it (even once n1 is gone).
+    await n1.close();
+    e.nodes.delete('n1');
+    await expect(
+      joinFleet({
+        store: e.store,
+        fleet: 'other',
+        node: { id: 'n1', address: `127.0.0.1:${e.ports[0]}` },
+        dataDir: join(e.dir, 'n1'),
+        secret: SECRET,
+        machines: { counter },
+      }),
+    ).rejects.toThrow(/belongs to node "n1" of fleet "test"/);
+    // A node without a group's state machine does not open it, says so, and the group runs on the others.
+    const a = await start(e, 'n2', 'z1');
+    const b = await start(e, 'n3', 'z2');
+    const errors: string[] = [];
+    const lacking = await start(e, 'n4', 'z3', { machines: { other: counter } });
+    lacking.on('error', (err) => errors.push(String(err.error)));
+    await a.addGroup('c', { replicas: 3, machine: 'counter' });
+    await eventually(() => errors.some((m) => m.includes('not in this node') && m.includes('"counter"')), {
+      what: 'n4 to report the missing state machine',
+      timeoutMs: 15_000,
+    });
+    expect(lacking.replicas()).toEqual([]);
+    expect(await b.command('c', { add: 3 })).toBe(3);
+    expect(await lacking.command('c', { add: 1 })).toBe(4); // routed to a node that holds it
   });
 });

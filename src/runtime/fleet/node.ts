@@ -909,7 +909,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       const id = raftGroupId(name, g.generation);
       const held = this.#held.get(id);
       if (held !== undefined && isMember(held, this.nodeId)) return { local: held, remainingMs };
-      const mine = g.desired?.members.includes(this.nodeId) === true && held === undefined;
+      // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
+      const mine =
+        g.desired?.members.includes(this.nodeId) === true && held === undefined && this.#o.machines.has(g.machine);
       if (!mine && this.#candidates(name, id).length > 0) return { remote: this.#client(id, g.machine), remainingMs };
       if (remainingMs <= 0) throw new NoQuorumError(id, clock.now() - start);
       this.#loop.kick();
