@@ -60,8 +60,19 @@ export type ControlCommand =
   /** Stop the client loops; answered once each has finished its operation in flight. */
   | { readonly id: number; readonly cmd: 'stop-clients' }
   | { readonly id: number; readonly cmd: 'status' }
-  /** Linearizable reads of each group's list (key = group name), retried within `timeoutMs`. */
-  | { readonly id: number; readonly cmd: 'read'; readonly groups: readonly string[]; readonly timeoutMs: number }
+  /** This node's replicas and their Raft status (for a failure message). */
+  | { readonly id: number; readonly cmd: 'replicas' }
+  /**
+   * Reads of each group's list (key = group name), retried within `timeoutMs`: linearizable, or `stale` (this
+   * node's own replica, when it holds one: whether it caught up).
+   */
+  | {
+      readonly id: number;
+      readonly cmd: 'read';
+      readonly groups: readonly string[];
+      readonly timeoutMs: number;
+      readonly consistency?: 'linearizable' | 'stale';
+    }
   /** Drain, leave, exit 0. */
   | { readonly id: number; readonly cmd: 'deactivate'; readonly timeoutMs: number };
 
@@ -105,7 +116,10 @@ const shutdown = (signal: string): void => {
 process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
 
-const store = await openStore(config.storeUrl, { namespace: config.namespace, maxSessionTtlMs: 2 * config.sessionTtlMs });
+const store = await openStore(config.storeUrl, {
+  namespace: config.namespace,
+  maxSessionTtlMs: 2 * config.sessionTtlMs,
+});
 node = await joinFleet({
   store,
   fleet: config.fleet,
@@ -190,13 +204,36 @@ async function handle(c: ControlCommand): Promise<Record<string, unknown>> {
     }
     case 'status':
       return { status: await fleet.status() };
+    case 'replicas':
+      return {
+        replicas: fleet.replicas().map(({ group, status: s }) => ({
+          group,
+          id: s.group,
+          role: s.role,
+          term: s.term,
+          leader: s.leader,
+          voters: s.membership.voters,
+          learners: s.membership.learners,
+          committed: s.committed,
+          applied: s.applied,
+          lastIndex: s.lastIndex,
+          votesHeld: s.votesHeld,
+          quiesced: s.quiesced,
+          progress: Object.fromEntries(s.progress),
+          failed: s.failed?.message,
+        })),
+      };
     case 'read': {
       const deadline = Date.now() + c.timeoutMs;
       const values: Record<string, KvOutput> = {};
       for (const g of c.groups) {
         for (;;) {
           try {
-            values[g] = await fleet.query<KvOutput>(g, { op: 'get', key: g }, { consistency: 'linearizable' });
+            values[g] = await fleet.query<KvOutput>(
+              g,
+              { op: 'get', key: g },
+              { consistency: c.consistency ?? 'linearizable' },
+            );
             break;
           } catch (err) {
             if (Date.now() > deadline) throw err;

@@ -158,7 +158,7 @@ class ProcessFleet {
   async converged(nodes: readonly string[], groups: number, what: string): Promise<FleetStatus> {
     let last: FleetStatus | undefined;
     const want = [...nodes].sort();
-    return eventually(
+    const waiting = eventually(
       async () => {
         const s = await this.status();
         last = s;
@@ -177,6 +177,38 @@ class ProcessFleet {
         context: () => describeStatus(last),
       },
     );
+    try {
+      return await waiting;
+    } catch (err) {
+      const behind = last?.groups.filter((g) => g.health !== 'converged').map((g) => g.name);
+      throw new Error(`${(err as Error).message}\n${await this.replicaReport(behind)}`, { cause: err });
+    }
+  }
+
+  /** What each running node's replicas (of `groups`, default all) say, for whoever reads a failure. */
+  async replicaReport(groups?: readonly string[], max = 12): Promise<string> {
+    const wanted = groups === undefined ? undefined : new Set(groups);
+    const lines: string[] = [];
+    for (const id of this.up()) {
+      const r = await this.ask(id, { cmd: 'replicas' }, 10_000).catch(() => undefined);
+      const replicas = (r?.['replicas'] ?? []) as { group: string }[];
+      for (const x of replicas.filter((x) => wanted === undefined || wanted.has(x.group)).slice(0, max)) {
+        lines.push(`${id}: ${JSON.stringify(x)}`);
+      }
+    }
+    return `replicas:\n${lines.join('\n')}\nlogs in ${this.dir}`;
+  }
+
+  /** The status and the replicas of groups not converged, when a scenario failed. */
+  async diagnose(): Promise<string> {
+    try {
+      const s = await this.status();
+      const behind = s.groups.filter((g) => g.health !== 'converged').map((g) => g.name);
+      const replicas = await this.replicaReport(behind);
+      return `${describeStatus(s)}\n${replicas}`;
+    } catch (err) {
+      return `no diagnosis: ${String(err)}; logs in ${this.dir}`;
+    }
   }
 
   /** Every history line of every process so far, as the checker's operations, and the tokens sent and acked. */
@@ -271,7 +303,11 @@ function describeGroup(g: FleetGroupStatus): string {
  * Stop every client, read every group, and check: linearizable histories, no acknowledged append lost or doubled,
  * converged (done by the caller: `status`), zones spread, desired leaders balanced, no client-side bug.
  */
-async function finalChecks(f: ProcessFleet, groups: readonly string[], status: FleetStatus): Promise<void> {
+async function finalChecks(
+  f: ProcessFleet,
+  groups: readonly string[],
+  status: FleetStatus,
+): Promise<Record<string, string | null>> {
   const up = f.up();
   await Promise.all(up.map((id) => f.ask(id, { cmd: 'stop-clients' }, 60_000)));
   const values = (await f.ask(up[0]!, { cmd: 'read', groups, timeoutMs: 30_000 }, 60_000))['values'] as Record<
@@ -335,17 +371,17 @@ async function finalChecks(f: ProcessFleet, groups: readonly string[], status: F
   if (problems.length > 0) {
     throw new Error(`${problems.join('\n')}\nnode errors:\n${f.errorSummary()}\nlogs in ${f.dir}`);
   }
+  return values;
 }
 
 // ---------------------------------------------------------------- the scenarios
 
 const fleets: ProcessFleet[] = [];
 const servers: ServerHandle[] = [];
-let keepDirs = false;
+/** FLEET_PROC_KEEP=1 keeps every scenario's directory (logs, histories, data) to look at. */
+let keepDirs = process.env['FLEET_PROC_KEEP'] === '1';
 
-afterEach(async (context) => {
-  // A failed scenario keeps its logs and histories for whoever reads the failure.
-  if (context.task.result?.state === 'fail') keepDirs = true;
+afterEach(async () => {
   for (const f of fleets.splice(0)) {
     await f.close();
     if (!keepDirs) rmSync(f.dir, { recursive: true, force: true });
@@ -354,6 +390,17 @@ afterEach(async (context) => {
 afterAll(async () => {
   await Promise.all(servers.map((s) => s.kill()));
 });
+
+/** Run a scenario; when it fails, say what the fleet looks like and keep its directory (logs, histories). */
+async function scenario(body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    keepDirs = true;
+    for (const f of fleets) console.error(`fleet after the failure:\n${await f.diagnose()}`);
+    throw err;
+  }
+}
 
 function newDir(): string {
   return mkdtempSync(join(tmpdir(), `${TEMP_DIR_PREFIX}fleet-proc-`));
@@ -372,8 +419,7 @@ function sqliteFleet(options: { gracePeriodMs?: number; minNodes: number }): Pro
 }
 
 const groupNames = (n: number): string[] => Array.from({ length: n }, (_, i) => `g${String(i).padStart(2, '0')}`);
-const nodeIds = (from: number, to: number): string[] =>
-  Array.from({ length: to - from + 1 }, (_, i) => `n${from + i}`);
+const nodeIds = (from: number, to: number): string[] => Array.from({ length: to - from + 1 }, (_, i) => `n${from + i}`);
 
 /** Start clients on node `id`. */
 const clients = (f: ProcessFleet, id: string, groups: readonly string[], n = 3): Promise<Reply> =>
@@ -389,45 +435,153 @@ async function moving(f: ProcessFleet, what: string): Promise<void> {
 }
 
 /** kill -9 node `id` and start it again from its data directory, with its clients. */
-async function killAndRestart(f: ProcessFleet, id: string, groups: readonly string[]): Promise<void> {
+async function killAndRestart(f: ProcessFleet, id: string, groups: readonly string[], n = 3): Promise<void> {
   await f.kill(id);
   await f.start(id);
-  await clients(f, id, groups);
+  await clients(f, id, groups, n);
 }
 
 describe('fleet on real processes', () => {
-  it('a) 60 groups × 3: 3 → 6 → 3 nodes over 2 zones on SQLite, kill -9 during the moves', async () => {
-    const t0 = performance.now();
-    const f = sqliteFleet({ minNodes: 3 });
-    const groups = groupNames(60);
-    const zone = (id: string): string => (Number(id.slice(1)) % 2 === 1 ? 'z1' : 'z2');
-    await Promise.all(nodeIds(1, 3).map((id) => f.start(id, zone(id))));
-    await f.ask('n1', { cmd: 'add', groups, replicas: 3 });
-    await f.converged(nodeIds(1, 3), groups.length, '60 groups on 3 nodes');
-    const tPlaced = performance.now();
-    await Promise.all(nodeIds(1, 3).map((id) => clients(f, id, groups)));
+  it(
+    'a) 60 groups × 3: 3 → 6 → 3 nodes over 2 zones on SQLite, kill -9 during the moves',
+    () =>
+      scenario(async () => {
+        const t0 = performance.now();
+        const f = sqliteFleet({ minNodes: 3 });
+        const groups = groupNames(60);
+        const zone = (id: string): string => (Number(id.slice(1)) % 2 === 1 ? 'z1' : 'z2');
+        await Promise.all(nodeIds(1, 3).map((id) => f.start(id, zone(id))));
+        await f.ask('n1', { cmd: 'add', groups, replicas: 3 });
+        await f.converged(nodeIds(1, 3), groups.length, '60 groups on 3 nodes');
+        const tPlaced = performance.now();
+        await Promise.all(nodeIds(1, 3).map((id) => clients(f, id, groups)));
 
-    // Scale out to 6; n2 is killed and restarted while groups move.
-    await Promise.all(nodeIds(4, 6).map((id) => f.start(id, zone(id))));
-    await Promise.all(nodeIds(4, 6).map((id) => clients(f, id, groups)));
-    await moving(f, 'groups moving to the new nodes');
-    await killAndRestart(f, 'n2', groups);
-    const out = await f.converged(nodeIds(1, 6), groups.length, 'after the scale-out to 6');
-    expect(out.nodes.every((n) => n.desired > 0)).toBe(true);
-    const tOut = performance.now();
+        // Scale out to 6; n2 is killed and restarted while groups move.
+        await Promise.all(nodeIds(4, 6).map((id) => f.start(id, zone(id))));
+        await Promise.all(nodeIds(4, 6).map((id) => clients(f, id, groups)));
+        await moving(f, 'groups moving to the new nodes');
+        await killAndRestart(f, 'n2', groups);
+        const out = await f.converged(nodeIds(1, 6), groups.length, 'after the scale-out to 6');
+        expect(out.nodes.every((n) => n.desired > 0)).toBe(true);
+        const tOut = performance.now();
 
-    // Scale in to 3: n4..n6 drain and leave; n1 is killed and restarted while they drain.
-    await Promise.all(nodeIds(4, 6).map((id) => f.ask(id, { cmd: 'stop-clients' }, 60_000)));
-    const drains = nodeIds(4, 6).map((id) => f.ask(id, { cmd: 'deactivate', timeoutMs: 110_000 }, 120_000));
-    await moving(f, 'groups moving off the draining nodes');
-    await killAndRestart(f, 'n1', groups);
-    await Promise.all(drains);
-    const final = await f.converged(nodeIds(1, 3), groups.length, 'after the scale-in to 3');
-    const tIn = performance.now();
-    await finalChecks(f, groups, final);
-    console.info(
-      `a) placed ${Math.round(tPlaced - t0)} ms, scale-out ${Math.round(tOut - tPlaced)} ms, scale-in ` +
-        `${Math.round(tIn - tOut)} ms, checks ${Math.round(performance.now() - tIn)} ms`,
-    );
-  }, 360_000);
+        // Scale in to 3: n4..n6 drain and leave; n1 is killed and restarted while they drain.
+        await Promise.all(nodeIds(4, 6).map((id) => f.ask(id, { cmd: 'stop-clients' }, 60_000)));
+        const drains = nodeIds(4, 6).map((id) => f.ask(id, { cmd: 'deactivate', timeoutMs: 110_000 }, 120_000));
+        await moving(f, 'groups moving off the draining nodes');
+        await killAndRestart(f, 'n1', groups);
+        await Promise.all(drains);
+        const final = await f.converged(nodeIds(1, 3), groups.length, 'after the scale-in to 3');
+        const tIn = performance.now();
+        await finalChecks(f, groups, final);
+        console.info(
+          `a) placed ${Math.round(tPlaced - t0)} ms, scale-out ${Math.round(tOut - tPlaced)} ms, scale-in ` +
+            `${Math.round(tIn - tOut)} ms, checks ${Math.round(performance.now() - tIn)} ms`,
+        );
+      }),
+    360_000,
+  );
+
+  it(
+    'b) 4 → 8 → 4 nodes over 3 zones on PostgreSQL, kill -9 during the moves',
+    () =>
+      scenario(async () => {
+        const t0 = performance.now();
+        const pg = await startPostgres();
+        servers.push(pg);
+        const f = new ProcessFleet(newDir(), {
+          storeUrl: pg.url,
+          namespace: 'fleet-proc-b',
+          gracePeriodMs: GRACE_PERIOD_MS,
+          minNodes: 4,
+        });
+        fleets.push(f);
+        const groups = groupNames(24);
+        const zone = (id: string): string => `z${((Number(id.slice(1)) - 1) % 3) + 1}`;
+        await Promise.all(nodeIds(1, 4).map((id) => f.start(id, zone(id))));
+        await f.ask('n1', { cmd: 'add', groups, replicas: 3 });
+        await f.converged(nodeIds(1, 4), groups.length, '24 groups on 4 nodes');
+        const tPlaced = performance.now();
+        await Promise.all(nodeIds(1, 4).map((id) => clients(f, id, groups, 2)));
+
+        await Promise.all(nodeIds(5, 8).map((id) => f.start(id, zone(id))));
+        await Promise.all(nodeIds(5, 8).map((id) => clients(f, id, groups, 2)));
+        await moving(f, 'groups moving to the new nodes');
+        await killAndRestart(f, 'n6', groups, 2);
+        await f.converged(nodeIds(1, 8), groups.length, 'after the scale-out to 8');
+        const tOut = performance.now();
+
+        await Promise.all(nodeIds(5, 8).map((id) => f.ask(id, { cmd: 'stop-clients' }, 60_000)));
+        const drains = nodeIds(5, 8).map((id) => f.ask(id, { cmd: 'deactivate', timeoutMs: 110_000 }, 120_000));
+        await moving(f, 'groups moving off the draining nodes');
+        await killAndRestart(f, 'n3', groups, 2);
+        await Promise.all(drains);
+        const final = await f.converged(nodeIds(1, 4), groups.length, 'after the scale-in to 4');
+        const tIn = performance.now();
+        await finalChecks(f, groups, final);
+        console.info(
+          `b) placed ${Math.round(tPlaced - t0)} ms (PostgreSQL start included), scale-out ` +
+            `${Math.round(tOut - tPlaced)} ms, scale-in ${Math.round(tIn - tOut)} ms, checks ` +
+            `${Math.round(performance.now() - tIn)} ms`,
+        );
+      }),
+    360_000,
+  );
+
+  it(
+    'c) a fast kill -9 and restart within the grace period moves nothing; a member rejoins twice',
+    () =>
+      scenario(async () => {
+        const t0 = performance.now();
+        // A grace period longer than a restart takes on a loaded machine (process start, joinFleet waiting out its
+        // old session): "within the grace period" must not depend on the machine's speed.
+        const f = sqliteFleet({ minNodes: 3, gracePeriodMs: 8000 });
+        const groups = groupNames(12);
+        const ids = nodeIds(1, 3);
+        await Promise.all(ids.map((id, i) => f.start(id, `z${i + 1}`)));
+        await f.ask('n1', { cmd: 'add', groups, replicas: 3 });
+        const placed = await f.converged(ids, groups.length, '12 groups on 3 nodes');
+        await Promise.all(ids.map((id) => clients(f, id, groups)));
+
+        // Nothing may move while the killed nodes come back: every desired record stays as it was (n1, never killed,
+        // reads them).
+        const shape = (g: FleetGroupStatus): string => `${[...g.desired].sort().join(',')}/${g.desiredLeader ?? '-'}`;
+        const before = new Map(placed.groups.map((g) => [g.name, shape(g)]));
+        const moved = new Set<string>();
+        let watching = true;
+        const watcher = (async () => {
+          while (watching) {
+            const s = await f.status().catch(() => undefined);
+            for (const g of s?.groups ?? []) if (shape(g) !== before.get(g.name)) moved.add(`${g.name}: ${shape(g)}`);
+            await sleep(100);
+          }
+        })();
+
+        // A fast kill -9 and restart.
+        await killAndRestart(f, 'n2', groups);
+        await f.converged(ids, groups.length, 'after n2 came back');
+        // A member that rejoins twice in a row: killed again as soon as it is back.
+        await f.kill('n3');
+        await f.start('n3');
+        await f.kill('n3');
+        await killAndRestart(f, 'n3', groups);
+        const final = await f.converged(ids, groups.length, 'after n3 rejoined twice');
+        watching = false;
+        await watcher;
+        expect([...moved], 'desired records changed while the nodes came back').toEqual([]);
+        const values = await finalChecks(f, groups, final);
+        // The restarted nodes caught up: their own replicas hold what the group holds.
+        for (const id of ['n2', 'n3']) {
+          await eventually(
+            async () => {
+              const r = await f.ask(id, { cmd: 'read', groups, timeoutMs: 10_000, consistency: 'stale' });
+              expect(r['values']).toEqual(values);
+            },
+            { what: `${id}'s replicas caught up`, timeoutMs: 30_000, intervalMs: 200 },
+          );
+        }
+        console.info(`c) ${Math.round(performance.now() - t0)} ms`);
+      }),
+    360_000,
+  );
 });
