@@ -270,6 +270,26 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await closeAll(w);
   });
 
+  it('a node whose session ended under markDeactivating still drains: it rejoins with a deactivating record', async () => {
+    const w = world();
+    for (let i = 0; i < 3; i++) await startNode(w, `n${i}`, ZONES[i]!);
+    await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
+    const names = groupNames(6);
+    await addGroups(w, names);
+    await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const victim = [...w.nodes.keys()].find((id) => !w.nodes.get(id)!.isCoordinator)!;
+    const c = w.nodes.get(victim)!;
+    // Its session ends on the server (a pause past the TTL) before it has noticed.
+    w.server.endSession(c.sessionId!);
+    await drive(w.clock, c.markDeactivating());
+    await untilDesired(
+      w,
+      (m) => names.every((n) => !m.get(n)!.rec.members.includes(victim)),
+      `no group on ${victim} (its new record says deactivating)`,
+    );
+    await closeAll(w);
+  });
+
   it('a stale coordinator writes nothing (deposed, and it stops); the new one writes under its own token', async () => {
     const clock = new VirtualClock(1000);
     const server = new MemoryServer({ clock });

@@ -69,6 +69,24 @@ describe('fleet plan: one rule at a time', () => {
     expect(plan({ ...base, dead: ['d'] })).toMatchObject({ type: 'none', reason: 'catching-up' });
   });
 
+  it('never counts a replica that acknowledged nothing as caught up, however short the log', () => {
+    // d answers (recently active) but holds no entry: within catchUpLagEntries of a short log, yet not caught up.
+    // Promoting it, then removing c, would leave a,b,d with one of them empty and holding its votes.
+    const base = { voters: ['a', 'b', 'c'], learners: ['d'], desired: ['a', 'b', 'd'] };
+    const i = input(base);
+    const short = { ...i, lastIndex: 5, progress: new Map([...i.progress].map(([n, p]) => [n, { ...p, match: 5 }])) };
+    expect(nextStep(short)).toEqual({ type: 'promote', node: 'd' });
+    short.progress.set('d', { match: 0, recentActive: true });
+    expect(nextStep(short)).toMatchObject({ type: 'none', reason: 'catching-up' });
+    // Nor a voter: a,b,c → a,b with b empty — removing c would leave a majority that needs b.
+    short.progress.set('b', { match: 0, recentActive: true });
+    const shrink = { ...short, membership: { voters: ['a', 'b', 'c'], learners: [] } };
+    expect(nextStep({ ...shrink, desired: { members: ['a', 'b'], leader: 'a' } })).toMatchObject({
+      type: 'none',
+      reason: 'catching-up',
+    });
+  });
+
   it('adds before it removes: an undesired voter stays until its replacement is a voter', () => {
     // a,b,c → a,b,d: d is added and promoted first; c goes once there are more voters than desired members.
     expect(plan({ voters: ['a', 'b', 'c'], desired: ['a', 'b', 'd'] })).toEqual({ type: 'addLearner', node: 'd' });

@@ -126,5 +126,15 @@ describe('decideReplicas', () => {
     expect(decideReplicas(input([g('x', notDesired)], [out])).actions).toEqual([
       { type: 'drop', id: 'x:1', reason: 'moved-away' },
     ]);
+    // Its removal merely appended (not committed here): it stays, the entry may yet be overwritten by a new leader
+    // under which it is still a voter; once committed, or once a report at least as recent excludes it, it goes.
+    const appended: OpenReplica = { ...out, committed: 6 };
+    expect(decideReplicas(input([g('x', notDesired)], [appended])).actions).toEqual([]);
+    expect(decideReplicas(input([g('x', notDesired)], [{ ...out, committed: 7 }])).actions).toEqual([
+      { type: 'drop', id: 'x:1', reason: 'moved-away' },
+    ]);
+    expect(decideReplicas(input([g('x', notDesired, observed('x', ['b', 'c'], 7))], [appended])).actions).toEqual([
+      { type: 'drop', id: 'x:1', reason: 'moved-away' },
+    ]);
   });
 });

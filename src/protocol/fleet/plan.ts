@@ -8,8 +8,12 @@
  *
  * Words used below:
  * - quorum(n) = floor(n / 2) + 1, a majority of n voters.
- * - caught up: the leader itself; another replica when the leader heard from it recently (`recentActive`) and its
- *   `match` is within `catchUpLagEntries` of the leader's `lastIndex`.
+ * - caught up: the leader itself; another replica when the leader heard from it recently (`recentActive`), it has
+ *   acknowledged at least one entry (`match` > 0), and its `match` is within `catchUpLagEntries` of the leader's
+ *   `lastIndex`. A replica that never acknowledged anything is not caught up however short the log: a joining
+ *   replica answers before it holds anything (its node answers for it, or it is empty), and promoting it would make
+ *   a majority depend on a member that holds no entry and, holding its votes until it has caught up with a leader,
+ *   cannot help elect one — with the next removal the group could no longer elect a leader at all.
  * - reachable: live (its node's session is alive) and, unless it is the leader, recently active.
  * - healthy: live and caught up. The group is healthy when its healthy voters are at least quorum(voters).
  * - safe (for a change of voters): the healthy voters of the membership after the change are at least its quorum.
@@ -109,7 +113,7 @@ export function nextStep(input: PlanInput): PlanStep {
   const caughtUp = (n: NodeId): boolean => {
     if (n === leader) return true;
     const p = progress.get(n);
-    return p !== undefined && p.recentActive && lastIndex - p.match <= catchUpLagEntries;
+    return p !== undefined && p.recentActive && p.match > 0 && lastIndex - p.match <= catchUpLagEntries;
   };
   const reachable = (n: NodeId): boolean => live.has(n) && (n === leader || progress.get(n)?.recentActive === true);
   const healthy = (n: NodeId): boolean => live.has(n) && caughtUp(n);

@@ -15,8 +15,8 @@
  *   elect a leader from an empty log, and only before the coordinator changed anything.
  * - Drop (close the replica and delete its data): a replica of a generation that is no longer live (the group was
  *   removed, or removed and added again); or one whose desired record no longer names this node and that is no
- *   longer a member of the group: its own membership does not name it (it was never added, or it applied its own
- *   removal), or the leader's report excludes it at a membership index at least as recent as the one it knows.
+ *   longer a member of the group: its own committed membership does not name it (it was never added, or its
+ *   removal committed), or the leader's report excludes it at a membership index at least as recent as the one it knows.
  *   A replica still counted as a member stays until the leader has removed it — dropping a voter's data would
  *   silently weaken the group.
  * - A group whose state machine is not one of this node's `machines` is not opened (reported, nothing else
@@ -32,6 +32,12 @@ export interface OpenReplica {
   readonly learners: readonly string[];
   /** The log index of the membership entry it knows (0: the bootstrap membership, or none when joined empty). */
   readonly membershipIndex: number;
+  /**
+   * Its commit index. When given, its own membership excluding it counts only once committed (`membershipIndex` ≤
+   * `committed`): a removal merely appended may be overwritten by a new leader, and the replica is then still a
+   * voter. Absent: its membership counts as it is.
+   */
+  readonly committed?: number;
 }
 
 /** What the node knows of one live group. */
@@ -150,7 +156,8 @@ function removedFrom(
 ): boolean {
   const member = (voters: readonly string[], learners: readonly string[]): boolean =>
     voters.includes(nodeId) || learners.includes(nodeId);
-  if (!member(replica.voters, replica.learners)) return true;
+  const committed = replica.committed === undefined || replica.membershipIndex <= replica.committed;
+  if (!member(replica.voters, replica.learners) && committed) return true;
   return (
     observed !== undefined &&
     observed.generation === generation &&

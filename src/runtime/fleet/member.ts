@@ -9,7 +9,7 @@
  * desired record names this node, each group's leader stepping toward its desired members with `nextStep`
  * (src/protocol/fleet/plan.ts) and reporting with `reportObserved`. Nothing here depends on that half.
  */
-import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
+import { CorruptDataError, InvalidArgumentError, SessionExpiredError } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import { registerNode } from '../../protocol/fleet/io.js';
@@ -246,7 +246,14 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
       throw new InvalidArgumentError(`fleet ${this.#o.fleet}: node ${this.nodeId} is not registered; nothing to drain`);
     }
     this.#record = { ...this.#record, state: 'deactivating' };
-    await registerNode(this.#store, this.keys, session, this.#record);
+    try {
+      await registerNode(this.#store, this.keys, session, this.#record);
+    } catch (error) {
+      // The session ended under the write (a pause past its TTL): the membership rejoins on a new session with the
+      // record as it is now, which says deactivating — the drain goes on from there; failing it would leave a node
+      // half-drained for the caller to retry.
+      if (!(error instanceof SessionExpiredError)) throw error;
+    }
   }
 
   /**

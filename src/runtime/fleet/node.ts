@@ -602,6 +602,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         voters: s.membership.voters,
         learners: s.membership.learners,
         membershipIndex: s.membershipIndex,
+        committed: s.committed,
       });
     }
     const decision = decideReplicas({
@@ -742,6 +743,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const g = view.groups.get(h.name);
     const d = g?.desired;
     if (g === undefined || g.generation !== h.generation || d === undefined) return;
+    // Plan and report only from a committed membership (nextStep's contract): a report of one merely appended would
+    // let a replica it excludes drop its data, and the entry may yet be overwritten by another leader.
+    if (s.membershipIndex > s.committed) return;
     const now = this.#o.control.clock.now();
     const voters = s.membership.voters;
     const converged =
@@ -755,8 +759,6 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       return;
     }
     if (h.changing) return;
-    // Plan only from a committed membership (nextStep's contract) and with fresh progress.
-    if (s.membershipIndex > s.committed) return;
     if (s.quiesced) {
       h.group.wake();
       return;
