@@ -11,7 +11,7 @@ const STOP_TIMEOUT_MS = 10_000;
 
 /** A request without its id. */
 type Body = FleetNodeRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
-type Answer = 'added' | 'local' | 'part' | 'deactivated' | 'stopped';
+type Answer = 'added' | 'local' | 'part' | 'described' | 'deactivated' | 'stopped';
 export type FleetReply<K extends Answer> = Extract<FleetNodeReply, Record<K, unknown>>;
 
 export class FleetNodeProcess {

@@ -115,6 +115,18 @@ async function handle(m: FleetNodeRequest): Promise<void> {
       send({ id: m.id, local: local(m.local.ledAt) });
     } else if ('run' in m) {
       send({ id: m.id, part: await run(m.run) });
+    } else if ('describe' in m) {
+      const wanted = new Set(m.describe.groups);
+      const described = node!
+        .replicas()
+        .filter((r) => wanted.has(r.group))
+        .map(({ group, status: s }) =>
+          `${group}: ${s.role} term ${s.term} leader ${s.leader} voters ${s.membership.voters.join(',')} ` +
+          `learners ${s.membership.learners.join(',')} commit ${s.committed} last ${s.lastIndex} ` +
+          `membershipIndex ${s.membershipIndex} quiesced ${String(s.quiesced)} held ${String(s.votesHeld)}` +
+          (s.failed === undefined ? '' : ` FAILED ${String(s.failed)}`),
+        );
+      send({ id: m.id, described });
     } else if ('deactivate' in m) {
       await node!.deactivate({ timeoutMs: m.deactivate.timeoutMs });
       await store?.close();

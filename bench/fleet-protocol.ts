@@ -8,6 +8,7 @@
  *   addGroups   add groups through this node (one at a time)            → added
  *   local       this node's replicas, leaders, memory, errors           → local
  *   run         this node's share of a closed-loop write load           → part
+ *   describe    this node's replicas of some groups, one line each       → described
  *   deactivate  drain and leave (FleetNode.deactivate)                  → deactivated, then the process exits
  *   stop        close at once and exit                                   → stopped, then the process exits
  */
@@ -61,6 +62,7 @@ export type FleetNodeRequest =
   | { readonly id: number; readonly addGroups: { readonly names: readonly string[]; readonly replicas: number } }
   | { readonly id: number; readonly local: { readonly ledAt: boolean } }
   | { readonly id: number; readonly run: FleetRunRequest }
+  | { readonly id: number; readonly describe: { readonly groups: readonly string[] } }
   | { readonly id: number; readonly deactivate: { readonly timeoutMs: number } }
   | { readonly id: number; readonly stop: true };
 
@@ -69,6 +71,8 @@ export type FleetNodeReply =
   | { readonly id: number; readonly added: number }
   | { readonly id: number; readonly local: FleetLocalStatus }
   | { readonly id: number; readonly part: LoadPart }
+  /** One line per replica of the groups asked about, for the report of a wait that timed out. */
+  | { readonly id: number; readonly described: readonly string[] }
   | { readonly id: number; readonly deactivated: true }
   | { readonly id: number; readonly stopped: true }
   /** `id` absent: init failed. */

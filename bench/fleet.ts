@@ -269,9 +269,29 @@ class BenchFleet {
         );
       }
       if (at - sinceMs > this.o.maxWaitMs) {
+        await this.describe(s);
         throw new Error(`${what}: not converged within ${this.o.maxWaitMs} ms (${JSON.stringify(s.counts)})`);
       }
       await sleep(this.pollMs());
+    }
+  }
+
+  /** On stderr: the groups not converged (up to 10), as the status and each live node's replicas say. */
+  async describe(s: FleetStatus): Promise<void> {
+    const bad = s.groups.filter((g) => g.health !== 'converged').slice(0, 10);
+    for (const g of bad) {
+      log(
+        `  ${g.name}: ${g.health} (${g.detail}); desired ${g.desired.join(',')} leader ${g.desiredLeader}; ` +
+          `reported leader ${g.leader} voters ${g.voters.join(',')} learners ${g.learners.join(',')}`,
+      );
+    }
+    for (const n of this.live()) {
+      try {
+        const d = await n.request({ describe: { groups: bad.map((g) => g.name) } }, REQUEST_TIMEOUT_MS, 'described');
+        for (const line of d.described) log(`    ${n.init.id} ${line}`);
+      } catch (err) {
+        log(`    ${n.init.id}: ${message(err)}`);
+      }
     }
   }
 
