@@ -11,7 +11,13 @@ import { joinFleet, type FleetNode } from '../src/runtime/fleet/node.js';
 import { kvStateMachine } from '../src/sim/raft-kv.js';
 import { openStore } from '../src/store/open.js';
 import type { Store } from '../src/store/contract.js';
-import type { FleetLocalStatus, FleetNodeInit, FleetNodeReply, FleetNodeRequest, FleetRunRequest } from './fleet-protocol.js';
+import type {
+  FleetLocalStatus,
+  FleetNodeInit,
+  FleetNodeReply,
+  FleetNodeRequest,
+  FleetRunRequest,
+} from './fleet-protocol.js';
 import { runLoadPart, type LoadPart } from './raft-load.js';
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -120,11 +126,12 @@ async function handle(m: FleetNodeRequest): Promise<void> {
       const described = node!
         .replicas()
         .filter((r) => wanted.has(r.group))
-        .map(({ group, status: s }) =>
-          `${group}: ${s.role} term ${s.term} leader ${s.leader} voters ${s.membership.voters.join(',')} ` +
-          `learners ${s.membership.learners.join(',')} commit ${s.committed} last ${s.lastIndex} ` +
-          `membershipIndex ${s.membershipIndex} quiesced ${String(s.quiesced)} held ${String(s.votesHeld)}` +
-          (s.failed === undefined ? '' : ` FAILED ${String(s.failed)}`),
+        .map(
+          ({ group, status: s }) =>
+            `${group}: ${s.role} term ${s.term} leader ${s.leader} voters ${s.membership.voters.join(',')} ` +
+            `learners ${s.membership.learners.join(',')} commit ${s.committed} last ${s.lastIndex} ` +
+            `membershipIndex ${s.membershipIndex} quiesced ${String(s.quiesced)} held ${String(s.votesHeld)}` +
+            (s.failed === undefined ? '' : ` FAILED ${String(s.failed)}`),
         );
       send({ id: m.id, described });
     } else if ('deactivate' in m) {

@@ -420,7 +420,9 @@ async function collectNodeErrors(f: BenchFleet, r: Results): Promise<void> {
 
 async function idleSection(f: BenchFleet, o: Options): Promise<IdleResult> {
   const t0 = performance.now();
-  let locals = await Promise.all(f.live().map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')));
+  let locals = await Promise.all(
+    f.live().map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')),
+  );
   let allQuiesced = false;
   while (performance.now() - t0 < QUIESCE_TIMEOUT_MS) {
     const q = locals.reduce((a, l) => a + l.local.quiescedLeaderOf, 0);
@@ -429,7 +431,9 @@ async function idleSection(f: BenchFleet, o: Options): Promise<IdleResult> {
       break;
     }
     await sleep(500);
-    locals = await Promise.all(f.live().map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')));
+    locals = await Promise.all(
+      f.live().map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')),
+    );
   }
   log(`idle: ${allQuiesced ? 'every leader quiesced' : 'NOT every leader quiesced'}; measuring ${o.idleMs} ms…`);
   const nodes = f.live();
@@ -438,7 +442,9 @@ async function idleSection(f: BenchFleet, o: Options): Promise<IdleResult> {
   await sleep(o.idleMs);
   const c1 = nodes.map((n) => n.cpuMs() ?? Number.NaN);
   const wall = performance.now() - w0;
-  const after = await Promise.all(nodes.map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')));
+  const after = await Promise.all(
+    nodes.map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')),
+  );
   return {
     groups: o.groups,
     allQuiesced,
@@ -478,7 +484,12 @@ async function convergenceSection(f: BenchFleet, o: Options, joiner: string): Pr
   const joined = await f.converged(`activate ${joiner}`, o.groups, p.readyAtMs, (s) =>
     s.nodes.some((n) => n.id === joiner && n.desired > 0),
   );
-  const m1 = movesBetween(placementOf(before), placementOf(joined.status), desiredLeaders(before), desiredLeaders(joined.status));
+  const m1 = movesBetween(
+    placementOf(before),
+    placementOf(joined.status),
+    desiredLeaders(before),
+    desiredLeaders(joined.status),
+  );
   out.push(
     step(
       `3 → 4 nodes (${joiner} activates)`,
@@ -492,9 +503,9 @@ async function convergenceSection(f: BenchFleet, o: Options, joiner: string): Pr
   log(`convergence: ${joiner} deactivates…`);
   const t0 = performance.now();
   let drainedMs = Number.NaN;
-  const drained = p.request({ deactivate: { timeoutMs: o.maxWaitMs } }, o.maxWaitMs + REQUEST_TIMEOUT_MS, 'deactivated').then(
-    () => (drainedMs = performance.now() - t0),
-  );
+  const drained = p
+    .request({ deactivate: { timeoutMs: o.maxWaitMs } }, o.maxWaitMs + REQUEST_TIMEOUT_MS, 'deactivated')
+    .then(() => (drainedMs = performance.now() - t0));
   const left = await f.converged(`deactivate ${joiner}`, o.groups, t0, (s) =>
     s.nodes.every((n) => n.id !== joiner || n.desired === 0),
   );
@@ -653,7 +664,9 @@ async function throughputSection(o: Options, r: Results): Promise<NonNullable<Re
               ? await fleetLoad(f, o, seed)
               : await load!.run({ inFlight: o.inFlight, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
           (which === 'fleet' ? fleetRuns : etcdRuns).push(res);
-          log(`  ${which}: ${res.opsPerSecond} writes/s, p50 ${res.p50Ms} ms, p99 ${res.p99Ms} ms, ${res.errors} errors`);
+          log(
+            `  ${which}: ${res.opsPerSecond} writes/s, p50 ${res.p50Ms} ms, p99 ${res.p99Ms} ms, ${res.errors} errors`,
+          );
         } catch (err) {
           (which === 'fleet' ? fleetRuns : etcdRuns).push({ error: message(err) });
           log(`  ${which}: ERROR ${message(err)}`);
@@ -880,7 +893,11 @@ function report(r: Results, o: Options): string[] {
     );
     if (t.etcdError !== undefined) out.push(`  etcd: NOT RUN — ${t.etcdError}`);
     if (t.settings !== undefined) {
-      out.push(`  etcd: ${Object.entries(t.settings).map(([k, v]) => `${k} ${v}`).join('; ')}`);
+      out.push(
+        `  etcd: ${Object.entries(t.settings)
+          .map(([k, v]) => `${k} ${v}`)
+          .join('; ')}`,
+      );
     }
   }
   const ne = Object.entries(r.nodeErrors);

@@ -11,10 +11,11 @@ import { MemoryStore } from '../../src/backends/memory/store.js';
 import { CorruptDataError } from '../../src/errors.js';
 import {
   decideFleetRound,
+  FOUNDING_RECHECK_MS,
   newFleetCoordinatorMemory,
   type FleetCoordinatorSettings,
 } from '../../src/protocol/fleet/coordinator.js';
-import { addGroup, registerNode, type FleetView } from '../../src/protocol/fleet/io.js';
+import { addGroup, registerNode, reportObserved, type FleetView } from '../../src/protocol/fleet/io.js';
 import { decodeDesired, encodeRecord, FleetKeys, type DesiredRecord } from '../../src/protocol/fleet/keys.js';
 import { FleetCoordinator } from '../../src/runtime/fleet/coordinator.js';
 import { FleetControl, resolveFleetControlOptions } from '../../src/runtime/fleet/member.js';
@@ -112,6 +113,35 @@ function coordinators(w: World): string[] {
   return [...w.nodes].filter(([, c]) => c.isCoordinator).map(([id]) => id);
 }
 
+/** Write the report a group's first leader would: its founding members, led by the desired leader. */
+async function found(w: World, rec: DesiredRecord): Promise<void> {
+  await reportObserved(w.admin, keys, {
+    name: rec.name,
+    generation: rec.generation,
+    reporter: rec.leader,
+    term: 1,
+    leader: rec.leader,
+    voters: rec.initial,
+    learners: [],
+    membershipIndex: 0,
+    committed: 1,
+    lag: {},
+    status: 'moving',
+    detail: 'founded (test)',
+  });
+}
+
+/** Desired leaders spread evenly over the nodes they name (within one). */
+function balancedLeaders(m: Map<string, { rec: DesiredRecord }>, names: readonly string[]): boolean {
+  const leaders = new Map<string, number>();
+  for (const n of names) {
+    const l = m.get(n)?.rec.leader;
+    if (l !== undefined) leaders.set(l, (leaders.get(l) ?? 0) + 1);
+  }
+  const counts = [...leaders.values()];
+  return counts.length > 0 && Math.max(...counts) - Math.min(...counts) <= 1;
+}
+
 describe('fleet coordinator (runtime, memory store, virtual time)', () => {
   it('places every group: members over distinct zones, desired leaders balanced, one coordinator', async () => {
     const w = world();
@@ -119,7 +149,11 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
     const names = groupNames(30);
     await addGroups(w, names);
-    const d = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    const placed = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    // Each group's first leader reports (no Raft here): only founded groups are rebalanced (their leaders spread
+    // once the last group was added, not while their founding members may still be reading the first record).
+    for (const n of names) await drive(w.clock, found(w, placed.get(n)!.rec));
+    const d = await untilDesired(w, (m) => balancedLeaders(m, names), 'desired leaders balanced');
     const zoneOf = (id: string): string => ZONES[Number(id.slice(1)) % 3]!;
     const leaders = new Map<string, number>();
     for (const n of names) {
@@ -538,6 +572,55 @@ describe('decideFleetRound (pure)', () => {
     expect(r1.writes.find((e) => e.name === 'g1')?.members).toEqual(expect.arrayContaining(['a', 'b', 'c']));
     // Later rounds never seed again: an id that is in no record of a live node stays unknown only from round one.
     expect(decideFleetRound(view, k, s, r1.memory, 1600).held).toBe(0);
+  });
+
+  it('keeps a group not founded yet on its first desired record until its first leader reports', () => {
+    const k = (n: string): string => keys.desiredOf(n);
+    // Three groups all led by a: balance would move two leaders away.
+    const names = ['g1', 'g2', 'g3'];
+    const unfounded = viewOf(
+      three,
+      names.map((name) => ({ name, desired: { members: ['a', 'b', 'c'], leader: 'a' } })),
+    );
+    const r0 = decideFleetRound(unfounded, k, settings, newFleetCoordinatorMemory(), 500);
+    expect(r0.writes).toEqual([]);
+    expect(r0.founding).toBe(2);
+    expect(r0.wakeAtMs).toBe(500 + FOUNDING_RECHECK_MS);
+    // Once their first leader reported, the rebalance is written.
+    const reported: FleetView = {
+      ...unfounded,
+      groups: new Map(
+        [...unfounded.groups].map(([name, g]) => [
+          name,
+          {
+            ...g,
+            observed: {
+              name,
+              generation: g.generation,
+              reporter: 'a',
+              term: 1,
+              leader: 'a',
+              voters: ['a', 'b', 'c'],
+              learners: [],
+              membershipIndex: 0,
+              committed: 1,
+              lag: {},
+              status: 'converged' as const,
+              detail: '',
+            },
+          },
+        ]),
+      ),
+    };
+    const r1 = decideFleetRound(reported, k, settings, r0.memory, 600);
+    expect(r1.writes).toHaveLength(2);
+    expect(r1.founding).toBe(0);
+    expect(new Set(r1.writes.map((e) => e.leader))).toEqual(new Set(['b', 'c']));
+    // A member that is gone is replaced at once, founded or not (the group cannot be created with it).
+    const gone = viewOf(three, [{ name: 'g', desired: { members: ['a', 'b', 'x'], leader: 'a' } }]);
+    const r2 = decideFleetRound(gone, k, settings, newFleetCoordinatorMemory(), 0);
+    expect(r2.writes.map((e) => e.name)).toEqual(['g']);
+    expect(r2.founding).toBe(0);
   });
 
   it('skips a group whose desired key is unreadable, and does not place without nodes', () => {
