@@ -244,6 +244,7 @@ class BenchFleet {
     groups: number,
     sinceMs: number,
     also: (s: FleetStatus) => boolean = () => true,
+    onPoll: (s: FleetStatus) => void = () => undefined,
   ): Promise<{ ms: number; status: FleetStatus; polls: number }> {
     let first: { at: number; status: FleetStatus } | undefined;
     let lastLogS = -1;
@@ -251,6 +252,7 @@ class BenchFleet {
     for (;;) {
       const s = await this.status();
       polls++;
+      onPoll(s);
       const at = performance.now();
       const ok = s.counts.converged === groups && s.groups.length === groups && also(s);
       if (ok) {
@@ -564,11 +566,17 @@ async function failoverSection(f: BenchFleet, o: Options, joiner: string): Promi
   const allLedAgainMs = Math.max(0, ...ledAgain);
   log(`  every group ${victim} led has a new leader ${allLedAgainMs} ms after the kill`);
 
-  const reReplicated = await f.converged(`failover: re-replicating ${victim}'s groups`, o.groups, killedAt, (s) => {
-    const gone = !s.nodes.some((n) => n.id === victim);
-    if (gone && Number.isNaN(sessionGoneMs)) sessionGoneMs = performance.now() - killedAt;
-    return gone && s.groups.every((g) => !g.desired.includes(victim));
-  });
+  const reReplicated = await f.converged(
+    `failover: re-replicating ${victim}'s groups`,
+    o.groups,
+    killedAt,
+    (s) => !s.nodes.some((n) => n.id === victim) && s.groups.every((g) => !g.desired.includes(victim)),
+    (s) => {
+      if (Number.isNaN(sessionGoneMs) && !s.nodes.some((n) => n.id === victim)) {
+        sessionGoneMs = performance.now() - killedAt;
+      }
+    },
+  );
   log(`  fully re-replicated ${seconds(reReplicated.ms)} s after the kill`);
   return {
     victim,
