@@ -13,6 +13,7 @@ const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void>
   'raft-transport': () => import('./raft-transport.js'),
   'raft-log': () => import('./raft-log.js'),
   raft: () => import('./raft.js'),
+  fleet: () => import('./fleet.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -11,6 +11,7 @@ import { MemoryStore } from '../../src/backends/memory/store.js';
 import { CorruptDataError } from '../../src/errors.js';
 import {
   decideFleetRound,
+  FOUNDING_RECHECK_MS,
   newFleetCoordinatorMemory,
   type FleetCoordinatorSettings,
 } from '../../src/protocol/fleet/coordinator.js';
@@ -447,7 +448,7 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
 
 function viewOf(
   nodes: readonly { id: string; zone: string; state?: 'active' | 'deactivating' }[],
-  groups: readonly { name: string; desired?: { members: string[]; leader: string } }[],
+  groups: readonly { name: string; desired?: { members: string[]; leader: string; version?: number } }[],
   unreadable: string[] = [],
 ): FleetView {
   return {
@@ -599,6 +600,55 @@ describe('decideFleetRound (pure)', () => {
     expect(decideFleetRound(view, k, s, r1.memory, 1600).held).toBe(0);
   });
 
+  it('keeps a group not founded yet on its first desired record until its first leader reports', () => {
+    const k = (n: string): string => keys.desiredOf(n);
+    // Three groups all led by a: balance would move two leaders away.
+    const names = ['g1', 'g2', 'g3'];
+    const unfounded = viewOf(
+      three,
+      names.map((name) => ({ name, desired: { members: ['a', 'b', 'c'], leader: 'a', version: 1 } })),
+    );
+    const r0 = decideFleetRound(unfounded, k, settings, newFleetCoordinatorMemory(), 500);
+    expect(r0.writes).toEqual([]);
+    expect(r0.founding).toBe(2);
+    expect(r0.wakeAtMs).toBe(500 + FOUNDING_RECHECK_MS);
+    // Once their first leader reported, the rebalance is written.
+    const reported: FleetView = {
+      ...unfounded,
+      groups: new Map(
+        [...unfounded.groups].map(([name, g]) => [
+          name,
+          {
+            ...g,
+            observed: {
+              name,
+              generation: g.generation,
+              reporter: 'a',
+              term: 1,
+              leader: 'a',
+              voters: ['a', 'b', 'c'],
+              learners: [],
+              membershipIndex: 0,
+              committed: 1,
+              lag: {},
+              status: 'converged' as const,
+              detail: '',
+            },
+          },
+        ]),
+      ),
+    };
+    const r1 = decideFleetRound(reported, k, settings, r0.memory, 600);
+    expect(r1.writes).toHaveLength(2);
+    expect(r1.founding).toBe(0);
+    expect(new Set(r1.writes.map((e) => e.leader))).toEqual(new Set(['b', 'c']));
+    // A member that is gone is replaced at once, founded or not (the group cannot be created with it).
+    const gone = viewOf(three, [{ name: 'g', desired: { members: ['a', 'b', 'x'], leader: 'a' } }]);
+    const r2 = decideFleetRound(gone, k, settings, newFleetCoordinatorMemory(), 0);
+    expect(r2.writes.map((e) => e.name)).toEqual(['g']);
+    expect(r2.founding).toBe(0);
+  });
+
   it('skips a group whose desired key is unreadable, and does not place without nodes', () => {
     const k = (n: string): string => keys.desiredOf(n);
     const d = decideFleetRound(
@@ -630,20 +680,5 @@ describe('decideFleetRound (pure)', () => {
     expect(two.unplaced).toBe(1);
     const all = decideFleetRound(viewOf(three, [{ name: 'new' }]), k, s, newFleetCoordinatorMemory(), 0);
     expect(all.writes.map((e) => e.name)).toEqual(['new']);
-  });
-
-  it('keeps the first desired record of a group being created until its first leader report', () => {
-    const k = (n: string): string => keys.desiredOf(n);
-    // Placed on a, b, x; x is gone. Version 2 (created long ago): moved. Version 1, no report: kept.
-    const view = viewOf(three, [{ name: 'g', desired: { members: ['a', 'b', 'x'], leader: 'a' } }]);
-    expect(decideFleetRound(view, k, settings, newFleetCoordinatorMemory(), 0).writes).toHaveLength(1);
-    const g = view.groups.get('g')!;
-    const creating: FleetView = {
-      ...view,
-      groups: new Map([['g', { ...g, desired: { ...g.desired!, version: 1 } }]]),
-    };
-    const d = decideFleetRound(creating, k, settings, newFleetCoordinatorMemory(), 0);
-    expect(d.writes).toEqual([]);
-    expect(d.creating).toBe(1);
   });
 });

@@ -18,6 +18,13 @@
  *   founders bootstrap only from it (src/protocol/fleet/replicas.ts).
  * - A group whose desired record could not be read is skipped (never overwritten unread, ADR 0012) and listed in
  *   `skipped`; the others go on.
+ * - A group not founded yet (its desired record is the generation's first, version 1, and no leader has reported)
+ *   keeps that record while all its members are placeable: a rebalance waits for its first leader's report. Its
+ *   founding members bootstrap only from version 1 (src/protocol/fleet/replicas.ts); one that reads a rewritten
+ *   record joins with its votes held, so a rewrite between the first members' reads could leave fewer than a
+ *   majority able to vote, and the group without a leader for ever (seen with 48 groups added at once on three
+ *   nodes, bench/fleet.ts). `founding` counts them, and the decision asks for another round soon (the coordinator
+ *   does not watch the reports).
  * - At most `maxWritesPerRound` groups per round, most urgent first: groups with no desired record, then groups
  *   with a desired member that is no longer placeable, then the rest (rebalancing, leader moves); by name within
  *   each. `pending` says how many wait for the next round.
@@ -48,6 +55,9 @@ export interface FleetCoordinatorMemory {
   readonly unknown: ReadonlyMap<string, number> | undefined;
 }
 
+/** How soon the coordinator looks again while a group waits to be founded (it does not watch the reports). */
+export const FOUNDING_RECHECK_MS = 1000;
+
 export function newFleetCoordinatorMemory(): FleetCoordinatorMemory {
   return { departed: new Map(), lastActive: new Map(), unknown: undefined };
 }
@@ -63,8 +73,8 @@ export interface FleetRoundDecision {
   readonly unplaced: number;
   /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
   readonly held: number;
-  /** Groups left as they are until their first leader report (still being created by their founders). */
-  readonly creating: number;
+  /** Groups not founded yet whose rebalance waits for their first leader's report. */
+  readonly founding: number;
   /** The full placement computed this round. */
   readonly placement: FleetPlacement;
   readonly memory: FleetCoordinatorMemory;
@@ -123,7 +133,7 @@ export function decideFleetRound(
   const urgent: DesiredEntry[][] = [[], [], []];
   let unplaced = 0;
   let held = 0;
-  let creating = 0;
+  let founding = 0;
   for (const p of placement.groups) {
     const group = view.groups.get(p.name);
     if (group === undefined) continue;
@@ -138,11 +148,17 @@ export function decideFleetRound(
       held++;
       continue;
     }
-    // Being created: its founders bootstrap only from the generation's first desired record, so that record stays
+    // Being founded: its founders bootstrap only from the generation's first desired record, so that record stays
     // until the group has a leader (its first report). Rewriting it earlier would make founders that have not
     // opened yet join with their votes held, and a group whose founders hold their votes never elects a leader.
-    if (d !== undefined && d.version === 1 && group.observed === undefined) {
-      creating++;
+    // Unless a founder is no longer placeable (gone past its grace): then the group is placed again.
+    if (
+      d !== undefined &&
+      d.version === 1 &&
+      group.observed === undefined &&
+      d.members.every((m) => placeable.has(m))
+    ) {
+      founding++;
       continue;
     }
     if (unreadable.has(key)) {
@@ -155,6 +171,7 @@ export function decideFleetRound(
     else urgent[2]!.push(entry);
   }
   // placement.groups is sorted by name, so each tier is too.
+  if (founding > 0) wakeAtMs = Math.min(wakeAtMs ?? Infinity, nowMs + FOUNDING_RECHECK_MS);
   const all = urgent.flat();
   const max = Math.max(1, Math.floor(settings.maxWritesPerRound));
   return {
@@ -163,7 +180,7 @@ export function decideFleetRound(
     skipped,
     unplaced,
     held,
-    creating,
+    founding,
     placement,
     memory: { departed, lastActive: active, unknown },
     wakeAtMs,
