@@ -130,7 +130,9 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     this.fleet = keys.fleet;
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#codecs = codecs;
-    this.#corruption = new CorruptionReports((error) => this.emit('error', { error, context: 'fleet client: reading' }));
+    this.#corruption = new CorruptionReports((error) =>
+      this.emit('error', { error, context: 'fleet client: reading' }),
+    );
   }
 
   /** @internal */
@@ -166,7 +168,11 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
    */
   async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
     const timeoutMs = this.#timeout(options);
-    return this.#call(name, timeoutMs, (c, remainingMs) => c.command(command, { timeoutMs: remainingMs }) as Promise<R>);
+    return this.#call(
+      name,
+      timeoutMs,
+      (c, remainingMs) => c.command(command, { timeoutMs: remainingMs }) as Promise<R>,
+    );
   }
 
   /** Read group `name` with its state machine's `query` (default consistency 'linearizable'). */

@@ -69,9 +69,7 @@ describe('raft transport: clients', () => {
     expect(node.errors).toEqual([]);
     // The node cannot address it (it is not a peer): no Raft message, no request.
     expect(node.t.send(`${CLIENT_ID_PREFIX}op1`, 'g', heartbeat('n1', `${CLIENT_ID_PREFIX}op1`, 1))).toBe(false);
-    await expect(node.t.request(`${CLIENT_ID_PREFIX}op1`, enc('x'), 1000)).rejects.toBeInstanceOf(
-      InvalidArgumentError,
-    );
+    await expect(node.t.request(`${CLIENT_ID_PREFIX}op1`, enc('x'), 1000)).rejects.toBeInstanceOf(InvalidArgumentError);
     // Gone with its connection.
     await c.t.close();
     await waitFor(() => node.t.clientIds().length === 0, 'the node to forget the client');
