@@ -130,6 +130,34 @@ function describeChange(c: MembershipChange): string {
       : `${c.node} removed`;
 }
 
+/**
+ * The demo's verdict on one counter, from what the client saw alone: each acknowledged command's result is the total
+ * it made, so the results are all distinct and none is above the final total; the final total is at least their
+ * number (nothing acknowledged was lost) and at most that plus the commands in doubt (nothing applied twice).
+ */
+export function checkCounter(
+  name: string,
+  acknowledgedResults: readonly number[],
+  inDoubt: number,
+  total: number,
+): { lost: number; problems: string[] } {
+  const problems: string[] = [];
+  const distinct = new Set(acknowledgedResults).size;
+  if (distinct !== acknowledgedResults.length) {
+    problems.push(`${name}: ${acknowledgedResults.length - distinct} results acknowledged twice`);
+  }
+  const above = acknowledgedResults.filter((r) => r > total).length;
+  if (above > 0) problems.push(`${name}: ${above} acknowledged totals above the final total ${total} (lost)`);
+  const lost = Math.max(0, acknowledgedResults.length - total);
+  if (lost > 0) problems.push(`${name}: total ${total} < ${acknowledgedResults.length} acknowledged commands`);
+  if (total > acknowledgedResults.length + inDoubt) {
+    problems.push(
+      `${name}: total ${total} > ${acknowledgedResults.length} acknowledged + ${inDoubt} in doubt (applied twice?)`,
+    );
+  }
+  return { lost, problems };
+}
+
 export async function runFleetDemo(o: FleetDemoOptions = {}): Promise<FleetDemoSummary> {
   const t0 = Date.now();
   const since = (): number => Date.now() - t0;
@@ -329,23 +357,10 @@ export async function runFleetDemo(o: FleetDemoOptions = {}): Promise<FleetDemoS
     const problems: string[] = [];
     let lost = 0;
     for (const n of names) {
-      const results = acked.get(n)!;
       const total = await client.query<number>(n, 'total', { consistency: 'linearizable', timeoutMs: 10_000 });
-      // Each acknowledged command's result is the total it made: all distinct, none above the final total, and
-      // the final total is at least their number and at most that plus the commands in doubt.
-      const distinct = new Set(results).size;
-      if (distinct !== results.length) problems.push(`${n}: ${results.length - distinct} acknowledged twice`);
-      const above = results.filter((r) => r > total).length;
-      if (above > 0) problems.push(`${n}: ${above} acknowledged totals above the final total ${total} (lost)`);
-      if (total < results.length) {
-        lost += results.length - total;
-        problems.push(`${n}: total ${total} < ${results.length} acknowledged commands`);
-      }
-      if (total > results.length + doubt.get(n)!) {
-        problems.push(
-          `${n}: total ${total} > ${results.length} acknowledged + ${doubt.get(n)} in doubt (applied twice?)`,
-        );
-      }
+      const c = checkCounter(n, acked.get(n)!, doubt.get(n)!, total);
+      lost += c.lost;
+      problems.push(...c.problems);
     }
     step({
       step: 'check',
