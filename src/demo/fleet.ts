@@ -198,18 +198,27 @@ export async function runFleetDemo(o: FleetDemoOptions = {}): Promise<FleetDemoS
   });
 
   const startNode = async (id: string, zone: string): Promise<FleetNode> => {
-    const node = await joinFleet({
-      store: store!,
-      fleet: FLEET,
-      node: { id, zone, address: `127.0.0.1:${await freePort()}` },
-      dataDir: join(dir, id),
-      secret,
-      machines: { counter },
-      sessionTtlMs: SESSION_TTL_MS,
-      gracePeriodMs: GRACE_PERIOD_MS,
-      tickMs: TICK_MS,
-      minNodes: 3,
-    });
+    let node: FleetNode;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        node = await joinFleet({
+          store: store!,
+          fleet: FLEET,
+          node: { id, zone, address: `127.0.0.1:${await freePort()}` },
+          dataDir: join(dir, id),
+          secret,
+          machines: { counter },
+          sessionTtlMs: SESSION_TTL_MS,
+          gracePeriodMs: GRACE_PERIOD_MS,
+          tickMs: TICK_MS,
+          minNodes: 3,
+        });
+        break;
+      } catch (err) {
+        // The free port was taken by another process between our probe and the node's listen: take another.
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw err;
+      }
+    }
     node.on('error', (e) => log.write(`${since()} ${id} ${e.context}: ${describe(e.error)}\n`));
     node.on('moved', ({ group, change }) => {
       moves++;

@@ -137,7 +137,8 @@ export function register(program: Command): void {
     const command = parseJson(json, 'the command');
     await withClient(program, o, async (client, g) => {
       const result = await client.command(group, command, { timeoutMs: o.timeoutMs });
-      out(g.json === true ? JSON.stringify({ fleet: o.fleet, group, result }) : JSON.stringify(result));
+      // A state machine may return nothing: printed as null, so that the output is always JSON.
+      out(JSON.stringify(g.json === true ? { fleet: o.fleet, group, result: result ?? null } : (result ?? null)));
     });
   });
 
@@ -154,8 +155,8 @@ export function register(program: Command): void {
       const answer = await client.query(group, query, { timeoutMs: o.timeoutMs, consistency: o.consistency });
       out(
         g.json === true
-          ? JSON.stringify({ fleet: o.fleet, group, consistency: o.consistency, answer })
-          : JSON.stringify(answer),
+          ? JSON.stringify({ fleet: o.fleet, group, consistency: o.consistency, answer: answer ?? null })
+          : JSON.stringify(answer ?? null),
       );
     });
   });

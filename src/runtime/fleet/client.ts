@@ -120,6 +120,8 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   readonly #refusedBy = new Map<string, PeerAuthError>();
   /** Requests waiting for a node's connection, by node id. */
   readonly #waiting = new Map<string, Set<() => void>>();
+  /** A re-read of the fleet started by a request's retry round (at most one at a time). */
+  #refreshing: Promise<unknown> | undefined;
   #closed = false;
 
   /** @internal use connectFleet() */
@@ -350,6 +352,13 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
 
   /** Live nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
   #candidates(name: string, id: string): string[] {
+    // Asked at every retry round of a call: a call that outlives the view (its members moved, a node died) gets a
+    // fresh one for its next round.
+    if (this.#refreshing === undefined && !this.#closed && performance.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
+      this.#refreshing = this.#refresh()
+        .catch((error: unknown) => this.emit('error', { error, context: 'fleet client: reading the fleet' }))
+        .finally(() => (this.#refreshing = undefined));
+    }
     const view = this.#view;
     const g = view?.groups.get(name);
     const out: string[] = [];
