@@ -9,6 +9,7 @@ import { DEFAULT_STORE_URL, EXIT } from './context.js';
 import { reportError } from './errors.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
+import * as fleet from './commands/fleet.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
 import * as resources from './commands/resources.js';
@@ -32,7 +33,7 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, run, resources, groups, storeCommands, ping, sim, bench])
+for (const command of [demo, status, run, resources, groups, fleet, storeCommands, ping, sim, bench])
   command.register(program);
 
 try {

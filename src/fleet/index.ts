@@ -9,6 +9,9 @@
  *     await node.command('eu', { add: 1 });
  *     await node.query('eu', 'total', { consistency: 'linearizable' });
  *     await node.deactivate(); // drain, then leave
+ *
+ * From a process that is not a node (a CLI, a web service): `connectFleet({ store, fleet, secret })` → FleetClient
+ * with the same command/query/groups/status/addGroup/removeGroup.
  */
 export {
   joinFleet,
@@ -20,6 +23,12 @@ export {
   type FleetRequestOptions,
   type JoinFleetOptions,
 } from '../runtime/fleet/node.js';
+export {
+  connectFleet,
+  FleetClient,
+  type ConnectFleetOptions,
+  type FleetClientEvents,
+} from '../runtime/fleet/client.js';
 export {
   fleetStatus,
   type FleetGroupStatus,
@@ -42,6 +51,7 @@ export {
   NodeIdInUseError,
   NoQuorumError,
   NotLeaderError,
+  PeerAuthError,
   RebalancerError,
   StateMachineError,
   TimeoutError,

@@ -6,6 +6,12 @@
  *
  * The sockets sit behind `Network` (TCP or TLS by default), so a simulated network can replace them; the codec and
  * the queues are pure.
+ *
+ * Clients: a process that is not a node (an operator's CLI, an application's FleetClient) sends requests to nodes
+ * without being one of their peers. Its transport runs with `client: true` and an id under CLIENT_ID_PREFIX; it
+ * dials (it never listens) and proves the same secret. A node accepts such a connection from an id it does not
+ * know, serves its requests and answers on the same connection, but drops its Raft messages (reported once), never
+ * dials it, never records its incarnation, and forgets it when the connection closes. At most `maxClients` at once.
  */
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -110,9 +116,27 @@ const GLOBAL_TIMERS: Timers = {
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout> | undefined),
 };
 
+/**
+ * Ids under this prefix are clients (see the file's comment), never nodes: a node may not use one, and a node
+ * accepts a connection from one without knowing it as a peer. Node ids of the library's runtimes cannot contain `~`.
+ */
+export const CLIENT_ID_PREFIX = '~client.';
+
+/** Whether `id` names a client (a connection that sends requests only), not a node. */
+export function isClientId(id: string): boolean {
+  return id.startsWith(CLIENT_ID_PREFIX);
+}
+
 export interface TransportOptions {
-  /** This node's id (unique in the cluster). */
+  /** This node's id (unique in the cluster); with `client: true`, CLIENT_ID_PREFIX followed by a unique suffix. */
   readonly id: string;
+  /**
+   * Client mode: this process is not a node. It does not listen, dials every peer (whatever the ids' order), and
+   * is only meant to send requests (Raft messages it sends are dropped by the nodes). Default false.
+   */
+  readonly client?: boolean;
+  /** Clients (connections from CLIENT_ID_PREFIX ids) this node serves at once; beyond, new ones are refused. 0 refuses all. Default 1024. */
+  readonly maxClients?: number;
   /** Bound into every proof: nodes of two clusters sharing a secret do not talk. */
   readonly clusterId: string;
   /** The shared secret (at least 16 bytes; a string is taken as UTF-8). */
@@ -193,6 +217,8 @@ export interface PeerStats extends PeerQueueStats {
 
 interface Resolved {
   id: string;
+  client: boolean;
+  maxClients: number;
   clusterId: string;
   secret: Uint8Array;
   listen: PeerAddress;
@@ -234,6 +260,16 @@ function readOptions(options: TransportOptions): Resolved {
   const r = new OptionReader(options, 'raft transport options');
   const id = r.string('id', '', 256);
   if (id === '') throw new InvalidArgumentError('raft transport options.id must be a non-empty string');
+  const client = r.boolean('client', false);
+  if (client !== isClientId(id)) {
+    throw new InvalidArgumentError(
+      client
+        ? `raft transport options.id must start with ${JSON.stringify(CLIENT_ID_PREFIX)} with client: true, got ${JSON.stringify(id)}`
+        : `raft transport options.id ${JSON.stringify(id)}: ids starting with ${JSON.stringify(CLIENT_ID_PREFIX)} are ` +
+            'reserved for clients (client: true); give this node another id',
+    );
+  }
+  const maxClients = r.integer('maxClients', 1024, { min: 0, max: 1_000_000 });
   const clusterId = r.string('clusterId', '', 256);
   if (clusterId === '') throw new InvalidArgumentError('raft transport options.clusterId must be a non-empty string');
   const rawSecret = r.required<string | Uint8Array>('secret', (v) =>
@@ -254,8 +290,10 @@ function readOptions(options: TransportOptions): Resolved {
   for (const [peer, addr] of Object.entries(rawPeers)) {
     const bad = checkAddress(addr);
     if (bad !== undefined) throw new InvalidArgumentError(`raft transport options.peers.${peer} ${bad}`);
-    if (peer === '' || peer === id) {
-      throw new InvalidArgumentError(`raft transport options.peers must not list this node (${id}) or an empty id`);
+    if (peer === '' || peer === id || isClientId(peer)) {
+      throw new InvalidArgumentError(
+        `raft transport options.peers must not list this node (${id}), an empty id or a client id (${peer})`,
+      );
     }
     peers.set(peer, addr);
   }
@@ -307,6 +345,8 @@ function readOptions(options: TransportOptions): Resolved {
   r.done();
   return {
     id,
+    client,
+    maxClients,
     clusterId,
     secret,
     listen,
@@ -432,6 +472,8 @@ class Link {
   waitingDrain = false;
   /** Whether the host was told the peer is up through this connection. */
   announced = false;
+  /** An accepted connection of a client (CLIENT_ID_PREFIX): requests only, not a peer. */
+  client = false;
   /**
    * The peer's feature bits, from the first batch frame it sent on this connection (0: an older release that sent
    * none); undefined until that frame came.
@@ -558,7 +600,7 @@ class Link {
         if (announced) envs = envs.slice(1);
         this.#t.featuresKnown(this);
       }
-      this.#t.deliver(this.peer!, envs);
+      this.#t.deliver(this.peer!, envs, this.client);
       return;
     }
     // Until authenticated: handshake frames only; anything else is ignored (the peer gets nothing either).
@@ -568,8 +610,16 @@ class Link {
       const who = this.#t.knows(from) ? from : this.#label;
       if (h.clusterId !== o.clusterId) throw new PeerAuthError(who, `cluster id ${JSON.stringify(h.clusterId)}`);
       if (h.to !== o.id) throw new PeerAuthError(who, `it dialed node ${JSON.stringify(h.to)}, this is ${o.id}`);
-      // A node we do not know (yet) is refused; it redials by its own backoff, so a peer added here later connects.
-      if (!this.#t.knows(from)) throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
+      // A client is accepted without being a peer (it proves the secret below like a node); a client does not
+      // accept clients.
+      this.client = isClientId(from) && !o.client;
+      if (this.client) {
+        const refused = this.#t.refusesClient(from);
+        if (refused !== undefined) return this.fail(refused);
+      } else if (!this.#t.knows(from)) {
+        // A node we do not know (yet) is refused; it redials by its own backoff, so a peer added here later connects.
+        throw new PeerAuthError(who, `unknown node id ${JSON.stringify(from)}`);
+      }
       this.peer = from;
       this.#peerNonce = h.nonce;
       this.#peerIncarnation = h.incarnation;
@@ -642,6 +692,8 @@ class Link {
     this.#decoder.maxFrameBytes = this.#t.options.maxFrameBytes;
     this.state = 'identified';
     const peer = this.peer!;
+    // A client's incarnation is nobody's business: it holds no Raft state (and is not recorded durably).
+    if (this.client) return this.#ready();
     let done: void | Promise<void>;
     try {
       done = this.#t.options.onPeerIdentity(peer, { incarnation: this.#peerIncarnation!, knewMeAs: this.#peerKnew });
@@ -703,6 +755,8 @@ export class Transport {
   /** Frames received before authentication (ignored). */
   ignoredFrames = 0;
   readonly #peers = new Map<string, Peer>();
+  /** Clients connected now (accepted connections of CLIENT_ID_PREFIX ids), by id; each goes with its connection. */
+  readonly #clients = new Map<string, Peer>();
   readonly #links = new Set<Link>();
   readonly #dirty = new Set<Peer>();
   readonly #reported = new Set<string>();
@@ -716,12 +770,13 @@ export class Transport {
     for (const [id, address] of options.peers) this.#peers.set(id, this.#newPeer(id, address));
   }
 
-  #newPeer(id: string, address: PeerAddress): Peer {
+  #newPeer(id: string, address: PeerAddress, dialer = this.options.client || this.options.id < id): Peer {
     return {
       id,
       address,
       queue: new PeerQueue(this.options),
-      dialer: this.options.id < id,
+      // A client dials every node; a node never dials a client (it has no address).
+      dialer,
       link: undefined,
       dialing: false,
       failures: 0,
@@ -748,6 +803,29 @@ export class Transport {
     return [...this.#peers.keys()];
   }
 
+  /** The clients connected now (ids under CLIENT_ID_PREFIX). */
+  clientIds(): string[] {
+    return [...this.#clients.keys()];
+  }
+
+  /** Why a client `id` that proved nothing yet is refused now (undefined: it may go on with the handshake). */
+  refusesClient(id: string): RebalancerError | undefined {
+    const max = this.options.maxClients;
+    if (this.#clients.has(id) || this.#clients.size < max) return undefined;
+    return new LimitExceededError(
+      'raft clients',
+      this.#clients.size + 1,
+      max,
+      `raft node ${this.options.id} serves ${this.#clients.size} clients, its maxClients; client ${id} was refused. ` +
+        'Close clients that are done, or raise maxClients',
+    );
+  }
+
+  /** The peer (or client) an authenticated connection belongs to, while it does. */
+  #peerOf(link: Link): Peer | undefined {
+    return link.client ? this.#clients.get(link.peer!) : this.#peers.get(link.peer!);
+  }
+
   /**
    * Add `peer` at `address`, or move it there. A new peer with a higher id is dialed at once; a moved one has its
    * connection closed and is dialed again at the new address (by whichever side dials). The same address changes
@@ -757,9 +835,9 @@ export class Transport {
     if (this.#closed) return;
     const bad = checkAddress(address);
     if (bad !== undefined) throw new InvalidArgumentError(`raft transport setPeer(${peer}): the address ${bad}`);
-    if (typeof peer !== 'string' || peer === '' || peer === this.options.id) {
+    if (typeof peer !== 'string' || peer === '' || peer === this.options.id || isClientId(peer)) {
       throw new InvalidArgumentError(
-        `raft transport setPeer: the peer must be another node's non-empty id, got ${JSON.stringify(peer)}`,
+        `raft transport setPeer: the peer must be another node's non-empty id (not a client's), got ${JSON.stringify(peer)}`,
       );
     }
     const p = this.#peers.get(peer);
@@ -804,7 +882,10 @@ export class Transport {
   /** Listen, then dial every peer with a higher id (and keep redialing them). */
   static async start(options: TransportOptions): Promise<Transport> {
     const t = new Transport(readOptions(options));
-    t.#server = await t.options.network.listen(t.options.listen, (conn, remote) => t.#accept(conn, remote));
+    // A client is never dialed: it has nothing to listen for.
+    if (!t.options.client) {
+      t.#server = await t.options.network.listen(t.options.listen, (conn, remote) => t.#accept(conn, remote));
+    }
     for (const p of t.#peers.values()) if (p.dialer) t.#dial(p);
     return t;
   }
@@ -935,14 +1016,29 @@ export class Transport {
    * flood the log or grow this set.
    */
   report(peer: string, error: RebalancerError): void {
-    const who = this.#peers.has(peer) ? peer : `stranger ${peer.replace(/:\d+$/, '')}`;
+    const who = this.#peers.has(peer) || this.#clients.has(peer) ? peer : `stranger ${peer.replace(/:\d+$/, '')}`;
     const key = `${who}\u0000${error.code}`;
     if (this.#reported.has(key) || this.#reported.size >= MAX_REPORTED) return;
     this.#reported.add(key);
     this.options.onError(error);
   }
 
-  deliver(from: string, envs: readonly { groupId: string; message: Message }[]): void {
+  deliver(from: string, envs: readonly { groupId: string; message: Message }[], client = false): void {
+    if (client) {
+      // A client is no member of any group: what it sends as Raft messages never reaches a core.
+      const c = this.#clients.get(from);
+      if (c === undefined || envs.length === 0) return;
+      c.receivedMessages += envs.length;
+      c.droppedMisaddressed += envs.length;
+      this.report(
+        from,
+        new TransportFrameError(`Raft messages from client ${from}, which may only send requests`, {
+          peer: from,
+          dropped: true,
+        }),
+      );
+      return;
+    }
     const p = this.#peers.get(from);
     if (p === undefined) return; // removed while this frame was on its way
     p.receivedMessages += envs.length;
@@ -971,6 +1067,7 @@ export class Transport {
   }
 
   linkReady(link: Link): void {
+    if (link.client) return this.#clientReady(link);
     const p = this.#peers.get(link.peer!);
     // Closed, or the peer removed (or moved: a dialed link to its old address) while the handshake went on.
     if (this.#closed || p === undefined || (link.dialedTo !== undefined && link.dialedTo !== p.address)) {
@@ -989,12 +1086,32 @@ export class Transport {
     this.#peerState(p.id, true);
   }
 
+  /** The features announcement: the first frame on a connection (see FEATURES_GROUP_ID). */
   #announce(link: Link, p: Peer): void {
     const announce: Envelope = {
       groupId: FEATURES_GROUP_ID,
       message: { type: 'heartbeatResponse', from: this.options.id, to: p.id, term: 0, round: FEATURE_REQUESTS },
     };
     link.conn.write(encodeBatch([announce], this.options.maxFrameBytes));
+  }
+
+  /** A client authenticated: serve its requests on this connection (a newer one of the same id replaces it). */
+  #clientReady(link: Link): void {
+    const id = link.peer!;
+    if (this.#closed) return link.close();
+    // Several clients may have been in their handshakes at once: the limit holds here too.
+    const refused = this.refusesClient(id);
+    if (refused !== undefined) return link.fail(refused);
+    let c = this.#clients.get(id);
+    if (c === undefined) {
+      c = this.#newPeer(id, { host: '', port: 0 }, false);
+      this.#clients.set(id, c);
+    }
+    if (c.link && c.link !== link) c.link.close();
+    c.link = link;
+    c.connections++;
+    // The client learns that this node serves requests from the features announcement, as a node does.
+    this.#announce(link, c);
   }
 
   #peerState(peer: string, connected: boolean): void {
@@ -1007,6 +1124,14 @@ export class Transport {
 
   linkClosed(link: Link, _wasReady: boolean): void {
     this.#links.delete(link);
+    if (link.client) {
+      const c = this.#clients.get(link.peer!);
+      if (c?.link !== link) return;
+      // Forgotten with its connection: nothing is queued for a client, and nodes never send it requests.
+      this.#clients.delete(c.id);
+      this.#failPending(c, undefined, () => new PeerUnavailableError(c.id, 'disconnected', 'unknown'));
+      return;
+    }
     const p = link.peer === undefined ? undefined : this.#peers.get(link.peer);
     if (p && p.link !== link) {
       // An older connection replaced by a newer one: what was sent on it alone is lost.
@@ -1032,7 +1157,7 @@ export class Transport {
 
   /** The peer's first batch on `link` said what it supports: send the requests waiting for that, or fail them. */
   featuresKnown(link: Link): void {
-    const p = this.#peers.get(link.peer!);
+    const p = this.#peerOf(link);
     if (p === undefined || p.link !== link) return;
     const supported = ((link.features ?? 0) & FEATURE_REQUESTS) !== 0;
     for (const [id, req] of [...p.pending]) {
@@ -1067,7 +1192,8 @@ export class Transport {
 
   /** An answer came on `link`. One for a request this node no longer waits for (timed out) is ignored. */
   answered(link: Link, res: Response): void {
-    const p = this.#peers.get(link.peer!)!;
+    const p = this.#peerOf(link);
+    if (p === undefined) return;
     const req = this.#settle(p, res.id);
     if (req === undefined) return;
     switch (res.status) {
@@ -1101,7 +1227,8 @@ export class Transport {
 
   /** Run a peer's request and send back the answer on the same connection (dropped if that one is gone). */
   serveRequest(link: Link, id: number, payload: Uint8Array): void {
-    const p = this.#peers.get(link.peer!)!;
+    const p = this.#peerOf(link);
+    if (p === undefined) return; // removed (or a client replaced) while this frame was on its way
     const o = this.options;
     const reply = (res: Response): void => {
       if (link.state !== 'ready' || this.#closed) return;

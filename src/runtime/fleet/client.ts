@@ -1,0 +1,416 @@
+/**
+ * A fleet client: commands, queries and group changes from a process that is not a fleet node (an operator's CLI,
+ * a web service in front of the fleet). It reads the fleet's records from the store (where each group's members
+ * and leader are, each node's address) and sends requests to nodes over the Raft transport in client mode
+ * (src/raft/transport/transport.ts): it proves the fleet's secret, is never dialed, and holds no replica. Each
+ * group is reached through a RemoteGroupClient (src/raft/node/remote-client.ts): exactly-once commands with its own
+ * client session, retried on the next node with the same command id.
+ *
+ *     const client = await connectFleet({ store, fleet: 'orders', secret });
+ *     await client.command('eu', { add: 1 });
+ *     await client.close();
+ */
+import { randomBytes } from 'node:crypto';
+import {
+  ClosedError,
+  FleetGroupNotFoundError,
+  InvalidArgumentError,
+  NoQuorumError,
+  PeerAuthError,
+  PeerUnavailableError,
+  TimeoutError,
+} from '../../errors.js';
+import { TypedEmitter, type ErrorEvent } from '../../events.js';
+import { OptionReader } from '../../options.js';
+import { addGroup, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
+import {
+  FleetKeys,
+  raftGroupId,
+  validateFleetGroupName,
+  validateMachineName,
+  type GroupRecord,
+} from '../../protocol/fleet/keys.js';
+import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
+import type { Consistency } from '../../raft/node/group.js';
+import { parseAddress } from '../../raft/node/node.js';
+import { RemoteGroupClient } from '../../raft/node/remote-client.js';
+import { jsonCodec, type Codec } from '../../raft/node/state-machine.js';
+import { CLIENT_ID_PREFIX, Transport, type TlsOptions } from '../../raft/transport/transport.js';
+import type { Store } from '../../store/contract.js';
+import { readStore } from '../common-options.js';
+import { CorruptionReports } from '../corruption.js';
+import type { FleetGroupInfo, FleetQueryOptions, FleetRequestOptions } from './node.js';
+
+export interface ConnectFleetOptions {
+  /** The fleet's control store (the caller's: close() leaves it open). */
+  readonly store: Store;
+  readonly fleet: string;
+  /** The fleet's shared secret (the nodes' `secret`). */
+  readonly secret: string | Uint8Array;
+  /** Default time of command() and query() (default 5000 ms). */
+  readonly requestTimeoutMs?: number;
+  /** Codecs by state machine name, for machines whose nodes do not use JSON (default JSON for every machine). */
+  readonly codecs?: Readonly<Record<string, Codec>>;
+  /** Mutual TLS, when the nodes use it: a certificate signed by the nodes' CA. */
+  readonly tls?: TlsOptions;
+}
+
+export interface FleetClientEvents {
+  /** Failures not tied to one call: a node that refused this client's secret, an unreadable record. */
+  error: ErrorEvent;
+}
+
+/** The fleet view is read again before a request once it is this old (a request that finds no node re-reads at once). */
+const VIEW_MAX_AGE_MS = 1000;
+/** A request to a node not connected yet waits this long for the connection before it tries another. */
+const CONNECT_WAIT_MS = 1000;
+/** Group clients kept (one per group this client sent requests to). */
+const MAX_GROUP_CLIENTS = 10_000;
+
+/** Open a fleet client. Resolves at once: nodes are connected to when a request first needs them. */
+export async function connectFleet(options: ConnectFleetOptions): Promise<FleetClient> {
+  const r = new OptionReader(options, 'connectFleet options');
+  const store = readStore(r);
+  const keys = new FleetKeys(r.string('fleet', '', 64));
+  const secret = r.required<string | Uint8Array>('secret', (v) =>
+    typeof v === 'string' || v instanceof Uint8Array ? undefined : 'must be a string or bytes (the nodes’ secret)',
+  );
+  const requestTimeoutMs = r.integer('requestTimeoutMs', 5000, { min: 1, max: 3_600_000 });
+  const codecs = r.optional<Readonly<Record<string, Codec>>>('codecs', (v) =>
+    v !== null &&
+    typeof v === 'object' &&
+    Object.values(v).every(
+      (c) =>
+        c !== null &&
+        typeof c === 'object' &&
+        typeof (c as Codec).encode === 'function' &&
+        typeof (c as Codec).decode === 'function',
+    )
+      ? undefined
+      : 'must map state machine names to codecs ({ encode, decode })',
+  );
+  const tls = r.optional<TlsOptions>('tls', (v) =>
+    v !== null && typeof v === 'object' ? undefined : 'must be { key, cert, ca } (PEM)',
+  );
+  r.done();
+  const client = new FleetClient(store, keys, requestTimeoutMs, codecs ?? {});
+  await client.start(secret, tls);
+  return client;
+}
+
+export class FleetClient extends TypedEmitter<FleetClientEvents> {
+  readonly fleet: string;
+  /** This client's id on the nodes' connections (CLIENT_ID_PREFIX + random). */
+  readonly id = `${CLIENT_ID_PREFIX}${randomBytes(8).toString('hex')}`;
+  readonly #store: Store;
+  readonly #keys: FleetKeys;
+  readonly #requestTimeoutMs: number;
+  readonly #codecs: Readonly<Record<string, Codec>>;
+  readonly #corruption: CorruptionReports;
+  #transport: Transport | undefined;
+  #view: FleetView | undefined;
+  #viewAtMs = 0;
+  /** Node addresses given to the transport, by node id. */
+  readonly #addresses = new Map<string, string>();
+  /** By Raft group id (bounded). */
+  readonly #clients = new Map<string, RemoteGroupClient>();
+  /** The leader an answer named, by Raft group id. */
+  readonly #leaderHints = new Map<string, string>();
+  /** Nodes that refused this client's proof (wrong secret), until one connects. */
+  readonly #refusedBy = new Map<string, PeerAuthError>();
+  /** Requests waiting for a node's connection, by node id. */
+  readonly #waiting = new Map<string, Set<() => void>>();
+  /** A re-read of the fleet started by a request's retry round (at most one at a time). */
+  #refreshing: Promise<unknown> | undefined;
+  #closed = false;
+
+  /** @internal use connectFleet() */
+  constructor(store: Store, keys: FleetKeys, requestTimeoutMs: number, codecs: Readonly<Record<string, Codec>>) {
+    super();
+    this.#store = store;
+    this.#keys = keys;
+    this.fleet = keys.fleet;
+    this.#requestTimeoutMs = requestTimeoutMs;
+    this.#codecs = codecs;
+    this.#corruption = new CorruptionReports((error) =>
+      this.emit('error', { error, context: 'fleet client: reading' }),
+    );
+  }
+
+  /** @internal */
+  async start(secret: string | Uint8Array, tls: TlsOptions | undefined): Promise<void> {
+    this.#transport = await Transport.start({
+      id: this.id,
+      client: true,
+      // The nodes' cluster id (src/runtime/fleet/node.ts): a client of another fleet is refused.
+      clusterId: `fleet:${this.fleet}`,
+      secret,
+      peers: {},
+      onMessage: () => undefined,
+      onError: (error) => {
+        if (error instanceof PeerAuthError) this.#refusedBy.set(error.peer, error);
+        this.emit('error', { error, context: 'fleet client: connecting to nodes' });
+      },
+      onPeerState: (peer, connected) => {
+        if (!connected) return;
+        this.#refusedBy.delete(peer);
+        const waiting = this.#waiting.get(peer);
+        this.#waiting.delete(peer);
+        for (const wake of waiting ?? []) wake();
+      },
+      ...(tls !== undefined ? { tls } : {}),
+    });
+  }
+
+  /**
+   * Apply `command` to group `name` exactly once; resolves with the state machine's result. Errors as
+   * FleetNode.command: FleetGroupNotFoundError, NoQuorumError (no leader: not applied), TimeoutError (`outcome`
+   * 'unknown' once it may have reached a replica), LimitExceededError, and PeerAuthError when the nodes refused
+   * this client's secret.
+   */
+  async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
+    const timeoutMs = this.#timeout(options);
+    return this.#call(
+      name,
+      timeoutMs,
+      (c, remainingMs) => c.command(command, { timeoutMs: remainingMs }) as Promise<R>,
+    );
+  }
+
+  /** Read group `name` with its state machine's `query` (default consistency 'linearizable'). */
+  async query<A = unknown>(name: string, query: unknown, options: FleetQueryOptions = {}): Promise<A> {
+    const timeoutMs = this.#timeout(options);
+    const consistency: Consistency = options.consistency ?? 'linearizable';
+    return this.#call(
+      name,
+      timeoutMs,
+      (c, remainingMs) => c.query(query, { timeoutMs: remainingMs, consistency }) as Promise<A>,
+    );
+  }
+
+  /** Every group of the fleet, read from the store now. */
+  async groups(): Promise<FleetGroupInfo[]> {
+    const view = await this.#refresh();
+    return [...view.groups.values()]
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((g) => ({
+        name: g.name,
+        replicas: g.replicas,
+        machine: g.machine,
+        generation: g.generation,
+        desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
+        observed: g.observed,
+      }));
+  }
+
+  /** The fleet as the store says now (src/protocol/fleet/status.ts). */
+  async status(): Promise<FleetStatus> {
+    return fleetStatus(this.fleet, await this.#refresh());
+  }
+
+  /**
+   * Add a group running state machine `machine` (a name in the nodes' `machines`: this client cannot check it, a
+   * node that lacks it reports an error and opens no replica). FleetGroupExistsError when the name is taken.
+   */
+  async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
+    this.#check();
+    validateFleetGroupName(name);
+    validateMachineName(options?.machine);
+    const g = await addGroup(this.#store, this.#keys, name, options);
+    // The next request reads the fleet again: it may be for this group.
+    this.#view = undefined;
+    return g;
+  }
+
+  /** Remove a group: its replicas stop and delete their data on every node. FleetGroupNotFoundError when absent. */
+  async removeGroup(name: string): Promise<GroupRecord> {
+    this.#check();
+    const g = await removeGroup(this.#store, this.#keys, validateFleetGroupName(name));
+    this.#view = undefined;
+    return g;
+  }
+
+  /** Close the connections to the nodes; calls in flight fail with ClosedError. The store stays open. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const waiting of this.#waiting.values()) for (const wake of waiting) wake();
+    this.#waiting.clear();
+    await this.#transport?.close();
+  }
+
+  // ---- internals ----
+
+  #check(): void {
+    if (this.#closed) throw new ClosedError(`fleet client of ${this.fleet}`);
+  }
+
+  #timeout(options: FleetRequestOptions): number {
+    this.#check();
+    const t = options.timeoutMs ?? this.#requestTimeoutMs;
+    if (!Number.isFinite(t) || t <= 0) {
+      throw new InvalidArgumentError(`fleet ${this.fleet}: timeoutMs must be a positive number of ms, got ${t}`);
+    }
+    return t;
+  }
+
+  async #refresh(): Promise<FleetView> {
+    this.#check();
+    const view = await readFleetView(this.#store, this.#keys, this.#corruption.report);
+    this.#corruption.endRound();
+    this.#view = view;
+    this.#viewAtMs = performance.now();
+    // Nodes that left are forgotten (their connections closed); the others are connected to when needed.
+    for (const id of [...this.#addresses.keys()]) {
+      if (!view.nodes.has(id)) {
+        this.#addresses.delete(id);
+        this.#transport?.removePeer(id);
+      }
+    }
+    return view;
+  }
+
+  /**
+   * Run `fn` on the group's remote client, once some live node is known to hold the group: while none is (it is
+   * being placed), read the fleet again, within `timeoutMs` (NoQuorumError when it runs out). A call that ran out
+   * of time while every node refused this client's proof throws that refusal instead: the secret is wrong.
+   */
+  async #call<T>(
+    name: string,
+    timeoutMs: number,
+    fn: (client: RemoteGroupClient, remainingMs: number) => Promise<T>,
+  ): Promise<T> {
+    validateFleetGroupName(name);
+    const start = performance.now();
+    let id = '';
+    for (let attempt = 0; ; attempt++) {
+      let view = this.#view;
+      let fresh = false;
+      if (view === undefined || attempt > 0 || performance.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
+        view = await this.#refresh();
+        fresh = true;
+      }
+      let g = view.groups.get(name);
+      // Perhaps added since the view was read: read again before saying it does not exist.
+      if (g === undefined && !fresh) g = (await this.#refresh()).groups.get(name);
+      if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+      id = raftGroupId(name, g.generation);
+      const remainingMs = timeoutMs - (performance.now() - start);
+      if (this.#candidates(name, id).length > 0) {
+        try {
+          return await fn(this.#client(id, g.machine), remainingMs);
+        } catch (err) {
+          throw this.#refusal(err) ?? err;
+        }
+      }
+      if (remainingMs <= 0) throw new NoQuorumError(id, performance.now() - start);
+      this.#check();
+      await new Promise((resolve) => setTimeout(resolve, Math.min(100, remainingMs)));
+    }
+  }
+
+  /** The nodes' refusal of this client's proof, when that is why `err` happened. */
+  #refusal(err: unknown): PeerAuthError | undefined {
+    if (!(err instanceof TimeoutError || err instanceof NoQuorumError || err instanceof PeerUnavailableError)) {
+      return undefined;
+    }
+    const refused = this.#refusedBy.values().next().value;
+    if (refused === undefined) return undefined;
+    return new PeerAuthError(
+      refused.peer,
+      `it refused this client's proof: give connectFleet (or --secret-file) the fleet nodes' secret`,
+      { cause: err },
+    );
+  }
+
+  #client(id: string, machine: string): RemoteGroupClient {
+    let client = this.#clients.get(id);
+    if (client !== undefined) return client;
+    const name = id.slice(0, id.lastIndexOf(':'));
+    client = new RemoteGroupClient({
+      group: id,
+      codec: this.#codecs[machine] ?? jsonCodec,
+      request: (peer, payload, timeoutMs) => this.#request(peer, payload, timeoutMs),
+      candidates: () => this.#candidates(name, id),
+      onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
+      clock: () => performance.now(),
+      timers: {
+        setTimeout: (fn, ms) => setTimeout(fn, ms),
+        clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+      },
+      timeoutMs: this.#requestTimeoutMs,
+    });
+    // Bounded: the oldest goes first (its client session is simply registered again if it is needed again).
+    if (this.#clients.size >= MAX_GROUP_CLIENTS) {
+      const oldest = this.#clients.keys().next().value as string;
+      this.#clients.delete(oldest);
+      this.#leaderHints.delete(oldest);
+    }
+    this.#clients.set(id, client);
+    return client;
+  }
+
+  /** Live nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
+  #candidates(name: string, id: string): string[] {
+    // Asked at every retry round of a call: a call that outlives the view (its members moved, a node died) gets a
+    // fresh one for its next round.
+    if (this.#refreshing === undefined && !this.#closed && performance.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
+      this.#refreshing = this.#refresh()
+        .catch((error: unknown) => this.emit('error', { error, context: 'fleet client: reading the fleet' }))
+        .finally(() => (this.#refreshing = undefined));
+    }
+    const view = this.#view;
+    const g = view?.groups.get(name);
+    const out: string[] = [];
+    const add = (n: string | undefined): void => {
+      const node = n === undefined ? undefined : view?.nodes.get(n);
+      if (node === undefined || out.includes(node.id)) return;
+      if (!this.#connectable(node.id, node.address)) return;
+      out.push(node.id);
+    };
+    add(this.#leaderHints.get(id));
+    if (g !== undefined && raftGroupId(name, g.generation) === id) {
+      add(g.observed?.leader);
+      add(g.desired?.leader);
+      for (const n of g.observed?.voters ?? []) add(n);
+      for (const n of g.desired?.members ?? []) add(n);
+    }
+    return out;
+  }
+
+  /** Give the transport the node's address (it dials at once); false when the address cannot be used. */
+  #connectable(id: string, address: string): boolean {
+    if (this.#addresses.get(id) === address) return true;
+    let parsed;
+    try {
+      parsed = parseAddress(address, `node ${id}'s address`);
+    } catch (error) {
+      this.emit('error', { error, context: `fleet client: node ${id}` });
+      return false;
+    }
+    this.#transport?.setPeer(id, parsed);
+    this.#addresses.set(id, address);
+    return true;
+  }
+
+  /** One request to a node; one not connected yet gets a moment to connect (a new client has no connection). */
+  async #request(peer: string, payload: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    const t = this.#transport;
+    if (t === undefined || this.#closed) throw new ClosedError(`fleet client of ${this.fleet}`);
+    if (t.peerIds().includes(peer) && !t.stats(peer).connected) {
+      await new Promise<void>((resolve) => {
+        let waiting = this.#waiting.get(peer);
+        if (waiting === undefined) this.#waiting.set(peer, (waiting = new Set()));
+        const done = (): void => {
+          clearTimeout(timer);
+          waiting.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.min(CONNECT_WAIT_MS, timeoutMs / 2));
+        waiting.add(done);
+      });
+    }
+    if (this.#closed) throw new ClosedError(`fleet client of ${this.fleet}`);
+    return t.request(peer, payload, timeoutMs);
+  }
+}
