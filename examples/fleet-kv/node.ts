@@ -195,8 +195,12 @@ let stopping = false;
 async function drainAndExit(): Promise<void> {
   console.log(`${id} draining`);
   try {
+    // Draining needs another active node to move to (and when every node stops at once, none is left): the last
+    // one leaves at once, its replicas stay on its disk for when the fleet starts again.
+    const others = (await node.status()).nodes.filter((n) => n.id !== id && n.state === 'active');
     // The node keeps answering while its replicas move to the other nodes; then it leaves the fleet.
-    await node.deactivate({ timeoutMs: 120_000 });
+    if (others.length > 0) await node.deactivate({ timeoutMs: 120_000 });
+    else await node.close();
   } catch (error) {
     console.error(`${id}: draining failed, leaving anyway: ${String(error)}`);
     await node.close();
