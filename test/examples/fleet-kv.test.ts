@@ -3,12 +3,12 @@
  *
  * Three nodes start; client loops write, delete and read keys through every live node for the whole test; two more
  * nodes join (3 → 5), two of the first ones are drained with SIGTERM (5 → 3, `deactivate()`), one node is SIGKILLed
- * and started again on its data directory. After each step every live node reads every key. Every operation is
- * recorded with its call and return times (an operation whose answer was lost, or a 503 saying the write may
- * still apply, is recorded with an unknown outcome), and the whole history must be linearizable for a key-value
- * map (src/sim/linearizability.ts): an acknowledged write is never lost, and a read never returns a value older
- * than one acknowledged before it started. At the end, with no writes in flight, every node must answer every key
- * with the same value, the last acknowledged one where no write of unknown outcome could have come after it.
+ * and, once the others have replaced its replicas, started again on its data directory. After each step every live
+ * node reads every key. Every operation is recorded with its call and return times (an operation whose answer was
+ * lost, or a 503 saying the write may still apply, is recorded with an unknown outcome), and the whole history must
+ * be linearizable for a key-value map (src/sim/linearizability.ts): an acknowledged write is never lost, and a read
+ * never returns a value older than one acknowledged before it started. At the end, with no writes in flight, every
+ * node must answer every key with the same value, and on a key whose every write was answered, the last one.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -96,6 +96,10 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
     const now = (): number => performance.now() - t0;
     const keys = Array.from({ length: KEYS }, (_, i) => `key-${i}`);
     let seq = 0;
+    /** Why writes ended with an unknown outcome, counted, for the log. */
+    const unknownWhy = new Map<string, number>();
+    const count = (m: Map<string, number>, k: string): void => void m.set(k, (m.get(k) ?? 0) + 1);
+    const phase = (what: string): void => console.log(`[fleet-kv] ${(now() / 1000).toFixed(1)} s: ${what}`);
 
     /** Send one operation through node `via`; record it unless it surely had no effect. */
     const op = async (via: string, input: KvInput, client: string): Promise<KvOutput | undefined> => {
@@ -113,9 +117,14 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
         const res = await fetch(url, { ...init, signal: AbortSignal.timeout(REQUEST_BOUND_MS) });
         status = res.status;
         body = await res.text();
-      } catch {
+      } catch (error) {
+        // Refused connection: the node is gone, nothing was sent.
+        if ((error as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED') return undefined;
         // Lost answer (the node died, or the bound passed): a write may have applied, a read constrains nothing.
-        if (input.op !== 'get') history.push({ client, input, callTime });
+        if (input.op !== 'get') {
+          history.push({ client, input, callTime });
+          count(unknownWhy, `${via}: ${String((error as Error).cause ?? error)}`);
+        }
         return undefined;
       }
       const returnTime = now();
@@ -133,6 +142,7 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
         (status !== 503 || (JSON.parse(body) as { outcome?: string }).outcome !== 'not-applied')
       ) {
         history.push({ client, input, callTime });
+        count(unknownWhy, `${via}: ${status} ${(JSON.parse(body) as { error?: string }).error}`);
       }
       expect([500, 503], `${via} ${init.method} ${input.key}: ${status} ${body}`).toContain(status);
       return undefined;
@@ -205,6 +215,7 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
 
     // ---- the scenario
 
+    phase('starting kv-1..3');
     const first = [1, 2, 3].map(start);
     await Promise.all(first.map(serving));
     await converged('16 groups on kv-1..3', ['kv-1', 'kv-2', 'kv-3']);
@@ -215,12 +226,14 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
     await sweep('three nodes');
 
     // 3 → 5: the new nodes get replicas (learners, caught up, promoted; extra members removed).
+    phase('starting kv-4, kv-5');
     const added = [4, 5].map(start);
     await Promise.all(added.map(serving));
     await converged('after kv-4 and kv-5 joined', ['kv-1', 'kv-2', 'kv-3', 'kv-4', 'kv-5']);
     await sweep('five nodes');
 
     // 5 → 3: drain kv-1 and kv-2 (SIGTERM → deactivate()); they answer until they have left.
+    phase('draining kv-1, kv-2');
     const drained = [nodes.get('kv-1')!, nodes.get('kv-2')!];
     for (const n of drained) n.worker.signal('SIGTERM');
     for (const n of drained) {
@@ -233,15 +246,21 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
     await sweep('after the drain');
 
     // kill -9 kv-4 (the others keep a majority of every group), then start it again on its data directory.
+    phase('kill -9 kv-4');
     live.delete('kv-4');
     nodes.get('kv-4')!.worker.kill();
     await nodes.get('kv-4')!.worker.exit;
-    await sleep(1000);
     await sweep('kv-4 dead');
+    // Once its session has expired and the grace period passed, its replicas are removed from their groups (each
+    // group goes on with two); started again, its stale replicas are dropped and it is added back as a new member.
+    await converged('kv-4 replaced', ['kv-3', 'kv-5']);
+    await sweep('kv-4 replaced');
+    phase('restarting kv-4');
     await serving(start(4));
     await converged('after kv-4 restarted', ['kv-3', 'kv-4', 'kv-5']);
     await sweep('kv-4 back');
 
+    phase('final reads');
     writing = false;
     await Promise.all(writers);
     expect(writerErrors.map(String)).toEqual([]);
@@ -262,6 +281,7 @@ describe('examples/fleet-kv: real node processes, 3 → 5 → 3 nodes, a kill -9
     expect(acked, 'writes acknowledged').toBeGreaterThan(100);
 
     const unknown = history.filter((o) => o.returnTime === undefined).length;
+    phase(`unknown outcomes: ${JSON.stringify([...unknownWhy])}`);
     console.log(
       `[fleet-kv] ${history.length} operations recorded: ${acked} writes acknowledged, ${unknown} of unknown outcome`,
     );
