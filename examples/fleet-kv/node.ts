@@ -30,13 +30,20 @@ import {
 } from 'rebalancer/fleet';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
+function intEnv(name: string, fallback: number, min: number): number {
+  const value = Number(env(name, String(fallback)));
+  if (!Number.isInteger(value) || value < min) {
+    throw new Error(`${name} must be an integer ≥ ${min}, got ${JSON.stringify(process.env[name])}`);
+  }
+  return value;
+}
 const id = env('NODE_ID', 'kv-1');
 const host = env('HOST', '127.0.0.1');
-const httpPort = Number(env('HTTP_PORT', '8001'));
-const raftPort = Number(env('RAFT_PORT', '7001'));
+const httpPort = intEnv('HTTP_PORT', 8001, 0);
+const raftPort = intEnv('RAFT_PORT', 7001, 0);
 // Fixed for the life of the fleet: the same on every node, or keys would be looked for in the wrong group.
-const groupCount = Number(env('KV_GROUPS', '16'));
-const replicas = Number(env('REPLICAS', '3'));
+const groupCount = intEnv('KV_GROUPS', 16, 1);
+const replicas = intEnv('REPLICAS', 3, 1);
 /** Largest value accepted, in bytes: a command is one Raft log entry, replicated to every member. */
 const MAX_VALUE_BYTES = 64 * 1024;
 const MAX_KEY_CHARS = 512;
@@ -80,9 +87,9 @@ const node = await joinFleet({
   secret: env('FLEET_SECRET', 'use 32 random bytes, the same on every node'),
   machines: { kv },
   // New groups wait until this many nodes run, so that they start on all their replicas instead of moving.
-  minNodes: Number(env('MIN_NODES', String(replicas))),
-  ...(process.env['SESSION_TTL_MS'] !== undefined ? { sessionTtlMs: Number(process.env['SESSION_TTL_MS']) } : {}),
-  ...(process.env['GRACE_PERIOD_MS'] !== undefined ? { gracePeriodMs: Number(process.env['GRACE_PERIOD_MS']) } : {}),
+  minNodes: intEnv('MIN_NODES', replicas, 1),
+  sessionTtlMs: intEnv('SESSION_TTL_MS', 10_000, 1),
+  gracePeriodMs: intEnv('GRACE_PERIOD_MS', 5000, 0),
 });
 node.on('error', (e) => console.error(`${id}: ${e.context}: ${String(e.error)}`));
 node.on('stuck', ({ group, detail }) => console.error(`${id}: ${group} is stuck: ${detail}`));
@@ -148,7 +155,13 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     send(res, 404, { error: 'NotFound', message: 'use /kv/:key or /status' });
     return;
   }
-  const key = decodeURIComponent(match[1]!);
+  let key: string;
+  try {
+    key = decodeURIComponent(match[1]!);
+  } catch {
+    send(res, 400, { error: 'BadKey', message: 'the key is not valid percent-encoded UTF-8' });
+    return;
+  }
   if (key.length > MAX_KEY_CHARS) {
     send(res, 400, { error: 'KeyTooLong', message: `keys are at most ${MAX_KEY_CHARS} characters` });
     return;
