@@ -41,14 +41,17 @@ const node = await joinFleet({
   machines: { counter },
 });
 node.on('error', (e) => console.error(`${id}: ${e.context}: ${String(e.error)}`));
+node.on('groupGained', ({ group }) => console.log(`${id} holds a replica of ${group}`));
+node.on('groupLost', ({ group, reason }) => console.log(`${id} dropped its replica of ${group} (${reason})`));
 // A group is added once for the whole fleet; any node may do it (the others are refused, harmlessly).
 for (const name of ['eu', 'us', 'asia']) {
   await node.addGroup(name, { replicas: 3, machine: 'counter' }).catch((error: unknown) => {
     if (!(error instanceof FleetGroupExistsError)) throw error;
   });
 }
-// From any node: sent to a replica of the group (its leader first), applied exactly once.
-const total = await node.command<number>('eu', { add: 1 });
+// From any node: sent to a replica of the group (its leader first), applied exactly once. (The first time, the
+// groups are still being placed and their replicas created: allow more than the default 5 s.)
+const total = await node.command<number>('eu', { add: 1 }, { timeoutMs: 30_000 });
 console.log(`${id} added 1 to eu: total ${total}`);
 
 let stopping = false;

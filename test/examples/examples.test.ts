@@ -454,9 +454,13 @@ describe.concurrent('examples run against real stores and shut down cleanly', ()
     const nodes = ['n1', 'n2', 'n3'].map(
       (id, i) => new Example('examples/readme/fleet.ts', { cwd, env: { NODE_ID: id, RAFT_PORT: String(ports[i]) } }),
     );
-    // Every node adds 1 to every counter each second, through whichever node holds the group's leader.
+    // Every node adds 1 to every counter each second, through whichever node holds the group's leader; with three
+    // nodes, each holds a replica of every group (before one drains, so that every group has somewhere to go).
     for (const [i, n] of nodes.entries()) {
-      for (const g of ['eu', 'us', 'asia']) await n.waitFor(new RegExp(`^n${i + 1} added 1 to ${g}: total \\d+$`));
+      for (const g of ['eu', 'us', 'asia']) {
+        await n.waitFor(new RegExp(`^n${i + 1} added 1 to ${g}: total \\d+$`));
+        await n.waitFor(new RegExp(`^n${i + 1} holds a replica of ${g}$`));
+      }
     }
     // n1 and n2 drain (their replicas move to the others first); n3, the last, leaves at once.
     for (const n of nodes) {
