@@ -62,7 +62,7 @@ const timer = setInterval(() => {
     if (busy.has(name)) continue;
     busy.add(name);
     node
-      .command<number>(name, { add: 1 })
+      .command<number>(name, { add: 1 }, { timeoutMs: 15_000 }) // rides out a leader moving on a busy machine
       .then(
         (t) => console.log(`${id} added 1 to ${name}: total ${t}`),
         // e.g. NoQuorumError while a group elects a leader: tried again next second.
