@@ -110,7 +110,10 @@ export interface JoinFleetOptions extends MemberOptions {
 export interface FleetNodeEvents {
   /** A replica of `group` was opened here (created, joined, or recovered from the log). */
   groupGained: { readonly group: string; readonly mode: 'recover' | 'bootstrap' | 'join' };
-  /** This node's replica of `group` was closed and its data deleted (removed from the group, or the group removed). */
+  /**
+   * This node's replica of `group` was closed and its data deleted: removed from the group, or the group removed or
+   * recovered into a new generation (also for a replica found only on disk, when its node comes back).
+   */
   groupLost: { readonly group: string; readonly reason: 'group-removed' | 'moved-away' };
   /** This node became the leader of `group`. */
   led: { readonly group: string; readonly term: number };
@@ -680,7 +683,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.#reports.delete(held.name);
       }
       await this.#raft.dropGroup(a.id);
-      if (held !== undefined) this.emit('groupLost', { group: held.name, reason: a.reason });
+      // Also a replica only stored (a node back after its group was removed or recovered): its data is deleted.
+      const name = held?.name ?? parseRaftGroupId(a.id)?.name;
+      if (name !== undefined) this.emit('groupLost', { group: name, reason: a.reason });
       if (this.#held.size === 0) for (const d of [...this.#drained]) d();
       return;
     }
@@ -888,6 +893,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #watchLeaderless(h: Held, s: GroupStatus, view: FleetView): void {
     const g = view.groups.get(h.name);
     if (g === undefined || g.generation !== h.generation) return; // an old replica on its way out
+    // A replica still joining (not yet added) knows only the founding members: not its group to judge.
+    if (!isMember(h, this.nodeId)) return;
     const voters = s.membership.voters;
     const live = voters.filter((v) => v === this.nodeId || view.nodes.has(v));
     if (s.leader !== undefined || voters.length === 0 || live.length >= quorum(voters.length)) {
@@ -903,7 +910,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.emit('stuck', {
       group: h.name,
       detail:
-        `group ${h.name} has had no leader for ${now - h.stuckSinceMs} ms and only ${live.length} of its ` +
+        `group ${h.name} has had no leader for ${Math.round(now - h.stuckSinceMs)} ms and only ${live.length} of its ` +
         `${voters.length} voters are live (gone: ${gone.join(', ')}): it waits for them to come back, nothing is ` +
         'removed. If they are gone for good, see `rebalancer fleet recover` (unsafe, docs/fleet-recovery.md)',
     });
