@@ -9,6 +9,7 @@ import { DEFAULT_STORE_URL, EXIT } from './context.js';
 import { reportError } from './errors.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
+import * as fleetRecover from './commands/fleet-recover.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
 import * as resources from './commands/resources.js';
@@ -32,7 +33,8 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, run, resources, groups, storeCommands, ping, sim, bench])
+// fleet-recover last: it adds `recover` to the `fleet` command registered before it, if any.
+for (const command of [demo, status, run, resources, groups, storeCommands, ping, sim, bench, fleetRecover])
   command.register(program);
 
 try {
