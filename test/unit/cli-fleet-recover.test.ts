@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { addGroup, readFleetView, registerNode, reportObserved } from '../../src/protocol/fleet/io.js';
 import { FleetKeys } from '../../src/protocol/fleet/keys.js';
+import { fleetStatus } from '../../src/protocol/fleet/status.js';
 import { cli as runCli, type CliResult } from './cli-process.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-fleet-'));
@@ -67,6 +68,10 @@ describe('rebalancer fleet recover', () => {
       expect(recovered.seed).toEqual({ node: 'n1', generation: g.generation, initial: ['n2', 'n1', 'n3'] });
       expect(recovered.observed).toBeUndefined();
       expect(view.meta).toEqual({ lastGeneration: g.generation + 1, groups: 1 });
+      expect(fleetStatus('f', view).groups[0]).toMatchObject({
+        health: 'unplaced',
+        detail: expect.stringMatching(/being recovered \(unsafe\) from node n1's replica of generation 1/),
+      });
       // Once recovered, the new generation has no report yet: a second recovery is refused (nothing to judge).
       const again = cli(['--json', 'fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n2', '--unsafe', '--force']);
       expect(again.code).toBe(2);
