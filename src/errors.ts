@@ -591,6 +591,25 @@ export class RaftDataLostError extends RebalancerError {
   }
 }
 
+/** Why the unsafe recovery of a fleet group was refused (FleetRecoveryRefusedError.reason). */
+export type FleetRecoveryRefusal = 'not-unsafe' | 'majority-not-lost' | 'no-replica' | 'node-not-live' | 'changed';
+
+/**
+ * The unsafe recovery of a fleet group that lost its majority (docs/fleet-recovery.md) was refused: the caller did
+ * not say it accepts losing data (`unsafe`), the group has not lost its majority (without `force`), the node to
+ * recover from holds no replica of it or is not live, or the group kept changing while it was read. Nothing was
+ * written. The message says what to do.
+ */
+export class FleetRecoveryRefusedError extends RebalancerError {
+  readonly group: string;
+  readonly reason: FleetRecoveryRefusal;
+  constructor(group: string, reason: FleetRecoveryRefusal, message: string) {
+    super(reason === 'majority-not-lost' || reason === 'changed' ? 'CONFLICT' : 'INVALID_ARGUMENT', message);
+    this.group = group;
+    this.reason = reason;
+  }
+}
+
 export function invariant(condition: unknown, message: string | (() => string)): asserts condition {
   if (!condition) throw new InvariantError(typeof message === 'string' ? message : message());
 }

@@ -10,6 +10,7 @@ import { reportError } from './errors.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as fleet from './commands/fleet.js';
+import * as fleetRecover from './commands/fleet-recover.js';
 import * as groups from './commands/groups.js';
 import * as ping from './commands/ping.js';
 import * as resources from './commands/resources.js';
@@ -33,7 +34,8 @@ const program = new Command()
   .option('--json', 'machine-readable output')
   .exitOverride();
 
-for (const command of [demo, status, run, resources, groups, fleet, storeCommands, ping, sim, bench])
+// fleet-recover after fleet: it adds `recover` to the `fleet` command.
+for (const command of [demo, status, run, resources, groups, fleet, fleetRecover, storeCommands, ping, sim, bench])
   command.register(program);
 
 try {

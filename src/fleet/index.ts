@@ -36,7 +36,8 @@ export {
   type FleetStatus,
   type GroupHealth,
 } from '../protocol/fleet/status.js';
-export type { GroupRecord, ObservedRecord } from '../protocol/fleet/keys.js';
+export type { GroupRecord, GroupSeed, ObservedRecord } from '../protocol/fleet/keys.js';
+export { recoverGroup, type RecoverGroupOptions, type RecoverGroupResult } from '../protocol/fleet/recover.js';
 export { MAX_FLEET_GROUPS, MAX_FLEET_GROUP_NAME_CHARS } from '../protocol/fleet/keys.js';
 export { jsonCodec, type Codec, type StateMachine, type Consistency, type GroupStatus } from '../raft/api.js';
 export type { NodeOptions, LeaseOptions } from '../runtime/common-options.js';
@@ -46,6 +47,8 @@ export {
   CorruptDataError,
   FleetGroupExistsError,
   FleetGroupNotFoundError,
+  FleetRecoveryRefusedError,
+  type FleetRecoveryRefusal,
   InvalidArgumentError,
   LimitExceededError,
   NodeIdInUseError,

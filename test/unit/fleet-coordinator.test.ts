@@ -681,4 +681,22 @@ describe('decideFleetRound (pure)', () => {
     const all = decideFleetRound(viewOf(three, [{ name: 'new' }]), k, s, newFleetCoordinatorMemory(), 0);
     expect(all.writes.map((e) => e.name)).toEqual(['new']);
   });
+
+  it('starts a seeded generation (unsafe recovery) on its seed node alone, once that node is live', () => {
+    const k = (n: string): string => keys.desiredOf(n);
+    const view = viewOf(three, [{ name: 'g' }]);
+    const g = view.groups.get('g')!;
+    const seeded = (seedNode: string): FleetView => ({
+      ...view,
+      groups: new Map([
+        ['g', { ...g, generation: 2, seed: { node: seedNode, generation: 1, initial: ['b', 'x', 'y'] } }],
+      ]),
+    });
+    const d = decideFleetRound(seeded('b'), k, { ...settings, minNodes: 5 }, newFleetCoordinatorMemory(), 0);
+    expect(d.writes).toEqual([{ name: 'g', members: ['b'], leader: 'b' }]);
+    // The seed node is not live: nobody else holds the state, so nothing is placed.
+    const gone = decideFleetRound(seeded('x'), k, settings, newFleetCoordinatorMemory(), 0);
+    expect(gone.writes).toEqual([]);
+    expect(gone.unplaced).toBe(1);
+  });
 });

@@ -30,6 +30,7 @@ import {
   type FleetView,
 } from '../../src/protocol/fleet/io.js';
 import {
+  decodeGroup,
   encodeRecord,
   FleetKeys,
   MAX_FLEET_GROUPS,
@@ -94,6 +95,17 @@ describe('fleet names and raft group ids', () => {
     expect(() => raftGroupId('orders', 0)).toThrow(InvalidArgumentError);
     // Every id a valid name makes is a valid Raft group name (1–100 of [A-Za-z0-9._:/-]).
     expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER)).toMatch(/^[A-Za-z0-9._:/-]{1,100}$/);
+  });
+
+  it("decodes a recovered group's seed, and refuses a seed that cannot be one", () => {
+    const keys = new FleetKeys('f');
+    const rec = (seed: unknown): string => encodeRecord({ name: 'g', replicas: 3, machine: 'kv', generation: 4, seed });
+    const seed = { node: 'n2', generation: 3, initial: ['n1', 'n2', 'n3'] };
+    expect(decodeGroup(keys, keys.group('g'), rec(seed)).seed).toEqual(seed);
+    expect(decodeGroup(keys, keys.group('g'), rec(undefined)).seed).toBeUndefined();
+    for (const bad of [null, 'n2', { ...seed, generation: 4 }, { ...seed, initial: [] }, { ...seed, node: '' }]) {
+      expect(() => decodeGroup(keys, keys.group('g'), rec(bad)), JSON.stringify(bad)).toThrow(CorruptDataError);
+    }
   });
 });
 

@@ -137,4 +137,35 @@ describe('decideReplicas', () => {
       { type: 'drop', id: 'x:1', reason: 'moved-away' },
     ]);
   });
+  it('a seeded generation: the seed node bootstraps from its old replica, kept until then; never from nothing', () => {
+    const seed = { node: 'a', generation: 1, initial: ['a', 'x', 'y'] };
+    const d2 = { ...desired('r', ['a']), generation: 2 };
+    const facts: GroupFacts = { ...g('r', d2, undefined, 2), seed };
+    const old: OpenReplica = { id: 'r:1', voters: ['a', 'x', 'y'], learners: [], membershipIndex: 0 };
+    // The old replica is open: seed from it; it is not dropped yet.
+    expect(decideReplicas(input([facts], [old])).actions).toEqual([
+      { type: 'open', id: 'r:2', name: 'r', machine: 'kv', mode: 'bootstrap', members: ['a'], seedFrom: 'r:1' },
+    ]);
+    // Only stored (the node restarted): recover it first, with the old founders.
+    expect(decideReplicas(input([facts], [], ['r:1'])).actions).toEqual([
+      { type: 'open', id: 'r:1', name: 'r', machine: 'kv', mode: 'recover', members: ['a', 'x', 'y'] },
+    ]);
+    // The new generation is here: the old replica goes.
+    const now: OpenReplica = { id: 'r:2', voters: ['a'], learners: [], membershipIndex: 0 };
+    expect(decideReplicas(input([facts], [old, now])).actions).toEqual([
+      { type: 'drop', id: 'r:1', reason: 'group-removed' },
+    ]);
+    // No old replica: wait (an empty bootstrap would silently lose the state).
+    const missing = decideReplicas(input([facts]));
+    expect(missing.actions).toEqual([]);
+    expect(missing.waits.map((w) => w.reason)).toEqual(['seed-missing']);
+    // Another node holding an old replica drops it; a node placed later joins.
+    const other = decideReplicas(
+      input([{ ...facts, desired: { ...d2, members: ['a', 'b'], version: 2 } }], [], ['r:1'], { nodeId: 'b' }),
+    );
+    expect(other.actions).toEqual([
+      { type: 'drop', id: 'r:1', reason: 'group-removed' },
+      { type: 'open', id: 'r:2', name: 'r', machine: 'kv', mode: 'join', members: ['a'] },
+    ]);
+  });
 });

@@ -16,6 +16,9 @@
  *   the groups naming it are held (not rewritten) until that grace ends, instead of being placed with it.
  * - A group being created (its first desired record, no leader report yet) keeps that record until it reports: its
  *   founders bootstrap only from it (src/protocol/fleet/replicas.ts).
+ * - A generation seeded by the unsafe recovery (group record `seed`, src/protocol/fleet/recover.ts) gets the first
+ *   desired record `[seed node]` (its `initial`), once that node is live; then the rule above holds it until the
+ *   seed node reports, and it is placed as usual.
  * - A group whose desired record could not be read is skipped (never overwritten unread, ADR 0012) and listed in
  *   `skipped`; the others go on.
  * - A group not founded yet (its desired record is the generation's first, version 1, and no leader has reported)
@@ -139,6 +142,22 @@ export function decideFleetRound(
     if (group === undefined) continue;
     const key = keysDesiredOf(p.name);
     const d = group.desired;
+    // A generation seeded by the unsafe recovery starts on its seed node alone (it bootstraps from its old
+    // replica's state; the others join once it has reported a leader). Not before that node is live: no other
+    // node holds the state. minNodes does not apply: the group exists, and every other node joins it anyway.
+    const seed = group.seed;
+    if (d === undefined && seed !== undefined) {
+      if (!view.nodes.has(seed.node)) {
+        unplaced++;
+        continue;
+      }
+      if (unreadable.has(key)) {
+        skipped.push({ name: p.name, key });
+        continue;
+      }
+      urgent[0]!.push({ name: p.name, members: [seed.node], leader: seed.node });
+      continue;
+    }
     if (p.leader === undefined || p.members.length === 0 || (d === undefined && active.size < minNodes)) {
       unplaced++;
       continue;

@@ -77,7 +77,7 @@ export interface NodeView extends NodeRecord {
 }
 
 export interface FleetGroupView extends GroupRecord {
-  /** Mod revision of the group's key (never rewritten: also its create revision). Writers compare it. */
+  /** Mod revision of the group's key (rewritten only by the unsafe recovery, recover.ts). Writers compare it. */
   readonly revision: number;
   /** The desired placement of this generation, if the coordinator wrote one. */
   readonly desired: DesiredRecord | undefined;

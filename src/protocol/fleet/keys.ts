@@ -174,6 +174,20 @@ export interface GroupRecord {
   /** The state machine's name: a key of every node's `machines`. */
   readonly machine: string;
   readonly generation: number;
+  /**
+   * Set by the unsafe recovery of a group that lost its majority (docs/fleet-recovery.md): this generation starts
+   * from the state of the replica of generation `seed.generation` on node `seed.node`, not from the state machine's
+   * initial state. The coordinator gives the generation's first desired record `initial = [seed.node]`; that node
+   * bootstraps the group from its old replica's state, and every other replica joins.
+   */
+  readonly seed?: GroupSeed | undefined;
+}
+
+export interface GroupSeed {
+  readonly node: string;
+  readonly generation: number;
+  /** The old generation's founding members (its replica is recovered with them if it is stored but not open). */
+  readonly initial: readonly string[];
 }
 
 export interface DesiredRecord {
@@ -292,7 +306,21 @@ export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupR
   if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
     throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
   }
-  return { name, replicas, machine: strField(key, rec, 'machine'), generation: intField(key, rec, 'generation', 1) };
+  const generation = intField(key, rec, 'generation', 1);
+  const group: GroupRecord = { name, replicas, machine: strField(key, rec, 'machine'), generation };
+  const seedRaw = rec['seed'];
+  if (seedRaw === undefined) return group;
+  if (seedRaw === null || typeof seedRaw !== 'object' || Array.isArray(seedRaw)) {
+    throw corrupt(key, 'seed must be an object { node, generation, initial }');
+  }
+  const seedRec = seedRaw as Record<string, unknown>;
+  const node = strField(key, seedRec, 'node');
+  const seedGeneration = intField(key, seedRec, 'generation', 1);
+  const initial = nodeList(key, seedRec, 'initial');
+  if (node === '' || seedGeneration >= generation || initial.length === 0) {
+    throw corrupt(key, 'seed must name a node and an older generation with its founding members');
+  }
+  return { ...group, seed: { node, generation: seedGeneration, initial } };
 }
 
 export function decodeDesired(keys: FleetKeys, key: string, value: string): DesiredRecord {

@@ -19,10 +19,14 @@
  *   removal committed), or the leader's report excludes it at a membership index at least as recent as the one it knows.
  *   A replica still counted as a member stays until the leader has removed it — dropping a voter's data would
  *   silently weaken the group.
+ * - A generation seeded by the unsafe recovery (GroupFacts.seed, src/protocol/fleet/recover.ts): its seed node
+ *   bootstraps it from its open replica of the old generation (`seedFrom`), which stays until then (it is
+ *   recovered first if it is only stored); without that replica the seed node waits (`seed-missing`), it never
+ *   bootstraps an empty group. Every other node joins, as usual.
  * - A group whose state machine is not one of this node's `machines` is not opened (reported, nothing else
  *   happens: the coordinator keeps the placement, the group runs on its other members).
  */
-import { parseRaftGroupId, raftGroupId, type DesiredRecord, type ObservedRecord } from './keys.js';
+import { parseRaftGroupId, raftGroupId, type DesiredRecord, type GroupSeed, type ObservedRecord } from './keys.js';
 
 /** One replica open on this node, as the node sees it. */
 export interface OpenReplica {
@@ -47,6 +51,8 @@ export interface GroupFacts {
   readonly machine: string;
   readonly desired: DesiredRecord | undefined;
   readonly observed: ObservedRecord | undefined;
+  /** Set when this generation is seeded from an older one's replica (the unsafe recovery, recover.ts). */
+  readonly seed?: GroupSeed | undefined;
 }
 
 export interface ReplicaInput {
@@ -74,12 +80,17 @@ export type ReplicaAction =
        */
       readonly mode: 'recover' | 'bootstrap' | 'join';
       readonly members: readonly string[];
+      /**
+       * With `bootstrap`: the Raft group id of this node's open replica (of an older generation) whose applied
+       * state the new replica starts from (RaftNode.seedGroup) instead of the state machine's initial state.
+       */
+      readonly seedFrom?: string;
     }
   | { readonly type: 'drop'; readonly id: string; readonly reason: 'group-removed' | 'moved-away' };
 
 export interface ReplicaWait {
   readonly name: string;
-  readonly reason: 'unknown-machine' | 'unknown-address';
+  readonly reason: 'unknown-machine' | 'unknown-address' | 'seed-missing';
   readonly detail: string;
 }
 
@@ -100,6 +111,10 @@ export function decideReplicas(input: ReplicaInput): ReplicaDecision {
     const parsed = parseRaftGroupId(id);
     const g = parsed === undefined ? undefined : groups.get(parsed.name);
     if (parsed === undefined || g === undefined || g.generation !== parsed.generation) {
+      // The replica a recovered group is seeded from stays until the new generation exists here.
+      if (g !== undefined && seedsHere(g, nodeId) && g.seed?.generation === parsed?.generation) {
+        if (!held.has(raftGroupId(g.name, g.generation))) continue;
+      }
       actions.push({ type: 'drop', id, reason: 'group-removed' });
     }
   }
@@ -139,12 +154,48 @@ export function decideReplicas(input: ReplicaInput): ReplicaDecision {
         });
         continue;
       }
-      actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'bootstrap', members: d.initial });
+      if (seedsHere(g, nodeId)) {
+        // Seeded (the unsafe recovery): from this node's replica of the old generation, never from an empty state.
+        const seedId = raftGroupId(g.name, g.seed!.generation);
+        if (open.has(seedId)) {
+          actions.push({ ...openBootstrap(g, id, d), seedFrom: seedId });
+        } else if (stored.has(seedId)) {
+          // Restarted since the recovery was written: recover the old replica first; the next decision seeds.
+          actions.push({
+            type: 'open',
+            id: seedId,
+            name: g.name,
+            machine: g.machine,
+            mode: 'recover',
+            members: g.seed!.initial,
+          });
+        } else {
+          waits.push({
+            name: g.name,
+            reason: 'seed-missing',
+            detail:
+              `group ${g.name} is to be recovered from this node's replica of generation ${g.seed!.generation}, ` +
+              'which this node does not hold (its data is gone?). Recover the group from another node: ' +
+              `rebalancer fleet recover ${g.name} --from NODE --unsafe --force`,
+          });
+        }
+        continue;
+      }
+      actions.push(openBootstrap(g, id, d));
     } else {
       actions.push({ type: 'open', id, name: g.name, machine: g.machine, mode: 'join', members: d.initial });
     }
   }
   return { actions, waits };
+}
+
+function openBootstrap(g: GroupFacts, id: string, d: DesiredRecord): ReplicaAction & { type: 'open' } {
+  return { type: 'open', id, name: g.name, machine: g.machine, mode: 'bootstrap', members: d.initial };
+}
+
+/** This node is the seed of the group's generation (the unsafe recovery) and the only founding member. */
+function seedsHere(g: GroupFacts, nodeId: string): boolean {
+  return g.seed !== undefined && g.seed.node === nodeId;
 }
 
 /** The replica is no longer a member of its group (see the rules above). */

@@ -82,7 +82,12 @@ export function fleetStatus(fleet: string, view: FleetView): FleetStatus {
     if (o !== undefined) leads.set(o.leader, (leads.get(o.leader) ?? 0) + 1);
     let health: GroupHealth;
     let detail: string;
-    if (d === undefined) {
+    if (d === undefined && g.seed !== undefined) {
+      health = 'unplaced';
+      detail =
+        `being recovered (unsafe) from node ${g.seed.node}'s replica of generation ${g.seed.generation}: it starts ` +
+        `there alone${live.has(g.seed.node) ? '' : `, once node ${g.seed.node} is live (nothing else holds its state)`}`;
+    } else if (d === undefined) {
       health = 'unplaced';
       detail = 'no desired placement yet (no active node, or fewer than minNodes)';
     } else if (o === undefined) {

@@ -347,6 +347,16 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     replica.process();
   }
 
+  /**
+   * The state machine's snapshot() of the state this replica has applied (status().applied), whatever its role and
+   * without asking anyone: not a linearizable read. The fleet's unsafe recovery seeds a new group with it
+   * (RaftNode.seedGroup). Throws what check() throws when the replica is closed or failed.
+   */
+  exportState(): Uint8Array {
+    this.#check();
+    return this.#c.replica.stateSnapshot();
+  }
+
   status(): GroupStatus {
     const r = this.#c.replica;
     const s = r.core.status();

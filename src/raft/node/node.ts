@@ -33,7 +33,7 @@ import { Replica, type ReplicaObserver } from './replica.js';
 import { NodeIdentity } from './identity.js';
 import { VoteGuard } from './vote-guard.js';
 import { newIncarnation } from '../transport/auth.js';
-import { jsonCodec, type Codec, type StateMachine } from './state-machine.js';
+import { jsonCodec, seedSnapshotData, type Codec, type StateMachine } from './state-machine.js';
 
 /** What the simulator (or a test) injects instead of the real clock, disk, network and randomness. */
 export interface RaftNodeIo {
@@ -511,6 +511,58 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
       maxCommandBytes,
       addressOf: (node) => (node === this.id ? undefined : this.#peers.get(node)),
       catchUp: () => this.#catchUp(),
+    });
+  }
+
+  /**
+   * Create group `name` on this node from a state instead of the state machine's `initial()`: durably write a
+   * snapshot at index 1 holding `state` (the state machine's snapshot() bytes, restored with its restore()), with
+   * `members` as its voters and no client session; then `openGroup(name, …)` recovers it like any stored group.
+   * Every other replica of the group must join it (`join: true`): one that started from `initial()` would apply the
+   * log to another state. Replicas added later receive the snapshot from the leader (the log starts after it).
+   * Refused with InvalidArgumentError when the group is open, being dropped, or already has state on this node.
+   * This is how the fleet recovers a group that lost its majority from one surviving replica (docs/fleet-recovery.md).
+   */
+  async seedGroup(
+    name: string,
+    options: { readonly members: readonly string[]; readonly state: Uint8Array; readonly codec?: Codec },
+  ): Promise<void> {
+    if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
+    if (typeof name !== 'string' || !GROUP_NAME.test(name)) {
+      throw new InvalidArgumentError(
+        `a raft group name must be 1–100 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
+      );
+    }
+    if (this.#replicas.has(name) || this.#dropping.has(name) || this.#wal.groups().includes(name)) {
+      throw new InvalidArgumentError(
+        `seedGroup(${name}): the group already has state on node ${this.id}; a group is seeded only when it is new ` +
+          'here (drop it first to seed it again)',
+      );
+    }
+    const r = new OptionReader(options, `seedGroup(${name}) options`);
+    const members = [...new Set(r.stringList('members', []))];
+    const state = r.required<Uint8Array>('state', (v) =>
+      v instanceof Uint8Array ? undefined : "must be bytes: the state machine's snapshot() of the state",
+    );
+    const codec = r.optional<Codec>('codec', (v) =>
+      v !== null && typeof v === 'object' && typeof (v as Codec).encode === 'function'
+        ? undefined
+        : 'must be { encode, decode }',
+    );
+    r.done();
+    if (members.length === 0) {
+      throw new InvalidArgumentError(`seedGroup(${name}) options.members must list the group's voters`);
+    }
+    const membership = { voters: members, learners: [] };
+    const storage = this.#wal.group(name, membership);
+    // Term 1 for the snapshot and the hard state: the replica's first election is then in term 2, and its log (the
+    // snapshot's last term 1) is as up to date as any joining replica's (empty) one.
+    await storage.persist({
+      snapshot: {
+        meta: { index: 1, term: 1, membership },
+        data: seedSnapshotData(state, codec ?? jsonCodec),
+      },
+      hardState: { term: 1, vote: '', commit: 1 },
     });
   }
 

@@ -399,6 +399,11 @@ export class Replica {
     return () => this.#leaderListeners.delete(fn);
   }
 
+  /** The state machine's snapshot() of the state applied here (no session table). */
+  stateSnapshot(): Uint8Array {
+    return this.#applier.stateSnapshot();
+  }
+
   /** Run a query on the local state (already known to be fresh enough by the caller). */
   query(q: unknown): unknown {
     return this.#applier.query(q);

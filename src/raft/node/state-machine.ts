@@ -122,6 +122,23 @@ interface Session {
   lastIndex: number;
 }
 
+function snapshotData(smBytes: Uint8Array, sessionBytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(8 + smBytes.byteLength + sessionBytes.byteLength);
+  new DataView(out.buffer).setFloat64(0, smBytes.byteLength);
+  out.set(smBytes, 8);
+  out.set(sessionBytes, 8 + smBytes.byteLength);
+  return out;
+}
+
+/**
+ * A replica snapshot's bytes holding the state machine state `smBytes` (its snapshot() format) and no client
+ * session: what a group seeded from another group's state starts from (RaftNode.seedGroup). Sessions are left out
+ * because their ids are log indexes of the other group's log, which mean nothing in the new one.
+ */
+export function seedSnapshotData(smBytes: Uint8Array, codec: Codec): Uint8Array {
+  return snapshotData(smBytes, codec.encode([]));
+}
+
 /** What applying one entry produced, for the node that waits for it. */
 export type Applied =
   | { readonly kind: 'noop' }
@@ -223,14 +240,13 @@ export class Applier<S> {
 
   /** The bytes of a snapshot at `index`: the state machine's bytes and the session table. */
   snapshot(): Uint8Array {
-    const smBytes = this.#sm.snapshot(this.state);
     const sessions = [...this.#sessions].map(([id, s]) => [id, s.lowest, s.lastIndex, [...s.results]]);
-    const sessionBytes = this.#codec.encode(sessions);
-    const out = new Uint8Array(8 + smBytes.byteLength + sessionBytes.byteLength);
-    new DataView(out.buffer).setFloat64(0, smBytes.byteLength);
-    out.set(smBytes, 8);
-    out.set(sessionBytes, 8 + smBytes.byteLength);
-    return out;
+    return snapshotData(this.#sm.snapshot(this.state), this.#codec.encode(sessions));
+  }
+
+  /** The state machine's own snapshot() of the applied state, without the session table. */
+  stateSnapshot(): Uint8Array {
+    return this.#sm.snapshot(this.state);
   }
 
   /** Replace everything with a snapshot's content (taken at `index`). */

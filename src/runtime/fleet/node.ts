@@ -41,7 +41,8 @@ import {
   type ObservedRecord,
   type ObservedStatus,
 } from '../../protocol/fleet/keys.js';
-import { membershipChangeOf, nextStep, type PlanStep } from '../../protocol/fleet/plan.js';
+import { membershipChangeOf, nextStep, quorum, type PlanStep } from '../../protocol/fleet/plan.js';
+import { recoverGroup, type RecoverGroupResult } from '../../protocol/fleet/recover.js';
 import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import type { MembershipChange } from '../../raft/messages.js';
@@ -109,13 +110,20 @@ export interface JoinFleetOptions extends MemberOptions {
 export interface FleetNodeEvents {
   /** A replica of `group` was opened here (created, joined, or recovered from the log). */
   groupGained: { readonly group: string; readonly mode: 'recover' | 'bootstrap' | 'join' };
-  /** This node's replica of `group` was closed and its data deleted (removed from the group, or the group removed). */
+  /**
+   * This node's replica of `group` was closed and its data deleted: removed from the group, or the group removed or
+   * recovered into a new generation (also for a replica found only on disk, when its node comes back).
+   */
   groupLost: { readonly group: string; readonly reason: 'group-removed' | 'moved-away' };
   /** This node became the leader of `group`. */
   led: { readonly group: string; readonly term: number };
   /** A membership change this node (as leader) made in `group` took effect. */
   moved: { readonly group: string; readonly change: MembershipChange };
-  /** `group` lost a majority of its voters: nothing is changed until they come back (docs/fleet.md). */
+  /**
+   * `group` lost a majority of its voters: nothing is changed until they come back (docs/fleet.md). Said by its
+   * leader when it cannot make a change, and by any other replica that has had no leader for two election timeouts
+   * while a majority of its voters is not live; once per episode and replica.
+   */
   stuck: { readonly group: string; readonly detail: string };
   error: ErrorEvent;
   left: Record<string, never>;
@@ -493,6 +501,24 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return fleetStatus(this.fleet, view);
   }
 
+  /**
+   * Unsafe: recover group `name`, which lost its majority, from node `from`'s replica (any live node of the fleet
+   * holding one; often this one). The group starts a new generation from the state that replica applied; entries
+   * the lost voters committed that it had not applied are lost for good, and the old replicas are dropped wherever
+   * they are (also when their nodes come back). Refused with FleetRecoveryRefusedError unless `unsafe: true`, when
+   * the group has not lost its majority (unless `force: true`), or when `from` is not live or holds no replica.
+   * Resolves with the new record and a warning to show. docs/fleet-recovery.md.
+   */
+  async recoverGroup(
+    name: string,
+    options: { readonly from: string; readonly unsafe: true; readonly force?: boolean },
+  ): Promise<RecoverGroupResult> {
+    this.#check();
+    const r = await recoverGroup(this.#o.control.store, this.#control.keys, validateFleetGroupName(name), options);
+    this.#loop.kick();
+    return r;
+  }
+
   /** This node's replicas and their Raft status. */
   replicas(): { readonly group: string; readonly status: GroupStatus }[] {
     return [...this.#held.values()].map((h) => ({ group: h.name, status: h.group.status() }));
@@ -652,9 +678,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (a.type === 'drop') {
       const held = this.#held.get(a.id);
       this.#held.delete(a.id);
-      this.#reports.delete(held?.name ?? '');
+      // A seeded group's old replica goes while its new one runs: keep the new one's pending report.
+      if (held !== undefined && ![...this.#held.values()].some((h) => h.name === held.name)) {
+        this.#reports.delete(held.name);
+      }
       await this.#raft.dropGroup(a.id);
-      if (held !== undefined) this.emit('groupLost', { group: held.name, reason: a.reason });
+      // Also a replica only stored (a node back after its group was removed or recovered): its data is deleted.
+      const name = held?.name ?? parseRaftGroupId(a.id)?.name;
+      if (name !== undefined) this.emit('groupLost', { group: name, reason: a.reason });
       if (this.#held.size === 0) for (const d of [...this.#drained]) d();
       return;
     }
@@ -668,6 +699,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       ...(m.maxSessions !== undefined ? { maxSessions: m.maxSessions } : {}),
       ...(m.maxCommandBytes !== undefined ? { maxCommandBytes: m.maxCommandBytes } : {}),
     };
+    if (a.seedFrom !== undefined && !(await this.#seed(a, m.codec))) return; // the next round decides again
     const group =
       a.mode === 'bootstrap'
         ? this.#raft.openGroup(a.id, { ...settings, members: a.members })
@@ -688,6 +720,27 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
     this.emit('groupGained', { group: a.name, mode: a.mode });
+  }
+
+  /**
+   * The unsafe recovery (docs/fleet-recovery.md): create the new generation's replica from the state this node's
+   * replica of the old generation has applied. Only once that replica applied every entry it knows is committed
+   * (else the next round tries again). The old replica is dropped by a later round, once the new one is held.
+   */
+  async #seed(a: ReplicaAction & { type: 'open' }, codec: Codec): Promise<boolean> {
+    const old = this.#held.get(a.seedFrom!);
+    if (old === undefined) return false;
+    const s = old.group.status();
+    if (s.failed !== undefined) {
+      throw new InvalidArgumentError(
+        `group ${a.name} cannot be recovered from node ${this.nodeId}: its replica ${old.id} stopped ` +
+          `(${s.failed.message}); recover it from another node`,
+      );
+    }
+    if (s.applied < s.committed) return false;
+    const state = old.group.exportState();
+    await this.#raft.seedGroup(a.id, { members: a.members, state, codec });
+    return true;
   }
 
   /**
@@ -739,7 +792,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   #step(h: Held, view: FleetView): void {
     const s = h.group.status();
-    if (s.role !== 'leader' || s.failed !== undefined) return;
+    if (s.failed !== undefined) return;
+    if (s.role !== 'leader') {
+      this.#watchLeaderless(h, s, view);
+      return;
+    }
     const g = view.groups.get(h.name);
     const d = g?.desired;
     if (g === undefined || g.generation !== h.generation || d === undefined) return;
@@ -827,6 +884,37 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.#changes--;
         this.#stepSoon();
       });
+  }
+
+  /**
+   * A replica that is not the leader reports a lost majority too: no leader known for two election timeouts while
+   * fewer than a majority of its voters are live nodes of the fleet (a group whose leader died with the majority has
+   * nobody left to say it). `stuck` once per episode; nothing else is done (docs/fleet-recovery.md).
+   */
+  #watchLeaderless(h: Held, s: GroupStatus, view: FleetView): void {
+    const g = view.groups.get(h.name);
+    if (g === undefined || g.generation !== h.generation) return; // an old replica on its way out
+    // A replica still joining (not yet added) knows only the founding members: not its group to judge.
+    if (!isMember(h, this.nodeId)) return;
+    const voters = s.membership.voters;
+    const live = voters.filter((v) => v === this.nodeId || view.nodes.has(v));
+    if (s.leader !== undefined || voters.length === 0 || live.length >= quorum(voters.length)) {
+      h.stuckSinceMs = undefined;
+      h.stuckReported = false;
+      return;
+    }
+    const now = this.#o.control.clock.now();
+    h.stuckSinceMs ??= now;
+    if (h.stuckReported || now - h.stuckSinceMs < 2 * this.#electionTimeoutMs()) return;
+    h.stuckReported = true;
+    const gone = voters.filter((v) => !live.includes(v));
+    this.emit('stuck', {
+      group: h.name,
+      detail:
+        `group ${h.name} has had no leader for ${Math.round(now - h.stuckSinceMs)} ms and only ${live.length} of its ` +
+        `${voters.length} voters are live (gone: ${gone.join(', ')}): it waits for them to come back, nothing is ` +
+        'removed. If they are gone for good, see `rebalancer fleet recover` (unsafe, docs/fleet-recovery.md)',
+    });
   }
 
   // ---- reports ----
