@@ -595,7 +595,7 @@ export class RaftDataLostError extends RebalancerError {
 export type FleetRecoveryRefusal = 'not-unsafe' | 'majority-not-lost' | 'no-replica' | 'node-not-live' | 'changed';
 
 /**
- * The unsafe recovery of a fleet group that lost its majority (docs/fleet-recovery.md) was refused: the caller did
+ * The unsafe recovery of a fleet group that lost its majority (docs/fleet.md, "A group that lost its majority") was refused: the caller did
  * not say it accepts losing data (`unsafe`), the group has not lost its majority (without `force`), the node to
  * recover from holds no replica of it or is not live, or the group kept changing while it was read. Nothing was
  * written. The message says what to do.

@@ -1,5 +1,5 @@
 /**
- * RaftNode.seedGroup (the fleet's unsafe recovery, docs/fleet-recovery.md): a group created on one node from
+ * RaftNode.seedGroup (the fleet's unsafe recovery, docs/fleet.md, "A group that lost its majority"): a group created on one node from
  * another group's exported state, not from initial(); replicas that join it later get that state through the
  * leader's snapshot, never a replay of the log onto initial(); it survives a restart; a group with state is refused.
  */

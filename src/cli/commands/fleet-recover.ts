@@ -1,6 +1,6 @@
 /**
  * `rebalancer fleet recover GROUP --fleet NAME --from NODE --unsafe [--force]`: the explicit, unsafe recovery of a
- * fleet group that lost its majority (docs/fleet-recovery.md), through the store alone. Registered under the
+ * fleet group that lost its majority (docs/fleet.md, "A group that lost its majority"), through the store alone. Registered under the
  * `fleet` command, which it creates only if no other module has.
  */
 import type { Command } from 'commander';
@@ -24,7 +24,7 @@ export function register(program: Command): void {
       'UNSAFE: restart GROUP, which lost a majority of its voters, from the replica on node --from (live, holding ' +
         'one): a new generation starts from the state that replica applied. Entries the lost voters committed that ' +
         'it had not applied are lost for good; the old replicas are dropped wherever they are. Read ' +
-        'docs/fleet-recovery.md first',
+        'docs/fleet.md, "A group that lost its majority" first',
     )
     .argument('<group>', 'the group to recover')
     .requiredOption('--fleet <name>', "the fleet's name (as given to joinFleet)")

@@ -175,7 +175,7 @@ export interface GroupRecord {
   readonly machine: string;
   readonly generation: number;
   /**
-   * Set by the unsafe recovery of a group that lost its majority (docs/fleet-recovery.md): this generation starts
+   * Set by the unsafe recovery of a group that lost its majority (docs/fleet.md, "A group that lost its majority"): this generation starts
    * from the state of the replica of generation `seed.generation` on node `seed.node`, not from the state machine's
    * initial state. The coordinator gives the generation's first desired record `initial = [seed.node]`; that node
    * bootstraps the group from its old replica's state, and every other replica joins.

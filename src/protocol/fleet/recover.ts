@@ -1,5 +1,5 @@
 /**
- * The explicit, unsafe recovery of a fleet group that lost its majority (docs/fleet-recovery.md). Nothing in the
+ * The explicit, unsafe recovery of a fleet group that lost its majority (docs/fleet.md, "A group that lost its majority"). Nothing in the
  * fleet ever does this by itself: a group whose voters are mostly gone waits for them (status `majority-lost`,
  * event `stuck`). Only an operator who accepts losing what the lost voters may have committed calls this.
  *
@@ -65,7 +65,7 @@ export async function recoverGroup(
       name,
       'not-unsafe',
       `recovering group ${name} keeps only one replica's state: entries the lost voters committed may be lost for ` +
-        'good. Say that you accept it with `unsafe: true` (the CLI: --unsafe); read docs/fleet-recovery.md first',
+        'good. Say that you accept it with `unsafe: true` (the CLI: --unsafe); read docs/fleet.md, "A group that lost its majority" first',
     );
   }
   const from = validateNodeId(options.from);

@@ -521,7 +521,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
    * Every other replica of the group must join it (`join: true`): one that started from `initial()` would apply the
    * log to another state. Replicas added later receive the snapshot from the leader (the log starts after it).
    * Refused with InvalidArgumentError when the group is open, being dropped, or already has state on this node.
-   * This is how the fleet recovers a group that lost its majority from one surviving replica (docs/fleet-recovery.md).
+   * This is how the fleet recovers a group that lost its majority from one surviving replica (docs/fleet.md, "A group that lost its majority").
    */
   async seedGroup(
     name: string,

@@ -507,7 +507,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * the lost voters committed that it had not applied are lost for good, and the old replicas are dropped wherever
    * they are (also when their nodes come back). Refused with FleetRecoveryRefusedError unless `unsafe: true`, when
    * the group has not lost its majority (unless `force: true`), or when `from` is not live or holds no replica.
-   * Resolves with the new record and a warning to show. docs/fleet-recovery.md.
+   * Resolves with the new record and a warning to show. docs/fleet.md, "A group that lost its majority".
    */
   async recoverGroup(
     name: string,
@@ -723,7 +723,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * The unsafe recovery (docs/fleet-recovery.md): create the new generation's replica from the state this node's
+   * The unsafe recovery (docs/fleet.md, "A group that lost its majority"): create the new generation's replica from the state this node's
    * replica of the old generation has applied. Only once that replica applied every entry it knows is committed
    * (else the next round tries again). The old replica is dropped by a later round, once the new one is held.
    */
@@ -889,7 +889,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /**
    * A replica that is not the leader reports a lost majority too: no leader known for two election timeouts while
    * fewer than a majority of its voters are live nodes of the fleet (a group whose leader died with the majority has
-   * nobody left to say it). `stuck` once per episode; nothing else is done (docs/fleet-recovery.md).
+   * nobody left to say it). `stuck` once per episode; nothing else is done (docs/fleet.md, "A group that lost its majority").
    */
   #watchLeaderless(h: Held, s: GroupStatus, view: FleetView): void {
     const g = view.groups.get(h.name);
@@ -913,7 +913,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       detail:
         `group ${h.name} has had no leader for ${Math.round(now - h.stuckSinceMs)} ms and only ${live.length} of its ` +
         `${voters.length} voters are live (gone: ${gone.join(', ')}): it waits for them to come back, nothing is ` +
-        'removed. If they are gone for good, see `rebalancer fleet recover` (unsafe, docs/fleet-recovery.md)',
+        'removed. If they are gone for good, see `rebalancer fleet recover` (unsafe, docs/fleet.md, "A group that lost its majority")',
     });
   }
 
