@@ -188,6 +188,8 @@ interface Held {
   changing: boolean;
   /** When a leadership transfer was last asked (not again within two election timeouts). */
   transferAtMs: number;
+  /** Transfers asked in a row without leadership moving (reset when this node becomes leader again). */
+  transferTries: number;
   /** Since when the planner has said `stuck` (reported once it lasts two election timeouts). */
   stuckSinceMs: number | undefined;
   stuckReported: boolean;
@@ -415,6 +417,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       if (held === undefined) return;
       if (e.leader === this.nodeId && !held.wasLeader) {
         held.wasLeader = true;
+        held.transferTries = 0;
         this.emit('led', { group: held.name, term: e.term });
       } else if (e.leader !== this.nodeId) held.wasLeader = false;
       this.#stepSoon();
@@ -648,12 +651,15 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.reportError(error, `fleet node: ${a.type} ${a.id}`);
       }
     }
-    const waits = decision.waits.map((w) => w.detail).join('\n');
+    // Waiting for a founder's address is transient (it is read from the store soon, or the coordinator places the
+    // group again): not an error. A missing state machine or seed needs someone to act: said once per set.
+    const waits = decision.waits
+      .filter((w) => w.reason !== 'unknown-address')
+      .map((w) => w.detail)
+      .join('\n');
     if (waits !== this.#waitsReported && waits !== '') {
       this.reportError(
-        new InvalidArgumentError(
-          `fleet ${this.fleet}, node ${this.nodeId}: ${decision.waits.length} group(s) wait: ${waits}`,
-        ),
+        new InvalidArgumentError(`fleet ${this.fleet}, node ${this.nodeId}: group(s) wait: ${waits}`),
         'fleet node: groups waiting',
       );
     }
@@ -713,6 +719,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       group,
       changing: false,
       transferAtMs: Number.NEGATIVE_INFINITY,
+      transferTries: 0,
       stuckSinceMs: undefined,
       stuckReported: false,
       wasLeader: false,
@@ -849,8 +856,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
     this.#report(h, s, 'moving', `next: ${step.type} ${step.node}`, now);
     if (step.type === 'transferLeader') {
-      if (now - h.transferAtMs < 2 * this.#electionTimeoutMs()) return;
+      // A transfer holds new commands back until it happens or is aborted (an election timeout): a target that
+      // keeps falling behind under load is asked again later and later (2, 4, 8… election timeouts, at most 30 s).
+      const backoffMs = Math.min(30_000, 2 ** Math.min(h.transferTries, 10) * 2 * this.#electionTimeoutMs());
+      if (now - h.transferAtMs < backoffMs) return;
       h.transferAtMs = now;
+      h.transferTries++;
       try {
         h.group.transferLeadership(step.node);
       } catch (error) {
