@@ -92,8 +92,8 @@ type Violation = SeedResult['violations'][number];
 export const FLEET_SIM = {
   ttlMs: 1000,
   gracePeriodMs: 1000,
-  tickMs: 10,
-  electionTicks: 10,
+  tickMs: 20,
+  electionTicks: 8,
   requestTimeoutMs: 600,
   catchUpLagEntries: 4,
   replicas: 3,
@@ -273,13 +273,17 @@ class FleetSim {
     const from = this.world.now();
     let settled: number | undefined;
     let lastStatus: FleetStatus | undefined;
+    let waiting: string | undefined = '';
     while (this.world.now() < from + FLEET_SIM.settleBoundMs) {
       const s = this.#readStatus();
       const r = await this.#until(s, 2000);
       if (r === 'unsafe') return this.#result(undefined, 'skipped');
       if (r === true) {
         lastStatus = await s;
-        if (this.#converged(lastStatus) === undefined) {
+        const why = this.#converged(lastStatus);
+        if (why !== waiting) this.#trace(`waiting: ${why ?? 'converged'}`);
+        waiting = why;
+        if (why === undefined) {
           settled = this.world.now() - from;
           break;
         }

@@ -363,6 +363,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** Reports waiting to be written, by group name (only the newest of a group is kept). */
   readonly #reports = new Map<string, ObservedRecord>();
   #reporting = 0;
+  /** Groups whose report is being written. */
+  readonly #reportingNames = new Set<string>();
   /** Remote clients of groups this node holds no member replica of, by Raft group id (bounded). */
   readonly #clients = new Map<string, RemoteGroupClient>();
   /** The leader a remote answer named, by Raft group id. */
@@ -846,8 +848,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   #drainReports(): void {
     while (this.#reporting < REPORT_CONCURRENCY && this.#reports.size > 0 && !this.#closed) {
-      const [name, rec] = this.#reports.entries().next().value as [string, ObservedRecord];
+      // One write per group at a time: two in flight may land in either order, and an older shape of the same term
+      // would then stand until the next lag report (found by the fleet simulation).
+      const next = [...this.#reports.entries()].find(([n]) => !this.#reportingNames.has(n));
+      if (next === undefined) return;
+      const [name, rec] = next;
       this.#reports.delete(name);
+      this.#reportingNames.add(name);
       this.#reporting++;
       reportObserved(this.#o.control.store, this.#control.keys, rec)
         .catch((error: unknown) => {
@@ -858,6 +865,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         })
         .finally(() => {
           this.#reporting--;
+          this.#reportingNames.delete(name);
           this.#drainReports();
         });
     }
