@@ -58,7 +58,7 @@ export interface FleetSimOptions {
   /** Groups of 3 replicas (default 8). */
   readonly groups?: number | undefined;
   readonly mutant?: FleetMutantName | undefined;
-  /** Virtual ms of faults and client load before the liveness phase (default 8000). */
+  /** Virtual ms of faults and client load before the liveness phase (default 6000). */
   readonly faultMs?: number | undefined;
   /** Stop the seed at its first safety violation (default true). */
   readonly stopAtFirstViolation?: boolean | undefined;
@@ -251,7 +251,7 @@ class FleetSim {
   // ---- the run ----
 
   async run(): Promise<FleetSeedResult> {
-    const faultMs = this.#o.faultMs ?? 8000;
+    const faultMs = this.#o.faultMs ?? 6000;
     const schedule = this.#drawSchedule(faultMs);
     for (const g of this.#groups) {
       await this.world.drive(addGroup(this.#admin, this.#keys, g, { replicas: FLEET_SIM.replicas, machine: MACHINE }));
@@ -706,7 +706,7 @@ class FleetSim {
     const name = `c${index + 1}`;
     let seq = 0;
     while (this.world.now() < untilMs) {
-      await new Promise<void>((resolve) => this.world.clock.setTimeout(resolve, rng.range(5, 40)));
+      await new Promise<void>((resolve) => this.world.clock.setTimeout(resolve, rng.range(10, 50)));
       const n = this.#pick(index + rng.int(0, this.#nodes.length - 1));
       if (n === undefined || this.world.now() >= untilMs) continue;
       const key = rng.pick(KEYS);
