@@ -105,6 +105,8 @@ export const FLEET_SIM = {
 } as const;
 
 const FLEET = 'sim';
+/** A removal is judged against the smallest desired count written within this window (longer than any fault). */
+const DESIRED_WINDOW_MS = 10_000;
 const MACHINE = 'kv';
 const SECRET = 'rebalancer-fleet-simulation-secret';
 const KEYS = ['x', 'log'] as const;
@@ -193,9 +195,12 @@ class FleetSim {
   /** Membership entries already checked (`group@index@term`). */
   readonly #checkedMoves = new Set<string>();
   #moves = 0;
+  /** Each group's desired member counts as written, with when (the planner may act on one it read a while ago). */
+  readonly #desiredCounts = new Map<string, { atMs: number; count: number }[]>();
   #hash = 0x811c9dc5;
   #faultsOn = true;
   readonly #stopEarly: boolean;
+  #watcher: { close(): Promise<void> } | undefined;
 
   constructor(o: FleetSimOptions, assertions: Violation[]) {
     this.#o = o;
@@ -256,6 +261,7 @@ class FleetSim {
     for (const g of this.#groups) {
       await this.world.drive(addGroup(this.#admin, this.#keys, g, { replicas: FLEET_SIM.replicas, machine: MACHINE }));
     }
+    this.#watcher = await this.world.drive(this.#admin.watch(this.#keys.desired, () => void this.#readDesired()));
     for (const n of this.#nodes) this.#start(n);
     for (const f of schedule) this.world.at(f.atMs, () => this.#apply(f));
     this.#trace(`schedule ${schedule.length} faults over ${this.#nodes.length} nodes`);
@@ -317,6 +323,7 @@ class FleetSim {
 
   #result(settledAfterMs: number | undefined, linearizability: FleetSeedResult['linearizability']): FleetSeedResult {
     for (const n of this.#nodes) if (n.alive) this.#kill(n, false);
+    void this.#watcher?.close();
     this.#mix(JSON.stringify(this.#ops));
     return {
       seed: this.#o.seed,
@@ -662,12 +669,30 @@ class FleetSim {
           `fewer than ${quorum(voters.length)}`,
       });
     }
-    if (change.type === 'remove' && voters.length < FLEET_SIM.replicas && !membership.learners.includes(change.node)) {
+    // Fewer voters than the smallest desired count written lately (a leader acts on the record it last read).
+    const counts = (this.#desiredCounts.get(groupId.slice(0, groupId.lastIndexOf(':'))) ?? []).filter(
+      (c, i, all) => c.atMs >= this.world.now() - DESIRED_WINDOW_MS || i === all.length - 1,
+    );
+    const wanted = Math.min(FLEET_SIM.replicas, ...counts.map((c) => c.count));
+    if (change.type === 'remove' && voters.length < wanted && !membership.learners.includes(change.node)) {
       this.#violations.push({
         atMs: this.world.now(),
         kind: 'remove-before-add',
-        detail: `group ${groupId}: ${leader} removed voter ${change.node} at ${e.index}, leaving ${voters.length} voters (${voters.join(', ')}) of the ${FLEET_SIM.replicas} desired`,
+        detail: `group ${groupId}: ${leader} removed voter ${change.node} at ${e.index}, leaving ${voters.length} voters (${voters.join(', ')}) of the ${wanted} desired`,
       });
+    }
+  }
+
+  /** Record each group's desired member count when it changes (on every hint of the desired/ prefix). */
+  async #readDesired(): Promise<void> {
+    const view = await readFleetView(this.#admin, this.#keys, () => undefined);
+    for (const g of view.groups.values()) {
+      const count = g.desired?.members.length;
+      if (count === undefined) continue;
+      let list = this.#desiredCounts.get(g.name);
+      if (list === undefined) this.#desiredCounts.set(g.name, (list = []));
+      if (list[list.length - 1]?.count !== count) list.push({ atMs: this.world.now(), count });
+      if (list.length > 64) list.shift();
     }
   }
 
