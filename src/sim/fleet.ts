@@ -459,7 +459,7 @@ class FleetSim {
         this.#trace(`join failed ${n.id}#${inc}: ${errorText(error)}`);
         this.#kill(n, false);
         this.world.at(this.world.now() + 500, () => {
-          if (n.state === 'down' && (this.#faultsOn ? true : true)) this.#start(n);
+          if (n.state === 'down') this.#start(n);
         });
       },
     );
@@ -492,8 +492,9 @@ class FleetSim {
     const left = (): void => {
       if (n.incarnation !== inc || !n.alive) return;
       this.#trace(`left ${n.id}#${inc}`);
-      // The process exits once it left: its clock stops, its disk stays.
+      // The process exits once it left: its clock stops, its disk stays. After the heal it comes back at once.
       this.#kill(n, false);
+      if (!this.#faultsOn) this.#start(n);
     };
     fleet.deactivate({ timeoutMs: FLEET_SIM.drainTimeoutMs }).then(left, (error: unknown) => {
       if (n.incarnation !== inc || !n.alive) return;
@@ -546,7 +547,7 @@ class FleetSim {
         count();
         this.#kill(n, true);
         this.world.at(end, () => {
-          if (this.#faultsOn && n.state === 'down') this.#start(n);
+          if (n.state === 'down') this.#start(n);
         });
         return;
       case 'deactivate':
@@ -554,7 +555,7 @@ class FleetSim {
         count();
         this.#deactivate(n);
         this.world.at(end + FLEET_SIM.drainTimeoutMs, () => {
-          if (this.#faultsOn && n.state === 'down') this.#start(n);
+          if (n.state === 'down') this.#start(n);
         });
         return;
       case 'zone-drain': {
@@ -564,7 +565,7 @@ class FleetSim {
         count();
         for (const x of zone) this.#deactivate(x);
         this.world.at(end + FLEET_SIM.drainTimeoutMs, () => {
-          for (const x of zone) if (this.#faultsOn && x.state === 'down') this.#start(x);
+          for (const x of zone) if (x.state === 'down') this.#start(x);
         });
         return;
       }
