@@ -310,7 +310,7 @@ class FleetSim {
       });
     } else {
       this.#trace(`converged after ${settled.toFixed(0)} ms`);
-      // One command per group, through a node that holds no replica of it where there is one (routing included).
+      // One command per group, through a node picked as the clients pick theirs (its replica, or routed).
       const finals = Promise.all(this.#groups.map((g, i) => this.#finalCommand(g, i)));
       if ((await this.#until(finals, 10_000)) === 'unsafe') return this.#result(settled, 'skipped');
     }
@@ -580,7 +580,7 @@ class FleetSim {
           this.#msgFaults.partition(p.id, n.id);
         }
         this.world.at(end, () => {
-          n.partitioned = false;
+          if (f.kind === 'isolate') n.partitioned = false;
           for (const p of this.#nodes) {
             if (p === n) continue;
             this.#msgFaults.heal(n.id, p.id);
