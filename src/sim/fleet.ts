@@ -145,6 +145,7 @@ const FAULT_KINDS: readonly FaultKind[] = [
   'deactivate',
   'deactivate',
   'zone-drain',
+  'zone-drain',
   'isolate',
   'raft-cut',
   'store-cut',
@@ -732,7 +733,7 @@ class FleetSim {
     const name = `c${index + 1}`;
     let seq = 0;
     while (this.world.now() < untilMs) {
-      await new Promise<void>((resolve) => this.world.clock.setTimeout(resolve, rng.range(10, 50)));
+      await new Promise<void>((resolve) => this.world.clock.setTimeout(resolve, rng.range(25, 100)));
       const n = this.#pick(index + rng.int(0, this.#nodes.length - 1));
       if (n === undefined || this.world.now() >= untilMs) continue;
       const key = rng.pick(KEYS);
