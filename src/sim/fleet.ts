@@ -313,7 +313,15 @@ class FleetSim {
       this.#trace(`converged after ${settled.toFixed(0)} ms`);
       // One command per group, through a node picked as the clients pick theirs (its replica, or routed).
       const finals = Promise.all(this.#groups.map((g, i) => this.#finalCommand(g, i)));
-      if ((await this.#until(finals, 10_000)) === 'unsafe') return this.#result(settled, 'skipped');
+      const f = await this.#until(finals, 10_000);
+      if (f === 'unsafe') return this.#result(settled, 'skipped');
+      if (f === false) {
+        this.#violations.push({
+          atMs: this.world.now(),
+          kind: 'liveness',
+          detail: 'a command after convergence neither completed nor failed within 10 s',
+        });
+      }
     }
     const lin = checkOperations(kvModel(), this.#history.operations(), { maxStepsPerPartition: 400_000 });
     if (lin.result === 'illegal') {
