@@ -715,7 +715,15 @@ class FleetSim {
   #converged(s: FleetStatus): string | undefined {
     const notUp = this.#nodes.filter((n) => n.state !== 'up').map((n) => n.id);
     if (notUp.length > 0) return `nodes not up: ${notUp.join(', ')}`;
+    // Up is not enough: a node whose session ended while it was cut off registers again, and the groups must be
+    // placed on it again (every node active in the fleet, every group with its full member count).
+    const active = new Set(s.nodes.filter((x) => x.state === 'active').map((x) => x.id));
+    const absent = this.#nodes.filter((n) => !active.has(n.id)).map((n) => n.id);
+    if (absent.length > 0) return `nodes not active in the fleet's records: ${absent.join(', ')}`;
+    const members = Math.min(FLEET_SIM.replicas, this.#nodes.length);
     for (const g of s.groups) {
+      if (g.desired.length !== members)
+        return `group ${g.name} has ${g.desired.length} desired members, not ${members}`;
       if (g.health !== 'converged') return `group ${g.name} is ${g.health}: ${g.detail}`;
       const id = raftGroupId(g.name, g.generation);
       const leaders = this.#nodes.flatMap((n) =>
