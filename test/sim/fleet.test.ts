@@ -14,7 +14,7 @@ import { FLEET_MUTANTS, type FleetMutantName } from '../../src/protocol/mutants.
 import { runFleetSim } from '../../src/sim/fleet.js';
 import { runSimulation } from '../../src/sim/run.js';
 
-const SEEDS = Number(process.env['REBALANCER_FLEET_SIM_SEEDS'] ?? 8);
+const SEEDS = Number(process.env['REBALANCER_FLEET_SIM_SEEDS'] ?? 30);
 
 /** The first seed (from 1) at which each mutant is caught, and by which check. */
 const FIRST_FAILING: Record<FleetMutantName, { seed: number; kind: string }> = {
@@ -27,7 +27,7 @@ describe('fleet simulation', () => {
     const s = await runSimulation({ scenario: 'fleet', protocol: 'resource-barrier', seeds: SEEDS });
     expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
     expect(s.seeds).toBe(SEEDS);
-    expect(s.steps).toBeGreaterThan(SEEDS * 10_000);
+    expect(s.steps).toBeGreaterThan(SEEDS * 15_000);
   }, 600_000);
 
   it('a seed replays identically, moves groups, converges and checks its history', async () => {
