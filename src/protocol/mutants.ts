@@ -36,8 +36,18 @@ export const SLOTS_MUTANTS = {
 
 export type SlotsMutantName = keyof typeof SLOTS_MUTANTS;
 
+/** Broken variants of the fleet's planner and replica rules (`rebalancer sim --scenario fleet --mutant NAME`). */
+export const FLEET_MUTANTS = {
+  'fleet-remove-before-add':
+    'the planner removes a voter that is not desired before its replacement is added and caught up, ignoring the quorum check',
+  'fleet-bootstrap-always':
+    'a new replica on a founding member bootstraps from `initial` (votes not held) even after the desired record was rewritten',
+} as const;
+
+export type FleetMutantName = keyof typeof FLEET_MUTANTS;
+
 /** The mutants switched on for one run (empty in production). */
-export type Mutants = ReadonlySet<MutantName | SlotsMutantName>;
+export type Mutants = ReadonlySet<MutantName | SlotsMutantName | FleetMutantName>;
 
 export const NO_MUTANTS: Mutants = new Set();
 
@@ -47,4 +57,8 @@ export function isMutantName(name: string): name is MutantName {
 
 export function isSlotsMutantName(name: string): name is SlotsMutantName {
   return Object.prototype.hasOwnProperty.call(SLOTS_MUTANTS, name);
+}
+
+export function isFleetMutantName(name: string): name is FleetMutantName {
+  return Object.prototype.hasOwnProperty.call(FLEET_MUTANTS, name);
 }

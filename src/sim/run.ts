@@ -4,8 +4,9 @@
  */
 import type { PlacementStrategy } from '../placement/index.js';
 import type { Protocol } from '../protocol/groups/keys.js';
-import type { MutantName, SlotsMutantName } from '../protocol/mutants.js';
+import type { FleetMutantName, MutantName, SlotsMutantName } from '../protocol/mutants.js';
 import type { RaftMutantName } from '../raft/mutants.js';
+import { runFleetSim } from './fleet.js';
 import { runGroupsSim } from './groups.js';
 import { runRaftSim } from './raft.js';
 import { runSlotsSim } from './slots.js';
@@ -13,8 +14,10 @@ import { runSlotsSim } from './slots.js';
 /**
  * `slots-crash-and-leave`: the slots simulator's one fixed scenario instead of random faults (runSlotsSim).
  * `raft`: one Raft group of real nodes on a simulated network and disks (runRaftSim).
+ * `fleet`: real fleet nodes (control plane on the memory store, Raft on the simulated network and disks) running
+ * many groups (runFleetSim).
  */
-export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave' | 'raft';
+export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave' | 'raft' | 'fleet';
 
 /** What every scenario reports per seed. */
 export interface SeedResult {
@@ -34,10 +37,10 @@ export interface SimRunOptions {
   readonly seed?: number | undefined;
   /** Nodes (groups) or sites (slots). */
   readonly nodes?: number | undefined;
-  /** Resources (groups) or slots (slots). */
+  /** Resources (groups), slots (slots) or Raft groups (fleet). */
   readonly resources?: number | undefined;
   readonly strategy?: PlacementStrategy | undefined;
-  readonly mutant?: MutantName | SlotsMutantName | RaftMutantName | undefined;
+  readonly mutant?: MutantName | SlotsMutantName | RaftMutantName | FleetMutantName | undefined;
   /** Stop at the first failing seed (mutant hunting). */
   readonly stopOnFailure?: boolean | undefined;
   readonly onSeed?: ((result: SeedResult, index: number) => void) | undefined;
@@ -46,7 +49,7 @@ export interface SimRunOptions {
 export interface SimSummary {
   readonly scenario: string;
   readonly protocol: Protocol | null;
-  readonly mutant: MutantName | SlotsMutantName | RaftMutantName | null;
+  readonly mutant: MutantName | SlotsMutantName | RaftMutantName | FleetMutantName | null;
   readonly seeds: number;
   readonly steps: number;
   readonly violations: number;
@@ -78,22 +81,29 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
     const r: SeedResult =
       o.scenario === 'raft'
         ? await runRaftSim({ seed, nodes: o.nodes, mutant: o.mutant as RaftMutantName | undefined })
-        : o.scenario !== 'groups'
-          ? await runSlotsSim({
+        : o.scenario === 'fleet'
+          ? await runFleetSim({
               seed,
-              sites: o.nodes,
-              slots: o.resources,
-              mutant: o.mutant as SlotsMutantName | undefined,
-              crashAndLeave: o.scenario === 'slots-crash-and-leave',
+              nodes: o.nodes,
+              groups: o.resources,
+              mutant: o.mutant as FleetMutantName | undefined,
             })
-          : await runGroupsSim({
-              seed,
-              protocol: o.protocol,
-              mutant: o.mutant as MutantName | undefined,
-              ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
-              ...(o.resources === undefined ? {} : { resources: o.resources }),
-              ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
-            });
+          : o.scenario !== 'groups'
+            ? await runSlotsSim({
+                seed,
+                sites: o.nodes,
+                slots: o.resources,
+                mutant: o.mutant as SlotsMutantName | undefined,
+                crashAndLeave: o.scenario === 'slots-crash-and-leave',
+              })
+            : await runGroupsSim({
+                seed,
+                protocol: o.protocol,
+                mutant: o.mutant as MutantName | undefined,
+                ...(o.nodes === undefined ? {} : { nodes: o.nodes }),
+                ...(o.resources === undefined ? {} : { resources: o.resources }),
+                ...(o.strategy === undefined ? {} : { strategy: o.strategy }),
+              });
     ran++;
     steps += r.steps;
     violations += r.violations.length;

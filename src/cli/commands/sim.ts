@@ -3,13 +3,13 @@ import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
 import { PLACEMENT_STRATEGIES, type PlacementStrategy } from '../../placement/index.js';
 import { PROTOCOLS, type Protocol } from '../../protocol/groups/keys.js';
-import type { MutantName, SlotsMutantName } from '../../protocol/mutants.js';
+import type { FleetMutantName, MutantName, SlotsMutantName } from '../../protocol/mutants.js';
 import type { RaftMutantName } from '../../raft/mutants.js';
 import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
 import { choiceFlag, integerFlag, parseChoice } from '../input.js';
 
-const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave', 'raft'];
+const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave', 'raft', 'fleet'];
 
 interface SimFlags {
   scenario: SimScenario;
@@ -48,24 +48,26 @@ export function register(program: Command): void {
     .addOption(
       integerFlag(
         '--nodes <n>',
-        'simulated nodes (default 5; slots: sites, default 4; raft: 3 or 5, default 3)',
+        'simulated nodes (default 5; slots: sites, default 4; raft: 3 or 5, default 3; fleet: 3-6, default drawn 4-6)',
         NODES,
       ),
     )
     .addOption(integerFlag('--sites <n>', 'slots: simulated sites (same as --nodes)', NODES))
     .addOption(integerFlag('--slots <n>', 'slots: slot count (default 24)', { ...RESOURCES, min: 1 }))
-    .addOption(integerFlag('--resources <k>', 'resources at the start (default 12)', RESOURCES))
+    .addOption(
+      integerFlag('--resources <k>', 'resources at the start (default 12; fleet: Raft groups, default 8)', RESOURCES),
+    )
     .addOption(choiceFlag('--strategy <name>', 'placement', PLACEMENT_STRATEGIES))
     .option('--mutant <name>', 'run a deliberately broken variant (see --list-mutants); the checker must catch it')
     .option('--list-mutants', 'print the mutant names and what each breaks')
     .action(async (o: SimFlags) => {
       const json = globalOptions(program).json === true;
-      const { MUTANTS, SLOTS_MUTANTS } = await import('../../protocol/mutants.js');
+      const { MUTANTS, SLOTS_MUTANTS, FLEET_MUTANTS } = await import('../../protocol/mutants.js');
       const { RAFT_MUTANTS } = await import('../../raft/mutants.js');
       if (o.listMutants === true) {
         if (json) {
           process.stdout.write(
-            `${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS, raftMutants: RAFT_MUTANTS })}\n`,
+            `${JSON.stringify({ mutants: MUTANTS, slotsMutants: SLOTS_MUTANTS, raftMutants: RAFT_MUTANTS, fleetMutants: FLEET_MUTANTS })}\n`,
           );
         } else {
           process.stdout.write('--scenario groups:\n');
@@ -76,14 +78,23 @@ export function register(program: Command): void {
           process.stdout.write('--scenario raft:\n');
           for (const [name, what] of Object.entries(RAFT_MUTANTS))
             process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
+          process.stdout.write('--scenario fleet:\n');
+          for (const [name, what] of Object.entries(FLEET_MUTANTS))
+            process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
         }
         return;
       }
       const { scenario, protocol, strategy, seeds, seed } = o;
       // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
       const mutantNames = Object.keys(
-        scenario === 'groups' ? MUTANTS : scenario === 'raft' ? RAFT_MUTANTS : SLOTS_MUTANTS,
-      ) as (MutantName | SlotsMutantName | RaftMutantName)[];
+        scenario === 'groups'
+          ? MUTANTS
+          : scenario === 'raft'
+            ? RAFT_MUTANTS
+            : scenario === 'fleet'
+              ? FLEET_MUTANTS
+              : SLOTS_MUTANTS,
+      ) as (MutantName | SlotsMutantName | RaftMutantName | FleetMutantName)[];
       const mutant = o.mutant === undefined ? undefined : parseChoice('--mutant', o.mutant, mutantNames);
       // --sites and --slots are the slots scenario's names for --nodes and --resources.
       const nodes = o.nodes ?? o.sites;
@@ -91,7 +102,15 @@ export function register(program: Command): void {
       if (scenario === 'raft' && nodes !== undefined && nodes !== 3 && nodes !== 5) {
         throw new InvalidArgumentError(`--nodes with --scenario raft must be 3 or 5, got "${nodes}"`);
       }
-      if (scenario !== 'groups' && scenario !== 'raft' && resources === 0) {
+      if (scenario === 'fleet' && nodes !== undefined && (nodes < 3 || nodes > 6)) {
+        throw new InvalidArgumentError(`--nodes with --scenario fleet must be 3 to 6, got "${nodes}"`);
+      }
+      if (scenario === 'fleet' && resources === 0) {
+        throw new InvalidArgumentError(
+          '--resources is the Raft group count with --scenario fleet: at least 1, got "0"',
+        );
+      }
+      if (scenario !== 'groups' && scenario !== 'raft' && scenario !== 'fleet' && resources === 0) {
         throw new InvalidArgumentError('--resources is the slot count with --scenario slots: from 1 to 5000, got "0"');
       }
       const { runSimulation } = await import('../../sim/run.js');

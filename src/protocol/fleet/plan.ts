@@ -48,6 +48,7 @@
  */
 import { InvalidArgumentError } from '../../errors.js';
 import type { Membership, MembershipChange, NodeId } from '../../raft/messages.js';
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 
 /** What the leader knows of one other replica's replication. */
 export interface ReplicaProgress {
@@ -102,7 +103,7 @@ export function membershipChangeOf(step: PlanStep): MembershipChange | undefined
 }
 
 /** The one step the leader should take next (the rules are in this file's comment). */
-export function nextStep(input: PlanInput): PlanStep {
+export function nextStep(input: PlanInput, mutants: Mutants = NO_MUTANTS): PlanStep {
   check(input);
   const { membership, desired, leader, progress, lastIndex, live, catchUpLagEntries } = input;
   const voters = [...membership.voters].sort();
@@ -126,6 +127,11 @@ export function nextStep(input: PlanInput): PlanStep {
   // 1.
   if (!voterSet.has(leader)) {
     return none('leader-leaving', `the leader ${leader} is no longer a voter; it hands leadership over by itself`);
+  }
+  if (mutants.has('fleet-remove-before-add')) {
+    // The mutant: a voter that is not desired goes first, whatever the others' health (no quorum check).
+    const extra = voters.find((n) => !wanted.has(n) && n !== leader);
+    if (extra !== undefined) return { type: 'remove', node: extra };
   }
   // 2.
   const reachableVoters = voters.filter(reachable).length;

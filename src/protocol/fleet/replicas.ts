@@ -26,6 +26,7 @@
  * - A group whose state machine is not one of this node's `machines` is not opened (reported, nothing else
  *   happens: the coordinator keeps the placement, the group runs on its other members).
  */
+import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import { parseRaftGroupId, raftGroupId, type DesiredRecord, type GroupSeed, type ObservedRecord } from './keys.js';
 
 /** One replica open on this node, as the node sees it. */
@@ -100,7 +101,7 @@ export interface ReplicaDecision {
   readonly waits: readonly ReplicaWait[];
 }
 
-export function decideReplicas(input: ReplicaInput): ReplicaDecision {
+export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANTS): ReplicaDecision {
   const { nodeId, groups, open, stored, machines } = input;
   const actions: ReplicaAction[] = [];
   const waits: ReplicaWait[] = [];
@@ -144,7 +145,8 @@ export function decideReplicas(input: ReplicaInput): ReplicaDecision {
       waits.push(unknownMachine(g));
       continue;
     }
-    if (d.version === 1 && d.initial.includes(nodeId)) {
+    // The mutant bootstraps a founding member's new replica whatever the desired record's version.
+    if ((d.version === 1 || mutants.has('fleet-bootstrap-always')) && d.initial.includes(nodeId)) {
       const unknown = d.initial.filter((m) => m !== nodeId && !input.addressable(m));
       if (unknown.length > 0) {
         waits.push({

@@ -45,9 +45,10 @@ import { membershipChangeOf, nextStep, quorum, type PlanStep } from '../../proto
 import { recoverGroup, type RecoverGroupResult } from '../../protocol/fleet/recover.js';
 import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
+import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { MembershipChange } from '../../raft/messages.js';
 import { RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
-import { startRaftNode, type RaftNode } from '../../raft/node/node.js';
+import { startRaftNode, type RaftNode, type RaftNodeIo } from '../../raft/node/node.js';
 import type { Consistency, GroupStatus, RaftGroup } from '../../raft/node/group.js';
 import { jsonCodec, type Codec, type StateMachine } from '../../raft/node/state-machine.js';
 import type { TlsOptions } from '../../raft/transport/transport.js';
@@ -156,6 +157,15 @@ const REPORT_LAG_EVERY_MS = 10_000;
 /** Reports written at once (each is two transactions). */
 const REPORT_CONCURRENCY = 4;
 const IDENTITY_FILE = 'fleet.json';
+
+/** Knobs only the simulator uses (src/sim/fleet.ts); not part of the public options. */
+export interface FleetInternals extends RuntimeInternals {
+  /**
+   * The Raft node's io (disk, network, timers, clock, randomness). With `raftIo.disk` the node keeps everything on
+   * that disk: `dataDir` is only a name then, and no file is read or written (a simulated node has no directory).
+   */
+  readonly raftIo?: RaftNodeIo | undefined;
+}
 /** Remote clients kept (one per group this node sends requests to without holding it). */
 const MAX_REMOTE_CLIENTS = 10_000;
 
@@ -249,7 +259,7 @@ function readMachines(r: OptionReader): Resolved['machines'] {
  * Join a fleet: start this node's Raft node on `dataDir`, register in the fleet's control plane and serve the
  * replicas placed here. Resolves once registered; replicas open as the coordinator places them (`groupGained`).
  */
-export async function joinFleet(options: JoinFleetOptions, internals: RuntimeInternals = {}): Promise<FleetNode> {
+export async function joinFleet(options: JoinFleetOptions, internals: FleetInternals = {}): Promise<FleetNode> {
   // Read and check every option before touching the disk or the network.
   const r = new OptionReader(options, 'joinFleet options');
   const dataDir = r.string('dataDir', undefined, 4096);
@@ -288,10 +298,11 @@ export async function joinFleet(options: JoinFleetOptions, internals: RuntimeInt
     maxConcurrentChanges,
     catchUpLagEntries,
   };
-  await checkDataDirIdentity(dataDir, control.fleet, control.node.id);
+  const onDisk = internals.raftIo?.disk === undefined;
+  if (onDisk) await checkDataDirIdentity(dataDir, control.fleet, control.node.id);
   const raft = await startRaftNode({
     id: control.node.id,
-    dataDir: join(dataDir, 'raft'),
+    ...(onDisk ? { dataDir: join(dataDir, 'raft') } : {}),
     listen: resolved.listen,
     peers: {},
     secret,
@@ -301,10 +312,11 @@ export async function joinFleet(options: JoinFleetOptions, internals: RuntimeInt
     electionTicks,
     requestTimeoutMs,
     ...(tls !== undefined ? { tls } : {}),
+    ...(internals.raftIo !== undefined ? { io: internals.raftIo } : {}),
   });
   let node: FleetNode | undefined;
   try {
-    await writeDataDirIdentity(dataDir, control.fleet, control.node.id);
+    if (onDisk) await writeDataDirIdentity(dataDir, control.fleet, control.node.id);
     node = new FleetNode(resolved, raft, { ...control, incarnation: raft.incarnation }, internals);
     await node.start();
     return node;
@@ -363,6 +375,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** Reports waiting to be written, by group name (only the newest of a group is kept). */
   readonly #reports = new Map<string, ObservedRecord>();
   #reporting = 0;
+  /** Groups whose report is being written. */
+  readonly #reportingNames = new Set<string>();
   /** Remote clients of groups this node holds no member replica of, by Raft group id (bounded). */
   readonly #clients = new Map<string, RemoteGroupClient>();
   /** The leader a remote answer named, by Raft group id. */
@@ -375,6 +389,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #closed = false;
   #deactivating = false;
   readonly #drained = new Set<() => void>();
+  readonly #mutants: Mutants;
 
   /** Use joinFleet(). */
   constructor(o: Resolved, raft: RaftNode, control: ResolvedFleetControlOptions, internals: RuntimeInternals) {
@@ -384,6 +399,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
     this.#control = new FleetControl(control, internals);
+    this.#mutants = internals.mutants ?? NO_MUTANTS;
     this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
     this.#loop = new Loop(
       () => this.#round(),
@@ -634,14 +650,17 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         committed: s.committed,
       });
     }
-    const decision = decideReplicas({
-      nodeId: this.nodeId,
-      groups: view.groups,
-      open,
-      stored: new Set(this.#raft.storedGroups().filter((id) => !this.#held.has(id))),
-      machines: new Set(this.#o.machines.keys()),
-      addressable: (n) => this.#addresses.has(n),
-    });
+    const decision = decideReplicas(
+      {
+        nodeId: this.nodeId,
+        groups: view.groups,
+        open,
+        stored: new Set(this.#raft.storedGroups().filter((id) => !this.#held.has(id))),
+        machines: new Set(this.#o.machines.keys()),
+        addressable: (n) => this.#addresses.has(n),
+      },
+      this.#mutants,
+    );
     this.#lastCostMs = clock.now() - startedAtMs;
     for (const a of decision.actions) {
       if (this.#closed) return;
@@ -758,7 +777,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const kv = await this.#o.control.store.get(this.#control.keys.desiredOf(a.name));
     if (kv === undefined) return false;
     const d = decodeDesired(this.#control.keys, kv.key, kv.value);
-    return d.version === 1 && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId);
+    const first = d.version === 1 || this.#mutants.has('fleet-bootstrap-always');
+    return first && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId);
   }
 
   // ---- the steps: each led group one change closer to its desired record ----
@@ -828,15 +848,18 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       return;
     }
     const live = new Set(view.nodes.keys());
-    const step: PlanStep = nextStep({
-      membership: s.membership,
-      desired: { members: d.members, leader: d.leader },
-      leader: this.nodeId,
-      progress: s.progress,
-      lastIndex: s.lastIndex,
-      live,
-      catchUpLagEntries: this.#o.catchUpLagEntries,
-    });
+    const step: PlanStep = nextStep(
+      {
+        membership: s.membership,
+        desired: { members: d.members, leader: d.leader },
+        leader: this.nodeId,
+        progress: s.progress,
+        lastIndex: s.lastIndex,
+        live,
+        catchUpLagEntries: this.#o.catchUpLagEntries,
+      },
+      this.#mutants,
+    );
     if (step.type === 'stuck') {
       // A new leader has not heard from anyone yet: only a loss that lasts is reported.
       h.stuckSinceMs ??= now;
@@ -955,8 +978,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   #drainReports(): void {
     while (this.#reporting < REPORT_CONCURRENCY && this.#reports.size > 0 && !this.#closed) {
-      const [name, rec] = this.#reports.entries().next().value as [string, ObservedRecord];
+      // One write per group at a time: two in flight may land in either order, and an older shape of the same term
+      // would then stand until the next lag report (found by the fleet simulation).
+      const next = [...this.#reports.entries()].find(([n]) => !this.#reportingNames.has(n));
+      if (next === undefined) return;
+      const [name, rec] = next;
       this.#reports.delete(name);
+      this.#reportingNames.add(name);
       this.#reporting++;
       reportObserved(this.#o.control.store, this.#control.keys, rec)
         .catch((error: unknown) => {
@@ -967,6 +995,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         })
         .finally(() => {
           this.#reporting--;
+          this.#reportingNames.delete(name);
           this.#drainReports();
         });
     }
