@@ -34,6 +34,11 @@ import type { ControlCommand, FleetWorkerConfig, HistoryLine } from './fleet-wor
 
 const WORKER = fileURLToPath(new URL('./fleet-worker.ts', import.meta.url));
 const TICK_MS = 50;
+/**
+ * Election timeouts of 1–2 s (20–40 ticks) rather than the default 10: on a shared 2-core machine under load, node
+ * processes stall for hundreds of milliseconds, and with 0.5 s timeouts the groups kept electing instead of working.
+ */
+const ELECTION_TICKS = 20;
 const SESSION_TTL_MS = 2000;
 const GRACE_PERIOD_MS = 1000;
 /** A node process starting (tsx, the store, joinFleet, maybe waiting out its old session) on a loaded machine. */
@@ -97,6 +102,7 @@ class ProcessFleet {
       historyFile: join(this.dir, `${name}.hist`),
       instance: name,
       tickMs: TICK_MS,
+      electionTicks: ELECTION_TICKS,
       sessionTtlMs: SESSION_TTL_MS,
       gracePeriodMs: this.#settings.gracePeriodMs,
       minNodes: this.#settings.minNodes,
