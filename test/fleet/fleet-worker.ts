@@ -111,13 +111,14 @@ function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? err.message) : String(err);
 }
 
-let node: FleetNode | undefined;
+/** The node once joined (a signal during the join just exits). */
+const running: { node?: FleetNode } = {};
 let exiting = false;
 const shutdown = (signal: string): void => {
   if (exiting) return;
   exiting = true;
   say({ ev: 'signal', signal });
-  void (node?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+  void (running.node?.close() ?? Promise.resolve()).finally(() => process.exit(0));
 };
 process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
@@ -126,7 +127,7 @@ const store = await openStore(config.storeUrl, {
   namespace: config.namespace,
   maxSessionTtlMs: 2 * config.sessionTtlMs,
 });
-node = await joinFleet({
+const fleet: FleetNode = await joinFleet({
   store,
   fleet: config.fleet,
   node: { id: config.id, zone: config.zone, address: `127.0.0.1:${config.port}` },
@@ -140,7 +141,7 @@ node = await joinFleet({
   minNodes: config.minNodes,
   requestTimeoutMs: config.requestTimeoutMs,
 });
-const fleet: FleetNode = node;
+running.node = fleet;
 // Errors are printed, never swallowed; the test reads them when something fails.
 fleet.on('error', (e) => say({ ev: 'error', context: e.context, error: describe(e.error) }));
 fleet.on('stuck', (e) => say({ ev: 'stuck', ...e }));
