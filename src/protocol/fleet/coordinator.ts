@@ -16,6 +16,9 @@
  *   the groups naming it are held (not rewritten) until that grace ends, instead of being placed with it.
  * - A group whose desired record could not be read is skipped (never overwritten unread, ADR 0012) and listed in
  *   `skipped`; the others go on.
+ * - A group being founded (its first desired record, no report from a leader yet) is not rebalanced: its founders
+ *   bootstrap only from that record (replicas.ts), and one that opened its replica after a rewrite would join and
+ *   hold its votes. Only a member that is no longer placeable rewrites it.
  * - At most `maxWritesPerRound` groups per round, most urgent first: groups with no desired record, then groups
  *   with a desired member that is no longer placeable, then the rest (rebalancing, leader moves); by name within
  *   each. `pending` says how many wait for the next round.
@@ -59,7 +62,10 @@ export interface FleetRoundDecision {
   readonly skipped: readonly { readonly name: string; readonly key: string }[];
   /** Groups left as they are because no node is placeable (no active node, or fewer than minNodes for a new group). */
   readonly unplaced: number;
-  /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
+  /**
+   * Groups left as they are while a member this coordinator never saw live is within its grace period, or while
+   * the group is being founded (its first desired record, no leader's report yet) and every member is placeable.
+   */
   readonly held: number;
   /** The full placement computed this round. */
   readonly placement: FleetPlacement;
@@ -119,6 +125,7 @@ export function decideFleetRound(
   const urgent: DesiredEntry[][] = [[], [], []];
   let unplaced = 0;
   let held = 0;
+  let founding = 0;
   for (const p of placement.groups) {
     const group = view.groups.get(p.name);
     if (group === undefined) continue;
@@ -140,7 +147,13 @@ export function decideFleetRound(
     const entry: DesiredEntry = { name: p.name, members: p.members, leader: p.leader };
     if (d === undefined) urgent[0]!.push(entry);
     else if (d.members.some((m) => !placeable.has(m))) urgent[1]!.push(entry);
-    else urgent[2]!.push(entry);
+    else if (d.version === 1 && group.observed === undefined) {
+      // Being founded: its founding members bootstrap only from the first desired record; one that opens its
+      // replica after a rewrite joins instead, holding its votes until it has seen a leader. With a majority of the
+      // founders late (a slow start, peers' addresses not known yet) the group could never elect one (seen in
+      // test/fleet/processes.test.ts). Rebalancing waits for its first leader's report.
+      founding++;
+    } else urgent[2]!.push(entry);
   }
   // placement.groups is sorted by name, so each tier is too.
   const all = urgent.flat();
@@ -150,7 +163,7 @@ export function decideFleetRound(
     pending: Math.max(0, all.length - max),
     skipped,
     unplaced,
-    held,
+    held: held + founding,
     placement,
     memory: { departed, lastActive: active, unknown },
     wakeAtMs,
