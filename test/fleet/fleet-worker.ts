@@ -47,6 +47,7 @@ export interface FleetWorkerConfig {
   /** Names this process's clients (unique over the test: the node id and its start count). */
   readonly instance: string;
   readonly tickMs: number;
+  readonly electionTicks: number;
   readonly sessionTtlMs: number;
   readonly gracePeriodMs: number;
   readonly minNodes: number;
@@ -86,6 +87,11 @@ const CLIENT_PAUSE_MS = 30;
 /** Share of reads among client operations. */
 const READ_SHARE = 0.2;
 const CONTROL_POLL_MS = 50;
+/**
+ * FLEET_WORKER_BROKEN=fake-ack: now and then a client records an append as acknowledged without sending it — for
+ * checking that the test's checks fail (a lost acknowledged command, a history that is not linearizable).
+ */
+const BROKEN = process.env['FLEET_WORKER_BROKEN'] ?? '';
 
 const raw = process.env['FLEET_WORKER_CONFIG'];
 if (raw === undefined) {
@@ -105,13 +111,14 @@ function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? err.message) : String(err);
 }
 
-let node: FleetNode | undefined;
+/** The node once joined (a signal during the join just exits). */
+const running: { node?: FleetNode } = {};
 let exiting = false;
 const shutdown = (signal: string): void => {
   if (exiting) return;
   exiting = true;
   say({ ev: 'signal', signal });
-  void (node?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+  void (running.node?.close() ?? Promise.resolve()).finally(() => process.exit(0));
 };
 process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
@@ -120,7 +127,7 @@ const store = await openStore(config.storeUrl, {
   namespace: config.namespace,
   maxSessionTtlMs: 2 * config.sessionTtlMs,
 });
-node = await joinFleet({
+const fleet: FleetNode = await joinFleet({
   store,
   fleet: config.fleet,
   node: { id: config.id, zone: config.zone, address: `127.0.0.1:${config.port}` },
@@ -128,12 +135,13 @@ node = await joinFleet({
   secret: 'the secret of the fleet process test',
   machines: { kv: { stateMachine: kvStateMachine(), snapshotEntries: 500 } },
   tickMs: config.tickMs,
+  electionTicks: config.electionTicks,
   sessionTtlMs: config.sessionTtlMs,
   gracePeriodMs: config.gracePeriodMs,
   minNodes: config.minNodes,
   requestTimeoutMs: config.requestTimeoutMs,
 });
-const fleet: FleetNode = node;
+running.node = fleet;
 // Errors are printed, never swallowed; the test reads them when something fails.
 fleet.on('error', (e) => say({ ev: 'error', context: e.context, error: describe(e.error) }));
 fleet.on('stuck', (e) => say({ ev: 'stuck', ...e }));
@@ -157,6 +165,10 @@ async function client(name: string, groups: readonly string[]): Promise<void> {
     // A delimited token: the final list splits on ';' into the appended tokens.
     const value = `${opId};`;
     history(read ? { c: opId, g, op: 'get', t: now() } : { c: opId, g, op: 'append', v: value, t: now() });
+    if (BROKEN === 'fake-ack' && !read && seq % 20 === 5) {
+      history({ r: opId, t: now(), out: 'ok', value: null });
+      continue;
+    }
     try {
       const result = read
         ? await fleet.query<KvOutput>(g, { op: 'get', key: g }, { consistency: 'linearizable' })

@@ -34,6 +34,11 @@ import type { ControlCommand, FleetWorkerConfig, HistoryLine } from './fleet-wor
 
 const WORKER = fileURLToPath(new URL('./fleet-worker.ts', import.meta.url));
 const TICK_MS = 50;
+/**
+ * Election timeouts of 1–2 s (20–40 ticks) rather than the default 10: on a shared 2-core machine under load, node
+ * processes stall for hundreds of milliseconds, and with 0.5 s timeouts the groups kept electing instead of working.
+ */
+const ELECTION_TICKS = 20;
 const SESSION_TTL_MS = 2000;
 const GRACE_PERIOD_MS = 1000;
 /** A node process starting (tsx, the store, joinFleet, maybe waiting out its old session) on a loaded machine. */
@@ -97,6 +102,7 @@ class ProcessFleet {
       historyFile: join(this.dir, `${name}.hist`),
       instance: name,
       tickMs: TICK_MS,
+      electionTicks: ELECTION_TICKS,
       sessionTtlMs: SESSION_TTL_MS,
       gracePeriodMs: this.#settings.gracePeriodMs,
       minNodes: this.#settings.minNodes,
@@ -121,6 +127,11 @@ class ProcessFleet {
 
   up(): string[] {
     return [...this.#current.keys()].filter((id) => this.isUp(id)).sort();
+  }
+
+  /** Resolves once node `id`'s current process has exited (a drained node exits by itself). */
+  async exited(id: string): Promise<void> {
+    await this.#current.get(id)?.worker.exit;
   }
 
   /** kill -9; resolves once the process is gone. */
@@ -436,7 +447,12 @@ async function moving(f: ProcessFleet, what: string): Promise<void> {
 
 /** Drain and leave nodes `ids` (awaited later: a failure is kept for then, never an unhandled rejection). */
 function drain(f: ProcessFleet, ids: readonly string[]): Promise<unknown> {
-  const done = Promise.all(ids.map((id) => f.ask(id, { cmd: 'deactivate', timeoutMs: 110_000 }, 120_000)));
+  const done = Promise.all(
+    ids.map(async (id) => {
+      await f.ask(id, { cmd: 'deactivate', timeoutMs: 110_000 }, 120_000);
+      await f.exited(id);
+    }),
+  );
   done.catch(() => undefined);
   return done;
 }
@@ -550,12 +566,21 @@ describe('fleet on real processes', () => {
         const ids = nodeIds(1, 3);
         await Promise.all(ids.map((id, i) => f.start(id, `z${i + 1}`)));
         await f.ask('n1', { cmd: 'add', groups, replicas: 3 });
-        const placed = await f.converged(ids, groups.length, '12 groups on 3 nodes');
+        const shape = (g: FleetGroupStatus): string => `${[...g.desired].sort().join(',')}/${g.desiredLeader ?? '-'}`;
+        // Settled: converged, and the desired records no longer change (groups are rebalanced once their first
+        // leaders have reported, so the first convergence may be followed by leader moves).
+        let placed = await f.converged(ids, groups.length, '12 groups on 3 nodes');
+        for (;;) {
+          await sleep(1500);
+          const again = await f.converged(ids, groups.length, '12 groups on 3 nodes, settled');
+          const same = again.groups.every((g, i) => shape(g) === shape(placed.groups[i]!));
+          placed = again;
+          if (same) break;
+        }
         await Promise.all(ids.map((id) => clients(f, id, groups)));
 
         // Nothing may move while the killed nodes come back: every desired record stays as it was (n1, never killed,
         // reads them).
-        const shape = (g: FleetGroupStatus): string => `${[...g.desired].sort().join(',')}/${g.desiredLeader ?? '-'}`;
         const before = new Map(placed.groups.map((g) => [g.name, shape(g)]));
         const moved = new Set<string>();
         let watching = true;

@@ -127,6 +127,29 @@ async function untilDesired(
   return last;
 }
 
+/** What each group's leader would report: its desired members as voters, its desired leader leading. */
+async function reportAll(w: World, d: Map<string, { rec: DesiredRecord }>): Promise<void> {
+  for (const { rec } of d.values()) {
+    await drive(
+      w.clock,
+      reportObserved(w.admin, keys, {
+        name: rec.name,
+        generation: rec.generation,
+        reporter: rec.leader,
+        term: 1,
+        leader: rec.leader,
+        voters: [...rec.members].sort(),
+        learners: [],
+        membershipIndex: 1,
+        committed: 1,
+        lag: {},
+        status: 'converged',
+        detail: '',
+      }),
+    );
+  }
+}
+
 const groupNames = (n: number): string[] => Array.from({ length: n }, (_, i) => `g${String(i).padStart(2, '0')}`);
 
 async function addGroups(w: World, names: readonly string[]): Promise<void> {
@@ -268,6 +291,28 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await w.clock.runFor(6000);
     const after = await drive(w.clock, desired(w));
     for (const n of names) expect(after.get(n)!.rev).toBe(drained.get(n)!.rev);
+    await closeAll(w);
+  });
+
+  it('a group being founded is not rebalanced until a leader reports, unless a member is no longer placeable', async () => {
+    const w = world();
+    for (let i = 0; i < 3; i++) await startNode(w, `n${i}`, ZONES[i]!);
+    await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
+    const names = groupNames(6);
+    await addGroups(w, names);
+    const first = await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
+    // Three more nodes: the placement would move members, but no group has reported: every record stays version 1.
+    for (let i = 3; i < 6; i++) await startNode(w, `n${i}`, ZONES[i % 3]!);
+    await w.clock.runFor(3000);
+    const held = await drive(w.clock, desired(w));
+    for (const n of names) expect(held.get(n)!.rev, n).toBe(first.get(n)!.rev);
+    // Once their leaders report, they are rebalanced onto the new nodes.
+    await reportAll(w, held);
+    await untilDesired(
+      w,
+      (m) => names.some((n) => m.get(n)!.rec.members.some((x) => Number(x.slice(1)) >= 3)),
+      'groups moved to the new nodes after the reports',
+    );
     await closeAll(w);
   });
 

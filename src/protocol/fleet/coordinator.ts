@@ -74,7 +74,10 @@ export interface FleetRoundDecision {
   readonly skipped: readonly { readonly name: string; readonly key: string }[];
   /** Groups left as they are because no node is placeable (no active node, or fewer than minNodes for a new group). */
   readonly unplaced: number;
-  /** Groups left as they are while a member this coordinator never saw live is within its grace period. */
+  /**
+   * Groups left as they are while a member this coordinator never saw live is within its grace period, or while
+   * the group is being founded (its first desired record, no leader's report yet) and every member is placeable.
+   */
   readonly held: number;
   /** Groups not founded yet whose rebalance waits for their first leader's report. */
   readonly founding: number;

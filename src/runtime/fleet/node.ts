@@ -604,8 +604,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
               .slice(0, 5)
               .map((h) => h.name)
               .join(', ')})`,
-            clock.now() - start,
+            Math.round(clock.now() - start),
             'not-applied',
+            // A node drains, not a Raft group: "fleet f: draining node n … did not complete within 120000 ms".
+            { subject: `fleet ${this.fleet}` },
           ),
         );
       }, timeoutMs);
