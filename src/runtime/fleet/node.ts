@@ -184,6 +184,8 @@ interface Held {
   wasLeader: boolean;
   /** The shape of the last report written (JSON of everything but the lag), and when. */
   reportedShape: string;
+  /** The lag of the last report written (JSON). */
+  reportedLag: string;
   reportedAtMs: number;
 }
 
@@ -669,6 +671,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       stuckReported: false,
       wasLeader: false,
       reportedShape: '',
+      reportedLag: '',
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
     this.emit('groupGained', { group: a.name, mode: a.mode });
@@ -829,8 +832,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       detail,
     };
     const key = JSON.stringify(shape);
-    if (key === h.reportedShape && nowMs - h.reportedAtMs < REPORT_LAG_EVERY_MS) return;
+    // The lag alone is reported at most every REPORT_LAG_EVERY_MS, and only when it changed: every report wakes a
+    // round on every node (a read of the whole fleet), so an idle fleet's unchanged reports were its main cost.
+    const lagKey = JSON.stringify(lag);
+    if (key === h.reportedShape && (lagKey === h.reportedLag || nowMs - h.reportedAtMs < REPORT_LAG_EVERY_MS)) return;
     h.reportedShape = key;
+    h.reportedLag = lagKey;
     h.reportedAtMs = nowMs;
     this.#reports.set(h.name, { ...shape, committed: s.committed, lag });
     this.#drainReports();
