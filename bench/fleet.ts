@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- fleet [--json] [--sections convergence,failover,throughput,idle] [--groups 1000]
  *   [--store-url URL] [--rounds N] [--duration-ms MS] [--warmup-ms MS] [--in-flight N] [--idle-ms MS]
- *   [--session-ttl-ms MS] [--grace-period-ms MS] [--max-wait-ms MS]`
+ *   [--session-ttl-ms MS] [--grace-period-ms MS] [--max-wait-ms MS] [--max-concurrent-changes N]`
  *
  * The fleet (src/runtime/fleet, issue 14 item 8) with every node a separate process (bench/fleet-node.ts), on one
  * control store: a SQLite file by default (one host), or any store URL (`--store-url postgres://…`). Timing is the
@@ -94,6 +94,8 @@ interface Options {
   readonly sessionTtlMs: number;
   readonly gracePeriodMs: number;
   readonly maxWaitMs: number;
+  /** joinFleet's maxConcurrentChanges; undefined: the fleet's default. */
+  readonly maxConcurrentChanges: number | undefined;
 }
 
 function parseArgs(args: readonly string[]): Options {
@@ -110,6 +112,7 @@ function parseArgs(args: readonly string[]): Options {
     '--session-ttl-ms',
     '--grace-period-ms',
     '--max-wait-ms',
+    '--max-concurrent-changes',
   ]);
   for (const a of args) {
     if (a.startsWith('--') && !known.has(a)) {
@@ -151,6 +154,8 @@ function parseArgs(args: readonly string[]): Options {
     sessionTtlMs: int('--session-ttl-ms', 10_000, 100),
     gracePeriodMs: int('--grace-period-ms', 5000, 0),
     maxWaitMs: int('--max-wait-ms', 600_000, 1000),
+    maxConcurrentChanges:
+      value('--max-concurrent-changes') === undefined ? undefined : int('--max-concurrent-changes', 16, 1),
   };
 }
 
@@ -205,6 +210,7 @@ class BenchFleet {
       gracePeriodMs: this.o.gracePeriodMs,
       // Fleet A places its groups once the first three nodes are up (not all on n1 first).
       minNodes: 3,
+      maxConcurrentChanges: this.o.maxConcurrentChanges,
     };
     const p = await FleetNodeProcess.start(init);
     this.nodes.set(id, p);
@@ -812,7 +818,8 @@ function report(r: Results, o: Options): string[] {
   const fmt = (x: number, unit = ''): string => (Number.isFinite(x) ? `${x}${unit}` : '—');
   out.push(
     `Fleet nodes are separate processes; timing: tick ${TICK_MS} ms, election timeout ${ELECTION_TIMEOUT_MS}–` +
-      `${2 * ELECTION_TIMEOUT_MS} ms, session TTL ${o.sessionTtlMs} ms, grace period ${o.gracePeriodMs} ms.`,
+      `${2 * ELECTION_TIMEOUT_MS} ms, session TTL ${o.sessionTtlMs} ms, grace period ${o.gracePeriodMs} ms, ` +
+      `membership changes at once per node ${o.maxConcurrentChanges ?? '16 (default)'}.`,
   );
   if (r.setup !== undefined) {
     out.push(
