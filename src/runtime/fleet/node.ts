@@ -183,6 +183,8 @@ interface Held {
   stuckReported: boolean;
   wasLeader: boolean;
   /** The shape of the last report written (JSON of everything but the lag), and when. */
+  /** Per learner: the commit index it must reach before it can vote, and when it reached it (#votingProgress). */
+  readonly learnerGates: Map<string, { readonly index: number; reachedAtMs: number | undefined }>;
   reportedShape: string;
   /** The lag of the last report written (JSON). */
   reportedLag: string;
@@ -670,6 +672,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       stuckSinceMs: undefined,
       stuckReported: false,
       wasLeader: false,
+      learnerGates: new Map(),
       reportedShape: '',
       reportedLag: '',
       reportedAtMs: Number.NEGATIVE_INFINITY,
@@ -753,7 +756,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       membership: s.membership,
       desired: { members: d.members, leader: d.leader },
       leader: this.nodeId,
-      progress: s.progress,
+      progress: this.#votingProgress(h, s, now),
       lastIndex: s.lastIndex,
       live,
       catchUpLagEntries: this.#o.catchUpLagEntries,
@@ -812,6 +815,35 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.#changes--;
         this.#stepSoon();
       });
+  }
+
+  /**
+   * The progress the planner may count: a learner only once it can vote. A joining replica holds its votes until
+   * its log holds what a leader had committed when it first heard from one, and then for two more election timeouts
+   * (src/raft/core.ts, VoteHold 'leader-seen'); promoted before that, it is a voter that cannot vote, and one other
+   * voter lost leaves the group without a majority for ever — its leader is gone, so the new voter never sees one
+   * again (found by bench/fleet.ts: a kill -9 right after moves, a learner promoted with an empty log because its
+   * lag was under catchUpLagEntries). So a learner counts as caught up only once its match reached the commit index
+   * the leader had when it first heard from it, and three election timeouts have passed since.
+   */
+  #votingProgress(h: Held, s: GroupStatus, nowMs: number): GroupStatus['progress'] {
+    for (const id of h.learnerGates.keys()) if (!s.membership.learners.includes(id)) h.learnerGates.delete(id);
+    if (s.membership.learners.length === 0) return s.progress;
+    const out = new Map(s.progress);
+    for (const id of s.membership.learners) {
+      const p = s.progress.get(id);
+      if (p === undefined) continue;
+      let gate = h.learnerGates.get(id);
+      if (gate === undefined && p.recentActive) {
+        // It has answered this leader, so it heard from it at a commit index no higher than this one.
+        gate = { index: s.committed, reachedAtMs: undefined };
+        h.learnerGates.set(id, gate);
+      }
+      if (gate !== undefined && gate.reachedAtMs === undefined && p.match >= gate.index) gate.reachedAtMs = nowMs;
+      const votes = gate?.reachedAtMs !== undefined && nowMs - gate.reachedAtMs >= 3 * this.#electionTimeoutMs();
+      if (!votes) out.set(id, { ...p, recentActive: false });
+    }
+    return out;
   }
 
   // ---- reports ----
