@@ -8,7 +8,8 @@
  * fleet's default (tick 100 ms, election timeout 1000–2000 ms, session TTL 10 s, grace period 5 s) unless changed.
  *
  * Fleet A: nodes n1, n2, n3 in zones z1, z2, z3; `--groups` groups of 3 replicas added through n1; then
- * 1. idle: once every group has converged and every leader quiesced, each node's CPU over `--idle-ms` and its RSS.
+ * 1. idle: once every group has converged and every leader quiesced, and 12 s more (the leaders' last lag reports),
+ *    each node's CPU over `--idle-ms` and its RSS.
  * 2. convergence: n4 (zone z1) activates — time until every group has its desired members and leaders (the
  *    fleet's status, computed from the store as FleetNode.status() is, says `converged` for all, and the desired
  *    records name n4); then n4 deactivates — time until all converged without n4. Each beside raft_fleet's model
@@ -61,6 +62,8 @@ const REPLICAS = 3;
 const POLL_MS = 200;
 const CONFIRM_MS = 2000;
 const QUIESCE_TIMEOUT_MS = 60_000;
+/** After every leader quiesced and before the idle window: longer than a leader's lag report period (10 s). */
+const IDLE_SETTLE_MS = 12_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const SECRET = 'fleet bench secret, loopback only';
 const MiB = 1024 * 1024;
@@ -452,7 +455,13 @@ async function idleSection(f: BenchFleet, o: Options): Promise<IdleResult> {
       f.live().map((n) => n.request({ local: { ledAt: false } }, REQUEST_TIMEOUT_MS, 'local')),
     );
   }
-  log(`idle: ${allQuiesced ? 'every leader quiesced' : 'NOT every leader quiesced'}; measuring ${o.idleMs} ms…`);
+  // Leaders write a last report of their lag up to REPORT_LAG_EVERY_MS (10 s) after the group settled, and each
+  // report wakes a whole-fleet read on every node: the idle window starts after those.
+  log(
+    `idle: ${allQuiesced ? 'every leader quiesced' : 'NOT every leader quiesced'}; settling ${IDLE_SETTLE_MS} ms, ` +
+      `then measuring ${o.idleMs} ms…`,
+  );
+  await sleep(IDLE_SETTLE_MS);
   const nodes = f.live();
   const c0 = nodes.map((n) => n.cpuMs() ?? Number.NaN);
   const w0 = performance.now();
