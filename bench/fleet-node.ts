@@ -62,6 +62,7 @@ async function init(i: FleetNodeInit): Promise<void> {
     sessionTtlMs: i.sessionTtlMs,
     gracePeriodMs: i.gracePeriodMs,
     minNodes: i.minNodes,
+    ...(i.maxConcurrentChanges === undefined ? {} : { maxConcurrentChanges: i.maxConcurrentChanges }),
   });
   node.on('error', (e) => {
     errors++;

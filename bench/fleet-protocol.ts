@@ -31,6 +31,8 @@ export interface FleetNodeInit {
   readonly sessionTtlMs: number;
   readonly gracePeriodMs: number;
   readonly minNodes: number;
+  /** joinFleet's maxConcurrentChanges (membership changes at once on this node); undefined: the default (16). */
+  readonly maxConcurrentChanges: number | undefined;
 }
 
 export interface FleetRunRequest extends RunRequest {

@@ -205,7 +205,11 @@ interface Held {
   stuckReported: boolean;
   wasLeader: boolean;
   /** The shape of the last report written (JSON of everything but the lag), and when. */
+  /** Per learner: the commit index it must reach before it can vote, and when it reached it (#votingProgress). */
+  readonly learnerGates: Map<string, { readonly index: number; reachedAtMs: number | undefined }>;
   reportedShape: string;
+  /** The lag of the last report written (JSON). */
+  reportedLag: string;
   reportedAtMs: number;
 }
 
@@ -384,6 +388,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #changes = 0;
   #view: FleetView | undefined;
   #stepTimer: TimerHandle | undefined;
+  /** A #stepSoon pass is scheduled and has not run yet. */
+  #stepQueued = false;
   #waitsReported = '';
   #lastCostMs = 0;
   #closed = false;
@@ -744,7 +750,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       stuckSinceMs: undefined,
       stuckReported: false,
       wasLeader: false,
+      learnerGates: new Map(),
       reportedShape: '',
+      reportedLag: '',
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
     this.emit('groupGained', { group: a.name, mode: a.mode });
@@ -790,8 +798,18 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   #stepSoon(): void {
-    if (this.#closed) return;
-    this.#o.control.clock.setTimeout(() => this.#stepAll(), 0, { background: true });
+    // One pass pending at most: a pass covers every held replica, and a node opening 1000 groups gets 1000 leader
+    // events at once — a pass per event was a million status() calls (bench/fleet.ts).
+    if (this.#closed || this.#stepQueued) return;
+    this.#stepQueued = true;
+    this.#o.control.clock.setTimeout(
+      () => {
+        this.#stepQueued = false;
+        this.#stepAll();
+      },
+      0,
+      { background: true },
+    );
   }
 
   #scheduleStep(): void {
@@ -855,7 +873,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         membership: s.membership,
         desired: { members: d.members, leader: d.leader },
         leader: this.nodeId,
-        progress: s.progress,
+        progress: this.#votingProgress(h, s, now),
         lastIndex: s.lastIndex,
         live,
         catchUpLagEntries: this.#o.catchUpLagEntries,
@@ -953,6 +971,35 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     });
   }
 
+  /**
+   * The progress the planner may count: a learner only once it can vote. A joining replica holds its votes until
+   * its log holds what a leader had committed when it first heard from one, and then for two more election timeouts
+   * (src/raft/core.ts, VoteHold 'leader-seen'); promoted before that, it is a voter that cannot vote, and one other
+   * voter lost leaves the group without a majority for ever — its leader is gone, so the new voter never sees one
+   * again (found by bench/fleet.ts: a kill -9 right after moves, a learner promoted with an empty log because its
+   * lag was under catchUpLagEntries). So a learner counts as caught up only once its match reached the commit index
+   * the leader had when it first heard from it, and three election timeouts have passed since.
+   */
+  #votingProgress(h: Held, s: GroupStatus, nowMs: number): GroupStatus['progress'] {
+    for (const id of h.learnerGates.keys()) if (!s.membership.learners.includes(id)) h.learnerGates.delete(id);
+    if (s.membership.learners.length === 0) return s.progress;
+    const out = new Map(s.progress);
+    for (const id of s.membership.learners) {
+      const p = s.progress.get(id);
+      if (p === undefined) continue;
+      let gate = h.learnerGates.get(id);
+      if (gate === undefined && p.recentActive) {
+        // It has answered this leader, so it heard from it at a commit index no higher than this one.
+        gate = { index: s.committed, reachedAtMs: undefined };
+        h.learnerGates.set(id, gate);
+      }
+      if (gate !== undefined && gate.reachedAtMs === undefined && p.match >= gate.index) gate.reachedAtMs = nowMs;
+      const votes = gate?.reachedAtMs !== undefined && nowMs - gate.reachedAtMs >= 3 * this.#electionTimeoutMs();
+      if (!votes) out.set(id, { ...p, recentActive: false });
+    }
+    return out;
+  }
+
   // ---- reports ----
 
   #report(h: Held, s: GroupStatus, status: ObservedStatus, detail: string, nowMs: number): void {
@@ -971,8 +1018,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       detail,
     };
     const key = JSON.stringify(shape);
-    if (key === h.reportedShape && nowMs - h.reportedAtMs < REPORT_LAG_EVERY_MS) return;
+    // The lag alone is reported at most every REPORT_LAG_EVERY_MS, and only when it changed: every report wakes a
+    // round on every node (a read of the whole fleet), so an idle fleet's unchanged reports were its main cost.
+    const lagKey = JSON.stringify(lag);
+    if (key === h.reportedShape && (lagKey === h.reportedLag || nowMs - h.reportedAtMs < REPORT_LAG_EVERY_MS)) return;
     h.reportedShape = key;
+    h.reportedLag = lagKey;
     h.reportedAtMs = nowMs;
     this.#reports.set(h.name, { ...shape, committed: s.committed, lag });
     this.#drainReports();
