@@ -14,6 +14,7 @@
  * - `converged`: voters are the desired members, no learners, the desired leader leads.
  */
 import type { FleetView } from './io.js';
+import type { ObservedRecord } from './keys.js';
 import { quorum } from './plan.js';
 
 export type GroupHealth = 'converged' | 'moving' | 'unknown' | 'unplaced' | 'stuck' | 'majority-lost';
@@ -151,4 +152,28 @@ export function fleetStatus(fleet: string, view: FleetView): FleetStatus {
     }
   }
   return { fleet, coordinator, nodes, groups, counts, unreadable: view.unreadable };
+}
+
+/** One group as `groups()` lists it (a node's or a client's): its record, desired placement and last report. */
+export interface FleetGroupInfo {
+  readonly name: string;
+  readonly replicas: number;
+  readonly machine: string;
+  readonly generation: number;
+  /** What the coordinator wants, once placed. */
+  readonly desired: { readonly members: readonly string[]; readonly leader: string } | undefined;
+  /** What the group's leader last reported. */
+  readonly observed: ObservedRecord | undefined;
+}
+
+/** Every group of `view`, by name. */
+export function groupInfos(view: FleetView): FleetGroupInfo[] {
+  return [...view.groups.values()].sort(byName).map((g) => ({
+    name: g.name,
+    replicas: g.replicas,
+    machine: g.machine,
+    generation: g.generation,
+    desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
+    observed: g.observed,
+  }));
 }

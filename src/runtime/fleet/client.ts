@@ -30,7 +30,7 @@ import {
   validateMachineName,
   type GroupRecord,
 } from '../../protocol/fleet/keys.js';
-import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
+import { fleetStatus, groupInfos, type FleetStatus } from '../../protocol/fleet/status.js';
 import type { Consistency } from '../../raft/node/group.js';
 import { parseAddress } from '../../raft/node/node.js';
 import { RemoteGroupClient } from '../../raft/node/remote-client.js';
@@ -190,17 +190,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
 
   /** Every group of the fleet, read from the store now. */
   async groups(): Promise<FleetGroupInfo[]> {
-    const view = await this.#refresh();
-    return [...view.groups.values()]
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      .map((g) => ({
-        name: g.name,
-        replicas: g.replicas,
-        machine: g.machine,
-        generation: g.generation,
-        desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
-        observed: g.observed,
-      }));
+    return groupInfos(await this.#refresh());
   }
 
   /** The fleet as the store says now (src/protocol/fleet/status.ts). */

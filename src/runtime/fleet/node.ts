@@ -43,7 +43,7 @@ import {
 } from '../../protocol/fleet/keys.js';
 import { membershipChangeOf, nextStep, quorum, type PlanStep } from '../../protocol/fleet/plan.js';
 import { recoverGroup, type RecoverGroupResult } from '../../protocol/fleet/recover.js';
-import { fleetStatus, type FleetStatus } from '../../protocol/fleet/status.js';
+import { fleetStatus, groupInfos, type FleetGroupInfo, type FleetStatus } from '../../protocol/fleet/status.js';
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { MembershipChange } from '../../raft/messages.js';
@@ -130,16 +130,7 @@ export interface FleetNodeEvents {
   left: Record<string, never>;
 }
 
-export interface FleetGroupInfo {
-  readonly name: string;
-  readonly replicas: number;
-  readonly machine: string;
-  readonly generation: number;
-  /** What the coordinator wants, once placed. */
-  readonly desired: { readonly members: readonly string[]; readonly leader: string } | undefined;
-  /** What the group's leader last reported. */
-  readonly observed: ObservedRecord | undefined;
-}
+export type { FleetGroupInfo };
 
 export interface FleetRequestOptions {
   /** The whole call's time, from now (default: requestTimeoutMs). */
@@ -507,16 +498,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   async groups(): Promise<FleetGroupInfo[]> {
     this.#check();
     const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
-    return [...view.groups.values()]
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      .map((g) => ({
-        name: g.name,
-        replicas: g.replicas,
-        machine: g.machine,
-        generation: g.generation,
-        desired: g.desired === undefined ? undefined : { members: g.desired.members, leader: g.desired.leader },
-        observed: g.observed,
-      }));
+    return groupInfos(view);
   }
 
   /** The fleet as the store says now: nodes, groups, their health (src/protocol/fleet/status.ts). */
