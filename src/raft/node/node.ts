@@ -443,28 +443,13 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
         }
       }
     }
-    const stateMachine = r.required<StateMachine<S, C, Q, R, A>>('stateMachine', (v) =>
-      v !== null &&
-      typeof v === 'object' &&
-      ['initial', 'command', 'query', 'snapshot', 'restore'].every(
-        (k) => typeof (v as Record<string, unknown>)[k] === 'function',
-      )
-        ? undefined
-        : 'must be { initial, command, query, snapshot, restore } (functions)',
-    );
-    const codec =
-      r.optional<Codec>('codec', (v) =>
-        v !== null &&
-        typeof v === 'object' &&
-        typeof (v as Codec).encode === 'function' &&
-        typeof (v as Codec).decode === 'function'
-          ? undefined
-          : 'must be { encode, decode }',
-      ) ?? jsonCodec;
-    const leaseReads = r.boolean('leaseReads', false);
-    const snapshotEntries = r.integer('snapshotEntries', 10_000, { min: 1 });
-    const maxSessions = r.integer('maxSessions', 10_000, { min: 1 });
-    const maxCommandBytes = r.integer('maxCommandBytes', 1 << 20, { min: 64, max: 64 << 20 });
+    const { stateMachine, codec, leaseReads, snapshotEntries, maxSessions, maxCommandBytes } = readMachineOptions<
+      S,
+      C,
+      Q,
+      R,
+      A
+    >(r);
     const requestTimeoutMs = r.integer('requestTimeoutMs', this.#o.requestTimeoutMs, { min: 1 });
     const core = r.optional<GroupOptions<S, C, Q, R, A>['core']>('core', (v) =>
       v !== null && typeof v === 'object' ? undefined : 'must be an object',
@@ -743,6 +728,50 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #changed(r: Replica): void {
     this.emit('leader', { group: r.groupId, leader: r.lead === '' ? undefined : r.lead, term: r.core.term });
   }
+}
+
+/** What runs a group and how, read from `r` (openGroup, and the fleet's `machines`): one set of checks and defaults. */
+export function readMachineOptions<S, C, Q, R, A>(
+  r: OptionReader,
+): {
+  stateMachine: StateMachine<S, C, Q, R, A>;
+  codec: Codec;
+  leaseReads: boolean;
+  snapshotEntries: number;
+  maxSessions: number;
+  maxCommandBytes: number;
+} {
+  const stateMachine = r.required<StateMachine<S, C, Q, R, A>>('stateMachine', (v) =>
+    isStateMachine(v) ? undefined : 'must be { initial, command, query, snapshot, restore } (functions)',
+  );
+  const codec =
+    r.optional<Codec>('codec', (v) =>
+      v !== null &&
+      typeof v === 'object' &&
+      typeof (v as Codec).encode === 'function' &&
+      typeof (v as Codec).decode === 'function'
+        ? undefined
+        : 'must be { encode, decode }',
+    ) ?? jsonCodec;
+  return {
+    stateMachine,
+    codec,
+    leaseReads: r.boolean('leaseReads', false),
+    snapshotEntries: r.integer('snapshotEntries', 10_000, { min: 1 }),
+    maxSessions: r.integer('maxSessions', 10_000, { min: 1 }),
+    maxCommandBytes: r.integer('maxCommandBytes', 1 << 20, { min: 64, max: 64 << 20 }),
+  };
+}
+
+/** Whether `v` has the five functions of a StateMachine. */
+export function isStateMachine(v: unknown): v is StateMachine<unknown, unknown, unknown, unknown, unknown> {
+  return (
+    v !== null &&
+    typeof v === 'object' &&
+    ['initial', 'command', 'query', 'snapshot', 'restore'].every(
+      (k) => typeof (v as Record<string, unknown>)[k] === 'function',
+    )
+  );
 }
 
 /** Start a Raft node (see RaftNodeOptions): `const node = await startRaftNode({ id, dataDir, listen, peers, secret })`. */

@@ -36,7 +36,7 @@ import { parseAddress } from '../../raft/node/node.js';
 import { RemoteGroupClient } from '../../raft/node/remote-client.js';
 import { jsonCodec, type Codec } from '../../raft/node/state-machine.js';
 import { CLIENT_ID_PREFIX, Transport, type TlsOptions } from '../../raft/transport/transport.js';
-import type { Store } from '../../store/contract.js';
+import type { Store, TimerHandle } from '../../store/contract.js';
 import { readStore } from '../common-options.js';
 import { CorruptionReports } from '../corruption.js';
 import type { FleetGroupInfo, FleetQueryOptions, FleetRequestOptions } from './node.js';
@@ -249,7 +249,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     const view = await readFleetView(this.#store, this.#keys, this.#corruption.report);
     this.#corruption.endRound();
     this.#view = view;
-    this.#viewAtMs = performance.now();
+    this.#viewAtMs = this.#store.clock.now();
     // Nodes that left are forgotten (their connections closed); the others are connected to when needed.
     for (const id of [...this.#addresses.keys()]) {
       if (!view.nodes.has(id)) {
@@ -271,12 +271,12 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     fn: (client: RemoteGroupClient, remainingMs: number) => Promise<T>,
   ): Promise<T> {
     validateFleetGroupName(name);
-    const start = performance.now();
+    const start = this.#store.clock.now();
     let id = '';
     for (let attempt = 0; ; attempt++) {
       let view = this.#view;
       let fresh = false;
-      if (view === undefined || attempt > 0 || performance.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
+      if (view === undefined || attempt > 0 || this.#store.clock.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
         view = await this.#refresh();
         fresh = true;
       }
@@ -285,7 +285,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       if (g === undefined && !fresh) g = (await this.#refresh()).groups.get(name);
       if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
       id = raftGroupId(name, g.generation);
-      const remainingMs = timeoutMs - (performance.now() - start);
+      const remainingMs = timeoutMs - (this.#store.clock.now() - start);
       if (this.#candidates(name, id).length > 0) {
         try {
           return await fn(this.#client(id, g.machine), remainingMs);
@@ -293,9 +293,9 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
           throw this.#refusal(err) ?? err;
         }
       }
-      if (remainingMs <= 0) throw new NoQuorumError(id, performance.now() - start);
+      if (remainingMs <= 0) throw new NoQuorumError(id, this.#store.clock.now() - start);
       this.#check();
-      await new Promise((resolve) => setTimeout(resolve, Math.min(100, remainingMs)));
+      await new Promise<void>((resolve) => this.#store.clock.setTimeout(resolve, Math.min(100, remainingMs)));
     }
   }
 
@@ -323,10 +323,10 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       request: (peer, payload, timeoutMs) => this.#request(peer, payload, timeoutMs),
       candidates: () => this.#candidates(name, id),
       onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
-      clock: () => performance.now(),
+      clock: () => this.#store.clock.now(),
       timers: {
-        setTimeout: (fn, ms) => setTimeout(fn, ms),
-        clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+        setTimeout: (fn, ms) => this.#store.clock.setTimeout(fn, ms),
+        clearTimeout: (h) => this.#store.clock.clearTimeout(h as TimerHandle),
       },
       timeoutMs: this.#requestTimeoutMs,
     });
@@ -344,7 +344,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   #candidates(name: string, id: string): string[] {
     // Asked at every retry round of a call: a call that outlives the view (its members moved, a node died) gets a
     // fresh one for its next round.
-    if (this.#refreshing === undefined && !this.#closed && performance.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
+    if (this.#refreshing === undefined && !this.#closed && this.#store.clock.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
       this.#refreshing = this.#refresh()
         .catch((error: unknown) => this.emit('error', { error, context: 'fleet client: reading the fleet' }))
         .finally(() => (this.#refreshing = undefined));
@@ -392,11 +392,11 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
         let waiting = this.#waiting.get(peer);
         if (waiting === undefined) this.#waiting.set(peer, (waiting = new Set()));
         const done = (): void => {
-          clearTimeout(timer);
+          this.#store.clock.clearTimeout(timer);
           waiting.delete(done);
           resolve();
         };
-        const timer = setTimeout(done, Math.min(CONNECT_WAIT_MS, timeoutMs / 2));
+        const timer = this.#store.clock.setTimeout(done, Math.min(CONNECT_WAIT_MS, timeoutMs / 2));
         waiting.add(done);
       });
     }

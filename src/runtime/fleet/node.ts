@@ -48,7 +48,13 @@ import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../prot
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { MembershipChange } from '../../raft/messages.js';
 import { RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
-import { startRaftNode, type RaftNode, type RaftNodeIo } from '../../raft/node/node.js';
+import {
+  isStateMachine,
+  readMachineOptions,
+  startRaftNode,
+  type RaftNode,
+  type RaftNodeIo,
+} from '../../raft/node/node.js';
 import type { Consistency, GroupStatus, RaftGroup } from '../../raft/node/group.js';
 import { jsonCodec, type Codec, type StateMachine } from '../../raft/node/state-machine.js';
 import type { TlsOptions } from '../../raft/transport/transport.js';
@@ -204,16 +210,6 @@ interface Held {
   reportedAtMs: number;
 }
 
-function isStateMachine(v: unknown): v is StateMachine<unknown, unknown, unknown, unknown> {
-  return (
-    v !== null &&
-    typeof v === 'object' &&
-    ['initial', 'command', 'query', 'snapshot', 'restore'].every(
-      (k) => typeof (v as Record<string, unknown>)[k] === 'function',
-    )
-  );
-}
-
 function readMachines(r: OptionReader): Resolved['machines'] {
   const raw = r.required<Record<string, unknown>>('machines', (v) =>
     v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length > 0
@@ -228,22 +224,13 @@ function readMachines(r: OptionReader): Resolved['machines'] {
       continue;
     }
     const m = new OptionReader(value, `machines.${name}`);
-    const stateMachine = m.required<StateMachine<unknown, unknown, unknown, unknown>>('stateMachine', (v) =>
-      isStateMachine(v) ? undefined : 'must be { initial, command, query, snapshot, restore } (functions)',
-    );
-    const codec =
-      m.optional<Codec>('codec', (v) =>
-        v !== null &&
-        typeof v === 'object' &&
-        typeof (v as Codec).encode === 'function' &&
-        typeof (v as Codec).decode === 'function'
-          ? undefined
-          : 'must be { encode, decode }',
-      ) ?? jsonCodec;
-    const leaseReads = m.boolean('leaseReads', false);
-    const snapshotEntries = m.integer('snapshotEntries', 10_000, { min: 1 });
-    const maxSessions = m.integer('maxSessions', 10_000, { min: 1 });
-    const maxCommandBytes = m.integer('maxCommandBytes', 1 << 20, { min: 64, max: 64 << 20 });
+    const { stateMachine, codec, leaseReads, snapshotEntries, maxSessions, maxCommandBytes } = readMachineOptions<
+      unknown,
+      unknown,
+      unknown,
+      unknown,
+      unknown
+    >(m);
     m.done();
     out.set(name, { stateMachine, codec, leaseReads, snapshotEntries, maxSessions, maxCommandBytes });
   }
