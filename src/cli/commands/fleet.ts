@@ -24,6 +24,7 @@ import { connectFleet } from '../../runtime/fleet/client.js';
 import { CorruptionReports } from '../../runtime/corruption.js';
 import type { Store } from '../../store/contract.js';
 import { EXIT, out, withStore, type GlobalOptions } from '../context.js';
+import { watchView } from '../watch.js';
 import { checkedFlag, choiceFlag, integerFlag } from '../input.js';
 
 /** Where the secret of `fleet command|query` comes from when there is no --secret-file. */
@@ -232,57 +233,10 @@ async function watchFleet(
   fleet: string,
   o: { json: boolean; limit: number; where: string },
 ): Promise<void> {
-  const keys = new FleetKeys(fleet);
-  const tty = process.stdout.isTTY && !o.json;
-  let last = '';
-  let busy = false;
-  let again = false;
-  const refresh = async (): Promise<void> => {
-    if (busy) {
-      again = true;
-      return;
-    }
-    busy = true;
-    try {
-      do {
-        again = false;
-        const s = await readStatus(store, fleet);
-        const text = o.json ? JSON.stringify(s) : renderFleetStatus(s, o);
-        if (text === last) continue;
-        last = text;
-        if (o.json) out(JSON.stringify({ ...s, at: new Date().toISOString() }));
-        else if (tty) process.stdout.write(`\x1b[H\x1b[2J${text}\n\n(live; Ctrl-C to stop)\n`);
-        else out(`--- ${new Date().toISOString()}\n${text}`);
-      } while (again);
-    } finally {
-      busy = false;
-    }
-  };
-  let failure: unknown;
-  let stop: () => void = () => undefined;
-  const stopped = new Promise<void>((resolve) => (stop = resolve));
-  const run = (): void => {
-    refresh().catch((err: unknown) => {
-      failure = err;
-      stop();
-    });
-  };
-  const watcher = await store.watch(keys.root, run);
-  // Sessions that end (a node that died) change no key until the store expires them; the timer shows it anyway.
-  const timer = setInterval(run, 1000);
-  const onSignal = (): void => stop();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  run();
-  try {
-    await stopped;
-  } finally {
-    clearInterval(timer);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await watcher.close();
-  }
-  if (failure !== undefined) throw failure;
+  await watchView(store, new FleetKeys(fleet).root, o.json, async () => {
+    const s = await readStatus(store, fleet);
+    return { text: o.json ? JSON.stringify(s) : renderFleetStatus(s, o), stamped: s };
+  });
 }
 
 /** The human-readable fleet status: a header, the nodes, the groups (worst first, at most `limit`), a summary. */

@@ -11,6 +11,7 @@ import { GroupNotFoundError } from '../../errors.js';
 import { groupStatus, type GroupStatus } from '../../runtime/groups/status.js';
 import type { Store } from '../../store/contract.js';
 import { out, withStore } from '../context.js';
+import { watchView } from '../watch.js';
 import { integerFlag } from '../input.js';
 
 export function register(program: Command): void {
@@ -46,66 +47,19 @@ async function watchStatus(
   group: string,
   o: { json: boolean; limit: number; where: string },
 ): Promise<void> {
-  const keys = new GroupKeys(group);
-  const tty = process.stdout.isTTY && !o.json;
-  let last = '';
-  let busy = false;
-  let again = false;
-  const refresh = async (): Promise<void> => {
-    if (busy) {
-      again = true;
-      return;
-    }
-    busy = true;
+  await watchView(store, new GroupKeys(group).root, o.json, async () => {
     try {
-      do {
-        again = false;
-        let text: string;
-        let s: GroupStatus | undefined;
-        try {
-          s = await groupStatus(store, group);
-          text = o.json ? JSON.stringify({ ...s, revision: undefined }) : renderStatus(s, o);
-        } catch (err) {
-          if (!(err instanceof GroupNotFoundError)) throw err;
-          text = o.json
-            ? JSON.stringify({ group, found: false })
-            : `group ${group} not found in ${o.where} yet; waiting (Ctrl-C to stop)`;
-        }
-        if (text === last) continue;
-        last = text;
-        if (o.json) out(s === undefined ? text : JSON.stringify({ ...s, at: new Date().toISOString() }));
-        else if (tty) process.stdout.write(`\x1b[H\x1b[2J${text}\n\n(live; Ctrl-C to stop)\n`);
-        else out(`--- ${new Date().toISOString()}\n${text}`);
-      } while (again);
-    } finally {
-      busy = false;
+      const s = await groupStatus(store, group);
+      return { text: o.json ? JSON.stringify({ ...s, revision: undefined }) : renderStatus(s, o), stamped: s };
+    } catch (err) {
+      if (!(err instanceof GroupNotFoundError)) throw err;
+      return {
+        text: o.json
+          ? JSON.stringify({ group, found: false })
+          : `group ${group} not found in ${o.where} yet; waiting (Ctrl-C to stop)`,
+      };
     }
-  };
-  let failure: unknown;
-  let stop: () => void = () => undefined;
-  const stopped = new Promise<void>((resolve) => (stop = resolve));
-  const run = (): void => {
-    refresh().catch((err: unknown) => {
-      failure = err;
-      stop();
-    });
-  };
-  const watcher = await store.watch(keys.root, run);
-  // The coordinator key lives under the group root too; the timer covers lost hints and lease expiries.
-  const timer = setInterval(run, 1000);
-  const onSignal = (): void => stop();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  run();
-  try {
-    await stopped;
-  } finally {
-    clearInterval(timer);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await watcher.close();
-  }
-  if (failure !== undefined) throw failure;
+  });
 }
 
 /** The human-readable status: a header, one line per node, then resources (at most `limit` lines). */
