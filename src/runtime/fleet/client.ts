@@ -33,13 +33,14 @@ import {
 import { fleetStatus, groupInfos, type FleetStatus } from '../../protocol/fleet/status.js';
 import type { Consistency } from '../../raft/node/group.js';
 import { parseAddress } from '../../raft/node/node.js';
-import { RemoteGroupClient } from '../../raft/node/remote-client.js';
-import { jsonCodec, type Codec } from '../../raft/node/state-machine.js';
+import type { RemoteGroupClient } from '../../raft/node/remote-client.js';
+import type { Codec } from '../../raft/node/state-machine.js';
 import { CLIENT_ID_PREFIX, Transport, type TlsOptions } from '../../raft/transport/transport.js';
-import type { Store, TimerHandle } from '../../store/contract.js';
+import type { Store } from '../../store/contract.js';
 import { readStore } from '../common-options.js';
 import { CorruptionReports } from '../corruption.js';
 import type { FleetGroupInfo, FleetQueryOptions, FleetRequestOptions } from './node.js';
+import { GroupRoutes } from './routing.js';
 
 export interface ConnectFleetOptions {
   /** The fleet's control store (the caller's: close() leaves it open). */
@@ -64,8 +65,6 @@ export interface FleetClientEvents {
 const VIEW_MAX_AGE_MS = 1000;
 /** A request to a node not connected yet waits this long for the connection before it tries another. */
 const CONNECT_WAIT_MS = 1000;
-/** Group clients kept (one per group this client sent requests to). */
-const MAX_GROUP_CLIENTS = 10_000;
 
 /** Open a fleet client. Resolves at once: nodes are connected to when a request first needs them. */
 export async function connectFleet(options: ConnectFleetOptions): Promise<FleetClient> {
@@ -112,10 +111,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   #viewAtMs = 0;
   /** Node addresses given to the transport, by node id. */
   readonly #addresses = new Map<string, string>();
-  /** By Raft group id (bounded). */
-  readonly #clients = new Map<string, RemoteGroupClient>();
-  /** The leader an answer named, by Raft group id. */
-  readonly #leaderHints = new Map<string, string>();
+  readonly #routes: GroupRoutes;
   /** Nodes that refused this client's proof (wrong secret), until one connects. */
   readonly #refusedBy = new Map<string, PeerAuthError>();
   /** Requests waiting for a node's connection, by node id. */
@@ -135,6 +131,17 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     this.#corruption = new CorruptionReports((error) =>
       this.emit('error', { error, context: 'fleet client: reading' }),
     );
+    this.#routes = new GroupRoutes({
+      clock: store.clock,
+      requestTimeoutMs,
+      request: (peer, payload, timeoutMs) => this.#request(peer, payload, timeoutMs),
+      codecOf: (machine) => this.#codecs[machine],
+      view: () => this.#freshView(),
+      reachable: (n, view) => {
+        const node = view?.nodes.get(n);
+        return node !== undefined && this.#connectable(node.id, node.address);
+      },
+    });
   }
 
   /** @internal */
@@ -286,9 +293,9 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
       id = raftGroupId(name, g.generation);
       const remainingMs = timeoutMs - (this.#store.clock.now() - start);
-      if (this.#candidates(name, id).length > 0) {
+      if (this.#routes.candidates(name, id).length > 0) {
         try {
-          return await fn(this.#client(id, g.machine), remainingMs);
+          return await fn(this.#routes.client(id, g.machine), remainingMs);
         } catch (err) {
           throw this.#refusal(err) ?? err;
         }
@@ -313,59 +320,17 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     );
   }
 
-  #client(id: string, machine: string): RemoteGroupClient {
-    let client = this.#clients.get(id);
-    if (client !== undefined) return client;
-    const name = id.slice(0, id.lastIndexOf(':'));
-    client = new RemoteGroupClient({
-      group: id,
-      codec: this.#codecs[machine] ?? jsonCodec,
-      request: (peer, payload, timeoutMs) => this.#request(peer, payload, timeoutMs),
-      candidates: () => this.#candidates(name, id),
-      onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
-      clock: () => this.#store.clock.now(),
-      timers: {
-        setTimeout: (fn, ms) => this.#store.clock.setTimeout(fn, ms),
-        clearTimeout: (h) => this.#store.clock.clearTimeout(h as TimerHandle),
-      },
-      timeoutMs: this.#requestTimeoutMs,
-    });
-    // Bounded: the oldest goes first (its client session is simply registered again if it is needed again).
-    if (this.#clients.size >= MAX_GROUP_CLIENTS) {
-      const oldest = this.#clients.keys().next().value as string;
-      this.#clients.delete(oldest);
-      this.#leaderHints.delete(oldest);
-    }
-    this.#clients.set(id, client);
-    return client;
-  }
-
-  /** Live nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
-  #candidates(name: string, id: string): string[] {
-    // Asked at every retry round of a call: a call that outlives the view (its members moved, a node died) gets a
-    // fresh one for its next round.
+  /**
+   * The view, asked at every retry round of a call: a call that outlives it (its members moved, a node died) gets a
+   * fresh one for its next round.
+   */
+  #freshView(): FleetView | undefined {
     if (this.#refreshing === undefined && !this.#closed && this.#store.clock.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
       this.#refreshing = this.#refresh()
         .catch((error: unknown) => this.emit('error', { error, context: 'fleet client: reading the fleet' }))
         .finally(() => (this.#refreshing = undefined));
     }
-    const view = this.#view;
-    const g = view?.groups.get(name);
-    const out: string[] = [];
-    const add = (n: string | undefined): void => {
-      const node = n === undefined ? undefined : view?.nodes.get(n);
-      if (node === undefined || out.includes(node.id)) return;
-      if (!this.#connectable(node.id, node.address)) return;
-      out.push(node.id);
-    };
-    add(this.#leaderHints.get(id));
-    if (g !== undefined && raftGroupId(name, g.generation) === id) {
-      add(g.observed?.leader);
-      add(g.desired?.leader);
-      for (const n of g.observed?.voters ?? []) add(n);
-      for (const n of g.desired?.members ?? []) add(n);
-    }
-    return out;
+    return this.#view;
   }
 
   /** Give the transport the node's address (it dials at once); false when the address cannot be used. */

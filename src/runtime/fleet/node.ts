@@ -47,7 +47,8 @@ import { fleetStatus, groupInfos, type FleetGroupInfo, type FleetStatus } from '
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { MembershipChange } from '../../raft/messages.js';
-import { RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
+import { type RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
+import { GroupRoutes } from './routing.js';
 import {
   isStateMachine,
   readMachineOptions,
@@ -163,8 +164,6 @@ export interface FleetInternals extends RuntimeInternals {
    */
   readonly raftIo?: RaftNodeIo | undefined;
 }
-/** Remote clients kept (one per group this node sends requests to without holding it). */
-const MAX_REMOTE_CLIENTS = 10_000;
 
 function isMember(held: Held, nodeId: string): boolean {
   const m = held.group.status().membership;
@@ -359,10 +358,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #reporting = 0;
   /** Groups whose report is being written. */
   readonly #reportingNames = new Set<string>();
-  /** Remote clients of groups this node holds no member replica of, by Raft group id (bounded). */
-  readonly #clients = new Map<string, RemoteGroupClient>();
-  /** The leader a remote answer named, by Raft group id. */
-  readonly #leaderHints = new Map<string, string>();
+  /** Requests for groups this node holds no member replica of. */
+  readonly #routes: GroupRoutes;
   #changes = 0;
   #view: FleetView | undefined;
   #stepTimer: TimerHandle | undefined;
@@ -385,6 +382,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#control = new FleetControl(control, internals);
     this.#mutants = internals.mutants ?? NO_MUTANTS;
     this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
+    this.#routes = new GroupRoutes({
+      clock: control.clock,
+      requestTimeoutMs: o.requestTimeoutMs,
+      request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
+      codecOf: (machine) => this.#o.machines.get(machine)?.codec,
+      view: () => this.#view,
+      reachable: (n) => n !== this.nodeId && this.#addresses.has(n),
+    });
     this.#loop = new Loop(
       () => this.#round(),
       (error) => {
@@ -1064,55 +1069,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
       const mine =
         g.desired?.members.includes(this.nodeId) === true && held === undefined && this.#o.machines.has(g.machine);
-      if (!mine && this.#candidates(name, id).length > 0) return { remote: this.#client(id, g.machine), remainingMs };
+      if (!mine && this.#routes.candidates(name, id).length > 0) {
+        return { remote: this.#routes.client(id, g.machine), remainingMs };
+      }
       if (remainingMs <= 0) throw new NoQuorumError(id, clock.now() - start);
       this.#loop.kick();
       await new Promise<void>((resolve) => clock.setTimeout(resolve, Math.min(50, remainingMs)));
       this.#check();
     }
-  }
-
-  #client(id: string, machine: string): RemoteGroupClient {
-    let client = this.#clients.get(id);
-    if (client !== undefined) return client;
-    client = new RemoteGroupClient({
-      group: id,
-      codec: this.#o.machines.get(machine)?.codec ?? jsonCodec,
-      request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
-      candidates: () => this.#candidates(parseRaftGroupId(id)!.name, id),
-      onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
-      clock: () => this.#o.control.clock.now(),
-      timers: {
-        setTimeout: (fn, ms) => this.#o.control.clock.setTimeout(fn, ms),
-        clearTimeout: (h) => this.#o.control.clock.clearTimeout(h as TimerHandle),
-      },
-      timeoutMs: this.#o.requestTimeoutMs,
-    });
-    // Bounded: the oldest client goes first (its session is simply registered again if it is needed again).
-    if (this.#clients.size >= MAX_REMOTE_CLIENTS) {
-      const oldest = this.#clients.keys().next().value as string;
-      this.#clients.delete(oldest);
-      this.#leaderHints.delete(oldest);
-    }
-    this.#clients.set(id, client);
-    return client;
-  }
-
-  /** Nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
-  #candidates(name: string, id: string): string[] {
-    const g = this.#view?.groups.get(name);
-    const out: string[] = [];
-    const add = (n: string | undefined): void => {
-      if (n !== undefined && n !== this.nodeId && !out.includes(n) && this.#addresses.has(n)) out.push(n);
-    };
-    add(this.#leaderHints.get(id));
-    if (g !== undefined && raftGroupId(name, g.generation) === id) {
-      add(g.observed?.leader);
-      add(g.desired?.leader);
-      for (const n of g.observed?.voters ?? []) add(n);
-      for (const n of g.desired?.members ?? []) add(n);
-    }
-    return out;
   }
 
   /** Answer a remote client's request with this node's member replica of the group, if it holds one. */
