@@ -301,7 +301,10 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     }
   }
 
-  /** Propose one membership change and wait until it is applied here (one change at a time per group). */
+  /**
+   * Propose one membership change and wait until it is applied here (one change at a time per group). A change the
+   * membership already has (in the log) is not proposed again: the call waits for it to be applied and resolves.
+   */
   async changeMembership(change: MembershipChange, options: RequestOptions = {}): Promise<Membership> {
     const start = this.#c.now();
     const deadline = start + this.#timeout(options);
@@ -317,8 +320,12 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     const took = (): boolean =>
       shaped() && index > 0 && replica.applied >= Math.max(index, replica.core.log.membershipIndex());
     await this.#drive('a membership change', start, deadline, waitFor(replica, took), 'unknown', () => {
-      // A retry after our first proposal got into the log would be refused as a change already made: wait instead.
-      if (index > 0 && shaped()) return { ok: true };
+      // A change the latest membership already makes (our own earlier proposal, or one a previous leader or caller got
+      // into the log) is not refused: it is waited for, like our own, until the entry that made it is applied here.
+      if (shaped()) {
+        index = Math.max(index, replica.core.log.membershipIndex(), 1);
+        return { ok: true };
+      }
       const out = replica.core.changeMembership(change);
       if (out.ok) index = Math.max(index, replica.core.log.lastIndex());
       return out;
