@@ -843,7 +843,7 @@ function report(r: Results, o: Options): string[] {
   out.push(
     `Fleet nodes are separate processes; timing: tick ${TICK_MS} ms, election timeout ${ELECTION_TIMEOUT_MS}–` +
       `${2 * ELECTION_TIMEOUT_MS} ms, session TTL ${o.sessionTtlMs} ms, grace period ${o.gracePeriodMs} ms, ` +
-      `membership changes at once per node ${o.maxConcurrentChanges ?? '16 (default)'}.`,
+      `membership changes at once per node ${o.maxConcurrentChanges ?? '128 (default)'}.`,
   );
   if (r.setup !== undefined) {
     out.push(

@@ -41,6 +41,16 @@ export interface QueryOptions extends RequestOptions {
   readonly consistency?: Consistency;
 }
 
+/** RaftGroup.brief(): what a host checks before asking for the whole status. */
+export interface GroupBrief {
+  readonly role: GroupStatus['role'];
+  readonly leader: NodeId | undefined;
+  readonly term: number;
+  readonly membershipIndex: number;
+  /** The replica stopped (status().failed says why). */
+  readonly failed: boolean;
+}
+
 export interface GroupStatus {
   readonly group: string;
   readonly node: NodeId;
@@ -303,7 +313,8 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
 
   /**
    * Propose one membership change and wait until it is applied here (one change at a time per group). A change the
-   * membership already has (in the log) is not proposed again: the call waits for it to be applied and resolves.
+   * membership already has (in the log) is not proposed again: the call waits for it to be applied and resolves
+   * (a removal of a node that is not a member is refused, unless it is our own earlier proposal).
    */
   async changeMembership(change: MembershipChange, options: RequestOptions = {}): Promise<Membership> {
     const start = this.#c.now();
@@ -319,10 +330,15 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     // Applied here, the entry that made the membership so included (not merely in the log: that may be undone).
     const took = (): boolean =>
       shaped() && index > 0 && replica.applied >= Math.max(index, replica.core.log.membershipIndex());
+    // An addition already applied here: nothing to wait for (a removal of a non-member stays refused below).
+    if (change.type !== 'remove' && shaped() && replica.applied >= replica.core.log.membershipIndex()) {
+      this.#check();
+      return replica.core.membership();
+    }
     await this.#drive('a membership change', start, deadline, waitFor(replica, took), 'unknown', () => {
       // A change the latest membership already makes (our own earlier proposal, or one a previous leader or caller got
       // into the log) is not refused: it is waited for, like our own, until the entry that made it is applied here.
-      if (shaped()) {
+      if (shaped() && (index > 0 || change.type !== 'remove')) {
         index = Math.max(index, replica.core.log.membershipIndex(), 1);
         return { ok: true };
       }
@@ -362,6 +378,22 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
   exportState(): Uint8Array {
     this.#check();
     return this.#c.replica.stateSnapshot();
+  }
+
+  /**
+   * The few fields of status() a host polling thousands of groups checks first (role, leader, term, membership
+   * index), without building the membership, progress or sessions: status() allocates for each of them.
+   */
+  brief(): GroupBrief {
+    const r = this.#c.replica;
+    const core = r.core;
+    return {
+      role: core.role,
+      leader: core.lead === '' ? undefined : core.lead,
+      term: core.term,
+      membershipIndex: core.log.membershipIndex(),
+      failed: r.failed !== undefined,
+    };
   }
 
   status(): GroupStatus {

@@ -3,6 +3,7 @@ export {
   RaftGroup,
   type RemoteGroupSurface,
   type Consistency,
+  type GroupBrief,
   type GroupStatus,
   type QueryOptions,
   type RequestOptions,
