@@ -248,6 +248,140 @@ describe('postgres data read back', () => {
   });
 });
 
+describe('postgres transactions', () => {
+  it('answers a transaction that only reads without waiting for the writer that holds the namespace lock', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const w = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'a/1', value: 'x' },
+        { op: 'put', key: 'a/2', value: 'y' },
+        { op: 'put', key: 'b', value: 'z' },
+      ],
+    });
+    // A writer that stalls while it holds the namespace's row lock (as a paused client would).
+    const holder = new pg.Client(server.url);
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT revision FROM "${schema}".namespaces WHERE name = 'ns' FOR UPDATE`);
+      let wrote = false;
+      const write = s.txn({ compare: [], then: [{ op: 'put', key: 'c', value: 'later' }] }).then((r) => {
+        wrote = true;
+        return r;
+      });
+      // Awaited below; a failure before that must not surface as an unhandled rejection.
+      write.catch(() => undefined);
+      const r = await s.txn({
+        compare: [{ key: 'b', target: 'value', op: '=', value: 'z' }],
+        then: [
+          { op: 'get', key: 'b' },
+          { op: 'get', key: 'missing' },
+          { op: 'range', prefix: 'a/' },
+        ],
+        else: [{ op: 'get', key: 'c' }],
+      });
+      expect(r.succeeded).toBe(true);
+      expect(r.revision).toBe(w.revision);
+      expect(r.results).toMatchObject([
+        { op: 'get', key: 'b', kv: { value: 'z', version: 1, modRevision: w.revision } },
+        { op: 'get', key: 'missing', kv: undefined },
+        {
+          op: 'range',
+          prefix: 'a/',
+          kvs: [
+            { key: 'a/1', value: 'x' },
+            { key: 'a/2', value: 'y' },
+          ],
+        },
+      ]);
+      // The failed compare runs `else`, from the same snapshot.
+      const e = await s.txn({
+        compare: [{ key: 'b', target: 'version', op: '>', value: 1 }],
+        then: [{ op: 'range', prefix: '' }],
+        else: [{ op: 'get', key: 'a/1' }],
+      });
+      expect(e.succeeded).toBe(false);
+      expect(e.results).toMatchObject([{ op: 'get', key: 'a/1', kv: { value: 'x' } }]);
+      // The writer still waits for the lock; it goes on once the lock is released.
+      expect(wrote).toBe(false);
+      await holder.query('COMMIT');
+      expect((await write).revision).toBeGreaterThan(w.revision);
+    } finally {
+      await holder.end().catch(() => undefined);
+    }
+  });
+
+  it('never returns a key of an expired session from a transaction that only reads; its revision covers the reap', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const w = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'held', value: 'v', session },
+        { op: 'put', key: 'free', value: 'v' },
+      ],
+    });
+    await admin.query(`UPDATE "${schema}".sessions SET expires_at = clock_timestamp() - interval '1 second'`);
+    const r = await s.txn({
+      compare: [{ key: 'held', target: 'exists', exists: false }],
+      then: [{ op: 'range', prefix: '' }],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(r.results).toMatchObject([{ op: 'range', prefix: '', kvs: [{ key: 'free' }] }]);
+    // The reap deleted a key: a new revision, and the read's revision is at least that one.
+    expect(r.revision).toBeGreaterThan(w.revision);
+    expect(r.revision).toBe((await s.range('')).revision);
+    expect((await session.ended).state).toBe('expired');
+  });
+
+  it('writes the puts of a branch as one statement with the versions, revisions and sessions of one at a time', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const first = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'a', value: '1', session },
+        { op: 'put', key: 'd', value: 'gone' },
+        { op: 'put', key: 'p/1', value: 'gone' },
+        { op: 'put', key: 'p/2', value: 'gone' },
+      ],
+    });
+    const r = await s.txn({
+      compare: [{ key: 'a', target: 'version', op: '=', value: 1 }],
+      then: [
+        { op: 'get', key: 'a' },
+        { op: 'put', key: 'a', value: '2' },
+        { op: 'delete', key: 'd' },
+        { op: 'put', key: 'b', value: 'on the session', session },
+        { op: 'deletePrefix', prefix: 'p/' },
+        { op: 'put', key: 'c', value: 'é ☃ 𝄞' },
+      ],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(r.results).toMatchObject([
+      { op: 'get', key: 'a', kv: { value: '1' } },
+      { op: 'put', key: 'a' },
+      { op: 'delete', key: 'd', deleted: 1 },
+      { op: 'put', key: 'b' },
+      { op: 'deletePrefix', prefix: 'p/', deleted: 2 },
+      { op: 'put', key: 'c' },
+    ]);
+    const kvs = (await s.range('')).kvs;
+    expect(kvs.map((kv) => [kv.key, kv.value, kv.version, kv.createRevision, kv.modRevision])).toEqual([
+      ['a', '2', 2, first.revision, r.revision],
+      ['b', 'on the session', 1, r.revision, r.revision],
+      ['c', 'é ☃ 𝄞', 1, r.revision, r.revision],
+    ]);
+    // `a` was put again without a session: detached. Only `b` goes with the session.
+    await session.close();
+    expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['a', 'c']);
+  });
+});
+
 describe('postgres watches', () => {
   it('delivers hints by polling alone with listen: false', async () => {
     const schema = freshSchema();

@@ -9,7 +9,10 @@
  * commit order. SERIALIZABLE would buy nothing here (every write updates the
  * same counter row, so they would all conflict and retry) and would add retry
  * storms under contention. Readers take no lock: a single statement is one
- * MVCC snapshot.
+ * MVCC snapshot. That includes transactions that cannot write (only gets and
+ * ranges in both branches): they are one statement too, so they never queue
+ * behind writers. A writer holds the lock for a fixed number of round trips
+ * (all its puts go in one statement), not one per operation.
  *
  * Pooler safety: nothing depends on session state. No advisory locks, no
  * named prepared statements, no temp tables, no SET outside a transaction
@@ -260,6 +263,18 @@ export class PostgresStore extends StoreBase {
    * awaits reaping, reap it and read again, so the revision covers the reap.
    */
   async #read(what: string, where: string, params: readonly unknown[]): Promise<{ kvs: KeyValue[]; revision: number }> {
+    const { rows, revision } = await this.#readRows(what, where, params);
+    const kvs = rows.map(decodeRow);
+    kvs.sort(byKey);
+    return { kvs, revision };
+  }
+
+  /** #read's statement, its rows left undecoded (a read-only txn decodes only what its branch returns). */
+  async #readRows(
+    what: string,
+    where: string,
+    params: readonly unknown[],
+  ): Promise<{ rows: KvRow[]; revision: number }> {
     const sql = `
       WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now)
       SELECT h.revision, h.expired, r.*
@@ -284,17 +299,80 @@ export class PostgresStore extends StoreBase {
     const first = r.rows[0];
     const revision =
       first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
-    const kvs: KeyValue[] = [];
-    for (const row of r.rows) if (row.key !== null) kvs.push(decodeRow(row));
-    kvs.sort(byKey);
-    return { kvs, revision };
+    return { rows: r.rows.filter((row) => row.key !== null), revision };
   }
 
   // ---- transactions ---------------------------------------------------------
 
   protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
+    // A transaction that cannot write (no put, delete or deletePrefix in either branch) needs no lock.
+    if (session === undefined && [...txn.then, ...(txn.else ?? [])].every((op) => op.op === 'get' || op.op === 'range'))
+      return this.#readTxn(txn);
     const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#runTxn(q, w, txn, session?.id));
     return { succeeded: value.succeeded, revision, results: value.results };
+  }
+
+  /**
+   * A read-only transaction: the compared keys, every key either branch gets
+   * and every prefix either branch ranges over, in ONE statement (#readRows:
+   * one snapshot, keys of expired sessions left out, a pending reap done
+   * first). The compares are evaluated on that snapshot and the branch's
+   * reads answered from it, so the whole transaction takes effect at the
+   * snapshot, as a read does. It takes no lock: it never waits for writers,
+   * and writers never wait for it.
+   */
+  async #readTxn(txn: Txn): Promise<TxnResult> {
+    const names = new Set<string>();
+    const prefixes = new Set<string>();
+    for (const c of txn.compare) names.add(c.key);
+    for (const op of [...txn.then, ...(txn.else ?? [])]) {
+      if (op.op === 'get') names.add(op.key);
+      else if (op.op === 'range') prefixes.add(op.prefix);
+    }
+    const params: unknown[] = [];
+    const terms: string[] = [];
+    if (names.size > 0) {
+      params.push([...names].map((n) => Buffer.from(n, 'utf8')));
+      terms.push(`k.key = ANY($${params.length + 1}::bytea[])`);
+    }
+    for (const prefix of prefixes) {
+      const [low, high] = prefixRange(prefix);
+      params.push(low, high);
+      terms.push(
+        `(k.key >= $${params.length} AND ($${params.length + 1}::bytea IS NULL OR k.key < $${params.length + 1}))`,
+      );
+    }
+    const { rows, revision } = await this.#readRows(
+      'txn',
+      terms.length === 0 ? 'false' : `(${terms.join(' OR ')})`,
+      params,
+    );
+    const byName = new Map<string, KvRow>();
+    for (const row of rows) byName.set(lenientKey(row.key), row);
+    const decoded = new Map<string, KeyValue | undefined>();
+    const kvOf = (key: string): KeyValue | undefined => {
+      if (!decoded.has(key)) {
+        const row = byName.get(key);
+        decoded.set(key, row === undefined ? undefined : decodeRow(row));
+      }
+      return decoded.get(key);
+    };
+    const { succeeded, branch } = chooseBranch(txn, kvOf);
+    const results: OpResult[] = [];
+    for (const op of branch) {
+      if (op.op === 'get') {
+        results.push({ op: 'get', key: op.key, kv: kvOf(op.key) });
+      } else if (op.op === 'range') {
+        // The same byte range as the SQL of a range read.
+        const [low, high] = prefixRange(op.prefix);
+        const inRange = rows.filter((row) => {
+          const key = row.key as Buffer;
+          return Buffer.compare(key, low) >= 0 && (high === null || Buffer.compare(key, high) < 0);
+        });
+        results.push({ op: 'range', prefix: op.prefix, kvs: inRange.map(decodeRow).sort(byKey) });
+      }
+    }
+    return { succeeded, revision, results };
   }
 
   async #runTxn(
@@ -341,6 +419,7 @@ export class PostgresStore extends StoreBase {
     };
     const { succeeded, branch } = chooseBranch(txn, kvOf);
     const results: OpResult[] = [];
+    const puts: { key: string; value: string; attached: boolean }[] = [];
     for (const op of branch) {
       switch (op.op) {
         case 'get':
@@ -358,19 +437,7 @@ export class PostgresStore extends StoreBase {
         case 'put': {
           // A row that is not ours is reported, never overwritten.
           kvOf(op.key);
-          await q(
-            `INSERT INTO ${this.#t.kv} AS k (ns, key, value, version, create_rev, mod_rev, session_id)
-             VALUES ($1, $2, $3, 1, $4, $4, $5)
-             ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = k.version + 1,
-               mod_rev = EXCLUDED.mod_rev, session_id = EXCLUDED.session_id`,
-            [
-              this.namespace,
-              Buffer.from(op.key, 'utf8'),
-              Buffer.from(op.value, 'utf8'),
-              String(w.nextRevision),
-              op.session === undefined ? null : sessionId,
-            ],
-          );
+          puts.push({ key: op.key, value: op.value, attached: op.session !== undefined });
           w.changed.push(op.key);
           results.push({ op: 'put', key: op.key });
           break;
@@ -396,6 +463,25 @@ export class PostgresStore extends StoreBase {
           break;
         }
       }
+    }
+    if (puts.length > 0) {
+      // Every put in one statement (one round trip under the namespace lock instead of one per put). Running them
+      // after the deletes changes nothing: validateTxn refuses a branch that writes a key twice or puts under a
+      // prefix it deletes, so the puts touch no row the deletes do.
+      await q(
+        `INSERT INTO ${this.#t.kv} AS k (ns, key, value, version, create_rev, mod_rev, session_id)
+         SELECT $1::text, u.key, u.value, 1, $4::bigint, $4::bigint, u.session_id
+         FROM unnest($2::bytea[], $3::bytea[], $5::uuid[]) AS u(key, value, session_id)
+         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = k.version + 1,
+           mod_rev = EXCLUDED.mod_rev, session_id = EXCLUDED.session_id`,
+        [
+          this.namespace,
+          puts.map((p) => Buffer.from(p.key, 'utf8')),
+          puts.map((p) => Buffer.from(p.value, 'utf8')),
+          String(w.nextRevision),
+          puts.map((p) => (p.attached ? (sessionId ?? null) : null)),
+        ],
+      );
     }
     return { succeeded, results };
   }
