@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   POSTGRES_SCHEMA_VERSION,
   PostgresStore,
@@ -379,6 +379,38 @@ describe('postgres transactions', () => {
     // `a` was put again without a session: detached. Only `b` goes with the session.
     await session.close();
     expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['a', 'c']);
+  });
+
+  it('writes keys and values with quotes, backslashes and any Unicode as they are, and names them in NOTIFY', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const hints: WatchHint[] = [];
+    const watcher = await s.watch('q/', (h) => hints.push(h));
+    const key = "q/it's \\ a 'key' \\x41 $1 ; COMMIT; --";
+    const value = "a 'value' \\ ; ROLLBACK; \u00e9 \u{1d11e}";
+    const r = await s.txn({
+      compare: [{ key, target: 'exists', exists: false }],
+      then: [{ op: 'put', key, value }],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(await s.get(key)).toMatchObject({ key, value, version: 1, modRevision: r.revision });
+    await vi.waitFor(() => expect(hints.some((h) => h.revision === r.revision && h.reason === 'change')).toBe(true));
+    await watcher.close();
+  });
+
+  it('starts a new counter above the old revisions when the namespace row was deleted by hand', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: '1', session }] });
+    await admin.query(`DELETE FROM "${schema}".namespaces`);
+    const after = await s.txn({
+      compare: [{ key: 'k', target: 'modRevision', op: '=', value: before.revision }],
+      then: [{ op: 'put', key: 'k', value: '2', session }],
+    });
+    expect(after.succeeded).toBe(true);
+    expect(after.revision).toBeGreaterThan(before.revision);
+    expect(await s.get('k')).toMatchObject({ value: '2', version: 2, modRevision: after.revision });
   });
 });
 

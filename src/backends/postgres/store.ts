@@ -308,7 +308,11 @@ export class PostgresStore extends StoreBase {
     // A transaction that cannot write (no put, delete or deletePrefix in either branch) needs no lock.
     if (session === undefined && [...txn.then, ...(txn.else ?? [])].every((op) => op.op === 'get' || op.op === 'range'))
       return this.#readTxn(txn);
-    const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#runTxn(q, w, txn, session?.id));
+    const sessionId = session?.id;
+    const { value, revision } = await this.#writeTxn('txn', (q, w, read) => this.#runTxn(q, w, txn, sessionId, read), {
+      sessionId,
+      names: txnNames(txn),
+    });
     return { succeeded: value.succeeded, revision, results: value.results };
   }
 
@@ -380,35 +384,20 @@ export class PostgresStore extends StoreBase {
     w: WriteContext,
     txn: Txn,
     sessionId: string | undefined,
+    read: Prefetched,
   ): Promise<Omit<TxnResult, 'revision'>> {
-    if (sessionId !== undefined) {
-      const s = await q(
-        `SELECT 1 FROM ${this.#t.sessions} WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
-        [this.namespace, sessionId],
+    if (sessionId !== undefined && !read.sessionAlive) {
+      // Commit the reap, apply nothing of the transaction.
+      w.failAfterCommit = new SessionExpiredError(
+        sessionId,
+        `session ${sessionId} has expired on the server; open a new session`,
       );
-      if (s.rowCount !== 1) {
-        // Commit the reap, apply nothing of the transaction.
-        w.failAfterCommit = new SessionExpiredError(
-          sessionId,
-          `session ${sessionId} has expired on the server; open a new session`,
-        );
-        return { succeeded: false, results: [] };
-      }
+      return { succeeded: false, results: [] };
     }
-    // Current rows of every key the compares and either branch name, read
-    // under the namespace lock: nobody else can change them until we commit.
-    const names = new Set<string>();
-    for (const c of txn.compare) names.add(c.key);
-    for (const op of [...txn.then, ...(txn.else ?? [])])
-      if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+    // The current rows of every key the compares and either branch name (txnNames), read under the namespace
+    // lock: nobody else can change them until we commit.
     const current = new Map<string, KvRow>();
-    if (names.size > 0) {
-      const r = await q<KvRow>(
-        `SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = $1 AND k.key = ANY($2::bytea[])`,
-        [this.namespace, [...names].map((n) => Buffer.from(n, 'utf8'))],
-      );
-      for (const row of r.rows) current.set(lenientKey(row.key), row);
-    }
+    for (const row of read.rows) current.set(lenientKey(row.key), row);
     const decoded = new Map<string, KeyValue | undefined>();
     const kvOf = (key: string): KeyValue | undefined => {
       if (!decoded.has(key)) {
@@ -488,30 +477,67 @@ export class PostgresStore extends StoreBase {
 
   /**
    * The write transaction every mutation goes through: lock the namespace
-   * row, reap its expired sessions, run `body`, and if anything changed
-   * (the reap included) bump the revision and NOTIFY, all in one commit.
+   * row, reap its expired sessions, read what `prefetch` asks for, run `body`,
+   * and if anything changed (the reap included) bump the revision and NOTIFY,
+   * all in one commit.
+   *
+   * Round trips are what a writer pays while it holds the lock (each one is a
+   * turn of this process's event loop, which on a busy process is most of
+   * the cost), and every other writer of the namespace waits that long. So
+   * BEGIN, the lock, the reap and the reads go in one multi-statement simple
+   * query, and the bump, the NOTIFY and COMMIT in another: a guarded put is
+   * three round trips (the puts are the middle one); the lock is taken in the
+   * first and held through the other two. A multi-statement query takes no parameters, so these statements
+   * carry their values as literals: pg's escapeLiteral for text, integers
+   * the code computed, keys as hex. Each statement of it still takes its own
+   * snapshot (READ COMMITTED), so the reap and the reads see everything
+   * committed before the lock was granted.
    */
   async #writeTxn<T>(
     what: string,
-    body: (q: Query, w: WriteContext) => Promise<T>,
+    body: (q: Query, w: WriteContext, read: Prefetched) => Promise<T>,
+    prefetch: Prefetch = { sessionId: undefined, names: [] },
   ): Promise<{ value: T; revision: number }> {
     let reaped: ReapResult = { sessions: [], keys: [] };
     let w: WriteContext | undefined;
     const out = await this.#exec(what, async (q, attempt) => {
       attempt.phase = 'open';
-      await q(beginSql(this.requestTimeoutMs));
-      let lock = await this.#lockNamespace(q);
+      const ns = pg.escapeLiteral(this.namespace);
+      const reads = this.#prefetchSql(prefetch, ns);
+      const statements = [
+        beginSql(this.requestTimeoutMs),
+        `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = ${ns} FOR UPDATE`,
+        this.#reapSql(ns),
+        ...reads.statements,
+      ];
+      const results = await q(statements.join('; ')).then(resultList);
+      // BEGIN and its SET LOCALs come first; then the lock, the reap and the reads, in that order.
+      const [lockResult, reapResult, ...readResults] = results.slice(results.length - 2 - reads.statements.length);
+      let lock = lockResult === undefined ? undefined : lockRow(lockResult, this.namespace);
+      let read = reads.parse(readResults);
+      reaped = reapRow(reapResult);
       if (lock === undefined) {
-        // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock.
+        // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock, take
+        // its lock, and reap and read again under it.
         await q(
           `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
           [this.namespace],
         );
-        lock = await this.#lockNamespace(q);
+        const again = await q(
+          [
+            `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = ${ns} FOR UPDATE`,
+            this.#reapSql(ns),
+            ...reads.statements,
+          ].join('; '),
+        ).then(resultList);
+        lock = again[0] === undefined ? undefined : lockRow(again[0], this.namespace);
         if (lock === undefined)
           throw new StoreUnavailableError('postgres: the namespace row vanished during a transaction', {
             outcome: 'not-applied',
           });
+        const more = reapRow(again[1]);
+        reaped = { sessions: [...reaped.sessions, ...more.sessions], keys: [...reaped.keys, ...more.keys] };
+        read = reads.parse(again.slice(2));
       }
       // Revisions stay above the server's clock in microseconds, so they keep
       // growing even if the database is restored from a backup or recreated.
@@ -522,19 +548,21 @@ export class PostgresStore extends StoreBase {
         });
       }
       w = new WriteContext(next);
-      reaped = await this.#reapIn(q);
       w.changed.push(...reaped.keys);
-      const result = await body(q, w);
+      const result = await body(q, w, read);
       const changed = w.changed.length > 0;
-      if (changed) {
-        await q(
-          `WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = $2 WHERE name = $1 RETURNING 1)
-           SELECT pg_notify($3, $4) FROM bump`,
-          [this.namespace, String(next), this.#t.channel, encodeNotice(this.namespace, next, w.changed)],
-        );
-      }
+      // From here on COMMIT is on the wire. A server error of the bump before it (not a connection-level one)
+      // still reports not-applied (outcomeOf): the transaction then aborts and COMMIT is never run.
       attempt.phase = 'commit';
-      await q('COMMIT');
+      if (changed) {
+        const notice = encodeNotice(this.namespace, next, w.changed);
+        await q(
+          `WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = ${String(next)} WHERE name = ${ns} RETURNING 1)
+           SELECT pg_notify(${pg.escapeLiteral(this.#t.channel)}, ${pg.escapeLiteral(notice)}) FROM bump; COMMIT`,
+        );
+      } else {
+        await q('COMMIT');
+      }
       attempt.phase = 'connect';
       return { value: result, revision: changed ? next : lock.revision };
     });
@@ -543,33 +571,44 @@ export class PostgresStore extends StoreBase {
     return out;
   }
 
-  async #lockNamespace(q: Query): Promise<{ revision: number; nowUs: number } | undefined> {
-    const r = await q<{ revision: unknown; now_us: unknown }>(
-      `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = $1 FOR UPDATE`,
-      [this.namespace],
-    );
-    const row = r.rows[0];
-    if (row === undefined) return undefined;
+  /** The statements reading what `prefetch` asks for, with `ns` the namespace as a literal, and their parser. */
+  #prefetchSql(
+    prefetch: Prefetch,
+    ns: string,
+  ): { statements: string[]; parse: (results: readonly QueryResult[]) => Prefetched } {
+    const statements: string[] = [];
+    const { sessionId, names } = prefetch;
+    if (sessionId !== undefined) {
+      statements.push(
+        `SELECT 1 FROM ${this.#t.sessions} WHERE ns = ${ns} AND id = ${pg.escapeLiteral(sessionId)}::uuid ` +
+          `AND expires_at > clock_timestamp()`,
+      );
+    }
+    if (names.length > 0) {
+      // Hex of the UTF-8 bytes: nothing to escape.
+      const keys = names.map((n) => `decode('${Buffer.from(n, 'utf8').toString('hex')}', 'hex')`).join(', ');
+      statements.push(`SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = ${ns} AND k.key = ANY(ARRAY[${keys}])`);
+    }
     return {
-      revision: parseBigint(row.revision, `revision of namespace ${this.namespace}`, 0),
-      nowUs: parseBigint(row.now_us, 'server clock', 0),
+      statements,
+      parse: (results) => {
+        let i = 0;
+        const sessionAlive = sessionId === undefined ? false : results[i++]?.rowCount === 1;
+        const rows = names.length > 0 ? ((results[i]?.rows ?? []) as KvRow[]) : [];
+        return { sessionAlive, rows };
+      },
     };
   }
 
-  /** Delete the namespace's expired sessions and their keys (under the namespace lock). */
-  async #reapIn(q: Query): Promise<ReapResult> {
-    const r = await q<{ sessions: string[]; keys: Buffer[] }>(
-      `WITH dead AS (
-         DELETE FROM ${this.#t.sessions} WHERE ns = $1 AND expires_at <= clock_timestamp() RETURNING id
+  /** Delete the namespace's expired sessions and their keys; `ns` is the namespace as a literal or parameter. */
+  #reapSql(ns: string): string {
+    return `WITH dead AS (
+         DELETE FROM ${this.#t.sessions} WHERE ns = ${ns} AND expires_at <= clock_timestamp() RETURNING id
        ), gone AS (
-         DELETE FROM ${this.#t.kv} WHERE ns = $1 AND session_id IN (SELECT id FROM dead) RETURNING key
+         DELETE FROM ${this.#t.kv} WHERE ns = ${ns} AND session_id IN (SELECT id FROM dead) RETURNING key
        )
        SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM dead) AS sessions,
-              (SELECT coalesce(array_agg(key), '{}') FROM gone) AS keys`,
-      [this.namespace],
-    );
-    const row = r.rows[0];
-    return { sessions: row?.sessions ?? [], keys: (row?.keys ?? []).map(lenientKey) };
+              (SELECT coalesce(array_agg(key), '{}') FROM gone) AS keys`;
   }
 
   #afterReap(reaped: ReapResult): void {
@@ -941,6 +980,47 @@ class WriteContext {
     /** The revision this transaction's writes carry. */
     readonly nextRevision: number,
   ) {}
+}
+
+/** What #writeTxn reads under the lock before running its body (in the round trip that takes the lock). */
+interface Prefetch {
+  /** The session the transaction's puts attach keys to: whether it is still alive on the server. */
+  readonly sessionId: string | undefined;
+  /** Keys whose current rows the body needs. */
+  readonly names: readonly string[];
+}
+
+interface Prefetched {
+  readonly sessionAlive: boolean;
+  readonly rows: readonly KvRow[];
+}
+
+/** Every key a transaction's compares and either branch's gets, puts and deletes name. */
+function txnNames(txn: Txn): string[] {
+  const names = new Set<string>();
+  for (const c of txn.compare) names.add(c.key);
+  for (const op of [...txn.then, ...(txn.else ?? [])])
+    if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+  return [...names];
+}
+
+/** A multi-statement simple query answers with one result per statement (pg gives one result alone unwrapped). */
+function resultList(r: QueryResult | QueryResult[]): QueryResult[] {
+  return Array.isArray(r) ? r : [r];
+}
+
+function lockRow(r: QueryResult, namespace: string): { revision: number; nowUs: number } | undefined {
+  const row = r.rows[0] as { revision: unknown; now_us: unknown } | undefined;
+  if (row === undefined) return undefined;
+  return {
+    revision: parseBigint(row.revision, `revision of namespace ${namespace}`, 0),
+    nowUs: parseBigint(row.now_us, 'server clock', 0),
+  };
+}
+
+function reapRow(r: QueryResult | undefined): ReapResult {
+  const row = r?.rows[0] as { sessions?: string[]; keys?: Buffer[] } | undefined;
+  return { sessions: row?.sessions ?? [], keys: (row?.keys ?? []).map(lenientKey) };
 }
 
 function destroyConnection(client: pg.ClientBase): void {
