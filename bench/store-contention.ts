@@ -4,12 +4,13 @@
  *
  * The control-plane load of a fleet, on one namespace of a private server: `--nodes` stores (one per fleet node)
  * each reading the fleet `--rate` times a second as `readFleetView` does (a transaction of two ranges and a get,
- * then three range reads of `--groups` records) and writing `--rate` observed reports a second (a guarded put:
- * compare the group record, put `observed/<group>`), while one coordinator writes desired records in batches of 42
- * guarded puts, `--rate` / 5 batches a second. Requests are paced (a fleet reads and writes when something
- * changed, not in a tight loop); one that falls behind its pace goes at once. Per kind of request: how many
- * completed per second, and their median and p99 latency. Writers of a namespace serialise on most backends;
- * what this shows is how long readers and writers wait for each other.
+ * then three range reads of `--groups` records), writing `--rate` observed reports a second, four at a time (a
+ * guarded put: compare the group record, put `observed/<group>`), and keeping a session of 2 s alive (a timed
+ * keep-alive five times a second, besides the session's own), while one coordinator writes desired records in
+ * batches of 42 guarded puts, `--rate` / 5 batches a second. Requests are paced (a fleet reads and writes when
+ * something changed, not in a tight loop); one that falls behind its pace goes at once. Per kind of request: how
+ * many completed per second, and their median and p99 latency. Writers of a namespace serialise on most backends;
+ * what this shows is how long readers, writers and keep-alives wait for each other.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +24,9 @@ import { round, stats, table, type LatencyStats } from './stats.js';
 const ALL = ['sqlite', 'postgres', 'redis', 'etcd', 'zookeeper'] as const;
 /** Desired records per coordinator transaction, as writeDesired batches them. */
 const DESIRED_BATCH = 42;
-const KINDS = ['view read', 'observed report', 'desired batch'] as const;
+const KINDS = ['view read', 'observed report', 'desired batch', 'keep-alive'] as const;
+/** Observed reports in flight per node: the leaders of a node's groups report at once when their shapes change. */
+const REPORTERS = 4;
 type Kind = (typeof KINDS)[number];
 
 interface Result {
@@ -80,7 +83,15 @@ async function benchBackend(
     await first.txn({ compare: [], then: [{ op: 'put', key: 'f/b/nodes/n0', value: record, session }] });
     const leadership = await new Election(first, { prefix: 'f/b/coord/' }).campaign(session, 'n0');
 
-    const samples: Record<Kind, number[]> = { 'view read': [], 'observed report': [], 'desired batch': [] };
+    const samples: Record<Kind, number[]> = {
+      'view read': [],
+      'observed report': [],
+      'desired batch': [],
+      'keep-alive': [],
+    };
+    // Each node's own session (its node record's), kept alive by the store as a fleet node's is; the bench also
+    // asks for a keep-alive at the store's own beat and times it.
+    const sessions = await Promise.all(stores.map((s) => s.openSession({ ttlMs: 2000 })));
     let failures = 0;
     const deadline = performance.now() + durationMs;
     const loop = async (kind: Kind, perSecond: number, op: () => Promise<unknown>): Promise<void> => {
@@ -135,11 +146,15 @@ async function benchBackend(
     const started = performance.now();
     await Promise.all([
       ...stores.map((s) => loop('view read', rate, () => viewRead(s))),
-      ...stores.map((s) => loop('observed report', rate, () => report(s))),
+      ...stores.flatMap((s) =>
+        Array.from({ length: REPORTERS }, () => loop('observed report', rate / REPORTERS, () => report(s))),
+      ),
+      ...sessions.map((x) => loop('keep-alive', 5, () => x.keepAlive())),
       loop('desired batch', rate / 5, desired),
     ]);
     const seconds = (performance.now() - started) / 1000;
     await session.close();
+    await Promise.all(sessions.map((x) => x.close()));
     const perKind = Object.fromEntries(
       KINDS.map((k) => [k, { ...stats(samples[k]), perSecond: round(samples[k].length / seconds, 1) }]),
     ) as Result['perKind'];
