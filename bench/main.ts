@@ -6,6 +6,7 @@
  */
 const benches: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   store: () => import('./store.js'),
+  'store-contention': () => import('./store-contention.js'),
   groups: () => import('./groups.js'),
   rabbitmq: () => import('./rabbitmq.js'),
   slots: () => import('./slots.js'),

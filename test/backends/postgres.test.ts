@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   POSTGRES_SCHEMA_VERSION,
   PostgresStore,
@@ -245,6 +245,172 @@ describe('postgres data read back', () => {
   it('rejects oversized keys before they reach the server', async () => {
     const s = await open(freshSchema());
     expect(await rejection(s.get('k'.repeat(STORE_LIMITS.maxKeyBytes + 1)))).toBeInstanceOf(LimitExceededError);
+  });
+});
+
+describe('postgres transactions', () => {
+  it('answers a transaction that only reads without waiting for the writer that holds the namespace lock', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const w = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'a/1', value: 'x' },
+        { op: 'put', key: 'a/2', value: 'y' },
+        { op: 'put', key: 'b', value: 'z' },
+      ],
+    });
+    // A writer that stalls while it holds the namespace's row lock (as a paused client would).
+    const holder = new pg.Client(server.url);
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT revision FROM "${schema}".namespaces WHERE name = 'ns' FOR UPDATE`);
+      let wrote = false;
+      const write = s.txn({ compare: [], then: [{ op: 'put', key: 'c', value: 'later' }] }).then((r) => {
+        wrote = true;
+        return r;
+      });
+      // Awaited below; a failure before that must not surface as an unhandled rejection.
+      write.catch(() => undefined);
+      const r = await s.txn({
+        compare: [{ key: 'b', target: 'value', op: '=', value: 'z' }],
+        then: [
+          { op: 'get', key: 'b' },
+          { op: 'get', key: 'missing' },
+          { op: 'range', prefix: 'a/' },
+        ],
+        else: [{ op: 'get', key: 'c' }],
+      });
+      expect(r.succeeded).toBe(true);
+      expect(r.revision).toBe(w.revision);
+      expect(r.results).toMatchObject([
+        { op: 'get', key: 'b', kv: { value: 'z', version: 1, modRevision: w.revision } },
+        { op: 'get', key: 'missing', kv: undefined },
+        {
+          op: 'range',
+          prefix: 'a/',
+          kvs: [
+            { key: 'a/1', value: 'x' },
+            { key: 'a/2', value: 'y' },
+          ],
+        },
+      ]);
+      // The failed compare runs `else`, from the same snapshot.
+      const e = await s.txn({
+        compare: [{ key: 'b', target: 'version', op: '>', value: 1 }],
+        then: [{ op: 'range', prefix: '' }],
+        else: [{ op: 'get', key: 'a/1' }],
+      });
+      expect(e.succeeded).toBe(false);
+      expect(e.results).toMatchObject([{ op: 'get', key: 'a/1', kv: { value: 'x' } }]);
+      // The writer still waits for the lock; it goes on once the lock is released.
+      expect(wrote).toBe(false);
+      await holder.query('COMMIT');
+      expect((await write).revision).toBeGreaterThan(w.revision);
+    } finally {
+      await holder.end().catch(() => undefined);
+    }
+  });
+
+  it('never returns a key of an expired session from a transaction that only reads; its revision covers the reap', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const w = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'held', value: 'v', session },
+        { op: 'put', key: 'free', value: 'v' },
+      ],
+    });
+    await admin.query(`UPDATE "${schema}".sessions SET expires_at = clock_timestamp() - interval '1 second'`);
+    const r = await s.txn({
+      compare: [{ key: 'held', target: 'exists', exists: false }],
+      then: [{ op: 'range', prefix: '' }],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(r.results).toMatchObject([{ op: 'range', prefix: '', kvs: [{ key: 'free' }] }]);
+    // The reap deleted a key: a new revision, and the read's revision is at least that one.
+    expect(r.revision).toBeGreaterThan(w.revision);
+    expect(r.revision).toBe((await s.range('')).revision);
+    expect((await session.ended).state).toBe('expired');
+  });
+
+  it('writes the puts of a branch as one statement with the versions, revisions and sessions of one at a time', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const first = await s.txn({
+      compare: [],
+      then: [
+        { op: 'put', key: 'a', value: '1', session },
+        { op: 'put', key: 'd', value: 'gone' },
+        { op: 'put', key: 'p/1', value: 'gone' },
+        { op: 'put', key: 'p/2', value: 'gone' },
+      ],
+    });
+    const r = await s.txn({
+      compare: [{ key: 'a', target: 'version', op: '=', value: 1 }],
+      then: [
+        { op: 'get', key: 'a' },
+        { op: 'put', key: 'a', value: '2' },
+        { op: 'delete', key: 'd' },
+        { op: 'put', key: 'b', value: 'on the session', session },
+        { op: 'deletePrefix', prefix: 'p/' },
+        { op: 'put', key: 'c', value: 'é ☃ 𝄞' },
+      ],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(r.results).toMatchObject([
+      { op: 'get', key: 'a', kv: { value: '1' } },
+      { op: 'put', key: 'a' },
+      { op: 'delete', key: 'd', deleted: 1 },
+      { op: 'put', key: 'b' },
+      { op: 'deletePrefix', prefix: 'p/', deleted: 2 },
+      { op: 'put', key: 'c' },
+    ]);
+    const kvs = (await s.range('')).kvs;
+    expect(kvs.map((kv) => [kv.key, kv.value, kv.version, kv.createRevision, kv.modRevision])).toEqual([
+      ['a', '2', 2, first.revision, r.revision],
+      ['b', 'on the session', 1, r.revision, r.revision],
+      ['c', 'é ☃ 𝄞', 1, r.revision, r.revision],
+    ]);
+    // `a` was put again without a session: detached. Only `b` goes with the session.
+    await session.close();
+    expect((await s.range('')).kvs.map((kv) => kv.key)).toEqual(['a', 'c']);
+  });
+
+  it('writes keys and values with quotes, backslashes and any Unicode as they are, and names them in NOTIFY', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const hints: WatchHint[] = [];
+    const watcher = await s.watch('q/', (h) => hints.push(h));
+    const key = "q/it's \\ a 'key' \\x41 $1 ; COMMIT; --";
+    const value = "a 'value' \\ ; ROLLBACK; \u00e9 \u{1d11e}";
+    const r = await s.txn({
+      compare: [{ key, target: 'exists', exists: false }],
+      then: [{ op: 'put', key, value }],
+    });
+    expect(r.succeeded).toBe(true);
+    expect(await s.get(key)).toMatchObject({ key, value, version: 1, modRevision: r.revision });
+    await vi.waitFor(() => expect(hints.some((h) => h.revision === r.revision && h.reason === 'change')).toBe(true));
+    await watcher.close();
+  });
+
+  it('starts a new counter above the old revisions when the namespace row was deleted by hand', async () => {
+    const schema = freshSchema();
+    const s = await open(schema);
+    const session = await s.openSession({ ttlMs: 5000 });
+    const before = await s.txn({ compare: [], then: [{ op: 'put', key: 'k', value: '1', session }] });
+    await admin.query(`DELETE FROM "${schema}".namespaces`);
+    const after = await s.txn({
+      compare: [{ key: 'k', target: 'modRevision', op: '=', value: before.revision }],
+      then: [{ op: 'put', key: 'k', value: '2', session }],
+    });
+    expect(after.succeeded).toBe(true);
+    expect(after.revision).toBeGreaterThan(before.revision);
+    expect(await s.get('k')).toMatchObject({ value: '2', version: 2, modRevision: after.revision });
   });
 });
 

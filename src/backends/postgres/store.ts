@@ -9,7 +9,10 @@
  * commit order. SERIALIZABLE would buy nothing here (every write updates the
  * same counter row, so they would all conflict and retry) and would add retry
  * storms under contention. Readers take no lock: a single statement is one
- * MVCC snapshot.
+ * MVCC snapshot. That includes transactions that cannot write (only gets and
+ * ranges in both branches): they are one statement too, so they never queue
+ * behind writers. A writer holds the lock for a fixed number of round trips
+ * (all its puts go in one statement), not one per operation.
  *
  * Pooler safety: nothing depends on session state. No advisory locks, no
  * named prepared statements, no temp tables, no SET outside a transaction
@@ -260,6 +263,18 @@ export class PostgresStore extends StoreBase {
    * awaits reaping, reap it and read again, so the revision covers the reap.
    */
   async #read(what: string, where: string, params: readonly unknown[]): Promise<{ kvs: KeyValue[]; revision: number }> {
+    const { rows, revision } = await this.#readRows(what, where, params);
+    const kvs = rows.map(decodeRow);
+    kvs.sort(byKey);
+    return { kvs, revision };
+  }
+
+  /** #read's statement, its rows left undecoded (a read-only txn decodes only what its branch returns). */
+  async #readRows(
+    what: string,
+    where: string,
+    params: readonly unknown[],
+  ): Promise<{ rows: KvRow[]; revision: number }> {
     const sql = `
       WITH t AS MATERIALIZED (SELECT clock_timestamp() AS now)
       SELECT h.revision, h.expired, r.*
@@ -284,17 +299,84 @@ export class PostgresStore extends StoreBase {
     const first = r.rows[0];
     const revision =
       first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
-    const kvs: KeyValue[] = [];
-    for (const row of r.rows) if (row.key !== null) kvs.push(decodeRow(row));
-    kvs.sort(byKey);
-    return { kvs, revision };
+    return { rows: r.rows.filter((row) => row.key !== null), revision };
   }
 
   // ---- transactions ---------------------------------------------------------
 
   protected async applyTxn(txn: Txn, session: ManagedSession | undefined): Promise<TxnResult> {
-    const { value, revision } = await this.#writeTxn('txn', (q, w) => this.#runTxn(q, w, txn, session?.id));
+    // A transaction that cannot write (no put, delete or deletePrefix in either branch) needs no lock.
+    if (session === undefined && [...txn.then, ...(txn.else ?? [])].every((op) => op.op === 'get' || op.op === 'range'))
+      return this.#readTxn(txn);
+    const sessionId = session?.id;
+    const { value, revision } = await this.#writeTxn('txn', (q, w, read) => this.#runTxn(q, w, txn, sessionId, read), {
+      sessionId,
+      names: txnNames(txn),
+    });
     return { succeeded: value.succeeded, revision, results: value.results };
+  }
+
+  /**
+   * A read-only transaction: the compared keys, every key either branch gets
+   * and every prefix either branch ranges over, in ONE statement (#readRows:
+   * one snapshot, keys of expired sessions left out, a pending reap done
+   * first). The compares are evaluated on that snapshot and the branch's
+   * reads answered from it, so the whole transaction takes effect at the
+   * snapshot, as a read does. It takes no lock: it never waits for writers,
+   * and writers never wait for it.
+   */
+  async #readTxn(txn: Txn): Promise<TxnResult> {
+    const names = new Set<string>();
+    const prefixes = new Set<string>();
+    for (const c of txn.compare) names.add(c.key);
+    for (const op of [...txn.then, ...(txn.else ?? [])]) {
+      if (op.op === 'get') names.add(op.key);
+      else if (op.op === 'range') prefixes.add(op.prefix);
+    }
+    const params: unknown[] = [];
+    const terms: string[] = [];
+    if (names.size > 0) {
+      params.push([...names].map((n) => Buffer.from(n, 'utf8')));
+      terms.push(`k.key = ANY($${params.length + 1}::bytea[])`);
+    }
+    for (const prefix of prefixes) {
+      const [low, high] = prefixRange(prefix);
+      params.push(low, high);
+      terms.push(
+        `(k.key >= $${params.length} AND ($${params.length + 1}::bytea IS NULL OR k.key < $${params.length + 1}))`,
+      );
+    }
+    const { rows, revision } = await this.#readRows(
+      'txn',
+      terms.length === 0 ? 'false' : `(${terms.join(' OR ')})`,
+      params,
+    );
+    const byName = new Map<string, KvRow>();
+    for (const row of rows) byName.set(lenientKey(row.key), row);
+    const decoded = new Map<string, KeyValue | undefined>();
+    const kvOf = (key: string): KeyValue | undefined => {
+      if (!decoded.has(key)) {
+        const row = byName.get(key);
+        decoded.set(key, row === undefined ? undefined : decodeRow(row));
+      }
+      return decoded.get(key);
+    };
+    const { succeeded, branch } = chooseBranch(txn, kvOf);
+    const results: OpResult[] = [];
+    for (const op of branch) {
+      if (op.op === 'get') {
+        results.push({ op: 'get', key: op.key, kv: kvOf(op.key) });
+      } else if (op.op === 'range') {
+        // The same byte range as the SQL of a range read.
+        const [low, high] = prefixRange(op.prefix);
+        const inRange = rows.filter((row) => {
+          const key = row.key as Buffer;
+          return Buffer.compare(key, low) >= 0 && (high === null || Buffer.compare(key, high) < 0);
+        });
+        results.push({ op: 'range', prefix: op.prefix, kvs: inRange.map(decodeRow).sort(byKey) });
+      }
+    }
+    return { succeeded, revision, results };
   }
 
   async #runTxn(
@@ -302,35 +384,20 @@ export class PostgresStore extends StoreBase {
     w: WriteContext,
     txn: Txn,
     sessionId: string | undefined,
+    read: Prefetched,
   ): Promise<Omit<TxnResult, 'revision'>> {
-    if (sessionId !== undefined) {
-      const s = await q(
-        `SELECT 1 FROM ${this.#t.sessions} WHERE ns = $1 AND id = $2 AND expires_at > clock_timestamp()`,
-        [this.namespace, sessionId],
+    if (sessionId !== undefined && !read.sessionAlive) {
+      // Commit the reap, apply nothing of the transaction.
+      w.failAfterCommit = new SessionExpiredError(
+        sessionId,
+        `session ${sessionId} has expired on the server; open a new session`,
       );
-      if (s.rowCount !== 1) {
-        // Commit the reap, apply nothing of the transaction.
-        w.failAfterCommit = new SessionExpiredError(
-          sessionId,
-          `session ${sessionId} has expired on the server; open a new session`,
-        );
-        return { succeeded: false, results: [] };
-      }
+      return { succeeded: false, results: [] };
     }
-    // Current rows of every key the compares and either branch name, read
-    // under the namespace lock: nobody else can change them until we commit.
-    const names = new Set<string>();
-    for (const c of txn.compare) names.add(c.key);
-    for (const op of [...txn.then, ...(txn.else ?? [])])
-      if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+    // The current rows of every key the compares and either branch name (txnNames), read under the namespace
+    // lock: nobody else can change them until we commit.
     const current = new Map<string, KvRow>();
-    if (names.size > 0) {
-      const r = await q<KvRow>(
-        `SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = $1 AND k.key = ANY($2::bytea[])`,
-        [this.namespace, [...names].map((n) => Buffer.from(n, 'utf8'))],
-      );
-      for (const row of r.rows) current.set(lenientKey(row.key), row);
-    }
+    for (const row of read.rows) current.set(lenientKey(row.key), row);
     const decoded = new Map<string, KeyValue | undefined>();
     const kvOf = (key: string): KeyValue | undefined => {
       if (!decoded.has(key)) {
@@ -341,6 +408,7 @@ export class PostgresStore extends StoreBase {
     };
     const { succeeded, branch } = chooseBranch(txn, kvOf);
     const results: OpResult[] = [];
+    const puts: { key: string; value: string; attached: boolean }[] = [];
     for (const op of branch) {
       switch (op.op) {
         case 'get':
@@ -358,19 +426,7 @@ export class PostgresStore extends StoreBase {
         case 'put': {
           // A row that is not ours is reported, never overwritten.
           kvOf(op.key);
-          await q(
-            `INSERT INTO ${this.#t.kv} AS k (ns, key, value, version, create_rev, mod_rev, session_id)
-             VALUES ($1, $2, $3, 1, $4, $4, $5)
-             ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = k.version + 1,
-               mod_rev = EXCLUDED.mod_rev, session_id = EXCLUDED.session_id`,
-            [
-              this.namespace,
-              Buffer.from(op.key, 'utf8'),
-              Buffer.from(op.value, 'utf8'),
-              String(w.nextRevision),
-              op.session === undefined ? null : sessionId,
-            ],
-          );
+          puts.push({ key: op.key, value: op.value, attached: op.session !== undefined });
           w.changed.push(op.key);
           results.push({ op: 'put', key: op.key });
           break;
@@ -397,35 +453,91 @@ export class PostgresStore extends StoreBase {
         }
       }
     }
+    if (puts.length > 0) {
+      // Every put in one statement (one round trip under the namespace lock instead of one per put). Running them
+      // after the deletes changes nothing: validateTxn refuses a branch that writes a key twice or puts under a
+      // prefix it deletes, so the puts touch no row the deletes do.
+      await q(
+        `INSERT INTO ${this.#t.kv} AS k (ns, key, value, version, create_rev, mod_rev, session_id)
+         SELECT $1::text, u.key, u.value, 1, $4::bigint, $4::bigint, u.session_id
+         FROM unnest($2::bytea[], $3::bytea[], $5::uuid[]) AS u(key, value, session_id)
+         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = k.version + 1,
+           mod_rev = EXCLUDED.mod_rev, session_id = EXCLUDED.session_id`,
+        [
+          this.namespace,
+          puts.map((p) => Buffer.from(p.key, 'utf8')),
+          puts.map((p) => Buffer.from(p.value, 'utf8')),
+          String(w.nextRevision),
+          puts.map((p) => (p.attached ? (sessionId ?? null) : null)),
+        ],
+      );
+    }
     return { succeeded, results };
   }
 
   /**
    * The write transaction every mutation goes through: lock the namespace
-   * row, reap its expired sessions, run `body`, and if anything changed
-   * (the reap included) bump the revision and NOTIFY, all in one commit.
+   * row, reap its expired sessions, read what `prefetch` asks for, run `body`,
+   * and if anything changed (the reap included) bump the revision and NOTIFY,
+   * all in one commit.
+   *
+   * Round trips are what a writer pays while it holds the lock (each one is a
+   * turn of this process's event loop, which on a busy process is most of
+   * the cost), and every other writer of the namespace waits that long. So
+   * BEGIN, the lock, the reap and the reads go in one multi-statement simple
+   * query, and the bump, the NOTIFY and COMMIT in another: a guarded put is
+   * three round trips (the puts are the middle one); the lock is taken in the
+   * first and held through the other two. A multi-statement query takes no parameters, so these statements
+   * carry their values as literals: pg's escapeLiteral for text, integers
+   * the code computed, keys as hex. Each statement of it still takes its own
+   * snapshot (READ COMMITTED), so the reap and the reads see everything
+   * committed before the lock was granted.
    */
   async #writeTxn<T>(
     what: string,
-    body: (q: Query, w: WriteContext) => Promise<T>,
+    body: (q: Query, w: WriteContext, read: Prefetched) => Promise<T>,
+    prefetch: Prefetch = { sessionId: undefined, names: [] },
   ): Promise<{ value: T; revision: number }> {
     let reaped: ReapResult = { sessions: [], keys: [] };
     let w: WriteContext | undefined;
     const out = await this.#exec(what, async (q, attempt) => {
       attempt.phase = 'open';
-      await q(beginSql(this.requestTimeoutMs));
-      let lock = await this.#lockNamespace(q);
+      const ns = pg.escapeLiteral(this.namespace);
+      const reads = this.#prefetchSql(prefetch, ns);
+      const statements = [
+        beginSql(this.requestTimeoutMs),
+        `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = ${ns} FOR UPDATE`,
+        this.#reapSql(ns),
+        ...reads.statements,
+      ];
+      const results = await q(statements.join('; ')).then(resultList);
+      // BEGIN and its SET LOCALs come first; then the lock, the reap and the reads, in that order.
+      const [lockResult, reapResult, ...readResults] = results.slice(results.length - 2 - reads.statements.length);
+      let lock = lockResult === undefined ? undefined : lockRow(lockResult, this.namespace);
+      let read = reads.parse(readResults);
+      reaped = reapRow(reapResult);
       if (lock === undefined) {
-        // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock.
+        // The row was deleted by hand (or the schema recreated): start a new counter from the server's clock, take
+        // its lock, and reap and read again under it.
         await q(
           `INSERT INTO ${this.#t.namespaces} (name, revision) VALUES ($1, ${NOW_US}) ON CONFLICT (name) DO NOTHING`,
           [this.namespace],
         );
-        lock = await this.#lockNamespace(q);
+        const again = await q(
+          [
+            `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = ${ns} FOR UPDATE`,
+            this.#reapSql(ns),
+            ...reads.statements,
+          ].join('; '),
+        ).then(resultList);
+        lock = again[0] === undefined ? undefined : lockRow(again[0], this.namespace);
         if (lock === undefined)
           throw new StoreUnavailableError('postgres: the namespace row vanished during a transaction', {
             outcome: 'not-applied',
           });
+        const more = reapRow(again[1]);
+        reaped = { sessions: [...reaped.sessions, ...more.sessions], keys: [...reaped.keys, ...more.keys] };
+        read = reads.parse(again.slice(2));
       }
       // Revisions stay above the server's clock in microseconds, so they keep
       // growing even if the database is restored from a backup or recreated.
@@ -436,19 +548,21 @@ export class PostgresStore extends StoreBase {
         });
       }
       w = new WriteContext(next);
-      reaped = await this.#reapIn(q);
       w.changed.push(...reaped.keys);
-      const result = await body(q, w);
+      const result = await body(q, w, read);
       const changed = w.changed.length > 0;
-      if (changed) {
-        await q(
-          `WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = $2 WHERE name = $1 RETURNING 1)
-           SELECT pg_notify($3, $4) FROM bump`,
-          [this.namespace, String(next), this.#t.channel, encodeNotice(this.namespace, next, w.changed)],
-        );
-      }
+      // From here on COMMIT is on the wire. A server error of the bump before it (not a connection-level one)
+      // still reports not-applied (outcomeOf): the transaction then aborts and COMMIT is never run.
       attempt.phase = 'commit';
-      await q('COMMIT');
+      if (changed) {
+        const notice = encodeNotice(this.namespace, next, w.changed);
+        await q(
+          `WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = ${String(next)} WHERE name = ${ns} RETURNING 1)
+           SELECT pg_notify(${pg.escapeLiteral(this.#t.channel)}, ${pg.escapeLiteral(notice)}) FROM bump; COMMIT`,
+        );
+      } else {
+        await q('COMMIT');
+      }
       attempt.phase = 'connect';
       return { value: result, revision: changed ? next : lock.revision };
     });
@@ -457,33 +571,44 @@ export class PostgresStore extends StoreBase {
     return out;
   }
 
-  async #lockNamespace(q: Query): Promise<{ revision: number; nowUs: number } | undefined> {
-    const r = await q<{ revision: unknown; now_us: unknown }>(
-      `SELECT revision, ${NOW_US} AS now_us FROM ${this.#t.namespaces} WHERE name = $1 FOR UPDATE`,
-      [this.namespace],
-    );
-    const row = r.rows[0];
-    if (row === undefined) return undefined;
+  /** The statements reading what `prefetch` asks for, with `ns` the namespace as a literal, and their parser. */
+  #prefetchSql(
+    prefetch: Prefetch,
+    ns: string,
+  ): { statements: string[]; parse: (results: readonly QueryResult[]) => Prefetched } {
+    const statements: string[] = [];
+    const { sessionId, names } = prefetch;
+    if (sessionId !== undefined) {
+      statements.push(
+        `SELECT 1 FROM ${this.#t.sessions} WHERE ns = ${ns} AND id = ${pg.escapeLiteral(sessionId)}::uuid ` +
+          `AND expires_at > clock_timestamp()`,
+      );
+    }
+    if (names.length > 0) {
+      // Hex of the UTF-8 bytes: nothing to escape.
+      const keys = names.map((n) => `decode('${Buffer.from(n, 'utf8').toString('hex')}', 'hex')`).join(', ');
+      statements.push(`SELECT ${KV_COLUMNS} FROM ${this.#t.kv} k WHERE k.ns = ${ns} AND k.key = ANY(ARRAY[${keys}])`);
+    }
     return {
-      revision: parseBigint(row.revision, `revision of namespace ${this.namespace}`, 0),
-      nowUs: parseBigint(row.now_us, 'server clock', 0),
+      statements,
+      parse: (results) => {
+        let i = 0;
+        const sessionAlive = sessionId === undefined ? false : results[i++]?.rowCount === 1;
+        const rows = names.length > 0 ? ((results[i]?.rows ?? []) as KvRow[]) : [];
+        return { sessionAlive, rows };
+      },
     };
   }
 
-  /** Delete the namespace's expired sessions and their keys (under the namespace lock). */
-  async #reapIn(q: Query): Promise<ReapResult> {
-    const r = await q<{ sessions: string[]; keys: Buffer[] }>(
-      `WITH dead AS (
-         DELETE FROM ${this.#t.sessions} WHERE ns = $1 AND expires_at <= clock_timestamp() RETURNING id
+  /** Delete the namespace's expired sessions and their keys; `ns` is the namespace as a literal or parameter. */
+  #reapSql(ns: string): string {
+    return `WITH dead AS (
+         DELETE FROM ${this.#t.sessions} WHERE ns = ${ns} AND expires_at <= clock_timestamp() RETURNING id
        ), gone AS (
-         DELETE FROM ${this.#t.kv} WHERE ns = $1 AND session_id IN (SELECT id FROM dead) RETURNING key
+         DELETE FROM ${this.#t.kv} WHERE ns = ${ns} AND session_id IN (SELECT id FROM dead) RETURNING key
        )
        SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM dead) AS sessions,
-              (SELECT coalesce(array_agg(key), '{}') FROM gone) AS keys`,
-      [this.namespace],
-    );
-    const row = r.rows[0];
-    return { sessions: row?.sessions ?? [], keys: (row?.keys ?? []).map(lenientKey) };
+              (SELECT coalesce(array_agg(key), '{}') FROM gone) AS keys`;
   }
 
   #afterReap(reaped: ReapResult): void {
@@ -855,6 +980,47 @@ class WriteContext {
     /** The revision this transaction's writes carry. */
     readonly nextRevision: number,
   ) {}
+}
+
+/** What #writeTxn reads under the lock before running its body (in the round trip that takes the lock). */
+interface Prefetch {
+  /** The session the transaction's puts attach keys to: whether it is still alive on the server. */
+  readonly sessionId: string | undefined;
+  /** Keys whose current rows the body needs. */
+  readonly names: readonly string[];
+}
+
+interface Prefetched {
+  readonly sessionAlive: boolean;
+  readonly rows: readonly KvRow[];
+}
+
+/** Every key a transaction's compares and either branch's gets, puts and deletes name. */
+function txnNames(txn: Txn): string[] {
+  const names = new Set<string>();
+  for (const c of txn.compare) names.add(c.key);
+  for (const op of [...txn.then, ...(txn.else ?? [])])
+    if (op.op !== 'range' && op.op !== 'deletePrefix') names.add(op.key);
+  return [...names];
+}
+
+/** A multi-statement simple query answers with one result per statement (pg gives one result alone unwrapped). */
+function resultList(r: QueryResult | QueryResult[]): QueryResult[] {
+  return Array.isArray(r) ? r : [r];
+}
+
+function lockRow(r: QueryResult, namespace: string): { revision: number; nowUs: number } | undefined {
+  const row = r.rows[0] as { revision: unknown; now_us: unknown } | undefined;
+  if (row === undefined) return undefined;
+  return {
+    revision: parseBigint(row.revision, `revision of namespace ${namespace}`, 0),
+    nowUs: parseBigint(row.now_us, 'server clock', 0),
+  };
+}
+
+function reapRow(r: QueryResult | undefined): ReapResult {
+  const row = r?.rows[0] as { sessions?: string[]; keys?: Buffer[] } | undefined;
+  return { sessions: row?.sessions ?? [], keys: (row?.keys ?? []).map(lenientKey) };
 }
 
 function destroyConnection(client: pg.ClientBase): void {
