@@ -22,7 +22,7 @@ import {
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
-import { addGroup, FleetRecordCache, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
+import { addGroup, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
   raftGroupId,
@@ -106,8 +106,6 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   readonly #requestTimeoutMs: number;
   readonly #codecs: Readonly<Record<string, Codec>>;
   readonly #corruption: CorruptionReports;
-  /** Decoded control-plane records, reused while unchanged (io.ts FleetRecordCache). */
-  readonly #records = new FleetRecordCache();
   #transport: Transport | undefined;
   #view: FleetView | undefined;
   #viewAtMs = 0;
@@ -255,7 +253,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
 
   async #refresh(): Promise<FleetView> {
     this.#check();
-    const view = await readFleetView(this.#store, this.#keys, this.#corruption.report, this.#records);
+    const view = await readFleetView(this.#store, this.#keys, this.#corruption.report);
     this.#corruption.endRound();
     this.#view = view;
     this.#viewAtMs = this.#store.clock.now();
