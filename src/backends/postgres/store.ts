@@ -351,16 +351,7 @@ export class PostgresStore extends StoreBase {
       terms.length === 0 ? 'false' : `(${terms.join(' OR ')})`,
       params,
     );
-    const byName = new Map<string, KvRow>();
-    for (const row of rows) byName.set(lenientKey(row.key), row);
-    const decoded = new Map<string, KeyValue | undefined>();
-    const kvOf = (key: string): KeyValue | undefined => {
-      if (!decoded.has(key)) {
-        const row = byName.get(key);
-        decoded.set(key, row === undefined ? undefined : decodeRow(row));
-      }
-      return decoded.get(key);
-    };
+    const kvOf = kvLookup(rows);
     const { succeeded, branch } = chooseBranch(txn, kvOf);
     const results: OpResult[] = [];
     for (const op of branch) {
@@ -396,16 +387,7 @@ export class PostgresStore extends StoreBase {
     }
     // The current rows of every key the compares and either branch name (txnNames), read under the namespace
     // lock: nobody else can change them until we commit.
-    const current = new Map<string, KvRow>();
-    for (const row of read.rows) current.set(lenientKey(row.key), row);
-    const decoded = new Map<string, KeyValue | undefined>();
-    const kvOf = (key: string): KeyValue | undefined => {
-      if (!decoded.has(key)) {
-        const row = current.get(key);
-        decoded.set(key, row === undefined ? undefined : decodeRow(row));
-      }
-      return decoded.get(key);
-    };
+    const kvOf = kvLookup(read.rows);
     const { succeeded, branch } = chooseBranch(txn, kvOf);
     const results: OpResult[] = [];
     const puts: { key: string; value: string; attached: boolean }[] = [];
@@ -1029,4 +1011,18 @@ function destroyConnection(client: pg.ClientBase): void {
   } catch {
     // Already gone.
   }
+}
+
+/** The rows a transaction read, by key, each decoded once when first asked for (compares and branches share them). */
+function kvLookup(rows: readonly KvRow[]): (key: string) => KeyValue | undefined {
+  const byName = new Map<string, KvRow>();
+  for (const row of rows) byName.set(lenientKey(row.key), row);
+  const decoded = new Map<string, KeyValue | undefined>();
+  return (key) => {
+    if (!decoded.has(key)) {
+      const row = byName.get(key);
+      decoded.set(key, row === undefined ? undefined : decodeRow(row));
+    }
+    return decoded.get(key);
+  };
 }
