@@ -23,6 +23,7 @@ import { SimDisk } from '../../src/raft/wal/index.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
+import type { ReplicaObserver } from '../../src/raft/node/replica.js';
 
 async function until(cond: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
@@ -50,7 +51,11 @@ afterEach(async () => {
 });
 
 async function cluster(
-  o: { disks?: Record<string, SimDisk>; clocks?: Record<string, () => number> } = {},
+  o: {
+    disks?: Record<string, SimDisk>;
+    clocks?: Record<string, () => number>;
+    observers?: Record<string, ReplicaObserver>;
+  } = {},
 ): Promise<Cluster> {
   const c: Cluster = { dirs: {}, ports: {}, nodes: new Map() };
   const ports = await allocatePorts(IDS.length);
@@ -59,15 +64,21 @@ async function cluster(
     c.ports[id] = ports[i]!;
   }
   clusters.push(c);
-  await Promise.all(IDS.map((id) => start(c, id, o.disks?.[id], o.clocks?.[id])));
+  await Promise.all(IDS.map((id) => start(c, id, o.disks?.[id], o.clocks?.[id], o.observers?.[id])));
   return c;
 }
 
-async function start(c: Cluster, id: string, disk?: SimDisk, clock?: () => number): Promise<RaftNode> {
+async function start(
+  c: Cluster,
+  id: string,
+  disk?: SimDisk,
+  clock?: () => number,
+  observer?: ReplicaObserver,
+): Promise<RaftNode> {
   const node = await startRaftNode({
     id,
     ...(disk ? {} : { dataDir: c.dirs[id]! }),
-    io: { ...(disk ? { disk } : {}), ...(clock ? { clock } : {}) },
+    io: { ...(disk ? { disk } : {}), ...(clock ? { clock } : {}), ...(observer ? { observer } : {}) },
     listen: `127.0.0.1:${c.ports[id]}`,
     peers: Object.fromEntries(IDS.filter((p) => p !== id).map((p) => [p, `127.0.0.1:${c.ports[p]}`])),
     secret: SECRET,
@@ -146,6 +157,39 @@ describe('raft nodes on loopback', () => {
     // Before answering it counted the ticks of that minute: check-quorum deposed it (it heard from nobody in them).
     expect(leader.status().role).not.toBe('leader');
     await read;
+  }, 30_000);
+
+  it('a follower whose clock moved past its election timeout in one step counts one tick: it does not campaign', async () => {
+    // After an event-loop stall the tick timer runs before the sockets are read: counting the whole stall made every
+    // follower of thousands of groups campaign although its leader's heartbeats were waiting (an election storm).
+    const offsets: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    const clocks = Object.fromEntries(IDS.map((id) => [id, () => performance.now() + offsets[id]!]));
+    const campaigns: string[] = [];
+    const observer = (id: string): ReplicaObserver => ({
+      opened: () => undefined,
+      ready: (_g, _n, rd) => {
+        for (const m of rd.messages) if (m.type === 'preVote' || m.type === 'vote') campaigns.push(`${id} ${m.type}`);
+      },
+      applied: () => undefined,
+      restored: () => undefined,
+    });
+    const c = await cluster({ clocks, observers: Object.fromEntries(IDS.map((id) => [id, observer(id)])) });
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    const leader = groups.find((g) => g.status().role === 'leader')!;
+    const { term } = leader.status();
+    const follower = groups.find((g) => g.status().role === 'follower')!;
+    campaigns.length = 0;
+    offsets[follower.status().node] = 60_000; // 300 election timeouts in one step
+    await new Promise((r) => setTimeout(r, 400)); // 20 ticks: heartbeats reach it all along
+    expect(campaigns).toEqual([]);
+    expect(follower.status().role).toBe('follower');
+    expect(leader.status()).toMatchObject({ role: 'leader', term });
+    // Its clock still moves: once its leader is gone it campaigns and the survivors elect a leader.
+    await c.nodes.get(leader.status().node)!.close();
+    const rest = groups.filter((g) => g !== leader);
+    await until(() => rest.some((g) => g.status().role === 'leader'), 'a new leader');
   }, 30_000);
 
   it('commands in flight across a leadership transfer apply exactly once', async () => {

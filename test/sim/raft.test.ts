@@ -16,7 +16,7 @@ const SEEDS = Number(process.env['REBALANCER_RAFT_SIM_SEEDS'] ?? 100);
 
 /** The first seed (from 1) at which each mutant is caught; each must be ≤ 300. */
 const FIRST_FAILING: Record<RaftMutantName, number> = {
-  'raft-commit-by-counting': 7,
+  'raft-commit-by-counting': 20,
   'raft-ack-before-fsync': 9,
   'raft-vote-not-persisted': 10,
   'raft-read-without-readindex': 10,

@@ -659,20 +659,30 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     if (due <= 0) return;
     const cap = 4 * this.#o.electionTicks;
     this.#lastTickAt = due > cap ? now : this.#lastTickAt + due * this.#o.tickMs;
-    for (let i = Math.min(due, cap); i > 0; i--) this.#tick();
+    this.#tick(Math.min(due, cap));
   }
 
-  #tick(): void {
-    this.#guard.tick();
+  /**
+   * `n` ticks. Leaders (and the vote guard) count every one: a lease must age by the time that really passed. Other
+   * replicas count at most one per catch-up, as a Go ticker that drops ticks would: after a stall the timer runs
+   * before the sockets are read, and counting the whole stall made every follower of thousands of groups campaign
+   * although its leader's heartbeats were waiting unread (an election storm, seen at 10 000 groups on a loaded
+   * box). Counting fewer ticks only delays a follower's election, which is always safe.
+   */
+  #tick(n: number): void {
+    for (let i = 0; i < n; i++) this.#guard.tick();
     for (const r of this.#replicas.values()) {
-      r.tick();
-      if (
-        r.core.role === 'leader' &&
-        !r.core.quiesced &&
-        r.idleTicks >= this.#o.quiesceAfterTicks &&
-        r.core.quiesce()
-      ) {
-        r.process();
+      for (let i = 0; i < n; i++) {
+        if (i > 0 && r.core.role !== 'leader') break;
+        r.tick();
+        if (
+          r.core.role === 'leader' &&
+          !r.core.quiesced &&
+          r.idleTicks >= this.#o.quiesceAfterTicks &&
+          r.core.quiesce()
+        ) {
+          r.process();
+        }
       }
     }
   }
