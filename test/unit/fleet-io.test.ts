@@ -20,6 +20,7 @@ import {
 import {
   addGroup,
   deregisterNode,
+  FleetRecordCache,
   fleetElection,
   placementInputOf,
   readFleetView,
@@ -343,6 +344,47 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       await expect(removeGroup(store, keys, 'ok')).rejects.toThrow(CorruptDataError);
       expect((await view(store, keys)).unreadable).toContain(keys.meta);
       expect((await store.get(keys.meta))?.value).toBe('{"v":1,"lastGeneration":-1}');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a record cache reuses decoded records while their values are unchanged, and still reports corrupt ones', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f9');
+      await addGroup(store, keys, 'a', { replicas: 3, machine: 'kv' });
+      await addGroup(store, keys, 'b', { replicas: 3, machine: 'kv' });
+      const cache = new FleetRecordCache();
+      const c = collect();
+      const v1 = await readFleetView(store, keys, c.report, cache);
+      const v2 = await readFleetView(store, keys, c.report, cache);
+      expect(v2.groups.get('a')?.replicas).toBe(3);
+      // Unchanged values are not decoded again; a changed value is; keys not seen in the last read are forgotten.
+      let calls = 0;
+      const kv = { key: 'k', value: 'v1', createRevision: 1, modRevision: 1, version: 1, sessionId: undefined };
+      const dec = (): string => `decoded ${++calls}`;
+      expect(cache.decode(kv, dec)).toBe('decoded 1');
+      cache.endRead();
+      expect(cache.decode(kv, dec)).toBe('decoded 1');
+      expect(cache.decode({ ...kv, value: 'v2' }, dec)).toBe('decoded 2');
+      cache.endRead();
+      cache.endRead();
+      expect(cache.decode({ ...kv, value: 'v2' }, dec)).toBe('decoded 3');
+      // A changed value is decoded again: the report lands in the next view.
+      await reportObserved(store, keys, observed('a', v1.groups.get('a')!.generation, 1));
+      const v3 = await readFleetView(store, keys, c.report, cache);
+      expect(v3.groups.get('a')?.observed?.term).toBe(1);
+      await reportObserved(store, keys, observed('a', v1.groups.get('a')!.generation, 2));
+      expect((await readFleetView(store, keys, c.report, cache)).groups.get('a')?.observed?.term).toBe(2);
+      // Corrupt values are never cached: each read reports them.
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.observedOf('b'), value: '{"v":1}' }] });
+      await readFleetView(store, keys, c.report, cache);
+      await readFleetView(store, keys, c.report, cache);
+      expect(c.errors.filter((e) => e.message.includes(keys.observedOf('b')))).toHaveLength(2);
+      // The same value under a store that lost its data (revisions start again) is still decoded right.
+      await store.txn({ compare: [], then: [{ op: 'delete', key: keys.observedOf('b') }] });
+      expect((await readFleetView(store, keys, c.report, cache)).groups.get('b')?.observed).toBeUndefined();
     } finally {
       await store.close();
     }

@@ -20,7 +20,7 @@ import {
 } from '../../errors.js';
 import type { Outcome } from '../core.js';
 import type { Membership, MembershipChange, NodeId } from '../messages.js';
-import type { Timers } from '../transport/transport.js';
+import { MIN_WAIT_MS, type Timers } from '../transport/transport.js';
 import type { Replica } from './replica.js';
 import { commandOverheadBytes, encodeCommand, encodeRegister, NONCE_BYTES, type Codec } from './state-machine.js';
 
@@ -513,7 +513,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
         // Wait for the answer, a leader change, or the time to try again.
         const retryMs = out.ok ? c.tickMs * c.electionTicks : c.tickMs;
         const waitMs = Math.min(retryMs, deadline - c.now());
-        if (waitMs <= 0) break;
+        if (waitMs < MIN_WAIT_MS) break;
         await new Promise<void>((resolve) => {
           const timer = c.timers.setTimeout(() => {
             wake = undefined;
@@ -541,7 +541,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
 
   async #race<T>(p: Promise<T>, deadline: number, onTimeout: () => never): Promise<T> {
     const waitMs = deadline - this.#c.now();
-    if (waitMs <= 0) onTimeout();
+    if (waitMs < MIN_WAIT_MS) onTimeout();
     let timer: unknown;
     const timeout = new Promise<'timeout'>((resolve) => {
       timer = this.#c.timers.setTimeout(() => resolve('timeout'), waitMs);

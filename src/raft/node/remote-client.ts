@@ -33,7 +33,7 @@ import {
   describe,
 } from '../../errors.js';
 import { Reader, Writer } from '../transport/codec.js';
-import type { Timers } from '../transport/transport.js';
+import { MIN_WAIT_MS, type Timers } from '../transport/transport.js';
 import type { Consistency, RaftGroup } from './group.js';
 import { jsonCodec, type Codec } from './state-machine.js';
 
@@ -448,7 +448,7 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
         if (peer === undefined) break;
         tried.add(peer);
         const remaining = deadline - o.clock();
-        if (remaining <= 0) break;
+        if (remaining < MIN_WAIT_MS) break;
         const attemptMs = Math.min(remaining, o.attemptTimeoutMs);
         // The replica gets a little less than the transport waits: its typed answer arrives before our timeout.
         const serverMs = Math.max(1, Math.floor(attemptMs * 0.8));
@@ -467,7 +467,7 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
         if (hint !== undefined) o.onLeaderHint?.(hint);
       }
       const remaining = deadline - o.clock();
-      if (remaining <= 0) {
+      if (remaining < MIN_WAIT_MS) {
         const waited = o.clock() - start;
         // Every replica asked said it knows no leader: the group has lost its majority (or is electing, slowly).
         if (attempts > 0 && noQuorumAnswers === attempts && !handed) throw new NoQuorumError(this.group, waited);

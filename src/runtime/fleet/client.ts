@@ -22,7 +22,7 @@ import {
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
-import { addGroup, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
+import { addGroup, FleetRecordCache, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
   raftGroupId,
@@ -35,7 +35,7 @@ import type { Consistency } from '../../raft/node/group.js';
 import { parseAddress } from '../../raft/node/node.js';
 import type { RemoteGroupClient } from '../../raft/node/remote-client.js';
 import type { Codec } from '../../raft/node/state-machine.js';
-import { CLIENT_ID_PREFIX, Transport, type TlsOptions } from '../../raft/transport/transport.js';
+import { CLIENT_ID_PREFIX, MIN_WAIT_MS, Transport, type TlsOptions } from '../../raft/transport/transport.js';
 import type { Store } from '../../store/contract.js';
 import { readStore } from '../common-options.js';
 import { CorruptionReports } from '../corruption.js';
@@ -106,6 +106,8 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   readonly #requestTimeoutMs: number;
   readonly #codecs: Readonly<Record<string, Codec>>;
   readonly #corruption: CorruptionReports;
+  /** Decoded control-plane records, reused while unchanged (io.ts FleetRecordCache). */
+  readonly #records = new FleetRecordCache();
   #transport: Transport | undefined;
   #view: FleetView | undefined;
   #viewAtMs = 0;
@@ -253,7 +255,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
 
   async #refresh(): Promise<FleetView> {
     this.#check();
-    const view = await readFleetView(this.#store, this.#keys, this.#corruption.report);
+    const view = await readFleetView(this.#store, this.#keys, this.#corruption.report, this.#records);
     this.#corruption.endRound();
     this.#view = view;
     this.#viewAtMs = this.#store.clock.now();
@@ -300,7 +302,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
           throw this.#refusal(err) ?? err;
         }
       }
-      if (remainingMs <= 0) throw new NoQuorumError(id, this.#store.clock.now() - start);
+      if (remainingMs < MIN_WAIT_MS) throw new NoQuorumError(id, this.#store.clock.now() - start);
       this.#check();
       await new Promise<void>((resolve) => this.#store.clock.setTimeout(resolve, Math.min(100, remainingMs)));
     }

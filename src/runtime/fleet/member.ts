@@ -209,7 +209,7 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
           this.emit('coordinatorLost', { token: leadership.token });
         },
         kick: () => this.#coordinator?.kick(),
-        tick: () => this.#coordinator?.kick(),
+        tick: () => this.#coordinator?.tick(),
         error: (error, context) => this.reportError(error, context),
         idTaken: () => void this.close().catch(() => undefined),
       },

@@ -30,7 +30,15 @@ import {
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
-import { addGroup, readFleetView, removeGroup, reportObserved, type FleetView } from '../../protocol/fleet/io.js';
+import {
+  addGroup,
+  FleetRecordCache,
+  readFleetView,
+  removeGroup,
+  reportObservedMany,
+  type FleetGroupView,
+  type FleetView,
+} from '../../protocol/fleet/io.js';
 import {
   decodeDesired,
   parseRaftGroupId,
@@ -56,9 +64,9 @@ import {
   type RaftNode,
   type RaftNodeIo,
 } from '../../raft/node/node.js';
-import type { Consistency, GroupStatus, RaftGroup } from '../../raft/node/group.js';
+import type { Consistency, GroupBrief, GroupStatus, RaftGroup } from '../../raft/node/group.js';
 import { jsonCodec, type Codec, type StateMachine } from '../../raft/node/state-machine.js';
-import type { TlsOptions } from '../../raft/transport/transport.js';
+import { MIN_WAIT_MS, type TlsOptions } from '../../raft/transport/transport.js';
 import type { TimerHandle } from '../../store/contract.js';
 import type { MemberOptions, RuntimeInternals } from '../common-options.js';
 import { CorruptionReports } from '../corruption.js';
@@ -155,8 +163,12 @@ const DEFAULT_MAX_CONCURRENT_CHANGES = 128;
 const DEFAULT_CATCH_UP_LAG_ENTRIES = 256;
 /** A leader reports a group whose shape did not change (only its lag) at most this often. */
 const REPORT_LAG_EVERY_MS = 10_000;
-/** Reports written at once (each is two transactions). */
+/** Report writes in flight at once (each a batch of up to REPORT_BATCH groups). */
 const REPORT_CONCURRENCY = 4;
+/** The most groups one report write carries (reportObservedMany splits it into transactions that fit). */
+const REPORT_BATCH = 126;
+/** The longest stretch of synchronous work a round or a step pass does before it lets timers and sockets run. */
+const ROUND_SLICE_MS = 20;
 const IDENTITY_FILE = 'fleet.json';
 
 /** Knobs only the simulator uses (src/sim/fleet.ts); not part of the public options. */
@@ -203,6 +215,8 @@ interface Held {
   stuckSinceMs: number | undefined;
   stuckReported: boolean;
   wasLeader: boolean;
+  /** Set when a step found the group converged: passes skip it while quietKey is unchanged (#stepAll). */
+  quiet: Quiet | undefined;
   /** The shape of the last report written (JSON of everything but the lag), and when. */
   /** Per learner: the commit index it must reach before it can vote, and when it reached it (#votingProgress). */
   readonly learnerGates: Map<string, { readonly index: number; reachedAtMs: number | undefined }>;
@@ -210,6 +224,37 @@ interface Held {
   /** The lag of the last report written (JSON). */
   reportedLag: string;
   reportedAtMs: number;
+}
+
+/**
+ * What a converged leader's next step depends on: its term and membership, the group's generation and desired
+ * record. Numbers compared in place: a key string per replica per pass was most of a pass's cost at 10 000 groups.
+ */
+interface Quiet {
+  readonly term: number;
+  readonly membershipIndex: number;
+  readonly generation: number;
+  readonly desiredRevision: number;
+  readonly atMs: number;
+}
+
+function quietOf(b: GroupBrief, g: FleetGroupView | undefined, atMs: number): Quiet {
+  return {
+    term: b.term,
+    membershipIndex: b.membershipIndex,
+    generation: g?.generation ?? 0,
+    desiredRevision: g?.desiredRevision ?? 0,
+    atMs,
+  };
+}
+
+function stillQuiet(q: Quiet, b: GroupBrief, g: FleetGroupView | undefined): boolean {
+  return (
+    q.term === b.term &&
+    q.membershipIndex === b.membershipIndex &&
+    q.generation === (g?.generation ?? 0) &&
+    q.desiredRevision === (g?.desiredRevision ?? 0)
+  );
 }
 
 function readMachines(r: OptionReader): Resolved['machines'] {
@@ -353,6 +398,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   readonly #loop: Loop;
   readonly #watches: Watches;
   readonly #corruption: CorruptionReports;
+  /** Decoded control-plane records, reused while unchanged (io.ts FleetRecordCache). */
+  readonly #records = new FleetRecordCache();
   readonly #held = new Map<string, Held>();
   /** The last address seen for each other node (kept after it vanishes: it may come back). */
   readonly #addresses = new Map<string, string>();
@@ -492,14 +539,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** Every group of the fleet, read from the store now. */
   async groups(): Promise<FleetGroupInfo[]> {
     this.#check();
-    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
     return groupInfos(view);
   }
 
   /** The fleet as the store says now: nodes, groups, their health (src/protocol/fleet/status.ts). */
   async status(): Promise<FleetStatus> {
     this.#check();
-    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
     return fleetStatus(this.fleet, view);
   }
 
@@ -619,7 +666,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (this.#closed) return;
     const clock = this.#o.control.clock;
     const startedAtMs = clock.now();
-    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
     this.#corruption.endRound();
     if (this.#closed) return;
     this.#view = view;
@@ -646,13 +693,26 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       },
       this.#mutants,
     );
+    let founding: ReadonlySet<string> = new Set();
+    try {
+      founding = await this.#stillFounding(decision.actions);
+    } catch (error) {
+      this.reportError(error, 'fleet node: reading desired records before bootstrapping'); // the next round retries
+    }
     this.#lastCostMs = clock.now() - startedAtMs;
+    let ranSinceMs = clock.now();
     for (const a of decision.actions) {
       if (this.#closed) return;
       try {
-        await this.#act(a);
+        await this.#act(a, founding);
       } catch (error) {
         this.reportError(error, `fleet node: ${a.type} ${a.id}`);
+      }
+      // Opening a replica is synchronous work and awaiting a settled promise does not let timers or sockets run:
+      // a round opening thousands stalled the event loop past the session TTL. Let them run every 20 ms.
+      if (clock.now() - ranSinceMs >= ROUND_SLICE_MS) {
+        await new Promise<void>((resolve) => clock.setTimeout(resolve, 0));
+        ranSinceMs = clock.now();
       }
     }
     // Waiting for a founder's address is transient (it is read from the store soon, or the coordinator places the
@@ -684,12 +744,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
   }
 
-  async #act(a: ReplicaAction): Promise<void> {
+  async #act(a: ReplicaAction, founding: ReadonlySet<string>): Promise<void> {
     if (a.type === 'drop') {
       const held = this.#held.get(a.id);
       this.#held.delete(a.id);
       // A seeded group's old replica goes while its new one runs: keep the new one's pending report.
-      if (held !== undefined && ![...this.#held.values()].some((h) => h.name === held.name)) {
+      if (held !== undefined && !this.#holdsName(held.name)) {
         this.#reports.delete(held.name);
       }
       await this.#raft.dropGroup(a.id);
@@ -699,7 +759,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       if (this.#held.size === 0) for (const d of [...this.#drained]) d();
       return;
     }
-    if (a.mode === 'bootstrap' && !(await this.#stillFounding(a))) return; // the next round decides again
+    if (a.mode === 'bootstrap' && !founding.has(a.id)) return; // the next round decides again
     const m = this.#o.machines.get(a.machine)!;
     const settings = {
       stateMachine: m.stateMachine,
@@ -727,6 +787,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       stuckSinceMs: undefined,
       stuckReported: false,
       wasLeader: false,
+      quiet: undefined,
       learnerGates: new Map(),
       reportedShape: '',
       reportedLag: '',
@@ -760,12 +821,46 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * A founder bootstraps only from the generation's first desired record: read it again just before, so that a
    * round that read it long ago (a slow store, a paused process) cannot bootstrap from a record rewritten since.
    */
-  async #stillFounding(a: ReplicaAction & { type: 'open' }): Promise<boolean> {
-    const kv = await this.#o.control.store.get(this.#control.keys.desiredOf(a.name));
-    if (kv === undefined) return false;
-    const d = decodeDesired(this.#control.keys, kv.key, kv.value);
-    const first = d.version === 1 || this.#mutants.has('fleet-bootstrap-always');
-    return first && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId);
+  /**
+   * Of the bootstrap actions, those whose desired record, read again now, is still its generation's first record
+   * naming this node a founder (decideReplicas's rule; read again because the round's view may be older than a
+   * replacement). One read for the whole round, in transactions of up to maxTxnOps gets: a cold start bootstraps
+   * thousands of replicas, and a read each made a round last half a minute.
+   */
+  async #stillFounding(actions: readonly ReplicaAction[]): Promise<Set<string>> {
+    const founding = new Set<string>();
+    const boots = actions.filter(
+      (a): a is ReplicaAction & { type: 'open' } => a.type === 'open' && a.mode === 'bootstrap',
+    );
+    const store = this.#o.control.store;
+    const perTxn = Math.max(1, store.limits.maxTxnOps);
+    for (let i = 0; i < boots.length; i += perTxn) {
+      const batch = boots.slice(i, i + perTxn);
+      const r = await store.txn({
+        compare: [],
+        then: batch.map((a) => ({ op: 'get' as const, key: this.#control.keys.desiredOf(a.name) })),
+      });
+      batch.forEach((a, j) => {
+        const res = r.results[j];
+        const kv = res?.op === 'get' ? res.kv : undefined;
+        if (kv === undefined) return;
+        let d;
+        try {
+          d = decodeDesired(this.#control.keys, kv.key, kv.value);
+        } catch (error) {
+          this.reportError(error, `fleet node: bootstrapping ${a.id}`); // not bootstrapped on a record unread
+          return;
+        }
+        const first = d.version === 1 || this.#mutants.has('fleet-bootstrap-always');
+        if (first && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId)) founding.add(a.id);
+      });
+    }
+    return founding;
+  }
+
+  #holdsName(name: string): boolean {
+    for (const h of this.#held.values()) if (h.name === name) return true;
+    return false;
   }
 
   // ---- the steps: each led group one change closer to its desired record ----
@@ -805,9 +900,29 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   #stepAll(): void {
     if (this.#closed || this.#view === undefined) return;
+    const view = this.#view;
+    const now = this.#o.control.clock.now();
     for (const h of this.#held.values()) {
       try {
-        this.#step(h, this.#view);
+        // Most of thousands of replicas have nothing to do: a follower with a leader, a leader converged on the
+        // same term, membership and desired record (its lag is looked at every REPORT_LAG_EVERY_MS). brief() tells
+        // without status()'s allocations, which made a pass over 10 000 replicas cost 50 ms.
+        const b = h.group.brief();
+        if (b.role !== 'leader' && b.leader !== undefined && !b.failed) {
+          h.stuckSinceMs = undefined;
+          h.stuckReported = false;
+          continue;
+        }
+        if (
+          b.role === 'leader' &&
+          h.quiet !== undefined &&
+          now - h.quiet.atMs < REPORT_LAG_EVERY_MS &&
+          stillQuiet(h.quiet, b, view.groups.get(h.name))
+        ) {
+          continue;
+        }
+        h.quiet = undefined;
+        this.#step(h, view);
       } catch (error) {
         this.reportError(error, `fleet node: stepping group ${h.name}`);
       }
@@ -837,6 +952,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (converged) {
       h.stuckSinceMs = undefined;
       this.#report(h, s, 'converged', 'the group has its desired members and leader', now);
+      h.quiet = quietOf(h.group.brief(), g, now);
       return;
     }
     if (h.changing) return;
@@ -1009,23 +1125,43 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #drainReports(): void {
     while (this.#reporting < REPORT_CONCURRENCY && this.#reports.size > 0 && !this.#closed) {
       // One write per group at a time: two in flight may land in either order, and an older shape of the same term
-      // would then stand until the next lag report (found by the fleet simulation).
-      const next = [...this.#reports.entries()].find(([n]) => !this.#reportingNames.has(n));
-      if (next === undefined) return;
-      const [name, rec] = next;
-      this.#reports.delete(name);
-      this.#reportingNames.add(name);
+      // would then stand until the next lag report (found by the fleet simulation). Up to REPORT_BATCH groups per
+      // write (reportObservedMany): a cold start of thousands of groups reported each in a transaction of its own.
+      // Iterated, not copied: with thousands of reports queued a copy per write was quadratic.
+      const batch: ObservedRecord[] = [];
+      for (const [name, rec] of this.#reports) {
+        if (this.#reportingNames.has(name)) continue;
+        batch.push(rec);
+        if (batch.length >= REPORT_BATCH) break;
+      }
+      if (batch.length === 0) return;
+      for (const rec of batch) {
+        this.#reports.delete(rec.name);
+        this.#reportingNames.add(rec.name);
+      }
       this.#reporting++;
-      reportObserved(this.#o.control.store, this.#control.keys, rec)
-        .catch((error: unknown) => {
-          // Written again at the next change or lag report; say why it was not now.
-          const h = [...this.#held.values()].find((x) => x.name === name);
-          if (h !== undefined) h.reportedShape = '';
-          this.reportError(error, `fleet node: reporting group ${name}`);
-        })
+      const failed = (name: string, error: unknown): void => {
+        // Written again at the next change or lag report; say why it was not now.
+        for (const h of this.#held.values()) {
+          if (h.name === name) {
+            h.reportedShape = '';
+            h.quiet = undefined;
+          }
+        }
+        if (error !== undefined) this.reportError(error, `fleet node: reporting group ${name}`);
+      };
+      reportObservedMany(this.#o.control.store, this.#control.keys, batch)
+        .then(
+          (outcomes) => outcomes.forEach((o, i) => o instanceof Error && failed(batch[i]!.name, o)),
+          (error: unknown) => {
+            // The store failed (unavailable, closed): one error for the batch, each group reported again later.
+            for (const rec of batch) failed(rec.name, undefined);
+            this.reportError(error, `fleet node: reporting ${batch.length} group(s)`);
+          },
+        )
         .finally(() => {
           this.#reporting--;
-          this.#reportingNames.delete(name);
+          for (const rec of batch) this.#reportingNames.delete(rec.name);
           this.#drainReports();
         });
     }
@@ -1061,7 +1197,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       let g = this.#view?.groups.get(name);
       if (g === undefined || attempt > 0) {
         // Perhaps added since the last round: read again before saying it does not exist.
-        this.#view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+        this.#view = await readFleetView(
+          this.#o.control.store,
+          this.#control.keys,
+          this.#corruption.report,
+          this.#records,
+        );
         g = this.#view.groups.get(name);
         if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
       }
@@ -1075,7 +1216,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       if (!mine && this.#routes.candidates(name, id).length > 0) {
         return { remote: this.#routes.client(id, g.machine), remainingMs };
       }
-      if (remainingMs <= 0) throw new NoQuorumError(id, clock.now() - start);
+      if (remainingMs < MIN_WAIT_MS) throw new NoQuorumError(id, clock.now() - start);
       this.#loop.kick();
       await new Promise<void>((resolve) => clock.setTimeout(resolve, Math.min(50, remainingMs)));
       this.#check();
