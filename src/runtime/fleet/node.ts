@@ -388,10 +388,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#routes = new GroupRoutes({
       clock: control.clock,
       requestTimeoutMs: o.requestTimeoutMs,
-      request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
+      // This node's own replica is served in the process, as a peer's request would be (#serve).
+      request: (peer, payload, timeoutMs) =>
+        peer === this.nodeId ? this.#serve(payload) : this.#raft.request(peer, payload, { timeoutMs }),
       codecOf: (machine) => this.#o.machines.get(machine)?.codec,
       view: () => this.#view,
       reachable: (n) => n !== this.nodeId && this.#addresses.has(n),
+      self: { id: this.nodeId, holds: (id) => this.#memberReplica(id) !== undefined },
     });
     this.#loop = new Loop(
       () => this.#round(),
@@ -538,8 +541,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#check();
     const { timeoutMs } = this.#timeout(options);
     const t = await this.#target(name, timeoutMs);
-    if (t.local !== undefined) return (await t.local.group.command(command, { timeoutMs: t.remainingMs })) as R;
-    return (await t.remote.command(command, { timeoutMs: t.remainingMs })) as R;
+    return (await t.client.command(command, { timeoutMs: t.remainingMs })) as R;
   }
 
   /** Read group `name` with its state machine's `query`, from any node (routed as command() is). */
@@ -548,10 +550,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const { timeoutMs } = this.#timeout(options);
     const consistency = options.consistency ?? 'linearizable';
     const t = await this.#target(name, timeoutMs);
-    if (t.local !== undefined) {
-      return (await t.local.group.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
-    }
-    return (await t.remote.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
+    return (await t.client.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
   }
 
   /**
@@ -1042,18 +1041,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * Where a request for group `name` goes: this node's replica when it is open and a member (one that joined is
-   * not until its leader added it); else a remote client of the group's current generation, once some other node
-   * is known to hold it. While neither (the group is being placed, or this node's replica is being opened), wait,
-   * within `timeoutMs`: NoQuorumError when the time runs out.
+   * The client of group `name`'s current generation, once some node is known to hold it: this node's replica first
+   * when it is open and a member (one that joined is not until its leader added it), served in the process, then the
+   * others. Every request goes through the group's client session, the local one too: when this node's replica is
+   * dropped under a command (moved away, the node draining), the next holder gets it with the same (session, seq)
+   * and applies it at most once. While no node is known to hold it (the group is being placed, or this node's
+   * replica is being opened), wait, within `timeoutMs`: NoQuorumError when the time runs out.
    */
-  async #target(
-    name: string,
-    timeoutMs: number,
-  ): Promise<
-    | { local: Held; remote?: undefined; remainingMs: number }
-    | { local?: undefined; remote: RemoteGroupClient; remainingMs: number }
-  > {
+  async #target(name: string, timeoutMs: number): Promise<{ client: RemoteGroupClient; remainingMs: number }> {
     validateFleetGroupName(name);
     const clock = this.#o.control.clock;
     const start = clock.now();
@@ -1068,12 +1063,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       const remainingMs = timeoutMs - (clock.now() - start);
       const id = raftGroupId(name, g.generation);
       const held = this.#held.get(id);
-      if (held !== undefined && isMember(held, this.nodeId)) return { local: held, remainingMs };
       // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
       const mine =
         g.desired?.members.includes(this.nodeId) === true && held === undefined && this.#o.machines.has(g.machine);
       if (!mine && this.#routes.candidates(name, id).length > 0) {
-        return { remote: this.#routes.client(id, g.machine), remainingMs };
+        return { client: this.#routes.client(id, g.machine), remainingMs };
       }
       if (remainingMs <= 0) throw new NoQuorumError(id, clock.now() - start);
       this.#loop.kick();
@@ -1084,10 +1078,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   /** Answer a remote client's request with this node's member replica of the group, if it holds one. */
   #serve(payload: Uint8Array): Promise<Uint8Array> {
-    return serveGroupRequest((id) => {
-      const held = this.#held.get(id);
-      return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
-    }, payload);
+    return serveGroupRequest((id) => this.#memberReplica(id), payload);
+  }
+
+  /** This node's replica of Raft group `id`, if it is open and a member (not one still joining, nor being dropped). */
+  #memberReplica(id: string): RaftGroup | undefined {
+    const held = this.#held.get(id);
+    return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
   }
 
   #check(): void {
