@@ -30,9 +30,18 @@ import {
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
-import { addGroup, readFleetView, removeGroup, reportObserved, type FleetView } from '../../protocol/fleet/io.js';
+import {
+  addGroup,
+  machineRunners,
+  noRunnerError,
+  readFleetView,
+  removeGroup,
+  reportObserved,
+  type FleetView,
+} from '../../protocol/fleet/io.js';
 import {
   decodeDesired,
+  MAX_NODE_MACHINES,
   parseRaftGroupId,
   raftGroupId,
   validateFleetGroupName,
@@ -219,6 +228,12 @@ function readMachines(r: OptionReader): Resolved['machines'] {
       : 'must be an object: state machine name → state machine ({ initial, command, query, snapshot, restore })',
   );
   const out = new Map<string, Required<Pick<FleetMachine, 'stateMachine' | 'codec'>> & FleetMachine>();
+  if (Object.keys(raw).length > MAX_NODE_MACHINES) {
+    throw new InvalidArgumentError(
+      `joinFleet options.machines: ${Object.keys(raw).length} state machines; at most ${MAX_NODE_MACHINES} per node ` +
+        '(their names go in the node record)',
+    );
+  }
   for (const [name, value] of Object.entries(raw)) {
     validateMachineName(name);
     if (isStateMachine(value)) {
@@ -382,7 +397,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#raft = raft;
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
-    this.#control = new FleetControl(control, internals);
+    // The node record says which state machines this node runs: the coordinator places groups accordingly.
+    this.#control = new FleetControl({ ...control, machines: [...o.machines.keys()] }, internals);
     this.#mutants = internals.mutants ?? NO_MUTANTS;
     this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
     this.#routes = new GroupRoutes({
@@ -468,16 +484,19 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   // ---- the API ----
 
-  /** Add a group running state machine `machine` (one of this node's `machines`) with `replicas` members. */
+  /**
+   * Add a group running state machine `machine` with `replicas` members, placed on the nodes that run it. The
+   * machine must be one of this node's `machines` or one a live node of the fleet runs (InvalidArgumentError
+   * otherwise: a group nobody can run would only wait, unplaced).
+   */
   async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
     this.#check();
     validateFleetGroupName(name);
     const machine = validateMachineName(options?.machine);
     if (!this.#o.machines.has(machine)) {
-      throw new InvalidArgumentError(
-        `addGroup(${name}): state machine ${JSON.stringify(machine)} is not in this node's machines ` +
-          `(${[...this.#o.machines.keys()].join(', ')}); every node of the fleet needs it`,
-      );
+      const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+      this.#view = view;
+      if (machineRunners(view, machine).length === 0) throw noRunnerError(view, this.fleet, name, machine);
     }
     const g = await addGroup(this.#o.control.store, this.#control.keys, name, options);
     this.#loop.kick();
