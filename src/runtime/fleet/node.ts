@@ -552,9 +552,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * Apply `command` to group `name` exactly once, from any node; resolves with the state machine's result. On a node
    * holding a member replica it goes through that replica; elsewhere it is sent to a node that holds one (the
    * group's leader first, from the last report, then the other members), retried on the next with the same
-   * command id, within `timeoutMs` in all. Errors: FleetGroupNotFoundError, NoQuorumError (no leader during the
-   * call: not applied), TimeoutError (`outcome` 'unknown' once it may have been handed over), LimitExceededError,
-   * StateMachineError.
+   * command id, within `timeoutMs` in all (also when this node's replica is dropped under the call). Errors:
+   * FleetGroupNotFoundError, NoQuorumError (no leader during the call: not applied), TimeoutError (`outcome`
+   * 'unknown' once it may have been handed over; also when every replica asked had stopped, a state machine that
+   * threw for example), LimitExceededError.
    */
   async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
     this.#check();
