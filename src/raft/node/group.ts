@@ -396,6 +396,11 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     };
   }
 
+  /** This replica's membership now (the latest in its log): status().membership without building a whole status. */
+  membership(): Membership {
+    return this.#c.replica.core.membership();
+  }
+
   status(): GroupStatus {
     const r = this.#c.replica;
     const s = r.core.status();

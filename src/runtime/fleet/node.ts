@@ -178,7 +178,8 @@ export interface FleetInternals extends RuntimeInternals {
 }
 
 function isMember(held: Held, nodeId: string): boolean {
-  const m = held.group.status().membership;
+  // Asked for every request (routing, serving): the membership alone, not a whole status().
+  const m = held.group.membership();
   return m.voters.includes(nodeId) || m.learners.includes(nodeId);
 }
 
