@@ -291,8 +291,15 @@ export class IncompatibleSchemaError extends RebalancerError {
 
 /** The object was closed; create a new one. */
 export class ClosedError extends RebalancerError {
-  constructor(what: string) {
-    super('CLOSED', `${what} is closed`);
+  /**
+   * For a request cut short by the close (a Raft group's replica closed under a command: dropped, moved away, its
+   * node closing): whether it may have been proposed before (`unknown`) or certainly was not (`not-applied`).
+   * Undefined when nothing was in flight.
+   */
+  readonly outcome: 'unknown' | 'not-applied' | undefined;
+  constructor(what: string, options?: { readonly outcome?: 'unknown' | 'not-applied'; readonly cause?: unknown }) {
+    super('CLOSED', `${what} is closed`, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.outcome = options?.outcome;
   }
 }
 

@@ -254,5 +254,6 @@ export {
   type FleetNodeLoad,
   type FleetPlacement,
   type FleetPlacementInput,
+  type FleetPlacementNode,
   type GroupPlacement,
 } from './fleet.js';

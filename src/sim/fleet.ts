@@ -16,8 +16,10 @@
  * applies and snapshot loads); at every membership change the fleet proposes (seen in the leader's durable Ready),
  * that the new voter set has a quorum of caught-up members (durable log within catchUpLagEntries of the entry before
  * the change: what the planner's "healthy" promises) and, for a removal, at least the desired replica count of
- * voters (moves are add-before-remove); InvariantErrors reported by a node. After the faults: everything healed,
- * every node active again, and within a bound of virtual time every group must be `converged` in the fleet's status
+ * voters (moves are add-before-remove); InvariantErrors reported by a node; no client call on an up node fails
+ * with the ClosedError of a replica closed under it (it must go on to another holder: liveness). After the faults:
+ * everything healed, every node active again, and within a bound of virtual time every group must be `converged` in
+ * the fleet's status
  * and in fact (its leader's replica has the desired voters, no learners, and is the desired leader); one command
  * per group must then succeed; the whole client history must be linearizable (kvModel, keys per group).
  */
@@ -812,6 +814,15 @@ class FleetSim {
       return 'ok';
     }
     const e = r.error;
+    if (e instanceof ClosedError && e.message.startsWith('raft group ') && n.state === 'up') {
+      // A replica of an up node closed under the call (dropped, moved away) and the caller saw it: the call should
+      // have gone on to another holder with the same command id (docs/fleet.md). Not a safety violation.
+      this.#violations.push({
+        atMs: this.world.now(),
+        kind: 'liveness',
+        detail: `client ${client} on ${n.id}: a replica closed under the call reached the caller: ${errorText(e)}`,
+      });
+    }
     if (e instanceof TimeoutError && e.outcome !== 'unknown') {
       this.#ops.failed++;
       rec.failed();

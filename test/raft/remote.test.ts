@@ -9,7 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startRaftNode, TimeoutError, type RaftGroup, type RaftNode } from '../../src/raft/api.js';
-import { RemoteGroupClient, decodeGroupRequest, serveGroupRequest } from '../../src/raft/node/remote-client.js';
+import {
+  RemoteGroupClient,
+  decodeGroupAnswer,
+  decodeGroupRequest,
+  encodeGroupRequest,
+  serveGroupRequest,
+} from '../../src/raft/node/remote-client.js';
 import type { KvOutput } from '../../src/sim/linearizability-models.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
 import { allocatePorts } from '../harness/ports.js';
@@ -133,5 +139,18 @@ describe('commands from a node without a replica', () => {
     expect(retried.length).toBeGreaterThan(0);
     expect(retried.some((peers) => peers[0] === closed)).toBe(true);
     expect(new Set([...sentTo.keys()].map((k) => k.split('/')[0])).size).toBe(1);
+
+    // A replica closed (dropped, moved away) before a request reaches it answers as a node without one: nothing was
+    // proposed, so the client goes on and counts nothing as possibly applied.
+    const [survivor, handle] = [...groups.entries()][0]!;
+    await nodes.get(survivor)!.closeGroup('kv');
+    const payload = new TextEncoder().encode(JSON.stringify({ op: 'append', key: 'log', value: 'late;' }));
+    for (const req of [
+      { kind: 'command', group: 'kv', timeoutMs: 500, session: client.session!, seq: 10_000, lowest: 10_000, payload },
+      { kind: 'query', group: 'kv', timeoutMs: 500, consistency: 'linearizable', payload },
+    ] as const) {
+      const answer = decodeGroupAnswer(await serveGroupRequest(() => handle as RaftGroup, encodeGroupRequest(req)));
+      expect(answer, req.kind).toEqual({ kind: 'no-replica', leader: undefined });
+    }
   }, 60_000);
 });

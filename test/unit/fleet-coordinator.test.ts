@@ -15,7 +15,8 @@ import {
   newFleetCoordinatorMemory,
   type FleetCoordinatorSettings,
 } from '../../src/protocol/fleet/coordinator.js';
-import { addGroup, registerNode, reportObserved, type FleetView } from '../../src/protocol/fleet/io.js';
+import { addGroup, readFleetView, registerNode, reportObserved, type FleetView } from '../../src/protocol/fleet/io.js';
+import { fleetStatus } from '../../src/protocol/fleet/status.js';
 import {
   decodeDesired,
   encodeRecord,
@@ -54,12 +55,14 @@ async function startNode(
   w: World,
   id: string,
   zone: string,
-  extra: { gracePeriodMs?: number; maxDesiredWritesPerRound?: number } = {},
+  extra: { gracePeriodMs?: number; maxDesiredWritesPerRound?: number; machines?: string[] } = {},
   listen: (c: FleetControl) => void = () => undefined,
 ): Promise<FleetControl> {
   const store = new MemoryStore({ server: w.server, clock: w.clock });
-  const c = new FleetControl(
-    resolveFleetControlOptions({
+  const c = new FleetControl({
+    // The state machines it runs (FleetNode passes its `machines`; absent: an older release, every machine).
+    ...(extra.machines !== undefined ? { machines: extra.machines } : {}),
+    ...resolveFleetControlOptions({
       store,
       fleet: FLEET,
       node: { id, zone, address: `127.0.0.1:${7000 + w.nodes.size}` },
@@ -68,7 +71,7 @@ async function startNode(
       gracePeriodMs: extra.gracePeriodMs ?? 1000,
       maxDesiredWritesPerRound: extra.maxDesiredWritesPerRound,
     }),
-  );
+  });
   // Before start: the events opened while joining (on a timer) must find their listeners.
   c.on('error', (e) => w.errors.push({ node: id, ...e }));
   listen(c);
@@ -154,8 +157,8 @@ async function reportAll(w: World, d: Map<string, { rec: DesiredRecord }>): Prom
 
 const groupNames = (n: number): string[] => Array.from({ length: n }, (_, i) => `g${String(i).padStart(2, '0')}`);
 
-async function addGroups(w: World, names: readonly string[]): Promise<void> {
-  for (const name of names) await drive(w.clock, addGroup(w.admin, keys, name, { replicas: 3, machine: 'kv' }));
+async function addGroups(w: World, names: readonly string[], machine = 'kv'): Promise<void> {
+  for (const name of names) await drive(w.clock, addGroup(w.admin, keys, name, { replicas: 3, machine }));
 }
 
 async function closeAll(w: World): Promise<void> {
@@ -193,6 +196,44 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     // 30 groups over 6 equal nodes: 5 desired leaders each.
     expect([...leaders.values()].sort()).toEqual([5, 5, 5, 5, 5, 5]);
     expect(new Set(names.map((n) => d.get(n)!.rec.token)).size).toBe(1);
+    expect(w.errors).toEqual([]);
+    await closeAll(w);
+  });
+
+  it('places a group only on active nodes that run its machine; a machine nobody runs is unplaced, said why', async () => {
+    const w = world();
+    // n0-n2 run kv only; n3-n5 run kv and queue; n6 is of an older release (no list: every machine).
+    for (let i = 0; i < 6; i++) {
+      await startNode(w, `n${i}`, ZONES[i % 3]!, { machines: i < 3 ? ['kv'] : ['kv', 'queue'] });
+    }
+    await until(w.clock, () => coordinators(w).length === 1, 'a coordinator');
+    const kv = groupNames(12);
+    const queues = kv.map((n) => `q-${n}`);
+    await addGroups(w, kv);
+    await addGroups(w, queues, 'queue');
+    await addGroups(w, ['locks'], 'lock');
+    const d = await untilDesired(w, (m) => [...kv, ...queues].every((n) => m.has(n)), 'kv and queue groups placed');
+    for (const n of queues) {
+      const members = d.get(n)!.rec.members;
+      expect(members, n).toHaveLength(3);
+      for (const m of members) expect(['n3', 'n4', 'n5'], `${n} on ${m}`).toContain(m);
+    }
+    expect(new Set(kv.flatMap((n) => d.get(n)!.rec.members)).size).toBeGreaterThan(3);
+    expect(d.has('locks')).toBe(false);
+    const status = fleetStatus(
+      FLEET,
+      await drive(
+        w.clock,
+        readFleetView(w.admin, keys, () => undefined),
+      ),
+    );
+    const locks = status.groups.find((g) => g.name === 'locks')!;
+    expect(locks.health).toBe('unplaced');
+    expect(locks.detail).toMatch(/no active node runs its state machine "lock"/);
+    // A node that runs it (here: one that says nothing, as an older release) joins: the group is placed on it.
+    await startNode(w, 'n6', 'a');
+    const after = await untilDesired(w, (m) => m.has('locks'), 'locks placed once a node may run it');
+    expect(after.get('locks')!.rec.members).toEqual(['n6']);
     expect(w.errors).toEqual([]);
     await closeAll(w);
   });

@@ -32,11 +32,13 @@ import {
 } from '../../src/protocol/fleet/io.js';
 import {
   decodeGroup,
+  decodeNode,
   encodeRecord,
   FleetKeys,
   MAX_FLEET_GROUPS,
   parseRaftGroupId,
   raftGroupId,
+  runsMachine,
   validateFleetGroupName,
   type ObservedRecord,
 } from '../../src/protocol/fleet/keys.js';
@@ -108,6 +110,24 @@ describe('fleet names and raft group ids', () => {
       expect(() => decodeGroup(keys, keys.group('g'), rec(bad)), JSON.stringify(bad)).toThrow(CorruptDataError);
     }
   });
+
+  it("decodes a node's state machines; a record without them (an older release) runs every machine", () => {
+    const keys = new FleetKeys('f');
+    const base = { id: 'n1', zone: 'a', weight: 1, address: 'h:1', state: 'active', incarnation: 'i' };
+    const old = decodeNode(keys, keys.node('n1'), encodeRecord(base));
+    expect(old.machines).toBeUndefined();
+    expect(runsMachine(old, 'anything')).toBe(true);
+    const rec = decodeNode(keys, keys.node('n1'), encodeRecord({ ...base, machines: ['queue', 'kv'] }));
+    expect(rec.machines).toEqual(['kv', 'queue']);
+    expect(runsMachine(rec, 'kv')).toBe(true);
+    expect(runsMachine(rec, 'lock')).toBe(false);
+    expect(decodeNode(keys, keys.node('n1'), encodeRecord({ ...base, machines: [] })).machines).toEqual([]);
+    for (const bad of ['kv', [1], ['kv', 'kv'], [''], Array.from({ length: 300 }, (_, i) => `m${i}`)]) {
+      expect(() => decodeNode(keys, keys.node('n1'), encodeRecord({ ...base, machines: bad })), String(bad)).toThrow(
+        CorruptDataError,
+      );
+    }
+  });
 });
 
 describe.each(backends)('fleet control plane on %s', (_name, open) => {
@@ -124,7 +144,13 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
         address: '127.0.0.1:7001',
         incarnation: 'i1',
       });
-      await registerNode(store, keys, s2, { id: 'n2', zone: 'b', address: '127.0.0.1:7002', incarnation: 'i2' });
+      await registerNode(store, keys, s2, {
+        id: 'n2',
+        zone: 'b',
+        address: '127.0.0.1:7002',
+        incarnation: 'i2',
+        machines: ['kv', 'counter'],
+      });
       const g1 = await addGroup(store, keys, 'orders', { replicas: 3, machine: 'kv' });
       const g2 = await addGroup(store, keys, 'users/eu', { replicas: 5, machine: 'counter' });
       expect(g2.generation).toBeGreaterThan(g1.generation);
@@ -153,7 +179,12 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
         incarnation: 'i1',
         sessionId: s1.id,
       });
-      expect(v.nodes.get('n2')).toMatchObject({ zone: 'b', weight: 1 });
+      expect(v.nodes.get('n2')).toMatchObject({ zone: 'b', weight: 1, machines: ['counter', 'kv'] });
+      expect(v.nodes.get('n1')!.machines).toBeUndefined();
+      // Placement input: each active node with its machines, each group with its machine.
+      const input = placementInputOf(v);
+      expect(input.nodes.find((n) => n.id === 'n2')!.machines).toEqual(['counter', 'kv']);
+      expect(input.groups.find((g) => g.name === 'orders')!.machine).toBe('kv');
       const orders = v.groups.get('orders')!;
       expect(orders).toMatchObject({ name: 'orders', replicas: 3, machine: 'kv', generation: g1.generation });
       expect(orders.desired).toEqual({

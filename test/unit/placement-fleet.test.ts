@@ -12,6 +12,7 @@ import {
   rankNodes,
   type FleetGroupSpec,
   type FleetPlacement,
+  type FleetPlacementNode,
   type PlacementNode,
 } from '../../src/placement/index.js';
 
@@ -239,6 +240,114 @@ describe('placeGroups: movement on a join or leave', () => {
       if (!b.members.includes('node-4')) expect([...g.members].sort()).toEqual([...b.members].sort());
       else expect(g.members.filter((m) => !b.members.includes(m))).toHaveLength(1);
     }
+  });
+});
+
+describe('placeGroups: state machines', () => {
+  const MACHINES = ['kv', 'queue', 'lock'] as const;
+  // Each node runs a subset of the machines, or publishes none (an older release: taken as every machine).
+  const machineNodeArb = fc
+    .tuple(nodeArb, fc.array(fc.option(fc.subarray([...MACHINES]), { nil: undefined }), { maxLength: 12 }))
+    .map(([nodes, lists]) =>
+      nodes.map((n, i): FleetPlacementNode => {
+        const m = lists[i];
+        return m === undefined ? n : { ...n, machines: m };
+      }),
+    );
+  const machineGroupArb = fc
+    .tuple(groupArb, fc.array(fc.constantFrom(...MACHINES, 'nowhere'), { maxLength: 60 }))
+    .map(([groups, ms]) => groups.map((g, i) => ({ ...g, machine: ms[i] ?? 'kv' })));
+
+  it("place a group only on nodes that run its machine, exactly rankNodes' choice among them", () => {
+    fc.assert(
+      fc.property(machineNodeArb, machineGroupArb, (nodes, groups) => {
+        const p = placeGroups({ nodes, groups });
+        const spec = new Map(groups.map((g) => [g.name, g]));
+        for (const g of p.groups) {
+          const { machine, replicas } = spec.get(g.name)!;
+          const eligible = nodes.filter((n) => n.machines === undefined || n.machines.includes(machine));
+          const R = Math.min(replicas, eligible.length);
+          expect(g.members, `${g.name} (${machine})`).toHaveLength(R);
+          const ranked = rankNodes(g.name, eligible, R, { spreadZones: true }).map((n) => n.id);
+          expect([...g.members].sort()).toEqual([...ranked].sort());
+          expect(g.leader).toBe(R === 0 ? undefined : g.members[0]);
+        }
+        // Order does not matter, and a previous placement read back changes nothing of the members.
+        const again = placeGroups({ nodes: [...nodes].reverse(), groups: [...groups].reverse(), previous: p });
+        expect(again.groups.map((g) => [...g.members].sort())).toEqual(p.groups.map((g) => [...g.members].sort()));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('without machines on the nodes (older records) or the groups, places as before', () => {
+    fc.assert(
+      fc.property(nodeArb, groupArb, (nodes, groups) => {
+        const plain = placeGroups({ nodes, groups });
+        const withMachines = placeGroups({ nodes, groups: groups.map((g) => ({ ...g, machine: 'kv' })) });
+        expect(withMachines).toEqual(plain);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('a node that gains a machine moves only groups of that machine; a machine no node runs is unplaced', () => {
+    const nodes: FleetPlacementNode[] = nodesOf(12, 3).map((n, i) => ({
+      ...n,
+      machines: i % 2 === 0 ? ['kv'] : ['kv', 'queue'],
+    }));
+    const groups = [
+      ...groupsOf(300).map((g) => ({ ...g, machine: 'kv' })),
+      ...groupsOf(300).map((g) => ({ name: `q-${g.name}`, replicas: 3, machine: 'queue' })),
+      { name: 'lonely', replicas: 3, machine: 'nowhere' },
+    ];
+    const before = placeGroups({ nodes, groups });
+    const runsQueue = new Set(nodes.filter((n) => n.machines!.includes('queue')).map((n) => n.id));
+    for (const g of before.groups) {
+      if (g.name.startsWith('q-')) for (const m of g.members) expect(runsQueue.has(m), `${g.name} on ${m}`).toBe(true);
+    }
+    expect(before.groups.find((g) => g.name === 'lonely')).toEqual({
+      name: 'lonely',
+      replicas: 3,
+      members: [],
+      leader: undefined,
+    });
+    const gained = nodes.map((n) => (n.id === 'node-0' ? { ...n, machines: ['kv', 'queue'] } : n));
+    const after = placeGroups({ nodes: gained, groups, previous: before });
+    const old = new Map(before.groups.map((g) => [g.name, g]));
+    for (const g of after.groups) {
+      // Members, that is: leaders balance over every group, so a few kv leaders may hand over.
+      if (!g.name.startsWith('q-')) expect([...g.members].sort(), g.name).toEqual([...old.get(g.name)!.members].sort());
+    }
+    expect(after.groups.some((g) => g.name.startsWith('q-') && g.members.includes('node-0'))).toBe(true);
+  });
+
+  it('balance leaders within the nodes that run each machine', () => {
+    const nodes: FleetPlacementNode[] = nodesOf(12, 3).map((n, i) => ({ ...n, machines: [i < 6 ? 'kv' : 'queue'] }));
+    const groups = [
+      ...groupsOf(600).map((g) => ({ ...g, machine: 'kv' })),
+      ...groupsOf(300).map((g) => ({ name: `q-${g.name}`, replicas: 3, machine: 'queue' })),
+    ];
+    for (const load of fleetLoads(placeGroups({ nodes, groups }))) {
+      const share = Number(load.id.slice('node-'.length)) < 6 ? 100 : 50;
+      expect(load.leaders, load.id).toBeGreaterThanOrEqual(share - 1);
+      expect(load.leaders, load.id).toBeLessThanOrEqual(share + 1);
+    }
+  });
+
+  it('10 000 groups of three machines over 100 nodes that run one, two or all of them: tens of milliseconds', () => {
+    const nodes: FleetPlacementNode[] = nodesOf(100, 3).map((n, i) => ({
+      ...n,
+      machines: [['kv'], ['kv', 'queue'], ['kv', 'queue', 'lock']][i % 3]!,
+    }));
+    const groups = groupsOf(10_000).map((g, i) => ({ ...g, machine: ['kv', 'queue', 'lock'][i % 3]! }));
+    placeGroups({ nodes, groups }); // warm up
+    const start = performance.now();
+    const p = placeGroups({ nodes, groups });
+    const ms = performance.now() - start;
+    expect(p.groups.every((g) => g.members.length === 3)).toBe(true);
+    // A sanity bound only (shared CI boxes); the figure is in docs/fleet.md.
+    expect(ms).toBeLessThan(2000);
   });
 });
 

@@ -29,6 +29,8 @@ import {
   MAX_FLEET_GROUPS,
   MAX_ZONE_CHARS,
   REPAIR_ADVICE,
+  runsMachine,
+  validateMachineList,
   validateMachineName,
   validateNodeId,
   validateReplicas,
@@ -256,6 +258,8 @@ export interface NodeRegistration {
   readonly address: string;
   readonly state?: 'active' | 'deactivating' | undefined;
   readonly incarnation: string;
+  /** The state machines the node runs (placement puts a group only on nodes that run its machine); absent: all. */
+  readonly machines?: readonly string[] | undefined;
 }
 
 function checkNode(n: NodeRegistration): NodeRecord {
@@ -280,7 +284,8 @@ function checkNode(n: NodeRegistration): NodeRecord {
   if (typeof n.incarnation !== 'string' || n.incarnation.length === 0 || n.incarnation.length > 128) {
     throw new InvalidArgumentError(`node ${n.id}: incarnation must be a string of 1-128 characters`);
   }
-  return { id: n.id, zone, weight, address: n.address, state, incarnation: n.incarnation };
+  const rec: NodeRecord = { id: n.id, zone, weight, address: n.address, state, incarnation: n.incarnation };
+  return n.machines === undefined ? rec : { ...rec, machines: validateMachineList(n.machines, `node ${n.id}`) };
 }
 
 /**
@@ -691,15 +696,35 @@ export async function deregisterNode(
 }
 
 /**
- * The placement input of `view` (src/placement/fleet.ts): the active nodes (a deactivating node holds no desired
- * member, so its replicas move elsewhere before it leaves), every live group, and the desired placements in force as
- * `previous` (so desired leaders stay where balance allows).
+ * The live nodes of `view` that run state machine `machine`: those whose record lists it, and those whose record
+ * lists nothing (an older release: it may). `addGroup` on a node or a client accepts a machine only when one does
+ * (or the node itself runs it): a group nobody can run would only wait, unplaced.
+ */
+export function machineRunners(view: FleetView, machine: string): string[] {
+  return [...view.nodes.values()].filter((n) => runsMachine(n, machine)).map((n) => n.id);
+}
+
+/** The InvalidArgumentError for a machine no live node runs, naming the machines they do run. */
+export function noRunnerError(view: FleetView, fleet: string, name: string, machine: string): InvalidArgumentError {
+  const known = [...new Set([...view.nodes.values()].flatMap((n) => n.machines ?? []))].sort();
+  return new InvalidArgumentError(
+    `addGroup(${name}): no live node of fleet ${fleet} runs state machine ${JSON.stringify(machine)} ` +
+      `(the live nodes run: ${known.length > 0 ? known.join(', ') : 'none'}); start a node with it in its ` +
+      '`machines` first, or check the name',
+  );
+}
+
+/**
+ * The placement input of `view` (src/placement/fleet.ts): the active nodes with the state machines they run (a
+ * deactivating node holds no desired member, so its replicas move elsewhere before it leaves), every live group
+ * with its machine (placed only on nodes that run it), and the desired placements in force as `previous` (so
+ * desired leaders stay where balance allows).
  */
 export function placementInputOf(view: FleetView): FleetPlacementInput {
   const nodes = [...view.nodes.values()]
     .filter((n) => n.state === 'active')
-    .map((n) => ({ id: n.id, zone: n.zone, weight: n.weight }));
-  const groups = [...view.groups.values()].map((g) => ({ name: g.name, replicas: g.replicas }));
+    .map((n) => ({ id: n.id, zone: n.zone, weight: n.weight, machines: n.machines }));
+  const groups = [...view.groups.values()].map((g) => ({ name: g.name, replicas: g.replicas, machine: g.machine }));
   const previous: GroupPlacement[] = [];
   for (const g of view.groups.values()) {
     if (g.desired !== undefined) {

@@ -34,6 +34,8 @@ export const MAX_FLEET_GROUP_NAME_CHARS = 80;
 const GROUP_NAME_RE = /^[A-Za-z0-9._:/-]+$/;
 /** State machine names are routing metadata (a key of the node's `machines` map), not a payload. */
 export const MAX_MACHINE_NAME_CHARS = 100;
+/** State machines one node record may list (its `machines`): metadata for placement, kept small. */
+export const MAX_NODE_MACHINES = 256;
 /** Node addresses are metadata for routing (host:port, URL), not a payload. */
 export const MAX_ADDRESS_BYTES = 512;
 export const MAX_ZONE_CHARS = 64;
@@ -159,6 +161,27 @@ export interface NodeRecord {
    * restarted node is told from its previous life even when it reuses its id.
    */
   readonly incarnation: string;
+  /**
+   * The state machines the node runs (its `machines` option's names, sorted): the coordinator places a group only
+   * on nodes that run its machine. Absent from the records of nodes of older releases: unknown, taken as every
+   * machine (they were placed everything before, and needed every machine).
+   */
+  readonly machines?: readonly string[] | undefined;
+}
+
+/** Whether a node (by its record) runs state machine `machine`; a record without `machines` is taken to run all. */
+export function runsMachine(node: Pick<NodeRecord, 'machines'>, machine: string): boolean {
+  return node.machines === undefined || node.machines.includes(machine);
+}
+
+/** Check a node's list of state machine names (sorted and deduplicated on the way out). */
+export function validateMachineList(machines: unknown, what: string): string[] {
+  if (!Array.isArray(machines) || machines.length > MAX_NODE_MACHINES) {
+    throw new InvalidArgumentError(`${what}: machines must be an array of at most ${MAX_NODE_MACHINES} names`);
+  }
+  const out = [...new Set(machines.map((m) => validateMachineName(m)))];
+  if (out.length !== machines.length) throw new InvalidArgumentError(`${what}: machines lists a name twice`);
+  return out.sort();
 }
 
 export interface MetaRecord {
@@ -280,7 +303,7 @@ export function decodeNode(keys: FleetKeys, key: string, value: string): NodeRec
   if (state !== 'active' && state !== 'deactivating') throw corrupt(key, `unknown state ${JSON.stringify(state)}`);
   const address = strField(key, rec, 'address');
   if (utf8Length(address) > MAX_ADDRESS_BYTES) throw corrupt(key, 'address is too long');
-  return {
+  const node: NodeRecord = {
     id,
     zone: strField(key, rec, 'zone'),
     weight,
@@ -288,6 +311,15 @@ export function decodeNode(keys: FleetKeys, key: string, value: string): NodeRec
     state,
     incarnation: strField(key, rec, 'incarnation'),
   };
+  // Absent in the records of older releases: unknown (every machine), never an error.
+  if (rec['machines'] === undefined) return node;
+  let machines: string[];
+  try {
+    machines = validateMachineList(rec['machines'], `node ${id}`);
+  } catch (err) {
+    throw corrupt(key, `field machines must be a list of state machine names (${(err as Error).message})`);
+  }
+  return { ...node, machines };
 }
 
 export function decodeMeta(key: string, value: string): MetaRecord {

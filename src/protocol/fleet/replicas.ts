@@ -225,6 +225,7 @@ function unknownMachine(g: GroupFacts): ReplicaWait {
     reason: 'unknown-machine',
     detail:
       `group ${g.name} uses state machine ${JSON.stringify(g.machine)}, which is not in this node's machines; ` +
-      'start the node with it (every node needs every machine of the fleet)',
+      'it was placed here by a coordinator that did not know (an older release, or a node record without ' +
+      '`machines`): start the node with it, or the next placement moves the group to nodes that run it',
   };
 }

@@ -8,13 +8,13 @@
  *   ended). Nothing is changed for it (no force-remove); it comes back when they do, or by the explicit, unsafe
  *   recovery (docs/fleet.md, "A group that lost its majority").
  * - `stuck`: its leader says it cannot make a change (a majority of voters is not reachable from it).
- * - `unplaced`: no desired record yet (no active node, or fewer than minNodes).
+ * - `unplaced`: no desired record yet (no active node, fewer than minNodes, or no active node runs its machine).
  * - `unknown`: placed, but no leader has reported yet (it is being created, or has no leader).
  * - `moving`: members or leader differ from the desired ones, or a replica is catching up.
  * - `converged`: voters are the desired members, no learners, the desired leader leads.
  */
 import type { FleetView } from './io.js';
-import type { ObservedRecord } from './keys.js';
+import { runsMachine, type ObservedRecord } from './keys.js';
 import { quorum } from './plan.js';
 
 export type GroupHealth = 'converged' | 'moving' | 'unknown' | 'unplaced' | 'stuck' | 'majority-lost';
@@ -90,7 +90,12 @@ export function fleetStatus(fleet: string, view: FleetView): FleetStatus {
         `there alone${live.has(g.seed.node) ? '' : `, once node ${g.seed.node} is live (nothing else holds its state)`}`;
     } else if (d === undefined) {
       health = 'unplaced';
-      detail = 'no desired placement yet (no active node, or fewer than minNodes)';
+      const active = [...view.nodes.values()].filter((n) => n.state === 'active');
+      detail =
+        active.length > 0 && !active.some((n) => runsMachine(n, g.machine))
+          ? `no active node runs its state machine ${JSON.stringify(g.machine)}: it is placed once a node with it ` +
+            'in its `machines` joins'
+          : 'no desired placement yet (no active node, or fewer than minNodes)';
     } else if (o === undefined) {
       health = 'unknown';
       detail = 'no leader has reported yet';

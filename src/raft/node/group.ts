@@ -396,6 +396,11 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
     };
   }
 
+  /** This replica's membership now (the latest in its log): status().membership without building a whole status. */
+  membership(): Membership {
+    return this.#c.replica.core.membership();
+  }
+
   status(): GroupStatus {
     const r = this.#c.replica;
     const s = r.core.status();
@@ -495,10 +500,23 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       },
     );
     const off = replica.onLeaderChange(() => wake?.());
+    // The replica closed under the call (dropped, moved away, its node closing): say whether the request may have
+    // been handed to a leader, so that a remote client knows whether another replica may take it over safely.
+    const closed = (e: unknown): unknown =>
+      e instanceof ClosedError && e.outcome === undefined
+        ? new ClosedError(`raft group ${this.name} on node ${c.nodeId}`, {
+            outcome: sent ? outcomeOnceSent : 'not-applied',
+            cause: e,
+          })
+        : e;
     try {
       for (;;) {
         if (settled) break;
-        this.#check();
+        try {
+          this.#check();
+        } catch (e) {
+          throw closed(e);
+        }
         c.catchUp();
         replica.idleTicks = 0;
         const out = attempt();
@@ -532,7 +550,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
       wake = undefined;
     }
     if (settled) {
-      if (failure !== undefined) throw failure;
+      if (failure !== undefined) throw closed(failure);
       return value as T;
     }
     if (!sawLeader && replica.core.lead === '') throw new NoQuorumError(this.name, c.now() - start);

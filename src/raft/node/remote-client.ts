@@ -17,7 +17,10 @@
  *            1 session: uint session · 2 value: bytes · 3 no-replica · 4 error: str code | str message |
  *            u8 outcome (0 none, 1 not-applied, 2 unknown)
  *
- * `no-replica` is its own kind: the client tries the next candidate at once, and knows nothing was proposed.
+ * `no-replica` is its own kind: the client tries the next candidate at once, and knows nothing was proposed. A
+ * replica that closes under a request (dropped, moved away, its node closing) answers it too when nothing was
+ * proposed (or the request is a register or a query); a command it may have proposed gets a `CLOSED` error with
+ * outcome `unknown`, and the client goes on to the next candidate with the same (session, seq) as well.
  */
 import {
   ClosedError,
@@ -222,6 +225,11 @@ export async function serveGroupRequest(
       }
     }
   } catch (err) {
+    if (err instanceof ClosedError && (req.kind !== 'command' || err.outcome === 'not-applied')) {
+      // The replica closed (dropped, moved away, its node closing) before the request was handed to a leader, or
+      // the request changes nothing: as if this node held no replica — the client tries the next one at once.
+      return encodeGroupAnswer({ kind: 'no-replica', leader: undefined });
+    }
     const leader =
       err instanceof NotLeaderError ? (err.leaderHint?.id ?? group.remote.leader()) : group.remote.leader();
     return encodeGroupAnswer({
@@ -229,7 +237,10 @@ export async function serveGroupRequest(
       leader,
       code: err instanceof RebalancerError ? err.code : 'ERROR',
       message: describe(err),
-      outcome: err instanceof TimeoutError ? err.outcome : undefined,
+      // A command cut short by the close may be in the log: unknown here, and the client goes on elsewhere with
+      // the same (session, seq), which the session table applies at most once.
+      outcome:
+        err instanceof TimeoutError ? err.outcome : err instanceof ClosedError ? (err.outcome ?? 'unknown') : undefined,
     });
   }
 }
@@ -412,8 +423,9 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
       try {
         return await this.#registering;
       } catch (err) {
-        // Shared with a call whose time ran out first: go on with our own time, if any is left.
-        if (this.#o.clock() >= deadline) {
+        // Shared with a call whose time ran out first: go on with our own time, if any is left (as #run counts it:
+        // less than MIN_WAIT_MS is none, or this loop would retry at one instant of the virtual clock forever).
+        if (deadline - this.#o.clock() < MIN_WAIT_MS) {
           if (err instanceof TimeoutError) {
             throw new TimeoutError(this.group, 'opening a client session', this.#o.clock() - start, 'not-applied');
           }
@@ -519,6 +531,10 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
       case 'NO_QUORUM':
         return next(false, true, hint);
       case 'TIMEOUT':
+        return next(command && answer.outcome !== 'not-applied', false, hint);
+      case 'CLOSED':
+        // That replica closed under the command (dropped, moved away, its node closing): another holder takes it
+        // over with the same (session, seq); the outcome stays unknown unless one of them answers.
         return next(command && answer.outcome !== 'not-applied', false, hint);
       default:
         if (FINAL_CODES.has(answer.code)) return { ok: false, final: this.#typed(peer, answer) };

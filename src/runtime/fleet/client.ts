@@ -208,8 +208,10 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   }
 
   /**
-   * Add a group running state machine `machine` (a name in the nodes' `machines`: this client cannot check it, a
-   * node that lacks it reports an error and opens no replica). FleetGroupExistsError when the name is taken.
+   * Add a group running state machine `machine` (a name in the nodes' `machines`). Not checked against the live
+   * nodes (a client may add groups before any node runs): the coordinator places the group on the nodes that run
+   * its machine, and while none does, status says it is unplaced and why. FleetGroupExistsError when the name is
+   * taken.
    */
   async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
     this.#check();

@@ -53,6 +53,8 @@ export interface ResolvedFleetControlOptions extends ResolvedMemberOptions {
   readonly gracePeriodMs: number;
   readonly maxDesiredWritesPerRound: number;
   readonly minNodes: number;
+  /** The state machines this node runs, published in its node record (placement); absent: not said (all). */
+  readonly machines?: readonly string[] | undefined;
 }
 
 export function resolveFleetControlOptions(options: FleetControlOptions): ResolvedFleetControlOptions {
@@ -138,6 +140,7 @@ export class FleetControl extends TypedEmitter<FleetControlEvents> {
       address: options.address,
       state: 'active',
       incarnation: options.incarnation,
+      ...(options.machines !== undefined ? { machines: [...options.machines].sort() } : {}),
     };
     this.#membership = new Membership(
       {

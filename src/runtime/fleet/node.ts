@@ -33,6 +33,8 @@ import { OptionReader } from '../../options.js';
 import {
   addGroup,
   FleetRecordCache,
+  machineRunners,
+  noRunnerError,
   readFleetView,
   removeGroup,
   reportObservedMany,
@@ -41,6 +43,7 @@ import {
 } from '../../protocol/fleet/io.js';
 import {
   decodeDesired,
+  MAX_NODE_MACHINES,
   parseRaftGroupId,
   raftGroupId,
   validateFleetGroupName,
@@ -181,7 +184,8 @@ export interface FleetInternals extends RuntimeInternals {
 }
 
 function isMember(held: Held, nodeId: string): boolean {
-  const m = held.group.status().membership;
+  // Asked for every request (routing, serving): the membership alone, not a whole status().
+  const m = held.group.membership();
   return m.voters.includes(nodeId) || m.learners.includes(nodeId);
 }
 
@@ -264,6 +268,12 @@ function readMachines(r: OptionReader): Resolved['machines'] {
       : 'must be an object: state machine name → state machine ({ initial, command, query, snapshot, restore })',
   );
   const out = new Map<string, Required<Pick<FleetMachine, 'stateMachine' | 'codec'>> & FleetMachine>();
+  if (Object.keys(raw).length > MAX_NODE_MACHINES) {
+    throw new InvalidArgumentError(
+      `joinFleet options.machines: ${Object.keys(raw).length} state machines; at most ${MAX_NODE_MACHINES} per node ` +
+        '(their names go in the node record)',
+    );
+  }
   for (const [name, value] of Object.entries(raw)) {
     validateMachineName(name);
     if (isStateMachine(value)) {
@@ -429,16 +439,20 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#raft = raft;
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
-    this.#control = new FleetControl(control, internals);
+    // The node record says which state machines this node runs: the coordinator places groups accordingly.
+    this.#control = new FleetControl({ ...control, machines: [...o.machines.keys()] }, internals);
     this.#mutants = internals.mutants ?? NO_MUTANTS;
     this.#corruption = new CorruptionReports((error) => this.reportError(error, 'fleet node: reading'));
     this.#routes = new GroupRoutes({
       clock: control.clock,
       requestTimeoutMs: o.requestTimeoutMs,
-      request: (peer, payload, timeoutMs) => this.#raft.request(peer, payload, { timeoutMs }),
+      // This node's own replica is served in the process, as a peer's request would be (#serve).
+      request: (peer, payload, timeoutMs) =>
+        peer === this.nodeId ? this.#serve(payload) : this.#raft.request(peer, payload, { timeoutMs }),
       codecOf: (machine) => this.#o.machines.get(machine)?.codec,
       view: () => this.#view,
       reachable: (n) => n !== this.nodeId && this.#addresses.has(n),
+      self: { id: this.nodeId, holds: (id) => this.#memberReplica(id) !== undefined },
     });
     this.#loop = new Loop(
       () => this.#round(),
@@ -512,16 +526,19 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   // ---- the API ----
 
-  /** Add a group running state machine `machine` (one of this node's `machines`) with `replicas` members. */
+  /**
+   * Add a group running state machine `machine` with `replicas` members, placed on the nodes that run it. The
+   * machine must be one of this node's `machines` or one a live node of the fleet runs (InvalidArgumentError
+   * otherwise: a group nobody can run would only wait, unplaced).
+   */
   async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
     this.#check();
     validateFleetGroupName(name);
     const machine = validateMachineName(options?.machine);
     if (!this.#o.machines.has(machine)) {
-      throw new InvalidArgumentError(
-        `addGroup(${name}): state machine ${JSON.stringify(machine)} is not in this node's machines ` +
-          `(${[...this.#o.machines.keys()].join(', ')}); every node of the fleet needs it`,
-      );
+      const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+      this.#view = view;
+      if (machineRunners(view, machine).length === 0) throw noRunnerError(view, this.fleet, name, machine);
     }
     const g = await addGroup(this.#o.control.store, this.#control.keys, name, options);
     this.#loop.kick();
@@ -577,16 +594,16 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * Apply `command` to group `name` exactly once, from any node; resolves with the state machine's result. On a node
    * holding a member replica it goes through that replica; elsewhere it is sent to a node that holds one (the
    * group's leader first, from the last report, then the other members), retried on the next with the same
-   * command id, within `timeoutMs` in all. Errors: FleetGroupNotFoundError, NoQuorumError (no leader during the
-   * call: not applied), TimeoutError (`outcome` 'unknown' once it may have been handed over), LimitExceededError,
-   * StateMachineError.
+   * command id, within `timeoutMs` in all (also when this node's replica is dropped under the call). Errors:
+   * FleetGroupNotFoundError, NoQuorumError (no leader during the call: not applied), TimeoutError (`outcome`
+   * 'unknown' once it may have been handed over; also when every replica asked had stopped, a state machine that
+   * threw for example), LimitExceededError.
    */
   async command<R = unknown>(name: string, command: unknown, options: FleetRequestOptions = {}): Promise<R> {
     this.#check();
     const { timeoutMs } = this.#timeout(options);
     const t = await this.#target(name, timeoutMs);
-    if (t.local !== undefined) return (await t.local.group.command(command, { timeoutMs: t.remainingMs })) as R;
-    return (await t.remote.command(command, { timeoutMs: t.remainingMs })) as R;
+    return (await t.client.command(command, { timeoutMs: t.remainingMs })) as R;
   }
 
   /** Read group `name` with its state machine's `query`, from any node (routed as command() is). */
@@ -595,10 +612,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const { timeoutMs } = this.#timeout(options);
     const consistency = options.consistency ?? 'linearizable';
     const t = await this.#target(name, timeoutMs);
-    if (t.local !== undefined) {
-      return (await t.local.group.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
-    }
-    return (await t.remote.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
+    return (await t.client.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
   }
 
   /**
@@ -1178,18 +1192,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * Where a request for group `name` goes: this node's replica when it is open and a member (one that joined is
-   * not until its leader added it); else a remote client of the group's current generation, once some other node
-   * is known to hold it. While neither (the group is being placed, or this node's replica is being opened), wait,
-   * within `timeoutMs`: NoQuorumError when the time runs out.
+   * The client of group `name`'s current generation, once some node is known to hold it: this node's replica first
+   * when it is open and a member (one that joined is not until its leader added it), served in the process, then the
+   * others. Every request goes through the group's client session, the local one too: when this node's replica is
+   * dropped under a command (moved away, the node draining), the next holder gets it with the same (session, seq)
+   * and applies it at most once. While no node is known to hold it (the group is being placed, or this node's
+   * replica is being opened), wait, within `timeoutMs`: NoQuorumError when the time runs out.
    */
-  async #target(
-    name: string,
-    timeoutMs: number,
-  ): Promise<
-    | { local: Held; remote?: undefined; remainingMs: number }
-    | { local?: undefined; remote: RemoteGroupClient; remainingMs: number }
-  > {
+  async #target(name: string, timeoutMs: number): Promise<{ client: RemoteGroupClient; remainingMs: number }> {
     validateFleetGroupName(name);
     const clock = this.#o.control.clock;
     const start = clock.now();
@@ -1209,12 +1219,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       const remainingMs = timeoutMs - (clock.now() - start);
       const id = raftGroupId(name, g.generation);
       const held = this.#held.get(id);
-      if (held !== undefined && isMember(held, this.nodeId)) return { local: held, remainingMs };
       // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
       const mine =
         g.desired?.members.includes(this.nodeId) === true && held === undefined && this.#o.machines.has(g.machine);
       if (!mine && this.#routes.candidates(name, id).length > 0) {
-        return { remote: this.#routes.client(id, g.machine), remainingMs };
+        return { client: this.#routes.client(id, g.machine), remainingMs };
       }
       if (remainingMs < MIN_WAIT_MS) throw new NoQuorumError(id, clock.now() - start);
       this.#loop.kick();
@@ -1225,10 +1234,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   /** Answer a remote client's request with this node's member replica of the group, if it holds one. */
   #serve(payload: Uint8Array): Promise<Uint8Array> {
-    return serveGroupRequest((id) => {
-      const held = this.#held.get(id);
-      return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
-    }, payload);
+    return serveGroupRequest((id) => this.#memberReplica(id), payload);
+  }
+
+  /** This node's replica of Raft group `id`, if it is open and a member (not one still joining, nor being dropped). */
+  #memberReplica(id: string): RaftGroup | undefined {
+    const held = this.#held.get(id);
+    return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
   }
 
   #check(): void {

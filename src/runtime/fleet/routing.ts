@@ -1,8 +1,8 @@
 /**
- * Requests for fleet groups this process holds no member replica of: one RemoteGroupClient per Raft group id (its
- * client session, so a retry keeps its command id), the leader each answer named, and the order of the nodes to
- * try. Shared by FleetNode (groups it does not hold) and FleetClient (a process that is not a node), which differ
- * only in how they reach a node and which nodes they can reach.
+ * Requests for fleet groups by name: one RemoteGroupClient per Raft group id (its client session, so a retry keeps
+ * its command id), the leader each answer named, and the order of the nodes to try. Shared by FleetNode (every
+ * request: its own member replica is the first candidate, served in the process) and FleetClient (a process that
+ * is not a node), which differ only in how they reach a node and which nodes they can reach.
  */
 import type { FleetView } from '../../protocol/fleet/io.js';
 import { parseRaftGroupId, raftGroupId } from '../../protocol/fleet/keys.js';
@@ -25,6 +25,12 @@ export interface GroupRoutesOptions {
   readonly view: () => FleetView | undefined;
   /** Whether a request can be sent to this node now (not this process, address known). */
   readonly reachable: (node: string, view: FleetView | undefined) => boolean;
+  /**
+   * A node process: its id, and whether it holds a member replica of a Raft group now. Such a replica is tried
+   * first (`request` serves it in the process), so a local call and a routed one are the same call: when the
+   * replica closes under it, the next holder gets it with the same (session, seq).
+   */
+  readonly self?: { readonly id: string; readonly holds: (id: string) => boolean };
 }
 
 export class GroupRoutes {
@@ -64,7 +70,10 @@ export class GroupRoutes {
     return client;
   }
 
-  /** Nodes to send a request for group `id` to, best first: a leader hint, the reported leader, members. */
+  /**
+   * Nodes to send a request for group `id` to, best first: this node when it holds a member replica, a leader hint,
+   * the reported leader, members.
+   */
   candidates(name: string, id: string): string[] {
     const view = this.#o.view();
     const g = view?.groups.get(name);
@@ -72,6 +81,7 @@ export class GroupRoutes {
     const add = (n: string | undefined): void => {
       if (n !== undefined && !out.includes(n) && this.#o.reachable(n, view)) out.push(n);
     };
+    if (this.#o.self?.holds(id) === true) out.push(this.#o.self.id);
     add(this.#leaderHints.get(id));
     if (g !== undefined && raftGroupId(name, g.generation) === id) {
       add(g.observed?.leader);

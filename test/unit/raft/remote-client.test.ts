@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
+  ClosedError,
   CorruptDataError,
   InvalidArgumentError,
   NoQuorumError,
@@ -47,7 +48,17 @@ const logMachine: StateMachine<string[], { id: string }, null, number, string[]>
   restore: (b) => jsonCodec.decode(b) as string[],
 };
 
-type Mode = 'ok' | 'down' | 'no-replica' | 'lose-answer' | 'hang' | 'no-quorum' | 'invalid' | `not-leader:${string}`;
+type Mode =
+  | 'ok'
+  | 'down'
+  | 'no-replica'
+  | 'lose-answer'
+  | 'hang'
+  | 'no-quorum'
+  | 'invalid'
+  | 'closed-before'
+  | 'closed-after'
+  | `not-leader:${string}`;
 
 class World {
   readonly clock = new VirtualClock(0);
@@ -71,12 +82,28 @@ class World {
     return a.session;
   }
 
-  /** What one node's replica would do: the group's remote surface over the shared state. */
-  #group(peer: string): RaftGroup {
+  /**
+   * What one node's replica would do: the group's remote surface over the shared state. `closes`: the replica closes
+   * under the request, before proposing anything or once the command is applied (the answer is then lost).
+   */
+  #group(peer: string, closes?: 'before' | 'after'): RaftGroup {
+    const closed = (outcome: 'unknown' | 'not-applied'): Promise<never> =>
+      Promise.reject(new ClosedError(`raft group g on node ${peer}`, { outcome }));
+    if (closes === 'before') {
+      return {
+        remote: {
+          registerSession: () => closed('not-applied'),
+          command: () => closed('not-applied'),
+          query: () => Promise.reject(new ClosedError(`raft group g on node ${peer}`)),
+          leader: () => peer,
+        },
+      } as unknown as RaftGroup;
+    }
     const remote = {
       registerSession: () => Promise.resolve(this.register()),
       command: (session: number, seq: number, lowest: number, payload: Uint8Array) => {
         const a = this.applier.apply(++this.#index, encodeCommand(session, seq, lowest, payload), 'test');
+        if (closes === 'after') return closed('unknown');
         if (a.kind === 'result') return Promise.resolve(jsonCodec.encode(a.result));
         if (a.kind === 'expired') return Promise.reject(new SessionExpiredError(String(session)));
         return new Promise<Uint8Array>(() => undefined);
@@ -114,6 +141,13 @@ class World {
             void serveGroupRequest(() => this.#group(peer), payload).then(() =>
               reject(new PeerUnavailableError(peer, 'disconnected', 'unknown')),
             );
+            return;
+          case 'closed-before':
+          case 'closed-after':
+            void serveGroupRequest(
+              () => this.#group(peer, mode === 'closed-before' ? 'before' : 'after'),
+              payload,
+            ).then(resolve);
             return;
           case 'no-replica':
           case 'ok':
@@ -234,6 +268,44 @@ describe('RemoteGroupClient (virtual time)', () => {
     expect(w.clock.now()).toBeGreaterThanOrEqual(1000);
     expect(w.clock.now()).toBeLessThan(1100);
     expect(w.log).toEqual(['x']);
+  });
+
+  it('a replica closed under a command (dropped, moved away): the next node gets the same (session, seq), applied once', async () => {
+    const w = new World();
+    const c = w.client();
+    await drive(w.clock, c.command({ id: 'warm' }));
+    w.modes.set('n1', 'closed-after');
+    expect(await drive(w.clock, c.command({ id: 'once' }))).toBe(2);
+    expect(w.log).toEqual(['warm', 'once']);
+    const tries = w.commands().slice(1);
+    expect(tries.map((r) => w.sent.find((s) => s.req === r)!.peer)).toEqual(['n1', 'n2']);
+    expect([tries[1]!.session, tries[1]!.seq]).toEqual([tries[0]!.session, tries[0]!.seq]);
+    // Its answer says the outcome is unknown there; one closed before proposing answers as a node without a replica.
+    const req = encodeGroupRequest({ ...tries[0]!, seq: tries[0]!.seq + 1, lowest: tries[0]!.seq + 1 });
+    w.modes.set('n1', 'closed-before');
+    expect(decodeGroupAnswer(await drive(w.clock, w.request('n1', req, 500)))).toEqual({
+      kind: 'no-replica',
+      leader: undefined,
+    });
+    w.modes.set('n1', 'closed-after');
+    expect(decodeGroupAnswer(await drive(w.clock, w.request('n1', req, 500)))).toMatchObject({
+      kind: 'error',
+      code: 'CLOSED',
+      outcome: 'unknown',
+    });
+  });
+
+  it('every replica closed before proposing: not-applied when the time runs out (not unknown), queries too', async () => {
+    const w = new World();
+    const c = w.client({ timeoutMs: 1000 });
+    await drive(w.clock, c.command({ id: 'warm' }));
+    for (const n of ['n1', 'n2', 'n3']) w.modes.set(n, 'closed-before');
+    const err = await drive(w.clock, c.command({ id: 'x' })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as TimeoutError).outcome).toBe('not-applied');
+    const q = await drive(w.clock, c.query(null)).catch((e: unknown) => e);
+    expect((q as TimeoutError).outcome).toBe('not-applied');
+    expect(w.log).toEqual(['warm']);
   });
 
   it('a leader hint is tried next and reported', async () => {
