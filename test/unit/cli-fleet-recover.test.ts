@@ -11,13 +11,15 @@ import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { addGroup, readFleetView, registerNode, reportObserved } from '../../src/protocol/fleet/io.js';
 import { FleetKeys } from '../../src/protocol/fleet/keys.js';
 import { fleetStatus } from '../../src/protocol/fleet/status.js';
-import { cli as runCli, type CliResult } from './cli-process.js';
+import { cliAsync, type CliResult } from './cli-process.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-fleet-'));
 const path = join(dir, 'cli.db');
 
-function cli(args: string[]): CliResult {
-  return runCli(['--store', `sqlite:${path}`, '--namespace', 'ns', ...args]);
+// Not spawnSync: the test's store session must be kept alive while the CLI runs (on a loaded box three blocking
+// runs outlasted its TTL and node n1 was no longer live).
+function cli(args: string[]): Promise<CliResult> {
+  return cliAsync(['--store', `sqlite:${path}`, '--namespace', 'ns', ...args]);
 }
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -47,18 +49,18 @@ describe('rebalancer fleet recover', () => {
         });
       await report(['n1']); // one voter, live: healthy
 
-      const noUnsafe = cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1']);
+      const noUnsafe = await cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1']);
       expect(noUnsafe.code).toBe(2);
       expect(noUnsafe.err).toMatch(/--unsafe/);
-      const missing = cli(['fleet', 'recover', 'nope', '--fleet', 'f', '--from', 'n1', '--unsafe']);
+      const missing = await cli(['fleet', 'recover', 'nope', '--fleet', 'f', '--from', 'n1', '--unsafe']);
       expect(missing.code).toBe(1);
-      const healthy = cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1', '--unsafe']);
+      const healthy = await cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1', '--unsafe']);
       expect(healthy.code).toBe(2);
       expect(healthy.err).toMatch(/has not lost its majority/);
       expect((await readFleetView(store, keys, () => undefined)).groups.get('g')!.generation).toBe(g.generation);
 
       await report(['n2', 'n1', 'n3']); // n2 and n3 are not live: majority lost
-      const r = cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1', '--unsafe']);
+      const r = await cli(['fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n1', '--unsafe']);
       expect(r.code, r.err).toBe(0);
       expect(r.out).toMatch(/^UNSAFE: group g now starts again .*lost for good \(it was 2 entries behind/);
       expect(r.out).toMatch(/starts on node n1 alone/);
@@ -73,7 +75,18 @@ describe('rebalancer fleet recover', () => {
         detail: expect.stringMatching(/being recovered \(unsafe\) from node n1's replica of generation 1/),
       });
       // Once recovered, the new generation has no report yet: a second recovery is refused (nothing to judge).
-      const again = cli(['--json', 'fleet', 'recover', 'g', '--fleet', 'f', '--from', 'n2', '--unsafe', '--force']);
+      const again = await cli([
+        '--json',
+        'fleet',
+        'recover',
+        'g',
+        '--fleet',
+        'f',
+        '--from',
+        'n2',
+        '--unsafe',
+        '--force',
+      ]);
       expect(again.code).toBe(2);
       expect(JSON.parse(again.err || again.out)).toMatchObject({ error: { code: 'INVALID_ARGUMENT' } });
     } finally {
