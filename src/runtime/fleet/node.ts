@@ -215,6 +215,8 @@ interface Held {
   transferAtMs: number;
   /** Transfers asked in a row without leadership moving (reset when this node becomes leader again). */
   transferTries: number;
+  /** The node those tries were aimed at: the backoff is per target. */
+  transferTarget: string | undefined;
   /** Since when the planner has said `stuck` (reported once it lasts two election timeouts). */
   stuckSinceMs: number | undefined;
   stuckReported: boolean;
@@ -798,6 +800,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       changing: false,
       transferAtMs: Number.NEGATIVE_INFINITY,
       transferTries: 0,
+      transferTarget: undefined,
       stuckSinceMs: undefined,
       stuckReported: false,
       wasLeader: false,
@@ -1008,6 +1011,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (step.type === 'transferLeader') {
       // A transfer holds new commands back until it happens or is aborted (an election timeout): a target that
       // keeps falling behind under load is asked again later and later (2, 4, 8… election timeouts, at most 30 s).
+      // Per target: a new one (the old one died, or the desired leader changed) is asked at once, not after the
+      // old one's backoff — a draining node waited out 30 s gaps that way, once per group it led.
+      if (step.node !== h.transferTarget) {
+        h.transferTarget = step.node;
+        h.transferTries = 0;
+        h.transferAtMs = Number.NEGATIVE_INFINITY;
+      }
       const backoffMs = Math.min(30_000, 2 ** Math.min(h.transferTries, 10) * 2 * this.#electionTimeoutMs());
       if (now - h.transferAtMs < backoffMs) return;
       h.transferAtMs = now;
