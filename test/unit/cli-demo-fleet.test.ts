@@ -5,11 +5,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { checkCounter, type FleetDemoSummary } from '../../src/demo/fleet.js';
-import { cli } from './cli-process.js';
+import { cliAsync } from './cli-process.js';
 
 describe('rebalancer demo --fleet', () => {
-  it('runs every step and finds every acknowledged command in the counters', () => {
-    const r = cli(['--json', 'demo', '--fleet'], { timeoutMs: 120_000 });
+  it('runs every step and finds every acknowledged command in the counters', async () => {
+    const r = await cliAsync(['--json', 'demo', '--fleet'], { timeoutMs: 120_000 });
     const lines = r.out.split('\n').filter((l) => l !== '');
     if (lines.length === 0) throw new Error(`demo --fleet printed nothing (exit ${r.code}): ${r.err}`);
     const summary = JSON.parse(lines.at(-1)!) as FleetDemoSummary;
@@ -40,8 +40,8 @@ describe('rebalancer demo --fleet', () => {
     expect(summary.dir).toBeUndefined(); // cleaned up after a run that went well
   }, 120_000);
 
-  it('refuses the resource demo’s options', () => {
-    const r = cli(['demo', '--fleet', '--workers', '4']);
+  it('refuses the resource demo’s options', async () => {
+    const r = await cliAsync(['demo', '--fleet', '--workers', '4']);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/--workers does not apply to demo --fleet/);
   });

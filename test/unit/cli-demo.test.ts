@@ -5,7 +5,7 @@
  * (work left running in the background after the handler returned).
  */
 import { describe, expect, it } from 'vitest';
-import { cli } from './cli-process.js';
+import { cliAsync } from './cli-process.js';
 
 interface Summary {
   violations: number;
@@ -20,16 +20,20 @@ interface Summary {
   steps: { step: string }[];
 }
 
-function demo(env: Record<string, string> = {}): { code: number | null; summary: Summary; lines: string[] } {
-  const r = cli(['--json', 'demo'], { env: { ...process.env, ...env }, timeoutMs: 120_000 });
+// Not spawnSync: a demo runs for up to a minute on a loaded box, and a worker blocked that long misses vitest's RPC
+// deadline ("Timeout calling onTaskUpdate", an unhandled error that fails the run).
+async function demo(
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; summary: Summary; lines: string[] }> {
+  const r = await cliAsync(['--json', 'demo'], { env: { ...process.env, ...env }, timeoutMs: 120_000 });
   const lines = r.out.split('\n').filter((l) => l !== '');
   if (lines.length === 0) throw new Error(`demo printed nothing (exit ${r.code}): ${r.err}`);
   return { code: r.code, summary: JSON.parse(lines.at(-1)!) as Summary, lines };
 }
 
 describe('rebalancer demo', () => {
-  it('runs every step and its oracle finds no double ownership', () => {
-    const { code, summary, lines } = demo();
+  it('runs every step and its oracle finds no double ownership', async () => {
+    const { code, summary, lines } = await demo();
     expect(code).toBe(0);
     expect(summary.steps.map((s) => s.step)).toEqual([
       'start',
@@ -55,8 +59,8 @@ describe('rebalancer demo', () => {
     expect(summary.effects).toBeGreaterThan(summary.starts);
   }, 120_000);
 
-  it('catches work a broken handler leaves running after it returned', () => {
-    const { code, summary } = demo({ REBALANCER_DEMO_BROKEN: 'background-work' });
+  it('catches work a broken handler leaves running after it returned', async () => {
+    const { code, summary } = await demo({ REBALANCER_DEMO_BROKEN: 'background-work' });
     expect(summary.violations).toBeGreaterThan(0);
     expect(summary.violationList.map((v) => v.kind)).toContain('late-effect');
     expect(code).toBe(1);
