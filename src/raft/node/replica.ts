@@ -59,6 +59,8 @@ export class Replica {
   readonly #applier: Applier<unknown>;
   /** A persist is on its way to disk: the next Ready waits. */
   #busy = false;
+  /** A process() is queued for after the current turn (step). */
+  #processQueued = false;
   #compacting = false;
   #closed = false;
   /** Why this replica stopped for good (disk or state machine), if it did. */
@@ -121,7 +123,15 @@ export class Replica {
     // A request forwarded by a follower is activity too: a leader does not quiesce under forwarded load.
     if (m.type === 'propose' || m.type === 'readIndex') this.idleTicks = 0;
     this.core.step(m);
-    this.process();
+    // Processed once the caller's turn is done, not per message: the transport hands over a whole frame at once
+    // (often several messages of this group: appends, answers), and one Ready then covers them all — one persist,
+    // one batch of messages (appends merged per follower), one apply — instead of one each.
+    if (this.#processQueued) return;
+    this.#processQueued = true;
+    queueMicrotask(() => {
+      this.#processQueued = false;
+      this.process();
+    });
   }
 
   #stopped(): boolean {
