@@ -123,9 +123,17 @@ export class Replica {
     // A request forwarded by a follower is activity too: a leader does not quiesce under forwarded load.
     if (m.type === 'propose' || m.type === 'readIndex') this.idleTicks = 0;
     this.core.step(m);
-    // Processed once the caller's turn is done, not per message: the transport hands over a whole frame at once
-    // (often several messages of this group: appends, answers), and one Ready then covers them all — one persist,
-    // one batch of messages (appends merged per follower), one apply — instead of one each.
+    // Not per message: the transport hands over a whole frame at once (often several messages of this group:
+    // appends, answers), and one Ready then covers them all.
+    this.processSoon();
+  }
+
+  /**
+   * process() once the current turn's synchronous work and the promise callbacks queued so far are done: messages
+   * stepped and proposals made in one turn (a frame's messages; the clients woken by one apply proposing their next
+   * commands) then share one Ready — one persist, one append per follower (merged), one apply — instead of one each.
+   */
+  processSoon(): void {
     if (this.#processQueued) return;
     this.#processQueued = true;
     queueMicrotask(() => {
