@@ -1,5 +1,4 @@
 /** The real Disk: one directory on the local file system (node:fs). */
-import { writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Disk } from './disk.js';
@@ -44,15 +43,13 @@ export class FsDisk implements Disk {
     return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
   }
 
-  /**
-   * A synchronous write: it only copies into the page cache (the fdatasync that follows is what waits for the
-   * disk, and stays asynchronous), and an asynchronous one costs a round trip through libuv's thread pool and back
-   * through the event loop — on a busy or shared CPU, milliseconds added to every batch of the log.
-   */
   async append(name: string, data: Uint8Array): Promise<void> {
     const h = await this.#handle(name);
     let at = 0;
-    while (at < data.byteLength) at += writeSync(h.fd, data, at, data.byteLength - at);
+    while (at < data.byteLength) {
+      const { bytesWritten } = await h.write(data, at, data.byteLength - at);
+      at += bytesWritten;
+    }
   }
 
   async sync(name: string): Promise<void> {
