@@ -7,6 +7,9 @@
  * so `node.command(group, put)` goes to this node's replica (a follower forwards to the leader) or, for a group it
  * holds no member of, to a node that does.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { joinFleet, type FleetNode } from '../src/runtime/fleet/node.js';
 import { kvStateMachine } from '../src/sim/raft-kv.js';
 import { openStore } from '../src/store/open.js';
@@ -49,6 +52,7 @@ const firstErrors: string[] = [];
 const ledAt = new Map<string, number>();
 
 async function init(i: FleetNodeInit): Promise<void> {
+  nodeId = i.id;
   store = await openStore(i.storeUrl, { namespace: i.namespace });
   node = await joinFleet({
     store,
@@ -101,7 +105,59 @@ function local(withLedAt: boolean): FleetLocalStatus {
   };
 }
 
+/**
+ * Opt-in, for finding where the CPU goes (bench/README.md, "throughput"): FLEET_BENCH_PROFILE_DIR=DIR profiles each
+ * load run of this node with node:inspector into DIR/<node id>-<pid>-<n>.cpuprofile (NODE_OPTIONS=--cpu-prof would
+ * profile every process, and only at exit); FLEET_BENCH_CPU=1 (or a profile) writes the node's CPU time over the
+ * run to stderr, to divide by the writes.
+ */
+const profileDir = process.env['FLEET_BENCH_PROFILE_DIR'] ?? '';
+const reportCpu = profileDir !== '' || process.env['FLEET_BENCH_CPU'] === '1';
+let profiles = 0;
+
+/** Linux: how long the main thread waited, runnable, for a CPU (other jobs on the box); NaN elsewhere. */
+function runQueueWaitMs(): number {
+  try {
+    return Number(readFileSync('/proc/self/schedstat', 'utf8').split(' ')[1]) / 1e6;
+  } catch {
+    return Number.NaN;
+  }
+}
+let nodeId = '';
+
 async function run(req: FleetRunRequest): Promise<LoadPart> {
+  if (!reportCpu) return runLoad(req);
+  const cpu0 = process.cpuUsage();
+  const wait0 = runQueueWaitMs();
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
+  const session = profileDir === '' ? undefined : new Session();
+  if (session !== undefined) {
+    session.connect();
+    await session.post('Profiler.enable');
+    await session.post('Profiler.start');
+  }
+  try {
+    return await runLoad(req);
+  } finally {
+    const cpu = process.cpuUsage(cpu0);
+    loop.disable();
+    const waitMs = Math.round(runQueueWaitMs() - wait0);
+    const lagMs = (q: number): string => (loop.percentile(q) / 1e6).toFixed(1);
+    // Counters a developer may add by hand while profiling (globalThis.__tput), printed beside the CPU time.
+    const counters = JSON.stringify((globalThis as { __tput?: unknown }).__tput ?? {});
+    process.stderr.write(
+      `fleet node ${nodeId}: CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms in the run, main thread waiting for a CPU ${waitMs} ms, event-loop delay p50 ${lagMs(50)} ms p99 ${lagMs(99)} ms ${counters}\n`,
+    );
+    if (session !== undefined) {
+      const { profile } = await session.post('Profiler.stop');
+      writeFileSync(`${profileDir}/${nodeId}-${process.pid}-${++profiles}.cpuprofile`, JSON.stringify(profile));
+      session.disconnect();
+    }
+  }
+}
+
+async function runLoad(req: FleetRunRequest): Promise<LoadPart> {
   const n = node!;
   return runLoadPart({
     inFlight: req.inFlight,

@@ -12,6 +12,7 @@ import { RaftLog } from './log.js';
 import {
   applyChange,
   checkMembership,
+  payloadBytes,
   type AppendMessage,
   type Entry,
   type EntryType,
@@ -439,8 +440,10 @@ export class Core {
       committedEntries,
       // A term or vote not yet durable: nothing leaves before it is (a single voter elects itself in one step, and
       // its appends must not precede its vote: a crash would let it vote again in the same term).
-      messages: termOrVoteChanged ? [] : this.#msgs,
-      messagesAfterPersist: termOrVoteChanged ? [...this.#msgs, ...this.#msgsAfterPersist] : this.#msgsAfterPersist,
+      messages: termOrVoteChanged ? [] : coalesceAppends(this.#msgs, this.opts.maxMessageBytes),
+      messagesAfterPersist: termOrVoteChanged
+        ? coalesceAppends([...this.#msgs, ...this.#msgsAfterPersist], this.opts.maxMessageBytes)
+        : this.#msgsAfterPersist,
       readStates: this.readStates,
       mustSync: hs.term !== prev.term || hs.vote !== prev.vote || entries.length > 0 || snapshot !== undefined,
       membership: this.membership() !== this.#reportedMembership ? this.membership() : undefined,
@@ -713,4 +716,41 @@ export class Core {
     checkMembership(snapshot.meta.membership, 'snapshot membership');
     this.log.restore(snapshot);
   }
+}
+
+/**
+ * Merge each append into the previous message to the same peer when that is an append it continues (same term, its
+ * `index`/`logTerm` the previous one's last entry) and the entries fit in `maxMessageBytes`: the follower does with
+ * one message what it would do with the two in order (the later commit index, the entries of both) and answers once.
+ * A leader queues one append per proposal and one per commit advance (etcd-io/raft does the same), so while a Ready
+ * is being persisted several pile up for each follower; merged, each costs one encoding, one step, one Ready and one
+ * answer instead of several. Messages to other peers keep their order; to one peer, nothing moves past another kind.
+ */
+export function coalesceAppends(msgs: readonly Message[], maxMessageBytes: number): Message[] {
+  if (msgs.length < 2) return msgs as Message[];
+  const out: Message[] = [];
+  /** Peer → the position in `out` of the last message to it. */
+  const last = new Map<NodeId, number>();
+  for (const m of msgs) {
+    const at = last.get(m.to);
+    const prev = at === undefined ? undefined : out[at];
+    if (m.type === 'append' && prev?.type === 'append' && prev.term === m.term) {
+      const n = prev.entries.length;
+      const endIndex = prev.index + n;
+      const endTerm = n === 0 ? prev.logTerm : prev.entries[n - 1]!.term;
+      const fits =
+        n === 0 || m.entries.length === 0 || payloadBytes(prev.entries) + payloadBytes(m.entries) <= maxMessageBytes;
+      if (m.index === endIndex && m.logTerm === endTerm && fits) {
+        out[at!] = {
+          ...prev,
+          entries: m.entries.length === 0 ? prev.entries : n === 0 ? m.entries : [...prev.entries, ...m.entries],
+          commit: Math.max(prev.commit, m.commit),
+        };
+        continue;
+      }
+    }
+    last.set(m.to, out.length);
+    out.push(m);
+  }
+  return out;
 }

@@ -520,7 +520,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
         c.catchUp();
         replica.idleTicks = 0;
         const out = attempt();
-        replica.process();
+        replica.processSoon();
         if (replica.core.lead !== '') sawLeader = true;
         if (out.ok) sent = true;
         else if (out.reason === 'too-large') {

@@ -59,6 +59,8 @@ export class Replica {
   readonly #applier: Applier<unknown>;
   /** A persist is on its way to disk: the next Ready waits. */
   #busy = false;
+  /** A process() is queued for after the current turn (step). */
+  #processQueued = false;
   #compacting = false;
   #closed = false;
   /** Why this replica stopped for good (disk or state machine), if it did. */
@@ -121,7 +123,23 @@ export class Replica {
     // A request forwarded by a follower is activity too: a leader does not quiesce under forwarded load.
     if (m.type === 'propose' || m.type === 'readIndex') this.idleTicks = 0;
     this.core.step(m);
-    this.process();
+    // Not per message: the transport hands over a whole frame at once (often several messages of this group:
+    // appends, answers), and one Ready then covers them all.
+    this.processSoon();
+  }
+
+  /**
+   * process() once the current turn's synchronous work and the promise callbacks queued so far are done: messages
+   * stepped and proposals made in one turn (a frame's messages; the clients woken by one apply proposing their next
+   * commands) then share one Ready — one persist, one append per follower (merged), one apply — instead of one each.
+   */
+  processSoon(): void {
+    if (this.#processQueued) return;
+    this.#processQueued = true;
+    queueMicrotask(() => {
+      this.#processQueued = false;
+      this.process();
+    });
   }
 
   #stopped(): boolean {

@@ -153,11 +153,14 @@ export class Writer {
 /** A bounds-checked reader over one frame's body: any overrun or bad value is a TransportFrameError. */
 export class Reader {
   readonly #buf: Uint8Array;
+  /** The same bytes as a Buffer, for its UTF-8 decoding (no Buffer made per string). */
+  readonly #b: Buffer;
   #pos = 0;
   readonly #view: DataView;
 
   constructor(buf: Uint8Array) {
     this.#buf = buf;
+    this.#b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
     this.#view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
@@ -205,7 +208,7 @@ export class Reader {
   str(): string {
     const n = this.uint();
     this.#need(n);
-    const s = Buffer.from(this.#buf.buffer, this.#buf.byteOffset + this.#pos, n).toString('utf8');
+    const s = this.#b.toString('utf8', this.#pos, this.#pos + n);
     this.#pos += n;
     return s;
   }

@@ -33,6 +33,22 @@ export type Record =
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The UTF-8 of the few strings every record repeats (group ids, node ids in votes): encoded once, not twice per
+ * record. Bounded: emptied when full (a node holds at most some thousands of groups).
+ */
+const utf8Cache = new Map<string, Uint8Array>();
+const UTF8_CACHE_MAX = 16_384;
+function utf8(s: string): Uint8Array {
+  let b = utf8Cache.get(s);
+  if (b === undefined) {
+    if (utf8Cache.size >= UTF8_CACHE_MAX) utf8Cache.clear();
+    b = encoder.encode(s);
+    utf8Cache.set(s, b);
+  }
+  return b;
+}
 const TWO_32 = 2 ** 32;
 
 function setU64(v: DataView, at: number, n: number): void {
@@ -54,7 +70,7 @@ export function recordBytes(r: Record, groupBytes: number): number {
       return n;
     }
     case RecordType.HardState:
-      return base + 16 + 2 + encoder.encode(r.hardState.vote).byteLength;
+      return base + 16 + 2 + utf8(r.hardState.vote).byteLength;
     case RecordType.Install:
       return base + 16;
     case RecordType.Drop:
@@ -63,9 +79,13 @@ export function recordBytes(r: Record, groupBytes: number): number {
 }
 
 /** Encode `r` into `out` at `at`; returns the offset after it. */
-export function encodeRecord(r: Record, out: Uint8Array, at: number): number {
-  const group = encoder.encode(r.group);
-  const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
+export function encodeRecord(
+  r: Record,
+  out: Uint8Array,
+  at: number,
+  v = new DataView(out.buffer, out.byteOffset, out.byteLength),
+): number {
+  const group = utf8(r.group);
   const start = at;
   let p = at + RECORD_HEADER_BYTES;
   v.setUint8(p, r.type);
@@ -86,7 +106,7 @@ export function encodeRecord(r: Record, out: Uint8Array, at: number): number {
       }
       break;
     case RecordType.HardState: {
-      const vote = encoder.encode(r.hardState.vote);
+      const vote = utf8(r.hardState.vote);
       setU64(v, p, r.hardState.term);
       setU64(v, p + 8, r.hardState.commit);
       v.setUint16(p + 16, vote.byteLength, true);
@@ -111,10 +131,11 @@ export function encodeRecord(r: Record, out: Uint8Array, at: number): number {
 /** Encode records into one buffer (one write). */
 export function encodeRecords(records: readonly Record[]): Uint8Array {
   let n = 0;
-  for (const r of records) n += recordBytes(r, encoder.encode(r.group).byteLength);
+  for (const r of records) n += recordBytes(r, utf8(r.group).byteLength);
   const out = new Uint8Array(n);
+  const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
   let at = 0;
-  for (const r of records) at = encodeRecord(r, out, at);
+  for (const r of records) at = encodeRecord(r, out, at, v);
   return out;
 }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import type { AppendMessage } from '../../../src/raft/index.js';
+import { coalesceAppends } from '../../../src/raft/core.js';
+import type { AppendMessage, Entry, Message } from '../../../src/raft/index.js';
 import { bytes, Net, storageWith } from './network.js';
 
 const ABC = ['a', 'b', 'c'];
@@ -170,5 +171,63 @@ describe('raft log replication', () => {
     net.heal();
     net.tick(3);
     expect(net.stateOf('c')).toEqual(['x', 'y']);
+  });
+});
+
+describe('coalesceAppends (one Ready, one append per follower)', () => {
+  const entry = (index: number, term: number, data = 'x'): Entry => ({
+    index,
+    term,
+    type: 'normal',
+    data: bytes(data),
+  });
+  const append = (to: string, index: number, logTerm: number, entries: Entry[], commit: number): AppendMessage => ({
+    type: 'append',
+    from: 'a',
+    to,
+    term: 2,
+    index,
+    logTerm,
+    entries,
+    commit,
+  });
+
+  it('merges an append that continues the previous one to the same peer, keeping the later commit', () => {
+    const out = coalesceAppends(
+      [
+        append('b', 4, 2, [entry(5, 2)], 4),
+        append('c', 4, 2, [entry(5, 2)], 4),
+        append('b', 5, 2, [], 5), // the commit advance
+        append('b', 5, 2, [entry(6, 2)], 5), // the next proposal
+      ],
+      1 << 20,
+    );
+    expect(out).toEqual([append('b', 4, 2, [entry(5, 2), entry(6, 2)], 5), append('c', 4, 2, [entry(5, 2)], 4)]);
+  });
+
+  it('keeps apart what does not continue, what another kind of message separates, and what would not fit', () => {
+    const gap = [append('b', 4, 2, [entry(5, 2)], 4), append('b', 6, 2, [entry(7, 2)], 4)];
+    expect(coalesceAppends(gap, 1 << 20)).toEqual(gap);
+    const otherTerm = [append('b', 4, 2, [entry(5, 2)], 4), append('b', 5, 1, [entry(6, 2)], 4)];
+    expect(coalesceAppends(otherTerm, 1 << 20)).toEqual(otherTerm);
+    const between: Message[] = [
+      append('b', 4, 2, [entry(5, 2)], 4),
+      { type: 'timeoutNow', from: 'a', to: 'b', term: 2 },
+      append('b', 5, 2, [entry(6, 2)], 4),
+    ];
+    expect(coalesceAppends(between, 1 << 20)).toEqual(between);
+    const big = [append('b', 4, 2, [entry(5, 2, 'xxxx')], 4), append('b', 5, 2, [entry(6, 2, 'yyyy')], 4)];
+    expect(coalesceAppends(big, 6)).toEqual(big);
+  });
+
+  it('a leader whose Ready waited hands each follower one append carrying every entry', () => {
+    const net = new Net(ABC);
+    net.elect('a');
+    for (const x of ['x', 'y', 'z']) net.core('a').propose(bytes(x));
+    const rd = net.core('a').ready();
+    const toB = rd.messages.filter((m) => m.type === 'append' && m.to === 'b');
+    expect(toB).toHaveLength(1);
+    expect(toB[0]!.type === 'append' && toB[0]!.entries.map((e) => e.index)).toEqual([2, 3, 4]);
+    net.core('a').advance();
   });
 });
