@@ -13,7 +13,7 @@ import {
   LimitExceededError,
   NodeIdInUseError,
 } from '../../errors.js';
-import type { Compare, KeyValue, Op, OpResult, Session, Store } from '../../store/contract.js';
+import type { Compare, KeyValue, Op, OpResult, Session, Store, Txn } from '../../store/contract.js';
 import { Election } from '../../store/election.js';
 import type { FleetPlacementInput, GroupPlacement } from '../../placement/fleet.js';
 import { readAround, type CorruptionReporter } from '../groups/io.js';
@@ -542,40 +542,12 @@ export async function reportObserved(
   keys: FleetKeys,
   record: ObservedRecord,
 ): Promise<'written' | 'stale' | 'gone'> {
-  const groupKey = keys.group(record.name);
-  const key = keys.observedOf(record.name);
-  const value = encodeRecord(record);
-  try {
-    // The reader's checks, on the way in: a report nobody could read back is the caller's bug.
-    decodeObserved(keys, key, value);
-  } catch (cause) {
-    throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message.replace(REPAIR_ADVICE, '')}`, { cause });
-  }
+  const value = checkedReport(keys, record);
   for (;;) {
-    const r = await store.txn({
-      compare: [],
-      then: [
-        { op: 'get', key: groupKey },
-        { op: 'get', key },
-      ],
-    });
-    const gkv = getKv(r.results[0]);
-    if (gkv === undefined) return 'gone';
-    const group = decodeGroup(keys, gkv.key, gkv.value);
-    if (group.generation !== record.generation) return 'gone';
-    const okv = getKv(r.results[1]);
-    if (okv !== undefined) {
-      const prev = decodeObserved(keys, okv.key, okv.value);
-      if (prev.generation === record.generation && prev.term > record.term) return 'stale';
-    }
-    const w = await store.txn({
-      compare: [
-        { key: groupKey, target: 'modRevision', op: '=', value: gkv.modRevision },
-        { key, target: 'modRevision', op: '=', value: okv?.modRevision ?? 0 },
-      ],
-      then: [{ op: 'put', key, value }],
-    });
-    if (w.succeeded) return 'written';
+    const r = await store.txn({ compare: [], then: reportReads(keys, record) });
+    const d = decideReport(keys, record, value, getKv(r.results[0]), getKv(r.results[1]));
+    if (typeof d === 'string') return d;
+    if ((await store.txn(d)).succeeded) return 'written';
   }
 }
 
@@ -595,15 +567,7 @@ export async function reportObservedMany(
   keys: FleetKeys,
   records: readonly ObservedRecord[],
 ): Promise<ReportOutcome[]> {
-  for (const record of records) {
-    try {
-      decodeObserved(keys, keys.observedOf(record.name), encodeRecord(record));
-    } catch (cause) {
-      throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message.replace(REPAIR_ADVICE, '')}`, {
-        cause,
-      });
-    }
-  }
+  const values = records.map((record) => checkedReport(keys, record));
   if (new Set(records.map((r) => r.name)).size !== records.length) {
     throw new InvalidArgumentError('reportObservedMany: one record per group in a batch');
   }
@@ -612,48 +576,27 @@ export async function reportObservedMany(
   const perBatch = Math.max(1, Math.floor(store.limits.maxTxnOps / 3));
   for (let i = 0; i < records.length; i += perBatch) {
     const batch = records.slice(i, i + perBatch);
-    const r = await store.txn({
-      compare: [],
-      then: batch.flatMap((rec) => [
-        { op: 'get' as const, key: keys.group(rec.name) },
-        { op: 'get' as const, key: keys.observedOf(rec.name) },
-      ]),
-    });
+    const r = await store.txn({ compare: [], then: batch.flatMap((rec) => reportReads(keys, rec)) });
     const outcomes: (ReportOutcome | undefined)[] = [];
     const compare: Compare[] = [];
     const then: Op[] = [];
     batch.forEach((rec, j) => {
-      const gkv = getKv(r.results[2 * j]);
-      const okv = getKv(r.results[2 * j + 1]);
-      if (gkv === undefined) {
-        outcomes.push('gone');
-        return;
-      }
+      let d: ReturnType<typeof decideReport>;
       try {
-        // Unreadable records are that record's error, as in reportObserved: never overwritten.
-        if (decodeGroup(keys, gkv.key, gkv.value).generation !== rec.generation) {
-          outcomes.push('gone');
-          return;
-        }
-        if (okv !== undefined) {
-          const prev = decodeObserved(keys, okv.key, okv.value);
-          if (prev.generation === rec.generation && prev.term > rec.term) {
-            outcomes.push('stale');
-            return;
-          }
-        }
+        d = decideReport(keys, rec, values[i + j]!, getKv(r.results[2 * j]), getKv(r.results[2 * j + 1]));
       } catch (error) {
+        // Unreadable records are that record's error, as in reportObserved: never overwritten.
         if (!(error instanceof CorruptDataError)) throw error;
         outcomes.push(error);
         return;
       }
+      if (typeof d === 'string') {
+        outcomes.push(d);
+        return;
+      }
       outcomes.push(undefined);
-      const key = keys.observedOf(rec.name);
-      compare.push(
-        { key: keys.group(rec.name), target: 'modRevision', op: '=', value: gkv.modRevision },
-        { key, target: 'modRevision', op: '=', value: okv?.modRevision ?? 0 },
-      );
-      then.push({ op: 'put', key, value: encodeRecord(rec) });
+      compare.push(...d.compare);
+      then.push(...d.then);
     });
     const w = then.length === 0 ? { succeeded: true } : await store.txn({ compare, then });
     for (let j = 0; j < batch.length; j++) {
@@ -672,6 +615,52 @@ export async function reportObservedMany(
     }
   }
   return out;
+}
+
+/** A report's value, checked as a reader will check it: a report nobody could read back is the caller's bug. */
+function checkedReport(keys: FleetKeys, record: ObservedRecord): string {
+  const value = encodeRecord(record);
+  try {
+    decodeObserved(keys, keys.observedOf(record.name), value);
+  } catch (cause) {
+    throw new InvalidArgumentError(`reportObserved: ${(cause as Error).message.replace(REPAIR_ADVICE, '')}`, { cause });
+  }
+  return value;
+}
+
+/** The reads a report decides on: its group's record and the report in place. */
+function reportReads(keys: FleetKeys, record: ObservedRecord): Op[] {
+  return [
+    { op: 'get', key: keys.group(record.name) },
+    { op: 'get', key: keys.observedOf(record.name) },
+  ];
+}
+
+/**
+ * The report rule: `gone` when the group is not live with the record's generation, `stale` over a report of the
+ * same generation with a higher term (a deposed leader's late report), else the guarded write (both records
+ * unchanged since they were read). An unreadable record throws its CorruptDataError (never overwritten).
+ */
+function decideReport(
+  keys: FleetKeys,
+  record: ObservedRecord,
+  value: string,
+  gkv: KeyValue | undefined,
+  okv: KeyValue | undefined,
+): 'gone' | 'stale' | Txn {
+  if (gkv === undefined || decodeGroup(keys, gkv.key, gkv.value).generation !== record.generation) return 'gone';
+  if (okv !== undefined) {
+    const prev = decodeObserved(keys, okv.key, okv.value);
+    if (prev.generation === record.generation && prev.term > record.term) return 'stale';
+  }
+  const key = keys.observedOf(record.name);
+  return {
+    compare: [
+      { key: gkv.key, target: 'modRevision', op: '=', value: gkv.modRevision },
+      { key, target: 'modRevision', op: '=', value: okv?.modRevision ?? 0 },
+    ],
+    then: [{ op: 'put', key, value }],
+  };
 }
 
 // ---- leaving and placing ---------------------------------------------------------------

@@ -911,7 +911,6 @@ export class Transport {
     const p = this.#peers.get(peer);
     // A peer removed (or not yet added) gets nothing: Raft retransmits once it is known again.
     if (!p) return false;
-
     const ok = p.queue.push(encodeEnvelope({ groupId, message }), message.type === 'snapshot');
     if (ok) this.#markDirty(p);
     return ok;
@@ -1050,7 +1049,6 @@ export class Transport {
     const p = this.#peers.get(from);
     if (p === undefined) return; // removed while this frame was on its way
     p.receivedMessages += envs.length;
-
     for (const e of envs) {
       const { from: claimed, to } = e.message;
       if (claimed !== from || to !== this.options.id) {

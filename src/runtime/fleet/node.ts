@@ -221,7 +221,7 @@ interface Held {
   stuckSinceMs: number | undefined;
   stuckReported: boolean;
   wasLeader: boolean;
-  /** Set when a step found the group converged: passes skip it while quietKey is unchanged (#stepAll). */
+  /** Set when a step found the group converged: passes skip it while stillQuiet() holds (#stepAll). */
   quiet: Quiet | undefined;
   /** The shape of the last report written (JSON of everything but the lag), and when. */
   /** Per learner: the commit index it must reach before it can vote, and when it reached it (#votingProgress). */
@@ -538,7 +538,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     validateFleetGroupName(name);
     const machine = validateMachineName(options?.machine);
     if (!this.#o.machines.has(machine)) {
-      const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report);
+      const view = await readFleetView(
+        this.#o.control.store,
+        this.#control.keys,
+        this.#corruption.report,
+        this.#records,
+      );
       this.#view = view;
       if (machineRunners(view, machine).length === 0) throw noRunnerError(view, this.fleet, name, machine);
     }
@@ -835,14 +840,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * A founder bootstraps only from the generation's first desired record: read it again just before, so that a
-   * round that read it long ago (a slow store, a paused process) cannot bootstrap from a record rewritten since.
-   */
-  /**
    * Of the bootstrap actions, those whose desired record, read again now, is still its generation's first record
-   * naming this node a founder (decideReplicas's rule; read again because the round's view may be older than a
-   * replacement). One read for the whole round, in transactions of up to maxTxnOps gets: a cold start bootstraps
-   * thousands of replicas, and a read each made a round last half a minute.
+   * naming this node a founder: a founder bootstraps only from that record, and a round that read it long ago (a
+   * slow store, a paused process) must not bootstrap from a record rewritten since. One read for the whole round,
+   * in transactions of up to maxTxnOps gets: a cold start bootstraps thousands of replicas, and a read each made a
+   * round last half a minute.
    */
   async #stillFounding(actions: readonly ReplicaAction[]): Promise<Set<string>> {
     const founding = new Set<string>();
