@@ -196,6 +196,19 @@ class Cluster {
     w.proc.pause();
   }
 
+  /**
+   * Like pause(), but on SQLite at a moment the worker is not inside a write transaction: stopped in one, it
+   * would block every writer of the file until resumed (docs/backends/sqlite.md, "A process stopped while
+   * holding the write lock") and the others could not take its work. Other backends: pause().
+   */
+  async pauseBetweenWrites(w: Worker): Promise<void> {
+    if (!this.url.startsWith('sqlite:')) return this.pause(w);
+    const file = this.url.slice('sqlite:'.length);
+    w.pauses.push({ from: Date.now(), to: Infinity });
+    const stops = await w.proc.pauseOutsideLocks([file, `${file}-wal`, `${file}-shm`]);
+    if (stops > 1) this.steps.push(`(${w.node} stopped ${stops} times to find it outside a write)`);
+  }
+
   resume(w: Worker): void {
     w.proc.resume();
     const p = w.pauses[w.pauses.length - 1];
@@ -443,7 +456,7 @@ for (const backend of BACKENDS) {
       await step('join w5', INITIAL, (o) => perNode(o).size === 3);
 
       // 5. SIGSTOP past the TTL: the others take its resources; resumed, it must not act on revoked work.
-      c.pause(w3!);
+      await c.pauseBetweenWrites(w3!);
       await sleep(TTL_MS * 2.5);
       // While w3 is frozen its resources already run elsewhere (nothing it held may stay unowned).
       c.steps.push('w3 frozen 2.5 TTL');

@@ -21,8 +21,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { allThreadsStopped, NO_PDEATHSIG_ENV } from './processes.js';
-import { eventually } from './wait.js';
+import { allThreadsStopped, holdsExclusiveLock, NO_PDEATHSIG_ENV } from './processes.js';
+import { eventually, sleep } from './wait.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -176,6 +176,23 @@ export class FleetWorker {
       { what: `${this.name} (pid ${this.pid}) to stop`, timeoutMs, intervalMs: 10 },
     );
     if (outcome === 'exited') throw new Error(`${this.name} exited (${this.exitStatus ?? '?'}) instead of stopping`);
+  }
+
+  /**
+   * SIGSTOP at a moment the process holds no exclusive lock on `files` (an SQLite database's, its -wal and -shm):
+   * stopped inside a write transaction it would block every other writer until resumed, which SQLite cannot avoid
+   * and the backend's docs state. Stops, waits until it is stopped, and if it holds such a lock, resumes it and
+   * tries again a few milliseconds later (at most `tries` times). Returns how many stops it took.
+   */
+  async pauseOutsideLocks(files: readonly string[], tries = 100): Promise<number> {
+    for (let i = 1; ; i++) {
+      this.pause();
+      await this.waitStopped();
+      if (!holdsExclusiveLock(this.pid, files)) return i;
+      if (i >= tries) throw new Error(`${this.name} (pid ${this.pid}) held a lock on ${files[0]} at ${tries} stops`);
+      this.resume();
+      await sleep(2 + Math.random() * 20);
+    }
   }
 
   /** SIGCONT. */

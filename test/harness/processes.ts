@@ -26,6 +26,7 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  statSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -160,6 +161,35 @@ export function allThreadsStopped(pid: number): boolean {
     }
     const state = text.slice(text.lastIndexOf(')') + 2, text.lastIndexOf(')') + 3);
     return state === 'T' || state === 't' || state === 'Z' || state === 'X';
+  });
+}
+
+/**
+ * Whether `pid` holds an exclusive POSIX lock (fcntl, as SQLite takes them) on any of `files` — read from
+ * /proc/locks, matched by inode. SQLite holds one only inside a write transaction, a checkpoint or a WAL
+ * recovery: a process stopped then blocks every writer of the file (a documented SQLite limitation), so a test
+ * that means to stop a process between its writes checks this after the stop.
+ */
+export function holdsExclusiveLock(pid: number, files: readonly string[]): boolean {
+  const inodes = new Set<string>();
+  for (const f of files) {
+    try {
+      inodes.add(String(statSync(f).ino));
+    } catch {
+      // not created (yet): nobody can hold a lock on it
+    }
+  }
+  if (inodes.size === 0) return false;
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return false;
+  }
+  // "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 120 120"
+  return text.split('\n').some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[1] === 'POSIX' && f[3] === 'WRITE' && f[4] === String(pid) && inodes.has(f[5]?.split(':')[2] ?? '');
   });
 }
 
