@@ -345,6 +345,29 @@ export class FleetGroupNotFoundError extends RebalancerError {
 }
 
 /**
+ * A fleet node found the control plane's records gone: the meta record carries another id than the one this node
+ * worked with, or there is none (the store lost its data, or the records were deleted). The replicas it held are
+ * kept as orphans — never deleted, not served by name (docs/fleet.md, "The control store loses its data").
+ */
+export class FleetControlLostError extends RebalancerError {
+  readonly fleet: string;
+  /** Raft group ids of the replicas kept as orphans. */
+  readonly orphans: readonly string[];
+  constructor(fleet: string, nodeId: string, detail: string, orphans: readonly string[]) {
+    const shown = orphans.slice(0, 10).join(', ') + (orphans.length > 10 ? `, … (${orphans.length} in all)` : '');
+    super(
+      'DATA_LOST',
+      `fleet ${JSON.stringify(fleet)}: node ${nodeId} found the control store's records lost (${detail}). It keeps ` +
+        `the ${orphans.length} replica(s) it held as orphans, in its data directory: never deleted, not served by ` +
+        `name, never taken for a group added since${orphans.length > 0 ? ` (${shown})` : ''}. Give the store ` +
+        'persistence; see docs/fleet.md, "The control store loses its data", for getting the groups back',
+    );
+    this.fleet = fleet;
+    this.orphans = orphans;
+  }
+}
+
+/**
  * Another live process registered the same node (or site) id: two processes
  * must never act as one member. Give every process its own id.
  */

@@ -45,6 +45,7 @@ export type { ErrorEvent } from '../events.js';
 export {
   ClosedError,
   CorruptDataError,
+  FleetControlLostError,
   FleetGroupExistsError,
   FleetGroupNotFoundError,
   FleetRecoveryRefusedError,

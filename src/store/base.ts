@@ -306,8 +306,10 @@ export abstract class StoreBase<D = undefined> implements Store {
     return hidesReserved(prefix) ? { ...r, kvs: r.kvs.filter((kv) => !kv.key.startsWith(RESERVED_PREFIX)) } : r;
   }
 
-  async txn(txn: Txn): Promise<TxnResult> {
-    validateTxn(txn);
+  async txn(given: Txn): Promise<TxnResult> {
+    validateTxn(given);
+    // A caller without types may leave `compare` or `then` out: the validator reads them as empty, so do the backends.
+    const txn: Txn = { ...given, compare: given.compare ?? [], then: given.then ?? [] };
     for (const op of [...txn.then, ...(txn.else ?? [])]) {
       if ((op.op === 'put' || op.op === 'delete') && op.key.startsWith(RESERVED_PREFIX)) {
         throw new InvalidArgumentError(`keys under ${RESERVED_PREFIX} are reserved for Rebalancer's own records`);

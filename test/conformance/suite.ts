@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Session, Store, WatchHint } from '../../src/store/contract.js';
+import type { Session, Store, Txn, WatchHint } from '../../src/store/contract.js';
 import {
   CorruptDataError,
   InvalidArgumentError,
@@ -294,6 +294,14 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
     });
 
     // ---- bad input -----------------------------------------------------------
+
+    it('takes a transaction without compare or then from an untyped caller as empty lists', async () => {
+      const s = await open(freshNamespace());
+      const r = await s.txn({ then: [{ op: 'put', key: 'untyped', value: '1' }] } as unknown as Txn);
+      expect(r.succeeded).toBe(true);
+      expect((await s.get('untyped'))?.value).toBe('1');
+      expect((await s.txn({ compare: [] } as unknown as Txn)).succeeded).toBe(true);
+    });
 
     it('rejects bad input with typed errors and writes nothing', async () => {
       const s = await open(freshNamespace());

@@ -4,12 +4,13 @@
  * leaders through Raft (learner → caught up → voter → extra member removed), keep every acknowledged command through
  * a node joining, draining and dying, and answer from any node.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import {
+  FleetControlLostError,
   FleetGroupExistsError,
   FleetGroupNotFoundError,
   InvalidArgumentError,
@@ -344,5 +345,58 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
     // The node records say what each runs; nobody was placed a group it cannot run.
     expect((await n1.status()).groups.map((g) => g.health)).toEqual(['converged', 'converged']);
     expect(errors.filter((m) => m.includes('not in this node'))).toEqual([]);
+  });
+  it('keeps every replica when the control store loses its records: orphans, never deleted, never mistaken for a group added again', async () => {
+    const e = await env();
+    const nodes = [await start(e, 'n1', 'z1'), await start(e, 'n2', 'z2'), await start(e, 'n3', 'z3')];
+    const lost: FleetControlLostError[] = [];
+    const dropped: string[] = [];
+    for (const n of nodes) {
+      n.on('error', ({ error }) => error instanceof FleetControlLostError && lost.push(error));
+      n.on('groupLost', ({ group }) => dropped.push(`${n.nodeId} ${group}`));
+    }
+    for (const g of ['a', 'b']) await nodes[0]!.addGroup(g, { replicas: 3, machine: 'counter' });
+    await converged(nodes[0]!, 'two groups on three nodes');
+    expect(await nodes[0]!.command('a', { add: 5 })).toBe(5);
+    expect(await nodes[1]!.command('b', { add: 7 })).toBe(7);
+
+    // The records vanish at once (a store restarted without its data, or an operator's delete): every group,
+    // desired, observed and meta record. Nodes must not take a missing group record for a removal.
+    const keys = nodes[0]!.keys;
+    const doomed = [keys.meta];
+    for (const prefix of [keys.groups, keys.desired, keys.observed]) {
+      for (const kv of (await e.store.range(prefix)).kvs) doomed.push(kv.key);
+    }
+    await e.store.txn({ compare: [], then: doomed.map((key) => ({ op: 'delete' as const, key })) });
+    await eventually(() => new Set(lost.map((l) => l.message.match(/node (n\d)/)![1])).size === 3, {
+      what: 'every node to report the lost records',
+      timeoutMs: 15_000,
+    });
+    expect(lost[0]!.code).toBe('DATA_LOST');
+    for (const n of nodes) {
+      expect(n.orphans()).toEqual(['a:1', 'b:2']);
+      expect(n.replicas().map((r) => `${r.id} ${r.orphan}`)).toEqual(['a:1 true', 'b:2 true']);
+      const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as { orphans: string[] };
+      expect(identity.orphans).toEqual(['a:1', 'b:2']);
+    }
+
+    // A group added again under an old name gets generation 1 again (the counter went with the records): its id is
+    // an orphan's on every node, so none opens it — it must not answer with the old group's state.
+    await nodes[0]!.addGroup('a', { replicas: 3, machine: 'counter' });
+    await nodes[0]!.addGroup('c', { replicas: 3, machine: 'counter' });
+    await expect(nodes[2]!.command('a', { add: 1 }, { timeoutMs: 1500 })).rejects.toThrow();
+    expect(await nodes[2]!.command('c', { add: 2 }, { timeoutMs: 10_000 })).toBe(2);
+    // The orphans' data is intact and stays so across a restart (fleet.json remembers them).
+    for (const n of nodes) {
+      const a = n.replicas().find((r) => r.id === 'a:1')!;
+      expect(a.orphan).toBe(true);
+      expect(a.status.applied).toBeGreaterThanOrEqual(2);
+    }
+    await nodes[1]!.close();
+    e.nodes.delete('n2');
+    const again = await start(e, 'n2', 'z2');
+    await eventually(async () => (await again.command('c', { add: 1 })) === 3, { what: 'n2 back', timeoutMs: 10_000 });
+    expect(again.orphans()).toEqual(['a:1', 'b:2']);
+    expect(dropped).toEqual([]);
   });
 });

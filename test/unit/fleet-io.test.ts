@@ -32,6 +32,7 @@ import {
 } from '../../src/protocol/fleet/io.js';
 import {
   decodeGroup,
+  decodeMeta,
   decodeNode,
   encodeRecord,
   FleetKeys,
@@ -169,7 +170,11 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       expect(v.errors).toEqual([]);
       expect(v.unreadable).toEqual([]);
       expect(v.stale).toEqual([]);
-      expect(v.meta).toEqual({ lastGeneration: g2.generation, groups: 2 });
+      expect(v.meta).toEqual({
+        lastGeneration: g2.generation,
+        groups: 2,
+        id: expect.stringMatching(/^[A-Za-z0-9_-]{16}$/),
+      });
       expect(v.nodes.get('n1')).toMatchObject({
         id: 'n1',
         zone: 'a',
@@ -255,7 +260,7 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
           .outcome,
       ).toBe('stale');
       expect((await view(store, keys)).groups.get('orders')!.desired).toBeUndefined();
-      expect(v.meta).toEqual({ lastGeneration: again.generation, groups: 1 });
+      expect(v.meta).toEqual({ lastGeneration: again.generation, groups: 1, id: expect.any(String) });
     } finally {
       await store.close();
     }
@@ -416,6 +421,36 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       // The same value under a store that lost its data (revisions start again) is still decoded right.
       await store.txn({ compare: [], then: [{ op: 'delete', key: keys.observedOf('b') }] });
       expect((await readFleetView(store, keys, c.report, cache)).groups.get('b')?.observed).toBeUndefined();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("gives the meta record an id when it is first written and keeps it; adds one to an older release's record", async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f7');
+      await addGroup(store, keys, 'a', { replicas: 1, machine: 'kv' });
+      const id = decodeMeta(keys.meta, (await store.get(keys.meta))!.value).id;
+      expect(id).toMatch(/^[A-Za-z0-9_-]{16}$/);
+      await addGroup(store, keys, 'b', { replicas: 1, machine: 'kv' });
+      await removeGroup(store, keys, 'a');
+      expect(decodeMeta(keys.meta, (await store.get(keys.meta))!.value)).toEqual({ lastGeneration: 2, groups: 1, id });
+      // A record without an id (an older release) gets one at its next write, and keeps its counters.
+      await store.txn({
+        compare: [],
+        then: [{ op: 'put', key: keys.meta, value: encodeRecord({ lastGeneration: 9, groups: 1 }) }],
+      });
+      await addGroup(store, keys, 'c', { replicas: 1, machine: 'kv' });
+      const upgraded = decodeMeta(keys.meta, (await store.get(keys.meta))!.value);
+      expect(upgraded).toEqual({ lastGeneration: 10, groups: 2, id: expect.stringMatching(/^[A-Za-z0-9_-]{16}$/) });
+      expect(upgraded.id).not.toBe(id);
+      // A malformed id is corrupt data: refused by name, never overwritten.
+      const bad = encodeRecord({ lastGeneration: 10, groups: 2, id: 'x y' });
+      expect(() => decodeMeta(keys.meta, bad)).toThrow(CorruptDataError);
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.meta, value: bad }] });
+      await expect(addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).rejects.toThrow(/field id/);
+      expect((await store.get(keys.meta))?.value).toBe(bad);
     } finally {
       await store.close();
     }

@@ -168,4 +168,25 @@ describe('decideReplicas', () => {
       { type: 'open', id: 'r:2', name: 'r', machine: 'kv', mode: 'join', members: ['a'] },
     ]);
   });
+  it('leaves orphans alone: never dropped when their group is gone, never taken for a group of the same id', () => {
+    const open: OpenReplica = { id: 'gone:1', voters: ['a', 'b'], learners: [], membershipIndex: 0 };
+    const orphans = new Set(['gone:1', 'again:1', 'stored:3']);
+    // Without orphans, a replica whose group record is gone is dropped (the group was removed)…
+    expect(decideReplicas(input([], [open], ['stored:3'])).actions).toEqual([
+      { type: 'drop', id: 'gone:1', reason: 'group-removed' },
+      { type: 'drop', id: 'stored:3', reason: 'group-removed' },
+    ]);
+    // …but not once the records it was placed by were lost: then nothing says it was removed.
+    const d = decideReplicas(
+      input([g('again', desired('again', ['a', 'b', 'c'])), g('new', desired('new', ['a']))], [open], ['stored:3'], {
+        orphans,
+      }),
+    );
+    // A name added again after the loss may get the same generation: its id is an orphan's here, so it is not
+    // opened (it would be the orphan's old log); a group with another id opens as usual.
+    expect(d.actions).toEqual([
+      { type: 'open', id: 'new:1', name: 'new', machine: 'kv', mode: 'bootstrap', members: ['a'] },
+    ]);
+    expect(d.waits.map((w) => [w.name, w.reason])).toEqual([['again', 'orphan']]);
+  });
 });

@@ -34,6 +34,7 @@ import {
   validateMachineName,
   validateNodeId,
   validateReplicas,
+  withControlId,
   type DesiredRecord,
   type FleetKeys,
   type GroupRecord,
@@ -397,7 +398,7 @@ export async function addGroup(
         {
           op: 'put',
           key: keys.meta,
-          value: encodeRecord({ ...meta, lastGeneration: group.generation, groups: meta.groups + 1 }),
+          value: encodeRecord({ ...withControlId(meta), lastGeneration: group.generation, groups: meta.groups + 1 }),
         },
       ],
     });
@@ -426,7 +427,11 @@ export async function removeGroup(store: Store, keys: FleetKeys, name: string): 
         { op: 'delete', key },
         { op: 'delete', key: keys.desiredOf(name) },
         { op: 'delete', key: keys.observedOf(name) },
-        { op: 'put', key: keys.meta, value: encodeRecord({ ...meta, groups: Math.max(0, meta.groups - 1) }) },
+        {
+          op: 'put',
+          key: keys.meta,
+          value: encodeRecord({ ...withControlId(meta), groups: Math.max(0, meta.groups - 1) }),
+        },
       ],
     });
     if (w.succeeded) return group;

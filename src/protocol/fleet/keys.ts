@@ -5,12 +5,14 @@
  *
  * Layout, under `f/<fleet>/`:
  *   nodes/<nodeId>     node record, attached to the node's session (vanishes when the node dies)
- *   meta               the fleet's counters: the last group generation handed out and the number of groups
+ *   meta               the fleet's counters (the last group generation handed out, the number of groups) and the
+ *                      control plane's id (a new one means the records were lost: docs/fleet.md)
  *   groups/<name>      group record: replicas, state machine name, generation
  *   desired/<name>     desired members and leader, written by the coordinator under its election guard
  *   observed/<name>    what the group's leader reports: membership, leader, term, lag, stuck
  *   coord/             the coordinator election (src/store/election.ts)
  */
+import { randomBytes } from 'node:crypto';
 import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
 import { MAX_REPLICAS } from '../../placement/slots.js';
@@ -189,6 +191,26 @@ export interface MetaRecord {
   readonly lastGeneration: number;
   /** Live group records (kept in step with `groups/` by every add and remove). */
   readonly groups: number;
+  /**
+   * The control plane's identity: random, chosen when the meta record is first written and kept by every rewrite
+   * (records of older releases have none until their next add or remove). Nodes remember it: finding another one, or
+   * no meta record at all, tells them the records their replicas were placed by are gone (the store lost its data,
+   * or someone deleted them), so a missing group record no longer means the group was removed (docs/fleet.md, "The
+   * control store loses its data").
+   */
+  readonly id?: string | undefined;
+}
+
+const CONTROL_ID = /^[A-Za-z0-9_-]{8,64}$/;
+
+/** A new control-plane id for a meta record written for the first time (16 random base64url characters). */
+export function newControlId(): string {
+  return randomBytes(12).toString('base64url');
+}
+
+/** `meta` as the next write stores it: with its id, or a new one for a record that had none (older releases). */
+export function withControlId(meta: MetaRecord): MetaRecord & { readonly id: string } {
+  return { ...meta, id: meta.id ?? newControlId() };
 }
 
 export interface GroupRecord {
@@ -327,7 +349,12 @@ export function decodeMeta(key: string, value: string): MetaRecord {
   const lastGeneration = intField(key, rec, 'lastGeneration');
   const groups = intField(key, rec, 'groups');
   if (groups > MAX_FLEET_GROUPS) throw corrupt(key, `groups ${groups} is above the limit of ${MAX_FLEET_GROUPS}`);
-  return { lastGeneration, groups };
+  const id = rec['id'];
+  if (id === undefined) return { lastGeneration, groups };
+  if (typeof id !== 'string' || !CONTROL_ID.test(id)) {
+    throw corrupt(key, 'field id must be 8 to 64 characters of [A-Za-z0-9_-]');
+  }
+  return { lastGeneration, groups, id };
 }
 
 export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {

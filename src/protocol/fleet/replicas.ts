@@ -25,6 +25,11 @@
  *   bootstraps an empty group. Every other node joins, as usual.
  * - A group whose state machine is not one of this node's `machines` is not opened (reported, nothing else
  *   happens: the coordinator keeps the placement, the group runs on its other members).
+ * - Orphans — replicas this node held when it found the control plane's records lost (another meta id, or none:
+ *   docs/fleet.md, "The control store loses its data") — are left alone: never dropped (the records that could say
+ *   their group was removed are gone, and their data may be the only copy), never taken for a group of the new
+ *   records (a name added again after the loss may be handed the very same generation). A group whose id is an
+ *   orphan's is not opened here (`orphan`).
  */
 import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import { parseRaftGroupId, raftGroupId, type DesiredRecord, type GroupSeed, type ObservedRecord } from './keys.js';
@@ -67,6 +72,8 @@ export interface ReplicaInput {
   readonly machines: ReadonlySet<string>;
   /** Nodes whose transport address is known (this node's peers). Bootstrap voters must all be reachable by id. */
   readonly addressable: (node: string) => boolean;
+  /** Raft group ids of this node's orphans (open or stored): see the rules above. */
+  readonly orphans?: ReadonlySet<string> | undefined;
 }
 
 export type ReplicaAction =
@@ -91,7 +98,7 @@ export type ReplicaAction =
 
 export interface ReplicaWait {
   readonly name: string;
-  readonly reason: 'unknown-machine' | 'unknown-address' | 'seed-missing';
+  readonly reason: 'unknown-machine' | 'unknown-address' | 'seed-missing' | 'orphan';
   readonly detail: string;
 }
 
@@ -107,8 +114,10 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
   const waits: ReplicaWait[] = [];
 
   // Replicas held here (open or stored) of a generation that is no longer live: drop.
+  const orphans = input.orphans ?? new Set<string>();
   const held = new Set([...open.keys(), ...stored]);
   for (const id of held) {
+    if (orphans.has(id)) continue;
     const parsed = parseRaftGroupId(id);
     const g = parsed === undefined ? undefined : groups.get(parsed.name);
     if (parsed === undefined || g === undefined || g.generation !== parsed.generation) {
@@ -124,6 +133,19 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
     const id = raftGroupId(g.name, g.generation);
     const d = g.desired;
     const wanted = d !== undefined && d.generation === g.generation && d.members.includes(nodeId);
+    if (orphans.has(id)) {
+      if (wanted) {
+        waits.push({
+          name: g.name,
+          reason: 'orphan',
+          detail:
+            `this node holds a replica ${id} from before the control store lost its records, and the group ` +
+            `${g.name} now in the records has the same generation: it is not opened here (docs/fleet.md, "The ` +
+            'control store loses its data")',
+        });
+      }
+      continue;
+    }
     const replica = open.get(id);
     if (replica !== undefined) {
       if (!wanted && d !== undefined && removedFrom(nodeId, replica, g.observed, g.generation)) {

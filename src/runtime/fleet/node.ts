@@ -21,6 +21,7 @@ import { rm, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   ClosedError,
+  FleetControlLostError,
   FleetGroupNotFoundError,
   InvalidArgumentError,
   NoQuorumError,
@@ -340,7 +341,9 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
     catchUpLagEntries,
   };
   const onDisk = internals.raftIo?.disk === undefined;
-  if (onDisk) await checkDataDirIdentity(dataDir, control.fleet, control.node.id);
+  const identity = onDisk
+    ? await checkDataDirIdentity(dataDir, control.fleet, control.node.id)
+    : { control: undefined, orphans: [] };
   const raft = await startRaftNode({
     id: control.node.id,
     ...(onDisk ? { dataDir: join(dataDir, 'raft') } : {}),
@@ -357,8 +360,14 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
   });
   let node: FleetNode | undefined;
   try {
-    if (onDisk) await writeDataDirIdentity(dataDir, control.fleet, control.node.id);
-    node = new FleetNode(resolved, raft, { ...control, incarnation: raft.incarnation }, internals);
+    if (onDisk) await writeDataDirIdentity(dataDir, control.fleet, control.node.id, identity);
+    const save = onDisk
+      ? (id: DataDirIdentity) => writeDataDirIdentity(dataDir, control.fleet, control.node.id, id)
+      : async () => undefined;
+    node = new FleetNode(resolved, raft, { ...control, incarnation: raft.incarnation }, internals, {
+      identity,
+      save,
+    });
     await node.start();
     return node;
   } catch (err) {
@@ -368,18 +377,28 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
   }
 }
 
+/**
+ * What a data directory remembers of its fleet (`fleet.json`): whose it is, the control plane's id it last worked
+ * with (the meta record's, keys.ts MetaRecord.id) and its orphans — replicas held when it found that id gone
+ * (docs/fleet.md, "The control store loses its data").
+ */
+interface DataDirIdentity {
+  readonly control: string | undefined;
+  readonly orphans: readonly string[];
+}
+
 /** A data directory belongs to one node of one fleet: refuse another's (its replicas are not this node's). */
-async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: string): Promise<void> {
+async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: string): Promise<DataDirIdentity> {
   let text: string;
   try {
     text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: [] };
     throw err;
   }
-  let id: { fleet?: unknown; node?: unknown };
+  let id: { fleet?: unknown; node?: unknown; control?: unknown; orphans?: unknown };
   try {
-    id = JSON.parse(text) as { fleet?: unknown; node?: unknown };
+    id = JSON.parse(text) as typeof id;
   } catch {
     id = {};
   }
@@ -390,13 +409,22 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
         '(keep it across restarts); delete it only if that node is gone for good',
     );
   }
+  const orphans = Array.isArray(id.orphans) ? id.orphans.filter((o): o is string => typeof o === 'string') : [];
+  return { control: typeof id.control === 'string' ? id.control : undefined, orphans };
 }
 
-async function writeDataDirIdentity(dataDir: string, fleet: string, nodeId: string): Promise<void> {
+async function writeDataDirIdentity(
+  dataDir: string,
+  fleet: string,
+  nodeId: string,
+  identity: DataDirIdentity,
+): Promise<void> {
   await mkdir(dataDir, { recursive: true });
   const file = join(dataDir, IDENTITY_FILE);
   const tmp = `${file}.tmp`;
-  await writeFile(tmp, JSON.stringify({ fleet, node: nodeId }) + '\n');
+  const body = { fleet, node: nodeId, control: identity.control, orphans: identity.orphans };
+  // Written before the node acts on it (an orphan must stay one after a crash): renamed into place, then synced.
+  await writeFile(tmp, JSON.stringify(body) + '\n', { flush: true });
   await rename(tmp, file);
   await rm(tmp, { force: true });
 }
@@ -432,13 +460,29 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #closed = false;
   #deactivating = false;
   readonly #drained = new Set<() => void>();
+  /** The control plane's id this node works with (the meta record's; undefined before it saw one). */
+  #controlId: string | undefined;
+  /** Replicas (Raft group ids, open or stored) held when the control plane's records were found lost. */
+  readonly #orphans = new Set<string>();
+  /** The data directory's fleet.json is behind #controlId/#orphans: no round acts until it is written. */
+  #identityUnsaved = false;
+  readonly #saveIdentity: (identity: DataDirIdentity) => Promise<void>;
   readonly #mutants: Mutants;
 
   /** Use joinFleet(). */
-  constructor(o: Resolved, raft: RaftNode, control: ResolvedFleetControlOptions, internals: RuntimeInternals) {
+  constructor(
+    o: Resolved,
+    raft: RaftNode,
+    control: ResolvedFleetControlOptions,
+    internals: RuntimeInternals,
+    dataDir: { identity: DataDirIdentity; save: (identity: DataDirIdentity) => Promise<void> },
+  ) {
     super({ held: true });
     this.#o = o;
     this.#raft = raft;
+    this.#controlId = dataDir.identity.control;
+    for (const id of dataDir.identity.orphans) this.#orphans.add(id);
+    this.#saveIdentity = dataDir.save;
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
     // The node record says which state machines this node runs: the coordinator places groups accordingly.
@@ -592,9 +636,27 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return r;
   }
 
-  /** This node's replicas and their Raft status. */
-  replicas(): { readonly group: string; readonly status: GroupStatus }[] {
-    return [...this.#held.values()].map((h) => ({ group: h.name, status: h.group.status() }));
+  /**
+   * This node's replicas and their Raft status. `orphan`: held from before the control plane lost its records
+   * (docs/fleet.md, "The control store loses its data"); `id` is the Raft group id (`<name>:<generation>`).
+   */
+  replicas(): {
+    readonly group: string;
+    readonly id: string;
+    readonly orphan: boolean;
+    readonly status: GroupStatus;
+  }[] {
+    return [...this.#held.values()].map((h) => ({
+      group: h.name,
+      id: h.id,
+      orphan: this.#orphans.has(h.id),
+      status: h.group.status(),
+    }));
+  }
+
+  /** Raft group ids of this node's orphans, open or only stored (see replicas()). */
+  orphans(): string[] {
+    return [...this.#orphans].sort();
   }
 
   /**
@@ -641,7 +703,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const start = clock.now();
     await new Promise<void>((resolve, reject) => {
       const done = (): void => {
-        if (this.#held.size > 0 && !this.#closed) return;
+        if (this.#placedCount() > 0 && !this.#closed) return;
         this.#drained.delete(done);
         clock.clearTimeout(timer);
         resolve();
@@ -651,7 +713,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         reject(
           new TimeoutError(
             `fleet ${this.fleet}`,
-            `draining node ${this.nodeId} (${this.#held.size} replica(s) left: ${[...this.#held.values()]
+            `draining node ${this.nodeId} (${this.#placedCount()} replica(s) left: ${[...this.#held.values()]
+              .filter((h) => !this.#orphans.has(h.id))
               .slice(0, 5)
               .map((h) => h.name)
               .join(', ')})`,
@@ -692,6 +755,18 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (this.#closed) return;
     this.#view = view;
     this.#syncPeers(view);
+    this.#checkControl(view);
+    if (this.#identityUnsaved) {
+      try {
+        await this.#saveIdentity({ control: this.#controlId, orphans: [...this.#orphans].sort() });
+        this.#identityUnsaved = false;
+      } catch (error) {
+        // Nothing is opened or dropped on a decision the data directory could forget: the next round tries again.
+        this.reportError(error, 'fleet node: writing the data directory identity (fleet.json)');
+        return;
+      }
+      if (this.#closed) return;
+    }
     const open = new Map<string, OpenReplica>();
     for (const h of this.#held.values()) {
       const s = h.group.status();
@@ -711,6 +786,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         stored: new Set(this.#raft.storedGroups().filter((id) => !this.#held.has(id))),
         machines: new Set(this.#o.machines.keys()),
         addressable: (n) => this.#addresses.has(n),
+        orphans: this.#orphans,
       },
       this.#mutants,
     );
@@ -752,6 +828,46 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#stepAll();
   }
 
+  /**
+   * Compare the control plane's id (the meta record's) with the one this node worked with. Another one, or none, means
+   * the records its replicas were placed by are gone (the store lost its data, or someone deleted them): a missing
+   * group record then proves nothing about its group, and a name added since may carry an old generation again. So
+   * every replica held now becomes an orphan — kept, never dropped, not served by name — and the data directory is
+   * told before the round goes on (docs/fleet.md, "The control store loses its data").
+   */
+  #checkControl(view: FleetView): void {
+    if (view.metaRevision !== 0 && view.meta === undefined) return; // unreadable: reported; nothing to conclude
+    const id = view.meta?.id;
+    if (id === this.#controlId) return;
+    if (this.#controlId === undefined) {
+      // The first id seen (a new node, or records of an older release that had none until now).
+      this.#controlId = id;
+      this.#identityUnsaved = true;
+      return;
+    }
+    const before = this.#orphans.size;
+    for (const h of this.#held.values()) this.#orphans.add(h.id);
+    for (const stored of this.#raft.storedGroups()) this.#orphans.add(stored);
+    const lostId = this.#controlId;
+    this.#controlId = id;
+    this.#identityUnsaved = true;
+    const added = [...this.#orphans].slice(before).sort();
+    for (const h of this.#held.values()) {
+      if (this.#orphans.has(h.id)) this.#reports.delete(h.name);
+    }
+    this.reportError(
+      new FleetControlLostError(
+        this.fleet,
+        this.nodeId,
+        id === undefined
+          ? `the fleet's meta record, id ${lostId}, is gone`
+          : `the fleet's meta record has id ${id}, not ${lostId}`,
+        added,
+      ),
+      'fleet node: the control plane lost its records',
+    );
+  }
+
   /** Tell the Raft node every live node's address (kept after a node vanishes: Raft still needs to reach it). */
   #syncPeers(view: FleetView): void {
     for (const n of view.nodes.values()) {
@@ -777,7 +893,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       // Also a replica only stored (a node back after its group was removed or recovered): its data is deleted.
       const name = held?.name ?? parseRaftGroupId(a.id)?.name;
       if (name !== undefined) this.emit('groupLost', { group: name, reason: a.reason });
-      if (this.#held.size === 0) for (const d of [...this.#drained]) d();
+      if (this.#placedCount() === 0) for (const d of [...this.#drained]) d();
       return;
     }
     if (a.mode === 'bootstrap' && !founding.has(a.id)) return; // the next round decides again
@@ -877,6 +993,13 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return founding;
   }
 
+  /** Replicas held other than orphans: what draining waits for (orphans stay in the data directory). */
+  #placedCount(): number {
+    let n = this.#held.size;
+    if (this.#orphans.size > 0) for (const id of this.#held.keys()) if (this.#orphans.has(id)) n--;
+    return n;
+  }
+
   #holdsName(name: string): boolean {
     for (const h of this.#held.values()) if (h.name === name) return true;
     return false;
@@ -922,6 +1045,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const view = this.#view;
     const now = this.#o.control.clock.now();
     for (const h of this.#held.values()) {
+      if (this.#orphans.size > 0 && this.#orphans.has(h.id)) continue; // nothing in the records is about it
       try {
         // Most of thousands of replicas have nothing to do: a follower with a leader, a leader converged on the
         // same term, membership and desired record (its lag is looked at every REPORT_LAG_EVERY_MS). brief() tells
@@ -1252,7 +1376,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** This node's replica of Raft group `id`, if it is open and a member (not one still joining, nor being dropped). */
   #memberReplica(id: string): RaftGroup | undefined {
     const held = this.#held.get(id);
-    return held !== undefined && isMember(held, this.nodeId) ? held.group : undefined;
+    // An orphan is not the group the records name now, even under the same id (#checkControl).
+    if (held === undefined || this.#orphans.has(id)) return undefined;
+    return isMember(held, this.nodeId) ? held.group : undefined;
   }
 
   #check(): void {
