@@ -1,0 +1,116 @@
+/**
+ * A fleet whose control store loses its data (docs/fleet.md, "The control store loses its data"; ADR 0023): three
+ * in-process fleet nodes on a private Redis without persistence, which is restarted — every record is gone, the
+ * generation counter with them. No node may delete a replica: each keeps what it held as orphans (kept across its
+ * own restart), reports FleetControlLostError, and never takes a group added again under an old name and the same
+ * generation for its orphan.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createRedisStore } from '../../src/backends/redis/index.js';
+import { FleetControlLostError } from '../../src/errors.js';
+import type { StateMachine } from '../../src/raft/node/state-machine.js';
+import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
+import type { Store } from '../../src/store/contract.js';
+import { allocatePorts } from '../harness/ports.js';
+import { releasePort } from '../harness/processes.js';
+import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { eventually } from '../harness/wait.js';
+
+const counter: StateMachine<{ total: number }, { add: number }, 'total', number, number> = {
+  initial: () => ({ total: 0 }),
+  command: (state, c) => ({ state: { total: state.total + c.add }, result: state.total + c.add }),
+  query: (state) => state.total,
+  snapshot: (state) => new TextEncoder().encode(JSON.stringify(state)),
+  restore: (bytes) => JSON.parse(new TextDecoder().decode(bytes)) as { total: number },
+};
+
+const TTL_MS = 2000;
+const cleanups: (() => Promise<unknown>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
+});
+
+describe('fleet: the control store loses its data', () => {
+  it('a Redis restarted without persistence: every replica kept as an orphan, none deleted, none served as a new group', async () => {
+    const redis: ServerHandle = await startRedis({ appendOnly: false });
+    cleanups.push(() => redis.stop());
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-loss-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const ports = await allocatePorts(3);
+    cleanups.push(async () => ports.forEach((p) => releasePort(p)));
+
+    const lost: string[] = [];
+    const dropped: string[] = [];
+    const nodes = new Map<string, FleetNode>();
+    const start = async (id: string): Promise<FleetNode> => {
+      // Each node its own client, as separate processes would have; the delayed restart after a lost server
+      // (docs/adr/0009) waits out the longest TTL of the namespace.
+      const store: Store = await createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS });
+      const i = Number(id.slice(1)) - 1;
+      const node = await eventually(
+        () =>
+          joinFleet({
+            store,
+            fleet: 'f',
+            node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
+            dataDir: join(dir, id),
+            secret: 'a fleet test secret of enough bytes',
+            machines: { counter },
+            sessionTtlMs: TTL_MS,
+            gracePeriodMs: 1000,
+            tickMs: 50,
+          }).catch(() => false as const),
+        { what: `${id} to join (a young namespace waits first)`, timeoutMs: 20_000, intervalMs: 200 },
+      );
+      node.on('error', ({ error }) => {
+        if (error instanceof FleetControlLostError) lost.push(id);
+      });
+      node.on('groupLost', ({ group }) => dropped.push(`${id} ${group}`));
+      nodes.set(id, node);
+      cleanups.push(async () => {
+        await node.close().catch(() => undefined);
+        await store.close().catch(() => undefined);
+      });
+      return node;
+    };
+    const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
+    for (const g of ['a', 'b']) await n1.addGroup(g, { replicas: 3, machine: 'counter' });
+    await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
+      what: 'a placed and answering',
+      timeoutMs: 30_000,
+    });
+    expect(await n2.command('b', { add: 7 }, { timeoutMs: 10_000 })).toBe(7);
+    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 2), {
+      what: 'three replicas of each group',
+      timeoutMs: 30_000,
+    });
+
+    // The server restarts with nothing: records, sessions and the namespace's incarnation are gone.
+    await redis.restart();
+    await eventually(() => new Set(lost).size === 3, {
+      what: 'every node to report the lost records (after the delayed restart)',
+      timeoutMs: 30_000,
+      intervalMs: 100,
+    });
+    for (const n of [n1, n2, n3]) {
+      expect(n.orphans()).toEqual(['a:1', 'b:2']);
+      expect(n.replicas().map((r) => `${r.id} ${r.orphan}`)).toEqual(['a:1 true', 'b:2 true']);
+    }
+
+    // The name added again gets generation 1 again (the counter went with the data): not served by the orphans.
+    await eventually(() => n1.addGroup('a', { replicas: 3, machine: 'counter' }).then(() => true), {
+      what: 'a added again',
+      timeoutMs: 10_000,
+    });
+    await expect(n3.command('a', { add: 1 }, { timeoutMs: 1500 })).rejects.toThrow();
+    for (const n of [n1, n2, n3]) {
+      const a = n.replicas().find((r) => r.id === 'a:1');
+      expect(a?.orphan).toBe(true);
+      expect(a!.status.applied).toBeGreaterThanOrEqual(2);
+    }
+    expect(dropped).toEqual([]);
+  });
+});
