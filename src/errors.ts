@@ -347,7 +347,8 @@ export class FleetGroupNotFoundError extends RebalancerError {
 /**
  * A fleet node found the control plane's records gone: the meta record carries another id than the one this node
  * worked with, or there is none (the store lost its data, or the records were deleted). The replicas it held are
- * kept as orphans — never deleted, not served by name (docs/fleet.md, "The control store loses its data").
+ * kept as orphans — never deleted, not served by name — until their group is written back (docs/fleet.md, "The
+ * control store loses its data").
  */
 export class FleetControlLostError extends RebalancerError {
   readonly fleet: string;
@@ -359,8 +360,9 @@ export class FleetControlLostError extends RebalancerError {
       'DATA_LOST',
       `fleet ${JSON.stringify(fleet)}: node ${nodeId} found the control store's records lost (${detail}). It keeps ` +
         `the ${orphans.length} replica(s) it held as orphans, in its data directory: never deleted, not served by ` +
-        `name, never taken for a group added since${orphans.length > 0 ? ` (${shown})` : ''}. Give the store ` +
-        'persistence; see docs/fleet.md, "The control store loses its data", for getting the groups back',
+        `name, never taken for a group added since${orphans.length > 0 ? ` (${shown})` : ''}. Each group's leader ` +
+        'writes it back under its own generation, and its replicas serve again; give the store persistence ' +
+        '(docs/fleet.md, "The control store loses its data")',
     );
     this.fleet = fleet;
     this.orphans = orphans;

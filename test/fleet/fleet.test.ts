@@ -16,6 +16,7 @@ import {
   InvalidArgumentError,
   NodeIdInUseError,
 } from '../../src/errors.js';
+import { encodeRecord } from '../../src/protocol/fleet/keys.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { StateMachine } from '../../src/raft/node/state-machine.js';
 import type { Store } from '../../src/store/contract.js';
@@ -346,13 +347,17 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
     expect((await n1.status()).groups.map((g) => g.health)).toEqual(['converged', 'converged']);
     expect(errors.filter((m) => m.includes('not in this node'))).toEqual([]);
   });
-  it('keeps every replica when the control store loses its records: orphans, never deleted, never mistaken for a group added again', async () => {
+  it('keeps every replica when the control store loses its records: groups written back whole, a name added again never confused with its orphan', async () => {
     const e = await env();
     const nodes = [await start(e, 'n1', 'z1'), await start(e, 'n2', 'z2'), await start(e, 'n3', 'z3')];
     const lost: FleetControlLostError[] = [];
+    const refused: string[] = [];
     const dropped: string[] = [];
     for (const n of nodes) {
-      n.on('error', ({ error }) => error instanceof FleetControlLostError && lost.push(error));
+      n.on('error', ({ error }) => {
+        if (error instanceof FleetControlLostError) lost.push(error);
+        else if (String(error).includes('cannot be written back')) refused.push(`${n.nodeId} ${String(error)}`);
+      });
       n.on('groupLost', ({ group }) => dropped.push(`${n.nodeId} ${group}`));
     }
     for (const g of ['a', 'b']) await nodes[0]!.addGroup(g, { replicas: 3, machine: 'counter' });
@@ -360,43 +365,73 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
     expect(await nodes[0]!.command('a', { add: 5 })).toBe(5);
     expect(await nodes[1]!.command('b', { add: 7 })).toBe(7);
 
-    // The records vanish at once (a store restarted without its data, or an operator's delete): every group,
-    // desired, observed and meta record. Nodes must not take a missing group record for a removal.
+    // The records vanish at once (a store restarted without its data, or an operator's delete) and, before any node
+    // notices, someone adds "a" again: the new records' counter starts from scratch, so the new "a" gets generation
+    // 1 — the Raft group id of the old "a". In one transaction, so that no node sees the moment between.
     const keys = nodes[0]!.keys;
     const doomed = [keys.meta];
     for (const prefix of [keys.groups, keys.desired, keys.observed]) {
       for (const kv of (await e.store.range(prefix)).kvs) doomed.push(kv.key);
     }
-    await e.store.txn({ compare: [], then: doomed.map((key) => ({ op: 'delete' as const, key })) });
+    await e.store.txn({
+      compare: [],
+      then: [
+        ...doomed
+          .filter((k) => k !== keys.meta && k !== keys.group('a'))
+          .map((key) => ({ op: 'delete' as const, key })),
+        {
+          op: 'put',
+          key: keys.meta,
+          value: encodeRecord({ lastGeneration: 1, groups: 1, id: 'a-new-control-id', issued: [[1, 1]] }),
+        },
+        {
+          op: 'put',
+          key: keys.group('a'),
+          value: encodeRecord({ name: 'a', replicas: 3, machine: 'counter', generation: 1 }),
+        },
+      ],
+    });
     await eventually(() => new Set(lost.map((l) => l.message.match(/node (n\d)/)![1])).size === 3, {
       what: 'every node to report the lost records',
       timeoutMs: 15_000,
     });
     expect(lost[0]!.code).toBe('DATA_LOST');
-    for (const n of nodes) {
-      expect(n.orphans()).toEqual(['a:1', 'b:2']);
-      expect(n.replicas().map((r) => `${r.id} ${r.orphan}`)).toEqual(['a:1 true', 'b:2 true']);
-      const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as { orphans: string[] };
-      expect(identity.orphans).toEqual(['a:1', 'b:2']);
-    }
+    expect(lost[0]!.orphans).toEqual(['a:1', 'b:2']);
 
-    // A group added again under an old name gets generation 1 again (the counter went with the records): its id is
-    // an orphan's on every node, so none opens it — it must not answer with the old group's state.
-    await nodes[0]!.addGroup('a', { replicas: 3, machine: 'counter' });
-    await nodes[0]!.addGroup('c', { replicas: 3, machine: 'counter' });
+    // "b" comes back whole, under its own generation, written back by its leader; the counter now passes it.
+    await eventually(async () => (await nodes[2]!.query('b', 'total', { timeoutMs: 2000 })) === 7, {
+      what: 'b written back with its state',
+      timeoutMs: 15_000,
+    });
+    expect(await nodes[2]!.command('b', { add: 1 })).toBe(8);
+    await eventually(() => nodes.every((n) => n.orphans().join() === 'a:1'), {
+      what: 'b no orphan',
+      timeoutMs: 10_000,
+    });
+    // The old "a" cannot come back (its generation was handed out again) and the new "a" is not opened over it: it
+    // must never answer with the old group's state. The old state stays on every node.
     await expect(nodes[2]!.command('a', { add: 1 }, { timeoutMs: 1500 })).rejects.toThrow();
-    expect(await nodes[2]!.command('c', { add: 2 }, { timeoutMs: 10_000 })).toBe(2);
-    // The orphans' data is intact and stays so across a restart (fleet.json remembers them).
     for (const n of nodes) {
       const a = n.replicas().find((r) => r.id === 'a:1')!;
       expect(a.orphan).toBe(true);
       expect(a.status.applied).toBeGreaterThanOrEqual(2);
+      const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as { orphans: string[] };
+      expect(identity.orphans).toEqual(['a:1']);
     }
+    await eventually(() => refused.length > 0, { what: 'the refused write-back reported', timeoutMs: 10_000 });
+    expect(refused[0]).toMatch(/orphan a:1 cannot be written back: its generation was handed out again/);
+    // A new group gets a generation past both.
+    expect((await nodes[0]!.addGroup('c', { replicas: 3, machine: 'counter' })).generation).toBe(3);
+    // Orphans are remembered across a restart.
     await nodes[1]!.close();
     e.nodes.delete('n2');
     const again = await start(e, 'n2', 'z2');
-    await eventually(async () => (await again.command('c', { add: 1 })) === 3, { what: 'n2 back', timeoutMs: 10_000 });
-    expect(again.orphans()).toEqual(['a:1', 'b:2']);
+    await eventually(async () => (await again.command('c', { add: 2 }, { timeoutMs: 2000 })) === 2, {
+      what: 'n2 back, c placed',
+      timeoutMs: 15_000,
+    });
+    expect(again.orphans()).toEqual(['a:1']);
+    expect(await again.query('b', 'total')).toBe(8);
     expect(dropped).toEqual([]);
   });
 });

@@ -19,6 +19,7 @@ import {
 } from '../../src/errors.js';
 import {
   addGroup,
+  adoptGroup,
   deregisterNode,
   FleetRecordCache,
   fleetElection,
@@ -41,6 +42,7 @@ import {
   raftGroupId,
   runsMachine,
   validateFleetGroupName,
+  wasIssued,
   type ObservedRecord,
 } from '../../src/protocol/fleet/keys.js';
 import type { Store } from '../../src/store/contract.js';
@@ -170,7 +172,7 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       expect(v.errors).toEqual([]);
       expect(v.unreadable).toEqual([]);
       expect(v.stale).toEqual([]);
-      expect(v.meta).toEqual({
+      expect(v.meta).toMatchObject({
         lastGeneration: g2.generation,
         groups: 2,
         id: expect.stringMatching(/^[A-Za-z0-9_-]{16}$/),
@@ -260,7 +262,7 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
           .outcome,
       ).toBe('stale');
       expect((await view(store, keys)).groups.get('orders')!.desired).toBeUndefined();
-      expect(v.meta).toEqual({ lastGeneration: again.generation, groups: 1, id: expect.any(String) });
+      expect(v.meta).toMatchObject({ lastGeneration: again.generation, groups: 1, id: expect.any(String) });
     } finally {
       await store.close();
     }
@@ -435,7 +437,12 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       expect(id).toMatch(/^[A-Za-z0-9_-]{16}$/);
       await addGroup(store, keys, 'b', { replicas: 1, machine: 'kv' });
       await removeGroup(store, keys, 'a');
-      expect(decodeMeta(keys.meta, (await store.get(keys.meta))!.value)).toEqual({ lastGeneration: 2, groups: 1, id });
+      expect(decodeMeta(keys.meta, (await store.get(keys.meta))!.value)).toEqual({
+        lastGeneration: 2,
+        groups: 1,
+        id,
+        issued: [[1, 2]],
+      });
       // A record without an id (an older release) gets one at its next write, and keeps its counters.
       await store.txn({
         compare: [],
@@ -443,7 +450,11 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       });
       await addGroup(store, keys, 'c', { replicas: 1, machine: 'kv' });
       const upgraded = decodeMeta(keys.meta, (await store.get(keys.meta))!.value);
-      expect(upgraded).toEqual({ lastGeneration: 10, groups: 2, id: expect.stringMatching(/^[A-Za-z0-9_-]{16}$/) });
+      expect(upgraded).toMatchObject({
+        lastGeneration: 10,
+        groups: 2,
+        id: expect.stringMatching(/^[A-Za-z0-9_-]{16}$/),
+      });
       expect(upgraded.id).not.toBe(id);
       // A malformed id is corrupt data: refused by name, never overwritten.
       const bad = encodeRecord({ lastGeneration: 10, groups: 2, id: 'x y' });
@@ -451,6 +462,45 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       await store.txn({ compare: [], then: [{ op: 'put', key: keys.meta, value: bad }] });
       await expect(addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).rejects.toThrow(/field id/);
       expect((await store.get(keys.meta))?.value).toBe(bad);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('writes a group back under its old generation only when the present records never handed it out', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f8');
+      // After a loss: fresh records; "x" added again got generation 1.
+      await addGroup(store, keys, 'x', { replicas: 1, machine: 'kv' });
+      const back = { name: 'old', generation: 7, machine: 'kv', members: ['n2', 'n1'], leader: 'n1' };
+      expect(await adoptGroup(store, keys, back)).toBe('adopted');
+      expect(await adoptGroup(store, keys, back)).toBe('adopted'); // again: written back already
+      const v = await readFleetView(store, keys, () => undefined);
+      expect(v.groups.get('old')).toMatchObject({ generation: 7, replicas: 2, machine: 'kv' });
+      // Its leader first, version 2: no node may bootstrap an empty replica of it.
+      expect(v.groups.get('old')?.desired).toMatchObject({ members: ['n1', 'n2'], leader: 'n1', version: 2 });
+      expect(v.meta).toMatchObject({ lastGeneration: 7, groups: 2, issued: [[1, 1]] });
+      // A generation handed out since, or a name taken since, never comes back.
+      expect(await adoptGroup(store, keys, { ...back, name: 'y', generation: 1 })).toBe('issued');
+      expect(await adoptGroup(store, keys, { ...back, name: 'x', generation: 5 })).toBe('taken');
+      // The next add starts past it, and the handed-out ranges say so.
+      expect((await addGroup(store, keys, 'z', { replicas: 1, machine: 'kv' })).generation).toBe(8);
+      const meta = decodeMeta(keys.meta, (await store.get(keys.meta))!.value);
+      expect(meta.issued).toEqual([
+        [1, 1],
+        [8, 8],
+      ]);
+      expect(wasIssued(meta, 7)).toBe(false);
+      expect(wasIssued(meta, 8)).toBe(true);
+      // Records of an older release (no ranges): every generation up to the counter counts as handed out.
+      expect(wasIssued({ lastGeneration: 4, groups: 1 }, 4)).toBe(true);
+      expect(() => decodeMeta(keys.meta, encodeRecord({ lastGeneration: 3, groups: 0, issued: [[2, 1]] }))).toThrow(
+        CorruptDataError,
+      );
+      expect(() => decodeMeta(keys.meta, encodeRecord({ lastGeneration: 3, groups: 0, issued: [[1, 4]] }))).toThrow(
+        CorruptDataError,
+      );
     } finally {
       await store.close();
     }

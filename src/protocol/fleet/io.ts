@@ -34,7 +34,10 @@ import {
   validateMachineName,
   validateNodeId,
   validateReplicas,
+  issuedOf,
   withControlId,
+  withIssued,
+  wasIssued,
   type DesiredRecord,
   type FleetKeys,
   type GroupRecord,
@@ -333,7 +336,8 @@ export interface AddGroupOptions {
 
 function metaOf(kv: KeyValue | undefined): MetaRecord {
   // Throws CorruptDataError naming the key: an add or remove never overwrites meta it cannot read.
-  return kv === undefined ? { lastGeneration: 0, groups: 0 } : decodeMeta(kv.key, kv.value);
+  // None: the first add writes it, with a new id and nothing handed out yet (also after the records were lost).
+  return kv === undefined ? { lastGeneration: 0, groups: 0, issued: [] } : decodeMeta(kv.key, kv.value);
 }
 
 /**
@@ -398,7 +402,12 @@ export async function addGroup(
         {
           op: 'put',
           key: keys.meta,
-          value: encodeRecord({ ...withControlId(meta), lastGeneration: group.generation, groups: meta.groups + 1 }),
+          value: encodeRecord({
+            ...withControlId(meta),
+            lastGeneration: group.generation,
+            groups: meta.groups + 1,
+            issued: withIssued(meta, group.generation),
+          }),
         },
       ],
     });
@@ -435,6 +444,92 @@ export async function removeGroup(store: Store, keys: FleetKeys, name: string): 
       ],
     });
     if (w.succeeded) return group;
+  }
+}
+
+/**
+ * Give a meta record of an older release its id (MetaRecord.id), so that a loss of the records can be detected from
+ * now on. Compares the record's revision: when someone else wrote it meanwhile, nothing is written (they gave it one).
+ */
+export async function ensureControlId(store: Store, keys: FleetKeys): Promise<void> {
+  const { metaKv, meta } = await readGroupWithMeta(store, keys, keys.meta);
+  if (metaKv === undefined || meta.id !== undefined) return;
+  await store.txn({
+    compare: [{ key: keys.meta, target: 'modRevision', op: '=', value: metaKv.modRevision }],
+    then: [{ op: 'put', key: keys.meta, value: encodeRecord(withControlId(meta)) }],
+  });
+}
+
+/** What adoptGroup writes back: a group as its leader's replica knows it. */
+export interface AdoptedGroup {
+  readonly name: string;
+  readonly generation: number;
+  readonly machine: string;
+  /** The group's voters, as its leader's committed membership says (they become the desired members). */
+  readonly members: readonly string[];
+  /** The leader writing it back (it becomes the desired leader). */
+  readonly leader: string;
+}
+
+/**
+ * Write a group back after the control plane lost its records (docs/fleet.md, "The control store loses its data";
+ * ADR 0023), under the generation its replicas have: its record, a desired record naming its voters (`version` 2:
+ * no node may bootstrap an empty replica of it, the ones missing join), and the counter raised past it — all in one
+ * transaction that compares the group's key (absent) and the meta record. Only a generation the present records never
+ * handed out may come back (MetaRecord.issued): an add since the loss may have given the same name that very
+ * generation. Resolves `adopted` (also when it was written back already), `taken` (a group of that name was added
+ * since the loss) or `issued`. The group's `replicas` is the number of voters it has now.
+ */
+export async function adoptGroup(
+  store: Store,
+  keys: FleetKeys,
+  g: AdoptedGroup,
+): Promise<'adopted' | 'taken' | 'issued'> {
+  const key = keys.group(g.name);
+  const machine = validateMachineName(g.machine);
+  if (!g.members.includes(g.leader)) {
+    throw new InvalidArgumentError(`adoptGroup: the leader ${g.leader} is not one of the members`);
+  }
+  const members = [g.leader, ...g.members.filter((m) => m !== g.leader)];
+  for (;;) {
+    const { kv, metaKv, meta } = await readGroupWithMeta(store, keys, key);
+    if (wasIssued(meta, g.generation)) return 'issued';
+    if (kv !== undefined) {
+      // Written back already (by this group's leader of a moment ago): the same generation, never handed out.
+      return decodeGroup(keys, kv.key, kv.value).generation === g.generation ? 'adopted' : 'taken';
+    }
+    const group: GroupRecord = { name: g.name, replicas: members.length, machine, generation: g.generation };
+    const desired: DesiredRecord = {
+      name: g.name,
+      generation: g.generation,
+      members,
+      leader: g.leader,
+      token: 0,
+      initial: members,
+      version: 2,
+    };
+    const w = await store.txn({
+      compare: [
+        { key, target: 'exists', exists: false },
+        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+      ],
+      then: [
+        { op: 'put', key, value: encodeRecord(group) },
+        { op: 'put', key: keys.desiredOf(g.name), value: encodeRecord(desired) },
+        { op: 'delete', key: keys.observedOf(g.name) },
+        {
+          op: 'put',
+          key: keys.meta,
+          value: encodeRecord({
+            ...withControlId(meta),
+            lastGeneration: Math.max(meta.lastGeneration, g.generation),
+            groups: meta.groups + 1,
+            issued: issuedOf(meta),
+          }),
+        },
+      ],
+    });
+    if (w.succeeded) return 'adopted';
   }
 }
 

@@ -199,9 +199,39 @@ export interface MetaRecord {
    * control store loses its data").
    */
   readonly id?: string | undefined;
+  /**
+   * The generations `addGroup` and the unsafe recovery handed out under this record, as sorted, disjoint, inclusive
+   * ranges. A group written back after a loss keeps its old generation (io.ts adoptGroup): allowed only for one
+   * outside these ranges, so an old group is never confused with one the new records made. Absent (records of an
+   * older release): every generation up to `lastGeneration` counts as handed out.
+   */
+  readonly issued?: readonly (readonly [number, number])[] | undefined;
 }
 
+/** The most ranges `issued` keeps; beyond, the two oldest are merged (more counts as handed out: never less safe). */
+export const MAX_ISSUED_RANGES = 256;
+
 const CONTROL_ID = /^[A-Za-z0-9_-]{8,64}$/;
+
+/** The ranges of generations handed out under `meta` (see MetaRecord.issued). */
+export function issuedOf(meta: MetaRecord): readonly (readonly [number, number])[] {
+  return meta.issued ?? (meta.lastGeneration > 0 ? [[1, meta.lastGeneration]] : []);
+}
+
+/** Whether `generation` was handed out under `meta` by an add or a recovery. */
+export function wasIssued(meta: MetaRecord, generation: number): boolean {
+  return issuedOf(meta).some(([from, to]) => generation >= from && generation <= to);
+}
+
+/** `issued` with `generation` (the next one handed out: above every range) added. */
+export function withIssued(meta: MetaRecord, generation: number): (readonly [number, number])[] {
+  const ranges = issuedOf(meta).map((r) => [r[0], r[1]] as [number, number]);
+  const last = ranges[ranges.length - 1];
+  if (last !== undefined && last[1] === generation - 1) last[1] = generation;
+  else ranges.push([generation, generation]);
+  if (ranges.length > MAX_ISSUED_RANGES) ranges.splice(0, 2, [ranges[0]![0], ranges[1]![1]]);
+  return ranges;
+}
 
 /** A new control-plane id for a meta record written for the first time (16 random base64url characters). */
 export function newControlId(): string {
@@ -350,11 +380,39 @@ export function decodeMeta(key: string, value: string): MetaRecord {
   const groups = intField(key, rec, 'groups');
   if (groups > MAX_FLEET_GROUPS) throw corrupt(key, `groups ${groups} is above the limit of ${MAX_FLEET_GROUPS}`);
   const id = rec['id'];
-  if (id === undefined) return { lastGeneration, groups };
-  if (typeof id !== 'string' || !CONTROL_ID.test(id)) {
+  if (id !== undefined && (typeof id !== 'string' || !CONTROL_ID.test(id))) {
     throw corrupt(key, 'field id must be 8 to 64 characters of [A-Za-z0-9_-]');
   }
-  return { lastGeneration, groups, id };
+  const issued = decodeIssued(key, rec['issued'], lastGeneration);
+  return {
+    lastGeneration,
+    groups,
+    ...(id !== undefined ? { id: id as string } : {}),
+    ...(issued !== undefined ? { issued } : {}),
+  };
+}
+
+function decodeIssued(key: string, raw: unknown, lastGeneration: number): (readonly [number, number])[] | undefined {
+  if (raw === undefined) return undefined;
+  const bad = (): CorruptDataError =>
+    corrupt(
+      key,
+      `field issued must be at most ${MAX_ISSUED_RANGES} sorted, disjoint [from, to] ranges within 1..lastGeneration`,
+    );
+  if (!Array.isArray(raw) || raw.length > MAX_ISSUED_RANGES) throw bad();
+  const out: [number, number][] = [];
+  let above = 0;
+  for (const r of raw) {
+    if (!Array.isArray(r) || r.length !== 2) throw bad();
+    const [from, to] = r as unknown[];
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to)) throw bad();
+    const a = from as number;
+    const b = to as number;
+    if (a <= above || b < a || b > lastGeneration) throw bad();
+    out.push([a, b]);
+    above = b;
+  }
+  return out;
 }
 
 export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {

@@ -19,7 +19,15 @@
 import { CorruptDataError, FleetGroupNotFoundError, FleetRecoveryRefusedError } from '../../errors.js';
 import type { Store } from '../../store/contract.js';
 import { readFleetView, type FleetGroupView } from './io.js';
-import { encodeRecord, FleetKeys, validateNodeId, withControlId, type GroupRecord, type MetaRecord } from './keys.js';
+import {
+  encodeRecord,
+  FleetKeys,
+  validateNodeId,
+  withControlId,
+  withIssued,
+  type GroupRecord,
+  type MetaRecord,
+} from './keys.js';
 import { quorum } from './plan.js';
 
 export interface RecoverGroupOptions {
@@ -174,7 +182,15 @@ async function write(
     ],
     then: [
       { op: 'put', key: keys.group(g.name), value: encodeRecord(group) },
-      { op: 'put', key: keys.meta, value: encodeRecord({ ...withControlId(meta), lastGeneration: generation }) },
+      {
+        op: 'put',
+        key: keys.meta,
+        value: encodeRecord({
+          ...withControlId(meta),
+          lastGeneration: generation,
+          issued: withIssued(meta, generation),
+        }),
+      },
       { op: 'delete', key: keys.desiredOf(g.name) },
       { op: 'delete', key: keys.observedOf(g.name) },
     ],

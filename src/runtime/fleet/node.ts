@@ -33,6 +33,8 @@ import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import {
   addGroup,
+  adoptGroup,
+  ensureControlId,
   FleetRecordCache,
   machineRunners,
   noRunnerError,
@@ -49,6 +51,7 @@ import {
   raftGroupId,
   validateFleetGroupName,
   validateMachineName,
+  wasIssued,
   type GroupRecord,
   type ObservedRecord,
   type ObservedStatus,
@@ -174,6 +177,8 @@ const REPORT_BATCH = 126;
 /** The longest stretch of synchronous work a round or a step pass does before it lets timers and sockets run. */
 const ROUND_SLICE_MS = 20;
 const IDENTITY_FILE = 'fleet.json';
+/** Orphan groups one round writes back at most (one store transaction each). */
+const ADOPT_PER_ROUND = 64;
 
 /** Knobs only the simulator uses (src/sim/fleet.ts); not part of the public options. */
 export interface FleetInternals extends RuntimeInternals {
@@ -467,6 +472,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** The data directory's fleet.json is behind #controlId/#orphans: no round acts until it is written. */
   #identityUnsaved = false;
   readonly #saveIdentity: (identity: DataDirIdentity) => Promise<void>;
+  /** Orphans whose write-back was refused (reported once each). */
+  readonly #adoptRefused = new Set<string>();
   readonly #mutants: Mutants;
 
   /** Use joinFleet(). */
@@ -756,6 +763,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#view = view;
     this.#syncPeers(view);
     this.#checkControl(view);
+    this.#reclaimOrphans(view);
     if (this.#identityUnsaved) {
       try {
         await this.#saveIdentity({ control: this.#controlId, orphans: [...this.#orphans].sort() });
@@ -790,6 +798,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       },
       this.#mutants,
     );
+    await this.#adoptOrphans(view);
     let founding: ReadonlySet<string> = new Set();
     try {
       founding = await this.#stillFounding(decision.actions);
@@ -866,6 +875,81 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       ),
       'fleet node: the control plane lost its records',
     );
+  }
+
+  /**
+   * An orphan whose group is in the records again under its own generation, one the present records never handed out
+   * (so it was written back by adoptGroup, not added since the loss), is a replica like any other again.
+   */
+  #reclaimOrphans(view: FleetView): void {
+    if (this.#orphans.size === 0 || view.meta === undefined) return;
+    for (const id of [...this.#orphans]) {
+      const p = parseRaftGroupId(id);
+      const g = p === undefined ? undefined : view.groups.get(p.name);
+      if (p === undefined || g === undefined || g.generation !== p.generation || wasIssued(view.meta, p.generation)) {
+        continue;
+      }
+      this.#orphans.delete(id);
+      this.#identityUnsaved = true;
+    }
+  }
+
+  /**
+   * Write back the groups whose orphans this node leads (io.ts adoptGroup): the leader holds every committed entry,
+   * so the group comes back whole, under its own generation, and its other replicas follow (#reclaimOrphans). Only
+   * from a committed membership; at most ADOPT_PER_ROUND per round (each write wakes the next round). A meta record
+   * of an older release gets its id here too.
+   */
+  async #adoptOrphans(view: FleetView): Promise<void> {
+    if (view.meta !== undefined && view.meta.id === undefined) {
+      await ensureControlId(this.#o.control.store, this.#control.keys).catch((error: unknown) =>
+        this.reportError(error, 'fleet node: giving the meta record an id'),
+      );
+    }
+    if (this.#orphans.size === 0) return;
+    let tries = 0;
+    for (const h of this.#held.values()) {
+      if (tries >= ADOPT_PER_ROUND || this.#closed) return;
+      if (!this.#orphans.has(h.id)) continue;
+      const g = view.groups.get(h.name);
+      const refusal =
+        view.meta !== undefined && wasIssued(view.meta, h.generation)
+          ? 'its generation was handed out again since the control store lost its records: it stays an orphan (kept, not served)'
+          : g !== undefined && g.generation !== h.generation
+            ? `a group ${h.name} was added since the control store lost its records: it stays an orphan (kept, not ` +
+              'served) until that group is removed'
+            : undefined;
+      if (refusal !== undefined) {
+        if (!this.#adoptRefused.has(h.id)) {
+          this.#adoptRefused.add(h.id);
+          this.reportError(
+            new InvalidArgumentError(
+              `fleet ${this.fleet}: orphan ${h.id} cannot be written back: ${refusal} (docs/fleet.md, "The control ` +
+                'store loses its data")',
+            ),
+            'fleet node: writing an orphan group back',
+          );
+        }
+        continue;
+      }
+      this.#adoptRefused.delete(h.id);
+      if (g !== undefined) continue; // written back already: #reclaimOrphans takes it next round
+      const s = h.group.status();
+      if (s.role !== 'leader' || s.membershipIndex > s.committed || s.failed !== undefined) continue;
+      tries++;
+      try {
+        await adoptGroup(this.#o.control.store, this.#control.keys, {
+          name: h.name,
+          generation: h.generation,
+          machine: h.machine,
+          members: s.membership.voters,
+          leader: this.nodeId,
+        });
+        // 'taken' or 'issued' (records changed since the read): the next round reports it.
+      } catch (error) {
+        this.reportError(error, `fleet node: writing orphan ${h.id} back`);
+      }
+    }
   }
 
   /** Tell the Raft node every live node's address (kept after a node vanishes: Raft still needs to reach it). */
