@@ -348,7 +348,7 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
   const onDisk = internals.raftIo?.disk === undefined;
   const identity = onDisk
     ? await checkDataDirIdentity(dataDir, control.fleet, control.node.id)
-    : { control: undefined, orphans: [] };
+    : { control: undefined, orphans: [], catalog: {} };
   const raft = await startRaftNode({
     id: control.node.id,
     ...(onDisk ? { dataDir: join(dataDir, 'raft') } : {}),
@@ -390,6 +390,28 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
 interface DataDirIdentity {
   readonly control: string | undefined;
   readonly orphans: readonly string[];
+  /**
+   * Each replica's state machine and founding members, by Raft group id: what opening it needs and only the records
+   * say otherwise — so that an orphan only stored (its node restarted after the loss) can still be opened.
+   */
+  readonly catalog: Readonly<Record<string, CatalogEntry>>;
+}
+
+interface CatalogEntry {
+  readonly machine: string;
+  readonly initial: readonly string[];
+}
+
+function readCatalog(raw: unknown): Record<string, CatalogEntry> {
+  const out: Record<string, CatalogEntry> = {};
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return out;
+  for (const [id, e] of Object.entries(raw as Record<string, unknown>)) {
+    const { machine, initial } = (e ?? {}) as { machine?: unknown; initial?: unknown };
+    if (typeof machine !== 'string' || !Array.isArray(initial) || !initial.every((m) => typeof m === 'string'))
+      continue;
+    out[id] = { machine, initial: initial as string[] };
+  }
+  return out;
 }
 
 /** A data directory belongs to one node of one fleet: refuse another's (its replicas are not this node's). */
@@ -398,10 +420,10 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
   try {
     text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: [] };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: [], catalog: {} };
     throw err;
   }
-  let id: { fleet?: unknown; node?: unknown; control?: unknown; orphans?: unknown };
+  let id: { fleet?: unknown; node?: unknown; control?: unknown; orphans?: unknown; catalog?: unknown };
   try {
     id = JSON.parse(text) as typeof id;
   } catch {
@@ -415,7 +437,11 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
     );
   }
   const orphans = Array.isArray(id.orphans) ? id.orphans.filter((o): o is string => typeof o === 'string') : [];
-  return { control: typeof id.control === 'string' ? id.control : undefined, orphans };
+  return {
+    control: typeof id.control === 'string' ? id.control : undefined,
+    orphans,
+    catalog: readCatalog(id.catalog),
+  };
 }
 
 async function writeDataDirIdentity(
@@ -427,7 +453,13 @@ async function writeDataDirIdentity(
   await mkdir(dataDir, { recursive: true });
   const file = join(dataDir, IDENTITY_FILE);
   const tmp = `${file}.tmp`;
-  const body = { fleet, node: nodeId, control: identity.control, orphans: identity.orphans };
+  const body = {
+    fleet,
+    node: nodeId,
+    control: identity.control,
+    orphans: identity.orphans,
+    catalog: identity.catalog,
+  };
   // Written before the node acts on it (an orphan must stay one after a crash): renamed into place, then synced.
   await writeFile(tmp, JSON.stringify(body) + '\n', { flush: true });
   await rename(tmp, file);
@@ -472,6 +504,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** The data directory's fleet.json is behind #controlId/#orphans: no round acts until it is written. */
   #identityUnsaved = false;
   readonly #saveIdentity: (identity: DataDirIdentity) => Promise<void>;
+  /** The data directory's catalog (DataDirIdentity.catalog), kept in step with the replicas opened and dropped. */
+  readonly #catalog = new Map<string, CatalogEntry>();
   /** Orphans whose write-back was refused (reported once each). */
   readonly #adoptRefused = new Set<string>();
   readonly #mutants: Mutants;
@@ -489,6 +523,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#raft = raft;
     this.#controlId = dataDir.identity.control;
     for (const id of dataDir.identity.orphans) this.#orphans.add(id);
+    for (const [id, e] of Object.entries(dataDir.identity.catalog)) this.#catalog.set(id, e);
     this.#saveIdentity = dataDir.save;
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
@@ -764,17 +799,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#syncPeers(view);
     this.#checkControl(view);
     this.#reclaimOrphans(view);
-    if (this.#identityUnsaved) {
-      try {
-        await this.#saveIdentity({ control: this.#controlId, orphans: [...this.#orphans].sort() });
-        this.#identityUnsaved = false;
-      } catch (error) {
-        // Nothing is opened or dropped on a decision the data directory could forget: the next round tries again.
-        this.reportError(error, 'fleet node: writing the data directory identity (fleet.json)');
-        return;
-      }
-      if (this.#closed) return;
-    }
+    // Nothing is opened or dropped on a decision the data directory could forget: the next round tries again.
+    if (!(await this.#saveIdentityIfNeeded())) return;
     const open = new Map<string, OpenReplica>();
     for (const h of this.#held.values()) {
       const s = h.group.status();
@@ -834,7 +860,27 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       );
     }
     this.#waitsReported = waits;
+    // The catalog of what this round opened and dropped, before a crash can lose it (#openStoredOrphans needs it).
+    await this.#saveIdentityIfNeeded();
     this.#stepAll();
+  }
+
+  /** Write fleet.json if it is behind (control id, orphans, catalog); false when that failed (reported). */
+  async #saveIdentityIfNeeded(): Promise<boolean> {
+    if (!this.#identityUnsaved) return true;
+    this.#identityUnsaved = false;
+    try {
+      await this.#saveIdentity({
+        control: this.#controlId,
+        orphans: [...this.#orphans].sort(),
+        catalog: Object.fromEntries(this.#catalog),
+      });
+      return !this.#closed;
+    } catch (error) {
+      this.#identityUnsaved = true;
+      this.reportError(error, 'fleet node: writing the data directory identity (fleet.json)');
+      return false;
+    }
   }
 
   /**
@@ -907,6 +953,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       );
     }
     if (this.#orphans.size === 0) return;
+    await this.#openStoredOrphans();
     let tries = 0;
     for (const h of this.#held.values()) {
       if (tries >= ADOPT_PER_ROUND || this.#closed) return;
@@ -952,6 +999,29 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
   }
 
+  /**
+   * Open the orphans this node only stores (it restarted after the loss): from the catalog, as the records would
+   * have said, so that they take part in their groups again and one of them can write its group back. An orphan
+   * whose machine this node does not know (opened by an older release) stays stored.
+   */
+  async #openStoredOrphans(): Promise<void> {
+    const stored = new Set(this.#raft.storedGroups());
+    for (const id of this.#orphans) {
+      if (this.#held.has(id) || !stored.has(id) || this.#closed) continue;
+      const e = this.#catalog.get(id);
+      const p = parseRaftGroupId(id);
+      if (e === undefined || p === undefined || !this.#o.machines.has(e.machine)) continue;
+      try {
+        await this.#act(
+          { type: 'open', id, name: p.name, machine: e.machine, mode: 'recover', members: e.initial },
+          new Set(),
+        );
+      } catch (error) {
+        this.reportError(error, `fleet node: opening orphan ${id}`);
+      }
+    }
+  }
+
   /** Tell the Raft node every live node's address (kept after a node vanishes: Raft still needs to reach it). */
   #syncPeers(view: FleetView): void {
     for (const n of view.nodes.values()) {
@@ -974,6 +1044,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.#reports.delete(held.name);
       }
       await this.#raft.dropGroup(a.id);
+      if (this.#catalog.delete(a.id)) this.#identityUnsaved = true;
       // Also a replica only stored (a node back after its group was removed or recovered): its data is deleted.
       const name = held?.name ?? parseRaftGroupId(a.id)?.name;
       if (name !== undefined) this.emit('groupLost', { group: name, reason: a.reason });
@@ -1015,6 +1086,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       reportedLag: '',
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
+    const listed = this.#catalog.get(a.id);
+    if (listed === undefined || listed.machine !== a.machine || listed.initial.join() !== a.members.join()) {
+      this.#catalog.set(a.id, { machine: a.machine, initial: a.members });
+      this.#identityUnsaved = true;
+    }
     this.emit('groupGained', { group: a.name, mode: a.mode });
   }
 
@@ -1129,7 +1205,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const view = this.#view;
     const now = this.#o.control.clock.now();
     for (const h of this.#held.values()) {
-      if (this.#orphans.size > 0 && this.#orphans.has(h.id)) continue; // nothing in the records is about it
+      if (this.#orphans.size > 0 && this.#orphans.has(h.id)) {
+        // Nothing in the records is about it; but once it leads, a round can write its group back (#adoptOrphans).
+        if (!view.groups.has(h.name) && h.group.brief().role === 'leader') this.#loop.kick();
+        continue;
+      }
       try {
         // Most of thousands of replicas have nothing to do: a follower with a leader, a leader converged on the
         // same term, membership and desired record (its lag is looked at every REPORT_LAG_EVERY_MS). brief() tells
