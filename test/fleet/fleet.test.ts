@@ -415,8 +415,10 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
       const a = n.replicas().find((r) => r.id === 'a:1')!;
       expect(a.orphan).toBe(true);
       expect(a.status.applied).toBeGreaterThanOrEqual(2);
-      const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as { orphans: string[] };
-      expect(identity.orphans).toEqual(['a:1']);
+      const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as {
+        orphans: Record<string, string>;
+      };
+      expect(Object.keys(identity.orphans)).toEqual(['a:1']);
     }
     await eventually(() => refused.length > 0, { what: 'the refused write-back reported', timeoutMs: 10_000 });
     expect(refused[0]).toMatch(/orphan a:1 cannot be written back: its generation was handed out again/);

@@ -348,7 +348,7 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
   const onDisk = internals.raftIo?.disk === undefined;
   const identity = onDisk
     ? await checkDataDirIdentity(dataDir, control.fleet, control.node.id)
-    : { control: undefined, orphans: [], catalog: {} };
+    : { control: undefined, orphans: {}, catalog: {} };
   const raft = await startRaftNode({
     id: control.node.id,
     ...(onDisk ? { dataDir: join(dataDir, 'raft') } : {}),
@@ -389,7 +389,8 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
  */
 interface DataDirIdentity {
   readonly control: string | undefined;
-  readonly orphans: readonly string[];
+  /** Orphan Raft group ids, each with the control id that was lost when it became one. */
+  readonly orphans: Readonly<Record<string, string>>;
   /**
    * Each replica's state machine and founding members, by Raft group id: what opening it needs and only the records
    * say otherwise — so that an orphan only stored (its node restarted after the loss) can still be opened.
@@ -420,7 +421,7 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
   try {
     text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: [], catalog: {} };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: {}, catalog: {} };
     throw err;
   }
   let id: { fleet?: unknown; node?: unknown; control?: unknown; orphans?: unknown; catalog?: unknown };
@@ -436,7 +437,12 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
         '(keep it across restarts); delete it only if that node is gone for good',
     );
   }
-  const orphans = Array.isArray(id.orphans) ? id.orphans.filter((o): o is string => typeof o === 'string') : [];
+  const orphans: Record<string, string> = {};
+  if (id.orphans !== null && typeof id.orphans === 'object' && !Array.isArray(id.orphans)) {
+    for (const [o, from] of Object.entries(id.orphans as Record<string, unknown>)) {
+      if (typeof from === 'string') orphans[o] = from;
+    }
+  }
   return {
     control: typeof id.control === 'string' ? id.control : undefined,
     orphans,
@@ -499,8 +505,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   readonly #drained = new Set<() => void>();
   /** The control plane's id this node works with (the meta record's; undefined before it saw one). */
   #controlId: string | undefined;
-  /** Replicas (Raft group ids, open or stored) held when the control plane's records were found lost. */
-  readonly #orphans = new Set<string>();
+  /**
+   * Replicas (Raft group ids, open or stored) held when the control plane's records were found lost, each with the
+   * control id that was lost then (were that id ever read again, nothing was lost: #checkControl).
+   */
+  readonly #orphans = new Map<string, string>();
   /** The data directory's fleet.json is behind #controlId/#orphans: no round acts until it is written. */
   #identityUnsaved = false;
   readonly #saveIdentity: (identity: DataDirIdentity) => Promise<void>;
@@ -522,7 +531,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#o = o;
     this.#raft = raft;
     this.#controlId = dataDir.identity.control;
-    for (const id of dataDir.identity.orphans) this.#orphans.add(id);
+    for (const [id, from] of Object.entries(dataDir.identity.orphans)) this.#orphans.set(id, from);
     for (const [id, e] of Object.entries(dataDir.identity.catalog)) this.#catalog.set(id, e);
     this.#saveIdentity = dataDir.save;
     this.nodeId = control.node.id;
@@ -698,7 +707,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   /** Raft group ids of this node's orphans, open or only stored (see replicas()). */
   orphans(): string[] {
-    return [...this.#orphans].sort();
+    return [...this.#orphans.keys()].sort();
   }
 
   /**
@@ -820,7 +829,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         stored: new Set(this.#raft.storedGroups().filter((id) => !this.#held.has(id))),
         machines: new Set(this.#o.machines.keys()),
         addressable: (n) => this.#addresses.has(n),
-        orphans: this.#orphans,
+        orphans: new Set(this.#orphans.keys()),
       },
       this.#mutants,
     );
@@ -872,7 +881,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     try {
       await this.#saveIdentity({
         control: this.#controlId,
-        orphans: [...this.#orphans].sort(),
+        orphans: Object.fromEntries([...this.#orphans].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
         catalog: Object.fromEntries(this.#catalog),
       });
       return !this.#closed;
@@ -900,13 +909,16 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       this.#identityUnsaved = true;
       return;
     }
-    const before = this.#orphans.size;
-    for (const h of this.#held.values()) this.#orphans.add(h.id);
-    for (const stored of this.#raft.storedGroups()) this.#orphans.add(stored);
     const lostId = this.#controlId;
+    const added: string[] = [];
+    for (const replica of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+      if (this.#orphans.has(replica)) continue;
+      this.#orphans.set(replica, lostId);
+      added.push(replica);
+    }
+    added.sort();
     this.#controlId = id;
     this.#identityUnsaved = true;
-    const added = [...this.#orphans].slice(before).sort();
     for (const h of this.#held.values()) {
       if (this.#orphans.has(h.id)) this.#reports.delete(h.name);
     }
@@ -924,17 +936,18 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * An orphan whose group is in the records again under its own generation, one the present records never handed out
-   * (so it was written back by adoptGroup, not added since the loss), is a replica like any other again.
+   * An orphan whose group is in the records again under its own generation is a replica like any other again when
+   * the present records never handed that generation out (so adoptGroup wrote it back, it was not added since the
+   * loss), or when they are the very records it was orphaned from (its id is back: a read from before, not a loss).
    */
   #reclaimOrphans(view: FleetView): void {
-    if (this.#orphans.size === 0 || view.meta === undefined) return;
-    for (const id of [...this.#orphans]) {
+    const meta = view.meta;
+    if (this.#orphans.size === 0 || meta === undefined) return;
+    for (const [id, from] of [...this.#orphans]) {
       const p = parseRaftGroupId(id);
       const g = p === undefined ? undefined : view.groups.get(p.name);
-      if (p === undefined || g === undefined || g.generation !== p.generation || wasIssued(view.meta, p.generation)) {
-        continue;
-      }
+      if (p === undefined || g === undefined || g.generation !== p.generation) continue;
+      if (wasIssued(meta, p.generation) && meta.id !== from) continue;
       this.#orphans.delete(id);
       this.#identityUnsaved = true;
     }
@@ -1006,7 +1019,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    */
   async #openStoredOrphans(): Promise<void> {
     const stored = new Set(this.#raft.storedGroups());
-    for (const id of this.#orphans) {
+    for (const id of this.#orphans.keys()) {
       if (this.#held.has(id) || !stored.has(id) || this.#closed) continue;
       const e = this.#catalog.get(id);
       const p = parseRaftGroupId(id);
