@@ -507,7 +507,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #controlId: string | undefined;
   /**
    * Replicas (Raft group ids, open or stored) held when the control plane's records were found lost, each with the
-   * control id that was lost then (were that id ever read again, nothing was lost: #checkControl).
+   * control id that was lost then (records of that id read again, with the orphan's generation, take it back:
+   * #reclaimOrphans).
    */
   readonly #orphans = new Map<string, string>();
   /** The data directory's fleet.json is behind #controlId/#orphans: no round acts until it is written. */
