@@ -192,7 +192,10 @@ class ProcessFleet {
       return await waiting;
     } catch (err) {
       const behind = last?.groups.filter((g) => g.health !== 'converged').map((g) => g.name);
-      throw new Error(`${(err as Error).message}\n${await this.replicaReport(behind)}`, { cause: err });
+      throw new Error(
+        `${(err as Error).message}\n${await this.replicaReport(behind)}\nnode errors:\n${this.errorSummary() || 'none'}`,
+        { cause: err },
+      );
     }
   }
 
