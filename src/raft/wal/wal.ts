@@ -549,7 +549,7 @@ export class Wal {
             const es = record.entries.filter((e) => e.index > snapIndex);
             if (es.length === 0) {
               // Below the snapshot, but it still replaced what followed it: entries an older record left above the
-              // snapshot (a suffix this one truncated) are gone (found by the Raft simulation, 3 nodes, seed 42).
+              // snapshot (a suffix this one truncated) are gone (found by the Raft simulation: docs/simulation.md).
               if (record.entries.length > 0) r.entries = [];
               break;
             }

@@ -205,7 +205,7 @@ describe('raft write-ahead log', () => {
   });
 
   it('a suffix replaced below a later snapshot stays replaced after a restart', async () => {
-    // Found by the Raft simulation (3 nodes, seed 42, once followers stopped answering commit-only appends): a
+    // Found by the Raft simulation (3 nodes, seed 42, with a change of the core's messages that was not kept): a
     // deposed leader held 1–6 of term 1, took 3–4 of term 2 from the next leader (replacing 3–6), then compacted
     // at 4. Recovery skipped the record of 3–4 (all below the snapshot) and kept 5–6 of term 1 from the older
     // record after the snapshot: a log with (5, term 1) after (4, term 2).
