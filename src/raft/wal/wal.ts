@@ -547,7 +547,12 @@ export class Wal {
         switch (record.type) {
           case RecordType.Entries: {
             const es = record.entries.filter((e) => e.index > snapIndex);
-            if (es.length === 0) break;
+            if (es.length === 0) {
+              // Below the snapshot, but it still replaced what followed it: entries an older record left above the
+              // snapshot (a suffix this one truncated) are gone (found by the Raft simulation: docs/simulation.md).
+              if (record.entries.length > 0) r.entries = [];
+              break;
+            }
             const first = es[0]!.index;
             const last = snapIndex + r.entries.length;
             if (first > last + 1) {

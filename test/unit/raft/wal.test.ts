@@ -204,6 +204,24 @@ describe('raft write-ahead log', () => {
     expect(third.initialState().hardState.commit).toBe(9);
   });
 
+  it('a suffix replaced below a later snapshot stays replaced after a restart', async () => {
+    // Found by the Raft simulation (3 nodes, seed 42, with a change of the core's messages that was not kept): a
+    // deposed leader held 1–6 of term 1, took 3–4 of term 2 from the next leader (replacing 3–6), then compacted
+    // at 4. Recovery skipped the record of 3–4 (all below the snapshot) and kept 5–6 of term 1 from the older
+    // record after the snapshot: a log with (5, term 1) after (4, term 2).
+    const disk = new SimDisk(seeded(12));
+    const wal = await Wal.open(disk);
+    const g = wal.group('g', voters);
+    await g.persist({ entries: entries(1, 6, 1), hardState: hs(1, 'a', 2) });
+    await g.persist({ entries: entries(3, 2, 2, 'y'), hardState: hs(2, 'b', 4) });
+    expect(g.lastIndex()).toBe(4);
+    await g.compact(4, voters, enc.encode('s4'));
+    await wal.close();
+    const r = (await Wal.open(disk)).group('g', voters);
+    expect(r.snapshot().meta).toMatchObject({ index: 4, term: 2 });
+    expect(r.lastIndex()).toBe(4);
+  });
+
   it('compaction deletes the segments every group’s snapshot covers, oldest first', async () => {
     const disk = new SimDisk(seeded(10));
     const wal = await Wal.open(disk, { segmentBytes: 4096 });
