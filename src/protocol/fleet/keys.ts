@@ -5,8 +5,9 @@
  *
  * Layout, under `f/<fleet>/`:
  *   nodes/<nodeId>     node record, attached to the node's session (vanishes when the node dies)
- *   meta               the fleet's counters (the last group generation handed out, the number of groups) and the
- *                      control plane's id (a new one means the records were lost: docs/fleet.md)
+ *   meta               the fleet's counters (the last group generation handed out, the number of groups), the
+ *                      control plane's id (a new one means the records were lost: docs/fleet.md) and the ranges of
+ *                      generations these records handed out
  *   groups/<name>      group record: replicas, state machine name, generation
  *   desired/<name>     desired members and leader, written by the coordinator under its election guard
  *   observed/<name>    what the group's leader reports: membership, leader, term, lag, stuck
@@ -193,7 +194,8 @@ export interface MetaRecord {
   readonly groups: number;
   /**
    * The control plane's identity: random, chosen when the meta record is first written and kept by every rewrite
-   * (records of older releases have none until their next add or remove). Nodes remember it: finding another one, or
+   * (a record of an older release gets one from the first node that reads it, io.ts ensureControlId, or from its next
+   * add or remove). Nodes remember it: finding another one, or
    * no meta record at all, tells them the records their replicas were placed by are gone (the store lost its data,
    * or someone deleted them), so a missing group record no longer means the group was removed (docs/fleet.md, "The
    * control store loses its data").
