@@ -234,6 +234,14 @@ async function handle(c: ControlCommand): Promise<Record<string, unknown>> {
           progress: Object.fromEntries(s.progress),
           failed: s.failed?.message,
         })),
+        // Connections per peer: a test that fails prints them (one-way traffic shows as sent without received).
+        peers: Object.fromEntries(
+          Object.entries(fleet.peerStats()).map(([peer, p]) => [
+            peer,
+            `${p.connected ? 'up' : 'DOWN'} conns ${p.connections} sent ${p.sentMessages} recv ${p.receivedMessages} ` +
+              `queued ${p.queuedMessages} dropped ${p.droppedFull + p.droppedOversized + p.droppedMisaddressed}`,
+          ]),
+        ),
       };
     case 'read': {
       const deadline = Date.now() + c.timeoutMs;

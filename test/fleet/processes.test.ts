@@ -209,6 +209,7 @@ class ProcessFleet {
       for (const x of replicas.filter((x) => wanted === undefined || wanted.has(x.group)).slice(0, max)) {
         lines.push(`${id}: ${JSON.stringify(x)}`);
       }
+      lines.push(`${id} peers: ${JSON.stringify(r?.['peers'] ?? {})}`);
     }
     return `replicas:\n${lines.join('\n')}\nlogs in ${this.dir}`;
   }

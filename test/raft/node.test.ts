@@ -116,6 +116,17 @@ describe('raft nodes on loopback', () => {
     expect((err as NotLeaderError).leaderHint?.address).toBe(`127.0.0.1:${c.ports[leaders[0]!]}`);
     const leader = groups.find((g) => g.status().role === 'leader')!;
     expect(await leader.query({ op: 'get', key: 'k' }, { consistency: 'lease' })).toBe(expected);
+    // Each node's view of its connections: the leader's traffic goes both ways with every follower.
+    for (const id of IDS) {
+      const stats = c.nodes.get(id)!.peerStats();
+      expect(Object.keys(stats).sort()).toEqual(IDS.filter((x) => x !== id).sort());
+      for (const [peer, p] of Object.entries(stats)) {
+        expect(p.connected).toBe(true);
+        if (id !== leaders[0] && peer !== leaders[0]) continue; // followers do not talk to each other
+        expect(p.sentMessages).toBeGreaterThan(0);
+        expect(p.receivedMessages).toBeGreaterThan(0);
+      }
+    }
   }, 30_000);
 
   it('in flight together, 200 commands apply exactly once each; a restarted node recovers them from disk', async () => {

@@ -20,6 +20,7 @@ import {
   tcpNetwork,
   type Network,
   type PeerAddress,
+  type PeerStats,
   type Timers,
   type TlsOptions,
 } from '../transport/transport.js';
@@ -370,6 +371,16 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   /** The peers known now: id → `host:port`. */
   peers(): Record<string, string> {
     return Object.fromEntries(this.#peers);
+  }
+
+  /**
+   * Each known peer's connection now (connected, messages and frames sent and received, what waits in its queue and
+   * what was dropped), for status pages and for whoever reads a failure: one-way traffic shows here.
+   */
+  peerStats(): Record<string, PeerStats & { readonly address: string }> {
+    const out: Record<string, PeerStats & { readonly address: string }> = {};
+    for (const [id, address] of this.#peers) out[id] = { address, ...this.#transport.stats(id) };
+    return out;
   }
 
   /**

@@ -706,6 +706,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }));
   }
 
+  /** This node's Raft connections to the other nodes, per peer (RaftNode.peerStats). */
+  peerStats(): ReturnType<RaftNode['peerStats']> {
+    return this.#raft.peerStats();
+  }
+
   /** Raft group ids of this node's orphans, open or only stored (see replicas()). */
   orphans(): string[] {
     return [...this.#orphans.keys()].sort();
