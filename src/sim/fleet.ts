@@ -34,7 +34,7 @@ import { NO_MUTANTS, type FleetMutantName, type Mutants } from '../protocol/muta
 import { decodeMembershipEntry } from '../raft/messages.js';
 import type { ReplicaObserver } from '../raft/node/replica.js';
 import { SimDisk } from '../raft/wal/disk.js';
-import { joinFleet, type FleetNode } from '../runtime/fleet/node.js';
+import { joinFleet, type DataDirIdentity, type FleetNode } from '../runtime/fleet/node.js';
 import { HistoryRecorder, checkOperations } from './linearizability.js';
 import { kvModel, type KvInput, type KvOutput } from './linearizability-models.js';
 import { kvStateMachine } from './raft-kv.js';
@@ -64,6 +64,11 @@ export interface FleetSimOptions {
   readonly faultMs?: number | undefined;
   /** Stop the seed at its first safety violation (default true). */
   readonly stopAtFirstViolation?: boolean | undefined;
+  /**
+   * Also draw `store-loss` faults: the control store restarts without its data (every record and session gone at
+   * once). Opt-in, so that the other seeds' schedules stay as they are (`--scenario fleet-store-loss`).
+   */
+  readonly storeLoss?: boolean | undefined;
   /** Every schedule event, start, crash, move and client anomaly, as text (the trace whose hash is `traceHash`). */
   readonly trace?: ((line: string) => void) | undefined;
 }
@@ -120,6 +125,8 @@ interface SimFleetNode extends FaultyNode {
   readonly zone: string;
   readonly address: string;
   readonly disk: SimDisk;
+  /** The node's fleet.json (FleetInternals.identityFile): kept across its crashes, as a synced file is. */
+  identity: DataDirIdentity | undefined;
   readonly random: Random;
   state: NodeState;
   incarnation: number;
@@ -131,7 +138,8 @@ interface SimFleetNode extends FaultyNode {
   alive: boolean;
 }
 
-type FaultKind = 'crash' | 'deactivate' | 'zone-drain' | 'isolate' | 'raft-cut' | 'store-cut' | 'pause' | 'messages';
+type FaultKind =
+  'crash' | 'deactivate' | 'zone-drain' | 'isolate' | 'raft-cut' | 'store-cut' | 'pause' | 'messages' | 'store-loss';
 
 interface ScheduledFault {
   readonly atMs: number;
@@ -154,6 +162,8 @@ const FAULT_KINDS: readonly FaultKind[] = [
   'pause',
   'messages',
 ];
+/** With `storeLoss`: about one fault in eight is a store that loses its data. */
+const FAULT_KINDS_WITH_STORE_LOSS: readonly FaultKind[] = [...FAULT_KINDS, 'store-loss', 'store-loss'];
 
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSeedResult> {
   // An assertion inside a promise callback of the Raft or fleet code surfaces as an unhandled rejection: in the
@@ -243,6 +253,7 @@ class FleetSim {
           zone: `z${(i % zones) + 1}`,
           address: `${id}:7000`,
           disk: new SimDisk(() => random.next()),
+          identity: undefined,
           random,
           state: 'down' as NodeState,
           incarnation: 0,
@@ -431,6 +442,7 @@ class FleetSim {
       },
       {
         mutants: this.#mutants,
+        identityFile: { read: () => n.identity, write: (identity) => void (n.identity = identity) },
         raftIo: {
           disk,
           network: this.#net.node(n.address, clock),
@@ -525,7 +537,7 @@ class FleetSim {
       if (t > faultMs - 1500) break;
       out.push({
         atMs: t,
-        kind: rng.pick(FAULT_KINDS),
+        kind: rng.pick(this.#o.storeLoss === true ? FAULT_KINDS_WITH_STORE_LOSS : FAULT_KINDS),
         node: rng.int(0, this.#nodes.length - 1),
         durMs: rng.range(0.3, 3) * FLEET_SIM.ttlMs,
         rates: {
@@ -598,6 +610,11 @@ class FleetSim {
             this.#msgFaults.heal(p.id, n.id);
           }
         });
+        return;
+      case 'store-loss':
+        // The store restarts without its data: records, sessions and the namespace's incarnation (ADR 0009, 0023).
+        count();
+        this.#server.loseData();
         return;
       case 'store-cut':
         if (!n.alive || n.partitioned) return;

@@ -13,11 +13,12 @@ import { runSlotsSim } from './slots.js';
 
 /**
  * `slots-crash-and-leave`: the slots simulator's one fixed scenario instead of random faults (runSlotsSim).
+ * `fleet-store-loss`: the fleet scenario with the control store also losing its data (runFleetSim `storeLoss`).
  * `raft`: one Raft group of real nodes on a simulated network and disks (runRaftSim).
  * `fleet`: real fleet nodes (control plane on the memory store, Raft on the simulated network and disks) running
  * many groups (runFleetSim).
  */
-export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave' | 'raft' | 'fleet';
+export type SimScenario = 'groups' | 'slots' | 'slots-crash-and-leave' | 'raft' | 'fleet' | 'fleet-store-loss';
 
 /** What every scenario reports per seed. */
 export interface SeedResult {
@@ -81,12 +82,13 @@ export async function runSimulation(o: SimRunOptions): Promise<SimSummary> {
     const r: SeedResult =
       o.scenario === 'raft'
         ? await runRaftSim({ seed, nodes: o.nodes, mutant: o.mutant as RaftMutantName | undefined })
-        : o.scenario === 'fleet'
+        : o.scenario === 'fleet' || o.scenario === 'fleet-store-loss'
           ? await runFleetSim({
               seed,
               nodes: o.nodes,
               groups: o.resources,
               mutant: o.mutant as FleetMutantName | undefined,
+              storeLoss: o.scenario === 'fleet-store-loss',
             })
           : o.scenario !== 'groups'
             ? await runSlotsSim({

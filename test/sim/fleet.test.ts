@@ -16,11 +16,16 @@ import { runSimulation } from '../../src/sim/run.js';
 
 const SEEDS = Number(process.env['REBALANCER_FLEET_SIM_SEEDS'] ?? 30);
 
-/** The first seed (from 1) at which each mutant is caught, and by which check. */
-const FIRST_FAILING: Record<FleetMutantName, { seed: number; kind: string }> = {
-  'fleet-remove-before-add': { seed: 1, kind: 'remove-before-add' },
-  'fleet-bootstrap-always': { seed: 3, kind: 'election-safety' },
+/** The first seed (from 1) at which each mutant is caught, by which check, in which scenario. */
+const FIRST_FAILING: Record<FleetMutantName, { seed: number; kind: string; scenario: 'fleet' | 'fleet-store-loss' }> = {
+  'fleet-remove-before-add': { seed: 1, kind: 'remove-before-add', scenario: 'fleet' },
+  'fleet-bootstrap-always': { seed: 5, kind: 'leader-completeness', scenario: 'fleet' },
+  // Its replicas dropped, the group is gone with every command it had acknowledged: no command reaches it again.
+  'fleet-drop-on-lost-records': { seed: 1, kind: 'liveness', scenario: 'fleet-store-loss' },
 };
+
+/** Seeds of the fleet-store-loss scenario (the control store also loses its data) in CI. */
+const STORE_LOSS_SEEDS = 10;
 
 describe('fleet simulation', () => {
   it(`${SEEDS} seeds of crashes, drains, zone drains, partitions and pauses without a violation`, async () => {
@@ -28,6 +33,19 @@ describe('fleet simulation', () => {
     expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
     expect(s.seeds).toBe(SEEDS);
     expect(s.steps).toBeGreaterThan(SEEDS * 15_000);
+  }, 600_000);
+
+  it(`${STORE_LOSS_SEEDS} seeds with the control store also losing its data: nothing lost, every group back`, async () => {
+    const s = await runSimulation({
+      scenario: 'fleet-store-loss',
+      protocol: 'resource-barrier',
+      seeds: STORE_LOSS_SEEDS,
+    });
+    expect(s.failingSeeds.map((f) => `${f.violation.kind}: ${f.violation.detail} — ${f.replay}`)).toEqual([]);
+    // The seeds did lose the store's data, with the nodes running on it.
+    const lost = await runFleetSim({ seed: 1, storeLoss: true });
+    expect(lost.faults['store-loss']).toBeGreaterThan(0);
+    expect(lost.linearizability).toBe('ok');
   }, 600_000);
 
   it('a seed replays identically, moves groups, converges and checks its history', async () => {
@@ -59,18 +77,19 @@ describe('fleet simulation', () => {
   }, 120_000);
 
   for (const mutant of Object.keys(FLEET_MUTANTS) as FleetMutantName[]) {
-    const { seed, kind } = FIRST_FAILING[mutant];
-    it(`catches ${mutant} (first at seed ${seed}, by ${kind}), replayably`, async () => {
-      const s = await runSimulation({ scenario: 'fleet', protocol: 'resource-barrier', seed, seeds: 1, mutant });
+    const { seed, kind, scenario } = FIRST_FAILING[mutant];
+    const storeLoss = scenario === 'fleet-store-loss';
+    it(`catches ${mutant} (first at seed ${seed} of ${scenario}, by ${kind}), replayably`, async () => {
+      const s = await runSimulation({ scenario, protocol: 'resource-barrier', seed, seeds: 1, mutant });
       expect(s.firstFailingSeed).toBe(seed);
       expect(s.failingSeeds[0]!.violation.kind).toBe(kind);
       expect(s.failingSeeds[0]!.replay).toBe(
-        `npx rebalancer sim --scenario fleet --seed ${seed} --seeds 1 --mutant ${mutant}`,
+        `npx rebalancer sim --scenario ${scenario} --seed ${seed} --seeds 1 --mutant ${mutant}`,
       );
       // The same seed without the mutant is clean: the mutant is what the checks caught.
-      expect((await runFleetSim({ seed })).violations).toEqual([]);
+      expect((await runFleetSim({ seed, storeLoss })).violations).toEqual([]);
       // The failing run replays to the same violation.
-      const again = await runFleetSim({ seed, mutant });
+      const again = await runFleetSim({ seed, mutant, storeLoss });
       expect(again.violations[0]).toEqual(s.failingSeeds[0]!.violation);
     }, 120_000);
   }

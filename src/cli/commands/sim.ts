@@ -9,7 +9,14 @@ import type { SimScenario } from '../../sim/run.js';
 import { EXIT, globalOptions } from '../context.js';
 import { choiceFlag, integerFlag, parseChoice } from '../input.js';
 
-const SCENARIOS: readonly SimScenario[] = ['groups', 'slots', 'slots-crash-and-leave', 'raft', 'fleet'];
+const SCENARIOS: readonly SimScenario[] = [
+  'groups',
+  'slots',
+  'slots-crash-and-leave',
+  'raft',
+  'fleet',
+  'fleet-store-loss',
+];
 
 interface SimFlags {
   scenario: SimScenario;
@@ -78,13 +85,15 @@ export function register(program: Command): void {
           process.stdout.write('--scenario raft:\n');
           for (const [name, what] of Object.entries(RAFT_MUTANTS))
             process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
-          process.stdout.write('--scenario fleet:\n');
+          process.stdout.write('--scenario fleet, fleet-store-loss:\n');
           for (const [name, what] of Object.entries(FLEET_MUTANTS))
             process.stdout.write(`  ${name.padEnd(28)} ${what}\n`);
         }
         return;
       }
-      const { scenario, protocol, strategy, seeds, seed } = o;
+      const { scenario: chosen, protocol, strategy, seeds, seed } = o;
+      // fleet-store-loss is the fleet scenario with one more kind of fault: the same checks and mutants.
+      const scenario = chosen === 'fleet-store-loss' ? 'fleet' : chosen;
       // Each scenario has its own mutants: a groups mutant means nothing to the slots simulator.
       const mutantNames = Object.keys(
         scenario === 'groups'
@@ -117,7 +126,7 @@ export function register(program: Command): void {
       const tty = process.stderr.isTTY && !json;
       let shown = 0;
       const summary = await runSimulation({
-        scenario,
+        scenario: chosen,
         protocol,
         seeds,
         seed,

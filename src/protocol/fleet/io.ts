@@ -117,12 +117,13 @@ export interface FleetView {
 }
 
 /**
- * The whole fleet in a bounded number of reads: nodes, meta and the election in one transaction; then groups,
- * desired and observed records in a range read each (a backend that pages a long read, SQLite, keeps its event
- * loop turning): four reads whatever the fleet's size, of at most MAX_FLEET_GROUPS records each (addGroup keeps
- * the fleet within it) plus any leftovers written by hand. The reads are not one snapshot and nothing
- * depends on it: a desired or observed record is matched to its group by generation, and every write compares the
- * revisions it decided from.
+ * The whole fleet in a bounded number of reads: nodes and the election in one transaction; then groups, desired
+ * and observed records in a range read each (a backend that pages a long read, SQLite, keeps its event loop
+ * turning); then the meta record. Five reads whatever the fleet's size, of at most MAX_FLEET_GROUPS records each
+ * (addGroup keeps the fleet within it) plus any leftovers written by hand. The reads are not one snapshot: a
+ * desired or observed record is matched to its group by generation, and every write compares the revisions it
+ * decided from. The one thing that depends on the order is the check for lost records (node.ts): the meta record is
+ * read last, so group records read after a loss always come with a meta record read after it too.
  */
 /**
  * Decoded records of earlier reads, by key, reused while a key's value is byte for byte the same (not its revision:
@@ -164,13 +165,16 @@ export async function readFleetView(
     [
       { op: 'range', prefix: keys.nodes },
       { op: 'range', prefix: keys.coordinator },
-      { op: 'get', key: keys.meta },
     ],
     report,
   );
   const groupsRead = await store.range(keys.groups);
   const desiredRead = await store.range(keys.desired);
   const observedRead = await store.range(keys.observed);
+  // The meta record once more, after the groups: a node takes missing group records for removals unless the meta
+  // record says the records were lost (another id, or none), and the loss must not fall between the two reads —
+  // a meta record read before it and group records read after would make every group look removed.
+  const metaAfter = await store.get(keys.meta);
   const unreadable: string[] = [...small.unreadable];
   const stale: string[] = [];
   // Node records are few and their check needs more than the value (the session): never from the cache.
@@ -199,7 +203,7 @@ export async function readFleetView(
       coordinator = { key: kv.key, token: kv.createRevision, value: kv.value };
     }
   }
-  const metaKv = getKv(small.results[2]);
+  const metaKv = metaAfter;
   const meta = metaKv === undefined ? undefined : decode(metaKv, () => decodeMeta(metaKv.key, metaKv.value));
 
   const desired = new Map<string, { rec: DesiredRecord | undefined; kv: KeyValue }>();
@@ -469,6 +473,8 @@ export interface AdoptedGroup {
   readonly members: readonly string[];
   /** The leader writing it back (it becomes the desired leader). */
   readonly leader: string;
+  /** The group's replica count as its record had it, when known (else: the number of voters). */
+  readonly replicas?: number | undefined;
 }
 
 /**
@@ -478,7 +484,7 @@ export interface AdoptedGroup {
  * transaction that compares the group's key (absent) and the meta record. Only a generation the present records never
  * handed out may come back (MetaRecord.issued): an add since the loss may have given the same name that very
  * generation. Resolves `adopted` (also when it was written back already), `taken` (a group of that name was added
- * since the loss) or `issued`. The group's `replicas` is the number of voters it has now.
+ * since the loss) or `issued`. The group's `replicas`: as given, else the number of voters it has now.
  */
 export async function adoptGroup(
   store: Store,
@@ -498,7 +504,8 @@ export async function adoptGroup(
       // Written back already (by this group's leader of a moment ago): the same generation, never handed out.
       return decodeGroup(keys, kv.key, kv.value).generation === g.generation ? 'adopted' : 'taken';
     }
-    const group: GroupRecord = { name: g.name, replicas: members.length, machine, generation: g.generation };
+    const replicas = validateReplicas(g.replicas ?? members.length);
+    const group: GroupRecord = { name: g.name, replicas, machine, generation: g.generation };
     const desired: DesiredRecord = {
       name: g.name,
       generation: g.generation,

@@ -187,6 +187,11 @@ export interface FleetInternals extends RuntimeInternals {
    * that disk: `dataDir` is only a name then, and no file is read or written (a simulated node has no directory).
    */
   readonly raftIo?: RaftNodeIo | undefined;
+  /**
+   * With `raftIo.disk`, where the data directory's `fleet.json` lives instead (the simulator keeps it per node, as a
+   * file that was synced: it survives a crash). Without either, it lives in memory only.
+   */
+  readonly identityFile?: { read(): DataDirIdentity | undefined; write(identity: DataDirIdentity): void } | undefined;
 }
 
 function isMember(held: Held, nodeId: string): boolean {
@@ -348,7 +353,7 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
   const onDisk = internals.raftIo?.disk === undefined;
   const identity = onDisk
     ? await checkDataDirIdentity(dataDir, control.fleet, control.node.id)
-    : { control: undefined, orphans: {}, catalog: {} };
+    : (internals.identityFile?.read() ?? { control: undefined, orphans: {}, catalog: {} });
   const raft = await startRaftNode({
     id: control.node.id,
     ...(onDisk ? { dataDir: join(dataDir, 'raft') } : {}),
@@ -368,7 +373,7 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
     if (onDisk) await writeDataDirIdentity(dataDir, control.fleet, control.node.id, identity);
     const save = onDisk
       ? (id: DataDirIdentity) => writeDataDirIdentity(dataDir, control.fleet, control.node.id, id)
-      : async () => undefined;
+      : async (id: DataDirIdentity) => internals.identityFile?.write(id);
     node = new FleetNode(resolved, raft, { ...control, incarnation: raft.incarnation }, internals, {
       identity,
       save,
@@ -387,7 +392,7 @@ export async function joinFleet(options: JoinFleetOptions, internals: FleetInter
  * with (the meta record's, keys.ts MetaRecord.id) and its orphans — replicas held when it found that id gone
  * (docs/fleet.md, "The control store loses its data").
  */
-interface DataDirIdentity {
+export interface DataDirIdentity {
   readonly control: string | undefined;
   /** Orphan Raft group ids, each with the control id that was lost when it became one. */
   readonly orphans: Readonly<Record<string, string>>;
@@ -401,16 +406,19 @@ interface DataDirIdentity {
 interface CatalogEntry {
   readonly machine: string;
   readonly initial: readonly string[];
+  /** The group's replica count (its record's), for writing it back as it was. */
+  readonly replicas?: number | undefined;
 }
 
 function readCatalog(raw: unknown): Record<string, CatalogEntry> {
   const out: Record<string, CatalogEntry> = {};
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return out;
   for (const [id, e] of Object.entries(raw as Record<string, unknown>)) {
-    const { machine, initial } = (e ?? {}) as { machine?: unknown; initial?: unknown };
+    const { machine, initial, replicas } = (e ?? {}) as { machine?: unknown; initial?: unknown; replicas?: unknown };
     if (typeof machine !== 'string' || !Array.isArray(initial) || !initial.every((m) => typeof m === 'string'))
       continue;
-    out[id] = { machine, initial: initial as string[] };
+    const count = typeof replicas === 'number' && Number.isSafeInteger(replicas) && replicas > 0 ? replicas : undefined;
+    out[id] = { machine, initial: initial as string[], ...(count !== undefined ? { replicas: count } : {}) };
   }
   return out;
 }
@@ -915,6 +923,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       this.#identityUnsaved = true;
       return;
     }
+    if (this.#mutants.has('fleet-drop-on-lost-records')) {
+      // The mutant: the new records are believed as they are (what every release before ADR 0023 did).
+      this.#controlId = id;
+      this.#identityUnsaved = true;
+      return;
+    }
     const lostId = this.#controlId;
     const added: string[] = [];
     for (const replica of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
@@ -1010,6 +1024,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           machine: h.machine,
           members: s.membership.voters,
           leader: this.nodeId,
+          replicas: this.#catalog.get(h.id)?.replicas,
         });
         // 'taken' or 'issued' (records changed since the read): the next round reports it.
       } catch (error) {
@@ -1106,8 +1121,15 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       reportedAtMs: Number.NEGATIVE_INFINITY,
     });
     const listed = this.#catalog.get(a.id);
-    if (listed === undefined || listed.machine !== a.machine || listed.initial.join() !== a.members.join()) {
-      this.#catalog.set(a.id, { machine: a.machine, initial: a.members });
+    const record = this.#view?.groups.get(a.name);
+    const replicas = record?.generation === generation ? record.replicas : listed?.replicas;
+    if (
+      listed === undefined ||
+      listed.machine !== a.machine ||
+      listed.initial.join() !== a.members.join() ||
+      listed.replicas !== replicas
+    ) {
+      this.#catalog.set(a.id, { machine: a.machine, initial: a.members, replicas });
       this.#identityUnsaved = true;
     }
     this.emit('groupGained', { group: a.name, mode: a.mode });
