@@ -64,7 +64,7 @@ while :; do echo "tick $REBALANCER_RESOURCE"; log tick; sleep 0.1; done
 /** How the steps are awaited: within STEP_MS, polling every 100 ms (real processes: no need to spin faster). */
 const STEP = { timeoutMs: STEP_MS, intervalMs: 100 } as const;
 
-function cli(args: string[]): CliResult {
+function cli(args: string[]): Promise<CliResult> {
   return runCli(['--store', STORE, ...args]);
 }
 
@@ -316,7 +316,7 @@ describe('rebalancer run (sidecar)', () => {
   let a: SidecarProc;
   let b: SidecarProc;
 
-  it('rejects bad input with exit code 2 and says what is wrong', () => {
+  it('rejects bad input with exit code 2 and says what is wrong', async () => {
     const cases: [string[], RegExp][] = [
       [['--exec', '  '], /--exec must be a non-empty shell command/],
       [['--exec', 'true', '--ttl-ms', 'soon'], /--ttl-ms must be a whole number from 1000 to 300000/],
@@ -330,13 +330,13 @@ describe('rebalancer run (sidecar)', () => {
       [[], /required option '--exec <command>' not specified/],
     ];
     for (const [args, message] of cases) {
-      const r = cli(['run', '--group', 'g', ...args]);
+      const r = await cli(['run', '--group', 'g', ...args]);
       expect([r.code, r.err], args.join(' ')).toEqual([2, expect.stringMatching(message)]);
     }
   }, 60_000);
 
   it('runs one child per resource, spread over two sidecars, with the right environment', async () => {
-    expect(cli(['resources', 'add', '--group', 'g', ...R]).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'g', ...R])).code).toBe(0);
     a = startSidecar('a', { group: 'g', oracle });
     await eventually(() => settled(oracle, R, { a: 4 }), {
       ...STEP,
@@ -446,7 +446,7 @@ describe('rebalancer run (sidecar)', () => {
   }, 60_000);
 
   it('a child that crashes is restarted with a growing backoff, under the same lock and token', async () => {
-    expect(cli(['resources', 'add', '--group', 'g', 'crash-1']).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'g', 'crash-1'])).code).toBe(0);
     const starts = (): Child[] => readOracle(oracle).filter((x) => x.resource === 'crash-1');
     // The oracle line is the child's own; the sidecar's childStarted event may come a moment later (it is emitted
     // once the reaper has the child's pipes), so wait for both.
@@ -488,7 +488,7 @@ describe('rebalancer run (sidecar)', () => {
 describe('rebalancer run: SIGINT twice', () => {
   it('the first SIGINT starts a graceful leave, the second SIGKILLs every child and exits 130', async () => {
     const oracle = join(dir, 'sigint.oracle');
-    expect(cli(['resources', 'add', '--group', 'i', 'i1', 'i2']).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'i', 'i1', 'i2'])).code).toBe(0);
     const s = startSidecar('i', { group: 'i', oracle, childMode: 'ignore-term', drainMs: 60_000 });
     await eventually(() => settled(oracle, ['i1', 'i2'], { i: 2 }), {
       ...STEP,
@@ -524,7 +524,7 @@ describe('rebalancer run: a node id another live sidecar uses', () => {
       context: () => describeState('', live),
     });
     // It waits up to 1.5 TTL + 1 s for the id's previous process to go, then gives up: this one is alive.
-    const r = cli(['run', '--group', 'd', '--exec', 'true', '--node', 'dup', '--ttl-ms', String(TTL_MS)]);
+    const r = await cli(['run', '--group', 'd', '--exec', 'true', '--node', 'dup', '--ttl-ms', String(TTL_MS)]);
     expect([r.code, r.err.split('\n')[0]]).toEqual([
       2,
       'rebalancer: id dup is already a live member of group d (another process is using it); give every process its own id',
@@ -549,7 +549,7 @@ async function freezeOne(
   mutant?: string,
 ): Promise<{ a: SidecarProc; b: SidecarProc; frozen: Child; resources: string[]; resume: () => void }> {
   const resources = [`${group}1`, `${group}2`];
-  expect(cli(['resources', 'add', '--group', group, ...resources]).code).toBe(0);
+  expect((await cli(['resources', 'add', '--group', group, ...resources])).code).toBe(0);
   const a = startSidecar(`${group}-a`, { group, oracle, mutant, ownGroup: true });
   await eventually(() => settled(oracle, resources, { [a.node]: 2 }), {
     ...STEP,
@@ -616,7 +616,7 @@ describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP to its process 
 describe('rebalancer run: kill -9 of a sidecar whose children write while they drain', () => {
   it('the children still have somewhere to write: they drain, and their last lines reach the output', async () => {
     const oracle = join(dir, 'pipe.oracle');
-    expect(cli(['resources', 'add', '--group', 'p', 'p1']).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'p', 'p1'])).code).toBe(0);
     const s = startSidecar('p', { group: 'p', oracle, exec: `exec bash ${DRAIN_CHILD}`, drainMs: 5000 });
     const outPath = join(dir, 'p.out');
     // childStarted: the reaper has been handed the child's group and pipes.
@@ -651,7 +651,7 @@ describe('rebalancer run: kill -9 of a sidecar whose children write while they d
 describe('the checks catch broken sidecars', () => {
   it('settle-before-exit: a lock released before the child exited gives two children at once', async () => {
     const oracle = join(dir, 'mutant.oracle');
-    expect(cli(['resources', 'add', '--group', 'm', 'm1', 'm2']).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'm', 'm1', 'm2'])).code).toBe(0);
     const m = startSidecar('m', {
       group: 'm',
       oracle,
@@ -688,7 +688,7 @@ describe('the checks catch broken sidecars', () => {
 
   it('no-reaper: children of a kill -9 sidecar outlive it', async () => {
     const oracle = join(dir, 'reaper.oracle');
-    expect(cli(['resources', 'add', '--group', 'k', 'k1']).code).toBe(0);
+    expect((await cli(['resources', 'add', '--group', 'k', 'k1'])).code).toBe(0);
     const k = startSidecar('k', { group: 'k', oracle, mutant: 'no-reaper' });
     await eventually(() => settled(oracle, ['k1'], { k: 1 }), {
       ...STEP,

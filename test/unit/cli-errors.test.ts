@@ -31,8 +31,8 @@ const GRPC_STATUS_IN = /\b\d+ [A-Z_]{4,}: /;
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('errors printed by the CLI', () => {
-  it('store unavailable: exit 69, our sentence first, the driver text as an indented cause', () => {
-    const r = cli(['--store', NO_ETCD, 'status', '--group', 'g']);
+  it('store unavailable: exit 69, our sentence first, the driver text as an indented cause', async () => {
+    const r = await cli(['--store', NO_ETCD, 'status', '--group', 'g']);
     expect(r.code).toBe(69);
     const lines = r.err.trimEnd().split('\n');
     // (Under load the driver may report a deadline instead of the refused connection: either is a gRPC status.)
@@ -44,8 +44,8 @@ describe('errors printed by the CLI', () => {
     expect(lines.find((l) => l.startsWith('  cause: '))?.slice('  cause: '.length)).toMatch(GRPC_STATUS);
   }, 60_000);
 
-  it('store unavailable with --json: one JSON object on stderr with code, retryable flag, exit code and cause', () => {
-    const r = cli(['--json', '--store', NO_ETCD, 'status', '--group', 'g']);
+  it('store unavailable with --json: one JSON object on stderr with code, retryable flag, exit code and cause', async () => {
+    const r = await cli(['--json', '--store', NO_ETCD, 'status', '--group', 'g']);
     expect(r.code).toBe(69);
     expect(r.out).toBe('');
     expect(r.err.trimEnd().split('\n')).toHaveLength(1);
@@ -61,8 +61,8 @@ describe('errors printed by the CLI', () => {
     expect((JSON.parse(r.err) as { error: { message: string } }).error.message).not.toMatch(GRPC_STATUS_IN);
   }, 60_000);
 
-  it('--json: not found (exit 1) and bad input (exit 2) as JSON too', () => {
-    const notFound = cli(['--json', '--store', SQLITE, 'status', '--group', 'nobody']);
+  it('--json: not found (exit 1) and bad input (exit 2) as JSON too', async () => {
+    const notFound = await cli(['--json', '--store', SQLITE, 'status', '--group', 'nobody']);
     expect(notFound.code).toBe(1);
     expect(JSON.parse(notFound.err)).toEqual({
       error: {
@@ -72,7 +72,7 @@ describe('errors printed by the CLI', () => {
         exitCode: 1,
       },
     });
-    const bad = cli(['--json', '--store', SQLITE, 'status', '--group', 'g', '--limit', '1e4']);
+    const bad = await cli(['--json', '--store', SQLITE, 'status', '--group', 'g', '--limit', '1e4']);
     expect(bad.code).toBe(2);
     expect(JSON.parse(bad.err)).toEqual({
       error: {
@@ -86,7 +86,7 @@ describe('errors printed by the CLI', () => {
 });
 
 describe('exit codes (docs/cli.md)', () => {
-  it('every error code has one: retryable ones 69, the call is wrong 2, failed 1, a bug of the CLI 70', () => {
+  it('every error code has one: retryable ones 69, the call is wrong 2, failed 1, a bug of the CLI 70', async () => {
     const expected: Record<ErrorCode, number> = {
       INVALID_ARGUMENT: 2,
       LIMIT_EXCEEDED: 2,
@@ -133,7 +133,7 @@ describe('reportError (src/cli/errors.ts)', () => {
   };
   afterEach(() => vi.restoreAllMocks());
 
-  it("takes a backend's appended driver text out of the first line, keeping what follows it", () => {
+  it("takes a backend's appended driver text out of the first line, keeping what follows it", async () => {
     capture();
     const driver = new Error('connect ECONNREFUSED 10.0.0.1:5432');
     const code = reportError(
@@ -147,7 +147,7 @@ describe('reportError (src/cli/errors.ts)', () => {
     expect(written).toContain('\n  cause: connect ECONNREFUSED 10.0.0.1:5432\n');
   });
 
-  it('a message that does not embed its cause is printed whole; CONFLICT exits 2', () => {
+  it('a message that does not embed its cause is printed whole; CONFLICT exits 2', async () => {
     capture();
     expect(reportError(new NodeIdInUseError('a', 'group g'), { json: false })).toBe(2);
     expect(written).toBe(
@@ -155,7 +155,7 @@ describe('reportError (src/cli/errors.ts)', () => {
     );
   });
 
-  it('an error that is not ours is internal (70): our sentence first, then its stack; never its text first', () => {
+  it('an error that is not ours is internal (70): our sentence first, then its stack; never its text first', async () => {
     capture();
     const escaped = new Error('14 UNAVAILABLE: No connection established', { cause: new Error('ECONNREFUSED') });
     expect(reportError(escaped, { json: false })).toBe(70);
@@ -176,7 +176,7 @@ describe('reportError (src/cli/errors.ts)', () => {
     });
   });
 
-  it('an invariant violation is internal (70), printed with its stack', () => {
+  it('an invariant violation is internal (70), printed with its stack', async () => {
     capture();
     expect(reportError(new InvariantError('two owners'), { json: false })).toBe(70);
     expect(written).toMatch(

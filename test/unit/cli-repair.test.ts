@@ -27,29 +27,29 @@ describe('repairing corrupt data with the CLI', () => {
     } finally {
       await store.close();
     }
-    const status = cli(['--store', SQLITE, 'status', '--group', 'g1']);
+    const status = await cli(['--store', SQLITE, 'status', '--group', 'g1']);
     expect(status.code).toBe(0);
     expect(status.out).toContain('WARNING: 1 key(s) hold data Rebalancer cannot read:');
     expect(status.out).toContain(`  ${STATE}\n    problem: ${STATE} does not hold valid JSON`);
     expect(status.out).toContain('rebalancer groups repair --group g1 --delete');
     expect(status.out).toContain('The coordinator stopped coordinating');
-    const json = JSON.parse(cli(['--json', '--store', SQLITE, 'status', '--group', 'g1']).out) as {
+    const json = JSON.parse((await cli(['--json', '--store', SQLITE, 'status', '--group', 'g1'])).out) as {
       problems: { key: string; repair: string }[];
     };
     expect(json.problems.map((p) => p.key)).toEqual([STATE]);
 
-    const dry = cli(['--store', SQLITE, 'groups', 'repair', '--group', 'g1']);
+    const dry = await cli(['--store', SQLITE, 'groups', 'repair', '--group', 'g1']);
     expect(dry.code).toBe(0);
     expect(dry.out).toContain(`${STATE}: would-delete`);
     expect(dry.out).toContain('run again with --delete');
-    const done = cli(['--json', '--store', SQLITE, 'groups', 'repair', '--group', 'g1', '--delete']);
+    const done = await cli(['--json', '--store', SQLITE, 'groups', 'repair', '--group', 'g1', '--delete']);
     expect(JSON.parse(done.out)).toMatchObject({ group: 'g1', steps: [{ key: STATE, action: 'deleted' }] });
-    expect(cli(['--store', SQLITE, 'status', '--group', 'g1']).out).not.toContain('WARNING');
-    expect(cli(['--store', SQLITE, 'groups', 'repair', '--group', 'g1']).out).toContain('nothing to repair');
+    expect((await cli(['--store', SQLITE, 'status', '--group', 'g1'])).out).not.toContain('WARNING');
+    expect((await cli(['--store', SQLITE, 'groups', 'repair', '--group', 'g1'])).out).toContain('nothing to repair');
   }, 120_000);
 
-  it('store repair-revision: nothing to do on SQLite', () => {
-    const r = cli(['--store', SQLITE, 'store', 'repair-revision']);
+  it('store repair-revision: nothing to do on SQLite', async () => {
+    const r = await cli(['--store', SQLITE, 'store', 'repair-revision']);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/the sqlite store keeps no separate revision counter/);
   }, 60_000);
