@@ -22,18 +22,8 @@ import type { StateMachine } from '../../src/raft/node/state-machine.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
+import { counter, type Counter } from '../harness/counter.js';
 import { eventually } from '../harness/wait.js';
-
-interface Counter {
-  readonly total: number;
-}
-const counter: StateMachine<Counter, { add: number }, 'total', number, number> = {
-  initial: () => ({ total: 0 }),
-  command: (state, c) => ({ state: { total: state.total + c.add }, result: state.total + c.add }),
-  query: (state) => state.total,
-  snapshot: (state) => new TextEncoder().encode(JSON.stringify(state)),
-  restore: (bytes) => JSON.parse(new TextDecoder().decode(bytes)) as Counter,
-};
 
 /** A second state machine: total × 2 + add, starting from 1. */
 const doubler: StateMachine<Counter, { add: number }, 'total', number, number> = {

@@ -13,22 +13,11 @@ import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { FleetGroupNotFoundError, FleetRecoveryRefusedError } from '../../src/errors.js';
 import { recoverGroup } from '../../src/protocol/fleet/recover.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
-import type { StateMachine } from '../../src/raft/node/state-machine.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
+import { counter } from '../harness/counter.js';
 import { eventually } from '../harness/wait.js';
-
-interface Counter {
-  readonly total: number;
-}
-const counter: StateMachine<Counter, { add: number }, 'total', number, number> = {
-  initial: () => ({ total: 0 }),
-  command: (state, c) => ({ state: { total: state.total + c.add }, result: state.total + c.add }),
-  query: (state) => state.total,
-  snapshot: (state) => new TextEncoder().encode(JSON.stringify(state)),
-  restore: (bytes) => JSON.parse(new TextDecoder().decode(bytes)) as Counter,
-};
 
 const SECRET = 'a fleet test secret of enough bytes';
 

@@ -14,20 +14,12 @@ import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { parseJson, readSecret, renderFleetStatus, summaryLine } from '../../src/cli/commands/fleet.js';
 import type { FleetStatus } from '../../src/protocol/fleet/status.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
-import type { StateMachine } from '../../src/raft/node/state-machine.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
+import { counter } from '../harness/counter.js';
 import { eventually } from '../harness/wait.js';
 import { CLI, cliAsync, REPO, type CliResult } from './cli-process.js';
-
-const counter: StateMachine<{ total: number }, { add: number }, 'total', number, number> = {
-  initial: () => ({ total: 0 }),
-  command: (state, c) => ({ state: { total: state.total + c.add }, result: state.total + c.add }),
-  query: (state) => state.total,
-  snapshot: (state) => new TextEncoder().encode(JSON.stringify(state)),
-  restore: (bytes) => JSON.parse(new TextDecoder().decode(bytes)) as { total: number },
-};
 
 const SECRET = 'the cli test fleet secret';
 

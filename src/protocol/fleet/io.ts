@@ -396,28 +396,43 @@ export async function addGroup(
       );
     }
     const group: GroupRecord = { name, replicas, machine, generation: meta.lastGeneration + 1 };
-    const w = await store.txn({
-      compare: [
-        { key, target: 'exists', exists: false },
-        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
-      ],
-      then: [
-        { op: 'put', key, value: encodeRecord(group) },
-        {
-          op: 'put',
-          key: keys.meta,
-          value: encodeRecord({
-            ...withControlId(meta),
-            lastGeneration: group.generation,
-            groups: meta.groups + 1,
-            issued: withIssued(meta, group.generation),
-          }),
-        },
-      ],
+    const written = await writeNewGroup(store, keys, group, metaKv, {
+      ...withControlId(meta),
+      lastGeneration: group.generation,
+      groups: meta.groups + 1,
+      issued: withIssued(meta, group.generation),
     });
-    if (w.succeeded) return group;
+    if (written) return group;
     // Another add or remove came first: read again (the name may be taken now).
   }
+}
+
+/**
+ * A group record where there is none, with the meta record as `meta` (and `extra` writes), in one transaction that
+ * compares the group's key (absent) and the meta record (unchanged since `metaKv` was read): adds, write-backs and
+ * removes of a fleet go one at a time. False when either changed (read again and decide again).
+ */
+async function writeNewGroup(
+  store: Store,
+  keys: FleetKeys,
+  group: GroupRecord,
+  metaKv: KeyValue | undefined,
+  meta: MetaRecord,
+  extra: readonly Op[] = [],
+): Promise<boolean> {
+  const key = keys.group(group.name);
+  const w = await store.txn({
+    compare: [
+      { key, target: 'exists', exists: false },
+      { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+    ],
+    then: [
+      { op: 'put', key, value: encodeRecord(group) },
+      ...extra,
+      { op: 'put', key: keys.meta, value: encodeRecord(meta) },
+    ],
+  });
+  return w.succeeded;
 }
 
 /**
@@ -515,28 +530,23 @@ export async function adoptGroup(
       initial: members,
       version: 2,
     };
-    const w = await store.txn({
-      compare: [
-        { key, target: 'exists', exists: false },
-        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
-      ],
-      then: [
-        { op: 'put', key, value: encodeRecord(group) },
+    const written = await writeNewGroup(
+      store,
+      keys,
+      group,
+      metaKv,
+      {
+        ...withControlId(meta),
+        lastGeneration: Math.max(meta.lastGeneration, g.generation),
+        groups: meta.groups + 1,
+        issued: issuedOf(meta),
+      },
+      [
         { op: 'put', key: keys.desiredOf(g.name), value: encodeRecord(desired) },
         { op: 'delete', key: keys.observedOf(g.name) },
-        {
-          op: 'put',
-          key: keys.meta,
-          value: encodeRecord({
-            ...withControlId(meta),
-            lastGeneration: Math.max(meta.lastGeneration, g.generation),
-            groups: meta.groups + 1,
-            issued: issuedOf(meta),
-          }),
-        },
       ],
-    });
-    if (w.succeeded) return 'adopted';
+    );
+    if (written) return 'adopted';
   }
 }
 
