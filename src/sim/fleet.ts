@@ -162,7 +162,7 @@ const FAULT_KINDS: readonly FaultKind[] = [
   'pause',
   'messages',
 ];
-/** With `storeLoss`: about one fault in eight is a store that loses its data. */
+/** With `storeLoss`: about one fault in seven (2 of 13) is a store that loses its data. */
 const FAULT_KINDS_WITH_STORE_LOSS: readonly FaultKind[] = [...FAULT_KINDS, 'store-loss', 'store-loss'];
 
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSeedResult> {
