@@ -847,6 +847,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       },
       this.#mutants,
     );
+    if (view.meta !== undefined && view.meta.id === undefined) {
+      // A meta record of an older release: give it its id, so that a loss of the records can be told from now on.
+      await ensureControlId(this.#o.control.store, this.#control.keys).catch((error: unknown) =>
+        this.reportError(error, 'fleet node: giving the meta record an id'),
+      );
+    }
     await this.#adoptOrphans(view);
     let founding: ReadonlySet<string> = new Set();
     try {
@@ -976,15 +982,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /**
    * Write back the groups whose orphans this node leads (io.ts adoptGroup): the leader holds every committed entry,
    * so the group comes back whole, under its own generation, and its other replicas follow (#reclaimOrphans). Only
-   * from a committed membership; at most ADOPT_PER_ROUND per round (each write wakes the next round). A meta record
-   * of an older release gets its id here too.
+   * from a committed membership; at most ADOPT_PER_ROUND per round (each write wakes the next round).
    */
   async #adoptOrphans(view: FleetView): Promise<void> {
-    if (view.meta !== undefined && view.meta.id === undefined) {
-      await ensureControlId(this.#o.control.store, this.#control.keys).catch((error: unknown) =>
-        this.reportError(error, 'fleet node: giving the meta record an id'),
-      );
-    }
     if (this.#orphans.size === 0) return;
     await this.#openStoredOrphans();
     let tries = 0;
@@ -1248,7 +1248,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     for (const h of this.#held.values()) {
       if (this.#orphans.size > 0 && this.#orphans.has(h.id)) {
         // Nothing in the records is about it; but once it leads, a round can write its group back (#adoptOrphans).
-        if (!view.groups.has(h.name) && h.group.brief().role === 'leader') this.#loop.kick();
+        // (Not one whose write-back was refused: that would read the whole fleet every pass, for nothing.)
+        if (!view.groups.has(h.name) && !this.#adoptRefused.has(h.id) && h.group.brief().role === 'leader') {
+          this.#loop.kick();
+        }
         continue;
       }
       try {
