@@ -1,5 +1,6 @@
 // Checks the Quint specs of the protocols, offline: spec/groups (the
-// resource-group protocols) and spec/slots (the slots migration handshake).
+// resource-group protocols), spec/slots (the slots migration handshake) and
+// spec/fleet (the fleet's membership plan).
 //
 //   1. `quint typecheck` on every .qnt file that no check below loads (the
 //      parameterised machines; `quint run` and `quint test` typecheck the
@@ -34,7 +35,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const specRoot = join(root, 'spec');
-const SPEC_DIRS = ['groups', 'slots'];
+const SPEC_DIRS = ['groups', 'slots', 'fleet'];
 const quint = createRequire(import.meta.url).resolve('@informalsystems/quint/dist/src/cli.js');
 
 const args = process.argv.slice(2);
@@ -68,6 +69,13 @@ const SLOTS_PLANNED_WITNESSES = [
   'PlannedReleaseAtFloor',
   'PlannedLeaveCompleted',
   'StaleWriteRefused',
+];
+const PLAN_SAFETY = [
+  'PlannedStepsKeepQuorum',
+  'RemovalsKeepDesiredCount',
+  'LeaderIsVoter',
+  'WellFormed',
+  'StuckMeansNoChange',
 ];
 const samples = (n) => Math.max(1, Math.round(n * scale));
 
@@ -268,6 +276,31 @@ const ALL_RUNS = [
     steps: 50,
     expect: 'violation',
   },
+  {
+    name: 'fleet plan (as designed)',
+    dir: 'fleet',
+    file: 'planVariants.qnt',
+    main: 'planDesign',
+    invariants: PLAN_SAFETY,
+    witnesses: ['MovedAndConverged', 'Transferred', 'RemovedWhileDegraded', 'Stuck', 'Promoted'],
+    samples: samples(400),
+    steps: 60,
+    expect: 'ok',
+  },
+  ...[
+    ['remove before add', 'planRemoveBeforeAdd'],
+    ['promote before caught up', 'planPromoteUnhealthy'],
+    ['remove without the quorum check', 'planRemoveUnsafe'],
+  ].map(([what, main]) => ({
+    name: `fleet plan BUG ${what}`,
+    dir: 'fleet',
+    file: 'planVariants.qnt',
+    main,
+    invariants: PLAN_SAFETY,
+    samples: 2000, // a cap: the run stops at the first violation
+    steps: 60,
+    expect: 'violation',
+  })),
 ];
 
 // [directory under spec/, file, module with `run ...Test` scenarios]
@@ -275,6 +308,7 @@ const ALL_TESTS = [
   ['groups', 'resourceBarrier.qnt', 'resourceBarrierTests'],
   ['groups', 'globalBarrier.qnt', 'globalBarrierTests'],
   ['slots', 'handshake.qnt', 'handshakeTests'],
+  ['fleet', 'planVariants.qnt', 'planTests'],
 ];
 
 const selected = (dir) => onlyDir === undefined || dir === onlyDir;
@@ -365,6 +399,21 @@ const describers = {
         `${ready.join(' ') || 'no ready/'} | live sites: ${live.join(',') || 'none'}`
       );
     },
+  },
+};
+
+describers.fleet = {
+  step(a) {
+    return `${a.kind}(${a.node > 0 ? `n${a.node}` : ''})`;
+  },
+  final(last) {
+    const f = (name) => field(last, name);
+    const set = (name) => `{${f(name).join(',')}}`;
+    return (
+      `voters ${set('voters')} learners ${set('learners')} leader ${f('leader') || 'none'} | caught up ` +
+      `${set('caughtUp')} | up ${set('up')} live ${set('live')} | desired ${set('desired')} led by ` +
+      `${f('desiredLeader')} | healthy before/after ${f('healthyBefore')}/${f('healthyAfter')}`
+    );
   },
 };
 
