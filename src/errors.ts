@@ -271,6 +271,26 @@ export class DiskFailedError extends RebalancerError {
   }
 }
 
+/**
+ * Reported (an `error` event of the Raft node, never thrown): a write and fsync of the node's log has been on its way
+ * for `stalledMs`. Meanwhile none of its replicas acknowledges anything and its leaders step down (a leader that
+ * cannot persist must not keep its group); the groups go on with their other members. Said once per stall. Check
+ * the disk: full, failing, or a network volume that stopped answering. Code TIMEOUT: something did not complete in
+ * time; nothing failed yet (if the write fails, DiskFailedError follows).
+ */
+export class DiskStalledError extends RebalancerError {
+  readonly stalledMs: number;
+  constructor(node: string, stalledMs: number) {
+    super(
+      'TIMEOUT',
+      `raft node ${node}: a write and fsync of its log has not completed for ${(stalledMs / 1000).toFixed(1)} s; ` +
+        'its replicas acknowledge nothing meanwhile and the groups it led elect other leaders. Check the disk ' +
+        '(full, failing, a network volume that stopped answering)',
+    );
+    this.stalledMs = stalledMs;
+  }
+}
+
 /** The store holds data of a schema version this build does not understand. Nothing was changed. */
 export class IncompatibleSchemaError extends RebalancerError {
   readonly found: number;

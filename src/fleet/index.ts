@@ -45,6 +45,8 @@ export type { ErrorEvent } from '../events.js';
 export {
   ClosedError,
   CorruptDataError,
+  DiskFailedError,
+  DiskStalledError,
   FleetControlLostError,
   FleetGroupExistsError,
   FleetGroupNotFoundError,

@@ -30,6 +30,7 @@ export {
   ClosedError,
   CorruptLogError,
   DiskFailedError,
+  DiskStalledError,
   InvalidArgumentError,
   LimitExceededError,
   NoQuorumError,

@@ -5,7 +5,7 @@
 import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import {
   DataDirInUseError,
   InvalidArgumentError,
@@ -18,15 +18,15 @@ import {
   type RaftNode,
 } from '../../src/raft/api.js';
 import type { KvOutput } from '../../src/sim/linearizability-models.js';
-import { DiskFailedError } from '../../src/errors.js';
+import { DiskFailedError, DiskStalledError } from '../../src/errors.js';
 import { SimDisk } from '../../src/raft/wal/index.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
 import { kvStateMachine, type KvCommand, type KvQuery } from '../../src/sim/raft-kv.js';
 import type { ReplicaObserver } from '../../src/raft/node/replica.js';
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+async function until(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  for (let i = 0; i < timeoutMs / 10 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
   if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
@@ -235,6 +235,46 @@ describe('raft nodes on loopback', () => {
     await groups[1]!.command({ op: 'put', key: 'b', value: '1' }, { timeoutMs: 10_000 });
     expect(await groups[2]!.query({ op: 'get', key: 'b' })).toBe('1');
   }, 30_000);
+
+  it('a disk that stops answering: that node says so once, its leader steps down, the others go on', async () => {
+    // Its fsyncs hang until released: a dying disk, a network volume that stopped answering.
+    const disk = new SimDisk();
+    const c = await cluster({ disks: { n1: disk } });
+    const reported: unknown[] = [];
+    c.nodes.get('n1')!.on('error', (e) => reported.push(e.error));
+    const groups = IDS.map((id) => open(c.nodes.get(id)!));
+    await groups[0]!.ready({ timeoutMs: 10_000 });
+    // n1 leads, so that its stall is the group's problem until it steps down.
+    if (groups[0]!.status().role !== 'leader') {
+      const leader = groups.find((g) => g.status().role === 'leader')!;
+      leader.transferLeadership('n1');
+      await until(() => groups[0]!.status().role === 'leader', 'n1 to lead', 10_000);
+    }
+    await groups[0]!.command({ op: 'put', key: 'a', value: '1' });
+    disk.holdSyncs = true;
+    // Whatever happens below, the node can close (its close waits for the log's writes).
+    onTestFinished(() => {
+      disk.holdSyncs = false;
+      disk.release();
+    });
+    const stuck = groups[0]!.command({ op: 'put', key: 'a', value: '2' }, { timeoutMs: 20_000 }).catch((e) => e);
+    // The others elect a leader without n1 and go on.
+    await groups[1]!.command({ op: 'put', key: 'b', value: '1' }, { timeoutMs: 15_000 });
+    expect(groups[0]!.status().role).not.toBe('leader');
+    // n1 says why, once, after DISK_STALL_REPORT_MS.
+    await until(() => reported.some((e) => e instanceof DiskStalledError), 'the stall reported', 15_000);
+    const stalls = reported.filter((e) => e instanceof DiskStalledError);
+    expect(stalls).toHaveLength(1);
+    expect((stalls[0] as DiskStalledError).code).toBe('TIMEOUT');
+    expect((stalls[0] as DiskStalledError).message).toMatch(/Check the disk/);
+    // The disk answers again: n1 catches up and serves; nothing acknowledged was lost.
+    disk.holdSyncs = false;
+    disk.release();
+    await stuck;
+    await until(() => groups[0]!.status().applied >= groups[1]!.status().applied, 'n1 to catch up', 15_000);
+    expect(await groups[0]!.query({ op: 'get', key: 'b' })).toBe('1');
+    expect(reported.filter((e) => e instanceof DiskStalledError)).toHaveLength(1);
+  }, 60_000);
 
   it('a torn log tail: the node recovers the valid prefix and catches up from the others', async () => {
     const c = await cluster();

@@ -9,7 +9,7 @@
  * Idle groups cost little: a leader whose group has been idle for `quiesceAfterTicks` stops heartbeating it
  * (followers stop their election timers), and any request, message or a peer connection going down or up wakes it.
  */
-import { ClosedError, InvalidArgumentError, invariant } from '../../errors.js';
+import { ClosedError, DiskStalledError, InvalidArgumentError, invariant } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
 import type { CoreOptions } from '../options.js';
@@ -158,6 +158,8 @@ interface Timing {
 }
 
 const GROUP_NAME = /^[A-Za-z0-9._:/-]{1,100}$/;
+/** A log write on its way this long is reported (DiskStalledError): an fsync that long is no normal disk's. */
+export const DISK_STALL_REPORT_MS = 5000;
 
 export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   readonly id: string;
@@ -182,6 +184,8 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
   #unlock: (() => Promise<void>) | undefined;
   /** When the last tick was due (monotonic ms): ticks follow elapsed time, see catchUp(). */
   #lastTickAt: number;
+  /** The log's batch count when it was last seen moving (or idle), since when, and whether a stall was reported. */
+  #disk = { batches: 0, sinceMs: 0, reported: false };
   #closed = false;
   #requestHandler: ((from: string, payload: Uint8Array) => Promise<Uint8Array>) | undefined;
   /** Messages for groups not open here (yet), dropped: Raft retransmits. */
@@ -652,8 +656,27 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     this.#ticker = this.#timers.setTimeout(() => {
       if (this.#closed) return;
       this.#catchUp();
+      this.#watchDisk();
       this.#schedule();
     }, this.#o.tickMs);
+  }
+
+  /**
+   * A log write that does not complete makes every replica here silent (each waits for its persist) and its leaders
+   * step down (Core's persistStallTicks): the groups recover without this node, but nothing would say why. Said once
+   * per stall, after DISK_STALL_REPORT_MS without a batch completing while one is on its way.
+   */
+  #watchDisk(): void {
+    const now = this.#clock();
+    const batches = this.#wal.stats.batches;
+    if (!this.#wal.writing || batches !== this.#disk.batches) {
+      this.#disk = { batches, sinceMs: now, reported: false };
+      return;
+    }
+    const stalledMs = now - this.#disk.sinceMs;
+    if (this.#disk.reported || stalledMs < DISK_STALL_REPORT_MS) return;
+    this.#disk.reported = true;
+    this.reportError(new DiskStalledError(this.id, Math.round(stalledMs)), 'raft log');
   }
 
   /**

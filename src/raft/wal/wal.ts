@@ -419,6 +419,11 @@ export class Wal {
     return this.#groups.get(group)?.mem.snapshot().meta.index ?? 0;
   }
 
+  /** Whether a batch is on its way to disk or waiting for the one that is (the node watches for a stalled disk). */
+  get writing(): boolean {
+    return this.#flushing || this.#scheduled || this.#pending.waiters.length > 0;
+  }
+
   /** The segments on disk, oldest first (for tests and tools). */
   segmentNames(): string[] {
     return this.#segments.map((s) => s.name);
