@@ -820,7 +820,15 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (this.#closed) return;
     this.#view = view;
     this.#syncPeers(view);
-    this.#checkControl(view);
+    if (this.#checkControl(view)) {
+      // The id changed (or is the first this node sees) between the previous read and this one, so this read's group
+      // records may be from before the change: readFleetView reads the meta record last, and a loss between the two
+      // reads pairs lost records with the new id. Acting on them would open replicas of lost groups as ordinary ones
+      // (and delete them a round later). Record the id, and act on the next read, all of which follows the change.
+      await this.#saveIdentityIfNeeded();
+      this.#loop.kick();
+      return;
+    }
     this.#reclaimOrphans(view);
     // Nothing is opened or dropped on a decision the data directory could forget: the next round tries again.
     if (!(await this.#saveIdentityIfNeeded())) return;
@@ -917,23 +925,24 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * the records its replicas were placed by are gone (the store lost its data, or someone deleted them): a missing
    * group record then proves nothing about its group, and a name added since may carry an old generation again. So
    * every replica held now becomes an orphan — kept, never dropped, not served by name — and the data directory is
-   * told before the round goes on (docs/fleet.md, "The control store loses its data").
+   * told before the round goes on (docs/fleet.md, "The control store loses its data"). True when the id changed
+   * (or is the first seen): the round then acts on nothing of this read.
    */
-  #checkControl(view: FleetView): void {
-    if (view.metaRevision !== 0 && view.meta === undefined) return; // unreadable: reported; nothing to conclude
+  #checkControl(view: FleetView): boolean {
+    if (view.metaRevision !== 0 && view.meta === undefined) return false; // unreadable: reported; nothing to conclude
     const id = view.meta?.id;
-    if (id === this.#controlId) return;
+    if (id === this.#controlId) return false;
     if (this.#controlId === undefined) {
       // The first id seen (a new node, or records of an older release that had none until now).
       this.#controlId = id;
       this.#identityUnsaved = true;
-      return;
+      return true;
     }
     if (this.#mutants.has('fleet-drop-on-lost-records')) {
       // The mutant: the new records are believed as they are (what every release before ADR 0023 did).
       this.#controlId = id;
       this.#identityUnsaved = true;
-      return;
+      return false;
     }
     const lostId = this.#controlId;
     const added: string[] = [];
@@ -946,7 +955,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#controlId = id;
     this.#identityUnsaved = true;
     for (const h of this.#held.values()) {
-      if (this.#orphans.has(h.id)) this.#reports.delete(h.name);
+      if (!this.#orphans.has(h.id)) continue;
+      this.#reports.delete(h.name);
+      // Its observed record went with the others: once the group is back, its leader reports again even if the
+      // shape it last reported has not changed (else the group stays "unknown" while idle).
+      h.reportedShape = '';
+      h.quiet = undefined;
     }
     this.reportError(
       new FleetControlLostError(
@@ -959,6 +973,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       ),
       'fleet node: the control plane lost its records',
     );
+    return true;
   }
 
   /**
