@@ -1,6 +1,7 @@
 // Checks the Quint specs of the protocols, offline: spec/groups (the
 // resource-group protocols), spec/slots (the slots migration handshake) and
-// spec/fleet (the fleet's membership plan).
+// spec/fleet (the fleet: plan.qnt, the membership plan; controlLoss.qnt, the
+// control-store-loss rule).
 //
 //   1. `quint typecheck` on every .qnt file that no check below loads (the
 //      parameterised machines; `quint run` and `quint test` typecheck the
@@ -301,6 +302,52 @@ const ALL_RUNS = [
     steps: 60,
     expect: 'violation',
   })),
+  // --- fleet: the control store loses its data (spec/fleet/controlLoss.qnt) ---
+  ...(() => {
+    const f = { dir: 'fleet', file: 'controlLoss.qnt' };
+    const safety = ['NoDataDropped', 'NoMerge', 'CounterPastRecords', 'OrphansHeld', 'PlacedUnderAnId'];
+    const seen = ['LossWithReplicas', 'OrphanWrittenBack', 'WriteBackRefused', 'OrphanReclaimed', 'RemovalDropped'];
+    // samples: 3000 is a cap, the run stops at the first violation
+    const caught = (name, main, invariants, more = {}) => ({
+      ...f,
+      name,
+      main,
+      invariants,
+      samples: 3000,
+      steps: 40,
+      expect: 'violation',
+      ...more,
+    });
+    return [
+      {
+        ...f,
+        name: 'fleet control loss, one loss, one-step rounds',
+        main: 'controlLossOneLoss',
+        invariants: [...safety, 'UniqueGenerations'],
+        witnesses: [...seen, 'SameIdTwoIncarnations'],
+        samples: samples(200),
+        steps: 60,
+        expect: 'ok',
+      },
+      {
+        ...f,
+        name: 'fleet control loss, fixes F1 F2, three losses',
+        main: 'controlLossFixed',
+        invariants: safety,
+        witnesses: [...seen, 'RoundStraddledLoss', 'SameIdTwoIncarnations'],
+        samples: samples(300),
+        steps: 60,
+        expect: 'ok',
+      },
+      caught('fleet BUG missing record dropped (pre-ADR 0023)', 'controlLossDropOnMissing', ['NoDataDropped']),
+      caught('fleet BUG write-back leaves the counter', 'controlLossNoRaise', ['NoMerge']),
+      caught('fleet BUG meta record read first', 'controlLossMetaFirst', ['NoDataDropped']),
+      // Seeds with short counterexamples (other seeds find both too).
+      caught('FINDING F1 fleet round straddles a loss', 'controlLoss', ['NoDataDropped'], { seed: '0x2a', steps: 60 }),
+      caught('FINDING F2 fleet two losses merge', 'controlLossTwoLosses', ['NoMerge'], { seed: '0x1' }),
+      caught('GAP fleet removed group written back', 'controlLossFixed', ['RemovedStaysRemoved']),
+    ];
+  })(),
 ];
 
 // [directory under spec/, file, module with `run ...Test` scenarios]
@@ -309,6 +356,7 @@ const ALL_TESTS = [
   ['groups', 'globalBarrier.qnt', 'globalBarrierTests'],
   ['slots', 'handshake.qnt', 'handshakeTests'],
   ['fleet', 'planVariants.qnt', 'planTests'],
+  ['fleet', 'controlLoss.qnt', 'controlLossTests'],
 ];
 
 const selected = (dir) => onlyDir === undefined || dir === onlyDir;
@@ -400,20 +448,40 @@ const describers = {
       );
     },
   },
-};
-
-describers.fleet = {
-  step(a) {
-    return `${a.kind}(${a.node > 0 ? `n${a.node}` : ''})`;
-  },
-  final(last) {
-    const f = (name) => field(last, name);
-    const set = (name) => `{${f(name).join(',')}}`;
-    return (
-      `voters ${set('voters')} learners ${set('learners')} leader ${f('leader') || 'none'} | caught up ` +
-      `${set('caughtUp')} | up ${set('up')} live ${set('live')} | desired ${set('desired')} led by ` +
-      `${f('desiredLeader')} | healthy before/after ${f('healthyBefore')}/${f('healthyAfter')}`
-    );
+  // One describer per directory: controlLoss.qnt's states are told by `store.meta`, plan.qnt's by `voters`.
+  fleet: {
+    step(a) {
+      const at = [a.node > 0 ? `n${a.node}` : '', a.name ? `${a.name}:${a.gen}` : ''].filter((x) => x).join(',');
+      return `${a.kind}(${at})${a.stale ? '[read before the loss]' : ''}`;
+    },
+    final(last) {
+      const store = field(last, 'store');
+      if (store?.meta === undefined) {
+        if (field(last, 'voters') === undefined) return JSON.stringify(field(last, 'lastAction'));
+        const set = (name) => `{${field(last, name).join(',')}}`;
+        return (
+          `voters ${set('voters')} learners ${set('learners')} leader ${field(last, 'leader') || 'none'} | caught ` +
+          `up ${set('caughtUp')} | up ${set('up')} live ${set('live')} | desired ${set('desired')} led by ` +
+          `${field(last, 'desiredLeader')} | healthy before/after ${field(last, 'healthyBefore')}/` +
+          `${field(last, 'healthyAfter')}`
+        );
+      }
+      const m = store.meta;
+      const groups = [...store.groups].map(([g, r]) => `${key(g)}:${r.gen}#${r.inc}`);
+      const nodes = [...field(last, 'nodes')].map(([n, nd]) => {
+        const reps = [...nd.replicas].map(([r, x]) => {
+          const [name, gen] = key(r);
+          const as = x.as !== 0 && x.as !== x.inc ? ` taken for #${x.as}` : '';
+          return `${name}:${gen}#${x.inc}${as}${nd.orphans.has(r) ? ` orphan(of id ${nd.orphans.get(r)})` : ''}`;
+        });
+        return `n${key(n)}${nd.up ? '' : ' down'} id ${nd.control || '-'}: ${reps.join(' ') || 'nothing'}`;
+      });
+      return (
+        `meta id ${m.id || 'none'}, counter ${m.counter}, issued [${m.issued.join(',')}], groups ` +
+        `${groups.join(' ') || 'none'} (name:gen#incarnation) | ${nodes.join('; ')} | ` +
+        `dropped #${field(last, 'dropped').join(',') || '-'}, removed #${field(last, 'removed').join(',') || '-'}`
+      );
+    },
   },
 };
 
