@@ -162,6 +162,13 @@ export class Progress {
       return true;
     }
     if (this.next - 1 !== rejected) return false;
+    if (rejected === this.match && hint < this.match) {
+      // The replica refuses an entry it acknowledged: its log is no longer what it was (a fleet replica dropped and
+      // opened again empty under the same group id, a disk that lost what it had synced). With `match` kept, the
+      // probe would stay at match + 1 and be refused for ever (found by the fleet process test d): a flood of appends
+      // and a learner that never caught up). Forget it and probe down from what the replica says it holds.
+      this.match = 0;
+    }
     this.next = Math.max(Math.min(rejected, hint + 1), this.match + 1, 1);
     this.probeSent = false;
     return true;

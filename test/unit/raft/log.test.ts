@@ -97,6 +97,22 @@ describe('raft progress and quorum', () => {
     expect(pr.next).toBe(6);
   });
 
+  it('a replica that refuses an entry it acknowledged (opened again empty) is probed from what it holds', () => {
+    // Acknowledged up to 69, then its replica was dropped and opened again empty under the same group id: it refuses
+    // the probe at 69 and says it holds nothing. Keeping match would probe at 70 for ever.
+    const pr = new Progress(70, new Inflights(4, 1000), false);
+    expect(pr.maybeUpdate(69)).toBe(true);
+    pr.becomeProbe();
+    expect(pr.next).toBe(70);
+    pr.sentEntries(69, 0, 0);
+    expect(pr.maybeDecrTo(69, 0)).toBe(true);
+    expect(pr.match).toBe(0);
+    expect(pr.next).toBe(1);
+    // A refusal of an older append (reordered on the wire) still changes nothing.
+    expect(pr.maybeDecrTo(40, 0)).toBe(false);
+    expect(pr.next).toBe(1);
+  });
+
   it('majorities: the commit index is the highest a majority holds; votes are won, lost or pending', () => {
     const m = new Map([
       ['a', 5],
