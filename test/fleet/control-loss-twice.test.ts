@@ -1,0 +1,119 @@
+/**
+ * Two losses of the control store's records and a group name added again in between (finding F2 of
+ * spec/fleet/controlLoss.qnt; docs/protocol/specs.md, "Fleet: the control store loses its data"): the name added
+ * again gets the very generation of the orphan from before the first loss, so after the second loss two incarnations
+ * of one Raft group id ("a:1") are both orphans. The one written back first must not be taken by the other's holder
+ * for its own: the group records carry their incarnation (keys.ts GroupRecord.incarnation). Real fleet nodes in this
+ * process on one SQLite control store, whose records are deleted by hand.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { createSqliteStore } from '../../src/backends/sqlite/index.js';
+import { addGroup } from '../../src/protocol/fleet/io.js';
+import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
+import type { Store } from '../../src/store/contract.js';
+import { allocatePorts } from '../harness/ports.js';
+import { releasePort } from '../harness/processes.js';
+import { counter } from '../harness/counter.js';
+import { eventually } from '../harness/wait.js';
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
+});
+
+it('two losses and a name added again in between: both incarnations of a:1 are kept, neither taken for the other', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'fleet-f2-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const store: Store = await createSqliteStore({ path: join(dir, 'control.db'), namespace: 'f2' });
+  cleanups.push(() => store.close());
+  const ports = await allocatePorts(2);
+  cleanups.push(async () => ports.forEach((p) => releasePort(p)));
+  const log: string[] = [];
+  const start = async (id: string): Promise<FleetNode> => {
+    const i = Number(id.slice(1)) - 1;
+    const node = await joinFleet({
+      store,
+      fleet: 'f',
+      node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
+      dataDir: join(dir, id),
+      secret: 'a fleet test secret of enough bytes',
+      machines: { counter },
+      sessionTtlMs: 2000,
+      gracePeriodMs: 1000,
+      tickMs: 50,
+    });
+    node.on('error', ({ context, error }) => log.push(`${id} ${context}: ${String(error).slice(0, 300)}`));
+    node.on('groupLost', ({ group, reason }) => log.push(`${id} groupLost ${group} ${reason}`));
+    cleanups.push(() => node.close());
+    return node;
+  };
+  // The store loses every control-plane record (meta, groups, desired, observed).
+  const lose = async (keys: FleetNode['keys']): Promise<void> => {
+    const doomed = [keys.meta];
+    for (const prefix of [keys.groups, keys.desired, keys.observed]) {
+      for (const kv of (await store.range(prefix)).kvs) doomed.push(kv.key);
+    }
+    await store.txn({ compare: [], then: doomed.map((key) => ({ op: 'delete' as const, key })) });
+  };
+
+  // Incarnation 1 of "a" (generation 1) on n1 alone; its state: 5.
+  const n1 = await start('n1');
+  await n1.addGroup('a', { replicas: 1, machine: 'counter' });
+  await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 1000 })) === 5, {
+    what: 'a on n1',
+    timeoutMs: 20_000,
+  });
+  const keys = n1.keys;
+  await n1.close();
+
+  // Loss 1 (n1 down, so nobody writes a:1 back), and "a" added again: generation 1 again (the counter went with the
+  // loss), another incarnation.
+  await lose(keys);
+  const second = await addGroup(store, keys, 'a', { replicas: 1, machine: 'counter' });
+  expect(second.generation).toBe(1);
+
+  // Incarnation 2 of "a:1", on n2 (the only node up); its state: 100.
+  const n2 = await start('n2');
+  await eventually(async () => (await n2.command('a', { add: 100 }, { timeoutMs: 1000 })) === 100, {
+    what: 'the new a on n2',
+    timeoutMs: 20_000,
+  });
+
+  // Loss 2: n2 keeps its a:1 as an orphan and writes it back (it leads it alone), with its own incarnation.
+  await lose(keys);
+  await eventually(() => log.some((l) => l.startsWith('n2 fleet node: the control plane lost its records')), {
+    what: 'n2 saw the loss',
+    timeoutMs: 20_000,
+  });
+  await eventually(
+    async () =>
+      n2.orphans().length === 0 &&
+      (await store.get(keys.group('a'))) !== undefined &&
+      (await n2.query('a', 'total', { timeoutMs: 1000 })) === 100,
+    { what: 'n2 wrote its a:1 back', timeoutMs: 20_000 },
+  );
+  const written = JSON.parse((await store.get(keys.group('a')))!.value) as { incarnation?: string };
+  expect(written.incarnation).toBe(second.incarnation);
+
+  // n1 comes back: its a:1 (incarnation 1) becomes an orphan and meets the record a:1 written back from incarnation
+  // 2 — a generation these records did not hand out, but not its incarnation: it stays an orphan (kept, not served).
+  const again = await start('n1');
+  await eventually(
+    () => log.some((l) => l.startsWith('n1 fleet node: writing an orphan group back') && l.includes('was added since')),
+    { what: "n1 refuses to take the other incarnation's record", timeoutMs: 20_000 },
+  );
+  // A few more rounds of both nodes: nothing changes.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  expect(again.orphans()).toEqual(['a:1']);
+  expect(again.replicas().map((r) => [r.id, r.orphan])).toEqual([['a:1', true]]);
+  expect(n2.orphans()).toEqual([]);
+  expect(n2.replicas().map((r) => [r.id, r.orphan])).toEqual([['a:1', false]]);
+  // The group "a" is incarnation 2, with its acknowledged command; nothing was deleted anywhere.
+  expect(await again.query('a', 'total')).toBe(100);
+  expect(await n2.query('a', 'total')).toBe(100);
+  expect(await n2.command('a', { add: 1 })).toBe(101);
+  expect(log.filter((l) => l.includes('groupLost'))).toEqual([]);
+}, 120_000);
