@@ -168,6 +168,8 @@ describe('fleet: a group that lost its majority', () => {
     const result = await recoverGroup(e.store, 'test', 'g', { from: survivorId, unsafe: true });
     expect(result.group.generation).toBeGreaterThan(before.generation);
     expect(result.group.seed).toEqual({ node: survivorId, generation: before.generation, initial: expect.any(Array) });
+    // Another group than the old generation's: a new incarnation (keys.ts GroupRecord.incarnation).
+    expect(result.group.incarnation).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
     expect([...result.lostVoters].sort()).toEqual(dead);
     expect(result.warning).toMatch(/UNSAFE/);
     const n5 = await start(e, 'n5');

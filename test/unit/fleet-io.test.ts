@@ -41,6 +41,7 @@ import {
   parseRaftGroupId,
   raftGroupId,
   runsMachine,
+  sameIncarnation,
   validateFleetGroupName,
   wasIssued,
   type ObservedRecord,
@@ -112,6 +113,22 @@ describe('fleet names and raft group ids', () => {
     for (const bad of [null, 'n2', { ...seed, generation: 4 }, { ...seed, initial: [] }, { ...seed, node: '' }]) {
       expect(() => decodeGroup(keys, keys.group('g'), rec(bad)), JSON.stringify(bad)).toThrow(CorruptDataError);
     }
+  });
+
+  it("decodes a group's incarnation, and refuses one that cannot be one; a record without one (an older release) has none", () => {
+    const keys = new FleetKeys('f');
+    const rec = (incarnation: unknown): string =>
+      encodeRecord({ name: 'g', replicas: 3, machine: 'kv', generation: 4, incarnation });
+    expect(decodeGroup(keys, keys.group('g'), rec('AbCd_-0123456789')).incarnation).toBe('AbCd_-0123456789');
+    expect(decodeGroup(keys, keys.group('g'), rec(undefined))).not.toHaveProperty('incarnation');
+    for (const bad of [null, 7, '', 'short', 'has a space!', 'x'.repeat(65), ['AbCd_-0123456789']]) {
+      expect(() => decodeGroup(keys, keys.group('g'), rec(bad)), JSON.stringify(bad)).toThrow(CorruptDataError);
+    }
+    // Undefined (a record or a catalog of an older release) matches any; two known ones only when equal.
+    expect(sameIncarnation(undefined, 'AbCd_-0123456789')).toBe(true);
+    expect(sameIncarnation('AbCd_-0123456789', undefined)).toBe(true);
+    expect(sameIncarnation('AbCd_-0123456789', 'AbCd_-0123456789')).toBe(true);
+    expect(sameIncarnation('AbCd_-0123456789', 'AbCd_-9876543210')).toBe(false);
   });
 
   it("decodes a node's state machines; a record without them (an older release) runs every machine", () => {
@@ -501,6 +518,47 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       expect(() => decodeMeta(keys.meta, encodeRecord({ lastGeneration: 3, groups: 0, issued: [[1, 4]] }))).toThrow(
         CorruptDataError,
       );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('gives each added group a new incarnation, and writes an orphan back with its own (another one is taken)', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f9');
+      const first = await addGroup(store, keys, 'a', { replicas: 1, machine: 'kv' });
+      expect(first.incarnation).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
+      expect((await readFleetView(store, keys, () => undefined)).groups.get('a')?.incarnation).toBe(first.incarnation);
+      await removeGroup(store, keys, 'a');
+      const again = await addGroup(store, keys, 'a', { replicas: 1, machine: 'kv' });
+      expect(again.incarnation).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
+      expect(again.incarnation).not.toBe(first.incarnation);
+
+      // After a loss (fresh records), an orphan of generation 1 written back keeps its incarnation...
+      const lost = new FleetKeys('f10');
+      const back = {
+        name: 'a',
+        generation: 1,
+        machine: 'kv',
+        members: ['n1'],
+        leader: 'n1',
+        incarnation: first.incarnation,
+      };
+      expect(await adoptGroup(store, lost, back)).toBe('adopted');
+      expect((await readFleetView(store, lost, () => undefined)).groups.get('a')?.incarnation).toBe(first.incarnation);
+      expect(await adoptGroup(store, lost, back)).toBe('adopted'); // again: written back already, the same one
+      // ...and another incarnation of the same name and generation (a name added again between two losses) is not it.
+      expect(await adoptGroup(store, lost, { ...back, incarnation: again.incarnation })).toBe('taken');
+      // A leader of an older release knows none: as before, the generation decides.
+      expect(await adoptGroup(store, lost, { ...back, incarnation: undefined })).toBe('adopted');
+      await expect(adoptGroup(store, lost, { ...back, name: 'b', incarnation: 'not one!' })).rejects.toBeInstanceOf(
+        InvalidArgumentError,
+      );
+      // An orphan of an older release is written back without one.
+      const old = new FleetKeys('f11');
+      expect(await adoptGroup(store, old, { ...back, incarnation: undefined })).toBe('adopted');
+      expect((await readFleetView(store, old, () => undefined)).groups.get('a')).not.toHaveProperty('incarnation');
     } finally {
       await store.close();
     }

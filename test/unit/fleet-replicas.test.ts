@@ -189,4 +189,48 @@ describe('decideReplicas', () => {
     ]);
     expect(d.waits.map((w) => [w.name, w.reason])).toEqual([['again', 'orphan']]);
   });
+
+  it("takes a held replica for its record's group only when the incarnations match (unknown matches any)", () => {
+    const open = (id: string): OpenReplica => ({ id, voters: ['a'], learners: [], membershipIndex: 0 });
+    const rec = (name: string, incarnation: string | undefined): GroupFacts => ({
+      ...g(name, desired(name, ['a'], 2)),
+      incarnation,
+    });
+    const d = decideReplicas(
+      input(
+        [
+          rec('same', 'inc-aaaaaaaa'),
+          rec('other', 'inc-bbbbbbbb'),
+          rec('old-record', undefined),
+          rec('old-node', 'inc-cccccccc'),
+          rec('stored', 'inc-dddddddd'),
+        ],
+        [open('same:1'), open('other:1'), open('old-record:1'), open('old-node:1')],
+        ['stored:1'],
+        {
+          incarnations: new Map([
+            ['same:1', 'inc-aaaaaaaa'],
+            ['other:1', 'inc-xxxxxxxx'],
+            ['old-record:1', 'inc-yyyyyyyy'],
+            ['stored:1', 'inc-zzzzzzzz'],
+          ]),
+        },
+      ),
+    );
+    // Another incarnation under its id: a group that is gone (removed, another written back since); the record's
+    // group is not opened over it (the next decision joins it, once the old one is dropped).
+    expect(d.actions).toEqual([
+      { type: 'drop', id: 'other:1', reason: 'group-removed' },
+      { type: 'drop', id: 'stored:1', reason: 'group-removed' },
+    ]);
+    // An orphan meeting another incarnation of its id stays one (never dropped, the group not opened over it).
+    const o = decideReplicas(
+      input([rec('other', 'inc-bbbbbbbb')], [open('other:1')], [], {
+        orphans: new Set(['other:1']),
+        incarnations: new Map([['other:1', 'inc-xxxxxxxx']]),
+      }),
+    );
+    expect(o.actions).toEqual([]);
+    expect(o.waits.map((w) => [w.name, w.reason])).toEqual([['other', 'orphan']]);
+  });
 });

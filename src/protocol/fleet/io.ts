@@ -35,6 +35,9 @@ import {
   validateNodeId,
   validateReplicas,
   issuedOf,
+  isIncarnation,
+  newIncarnation,
+  sameIncarnation,
   withControlId,
   withIssued,
   wasIssued,
@@ -395,7 +398,13 @@ export async function addGroup(
           'start another fleet',
       );
     }
-    const group: GroupRecord = { name, replicas, machine, generation: meta.lastGeneration + 1 };
+    const group: GroupRecord = {
+      name,
+      replicas,
+      machine,
+      generation: meta.lastGeneration + 1,
+      incarnation: newIncarnation(),
+    };
     const written = await writeNewGroup(store, keys, group, metaKv, {
       ...withControlId(meta),
       lastGeneration: group.generation,
@@ -490,6 +499,8 @@ export interface AdoptedGroup {
   readonly leader: string;
   /** The group's replica count as its record had it, when known (else: the number of voters). */
   readonly replicas?: number | undefined;
+  /** The group's incarnation as its record had it (GroupRecord.incarnation), when known: written back as it was. */
+  readonly incarnation?: string | undefined;
 }
 
 /**
@@ -498,8 +509,8 @@ export interface AdoptedGroup {
  * no node may bootstrap an empty replica of it, the ones missing join), and the counter raised past it — all in one
  * transaction that compares the group's key (absent) and the meta record. Only a generation the present records never
  * handed out may come back (MetaRecord.issued): an add since the loss may have given the same name that very
- * generation. Resolves `adopted` (also when it was written back already), `taken` (a group of that name was added
- * since the loss) or `issued`. The group's `replicas`: as given, else the number of voters it has now.
+ * generation. Resolves `adopted` (also when it was written back already: the same generation and incarnation),
+ * `taken` (a group of that name was added since the loss, or another incarnation of it was written back) or `issued`. The group's `replicas`: as given, else the number of voters it has now.
  */
 export async function adoptGroup(
   store: Store,
@@ -511,16 +522,27 @@ export async function adoptGroup(
   if (!g.members.includes(g.leader)) {
     throw new InvalidArgumentError(`adoptGroup: the leader ${g.leader} is not one of the members`);
   }
+  if (g.incarnation !== undefined && !isIncarnation(g.incarnation)) {
+    throw new InvalidArgumentError(`adoptGroup: incarnation ${JSON.stringify(g.incarnation)} is not one`);
+  }
   const members = [g.leader, ...g.members.filter((m) => m !== g.leader)];
   for (;;) {
     const { kv, metaKv, meta } = await readGroupWithMeta(store, keys, key);
     if (wasIssued(meta, g.generation)) return 'issued';
     if (kv !== undefined) {
-      // Written back already (by this group's leader of a moment ago): the same generation, never handed out.
-      return decodeGroup(keys, kv.key, kv.value).generation === g.generation ? 'adopted' : 'taken';
+      // Written back already (by this group's leader of a moment ago): the same generation, never handed out, and
+      // the same incarnation (another one is a group of the same name and generation from before another loss).
+      const rec = decodeGroup(keys, kv.key, kv.value);
+      return rec.generation === g.generation && sameIncarnation(g.incarnation, rec.incarnation) ? 'adopted' : 'taken';
     }
     const replicas = validateReplicas(g.replicas ?? members.length);
-    const group: GroupRecord = { name: g.name, replicas, machine, generation: g.generation };
+    const group: GroupRecord = {
+      name: g.name,
+      replicas,
+      machine,
+      generation: g.generation,
+      ...(g.incarnation !== undefined ? { incarnation: g.incarnation } : {}),
+    };
     const desired: DesiredRecord = {
       name: g.name,
       generation: g.generation,

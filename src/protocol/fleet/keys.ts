@@ -8,7 +8,7 @@
  *   meta               the fleet's counters (the last group generation handed out, the number of groups), the
  *                      control plane's id (a new one means the records were lost: docs/fleet.md) and the ranges of
  *                      generations these records handed out
- *   groups/<name>      group record: replicas, state machine name, generation
+ *   groups/<name>      group record: replicas, state machine name, generation, incarnation
  *   desired/<name>     desired members and leader, written by the coordinator under its election guard
  *   observed/<name>    what the group's leader reports: membership, leader, term, lag, stuck
  *   coord/             the coordinator election (src/store/election.ts)
@@ -240,6 +240,27 @@ export function newControlId(): string {
   return randomBytes(12).toString('base64url');
 }
 
+/**
+ * A new group incarnation (GroupRecord.incarnation): drawn like a control id, compared for equality only (the
+ * simulator replays a run whatever the ids drawn, as long as no decision depends on more than their equality).
+ */
+export function newIncarnation(): string {
+  return newControlId();
+}
+
+/** Whether `x` is a well-formed incarnation (as a control id: 8 to 64 characters of [A-Za-z0-9_-]). */
+export function isIncarnation(x: unknown): x is string {
+  return typeof x === 'string' && CONTROL_ID.test(x);
+}
+
+/**
+ * Whether a replica that knows incarnation `held` is of the group whose record has `record`: equal, or either unknown
+ * (a record or a node catalog of an older release has none: matching anything keeps what those releases did).
+ */
+export function sameIncarnation(held: string | undefined, record: string | undefined): boolean {
+  return held === undefined || record === undefined || held === record;
+}
+
 /** `meta` as the next write stores it: with its id, or a new one for a record that had none (older releases). */
 export function withControlId(meta: MetaRecord): MetaRecord & { readonly id: string } {
   return { ...meta, id: meta.id ?? newControlId() };
@@ -251,6 +272,14 @@ export interface GroupRecord {
   /** The state machine's name: a key of every node's `machines`. */
   readonly machine: string;
   readonly generation: number;
+  /**
+   * Which group this record is (random, drawn by addGroup and by the unsafe recovery's new generation; adoptGroup
+   * writes the orphan's own back). A name added again after a loss of the records may get the very generation of an
+   * orphan of the same name (the new records never handed it out): the incarnation tells the two apart, so that a
+   * replica of one is never taken for the other (finding F2, docs/protocol/specs.md). Absent from the records of
+   * older releases: matches any replica (sameIncarnation).
+   */
+  readonly incarnation?: string | undefined;
   /**
    * Set by the unsafe recovery of a group that lost its majority (docs/fleet.md, "A group that lost its majority"): this generation starts
    * from the state of the replica of generation `seed.generation` on node `seed.node`, not from the state machine's
@@ -426,7 +455,17 @@ export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupR
     throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
   }
   const generation = intField(key, rec, 'generation', 1);
-  const group: GroupRecord = { name, replicas, machine: strField(key, rec, 'machine'), generation };
+  const incarnation = rec['incarnation'];
+  if (incarnation !== undefined && !isIncarnation(incarnation)) {
+    throw corrupt(key, 'field incarnation must be 8 to 64 characters of [A-Za-z0-9_-]');
+  }
+  const group: GroupRecord = {
+    name,
+    replicas,
+    machine: strField(key, rec, 'machine'),
+    generation,
+    ...(incarnation !== undefined ? { incarnation } : {}),
+  };
   const seedRaw = rec['seed'];
   if (seedRaw === undefined) return group;
   if (seedRaw === null || typeof seedRaw !== 'object' || Array.isArray(seedRaw)) {

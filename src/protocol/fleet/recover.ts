@@ -22,6 +22,7 @@ import { readFleetView, type FleetGroupView } from './io.js';
 import {
   encodeRecord,
   FleetKeys,
+  newIncarnation,
   validateNodeId,
   withControlId,
   withIssued,
@@ -168,6 +169,8 @@ async function write(
     replicas: g.replicas,
     machine: g.machine,
     generation,
+    // Another group than the old generation's (its replicas start from a seed, not from the old group's log).
+    incarnation: newIncarnation(),
     seed: {
       node: from,
       generation: g.generation,

@@ -14,7 +14,9 @@
  *   sets of replicas can never both believe they are the group: only the founding members of a generation may
  *   elect a leader from an empty log, and only before the coordinator changed anything.
  * - Drop (close the replica and delete its data): a replica of a generation that is no longer live (the group was
- *   removed, or removed and added again); or one whose desired record no longer names this node and that is no
+ *   removed, or removed and added again), or of the live generation but of another incarnation than the record's
+ *   (GroupRecord.incarnation: its group was removed and another of the same name and generation written back after a
+ *   loss of the records; an unknown incarnation, of an older release, matches); or one whose desired record no longer names this node and that is no
  *   longer a member of the group: its own committed membership does not name it (it was never added, or its
  *   removal committed), or the leader's report excludes it at a membership index at least as recent as the one it knows.
  *   A replica still counted as a member stays until the leader has removed it — dropping a voter's data would
@@ -28,11 +30,19 @@
  * - Orphans — replicas this node held when it found the control plane's records lost (another meta id, or none:
  *   docs/fleet.md, "The control store loses its data") — are left alone: never dropped (the records that could say
  *   their group was removed are gone, and their data may be the only copy), never taken for a group of the new
- *   records (a name added again after the loss may be handed the very same generation). A group whose id is an
+ *   records (a name added again after the loss may be handed the very same generation) unless the record is of
+ *   their own incarnation (the node takes them back before deciding: node.ts #reclaimOrphans). A group whose id is an
  *   orphan's is not opened here (`orphan`).
  */
 import { NO_MUTANTS, type Mutants } from '../mutants.js';
-import { parseRaftGroupId, raftGroupId, type DesiredRecord, type GroupSeed, type ObservedRecord } from './keys.js';
+import {
+  parseRaftGroupId,
+  raftGroupId,
+  sameIncarnation,
+  type DesiredRecord,
+  type GroupSeed,
+  type ObservedRecord,
+} from './keys.js';
 
 /** One replica open on this node, as the node sees it. */
 export interface OpenReplica {
@@ -55,6 +65,8 @@ export interface GroupFacts {
   readonly name: string;
   readonly generation: number;
   readonly machine: string;
+  /** The record's incarnation (GroupRecord.incarnation); undefined (older releases) matches any replica. */
+  readonly incarnation?: string | undefined;
   readonly desired: DesiredRecord | undefined;
   readonly observed: ObservedRecord | undefined;
   /** Set when this generation is seeded from an older one's replica (the unsafe recovery, recover.ts). */
@@ -74,6 +86,11 @@ export interface ReplicaInput {
   readonly addressable: (node: string) => boolean;
   /** Raft group ids of this node's orphans (open or stored): see the rules above. */
   readonly orphans?: ReadonlySet<string> | undefined;
+  /**
+   * The incarnation of each replica held here (open or stored), by Raft group id, as the record it was opened from had
+   * it (the node's catalog); absent or undefined: unknown (opened by an older release), matches any record.
+   */
+  readonly incarnations?: ReadonlyMap<string, string | undefined> | undefined;
 }
 
 export type ReplicaAction =
@@ -116,11 +133,14 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
   // Replicas held here (open or stored) of a generation that is no longer live: drop.
   const orphans = input.orphans ?? new Set<string>();
   const held = new Set([...open.keys(), ...stored]);
+  // A held replica of the record's generation but of another incarnation: of a group that is gone (see the rules).
+  const otherIncarnation = (id: string, g: GroupFacts): boolean =>
+    !sameIncarnation(input.incarnations?.get(id), g.incarnation);
   for (const id of held) {
     if (orphans.has(id)) continue;
     const parsed = parseRaftGroupId(id);
     const g = parsed === undefined ? undefined : groups.get(parsed.name);
-    if (parsed === undefined || g === undefined || g.generation !== parsed.generation) {
+    if (parsed === undefined || g === undefined || g.generation !== parsed.generation || otherIncarnation(id, g)) {
       // The replica a recovered group is seeded from stays until the new generation exists here.
       if (g !== undefined && seedsHere(g, nodeId) && g.seed?.generation === parsed?.generation) {
         if (!held.has(raftGroupId(g.name, g.generation))) continue;
@@ -146,6 +166,7 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
       }
       continue;
     }
+    if (held.has(id) && otherIncarnation(id, g)) continue; // dropped above
     const replica = open.get(id);
     if (replica !== undefined) {
       if (!wanted && d !== undefined && removedFrom(nodeId, replica, g.observed, g.generation)) {

@@ -48,7 +48,9 @@ import {
   decodeDesired,
   MAX_NODE_MACHINES,
   parseRaftGroupId,
+  isIncarnation,
   raftGroupId,
+  sameIncarnation,
   validateFleetGroupName,
   validateMachineName,
   wasIssued,
@@ -408,17 +410,34 @@ interface CatalogEntry {
   readonly initial: readonly string[];
   /** The group's replica count (its record's), for writing it back as it was. */
   readonly replicas?: number | undefined;
+  /**
+   * The incarnation of the group record it was opened from (keys.ts GroupRecord.incarnation): it is that group's
+   * replica only while the record has it too, and an orphan is written back with it. Absent (a catalog of an older
+   * release, or a record without one): matches any record.
+   */
+  readonly incarnation?: string | undefined;
 }
 
 function readCatalog(raw: unknown): Record<string, CatalogEntry> {
   const out: Record<string, CatalogEntry> = {};
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return out;
   for (const [id, e] of Object.entries(raw as Record<string, unknown>)) {
-    const { machine, initial, replicas } = (e ?? {}) as { machine?: unknown; initial?: unknown; replicas?: unknown };
+    const { machine, initial, replicas, incarnation } = (e ?? {}) as {
+      machine?: unknown;
+      initial?: unknown;
+      replicas?: unknown;
+      incarnation?: unknown;
+    };
     if (typeof machine !== 'string' || !Array.isArray(initial) || !initial.every((m) => typeof m === 'string'))
       continue;
     const count = typeof replicas === 'number' && Number.isSafeInteger(replicas) && replicas > 0 ? replicas : undefined;
-    out[id] = { machine, initial: initial as string[], ...(count !== undefined ? { replicas: count } : {}) };
+    out[id] = {
+      machine,
+      initial: initial as string[],
+      ...(count !== undefined ? { replicas: count } : {}),
+      // A malformed one is dropped (unknown: matches any record), as a malformed replica count is.
+      ...(isIncarnation(incarnation) ? { incarnation } : {}),
+    };
   }
   return out;
 }
@@ -852,6 +871,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         machines: new Set(this.#o.machines.keys()),
         addressable: (n) => this.#addresses.has(n),
         orphans: new Set(this.#orphans.keys()),
+        incarnations: new Map([...this.#catalog].map(([id, e]) => [id, e.incarnation])),
       },
       this.#mutants,
     );
@@ -977,9 +997,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   }
 
   /**
-   * An orphan whose group is in the records again under its own generation is a replica like any other again when
-   * the present records never handed that generation out (so adoptGroup wrote it back, it was not added since the
-   * loss), or when they are the very records it was orphaned from (its id is back: a read from before, not a loss).
+   * An orphan whose group is in the records again under its own generation and incarnation is a replica like any
+   * other again when the present records never handed that generation out (so adoptGroup wrote it back, it was not
+   * added since the loss), or when they are the very records it was orphaned from (its id is back: a read from before,
+   * not a loss). Another incarnation under its generation is another group of its name (added again after one loss
+   * and written back after another): the orphan stays one (finding F2 of the control-loss spec).
    */
   #reclaimOrphans(view: FleetView): void {
     const meta = view.meta;
@@ -988,6 +1010,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       const p = parseRaftGroupId(id);
       const g = p === undefined ? undefined : view.groups.get(p.name);
       if (p === undefined || g === undefined || g.generation !== p.generation) continue;
+      if (!sameIncarnation(this.#catalog.get(id)?.incarnation, g.incarnation)) continue;
       if (wasIssued(meta, p.generation) && meta.id !== from) continue;
       this.#orphans.delete(id);
       this.#identityUnsaved = true;
@@ -1010,7 +1033,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       const refusal =
         view.meta !== undefined && wasIssued(view.meta, h.generation)
           ? 'its generation was handed out again since the control store lost its records: it stays an orphan (kept, not served)'
-          : g !== undefined && g.generation !== h.generation
+          : g !== undefined &&
+              (g.generation !== h.generation || !sameIncarnation(this.#catalog.get(h.id)?.incarnation, g.incarnation))
             ? `a group ${h.name} was added since the control store lost its records: it stays an orphan (kept, not ` +
               'served) until that group is removed'
             : undefined;
@@ -1040,6 +1064,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           members: s.membership.voters,
           leader: this.nodeId,
           replicas: this.#catalog.get(h.id)?.replicas,
+          incarnation: this.#catalog.get(h.id)?.incarnation,
         });
         // 'taken' or 'issued' (records changed since the read): the next round reports it.
       } catch (error) {
@@ -1137,14 +1162,28 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     });
     const listed = this.#catalog.get(a.id);
     const record = this.#view?.groups.get(a.name);
-    const replicas = record?.generation === generation ? record.replicas : listed?.replicas;
+    // The record it is opened from: of its generation and incarnation (another incarnation's is another group's).
+    const ofRecord =
+      record !== undefined &&
+      record.generation === generation &&
+      sameIncarnation(listed?.incarnation, record.incarnation);
+    const replicas = ofRecord ? record.replicas : listed?.replicas;
+    // The incarnation it was listed with stays; else the record's — not for an orphan (opened from the catalog
+    // whatever the records say: a record of its generation may be another incarnation's that it would then match).
+    const incarnation = listed?.incarnation ?? (ofRecord && !this.#orphans.has(a.id) ? record.incarnation : undefined);
     if (
       listed === undefined ||
       listed.machine !== a.machine ||
       listed.initial.join() !== a.members.join() ||
-      listed.replicas !== replicas
+      listed.replicas !== replicas ||
+      listed.incarnation !== incarnation
     ) {
-      this.#catalog.set(a.id, { machine: a.machine, initial: a.members, replicas });
+      this.#catalog.set(a.id, {
+        machine: a.machine,
+        initial: a.members,
+        replicas,
+        ...(incarnation !== undefined ? { incarnation } : {}),
+      });
       this.#identityUnsaved = true;
     }
     this.emit('groupGained', { group: a.name, mode: a.mode });
