@@ -28,14 +28,46 @@ afterAll(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-it('F1: a loss between the group reads and the meta read of a round: nothing opened from the lost records', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'fleet-f1-'));
+/**
+ * A SQLite control store in a temp dir, two ports, and `start(id, store?)`: a fleet node (through `store`, default the
+ * shared one) whose errors, gained and lost groups go to `log`.
+ */
+async function fleetEnv(name: string): Promise<{
+  store: Store;
+  log: string[];
+  start: (id: string, through?: Store) => Promise<FleetNode>;
+}> {
+  const dir = await mkdtemp(join(tmpdir(), `fleet-${name}-`));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  const store: Store = await createSqliteStore({ path: join(dir, 'control.db'), namespace: 'f1' });
+  const store: Store = await createSqliteStore({ path: join(dir, 'control.db'), namespace: name });
   cleanups.push(() => store.close());
   const ports = await allocatePorts(2);
   cleanups.push(async () => ports.forEach((p) => releasePort(p)));
   const log: string[] = [];
+  const start = async (id: string, through: Store = store): Promise<FleetNode> => {
+    const i = Number(id.slice(1)) - 1;
+    const node = await joinFleet({
+      store: through,
+      fleet: 'f',
+      node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
+      dataDir: join(dir, id),
+      secret: 'a fleet test secret of enough bytes',
+      machines: { counter },
+      sessionTtlMs: 2000,
+      gracePeriodMs: 1000,
+      tickMs: 50,
+    });
+    node.on('error', ({ context, error }) => log.push(`${id} ${context}: ${String(error).slice(0, 300)}`));
+    node.on('groupGained', ({ group, mode }) => log.push(`${id} groupGained ${group} ${mode}`));
+    node.on('groupLost', ({ group, reason }) => log.push(`${id} groupLost ${group} ${reason}`));
+    cleanups.push(() => node.close());
+    return node;
+  };
+  return { store, log, start };
+}
+
+it('F1: a loss between the group reads and the meta read of a round: nothing opened from the lost records', async () => {
+  const { store, log, start } = await fleetEnv('f1');
   const prefix = 'f/f/';
   const wipe = async (): Promise<void> => {
     const kvs = (await store.range(prefix)).kvs.filter((kv) =>
@@ -79,26 +111,6 @@ it('F1: a loss between the group reads and the meta read of a round: nothing ope
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },
   });
-  const start = async (id: string, s: Store): Promise<FleetNode> => {
-    const i = Number(id.slice(1)) - 1;
-    const node = await joinFleet({
-      store: s,
-      fleet: 'f',
-      node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
-      dataDir: join(dir, id),
-      secret: 'a fleet test secret of enough bytes',
-      machines: { counter },
-      sessionTtlMs: 2000,
-      gracePeriodMs: 1000,
-      tickMs: 50,
-    });
-    node.on('error', ({ context, error }) => log.push(`${id} ${context}: ${String(error).slice(0, 140)}`));
-    node.on('groupGained', ({ group, mode }) => log.push(`${id} groupGained ${group} ${mode}`));
-    node.on('groupLost', ({ group, reason }) => log.push(`${id} groupLost ${group} ${reason}`));
-    cleanups.push(() => node.close());
-    return node;
-  };
-
   // "a" with two replicas while only n1 runs: placed on n1 alone (its first desired record).
   const n1 = await start('n1', store);
   up.n1 = n1;
@@ -127,31 +139,7 @@ it('F1: a loss between the group reads and the meta read of a round: nothing ope
 }, 120_000);
 
 it('F2: two losses and a name added again in between: both incarnations of a:1 are kept, neither taken for the other', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'fleet-f2-'));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  const store: Store = await createSqliteStore({ path: join(dir, 'control.db'), namespace: 'f2' });
-  cleanups.push(() => store.close());
-  const ports = await allocatePorts(2);
-  cleanups.push(async () => ports.forEach((p) => releasePort(p)));
-  const log: string[] = [];
-  const start = async (id: string): Promise<FleetNode> => {
-    const i = Number(id.slice(1)) - 1;
-    const node = await joinFleet({
-      store,
-      fleet: 'f',
-      node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
-      dataDir: join(dir, id),
-      secret: 'a fleet test secret of enough bytes',
-      machines: { counter },
-      sessionTtlMs: 2000,
-      gracePeriodMs: 1000,
-      tickMs: 50,
-    });
-    node.on('error', ({ context, error }) => log.push(`${id} ${context}: ${String(error).slice(0, 300)}`));
-    node.on('groupLost', ({ group, reason }) => log.push(`${id} groupLost ${group} ${reason}`));
-    cleanups.push(() => node.close());
-    return node;
-  };
+  const { store, log, start } = await fleetEnv('f2');
   // The store loses every control-plane record (meta, groups, desired, observed).
   const lose = async (keys: FleetNode['keys']): Promise<void> => {
     const doomed = [keys.meta];
