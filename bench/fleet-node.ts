@@ -7,7 +7,7 @@
  * so `node.command(group, put)` goes to this node's replica (a follower forwards to the leader) or, for a group it
  * holds no member of, to a node that does.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { joinFleet, type FleetNode } from '../src/runtime/fleet/node.js';
@@ -127,6 +127,7 @@ let nodeId = '';
 
 async function run(req: FleetRunRequest): Promise<LoadPart> {
   if (!reportCpu) return runLoad(req);
+  (globalThis as { __tput?: unknown }).__tput = {};
   const cpu0 = process.cpuUsage();
   const wait0 = runQueueWaitMs();
   const loop = monitorEventLoopDelay({ resolution: 1 });
@@ -151,6 +152,7 @@ async function run(req: FleetRunRequest): Promise<LoadPart> {
     );
     if (session !== undefined) {
       const { profile } = await session.post('Profiler.stop');
+      mkdirSync(profileDir, { recursive: true });
       writeFileSync(`${profileDir}/${nodeId}-${process.pid}-${++profiles}.cpuprofile`, JSON.stringify(profile));
       session.disconnect();
     }
