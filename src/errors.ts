@@ -340,14 +340,25 @@ export class GroupNotFoundError extends RebalancerError {
 export class FleetGroupExistsError extends RebalancerError {
   readonly group: string;
   readonly generation: number;
-  constructor(group: string, fleet: string, generation: number) {
+  /**
+   * The name is not in the records but claimed: replicas of a group of that name survived a loss of the control
+   * store's records and are on their way back (docs/fleet.md, "The control store loses its data"). `node` keeps one.
+   */
+  readonly restoring: { readonly node: string } | undefined;
+  constructor(group: string, fleet: string, generation: number, restoring?: { readonly node: string }) {
     super(
       'CONFLICT',
-      `fleet ${JSON.stringify(fleet)} already has a group ${JSON.stringify(group)} (generation ${generation}); ` +
-        'use another name, or remove that group first (its data is then gone for good)',
+      restoring === undefined
+        ? `fleet ${JSON.stringify(fleet)} already has a group ${JSON.stringify(group)} (generation ${generation}); ` +
+            'use another name, or remove that group first (its data is then gone for good)'
+        : `fleet ${JSON.stringify(fleet)} has a group ${JSON.stringify(group)} (generation ${generation}) on its way ` +
+            `back: the control store lost its records, and node ${restoring.node} keeps a replica of it, which its ` +
+            'leader writes back with its data once elected. Wait for it (`rebalancer fleet status` lists it then); ' +
+            'if it can never come back (its majority is gone), removeGroup gives up on it — its replicas stay, unserved',
     );
     this.group = group;
     this.generation = generation;
+    this.restoring = restoring;
   }
 }
 

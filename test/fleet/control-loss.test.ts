@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createRedisStore } from '../../src/backends/redis/index.js';
-import { FleetControlLostError } from '../../src/errors.js';
+import { FleetControlLostError, FleetGroupExistsError } from '../../src/errors.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
@@ -26,49 +26,116 @@ afterAll(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-describe('fleet: the control store loses its data', () => {
-  it('a Redis restarted without persistence: no replica deleted, every group written back whole', async () => {
-    const redis: ServerHandle = await startRedis({ appendOnly: false });
-    cleanups.push(() => redis.stop());
-    const dir = await mkdtemp(join(tmpdir(), 'fleet-loss-'));
-    cleanups.push(() => rm(dir, { recursive: true, force: true }));
-    const ports = await allocatePorts(3);
-    cleanups.push(async () => ports.forEach((p) => releasePort(p)));
+/** Three in-process fleet nodes on one private Redis (each its own client, as separate processes would have). */
+async function lossFleet(): Promise<{
+  redis: ServerHandle;
+  start: (id: string) => Promise<FleetNode>;
+  nodes: Map<string, FleetNode>;
+  lost: string[];
+  dropped: string[];
+}> {
+  const redis: ServerHandle = await startRedis({ appendOnly: false });
+  cleanups.push(() => redis.stop());
+  const dir = await mkdtemp(join(tmpdir(), 'fleet-loss-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const ports = await allocatePorts(3);
+  cleanups.push(async () => ports.forEach((p) => releasePort(p)));
+  const lost: string[] = [];
+  const dropped: string[] = [];
+  const nodes = new Map<string, FleetNode>();
+  const start = async (id: string): Promise<FleetNode> => {
+    // The delayed restart after a lost server (docs/adr/0009) waits out the longest TTL of the namespace.
+    const store: Store = await createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS });
+    const i = Number(id.slice(1)) - 1;
+    const node = await eventually(
+      () =>
+        joinFleet({
+          store,
+          fleet: 'f',
+          node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
+          dataDir: join(dir, id),
+          secret: 'a fleet test secret of enough bytes',
+          machines: { counter },
+          sessionTtlMs: TTL_MS,
+          gracePeriodMs: 1000,
+          tickMs: 50,
+        }).catch(() => false as const),
+      { what: `${id} to join (a young namespace waits first)`, timeoutMs: 20_000, intervalMs: 200 },
+    );
+    node.on('error', ({ error }) => {
+      if (error instanceof FleetControlLostError) lost.push(id);
+    });
+    node.on('groupLost', ({ group }) => dropped.push(`${id} ${group}`));
+    nodes.set(id, node);
+    cleanups.push(async () => {
+      await node.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+    });
+    return node;
+  };
+  return { redis, start, nodes, lost, dropped };
+}
 
-    const lost: string[] = [];
-    const dropped: string[] = [];
-    const nodes = new Map<string, FleetNode>();
-    const start = async (id: string): Promise<FleetNode> => {
-      // Each node its own client, as separate processes would have; the delayed restart after a lost server
-      // (docs/adr/0009) waits out the longest TTL of the namespace.
-      const store: Store = await createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS });
-      const i = Number(id.slice(1)) - 1;
-      const node = await eventually(
-        () =>
-          joinFleet({
-            store,
-            fleet: 'f',
-            node: { id, zone: `z${i + 1}`, address: `127.0.0.1:${ports[i]}` },
-            dataDir: join(dir, id),
-            secret: 'a fleet test secret of enough bytes',
-            machines: { counter },
-            sessionTtlMs: TTL_MS,
-            gracePeriodMs: 1000,
-            tickMs: 50,
-          }).catch(() => false as const),
-        { what: `${id} to join (a young namespace waits first)`, timeoutMs: 20_000, intervalMs: 200 },
-      );
-      node.on('error', ({ error }) => {
-        if (error instanceof FleetControlLostError) lost.push(id);
-      });
-      node.on('groupLost', ({ group }) => dropped.push(`${id} ${group}`));
-      nodes.set(id, node);
-      cleanups.push(async () => {
-        await node.close().catch(() => undefined);
-        await store.close().catch(() => undefined);
-      });
-      return node;
+describe('fleet: the control store loses its data', () => {
+  it('an application that adds its groups at start-up (examples/fleet-kv): the adds are refused until the groups are back whole', async () => {
+    const { redis, start, nodes, dropped } = await lossFleet();
+    // What examples/fleet-kv/node.ts does when it starts: add every group it needs, a group that exists being fine.
+    const ensureGroups = async (n: FleetNode): Promise<string[]> => {
+      const refused: string[] = [];
+      for (const g of ['a', 'b']) {
+        await n.addGroup(g, { replicas: 3, machine: 'counter' }).catch((error: unknown) => {
+          if (!(error instanceof FleetGroupExistsError)) throw error;
+          if (error.restoring !== undefined) refused.push(g);
+        });
+      }
+      return refused;
     };
+    const first = [await start('n1'), await start('n2'), await start('n3')];
+    for (const n of first) await ensureGroups(n);
+    await eventually(async () => (await first[0]!.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
+      what: 'a placed and answering',
+      timeoutMs: 30_000,
+    });
+    expect(await first[1]!.command('b', { add: 7 }, { timeoutMs: 10_000 })).toBe(7);
+    await eventually(() => first.every((n) => n.replicas().length === 2), {
+      what: 'three replicas of each group',
+      timeoutMs: 30_000,
+    });
+
+    // Every node stops, the store loses everything, and the nodes come back one by one, each adding its groups
+    // first thing. n1 alone keeps replicas of a and b but cannot elect their leaders: its adds must be refused,
+    // else new, empty groups a and b would take the names and the old ones (5 and 7) could never come back.
+    await Promise.all([...nodes.values()].map((n) => n.close()));
+    nodes.clear();
+    await redis.restart();
+    const m1 = await start('n1');
+    expect(await ensureGroups(m1)).toEqual(['a', 'b']);
+    await eventually(async () => (await m1.status()).restoring.map((r) => r.name).join() === 'a,b', {
+      what: 'a and b claimed in the store, listed as on their way back',
+      timeoutMs: 10_000,
+    });
+    const m2 = await start('n2');
+    await ensureGroups(m2);
+    const m3 = await start('n3');
+    await ensureGroups(m3);
+    await eventually(
+      async () =>
+        (await Promise.all(['a', 'b'].map((g) => m3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,7',
+      { what: 'a and b written back with their state', timeoutMs: 30_000, intervalMs: 200 },
+    );
+    expect((await m1.status()).restoring).toEqual([]);
+    await eventually(() => [m1, m2, m3].every((n) => n.orphans().length === 0), {
+      what: 'no orphan left',
+      timeoutMs: 10_000,
+    });
+    // Back, the names are groups like any other again.
+    expect(await ensureGroups(m2)).toEqual([]);
+    expect(await m2.command('a', { add: 1 })).toBe(6);
+    expect(dropped).toEqual([]);
+  });
+
+  it('a Redis restarted without persistence: no replica deleted, every group written back whole', async () => {
+    const { redis, start, nodes, lost, dropped } = await lossFleet();
     const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
     for (const g of ['a', 'b']) await n1.addGroup(g, { replicas: 3, machine: 'counter' });
     await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {

@@ -186,6 +186,7 @@ describe('rebalancer fleet (a fleet of in-process nodes, the CLI as child proces
 
 describe('fleet status rendering and input', () => {
   const status: FleetStatus = {
+    restoring: [],
     fleet: 'f',
     coordinator: 'a',
     nodes: [

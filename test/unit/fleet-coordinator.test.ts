@@ -542,6 +542,7 @@ function viewOf(
   unreadable: string[] = [],
 ): FleetView {
   return {
+    claims: new Map(),
     nodes: new Map(
       nodes.map((n) => [
         n.id,

@@ -20,6 +20,7 @@ import {
 import {
   addGroup,
   adoptGroup,
+  claimGroup,
   deregisterNode,
   FleetRecordCache,
   fleetElection,
@@ -479,6 +480,51 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       await store.txn({ compare: [], then: [{ op: 'put', key: keys.meta, value: bad }] });
       await expect(addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).rejects.toThrow(/field id/);
       expect((await store.get(keys.meta))?.value).toBe(bad);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a name claimed after a loss: adds refused until the write-back; a remove gives it up for good', async () => {
+    const store = await open();
+    try {
+      const keys = new FleetKeys('f9');
+      // Fresh records after a loss; node n2 keeps replicas of "a" (generation 4) and "b" (generation 6).
+      const claimA = { name: 'a', generation: 4, machine: 'kv', replicas: 3, incarnation: 'incarnA1', node: 'n2' };
+      expect(await claimGroup(store, keys, claimA)).toBe(true);
+      expect(await claimGroup(store, keys, { ...claimA, node: 'n3' })).toBe(false); // claimed already
+      const refused = await addGroup(store, keys, 'a', { replicas: 3, machine: 'kv' }).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(FleetGroupExistsError);
+      expect(refused).toMatchObject({ generation: 4, restoring: { node: 'n2' } });
+      expect(String(refused)).toMatch(/on its way back.*node n2 keeps a replica/);
+      const v = await readFleetView(store, keys, () => undefined);
+      expect(v.claims.get('a')).toMatchObject({ generation: 4, node: 'n2' });
+      // The write-back takes the claim away with it; the name is then a group like any other.
+      const back = { name: 'a', generation: 4, machine: 'kv', members: ['n2', 'n1', 'n3'], leader: 'n2' };
+      expect(await adoptGroup(store, keys, { ...back, incarnation: 'incarnA1', replicas: 3 })).toBe('adopted');
+      expect(await store.get(keys.claimOf('a'))).toBeUndefined();
+      await expect(addGroup(store, keys, 'a', { replicas: 3, machine: 'kv' })).rejects.toMatchObject({
+        restoring: undefined,
+      });
+
+      // "b" can never come back (its majority is gone): the operator gives it up with a remove.
+      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe(true);
+      expect(await removeGroup(store, keys, 'b')).toMatchObject({ name: 'b', generation: 6, replicas: 3 });
+      expect(await store.get(keys.claimOf('b'))).toBeUndefined();
+      // Given up for good: its generation counts as handed out (no claim, no write-back), and the name added again
+      // gets a generation past it (never the same Raft group id as the replicas kept).
+      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe(false);
+      expect(await adoptGroup(store, keys, { ...back, name: 'b', generation: 6 })).toBe('issued');
+      expect((await addGroup(store, keys, 'b', { replicas: 3, machine: 'kv' })).generation).toBe(7);
+      // Nothing claimed, nothing to remove.
+      await expect(removeGroup(store, keys, 'never')).rejects.toThrow(FleetGroupNotFoundError);
+      // A claim for a generation the present records handed out is not written (it could never come back).
+      expect(await claimGroup(store, keys, { ...claimA, name: 'c', generation: 7 })).toBe(false);
+      // An unreadable claim blocks the add, by name (nothing overwrites it); a remove clears it.
+      await store.txn({ compare: [], then: [{ op: 'put', key: keys.claimOf('d'), value: '{junk' }] });
+      await expect(addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).rejects.toThrow(CorruptDataError);
+      await removeGroup(store, keys, 'd');
+      expect((await addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).name).toBe('d');
     } finally {
       await store.close();
     }

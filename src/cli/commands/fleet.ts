@@ -294,6 +294,15 @@ export function renderFleetStatus(s: FleetStatus, o: { limit: number; where?: st
     for (const g of lost.slice(0, 10)) lines.push(`  ${g.name}: ${g.detail}`);
     if (lost.length > 10) lines.push(`  … ${lost.length - 10} more (--json lists all)`);
   }
+  if (s.restoring.length > 0) {
+    lines.push(
+      '',
+      `NOTE: ${s.restoring.length} group(s) on their way back after the control store lost its records ` +
+        '(their leaders write them back; adding these names is refused until then):',
+    );
+    for (const r of s.restoring.slice(0, 10)) lines.push(`  ${r.name} (generation ${r.generation}, kept on ${r.node})`);
+    if (s.restoring.length > 10) lines.push(`  … ${s.restoring.length - 10} more (--json lists all)`);
+  }
   if (s.unreadable.length > 0) {
     lines.push(
       '',

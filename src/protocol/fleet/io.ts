@@ -19,6 +19,7 @@ import type { FleetPlacementInput, GroupPlacement } from '../../placement/fleet.
 import { readAround, type CorruptionReporter } from '../groups/io.js';
 import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import {
+  decodeClaim,
   decodeDesired,
   decodeGroup,
   decodeMeta,
@@ -40,7 +41,9 @@ import {
   sameIncarnation,
   withControlId,
   withIssued,
+  withIssuedAnywhere,
   wasIssued,
+  type ClaimRecord,
   type DesiredRecord,
   type FleetKeys,
   type GroupRecord,
@@ -108,6 +111,8 @@ export interface FleetView {
   readonly metaRevision: number;
   /** The coordinator (the lowest election key), if any. */
   readonly coordinator: { readonly key: string; readonly token: number; readonly value: string } | undefined;
+  /** Names claimed after a loss of the records (keys.ts ClaimRecord): groups on their way back, by name. */
+  readonly claims: ReadonlyMap<string, ClaimRecord>;
   /**
    * Keys present but unreadable (each reported once through `report`). None of them is overwritten by the
    * functions below; a group whose record is unreadable is missing from `groups`.
@@ -168,6 +173,7 @@ export async function readFleetView(
     [
       { op: 'range', prefix: keys.nodes },
       { op: 'range', prefix: keys.coordinator },
+      { op: 'range', prefix: keys.claims },
     ],
     report,
   );
@@ -205,6 +211,11 @@ export async function readFleetView(
     if (coordinator === undefined || kv.createRevision < coordinator.token) {
       coordinator = { key: kv.key, token: kv.createRevision, value: kv.value };
     }
+  }
+  const claims = new Map<string, ClaimRecord>();
+  for (const kv of rangeKvs(small.results[2])) {
+    const c = decode(kv, () => decodeClaim(keys, kv.key, kv.value), false);
+    if (c !== undefined) claims.set(c.name, c);
   }
   const metaKv = metaAfter;
   const meta = metaKv === undefined ? undefined : decode(metaKv, () => decodeMeta(metaKv.key, metaKv.value));
@@ -246,6 +257,7 @@ export async function readFleetView(
     meta,
     metaRevision: metaKv?.modRevision ?? 0,
     coordinator,
+    claims,
     unreadable,
     stale,
     revision: Math.max(small.revision, groupsRead.revision, desiredRead.revision, observedRead.revision),
@@ -339,6 +351,15 @@ export async function registerNode(
 export interface AddGroupOptions {
   readonly replicas: number;
   readonly machine: string;
+  /**
+   * A node adding: whether it keeps a replica of a group of this name that is on its way back after a loss of the
+   * records (`meta`: the meta record as read, undefined when there is none) — one it may not have claimed in the
+   * store yet (its first round after the loss has not run). Such an add is refused like a claimed name.
+   */
+  readonly claimedHere?: (
+    name: string,
+    meta: MetaRecord | undefined,
+  ) => { readonly generation: number; readonly node: string } | undefined;
 }
 
 function metaOf(kv: KeyValue | undefined): MetaRecord {
@@ -348,23 +369,31 @@ function metaOf(kv: KeyValue | undefined): MetaRecord {
 }
 
 /**
- * A group's record and the fleet's meta record, read together (one round trip): adds and removes compare both, so
- * that they go one at a time per fleet. The meta record is decoded (CorruptDataError when unreadable).
+ * A group's record and the fleet's meta record (and the name's claim, ClaimRecord, when `claimKey` is given), read
+ * together (one round trip): adds and removes compare them, so that they go one at a time per fleet. The meta record
+ * is decoded (CorruptDataError when unreadable).
  */
 async function readGroupWithMeta(
   store: Store,
   keys: FleetKeys,
   key: string,
-): Promise<{ kv: ReturnType<typeof getKv>; metaKv: ReturnType<typeof getKv>; meta: ReturnType<typeof metaOf> }> {
+  claimKey?: string,
+): Promise<{
+  kv: ReturnType<typeof getKv>;
+  metaKv: ReturnType<typeof getKv>;
+  meta: ReturnType<typeof metaOf>;
+  claimKv: ReturnType<typeof getKv>;
+}> {
   const r = await store.txn({
     compare: [],
     then: [
       { op: 'get', key },
       { op: 'get', key: keys.meta },
+      ...(claimKey === undefined ? [] : [{ op: 'get' as const, key: claimKey }]),
     ],
   });
   const metaKv = getKv(r.results[1]);
-  return { kv: getKv(r.results[0]), metaKv, meta: metaOf(metaKv) };
+  return { kv: getKv(r.results[0]), metaKv, meta: metaOf(metaKv), claimKv: getKv(r.results[2]) };
 }
 
 /**
@@ -383,12 +412,20 @@ export async function addGroup(
   const key = keys.group(name);
   const replicas = validateReplicas(options?.replicas);
   const machine = validateMachineName(options?.machine);
+  const claimKey = keys.claimOf(name);
   for (;;) {
-    const { kv: existing, metaKv, meta } = await readGroupWithMeta(store, keys, key);
+    const { kv: existing, metaKv, meta, claimKv } = await readGroupWithMeta(store, keys, key, claimKey);
     if (existing !== undefined) {
       const g = decodeGroup(keys, existing.key, existing.value);
       throw new FleetGroupExistsError(name, keys.fleet, g.generation);
     }
+    if (claimKv !== undefined) {
+      // Unreadable: CorruptDataError naming the key (a claim is never overwritten unread).
+      const c = decodeClaim(keys, claimKv.key, claimKv.value);
+      throw new FleetGroupExistsError(name, keys.fleet, c.generation, { node: c.node });
+    }
+    const local = options.claimedHere?.(name, metaKv === undefined ? undefined : meta);
+    if (local !== undefined) throw new FleetGroupExistsError(name, keys.fleet, local.generation, { node: local.node });
     if (meta.groups >= MAX_FLEET_GROUPS) {
       throw new LimitExceededError(
         'groups per fleet',
@@ -405,12 +442,20 @@ export async function addGroup(
       generation: meta.lastGeneration + 1,
       incarnation: newIncarnation(),
     };
-    const written = await writeNewGroup(store, keys, group, metaKv, {
-      ...withControlId(meta),
-      lastGeneration: group.generation,
-      groups: meta.groups + 1,
-      issued: withIssued(meta, group.generation),
-    });
+    const written = await writeNewGroup(
+      store,
+      keys,
+      group,
+      metaKv,
+      {
+        ...withControlId(meta),
+        lastGeneration: group.generation,
+        groups: meta.groups + 1,
+        issued: withIssued(meta, group.generation),
+      },
+      [],
+      [{ key: claimKey, target: 'exists', exists: false }],
+    );
     if (written) return group;
     // Another add or remove came first: read again (the name may be taken now).
   }
@@ -428,12 +473,14 @@ async function writeNewGroup(
   metaKv: KeyValue | undefined,
   meta: MetaRecord,
   extra: readonly Op[] = [],
+  extraCompare: readonly Compare[] = [],
 ): Promise<boolean> {
   const key = keys.group(group.name);
   const w = await store.txn({
     compare: [
       { key, target: 'exists', exists: false },
       { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+      ...extraCompare,
     ],
     then: [
       { op: 'put', key, value: encodeRecord(group) },
@@ -451,8 +498,49 @@ async function writeNewGroup(
  */
 export async function removeGroup(store: Store, keys: FleetKeys, name: string): Promise<GroupRecord> {
   const key = keys.group(name);
+  const claimKey = keys.claimOf(name);
   for (;;) {
-    const { kv, metaKv, meta } = await readGroupWithMeta(store, keys, key);
+    const { kv, metaKv, meta, claimKv } = await readGroupWithMeta(store, keys, key, claimKey);
+    if (kv === undefined && claimKv !== undefined) {
+      // Giving up on a group that was to come back after a loss of the records. Its replicas stay orphans (kept, not
+      // served): its generation counts as handed out, so none of them claims the name again or writes it back, and
+      // the counter passes it, so the name added again later never shares its Raft group id.
+      let c: ClaimRecord | undefined;
+      try {
+        c = decodeClaim(keys, claimKv.key, claimKv.value);
+      } catch {
+        c = undefined; // junk under the claim key: removing it is what the operator asked for
+      }
+      const w = await store.txn({
+        compare: [
+          { key, target: 'exists', exists: false },
+          { key: claimKey, target: 'modRevision', op: '=', value: claimKv.modRevision },
+          { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+        ],
+        then: [
+          { op: 'delete', key: claimKey },
+          {
+            op: 'put',
+            key: keys.meta,
+            value: encodeRecord({
+              ...withControlId(meta),
+              lastGeneration: Math.max(meta.lastGeneration, c?.generation ?? 0),
+              issued: c === undefined ? issuedOf(meta) : withIssuedAnywhere(meta, c.generation),
+            }),
+          },
+        ],
+      });
+      if (!w.succeeded) continue;
+      return c === undefined
+        ? { name, replicas: 1, machine: 'unknown', generation: Math.max(1, meta.lastGeneration) }
+        : {
+            name,
+            replicas: c.replicas,
+            machine: c.machine,
+            generation: c.generation,
+            ...(c.incarnation !== undefined ? { incarnation: c.incarnation } : {}),
+          };
+    }
     if (kv === undefined) throw new FleetGroupNotFoundError(name, keys.fleet);
     const group = decodeGroup(keys, kv.key, kv.value);
     const w = await store.txn({
@@ -566,10 +654,39 @@ export async function adoptGroup(
       [
         { op: 'put', key: keys.desiredOf(g.name), value: encodeRecord(desired) },
         { op: 'delete', key: keys.observedOf(g.name) },
+        // Back: the name needs no claim any more (whoever wrote it).
+        { op: 'delete', key: keys.claimOf(g.name) },
       ],
     );
     if (written) return 'adopted';
   }
+}
+
+/**
+ * Claim group name `c.name` after a loss of the records (ClaimRecord): written only where the name has no group
+ * record and no claim, and only for a generation the present records never handed out (adoptGroup could not write
+ * such a group back; a claim would only block the name). Resolves whether it was written; false also when someone
+ * else's claim, a group record or an add came first.
+ */
+export async function claimGroup(store: Store, keys: FleetKeys, c: ClaimRecord): Promise<boolean> {
+  const key = keys.group(c.name);
+  const claimKey = keys.claimOf(c.name);
+  validateMachineName(c.machine);
+  validateReplicas(c.replicas);
+  if (c.incarnation !== undefined && !isIncarnation(c.incarnation)) {
+    throw new InvalidArgumentError(`claimGroup: incarnation ${JSON.stringify(c.incarnation)} is not one`);
+  }
+  const { kv, metaKv, meta, claimKv } = await readGroupWithMeta(store, keys, key, claimKey);
+  if (kv !== undefined || claimKv !== undefined || wasIssued(meta, c.generation)) return false;
+  const w = await store.txn({
+    compare: [
+      { key, target: 'exists', exists: false },
+      { key: claimKey, target: 'exists', exists: false },
+      { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+    ],
+    then: [{ op: 'put', key: claimKey, value: encodeRecord(c) }],
+  });
+  return w.succeeded;
 }
 
 // ---- desired placement ----------------------------------------------------------------

@@ -121,6 +121,7 @@ export class FleetKeys {
   readonly groups: string;
   readonly desired: string;
   readonly observed: string;
+  readonly claims: string;
   readonly coordinator: string;
 
   constructor(fleet: string) {
@@ -131,6 +132,7 @@ export class FleetKeys {
     this.groups = `${this.root}groups/`;
     this.desired = `${this.root}desired/`;
     this.observed = `${this.root}observed/`;
+    this.claims = `${this.root}claims/`;
     this.coordinator = `${this.root}coord/`;
   }
 
@@ -145,6 +147,9 @@ export class FleetKeys {
   }
   observedOf(name: string): string {
     return this.observed + validateFleetGroupName(name);
+  }
+  claimOf(name: string): string {
+    return this.claims + validateFleetGroupName(name);
   }
 }
 
@@ -233,6 +238,25 @@ export function withIssued(meta: MetaRecord, generation: number): (readonly [num
   else ranges.push([generation, generation]);
   if (ranges.length > MAX_ISSUED_RANGES) ranges.splice(0, 2, [ranges[0]![0], ranges[1]![1]]);
   return ranges;
+}
+
+/**
+ * `issued` with `generation` added wherever it falls (a generation given up on: removeGroup of a claimed name), merged
+ * with adjacent ranges; at most MAX_ISSUED_RANGES (the two oldest merged: more counts as handed out, never less safe).
+ */
+export function withIssuedAnywhere(meta: MetaRecord, generation: number): (readonly [number, number])[] {
+  const ranges = issuedOf(meta).map((r) => [r[0], r[1]] as [number, number]);
+  if (wasIssued(meta, generation)) return ranges;
+  ranges.push([generation, generation]);
+  ranges.sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const r of ranges) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
+    else out.push(r);
+  }
+  while (out.length > MAX_ISSUED_RANGES) out.splice(0, 2, [out[0]![0], out[1]![1]]);
+  return out;
 }
 
 /** A new control-plane id for a meta record written for the first time (16 random base64url characters). */
@@ -479,6 +503,47 @@ export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupR
     throw corrupt(key, 'seed must name a node and an older generation with its founding members');
   }
   return { ...group, seed: { node, generation: seedGeneration, initial } };
+}
+
+/**
+ * A name claimed after a loss of the records (docs/fleet.md, "The control store loses its data"): a node found the
+ * records gone while it kept a replica of group `name`, which its leader is to write back (io.ts adoptGroup). Until
+ * then `addGroup` of the name is refused (FleetGroupExistsError, `restoring`): an application that creates its
+ * groups at start-up would otherwise make a new, empty group of the name, and the old one — with every command
+ * acknowledged before the loss — could not come back. The write-back deletes the claim; removeGroup gives it up.
+ */
+export interface ClaimRecord {
+  readonly name: string;
+  readonly generation: number;
+  readonly machine: string;
+  readonly replicas: number;
+  readonly incarnation?: string | undefined;
+  /** The node that wrote it (one that keeps a replica). */
+  readonly node: string;
+}
+
+export function decodeClaim(keys: FleetKeys, key: string, value: string): ClaimRecord {
+  const rec = parse(key, value);
+  const name = strField(key, rec, 'name');
+  expectName(key, keys.claims, name, 'group');
+  const replicas = rec['replicas'];
+  if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
+  }
+  const incarnation = rec['incarnation'];
+  if (incarnation !== undefined && !isIncarnation(incarnation)) {
+    throw corrupt(key, 'field incarnation must be 8 to 64 characters of [A-Za-z0-9_-]');
+  }
+  const node = strField(key, rec, 'node');
+  if (node === '') throw corrupt(key, 'field node must name a node');
+  return {
+    name,
+    generation: intField(key, rec, 'generation', 1),
+    machine: strField(key, rec, 'machine'),
+    replicas,
+    ...(incarnation !== undefined ? { incarnation } : {}),
+    node,
+  };
 }
 
 export function decodeDesired(keys: FleetKeys, key: string, value: string): DesiredRecord {

@@ -59,6 +59,11 @@ export interface FleetStatus {
   readonly counts: Readonly<Record<GroupHealth, number>>;
   /** Keys present but unreadable (repair them: nothing overwrites them). */
   readonly unreadable: readonly string[];
+  /**
+   * Groups on their way back after the control store lost its records (docs/fleet.md, "The control store loses its
+   * data"): claimed by a node that keeps a replica, not written back yet. An add of such a name is refused.
+   */
+  readonly restoring: readonly { readonly name: string; readonly generation: number; readonly node: string }[];
 }
 
 const byName = <T extends { name: string }>(a: T, b: T): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
@@ -156,7 +161,11 @@ export function fleetStatus(fleet: string, view: FleetView): FleetStatus {
       coordinator = undefined;
     }
   }
-  return { fleet, coordinator, nodes, groups, counts, unreadable: view.unreadable };
+  const restoring = [...view.claims.values()]
+    .filter((c) => !view.groups.has(c.name))
+    .sort(byName)
+    .map((c) => ({ name: c.name, generation: c.generation, node: c.node }));
+  return { fleet, coordinator, nodes, groups, counts, unreadable: view.unreadable, restoring };
 }
 
 /** One group as `groups()` lists it (a node's or a client's): its record, desired placement and last report. */

@@ -34,6 +34,7 @@ import { OptionReader } from '../../options.js';
 import {
   addGroup,
   adoptGroup,
+  claimGroup,
   ensureControlId,
   FleetRecordCache,
   machineRunners,
@@ -55,6 +56,7 @@ import {
   validateMachineName,
   wasIssued,
   type GroupRecord,
+  type MetaRecord,
   type ObservedRecord,
   type ObservedStatus,
 } from '../../protocol/fleet/keys.js';
@@ -181,6 +183,8 @@ const ROUND_SLICE_MS = 20;
 const IDENTITY_FILE = 'fleet.json';
 /** Orphan groups one round writes back at most (one store transaction each). */
 const ADOPT_PER_ROUND = 64;
+/** Names of orphan groups one round claims at most (two store round trips each). */
+const CLAIMS_PER_ROUND = 256;
 
 /** Knobs only the simulator uses (src/sim/fleet.ts); not part of the public options. */
 export interface FleetInternals extends RuntimeInternals {
@@ -545,6 +549,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   readonly #catalog = new Map<string, CatalogEntry>();
   /** Orphans whose write-back was refused (reported once each). */
   readonly #adoptRefused = new Set<string>();
+  /** Orphans whose name this node claimed (or found claimed or taken) under the present control id. */
+  readonly #claimed = new Set<string>();
   readonly #mutants: Mutants;
 
   /** Use joinFleet(). */
@@ -670,7 +676,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       this.#view = view;
       if (machineRunners(view, machine).length === 0) throw noRunnerError(view, this.fleet, name, machine);
     }
-    const g = await addGroup(this.#o.control.store, this.#control.keys, name, options);
+    const g = await addGroup(this.#o.control.store, this.#control.keys, name, {
+      replicas: options?.replicas,
+      machine,
+      claimedHere: (n, meta) => this.#keptOrphanOf(n, meta),
+    });
     this.#loop.kick();
     return g;
   }
@@ -882,6 +892,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       );
     }
     await this.#adoptOrphans(view);
+    await this.#claimOrphans(view);
     let founding: ReadonlySet<string> = new Set();
     try {
       founding = await this.#stillFounding(decision.actions);
@@ -974,6 +985,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     added.sort();
     this.#controlId = id;
     this.#identityUnsaved = true;
+    this.#claimed.clear(); // the claims, if any, went with the records
     for (const h of this.#held.values()) {
       if (!this.#orphans.has(h.id)) continue;
       this.#reports.delete(h.name);
@@ -1071,6 +1083,62 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.reportError(error, `fleet node: writing orphan ${h.id} back`);
       }
     }
+  }
+
+  /**
+   * Claim the names of this node's orphans that have no record (keys.ts ClaimRecord): until its leader writes a group
+   * back, an add of its name is refused, from any process — else an application that creates its groups at start-up
+   * makes a new, empty group of the name first, and the old one, with every command acknowledged before the loss,
+   * can never come back (it stays an orphan: kept, unreachable). Not for a generation the present records handed out
+   * (it cannot come back either way), nor for an orphan whose machine and replica count this node does not know.
+   */
+  async #claimOrphans(view: FleetView): Promise<void> {
+    if (this.#orphans.size === 0) return;
+    let n = 0;
+    for (const id of this.#orphans.keys()) {
+      if (this.#closed) return;
+      if (this.#claimed.has(id)) continue;
+      const p = parseRaftGroupId(id);
+      const e = this.#catalog.get(id);
+      if (p === undefined || e === undefined || view.groups.has(p.name)) continue;
+      if (view.meta !== undefined && wasIssued(view.meta, p.generation)) continue;
+      if (n++ >= CLAIMS_PER_ROUND) {
+        this.#loop.kick();
+        return;
+      }
+      try {
+        await claimGroup(this.#o.control.store, this.#control.keys, {
+          name: p.name,
+          generation: p.generation,
+          machine: e.machine,
+          replicas: e.replicas ?? Math.max(1, e.initial.length),
+          ...(e.incarnation !== undefined ? { incarnation: e.incarnation } : {}),
+          node: this.nodeId,
+        });
+        // Written, or claimed or added by someone else first: either way the name is no longer free for an add.
+        this.#claimed.add(id);
+      } catch (error) {
+        this.reportError(error, `fleet node: claiming the name of orphan ${id}`);
+      }
+    }
+  }
+
+  /**
+   * For addGroup: the generation of a replica of a group named `name` this node keeps as an orphan, or would the
+   * moment its next round sees `meta` (another control id than the one it worked with: the records it was placed by
+   * are gone) — and which could still be written back. Undefined when it keeps none.
+   */
+  #keptOrphanOf(name: string, meta: MetaRecord | undefined): { generation: number; node: string } | undefined {
+    const lossPending = this.#controlId !== undefined && meta?.id !== this.#controlId;
+    let generation: number | undefined;
+    for (const id of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+      const p = parseRaftGroupId(id);
+      if (p === undefined || p.name !== name) continue;
+      if (!lossPending && !this.#orphans.has(id)) continue;
+      if (meta !== undefined && wasIssued(meta, p.generation)) continue;
+      generation = Math.max(generation ?? 0, p.generation);
+    }
+    return generation === undefined ? undefined : { generation, node: this.nodeId };
   }
 
   /**
