@@ -338,6 +338,12 @@ class CountingStore implements Store {
   get clock(): Store['clock'] {
     return this.inner.clock;
   }
+  get dataLosses(): number {
+    return this.inner.dataLosses;
+  }
+  verifyData(): Promise<void> {
+    return this.inner.verifyData();
+  }
   async openSession(options: SessionOptions): Promise<Session> {
     const s = await this.inner.openSession(options);
     // The session's own keep-alive loop calls this.keepAlive(): count by shadowing the method on the

@@ -69,6 +69,7 @@ export abstract class StoreBase<D = undefined> implements Store {
   #incarnation: Incarnation | undefined;
   /** A data loss found while no session was left to end with it: the next openSession() throws it (once). */
   #unheardLoss: StoreDataLostError | undefined;
+  #dataLosses = 0;
   #checkTimer: TimerHandle | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -196,7 +197,32 @@ export abstract class StoreBase<D = undefined> implements Store {
    */
   #endAll(lost: StoreDataLostError): void {
     if (this.sessions.size === 0) this.#unheardLoss = lost;
+    this.#expireAllLost(lost);
+  }
+
+  #expireAllLost(lost: StoreDataLostError): void {
+    this.#dataLosses++;
     this.sessions.expireAll(lost);
+  }
+
+  /** How many times this client found the data it worked in lost (Store.dataLosses). */
+  get dataLosses(): number {
+    return this.#dataLosses;
+  }
+
+  /**
+   * Check now what is otherwise checked every third of the shortest session TTL (Store.verifyData): the namespace's
+   * incarnation record, and whether the server restarted or was replaced where the backend can tell. A loss ends every
+   * session and is thrown.
+   */
+  async verifyData(): Promise<void> {
+    this.assertOpen();
+    const [lost, changed] = await Promise.all([this.incarnation.check(), this.serverChanged()]);
+    if (lost !== undefined) {
+      this.#endAll(lost);
+      throw lost;
+    }
+    if (changed !== undefined) throw this.dataLost(changed);
   }
 
   /** True once close() has begun: public calls fail with ClosedError from then on. */
@@ -238,7 +264,7 @@ export abstract class StoreBase<D = undefined> implements Store {
     this.#unheardLoss = undefined;
     if (unheard !== undefined) throw unheard;
     // No session in data that is new while a lease from before may still run elsewhere (StoreRecoveringError).
-    await this.incarnation.admit((lost) => this.sessions.expireAll(lost));
+    await this.incarnation.admit((lost) => this.#expireAllLost(lost));
     // None while this host's clock runs too fast or too slow (ClockRateError).
     await this.#admitClockRate();
     const sentAtMs = this.clock.now();
@@ -251,7 +277,7 @@ export abstract class StoreBase<D = undefined> implements Store {
     }
     try {
       // Granted in the data admit() checked, not in data that replaced it meanwhile.
-      await this.incarnation.confirm((lost) => this.sessions.expireAll(lost));
+      await this.incarnation.confirm((lost) => this.#expireAllLost(lost));
     } catch (error) {
       await session.close().catch(() => undefined);
       throw error;

@@ -252,6 +252,20 @@ export interface Store {
    * watch re-establishes itself after errors and then sends a `resync` hint.
    */
   watch(prefix: string, onHint: (hint: WatchHint) => void): Promise<Watcher>;
+  /**
+   * How many times this client found that the data it works in was lost or replaced (each time every session ended
+   * with a StoreDataLostError). Never decreases: a caller that read records, then sees it changed, may have read
+   * data from after the loss — an older state, or none.
+   */
+  readonly dataLosses: number;
+  /**
+   * Look now for a loss of the data this client works in — what the store otherwise looks for every third of the
+   * shortest session TTL: the namespace's incarnation record, and, where the backend can tell, a server that restarted
+   * or was replaced since (and may have come back older). Throws StoreDataLostError (and ends every session) when it
+   * finds one. For a caller about to act irreversibly on something missing from a read (the fleet deletes a replica
+   * whose group record is gone): records read before this resolves came from the data this client worked in.
+   */
+  verifyData(): Promise<void>;
   /** Close sessions, watchers and connections. Idempotent. */
   close(): Promise<void>;
 }

@@ -130,6 +130,15 @@ export function describeConformance(name: string, setup: () => Promise<Conforman
       expect(r3.revision).toBeGreaterThan(d.revision);
     });
 
+    it('verifyData: resolves while the data is there, and counts no loss', async () => {
+      const s = await open(freshNamespace());
+      await s.openSession({ ttlMs: target.ttlMs });
+      await put(s, 'v', '1');
+      await s.verifyData();
+      await s.verifyData();
+      expect(s.dataLosses).toBe(0);
+    });
+
     it('bumps the revision only when something changed', async () => {
       const s = await open(freshNamespace());
       const w = await put(s, 'x', '1');

@@ -73,6 +73,24 @@ describe('a store that loses its data', () => {
     for (const s of [a, b, c]) await drive(clock, s.close());
   });
 
+  it('verifyData finds a loss at once (not a third of a TTL later), ends the sessions, and dataLosses counts it', async () => {
+    const { clock, server, store } = setup();
+    const a = store();
+    const session = await drive(clock, a.openSession({ ttlMs: 3000 }));
+    await drive(clock, a.verifyData()); // nothing lost: resolves
+    expect(a.dataLosses).toBe(0);
+    server.loseData();
+    // Before the periodic check has run: a read already sees the emptied data; verifyData says why.
+    const err = await drive(clock, a.verifyData()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreDataLostError);
+    expect(a.dataLosses).toBe(1);
+    expect((await drive(clock, session.ended)).state).toBe('expired');
+    // Counted once: the next check has nothing new to say.
+    await drive(clock, a.verifyData());
+    expect(a.dataLosses).toBe(1);
+    await drive(clock, a.close());
+  });
+
   it('a member reports the loss as a typed error event, stops at once, and runs again after the wait', async () => {
     const { clock, server, store } = setup();
     const s = store();

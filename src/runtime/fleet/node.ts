@@ -27,6 +27,7 @@ import {
   NoQuorumError,
   NotLeaderError,
   PeerAuthError,
+  StoreDataLostError,
   TimeoutError,
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
@@ -537,6 +538,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** The control plane's id this node works with (the meta record's; undefined before it saw one). */
   #controlId: string | undefined;
   /**
+   * The store's count of data losses (Store.dataLosses) as of this node's last round. When it grows, the records
+   * may have come back older under the same control id (a Redis restarted from its last snapshot): treated as a loss.
+   */
+  #lossesSeen: number;
+  /**
    * Replicas (Raft group ids, open or stored) held when the control plane's records were found lost, each with the
    * control id that was lost then (records of that id read again, with the orphan's generation, take it back:
    * #reclaimOrphans).
@@ -565,6 +571,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#o = o;
     this.#raft = raft;
     this.#controlId = dataDir.identity.control;
+    this.#lossesSeen = control.store.dataLosses;
     for (const [id, from] of Object.entries(dataDir.identity.orphans)) this.#orphans.set(id, from);
     for (const [id, e] of Object.entries(dataDir.identity.catalog)) this.#catalog.set(id, e);
     this.#saveIdentity = dataDir.save;
@@ -844,12 +851,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     if (this.#closed) return;
     const clock = this.#o.control.clock;
     const startedAtMs = clock.now();
-    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
+    const store = this.#o.control.store;
+    const losses = store.dataLosses;
+    const view = await readFleetView(store, this.#control.keys, this.#corruption.report, this.#records);
     this.#corruption.endRound();
     if (this.#closed) return;
     this.#view = view;
     this.#syncPeers(view);
-    if (this.#checkControl(view)) {
+    if (this.#checkControl(view, losses)) {
       // The id changed (or is the first this node sees) between the previous read and this one, so this read's group
       // records may be from before the change: readFleetView reads the meta record last, and a loss between the two
       // reads pairs lost records with the new id. Acting on them would open replicas of lost groups as ordinary ones
@@ -899,9 +908,33 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     } catch (error) {
       this.reportError(error, 'fleet node: reading desired records before bootstrapping'); // the next round retries
     }
+    let actions = decision.actions;
+    if (actions.some((a) => a.type === 'drop' && a.reason === 'group-removed')) {
+      // Deleting a replica because its group's record is gone is the one thing a read of older records (a store that
+      // came back from its last snapshot) would make irreversible: make sure the read came from the data this node
+      // worked in. A loss found now is acted on by the next round (every replica an orphan).
+      let verified = this.#mutants.has('fleet-drop-on-lost-records');
+      if (!verified) {
+        try {
+          await store.verifyData();
+          verified = store.dataLosses === losses;
+        } catch (error) {
+          if (!(error instanceof StoreDataLostError)) {
+            this.reportError(error, 'fleet node: checking the store before deleting replicas of removed groups');
+          }
+        }
+      }
+      if (!verified) {
+        if (store.dataLosses !== losses) {
+          this.#loop.kick();
+          return;
+        }
+        actions = actions.filter((a) => !(a.type === 'drop' && a.reason === 'group-removed'));
+      }
+    }
     this.#lastCostMs = clock.now() - startedAtMs;
     let ranSinceMs = clock.now();
-    for (const a of decision.actions) {
+    for (const a of actions) {
       if (this.#closed) return;
       try {
         await this.#act(a, founding);
@@ -959,10 +992,18 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * told before the round goes on (docs/fleet.md, "The control store loses its data"). True when the id changed
    * (or is the first seen): the round then acts on nothing of this read.
    */
-  #checkControl(view: FleetView): boolean {
+  #checkControl(view: FleetView, losses: number): boolean {
     if (view.metaRevision !== 0 && view.meta === undefined) return false; // unreadable: reported; nothing to conclude
     const id = view.meta?.id;
-    if (id === this.#controlId) return false;
+    // The store found its data lost or replaced since the last round (before this read began): under the same id,
+    // the records may be older ones — a group added since the store's last snapshot is missing, not removed.
+    const rolledBack =
+      losses !== this.#lossesSeen &&
+      id !== undefined &&
+      id === this.#controlId &&
+      !this.#mutants.has('fleet-drop-on-lost-records');
+    this.#lossesSeen = losses;
+    if (id === this.#controlId && !rolledBack) return false;
     if (this.#controlId === undefined) {
       // The first id seen (a new node, or records of an older release that had none until now).
       this.#controlId = id;
@@ -998,9 +1039,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       new FleetControlLostError(
         this.fleet,
         this.nodeId,
-        id === undefined
-          ? `the fleet's meta record, id ${lostId}, is gone`
-          : `the fleet's meta record has id ${id}, not ${lostId}`,
+        rolledBack
+          ? `the store found its data lost or replaced (StoreDataLostError): its records may be older ones, under ` +
+              `the same id ${id}`
+          : id === undefined
+            ? `the fleet's meta record, id ${lostId}, is gone`
+            : `the fleet's meta record has id ${id}, not ${lostId}`,
         added,
       ),
       'fleet node: the control plane lost its records',
