@@ -909,10 +909,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       this.reportError(error, 'fleet node: reading desired records before bootstrapping'); // the next round retries
     }
     let actions = decision.actions;
-    if (actions.some((a) => a.type === 'drop' && a.reason === 'group-removed')) {
-      // Deleting a replica because its group's record is gone is the one thing a read of older records (a store that
-      // came back from its last snapshot) would make irreversible: make sure the read came from the data this node
-      // worked in. A loss found now is acted on by the next round (every replica an orphan).
+    const irreversible = (a: ReplicaAction): boolean =>
+      (a.type === 'drop' && a.reason === 'group-removed') || (a.type === 'open' && a.mode === 'bootstrap');
+    if (actions.some(irreversible)) {
+      // Deleting a replica because its group's record is gone, and starting a group from an empty log as a founder,
+      // are what a read of older records (a store that came back from its last snapshot: a group added since is
+      // missing, a group moved since has its first desired record again) would make irreversible: make sure the
+      // read came from the data this node worked in. A loss found now is acted on by the next round (every replica
+      // an orphan).
       let verified = this.#mutants.has('fleet-drop-on-lost-records');
       if (!verified) {
         try {
@@ -920,7 +924,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           verified = store.dataLosses === losses;
         } catch (error) {
           if (!(error instanceof StoreDataLostError)) {
-            this.reportError(error, 'fleet node: checking the store before deleting replicas of removed groups');
+            this.reportError(error, 'fleet node: checking the store before deleting or founding replicas');
           }
         }
       }
@@ -929,7 +933,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           this.#loop.kick();
           return;
         }
-        actions = actions.filter((a) => !(a.type === 'drop' && a.reason === 'group-removed'));
+        actions = actions.filter((a) => !irreversible(a));
       }
     }
     this.#lastCostMs = clock.now() - startedAtMs;
