@@ -217,12 +217,27 @@ export abstract class StoreBase<D = undefined> implements Store {
    */
   async verifyData(): Promise<void> {
     this.assertOpen();
-    const [lost, changed] = await Promise.all([this.incarnation.check(), this.serverChanged()]);
-    if (lost !== undefined) {
-      this.#endAll(lost);
-      throw lost;
+    const lost = await this.#lookForLoss();
+    if (lost !== undefined) throw lost;
+  }
+
+  /**
+   * The incarnation record and the server's identity, looked at together; a loss either finds ends every session
+   * and is returned. A server change is acted on even when the record could not be read: serverChanged() reports a
+   * change once (it takes the new server as the one to compare with next time), so a change dropped with a failed
+   * read — a Redis loading its snapshot answers INFO but refuses reads — would never be reported again, and an
+   * older state would pass for the data this client worked in. Throws what failed when neither found a loss.
+   */
+  async #lookForLoss(): Promise<StoreDataLostError | undefined> {
+    const [checked, changed] = await Promise.allSettled([this.incarnation.check(), this.serverChanged()]);
+    if (checked.status === 'fulfilled' && checked.value !== undefined) {
+      this.#endAll(checked.value);
+      return checked.value;
     }
-    if (changed !== undefined) throw this.dataLost(changed);
+    if (changed.status === 'fulfilled' && changed.value !== undefined) return this.dataLost(changed.value);
+    if (checked.status === 'rejected') throw checked.reason;
+    if (changed.status === 'rejected') throw changed.reason;
+    return undefined;
   }
 
   /** True once close() has begun: public calls fail with ClosedError from then on. */
@@ -299,12 +314,8 @@ export abstract class StoreBase<D = undefined> implements Store {
       () => {
         this.#checkTimer = undefined;
         if (this.#closed || this.sessions.size === 0) return;
-        Promise.all([this.incarnation.check(), this.serverChanged()]).then(
-          ([lost, changed]) => {
-            if (lost !== undefined) this.#endAll(lost);
-            else if (changed !== undefined) this.dataLost(changed);
-            this.#scheduleCheck();
-          },
+        this.#lookForLoss().then(
+          () => this.#scheduleCheck(),
           // Unreachable or garbage: the keep-alives decide about the sessions; look again next time.
           () => this.#scheduleCheck(),
         );
