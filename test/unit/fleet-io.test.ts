@@ -29,6 +29,7 @@ import {
   registerNode,
   removeGroup,
   reportObserved,
+  reserveGenerations,
   writeDesired,
   type FleetView,
 } from '../../src/protocol/fleet/io.js';
@@ -489,10 +490,18 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
     const store = await open();
     try {
       const keys = new FleetKeys('f9');
-      // Fresh records after a loss; node n2 keeps replicas of "a" (generation 4) and "b" (generation 6).
+      // Fresh records after a loss; node n2 keeps replicas of "a" (generation 4) and "b" (generation 6). It raises
+      // the counter past them first: an add of another name then never takes their generations.
+      expect(await reserveGenerations(store, keys, 6)).toBe(true);
+      expect(await reserveGenerations(store, keys, 3)).toBe(true); // already past: nothing written
+      const other = await addGroup(store, keys, 'other', { replicas: 1, machine: 'kv' });
+      expect(other.generation).toBe(7);
+      const reserved = decodeMeta(keys.meta, (await store.get(keys.meta))!.value);
+      expect(reserved).toMatchObject({ lastGeneration: 7, issued: [[7, 7]] });
+      expect(wasIssued(reserved, 4)).toBe(false);
       const claimA = { name: 'a', generation: 4, machine: 'kv', replicas: 3, incarnation: 'incarnA1', node: 'n2' };
-      expect(await claimGroup(store, keys, claimA)).toBe(true);
-      expect(await claimGroup(store, keys, { ...claimA, node: 'n3' })).toBe(false); // claimed already
+      expect(await claimGroup(store, keys, claimA)).toBe('claimed');
+      expect(await claimGroup(store, keys, { ...claimA, node: 'n3' })).toBe('taken'); // claimed already
       const refused = await addGroup(store, keys, 'a', { replicas: 3, machine: 'kv' }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(FleetGroupExistsError);
       expect(refused).toMatchObject({ generation: 4, restoring: { node: 'n2' } });
@@ -508,18 +517,18 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       });
 
       // "b" can never come back (its majority is gone): the operator gives it up with a remove.
-      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe(true);
+      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe('claimed');
       expect(await removeGroup(store, keys, 'b')).toMatchObject({ name: 'b', generation: 6, replicas: 3 });
       expect(await store.get(keys.claimOf('b'))).toBeUndefined();
       // Given up for good: its generation counts as handed out (no claim, no write-back), and the name added again
       // gets a generation past it (never the same Raft group id as the replicas kept).
-      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe(false);
+      expect(await claimGroup(store, keys, { ...claimA, name: 'b', generation: 6 })).toBe('taken');
       expect(await adoptGroup(store, keys, { ...back, name: 'b', generation: 6 })).toBe('issued');
-      expect((await addGroup(store, keys, 'b', { replicas: 3, machine: 'kv' })).generation).toBe(7);
+      expect((await addGroup(store, keys, 'b', { replicas: 3, machine: 'kv' })).generation).toBe(8);
       // Nothing claimed, nothing to remove.
       await expect(removeGroup(store, keys, 'never')).rejects.toThrow(FleetGroupNotFoundError);
       // A claim for a generation the present records handed out is not written (it could never come back).
-      expect(await claimGroup(store, keys, { ...claimA, name: 'c', generation: 7 })).toBe(false);
+      expect(await claimGroup(store, keys, { ...claimA, name: 'c', generation: 8 })).toBe('taken');
       // An unreadable claim blocks the add, by name (nothing overwrites it); a remove clears it.
       await store.txn({ compare: [], then: [{ op: 'put', key: keys.claimOf('d'), value: '{junk' }] });
       await expect(addGroup(store, keys, 'd', { replicas: 1, machine: 'kv' })).rejects.toThrow(CorruptDataError);

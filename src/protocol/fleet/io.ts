@@ -662,13 +662,17 @@ export async function adoptGroup(
   }
 }
 
+/** Attempts of claimGroup and reserveGenerations when other writers change the meta record under them. */
+const CLAIM_ATTEMPTS = 16;
+
 /**
  * Claim group name `c.name` after a loss of the records (ClaimRecord): written only where the name has no group
  * record and no claim, and only for a generation the present records never handed out (adoptGroup could not write
- * such a group back; a claim would only block the name). Resolves whether it was written; false also when someone
- * else's claim, a group record or an add came first.
+ * such a group back; a claim would only block the name). `claimed` when written; `taken` when a group record, a
+ * claim or a handed-out generation came first (the name is not free for an add either way); `busy` when the meta
+ * record kept changing under it (try again later).
  */
-export async function claimGroup(store: Store, keys: FleetKeys, c: ClaimRecord): Promise<boolean> {
+export async function claimGroup(store: Store, keys: FleetKeys, c: ClaimRecord): Promise<'claimed' | 'taken' | 'busy'> {
   const key = keys.group(c.name);
   const claimKey = keys.claimOf(c.name);
   validateMachineName(c.machine);
@@ -676,17 +680,49 @@ export async function claimGroup(store: Store, keys: FleetKeys, c: ClaimRecord):
   if (c.incarnation !== undefined && !isIncarnation(c.incarnation)) {
     throw new InvalidArgumentError(`claimGroup: incarnation ${JSON.stringify(c.incarnation)} is not one`);
   }
-  const { kv, metaKv, meta, claimKv } = await readGroupWithMeta(store, keys, key, claimKey);
-  if (kv !== undefined || claimKv !== undefined || wasIssued(meta, c.generation)) return false;
-  const w = await store.txn({
-    compare: [
-      { key, target: 'exists', exists: false },
-      { key: claimKey, target: 'exists', exists: false },
-      { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
-    ],
-    then: [{ op: 'put', key: claimKey, value: encodeRecord(c) }],
-  });
-  return w.succeeded;
+  for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
+    const { kv, metaKv, meta, claimKv } = await readGroupWithMeta(store, keys, key, claimKey);
+    if (kv !== undefined || claimKv !== undefined || wasIssued(meta, c.generation)) return 'taken';
+    const w = await store.txn({
+      compare: [
+        { key, target: 'exists', exists: false },
+        { key: claimKey, target: 'exists', exists: false },
+        { key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 },
+      ],
+      then: [{ op: 'put', key: claimKey, value: encodeRecord(c) }],
+    });
+    if (w.succeeded) return 'claimed';
+  }
+  return 'busy';
+}
+
+/**
+ * Raise the meta record's counter to at least `generation` without handing anything out (`issued` unchanged), so
+ * that no add after this hands out a generation up to it: after a loss of the records the counter starts again from
+ * 1, and an add of *another* name would otherwise take the generation of a group still on its way back — which could
+ * then never be written back (adoptGroup refuses a generation the present records handed out). Writes a new meta
+ * record (with a new id) where there is none. False when the meta record kept changing under it (try again later).
+ */
+export async function reserveGenerations(store: Store, keys: FleetKeys, generation: number): Promise<boolean> {
+  if (!Number.isSafeInteger(generation) || generation < 1) {
+    throw new InvalidArgumentError(`reserveGenerations: a generation is an integer >= 1, got ${String(generation)}`);
+  }
+  for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
+    const { metaKv, meta } = await readGroupWithMeta(store, keys, keys.meta);
+    if (meta.lastGeneration >= generation) return true;
+    const w = await store.txn({
+      compare: [{ key: keys.meta, target: 'modRevision', op: '=', value: metaKv?.modRevision ?? 0 }],
+      then: [
+        {
+          op: 'put',
+          key: keys.meta,
+          value: encodeRecord({ ...withControlId(meta), lastGeneration: generation, issued: issuedOf(meta) }),
+        },
+      ],
+    });
+    if (w.succeeded) return true;
+  }
+  return false;
 }
 
 // ---- desired placement ----------------------------------------------------------------

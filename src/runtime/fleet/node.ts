@@ -43,6 +43,7 @@ import {
   readFleetView,
   removeGroup,
   reportObservedMany,
+  reserveGenerations,
   type FleetGroupView,
   type FleetView,
 } from '../../protocol/fleet/io.js';
@@ -1142,33 +1143,47 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    */
   async #claimOrphans(view: FleetView): Promise<void> {
     if (this.#orphans.size === 0) return;
-    let n = 0;
+    const store = this.#o.control.store;
+    const keys = this.#control.keys;
+    const todo: { id: string; name: string; generation: number; entry: CatalogEntry }[] = [];
     for (const id of this.#orphans.keys()) {
-      if (this.#closed) return;
       if (this.#claimed.has(id)) continue;
       const p = parseRaftGroupId(id);
-      const e = this.#catalog.get(id);
-      if (p === undefined || e === undefined || view.groups.has(p.name)) continue;
+      const entry = this.#catalog.get(id);
+      if (p === undefined || entry === undefined || view.groups.has(p.name)) continue;
       if (view.meta !== undefined && wasIssued(view.meta, p.generation)) continue;
-      if (n++ >= CLAIMS_PER_ROUND) {
-        this.#loop.kick();
+      todo.push({ id, name: p.name, generation: p.generation, entry });
+    }
+    if (todo.length === 0) return;
+    try {
+      // First the counter past every generation to claim: an add of another name must not take one of them.
+      const highest = Math.max(...todo.map((t) => t.generation));
+      if ((view.meta?.lastGeneration ?? 0) < highest && !(await reserveGenerations(store, keys, highest))) {
+        this.#loop.kick(); // the meta record kept changing: next round
         return;
       }
+    } catch (error) {
+      this.reportError(error, 'fleet node: reserving the generations of orphan groups');
+      return;
+    }
+    for (const t of todo.slice(0, CLAIMS_PER_ROUND)) {
+      if (this.#closed) return;
       try {
-        await claimGroup(this.#o.control.store, this.#control.keys, {
-          name: p.name,
-          generation: p.generation,
-          machine: e.machine,
-          replicas: e.replicas ?? Math.max(1, e.initial.length),
-          ...(e.incarnation !== undefined ? { incarnation: e.incarnation } : {}),
+        const outcome = await claimGroup(store, keys, {
+          name: t.name,
+          generation: t.generation,
+          machine: t.entry.machine,
+          replicas: t.entry.replicas ?? Math.max(1, t.entry.initial.length),
+          ...(t.entry.incarnation !== undefined ? { incarnation: t.entry.incarnation } : {}),
           node: this.nodeId,
         });
         // Written, or claimed or added by someone else first: either way the name is no longer free for an add.
-        this.#claimed.add(id);
+        if (outcome !== 'busy') this.#claimed.add(t.id);
       } catch (error) {
-        this.reportError(error, `fleet node: claiming the name of orphan ${id}`);
+        this.reportError(error, `fleet node: claiming the name of orphan ${t.id}`);
       }
     }
+    if (todo.length > CLAIMS_PER_ROUND) this.#loop.kick();
   }
 
   /**
