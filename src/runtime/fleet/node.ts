@@ -1002,11 +1002,12 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const id = view.meta?.id;
     // The store found its data lost or replaced since the last round (before this read began): under the same id,
     // the records may be older ones — a group added since the store's last snapshot is missing, not removed.
-    const rolledBack =
-      losses !== this.#lossesSeen &&
-      id !== undefined &&
-      id === this.#controlId &&
-      !this.#mutants.has('fleet-drop-on-lost-records');
+    // Or, found by this node itself (its store client may be new — the node restarted — and have nothing to compare
+    // with): it holds a replica of a generation above the counter, which no group record could have been written
+    // with — the records are older than that replica.
+    const sameId = id !== undefined && id === this.#controlId && !this.#mutants.has('fleet-drop-on-lost-records');
+    const aboveCounter = sameId ? this.#generationAbove(view.meta?.lastGeneration ?? 0) : undefined;
+    const rolledBack = sameId && (losses !== this.#lossesSeen || aboveCounter !== undefined);
     this.#lossesSeen = losses;
     if (id === this.#controlId && !rolledBack) return false;
     if (this.#controlId === undefined) {
@@ -1045,7 +1046,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         this.fleet,
         this.nodeId,
         rolledBack
-          ? `the store found its data lost or replaced (StoreDataLostError): its records may be older ones, under ` +
+          ? aboveCounter !== undefined
+            ? `its records are older than replica ${aboveCounter} held here (the meta record's counter is ` +
+              `${view.meta?.lastGeneration ?? 0}), under the same id ${id}: the store came back from an older state`
+            : `the store found its data lost or replaced (StoreDataLostError): its records may be older ones, under ` +
               `the same id ${id}`
           : id === undefined
             ? `the fleet's meta record, id ${lostId}, is gone`
@@ -1055,6 +1059,16 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       'fleet node: the control plane lost its records',
     );
     return true;
+  }
+
+  /** A replica (open or stored, not an orphan) of a generation above `lastGeneration`, if this node holds one. */
+  #generationAbove(lastGeneration: number): string | undefined {
+    for (const id of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+      if (this.#orphans.has(id)) continue;
+      const p = parseRaftGroupId(id);
+      if (p !== undefined && p.generation > lastGeneration) return id;
+    }
+    return undefined;
   }
 
   /**
