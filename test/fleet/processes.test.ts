@@ -691,6 +691,13 @@ describe('fleet on real processes', () => {
         // Resumed, it finds its session gone: it rejoins, drops the replicas it no longer holds (their groups went
         // on without it), and gets its share back. Its clients' calls that waited through the pause end typed.
         f.resume(paused);
+        // Registered again, it is live before the coordinator has given it anything: every group is converged on the
+        // others for a moment. Wait for its share first, then for the moves to finish.
+        await eventually(async () => ((await f.status()).nodes.find((n) => n.id === paused)?.desired ?? 0) > 0, {
+          what: `${paused} given groups again by the coordinator`,
+          timeoutMs: CONVERGE_TIMEOUT_MS,
+          intervalMs: 250,
+        });
         const final = await f.converged(ids, groups.length, `after ${paused} resumed`);
         expect(final.nodes.find((n) => n.id === paused)?.desired ?? 0).toBeGreaterThan(0);
         await finalChecks(f, groups, final);

@@ -260,6 +260,14 @@ describe('fleet status rendering and input', () => {
       '2 nodes · 3 groups: 1 majority-lost · 1 moving (moves in flight) · 1 converged · 1 WITHOUT QUORUM',
     );
     expect(renderFleetStatus(status, { limit: 1 })).toContain('… 2 more (--limit, or --json)');
+    expect(text).not.toContain('on their way back');
+    // Groups claimed after a loss of the control store's records, not written back yet.
+    const restoring = renderFleetStatus(
+      { ...status, restoring: [{ name: 'x', generation: 4, node: 'a' }] },
+      { limit: 40 },
+    );
+    expect(restoring).toContain('NOTE: 1 group(s) on their way back after the control store lost its records');
+    expect(restoring).toContain('  x (generation 4, kept on a)');
   });
 
   it('reads JSON arguments and the secret one way', () => {

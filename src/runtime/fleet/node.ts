@@ -924,7 +924,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           await store.verifyData();
           verified = store.dataLosses === losses;
         } catch (error) {
-          if (!(error instanceof StoreDataLostError)) {
+          if (!(error instanceof StoreDataLostError) && !this.#closed) {
             this.reportError(error, 'fleet node: checking the store before deleting or founding replicas');
           }
         }
