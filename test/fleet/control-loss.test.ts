@@ -80,6 +80,17 @@ async function lossFleet(): Promise<{
   return { redis, start, nodes, stores, lost, dropped };
 }
 
+/** One request to the private Redis on a client of its own (a snapshot, a look at its keys). */
+async function onRedis<T>(redis: ServerHandle, fn: (r: Redis) => Promise<T>): Promise<T> {
+  const r = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+  await r.connect();
+  try {
+    return await fn(r);
+  } finally {
+    r.disconnect();
+  }
+}
+
 describe('fleet: the control store loses its data', () => {
   it('a Redis that comes back older (its last snapshot): a group added since is written back, not deleted', async () => {
     const { redis, start, nodes, stores, dropped } = await lossFleet();
@@ -90,10 +101,7 @@ describe('fleet: the control store loses its data', () => {
       timeoutMs: 30_000,
     });
     // The server's snapshot is taken now (an RDB save, as Redis's default `save` points make now and then) …
-    const admin = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
-    await admin.connect();
-    await admin.save();
-    admin.disconnect();
+    await onRedis(redis, (r) => r.save());
     // … then a group is added and written to, and the server dies (kill -9) and restarts from that snapshot: the
     // records are those of before the add, under the same control id — nothing says the records were lost except
     // the store's StoreDataLostError (its run id changed).
@@ -108,10 +116,7 @@ describe('fleet: the control store loses its data', () => {
     });
     await redis.kill();
     await redis.restart();
-    const probe = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
-    await probe.connect();
-    const keys = await probe.keys('*');
-    probe.disconnect();
+    const keys = await onRedis(redis, (r) => r.keys('*'));
     expect(keys.some((k) => k.includes('groups/a'))).toBe(true); // the snapshot came back …
     expect(keys.some((k) => k.includes('groups/b'))).toBe(false); // … without b
     // Every node's store client has found the loss (its sessions ended with StoreDataLostError; it registers again).
@@ -135,10 +140,7 @@ describe('fleet: the control store loses its data', () => {
     // Worse: the whole fleet is down when the store comes back older. The nodes start with new store clients, which
     // have no earlier server to compare with: nothing reports a loss. Each node sees it by itself — it holds a replica
     // of a generation above the records' counter — and c comes back instead of being deleted.
-    const again = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
-    await again.connect();
-    await again.save();
-    again.disconnect();
+    await onRedis(redis, (r) => r.save());
     await n3.addGroup('c', { replicas: 3, machine: 'counter' });
     await eventually(async () => (await n3.command('c', { add: 4 }, { timeoutMs: 2000 })) === 4, {
       what: 'c placed and answering',

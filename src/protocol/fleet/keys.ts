@@ -470,19 +470,31 @@ function decodeIssued(key: string, raw: unknown, lastGeneration: number): (reado
   return out;
 }
 
-export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {
-  const rec = parse(key, value);
-  const name = strField(key, rec, 'name');
-  expectName(key, keys.groups, name, 'group');
+/** A record's replica count (groups and claims): an integer from 1 to MAX_REPLICAS. */
+function replicasField(key: string, rec: Record<string, unknown>): number {
   const replicas = rec['replicas'];
   if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
     throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
   }
-  const generation = intField(key, rec, 'generation', 1);
+  return replicas;
+}
+
+/** A record's incarnation (groups and claims): absent, or well formed (isIncarnation). */
+function incarnationField(key: string, rec: Record<string, unknown>): string | undefined {
   const incarnation = rec['incarnation'];
   if (incarnation !== undefined && !isIncarnation(incarnation)) {
     throw corrupt(key, 'field incarnation must be 8 to 64 characters of [A-Za-z0-9_-]');
   }
+  return incarnation;
+}
+
+export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {
+  const rec = parse(key, value);
+  const name = strField(key, rec, 'name');
+  expectName(key, keys.groups, name, 'group');
+  const replicas = replicasField(key, rec);
+  const generation = intField(key, rec, 'generation', 1);
+  const incarnation = incarnationField(key, rec);
   const group: GroupRecord = {
     name,
     replicas,
@@ -526,14 +538,8 @@ export function decodeClaim(keys: FleetKeys, key: string, value: string): ClaimR
   const rec = parse(key, value);
   const name = strField(key, rec, 'name');
   expectName(key, keys.claims, name, 'group');
-  const replicas = rec['replicas'];
-  if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
-    throw corrupt(key, `replicas must be an integer from 1 to ${MAX_REPLICAS}`);
-  }
-  const incarnation = rec['incarnation'];
-  if (incarnation !== undefined && !isIncarnation(incarnation)) {
-    throw corrupt(key, 'field incarnation must be 8 to 64 characters of [A-Za-z0-9_-]');
-  }
+  const replicas = replicasField(key, rec);
+  const incarnation = incarnationField(key, rec);
   const node = strField(key, rec, 'node');
   if (node === '') throw corrupt(key, 'field node must name a node');
   return {

@@ -1024,7 +1024,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
     const lostId = this.#controlId;
     const added: string[] = [];
-    for (const replica of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+    for (const replica of this.#replicaIds()) {
       if (this.#orphans.has(replica)) continue;
       this.#orphans.set(replica, lostId);
       added.push(replica);
@@ -1061,9 +1061,14 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     return true;
   }
 
+  /** The Raft group ids of every replica this node holds, open or only stored. */
+  #replicaIds(): Set<string> {
+    return new Set([...this.#held.keys(), ...this.#raft.storedGroups()]);
+  }
+
   /** A replica (open or stored, not an orphan) of a generation above `lastGeneration`, if this node holds one. */
   #generationAbove(lastGeneration: number): string | undefined {
-    for (const id of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+    for (const id of this.#replicaIds()) {
       if (this.#orphans.has(id)) continue;
       const p = parseRaftGroupId(id);
       if (p !== undefined && p.generation > lastGeneration) return id;
@@ -1208,7 +1213,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   #keptOrphanOf(name: string, meta: MetaRecord | undefined): { generation: number; node: string } | undefined {
     const lossPending = this.#controlId !== undefined && meta?.id !== this.#controlId;
     let generation: number | undefined;
-    for (const id of new Set([...this.#held.keys(), ...this.#raft.storedGroups()])) {
+    for (const id of this.#replicaIds()) {
       const p = parseRaftGroupId(id);
       if (p === undefined || p.name !== name) continue;
       if (!lossPending && !this.#orphans.has(id)) continue;
