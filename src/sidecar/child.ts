@@ -37,6 +37,13 @@ export interface StopOptions {
   readonly pollMs?: number | undefined;
 }
 
+/**
+ * The shell script that runs the command (given as $1) once a line arrives on stdin; end-of-file instead (the
+ * sidecar died before it released the child) exits with 125 and runs nothing. `exec` keeps the pid, so the process
+ * group's id stays the one the reaper was told.
+ */
+const GATE = 'IFS= read -r _ || exit 125; exec /bin/sh -c "$1"';
+
 /** Longest line kept in memory before it is passed on without its end. */
 const MAX_LINE_CHARS = 64 * 1024;
 
@@ -66,13 +73,21 @@ export class SupervisedChild {
     this.#streamsClosed = Promise.all(closed).then(() => undefined);
   }
 
-  /** Start the command; resolves once the process exists (rejects if it could not be started). */
+  /**
+   * Start the process; resolves once it exists (rejects if it could not be started). The command itself runs only
+   * after release(): until then the shell waits for a line on its stdin. The sidecar tells the reaper about the
+   * process group first, then releases it; a sidecar killed in between (kill -9 under load can land there) closes
+   * the pipe, the shell reads end-of-file and exits without running anything — there is never a running command the
+   * reaper does not know about.
+   */
   static start(spec: ChildSpec): Promise<SupervisedChild> {
-    const proc = spawn('/bin/sh', ['-c', spec.command], {
+    const proc = spawn('/bin/sh', ['-c', GATE, 'rebalancer-child', spec.command], {
       detached: true, // setsid: its own process group (and session), whose id is its pid
       env: spec.env,
-      stdio: ['ignore', spec.prefix === undefined ? 'inherit' : 'pipe', spec.prefix === undefined ? 'inherit' : 'pipe'],
+      // stdin: the gate's pipe, closed by release(): the command reads end-of-file there, as from /dev/null.
+      stdio: ['pipe', spec.prefix === undefined ? 'inherit' : 'pipe', spec.prefix === undefined ? 'inherit' : 'pipe'],
     });
+    proc.stdin?.on('error', () => undefined); // EPIPE: the shell is gone already (killed before release)
     return new Promise((resolve, reject) => {
       proc.once('error', reject);
       proc.once('spawn', () => {
@@ -81,6 +96,12 @@ export class SupervisedChild {
         resolve(new SupervisedChild(proc, proc.pid!, spec));
       });
     });
+  }
+
+  /** Let the command run (once its process group is known to whoever must stop it if this process dies). */
+  release(): void {
+    const stdin = this.#proc.stdin;
+    if (stdin !== null && !stdin.destroyed) stdin.end('\n');
   }
 
   /** Resolves when the shell itself has exited (its group may still have members). */

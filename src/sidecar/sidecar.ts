@@ -410,15 +410,16 @@ export class Sidecar extends TypedEmitter<SidecarEvents> {
     });
     if (this.#o.mutant !== 'no-reaper') {
       this.#sendLease(true);
+      // The reaper hears of the group now (a line in its pipe's kernel buffer), and only then does the command run.
+      const told = this.#reaper.add(child.pid, () => child.outputHandles(), `[${resource}] `);
+      child.release();
       // childStarted says the reaper knows the child (its group and its pipes), unless that takes more than a
       // second (a stalled reaper) or the resource is revoked meanwhile.
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#reaper.add(child.pid, () => child.outputHandles(), `[${resource}] `),
-        aborted,
-        new Promise((r) => (timer = setTimeout(r, 1000))),
-      ]);
+      await Promise.race([told, aborted, new Promise((r) => (timer = setTimeout(r, 1000)))]);
       clearTimeout(timer);
+    } else {
+      child.release();
     }
     this.emit('childStarted', info);
     const stopOptions = (cause: ChildStopCause): StopOptions => {

@@ -17,7 +17,7 @@
  * crashing child restarted with a growing backoff; and two deliberately broken sidecars (--mutant) that the checks
  * must catch.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -726,6 +726,7 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
       stdout: out.stream,
       stderr: out.stream,
     });
+    child.release();
     let stopping = 0;
     const exit = await child.waitExit(() => {
       stopping++;
@@ -739,6 +740,46 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     expect(out.text()).toMatch(/\[x\] no newline\n$/);
   }, 30_000);
 
+  it('runs the command only once released: a starter killed before that leaves nothing running', async () => {
+    // A process that starts a child and is killed -9 at once: between the two the sidecar tells its reaper.
+    const run = (release: boolean): { pid: number; ran: string } => {
+      const ran = join(dir, `gate-${release}.ran`);
+      const script =
+        `import { SupervisedChild } from ${JSON.stringify(join(REPO, 'src/sidecar/child.ts'))};\n` +
+        `const c = await SupervisedChild.start({ command: ${JSON.stringify(`echo ran > '${ran}'; exec sleep 30`)}, ` +
+        `env: process.env, prefix: undefined, stdout: process.stdout, stderr: process.stderr });\n` +
+        `${release ? 'c.release();' : ''}\n` +
+        `(await import('node:fs')).writeFileSync(${JSON.stringify(`${ran}.pid`)}, String(c.pid));\n` +
+        `process.kill(process.pid, 'SIGKILL');\n`;
+      // Output to a file, not a pipe of ours: the released command inherits it (and would hold spawnSync until it
+      // ends).
+      const errors = openSync(`${ran}.err`, 'w');
+      spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        cwd: REPO,
+        stdio: ['ignore', errors, errors],
+      });
+      closeSync(errors);
+      const pid = Number(existsSync(`${ran}.pid`) ? readFileSync(`${ran}.pid`, 'utf8') : 0);
+      expect(pid, readFileSync(`${ran}.err`, 'utf8')).toBeGreaterThan(0);
+      return { pid, ran };
+    };
+    const held = run(false);
+    await eventually(() => !alive(held.pid), { ...STEP, what: 'the unreleased shell to exit', timeoutMs: 10_000 });
+    expect(existsSync(held.ran)).toBe(false);
+    // The control: released, the command runs (and outlives its starter: the reaper is what stops it).
+    const released = run(true);
+    try {
+      await eventually(() => existsSync(released.ran), { ...STEP, what: 'the released command to run', timeoutMs: 10_000 });
+      expect(alive(released.pid)).toBe(true);
+    } finally {
+      try {
+        process.kill(-released.pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }, 30_000);
+
   it('stop(): SIGTERM to the group, SIGKILL after the grace period', async () => {
     const out = collect();
     const child = await SupervisedChild.start({
@@ -748,6 +789,7 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
       stdout: out.stream,
       stderr: out.stream,
     });
+    child.release();
     await eventually(() => out.text().includes('ready'), {
       ...STEP,
       what: 'the child to print ready',
@@ -773,14 +815,17 @@ describe('Reaper (src/sidecar/reaper.ts): the lease', () => {
       onSignal: (s) => signals.push(s),
     });
     const sink = new Writable({ write: (_c, _e, done) => done() });
-    const start = (): Promise<SupervisedChild> =>
-      SupervisedChild.start({
+    const start = async (): Promise<SupervisedChild> => {
+      const child = await SupervisedChild.start({
         command: `trap '' TERM; while :; do sleep 0.1; done`,
         env: process.env,
         prefix: '[r] ',
         stdout: sink,
         stderr: sink,
       });
+      child.release();
+      return child;
+    };
     const [a, b] = [await start(), await start()];
     const clock = { now: () => performance.now() };
     const renew = (): void => reaper.setLease({ termAtMs: clock.now() + 1000, killAtMs: clock.now() + 1500 }, clock);
