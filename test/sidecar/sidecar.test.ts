@@ -769,7 +769,11 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     // The control: released, the command runs (and outlives its starter: the reaper is what stops it).
     const released = run(true);
     try {
-      await eventually(() => existsSync(released.ran), { ...STEP, what: 'the released command to run', timeoutMs: 10_000 });
+      await eventually(() => existsSync(released.ran), {
+        ...STEP,
+        what: 'the released command to run',
+        timeoutMs: 10_000,
+      });
       expect(alive(released.pid)).toBe(true);
     } finally {
       try {
