@@ -12,8 +12,10 @@
  * Clients run inside the worker (several per node, on every group), so a kill -9 kills them mid-request, as it
  * would an application's. Each operation goes to the history file as two lines, written synchronously: `c` before
  * the request leaves (so a process killed with it in flight leaves a call without a return: an unknown outcome) and
- * `r` once it is answered. Times are wall-clock milliseconds with sub-millisecond precision (performance.timeOrigin
- * + performance.now()), comparable across the processes of one host.
+ * `r` once it is answered. Times are milliseconds of the host's monotonic clock (process.hrtime: one clock for
+ * every process of the host), so they compare across processes. Not performance.timeOrigin + performance.now():
+ * a process's timeOrigin is now and then off by 100 ms or more (seen here on a loaded machine: 1 process of 160
+ * started at once), which made a correct history look non-linearizable.
  *
  * Signal handlers are installed before "ready": SIGTERM and SIGINT close the node (no drain) and exit 0.
  */
@@ -80,7 +82,14 @@ export type ControlCommand =
 /** A history line: a call (`c`) or its return (`r`). */
 export type HistoryLine =
   | { readonly c: string; readonly g: string; readonly op: 'append' | 'get'; readonly v?: string; readonly t: number }
-  | { readonly r: string; readonly t: number; readonly out: 'ok' | 'unknown' | 'failed'; readonly value?: KvOutput };
+  | {
+      readonly r: string;
+      readonly t: number;
+      readonly out: 'ok' | 'unknown' | 'failed';
+      readonly value?: KvOutput;
+      /** The error of a call that did not return a value (for a failure's report). */
+      readonly error?: string;
+    };
 
 /** Pause between two operations of one client: the load stays modest on a shared 2-core machine. */
 const CLIENT_PAUSE_MS = 30;
@@ -100,7 +109,7 @@ if (raw === undefined) {
 }
 const config = JSON.parse(raw) as FleetWorkerConfig;
 
-const now = (): number => performance.timeOrigin + performance.now();
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 function say(line: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(line)}\n`);
@@ -181,7 +190,7 @@ async function client(name: string, groups: readonly string[]): Promise<void> {
         err instanceof NoQuorumError ||
         (err instanceof TimeoutError && err.outcome === 'not-applied') ||
         err instanceof FleetGroupNotFoundError;
-      history({ r: opId, t: now(), out: notApplied ? 'failed' : 'unknown' });
+      history({ r: opId, t: now(), out: notApplied ? 'failed' : 'unknown', error: describe(err).slice(0, 400) });
       if (!(err instanceof RebalancerError)) say({ ev: 'client-bug', op: opId, error: describe(err) });
     }
     await sleep(CLIENT_PAUSE_MS);

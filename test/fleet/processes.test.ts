@@ -47,7 +47,7 @@ const GRACE_PERIOD_MS = 1000;
 const READY_TIMEOUT_MS = 60_000;
 /** Bound for the fleet to converge after a step (placement, learners catching up, transfers) on 2 shared cores. */
 const CONVERGE_TIMEOUT_MS = 120_000;
-/** Clock skew between processes of one host is none, but timeOrigin is rounded: widen every interval by this. */
+/** The workers' times are of one clock (the host's monotonic clock); a margin for rounding all the same. */
 const SKEW_MS = 1;
 
 type Body = ControlCommand extends infer C ? (C extends { id: number } ? Omit<C, 'id'> : never) : never;
@@ -247,7 +247,13 @@ class ProcessFleet {
   }
 
   /** Every history line of every process so far, as the checker's operations, and the tokens sent and acked. */
-  history(): { ops: Operation<KvInput, KvOutput>[]; acked: Map<string, string[]>; sent: Set<string> } {
+  history(): {
+    ops: Operation<KvInput, KvOutput>[];
+    acked: Map<string, string[]>;
+    sent: Set<string>;
+    /** Appends whose client was told they were not applied, with the error it got. */
+    refused: Map<string, string>;
+  } {
     const calls = new Map<string, Extract<HistoryLine, { c: string }>>();
     const returns = new Map<string, Extract<HistoryLine, { r: string }>>();
     for (const file of readdirSync(this.dir).filter((f) => f.endsWith('.hist'))) {
@@ -262,11 +268,15 @@ class ProcessFleet {
     const ops: Operation<KvInput, KvOutput>[] = [];
     const acked = new Map<string, string[]>();
     const sent = new Set<string>();
+    const refused = new Map<string, string>();
     for (const [id, c] of calls) {
       const r = returns.get(id);
       const input: KvInput = c.op === 'get' ? { op: 'get', key: c.g } : { op: 'append', key: c.g, value: c.v! };
       if (c.op === 'append') sent.add(c.v!);
-      if (r?.out === 'failed') continue;
+      if (r?.out === 'failed') {
+        if (c.op === 'append') refused.set(c.v!, r.error ?? '?');
+        continue;
+      }
       const client = id.slice(0, id.lastIndexOf('.'));
       if (r === undefined || r.out === 'unknown') {
         ops.push({ client, input, callTime: c.t - SKEW_MS });
@@ -279,7 +289,7 @@ class ProcessFleet {
         list.push(c.v!);
       }
     }
-    return { ops, acked, sent };
+    return { ops, acked, sent, refused };
   }
 
   /** Lines of every worker's log that say a client saw something that is not a typed error (a bug). */
@@ -355,7 +365,7 @@ async function finalChecks(
   };
   list('client-side bugs', f.clientBugs());
 
-  const { ops, acked, sent } = f.history();
+  const { ops, acked, sent, refused } = f.history();
   const ackedCount = [...acked.values()].reduce((n, l) => n + l.length, 0);
   const started = performance.now();
   const check = checkOperations(kvModel(), ops, { timeLimitMs: 60_000 });
@@ -370,6 +380,7 @@ async function finalChecks(
   const lost: string[] = [];
   const twice: string[] = [];
   const strange: string[] = [];
+  const appliedAfterAll: string[] = [];
   for (const g of groups) {
     const tokens = (values[g] ?? '').split(';').filter((t) => t !== '');
     const seen = new Map<string, number>();
@@ -378,11 +389,14 @@ async function finalChecks(
     for (const [v, n] of seen) {
       if (n > 1) twice.push(`${g}: ${v} ×${n}`);
       if (!sent.has(v)) strange.push(`${g}: ${v}`);
+      const error = refused.get(v);
+      if (error !== undefined) appliedAfterAll.push(`${g}: ${v} (its client got: ${error})`);
     }
   }
   list('acknowledged appends lost', lost);
   list('appends applied more than once', twice);
   list('tokens nobody sent', strange);
+  list('appends applied although their client was told they were not', appliedAfterAll);
 
   // Zones: each group's desired members span as many zones as it can.
   const live = status.nodes.map((n) => n.id);
