@@ -60,6 +60,8 @@ export interface SimNode {
   current: Incarnation;
   /** Up (started and not crashed). */
   up: boolean;
+  /** The start in progress (up, its group not open yet), if any. */
+  starting: Promise<void> | undefined;
 }
 
 export interface ClusterOptions {
@@ -101,6 +103,7 @@ export class SimCluster {
         random,
         current: this.#incarnation(disk, random, 0),
         up: false,
+        starting: undefined,
       };
       return node;
     });
@@ -118,14 +121,18 @@ export class SimCluster {
    * goes to `failures`, never thrown.
    */
   async start(n: SimNode): Promise<void> {
+    const starting = this.#start(n);
+    n.starting = starting;
     try {
-      await this.#start(n);
+      await starting;
     } catch (err) {
       this.failures.push({
         atMs: this.#o.world.now(),
         kind: 'node-failed',
         detail: `${n.id} could not start: ${err instanceof Error ? err.message : String(err)}`,
       });
+    } finally {
+      if (n.starting === starting) n.starting = undefined;
     }
   }
 

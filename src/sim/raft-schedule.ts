@@ -242,7 +242,10 @@ export function applyFault(ctx: ScheduleContext, f: Fault): void {
   }
 }
 
-/** End every fault: rates, partitions, blocks, pauses, slow and hung disks; restart every node that is down. */
+/**
+ * End every fault: rates, partitions, blocks, pauses, slow and hung disks; restart every node that is down, and wait
+ * for those already restarting (the liveness phase must not begin while a node's group is still opening).
+ */
 export async function healAll(ctx: ScheduleContext): Promise<void> {
   ctx.faults.heal();
   ctx.net.heal();
@@ -253,6 +256,7 @@ export async function healAll(ctx: ScheduleContext): Promise<void> {
     n.current.slow.unstall();
     n.current.slow.setSyncMs({ min: 0.2, max: 3 });
     if (!n.up) starts.push(ctx.cluster.start(n));
+    else if (n.starting !== undefined) starts.push(n.starting.catch(() => undefined));
   }
   await Promise.all(starts);
 }
