@@ -100,6 +100,7 @@ describe('examples/slots-kv on Redis with real site processes', () => {
   /** A request retried on 503 / connection errors until the bound. */
   async function request(site: Site, method: 'GET' | 'PUT', key: string, value?: string): Promise<Response> {
     const deadline = Date.now() + BOUND_MS;
+    let last = '';
     for (;;) {
       try {
         const r = await fetch(`${site.url!}/kv/${encodeURIComponent(key)}`, {
@@ -108,11 +109,19 @@ describe('examples/slots-kv on Redis with real site processes', () => {
           signal: AbortSignal.timeout(5000),
         });
         if (r.status !== 503) return r;
-        await r.text();
-      } catch {
+        last = `503 ${await r.text()}`;
+      } catch (error) {
         // not reachable for a moment
+        last = String(error);
       }
-      if (Date.now() > deadline) throw new Error(`${method} ${key} via ${site.id}: still failing after ${BOUND_MS} ms`);
+      if (Date.now() > deadline) {
+        // What the sites say of themselves, for the report: a 503 that never ends is a routing or replication bug.
+        const states = await Promise.all(live().map(async (s) => `${s.id}: ${JSON.stringify(await status(s))}`));
+        throw new Error(
+          `${method} ${key} via ${site.id}: still failing after ${BOUND_MS} ms (last: ${last.slice(0, 300)}); ` +
+            `sites: ${states.join('; ')}; logs: ${dir}`,
+        );
+      }
       await sleep(200);
     }
   }
