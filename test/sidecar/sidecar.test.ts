@@ -33,6 +33,7 @@ import { eventually, sleep } from '../harness/wait.js';
 import { CLI, cli as runCli, REPO, type CliResult } from '../unit/cli-process.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
+const GATE_STARTER = join(REPO, 'test/sidecar/fixtures/gate-starter.ts');
 const STORE = `sqlite:${join(dir, 'sidecar.db')}`;
 const CHILD = join(dir, 'child.sh');
 const TTL_MS = 2000;
@@ -744,17 +745,10 @@ describe('SupervisedChild (src/sidecar/child.ts)', () => {
     // A process that starts a child and is killed -9 at once: between the two the sidecar tells its reaper.
     const run = (release: boolean): { pid: number; ran: string } => {
       const ran = join(dir, `gate-${release}.ran`);
-      const script =
-        `import { SupervisedChild } from ${JSON.stringify(join(REPO, 'src/sidecar/child.ts'))};\n` +
-        `const c = await SupervisedChild.start({ command: ${JSON.stringify(`echo ran > '${ran}'; exec sleep 30`)}, ` +
-        `env: process.env, prefix: undefined, stdout: process.stdout, stderr: process.stderr });\n` +
-        `${release ? 'c.release();' : ''}\n` +
-        `(await import('node:fs')).writeFileSync(${JSON.stringify(`${ran}.pid`)}, String(c.pid));\n` +
-        `process.kill(process.pid, 'SIGKILL');\n`;
       // Output to a file, not a pipe of ours: the released command inherits it (and would hold spawnSync until it
       // ends).
       const errors = openSync(`${ran}.err`, 'w');
-      spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      spawnSync(process.execPath, ['--import', 'tsx', GATE_STARTER, ran, release ? 'release' : 'hold'], {
         cwd: REPO,
         stdio: ['ignore', errors, errors],
       });
