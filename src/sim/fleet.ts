@@ -26,7 +26,7 @@
 import { MemoryServer, MemoryStore } from '../backends/memory/index.js';
 import { ClosedError, InvariantError, NoQuorumError, NotLeaderError, TimeoutError } from '../errors.js';
 import { readFleetView } from '../protocol/fleet/io.js';
-import { FleetKeys, raftGroupId } from '../protocol/fleet/keys.js';
+import { FleetKeys } from '../protocol/fleet/keys.js';
 import { addGroup } from '../protocol/fleet/io.js';
 import { quorum } from '../protocol/fleet/plan.js';
 import { fleetStatus, type FleetStatus } from '../protocol/fleet/status.js';
@@ -272,8 +272,16 @@ class FleetSim {
   async run(): Promise<FleetSeedResult> {
     const faultMs = this.#o.faultMs ?? 6000;
     const schedule = this.#drawSchedule(faultMs);
+    // The groups' Raft id tags from a source of their own: the seed's other draws stay what they were.
+    const tags = new Random(this.#o.seed ^ 0x7a9);
     for (const g of this.#groups) {
-      await this.world.drive(addGroup(this.#admin, this.#keys, g, { replicas: FLEET_SIM.replicas, machine: MACHINE }));
+      await this.world.drive(
+        addGroup(this.#admin, this.#keys, g, {
+          replicas: FLEET_SIM.replicas,
+          machine: MACHINE,
+          random: () => tags.next(),
+        }),
+      );
     }
     this.#watcher = await this.world.drive(this.#admin.watch(this.#keys.desired, () => void this.#readDesired()));
     for (const n of this.#nodes) this.#start(n);
@@ -744,7 +752,7 @@ class FleetSim {
       if (g.desired.length !== members)
         return `group ${g.name} has ${g.desired.length} desired members, not ${members}`;
       if (g.health !== 'converged') return `group ${g.name} is ${g.health}: ${g.detail}`;
-      const id = raftGroupId(g.name, g.generation);
+      const id = `${g.name}:${g.generation}`;
       const leaders = this.#nodes.flatMap((n) =>
         (n.fleet?.replicas() ?? [])
           .filter((r) => r.group === g.name && r.status.role === 'leader')

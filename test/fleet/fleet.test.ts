@@ -354,10 +354,14 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
     await converged(nodes[0]!, 'two groups on three nodes');
     expect(await nodes[0]!.command('a', { add: 5 })).toBe(5);
     expect(await nodes[1]!.command('b', { add: 7 })).toBe(7);
+    const aId = nodes[0]!.replicas().find((r) => r.group === 'a')!.id;
+    const bId = nodes[0]!.replicas().find((r) => r.group === 'b')!.id;
+    expect(aId).toMatch(/^a:1\.[A-Za-z0-9_-]{8}$/);
 
     // The records vanish at once (a store restarted without its data, or an operator's delete) and, before any node
     // notices, someone adds "a" again: the new records' counter starts from scratch, so the new "a" gets generation
-    // 1 — the Raft group id of the old "a". In one transaction, so that no node sees the moment between.
+    // 1, the old "a"'s — but another tag, so another Raft group id. In one transaction, so that no node sees the
+    // moment between.
     const keys = nodes[0]!.keys;
     const doomed = [keys.meta];
     for (const prefix of [keys.groups, keys.desired, keys.observed]) {
@@ -377,7 +381,7 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
         {
           op: 'put',
           key: keys.group('a'),
-          value: encodeRecord({ name: 'a', replicas: 3, machine: 'counter', generation: 1 }),
+          value: encodeRecord({ name: 'a', replicas: 3, machine: 'counter', generation: 1, tag: 'newTag01' }),
         },
       ],
     });
@@ -386,7 +390,7 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
       timeoutMs: 15_000,
     });
     expect(lost[0]!.code).toBe('DATA_LOST');
-    expect(lost[0]!.orphans).toEqual(['a:1', 'b:2']);
+    expect(lost[0]!.orphans).toEqual([aId, bId]);
 
     // "b" comes back whole, under its own generation, written back by its leader; the counter now passes it.
     await eventually(async () => (await nodes[2]!.query('b', 'total', { timeoutMs: 2000 })) === 7, {
@@ -394,24 +398,27 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
       timeoutMs: 15_000,
     });
     expect(await nodes[2]!.command('b', { add: 1 })).toBe(8);
-    await eventually(() => nodes.every((n) => n.orphans().join() === 'a:1'), {
+    await eventually(() => nodes.every((n) => n.orphans().join() === aId), {
       what: 'b no orphan',
       timeoutMs: 10_000,
     });
-    // The old "a" cannot come back (its generation was handed out again) and the new "a" is not opened over it: it
-    // must never answer with the old group's state. The old state stays on every node.
-    await expect(nodes[2]!.command('a', { add: 1 }, { timeoutMs: 1500 })).rejects.toThrow();
+    // The old "a" cannot come back (its generation was handed out again). The new "a" is another Raft group, opened
+    // beside it: it answers with its own state, never the old group's. The old state stays on every node.
+    await eventually(async () => (await nodes[2]!.command('a', { add: 1 }, { timeoutMs: 2000 })) === 1, {
+      what: 'the new a, from its own empty state',
+      timeoutMs: 15_000,
+    });
     for (const n of nodes) {
-      const a = n.replicas().find((r) => r.id === 'a:1')!;
+      const a = n.replicas().find((r) => r.id === aId)!;
       expect(a.orphan).toBe(true);
       expect(a.status.applied).toBeGreaterThanOrEqual(2);
       const identity = JSON.parse(await readFile(join(e.dir, n.nodeId, 'fleet.json'), 'utf8')) as {
         orphans: Record<string, string>;
       };
-      expect(Object.keys(identity.orphans)).toEqual(['a:1']);
+      expect(Object.keys(identity.orphans)).toEqual([aId]);
     }
     await eventually(() => refused.length > 0, { what: 'the refused write-back reported', timeoutMs: 10_000 });
-    expect(refused[0]).toMatch(/orphan a:1 cannot be written back: its generation was handed out again/);
+    expect(refused[0]).toContain(`orphan ${aId} cannot be written back: its generation was handed out again`);
     // A new group gets a generation past both.
     expect((await nodes[0]!.addGroup('c', { replicas: 3, machine: 'counter' })).generation).toBe(3);
     // Orphans are remembered across a restart.
@@ -422,8 +429,9 @@ describe('fleet (in-process nodes, SQLite control store)', () => {
       what: 'n2 back, c placed',
       timeoutMs: 15_000,
     });
-    expect(again.orphans()).toEqual(['a:1']);
+    expect(again.orphans()).toEqual([aId]);
     expect(await again.query('b', 'total')).toBe(8);
+    expect(await again.query('a', 'total')).toBe(1);
     expect(dropped).toEqual([]);
   });
 });

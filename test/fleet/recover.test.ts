@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { FleetGroupNotFoundError, FleetRecoveryRefusedError } from '../../src/errors.js';
+import { groupRaftId, raftGroupId } from '../../src/protocol/fleet/keys.js';
 import { recoverGroup } from '../../src/protocol/fleet/recover.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
@@ -167,7 +168,12 @@ describe('fleet: a group that lost its majority', () => {
     // The operator recovers it from the survivor (through the store alone, as the CLI does).
     const result = await recoverGroup(e.store, 'test', 'g', { from: survivorId, unsafe: true });
     expect(result.group.generation).toBeGreaterThan(before.generation);
-    expect(result.group.seed).toEqual({ node: survivorId, generation: before.generation, initial: expect.any(Array) });
+    expect(result.group.seed).toEqual({
+      node: survivorId,
+      generation: before.generation,
+      tag: expect.stringMatching(/^[A-Za-z0-9_-]{8}$/),
+      initial: expect.any(Array),
+    });
     // Another group than the old generation's: a new incarnation (keys.ts GroupRecord.incarnation).
     expect(result.group.incarnation).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
     expect([...result.lostVoters].sort()).toEqual(dead);
@@ -193,10 +199,11 @@ describe('fleet: a group that lost its majority', () => {
     );
     for (const n of [survivor, n4, n5]) expect(await n.query('g', 'total')).toBe(15);
     // The survivor's old replica is gone (replaced by the new generation's).
-    expect(survivor.replicas().map((r) => r.status.group)).toEqual([`g:${result.group.generation}`]);
+    expect(survivor.replicas().map((r) => r.status.group)).toEqual([groupRaftId(result.group)]);
     expect(e.events).toContain(`${survivorId} lost g group-removed`);
 
     // The dead nodes come back with their old replicas: dropped, never a group again.
+    const oldId = raftGroupId('g', result.group.seed!.generation, result.group.seed!.tag);
     for (const id of dead) await start(e, id);
     await eventually(() => dead.every((id) => e.events.includes(`${id} lost g group-removed`)), {
       what: 'the old replicas dropped on the returning nodes',
@@ -209,7 +216,7 @@ describe('fleet: a group that lost its majority', () => {
           .get(id)!
           .replicas()
           .map((r) => r.status.group),
-      ).not.toContain(`g:${before.generation}`);
+      ).not.toContain(oldId);
     }
     expect(await e.nodes.get(dead[0]!)!.command('g', { add: 1 })).toBe(16);
     const final = (await survivor.status()).groups[0]!;

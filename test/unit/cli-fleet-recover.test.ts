@@ -67,7 +67,9 @@ describe('rebalancer fleet recover', () => {
       const view = await readFleetView(store, keys, () => undefined);
       const recovered = view.groups.get('g')!;
       expect(recovered.generation).toBe(g.generation + 1);
-      expect(recovered.seed).toEqual({ node: 'n1', generation: g.generation, initial: ['n2', 'n1', 'n3'] });
+      expect(recovered.seed).toEqual({ node: 'n1', generation: g.generation, tag: g.tag, initial: ['n2', 'n1', 'n3'] });
+      expect(recovered.tag).toMatch(/^[A-Za-z0-9_-]{8}$/);
+      expect(recovered.tag).not.toBe(g.tag);
       expect(recovered.observed).toBeUndefined();
       expect(view.meta).toMatchObject({ lastGeneration: g.generation + 1, groups: 1, id: expect.any(String) });
       expect(fleetStatus('f', view).groups[0]).toMatchObject({

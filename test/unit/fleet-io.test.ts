@@ -102,8 +102,17 @@ describe('fleet names and raft group ids', () => {
     expect(parseRaftGroupId('orders')).toBeUndefined();
     expect(parseRaftGroupId('orders:0')).toBeUndefined();
     expect(() => raftGroupId('orders', 0)).toThrow(InvalidArgumentError);
-    // Every id a valid name makes is a valid Raft group name (1–100 of [A-Za-z0-9._:/-]).
-    expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER)).toMatch(/^[A-Za-z0-9._:/-]{1,100}$/);
+    // With a tag (every record of this release has one): after the generation, never holding a `:`.
+    const tagged = raftGroupId('orders:2', 17, 'a_B-3xYz');
+    expect(tagged).toBe('orders:2:17.a_B-3xYz');
+    expect(parseRaftGroupId(tagged)).toEqual({ name: 'orders:2', generation: 17, tag: 'a_B-3xYz' });
+    expect(parseRaftGroupId('orders:17.short')).toBeUndefined();
+    expect(parseRaftGroupId('orders:17.a_B-3xYz9')).toBeUndefined();
+    for (const bad of ['short', 'a_B-3xYz9', 'a.B-3xYz', 'a:B-3xYz']) {
+      expect(() => raftGroupId('orders', 1, bad)).toThrow(InvalidArgumentError);
+    }
+    // Every id a valid name makes is a valid Raft group name (1–110 of [A-Za-z0-9._:/-]).
+    expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER, 'a_B-3xYz')).toMatch(/^[A-Za-z0-9._:/-]{1,110}$/);
   });
 
   it("decodes a recovered group's seed, and refuses a seed that cannot be one", () => {
@@ -268,10 +277,14 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       const again = await addGroup(store, keys, 'orders', { replicas: 5, machine: 'kv2' });
       expect(again.generation).toBeGreaterThan(first.generation);
       expect(raftGroupId('orders', again.generation)).not.toBe(raftGroupId('orders', first.generation));
+      // Each add draws the tag of its Raft group id.
+      expect(first.tag).toMatch(/^[A-Za-z0-9_-]{8}$/);
+      expect(again.tag).toMatch(/^[A-Za-z0-9_-]{8}$/);
+      expect(again.tag).not.toBe(first.tag);
 
       const v = await view(store, keys);
       const g = v.groups.get('orders')!;
-      expect(g).toMatchObject({ generation: again.generation, replicas: 5, machine: 'kv2' });
+      expect(g).toMatchObject({ generation: again.generation, replicas: 5, machine: 'kv2', tag: again.tag });
       // The old generation's desired placement and observed state went with it, and cannot come back.
       expect(g.desired).toBeUndefined();
       expect(g.observed).toBeUndefined();
@@ -614,6 +627,19 @@ describe.each(backends)('fleet control plane on %s', (_name, open) => {
       const old = new FleetKeys('f11');
       expect(await adoptGroup(store, old, { ...back, incarnation: undefined })).toBe('adopted');
       expect((await readFleetView(store, old, () => undefined)).groups.get('a')).not.toHaveProperty('incarnation');
+      expect((await readFleetView(store, old, () => undefined)).groups.get('a')).not.toHaveProperty('tag');
+
+      // The tag of the orphan's Raft group id goes back with it: the replicas' id and the record's are the same.
+      const tagged = new FleetKeys('f12');
+      expect(await adoptGroup(store, tagged, { ...back, tag: first.tag })).toBe('adopted');
+      expect((await readFleetView(store, tagged, () => undefined)).groups.get('a')?.tag).toBe(first.tag);
+      expect(await adoptGroup(store, tagged, { ...back, tag: first.tag })).toBe('adopted');
+      // Another Raft group of that name and generation (another tag, or none) is not it.
+      expect(await adoptGroup(store, tagged, { ...back, tag: again.tag })).toBe('taken');
+      expect(await adoptGroup(store, tagged, { ...back, tag: undefined })).toBe('taken');
+      await expect(adoptGroup(store, tagged, { ...back, name: 'c', tag: 'bad tag' })).rejects.toBeInstanceOf(
+        InvalidArgumentError,
+      );
     } finally {
       await store.close();
     }

@@ -233,4 +233,41 @@ describe('decideReplicas', () => {
     expect(o.actions).toEqual([]);
     expect(o.waits.map((w) => [w.name, w.reason])).toEqual([['other', 'orphan']]);
   });
+
+  it('tells two groups of one name and generation apart by their Raft id tag: an orphan and the group added again', () => {
+    const open = (id: string): OpenReplica => ({ id, voters: ['a', 'b', 'c'], learners: [], membershipIndex: 0 });
+    const again: GroupFacts = { ...g('again', desired('again', ['a', 'b', 'c'])), tag: 'NEWtag01' };
+    // The orphan (its group from before the loss) is `again:1.OLDtag01`; the name added since got generation 1 too.
+    const d = decideReplicas(
+      input([again], [open('again:1.OLDtag01')], [], { orphans: new Set(['again:1.OLDtag01']) }),
+    );
+    // Another Raft group: opened beside the orphan (which is kept), never over it; the two never exchange a message.
+    expect(d.actions).toEqual([
+      {
+        type: 'open',
+        id: 'again:1.NEWtag01',
+        name: 'again',
+        machine: 'kv',
+        mode: 'bootstrap',
+        members: ['a', 'b', 'c'],
+      },
+    ]);
+    expect(d.waits).toEqual([]);
+    // A replica that is not an orphan, of the record's generation but another tag (or none): a group that is gone.
+    const gone = decideReplicas(input([again], [open('again:1.OLDtag01'), open('again:1')], []));
+    expect(gone.actions).toEqual([
+      { type: 'drop', id: 'again:1.OLDtag01', reason: 'group-removed' },
+      { type: 'drop', id: 'again:1', reason: 'group-removed' },
+      {
+        type: 'open',
+        id: 'again:1.NEWtag01',
+        name: 'again',
+        machine: 'kv',
+        mode: 'bootstrap',
+        members: ['a', 'b', 'c'],
+      },
+    ]);
+    // The replica of the record's own id stays.
+    expect(decideReplicas(input([again], [open('again:1.NEWtag01')], [])).actions).toEqual([]);
+  });
 });

@@ -37,7 +37,9 @@ import {
   validateReplicas,
   issuedOf,
   isIncarnation,
+  isRaftIdTag,
   newIncarnation,
+  newRaftIdTag,
   sameIncarnation,
   withControlId,
   withIssued,
@@ -360,6 +362,8 @@ export interface AddGroupOptions {
     name: string,
     meta: MetaRecord | undefined,
   ) => { readonly generation: number; readonly node: string } | undefined;
+  /** Where the Raft id tag is drawn from (newRaftIdTag): the simulator's seeded source; absent: the system's. */
+  readonly random?: (() => number) | undefined;
 }
 
 function metaOf(kv: KeyValue | undefined): MetaRecord {
@@ -441,6 +445,7 @@ export async function addGroup(
       machine,
       generation: meta.lastGeneration + 1,
       incarnation: newIncarnation(),
+      tag: newRaftIdTag(options.random),
     };
     const written = await writeNewGroup(
       store,
@@ -589,6 +594,8 @@ export interface AdoptedGroup {
   readonly replicas?: number | undefined;
   /** The group's incarnation as its record had it (GroupRecord.incarnation), when known: written back as it was. */
   readonly incarnation?: string | undefined;
+  /** The tag of its replicas' Raft group id (GroupRecord.tag; none for an id without one): written back as it is. */
+  readonly tag?: string | undefined;
 }
 
 /**
@@ -613,15 +620,21 @@ export async function adoptGroup(
   if (g.incarnation !== undefined && !isIncarnation(g.incarnation)) {
     throw new InvalidArgumentError(`adoptGroup: incarnation ${JSON.stringify(g.incarnation)} is not one`);
   }
+  if (g.tag !== undefined && !isRaftIdTag(g.tag)) {
+    throw new InvalidArgumentError(`adoptGroup: tag ${JSON.stringify(g.tag)} is not one`);
+  }
   const members = [g.leader, ...g.members.filter((m) => m !== g.leader)];
   for (;;) {
     const { kv, metaKv, meta } = await readGroupWithMeta(store, keys, key);
     if (wasIssued(meta, g.generation)) return 'issued';
     if (kv !== undefined) {
-      // Written back already (by this group's leader of a moment ago): the same generation, never handed out, and
-      // the same incarnation (another one is a group of the same name and generation from before another loss).
+      // Written back already (by this group's leader of a moment ago): the same Raft group id (generation and tag),
+      // never handed out, and the same incarnation (another one is a group of the same name and generation from
+      // before another loss).
       const rec = decodeGroup(keys, kv.key, kv.value);
-      return rec.generation === g.generation && sameIncarnation(g.incarnation, rec.incarnation) ? 'adopted' : 'taken';
+      const same =
+        rec.generation === g.generation && rec.tag === g.tag && sameIncarnation(g.incarnation, rec.incarnation);
+      return same ? 'adopted' : 'taken';
     }
     const replicas = validateReplicas(g.replicas ?? members.length);
     const group: GroupRecord = {
@@ -630,6 +643,7 @@ export async function adoptGroup(
       machine,
       generation: g.generation,
       ...(g.incarnation !== undefined ? { incarnation: g.incarnation } : {}),
+      ...(g.tag !== undefined ? { tag: g.tag } : {}),
     };
     const desired: DesiredRecord = {
       name: g.name,

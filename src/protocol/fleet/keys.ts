@@ -8,7 +8,7 @@
  *   meta               the fleet's counters (the last group generation handed out, the number of groups), the
  *                      control plane's id (a new one means the records were lost: docs/fleet.md) and the ranges of
  *                      generations these records handed out
- *   groups/<name>      group record: replicas, state machine name, generation, incarnation
+ *   groups/<name>      group record: replicas, state machine name, generation, incarnation, Raft id tag
  *   desired/<name>     desired members and leader, written by the coordinator under its election guard
  *   observed/<name>    what the group's leader reports: membership, leader, term, lag, stuck
  *   coord/             the coordinator election (src/store/election.ts)
@@ -30,8 +30,9 @@ export const FLEET_PROTOCOL_VERSION = 1;
  */
 export const MAX_FLEET_GROUPS = 100_000;
 /**
- * Group names share the Raft group name alphabet ([A-Za-z0-9._:/-]); the Raft group id is `<name>:<generation>`
- * and Raft allows 100 characters, so a name keeps 20 for the generation (a safe integer has at most 16 digits).
+ * Group names share the Raft group name alphabet ([A-Za-z0-9._:/-]); the Raft group id is
+ * `<name>:<generation>.<tag>` and Raft allows 110 characters, so a name keeps 30 for the rest (a safe integer has at
+ * most 16 digits, a tag 8 characters).
  */
 export const MAX_FLEET_GROUP_NAME_CHARS = 80;
 const GROUP_NAME_RE = /^[A-Za-z0-9._:/-]+$/;
@@ -90,26 +91,67 @@ export function validateMachineName(machine: unknown): string {
 }
 
 /**
- * The Raft group id the members of one generation of a group use. A removed group's name added again gets a new
- * generation, so a replica of the old group (on a node that was down through the removal) can never join the new one.
+ * The Raft group id the members of one generation of a group use: `<name>:<generation>.<tag>`, or
+ * `<name>:<generation>` for a record without a tag (written by an older release). A removed group's name added again
+ * gets a new generation, so a replica of the old group (on a node that was down through the removal) can never join
+ * the new one. The tag (GroupRecord.tag) tells apart two groups of one name and generation: after the control store
+ * lost its records, a name added again may be handed an orphan's very generation, and the two must never exchange a
+ * Raft message (docs/fleet.md, "The control store loses its data").
  */
-export function raftGroupId(name: string, generation: number): string {
+export function raftGroupId(name: string, generation: number, tag?: string): string {
   validateFleetGroupName(name);
   if (!Number.isSafeInteger(generation) || generation < 1) {
     throw new InvalidArgumentError(`a fleet group generation is an integer >= 1, got ${String(generation)}`);
   }
-  return `${name}:${generation}`;
+  if (tag === undefined) return `${name}:${generation}`;
+  if (!isRaftIdTag(tag))
+    throw new InvalidArgumentError(`a fleet group tag is 8 characters of [A-Za-z0-9_-], got ${JSON.stringify(tag)}`);
+  return `${name}:${generation}.${tag}`;
 }
 
-/** The inverse of raftGroupId; undefined for an id that is not one (the generation is after the last `:`). */
-export function parseRaftGroupId(id: string): { name: string; generation: number } | undefined {
+/** The Raft group id of a group record (or of anything with its name, generation and tag). */
+export function groupRaftId(g: {
+  readonly name: string;
+  readonly generation: number;
+  readonly tag?: string | undefined;
+}): string {
+  return raftGroupId(g.name, g.generation, g.tag);
+}
+
+/**
+ * The inverse of raftGroupId; undefined for an id that is not one. The generation (and tag) follow the last `:`,
+ * which a tag never holds: `a:5` is group `a` of generation 5, `a:5.Xy3_k9-Q` the same with a tag, `a:5:7` group `a:5`.
+ */
+export function parseRaftGroupId(id: string): { name: string; generation: number; tag?: string } | undefined {
   const colon = id.lastIndexOf(':');
   if (colon <= 0) return undefined;
-  const gen = id.slice(colon + 1);
-  if (!/^[1-9][0-9]{0,15}$/.test(gen)) return undefined;
-  const generation = Number(gen);
+  const m = /^([1-9][0-9]{0,15})(?:\.([A-Za-z0-9_-]{8}))?$/.exec(id.slice(colon + 1));
+  if (m === null) return undefined;
+  const generation = Number(m[1]);
   if (!Number.isSafeInteger(generation)) return undefined;
-  return { name: id.slice(0, colon), generation };
+  const name = id.slice(0, colon);
+  return m[2] === undefined ? { name, generation } : { name, generation, tag: m[2] };
+}
+
+const RAFT_ID_TAG = /^[A-Za-z0-9_-]{8}$/;
+
+/** Whether `x` is a well-formed Raft id tag (GroupRecord.tag): 8 characters of [A-Za-z0-9_-]. */
+export function isRaftIdTag(x: unknown): x is string {
+  return typeof x === 'string' && RAFT_ID_TAG.test(x);
+}
+
+const TAG_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/**
+ * A new Raft id tag (48 random bits): an identity compared for equality only. From `random` ([0, 1)) when given —
+ * the simulator's seeded source: a node orders its replicas by id in places (its log's snapshot files), and a seed
+ * must replay exactly — else from the system's cryptographic source.
+ */
+export function newRaftIdTag(random?: () => number): string {
+  if (random === undefined) return randomBytes(6).toString('base64url');
+  let tag = '';
+  for (let i = 0; i < 8; i++) tag += TAG_ALPHABET[Math.floor(random() * 64) & 63];
+  return tag;
 }
 
 /** The keys of one fleet. */
@@ -305,6 +347,14 @@ export interface GroupRecord {
    */
   readonly incarnation?: string | undefined;
   /**
+   * Part of the group's Raft group id (raftGroupId): drawn with the generation by addGroup and the unsafe recovery,
+   * written back by adoptGroup as the orphan's id has it. Two groups of one name and generation (a name added again
+   * after a loss of the records, before its orphan was written back) then have different Raft groups: the new group's
+   * replicas never receive the orphan's messages, nor vote in its elections. Absent from the records of older
+   * releases: the id has no tag.
+   */
+  readonly tag?: string | undefined;
+  /**
    * Set by the unsafe recovery of a group that lost its majority (docs/fleet.md, "A group that lost its majority"): this generation starts
    * from the state of the replica of generation `seed.generation` on node `seed.node`, not from the state machine's
    * initial state. The coordinator gives the generation's first desired record `initial = [seed.node]`; that node
@@ -316,6 +366,8 @@ export interface GroupRecord {
 export interface GroupSeed {
   readonly node: string;
   readonly generation: number;
+  /** The old generation's tag (GroupRecord.tag), when it had one: with `generation`, its Raft group id. */
+  readonly tag?: string | undefined;
   /** The old generation's founding members (its replica is recovered with them if it is stored but not open). */
   readonly initial: readonly string[];
 }
@@ -488,6 +540,13 @@ function incarnationField(key: string, rec: Record<string, unknown>): string | u
   return incarnation;
 }
 
+/** A record's Raft id tag (groups, seeds): absent, or well formed (isRaftIdTag). */
+function tagField(key: string, rec: Record<string, unknown>): string | undefined {
+  const tag = rec['tag'];
+  if (tag !== undefined && !isRaftIdTag(tag)) throw corrupt(key, 'field tag must be 8 characters of [A-Za-z0-9_-]');
+  return tag;
+}
+
 export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupRecord {
   const rec = parse(key, value);
   const name = strField(key, rec, 'name');
@@ -495,12 +554,14 @@ export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupR
   const replicas = replicasField(key, rec);
   const generation = intField(key, rec, 'generation', 1);
   const incarnation = incarnationField(key, rec);
+  const tag = tagField(key, rec);
   const group: GroupRecord = {
     name,
     replicas,
     machine: strField(key, rec, 'machine'),
     generation,
     ...(incarnation !== undefined ? { incarnation } : {}),
+    ...(tag !== undefined ? { tag } : {}),
   };
   const seedRaw = rec['seed'];
   if (seedRaw === undefined) return group;
@@ -514,7 +575,11 @@ export function decodeGroup(keys: FleetKeys, key: string, value: string): GroupR
   if (node === '' || seedGeneration >= generation || initial.length === 0) {
     throw corrupt(key, 'seed must name a node and an older generation with its founding members');
   }
-  return { ...group, seed: { node, generation: seedGeneration, initial } };
+  const seedTag = tagField(key, seedRec);
+  return {
+    ...group,
+    seed: { node, generation: seedGeneration, ...(seedTag !== undefined ? { tag: seedTag } : {}), initial },
+  };
 }
 
 /**

@@ -23,6 +23,7 @@ import {
   encodeRecord,
   FleetKeys,
   newIncarnation,
+  newRaftIdTag,
   validateNodeId,
   withControlId,
   withIssued,
@@ -171,9 +172,11 @@ async function write(
     generation,
     // Another group than the old generation's (its replicas start from a seed, not from the old group's log).
     incarnation: newIncarnation(),
+    tag: newRaftIdTag(),
     seed: {
       node: from,
       generation: g.generation,
+      ...(g.tag !== undefined ? { tag: g.tag } : {}),
       // The old generation's founders: the seed node's old replica, if only stored, is recovered with them.
       initial: g.desired?.initial ?? g.observed?.voters ?? [from],
     },

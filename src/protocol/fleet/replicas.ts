@@ -36,6 +36,7 @@
  */
 import { NO_MUTANTS, type Mutants } from '../mutants.js';
 import {
+  groupRaftId,
   parseRaftGroupId,
   raftGroupId,
   sameIncarnation,
@@ -46,7 +47,7 @@ import {
 
 /** One replica open on this node, as the node sees it. */
 export interface OpenReplica {
-  /** The Raft group id, `<name>:<generation>`. */
+  /** The Raft group id, `<name>:<generation>.<tag>` (keys.ts raftGroupId). */
   readonly id: string;
   readonly voters: readonly string[];
   readonly learners: readonly string[];
@@ -67,6 +68,8 @@ export interface GroupFacts {
   readonly machine: string;
   /** The record's incarnation (GroupRecord.incarnation); undefined (older releases) matches any replica. */
   readonly incarnation?: string | undefined;
+  /** The record's Raft id tag (GroupRecord.tag); part of the group's Raft id. */
+  readonly tag?: string | undefined;
   readonly desired: DesiredRecord | undefined;
   readonly observed: ObservedRecord | undefined;
   /** Set when this generation is seeded from an older one's replica (the unsafe recovery, recover.ts). */
@@ -140,17 +143,17 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
     if (orphans.has(id)) continue;
     const parsed = parseRaftGroupId(id);
     const g = parsed === undefined ? undefined : groups.get(parsed.name);
-    if (parsed === undefined || g === undefined || g.generation !== parsed.generation || otherIncarnation(id, g)) {
+    if (parsed === undefined || g === undefined || groupRaftId(g) !== id || otherIncarnation(id, g)) {
       // The replica a recovered group is seeded from stays until the new generation exists here.
-      if (g !== undefined && seedsHere(g, nodeId) && g.seed?.generation === parsed?.generation) {
-        if (!held.has(raftGroupId(g.name, g.generation))) continue;
+      if (g !== undefined && seedsHere(g, nodeId) && seedRaftId(g) === id) {
+        if (!held.has(groupRaftId(g))) continue;
       }
       actions.push({ type: 'drop', id, reason: 'group-removed' });
     }
   }
 
   for (const g of [...groups.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-    const id = raftGroupId(g.name, g.generation);
+    const id = groupRaftId(g);
     const d = g.desired;
     const wanted = d !== undefined && d.generation === g.generation && d.members.includes(nodeId);
     if (orphans.has(id)) {
@@ -201,7 +204,7 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
       }
       if (seedsHere(g, nodeId)) {
         // Seeded (the unsafe recovery): from this node's replica of the old generation, never from an empty state.
-        const seedId = raftGroupId(g.name, g.seed!.generation);
+        const seedId = seedRaftId(g)!;
         if (open.has(seedId)) {
           actions.push({ ...openBootstrap(g, id, d), seedFrom: seedId });
         } else if (stored.has(seedId)) {
@@ -236,6 +239,11 @@ export function decideReplicas(input: ReplicaInput, mutants: Mutants = NO_MUTANT
 
 function openBootstrap(g: GroupFacts, id: string, d: DesiredRecord): ReplicaAction & { type: 'open' } {
   return { type: 'open', id, name: g.name, machine: g.machine, mode: 'bootstrap', members: d.initial };
+}
+
+/** The Raft group id of the old generation a recovered group is seeded from. */
+function seedRaftId(g: GroupFacts): string | undefined {
+  return g.seed === undefined ? undefined : raftGroupId(g.name, g.seed.generation, g.seed.tag);
 }
 
 /** This node is the seed of the group's generation (the unsafe recovery) and the only founding member. */

@@ -157,7 +157,11 @@ interface Timing {
   readonly requestTimeoutMs: number;
 }
 
-const GROUP_NAME = /^[A-Za-z0-9._:/-]{1,100}$/;
+/**
+ * Raft group names: 1–110 characters, so that a snapshot file's name (`snap-<name in hex>-<index>.snap.tmp`) stays
+ * within the 255 bytes file systems allow.
+ */
+const GROUP_NAME = /^[A-Za-z0-9._:/-]{1,110}$/;
 /** A log write on its way this long is reported (DiskStalledError): an fsync that long is no normal disk's. */
 export const DISK_STALL_REPORT_MS = 5000;
 
@@ -430,7 +434,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
     if (typeof name !== 'string' || !GROUP_NAME.test(name)) {
       throw new InvalidArgumentError(
-        `a raft group name must be 1–100 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
+        `a raft group name must be 1–110 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
       );
     }
     if (this.#replicas.has(name)) throw new InvalidArgumentError(`raft group ${name} is already open on ${this.id}`);
@@ -530,7 +534,7 @@ export class RaftNode extends TypedEmitter<RaftNodeEvents> {
     if (this.#closed) throw new ClosedError(`raft node ${this.id}`);
     if (typeof name !== 'string' || !GROUP_NAME.test(name)) {
       throw new InvalidArgumentError(
-        `a raft group name must be 1–100 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
+        `a raft group name must be 1–110 characters of letters, digits and . _ : / -, got ${JSON.stringify(name)}`,
       );
     }
     if (this.#replicas.has(name) || this.#dropping.has(name) || this.#wal.groups().includes(name)) {

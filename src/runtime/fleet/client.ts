@@ -25,7 +25,7 @@ import { OptionReader } from '../../options.js';
 import { addGroup, FleetRecordCache, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
-  raftGroupId,
+  groupRaftId,
   validateFleetGroupName,
   validateMachineName,
   type GroupRecord,
@@ -295,7 +295,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       // Perhaps added since the view was read: read again before saying it does not exist.
       if (g === undefined && !fresh) g = (await this.#refresh()).groups.get(name);
       if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
-      id = raftGroupId(name, g.generation);
+      id = groupRaftId(g);
       const remainingMs = timeoutMs - (this.#store.clock.now() - start);
       if (this.#routes.candidates(name, id).length > 0) {
         try {

@@ -52,7 +52,7 @@ import {
   MAX_NODE_MACHINES,
   parseRaftGroupId,
   isIncarnation,
-  raftGroupId,
+  groupRaftId,
   sameIncarnation,
   validateFleetGroupName,
   validateMachineName,
@@ -1089,7 +1089,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     for (const [id, from] of [...this.#orphans]) {
       const p = parseRaftGroupId(id);
       const g = p === undefined ? undefined : view.groups.get(p.name);
-      if (p === undefined || g === undefined || g.generation !== p.generation) continue;
+      if (p === undefined || g === undefined || groupRaftId(g) !== id) continue;
       if (!sameIncarnation(this.#catalog.get(id)?.incarnation, g.incarnation)) continue;
       if (wasIssued(meta, p.generation) && meta.id !== from) continue;
       this.#orphans.delete(id);
@@ -1114,7 +1114,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         view.meta !== undefined && wasIssued(view.meta, h.generation)
           ? 'its generation was handed out again since the control store lost its records: it stays an orphan (kept, not served)'
           : g !== undefined &&
-              (g.generation !== h.generation || !sameIncarnation(this.#catalog.get(h.id)?.incarnation, g.incarnation))
+              (groupRaftId(g) !== h.id || !sameIncarnation(this.#catalog.get(h.id)?.incarnation, g.incarnation))
             ? `a group ${h.name} was added since the control store lost its records: it stays an orphan (kept, not ` +
               'served) until that group is removed'
             : undefined;
@@ -1145,6 +1145,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           leader: this.nodeId,
           replicas: this.#catalog.get(h.id)?.replicas,
           incarnation: this.#catalog.get(h.id)?.incarnation,
+          tag: parseRaftGroupId(h.id)?.tag,
         });
         // 'taken' or 'issued' (records changed since the read): the next round reports it.
       } catch (error) {
@@ -1290,7 +1291,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       a.mode === 'bootstrap'
         ? this.#raft.openGroup(a.id, { ...settings, members: a.members })
         : this.#raft.openGroup(a.id, { ...settings, members: a.members, join: true });
-    const generation = Number(a.id.slice(a.name.length + 1));
+    const generation = parseRaftGroupId(a.id)!.generation;
     this.#held.set(a.id, {
       id: a.id,
       name: a.name,
@@ -1314,9 +1315,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const record = this.#view?.groups.get(a.name);
     // The record it is opened from: of its generation and incarnation (another incarnation's is another group's).
     const ofRecord =
-      record !== undefined &&
-      record.generation === generation &&
-      sameIncarnation(listed?.incarnation, record.incarnation);
+      record !== undefined && groupRaftId(record) === a.id && sameIncarnation(listed?.incarnation, record.incarnation);
     const replicas = ofRecord ? record.replicas : listed?.replicas;
     // The incarnation it was listed with stays; else the record's — not for an orphan (opened from the catalog
     // whatever the records say: a record of its generation may be another incarnation's that it would then match).
@@ -1392,7 +1391,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           return;
         }
         const first = d.version === 1 || this.#mutants.has('fleet-bootstrap-always');
-        if (first && raftGroupId(a.name, d.generation) === a.id && d.initial.includes(this.nodeId)) founding.add(a.id);
+        const p = parseRaftGroupId(a.id);
+        if (first && p?.name === a.name && p.generation === d.generation && d.initial.includes(this.nodeId)) {
+          founding.add(a.id);
+        }
       });
     }
     return founding;
@@ -1493,7 +1495,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
     const g = view.groups.get(h.name);
     const d = g?.desired;
-    if (g === undefined || g.generation !== h.generation || d === undefined) return;
+    if (g === undefined || groupRaftId(g) !== h.id || d === undefined) return;
     // Plan and report only from a committed membership (nextStep's contract): a report of one merely appended would
     // let a replica it excludes drop its data, and the entry may yet be overwritten by another leader.
     if (s.membershipIndex > s.committed) return;
@@ -1602,7 +1604,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    */
   #watchLeaderless(h: Held, s: GroupStatus, view: FleetView): void {
     const g = view.groups.get(h.name);
-    if (g === undefined || g.generation !== h.generation) return; // an old replica on its way out
+    if (g === undefined || groupRaftId(g) !== h.id) return; // an old replica on its way out
     // A replica still joining (not yet added) knows only the founding members: not its group to judge.
     if (!isMember(h, this.nodeId)) return;
     const voters = s.membership.voters;
@@ -1765,7 +1767,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
       }
       const remainingMs = timeoutMs - (clock.now() - start);
-      const id = raftGroupId(name, g.generation);
+      const id = groupRaftId(g);
       const held = this.#held.get(id);
       // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
       const mine =

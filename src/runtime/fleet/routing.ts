@@ -5,7 +5,7 @@
  * is not a node), which differ only in how they reach a node and which nodes they can reach.
  */
 import type { FleetView } from '../../protocol/fleet/io.js';
-import { parseRaftGroupId, raftGroupId } from '../../protocol/fleet/keys.js';
+import { groupRaftId, parseRaftGroupId } from '../../protocol/fleet/keys.js';
 import { RemoteGroupClient } from '../../raft/node/remote-client.js';
 import { jsonCodec, type Codec } from '../../raft/node/state-machine.js';
 import type { Clock, TimerHandle } from '../../store/contract.js';
@@ -83,7 +83,7 @@ export class GroupRoutes {
     };
     if (this.#o.self?.holds(id) === true) out.push(this.#o.self.id);
     add(this.#leaderHints.get(id));
-    if (g !== undefined && raftGroupId(name, g.generation) === id) {
+    if (g !== undefined && groupRaftId(g) === id) {
       add(g.observed?.leader);
       add(g.desired?.leader);
       for (const n of g.observed?.voters ?? []) add(n);
