@@ -9,13 +9,15 @@
  *     restart changes its run id, which the Redis backend takes as a possible loss of writes (ADR 0009): the nodes
  *     keep their replicas as orphans and write their groups back, and no session is granted for the longest session
  *     TTL — that case takes about 40 s);
- *  4. every command a client saw acknowledged is in the final totals, each once (a command that failed may or may
+ *  4. the store server frozen (SIGSTOP) past the session TTL, then resumed: the nodes join again, all converges;
+ *  5. every command a client saw acknowledged is in the final totals, each once (a command that failed may or may
  *     not have been applied: the totals lie between the two counts).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { readFleetView } from '../../src/protocol/fleet/io.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
 import { openStore } from '../../src/store/open.js';
@@ -136,7 +138,7 @@ function writers(e: Env): { stop: () => Promise<void>; acked: Map<string, number
 }
 
 describe.each(BACKENDS)('fleet control plane on $name (private server)', ({ name, start: startServer }) => {
-  it('converges, takes a node in and out, rides a store restart and a node stopped without draining, loses no acknowledged command', async () => {
+  it('converges, takes a node in and out, rides a store restart, a node stopped without draining and the store frozen past the TTL, loses no acknowledged command', async () => {
     const server = await startServer();
     cleanups.push(() => server.kill());
     const dir = await mkdtemp(join(tmpdir(), `fleet-${name}-`));
@@ -170,7 +172,29 @@ describe.each(BACKENDS)('fleet control plane on $name (private server)', ({ name
     await start(e, 'n4');
     await converged(e, `${name}: after the store's restart, n3 replaced`, 'n4');
 
-    // 4. Every acknowledged command is in the totals, once.
+    // The store frozen (SIGSTOP) past every session's TTL, then resumed: the sessions are lost and the nodes join
+    // again; the groups answer throughout and nothing moves for good.
+    const registrations = async (): Promise<Map<string, number>> => {
+      const { store } = e.nodes.get('n1')!;
+      const view = await readFleetView(store, e.nodes.get('n1')!.node.keys, () => undefined);
+      return new Map([...view.nodes].map(([id, n]) => [id, n.registeredRevision]));
+    };
+    const before = await registrations();
+    expect([...before.keys()].sort()).toEqual(['n1', 'n2', 'n4']);
+    server.pause();
+    await new Promise((resolve) => setTimeout(resolve, 3000 + 1500));
+    server.resume();
+    await eventually(
+      async () => {
+        const after = await registrations();
+        for (const [id, rev] of before) expect(after.get(id), `${id} registered again`).toBeGreaterThan(rev);
+        return true;
+      },
+      { what: `${name}: every node registered again after the freeze`, timeoutMs: CONVERGE_MS, intervalMs: 200 },
+    );
+    await converged(e, `${name}: after the store was frozen past the session TTL`);
+
+    // 5. Every acknowledged command is in the totals, once.
     await w.stop();
     for (const g of GROUPS) {
       const total = await n1.query<number>(g, 'total', { consistency: 'linearizable' });
