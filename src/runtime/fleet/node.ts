@@ -6,10 +6,11 @@
  * 1. The round (on every watch hint under the fleet's prefix and the tick, paced by its cost): read the fleet's
  *    records, learn peers' addresses, and open or drop replicas as `decideReplicas` says
  *    (src/protocol/fleet/replicas.ts).
- * 2. The steps (after every round, every membership change, every leader change, and each `stepIntervalMs` while a
- *    group it leads has not converged): for each group this node leads, one membership change or leadership
- *    transfer toward the desired record, chosen by `nextStep` (src/protocol/fleet/plan.ts), carried out through
- *    Raft itself, at most `maxConcurrentChanges` at once on this node.
+ * 2. The steps (over every replica after each round and every five ticks; over one replica after its leader
+ *    changed or its membership change finished): for each group this node leads, one membership change or
+ *    leadership transfer toward the desired record, chosen by `nextStep` (src/protocol/fleet/plan.ts), carried out
+ *    through Raft itself, at most `maxConcurrentChanges` at once on this node (a freed slot goes to a replica that
+ *    waited for one).
  * 3. The reports: each group's leader writes what it sees (`observed/<name>`) when it changes shape, and its lag at
  *    most every `REPORT_LAG_EVERY_MS`, through a bounded queue.
  *
