@@ -104,8 +104,9 @@ export function raftGroupId(name: string, generation: number, tag?: string): str
     throw new InvalidArgumentError(`a fleet group generation is an integer >= 1, got ${String(generation)}`);
   }
   if (tag === undefined) return `${name}:${generation}`;
-  if (!isRaftIdTag(tag))
+  if (!isRaftIdTag(tag)) {
     throw new InvalidArgumentError(`a fleet group tag is 8 characters of [A-Za-z0-9_-], got ${JSON.stringify(tag)}`);
+  }
   return `${name}:${generation}.${tag}`;
 }
 
