@@ -242,30 +242,22 @@ describe('decideReplicas', () => {
       input([again], [open('again:1.OLDtag01')], [], { orphans: new Set(['again:1.OLDtag01']) }),
     );
     // Another Raft group: opened beside the orphan (which is kept), never over it; the two never exchange a message.
-    expect(d.actions).toEqual([
-      {
-        type: 'open',
-        id: 'again:1.NEWtag01',
-        name: 'again',
-        machine: 'kv',
-        mode: 'bootstrap',
-        members: ['a', 'b', 'c'],
-      },
-    ]);
+    const openNew = {
+      type: 'open',
+      id: 'again:1.NEWtag01',
+      name: 'again',
+      machine: 'kv',
+      mode: 'bootstrap',
+      members: ['a', 'b', 'c'],
+    };
+    expect(d.actions).toEqual([openNew]);
     expect(d.waits).toEqual([]);
     // A replica that is not an orphan, of the record's generation but another tag (or none): a group that is gone.
     const gone = decideReplicas(input([again], [open('again:1.OLDtag01'), open('again:1')], []));
     expect(gone.actions).toEqual([
       { type: 'drop', id: 'again:1.OLDtag01', reason: 'group-removed' },
       { type: 'drop', id: 'again:1', reason: 'group-removed' },
-      {
-        type: 'open',
-        id: 'again:1.NEWtag01',
-        name: 'again',
-        machine: 'kv',
-        mode: 'bootstrap',
-        members: ['a', 'b', 'c'],
-      },
+      openNew,
     ]);
     // The replica of the record's own id stays.
     expect(decideReplicas(input([again], [open('again:1.NEWtag01')], [])).actions).toEqual([]);
