@@ -514,9 +514,9 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
     await closeAll(w);
   });
 
-  it('writes at most maxDesiredWritesPerRound groups per round, the rest in the next rounds', async () => {
+  it('writes at most maxDesiredWritesPerRound groups per round (first placements: four times as many), the rest in the next rounds', async () => {
     const w = world();
-    const names = groupNames(25);
+    const names = groupNames(60);
     await addGroups(w, names);
     const placed: { written: number; pending: number }[] = [];
     for (let i = 0; i < 3; i++) {
@@ -525,11 +525,12 @@ describe('fleet coordinator (runtime, memory store, virtual time)', () => {
       );
     }
     await untilDesired(w, (m) => names.every((n) => m.has(n)), 'every group placed');
-    expect(placed.length).toBeGreaterThanOrEqual(4);
-    for (const p of placed) expect(p.written).toBeLessThanOrEqual(7);
-    // The first node is elected alone and places all 25 on itself, 7 a round; the later joins move some again.
-    expect(placed.slice(0, 4).map((p) => p.written)).toEqual([7, 7, 7, 4]);
-    expect(placed.slice(0, 4).map((p) => p.pending)).toEqual([18, 11, 4, 0]);
+    expect(placed.length).toBeGreaterThanOrEqual(3);
+    // The first node is elected alone and places all 60 on itself, 4 × 7 a round (first placements move nothing);
+    // the later joins move some again, 7 a round at most.
+    expect(placed.slice(0, 3).map((p) => p.written)).toEqual([28, 28, 4]);
+    expect(placed.slice(0, 3).map((p) => p.pending)).toEqual([32, 4, 0]);
+    for (const p of placed.slice(3)) expect(p.written).toBeLessThanOrEqual(7);
     await closeAll(w);
   });
 });
@@ -634,6 +635,32 @@ describe('decideFleetRound (pure)', () => {
     const a = d.placement.groups.find((g) => g.name === 'a-rebalance')!;
     const aChanged = a.leader !== 'a' || [...a.members].sort().join() !== 'a,b,c';
     expect(d.pending).toBe(aChanged ? 1 : 0);
+  });
+
+  it('writes first placements four times the bound a round, and then moves only up to the bound', () => {
+    const nodes = [...three, { id: 'd', zone: 'z1' }];
+    const fresh = Array.from({ length: 10 }, (_, i) => ({ name: `new-${String(i).padStart(2, '0')}` }));
+    const gone = { name: 'z-gone', desired: { members: ['x', 'b', 'c'], leader: 'b' } };
+    const bound = { ...settings, maxWritesPerRound: 2 };
+    const d = decideFleetRound(
+      viewOf(nodes, [...fresh, gone]),
+      (n) => keys.desiredOf(n),
+      bound,
+      newFleetCoordinatorMemory(),
+      0,
+    );
+    // 10 new groups, 4 × 2 of them now; the group on a gone node waits (first placements come first).
+    expect(d.writes.map((e) => e.name)).toEqual(fresh.slice(0, 8).map((g) => g.name));
+    expect(d.pending).toBe(3);
+    // Fewer new groups than the bound: the bound as before, the most urgent first.
+    const few = decideFleetRound(
+      viewOf(nodes, [fresh[0]!, gone]),
+      (n) => keys.desiredOf(n),
+      bound,
+      newFleetCoordinatorMemory(),
+      0,
+    );
+    expect(few.writes.map((e) => e.name)).toEqual(['new-00', 'z-gone']);
   });
 
   it('keeps a vanished active node placed for its grace period, and a deactivating one not at all', () => {

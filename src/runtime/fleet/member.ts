@@ -37,7 +37,10 @@ export interface FleetControlOptions extends MemberOptions {
   readonly incarnation: string;
   /** How long a node whose session ended keeps its members before they are placed elsewhere (default 5000 ms). */
   readonly gracePeriodMs?: number | undefined;
-  /** Desired records the coordinator writes per round at most (default 500); the rest in the next rounds. */
+  /**
+   * Desired records the coordinator writes per round at most (default 500; first placements of new groups: four times
+   * as many); the rest in the next rounds.
+   */
   readonly maxDesiredWritesPerRound?: number | undefined;
   /**
    * New groups are placed only once this many nodes are active (default 1). Set it to the number of nodes you
