@@ -41,6 +41,7 @@ import {
   FleetKeys,
   MAX_FLEET_GROUPS,
   parseRaftGroupId,
+  groupRaftId,
   raftGroupId,
   runsMachine,
   sameIncarnation,
@@ -113,6 +114,21 @@ describe('fleet names and raft group ids', () => {
     }
     // Every id a valid name makes is a valid Raft group name (1–110 of [A-Za-z0-9._:/-]).
     expect(raftGroupId('x'.repeat(80), Number.MAX_SAFE_INTEGER, 'a_B-3xYz')).toMatch(/^[A-Za-z0-9._:/-]{1,110}$/);
+  });
+
+  it("gives a record's raft group id (kept per record object; a changed object gets its new id)", () => {
+    const g: { name: string; generation: number; tag?: string } = { name: 'orders', generation: 3, tag: 'a_B-3xYz' };
+    expect(groupRaftId(g)).toBe('orders:3.a_B-3xYz');
+    expect(groupRaftId(g)).toBe('orders:3.a_B-3xYz');
+    g.generation = 4;
+    expect(groupRaftId(g)).toBe('orders:4.a_B-3xYz');
+    delete g.tag;
+    expect(groupRaftId(g)).toBe('orders:4');
+    g.name = 'orders:4';
+    g.generation = 1;
+    expect(groupRaftId(g)).toBe('orders:4:1');
+    g.tag = 'bad';
+    expect(() => groupRaftId(g)).toThrow(InvalidArgumentError);
   });
 
   it("decodes a recovered group's seed, and refuses a seed that cannot be one", () => {

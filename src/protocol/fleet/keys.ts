@@ -110,13 +110,39 @@ export function raftGroupId(name: string, generation: number, tag?: string): str
   return `${name}:${generation}.${tag}`;
 }
 
-/** The Raft group id of a group record (or of anything with its name, generation and tag). */
+/**
+ * The ids computed so far, by record object: every command on a fleet group asks for its record's id (routing),
+ * and a record read from the store is never changed (a new read makes a new object), so one check per record does.
+ */
+const raftIds = new WeakMap<object, string>();
+
+/** The Raft group id of a group record (or of anything with its name, generation and tag; not to be mutated). */
 export function groupRaftId(g: {
   readonly name: string;
   readonly generation: number;
   readonly tag?: string | undefined;
 }): string {
-  return raftGroupId(g.name, g.generation, g.tag);
+  let id = raftIds.get(g);
+  if (id === undefined || !raftIdMatches(id, g)) {
+    id = raftGroupId(g.name, g.generation, g.tag);
+    raftIds.set(g, id);
+  }
+  return id;
+}
+
+/** Whether `id` is still the id of `g` (a caller that mutated a plain object it passed before gets a fresh one). */
+function raftIdMatches(
+  id: string,
+  g: { readonly name: string; readonly generation: number; readonly tag?: string | undefined },
+): boolean {
+  const gen = String(g.generation);
+  const head = g.name.length + 1 + gen.length;
+  return (
+    id.startsWith(g.name) &&
+    id.charCodeAt(g.name.length) === 58 /* : */ &&
+    id.startsWith(gen, g.name.length + 1) &&
+    (g.tag === undefined ? id.length === head : id.length === head + 9 && id.endsWith(g.tag))
+  );
 }
 
 /**

@@ -225,14 +225,9 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
   ): Promise<Uint8Array> {
     const start = this.#c.now();
     const deadline = start + this.#timeout(options);
-    for (const [name, v] of [
-      ['session', session],
-      ['seq', seq],
-      ['lowestOutstanding', lowest],
-    ] as const) {
-      if (!Number.isSafeInteger(v) || v < 0) {
-        throw new InvalidArgumentError(`raft group ${this.name}: a remote command's ${name} must be an integer ≥ 0`);
-      }
+    const bad = !isCount(session) ? 'session' : !isCount(seq) ? 'seq' : !isCount(lowest) ? 'lowestOutstanding' : '';
+    if (bad !== '') {
+      throw new InvalidArgumentError(`raft group ${this.name}: a remote command's ${bad} must be an integer ≥ 0`);
     }
     if (lowest > seq) {
       throw new InvalidArgumentError(
@@ -593,4 +588,9 @@ function waitFor(replica: Replica, cond: () => boolean): Promise<void> {
     };
     check();
   });
+}
+
+/** A non-negative safe integer (a session id, a sequence number). */
+function isCount(v: number): boolean {
+  return Number.isSafeInteger(v) && v >= 0;
 }

@@ -206,33 +206,44 @@ export async function serveGroupRequest(
       outcome: undefined,
     });
   }
+  return encodeGroupAnswer(await answerGroupRequest(lookupGroup, req));
+}
+
+/**
+ * serveGroupRequest without the bytes: the answer to a decoded request. A node's own replica is served through it
+ * in the process (RemoteGroupClientOptions.inProcess), the same call a peer's request gets. Never throws.
+ */
+export async function answerGroupRequest(
+  lookupGroup: (name: string) => RaftGroup | undefined,
+  req: GroupRequest,
+): Promise<GroupAnswer> {
   const group = lookupGroup(req.group);
-  if (group === undefined) return encodeGroupAnswer({ kind: 'no-replica', leader: undefined });
+  if (group === undefined) return { kind: 'no-replica', leader: undefined };
   const options = { timeoutMs: Math.min(req.timeoutMs, MAX_SERVE_MS) };
   try {
     switch (req.kind) {
       case 'register': {
         const session = await group.remote.registerSession(options);
-        return encodeGroupAnswer({ kind: 'session', leader: group.remote.leader(), session });
+        return { kind: 'session', leader: group.remote.leader(), session };
       }
       case 'command': {
         const out = await group.remote.command(req.session, req.seq, req.lowest, req.payload, options);
-        return encodeGroupAnswer({ kind: 'value', leader: group.remote.leader(), payload: out });
+        return { kind: 'value', leader: group.remote.leader(), payload: out };
       }
       case 'query': {
         const out = await group.remote.query(req.payload, req.consistency, options);
-        return encodeGroupAnswer({ kind: 'value', leader: group.remote.leader(), payload: out });
+        return { kind: 'value', leader: group.remote.leader(), payload: out };
       }
     }
   } catch (err) {
     if (err instanceof ClosedError && (req.kind !== 'command' || err.outcome === 'not-applied')) {
       // The replica closed (dropped, moved away, its node closing) before the request was handed to a leader, or
       // the request changes nothing: as if this node held no replica — the client tries the next one at once.
-      return encodeGroupAnswer({ kind: 'no-replica', leader: undefined });
+      return { kind: 'no-replica', leader: undefined };
     }
     const leader =
       err instanceof NotLeaderError ? (err.leaderHint?.id ?? group.remote.leader()) : group.remote.leader();
-    return encodeGroupAnswer({
+    return {
       kind: 'error',
       leader,
       code: err instanceof RebalancerError ? err.code : 'ERROR',
@@ -241,7 +252,7 @@ export async function serveGroupRequest(
       // the same (session, seq), which the session table applies at most once.
       outcome:
         err instanceof TimeoutError ? err.outcome : err instanceof ClosedError ? (err.outcome ?? 'unknown') : undefined,
-    });
+    };
   }
 }
 
@@ -254,6 +265,11 @@ export interface RemoteGroupClientOptions {
   readonly codec?: Codec;
   /** Send one request to a node (RaftNode.request): resolves with its answer, rejects with its typed errors. */
   readonly request: (peer: string, payload: Uint8Array, timeoutMs: number) => Promise<Uint8Array>;
+  /**
+   * Serve a request in this process when `peer` is this process's node (answerGroupRequest on its replica): the
+   * same request and answer as over `request`, without their bytes. Undefined for any other peer (then `request`).
+   */
+  readonly inProcess?: (peer: string, req: GroupRequest) => Promise<GroupAnswer> | undefined;
   /** The nodes to try, best first (the cached leader first), asked again at every round. */
   readonly candidates: () => readonly string[];
   /** An answer named the group's leader (as the answering replica knows it): update a cache. */
@@ -288,8 +304,9 @@ const FINAL_CODES = new Set(['INVALID_ARGUMENT', 'LIMIT_EXCEEDED', 'CORRUPT_DATA
 
 export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknown> {
   readonly group: string;
-  readonly #o: Required<Omit<RemoteGroupClientOptions, 'onLeaderHint'>> & {
+  readonly #o: Required<Omit<RemoteGroupClientOptions, 'onLeaderHint' | 'inProcess'>> & {
     onLeaderHint: ((leader: string) => void) | undefined;
+    inProcess: RemoteGroupClientOptions['inProcess'];
   };
   #session: number | undefined;
   #registering: Promise<number> | undefined;
@@ -308,6 +325,7 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
       request: options.request,
       candidates: options.candidates,
       onLeaderHint: options.onLeaderHint,
+      inProcess: options.inProcess,
       clock: options.clock,
       timers: options.timers,
       timeoutMs,
@@ -453,7 +471,7 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
     let hint: string | undefined;
     for (let round = 0; ; round++) {
       const tried = new Set<string>();
-      const list = [...o.candidates()];
+      const list = o.candidates();
       for (;;) {
         const peer = hint !== undefined && !tried.has(hint) ? hint : list.find((p) => !tried.has(p));
         hint = undefined;
@@ -500,8 +518,10 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
     });
     // A register or a query is never "handed over" in the sense that matters: running it twice is harmless.
     const command = req.kind === 'command';
+    const served = this.#o.inProcess?.(peer, req);
     let bytes: Uint8Array;
     try {
+      if (served !== undefined) return this.#answered(peer, req, await served);
       bytes = await this.#o.request(peer, encodeGroupRequest(req), attemptMs);
     } catch (err) {
       if (err instanceof ClosedError) return { ok: false, final: err };
@@ -520,6 +540,19 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
     } catch {
       return next(command);
     }
+    return this.#answered(peer, req, answer);
+  }
+
+  /** What an answer from `peer` means for the retry loop. */
+  #answered(peer: string, req: GroupRequest, answer: GroupAnswer): Attempt {
+    const command = req.kind === 'command';
+    const next = (handed: boolean, noQuorum = false, hint?: string): Attempt => ({
+      ok: false,
+      handed,
+      noQuorum,
+      expired: false,
+      hint,
+    });
     if (answer.kind === 'session' || answer.kind === 'value') return { ok: true, answer };
     if (answer.kind === 'no-replica') return next(false);
     const hint = answer.leader !== undefined && answer.leader !== peer ? answer.leader : undefined;

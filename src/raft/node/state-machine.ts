@@ -101,7 +101,7 @@ export function decodeEntry(data: Uint8Array, where: string): DecodedEntry {
     const session = view.getFloat64(1);
     const seq = view.getFloat64(9);
     const lowest = view.getFloat64(17);
-    if ([session, seq, lowest].every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    if (isCount(session) && isCount(seq) && isCount(lowest)) {
       return { kind: 'command', session, seq, lowest, payload: data.subarray(COMMAND_HEADER_BYTES) };
     }
   }
@@ -109,6 +109,10 @@ export function decodeEntry(data: Uint8Array, where: string): DecodedEntry {
     key: where,
     expected: 'a register or command entry',
   });
+}
+
+function isCount(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 0;
 }
 
 // ---- sessions and the applier ---------------------------------------------------------------------------------

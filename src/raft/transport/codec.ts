@@ -125,6 +125,24 @@ export class Writer {
   }
 
   str(s: string): void {
+    // Almost every string here is a short ASCII id (a group, a node): copied by hand, without a call into C++.
+    const len = s.length;
+    if (len < 0x80) {
+      this.#room(1 + len);
+      const buf = this.#buf;
+      const at = this.#pos + 1;
+      let i = 0;
+      for (; i < len; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[at + i] = c;
+      }
+      if (i === len) {
+        buf[this.#pos] = len; // the length as a one-byte uint
+        this.#pos = at + len;
+        return;
+      }
+    }
     const n = Buffer.byteLength(s, 'utf8');
     this.uint(n);
     this.#room(n);
@@ -149,6 +167,11 @@ export class Writer {
     this.#buf.writeUInt32BE(v, at);
   }
 }
+
+/** Strings read (ASCII, up to MAX_INTERNED_CHARS) by a hash of their bytes: group and node ids repeat in every frame. */
+const interned = new Map<number, string>();
+const MAX_INTERNED = 4096;
+const MAX_INTERNED_CHARS = 128;
 
 /** A bounds-checked reader over one frame's body: any overrun or bad value is a TransportFrameError. */
 export class Reader {
@@ -208,8 +231,25 @@ export class Reader {
   str(): string {
     const n = this.uint();
     this.#need(n);
-    const s = this.#b.toString('utf8', this.#pos, this.#pos + n);
+    const at = this.#pos;
     this.#pos += n;
+    if (n > MAX_INTERNED_CHARS) return this.#b.toString('utf8', at, at + n);
+    // The same few ids arrive in every frame: found by a hash of their bytes, compared, and not decoded again.
+    const buf = this.#buf;
+    let h = n;
+    for (let i = 0; i < n; i++) h = Math.imul(h ^ buf[at + i]!, 0x01000193);
+    const known = interned.get(h);
+    if (known !== undefined && known.length === n) {
+      let i = 0;
+      while (i < n && known.charCodeAt(i) === buf[at + i]) i++;
+      if (i === n) return known;
+    }
+    const s = this.#b.toString('utf8', at, at + n);
+    if (s.length === n) {
+      // ASCII only (one char per byte, which the comparison above relies on); bounded, emptied when full.
+      if (interned.size >= MAX_INTERNED) interned.clear();
+      interned.set(h, s);
+    }
     return s;
   }
 
@@ -451,7 +491,8 @@ export function readEnvelope(r: Reader): Envelope {
 export function encodeEnvelope(env: Envelope): Uint8Array {
   const w = new Writer(64 + approxPayload(env.message));
   writeEnvelope(w, env);
-  return new Uint8Array(w.view());
+  // Not copied: the writer is dropped here, and a send queue keeps the bytes only until the frame is built.
+  return w.view();
 }
 
 function approxPayload(m: Message): number {

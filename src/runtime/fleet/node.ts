@@ -69,7 +69,7 @@ import { fleetStatus, groupInfos, type FleetGroupInfo, type FleetStatus } from '
 import { decideReplicas, type OpenReplica, type ReplicaAction } from '../../protocol/fleet/replicas.js';
 import { NO_MUTANTS, type Mutants } from '../../protocol/mutants.js';
 import type { MembershipChange } from '../../raft/messages.js';
-import { type RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
+import { answerGroupRequest, type RemoteGroupClient, serveGroupRequest } from '../../raft/node/remote-client.js';
 import { GroupRoutes } from './routing.js';
 import {
   isStateMachine,
@@ -593,6 +593,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       // This node's own replica is served in the process, as a peer's request would be (#serve).
       request: (peer, payload, timeoutMs) =>
         peer === this.nodeId ? this.#serve(payload) : this.#raft.request(peer, payload, { timeoutMs }),
+      // The same requests, served without their bytes (the common case: a command on a group this node holds).
+      inProcess: (peer, req) =>
+        peer === this.nodeId ? answerGroupRequest((id) => this.#memberReplica(id), req) : undefined,
       codecOf: (machine) => this.#o.machines.get(machine)?.codec,
       view: () => this.#view,
       reachable: (n) => n !== this.nodeId && this.#addresses.has(n),
@@ -1782,7 +1785,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * replica is being opened), wait, within `timeoutMs`: NoQuorumError when the time runs out.
    */
   async #target(name: string, timeoutMs: number): Promise<{ client: RemoteGroupClient; remainingMs: number }> {
-    validateFleetGroupName(name);
+    // A name in the view is valid (checked when it was added and when it was read): only others are checked here.
+    if (this.#view?.groups.has(name) !== true) validateFleetGroupName(name);
     const clock = this.#o.control.clock;
     const start = clock.now();
     for (let attempt = 0; ; attempt++) {
@@ -1804,7 +1808,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       // Placed here but not open yet: wait for it (unless this node cannot run the group's state machine).
       const mine =
         g.desired?.members.includes(this.nodeId) === true && held === undefined && this.#o.machines.has(g.machine);
-      if (!mine && this.#routes.candidates(name, id).length > 0) {
+      if (!mine && this.#routes.routable(name, id)) {
         return { client: this.#routes.client(id, g.machine), remainingMs };
       }
       if (remainingMs < MIN_WAIT_MS) throw new NoQuorumError(id, clock.now() - start);

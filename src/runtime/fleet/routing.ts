@@ -6,7 +6,7 @@
  */
 import type { FleetView } from '../../protocol/fleet/io.js';
 import { groupRaftId, parseRaftGroupId } from '../../protocol/fleet/keys.js';
-import { RemoteGroupClient } from '../../raft/node/remote-client.js';
+import { RemoteGroupClient, type RemoteGroupClientOptions } from '../../raft/node/remote-client.js';
 import { jsonCodec, type Codec } from '../../raft/node/state-machine.js';
 import type { Clock, TimerHandle } from '../../store/contract.js';
 
@@ -19,6 +19,8 @@ export interface GroupRoutesOptions {
   readonly requestTimeoutMs: number;
   /** Send one request to a node. */
   readonly request: (peer: string, payload: Uint8Array, timeoutMs: number) => Promise<Uint8Array>;
+  /** Serve a request in the process when `peer` is this process's node (RemoteGroupClientOptions.inProcess). */
+  readonly inProcess?: RemoteGroupClientOptions['inProcess'];
   /** The codec of a state machine (by name). */
   readonly codecOf: (machine: string) => Codec | undefined;
   /** The fleet as last read (asked again at every retry round of a call). */
@@ -48,11 +50,13 @@ export class GroupRoutes {
     let client = this.#clients.get(id);
     if (client !== undefined) return client;
     const o = this.#o;
+    const name = parseRaftGroupId(id)!.name;
     client = new RemoteGroupClient({
       group: id,
       codec: o.codecOf(machine) ?? jsonCodec,
       request: o.request,
-      candidates: () => this.candidates(parseRaftGroupId(id)!.name, id),
+      ...(o.inProcess === undefined ? {} : { inProcess: o.inProcess }),
+      candidates: () => this.candidates(name, id),
       onLeaderHint: (leader) => this.#leaderHints.set(id, leader),
       clock: () => o.clock.now(),
       timers: {
@@ -78,17 +82,24 @@ export class GroupRoutes {
     const view = this.#o.view();
     const g = view?.groups.get(name);
     const out: string[] = [];
-    const add = (n: string | undefined): void => {
-      if (n !== undefined && !out.includes(n) && this.#o.reachable(n, view)) out.push(n);
-    };
     if (this.#o.self?.holds(id) === true) out.push(this.#o.self.id);
-    add(this.#leaderHints.get(id));
+    this.#add(out, this.#leaderHints.get(id), view);
     if (g !== undefined && groupRaftId(g) === id) {
-      add(g.observed?.leader);
-      add(g.desired?.leader);
-      for (const n of g.observed?.voters ?? []) add(n);
-      for (const n of g.desired?.members ?? []) add(n);
+      this.#add(out, g.observed?.leader, view);
+      this.#add(out, g.desired?.leader, view);
+      for (const n of g.observed?.voters ?? []) this.#add(out, n, view);
+      for (const n of g.desired?.members ?? []) this.#add(out, n, view);
     }
     return out;
+  }
+
+  /** Whether a request for group `id` can go anywhere now (candidates() without building the list). */
+  routable(name: string, id: string): boolean {
+    if (this.#o.self?.holds(id) === true) return true;
+    return this.candidates(name, id).length > 0;
+  }
+
+  #add(out: string[], n: string | undefined, view: FleetView | undefined): void {
+    if (n !== undefined && !out.includes(n) && this.#o.reachable(n, view)) out.push(n);
   }
 }

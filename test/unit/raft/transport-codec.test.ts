@@ -5,6 +5,8 @@ import type { Message } from '../../../src/raft/messages.js';
 import {
   FrameDecoder,
   FrameType,
+  Reader,
+  Writer,
   decodeBatch,
   encodeBatch,
   encodeEnvelope,
@@ -107,6 +109,28 @@ describe('raft transport codec', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  it('round-trips strings of any characters and length, the same ones read again (ids are kept after a first read)', () => {
+    const str = fc.oneof(
+      fc.string({ unit: 'binary', maxLength: 20 }),
+      fc.string({ maxLength: 200 }),
+      fc.constantFrom('g-1:2.AbCdEfGh', 'n1', 'é', 'ascii then é', ''),
+    );
+    fc.assert(
+      fc.property(fc.array(str, { minLength: 1, maxLength: 8 }), (strs) => {
+        const w = new Writer(8);
+        for (const s of [...strs, ...strs]) w.str(s);
+        const r = new Reader(new Uint8Array(w.view()));
+        for (const s of [...strs, ...strs]) expect(r.str()).toBe(s);
+        r.end();
+      }),
+    );
+    // Bytes that are not UTF-8 read as the decoder reads them, the first time and the next.
+    const bad = new Uint8Array([3, 0x61, 0xff, 0x62]);
+    const first = new Reader(bad).str();
+    expect(first).toBe(Buffer.from([0x61, 0xff, 0x62]).toString('utf8'));
+    expect(new Reader(bad).str()).toBe(first);
   });
 
   it('carries payloads as raw bytes (the payload appears verbatim in the frame)', () => {
