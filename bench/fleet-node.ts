@@ -9,7 +9,7 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { joinFleet, type FleetNode } from '../src/runtime/fleet/node.js';
 import { kvStateMachine } from '../src/sim/raft-kv.js';
 import { openStore } from '../src/store/open.js';
@@ -117,8 +117,17 @@ let profiles = 0;
 
 /** Linux: how long the main thread waited, runnable, for a CPU (other jobs on the box); NaN elsewhere. */
 function runQueueWaitMs(): number {
+  return schedstatMs(1);
+}
+
+/** Linux: how long the main thread ran on a CPU (the rest of the process's CPU is its other threads). */
+function mainThreadCpuMs(): number {
+  return schedstatMs(0);
+}
+
+function schedstatMs(field: number): number {
   try {
-    return Number(readFileSync('/proc/self/schedstat', 'utf8').split(' ')[1]) / 1e6;
+    return Number(readFileSync('/proc/self/schedstat', 'utf8').split(' ')[field]) / 1e6;
   } catch {
     return Number.NaN;
   }
@@ -127,9 +136,23 @@ let nodeId = '';
 
 async function run(req: FleetRunRequest): Promise<LoadPart> {
   if (!reportCpu) return runLoad(req);
-  (globalThis as { __tput?: unknown }).__tput = {};
+  const counters: Record<string, number> = {};
+  (globalThis as { __tput?: unknown }).__tput = counters;
+  // Garbage collection in the run: pauses of the main thread by kind (a young generation that has not grown yet
+  // collects often).
+  const gc = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const kind =
+        (e as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR
+          ? 'gcMinorMs'
+          : 'gcMajorMs';
+      counters[kind] = Math.round((counters[kind] ?? 0) + e.duration);
+    }
+  });
+  gc.observe({ entryTypes: ['gc'] });
   const cpu0 = process.cpuUsage();
   const wait0 = runQueueWaitMs();
+  const main0 = mainThreadCpuMs();
   const loop = monitorEventLoopDelay({ resolution: 1 });
   loop.enable();
   const session = profileDir === '' ? undefined : new Session();
@@ -142,13 +165,15 @@ async function run(req: FleetRunRequest): Promise<LoadPart> {
     return await runLoad(req);
   } finally {
     const cpu = process.cpuUsage(cpu0);
+    gc.disconnect();
     loop.disable();
     const waitMs = Math.round(runQueueWaitMs() - wait0);
+    const mainMs = Math.round(mainThreadCpuMs() - main0);
     const lagMs = (q: number): string => (loop.percentile(q) / 1e6).toFixed(1);
     // Counters a developer may add by hand while profiling (globalThis.__tput), printed beside the CPU time.
     const counters = JSON.stringify((globalThis as { __tput?: unknown }).__tput ?? {});
     process.stderr.write(
-      `fleet node ${nodeId}: CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms in the run, main thread waiting for a CPU ${waitMs} ms, event-loop delay p50 ${lagMs(50)} ms p99 ${lagMs(99)} ms ${counters}\n`,
+      `fleet node ${nodeId}: CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms in the run (main thread ${mainMs} ms), main thread waiting for a CPU ${waitMs} ms, event-loop delay p50 ${lagMs(50)} ms p99 ${lagMs(99)} ms ${counters}\n`,
     );
     if (session !== undefined) {
       const { profile } = await session.post('Profiler.stop');

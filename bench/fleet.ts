@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- fleet [--json] [--sections convergence,failover,throughput,idle] [--groups 1000]
- *   [--store-url URL] [--rounds N] [--duration-ms MS] [--warmup-ms MS] [--in-flight N] [--idle-ms MS]
+ *   [--store-url URL] [--rounds N] [--duration-ms MS] [--warmup-ms MS] [--warmup-rounds N] [--in-flight N] [--idle-ms MS]
  *   [--session-ttl-ms MS] [--grace-period-ms MS] [--max-wait-ms MS] [--max-concurrent-changes N]`
  *
  * The fleet (src/runtime/fleet, issue 14 item 8) with every node a separate process (bench/fleet-node.ts), on one
@@ -20,7 +20,10 @@
  *    naming it).
  * Fleet B (throughput): 48 groups on 3 fresh nodes; writes (puts of 16-byte values, key-hashed over the 48 groups)
  *    at `--in-flight` in total, run inside the node processes through node.command(); beside the same load on a
- *    private three-member etcd (the raft bench's etcd target and load worker), rounds alternating, medians.
+ *    private three-member etcd (the raft bench's etcd target and load worker), rounds alternating, medians. First
+ *    `--warmup-rounds` (default 1) rounds of each side that are not counted: a node's first seconds of load cost
+ *    it about twice the CPU per write of later ones (JIT compilation on its helper threads; etcd's client process
+ *    too), which a service that has run for a minute no longer pays.
  *
  * raft_fleet's model (../shared/reference/ANCHORS.md): each group's leader makes at most one membership change per
  * group per adjustment interval (60 s by default), all groups in parallel. A group whose desired members gain a and
@@ -92,6 +95,8 @@ interface Options {
   readonly rounds: number;
   readonly durationMs: number;
   readonly warmupMs: number;
+  /** Whole rounds of both sides run first and not counted (JIT compilation, heaps growing: the first is slowest). */
+  readonly warmupRounds: number;
   readonly inFlight: number;
   readonly idleMs: number;
   readonly sessionTtlMs: number;
@@ -110,6 +115,7 @@ function parseArgs(args: readonly string[]): Options {
     '--rounds',
     '--duration-ms',
     '--warmup-ms',
+    '--warmup-rounds',
     '--in-flight',
     '--idle-ms',
     '--session-ttl-ms',
@@ -152,6 +158,7 @@ function parseArgs(args: readonly string[]): Options {
     rounds: int('--rounds', 3, 1),
     durationMs: int('--duration-ms', 5000, 100),
     warmupMs: int('--warmup-ms', 1000, 0),
+    warmupRounds: int('--warmup-rounds', 1, 0),
     inFlight: int('--in-flight', 128, 1),
     idleMs: int('--idle-ms', 10_000, 100),
     sessionTtlMs: int('--session-ttl-ms', 10_000, 100),
@@ -420,7 +427,14 @@ interface Results {
   idle?: IdleResult;
   convergence?: Step[];
   failover?: FailoverResultF;
-  throughput?: { fleet: ThroughputSide; etcd?: ThroughputSide; etcdError?: string; settings?: Record<string, string> };
+  throughput?: {
+    fleet: ThroughputSide;
+    etcd?: ThroughputSide;
+    /** Writes/s of the warm-up rounds (not counted). */
+    warmupRuns: { fleet: number[]; etcd: number[] };
+    etcdError?: string;
+    settings?: Record<string, string>;
+  };
   errors: Record<string, string>;
   nodeErrors: Record<string, { count: number; first: readonly string[] }>;
 }
@@ -696,23 +710,30 @@ async function throughputSection(o: Options, r: Results): Promise<NonNullable<Re
     }
     const fleetRuns: (LoadResult | { error: string })[] = [];
     const etcdRuns: (LoadResult | { error: string })[] = [];
-    for (let i = 0; i < o.rounds; i++) {
+    const warmupRuns = { fleet: [] as number[], etcd: [] as number[] };
+    for (let i = -o.warmupRounds; i < o.rounds; i++) {
+      const warmup = i < 0;
       const seed = (i + 1) * 1_000_003 + o.inFlight;
       const order: ('fleet' | 'etcd')[] = i % 2 === 0 ? ['fleet', 'etcd'] : ['etcd', 'fleet'];
       for (const which of order) {
         if (which === 'etcd' && load === undefined) continue;
-        log(`throughput round ${i + 1}/${o.rounds}: ${which}, ${o.inFlight} in flight…`);
+        log(
+          warmup
+            ? `throughput warm-up round ${i + o.warmupRounds + 1}/${o.warmupRounds} (not counted): ${which}…`
+            : `throughput round ${i + 1}/${o.rounds}: ${which}, ${o.inFlight} in flight…`,
+        );
         try {
           const res =
             which === 'fleet'
               ? await fleetLoad(f, o, seed)
               : await load!.run({ inFlight: o.inFlight, durationMs: o.durationMs, warmupMs: o.warmupMs, seed });
-          (which === 'fleet' ? fleetRuns : etcdRuns).push(res);
+          if (warmup) warmupRuns[which].push(res.opsPerSecond);
+          else (which === 'fleet' ? fleetRuns : etcdRuns).push(res);
           log(
             `  ${which}: ${res.opsPerSecond} writes/s, p50 ${res.p50Ms} ms, p99 ${res.p99Ms} ms, ${res.errors} errors`,
           );
         } catch (err) {
-          (which === 'fleet' ? fleetRuns : etcdRuns).push({ error: message(err) });
+          if (!warmup) (which === 'fleet' ? fleetRuns : etcdRuns).push({ error: message(err) });
           log(`  ${which}: ERROR ${message(err)}`);
         }
       }
@@ -721,6 +742,7 @@ async function throughputSection(o: Options, r: Results): Promise<NonNullable<Re
     return {
       fleet: side(fleetRuns),
       ...(load === undefined ? {} : { etcd: side(etcdRuns) }),
+      warmupRuns,
       ...(etcdError === undefined ? {} : { etcdError }),
       ...(settings === undefined ? {} : { settings }),
     };
@@ -938,7 +960,9 @@ function report(r: Results, o: Options): string[] {
       `4. Throughput: puts of 16-byte values key-hashed over ${THROUGHPUT_GROUPS} groups, ${o.inFlight} in flight in ` +
         `total (a third in each node process, through node.command()), vs the same load on a private 3-member ` +
         `etcd (one client process, etcd3); ${o.rounds} round(s) of ${o.durationMs} ms after ${o.warmupMs} ms ` +
-        'warm-up, order alternating, medians (target: fleet ≥ 3× etcd).',
+        `warm-up, order alternating, medians, after ${o.warmupRounds} warm-up round(s) of each not counted ` +
+        `(fleet ${t.warmupRuns.fleet.join(', ') || '–'}, etcd ${t.warmupRuns.etcd.join(', ') || '–'} writes/s) ` +
+        '(target: fleet ≥ 3× etcd).',
       table(rows),
     );
     if (t.etcdError !== undefined) out.push(`  etcd: NOT RUN — ${t.etcdError}`);
