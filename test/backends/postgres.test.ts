@@ -23,6 +23,8 @@ import {
   IncompatibleSchemaError,
   InvalidArgumentError,
   LimitExceededError,
+  StoreDataLostError,
+  StoreRecoveringError,
   StoreUnavailableError,
 } from '../../src/errors.js';
 import { VirtualClock } from '../../src/store/clock.js';
@@ -411,6 +413,88 @@ describe('postgres transactions', () => {
     expect(after.succeeded).toBe(true);
     expect(after.revision).toBeGreaterThan(before.revision);
     expect(await s.get('k')).toMatchObject({ value: '2', version: 2, modRevision: after.revision });
+  });
+});
+
+describe('postgres restored from a backup', () => {
+  /** What a restore of the whole database does to our schema: every table back to the rows of the backup. */
+  async function backup(schema: string): Promise<() => Promise<void>> {
+    const tables = ['namespaces', 'sessions', 'kv'];
+    for (const t of tables) await admin.query(`CREATE TABLE "${schema}".bk_${t} AS SELECT * FROM "${schema}".${t}`);
+    return async () => {
+      await admin.query(
+        `BEGIN; LOCK TABLE ${tables.map((t) => `"${schema}".${t}`).join(', ')} IN ACCESS EXCLUSIVE MODE; ` +
+          `${[...tables]
+            .reverse()
+            .map((t) => `DELETE FROM "${schema}".${t}`)
+            .join('; ')}; ` +
+          `${tables.map((t) => `INSERT INTO "${schema}".${t} SELECT * FROM "${schema}".bk_${t}`).join('; ')}; COMMIT`,
+      );
+    };
+  }
+
+  it('ends every session of every client that saw newer data, refuses the write that found it, and waits out the delayed restart', async () => {
+    const schema = freshSchema();
+    const a = await open(schema, { maxSessionTtlMs: 3000 });
+    const b = await open(schema, { maxSessionTtlMs: 3000 });
+    const sa = await a.openSession({ ttlMs: 3000 });
+    const sb = await b.openSession({ ttlMs: 3000 });
+    await a.txn({ compare: [], then: [{ op: 'put', key: 'old', value: '1', session: sa }] });
+    const restore = await backup(schema);
+    // Written after the backup, and seen by both clients.
+    const added = await b.txn({ compare: [], then: [{ op: 'put', key: 'added', value: '1', session: sb }] });
+    expect((await a.get('added'))?.modRevision).toBe(added.revision);
+    await restore();
+
+    // b's next write finds the older revision under the namespace lock: refused, and nothing of it is written.
+    const err = await rejection(b.txn({ compare: [], then: [{ op: 'put', key: 'late', value: '1' }] }));
+    expect(err).toBeInstanceOf(StoreDataLostError);
+    expect(b.dataLosses).toBe(1);
+    expect(await sb.ended).toMatchObject({ state: 'expired', cause: expect.any(StoreDataLostError) });
+    expect((await admin.query(`SELECT 1 FROM "${schema}".kv WHERE key = convert_to('late', 'UTF8')`)).rowCount).toBe(0);
+    // The restore is marked for the others: the incarnation record is gone, and a (which did nothing since) finds
+    // the loss at its next check; verifyData is that check, now.
+    expect(await rejection(a.verifyData())).toBeInstanceOf(StoreDataLostError);
+    expect(a.dataLosses).toBe(1);
+    expect(await sa.ended).toMatchObject({ state: 'expired', cause: expect.any(StoreDataLostError) });
+    // No session until every lease from before could have ended.
+    expect(await rejection(b.openSession({ ttlMs: 3000 }))).toBeInstanceOf(StoreRecoveringError);
+    expect(await rejection(a.openSession({ ttlMs: 3000 }))).toBeInstanceOf(StoreRecoveringError);
+    // Counted once each, and work goes on from the restored data afterwards.
+    await a.txn({ compare: [], then: [{ op: 'put', key: 'after', value: '1' }] });
+    expect(await b.get('after')).toMatchObject({ value: '1' });
+    expect([a.dataLosses, b.dataLosses]).toEqual([1, 1]);
+  });
+
+  it('a read that sees the older revision ends the sessions too; writes and reads that race never do', async () => {
+    const schema = freshSchema();
+    const a = await open(schema, { maxSessionTtlMs: 3000 });
+    const b = await open(schema, { maxSessionTtlMs: 3000 });
+    // Many concurrent writes and reads from two clients: revisions only grow, no loss is seen.
+    await Promise.all(
+      Array.from({ length: 60 }, (_, i) =>
+        i % 2 === 0
+          ? (i % 4 === 0 ? a : b).txn({ compare: [], then: [{ op: 'put', key: `k${i % 7}`, value: String(i) }] })
+          : (i % 3 === 0 ? a : b).range('k'),
+      ),
+    );
+    expect([a.dataLosses, b.dataLosses]).toEqual([0, 0]);
+    const session = await a.openSession({ ttlMs: 3000 });
+    const restore = await backup(schema);
+    await a.txn({ compare: [], then: [{ op: 'put', key: 'added', value: '1' }] });
+    await restore();
+    expect(await rejection(a.range('k'))).toBeInstanceOf(StoreDataLostError);
+    expect(await session.ended).toMatchObject({ state: 'expired', cause: expect.any(StoreDataLostError) });
+    expect(a.dataLosses).toBe(1);
+    // The read marks the restore for the other clients: the incarnation record goes (b's next check finds it).
+    await vi.waitFor(
+      async () =>
+        expect(
+          (await admin.query(`SELECT 1 FROM "${schema}".kv WHERE key = convert_to('.rebalancer/incarnation', 'UTF8')`))
+            .rowCount,
+        ).toBe(0),
+      { timeout: 5000 },
+    );
   });
 });
 

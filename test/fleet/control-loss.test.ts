@@ -11,13 +11,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { createPostgresStore } from '../../src/backends/postgres/index.js';
 import { createRedisStore } from '../../src/backends/redis/index.js';
 import { FleetControlLostError, FleetGroupExistsError } from '../../src/errors.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
 import { releasePort } from '../harness/processes.js';
-import { startRedis, type ServerHandle } from '../harness/servers.js';
+import { startPostgres, startRedis, type ServerHandle } from '../harness/servers.js';
 import { counter } from '../harness/counter.js';
 import { eventually } from '../harness/wait.js';
 
@@ -27,17 +29,26 @@ afterAll(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-/** Three in-process fleet nodes on one private Redis (each its own client, as separate processes would have). */
-async function lossFleet(): Promise<{
-  redis: ServerHandle;
+interface LossFleet {
   start: (id: string) => Promise<FleetNode>;
   nodes: Map<string, FleetNode>;
   stores: Map<string, Store>;
   lost: string[];
   dropped: string[];
-}> {
+}
+
+/** Three in-process fleet nodes on one private Redis (each its own client, as separate processes would have). */
+async function lossFleet(): Promise<LossFleet & { redis: ServerHandle }> {
   const redis: ServerHandle = await startRedis({ appendOnly: false });
   cleanups.push(() => redis.stop());
+  const fleet = await fleetOn(() =>
+    createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS }),
+  );
+  return { redis, ...fleet };
+}
+
+/** Three in-process fleet nodes, each on a store client of its own from `openStore`. */
+async function fleetOn(openStore: () => Promise<Store>): Promise<LossFleet> {
   const dir = await mkdtemp(join(tmpdir(), 'fleet-loss-'));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
   const ports = await allocatePorts(3);
@@ -48,7 +59,7 @@ async function lossFleet(): Promise<{
   const stores = new Map<string, Store>();
   const start = async (id: string): Promise<FleetNode> => {
     // The delayed restart after a lost server (docs/adr/0009) waits out the longest TTL of the namespace.
-    const store: Store = await createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS });
+    const store: Store = await openStore();
     const i = Number(id.slice(1)) - 1;
     const node = await eventually(
       () =>
@@ -77,7 +88,7 @@ async function lossFleet(): Promise<{
     });
     return node;
   };
-  return { redis, start, nodes, stores, lost, dropped };
+  return { start, nodes, stores, lost, dropped };
 }
 
 /** One request to the private Redis on a client of its own (a snapshot, a look at its keys). */
@@ -166,6 +177,68 @@ describe('fleet: the control store loses its data', () => {
       what: 'no orphan left',
       timeoutMs: 10_000,
     });
+    expect(dropped).toEqual([]);
+  }, 180_000);
+
+  it('a PostgreSQL restored from a backup while the nodes run: a group added since is written back, not deleted', async () => {
+    const server = await startPostgres();
+    cleanups.push(() => server.stop());
+    const schema = 'fleet_restore';
+    const { start, stores, dropped } = await fleetOn(() =>
+      createPostgresStore({ connectionString: server.url, schema, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS }),
+    );
+    const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
+    await n1.addGroup('a', { replicas: 3, machine: 'counter' });
+    await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
+      what: 'a placed and answering',
+      timeoutMs: 30_000,
+    });
+    // The backup: a copy of every table of the schema, as a restore of the whole database would bring back.
+    const admin = new pg.Client(server.url);
+    await admin.connect();
+    cleanups.push(() => admin.end());
+    const tables = ['namespaces', 'sessions', 'kv'];
+    await admin.query(tables.map((t) => `CREATE TABLE ${schema}.bk_${t} AS SELECT * FROM ${schema}.${t}`).join('; '));
+    await n2.addGroup('b', { replicas: 3, machine: 'counter' });
+    await eventually(async () => (await n2.command('b', { add: 7 }, { timeoutMs: 2000 })) === 7, {
+      what: 'b placed and answering',
+      timeoutMs: 30_000,
+    });
+    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 2), {
+      what: 'three replicas of each group',
+      timeoutMs: 30_000,
+    });
+    // The restore, while the nodes run: the records are those of before b, under the same control id and the same
+    // incarnation record — only the namespace's revision, gone back, says so.
+    await admin.query(
+      `BEGIN; LOCK TABLE ${tables.map((t) => `${schema}.${t}`).join(', ')} IN ACCESS EXCLUSIVE MODE; ` +
+        `${[...tables]
+          .reverse()
+          .map((t) => `DELETE FROM ${schema}.${t}`)
+          .join('; ')}; ` +
+        `${tables.map((t) => `INSERT INTO ${schema}.${t} SELECT * FROM ${schema}.bk_${t}`).join('; ')}; COMMIT`,
+    );
+    await eventually(() => [...stores.values()].every((st) => st.dataLosses > 0), {
+      what: "every node's store to find the restore",
+      timeoutMs: 30_000,
+    });
+    // Until b's leader writes it back, b is no group of the records (FleetGroupNotFoundError by name): wait for it.
+    await eventually(async () => (await n1.groups()).some((g) => g.name === 'b'), {
+      what: 'b written back',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
+    await eventually(async () => (await n1.status()).nodes.length === 3, {
+      what: 'every node registered again',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
+    await eventually(
+      async () =>
+        (await Promise.all(['a', 'b'].map((g) => n3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,7',
+      { what: 'a and b answering with their state', timeoutMs: 60_000, intervalMs: 200 },
+    );
+    expect(await n1.command('b', { add: 1 })).toBe(8);
     expect(dropped).toEqual([]);
   }, 180_000);
 

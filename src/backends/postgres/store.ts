@@ -22,7 +22,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg';
-import { ClosedError, SessionExpiredError, StoreUnavailableError } from '../../errors.js';
+import { ClosedError, SessionExpiredError, StoreDataLostError, StoreUnavailableError } from '../../errors.js';
 import { StoreBase } from '../../store/base.js';
 import type {
   KeyValue,
@@ -40,6 +40,7 @@ import { OUTCOME_UNKNOWN } from '../../store/network.js';
 import { withTimeout } from '../../store/timeout.js';
 import { chooseBranch } from '../../store/validate.js';
 import { WatcherSet } from '../../store/watchers.js';
+import { INCARNATION_KEY } from '../../store/incarnation.js';
 import { isConflict, isMissingSchema, outcomeOf, toStoreError, type Phase } from './errors.js';
 import { decodeNotice, encodeNotice, noticeMatches } from './notify.js';
 import { isPool, readPostgresOptions, serverName, type PostgresStoreOptions } from './options.js';
@@ -107,6 +108,13 @@ export class PostgresStore extends StoreBase {
   #pollFailed = false;
   /** Highest namespace revision this client has told its watchers about (or seen while it had none). */
   #seenRevision: number | undefined;
+  /**
+   * The highest namespace revision this client saw committed (a read, a write, the poll): a request sent after it
+   * that reads a lower one reads a database restored from a backup (#restored).
+   */
+  #maxRevision = 0;
+  /** The floor of the restore last reported (#restored): the requests that find the same one report it once. */
+  #restoreFloor: number | undefined;
 
   // LISTEN session.
   #listener: { client: pg.Client; lost: () => void } | undefined;
@@ -288,6 +296,7 @@ export class PostgresStore extends StoreBase {
       ) r ON true`;
     const run = (): Promise<QueryResult<KvRow & { revision: unknown; expired: boolean }>> =>
       this.#exec(what, (q) => q(sql, [this.namespace, ...params]));
+    const floor = this.#maxRevision;
     let r = await run();
     if (r.rows[0]?.expired === true) {
       const reaped = await this.#reap().then(
@@ -299,6 +308,8 @@ export class PostgresStore extends StoreBase {
     const first = r.rows[0];
     const revision =
       first?.revision === null || first === undefined ? 0 : parseBigint(first.revision, 'namespace revision', 0);
+    // No namespace row (deleted by hand, a schema dropped): no revision to compare; the next write starts a new one.
+    if (first !== undefined && first.revision !== null) this.#observe(revision, floor);
     return { rows: r.rows.filter((row) => row.key !== null), revision };
   }
 
@@ -482,7 +493,10 @@ export class PostgresStore extends StoreBase {
   ): Promise<{ value: T; revision: number }> {
     let reaped: ReapResult = { sessions: [], keys: [] };
     let w: WriteContext | undefined;
+    const floor = this.#maxRevision;
+    let restoredFrom: number | undefined;
     const out = await this.#exec(what, async (q, attempt) => {
+      restoredFrom = undefined;
       attempt.phase = 'open';
       const ns = pg.escapeLiteral(this.namespace);
       const reads = this.#prefetchSql(prefetch, ns);
@@ -529,6 +543,21 @@ export class PostgresStore extends StoreBase {
           outcome: 'not-applied',
         });
       }
+      if (lock.revision < floor) {
+        // Restored from a backup: this write must not land on the older data, where its new revision (the clock's)
+        // would hide the restore from every client that has not looked yet. Instead the incarnation record goes
+        // (every client's check then finds it gone: StoreDataLostError, and the delayed restart of ADR 0009).
+        restoredFrom = lock.revision;
+        attempt.phase = 'commit';
+        const notice = encodeNotice(this.namespace, next, [INCARNATION_KEY]);
+        await q(
+          `DELETE FROM ${this.#t.kv} WHERE ns = ${ns} AND key = convert_to(${pg.escapeLiteral(INCARNATION_KEY)}, 'UTF8');
+           WITH bump AS (UPDATE ${this.#t.namespaces} SET revision = ${String(next)} WHERE name = ${ns} RETURNING 1)
+           SELECT pg_notify(${pg.escapeLiteral(this.#t.channel)}, ${pg.escapeLiteral(notice)}) FROM bump; COMMIT`,
+        );
+        attempt.phase = 'connect';
+        return { value: undefined as T, revision: next };
+      }
       w = new WriteContext(next);
       w.changed.push(...reaped.keys);
       const result = await body(q, w, read);
@@ -548,9 +577,43 @@ export class PostgresStore extends StoreBase {
       attempt.phase = 'connect';
       return { value: result, revision: changed ? next : lock.revision };
     });
+    if (restoredFrom !== undefined) {
+      // The restore is marked; from here on this client works from the new revision (a new baseline).
+      this.#maxRevision = out.revision;
+      throw this.#restored(restoredFrom, floor);
+    }
     this.#afterReap(reaped);
     if (w?.failAfterCommit !== undefined) throw w.failAfterCommit;
+    this.#observe(out.revision, floor);
     return out;
+  }
+
+  /**
+   * A revision read by a request sent after this client saw `floor`: never lower while the database keeps its data
+   * (revisions only grow, and a request sees every commit made before it was sent). Lower: the database went back
+   * to an older state — a restored backup, a failover to a replica that had not received the latest commits —
+   * whose records may lack what this client saw written (a fleet would take a group added since as removed). Every
+   * session ends (StoreDataLostError, thrown), and a write marks the restore for the other clients (#writeTxn).
+   */
+  #observe(revision: number, floor: number): void {
+    if (revision >= floor) {
+      if (revision > this.#maxRevision) this.#maxRevision = revision;
+      return;
+    }
+    const lost = this.#restored(revision, floor);
+    // The write finds the older revision under its lock and removes the incarnation record.
+    void this.#writeTxn('mark a restored database', async () => undefined).catch(() => undefined);
+    throw lost;
+  }
+
+  /** End every session with the restore found at `floor` — once per restore, however many requests saw it. */
+  #restored(revision: number, floor: number): StoreDataLostError {
+    const detail =
+      `its revision went backwards (${revision} after ${floor}): the database was restored from a backup or ` +
+      'failed over to a replica without the latest commits';
+    if (this.#restoreFloor === floor) return new StoreDataLostError('postgres', this.namespace, detail);
+    this.#restoreFloor = floor;
+    return this.dataLost(detail);
   }
 
   /** The statements reading what `prefetch` asks for, with `ns` the namespace as a literal, and their parser. */
@@ -787,6 +850,7 @@ export class PostgresStore extends StoreBase {
 
   /** The namespace revision and the time until its next session expiry, on the server's clock. */
   async #header(): Promise<{ revision: number; nextExpiryMs: number | undefined }> {
+    const floor = this.#maxRevision;
     const r = await this.#exec('poll', (q) =>
       q<{ revision: unknown; next_expiry_ms: number | null }>(
         `SELECT (SELECT revision FROM ${this.#t.namespaces} WHERE name = $1) AS revision,
@@ -798,6 +862,7 @@ export class PostgresStore extends StoreBase {
     const row = r.rows[0];
     const revision =
       row?.revision === null || row === undefined ? 0 : parseBigint(row.revision, 'namespace revision', 0);
+    if (row !== undefined && row.revision !== null) this.#observe(revision, floor);
     const next = row?.next_expiry_ms;
     return { revision, nextExpiryMs: typeof next === 'number' ? next : undefined };
   }
