@@ -365,13 +365,24 @@ export class FleetGroupExistsError extends RebalancerError {
 /** The fleet has no live group of this name (never added, or removed). */
 export class FleetGroupNotFoundError extends RebalancerError {
   readonly group: string;
-  constructor(group: string, fleet: string) {
+  /**
+   * The name is in no record but on its way back: the control store lost its records and `node` keeps a replica of
+   * the group, which its leader writes back (docs/fleet.md, "The control store loses its data"). A command or query
+   * waits for it within its time; this says the time ran out first.
+   */
+  readonly restoring: { readonly node: string } | undefined;
+  constructor(group: string, fleet: string, restoring?: { readonly node: string }) {
     super(
       'NOT_FOUND',
-      `fleet ${JSON.stringify(fleet)} has no group ${JSON.stringify(group)}; ` +
-        '`rebalancer fleet status` lists its groups (check --store, --namespace and the fleet name)',
+      restoring === undefined
+        ? `fleet ${JSON.stringify(fleet)} has no group ${JSON.stringify(group)}; ` +
+            '`rebalancer fleet status` lists its groups (check --store, --namespace and the fleet name)'
+        : `fleet ${JSON.stringify(fleet)} has group ${JSON.stringify(group)} on its way back, not yet written back: ` +
+            `the control store lost its records, and node ${restoring.node} keeps a replica of it, which its leader ` +
+            'writes back once elected. Retry later (`rebalancer fleet status` lists it as restoring)',
     );
     this.group = group;
+    this.restoring = restoring;
   }
 }
 

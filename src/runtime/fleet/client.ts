@@ -293,8 +293,20 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       }
       let g = view.groups.get(name);
       // Perhaps added since the view was read: read again before saying it does not exist.
-      if (g === undefined && !fresh) g = (await this.#refresh()).groups.get(name);
-      if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+      if (g === undefined && !fresh) {
+        view = await this.#refresh();
+        g = view.groups.get(name);
+      }
+      if (g === undefined) {
+        // Claimed: a node keeps a replica of it after the control store lost its records; it comes back — wait.
+        const claim = view.claims.get(name);
+        if (claim === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+        const remainingMs = timeoutMs - (this.#store.clock.now() - start);
+        if (remainingMs < MIN_WAIT_MS) throw new FleetGroupNotFoundError(name, this.fleet, { node: claim.node });
+        this.#check();
+        await new Promise<void>((resolve) => this.#store.clock.setTimeout(resolve, Math.min(100, remainingMs)));
+        continue;
+      }
       id = groupRaftId(g);
       const remainingMs = timeoutMs - (this.#store.clock.now() - start);
       if (this.#routes.candidates(name, id).length > 0) {

@@ -1220,7 +1220,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * are gone) — and which could still be written back. Undefined when it keeps none.
    */
   #keptOrphanOf(name: string, meta: MetaRecord | undefined): { generation: number; node: string } | undefined {
-    const lossPending = this.#controlId !== undefined && meta?.id !== this.#controlId;
+    // A loss this node has not acted on yet: the records it reads now may be the older ones (a restored backup
+    // under the same id), and every replica it holds is about to be an orphan.
+    const lossPending =
+      (this.#controlId !== undefined && meta?.id !== this.#controlId) ||
+      this.#o.control.store.dataLosses !== this.#lossesSeen;
     let generation: number | undefined;
     for (const id of this.#replicaIds()) {
       const p = parseRaftGroupId(id);
@@ -1800,7 +1804,20 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
           this.#records,
         );
         g = this.#view.groups.get(name);
-        if (g === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+        if (g === undefined) {
+          // Claimed, or kept here as an orphan: the group comes back once its leader writes it back — wait for it.
+          const restoring = this.#view.claims.get(name) ?? this.#keptOrphanOf(name, this.#view.meta);
+          if (restoring === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+          if (timeoutMs - (clock.now() - start) < MIN_WAIT_MS) {
+            throw new FleetGroupNotFoundError(name, this.fleet, { node: restoring.node });
+          }
+          this.#loop.kick();
+          await new Promise<void>((resolve) =>
+            clock.setTimeout(resolve, Math.min(100, timeoutMs - (clock.now() - start))),
+          );
+          this.#check();
+          continue;
+        }
       }
       const remainingMs = timeoutMs - (clock.now() - start);
       const id = groupRaftId(g);
