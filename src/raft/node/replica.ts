@@ -54,6 +54,8 @@ interface Waiter<T> {
 
 export class Replica {
   readonly groupId: string;
+  /** `raft group <id>`, for messages (built once: applying an entry names it). */
+  readonly #where: string;
   readonly core: Core;
   readonly #o: ReplicaOptions;
   readonly #applier: Applier<unknown>;
@@ -85,6 +87,7 @@ export class Replica {
   constructor(o: ReplicaOptions) {
     this.#o = o;
     this.groupId = o.groupId;
+    this.#where = `raft group ${o.groupId}`;
     this.#applier = new Applier(o.stateMachine, o.codec, o.maxSessions);
     const snap = o.storage.snapshot();
     this.#restore(snap);
@@ -218,7 +221,13 @@ export class Replica {
     for (const e of rd.committedEntries) {
       // Already applied: before the Ready's persist, or covered by a snapshot installed in this Ready.
       if (e.index <= this.#applier.index) continue;
-      if (!this.#guard(e.index, 'applying a command', () => this.#apply(e))) return false;
+      // #guard's rule, without a closure per entry: a throw stops the replica, the entry is never skipped.
+      try {
+        this.#apply(e);
+      } catch (err) {
+        this.#fail(new StateMachineError(this.groupId, e.index, 'applying a command', { cause: err }));
+        return false;
+      }
     }
     return true;
   }
@@ -235,15 +244,15 @@ export class Replica {
   }
 
   #restore(snap: Snapshot): void {
-    this.#applier.restore(snap.meta.index, snap.data, `raft group ${this.groupId}`);
+    this.#applier.restore(snap.meta.index, snap.data, this.#where);
   }
 
   #apply(e: Entry): void {
     this.#o.observer?.applied(this.groupId, this.#o.nodeId, e);
     if (e.type !== 'normal') {
-      this.#applier.skip(e.index, `raft group ${this.groupId}`);
+      this.#applier.skip(e.index, this.#where);
     } else {
-      this.#dispatch(this.#applier.apply(e.index, e.data, `raft group ${this.groupId}`));
+      this.#dispatch(this.#applier.apply(e.index, e.data, this.#where));
     }
     this.counts.applied++;
   }
