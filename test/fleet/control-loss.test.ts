@@ -14,7 +14,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { createPostgresStore } from '../../src/backends/postgres/index.js';
 import { createRedisStore } from '../../src/backends/redis/index.js';
-import { FleetControlLostError, FleetGroupExistsError } from '../../src/errors.js';
+import { FleetControlLostError, FleetGroupExistsError, FleetGroupNotFoundError } from '../../src/errors.js';
+import { connectFleet } from '../../src/runtime/fleet/client.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
 import { allocatePorts } from '../harness/ports.js';
@@ -275,10 +276,27 @@ describe('fleet: the control store loses its data', () => {
       what: 'a and b claimed in the store, listed as on their way back',
       timeoutMs: 10_000,
     });
+    // Meanwhile a or b is no "no such group": a query waits for it, within its time, on a node and from a client
+    // outside the fleet; run out, it says the group is on its way back.
+    const clientStore = await createRedisStore({ url: redis.url, namespace: 'fleet-loss', maxSessionTtlMs: TTL_MS });
+    cleanups.push(() => clientStore.close());
+    const client = await connectFleet({
+      store: clientStore,
+      fleet: 'f',
+      secret: 'a fleet test secret of enough bytes',
+    });
+    cleanups.push(() => client.close());
+    for (const asker of [m1, client]) {
+      const err = await asker.query('a', 'total', { timeoutMs: 300 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(FleetGroupNotFoundError);
+      expect((err as FleetGroupNotFoundError).restoring).toEqual({ node: 'n1' });
+    }
+    const waiting = client.query<number>('a', 'total', { timeoutMs: 30_000 });
     const m2 = await start('n2');
     await ensureGroups(m2);
     const m3 = await start('n3');
     await ensureGroups(m3);
+    expect(await waiting).toBe(5);
     await eventually(
       async () =>
         (await Promise.all(['a', 'b'].map((g) => m3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,7',
