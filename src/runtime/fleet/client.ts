@@ -111,6 +111,8 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   #transport: Transport | undefined;
   #view: FleetView | undefined;
   #viewAtMs = 0;
+  /** The read of the fleet that retries of calls share (#sharedRefresh). */
+  #retryRead: Promise<FleetView> | undefined;
   /** Node addresses given to the transport, by node id. */
   readonly #addresses = new Map<string, string>();
   readonly #routes: GroupRoutes;
@@ -255,6 +257,14 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     return t;
   }
 
+  /** A read of the fleet already on its way, or a new one (for retries: not for "perhaps added since"). */
+  #sharedRefresh(): Promise<FleetView> {
+    this.#retryRead ??= this.#refresh().finally(() => {
+      this.#retryRead = undefined;
+    });
+    return this.#retryRead;
+  }
+
   async #refresh(): Promise<FleetView> {
     this.#check();
     const view = await readFleetView(this.#store, this.#keys, this.#corruption.report, this.#records);
@@ -288,7 +298,8 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       let view = this.#view;
       let fresh = false;
       if (view === undefined || attempt > 0 || this.#store.clock.now() - this.#viewAtMs > VIEW_MAX_AGE_MS) {
-        view = await this.#refresh();
+        // A retry joins a read already on its way (many calls waiting for one group read the fleet once at a time).
+        view = await (attempt > 0 ? this.#sharedRefresh() : this.#refresh());
         fresh = true;
       }
       let g = view.groups.get(name);

@@ -1794,30 +1794,28 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     const clock = this.#o.control.clock;
     const start = clock.now();
     for (let attempt = 0; ; attempt++) {
-      let g = this.#view?.groups.get(name);
-      if (g === undefined || attempt > 0) {
-        // Perhaps added since the last round: read again before saying it does not exist.
-        this.#view = await readFleetView(
-          this.#o.control.store,
-          this.#control.keys,
-          this.#corruption.report,
-          this.#records,
-        );
-        g = this.#view.groups.get(name);
-        if (g === undefined) {
-          // Claimed, or kept here as an orphan: the group comes back once its leader writes it back — wait for it.
-          const restoring = this.#view.claims.get(name) ?? this.#keptOrphanOf(name, this.#view.meta);
-          if (restoring === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
-          if (timeoutMs - (clock.now() - start) < MIN_WAIT_MS) {
-            throw new FleetGroupNotFoundError(name, this.fleet, { node: restoring.node });
-          }
-          this.#loop.kick();
-          await new Promise<void>((resolve) =>
-            clock.setTimeout(resolve, Math.min(100, timeoutMs - (clock.now() - start))),
-          );
-          this.#check();
-          continue;
+      let view = this.#view;
+      let g = view?.groups.get(name);
+      if (view === undefined || (g === undefined && attempt === 0)) {
+        // Perhaps added since the last round: read again before saying it does not exist. Later tries use the view
+        // the node's rounds keep fresh (a wait kicks one), so that many waiting calls do not each read the fleet.
+        view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
+        this.#view = view;
+        g = view.groups.get(name);
+      }
+      if (g === undefined) {
+        // Claimed, or kept here as an orphan: the group comes back once its leader writes it back — wait for it.
+        const restoring = view.claims.get(name) ?? this.#keptOrphanOf(name, view.meta);
+        if (restoring === undefined) throw new FleetGroupNotFoundError(name, this.fleet);
+        if (timeoutMs - (clock.now() - start) < MIN_WAIT_MS) {
+          throw new FleetGroupNotFoundError(name, this.fleet, { node: restoring.node });
         }
+        this.#loop.kick();
+        await new Promise<void>((resolve) =>
+          clock.setTimeout(resolve, Math.min(100, timeoutMs - (clock.now() - start))),
+        );
+        this.#check();
+        continue;
       }
       const remainingMs = timeoutMs - (clock.now() - start);
       const id = groupRaftId(g);
