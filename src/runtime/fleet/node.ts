@@ -543,6 +543,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   readonly #drained = new Set<() => void>();
   /** The control plane's id this node works with (the meta record's; undefined before it saw one). */
   #controlId: string | undefined;
+  /** The read of the fleet that retrying calls share (#sharedRead). */
+  #retryRead: Promise<FleetView> | undefined;
   /**
    * The store's count of data losses (Store.dataLosses) as of this node's last round. When it grows, the records
    * may have come back older under the same control id (a Redis restarted from its last snapshot): treated as a loss.
@@ -1796,11 +1798,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     for (let attempt = 0; ; attempt++) {
       let view = this.#view;
       let g = view?.groups.get(name);
-      if (view === undefined || (g === undefined && attempt === 0)) {
-        // Perhaps added since the last round: read again before saying it does not exist. Later tries use the view
-        // the node's rounds keep fresh (a wait kicks one), so that many waiting calls do not each read the fleet.
-        view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
-        this.#view = view;
+      if (view === undefined || g === undefined || attempt > 0) {
+        // Perhaps added since the last round: read again before saying it does not exist. A retry (a call waiting
+        // for its group to open here or to come back) joins a read already on its way: many waiting calls read the
+        // fleet once at a time, not each on its own.
+        view = await (attempt > 0 ? this.#sharedRead() : this.#readView());
         g = view.groups.get(name);
       }
       if (g === undefined) {
@@ -1831,6 +1833,21 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       await new Promise<void>((resolve) => clock.setTimeout(resolve, Math.min(50, remainingMs)));
       this.#check();
     }
+  }
+
+  /** Read the whole fleet now, and keep it as the view. */
+  async #readView(): Promise<FleetView> {
+    const view = await readFleetView(this.#o.control.store, this.#control.keys, this.#corruption.report, this.#records);
+    this.#view = view;
+    return view;
+  }
+
+  /** A read of the fleet for retrying calls: the one on its way, or a new one (#target). */
+  #sharedRead(): Promise<FleetView> {
+    this.#retryRead ??= this.#readView().finally(() => {
+      this.#retryRead = undefined;
+    });
+    return this.#retryRead;
   }
 
   /** Answer a remote client's request with this node's member replica of the group, if it holds one. */
