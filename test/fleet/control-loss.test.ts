@@ -92,6 +92,11 @@ async function fleetOn(openStore: () => Promise<Store>): Promise<LossFleet> {
   return { start, nodes, stores, lost, dropped };
 }
 
+/** The counters of `groups` as `node` reads them, joined ('5,7'). */
+async function totals(node: FleetNode, groups: readonly string[]): Promise<string> {
+  return (await Promise.all(groups.map((g) => node.query<number>(g, 'total', { timeoutMs: 2000 })))).join();
+}
+
 /** One request to the private Redis on a client of its own (a snapshot, a look at its keys). */
 async function onRedis<T>(redis: ServerHandle, fn: (r: Redis) => Promise<T>): Promise<T> {
   const r = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
@@ -142,11 +147,11 @@ describe('fleet: the control store loses its data', () => {
       intervalMs: 200,
     });
     // b's replicas are kept and b is written back with its state; a is as it was.
-    await eventually(
-      async () =>
-        (await Promise.all(['a', 'b'].map((g) => n3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,7',
-      { what: 'a and b answering with their state', timeoutMs: 60_000, intervalMs: 200 },
-    );
+    await eventually(async () => (await totals(n3, ['a', 'b'])) === '5,7', {
+      what: 'a and b answering with their state',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
     expect(await n1.command('b', { add: 1 })).toBe(8);
 
     // Worse: the whole fleet is down when the store comes back older. The nodes start with new store clients, which
@@ -167,12 +172,11 @@ describe('fleet: the control store loses its data', () => {
     await redis.kill();
     await redis.restart();
     const [m1, m2, m3] = await Promise.all([start('n1'), start('n2'), start('n3')]);
-    await eventually(
-      async () =>
-        (await Promise.all(['a', 'b', 'c'].map((g) => m2.query<number>(g, 'total', { timeoutMs: 2000 })))).join() ===
-        '5,8,4',
-      { what: 'a, b and c answering with their state after the restart', timeoutMs: 60_000, intervalMs: 200 },
-    );
+    await eventually(async () => (await totals(m2, ['a', 'b', 'c'])) === '5,8,4', {
+      what: 'a, b and c answering with their state after the restart',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
     expect(await m1.command('c', { add: 1 })).toBe(5);
     await eventually(() => [m1, m2, m3].every((n) => n.orphans().length === 0), {
       what: 'no orphan left',
@@ -231,11 +235,11 @@ describe('fleet: the control store loses its data', () => {
       timeoutMs: 60_000,
       intervalMs: 200,
     });
-    await eventually(
-      async () =>
-        (await Promise.all(['a', 'b'].map((g) => n3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,8',
-      { what: 'a and b answering with their state', timeoutMs: 60_000, intervalMs: 200 },
-    );
+    await eventually(async () => (await totals(n3, ['a', 'b'])) === '5,8', {
+      what: 'a and b answering with their state',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
     expect(dropped).toEqual([]);
   }, 180_000);
 
@@ -297,11 +301,11 @@ describe('fleet: the control store loses its data', () => {
     const m3 = await start('n3');
     await ensureGroups(m3);
     expect(await waiting).toBe(5);
-    await eventually(
-      async () =>
-        (await Promise.all(['a', 'b'].map((g) => m3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,7',
-      { what: 'a and b written back with their state', timeoutMs: 30_000, intervalMs: 200 },
-    );
+    await eventually(async () => (await totals(m3, ['a', 'b'])) === '5,7', {
+      what: 'a and b written back with their state',
+      timeoutMs: 30_000,
+      intervalMs: 200,
+    });
     expect((await m1.status()).restoring).toEqual([]);
     await eventually(() => [m1, m2, m3].every((n) => n.orphans().length === 0), {
       what: 'no orphan left',
@@ -339,11 +343,11 @@ describe('fleet: the control store loses its data', () => {
     expect(await n1.command('b', { add: 1 }, { timeoutMs: 30_000 })).toBe(8);
     // Nothing was deleted: each group's leader writes its group back under its own generation, and every command
     // acknowledged before the loss is still there.
-    await eventually(
-      async () =>
-        (await Promise.all(['a', 'b'].map((g) => n3.query<number>(g, 'total', { timeoutMs: 2000 })))).join() === '5,8',
-      { what: 'a and b written back with their state', timeoutMs: 30_000, intervalMs: 200 },
-    );
+    await eventually(async () => (await totals(n3, ['a', 'b'])) === '5,8', {
+      what: 'a and b written back with their state',
+      timeoutMs: 30_000,
+      intervalMs: 200,
+    });
     expect(await n3.command('a', { add: 1 })).toBe(6);
     await eventually(() => [n1, n2, n3].every((n) => n.orphans().length === 0), {
       what: 'no orphan left',
@@ -360,9 +364,7 @@ describe('fleet: the control store loses its data', () => {
     nodes.clear();
     await redis.restart();
     const [m1, m2, m3] = await Promise.all([start('n1'), start('n2'), start('n3')]);
-    const totals = async (): Promise<number[]> =>
-      Promise.all(['a', 'b', 'c'].map((g) => m2.query<number>(g, 'total', { timeoutMs: 2000 })));
-    await eventually(async () => (await totals()).join() === '6,8,4', {
+    await eventually(async () => (await totals(m2, ['a', 'b', 'c'])) === '6,8,4', {
       what: 'every group written back again, from replicas that were only stored',
       timeoutMs: 30_000,
       intervalMs: 200,

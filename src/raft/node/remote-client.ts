@@ -299,6 +299,11 @@ type Attempt =
     }
   | { readonly ok: false; readonly final: unknown };
 
+/** An attempt after which the next candidate is tried; `handed`: the request may have been acted on there. */
+function next(handed: boolean, noQuorum = false, hint?: string): Attempt {
+  return { ok: false, handed, noQuorum, expired: false, hint };
+}
+
 /** Codes of answers after which another node cannot do better: thrown at once. */
 const FINAL_CODES = new Set(['INVALID_ARGUMENT', 'LIMIT_EXCEEDED', 'CORRUPT_DATA']);
 
@@ -509,13 +514,6 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
   }
 
   async #attempt(peer: string, req: GroupRequest, attemptMs: number): Promise<Attempt> {
-    const next = (handed: boolean, noQuorum = false, hint?: string): Attempt => ({
-      ok: false,
-      handed,
-      noQuorum,
-      expired: false,
-      hint,
-    });
     // A register or a query is never "handed over" in the sense that matters: running it twice is harmless.
     const command = req.kind === 'command';
     const served = this.#o.inProcess?.(peer, req);
@@ -546,13 +544,6 @@ export class RemoteGroupClient<C = unknown, Q = unknown, R = unknown, A = unknow
   /** What an answer from `peer` means for the retry loop. */
   #answered(peer: string, req: GroupRequest, answer: GroupAnswer): Attempt {
     const command = req.kind === 'command';
-    const next = (handed: boolean, noQuorum = false, hint?: string): Attempt => ({
-      ok: false,
-      handed,
-      noQuorum,
-      expired: false,
-      hint,
-    });
     if (answer.kind === 'session' || answer.kind === 'value') return { ok: true, answer };
     if (answer.kind === 'no-replica') return next(false);
     const hint = answer.leader !== undefined && answer.leader !== peer ? answer.leader : undefined;
