@@ -565,11 +565,19 @@ async function freezeOne(
   });
   const frozen = readOracle(oracle).find((c) => c.node === a.node && aliveChild(c))!;
   process.kill(-a.proc.pid!, 'SIGSTOP');
-  await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
-    ...STEP,
-    what: `${b.node} to start ${frozen.resource} once the frozen ${a.node}'s session has expired`,
-    context: () => describeState(oracle, a, b),
-  });
+  try {
+    await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
+      ...STEP,
+      what: `${b.node} to start ${frozen.resource} once the frozen ${a.node}'s session has expired`,
+      context: () => describeState(oracle, a, b),
+    });
+  } catch (err) {
+    // Not left frozen: stopped inside a SQLite write transaction (seen once), it would hold the database's lock and
+    // fail every later test of this file that writes to it.
+    process.kill(-a.proc.pid!, 'SIGCONT');
+    await Promise.all([terminate(a), terminate(b)]);
+    throw err;
+  }
   await sleep(500);
   return { a, b, frozen, resources, resume: () => process.kill(-a.proc.pid!, 'SIGCONT') };
 }
