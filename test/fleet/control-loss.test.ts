@@ -92,6 +92,22 @@ async function fleetOn(openStore: () => Promise<Store>): Promise<LossFleet> {
   return { start, nodes, stores, lost, dropped };
 }
 
+/**
+ * Group `name` placed and answering through `node`: a first command adding `value` to its counter returned `value`
+ * (retried until the group has a leader).
+ */
+async function answering(node: FleetNode, name: string, value: number): Promise<void> {
+  await eventually(async () => (await node.command(name, { add: value }, { timeoutMs: 2000 })) === value, {
+    what: `${name} placed and answering`,
+    timeoutMs: 30_000,
+  });
+}
+
+/** Each of `nodes` holds `count` replicas (`what` names it for a timeout). */
+async function holding(nodes: readonly FleetNode[], count: number, what: string): Promise<void> {
+  await eventually(() => nodes.every((n) => n.replicas().length === count), { what, timeoutMs: 30_000 });
+}
+
 /** The counters of `groups` as `node` reads them, joined ('5,7'). */
 async function totals(node: FleetNode, groups: readonly string[]): Promise<string> {
   return (await Promise.all(groups.map((g) => node.query<number>(g, 'total', { timeoutMs: 2000 })))).join();
@@ -113,24 +129,15 @@ describe('fleet: the control store loses its data', () => {
     const { redis, start, nodes, stores, dropped } = await lossFleet();
     const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
     await n1.addGroup('a', { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
-      what: 'a placed and answering',
-      timeoutMs: 30_000,
-    });
+    await answering(n1, 'a', 5);
     // The server's snapshot is taken now (an RDB save, as Redis's default `save` points make now and then) …
     await onRedis(redis, (r) => r.save());
     // … then a group is added and written to, and the server dies (kill -9) and restarts from that snapshot: the
     // records are those of before the add, under the same control id — nothing says the records were lost except
     // the store's StoreDataLostError (its run id changed).
     await n2.addGroup('b', { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n2.command('b', { add: 7 }, { timeoutMs: 2000 })) === 7, {
-      what: 'b placed and answering',
-      timeoutMs: 30_000,
-    });
-    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 2), {
-      what: 'three replicas of each group',
-      timeoutMs: 30_000,
-    });
+    await answering(n2, 'b', 7);
+    await holding([n1, n2, n3], 2, 'three replicas of each group');
     await redis.kill();
     await redis.restart();
     const keys = await onRedis(redis, (r) => r.keys('*'));
@@ -159,14 +166,8 @@ describe('fleet: the control store loses its data', () => {
     // of a generation above the records' counter — and c comes back instead of being deleted.
     await onRedis(redis, (r) => r.save());
     await n3.addGroup('c', { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n3.command('c', { add: 4 }, { timeoutMs: 2000 })) === 4, {
-      what: 'c placed and answering',
-      timeoutMs: 30_000,
-    });
-    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 3), {
-      what: 'three replicas of c',
-      timeoutMs: 30_000,
-    });
+    await answering(n3, 'c', 4);
+    await holding([n1, n2, n3], 3, 'three replicas of c');
     await Promise.all([...nodes.values()].map((n) => n.close()));
     nodes.clear();
     await redis.kill();
@@ -194,10 +195,7 @@ describe('fleet: the control store loses its data', () => {
     );
     const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
     await n1.addGroup('a', { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
-      what: 'a placed and answering',
-      timeoutMs: 30_000,
-    });
+    await answering(n1, 'a', 5);
     // The backup: a copy of every table of the schema, as a restore of the whole database would bring back.
     const admin = new pg.Client(server.url);
     await admin.connect();
@@ -205,14 +203,8 @@ describe('fleet: the control store loses its data', () => {
     const tables = ['namespaces', 'sessions', 'kv'];
     await admin.query(tables.map((t) => `CREATE TABLE ${schema}.bk_${t} AS SELECT * FROM ${schema}.${t}`).join('; '));
     await n2.addGroup('b', { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n2.command('b', { add: 7 }, { timeoutMs: 2000 })) === 7, {
-      what: 'b placed and answering',
-      timeoutMs: 30_000,
-    });
-    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 2), {
-      what: 'three replicas of each group',
-      timeoutMs: 30_000,
-    });
+    await answering(n2, 'b', 7);
+    await holding([n1, n2, n3], 2, 'three replicas of each group');
     // The restore, while the nodes run: the records are those of before b, under the same control id and the same
     // incarnation record — only the namespace's revision, gone back, says so.
     await admin.query(
@@ -258,15 +250,9 @@ describe('fleet: the control store loses its data', () => {
     };
     const first = [await start('n1'), await start('n2'), await start('n3')];
     for (const n of first) await ensureGroups(n);
-    await eventually(async () => (await first[0]!.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
-      what: 'a placed and answering',
-      timeoutMs: 30_000,
-    });
+    await answering(first[0]!, 'a', 5);
     expect(await first[1]!.command('b', { add: 7 }, { timeoutMs: 10_000 })).toBe(7);
-    await eventually(() => first.every((n) => n.replicas().length === 2), {
-      what: 'three replicas of each group',
-      timeoutMs: 30_000,
-    });
+    await holding(first, 2, 'three replicas of each group');
 
     // Every node stops, the store loses everything, and the nodes come back one by one, each adding its groups
     // first thing. n1 alone keeps replicas of a and b but cannot elect their leaders: its adds must be refused,
@@ -321,15 +307,9 @@ describe('fleet: the control store loses its data', () => {
     const { redis, start, nodes, lost, dropped } = await lossFleet();
     const [n1, n2, n3] = [await start('n1'), await start('n2'), await start('n3')];
     for (const g of ['a', 'b']) await n1.addGroup(g, { replicas: 3, machine: 'counter' });
-    await eventually(async () => (await n1.command('a', { add: 5 }, { timeoutMs: 2000 })) === 5, {
-      what: 'a placed and answering',
-      timeoutMs: 30_000,
-    });
+    await answering(n1, 'a', 5);
     expect(await n2.command('b', { add: 7 }, { timeoutMs: 10_000 })).toBe(7);
-    await eventually(() => [n1, n2, n3].every((n) => n.replicas().length === 2), {
-      what: 'three replicas of each group',
-      timeoutMs: 30_000,
-    });
+    await holding([n1, n2, n3], 2, 'three replicas of each group');
 
     // The server restarts with nothing: records, sessions and the namespace's incarnation are gone.
     await redis.restart();
