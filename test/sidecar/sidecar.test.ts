@@ -22,6 +22,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/backends/memory/index.js';
 import { GroupAdmin } from '../../src/runtime/groups/registry.js';
@@ -34,7 +35,8 @@ import { CLI, cli as runCli, REPO, type CliResult } from '../unit/cli-process.js
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-sidecar-'));
 const GATE_STARTER = join(REPO, 'test/sidecar/fixtures/gate-starter.ts');
-const STORE = `sqlite:${join(dir, 'sidecar.db')}`;
+const DB_PATH = join(dir, 'sidecar.db');
+const STORE = `sqlite:${DB_PATH}`;
 const CHILD = join(dir, 'child.sh');
 const TTL_MS = 2000;
 /** Bound for one step to converge (process start, session expiry, rebalance) on a loaded 2-core machine. */
@@ -564,7 +566,16 @@ async function freezeOne(
     context: () => describeState(oracle, a, b),
   });
   const frozen = readOracle(oracle).find((c) => c.node === a.node && aliveChild(c))!;
-  process.kill(-a.proc.pid!, 'SIGSTOP');
+  for (let attempt = 1; ; attempt++) {
+    process.kill(-a.proc.pid!, 'SIGSTOP');
+    if (!(await writeLockStuck())) break;
+    // Stopped inside one of its SQLite write transactions: every writer on the file waits for it, the documented
+    // limit of the embedded store (docs/backends/sqlite.md, "A process stopped while holding the write lock").
+    // Not what these tests are about: let it commit, and freeze it again.
+    process.kill(-a.proc.pid!, 'SIGCONT');
+    if (attempt === 5) throw new Error(`${a.node} was frozen inside a write transaction ${attempt} times in a row`);
+    await sleep(30 + attempt * 17);
+  }
   try {
     await eventually(() => readOracle(oracle).some((c) => c.node === b.node && c.resource === frozen.resource), {
       ...STEP,
@@ -580,6 +591,30 @@ async function freezeOne(
   }
   await sleep(500);
   return { a, b, frozen, resources, resume: () => process.kill(-a.proc.pid!, 'SIGCONT') };
+}
+
+/**
+ * Whether the store's write lock stays taken for `forMs` (a process stopped inside a transaction holds it); false as
+ * soon as this process can take it. The sidecars' own write transactions last milliseconds.
+ */
+async function writeLockStuck(forMs = 1500): Promise<boolean> {
+  const db = new Database(DB_PATH, { timeout: 0, fileMustExist: true });
+  try {
+    const until = Date.now() + forMs;
+    for (;;) {
+      try {
+        db.exec('BEGIN IMMEDIATE');
+        db.exec('ROLLBACK');
+        return false;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'SQLITE_BUSY') throw err;
+      }
+      if (Date.now() >= until) return true;
+      await sleep(50);
+    }
+  } finally {
+    db.close();
+  }
 }
 
 describe('rebalancer run: a sidecar frozen past its TTL (SIGSTOP to its process group, like Ctrl-Z)', () => {
