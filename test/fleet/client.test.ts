@@ -75,6 +75,13 @@ describe('fleet client (connectFleet)', () => {
     await expect(client.addGroup('a', { replicas: 3, machine: 'counter' })).rejects.toBeInstanceOf(
       FleetGroupExistsError,
     );
+    // A machine no live node runs: refused (a typo, most likely), unless asked for; nothing written.
+    await expect(client.addGroup('typo', { replicas: 3, machine: 'countr' })).rejects.toThrow(
+      /no live node of fleet shop runs state machine "countr" \(the live nodes run: counter\)/,
+    );
+    expect((await client.groups()).map((g) => g.name)).toEqual(['a', 'b']);
+    await client.addGroup('typo', { replicas: 3, machine: 'countr', machineCheck: false });
+    await client.removeGroup('typo');
     // The first command waits for the group to be placed and get a leader.
     expect(await client.command('a', { add: 2 }, { timeoutMs: 30_000 })).toBe(2);
     expect(await client.command('a', { add: 3 })).toBe(5);

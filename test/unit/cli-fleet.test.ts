@@ -12,6 +12,8 @@ import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSqliteStore } from '../../src/backends/sqlite/index.js';
 import { parseJson, readSecret, renderFleetStatus, summaryLine } from '../../src/cli/commands/fleet.js';
+import { readFleetView } from '../../src/protocol/fleet/io.js';
+import { FleetKeys } from '../../src/protocol/fleet/keys.js';
 import type { FleetStatus } from '../../src/protocol/fleet/status.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
@@ -141,6 +143,31 @@ describe('rebalancer fleet (a fleet of in-process nodes, the CLI as child proces
     expect(badFleet.code).toBe(2);
     const badReplicas = await cli(['fleet', 'add', 'x', '--fleet', 'ops', '--replicas', '0', '--machine', 'counter']);
     expect(badReplicas.code).toBe(2);
+    // A machine no live node runs (a typo, most likely): refused while nodes run, added when asked for or when no
+    // node runs yet (groups added before the fleet starts), with what it waits for.
+    const typo = await cli(['fleet', 'add', 'x', '--fleet', 'ops', '--replicas', '3', '--machine', 'countr']);
+    expect(typo.code).toBe(2);
+    expect(typo.err).toMatch(/no live node of fleet ops runs state machine "countr" \(the live nodes run: counter\)/);
+    expect(typo.err).toMatch(/--no-machine-check/);
+    expect((await readFleetView(store, new FleetKeys('ops'), () => undefined)).groups.has('x')).toBe(false);
+    const forced = await cli([
+      'fleet',
+      'add',
+      'x',
+      '--fleet',
+      'ops',
+      '--replicas',
+      '3',
+      '--machine',
+      'countr',
+      '--no-machine-check',
+    ]);
+    expect(forced.code).toBe(0);
+    expect(forced.out).toMatch(/no live node runs countr yet: it is placed once one with it in its `machines` joins/);
+    expect((await cli(['fleet', 'remove', 'x', '--fleet', 'ops'])).code).toBe(0);
+    const early = await cli(['fleet', 'add', 'y', '--fleet', 'not-started', '--replicas', '3', '--machine', 'countr']);
+    expect(early.code).toBe(0);
+    expect(early.out).toMatch(/no live node runs countr yet/);
     const noFleet = await cli(['fleet', 'status', '--fleet', 'typo']);
     expect(noFleet.code).toBe(1);
     expect(noFleet.out).toMatch(/nothing under this fleet name: check --fleet, --store and --namespace/);

@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
-import { addGroup, readFleetView, removeGroup } from '../../protocol/fleet/io.js';
+import { addGroup, machineRunners, noRunnerError, readFleetView, removeGroup } from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
   validateFleetGroupName,
@@ -87,16 +87,34 @@ export function register(program: Command): void {
       }).makeOptionMandatory(),
     )
     .requiredOption('--machine <name>', 'state machine: a key of the nodes’ `machines` option')
-    .action(async (group: string, o: { fleet: string; replicas: number; machine: string }) => {
+    .option(
+      '--no-machine-check',
+      'add it even though live nodes run and none runs --machine (it waits, unplaced, for a node that does)',
+    )
+    .action(async (group: string, o: { fleet: string; replicas: number; machine: string; machineCheck: boolean }) => {
       await withStore(program, async (store, g) => {
         validateFleetGroupName(group);
         validateMachineName(o.machine);
-        const rec = await addGroup(store, new FleetKeys(o.fleet), group, { replicas: o.replicas, machine: o.machine });
-        if (g.json === true) out(JSON.stringify({ fleet: o.fleet, added: rec }));
+        const keys = new FleetKeys(o.fleet);
+        // As addGroup on a node or a client: a misspelt machine would only wait, unplaced. With no node live yet
+        // (groups added before the fleet starts) there is nothing to check against: added, and said.
+        const view = await readFleetView(store, keys, new CorruptionReports(() => undefined).report);
+        const runners = machineRunners(view, o.machine);
+        if (o.machineCheck && view.nodes.size > 0 && runners.length === 0) {
+          const error = noRunnerError(view, o.fleet, group, o.machine);
+          throw new InvalidArgumentError(`${error.message} (or add --no-machine-check to add it anyway)`);
+        }
+        const rec = await addGroup(store, keys, group, { replicas: o.replicas, machine: o.machine });
+        const waits = runners.length === 0;
+        if (g.json === true) out(JSON.stringify({ fleet: o.fleet, added: rec, runners }));
         else {
           out(
             `added group ${rec.name} to fleet ${o.fleet} (generation ${rec.generation}): ${rec.replicas} replicas of ` +
-              `${rec.machine}; the coordinator places it (rebalancer fleet status --fleet ${o.fleet})`,
+              `${rec.machine}; ` +
+              (waits
+                ? `no live node runs ${rec.machine} yet: it is placed once one with it in its \`machines\` joins`
+                : 'the coordinator places it') +
+              ` (rebalancer fleet status --fleet ${o.fleet})`,
           );
         }
       });

@@ -22,7 +22,15 @@ import {
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { OptionReader } from '../../options.js';
-import { addGroup, FleetRecordCache, readFleetView, removeGroup, type FleetView } from '../../protocol/fleet/io.js';
+import {
+  addGroup,
+  FleetRecordCache,
+  machineRunners,
+  noRunnerError,
+  readFleetView,
+  removeGroup,
+  type FleetView,
+} from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
   groupRaftId,
@@ -210,16 +218,26 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   }
 
   /**
-   * Add a group running state machine `machine` (a name in the nodes' `machines`). Not checked against the live
-   * nodes (a client may add groups before any node runs): the coordinator places the group on the nodes that run
-   * its machine, and while none does, status says it is unplaced and why. FleetGroupExistsError when the name is
-   * taken.
+   * Add a group running state machine `machine` (a name in the nodes' `machines`). While nodes are live and none
+   * runs it (a misspelt name, most likely), InvalidArgumentError naming the machines they run, unless
+   * `machineCheck: false`; with no node live yet (groups added before the fleet starts) nothing is checked. The
+   * coordinator places the group on the nodes that run its machine; while none does, status says it is unplaced
+   * and why. FleetGroupExistsError when the name is taken.
    */
-  async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
+  async addGroup(
+    name: string,
+    options: { readonly replicas: number; readonly machine: string; readonly machineCheck?: boolean },
+  ): Promise<GroupRecord> {
     this.#check();
     validateFleetGroupName(name);
-    validateMachineName(options?.machine);
-    const g = await addGroup(this.#store, this.#keys, name, options);
+    const machine = validateMachineName(options?.machine);
+    if (options.machineCheck !== false) {
+      const view = await this.#refresh();
+      if (view.nodes.size > 0 && machineRunners(view, machine).length === 0) {
+        throw noRunnerError(view, this.fleet, name, machine);
+      }
+    }
+    const g = await addGroup(this.#store, this.#keys, name, { replicas: options.replicas, machine });
     // The next request reads the fleet again: it may be for this group.
     this.#view = undefined;
     return g;
