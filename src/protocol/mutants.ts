@@ -41,7 +41,7 @@ export const FLEET_MUTANTS = {
   'fleet-remove-before-add':
     'the planner removes a voter that is not desired before its replacement is added and caught up, ignoring the quorum check',
   'fleet-bootstrap-always':
-    'a new replica on a founding member bootstraps from `initial` (votes not held) even after the desired record was rewritten',
+    'a new replica on a founding member bootstraps from `initial` (votes not held) even after the desired record was rewritten, or after it dropped a replica of that group',
   'fleet-drop-on-lost-records':
     'a node that finds the control store lost its records takes the missing group records for removals and drops its replicas (no orphans)',
 } as const;

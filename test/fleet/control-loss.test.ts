@@ -186,6 +186,51 @@ describe('fleet: the control store loses its data', () => {
     expect(dropped).toEqual([]);
   }, 180_000);
 
+  it('a Redis that comes back older than a removal: the removed group is not founded again, empty, by its old founders', async () => {
+    const { redis, start, stores, dropped } = await lossFleet();
+    const nodes = [await start('n1'), await start('n2'), await start('n3')];
+    const [n1, n2] = nodes as [FleetNode, FleetNode, FleetNode];
+    const waits: string[] = [];
+    for (const n of nodes) n.on('error', ({ error }) => waits.push(String(error)));
+    await n1.addGroup('a', { replicas: 3, machine: 'counter' });
+    await n1.addGroup('gone', { replicas: 3, machine: 'counter' });
+    await answering(n1, 'a', 5);
+    await answering(n1, 'gone', 3);
+    await holding(nodes, 2, 'three replicas of each group');
+    // The snapshot holds gone's records as its founders first wrote them; then gone is removed and every replica
+    // deletes its data, and the server restarts from the snapshot.
+    await onRedis(redis, (r) => r.save());
+    await n2.removeGroup('gone');
+    await eventually(() => dropped.filter((d) => d.endsWith(' gone')).length === 3, {
+      what: "gone's three replicas dropped",
+      timeoutMs: 30_000,
+    });
+    await redis.kill();
+    await redis.restart();
+    await eventually(() => [...stores.values()].every((st) => st.dataLosses > 0), {
+      what: "every node's store to find the loss",
+      timeoutMs: 30_000,
+    });
+    await eventually(async () => (await totals(n2, ['a'])) === '5', {
+      what: 'a answering with its state',
+      timeoutMs: 60_000,
+      intervalMs: 200,
+    });
+    // The records name n1–n3 gone's founders again. Each dropped that very Raft group: founding it anew would
+    // bring the removed group back empty (a command would answer 1); each says so instead, and it stays unserved.
+    await eventually(() => waits.filter((w) => w.includes('gone: not founded again from an empty log')).length >= 3, {
+      what: 'each old founder to refuse founding gone again, and say so',
+      timeoutMs: 30_000,
+    });
+    await expect(n1.command('gone', { add: 1 }, { timeoutMs: 3000 })).rejects.toThrow();
+    expect(nodes.every((n) => n.replicas().every((r) => r.group !== 'gone'))).toBe(true);
+    expect(waits.find((w) => w.includes('gone: not founded'))).toMatch(/remove the group \(rebalancer fleet remove\)/);
+    // Removed again, it is gone; the name can be added anew.
+    await n1.removeGroup('gone');
+    await n1.addGroup('gone', { replicas: 3, machine: 'counter' });
+    await answering(n2, 'gone', 2);
+  }, 180_000);
+
   it('a PostgreSQL restored from a backup while the nodes run: a group added since is written back, not deleted', async () => {
     const server = await startPostgres();
     cleanups.push(() => server.stop());

@@ -410,7 +410,17 @@ export interface DataDirIdentity {
    * say otherwise — so that an orphan only stored (its node restarted after the loss) can still be opened.
    */
   readonly catalog: Readonly<Record<string, CatalogEntry>>;
+  /**
+   * Raft group ids of replicas this node dropped (their group removed, or moved away), oldest first, at most
+   * MAX_DROPPED_IDS: it never founds one of them again from an empty log. Only records older than the ones it
+   * dropped them by (a restored backup) can name it a founder of such a group again, and an empty founder would
+   * then bring back a removed group empty, or start a second group under the id of one that moved.
+   */
+  readonly dropped?: readonly string[] | undefined;
 }
+
+/** The dropped ids fleet.json keeps (DataDirIdentity.dropped): about 40 bytes each. */
+export const MAX_DROPPED_IDS = 20_000;
 
 interface CatalogEntry {
   readonly machine: string;
@@ -458,7 +468,14 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { control: undefined, orphans: {}, catalog: {} };
     throw err;
   }
-  let id: { fleet?: unknown; node?: unknown; control?: unknown; orphans?: unknown; catalog?: unknown };
+  let id: {
+    fleet?: unknown;
+    node?: unknown;
+    control?: unknown;
+    orphans?: unknown;
+    catalog?: unknown;
+    dropped?: unknown;
+  };
   try {
     id = JSON.parse(text) as typeof id;
   } catch {
@@ -481,6 +498,7 @@ async function checkDataDirIdentity(dataDir: string, fleet: string, nodeId: stri
     control: typeof id.control === 'string' ? id.control : undefined,
     orphans,
     catalog: readCatalog(id.catalog),
+    dropped: Array.isArray(id.dropped) ? id.dropped.filter((x): x is string => typeof x === 'string') : [],
   };
 }
 
@@ -499,6 +517,7 @@ async function writeDataDirIdentity(
     control: identity.control,
     orphans: identity.orphans,
     catalog: identity.catalog,
+    dropped: identity.dropped ?? [],
   };
   // Written before the node acts on it (an orphan must stay one after a crash): renamed into place, then synced.
   await writeFile(tmp, JSON.stringify(body) + '\n', { flush: true });
@@ -561,6 +580,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   readonly #saveIdentity: (identity: DataDirIdentity) => Promise<void>;
   /** The data directory's catalog (DataDirIdentity.catalog), kept in step with the replicas opened and dropped. */
   readonly #catalog = new Map<string, CatalogEntry>();
+  /** DataDirIdentity.dropped, in insertion order (oldest first). */
+  readonly #dropped = new Set<string>();
   /** Orphans whose write-back was refused (reported once each). */
   readonly #adoptRefused = new Set<string>();
   /** Orphans whose name this node claimed (or found claimed or taken) under the present control id. */
@@ -582,6 +603,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     this.#lossesSeen = control.store.dataLosses;
     for (const [id, from] of Object.entries(dataDir.identity.orphans)) this.#orphans.set(id, from);
     for (const [id, e] of Object.entries(dataDir.identity.catalog)) this.#catalog.set(id, e);
+    for (const id of dataDir.identity.dropped ?? []) this.#dropped.add(id);
     this.#saveIdentity = dataDir.save;
     this.nodeId = control.node.id;
     this.fleet = control.fleet;
@@ -914,8 +936,9 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     await this.#adoptOrphans(view);
     await this.#claimOrphans(view);
     let founding: ReadonlySet<string> = new Set();
+    const refounds: string[] = [];
     try {
-      founding = await this.#stillFounding(decision.actions);
+      founding = await this.#stillFounding(decision.actions, refounds);
     } catch (error) {
       this.reportError(error, 'fleet node: reading desired records before bootstrapping'); // the next round retries
     }
@@ -947,6 +970,11 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         actions = actions.filter((a) => !irreversible(a));
       }
     }
+    if (actions.some((a) => a.type === 'drop')) {
+      // Written down before any replica's data is deleted: a crash in between must not forget a dropped id.
+      for (const a of actions) if (a.type === 'drop') this.#noteDropped(a.id);
+      if (!(await this.#saveIdentityIfNeeded())) actions = actions.filter((a) => a.type !== 'drop');
+    }
     this.#lastCostMs = clock.now() - startedAtMs;
     let ranSinceMs = clock.now();
     for (const a of actions) {
@@ -965,10 +993,10 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
     }
     // Waiting for a founder's address is transient (it is read from the store soon, or the coordinator places the
     // group again): not an error. A missing state machine or seed needs someone to act: said once per set.
-    const waits = decision.waits
-      .filter((w) => w.reason !== 'unknown-address')
-      .map((w) => w.detail)
-      .join('\n');
+    const waits = [
+      ...decision.waits.filter((w) => w.reason !== 'unknown-address').map((w) => w.detail),
+      ...refounds,
+    ].join('\n');
     if (waits !== this.#waitsReported && waits !== '') {
       this.reportError(
         new InvalidArgumentError(`fleet ${this.fleet}, node ${this.nodeId}: group(s) wait: ${waits}`),
@@ -990,6 +1018,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
         control: this.#controlId,
         orphans: Object.fromEntries([...this.#orphans].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
         catalog: Object.fromEntries(this.#catalog),
+        dropped: [...this.#dropped],
       });
       return !this.#closed;
     } catch (error) {
@@ -1380,11 +1409,19 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    * in transactions of up to maxTxnOps gets: a cold start bootstraps thousands of replicas, and a read each made a
    * round last half a minute.
    */
-  async #stillFounding(actions: readonly ReplicaAction[]): Promise<Set<string>> {
+  async #stillFounding(actions: readonly ReplicaAction[], refused: string[]): Promise<Set<string>> {
     const founding = new Set<string>();
-    const boots = actions.filter(
-      (a): a is ReplicaAction & { type: 'open' } => a.type === 'open' && a.mode === 'bootstrap',
-    );
+    const boots = actions.filter((a): a is ReplicaAction & { type: 'open' } => {
+      if (a.type !== 'open' || a.mode !== 'bootstrap') return false;
+      if (!this.#dropped.has(a.id) || this.#mutants.has('fleet-bootstrap-always')) return true;
+      refused.push(
+        `${a.name}: not founded again from an empty log — this node held replica ${a.id} and dropped it (the ` +
+          'group was removed or moved away since), yet the records name it a founder again: they are older than ' +
+          "this node's (a restored backup?). Its data is not here; remove the group (rebalancer fleet remove) or " +
+          'recover it from a node that still holds it (docs/fleet.md, "The control store loses its data")',
+      );
+      return false;
+    });
     const store = this.#o.control.store;
     const perTxn = Math.max(1, store.limits.maxTxnOps);
     for (let i = 0; i < boots.length; i += perTxn) {
@@ -1412,6 +1449,17 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       });
     }
     return founding;
+  }
+
+  /** Remember a dropped replica's id (DataDirIdentity.dropped), the oldest forgotten beyond MAX_DROPPED_IDS. */
+  #noteDropped(id: string): void {
+    this.#dropped.delete(id);
+    this.#dropped.add(id);
+    for (const old of this.#dropped) {
+      if (this.#dropped.size <= MAX_DROPPED_IDS) break;
+      this.#dropped.delete(old);
+    }
+    this.#identityUnsaved = true;
   }
 
   /** Replicas held other than orphans: what draining waits for (orphans stay in the data directory). */
