@@ -18,7 +18,7 @@ const SEEDS = Number(process.env['REBALANCER_FLEET_SIM_SEEDS'] ?? 30);
 
 /** The first seed (from 1) at which each mutant is caught, by which check, in which scenario. */
 const FIRST_FAILING: Record<FleetMutantName, { seed: number; kind: string; scenario: 'fleet' | 'fleet-store-loss' }> = {
-  'fleet-remove-before-add': { seed: 1, kind: 'remove-before-add', scenario: 'fleet' },
+  'fleet-remove-before-add': { seed: 1, kind: 'quorum-not-caught-up', scenario: 'fleet' },
   'fleet-bootstrap-always': { seed: 3, kind: 'election-safety', scenario: 'fleet' },
   // Its replicas dropped, the group is gone with every command it had acknowledged: no command reaches it again.
   'fleet-drop-on-lost-records': { seed: 1, kind: 'liveness', scenario: 'fleet-store-loss' },

@@ -33,8 +33,14 @@ import { Watches } from '../watches.js';
 
 /** The longest pause between two rounds the pace imposes. */
 const MAX_ROUND_SPACING_MS = 1000;
-/** A tick-driven round waits this many times the last round's cost (tick()). */
+/** A tick-driven round waits this many times the last round's cost (tick())… */
 const TICK_COST_FACTOR = 20;
+/**
+ * …and at least this long. Rounds for changes come from watch hints and timed wakes; the tick only makes up for a
+ * lost hint. At 1 000 groups a round costs ~50 ms, so one a second kept the coordinator's node at 5 % of a core in
+ * an idle fleet (the others at 2 %).
+ */
+const TICK_MIN_SPACING_MS = 5000;
 
 export interface FleetCoordinatorEvents {
   /** A round wrote `written` desired placements; `pending` more wait for the next rounds (the per-round bound). */
@@ -135,7 +141,8 @@ export class FleetCoordinator {
    * safety net, and at 10 000 groups a round costs a second — a round per tick kept a core 30 % busy in an idle fleet.
    */
   tick(): void {
-    if (this.#clock.now() - this.#lastRoundAtMs >= TICK_COST_FACTOR * this.#lastCostMs) this.kick();
+    const spacingMs = Math.max(TICK_MIN_SPACING_MS, TICK_COST_FACTOR * this.#lastCostMs);
+    if (this.#clock.now() - this.#lastRoundAtMs >= spacingMs) this.kick();
   }
 
   /** Resolves once no round runs. */
