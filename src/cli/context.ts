@@ -49,3 +49,6 @@ export function round(ms: number): number {
 export function out(line: string): void {
   process.stdout.write(`${line}\n`);
 }
+
+/** Whether a closed stdout/stderr (EPIPE) ends the command quietly (main.ts); `run` turns it off. */
+export const stdioClosed = { exit: true };

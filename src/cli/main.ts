@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { DEFAULT_STORE_URL, EXIT } from './context.js';
+import { DEFAULT_STORE_URL, EXIT, stdioClosed } from './context.js';
 import { reportError } from './errors.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
@@ -20,6 +20,17 @@ import * as status from './commands/status.js';
 import * as storeCommands from './commands/store.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+// Output piped into a reader that stopped (`rebalancer sim … | head`): nobody reads what is left, so stop quietly
+// with the status of a process killed by SIGPIPE (141, as Unix tools end), instead of an unhandled EPIPE with a
+// stack trace. `rebalancer run` opts out (stdioClosed): a sidecar supervising children must outlive its log reader.
+const EXIT_SIGPIPE = 128 + 13;
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+    if (stdioClosed.exit) process.exit(EXIT_SIGPIPE);
+  });
+}
 
 const program = new Command()
   .name('rebalancer')

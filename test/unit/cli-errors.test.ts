@@ -4,6 +4,8 @@
  * object on stderr with the code and the retryable flag. The CLI runs as a user runs it (a child process): on a
  * SQLite file, and against an etcd URL where nothing listens (the etcd driver's gRPC text is the case in point).
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +19,7 @@ import {
   StoreUnavailableError,
   type ErrorCode,
 } from '../../src/errors.js';
-import { cli } from './cli-process.js';
+import { cli, CLI, REPO } from './cli-process.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rb-cli-errors-'));
 const SQLITE = `sqlite:${join(dir, 'cli.db')}`;
@@ -82,6 +84,22 @@ describe('errors printed by the CLI', () => {
         exitCode: 2,
       },
     });
+  }, 60_000);
+});
+
+describe('output into a closed pipe', () => {
+  it('`rebalancer … | head`: exit 141 (as after SIGPIPE), quietly, at the first write nobody reads', async () => {
+    const child = spawn(process.execPath, [...CLI, '--json', 'sim', '--scenario', 'groups', '--seeds', '40'], {
+      cwd: REPO,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    // The reader goes away before the first line: the write that follows fails with EPIPE.
+    child.stdout.destroy();
+    const [code] = (await once(child, 'exit')) as [number | null];
+    expect(err).not.toMatch(/EPIPE|Unhandled 'error' event/);
+    expect(code).toBe(141);
   }, 60_000);
 });
 

@@ -21,7 +21,7 @@ import {
 } from '../../sidecar/sidecar.js';
 import { openStore } from '../../store/open.js';
 import { RebalancerError } from '../../errors.js';
-import { EXIT, globalOptions } from '../context.js';
+import { EXIT, globalOptions, stdioClosed } from '../context.js';
 import { exitCodeOf } from '../errors.js';
 import { checkedFlag, choiceFlag, decimalFlag, integerFlag } from '../input.js';
 
@@ -157,7 +157,8 @@ export function register(program: Command): void {
         throw err;
       }
       const nodeId = sidecar.nodeId;
-      // A closed stdout or stderr (EPIPE) must not crash the sidecar while it supervises children.
+      // A closed stdout or stderr (EPIPE) must not crash or end the sidecar while it supervises children.
+      stdioClosed.exit = false;
       process.stdout.on('error', () => undefined);
       process.stderr.on('error', () => undefined);
       const say = (event: keyof SidecarEvents, payload: object): void => {
