@@ -15,6 +15,7 @@ import pg from 'pg';
 import { createPostgresStore } from '../../src/backends/postgres/index.js';
 import { createRedisStore } from '../../src/backends/redis/index.js';
 import { FleetControlLostError, FleetGroupExistsError, FleetGroupNotFoundError } from '../../src/errors.js';
+import { decodeDesired, FleetKeys } from '../../src/protocol/fleet/keys.js';
 import { connectFleet } from '../../src/runtime/fleet/client.js';
 import { joinFleet, type FleetNode } from '../../src/runtime/fleet/node.js';
 import type { Store } from '../../src/store/contract.js';
@@ -197,8 +198,12 @@ describe('fleet: the control store loses its data', () => {
     await answering(n1, 'a', 5);
     await answering(n1, 'gone', 3);
     await holding(nodes, 2, 'three replicas of each group');
-    // The snapshot holds gone's records as its founders first wrote them; then gone is removed and every replica
-    // deletes its data, and the server restarts from the snapshot.
+    // The snapshot holds gone's records as its founders first wrote them (the premise: its first desired record,
+    // not rewritten since); then gone is removed and every replica deletes its data, and the server restarts from
+    // the snapshot.
+    const keys = new FleetKeys('f');
+    const first = await stores.get('n1')!.get(keys.desiredOf('gone'));
+    expect(decodeDesired(keys, first!.key, first!.value).version).toBe(1);
     await onRedis(redis, (r) => r.save());
     await n2.removeGroup('gone');
     await eventually(() => dropped.filter((d) => d.endsWith(' gone')).length === 3, {

@@ -420,7 +420,7 @@ export interface DataDirIdentity {
 }
 
 /** The dropped ids fleet.json keeps (DataDirIdentity.dropped): about 40 bytes each. */
-export const MAX_DROPPED_IDS = 20_000;
+const MAX_DROPPED_IDS = 20_000;
 
 interface CatalogEntry {
   readonly machine: string;
