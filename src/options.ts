@@ -224,7 +224,27 @@ function typeName(v: unknown): string {
   return typeof v;
 }
 
-function show(v: unknown): string {
+/**
+ * The options object of one call (a command, a query, an add): refuse anything but an object, and keys not in
+ * `known` — a misspelt `timeoutMS` would otherwise be ignored and the default used. No allocation when the object
+ * is fine: this runs on every command.
+ */
+export function checkCallOptions(options: unknown, known: readonly string[], where: string): void {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new InvalidArgumentError(`${where} must be an object, got ${show(options)}`);
+  }
+  for (const key in options) {
+    if (!known.includes(key)) {
+      throw new InvalidArgumentError(
+        `${where} has an unknown option ${JSON.stringify(key)}${suggestion(key, known)}; known options: ` +
+          known.join(', '),
+      );
+    }
+  }
+}
+
+/** A value as an error message shows it: strings quoted (so "3" is not taken for 3), objects by their kind. */
+export function show(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}…` : v);
   if (typeof v === 'number' || typeof v === 'boolean' || v === undefined || v === null) return String(v);
   if (typeof v === 'function') return 'a function';

@@ -82,6 +82,16 @@ describe('fleet client (connectFleet)', () => {
     expect((await client.groups()).map((g) => g.name)).toEqual(['a', 'b']);
     await client.addGroup('typo', { replicas: 3, machine: 'countr', machineCheck: false });
     await client.removeGroup('typo');
+    // Misspelt options are refused, not ignored.
+    await expect(client.addGroup('x', { replica: 3, machine: 'counter' } as never)).rejects.toThrow(
+      /unknown option "replica" \(did you mean "replicas"\?\)/,
+    );
+    await expect(client.command('a', { add: 1 }, { timeoutMS: 5 } as never)).rejects.toThrow(
+      /unknown option "timeoutMS" \(did you mean "timeoutMs"\?\)/,
+    );
+    await expect(nodes[0]!.query('a', 'total', { consistancy: 'stale' } as never)).rejects.toThrow(
+      /did you mean "consistency"/,
+    );
     // The first command waits for the group to be placed and get a leader.
     expect(await client.command('a', { add: 2 }, { timeoutMs: 30_000 })).toBe(2);
     expect(await client.command('a', { add: 3 })).toBe(5);

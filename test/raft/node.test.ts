@@ -344,6 +344,16 @@ describe('raft nodes on loopback', () => {
     await expect(groups[0]!.command({ op: 'put', key: 'a', value: 'x'.repeat(2000) })).rejects.toBeInstanceOf(
       LimitExceededError,
     );
+    // A misspelt per-call option is refused, not ignored (the default timeout would be used without a word).
+    await expect(groups[0]!.command({ op: 'put', key: 'a', value: 'x' }, { timeoutMS: 5 } as never)).rejects.toThrow(
+      /command options has an unknown option "timeoutMS" \(did you mean "timeoutMs"\?\)/,
+    );
+    await expect(groups[0]!.query({ op: 'get', key: 'a' }, { consistancy: 'stale' } as never)).rejects.toThrow(
+      /did you mean "consistency"/,
+    );
+    await expect(groups[0]!.query({ op: 'get', key: 'a' }, null as never)).rejects.toThrow(
+      /query options must be an object, got null/,
+    );
     const reported: unknown[] = [];
     for (const n of c.nodes.values()) n.on('error', (e) => reported.push(e.error));
     const bomb = IDS.map((id) =>

@@ -16,6 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { intField, parseRecord, strField } from '../records.js';
 import { CorruptDataError, InvalidArgumentError } from '../../errors.js';
+import { show } from '../../options.js';
 import { MAX_REPLICAS } from '../../placement/slots.js';
 import { isWellFormed, utf8Length } from '../../store/validate.js';
 import { validateName, validateNodeId } from '../names.js';
@@ -67,7 +68,7 @@ export function validateFleetGroupName(name: unknown): string {
 export function validateReplicas(replicas: unknown): number {
   if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
     throw new InvalidArgumentError(
-      `replicas must be an integer from 1 to ${MAX_REPLICAS}, got ${String(replicas)}; 3 or 5 is usual for Raft`,
+      `replicas must be an integer from 1 to ${MAX_REPLICAS}, got ${show(replicas)}; 3 or 5 is usual for Raft`,
     );
   }
   return replicas;

@@ -18,6 +18,7 @@ import {
   SessionExpiredError,
   TimeoutError,
 } from '../../errors.js';
+import { checkCallOptions } from '../../options.js';
 import type { Outcome } from '../core.js';
 import type { Membership, MembershipChange, NodeId } from '../messages.js';
 import { MIN_WAIT_MS, type Timers } from '../transport/transport.js';
@@ -30,6 +31,9 @@ export interface RequestOptions {
   /** How long this call may take, from now (default: the group's requestTimeoutMs). */
   readonly timeoutMs?: number;
 }
+
+const REQUEST_OPTIONS: readonly string[] = ['timeoutMs'];
+const QUERY_OPTIONS: readonly string[] = ['timeoutMs', 'consistency'];
 
 export interface QueryOptions extends RequestOptions {
   /**
@@ -166,6 +170,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
 
   /** Apply `command` once; resolves with the state machine's result. */
   async command(command: C, options: RequestOptions = {}): Promise<R> {
+    checkCallOptions(options, REQUEST_OPTIONS, `raft group ${this.name}: command options`);
     const start = this.#c.now();
     const deadline = start + this.#timeout(options);
     const payload = this.#c.codec.encode(command);
@@ -250,6 +255,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
 
   /** Read the state machine with `query`. */
   async query(query: Q, options: QueryOptions = {}): Promise<A> {
+    checkCallOptions(options, QUERY_OPTIONS, `raft group ${this.name}: query options`);
     const consistency = options.consistency ?? 'linearizable';
     if (!['linearizable', 'lease', 'stale'].includes(consistency)) {
       throw new InvalidArgumentError(
@@ -278,6 +284,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
    * every entry committed before the call. Throws NoQuorumError or TimeoutError when that does not happen in time.
    */
   async ready(options: RequestOptions = {}): Promise<GroupStatus> {
+    checkCallOptions(options, REQUEST_OPTIONS, `raft group ${this.name}: ready options`);
     await this.#barrier(options, false);
     return this.status();
   }
@@ -312,6 +319,7 @@ export class RaftGroup<C = unknown, Q = unknown, R = unknown, A = unknown> {
    * (a removal of a node that is not a member is refused, unless it is our own earlier proposal).
    */
   async changeMembership(change: MembershipChange, options: RequestOptions = {}): Promise<Membership> {
+    checkCallOptions(options, REQUEST_OPTIONS, `raft group ${this.name}: changeMembership options`);
     const start = this.#c.now();
     const deadline = start + this.#timeout(options);
     const replica = this.#c.replica;

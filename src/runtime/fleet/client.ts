@@ -21,7 +21,7 @@ import {
   TimeoutError,
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
-import { OptionReader } from '../../options.js';
+import { checkCallOptions, OptionReader } from '../../options.js';
 import {
   addGroup,
   FleetRecordCache,
@@ -47,7 +47,13 @@ import { CLIENT_ID_PREFIX, MIN_WAIT_MS, Transport, type TlsOptions } from '../..
 import type { Store } from '../../store/contract.js';
 import { readStore } from '../common-options.js';
 import { CorruptionReports } from '../corruption.js';
-import type { FleetGroupInfo, FleetQueryOptions, FleetRequestOptions } from './node.js';
+import {
+  QUERY_OPTIONS,
+  REQUEST_OPTIONS,
+  type FleetGroupInfo,
+  type FleetQueryOptions,
+  type FleetRequestOptions,
+} from './node.js';
 import { GroupRoutes } from './routing.js';
 
 export interface ConnectFleetOptions {
@@ -198,7 +204,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
 
   /** Read group `name` with its state machine's `query` (default consistency 'linearizable'). */
   async query<A = unknown>(name: string, query: unknown, options: FleetQueryOptions = {}): Promise<A> {
-    const timeoutMs = this.#timeout(options);
+    const timeoutMs = this.#timeout(options, QUERY_OPTIONS);
     const consistency: Consistency = options.consistency ?? 'linearizable';
     return this.#call(
       name,
@@ -230,7 +236,11 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
   ): Promise<GroupRecord> {
     this.#check();
     validateFleetGroupName(name);
-    const machine = validateMachineName(options?.machine);
+    checkCallOptions(options, ['replicas', 'machine', 'machineCheck'], `addGroup(${name}) options`);
+    const machine = validateMachineName(options.machine);
+    if (options.machineCheck !== undefined && typeof options.machineCheck !== 'boolean') {
+      throw new InvalidArgumentError(`addGroup(${name}) options.machineCheck must be true or false`);
+    }
     if (options.machineCheck !== false) {
       const view = await this.#refresh();
       if (view.nodes.size > 0 && machineRunners(view, machine).length === 0) {
@@ -266,8 +276,9 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
     if (this.#closed) throw new ClosedError(`fleet client of ${this.fleet}`);
   }
 
-  #timeout(options: FleetRequestOptions): number {
+  #timeout(options: FleetRequestOptions, known: readonly string[] = REQUEST_OPTIONS): number {
     this.#check();
+    checkCallOptions(options, known, `fleet ${this.fleet}: the call's options`);
     const t = options.timeoutMs ?? this.#requestTimeoutMs;
     if (!Number.isFinite(t) || t <= 0) {
       throw new InvalidArgumentError(`fleet ${this.fleet}: timeoutMs must be a positive number of ms, got ${t}`);

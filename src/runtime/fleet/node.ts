@@ -32,7 +32,7 @@ import {
   TimeoutError,
 } from '../../errors.js';
 import { TypedEmitter, type ErrorEvent } from '../../events.js';
-import { OptionReader } from '../../options.js';
+import { checkCallOptions, OptionReader } from '../../options.js';
 import {
   addGroup,
   adoptGroup,
@@ -169,6 +169,10 @@ export interface FleetRequestOptions {
 export interface FleetQueryOptions extends FleetRequestOptions {
   readonly consistency?: Consistency;
 }
+
+/** The keys of FleetRequestOptions and FleetQueryOptions (a misspelt one is refused). */
+export const REQUEST_OPTIONS: readonly string[] = ['timeoutMs'];
+export const QUERY_OPTIONS: readonly string[] = ['timeoutMs', 'consistency'];
 
 // A membership change is one small log entry: its latency is the group's commit latency, whatever else runs. 16 at
 // once left 1000 moving groups queued behind each other (deactivating a node leading 250 groups: 18 s); 128 brought
@@ -705,7 +709,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   async addGroup(name: string, options: { readonly replicas: number; readonly machine: string }): Promise<GroupRecord> {
     this.#check();
     validateFleetGroupName(name);
-    const machine = validateMachineName(options?.machine);
+    checkCallOptions(options, ['replicas', 'machine'], `addGroup(${name}) options`);
+    const machine = validateMachineName(options.machine);
     if (!this.#o.machines.has(machine)) {
       const view = await readFleetView(
         this.#o.control.store,
@@ -812,7 +817,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
   /** Read group `name` with its state machine's `query`, from any node (routed as command() is). */
   async query<A = unknown>(name: string, query: unknown, options: FleetQueryOptions = {}): Promise<A> {
     this.#check();
-    const { timeoutMs } = this.#timeout(options);
+    const { timeoutMs } = this.#timeout(options, QUERY_OPTIONS);
     const consistency = options.consistency ?? 'linearizable';
     const t = await this.#target(name, timeoutMs);
     return (await t.client.query(query, { timeoutMs: t.remainingMs, consistency })) as A;
@@ -1822,7 +1827,8 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
 
   // ---- routing ----
 
-  #timeout(options: FleetRequestOptions): { timeoutMs: number } {
+  #timeout(options: FleetRequestOptions, known: readonly string[] = REQUEST_OPTIONS): { timeoutMs: number } {
+    checkCallOptions(options, known, `fleet ${this.fleet}: the call's options`);
     const t = options.timeoutMs ?? this.#o.requestTimeoutMs;
     if (!Number.isFinite(t) || t <= 0) {
       throw new InvalidArgumentError(`fleet ${this.fleet}: timeoutMs must be a positive number of ms, got ${t}`);
