@@ -831,6 +831,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
    */
   async deactivate(options: { readonly timeoutMs?: number } = {}): Promise<void> {
     this.#check();
+    checkCallOptions(options, REQUEST_OPTIONS, 'deactivate options');
     const timeoutMs = options.timeoutMs ?? 120_000;
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
       throw new InvalidArgumentError(`deactivate: timeoutMs must be a positive number of ms, got ${timeoutMs}`);
