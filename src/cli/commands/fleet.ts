@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../errors.js';
-import { addGroup, machineRunners, noRunnerError, readFleetView, removeGroup } from '../../protocol/fleet/io.js';
+import { addGroup, checkMachineRunners, machineRunners, readFleetView, removeGroup } from '../../protocol/fleet/io.js';
 import {
   FleetKeys,
   validateFleetGroupName,
@@ -99,11 +99,9 @@ export function register(program: Command): void {
         // As addGroup on a node or a client: a misspelt machine would only wait, unplaced. With no node live yet
         // (groups added before the fleet starts) there is nothing to check against: added, and said.
         const view = await readFleetView(store, keys, new CorruptionReports(() => undefined).report);
-        const runners = machineRunners(view, o.machine);
-        if (o.machineCheck && view.nodes.size > 0 && runners.length === 0) {
-          const error = noRunnerError(view, o.fleet, group, o.machine);
-          throw new InvalidArgumentError(`${error.message} (or add --no-machine-check to add it anyway)`);
-        }
+        const runners = o.machineCheck
+          ? checkMachineRunners(view, o.fleet, group, o.machine, 'add --no-machine-check')
+          : machineRunners(view, o.machine);
         const rec = await addGroup(store, keys, group, { replicas: o.replicas, machine: o.machine });
         const waits = runners.length === 0;
         if (g.json === true) out(JSON.stringify({ fleet: o.fleet, added: rec, runners }));

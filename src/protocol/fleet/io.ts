@@ -999,14 +999,41 @@ export function machineRunners(view: FleetView, machine: string): string[] {
   return [...view.nodes.values()].filter((n) => runsMachine(n, machine)).map((n) => n.id);
 }
 
-/** The InvalidArgumentError for a machine no live node runs, naming the machines they do run. */
-export function noRunnerError(view: FleetView, fleet: string, name: string, machine: string): InvalidArgumentError {
+/**
+ * The InvalidArgumentError for a machine no live node runs, naming the machines they do run; `anyway` says how to
+ * add the group all the same, where the caller may.
+ */
+export function noRunnerError(
+  view: FleetView,
+  fleet: string,
+  name: string,
+  machine: string,
+  anyway?: string,
+): InvalidArgumentError {
   const known = [...new Set([...view.nodes.values()].flatMap((n) => n.machines ?? []))].sort();
   return new InvalidArgumentError(
     `addGroup(${name}): no live node of fleet ${fleet} runs state machine ${JSON.stringify(machine)} ` +
       `(the live nodes run: ${known.length > 0 ? known.join(', ') : 'none'}); start a node with it in its ` +
-      '`machines` first, or check the name',
+      '`machines` first, or check the name' +
+      (anyway === undefined ? '' : ` (or ${anyway} to add it anyway)`),
   );
+}
+
+/**
+ * The check of an add from outside the fleet (a client, the CLI): the live nodes that run `machine`, or
+ * noRunnerError when nodes are live and none does. With no node live (groups added before the fleet starts) there
+ * is nothing to check against: none.
+ */
+export function checkMachineRunners(
+  view: FleetView,
+  fleet: string,
+  name: string,
+  machine: string,
+  anyway: string,
+): string[] {
+  const runners = machineRunners(view, machine);
+  if (view.nodes.size > 0 && runners.length === 0) throw noRunnerError(view, fleet, name, machine, anyway);
+  return runners;
 }
 
 /**

@@ -24,9 +24,8 @@ import { TypedEmitter, type ErrorEvent } from '../../events.js';
 import { checkCallOptions, OptionReader } from '../../options.js';
 import {
   addGroup,
+  checkMachineRunners,
   FleetRecordCache,
-  machineRunners,
-  noRunnerError,
   readFleetView,
   removeGroup,
   type FleetView,
@@ -242,10 +241,7 @@ export class FleetClient extends TypedEmitter<FleetClientEvents> {
       throw new InvalidArgumentError(`addGroup(${name}) options.machineCheck must be true or false`);
     }
     if (options.machineCheck !== false) {
-      const view = await this.#refresh();
-      if (view.nodes.size > 0 && machineRunners(view, machine).length === 0) {
-        throw noRunnerError(view, this.fleet, name, machine);
-      }
+      checkMachineRunners(await this.#refresh(), this.fleet, name, machine, 'pass machineCheck: false');
     }
     const g = await addGroup(this.#store, this.#keys, name, { replicas: options.replicas, machine });
     // The next request reads the fleet again: it may be for this group.

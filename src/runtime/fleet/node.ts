@@ -722,7 +722,7 @@ export class FleetNode extends TypedEmitter<FleetNodeEvents> {
       if (machineRunners(view, machine).length === 0) throw noRunnerError(view, this.fleet, name, machine);
     }
     const g = await addGroup(this.#o.control.store, this.#control.keys, name, {
-      replicas: options?.replicas,
+      replicas: options.replicas,
       machine,
       claimedHere: (n, meta) => this.#keptOrphanOf(n, meta),
     });
